@@ -1,0 +1,5 @@
+"""``python -m clip_smot`` runs the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""CAM providers: ResNet features x classifier weights -> [B, H, W] in [0, 255] (SPEC section 1).
+
+Works for torchvision ResNets (ImageNet stem) and the CIFAR-stem networks of
+:mod:`clip_smot.networks`: any module with ``forward_features(x) -> [B, C, h, w]`` and a
+final linear layer (``get_classifier()`` or ``fc``), or a torchvision ResNet's named
+children. No forward hooks: the feature map is computed directly.
+
+Which class a CAM is computed for: the true label when the provider's classes are the data's
+classes (``labels_match=True``, e.g. the ImageNet ResNet-18 on ImageNet-1k, or a base model
+trained on the same CIFAR set), otherwise the provider's own top-1 prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["CAMProvider", "classifier_of", "feature_map", "normalize_cam"]
+
+
+def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Last convolutional feature map [B, C, h, w] of a ResNet-like model."""
+    if hasattr(model, "forward_features"):
+        return model.forward_features(x)
+    # torchvision ResNet: the stem and the four stages, without avgpool/fc.
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The final linear layer whose weights turn pooled features into logits."""
+    fc = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
+    if not isinstance(fc, nn.Linear):
+        raise TypeError(f"CAM needs a linear classifier, found {type(fc).__name__}")
+    return fc
+
+
+def normalize_cam(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map of [B, H, W] to [0, 255]; an all-constant map becomes all zero."""
+    flat = cam.flatten(1)  # [B, H*W]
+    lo = flat.amin(dim=1, keepdim=True)
+    hi = flat.amax(dim=1, keepdim=True)
+    span = hi - lo
+    scaled = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12) * 255.0, torch.zeros_like(flat))
+    return scaled.view_as(cam)
+
+
+class CAMProvider:
+    """Class activation maps from a frozen ResNet, batched, under no_grad.
+
+    Args:
+        model: the CAM network (put in eval mode here; its parameters are not changed).
+        mean, std: the normalisation the network was trained with; inputs are images in
+            [0, 1] and are normalised here.
+        labels_match: True when the network's class indices are the data's labels, so the
+            CAM is computed for the true label; False uses the network's top-1 prediction.
+        input_size: if given, images are resized to this square size for the network (the
+            CAM is still upsampled to the original image size).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        labels_match: bool = True,
+        input_size: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.labels_match = labels_match
+        self.input_size = input_size
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """CAMs of images ``x`` [B, 3, H, W] in [0, 1] -> [B, H, W] float in [0, 255].
+
+        ``y`` (true labels) is used when ``labels_match`` is set; otherwise, or when ``y`` is
+        None, the CAM is for the network's top-1 class.
+        """
+        H, W = x.shape[-2:]
+        dev = x.device
+        inp = (x.float() - self.mean.to(dev)) / self.std.to(dev)
+        if self.input_size is not None and (H, W) != (self.input_size, self.input_size):
+            inp = F.interpolate(inp, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        feats = feature_map(self.model, inp).float()  # [B, C, h, w]
+        fc = classifier_of(self.model)
+        if y is None or not self.labels_match:
+            logits = fc(feats.mean(dim=(2, 3)))  # [B, K]
+            y = logits.argmax(dim=-1)
+        w = fc.weight.float()[y.to(dev).long()]  # [B, C]
+        cam = torch.einsum("bc,bchw->bhw", w, feats).relu()  # [B, h, w]
+        cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # [B, H, W]
+        return normalize_cam(cam)

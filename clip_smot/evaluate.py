@@ -1,0 +1,135 @@
+"""Per-set OOD metric tables: metrics.csv, metrics.json, metrics.md and the score histogram.
+
+Both tracks hand their scores to :func:`write_reports`, so the CLIP prompt and the ResNets
+produce the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import ood_metrics
+from .runtime import atomic_write_text
+
+__all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
+
+METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+
+
+def metric_table(
+    id_scores: dict[str, np.ndarray],
+    ood_scores: dict[str, dict[str, np.ndarray]],
+    convention: str = "id",
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics in percent: ``table[score][ood_set] = {fpr95, auroc, aupr_in, aupr_out}``.
+
+    Args:
+        id_scores: score name -> ID scores.
+        ood_scores: OOD set name -> (score name -> OOD scores).
+        convention: passed to :func:`clip_smot.metrics.ood_metrics`.
+
+    Each score also gets an ``average`` row: the mean over the OOD sets, as the paper reports.
+    """
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for score, id_s in id_scores.items():
+        rows = {}
+        for ood_set, by_score in ood_scores.items():
+            m = ood_metrics(id_s, by_score[score], convention=convention)
+            rows[ood_set] = {k: 100.0 * m[k] for k in METRIC_COLUMNS}
+        rows["average"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in METRIC_COLUMNS}
+        table[score] = rows
+    return table
+
+
+def _csv(table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["score", "ood_set", *METRIC_COLUMNS])
+    for score, rows in table.items():
+        for ood_set, m in rows.items():
+            w.writerow([score, ood_set, *(f"{m[k]:.2f}" for k in METRIC_COLUMNS)])
+    return buf.getvalue()
+
+
+def _markdown(table, id_accuracy: float | None, title: str) -> str:
+    sets = [s for s in next(iter(table.values()))]
+    head = "| score | " + " | ".join(f"{s} FPR95↓ | {s} AUROC↑" for s in sets) + " |"
+    sep = "|---|" + "---|---|" * len(sets)
+    lines = [f"# {title}", "", "Values are percentages.", "", head, sep]
+    for score, rows in table.items():
+        cells = " | ".join(f"{rows[s]['fpr95']:.2f} | {rows[s]['auroc']:.2f}" for s in sets)
+        lines.append(f"| {score} | {cells} |")
+    if id_accuracy is not None:
+        lines += ["", f"ID accuracy: {id_accuracy:.2f}%"]
+    return "\n".join(lines) + "\n"
+
+
+def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = list(id_scores)
+    sets = list(ood_scores)
+    fig, axes = plt.subplots(
+        len(scores), len(sets), figsize=(3.2 * len(sets), 2.6 * len(scores)), squeeze=False
+    )
+    for i, score in enumerate(scores):
+        for j, ood_set in enumerate(sets):
+            ax = axes[i][j]
+            a, b = np.asarray(id_scores[score]), np.asarray(ood_scores[ood_set][score])
+            lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+            bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+            ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID")
+            ax.hist(b, bins=bins, alpha=0.6, density=True, label=ood_set)
+            ax.set_title(f"{score}: ID vs {ood_set}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_reports(
+    out_dir: str | os.PathLike,
+    id_scores: dict[str, np.ndarray],
+    ood_scores: dict[str, dict[str, np.ndarray]],
+    id_accuracy: float | None = None,
+    convention: str = "id",
+    title: str = "OOD detection",
+    extra: dict | None = None,
+) -> dict:
+    """Compute the metric table and write metrics.csv/.json/.md and scores_hist.png.
+
+    Args:
+        out_dir: output folder (created).
+        id_scores: score name -> ID scores (higher = more ID).
+        ood_scores: OOD set name -> (score name -> scores).
+        id_accuracy: top-1 accuracy in percent on ID data, when the ID data has labels.
+        convention: FPR95 convention, "id" or "openood".
+        title: heading of the markdown table and the plot.
+        extra: more top-level entries for metrics.json (e.g. the model and prompt used).
+
+    Returns:
+        The metrics.json content.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = metric_table(id_scores, ood_scores, convention)
+    report = {"fpr_convention": convention, "metrics": table, **(extra or {})}
+    if id_accuracy is not None:
+        report["id_accuracy"] = id_accuracy
+    atomic_write_text(_csv(table), out / "metrics.csv")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out / "metrics.json")
+    atomic_write_text(_markdown(table, id_accuracy, title), out / "metrics.md")
+    _histogram(out / "scores_hist.png", id_scores, ood_scores, title)
+    return report

@@ -1,0 +1,69 @@
+"""OOD detection metrics from scores: FPR95, AUROC, AUPR-In, AUPR-Out (SPEC section 4).
+
+Scores follow one convention everywhere: higher means more in-distribution. numpy and
+scikit-learn only; nothing else of the package is imported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+__all__ = ["CONVENTIONS", "fpr_at_tpr", "ood_metrics"]
+
+CONVENTIONS = ("id", "openood")
+
+
+def _as_scores(name: str, values) -> np.ndarray:
+    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    arr = arr.reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: at least one score is needed")
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
+    return arr
+
+
+def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """False-positive rate at the first ROC point whose TPR reaches ``tpr``.
+
+    Positives are accepted when their score is >= the threshold; this is the FPR of the
+    negatives at the threshold where ``tpr`` of the positives are accepted.
+    """
+    labels = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
+    fpr, tprs, _ = roc_curve(labels, np.r_[pos_scores, neg_scores], drop_intermediate=False)
+    return float(fpr[np.searchsorted(tprs, tpr, side="left")])
+
+
+def ood_metrics(id_scores, ood_scores, convention: str = "id") -> dict[str, float]:
+    """FPR95, AUROC, AUPR-In and AUPR-Out of ID against OOD scores, as fractions in [0, 1].
+
+    Args:
+        id_scores: scores of in-distribution samples (array-like or tensor), higher = more ID.
+        ood_scores: scores of OOD samples.
+        convention: "id" (SPEC, the paper's): ID is the positive class and FPR95 is the
+            fraction of OOD accepted at 95% TPR of ID. "openood": OOD is the positive class
+            (scores negated) and FPR95 is the fraction of ID flagged at 95% TPR of OOD, as
+            OpenOOD reports it. AUROC is the same under both; the AUPRs keep their names
+            (AUPR-In always has ID as positive).
+
+    Returns:
+        dict with keys ``fpr95``, ``auroc``, ``aupr_in``, ``aupr_out``.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    id_s = _as_scores("id_scores", id_scores)
+    ood_s = _as_scores("ood_scores", ood_scores)
+    labels = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))]  # ID = 1
+    scores = np.r_[id_s, ood_s]
+    if convention == "id":
+        fpr95 = fpr_at_tpr(id_s, ood_s)
+    else:
+        fpr95 = fpr_at_tpr(-ood_s, -id_s)
+    return {
+        "fpr95": fpr95,
+        "auroc": float(roc_auc_score(labels, scores)),
+        "aupr_in": float(average_precision_score(labels, scores)),
+        "aupr_out": float(average_precision_score(1 - labels, -scores)),
+    }

@@ -1,0 +1,105 @@
+"""Device, precision, seeding and atomic file writes: decided once at the edge of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+__all__ = [
+    "PRECISIONS",
+    "DTYPES",
+    "atomic_save",
+    "atomic_write_text",
+    "autocast",
+    "resolve_device",
+    "seed_everything",
+    "sha256_file",
+    "write_json",
+]
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: {e}") from None
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` on ``device`` (fp32 = no autocast).
+
+    fp16 on the CPU is not supported by CPU autocast kernels for every op; it falls back
+    to bf16 there, which has the same memory size and a wider range.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = DTYPES[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write text atomically (temporary file + rename)."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write pretty JSON atomically."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,217 @@
+"""The SMOT core: CAM thresholds and masks, eps(t), soft labels and the SMOT loss (SPEC section 1).
+
+Tensors in, tensors out. This module imports nothing else of the package, so both tracks
+(the CLIP prompt and the ResNets) and any user code share exactly the same formulas.
+
+Conventions:
+    * images are floats in [0, 1], shape [B, 3, H, W], before mean/std normalisation;
+    * CAMs are floats in [0, 255], shape [B, H, W] or [B, 1, H, W];
+    * thresholds ``t`` are floats in [0, 255], one per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PERTURBATIONS",
+    "cam_mask",
+    "label_smoothing_ce",
+    "logitnorm_loss",
+    "perturb",
+    "sample_thresholds",
+    "smoothing_eps",
+    "smot_loss",
+    "soft_cross_entropy",
+    "soft_targets",
+]
+
+PERTURBATIONS = ("zero", "one", "noise")
+
+
+def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
+    """Label-smoothing amount for each masked image (Eq. 9): ``eps = 1 - exp((t - 255) / T)``.
+
+    A threshold of 255 masks (almost) nothing and gives eps = 0; a low threshold masks most of
+    the label-related region and gives eps close to 1.
+
+    Args:
+        t: thresholds in [0, 255], shape [B].
+        T: temperature, > 0. Larger T softens the labels more for the same threshold.
+
+    Returns:
+        eps in [0, 1], shape [B], same dtype as ``t`` (float32 for integer input).
+    """
+    if not T > 0:
+        raise ValueError(f"T must be > 0, got {T}")
+    t = t if t.is_floating_point() else t.float()
+    return 1.0 - torch.exp((t - 255.0) / T)
+
+
+def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -> torch.Tensor:
+    """Soft labels (Eq. 5): ``(1 - eps) * onehot(y) + eps / K`` on every class.
+
+    Args:
+        y: integer class indices, shape [B].
+        eps: smoothing per image, shape [B], or one float for the whole batch.
+        num_classes: K.
+
+    Returns:
+        [B, K] float targets; each row sums to 1.
+    """
+    onehot = F.one_hot(y.long(), num_classes).float()  # [B, K]
+    eps = torch.as_tensor(eps, dtype=onehot.dtype, device=onehot.device)
+    if eps.ndim == 1:
+        eps = eps[:, None]  # [B, 1]
+    return (1.0 - eps) * onehot + eps / num_classes
+
+
+def sample_thresholds(
+    batch_size: int,
+    alpha: float,
+    beta: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Draw one masking threshold per image: ``t = 255 * s``, ``s ~ Beta(alpha, beta)``.
+
+    The Beta draw uses two Gamma draws (s = g_a / (g_a + g_b)), which accept a generator, so
+    runs are reproducible and resumable from the generator's state.
+
+    Args:
+        batch_size: number of thresholds.
+        alpha, beta: Beta parameters, both > 0 (SPEC defaults 50 and 20: mean 0.714).
+        generator: optional torch.Generator for the draw (CPU generator).
+        device: where the result lives (the draw itself is done on the generator's device).
+
+    Returns:
+        [batch_size] float32 thresholds in [0, 255].
+    """
+    if not (alpha > 0 and beta > 0):
+        raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    conc = torch.tensor([alpha, beta], dtype=torch.float64, device=gen_device)
+    # torch.distributions.Beta takes no generator, so draw the two Gammas ourselves.
+    g = _gamma(conc.expand(batch_size, 2), generator)  # [B, 2]
+    s = g[:, 0] / (g[:, 0] + g[:, 1])
+    return (255.0 * s).float().to(device if device is not None else gen_device)
+
+
+def _gamma(conc: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gamma(conc, 1) draws with Marsaglia and Tsang's method, reproducible from ``generator``.
+
+    For conc < 1 the draw uses the boost ``Gamma(a) = Gamma(a + 1) * U^(1/a)``.
+    """
+    small = conc < 1
+    a = torch.where(small, conc + 1, conc)
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.empty_like(a)
+    todo = torch.ones_like(a, dtype=torch.bool)
+    while todo.any():
+        # Rejection sampling: the acceptance rate is above 95% for every a >= 1.
+        x = torch.randn(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        v = (1 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x**2 + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        take = todo & ok
+        out = torch.where(take, d * v, out)
+        todo = todo & ~ok
+    if small.any():
+        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        out = torch.where(small, out * u ** (1.0 / conc), out)
+    return out
+
+
+def cam_mask(cam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Keep-mask of Eq. 7: 0 where ``cam >= t``, 1 elsewhere.
+
+    Args:
+        cam: CAMs in [0, 255], shape [B, H, W] or [B, 1, H, W] (any real dtype, uint8 too).
+        t: thresholds, shape [B].
+
+    Returns:
+        [B, 1, H, W] float mask, 1 = keep, 0 = masked.
+    """
+    if cam.ndim == 3:
+        cam = cam[:, None]  # [B, 1, H, W]
+    t = t.to(device=cam.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    return (cam.float() < t).float()
+
+
+def perturb(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    mode: str = "zero",
+    sigma: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Apply the perturbation T(x) of Table 9 to images in [0, 1].
+
+    Args:
+        x: images [B, 3, H, W] in [0, 1], before normalisation.
+        keep: mask [B, 1, H, W], 1 = keep (from :func:`cam_mask`).
+        mode: "zero" masks to black (the paper's default), "one" masks to white, "noise"
+            adds Gaussian noise of std ``sigma`` inside the would-be masked region (pixels
+            clipped to [0, 1]) instead of removing it.
+        sigma: noise std for mode "noise".
+        generator: optional generator for the noise.
+
+    Returns:
+        Perturbed images, same shape and dtype as ``x``.
+    """
+    keep = keep.to(x.dtype)
+    if mode == "zero":
+        return x * keep
+    if mode == "one":
+        return x * keep + (1 - keep)
+    if mode == "noise":
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (x + sigma * noise * (1 - keep)).clamp(0, 1)
+    raise ValueError(f"perturbation mode must be one of {PERTURBATIONS}, got {mode!r}")
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # [B, K]
+    return -(targets * logp).sum(dim=-1).mean()
+
+
+def smot_loss(
+    logits: torch.Tensor,
+    logits_masked: torch.Tensor,
+    y: torch.Tensor,
+    eps: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """The SMOT loss (Eq. 8): ``(1 - lam) * CE(f(x), y) + lam * CE(f(T(x)), y_eps)``.
+
+    Args:
+        logits: [B, K] logits of the original images.
+        logits_masked: [B, K] logits of their perturbed copies (same order).
+        y: [B] true labels.
+        eps: [B] smoothing per perturbed image, from :func:`smoothing_eps`.
+        lam: weight of the perturbed term, in [0, 1].
+
+    Returns:
+        Scalar loss (float32).
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    hard = F.cross_entropy(logits.float(), y.long())
+    soft = soft_cross_entropy(logits_masked, soft_targets(y, eps, logits_masked.shape[-1]))
+    return (1.0 - lam) * hard + lam * soft
+
+
+def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
+    return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
+
+
+def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> torch.Tensor:
+    """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
+    logits = logits.float()
+    norms = torch.linalg.vector_norm(logits, dim=-1, keepdim=True) + 1e-7  # [B, 1]
+    return F.cross_entropy(logits / (norms * tau), y.long())
+

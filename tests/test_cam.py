@@ -1,0 +1,60 @@
+import torch
+import torch.nn as nn
+import torchvision
+
+from clip_smot.cam import CAMProvider, normalize_cam
+
+
+def _one_channel_resnet(channel: int, num_classes: int = 3) -> nn.Module:
+    """A torchvision ResNet-18 whose class 1 reads only one channel of layer4."""
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    with torch.no_grad():
+        m.fc.weight.zero_()
+        m.fc.weight[1, channel] = 1.0
+    return m.eval()
+
+
+def test_cam_lights_up_where_the_channel_is_active():
+    model = _one_channel_resnet(channel=7)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(x))))))))  # [2, 512, 2, 2]
+    provider = CAMProvider(model, mean=(0, 0, 0), std=(1, 1, 1))
+    cam = provider(x, torch.tensor([1, 1]))
+    assert cam.shape == (2, 64, 64)
+    assert cam.min() >= 0 and cam.max() <= 255
+    for i in range(2):
+        act = feats[i, 7]  # [2, 2]
+        if act.max() > act.min():
+            # the brightest CAM quadrant is where channel 7 is most active
+            cy, cx = divmod(int(act.argmax()), 2)
+            quad = cam[i, cy * 32:(cy + 1) * 32, cx * 32:(cx + 1) * 32]
+            assert quad.mean() == max(
+                cam[i, a * 32:(a + 1) * 32, b * 32:(b + 1) * 32].mean() for a in range(2) for b in range(2)
+            )
+            assert cam[i].max() == 255
+    # by hand: relu of the channel map, bilinear upsampling, min-max to [0, 255]
+    manual = nn.functional.interpolate(feats[:, 7:8].relu(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(cam, normalize_cam(manual))
+
+
+def test_cam_uses_top1_when_labels_do_not_match():
+    model = _one_channel_resnet(channel=3)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 100.0, 0.0]))  # top-1 is always class 1
+    x = torch.rand(1, 3, 32, 32)
+    by_label = CAMProvider(model, (0, 0, 0), (1, 1, 1))(x, torch.tensor([1]))
+    by_top1 = CAMProvider(model, (0, 0, 0), (1, 1, 1), labels_match=False)(x, torch.tensor([0]))
+    torch.testing.assert_close(by_label, by_top1)
+    # class 0 has all-zero weights: a constant CAM stays all zero
+    zero = CAMProvider(model, (0, 0, 0), (1, 1, 1))(x, torch.tensor([0]))
+    assert zero.abs().sum() == 0
+
+
+def test_normalize_cam():
+    cam = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
+    out = normalize_cam(cam)
+    torch.testing.assert_close(out[0], torch.tensor([[0.0, 127.5], [63.75, 255.0]]))
+    assert out[1].abs().sum() == 0

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from clip_smot.metrics import ood_metrics
+from clip_smot.scores import SCORES, energy, maxlogit, mcm, msp
+
+
+def _sk_fpr95(pos, neg):
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    fpr, tpr, _ = roc_curve(y, np.r_[pos, neg])
+    return fpr[np.argmax(tpr >= 0.95)]
+
+
+def test_against_sklearn_random():
+    rng = np.random.default_rng(0)
+    id_s = rng.normal(1.0, 1.0, 500)
+    ood_s = rng.normal(0.0, 1.0, 700)
+    m = ood_metrics(id_s, ood_s)
+    y = np.r_[np.ones(500), np.zeros(700)]
+    s = np.r_[id_s, ood_s]
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
+    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s))
+    assert m["fpr95"] == pytest.approx(_sk_fpr95(id_s, ood_s))
+    # FPR95 by definition: the OOD share at or above the score that keeps 95% of ID
+    thr = np.sort(id_s)[::-1][int(np.ceil(0.95 * 500)) - 1]
+    assert m["fpr95"] == pytest.approx((ood_s >= thr).mean())
+
+
+def test_openood_convention():
+    rng = np.random.default_rng(1)
+    id_s, ood_s = rng.normal(1, 1, 300), rng.normal(0, 1, 400)
+    m = ood_metrics(id_s, ood_s, convention="openood")
+    thr = np.sort(-ood_s)[::-1][int(np.ceil(0.95 * 400)) - 1]
+    assert m["fpr95"] == pytest.approx((-id_s >= thr).mean())
+    assert m["auroc"] == pytest.approx(ood_metrics(id_s, ood_s)["auroc"])
+
+
+def test_perfect_and_reversed_separation():
+    perfect = ood_metrics([2.0, 3.0, 4.0], [0.0, 1.0])
+    assert perfect["auroc"] == 1.0 and perfect["fpr95"] == 0.0
+    assert perfect["aupr_in"] == 1.0 and perfect["aupr_out"] == 1.0
+    reversed_ = ood_metrics(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0, 4.0]))
+    assert reversed_["auroc"] == 0.0 and reversed_["fpr95"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
+def test_bad_input_is_clear(bad):
+    with pytest.raises(ValueError, match="id_scores"):
+        ood_metrics(bad, [0.0])
+    with pytest.raises(ValueError, match="convention"):
+        ood_metrics([1.0], [0.0], convention="x")
+
+
+def test_scores_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    e = np.exp([1.0, 2.0, 3.0])
+    assert msp(logits)[0].item() == pytest.approx(e[2] / e.sum())
+    assert msp(logits)[1].item() == pytest.approx(1 / 3)
+    assert maxlogit(logits).tolist() == [3.0, 0.0]
+    assert energy(logits)[0].item() == pytest.approx(np.log(e.sum()))
+    assert energy(logits, temperature=2.0)[1].item() == pytest.approx(2 * np.log(3))
+    cos = torch.tensor([[0.3, 0.1]])
+    assert mcm(cos)[0].item() == pytest.approx(np.exp(0.3) / (np.exp(0.3) + np.exp(0.1)))
+    assert mcm(cos, tau=0.01)[0].item() == pytest.approx(1 / (1 + np.exp(-20)))
+    assert set(SCORES) >= {"msp", "maxlogit", "energy", "mcm"}

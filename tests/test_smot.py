@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_smot.smot import (
+    cam_mask,
+    label_smoothing_ce,
+    logitnorm_loss,
+    perturb,
+    sample_thresholds,
+    smoothing_eps,
+    smot_loss,
+    soft_targets,
+)
+
+
+def test_eps_hand_values():
+    eps = smoothing_eps(torch.tensor([255.0, 200.0, 0.0]), T=10)
+    assert eps[0].item() == 0.0
+    assert eps[1].item() == pytest.approx(1 - math.exp(-5.5), abs=1e-7)
+    assert eps[2].item() == pytest.approx(1 - math.exp(-25.5), abs=1e-7)
+    # a larger T softens more at the same threshold
+    assert smoothing_eps(torch.tensor([200.0]), T=150).item() == pytest.approx(1 - math.exp(-55 / 150))
+
+
+def test_eps_rejects_bad_T():
+    with pytest.raises(ValueError):
+        smoothing_eps(torch.tensor([1.0]), T=0)
+
+
+def test_soft_targets_eq5():
+    y = torch.tensor([2, 0])
+    eps = torch.tensor([0.5, 0.0])
+    st = soft_targets(y, eps, 4)
+    expected = torch.tensor([[0.125, 0.125, 0.625, 0.125], [1.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(st, expected)
+    torch.testing.assert_close(st.sum(1), torch.ones(2))
+    # a scalar eps applies to the whole batch
+    torch.testing.assert_close(soft_targets(y, 0.1, 4)[0], torch.tensor([0.025, 0.025, 0.925, 0.025]))
+
+
+def test_cam_mask_masks_at_and_above_threshold():
+    cam = torch.tensor([[[0.0, 99.0], [100.0, 255.0]]])  # [1, 2, 2]
+    keep = cam_mask(cam, torch.tensor([100.0]))
+    assert keep.shape == (1, 1, 2, 2)
+    assert keep.flatten().tolist() == [1.0, 1.0, 0.0, 0.0]
+    # per-image thresholds
+    cams = cam.repeat(2, 1, 1)
+    keep2 = cam_mask(cams, torch.tensor([0.0, 256.0]))
+    assert keep2[0].sum() == 0 and keep2[1].sum() == 4
+
+
+def test_perturb_modes():
+    x = torch.full((1, 3, 2, 2), 0.5)
+    keep = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    z = perturb(x, keep, "zero")
+    assert z[0, :, 0, 1].tolist() == [0.0] * 3 and z[0, :, 0, 0].tolist() == [0.5] * 3
+    o = perturb(x, keep, "one")
+    assert o[0, :, 0, 1].tolist() == [1.0] * 3 and o[0, :, 1, 1].tolist() == [0.5] * 3
+    n = perturb(x, keep, "noise", sigma=0.2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(n[0, :, 0, 0], x[0, :, 0, 0])  # kept pixels untouched
+    assert not torch.equal(n[0, :, 0, 1], x[0, :, 0, 1])  # noise added where the mask was
+    assert n.min() >= 0 and n.max() <= 1
+    with pytest.raises(ValueError):
+        perturb(x, keep, "blur")
+
+
+def test_smot_loss_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5)
+    logits_m = torch.randn(3, 5)
+    y = torch.tensor([1, 4, 0])
+    eps = torch.tensor([0.2, 0.9, 0.0])
+    lam = 0.3
+    # hand-computed: CE by explicit log-softmax sums
+    logp = logits - logits.exp().sum(1, keepdim=True).log()
+    ce = -logp[torch.arange(3), y].mean()
+    logpm = logits_m - logits_m.exp().sum(1, keepdim=True).log()
+    soft = 0.0
+    for i in range(3):
+        for k in range(5):
+            target = (1 - eps[i]) * (k == y[i]) + eps[i] / 5
+            soft = soft - target * logpm[i, k]
+    soft = soft / 3
+    expected = (1 - lam) * ce + lam * soft
+    assert smot_loss(logits, logits_m, y, eps, lam).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        smot_loss(logits, logits_m, y, eps, 1.5)
+
+
+def test_smot_loss_reduces_to_ce_when_lam_zero():
+    logits = torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 0])
+    out = smot_loss(logits, torch.randn(4, 3), y, torch.rand(4), 0.0)
+    assert out.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+
+
+def test_beta_thresholds_mean_and_reproducible():
+    g = torch.Generator().manual_seed(0)
+    t = sample_thresholds(20000, 50, 20, generator=g)
+    assert t.shape == (20000,)
+    assert t.min() >= 0 and t.max() <= 255
+    assert t.mean().item() == pytest.approx(255 * 50 / 70, abs=0.5)
+    # Beta(50, 20) variance: ab / ((a+b)^2 (a+b+1))
+    var = 50 * 20 / (70**2 * 71)
+    assert (t / 255).var().item() == pytest.approx(var, rel=0.05)
+    # same generator seed, same draw; small parameters use the boosted branch
+    t1 = sample_thresholds(5, 0.5, 0.5, generator=torch.Generator().manual_seed(3))
+    t2 = sample_thresholds(5, 0.5, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(t1, t2)
+    s = sample_thresholds(20000, 0.5, 2.0, generator=g) / 255
+    assert s.mean().item() == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(ValueError):
+        sample_thresholds(2, 0, 1)
+
+
+def test_label_smoothing_and_logitnorm_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    logp = logits.log_softmax(-1)[0]
+    expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
+    assert label_smoothing_ce(logits, y, 0.1).item() == pytest.approx(expected.item(), rel=1e-6)
+    norm = math.sqrt(4 + 0 + 1)
+    scaled = logits / (norm * 0.04)
+    assert logitnorm_loss(logits, y).item() == pytest.approx(
+        F.cross_entropy(scaled, y).item(), rel=1e-5
+    )
