@@ -1,0 +1,153 @@
+"""The learned-prompt file: one ``.safetensors`` with the context, the text features and metadata.
+
+Format (version 1, SPEC section 2):
+
+* tensors
+    - ``ctx``: the learned context, [n_ctx, d] (unified) or [K, n_ctx, d] (class-specific),
+      float32;
+    - ``text_features``: the final normalised class text features [K, e], float32, so that
+      scoring needs no text-encoder pass.
+* metadata (all strings)
+    - ``format``: "clip-smot-prompt", ``format_version``: "1", ``library_version``;
+    - ``model``: open_clip architecture name, ``model_config``: its config as JSON;
+    - ``pretrained``: pretrained tag or checkpoint file name ("" for random weights);
+      ``checkpoint_sha256``: SHA-256 of that checkpoint file ("" for a tag);
+    - ``n_ctx``, ``class_position`` (end, middle, front), ``csc`` ("true"/"false");
+    - ``classnames``: JSON list of the K class names, in the order of ``text_features``;
+    - ``config``: the training configuration as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
+
+FORMAT = "clip-smot-prompt"
+FORMAT_VERSION = "1"
+_REQUIRED_META = ("format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """A loaded prompt file."""
+
+    ctx: torch.Tensor  # [n_ctx, d] or [K, n_ctx, d]
+    text_features: torch.Tensor  # [K, e], normalised
+    model: str
+    model_config: dict
+    pretrained: str
+    checkpoint_sha256: str
+    n_ctx: int
+    class_position: str
+    csc: bool
+    classnames: list[str]
+    config: dict
+    path: str = ""
+
+    def check_model(self, identity: dict[str, str]) -> bool:
+        """Check that a model (``ClipModel.identity()``) is the one this prompt was made for.
+
+        Returns:
+            True when the weights are the same as at training time (the stored text features
+            can be used as they are), False when the architecture is the same but the weights
+            may differ (the text features must be encoded again from ``ctx``).
+
+        Raises:
+            UserError: the architecture differs.
+        """
+        theirs = json.loads(identity["model_config"])
+        if theirs != self.model_config:
+            raise UserError(
+                f"{self.path or 'prompt'}: made for model {self.model} ({self.pretrained or 'random weights'}), "
+                f"which is not the model in use, {identity['model']}; pass --model/--pretrained for {self.model}"
+            )
+        same_tag = self.pretrained == identity["pretrained"] and not self.checkpoint_sha256
+        same_file = bool(self.checkpoint_sha256) and self.checkpoint_sha256 == identity["checkpoint_sha256"]
+        return (same_tag or same_file) and bool(self.pretrained)
+
+
+def save_prompt(
+    path: str | os.PathLike,
+    ctx: torch.Tensor,
+    text_features: torch.Tensor,
+    identity: dict[str, str],
+    n_ctx: int,
+    class_position: str,
+    csc: bool,
+    classnames: list[str],
+    config: dict,
+) -> None:
+    """Write a prompt file atomically (temporary file, then rename)."""
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "model": identity["model"],
+        "model_config": identity["model_config"],
+        "pretrained": identity["pretrained"],
+        "checkpoint_sha256": identity["checkpoint_sha256"],
+        "n_ctx": str(n_ctx),
+        "class_position": class_position,
+        "csc": "true" if csc else "false",
+        "classnames": json.dumps(list(classnames)),
+        "config": json.dumps(config, sort_keys=True),
+    }
+    tensors = {
+        "ctx": ctx.detach().float().cpu().contiguous(),
+        "text_features": text_features.detach().float().cpu().contiguous(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_prompt(path: str | os.PathLike) -> PromptFile:
+    """Read a prompt file; anything that is not a valid prompt file is a UserError naming it."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"--prompt {path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            missing = [k for k in ("ctx", "text_features") if k not in keys]
+            if missing:
+                raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
+            ctx, text_features = f.get_tensor("ctx"), f.get_tensor("text_features")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
+    classnames = json.loads(meta["classnames"])
+    if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
+        raise UserError(f"--prompt {path}: text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
+    return PromptFile(
+        ctx=ctx,
+        text_features=text_features,
+        model=meta["model"],
+        model_config=json.loads(meta["model_config"]),
+        pretrained=meta["pretrained"],
+        checkpoint_sha256=meta.get("checkpoint_sha256", ""),
+        n_ctx=int(meta["n_ctx"]),
+        class_position=meta["class_position"],
+        csc=meta["csc"] == "true",
+        classnames=classnames,
+        config=json.loads(meta.get("config", "{}")),
+        path=path,
+    )

@@ -1,0 +1,44 @@
+import time
+
+import pytest
+import torch
+
+from clip_smot.clip_model import IMAGENET_CLASSNAMES, load_clip
+from clip_smot.errors import UserError
+
+
+def test_local_checkpoint_loads_frozen(tiny_clip_config, tiny_clip_checkpoint):
+    from safetensors.torch import load_file
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    assert clip.name == "clip-smot-tiny" and clip.pretrained == "tiny.safetensors"
+    assert len(clip.checkpoint_sha256) == 64
+    assert not clip.model.training
+    assert all(not p.requires_grad for p in clip.model.parameters())
+    ref = load_file(tiny_clip_checkpoint)
+    torch.testing.assert_close(clip.model.token_embedding.weight, ref["token_embedding.weight"])
+    assert clip.image_size == 32 and len(clip.mean) == 3
+    assert clip.identity()["model"] == "clip-smot-tiny"
+    assert len(IMAGENET_CLASSNAMES) == 1000
+
+
+def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"ViT-B-16.*openai.*local checkpoint"):
+        load_clip("ViT-B-16", "openai")
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    "model, pretrained, match",
+    [
+        ("ViT-B-16", "not-a-tag", "not a pretrained tag"),
+        ("ViT-B-16", "missing/weights.pt", "no such checkpoint file"),
+        ("No-Such-Model", None, "unknown open_clip model"),
+        ("missing/config.json", None, "no such model-config JSON"),
+    ],
+)
+def test_bad_model_or_weights(model, pretrained, match):
+    with pytest.raises(UserError, match=match):
+        load_clip(model, pretrained)
