@@ -1,0 +1,28 @@
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from clip_smot.digits import DIGIT_NAMES, ensure_digits
+
+
+def test_digits_folders(tmp_path):
+    root = ensure_digits(size=16, root=tmp_path / "d16")
+    train = sorted((root / "train").rglob("*.png"))
+    val = sorted((root / "val").rglob("*.png"))
+    assert len(train) + len(val) == 1797
+    assert abs(len(val) - 0.25 * 1797) < 2
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted(DIGIT_NAMES)
+    # an image is its digit, upsampled: back at 8x8 it matches the source
+    p = train[0]
+    i = int(p.stem)
+    digits = load_digits()
+    assert DIGIT_NAMES[digits.target[i]] == p.parent.name
+    small = np.asarray(Image.open(p).convert("L").resize((8, 8), Image.BOX), dtype=float)
+    assert np.corrcoef(small.ravel(), digits.images[i].ravel())[0, 1] > 0.9
+    for name in ("photos", "textures"):
+        files = list((root / "ood" / name).glob("*.png"))
+        assert len(files) == 300 and Image.open(files[0]).size == (16, 16)
+    # reused, not rewritten
+    mtime = (root / "digits.json").stat().st_mtime_ns
+    assert ensure_digits(size=16, root=root) == root
+    assert (root / "digits.json").stat().st_mtime_ns == mtime
