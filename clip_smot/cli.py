@@ -47,10 +47,58 @@ def score() -> None:
     _not_implemented("score")
 
 
+def _parse_ood(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, where = v.partition("=")
+        if not sep:
+            name, where = v, v  # a bare built-in name such as "svhn"
+        if not name or not where:
+            raise click.BadParameter(f"{v!r}: expected NAME=DIR or a built-in set name", param_hint="--ood")
+        if name in out:
+            raise click.BadParameter(f"OOD set {name!r} given twice", param_hint="--ood")
+        out[name] = where
+    return out
+
+
 @cli.command("eval")
-def eval_() -> None:
-    """Evaluate OOD detection on ID and OOD sets: metric tables and histograms."""
-    _not_implemented("eval")
+@click.option("--prompt", type=click.Path(dir_okay=False), help="Learned prompt (.safetensors) to evaluate (CLIP track).")
+@click.option("--zero-shot", is_flag=True, help="CLIP track: plain 'a photo of a {c}.' prompts (the MCM baseline).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="ResNet model.safetensors from 'clip-smot train'.")
+@click.option("--model", "model_name", default=None, help="CLIP: open_clip name or config JSON (default: from the prompt).")
+@click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: from the prompt).")
+@click.option("--id", "id_data", required=True, help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).")
+@click.option("--id-train", default=None, help="ResNet: ID training data for KNN/ViM/ReAct statistics (default: from the checkpoint).")
+@click.option("--ood", multiple=True, required=True, help="OOD set as NAME=DIR (or NAME=LIST.txt), or a built-in name; repeatable.")
+@click.option("--scores", default=None, help="Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
+@click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
+              help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
+def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, ood, scores, fpr_convention,
+          batch_size, workers, device, out) -> None:
+    """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
+
+    Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png.
+    """
+    chosen = [name for name, v in (("--prompt", prompt), ("--zero-shot", zero_shot), ("--checkpoint", checkpoint)) if v]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --prompt, --zero-shot or --checkpoint")
+    ood_sets = _parse_ood(ood)
+    score_list = [s.strip().lower() for s in scores.split(",") if s.strip()] if scores else None
+    if checkpoint:
+        from .resnet_eval import run_resnet_eval
+
+        run_resnet_eval(checkpoint=checkpoint, id_data=id_data, id_train=id_train, ood=ood_sets, scores=score_list,
+                        convention=fpr_convention, batch_size=batch_size, workers=workers, device=device, out=out)
+    else:
+        from .clip_eval import run_clip_eval
+
+        run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained, id_data=id_data,
+                      ood=ood_sets, scores=score_list, convention=fpr_convention, batch_size=batch_size,
+                      workers=workers, device=device, out=out)
 
 
 @cli.command()
