@@ -42,9 +42,34 @@ def fit() -> None:
 
 
 @cli.command()
-def score() -> None:
-    """Score images with a learned prompt (no training)."""
-    _not_implemented("score")
+@click.option("--prompt", type=click.Path(dir_okay=False), required=True, help="Learned prompt (.safetensors).")
+@click.option("--model", "model_name", default=None, help="open_clip name or config JSON (default: from the prompt).")
+@click.option("--pretrained", default=None, help="Pretrained tag or checkpoint file (default: from the prompt).")
+@click.option("--scores", default="mcm", show_default=True,
+              help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, out,
+          paths) -> None:
+    """Score images with a learned prompt (no training).
+
+    PATHS are image files or folders (searched recursively). Writes a CSV with the columns
+    path, pred, pred_index and one column per score (higher = more in-distribution).
+    """
+    from .scoring import run_score
+
+    skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained, scores=scores,
+                        batch_size=batch_size, device=device, workers=workers, skip_unreadable=skip_unreadable,
+                        use_cache=not no_cache)
+    if skipped:
+        click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
+        for _, reason in skipped:
+            click.echo(f"  {reason}", err=True)
 
 
 def _parse_ood(values: tuple[str, ...]) -> dict[str, str]:
@@ -76,9 +101,10 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
 def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, ood, scores, fpr_convention,
-          batch_size, workers, device, out) -> None:
+          batch_size, workers, device, no_cache, out) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
     Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png.
@@ -98,7 +124,7 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
 
         run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained, id_data=id_data,
                       ood=ood_sets, scores=score_list, convention=fpr_convention, batch_size=batch_size,
-                      workers=workers, device=device, out=out)
+                      workers=workers, device=device, out=out, use_cache=not no_cache)
 
 
 @cli.command()

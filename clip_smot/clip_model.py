@@ -19,11 +19,23 @@ import open_clip
 import torch
 import torch.nn as nn
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+from open_clip.transformer import VisionTransformer
 
 from .errors import UserError
 from .runtime import sha256_file
 
-__all__ = ["ClipModel", "IMAGENET_CLASSNAMES", "encode_images", "load_clip"]
+__all__ = [
+    "ClipModel",
+    "IMAGENET_CLASSNAMES",
+    "encode_image_tokens",
+    "encode_images",
+    "image_preprocess",
+    "is_vit",
+    "load_clip",
+    "load_clip_for_prompt",
+    "logit_scale",
+    "preprocess_identity",
+]
 
 IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
 
@@ -182,3 +194,91 @@ def _tag_is_cached(name: str, tag: str) -> bool:
 def encode_images(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
     """Image features [B, d] (not normalised) of normalised images [B, 3, S, S]."""
     return clip.model.encode_image(images)
+
+
+def image_preprocess(clip: ClipModel):
+    """open_clip's evaluation transform for this model: PIL image -> normalised [3, S, S].
+
+    Resize (shortest side, bicubic unless the weights say otherwise), centre crop, to tensor,
+    mean/std normalisation: exactly what ``open_clip.create_model_and_transforms`` returns as
+    its validation preprocess. The returned object is picklable (DataLoader workers).
+    """
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
+    return image_transform_v2(cfg, is_train=False)
+
+
+def preprocess_identity(clip: ClipModel) -> dict:
+    """The preprocessing settings as plain data (part of the image-feature cache key)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in open_clip.get_model_preprocess_cfg(clip.model).items()}
+
+
+def logit_scale(clip: ClipModel) -> torch.Tensor:
+    """CLIP's learned temperature, ``logit_scale.exp()`` (a 0-d tensor on the model's device)."""
+    return clip.model.logit_scale.detach().exp()
+
+
+def is_vit(clip: ClipModel) -> bool:
+    """Whether the image tower is open_clip's VisionTransformer pooled at the class token."""
+    visual = clip.model.visual
+    return (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and not visual.final_ln_after_pool
+    )
+
+
+def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global and per-patch image features of a ViT, both projected into the joint space.
+
+    Follows ``VisionTransformer.forward`` step by step (embeddings, transformer, ``ln_post``,
+    class-token pooling, ``@ proj``), and also projects the patch tokens with the same
+    ``proj``: the local features of GL-MCM (Miyai et al., 2023).
+
+    Args:
+        clip: a ViT model (:func:`is_vit`).
+        images: normalised images [B, 3, S, S].
+
+    Returns:
+        ``(global [B, e], local [B, N, e])``, not normalised; N = number of patches. The global
+        features equal ``clip.model.encode_image(images)``.
+
+    Raises:
+        UserError: the model is not a class-token ViT (e.g. a ResNet CLIP).
+    """
+    if not is_vit(clip):
+        raise UserError(
+            f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {clip.name} has "
+            f"{type(clip.model.visual).__name__}"
+        )
+    visual = clip.model.visual
+    x = visual._embeds(images)  # [B, 1 + N, width]
+    x = visual.transformer(x)  # [B, 1 + N, width]
+    pooled, tokens = visual._pool(x)  # [B, width], [B, N, width] (ln_post applied)
+    return pooled @ visual.proj, tokens @ visual.proj  # [B, e], [B, N, e]
+
+
+def load_clip_for_prompt(
+    name: str, config: dict, pretrained: str | None, device: torch.device | str = "cpu"
+) -> ClipModel:
+    """Load the model a prompt names: a built-in open_clip name, else its stored config.
+
+    A prompt made with a model-config JSON (e.g. a custom or tiny architecture) stores the
+    config itself; it is registered under the stored name so that no JSON file is needed.
+
+    Args:
+        name: open_clip architecture name from the prompt's metadata.
+        config: the model config stored in the prompt.
+        pretrained: as for :func:`load_clip`.
+        device: where the model lives.
+    """
+    if open_clip.get_model_config(name) is not None:
+        return load_clip(name, pretrained, device)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        return load_clip(str(path), pretrained, device)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["SCORES", "energy", "maxlogit", "mcm", "msp"]
+__all__ = ["SCORES", "energy", "gl_mcm", "local_mcm", "maxlogit", "mcm", "msp"]
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,25 @@ SCORES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
     "energy": (energy, "logits"),
     "mcm": (mcm, "cosine"),
 }
+
+
+def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Local MCM (Miyai et al., 2023): max over patches and classes of the per-patch MCM.
+
+    Args:
+        local_cosine: cos(patch feature, text feature), [B, N, K] (N patches, K classes).
+        tau: softmax temperature over the classes.
+    """
+    return (local_cosine.float() / tau).softmax(dim=-1).amax(dim=(-2, -1))
+
+
+def gl_mcm(cosine: torch.Tensor, local_cosine: torch.Tensor, tau: float = 1.0, local_weight: float = 1.0) -> torch.Tensor:
+    """GL-MCM (Miyai et al., 2023): ``mcm(global) + local_weight * local_mcm(patches)``.
+
+    Args:
+        cosine: global cos(image, text), [B, K].
+        local_cosine: per-patch cos(patch, text), [B, N, K].
+        tau: softmax temperature of both terms.
+        local_weight: weight of the local term (1 in the GL-MCM paper).
+    """
+    return mcm(cosine, tau) + local_weight * local_mcm(local_cosine, tau)

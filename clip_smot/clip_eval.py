@@ -1,0 +1,134 @@
+"""``clip-smot eval`` for the CLIP track: a learned prompt (or zero-shot prompts) on ID and OOD sets.
+
+Text features are computed once; image features come from the feature cache when the same
+files were encoded by the same weights before (:mod:`clip_smot.image_features`). The metric
+files are written by :func:`clip_smot.evaluate.write_reports`, shared with the ResNet track.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .evaluate import write_reports
+from .ood_data import folder_classnames, id_set, image_set
+from .runtime import write_json
+from .scoring import PromptScorer, parse_scores
+
+__all__ = ["ClipEvalConfig", "run_clip_eval"]
+
+_REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
+
+
+@dataclass(frozen=True)
+class ClipEvalConfig:
+    """What one CLIP evaluation ran with; saved as OUT/config.json."""
+
+    prompt: str | None  # prompt file, None for zero-shot
+    zero_shot: bool  # plain "a photo of a {c}." prompts (the MCM baseline)
+    model: str | None  # open_clip name or config JSON (None: from the prompt)
+    pretrained: str | None  # tag or checkpoint file (None: from the prompt)
+    id_data: str  # ID folder or image list
+    ood: dict  # OOD set name -> folder or image list
+    scores: tuple  # score names
+    convention: str  # FPR95 convention: "id" (paper) or "openood"
+    batch_size: int  # images per forward pass
+    workers: int  # DataLoader decoding processes
+    device: str  # as given: auto, cpu, cuda
+    use_cache: bool  # read/write the image-feature cache
+
+
+def _zero_shot_template() -> str:
+    return (_REPO / "prompts" / "zero_shot_template.txt").read_text().strip()
+
+
+def run_clip_eval(
+    prompt: str | None,
+    zero_shot: bool,
+    model: str | None,
+    pretrained: str | None,
+    id_data: str,
+    ood: dict[str, str],
+    scores: list[str] | None,
+    convention: str = "id",
+    batch_size: int = 256,
+    workers: int = 4,
+    device: str = "auto",
+    out: str = "eval",
+    use_cache: bool = True,
+) -> dict:
+    """Score the ID set and every OOD set, then write the metric files into ``out``.
+
+    Args:
+        prompt: the learned prompt file (None with ``zero_shot``).
+        zero_shot: use plain CLIP prompts; the class names come from the ID folder.
+        model, pretrained: override the prompt's model (zero-shot default: ViT-B-16 / openai).
+        id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list.
+        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``).
+        scores: score names (default: mcm).
+        convention: FPR95 convention, "id" or "openood" (OOD positive).
+        batch_size, workers, device: encoding settings.
+        out: output folder: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
+        use_cache: read/write the image-feature cache.
+
+    Returns:
+        The metrics.json content.
+    """
+    names = parse_scores(scores)
+    if "id" in ood:
+        raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
+    cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), tuple(names), convention,
+                         batch_size, workers, device, use_cache)
+    if zero_shot:
+        template = _zero_shot_template()
+        scorer = PromptScorer.zero_shot(
+            folder_classnames(id_data), model or DEFAULT_ZERO_SHOT_MODEL[0],
+            pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
+        )
+        title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    else:
+        if not prompt:
+            raise UserError("--prompt: give a prompt file, or --zero-shot")
+        scorer = PromptScorer.from_file(prompt, model=model, pretrained=pretrained, device=device)
+        title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    scorer.check_scores(names)
+    # Resolve every set before encoding anything: a typo in the last --ood fails at once.
+    sets = [id_set(id_data, scorer.classnames)] + [image_set(n, w) for n, w in ood.items()]
+
+    start = time.monotonic()
+    results = {}
+    for s in sets:
+        feats = scorer.features(s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
+        results[s.name] = (s, scorer.score_features(feats, names))
+    id_s, id_out = results["id"]
+    id_accuracy = None
+    if id_s.labels is not None:
+        pred = id_out["pred_index"].numpy()
+        id_accuracy = float(100.0 * np.mean(pred == np.asarray(id_s.labels)))
+    extra = {
+        "model": scorer.clip.name,
+        "pretrained": scorer.clip.pretrained,
+        "prompt": prompt,
+        "text_features": scorer.source,
+        "n_images": {name: len(s.paths) for name, (s, _) in results.items()},
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    if id_accuracy is None:
+        extra["id_accuracy_note"] = id_s.note or "the ID data has no class labels"
+    report = write_reports(
+        out,
+        {n: id_out[n].numpy() for n in names},
+        {name: {n: o[n].numpy() for n in names} for name, (_, o) in results.items() if name != "id"},
+        id_accuracy=id_accuracy,
+        convention=convention,
+        title=title,
+        extra=extra,
+    )
+    write_json({**asdict(cfg), "scores": list(cfg.scores)}, Path(out) / "config.json")
+    return report

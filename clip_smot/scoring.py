@@ -1,0 +1,326 @@
+"""Zero-training OOD scoring with a learned prompt (or plain zero-shot prompts).
+
+``PromptScorer`` holds a frozen CLIP model and the K class text features, computed once: the
+prompt file's stored ``text_features`` when the model's weights are the ones the prompt was
+made with (no text-encoder pass), else re-encoded from the stored context.
+
+Logits = ``logit_scale.exp() * cos(image, text)``; MCM (tau = 1) and GL-MCM take the cosines,
+MSP, Energy and MaxLogit the logits (SPEC section 2). Every score: higher = more ID.
+
+Example::
+
+    scorer = PromptScorer.from_file("prompt.safetensors", device="cuda")
+    out = scorer.score([Image.open("cat.jpg")])      # {"mcm": [1], ..., "pred_index": [1]}
+    result = scorer.score_paths(["images/"])         # per-file scores, from the feature cache
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import clip_model as cm
+from .clip_model import ClipModel
+from .data import list_images
+from .errors import UserError
+from .image_features import ImageFeatures, encode_files
+from .prompt_file import PromptFile, load_prompt
+from .runtime import resolve_device
+from .scores import SCORES, gl_mcm
+
+__all__ = [
+    "DEFAULT_SCORES",
+    "SCORE_NAMES",
+    "PathScores",
+    "PromptScorer",
+    "parse_scores",
+    "run_score",
+    "scores_from_features",
+]
+
+SCORE_NAMES = ("mcm", "msp", "energy", "maxlogit", "gl-mcm")
+DEFAULT_SCORES = ("mcm",)
+
+
+def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> list[str]:
+    """Lower-cased, de-duplicated score names; an unknown name is a UserError listing the known."""
+    if names is None:
+        return list(DEFAULT_SCORES)
+    if isinstance(names, str):
+        names = names.split(",")
+    out: list[str] = []
+    for n in (s.strip().lower() for s in names):
+        if not n:
+            continue
+        if n not in SCORE_NAMES:
+            raise UserError(f"{flag}: unknown score {n!r} (known: {', '.join(SCORE_NAMES)})")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise UserError(f"{flag}: no score given (known: {', '.join(SCORE_NAMES)})")
+    return out
+
+
+def scores_from_features(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    scores: Sequence[str],
+    local_features: torch.Tensor | None = None,
+    tau: float = 1.0,
+    local_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """OOD scores and predictions from normalised features.
+
+    Args:
+        image_features: [B, e], normalised.
+        text_features: [K, e], normalised.
+        logit_scale: CLIP's ``logit_scale.exp()``.
+        scores: names from :data:`SCORE_NAMES`.
+        local_features: [B, P, e], normalised patch features (needed for ``gl-mcm``).
+        tau: MCM / GL-MCM temperature (1, SPEC).
+        local_weight: weight of local MCM in GL-MCM.
+
+    Returns:
+        ``{score: [B] float32, ..., "pred_index": [B] int64}``.
+    """
+    text = text_features.to(image_features.device, torch.float32)
+    cosine = image_features.float() @ text.T  # [B, K]
+    logits = logit_scale * cosine  # [B, K]
+    out: dict[str, torch.Tensor] = {}
+    for name in scores:
+        if name == "gl-mcm":
+            if local_features is None:
+                raise ValueError("gl-mcm needs local (patch) features")
+            local_cos = local_features.float() @ text.T  # [B, P, K]
+            out[name] = gl_mcm(cosine, local_cos, tau=tau, local_weight=local_weight)
+        elif name == "mcm":
+            out[name] = SCORES["mcm"][0](cosine, tau)
+        else:
+            out[name] = SCORES[name][0](logits)
+    out["pred_index"] = cosine.argmax(dim=-1)
+    return out
+
+
+@dataclass
+class PathScores:
+    """Scores of image files: ``scores[name][i]`` belongs to ``paths[i]``."""
+
+    paths: list[str]
+    scores: dict[str, torch.Tensor]
+    skipped: list[tuple[str, str]]
+
+
+def _resolve_pretrained(prompt: PromptFile) -> str:
+    """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby."""
+    if not prompt.checkpoint_sha256:
+        return prompt.pretrained  # a tag, or "" for random weights
+    for folder in (Path(prompt.path).parent, Path.cwd()):
+        candidate = folder / prompt.pretrained
+        if candidate.is_file():
+            return str(candidate)
+    raise UserError(
+        f"--pretrained: {prompt.path} was made with the checkpoint file {prompt.pretrained} "
+        f"(sha256 {prompt.checkpoint_sha256[:12]}...), which is not next to the prompt nor in the current "
+        f"folder; pass --pretrained path/to/{prompt.pretrained}"
+    )
+
+
+class PromptScorer:
+    """A frozen CLIP model with K class text features, scoring images without training.
+
+    Args:
+        clip: the loaded model (its device is where scoring runs).
+        text_features: [K, e] normalised class text features.
+        classnames: the K class names.
+        source: what the text features came from (for reports).
+    """
+
+    def __init__(self, clip: ClipModel, text_features: torch.Tensor, classnames: Sequence[str], source: str = ""):
+        if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
+            raise ValueError(f"text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
+        self.clip = clip
+        self.device = next(clip.model.parameters()).device
+        self.text_features = F.normalize(text_features.float(), dim=-1).to(self.device)  # [K, e]
+        self.classnames = list(classnames)
+        self.logit_scale = cm.logit_scale(clip).float()
+        self.source = source
+
+    @classmethod
+    def from_file(
+        cls,
+        prompt: str | os.PathLike | PromptFile,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str | torch.device = "auto",
+    ) -> "PromptScorer":
+        """Load a prompt file and its model (from the metadata unless ``model``/``pretrained`` say otherwise).
+
+        The stored text features are used as they are when the weights are the prompt's own
+        (:meth:`PromptFile.check_model` is True); otherwise they are encoded again from the
+        stored context with the model in use.
+
+        Raises:
+            UserError: not a prompt file, a prompt made for another architecture, missing weights.
+        """
+        p = prompt if isinstance(prompt, PromptFile) else load_prompt(prompt)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        weights = pretrained if pretrained is not None else _resolve_pretrained(p)
+        if model is None:
+            clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev)
+        else:
+            clip = cm.load_clip(model, weights, dev)
+        if p.check_model(clip.identity()):
+            text, source = p.text_features, "stored text features"
+        else:
+            from .prompt import text_features_from_prompt
+
+            with torch.inference_mode():
+                text, source = text_features_from_prompt(clip, p), "text features re-encoded from the stored context"
+        return cls(clip, text, p.classnames, source=source)
+
+    @classmethod
+    def zero_shot(
+        cls,
+        classnames: Sequence[str],
+        model: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        device: str | torch.device = "auto",
+        template: str | None = None,
+    ) -> "PromptScorer":
+        """Plain CLIP prompts ("a photo of a {c}." by default): the zero-shot MCM baseline."""
+        from .prompt import zero_shot_text_features
+
+        dev = resolve_device(device) if isinstance(device, str) else device
+        clip = cm.load_clip(model, pretrained, dev)
+        kwargs = {"template": template} if template else {}
+        with torch.inference_mode():
+            text = zero_shot_text_features(clip, list(classnames), **kwargs)
+        return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}")
+
+    def check_scores(self, scores: Sequence[str]) -> None:
+        if "gl-mcm" in scores and not cm.is_vit(self.clip):
+            raise UserError(
+                f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {self.clip.name} "
+                f"has {type(self.clip.model.visual).__name__}"
+            )
+
+    @torch.inference_mode()
+    def score(self, images, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:
+        """Score a batch of images.
+
+        Args:
+            images: a list of PIL images, or a tensor [B, 3, S, S] already preprocessed
+                (resized, cropped and normalised with the model's mean/std).
+            scores: names from :data:`SCORE_NAMES`.
+
+        Returns:
+            ``{score: [B], ..., "pred_index": [B]}`` on the CPU.
+        """
+        names = parse_scores(scores)
+        self.check_scores(names)
+        if not torch.is_tensor(images):
+            transform = cm.image_preprocess(self.clip)
+            images = torch.stack([transform(im.convert("RGB")) for im in images])  # [B, 3, S, S]
+        images = images.to(self.device)
+        if "gl-mcm" in names:
+            g, l = cm.encode_image_tokens(self.clip, images)  # [B, e], [B, P, e]
+            l = F.normalize(l.float(), dim=-1)
+        else:
+            g, l = cm.encode_images(self.clip, images), None
+        out = scores_from_features(F.normalize(g.float(), dim=-1), self.text_features, self.logit_scale, names, l)
+        return {k: v.cpu() for k, v in out.items()}
+
+    def features(
+        self,
+        paths: Sequence[str | os.PathLike],
+        local: bool = False,
+        batch_size: int = 256,
+        workers: int = 4,
+        skip_unreadable: bool = False,
+        use_cache: bool = True,
+    ) -> ImageFeatures:
+        """Normalised image features of files (see :func:`clip_smot.image_features.encode_files`)."""
+        return encode_files(self.clip, paths, local, batch_size, workers, skip_unreadable, use_cache)
+
+    @torch.inference_mode()
+    def score_features(self, feats: ImageFeatures, scores: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Scores (and ``pred_index``) of precomputed features, on the CPU."""
+        names = parse_scores(scores)
+        local = feats.local.to(self.device) if feats.local is not None else None
+        out = scores_from_features(feats.global_.to(self.device), self.text_features, self.logit_scale, names, local)
+        return {k: v.cpu() for k, v in out.items()}
+
+    def score_paths(
+        self,
+        paths: Sequence[str | os.PathLike],
+        scores: Sequence[str] | str | None = None,
+        batch_size: int = 256,
+        workers: int = 4,
+        skip_unreadable: bool = False,
+        use_cache: bool = True,
+    ) -> PathScores:
+        """Score image files and folders (searched recursively), one feature-cache entry per argument.
+
+        Raises:
+            UserError: a missing path, a folder without images, an unreadable image (unless
+                ``skip_unreadable``), gl-mcm with a non-ViT model.
+        """
+        names = parse_scores(scores)
+        self.check_scores(names)
+        all_paths: list[str] = []
+        parts: dict[str, list[torch.Tensor]] = {}
+        skipped: list[tuple[str, str]] = []
+        for arg in paths:
+            files = list_images(arg, flag="PATH")
+            feats = self.features(files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+            for k, v in self.score_features(feats, names).items():
+                parts.setdefault(k, []).append(v)
+            all_paths += feats.paths
+            skipped += feats.skipped
+        return PathScores(all_paths, {k: torch.cat(v) for k, v in parts.items()}, skipped)
+
+
+def run_score(
+    prompt: str,
+    paths: Sequence[str],
+    out: str,
+    model: str | None = None,
+    pretrained: str | None = None,
+    scores: Sequence[str] | str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 4,
+    skip_unreadable: bool = False,
+    use_cache: bool = True,
+) -> list[tuple[str, str]]:
+    """``clip-smot score``: score image files and folders, write one CSV row per image.
+
+    The CSV (written atomically) has the columns ``path``, ``pred`` (class name),
+    ``pred_index``, then one column per score in the order asked, named in lower case.
+
+    Returns:
+        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``).
+    """
+    import csv
+    import io
+
+    from .runtime import atomic_write_text
+
+    names = parse_scores(scores)
+    scorer = PromptScorer.from_file(prompt, model=model, pretrained=pretrained, device=device)
+    result = scorer.score_paths(paths, names, batch_size, workers, skip_unreadable, use_cache)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "pred", "pred_index", *names])
+    pred = result.scores["pred_index"].tolist()
+    columns = [result.scores[n].tolist() for n in names]
+    for i, path in enumerate(result.paths):
+        w.writerow([path, scorer.classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+    atomic_write_text(buf.getvalue(), out)
+    return result.skipped
