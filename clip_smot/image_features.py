@@ -120,7 +120,10 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures 
         return None
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
         return None
-    return ImageFeatures(encoded, tensors["global"], tensors.get("local") if local else None, skipped)
+    # clone: fresh, aligned memory, so that matrix products give bit-identical results to the
+    # freshly encoded features (a view into the file buffer can take another SIMD path)
+    loc = tensors["local"].clone() if local else None
+    return ImageFeatures(encoded, tensors["global"].clone(), loc, skipped)
 
 
 def _write_cache(path: Path, feats: ImageFeatures) -> None:

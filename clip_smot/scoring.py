@@ -180,8 +180,7 @@ class PromptScorer:
         else:
             from .prompt import text_features_from_prompt
 
-            with torch.inference_mode():
-                text, source = text_features_from_prompt(clip, p), "text features re-encoded from the stored context"
+            text, source = text_features_from_prompt(clip, p), "text features re-encoded from the stored context"
         return cls(clip, text, p.classnames, source=source)
 
     @classmethod
@@ -199,8 +198,7 @@ class PromptScorer:
         dev = resolve_device(device) if isinstance(device, str) else device
         clip = cm.load_clip(model, pretrained, dev)
         kwargs = {"template": template} if template else {}
-        with torch.inference_mode():
-            text = zero_shot_text_features(clip, list(classnames), **kwargs)
+        text = zero_shot_text_features(clip, list(classnames), **kwargs)
         return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}")
 
     def check_scores(self, scores: Sequence[str]) -> None:

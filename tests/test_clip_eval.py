@@ -1,0 +1,190 @@
+"""clip-smot eval (CLIP track): metric files against scikit-learn on the score CSVs; eval data layouts."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from clip_smot.cli import cli
+from clip_smot.clip_model import load_clip
+from clip_smot.errors import UserError
+from clip_smot.ood_data import folder_classnames, id_set, image_set, imagenet_wnid_names
+
+from test_score import CLASSES, make_folders, make_prompt, read_csv
+
+ALL = ["mcm", "msp", "energy", "maxlogit", "gl-mcm"]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def fpr95_by_hand(pos, neg):
+    """Fraction of negatives scored >= the score that accepts 95% of the positives."""
+    k = math.ceil(0.95 * len(pos))
+    t = np.sort(pos)[::-1][k - 1]
+    return float(np.mean(neg >= t))
+
+
+def score_csv(tmp_path, prompt, ckpt, path, name):
+    out = tmp_path / f"{name}.csv"
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", ckpt, "--scores", ",".join(ALL),
+                                   "--workers", "0", "--no-cache", "--out", str(out), str(path)])
+    assert res.exit_code == 0, res.output
+    return read_csv(out)
+
+
+@pytest.mark.parametrize("convention", ["id", "openood"])
+def test_eval_agrees_with_sklearn_on_the_score_csvs(tmp_path, tiny, tiny_clip_checkpoint, convention):
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=7, n_ood=9)
+    (tmp_path / "ood2").mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(5):  # a second OOD set: flat grey-ish images
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8) + rng.integers(0, 9, (32, 32, 3)).astype(np.uint8)).save(
+            tmp_path / "ood2" / f"{k}.png")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir),
+                                   "--ood", f"noise={ood_dir}", "--ood", f"flat={tmp_path / 'ood2'}", "--scores",
+                                   ",".join(ALL), "--fpr-convention", convention, "--workers", "2", "--batch-size", "8",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+
+    id_rows = score_csv(tmp_path, prompt, tiny_clip_checkpoint, id_dir, "id")
+    ood_rows = {"noise": score_csv(tmp_path, prompt, tiny_clip_checkpoint, ood_dir, "noise"),
+                "flat": score_csv(tmp_path, prompt, tiny_clip_checkpoint, tmp_path / "ood2", "flat")}
+    with open(out / "metrics.csv") as f:
+        table = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
+    assert len(table) == len(ALL) * 3
+    for score in ALL:
+        a = np.array([float(r[score]) for r in id_rows])
+        avg = []
+        for name, rows in ood_rows.items():
+            b = np.array([float(r[score]) for r in rows])
+            y = np.r_[np.ones(len(a)), np.zeros(len(b))]
+            s = np.r_[a, b]
+            fpr = fpr95_by_hand(a, b) if convention == "id" else fpr95_by_hand(-b, -a)
+            expected = {"fpr95": fpr, "auroc": roc_auc_score(y, s), "aupr_in": average_precision_score(y, s),
+                        "aupr_out": average_precision_score(1 - y, -s)}
+            avg.append(expected)
+            for k, v in expected.items():
+                assert float(table[(score, name)][k]) == pytest.approx(100 * v, abs=0.01), (score, name, k)
+        for k in avg[0]:
+            assert float(table[(score, "average")][k]) == pytest.approx(100 * np.mean([m[k] for m in avg]), abs=0.01)
+
+    report = json.loads((out / "metrics.json").read_text())
+    # ID accuracy: the class folder of each image against the predicted class, from the score CSV
+    acc = 100 * np.mean([r["pred"] == r["path"].split("/")[-2] for r in id_rows])
+    assert report["id_accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert report["fpr_convention"] == convention and report["n_images"] == {"id": 21, "noise": 9, "flat": 5}
+    assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(float(table[("mcm", "noise")]["auroc"]), abs=0.005)
+    md = (out / "metrics.md").read_text()
+    assert "| gl-mcm |" in md and "noise FPR95" in md and "ID accuracy" in md
+    png = (out / "scores_hist.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out / "scores_hist.png") as im:
+        im.verify()
+    with Image.open(out / "scores_hist.png") as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+    assert json.loads((out / "config.json").read_text())["scores"] == ALL
+
+
+def test_eval_zero_shot_uses_template_prompts(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    from clip_smot.prompt import zero_shot_text_features
+    from clip_smot.scoring import PromptScorer
+
+    id_dir, ood_dir = make_folders(tmp_path)
+    out = tmp_path / "zs"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(id_dir), "--ood", f"noise={ood_dir}", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert "zero-shot" in report["text_features"] and "id_accuracy" in report
+    # the same MCM numbers from the template text features, scored through the API
+    scorer = PromptScorer(tiny, zero_shot_text_features(tiny, CLASSES, "a photo of a {c}."), CLASSES)
+    ids = scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
+    ood = scorer.score_paths([ood_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
+    y = np.r_[np.ones(len(ids)), np.zeros(len(ood))]
+    assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(100 * roc_auc_score(y, np.r_[ids, ood]), abs=1e-6)
+
+
+def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+    base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--workers", "0",
+            "--out", str(tmp_path / "e")]
+    for ood, expected in [(f"gone={tmp_path / 'missing'}", "--ood gone="), ("svhn", "no built-in OOD sets"),
+                          (f"x={ood_dir}", None)]:
+        res = CliRunner().invoke(cli, base + ["--ood", ood, "--scores", "mcm,nope" if expected is None else "mcm"])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert (expected or "unknown score 'nope'") in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+# --- eval data layouts ------------------------------------------------------------------------------
+
+
+def _img(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
+    names = imagenet_wnid_names()
+    assert len(names) == 1000 and names["n01440764"] == "tench"
+    _img(tmp_path / "imagenet" / "val" / "n01443537" / "a.JPEG")  # goldfish
+    _img(tmp_path / "imagenet" / "val" / "n01440764" / "b.JPEG")  # tench
+    # the prompt's own class order decides the label
+    s = id_set(tmp_path / "imagenet", ["goldfish", "tench", "cat"])
+    assert [p.name for p in s.paths] == ["b.JPEG", "a.JPEG"] and s.labels == [1, 0]  # sorted by wnid
+    s = id_set(tmp_path / "imagenet" / "val", ["goldfish", "tench"])  # the val folder itself
+    assert s.labels == [1, 0]
+    # the full ImageNet-1k list: wnids by position
+    s = id_set(tmp_path / "imagenet", list(names.values()))
+    assert s.labels == [0, 1]
+    s = id_set(tmp_path / "imagenet", ["cat", "dog"])
+    assert s.labels is None and "match no class" in s.note
+    assert folder_classnames(tmp_path / "imagenet") == ["tench", "goldfish"]
+
+
+def test_ood_folders_any_layout_and_image_lists(tmp_path):
+    # MOS sets as people store them
+    _img(tmp_path / "iNaturalist" / "images" / "1.jpg")
+    _img(tmp_path / "dtd" / "images" / "banded" / "banded_0001.jpg")
+    _img(tmp_path / "dtd" / "images" / "zigzag" / "z.jpg")
+    assert len(image_set("inat", tmp_path / "iNaturalist").paths) == 1
+    assert [p.name for p in image_set("textures", tmp_path / "dtd").paths] == ["banded_0001.jpg", "z.jpg"]
+    # OpenOOD lists: ROOT::LIST, or paths relative to the list's folder
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "tex.txt").write_text("dtd/images/banded/banded_0001.jpg 0\ndtd/images/zigzag/z.jpg 0\n")
+    s = image_set("textures", f"{tmp_path}::{tmp_path / 'lists' / 'tex.txt'}")
+    assert [p.name for p in s.paths] == ["banded_0001.jpg", "z.jpg"]
+    (tmp_path / "rel.txt").write_text("iNaturalist/images/1.jpg\n")
+    assert image_set("inat", tmp_path / "rel.txt").paths == [tmp_path / "iNaturalist" / "images" / "1.jpg"]
+    # an ID list: labels are class indices of the prompt
+    (tmp_path / "id.txt").write_text("iNaturalist/images/1.jpg 1\ndtd/images/zigzag/z.jpg 0\n")
+    assert id_set(tmp_path / "id.txt", ["a", "b"]).labels == [1, 0]
+    assert id_set(tmp_path / "id.txt", ["a"]).labels is None
+    (tmp_path / "bad.txt").write_text("dtd/images/zigzag/z.jpg 0\nmissing.jpg 0\n")
+    with pytest.raises(UserError, match=r"bad.txt:2: .*missing.jpg does not exist"):
+        image_set("bad", tmp_path / "bad.txt")
+    (tmp_path / "worse.txt").write_text("a.jpg 0 extra\n")
+    with pytest.raises(UserError, match=r"worse.txt:1: expected 'relative/path label'"):
+        image_set("bad", tmp_path / "worse.txt")
+    with pytest.raises(UserError, match="no image files"):
+        image_set("empty", (tmp_path / "void").mkdir() or tmp_path / "void")

@@ -1,0 +1,299 @@
+"""clip-smot score and the scoring API: formulas by hand, CLIP paths against open_clip, bad input."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from clip_smot import clip_model as cm
+from clip_smot.cli import cli
+from clip_smot.clip_model import encode_image_tokens, image_preprocess, load_clip
+from clip_smot.errors import UserError
+from clip_smot.prompt_file import save_prompt
+from clip_smot.scores import gl_mcm, local_mcm
+from clip_smot.scoring import PromptScorer, scores_from_features
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def make_prompt(path, clip, classnames=CLASSES, seed=0, identity=None):
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(len(classnames), 32, generator=g), dim=-1)
+    save_prompt(path, torch.randn(4, 32, generator=g), text, identity or clip.identity(), 4, "end", False,
+                list(classnames), {"test": True})
+    return text
+
+
+def make_folders(root, n_per_class=4, n_ood=6, seed=0):
+    """ID: root/id/val/<class>/*.png (a dominant colour channel); OOD: root/ood/x/y/*.jpg (noise)."""
+    rng = np.random.default_rng(seed)
+    for i, c in enumerate(CLASSES):
+        (root / "id" / "val" / c).mkdir(parents=True)
+        for k in range(n_per_class):
+            a = rng.integers(0, 60, (40, 48, 3))
+            a[..., i] += 150
+            Image.fromarray(a.astype(np.uint8)).save(root / "id" / "val" / c / f"{k}.png")
+    (root / "ood" / "x" / "y").mkdir(parents=True)
+    for k in range(n_ood):
+        Image.fromarray(rng.integers(0, 256, (36, 44, 3)).astype(np.uint8)).save(root / "ood" / "x" / "y" / f"{k}.jpg")
+    return root / "id", root / "ood"
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# --- formulas, by hand ---------------------------------------------------------------------------
+
+
+def test_scores_from_features_by_hand():
+    # two classes; image at 60 degrees from class 0, 90 from class 1 -> cosines 0.5, 0
+    image = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # cos = [0.5, 0.866]
+    out = scores_from_features(image, text, 10.0, ["mcm", "msp", "energy", "maxlogit"])
+    c0, c1 = 0.5, math.sqrt(3) / 2
+    assert out["mcm"].item() == pytest.approx(math.exp(c1) / (math.exp(c0) + math.exp(c1)), abs=1e-6)
+    assert out["msp"].item() == pytest.approx(math.exp(10 * c1) / (math.exp(10 * c0) + math.exp(10 * c1)), abs=1e-6)
+    assert out["energy"].item() == pytest.approx(math.log(math.exp(10 * c0) + math.exp(10 * c1)), abs=1e-5)
+    assert out["maxlogit"].item() == pytest.approx(10 * c1, abs=1e-5)
+    assert out["pred_index"].item() == 1
+
+
+def test_gl_mcm_by_hand():
+    cosine = torch.tensor([[0.2, 0.6]])  # [B=1, K=2]
+    local = torch.tensor([[[0.1, 0.3], [0.9, -0.1]]])  # [B=1, N=2 patches, K=2]
+    glob = math.exp(0.6) / (math.exp(0.2) + math.exp(0.6))
+    patch0 = math.exp(0.3) / (math.exp(0.1) + math.exp(0.3))
+    patch1 = math.exp(0.9) / (math.exp(0.9) + math.exp(-0.1))
+    assert local_mcm(local).item() == pytest.approx(max(patch0, patch1), abs=1e-6)
+    assert gl_mcm(cosine, local).item() == pytest.approx(glob + max(patch0, patch1), abs=1e-6)
+    assert gl_mcm(cosine, local, local_weight=0.5).item() == pytest.approx(glob + 0.5 * patch1, abs=1e-6)
+    # through the feature path: features are normalised, text = identity -> cosines are the
+    # normalised coordinates: global (0.2, 0.6)/|.|, patches (0.1, 0.3)/|.| and (0.9, -0.1)/|.|
+    def unit(a, b):
+        r = math.hypot(a, b)
+        return a / r, b / r
+
+    def soft_max(a, b):
+        return max(math.exp(a), math.exp(b)) / (math.exp(a) + math.exp(b))
+
+    expected = soft_max(*unit(0.2, 0.6)) + max(soft_max(*unit(0.1, 0.3)), soft_max(*unit(0.9, -0.1)))
+    out = scores_from_features(F.normalize(cosine, dim=-1), torch.eye(2), 1.0, ["gl-mcm"],
+                               local_features=F.normalize(local, dim=-1))
+    assert out["gl-mcm"].item() == pytest.approx(expected, abs=1e-6)
+
+
+# --- CLIP paths against open_clip ------------------------------------------------------------------
+
+
+def test_encode_image_tokens_match_open_clip(tiny):
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    g, l = encode_image_tokens(tiny, x)
+    torch.testing.assert_close(g, tiny.model.encode_image(x))
+    visual = tiny.model.visual
+    visual.output_tokens = True  # open_clip's own path to the (unprojected, ln_post'ed) patch tokens
+    try:
+        pooled, tokens = visual(x)
+    finally:
+        visual.output_tokens = False
+    assert l.shape == (3, (32 // 8) ** 2, 32)
+    torch.testing.assert_close(l, tokens @ visual.proj)
+    torch.testing.assert_close(g, pooled)
+
+
+def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_checkpoint):
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3)).astype(np.uint8))
+    torch.testing.assert_close(image_preprocess(tiny)(im), val(im))
+
+
+def test_gl_mcm_needs_a_vit(tmp_path):
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    path = tmp_path / "clip-smot-tiny-rn.json"
+    path.write_text(json.dumps(cfg))
+    rn = load_clip(str(path), None)
+    assert not cm.is_vit(rn)
+    scorer = PromptScorer(rn, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    with pytest.raises(UserError, match="gl-mcm: needs a ViT"):
+        scorer.score(torch.zeros(1, 3, 32, 32), ["mcm", "gl-mcm"])
+    assert set(scorer.score(torch.zeros(2, 3, 32, 32), ["mcm"])) == {"mcm", "pred_index"}
+
+
+# --- the score command -----------------------------------------------------------------------------
+
+
+def test_score_csv_uses_stored_text_features_without_a_text_pass(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    text = make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+
+    def no_text_pass(*a, **k):
+        raise AssertionError("encode_text must not run when the prompt's weights are in use")
+
+    monkeypatch.setattr(open_clip.model.CLIP, "encode_text", no_text_pass)
+    out = tmp_path / "s.csv"
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--scores", "MCM,msp,energy,maxlogit,gl-mcm",
+                                   "--workers", "0", "--out", str(out), str(id_dir), str(ood_dir / "x" / "y" / "0.jpg")])
+    assert res.exit_code == 0, res.output
+    rows = read_csv(out)
+    assert list(rows[0]) == ["path", "pred", "pred_index", "mcm", "msp", "energy", "maxlogit", "gl-mcm"]
+    assert len(rows) == 3 * 4 + 1 and rows[-1]["path"].endswith("0.jpg")
+    # recompute from open_clip's own encode_image and preprocess
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    x = torch.stack([val(Image.open(r["path"]).convert("RGB")) for r in rows])
+    with torch.no_grad():
+        cos = F.normalize(tiny.model.encode_image(x), dim=-1) @ text.T
+    logits = tiny.model.logit_scale.exp() * cos
+    torch.testing.assert_close(torch.tensor([float(r["mcm"]) for r in rows]), cos.softmax(-1).amax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), logits.softmax(-1).amax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["energy"]) for r in rows]), logits.logsumexp(-1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["maxlogit"]) for r in rows]), logits.amax(-1), atol=1e-4, rtol=0)
+    assert [int(r["pred_index"]) for r in rows] == cos.argmax(-1).tolist()
+    assert [r["pred"] for r in rows] == [CLASSES[i] for i in cos.argmax(-1).tolist()]
+
+
+def test_default_model_comes_from_the_prompt(tmp_path, tiny, tiny_clip_checkpoint):
+    # the prompt names the checkpoint file; next to the prompt it is found without --pretrained
+    import shutil
+
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")
+    text = make_prompt(tmp_path / "p.safetensors", tiny)
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+    assert scorer.clip.name == "clip-smot-tiny" and scorer.source == "stored text features"
+    torch.testing.assert_close(scorer.text_features, text)
+    (tmp_path / "tiny.safetensors").unlink()
+    with pytest.raises(UserError, match="pass --pretrained path/to/tiny.safetensors"):
+        PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+
+
+def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
+    from clip_smot.prompt import text_features_from_prompt
+    from clip_smot.prompt_file import load_prompt
+
+    stored = make_prompt(tmp_path / "p.safetensors", tiny)
+    # same architecture, other (random) weights: the stored features no longer apply
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", model=tiny_clip_config, pretrained="none", device="cpu")
+    assert scorer.source.startswith("text features re-encoded")
+    expected = text_features_from_prompt(scorer.clip, load_prompt(tmp_path / "p.safetensors"))
+    torch.testing.assert_close(scorer.text_features, expected)
+    assert not torch.allclose(scorer.text_features, stored, atol=1e-3)
+
+
+def test_api_score_matches_score_paths(tmp_path, tiny):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES)
+    res = scorer.score_paths([id_dir], ["mcm", "energy", "gl-mcm"], workers=0, use_cache=False)
+    ims = [Image.open(p) for p in res.paths]
+    direct = scorer.score(ims, ["mcm", "energy", "gl-mcm"])
+    torch.testing.assert_close(direct["mcm"], res.scores["mcm"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(direct["energy"], res.scores["energy"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(direct["gl-mcm"], res.scores["gl-mcm"], atol=1e-3, rtol=0)  # local stored as fp16
+    assert torch.equal(direct["pred_index"], res.scores["pred_index"])
+
+
+@pytest.mark.parametrize("case", ["other-model", "not-safetensors"])
+def test_bad_prompt_gives_one_clear_line(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, case):
+    path = tmp_path / "p.safetensors"
+    if case == "other-model":
+        cfg = json.loads(open(tiny_clip_config).read())
+        cfg["vision_cfg"] = dict(cfg["vision_cfg"], layers=3)
+        ident = dict(tiny.identity(), model="other-tiny", model_config=json.dumps(cfg, sort_keys=True))
+        make_prompt(path, tiny, identity=ident)
+        expected = "made for model other-tiny"
+    else:
+        path.write_bytes(b"definitely not a safetensors file")
+        expected = "not a safetensors file"
+    id_dir, _ = make_folders(tmp_path)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(path), "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code != 0
+    assert expected in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_unreadable_image_is_named_or_skipped(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    bad = id_dir / "val" / "red" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "2", "--batch-size", "5", "--out", str(tmp_path / "s.csv"), str(id_dir)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "broken.png" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s.csv").exists()
+    res = CliRunner().invoke(cli, args + ["--skip-unreadable"])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.output and "broken.png" in res.output
+    rows = read_csv(tmp_path / "s.csv")
+    assert len(rows) == 12 and not any(r["path"].endswith("broken.png") for r in rows)
+    # the cache remembers the skipped file: without the flag it still fails, naming it
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "broken.png" in res.output
+
+
+def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    make_prompt(tmp_path / "p2.safetensors", tiny, seed=1)
+    id_dir, _ = make_folders(tmp_path)
+    calls = {"global": 0, "tokens": 0}
+    real_g, real_t = cm.encode_images, cm.encode_image_tokens
+
+    def spy_g(*a, **k):
+        calls["global"] += 1
+        return real_g(*a, **k)
+
+    def spy_t(*a, **k):
+        calls["tokens"] += 1
+        return real_t(*a, **k)
+
+    monkeypatch.setattr(cm, "encode_images", spy_g)
+    monkeypatch.setattr(cm, "encode_image_tokens", spy_t)
+
+    def run(prompt, out, scores="mcm,energy", *extra):
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--scores", scores, "--workers", "0", "--out", str(tmp_path / out), *extra,
+                                       str(id_dir)])
+        assert res.exit_code == 0, res.output
+        return (tmp_path / out).read_text()
+
+    first = run("p.safetensors", "a.csv")
+    assert calls == {"global": 1, "tokens": 0}
+    assert run("p.safetensors", "b.csv") == first and calls == {"global": 1, "tokens": 0}
+    run("p2.safetensors", "c.csv", "msp")  # another prompt, another score: same image features
+    assert calls == {"global": 1, "tokens": 0}
+    run("p.safetensors", "d.csv", "gl-mcm")  # local features were not stored: encoded once now
+    run("p.safetensors", "e.csv", "gl-mcm,mcm")
+    assert calls == {"global": 1, "tokens": 1}
+    assert run("p.safetensors", "f.csv", "mcm,energy", "--no-cache") == first and calls["global"] == 2
+    (id_dir / "val" / "red" / "0.png").touch()  # a changed file makes a new key
+    import os
+
+    os.utime(id_dir / "val" / "red" / "0.png", ns=(1, 1))
+    run("p.safetensors", "g.csv")
+    assert calls["global"] == 3
