@@ -247,12 +247,20 @@ class PromptScorer:
         return encode_files(self.clip, paths, local, batch_size, workers, skip_unreadable, use_cache)
 
     @torch.inference_mode()
-    def score_features(self, feats: ImageFeatures, scores: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Scores (and ``pred_index``) of precomputed features, on the CPU."""
+    def score_features(self, feats: ImageFeatures, scores: Sequence[str], chunk: int = 1024) -> dict[str, torch.Tensor]:
+        """Scores (and ``pred_index``) of precomputed features, on the CPU.
+
+        Works through ``chunk`` images at a time: with patch features, the per-patch cosines
+        of ImageNet val alone ([50000, 196, 1000] floats) would not fit on a GPU.
+        """
         names = parse_scores(scores)
-        local = feats.local.to(self.device) if feats.local is not None else None
-        out = scores_from_features(feats.global_.to(self.device), self.text_features, self.logit_scale, names, local)
-        return {k: v.cpu() for k, v in out.items()}
+        parts: dict[str, list[torch.Tensor]] = {}
+        for i in range(0, len(feats.global_), chunk):
+            g = feats.global_[i : i + chunk].to(self.device, non_blocking=True)  # [c, e]
+            l = feats.local[i : i + chunk].to(self.device, non_blocking=True) if feats.local is not None else None
+            for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l).items():
+                parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v).cpu() for k, v in parts.items()}
 
     def score_paths(
         self,

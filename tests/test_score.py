@@ -297,3 +297,37 @@ def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, 
     os.utime(id_dir / "val" / "red" / "0.png", ns=(1, 1))
     run("p.safetensors", "g.csv")
     assert calls["global"] == 3
+
+
+def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
+    from clip_smot.image_features import ImageFeatures
+
+    g = F.normalize(torch.randn(10, 32), dim=-1)
+    l = F.normalize(torch.randn(10, 16, 32), dim=-1).half()
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    feats = ImageFeatures([str(i) for i in range(10)], g, l, [])
+    whole = scorer.score_features(feats, ["mcm", "gl-mcm", "energy"], chunk=100)
+    chunked = scorer.score_features(feats, ["mcm", "gl-mcm", "energy"], chunk=3)
+    for k in whole:
+        torch.testing.assert_close(whole[k], chunked[k])
+
+
+@pytest.mark.gpu
+def test_score_on_cuda_matches_cpu(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+
+    def run(device, out):
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                       tiny_clip_checkpoint, "--scores", "mcm,msp,energy,maxlogit,gl-mcm",
+                                       "--device", device, "--workers", "2", "--no-cache", "--out", str(tmp_path / out),
+                                       str(id_dir), str(ood_dir)])
+        assert res.exit_code == 0, res.output
+        return read_csv(tmp_path / out)
+
+    cpu, gpu = run("cpu", "cpu.csv"), run("cuda", "gpu.csv")
+    assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
+    for name in ("mcm", "msp", "energy", "maxlogit", "gl-mcm"):
+        a = torch.tensor([float(r[name]) for r in cpu])
+        b = torch.tensor([float(r[name]) for r in gpu])
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # cuDNN may use TF32 convolutions
