@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .digits import DIGIT_NAMES
 from .errors import UserError
 from .evaluate import write_reports
 from .ood_data import folder_classnames, id_set, image_set
@@ -44,6 +45,21 @@ class ClipEvalConfig:
     use_cache: bool  # read/write the image-feature cache
 
 
+# Built-in sets (the bundled digits, clip_smot.digits), used when no such path exists.
+BUILTIN_ID = ("digits",)
+BUILTIN_OOD = ("photos", "textures")
+
+
+def _builtin(where: str, names: tuple[str, ...], size: int) -> str:
+    """The folder of a built-in set named ``where``, or ``where`` itself when it is a path."""
+    if where not in names or Path(where).exists():
+        return where
+    from .digits import ensure_digits
+
+    root = ensure_digits(size)
+    return str(root / "val" if where == "digits" else root / "ood" / where)
+
+
 def _zero_shot_template() -> str:
     return (_REPO / "prompts" / "zero_shot_template.txt").read_text().strip()
 
@@ -69,8 +85,10 @@ def run_clip_eval(
         prompt: the learned prompt file (None with ``zero_shot``).
         zero_shot: use plain CLIP prompts; the class names come from the ID folder.
         model, pretrained: override the prompt's model (zero-shot default: ViT-B-16 / openai).
-        id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list.
-        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``).
+        id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list; or
+            ``digits``, the bundled digits' val folder.
+        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``); or the
+            digits' own OOD sets by their bare names ``photos`` and ``textures``.
         scores: score names (default: mcm).
         convention: FPR95 convention, "id" or "openood" (OOD positive).
         batch_size, workers, device: encoding settings.
@@ -87,8 +105,9 @@ def run_clip_eval(
                          batch_size, workers, device, use_cache)
     if zero_shot:
         template = _zero_shot_template()
+        classnames = list(DIGIT_NAMES) if id_data == "digits" and not Path(id_data).exists() else folder_classnames(id_data)
         scorer = PromptScorer.zero_shot(
-            folder_classnames(id_data), model or DEFAULT_ZERO_SHOT_MODEL[0],
+            classnames, model or DEFAULT_ZERO_SHOT_MODEL[0],
             pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
         )
         title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
@@ -99,7 +118,9 @@ def run_clip_eval(
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
     scorer.check_scores(names)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
-    sets = [id_set(id_data, scorer.classnames)] + [image_set(n, w) for n, w in ood.items()]
+    size = scorer.clip.image_size
+    sets = [id_set(_builtin(id_data, BUILTIN_ID, size), scorer.classnames)]
+    sets += [image_set(n, _builtin(w, BUILTIN_OOD, size)) for n, w in ood.items()]
 
     start = time.monotonic()
     results = {}

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import safe_open, save_file
 
 from . import clip_model as cm
 from .clip_model import ClipModel
@@ -104,26 +104,25 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
 
 
 def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures | None:
+    """The cached features of ``paths``, or None (absent, damaged, or without needed local features)."""
     if not path.is_file():
         return None
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if local and "local" not in f.keys():
+                return None
+            # clone: fresh, aligned memory, so that matrix products are bit-identical to those
+            # of freshly encoded features (a view into the file buffer can take another SIMD path)
+            global_ = f.get_tensor("global").clone()
+            local_ = f.get_tensor("local").clone() if local else None
         encoded = json.loads(meta["paths"])
         skipped = [tuple(s) for s in json.loads(meta["skipped"])]
     except (SafetensorError, OSError, KeyError, ValueError):
-        return None  # a damaged cache entry is recomputed and overwritten
-    if local and "local" not in tensors:
-        return None
+        return None  # a damaged entry is recomputed and overwritten
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
         return None
-    # clone: fresh, aligned memory, so that matrix products give bit-identical results to the
-    # freshly encoded features (a view into the file buffer can take another SIMD path)
-    loc = tensors["local"].clone() if local else None
-    return ImageFeatures(encoded, tensors["global"].clone(), loc, skipped)
+    return ImageFeatures(encoded, global_, local_, skipped)
 
 
 def _write_cache(path: Path, feats: ImageFeatures) -> None:

@@ -188,3 +188,18 @@ def test_ood_folders_any_layout_and_image_lists(tmp_path):
         image_set("bad", tmp_path / "worse.txt")
     with pytest.raises(UserError, match="no image files"):
         image_set("empty", (tmp_path / "void").mkdir() or tmp_path / "void")
+
+
+def test_eval_on_the_bundled_digits(tmp_path, tiny, tiny_clip_checkpoint):
+    from clip_smot.digits import DIGIT_NAMES
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny, classnames=DIGIT_NAMES)
+    out = tmp_path / "digits"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", "digits",
+                                   "--ood", "photos", "--ood", "textures", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["metrics"]["mcm"]) == {"photos", "textures", "average"}
+    assert 0 <= report["id_accuracy"] <= 100  # class folders zero..nine match the prompt's classes
+    assert report["n_images"]["id"] > 100
