@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the performance issue, in one call of under 8 minutes.
+#
+# Run from the repository root on a machine with one CUDA GPU:
+#   bash benchmarks/gpu_check.sh            # results under $OUT (default /tmp/gpu_check)
+# On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
+# Each step has its own time limit so that one slow step cannot eat the others' time; the
+# last lines printed are a summary of the JSON results.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+E2E_EPOCHS=${E2E_EPOCHS:-5}
+start=$(date +%s)
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s, at $(( $(date +%s) - start ))s)"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "=== $name rc=${PIPESTATUS[0]}"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
+
+step pytest_gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+step fit_step 120 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20
+step resnet_epoch 110 python3 benchmarks/resnet_epoch.py --device cuda --epochs 3 --reference-epochs 1
+step fit_e2e 200 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs "$E2E_EPOCHS" \
+  --image-size 256 --root /tmp/clip_smot_e2e
+
+echo "=== summary (total $(( $(date +%s) - start ))s)"
+for f in fit_step resnet_epoch fit_e2e; do echo "$f: $(tail -n 1 "$OUT/$f.log")"; done
+grep -E "passed|failed|error" "$OUT/pytest_gpu.log" | tail -n 1
