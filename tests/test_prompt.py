@@ -1,0 +1,171 @@
+"""The CoOp prompt module against open_clip's own text encoding (tiny CLIP, CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_smot.clip_model import load_clip
+from clip_smot.errors import UserError
+from clip_smot.prompt import PromptLearner, text_features_from_prompt, zero_shot_text_features
+from clip_smot.prompt_file import load_prompt, save_prompt
+
+# Names of different token lengths (1, 3 and 5 tokens), so that EOT positions differ.
+NAMES = ["goldfish", "great white shark", "tree frog", "Sealyham Terrier", "cat"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def open_clip_encoding(clip, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's own code path over all 77 positions: its transformer with its float mask."""
+    m = clip.model
+    x = embeddings + m.positional_embedding
+    x = m.transformer(x, attn_mask=m.attn_mask)
+    x = m.ln_final(x)
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # pool at EOT
+    return x @ m.text_projection
+
+
+def random_ctx_(learner: PromptLearner, seed: int = 0) -> None:
+    # larger than the N(0, 0.02) init so that the context really moves the features
+    with torch.no_grad():
+        learner.ctx.copy_(torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("csc", [False, True])
+@pytest.mark.parametrize("class_position", ["end", "middle", "front"])
+@pytest.mark.parametrize("attention, share_prefix", [("causal", True), ("mask", False), ("mask", True), ("causal", False)])
+def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention, share_prefix):
+    learner = PromptLearner(
+        clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention, share_prefix=share_prefix
+    )
+    random_ctx_(learner)
+    full = learner.prompt_embeddings(full=True)
+    assert full.shape == (len(NAMES), 77, 32)
+    expected = open_clip_encoding(clip, full, learner.tokens)
+    assert learner.seq_len < 77 and learner.seq_len == int(learner.tokens.argmax(-1).max()) + 1
+    shared = share_prefix and not csc and class_position == "end"
+    assert learner.prefix_len == (1 + 5 if shared else 0)
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+    if csc:  # a class-specific context really is per class: class 0's ctx moves class 0 only
+        with torch.no_grad():
+            before = learner()
+            # not a constant shift: every LayerNorm would remove that exactly
+            learner.ctx[0] += torch.randn(learner.ctx[0].shape, generator=torch.Generator().manual_seed(1))
+            after = learner()
+        assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1:], after[1:], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "class_position, text",
+    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+)
+@pytest.mark.parametrize("csc", [False, True])
+def test_ctx_init_gives_encode_text_of_the_sentence(clip, class_position, text, csc):
+    """With ctx = the embeddings of "a photo of a", the layout is checked against the tokenizer."""
+    learner = PromptLearner(clip, NAMES, n_ctx=16, ctx_init="a photo of a", csc=csc, class_position=class_position)
+    assert learner.n_ctx == 4 and learner.ctx.shape == ((len(NAMES), 4, 32) if csc else (4, 32))
+    expected = clip.model.encode_text(clip.tokenizer([text.format(n) for n in NAMES]))
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+def test_zero_shot_features_are_normalised_encode_text(clip):
+    feats = zero_shot_text_features(clip, NAMES, batch_size=2)  # several batches
+    expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {n}." for n in NAMES]))
+    torch.testing.assert_close(feats, expected / expected.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="template"):
+        zero_shot_text_features(clip, NAMES, template="a photo")
+
+
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle")])
+def test_only_the_context_gets_gradient(clip, csc, class_position):
+    learner = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
+    assert [n for n, _ in learner.named_parameters()] == ["ctx"]
+    assert list(learner.state_dict()) == ["ctx"]
+    learner().pow(2).sum().backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
+    if csc:  # every class's own context gets gradient
+        assert (learner.ctx.grad.flatten(1).abs().sum(1) > 0).all()
+    for name, p in clip.model.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+
+
+def test_gradient_equals_open_clip_gradient(clip):
+    """The shared-prefix encoder back-propagates exactly what open_clip's full path does."""
+    learner = PromptLearner(clip, NAMES, n_ctx=4)
+    random_ctx_(learner, seed=3)
+    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(4))
+    (learner() * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    (open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens) * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "front")])
+def test_bf16_weights_within_bf16_tolerance(clip, csc, class_position):
+    ref = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
+    fast = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position, precision="bf16")
+    random_ctx_(ref), random_ctx_(fast)
+    assert fast.ctx.dtype == torch.float32
+    assert fast.encoder.blocks[0].fc_w.dtype == torch.bfloat16
+    assert clip.model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32  # model untouched
+    a, b = fast(), ref()
+    assert a.dtype == torch.float32
+    rel = (a - b).norm() / b.norm()
+    assert 1e-4 < rel < 2e-2  # really computed in bf16, and close
+    assert F.cosine_similarity(a, b, dim=-1).min() > 0.999
+
+
+def test_text_features_from_prompt_round_trip(clip, tmp_path):
+    learner = PromptLearner(clip, NAMES, n_ctx=3, csc=True, class_position="middle")
+    random_ctx_(learner)
+    with torch.no_grad():
+        feats = F.normalize(learner(), dim=-1)
+    path = tmp_path / "prompt.safetensors"
+    save_prompt(path, learner.ctx, feats, clip.identity(), 3, "middle", True, NAMES, {"seed": 0})
+    prompt = load_prompt(path)
+    torch.testing.assert_close(text_features_from_prompt(clip, prompt), feats, atol=1e-6, rtol=0)
+    torch.testing.assert_close(prompt.text_features, feats)
+
+
+def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):
+    learner = PromptLearner(clip, NAMES, n_ctx=3)
+    path = tmp_path / "bad.safetensors"
+    feats = torch.zeros(len(NAMES), 32)
+    save_prompt(path, torch.zeros(4, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
+    with pytest.raises(UserError, match="bad.safetensors: ctx has shape"):
+        text_features_from_prompt(clip, load_prompt(path))
+    del learner
+
+
+def test_random_init_is_seeded_normal_002(clip):
+    a = PromptLearner(clip, NAMES, n_ctx=16, generator=torch.Generator().manual_seed(7))
+    b = PromptLearner(clip, NAMES, n_ctx=16, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a.ctx, b.ctx)
+    assert a.ctx.shape == (16, 32) and a.ctx.dtype == torch.float32
+    assert abs(a.ctx.std().item() - 0.02) < 0.003 and abs(a.ctx.mean().item()) < 0.003
+
+
+def test_bad_arguments(clip):
+    with pytest.raises(UserError, match="--class-position"):
+        PromptLearner(clip, NAMES, class_position="left")
+    with pytest.raises(UserError, match="--n-ctx"):
+        PromptLearner(clip, NAMES, n_ctx=0)
+    with pytest.raises(UserError, match="more than the 77 tokens"):
+        PromptLearner(clip, NAMES, n_ctx=74)
+    with pytest.raises(UserError, match="--precision"):
+        PromptLearner(clip, NAMES, precision="int8")
+
+
+def test_custom_text_towers_are_refused(clip):
+    class CustomTextCLIP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Linear(2, 2)
+
+    fake = type(clip)(**{**clip.__dict__, "model": CustomTextCLIP()})
+    with pytest.raises(UserError, match="standard CLIP text tower"):
+        PromptLearner(fake, NAMES)
