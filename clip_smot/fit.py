@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 from . import __version__
 from .errors import UserError
+from .augment import random_resized_crop_flip
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, autocast, resolve_device, write_json
 from .smot import PERTURBATIONS, cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss
 
-__all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "run_fit"]
+__all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "make_fit_step", "run_fit"]
 
 LOSSES = ("smot", "ce")  # ce = plain CoOp, the paper's baseline
 CLASS_POSITIONS = ("end", "middle", "front")
@@ -186,6 +187,52 @@ def _same_training(saved: dict, cfg: dict) -> list[str]:
     return [k for k in cfg if k not in _RUN_CONTROL and k != "run" and saved.get(k) != cfg[k]]
 
 
+def make_fit_step(clip, prompt, optimizer, images, cams, labels, cfg: FitConfig, generator: torch.Generator):
+    """The training step of ``clip-smot fit``, as a function of (image indices, thresholds).
+
+    Everything stays on the device of ``images``; nothing is read back to the host.
+
+    Args:
+        clip: the frozen :class:`~clip_smot.clip_model.ClipModel`.
+        prompt: the :class:`~clip_smot.prompt.PromptLearner` being trained.
+        optimizer: over ``prompt.ctx``.
+        images: [N, 3, S, S] uint8 few-shot images (S = the model's image size).
+        cams: [N, S, S] uint8 CAMs in [0, 255] (None for ``cfg.loss == "ce"``).
+        labels: [N] class indices.
+        cfg: the loss and augmentation options (loss, lam, T, perturb, sigma, crop_scale, precision).
+        generator: on the images' device, for crops, flips and noise.
+
+    Returns:
+        ``step(idx [B], t [B]) -> (loss, number correct)``, both 0-d tensors on the device.
+    """
+    device = images.device
+    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    logit_scale = clip.model.logit_scale.detach().exp()
+
+    def step(idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
+                                          scale=(cfg.crop_scale, 1.0), generator=generator)  # [B, 3, S, S] in [0, 1]
+        y = labels[idx]  # [B]
+        B = y.shape[0]
+        if cfg.loss == "smot":
+            x = torch.cat([x, perturb(x, cam_mask(cam, t), cfg.perturb, cfg.sigma, generator)])  # [2B, 3, S, S]
+        with torch.no_grad(), autocast(device, cfg.precision):  # frozen image encoder: no graph
+            img = F.normalize(clip.model.encode_image((x - mean) / std).float(), dim=-1)  # [2B or B, e]
+        txt = F.normalize(prompt().float(), dim=-1)  # [K, e]; text weights cast once to cfg.precision
+        logits = logit_scale * img @ txt.t()  # [2B or B, K]
+        if cfg.loss == "smot":
+            loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, cfg.T), cfg.lam)
+        else:
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits[:B].argmax(-1) == y).sum()
+
+    return step
+
+
 def run_fit(cfg: FitConfig) -> Path:
     """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
 
@@ -195,7 +242,6 @@ def run_fit(cfg: FitConfig) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from .augment import random_resized_crop_flip
     from .clip_model import load_clip
     from .fewshot import decode_images, split_text
 
@@ -261,33 +307,10 @@ def run_fit(cfg: FitConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    logit_scale = clip.model.logit_scale.detach().exp()
+    step = make_fit_step(clip, prompt, optimizer, images, cams, labels, cfg, aug_gen)
     N = len(split)
     B = min(cfg.batch_size, N)
     steps = N // B  # drop the last partial batch, as CoOp does
-    size = clip.image_size
-
-    def step(idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on images ``idx`` with thresholds ``t``; returns (loss, #correct)."""
-        x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, size,
-                                          scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S] in [0, 1]
-        y = labels[idx]
-        if cfg.loss == "smot":
-            x = torch.cat([x, perturb(x, cam_mask(cam, t), cfg.perturb, cfg.sigma, aug_gen)])  # [2B, 3, S, S]
-        with torch.no_grad(), autocast(device, cfg.precision):  # frozen image encoder: no graph
-            img = F.normalize(clip.model.encode_image((x - mean) / std).float(), dim=-1)  # [2B or B, e]
-        txt = F.normalize(prompt().float(), dim=-1)  # [K, e]; text weights cast once to cfg.precision
-        logits = logit_scale * img @ txt.t()  # [2B or B, K]
-        if cfg.loss == "smot":
-            loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, cfg.T), cfg.lam)
-        else:
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits[:B].argmax(-1) == y).sum()
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
