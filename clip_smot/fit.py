@@ -102,7 +102,7 @@ class FitConfig:
 
 
 # Options that may change between a run and its --resume.
-_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out")
+_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -264,7 +264,7 @@ def run_fit(cfg: FitConfig) -> Path:
     # Resolve and save every option before any slow work.
     text = split_text(split)
     split_sha = hashlib.sha256(text.encode()).hexdigest()  # = sha256 of OUT/split.txt
-    resolved = dataclasses.replace(cfg, data=str(classes.root), device=str(device))
+    resolved = dataclasses.replace(cfg, data=str(classes.root.resolve()), device=str(device))
     config = resolved.to_dict() | {"run": {
         "classnames": list(classes.classnames), "class_folders": list(classes.folders),
         "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
