@@ -2,10 +2,11 @@
 
 The data path follows the performance notes: the few-shot images are decoded once and kept on
 the device as uint8 [N, 3, S, S]; their CAMs are computed once and kept as uint8 [N, S, S]; each
-step crops and flips image and CAM together on the device (:mod:`clip_smot.augment`); the
-permutation and the masking thresholds of an epoch are drawn at its start, so a step never
-waits for the host. The loss is read back only every few steps (for the progress bar) and at
-the end of each epoch (the log line and the non-finite check).
+step crops and flips image and CAM together on the device (:mod:`clip_smot.augment`), then runs
+:func:`clip_smot.clip_step.make_fit_step` (thresholds drawn on the CPU, masking, both encoders,
+the SMOT loss, the SGD update). The permutation of an epoch is drawn at its start; the loss is
+read back only every few steps (for the progress bar) and at the end of each epoch (the log
+line and the non-finite check), so a step never waits for the device.
 
 Files written under ``--out``:
 
@@ -35,11 +36,11 @@ from . import __version__
 from .errors import UserError
 from .augment import random_resized_crop_flip
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, autocast, resolve_device, write_json
-from .smot import PERTURBATIONS, cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss
+from .clip_step import LOSSES, make_fit_step
+from .smot import PERTURBATIONS
 
-__all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "make_fit_step", "run_fit"]
+__all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
 
-LOSSES = ("smot", "ce")  # ce = plain CoOp, the paper's baseline
 CLASS_POSITIONS = ("end", "middle", "front")
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 
@@ -187,52 +188,6 @@ def _same_training(saved: dict, cfg: dict) -> list[str]:
     return [k for k in cfg if k not in _RUN_CONTROL and k != "run" and saved.get(k) != cfg[k]]
 
 
-def make_fit_step(clip, prompt, optimizer, images, cams, labels, cfg: FitConfig, generator: torch.Generator):
-    """The training step of ``clip-smot fit``, as a function of (image indices, thresholds).
-
-    Everything stays on the device of ``images``; nothing is read back to the host.
-
-    Args:
-        clip: the frozen :class:`~clip_smot.clip_model.ClipModel`.
-        prompt: the :class:`~clip_smot.prompt.PromptLearner` being trained.
-        optimizer: over ``prompt.ctx``.
-        images: [N, 3, S, S] uint8 few-shot images (S = the model's image size).
-        cams: [N, S, S] uint8 CAMs in [0, 255] (None for ``cfg.loss == "ce"``).
-        labels: [N] class indices.
-        cfg: the loss and augmentation options (loss, lam, T, perturb, sigma, crop_scale, precision).
-        generator: on the images' device, for crops, flips and noise.
-
-    Returns:
-        ``step(idx [B], t [B]) -> (loss, number correct)``, both 0-d tensors on the device.
-    """
-    device = images.device
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    logit_scale = clip.model.logit_scale.detach().exp()
-
-    def step(idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
-                                          scale=(cfg.crop_scale, 1.0), generator=generator)  # [B, 3, S, S] in [0, 1]
-        y = labels[idx]  # [B]
-        B = y.shape[0]
-        if cfg.loss == "smot":
-            x = torch.cat([x, perturb(x, cam_mask(cam, t), cfg.perturb, cfg.sigma, generator)])  # [2B, 3, S, S]
-        with torch.no_grad(), autocast(device, cfg.precision):  # frozen image encoder: no graph
-            img = F.normalize(clip.model.encode_image((x - mean) / std).float(), dim=-1)  # [2B or B, e]
-        txt = F.normalize(prompt().float(), dim=-1)  # [K, e]; text weights cast once to cfg.precision
-        logits = logit_scale * img @ txt.t()  # [2B or B, K]
-        if cfg.loss == "smot":
-            loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, cfg.T), cfg.lam)
-        else:
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits[:B].argmax(-1) == y).sum()
-
-    return step
-
-
 def run_fit(cfg: FitConfig) -> Path:
     """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
 
@@ -300,14 +255,16 @@ def run_fit(cfg: FitConfig) -> Path:
     params = [p for p in prompt.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # order and thresholds, drawn per epoch on the CPU
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # order and thresholds, drawn on the CPU
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # crops, flips, noise, on the device
     if saved is not None:
         prompt.ctx.data.copy_(saved["ctx"].to(device))
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
-    step = make_fit_step(clip, prompt, optimizer, images, cams, labels, cfg, aug_gen)
+    step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
+                         beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
+                         generator=data_gen, noise_generator=aug_gen)
     N = len(split)
     B = min(cfg.batch_size, N)
     steps = N // B  # drop the last partial batch, as CoOp does
@@ -315,16 +272,16 @@ def run_fit(cfg: FitConfig) -> Path:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         perm = torch.randperm(N, generator=data_gen).to(device)  # [N]
-        thresholds = (sample_thresholds(steps * B, cfg.alpha, cfg.beta, generator=data_gen).to(device)
-                      if cfg.loss == "smot" else torch.empty(steps * B, device=device))  # [steps * B]
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         for s in bar:
-            loss, ok = step(perm[s * B:(s + 1) * B], thresholds[s * B:(s + 1) * B])
+            idx = perm[s * B:(s + 1) * B]  # [B]
+            # the same crop and flip for each image and its CAM, on the device
+            x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
+                                              scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
+            loss = step(x, cam, labels[idx])  # thresholds from data_gen (CPU): no device sync
             loss_sum += loss
-            correct += ok
             if cfg.dry_run:
                 print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
                 return out
@@ -337,11 +294,10 @@ def run_fit(cfg: FitConfig) -> Path:
             raise UserError(f"fit: the loss became non-finite ({mean_loss}) in epoch {epoch + 1}; {kept}; "
                             "try a lower --lr or --precision fp32")
         scheduler.step()
-        record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "train_acc": correct.item() / (steps * B),
-                  "seconds": round(time.time() - t0, 3)}
+        record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "seconds": round(time.time() - t0, 3)}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  train acc {record['train_acc']:.3f}")
+        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
         atomic_save({
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "ctx": prompt.ctx.detach().cpu(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -202,17 +202,17 @@ def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
-    import clip_smot.fit as fit_module
+    import clip_smot.clip_step as step_module
 
     calls = {"n": 0}
-    real_loss = fit_module.smot_loss
+    real_loss = step_module.smot_loss
 
     def loss_goes_nan(*args, **kwargs):
         calls["n"] += 1
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 1 else loss  # epoch 1 has one step
 
-    monkeypatch.setattr(fit_module, "smot_loss", loss_goes_nan)
+    monkeypatch.setattr(step_module, "smot_loss", loss_goes_nan)
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, fit_args(out, "--epochs", "3"))
     assert res.exit_code == 1
