@@ -183,9 +183,30 @@ def _set_rng_state(state: dict, data_gen: torch.Generator, aug_gen: torch.Genera
     aug_gen.set_state(state["aug_gen"])
 
 
-def _same_training(saved: dict, cfg: dict) -> list[str]:
-    """Options that differ between a checkpoint's config and this run's (run control aside)."""
-    return [k for k in cfg if k not in _RUN_CONTROL and k != "run" and saved.get(k) != cfg[k]]
+def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
+    """Read a fit checkpoint; with ``config``, check that it was made with the same options."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
+        raise UserError(f"{flag} {path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{flag} {path}: not a clip-smot fit checkpoint")
+    if config is not None:
+        old = saved["config"]
+        differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]
+        if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
+            differ.append("split")
+        if differ:
+            raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
+                            f"options in {path.parent / 'config.json'}")
+    return saved
+
+
+def _truncate_log(path: Path, epochs: int) -> None:
+    """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epochs]
+    atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
 def run_fit(cfg: FitConfig) -> Path:
@@ -225,20 +246,13 @@ def run_fit(cfg: FitConfig) -> Path:
         "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
         "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None, "library_version": __version__,
     }}
-    start_epoch, saved = 0, None
-    if cfg.resume:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if saved.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"--resume {ckpt_path}: not a clip-smot fit checkpoint")
-        differ = _same_training(saved["config"], config)
-        if differ or saved["config"]["run"]["split_sha256"] != split_sha:
-            raise UserError(f"--resume {ckpt_path}: made with other options ({', '.join(differ) or 'split'}); "
-                            f"rerun with the options in {out / 'config.json'}")
-        start_epoch = saved["epoch"]
+    saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
+    start_epoch = saved["epoch"] if saved else 0
     if not cfg.dry_run:  # a dry run writes nothing
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(text, out / "split.txt")
         write_json(config, out / "config.json")
+        _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
 
     # Data on the device, decoded once; CAMs once.
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
@@ -342,12 +356,7 @@ def export_prompt(
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"--checkpoint {path}: no such file")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"--checkpoint {path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"--checkpoint {path}: not a clip-smot fit checkpoint")
+    saved = _load_checkpoint(path, None, "--checkpoint")
     config = saved["config"]
     cfg = FitConfig.from_dict(config)
     dev = resolve_device(device)

@@ -178,6 +178,8 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     monkeypatch.setattr(fit_module, "atomic_save", real_save)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
     assert res.exit_code != 0 and "--resume" in res.output  # no silent restart over a checkpoint
+    with open(tmp_path / "broken" / "log.jsonl", "a") as f:  # as if killed between the log line and the checkpoint
+        f.write(json.dumps({"epoch": 2, "loss": 9.0, "lr": 0.0, "seconds": 0.0}) + "\n")
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
     assert res.exit_code == 0, res.output
 
