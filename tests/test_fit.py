@@ -391,3 +391,14 @@ def test_cam_model_from_a_train_safetensors(tmp_path, monkeypatch):
     (tmp_path / "bad.safetensors").write_bytes(b"junk")
     with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
         load_cam_network(str(tmp_path / "bad.safetensors"))
+
+
+def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
+                                           "--perturb", "noise", "--sigma", "0.2"))
+    assert res.exit_code == 0, res.output
+    pf = load_prompt(out / "prompt.safetensors")
+    assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
+    assert pf.ctx.shape == (3, 4, 32)
+    assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
