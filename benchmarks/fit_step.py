@@ -122,6 +122,18 @@ def time_interleaved(steps_by_name: dict, inputs, steps: int, warmup: int, devic
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def first_step_peak(step, inputs, device: torch.device) -> float | None:
+    """Run one step (which builds what it needs); on a GPU, the peak memory of a second step in GiB."""
+    step(*inputs)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(*inputs)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def run(
     model: str = "ViT-B-16",
     device: str = "auto",
@@ -132,6 +144,7 @@ def run(
     precision: str | None = None,
     reference_precision: str = "fp16",
     seed: int = 0,
+    cuda_graph: bool = True,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -150,35 +163,47 @@ def run(
     labels = torch.randint(0, classes, (batch_size,), generator=gen).to(dev)
     inputs = (images, cams, labels)
 
-    # (b) ours; its peak memory is measured over one step before the reference exists
-    learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision)
-    optimizer = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    step = make_fit_step(clip, learner, optimizer, precision=precision, generator=torch.Generator().manual_seed(seed))
-    step(*inputs)
-    peak = ref_peak = None
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        step(*inputs)
-        torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) / 2**30
+    def ours(cuda_graph: bool):
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision)
+        optimizer = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        step = make_fit_step(clip, learner, optimizer, precision=precision,
+                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
+        return learner, step
+
+    # (b) ours; each peak memory is measured over one step before the next variant exists
+    learner, step = ours(cuda_graph=False)
+    peak = first_step_peak(step, inputs, dev)
     tokens_encoded = learner.prefix_len + classes * (learner.seq_len - learner.prefix_len)
+    variants = {"ours": step}
+    graph_peak = graph_error = None
+    if dev.type == "cuda" and cuda_graph:
+        try:
+            _, graph_step = ours(cuda_graph=True)
+            graph_peak = first_step_peak(graph_step, inputs, dev)
+            variants["ours_cuda_graph"] = graph_step
+        except Exception as e:  # reported, not fatal: the eager numbers still stand
+            graph_error = f"{type(e).__name__}: {e}".splitlines()[0]
 
     # (a) the CoOp-style reference
     ref_note = reference_precision
     if reference_precision == "fp16" and dev.type == "cpu":
         reference_precision, ref_note = "fp32", "fp32 (fp16 is not supported on cpu)"
     ref = CoOpReference(clip, names, {"fp16": torch.float16, "fp32": torch.float32}[reference_precision], dev)
-    ref.step(*inputs)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        ref.step(*inputs)
-        torch.cuda.synchronize(dev)
-        ref_peak = torch.cuda.max_memory_allocated(dev) / 2**30
+    ref_peak = first_step_peak(ref.step, inputs, dev)
+    variants["reference"] = ref.step
 
-    ms = time_interleaved({"ours": step, "reference": ref.step}, inputs, steps, warmup, dev)
-    ms, ref_ms = ms["ours"], ms["reference"]
+    ms = time_interleaved(variants, inputs, steps, warmup, dev)
+    ref_ms = ms["reference"]
+    extra = {}
+    if dev.type == "cuda" and cuda_graph:
+        g = ms.get("ours_cuda_graph")
+        extra = {
+            "ms_per_step_cuda_graph": None if g is None else round(g, 2),
+            "speedup_cuda_graph": None if g is None else round(ref_ms / g, 2),
+            "peak_mem_gib_cuda_graph": None if graph_peak is None else round(graph_peak, 3),
+            "cuda_graph_error": graph_error,
+        }
+    ms = ms["ours"]
 
     return {
         "model": clip.name,
@@ -200,6 +225,7 @@ def run(
         "torch_threads": torch.get_num_threads(),
         "peak_mem_gib": None if peak is None else round(peak, 3),
         "reference_peak_mem_gib": None if ref_peak is None else round(ref_peak, 3),
+        **extra,
     }
 
 
@@ -215,12 +241,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="our step's precision (default bf16: weights cast once, bf16 autocast)")
     p.add_argument("--reference-precision", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed)
+    result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
+                 not a.no_cuda_graph)
     print(json.dumps(result))
 
 

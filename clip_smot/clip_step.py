@@ -41,6 +41,7 @@ def make_fit_step(
     precision: str = "bf16",
     generator: torch.Generator | None = None,
     noise_generator: torch.Generator | None = None,
+    cuda_graph: bool = False,
 ) -> Step:
     """Build ``step(images, cams, labels) -> loss`` for prompt learning with SMOT (or plain CE).
 
@@ -63,6 +64,10 @@ def make_fit_step(
         precision: "bf16", "fp16" or "fp32": the autocast around both encoders.
         generator: generator of the thresholds (its device is where they are drawn).
         noise_generator: generator of the noise of ``perturbation="noise"`` (on the images' device).
+        cuda_graph: on CUDA, capture the forward and backward pass in a CUDA graph (one per
+            input shape) and replay it: the same kernels without per-kernel launch cost. The
+            optimizer step runs eagerly after the replay (so a scheduler's lr applies). The
+            context's ``.grad`` then belongs to the graph: do not zero it between steps.
 
     Returns:
         ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
@@ -78,15 +83,15 @@ def make_fit_step(
     if image_encoder is None:  # not an open_clip ViT: open_clip's own path under autocast
         image_encoder = model.encode_image
 
-    def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward_backward(images, cams, labels, t) -> torch.Tensor:
+        """The loss of one batch, back-propagated into ``learner.ctx.grad`` (no optimizer)."""
         B = images.shape[0]
         if loss == "smot":
-            t = sample_thresholds(B, alpha, beta, generator=generator).to(device, non_blocking=True)  # [B]
             masked = perturb(images, cam_mask(cams, t), perturbation, sigma, noise_generator)
             batch = torch.cat([images, masked])  # [2B, 3, S, S]: originals, then masked copies
         else:
             batch = images
-        with autocast(device, precision):
+        with _autocast(device, precision, cache=not cuda_graph):
             with torch.no_grad():
                 image_features = image_encoder((batch - mean) / std)  # [2B, e]
             text_features = learner()  # [K, e]
@@ -97,9 +102,63 @@ def make_fit_step(
             value = smot_loss(logits[:B], logits[B:], labels, smoothing_eps(t, T), lam)
         else:
             value = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
         value.backward()
-        optimizer.step()
         return value.detach()
 
+    def thresholds(B: int) -> torch.Tensor:
+        # drawn where the generator lives (the CPU by default: its rejection loop never syncs a GPU)
+        return sample_thresholds(B, alpha, beta, generator=generator).to(device, non_blocking=True)  # [B]
+
+    if not cuda_graph:
+
+        def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            value = forward_backward(images, cams, labels, thresholds(images.shape[0]))
+            optimizer.step()
+            return value
+
+        return step
+
+    if device.type != "cuda":
+        raise ValueError("cuda_graph needs the context on a CUDA device")
+    if perturbation == "noise" and noise_generator is not None:
+        raise ValueError("cuda_graph draws the noise from the default CUDA generator: pass noise_generator=None")
+    graphs: dict[tuple, tuple] = {}  # input shapes -> (graph, static inputs, static loss, static grad)
+
+    def capture(images, cams, labels, t):
+        static = [x.clone() for x in (images, cams, labels, t)]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up (lazy initialisations) outside the capture
+            for _ in range(3):
+                learner.ctx.grad = None
+                forward_backward(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        learner.ctx.grad = None  # the captured backward allocates the gradient in the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            value = forward_backward(*static)
+        return graph, static, value, learner.ctx.grad
+
+    def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        t = thresholds(images.shape[0])
+        key = (tuple(images.shape), tuple(cams.shape), tuple(labels.shape))
+        if key not in graphs:
+            graphs[key] = capture(images, cams, labels, t)
+        graph, static, value, grad = graphs[key]
+        for dst, src in zip(static, (images, cams, labels, t)):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()  # writes the loss into ``value`` and the gradient into ``grad``
+        learner.ctx.grad = grad
+        optimizer.step()
+        return value.clone()
+
     return step
+
+
+def _autocast(device: torch.device, precision: str, cache: bool = True):
+    """``runtime.autocast``; without the cast cache when a CUDA graph is captured (torch's advice)."""
+    if cache or precision == "fp32":
+        return autocast(device, precision)
+    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision],
+                          cache_enabled=False)
