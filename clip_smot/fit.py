@@ -83,6 +83,7 @@ class FitConfig:
     warmup_lr: float = 1e-5
     crop_scale: float = 0.08  # smallest area fraction of the random resized crop
     precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
+    cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
     device: str = "auto"
     # run control (not part of what makes two runs the same)
     resume: bool = False
@@ -103,7 +104,7 @@ class FitConfig:
 
 
 # Options that may change between a run and its --resume.
-_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split")  # (the split is compared by SHA-256)
+_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -126,6 +127,7 @@ def check_config(cfg: FitConfig) -> None:
         (0 < cfg.crop_scale <= 1, "--crop-scale", "must be in (0, 1]"),
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
         (cfg.workers >= 0, "--workers", "must be >= 0"),
+        (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
     ]
     for ok, flag, what in checks:
         if not ok:
@@ -276,12 +278,17 @@ def run_fit(cfg: FitConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
                          beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
-                         generator=data_gen, noise_generator=aug_gen)
+                         generator=data_gen, cuda_graph=cfg.cuda_graph,
+                         noise_generator=None if cfg.cuda_graph else aug_gen)  # a graph draws from torch's CUDA RNG
     N = len(split)
     B = min(cfg.batch_size, N)
     steps = N // B  # drop the last partial batch, as CoOp does
+    # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
+    no_cams = torch.zeros(B, clip.image_size, clip.image_size, dtype=torch.uint8, device=device) if cams is None else None
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -294,7 +301,7 @@ def run_fit(cfg: FitConfig) -> Path:
             # the same crop and flip for each image and its CAM, on the device
             x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
                                               scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
-            loss = step(x, cam, labels[idx])  # thresholds from data_gen (CPU): no device sync
+            loss = step(x, cam if cam is not None else no_cams, labels[idx])  # thresholds from data_gen (CPU): no sync
             loss_sum += loss
             if cfg.dry_run:
                 print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
