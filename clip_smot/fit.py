@@ -296,6 +296,7 @@ def run_fit(cfg: FitConfig) -> Path:
         loss_sum = torch.zeros((), device=device)
         lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        bar.set_postfix(lr=f"{lr:.3g}")
         for s in bar:
             idx = perm[s * B:(s + 1) * B]  # [B]
             # the same crop and flip for each image and its CAM, on the device
