@@ -99,13 +99,17 @@ def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotCla
 
 
 def _class_images(root: Path, folder: str) -> list[str]:
-    """Sorted image paths of one class, relative to ``root`` (POSIX separators)."""
-    base = root / folder
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in base.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
+    """Sorted image paths of one class, relative to ``root`` (POSIX separators).
+
+    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
+    training images stays fast on network file systems.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root / folder):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).as_posix()
+        out += [f"{rel}/{f}" for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(out)
 
 
 def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str, int]]:
