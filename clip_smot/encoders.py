@@ -158,7 +158,7 @@ class TextEncoder(nn.Module):
         if isinstance(proj, nn.Linear):  # x @ W.T + b
             self.register_buffer("proj_w", _frozen(proj.weight).t(), persistent=False)
             self.register_buffer("proj_b", _frozen(proj.bias), persistent=False)
-        else:  # a [width, e] matrix: x @ W
+        else:  # a [width, e] matrix, x @ W (or None: no projection)
             self.register_buffer("proj_w", _frozen(proj), persistent=False)
             self.register_buffer("proj_b", None, persistent=False)
 
@@ -229,7 +229,8 @@ class TextEncoder(nn.Module):
                 a = a_s
             tokens = blk.finish(tokens, a)
         out = F.layer_norm(tokens.float(), (d,), self.lnf_w, self.lnf_b, self.lnf_eps)  # [K, d]
-        out = out @ self.proj_w.float()
+        if self.proj_w is not None:
+            out = out @ self.proj_w.float()
         return out + self.proj_b if self.proj_b is not None else out
 
 

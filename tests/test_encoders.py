@@ -115,3 +115,47 @@ def test_benchmark_runs_and_prints_json(tiny_clip_config):
         assert key in result
     assert result["tokens_reference"] == 5 * 77 and 0 < result["tokens_encoded"] < 5 * 77
     assert result["device"] == "cpu" and result["ms_per_step"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, monkeypatch):
+    """On CUDA (flash / memory-efficient kernels): fp32 equals open_clip's path, bf16 within bf16 tolerance."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # open_clip's patch conv: true fp32
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2)):
+        for csc in (False, True):
+            learner = PromptLearner(clip, NAMES, n_ctx=8, csc=csc, precision=precision)
+            with torch.no_grad():
+                learner.ctx.normal_(0, 1)
+                x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+                ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+                out = learner()
+            assert ((out - ref).norm() / ref.norm()).item() < tol, (precision, csc)
+        x = torch.rand(4, 3, 32, 32, device="cuda")
+        with torch.no_grad():
+            ref = m.encode_image(x)
+            out = fast_image_encoder(m, precision)(x)
+        assert ((out - ref).norm() / ref.norm()).item() < tol, precision
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint):
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    runs = []
+    for cuda_graph in (False, True):
+        learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
+        learner.to("cuda")
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        step = make_fit_step(clip, learner, opt, precision="fp32", generator=torch.Generator().manual_seed(1),
+                             cuda_graph=cuda_graph)
+        losses = []
+        for i in range(3):
+            x = images(4, seed=i).cuda()
+            cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
+            losses.append(step(x, cams, torch.tensor([0, 1, 2, 0], device="cuda")))
+        runs.append((torch.stack(losses), learner.ctx.detach().clone()))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
