@@ -7,20 +7,17 @@ import json
 import pytest
 import torch
 
-pytestmark = pytest.mark.gpu
+from click.testing import CliRunner
 
-if not torch.cuda.is_available():  # pragma: no cover
-    pytest.skip("needs a CUDA device", allow_module_level=True)
+from clip_smot.augment import crop_flip, random_resized_crop_flip
+from clip_smot.cli import cli
+from clip_smot.clip_model import load_clip
+from clip_smot.clip_step import make_fit_step
+from clip_smot.prompt import PromptLearner
+from clip_smot.prompt_file import load_prompt
+from tests.test_fit import _write_imagenet
 
-from click.testing import CliRunner  # noqa: E402
-
-from clip_smot.augment import crop_flip, random_resized_crop_flip  # noqa: E402
-from clip_smot.cli import cli  # noqa: E402
-from clip_smot.clip_model import load_clip  # noqa: E402
-from clip_smot.clip_step import make_fit_step  # noqa: E402
-from clip_smot.prompt import PromptLearner  # noqa: E402
-from clip_smot.prompt_file import load_prompt  # noqa: E402
-from tests.test_fit import _write_imagenet  # noqa: E402
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_fit_on_cuda_in_bf16_then_resume(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
