@@ -9,6 +9,7 @@ as the pretrained ones). Everything counts: decoding, CAMs, every epoch, the exp
 
     python benchmarks/fit_e2e.py --device cpu --classes 4 --shots 2 --epochs 1 --model ViT-B-16
     python benchmarks/fit_e2e.py --device cuda   # 1000 classes x 16 shots, 50 epochs (issue 6: < 8 min)
+    python benchmarks/fit_e2e.py --device cuda --epochs 5 --cuda-graph   # a shorter run, graph-replayed step
 
 The last line printed is one JSON object: ``seconds`` (wall time of run_fit), ``seconds_setup``
 (to the first epoch: decode + CAMs + prompt), ``seconds_per_epoch`` (median), ``ms_per_step``,
@@ -71,6 +72,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--precision", default="bf16")
+    p.add_argument("--cuda-graph", action="store_true", help="fit --cuda-graph")
     p.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 4)
     p.add_argument("--root", default="/tmp/clip_smot_e2e")
@@ -89,7 +91,7 @@ def main() -> None:
     out = root / f"run-{time.time_ns()}"
     cfg = FitConfig(data=str(root / "data"), shots=args.shots, model=args.model, pretrained="none",
                     cam_model=str(cam), epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
-                    device=args.device, workers=args.workers, out=str(out))
+                    device=args.device, workers=args.workers, out=str(out), cuda_graph=args.cuda_graph)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
@@ -109,6 +111,7 @@ def main() -> None:
         "epochs": args.epochs,
         "model": args.model,
         "precision": args.precision,
+        "cuda_graph": args.cuda_graph,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
