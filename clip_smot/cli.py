@@ -13,6 +13,9 @@ import click
 
 from . import __version__
 from .errors import UserError
+from .fit import CLASS_POSITIONS, LOSSES
+from .runtime import PRECISIONS
+from .smot import PERTURBATIONS
 
 
 class _Group(click.Group):
@@ -25,6 +28,16 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+class _OneLineCommand(click.Command):
+    """A command whose bad flag values are reported as one line (no usage block), like a UserError."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.BadParameter as e:
+            raise click.ClickException(e.format_message()) from None
+
+
 def _not_implemented(name: str) -> None:
     raise click.ClickException(f"'clip-smot {name}' is not implemented yet in this version")
 
@@ -35,10 +48,58 @@ def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
 
 
-@cli.command()
-def fit() -> None:
-    """Learn a CoOp prompt for a frozen CLIP model with the SMOT loss."""
-    _not_implemented("fit")
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@cli.command(cls=_OneLineCommand)
+@click.option("--data", type=click.Path(), default=None,
+              help="DATA/train/<class>/* (ImageNet wnids or any folders); default: the bundled digits.")
+@click.option("--shots", type=click.IntRange(min=1), default=16, show_default=True, help="Images per class.")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="Reuse a split.txt (relative/path<TAB>label) instead of drawing one.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/fit", show_default=True)
+@click.option("--model", default="ViT-B-16", show_default=True, help="open_clip name or model-config JSON.")
+@click.option("--pretrained", default="openai", show_default=True,
+              help="Pretrained tag or local checkpoint (.pt/.bin/.safetensors); 'none' = random weights.")
+@click.option("--cam-model", default="resnet18-imagenet", show_default=True,
+              help="CAM network: resnet18-imagenet, a torchvision ResNet state dict, or a model.safetensors "
+                   "from 'clip-smot train'.")
+@click.option("--n-ctx", type=click.IntRange(min=1), default=16, show_default=True, help="Context vectors.")
+@click.option("--ctx-init", default=None, help="Initialise the context from words, e.g. 'a photo of a'.")
+@click.option("--csc", is_flag=True, help="Class-specific contexts.")
+@click.option("--class-position", type=click.Choice(CLASS_POSITIONS), default="end", show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default="smot", show_default=True,
+              help="smot, or ce (plain CoOp, the baseline).")
+@click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True, help="Beta(alpha, beta) threshold draw.")
+@click.option("--beta", type=_POSITIVE, default=20.0, show_default=True)
+@click.option("--lam", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
+@click.option("--T", "T", type=_POSITIVE, default=200.0, show_default=True, help="eps(t) temperature.")
+@click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True)
+@click.option("--sigma", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Std of --perturb noise.")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=_POSITIVE, default=0.002, show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--warmup-lr", type=_POSITIVE, default=1e-5, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--cuda-graph", is_flag=True, help="Replay each step's forward+backward as a CUDA graph (CUDA only).")
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")
+def fit(split_file, **options) -> None:
+    """Learn a CoOp prompt for a frozen CLIP model with the SMOT loss.
+
+    Writes OUT/prompt.safetensors, split.txt, config.json, log.jsonl and checkpoint.pt.
+    """
+    from .fit import FitConfig, run_fit
+
+    out = run_fit(FitConfig(split=split_file, **options))
+    if not options["dry_run"]:
+        click.echo(f"prompt written to {out / 'prompt.safetensors'}")
 
 
 @cli.command()
@@ -133,10 +194,17 @@ def train() -> None:
     _not_implemented("train")
 
 
-@cli.command()
-def export() -> None:
+@cli.command(cls=_OneLineCommand)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="OUT/checkpoint.pt of 'clip-smot fit'.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Prompt file to write (.safetensors).")
+@click.option("--model", default=None, help="Override the CLIP model named in the checkpoint (same architecture).")
+@click.option("--pretrained", default=None, help="Override the pretrained tag or checkpoint file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def export(checkpoint, out, model, pretrained, device) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
-    _not_implemented("export")
+    from .fit import export_prompt
+
+    click.echo(f"prompt written to {export_prompt(checkpoint, out, model=model, pretrained=pretrained, device=device)}")
 
 
 def main() -> None:

@@ -1,0 +1,164 @@
+"""One CLIP-track training step: images and their CAM-masked copies -> SMOT loss -> context update.
+
+``make_fit_step`` returns the step used by ``clip-smot fit`` and by ``benchmarks/fit_step.py``,
+so that the benchmark times exactly the training code. The step keeps everything on the
+device of the context and never waits for the GPU (no ``.item()``, no host-side branching on
+device values): the loss comes back as a 0-dim tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .clip_model import ClipModel
+from .encoders import fast_image_encoder
+from .prompt import PromptLearner
+from .runtime import autocast
+from .smot import cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss
+
+__all__ = ["LOSSES", "make_fit_step"]
+
+LOSSES = ("smot", "ce")
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_fit_step(
+    clip: ClipModel,
+    learner: PromptLearner,
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss: str = "smot",
+    lam: float = 0.1,
+    T: float = 200.0,
+    alpha: float = 50.0,
+    beta: float = 20.0,
+    perturbation: str = "zero",
+    sigma: float = 0.1,
+    precision: str = "bf16",
+    generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
+    cuda_graph: bool = False,
+) -> Step:
+    """Build ``step(images, cams, labels) -> loss`` for prompt learning with SMOT (or plain CE).
+
+    One step: draw one threshold per image (Beta(alpha, beta), from ``generator``, a CPU
+    generator by default, so no GPU sync), mask each image where its CAM >= t (SPEC section 1),
+    normalise originals and masked copies with CLIP's mean/std, encode the 2B images (frozen, no
+    grad; open_clip ViTs through :class:`~clip_smot.encoders.ImageEncoder` with the weights cast
+    once to ``precision``, other towers through ``encode_image``) and the K prompts
+    (``learner``), logits = ``logit_scale.exp() * cos``, the SMOT loss,
+    backward into the context, ``optimizer.step()``. With ``loss="ce"`` (CoOp) the masked copies
+    are neither made nor encoded.
+
+    Args:
+        clip: the frozen model (its image encoder is used under ``torch.no_grad``).
+        learner: the prompt learner; build it with ``precision="bf16"`` for a bf16 run so that the
+            frozen text weights are cast once rather than by autocast at every step.
+        optimizer: over ``learner.parameters()`` (the context only).
+        loss: "smot" or "ce".
+        lam, T, alpha, beta, perturbation, sigma: SMOT's options (SPEC section 1).
+        precision: "bf16", "fp16" or "fp32": the autocast around both encoders.
+        generator: generator of the thresholds (its device is where they are drawn).
+        noise_generator: generator of the noise of ``perturbation="noise"`` (on the images' device).
+        cuda_graph: on CUDA, capture the forward and backward pass in a CUDA graph (one per
+            input shape) and replay it: the same kernels without per-kernel launch cost. The
+            optimizer step runs eagerly after the replay (so a scheduler's lr applies). The
+            context's ``.grad`` then belongs to the graph: do not zero it between steps.
+
+    Returns:
+        ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
+        all on the context's device; the loss is a detached 0-dim float32 tensor.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    device = learner.ctx.device
+    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    model = clip.model
+    image_encoder = fast_image_encoder(model, precision)
+    if image_encoder is None:  # not an open_clip ViT: open_clip's own path under autocast
+        image_encoder = model.encode_image
+
+    def forward_backward(images, cams, labels, t) -> torch.Tensor:
+        """The loss of one batch, back-propagated into ``learner.ctx.grad`` (no optimizer)."""
+        B = images.shape[0]
+        if loss == "smot":
+            masked = perturb(images, cam_mask(cams, t), perturbation, sigma, noise_generator)
+            batch = torch.cat([images, masked])  # [2B, 3, S, S]: originals, then masked copies
+        else:
+            batch = images
+        with _autocast(device, precision, cache=not cuda_graph):
+            with torch.no_grad():
+                image_features = image_encoder((batch - mean) / std)  # [2B, e]
+            text_features = learner()  # [K, e]
+        image_features = F.normalize(image_features.float(), dim=-1)
+        text_features = F.normalize(text_features.float(), dim=-1)
+        logits = model.logit_scale.exp() * image_features @ text_features.t()  # [2B, K]
+        if loss == "smot":
+            value = smot_loss(logits[:B], logits[B:], labels, smoothing_eps(t, T), lam)
+        else:
+            value = F.cross_entropy(logits, labels)
+        value.backward()
+        return value.detach()
+
+    def thresholds(B: int) -> torch.Tensor:
+        # drawn where the generator lives (the CPU by default: its rejection loop never syncs a GPU)
+        return sample_thresholds(B, alpha, beta, generator=generator).to(device, non_blocking=True)  # [B]
+
+    if not cuda_graph:
+
+        def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            value = forward_backward(images, cams, labels, thresholds(images.shape[0]))
+            optimizer.step()
+            return value
+
+        return step
+
+    if device.type != "cuda":
+        raise ValueError("cuda_graph needs the context on a CUDA device")
+    if perturbation == "noise" and noise_generator is not None:
+        raise ValueError("cuda_graph draws the noise from the default CUDA generator: pass noise_generator=None")
+    graphs: dict[tuple, tuple] = {}  # input shapes -> (graph, static inputs, static loss, static grad)
+
+    def capture(images, cams, labels, t):
+        static = [x.clone() for x in (images, cams, labels, t)]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up (lazy initialisations) outside the capture
+            for _ in range(3):
+                learner.ctx.grad = None
+                forward_backward(*static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        learner.ctx.grad = None  # the captured backward allocates the gradient in the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            value = forward_backward(*static)
+        return graph, static, value, learner.ctx.grad
+
+    def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        t = thresholds(images.shape[0])
+        key = (tuple(images.shape), tuple(cams.shape), tuple(labels.shape))
+        if key not in graphs:
+            graphs[key] = capture(images, cams, labels, t)
+        graph, static, value, grad = graphs[key]
+        for dst, src in zip(static, (images, cams, labels, t)):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()  # writes the loss into ``value`` and the gradient into ``grad``
+        learner.ctx.grad = grad
+        optimizer.step()
+        return value.clone()
+
+    return step
+
+
+def _autocast(device: torch.device, precision: str, cache: bool = True):
+    """``runtime.autocast``; without the cast cache when a CUDA graph is captured (torch's advice)."""
+    if cache or precision == "fp32":
+        return autocast(device, precision)
+    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision],
+                          cache_enabled=False)

@@ -1,0 +1,336 @@
+"""Frozen open_clip towers run functionally, with their weights cast once: fast and exact.
+
+``TextEncoder`` encodes prompt embeddings (the CoOp context) and ``ImageEncoder`` encodes
+images with open_clip's ViT. Both compute what open_clip computes (the same LayerNorms,
+attention, MLPs, pooling and projections), with three differences that change no result:
+
+* the matmul weights are held in one dtype (``precision``), cast once at construction rather
+  than by autocast at every call; LayerNorm parameters and the residual stream stay float32,
+  as in open_clip under autocast;
+* attention runs through ``F.scaled_dot_product_attention`` (its causal kernels for the text);
+* the last block computes attention, the MLP and the final LayerNorm only for the token that is
+  pooled (EOT for the text, CLS for the image): no other output of the last block is used.
+
+The weights are non-persistent buffers (views of the model's float32 weights, or cast copies):
+the modules have no parameters, never get gradients and add nothing to a ``state_dict``.
+See docs/prompt.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from .errors import UserError
+
+__all__ = ["ATTENTION", "ENCODER_PRECISIONS", "ImageEncoder", "TextEncoder", "check_text_tower", "fast_image_encoder"]
+
+ATTENTION = ("causal", "mask")
+ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _is_standard_block(blk: nn.Module) -> bool:
+    """open_clip's ResidualAttentionBlock (not the custom one, not cross-attention)."""
+    return (
+        isinstance(getattr(blk, "attn", None), nn.MultiheadAttention)
+        and isinstance(getattr(blk, "ln_1", None), nn.LayerNorm)
+        and isinstance(getattr(blk, "ln_2", None), nn.LayerNorm)
+        and hasattr(getattr(blk, "mlp", None), "c_fc")
+        and not hasattr(blk, "ln_1_kv")
+    )
+
+
+def check_text_tower(model: nn.Module, name: str = "model") -> None:
+    """Raise a UserError unless ``model`` has open_clip's standard CLIP text tower.
+
+    Supported: ``open_clip.CLIP`` (ViT-B-16, RN50, ...): token and positional embeddings, a
+    causal transformer of ``ResidualAttentionBlock`` (``nn.MultiheadAttention``), ``ln_final``,
+    argmax (EOT) pooling, ``text_projection``. CustomTextCLIP / Hugging Face text towers are not.
+    """
+    needed = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "attn_mask")
+    if hasattr(model, "text") or any(not hasattr(model, a) for a in needed):
+        raise UserError(
+            f"--model {name}: a CoOp prompt needs open_clip's standard CLIP text tower (token embedding, causal "
+            "transformer, EOT pooling); CustomTextCLIP and Hugging Face text towers are not supported"
+        )
+    if getattr(model, "text_pool_type", "argmax") != "argmax" or model.attn_mask is None:
+        raise UserError(
+            f"--model {name}: a CoOp prompt needs a causal text transformer pooled at the EOT token "
+            f"(text_pool_type 'argmax'), got {getattr(model, 'text_pool_type', None)!r}"
+            + (" without a causal mask" if model.attn_mask is None else "")
+        )
+    for blk in model.transformer.resblocks:
+        if not _is_standard_block(blk):
+            raise UserError(
+                f"--model {name}: its text blocks are not open_clip's standard ResidualAttentionBlock "
+                "(custom attention blocks are not supported by the CoOp prompt)"
+            )
+
+
+def _frozen(t: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """A detached view (same storage when no cast is needed) of a frozen weight."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t if dtype is None else t.to(dtype)
+
+
+class _Block(nn.Module):
+    """One frozen ResidualAttentionBlock, run functionally on a flat list of tokens.
+
+    Matmul weights are held in ``dtype`` (cast once); LayerNorm and LayerScale parameters stay
+    float32, and so does the residual stream, as in open_clip under autocast.
+    """
+
+    def __init__(self, blk: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        attn = blk.attn
+        self.heads = attn.num_heads
+        self.width = attn.embed_dim
+        self.eps1, self.eps2 = blk.ln_1.eps, blk.ln_2.eps
+        self.act = blk.mlp.gelu if hasattr(blk.mlp, "gelu") else blk.mlp[1]  # stateless (GELU, QuickGELU)
+        ls1, ls2 = getattr(blk.ls_1, "gamma", None), getattr(blk.ls_2, "gamma", None)
+        weights = {
+            "ln1_w": _frozen(blk.ln_1.weight), "ln1_b": _frozen(blk.ln_1.bias),
+            "in_w": _frozen(attn.in_proj_weight, dtype), "in_b": _frozen(attn.in_proj_bias, dtype),
+            "out_w": _frozen(attn.out_proj.weight, dtype), "out_b": _frozen(attn.out_proj.bias, dtype),
+            "ls1": _frozen(ls1),
+            "ln2_w": _frozen(blk.ln_2.weight), "ln2_b": _frozen(blk.ln_2.bias),
+            "fc_w": _frozen(blk.mlp.c_fc.weight, dtype), "fc_b": _frozen(blk.mlp.c_fc.bias, dtype),
+            "proj_w": _frozen(blk.mlp.c_proj.weight, dtype), "proj_b": _frozen(blk.mlp.c_proj.bias, dtype),
+            "ls2": _frozen(ls2),
+        }
+        for k, v in weights.items():
+            self.register_buffer(k, v, persistent=False)  # frozen: never parameters, never saved
+        self.dtype = dtype
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, d] residual tokens -> [N, 3d] queries, keys, values (compute dtype)."""
+        h = F.layer_norm(x, (self.width,), self.ln1_w, self.ln1_b, self.eps1).to(self.dtype)
+        return F.linear(h, self.in_w, self.in_b)
+
+    def finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Residual tokens [N, d] and their attention outputs [N, d] -> the block's output [N, d]."""
+        o = F.linear(a.to(self.dtype), self.out_w, self.out_b)
+        x = x + (o * self.ls1 if self.ls1 is not None else o)
+        h = F.layer_norm(x, (self.width,), self.ln2_w, self.ln2_b, self.eps2).to(self.dtype)
+        m = F.linear(self.act(F.linear(h, self.fc_w, self.fc_b)), self.proj_w, self.proj_b)
+        return x + (m * self.ls2 if self.ls2 is not None else m)
+
+
+def _heads(t: torch.Tensor, n: int, length: int, heads: int) -> torch.Tensor:
+    """[n * length, w] -> [n, heads, length, w / heads]."""
+    return t.reshape(n, length, heads, -1).transpose(1, 2)
+
+
+class TextEncoder(nn.Module):
+    """The frozen text transformer of an open_clip CLIP model, for prompt embeddings.
+
+    Holds no parameters: its weights are non-persistent buffers (views of the model's weights in
+    float32, or copies cast once to bf16/fp16), so they never get gradients and are never saved.
+
+    Args:
+        model: an ``open_clip.CLIP`` (checked by :func:`check_text_tower`).
+        precision: "fp32", "bf16" or "fp16": the dtype of the matmul weights.
+        attention: "causal" (causal SDPA kernels) or "mask" (an additive float mask).
+        name: the model's name, for error messages.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", attention: str = "causal", name: str = "model"):
+        super().__init__()
+        check_text_tower(model, name)
+        if precision not in ENCODER_PRECISIONS:
+            raise UserError(f"--precision must be one of {tuple(ENCODER_PRECISIONS)}, got {precision!r}")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        self.precision, self.attention = precision, attention
+        self.blocks = nn.ModuleList(_Block(b, ENCODER_PRECISIONS[precision]) for b in model.transformer.resblocks)
+        self.heads = self.blocks[0].heads
+        self.width = self.blocks[0].width
+        self.context_length = model.positional_embedding.shape[0]
+        self.register_buffer("positional_embedding", _frozen(model.positional_embedding), persistent=False)
+        self.register_buffer("lnf_w", _frozen(model.ln_final.weight), persistent=False)
+        self.register_buffer("lnf_b", _frozen(model.ln_final.bias), persistent=False)
+        self.lnf_eps = model.ln_final.eps
+        proj = model.text_projection
+        if isinstance(proj, nn.Linear):  # x @ W.T + b
+            self.register_buffer("proj_w", _frozen(proj.weight).t(), persistent=False)
+            self.register_buffer("proj_b", _frozen(proj.bias), persistent=False)
+        else:  # a [width, e] matrix, x @ W (or None: no projection)
+            self.register_buffer("proj_w", _frozen(proj), persistent=False)
+            self.register_buffer("proj_b", None, persistent=False)
+
+    def _attend(self, q, k, v, causal_offset: int) -> torch.Tensor:
+        """Causal attention where query i sits at key position ``causal_offset + i``."""
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        if self.attention == "causal":
+            if causal_offset == 0:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))
+        # open_clip's way: an additive float mask with -inf above the (shifted) diagonal
+        mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def forward(self, x: torch.Tensor, eot: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features of K prompts, pooled at EOT and projected (not normalised).
+
+        Args:
+            x: token embeddings (without positional embeddings) [K, S, d] of positions
+                ``P .. P+S-1`` of each prompt, where P is the prefix length (0 without a prefix).
+            eot: [K] position of each prompt's EOT token within ``x`` (0-based, < S).
+            prefix: optional shared embeddings [P, d] of positions ``0 .. P-1``, the same for
+                every prompt: encoded once and used as keys/values by all K prompts.
+
+        Returns:
+            [K, e] float32 text features.
+        """
+        K, S, d = x.shape
+        P = 0 if prefix is None else prefix.shape[0]
+        if P + S > self.context_length:
+            raise ValueError(f"prompts of {P + S} tokens exceed the context length {self.context_length}")
+        pos = self.positional_embedding.float()
+        xs = (x.float() + pos[P : P + S]).reshape(K * S, d)  # [K*S, d]
+        h = self.heads
+        if P:
+            xp = prefix.float() + pos[:P]  # [P, d]
+            tokens = torch.cat([xp, xs])  # [P + K*S, d]: one batch of tokens for every matmul
+        else:
+            tokens = xs
+        # mask for the EOT queries of the last layer: key j is visible iff j <= P + eot
+        keys = torch.arange(P + S, device=x.device)
+        eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.qkv(tokens)  # [N, 3d]
+            qkv_s = qkv[P:].reshape(K, S, 3, d)  # [K, S, 3, d]
+            q_s, k_s, v_s = (_heads(qkv_s[:, :, j], K, S, h) for j in range(3))  # [K, h, S, d/h]
+            if P:
+                qkv_p = qkv[:P].reshape(1, P, 3, d)  # [1, P, 3, d]
+                q_p, k_p, v_p = (_heads(qkv_p[:, :, j], 1, P, h) for j in range(3))  # [1, h, P, d/h]
+                k_all = torch.cat([k_p.expand(K, -1, -1, -1), k_s], dim=2)  # [K, h, P+S, d/h]
+                v_all = torch.cat([v_p.expand(K, -1, -1, -1), v_s], dim=2)
+            else:
+                k_all, v_all = k_s, v_s
+            if i == last:
+                # only the EOT outputs are pooled: attention, MLP and ln_final for K tokens
+                q_eot = q_s[torch.arange(K, device=x.device), :, eot][:, :, None]  # [K, h, 1, d/h]
+                a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=eot_mask)  # [K, h, 1, d/h]
+                x_eot = tokens[P:].reshape(K, S, d)[torch.arange(K, device=x.device), eot]  # [K, d]
+                tokens = blk.finish(x_eot, a.reshape(K, d))  # [K, d]
+                break
+            a_s = self._attend(q_s, k_all, v_all, causal_offset=P)  # [K, h, S, d/h]
+            a_s = a_s.transpose(1, 2).reshape(K * S, d)
+            if P:
+                a_p = self._attend(q_p, k_p, v_p, causal_offset=0).transpose(1, 2).reshape(P, d)
+                a = torch.cat([a_p, a_s])  # [P + K*S, d]
+            else:
+                a = a_s
+            tokens = blk.finish(tokens, a)
+        out = F.layer_norm(tokens.float(), (d,), self.lnf_w, self.lnf_b, self.lnf_eps)  # [K, d]
+        if self.proj_w is not None:
+            out = out @ self.proj_w.float()
+        return out + self.proj_b if self.proj_b is not None else out
+
+
+def _vision_tower_is_standard(visual: nn.Module) -> bool:
+    """Whether ``visual`` is open_clip's plain ViT (patch conv, CLS token, standard blocks)."""
+    conv = getattr(visual, "conv1", None)
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.bias is None
+        and tuple(conv.stride) == tuple(conv.kernel_size)
+        and tuple(conv.padding) == (0, 0)
+        and isinstance(getattr(visual, "class_embedding", None), torch.Tensor)
+        and isinstance(getattr(visual, "positional_embedding", None), torch.Tensor)
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", None) in ("tok", "avg")
+        and not getattr(visual, "output_tokens", False)
+        and isinstance(getattr(visual, "ln_post", None), nn.LayerNorm)
+        and isinstance(getattr(visual, "ln_pre", None), (nn.LayerNorm, nn.Identity))
+        and all(_is_standard_block(b) for b in getattr(getattr(visual, "transformer", None), "resblocks", [None]))
+    )
+
+
+def fast_image_encoder(model: nn.Module, precision: str = "fp32") -> "ImageEncoder | None":
+    """An :class:`ImageEncoder` for open_clip's ViT image towers, None for any other (ResNet, timm)."""
+    visual = getattr(model, "visual", None)
+    return ImageEncoder(visual, precision) if visual is not None and _vision_tower_is_standard(visual) else None
+
+
+class ImageEncoder(nn.Module):
+    """The frozen ViT image tower of an open_clip model: images [B, 3, S, S] -> features [B, e].
+
+    Computes what ``model.encode_image`` computes (eval mode: no patch dropout): patch
+    embedding (the stride-p convolution, as a matmul over flattened patches), CLS token,
+    positional embedding, ``ln_pre``, the blocks, ``ln_post``, pooling ('tok' or 'avg'),
+    ``proj``. Matmul weights in ``precision`` (cast once), LayerNorms and residual in float32.
+
+    Args:
+        visual: ``model.visual`` (check with :func:`fast_image_encoder`).
+        precision: "fp32", "bf16" or "fp16".
+    """
+
+    def __init__(self, visual: nn.Module, precision: str = "fp32"):
+        super().__init__()
+        if not _vision_tower_is_standard(visual):
+            raise ValueError("ImageEncoder supports open_clip's standard ViT image tower only")
+        dtype = ENCODER_PRECISIONS[precision]
+        self.precision = precision
+        conv = visual.conv1
+        self.patch = tuple(conv.kernel_size)
+        self.width = conv.out_channels
+        self.register_buffer("patch_w", _frozen(conv.weight, dtype).reshape(self.width, -1), persistent=False)
+        self.register_buffer("class_embedding", _frozen(visual.class_embedding), persistent=False)
+        self.register_buffer("positional_embedding", _frozen(visual.positional_embedding), persistent=False)
+        ln_pre = visual.ln_pre if isinstance(visual.ln_pre, nn.LayerNorm) else None
+        self.pre_eps = ln_pre.eps if ln_pre is not None else 0.0
+        self.register_buffer("pre_w", _frozen(ln_pre.weight) if ln_pre is not None else None, persistent=False)
+        self.register_buffer("pre_b", _frozen(ln_pre.bias) if ln_pre is not None else None, persistent=False)
+        self.has_ln_pre = ln_pre is not None
+        self.blocks = nn.ModuleList(_Block(b, dtype) for b in visual.transformer.resblocks)
+        self.heads = self.blocks[0].heads
+        self.pool_type = visual.pool_type
+        self.final_ln_after_pool = bool(getattr(visual, "final_ln_after_pool", False))
+        self.post_eps = visual.ln_post.eps
+        self.register_buffer("post_w", _frozen(visual.ln_post.weight), persistent=False)
+        self.register_buffer("post_b", _frozen(visual.ln_post.bias), persistent=False)
+        self.register_buffer("proj", _frozen(visual.proj) if visual.proj is not None else None, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images [B, 3, H, W] -> image features [B, e] (float32, not normalised)."""
+        B, C, H, W = images.shape
+        ph, pw = self.patch
+        gh, gw = H // ph, W // pw  # the convolution ignores a remainder, so do we
+        w, h = self.width, self.heads
+        dtype = self.patch_w.dtype
+        x = images[:, :, : gh * ph, : gw * pw].to(dtype)
+        x = x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * ph * pw)  # patches
+        x = F.linear(x, self.patch_w).float()  # [B, N, w]: the stride-p convolution
+        x = torch.cat([self.class_embedding.float().expand(B, 1, w), x], dim=1)  # [B, N+1, w]
+        x = x + self.positional_embedding.float()
+        if self.has_ln_pre:
+            x = F.layer_norm(x, (w,), self.pre_w, self.pre_b, self.pre_eps)
+        n = x.shape[1]
+        tokens = x.reshape(B * n, w)  # [B*(N+1), w]
+        cls_only = self.pool_type == "tok"
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.qkv(tokens).reshape(B, n, 3, w)  # [B, N+1, 3, w]
+            q, k, v = (_heads(qkv[:, :, j], B, n, h) for j in range(3))  # [B, h, N+1, w/h]
+            if i == last and cls_only:  # only the CLS output is pooled
+                a = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # [B, h, 1, w/h]
+                tokens = blk.finish(tokens.reshape(B, n, w)[:, 0], a.reshape(B, w))  # [B, w]
+                break
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B * n, w)
+            tokens = blk.finish(tokens, a)
+        if cls_only:
+            pooled = F.layer_norm(tokens.float(), (w,), self.post_w, self.post_b, self.post_eps)  # [B, w]
+        else:  # 'avg' over the patch tokens; ln_post before pooling unless final_ln_after_pool
+            x = tokens.float().reshape(B, n, w)
+            if self.final_ln_after_pool:
+                pooled = F.layer_norm(x[:, 1:].mean(dim=1), (w,), self.post_w, self.post_b, self.post_eps)
+            else:
+                pooled = F.layer_norm(x, (w,), self.post_w, self.post_b, self.post_eps)[:, 1:].mean(dim=1)
+        return pooled @ self.proj.float() if self.proj is not None else pooled

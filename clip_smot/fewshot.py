@@ -1,0 +1,209 @@
+"""Few-shot data for the CLIP track: class lists, the seeded split file, images decoded once.
+
+Two folder layouts (SPEC section 2):
+
+* **ImageNet**: ``DATA/train/<wnid>/*`` where every class folder is an ImageNet-1k wnid. The
+  class order is the ImageNet-1k wnid order (``data_lists/imagenet1k_wnids.txt``) restricted to
+  the wnids present, and the prompt names come from ``prompts/imagenet1k_classnames.txt``. With
+  all 1000 folders (the paper's setting) the labels are the ImageNet-1k indices; with a subset
+  they are the positions in the restricted list, and :attr:`FewShotClasses.imagenet_index` keeps
+  the mapping back to the 1000-way index (used to pick the CAM class of an ImageNet ResNet).
+* **Any other folder dataset**: ``DATA/train/<class>/*`` or ``DATA/<class>/*``; the sorted
+  folder names are both the classes and the prompt names.
+
+The split file (``split.txt``) has one line per chosen image, ``relative/path<TAB>label``, the
+path relative to the class-folder root, the label the class index in the run's class order;
+lines sorted by label, then path. See ``data_lists/README.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import IMAGE_EXTENSIONS, class_folders, load_image
+from .errors import UserError
+
+__all__ = [
+    "FewShotClasses",
+    "decode_images",
+    "draw_split",
+    "imagenet_classnames",
+    "imagenet_wnids",
+    "read_split",
+    "resolve_classes",
+    "resolve_train_root",
+    "write_split",
+]
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in class-index order."""
+    return _read_lines(_REPO / "data_lists" / "imagenet1k_wnids.txt")
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`."""
+    return _read_lines(_REPO / "prompts" / "imagenet1k_classnames.txt")
+
+
+@dataclass(frozen=True)
+class FewShotClasses:
+    """The classes of a folder dataset.
+
+    Attributes:
+        root: the folder holding one sub-folder per class.
+        folders: class folder names, in label order (wnids for ImageNet).
+        classnames: the names used in the prompts, in label order.
+        imagenet_index: for ImageNet data, the ImageNet-1k index of each label; else None.
+    """
+
+    root: Path
+    folders: tuple[str, ...]
+    classnames: tuple[str, ...]
+    imagenet_index: tuple[int, ...] | None
+
+
+def resolve_train_root(data: str | os.PathLike, flag: str = "--data") -> Path:
+    """``DATA/train`` when it exists, else ``DATA`` itself (a folder of class folders)."""
+    data = Path(data)
+    if not data.exists():
+        raise UserError(f"{flag} {data}: no such folder")
+    if not data.is_dir():
+        raise UserError(f"{flag} {data}: not a folder (expected DATA/train/<class>/<image>)")
+    return data / "train" if (data / "train").is_dir() else data
+
+
+def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotClasses:
+    """Class folders, prompt names and (for ImageNet wnids) the 1000-way index of ``root``."""
+    root = Path(root)
+    folders = class_folders(root, flag)
+    wnids = imagenet_wnids()
+    index = {w: i for i, w in enumerate(wnids)}
+    if all(f in index for f in folders):
+        names = imagenet_classnames()
+        order = sorted(folders, key=index.__getitem__)  # ImageNet-1k order, restricted
+        return FewShotClasses(root, tuple(order), tuple(names[index[f]] for f in order), tuple(index[f] for f in order))
+    return FewShotClasses(root, tuple(folders), tuple(folders), None)
+
+
+def _class_images(root: Path, folder: str) -> list[str]:
+    """Sorted image paths of one class, relative to ``root`` (POSIX separators).
+
+    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
+    training images stays fast on network file systems.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root / folder):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).as_posix()
+        out += [f"{rel}/{f}" for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(out)
+
+
+def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str, int]]:
+    """Draw ``shots`` images per class: a seeded permutation of each class's sorted listing.
+
+    Returns:
+        ``(relative path, label)`` pairs sorted by label, then path.
+
+    Raises:
+        UserError: a class has fewer than ``shots`` images (the message names the class).
+    """
+    rng = np.random.default_rng(seed)
+    split: list[tuple[str, int]] = []
+    for label, folder in enumerate(classes.folders):
+        files = _class_images(classes.root, folder)
+        if len(files) < shots:
+            raise UserError(
+                f"--shots {shots}: class {folder!r} ({classes.root / folder}) has only {len(files)} images"
+            )
+        chosen = rng.permutation(len(files))[:shots]
+        split += sorted((files[i], label) for i in chosen)
+    return split
+
+
+def split_text(split: list[tuple[str, int]]) -> str:
+    """The split file's text: ``relative/path<TAB>label`` per line."""
+    return "".join(f"{path}\t{label}\n" for path, label in split)
+
+
+def write_split(split: list[tuple[str, int]], path: str | os.PathLike) -> None:
+    """Write a split file atomically."""
+    from .runtime import atomic_write_text
+
+    atomic_write_text(split_text(split), path)
+
+
+def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--split") -> list[tuple[str, int]]:
+    """Read a split file and check it against the dataset's classes and files.
+
+    Raises:
+        UserError: missing file, a malformed line, a label out of range or not matching the
+            image's class folder, or an image that is not there.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    split = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rel, sep, label = line.rpartition("\t")
+        if not sep or not label.strip().lstrip("-").isdigit():
+            raise UserError(f"{flag} {path}:{n}: expected 'relative/path<TAB>label', got {line!r}")
+        y = int(label)
+        if not 0 <= y < len(classes.folders):
+            raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
+        folder = rel.split("/", 1)[0]
+        if folder != classes.folders[y]:
+            raise UserError(f"{flag} {path}:{n}: {rel} is not in class {y}'s folder {classes.folders[y]!r}")
+        if not (classes.root / rel).is_file():
+            raise UserError(f"{flag} {path}:{n}: {classes.root / rel}: no such image file")
+        split.append((rel, y))
+    if not split:
+        raise UserError(f"{flag} {path}: the split file lists no images")
+    return split
+
+
+def _square_uint8(path: Path, size: int) -> torch.Tensor:
+    """Decode, resize the shorter side to ``size`` and take the central square -> [3, size, size] uint8."""
+    from PIL import Image
+
+    im = load_image(path)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
+
+
+def decode_images(root: Path, files: list[str], size: int, workers: int = 4) -> torch.Tensor:
+    """Decode every image once into one uint8 tensor [N, 3, size, size].
+
+    Each image is resized so its shorter side is ``size``, then its central square is kept:
+    the random resized crops of training are drawn from that square (kept on the device).
+
+    Raises:
+        UserError: an unreadable or truncated image (the message names the file).
+    """
+    paths = [root / f for f in files]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:  # PIL decodes with the GIL released
+            tensors = list(pool.map(lambda p: _square_uint8(p, size), paths))
+    else:
+        tensors = [_square_uint8(p, size) for p in paths]
+    return torch.stack(tensors)  # [N, 3, S, S]

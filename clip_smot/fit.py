@@ -1,0 +1,379 @@
+"""`clip-smot fit`: learn a CoOp context for a frozen CLIP model with the SMOT loss, and export it.
+
+The data path follows the performance notes: the few-shot images are decoded once and kept on
+the device as uint8 [N, 3, S, S]; their CAMs are computed once and kept as uint8 [N, S, S]; each
+step crops and flips image and CAM together on the device (:mod:`clip_smot.augment`), then runs
+:func:`clip_smot.clip_step.make_fit_step` (thresholds drawn on the CPU, masking, both encoders,
+the SMOT loss, the SGD update). The permutation of an epoch is drawn at its start; the loss is
+read back only every few steps (for the progress bar) and at the end of each epoch (the log
+line and the non-finite check), so a step never waits for the device.
+
+Files written under ``--out``:
+
+* ``config.json``: every resolved option (a :class:`FitConfig`) plus a ``run`` block (classes,
+  split SHA-256, model identity, CAM network, device);
+* ``split.txt``: the few-shot images (``relative/path<TAB>label``);
+* ``log.jsonl``: one JSON line per epoch (loss, lr, train accuracy, seconds);
+* ``checkpoint.pt``: context, optimizer, scheduler, RNG states, epoch; atomic, each epoch;
+* ``prompt.safetensors``: the learned prompt (:mod:`clip_smot.prompt_file`), at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .errors import UserError
+from .augment import random_resized_crop_flip
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, autocast, resolve_device, write_json
+from .clip_step import LOSSES, make_fit_step
+from .smot import PERTURBATIONS
+
+__all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
+
+CLASS_POSITIONS = ("end", "middle", "front")
+CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every option of a fit run; saved as ``OUT/config.json`` and inside the prompt file."""
+
+    # data
+    data: str | None = None  # DATA (DATA/train/<class>/* or DATA/<class>/*); None = bundled digits
+    shots: int = 16  # images per class drawn for the few-shot split
+    split: str | None = None  # reuse this split file instead of drawing one
+    seed: int = 1  # split draw, context init, order, crops, thresholds
+    out: str = "runs/fit"  # output folder
+    workers: int = 4  # threads decoding images (once, before training)
+    # model
+    model: str = "ViT-B-16"  # open_clip name or model-config JSON
+    pretrained: str = "openai"  # pretrained tag or checkpoint file ("none": random weights)
+    cam_model: str = "resnet18-imagenet"  # CAM network: a name or a ResNet checkpoint file
+    # prompt (CoOp)
+    n_ctx: int = 16  # learnable context vectors
+    ctx_init: str | None = None  # e.g. "a photo of a" (then n_ctx = its token count)
+    csc: bool = False  # class-specific contexts
+    class_position: str = "end"  # end, middle or front
+    # loss (SPEC section 1)
+    loss: str = "smot"  # smot or ce (plain CoOp)
+    alpha: float = 50.0  # Beta(alpha, beta) of the masking threshold s, t = 255 s
+    beta: float = 20.0
+    lam: float = 0.1  # weight of the masked term, in [0, 1]
+    T: float = 200.0  # eps(t) temperature (ImageNet-1k CLIP track, SPEC section 1)
+    perturb: str = "zero"  # zero (black), one (white) or noise
+    sigma: float = 0.1  # noise std for --perturb noise
+    # optimisation (CoOp's ImageNet recipe, SPEC section 2)
+    epochs: int = 50
+    batch_size: int = 32  # original images per step (SMOT adds as many masked copies)
+    lr: float = 0.002  # SGD, cosine over the epochs after warm-up
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1  # epochs at the constant warm-up lr
+    warmup_lr: float = 1e-5
+    crop_scale: float = 0.08  # smallest area fraction of the random resized crop
+    precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
+    cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
+    device: str = "auto"
+    # run control (not part of what makes two runs the same)
+    resume: bool = False
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        """Build from a dict, ignoring unknown keys (such as ``run`` in config.json)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> FitConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Options that may change between a run and its --resume.
+_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph")  # (the split is compared by SHA-256)
+
+
+def check_config(cfg: FitConfig) -> None:
+    """Range checks of every option, as UserErrors naming the flag (the CLI checks them too)."""
+    checks = [
+        (cfg.shots >= 1, "--shots", "must be >= 1"),
+        (cfg.n_ctx >= 1, "--n-ctx", "must be >= 1"),
+        (cfg.class_position in CLASS_POSITIONS, "--class-position", f"must be one of {CLASS_POSITIONS}"),
+        (cfg.loss in LOSSES, "--loss", f"must be one of {LOSSES}"),
+        (cfg.alpha > 0, "--alpha", "must be > 0"),
+        (cfg.beta > 0, "--beta", "must be > 0"),
+        (0.0 <= cfg.lam <= 1.0, "--lam", "must be in [0, 1]"),
+        (cfg.T > 0, "--T", "must be > 0"),
+        (cfg.perturb in PERTURBATIONS, "--perturb", f"must be one of {PERTURBATIONS}"),
+        (cfg.sigma >= 0, "--sigma", "must be >= 0"),
+        (cfg.epochs >= 1, "--epochs", "must be >= 1"),
+        (cfg.batch_size >= 1, "--batch-size", "must be >= 1"),
+        (cfg.lr > 0, "--lr", "must be > 0"),
+        (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
+        (0 < cfg.crop_scale <= 1, "--crop-scale", "must be in (0, 1]"),
+        (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
+        (cfg.workers >= 0, "--workers", "must be >= 0"),
+        (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
+    ]
+    for ok, flag, what in checks:
+        if not ok:
+            raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")
+
+
+def lr_factor(epoch: int, cfg: FitConfig) -> float:
+    """LR multiplier of an epoch: CoOp's constant warm-up, then cosine (Dassl's schedule).
+
+    Epochs ``< warmup_epochs`` run at ``warmup_lr``; epoch ``e`` after them at
+    ``lr * (1 + cos(pi * (e - warmup_epochs) / epochs)) / 2``.
+    """
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr / cfg.lr
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
+
+
+def _build_prompt(clip, classnames, cfg: FitConfig, precision: str):
+    """The CoOp context module; its frozen text weights are cast once to ``precision``."""
+    from .prompt import PromptLearner
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # the context init depends on the seed alone
+    return PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
+                         class_position=cfg.class_position, generator=gen, precision=precision)
+
+
+def _load_data(cfg: FitConfig, image_size: int):
+    """Classes, the few-shot split (drawn or read) and the split file's text."""
+    from .digits import ensure_digits
+    from .fewshot import draw_split, read_split, resolve_classes, resolve_train_root
+
+    root = resolve_train_root(cfg.data) if cfg.data else ensure_digits(size=image_size) / "train"
+    classes = resolve_classes(root)
+    split = read_split(cfg.split, classes) if cfg.split else draw_split(classes, cfg.shots, cfg.seed)
+    return classes, split
+
+
+def _rng_state(data_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "data_gen": data_gen.get_state(),
+        "aug_gen": aug_gen.get_state(),
+        "aug_device": str(aug_gen.device),
+    }
+
+
+def _set_rng_state(state: dict, data_gen: torch.Generator, aug_gen: torch.Generator, path: Path) -> None:
+    if state["aug_device"] != str(aug_gen.device):
+        raise UserError(f"--resume {path}: written on {state['aug_device']}; resume it with --device {state['aug_device']}")
+    torch.set_rng_state(state["torch_cpu"])
+    if state["torch_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    data_gen.set_state(state["data_gen"])
+    aug_gen.set_state(state["aug_gen"])
+
+
+def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
+    """Read a fit checkpoint; with ``config``, check that it was made with the same options."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
+        raise UserError(f"{flag} {path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{flag} {path}: not a clip-smot fit checkpoint")
+    if config is not None:
+        old = saved["config"]
+        differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]
+        if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
+            differ.append("split")
+        if differ:
+            raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
+                            f"options in {path.parent / 'config.json'}")
+    return saved
+
+
+def _truncate_log(path: Path, epochs: int) -> None:
+    """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epochs]
+    atomic_write_text("".join(line + "\n" for line in kept), path)
+
+
+def run_fit(cfg: FitConfig) -> Path:
+    """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
+
+    Raises:
+        UserError: any bad input (SPEC section 6), or a non-finite loss (the last good
+            checkpoint is kept).
+    """
+    from tqdm.auto import tqdm
+
+    from .clip_model import load_clip
+    from .fewshot import decode_images, split_text
+
+    check_config(cfg)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not cfg.resume and not cfg.dry_run:
+        raise UserError(f"--out {out}: holds a fit checkpoint already; add --resume to continue it, or choose another --out")
+    if cfg.resume and not ckpt_path.is_file():
+        raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+    device = resolve_device(cfg.device)
+    clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
+    classes, split = _load_data(cfg, clip.image_size)
+    cam_net = None
+    if cfg.loss == "smot":
+        from .cam_models import load_cam_network
+
+        cam_net = load_cam_network(cfg.cam_model)
+
+    # Resolve and save every option before any slow work.
+    text = split_text(split)
+    split_sha = hashlib.sha256(text.encode()).hexdigest()  # = sha256 of OUT/split.txt
+    resolved = dataclasses.replace(cfg, data=str(classes.root.resolve()), device=str(device))
+    config = resolved.to_dict() | {"run": {
+        "classnames": list(classes.classnames), "class_folders": list(classes.folders),
+        "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
+        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None, "library_version": __version__,
+    }}
+    saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
+    start_epoch = saved["epoch"] if saved else 0
+    if not cfg.dry_run:  # a dry run writes nothing
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(text, out / "split.txt")
+        write_json(config, out / "config.json")
+        _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
+
+    # Data on the device, decoded once; CAMs once.
+    labels = torch.tensor([y for _, y in split], device=device)  # [N]
+    images = decode_images(classes.root, [p for p, _ in split], clip.image_size, cfg.workers).to(device)  # [N, 3, S, S] uint8
+    cams = None
+    if cam_net is not None:
+        from .cam_models import build_cam_provider, cache_cams
+
+        provider, label_map = build_cam_provider(cam_net, classes)
+        cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
+        del provider, cam_net
+
+    prompt = _build_prompt(clip, classes.classnames, cfg, cfg.precision)
+    params = [p for p in prompt.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # order and thresholds, drawn on the CPU
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # crops, flips, noise, on the device
+    if saved is not None:
+        prompt.ctx.data.copy_(saved["ctx"].to(device))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
+    step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
+                         beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
+                         generator=data_gen, cuda_graph=cfg.cuda_graph,
+                         noise_generator=None if cfg.cuda_graph else aug_gen)  # a graph draws from torch's CUDA RNG
+    N = len(split)
+    B = min(cfg.batch_size, N)
+    steps = N // B  # drop the last partial batch, as CoOp does
+    # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
+    no_cams = torch.zeros(B, clip.image_size, clip.image_size, dtype=torch.uint8, device=device) if cams is None else None
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        perm = torch.randperm(N, generator=data_gen).to(device)  # [N]
+        loss_sum = torch.zeros((), device=device)
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        bar.set_postfix(lr=f"{lr:.3g}")
+        for s in bar:
+            idx = perm[s * B:(s + 1) * B]  # [B]
+            # the same crop and flip for each image and its CAM, on the device
+            x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
+                                              scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
+            loss = step(x, cam if cam is not None else no_cams, labels[idx])  # thresholds from data_gen (CPU): no sync
+            loss_sum += loss
+            if cfg.dry_run:
+                print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
+                return out
+            if s % 20 == 19:  # reading the loss syncs with the device: only now and then
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+        bar.close()
+        mean_loss = (loss_sum / steps).item()
+        if not math.isfinite(mean_loss) or not torch.isfinite(prompt.ctx).all():
+            kept = f"the last good checkpoint {ckpt_path} (epoch {epoch}) is kept" if epoch > 0 else "no checkpoint was written"
+            raise UserError(f"fit: the loss became non-finite ({mean_loss}) in epoch {epoch + 1}; {kept}; "
+                            "try a lower --lr or --precision fp32")
+        scheduler.step()
+        record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "seconds": round(time.time() - t0, 3)}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
+        atomic_save({
+            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "ctx": prompt.ctx.detach().cpu(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(data_gen, aug_gen), "config": config,
+        }, ckpt_path)
+
+    _export(prompt.ctx.detach(), clip, classes.classnames, cfg, config, out / "prompt.safetensors")
+    return out
+
+
+@torch.no_grad()
+def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, path: Path) -> None:
+    """Encode the final text features in fp32 and write the prompt file atomically."""
+    from .prompt_file import save_prompt
+
+    prompt = _build_prompt(clip, classnames, cfg, "fp32")  # fp32 weights: views, no copy
+    prompt.ctx.copy_(ctx)
+    text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
+    n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count
+    save_prompt(path, ctx, text_features, clip.identity(), n_ctx, cfg.class_position, cfg.csc,
+                list(classnames), config)
+
+
+def export_prompt(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+) -> Path:
+    """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``).
+
+    Args:
+        checkpoint: an ``OUT/checkpoint.pt`` of ``clip-smot fit``.
+        out: the prompt file to write.
+        model, pretrained: override the CLIP model named in the checkpoint (e.g. when its
+            config JSON or weights file has moved); it must be the same architecture.
+        device: where to encode the text features.
+    """
+    from .clip_model import load_clip
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path}: no such file")
+    saved = _load_checkpoint(path, None, "--checkpoint")
+    config = saved["config"]
+    cfg = FitConfig.from_dict(config)
+    dev = resolve_device(device)
+    clip = load_clip(model or cfg.model, pretrained or cfg.pretrained, dev)
+    theirs = config["run"]["clip"]
+    if json.loads(theirs["model_config"]) != clip.config:
+        raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
+    out = Path(out)
+    _export(saved["ctx"].to(dev), clip, config["run"]["classnames"], cfg, config, out)
+    return out
+
+

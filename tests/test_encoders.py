@@ -1,0 +1,161 @@
+"""The functional encoders and the fit step against open_clip's own code paths (tiny CLIP, CPU)."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_smot.clip_model import load_clip
+from clip_smot.clip_step import make_fit_step
+from clip_smot.encoders import ImageEncoder, fast_image_encoder
+from clip_smot.prompt import PromptLearner
+from clip_smot.smot import cam_mask, sample_thresholds, smoothing_eps, soft_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["goldfish", "great white shark", "tree frog"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def images(n=3, size=32, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_image_encoder_equals_encode_image(clip):
+    x = (images() - 0.5) / 0.25
+    enc = fast_image_encoder(clip.model, "fp32")
+    assert isinstance(enc, ImageEncoder) and not list(enc.parameters()) and not enc.state_dict()
+    torch.testing.assert_close(enc(x), clip.model.encode_image(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pool_type, final_ln_after_pool", [("avg", False), ("avg", True)])
+def test_image_encoder_avg_pooling(clip, pool_type, final_ln_after_pool):
+    model = copy.deepcopy(clip.model)
+    model.visual.pool_type, model.visual.final_ln_after_pool = pool_type, final_ln_after_pool
+    x = images()
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+
+def test_image_encoder_bf16_within_tolerance(clip):
+    x = (images() - 0.5) / 0.25
+    ref, fast = clip.model.encode_image(x), fast_image_encoder(clip.model, "bf16")(x)
+    assert fast.dtype == torch.float32
+    assert 1e-4 < ((fast - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def test_non_vit_towers_fall_back(clip):
+    model = copy.deepcopy(clip.model)
+    model.visual.attn_pool = torch.nn.Identity()  # not the plain ViT any more
+    assert fast_image_encoder(model) is None
+
+
+def test_fit_step_is_the_smot_step_on_open_clip(clip):
+    """One fp32 step: its loss and its ctx update match a hand-written SMOT step on open_clip."""
+    B, K = 4, len(NAMES)
+    x = images(B)
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(1)) * 255
+    y = torch.tensor([0, 2, 1, 2])
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    step = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, precision="fp32", generator=torch.Generator().manual_seed(3))
+    loss = step(x, cams, y)
+
+    # by hand: the same thresholds, open_clip's encoders, Eq. 8
+    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
+    masked = x * cam_mask(cams, t)
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    img = F.normalize(clip.model.encode_image((torch.cat([x, masked]) - mean) / std), dim=-1)
+    ctx = ctx0.clone().requires_grad_(True)
+    m = clip.model
+    tokens = clip.tokenizer([f"X X X X {name}." for name in NAMES])  # CoOp's way
+    e = m.token_embedding(tokens)  # [K, 77, d]
+    emb = torch.cat([e[:, :1], ctx.expand(K, -1, -1), e[:, 5:]], dim=1)  # [SOS] [ctx] [name . EOT pad]
+    z = m.ln_final(m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask))
+    txt = F.normalize(z[torch.arange(K), tokens.argmax(-1)] @ m.text_projection, dim=-1)
+    logits = m.logit_scale.exp() * img @ txt.t()
+    eps = smoothing_eps(t, 50.0)
+    soft = -(soft_targets(y, eps, K) * logits[B:].log_softmax(-1)).sum(-1).mean()
+    expected = 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
+    assert all(p.grad is None for p in clip.model.parameters())
+
+
+def test_fit_step_ce_and_bf16_run(clip):
+    learner = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16")
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+    before = learner.ctx.detach().clone()
+    for loss in ("ce", "smot"):
+        step = make_fit_step(clip, learner, opt, loss=loss, precision="bf16")
+        value = step(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
+        assert value.ndim == 0 and torch.isfinite(value)
+    assert not torch.equal(before, learner.ctx.detach())
+
+
+def test_benchmark_runs_and_prints_json(tiny_clip_config):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("ms_per_step", "reference_ms_per_step", "speedup", "device", "peak_mem_gib", "tokens_encoded",
+                "tokens_reference"):
+        assert key in result
+    assert result["tokens_reference"] == 5 * 77 and 0 < result["tokens_encoded"] < 5 * 77
+    assert result["device"] == "cpu" and result["ms_per_step"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, monkeypatch):
+    """On CUDA (flash / memory-efficient kernels): fp32 equals open_clip's path, bf16 within bf16 tolerance."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # open_clip's patch conv: true fp32
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2)):
+        for csc in (False, True):
+            learner = PromptLearner(clip, NAMES, n_ctx=8, csc=csc, precision=precision)
+            with torch.no_grad():
+                learner.ctx.normal_(0, 1)
+                x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+                ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+                out = learner()
+            assert ((out - ref).norm() / ref.norm()).item() < tol, (precision, csc)
+        x = torch.rand(4, 3, 32, 32, device="cuda")
+        with torch.no_grad():
+            ref = m.encode_image(x)
+            out = fast_image_encoder(m, precision)(x)
+        assert ((out - ref).norm() / ref.norm()).item() < tol, precision
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint):
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    runs = []
+    for cuda_graph in (False, True):
+        learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
+        learner.to("cuda")
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        step = make_fit_step(clip, learner, opt, precision="fp32", generator=torch.Generator().manual_seed(1),
+                             cuda_graph=cuda_graph)
+        losses = []
+        for i in range(3):
+            x = images(4, seed=i).cuda()
+            cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
+            losses.append(step(x, cams, torch.tensor([0, 1, 2, 0], device="cuda")))
+        runs.append((torch.stack(losses), learner.ctx.detach().clone()))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,405 @@
+"""`clip-smot fit` / `export` end to end on CPU: tiny CLIP, tiny ResNet CAMs, ImageNet-layout folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import safe_open
+
+import torch.nn.functional as F
+
+from clip_smot.cam_models import build_cam_provider, cache_cams, load_cam_network
+from clip_smot.cli import cli
+from clip_smot.clip_model import load_clip
+from clip_smot.digits import DIGIT_NAMES
+from clip_smot.errors import UserError
+from clip_smot.fewshot import (FewShotClasses, decode_images, draw_split, imagenet_classnames, imagenet_wnids,
+                               read_split, resolve_classes)
+from clip_smot.fit import FitConfig, lr_factor
+from clip_smot.prompt import PromptLearner
+from clip_smot.prompt_classifier import load_prompt_model
+from clip_smot.prompt_file import load_prompt
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark (indices 0, 1, 2)
+
+
+def _write_imagenet(root, n_per_class=4, wnids=WNIDS, size=(40, 36)):
+    rng = np.random.default_rng(0)
+    for w in wnids:
+        d = root / "train" / w
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            a = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(a).save(d / f"{w}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir(tmp_path_factory):
+    return _write_imagenet(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="session")
+def cam_resnet(tmp_path_factory):
+    """A torchvision ResNet state dict with one BasicBlock per stage and the 1000 ImageNet classes."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("camnet") / "resnet10.pth"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture
+def fit_args(imagenet_dir, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
+    def make(out, *extra):
+        return ["fit", "--data", str(imagenet_dir), "--shots", "2", "--model", tiny_clip_config,
+                "--pretrained", tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4",
+                "--batch-size", "4", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+                "--workers", "0", "--out", str(out), *extra]
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, imagenet_dir, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
+    """One epoch of `clip-smot fit` through the CLI (shared by the tests that read its files)."""
+    out = tmp_path_factory.mktemp("fit") / "run"
+    args = ["fit", "--data", str(imagenet_dir), "--shots", "2", "--model", tiny_clip_config,
+            "--pretrained", tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4",
+            "--batch-size", "4", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+            "--workers", "0", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoint):
+    out = one_epoch
+    for name in ("prompt.safetensors", "split.txt", "config.json", "log.jsonl", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    split = (out / "split.txt").read_text()
+    assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
+    lines = split.splitlines()
+    assert len(lines) == 6 and all(line.count("\t") == 1 for line in lines)
+    assert [int(line.split("\t")[1]) for line in lines] == [0, 0, 1, 1, 2, 2]
+    assert all(line.split("/")[0] == WNIDS[int(line.split("\t")[1])] for line in lines)
+    assert config["lam"] == 0.1 and config["alpha"] == 50 and config["T"] == 200 and config["device"] == "cpu"
+    names = [imagenet_classnames()[imagenet_wnids().index(w)] for w in WNIDS]
+    assert names == ["tench", "goldfish", "great white shark"]
+    assert config["run"]["classnames"] == names
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1] and np.isfinite(log[0]["loss"])
+    assert log[0]["lr"] == pytest.approx(1e-5)  # epoch 1 is the warm-up epoch
+    with safe_open(str(out / "prompt.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        ctx, tf = f.get_tensor("ctx"), f.get_tensor("text_features")
+    assert ctx.shape == (4, 32) and tf.shape == (3, 32)
+    torch.testing.assert_close(tf.norm(dim=-1), torch.ones(3))
+    assert meta["format_version"] == "1" and meta["model"] == "clip-smot-tiny"
+    assert meta["pretrained"] == "tiny.safetensors"
+    assert meta["checkpoint_sha256"] == hashlib.sha256(open(tiny_clip_checkpoint, "rb").read()).hexdigest()
+    assert meta["n_ctx"] == "4" and meta["class_position"] == "end" and meta["csc"] == "false"
+    assert json.loads(meta["classnames"]) == names
+    assert json.loads(meta["config"])["run"]["split_sha256"] == config["run"]["split_sha256"]
+    assert json.loads(meta["model_config"])["embed_dim"] == 32
+    assert FitConfig.from_json(out / "config.json").lam == 0.1
+
+
+def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config, tiny_clip_checkpoint):
+    """The exported text features are the context's encoding; logits are scale * cos, by hand."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    pf = load_prompt(one_epoch / "prompt.safetensors")
+    learner = PromptLearner(clip, pf.classnames, n_ctx=4)
+    with torch.no_grad():
+        learner.ctx.copy_(pf.ctx)
+        expected = F.normalize(learner(), dim=-1)
+    torch.testing.assert_close(pf.text_features, expected, atol=1e-6, rtol=0)
+    clf = load_prompt_model(one_epoch / "prompt.safetensors", model=tiny_clip_config, pretrained=tiny_clip_checkpoint)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = F.normalize(clip.model.encode_image((images - mean) / std), dim=-1)
+    torch.testing.assert_close(clf.logits(images), clip.model.logit_scale.exp() * img @ expected.t())
+
+
+def test_export_reproduces_the_prompt(one_epoch, tmp_path):
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
+                                   "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
+    assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
+    assert a.classnames == b.classnames and a.config == b.config
+
+
+def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
+    out = tmp_path / "again"
+    res = CliRunner().invoke(cli, fit_args(out, "--split", str(one_epoch / "split.txt"), "--seed", "7", "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    assert (out / "split.txt").read_bytes() == (one_epoch / "split.txt").read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
+    assert config["run"]["split_sha256"] == json.loads((one_epoch / "config.json").read_text())["run"]["split_sha256"]
+    assert config["run"]["cam_model"] is None  # plain CoOp needs no CAM network
+
+
+def test_another_seed_draws_another_split(imagenet_dir):
+    classes = resolve_classes(imagenet_dir / "train")
+    a, b = draw_split(classes, 2, seed=1), draw_split(classes, 2, seed=2)
+    assert a == draw_split(classes, 2, seed=1) and a != b
+    assert sorted({y for _, y in a}) == [0, 1, 2]
+
+
+def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
+    extra = ["--epochs", "2", "--warmup-epochs", "0", "--lr", "0.05"]
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "straight", *extra))
+    assert res.exit_code == 0, res.output
+
+    import clip_smot.fit as fit_module
+
+    real_save = fit_module.atomic_save
+
+    def save_then_die(obj, path):  # the run is killed right after its first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
+    assert isinstance(res.exception, RuntimeError)
+    after_one = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)
+    assert after_one["epoch"] == 1
+    assert not (tmp_path / "broken" / "prompt.safetensors").exists()
+    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
+    assert res.exit_code != 0 and "--resume" in res.output  # no silent restart over a checkpoint
+    with open(tmp_path / "broken" / "log.jsonl", "a") as f:  # as if killed between the log line and the checkpoint
+        f.write(json.dumps({"epoch": 2, "loss": 9.0, "lr": 0.0, "seconds": 0.0}) + "\n")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
+    assert res.exit_code == 0, res.output
+
+    straight = load_prompt(tmp_path / "straight" / "prompt.safetensors")
+    resumed = load_prompt(tmp_path / "broken" / "prompt.safetensors")
+    assert torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert (straight.ctx - after_one["ctx"]).abs().max() > 1e-4  # epoch 2 really moved the context
+    torch.testing.assert_close(resumed.ctx, straight.ctx, atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed.text_features, straight.text_features, atol=1e-6, rtol=0)
+    logs = [json.loads(line) for line in (tmp_path / "broken" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logs] == [1, 2]
+    assert logs == [json.loads(line) | {"seconds": r["seconds"]} for line, r in
+                    zip((tmp_path / "straight" / "log.jsonl").read_text().splitlines(), logs)]
+
+
+def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
+    import shutil
+
+    shutil.copytree(one_epoch, tmp_path / "run")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--lam", "0.5", "--resume"))
+    assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
+    import clip_smot.clip_step as step_module
+
+    calls = {"n": 0}
+    real_loss = step_module.smot_loss
+
+    def loss_goes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 1 else loss  # epoch 1 has one step
+
+    monkeypatch.setattr(step_module, "smot_loss", loss_goes_nan)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--epochs", "3"))
+    assert res.exit_code == 1
+    line = _last_error_line(res)
+    assert "non-finite" in line and "epoch 2" in line and "checkpoint" in line
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and torch.isfinite(saved["ctx"]).all()
+    assert not (out / "prompt.safetensors").exists()
+
+
+def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tiny_clip_checkpoint):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["fit", "--shots", "1", "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--loss", "ce", "--epochs", "1", "--batch-size", "5",
+                                   "--n-ctx", "2", "--precision", "fp32", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_prompt(out / "prompt.safetensors").classnames == sorted(DIGIT_NAMES)  # sorted folder names
+    assert len((out / "split.txt").read_text().splitlines()) == 10
+
+
+def test_dry_run_writes_nothing(fit_args, tmp_path):
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run"))
+    assert res.exit_code == 0, res.output
+    assert "dry run: one batch" in res.output and not (tmp_path / "dry").exists()
+
+
+def test_without_internet_the_clip_weights_error_comes_first(tmp_path):
+    res = CliRunner().invoke(cli, ["fit", "--shots", "16", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert "ViT-B-16" in line and "--pretrained" in line and "local checkpoint" in line
+
+
+def test_resnet18_imagenet_offline_says_how_to_pass_a_file():
+    import time
+
+    t0 = time.time()
+    with pytest.raises(UserError, match="--cam-model path/to/resnet18-f37072fd.pth"):
+        load_cam_network("resnet18-imagenet")
+    assert time.time() - t0 < 5
+
+
+def _last_error_line(res) -> str:
+    """The error line of a run that printed progress first: the last line, the only error."""
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and sum(line.startswith("Error") for line in lines) == 1
+    return lines[-1]
+
+
+def _one_error_line(res) -> str:
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    _write_imagenet(root / "truncated", n_per_class=2)
+    victim = sorted((root / "truncated" / "train" / WNIDS[1]).iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    return root
+
+
+@pytest.mark.parametrize("case, extra, expected", [
+    ("missing data", ["--data", "{bad}/nowhere"], "nowhere: no such folder"),
+    ("empty data", ["--data", "{bad}/empty"], "no class folders"),
+    ("few shots", ["--shots", "5"], "class 'n01440764'"),
+    ("truncated", ["--data", "{bad}/truncated"], "n01443537_1.JPEG: unreadable or truncated"),
+    ("missing cam", ["--cam-model", "{bad}/missing.pth"], "missing.pth: no such checkpoint file"),
+    ("lam", ["--lam", "1.5"], "--lam"),
+    ("lam<0", ["--lam", "-0.1"], "--lam"),
+    ("alpha", ["--alpha", "0"], "--alpha"),
+    ("beta", ["--beta", "-1"], "--beta"),
+    ("T", ["--T", "0"], "--T"),
+    ("cuda graph on cpu", ["--cuda-graph"], "--cuda-graph"),
+])
+def test_bad_inputs_exit_with_one_line(case, extra, expected, fit_args, bad_data, tmp_path):
+    extra = [e.replace("{bad}", str(bad_data)) for e in extra]
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra))
+    assert res.exit_code != 0
+    assert expected in _one_error_line(res)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_bad_export_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "p.safetensors")])
+        assert res.exit_code == 1 and str(path) in _one_error_line(res)
+
+
+def test_config_round_trips_through_json():
+    cfg = FitConfig(data="d", shots=4, ctx_init="a photo of a", csc=True, lam=0.3, T=150.0)
+    assert FitConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_lr_schedule_is_coops():
+    cfg = FitConfig(epochs=50)
+    assert lr_factor(0, cfg) * cfg.lr == pytest.approx(1e-5)
+    assert lr_factor(1, cfg) == pytest.approx(1.0)
+    assert lr_factor(26, cfg) == pytest.approx(0.5)  # (1 + cos(pi * 25 / 50)) / 2
+    assert lr_factor(49, cfg) == pytest.approx((1 + np.cos(np.pi * 48 / 50)) / 2)
+
+
+def test_cams_are_for_the_true_imagenet_label(imagenet_dir, cam_resnet):
+    classes = resolve_classes(imagenet_dir / "train")
+    assert classes.imagenet_index == (0, 1, 2)
+    net = load_cam_network(cam_resnet)
+    provider, label_map = build_cam_provider(net, classes)
+    assert label_map == [0, 1, 2] and provider.labels_match
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([2, 0, 1])
+    cams = cache_cams(provider, label_map, images, labels, batch_size=2)
+    assert cams.dtype == torch.uint8 and cams.shape == (3, 32, 32)
+    direct = provider(images.float() / 255, labels)
+    assert (cams.float() - direct).abs().max() <= 0.5 + 1e-4
+    # another folder dataset: the CAM is for the network's top-1 class
+    folders = FewShotClasses(imagenet_dir, ("cats", "dogs"), ("cats", "dogs"), None)
+    provider, label_map = build_cam_provider(net, folders)
+    assert label_map is None and not provider.labels_match
+
+
+def test_decode_keeps_the_central_square(tmp_path):
+    a = np.zeros((32, 64, 3), dtype=np.uint8)
+    a[:, 32:] = 255  # left half black, right half white
+    Image.fromarray(a).save(tmp_path / "wide.png")
+    x = decode_images(tmp_path, ["wide.png"], 16, workers=2)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.uint8
+    assert (x[0, :, :, :7] == 0).all() and (x[0, :, :, 9:] == 255).all()
+
+
+def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
+    classes = resolve_classes(imagenet_dir / "train")
+    bad = tmp_path / "split.txt"
+    bad.write_text(f"{WNIDS[0]}/{WNIDS[0]}_0.JPEG\t1\n")
+    with pytest.raises(UserError, match=r"split.txt:1: .* not in class 1"):
+        read_split(bad, classes)
+    bad.write_text(f"{WNIDS[0]}/missing.JPEG\t0\n")
+    with pytest.raises(UserError, match="no such image file"):
+        read_split(bad, classes)
+
+
+def test_cam_model_from_a_train_safetensors(tmp_path, monkeypatch):
+    """A model.safetensors of 'clip-smot train' (contract: metadata arch, num_classes, classnames,
+    input_size, mean, std; networks.build_network rebuilds it); its class names decide the CAM class."""
+    import sys
+    import types
+
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    fake = types.ModuleType("clip_smot.networks")  # the real module may not be merged yet
+    fake.build_network = lambda arch, num_classes, input_size: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    monkeypatch.setitem(sys.modules, "clip_smot.networks", fake)
+    torch.manual_seed(0)
+    model = fake.build_network("resnet_tiny", 3, 32)
+    meta = {"format": "clip-smot-model", "format_version": "1", "arch": "resnet_tiny", "num_classes": "3",
+            "classnames": json.dumps(["dogs", "cats", "birds"]), "input_size": "32",
+            "mean": json.dumps([0.5, 0.5, 0.5]), "std": json.dumps([0.25, 0.25, 0.25])}
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    net = load_cam_network(str(path))
+    assert net.input_size == 32 and net.mean == (0.5, 0.5, 0.5) and not net.imagenet
+    torch.testing.assert_close(net.model.fc.weight, model.fc.weight)
+    classes = FewShotClasses(tmp_path, ("birds", "cats"), ("birds", "cats"), None)
+    provider, label_map = build_cam_provider(net, classes)
+    assert label_map == [2, 1] and provider.labels_match  # data label -> the network's class
+    other = FewShotClasses(tmp_path, ("cars", "cats"), ("cars", "cats"), None)
+    assert build_cam_provider(net, other)[1] is None
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
+        load_cam_network(str(tmp_path / "bad.safetensors"))
+
+
+def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
+                                           "--perturb", "noise", "--sigma", "0.2"))
+    assert res.exit_code == 0, res.output
+    pf = load_prompt(out / "prompt.safetensors")
+    assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
+    assert pf.ctx.shape == (3, 4, 32)
+    assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
