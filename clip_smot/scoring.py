@@ -201,6 +201,18 @@ class PromptScorer:
         text = zero_shot_text_features(clip, list(classnames), **kwargs)
         return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}")
 
+    @torch.inference_mode()
+    def cosine(self, images: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities [B, K] of images [B, 3, S, S] in [0, 1] (not normalised) with the K prompts."""
+        mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
+        x = (images.to(self.device).float() - mean) / std
+        return F.normalize(cm.encode_images(self.clip, x).float(), dim=-1) @ self.text_features.T
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
+        return self.logit_scale * self.cosine(images)
+
     def check_scores(self, scores: Sequence[str]) -> None:
         if "gl-mcm" in scores and not cm.is_vit(self.clip):
             raise UserError(

@@ -23,7 +23,7 @@ from clip_smot.fewshot import (FewShotClasses, decode_images, draw_split, imagen
                                read_split, resolve_classes)
 from clip_smot.fit import FitConfig, lr_factor
 from clip_smot.prompt import PromptLearner
-from clip_smot.prompt_classifier import load_prompt_model
+from clip_smot.scoring import PromptScorer
 from clip_smot.prompt_file import load_prompt
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark (indices 0, 1, 2)
@@ -121,7 +121,8 @@ def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config,
         learner.ctx.copy_(pf.ctx)
         expected = F.normalize(learner(), dim=-1)
     torch.testing.assert_close(pf.text_features, expected, atol=1e-6, rtol=0)
-    clf = load_prompt_model(one_epoch / "prompt.safetensors", model=tiny_clip_config, pretrained=tiny_clip_checkpoint)
+    clf = PromptScorer.from_file(one_epoch / "prompt.safetensors", model=tiny_clip_config,
+                                pretrained=tiny_clip_checkpoint, device="cpu")
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
     with torch.no_grad():
