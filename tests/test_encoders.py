@@ -95,10 +95,14 @@ def test_fit_step_ce_and_bf16_run(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16")
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
     before = learner.ctx.detach().clone()
-    for loss in ("ce", "smot"):
-        step = make_fit_step(clip, learner, opt, loss=loss, precision="bf16")
-        value = step(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
-        assert value.ndim == 0 and torch.isfinite(value)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    ce = make_fit_step(clip, learner, opt, loss="ce", precision="bf16", generator=gen)
+    value = ce(images(2), None, torch.tensor([0, 1]))  # plain CoOp: no CAMs, no thresholds drawn
+    assert value.ndim == 0 and torch.isfinite(value) and torch.equal(gen.get_state(), state)
+    smot = make_fit_step(clip, learner, opt, loss="smot", precision="bf16", generator=gen)
+    value = smot(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
+    assert value.ndim == 0 and torch.isfinite(value) and not torch.equal(gen.get_state(), state)
     assert not torch.equal(before, learner.ctx.detach())
 
 
