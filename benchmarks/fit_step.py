@@ -154,16 +154,20 @@ def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> 
     if enc is not None:
         parts["image_encoder_weights_cast_once"] = in_autocast(lambda: enc(batch), precision)
     settings = {  # name -> PromptLearner options
-        "text_fp32_weights_autocast_mask": dict(precision="fp32", attention="mask", share_prefix=False),
-        f"text_{precision}_weights_mask": dict(precision=precision, attention="mask", share_prefix=False),
-        f"text_{precision}_weights_causal": dict(precision=precision, attention="causal", share_prefix=False),
-        f"text_{precision}_weights_causal_shared_prefix": dict(precision=precision, attention="causal", share_prefix=True),
+        "text_fp32_weights_autocast_mask": dict(precision="fp32", attention="mask", share_prefix=False, pack=False),
+        f"text_{precision}_weights_mask": dict(precision=precision, attention="mask", share_prefix=False, pack=False),
+        f"text_{precision}_weights_causal": dict(precision=precision, attention="causal", share_prefix=False,
+                                                 pack=False),
+        f"text_{precision}_weights_causal_shared_prefix": dict(precision=precision, attention="causal", share_prefix=True,
+                                                                pack=False),
+        f"text_{precision}_weights_causal_shared_prefix_packed": dict(precision=precision, attention="causal",
+                                                                       share_prefix=True, pack=True),
     }
     results = {}
     for name, fn in parts.items():
         with torch.no_grad():
             results[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
-    for name, opts in settings.items():
+    for name, opts in settings.items():  # all truncated to max(EOT)+1
         learner = PromptLearner(clip, names, n_ctx=N_CTX, **opts)
 
         def fwd_bwd(learner=learner):
@@ -217,7 +221,7 @@ def run(
     # (b) ours; each peak memory is measured over one step before the next variant exists
     learner, step = ours(cuda_graph=False)
     peak = first_step_peak(step, inputs, dev)
-    tokens_encoded = learner.prefix_len + classes * (learner.seq_len - learner.prefix_len)
+    tokens_encoded = learner.tokens_encoded
     variants = {"ours": step}
     graph_peak = graph_error = None
     if dev.type == "cuda" and cuda_graph:
