@@ -296,10 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
     p.add_argument("--breakdown", action="store_true",
                    help="also time the parts: image encoder, and the text forward+backward per encoder setting")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default on --device cpu: 1, the steadiest timing on a shared machine)")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if a.threads or a.device == "cpu":
+        torch.set_num_threads(a.threads or 1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
                  not a.no_cuda_graph, a.breakdown)
