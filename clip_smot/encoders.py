@@ -223,7 +223,7 @@ class TextEncoder(nn.Module):
         pos = self.positional_embedding.float()
         xs = (x.float() + pos[P : P + S]).reshape(K * S, d)  # [K*S, d]
         if index is not None:
-            xs = xs[index]  # [N, d]: the packed positions
+            xs = xs.index_select(0, index)  # [N, d]: the packed positions
         h = self.heads
         if P:
             xp = prefix.float() + pos[:P]  # [P, d]
@@ -255,12 +255,12 @@ class TextEncoder(nn.Module):
                 # only the EOT outputs are pooled: attention, MLP and ln_final for K tokens
                 q_eot = q_s[rows, :, eot][:, :, None]  # [K, h, 1, d/h]
                 a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=eot_mask)  # [K, h, 1, d/h]
-                tokens = blk.finish(tokens[P:][eot_token], a.reshape(K, d))  # [K, d]
+                tokens = blk.finish(tokens[P:].index_select(0, eot_token), a.reshape(K, d))  # [K, d]
                 break
             a_s = self._attend(q_s, k_all, v_all, causal_offset=P)  # [K, h, S, d/h]
             a_s = a_s.transpose(1, 2).reshape(K * S, d)
             if index is not None:
-                a_s = a_s[index]  # [N, d]
+                a_s = a_s.index_select(0, index)  # [N, d] (backward: index_add, no sort)
             if P:
                 a_p = self._attend(q_p, k_p, v_p, causal_offset=0).transpose(1, 2).reshape(P, d)
                 a = torch.cat([a_p, a_s])  # [P + N, d]
