@@ -5,13 +5,15 @@ A prompt is built in embedding space from the tokens of ``"X X ... X {name}."``:
 the context after the name, ``front`` puts the name first), pooled at the EOT position after
 ``ln_final`` and projected by ``text_projection`` (SPEC section 2).
 
-The encoder computes exactly what open_clip's ``encode_text`` computes on the same embeddings,
-with three exact shortcuts (docs/prompt.md explains why each is exact):
+The encoder (:class:`~clip_smot.encoders.TextEncoder`) computes exactly what open_clip's
+``encode_text`` computes on the same embeddings, with exact shortcuts (docs/prompt.md explains
+why each is exact):
 
 * only the first ``max(EOT) + 1`` positions are encoded (the mask is causal, pooling is at EOT);
 * with a unified context at the end, positions ``0 .. n_ctx`` (SOS and the context) are the
   same for every class, so they are encoded once and shared by the K prompts as attention keys
   and values;
+* the per-token work runs for each prompt's positions up to its own EOT only (packing);
 * the last layer runs attention, the MLP and ``ln_final`` for the K EOT tokens only.
 
 Two optional speed knobs: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
