@@ -134,6 +134,53 @@ def first_step_peak(step, inputs, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> dict:
+    """Median ms of the parts: the image encoder on 2B images, and the K prompts' forward +
+    backward for each text-encoder setting (which shortcut buys what)."""
+    from clip_smot.encoders import fast_image_encoder
+    from clip_smot.runtime import autocast
+
+    def in_autocast(fn, prec):
+        def run_it():
+            with autocast(device, prec):
+                return fn()
+        return run_it
+
+    batch = torch.cat([images, images])  # [2B, 3, S, S]
+    enc = fast_image_encoder(clip.model, precision)
+    parts = {
+        "image_encoder_open_clip_autocast": in_autocast(lambda: clip.model.encode_image(batch), precision),
+    }
+    if enc is not None:
+        parts["image_encoder_weights_cast_once"] = in_autocast(lambda: enc(batch), precision)
+    settings = {  # name -> PromptLearner options
+        "text_fp32_weights_autocast_mask": dict(precision="fp32", attention="mask", share_prefix=False, pack=False),
+        f"text_{precision}_weights_mask": dict(precision=precision, attention="mask", share_prefix=False, pack=False),
+        f"text_{precision}_weights_causal": dict(precision=precision, attention="causal", share_prefix=False,
+                                                 pack=False),
+        f"text_{precision}_weights_causal_shared_prefix": dict(precision=precision, attention="causal", share_prefix=True,
+                                                                pack=False),
+        f"text_{precision}_weights_causal_shared_prefix_packed": dict(precision=precision, attention="causal",
+                                                                       share_prefix=True, pack=True),
+    }
+    results = {}
+    for name, fn in parts.items():
+        with torch.no_grad():
+            results[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
+    for name, opts in settings.items():  # all truncated to max(EOT)+1
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, **opts)
+
+        def fwd_bwd(learner=learner):
+            learner.ctx.grad = None
+            with autocast(device, precision):
+                out = learner()
+            out.float().square().mean().backward()
+
+        results[name] = round(time_interleaved({name: fwd_bwd}, (), steps, warmup, device)[name], 2)
+        del learner
+    return results
+
+
 def run(
     model: str = "ViT-B-16",
     device: str = "auto",
@@ -145,6 +192,7 @@ def run(
     reference_precision: str = "fp16",
     seed: int = 0,
     cuda_graph: bool = True,
+    breakdown: bool = False,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -173,7 +221,7 @@ def run(
     # (b) ours; each peak memory is measured over one step before the next variant exists
     learner, step = ours(cuda_graph=False)
     peak = first_step_peak(step, inputs, dev)
-    tokens_encoded = learner.prefix_len + classes * (learner.seq_len - learner.prefix_len)
+    tokens_encoded = learner.tokens_encoded
     variants = {"ours": step}
     graph_peak = graph_error = None
     if dev.type == "cuda" and cuda_graph:
@@ -204,6 +252,10 @@ def run(
             "cuda_graph_error": graph_error,
         }
     ms = ms["ours"]
+    text_seq_len = int(ref.tokens.argmax(-1).max()) + 1
+    if breakdown:
+        del variants, ref
+        extra["breakdown_ms"] = measure_breakdown(clip, names, images, precision, steps, warmup, dev)
 
     return {
         "model": clip.name,
@@ -214,7 +266,7 @@ def run(
         "steps": steps,
         "precision": precision,
         "reference_precision": ref_note,
-        "text_seq_len": int(ref.tokens.argmax(-1).max()) + 1,
+        "text_seq_len": text_seq_len,
         "tokens_encoded": tokens_encoded,
         "tokens_reference": classes * clip.model.positional_embedding.shape[0],
         "ms_per_step": round(ms, 2),
@@ -242,13 +294,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference-precision", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the parts: image encoder, and the text forward+backward per encoder setting")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default on --device cpu: 1, the steadiest timing on a shared machine)")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if a.threads or a.device == "cpu":
+        torch.set_num_threads(a.threads or 1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
-                 not a.no_cuda_graph)
+                 not a.no_cuda_graph, a.breakdown)
     print(json.dumps(result))
 
 

@@ -71,7 +71,8 @@ def make_fit_step(
 
     Returns:
         ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
-        all on the context's device; the loss is a detached 0-dim float32 tensor.
+        all on the context's device (``cams`` may be None with ``loss="ce"``, which draws no
+        thresholds); the loss is a detached 0-dim float32 tensor.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -105,13 +106,16 @@ def make_fit_step(
         value.backward()
         return value.detach()
 
-    def thresholds(B: int) -> torch.Tensor:
+    def thresholds(B: int) -> torch.Tensor | None:
+        """SMOT's thresholds [B] (None for plain CE, which draws nothing from ``generator``)."""
+        if loss != "smot":
+            return None
         # drawn where the generator lives (the CPU by default: its rejection loop never syncs a GPU)
         return sample_thresholds(B, alpha, beta, generator=generator).to(device, non_blocking=True)  # [B]
 
     if not cuda_graph:
 
-        def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        def step(images: torch.Tensor, cams: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             value = forward_backward(images, cams, labels, thresholds(images.shape[0]))
             optimizer.step()
@@ -125,8 +129,8 @@ def make_fit_step(
         raise ValueError("cuda_graph draws the noise from the default CUDA generator: pass noise_generator=None")
     graphs: dict[tuple, tuple] = {}  # input shapes -> (graph, static inputs, static loss, static grad)
 
-    def capture(images, cams, labels, t):
-        static = [x.clone() for x in (images, cams, labels, t)]
+    def capture(*inputs):
+        static = [None if x is None else x.clone() for x in inputs]  # the graph reads these buffers
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm up (lazy initialisations) outside the capture
@@ -140,14 +144,15 @@ def make_fit_step(
             value = forward_backward(*static)
         return graph, static, value, learner.ctx.grad
 
-    def step(images: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        t = thresholds(images.shape[0])
-        key = (tuple(images.shape), tuple(cams.shape), tuple(labels.shape))
+    def step(images: torch.Tensor, cams: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        inputs = (images, cams, labels, thresholds(images.shape[0]))
+        key = tuple(None if x is None else (tuple(x.shape), x.dtype) for x in inputs)
         if key not in graphs:
-            graphs[key] = capture(images, cams, labels, t)
+            graphs[key] = capture(*inputs)
         graph, static, value, grad = graphs[key]
-        for dst, src in zip(static, (images, cams, labels, t)):
-            dst.copy_(src, non_blocking=True)
+        for dst, src in zip(static, inputs):
+            if src is not None:
+                dst.copy_(src, non_blocking=True)
         graph.replay()  # writes the loss into ``value`` and the gradient into ``grad``
         learner.ctx.grad = grad
         optimizer.step()

@@ -25,7 +25,15 @@ from torch.nn.attention.bias import causal_lower_right
 
 from .errors import UserError
 
-__all__ = ["ATTENTION", "ENCODER_PRECISIONS", "ImageEncoder", "TextEncoder", "check_text_tower", "fast_image_encoder"]
+__all__ = [
+    "ATTENTION",
+    "ENCODER_PRECISIONS",
+    "ImageEncoder",
+    "TextEncoder",
+    "check_text_tower",
+    "fast_image_encoder",
+    "packed_index",
+]
 
 ATTENTION = ("causal", "mask")
 ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -120,6 +128,17 @@ class _Block(nn.Module):
         return x + (m * self.ls2 if self.ls2 is not None else m)
 
 
+def packed_index(eot: torch.Tensor, length: int) -> torch.Tensor:
+    """Sorted flat indices into [K, length] of the positions up to each row's EOT (inclusive).
+
+    Args:
+        eot: [K] EOT position of each prompt, relative to the start of the [K, length] layout.
+        length: positions per prompt.
+    """
+    valid = torch.arange(length, device=eot.device)[None, :] <= eot[:, None]  # [K, length]
+    return valid.flatten().nonzero().squeeze(1)  # [N]
+
+
 def _heads(t: torch.Tensor, n: int, length: int, heads: int) -> torch.Tensor:
     """[n * length, w] -> [n, heads, length, w / heads]."""
     return t.reshape(n, length, heads, -1).transpose(1, 2)
@@ -173,7 +192,13 @@ class TextEncoder(nn.Module):
         mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    def forward(self, x: torch.Tensor, eot: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        eot: torch.Tensor,
+        prefix: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Text features of K prompts, pooled at EOT and projected (not normalised).
 
         Args:
@@ -182,6 +207,11 @@ class TextEncoder(nn.Module):
             eot: [K] position of each prompt's EOT token within ``x`` (0-based, < S).
             prefix: optional shared embeddings [P, d] of positions ``0 .. P-1``, the same for
                 every prompt: encoded once and used as keys/values by all K prompts.
+            index: optional sorted flat indices into ``K * S`` of the positions to encode; it must
+                hold every position up to each prompt's EOT (see :func:`packed_index`). The
+                positions left out (after a prompt's EOT) are seen by no query that matters, so
+                the per-token work (LayerNorms, projections, MLPs) is done for these only and
+                attention runs on a zero-padded [K, S] layout.
 
         Returns:
             [K, e] float32 text features.
@@ -192,19 +222,27 @@ class TextEncoder(nn.Module):
             raise ValueError(f"prompts of {P + S} tokens exceed the context length {self.context_length}")
         pos = self.positional_embedding.float()
         xs = (x.float() + pos[P : P + S]).reshape(K * S, d)  # [K*S, d]
+        if index is not None:
+            xs = xs.index_select(0, index)  # [N, d]: the packed positions
         h = self.heads
         if P:
             xp = prefix.float() + pos[:P]  # [P, d]
-            tokens = torch.cat([xp, xs])  # [P + K*S, d]: one batch of tokens for every matmul
+            tokens = torch.cat([xp, xs])  # [P + N, d]: one batch of tokens for every matmul
         else:
             tokens = xs
+        rows = torch.arange(K, device=x.device)
+        # where each prompt's EOT token sits in the token list (after the prefix)
+        eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
         # mask for the EOT queries of the last layer: key j is visible iff j <= P + eot
         keys = torch.arange(P + S, device=x.device)
         eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            qkv = blk.qkv(tokens)  # [N, 3d]
-            qkv_s = qkv[P:].reshape(K, S, 3, d)  # [K, S, 3, d]
+            qkv = blk.qkv(tokens)  # [P + N, 3d]
+            qkv_s = qkv[P:]
+            if index is not None:  # back to the [K, S] layout for attention; zeros after EOT
+                qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)  # [K*S, 3d]
+            qkv_s = qkv_s.reshape(K, S, 3, d)  # [K, S, 3, d]
             q_s, k_s, v_s = (_heads(qkv_s[:, :, j], K, S, h) for j in range(3))  # [K, h, S, d/h]
             if P:
                 qkv_p = qkv[:P].reshape(1, P, 3, d)  # [1, P, 3, d]
@@ -215,16 +253,17 @@ class TextEncoder(nn.Module):
                 k_all, v_all = k_s, v_s
             if i == last:
                 # only the EOT outputs are pooled: attention, MLP and ln_final for K tokens
-                q_eot = q_s[torch.arange(K, device=x.device), :, eot][:, :, None]  # [K, h, 1, d/h]
+                q_eot = q_s[rows, :, eot][:, :, None]  # [K, h, 1, d/h]
                 a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=eot_mask)  # [K, h, 1, d/h]
-                x_eot = tokens[P:].reshape(K, S, d)[torch.arange(K, device=x.device), eot]  # [K, d]
-                tokens = blk.finish(x_eot, a.reshape(K, d))  # [K, d]
+                tokens = blk.finish(tokens[P:].index_select(0, eot_token), a.reshape(K, d))  # [K, d]
                 break
             a_s = self._attend(q_s, k_all, v_all, causal_offset=P)  # [K, h, S, d/h]
             a_s = a_s.transpose(1, 2).reshape(K * S, d)
+            if index is not None:
+                a_s = a_s.index_select(0, index)  # [N, d] (backward: index_add, no sort)
             if P:
                 a_p = self._attend(q_p, k_p, v_p, causal_offset=0).transpose(1, 2).reshape(P, d)
-                a = torch.cat([a_p, a_s])  # [P + K*S, d]
+                a = torch.cat([a_p, a_s])  # [P + N, d]
             else:
                 a = a_s
             tokens = blk.finish(tokens, a)

@@ -5,13 +5,15 @@ A prompt is built in embedding space from the tokens of ``"X X ... X {name}."``:
 the context after the name, ``front`` puts the name first), pooled at the EOT position after
 ``ln_final`` and projected by ``text_projection`` (SPEC section 2).
 
-The encoder computes exactly what open_clip's ``encode_text`` computes on the same embeddings,
-with three exact shortcuts (docs/prompt.md explains why each is exact):
+The encoder (:class:`~clip_smot.encoders.TextEncoder`) computes exactly what open_clip's
+``encode_text`` computes on the same embeddings, with exact shortcuts (docs/prompt.md explains
+why each is exact):
 
 * only the first ``max(EOT) + 1`` positions are encoded (the mask is causal, pooling is at EOT);
 * with a unified context at the end, positions ``0 .. n_ctx`` (SOS and the context) are the
   same for every class, so they are encoded once and shared by the K prompts as attention keys
   and values;
+* the per-token work runs for each prompt's positions up to its own EOT only (packing);
 * the last layer runs attention, the MLP and ``ln_final`` for the K EOT tokens only.
 
 Two optional speed knobs: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
@@ -26,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .clip_model import ClipModel
-from .encoders import ATTENTION, ENCODER_PRECISIONS, TextEncoder, check_text_tower
+from .encoders import ATTENTION, ENCODER_PRECISIONS, TextEncoder, check_text_tower, packed_index
 from .errors import UserError
 from .prompt_file import PromptFile
 
@@ -69,6 +71,13 @@ class PromptLearner(nn.Module):
         attention: "causal" (default, causal SDPA kernels) or "mask" (additive float mask).
         share_prefix: encode the positions shared by every prompt (SOS and a unified context at
             class position end) once (default True; exact, see docs/prompt.md).
+        pack: run the per-token work (LayerNorms, projections, MLPs) only for the positions up
+            to each prompt's own EOT, not up to the longest prompt's (default True; exact).
+
+    Attributes:
+        seq_len: max(EOT) + 1, the positions encoded per prompt.
+        prefix_len: 1 + n_ctx when the prefix is shared, else 0.
+        tokens_encoded: token positions through the text transformer per forward pass.
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class PromptLearner(nn.Module):
         precision: str = "fp32",
         attention: str = "causal",
         share_prefix: bool = True,
+        pack: bool = True,
     ):
         super().__init__()
         model = clip.model
@@ -152,6 +162,10 @@ class PromptLearner(nn.Module):
         # Unified context at the end: positions 0 .. n_ctx are the same for every class.
         self.prefix_len = 1 + n_ctx if (share_prefix and not csc and class_position == "end") else 0
         self.register_buffer("sos_embed", emb_weight[tokens[0, :1]].float(), persistent=False)  # [1, d]
+        P = self.prefix_len
+        index = packed_index(eot - P, L - P) if pack else None  # [N] positions up to each EOT
+        self.register_buffer("packed_index", index, persistent=False)
+        self.tokens_encoded = P + (len(index) if pack else K * (L - P))
         padding = tokens[:, L:]
         assert bool((padding == tokens[0, -1]).all()), "the tokens after max(EOT) must all be padding"
         self.register_buffer("pad_embed", emb_weight[tokens[0, -1:]].float(), persistent=False)  # [1, d]
@@ -183,8 +197,8 @@ class PromptLearner(nn.Module):
         if P:
             prefix = torch.cat([self.sos_embed, self.ctx])  # [1 + n_ctx, d]
             suffix = self.token_embeds[:, P:]  # [K, L - P, d]: name, ".", EOT, padding up to L
-            return self.encoder(suffix, self.eot - P, prefix=prefix)
-        return self.encoder(self.prompt_embeddings(), self.eot)
+            return self.encoder(suffix, self.eot - P, prefix=prefix, index=self.packed_index)
+        return self.encoder(self.prompt_embeddings(), self.eot, index=self.packed_index)
 
 
 def text_features_from_prompt(clip: ClipModel, prompt: PromptFile) -> torch.Tensor:

@@ -95,10 +95,14 @@ def test_fit_step_ce_and_bf16_run(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16")
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
     before = learner.ctx.detach().clone()
-    for loss in ("ce", "smot"):
-        step = make_fit_step(clip, learner, opt, loss=loss, precision="bf16")
-        value = step(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
-        assert value.ndim == 0 and torch.isfinite(value)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    ce = make_fit_step(clip, learner, opt, loss="ce", precision="bf16", generator=gen)
+    value = ce(images(2), None, torch.tensor([0, 1]))  # plain CoOp: no CAMs, no thresholds drawn
+    assert value.ndim == 0 and torch.isfinite(value) and torch.equal(gen.get_state(), state)
+    smot = make_fit_step(clip, learner, opt, loss="smot", precision="bf16", generator=gen)
+    value = smot(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
+    assert value.ndim == 0 and torch.isfinite(value) and not torch.equal(gen.get_state(), state)
     assert not torch.equal(before, learner.ctx.detach())
 
 
@@ -142,20 +146,20 @@ def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, mo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint):
+@pytest.mark.parametrize("loss", ["smot", "ce"])
+def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
     runs = []
     for cuda_graph in (False, True):
         learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
-        learner.to("cuda")
         opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        step = make_fit_step(clip, learner, opt, precision="fp32", generator=torch.Generator().manual_seed(1),
-                             cuda_graph=cuda_graph)
+        step = make_fit_step(clip, learner, opt, loss=loss, precision="fp32",
+                             generator=torch.Generator().manual_seed(1), cuda_graph=cuda_graph)
         losses = []
         for i in range(3):
             x = images(4, seed=i).cuda()
             cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
-            losses.append(step(x, cams, torch.tensor([0, 1, 2, 0], device="cuda")))
+            losses.append(step(x, cams if loss == "smot" else None, torch.tensor([0, 1, 2, 0], device="cuda")))
         runs.append((torch.stack(losses), learner.ctx.detach().clone()))
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)

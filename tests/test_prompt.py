@@ -36,10 +36,14 @@ def random_ctx_(learner: PromptLearner, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("csc", [False, True])
 @pytest.mark.parametrize("class_position", ["end", "middle", "front"])
-@pytest.mark.parametrize("attention, share_prefix", [("causal", True), ("mask", False), ("mask", True), ("causal", False)])
-def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention, share_prefix):
+@pytest.mark.parametrize(
+    "attention, share_prefix, pack",
+    [("causal", True, True), ("mask", False, False), ("mask", True, False), ("causal", False, True)],
+)
+def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention, share_prefix, pack):
     learner = PromptLearner(
-        clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention, share_prefix=share_prefix
+        clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention, share_prefix=share_prefix,
+        pack=pack,
     )
     random_ctx_(learner)
     full = learner.prompt_embeddings(full=True)
@@ -48,6 +52,10 @@ def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, atte
     assert learner.seq_len < 77 and learner.seq_len == int(learner.tokens.argmax(-1).max()) + 1
     shared = share_prefix and not csc and class_position == "end"
     assert learner.prefix_len == (1 + 5 if shared else 0)
+    P, eot = learner.prefix_len, learner.tokens.argmax(-1)
+    # packed: the prefix once, then each prompt up to its own EOT
+    expected_tokens = P + int((eot + 1 - P).sum()) if pack else P + len(NAMES) * (learner.seq_len - P)
+    assert learner.tokens_encoded == expected_tokens
     torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
     if csc:  # a class-specific context really is per class: class 0's ctx moves class 0 only
         with torch.no_grad():
@@ -92,9 +100,10 @@ def test_only_the_context_gets_gradient(clip, csc, class_position):
         assert not p.requires_grad and p.grad is None, name
 
 
-def test_gradient_equals_open_clip_gradient(clip):
-    """The shared-prefix encoder back-propagates exactly what open_clip's full path does."""
-    learner = PromptLearner(clip, NAMES, n_ctx=4)
+@pytest.mark.parametrize("csc", [False, True])
+def test_gradient_equals_open_clip_gradient(clip, csc):
+    """The shared-prefix, packed encoder back-propagates exactly what open_clip's full path does."""
+    learner = PromptLearner(clip, NAMES, n_ctx=4, csc=csc)
     random_ctx_(learner, seed=3)
     target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(4))
     (learner() * target).sum().backward()
@@ -132,13 +141,11 @@ def test_text_features_from_prompt_round_trip(clip, tmp_path):
 
 
 def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):
-    learner = PromptLearner(clip, NAMES, n_ctx=3)
     path = tmp_path / "bad.safetensors"
     feats = torch.zeros(len(NAMES), 32)
     save_prompt(path, torch.zeros(4, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
     with pytest.raises(UserError, match="bad.safetensors: ctx has shape"):
-        text_features_from_prompt(clip, load_prompt(path))
-    del learner
+        text_features_from_prompt(clip, load_prompt(path))  # 4 context vectors, metadata says 3
 
 
 def test_random_init_is_seeded_normal_002(clip):
