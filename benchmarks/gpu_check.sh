@@ -26,11 +26,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import torch, torchvision, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
 
 step pytest_gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step fit_step 120 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20
+step fit_step 130 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20 --breakdown
+step fit_step_fp32ref 60 python3 benchmarks/fit_step.py --device cuda --steps 5 --reference-precision fp32 --no-cuda-graph
 step resnet_epoch 110 python3 benchmarks/resnet_epoch.py --device cuda --epochs 3 --reference-epochs 1
 step fit_e2e 200 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs "$E2E_EPOCHS" \
   --image-size 256 --root /tmp/clip_smot_e2e
 
 echo "=== summary (total $(( $(date +%s) - start ))s)"
-for f in fit_step resnet_epoch fit_e2e; do echo "$f: $(tail -n 1 "$OUT/$f.log")"; done
+for f in fit_step fit_step_fp32ref resnet_epoch fit_e2e; do echo "$f: $(tail -n 1 "$OUT/$f.log")"; done
 grep -E "passed|failed|error" "$OUT/pytest_gpu.log" | tail -n 1
