@@ -354,7 +354,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    opt_kwargs = {"fused": True} if device.type == "cuda" else {}
+    opt_kwargs = {"foreach": True} if device.type == "cuda" else {}  # one kernel per op for all params
     optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0), momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, **opt_kwargs)
     start_epoch, log = 0, []
