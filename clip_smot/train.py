@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import class_folders
 from .errors import UserError
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
@@ -337,6 +338,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         raise UserError("give --dataset NAME or --data DIR")
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
     train_set = load_id_split(cfg.dataset, cfg.data, "train", size)
+    if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
+        val_names = class_folders(Path(cfg.data) / "val", "--data")
+        if val_names != train_set.classnames:
+            raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
+                            f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
@@ -366,7 +372,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
 
     if train_set.images is not None:
         batches = TensorBatches(train_set.images, train_set.labels, per_rank_batch, device, cfg.seed,
