@@ -194,13 +194,14 @@ def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.T
 
 def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *, seed: int, alpha: float, beta: float,
                 rank: int = 0, n_samples: int, max_steps: int | None = None, progress: bool = False,
-                check_every: int = 50) -> dict:
+                check_every: int = 50, stop_on_nan: bool = True) -> dict:
     """One epoch over ``batches.epoch(epoch)``.
 
     The SMOT thresholds of the whole epoch are drawn at once on the CPU (seeded by
     ``(seed, epoch, rank)``) and copied to the device once, so no step waits on the host.
     The running loss is read back every ``check_every`` steps only (progress, and an early stop
-    on a non-finite loss).
+    on a non-finite loss when ``stop_on_nan``: under DDP every rank must take the same steps,
+    so there the check waits for the epoch's end).
 
     Returns:
         {"loss": mean loss, "correct": correct count, "seen": images seen, "steps": steps}
@@ -236,7 +237,7 @@ def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *,
             bar.update(1)
         if steps % check_every == 0:
             running = (loss_sum / seen).item()  # one host sync every check_every steps
-            if not math.isfinite(running):
+            if stop_on_nan and not math.isfinite(running):
                 break
             if bar is not None:
                 bar.set_postfix(loss=f"{running:.4f}")
@@ -416,7 +417,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         model.train()
         t0 = time.perf_counter()
         stats = train_epoch(model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
-                            beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0)
+                            beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
         totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
                               torch.tensor(float(stats["seen"]), device=device)])
         if world > 1:

@@ -240,3 +240,32 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "model.safetensors",
                                                     "summary.json"]
+
+
+def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
+    out = tmp_path / "big"
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--batch-size", "16", "--input-size", "72",
+            "--device", "cpu", "--workers", "0", "--epochs", "1", "--out", str(out)]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    from clip_smot.networks import load_model
+
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["input_size"] == 72 and model.conv1.kernel_size == (7, 7)  # ImageNet stem above 64 px
+    assert json.loads((out / "log.jsonl").read_text())["images"] == 60
+
+
+@pytest.mark.gpu
+def test_cuda_base_smot_eval(folders, ood_dir, tmp_path):
+    gpu = ["--arch", "resnet_tiny", "--batch-size", "8", "--device", "cuda", "--workers", "0"]
+    base, smot = tmp_path / "b", tmp_path / "s"
+    assert _invoke(["train", "--data", str(folders), *gpu, "--epochs", "2", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--data", str(folders), *gpu, "--stage", "smot", "--epochs", "2",
+                 "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (smot / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(e["loss"]) for e in log)
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders), "--ood",
+                 f"noise={ood_dir}", "--scores", "msp,odin,react,knn,vim,gradnorm", "--device", "cuda",
+                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
