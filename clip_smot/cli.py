@@ -118,7 +118,7 @@ _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.netw
               help="Network (default resnet18; resnet_tiny for digits).")
 @click.option("--cam-model", type=click.Path(dir_okay=False), default=None,
               help="The base model's model.safetensors: CAMs for the SMOT method (required for it).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 12.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 8.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Global batch of original images, each with a masked copy (default 128; digits 64).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial lr (default 0.1; digits 0.05).")

@@ -51,7 +51,7 @@ STAGES = ("base", "smot")
 # 10 classes like CIFAR-10. The digits recipe is sized for the offline CPU smoke run (a tiny
 # ResNet, short schedules) and reaches > 90% ID accuracy there.
 DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits": 10.0}
-DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 12, "smot": 12}, "lr": 0.05, "batch_size": 64}
+DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
 CHECKPOINT = "checkpoint.pt"
