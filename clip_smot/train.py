@@ -314,8 +314,12 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if resume:
         if not ckpt_path.is_file():
             raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig(**ckpt["config"])
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = TrainConfig(**ckpt["config"])
+        except Exception as e:  # a damaged or foreign file: say which one
+            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {e})") \
+                from None
         given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
         defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
         differ = [k for k, v in given.items() if v != defaults[k] and v != getattr(saved, k)]

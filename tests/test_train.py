@@ -277,3 +277,11 @@ def test_cuda_base_smot_eval(folders, ood_dir, tmp_path):
                  f"noise={ood_dir}", "--scores", "msp,odin,react,knn,vim,gradnorm", "--device", "cuda",
                  "--out", str(tmp_path / "e")])
     assert r.exit_code == 0, r.output
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x00garbage")
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "r"), "--resume"])
+    assert r.exit_code == 1 and "not a readable clip-smot checkpoint" in r.output
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"\x00garbage"  # left as it was
