@@ -188,10 +188,63 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
                       workers=workers, device=device, out=out, use_cache=not no_cache)
 
 
+_ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.networks.NETWORKS (checked in a test)
+
+
 @cli.command()
-def train() -> None:
-    """Train a ResNet (base CE, then SMOT) on CIFAR, ImageNet-200 or folders."""
-    _not_implemented("train")
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet200", "digits"]), default=None,
+              help="Built-in ID set (digits: the offline embedded set).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Folder with train/<class>/ and val/<class>/; with --dataset: the set's root "
+                   "(required for imagenet200: the ImageNet folder).")
+@click.option("--stage", type=click.Choice(["base", "smot"]), default="base", show_default=True,
+              help="base: lr / 10 at 40%/70% of the epochs; smot: cosine decay.")
+@click.option("--method", type=click.Choice(["ce", "ls", "logitnorm", "smot"]), default=None,
+              help="Loss (default: ce for --stage base, smot for --stage smot).")
+@click.option("--arch", type=click.Choice(_ARCHS), default=None,
+              help="Network (default resnet18; resnet_tiny for digits).")
+@click.option("--cam-model", type=click.Path(dir_okay=False), default=None,
+              help="The base model's model.safetensors: CAMs for the SMOT method (required for it).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 8.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch of original images, each with a masked copy (default 128; digits 64).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial lr (default 0.1; digits 0.05).")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+              help="Threshold s ~ Beta(alpha, beta).")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--lam", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
+@click.option("--T", "T", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 ImageNet-200).")
+@click.option("--perturb", type=click.Choice(["zero", "one", "noise"]), default="zero", show_default=True,
+              help="Masked region: black, white, or Gaussian noise (Table 9).")
+@click.option("--sigma", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
+@click.option("--input-size", type=click.IntRange(min=8), default=None,
+              help="Square input size (default 32 for CIFAR/digits/small folders, 224 otherwise).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: one GPU per process).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+              help="DataLoader workers (224-pixel sets; small images live on the device).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="One training step; print its loss; write nothing.")
+def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr, alpha, beta, lam, T, perturb, sigma,
+          input_size, device, precision, seed, workers, out, resume, dry_run) -> None:
+    """Train a ResNet (base CE, then SMOT) on CIFAR, ImageNet-200 or folders.
+
+    Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
+    The same command under 'torchrun --nproc_per_node N' trains with DistributedDataParallel.
+    """
+    from .train import TrainConfig, run_train
+
+    if dataset is None and data is None and not resume:
+        raise click.UsageError("give --dataset NAME or --data DIR")
+    cfg = TrainConfig(out=out, stage=stage, dataset=dataset, data=data, method=method, arch=arch, cam_model=cam_model,
+                      epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, lam=lam, T=T,
+                      perturb=perturb, sigma=sigma, input_size=input_size, device=device, precision=precision,
+                      seed=seed, workers=workers)
+    run_train(cfg, resume=resume, dry_run=dry_run)
 
 
 @cli.command(cls=_OneLineCommand)

@@ -1,7 +1,9 @@
 """OOD scores from logits or cosine similarities -> [B], higher = more in-distribution.
 
 These functions only look at the tensors they are given; scores that need the network
-itself (ODIN, GradNorm) or fitted statistics live with the evaluation code. torch only.
+itself (ODIN) live with the evaluation code. Scores with statistics fitted on ID training
+features take them as arguments: ReAct (the clipping threshold, :func:`react_threshold`),
+KNN (the normalised feature bank) and ViM (:func:`vim_fit`). torch and numpy only.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["SCORES", "energy", "gl_mcm", "local_mcm", "maxlogit", "mcm", "msp"]
+__all__ = ["SCORES", "energy", "gl_mcm", "gradnorm", "knn", "local_mcm", "maxlogit", "mcm", "msp", "react",
+           "react_threshold", "vim", "vim_fit"]
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -34,6 +37,101 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     Takes cosine similarities in [-1, 1], not logits scaled by CLIP's ``logit_scale``.
     """
     return (cosine.float() / tau).softmax(dim=-1).amax(dim=-1)
+
+
+def react_threshold(train_features: torch.Tensor, percentile: float = 90.0) -> float:
+    """ReAct's clipping threshold: the ``percentile`` of all ID-train penultimate activations.
+
+    numpy's percentile (linear interpolation) over every element of ``train_features`` [N, C].
+    """
+    import numpy as np
+
+    return float(np.percentile(train_features.detach().float().cpu().numpy().ravel(), percentile))
+
+
+def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    """ReAct (Sun et al., 2021): energy of the logits of features clipped at ``threshold``.
+
+    Args:
+        features: penultimate (pooled) features [B, C].
+        weight, bias: the final linear layer, [K, C] and [K].
+        threshold: from :func:`react_threshold` on ID training features.
+    """
+    clipped = features.float().clamp(max=threshold)  # [B, C]
+    logits = clipped @ weight.float().T  # [B, K]
+    if bias is not None:
+        logits = logits + bias.float()
+    return energy(logits)
+
+
+def knn(features: torch.Tensor, bank: torch.Tensor, k: int = 50, chunk: int = 1024) -> torch.Tensor:
+    """KNN (Sun et al., 2022): minus the distance to the k-th nearest ID-train feature.
+
+    Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here; for unit vectors
+    ``|a - b| = sqrt(2 - 2 a.b)``, so the k-th nearest neighbour is the k-th largest dot product.
+    """
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k must be in [1, {bank.shape[0]}], got {k}")
+    q = torch.nn.functional.normalize(features.float(), dim=-1)
+    b = torch.nn.functional.normalize(bank.float().to(q.device), dim=-1)
+    out = []
+    for i in range(0, q.shape[0], chunk):
+        sims = q[i:i + chunk] @ b.T  # [b, N]
+        kth = sims.topk(k, dim=-1).values[:, -1]  # [b]: k-th largest similarity
+        out.append(-torch.sqrt((2 - 2 * kth).clamp_min(0)))
+    return torch.cat(out) if out else q.new_zeros(0)
+
+
+def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor, dim: int | None = None) -> dict[str, torch.Tensor | float | int]:
+    """Fit ViM (Wang et al., 2022) on ID training features, as the authors' code does.
+
+    * origin ``u = -pinv(W) b``;
+    * principal space: the ``dim`` leading eigenvectors of ``(X - u)^T (X - u) / N``; its
+      complement ``NS`` [C, C - dim] spans the residual;
+    * ``alpha = mean(max train logit) / mean(|(X - u) NS|)``.
+
+    ``dim`` defaults to the authors' rule: 1000 for C >= 2048, 512 for C >= 768, else C // 2.
+
+    Returns:
+        {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
+    """
+    X = train_features.detach().double().cpu()  # [N, C]
+    C = X.shape[1]
+    if dim is None:
+        dim = 1000 if C >= 2048 else 512 if C >= 768 else C // 2
+    u = -torch.linalg.pinv(weight.detach().double().cpu()) @ bias.detach().double().cpu()  # [C]
+    Xc = X - u  # [N, C]
+    cov = Xc.T @ Xc / X.shape[0]  # [C, C]
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    order = torch.argsort(evals, descending=True)
+    NS = evecs[:, order[dim:]]  # [C, C - dim]
+    vlogit = torch.linalg.vector_norm(Xc @ NS, dim=-1)  # [N]
+    alpha = float(train_logits.detach().double().cpu().amax(dim=-1).mean() / vlogit.mean())
+    return {"u": u, "NS": NS, "alpha": alpha, "dim": int(dim)}
+
+
+def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch.Tensor, alpha: float) -> torch.Tensor:
+    """ViM score: ``energy(logits) - alpha * |(x - u) NS|`` (see :func:`vim_fit`)."""
+    x = features.double() - u.to(features.device)  # [B, C]
+    vlogit = torch.linalg.vector_norm(x @ NS.to(features.device), dim=-1)  # [B]
+    return (energy(logits).double() - alpha * vlogit).float()
+
+
+def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """GradNorm (Huang et al., 2021), T = 1, in closed form.
+
+    GradNorm is the L1 norm of the gradient of ``KL(uniform || softmax(logits))`` (the cross
+    entropy with uniform targets) with respect to the final layer's weight. For a linear head
+    ``z = W h + b`` that gradient is the outer product ``(softmax(z) - 1/K) h^T``, whose L1 norm
+    is ``|softmax(z) - 1/K|_1 * |h|_1``: exact, and batched instead of one backward per image.
+
+    Args:
+        logits: [B, K]; features: the penultimate features h, [B, C].
+    """
+    p = logits.float().softmax(dim=-1)  # [B, K]
+    K = p.shape[-1]
+    return (p - 1.0 / K).abs().sum(dim=-1) * features.float().abs().sum(dim=-1)
 
 
 # name -> (function, what it takes: "logits" or "cosine")

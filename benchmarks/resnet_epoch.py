@@ -1,0 +1,178 @@
+"""Time SMOT epochs of a ResNet-18 on CIFAR-sized data: the project's data path against a plain loop.
+
+Synthetic data: ``--images`` random uint8 images [3, 32, 32] (default 50,000, CIFAR-10's
+training set size) with random labels over 10 classes. Each step trains on 128 images and
+their 128 masked copies, with CAMs of the true label from a frozen (random) base ResNet-18.
+
+* project path (``clip_smot.train.train_epoch``): the whole set on the device as uint8, random
+  crop + flip on the device, thresholds drawn once per epoch, bf16 autocast and channels_last
+  on CUDA, foreach SGD, no host synchronisation per step;
+* reference: what a plain PyTorch loop does: a DataLoader with per-image crop/flip on CPU
+  workers, fp32, thresholds drawn per batch on the host, ``loss.item()`` every step.
+
+Both get a warm-up (``--warmup-steps``) and then ``--epochs`` (``--reference-epochs``) timed
+epochs; the median epoch time is reported. The last line printed is JSON: epoch_s, reference_epoch_s, speedup, device,
+peak_mem_gib, images (and a few more fields).
+
+    python benchmarks/resnet_epoch.py --device cuda
+    python benchmarks/resnet_epoch.py --device cpu --images 256 --epochs 1   # a quick CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clip_smot.cam import CAMProvider  # noqa: E402
+from clip_smot.networks import build_network  # noqa: E402
+from clip_smot.resnet_data import CIFAR10_MEAN, CIFAR10_STD, TensorBatches  # noqa: E402
+from clip_smot.runtime import autocast, resolve_device  # noqa: E402
+from clip_smot.smot import cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss  # noqa: E402
+from clip_smot.train import StepParts, train_epoch  # noqa: E402
+
+ALPHA, BETA, LAM, T = 50.0, 20.0, 0.1, 10.0  # SPEC defaults for CIFAR-10
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cam(device: torch.device, arch: str, k: int, channels_last: bool) -> CAMProvider:
+    torch.manual_seed(1)
+    base = build_network(arch, k, 32).to(device)
+    if channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    return CAMProvider(base, CIFAR10_MEAN, CIFAR10_STD, labels_match=True)
+
+
+def project_epochs(images, labels, args, device) -> tuple[list[float], float]:
+    """The project's path; returns (epoch times, peak GPU memory in GiB)."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_network(args.arch, args.classes, 32).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                          **({"foreach": True} if cuda else {}))
+    cam = _cam(device, args.arch, args.classes, cuda)
+    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
+    parts = StepParts(method="smot", mean=torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
+                      std=torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1), cam=cam, T=T, lam=LAM,
+                      channels_last=cuda)
+    amp = autocast(device, "bf16" if cuda else "fp32")
+    batches = TensorBatches(images, labels, args.batch_size, device, seed=0)
+    model.train()
+    kw = dict(seed=0, alpha=ALPHA, beta=BETA, n_samples=batches.per_rank)
+    train_epoch(model, opt, batches, 0, parts, amp, max_steps=args.warmup_steps, **kw)
+    _sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_epoch(model, opt, batches, epoch, parts, amp, **kw)
+        float(stats["loss_sum"])  # the epoch's end: wait for the device
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
+    return times, peak
+
+
+class _PlainSet(torch.utils.data.Dataset):
+    def __init__(self, images, labels):
+        import torchvision.transforms as TT
+
+        self.images, self.labels = images, labels
+        self.tf = TT.Compose([TT.RandomCrop(32, padding=4), TT.RandomHorizontalFlip()])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.tf(self.images[i].float() / 255), self.labels[i]
+
+
+def reference_epochs(images, labels, args, device) -> list[float]:
+    """A plain fp32 DataLoader loop with the same model, CAMs and loss."""
+    torch.manual_seed(0)
+    model = build_network(args.arch, args.classes, 32).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    cam = _cam(device, args.arch, args.classes, False)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    loader = torch.utils.data.DataLoader(_PlainSet(images, labels), batch_size=args.batch_size, shuffle=True,
+                                         num_workers=args.reference_workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=args.reference_workers > 0)
+
+    def epoch(max_steps=None):
+        model.train()
+        for step, (x, y) in enumerate(loader):
+            if max_steps is not None and step >= max_steps:
+                break
+            x, y = x.to(device), y.to(device)
+            cams = cam(x, y)
+            t = sample_thresholds(len(y), ALPHA, BETA).to(device)
+            xm = perturb(x, cam_mask(cams, t))
+            logits = model((torch.cat([x, xm]) - mean.to(device)) / std.to(device))
+            loss = smot_loss(logits[:len(y)], logits[len(y):], y, smoothing_eps(t, T), LAM)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()  # the usual per-step logging
+
+    epoch(args.warmup_steps)
+    times = []
+    for _ in range(args.reference_epochs):
+        t0 = time.perf_counter()
+        epoch()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--images", type=int, default=50_000, help="synthetic training images (CIFAR-10: 50,000)")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per path (median reported)")
+    p.add_argument("--batch-size", type=int, default=128, help="original images per step (+ as many masked)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--reference-epochs", type=int, default=2, help="timed epochs of the reference loop")
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--reference-workers", type=int, default=4)
+    p.add_argument("--skip-reference", action="store_true")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, args.classes, (args.images,), generator=g)
+
+    times, peak = project_epochs(images, labels, args, device)
+    ref = [] if args.skip_reference else reference_epochs(images, labels, args, device)
+    epoch_s = statistics.median(times)
+    ref_s = statistics.median(ref) if ref else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    result = {"epoch_s": round(epoch_s, 4), "reference_epoch_s": round(ref_s, 4) if ref_s else None,
+              "speedup": round(ref_s / epoch_s, 2) if ref_s else None, "device": name,
+              "peak_mem_gib": round(peak, 3), "images": args.images, "batch_size": args.batch_size,
+              "arch": args.arch, "epoch_times_s": [round(t, 4) for t in times],
+              "reference_epoch_times_s": [round(t, 4) for t in ref]}
+    print(f"project path: {epoch_s:.3f} s/epoch; reference: " + (f"{ref_s:.3f} s/epoch" if ref_s else "skipped"),
+          file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,456 @@
+"""ResNet-track data: CIFAR-10/100, SVHN, ImageNet-200, digits and image folders, and their batches.
+
+Two paths, chosen by the input size:
+
+* **small images** (input size <= 64: CIFAR, SVHN, digits, small folders) are decoded once
+  into one uint8 tensor [N, 3, S, S] that lives on the training device; random crop (zero
+  padding 4) and horizontal flip are done there, a whole batch at a time, with a device
+  generator: no worker processes and no host synchronisation per step (:class:`TensorBatches`);
+* **large images** (ImageNet-200, large folders; 224) are decoded by DataLoader workers into
+  uint8 tensors (random resized crop + flip for training, resize + centre crop for testing)
+  (:class:`FileBatches`).
+
+Either way a batch reaches the training step as uint8 [B, 3, S, S] on the device; it becomes
+a float image in [0, 1] there, is masked (SMOT), then normalised with the set's mean/std.
+
+Built-in sets download through torchvision into ``--data ROOT`` or ``$CLIP_SMOT_DATA`` (default
+``~/.cache/clip_smot/datasets``). Offline, a missing set is a UserError within seconds: the
+files are checked first, then the download host is probed with a 3 s socket timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import class_folders, list_images, load_image
+from .errors import UserError
+
+__all__ = [
+    "BUILTIN_ID",
+    "BUILTIN_OOD",
+    "CIFAR_PAD",
+    "FileBatches",
+    "ImageSet",
+    "TensorBatches",
+    "default_input_size",
+    "eval_batches",
+    "load_class_folders",
+    "load_id_split",
+    "load_ood_set",
+    "random_crop_flip",
+]
+
+BUILTIN_ID = ("cifar10", "cifar100", "imagenet200", "digits")
+BUILTIN_OOD = ("svhn", "cifar10", "cifar100", "photos", "textures")
+CIFAR_PAD = 4  # zero padding of the random crop, pixels (the standard CIFAR augmentation)
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_HOSTS = {"cifar10": ("www.cs.toronto.edu", 443), "cifar100": ("www.cs.toronto.edu", 443),
+          "svhn": ("ufldl.stanford.edu", 80)}
+_WNIDS_200 = Path(__file__).resolve().parent.parent / "data_lists" / "imagenet200_wnids.txt"
+
+
+@dataclass
+class ImageSet:
+    """A labelled (or, for OOD, unlabelled: labels -1) image set at one input size.
+
+    Exactly one of ``images`` (uint8 [N, 3, S, S], small images) or ``files`` is set.
+    """
+
+    name: str
+    classnames: list[str]
+    labels: torch.Tensor  # int64 [N]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    images: torch.Tensor | None = None  # uint8 [N, 3, S, S]
+    files: list[Path] | None = None
+    flip: bool = True  # horizontal flips are a valid augmentation (not for digits)
+    pad: int = CIFAR_PAD  # zero padding of the random crop (small images only)
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where torchvision sets are kept: ``root``, ``$CLIP_SMOT_DATA`` or ~/.cache/clip_smot/datasets."""
+    if root:
+        return Path(root)
+    base = os.environ.get("CLIP_SMOT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot", "datasets")
+    return Path(base)
+
+
+def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _torchvision(name: str, root: Path, **kwargs):
+    """A torchvision dataset, downloaded only when missing and the host answers within 3 s."""
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "svhn": tvd.SVHN}[name]
+    try:
+        return cls(str(root), download=False, **kwargs)
+    except RuntimeError:
+        pass  # not there (or corrupted): download below
+    host = _HOSTS[name]
+    if not _reachable(host):
+        raise UserError(f"{name}: not found under {root} and {host[0]} cannot be reached (offline?); "
+                        f"download it on a machine with internet, or pass --data ROOT where it is stored")
+    try:
+        return cls(str(root), download=True, **kwargs)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{name}: download into {root} failed ({e})") from None
+
+
+def _cifar(name: str, train: bool, root: Path) -> ImageSet:
+    ds = _torchvision(name, root, train=train)
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+    return ImageSet(name, list(ds.classes), torch.as_tensor(ds.targets, dtype=torch.long), 32, mean, std, images=images)
+
+
+def _svhn(root: Path) -> ImageSet:
+    ds = _torchvision("svhn", root, split="test")
+    images = torch.from_numpy(np.ascontiguousarray(ds.data))  # [N, 3, 32, 32] already
+    return ImageSet("svhn", [], torch.full((len(images),), -1, dtype=torch.long), 32, CIFAR10_MEAN, CIFAR10_STD,
+                    images=images)
+
+
+def _decode_all(files: Sequence[Path], size: int) -> torch.Tensor:
+    """Decode and resize images to uint8 [N, 3, size, size] (bilinear, no crop)."""
+    from PIL import Image
+
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        im = load_image(f)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(im)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # [N, 3, size, size]
+
+
+def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255)  # [N, 3, S, S]
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _folder_split(root: Path, flag: str, classnames: Sequence[str] | None = None) -> tuple[list[str], list[Path], torch.Tensor]:
+    names = class_folders(root, flag)
+    if classnames is not None and list(names) != list(classnames):
+        extra = sorted(set(names) - set(classnames))
+        lacking = sorted(set(classnames) - set(names))
+        raise UserError(f"{flag} {root}: class folders do not match the class list "
+                        f"(unknown: {extra[:5] or 'none'}, missing: {lacking[:5] or 'none'})")
+    files, labels = [], []
+    for k, name in enumerate(names):
+        found = list_images(root / name, flag)
+        files += found
+        labels += [k] * len(found)
+    return list(names), files, torch.tensor(labels, dtype=torch.long)
+
+
+def _first_image_side(files: Sequence[Path]) -> int:
+    im = load_image(files[0])
+    return max(im.size)
+
+
+def default_input_size(dataset: str | None, data: str | None) -> int:
+    """32 for CIFAR and digits, 224 for ImageNet-200; a folder: 32 if its first training image
+    is at most 64 pixels on its longer side, else 224."""
+    if dataset in ("cifar10", "cifar100", "digits"):
+        return 32
+    if dataset == "imagenet200":
+        return 224
+    root = _train_dir(Path(data), "--data")
+    names, files, _ = _folder_split(root, "--data")
+    return 32 if _first_image_side(files) <= 64 else 224
+
+
+def _train_dir(root: Path, flag: str) -> Path:
+    if not root.is_dir():
+        raise UserError(f"{flag} {root}: no such folder")
+    if not (root / "train").is_dir():
+        raise UserError(f"{flag} {root}: no train/ folder inside (expected {root}/train/<class>/<image>)")
+    return root / "train"
+
+
+def _imagenet200_wnids() -> list[str]:
+    if not _WNIDS_200.is_file():
+        raise UserError(f"{_WNIDS_200}: the ImageNet-200 class list is missing from this installation")
+    return [w.strip() for w in _WNIDS_200.read_text().split() if w.strip()]
+
+
+def load_id_split(dataset: str | None, data: str | None, split: str, input_size: int | None = None,
+                  classnames: Sequence[str] | None = None, flag: str = "--data") -> ImageSet:
+    """The train or test split of an ID set.
+
+    Args:
+        dataset: "cifar10", "cifar100", "imagenet200", "digits", or None for a folder.
+        data: a folder: ``DIR/train/<class>``, ``DIR/val/<class>`` for ``dataset=None``; the
+            torchvision root for CIFAR (optional); the ImageNet folder (train/, val/ of wnid
+            folders) for imagenet200 (required).
+        split: "train" or "val" (the test split).
+        input_size: square size the images are used at (default :func:`default_input_size`).
+        classnames: if given, the folder's classes must be exactly these (SPEC section 6).
+        flag: the flag named in errors.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be train or val, got {split!r}")
+    if dataset in ("cifar10", "cifar100"):
+        return _cifar(dataset, split == "train", data_root(data))
+    if dataset == "digits":
+        from .digits import ensure_digits
+
+        root = ensure_digits(size=32)
+        names, files, labels = _folder_split(root / split, flag, classnames)
+        images = _decode_all(files, 32)
+        # Statistics of the training split, so train and test are normalised alike.
+        stats = images if split == "train" else _decode_all(_folder_split(root / "train", flag)[1], 32)
+        mean, std = _mean_std(stats)
+        return ImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2)
+    if dataset == "imagenet200":
+        if not data:
+            raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")
+        wnids = _imagenet200_wnids()
+        root = Path(data) / split
+        if not root.is_dir():
+            raise UserError(f"{flag} {data}: no {split}/ folder inside (expected {data}/{split}/<wnid>/*.JPEG)")
+        files, labels = [], []
+        for k, w in enumerate(wnids):
+            if not (root / w).is_dir():
+                raise UserError(f"{flag} {root}: class folder {w} of ImageNet-200 is missing")
+            found = list_images(root / w, flag)
+            files += found
+            labels += [k] * len(found)
+        return ImageSet("imagenet200", wnids, torch.tensor(labels), input_size or 224, IMAGENET_MEAN, IMAGENET_STD,
+                        files=files)
+    if dataset is not None:
+        raise UserError(f"--dataset {dataset}: unknown (choose from {', '.join(BUILTIN_ID)}, or --data DIR)")
+    if not data:
+        raise UserError("give --dataset NAME or --data DIR")
+    base = Path(data)
+    _train_dir(base, flag)
+    root = base / split
+    if not root.is_dir():
+        raise UserError(f"{flag} {base}: no {split}/ folder inside (expected {base}/{split}/<class>/<image>)")
+    names, files, labels = _folder_split(root, flag, classnames)
+    size = input_size or default_input_size(None, data)
+    name = base.name or str(base)
+    if size <= 64:
+        images = _decode_all(files, size)
+        stats = images if split == "train" else _decode_all(_folder_split(base / "train", flag)[1], size)
+        mean, std = _mean_std(stats)
+        return ImageSet(name, names, labels, size, mean, std, images=images)
+    return ImageSet(name, names, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+
+
+def load_class_folders(root: str | os.PathLike, classnames: Sequence[str], input_size: int, flag: str) -> ImageSet:
+    """A labelled folder ``root/<class>/<image>`` whose classes must be exactly ``classnames``."""
+    root = Path(root)
+    names, files, labels = _folder_split(root, flag, classnames)
+    name = root.name or str(root)
+    if input_size <= 64:
+        return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD,
+                        images=_decode_all(files, input_size))
+    return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+
+
+def load_ood_set(name: str, where: str, input_size: int, data: str | None = None) -> ImageSet:
+    """An OOD set: ``where`` is a folder (searched recursively) or a built-in name
+    (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets).
+
+    ``name=where`` for a bare built-in name on the command line.
+    """
+    key = where.lower()
+    if key in BUILTIN_OOD and not Path(where).exists():
+        if key == "svhn":
+            s = _svhn(data_root(data))
+        elif key in ("cifar10", "cifar100"):
+            s = _cifar(key, False, data_root(data))
+        else:
+            from .digits import ensure_digits
+
+            files = list_images(ensure_digits(size=32) / "ood" / key, "--ood")
+            s = ImageSet(key, [], torch.full((len(files),), -1), 32, IMAGENET_MEAN, IMAGENET_STD,
+                         images=_decode_all(files, 32))
+        s.name = name
+        if s.input_size != input_size and s.images is not None:
+            s.images = F.interpolate(s.images.float(), size=(input_size, input_size), mode="bilinear",
+                                     align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            s.input_size = input_size
+        s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)
+        return s
+    files = list_images(where, f"--ood {name}=")
+    labels = torch.full((len(files),), -1, dtype=torch.long)
+    if input_size <= 64:
+        return ImageSet(name, [], labels, input_size, IMAGENET_MEAN, IMAGENET_STD, images=_decode_all(files, input_size))
+    return ImageSet(name, [], labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches.
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, for a whole batch on its device.
+
+    Args:
+        x: uint8 (or float) images [B, C, H, W].
+        pad: zero padding on each side; the crop offset is uniform in [0, 2 * pad].
+        flip: flip each image horizontally with probability 1/2.
+        generator: a generator on ``x``'s device.
+
+    Returns:
+        [B, C, H, W] images (channels-last strides), same dtype.
+    """
+    B, C, H, W = x.shape
+    dev = x.device
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x  # [B, C, H + 2p, W + 2p]
+    oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+    rows = oy[:, None] + torch.arange(H, device=dev)  # [B, H]
+    cols = ox[:, None] + torch.arange(W, device=dev)  # [B, W]
+    if flip:
+        flipped = torch.rand(B, generator=generator, device=dev) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    b = torch.arange(B, device=dev)[:, None, None]
+    out = xp[b, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]: advanced indices first
+    return out.permute(0, 3, 1, 2)  # [B, C, H, W]
+
+
+def _mix(*ints: int) -> int:
+    # Distinct, stable seeds for (seed, epoch, rank, stream) without Python's salted hash.
+    h = 0
+    for v in ints:
+        h = (h * 1_000_003 + int(v) + 0x9E3779B9) % (2**63 - 1)
+    return h
+
+
+class TensorBatches:
+    """Training batches from a uint8 image tensor kept on the device.
+
+    Each epoch draws one permutation (the same on every rank, seeded by ``(seed, epoch)``),
+    takes this rank's share (``perm[rank::world]``, cut to equal length so every rank takes
+    the same number of steps), and augments each batch on the device with a generator seeded
+    by ``(seed, epoch, rank)``: an epoch's batches depend only on these numbers, so a resumed
+    run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device,
+                 seed: int, pad: int = CIFAR_PAD, flip: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.images = images.to(device)  # uint8 [N, 3, S, S]
+        self.labels = labels.to(device)  # int64 [N]
+        self.batch_size, self.device, self.seed = batch_size, device, seed
+        self.pad, self.flip, self.rank, self.world = pad, flip, rank, world
+        self.per_rank = len(labels) // world
+
+    def __len__(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x uint8 [B, 3, S, S], y [B])`` on the device for one epoch."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(_mix(self.seed, epoch))
+        perm = torch.randperm(len(self.labels), generator=g, device=self.device)
+        mine = perm[self.rank::self.world][: self.per_rank]
+        g.manual_seed(_mix(self.seed, epoch, self.rank, 1))
+        for i in range(0, self.per_rank, self.batch_size):
+            idx = mine[i:i + self.batch_size]
+            yield random_crop_flip(self.images[idx], self.pad, self.flip, g), self.labels[idx]
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, files: Sequence[Path], labels: torch.Tensor, transform) -> None:
+        self.files, self.labels, self.transform = list(files), labels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import torchvision.transforms.functional as TF
+
+        img = self.transform(load_image(self.files[i]))
+        return TF.pil_to_tensor(img), self.labels[i]  # uint8 [3, S, S]
+
+
+def _train_transform(size: int, flip: bool):
+    import torchvision.transforms as T
+
+    ops = [T.RandomResizedCrop(size)]
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    return T.Compose(ops)
+
+
+def _eval_transform(size: int):
+    import torchvision.transforms as T
+
+    if size <= 64:
+        return T.Resize((size, size))
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
+
+
+class FileBatches:
+    """Training batches decoded by DataLoader workers (random resized crop + flip), uint8.
+
+    Under DDP a DistributedSampler (``set_epoch`` each epoch) gives each rank its share.
+    """
+
+    def __init__(self, files: Sequence[Path], labels: torch.Tensor, input_size: int, batch_size: int,
+                 device: torch.device, seed: int, workers: int, flip: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.dataset = _FileDataset(files, labels, _train_transform(input_size, flip))
+        self.batch_size, self.device, self.seed, self.workers = batch_size, device, seed, workers
+        self.rank, self.world = rank, world
+        self.sampler = None
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=True)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        return -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator()
+        g.manual_seed(_mix(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=g,
+            persistent_workers=False, prefetch_factor=4 if self.workers else None)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def eval_batches(s: ImageSet, batch_size: int, device: torch.device, workers: int = 0
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Test-time batches ``(x uint8 [B, 3, S, S], y [B])`` on ``device``, in the set's order."""
+    if s.images is not None:
+        for i in range(0, len(s), batch_size):
+            yield s.images[i:i + batch_size].to(device), s.labels[i:i + batch_size].to(device)
+        return
+    ds = _FileDataset(s.files, s.labels, _eval_transform(s.input_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -1,0 +1,481 @@
+"""ResNet-track training: stage base (CE, LS, LogitNorm) and stage smot, checkpoints, resume, DDP.
+
+``run_train(cfg)`` is the whole run; the CLI only builds a :class:`TrainConfig`. SPEC section 3:
+
+* stage ``base``: SGD (momentum 0.9, weight decay 5e-4), batch 128, lr 0.1 divided by 10 at
+  40% and 70% of the epochs (epochs 80 and 140 of the default 200);
+* stage ``smot``: the same optimizer, lr 0.1 with cosine decay over the default 300 epochs;
+  the SMOT loss with CAMs of the true label from a frozen base model (``--cam-model``),
+  computed per batch under no_grad on the augmented view, masked copy from the same view.
+
+The lr is a pure function of the epoch, so the schedule's state is the epoch number. All
+randomness of an epoch (order, augmentation, thresholds, noise) is seeded by
+``(seed, epoch, rank)``: a run resumed from its checkpoint gives the weights of an
+uninterrupted one.
+
+Outputs (rank 0 only): ``OUT/config.json``, ``OUT/log.jsonl`` (one line per epoch),
+``OUT/checkpoint.pt`` (atomically, each epoch), ``OUT/model.safetensors`` and
+``OUT/summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import class_folders
+from .errors import UserError
+from .networks import NETWORKS, build_network, load_model, save_model
+from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
+from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
+from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
+    smoothing_eps, smot_loss
+
+__all__ = ["METHODS", "STAGES", "TrainConfig", "lr_at", "resolve_config", "run_train", "train_epoch"]
+
+METHODS = ("ce", "ls", "logitnorm", "smot")
+STAGES = ("base", "smot")
+
+# Per-dataset defaults. T: the paper's values for CIFAR-10/100 and ImageNet-200; digits has
+# 10 classes like CIFAR-10. The digits recipe is sized for the offline CPU smoke run (a tiny
+# ResNet, short schedules) and reaches > 90% ID accuracy there.
+DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits": 10.0}
+DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
+PAPER_EPOCHS = {"base": 200, "smot": 300}
+BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` fields take their stage/dataset default in :func:`resolve_config`."""
+
+    out: str  # output folder
+    stage: str = "base"  # base: lr steps at 40%/70%; smot: cosine decay
+    dataset: str | None = None  # cifar10, cifar100, imagenet200, digits (or None: --data folder)
+    data: str | None = None  # folder with train/<class>, val/<class> (or the root of a built-in set)
+    method: str | None = None  # ce, ls, logitnorm, smot (default: ce for base, smot for smot)
+    arch: str | None = None  # a key of networks.NETWORKS (default resnet18; resnet_tiny for digits)
+    cam_model: str | None = None  # base model.safetensors giving the CAMs (method smot)
+    epochs: int | None = None  # default 200 (base) / 300 (smot)
+    batch_size: int | None = None  # global batch of original images (each gets a masked copy), default 128
+    lr: float | None = None  # initial learning rate, default 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    alpha: float = 50.0  # threshold s ~ Beta(alpha, beta)
+    beta: float = 20.0
+    lam: float = 0.1  # weight of the masked term of the SMOT loss
+    T: float | None = None  # smoothing temperature of eps(t); default per dataset
+    perturb: str = "zero"  # zero (black), one (white), noise (Table 9)
+    sigma: float = 0.1  # noise std for perturb=noise
+    ls_eps: float = 0.1  # label smoothing amount (method ls)
+    logitnorm_tau: float = 0.04  # LogitNorm temperature (method logitnorm)
+    input_size: int | None = None  # default 32 (CIFAR, digits, small folders), 224 (ImageNet-200)
+    device: str = "auto"
+    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+    workers: int = 4  # DataLoader workers (large-image sets only)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))
+
+
+def _num_classes_T(k: int) -> float:
+    # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
+    return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
+
+
+def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
+    """Fill every ``None`` field with its default for the stage and dataset; check ranges."""
+    if cfg.stage not in STAGES:
+        raise UserError(f"--stage {cfg.stage}: choose from {', '.join(STAGES)}")
+    digits = cfg.dataset == "digits"
+    method = cfg.method or ("ce" if cfg.stage == "base" else "smot")
+    if method not in METHODS:
+        raise UserError(f"--method {method}: choose from {', '.join(METHODS)}")
+    if method == "smot" and not cfg.cam_model:
+        raise UserError("--cam-model FILE is required for the SMOT method (the base model's model.safetensors)")
+    if cfg.perturb not in PERTURBATIONS:
+        raise UserError(f"--perturb {cfg.perturb}: choose from {', '.join(PERTURBATIONS)}")
+    arch = cfg.arch or (DIGITS_RECIPE["arch"] if digits else "resnet18")
+    if arch not in NETWORKS:
+        raise UserError(f"--arch {arch}: choose from {', '.join(NETWORKS)}")
+    epochs = cfg.epochs or (DIGITS_RECIPE["epochs"][cfg.stage] if digits else PAPER_EPOCHS[cfg.stage])
+    out = dataclasses.replace(
+        cfg, method=method, arch=arch, epochs=epochs,
+        batch_size=cfg.batch_size or (DIGITS_RECIPE["batch_size"] if digits else 128),
+        lr=cfg.lr if cfg.lr is not None else (DIGITS_RECIPE["lr"] if digits else 0.1),
+        T=cfg.T if cfg.T is not None else DATASET_T.get(cfg.dataset or "", _num_classes_T(num_classes)),
+        input_size=input_size)
+    checks = [(out.epochs >= 1, "--epochs must be >= 1"), (out.batch_size >= 1, "--batch-size must be >= 1"),
+              (out.lr > 0 and math.isfinite(out.lr), "--lr must be a positive number"),
+              (out.alpha > 0 and out.beta > 0, "--alpha and --beta must be > 0"),
+              (0 <= out.lam <= 1, "--lam must be in [0, 1]"), (out.T > 0, "--T must be > 0"),
+              (out.workers >= 0, "--workers must be >= 0")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    return out
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: steps at 40%/70% (base) or cosine decay (smot)."""
+    if cfg.stage == "base":
+        drops = sum(epoch >= round(f * cfg.epochs) for f in BASE_MILESTONES)
+        return cfg.lr * 0.1**drops
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step and the epoch.
+
+
+@dataclass
+class StepParts:
+    """What the training step needs besides the batch (all on the training device)."""
+
+    method: str
+    mean: torch.Tensor  # [1, 3, 1, 1]
+    std: torch.Tensor  # [1, 3, 1, 1]
+    cam: object | None = None  # CAMProvider for method smot
+    T: float = 10.0
+    lam: float = 0.1
+    perturb: str = "zero"
+    sigma: float = 0.1
+    ls_eps: float = 0.1
+    logitnorm_tau: float = 0.04
+    channels_last: bool = False
+
+
+def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, parts: StepParts,
+               amp, noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a uint8 batch [B, 3, S, S]; returns (loss, correct count) as device tensors."""
+    x = x_u8.float().div_(255)  # [B, 3, S, S] in [0, 1]
+    B = x.shape[0]
+    if parts.method == "smot":
+        with amp:
+            cams = parts.cam(x, y)  # [B, S, S] in [0, 255], true label, no_grad
+        keep = cam_mask(cams, t)  # [B, 1, S, S]
+        x = torch.cat([x, perturb(x, keep, parts.perturb, parts.sigma, noise_gen)])  # [2B, 3, S, S]
+    inp = (x - parts.mean) / parts.std
+    if parts.channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    with amp:
+        logits = model(inp)  # [B or 2B, K]
+    if parts.method == "smot":
+        loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, parts.T), parts.lam)
+    elif parts.method == "ls":
+        loss = label_smoothing_ce(logits, y, parts.ls_eps)
+    elif parts.method == "logitnorm":
+        loss = logitnorm_loss(logits, y, parts.logitnorm_tau)
+    else:
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    correct = (logits[:B].detach().argmax(dim=-1) == y).sum()
+    return loss.detach(), correct
+
+
+def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *, seed: int, alpha: float, beta: float,
+                rank: int = 0, n_samples: int, max_steps: int | None = None, progress: bool = False,
+                check_every: int = 50, stop_on_nan: bool = True) -> dict:
+    """One epoch over ``batches.epoch(epoch)``.
+
+    The SMOT thresholds of the whole epoch are drawn at once on the CPU (seeded by
+    ``(seed, epoch, rank)``) and copied to the device once, so no step waits on the host.
+    The running loss is read back every ``check_every`` steps only (progress, and an early stop
+    on a non-finite loss when ``stop_on_nan``: under DDP every rank must take the same steps,
+    so there the check waits for the epoch's end).
+
+    Returns:
+        {"loss": mean loss, "correct": correct count, "seen": images seen, "steps": steps}
+        as device tensors (loss, correct) and ints.
+    """
+    dev = parts.mean.device
+    t_all = None
+    if parts.method == "smot":
+        g = torch.Generator().manual_seed(_mix(seed, epoch, rank, 2))
+        t_all = sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
+    noise_gen = None
+    if parts.method == "smot" and parts.perturb == "noise":
+        noise_gen = torch.Generator(device=dev)
+        noise_gen.manual_seed(_mix(seed, epoch, rank, 3))
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    seen = steps = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) if max_steps is None else min(max_steps, len(batches)),
+                   desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, file=sys.stderr)
+    for x, y in batches.epoch(epoch):
+        n = y.shape[0]
+        t = t_all[seen:seen + n] if t_all is not None else None
+        loss, c = train_step(model, optimizer, x, y, t, parts, amp, noise_gen)
+        loss_sum += loss * n
+        correct += c
+        seen += n
+        steps += 1
+        if bar is not None:
+            bar.update(1)
+        if steps % check_every == 0:
+            running = (loss_sum / seen).item()  # one host sync every check_every steps
+            if stop_on_nan and not math.isfinite(running):
+                break
+            if bar is not None:
+                bar.set_postfix(loss=f"{running:.4f}")
+        if max_steps is not None and steps >= max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _inner(model):
+    return getattr(model, "module", model)
+
+
+_RESUME_FREE = ("device", "workers", "epochs", "precision", "out")
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None) -> dict:
+    """Train one model as ``cfg`` says.
+
+    Args:
+        cfg: the run's configuration (``None`` fields take their defaults).
+        resume: continue from ``OUT/checkpoint.pt`` (the flags must match the saved config,
+            except device, workers, precision and a larger number of epochs).
+        dry_run: run one training step, print its loss and write nothing.
+        stop_after: stop after this many epochs of this call (tests: an interruption).
+
+    Returns:
+        The summary (also written to ``OUT/summary.json``): final loss, train accuracy, paths.
+
+    Raises:
+        UserError: bad data or flags, a missing/unsuitable ``--cam-model``, an existing run in
+            ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
+    """
+    rank, local_rank, world = _dist_env()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    try:
+        return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
+         world: int) -> dict:
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            saved = TrainConfig(**ckpt["config"])
+        except Exception as e:  # a damaged or foreign file: say which one
+            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {e})") \
+                from None
+        given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
+        defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
+        differ = [k for k, v in given.items() if v != defaults[k] and v != getattr(saved, k)]
+        if differ:
+            raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
+                            f"run saved in {out}; resume with the same flags")
+        cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
+                                  out=cfg.out, epochs=max(cfg.epochs or saved.epochs, saved.epochs))
+    elif not dry_run and ckpt_path.exists():
+        raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                        f"or choose another folder")
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp = autocast(device, precision)
+
+    if cfg.dataset is None and cfg.data is None:
+        raise UserError("give --dataset NAME or --data DIR")
+    size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
+    train_set = load_id_split(cfg.dataset, cfg.data, "train", size)
+    if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
+        val_names = class_folders(Path(cfg.data) / "val", "--data")
+        if val_names != train_set.classnames:
+            raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
+                            f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
+    cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    per_rank_batch = cfg.batch_size // world
+    if len(train_set) < world:
+        raise UserError(f"--data: {len(train_set)} training images are fewer than the {world} processes")
+
+    cam = None
+    if cfg.method == "smot":
+        cam = _cam_provider(cfg.cam_model, train_set, device)
+
+    seed_everything(cfg.seed)
+    model = build_network(cfg.arch, len(train_set.classnames), train_set.input_size).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    opt_kwargs = {"foreach": True} if device.type == "cuda" else {}  # one kernel per op for all params
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0), momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, **opt_kwargs)
+    start_epoch, log = 0, []
+    if resume:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, log = int(ckpt["epoch"]), list(ckpt["log"])
+        _set_rng_state(ckpt["rng"])
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+
+    if train_set.images is not None:
+        batches = TensorBatches(train_set.images, train_set.labels, per_rank_batch, device, cfg.seed,
+                                pad=train_set.pad, flip=train_set.flip, rank=rank, world=world)
+        n_samples = batches.per_rank
+    else:
+        batches = FileBatches(train_set.files, train_set.labels, train_set.input_size, per_rank_batch, device,
+                              cfg.seed, cfg.workers, flip=train_set.flip, rank=rank, world=world)
+        n_samples = len(batches.sampler) if batches.sampler is not None else len(train_set)
+    parts = StepParts(method=cfg.method, mean=torch.tensor(train_set.mean, device=device).view(1, 3, 1, 1),
+                      std=torch.tensor(train_set.std, device=device).view(1, 3, 1, 1), cam=cam, T=cfg.T, lam=cfg.lam,
+                      perturb=cfg.perturb, sigma=cfg.sigma, ls_eps=cfg.ls_eps, logitnorm_tau=cfg.logitnorm_tau,
+                      channels_last=channels_last)
+    meta = dict(arch=cfg.arch, classnames=train_set.classnames, input_size=train_set.input_size,
+                mean=train_set.mean, std=train_set.std, dataset=cfg.dataset or str(cfg.data),
+                method=cfg.method, stage=cfg.stage)
+    writer = rank == 0 and not dry_run
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.to_json() + "\n", out / "config.json")
+
+    if dry_run:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(cfg, start_epoch)
+        model.train()
+        stats = train_epoch(model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+                            beta=cfg.beta, rank=rank, n_samples=n_samples, max_steps=1)
+        loss = (stats["loss_sum"] / stats["seen"]).item()
+        if not math.isfinite(loss):
+            raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
+        summary = {"dry_run": True, "loss": loss, "batch": stats["seen"], "config": dataclasses.asdict(cfg)}
+        if rank == 0:
+            print(json.dumps({"dry_run": True, "loss": loss, "batch": stats["seen"]}))
+        return summary
+
+    ran = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = lr_at(cfg, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        t0 = time.perf_counter()
+        stats = train_epoch(model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+                            beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
+        totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
+                              torch.tensor(float(stats["seen"]), device=device)])
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals.tolist()  # the epoch's one host sync
+        loss = loss_sum / seen
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint is {ckpt_path}" if start_epoch or epoch else "no checkpoint was written"
+            raise UserError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; {kept}; lower --lr")
+        entry = {"epoch": epoch + 1, "loss": loss, "lr": lr, "train_acc": 100.0 * correct / seen,
+                 "time_s": time.perf_counter() - t0, "images": int(seen)}
+        log.append(entry)
+        if writer:
+            atomic_save({"model": _inner(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
+                         "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
+                         "meta": meta}, ckpt_path)
+            atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
+            from tqdm import tqdm
+
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
+                       f"lr {lr:.4g}  {entry['time_s']:.1f}s", file=sys.stderr)
+        ran += 1
+        if stop_after is not None and ran >= stop_after:
+            return {"stopped_after": epoch + 1}
+
+    checksum = torch.tensor([sum(p.detach().double().sum().item() for p in _inner(model).parameters())],
+                            dtype=torch.float64, device=device)
+    sums = [checksum]
+    if world > 1:
+        sums = [torch.zeros_like(checksum) for _ in range(world)]
+        torch.distributed.all_gather(sums, checksum)
+    summary = {"epochs": cfg.epochs, "final": log[-1] if log else None, "world_size": world,
+               "param_checksum_per_rank": [float(s.item()) for s in sums],
+               "model": str(out / "model.safetensors")}
+    if writer:
+        save_model(out / "model.safetensors", model, config=dataclasses.asdict(cfg), **meta)
+        write_json(summary, out / "summary.json")
+    return summary
+
+
+def _cam_provider(path: str, train_set: ImageSet, device: torch.device):
+    """The frozen base model's CAMProvider; its classes must be the data's (CAM of the true label)."""
+    from .cam import CAMProvider
+
+    base, meta = load_model(path, device, flag="--cam-model")
+    if meta["classnames"] != list(train_set.classnames):
+        raise UserError(f"--cam-model {path}: trained on other classes ({meta['num_classes']} classes, "
+                        f"{meta['classnames'][:3]}...) than this data ({len(train_set.classnames)} classes, "
+                        f"{train_set.classnames[:3]}...)")
+    if device.type == "cuda":
+        base = base.to(memory_format=torch.channels_last)
+    size = meta["input_size"] if meta["input_size"] != train_set.input_size else None
+    cam = CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)
+    # Keep the normalisation on the device: CAMProvider's .to(dev) is then free (no copy per step).
+    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
+    return cam

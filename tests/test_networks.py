@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clip_smot.cam import CAMProvider
+from clip_smot.cli import _ARCHS
+from clip_smot.errors import UserError
+from clip_smot.networks import NETWORKS, build_network, load_model, save_model
+
+
+def test_cli_choices_are_the_registry():
+    assert set(_ARCHS) == set(NETWORKS)
+
+
+@pytest.mark.parametrize("arch,feat_dim", [("resnet18", 512), ("wrn40_2", 128), ("densenet_bc", 342), ("resnet_tiny", 128)])
+def test_forward_backward_every_parameter_gets_a_gradient(arch, feat_dim):
+    torch.manual_seed(0)
+    model = build_network(arch, 10, 32)
+    x = torch.randn(4, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape[:2] == (4, feat_dim) and feats.ndim == 4
+    assert model.forward_penultimate(x).shape == (4, feat_dim)
+    logits = model.forward_head(feats)
+    assert logits.shape == (4, 10)
+    torch.testing.assert_close(logits, model(x))
+    assert model.get_classifier() is model.fc
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing
+
+
+def test_resnet18_stems_and_paper_sizes():
+    cifar = build_network("resnet18", 10, 32)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+    assert cifar.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
+    imnet = build_network("resnet18", 200, 224)
+    assert imnet.conv1.kernel_size == (7, 7) and imnet.conv1.stride == (2, 2)
+    assert imnet.forward_features(torch.randn(1, 3, 224, 224)).shape[-1] == 7
+    # parameter counts of the standard networks (ResNet-18 CIFAR ~11.17M, WRN-40-2 ~2.24M, DenseNet-BC-100-12 ~0.77M)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(cifar) == 11_173_962
+    assert abs(count(build_network("wrn40_2", 10, 32)) - 2.24e6) < 0.02e6
+    assert abs(count(build_network("densenet_bc", 10, 32)) - 0.77e6) < 0.02e6
+
+
+def test_cam_provider_works_on_every_network():
+    for arch in NETWORKS:
+        torch.manual_seed(0)
+        cam = CAMProvider(build_network(arch, 5, 32), (0.5,) * 3, (0.25,) * 3)(torch.rand(2, 3, 32, 32), torch.tensor([0, 3]))
+        assert cam.shape == (2, 32, 32) and cam.min() >= 0 and cam.max() <= 255
+
+
+def _save(path, arch="resnet_tiny"):
+    torch.manual_seed(0)
+    model = build_network(arch, 3, 32)
+    save_model(path, model, arch=arch, classnames=["a", "b", "c"], input_size=32, mean=[0.1, 0.2, 0.3],
+               std=[0.5, 0.5, 0.5], dataset="x", method="ce", stage="base", config={"lr": 0.1})
+    return model
+
+
+def test_model_file_round_trip(tmp_path):
+    model = _save(tmp_path / "m.safetensors")
+    loaded, meta = load_model(tmp_path / "m.safetensors")
+    assert meta["classnames"] == ["a", "b", "c"] and meta["num_classes"] == 3 and meta["input_size"] == 32
+    assert meta["mean"] == [0.1, 0.2, 0.3] and meta["config"] == {"lr": 0.1} and meta["stage"] == "base"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_model_file_bad_inputs(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_model(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        load_model(tmp_path / "junk.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "clip-smot-prompt"})
+    with pytest.raises(UserError, match="not a clip-smot model"):
+        load_model(tmp_path / "other.safetensors", flag="--cam-model")
+    _save(tmp_path / "m.safetensors")
+    from safetensors.torch import load_file, safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    meta["arch"] = "resnet18"  # weights of a tiny ResNet under the name of another
+    save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "lie.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="do not fit a resnet18"):
+        load_model(tmp_path / "lie.safetensors")
+    del meta["classnames"]
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "lacks.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="lacks metadata classnames"):
+        load_model(tmp_path / "lacks.safetensors")

@@ -1,0 +1,80 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_smot import resnet_data as rd
+from clip_smot.errors import UserError
+
+
+def test_random_crop_flip_takes_crops_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = rd.random_crop_flip(x, 2, True, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x, (2, 2, 2, 2))
+    seen_flip = seen_shift = False
+    for i in range(64):
+        matches = [(oy, ox, f) for oy in range(5) for ox in range(5) for f in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, oy:oy + 8, ox:ox + 8]))]
+        assert matches, i  # every output is a (possibly flipped) 8x8 window of the padded image
+        seen_flip |= any(f for _, _, f in matches) and not any(not f for _, _, f in matches)
+        seen_shift |= all((oy, ox) != (2, 2) for oy, ox, _ in matches)
+    assert seen_flip and seen_shift
+    same = rd.random_crop_flip(x, 2, True, torch.Generator().manual_seed(1))
+    assert torch.equal(out, same)  # reproducible from the generator
+    assert torch.equal(rd.random_crop_flip(x, 0, False, g), x)
+
+
+def test_tensor_batches_shard_an_epoch_between_ranks():
+    labels = torch.arange(10)
+    images = labels.view(10, 1, 1, 1).expand(10, 3, 4, 4).to(torch.uint8).contiguous()
+    shards = []
+    for rank in range(2):
+        b = rd.TensorBatches(images, labels, 3, torch.device("cpu"), seed=5, pad=0, flip=False, rank=rank, world=2)
+        ys = torch.cat([y for _, y in b.epoch(0)])
+        assert len(ys) == 5 and len(b) == 2
+        xs = torch.cat([x for x, _ in b.epoch(0)])
+        assert torch.equal(xs[:, 0, 0, 0].long(), ys)  # images travel with their labels
+        shards.append(ys)
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))  # disjoint, complete
+    again = torch.cat([y for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False).epoch(1)])
+    other = torch.cat([y for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False).epoch(2)])
+    assert not torch.equal(again, other)  # a new order each epoch
+
+
+def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: calls.append(host) or False)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="cifar10: not found under .* cannot be reached"):
+        rd.load_id_split("cifar10", str(tmp_path), "train")
+    assert time.perf_counter() - t0 < 20 and calls == [("www.cs.toronto.edu", 443)]
+    with pytest.raises(UserError, match="svhn: not found"):
+        rd.load_ood_set("svhn", "svhn", 32, data=str(tmp_path))
+
+
+def test_reachable_gives_up_within_its_timeout():
+    t0 = time.perf_counter()
+    rd._reachable(("10.255.255.1", 9), timeout=0.5)  # unroutable: either refused or timed out
+    assert time.perf_counter() - t0 < 2
+
+
+def test_large_image_folders_go_through_the_dataloader(tmp_path):
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((90, 100, 3), 40 * i, np.uint8)).save(tmp_path / split / c / f"{i}.jpg")
+    s = rd.load_id_split(None, str(tmp_path), "train")
+    assert s.input_size == 224 and s.images is None and len(s.files) == 6 and s.classnames == ["a", "b"]
+    fb = rd.FileBatches(s.files, s.labels, 72, 4, torch.device("cpu"), seed=0, workers=0)
+    batches = list(fb.epoch(0))
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 72, 72), (2, 3, 72, 72)]
+    assert batches[0][0].dtype == torch.uint8
+    val = rd.load_id_split(None, str(tmp_path), "val", input_size=72)
+    xs = [x for x, _ in rd.eval_batches(val, 3, torch.device("cpu"))]
+    assert sum(len(x) for x in xs) == 4 and xs[0].shape[-1] == 72

@@ -1,0 +1,105 @@
+"""Post-hoc scores of the ResNet track, each against a computation done by hand (numpy)."""
+
+import math
+
+import numpy as np
+import torch
+
+from clip_smot import scores as S
+from clip_smot.resnet_eval import odin
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_energy_is_a_logsumexp():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    want = [math.log(math.exp(1) + math.exp(2) + math.exp(3)), math.log(3.0)]
+    torch.testing.assert_close(S.energy(logits), torch.tensor(want))
+
+
+def test_react_clips_at_the_percentile():
+    train = torch.arange(1.0, 11.0).view(2, 5)  # activations 1..10
+    thr = S.react_threshold(train, 90.0)
+    assert abs(thr - 9.1) < 1e-5  # linear interpolation: 9 + 0.1 * (10 - 9)
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = torch.tensor([0.0, 0.5, -1.0])
+    h = torch.tensor([[2.0, 20.0], [9.0, 9.0]])
+    clipped = np.array([[2.0, 9.1], [9.0, 9.0]])  # only 20 is above 9.1
+    z = clipped @ W.numpy().T + b.numpy()
+    want = np.log(np.exp(z).sum(axis=-1))
+    torch.testing.assert_close(S.react(h, W, b, thr), torch.tensor(want, dtype=torch.float32))
+
+
+def test_knn_against_brute_force_distances():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(40, 6, generator=g)
+    q = torch.randn(7, 6, generator=g)
+    nb = bank.numpy() / np.linalg.norm(bank.numpy(), axis=1, keepdims=True)
+    nq = q.numpy() / np.linalg.norm(q.numpy(), axis=1, keepdims=True)
+    want = []
+    for v in nq:
+        d = np.sort(np.sqrt(((nb - v) ** 2).sum(axis=1)))
+        want.append(-d[4])  # the 5th nearest
+    torch.testing.assert_close(S.knn(q, bank, k=5, chunk=3), torch.tensor(want, dtype=torch.float32), atol=1e-5, rtol=0)
+
+
+def test_vim_against_a_hand_computation():
+    rng = np.random.default_rng(0)
+    N, C, K = 200, 4, 3
+    X = rng.normal(size=(N, C)) * np.array([5.0, 3.0, 0.3, 0.1]) + 1.0  # principal space: the first two axes
+    W = rng.normal(size=(K, C))
+    b = rng.normal(size=K)
+    logits = X @ W.T + b
+    # the ViM authors' recipe, written out
+    u = -np.linalg.pinv(W) @ b
+    Xc = X - u
+    cov = Xc.T @ Xc / N
+    vals, vecs = np.linalg.eig(cov)
+    NS = vecs.T[np.argsort(vals * -1)[C // 2:]].T  # residual space, dim = C // 2
+    vlogit = np.linalg.norm(Xc @ NS, axis=-1)
+    alpha = logits.max(axis=-1).mean() / vlogit.mean()
+    q = rng.normal(size=(5, C)) * 2
+    qz = q @ W.T + b
+    want = np.log(np.exp(qz).sum(axis=-1)) - alpha * np.linalg.norm((q - u) @ NS, axis=-1)
+
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    fit = S.vim_fit(t(X), t(logits), t(W), t(b))
+    assert fit["dim"] == 2 and abs(fit["alpha"] - alpha) < 1e-3 * abs(alpha)
+    torch.testing.assert_close(S.vim(t(q), t(qz), fit["u"], fit["NS"], fit["alpha"]), t(want), atol=1e-3, rtol=1e-4)
+
+
+def test_gradnorm_is_the_l1_norm_of_the_last_layer_gradient():
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(6, 4)
+    h = torch.rand(5, 6) * 3  # penultimate features (after ReLU: >= 0)
+    want = []
+    for i in range(5):  # the reference implementation: one backward per image, uniform targets
+        fc.zero_grad()
+        logp = torch.log_softmax(fc(h[i:i + 1]), dim=-1)
+        (-(torch.full((1, 4), 0.25) * logp).sum(dim=-1)).mean().backward()
+        want.append(fc.weight.grad.abs().sum().item())
+    got = S.gradnorm(fc(h).detach(), h)
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-6)
+
+
+def test_odin_by_hand_on_a_linear_model():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+    x = torch.randn(4, 3, 2, 2)
+    std = torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1)
+    T, eps = 1000.0, 0.0014
+    W, b = lin.weight.detach().numpy().astype(np.float64), lin.bias.detach().numpy().astype(np.float64)
+    xf = x.numpy().reshape(4, 12).astype(np.float64)
+    z = xf @ W.T + b
+    y = z.argmax(axis=-1)
+    p = _softmax(z / T)
+    grad = (p - np.eye(3)[y]) @ W / T  # d CE(z / T, y) / dx for z = W x + b
+    step = np.where(grad >= 0, 1.0, -1.0) / np.repeat(std.numpy().ravel(), 4)
+    x2 = xf - eps * step
+    want = _softmax((x2 @ W.T + b) / T).max(axis=-1)
+    torch.testing.assert_close(odin(model, x, std, T, eps), torch.tensor(want, dtype=torch.float32), atol=1e-7, rtol=1e-6)
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,287 @@
+"""clip-smot train / eval (ResNet track): tiny CPU runs through the CLI, resume, DDP, bad inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from clip_smot.cli import cli
+from clip_smot.errors import UserError
+from clip_smot.train import TrainConfig, lr_at, run_train
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = ("cat", "dog", "eel")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    old = os.environ.get("CLIP_SMOT_CACHE")
+    os.environ["CLIP_SMOT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("CLIP_SMOT_CACHE", None)
+    else:
+        os.environ["CLIP_SMOT_CACHE"] = old
+
+
+def _write_folders(root: Path, per_class=(20, 4), size=16, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    colors = {"cat": (200, 40, 40), "dog": (40, 200, 40), "eel": (40, 40, 200)}
+    for split, n in zip(("train", "val"), per_class):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3)) + np.array(colors[name]) * (rng.random() * 0.5 + 0.5)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    return _write_folders(tmp_path_factory.mktemp("folders") / "data")
+
+
+@pytest.fixture(scope="module")
+def ood_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ood") / "noise"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return d
+
+
+TINY = ["--arch", "resnet_tiny", "--batch-size", "8", "--input-size", "16", "--device", "cpu", "--workers", "0"]
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def base_model(folders, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "base"
+    r = _invoke(["train", "--data", str(folders), "--stage", "base", "--epochs", "2", *TINY, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out / "model.safetensors"
+
+
+def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path):
+    base = base_model.parent
+    for f in ("model.safetensors", "config.json", "log.jsonl", "checkpoint.pt", "summary.json"):
+        assert (base / f).is_file()
+    log = [json.loads(line) for line in (base / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and {"loss", "lr", "time_s", "train_acc"} <= set(log[0])
+    cfg = json.loads((base / "config.json").read_text())
+    assert cfg["method"] == "ce" and cfg["epochs"] == 2 and cfg["T"] == 10.0 and cfg["input_size"] == 16
+
+    smot = tmp_path / "smot"
+    r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), "--epochs", "1",
+                 *TINY, "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    from clip_smot.networks import load_model
+
+    _, meta = load_model(smot / "model.safetensors")
+    assert meta["classnames"] == list(CLASSES) and meta["method"] == "smot" and meta["stage"] == "smot"
+    assert meta["config"]["cam_model"] == str(base_model) and meta["input_size"] == 16
+
+    ev = tmp_path / "eval"
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
+                 "--ood", f"noise={ood_dir}", "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
+                 "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
+    assert r.exit_code == 0, r.output
+    for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
+        assert (ev / f).is_file()
+    report = json.loads((ev / "metrics.json").read_text())
+    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10}
+    assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm"}
+    assert report["scores_fitted_on_id_train"] == ["react", "knn", "vim"]
+
+
+def test_digits_base_smot_eval_offline(tmp_path):
+    base, smot, ev = tmp_path / "b", tmp_path / "s", tmp_path / "e"
+    assert _invoke(["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--dataset", "digits", "--stage", "smot", "--epochs", "1", "--device", "cpu",
+                 "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", "digits", "--ood", "photos",
+                 "--ood", "textures", "--scores", "msp,energy", "--device", "cpu", "--out", str(ev)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((ev / "metrics.json").read_text())
+    assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
+    assert report["id_accuracy"] > 15  # above chance (10%) after one epoch per stage; the full recipe is the smoke run
+
+
+def test_dry_run_writes_nothing(folders, tmp_path):
+    r = _invoke(["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "dry"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["batch"] == 8
+    assert not (tmp_path / "dry").exists()
+
+
+def _cfg(folders, out, **kw):
+    base = dict(out=str(out), data=str(folders), arch="resnet_tiny", batch_size=8, input_size=16, device="cpu",
+                workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, tmp_path):
+    kw = dict(stage="smot", cam_model=str(base_model), epochs=3, perturb="noise")
+    run_train(_cfg(folders, tmp_path / "a", **kw))
+    assert run_train(_cfg(folders, tmp_path / "b", **kw), stop_after=1) == {"stopped_after": 1}
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 3
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_lr_schedules():
+    base = TrainConfig(out="x", stage="base", epochs=200, lr=0.1)
+    assert [lr_at(base, e) for e in (0, 79, 80, 139, 140, 199)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    smot = TrainConfig(out="x", stage="smot", epochs=300, lr=0.1)
+    assert lr_at(smot, 0) == pytest.approx(0.1) and lr_at(smot, 150) == pytest.approx(0.05)
+    assert lr_at(smot, 299) == pytest.approx(0.05 * (1 + np.cos(np.pi * 299 / 300)))
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch):
+    import clip_smot.train as train_mod
+
+    real = train_mod.lr_at
+    monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: real(cfg, epoch) if epoch == 0 else 1e30)
+    out = tmp_path / "nan"
+    with pytest.raises(UserError, match="non-finite training loss .* epoch 2; the last good checkpoint"):
+        run_train(_cfg(folders, out, epochs=3))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()
+    # through the CLI: one line, exit code 1
+    monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: 1e30)
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "1", "--out", str(tmp_path / "n2")])
+    assert r.exit_code == 1 and "non-finite training loss" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{missing}"], "no such folder"),
+    (["--data", "{empty}"], "no train/ folder"),
+    (["--data", "{folders}", "--stage", "smot"], "--cam-model FILE is required"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{missing}/m.safetensors"], "no such file"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{notmodel}"], "not a safetensors file"),
+    (["--data", "{folders}", "--lam", "2"], "--lam"),
+    (["--data", "{folders}", "--epochs", "0"], "--epochs"),
+    (["--data", "{folders}", "--lr", "0"], "--lr"),
+    (["--data", "{folders}", "--arch", "vgg"], "--arch"),
+    (["--out", "{tmp}/r"], "give --dataset NAME or --data DIR"),
+    (["--data", "{mismatch}"], "do not match those of train/"),
+    (["--data", "{folders}", "--resume"], "--resume: no checkpoint"),
+])
+def test_bad_inputs(args, message, folders, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notmodel").write_text("hello")
+    mismatch = _write_folders(tmp_path / "mm", per_class=(2, 1))
+    (mismatch / "val" / "eel").rename(mismatch / "val" / "emu")
+    fill = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folders": folders,
+            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch}
+    args = [a.format(**fill) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(cli, ["train", *TINY, *args])
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_out_with_a_run_needs_resume_and_cam_classes_must_match(folders, base_model, tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(base_model.parent)])
+    assert r.exit_code == 1 and "already holds a run" in r.output
+    other = _write_folders(tmp_path / "other", per_class=(2, 1))
+    (other / "train" / "eel").rename(other / "train" / "emu")
+    (other / "val" / "eel").rename(other / "val" / "emu")
+    r = CliRunner().invoke(cli, ["train", "--data", str(other), *TINY, "--stage", "smot", "--cam-model",
+                                 str(base_model), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "trained on other classes" in r.output
+
+
+def test_eval_bad_inputs(folders, base_model, tmp_path):
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={tmp_path}/none", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "no such file or folder" in r.output
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "not a ResNet score" in r.output
+
+
+def test_two_process_ddp_on_cpu(folders, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        _, stderr = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # torchrun and both workers
+        p.communicate()
+        raise
+    assert p.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    a, b = summary["param_checksum_per_rank"]
+    assert a == b  # DDP kept the two replicas identical
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # written once, by rank 0
+    assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "model.safetensors",
+                                                    "summary.json"]
+
+
+def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
+    out = tmp_path / "big"
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--batch-size", "16", "--input-size", "72",
+            "--device", "cpu", "--workers", "0", "--epochs", "1", "--out", str(out)]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    from clip_smot.networks import load_model
+
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["input_size"] == 72 and model.conv1.kernel_size == (7, 7)  # ImageNet stem above 64 px
+    assert json.loads((out / "log.jsonl").read_text())["images"] == 60
+
+
+@pytest.mark.gpu
+def test_cuda_base_smot_eval(folders, ood_dir, tmp_path):
+    gpu = ["--arch", "resnet_tiny", "--batch-size", "8", "--device", "cuda", "--workers", "0"]
+    base, smot = tmp_path / "b", tmp_path / "s"
+    assert _invoke(["train", "--data", str(folders), *gpu, "--epochs", "2", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--data", str(folders), *gpu, "--stage", "smot", "--epochs", "2",
+                 "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (smot / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(e["loss"]) for e in log)
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders), "--ood",
+                 f"noise={ood_dir}", "--scores", "msp,odin,react,knn,vim,gradnorm", "--device", "cuda",
+                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x00garbage")
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "r"), "--resume"])
+    assert r.exit_code == 1 and "not a readable clip-smot checkpoint" in r.output
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"\x00garbage"  # left as it was
