@@ -66,6 +66,9 @@ def project_epochs(images, labels, args, device) -> tuple[list[float], float]:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
                           **({"foreach": True} if cuda else {}))
     cam = _cam(device, args.arch, args.classes, cuda)
+    if args.compile:  # an option to measure, not the training default
+        model = torch.compile(model)
+        cam.model.forward_features = torch.compile(cam.model.forward_features)  # what CAMProvider calls
     cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
     parts = StepParts(method="smot", mean=torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1), cam=cam, T=T, lam=LAM,
@@ -152,6 +155,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--reference-workers", type=int, default=4)
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained and the CAM network (project path)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -166,7 +170,7 @@ def main(argv=None) -> dict:
     result = {"epoch_s": round(epoch_s, 4), "reference_epoch_s": round(ref_s, 4) if ref_s else None,
               "speedup": round(ref_s / epoch_s, 2) if ref_s else None, "device": name,
               "peak_mem_gib": round(peak, 3), "images": args.images, "batch_size": args.batch_size,
-              "arch": args.arch, "epoch_times_s": [round(t, 4) for t in times],
+              "arch": args.arch, "compile": args.compile, "epoch_times_s": [round(t, 4) for t in times],
               "reference_epoch_times_s": [round(t, 4) for t in ref]}
     print(f"project path: {epoch_s:.3f} s/epoch; reference: " + (f"{ref_s:.3f} s/epoch" if ref_s else "skipped"),
           file=sys.stderr)
