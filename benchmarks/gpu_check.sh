@@ -14,7 +14,7 @@ if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-E2E_EPOCHS=${E2E_EPOCHS:-5}
+E2E_EPOCHS=${E2E_EPOCHS:-3}
 start=$(date +%s)
 step() {  # step NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
@@ -25,11 +25,11 @@ step() {  # step NAME LIMIT_S COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
 
-step pytest_gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step fit_step 130 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20 --breakdown
-step fit_step_fp32ref 60 python3 benchmarks/fit_step.py --device cuda --steps 5 --reference-precision fp32 --no-cuda-graph
-step resnet_epoch 110 python3 benchmarks/resnet_epoch.py --device cuda --epochs 3 --reference-epochs 1
-step fit_e2e 200 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs "$E2E_EPOCHS" \
+step pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+step fit_step 110 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20 --breakdown
+step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 --reference-precision fp32 --no-cuda-graph
+step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --epochs 3 --reference-epochs 1 --reference-workers 8
+step fit_e2e 180 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs "$E2E_EPOCHS" \
   --image-size 256 --root /tmp/clip_smot_e2e
 
 echo "=== summary (total $(( $(date +%s) - start ))s)"
