@@ -126,31 +126,11 @@ def _from_state_dict_file(path: str) -> CamNetwork:
 
 
 def _from_train_safetensors(path: str) -> CamNetwork:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
+    from .networks import load_model
 
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"--cam-model {path}: not a safetensors file ({e})") from None
-    missing = [k for k in ("arch", "num_classes", "input_size") if k not in meta]
-    if missing:
-        raise UserError(f"--cam-model {path}: not a model written by 'clip-smot train' (missing {', '.join(missing)})")
-    try:
-        from .networks import build_network
-    except ImportError:
-        raise UserError(f"--cam-model {path}: this version of clip-smot cannot rebuild trained networks") from None
-    model = build_network(meta["arch"], int(meta["num_classes"]), int(meta["input_size"]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"--cam-model {path}: weights do not match {meta['arch']} ({str(e).splitlines()[0]})") from None
-    mean = tuple(json.loads(meta["mean"])) if "mean" in meta else IMAGENET_MEAN
-    std = tuple(json.loads(meta["std"])) if "std" in meta else IMAGENET_STD
-    names = tuple(json.loads(meta["classnames"])) if "classnames" in meta else None
-    return CamNetwork(model, mean, std, int(meta["input_size"]), False, names, path)
+    model, meta = load_model(path, "cpu", flag="--cam-model")
+    return CamNetwork(model, tuple(meta["mean"]), tuple(meta["std"]), meta["input_size"], False,
+                      tuple(meta["classnames"]), path)
 
 
 def load_cam_network(spec: str) -> CamNetwork:

@@ -363,28 +363,18 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
         read_split(bad, classes)
 
 
-def test_cam_model_from_a_train_safetensors(tmp_path, monkeypatch):
-    """A model.safetensors of 'clip-smot train' (contract: metadata arch, num_classes, classnames,
-    input_size, mean, std; networks.build_network rebuilds it); its class names decide the CAM class."""
-    import sys
-    import types
+def test_cam_model_from_a_train_safetensors(tmp_path):
+    """A model.safetensors written like 'clip-smot train' does; its class names decide the CAM class."""
+    from clip_smot.networks import build_network, save_model
 
-    from safetensors.torch import save_file
-    from torchvision.models.resnet import BasicBlock, ResNet
-
-    fake = types.ModuleType("clip_smot.networks")  # the real module may not be merged yet
-    fake.build_network = lambda arch, num_classes, input_size: ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
-    monkeypatch.setitem(sys.modules, "clip_smot.networks", fake)
     torch.manual_seed(0)
-    model = fake.build_network("resnet_tiny", 3, 32)
-    meta = {"format": "clip-smot-model", "format_version": "1", "arch": "resnet_tiny", "num_classes": "3",
-            "classnames": json.dumps(["dogs", "cats", "birds"]), "input_size": "32",
-            "mean": json.dumps([0.5, 0.5, 0.5]), "std": json.dumps([0.25, 0.25, 0.25])}
+    model = build_network("resnet_tiny", 3, 32)
     path = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    save_model(path, model, arch="resnet_tiny", classnames=["dogs", "cats", "birds"], input_size=32,
+               mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     net = load_cam_network(str(path))
     assert net.input_size == 32 and net.mean == (0.5, 0.5, 0.5) and not net.imagenet
-    torch.testing.assert_close(net.model.fc.weight, model.fc.weight)
+    torch.testing.assert_close(net.model.get_classifier().weight, model.get_classifier().weight)
     classes = FewShotClasses(tmp_path, ("birds", "cats"), ("birds", "cats"), None)
     provider, label_map = build_cam_provider(net, classes)
     assert label_map == [2, 1] and provider.labels_match  # data label -> the network's class
