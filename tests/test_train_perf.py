@@ -94,3 +94,46 @@ def test_cuda_compiled_steps_match_eager(cuda_graph):
     compiled = compile_for_training(other, parts_c.cam, cuda_graph=cuda_graph)
     losses_c, _ = _steps(other, parts_c, x, y, t, 3, fused=True, step_model=compiled, amp=amp)
     torch.testing.assert_close(torch.tensor(losses_c), torch.tensor(losses), rtol=3e-2, atol=3e-2)
+
+
+def test_train_compile_flag_compiles_both_networks_and_saves_plain_keys(tmp_path, monkeypatch):
+    """The CLI wiring of --compile: the trained and the CAM network go through torch.compile,
+    the steps use the compiled callable, and the saved weights keep the plain module's keys."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(img).save(tmp_path / "d" / split / name / f"{i}.png")
+    tiny = ["--data", str(tmp_path / "d"), "--arch", "resnet_tiny", "--batch-size", "8", "--input-size", "16",
+            "--device", "cpu", "--workers", "0", "--epochs", "1"]
+    r = CliRunner().invoke(cli, ["train", *tiny, "--out", str(tmp_path / "base")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    compiled = []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        calls = []
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            return fn(*a, **k)
+
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), mode, calls))
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    r = CliRunner().invoke(cli, ["train", *tiny, "--stage", "smot", "--cam-model",
+                                 str(tmp_path / "base" / "model.safetensors"), "--compile",
+                                 "--out", str(tmp_path / "smot")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    names = [c[0] for c in compiled]
+    assert names == ["ResNet", "forward_features"] and all(c[1] is None for c in compiled)
+    assert all(len(c[2]) == 2 for c in compiled)  # 16 images, batch 8: both used in both steps
+    plain = load_file(str(tmp_path / "base" / "model.safetensors"))
+    saved = load_file(str(tmp_path / "smot" / "model.safetensors"))
+    assert list(saved) == list(plain) and not any("_orig_mod" in k for k in saved)
