@@ -6,7 +6,8 @@ their 128 masked copies, with CAMs of the true label from a frozen (random) base
 
 * project path (``clip_smot.train.train_epoch``): the whole set on the device as uint8, random
   crop + flip on the device, thresholds drawn once per epoch, bf16 autocast and channels_last
-  on CUDA, foreach SGD, no host synchronisation per step;
+  on CUDA, fused SGD, no host synchronisation per step (``--variants``: also ``--compile`` and
+  ``--cuda-graph`` of ``clip-smot train``);
 * reference: what a plain PyTorch loop does: a DataLoader with per-image crop/flip on CPU
   workers, fp32, thresholds drawn per batch on the host, ``loss.item()`` every step.
 
