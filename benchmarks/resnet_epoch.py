@@ -202,6 +202,8 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", default=None,
                    help=f"comma list of {','.join(VARIANTS)}: each gets a warm-up epoch and --epochs timed epochs "
                         "(a failing variant reports its error); one JSON line per variant, then the summary")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="--variants: start no further variant (nor the reference) after this many seconds")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -238,7 +240,14 @@ def run_variants(images, labels, args, device) -> dict:
         raise SystemExit(f"--variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
     start = time.perf_counter()
     results = {}
+    def over() -> bool:
+        return args.max_seconds is not None and time.perf_counter() - start > args.max_seconds
+
     for name in names:
+        if over():
+            results[name] = {"skipped": f"--max-seconds {args.max_seconds:g} reached"}
+            print(json.dumps({"variant": name, **results[name]}), flush=True)
+            continue
         try:
             if name == "cuda-graph" and device.type != "cuda":
                 raise RuntimeError("CUDA graphs need a CUDA device")
@@ -247,7 +256,9 @@ def run_variants(images, labels, args, device) -> dict:
             results[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
         print(json.dumps({"variant": name, **results[name]}), flush=True)
     ref_s = None
-    if not args.skip_reference:
+    if not args.skip_reference and over():
+        results["reference"] = {"skipped": f"--max-seconds {args.max_seconds:g} reached"}
+    elif not args.skip_reference:
         try:
             ref = reference_epochs(images, labels, args, device)
             ref_s = statistics.median(ref)
