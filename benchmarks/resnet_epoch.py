@@ -6,7 +6,8 @@ their 128 masked copies, with CAMs of the true label from a frozen (random) base
 
 * project path (``clip_smot.train.train_epoch``): the whole set on the device as uint8, random
   crop + flip on the device, thresholds drawn once per epoch, bf16 autocast and channels_last
-  on CUDA, foreach SGD, no host synchronisation per step;
+  on CUDA, fused SGD, no host synchronisation per step (``--variants``: also ``--compile`` and
+  ``--cuda-graph`` of ``clip-smot train``);
 * reference: what a plain PyTorch loop does: a DataLoader with per-image crop/flip on CPU
   workers, fp32, thresholds drawn per batch on the host, ``loss.item()`` every step.
 
@@ -37,9 +38,10 @@ from clip_smot.networks import build_network  # noqa: E402
 from clip_smot.resnet_data import CIFAR10_MEAN, CIFAR10_STD, TensorBatches  # noqa: E402
 from clip_smot.runtime import autocast, resolve_device  # noqa: E402
 from clip_smot.smot import cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss  # noqa: E402
-from clip_smot.train import StepParts, train_epoch  # noqa: E402
+from clip_smot.train import StepParts, compile_for_training, make_optimizer, train_epoch  # noqa: E402
 
 ALPHA, BETA, LAM, T = 50.0, 20.0, 0.1, 10.0  # SPEC defaults for CIFAR-10
+VARIANTS = ("eager", "compile", "cuda-graph")
 
 
 def _sync(device: torch.device) -> None:
@@ -55,40 +57,81 @@ def _cam(device: torch.device, arch: str, k: int, channels_last: bool) -> CAMPro
     return CAMProvider(base, CIFAR10_MEAN, CIFAR10_STD, labels_match=True)
 
 
-def project_epochs(images, labels, args, device) -> tuple[list[float], float]:
-    """The project's path; returns (epoch times, peak GPU memory in GiB)."""
+def _project_setup(images, labels, args, device, variant: str):
+    """Model, optimizer, step parts, amp, batches and the callable the steps use, for one variant."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     model = build_network(args.arch, args.classes, 32).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                          **({"foreach": True} if cuda else {}))
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, device)  # fused on CUDA, as clip-smot train
     cam = _cam(device, args.arch, args.classes, cuda)
-    if args.compile:  # an option to measure, not the training default
-        model = torch.compile(model)
-        cam.model.forward_features = torch.compile(cam.model.forward_features)  # what CAMProvider calls
+    step_model = model
+    if variant in ("compile", "cuda-graph"):  # what clip-smot train --compile / --cuda-graph do
+        step_model = compile_for_training(model, cam, cuda_graph=variant == "cuda-graph")
     cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
     parts = StepParts(method="smot", mean=torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1), cam=cam, T=T, lam=LAM,
-                      channels_last=cuda)
+                      channels_last=cuda, cuda_graph=variant == "cuda-graph")
     amp = autocast(device, "bf16" if cuda else "fp32")
     batches = TensorBatches(images, labels, args.batch_size, device, seed=0)
-    model.train()
+    return model, step_model, opt, parts, amp, batches
+
+
+def project_epochs(images, labels, args, device) -> tuple[list[float], float]:
+    """The project's path; returns (epoch times, peak GPU memory in GiB)."""
+    cuda = device.type == "cuda"
+    _, step_model, opt, parts, amp, batches = _project_setup(images, labels, args, device,
+                                                             "compile" if args.compile else "eager")
+    step_model.train()
     kw = dict(seed=0, alpha=ALPHA, beta=BETA, n_samples=batches.per_rank)
-    train_epoch(model, opt, batches, 0, parts, amp, max_steps=args.warmup_steps, **kw)
+    train_epoch(step_model, opt, batches, 0, parts, amp, max_steps=args.warmup_steps, **kw)
     _sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        stats = train_epoch(model, opt, batches, epoch, parts, amp, **kw)
+        stats = train_epoch(step_model, opt, batches, epoch, parts, amp, **kw)
         float(stats["loss_sum"])  # the epoch's end: wait for the device
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
     return times, peak
+
+
+def variant_epochs(images, labels, args, device, variant: str) -> dict:
+    """One variant: a whole warm-up epoch (compilation, CUDA graph recording), then timed epochs.
+
+    ``compile_s`` is the warm-up epoch's time beyond a steady epoch's: the one-off cost.
+    ``warmup_loss`` (the warm-up epoch's mean loss, same seeds for every variant) lets the
+    variants be compared for agreement.
+    """
+    cuda = device.type == "cuda"
+    torch._dynamo.reset()
+    if cuda:
+        torch.cuda.empty_cache()
+    _, step_model, opt, parts, amp, batches = _project_setup(images, labels, args, device, variant)
+    step_model.train()
+    kw = dict(seed=0, alpha=ALPHA, beta=BETA, n_samples=batches.per_rank)
+    t0 = time.perf_counter()
+    stats = train_epoch(step_model, opt, batches, 0, parts, amp, **kw)
+    warm_loss = float(stats["loss_sum"]) / stats["seen"]
+    warm_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        stats = train_epoch(step_model, opt, batches, epoch, parts, amp, **kw)
+        float(stats["loss_sum"])  # the epoch's end: wait for the device
+        times.append(time.perf_counter() - t0)
+    epoch_s = statistics.median(times)
+    return {"epoch_s": round(epoch_s, 4), "epoch_times_s": [round(t, 4) for t in times],
+            "warmup_epoch_s": round(warm_s, 2), "compile_s": round(max(warm_s - epoch_s, 0.0), 2),
+            "warmup_loss": round(warm_loss, 5),
+            "step_ms": round(1000 * epoch_s / len(batches), 3),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else 0.0}
 
 
 class _PlainSet(torch.utils.data.Dataset):
@@ -156,11 +199,18 @@ def main(argv=None) -> dict:
     p.add_argument("--reference-workers", type=int, default=4)
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained and the CAM network (project path)")
+    p.add_argument("--variants", default=None,
+                   help=f"comma list of {','.join(VARIANTS)}: each gets a warm-up epoch and --epochs timed epochs "
+                        "(a failing variant reports its error); one JSON line per variant, then the summary")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="--variants: start no further variant (nor the reference) after this many seconds")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, args.classes, (args.images,), generator=g)
+    if args.variants is not None:
+        return run_variants(images, labels, args, device)
 
     times, peak = project_epochs(images, labels, args, device)
     ref = [] if args.skip_reference else reference_epochs(images, labels, args, device)
@@ -176,6 +226,54 @@ def main(argv=None) -> dict:
           file=sys.stderr)
     print(json.dumps(result))
     return result
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run_variants(images, labels, args, device) -> dict:
+    """Each variant of --variants, then the reference; a variant that fails reports its error."""
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
+    start = time.perf_counter()
+    results = {}
+    def over() -> bool:
+        return args.max_seconds is not None and time.perf_counter() - start > args.max_seconds
+
+    for name in names:
+        if over():
+            results[name] = {"skipped": f"--max-seconds {args.max_seconds:g} reached"}
+            print(json.dumps({"variant": name, **results[name]}), flush=True)
+            continue
+        try:
+            if name == "cuda-graph" and device.type != "cuda":
+                raise RuntimeError("CUDA graphs need a CUDA device")
+            results[name] = variant_epochs(images, labels, args, device, name)
+        except Exception as e:  # report and go on: one run measures every variant it can
+            results[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+        print(json.dumps({"variant": name, **results[name]}), flush=True)
+    ref_s = None
+    if not args.skip_reference and over():
+        results["reference"] = {"skipped": f"--max-seconds {args.max_seconds:g} reached"}
+    elif not args.skip_reference:
+        try:
+            ref = reference_epochs(images, labels, args, device)
+            ref_s = statistics.median(ref)
+        except Exception as e:
+            results["reference"] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+    timed = {k: v["epoch_s"] for k, v in results.items() if "epoch_s" in v}
+    best = min(timed, key=timed.get) if timed else None
+    summary = {"variants": {k: {**v, **({"speedup": round(ref_s / v["epoch_s"], 2)} if ref_s and "epoch_s" in v
+                                         else {})} for k, v in results.items()},
+               "reference_epoch_s": round(ref_s, 4) if ref_s else None, "best": best,
+               "best_epoch_s": timed.get(best), "device": _device_name(device), "images": args.images,
+               "batch_size": args.batch_size, "arch": args.arch, "torch": torch.__version__,
+               "total_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 if __name__ == "__main__":

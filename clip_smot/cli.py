@@ -229,8 +229,12 @@ _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.netw
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One training step; print its loss; write nothing.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the trained and the CAM network (compiles once at the start).")
+@click.option("--cuda-graph", is_flag=True,
+              help="torch.compile with CUDA graphs (mode reduce-overhead): fewest launches per step; CUDA only.")
 def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr, alpha, beta, lam, T, perturb, sigma,
-          input_size, device, precision, seed, workers, out, resume, dry_run) -> None:
+          input_size, device, precision, seed, workers, out, resume, dry_run, compile_, cuda_graph) -> None:
     """Train a ResNet (base CE, then SMOT) on CIFAR, ImageNet-200 or folders.
 
     Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
@@ -243,7 +247,7 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
     cfg = TrainConfig(out=out, stage=stage, dataset=dataset, data=data, method=method, arch=arch, cam_model=cam_model,
                       epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, lam=lam, T=T,
                       perturb=perturb, sigma=sigma, input_size=input_size, device=device, precision=precision,
-                      seed=seed, workers=workers)
+                      seed=seed, workers=workers, compile=compile_, cuda_graph=cuda_graph)
     run_train(cfg, resume=resume, dry_run=dry_run)
 
 

@@ -42,7 +42,8 @@ from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, s
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
-__all__ = ["METHODS", "STAGES", "TrainConfig", "lr_at", "resolve_config", "run_train", "train_epoch"]
+__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer", "resolve_config",
+           "run_train", "train_epoch", "train_step"]
 
 METHODS = ("ce", "ls", "logitnorm", "smot")
 STAGES = ("base", "smot")
@@ -86,6 +87,8 @@ class TrainConfig:
     precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
     seed: int = 0
     workers: int = 4  # DataLoader workers (large-image sets only)
+    compile: bool = False  # torch.compile the trained network and the CAM network's feature path
+    cuda_graph: bool = False  # torch.compile(mode="reduce-overhead"): steps replayed as CUDA graphs (CUDA only)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -160,11 +163,44 @@ class StepParts:
     ls_eps: float = 0.1
     logitnorm_tau: float = 0.04
     channels_last: bool = False
+    cuda_graph: bool = False  # the networks are compiled with CUDA graphs: mark each step's start
+
+
+def make_optimizer(model, lr: float, momentum: float, weight_decay: float, device: torch.device,
+                   fused: bool | None = None) -> torch.optim.SGD:
+    """SPEC's SGD; on CUDA the fused kernel (one launch for the whole update of all parameters).
+
+    ``fused=None`` picks fused on CUDA and PyTorch's default elsewhere (tests pass True on CPU:
+    the fused and the plain update give the same weights).
+    """
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           **({"fused": True} if fused else {}))
+
+
+def compile_for_training(model, cam=None, cuda_graph: bool = False):
+    """``torch.compile`` the trained network and the CAM network's feature path.
+
+    Returns the compiled callable for the steps; ``model`` itself is unchanged (its state_dict
+    keeps its keys, the optimizer holds the same parameters). The CAM network's
+    ``forward_features`` (what :class:`~clip_smot.cam.CAMProvider` calls) is replaced by its
+    compiled version in place. ``cuda_graph`` compiles with ``mode="reduce-overhead"``: the
+    forward and backward of each batch shape are recorded once as CUDA graphs and replayed,
+    which removes the per-kernel launch cost; shapes are static (the last, smaller batch of an
+    epoch compiles once more).
+    """
+    mode = "reduce-overhead" if cuda_graph else None
+    compiled = torch.compile(model, mode=mode, dynamic=False)
+    if cam is not None:
+        cam.model.forward_features = torch.compile(cam.model.forward_features, mode=mode, dynamic=False)
+    return compiled
 
 
 def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, parts: StepParts,
                amp, noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a uint8 batch [B, 3, S, S]; returns (loss, correct count) as device tensors."""
+    if parts.cuda_graph:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
     x = x_u8.float().div_(255)  # [B, 3, S, S] in [0, 1]
     B = x.shape[0]
     if parts.method == "smot":
@@ -276,7 +312,7 @@ def _inner(model):
     return getattr(model, "module", model)
 
 
-_RESUME_FREE = ("device", "workers", "epochs", "precision", "out")
+_RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "cuda_graph")
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None) -> dict:
@@ -327,12 +363,15 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
                             f"run saved in {out}; resume with the same flags")
         cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
-                                  out=cfg.out, epochs=max(cfg.epochs or saved.epochs, saved.epochs))
+                                  out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
+                                  epochs=max(cfg.epochs or saved.epochs, saved.epochs))
     elif not dry_run and ckpt_path.exists():
         raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
                         f"or choose another folder")
 
     device = resolve_device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -365,9 +404,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    opt_kwargs = {"foreach": True} if device.type == "cuda" else {}  # one kernel per op for all params
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0), momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, **opt_kwargs)
+    optimizer = make_optimizer(model, lr_at(cfg, 0), cfg.momentum, cfg.weight_decay, device)
     start_epoch, log = 0, []
     if resume:
         model.load_state_dict(ckpt["model"])
@@ -378,6 +415,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    # What the steps call; ``model`` keeps the plain module for checkpoints and the final save.
+    step_model = compile_for_training(model, cam, cfg.cuda_graph) if cfg.compile or cfg.cuda_graph else model
 
     if train_set.images is not None:
         batches = TensorBatches(train_set.images, train_set.labels, per_rank_batch, device, cfg.seed,
@@ -390,7 +429,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     parts = StepParts(method=cfg.method, mean=torch.tensor(train_set.mean, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(train_set.std, device=device).view(1, 3, 1, 1), cam=cam, T=cfg.T, lam=cfg.lam,
                       perturb=cfg.perturb, sigma=cfg.sigma, ls_eps=cfg.ls_eps, logitnorm_tau=cfg.logitnorm_tau,
-                      channels_last=channels_last)
+                      channels_last=channels_last, cuda_graph=cfg.cuda_graph)
     meta = dict(arch=cfg.arch, classnames=train_set.classnames, input_size=train_set.input_size,
                 mean=train_set.mean, std=train_set.std, dataset=cfg.dataset or str(cfg.data),
                 method=cfg.method, stage=cfg.stage)
@@ -403,7 +442,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         for g in optimizer.param_groups:
             g["lr"] = lr_at(cfg, start_epoch)
         model.train()
-        stats = train_epoch(model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+        stats = train_epoch(step_model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
                             beta=cfg.beta, rank=rank, n_samples=n_samples, max_steps=1)
         loss = (stats["loss_sum"] / stats["seen"]).item()
         if not math.isfinite(loss):
@@ -420,7 +459,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             g["lr"] = lr
         model.train()
         t0 = time.perf_counter()
-        stats = train_epoch(model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+        stats = train_epoch(step_model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
                             beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
         totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
                               torch.tensor(float(stats["seen"]), device=device)])
