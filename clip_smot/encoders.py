@@ -209,9 +209,15 @@ class TextEncoder(nn.Module):
         mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    def _attend_square(self, qkv: torch.Tensor, K: int, S: int, P: int, index: torch.Tensor | None) -> torch.Tensor:
+    def _attend_square(
+        self, qkv: torch.Tensor, K: int, S: int, P: int, index: torch.Tensor | None, out_index: torch.Tensor
+    ) -> torch.Tensor:
         """Attention outputs [P + N, d] of the prefix and suffix tokens ``qkv`` [P + N, 3d]:
-        one ``is_causal=True`` SDPA over [K, h, P+S] with the prefix broadcast to every prompt."""
+        one ``is_causal=True`` SDPA over [K, h, P+S] with the prefix broadcast to every prompt.
+
+        ``out_index`` [P + N] picks the outputs from the flat [K * (P+S)] layout: the prefix's
+        from the first prompt (they are the same for every prompt), then the encoded positions.
+        """
         d, h = self.width, self.heads
         qkv_s = qkv[P:]
         if index is not None:  # [N, 3d] -> [K*S, 3d], zeros after each EOT
@@ -220,11 +226,7 @@ class TextEncoder(nn.Module):
         full = full.reshape(K, P + S, 3, h, d // h)  # [K, P+S, 3, h, d/h]
         q, k, v = (full[:, :, j].transpose(1, 2) for j in range(3))  # [K, h, P+S, d/h]
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # [K, P+S, h, d/h]
-        a_p = a[0, :P].reshape(P, d)  # the prefix's outputs are the same for every prompt
-        a_s = a[:, P:].reshape(K * S, d)  # [K*S, d]
-        if index is not None:
-            a_s = a_s.index_select(0, index)  # [N, d]
-        return torch.cat([a_p, a_s])  # [P + N, d]
+        return a.reshape(K * (P + S), d).index_select(0, out_index)  # [P + N, d]
 
     def forward(
         self,
@@ -279,10 +281,14 @@ class TextEncoder(nn.Module):
         eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
         square = self.attention == "square" and P > 0
+        if square:  # rows of the flat [K*(P+S)] attention output that the tokens need, in token order
+            sfx = torch.arange(K * S, device=x.device) if index is None else index  # into [K*S]
+            sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
+            out_index = torch.cat([torch.arange(P, device=x.device), sfx])  # [P + N]
         for i, blk in enumerate(self.blocks):
             qkv = blk.qkv(tokens)  # [P + N, 3d]
             if square and i < last:
-                tokens = blk.finish(tokens, self._attend_square(qkv, K, S, P, index))
+                tokens = blk.finish(tokens, self._attend_square(qkv, K, S, P, index, out_index))
                 continue
             qkv_s = qkv[P:]
             if index is not None:  # back to the [K, S] layout for attention; zeros after EOT

@@ -163,3 +163,23 @@ def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_check
         runs.append((torch.stack(losses), learner.ctx.detach().clone()))
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
+    """--variants times every text-encoder variant and the step with the fastest; --profile prints its table."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--variants", "--profile",
+         "--no-compile", "--no-cuda-graph"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    v = result["variants"]
+    assert not v["errors"], v["errors"]
+    assert {"default_causal_packed", "square_packed", "residual_bf16_square_packed"} <= set(v["text_fwd_bwd_ms"])
+    assert v["best_eager_text_variant"] in v["text_fwd_bwd_ms"]
+    assert set(v["step_ms"]) == {"step_default", f"step_{v['best_eager_text_variant']}"}
+    rows = result["profile_default_step"]
+    assert 0 < len(rows) <= 15 and all(len(r) == 4 for r in rows)
+    assert "top 15 ops" in out.stderr
