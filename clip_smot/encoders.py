@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 ATTENTION = ("causal", "mask", "square")
-RESIDUALS = ("fp32", "bf16", "fp16")
+RESIDUALS = ("fp32", "precision", "bf16", "fp16")
 ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -160,7 +160,7 @@ class TextEncoder(nn.Module):
             prompt and one plain ``is_causal=True`` SDPA runs over all P+S positions, the layout
             of the fast flash kernels; the prefix's outputs are read from the first prompt).
         residual: dtype of the residual stream: "fp32" (default, as open_clip under autocast) or
-            ``precision`` (the whole tower in bf16/fp16, as a model cast with ``.to(bf16)``;
+            "precision" / the precision's name (the whole tower in bf16/fp16, as a model cast with ``.to(bf16)``;
             LayerNorms still accumulate in float32 inside the kernel). With a low residual
             the encoder runs with autocast disabled: every dtype is already explicit.
         name: the model's name, for error messages.
@@ -176,8 +176,9 @@ class TextEncoder(nn.Module):
             raise UserError(f"--precision must be one of {tuple(ENCODER_PRECISIONS)}, got {precision!r}")
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        residual = precision if residual == "precision" else residual
         if residual not in ("fp32", precision):
-            raise UserError(f"--text-residual must be 'fp32' or the precision {precision!r}, got {residual!r}")
+            raise UserError(f"--text-residual must be 'fp32' or 'precision' ({precision!r}), got {residual!r}")
         self.precision, self.attention, self.residual = precision, attention, residual
         self.residual_dtype = ENCODER_PRECISIONS[residual]
         self.blocks = nn.ModuleList(

@@ -70,7 +70,7 @@ class PromptLearner(nn.Module):
         precision: dtype of the frozen text weights, cast once: "fp32" (default), "bf16", "fp16".
         attention: "causal" (default, causal SDPA kernels), "mask" (additive float mask) or
             "square" (the shared prefix broadcast to every prompt, one ``is_causal=True`` SDPA).
-        residual: "fp32" (default) or the same as ``precision``: the text tower's residual
+        residual: "fp32" (default) or "precision" (or its name, e.g. "bf16"): the text tower's residual
             stream in bf16/fp16 too (the whole tower in low precision, autocast off inside).
         share_prefix: encode the positions shared by every prompt (SOS and a unified context at
             class position end) once (default True; exact, see docs/prompt.md).
