@@ -146,6 +146,28 @@ def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, mo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA: attention="square" (fp32: features and gradient) and residual="precision" (bf16) vs open_clip."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, residual, attention, tol in (("fp32", "fp32", "square", 1e-4), ("bf16", "precision", "square", 3e-2),
+                                               ("bf16", "precision", "causal", 3e-2)):
+        learner = PromptLearner(clip, NAMES, n_ctx=8, precision=precision, residual=residual, attention=attention)
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+        ref.square().sum().backward()
+        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = learner()
+        out.float().square().sum().backward()
+        assert ((out - ref).norm() / ref.norm()).item() < tol, (precision, residual, attention)
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, (precision, attention)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("loss", ["smot", "ce"])
 def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
