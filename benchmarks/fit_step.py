@@ -284,8 +284,41 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
     best = min(eager, key=eager.get)
     out["best_eager_text_variant"] = best
     out["best_eager_options"] = learners[best]
-    best_opts, best_compiled, compiled_encoder = learners[best], False, None
+    best_opts = learners[best]
+    gen = torch.Generator().manual_seed(seed)
+
+    def step_with(opts, encoder=None, cuda_graph=False):
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
+        if encoder is not None:  # the same frozen weights, already compiled
+            learner.encoder = encoder
+        opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        step = make_fit_step(clip, learner, opt, precision=precision,
+                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
+        step(*inputs)  # builds (and captures) outside the timing
+        return step
+
+    def time_steps(candidates: dict) -> None:
+        """Full fit steps, interleaved; into out["step_ms"]."""
+        steps_by_name = {}
+        for name, (opts, encoder, graph) in candidates.items():
+            try:
+                steps_by_name[name] = step_with(opts, encoder, graph)
+            except Exception as e:  # noqa: BLE001
+                out["errors"][name] = _error(e)
+        try:
+            timed = time_interleaved(steps_by_name, inputs, steps, warmup, device)
+            out.setdefault("step_ms", {}).update({k: round(v, 2) for k, v in timed.items()})
+        except Exception as e:  # noqa: BLE001
+            out["errors"]["step_ms"] = _error(e)
+
+    # the full fit step: the default learner against the fastest eager variant (and its CUDA graph)
+    candidates = {"step_default": ({}, None, False), f"step_{best}": (best_opts, None, False)}
+    if device.type == "cuda":
+        candidates[f"step_{best}_cuda_graph"] = (best_opts, None, True)
+    time_steps(candidates)
+    out["best_text_variant"] = best
     print(json.dumps({"variants_eager": out}), flush=True)  # in case the compile below runs out of time
+
     if compile_text:  # one compile: the fastest variant whose attention has no CausalBias object
         friendly = {n: t for n, t in eager.items() if learners[n].get("attention") == "square"} or eager
         target = min(friendly, key=friendly.get)
@@ -296,41 +329,11 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
             out["compile_s"], out["compile_note"] = round(seconds, 1), note
             ms[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
             if ms[name] < eager[best]:
-                best, best_opts, best_compiled = target, learners[target], True
-                compiled_encoder = learner.encoder  # reused by the step below: no second compile
+                out["best_text_variant"] = name
+                time_steps({"step_default": ({}, None, False), f"step_{name}": (learners[target], learner.encoder, False)})
             del learner, fn
         except Exception as e:  # noqa: BLE001
             out["errors"][name] = _error(e)
-    out["best_text_variant"] = (f"compiled_{best}" if best_compiled else best)
-
-    # the full fit step: default learner against the best variant (and the best compiled)
-    gen = torch.Generator().manual_seed(seed)
-
-    def step_with(opts, compiled=False, cuda_graph=False):
-        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
-        if compiled:  # the same frozen weights, already compiled
-            learner.encoder = compiled_encoder
-        opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        step = make_fit_step(clip, learner, opt, precision=precision,
-                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
-        step(*inputs)  # builds (and compiles / captures) outside the timing
-        return step
-
-    candidates = {"step_default": ({}, False, False), f"step_{best}": (best_opts, False, False)}
-    if best_compiled:
-        candidates[f"step_compiled_{best}"] = (best_opts, True, False)
-    if device.type == "cuda":
-        candidates[f"step_{best}_cuda_graph"] = (best_opts, False, True)
-    steps_by_name = {}
-    for name, (opts, compiled, graph) in candidates.items():
-        try:
-            steps_by_name[name] = step_with(opts, compiled, graph)
-        except Exception as e:  # noqa: BLE001
-            out["errors"][name] = _error(e)
-    try:
-        out["step_ms"] = {k: round(v, 2) for k, v in time_interleaved(steps_by_name, inputs, steps, warmup, device).items()}
-    except Exception as e:  # noqa: BLE001
-        out["errors"]["step_ms"] = _error(e)
     return out
 
 
