@@ -187,7 +187,8 @@ def _error(e: BaseException) -> str:
 
 
 def text_variants(precision: str) -> dict:
-    """Text-encoder settings to compare: name -> PromptLearner options (all truncated, shared prefix)."""
+    """Text-encoder settings to compare: name -> PromptLearner options (all truncated to max(EOT)+1;
+    shared prefix unless the name says no_prefix)."""
     low = precision if precision != "fp32" else "fp32"
     v = {
         "default_causal_packed": dict(attention="causal", pack=True),
@@ -201,6 +202,11 @@ def text_variants(precision: str) -> dict:
             f"residual_{low}_causal_unpacked": dict(attention="causal", pack=False, residual=low),
             f"residual_{low}_square_packed": dict(attention="square", pack=True, residual=low),
             f"residual_{low}_square_unpacked": dict(attention="square", pack=False, residual=low),
+            # no shared prefix: plain is_causal over max(EOT)+1 positions, no layout glue at all
+            f"residual_{low}_no_prefix_causal_unpacked": dict(attention="causal", pack=False, residual=low,
+                                                              share_prefix=False),
+            f"residual_{low}_no_prefix_causal_packed": dict(attention="causal", pack=True, residual=low,
+                                                            share_prefix=False),
         })
     return v
 
@@ -320,7 +326,8 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
     print(json.dumps({"variants_eager": out}), flush=True)  # in case the compile below runs out of time
 
     if compile_text:  # one compile: the fastest variant whose attention has no CausalBias object
-        friendly = {n: t for n, t in eager.items() if learners[n].get("attention") == "square"} or eager
+        friendly = {n: t for n, t in eager.items()  # no CausalBias object (lower-right causal with a prefix)
+                    if learners[n].get("attention") == "square" or learners[n].get("share_prefix") is False} or eager
         target = min(friendly, key=friendly.get)
         name = f"compiled_{target}" + (f"_{compile_mode}" if compile_mode else "")
         try:
