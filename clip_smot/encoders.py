@@ -210,6 +210,22 @@ class TextEncoder(nn.Module):
         mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` the per-layer work of ``attention="square"`` (regional compilation:
+        every layer but the last runs the same compiled code, so it compiles once, in seconds).
+
+        Args:
+            **options: passed to ``torch.compile`` (e.g. ``mode``); ``dynamic=False`` by default.
+        """
+        if self.attention != "square":
+            raise ValueError('compile_layers needs attention="square"')
+        options.setdefault("dynamic", False)
+        self._square_layer = torch.compile(TextEncoder._square_layer.__get__(self), **options)
+
+    def _square_layer(self, blk, tokens, K: int, S: int, P: int, index, out_index) -> torch.Tensor:
+        """One block (not the last) with square attention: tokens [P + N, d] -> [P + N, d]."""
+        return blk.finish(tokens, self._attend_square(blk.qkv(tokens), K, S, P, index, out_index))
+
     def _attend_square(
         self, qkv: torch.Tensor, K: int, S: int, P: int, index: torch.Tensor | None, out_index: torch.Tensor
     ) -> torch.Tensor:
@@ -281,16 +297,16 @@ class TextEncoder(nn.Module):
         keys = torch.arange(P + S, device=x.device)
         eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
-        square = self.attention == "square" and P > 0
+        square = self.attention == "square"
         if square:  # rows of the flat [K*(P+S)] attention output that the tokens need, in token order
             sfx = torch.arange(K * S, device=x.device) if index is None else index  # into [K*S]
             sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
             out_index = torch.cat([torch.arange(P, device=x.device), sfx])  # [P + N]
         for i, blk in enumerate(self.blocks):
-            qkv = blk.qkv(tokens)  # [P + N, 3d]
             if square and i < last:
-                tokens = blk.finish(tokens, self._attend_square(qkv, K, S, P, index, out_index))
+                tokens = self._square_layer(blk, tokens, K, S, P, index, out_index)  # [P + N, d]
                 continue
+            qkv = blk.qkv(tokens)  # [P + N, 3d]
             qkv_s = qkv[P:]
             if index is not None:  # back to the [K, S] layout for attention; zeros after EOT
                 qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)  # [K*S, 3d]

@@ -222,3 +222,17 @@ def test_bf16_residual_within_bf16_tolerance_of_a_bf16_open_clip(clip, attention
 def test_residual_must_match_precision(clip):
     with pytest.raises(UserError, match="text-residual"):
         PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="fp16")
+
+
+def test_compiled_layers_equal_eager(clip):
+    """TextEncoder.compile_layers (regional torch.compile of the square layers): same features and gradient."""
+    eager = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
+    compiled = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
+    random_ctx_(eager), random_ctx_(compiled)
+    compiled.encoder.compile_layers()
+    a, b = eager(), compiled()
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    a.sum().backward(), b.sum().backward()
+    torch.testing.assert_close(compiled.ctx.grad, eager.ctx.grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="square"):
+        PromptLearner(clip, NAMES, n_ctx=4).encoder.compile_layers()
