@@ -260,16 +260,16 @@ def _compiled_learner(clip, names, precision, opts, device, mode):
     raise RuntimeError("; ".join(errors))
 
 
-def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed, compile_mode, compile_text) -> dict:
-    """Time each text-encoder variant's forward+backward, then compile the fastest (optional), then
-    the full fit step with the fastest against the default step. Every variant is guarded: a
-    failure becomes an ``error`` entry, never a crash."""
+def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed, compile_mode, compile_text,
+                     compile_whole=False) -> dict:
+    """Time each text-encoder variant's forward+backward, the full fit step with the fastest against
+    the default step, then the compiled variants (optional). Every variant is guarded: a failure
+    becomes an ``errors`` entry, never a crash."""
     out: dict = {"text_fwd_bwd_ms": {}, "errors": {}}
     ms = out["text_fwd_bwd_ms"]
     options = text_variants(precision)
-    forced = {"default_causal_packed": None, "square_packed": None}
     if device.type == "cuda":  # which SDPA kernels run at all on these layouts
-        for base in list(forced):
+        for base in ("default_causal_packed", "square_packed"):
             for backend in ("flash", "efficient"):
                 options[f"{base}_force_{backend}"] = dict(options[base], _backend=backend)
     learners = {}
@@ -362,6 +362,8 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
         if squares:
             target = min(squares, key=squares.get)
             try_compiled(f"compiled_layers_{target}{suffix}", target, regional)
+        if not compile_whole:
+            return out
         # the whole encoder (slower to compile): the fastest variant without a CausalBias object
         friendly = {n: t for n, t in eager.items()
                     if learners[n].get("attention") == "square" or learners[n].get("share_prefix") is False} or eager
@@ -423,6 +425,7 @@ def run(
     compile_mode: str | None = None,
     compile_text: bool = True,
     profile_steps: int = 3,
+    compile_whole: bool = False,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -501,7 +504,7 @@ def run(
         del step
         try:
             extra["variants"] = measure_variants(clip, names, precision, steps, warmup, dev, inputs, seed,
-                                                 compile_mode, compile_text)
+                                                 compile_mode, compile_text, compile_whole)
         except Exception as e:  # noqa: BLE001
             extra["variants_error"] = _error(e)
         best = extra.get("variants", {}).get("best_eager_options")
@@ -557,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", action="store_true",
                    help="time each text-encoder variant (fwd+bwd), torch.compile the fastest, and the full step with it")
     p.add_argument("--no-compile", action="store_true", help="with --variants: skip the torch.compile variant")
+    p.add_argument("--compile-whole", action="store_true",
+                   help="with --variants: also torch.compile the whole text encoder (fullgraph; a minute or more)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for the compiled variant (e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--profile", action="store_true",
@@ -568,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
                  not a.no_cuda_graph, a.breakdown, a.variants, a.profile, a.compile_mode, not a.no_compile,
-                 a.profile_steps)
+                 a.profile_steps, a.compile_whole)
     print(json.dumps(result))
 
 
