@@ -222,23 +222,27 @@ class TextEncoder(nn.Module):
         options.setdefault("dynamic", False)
         self._square_layer = torch.compile(TextEncoder._square_layer.__get__(self), **options)
 
-    def _square_layer(self, blk, tokens, K: int, S: int, P: int, index, out_index) -> torch.Tensor:
+    def _square_layer(self, blk, tokens, K: int, S: int, P: int, fill_index, out_index) -> torch.Tensor:
         """One block (not the last) with square attention: tokens [P + N, d] -> [P + N, d]."""
-        return blk.finish(tokens, self._attend_square(blk.qkv(tokens), K, S, P, index, out_index))
+        return blk.finish(tokens, self._attend_square(blk.qkv(tokens), K, S, P, fill_index, out_index))
 
     def _attend_square(
-        self, qkv: torch.Tensor, K: int, S: int, P: int, index: torch.Tensor | None, out_index: torch.Tensor
+        self, qkv: torch.Tensor, K: int, S: int, P: int, fill_index: torch.Tensor | None, out_index: torch.Tensor
     ) -> torch.Tensor:
         """Attention outputs [P + N, d] of the prefix and suffix tokens ``qkv`` [P + N, 3d]:
         one ``is_causal=True`` SDPA over [K, h, P+S] with the prefix broadcast to every prompt.
 
-        ``out_index`` [P + N] picks the outputs from the flat [K * (P+S)] layout: the prefix's
-        from the first prompt (they are the same for every prompt), then the encoded positions.
+        ``fill_index`` [K * S] (packed tokens only) gives, for each suffix position, the token
+        that fills it: its own, or for a position after the prompt's EOT a copy of the EOT token
+        (any finite values do: those keys are seen only by queries after the EOT, whose outputs
+        are dropped, so they get exactly zero gradient). ``out_index`` [P + N] picks the outputs
+        from the flat [K * (P+S)] layout: the prefix's from the first prompt (they are the same
+        for every prompt), then the encoded positions.
         """
         d, h = self.width, self.heads
         qkv_s = qkv[P:]
-        if index is not None:  # [N, 3d] -> [K*S, 3d], zeros after each EOT
-            qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)
+        if fill_index is not None:  # [N, 3d] -> [K*S, 3d]: one gather
+            qkv_s = qkv_s.index_select(0, fill_index)
         full = torch.cat([qkv[:P].expand(K, P, 3 * d), qkv_s.reshape(K, S, 3 * d)], dim=1)  # [K, P+S, 3d]
         full = full.reshape(K, P + S, 3, h, d // h)  # [K, P+S, 3, h, d/h]
         q, k, v = (full[:, :, j].transpose(1, 2) for j in range(3))  # [K, h, P+S, d/h]
@@ -302,9 +306,15 @@ class TextEncoder(nn.Module):
             sfx = torch.arange(K * S, device=x.device) if index is None else index  # into [K*S]
             sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
             out_index = torch.cat([torch.arange(P, device=x.device), sfx])  # [P + N]
+            fill_index = None
+            if index is not None:  # each suffix position's token: its own, or its prompt's EOT after it
+                flat = torch.arange(K * S, device=x.device)  # [K*S]
+                row = flat // S
+                flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
+                fill_index = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
         for i, blk in enumerate(self.blocks):
             if square and i < last:
-                tokens = self._square_layer(blk, tokens, K, S, P, index, out_index)  # [P + N, d]
+                tokens = self._square_layer(blk, tokens, K, S, P, fill_index, out_index)  # [P + N, d]
                 continue
             qkv = blk.qkv(tokens)  # [P + N, 3d]
             qkv_s = qkv[P:]
