@@ -181,6 +181,233 @@ def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> 
     return results
 
 
+def _error(e: BaseException) -> str:
+    """One line naming an exception, for an ``error`` field of the JSON."""
+    return (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0][:300]
+
+
+def text_variants(precision: str) -> dict:
+    """Text-encoder settings to compare: name -> PromptLearner options (all truncated to max(EOT)+1;
+    shared prefix unless the name says no_prefix)."""
+    low = precision if precision != "fp32" else "fp32"
+    v = {
+        "default_causal_packed": dict(attention="causal", pack=True),
+        "causal_unpacked": dict(attention="causal", pack=False),
+        "square_packed": dict(attention="square", pack=True),
+        "square_unpacked": dict(attention="square", pack=False),
+    }
+    if low != "fp32":
+        v.update({
+            f"residual_{low}_causal_packed": dict(attention="causal", pack=True, residual=low),
+            f"residual_{low}_causal_unpacked": dict(attention="causal", pack=False, residual=low),
+            f"residual_{low}_square_packed": dict(attention="square", pack=True, residual=low),
+            f"residual_{low}_square_unpacked": dict(attention="square", pack=False, residual=low),
+            # no shared prefix: plain is_causal over max(EOT)+1 positions, no layout glue at all
+            f"residual_{low}_no_prefix_causal_unpacked": dict(attention="causal", pack=False, residual=low,
+                                                              share_prefix=False),
+            f"residual_{low}_no_prefix_causal_packed": dict(attention="causal", pack=True, residual=low,
+                                                            share_prefix=False),
+            f"residual_{low}_no_prefix_square_packed": dict(attention="square", pack=True, residual=low,
+                                                            share_prefix=False),
+        })
+    return v
+
+
+def _sdpa_context(backend: str | None):
+    """A context forcing one SDPA backend ("flash", "efficient", "math"), or doing nothing."""
+    import contextlib
+
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                        "math": SDPBackend.MATH}[backend])
+
+
+def _fwd_bwd(learner, device, precision, backend=None):
+    """The K prompts' forward + backward into the context, under the step's autocast."""
+    from clip_smot.runtime import autocast
+
+    def run_it():
+        learner.ctx.grad = None
+        with _sdpa_context(backend), autocast(device, precision):
+            out = learner()
+        out.float().square().mean().backward()
+
+    return run_it
+
+
+def _compiled_learner(clip, names, precision, opts, device, mode):
+    """A PromptLearner whose encoder is ``torch.compile``-d (fullgraph if it can be) and already
+    run once (compiled); returns (learner, its fwd+bwd, seconds of the compiling call, note)."""
+    errors = []
+    for fullgraph in (True, False):
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+        learner.encoder = torch.compile(learner.encoder, fullgraph=fullgraph, dynamic=False, mode=mode)
+        fn = _fwd_bwd(learner, device, precision)
+        t0 = time.perf_counter()
+        try:
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 - e.g. a graph break under fullgraph: retry without
+            errors.append(f"fullgraph={fullgraph}: {_error(e)}")
+            torch._dynamo.reset()
+            continue
+        note = "fullgraph" if fullgraph else "graph breaks allowed; " + "; ".join(errors)
+        return learner, fn, time.perf_counter() - t0, note
+    raise RuntimeError("; ".join(errors))
+
+
+def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed, compile_mode, compile_text,
+                     compile_whole=False) -> dict:
+    """Time each text-encoder variant's forward+backward, the full fit step with the fastest against
+    the default step, then the compiled variants (optional). Every variant is guarded: a failure
+    becomes an ``errors`` entry, never a crash."""
+    out: dict = {"text_fwd_bwd_ms": {}, "errors": {}}
+    ms = out["text_fwd_bwd_ms"]
+    options = text_variants(precision)
+    if device.type == "cuda":  # which SDPA kernels run at all on these layouts
+        for base in ("default_causal_packed", "square_packed"):
+            for backend in ("flash", "efficient"):
+                options[f"{base}_force_{backend}"] = dict(options[base], _backend=backend)
+    learners = {}
+    for name, opts in options.items():
+        opts = dict(opts)
+        backend = opts.pop("_backend", None)
+        try:
+            learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+            fn = _fwd_bwd(learner, device, precision, backend)
+            fn()
+            ms[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
+            if backend is None:
+                learners[name] = opts
+            del learner, fn
+        except Exception as e:  # noqa: BLE001 - reported per variant
+            out["errors"][name] = _error(e)
+    eager = {n: ms[n] for n in learners if n in ms}
+    if not eager:
+        return out
+    best = min(eager, key=eager.get)
+    out["best_eager_text_variant"] = best
+    out["best_eager_options"] = learners[best]
+    best_opts = learners[best]
+    gen = torch.Generator().manual_seed(seed)
+
+    def step_with(opts, encoder=None, cuda_graph=False):
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
+        if encoder is not None:  # the same frozen weights, already compiled
+            learner.encoder = encoder
+        opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        step = make_fit_step(clip, learner, opt, precision=precision,
+                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
+        step(*inputs)  # builds (and captures) outside the timing
+        return step
+
+    def time_steps(candidates: dict) -> None:
+        """Full fit steps, interleaved; into out["step_ms"]."""
+        steps_by_name = {}
+        for name, (opts, encoder, graph) in candidates.items():
+            try:
+                steps_by_name[name] = step_with(opts, encoder, graph)
+            except Exception as e:  # noqa: BLE001
+                out["errors"][name] = _error(e)
+        try:
+            timed = time_interleaved(steps_by_name, inputs, steps, warmup, device)
+            out.setdefault("step_ms", {}).update({k: round(v, 2) for k, v in timed.items()})
+        except Exception as e:  # noqa: BLE001
+            out["errors"]["step_ms"] = _error(e)
+
+    # the full fit step: the default learner against the fastest eager variant (and its CUDA graph)
+    candidates = {"step_default": ({}, None, False), f"step_{best}": (best_opts, None, False)}
+    if device.type == "cuda":
+        candidates[f"step_{best}_cuda_graph"] = (best_opts, None, True)
+    time_steps(candidates)
+    out["best_text_variant"] = best
+    print(json.dumps({"variants_eager": out}), flush=True)  # in case the compile below runs out of time
+
+    if compile_text:
+        squares = {n: t for n, t in eager.items() if learners[n].get("attention") == "square"}
+        best_ms = eager[best]
+
+        def try_compiled(name, target, build):
+            """Time a compiled learner's fwd+bwd; when it beats the best so far, the full step too."""
+            nonlocal best_ms
+            try:
+                learner, fn, seconds, note = build(learners[target])
+                out.setdefault("compile_s", {})[name] = round(seconds, 1)
+                if note:
+                    out.setdefault("compile_note", {})[name] = note
+                ms[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
+                if ms[name] < best_ms:
+                    best_ms, out["best_text_variant"] = ms[name], name
+                    time_steps({"step_default": ({}, None, False),
+                                f"step_{name}": (learners[target], learner.encoder, False)})
+                print(json.dumps({"variants_so_far": out}), flush=True)
+            except Exception as e:  # noqa: BLE001
+                out["errors"][name] = _error(e)
+
+        def regional(opts):  # every layer but the last: one compiled region, compiled once
+            learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+            learner.encoder.compile_layers(**({"mode": compile_mode} if compile_mode else {}))
+            fn = _fwd_bwd(learner, device, precision)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return learner, fn, time.perf_counter() - t0, None
+
+        suffix = f"_{compile_mode}" if compile_mode else ""
+        if squares:
+            target = min(squares, key=squares.get)
+            try_compiled(f"compiled_layers_{target}{suffix}", target, regional)
+        if not compile_whole:
+            return out
+        # the whole encoder (slower to compile): the fastest variant without a CausalBias object
+        friendly = {n: t for n, t in eager.items()
+                    if learners[n].get("attention") == "square" or learners[n].get("share_prefix") is False} or eager
+        target = min(friendly, key=friendly.get)
+        try_compiled(f"compiled_{target}{suffix}", target,
+                     lambda opts: _compiled_learner(clip, names, precision, opts, device, compile_mode))
+    return out
+
+
+def profile_step(step, inputs, device, n_steps: int = 3, top: int = 15) -> list:
+    """torch.profiler over ``n_steps`` steps: the top kernels by self device time (CPU time on a CPU).
+
+    Prints a compact table and returns rows ``[name, total ms, calls, % of all]``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step(*inputs)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(n_steps):
+            step(*inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def self_time(e):  # microseconds; the attribute's name changed across torch versions
+        if device.type == "cuda":
+            for a in ("self_device_time_total", "self_cuda_time_total"):
+                if hasattr(e, a):
+                    return getattr(e, a)
+        return e.self_cpu_time_total
+
+    events = [e for e in prof.key_averages() if self_time(e) > 0]
+    total = sum(self_time(e) for e in events) or 1.0
+    events.sort(key=self_time, reverse=True)
+    rows = [[e.key[:90], round(self_time(e) / 1000 / n_steps, 3), e.count // n_steps,
+             round(100 * self_time(e) / total, 1)] for e in events[:top]]
+    what = "self CUDA" if device.type == "cuda" else "self CPU"
+    print(f"top {top} ops by {what} time per step (total {total / 1000 / n_steps:.2f} ms/step):", file=sys.stderr)
+    print(f"{'ms/step':>9} {'calls':>6} {'%':>5}  name", file=sys.stderr)
+    for name, t, c, pct in rows:
+        print(f"{t:9.3f} {c:6d} {pct:5.1f}  {name}", file=sys.stderr)
+    return rows
+
+
 def run(
     model: str = "ViT-B-16",
     device: str = "auto",
@@ -193,6 +420,12 @@ def run(
     seed: int = 0,
     cuda_graph: bool = True,
     breakdown: bool = False,
+    variants: bool = False,
+    profile: bool = False,
+    compile_mode: str | None = None,
+    compile_text: bool = True,
+    profile_steps: int = 3,
+    compile_whole: bool = False,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -222,13 +455,13 @@ def run(
     learner, step = ours(cuda_graph=False)
     peak = first_step_peak(step, inputs, dev)
     tokens_encoded = learner.tokens_encoded
-    variants = {"ours": step}
+    step_fns = {"ours": step}
     graph_peak = graph_error = None
     if dev.type == "cuda" and cuda_graph:
         try:
             _, graph_step = ours(cuda_graph=True)
             graph_peak = first_step_peak(graph_step, inputs, dev)
-            variants["ours_cuda_graph"] = graph_step
+            step_fns["ours_cuda_graph"] = graph_step
         except Exception as e:  # reported, not fatal: the eager numbers still stand
             graph_error = f"{type(e).__name__}: {e}".splitlines()[0]
 
@@ -238,9 +471,9 @@ def run(
         reference_precision, ref_note = "fp32", "fp32 (fp16 is not supported on cpu)"
     ref = CoOpReference(clip, names, {"fp16": torch.float16, "fp32": torch.float32}[reference_precision], dev)
     ref_peak = first_step_peak(ref.step, inputs, dev)
-    variants["reference"] = ref.step
+    step_fns["reference"] = ref.step
 
-    ms = time_interleaved(variants, inputs, steps, warmup, dev)
+    ms = time_interleaved(step_fns, inputs, steps, warmup, dev)
     ref_ms = ms["reference"]
     extra = {}
     if dev.type == "cuda" and cuda_graph:
@@ -253,9 +486,35 @@ def run(
         }
     ms = ms["ours"]
     text_seq_len = int(ref.tokens.argmax(-1).max()) + 1
+    del step_fns, ref  # free the reference model and the CUDA graph's pool for what follows
+    graph_step = None
     if breakdown:
-        del variants, ref
-        extra["breakdown_ms"] = measure_breakdown(clip, names, images, precision, steps, warmup, dev)
+        try:
+            extra["breakdown_ms"] = measure_breakdown(clip, names, images, precision, steps, warmup, dev)
+        except Exception as e:  # noqa: BLE001 - the other numbers still stand
+            extra["breakdown_error"] = _error(e)
+    if profile:
+        try:
+            extra["profile_default_step"] = profile_step(step, inputs, dev, profile_steps)
+        except Exception as e:  # noqa: BLE001
+            extra["profile_error"] = _error(e)
+    if variants:
+        print(json.dumps({"partial": {k: v for k, v in extra.items() if not k.startswith("profile")},
+                          "ms_per_step": round(ms, 2), "reference_ms_per_step": round(ref_ms, 2)}), flush=True)
+        del step
+        try:
+            extra["variants"] = measure_variants(clip, names, precision, steps, warmup, dev, inputs, seed,
+                                                 compile_mode, compile_text, compile_whole)
+        except Exception as e:  # noqa: BLE001
+            extra["variants_error"] = _error(e)
+        best = extra.get("variants", {}).get("best_eager_options")
+        if profile and best is not None:
+            try:
+                learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **best)
+                extra["profile_best_text_fwd_bwd"] = profile_step(
+                    lambda: _fwd_bwd(learner, dev, precision)(), (), dev, profile_steps)
+            except Exception as e:  # noqa: BLE001
+                extra["profile_best_error"] = _error(e)
 
     return {
         "model": clip.name,
@@ -298,12 +557,23 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time the parts: image encoder, and the text forward+backward per encoder setting")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on --device cpu: 1, the steadiest timing on a shared machine)")
+    p.add_argument("--variants", action="store_true",
+                   help="time each text-encoder variant (fwd+bwd), torch.compile the fastest, and the full step with it")
+    p.add_argument("--no-compile", action="store_true", help="with --variants: skip the torch.compile variant")
+    p.add_argument("--compile-whole", action="store_true",
+                   help="with --variants: also torch.compile the whole text encoder (fullgraph; a minute or more)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for the compiled variant (e.g. max-autotune-no-cudagraphs)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over a few steps: the top 15 ops by self device time (stderr table + JSON)")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps profiled by --profile")
     a = p.parse_args(argv)
     if a.threads or a.device == "cpu":
         torch.set_num_threads(a.threads or 1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
-                 not a.no_cuda_graph, a.breakdown)
+                 not a.no_cuda_graph, a.breakdown, a.variants, a.profile, a.compile_mode, not a.no_compile,
+                 a.profile_steps, a.compile_whole)
     print(json.dumps(result))
 
 

@@ -28,6 +28,7 @@ from .errors import UserError
 __all__ = [
     "ATTENTION",
     "ENCODER_PRECISIONS",
+    "RESIDUALS",
     "ImageEncoder",
     "TextEncoder",
     "check_text_tower",
@@ -35,7 +36,8 @@ __all__ = [
     "packed_index",
 ]
 
-ATTENTION = ("causal", "mask")
+ATTENTION = ("causal", "mask", "square")
+RESIDUALS = ("fp32", "precision", "bf16", "fp16")
 ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -92,7 +94,7 @@ class _Block(nn.Module):
     float32, and so does the residual stream, as in open_clip under autocast.
     """
 
-    def __init__(self, blk: nn.Module, dtype: torch.dtype):
+    def __init__(self, blk: nn.Module, dtype: torch.dtype, residual_dtype: torch.dtype = torch.float32):
         super().__init__()
         attn = blk.attn
         self.heads = attn.num_heads
@@ -104,11 +106,11 @@ class _Block(nn.Module):
             "ln1_w": _frozen(blk.ln_1.weight), "ln1_b": _frozen(blk.ln_1.bias),
             "in_w": _frozen(attn.in_proj_weight, dtype), "in_b": _frozen(attn.in_proj_bias, dtype),
             "out_w": _frozen(attn.out_proj.weight, dtype), "out_b": _frozen(attn.out_proj.bias, dtype),
-            "ls1": _frozen(ls1),
+            "ls1": _frozen(ls1, residual_dtype),
             "ln2_w": _frozen(blk.ln_2.weight), "ln2_b": _frozen(blk.ln_2.bias),
             "fc_w": _frozen(blk.mlp.c_fc.weight, dtype), "fc_b": _frozen(blk.mlp.c_fc.bias, dtype),
             "proj_w": _frozen(blk.mlp.c_proj.weight, dtype), "proj_b": _frozen(blk.mlp.c_proj.bias, dtype),
-            "ls2": _frozen(ls2),
+            "ls2": _frozen(ls2, residual_dtype),
         }
         for k, v in weights.items():
             self.register_buffer(k, v, persistent=False)  # frozen: never parameters, never saved
@@ -153,19 +155,35 @@ class TextEncoder(nn.Module):
     Args:
         model: an ``open_clip.CLIP`` (checked by :func:`check_text_tower`).
         precision: "fp32", "bf16" or "fp16": the dtype of the matmul weights.
-        attention: "causal" (causal SDPA kernels) or "mask" (an additive float mask).
+        attention: "causal" (causal SDPA kernels), "mask" (an additive float mask) or "square"
+            (with a shared prefix: the prefix's queries, keys and values are broadcast to every
+            prompt and one plain ``is_causal=True`` SDPA runs over all P+S positions, the layout
+            of the fast flash kernels; the prefix's outputs are read from the first prompt).
+        residual: dtype of the residual stream: "fp32" (default, as open_clip under autocast) or
+            "precision" / the precision's name (the whole tower in bf16/fp16, as a model cast with ``.to(bf16)``;
+            LayerNorms still accumulate in float32 inside the kernel). With a low residual
+            the encoder runs with autocast disabled: every dtype is already explicit.
         name: the model's name, for error messages.
     """
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", attention: str = "causal", name: str = "model"):
+    def __init__(
+        self, model: nn.Module, precision: str = "fp32", attention: str = "causal", name: str = "model",
+        residual: str = "fp32",
+    ):
         super().__init__()
         check_text_tower(model, name)
         if precision not in ENCODER_PRECISIONS:
             raise UserError(f"--precision must be one of {tuple(ENCODER_PRECISIONS)}, got {precision!r}")
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-        self.precision, self.attention = precision, attention
-        self.blocks = nn.ModuleList(_Block(b, ENCODER_PRECISIONS[precision]) for b in model.transformer.resblocks)
+        residual = precision if residual == "precision" else residual
+        if residual not in ("fp32", precision):
+            raise UserError(f"--text-residual must be 'fp32' or 'precision' ({precision!r}), got {residual!r}")
+        self.precision, self.attention, self.residual = precision, attention, residual
+        self.residual_dtype = ENCODER_PRECISIONS[residual]
+        self.blocks = nn.ModuleList(
+            _Block(b, ENCODER_PRECISIONS[precision], self.residual_dtype) for b in model.transformer.resblocks
+        )
         self.heads = self.blocks[0].heads
         self.width = self.blocks[0].width
         self.context_length = model.positional_embedding.shape[0]
@@ -184,13 +202,52 @@ class TextEncoder(nn.Module):
     def _attend(self, q, k, v, causal_offset: int) -> torch.Tensor:
         """Causal attention where query i sits at key position ``causal_offset + i``."""
         Lq, Lk = q.shape[-2], k.shape[-2]
-        if self.attention == "causal":
+        if self.attention in ("causal", "square"):
             if causal_offset == 0:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))
         # open_clip's way: an additive float mask with -inf above the (shifted) diagonal
         mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` the per-layer work of ``attention="square"`` (regional compilation:
+        every layer but the last runs the same compiled code, so it compiles once, in seconds).
+
+        Args:
+            **options: passed to ``torch.compile`` (e.g. ``mode``); ``dynamic=False`` by default.
+        """
+        if self.attention != "square":
+            raise ValueError('compile_layers needs attention="square"')
+        options.setdefault("dynamic", False)
+        self._square_layer = torch.compile(TextEncoder._square_layer.__get__(self), **options)
+
+    def _square_layer(self, blk, tokens, K: int, S: int, P: int, fill_index, out_index) -> torch.Tensor:
+        """One block (not the last) with square attention: tokens [P + N, d] -> [P + N, d]."""
+        return blk.finish(tokens, self._attend_square(blk.qkv(tokens), K, S, P, fill_index, out_index))
+
+    def _attend_square(
+        self, qkv: torch.Tensor, K: int, S: int, P: int, fill_index: torch.Tensor | None, out_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention outputs [P + N, d] of the prefix and suffix tokens ``qkv`` [P + N, 3d]:
+        one ``is_causal=True`` SDPA over [K, h, P+S] with the prefix broadcast to every prompt.
+
+        ``fill_index`` [K * S] (packed tokens only) gives, for each suffix position, the token
+        that fills it: its own, or for a position after the prompt's EOT a copy of the EOT token
+        (any finite values do: those keys are seen only by queries after the EOT, whose outputs
+        are dropped, so they get exactly zero gradient). ``out_index`` [P + N] picks the outputs
+        from the flat [K * (P+S)] layout: the prefix's from the first prompt (they are the same
+        for every prompt), then the encoded positions.
+        """
+        d, h = self.width, self.heads
+        qkv_s = qkv[P:]
+        if fill_index is not None:  # [N, 3d] -> [K*S, 3d]: one gather
+            qkv_s = qkv_s.index_select(0, fill_index)
+        full = torch.cat([qkv[:P].expand(K, P, 3 * d), qkv_s.reshape(K, S, 3 * d)], dim=1)  # [K, P+S, 3d]
+        full = full.reshape(K, P + S, 3, h, d // h)  # [K, P+S, 3, h, d/h]
+        q, k, v = (full[:, :, j].transpose(1, 2) for j in range(3))  # [K, h, P+S, d/h]
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # [K, P+S, h, d/h]
+        return a.reshape(K * (P + S), d).index_select(0, out_index)  # [P + N, d]
 
     def forward(
         self,
@@ -216,17 +273,24 @@ class TextEncoder(nn.Module):
         Returns:
             [K, e] float32 text features.
         """
+        if self.residual_dtype == torch.float32:
+            return self._forward(x, eot, prefix, index)
+        with torch.autocast(x.device.type, enabled=False):  # all dtypes explicit: no autocast casts
+            return self._forward(x, eot, prefix, index)
+
+    def _forward(self, x, eot, prefix, index) -> torch.Tensor:
         K, S, d = x.shape
         P = 0 if prefix is None else prefix.shape[0]
         if P + S > self.context_length:
             raise ValueError(f"prompts of {P + S} tokens exceed the context length {self.context_length}")
         pos = self.positional_embedding.float()
-        xs = (x.float() + pos[P : P + S]).reshape(K * S, d)  # [K*S, d]
+        rdt = self.residual_dtype
+        xs = (x.float() + pos[P : P + S]).to(rdt).reshape(K * S, d)  # [K*S, d]
         if index is not None:
             xs = xs.index_select(0, index)  # [N, d]: the packed positions
         h = self.heads
         if P:
-            xp = prefix.float() + pos[:P]  # [P, d]
+            xp = (prefix.float() + pos[:P]).to(rdt)  # [P, d]
             tokens = torch.cat([xp, xs])  # [P + N, d]: one batch of tokens for every matmul
         else:
             tokens = xs
@@ -237,7 +301,21 @@ class TextEncoder(nn.Module):
         keys = torch.arange(P + S, device=x.device)
         eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
+        square = self.attention == "square"
+        if square:  # rows of the flat [K*(P+S)] attention output that the tokens need, in token order
+            sfx = torch.arange(K * S, device=x.device) if index is None else index  # into [K*S]
+            sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
+            out_index = torch.cat([torch.arange(P, device=x.device), sfx])  # [P + N]
+            fill_index = None
+            if index is not None:  # each suffix position's token: its own, or its prompt's EOT after it
+                flat = torch.arange(K * S, device=x.device)  # [K*S]
+                row = flat // S
+                flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
+                fill_index = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
         for i, blk in enumerate(self.blocks):
+            if square and i < last:
+                tokens = self._square_layer(blk, tokens, K, S, P, fill_index, out_index)  # [P + N, d]
+                continue
             qkv = blk.qkv(tokens)  # [P + N, 3d]
             qkv_s = qkv[P:]
             if index is not None:  # back to the [K, S] layout for attention; zeros after EOT

@@ -83,6 +83,8 @@ class FitConfig:
     warmup_lr: float = 1e-5
     crop_scale: float = 0.08  # smallest area fraction of the random resized crop
     precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
+    text_residual: str = "fp32"  # text tower's residual stream: fp32 or precision (exact speed knobs)
+    text_attention: str = "causal"  # causal, mask or square (see docs/prompt.md)
     cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
     device: str = "auto"
     # run control (not part of what makes two runs the same)
@@ -104,7 +106,8 @@ class FitConfig:
 
 
 # Options that may change between a run and its --resume.
-_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph")  # (the split is compared by SHA-256)
+_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph", "text_residual",
+                "text_attention")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -127,6 +130,8 @@ def check_config(cfg: FitConfig) -> None:
         (0 < cfg.crop_scale <= 1, "--crop-scale", "must be in (0, 1]"),
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
         (cfg.workers >= 0, "--workers", "must be >= 0"),
+        (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
+        (cfg.text_attention in ("causal", "mask", "square"), "--text-attention", "must be causal, mask or square"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
     ]
     for ok, flag, what in checks:
@@ -151,7 +156,8 @@ def _build_prompt(clip, classnames, cfg: FitConfig, precision: str):
 
     gen = torch.Generator().manual_seed(cfg.seed)  # the context init depends on the seed alone
     return PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
-                         class_position=cfg.class_position, generator=gen, precision=precision)
+                         class_position=cfg.class_position, generator=gen, precision=precision,
+                         residual=cfg.text_residual, attention=cfg.text_attention)
 
 
 def _load_data(cfg: FitConfig, image_size: int):

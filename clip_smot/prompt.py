@@ -68,7 +68,10 @@ class PromptLearner(nn.Module):
         class_position: "end", "middle" or "front".
         generator: random generator for the N(0, 0.02) initialisation.
         precision: dtype of the frozen text weights, cast once: "fp32" (default), "bf16", "fp16".
-        attention: "causal" (default, causal SDPA kernels) or "mask" (additive float mask).
+        attention: "causal" (default, causal SDPA kernels), "mask" (additive float mask) or
+            "square" (the shared prefix broadcast to every prompt, one ``is_causal=True`` SDPA).
+        residual: "fp32" (default) or "precision" (or its name, e.g. "bf16"): the text tower's residual
+            stream in bf16/fp16 too (the whole tower in low precision, autocast off inside).
         share_prefix: encode the positions shared by every prompt (SOS and a unified context at
             class position end) once (default True; exact, see docs/prompt.md).
         pack: run the per-token work (LayerNorms, projections, MLPs) only for the positions up
@@ -94,6 +97,7 @@ class PromptLearner(nn.Module):
         attention: str = "causal",
         share_prefix: bool = True,
         pack: bool = True,
+        residual: str = "fp32",
     ):
         super().__init__()
         model = clip.model
@@ -101,7 +105,7 @@ class PromptLearner(nn.Module):
             raise UserError(f"--class-position must be one of {CLASS_POSITIONS}, got {class_position!r}")
         if not classnames:
             raise UserError("classnames: no class names given")
-        self.encoder = TextEncoder(model, precision=precision, attention=attention, name=clip.name)
+        self.encoder = TextEncoder(model, precision=precision, attention=attention, name=clip.name, residual=residual)
         tokenize = clip.tokenizer
         emb_weight = model.token_embedding.weight.detach()
         device = emb_weight.device

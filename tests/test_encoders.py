@@ -146,6 +146,28 @@ def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, mo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA: attention="square" (fp32: features and gradient) and residual="precision" (bf16) vs open_clip."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, residual, attention, tol in (("fp32", "fp32", "square", 1e-4), ("bf16", "precision", "square", 3e-2),
+                                               ("bf16", "precision", "causal", 3e-2)):
+        learner = PromptLearner(clip, NAMES, n_ctx=8, precision=precision, residual=residual, attention=attention)
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+        ref.square().sum().backward()
+        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = learner()
+        out.float().square().sum().backward()
+        assert ((out - ref).norm() / ref.norm()).item() < tol, (precision, residual, attention)
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, (precision, attention)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("loss", ["smot", "ce"])
 def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
@@ -163,3 +185,23 @@ def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_check
         runs.append((torch.stack(losses), learner.ctx.detach().clone()))
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
+    """--variants times every text-encoder variant and the step with the fastest; --profile prints its table."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--variants", "--profile",
+         "--no-compile", "--no-cuda-graph"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    v = result["variants"]
+    assert not v["errors"], v["errors"]
+    assert {"default_causal_packed", "square_packed", "residual_bf16_square_packed"} <= set(v["text_fwd_bwd_ms"])
+    assert v["best_eager_text_variant"] in v["text_fwd_bwd_ms"]
+    assert set(v["step_ms"]) == {"step_default", f"step_{v['best_eager_text_variant']}"}
+    rows = result["profile_default_step"]
+    assert 0 < len(rows) <= 15 and all(len(r) == 4 for r in rows)
+    assert "top 15 ops" in out.stderr

@@ -394,3 +394,11 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
     assert pf.ctx.shape == (3, 4, 32)
     assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
+
+
+def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
+    """--text-residual precision --text-attention square run the step (exactness: tests/test_prompt.py)."""
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--text-residual", "precision",
+                                           "--text-attention", "square"))
+    assert res.exit_code == 0, res.output
+    assert "dry run: one batch" in res.output

@@ -1,5 +1,7 @@
 """The CoOp prompt module against open_clip's own text encoding (tiny CLIP, CPU)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,61 @@ def test_custom_text_towers_are_refused(clip):
     fake = type(clip)(**{**clip.__dict__, "model": CustomTextCLIP()})
     with pytest.raises(UserError, match="standard CLIP text tower"):
         PromptLearner(fake, NAMES)
+
+
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle")])
+@pytest.mark.parametrize("pack", [True, False])
+def test_square_attention_equals_open_clip_with_gradient(clip, csc, class_position, pack):
+    """attention="square" (prefix broadcast, one is_causal SDPA): features and gradient exact."""
+    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention="square", pack=pack)
+    random_ctx_(learner, seed=5)
+    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(6))
+    feats = learner()
+    (feats * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
+    (expected * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["causal", "square"])
+def test_bf16_residual_within_bf16_tolerance_of_a_bf16_open_clip(clip, attention):
+    """residual="bf16": the whole tower in bf16, as open_clip's model cast to bf16 computes it."""
+    fast = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="bf16", attention=attention)
+    random_ctx_(fast)
+    assert fast.encoder.residual_dtype == torch.bfloat16
+    model16 = copy.deepcopy(clip.model).to(torch.bfloat16)  # the issue author's whole-model cast
+    full = fast.prompt_embeddings(full=True).detach()
+    ref32 = open_clip_encoding(clip, full, fast.tokens)
+    x = model16.transformer((full + clip.model.positional_embedding).bfloat16(), attn_mask=model16.attn_mask.bfloat16())
+    x = model16.ln_final(x)[torch.arange(len(NAMES)), fast.tokens.argmax(-1)] @ model16.text_projection
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast outside is switched off inside
+        a = fast()
+    assert a.dtype == torch.float32
+    rel_ours = ((a - ref32).norm() / ref32.norm()).item()
+    rel_cast = ((x.float() - ref32).norm() / ref32.norm()).item()
+    assert 1e-4 < rel_ours < 3e-2 and rel_ours < 2 * rel_cast + 1e-3  # bf16 error, no worse than the cast model's
+    assert F.cosine_similarity(a, ref32, dim=-1).min() > 0.999
+    a.square().sum().backward()
+    assert fast.ctx.grad is not None and torch.isfinite(fast.ctx.grad).all()
+
+
+def test_residual_must_match_precision(clip):
+    with pytest.raises(UserError, match="text-residual"):
+        PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="fp16")
+
+
+def test_compiled_layers_equal_eager(clip):
+    """TextEncoder.compile_layers (regional torch.compile of the square layers): same features and gradient."""
+    eager = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
+    compiled = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
+    random_ctx_(eager), random_ctx_(compiled)
+    compiled.encoder.compile_layers()
+    a, b = eager(), compiled()
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    a.sum().backward(), b.sum().backward()
+    torch.testing.assert_close(compiled.ctx.grad, eager.ctx.grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="square"):
+        PromptLearner(clip, NAMES, n_ctx=4).encoder.compile_layers()
