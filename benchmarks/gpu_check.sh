@@ -2,7 +2,8 @@
 # Every GPU measurement of the performance issue, in one call of under 8 minutes.
 #
 # Run from the repository root on a machine with one CUDA GPU:
-#   bash benchmarks/gpu_check.sh            # results under $OUT (default /tmp/gpu_check)
+#   bash benchmarks/gpu_check.sh                            # all steps; logs under $OUT (default /tmp/gpu_check)
+#   ONLY="fit_step resnet_epoch" bash benchmarks/gpu_check.sh   # some steps, in that order
 # On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
 # last lines printed are a summary of the JSON results.
@@ -15,23 +16,31 @@ if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 E2E_EPOCHS=${E2E_EPOCHS:-3}
+ONLY=${ONLY:-"pytest_gpu fit_step fit_step_fp32ref resnet_epoch fit_e2e"}
 start=$(date +%s)
-step() {  # step NAME LIMIT_S COMMAND...
+run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s, at $(( $(date +%s) - start ))s)"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  echo "=== $name rc=${PIPESTATUS[0]}"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "=== $name rc=$?"
+  grep -v "it/s\]\|^\s*$" "$OUT/$name.log" | tail -n 25
 }
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, torchvision, open_clip; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
-
-step pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step fit_step 110 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20 --breakdown
-step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 --reference-precision fp32 --no-cuda-graph
-step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --epochs 3 --reference-epochs 1 --reference-workers 8
-step fit_e2e 180 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs "$E2E_EPOCHS" \
-  --image-size 256 --root /tmp/clip_smot_e2e
-
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
+for s in $ONLY; do
+  case $s in
+    pytest_gpu) run_step pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    # the default step, the text-encoder variants (incl. compiled layers), the best full step, a profile
+    fit_step) run_step fit_step 170 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 \
+      --steps 10 --variants --profile ;;
+    fit_step_fp32ref) run_step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 \
+      --reference-precision fp32 --no-cuda-graph ;;
+    resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
+      --epochs 2 --reference-epochs 1 --reference-workers 8 --max-seconds 75 ;;
+    fit_e2e) run_step fit_e2e 180 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
+      --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e ;;
+    *) echo "unknown step $s" ;;
+  esac
+done
 echo "=== summary (total $(( $(date +%s) - start ))s)"
-for f in fit_step fit_step_fp32ref resnet_epoch fit_e2e; do echo "$f: $(tail -n 1 "$OUT/$f.log")"; done
-grep -E "passed|failed|error" "$OUT/pytest_gpu.log" | tail -n 1
+for s in $ONLY; do [ -f "$OUT/$s.log" ] && echo "$s: $(grep -E '^\{|passed|failed' "$OUT/$s.log" | tail -n 1)"; done
