@@ -103,11 +103,13 @@ class _Block(nn.Module):
         self.act = blk.mlp.gelu if hasattr(blk.mlp, "gelu") else blk.mlp[1]  # stateless (GELU, QuickGELU)
         ls1, ls2 = getattr(blk.ls_1, "gamma", None), getattr(blk.ls_2, "gamma", None)
         weights = {
-            "ln1_w": _frozen(blk.ln_1.weight), "ln1_b": _frozen(blk.ln_1.bias),
+            # LayerNorm parameters in the residual stream's dtype: CUDA's layer_norm wants them to
+            # match its input (the CPU kernel also takes float32 ones, CUDA's does not)
+            "ln1_w": _frozen(blk.ln_1.weight, residual_dtype), "ln1_b": _frozen(blk.ln_1.bias, residual_dtype),
             "in_w": _frozen(attn.in_proj_weight, dtype), "in_b": _frozen(attn.in_proj_bias, dtype),
             "out_w": _frozen(attn.out_proj.weight, dtype), "out_b": _frozen(attn.out_proj.bias, dtype),
             "ls1": _frozen(ls1, residual_dtype),
-            "ln2_w": _frozen(blk.ln_2.weight), "ln2_b": _frozen(blk.ln_2.bias),
+            "ln2_w": _frozen(blk.ln_2.weight, residual_dtype), "ln2_b": _frozen(blk.ln_2.bias, residual_dtype),
             "fc_w": _frozen(blk.mlp.c_fc.weight, dtype), "fc_b": _frozen(blk.mlp.c_fc.bias, dtype),
             "proj_w": _frozen(blk.mlp.c_proj.weight, dtype), "proj_b": _frozen(blk.mlp.c_proj.bias, dtype),
             "ls2": _frozen(ls2, residual_dtype),

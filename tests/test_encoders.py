@@ -205,3 +205,16 @@ def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
     rows = result["profile_default_step"]
     assert 0 < len(rows) <= 15 and all(len(r) == 4 for r in rows)
     assert "top 15 ops" in out.stderr
+
+
+def test_low_precision_residual_keeps_layernorm_inputs_and_weights_in_one_dtype(tiny_clip_config, tiny_clip_checkpoint):
+    """CUDA's layer_norm refuses a bf16 input with float32 weights (seen on an H200), while the
+    CPU kernel accepts it: so check the dtypes themselves, which the CPU run cannot reveal."""
+    from clip_smot.encoders import TextEncoder
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    enc = TextEncoder(clip.model, precision="bf16", residual="precision")
+    for blk in enc.blocks:
+        assert {blk.ln1_w.dtype, blk.ln1_b.dtype, blk.ln2_w.dtype, blk.ln2_b.dtype} == {torch.bfloat16}
+    enc32 = TextEncoder(clip.model, precision="bf16")
+    assert enc32.blocks[0].ln1_w.dtype == torch.float32
