@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import bundled_file
 from .digits import DIGIT_NAMES
 from .errors import UserError
 from .evaluate import write_reports
@@ -23,7 +24,6 @@ from .scoring import PromptScorer, parse_scores
 
 __all__ = ["ClipEvalConfig", "run_clip_eval"]
 
-_REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
 
 
@@ -61,7 +61,7 @@ def _builtin(where: str, names: tuple[str, ...], size: int) -> str:
 
 
 def _zero_shot_template() -> str:
-    return (_REPO / "prompts" / "zero_shot_template.txt").read_text().strip()
+    return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
 
 
 def run_clip_eval(

@@ -13,7 +13,51 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "class_folders", "list_images", "load_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "bundled_file",
+    "class_folders",
+    "imagenet200_wnids",
+    "imagenet_classnames",
+    "imagenet_wnids",
+    "list_images",
+    "load_image",
+]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def bundled_file(*parts: str) -> Path:
+    """A file of the project's ``prompts/`` or ``data_lists/`` folders.
+
+    They sit beside the package in a source checkout (the editable install of the README) and
+    under ``clip_smot/_data/`` in a wheel.
+    """
+    for root in (_PACKAGE.parent, _PACKAGE / "_data"):
+        path = root.joinpath(*parts)
+        if path.is_file():
+            return path
+    raise UserError(f"{'/'.join(parts)}: missing from this installation of clip-smot (reinstall it)")
+
+
+def _lines(*parts: str) -> list[str]:
+    return [line.strip() for line in bundled_file(*parts).read_text().splitlines() if line.strip()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in class-index order (``data_lists/imagenet1k_wnids.txt``)."""
+    return _lines("data_lists", "imagenet1k_wnids.txt")
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`."""
+    return _lines("prompts", "imagenet1k_classnames.txt")
+
+
+def imagenet200_wnids() -> list[str]:
+    """The 200 wnids of the ImageNet-200 benchmark (appendix B.1 of the paper)."""
+    return _lines("data_lists", "imagenet200_wnids.txt")
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, class_folders, load_image
+from .data import IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image
 from .errors import UserError
 
 __all__ = [
@@ -41,21 +41,6 @@ __all__ = [
     "write_split",
 ]
 
-_REPO = Path(__file__).resolve().parent.parent
-
-
-def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k wnids in class-index order."""
-    return _read_lines(_REPO / "data_lists" / "imagenet1k_wnids.txt")
-
-
-def imagenet_classnames() -> list[str]:
-    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`."""
-    return _read_lines(_REPO / "prompts" / "imagenet1k_classnames.txt")
 
 
 @dataclass(frozen=True)

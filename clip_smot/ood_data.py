@@ -21,12 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .data import list_images
+from .data import imagenet_classnames, imagenet_wnids, list_images
 from .errors import UserError
 
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
 
-_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -49,10 +48,7 @@ class ImageSet:
 @lru_cache(maxsize=1)
 def imagenet_wnid_names() -> dict[str, str]:
     """wnid -> CLIP class name for the 1000 ImageNet-1k classes."""
-    wnids = (_REPO / "data_lists" / "imagenet1k_wnids.txt").read_text().split()
-    names = [n.strip() for n in (_REPO / "prompts" / "imagenet1k_classnames.txt").read_text().splitlines() if n.strip()]
-    assert len(wnids) == len(names) == 1000
-    return dict(zip(wnids, names))
+    return dict(zip(imagenet_wnids(), imagenet_classnames()))
 
 
 def _imagenet_order() -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import class_folders, list_images, load_image
+from .data import class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
 
 __all__ = [
@@ -57,7 +57,6 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _HOSTS = {"cifar10": ("www.cs.toronto.edu", 443), "cifar100": ("www.cs.toronto.edu", 443),
           "svhn": ("ufldl.stanford.edu", 80)}
-_WNIDS_200 = Path(__file__).resolve().parent.parent / "data_lists" / "imagenet200_wnids.txt"
 
 
 @dataclass
@@ -192,9 +191,7 @@ def _train_dir(root: Path, flag: str) -> Path:
 
 
 def _imagenet200_wnids() -> list[str]:
-    if not _WNIDS_200.is_file():
-        raise UserError(f"{_WNIDS_200}: the ImageNet-200 class list is missing from this installation")
-    return [w.strip() for w in _WNIDS_200.read_text().split() if w.strip()]
+    return imagenet200_wnids()
 
 
 def load_id_split(dataset: str | None, data: str | None, split: str, input_size: int | None = None,
