@@ -134,20 +134,28 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
-    classnames = json.loads(meta["classnames"])
+    try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
+        classnames = json.loads(meta["classnames"])
+        model_config = json.loads(meta["model_config"])
+        n_ctx = int(meta["n_ctx"])
+        config = json.loads(meta.get("config", "{}"))
+    except ValueError as e:
+        raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
+    if not isinstance(classnames, list) or not isinstance(model_config, dict):
+        raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
     if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
         raise UserError(f"--prompt {path}: text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
     return PromptFile(
         ctx=ctx,
         text_features=text_features,
         model=meta["model"],
-        model_config=json.loads(meta["model_config"]),
+        model_config=model_config,
         pretrained=meta["pretrained"],
         checkpoint_sha256=meta.get("checkpoint_sha256", ""),
-        n_ctx=int(meta["n_ctx"]),
+        n_ctx=n_ctx,
         class_position=meta["class_position"],
         csc=meta["csc"] == "true",
         classnames=classnames,
-        config=json.loads(meta.get("config", "{}")),
+        config=config,
         path=path,
     )
