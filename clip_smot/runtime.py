@@ -21,6 +21,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "autocast",
+    "host_reachable",
     "resolve_device",
     "seed_everything",
     "sha256_file",
@@ -57,6 +58,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def host_reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` (name, port) opens within ``timeout`` seconds.
+
+    False at once when ``HF_HUB_OFFLINE`` is set: the project's offline switch, for every
+    download (CLIP weights, the CAM network, torchvision data sets), so offline errors come
+    within seconds.
+    """
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def seed_everything(seed: int) -> None:
