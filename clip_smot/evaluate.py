@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import ood_metrics
-from .runtime import atomic_write_text
+from .runtime import atomic_write, atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
 
@@ -93,10 +93,10 @@ def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
             ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_reports(

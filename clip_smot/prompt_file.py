@@ -30,6 +30,7 @@ from safetensors.torch import safe_open, save_file
 
 from . import __version__
 from .errors import UserError
+from .runtime import atomic_write
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
@@ -108,10 +109,7 @@ def save_prompt(
         "ctx": ctx.detach().float().cpu().contiguous(),
         "text_features": text_features.detach().float().cpu().contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_prompt(path: str | os.PathLike) -> PromptFile:

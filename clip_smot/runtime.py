@@ -19,6 +19,7 @@ __all__ = [
     "PRECISIONS",
     "DTYPES",
     "atomic_save",
+    "atomic_write",
     "atomic_write_text",
     "autocast",
     "host_reachable",
@@ -85,7 +86,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a
+    temporary file behind. The temporary name ends in ``.tmp``: writers that infer the format
+    from the name (matplotlib) need it given explicitly.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -100,12 +107,12 @@ def _atomic(path: Path, write) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write text atomically (temporary file + rename)."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

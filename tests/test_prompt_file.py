@@ -67,3 +67,22 @@ def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(UserError, match="bad.safetensors: malformed metadata"):
         load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import clip_smot.prompt_file as pf
+
+    path = tmp_path / "p.safetensors"
+    _save(path)
+    before = path.read_bytes()
+
+    def half_then_crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pf, "save_file", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        _save(path, ctx=torch.ones(4, 16))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
