@@ -23,10 +23,9 @@ from typing import Sequence
 
 from .data import list_images
 from .errors import UserError
+from .fewshot import imagenet_classnames, imagenet_wnids
 
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
-
-_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -48,9 +47,8 @@ class ImageSet:
 
 @lru_cache(maxsize=1)
 def imagenet_wnid_names() -> dict[str, str]:
-    """wnid -> CLIP class name for the 1000 ImageNet-1k classes."""
-    wnids = (_REPO / "data_lists" / "imagenet1k_wnids.txt").read_text().split()
-    names = [n.strip() for n in (_REPO / "prompts" / "imagenet1k_classnames.txt").read_text().splitlines() if n.strip()]
+    """wnid -> CLIP class name for the 1000 ImageNet-1k classes (the lists of :mod:`clip_smot.fewshot`)."""
+    wnids, names = imagenet_wnids(), imagenet_classnames()
     assert len(wnids) == len(names) == 1000
     return dict(zip(wnids, names))
 
