@@ -1,0 +1,20 @@
+"""clip_smot.data: image loading errors are one line naming the file."""
+
+import pytest
+from PIL import Image
+
+from clip_smot.data import load_image
+from clip_smot.errors import UserError
+
+
+def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(good)
+    assert load_image(good).size == (64, 64)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(UserError, match="broken.png: unreadable or truncated"):
+        load_image(broken)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
+    with pytest.raises(UserError, match="good.png: image too large"):
+        load_image(good)
