@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .metrics import ood_metrics
 from .runtime import atomic_write, atomic_write_text
 
@@ -40,7 +41,10 @@ def metric_table(
     for score, id_s in id_scores.items():
         rows = {}
         for ood_set, by_score in ood_scores.items():
-            m = ood_metrics(id_s, by_score[score], convention=convention)
+            try:
+                m = ood_metrics(id_s, by_score[score], convention=convention)
+            except ValueError as e:  # NaN/inf or empty scores (e.g. a diverged model): one line, no traceback
+                raise UserError(f"--scores {score}: no metrics for ID vs {ood_set} ({e})") from None
             rows[ood_set] = {k: 100.0 * m[k] for k in METRIC_COLUMNS}
         rows["average"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in METRIC_COLUMNS}
         table[score] = rows
