@@ -36,7 +36,7 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
-from .runtime import atomic_write
+from .runtime import atomic_write, cache_root
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files"]
 
@@ -83,8 +83,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 def cache_dir() -> Path:
     """``$CLIP_SMOT_CACHE/features`` or ``~/.cache/clip_smot/features``."""
-    base = os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot")
-    return Path(base) / "features"
+    return cache_root() / "features"
 
 
 def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "autocast",
+    "cache_root",
     "host_reachable",
     "resolve_device",
     "seed_everything",
@@ -59,6 +60,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``$CLIP_SMOT_CACHE``, else ``~/.cache/clip_smot``."""
+    return Path(os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
 
 
 def host_reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
