@@ -37,6 +37,8 @@ def metric_table(
 
     Each score also gets an ``average`` row: the mean over the OOD sets, as the paper reports.
     """
+    if "average" in ood_scores:  # the name of the mean row: a set called so would be overwritten
+        raise UserError("--ood average=...: 'average' names the mean over the OOD sets; give the set another name")
     table: dict[str, dict[str, dict[str, float]]] = {}
     for score, id_s in id_scores.items():
         rows = {}

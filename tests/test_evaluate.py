@@ -29,3 +29,9 @@ def test_reports_hold_percentages_and_the_average(tmp_path):
 def test_non_finite_scores_are_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="--scores vim: no metrics for ID vs a .*non-finite"):
         write_reports(tmp_path, {"vim": np.array([1.0, np.nan])}, {"a": {"vim": np.array([0.0, 0.5])}})
+
+
+def test_an_ood_set_named_average_is_refused(tmp_path):
+    with pytest.raises(UserError, match="'average' names the mean"):
+        write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"average": {"msp": np.array([0.1, 0.2])},
+                                                                 "b": {"msp": np.array([0.9, 0.95])}})
