@@ -145,8 +145,9 @@ def load_clip(
         )
     try:
         clip = open_clip.create_model(name, pretrained=pretrained or None, device=device)
-    except RuntimeError as e:
-        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({e})".split("\n")[0]) from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({reason})") from None
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)
