@@ -18,3 +18,16 @@ def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
     with pytest.raises(UserError, match="good.png: image too large"):
         load_image(good)
+
+
+def test_binary_split_and_image_list_files_are_user_errors(tmp_path):
+    from clip_smot.fewshot import FewShotClasses, read_split
+    from clip_smot.ood_data import read_image_list
+
+    binary = tmp_path / "list.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not utf-8 \x9f")
+    classes = FewShotClasses(tmp_path, ("a",), ("a",), None)
+    with pytest.raises(UserError, match="--split .*list.txt: not a text file"):
+        read_split(binary, classes)
+    with pytest.raises(UserError, match="--ood .*list.txt: not a text file"):
+        read_image_list(binary, tmp_path, "--ood")
