@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn as nn
 from .cam import CAMProvider
 from .errors import UserError
 from .fewshot import FewShotClasses
+from .runtime import host_reachable
 
 __all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "load_cam_network"]
 
@@ -61,22 +61,12 @@ class CamNetwork:
     source: str
 
 
-def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False  # the project's offline switch, as for CLIP weights
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _named(name: str) -> CamNetwork:
     import torchvision
 
     url = CAM_MODELS[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if not cached.is_file() and not _reachable(_DOWNLOAD_HOST):
+    if not cached.is_file() and not host_reachable(_DOWNLOAD_HOST):
         raise UserError(
             f"--cam-model {name}: torchvision's ImageNet ResNet-18 weights are not cached ({cached}) and there is "
             f"no internet to download them; download {url} elsewhere and pass --cam-model path/to/{os.path.basename(url)}"

@@ -38,10 +38,6 @@ class _OneLineCommand(click.Command):
             raise click.ClickException(e.format_message()) from None
 
 
-def _not_implemented(name: str) -> None:
-    raise click.ClickException(f"'clip-smot {name}' is not implemented yet in this version")
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clip-smot")
 def cli() -> None:

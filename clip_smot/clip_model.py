@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from open_clip.transformer import VisionTransformer
 
 from .errors import UserError
-from .runtime import sha256_file
+from .runtime import host_reachable, sha256_file
 
 __all__ = [
     "ClipModel",
@@ -79,13 +78,7 @@ class ClipModel:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(_HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return host_reachable(_HUB_HOST, timeout)
 
 
 def _resolve_name(model: str) -> tuple[str, dict]:
@@ -152,8 +145,9 @@ def load_clip(
         )
     try:
         clip = open_clip.create_model(name, pretrained=pretrained or None, device=device)
-    except RuntimeError as e:
-        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({e})".split("\n")[0]) from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({reason})") from None
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)

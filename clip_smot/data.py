@@ -89,6 +89,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: unreadable or truncated image ({e})") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
+        raise UserError(f"{path}: image too large to decode ({e})") from None
 
 
 def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:

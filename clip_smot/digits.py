@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
+from .runtime import cache_root
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "write_digits"]
 
@@ -37,8 +38,7 @@ _VERSION = 1
 
 def default_root(size: int) -> Path:
     """Where the digits folders are kept: ``$CLIP_SMOT_CACHE`` or ``~/.cache/clip_smot``."""
-    base = os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot")
-    return Path(base) / f"digits-{size}"
+    return cache_root() / f"digits-{size}"
 
 
 def _crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .metrics import ood_metrics
-from .runtime import atomic_write_text
+from .runtime import atomic_write, atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
 
@@ -36,11 +37,16 @@ def metric_table(
 
     Each score also gets an ``average`` row: the mean over the OOD sets, as the paper reports.
     """
+    if "average" in ood_scores:  # the name of the mean row: a set called so would be overwritten
+        raise UserError("--ood average=...: 'average' names the mean over the OOD sets; give the set another name")
     table: dict[str, dict[str, dict[str, float]]] = {}
     for score, id_s in id_scores.items():
         rows = {}
         for ood_set, by_score in ood_scores.items():
-            m = ood_metrics(id_s, by_score[score], convention=convention)
+            try:
+                m = ood_metrics(id_s, by_score[score], convention=convention)
+            except ValueError as e:  # NaN/inf or empty scores (e.g. a diverged model): one line, no traceback
+                raise UserError(f"--scores {score}: no metrics for ID vs {ood_set} ({e})") from None
             rows[ood_set] = {k: 100.0 * m[k] for k in METRIC_COLUMNS}
         rows["average"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in METRIC_COLUMNS}
         table[score] = rows
@@ -93,10 +99,10 @@ def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
             ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_reports(

@@ -141,8 +141,12 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path}: not a text file (expected 'relative/path<TAB>label' lines)") from None
     split = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         rel, sep, label = line.rpartition("\t")

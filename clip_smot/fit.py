@@ -211,9 +211,18 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
 
 
 def _truncate_log(path: Path, epochs: int) -> None:
-    """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for)."""
+    """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for).
+
+    A line that does not parse (a run killed while appending it) is dropped, not fatal.
+    """
     lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epochs]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
     atomic_write_text("".join(line + "\n" for line in kept), path)
 
 

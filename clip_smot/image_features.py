@@ -36,6 +36,7 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
+from .runtime import atomic_write, cache_root
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files"]
 
@@ -82,8 +83,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 def cache_dir() -> Path:
     """``$CLIP_SMOT_CACHE/features`` or ``~/.cache/clip_smot/features``."""
-    base = os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot")
-    return Path(base) / "features"
+    return cache_root() / "features"
 
 
 def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
@@ -130,10 +130,7 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
     meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 @torch.inference_mode()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .errors import UserError
+from .runtime import atomic_write
 
 __all__ = [
     "MODEL_FORMAT",
@@ -333,11 +334,7 @@ def save_model(
         "stage": stage,
         "config": json.dumps(config or {}, sort_keys=True),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",

@@ -27,7 +27,6 @@ from .errors import UserError
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
 
 
-
 @dataclass
 class ImageSet:
     """A named set of image files, with class labels when known.
@@ -76,8 +75,12 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         raise UserError(f"{flag} {list_file}: no such image-list file")
     if not root.is_dir():
         raise UserError(f"{flag} {root}: no such image root folder")
+    try:
+        text = list_file.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {list_file}: not a text file (expected 'relative/path label' lines)") from None
     paths, labels = [], []
-    for n, line in enumerate(list_file.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue

@@ -30,6 +30,7 @@ from safetensors.torch import safe_open, save_file
 
 from . import __version__
 from .errors import UserError
+from .runtime import atomic_write
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
@@ -108,10 +109,7 @@ def save_prompt(
         "ctx": ctx.detach().float().cpu().contiguous(),
         "text_features": text_features.detach().float().cpu().contiguous(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_prompt(path: str | os.PathLike) -> PromptFile:
@@ -134,20 +132,28 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
-    classnames = json.loads(meta["classnames"])
+    try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
+        classnames = json.loads(meta["classnames"])
+        model_config = json.loads(meta["model_config"])
+        n_ctx = int(meta["n_ctx"])
+        config = json.loads(meta.get("config", "{}"))
+    except ValueError as e:
+        raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
+    if not isinstance(classnames, list) or not isinstance(model_config, dict):
+        raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
     if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
         raise UserError(f"--prompt {path}: text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
     return PromptFile(
         ctx=ctx,
         text_features=text_features,
         model=meta["model"],
-        model_config=json.loads(meta["model_config"]),
+        model_config=model_config,
         pretrained=meta["pretrained"],
         checkpoint_sha256=meta.get("checkpoint_sha256", ""),
-        n_ctx=int(meta["n_ctx"]),
+        n_ctx=n_ctx,
         class_position=meta["class_position"],
         csc=meta["csc"] == "true",
         classnames=classnames,
-        config=json.loads(meta.get("config", "{}")),
+        config=config,
         path=path,
     )

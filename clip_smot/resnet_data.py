@@ -15,13 +15,13 @@ a float image in [0, 1] there, is masked (SMOT), then normalised with the set's 
 
 Built-in sets download through torchvision into ``--data ROOT`` or ``$CLIP_SMOT_DATA`` (default
 ``~/.cache/clip_smot/datasets``). Offline, a missing set is a UserError within seconds: the
-files are checked first, then the download host is probed with a 3 s socket timeout.
+files are checked first, then the download host is probed with a 3 s socket timeout
+(none at all under ``HF_HUB_OFFLINE=1``, the project's offline switch).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .data import class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
+from .runtime import host_reachable as _reachable  # a module name: tests replace it
 
 __all__ = [
     "BUILTIN_ID",
@@ -87,14 +88,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         return Path(root)
     base = os.environ.get("CLIP_SMOT_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot", "datasets")
     return Path(base)
-
-
-def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _torchvision(name: str, root: Path, **kwargs):

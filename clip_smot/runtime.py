@@ -19,8 +19,11 @@ __all__ = [
     "PRECISIONS",
     "DTYPES",
     "atomic_save",
+    "atomic_write",
     "atomic_write_text",
     "autocast",
+    "cache_root",
+    "host_reachable",
     "resolve_device",
     "seed_everything",
     "sha256_file",
@@ -59,6 +62,29 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def cache_root() -> Path:
+    """The package's cache folder: ``$CLIP_SMOT_CACHE``, else ``~/.cache/clip_smot``."""
+    return Path(os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
+
+
+def host_reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` (name, port) opens within ``timeout`` seconds.
+
+    False at once when ``HF_HUB_OFFLINE`` is set: the project's offline switch, for every
+    download (CLIP weights, the CAM network, torchvision data sets), so offline errors come
+    within seconds.
+    """
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)
@@ -66,7 +92,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a
+    temporary file behind. The temporary name ends in ``.tmp``: writers that infer the format
+    from the name (matplotlib) need it given explicitly.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -81,12 +113,12 @@ def _atomic(path: Path, write) -> None:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write text atomically (temporary file + rename)."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -42,3 +42,22 @@ def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
 def test_bad_model_or_weights(model, pretrained, match):
     with pytest.raises(UserError, match=match):
         load_clip(model, pretrained)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix):
+    bad = tmp_path / f"weights{suffix}"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match=rf"--pretrained {bad}: could not load the weights") as info:
+        load_clip(tiny_clip_config, str(bad))
+    assert "\n" not in str(info.value)
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_clip_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_clip_checkpoint)
+    state["token_embedding.weight"] = state["token_embedding.weight"][:, :8].contiguous()  # wrong width
+    save_file(state, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="could not load the weights"):
+        load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))

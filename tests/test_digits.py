@@ -26,3 +26,15 @@ def test_digits_folders(tmp_path):
     mtime = (root / "digits.json").stat().st_mtime_ns
     assert ensure_digits(size=16, root=root) == root
     assert (root / "digits.json").stat().st_mtime_ns == mtime
+
+
+def test_digits_and_the_feature_cache_share_one_cache_root(tmp_path, monkeypatch):
+    from clip_smot.digits import default_root
+    from clip_smot.image_features import cache_dir
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
+    assert default_root(32) == tmp_path / "digits-32" and cache_dir() == tmp_path / "features"
+    monkeypatch.delenv("CLIP_SMOT_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root(32) == tmp_path / "home" / ".cache" / "clip_smot" / "digits-32"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "clip_smot" / "features"

@@ -402,3 +402,15 @@ def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
                                            "--text-attention", "square"))
     assert res.exit_code == 0, res.output
     assert "dry run: one batch" in res.output
+
+
+def test_resume_drops_a_half_written_log_line(tmp_path):
+    from clip_smot.fit import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"epoch": e, "loss": 1.0 / e}) for e in (1, 2, 3)]
+    log.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:7])  # killed while writing epoch 3
+    _truncate_log(log, 2)
+    assert log.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    _truncate_log(log, 1)
+    assert log.read_text() == lines[0] + "\n"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import safe_open, save_file
 
 from clip_smot.errors import UserError
 from clip_smot.prompt_file import load_prompt, save_prompt
@@ -54,3 +54,35 @@ def test_not_safetensors_and_missing_keys(tmp_path):
         load_prompt(tmp_path / "nometa.safetensors")
     with pytest.raises(UserError, match="no such file"):
         load_prompt(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("key,value", [("classnames", "[not json"), ("model_config", "{"), ("n_ctx", "four"),
+                                       ("config", "{oops}"), ("classnames", '"a string"')])
+def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
+    _save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta[key] = value
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="bad.safetensors: malformed metadata"):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import clip_smot.prompt_file as pf
+
+    path = tmp_path / "p.safetensors"
+    _save(path)
+    before = path.read_bytes()
+
+    def half_then_crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pf, "save_file", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        _save(path, ctx=torch.ones(4, 16))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]

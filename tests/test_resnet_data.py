@@ -57,10 +57,26 @@ def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
         rd.load_ood_set("svhn", "svhn", 32, data=str(tmp_path))
 
 
-def test_reachable_gives_up_within_its_timeout():
+def test_reachable_gives_up_within_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # really probe
     t0 = time.perf_counter()
     rd._reachable(("10.255.255.1", 9), timeout=0.5)  # unroutable: either refused or timed out
     assert time.perf_counter() - t0 < 2
+
+
+def test_offline_switch_skips_every_download_probe(monkeypatch):
+    import socket
+
+    from clip_smot import cam_models, clip_model
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("probed the network under HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert rd._reachable(("www.cs.toronto.edu", 443)) is False
+    assert clip_model._hub_reachable() is False
+    assert cam_models.host_reachable(cam_models._DOWNLOAD_HOST) is False
 
 
 def test_large_image_folders_go_through_the_dataloader(tmp_path):
