@@ -92,7 +92,7 @@ def make_fit_step(
             batch = torch.cat([images, masked])  # [2B, 3, S, S]: originals, then masked copies
         else:
             batch = images
-        with _autocast(device, precision, cache=not cuda_graph):
+        with autocast(device, precision, cache=not cuda_graph):
             with torch.no_grad():
                 image_features = image_encoder((batch - mean) / std)  # [2B, e]
             text_features = learner()  # [K, e]
@@ -159,11 +159,3 @@ def make_fit_step(
         return value.clone()
 
     return step
-
-
-def _autocast(device: torch.device, precision: str, cache: bool = True):
-    """``runtime.autocast``; without the cast cache when a CUDA graph is captured (torch's advice)."""
-    if cache or precision == "fp32":
-        return autocast(device, precision)
-    return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision],
-                          cache_enabled=False)

@@ -46,11 +46,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"--device {name}: {e}") from None
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
     """Autocast context for ``precision`` on ``device`` (fp32 = no autocast).
 
     fp16 on the CPU is not supported by CPU autocast kernels for every op; it falls back
-    to bf16 there, which has the same memory size and a wider range.
+    to bf16 there, which has the same memory size and a wider range. ``cache=False`` turns
+    off autocast's weight-cast cache, as torch advises while a CUDA graph is captured.
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
@@ -59,7 +60,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     dtype = DTYPES[precision]
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def cache_root() -> Path:
