@@ -88,16 +88,22 @@ def project_epochs(images, labels, args, device) -> tuple[list[float], float]:
     kw = dict(seed=0, alpha=ALPHA, beta=BETA, n_samples=batches.per_rank)
     train_epoch(step_model, opt, batches, 0, parts, amp, max_steps=args.warmup_steps, **kw)
     _sync(device)
-    if cuda:
+    times = _timed_epochs(step_model, opt, batches, parts, amp, kw, args.epochs, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
+    return times, peak
+
+
+def _timed_epochs(step_model, opt, batches, parts, amp, kw, epochs, device) -> list[float]:
+    """Wall time of epochs 1..``epochs`` (peak-memory counter reset first on CUDA)."""
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         stats = train_epoch(step_model, opt, batches, epoch, parts, amp, **kw)
         float(stats["loss_sum"])  # the epoch's end: wait for the device
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
-    return times, peak
+    return times
 
 
 def variant_epochs(images, labels, args, device, variant: str) -> dict:
@@ -118,14 +124,7 @@ def variant_epochs(images, labels, args, device, variant: str) -> dict:
     stats = train_epoch(step_model, opt, batches, 0, parts, amp, **kw)
     warm_loss = float(stats["loss_sum"]) / stats["seen"]
     warm_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_epoch(step_model, opt, batches, epoch, parts, amp, **kw)
-        float(stats["loss_sum"])  # the epoch's end: wait for the device
-        times.append(time.perf_counter() - t0)
+    times = _timed_epochs(step_model, opt, batches, parts, amp, kw, args.epochs, device)
     epoch_s = statistics.median(times)
     return {"epoch_s": round(epoch_s, 4), "epoch_times_s": [round(t, 4) for t in times],
             "warmup_epoch_s": round(warm_s, 2), "compile_s": round(max(warm_s - epoch_s, 0.0), 2),
