@@ -13,7 +13,7 @@ Files written under ``--out``:
 * ``config.json``: every resolved option (a :class:`FitConfig`) plus a ``run`` block (classes,
   split SHA-256, model identity, CAM network, device);
 * ``split.txt``: the few-shot images (``relative/path<TAB>label``);
-* ``log.jsonl``: one JSON line per epoch (loss, lr, train accuracy, seconds);
+* ``log.jsonl``: one JSON line per epoch (epoch, mean loss, lr, seconds);
 * ``checkpoint.pt``: context, optimizer, scheduler, RNG states, epoch; atomic, each epoch;
 * ``prompt.safetensors``: the learned prompt (:mod:`clip_smot.prompt_file`), at the end.
 """

@@ -240,8 +240,8 @@ def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *,
     so there the check waits for the epoch's end).
 
     Returns:
-        {"loss": mean loss, "correct": correct count, "seen": images seen, "steps": steps}
-        as device tensors (loss, correct) and ints.
+        {"loss_sum": summed loss over the images, "correct": correct count, "seen": images
+        seen, "steps": steps}: device tensors (loss_sum, correct) and ints.
     """
     dev = parts.mean.device
     t_all = None

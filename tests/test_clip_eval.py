@@ -11,23 +11,12 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from clip_smot.cli import cli
-from clip_smot.clip_model import load_clip
 from clip_smot.errors import UserError
 from clip_smot.ood_data import folder_classnames, id_set, image_set, imagenet_wnid_names
 
-from test_score import CLASSES, make_folders, make_prompt, read_csv
+from test_score import CLASSES, _cache_in_tmp, make_folders, make_prompt, read_csv, tiny  # noqa: F401 (fixtures)
 
 ALL = ["mcm", "msp", "energy", "maxlogit", "gl-mcm"]
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip_config, tiny_clip_checkpoint):
-    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
 
 
 def fpr95_by_hand(pos, neg):
