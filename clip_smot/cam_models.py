@@ -26,14 +26,13 @@ import torch
 import torch.nn as nn
 
 from .cam import CAMProvider
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
 from .fewshot import FewShotClasses
 from .runtime import host_reachable
 
 __all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "load_cam_network"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Named CAM networks (the CLI's choices besides a file path).
 CAM_MODELS = {"resnet18-imagenet": "https://download.pytorch.org/models/resnet18-f37072fd.pth"}
 _DOWNLOAD_HOST = ("download.pytorch.org", 443)

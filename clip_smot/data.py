@@ -14,6 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UserError
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "bundled_file",
     "class_folders",
@@ -25,6 +27,10 @@ __all__ = [
 ]
 
 _PACKAGE = Path(__file__).resolve().parent
+
+# torchvision's ImageNet normalisation (its ResNet weights; the ResNet track's default too)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def bundled_file(*parts: str) -> Path:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import class_folders, imagenet200_wnids, list_images, load_image
+from .data import IMAGENET_MEAN, IMAGENET_STD, class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
 from .runtime import host_reachable as _reachable  # a module name: tests replace it
 
@@ -55,7 +55,6 @@ CIFAR_PAD = 4  # zero padding of the random crop, pixels (the standard CIFAR aug
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _HOSTS = {"cifar10": ("www.cs.toronto.edu", 443), "cifar100": ("www.cs.toronto.edu", 443),
           "svhn": ("ufldl.stanford.edu", 80)}
 
