@@ -38,7 +38,6 @@ __all__ = [
     "read_split",
     "resolve_classes",
     "resolve_train_root",
-    "write_split",
 ]
 
 
@@ -122,13 +121,6 @@ def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str
 def split_text(split: list[tuple[str, int]]) -> str:
     """The split file's text: ``relative/path<TAB>label`` per line."""
     return "".join(f"{path}\t{label}\n" for path, label in split)
-
-
-def write_split(split: list[tuple[str, int]], path: str | os.PathLike) -> None:
-    """Write a split file atomically."""
-    from .runtime import atomic_write_text
-
-    atomic_write_text(split_text(split), path)
 
 
 def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--split") -> list[tuple[str, int]]:

@@ -182,10 +182,6 @@ def _train_dir(root: Path, flag: str) -> Path:
     return root / "train"
 
 
-def _imagenet200_wnids() -> list[str]:
-    return imagenet200_wnids()
-
-
 def load_id_split(dataset: str | None, data: str | None, split: str, input_size: int | None = None,
                   classnames: Sequence[str] | None = None, flag: str = "--data") -> ImageSet:
     """The train or test split of an ID set.
@@ -217,7 +213,7 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
     if dataset == "imagenet200":
         if not data:
             raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")
-        wnids = _imagenet200_wnids()
+        wnids = imagenet200_wnids()
         root = Path(data) / split
         if not root.is_dir():
             raise UserError(f"{flag} {data}: no {split}/ folder inside (expected {data}/{split}/<wnid>/*.JPEG)")
