@@ -16,7 +16,6 @@ are the data's), otherwise for the network's own top-1 class.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import __version__
 from .errors import UserError
 from .augment import random_resized_crop_flip
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, autocast, resolve_device, write_json
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .smot import PERTURBATIONS
 
