@@ -7,7 +7,9 @@ attention, MLPs, pooling and projections), with three differences that change no
 * the matmul weights are held in one dtype (``precision``), cast once at construction rather
   than by autocast at every call; LayerNorm parameters and the residual stream stay float32,
   as in open_clip under autocast;
-* attention runs through ``F.scaled_dot_product_attention`` (its causal kernels for the text);
+* attention runs through ``F.scaled_dot_product_attention`` (its causal kernels for the text),
+  or, with ``attention="flex"``, over the flat list of tokens with a block-sparse mask
+  (FlexAttention on CUDA);
 * the last block computes attention, the MLP and the final LayerNorm only for the token that is
   pooled (EOT for the text, CLS for the image): no other output of the last block is used.
 
@@ -33,10 +35,11 @@ __all__ = [
     "TextEncoder",
     "check_text_tower",
     "fast_image_encoder",
+    "flex_available",
     "packed_index",
 ]
 
-ATTENTION = ("causal", "mask", "square")
+ATTENTION = ("causal", "mask", "square", "flex")
 RESIDUALS = ("fp32", "precision", "bf16", "fp16")
 ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -148,6 +151,41 @@ def _heads(t: torch.Tensor, n: int, length: int, heads: int) -> torch.Tensor:
     return t.reshape(n, length, heads, -1).transpose(1, 2)
 
 
+_COMPILED_FLEX = None
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether ``attention="flex"`` runs FlexAttention's kernel on ``device`` (CUDA), not a dense mask."""
+    if device.type != "cuda":
+        return False
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flex(q, k, v, block_mask) -> torch.Tensor:
+    """FlexAttention with a BlockMask: compiled once per process (inside an already compiled
+    region, the plain function, which the region's compiler fuses)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask)
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX(q, k, v, block_mask=block_mask)
+
+
+def _masked_attention(q, k, v, mask) -> torch.Tensor:
+    """Attention of q [1, h, Lq, d/h] over k, v [1, h, Lk, d/h] with a boolean [Lq, Lk] mask
+    (True: visible; SDPA) or the equivalent FlexAttention BlockMask."""
+    if isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _flex(q, k, v, mask)
+
+
 class TextEncoder(nn.Module):
     """The frozen text transformer of an open_clip CLIP model, for prompt embeddings.
 
@@ -160,7 +198,12 @@ class TextEncoder(nn.Module):
         attention: "causal" (causal SDPA kernels), "mask" (an additive float mask) or "square"
             (with a shared prefix: the prefix's queries, keys and values are broadcast to every
             prompt and one plain ``is_causal=True`` SDPA runs over all P+S positions, the layout
-            of the fast flash kernels; the prefix's outputs are read from the first prompt).
+            of the fast flash kernels; the prefix's outputs are read from the first prompt) or
+            "flex" (no [K, S] layout at all: attention runs over the flat list of the encoded
+            tokens, prefix first, with a mask that lets a token see the prefix and the earlier
+            tokens of its own prompt; FlexAttention's block-sparse kernel on CUDA, where it is
+            compiled with ``torch.compile`` on first use, and the same mask as a dense boolean
+            ``attn_mask`` for SDPA elsewhere).
         residual: dtype of the residual stream: "fp32" (default, as open_clip under autocast) or
             "precision" / the precision's name (the whole tower in bf16/fp16, as a model cast with ``.to(bf16)``;
             LayerNorms still accumulate in float32 inside the kernel). With a low residual
@@ -182,6 +225,8 @@ class TextEncoder(nn.Module):
         if residual not in ("fp32", precision):
             raise UserError(f"--text-residual must be 'fp32' or 'precision' ({precision!r}), got {residual!r}")
         self.precision, self.attention, self.residual = precision, attention, residual
+        self.flex_kernel: bool | None = None  # attention="flex": None = FlexAttention on CUDA, a dense mask elsewhere
+        self._flat_masks_cache: dict = {}  # attention="flex": key -> (the keyed tensors, masks)
         self.residual_dtype = ENCODER_PRECISIONS[residual]
         self.blocks = nn.ModuleList(
             _Block(b, ENCODER_PRECISIONS[precision], self.residual_dtype) for b in model.transformer.resblocks
@@ -213,16 +258,73 @@ class TextEncoder(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def compile_layers(self, **options) -> None:
-        """``torch.compile`` the per-layer work of ``attention="square"`` (regional compilation:
-        every layer but the last runs the same compiled code, so it compiles once, in seconds).
+        """``torch.compile`` the per-layer work of ``attention="square"`` or ``"flex"`` (regional
+        compilation: every layer but the last runs the same compiled code, so it compiles once).
 
         Args:
             **options: passed to ``torch.compile`` (e.g. ``mode``); ``dynamic=False`` by default.
         """
-        if self.attention != "square":
-            raise ValueError('compile_layers needs attention="square"')
+        if self.attention not in ("square", "flex"):
+            raise ValueError('compile_layers needs attention="square" or "flex"')
         options.setdefault("dynamic", False)
-        self._square_layer = torch.compile(TextEncoder._square_layer.__get__(self), **options)
+        if self.attention == "square":
+            self._square_layer = torch.compile(TextEncoder._square_layer.__get__(self), **options)
+        else:
+            self._flat_layer = torch.compile(TextEncoder._flat_layer.__get__(self), **options)
+
+    def _flat_layer(self, blk, tokens: torch.Tensor, mask) -> torch.Tensor:
+        """One block (not the last) over the flat token list: tokens [L, d] -> [L, d]."""
+        L, d, h = tokens.shape[0], self.width, self.heads
+        q, k, v = (t.unsqueeze(0) for t in blk.qkv(tokens).reshape(L, 3, h, d // h).permute(1, 2, 0, 3))
+        a = _masked_attention(q, k, v, mask)  # [1, h, L, d/h]
+        return blk.finish(tokens, a[0].transpose(0, 1).reshape(L, d))
+
+    def _flat_masks(self, eot, index, K: int, S: int, P: int, eot_pos: torch.Tensor) -> tuple:
+        """The masks of ``attention="flex"``: (tokens [L, L], EOT queries [K, L]); L = P + N tokens.
+
+        A token sees the prefix (positions < P) and the tokens of its own prompt up to itself:
+        exactly the keys it sees in open_clip's causal [77, 77] mask, less the padding, which
+        no query that matters sees anyway. Built once per pair of ``eot`` and ``index`` tensors
+        (a cache keyed by their identity and version, never emptied, as a captured CUDA graph
+        may read the masks: several prompt learners may share one encoder).
+        """
+        key = (id(eot), eot._version, id(index), None if index is None else index._version, K, S, P,
+               self.flex_kernel)
+        if key in self._flat_masks_cache:
+            return self._flat_masks_cache[key][1]
+        dev = eot.device
+        flat = torch.arange(K * S, device=dev) if index is None else index  # [N] into the [K, S] layout
+        doc = torch.cat([torch.full((P,), -1, device=dev, dtype=flat.dtype), flat // S])  # [L]: prompt, -1: prefix
+        L = doc.shape[0]
+
+        def visible(q, kv):  # token q sees token kv
+            return (kv <= q) & ((kv < P) | (doc[kv] == doc[q]))
+
+        def visible_from_eot(k, kv):  # prompt k's EOT token sees token kv
+            return (kv <= eot_pos[k]) & ((kv < P) | (doc[kv] == k))
+
+        use_flex = flex_available(dev) if self.flex_kernel is None else self.flex_kernel
+        if use_flex:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            masks = (create_block_mask(lambda b, h, q, kv: visible(q, kv), None, None, L, L, device=dev),
+                     create_block_mask(lambda b, h, q, kv: visible_from_eot(q, kv), None, None, K, L, device=dev))
+        else:
+            i = torch.arange(L, device=dev)
+            masks = (visible(i[:, None], i[None, :]), visible_from_eot(torch.arange(K, device=dev)[:, None], i[None, :]))
+        self._flat_masks_cache[key] = ((eot, index), masks)  # holds the tensors, so their ids stay theirs
+        return masks
+
+    def _forward_flat(self, tokens: torch.Tensor, masks: tuple, eot_pos: torch.Tensor) -> torch.Tensor:
+        """attention="flex": every block on the flat token list [L, d]; the last one for the EOT
+        tokens (positions ``eot_pos`` [K]) only. Returns [K, d]."""
+        for blk in self.blocks[:-1]:
+            tokens = self._flat_layer(blk, tokens, masks[0])
+        blk = self.blocks[-1]
+        L, d, h = tokens.shape[0], self.width, self.heads
+        q, k, v = (t.unsqueeze(0) for t in blk.qkv(tokens).reshape(L, 3, h, d // h).permute(1, 2, 0, 3))
+        a = _masked_attention(q[:, :, eot_pos], k, v, masks[1])  # [1, h, K, d/h]
+        return blk.finish(tokens.index_select(0, eot_pos), a[0].transpose(0, 1).reshape(len(eot_pos), d))
 
     def _square_layer(self, blk, tokens, K: int, S: int, P: int, fill_index, out_index) -> torch.Tensor:
         """One block (not the last) with square attention: tokens [P + N, d] -> [P + N, d]."""
@@ -299,6 +401,9 @@ class TextEncoder(nn.Module):
         rows = torch.arange(K, device=x.device)
         # where each prompt's EOT token sits in the token list (after the prefix)
         eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
+        if self.attention == "flex":
+            masks = self._flat_masks(eot, index, K, S, P, P + eot_token)
+            return self._pool(self._forward_flat(tokens, masks, P + eot_token))
         # mask for the EOT queries of the last layer: key j is visible iff j <= P + eot
         keys = torch.arange(P + S, device=x.device)
         eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
@@ -347,7 +452,11 @@ class TextEncoder(nn.Module):
             else:
                 a = a_s
             tokens = blk.finish(tokens, a)
-        out = F.layer_norm(tokens.float(), (d,), self.lnf_w, self.lnf_b, self.lnf_eps)  # [K, d]
+        return self._pool(tokens)
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The K EOT tokens [K, d] -> ln_final, text projection -> features [K, e] (float32)."""
+        out = F.layer_norm(tokens.float(), (self.width,), self.lnf_w, self.lnf_b, self.lnf_eps)  # [K, d]
         if self.proj_w is not None:
             out = out @ self.proj_w.float()
         return out + self.proj_b if self.proj_b is not None else out

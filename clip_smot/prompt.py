@@ -167,6 +167,7 @@ class PromptLearner(nn.Module):
         self.prefix_len = 1 + n_ctx if (share_prefix and not csc and class_position == "end") else 0
         self.register_buffer("sos_embed", emb_weight[tokens[0, :1]].float(), persistent=False)  # [1, d]
         P = self.prefix_len
+        self.register_buffer("suffix_eot", eot - P, persistent=False)  # [K] EOT positions after the prefix
         index = packed_index(eot - P, L - P) if pack else None  # [N] positions up to each EOT
         self.register_buffer("packed_index", index, persistent=False)
         self.tokens_encoded = P + (len(index) if pack else K * (L - P))
@@ -201,7 +202,7 @@ class PromptLearner(nn.Module):
         if P:
             prefix = torch.cat([self.sos_embed, self.ctx])  # [1 + n_ctx, d]
             suffix = self.token_embeds[:, P:]  # [K, L - P, d]: name, ".", EOT, padding up to L
-            return self.encoder(suffix, self.eot - P, prefix=prefix, index=self.packed_index)
+            return self.encoder(suffix, self.suffix_eot, prefix=prefix, index=self.packed_index)
         return self.encoder(self.prompt_embeddings(), self.eot, index=self.packed_index)
 
 

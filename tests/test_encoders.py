@@ -187,6 +187,58 @@ def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_check
     torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_flex_attention_matches_open_clip(tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA, attention="flex" runs FlexAttention's kernel (forward and backward): features and
+    gradient against open_clip's fp32 encoding, eager and with compiled layers."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, residual, compiled, tol in (("fp32", "fp32", False, 1e-4), ("fp32", "fp32", True, 1e-4),
+                                               ("bf16", "fp32", False, 3e-2), ("bf16", "precision", True, 3e-2)):
+        learner = PromptLearner(clip, NAMES, n_ctx=8, precision=precision, residual=residual, attention="flex")
+        if compiled:
+            learner.encoder.compile_layers()
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+        ref.square().sum().backward()
+        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = learner()
+        out.float().square().sum().backward()
+        masks = [m for _, m in learner.encoder._flat_masks_cache.values()]
+        assert masks and not any(isinstance(m[0], torch.Tensor) for m in masks)  # BlockMasks: the flex kernel
+        case = (precision, residual, compiled)
+        assert ((out - ref).norm() / ref.norm()).item() < tol, case
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, case
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_flex_compiled_cuda_graph_step_equals_default_step(tiny_clip_config, tiny_clip_checkpoint):
+    """The fastest candidate (flex attention, compiled layers, CUDA graph) trains like the default step."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    runs = []
+    for fast in (False, True):
+        learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0),
+                                attention="flex" if fast else "causal")
+        if fast:
+            learner.encoder.compile_layers()
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        step = make_fit_step(clip, learner, opt, precision="fp32", generator=torch.Generator().manual_seed(1),
+                             cuda_graph=fast)
+        losses = []
+        for i in range(3):
+            x = images(4, seed=i).cuda()
+            cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
+            losses.append(step(x, cams, torch.tensor([0, 1, 2, 0], device="cuda")))
+        runs.append((torch.stack(losses), learner.ctx.detach().clone()))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-4, rtol=1e-4)
+
+
 def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
     """--variants times every text-encoder variant and the step with the fastest; --profile prints its table."""
     out = subprocess.run(

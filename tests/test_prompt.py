@@ -224,10 +224,11 @@ def test_residual_must_match_precision(clip):
         PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="fp16")
 
 
-def test_compiled_layers_equal_eager(clip):
-    """TextEncoder.compile_layers (regional torch.compile of the square layers): same features and gradient."""
-    eager = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
-    compiled = PromptLearner(clip, NAMES, n_ctx=4, attention="square")
+@pytest.mark.parametrize("attention", ["square", "flex"])
+def test_compiled_layers_equal_eager(clip, attention):
+    """TextEncoder.compile_layers (regional torch.compile of the layers): same features and gradient."""
+    eager = PromptLearner(clip, NAMES, n_ctx=4, attention=attention)
+    compiled = PromptLearner(clip, NAMES, n_ctx=4, attention=attention)
     random_ctx_(eager), random_ctx_(compiled)
     compiled.encoder.compile_layers()
     a, b = eager(), compiled()
@@ -236,3 +237,59 @@ def test_compiled_layers_equal_eager(clip):
     torch.testing.assert_close(compiled.ctx.grad, eager.ctx.grad, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="square"):
         PromptLearner(clip, NAMES, n_ctx=4).encoder.compile_layers()
+
+
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle"), (False, "front")])
+@pytest.mark.parametrize("pack, share_prefix", [(True, True), (False, True), (True, False)])
+def test_flex_attention_equals_open_clip_with_gradient(clip, csc, class_position, pack, share_prefix):
+    """attention="flex" (flat token list, prefix + own-prompt mask; a dense mask on the CPU):
+    features and gradient equal open_clip's 77-token encoding."""
+    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention="flex",
+                            pack=pack, share_prefix=share_prefix)
+    random_ctx_(learner, seed=8)
+    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(9))
+    feats = learner()
+    (feats * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
+    (expected * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_flex_masks_by_hand(clip):
+    """The flat masks for 2 prompts after a shared prefix, checked entry by entry, and built once."""
+    enc = PromptLearner(clip, NAMES[:1], attention="flex").encoder
+    P, S = 2, 3
+    eot = torch.tensor([1, 0])  # prompt 0: 2 tokens, prompt 1: 1 token
+    index = torch.tensor([0, 1, 3])  # packed positions of the [2, 3] layout
+    eot_pos = torch.tensor([3, 4])  # token positions of the EOTs: prefix (0, 1), prompt 0 (2, 3), prompt 1 (4)
+    tokens, eots = enc._flat_masks(eot, index, 2, S, P, eot_pos)
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(tokens, expected)
+    assert torch.equal(eots, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 1]], dtype=torch.bool))
+    assert enc._flat_masks(eot, index, 2, S, P, eot_pos)[0] is tokens  # cached
+    eot.add_(0)  # an in-place change (even a no-op) rebuilds them
+    assert enc._flat_masks(eot, index, 2, S, P, eot_pos)[0] is not tokens
+
+
+def test_flex_kernel_forward_equals_the_dense_mask(clip):
+    """FlexAttention's own kernel (forward only on the CPU: torch has no CPU backward for it)
+    with the BlockMasks gives the dense-mask features."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    dense = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
+    flex = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
+    random_ctx_(dense, seed=3), random_ctx_(flex, seed=3)
+    flex.encoder.flex_kernel = True
+    with torch.no_grad():
+        a, b = dense(), flex()
+    masks = [m for _, m in flex.encoder._flat_masks_cache.values()]
+    assert masks and not any(isinstance(m[0], torch.Tensor) for m in masks)  # a BlockMask, not a dense mask
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
