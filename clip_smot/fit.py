@@ -37,6 +37,7 @@ from .errors import UserError
 from .augment import random_resized_crop_flip
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
+from .encoders import ATTENTION
 from .smot import PERTURBATIONS
 
 __all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
@@ -84,7 +85,8 @@ class FitConfig:
     crop_scale: float = 0.08  # smallest area fraction of the random resized crop
     precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
     text_residual: str = "fp32"  # text tower's residual stream: fp32 or precision (exact speed knobs)
-    text_attention: str = "causal"  # causal, mask or square (see docs/prompt.md)
+    text_attention: str = "causal"  # causal, mask, square or flex (see docs/prompt.md)
+    text_compile: bool = False  # torch.compile the text layers (square or flex attention)
     cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
     device: str = "auto"
     # run control (not part of what makes two runs the same)
@@ -107,7 +109,7 @@ class FitConfig:
 
 # Options that may change between a run and its --resume.
 _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph", "text_residual",
-                "text_attention")  # (the split is compared by SHA-256)
+                "text_attention", "text_compile")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -131,7 +133,9 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
         (cfg.workers >= 0, "--workers", "must be >= 0"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
-        (cfg.text_attention in ("causal", "mask", "square"), "--text-attention", "must be causal, mask or square"),
+        (cfg.text_attention in ATTENTION, "--text-attention", f"must be one of {ATTENTION}"),
+        (not cfg.text_compile or cfg.text_attention in ("square", "flex"), "--text-compile",
+         "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
     ]
     for ok, flag, what in checks:
@@ -155,9 +159,12 @@ def _build_prompt(clip, classnames, cfg: FitConfig, precision: str):
     from .prompt import PromptLearner
 
     gen = torch.Generator().manual_seed(cfg.seed)  # the context init depends on the seed alone
-    return PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
-                         class_position=cfg.class_position, generator=gen, precision=precision,
-                         residual=cfg.text_residual, attention=cfg.text_attention)
+    learner = PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
+                            class_position=cfg.class_position, generator=gen, precision=precision,
+                            residual=cfg.text_residual, attention=cfg.text_attention)
+    if cfg.text_compile:
+        learner.encoder.compile_layers()
+    return learner
 
 
 def _load_data(cfg: FitConfig, image_size: int):
