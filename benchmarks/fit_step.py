@@ -195,6 +195,7 @@ def text_variants(precision: str) -> dict:
         "causal_unpacked": dict(attention="causal", pack=False),
         "square_packed": dict(attention="square", pack=True),
         "square_unpacked": dict(attention="square", pack=False),
+        "flex_packed": dict(attention="flex", pack=True),
     }
     if low != "fp32":
         v.update({
@@ -202,6 +203,7 @@ def text_variants(precision: str) -> dict:
             f"residual_{low}_causal_unpacked": dict(attention="causal", pack=False, residual=low),
             f"residual_{low}_square_packed": dict(attention="square", pack=True, residual=low),
             f"residual_{low}_square_unpacked": dict(attention="square", pack=False, residual=low),
+            f"residual_{low}_flex_packed": dict(attention="flex", pack=True, residual=low),
             # no shared prefix: plain is_causal over max(EOT)+1 positions, no layout glue at all
             f"residual_{low}_no_prefix_causal_unpacked": dict(attention="causal", pack=False, residual=low,
                                                               share_prefix=False),
@@ -328,7 +330,6 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
     print(json.dumps({"variants_eager": out}), flush=True)  # in case the compile below runs out of time
 
     if compile_text:
-        squares = {n: t for n, t in eager.items() if learners[n].get("attention") == "square"}
         best_ms = eager[best]
 
         def try_compiled(name, target, build):
@@ -342,8 +343,11 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
                 ms[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
                 if ms[name] < best_ms:
                     best_ms, out["best_text_variant"] = ms[name], name
-                    time_steps({"step_default": ({}, None, False),
-                                f"step_{name}": (learners[target], learner.encoder, False)})
+                    candidates = {"step_default": ({}, None, False),
+                                  f"step_{name}": (learners[target], learner.encoder, False)}
+                    if device.type == "cuda":
+                        candidates[f"step_{name}_cuda_graph"] = (learners[target], learner.encoder, True)
+                    time_steps(candidates)
                 print(json.dumps({"variants_so_far": out}), flush=True)
             except Exception as e:  # noqa: BLE001
                 out["errors"][name] = _error(e)
@@ -359,9 +363,11 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
             return learner, fn, time.perf_counter() - t0, None
 
         suffix = f"_{compile_mode}" if compile_mode else ""
-        if squares:
-            target = min(squares, key=squares.get)
-            try_compiled(f"compiled_layers_{target}{suffix}", target, regional)
+        for kind in ("square", "flex"):  # the fastest eager variant of each layout that compile_layers takes
+            of_kind = {n: t for n, t in eager.items() if learners[n].get("attention") == kind}
+            if of_kind:
+                target = min(of_kind, key=of_kind.get)
+                try_compiled(f"compiled_layers_{target}{suffix}", target, regional)
         if not compile_whole:
             return out
         # the whole encoder (slower to compile): the fastest variant without a CausalBias object
@@ -426,6 +432,9 @@ def run(
     compile_text: bool = True,
     profile_steps: int = 3,
     compile_whole: bool = False,
+    attention: str = "causal",
+    residual: str = "fp32",
+    compile_layers: bool = False,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -445,7 +454,10 @@ def run(
     inputs = (images, cams, labels)
 
     def ours(cuda_graph: bool):
-        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision)
+        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, attention=attention,
+                                residual=residual)
+        if compile_layers:
+            learner.encoder.compile_layers()
         optimizer = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         step = make_fit_step(clip, learner, optimizer, precision=precision,
                              generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
@@ -524,6 +536,7 @@ def run(
         "reference_images_per_step": batch_size,
         "steps": steps,
         "precision": precision,
+        "text_options": {"attention": attention, "residual": residual, "compile_layers": compile_layers},
         "reference_precision": ref_note,
         "text_seq_len": text_seq_len,
         "tokens_encoded": tokens_encoded,
@@ -551,6 +564,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None,
                    help="our step's precision (default bf16: weights cast once, bf16 autocast)")
     p.add_argument("--reference-precision", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--attention", choices=("causal", "mask", "square", "flex"), default="causal",
+                   help="our step's text attention (clip-smot fit --text-attention)")
+    p.add_argument("--residual", choices=("fp32", "precision"), default="fp32",
+                   help="our step's text residual stream (clip-smot fit --text-residual)")
+    p.add_argument("--compile-layers", action="store_true",
+                   help="torch.compile our text layers (square or flex attention; clip-smot fit --text-compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
     p.add_argument("--breakdown", action="store_true",
@@ -573,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
                  not a.no_cuda_graph, a.breakdown, a.variants, a.profile, a.compile_mode, not a.no_compile,
-                 a.profile_steps, a.compile_whole)
+                 a.profile_steps, a.compile_whole, a.attention, a.residual, a.compile_layers)
     print(json.dumps(result))
 
 
