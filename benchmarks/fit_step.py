@@ -153,6 +153,9 @@ def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> 
     }
     if enc is not None:
         parts["image_encoder_weights_cast_once"] = in_autocast(lambda: enc(batch), precision)
+        compiled = fast_image_encoder(clip.model, precision)
+        compiled.compile_layers()  # compiled in the first (warm-up) call
+        parts["image_encoder_compiled_layers"] = in_autocast(lambda: compiled(batch), precision)
     settings = {  # name -> PromptLearner options
         "text_fp32_weights_autocast_mask": dict(precision="fp32", attention="mask", share_prefix=False, pack=False),
         f"text_{precision}_weights_mask": dict(precision=precision, attention="mask", share_prefix=False, pack=False),
@@ -298,11 +301,12 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
     gen = torch.Generator().manual_seed(seed)
 
     def step_with(opts, encoder=None, cuda_graph=False):
+        """A full fit step; with a (compiled) text ``encoder``, the image blocks are compiled too."""
         learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
         if encoder is not None:  # the same frozen weights, already compiled
             learner.encoder = encoder
         opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        step = make_fit_step(clip, learner, opt, precision=precision,
+        step = make_fit_step(clip, learner, opt, precision=precision, compile_image=encoder is not None,
                              generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
         step(*inputs)  # builds (and captures) outside the timing
         return step
@@ -459,7 +463,7 @@ def run(
         if compile_layers:
             learner.encoder.compile_layers()
         optimizer = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        step = make_fit_step(clip, learner, optimizer, precision=precision,
+        step = make_fit_step(clip, learner, optimizer, precision=precision, compile_image=compile_layers,
                              generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
         return learner, step
 
@@ -569,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--residual", choices=("fp32", "precision"), default="fp32",
                    help="our step's text residual stream (clip-smot fit --text-residual)")
     p.add_argument("--compile-layers", action="store_true",
-                   help="torch.compile our text layers (square or flex attention; clip-smot fit --text-compile)")
+                   help="torch.compile our text layers (square or flex attention) and image blocks (clip-smot fit --compile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
     p.add_argument("--breakdown", action="store_true",

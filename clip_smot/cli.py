@@ -88,8 +88,9 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--text-attention", type=click.Choice(["causal", "mask", "square", "flex"]), default="causal",
               show_default=True, help="Text attention layout (exact either way; square: one is_causal SDPA over "
               "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA).")
-@click.option("--text-compile", is_flag=True,
-              help="torch.compile the text layers (with --text-attention square or flex; compiles once per run).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile the text layers (needs --text-attention square or flex) and the image "
+              "encoder's blocks (compiled once, at the first step).")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")

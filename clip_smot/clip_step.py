@@ -42,6 +42,7 @@ def make_fit_step(
     generator: torch.Generator | None = None,
     noise_generator: torch.Generator | None = None,
     cuda_graph: bool = False,
+    compile_image: bool = False,
 ) -> Step:
     """Build ``step(images, cams, labels) -> loss`` for prompt learning with SMOT (or plain CE).
 
@@ -68,6 +69,9 @@ def make_fit_step(
             input shape) and replay it: the same kernels without per-kernel launch cost. The
             optimizer step runs eagerly after the replay (so a scheduler's lr applies). The
             context's ``.grad`` then belongs to the graph: do not zero it between steps.
+        compile_image: ``torch.compile`` the image encoder's blocks (open_clip ViTs; compiled at
+            the first step). The text layers are compiled on the learner
+            (``learner.encoder.compile_layers()``).
 
     Returns:
         ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
@@ -83,6 +87,8 @@ def make_fit_step(
     image_encoder = fast_image_encoder(model, precision)
     if image_encoder is None:  # not an open_clip ViT: open_clip's own path under autocast
         image_encoder = model.encode_image
+    elif compile_image:
+        image_encoder.compile_layers()
 
     def forward_backward(images, cams, labels, t) -> torch.Tensor:
         """The loss of one batch, back-propagated into ``learner.ctx.grad`` (no optimizer)."""

@@ -526,6 +526,23 @@ class ImageEncoder(nn.Module):
         self.register_buffer("post_b", _frozen(visual.ln_post.bias), persistent=False)
         self.register_buffer("proj", _frozen(visual.proj) if visual.proj is not None else None, persistent=False)
 
+    def _layer(self, blk, tokens: torch.Tensor, B: int, n: int) -> torch.Tensor:
+        """One block over all tokens: [B * n, w] -> [B * n, w]."""
+        w, h = self.width, self.heads
+        qkv = blk.qkv(tokens).reshape(B, n, 3, w)  # [B, n, 3, w]
+        q, k, v = (_heads(qkv[:, :, j], B, n, h) for j in range(3))  # [B, h, n, w/h]
+        return blk.finish(tokens, F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B * n, w))
+
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` the per-block work (one compiled region shared by the blocks, so it
+        compiles once per input shape).
+
+        Args:
+            **options: passed to ``torch.compile``; ``dynamic=False`` by default.
+        """
+        options.setdefault("dynamic", False)
+        self._layer = torch.compile(ImageEncoder._layer.__get__(self), **options)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, 3, H, W] -> image features [B, e] (float32, not normalised)."""
         B, C, H, W = images.shape
@@ -545,14 +562,14 @@ class ImageEncoder(nn.Module):
         cls_only = self.pool_type == "tok"
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
+            if i < last or not cls_only:
+                tokens = self._layer(blk, tokens, B, n)
+                continue
+            # the last block when only the CLS output is pooled: attention, MLP for CLS alone
             qkv = blk.qkv(tokens).reshape(B, n, 3, w)  # [B, N+1, 3, w]
             q, k, v = (_heads(qkv[:, :, j], B, n, h) for j in range(3))  # [B, h, N+1, w/h]
-            if i == last and cls_only:  # only the CLS output is pooled
-                a = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # [B, h, 1, w/h]
-                tokens = blk.finish(tokens.reshape(B, n, w)[:, 0], a.reshape(B, w))  # [B, w]
-                break
-            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B * n, w)
-            tokens = blk.finish(tokens, a)
+            a = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # [B, h, 1, w/h]
+            tokens = blk.finish(tokens.reshape(B, n, w)[:, 0], a.reshape(B, w))  # [B, w]
         if cls_only:
             pooled = F.layer_norm(tokens.float(), (w,), self.post_w, self.post_b, self.post_eps)  # [B, w]
         else:  # 'avg' over the patch tokens; ln_post before pooling unless final_ln_after_pool

@@ -86,7 +86,7 @@ class FitConfig:
     precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
     text_residual: str = "fp32"  # text tower's residual stream: fp32 or precision (exact speed knobs)
     text_attention: str = "causal"  # causal, mask, square or flex (see docs/prompt.md)
-    text_compile: bool = False  # torch.compile the text layers (square or flex attention)
+    compile: bool = False  # torch.compile the text layers (square or flex attention) and the image blocks
     cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
     device: str = "auto"
     # run control (not part of what makes two runs the same)
@@ -109,7 +109,7 @@ class FitConfig:
 
 # Options that may change between a run and its --resume.
 _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph", "text_residual",
-                "text_attention", "text_compile")  # (the split is compared by SHA-256)
+                "text_attention", "compile")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -134,7 +134,7 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.workers >= 0, "--workers", "must be >= 0"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
         (cfg.text_attention in ATTENTION, "--text-attention", f"must be one of {ATTENTION}"),
-        (not cfg.text_compile or cfg.text_attention in ("square", "flex"), "--text-compile",
+        (not cfg.compile or cfg.text_attention in ("square", "flex"), "--compile",
          "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
     ]
@@ -162,7 +162,7 @@ def _build_prompt(clip, classnames, cfg: FitConfig, precision: str):
     learner = PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
                             class_position=cfg.class_position, generator=gen, precision=precision,
                             residual=cfg.text_residual, attention=cfg.text_attention)
-    if cfg.text_compile:
+    if cfg.compile:
         learner.encoder.compile_layers()
     return learner
 
@@ -304,7 +304,7 @@ def run_fit(cfg: FitConfig) -> Path:
         raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
                          beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
-                         generator=data_gen, cuda_graph=cfg.cuda_graph,
+                         generator=data_gen, cuda_graph=cfg.cuda_graph, compile_image=cfg.compile,
                          noise_generator=None if cfg.cuda_graph else aug_gen)  # a graph draws from torch's CUDA RNG
     N = len(split)
     B = min(cfg.batch_size, N)

@@ -51,6 +51,17 @@ def test_image_encoder_bf16_within_tolerance(clip):
     assert 1e-4 < ((fast - ref).norm() / ref.norm()).item() < 2e-2
 
 
+@pytest.mark.parametrize("pool_type", ["tok", "avg"])
+def test_compiled_image_layers_equal_encode_image(clip, pool_type):
+    """ImageEncoder.compile_layers (one torch.compile region shared by the blocks) changes nothing."""
+    model = copy.deepcopy(clip.model)
+    model.visual.pool_type = pool_type
+    enc = ImageEncoder(model.visual)
+    enc.compile_layers()
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(enc(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+
 def test_non_vit_towers_fall_back(clip):
     model = copy.deepcopy(clip.model)
     model.visual.attn_pool = torch.nn.Identity()  # not the plain ViT any more

@@ -405,10 +405,10 @@ def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
 
 
 def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
-    """--text-attention flex --text-compile: one epoch (a large lr, no warm-up, so that the
+    """--text-attention flex --compile: one epoch (a large lr, no warm-up, so that the
     context moves) ends with the default run's context."""
     runs = {}
-    for name, extra in {"default": (), "flex": ("--text-attention", "flex", "--text-compile")}.items():
+    for name, extra in {"default": (), "flex": ("--text-attention", "flex", "--compile")}.items():
         res = CliRunner().invoke(cli, fit_args(tmp_path / name, "--warmup-epochs", "0", "--lr", "5", *extra))
         assert res.exit_code == 0, res.output
         runs[name] = load_prompt(tmp_path / name / "prompt.safetensors")
@@ -419,9 +419,9 @@ def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
     torch.testing.assert_close(runs["flex"].text_features, runs["default"].text_features, atol=1e-5, rtol=1e-4)
 
 
-def test_text_compile_needs_square_or_flex(fit_args, tmp_path):
-    res = CliRunner().invoke(cli, fit_args(tmp_path / "bad", "--text-compile"))
-    assert res.exit_code != 0 and "--text-compile" in res.output and "Traceback" not in res.output
+def test_compile_needs_square_or_flex(fit_args, tmp_path):
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "bad", "--compile"))
+    assert res.exit_code != 0 and "--compile" in res.output and "Traceback" not in res.output
 
 
 def test_resume_drops_a_half_written_log_line(tmp_path):
