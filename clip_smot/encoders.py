@@ -183,7 +183,8 @@ def _masked_attention(q, k, v, mask) -> torch.Tensor:
     (True: visible; SDPA) or the equivalent FlexAttention BlockMask."""
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return _flex(q, k, v, mask)
+    with torch.autocast(q.device.type, enabled=False):  # q, k, v hold their dtype already; FlexAttention's
+        return _flex(q, k, v, mask)  # backward under autocast is fragile (pytorch/pytorch#176025)
 
 
 class TextEncoder(nn.Module):

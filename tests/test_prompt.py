@@ -280,14 +280,17 @@ def test_flex_masks_by_hand(clip):
     assert enc._flat_masks(eot, index, 2, S, P, eot_pos)[0] is not tokens
 
 
-def test_flex_kernel_forward_equals_the_dense_mask(clip):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_flex_kernel_forward_equals_the_dense_mask(clip, compiled):
     """FlexAttention's own kernel (forward only on the CPU: torch has no CPU backward for it)
-    with the BlockMasks gives the dense-mask features."""
+    with the BlockMasks gives the dense-mask features, also inside compiled layers."""
     pytest.importorskip("torch.nn.attention.flex_attention")
     dense = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
     flex = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
     random_ctx_(dense, seed=3), random_ctx_(flex, seed=3)
     flex.encoder.flex_kernel = True
+    if compiled:
+        flex.encoder.compile_layers()
     with torch.no_grad():
         a, b = dense(), flex()
     masks = [m for _, m in flex.encoder._flat_masks_cache.values()]
