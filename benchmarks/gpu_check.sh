@@ -4,19 +4,25 @@
 # Run from the repository root on a machine with one CUDA GPU:
 #   bash benchmarks/gpu_check.sh                            # all steps; logs under $OUT (default /tmp/gpu_check)
 #   ONLY="fit_step resnet_epoch" bash benchmarks/gpu_check.sh   # some steps, in that order
+#   ONLY=fit_e2e_fast E2E_EPOCHS=50 E2E_LIMIT=540 bash benchmarks/gpu_check.sh   # the full 50-epoch fit
+# Steps: pytest_gpu (the GPU tests), fit_step_fast (the issue's comparison with the fast options:
+# flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
+# a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
+# options; E2E_EPOCHS epochs, default 3).
 # On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
 # last lines printed are a summary of the JSON results.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # epoch lines only
 if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 E2E_EPOCHS=${E2E_EPOCHS:-3}
-ONLY=${ONLY:-"pytest_gpu fit_step fit_step_fp32ref resnet_epoch fit_e2e"}
+E2E_LIMIT=${E2E_LIMIT:-200}
+ONLY=${ONLY:-"pytest_gpu fit_step_fast fit_step_fp32ref resnet_epoch fit_e2e_fast"}
 start=$(date +%s)
 run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
   local name=$1 limit=$2; shift 2
@@ -29,7 +35,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
 for s in $ONLY; do
   case $s in
-    pytest_gpu) run_step pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    pytest_gpu) run_step pytest_gpu 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
+    fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
+      --batch-size 32 --steps 20 --attention flex --compile-layers ;;
     # the default step, the text-encoder variants (incl. compiled layers), the best full step, a profile
     fit_step) run_step fit_step 170 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 \
       --steps 10 --variants --profile ;;
@@ -37,10 +46,15 @@ for s in $ONLY; do
       --reference-precision fp32 --no-cuda-graph ;;
     resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
       --epochs 2 --reference-epochs 1 --reference-workers 8 --max-seconds 75 ;;
-    fit_e2e) run_step fit_e2e 180 python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
+    fit_e2e) run_step fit_e2e "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
       --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e ;;
+    fit_e2e_fast) run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
+      --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e \
+      --text-attention flex --compile --cuda-graph ;;
     *) echo "unknown step $s" ;;
   esac
 done
+# each fit's per-epoch log (kept even when a step ran out of time)
+for f in /tmp/clip_smot_e2e/run-*/log.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/e2e-$(basename "$(dirname "$f")").jsonl"; done
 echo "=== summary (total $(( $(date +%s) - start ))s)"
 for s in $ONLY; do [ -f "$OUT/$s.log" ] && echo "$s: $(grep -E '^\{|passed|failed' "$OUT/$s.log" | tail -n 1)"; done
