@@ -117,7 +117,10 @@ def make_fit_step(
         if loss != "smot":
             return None
         # drawn where the generator lives (the CPU by default: its rejection loop never syncs a GPU)
-        return sample_thresholds(B, alpha, beta, generator=generator).to(device, non_blocking=True)  # [B]
+        t = sample_thresholds(B, alpha, beta, generator=generator)  # [B]
+        if device.type == "cuda" and t.device.type == "cpu":
+            t = t.pin_memory()  # from pinned memory the copy is truly asynchronous (pageable: staged by the driver)
+        return t.to(device, non_blocking=True)
 
     if not cuda_graph:
 
