@@ -154,15 +154,16 @@ def lr_factor(epoch: int, cfg: FitConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
-def _build_prompt(clip, classnames, cfg: FitConfig, precision: str):
-    """The CoOp context module; its frozen text weights are cast once to ``precision``."""
+def _build_prompt(clip, classnames, cfg: FitConfig, precision: str, compile_layers: bool = False):
+    """The CoOp context module; its frozen text weights are cast once to ``precision``; with
+    ``compile_layers``, its text layers are compiled (``--compile``)."""
     from .prompt import PromptLearner
 
     gen = torch.Generator().manual_seed(cfg.seed)  # the context init depends on the seed alone
     learner = PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
                             class_position=cfg.class_position, generator=gen, precision=precision,
                             residual=cfg.text_residual, attention=cfg.text_attention)
-    if cfg.compile:
+    if compile_layers:
         learner.encoder.compile_layers()
     return learner
 
@@ -289,7 +290,7 @@ def run_fit(cfg: FitConfig) -> Path:
         cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
         del provider, cam_net
 
-    prompt = _build_prompt(clip, classes.classnames, cfg, cfg.precision)
+    prompt = _build_prompt(clip, classes.classnames, cfg, cfg.precision, compile_layers=cfg.compile)
     params = [p for p in prompt.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
@@ -357,7 +358,7 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
     """Encode the final text features in fp32 and write the prompt file atomically."""
     from .prompt_file import save_prompt
 
-    prompt = _build_prompt(clip, classnames, cfg, "fp32")  # fp32 weights: views, no copy
+    prompt = _build_prompt(clip, classnames, cfg, "fp32")  # fp32 weights: views, no copy; one pass: not compiled
     prompt.ctx.copy_(ctx)
     text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
     n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count
