@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .errors import UserError
-from .fit import CLASS_POSITIONS, LOSSES
+from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .runtime import PRECISIONS
 from .smot import PERTURBATIONS
 
@@ -85,7 +85,7 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--cuda-graph", is_flag=True, help="Replay each step's forward+backward as a CUDA graph (CUDA only).")
 @click.option("--text-residual", type=click.Choice(["fp32", "precision"]), default="fp32", show_default=True,
               help="Text tower's residual stream: fp32, or in --precision (the whole tower in bf16; faster).")
-@click.option("--text-attention", type=click.Choice(["causal", "mask", "square", "flex"]), default="causal",
+@click.option("--text-attention", type=click.Choice(ATTENTION), default="causal",
               show_default=True, help="Text attention layout (exact either way; square: one is_causal SDPA over "
               "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA).")
 @click.option("--compile", "compile", is_flag=True,
