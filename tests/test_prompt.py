@@ -115,10 +115,12 @@ def test_gradient_equals_open_clip_gradient(clip, csc):
     torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "front")])
-def test_bf16_weights_within_bf16_tolerance(clip, csc, class_position):
+@pytest.mark.parametrize("csc, class_position, attention", [(False, "end", "causal"), (True, "front", "causal"),
+                                                          (False, "end", "flex")])
+def test_bf16_weights_within_bf16_tolerance(clip, csc, class_position, attention):
     ref = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
-    fast = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position, precision="bf16")
+    fast = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position, precision="bf16",
+                         attention=attention)
     random_ctx_(ref), random_ctx_(fast)
     assert fast.ctx.dtype == torch.float32
     assert fast.encoder.blocks[0].fc_w.dtype == torch.bfloat16
@@ -197,7 +199,7 @@ def test_square_attention_equals_open_clip_with_gradient(clip, csc, class_positi
     torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["causal", "square"])
+@pytest.mark.parametrize("attention", ["causal", "square", "flex"])
 def test_bf16_residual_within_bf16_tolerance_of_a_bf16_open_clip(clip, attention):
     """residual="bf16": the whole tower in bf16, as open_clip's model cast to bf16 computes it."""
     fast = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="bf16", attention=attention)
