@@ -285,3 +285,22 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "r"), "--resume"])
     assert r.exit_code == 1 and "not a readable clip-smot checkpoint" in r.output
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"\x00garbage"  # left as it was
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    """Every RNG state (torch, numpy, Python) is restored from a file torch.load reads with weights_only=True."""
+    import random
+
+    from clip_smot.train import _rng_state, _set_rng_state
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    np.random.randn(1)  # numpy now holds a cached Gaussian (has_gauss = 1): that is saved too
+    torch.save({"rng": _rng_state()}, tmp_path / "state.pt")
+    expected = (torch.rand(3), np.random.rand(3), np.random.randn(1), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    _set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(3), np.random.randn(1), random.random())
+    torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(again[1], expected[1])
+    np.testing.assert_array_equal(again[2], expected[2])
+    assert again[3] == expected[3]
