@@ -152,6 +152,7 @@ def _heads(t: torch.Tensor, n: int, length: int, heads: int) -> torch.Tensor:
 
 
 _COMPILED_FLEX = None
+_LAYOUTS_KEPT = 16  # layouts cached per TextEncoder (see TextEncoder._layout)
 
 
 def flex_available(device: torch.device) -> bool:
@@ -227,7 +228,7 @@ class TextEncoder(nn.Module):
             raise UserError(f"--text-residual must be 'fp32' or 'precision' ({precision!r}), got {residual!r}")
         self.precision, self.attention, self.residual = precision, attention, residual
         self.flex_kernel: bool | None = None  # attention="flex": None = FlexAttention on CUDA, a dense mask elsewhere
-        self._flat_masks_cache: dict = {}  # attention="flex": key -> (the keyed tensors, masks)
+        self._layouts: dict = {}  # see _layout: key -> (the keyed tensors, the layout's tensors)
         self.residual_dtype = ENCODER_PRECISIONS[residual]
         self.blocks = nn.ModuleList(
             _Block(b, ENCODER_PRECISIONS[precision], self.residual_dtype) for b in model.transformer.resblocks
@@ -280,19 +281,56 @@ class TextEncoder(nn.Module):
         a = _masked_attention(q, k, v, mask)  # [1, h, L, d/h]
         return blk.finish(tokens, a[0].transpose(0, 1).reshape(L, d))
 
+    def _layout(self, eot: torch.Tensor, index: torch.Tensor | None, K: int, S: int, P: int) -> dict:
+        """Index tensors and masks that depend on the prompts' layout only, not on their values.
+
+        Built once per pair of ``eot`` and ``index`` tensors (a prompt learner's buffers) and
+        cached by their identity and version, so a forward pass launches no kernels to rebuild
+        them. The cache keeps the last ``_LAYOUTS_KEPT`` layouts (several learners may share one
+        encoder; a captured CUDA graph reads the layout it was captured with, so it must be among
+        them).
+
+        Returns a dict with ``rows`` (0 .. K-1), ``eot_token`` [K] (each prompt's EOT in the
+        token list after the prefix) and, by attention: "causal"/"mask"/"square": ``eot_mask`` [K, 1, 1, P+S] (the keys
+        an EOT query of the last layer sees); "square": ``out_index``, ``fill_index`` (see
+        :meth:`_attend_square`); "flex": ``masks`` (tokens [L, L], EOT queries [K, L], L = P + N:
+        FlexAttention BlockMasks on CUDA, dense boolean masks elsewhere).
+        """
+        key = (id(eot), eot._version, id(index), None if index is None else index._version, K, S, P,
+               self.flex_kernel)
+        if key in self._layouts:
+            return self._layouts[key][1]
+        dev = eot.device
+        rows = torch.arange(K, device=dev)
+        eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
+        layout = {"rows": rows, "eot_token": eot_token}
+        if self.attention == "flex":
+            layout["masks"] = self._flat_masks(eot, index, K, S, P, P + eot_token)
+        else:  # the EOT queries of the last layer: key j is visible iff j <= P + eot
+            keys = torch.arange(P + S, device=dev)
+            layout["eot_mask"] = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
+        if self.attention == "square":  # rows of the flat [K*(P+S)] attention output the tokens need, in order
+            sfx = torch.arange(K * S, device=dev) if index is None else index  # into [K*S]
+            sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
+            layout["out_index"] = torch.cat([torch.arange(P, device=dev), sfx])  # [P + N]
+            layout["fill_index"] = None
+            if index is not None:  # each suffix position's token: its own, or its prompt's EOT after it
+                flat = torch.arange(K * S, device=dev)  # [K*S]
+                row = flat // S
+                flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
+                layout["fill_index"] = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
+        if len(self._layouts) >= _LAYOUTS_KEPT:
+            self._layouts.pop(next(iter(self._layouts)))  # the oldest
+        self._layouts[key] = ((eot, index), layout)  # holds the tensors, so their ids stay theirs
+        return layout
+
     def _flat_masks(self, eot, index, K: int, S: int, P: int, eot_pos: torch.Tensor) -> tuple:
         """The masks of ``attention="flex"``: (tokens [L, L], EOT queries [K, L]); L = P + N tokens.
 
         A token sees the prefix (positions < P) and the tokens of its own prompt up to itself:
         exactly the keys it sees in open_clip's causal [77, 77] mask, less the padding, which
-        no query that matters sees anyway. Built once per pair of ``eot`` and ``index`` tensors
-        (a cache keyed by their identity and version, never emptied, as a captured CUDA graph
-        may read the masks: several prompt learners may share one encoder).
+        no query that matters sees anyway. ``eot_pos`` [K]: each EOT's position in the token list.
         """
-        key = (id(eot), eot._version, id(index), None if index is None else index._version, K, S, P,
-               self.flex_kernel)
-        if key in self._flat_masks_cache:
-            return self._flat_masks_cache[key][1]
         dev = eot.device
         flat = torch.arange(K * S, device=dev) if index is None else index  # [N] into the [K, S] layout
         doc = torch.cat([torch.full((P,), -1, device=dev, dtype=flat.dtype), flat // S])  # [L]: prompt, -1: prefix
@@ -308,13 +346,10 @@ class TextEncoder(nn.Module):
         if use_flex:
             from torch.nn.attention.flex_attention import create_block_mask
 
-            masks = (create_block_mask(lambda b, h, q, kv: visible(q, kv), None, None, L, L, device=dev),
-                     create_block_mask(lambda b, h, q, kv: visible_from_eot(q, kv), None, None, K, L, device=dev))
-        else:
-            i = torch.arange(L, device=dev)
-            masks = (visible(i[:, None], i[None, :]), visible_from_eot(torch.arange(K, device=dev)[:, None], i[None, :]))
-        self._flat_masks_cache[key] = ((eot, index), masks)  # holds the tensors, so their ids stay theirs
-        return masks
+            return (create_block_mask(lambda b, h, q, kv: visible(q, kv), None, None, L, L, device=dev),
+                    create_block_mask(lambda b, h, q, kv: visible_from_eot(q, kv), None, None, K, L, device=dev))
+        i = torch.arange(L, device=dev)
+        return visible(i[:, None], i[None, :]), visible_from_eot(torch.arange(K, device=dev)[:, None], i[None, :])
 
     def _forward_flat(self, tokens: torch.Tensor, masks: tuple, eot_pos: torch.Tensor) -> torch.Tensor:
         """attention="flex": every block on the flat token list [L, d]; the last one for the EOT
@@ -399,27 +434,15 @@ class TextEncoder(nn.Module):
             tokens = torch.cat([xp, xs])  # [P + N, d]: one batch of tokens for every matmul
         else:
             tokens = xs
-        rows = torch.arange(K, device=x.device)
-        # where each prompt's EOT token sits in the token list (after the prefix)
-        eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
+        layout = self._layout(eot, index, K, S, P)
+        eot_token = layout["eot_token"]  # [K]: each prompt's EOT in the token list after the prefix
         if self.attention == "flex":
-            masks = self._flat_masks(eot, index, K, S, P, P + eot_token)
-            return self._pool(self._forward_flat(tokens, masks, P + eot_token))
-        # mask for the EOT queries of the last layer: key j is visible iff j <= P + eot
-        keys = torch.arange(P + S, device=x.device)
-        eot_mask = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
+            return self._pool(self._forward_flat(tokens, layout["masks"], P + eot_token))
+        eot_mask = layout["eot_mask"]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
         square = self.attention == "square"
-        if square:  # rows of the flat [K*(P+S)] attention output that the tokens need, in token order
-            sfx = torch.arange(K * S, device=x.device) if index is None else index  # into [K*S]
-            sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
-            out_index = torch.cat([torch.arange(P, device=x.device), sfx])  # [P + N]
-            fill_index = None
-            if index is not None:  # each suffix position's token: its own, or its prompt's EOT after it
-                flat = torch.arange(K * S, device=x.device)  # [K*S]
-                row = flat // S
-                flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
-                fill_index = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
+        if square:
+            fill_index, out_index = layout["fill_index"], layout["out_index"]
         for i, blk in enumerate(self.blocks):
             if square and i < last:
                 tokens = self._square_layer(blk, tokens, K, S, P, fill_index, out_index)  # [P + N, d]
@@ -439,7 +462,7 @@ class TextEncoder(nn.Module):
                 k_all, v_all = k_s, v_s
             if i == last:
                 # only the EOT outputs are pooled: attention, MLP and ln_final for K tokens
-                q_eot = q_s[rows, :, eot][:, :, None]  # [K, h, 1, d/h]
+                q_eot = q_s[layout["rows"], :, eot][:, :, None]  # [K, h, 1, d/h]
                 a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=eot_mask)  # [K, h, 1, d/h]
                 tokens = blk.finish(tokens[P:].index_select(0, eot_token), a.reshape(K, d))  # [K, d]
                 break

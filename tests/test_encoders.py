@@ -183,7 +183,7 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
             out = learner()
         out.float().square().sum().backward()
         if attention == "flex":  # BlockMasks were built: FlexAttention's kernel ran, not the dense mask
-            built = [masks for _, masks in learner.encoder._flat_masks_cache.values()]
+            built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
             assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built), case
         assert ((out - ref).norm() / ref.norm()).item() < tol, case
         assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, case

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_smot import encoders
 from clip_smot.clip_model import load_clip
 from clip_smot.errors import UserError
 from clip_smot.prompt import PromptLearner, text_features_from_prompt, zero_shot_text_features
@@ -250,8 +251,10 @@ def test_flex_masks_by_hand(clip):
     P, S = 2, 3
     eot = torch.tensor([1, 0])  # prompt 0: 2 tokens, prompt 1: 1 token
     index = torch.tensor([0, 1, 3])  # packed positions of the [2, 3] layout
-    eot_pos = torch.tensor([3, 4])  # token positions of the EOTs: prefix (0, 1), prompt 0 (2, 3), prompt 1 (4)
-    tokens, eots = enc._flat_masks(eot, index, 2, S, P, eot_pos)
+    layout = enc._layout(eot, index, 2, S, P)
+    # token positions: prefix 0, 1; prompt 0: 2, 3 (its EOT); prompt 1: 4 (its EOT)
+    assert layout["eot_token"].tolist() == [1, 2]  # after the prefix
+    tokens, eots = layout["masks"]
     expected = torch.tensor([
         [1, 0, 0, 0, 0],
         [1, 1, 0, 0, 0],
@@ -261,9 +264,12 @@ def test_flex_masks_by_hand(clip):
     ], dtype=torch.bool)
     assert torch.equal(tokens, expected)
     assert torch.equal(eots, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 1]], dtype=torch.bool))
-    assert enc._flat_masks(eot, index, 2, S, P, eot_pos)[0] is tokens  # cached
+    assert enc._layout(eot, index, 2, S, P)["masks"][0] is tokens  # cached
     eot.add_(0)  # an in-place change (even a no-op) rebuilds them
-    assert enc._flat_masks(eot, index, 2, S, P, eot_pos)[0] is not tokens
+    assert enc._layout(eot, index, 2, S, P)["masks"][0] is not tokens
+    for _ in range(40):  # callers passing fresh tensors: the cache stays bounded
+        enc._layout(eot.clone(), index, 2, S, P)
+    assert len(enc._layouts) == encoders._LAYOUTS_KEPT
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -279,6 +285,6 @@ def test_flex_kernel_forward_equals_the_dense_mask(clip, compiled):
         flex.encoder.compile_layers()
     with torch.no_grad():
         a, b = dense(), flex()
-    masks = [m for _, m in flex.encoder._flat_masks_cache.values()]
-    assert masks and not any(isinstance(m[0], torch.Tensor) for m in masks)  # a BlockMask, not a dense mask
+    built = [layout["masks"] for _, layout in flex.encoder._layouts.values()]
+    assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built)  # BlockMasks, not dense masks
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
