@@ -291,10 +291,11 @@ class TextEncoder(nn.Module):
         them).
 
         Returns a dict with ``rows`` (0 .. K-1), ``eot_token`` [K] (each prompt's EOT in the
-        token list after the prefix) and, by attention: "causal"/"mask"/"square": ``eot_mask`` [K, 1, 1, P+S] (the keys
-        an EOT query of the last layer sees); "square": ``out_index``, ``fill_index`` (see
-        :meth:`_attend_square`); "flex": ``masks`` (tokens [L, L], EOT queries [K, L], L = P + N:
-        FlexAttention BlockMasks on CUDA, dense boolean masks elsewhere).
+        token list after the prefix) and, by attention: "causal", "mask", "square":
+        ``eot_mask`` [K, 1, 1, P+S] (the keys an EOT query of the last layer sees); "square":
+        ``out_index``, ``fill_index`` (see :meth:`_attend_square`); "flex": ``masks`` (tokens
+        [L, L], EOT queries [K, L], L = P + N: FlexAttention BlockMasks on CUDA, dense boolean
+        masks elsewhere).
         """
         key = (id(eot), eot._version, id(index), None if index is None else index._version, K, S, P,
                self.flex_kernel)
