@@ -40,14 +40,19 @@ def test_fit_on_cuda_in_bf16_then_resume(tmp_path, tiny_clip_config, tiny_clip_c
     assert torch.equal(load_prompt(tmp_path / "run" / "prompt.safetensors").ctx, pf.ctx)
 
 
-def test_a_training_step_never_waits_for_the_device(tiny_clip_config, tiny_clip_checkpoint):
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_training_step_never_waits_for_the_device(tiny_clip_config, tiny_clip_checkpoint, fast):
+    """Default options, and flex attention with compiled layers (FlexAttention, inductor kernels)."""
     dev = torch.device("cuda")
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, dev)
-    learner = PromptLearner(clip, ["tench", "goldfish", "great white shark"], n_ctx=4, precision="bf16")
+    learner = PromptLearner(clip, ["tench", "goldfish", "great white shark"], n_ctx=4, precision="bf16",
+                            attention="flex" if fast else "causal")
+    if fast:
+        learner.encoder.compile_layers()
     opt = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     aug = torch.Generator(device=dev).manual_seed(0)
     step = make_fit_step(clip, learner, opt, precision="bf16", generator=torch.Generator().manual_seed(0),
-                         noise_generator=aug)
+                         noise_generator=aug, compile_image=fast)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, device=dev)
     cams = torch.randint(0, 256, (16, 32, 32), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 3, (16,), device=dev)
@@ -78,14 +83,17 @@ def test_augmentation_is_the_same_on_cuda_and_cpu():
 
 
 def test_cuda_graph_fit_follows_the_eager_fit(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
-    """Same seed, same crops and thresholds: the replayed graph trains like the eager step."""
+    """Same seed, same crops: the replayed graph, and the graph with flex attention and compiled
+    layers, train like the eager step."""
     data = _write_imagenet(tmp_path / "data")
     base = ["fit", "--data", str(data), "--shots", "4", "--model", tiny_clip_config, "--pretrained",
             tiny_clip_checkpoint, "--loss", "ce", "--n-ctx", "4", "--batch-size", "4", "--epochs", "2",
             "--warmup-epochs", "0", "--lr", "0.01", "--precision", "fp32", "--device", "cuda"]
-    for name, extra in (("eager", []), ("graph", ["--cuda-graph"])):
+    fast = ["--cuda-graph", "--text-attention", "flex", "--compile"]
+    for name, extra in (("eager", []), ("graph", ["--cuda-graph"]), ("fast", fast)):
         res = CliRunner().invoke(cli, base + extra + ["--out", str(tmp_path / name)])
         assert res.exit_code == 0, res.output
     eager = load_prompt(tmp_path / "eager" / "prompt.safetensors")
-    graph = load_prompt(tmp_path / "graph" / "prompt.safetensors")
-    torch.testing.assert_close(graph.ctx, eager.ctx, atol=1e-4, rtol=1e-3)
+    for name in ("graph", "fast"):
+        torch.testing.assert_close(load_prompt(tmp_path / name / "prompt.safetensors").ctx, eager.ctx, atol=1e-4,
+                                   rtol=1e-3, msg=name)
