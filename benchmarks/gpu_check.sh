@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
 for s in $ONLY; do
   case $s in
-    pytest_gpu) run_step pytest_gpu 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
     # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention flex --compile-layers ;;
