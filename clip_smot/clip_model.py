@@ -14,11 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn as nn
-from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
-from open_clip.transformer import VisionTransformer
 
 from .errors import UserError
 from .runtime import host_reachable, sha256_file
@@ -36,7 +33,19 @@ __all__ = [
     "preprocess_identity",
 ]
 
-IMAGENET_CLASSNAMES: tuple[str, ...] = tuple(open_clip.IMAGENET_CLASSNAMES)
+
+
+def __getattr__(name: str):
+    """``IMAGENET_CLASSNAMES``: open_clip's 1000 ImageNet class names (a tuple), read on first use.
+
+    open_clip is imported inside the functions that need it (about 2 s), so that commands that
+    never load a CLIP model (``--help``, a bad flag, ``clip-smot train``) start without it.
+    """
+    if name == "IMAGENET_CLASSNAMES":
+        import open_clip
+
+        return tuple(open_clip.IMAGENET_CLASSNAMES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Hosts open_clip downloads from: the Hugging Face hub (preferred) and OpenAI's CDN.
 _HUB_HOST = ("huggingface.co", 443)
@@ -83,6 +92,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _resolve_name(model: str) -> tuple[str, dict]:
     """Architecture name and config for an open_clip name or a model-config JSON path."""
+    import open_clip
+
     if model.endswith(".json") or os.path.sep in model:
         path = Path(model)
         if not path.is_file():
@@ -122,6 +133,9 @@ def load_clip(
     Raises:
         UserError: unknown model or tag, missing file, or a tag that cannot be downloaded.
     """
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
     name, cfg = _resolve_name(model)
     if pretrained in (None, "", "none"):
         pretrained, checkpoint_sha = "", ""
@@ -169,6 +183,8 @@ def load_clip(
 
 def _tag_is_cached(name: str, tag: str) -> bool:
     """Whether the weights of a pretrained tag are already in the local hub cache."""
+    from open_clip.pretrained import get_pretrained_cfg
+
     cfg = get_pretrained_cfg(name, tag)
     if "file" in cfg:
         return os.path.isfile(cfg["file"])
@@ -197,6 +213,8 @@ def image_preprocess(clip: ClipModel):
     mean/std normalisation: exactly what ``open_clip.create_model_and_transforms`` returns as
     its validation preprocess. The returned object is picklable (DataLoader workers).
     """
+    import open_clip
+
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
@@ -205,6 +223,8 @@ def image_preprocess(clip: ClipModel):
 
 def preprocess_identity(clip: ClipModel) -> dict:
     """The preprocessing settings as plain data (part of the image-feature cache key)."""
+    import open_clip
+
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in open_clip.get_model_preprocess_cfg(clip.model).items()}
 
 
@@ -215,6 +235,8 @@ def logit_scale(clip: ClipModel) -> torch.Tensor:
 
 def is_vit(clip: ClipModel) -> bool:
     """Whether the image tower is open_clip's VisionTransformer pooled at the class token."""
+    from open_clip.transformer import VisionTransformer
+
     visual = clip.model.visual
     return (
         isinstance(visual, VisionTransformer)
@@ -268,6 +290,8 @@ def load_clip_for_prompt(
         pretrained: as for :func:`load_clip`.
         device: where the model lives.
     """
+    import open_clip
+
     if open_clip.get_model_config(name) is not None:
         return load_clip(name, pretrained, device)
     import tempfile
