@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from .errors import UserError
 
@@ -254,6 +253,8 @@ class TextEncoder(nn.Module):
         if self.attention in ("causal", "square"):
             if causal_offset == 0:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            from torch.nn.attention.bias import causal_lower_right  # (imports torch._dynamo: only when used)
+
             return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(Lq, Lk))
         # open_clip's way: an additive float mask with -inf above the (shifted) diagonal
         mask = torch.full((Lq, Lk), float("-inf"), device=q.device).triu_(1 + causal_offset).to(q.dtype)
