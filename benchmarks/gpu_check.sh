@@ -8,7 +8,7 @@
 # Steps: pytest_gpu (the GPU tests), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
-# options; E2E_EPOCHS epochs, default 3).
+# options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs).
 # On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
 # last lines printed are a summary of the JSON results.
@@ -46,6 +46,9 @@ for s in $ONLY; do
       --reference-precision fp32 --no-cuda-graph ;;
     resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
       --epochs 2 --reference-epochs 1 --reference-workers 8 --max-seconds 75 ;;
+    # the other architectures of Table 6 (one cuda-graph epoch each, no reference loop)
+    resnet_archs) for arch in wrn40_2 densenet_bc; do run_step "resnet_epoch_$arch" 150 python3 benchmarks/resnet_epoch.py \
+      --device cuda --arch "$arch" --variants cuda-graph --epochs 1 --skip-reference; done ;;
     fit_e2e) run_step fit_e2e "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
       --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e ;;
     fit_e2e_fast) run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
@@ -57,4 +60,4 @@ done
 # each fit's per-epoch log (kept even when a step ran out of time)
 for f in /tmp/clip_smot_e2e/run-*/log.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/e2e-$(basename "$(dirname "$f")").jsonl"; done
 echo "=== summary (total $(( $(date +%s) - start ))s)"
-for s in $ONLY; do [ -f "$OUT/$s.log" ] && echo "$s: $(grep -E '^\{|passed|failed' "$OUT/$s.log" | tail -n 1)"; done
+for f in "$OUT"/*.log; do echo "$(basename "$f" .log): $(grep -E '^\{|passed|failed' "$f" | tail -n 1)"; done
