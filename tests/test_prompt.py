@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from clip_smot import encoders
 from clip_smot.clip_model import load_clip
+from clip_smot.data import bundled_file
 from clip_smot.errors import UserError
 from clip_smot.prompt import PromptLearner, text_features_from_prompt, zero_shot_text_features
 from clip_smot.prompt_file import load_prompt, save_prompt
@@ -288,3 +289,20 @@ def test_flex_kernel_forward_equals_the_dense_mask(clip, compiled):
     built = [layout["masks"] for _, layout in flex.encoder._layouts.values()]
     assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built)  # BlockMasks, not dense masks
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
+    """For the 1000 ImageNet names and 16 context tokens (4,182 tokens, docs/prompt.md), the
+    token BlockMask visits 1 to 3 blocks of 128 keys per query block: under 10% of the blocks."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    names = bundled_file("prompts", "imagenet1k_classnames.txt").read_text().splitlines()
+    learner = PromptLearner(clip, names, n_ctx=16, attention="flex")
+    learner.encoder.flex_kernel = True  # BlockMasks, also on the CPU
+    P = learner.prefix_len
+    layout = learner.encoder._layout(learner.suffix_eot, learner.packed_index, len(names), learner.seq_len - P, P)
+    tokens, eots = layout["masks"]
+    assert learner.tokens_encoded == 4182 and tokens.shape[-2:] == (4182, 4182) and eots.shape[-2:] == (1000, 4182)
+    per_block = tokens.kv_num_blocks[0, 0]  # [33]: key blocks each query block visits
+    assert len(per_block) == 33 and 1 <= per_block.min() and per_block.max() <= 3
+    assert per_block.sum() < 0.1 * 33 * 33
+    assert eots.kv_num_blocks[0, 0].sum() < 0.25 * 8 * 33
