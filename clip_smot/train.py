@@ -164,6 +164,7 @@ class StepParts:
     logitnorm_tau: float = 0.04
     channels_last: bool = False
     cuda_graph: bool = False  # the networks are compiled with CUDA graphs: mark each step's start
+    scaler: object | None = None  # torch.amp.GradScaler for fp16 on CUDA: loss scaling against underflow
 
 
 def make_optimizer(model, lr: float, momentum: float, weight_decay: float, device: torch.device,
@@ -222,8 +223,13 @@ def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.T
     else:
         loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if parts.scaler is not None:  # fp16: scaled backward; a step with inf/nan gradients is skipped
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(optimizer)  # the fused SGD takes the scale and the inf flag: no host sync
+        parts.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     correct = (logits[:B].detach().argmax(dim=-1) == y).sum()
     return loss.detach(), correct
 
@@ -410,10 +416,14 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = make_optimizer(model, lr_at(cfg, 0), cfg.momentum, cfg.weight_decay, device)
+    # fp16 autocast on CUDA needs loss scaling (bf16 has fp32's range; CPU fp16 runs as bf16)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
     start_epoch, log = 0, []
     if resume:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, log = int(ckpt["epoch"]), list(ckpt["log"])
         _set_rng_state(ckpt["rng"])
     if world > 1:
@@ -434,7 +444,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     parts = StepParts(method=cfg.method, mean=torch.tensor(train_set.mean, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(train_set.std, device=device).view(1, 3, 1, 1), cam=cam, T=cfg.T, lam=cfg.lam,
                       perturb=cfg.perturb, sigma=cfg.sigma, ls_eps=cfg.ls_eps, logitnorm_tau=cfg.logitnorm_tau,
-                      channels_last=channels_last, cuda_graph=cfg.cuda_graph)
+                      channels_last=channels_last, cuda_graph=cfg.cuda_graph, scaler=scaler)
     meta = dict(arch=cfg.arch, classnames=train_set.classnames, input_size=train_set.input_size,
                 mean=train_set.mean, std=train_set.std, dataset=cfg.dataset or str(cfg.data),
                 method=cfg.method, stage=cfg.stage)
@@ -482,7 +492,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             atomic_save({"model": _inner(model).state_dict(), "optimizer": optimizer.state_dict(),
                          "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
                          "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
-                         "meta": meta}, ckpt_path)
+                         "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta}, ckpt_path)
             atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
             from tqdm import tqdm
 

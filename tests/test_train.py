@@ -273,6 +273,13 @@ def test_cuda_base_smot_eval(folders, ood_dir, tmp_path):
     assert r.exit_code == 0, r.output
     log = [json.loads(x) for x in (smot / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(e["loss"]) for e in log)
+    fp16 = tmp_path / "fp16"  # fp16 autocast: with loss scaling, whose state the checkpoint keeps
+    r = _invoke(["train", "--data", str(folders), *gpu, "--epochs", "1", "--precision", "fp16", "--out", str(fp16)])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(fp16 / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0
+    assert _invoke(["train", "--data", str(folders), *gpu, "--epochs", "2", "--precision", "fp16", "--out", str(fp16),
+                    "--resume"]).exit_code == 0
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders), "--ood",
                  f"noise={ood_dir}", "--scores", "msp,odin,react,knn,vim,gradnorm", "--device", "cuda",
                  "--out", str(tmp_path / "e")])
@@ -304,3 +311,37 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     np.testing.assert_array_equal(again[1], expected[1])
     np.testing.assert_array_equal(again[2], expected[2])
     assert again[3] == expected[3]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_loss_scaling_changes_nothing_but_skips_non_finite_steps(fused):
+    """train_step with a GradScaler (what --precision fp16 uses on CUDA; here on the CPU in fp32):
+    a power-of-two scale gives the unscaled step's weights and loss, and a step with non-finite
+    gradients is skipped (the weights stay) with the scale halved."""
+    import contextlib
+
+    from clip_smot.networks import build_network
+    from clip_smot.train import StepParts, make_optimizer, train_step
+
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    mean = torch.full((1, 3, 1, 1), 0.5)
+
+    def one_step(scaler, std=0.25):
+        torch.manual_seed(0)
+        model = build_network("resnet_tiny", 3, 32)
+        opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=fused)
+        parts = StepParts("ce", mean, torch.full((1, 3, 1, 1), std), scaler=scaler)
+        loss, _ = train_step(model, opt, x, y, None, parts, contextlib.nullcontext())
+        return torch.nn.utils.parameters_to_vector(model.parameters()).detach(), loss
+
+    torch.manual_seed(0)
+    init = torch.nn.utils.parameters_to_vector(build_network("resnet_tiny", 3, 32).parameters()).detach()
+    plain, loss = one_step(None)
+    scaled, scaled_loss = one_step(torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    assert (plain - init).abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(scaled, plain, atol=1e-6, rtol=1e-5)
+    assert torch.equal(scaled_loss, loss)  # the loss returned is the unscaled one
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    skipped, _ = one_step(scaler, std=0.0)  # inputs / 0: non-finite loss and gradients
+    assert torch.equal(skipped, init) and scaler.get_scale() == 2.0**9
