@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 def __getattr__(name: str):
     """``IMAGENET_CLASSNAMES``: open_clip's 1000 ImageNet class names (a tuple), read on first use.
 
@@ -46,6 +45,7 @@ def __getattr__(name: str):
 
         return tuple(open_clip.IMAGENET_CLASSNAMES)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Hosts open_clip downloads from: the Hugging Face hub (preferred) and OpenAI's CDN.
 _HUB_HOST = ("huggingface.co", 443)
@@ -214,7 +214,6 @@ def image_preprocess(clip: ClipModel):
     its validation preprocess. The returned object is picklable (DataLoader workers).
     """
     import open_clip
-
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))

@@ -168,7 +168,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("sos_embed", emb_weight[tokens[0, :1]].float(), persistent=False)  # [1, d]
         P = self.prefix_len
         self.register_buffer("suffix_eot", eot - P, persistent=False)  # [K] EOT positions after the prefix
-        index = packed_index(eot - P, L - P) if pack else None  # [N] positions up to each EOT
+        index = packed_index(self.suffix_eot, L - P) if pack else None  # [N] positions up to each EOT
         self.register_buffer("packed_index", index, persistent=False)
         self.tokens_encoded = P + (len(index) if pack else K * (L - P))
         padding = tokens[:, L:]
