@@ -275,12 +275,15 @@ class TextEncoder(nn.Module):
         else:
             self._flat_layer = torch.compile(TextEncoder._flat_layer.__get__(self), **options)
 
+    def _flat_qkv(self, blk, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat tokens [L, d] -> queries, keys, values [1, h, L, d/h]."""
+        L, h = tokens.shape[0], self.heads
+        return tuple(t.unsqueeze(0) for t in blk.qkv(tokens).reshape(L, 3, h, self.width // h).permute(1, 2, 0, 3))
+
     def _flat_layer(self, blk, tokens: torch.Tensor, mask) -> torch.Tensor:
         """One block (not the last) over the flat token list: tokens [L, d] -> [L, d]."""
-        L, d, h = tokens.shape[0], self.width, self.heads
-        q, k, v = (t.unsqueeze(0) for t in blk.qkv(tokens).reshape(L, 3, h, d // h).permute(1, 2, 0, 3))
-        a = _masked_attention(q, k, v, mask)  # [1, h, L, d/h]
-        return blk.finish(tokens, a[0].transpose(0, 1).reshape(L, d))
+        a = _masked_attention(*self._flat_qkv(blk, tokens), mask)  # [1, h, L, d/h]
+        return blk.finish(tokens, a[0].transpose(0, 1).reshape(tokens.shape[0], self.width))
 
     def _layout(self, eot: torch.Tensor, index: torch.Tensor | None, K: int, S: int, P: int) -> dict:
         """Index tensors and masks that depend on the prompts' layout only, not on their values.
@@ -294,7 +297,8 @@ class TextEncoder(nn.Module):
         Returns a dict with ``rows`` (0 .. K-1), ``eot_token`` [K] (each prompt's EOT in the
         token list after the prefix) and, by attention: "causal", "mask", "square":
         ``eot_mask`` [K, 1, 1, P+S] (the keys an EOT query of the last layer sees); "square":
-        ``out_index``, ``fill_index`` (see :meth:`_attend_square`); "flex": ``masks`` (tokens
+        ``out_index``, ``fill_index`` (see :meth:`_attend_square`); "flex": ``eot_pos`` [K]
+        (``P + eot_token``), ``masks`` (tokens
         [L, L], EOT queries [K, L], L = P + N: FlexAttention BlockMasks on CUDA, dense boolean
         masks elsewhere).
         """
@@ -307,7 +311,8 @@ class TextEncoder(nn.Module):
         eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
         layout = {"rows": rows, "eot_token": eot_token}
         if self.attention == "flex":
-            layout["masks"] = self._flat_masks(eot, index, K, S, P, P + eot_token)
+            layout["eot_pos"] = P + eot_token  # [K]: the EOTs in the whole token list, prefix included
+            layout["masks"] = self._flat_masks(eot, index, K, S, P, layout["eot_pos"])
         else:  # the EOT queries of the last layer: key j is visible iff j <= P + eot
             keys = torch.arange(P + S, device=dev)
             layout["eot_mask"] = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
@@ -359,10 +364,9 @@ class TextEncoder(nn.Module):
         for blk in self.blocks[:-1]:
             tokens = self._flat_layer(blk, tokens, masks[0])
         blk = self.blocks[-1]
-        L, d, h = tokens.shape[0], self.width, self.heads
-        q, k, v = (t.unsqueeze(0) for t in blk.qkv(tokens).reshape(L, 3, h, d // h).permute(1, 2, 0, 3))
+        q, k, v = self._flat_qkv(blk, tokens)
         a = _masked_attention(q[:, :, eot_pos], k, v, masks[1])  # [1, h, K, d/h]
-        return blk.finish(tokens.index_select(0, eot_pos), a[0].transpose(0, 1).reshape(len(eot_pos), d))
+        return blk.finish(tokens.index_select(0, eot_pos), a[0].transpose(0, 1).reshape(len(eot_pos), self.width))
 
     def _square_layer(self, blk, tokens, K: int, S: int, P: int, fill_index, out_index) -> torch.Tensor:
         """One block (not the last) with square attention: tokens [P + N, d] -> [P + N, d]."""
@@ -439,7 +443,7 @@ class TextEncoder(nn.Module):
         layout = self._layout(eot, index, K, S, P)
         eot_token = layout["eot_token"]  # [K]: each prompt's EOT in the token list after the prefix
         if self.attention == "flex":
-            return self._pool(self._forward_flat(tokens, layout["masks"], P + eot_token))
+            return self._pool(self._forward_flat(tokens, layout["masks"], layout["eot_pos"]))
         eot_mask = layout["eot_mask"]  # [K, 1, 1, P+S]
         last = len(self.blocks) - 1
         square = self.attention == "square"
