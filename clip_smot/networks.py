@@ -53,6 +53,15 @@ class _Head(nn.Module):
 
     fc: nn.Linear
 
+    def _init_head(self, features: int, num_classes: int) -> None:
+        """The linear head (``num_features``, ``fc``), then He init of every convolution: called
+        last by each architecture, so the seeded weights come out in the same order."""
+        self.num_features = features
+        self.fc = nn.Linear(features, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -129,11 +138,7 @@ class ResNet(_Head):
                 c_in = c
             layers.append(nn.Sequential(*stage))
         self.layers = nn.Sequential(*layers)
-        self.num_features = c_in
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._init_head(c_in, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -182,11 +187,7 @@ class WideResNet(_Head):
             c_in = c
         self.groups = nn.Sequential(*groups)
         self.bn = nn.BatchNorm2d(c_in)
-        self.num_features = c_in
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._init_head(c_in, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.groups(self.conv1(x))))  # [B, 64 * widen, 8, 8]
@@ -244,11 +245,7 @@ class DenseNetBC(_Head):
                 c = c_out
         self.blocks = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(c)
-        self.num_features = c
-        self.fc = nn.Linear(c, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._init_head(c, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.blocks(self.conv1(x))))  # [B, C, 8, 8]
