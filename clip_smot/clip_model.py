@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import UserError
 from .runtime import host_reachable, sha256_file
@@ -248,17 +249,20 @@ def is_vit(clip: ClipModel) -> bool:
 def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Global and per-patch image features of a ViT, both projected into the joint space.
 
-    Follows ``VisionTransformer.forward`` step by step (embeddings, transformer, ``ln_post``,
-    class-token pooling, ``@ proj``), and also projects the patch tokens with the same
-    ``proj``: the local features of GL-MCM (Miyai et al., 2023).
+    The global feature follows ``VisionTransformer.forward`` step by step (embeddings,
+    transformer, ``ln_post``, class-token pooling, ``@ proj``): it equals ``encode_image``.
+    The local features are GL-MCM's (Miyai et al., 2023, as in the authors' code, after
+    MaskCLIP): the last block is run again with its attention replaced by each token's own
+    value (``x + out_proj(v_proj(ln_1 x))``, then the block's MLP), then ``ln_post`` and
+    ``@ proj`` for every patch token. This is the last block with each token attending only
+    to itself.
 
     Args:
         clip: a ViT model (:func:`is_vit`).
         images: normalised images [B, 3, S, S].
 
     Returns:
-        ``(global [B, e], local [B, N, e])``, not normalised; N = number of patches. The global
-        features equal ``clip.model.encode_image(images)``.
+        ``(global [B, e], local [B, N, e])``, not normalised; N = number of patches.
 
     Raises:
         UserError: the model is not a class-token ViT (e.g. a ResNet CLIP).
@@ -269,10 +273,29 @@ def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Te
             f"{type(clip.model.visual).__name__}"
         )
     visual = clip.model.visual
+    *blocks, last = visual.transformer.resblocks
+    if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
+        raise UserError(f"--scores gl-mcm: the last block of {clip.name}'s image tower has a custom attention; "
+                        "GL-MCM's local features need open_clip's standard block")
     x = visual._embeds(images)  # [B, 1 + N, width]
-    x = visual.transformer(x)  # [B, 1 + N, width]
-    pooled, tokens = visual._pool(x)  # [B, width], [B, N, width] (ln_post applied)
-    return pooled @ visual.proj, tokens @ visual.proj  # [B, e], [B, N, e]
+    seq_first = not visual.transformer.batch_first
+    if seq_first:
+        x = x.transpose(0, 1)  # [1 + N, B, width]
+    for blk in blocks:
+        x = blk(x)
+    out = last(x)  # the last block as open_clip runs it
+    # the value path: attention of every token to itself alone
+    width = x.shape[-1]
+    attn = last.attn
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:]
+    v = F.linear(last.ln_1(x), attn.in_proj_weight[2 * width:], bias)  # the values, [.., width]
+    v = x + last.ls_1(attn.out_proj(v))
+    v = v + last.ls_2(last.mlp(last.ln_2(v)))
+    if seq_first:
+        out, v = out.transpose(0, 1), v.transpose(0, 1)  # [B, 1 + N, width]
+    pooled, _ = visual._pool(out)  # [B, width] (ln_post applied)
+    local = visual.ln_post(v[:, 1:])  # [B, N, width]
+    return pooled @ visual.proj, local @ visual.proj  # [B, e], [B, N, e]
 
 
 def load_clip_for_prompt(

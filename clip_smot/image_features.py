@@ -40,7 +40,7 @@ from .runtime import atomic_write, cache_root
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files"]
 
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: GL-MCM local features from the value path (see clip_model.encode_image_tokens)
 _LOCAL_DTYPE = torch.float16  # local features are large; their cosines need no more precision
 
 

@@ -110,15 +110,23 @@ def test_encode_image_tokens_match_open_clip(tiny):
     x = torch.randn(3, 3, 32, 32)
     g, l = encode_image_tokens(tiny, x)
     torch.testing.assert_close(g, tiny.model.encode_image(x))
+    # GL-MCM's local features: open_clip's own last block with each token attending to itself only
     visual = tiny.model.visual
-    visual.output_tokens = True  # open_clip's own path to the (unprojected, ln_post'ed) patch tokens
+    tokens = visual._embeds(x)  # [B, 1 + N, w]
+    for blk in visual.transformer.resblocks[:-1]:
+        tokens = blk(tokens)
+    n = tokens.shape[1]
+    self_only = torch.full((n, n), float("-inf")).fill_diagonal_(0.0)
+    value_path = visual.transformer.resblocks[-1](tokens, attn_mask=self_only)  # [B, 1 + N, w]
+    assert l.shape == (3, (32 // 8) ** 2, 32)
+    torch.testing.assert_close(l, visual.ln_post(value_path[:, 1:]) @ visual.proj)
+    # not the final patch tokens (open_clip's output_tokens), which attend to every token
+    visual.output_tokens = True
     try:
-        pooled, tokens = visual(x)
+        _, final_tokens = visual(x)
     finally:
         visual.output_tokens = False
-    assert l.shape == (3, (32 // 8) ** 2, 32)
-    torch.testing.assert_close(l, tokens @ visual.proj)
-    torch.testing.assert_close(g, pooled)
+    assert (l - final_tokens @ visual.proj).abs().max() > 1e-3
 
 
 def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_checkpoint):
