@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .cam import CAMProvider
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .errors import UserError
+from .errors import UserError, first_line
 from .fewshot import FewShotClasses
 from .runtime import host_reachable
 
@@ -93,7 +93,7 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"--cam-model {path}: does not match a torchvision ResNet ({str(e).splitlines()[0]})") from None
+        raise UserError(f"--cam-model {path}: does not match a torchvision ResNet ({first_line(e)})") from None
     return model
 
 
@@ -101,7 +101,7 @@ def _from_state_dict_file(path: str) -> CamNetwork:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({str(e).splitlines()[0]})") from None
+        raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({first_line(e)})") from None
     for key in ("state_dict", "model"):  # common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .runtime import host_reachable, sha256_file
 
 __all__ = [
@@ -161,8 +161,8 @@ def load_clip(
     try:
         clip = open_clip.create_model(name, pretrained=pretrained or None, device=device)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({reason})") from None
+        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({first_line(e)})") \
+            from None
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
@@ -44,6 +44,7 @@ __all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor
 
 CLASS_POSITIONS = ("end", "middle", "front")
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
+_CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,14 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
-        raise UserError(f"{flag} {path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{flag} {path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{flag} {path}: not a clip-smot fit checkpoint")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in saved]
+    if not missing and not (isinstance(saved["config"], dict) and isinstance(saved["config"].get("run"), dict)):
+        missing = ["config.run"]
+    if missing:
+        raise UserError(f"{flag} {path}: an incomplete fit checkpoint (no {', '.join(missing)})")
     if config is not None:
         old = saved["config"]
         differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]

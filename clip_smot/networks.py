@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 from .runtime import atomic_write
 
 __all__ = [
@@ -398,6 +398,5 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first})") from None
+        raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
     return model.to(device).eval(), meta

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import class_folders
-from .errors import UserError
+from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
 from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
@@ -364,8 +364,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
             saved = TrainConfig(**ckpt["config"])
+            missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
         except Exception as e:  # a damaged or foreign file: say which one
-            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {e})") \
+            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {first_line(e)})") \
                 from None
         given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
         defaults = dataclasses.asdict(TrainConfig(out=cfg.out))

@@ -434,3 +434,18 @@ def test_resume_drops_a_half_written_log_line(tmp_path):
     assert log.read_text() == lines[0] + "\n" + lines[1] + "\n"
     _truncate_log(log, 1)
     assert log.read_text() == lines[0] + "\n"
+
+
+def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
+    """An empty file (its unpickling error has no message) and a checkpoint that lacks keys."""
+    from clip_smot.fit import CHECKPOINT_FORMAT, export_prompt
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"--checkpoint .*empty.pt: not a readable checkpoint \(\w+"):
+        export_prompt(empty, tmp_path / "p.safetensors")
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "ctx": torch.zeros(2, 4)}, partial)
+    with pytest.raises(UserError, match=r"partial.pt: an incomplete fit checkpoint \(no optimizer, scheduler, rng, config\)"):
+        export_prompt(partial, tmp_path / "p.safetensors")
+    assert not (tmp_path / "p.safetensors").exists()

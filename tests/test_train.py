@@ -1,5 +1,6 @@
 """clip-smot train / eval (ResNet track): tiny CPU runs through the CLI, resume, DDP, bad inputs."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -292,6 +293,17 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "r"), "--resume"])
     assert r.exit_code == 1 and "not a readable clip-smot checkpoint" in r.output
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"\x00garbage"  # left as it was
+    # an empty file (an unpickling error without a message) and a checkpoint without its weights
+    for name, content in (("empty", None), ("partial", {"config": dataclasses.asdict(TrainConfig(out="x"))})):
+        (tmp_path / name).mkdir()
+        if content is None:
+            (tmp_path / name / "checkpoint.pt").write_bytes(b"")
+        else:
+            torch.save(content, tmp_path / name / "checkpoint.pt")
+        r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / name), "--resume"])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and "not a readable clip-smot checkpoint" in lines[0], r.output
+    assert "no model, optimizer, epoch, log, rng" in lines[0]
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
