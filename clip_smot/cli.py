@@ -7,6 +7,7 @@ on stderr and exit code 1 (SPEC section 6).
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -19,23 +20,28 @@ from .smot import PERTURBATIONS
 
 
 class _Group(click.Group):
-    """A click group that turns a UserError anywhere below it into one clean line."""
+    """A click group whose commands answer bad input with one clean line (SPEC section 6): a
+    UserError from the library, and click's own usage errors (a bad or missing flag value),
+    which would otherwise print a usage block."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # (parses the command's flags too)
         except UserError as e:
             raise click.ClickException(str(e)) from None
-
-
-class _OneLineCommand(click.Command):
-    """A command whose bad flag values are reported as one line (no usage block), like a UserError."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.BadParameter as e:
+        except click.UsageError as e:
             raise click.ClickException(e.format_message()) from None
+
+
+class _Float(click.FloatRange):
+    """A float flag in a range, and finite: ``inf`` passes click's range checks but no option
+    of a training run means anything at infinity (``--beta inf`` would never draw a threshold)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,10 +50,10 @@ def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
 
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
+_POSITIVE = _Float(min=0, min_open=True)
 
 
-@cli.command(cls=_OneLineCommand)
+@cli.command()
 @click.option("--data", type=click.Path(), default=None,
               help="DATA/train/<class>/* (ImageNet wnids or any folders); default: the bundled digits.")
 @click.option("--shots", type=click.IntRange(min=1), default=16, show_default=True, help="Images per class.")
@@ -69,15 +75,15 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
               help="smot, or ce (plain CoOp, the baseline).")
 @click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True, help="Beta(alpha, beta) threshold draw.")
 @click.option("--beta", type=_POSITIVE, default=20.0, show_default=True)
-@click.option("--lam", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
+@click.option("--lam", type=_Float(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
 @click.option("--T", "T", type=_POSITIVE, default=200.0, show_default=True, help="eps(t) temperature.")
 @click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True)
-@click.option("--sigma", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Std of --perturb noise.")
+@click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Std of --perturb noise.")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=_POSITIVE, default=0.002, show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--momentum", type=_Float(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=_Float(min=0), default=5e-4, show_default=True)
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--warmup-lr", type=_POSITIVE, default=1e-5, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
@@ -212,16 +218,16 @@ _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.netw
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 8.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Global batch of original images, each with a masked copy (default 128; digits 64).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Initial lr (default 0.1; digits 0.05).")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+@click.option("--lr", type=_POSITIVE, default=None, help="Initial lr (default 0.1; digits 0.05).")
+@click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True,
               help="Threshold s ~ Beta(alpha, beta).")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
-@click.option("--lam", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
-@click.option("--T", "T", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--beta", type=_POSITIVE, default=20.0, show_default=True)
+@click.option("--lam", type=_Float(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
+@click.option("--T", "T", type=_POSITIVE, default=None,
               help="Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 ImageNet-200).")
 @click.option("--perturb", type=click.Choice(["zero", "one", "noise"]), default="zero", show_default=True,
               help="Masked region: black, white, or Gaussian noise (Table 9).")
-@click.option("--sigma", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
+@click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Square input size (default 32 for CIFAR/digits/small folders, 224 otherwise).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: one GPU per process).")
@@ -255,7 +261,7 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
     run_train(cfg, resume=resume, dry_run=dry_run)
 
 
-@cli.command(cls=_OneLineCommand)
+@cli.command()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="OUT/checkpoint.pt of 'clip-smot fit'.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Prompt file to write (.safetensors).")
 @click.option("--model", default=None, help="Override the CLIP model named in the checkpoint (same architecture).")

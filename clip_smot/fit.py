@@ -129,6 +129,9 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.epochs >= 1, "--epochs", "must be >= 1"),
         (cfg.batch_size >= 1, "--batch-size", "must be >= 1"),
         (cfg.lr > 0, "--lr", "must be > 0"),
+        (0 <= cfg.momentum <= 1, "--momentum", "must be in [0, 1]"),
+        (cfg.weight_decay >= 0, "--weight-decay", "must be >= 0"),
+        (cfg.warmup_lr > 0, "--warmup-lr", "must be > 0"),
         (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
         (0 < cfg.crop_scale <= 1, "--crop-scale", "must be in (0, 1]"),
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
@@ -139,6 +142,8 @@ def check_config(cfg: FitConfig) -> None:
          "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
     ]
+    for name in ("alpha", "beta", "lam", "T", "sigma", "lr", "momentum", "weight_decay", "warmup_lr", "crop_scale"):
+        checks.insert(0, (math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')}", "must be a finite number"))
     for ok, flag, what in checks:
         if not ok:
             raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")

@@ -11,6 +11,8 @@ Conventions:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -88,8 +90,8 @@ def sample_thresholds(
     Returns:
         [batch_size] float32 thresholds in [0, 255].
     """
-    if not (alpha > 0 and beta > 0):
-        raise ValueError(f"alpha and beta must be > 0, got alpha={alpha}, beta={beta}")
+    if not (0 < alpha < math.inf and 0 < beta < math.inf):  # (Gamma(inf) would never accept a draw)
+        raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha}, beta={beta}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     conc = torch.tensor([alpha, beta], dtype=torch.float64, device=gen_device)
     # torch.distributions.Beta takes no generator, so draw the two Gammas ourselves.

@@ -127,8 +127,9 @@ def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> Train
         input_size=input_size)
     checks = [(out.epochs >= 1, "--epochs must be >= 1"), (out.batch_size >= 1, "--batch-size must be >= 1"),
               (out.lr > 0 and math.isfinite(out.lr), "--lr must be a positive number"),
-              (out.alpha > 0 and out.beta > 0, "--alpha and --beta must be > 0"),
-              (0 <= out.lam <= 1, "--lam must be in [0, 1]"), (out.T > 0, "--T must be > 0"),
+              (0 < out.alpha < math.inf and 0 < out.beta < math.inf, "--alpha and --beta must be finite and > 0"),
+              (0 <= out.lam <= 1, "--lam must be in [0, 1]"), (0 < out.T < math.inf, "--T must be finite and > 0"),
+              (0 <= out.sigma < math.inf, "--sigma must be finite and >= 0"),
               (out.workers >= 0, "--workers must be >= 0")]
     for ok, msg in checks:
         if not ok:

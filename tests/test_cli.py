@@ -19,3 +19,34 @@ def test_the_cli_starts_without_open_clip_or_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+BAD_FLAGS = [
+    # (argv, the flag the line must name)
+    (["fit", "--beta", "inf", "--dry-run"], "--beta"),  # inf passed click's range and hung the Beta draw
+    (["fit", "--alpha", "nan", "--dry-run"], "--alpha"),
+    (["fit", "--lr", "inf", "--dry-run"], "--lr"),
+    (["fit", "--momentum", "nan", "--dry-run"], "--momentum"),
+    (["fit", "--weight-decay", "inf", "--dry-run"], "--weight-decay"),
+    (["train", "--dataset", "digits", "--beta", "inf", "--out", "o"], "--beta"),
+    (["train", "--dataset", "digits", "--sigma", "nan", "--out", "o"], "--sigma"),
+    (["train", "--dataset", "digits", "--epochs", "-1", "--out", "o"], "--epochs"),
+    (["train", "--out", "o"], "--dataset"),
+    (["score", "--prompt", "p.safetensors", "--batch-size", "0", "--out", "s.csv", "x"], "--batch-size"),
+    (["score", "--out", "s.csv", "x"], "--prompt"),
+    (["eval", "--zero-shot", "--id", "x", "--ood", "=foo", "--out", "e"], "--ood"),
+    (["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--ood", "a=c", "--out", "e"], "--ood"),
+    (["eval", "--id", "x", "--ood", "a=b", "--out", "e"], "--zero-shot"),
+    (["export", "--checkpoint", "c.pt"], "--out"),
+]
+
+
+def test_bad_flags_give_one_line_in_every_command(tmp_path, monkeypatch):
+    """SPEC section 6: one line naming the flag, non-zero exit, no usage block, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    for argv, flag in BAD_FLAGS:
+        res = CliRunner().invoke(cli, argv)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and flag in lines[0], (argv, res.output)
+        assert "Usage:" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []

@@ -436,6 +436,18 @@ def test_resume_drops_a_half_written_log_line(tmp_path):
     assert log.read_text() == lines[0] + "\n"
 
 
+def test_check_config_refuses_non_finite_options():
+    """The library checks what the CLI checks: a FitConfig built in Python with inf/nan is refused."""
+    from clip_smot.fit import FitConfig, check_config
+
+    check_config(FitConfig())  # the defaults pass
+    for name, flag in (("beta", "--beta"), ("alpha", "--alpha"), ("lr", "--lr"), ("momentum", "--momentum"),
+                       ("weight_decay", "--weight-decay"), ("warmup_lr", "--warmup-lr"), ("sigma", "--sigma")):
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(UserError, match=flag):
+                check_config(FitConfig(**{name: value}))
+
+
 def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
     """An empty file (its unpickling error has no message) and a checkpoint that lacks keys."""
     from clip_smot.fit import CHECKPOINT_FORMAT, export_prompt

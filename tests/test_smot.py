@@ -127,3 +127,10 @@ def test_label_smoothing_and_logitnorm_by_hand():
     assert logitnorm_loss(logits, y).item() == pytest.approx(
         F.cross_entropy(scaled, y).item(), rel=1e-5
     )
+
+
+def test_beta_thresholds_refuse_infinite_parameters():
+    """Gamma(inf) never accepts a draw: refused rather than looping for ever."""
+    for alpha, beta in ((float("inf"), 20.0), (50.0, float("inf")), (float("nan"), 20.0), (0.0, 20.0)):
+        with pytest.raises(ValueError, match="finite"):
+            sample_thresholds(4, alpha, beta)
