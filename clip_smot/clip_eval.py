@@ -19,7 +19,7 @@ from .digits import DIGIT_NAMES
 from .errors import UserError
 from .evaluate import write_reports
 from .ood_data import folder_classnames, id_set, image_set
-from .runtime import write_json
+from .runtime import check_output_folder, write_json
 from .scoring import PromptScorer, parse_scores
 
 __all__ = ["ClipEvalConfig", "run_clip_eval"]
@@ -99,6 +99,7 @@ def run_clip_eval(
         The metrics.json content.
     """
     names = parse_scores(scores)
+    check_output_folder(out)
     if "id" in ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
     cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), tuple(names), convention,

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, resolve_device, write_json
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .smot import PERTURBATIONS
@@ -398,6 +398,7 @@ def export_prompt(
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"--checkpoint {path}: no such file")
+    check_output_file(out, "--out", [("--checkpoint", path), ("--pretrained", pretrained)])
     saved = _load_checkpoint(path, None, "--checkpoint")
     config = saved["config"]
     cfg = FitConfig.from_dict(config)

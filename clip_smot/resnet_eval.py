@@ -26,7 +26,7 @@ from .errors import UserError
 from .evaluate import write_reports
 from .networks import load_model
 from .resnet_data import BUILTIN_ID, ImageSet, eval_batches, load_class_folders, load_id_split, load_ood_set
-from .runtime import resolve_device
+from .runtime import check_output_folder, resolve_device
 
 __all__ = ["ODIN_EPS", "ODIN_T", "RESNET_SCORES", "TRAIN_FITTED", "odin", "run_resnet_eval"]
 
@@ -147,6 +147,7 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
     if unknown:
         raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")
     names = list(dict.fromkeys(names))
+    check_output_folder(out)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)

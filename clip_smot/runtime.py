@@ -15,6 +15,8 @@ import torch
 
 from .errors import UserError
 
+from .errors import UserError
+
 __all__ = [
     "PRECISIONS",
     "DTYPES",
@@ -91,6 +93,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write
+
+
+def check_output_file(out: str | os.PathLike, flag: str, inputs: list[tuple[str, Any]]) -> None:
+    """Raise a UserError when the output file ``out`` is one of the command's ``inputs``
+    ((what, path) pairs; paths that are not files are ignored): writing it would destroy that
+    input (e.g. ``export --out`` = ``--checkpoint``, ``score --out`` = ``--prompt``)."""
+    if not os.path.exists(out):
+        return
+    for name, path in inputs:
+        if path is not None and os.path.isfile(path) and os.path.samefile(out, path):
+            raise UserError(f"{flag} {out}: is the {name} file itself; writing there would destroy it")
+
+
+def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
+    ``config.json`` and resumable state an evaluation's files would overwrite or mix with."""
+    held = [f for f in RUN_FILES if (Path(out) / f).is_file()]
+    if held:
+        raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
+                        f"(e.g. {Path(out) / 'eval'})")
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

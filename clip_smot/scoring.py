@@ -30,7 +30,7 @@ from .data import list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files
 from .prompt_file import PromptFile, load_prompt
-from .runtime import resolve_device
+from .runtime import atomic_write_text, check_output_file, resolve_device
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -328,9 +328,8 @@ def run_score(
     import csv
     import io
 
-    from .runtime import atomic_write_text
-
     names = parse_scores(scores)
+    check_output_file(out, "--out", [("--prompt", prompt), ("--pretrained", pretrained), *(("input", p) for p in paths)])
     scorer = PromptScorer.from_file(prompt, model=model, pretrained=pretrained, device=device)
     result = scorer.score_paths(paths, names, batch_size, workers, skip_unreadable, use_cache)
     buf = io.StringIO()

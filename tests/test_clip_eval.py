@@ -124,6 +124,27 @@ def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     assert not (tmp_path / "e").exists()
 
 
+def test_outputs_never_overwrite_inputs_or_runs(tmp_path, tiny, tiny_clip_checkpoint):
+    """score --out = --prompt, and eval --out = a fit run's folder, are refused (SPEC section 6)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    prompt = run / "prompt.safetensors"
+    make_prompt(prompt, tiny)
+    (run / "config.json").write_text('{"the": "fit run"}')
+    before = prompt.read_bytes()
+    id_dir, ood_dir = make_folders(tmp_path)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers",
+                                   "0", "--out", str(prompt), str(id_dir)])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --out {prompt}: is the --prompt file itself; writing there would destroy it"]
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"x={ood_dir}", "--workers", "0", "--out", str(run)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert f"--out {run}: holds a training run (prompt.safetensors)" in res.output
+    assert prompt.read_bytes() == before and (run / "config.json").read_text() == '{"the": "fit run"}'
+    assert sorted(f.name for f in run.iterdir()) == ["config.json", "prompt.safetensors"]
+
+
 # --- eval data layouts ------------------------------------------------------------------------------
 
 

@@ -461,3 +461,15 @@ def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"partial.pt: an incomplete fit checkpoint \(no optimizer, scheduler, rng, config\)"):
         export_prompt(partial, tmp_path / "p.safetensors")
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
+    """export --out = --checkpoint would replace the resumable state with a prompt file."""
+    from clip_smot.fit import CHECKPOINT_FORMAT, export_prompt
+
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"format": CHECKPOINT_FORMAT}, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match=r"--out .*checkpoint.pt: is the --checkpoint file itself"):
+        export_prompt(ckpt, tmp_path / "." / "checkpoint.pt")
+    assert ckpt.read_bytes() == before

@@ -224,6 +224,12 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not a ResNet score" in r.output
+    run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={folders}", "--device", "cpu", "--out", str(run)])
+    assert r.exit_code == 1 and "holds a training run" in r.output and len(r.output.strip().splitlines()) == 1
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
 def test_two_process_ddp_on_cpu(folders, tmp_path):
