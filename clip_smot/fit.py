@@ -38,11 +38,11 @@ from .augment import random_resized_crop_flip
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
+from .prompt_file import CLASS_POSITIONS
 from .smot import PERTURBATIONS
 
 __all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
 
-CLASS_POSITIONS = ("end", "middle", "front")
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .clip_model import ClipModel
 from .encoders import ATTENTION, ENCODER_PRECISIONS, TextEncoder, check_text_tower, packed_index
 from .errors import UserError
-from .prompt_file import PromptFile
+from .prompt_file import CLASS_POSITIONS, PromptFile
 
 __all__ = [
     "ATTENTION",
@@ -42,8 +42,6 @@ __all__ = [
     "text_features_from_prompt",
     "zero_shot_text_features",
 ]
-
-CLASS_POSITIONS = ("end", "middle", "front")
 
 
 def _eot_index(tokens: torch.Tensor) -> torch.Tensor:

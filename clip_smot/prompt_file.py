@@ -32,11 +32,12 @@ from . import __version__
 from .errors import UserError
 from .runtime import atomic_write
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
-_REQUIRED_META = ("format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
+CLASS_POSITIONS = ("end", "middle", "front")
+_REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     missing = [k for k in _REQUIRED_META if k not in meta]
     if missing:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
+    if meta["format"] != FORMAT:
+        raise UserError(f"--prompt {path}: not a clip-smot prompt (format {meta['format']!r})")
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
     try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
@@ -141,8 +144,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
     if not isinstance(classnames, list) or not isinstance(model_config, dict):
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
-    if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
-        raise UserError(f"--prompt {path}: text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
+    _check_contents(path, ctx, text_features, classnames, model_config, n_ctx, meta["class_position"], meta["csc"])
     return PromptFile(
         ctx=ctx,
         text_features=text_features,
@@ -152,8 +154,36 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         checkpoint_sha256=meta.get("checkpoint_sha256", ""),
         n_ctx=n_ctx,
         class_position=meta["class_position"],
-        csc=meta["csc"] == "true",
+        csc=meta["csc"] == "true",  # (checked: "true" or "false")
         classnames=classnames,
         config=config,
         path=path,
     )
+
+
+def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, classnames: list, model_config: dict,
+                    n_ctx: int, class_position: str, csc: str) -> None:
+    """A UserError naming the file unless its tensors and metadata agree with each other and
+    with the model config it names (a hand-edited or foreign file fails here, not later with
+    a traceback deep in a matrix product)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"--prompt {path}: {what}")
+
+    K = len(classnames)
+    if not all(isinstance(c, str) for c in classnames) or K == 0:
+        raise bad("malformed metadata (classnames must be a non-empty JSON list of strings)")
+    if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
+        raise bad(f"malformed metadata (class_position {class_position!r}, csc {csc!r}; expected one of "
+                  f"{CLASS_POSITIONS}, and 'true' or 'false')")
+    for name, t in (("ctx", ctx), ("text_features", text_features)):
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise bad(f"{name} must hold finite floating-point numbers ({t.dtype})")
+    embed_dim = model_config.get("embed_dim")
+    if text_features.ndim != 2 or text_features.shape[0] != K or (embed_dim and text_features.shape[1] != embed_dim):
+        raise bad(f"text_features {tuple(text_features.shape)} do not match {K} class names x the model's "
+                  f"embed_dim {embed_dim}")
+    width = model_config.get("text_cfg", {}).get("width")
+    want = (K, n_ctx, width) if csc == "true" else (n_ctx, width)
+    if ctx.ndim != len(want) or any(w is not None and c != w for c, w in zip(ctx.shape, want)):
+        shape = ", ".join("d" if w is None else str(w) for w in want)
+        raise bad(f"ctx {tuple(ctx.shape)} does not match [{shape}] (n_ctx {n_ctx}, csc {csc}, the model's text width)")

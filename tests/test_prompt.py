@@ -1,6 +1,7 @@
 """The CoOp prompt module against open_clip's own text encoding (tiny CLIP, CPU)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -150,8 +151,12 @@ def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):
     path = tmp_path / "bad.safetensors"
     feats = torch.zeros(len(NAMES), 32)
     save_prompt(path, torch.zeros(4, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
+    with pytest.raises(UserError, match=r"bad.safetensors: ctx \(4, 32\) does not match \[3, 32\]"):
+        load_prompt(path)  # 4 context vectors, metadata says 3
+    save_prompt(path, torch.zeros(3, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
+    prompt = dataclasses.replace(load_prompt(path), ctx=torch.zeros(4, 32))  # a PromptFile made in Python
     with pytest.raises(UserError, match="bad.safetensors: ctx has shape"):
-        text_features_from_prompt(clip, load_prompt(path))  # 4 context vectors, metadata says 3
+        text_features_from_prompt(clip, prompt)
 
 
 def test_random_init_is_seeded_normal_002(clip):

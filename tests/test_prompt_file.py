@@ -69,6 +69,51 @@ def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
         load_prompt(tmp_path / "bad.safetensors")
 
 
+BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
+    ("format", None, r"not a clip-smot prompt \(missing metadata format\)"),
+    ("format", "something-else", "not a clip-smot prompt"),
+    ("classnames", "[1, 2, 3]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
+    ("class_position", "sideways", "malformed metadata"),
+    ("csc", "maybe", "malformed metadata"),
+    ("text_features", torch.ones(3, 32, dtype=torch.int32), "text_features must hold finite floating-point"),
+    ("text_features", torch.full((3, 32), float("nan")), "text_features must hold finite floating-point"),
+    ("text_features", torch.zeros(3, 16), r"text_features \(3, 16\) do not match 3 class names x the model's embed_dim 32"),
+    ("ctx", torch.zeros(4), r"ctx \(4,\) does not match \[4, d\]"),
+    ("ctx", torch.zeros(2, 4, 16), r"ctx \(2, 4, 16\) does not match \[4, d\]"),
+    ("ctx", torch.full((4, 16), float("inf")), "ctx must hold finite floating-point"),
+    ("n_ctx", "9", r"ctx \(4, 16\) does not match \[9, d\]"),
+    ("csc", "true", r"ctx \(4, 16\) does not match \[3, 4, d\]"),
+]
+
+
+@pytest.mark.parametrize("key,value,error", BAD_CONTENTS)
+def test_inconsistent_contents_are_one_line_user_errors(tmp_path, key, value, error):
+    """A hand-edited or foreign file is refused at load, naming it (it used to fail later,
+    e.g. with a traceback in the matrix product of scoring, or to score with NaN)."""
+    _save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value
+    elif value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="bad.safetensors: " + error):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_ctx_width_is_checked_against_the_model_config(tmp_path):
+    ident = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {"width": 16}}))
+    _save(tmp_path / "p.safetensors", identity=ident)
+    assert load_prompt(tmp_path / "p.safetensors").ctx.shape == (4, 16)
+    _save(tmp_path / "bad.safetensors", identity=ident, ctx=torch.zeros(4, 24))
+    with pytest.raises(UserError, match=r"bad.safetensors: ctx \(4, 24\) does not match \[4, 16\]"):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     import clip_smot.prompt_file as pf
 
