@@ -147,6 +147,8 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
         y = int(label)
         if not 0 <= y < len(classes.folders):
             raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
+        if rel.startswith("/") or ".." in rel.split("/"):  # the image must lie in its class folder
+            raise UserError(f"{flag} {path}:{n}: {rel} leaves the class folder (absolute, or with '..')")
         folder = rel.split("/", 1)[0]
         if folder != classes.folders[y]:
             raise UserError(f"{flag} {path}:{n}: {rel} is not in class {y}'s folder {classes.folders[y]!r}")

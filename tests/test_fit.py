@@ -361,6 +361,12 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
     bad.write_text(f"{WNIDS[0]}/missing.JPEG\t0\n")
     with pytest.raises(UserError, match="no such image file"):
         read_split(bad, classes)
+    # an existing image of another class (or outside the data), reached through '..' or an absolute path
+    for rel in (f"{WNIDS[0]}/../{WNIDS[1]}/{WNIDS[1]}_0.JPEG", str(imagenet_dir / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG")):
+        assert (imagenet_dir / "train" / rel).is_file()
+        bad.write_text(f"{rel}\t0\n")
+        with pytest.raises(UserError, match=r"split.txt:1: .* leaves the class folder"):
+            read_split(bad, classes)
 
 
 def test_cam_model_from_a_train_safetensors(tmp_path):
