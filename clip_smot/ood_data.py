@@ -159,9 +159,13 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     as_list = _split_list_arg(where)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
-        if all(0 <= y < len(classnames) for y in labels):
-            return ImageSet("id", paths, labels)
-        return ImageSet("id", paths, None, f"{as_list[0]}: labels are not class indices of the prompt")
+        if all(y < 0 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
+            return ImageSet("id", paths, None, f"{as_list[0]}: the list gives no class labels")
+        for path, y in zip(paths, labels):  # a wrong label would make the ID accuracy wrong
+            if not 0 <= y < len(classnames):
+                raise UserError(f"{flag} {as_list[0]}: {path} has label {y}, not a class index of the prompt "
+                                f"(0 .. {len(classnames) - 1}; every line needs one, or none does)")
+        return ImageSet("id", paths, labels)
     root = _id_root(Path(where))
     paths = list_images(root, flag=flag)
     if root.is_file():

@@ -171,6 +171,21 @@ def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
     assert folder_classnames(tmp_path / "imagenet") == ["tench", "goldfish"]
 
 
+def test_id_image_list_labels_are_class_indices_or_absent(tmp_path):
+    _img(tmp_path / "v" / "a.png")
+    _img(tmp_path / "v" / "b.png")
+    lst = tmp_path / "id.txt"
+    lst.write_text("v/a.png 1\nv/b.png 0\n")
+    assert id_set(f"{tmp_path}::{lst}", ["x", "y"]).labels == [1, 0]
+    lst.write_text("v/a.png\nv/b.png -1\n")  # no labels (OpenOOD writes -1): no accuracy, a note
+    s = id_set(f"{tmp_path}::{lst}", ["x", "y"])
+    assert s.labels is None and "no class labels" in s.note
+    for text in ("v/a.png 1\nv/b.png 7\n", "v/a.png 1\nv/b.png -3\n", "v/a.png 1\nv/b.png\n"):
+        lst.write_text(text)
+        with pytest.raises(UserError, match=r"--id .*id.txt: .*b.png has label -?\d+, not a class index of the prompt"):
+            id_set(f"{tmp_path}::{lst}", ["x", "y"])
+
+
 def test_ood_folders_any_layout_and_image_lists(tmp_path):
     # MOS sets as people store them
     _img(tmp_path / "iNaturalist" / "images" / "1.jpg")
@@ -188,7 +203,8 @@ def test_ood_folders_any_layout_and_image_lists(tmp_path):
     # an ID list: labels are class indices of the prompt
     (tmp_path / "id.txt").write_text("iNaturalist/images/1.jpg 1\ndtd/images/zigzag/z.jpg 0\n")
     assert id_set(tmp_path / "id.txt", ["a", "b"]).labels == [1, 0]
-    assert id_set(tmp_path / "id.txt", ["a"]).labels is None
+    with pytest.raises(UserError, match="has label 1, not a class index of the prompt"):
+        id_set(tmp_path / "id.txt", ["a"])  # one class only: label 1 is wrong (it used to drop the accuracy quietly)
     (tmp_path / "bad.txt").write_text("dtd/images/zigzag/z.jpg 0\nmissing.jpg 0\n")
     with pytest.raises(UserError, match=r"bad.txt:2: .*missing.jpg does not exist"):
         image_set("bad", tmp_path / "bad.txt")
