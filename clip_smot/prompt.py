@@ -133,9 +133,11 @@ class PromptLearner(nn.Module):
         tokens = tokenize([f"{placeholder} {name}." for name in classnames]).to(device)  # [K, 77]
         name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
         eot = _eot_index(tokens)  # [K]
-        for name, n_name in zip(classnames, name_lens):
-            if 1 + n_ctx + n_name + 2 > L_max:
-                raise UserError(f"class {name!r}: its prompt needs more than the {L_max} tokens of the text encoder")
+        n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
+        if 1 + n_ctx + n_name + 2 > L_max:
+            raise UserError(f"--n-ctx {n_ctx}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; use at most "
+                            f"--n-ctx {L_max - n_name - 3}")
         # perm[k, p]: which position of the "end" layout goes to position p of the chosen layout
         perm = torch.arange(L_max).repeat(K, 1)  # [K, 77]
         h = n_ctx // 2

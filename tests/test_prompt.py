@@ -172,7 +172,7 @@ def test_bad_arguments(clip):
         PromptLearner(clip, NAMES, class_position="left")
     with pytest.raises(UserError, match="--n-ctx"):
         PromptLearner(clip, NAMES, n_ctx=0)
-    with pytest.raises(UserError, match="more than the 77 tokens"):
+    with pytest.raises(UserError, match="--n-ctx 74: .* of the text encoder.s 77 tokens"):
         PromptLearner(clip, NAMES, n_ctx=74)
     with pytest.raises(UserError, match="--precision"):
         PromptLearner(clip, NAMES, precision="int8")
@@ -311,3 +311,14 @@ def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
     assert len(per_block) == 33 and 1 <= per_block.min() and per_block.max() <= 3
     assert per_block.sum() < 0.1 * 33 * 33
     assert eots.kv_num_blocks[0, 0].sum() < 0.25 * 8 * 33
+
+
+def test_too_many_context_vectors_name_the_flag_and_the_limit(clip):
+    import re
+
+    with pytest.raises(UserError, match=r"--n-ctx 100: the prompt of class .* use at most --n-ctx \d+") as e:
+        PromptLearner(clip, NAMES, n_ctx=100)
+    limit = int(re.search(r"at most --n-ctx (\d+)", str(e.value)).group(1))
+    PromptLearner(clip, NAMES, n_ctx=limit)  # the limit itself fits: EOT at the last position
+    with pytest.raises(UserError, match=f"--n-ctx {limit + 1}:"):
+        PromptLearner(clip, NAMES, n_ctx=limit + 1)
