@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
+from .cam import normalize_cam
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
@@ -336,6 +337,8 @@ def run_fit(cfg: FitConfig) -> Path:
             # the same crop and flip for each image and its CAM, on the device
             x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
                                               scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
+            if cam is not None:  # min-max over the view, as a CAM computed on the view would be (SPEC section 1)
+                cam = normalize_cam(cam)
             loss = step(x, cam if cam is not None else no_cams, labels[idx])  # thresholds from data_gen (CPU): no sync
             loss_sum += loss
             if cfg.dry_run:

@@ -479,3 +479,29 @@ def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"--out .*checkpoint.pt: is the --checkpoint file itself"):
         export_prompt(ckpt, tmp_path / "." / "checkpoint.pt")
     assert ckpt.read_bytes() == before
+
+
+def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monkeypatch):
+    """The cached CAM is cropped with its image, then scaled to [0, 255] over the view (SPEC
+    section 1: the CAM of the image that is masked), so every view's CAM reaches 255 (or is all
+    zero when it is flat)."""
+    import clip_smot.fit as fit_module
+
+    seen = []
+    real = fit_module.make_fit_step
+
+    def spy(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(images, cams, labels):
+            seen.append(cams.detach().clone())
+            return step(images, cams, labels)
+        return wrapped
+
+    monkeypatch.setattr(fit_module, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--batch-size", "1"))
+    assert res.exit_code == 0, res.output
+    cams = torch.cat(seen)  # [views, S, S]
+    assert len(cams) >= 4
+    for cam in cams:
+        assert cam.min() == 0 and (cam.max() == 255 or cam.max() == 0), (cam.min(), cam.max())
