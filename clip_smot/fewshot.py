@@ -79,7 +79,8 @@ def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotCla
         names = imagenet_classnames()
         order = sorted(folders, key=index.__getitem__)  # ImageNet-1k order, restricted
         return FewShotClasses(root, tuple(order), tuple(names[index[f]] for f in order), tuple(index[f] for f in order))
-    return FewShotClasses(root, tuple(folders), tuple(folders), None)
+    # other folders: the folder name is the class name, "_" read as a space (as CoOp and zero-shot eval do)
+    return FewShotClasses(root, tuple(folders), tuple(f.replace("_", " ") for f in folders), None)
 
 
 def _class_images(root: Path, folder: str) -> list[str]:

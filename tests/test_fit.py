@@ -505,3 +505,12 @@ def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monke
     assert len(cams) >= 4
     for cam in cams:
         assert cam.min() == 0 and (cam.max() == 255 or cam.max() == 0), (cam.min(), cam.max())
+
+
+def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
+    for folder in ("red_car", "blue"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
+    classes = resolve_classes(tmp_path)
+    assert classes.folders == ("blue", "red_car") and classes.classnames == ("blue", "red car")
+    assert classes.imagenet_index is None
