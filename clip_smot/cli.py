@@ -143,17 +143,17 @@ def score(prompt, model_name, pretrained, scores, batch_size, device, workers, s
             click.echo(f"  {reason}", err=True)
 
 
-def _parse_ood(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
+    """``NAME=DIR`` (a folder or image list) or a bare built-in set name (-> None): a bare name
+    always means the built-in set, even where a folder of that name exists."""
+    out: dict[str, str | None] = {}
     for v in values:
         name, sep, where = v.partition("=")
-        if not sep:
-            name, where = v, v  # a bare built-in name such as "svhn"
-        if not name or not where:
+        if not name or (sep and not where):
             raise click.BadParameter(f"{v!r}: expected NAME=DIR or a built-in set name", param_hint="--ood")
         if name in out:
             raise click.BadParameter(f"OOD set {name!r} given twice", param_hint="--ood")
-        out[name] = where
+        out[name] = where if sep else None
     return out
 
 
@@ -165,7 +165,8 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: from the prompt).")
 @click.option("--id", "id_data", required=True, help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).")
 @click.option("--id-train", default=None, help="ResNet: ID training data for KNN/ViM/ReAct statistics (default: from the checkpoint).")
-@click.option("--ood", multiple=True, required=True, help="OOD set as NAME=DIR (or NAME=LIST.txt), or a built-in name; repeatable.")
+@click.option("--ood", multiple=True, required=True,
+              help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; repeatable.")
 @click.option("--scores", default=None, help="Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
 @click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
               help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")

@@ -50,14 +50,23 @@ BUILTIN_ID = ("digits",)
 BUILTIN_OOD = ("photos", "textures")
 
 
-def _builtin(where: str, names: tuple[str, ...], size: int) -> str:
-    """The folder of a built-in set named ``where``, or ``where`` itself when it is a path."""
-    if where not in names or Path(where).exists():
+def _builtin_id(where: str, size: int) -> str:
+    """The bundled digits' val folder for ``--id digits``, or ``where`` itself when it is a path."""
+    if where not in BUILTIN_ID or Path(where).exists():
         return where
     from .digits import ensure_digits
 
-    root = ensure_digits(size)
-    return str(root / "val" if where == "digits" else root / "ood" / where)
+    return str(ensure_digits(size) / "val")
+
+
+def _builtin_ood(name: str, size: int) -> str:
+    """The folder of the built-in OOD set ``name`` (a bare ``--ood NAME``)."""
+    if name not in BUILTIN_OOD:
+        raise UserError(f"--ood {name}: not a built-in OOD set (the CLIP track has only the digits' "
+                        f"{' and '.join(BUILTIN_OOD)}); give {name}=DIR for a folder or image list")
+    from .digits import ensure_digits
+
+    return str(ensure_digits(size) / "ood" / name)
 
 
 def _zero_shot_template() -> str:
@@ -87,8 +96,8 @@ def run_clip_eval(
         model, pretrained: override the prompt's model (zero-shot default: ViT-B-16 / openai).
         id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list; or
             ``digits``, the bundled digits' val folder.
-        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``); or the
-            digits' own OOD sets by their bare names ``photos`` and ``textures``.
+        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``), or None for
+            the built-in set of that name (the digits' ``photos`` and ``textures``).
         scores: score names (default: mcm).
         convention: FPR95 convention, "id" or "openood" (OOD positive).
         batch_size, workers, device: encoding settings.
@@ -120,8 +129,8 @@ def run_clip_eval(
     scorer.check_scores(names)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
-    sets = [id_set(_builtin(id_data, BUILTIN_ID, size), scorer.classnames)]
-    sets += [image_set(n, _builtin(w, BUILTIN_OOD, size)) for n, w in ood.items()]
+    sets = [id_set(_builtin_id(id_data, size), scorer.classnames)]
+    sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
 
     start = time.monotonic()
     results = {}

@@ -257,14 +257,16 @@ def load_class_folders(root: str | os.PathLike, classnames: Sequence[str], input
     return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
-def load_ood_set(name: str, where: str, input_size: int, data: str | None = None) -> ImageSet:
-    """An OOD set: ``where`` is a folder (searched recursively) or a built-in name
-    (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets).
-
-    ``name=where`` for a bare built-in name on the command line.
+def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None) -> ImageSet:
+    """An OOD set: ``where`` is a folder (searched recursively), or None for the built-in set
+    ``name`` (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets;
+    a bare ``--ood NAME`` on the command line).
     """
-    key = where.lower()
-    if key in BUILTIN_OOD and not Path(where).exists():
+    if where is None:
+        key = name.lower()
+        if key not in BUILTIN_OOD:
+            raise UserError(f"--ood {name}: not a built-in OOD set ({', '.join(BUILTIN_OOD)}); give {name}=DIR "
+                            "for a folder")
         if key == "svhn":
             s = _svhn(data_root(data))
         elif key in ("cifar10", "cifar100"):

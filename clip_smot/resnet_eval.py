@@ -133,7 +133,8 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
         id_data: ID test data: a folder (``DIR/val/<class>`` or ``DIR/<class>``) or a built-in
             name (cifar10, cifar100, digits, imagenet200).
         id_train: ID training data for react/knn/vim (default: what the model was trained on).
-        ood: OOD set name -> folder or built-in name (svhn, cifar10, cifar100, photos, textures).
+        ood: OOD set name -> folder, or None for the built-in set of that name (svhn, cifar10,
+            cifar100, photos, textures).
         scores: score names (default ``["msp"]``), from :data:`RESNET_SCORES`.
         convention: FPR95 convention ("id" or "openood").
         batch_size, workers, device: evaluation batches, decoding workers, "auto"/"cpu"/"cuda".

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     id_dir, ood_dir = make_folders(tmp_path)
     base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--workers", "0",
             "--out", str(tmp_path / "e")]
-    for ood, expected in [(f"gone={tmp_path / 'missing'}", "--ood gone="), ("svhn", "no built-in OOD sets"),
+    for ood, expected in [(f"gone={tmp_path / 'missing'}", "--ood gone="), ("svhn", "--ood svhn: not a built-in OOD set"),
                           (f"x={ood_dir}", None)]:
         res = CliRunner().invoke(cli, base + ["--ood", ood, "--scores", "mcm,nope" if expected is None else "mcm"])
         assert res.exit_code != 0 and "Traceback" not in res.output
@@ -169,6 +170,20 @@ def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
     s = id_set(tmp_path / "imagenet", ["cat", "dog"])
     assert s.labels is None and "match no class" in s.note
     assert folder_classnames(tmp_path / "imagenet") == ["tench", "goldfish"]
+
+
+def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    from clip_smot import clip_eval
+    from clip_smot.resnet_data import load_ood_set
+
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "photos" / "mine.png")  # a user's folder that happens to be called photos
+    builtin = Path(clip_eval._builtin_ood("photos", 32))
+    assert builtin.resolve() != (tmp_path / "photos").resolve() and len(list(builtin.iterdir())) > 1
+    assert len(load_ood_set("photos", None, 32).labels) == 300  # the ResNet track's built-in too
+    assert len(load_ood_set("photos", "photos", 32).labels) == 1  # photos=photos: the folder
+    with pytest.raises(UserError, match="--ood mine: not a built-in OOD set"):
+        load_ood_set("mine", None, 32)
 
 
 def test_id_image_list_labels_are_class_indices_or_absent(tmp_path):

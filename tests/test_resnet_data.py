@@ -54,7 +54,7 @@ def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
         rd.load_id_split("cifar10", str(tmp_path), "train")
     assert time.perf_counter() - t0 < 20 and calls == [("www.cs.toronto.edu", 443)]
     with pytest.raises(UserError, match="svhn: not found"):
-        rd.load_ood_set("svhn", "svhn", 32, data=str(tmp_path))
+        rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
 
 
 def test_reachable_gives_up_within_its_timeout(monkeypatch):
