@@ -101,7 +101,8 @@ def _torchvision(name: str, root: Path, **kwargs):
     host = _HOSTS[name]
     if not _reachable(host):
         raise UserError(f"{name}: not found under {root} and {host[0]} cannot be reached (offline?); "
-                        f"download it on a machine with internet, or pass --data ROOT where it is stored")
+                        f"download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
+                        f"to the folder that holds it")
     try:
         return cls(str(root), download=True, **kwargs)
     except (OSError, RuntimeError) as e:
