@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import click
 
@@ -277,6 +278,8 @@ def export(checkpoint, out, model, pretrained, device) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # torch's advice when --workers exceeds the CPU count is noise before a one-line result or error
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     cli(prog_name="clip-smot")
 
 

@@ -84,8 +84,8 @@ def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
 
     scores = list(id_scores)
     sets = list(ood_scores)
-    fig, axes = plt.subplots(
-        len(scores), len(sets), figsize=(3.2 * len(sets), 2.6 * len(scores)), squeeze=False
+    fig, axes = plt.subplots(  # constrained layout leaves room for the suptitle above the panels' titles
+        len(scores), len(sets), figsize=(3.2 * len(sets), 2.6 * len(scores)), squeeze=False, layout="constrained"
     )
     for i, score in enumerate(scores):
         for j, ood_set in enumerate(sets):
@@ -98,7 +98,6 @@ def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
             ax.set_title(f"{score}: ID vs {ood_set}", fontsize=9)
             ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
