@@ -113,6 +113,8 @@ def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> Train
         raise UserError(f"--method {method}: choose from {', '.join(METHODS)}")
     if method == "smot" and not cfg.cam_model:
         raise UserError("--cam-model FILE is required for the SMOT method (the base model's model.safetensors)")
+    if method != "smot" and cfg.cam_model:
+        raise UserError(f"--cam-model {cfg.cam_model}: only the smot method uses CAMs (this run's method is {method})")
     if cfg.perturb not in PERTURBATIONS:
         raise UserError(f"--perturb {cfg.perturb}: choose from {', '.join(PERTURBATIONS)}")
     arch = cfg.arch or (DIGITS_RECIPE["arch"] if digits else "resnet18")

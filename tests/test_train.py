@@ -182,6 +182,8 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--data", "{folders}", "--stage", "smot"], "--cam-model FILE is required"),
     (["--data", "{folders}", "--stage", "smot", "--cam-model", "{missing}/m.safetensors"], "no such file"),
     (["--data", "{folders}", "--stage", "smot", "--cam-model", "{notmodel}"], "not a safetensors file"),
+    (["--data", "{folders}", "--cam-model", "{notmodel}"], "only the smot method uses CAMs (this run's method is ce)"),
+    (["--data", "{folders}", "--stage", "smot", "--method", "ls", "--cam-model", "{notmodel}"], "method is ls"),
     (["--data", "{folders}", "--lam", "2"], "--lam"),
     (["--data", "{folders}", "--epochs", "0"], "--epochs"),
     (["--data", "{folders}", "--lr", "0"], "--lr"),
