@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh                            # all steps; logs under $OUT (default /tmp/gpu_check)
 #   ONLY="fit_step resnet_epoch" bash benchmarks/gpu_check.sh   # some steps, in that order
 #   ONLY=fit_e2e_fast E2E_EPOCHS=50 E2E_LIMIT=540 bash benchmarks/gpu_check.sh   # the full 50-epoch fit
-# Steps: pytest_gpu (the GPU tests), fit_step_fast (the issue's comparison with the fast options:
+# Steps: pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
 # options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs).
@@ -36,6 +36,9 @@ python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_cli
 for s in $ONLY; do
   case $s in
     pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
+    pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_encoders.py \
+      -k "text_variants or flex" ;;
     # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention flex --compile-layers ;;
