@@ -110,7 +110,7 @@ def fit(split_file, **options) -> None:
 
     out = run_fit(FitConfig(split=split_file, **options))
     if not options["dry_run"]:
-        click.echo(f"prompt written to {out / 'prompt.safetensors'}")
+        click.echo(f"prompt: {out / 'prompt.safetensors'}")
 
 
 @cli.command()

@@ -285,6 +285,9 @@ def run_fit(cfg: FitConfig) -> Path:
     }}
     saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
     start_epoch = saved["epoch"] if saved else 0
+    if saved and start_epoch >= cfg.epochs and (out / "prompt.safetensors").is_file():
+        tqdm.write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
+        return out
     if not cfg.dry_run:  # a dry run writes nothing
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(text, out / "split.txt")

@@ -432,6 +432,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, log = int(ckpt["epoch"]), list(ckpt["log"])
         _set_rng_state(ckpt["rng"])
+        if start_epoch >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
+            if rank == 0:
+                print(f"train: the run in {out} has finished its {start_epoch} epochs; nothing to do "
+                      "(nothing rewritten)", file=sys.stderr)
+            return json.loads((out / "summary.json").read_text())
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 

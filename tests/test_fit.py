@@ -194,6 +194,11 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert [r["epoch"] for r in logs] == [1, 2]
     assert logs == [json.loads(line) | {"seconds": r["seconds"]} for line, r in
                     zip((tmp_path / "straight" / "log.jsonl").read_text().splitlines(), logs)]
+    # resuming the finished run does nothing and rewrites nothing
+    files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()}
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
+    assert res.exit_code == 0 and "has finished its 2 epochs; nothing to do" in res.output, res.output
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
 
 
 def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):

@@ -149,6 +149,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, t
     la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert la == lb
+    # resuming the finished run does nothing and rewrites nothing
+    files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()}
+    summary = run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
+    assert summary == json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()} == files
 
 
 def test_lr_schedules():
