@@ -365,8 +365,12 @@ class TensorBatches:
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[Path], labels: torch.Tensor, transform) -> None:
-        self.files, self.labels, self.transform = list(files), labels, transform
+    """Decoded, transformed images ``(uint8 [3, S, S], label, error)``: an unreadable file yields
+    its error message rather than an exception, which a DataLoader worker would re-raise with a
+    multi-line traceback; :func:`_loaded` raises it in the main process as one line."""
+
+    def __init__(self, files: Sequence[Path], labels: torch.Tensor, transform, size: int) -> None:
+        self.files, self.labels, self.transform, self.size = list(files), labels, transform, size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -374,8 +378,21 @@ class _FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         import torchvision.transforms.functional as TF
 
-        img = self.transform(load_image(self.files[i]))
-        return TF.pil_to_tensor(img), self.labels[i]  # uint8 [3, S, S]
+        try:
+            img = self.transform(load_image(self.files[i]))
+        except UserError as e:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], str(e)
+        return TF.pil_to_tensor(img), self.labels[i], ""  # uint8 [3, S, S]
+
+
+def _loaded(loader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of a DataLoader over a :class:`_FileDataset`, on ``device``; the first
+    unreadable image of a batch stops the run as a UserError naming it."""
+    for x, y, errors in loader:
+        bad = [e for e in errors if e]
+        if bad:
+            raise UserError(bad[0])
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def _train_transform(size: int, flip: bool):
@@ -403,7 +420,7 @@ class FileBatches:
 
     def __init__(self, files: Sequence[Path], labels: torch.Tensor, input_size: int, batch_size: int,
                  device: torch.device, seed: int, workers: int, flip: bool = True, rank: int = 0, world: int = 1) -> None:
-        self.dataset = _FileDataset(files, labels, _train_transform(input_size, flip))
+        self.dataset = _FileDataset(files, labels, _train_transform(input_size, flip), input_size)
         self.batch_size, self.device, self.seed, self.workers = batch_size, device, seed, workers
         self.rank, self.world = rank, world
         self.sampler = None
@@ -426,8 +443,7 @@ class FileBatches:
             self.dataset, batch_size=self.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=g,
             persistent_workers=False, prefetch_factor=4 if self.workers else None)
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        yield from _loaded(loader, self.device)
 
 
 def eval_batches(s: ImageSet, batch_size: int, device: torch.device, workers: int = 0
@@ -437,8 +453,7 @@ def eval_batches(s: ImageSet, batch_size: int, device: torch.device, workers: in
         for i in range(0, len(s), batch_size):
             yield s.images[i:i + batch_size].to(device), s.labels[i:i + batch_size].to(device)
         return
-    ds = _FileDataset(s.files, s.labels, _eval_transform(s.input_size))
+    ds = _FileDataset(s.files, s.labels, _eval_transform(s.input_size), s.input_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          pin_memory=device.type == "cuda")
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    yield from _loaded(loader, device)

@@ -370,3 +370,17 @@ def test_fp16_loss_scaling_changes_nothing_but_skips_non_finite_steps(fused):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     skipped, _ = one_step(scaler, std=0.0)  # inputs / 0: non-finite loss and gradients
     assert torch.equal(skipped, init) and scaler.get_scale() == 2.0**9
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line(tmp_path):
+    """Images larger than 64 px are decoded by DataLoader workers; a bad one used to come back as
+    a multi-line traceback of the worker."""
+    data = _write_folders(tmp_path / "big", per_class=(3, 1), size=72)
+    bad = data / "train" / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    args = ["train", "--data", str(data), "--arch", "resnet_tiny", "--input-size", "72", "--batch-size", "3",
+            "--epochs", "1", "--device", "cpu", "--workers", "2", "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(cli, args)
+    errors = [line for line in r.output.splitlines() if "Error" in line]  # (after the progress bar's lines)
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(errors) == 1, r.output
+    assert errors[0].endswith(f"Error: {bad}: unreadable or truncated image (image file is truncated)")
