@@ -68,8 +68,15 @@ def imagenet200_wnids() -> list[str]:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Whether a file under ``root`` is hidden (a dot-file such as macOS's ``._x.jpg``, or inside
+    a dot-folder such as ``.thumbs/``): never data."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
-    """Image files under ``root`` (searched recursively), sorted; ``root`` may be one file.
+    """Image files under ``root`` (searched recursively, hidden files and folders left out),
+    sorted; ``root`` may be one file.
 
     Raises:
         UserError: ``root`` does not exist, or holds no image file.
@@ -79,18 +86,43 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
         raise UserError(f"{flag} {root}: no such file or folder")
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, root) and p.is_file())
     if not files:
         raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image fully into RGB; a missing, unreadable or truncated file is a UserError."""
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images as 8-bit grey ('L'), scaled: PIL's ``convert`` would clip
+    them (a 16-bit mid-grey becomes white, a float image in [0, 1] black)."""
+    import numpy as np
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
+        a = a / 257.0  # 0..65535 -> 0..255
+    elif im.mode == "F" and a.max() <= 1.0:
+        a = a * 255.0  # a float image in [0, 1]
+    return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+
+
+def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image:
+    """Decode an image fully; a missing, unreadable or truncated file is a UserError.
+
+    Args:
+        path: the image file.
+        mode: convert to this PIL mode ("RGB"), or None to keep the image's own mode (open_clip's
+            evaluation transform resizes first and converts to RGB after, which differs for
+            RGBA, palette and 1-bit images; the CLIP scoring path matches it). 16-bit and
+            32-bit grey images are scaled to 8-bit grey either way.
+    """
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later in a worker
-            return im.convert("RGB")
+            im = _eight_bit(im)
+            return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

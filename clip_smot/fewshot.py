@@ -91,9 +91,10 @@ def _class_images(root: Path, folder: str) -> list[str]:
     """
     out = []
     for dirpath, dirnames, filenames in os.walk(root / folder):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # hidden folders are not data
         rel = Path(dirpath).relative_to(root).as_posix()
-        out += [f"{rel}/{f}" for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        out += [f"{rel}/{f}" for f in filenames
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith(".")]
     return sorted(out)
 
 

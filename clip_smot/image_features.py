@@ -40,7 +40,9 @@ from .runtime import atomic_write, cache_root
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files"]
 
-_CACHE_VERSION = "2"  # 2: GL-MCM local features from the value path (see clip_model.encode_image_tokens)
+# 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
+# after resizing (as open_clip), 16-bit grey scaled to 8 bits
+_CACHE_VERSION = "2"
 _LOCAL_DTYPE = torch.float16  # local features are large; their cosines need no more precision
 
 
@@ -76,7 +78,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return self.transform(load_image(self.paths[i])), ""
+            return self.transform(load_image(self.paths[i], mode=None)), ""  # open_clip converts after resizing
         except UserError as e:
             return torch.zeros(3, self.size, self.size), str(e)
 

@@ -51,3 +51,27 @@ def test_binary_split_and_image_list_files_are_user_errors(tmp_path):
         read_split(binary, classes)
     with pytest.raises(UserError, match="--ood .*list.txt: not a text file"):
         read_image_list(binary, tmp_path, "--ood")
+
+
+def test_sixteen_bit_and_float_grey_images_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")  # a 16-bit grey PNG
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "f32.tif")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    got = np.asarray(load_image(tmp_path / "g16.png"))  # [64, 64, 3]
+    expected = np.round(ramp / 257.0).astype(np.uint8)  # by hand: 0..65535 -> 0..255
+    assert (got == expected[..., None]).all() and (got < 255).mean() > 0.99  # PIL's convert: 255 from 255 on
+    assert (np.asarray(load_image(tmp_path / "f32.tif")) == 128).all()  # 0.5 * 255, not 0
+
+
+def test_hidden_files_and_folders_are_not_data(tmp_path):
+    from clip_smot.fewshot import _class_images
+
+    for rel in ("cat/a.png", "cat/sub/b.png", "cat/._a.png", "cat/.thumbs/t.png", ".hidden/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel, format="PNG")
+    assert [p.relative_to(tmp_path).as_posix() for p in data.list_images(tmp_path)] == ["cat/a.png", "cat/sub/b.png"]
+    assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/sub/b.png"]
+    assert data.class_folders(tmp_path) == ["cat"]

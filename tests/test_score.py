@@ -135,6 +135,25 @@ def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_ch
     torch.testing.assert_close(image_preprocess(tiny)(im), val(im))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "1", "CMYK"])
+def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
+    """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
+    converted to RGB after (RGBA, palette and 1-bit images differ if converted first)."""
+    from clip_smot.image_features import _ImageFiles
+
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (50, 70, 4)).astype(np.uint8)
+    rgba[:, :30, 3] = 0  # a transparent part, whose hidden colour open_clip's resize drops
+    im = Image.fromarray(rgba, "RGBA")
+    im = im if mode == "RGBA" else im.convert("RGB").convert(mode) if mode != "P" else im.convert("P")
+    path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
+    im.save(path)
+    x, error = _ImageFiles([str(path)], image_preprocess(tiny), 32)[0]
+    assert error == ""
+    torch.testing.assert_close(x, val(Image.open(path)))
+
+
 def test_gl_mcm_needs_a_vit(tmp_path):
     cfg = {
         "embed_dim": 32,
