@@ -437,6 +437,8 @@ class FileBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator()
         g.manual_seed(_mix(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
+        if not self.workers:  # torchvision's transforms then draw from this process's global RNG:
+            torch.manual_seed(_mix(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(

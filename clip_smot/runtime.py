@@ -118,6 +118,12 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
                         f"(e.g. {Path(out) / 'eval'})")
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # (reading the umask means setting it)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -131,6 +137,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
     finally:
         if os.path.exists(tmp):

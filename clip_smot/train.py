@@ -142,7 +142,7 @@ def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> Train
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """Learning rate of (0-based) ``epoch``: steps at 40%/70% (base) or cosine decay (smot)."""
     if cfg.stage == "base":
-        drops = sum(epoch >= round(f * cfg.epochs) for f in BASE_MILESTONES)
+        drops = sum(epoch >= max(1, round(f * cfg.epochs)) for f in BASE_MILESTONES)  # epoch 0 at lr, always
         return cfg.lr * 0.1**drops
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
@@ -379,9 +379,12 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         if differ:
             raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
                             f"run saved in {out}; resume with the same flags")
+        if cfg.epochs is not None and cfg.epochs < saved.epochs:
+            raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
+                            "with as many or more")
         cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
                                   out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
-                                  epochs=max(cfg.epochs or saved.epochs, saved.epochs))
+                                  epochs=cfg.epochs or saved.epochs)
     elif not dry_run and ckpt_path.exists():
         raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
                         f"or choose another folder")
@@ -463,6 +466,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.to_json() + "\n", out / "config.json")
+        if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
+            atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
 
     if dry_run:
         for g in optimizer.param_groups:

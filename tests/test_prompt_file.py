@@ -131,3 +131,15 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monk
         _save(path, ctx=torch.ones(4, 16))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
+
+
+def test_written_files_get_an_ordinary_mode(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result gets 0666 less the umask, as open() gives."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path / "p.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.safetensors").stat().st_mode & 0o777 == 0o644

@@ -94,3 +94,12 @@ def test_large_image_folders_go_through_the_dataloader(tmp_path):
     val = rd.load_id_split(None, str(tmp_path), "val", input_size=72)
     xs = [x for x, _ in rd.eval_batches(val, 3, torch.device("cpu"))]
     assert sum(len(x) for x in xs) == 4 and xs[0].shape[-1] == 72
+    # with workers=0 the crops come from this process's RNG, seeded per (seed, epoch, rank): the
+    # same batch whatever the RNG held before (exact resume), other crops on another rank
+    torch.manual_seed(123)
+    again = [x for x, _ in fb.epoch(0)]
+    assert all(torch.equal(a, b) for (a, _), b in zip(batches, again))
+    other_rank = rd.FileBatches(s.files, s.labels, 72, 4, torch.device("cpu"), seed=0, workers=0, rank=1, world=2)
+    other_rank.sampler = None  # (the same images in the same order: only the crops may differ)
+    torch.manual_seed(0)
+    assert not torch.equal(next(iter(other_rank.epoch(0)))[0], batches[0][0])

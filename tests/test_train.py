@@ -149,6 +149,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, t
     la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert la == lb
+    # a smaller --epochs is refused (it was ignored)
+    with pytest.raises(UserError, match="--epochs 2: the run saved in .* has 3 epochs"):
+        run_train(_cfg(folders, tmp_path / "b", **dict(kw, epochs=2)), resume=True)
     # resuming the finished run does nothing and rewrites nothing
     files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()}
     summary = run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
@@ -162,6 +165,10 @@ def test_lr_schedules():
     smot = TrainConfig(out="x", stage="smot", epochs=300, lr=0.1)
     assert lr_at(smot, 0) == pytest.approx(0.1) and lr_at(smot, 150) == pytest.approx(0.05)
     assert lr_at(smot, 299) == pytest.approx(0.05 * (1 + np.cos(np.pi * 299 / 300)))
+    # short base runs: the first epoch always runs at the initial lr (round(0.4 * 1) = 0 dropped it)
+    assert [lr_at(TrainConfig(out="x", stage="base", epochs=1, lr=0.1), 0)] == pytest.approx([0.1])
+    assert [lr_at(TrainConfig(out="x", stage="base", epochs=3, lr=0.1), e) for e in range(3)] == \
+        pytest.approx([0.1, 0.01, 0.001])
 
 
 def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch):
@@ -384,3 +391,15 @@ def test_an_unreadable_image_in_a_worker_is_one_line(tmp_path):
     errors = [line for line in r.output.splitlines() if "Error" in line]  # (after the progress bar's lines)
     assert r.exit_code == 1 and "Traceback" not in r.output and len(errors) == 1, r.output
     assert errors[0].endswith(f"Error: {bad}: unreadable or truncated image (image file is truncated)")
+
+
+def test_resume_restores_a_log_line_lost_after_the_last_checkpoint(folders, tmp_path):
+    """Killed between the final checkpoint and its log line: the log comes back from the checkpoint."""
+    out = tmp_path / "c"
+    run_train(_cfg(folders, out, epochs=2))
+    full = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(full.splitlines(keepends=True)[0])
+    (out / "summary.json").unlink()
+    (out / "model.safetensors").unlink()
+    run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert (out / "log.jsonl").read_text() == full and (out / "model.safetensors").is_file()
