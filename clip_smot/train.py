@@ -351,7 +351,10 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     try:
-        return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world)
+        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world)
+        if world > 1:  # no rank tears the group down while another still uses it (rank 0 writes last)
+            torch.distributed.barrier()
+        return summary
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
