@@ -15,8 +15,6 @@ import torch
 
 from .errors import UserError
 
-from .errors import UserError
-
 __all__ = [
     "PRECISIONS",
     "DTYPES",
