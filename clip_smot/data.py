@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -24,6 +25,7 @@ __all__ = [
     "imagenet_wnids",
     "list_images",
     "load_image",
+    "walk_files",
 ]
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -68,15 +70,27 @@ def imagenet200_wnids() -> list[str]:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """Whether a file under ``root`` is hidden (a dot-file such as macOS's ``._x.jpg``, or inside
-    a dot-folder such as ``.thumbs/``): never data."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, sorted file names)`` under ``root``, sorted, leaving out hidden files and
+    folders (a dot-file such as macOS's ``._x.jpg``, a dot-folder such as ``.thumbs/``: never
+    data) and following symlinked folders, each real folder once (a symlink loop ends).
+
+    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
+    training images stays fast on network file systems.
+    """
+    seen = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield folder, sorted(f for f in filenames if not f.startswith("."))
 
 
 def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
-    """Image files under ``root`` (searched recursively, hidden files and folders left out),
-    sorted; ``root`` may be one file.
+    """Image files under ``root`` (see :func:`walk_files`), sorted; ``root`` may be one file.
 
     Raises:
         UserError: ``root`` does not exist, or holds no image file.
@@ -86,8 +100,8 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
         raise UserError(f"{flag} {root}: no such file or folder")
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, root) and p.is_file())
+    files = sorted(Path(folder) / f for folder, names in walk_files(root) for f in names
+                   if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and (Path(folder) / f).is_file())
     if not files:
         raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image
+from .data import IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image, walk_files
 from .errors import UserError
 
 __all__ = [
@@ -84,17 +84,12 @@ def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotCla
 
 
 def _class_images(root: Path, folder: str) -> list[str]:
-    """Sorted image paths of one class, relative to ``root`` (POSIX separators).
-
-    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
-    training images stays fast on network file systems.
-    """
+    """Sorted image paths of one class, relative to ``root`` (POSIX separators; see
+    :func:`~clip_smot.data.walk_files` for what is left out and followed)."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root / folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # hidden folders are not data
-        rel = Path(dirpath).relative_to(root).as_posix()
-        out += [f"{rel}/{f}" for f in filenames
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith(".")]
+    for dirpath, filenames in walk_files(root / folder):
+        rel = Path(os.path.relpath(dirpath, root)).as_posix()
+        out += [f"{rel}/{f}" for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     return sorted(out)
 
 

@@ -75,3 +75,19 @@ def test_hidden_files_and_folders_are_not_data(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in data.list_images(tmp_path)] == ["cat/a.png", "cat/sub/b.png"]
     assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/sub/b.png"]
     assert data.class_folders(tmp_path) == ["cat"]
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    """A symlinked folder inside a class folder is read (rglob and os.walk skip it by default);
+    a symlink loop ends."""
+    from clip_smot.fewshot import _class_images
+
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere" / "e.png")
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "data" / "cat" / "a.png")
+    (tmp_path / "data" / "cat" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "data" / "cat" / "loop").symlink_to(tmp_path / "data" / "cat", target_is_directory=True)
+    names = [p.relative_to(tmp_path / "data").as_posix() for p in data.list_images(tmp_path / "data")]
+    assert names == ["cat/a.png", "cat/more/e.png"]
+    assert _class_images(tmp_path / "data", "cat") == ["cat/a.png", "cat/more/e.png"]
