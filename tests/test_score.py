@@ -135,6 +135,7 @@ def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_ch
     torch.testing.assert_close(image_preprocess(tiny)(im), val(im))
 
 
+@pytest.mark.filterwarnings("ignore:Palette images with Transparency")  # PIL's, on open_clip's own conversion
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "1", "CMYK"])
 def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
     """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
