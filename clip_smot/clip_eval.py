@@ -36,7 +36,7 @@ class ClipEvalConfig:
     model: str | None  # open_clip name or config JSON (None: from the prompt)
     pretrained: str | None  # tag or checkpoint file (None: from the prompt)
     id_data: str  # ID folder or image list
-    ood: dict  # OOD set name -> folder or image list
+    ood: dict  # OOD set name -> folder or image list (None: the built-in set of that name)
     scores: tuple  # score names
     convention: str  # FPR95 convention: "id" (paper) or "openood"
     batch_size: int  # images per forward pass
@@ -61,12 +61,12 @@ def _builtin_id(where: str, size: int) -> str:
 
 def _builtin_ood(name: str, size: int) -> str:
     """The folder of the built-in OOD set ``name`` (a bare ``--ood NAME``)."""
-    if name not in BUILTIN_OOD:
+    if name.lower() not in BUILTIN_OOD:
         raise UserError(f"--ood {name}: not a built-in OOD set (the CLIP track has only the digits' "
                         f"{' and '.join(BUILTIN_OOD)}); give {name}=DIR for a folder or image list")
     from .digits import ensure_digits
 
-    return str(ensure_digits(size) / "ood" / name)
+    return str(ensure_digits(size) / "ood" / name.lower())
 
 
 def _zero_shot_template() -> str:
@@ -79,7 +79,7 @@ def run_clip_eval(
     model: str | None,
     pretrained: str | None,
     id_data: str,
-    ood: dict[str, str],
+    ood: dict[str, str | None],
     scores: list[str] | None,
     convention: str = "id",
     batch_size: int = 256,

@@ -19,6 +19,7 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "bundled_file",
+    "eight_bit",
     "class_folders",
     "imagenet200_wnids",
     "imagenet_classnames",
@@ -107,7 +108,7 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
     return files
 
 
-def _eight_bit(im: Image.Image) -> Image.Image:
+def eight_bit(im: Image.Image) -> Image.Image:
     """16-bit and 32-bit grey images as 8-bit grey ('L'), scaled: PIL's ``convert`` would clip
     them (a 16-bit mid-grey becomes white, a float image in [0, 1] black)."""
     import numpy as np
@@ -135,7 +136,7 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later in a worker
-            im = _eight_bit(im)
+            im = eight_bit(im)
             return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None

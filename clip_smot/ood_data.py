@@ -179,7 +179,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
 
     Raises:
         UserError: a missing folder or list, or one without images; a bare name that is not a
-            folder (the CLIP track has no built-in OOD sets).
+            folder.
     """
     where = str(where)
     as_list = _split_list_arg(where)
@@ -187,7 +187,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
         paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")
         return ImageSet(name, paths)
     if not Path(where).exists():
-        hint = "" if os.sep in where or "=" in where else " (give NAME=DIR; the CLIP track has no built-in OOD sets)"
+        hint = "" if os.sep in where or "=" in where else " (give NAME=DIR for a folder or image list)"
         raise UserError(f"{flag} {name}={where}: no such folder or image list{hint}")
     return ImageSet(name, list_images(where, flag=f"{flag} {name}"))
 

@@ -123,7 +123,7 @@ def _forward(model, s: ImageSet, mean, std, batch_size, device, workers, need_od
     return cat(logits), cat(feats), cat(labels), (cat(odin_s) if need_odin else None)
 
 
-def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: dict[str, str],
+def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: dict[str, str | None],
                     scores: list[str] | None, convention: str = "id", batch_size: int = 256, workers: int = 4,
                     device: str = "auto", out: str = "eval") -> dict:
     """Evaluate a ``clip-smot train`` model on ID and OOD sets and write the metric files.

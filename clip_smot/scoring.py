@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import clip_model as cm
 from .clip_model import ClipModel
-from .data import list_images
+from .data import eight_bit, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files
 from .prompt_file import PromptFile, load_prompt
@@ -236,7 +236,8 @@ class PromptScorer:
         self.check_scores(names)
         if not torch.is_tensor(images):
             transform = cm.image_preprocess(self.clip)
-            images = torch.stack([transform(im.convert("RGB")) for im in images])  # [B, 3, S, S]
+            # as files are read: open_clip's transform converts to RGB itself, after resizing
+            images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
         images = images.to(self.device)
         if "gl-mcm" in names:
             g, l = cm.encode_image_tokens(self.clip, images)  # [B, e], [B, P, e]

@@ -179,6 +179,7 @@ def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(t
     monkeypatch.chdir(tmp_path)
     _img(tmp_path / "photos" / "mine.png")  # a user's folder that happens to be called photos
     builtin = Path(clip_eval._builtin_ood("photos", 32))
+    assert clip_eval._builtin_ood("PHOTOS", 32) == str(builtin)  # as the ResNet track, any case
     assert builtin.resolve() != (tmp_path / "photos").resolve() and len(list(builtin.iterdir())) > 1
     assert len(load_ood_set("photos", None, 32).labels) == 300  # the ResNet track's built-in too
     assert len(load_ood_set("photos", "photos", 32).labels) == 1  # photos=photos: the folder

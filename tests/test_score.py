@@ -153,6 +153,10 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     x, error = _ImageFiles([str(path)], image_preprocess(tiny), 32)[0]
     assert error == ""
     torch.testing.assert_close(x, val(Image.open(path)))
+    # PIL images given to PromptScorer.score are read the same way
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    from_pil = scorer.score([Image.open(path)], ["mcm"])["mcm"]
+    torch.testing.assert_close(from_pil, scorer.score(x[None], ["mcm"])["mcm"])
 
 
 def test_gl_mcm_needs_a_vit(tmp_path):
