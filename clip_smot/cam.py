@@ -38,13 +38,14 @@ def classifier_of(model: nn.Module) -> nn.Linear:
     return fc
 
 
-def normalize_cam(cam: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each map of [B, H, W] to [0, 255]; an all-constant map becomes all zero."""
+def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
+    """Min-max scale each map of [B, H, W] to [0, 255]; a map whose values span no more than
+    ``min_span`` (an all-constant map, by default) becomes all zero."""
     flat = cam.flatten(1)  # [B, H*W]
     lo = flat.amin(dim=1, keepdim=True)
     hi = flat.amax(dim=1, keepdim=True)
     span = hi - lo
-    scaled = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12) * 255.0, torch.zeros_like(flat))
+    scaled = torch.where(span > min_span, (flat - lo) / span.clamp_min(1e-12) * 255.0, torch.zeros_like(flat))
     return scaled.view_as(cam)
 
 

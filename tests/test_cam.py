@@ -58,3 +58,9 @@ def test_normalize_cam():
     out = normalize_cam(cam)
     torch.testing.assert_close(out[0], torch.tensor([[0.0, 127.5], [63.75, 255.0]]))
     assert out[1].abs().sum() == 0
+    # min_span: a map flat up to resampling noise (the fit loop's cropped uint8 CAMs) stays zero
+    noisy = torch.tensor([[[100.0, 100.0 + 1e-5], [100.0, 100.0]], [[0.0, 2.0], [1.0, 0.0]]])
+    out = normalize_cam(noisy, min_span=1.0)
+    assert out[0].abs().sum() == 0
+    torch.testing.assert_close(out[1], torch.tensor([[0.0, 255.0], [127.5, 0.0]]))
+    assert normalize_cam(noisy)[0].max() == 255  # without it, the noise is stretched to 0 .. 255
