@@ -135,9 +135,11 @@ class PromptLearner(nn.Module):
         eot = _eot_index(tokens)  # [K]
         n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
         if 1 + n_ctx + n_name + 2 > L_max:
-            raise UserError(f"--n-ctx {n_ctx}: the prompt of class {name!r} ({n_name} name tokens) needs "
-                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; use at most "
-                            f"--n-ctx {L_max - n_name - 3}")
+            flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
+            fits = L_max - n_name - 3
+            hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
+            raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
         # perm[k, p]: which position of the "end" layout goes to position p of the chosen layout
         perm = torch.arange(L_max).repeat(K, 1)  # [K, 77]
         h = n_ctx // 2

@@ -370,6 +370,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
             saved = TrainConfig(**ckpt["config"])
+            if saved.method != "smot" and saved.cam_model:  # older runs kept an ignored --cam-model
+                saved = dataclasses.replace(saved, cam_model=None)
             missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")

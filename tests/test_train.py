@@ -428,3 +428,13 @@ def test_two_process_ddp_resume_through_the_dataloader_path_is_exact(tmp_path):
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 2
+
+
+def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_path):
+    """Runs made before --cam-model was refused for methods without CAMs kept it in their config."""
+    out = tmp_path / "old"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["cam_model"] = "some/base/model.safetensors"
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert run_train(_cfg(folders, out, epochs=2), resume=True)["epochs"] == 2
