@@ -266,6 +266,8 @@ def run_fit(cfg: FitConfig) -> Path:
     if cfg.resume and not ckpt_path.is_file():
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     device = resolve_device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     classes, split = _load_data(cfg, clip.image_size)
     cam_net = None
@@ -316,8 +318,6 @@ def run_fit(cfg: FitConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
-    if cfg.cuda_graph and device.type != "cuda":
-        raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
                          beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
                          generator=data_gen, cuda_graph=cfg.cuda_graph, compile_image=cfg.compile,
