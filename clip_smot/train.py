@@ -390,6 +390,12 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
                                   out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
                                   epochs=cfg.epochs or saved.epochs)
+        done = int(ckpt["epoch"])
+        if done >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
+            if rank == 0:  # (before any data, network or CAM model is loaded)
+                print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
+                      "(nothing rewritten)", file=sys.stderr)
+            return json.loads((out / "summary.json").read_text())
     elif not dry_run and ckpt_path.exists():
         raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
                         f"or choose another folder")
@@ -440,11 +446,6 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, log = int(ckpt["epoch"]), list(ckpt["log"])
         _set_rng_state(ckpt["rng"])
-        if start_epoch >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
-            if rank == 0:
-                print(f"train: the run in {out} has finished its {start_epoch} epochs; nothing to do "
-                      "(nothing rewritten)", file=sys.stderr)
-            return json.loads((out / "summary.json").read_text())
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
