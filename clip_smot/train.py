@@ -322,6 +322,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_log(log: list[dict], out: Path) -> None:
+    """``OUT/log.jsonl``: one JSON line per finished epoch (the checkpoint holds the same list)."""
+    atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
+
+
 def _inner(model):
     return getattr(model, "module", model)
 
@@ -473,7 +478,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.to_json() + "\n", out / "config.json")
         if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
-            atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
+            _write_log(log, out)
 
     if dry_run:
         for g in optimizer.param_groups:
@@ -515,7 +520,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                          "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
                          "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
                          "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta}, ckpt_path)
-            atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
+            _write_log(log, out)
             from tqdm import tqdm
 
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
