@@ -158,11 +158,6 @@ def _folder_split(root: Path, flag: str, classnames: Sequence[str] | None = None
     return list(names), files, torch.tensor(labels, dtype=torch.long)
 
 
-def _first_image_side(files: Sequence[Path]) -> int:
-    im = load_image(files[0])
-    return max(im.size)
-
-
 def default_input_size(dataset: str | None, data: str | None) -> int:
     """32 for CIFAR and digits, 224 for ImageNet-200; a folder: 32 if its first training image
     is at most 64 pixels on its longer side, else 224."""
@@ -171,8 +166,8 @@ def default_input_size(dataset: str | None, data: str | None) -> int:
     if dataset == "imagenet200":
         return 224
     root = _train_dir(Path(data), "--data")
-    names, files, _ = _folder_split(root, "--data")
-    return 32 if _first_image_side(files) <= 64 else 224
+    first = list_images(root / class_folders(root, "--data")[0], "--data")[0]  # (not the whole listing)
+    return 32 if max(load_image(first).size) <= 64 else 224
 
 
 def _train_dir(root: Path, flag: str) -> Path:
