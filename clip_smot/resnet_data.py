@@ -150,12 +150,18 @@ def _folder_split(root: Path, flag: str, classnames: Sequence[str] | None = None
         lacking = sorted(set(classnames) - set(names))
         raise UserError(f"{flag} {root}: class folders do not match the class list "
                         f"(unknown: {extra[:5] or 'none'}, missing: {lacking[:5] or 'none'})")
+    files, labels = _class_files(root, names, flag)
+    return list(names), files, labels
+
+
+def _class_files(root: Path, names: Sequence[str], flag: str) -> tuple[list[Path], torch.Tensor]:
+    """The images of ``root/<name>`` for each class name, labelled by the name's index."""
     files, labels = [], []
     for k, name in enumerate(names):
         found = list_images(root / name, flag)
         files += found
         labels += [k] * len(found)
-    return list(names), files, torch.tensor(labels, dtype=torch.long)
+    return files, torch.tensor(labels, dtype=torch.long)
 
 
 def default_input_size(dataset: str | None, data: str | None) -> int:
@@ -213,15 +219,11 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         root = Path(data) / split
         if not root.is_dir():
             raise UserError(f"{flag} {data}: no {split}/ folder inside (expected {data}/{split}/<wnid>/*.JPEG)")
-        files, labels = [], []
-        for k, w in enumerate(wnids):
-            if not (root / w).is_dir():
-                raise UserError(f"{flag} {root}: class folder {w} of ImageNet-200 is missing")
-            found = list_images(root / w, flag)
-            files += found
-            labels += [k] * len(found)
-        return ImageSet("imagenet200", wnids, torch.tensor(labels), input_size or 224, IMAGENET_MEAN, IMAGENET_STD,
-                        files=files)
+        missing = [w for w in wnids if not (root / w).is_dir()]
+        if missing:
+            raise UserError(f"{flag} {root}: class folder {missing[0]} of ImageNet-200 is missing")
+        files, labels = _class_files(root, wnids, flag)
+        return ImageSet("imagenet200", wnids, labels, input_size or 224, IMAGENET_MEAN, IMAGENET_STD, files=files)
     if dataset is not None:
         raise UserError(f"--dataset {dataset}: unknown (choose from {', '.join(BUILTIN_ID)}, or --data DIR)")
     if not data:

@@ -103,3 +103,19 @@ def test_large_image_folders_go_through_the_dataloader(tmp_path):
     other_rank.sampler = None  # (the same images in the same order: only the crops may differ)
     torch.manual_seed(0)
     assert not torch.equal(next(iter(other_rank.epoch(0)))[0], batches[0][0])
+
+
+def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
+    from clip_smot.data import imagenet200_wnids
+
+    wnids = imagenet200_wnids()
+    for w in wnids + ["n99999999"]:  # an ImageNet folder holds other classes too
+        (tmp_path / "val" / w).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / w / "a.JPEG")
+    s = rd.load_id_split("imagenet200", str(tmp_path), "val")
+    assert s.classnames == wnids and s.labels.tolist() == list(range(200)) and s.input_size == 224
+    assert [f.parent.name for f in s.files] == wnids
+    (tmp_path / "val" / wnids[5] / "a.JPEG").unlink()
+    (tmp_path / "val" / wnids[5]).rmdir()
+    with pytest.raises(UserError, match=f"class folder {wnids[5]} of ImageNet-200 is missing"):
+        rd.load_id_split("imagenet200", str(tmp_path), "val")
