@@ -25,6 +25,7 @@ __all__ = [
     "imagenet_classnames",
     "imagenet_wnids",
     "list_images",
+    "read_text_file",
     "load_image",
     "walk_files",
 ]
@@ -106,6 +107,17 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
     if not files:
         raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
+
+
+def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> str:
+    """The text of a user's list file (a split, an image list); a missing or binary file is a
+    UserError naming it and the ``expected`` line format."""
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such {what}")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
 
 
 def eight_bit(im: Image.Image) -> Image.Image:

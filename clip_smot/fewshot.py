@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image, walk_files
+from .data import (IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image,
+                   read_text_file, walk_files)
 from .errors import UserError
 
 __all__ = [
@@ -128,12 +129,7 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
             image's class folder, or an image that is not there.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: no such file")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{flag} {path}: not a text file (expected 'relative/path<TAB>label' lines)") from None
+    text = read_text_file(path, flag, "'relative/path<TAB>label'")
     split = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

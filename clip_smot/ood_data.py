@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .data import imagenet_classnames, imagenet_wnids, list_images
+from .data import imagenet_classnames, imagenet_wnids, list_images, read_text_file
 from .errors import UserError
 
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
@@ -71,14 +71,9 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         UserError: a missing list or root, a malformed line, a listed file that does not exist.
     """
     list_file, root = Path(list_file), Path(root)
-    if not list_file.is_file():
-        raise UserError(f"{flag} {list_file}: no such image-list file")
+    text = read_text_file(list_file, flag, "'relative/path label'", what="image-list file")
     if not root.is_dir():
         raise UserError(f"{flag} {root}: no such image root folder")
-    try:
-        text = list_file.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{flag} {list_file}: not a text file (expected 'relative/path label' lines)") from None
     paths, labels = [], []
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
