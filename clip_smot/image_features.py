@@ -38,7 +38,7 @@ from .data import load_image
 from .errors import UserError
 from .runtime import atomic_write, cache_root
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files"]
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -135,6 +135,16 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised float32 global features [B, e] of preprocessed images [B, 3, S, S] and, with
+    ``local``, their normalised per-patch features [B, P, e] (GL-MCM; ViT only), else None."""
+    if local:
+        g, l = cm.encode_image_tokens(clip, images)  # [B, e], [B, P, e]
+        return F.normalize(g.float(), dim=-1), F.normalize(l.float(), dim=-1)
+    return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
+
+
 @torch.inference_mode()
 def _encode(
     clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool
@@ -162,13 +172,10 @@ def _encode(
         start += len(errors)
         if not ok:
             continue
-        images = images[ok].to(device, non_blocking=True)  # [b, 3, S, S]
+        g, l = normalized_features(clip, images[ok].to(device, non_blocking=True), local)  # [b, e], [b, P, e]
+        globals_.append(g.cpu())
         if local:
-            g, l = cm.encode_image_tokens(clip, images)  # [b, e], [b, P, e]
-            locals_.append(F.normalize(l.float(), dim=-1).to(_LOCAL_DTYPE).cpu())
-        else:
-            g = cm.encode_images(clip, images)  # [b, e]
-        globals_.append(F.normalize(g.float(), dim=-1).cpu())
+            locals_.append(l.to(_LOCAL_DTYPE).cpu())
     if not kept:
         raise UserError(f"{paths[0]}: none of the {len(paths)} image(s) could be read")
     return ImageFeatures(kept, torch.cat(globals_), torch.cat(locals_) if local else None, skipped)

@@ -28,7 +28,7 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import eight_bit, list_images
 from .errors import UserError
-from .image_features import ImageFeatures, encode_files
+from .image_features import ImageFeatures, encode_files, normalized_features
 from .prompt_file import PromptFile, load_prompt
 from .runtime import atomic_write_text, check_output_file, resolve_device
 from .scores import SCORES, gl_mcm
@@ -207,7 +207,7 @@ class PromptScorer:
         mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         x = (images.to(self.device).float() - mean) / std
-        return F.normalize(cm.encode_images(self.clip, x).float(), dim=-1) @ self.text_features.T
+        return normalized_features(self.clip, x)[0] @ self.text_features.T
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
@@ -238,13 +238,8 @@ class PromptScorer:
             transform = cm.image_preprocess(self.clip)
             # as files are read: open_clip's transform converts to RGB itself, after resizing
             images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
-        images = images.to(self.device)
-        if "gl-mcm" in names:
-            g, l = cm.encode_image_tokens(self.clip, images)  # [B, e], [B, P, e]
-            l = F.normalize(l.float(), dim=-1)
-        else:
-            g, l = cm.encode_images(self.clip, images), None
-        out = scores_from_features(F.normalize(g.float(), dim=-1), self.text_features, self.logit_scale, names, l)
+        g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
+        out = scores_from_features(g, self.text_features, self.logit_scale, names, l)
         return {k: v.cpu() for k, v in out.items()}
 
     def features(
