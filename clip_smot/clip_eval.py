@@ -18,6 +18,7 @@ from .data import bundled_file
 from .digits import DIGIT_NAMES
 from .errors import UserError
 from .evaluate import write_reports
+from .image_features import encode_files
 from .ood_data import folder_classnames, id_set, image_set
 from .runtime import check_output_folder, write_json
 from .scoring import PromptScorer, parse_scores
@@ -135,7 +136,7 @@ def run_clip_eval(
     start = time.monotonic()
     results = {}
     for s in sets:
-        feats = scorer.features(s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
+        feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
         results[s.name] = (s, scorer.score_features(feats, names))
     id_s, id_out = results["id"]
     id_accuracy = None

@@ -242,18 +242,6 @@ class PromptScorer:
         out = scores_from_features(g, self.text_features, self.logit_scale, names, l)
         return {k: v.cpu() for k, v in out.items()}
 
-    def features(
-        self,
-        paths: Sequence[str | os.PathLike],
-        local: bool = False,
-        batch_size: int = 256,
-        workers: int = 4,
-        skip_unreadable: bool = False,
-        use_cache: bool = True,
-    ) -> ImageFeatures:
-        """Normalised image features of files (see :func:`clip_smot.image_features.encode_files`)."""
-        return encode_files(self.clip, paths, local, batch_size, workers, skip_unreadable, use_cache)
-
     @torch.inference_mode()
     def score_features(self, feats: ImageFeatures, scores: Sequence[str], chunk: int = 1024) -> dict[str, torch.Tensor]:
         """Scores (and ``pred_index``) of precomputed features, on the CPU.
@@ -292,7 +280,8 @@ class PromptScorer:
         skipped: list[tuple[str, str]] = []
         for arg in paths:
             files = list_images(arg, flag="PATH")
-            feats = self.features(files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+            feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable,
+                                 use_cache)
             for k, v in self.score_features(feats, names).items():
                 parts.setdefault(k, []).append(v)
             all_paths += feats.paths
