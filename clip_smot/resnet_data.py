@@ -47,6 +47,7 @@ __all__ = [
     "load_id_split",
     "load_ood_set",
     "random_crop_flip",
+    "resize_set",
 ]
 
 BUILTIN_ID = ("cifar10", "cifar100", "imagenet200", "digits")
@@ -255,6 +256,16 @@ def load_class_folders(root: str | os.PathLike, classnames: Sequence[str], input
     return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
+def resize_set(s: ImageSet, size: int) -> ImageSet:
+    """``s`` at input size ``size``, in place: decoded images resampled (bilinear, rounded back
+    to uint8); a set of files is decoded at ``s.input_size`` by its batches anyway."""
+    if s.images is not None and s.images.shape[-1] != size:
+        s.images = F.interpolate(s.images.float(), size=(size, size), mode="bilinear",
+                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)  # [N, 3, size, size]
+    s.input_size = size
+    return s
+
+
 def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None) -> ImageSet:
     """An OOD set: ``where`` is a folder (searched recursively), or None for the built-in set
     ``name`` (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets;
@@ -276,10 +287,7 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
             s = ImageSet(key, [], torch.full((len(files),), -1), 32, IMAGENET_MEAN, IMAGENET_STD,
                          images=_decode_all(files, 32))
         s.name = name
-        if s.input_size != input_size and s.images is not None:
-            s.images = F.interpolate(s.images.float(), size=(input_size, input_size), mode="bilinear",
-                                     align_corners=False).round().clamp(0, 255).to(torch.uint8)
-            s.input_size = input_size
+        resize_set(s, input_size)
         s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)
         return s
     files = list_images(where, f"--ood {name}=")
