@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scores as S
@@ -36,7 +37,7 @@ ODIN_T, ODIN_EPS = 1000.0, 0.0014
 REACT_PERCENTILE, KNN_K = 90.0, 50
 
 
-def odin(model, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: float = ODIN_EPS) -> torch.Tensor:
+def odin(model: nn.Module, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: float = ODIN_EPS) -> torch.Tensor:
     """ODIN (Liang et al., 2018): max softmax at temperature T of an input nudged against the loss.
 
     As the reference implementation: ``g = d CE(f(x) / T, argmax f(x)) / dx``; the step is

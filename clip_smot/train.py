@@ -20,6 +20,7 @@ Outputs (rank 0 only): ``OUT/config.json``, ``OUT/log.jsonl`` (one line per epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from .cam import CAMProvider
 from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
@@ -158,7 +161,7 @@ class StepParts:
     method: str
     mean: torch.Tensor  # [1, 3, 1, 1]
     std: torch.Tensor  # [1, 3, 1, 1]
-    cam: object | None = None  # CAMProvider for method smot
+    cam: CAMProvider | None = None  # for method smot
     T: float = 10.0
     lam: float = 0.1
     perturb: str = "zero"
@@ -167,10 +170,10 @@ class StepParts:
     logitnorm_tau: float = 0.04
     channels_last: bool = False
     cuda_graph: bool = False  # the networks are compiled with CUDA graphs: mark each step's start
-    scaler: object | None = None  # torch.amp.GradScaler for fp16 on CUDA: loss scaling against underflow
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA: loss scaling against underflow
 
 
-def make_optimizer(model, lr: float, momentum: float, weight_decay: float, device: torch.device,
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device,
                    fused: bool | None = None) -> torch.optim.SGD:
     """SPEC's SGD; on CUDA the fused kernel (one launch for the whole update of all parameters).
 
@@ -182,7 +185,7 @@ def make_optimizer(model, lr: float, momentum: float, weight_decay: float, devic
                            **({"fused": True} if fused else {}))
 
 
-def compile_for_training(model, cam=None, cuda_graph: bool = False):
+def compile_for_training(model: nn.Module, cam: CAMProvider | None = None, cuda_graph: bool = False) -> nn.Module:
     """``torch.compile`` the trained network and the CAM network's feature path.
 
     Returns the compiled callable for the steps; ``model`` itself is unchanged (its state_dict
@@ -200,8 +203,9 @@ def compile_for_training(model, cam=None, cuda_graph: bool = False):
     return compiled
 
 
-def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, parts: StepParts,
-               amp, noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.Tensor, y: torch.Tensor,
+               t: torch.Tensor | None, parts: StepParts, amp: contextlib.AbstractContextManager,
+               noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a uint8 batch [B, 3, S, S]; returns (loss, correct count) as device tensors."""
     if parts.cuda_graph:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
@@ -237,7 +241,8 @@ def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.T
     return loss.detach(), correct
 
 
-def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *, seed: int, alpha: float, beta: float,
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorBatches | FileBatches, epoch: int,
+                parts: StepParts, amp: contextlib.AbstractContextManager, *, seed: int, alpha: float, beta: float,
                 rank: int = 0, n_samples: int, max_steps: int | None = None, progress: bool = False,
                 check_every: int = 50, stop_on_nan: bool = True) -> dict:
     """One epoch over ``batches.epoch(epoch)``.
@@ -544,10 +549,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     return summary
 
 
-def _cam_provider(path: str, train_set: ImageSet, device: torch.device):
+def _cam_provider(path: str, train_set: ImageSet, device: torch.device) -> CAMProvider:
     """The frozen base model's CAMProvider; its classes must be the data's (CAM of the true label)."""
-    from .cam import CAMProvider
-
     base, meta = load_model(path, device, flag="--cam-model")
     if meta["classnames"] != list(train_set.classnames):
         raise UserError(f"--cam-model {path}: trained on other classes ({meta['num_classes']} classes, "
