@@ -48,6 +48,7 @@ __all__ = [
     "load_class_folders",
     "load_id_split",
     "load_ood_set",
+    "mix_seed",
     "random_crop_flip",
     "resize_set",
 ]
@@ -333,8 +334,14 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return out.permute(0, 3, 1, 2)  # [B, C, H, W]
 
 
-def _mix(*ints: int) -> int:
-    # Distinct, stable seeds for (seed, epoch, rank, stream) without Python's salted hash.
+def mix_seed(*ints: int) -> int:
+    """A distinct, stable seed for ``(seed, epoch[, rank[, stream]])``, without Python's salted hash.
+
+    What each seeds: ``(seed, epoch)``, the order of :class:`TensorBatches` (the same on every
+    rank); ``(seed, epoch, rank)``, the order and workers of :class:`FileBatches`; stream 1, the
+    augmentation (TensorBatches' generator, FileBatches' transforms without workers); streams 2
+    and 3, the SMOT thresholds and noise of :func:`clip_smot.train.train_epoch`.
+    """
     h = 0
     for v in ints:
         h = (h * 1_000_003 + int(v) + 0x9E3779B9) % (2**63 - 1)
@@ -365,10 +372,10 @@ class TensorBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x uint8 [B, 3, S, S], y [B])`` on the device for one epoch."""
         g = torch.Generator(device=self.device)
-        g.manual_seed(_mix(self.seed, epoch))
+        g.manual_seed(mix_seed(self.seed, epoch))
         perm = torch.randperm(len(self.labels), generator=g, device=self.device)
         mine = perm[self.rank::self.world][: self.per_rank]
-        g.manual_seed(_mix(self.seed, epoch, self.rank, 1))
+        g.manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
         for i in range(0, self.per_rank, self.batch_size):
             idx = mine[i:i + self.batch_size]
             yield random_crop_flip(self.images[idx], self.pad, self.flip, g), self.labels[idx]
@@ -446,9 +453,9 @@ class FileBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator()
-        g.manual_seed(_mix(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
+        g.manual_seed(mix_seed(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
         if not self.workers:  # torchvision's transforms then draw from this process's global RNG:
-            torch.manual_seed(_mix(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
+            torch.manual_seed(mix_seed(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(

@@ -40,7 +40,7 @@ from .cam import CAMProvider
 from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
-from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
+from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
 from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
@@ -260,12 +260,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
     dev = parts.mean.device
     t_all = None
     if parts.method == "smot":
-        g = torch.Generator().manual_seed(_mix(seed, epoch, rank, 2))
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 2))
         t_all = sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
     noise_gen = None
     if parts.method == "smot" and parts.perturb == "noise":
         noise_gen = torch.Generator(device=dev)
-        noise_gen.manual_seed(_mix(seed, epoch, rank, 3))
+        noise_gen.manual_seed(mix_seed(seed, epoch, rank, 3))
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     seen = steps = 0
