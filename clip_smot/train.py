@@ -559,7 +559,4 @@ def _cam_provider(path: str, train_set: ImageSet, device: torch.device) -> CAMPr
     if device.type == "cuda":
         base = base.to(memory_format=torch.channels_last)
     size = meta["input_size"] if meta["input_size"] != train_set.input_size else None
-    cam = CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)
-    # Keep the normalisation on the device: CAMProvider's .to(dev) is then free (no copy per step).
-    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
-    return cam
+    return CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)
