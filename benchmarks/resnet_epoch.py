@@ -69,7 +69,6 @@ def _project_setup(images, labels, args, device, variant: str):
     step_model = model
     if variant in ("compile", "cuda-graph"):  # what clip-smot train --compile / --cuda-graph do
         step_model = compile_for_training(model, cam, cuda_graph=variant == "cuda-graph")
-    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
     parts = StepParts(method="smot", mean=torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1), cam=cam, T=T, lam=LAM,
                       channels_last=cuda, cuda_graph=variant == "cuda-graph")

@@ -87,7 +87,9 @@ class CAMProvider:
         """
         H, W = x.shape[-2:]
         dev = x.device
-        inp = (x.float() - self.mean.to(dev)) / self.std.to(dev)
+        if self.mean.device != dev:  # moved once: a copy at every call would make each step wait for it
+            self.mean, self.std = self.mean.to(dev), self.std.to(dev)
+        inp = (x.float() - self.mean) / self.std
         if self.input_size is not None and (H, W) != (self.input_size, self.input_size):
             inp = F.interpolate(inp, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         feats = feature_map(self.model, inp).float()  # [B, C, h, w]

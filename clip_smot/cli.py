@@ -227,13 +227,13 @@ _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.netw
 @click.option("--lam", type=_Float(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
 @click.option("--T", "T", type=_POSITIVE, default=None,
               help="Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 ImageNet-200).")
-@click.option("--perturb", type=click.Choice(["zero", "one", "noise"]), default="zero", show_default=True,
+@click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True,
               help="Masked region: black, white, or Gaussian noise (Table 9).")
 @click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
 @click.option("--input-size", type=click.IntRange(min=8), default=None,
               help="Square input size (default 32 for CIFAR/digits/small folders, 224 otherwise).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: one GPU per process).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,

@@ -24,6 +24,7 @@ from .runtime import host_reachable, sha256_file
 __all__ = [
     "ClipModel",
     "IMAGENET_CLASSNAMES",
+    "check_local_features",
     "encode_image_tokens",
     "encode_images",
     "image_preprocess",
@@ -246,6 +247,20 @@ def is_vit(clip: ClipModel) -> bool:
     )
 
 
+def check_local_features(clip: ClipModel) -> None:
+    """Raise a UserError naming the model unless :func:`encode_image_tokens` can give its local
+    features (``--scores gl-mcm``): a class-token ViT (:func:`is_vit`) whose last block is
+    open_clip's standard one."""
+    if not is_vit(clip):
+        raise UserError(
+            f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {clip.name} has "
+            f"{type(clip.model.visual).__name__}"
+        )
+    if not isinstance(getattr(clip.model.visual.transformer.resblocks[-1], "attn", None), nn.MultiheadAttention):
+        raise UserError(f"--scores gl-mcm: the last block of {clip.name}'s image tower has a custom attention; "
+                        "GL-MCM's local features need open_clip's standard block")
+
+
 def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Global and per-patch image features of a ViT, both projected into the joint space.
 
@@ -265,18 +280,12 @@ def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Te
         ``(global [B, e], local [B, N, e])``, not normalised; N = number of patches.
 
     Raises:
-        UserError: the model is not a class-token ViT (e.g. a ResNet CLIP).
+        UserError: the model has no such local features (:func:`check_local_features`; e.g. a
+            ResNet CLIP).
     """
-    if not is_vit(clip):
-        raise UserError(
-            f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {clip.name} has "
-            f"{type(clip.model.visual).__name__}"
-        )
+    check_local_features(clip)
     visual = clip.model.visual
     *blocks, last = visual.transformer.resblocks
-    if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
-        raise UserError(f"--scores gl-mcm: the last block of {clip.name}'s image tower has a custom attention; "
-                        "GL-MCM's local features need open_clip's standard block")
     x = visual._embeds(images)  # [B, 1 + N, width]
     seq_first = not visual.transformer.batch_first
     if seq_first:

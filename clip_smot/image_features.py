@@ -172,7 +172,9 @@ def _encode(
         start += len(errors)
         if not ok:
             continue
-        g, l = normalized_features(clip, images[ok].to(device, non_blocking=True), local)  # [b, e], [b, P, e]
+        if len(ok) < len(errors):  # (indexing copies the batch: only when it must drop a file)
+            images = images[ok]
+        g, l = normalized_features(clip, images.to(device, non_blocking=True), local)  # [b, e], [b, P, e]
         globals_.append(g.cpu())
         if local:
             locals_.append(l.to(_LOCAL_DTYPE).cpu())

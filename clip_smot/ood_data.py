@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .data import imagenet_classnames, imagenet_wnids, list_images, read_text_file
+from .data import class_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
 from .errors import UserError
 
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
@@ -106,9 +106,7 @@ def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]
     root = _id_root(Path(where))
     if not root.is_dir():
         raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise UserError(f"{flag} {root}: no class folders inside (expected {root}/<class>/<image>)")
+    folders = class_folders(root, flag)
     names = imagenet_wnid_names()
     if all(f in names for f in folders):
         return [names[f] for f in folders]

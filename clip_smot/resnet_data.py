@@ -2,10 +2,11 @@
 
 Two paths, chosen by the input size:
 
-* **small images** (input size <= 64: CIFAR, SVHN, digits, small folders) are decoded once
-  into one uint8 tensor [N, 3, S, S] that lives on the training device; random crop (zero
-  padding 4) and horizontal flip are done there, a whole batch at a time, with a device
-  generator: no worker processes and no host synchronisation per step (:class:`TensorBatches`);
+* **small images** (input size <= 64, ``SMALL_INPUT``: CIFAR, SVHN, digits, small folders) are
+  decoded once into one uint8 tensor [N, 3, S, S] that lives on the training device; random
+  crop (zero padding 4) and horizontal flip are done there, a whole batch at a time, with a
+  device generator: no worker processes and no host synchronisation per step
+  (:class:`TensorBatches`);
 * **large images** (ImageNet-200, large folders; 224) are decoded by DataLoader workers into
   uint8 tensors (random resized crop + flip for training, resize + centre crop for testing)
   (:class:`FileBatches`).
@@ -38,6 +39,7 @@ __all__ = [
     "BUILTIN_ID",
     "BUILTIN_OOD",
     "CIFAR_PAD",
+    "SMALL_INPUT",
     "FileBatches",
     "ImageSet",
     "TensorBatches",
@@ -46,12 +48,15 @@ __all__ = [
     "load_class_folders",
     "load_id_split",
     "load_ood_set",
+    "mix_seed",
     "random_crop_flip",
+    "resize_set",
 ]
 
 BUILTIN_ID = ("cifar10", "cifar100", "imagenet200", "digits")
 BUILTIN_OOD = ("svhn", "cifar10", "cifar100", "photos", "textures")
 CIFAR_PAD = 4  # zero padding of the random crop, pixels (the standard CIFAR augmentation)
+SMALL_INPUT = 64  # input sizes up to this (pixels) are small images: decoded once into one uint8 tensor
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -173,7 +178,7 @@ def default_input_size(dataset: str | None, data: str | None) -> int:
         return 224
     root = _train_dir(Path(data), "--data")
     first = list_images(root / class_folders(root, "--data")[0], "--data")[0]  # (not the whole listing)
-    return 32 if max(load_image(first).size) <= 64 else 224
+    return 32 if max(load_image(first).size) <= SMALL_INPUT else 224
 
 
 def _train_dir(root: Path, flag: str) -> Path:
@@ -236,7 +241,7 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
     names, files, labels = _folder_split(root, flag, classnames)
     size = input_size or default_input_size(None, data)
     name = base.name or str(base)
-    if size <= 64:
+    if size <= SMALL_INPUT:
         images = _decode_all(files, size)
         stats = images if split == "train" else _decode_all(_folder_split(base / "train", flag)[1], size)
         mean, std = _mean_std(stats)
@@ -248,11 +253,26 @@ def load_class_folders(root: str | os.PathLike, classnames: Sequence[str], input
     """A labelled folder ``root/<class>/<image>`` whose classes must be exactly ``classnames``."""
     root = Path(root)
     names, files, labels = _folder_split(root, flag, classnames)
-    name = root.name or str(root)
-    if input_size <= 64:
-        return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD,
-                        images=_decode_all(files, input_size))
-    return ImageSet(name, names, labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+    return _imagenet_normalised(root.name or str(root), names, labels, input_size, files)
+
+
+def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor, size: int,
+                         files: list[Path]) -> ImageSet:
+    """An evaluation set of ``files`` with ImageNet's mean/std: small images decoded now, larger
+    ones by the workers of :func:`eval_batches`."""
+    if size <= SMALL_INPUT:
+        return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, images=_decode_all(files, size))
+    return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+
+
+def resize_set(s: ImageSet, size: int) -> ImageSet:
+    """``s`` at input size ``size``, in place: decoded images resampled (bilinear, rounded back
+    to uint8); a set of files is decoded at ``s.input_size`` by its batches anyway."""
+    if s.images is not None and s.images.shape[-1] != size:
+        s.images = F.interpolate(s.images.float(), size=(size, size), mode="bilinear",
+                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)  # [N, 3, size, size]
+    s.input_size = size
+    return s
 
 
 def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None) -> ImageSet:
@@ -276,17 +296,11 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
             s = ImageSet(key, [], torch.full((len(files),), -1), 32, IMAGENET_MEAN, IMAGENET_STD,
                          images=_decode_all(files, 32))
         s.name = name
-        if s.input_size != input_size and s.images is not None:
-            s.images = F.interpolate(s.images.float(), size=(input_size, input_size), mode="bilinear",
-                                     align_corners=False).round().clamp(0, 255).to(torch.uint8)
-            s.input_size = input_size
+        resize_set(s, input_size)
         s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)
         return s
     files = list_images(where, f"--ood {name}=")
-    labels = torch.full((len(files),), -1, dtype=torch.long)
-    if input_size <= 64:
-        return ImageSet(name, [], labels, input_size, IMAGENET_MEAN, IMAGENET_STD, images=_decode_all(files, input_size))
-    return ImageSet(name, [], labels, input_size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+    return _imagenet_normalised(name, [], torch.full((len(files),), -1, dtype=torch.long), input_size, files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +334,14 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return out.permute(0, 3, 1, 2)  # [B, C, H, W]
 
 
-def _mix(*ints: int) -> int:
-    # Distinct, stable seeds for (seed, epoch, rank, stream) without Python's salted hash.
+def mix_seed(*ints: int) -> int:
+    """A distinct, stable seed for ``(seed, epoch[, rank[, stream]])``, without Python's salted hash.
+
+    What each seeds: ``(seed, epoch)``, the order of :class:`TensorBatches` (the same on every
+    rank); ``(seed, epoch, rank)``, the order and workers of :class:`FileBatches`; stream 1, the
+    augmentation (TensorBatches' generator, FileBatches' transforms without workers); streams 2
+    and 3, the SMOT thresholds and noise of :func:`clip_smot.train.train_epoch`.
+    """
     h = 0
     for v in ints:
         h = (h * 1_000_003 + int(v) + 0x9E3779B9) % (2**63 - 1)
@@ -352,10 +372,10 @@ class TensorBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(x uint8 [B, 3, S, S], y [B])`` on the device for one epoch."""
         g = torch.Generator(device=self.device)
-        g.manual_seed(_mix(self.seed, epoch))
+        g.manual_seed(mix_seed(self.seed, epoch))
         perm = torch.randperm(len(self.labels), generator=g, device=self.device)
         mine = perm[self.rank::self.world][: self.per_rank]
-        g.manual_seed(_mix(self.seed, epoch, self.rank, 1))
+        g.manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
         for i in range(0, self.per_rank, self.batch_size):
             idx = mine[i:i + self.batch_size]
             yield random_crop_flip(self.images[idx], self.pad, self.flip, g), self.labels[idx]
@@ -404,7 +424,7 @@ def _train_transform(size: int, flip: bool):
 def _eval_transform(size: int):
     import torchvision.transforms as T
 
-    if size <= 64:
+    if size <= SMALL_INPUT:
         return T.Resize((size, size))
     return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
 
@@ -433,9 +453,9 @@ class FileBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator()
-        g.manual_seed(_mix(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
+        g.manual_seed(mix_seed(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
         if not self.workers:  # torchvision's transforms then draw from this process's global RNG:
-            torch.manual_seed(_mix(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
+            torch.manual_seed(mix_seed(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(

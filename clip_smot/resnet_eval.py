@@ -19,13 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scores as S
 from .errors import UserError
 from .evaluate import write_reports
 from .networks import load_model
-from .resnet_data import BUILTIN_ID, ImageSet, eval_batches, load_class_folders, load_id_split, load_ood_set
+from .resnet_data import BUILTIN_ID, ImageSet, eval_batches, load_class_folders, load_id_split, load_ood_set, resize_set
 from .runtime import check_output_folder, resolve_device
 
 __all__ = ["ODIN_EPS", "ODIN_T", "RESNET_SCORES", "TRAIN_FITTED", "odin", "run_resnet_eval"]
@@ -36,7 +37,7 @@ ODIN_T, ODIN_EPS = 1000.0, 0.0014
 REACT_PERCENTILE, KNN_K = 90.0, 50
 
 
-def odin(model, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: float = ODIN_EPS) -> torch.Tensor:
+def odin(model: nn.Module, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: float = ODIN_EPS) -> torch.Tensor:
     """ODIN (Liang et al., 2018): max softmax at temperature T of an input nudged against the loss.
 
     As the reference implementation: ``g = d CE(f(x) / T, argmax f(x)) / dx``; the step is
@@ -61,14 +62,6 @@ def odin(model, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: floa
     return (out.float() / T).softmax(dim=-1).amax(dim=-1)
 
 
-def _resize(s: ImageSet, size: int) -> ImageSet:
-    if s.images is not None and s.images.shape[-1] != size:
-        s.images = F.interpolate(s.images.float(), size=(size, size), mode="bilinear",
-                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    s.input_size = size
-    return s
-
-
 def _id_set(id_data: str, meta: dict, split: str, flag: str) -> ImageSet:
     """An ID split by built-in name or folder, checked against the model's classes."""
     size, classnames = meta["input_size"], meta["classnames"]
@@ -83,13 +76,13 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> ImageSet:
         if list(s.classnames) != list(classnames):
             raise UserError(f"{flag} {id_data}: its classes are not the model's ({meta['num_classes']} classes, "
                             f"{classnames[:3]}...)")
-        return _resize(s, size)
+        return resize_set(s, size)  # a built-in set comes at its own size
     root = Path(id_data)
     if not root.is_dir():
         raise UserError(f"{flag} {root}: no such folder (or built-in set: {', '.join(BUILTIN_ID)})")
     if (root / split).is_dir():
         root = root / split
-    return _resize(load_class_folders(root, classnames, size, flag), size)
+    return load_class_folders(root, classnames, size, flag)
 
 
 def _train_set(id_train: str | None, meta: dict) -> ImageSet:
@@ -103,7 +96,7 @@ def _train_set(id_train: str | None, meta: dict) -> ImageSet:
                           classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train")
     except UserError as e:
         raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
-    return _resize(s, meta["input_size"])
+    return resize_set(s, meta["input_size"])
 
 
 @torch.no_grad()
@@ -155,8 +148,8 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
     std = torch.tensor(meta["std"], device=dev).view(1, 3, 1, 1)
     size = meta["input_size"]
     id_set = _id_set(id_data, meta, "val", "--id")
-    ood_sets = {name: _resize(load_ood_set(name, where, size, data=meta["config"].get("data")
-                                           if meta["config"].get("dataset") in ("cifar10", "cifar100") else None), size)
+    ood_sets = {name: load_ood_set(name, where, size, data=meta["config"].get("data")
+                                   if meta["config"].get("dataset") in ("cifar10", "cifar100") else None)
                 for name, where in ood.items()}
     need_odin = "odin" in names
     run = lambda s: _forward(model, s, mean, std, batch_size, dev, workers, need_odin)  # noqa: E731

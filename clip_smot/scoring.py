@@ -214,11 +214,9 @@ class PromptScorer:
         return self.logit_scale * self.cosine(images)
 
     def check_scores(self, scores: Sequence[str]) -> None:
-        if "gl-mcm" in scores and not cm.is_vit(self.clip):
-            raise UserError(
-                f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {self.clip.name} "
-                f"has {type(self.clip.model.visual).__name__}"
-            )
+        """Raise a UserError before any image is encoded when the model cannot give a score asked for."""
+        if "gl-mcm" in scores:
+            cm.check_local_features(self.clip)
 
     @torch.inference_mode()
     def score(self, images, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ Outputs (rank 0 only): ``OUT/config.json``, ``OUT/log.jsonl`` (one line per epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from .cam import CAMProvider
 from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
-from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
+from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
 from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
@@ -158,7 +161,7 @@ class StepParts:
     method: str
     mean: torch.Tensor  # [1, 3, 1, 1]
     std: torch.Tensor  # [1, 3, 1, 1]
-    cam: object | None = None  # CAMProvider for method smot
+    cam: CAMProvider | None = None  # for method smot
     T: float = 10.0
     lam: float = 0.1
     perturb: str = "zero"
@@ -167,10 +170,10 @@ class StepParts:
     logitnorm_tau: float = 0.04
     channels_last: bool = False
     cuda_graph: bool = False  # the networks are compiled with CUDA graphs: mark each step's start
-    scaler: object | None = None  # torch.amp.GradScaler for fp16 on CUDA: loss scaling against underflow
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA: loss scaling against underflow
 
 
-def make_optimizer(model, lr: float, momentum: float, weight_decay: float, device: torch.device,
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device,
                    fused: bool | None = None) -> torch.optim.SGD:
     """SPEC's SGD; on CUDA the fused kernel (one launch for the whole update of all parameters).
 
@@ -182,7 +185,7 @@ def make_optimizer(model, lr: float, momentum: float, weight_decay: float, devic
                            **({"fused": True} if fused else {}))
 
 
-def compile_for_training(model, cam=None, cuda_graph: bool = False):
+def compile_for_training(model: nn.Module, cam: CAMProvider | None = None, cuda_graph: bool = False) -> nn.Module:
     """``torch.compile`` the trained network and the CAM network's feature path.
 
     Returns the compiled callable for the steps; ``model`` itself is unchanged (its state_dict
@@ -200,8 +203,9 @@ def compile_for_training(model, cam=None, cuda_graph: bool = False):
     return compiled
 
 
-def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, parts: StepParts,
-               amp, noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.Tensor, y: torch.Tensor,
+               t: torch.Tensor | None, parts: StepParts, amp: contextlib.AbstractContextManager,
+               noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a uint8 batch [B, 3, S, S]; returns (loss, correct count) as device tensors."""
     if parts.cuda_graph:
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
@@ -237,7 +241,8 @@ def train_step(model, optimizer, x_u8: torch.Tensor, y: torch.Tensor, t: torch.T
     return loss.detach(), correct
 
 
-def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *, seed: int, alpha: float, beta: float,
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorBatches | FileBatches, epoch: int,
+                parts: StepParts, amp: contextlib.AbstractContextManager, *, seed: int, alpha: float, beta: float,
                 rank: int = 0, n_samples: int, max_steps: int | None = None, progress: bool = False,
                 check_every: int = 50, stop_on_nan: bool = True) -> dict:
     """One epoch over ``batches.epoch(epoch)``.
@@ -255,12 +260,12 @@ def train_epoch(model, optimizer, batches, epoch: int, parts: StepParts, amp, *,
     dev = parts.mean.device
     t_all = None
     if parts.method == "smot":
-        g = torch.Generator().manual_seed(_mix(seed, epoch, rank, 2))
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 2))
         t_all = sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
     noise_gen = None
     if parts.method == "smot" and parts.perturb == "noise":
         noise_gen = torch.Generator(device=dev)
-        noise_gen.manual_seed(_mix(seed, epoch, rank, 3))
+        noise_gen.manual_seed(mix_seed(seed, epoch, rank, 3))
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     seen = steps = 0
@@ -544,10 +549,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     return summary
 
 
-def _cam_provider(path: str, train_set: ImageSet, device: torch.device):
+def _cam_provider(path: str, train_set: ImageSet, device: torch.device) -> CAMProvider:
     """The frozen base model's CAMProvider; its classes must be the data's (CAM of the true label)."""
-    from .cam import CAMProvider
-
     base, meta = load_model(path, device, flag="--cam-model")
     if meta["classnames"] != list(train_set.classnames):
         raise UserError(f"--cam-model {path}: trained on other classes ({meta['num_classes']} classes, "
@@ -556,7 +559,4 @@ def _cam_provider(path: str, train_set: ImageSet, device: torch.device):
     if device.type == "cuda":
         base = base.to(memory_format=torch.channels_last)
     size = meta["input_size"] if meta["input_size"] != train_set.input_size else None
-    cam = CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)
-    # Keep the normalisation on the device: CAMProvider's .to(dev) is then free (no copy per step).
-    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
-    return cam
+    return CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)

@@ -175,6 +175,22 @@ def test_gl_mcm_needs_a_vit(tmp_path):
     assert set(scorer.score(torch.zeros(2, 3, 32, 32), ["mcm"])) == {"mcm", "pred_index"}
 
 
+
+def test_gl_mcm_with_a_custom_last_attention_fails_before_encoding(tiny_clip_config, monkeypatch):
+    """A ViT whose last block's attention is not open_clip's: check_scores refuses gl-mcm at once,
+    with the message encode_image_tokens would give only after the images were decoded."""
+    clip = load_clip(tiny_clip_config, None)
+    last = clip.model.visual.transformer.resblocks[-1]
+    monkeypatch.setattr(last, "attn", torch.nn.Identity())
+    scorer = PromptScorer(clip, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    with pytest.raises(UserError, match="last block of .* has a custom attention") as checked:
+        scorer.check_scores(["mcm", "gl-mcm"])
+    with pytest.raises(UserError) as encoded:
+        encode_image_tokens(clip, torch.zeros(1, 3, 32, 32))
+    assert str(checked.value) == str(encoded.value)
+    scorer.check_scores(["mcm"])
+
+
 # --- the score command -----------------------------------------------------------------------------
 
 
