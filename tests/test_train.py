@@ -76,7 +76,7 @@ def base_model(folders, tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
-def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path):
+def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path, monkeypatch):
     base = base_model.parent
     for f in ("model.safetensors", "config.json", "log.jsonl", "checkpoint.pt", "summary.json"):
         assert (base / f).is_file()
@@ -95,17 +95,74 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     assert meta["classnames"] == list(CLASSES) and meta["method"] == "smot" and meta["stage"] == "smot"
     assert meta["config"]["cam_model"] == str(base_model) and meta["input_size"] == 16
 
+    from clip_smot import resnet_eval
+
+    seen = {}  # the per-image scores eval hands to the metric files
+
+    def spy(out, id_scores, ood_scores, **kw):
+        seen.update(id=id_scores, **ood_scores)
+        return real(out, id_scores, ood_scores, **kw)
+
+    real = resnet_eval.write_reports
+    monkeypatch.setattr(resnet_eval, "write_reports", spy)
     ev = tmp_path / "eval"
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
-                 "--ood", f"noise={ood_dir}", "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
+                 "--ood", f"noise={ood_dir}", "--ood", f"cats={folders / 'train' / 'cat'}",  # cats: overlaps ID
+                 "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
                  "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
     assert r.exit_code == 0, r.output
     for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
         assert (ev / f).is_file()
     report = json.loads((ev / "metrics.json").read_text())
-    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10}
+    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10, "cats": 20}
     assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm"}
     assert report["scores_fitted_on_id_train"] == ["react", "knn", "vim"]
+
+    # the same scores by hand (odin and vim aside): the model on the PNGs, the formulas in numpy
+    from sklearn.metrics import roc_auc_score
+
+    model, meta = load_model(smot / "model.safetensors")
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    W = model.get_classifier().weight.detach().double().numpy()
+    b = model.get_classifier().bias.detach().double().numpy()
+
+    def forward(files):
+        x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        with torch.no_grad():
+            inp = (x.float() / 255 - mean) / std
+            return model.eval()(inp).double().numpy(), model.forward_features(inp).mean(dim=(2, 3)).double().numpy()
+
+    id_files = sorted(folders.glob("val/*/*.png"))
+    z_id, h_id = forward(id_files)
+    labels = np.array([CLASSES.index(f.parent.name) for f in id_files])
+    assert report["id_accuracy"] == pytest.approx(100 * np.mean(z_id.argmax(-1) == labels), abs=1e-9)
+    _, h_train = forward(sorted(folders.glob("train/*/*.png")))
+    thr = np.percentile(h_train, 90)  # ReAct: the 90th percentile of every ID-train activation
+    bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True)
+
+    def by_hand(files):
+        z, h = forward(files)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        lse = lambda a: np.log(np.exp(a).sum(-1))  # noqa: E731
+        hn = h / np.linalg.norm(h, axis=1, keepdims=True)
+        dist = np.sqrt(((hn[:, None] - bank[None]) ** 2).sum(-1))  # [n, 60]: to every ID-train feature
+        return {"msp": p.max(-1), "maxlogit": z.max(-1), "energy": lse(z),
+                "react": lse(np.minimum(h, thr) @ W.T + b), "knn": -np.sort(dist, axis=1)[:, 49],  # k = 50
+                "gradnorm": np.abs(p - 1 / 3).sum(-1) * np.abs(h).sum(-1)}
+
+    for set_name, files in (("id", id_files), ("noise", sorted(ood_dir.glob("*.png"))),
+                            ("cats", sorted(folders.glob("train/cat/*")))):
+        want = by_hand(files)
+        for name, values in want.items():  # sorted: eval's image order is its own
+            np.testing.assert_allclose(np.sort(seen[set_name][name]), np.sort(values), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} on {set_name}")
+        if set_name != "id":  # and the report is scikit-learn's metrics of those scores
+            for name in want:
+                y = np.r_[np.ones(12), np.zeros(len(files))]
+                s = np.r_[seen["id"][name], seen[set_name][name]]
+                got = report["metrics"][name][set_name]
+                assert got["auroc"] == pytest.approx(100 * roc_auc_score(y, s), abs=1e-6), (name, set_name)
 
 
 def test_digits_base_smot_eval_offline(tmp_path):
