@@ -519,3 +519,25 @@ def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
     classes = resolve_classes(tmp_path)
     assert classes.folders == ("blue", "red_car") and classes.classnames == ("blue", "red car")
     assert classes.imagenet_index is None
+
+
+def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch):
+    """fit's flags are what the step and the optimizer get (each set away from its default)."""
+    import clip_smot.fit as fit_mod
+
+    seen = {}
+    real = fit_mod.make_fit_step
+
+    def spy(clip, learner, optimizer, **kw):
+        seen.update(kw, optimizer=dict(optimizer.defaults))
+        return real(clip, learner, optimizer, **kw)
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--lam", "0.3", "--T", "77", "--alpha", "3",
+                                           "--beta", "4", "--perturb", "one", "--sigma", "0.5", "--lr", "0.01",
+                                           "--momentum", "0.5", "--weight-decay", "0.001"))
+    assert res.exit_code == 0, res.output
+    assert {k: seen[k] for k in ("loss", "lam", "T", "alpha", "beta", "perturbation", "sigma")} == {
+        "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}

@@ -495,3 +495,27 @@ def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_p
     ckpt["config"]["cam_model"] = "some/base/model.safetensors"
     torch.save(ckpt, out / "checkpoint.pt")
     assert run_train(_cfg(folders, out, epochs=2), resume=True)["epochs"] == 2
+
+
+def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, monkeypatch):
+    """train's flags are what the epoch, the step and the optimizer get (each away from its default)."""
+    import clip_smot.train as train_mod
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen.update(kw, parts=parts, optimizer=dict(optimizer.param_groups[0]))
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), *TINY,
+                 "--lam", "0.3", "--T", "77", "--alpha", "3", "--beta", "4", "--perturb", "one", "--sigma", "0.5",
+                 "--lr", "0.01", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    p = seen["parts"]
+    assert (seen["alpha"], seen["beta"], p.method, p.lam, p.T, p.perturb, p.sigma) == (3.0, 4.0, "smot", 0.3, 77.0,
+                                                                                      "one", 0.5)
+    assert p.cam is not None and p.cam.labels_match  # the base model has the data's classes: true-label CAMs
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr
