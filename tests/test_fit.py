@@ -348,6 +348,22 @@ def test_cams_are_for_the_true_imagenet_label(imagenet_dir, cam_resnet):
     assert label_map is None and not provider.labels_match
 
 
+def test_imagenet_subsets_map_each_label_to_its_1000_way_class(tmp_path, cam_resnet):
+    """Wnids away from the start of ImageNet, in folder order balloon, ostrich, tabby: labels follow the
+    ImageNet-1k order (ostrich 9, tabby cat 281, balloon 417) and each CAM is for that 1000-way class."""
+    root = _write_imagenet(tmp_path / "in", n_per_class=1, wnids=["n02782093", "n01518878", "n02123045"])
+    classes = resolve_classes(root / "train")
+    assert classes.folders == ("n01518878", "n02123045", "n02782093")
+    assert classes.classnames == ("ostrich", "tabby cat", "balloon") and classes.imagenet_index == (9, 281, 417)
+    provider, label_map = build_cam_provider(load_cam_network(cam_resnet), classes)
+    assert label_map == [9, 281, 417] and provider.labels_match
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cams = cache_cams(provider, label_map, images, torch.tensor([2, 0, 1]))
+    direct = provider(images.float() / 255, torch.tensor([417, 9, 281]))  # balloon, ostrich, tabby cat
+    assert (cams.float() - direct).abs().max() <= 0.5 + 1e-4
+    assert (cams.float() - provider(images.float() / 255, torch.tensor([2, 0, 1]))).abs().max() > 1  # not the labels
+
+
 def test_decode_keeps_the_central_square(tmp_path):
     a = np.zeros((32, 64, 3), dtype=np.uint8)
     a[:, 32:] = 255  # left half black, right half white
