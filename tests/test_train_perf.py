@@ -51,11 +51,13 @@ def _assert_same(m1, m2, rtol, atol):
         torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("method", ["smot", "ls", "logitnorm", "ce"])
-def test_eager_step_is_the_hand_written_step(method):
+@pytest.mark.parametrize("method, mask", [("smot", "zero"), ("smot", "one"), ("ls", None), ("logitnorm", None),
+                                          ("ce", None)])
+def test_eager_step_is_the_hand_written_step(method, mask):
     """One plain-SGD step of train_step: its loss and its weights against SPEC section 1 written out."""
     model, parts, x, y, t = _setup()
     parts.method = method
+    parts.perturb = mask or "zero"
     ref = copy.deepcopy(model)
     loss, correct = train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts,
                                autocast(x.device, "fp32"))
@@ -64,7 +66,8 @@ def test_eager_step_is_the_hand_written_step(method):
     if method == "smot":
         cams = parts.cam(xf, y)  # [B, S, S] in [0, 255], the true label (CAMProvider: tests/test_cam.py)
         keep = (cams < t.view(B, 1, 1)).float()[:, None]  # Eq. 7: masked where cam >= t
-        xf = torch.cat([xf, xf * keep])  # originals, then their black-masked copies
+        # originals, then their masked copies: black (zero) or white (one)
+        xf = torch.cat([xf, xf * keep + (1 - keep) * (mask == "one")])
     logits = ref((xf - parts.mean) / parts.std)
     logp = logits.log_softmax(dim=-1)
     onehot = torch.nn.functional.one_hot(y, K).float()
