@@ -295,6 +295,11 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not a ResNet score" in r.output
+    small = _write_folders(tmp_path / "small", per_class=(4, 1))  # 12 training images, KNN's k is 50
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
+                                 "--ood", f"x={folders}", "--scores", "knn", "--device", "cpu", "--workers", "0",
+                                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and r.output.strip() == "Error: --id-train: knn needs at least 50 training images, found 12"
     run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
