@@ -22,12 +22,14 @@ FIT_SPEC = {
     "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "crop_scale": 0.08,
 }
 
-# SPEC sections 1 and 3 (ResNet track), per stage and dataset: (epochs, batch, lr, T, method, arch).
+# SPEC sections 1 and 3 (ResNet track), per stage, dataset and class count: (epochs, batch, lr, T, method, arch).
 TRAIN_SPEC = {
     ("base", "cifar10", 10): (200, 128, 0.1, 10.0, "ce", "resnet18"),
     ("smot", "cifar10", 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", "cifar100", 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
     ("smot", "imagenet200", 200): (300, 128, 0.1, 200.0, "smot", "resnet18"),
+    # not in SPEC: the CPU digits recipe of docs/resnet.md
+    ("smot", "digits", 10): (8, 64, 0.05, 10.0, "smot", "resnet_tiny"),
     # folders: the paper's T at the nearest class count
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", None, 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
