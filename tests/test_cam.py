@@ -64,3 +64,21 @@ def test_normalize_cam():
     assert out[0].abs().sum() == 0
     torch.testing.assert_close(out[1], torch.tensor([[0.0, 255.0], [127.5, 0.0]]))
     assert normalize_cam(noisy)[0].max() == 255  # without it, the noise is stretched to 0 .. 255
+
+
+def test_cam_normalises_and_resizes_the_input_for_the_network():
+    """mean/std and input_size (the fit's CAM networks): normalise, resize to the network's size,
+    and upsample the CAM back to the image's size."""
+    model = _one_channel_resnet(channel=5)
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    cam = CAMProvider(model, mean, std, input_size=64)(x, torch.tensor([1, 1]))
+    # by hand: (x - mean) / std, bilinear to 64 x 64, layer4 (2 x 2 here), channel 5, relu, back to 48 x 48
+    inp = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    inp = nn.functional.interpolate(inp, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        feats = model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(inp))))))))  # [2, 512, 2, 2]
+    manual = nn.functional.interpolate(feats[:, 5:6].relu(), size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
+    assert cam.shape == (2, 48, 48) and (manual.flatten(1).amax(1) > manual.flatten(1).amin(1)).all()
+    torch.testing.assert_close(cam, normalize_cam(manual))

@@ -170,6 +170,11 @@ def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
     s = id_set(tmp_path / "imagenet", ["cat", "dog"])
     assert s.labels is None and "match no class" in s.note
     assert folder_classnames(tmp_path / "imagenet") == ["tench", "goldfish"]
+    # a wnid away from the start: ostrich is class 9 of the 1000, not the 2nd folder
+    _img(tmp_path / "in2" / "val" / "n01440764" / "a.JPEG")  # tench
+    _img(tmp_path / "in2" / "val" / "n01518878" / "b.JPEG")  # ostrich
+    assert id_set(tmp_path / "in2", list(names.values())).labels == [0, 9]
+    assert id_set(tmp_path / "in2", ["ostrich", "tench"]).labels == [1, 0]
 
 
 def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):

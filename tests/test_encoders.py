@@ -68,6 +68,19 @@ def test_non_vit_towers_fall_back(clip):
     assert fast_image_encoder(model) is None
 
 
+def _open_clip_logits(clip, ctx, x):
+    """CoOp's logits written with open_clip's modules: a unified context of 4 vectors, class at the end."""
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    img = F.normalize(clip.model.encode_image((x - mean) / std), dim=-1)
+    m, K = clip.model, len(NAMES)
+    tokens = clip.tokenizer([f"X X X X {name}." for name in NAMES])  # CoOp's way
+    e = m.token_embedding(tokens)  # [K, 77, d]
+    emb = torch.cat([e[:, :1], ctx.expand(K, -1, -1), e[:, 5:]], dim=1)  # [SOS] [ctx] [name . EOT pad]
+    z = m.ln_final(m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask))
+    txt = F.normalize(z[torch.arange(K), tokens.argmax(-1)] @ m.text_projection, dim=-1)
+    return m.logit_scale.exp() * img @ txt.t()
+
+
 def test_fit_step_is_the_smot_step_on_open_clip(clip):
     """One fp32 step: its loss and its ctx update match a hand-written SMOT step on open_clip."""
     B, K = 4, len(NAMES)
@@ -83,16 +96,8 @@ def test_fit_step_is_the_smot_step_on_open_clip(clip):
     # by hand: the same thresholds, open_clip's encoders, Eq. 8
     t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
     masked = x * cam_mask(cams, t)
-    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
-    img = F.normalize(clip.model.encode_image((torch.cat([x, masked]) - mean) / std), dim=-1)
     ctx = ctx0.clone().requires_grad_(True)
-    m = clip.model
-    tokens = clip.tokenizer([f"X X X X {name}." for name in NAMES])  # CoOp's way
-    e = m.token_embedding(tokens)  # [K, 77, d]
-    emb = torch.cat([e[:, :1], ctx.expand(K, -1, -1), e[:, 5:]], dim=1)  # [SOS] [ctx] [name . EOT pad]
-    z = m.ln_final(m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask))
-    txt = F.normalize(z[torch.arange(K), tokens.argmax(-1)] @ m.text_projection, dim=-1)
-    logits = m.logit_scale.exp() * img @ txt.t()
+    logits = _open_clip_logits(clip, ctx, torch.cat([x, masked]))
     eps = smoothing_eps(t, 50.0)
     soft = -(soft_targets(y, eps, K) * logits[B:].log_softmax(-1)).sum(-1).mean()
     expected = 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft
@@ -100,6 +105,41 @@ def test_fit_step_is_the_smot_step_on_open_clip(clip):
     torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
     assert all(p.grad is None for p in clip.model.parameters())
+
+
+def test_fit_step_white_mask_on_open_clip(clip):
+    """--perturb one: the masked region is white (1) in the copy; same thresholds, lam, T as above."""
+    B = 2
+    x, y = images(B, seed=4), torch.tensor([1, 2])
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(5)) * 255
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    loss = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation="one", precision="fp32",
+                         generator=torch.Generator().manual_seed(3))(x, cams, y)
+    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
+    keep = cam_mask(cams, t)  # [B, 1, S, S], 0 where cam >= t
+    with torch.no_grad():
+        logits = _open_clip_logits(clip, ctx0, torch.cat([x, x * keep + (1 - keep)]))
+    soft = -(soft_targets(y, smoothing_eps(t, 50.0), len(NAMES)) * logits[B:].log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(loss, 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft, atol=1e-5, rtol=1e-5)
+
+
+def test_fit_step_ce_is_coops_step_on_open_clip(clip):
+    """--loss ce (plain CoOp), fp32: CE of the originals' logits, no masked copies, no thresholds drawn."""
+    x, y = images(3), torch.tensor([2, 0, 1])
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    loss = make_fit_step(clip, learner, opt, loss="ce", precision="fp32", generator=gen)(x, None, y)
+    ctx = ctx0.clone().requires_grad_(True)
+    expected = F.cross_entropy(_open_clip_logits(clip, ctx, x), y)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
+    assert torch.equal(gen.get_state(), state)
 
 
 def test_fit_step_ce_and_bf16_run(clip):

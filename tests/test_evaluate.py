@@ -23,6 +23,17 @@ def test_reports_hold_percentages_and_the_average(tmp_path):
         want = 100 * roc_auc_score(labels, np.r_[id_s["msp"], scores["msp"]])
         assert rows[name]["auroc"] == pytest.approx(want)
     assert rows["average"]["auroc"] == pytest.approx((rows["a"]["auroc"] + rows["b"]["auroc"]) / 2)
+    # by hand (ID positive). FPR95: 95% of 4 ID is 3.8, so all 4 pass: threshold 0.6.
+    # a: OOD >= 0.6: 0.65 -> 50%. AUROC: 0.1 loses to 4 ID, 0.65 to 3 -> 7/8. Ranked scores
+    #    I I I O I O: AUPR-In (1 + 1 + 1 + 4/5) / 4 = 95%; AUPR-Out (O first, then at rank 3: 2/3) / 2 = 83.33%.
+    # b: OOD >= 0.6: 0.75 -> 33.33%. AUROC (2 + 4 + 4) / 12 = 83.33%. I I O I I O O: AUPR-In
+    #    (1 + 1 + 3/4 + 4/5) / 4 = 88.75%; AUPR-Out (1 + 1 + 3/5) / 3 = 86.67%.
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[:3] == ["score,ood_set,fpr95,auroc,aupr_in,aupr_out", "msp,a,50.00,87.50,95.00,83.33",
+                         "msp,b,33.33,83.33,88.75,86.67"]
+    assert [rows["average"][k] for k in ("fpr95", "auroc", "aupr_in", "aupr_out")] == pytest.approx(
+        [125 / 3, 85 + 5 / 12, 91.875, 85.0])  # the means of the two rows
+    assert "| msp | 50.00 | 87.50 | 33.33 | 83.33 | 41.67 | 85.42 |" in (tmp_path / "metrics.md").read_text()
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == report["metrics"]
 
 

@@ -348,6 +348,22 @@ def test_cams_are_for_the_true_imagenet_label(imagenet_dir, cam_resnet):
     assert label_map is None and not provider.labels_match
 
 
+def test_imagenet_subsets_map_each_label_to_its_1000_way_class(tmp_path, cam_resnet):
+    """Wnids away from the start of ImageNet, in folder order balloon, ostrich, tabby: labels follow the
+    ImageNet-1k order (ostrich 9, tabby cat 281, balloon 417) and each CAM is for that 1000-way class."""
+    root = _write_imagenet(tmp_path / "in", n_per_class=1, wnids=["n02782093", "n01518878", "n02123045"])
+    classes = resolve_classes(root / "train")
+    assert classes.folders == ("n01518878", "n02123045", "n02782093")
+    assert classes.classnames == ("ostrich", "tabby cat", "balloon") and classes.imagenet_index == (9, 281, 417)
+    provider, label_map = build_cam_provider(load_cam_network(cam_resnet), classes)
+    assert label_map == [9, 281, 417] and provider.labels_match
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cams = cache_cams(provider, label_map, images, torch.tensor([2, 0, 1]))
+    direct = provider(images.float() / 255, torch.tensor([417, 9, 281]))  # balloon, ostrich, tabby cat
+    assert (cams.float() - direct).abs().max() <= 0.5 + 1e-4
+    assert (cams.float() - provider(images.float() / 255, torch.tensor([2, 0, 1]))).abs().max() > 1  # not the labels
+
+
 def test_decode_keeps_the_central_square(tmp_path):
     a = np.zeros((32, 64, 3), dtype=np.uint8)
     a[:, 32:] = 255  # left half black, right half white
@@ -519,3 +535,25 @@ def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
     classes = resolve_classes(tmp_path)
     assert classes.folders == ("blue", "red_car") and classes.classnames == ("blue", "red car")
     assert classes.imagenet_index is None
+
+
+def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch):
+    """fit's flags are what the step and the optimizer get (each set away from its default)."""
+    import clip_smot.fit as fit_mod
+
+    seen = {}
+    real = fit_mod.make_fit_step
+
+    def spy(clip, learner, optimizer, **kw):
+        seen.update(kw, optimizer=dict(optimizer.defaults))
+        return real(clip, learner, optimizer, **kw)
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--lam", "0.3", "--T", "77", "--alpha", "3",
+                                           "--beta", "4", "--perturb", "one", "--sigma", "0.5", "--lr", "0.01",
+                                           "--momentum", "0.5", "--weight-decay", "0.001"))
+    assert res.exit_code == 0, res.output
+    assert {k: seen[k] for k in ("loss", "lam", "T", "alpha", "beta", "perturbation", "sigma")} == {
+        "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}

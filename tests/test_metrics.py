@@ -29,6 +29,16 @@ def test_against_sklearn_random():
     assert m["fpr95"] == pytest.approx((ood_s >= thr).mean())
 
 
+def test_fpr95_by_hand_with_ties():
+    # ID 1..20: accepting 95% = 19 of 20 puts the threshold at 2; OOD >= 2: 2, 2 and 5 -> 3 / 5
+    assert ood_metrics(np.arange(1.0, 21.0), [2.0, 2.0, 1.0, 5.0, 0.0])["fpr95"] == pytest.approx(0.6)
+    # ten ID at 4, ten at 3: 19 of 20 cannot be accepted without all 20, so the threshold is 3;
+    # OOD >= 3: 3, 3.5 and 4 -> 3 / 4 (a strict '>' would give 2 / 4)
+    assert ood_metrics([4.0] * 10 + [3.0] * 10, [3.0, 3.5, 2.0, 4.0])["fpr95"] == pytest.approx(0.75)
+    # 5 ID: 95% is 4.75 images, so all 5 must pass: threshold 1, the lowest; OOD >= 1: 1 and 1.5 -> 2 / 3
+    assert ood_metrics([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.5, 0.5])["fpr95"] == pytest.approx(2 / 3)
+
+
 def test_openood_convention():
     rng = np.random.default_rng(1)
     id_s, ood_s = rng.normal(1, 1, 300), rng.normal(0, 1, 400)

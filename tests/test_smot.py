@@ -65,6 +65,11 @@ def test_perturb_modes():
     assert n.min() >= 0 and n.max() <= 1
     with pytest.raises(ValueError):
         perturb(x, keep, "blur")
+    # noise of std sigma: grey 0.5 images, all masked, sigma 0.1 (clipping at 5 sigma is negligible)
+    grey = torch.full((2, 3, 64, 64), 0.5)
+    n = perturb(grey, torch.zeros(2, 1, 64, 64), "noise", sigma=0.1, generator=torch.Generator().manual_seed(0))
+    assert (n - 0.5).std().item() == pytest.approx(0.1, rel=0.02) and abs((n - 0.5).mean().item()) < 0.002
+    assert not torch.equal(n[0], n[1])  # a fresh draw per image
 
 
 def test_smot_loss_by_hand():

@@ -76,7 +76,7 @@ def base_model(folders, tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
-def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path):
+def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path, monkeypatch):
     base = base_model.parent
     for f in ("model.safetensors", "config.json", "log.jsonl", "checkpoint.pt", "summary.json"):
         assert (base / f).is_file()
@@ -95,17 +95,74 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     assert meta["classnames"] == list(CLASSES) and meta["method"] == "smot" and meta["stage"] == "smot"
     assert meta["config"]["cam_model"] == str(base_model) and meta["input_size"] == 16
 
+    from clip_smot import resnet_eval
+
+    seen = {}  # the per-image scores eval hands to the metric files
+
+    def spy(out, id_scores, ood_scores, **kw):
+        seen.update(id=id_scores, **ood_scores)
+        return real(out, id_scores, ood_scores, **kw)
+
+    real = resnet_eval.write_reports
+    monkeypatch.setattr(resnet_eval, "write_reports", spy)
     ev = tmp_path / "eval"
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
-                 "--ood", f"noise={ood_dir}", "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
+                 "--ood", f"noise={ood_dir}", "--ood", f"cats={folders / 'train' / 'cat'}",  # cats: overlaps ID
+                 "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
                  "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
     assert r.exit_code == 0, r.output
     for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
         assert (ev / f).is_file()
     report = json.loads((ev / "metrics.json").read_text())
-    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10}
+    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10, "cats": 20}
     assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm"}
     assert report["scores_fitted_on_id_train"] == ["react", "knn", "vim"]
+
+    # the same scores by hand (odin and vim aside): the model on the PNGs, the formulas in numpy
+    from sklearn.metrics import roc_auc_score
+
+    model, meta = load_model(smot / "model.safetensors")
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    W = model.get_classifier().weight.detach().double().numpy()
+    b = model.get_classifier().bias.detach().double().numpy()
+
+    def forward(files):
+        x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        with torch.no_grad():
+            inp = (x.float() / 255 - mean) / std
+            return model.eval()(inp).double().numpy(), model.forward_features(inp).mean(dim=(2, 3)).double().numpy()
+
+    id_files = sorted(folders.glob("val/*/*.png"))
+    z_id, h_id = forward(id_files)
+    labels = np.array([CLASSES.index(f.parent.name) for f in id_files])
+    assert report["id_accuracy"] == pytest.approx(100 * np.mean(z_id.argmax(-1) == labels), abs=1e-9)
+    _, h_train = forward(sorted(folders.glob("train/*/*.png")))
+    thr = np.percentile(h_train, 90)  # ReAct: the 90th percentile of every ID-train activation
+    bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True)
+
+    def by_hand(files):
+        z, h = forward(files)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        lse = lambda a: np.log(np.exp(a).sum(-1))  # noqa: E731
+        hn = h / np.linalg.norm(h, axis=1, keepdims=True)
+        dist = np.sqrt(((hn[:, None] - bank[None]) ** 2).sum(-1))  # [n, 60]: to every ID-train feature
+        return {"msp": p.max(-1), "maxlogit": z.max(-1), "energy": lse(z),
+                "react": lse(np.minimum(h, thr) @ W.T + b), "knn": -np.sort(dist, axis=1)[:, 49],  # k = 50
+                "gradnorm": np.abs(p - 1 / 3).sum(-1) * np.abs(h).sum(-1)}
+
+    for set_name, files in (("id", id_files), ("noise", sorted(ood_dir.glob("*.png"))),
+                            ("cats", sorted(folders.glob("train/cat/*")))):
+        want = by_hand(files)
+        for name, values in want.items():  # sorted: eval's image order is its own
+            np.testing.assert_allclose(np.sort(seen[set_name][name]), np.sort(values), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} on {set_name}")
+        if set_name != "id":  # and the report is scikit-learn's metrics of those scores
+            for name in want:
+                y = np.r_[np.ones(12), np.zeros(len(files))]
+                s = np.r_[seen["id"][name], seen[set_name][name]]
+                got = report["metrics"][name][set_name]
+                assert got["auroc"] == pytest.approx(100 * roc_auc_score(y, s), abs=1e-6), (name, set_name)
 
 
 def test_digits_base_smot_eval_offline(tmp_path):
@@ -238,6 +295,11 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not a ResNet score" in r.output
+    small = _write_folders(tmp_path / "small", per_class=(4, 1))  # 12 training images, KNN's k is 50
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
+                                 "--ood", f"x={folders}", "--scores", "knn", "--device", "cpu", "--workers", "0",
+                                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and r.output.strip() == "Error: --id-train: knn needs at least 50 training images, found 12"
     run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
@@ -438,3 +500,27 @@ def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_p
     ckpt["config"]["cam_model"] = "some/base/model.safetensors"
     torch.save(ckpt, out / "checkpoint.pt")
     assert run_train(_cfg(folders, out, epochs=2), resume=True)["epochs"] == 2
+
+
+def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, monkeypatch):
+    """train's flags are what the epoch, the step and the optimizer get (each away from its default)."""
+    import clip_smot.train as train_mod
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen.update(kw, parts=parts, optimizer=dict(optimizer.param_groups[0]))
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), *TINY,
+                 "--lam", "0.3", "--T", "77", "--alpha", "3", "--beta", "4", "--perturb", "one", "--sigma", "0.5",
+                 "--lr", "0.01", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    p = seen["parts"]
+    assert (seen["alpha"], seen["beta"], p.method, p.lam, p.T, p.perturb, p.sigma) == (3.0, 4.0, "smot", 0.3, 77.0,
+                                                                                      "one", 0.5)
+    assert p.cam is not None and p.cam.labels_match  # the base model has the data's classes: true-label CAMs
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr

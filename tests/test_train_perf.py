@@ -1,4 +1,5 @@
-"""The fast training variants (fused SGD, torch.compile, CUDA graphs) give the eager step's result."""
+"""The eager training step against a hand-written one; the fast variants (fused SGD, torch.compile,
+CUDA graphs) give the eager step's result."""
 
 import copy
 import time
@@ -48,6 +49,46 @@ def _steps(model, parts, x, y, t, n, fused, step_model=None, amp=None):
 def _assert_same(m1, m2, rtol, atol):
     for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("method, mask", [("smot", "zero"), ("smot", "one"), ("ls", None), ("logitnorm", None),
+                                          ("ce", None)])
+def test_eager_step_is_the_hand_written_step(method, mask):
+    """One plain-SGD step of train_step: its loss and its weights against SPEC section 1 written out."""
+    model, parts, x, y, t = _setup()
+    parts.method = method
+    parts.perturb = mask or "zero"
+    ref = copy.deepcopy(model)
+    loss, correct = train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts,
+                               autocast(x.device, "fp32"))
+
+    xf = x.float() / 255  # [B, 3, S, S] in [0, 1], before normalisation
+    if method == "smot":
+        cams = parts.cam(xf, y)  # [B, S, S] in [0, 255], the true label (CAMProvider: tests/test_cam.py)
+        keep = (cams < t.view(B, 1, 1)).float()[:, None]  # Eq. 7: masked where cam >= t
+        # originals, then their masked copies: black (zero) or white (one)
+        xf = torch.cat([xf, xf * keep + (1 - keep) * (mask == "one")])
+    logits = ref((xf - parts.mean) / parts.std)
+    logp = logits.log_softmax(dim=-1)
+    onehot = torch.nn.functional.one_hot(y, K).float()
+    if method == "smot":
+        eps = 1 - torch.exp((t - 255) / 10.0)  # Eq. 9, T = 10
+        target = (1 - eps[:, None]) * onehot + eps[:, None] / K  # Eq. 5
+        want = 0.9 * -(onehot * logp[:B]).sum(-1).mean() + 0.1 * -(target * logp[B:]).sum(-1).mean()  # Eq. 8
+    elif method == "ls":
+        want = -((0.9 * onehot + 0.1 / K) * logp).sum(-1).mean()
+    elif method == "logitnorm":
+        z = logits / (0.04 * logits.norm(dim=-1, keepdim=True))
+        want = -(onehot * z.log_softmax(dim=-1)).sum(-1).mean()
+    else:
+        want = -(onehot * logp).sum(-1).mean()
+    want.backward()
+    torch.testing.assert_close(loss, want.detach(), rtol=1e-5, atol=1e-6)
+    assert int(correct) == int((logits[:B].argmax(-1) == y).sum())
+    # first SGD step (empty momentum buffer): w - lr * (grad + wd * w)
+    for (name, w), w0 in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(w.detach(), w0.detach() - 0.1 * (w0.grad + 5e-4 * w0.detach()), rtol=1e-5,
+                                   atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
 def test_fused_sgd_gives_the_plain_sgd_weights():
