@@ -519,3 +519,34 @@ def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
     classes = resolve_classes(tmp_path)
     assert classes.folders == ("blue", "red_car") and classes.classnames == ("blue", "red car")
     assert classes.imagenet_index is None
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) ended with click's bare 'Aborted!' and exit code 1; it says
+    whether there is a checkpoint to --resume from, and exits 130 as an interrupted program does."""
+    import clip_smot.fit as fit_module
+
+    def error_line(res):  # stderr's last line (the progress bar clears itself with a carriage return)
+        assert "Traceback" not in res.output
+        return res.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2"))
+    assert res.exit_code == 130
+    assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last finished "
+                               "epoch: continue with the same command and --resume")
+
+    def ctrl_c(*args, **kwargs):  # in the first epoch: no checkpoint yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "random_resized_crop_flip", ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "early"))
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted before the first checkpoint; nothing to resume"
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--dry-run"))  # a dry run resumes nothing
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted"

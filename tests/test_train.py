@@ -438,3 +438,22 @@ def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_p
     ckpt["config"]["cam_model"] = "some/base/model.safetensors"
     torch.save(ckpt, out / "checkpoint.pt")
     assert run_train(_cfg(folders, out, epochs=2), resume=True)["epochs"] == 2
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
+    """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
+    import clip_smot.train as train_mod
+
+    real_save = train_mod.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "atomic_save", save_then_ctrl_c)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+        f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
