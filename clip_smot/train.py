@@ -38,7 +38,8 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
-from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
+from .runtime import atomic_save, atomic_write_text, autocast, make_folder, resolve_device, seed_everything, \
+    write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -475,7 +476,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 method=cfg.method, stage=cfg.stage)
     writer = rank == 0 and not dry_run
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         atomic_write_text(cfg.to_json() + "\n", out / "config.json")
         if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
             _write_log(log, out)

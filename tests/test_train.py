@@ -457,3 +457,34 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypat
     assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
         f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(folders, tmp_path, monkeypatch):
+    """The second epoch's checkpoint fails as torch.save fails on a full disk (a RuntimeError,
+    after part of the file): one line naming the file, exit 1, epoch 1's checkpoint intact."""
+    from collections import namedtuple
+
+    import clip_smot.runtime as runtime
+
+    real_save, calls = torch.save, []
+
+    def second_fails(obj, f):
+        calls.append(f)
+        if len(calls) == 1:
+            return real_save(obj, f)
+        open(f, "wb").write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(runtime.torch, "save", second_fails)
+    monkeypatch.setattr(runtime.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(1, 1, 0))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+        f"Error: cannot write {out / 'checkpoint.pt'}: no space left on the device; the file there before is unchanged"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl"]
+    (tmp_path / "f").write_text("a file")  # --out under a file: the folder cannot be made
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(tmp_path / "f" / "x")])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == \
+        f"Error: --out {tmp_path / 'f' / 'x'}: cannot create the folder (Not a directory)"
