@@ -424,6 +424,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         if val_names != train_set.classnames:
             raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
                             f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
+    saved_classes = ckpt.get("meta", {}).get("classnames") if resume else None
+    if saved_classes is not None and list(saved_classes) != list(train_set.classnames):
+        raise UserError(f"--resume: the classes of the data ({len(train_set.classnames)}: "
+                        f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
+                        f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")

@@ -488,3 +488,25 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(folders,
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(tmp_path / "f" / "x")])
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == \
         f"Error: --out {tmp_path / 'f' / 'x'}: cannot create the folder (Not a directory)"
+
+
+def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
+    """A class folder added (or renamed) between a run and its --resume: a size-mismatch
+    traceback from load_state_dict (or, renamed, a model saved with the wrong class names)."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    out = tmp_path / "run"
+    assert run_train(_cfg(data, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "cat", data / split / "fox")
+    with pytest.raises(UserError, match=r"^--resume: the classes of the data \(4: cat, dog, eel, fox...\) are not "
+                                        r"those of the run saved in .*run \(3: cat, dog, eel...\)$"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    for split in ("train", "val"):
+        shutil.rmtree(data / split / "fox")
+        (data / split / "eel").rename(data / split / "emu")
+    with pytest.raises(UserError, match=r"\(3: cat, dog, emu...\) are not those"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
