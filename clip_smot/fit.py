@@ -36,8 +36,8 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, resolve_device, \
-    write_json
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
+    remove_stale_temporaries, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -47,6 +47,7 @@ __all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
+_FILES = ("split.txt", "config.json", "log.jsonl", "checkpoint.pt", "prompt.safetensors")  # under --out
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ def run_fit(cfg: FitConfig) -> Path:
         return out
     if not cfg.dry_run:  # a dry run writes nothing
         make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
         atomic_write_text(text, out / "split.txt")
         write_json(config, out / "config.json")
         _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again

@@ -29,6 +29,7 @@ __all__ = [
     "check_output_folder",
     "host_reachable",
     "make_folder",
+    "remove_stale_temporaries",
     "resolve_device",
     "seed_everything",
     "sha256_file",
@@ -178,6 +179,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names`` when
+    its process was killed mid-write (SIGKILL, OOM killer, power loss): hidden, and each as large
+    as the file it was to become (a checkpoint)."""
+    import glob
+
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

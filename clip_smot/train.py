@@ -38,8 +38,8 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, _mix, default_input_size, load_id_split
-from .runtime import atomic_save, atomic_write_text, autocast, make_folder, resolve_device, seed_everything, \
-    write_json
+from .runtime import atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
+    resolve_device, seed_everything, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -57,6 +57,7 @@ DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
 CHECKPOINT = "checkpoint.pt"
+_FILES = ("config.json", "log.jsonl", CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 
 
 @dataclass(frozen=True)
@@ -482,6 +483,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     writer = rank == 0 and not dry_run
     if writer:
         make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
         atomic_write_text(cfg.to_json() + "\n", out / "config.json")
         if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
             _write_log(log, out)

@@ -523,7 +523,8 @@ def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) ended with click's bare 'Aborted!' and exit code 1; it says
-    whether there is a checkpoint to --resume from, and exits 130 as an interrupted program does."""
+    whether there is a checkpoint to --resume from, and exits 130 as an interrupted program does.
+    Then: the temporary file of a write killed by SIGKILL is removed by the --resume."""
     import clip_smot.fit as fit_module
 
     def error_line(res):  # stderr's last line (the progress bar clears itself with a carriage return)
@@ -550,3 +551,11 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypa
     assert res.exit_code == 130 and error_line(res) == "Error: interrupted before the first checkpoint; nothing to resume"
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--dry-run"))  # a dry run resumes nothing
     assert res.exit_code == 130 and error_line(res) == "Error: interrupted"
+
+    # SIGKILL while the checkpoint was written leaves its temporary file: --resume removes it
+    stale = tmp_path / "run" / ".checkpoint.pt.k1ll3d_x.tmp"
+    stale.write_bytes(b"PK\x03\x04 half")
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and (tmp_path / "run" / "prompt.safetensors").is_file()

@@ -510,3 +510,16 @@ def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"\(3: cat, dog, emu...\) are not those"):
         run_train(_cfg(data, out, epochs=2), resume=True)
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
+    """A SIGKILL while a checkpoint was written left '.checkpoint.pt.<random>.tmp' (hidden, as
+    large as a checkpoint) in --out for good; each kill added one."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    stale = [out / ".checkpoint.pt.k1ll3d_x.tmp", out / ".model.safetensors.abc.tmp", out / ".log.jsonl.q.tmp"]
+    others = [out / ".notes.txt.abc.tmp", out / "mine.tmp"]  # not the run's: kept
+    for f in stale + others:
+        f.write_bytes(b"PK\x03\x04 half")
+    run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert [f.exists() for f in stale + others] == [False] * len(stale) + [True] * len(others)
