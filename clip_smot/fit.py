@@ -225,6 +225,10 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         old = saved["config"]
         differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]
         if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
+            if not differ:  # the same options: the images under --data changed since the split was drawn
+                split = path.parent / "split.txt"
+                raise UserError(f"{flag} {path}: the run's few-shot split ({split}) is not the one drawn now (did the "
+                                f"images under --data change?); to continue on its images, add --split {split}")
             differ.append("split")
         if differ:
             raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "

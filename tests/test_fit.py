@@ -559,3 +559,28 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypa
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--resume"))
     assert res.exit_code == 0, res.output
     assert not stale.exists() and (tmp_path / "run" / "prompt.safetensors").is_file()
+
+
+def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_path):
+    """An image of the split deleted under --data: the resume said 'made with other options
+    (split); rerun with the options in config.json', though the options were the same."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = tmp_path / "run" / "split.txt"
+    gone = data / "train" / split.read_text().split("\t")[0]
+    kept = gone.read_bytes()
+    gone.unlink()
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: the run's few-shot split ({split}) is not the one "
+        f"drawn now (did the images under --data change?); to continue on its images, add --split {split}")
+    gone.write_bytes(kept)  # with the split named, the run's images are used (here: the finished run)
+    (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
