@@ -7,12 +7,14 @@ on stderr and exit code 1 (SPEC section 6).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import UserError
@@ -280,8 +282,11 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
                       epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, lam=lam, T=T,
                       perturb=perturb, sigma=sigma, input_size=input_size, device=device, precision=precision,
                       seed=seed, workers=workers, compile=compile_, cuda_graph=cuda_graph)
+    source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
+    flags = {f.name for f in dataclasses.fields(cfg)
+             if source("compile_" if f.name == "compile" else f.name) not in (None, ParameterSource.DEFAULT)}
     try:
-        run_train(cfg, resume=resume, dry_run=dry_run)
+        run_train(cfg, resume=resume, dry_run=dry_run, flags=flags)
     except KeyboardInterrupt:
         raise _interrupted(None if dry_run else out) from None
 

@@ -336,7 +336,8 @@ def _inner(model):
 _RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "cuda_graph")
 
 
-def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None) -> dict:
+def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
+              flags: set[str] | None = None) -> dict:
     """Train one model as ``cfg`` says.
 
     Args:
@@ -345,6 +346,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             except device, workers, precision and a larger number of epochs).
         dry_run: run one training step, print its loss and write nothing.
         stop_after: stop after this many epochs of this call (tests: an interruption).
+        flags: the fields of ``cfg`` the user gave (the CLI's flags): with ``resume``, each must
+            equal the saved run's; None: those that differ from their default.
 
     Returns:
         The summary (also written to ``OUT/summary.json``): final loss, train accuracy, paths.
@@ -358,7 +361,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     try:
-        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world)
+        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
         if world > 1:  # no rank tears the group down while another still uses it (rank 0 writes last)
             torch.distributed.barrier()
         return summary
@@ -368,7 +371,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
 
 
 def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
-         world: int) -> dict:
+         world: int, flags: set[str] | None = None) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if resume:
@@ -387,7 +390,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 from None
         given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
         defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
-        differ = [k for k, v in given.items() if v != defaults[k] and v != getattr(saved, k)]
+        differ = [k for k, v in given.items()
+                  if (k in flags if flags is not None else v != defaults[k]) and v != getattr(saved, k)]
         if differ:
             raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
                             f"run saved in {out}; resume with the same flags")

@@ -523,3 +523,19 @@ def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
         f.write_bytes(b"PK\x03\x04 half")
     run_train(_cfg(folders, out, epochs=2), resume=True)
     assert [f.exists() for f in stale + others] == [False] * len(stale) + [True] * len(others)
+
+
+def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
+    """--seed 0 on the resume of a --seed 3 run was silently ignored (0 is the default, so it
+    looked as if no --seed was given); a flag that is given is compared, whatever its value."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2, seed=3, lam=0.5), stop_after=1) == {"stopped_after": 1}
+    for flags in (["--seed", "0"], ["--lam", "0.1"], ["--stage", "base", "--seed", "0"]):
+        r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", *flags, "--device", "cpu", "--workers", "0"])
+        assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+            f"Error: --resume: {flags[0 if flags[0] != '--stage' else 2]} differ from the run saved in {out}; "
+            "resume with the same flags"), (flags, r.output)
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--seed", "3", "--stage", "base",
+                                 "--device", "cpu", "--workers", "0"])  # the saved values (or none): it continues
+    assert r.exit_code == 0, r.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
