@@ -7,11 +7,14 @@ on stderr and exit code 1 (SPEC section 6).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import warnings
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import UserError
@@ -20,10 +23,24 @@ from .runtime import PRECISIONS
 from .smot import PERTURBATIONS
 
 
+class _Interrupted(click.ClickException):
+    """Ctrl-C: one line and the shell's exit code for SIGINT (128 + 2), not click's 'Aborted!'."""
+
+    exit_code = 130
+
+
+def _interrupted(out: str | None = None) -> _Interrupted:
+    """The Ctrl-C line; for a fit or train run in ``out``, what it can be continued from."""
+    if out is not None and (Path(out) / "checkpoint.pt").is_file():
+        return _Interrupted(f"interrupted; {Path(out) / 'checkpoint.pt'} holds the last finished epoch: "
+                            "continue with the same command and --resume")
+    return _Interrupted("interrupted" if out is None else "interrupted before the first checkpoint; nothing to resume")
+
+
 class _Group(click.Group):
     """A click group whose commands answer bad input with one clean line (SPEC section 6): a
     UserError from the library, and click's own usage errors (a bad or missing flag value),
-    which would otherwise print a usage block."""
+    which would otherwise print a usage block; Ctrl-C is one line too."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -32,6 +49,8 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from None
         except click.UsageError as e:
             raise click.ClickException(e.format_message()) from None
+        except KeyboardInterrupt:  # (fit and train say what they can resume from)
+            raise _interrupted() from None
 
 
 class _Float(click.FloatRange):
@@ -108,7 +127,10 @@ def fit(split_file, **options) -> None:
     """
     from .fit import FitConfig, run_fit
 
-    out = run_fit(FitConfig(split=split_file, **options))
+    try:
+        out = run_fit(FitConfig(split=split_file, **options))
+    except KeyboardInterrupt:
+        raise _interrupted(None if options["dry_run"] else options["out"]) from None
     if not options["dry_run"]:
         click.echo(f"prompt: {out / 'prompt.safetensors'}")
 
@@ -260,7 +282,13 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
                       epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, lam=lam, T=T,
                       perturb=perturb, sigma=sigma, input_size=input_size, device=device, precision=precision,
                       seed=seed, workers=workers, compile=compile_, cuda_graph=cuda_graph)
-    run_train(cfg, resume=resume, dry_run=dry_run)
+    source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
+    flags = {f.name for f in dataclasses.fields(cfg)
+             if source("compile_" if f.name == "compile" else f.name) not in (None, ParameterSource.DEFAULT)}
+    try:
+        run_train(cfg, resume=resume, dry_run=dry_run, flags=flags)
+    except KeyboardInterrupt:
+        raise _interrupted(None if dry_run else out) from None
 
 
 @cli.command()

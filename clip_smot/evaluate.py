@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import UserError
 from .metrics import ood_metrics
-from .runtime import atomic_write, atomic_write_text
+from .runtime import atomic_write, atomic_write_text, make_folder
 
 __all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
 
@@ -128,7 +128,7 @@ def write_reports(
         The metrics.json content.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     table = metric_table(id_scores, ood_scores, convention)
     report = {"fpr_convention": convention, "metrics": table, **(extra or {})}
     if id_accuracy is not None:

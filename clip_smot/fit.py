@@ -36,7 +36,8 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, resolve_device, write_json
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
+    remove_stale_temporaries, resolve_device, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -46,6 +47,7 @@ __all__ = ["CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
+_FILES = ("split.txt", "config.json", "log.jsonl", "checkpoint.pt", "prompt.safetensors")  # under --out
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,10 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         old = saved["config"]
         differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]
         if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
+            if not differ:  # the same options: the images under --data changed since the split was drawn
+                split = path.parent / "split.txt"
+                raise UserError(f"{flag} {path}: the run's few-shot split ({split}) is not the one drawn now (did the "
+                                f"images under --data change?); to continue on its images, add --split {split}")
             differ.append("split")
         if differ:
             raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
@@ -291,7 +297,8 @@ def run_fit(cfg: FitConfig) -> Path:
         tqdm.write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
         return out
     if not cfg.dry_run:  # a dry run writes nothing
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
         atomic_write_text(text, out / "split.txt")
         write_json(config, out / "config.json")
         _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
@@ -358,8 +365,11 @@ def run_fit(cfg: FitConfig) -> Path:
                             "try a lower --lr or --precision fp32")
         scheduler.step()
         record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "seconds": round(time.time() - t0, 3)}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # (a half-written line is dropped on --resume)
+            raise UserError(f"cannot write {out / 'log.jsonl'}: {e.strerror or e}") from None
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
         atomic_save({
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "ctx": prompt.ctx.detach().cpu(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -215,7 +216,10 @@ def encode_files(
     if feats is None:
         feats = _encode(clip, paths, local, batch_size, workers, skip_unreadable)
         if entry is not None:
-            _write_cache(entry, feats)
+            try:
+                _write_cache(entry, feats)
+            except UserError as e:  # a full disk or quota where the cache lives: the features are here anyway
+                print(f"note: the feature cache was not written ({e}); --no-cache skips it", file=sys.stderr)
     elif feats.skipped and not skip_unreadable:
         raise UserError(feats.skipped[0][1])
     return feats

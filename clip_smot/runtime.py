@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 __all__ = [
     "PRECISIONS",
@@ -27,6 +28,8 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "host_reachable",
+    "make_folder",
+    "remove_stale_temporaries",
     "resolve_device",
     "seed_everything",
     "sha256_file",
@@ -112,7 +115,10 @@ def check_output_file(out: str | os.PathLike, flag: str, inputs: list[tuple[str,
 
 def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
     """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
-    ``config.json`` and resumable state an evaluation's files would overwrite or mix with."""
+    ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or
+    when it is a file (checked before the slow work, as every check of an output is)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{flag} {out}: is a file, not a folder")
     held = [f for f in RUN_FILES if (Path(out) / f).is_file()]
     if held:
         raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
@@ -125,24 +131,66 @@ def _umask() -> int:
     return mask
 
 
+def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Create the output folder ``path`` (and its parents); a UserError naming ``flag`` if it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "is a file, not a folder" if path.exists() else f"cannot create the folder ({e.strerror or e})"
+        raise UserError(f"{flag} {path}: {reason}") from None
+
+
+def _write_error(path: Path, e: Exception) -> UserError:
+    """One line for a failed write of ``path``. A full disk is named as such: torch.save reports
+    it as a RuntimeError ('unexpected pos ...'), safetensors as a SafetensorError."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {first_line(e)}"
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            reason = "no space left on the device"
+    kept = "; the file there before is unchanged" if path.exists() else ""
+    return UserError(f"cannot write {path}: {reason}{kept}")
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a
     temporary file behind. The temporary name ends in ``.tmp``: writers that infer the format
     from the name (matplotlib) need it given explicitly.
+
+    Raises:
+        UserError: the file cannot be written (a full disk, a read-only or missing folder),
+            naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except Exception as e:  # (measured while the temporary file still fills the disk)
+        raise _write_error(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names`` when
+    its process was killed mid-write (SIGKILL, OOM killer, power loss): hidden, and each as large
+    as the file it was to become (a checkpoint)."""
+    import glob
+
+    for name in names:
+        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -41,7 +41,8 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import atomic_save, atomic_write_text, autocast, resolve_device, seed_everything, write_json
+from .runtime import atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
+    resolve_device, seed_everything, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -59,6 +60,7 @@ DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
 CHECKPOINT = "checkpoint.pt"
+_FILES = ("config.json", "log.jsonl", CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,8 @@ def _inner(model):
 _RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "cuda_graph")
 
 
-def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None) -> dict:
+def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
+              flags: set[str] | None = None) -> dict:
     """Train one model as ``cfg`` says.
 
     Args:
@@ -348,6 +351,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             except device, workers, precision and a larger number of epochs).
         dry_run: run one training step, print its loss and write nothing.
         stop_after: stop after this many epochs of this call (tests: an interruption).
+        flags: the fields of ``cfg`` the user gave (the CLI's flags): with ``resume``, each must
+            equal the saved run's; None: those that differ from their default.
 
     Returns:
         The summary (also written to ``OUT/summary.json``): final loss, train accuracy, paths.
@@ -361,7 +366,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     try:
-        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world)
+        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
         if world > 1:  # no rank tears the group down while another still uses it (rank 0 writes last)
             torch.distributed.barrier()
         return summary
@@ -371,7 +376,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
 
 
 def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
-         world: int) -> dict:
+         world: int, flags: set[str] | None = None) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if resume:
@@ -390,7 +395,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 from None
         given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
         defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
-        differ = [k for k, v in given.items() if v != defaults[k] and v != getattr(saved, k)]
+        differ = [k for k, v in given.items()
+                  if (k in flags if flags is not None else v != defaults[k]) and v != getattr(saved, k)]
         if differ:
             raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
                             f"run saved in {out}; resume with the same flags")
@@ -428,6 +434,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         if val_names != train_set.classnames:
             raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
                             f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
+    saved_classes = ckpt.get("meta", {}).get("classnames") if resume else None
+    if saved_classes is not None and list(saved_classes) != list(train_set.classnames):
+        raise UserError(f"--resume: the classes of the data ({len(train_set.classnames)}: "
+                        f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
+                        f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
@@ -480,7 +491,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 method=cfg.method, stage=cfg.stage)
     writer = rank == 0 and not dry_run
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
         atomic_write_text(cfg.to_json() + "\n", out / "config.json")
         if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
             _write_log(log, out)

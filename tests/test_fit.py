@@ -557,3 +557,68 @@ def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch
         "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) ended with click's bare 'Aborted!' and exit code 1; it says
+    whether there is a checkpoint to --resume from, and exits 130 as an interrupted program does.
+    Then: the temporary file of a write killed by SIGKILL is removed by the --resume."""
+    import clip_smot.fit as fit_module
+
+    def error_line(res):  # stderr's last line (the progress bar clears itself with a carriage return)
+        assert "Traceback" not in res.output
+        return res.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2"))
+    assert res.exit_code == 130
+    assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last finished "
+                               "epoch: continue with the same command and --resume")
+
+    def ctrl_c(*args, **kwargs):  # in the first epoch: no checkpoint yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "random_resized_crop_flip", ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "early"))
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted before the first checkpoint; nothing to resume"
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--dry-run"))  # a dry run resumes nothing
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted"
+
+    # SIGKILL while the checkpoint was written leaves its temporary file: --resume removes it
+    stale = tmp_path / "run" / ".checkpoint.pt.k1ll3d_x.tmp"
+    stale.write_bytes(b"PK\x03\x04 half")
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and (tmp_path / "run" / "prompt.safetensors").is_file()
+
+
+def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_path):
+    """An image of the split deleted under --data: the resume said 'made with other options
+    (split); rerun with the options in config.json', though the options were the same."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = tmp_path / "run" / "split.txt"
+    gone = data / "train" / split.read_text().split("\t")[0]
+    kept = gone.read_bytes()
+    gone.unlink()
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: the run's few-shot split ({split}) is not the one "
+        f"drawn now (did the images under --data change?); to continue on its images, add --split {split}")
+    gone.write_bytes(kept)  # with the split named, the run's images are used (here: the finished run)
+    (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output

@@ -347,6 +347,18 @@ def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, 
     assert calls["global"] == 3
 
 
+def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """A full disk or quota where the cache lives failed the whole run after all the encoding."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(tmp_path / "s.csv")) == 12
+    assert res.stderr.startswith("note: the feature cache was not written (cannot write ") and "--no-cache" in res.stderr
+
+
 def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
     from clip_smot.image_features import ImageFeatures
 

@@ -524,3 +524,104 @@ def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, 
     assert p.cam is not None and p.cam.labels_match  # the base model has the data's classes: true-label CAMs
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
+    """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
+    import clip_smot.train as train_mod
+
+    real_save = train_mod.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "atomic_save", save_then_ctrl_c)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+        f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(folders, tmp_path, monkeypatch):
+    """The second epoch's checkpoint fails as torch.save fails on a full disk (a RuntimeError,
+    after part of the file): one line naming the file, exit 1, epoch 1's checkpoint intact."""
+    from collections import namedtuple
+
+    import clip_smot.runtime as runtime
+
+    real_save, calls = torch.save, []
+
+    def second_fails(obj, f):
+        calls.append(f)
+        if len(calls) == 1:
+            return real_save(obj, f)
+        open(f, "wb").write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(runtime.torch, "save", second_fails)
+    monkeypatch.setattr(runtime.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(1, 1, 0))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+        f"Error: cannot write {out / 'checkpoint.pt'}: no space left on the device; the file there before is unchanged"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl"]
+    (tmp_path / "f").write_text("a file")  # --out under a file: the folder cannot be made
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(tmp_path / "f" / "x")])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == \
+        f"Error: --out {tmp_path / 'f' / 'x'}: cannot create the folder (Not a directory)"
+
+
+def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
+    """A class folder added (or renamed) between a run and its --resume: a size-mismatch
+    traceback from load_state_dict (or, renamed, a model saved with the wrong class names)."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    out = tmp_path / "run"
+    assert run_train(_cfg(data, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "cat", data / split / "fox")
+    with pytest.raises(UserError, match=r"^--resume: the classes of the data \(4: cat, dog, eel, fox...\) are not "
+                                        r"those of the run saved in .*run \(3: cat, dog, eel...\)$"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    for split in ("train", "val"):
+        shutil.rmtree(data / split / "fox")
+        (data / split / "eel").rename(data / split / "emu")
+    with pytest.raises(UserError, match=r"\(3: cat, dog, emu...\) are not those"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
+    """A SIGKILL while a checkpoint was written left '.checkpoint.pt.<random>.tmp' (hidden, as
+    large as a checkpoint) in --out for good; each kill added one."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    stale = [out / ".checkpoint.pt.k1ll3d_x.tmp", out / ".model.safetensors.abc.tmp", out / ".log.jsonl.q.tmp"]
+    others = [out / ".notes.txt.abc.tmp", out / "mine.tmp"]  # not the run's: kept
+    for f in stale + others:
+        f.write_bytes(b"PK\x03\x04 half")
+    run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert [f.exists() for f in stale + others] == [False] * len(stale) + [True] * len(others)
+
+
+def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
+    """--seed 0 on the resume of a --seed 3 run was silently ignored (0 is the default, so it
+    looked as if no --seed was given); a flag that is given is compared, whatever its value."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2, seed=3, lam=0.5), stop_after=1) == {"stopped_after": 1}
+    for flags in (["--seed", "0"], ["--lam", "0.1"], ["--stage", "base", "--seed", "0"]):
+        r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", *flags, "--device", "cpu", "--workers", "0"])
+        assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+            f"Error: --resume: {flags[0 if flags[0] != '--stage' else 2]} differ from the run saved in {out}; "
+            "resume with the same flags"), (flags, r.output)
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--seed", "3", "--stage", "base",
+                                 "--device", "cpu", "--workers", "0"])  # the saved values (or none): it continues
+    assert r.exit_code == 0, r.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2

@@ -1,0 +1,76 @@
+"""runtime.atomic_write: a failed write (full disk, unwritable folder) is one line and keeps the old file."""
+
+import errno
+import os
+from collections import namedtuple
+
+import pytest
+
+import clip_smot.runtime as runtime
+from clip_smot.errors import UserError
+from clip_smot.runtime import atomic_save, atomic_write_text, check_output_folder, make_folder
+
+_Usage = namedtuple("_Usage", "total used free")
+
+
+def _plenty_of_space(monkeypatch):  # (this machine's disk may be nearly full itself)
+    monkeypatch.setattr(runtime.shutil, "disk_usage", lambda p: _Usage(1 << 40, 0, 1 << 40))
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos ...') after writing part
+    of the file (measured on a 64 KiB tmpfs); it came out as a traceback."""
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def half_then_fail(obj, f):
+        open(f, "wb").write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(runtime.torch, "save", half_then_fail)
+    monkeypatch.setattr(runtime.shutil, "disk_usage", lambda p: _Usage(1 << 16, 1 << 16, 0))
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, path)
+    assert str(e.value) == f"cannot write {path}: no space left on the device; the file there before is unchanged"
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("error,reason", [
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+    (ValueError("not serialisable"), "ValueError: not serialisable"),  # (the writer's own error, as one line)
+])
+def test_other_write_errors_name_the_file_and_the_reason(tmp_path, monkeypatch, error, reason):
+    _plenty_of_space(monkeypatch)
+
+    def fail(tmp):
+        raise error
+
+    with pytest.raises(UserError) as e:
+        runtime.atomic_write(tmp_path / "new.txt", fail)
+    assert str(e.value) == f"cannot write {tmp_path / 'new.txt'}: {reason}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_in_place_of_a_folder(tmp_path, monkeypatch):
+    _plenty_of_space(monkeypatch)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"cannot write .*blocker/run/metrics.csv: Not a directory"):
+        atomic_write_text("a,b\n", blocker / "run" / "metrics.csv")
+    with pytest.raises(UserError, match=r"^--out .*blocker: is a file, not a folder$"):
+        make_folder(blocker)
+    with pytest.raises(UserError, match=r"^--out .*blocker/run: cannot create the folder \(Not a directory\)$"):
+        make_folder(blocker / "run")
+    with pytest.raises(UserError, match=r"^--out .*blocker: is a file, not a folder$"):
+        check_output_folder(blocker)  # eval checks its --out before the slow work
+    assert blocker.read_text() == "x"
+
+
+def test_keyboard_interrupt_is_not_turned_into_a_write_error(tmp_path):
+    def ctrl_c(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runtime.atomic_write(tmp_path / "f.txt", ctrl_c)
+    assert os.listdir(tmp_path) == []
