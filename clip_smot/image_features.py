@@ -31,13 +31,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open
 
 from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
-from .runtime import atomic_write, cache_root
+from .runtime import atomic_save_safetensors, cache_root
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features"]
 
@@ -133,7 +133,7 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
     meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped])}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_save_safetensors(tensors, path, meta)
 
 
 def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False

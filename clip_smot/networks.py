@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .errors import UserError, first_line
-from .runtime import atomic_write
+from .runtime import atomic_save_safetensors
 
 __all__ = [
     "MODEL_FORMAT",
@@ -311,8 +311,6 @@ def save_model(
     ``model`` may be wrapped (DistributedDataParallel, torch.compile): its inner module's
     state_dict is stored, with plain parameter names.
     """
-    from safetensors.torch import save_file
-
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in inner.state_dict().items()}
@@ -331,7 +329,7 @@ def save_model(
         "stage": stage,
         "config": json.dumps(config or {}, sort_keys=True),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_save_safetensors(tensors, path, meta)
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open
 
 from . import __version__
 from .errors import UserError
-from .runtime import atomic_write
+from .runtime import atomic_save_safetensors
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
@@ -110,7 +110,7 @@ def save_prompt(
         "ctx": ctx.detach().float().cpu().contiguous(),
         "text_features": text_features.detach().float().cpu().contiguous(),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_save_safetensors(tensors, path, meta)
 
 
 def load_prompt(path: str | os.PathLike) -> PromptFile:

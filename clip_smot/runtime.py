@@ -21,6 +21,7 @@ __all__ = [
     "DTYPES",
     "RUN_FILES",
     "atomic_save",
+    "atomic_save_safetensors",
     "atomic_write",
     "atomic_write_text",
     "autocast",
@@ -196,6 +197,36 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` to a temporary file, then rename, with the metadata in
+    sorted key order: the same tensors and metadata give the same bytes (safetensors writes its
+    metadata in a hash map's order, which changes from one call to the next)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        _sort_safetensors_metadata(tmp)
+
+    atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path: str) -> None:
+    """Rewrite the header of the safetensors file ``path`` in place with ``__metadata__``'s keys
+    sorted. The header is the same JSON in another order, so it keeps its length (checked: a
+    header that would not is left as it is); the tensor data is not touched."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")  # [8-byte length][header JSON, space-padded][data]
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

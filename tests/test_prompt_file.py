@@ -115,7 +115,7 @@ def test_ctx_width_is_checked_against_the_model_config(tmp_path):
 
 
 def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    import clip_smot.prompt_file as pf
+    import safetensors.torch
 
     path = tmp_path / "p.safetensors"
     _save(path)
@@ -126,7 +126,7 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monk
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pf, "save_file", half_then_crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)  # (runtime imports it when it writes)
     with pytest.raises(UserError, match=r"^cannot write .*p.safetensors: .*; the file there before is unchanged$"):
         _save(path, ctx=torch.ones(4, 16))  # (one line naming the file, no longer the bare OSError)
     assert path.read_bytes() == before

@@ -74,3 +74,26 @@ def test_keyboard_interrupt_is_not_turned_into_a_write_error(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runtime.atomic_write(tmp_path / "f.txt", ctrl_c)
     assert os.listdir(tmp_path) == []
+
+
+def test_safetensors_files_are_the_same_bytes_for_the_same_contents(tmp_path):
+    """safetensors writes its metadata in a hash map's order, which changed from one save to the
+    next: an exported prompt or model differed byte for byte from its twin (checksums disagreed)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, safe_open
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2), "idx": torch.arange(3)}
+    meta = {k: k * 3 for k in "qwertyuiop"} | {"classnames": json.dumps(["café", "naïve \"x\""], ensure_ascii=False)}
+    blobs = []
+    for i in range(6):
+        runtime.atomic_save_safetensors(tensors, tmp_path / f"{i}.safetensors", meta)
+        blobs.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert all(b == blobs[0] for b in blobs)
+    n = int.from_bytes(blobs[0][:8], "little")
+    assert list(json.loads(blobs[0][8 : 8 + n])["__metadata__"]) == sorted(meta)
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == meta
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
