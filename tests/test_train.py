@@ -598,6 +598,31 @@ def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("input_size", [16, 72])  # decoded once (<= 64 px) / decoded per batch from the files
+def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_size):
+    """Images added, removed or replaced under --data between a run and its --resume (same
+    classes, same flags) continued the run on other data, silently; fit checks its split so."""
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    out = tmp_path / "run"
+    assert run_train(_cfg(data, out, epochs=2, input_size=input_size), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    img = data / "train" / "dog" / "1.png"
+    kept = img.read_bytes()
+    refused = r"^--resume: the training images under .*data are not those of the run saved in .*run \(images added, removed or changed\); resume on the same images$"
+    changes = [lambda: (data / "train" / "dog" / "9.png").write_bytes(kept),  # one added
+               lambda: (data / "train" / "dog" / "9.png").unlink() or img.unlink()]  # one removed
+    if input_size == 16:  # the pixels of decoded sets are compared too
+        changes.append(lambda: img.write_bytes((data / "train" / "cat" / "1.png").read_bytes()))  # one replaced
+    for change in changes:
+        change()
+        with pytest.raises(UserError, match=refused):
+            run_train(_cfg(data, out, epochs=2, input_size=input_size), resume=True)
+        img.write_bytes(kept)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    run_train(_cfg(data, out, epochs=2, input_size=input_size), resume=True)  # the same images again: it continues
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
 def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
     """A SIGKILL while a checkpoint was written left '.checkpoint.pt.<random>.tmp' (hidden, as
     large as a checkpoint) in --out for good; each kill added one."""
