@@ -622,3 +622,28 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
     res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
+    """One class (valid; the softmax over it is 1): the loss is 0, the gradient too, so one step
+    moves the context by weight decay alone; fit says so. The images are a 1 x 50 strip, a 3 x 3,
+    a 16-bit grey, a palette and an all-black one, and --batch-size is larger than the split."""
+    d = tmp_path / "data" / "thing"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 1, 3), dtype=np.uint8)).save(d / "strip.png")
+    Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)).save(d / "tiny.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 30)).astype(np.uint16)).save(d / "grey16.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P").save(d / "palette.png")
+    Image.new("RGB", (30, 20)).save(d / "black.png")
+    args = fit_args(tmp_path / "run", "--shots", "5", "--batch-size", "8")
+    args[args.index("--data") + 1] = str(tmp_path / "data")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "one class" in res.stderr and "loss is 0" in res.stderr
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == 0.0
+    ctx0 = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))  # the seeded init
+    lr, wd = 1e-5, 5e-4  # the warm-up step: SGD's first step is ctx - lr * (grad + wd * ctx), grad = 0
+    torch.testing.assert_close(load_prompt(tmp_path / "run" / "prompt.safetensors").ctx, ctx0 * (1 - lr * wd),
+                               atol=1e-9, rtol=0)
