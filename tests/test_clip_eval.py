@@ -249,3 +249,25 @@ def test_eval_on_the_bundled_digits(tmp_path, tiny, tiny_clip_checkpoint):
     assert set(report["metrics"]["mcm"]) == {"photos", "textures", "average"}
     assert 0 <= report["id_accuracy"] <= 100  # class folders zero..nine match the prompt's classes
     assert report["n_images"]["id"] > 100
+
+
+def test_one_class_and_an_ood_set_of_one_image(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Valid extremes (docs/score.md): one ID class makes mcm, msp and gl-mcm constant (AUROC 50,
+    FPR95 100, ID accuracy 100); an OOD set of one image has metrics like any other."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "id" / "thing").mkdir(parents=True)
+    (tmp_path / "ood").mkdir()
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / "thing" / f"{k}.png")
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "ood" / "one.png")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"one={tmp_path / 'ood'}", "--scores",
+                                   ",".join(ALL), "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["id_accuracy"] == 100.0 and report["n_images"] == {"id": 4, "one": 1}
+    for name in ("mcm", "msp", "gl-mcm"):
+        m = report["metrics"][name]["one"]
+        assert (m["auroc"], m["fpr95"], m["aupr_in"]) == (50.0, 100.0, 80.0)  # 4 ID of 5, all tied
+    assert all(math.isfinite(v) for v in report["metrics"]["energy"]["one"].values())
