@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .data import class_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
+from .data import class_folders, holds_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
 from .errors import UserError
 
 __all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
@@ -92,7 +92,8 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
 
 
 def _id_root(where: Path) -> Path:
-    return where / "val" if (where / "val").is_dir() else where
+    """``DIR/val`` when it is a folder of class folders, else ``DIR`` (whose classes may include ``val``)."""
+    return where / "val" if holds_folders(where / "val") else where
 
 
 def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]:

@@ -271,3 +271,16 @@ def test_one_class_and_an_ood_set_of_one_image(tmp_path, tiny_clip_config, tiny_
         m = report["metrics"][name]["one"]
         assert (m["auroc"], m["fpr95"], m["aupr_in"]) == (50.0, 100.0, 80.0)  # 4 ID of 5, all tied
     assert all(math.isfinite(v) for v in report["metrics"]["energy"]["one"].values())
+
+
+def test_an_id_class_named_val_is_a_class(tmp_path):
+    """--id DIR/<class>/ with a class 'val': DIR is the class-folder root (DIR/val/<class>/ stays
+    the ImageNet layout)."""
+    for name in ("cat", "val"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "id" / name / "0.png")
+    assert folder_classnames(tmp_path / "id") == ["cat", "val"]
+    s = id_set(tmp_path / "id", ["cat", "val"])
+    assert sorted(zip([p.split("/")[-2] for p in map(str, s.paths)], s.labels)) == [("cat", 0), ("val", 1)]
+    (tmp_path / "imagenet" / "val" / "dog").mkdir(parents=True)
+    assert folder_classnames(tmp_path / "imagenet") == ["dog"]

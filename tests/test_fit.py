@@ -647,3 +647,17 @@ def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
     lr, wd = 1e-5, 5e-4  # the warm-up step: SGD's first step is ctx - lr * (grad + wd * ctx), grad = 0
     torch.testing.assert_close(load_prompt(tmp_path / "run" / "prompt.safetensors").ctx, ctx0 * (1 - lr * wd),
                                atol=1e-9, rtol=0)
+
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    """DATA/<class>/ with a class 'train' (CIFAR-100 has one): DATA is the class-folder root, not
+    DATA/train, which holds images; DATA/train/<class>/ stays the ImageNet layout."""
+    from clip_smot.fewshot import resolve_train_root
+
+    for name in ("bus", "train"):
+        (tmp_path / "cifar" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "cifar" / name / "0.png")
+    root = resolve_train_root(tmp_path / "cifar")
+    assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
+    (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
+    assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"
