@@ -162,9 +162,12 @@ def _square_uint8(path: Path, size: int) -> torch.Tensor:
     w, h = im.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
+    if nw * nh > 16 * size * size:  # a long strip (a 1 x 20000 one resized whole holds 1.5 GB): the square alone
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
+        im = im.resize((size, size), Image.BICUBIC, box=box)
+    else:
+        im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
 
 

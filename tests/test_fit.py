@@ -373,6 +373,24 @@ def test_decode_keeps_the_central_square(tmp_path):
     assert (x[0, :, :, :7] == 0).all() and (x[0, :, :, 9:] == 255).all()
 
 
+def test_decode_resamples_only_the_square_of_a_long_strip(tmp_path, monkeypatch):
+    """A 2 x 20000 strip is not resized whole (224 x 2.24 M pixels, 1.5 GB at 224): never more than
+    16 squares are resampled, and the square is the central one of the whole resize."""
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.linspace(0, 255, 20000)[:, None, None], 3, axis=2).repeat(2, axis=1)  # a vertical ramp
+    a = (a + rng.integers(-3, 4, a.shape)).clip(0, 255).astype(np.uint8)  # [20000, 2, 3]
+    Image.fromarray(a).save(tmp_path / "strip.png")
+    Image.fromarray(a[10000 - 12:10000 + 12]).save(tmp_path / "short.png")  # a 2 x 24 strip: resized whole
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: sizes.append(size) or resize(im, size, *a, **k))
+    x = decode_images(tmp_path, ["strip.png", "short.png"], 32, workers=0)  # [2, 3, 32, 32]
+    assert sizes == [(32, 32), (32, 384)]
+    # both show the central rows of the ramp, around row 10000
+    expected = torch.from_numpy(a[10000 - 10:10000 + 10].astype(np.float32)).mean()
+    assert abs(x[0].float().mean() - expected) < 2 and abs(x[1].float().mean() - expected) < 2
+
+
 def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
     classes = resolve_classes(imagenet_dir / "train")
     bad = tmp_path / "split.txt"
