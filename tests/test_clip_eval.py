@@ -284,3 +284,36 @@ def test_an_id_class_named_val_is_a_class(tmp_path):
     assert sorted(zip([p.split("/")[-2] for p in map(str, s.paths)], s.labels)) == [("cat", 0), ("val", 1)]
     (tmp_path / "imagenet" / "val" / "dog").mkdir(parents=True)
     assert folder_classnames(tmp_path / "imagenet") == ["dog"]
+
+
+def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    """Folders 'sea_lion' and 'sea lion' (or ImageNet's two 'missile' wnids in a subset) share a
+    prompt name: each keeps its own label. Zero-shot gives them the same text features, so every
+    image is predicted as the first: ID accuracy 50%, not 100%."""
+    rng = np.random.default_rng(0)
+    for name in ("sea lion", "sea_lion"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / name / f"{k}.png")
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea lion", "sea_lion"])
+    assert s.labels == [0, 0, 1, 1]
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea_lion", "sea lion"])  # the prompt's order
+    assert s.labels == [1, 1, 0, 0]
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'id' / 'sea lion'}",
+                                   "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["id_accuracy"] == 50.0
+    # a fit prompt records its class folders (run.class_folders): its labels follow them too
+    import torch
+    from clip_smot.prompt_file import save_prompt
+
+    text = torch.nn.functional.normalize(torch.ones(1, 32), dim=-1).expand(2, 32)  # one text feature, twice
+    save_prompt(tmp_path / "p.safetensors", torch.zeros(4, 32), text, tiny.identity(), 4, "end", False,
+                ["sea lion", "sea lion"], {"run": {"class_folders": ["sea lion", "sea_lion"]}})
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood",
+                                   f"o={tmp_path / 'id' / 'sea lion'}", "--workers", "0", "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0
