@@ -116,7 +116,7 @@ def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> 
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such {what}")
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")  # as written (split.txt), whatever the locale says
     except UnicodeDecodeError:
         raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
 
