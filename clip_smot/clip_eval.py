@@ -19,7 +19,8 @@ from .digits import DIGIT_NAMES
 from .errors import UserError
 from .evaluate import write_reports
 from .image_features import encode_files
-from .ood_data import folder_classnames, id_set, image_set
+from .ood_data import folder_classnames, id_class_folders, id_set, image_set
+from .prompt_file import load_prompt
 from .runtime import check_output_folder, write_json
 from .scoring import PromptScorer, parse_scores
 
@@ -58,6 +59,14 @@ def _builtin_id(where: str, size: int) -> str:
     from .digits import ensure_digits
 
     return str(ensure_digits(size) / "val")
+
+
+def _prompt_folders(config, n_classes: int) -> list[str] | None:
+    """The class folders a fit prompt was trained on (``run.class_folders``), if it records them."""
+    run = config.get("run") if isinstance(config, dict) else None
+    folders = run.get("class_folders") if isinstance(run, dict) else None
+    ok = isinstance(folders, list) and len(folders) == n_classes and all(isinstance(f, str) for f in folders)
+    return folders if ok else None
 
 
 def _builtin_ood(name: str, size: int) -> str:
@@ -116,7 +125,9 @@ def run_clip_eval(
                          batch_size, workers, device, use_cache)
     if zero_shot:
         template = _zero_shot_template()
-        classnames = list(DIGIT_NAMES) if id_data == "digits" and not Path(id_data).exists() else folder_classnames(id_data)
+        builtin = id_data == "digits" and not Path(id_data).exists()
+        classnames = list(DIGIT_NAMES) if builtin else folder_classnames(id_data)
+        folders = None if builtin else id_class_folders(id_data)  # the names' folders, one to one
         scorer = PromptScorer.zero_shot(
             classnames, model or DEFAULT_ZERO_SHOT_MODEL[0],
             pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
@@ -125,12 +136,14 @@ def run_clip_eval(
     else:
         if not prompt:
             raise UserError("--prompt: give a prompt file, or --zero-shot")
-        scorer = PromptScorer.from_file(prompt, model=model, pretrained=pretrained, device=device)
+        pf = load_prompt(prompt)
+        scorer = PromptScorer.from_file(pf, model=model, pretrained=pretrained, device=device)
+        folders = _prompt_folders(pf.config, len(pf.classnames))
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
     scorer.check_scores(names)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
-    sets = [id_set(_builtin_id(id_data, size), scorer.classnames)]
+    sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
 
     start = time.monotonic()

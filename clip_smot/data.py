@@ -21,6 +21,7 @@ __all__ = [
     "bundled_file",
     "eight_bit",
     "class_folders",
+    "holds_folders",
     "imagenet200_wnids",
     "imagenet_classnames",
     "imagenet_wnids",
@@ -115,7 +116,7 @@ def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> 
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such {what}")
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")  # as written (split.txt), whatever the locale says
     except UnicodeDecodeError:
         raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
 
@@ -156,6 +157,12 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image
         raise UserError(f"{path}: unreadable or truncated image ({e})") from None
     except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
         raise UserError(f"{path}: image too large to decode ({e})") from None
+
+
+def holds_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder with a (non-hidden) sub-folder: ``DATA/train`` or ``DIR/val``
+    as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``)."""
+    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
 def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:

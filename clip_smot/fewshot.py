@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (IMAGE_EXTENSIONS, class_folders, imagenet_classnames, imagenet_wnids, load_image,
+from .data import (IMAGE_EXTENSIONS, class_folders, holds_folders, imagenet_classnames, imagenet_wnids, load_image,
                    read_text_file, walk_files)
 from .errors import UserError
 
@@ -61,13 +61,14 @@ class FewShotClasses:
 
 
 def resolve_train_root(data: str | os.PathLike, flag: str = "--data") -> Path:
-    """``DATA/train`` when it exists, else ``DATA`` itself (a folder of class folders)."""
+    """``DATA/train`` when it is a folder of class folders, else ``DATA`` itself (a folder of
+    class folders, which may include a class named ``train``)."""
     data = Path(data)
     if not data.exists():
         raise UserError(f"{flag} {data}: no such folder")
     if not data.is_dir():
         raise UserError(f"{flag} {data}: not a folder (expected DATA/train/<class>/<image>)")
-    return data / "train" if (data / "train").is_dir() else data
+    return data / "train" if holds_folders(data / "train") else data
 
 
 def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotClasses:
@@ -161,9 +162,12 @@ def _square_uint8(path: Path, size: int) -> torch.Tensor:
     w, h = im.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
+    if nw * nh > 16 * size * size:  # a long strip (a 1 x 20000 one resized whole holds 1.5 GB): the square alone
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
+        im = im.resize((size, size), Image.BICUBIC, box=box)
+    else:
+        im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,6 +277,9 @@ def run_fit(cfg: FitConfig) -> Path:
         raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     classes, split = _load_data(cfg, clip.image_size)
+    if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
+        print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
+              "weight decay moves the context", file=sys.stderr)
     cam_net = None
     if cfg.loss == "smot":
         from .cam_models import load_cam_network

@@ -21,10 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .data import class_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
+from .data import class_folders, holds_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
 from .errors import UserError
 
-__all__ = ["ImageSet", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set", "read_image_list"]
+__all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set",
+           "read_image_list"]
 
 
 @dataclass
@@ -92,7 +93,20 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
 
 
 def _id_root(where: Path) -> Path:
-    return where / "val" if (where / "val").is_dir() else where
+    """``DIR/val`` when it is a folder of class folders, else ``DIR`` (whose classes may include ``val``)."""
+    return where / "val" if holds_folders(where / "val") else where
+
+
+def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
+    """The sorted class sub-folders of an ID folder (``DIR/val/<class>/`` or ``DIR/<class>/``).
+
+    Raises:
+        UserError: not a folder, or no class sub-folders.
+    """
+    root = _id_root(Path(where))
+    if not root.is_dir():
+        raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
+    return class_folders(root, flag)
 
 
 def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]:
@@ -103,23 +117,24 @@ def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]
     Raises:
         UserError: not a folder, or no class sub-folders.
     """
-    root = _id_root(Path(where))
-    if not root.is_dir():
-        raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
-    folders = class_folders(root, flag)
+    folders = id_class_folders(where, flag)
     names = imagenet_wnid_names()
     if all(f in names for f in folders):
         return [names[f] for f in folders]
     return [f.replace("_", " ") for f in folders]
 
 
-def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str]) -> tuple[list[int] | None, str]:
+def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
+                   prompt_folders: Sequence[str] | None = None) -> tuple[list[int] | None, str]:
     folders = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
     if not folders or any(len(p.relative_to(root).parts) < 2 for p in paths):
         return None, f"{root} holds images outside class folders"
     wnid_names = imagenet_wnid_names()
     index: dict[str, int] = {}
-    if list(classnames) == [wnid_names[w] for w in _imagenet_order()]:
+    if prompt_folders is not None and set(folders) <= set(prompt_folders):
+        # the prompt's own class folders: exact where names repeat ("missile" twice; sea_lion, "sea lion")
+        index = {f: list(prompt_folders).index(f) for f in folders}
+    elif list(classnames) == [wnid_names[w] for w in _imagenet_order()]:
         # the full ImageNet-1k list (its names repeat: take wnids by position)
         order = {w: i for i, w in enumerate(_imagenet_order())}
         index = {f: order[f] for f in folders if f in order}
@@ -139,7 +154,8 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str])
     return [index[p.relative_to(root).parts[0]] for p in paths], ""
 
 
-def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--id") -> ImageSet:
+def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--id",
+           prompt_folders: Sequence[str] | None = None) -> ImageSet:
     """The ID test set, with labels in the order of ``classnames`` when they can be matched.
 
     Args:
@@ -147,6 +163,8 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
             (``ROOT::LIST.txt`` or ``LIST.txt``).
         classnames: the prompt's class names.
         flag: the flag named in errors.
+        prompt_folders: the folder of each class (a fit prompt's ``run.class_folders``), matched
+            first by exact name; otherwise folders are matched through ``classnames``.
     """
     where = str(where)
     as_list = _split_list_arg(where)
@@ -163,7 +181,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     paths = list_images(root, flag=flag)
     if root.is_file():
         return ImageSet("id", paths, None, "a single image has no class folder")
-    labels, note = _folder_labels(root, paths, classnames)
+    labels, note = _folder_labels(root, paths, classnames, prompt_folders)
     return ImageSet("id", paths, labels, note)
 
 

@@ -130,7 +130,10 @@ class PromptLearner(nn.Module):
         # Tokens of "X X ... X {name}." = [SOS] [X * n_ctx] [name] [.] [EOT] [pad ...]
         K, L_max = len(classnames), self.encoder.context_length
         placeholder = " ".join(["X"] * n_ctx)
-        tokens = tokenize([f"{placeholder} {name}." for name in classnames]).to(device)  # [K, 77]
+        # front/middle move the name's tokens, so the "." must be a token of its own: a name ending in
+        # punctuation ("dog!", "U.S.") would merge with it ("!." one token) and take it to the front
+        period = "." if class_position == "end" else " ."  # (end: CoOp's tokens, as "a photo of a dog!.")
+        tokens = tokenize([f"{placeholder} {name}{period}" for name in classnames]).to(device)  # [K, 77]
         name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
         eot = _eot_index(tokens)  # [K]
         n_name, name = max(zip(name_lens, classnames))  # the longest class name decides

@@ -230,8 +230,8 @@ def _sort_safetensors_metadata(path: str) -> None:
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write text atomically (temporary file + rename)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write text atomically (temporary file + rename), as UTF-8 whatever the locale says."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -249,3 +249,71 @@ def test_eval_on_the_bundled_digits(tmp_path, tiny, tiny_clip_checkpoint):
     assert set(report["metrics"]["mcm"]) == {"photos", "textures", "average"}
     assert 0 <= report["id_accuracy"] <= 100  # class folders zero..nine match the prompt's classes
     assert report["n_images"]["id"] > 100
+
+
+def test_one_class_and_an_ood_set_of_one_image(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Valid extremes (docs/score.md): one ID class makes mcm, msp and gl-mcm constant (AUROC 50,
+    FPR95 100, ID accuracy 100); an OOD set of one image has metrics like any other."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "id" / "thing").mkdir(parents=True)
+    (tmp_path / "ood").mkdir()
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / "thing" / f"{k}.png")
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "ood" / "one.png")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"one={tmp_path / 'ood'}", "--scores",
+                                   ",".join(ALL), "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["id_accuracy"] == 100.0 and report["n_images"] == {"id": 4, "one": 1}
+    for name in ("mcm", "msp", "gl-mcm"):
+        m = report["metrics"][name]["one"]
+        assert (m["auroc"], m["fpr95"], m["aupr_in"]) == (50.0, 100.0, 80.0)  # 4 ID of 5, all tied
+    assert all(math.isfinite(v) for v in report["metrics"]["energy"]["one"].values())
+
+
+def test_an_id_class_named_val_is_a_class(tmp_path):
+    """--id DIR/<class>/ with a class 'val': DIR is the class-folder root (DIR/val/<class>/ stays
+    the ImageNet layout)."""
+    for name in ("cat", "val"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "id" / name / "0.png")
+    assert folder_classnames(tmp_path / "id") == ["cat", "val"]
+    s = id_set(tmp_path / "id", ["cat", "val"])
+    assert sorted(zip([p.split("/")[-2] for p in map(str, s.paths)], s.labels)) == [("cat", 0), ("val", 1)]
+    (tmp_path / "imagenet" / "val" / "dog").mkdir(parents=True)
+    assert folder_classnames(tmp_path / "imagenet") == ["dog"]
+
+
+def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    """Folders 'sea_lion' and 'sea lion' (or ImageNet's two 'missile' wnids in a subset) share a
+    prompt name: each keeps its own label. Zero-shot gives them the same text features, so every
+    image is predicted as the first: ID accuracy 50%, not 100%."""
+    rng = np.random.default_rng(0)
+    for name in ("sea lion", "sea_lion"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / name / f"{k}.png")
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea lion", "sea_lion"])
+    assert s.labels == [0, 0, 1, 1]
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea_lion", "sea lion"])  # the prompt's order
+    assert s.labels == [1, 1, 0, 0]
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'id' / 'sea lion'}",
+                                   "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["id_accuracy"] == 50.0
+    # a fit prompt records its class folders (run.class_folders): its labels follow them too
+    import torch
+    from clip_smot.prompt_file import save_prompt
+
+    text = torch.nn.functional.normalize(torch.ones(1, 32), dim=-1).expand(2, 32)  # one text feature, twice
+    save_prompt(tmp_path / "p.safetensors", torch.zeros(4, 32), text, tiny.identity(), 4, "end", False,
+                ["sea lion", "sea lion"], {"run": {"class_folders": ["sea lion", "sea_lion"]}})
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood",
+                                   f"o={tmp_path / 'id' / 'sea lion'}", "--workers", "0", "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0

@@ -373,6 +373,24 @@ def test_decode_keeps_the_central_square(tmp_path):
     assert (x[0, :, :, :7] == 0).all() and (x[0, :, :, 9:] == 255).all()
 
 
+def test_decode_resamples_only_the_square_of_a_long_strip(tmp_path, monkeypatch):
+    """A 2 x 20000 strip is not resized whole (224 x 2.24 M pixels, 1.5 GB at 224): never more than
+    16 squares are resampled, and the square is the central one of the whole resize."""
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.linspace(0, 255, 20000)[:, None, None], 3, axis=2).repeat(2, axis=1)  # a vertical ramp
+    a = (a + rng.integers(-3, 4, a.shape)).clip(0, 255).astype(np.uint8)  # [20000, 2, 3]
+    Image.fromarray(a).save(tmp_path / "strip.png")
+    Image.fromarray(a[10000 - 12:10000 + 12]).save(tmp_path / "short.png")  # a 2 x 24 strip: resized whole
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: sizes.append(size) or resize(im, size, *a, **k))
+    x = decode_images(tmp_path, ["strip.png", "short.png"], 32, workers=0)  # [2, 3, 32, 32]
+    assert sizes == [(32, 32), (32, 384)]
+    # both show the central rows of the ramp, around row 10000
+    expected = torch.from_numpy(a[10000 - 10:10000 + 10].astype(np.float32)).mean()
+    assert abs(x[0].float().mean() - expected) < 2 and abs(x[1].float().mean() - expected) < 2
+
+
 def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
     classes = resolve_classes(imagenet_dir / "train")
     bad = tmp_path / "split.txt"
@@ -622,3 +640,42 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
     res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
+    """One class (valid; the softmax over it is 1): the loss is 0, the gradient too, so one step
+    moves the context by weight decay alone; fit says so. The images are a 1 x 50 strip, a 3 x 3,
+    a 16-bit grey, a palette and an all-black one, and --batch-size is larger than the split."""
+    d = tmp_path / "data" / "thing"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 1, 3), dtype=np.uint8)).save(d / "strip.png")
+    Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)).save(d / "tiny.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 30)).astype(np.uint16)).save(d / "grey16.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P").save(d / "palette.png")
+    Image.new("RGB", (30, 20)).save(d / "black.png")
+    args = fit_args(tmp_path / "run", "--shots", "5", "--batch-size", "8")
+    args[args.index("--data") + 1] = str(tmp_path / "data")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "one class" in res.stderr and "loss is 0" in res.stderr
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == 0.0
+    ctx0 = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))  # the seeded init
+    lr, wd = 1e-5, 5e-4  # the warm-up step: SGD's first step is ctx - lr * (grad + wd * ctx), grad = 0
+    torch.testing.assert_close(load_prompt(tmp_path / "run" / "prompt.safetensors").ctx, ctx0 * (1 - lr * wd),
+                               atol=1e-9, rtol=0)
+
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    """DATA/<class>/ with a class 'train' (CIFAR-100 has one): DATA is the class-folder root, not
+    DATA/train, which holds images; DATA/train/<class>/ stays the ImageNet layout."""
+    from clip_smot.fewshot import resolve_train_root
+
+    for name in ("bus", "train"):
+        (tmp_path / "cifar" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "cifar" / name / "0.png")
+    root = resolve_train_root(tmp_path / "cifar")
+    assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
+    (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
+    assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"

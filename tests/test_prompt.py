@@ -84,6 +84,20 @@ def test_ctx_init_gives_encode_text_of_the_sentence(clip, class_position, text, 
     torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "class_position, text",
+    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+)
+def test_names_ending_in_punctuation_keep_their_layout(clip, class_position, text):
+    """A name ending in punctuation ("dog!" + "." tokenises as "dog", "!.") keeps the final "." in
+    its place at the front and in the middle; unicode names are laid out like any other."""
+    names = ["U.S.", "dog!", "(x)", "St. Bernard's", "café crème", "猫", "🐶 dog", "goldfish"]
+    for csc in (False, True):
+        learner = PromptLearner(clip, names, ctx_init="a photo of a", csc=csc, class_position=class_position)
+        expected = clip.model.encode_text(clip.tokenizer([text.format(n) for n in names]))
+        torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
 def test_zero_shot_features_are_normalised_encode_text(clip):
     feats = zero_shot_text_features(clip, NAMES, batch_size=2)  # several batches
     expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {n}." for n in NAMES]))

@@ -97,3 +97,22 @@ def test_safetensors_files_are_the_same_bytes_for_the_same_contents(tmp_path):
         assert f.metadata() == meta
     loaded = load_file(str(tmp_path / "0.safetensors"))
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_text_files_are_utf8_whatever_the_locale(tmp_path):
+    """split.txt, the score CSV and metrics are UTF-8, and list files are read as UTF-8, also under
+    an ASCII locale (there a class folder '猫' or 'café' was an encode error)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pathlib import Path; from clip_smot.runtime import atomic_write_text; "
+            "from clip_smot.data import read_text_file; p = Path(sys.argv[1]); "
+            "atomic_write_text('\\u732b/0.png\\t0\\ncaf\\u00e9/1.png\\t1\\n', p); "  # (argv is ASCII there too)
+            "print(ascii(read_text_file(p, '--split', 'x')))")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "split.txt")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ascii("猫/0.png\t0\ncafé/1.png\t1\n")
+    assert (tmp_path / "split.txt").read_bytes() == "猫/0.png\t0\ncafé/1.png\t1\n".encode("utf-8")
