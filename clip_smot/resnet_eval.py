@@ -193,7 +193,7 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
 
     logits, feats, labels, odin_s = run(id_set)
     id_scores = score_all(logits, feats, odin_s)
-    id_accuracy = 100.0 * float((logits.argmax(dim=-1) == labels).float().mean()) if len(labels) else None
+    id_accuracy = 100.0 * int((logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
     ood_scores = {}
     for name, s in ood_sets.items():
         lo, fe, _, od = run(s)
