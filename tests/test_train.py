@@ -659,3 +659,19 @@ def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
     assert r.exit_code == 0, r.output
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
+
+@pytest.mark.parametrize("batch, which", [(1, "every batch is one image"),
+                                          (59, "the last batch of each epoch is one image (60 training images)")])
+def test_a_batch_of_one_image_on_a_1x1_feature_map_is_refused_up_front(batch, which, folders, base_model, tmp_path):
+    # resnet_tiny at --input-size 8 ends in a 1x1 map: torch's BatchNorm cannot train on one value
+    # per channel, which raised a traceback at the first batch of one image (60 % 59 = 1)
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--input-size", "8", "--device", "cpu",
+            "--workers", "0", "--epochs", "1", "--batch-size", str(batch), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --batch-size {batch}: resnet_tiny at --input-size 8 ends in a 1x1 feature map, where BatchNorm cannot "
+        f"train on a batch of one image, and {which}; choose another --batch-size or a larger --input-size")
+    assert not (tmp_path / "r").exists()
+    # SMOT's batches hold each image and its masked copy: a batch of one image trains
+    r = _invoke([*args[:-2], "--stage", "smot", "--cam-model", str(base_model), "--dry-run", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and json.loads(r.output)["batch"] == batch, r.output
