@@ -199,14 +199,15 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
             torchvision root for CIFAR (optional); the ImageNet folder (train/, val/ of wnid
             folders) for imagenet200 (required).
         split: "train" or "val" (the test split).
-        input_size: square size the images are used at (default :func:`default_input_size`).
+        input_size: square size the images are used at (default :func:`default_input_size`); the
+            32-pixel built-in sets (CIFAR, digits) are resampled to it (bilinear).
         classnames: if given, the folder's classes must be exactly these (SPEC section 6).
         flag: the flag named in errors.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     if dataset in ("cifar10", "cifar100"):
-        return _cifar(dataset, split == "train", data_root(data))
+        return resize_set(_cifar(dataset, split == "train", data_root(data)), input_size or 32)
     if dataset == "digits":
         from .digits import ensure_digits
 
@@ -216,7 +217,8 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         # Statistics of the training split, so train and test are normalised alike.
         stats = images if split == "train" else _decode_all(_folder_split(root / "train", flag)[1], 32)
         mean, std = _mean_std(stats)
-        return ImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2)
+        return resize_set(ImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2),
+                          input_size or 32)
     if dataset == "imagenet200":
         if not data:
             raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")

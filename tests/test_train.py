@@ -675,3 +675,14 @@ def test_a_batch_of_one_image_on_a_1x1_feature_map_is_refused_up_front(batch, wh
     # SMOT's batches hold each image and its masked copy: a batch of one image trains
     r = _invoke([*args[:-2], "--stage", "smot", "--cam-model", str(base_model), "--dry-run", "--out", str(tmp_path / "s")])
     assert r.exit_code == 0 and json.loads(r.output)["batch"] == batch, r.output
+
+
+def test_input_size_resamples_the_builtin_32_pixel_sets(tmp_path):
+    # --dataset digits (and cifar10/100) always trained at 32 px: --input-size 16 was ignored silently
+    s = run_train(TrainConfig(out=str(tmp_path / "r"), dataset="digits", input_size=16, epochs=1, device="cpu"),
+                  dry_run=True)
+    assert s["config"]["input_size"] == 16 and s["config"]["arch"] == "resnet_tiny"
+    from clip_smot.resnet_data import load_id_split
+
+    x = load_id_split("digits", None, "val", 16).images
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
