@@ -199,14 +199,15 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
             torchvision root for CIFAR (optional); the ImageNet folder (train/, val/ of wnid
             folders) for imagenet200 (required).
         split: "train" or "val" (the test split).
-        input_size: square size the images are used at (default :func:`default_input_size`).
+        input_size: square size the images are used at (default :func:`default_input_size`); the
+            32-pixel built-in sets (CIFAR, digits) are resampled to it (bilinear).
         classnames: if given, the folder's classes must be exactly these (SPEC section 6).
         flag: the flag named in errors.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     if dataset in ("cifar10", "cifar100"):
-        return _cifar(dataset, split == "train", data_root(data))
+        return resize_set(_cifar(dataset, split == "train", data_root(data)), input_size or 32)
     if dataset == "digits":
         from .digits import ensure_digits
 
@@ -216,7 +217,8 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         # Statistics of the training split, so train and test are normalised alike.
         stats = images if split == "train" else _decode_all(_folder_split(root / "train", flag)[1], 32)
         mean, std = _mean_std(stats)
-        return ImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2)
+        return resize_set(ImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2),
+                          input_size or 32)
     if dataset == "imagenet200":
         if not data:
             raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")
@@ -421,12 +423,40 @@ def _train_transform(size: int, flip: bool):
     return T.Compose(ops)
 
 
+class _ResizeCenterCrop:
+    """``Resize(size * 256 / 224)`` then ``CenterCrop(size)`` (torchvision's, bilinear), with the
+    crop's region resampled straight from the image for images more than twice as long as wide:
+    the same sampling grid and filter, so the same pixels (up to one level of 255 of rounding),
+    without first enlarging a thin strip (a 1 x 5000 image would become 256 x 1,280,000 pixels,
+    1 GB, before the crop)."""
+
+    def __init__(self, size: int) -> None:
+        import torchvision.transforms as T
+
+        self.size, self.resize = size, round(size * 256 / 224)
+        self.plain = T.Compose([T.Resize(self.resize), T.CenterCrop(size)])
+
+    def __call__(self, img):
+        from PIL import Image
+
+        w, h = img.size
+        if max(w, h) <= 2 * min(w, h):
+            return self.plain(img)
+        # torchvision: the shorter side to `resize`, the longer to int(resize * long / short), then
+        # a centre crop at round((side - size) / 2); here the crop's box in the image's coordinates
+        nw, nh = (self.resize, self.resize * h // w) if w <= h else (self.resize * w // h, self.resize)
+        left, top = int(round((nw - self.size) / 2.0)), int(round((nh - self.size) / 2.0))
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
+        return img.resize((self.size, self.size), Image.BILINEAR, box=box)
+
+
 def _eval_transform(size: int):
     import torchvision.transforms as T
 
     if size <= SMALL_INPUT:
         return T.Resize((size, size))
-    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
+    return _ResizeCenterCrop(size)
 
 
 class FileBatches:

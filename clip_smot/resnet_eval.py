@@ -167,7 +167,10 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
                 raise UserError(f"--id-train: knn needs at least {KNN_K} training images, found {tr_feats.shape[0]}")
             fitted["knn_bank"] = F.normalize(tr_feats, dim=-1)
         if "vim" in names:
-            fitted["vim"] = S.vim_fit(tr_feats, tr_logits, W, b)
+            try:
+                fitted["vim"] = S.vim_fit(tr_feats, tr_logits, W, b)
+            except ValueError as e:  # too few training images for its principal space
+                raise UserError(f"--id-train: {e}") from None
 
     def score_all(logits, feats, odin_s) -> dict:
         table = {}
@@ -193,7 +196,7 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
 
     logits, feats, labels, odin_s = run(id_set)
     id_scores = score_all(logits, feats, odin_s)
-    id_accuracy = 100.0 * float((logits.argmax(dim=-1) == labels).float().mean()) if len(labels) else None
+    id_accuracy = 100.0 * int((logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
     ood_scores = {}
     for name, s in ood_sets.items():
         lo, fe, _, od = run(s)

@@ -97,6 +97,10 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
 
     Returns:
         {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
+
+    Raises:
+        ValueError: the training features have no residual outside the principal space (at
+            most ``dim`` distinct images): alpha would divide by rounding noise.
     """
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
@@ -109,6 +113,9 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
     order = torch.argsort(evals, descending=True)
     NS = evecs[:, order[dim:]]  # [C, C - dim]
     vlogit = torch.linalg.vector_norm(Xc @ NS, dim=-1)  # [N]
+    if not vlogit.mean() > 1e-6 * torch.linalg.vector_norm(Xc, dim=-1).mean():  # N <= dim: zero up to rounding
+        raise ValueError(f"vim needs more (and more varied) training images than its principal dimension {dim} "
+                         f"(of {C} features): the {X.shape[0]} given leave no residual")
     alpha = float(train_logits.detach().double().cpu().amax(dim=-1).mean() / vlogit.mean())
     return {"u": u, "NS": NS, "alpha": alpha, "dim": int(dim)}
 

@@ -487,6 +487,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         batches = FileBatches(train_set.files, train_set.labels, train_set.input_size, per_rank_batch, device,
                               cfg.seed, cfg.workers, flip=train_set.flip, rank=rank, world=world)
         n_samples = len(batches.sampler) if batches.sampler is not None else len(train_set)
+    if cfg.method != "smot" and (per_rank_batch == 1 or n_samples % per_rank_batch == 1):  # (SMOT doubles a batch)
+        _check_batch_of_one(_inner(model), cfg, train_set.input_size, per_rank_batch, n_samples, world)
     parts = StepParts(method=cfg.method, mean=torch.tensor(train_set.mean, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(train_set.std, device=device).view(1, 3, 1, 1), cam=cam, T=cfg.T, lam=cfg.lam,
                       perturb=cfg.perturb, sigma=cfg.sigma, ls_eps=cfg.ls_eps, logitnorm_tau=cfg.logitnorm_tau,
@@ -565,6 +567,23 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         save_model(out / "model.safetensors", model, config=dataclasses.asdict(cfg), **meta)
         write_json(summary, out / "summary.json")
     return summary
+
+
+def _check_batch_of_one(model: nn.Module, cfg: TrainConfig, size: int, batch: int, n: int, world: int) -> None:
+    """A run with a batch of one image (``--batch-size 1``, or a last batch of one) on a network
+    whose last feature map is 1x1 (the ResNets at ``--input-size`` 8) is refused up front: its
+    last BatchNorm would see one value per channel, which torch cannot train on."""
+    was = model.training
+    with torch.no_grad():
+        h = model.eval().forward_features(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    model.train(was)
+    if h.shape[-2:] != (1, 1):
+        return
+    which = "every batch is one image" if batch == 1 else \
+        f"the last batch of each epoch is one image ({n} training images{' per process' if world > 1 else ''})"
+    raise UserError(f"--batch-size {cfg.batch_size}: {cfg.arch} at --input-size {size} ends in a 1x1 feature map, "
+                    f"where BatchNorm cannot train on a batch of one image, and {which}; choose another "
+                    "--batch-size or a larger --input-size")
 
 
 def _fingerprint(s: ImageSet) -> str:

@@ -119,3 +119,20 @@ def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
     (tmp_path / "val" / wnids[5]).rmdir()
     with pytest.raises(UserError, match=f"class folder {wnids[5]} of ImageNet-200 is missing"):
         rd.load_id_split("imagenet200", str(tmp_path), "val")
+
+
+def test_the_eval_transform_of_a_thin_strip_crops_before_it_resizes(monkeypatch):
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(0)
+    for size in (65, 224):
+        reference = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])  # torchvision's, as before
+        for shape in [(300, 250), (40, 300), (300, 40), (100, 201), (57, 1000), (1, 900), (3, 7)]:
+            im = Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+            got = np.asarray(rd._eval_transform(size)(im)).astype(int)
+            assert np.abs(got - np.asarray(reference(im)).astype(int)).max() <= 1, (size, shape)  # rounding only
+    # a 1 x 1000 strip was first enlarged to 256 x 256,000 pixels (a 1 x 5000 one: 1 GB, seconds)
+    sizes, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    out = rd._eval_transform(224)(Image.fromarray(rng.integers(0, 255, (1, 1000, 3), dtype=np.uint8)))
+    assert out.size == (224, 224) and max(w * h for w, h in sizes) == 224 * 224

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from clip_smot import scores as S
@@ -69,6 +70,19 @@ def test_vim_against_a_hand_computation():
     fit = S.vim_fit(t(X), t(logits), t(W), t(b))
     assert fit["dim"] == 2 and abs(fit["alpha"] - alpha) < 1e-3 * abs(alpha)
     torch.testing.assert_close(S.vim(t(q), t(qz), fit["u"], fit["NS"], fit["alpha"]), t(want), atol=1e-3, rtol=1e-4)
+
+
+def test_vim_refuses_training_features_with_no_residual():
+    # n <= 8 images of 16 features span at most n dims around u, all inside ViM's 8-dim principal
+    # space: their residual is rounding noise, and alpha (divided by it) would be ~1e14
+    rng = np.random.default_rng(0)
+    W, b = torch.tensor(rng.normal(size=(3, 16))), torch.tensor(rng.normal(size=3))
+    for n in (1, 5, 8):
+        X = torch.tensor(rng.normal(size=(n, 16)))
+        with pytest.raises(ValueError, match=f"principal dimension 8 \\(of 16 features\\): the {n} given"):
+            S.vim_fit(X, X @ W.T + b, W, b)
+    X = torch.tensor(rng.normal(size=(40, 16)))
+    assert 0 < S.vim_fit(X, X @ W.T + b, W, b)["alpha"] < 100
 
 
 def test_gradnorm_is_the_l1_norm_of_the_last_layer_gradient():

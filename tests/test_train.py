@@ -108,17 +108,17 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     ev = tmp_path / "eval"
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
                  "--ood", f"noise={ood_dir}", "--ood", f"cats={folders / 'train' / 'cat'}",  # cats: overlaps ID
-                 "--scores", "msp,odin,energy,react,maxlogit,knn,vim,gradnorm",
+                 "--scores", "msp,odin,energy,react,maxlogit,knn,gradnorm",  # (vim: 60 images < its 64 dims)
                  "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
     assert r.exit_code == 0, r.output
     for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
         assert (ev / f).is_file()
     report = json.loads((ev / "metrics.json").read_text())
     assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10, "cats": 20}
-    assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm"}
-    assert report["scores_fitted_on_id_train"] == ["react", "knn", "vim"]
+    assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "gradnorm"}
+    assert report["scores_fitted_on_id_train"] == ["react", "knn"]
 
-    # the same scores by hand (odin and vim aside): the model on the PNGs, the formulas in numpy
+    # the same scores by hand (odin aside): the model on the PNGs, the formulas in numpy
     from sklearn.metrics import roc_auc_score
 
     model, meta = load_model(smot / "model.safetensors")
@@ -172,9 +172,11 @@ def test_digits_base_smot_eval_offline(tmp_path):
                  "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
     assert r.exit_code == 0, r.output
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", "digits", "--ood", "photos",
-                 "--ood", "textures", "--scores", "msp,energy", "--device", "cpu", "--out", str(ev)])
+                 "--ood", "textures", "--scores", "msp,energy,vim", "--device", "cpu", "--out", str(ev)])
     assert r.exit_code == 0, r.output
     report = json.loads((ev / "metrics.json").read_text())
+    vim = report["score_params"]["vim"]  # fitted on the digits training images (more than its 64 dims)
+    assert vim["dim"] == 64 and 0 < vim["alpha"] < 1e3, vim
     assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
     assert report["id_accuracy"] > 15  # above chance (10%) after one epoch per stage; the full recipe is the smoke run
 
@@ -300,6 +302,12 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
                                  "--ood", f"x={folders}", "--scores", "knn", "--device", "cpu", "--workers", "0",
                                  "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and r.output.strip() == "Error: --id-train: knn needs at least 50 training images, found 12"
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
+                                 "--ood", f"x={folders}", "--scores", "vim", "--device", "cpu", "--workers", "0",
+                                 "--out", str(tmp_path / "e")])  # 12 images span 12 of the principal space's 64 dims
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: --id-train: vim needs more (and more varied) training images than its principal dimension 64 "
+        "(of 128 features): the 12 given leave no residual")
     run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
@@ -650,3 +658,31 @@ def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
                                  "--device", "cpu", "--workers", "0"])  # the saved values (or none): it continues
     assert r.exit_code == 0, r.output
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("batch, which", [(1, "every batch is one image"),
+                                          (59, "the last batch of each epoch is one image (60 training images)")])
+def test_a_batch_of_one_image_on_a_1x1_feature_map_is_refused_up_front(batch, which, folders, base_model, tmp_path):
+    # resnet_tiny at --input-size 8 ends in a 1x1 map: torch's BatchNorm cannot train on one value
+    # per channel, which raised a traceback at the first batch of one image (60 % 59 = 1)
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--input-size", "8", "--device", "cpu",
+            "--workers", "0", "--epochs", "1", "--batch-size", str(batch), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --batch-size {batch}: resnet_tiny at --input-size 8 ends in a 1x1 feature map, where BatchNorm cannot "
+        f"train on a batch of one image, and {which}; choose another --batch-size or a larger --input-size")
+    assert not (tmp_path / "r").exists()
+    # SMOT's batches hold each image and its masked copy: a batch of one image trains
+    r = _invoke([*args[:-2], "--stage", "smot", "--cam-model", str(base_model), "--dry-run", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and json.loads(r.output)["batch"] == batch, r.output
+
+
+def test_input_size_resamples_the_builtin_32_pixel_sets(tmp_path):
+    # --dataset digits (and cifar10/100) always trained at 32 px: --input-size 16 was ignored silently
+    s = run_train(TrainConfig(out=str(tmp_path / "r"), dataset="digits", input_size=16, epochs=1, device="cpu"),
+                  dry_run=True)
+    assert s["config"]["input_size"] == 16 and s["config"]["arch"] == "resnet_tiny"
+    from clip_smot.resnet_data import load_id_split
+
+    x = load_id_split("digits", None, "val", 16).images
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
