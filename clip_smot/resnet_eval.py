@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scores as S
+from .data import holds_folders
 from .errors import UserError
 from .evaluate import write_reports
 from .networks import load_model
@@ -80,7 +81,7 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> ImageSet:
     root = Path(id_data)
     if not root.is_dir():
         raise UserError(f"{flag} {root}: no such folder (or built-in set: {', '.join(BUILTIN_ID)})")
-    if (root / split).is_dir():
+    if holds_folders(root / split):  # DIR/val/<class>/, not a class named "val"
         root = root / split
     return load_class_folders(root, classnames, size, flag)
 

@@ -290,6 +290,24 @@ def test_out_with_a_run_needs_resume_and_cam_classes_must_match(folders, base_mo
     assert r.exit_code == 1 and "trained on other classes" in r.output
 
 
+def test_eval_on_a_class_folder_named_val(tmp_path):
+    """eval --id DIR/<class>/ with a class named "val" took DIR/val (that class's images) for the
+    split folder and stopped; DIR/val is the split only when it holds class folders (as fit's
+    DATA/train and the CLIP eval's DIR/val)."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    for split in ("train", "val"):
+        shutil.move(str(data / split / "eel"), str(data / split / "val"))  # classes cat, dog, val
+    out = tmp_path / "run"
+    assert _invoke(["train", "--data", str(data), *TINY, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(out / "model.safetensors"), "--id", str(data / "val"),
+                                 "--ood", f"noise={data / 'train' / 'cat'}", "--scores", "msp", "--device", "cpu",
+                                 "--workers", "0", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_id"] == 6  # 2 per class, "val" among them
+
+
 def test_eval_bad_inputs(folders, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={tmp_path}/none", "--device", "cpu", "--out", str(tmp_path / "e")])
