@@ -64,6 +64,11 @@ def ood_dir(tmp_path_factory) -> Path:
 TINY = ["--arch", "resnet_tiny", "--batch-size", "8", "--input-size", "16", "--device", "cpu", "--workers", "0"]
 
 
+def _last_stderr_line(r) -> str:
+    """The last line a CLI run printed on stderr (the progress bar's carriage returns as line ends)."""
+    return r.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+
 def _invoke(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
@@ -566,7 +571,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypat
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 130 and "Traceback" not in r.output
-    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+    assert _last_stderr_line(r) == \
         f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
@@ -592,7 +597,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(folders,
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert r.stderr.replace("\r", "\n").strip().splitlines()[-1] == \
+    assert _last_stderr_line(r) == \
         f"Error: cannot write {out / 'checkpoint.pt'}: no space left on the device; the file there before is unchanged"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl"]
