@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--text-attention", default="causal", help="fit --text-attention (causal, mask, square, flex)")
     p.add_argument("--text-residual", default="fp32", help="fit --text-residual (fp32, precision)")
     p.add_argument("--compile", action="store_true", help="fit --compile (text layers and image blocks)")
+    p.add_argument("--overlap-encoders", action="store_true", help="fit --overlap-encoders (image encoder on a 2nd stream)")
     p.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 4)
     p.add_argument("--root", default="/tmp/clip_smot_e2e")
@@ -97,7 +98,8 @@ def main() -> None:
     cfg = FitConfig(data=str(root / "data"), shots=args.shots, model=args.model, pretrained="none",
                     cam_model=str(cam), epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
                     device=args.device, workers=args.workers, out=str(out), cuda_graph=args.cuda_graph,
-                    text_attention=args.text_attention, text_residual=args.text_residual, compile=args.compile)
+                    text_attention=args.text_attention, text_residual=args.text_residual, compile=args.compile,
+                    overlap_encoders=args.overlap_encoders)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
@@ -122,6 +124,7 @@ def main() -> None:
         "text_attention": args.text_attention,
         "text_residual": args.text_residual,
         "compile": args.compile,
+        "overlap_encoders": args.overlap_encoders,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }

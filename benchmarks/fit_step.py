@@ -13,8 +13,10 @@ class names).
     B CAM-masked copies, the K prompts through ``PromptLearner``'s truncated, shared-prefix
     encoder (text weights cast once to the step's precision), SMOT loss, backward, SGD step.
 
-Warm-up steps, then the median of ``--steps`` timed steps (CUDA events on a GPU). The last line
-printed is one JSON object.
+On a GPU, (b) is also timed replayed as a CUDA graph (``*_cuda_graph`` keys) and with the image
+encoder on a second stream beside the text encoder (``*_overlap*`` keys; ``clip-smot fit
+--overlap-encoders``). Warm-up steps, then the median of ``--steps`` timed steps, all variants
+interleaved (CUDA events on a GPU). The last line printed is one JSON object.
 
     python benchmarks/fit_step.py --device cpu --classes 20 --batch-size 4 --steps 3
     python benchmarks/fit_step.py --device cuda            # ViT-B-16, K = 1000, batch 32 + 32
@@ -457,14 +459,15 @@ def run(
     labels = torch.randint(0, classes, (batch_size,), generator=gen).to(dev)
     inputs = (images, cams, labels)
 
-    def ours(cuda_graph: bool):
+    def ours(cuda_graph: bool, overlap: bool = False):
         learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, attention=attention,
                                 residual=residual)
         if compile_layers:
             learner.encoder.compile_layers()
         optimizer = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         step = make_fit_step(clip, learner, optimizer, precision=precision, compile_image=compile_layers,
-                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph)
+                             generator=torch.Generator().manual_seed(seed), cuda_graph=cuda_graph,
+                             overlap=overlap)
         return learner, step
 
     # (b) ours; each peak memory is measured over one step before the next variant exists
@@ -472,14 +475,19 @@ def run(
     peak = first_step_peak(step, inputs, dev)
     tokens_encoded = learner.tokens_encoded
     step_fns = {"ours": step}
-    graph_peak = graph_error = None
-    if dev.type == "cuda" and cuda_graph:
-        try:
-            _, graph_step = ours(cuda_graph=True)
-            graph_peak = first_step_peak(graph_step, inputs, dev)
-            step_fns["ours_cuda_graph"] = graph_step
-        except Exception as e:  # reported, not fatal: the eager numbers still stand
-            graph_error = f"{type(e).__name__}: {e}".splitlines()[0]
+    peaks, errors = {}, {}  # of the CUDA variants: eager/graph, each with the encoders overlapped or not
+    if dev.type == "cuda":
+        variants = {"ours_overlap": (False, True)}
+        if cuda_graph:
+            variants |= {"ours_cuda_graph": (True, False), "ours_overlap_cuda_graph": (True, True)}
+        for name, (graph, overlap) in variants.items():
+            try:
+                _, variant_step = ours(cuda_graph=graph, overlap=overlap)
+                peaks[name] = first_step_peak(variant_step, inputs, dev)
+                step_fns[name] = variant_step
+            except Exception as e:  # reported, not fatal: the other numbers still stand
+                errors[name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            variant_step = None
 
     # (a) the CoOp-style reference
     ref_note = reference_precision
@@ -492,18 +500,17 @@ def run(
     ms = time_interleaved(step_fns, inputs, steps, warmup, dev)
     ref_ms = ms["reference"]
     extra = {}
-    if dev.type == "cuda" and cuda_graph:
-        g = ms.get("ours_cuda_graph")
-        extra = {
-            "ms_per_step_cuda_graph": None if g is None else round(g, 2),
-            "speedup_cuda_graph": None if g is None else round(ref_ms / g, 2),
-            "peak_mem_gib_cuda_graph": None if graph_peak is None else round(graph_peak, 3),
-            "cuda_graph_error": graph_error,
-        }
+    for name in [*peaks, *errors]:
+        suffix = name.removeprefix("ours_")  # cuda_graph, overlap, overlap_cuda_graph
+        v, peak_v = ms.get(name), peaks.get(name)
+        extra |= {f"ms_per_step_{suffix}": None if v is None else round(v, 2),
+                  f"speedup_{suffix}": None if v is None else round(ref_ms / v, 2),
+                  f"peak_mem_gib_{suffix}": None if peak_v is None else round(peak_v, 3)}
+        if name in errors:
+            extra[f"{suffix}_error"] = errors[name]
     ms = ms["ours"]
     text_seq_len = int(ref.tokens.argmax(-1).max()) + 1
     del step_fns, ref  # free the reference model and the CUDA graph's pool for what follows
-    graph_step = None
     if breakdown:
         try:
             extra["breakdown_ms"] = measure_breakdown(clip, names, images, precision, steps, warmup, dev)

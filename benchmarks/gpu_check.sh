@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh                            # all steps; logs under $OUT (default /tmp/gpu_check)
 #   ONLY="fit_step resnet_epoch" bash benchmarks/gpu_check.sh   # some steps, in that order
 #   ONLY=fit_e2e_fast E2E_EPOCHS=50 E2E_LIMIT=540 bash benchmarks/gpu_check.sh   # the full 50-epoch fit
+#   E2E_FAST="--text-attention flex --compile --cuda-graph --overlap-encoders" ...  # other fast options
 # Steps: pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
@@ -22,6 +23,7 @@ if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
 fi
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
+E2E_FAST=${E2E_FAST:-"--text-attention flex --compile --cuda-graph"}  # fit_e2e_fast's options (word-split)
 ONLY=${ONLY:-"pytest_gpu fit_step_fast fit_step_fp32ref resnet_epoch fit_e2e_fast"}
 start=$(date +%s)
 run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
@@ -55,8 +57,7 @@ for s in $ONLY; do
     fit_e2e) run_step fit_e2e "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
       --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e ;;
     fit_e2e_fast) run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
-      --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e \
-      --text-attention flex --compile --cuda-graph ;;
+      --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e $E2E_FAST ;;
     *) echo "unknown step $s" ;;
   esac
 done

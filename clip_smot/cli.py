@@ -117,6 +117,8 @@ _POSITIVE = _Float(min=0, min_open=True)
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the text layers (needs --text-attention square or flex) and the image "
               "encoder's blocks (compiled once, at the first step).")
+@click.option("--overlap-encoders", is_flag=True,
+              help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")

@@ -43,6 +43,7 @@ def make_fit_step(
     noise_generator: torch.Generator | None = None,
     cuda_graph: bool = False,
     compile_image: bool = False,
+    overlap: bool = False,
 ) -> Step:
     """Build ``step(images, cams, labels) -> loss`` for prompt learning with SMOT (or plain CE).
 
@@ -72,6 +73,9 @@ def make_fit_step(
         compile_image: ``torch.compile`` the image encoder's blocks (open_clip ViTs; compiled at
             the first step). The text layers are compiled on the learner
             (``learner.encoder.compile_layers()``).
+        overlap: on CUDA, encode the images on a second stream while the text encoder's forward
+            pass runs on the current one (the frozen image encoder does not depend on the context,
+            so the result is the same; the two only share the GPU). Ignored on other devices.
 
     Returns:
         ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
@@ -90,18 +94,34 @@ def make_fit_step(
     elif compile_image:
         image_encoder.compile_layers()
 
+    # Memory made on the image stream is only reused there, and each step's fork first waits for
+    # everything queued before it on the main stream: no block is recycled while still being read.
+    image_stream = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+
+    def encode_images(images, cams, t) -> torch.Tensor:
+        """Features [2B, e] of the originals, then their masked copies ([B, e] for plain CE)."""
+        if loss == "smot":
+            masked = perturb(images, cam_mask(cams, t), perturbation, sigma, noise_generator)
+            batch = torch.cat([images, masked])  # [2B, 3, S, S]
+        else:
+            batch = images
+        with torch.no_grad():
+            return image_encoder((batch - mean) / std)
+
     def forward_backward(images, cams, labels, t) -> torch.Tensor:
         """The loss of one batch, back-propagated into ``learner.ctx.grad`` (no optimizer)."""
         B = images.shape[0]
-        if loss == "smot":
-            masked = perturb(images, cam_mask(cams, t), perturbation, sigma, noise_generator)
-            batch = torch.cat([images, masked])  # [2B, 3, S, S]: originals, then masked copies
-        else:
-            batch = images
         with autocast(device, precision, cache=not cuda_graph):
-            with torch.no_grad():
-                image_features = image_encoder((batch - mean) / std)  # [2B, e]
-            text_features = learner()  # [K, e]
+            if image_stream is None:
+                image_features = encode_images(images, cams, t)  # [2B, e]
+                text_features = learner()  # [K, e]
+            else:  # fork: the image side waits for its inputs, then runs beside the text encoder
+                main = torch.cuda.current_stream(device)
+                image_stream.wait_stream(main)
+                with torch.cuda.stream(image_stream):
+                    image_features = encode_images(images, cams, t)
+                text_features = learner()
+                main.wait_stream(image_stream)  # join (also what a CUDA-graph capture requires)
         image_features = F.normalize(image_features.float(), dim=-1)
         text_features = F.normalize(text_features.float(), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.t()  # [2B, K]

@@ -93,6 +93,7 @@ class FitConfig:
     text_attention: str = "causal"  # causal, mask, square or flex (see docs/prompt.md)
     compile: bool = False  # torch.compile the text layers (square or flex attention) and the image blocks
     cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
+    overlap_encoders: bool = False  # image encoder on a second CUDA stream beside the text encoder
     device: str = "auto"
     # run control (not part of what makes two runs the same)
     resume: bool = False
@@ -114,7 +115,7 @@ class FitConfig:
 
 # Options that may change between a run and its --resume.
 _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph", "text_residual",
-                "text_attention", "compile")  # (the split is compared by SHA-256)
+                "text_attention", "compile", "overlap_encoders")  # (the split is compared by SHA-256)
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -145,6 +146,7 @@ def check_config(cfg: FitConfig) -> None:
         (not cfg.compile or cfg.text_attention in ("square", "flex"), "--compile",
          "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
+        (not cfg.overlap_encoders or cfg.device != "cpu", "--overlap-encoders", "needs --device cuda"),
     ]
     for name in ("alpha", "beta", "lam", "T", "sigma", "lr", "momentum", "weight_decay", "warmup_lr", "crop_scale"):
         checks.insert(0, (math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')}", "must be a finite number"))
@@ -273,8 +275,9 @@ def run_fit(cfg: FitConfig) -> Path:
     if cfg.resume and not ckpt_path.is_file():
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     device = resolve_device(cfg.device)
-    if cfg.cuda_graph and device.type != "cuda":
-        raise UserError(f"--cuda-graph: needs a CUDA device, not {device}")
+    for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
+        if wanted and device.type != "cuda":
+            raise UserError(f"{flag}: needs a CUDA device, not {device}")
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     classes, split = _load_data(cfg, clip.image_size)
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
@@ -332,6 +335,7 @@ def run_fit(cfg: FitConfig) -> Path:
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
                          beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
                          generator=data_gen, cuda_graph=cfg.cuda_graph, compile_image=cfg.compile,
+                         overlap=cfg.overlap_encoders,
                          noise_generator=None if cfg.cuda_graph else aug_gen)  # a graph draws from torch's CUDA RNG
     N = len(split)
     B = min(cfg.batch_size, N)

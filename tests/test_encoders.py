@@ -232,22 +232,24 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("loss", ["smot", "ce"])
-def test_gpu_cuda_graph_step_equals_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
+def test_gpu_cuda_graph_and_overlapped_steps_equal_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
+    """Replayed as a CUDA graph, with the image encoder on its own stream, or both: the eager step's numbers."""
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
     runs = []
-    for cuda_graph in (False, True):
+    for cuda_graph, overlap in ((False, False), (True, False), (False, True), (True, True)):
         learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
         opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         step = make_fit_step(clip, learner, opt, loss=loss, precision="fp32",
-                             generator=torch.Generator().manual_seed(1), cuda_graph=cuda_graph)
+                             generator=torch.Generator().manual_seed(1), cuda_graph=cuda_graph, overlap=overlap)
         losses = []
         for i in range(3):
             x = images(4, seed=i).cuda()
             cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
             losses.append(step(x, cams if loss == "smot" else None, torch.tensor([0, 1, 2, 0], device="cuda")))
         runs.append((torch.stack(losses), learner.ctx.detach().clone()))
-    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-5, rtol=1e-5)
+    for i in (1, 2, 3):
+        torch.testing.assert_close(runs[i][0], runs[0][0], atol=1e-5, rtol=1e-5, msg=f"variant {i}")
+        torch.testing.assert_close(runs[i][1], runs[0][1], atol=1e-5, rtol=1e-5, msg=f"variant {i}")
 
 
 @pytest.mark.gpu

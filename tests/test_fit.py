@@ -301,6 +301,7 @@ def bad_data(tmp_path_factory):
     ("beta", ["--beta", "-1"], "--beta"),
     ("T", ["--T", "0"], "--T"),
     ("cuda graph on cpu", ["--cuda-graph"], "--cuda-graph"),
+    ("overlap on cpu", ["--overlap-encoders"], "--overlap-encoders"),
 ])
 def test_bad_inputs_exit_with_one_line(case, extra, expected, fit_args, bad_data, tmp_path):
     extra = [e.replace("{bad}", str(bad_data)) for e in extra]

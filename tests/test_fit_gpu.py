@@ -42,7 +42,8 @@ def test_fit_on_cuda_in_bf16_then_resume(tmp_path, tiny_clip_config, tiny_clip_c
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_training_step_never_waits_for_the_device(tiny_clip_config, tiny_clip_checkpoint, fast):
-    """Default options, and flex attention with compiled layers (FlexAttention, inductor kernels)."""
+    """Default options, and flex attention with compiled layers (FlexAttention, inductor kernels) and
+    the image encoder on a second stream."""
     dev = torch.device("cuda")
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, dev)
     learner = PromptLearner(clip, ["tench", "goldfish", "great white shark"], n_ctx=4, precision="bf16",
@@ -52,7 +53,7 @@ def test_a_training_step_never_waits_for_the_device(tiny_clip_config, tiny_clip_
     opt = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
     aug = torch.Generator(device=dev).manual_seed(0)
     step = make_fit_step(clip, learner, opt, precision="bf16", generator=torch.Generator().manual_seed(0),
-                         noise_generator=aug, compile_image=fast)
+                         noise_generator=aug, compile_image=fast, overlap=fast)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, device=dev)
     cams = torch.randint(0, 256, (16, 32, 32), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 3, (16,), device=dev)
@@ -89,7 +90,7 @@ def test_cuda_graph_fit_follows_the_eager_fit(tmp_path, tiny_clip_config, tiny_c
     base = ["fit", "--data", str(data), "--shots", "4", "--model", tiny_clip_config, "--pretrained",
             tiny_clip_checkpoint, "--loss", "ce", "--n-ctx", "4", "--batch-size", "4", "--epochs", "2",
             "--warmup-epochs", "0", "--lr", "0.01", "--precision", "fp32", "--device", "cuda"]
-    fast = ["--cuda-graph", "--text-attention", "flex", "--compile"]
+    fast = ["--cuda-graph", "--text-attention", "flex", "--compile", "--overlap-encoders"]
     for name, extra in (("eager", []), ("graph", ["--cuda-graph"]), ("fast", fast)):
         res = CliRunner().invoke(cli, base + extra + ["--out", str(tmp_path / name)])
         assert res.exit_code == 0, res.output
