@@ -386,12 +386,12 @@ class TextEncoder(nn.Module):
         for every prompt), then the encoded positions.
         """
         d, h = self.width, self.heads
-        qkv_s = qkv[P:]
+        qkv_p, qkv_s = qkv.split([P, qkv.shape[0] - P])  # [P, 3d], [N, 3d] (backward: one cat, not two pads)
         if fill_index is not None:  # [N, 3d] -> [K*S, 3d]: one gather
             qkv_s = qkv_s.index_select(0, fill_index)
-        full = torch.cat([qkv[:P].expand(K, P, 3 * d), qkv_s.reshape(K, S, 3 * d)], dim=1)  # [K, P+S, 3d]
+        full = torch.cat([qkv_p.expand(K, P, 3 * d), qkv_s.reshape(K, S, 3 * d)], dim=1)  # [K, P+S, 3d]
         full = full.reshape(K, P + S, 3, h, d // h)  # [K, P+S, 3, h, d/h]
-        q, k, v = (full[:, :, j].transpose(1, 2) for j in range(3))  # [K, h, P+S, d/h]
+        q, k, v = (t.transpose(1, 2) for t in full.unbind(2))  # [K, h, P+S, d/h] (backward: one stack)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # [K, P+S, h, d/h]
         return a.reshape(K * (P + S), d).index_select(0, out_index)  # [P + N, d]
 
@@ -454,14 +454,14 @@ class TextEncoder(nn.Module):
                 tokens = self._square_layer(blk, tokens, K, S, P, fill_index, out_index)  # [P + N, d]
                 continue
             qkv = blk.qkv(tokens)  # [P + N, 3d]
-            qkv_s = qkv[P:]
+            qkv_p, qkv_s = qkv.split([P, qkv.shape[0] - P])  # [P, 3d], [N, 3d]
             if index is not None:  # back to the [K, S] layout for attention; zeros after EOT
                 qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)  # [K*S, 3d]
             qkv_s = qkv_s.reshape(K, S, 3, d)  # [K, S, 3, d]
-            q_s, k_s, v_s = (_heads(qkv_s[:, :, j], K, S, h) for j in range(3))  # [K, h, S, d/h]
+            q_s, k_s, v_s = (_heads(t, K, S, h) for t in qkv_s.unbind(2))  # [K, h, S, d/h]
             if P:
-                qkv_p = qkv[:P].reshape(1, P, 3, d)  # [1, P, 3, d]
-                q_p, k_p, v_p = (_heads(qkv_p[:, :, j], 1, P, h) for j in range(3))  # [1, h, P, d/h]
+                qkv_p = qkv_p.reshape(1, P, 3, d)  # [1, P, 3, d]
+                q_p, k_p, v_p = (_heads(t, 1, P, h) for t in qkv_p.unbind(2))  # [1, h, P, d/h]
                 k_all = torch.cat([k_p.expand(K, -1, -1, -1), k_s], dim=2)  # [K, h, P+S, d/h]
                 v_all = torch.cat([v_p.expand(K, -1, -1, -1), v_s], dim=2)
             else:
