@@ -245,6 +245,51 @@ def _fwd_bwd(learner, device, precision, backend=None):
     return run_it
 
 
+def _ceilings(device: torch.device, dtype: torch.dtype) -> dict:
+    """The device's two ceilings, measured: a large matrix product in ``dtype`` (TFLOP/s) and a
+    large device-to-device copy (GB/s, bytes read + written); medians of a few runs."""
+    n, nbytes = (8192, 2**30) if device.type == "cuda" else (1024, 2**26)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    mm = statistics.median(_timed(lambda: torch.mm(a, b), (), device) for _ in range(7))
+    cp = statistics.median(_timed(lambda: dst.copy_(src), (), device) for _ in range(7))
+    return {"matmul_tflops": 2 * n**3 / mm / 1e9, "matmul_dtype": str(dtype).removeprefix("torch."),
+            "copy_gbs": 2 * nbytes / cp / 1e6}
+
+
+def count_floor(clip, names, inputs, precision, attention, residual, seed, device, ref) -> dict:
+    """The work a step must do, counted (``torch.utils.flop_counter``: matmuls and attention) on an
+    eager copy of our step and on the reference, and the floor it implies on this device: the
+    larger of FLOPs / measured matmul rate and frozen-weight bytes (read once, in the step's
+    precision) / measured copy bandwidth. ("causal" is counted as "mask": the same shapes, and the
+    counter cannot trace SDPA's CausalBias.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    attention = "mask" if attention == "causal" else attention
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=torch.Generator().manual_seed(seed),
+                            precision=precision, attention=attention, residual=residual)
+    opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    step = make_fit_step(clip, learner, opt, precision=precision, generator=torch.Generator().manual_seed(seed))
+    step(*inputs)  # build (layouts) outside the count
+    ours = flops(lambda: step(*inputs))
+    text = flops(_fwd_bwd(learner, device, precision))
+    reference = flops(lambda: ref.step(*inputs))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    weight_bytes = sum(p.numel() for p in clip.model.parameters()) * dtype.itemsize
+    ceilings = _ceilings(device, dtype)
+    floor_ms = max(ours / ceilings["matmul_tflops"] / 1e9, weight_bytes / ceilings["copy_gbs"] / 1e6)  # ms
+    return {"flop_per_step": ours, "text_flop_fwd_bwd": text, "reference_flop_per_step": reference,
+            "weight_bytes": weight_bytes, **ceilings, "floor_ms": floor_ms}
+
+
 def _compiled_learner(clip, names, precision, opts, device, mode):
     """A PromptLearner whose encoder is ``torch.compile``-d (fullgraph if it can be) and already
     run once (compiled); returns (learner, its fwd+bwd, seconds of the compiling call, note)."""
@@ -441,6 +486,7 @@ def run(
     attention: str = "causal",
     residual: str = "fp32",
     compile_layers: bool = False,
+    count_flops: bool = False,
 ) -> dict:
     """Time both steps; returns the result dict (see the module docstring)."""
     dev = resolve_device(device)
@@ -500,6 +546,11 @@ def run(
     ms = time_interleaved(step_fns, inputs, steps, warmup, dev)
     ref_ms = ms["reference"]
     extra = {}
+    if count_flops:
+        try:
+            extra["floor"] = count_floor(clip, names, inputs, precision, attention, residual, seed, dev, ref)
+        except Exception as e:  # noqa: BLE001 - the timings still stand
+            extra["floor_error"] = _error(e)
     for name in [*peaks, *errors]:
         suffix = name.removeprefix("ours_")  # cuda_graph, overlap, overlap_cuda_graph
         v, peak_v = ms.get(name), peaks.get(name)
@@ -597,13 +648,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler over a few steps: the top 15 ops by self device time (stderr table + JSON)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps profiled by --profile")
+    p.add_argument("--count-flops", action="store_true",
+                   help="count each step's FLOPs, measure the device's matmul rate and copy bandwidth, report the floor")
     a = p.parse_args(argv)
     if a.threads or a.device == "cpu":
         torch.set_num_threads(a.threads or 1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = run(a.model, a.device, a.classes, a.batch_size, a.steps, a.warmup, a.precision, a.reference_precision, a.seed,
                  not a.no_cuda_graph, a.breakdown, a.variants, a.profile, a.compile_mode, not a.no_compile,
-                 a.profile_steps, a.compile_whole, a.attention, a.residual, a.compile_layers)
+                 a.profile_steps, a.compile_whole, a.attention, a.residual, a.compile_layers, a.count_flops)
     print(json.dumps(result))
 
 

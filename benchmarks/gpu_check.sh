@@ -43,7 +43,7 @@ for s in $ONLY; do
       -k "text_variants or flex" ;;
     # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
-      --batch-size 32 --steps 20 --attention flex --compile-layers ;;
+      --batch-size 32 --steps 20 --attention flex --compile-layers --count-flops ;;
     # the default step, the text-encoder variants (incl. compiled layers), the best full step, a profile
     fit_step) run_step fit_step 170 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 \
       --steps 10 --variants --profile ;;

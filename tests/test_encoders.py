@@ -296,6 +296,23 @@ def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
     assert "top 15 ops" in out.stderr
 
 
+def test_benchmark_counts_flops_and_the_floor_on_cpu(tiny_clip_config):
+    """--count-flops: our step, its text part and the reference are counted; the floor is the larger
+    of FLOPs over the matmul rate and weight bytes over the copy bandwidth."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--count-flops", "--no-cuda-graph"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    floor = json.loads(out.stdout.strip().splitlines()[-1])["floor"]
+    assert 0 < floor["text_flop_fwd_bwd"] < floor["flop_per_step"]
+    assert floor["reference_flop_per_step"] > 0 and floor["weight_bytes"] > 0
+    compute_ms = floor["flop_per_step"] / floor["matmul_tflops"] / 1e9
+    memory_ms = floor["weight_bytes"] / floor["copy_gbs"] / 1e6
+    assert floor["floor_ms"] == pytest.approx(max(compute_ms, memory_ms), rel=1e-9)
+
+
 def test_low_precision_residual_keeps_layernorm_inputs_and_weights_in_one_dtype(tiny_clip_config, tiny_clip_checkpoint):
     """CUDA's layer_norm refuses a bf16 input with float32 weights (seen on an H200), while the
     CPU kernel accepts it: so check the dtypes themselves, which the CPU run cannot reveal."""
