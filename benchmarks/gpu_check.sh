@@ -40,7 +40,7 @@ for s in $ONLY; do
     pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
     pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_encoders.py \
-      -k "text_variants or flex" ;;
+      -k "text_variants or flex or overlapped" ;;
     # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention flex --compile-layers --count-flops ;;
