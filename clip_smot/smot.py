@@ -79,7 +79,9 @@ def sample_thresholds(
     """Draw one masking threshold per image: ``t = 255 * s``, ``s ~ Beta(alpha, beta)``.
 
     The Beta draw uses two Gamma draws (s = g_a / (g_a + g_b)), which accept a generator, so
-    runs are reproducible and resumable from the generator's state.
+    runs are reproducible and resumable from the generator's state. The ratio is taken from the
+    logs of the draws: for tiny alpha and beta (say 1e-3) both draws underflow to 0 in float64
+    often, and 0 / 0 would be a NaN threshold.
 
     Args:
         batch_size: number of thresholds.
@@ -95,15 +97,16 @@ def sample_thresholds(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     conc = torch.tensor([alpha, beta], dtype=torch.float64, device=gen_device)
     # torch.distributions.Beta takes no generator, so draw the two Gammas ourselves.
-    g = _gamma(conc.expand(batch_size, 2), generator)  # [B, 2]
-    s = g[:, 0] / (g[:, 0] + g[:, 1])
+    log_g = _log_gamma(conc.expand(batch_size, 2), generator)  # [B, 2]
+    s = torch.sigmoid(log_g[:, 0] - log_g[:, 1])  # = g_a / (g_a + g_b)
     return (255.0 * s).float().to(device if device is not None else gen_device)
 
 
-def _gamma(conc: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Gamma(conc, 1) draws with Marsaglia and Tsang's method, reproducible from ``generator``.
+def _log_gamma(conc: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Logs of Gamma(conc, 1) draws with Marsaglia and Tsang's method, reproducible from ``generator``.
 
-    For conc < 1 the draw uses the boost ``Gamma(a) = Gamma(a + 1) * U^(1/a)``.
+    For conc < 1 the draw uses the boost ``Gamma(a) = Gamma(a + 1) * U^(1/a)``, in logs:
+    ``U^(1/a)`` underflows to 0 for small ``a`` (``a = 1e-3``: for U below about 0.47).
     """
     small = conc < 1
     a = torch.where(small, conc + 1, conc)
@@ -120,9 +123,10 @@ def _gamma(conc: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
         take = todo & ok
         out = torch.where(take, d * v, out)
         todo = todo & ~ok
+    out = out.log()
     if small.any():
         u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
-        out = torch.where(small, out * u ** (1.0 / conc), out)
+        out = torch.where(small, out + u.log() / conc, out)
     return out
 
 

@@ -139,6 +139,25 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     assert a.classnames == b.classnames and a.config == b.config
 
 
+def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Training in bf16 (the default, here with the whole text tower in bf16) still exports the
+    fp32 encoding of the learned context (SPEC section 2): scoring uses the stored features."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--precision", "bf16", "--text-residual", "precision"))
+    assert res.exit_code == 0, res.output
+    pf = load_prompt(out / "prompt.safetensors")
+    assert pf.text_features.dtype == torch.float32
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    encoded = {}
+    for precision in ("fp32", "bf16"):
+        learner = PromptLearner(clip, pf.classnames, n_ctx=4, precision=precision, residual="precision")
+        with torch.no_grad():
+            learner.ctx.copy_(pf.ctx)
+            encoded[precision] = F.normalize(learner().float(), dim=-1)
+    assert (encoded["bf16"] - encoded["fp32"]).abs().max() > 1e-4  # (the check below can tell them apart)
+    torch.testing.assert_close(pf.text_features, encoded["fp32"], atol=1e-6, rtol=0)
+
+
 def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     out = tmp_path / "again"
     res = CliRunner().invoke(cli, fit_args(out, "--split", str(one_epoch / "split.txt"), "--seed", "7", "--loss", "ce"))

@@ -139,3 +139,19 @@ def test_beta_thresholds_refuse_infinite_parameters():
     for alpha, beta in ((float("inf"), 20.0), (50.0, float("inf")), (float("nan"), 20.0), (0.0, 20.0)):
         with pytest.raises(ValueError, match="finite"):
             sample_thresholds(4, alpha, beta)
+
+
+def test_beta_thresholds_tiny_parameters_are_finite():
+    """Beta(a, b) with tiny a, b (both Gamma draws below float64's range, so g_a / (g_a + g_b) would
+    be 0 / 0 = NaN in a quarter of the draws) puts its mass at the two ends: P(s < x) ~ x^a / 2
+    for Beta(a, a), so 98.6% of Beta(1e-3, 1e-3) lies within 1e-6 of 0 or 1, half of it at each end;
+    the mean a / (a + b) holds for unequal ones."""
+    g = torch.Generator().manual_seed(0)
+    s = sample_thresholds(20000, 1e-3, 1e-3, generator=g).double() / 255
+    assert torch.isfinite(s).all() and s.min() >= 0 and s.max() <= 1
+    assert (s < 0.5).double().mean().item() == pytest.approx(0.5, abs=0.02)
+    ends = ((s < 1e-6) | (s > 1 - 1e-6)).double().mean().item()
+    assert ends == pytest.approx(1e-6 ** 1e-3, abs=0.005)
+    s = sample_thresholds(20000, 1e-3, 2e-3, generator=g).double() / 255
+    assert torch.isfinite(s).all() and s.mean().item() == pytest.approx(1 / 3, abs=0.015)
+    assert torch.isfinite(sample_thresholds(1000, 1e-9, 1e-9, generator=g)).all()
