@@ -1,0 +1,188 @@
+"""The package's shape, checked mechanically: the import rules of STYLE.md, the public names of
+each module, and the command-line flags against the docs that describe them."""
+
+import ast
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+import clip_smot
+from clip_smot.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(clip_smot.__file__).parent
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+def _imports(module: str) -> list[tuple[str, int]]:
+    """(name, level) of every import in a module, inside functions too: ``from .x import y`` is
+    ("x", 1), ``from . import y`` is ("y", 1), ``import a.b`` is ("a.b", 0)."""
+    out = []
+    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, 0) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module:
+                out.append((node.module, node.level))
+            else:
+                out += [(a.name, node.level) for a in node.names]
+    return out
+
+
+def _top_level(module: str) -> set[str]:
+    """Third-party and standard-library packages a module imports (first dotted part)."""
+    return {name.split(".")[0] for name, level in _imports(module) if level == 0} - {"__future__"}
+
+
+def _package_imports(module: str) -> set[str]:
+    return {name.split(".")[0] for name, level in _imports(module) if level == 1} - {"__version__"}
+
+
+def test_the_tensor_modules_import_nothing_of_the_package():
+    """STYLE.md: smot.py, scores.py and metrics.py import torch/numpy (metrics: scikit-learn) and
+    nothing else of the package, so user code can take them alone."""
+    allowed = {"smot": {"torch"}, "scores": {"torch", "numpy"}, "metrics": {"numpy", "sklearn"}}
+    for module, third_party in allowed.items():
+        assert _package_imports(module) == set(), module
+        assert _top_level(module) - set(sys.stdlib_module_names) <= third_party, module
+
+
+def test_click_only_in_the_cli_and_open_clip_only_in_clip_model():
+    for module in MODULES:
+        top = _top_level(module)
+        assert "click" not in top or module == "cli", module
+        assert "open_clip" not in top or module == "clip_model", module
+
+
+def test_imports_point_one_way():
+    """No module of the library imports the CLI, and the package's imports (lazy ones too) have
+    no cycle: a module never depends, even indirectly, on one that depends on it."""
+    graph = {m: _package_imports(m) for m in MODULES}
+    assert [m for m in MODULES if "cli" in graph[m]] == ["__main__"]
+    for start in MODULES:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                assert nxt != start, f"import cycle through {start}"
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+
+
+def test_every_public_name_exists_and_cross_module_imports_are_public():
+    """Each ``__all__`` names what the module defines, and a module takes from another only names
+    in its ``__all__`` (so ``__all__`` is the real interface)."""
+    import importlib
+
+    for module in MODULES:
+        if module in ("__init__", "__main__", "cli", "errors"):
+            continue
+        mod = importlib.import_module(f"clip_smot.{module}")
+        assert hasattr(mod, "__all__"), module
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert missing == [], (module, missing)
+    for module in MODULES:
+        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "errors", "cli"):
+                public = importlib.import_module(f"clip_smot.{node.module}").__all__
+                private = [a.name for a in node.names if a.name not in public]
+                assert private == [], f"{module} imports {private} from {node.module}, not in its __all__"
+
+
+# --- the command line against the docs ---------------------------------------------------------
+
+def _flags(command: str) -> set[str]:
+    return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--")}
+
+
+def _doc(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def _table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table whose header row starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _backticked_flags(cell: str) -> list[str]:
+    return re.findall(r"`(--[\w-]+)`", cell)
+
+
+def test_fit_options_table_lists_every_fit_flag_with_its_default():
+    rows = _table_rows(_doc("docs/fit.md"), "| option | default |")
+    documented = [f for row in rows for f in _backticked_flags(row[0])]
+    assert sorted(documented) == sorted(_flags("fit"))
+    defaults = {o: p.default for p in cli.commands["fit"].params for o in p.opts}
+    for row in rows:
+        flags, cells = _backticked_flags(row[0]), [c.strip() for c in row[1].split(",")]
+        if len(flags) != len(cells):
+            continue  # a default described in words
+        for flag, cell in zip(flags, cells):
+            literal = re.fullmatch(r"`([\w./-]+)`|([\d.e-]+)", cell)
+            if literal:
+                want = defaults[flag]
+                got = literal.group(1) or literal.group(2)
+                assert (float(got) == want) if isinstance(want, (int, float)) else (got == want), (flag, cell, want)
+
+
+def test_train_usage_block_lists_every_train_flag_and_its_choices():
+    usage = re.search(r"```\n(clip-smot train .*?)```", _doc("docs/resnet.md"), re.S).group(1)
+    assert set(re.findall(r"--[\w-]+", usage)) == _flags("train")
+    for param in cli.commands["train"].params:
+        if isinstance(param.type, click.Choice):
+            listed = re.search(rf"{param.opts[0]} ([\w|]+)", usage).group(1).split("|")
+            assert listed == list(param.type.choices), param.opts[0]
+
+
+def test_score_page_lists_every_score_flag():
+    section = _doc("docs/score.md").split("## `clip-smot score`")[1].split("### The scores")[0]
+    assert set(re.findall(r"`(--[\w-]+)", section)) == _flags("score")
+
+
+def _doc_commands():
+    """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
+    for name in ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))]:
+        for block in re.findall(r"```bash\n(.*?)```", _doc(name), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0]
+                m = re.search(r"(?:^|\s)(?:clip-smot|-m clip_smot) (\w+)(.*)", line)
+                if m and not line.lstrip().startswith("#"):
+                    yield name, m.group(1), m.group(2)
+
+
+def test_every_command_in_the_docs_uses_real_flags_and_choices():
+    commands = list(_doc_commands())
+    assert len(commands) > 30
+    for doc, command, rest in commands:
+        assert command in cli.commands, (doc, command)
+        params = {o: p for p in cli.commands[command].params for o in p.opts}
+        words = shlex.split(rest)
+        for i, word in enumerate(words):
+            if not word.startswith("--"):
+                continue
+            flag = word.split("=")[0]
+            assert flag in params, f"{doc}: clip-smot {command} has no {flag}"
+            param = params[flag]
+            if isinstance(param.type, click.Choice) and i + 1 < len(words) and "$" not in words[i + 1]:
+                assert words[i + 1] in param.type.choices, f"{doc}: clip-smot {command} {flag} {words[i + 1]}"
+
+
+@pytest.mark.parametrize("command", ["fit", "score", "eval", "train", "export"])
+def test_every_command_has_help(command):
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0 and "Usage: " in res.output
+    for flag in _flags(command):
+        assert flag in res.output, (command, flag)
