@@ -186,3 +186,14 @@ def test_every_command_has_help(command):
     assert res.exit_code == 0 and "Usage: " in res.output
     for flag in _flags(command):
         assert flag in res.output, (command, flag)
+
+
+def test_the_version_is_the_same_everywhere():
+    """pyproject.toml's version (what pip installs), ``clip_smot.__version__`` (written into every
+    prompt and model file) and ``clip-smot --version`` are one number."""
+    from click.testing import CliRunner
+
+    declared = re.search(r'(?m)^version = "([^"]+)"', _doc("pyproject.toml")).group(1)
+    assert clip_smot.__version__ == declared
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0 and res.output == f"clip-smot, version {declared}\n"
