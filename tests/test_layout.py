@@ -197,3 +197,11 @@ def test_the_version_is_the_same_everywhere():
     assert clip_smot.__version__ == declared
     res = CliRunner().invoke(cli, ["--version"])
     assert res.exit_code == 0 and res.output == f"clip-smot, version {declared}\n"
+
+
+def test_the_readme_layout_names_every_module():
+    layout = _doc("README.md").split("## Layout")[1].split("```")[1]
+    listed = re.findall(r"^  (\w+)\.py ", layout, re.M)
+    assert sorted(listed) == [m for m in MODULES if not m.startswith("__")]
+    for module in MODULES:  # and each module says its job in its first docstring line
+        assert ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())), module
