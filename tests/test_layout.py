@@ -12,6 +12,8 @@ import pytest
 
 import clip_smot
 from clip_smot.cli import cli
+from clip_smot.resnet_eval import RESNET_SCORES
+from clip_smot.scoring import SCORE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(clip_smot.__file__).parent
@@ -152,7 +154,8 @@ def test_score_page_lists_every_score_flag():
 
 def _doc_commands():
     """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
-    for name in ["README.md", *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")))]:
+    pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "data_lists").glob("*.md"))]
+    for name in ["README.md", *(str(p.relative_to(ROOT)) for p in pages)]:
         for block in re.findall(r"```bash\n(.*?)```", _doc(name), re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" #")[0]
@@ -176,6 +179,10 @@ def test_every_command_in_the_docs_uses_real_flags_and_choices():
             param = params[flag]
             if isinstance(param.type, click.Choice) and i + 1 < len(words) and "$" not in words[i + 1]:
                 assert words[i + 1] in param.type.choices, f"{doc}: clip-smot {command} {flag} {words[i + 1]}"
+            if flag == "--scores":  # each score is one of its track's
+                known = RESNET_SCORES if "--checkpoint" in words else SCORE_NAMES
+                unknown = set(words[i + 1].split(",")) - set(known)
+                assert not unknown, f"{doc}: clip-smot {command} --scores {words[i + 1]}"
 
 
 @pytest.mark.parametrize("command", ["fit", "score", "eval", "train", "export"])
