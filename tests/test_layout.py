@@ -61,10 +61,12 @@ def test_click_only_in_the_cli_and_open_clip_only_in_clip_model():
 
 
 def test_imports_point_one_way():
-    """No module of the library imports the CLI, and the package's imports (lazy ones too) have
-    no cycle: a module never depends, even indirectly, on one that depends on it."""
+    """No module of the library imports the CLI or a command's module, and the package's imports
+    (lazy ones too) have no cycle: a module never depends, even indirectly, on one that depends on it."""
     graph = {m: _package_imports(m) for m in MODULES}
     assert [m for m in MODULES if "cli" in graph[m]] == ["__main__"]
+    for command in ("fit", "train", "clip_eval", "resnet_eval"):  # the library never imports its trainers
+        assert [m for m in MODULES if command in graph[m]] == ["cli"], command
     for start in MODULES:
         seen, todo = set(), [start]
         while todo:
