@@ -236,3 +236,42 @@ def test_the_readme_core_example_runs():
     assert scope["loss"].ndim == 0 and torch.isfinite(scope["loss"])
     scope["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # (docs/score.md asks for 8 workers)
+def test_the_python_examples_of_the_docs_run(tmp_path, monkeypatch, tiny_clip_config, tiny_clip_checkpoint):
+    """Every ```python block of docs/*.md, run as written but on the CPU with the tiny CLIP (for
+    ViT-B-16 / openai) and a tiny prompt and images at the paths the examples name."""
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    import clip_smot.clip_model as cm
+    from clip_smot.prompt_file import save_prompt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    shutil.copy(tiny_clip_checkpoint, tmp_path)  # a prompt's checkpoint file is looked for in the current folder
+    load_clip = cm.load_clip
+    monkeypatch.setattr(cm, "load_clip", lambda *args, **kwargs: load_clip(tiny_clip_config, tiny_clip_checkpoint))
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    g = torch.Generator().manual_seed(0)
+    for path in ("prompt.safetensors", "runs/smot-in1k/prompt.safetensors"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        text = torch.nn.functional.normalize(torch.randn(3, 32, generator=g), dim=-1)
+        save_prompt(path, torch.randn(4, 32, generator=g), text, clip.identity(), 4, "end", False,
+                    ["cat", "dog", "tree frog"], {})
+    Path("photos").mkdir()
+    for path in ("a.jpg", "b.jpg", "photos/c.png"):
+        Image.fromarray(torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=g).numpy()).save(path)
+
+    blocks = [(doc.name, code) for doc in sorted((ROOT / "docs").glob("*.md"))
+              for code in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)]
+    assert len(blocks) >= 3
+    for name, code in blocks:
+        scope = {"images": torch.rand(2, 3, 32, 32)}  # what docs/fit.md's example takes as given
+        try:
+            exec(code.replace('device="cuda"', 'device="cpu"'), scope)
+        except Exception as e:
+            raise AssertionError(f"{name}: {type(e).__name__}: {e}\n{code}") from e
