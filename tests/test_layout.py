@@ -154,6 +154,12 @@ def test_score_page_lists_every_score_flag():
     assert set(re.findall(r"`(--[\w-]+)", section)) == _flags("score")
 
 
+def test_export_section_lists_every_export_flag():
+    section = _doc("docs/fit.md").split("## `clip-smot export`")[1].split("\n## ")[0]
+    spans = " ".join(re.findall(r"`([^`]*)`", section))
+    assert set(re.findall(r"--[\w-]+", spans)) == _flags("export")
+
+
 def _doc_commands():
     """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
     pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "data_lists").glob("*.md"))]
