@@ -160,6 +160,13 @@ def test_export_section_lists_every_export_flag():
     assert set(re.findall(r"--[\w-]+", spans)) == _flags("export")
 
 
+def test_the_eval_sections_list_every_eval_flag():
+    clip = _doc("docs/score.md").split("## `clip-smot eval --prompt`")[1].split("\n## ")[0]
+    resnet = _doc("docs/resnet.md").split("## `clip-smot eval --checkpoint`")[1].split("\n## ")[0]
+    spans = " ".join(re.findall(r"`([^`]*)`", clip + resnet)) + " ".join(re.findall(r"```bash\n(.*?)```", clip, re.S))
+    assert _flags("eval") <= set(re.findall(r"--[\w-]+", spans))  # (they name fit's --data too)
+
+
 def _doc_commands():
     """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
     pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "data_lists").glob("*.md"))]
