@@ -41,7 +41,10 @@ def _top_level(module: str) -> set[str]:
 
 
 def _package_imports(module: str) -> set[str]:
-    return {name.split(".")[0] for name, level in _imports(module) if level == 1} - {"__version__"}
+    """Modules of the package a module imports (``from .x``, or ``clip_smot.x`` spelled out)."""
+    relative = {name.split(".")[0] for name, level in _imports(module) if level == 1}
+    absolute = {name.split(".")[1] for name, level in _imports(module) if level == 0 and name.startswith("clip_smot.")}
+    return (relative | absolute) - {"__version__"}
 
 
 def test_the_tensor_modules_import_nothing_of_the_package():
