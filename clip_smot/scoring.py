@@ -225,7 +225,8 @@ class PromptScorer:
 
         Args:
             images: a list of PIL images, or a tensor [B, 3, S, S] already preprocessed
-                (resized, cropped and normalised with the model's mean/std).
+                (resized, cropped and normalised with the model's mean/std; unlike
+                :meth:`cosine` and :meth:`logits`, which take images in [0, 1]).
             scores: names from :data:`SCORE_NAMES`.
 
         Returns:
