@@ -30,7 +30,8 @@ from .errors import UserError, first_line
 from .fewshot import FewShotClasses
 from .runtime import host_reachable
 
-__all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "load_cam_network"]
+__all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "cache_cams",
+           "load_cam_network"]
 
 # Named CAM networks (the CLI's choices besides a file path).
 CAM_MODELS = {"resnet18-imagenet": "https://download.pytorch.org/models/resnet18-f37072fd.pth"}

@@ -204,7 +204,8 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
           batch_size, workers, device, no_cache, out) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
-    Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png.
+    Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png (and, for --prompt or
+    --zero-shot, config.json).
     """
     chosen = [name for name, v in (("--prompt", prompt), ("--zero-shot", zero_shot), ("--checkpoint", checkpoint)) if v]
     if len(chosen) != 1:

@@ -13,10 +13,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from .errors import UserError, first_line
 from .runtime import host_reachable, sha256_file
@@ -208,7 +210,7 @@ def encode_images(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
     return clip.model.encode_image(images)
 
 
-def image_preprocess(clip: ClipModel):
+def image_preprocess(clip: ClipModel) -> Callable[[Image.Image], torch.Tensor]:
     """open_clip's evaluation transform for this model: PIL image -> normalised [3, S, S].
 
     Resize (shortest side, bicubic unless the weights say otherwise), centre crop, to tensor,

@@ -154,12 +154,12 @@ _COMPILED_FLEX = None
 _LAYOUTS_KEPT = 16  # layouts cached per TextEncoder (see TextEncoder._layout)
 
 
-def flex_available(device: torch.device) -> bool:
+def flex_available(device: torch.device | str) -> bool:
     """Whether ``attention="flex"`` runs FlexAttention's kernel on ``device`` (CUDA), not a dense mask."""
-    if device.type != "cuda":
+    if torch.device(device).type != "cuda":
         return False
     try:
-        import torch.nn.attention.flex_attention  # noqa: F401
+        from torch.nn.attention import flex_attention  # noqa: F401  ("import torch.nn..." would make torch local)
     except ImportError:
         return False
     return True

@@ -4,6 +4,8 @@ Library code raises :class:`UserError` with one line that names the file or flag
 wrong; the CLI prints that line and exits non-zero without a traceback (SPEC section 6).
 """
 
+__all__ = ["UserError", "first_line"]
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line, never with a traceback."""

@@ -39,6 +39,7 @@ __all__ = [
     "read_split",
     "resolve_classes",
     "resolve_train_root",
+    "split_text",
 ]
 
 

@@ -7,6 +7,7 @@ scikit-learn only; nothing else of the package is imported.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 __all__ = ["CONVENTIONS", "fpr_at_tpr", "ood_metrics"]
@@ -36,7 +37,8 @@ def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
 
-def ood_metrics(id_scores, ood_scores, convention: str = "id") -> dict[str, float]:
+def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike,
+                convention: str = "id") -> dict[str, float]:
     """FPR95, AUROC, AUPR-In and AUPR-Out of ID against OOD scores, as fractions in [0, 1].
 
     Args:

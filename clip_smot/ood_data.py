@@ -189,16 +189,14 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
     """An OOD set: a folder in any layout (recursive) or an image list; no labels needed.
 
     Raises:
-        UserError: a missing folder or list, or one without images; a bare name that is not a
-            folder.
+        UserError: a missing folder or list, or one without images.
     """
     where = str(where)
     as_list = _split_list_arg(where)
     if as_list is not None:
         paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")
         return ImageSet(name, paths)
-    if not Path(where).exists():
-        hint = "" if os.sep in where or "=" in where else " (give NAME=DIR for a folder or image list)"
-        raise UserError(f"{flag} {name}={where}: no such folder or image list{hint}")
+    if not Path(where).exists():  # (a bare --ood NAME is a built-in set, answered by the callers)
+        raise UserError(f"{flag} {name}={where}: no such folder or image list")
     return ImageSet(name, list_images(where, flag=f"{flag} {name}"))
 

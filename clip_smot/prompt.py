@@ -23,6 +23,8 @@ causal kernels of ``scaled_dot_product_attention``, "mask" an additive float mas
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from .clip_model import ClipModel
 from .encoders import ATTENTION, ENCODER_PRECISIONS, TextEncoder, check_text_tower, packed_index
 from .errors import UserError
-from .prompt_file import CLASS_POSITIONS, PromptFile
+from .prompt_file import CLASS_POSITIONS, PromptFile, load_prompt
 
 __all__ = [
     "ATTENTION",
@@ -211,8 +213,8 @@ class PromptLearner(nn.Module):
         return self.encoder(self.prompt_embeddings(), self.eot, index=self.packed_index)
 
 
-def text_features_from_prompt(clip: ClipModel, prompt: PromptFile) -> torch.Tensor:
-    """Normalised text features [K, e] of a saved prompt, encoded with ``clip``'s weights.
+def text_features_from_prompt(clip: ClipModel, prompt: PromptFile | str | os.PathLike) -> torch.Tensor:
+    """Normalised text features [K, e] of a saved prompt (loaded, or its file), encoded with ``clip``'s weights.
 
     Rebuilds the learner from the file's metadata (class names, n_ctx, csc, class position),
     loads its context and encodes the prompts (fp32). Used when the prompt is scored with other
@@ -221,6 +223,8 @@ def text_features_from_prompt(clip: ClipModel, prompt: PromptFile) -> torch.Tens
     Raises:
         UserError: the file's context does not fit the model or its metadata.
     """
+    if not isinstance(prompt, PromptFile):
+        prompt = load_prompt(prompt)
     learner = PromptLearner(
         clip, prompt.classnames, n_ctx=prompt.n_ctx, csc=prompt.csc, class_position=prompt.class_position
     )

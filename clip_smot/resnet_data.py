@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
+from .ood_data import image_set
 from .runtime import host_reachable as _reachable  # a module name: tests replace it
 
 __all__ = [
@@ -278,7 +279,8 @@ def resize_set(s: ImageSet, size: int) -> ImageSet:
 
 
 def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None) -> ImageSet:
-    """An OOD set: ``where`` is a folder (searched recursively), or None for the built-in set
+    """An OOD set: ``where`` is a folder (searched recursively), an image list (``LIST.txt`` or
+    ``ROOT::LIST.txt``, as :func:`clip_smot.ood_data.image_set` reads it), or None for the built-in set
     ``name`` (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets;
     a bare ``--ood NAME`` on the command line).
     """
@@ -301,7 +303,7 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
         resize_set(s, input_size)
         s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)
         return s
-    files = list_images(where, f"--ood {name}=")
+    files = image_set(name, where).paths  # a folder or an image list, as in the CLIP track
     return _imagenet_normalised(name, [], torch.full((len(files),), -1, dtype=torch.long), input_size, files)
 
 

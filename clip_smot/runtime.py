@@ -9,7 +9,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ def _write_error(path: Path, e: Exception) -> UserError:
     return UserError(f"cannot write {path}: {reason}{kept}")
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a

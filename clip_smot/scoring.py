@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from . import clip_model as cm
 from .clip_model import ClipModel
@@ -219,12 +220,13 @@ class PromptScorer:
             cm.check_local_features(self.clip)
 
     @torch.inference_mode()
-    def score(self, images, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:
+    def score(self, images: Sequence[Image.Image] | torch.Tensor, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:
         """Score a batch of images.
 
         Args:
             images: a list of PIL images, or a tensor [B, 3, S, S] already preprocessed
-                (resized, cropped and normalised with the model's mean/std).
+                (resized, cropped and normalised with the model's mean/std; unlike
+                :meth:`cosine` and :meth:`logits`, which take images in [0, 1]).
             scores: names from :data:`SCORE_NAMES`.
 
         Returns:

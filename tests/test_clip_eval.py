@@ -317,3 +317,12 @@ def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, t
                                    f"o={tmp_path / 'id' / 'sea lion'}", "--workers", "0", "--out", str(tmp_path / "e2")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0
+
+
+def test_a_missing_ood_folder_names_what_was_given(tmp_path, monkeypatch):
+    """``--ood x=none`` (a relative folder that is not there): the line said 'give NAME=DIR', which
+    the user had done; bare names are answered before (built-in sets), so the hint misled."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        image_set("x", "none")
+    assert str(e.value) == "--ood x=none: no such folder or image list"

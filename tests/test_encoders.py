@@ -324,3 +324,12 @@ def test_low_precision_residual_keeps_layernorm_inputs_and_weights_in_one_dtype(
         assert {blk.ln1_w.dtype, blk.ln1_b.dtype, blk.ln2_w.dtype, blk.ln2_b.dtype} == {torch.bfloat16}
     enc32 = TextEncoder(clip.model, precision="bf16")
     assert enc32.blocks[0].ln1_w.dtype == torch.float32
+
+
+def test_flex_available_takes_a_device_or_its_name():
+    """docs/prompt.md lists ``flex_available(device)``; a device name like every other public
+    function's ``device`` failed with AttributeError ('str' has no 'type')."""
+    from clip_smot.encoders import flex_available
+
+    assert flex_available("cpu") is False
+    assert flex_available(torch.device("cpu")) is False

@@ -159,6 +159,8 @@ def test_text_features_from_prompt_round_trip(clip, tmp_path):
     prompt = load_prompt(path)
     torch.testing.assert_close(text_features_from_prompt(clip, prompt), feats, atol=1e-6, rtol=0)
     torch.testing.assert_close(prompt.text_features, feats)
+    # the file's path does as well (as for PromptScorer.from_file; a path was an AttributeError)
+    torch.testing.assert_close(text_features_from_prompt(clip, str(path)), feats, atol=1e-6, rtol=0)
 
 
 def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):

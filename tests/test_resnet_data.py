@@ -136,3 +136,15 @@ def test_the_eval_transform_of_a_thin_strip_crops_before_it_resizes(monkeypatch)
     monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
     out = rd._eval_transform(224)(Image.fromarray(rng.integers(0, 255, (1, 1000, 3), dtype=np.uint8)))
     assert out.size == (224, 224) and max(w * h for w, h in sizes) == 224 * 224
+
+
+def test_an_ood_image_list_gives_its_images(tmp_path):
+    """``--ood NAME=LIST.txt`` and ``NAME=ROOT::LIST.txt`` (eval --help, for both tracks): the
+    ResNet track took the list for an image and stopped with 'unreadable or truncated image'."""
+    for i, value in enumerate((0, 128, 255)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.txt").write_text("2.png -1\n0.png -1\n")
+    for where in (str(tmp_path / "list.txt"), f"{tmp_path}::{tmp_path / 'list.txt'}"):
+        s = rd.load_ood_set("mine", where, 8)
+        assert s.labels.tolist() == [-1, -1]
+        assert s.images[:, 0, 0, 0].tolist() == [255, 0]  # the listed images, in the list's order

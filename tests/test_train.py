@@ -316,7 +316,7 @@ def test_eval_on_a_class_folder_named_val(tmp_path):
 def test_eval_bad_inputs(folders, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={tmp_path}/none", "--device", "cpu", "--out", str(tmp_path / "e")])
-    assert r.exit_code == 1 and "no such file or folder" in r.output
+    assert r.exit_code == 1 and "--ood x=" in r.output and "no such folder or image list" in r.output
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not a ResNet score" in r.output

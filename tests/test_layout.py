@@ -1,0 +1,293 @@
+"""The package's shape, checked mechanically: the import rules of STYLE.md, the public names of
+each module, and the command-line flags against the docs that describe them."""
+
+import ast
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+import clip_smot
+from clip_smot.cli import cli
+from clip_smot.resnet_eval import RESNET_SCORES
+from clip_smot.scoring import SCORE_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(clip_smot.__file__).parent
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+def _imports(module: str) -> list[tuple[str, int]]:
+    """(name, level) of every import in a module, inside functions too: ``from .x import y`` is
+    ("x", 1), ``from . import y`` is ("y", 1), ``import a.b`` is ("a.b", 0)."""
+    out = []
+    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, 0) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.module:
+                out.append((node.module, node.level))
+            else:
+                out += [(a.name, node.level) for a in node.names]
+    return out
+
+
+def _top_level(module: str) -> set[str]:
+    """Third-party and standard-library packages a module imports (first dotted part)."""
+    return {name.split(".")[0] for name, level in _imports(module) if level == 0} - {"__future__"}
+
+
+def _package_imports(module: str) -> set[str]:
+    """Modules of the package a module imports (``from .x``, or ``clip_smot.x`` spelled out)."""
+    relative = {name.split(".")[0] for name, level in _imports(module) if level == 1}
+    absolute = {name.split(".")[1] for name, level in _imports(module) if level == 0 and name.startswith("clip_smot.")}
+    return (relative | absolute) - {"__version__"}
+
+
+def test_the_tensor_modules_import_nothing_of_the_package():
+    """STYLE.md: smot.py, scores.py and metrics.py import torch/numpy (metrics: scikit-learn) and
+    nothing else of the package, so user code can take them alone."""
+    allowed = {"smot": {"torch"}, "scores": {"torch", "numpy"}, "metrics": {"numpy", "sklearn"}}
+    for module, third_party in allowed.items():
+        assert _package_imports(module) == set(), module
+        assert _top_level(module) - set(sys.stdlib_module_names) <= third_party, module
+
+
+def test_click_only_in_the_cli_and_open_clip_only_in_clip_model():
+    for module in MODULES:
+        top = _top_level(module)
+        assert "click" not in top or module == "cli", module
+        assert "open_clip" not in top or module == "clip_model", module
+
+
+def test_imports_point_one_way():
+    """No module of the library imports the CLI or a command's module, and the package's imports
+    (lazy ones too) have no cycle: a module never depends, even indirectly, on one that depends on it."""
+    graph = {m: _package_imports(m) for m in MODULES}
+    assert [m for m in MODULES if "cli" in graph[m]] == ["__main__"]
+    for command in ("fit", "train", "clip_eval", "resnet_eval"):  # the library never imports its trainers
+        assert [m for m in MODULES if command in graph[m]] == ["cli"], command
+    for start in MODULES:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                assert nxt != start, f"import cycle through {start}"
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+
+
+def test_every_public_name_exists_and_cross_module_imports_are_public():
+    """Each ``__all__`` names what the module defines, and a module takes from another only names
+    in its ``__all__`` (so ``__all__`` is the real interface)."""
+    import importlib
+
+    for module in MODULES:
+        if module in ("__init__", "__main__", "cli"):
+            continue
+        mod = importlib.import_module(f"clip_smot.{module}")
+        assert hasattr(mod, "__all__"), module
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert missing == [], (module, missing)
+    for module in MODULES:
+        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "cli"):
+                public = importlib.import_module(f"clip_smot.{node.module}").__all__
+                private = [a.name for a in node.names if a.name not in public]
+                assert private == [], f"{module} imports {private} from {node.module}, not in its __all__"
+
+
+# --- the command line against the docs ---------------------------------------------------------
+
+def _flags(command: str) -> set[str]:
+    return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--")}
+
+
+def _doc(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def _table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table whose header row starts with ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _backticked_flags(cell: str) -> list[str]:
+    return re.findall(r"`(--[\w-]+)`", cell)
+
+
+def test_fit_options_table_lists_every_fit_flag_with_its_default():
+    rows = _table_rows(_doc("docs/fit.md"), "| option | default |")
+    documented = [f for row in rows for f in _backticked_flags(row[0])]
+    assert sorted(documented) == sorted(_flags("fit"))
+    defaults = {o: p.default for p in cli.commands["fit"].params for o in p.opts}
+    for row in rows:
+        flags, cells = _backticked_flags(row[0]), [c.strip() for c in row[1].split(",")]
+        if len(flags) != len(cells):
+            continue  # a default described in words
+        for flag, cell in zip(flags, cells):
+            literal = re.fullmatch(r"`([\w./-]+)`|([\d.e-]+)", cell)
+            if literal:
+                want = defaults[flag]
+                got = literal.group(1) or literal.group(2)
+                assert (float(got) == want) if isinstance(want, (int, float)) else (got == want), (flag, cell, want)
+
+
+def test_train_usage_block_lists_every_train_flag_and_its_choices():
+    usage = re.search(r"```\n(clip-smot train .*?)```", _doc("docs/resnet.md"), re.S).group(1)
+    assert set(re.findall(r"--[\w-]+", usage)) == _flags("train")
+    for param in cli.commands["train"].params:
+        if isinstance(param.type, click.Choice):
+            listed = re.search(rf"{param.opts[0]} ([\w|]+)", usage).group(1).split("|")
+            assert listed == list(param.type.choices), param.opts[0]
+
+
+def test_score_page_lists_every_score_flag():
+    section = _doc("docs/score.md").split("## `clip-smot score`")[1].split("### The scores")[0]
+    assert set(re.findall(r"`(--[\w-]+)", section)) == _flags("score")
+
+
+def test_export_section_lists_every_export_flag():
+    section = _doc("docs/fit.md").split("## `clip-smot export`")[1].split("\n## ")[0]
+    spans = " ".join(re.findall(r"`([^`]*)`", section))
+    assert set(re.findall(r"--[\w-]+", spans)) == _flags("export")
+
+
+def test_the_eval_sections_list_every_eval_flag():
+    clip = _doc("docs/score.md").split("## `clip-smot eval --prompt`")[1].split("\n## ")[0]
+    resnet = _doc("docs/resnet.md").split("## `clip-smot eval --checkpoint`")[1].split("\n## ")[0]
+    spans = " ".join(re.findall(r"`([^`]*)`", clip + resnet)) + " ".join(re.findall(r"```bash\n(.*?)```", clip, re.S))
+    assert _flags("eval") <= set(re.findall(r"--[\w-]+", spans))  # (they name fit's --data too)
+
+
+def _doc_commands():
+    """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
+    pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "data_lists").glob("*.md"))]
+    for name in ["README.md", *(str(p.relative_to(ROOT)) for p in pages)]:
+        for block in re.findall(r"```bash\n(.*?)```", _doc(name), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0]
+                m = re.search(r"(?:^|\s)(?:clip-smot|-m clip_smot) (\w+)(.*)", line)
+                if m and not line.lstrip().startswith("#"):
+                    yield name, m.group(1), m.group(2)
+
+
+def test_every_command_in_the_docs_uses_real_flags_and_choices():
+    commands = list(_doc_commands())
+    assert len(commands) > 30
+    for doc, command, rest in commands:
+        assert command in cli.commands, (doc, command)
+        params = {o: p for p in cli.commands[command].params for o in p.opts}
+        words = shlex.split(rest)
+        for i, word in enumerate(words):
+            if not word.startswith("--"):
+                continue
+            flag = word.split("=")[0]
+            assert flag in params, f"{doc}: clip-smot {command} has no {flag}"
+            param = params[flag]
+            if isinstance(param.type, click.Choice) and i + 1 < len(words) and "$" not in words[i + 1]:
+                assert words[i + 1] in param.type.choices, f"{doc}: clip-smot {command} {flag} {words[i + 1]}"
+            if flag == "--scores":  # each score is one of its track's
+                known = RESNET_SCORES if "--checkpoint" in words else SCORE_NAMES
+                unknown = set(words[i + 1].split(",")) - set(known)
+                assert not unknown, f"{doc}: clip-smot {command} --scores {words[i + 1]}"
+
+
+@pytest.mark.parametrize("command", ["fit", "score", "eval", "train", "export"])
+def test_every_command_has_help(command):
+    from click.testing import CliRunner
+
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0 and "Usage: " in res.output
+    for flag in _flags(command):
+        assert flag in res.output, (command, flag)
+
+
+def test_the_version_is_the_same_everywhere():
+    """pyproject.toml's version (what pip installs), ``clip_smot.__version__`` (written into every
+    prompt and model file) and ``clip-smot --version`` are one number."""
+    from click.testing import CliRunner
+
+    declared = re.search(r'(?m)^version = "([^"]+)"', _doc("pyproject.toml")).group(1)
+    assert clip_smot.__version__ == declared
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0 and res.output == f"clip-smot, version {declared}\n"
+
+
+def test_the_readme_layout_names_every_module():
+    layout = _doc("README.md").split("## Layout")[1].split("```")[1]
+    listed = re.findall(r"^  (\w+)\.py ", layout, re.M)
+    assert sorted(listed) == [m for m in MODULES if not m.startswith("__")]
+    for module in MODULES:  # and each module says its job in its first docstring line
+        assert ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())), module
+
+
+def test_the_readme_core_example_runs():
+    """README's "Using the core in your own loop", run as written on a tiny ResNet: the names it
+    imports exist and the loss it builds backpropagates into the model."""
+    import torch
+
+    from clip_smot.cam import CAMProvider
+    from clip_smot.networks import build_network
+
+    code = re.search(r"## Using the core in your own loop\n\n```python\n(.*?)```", _doc("README.md"), re.S).group(1)
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 10, 16)
+    base_model, mean, std = build_network("resnet_tiny", 10, 16), [0.5] * 3, [0.25] * 3  # the CAM network
+    x, y = torch.rand(4, 3, 16, 16), torch.arange(4)
+    scope = {"x": x, "y": y, "model": model, "norm": lambda im: (im - 0.5) / 0.25,
+             "base_model": base_model, "mean": mean, "std": std, "cams": CAMProvider(base_model, mean, std)(x, y)}
+    exec(code, scope)
+    assert scope["t"].shape == (4,) and scope["x_masked"].shape == x.shape
+    assert scope["loss"].ndim == 0 and torch.isfinite(scope["loss"])
+    scope["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # (docs/score.md asks for 8 workers)
+def test_the_python_examples_of_the_docs_run(tmp_path, monkeypatch, tiny_clip_config, tiny_clip_checkpoint):
+    """Every ```python block of docs/*.md, run as written but on the CPU with the tiny CLIP (for
+    ViT-B-16 / openai) and a tiny prompt and images at the paths the examples name."""
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    import clip_smot.clip_model as cm
+    from clip_smot.prompt_file import save_prompt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    shutil.copy(tiny_clip_checkpoint, tmp_path)  # a prompt's checkpoint file is looked for in the current folder
+    load_clip = cm.load_clip
+    monkeypatch.setattr(cm, "load_clip", lambda *args, **kwargs: load_clip(tiny_clip_config, tiny_clip_checkpoint))
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    g = torch.Generator().manual_seed(0)
+    for path in ("prompt.safetensors", "runs/smot-in1k/prompt.safetensors"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        text = torch.nn.functional.normalize(torch.randn(3, 32, generator=g), dim=-1)
+        save_prompt(path, torch.randn(4, 32, generator=g), text, clip.identity(), 4, "end", False,
+                    ["cat", "dog", "tree frog"], {})
+    Path("photos").mkdir()
+    for path in ("a.jpg", "b.jpg", "photos/c.png"):
+        Image.fromarray(torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=g).numpy()).save(path)
+
+    blocks = [(doc.name, code) for doc in sorted((ROOT / "docs").glob("*.md"))
+              for code in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)]
+    assert len(blocks) >= 3
+    for name, code in blocks:
+        scope = {"images": torch.rand(2, 3, 32, 32)}  # what docs/fit.md's example takes as given
+        try:
+            exec(code.replace('device="cuda"', 'device="cpu"'), scope)
+        except Exception as e:
+            raise AssertionError(f"{name}: {type(e).__name__}: {e}\n{code}") from e
