@@ -125,6 +125,13 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures 
         return None  # a damaged entry is recomputed and overwritten
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
         return None
+    # the key sorts the files: the entry may hold them in another order than the one asked for
+    row = {p: i for i, p in enumerate(encoded)}
+    order = [row[p] for p in paths if p in row]
+    if order != list(range(len(encoded))):
+        global_ = global_[order]
+        local_ = local_[order] if local_ is not None else None
+        encoded = [encoded[i] for i in order]
     return ImageFeatures(encoded, global_, local_, skipped)
 
 
