@@ -106,7 +106,7 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures | None:
+def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> ImageFeatures | None:
     """The cached features of ``paths``, or None (absent, damaged, or without needed local features)."""
     if not path.is_file():
         return None
@@ -119,11 +119,14 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures 
             # of freshly encoded features (a view into the file buffer can take another SIMD path)
             global_ = f.get_tensor("global").clone()
             local_ = f.get_tensor("local").clone() if local else None
-        encoded = json.loads(meta["paths"])
-        skipped = [tuple(s) for s in json.loads(meta["skipped"])]
-    except (SafetensorError, OSError, KeyError, ValueError):
+        encoded = [str(p) for p in json.loads(meta["paths"])]
+        skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
         return None  # a damaged entry is recomputed and overwritten
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
+        return None
+    n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
+    if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
         return None
     # the key sorts the files: the entry may hold them in another order than the one asked for
     row = {p: i for i, p in enumerate(encoded)}
@@ -219,7 +222,7 @@ def encode_files(
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
-    feats = _read_cache(entry, paths, local) if entry is not None else None
+    feats = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else None
     if feats is None:
         feats = _encode(clip, paths, local, batch_size, workers, skip_unreadable)
         if entry is not None:

@@ -359,6 +359,48 @@ def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, 
     assert res.stderr.startswith("note: the feature cache was not written (cannot write ") and "--no-cache" in res.stderr
 
 
+def _with_header(entry: bytes, edit) -> bytes:
+    """A safetensors file's bytes with its JSON header changed by ``edit`` (the data kept)."""
+    n = int.from_bytes(entry[:8], "little")
+    header = json.loads(entry[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + entry[8 + n:]
+
+
+def _meta(**kw):
+    return lambda h: h["__metadata__"].update(kw)
+
+
+def _rows_doubled(h):
+    rows, e = h["global"]["shape"]
+    h["global"]["shape"] = [2 * rows, e // 2]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2], lambda b: b"", lambda b: bytes(len(b)),  # cut short, empty, zeroed
+    lambda b: _with_header(b, _meta(paths='{"a": 1}')), lambda b: _with_header(b, _meta(skipped="[1, 2]")),
+    lambda b: _with_header(b, _rows_doubled),
+], ids=["truncated", "empty", "zeroed", "paths-not-a-list", "skipped-not-pairs", "wrong-shape"])
+def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
+    """A damaged entry is a miss, never a traceback nor features of the wrong shape (entries whose
+    metadata or shapes were not the writer's went through to a TypeError or a [2N, e/2] matrix)."""
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(damage(entry.read_bytes()))
+    again = encode_files(tiny, paths, local=True, workers=0)
+    assert again.paths == fresh.paths and again.skipped == []
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+    reread = encode_files(tiny, paths, local=True, workers=0)  # the entry was written anew
+    torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
+
+
 def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
     from clip_smot.image_features import ImageFeatures
 
