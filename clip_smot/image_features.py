@@ -8,8 +8,9 @@ them again:
     $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
 
 ``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
-SHA-256), the preprocessing settings, and the sorted absolute file paths with their sizes and
-modification times: editing, adding or removing an image gives a new key. Delete the folder
+SHA-256), the preprocessing settings, and the sorted absolute file paths with their sizes,
+modification and change times and inodes: editing, replacing, adding or removing an image gives
+a new key (even when a copy keeps the old modification time). Delete the folder
 to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
 since nothing names their weights.
 
@@ -93,7 +94,9 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     files = []
     for p in paths:
         st = os.stat(p)
-        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+        # the change time and inode too: cp -p, rsync -a, tar and unzip set the old modification time
+        # on other bytes, but every write or replacement sets the change time (which nothing can set back)
+        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     blob = json.dumps(
         {
             "version": _CACHE_VERSION,

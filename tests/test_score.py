@@ -347,6 +347,41 @@ def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, 
     assert calls["global"] == 3
 
 
+def test_an_image_rewritten_with_its_size_and_modification_time_is_encoded_again(tmp_path, tiny):
+    """cp -p, rsync -a, tar and unzip keep a file's modification time: an image replaced by
+    another of the same size (any BMP or PPM of the same dimensions) kept its old features."""
+    import os
+
+    from clip_smot.image_features import encode_files
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(2))
+    path = tmp_path / "x.bmp"
+    Image.fromarray(a).save(path)
+    Image.fromarray(b).save(tmp_path / "y.bmp")
+    before = encode_files(tiny, [path], workers=0).global_
+    st = os.stat(path)
+    os.replace(tmp_path / "y.bmp", path)  # as rsync and cp -p do: the other image, then its old times
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    after = encode_files(tiny, [path], workers=0).global_
+    fresh = encode_files(tiny, [path], workers=0, use_cache=False).global_
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+    with open(path, "r+b") as f:  # rewritten in place (same file), then its old times again
+        f.write(_bmp_bytes(a))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    torch.testing.assert_close(encode_files(tiny, [path], workers=0).global_, before, rtol=0, atol=0)
+
+
+def _bmp_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="BMP")
+    return buf.getvalue()
+
+
 def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """A full disk or quota where the cache lives failed the whole run after all the encoding."""
     make_prompt(tmp_path / "p.safetensors", tiny)
