@@ -11,7 +11,7 @@ line and the non-finite check), so a step never waits for the device.
 Files written under ``--out``:
 
 * ``config.json``: every resolved option (a :class:`FitConfig`) plus a ``run`` block (classes,
-  split SHA-256, model identity, CAM network, device);
+  split SHA-256, model identity, CAM network and its file's SHA-256, device);
 * ``split.txt``: the few-shot images (``relative/path<TAB>label``);
 * ``log.jsonl``: one JSON line per epoch (epoch, mean loss, lr, seconds);
 * ``checkpoint.pt``: context, optimizer, scheduler, RNG states, epoch; atomic, each epoch;
@@ -38,7 +38,7 @@ from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
-    remove_stale_temporaries, resolve_device, write_json
+    remove_stale_temporaries, resolve_device, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -236,6 +236,12 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         if differ:
             raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
                             f"options in {path.parent / 'config.json'}")
+        # the same options, other files behind them (a checkpoint or CAM network replaced at its path)
+        for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
+                          ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
+            if key in old["run"] and old["run"][key] != config["run"][key]:
+                raise UserError(f"{flag} {path}: {what} is not the model the run was trained with (the file "
+                                "changed since); resume with the run's own files")
     return saved
 
 
@@ -283,11 +289,12 @@ def run_fit(cfg: FitConfig) -> Path:
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)
-    cam_net = None
+    cam_net, cam_sha = None, None
     if cfg.loss == "smot":
-        from .cam_models import load_cam_network
+        from .cam_models import CAM_MODELS, load_cam_network
 
         cam_net = load_cam_network(cfg.cam_model)
+        cam_sha = None if cfg.cam_model in CAM_MODELS else sha256_file(cfg.cam_model)
 
     # Resolve and save every option before any slow work.
     text = split_text(split)
@@ -296,7 +303,9 @@ def run_fit(cfg: FitConfig) -> Path:
     config = resolved.to_dict() | {"run": {
         "classnames": list(classes.classnames), "class_folders": list(classes.folders),
         "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
-        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None, "library_version": __version__,
+        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None,
+        "cam_model_sha256": cam_sha,
+        "library_version": __version__,
     }}
     saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
     start_epoch = saved["epoch"] if saved else 0

@@ -643,6 +643,54 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
 
 
+def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, tiny_clip_checkpoint, cam_resnet,
+                                                                     tmp_path, monkeypatch):
+    """--resume compared the flags, not the files behind them: a CLIP checkpoint or CAM network
+    replaced at the same path (re-downloaded, retrained) continued the run on other weights."""
+    import shutil
+
+    import clip_smot.fit as fit_module
+
+    weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
+    shutil.copy(tiny_clip_checkpoint, weights)
+    shutil.copy(cam_resnet, cam)
+
+    def args(*extra):
+        swap = {tiny_clip_checkpoint: str(weights), cam_resnet: str(cam)}
+        return [swap.get(a, a) for a in fit_args(tmp_path / "run", "--epochs", "2", *extra)]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_die(obj, path):  # killed right after the first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    assert isinstance(CliRunner().invoke(cli, args()).exception, RuntimeError)
+    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["run"]["cam_model_sha256"] == hashlib.sha256(cam.read_bytes()).hexdigest()
+    import open_clip
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(7)  # other weights of the same architectures
+    other_clip = {k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()}
+    other_cam = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict()
+    for path, flag, write in ((weights, "--pretrained", lambda: save_file(other_clip, str(weights))),
+                              (cam, "--cam-model", lambda: torch.save(other_cam, cam))):
+        kept = path.read_bytes()
+        write()
+        res = CliRunner().invoke(cli, args("--resume"))
+        assert res.exit_code == 1, res.output
+        line = _last_error_line(res)
+        assert flag in line and "is not the model the run was trained with" in line, line
+        path.write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume"))  # the run's own files: it resumes
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
 def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
     """One class (valid; the softmax over it is 1): the loss is 0, the gradient too, so one step
     moves the context by weight decay alone; fit says so. The images are a 1 x 50 strip, a 3 x 3,
