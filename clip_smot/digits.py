@@ -14,6 +14,7 @@ The 8x8 digits (values 0..16) are scaled to 0..255 and upsampled bicubically to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -90,12 +91,36 @@ def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed
     return root
 
 
+def _is_written(root: Path, size: int) -> bool:
+    try:
+        meta = json.loads((root / "digits.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` (created) between processes; none where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
+        yield
+
+
 def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path:
-    """The digits folders at ``size``, written on first use and reused afterwards."""
+    """The digits folders at ``size``, written on first use and reused afterwards.
+
+    Processes that need them at once (the ranks of a torchrun, a fit and an eval started
+    together) take turns: the first writes them, the others wait and reuse them.
+    """
     root = Path(root) if root is not None else default_root(size)
-    marker = root / "digits.json"
-    if marker.is_file():
-        meta = json.loads(marker.read_text())
-        if meta.get("version") == _VERSION and meta.get("size") == size:
-            return root
-    return write_digits(root, size=size)
+    if _is_written(root, size):
+        return root
+    with _lock(root.with_name(f".{root.name}.lock")):
+        return root if _is_written(root, size) else write_digits(root, size=size)
