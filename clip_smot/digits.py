@@ -14,7 +14,6 @@ The 8x8 digits (values 0..16) are scaled to 0..255 and upsampled bicubically to 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .runtime import cache_root
+from .runtime import cache_root, file_lock
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "write_digits"]
 
@@ -99,20 +98,6 @@ def _is_written(root: Path, size: int) -> bool:
     return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock on ``path`` (created) between processes; none where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
-        yield
-
-
 def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path:
     """The digits folders at ``size``, written on first use and reused afterwards.
 
@@ -122,5 +107,5 @@ def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path
     root = Path(root) if root is not None else default_root(size)
     if _is_written(root, size):
         return root
-    with _lock(root.with_name(f".{root.name}.lock")):
+    with file_lock(root.with_name(f".{root.name}.lock")):
         return root if _is_written(root, size) else write_digits(root, size=size)
