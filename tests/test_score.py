@@ -238,6 +238,28 @@ def test_default_model_comes_from_the_prompt(tmp_path, tiny, tiny_clip_checkpoin
         PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
 
 
+def test_a_checkpoint_found_by_its_name_must_be_the_prompts_own(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Without --pretrained, the prompt's checkpoint is looked up by its file name next to the
+    prompt and in the current folder; another file of that name (hub downloads are all called
+    open_clip_pytorch_model.bin) was taken silently, and the context re-encoded with its weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    torch.manual_seed(7)
+    other = open_clip.create_model("clip-smot-tiny").state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "tiny.safetensors"))
+    with pytest.raises(UserError, match=r"^--pretrained: .*p.safetensors was made with the checkpoint file "
+                                        r"tiny.safetensors \(sha256 [0-9a-f]{12}...\); .*tiny.safetensors is another "
+                                        r"file of that name; pass --pretrained path/to/tiny.safetensors"):
+        PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+    (tmp_path / "cwd").mkdir()  # the prompt's own file, in the current folder: that one is taken
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "cwd" / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu").source == "stored text features"
+
+
 def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
     from clip_smot.prompt import text_features_from_prompt
     from clip_smot.prompt_file import load_prompt
