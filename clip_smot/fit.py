@@ -289,6 +289,12 @@ def run_fit(cfg: FitConfig) -> Path:
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)
+    seen = {label for _, label in split}
+    unseen = [f for y, f in enumerate(classes.folders) if y not in seen]
+    if unseen:  # a --split of another data set (e.g. of a subset of these classes)
+        print(f"note: --split {cfg.split} has no image of {len(unseen)} of the {len(classes.folders)} classes of "
+              f"{classes.root} ({', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''}): the prompt holds "
+              "them, but nothing trains on them", file=sys.stderr)
     cam_net, cam_sha = None, None
     if cfg.loss == "smot":
         from .cam_models import CAM_MODELS, load_cam_network

@@ -150,6 +150,19 @@ def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     assert config["run"]["cam_model"] is None  # plain CoOp needs no CAM network
 
 
+def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args, tmp_path):
+    """A --split made on other data (a subset of these classes, in the same order) was taken
+    silently: the prompt then holds classes that nothing was trained on."""
+    split = tmp_path / "split.txt"
+    split.write_text("".join(line + "\n" for line in (one_epoch / "split.txt").read_text().splitlines()
+                             if not line.endswith("\t2")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--split", str(split), "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    assert f"note: --split {split} has no image of 1 of the 3 classes of " in res.stderr
+    assert f"({WNIDS[2]}): the prompt holds them, but nothing trains on them" in res.stderr
+    assert "note: --split" not in CliRunner().invoke(cli, fit_args(tmp_path / "full", "--loss", "ce")).stderr
+
+
 def test_another_seed_draws_another_split(imagenet_dir):
     classes = resolve_classes(imagenet_dir / "train")
     a, b = draw_split(classes, 2, seed=1), draw_split(classes, 2, seed=2)
@@ -649,6 +662,10 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
     replaced at the same path (re-downloaded, retrained) continued the run on other weights."""
     import shutil
 
+    import open_clip
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     import clip_smot.fit as fit_module
 
     weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
@@ -670,10 +687,6 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
     monkeypatch.setattr(fit_module, "atomic_save", real_save)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["config"]["run"]["cam_model_sha256"] == hashlib.sha256(cam.read_bytes()).hexdigest()
-    import open_clip
-    from safetensors.torch import save_file
-    from torchvision.models.resnet import BasicBlock, ResNet
-
     torch.manual_seed(7)  # other weights of the same architectures
     other_clip = {k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()}
     other_cam = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict()
