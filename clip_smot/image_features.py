@@ -21,10 +21,12 @@ asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -141,7 +143,18 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     return ImageFeatures(encoded, global_, local_, skipped)
 
 
+def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
+    """Delete the temporary entries (``atomic_write``'s ``.<key>.safetensors.*.tmp``) of writes
+    killed outside Python's reach (SIGKILL, the OOM killer): as large as an entry, kept for good
+    otherwise. Only those untouched for ``age_s``: a younger one may be another process's write."""
+    for tmp in folder.glob(".*.safetensors.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+
+
 def _write_cache(path: Path, feats: ImageFeatures) -> None:
+    _remove_stale_temporaries(path.parent)
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()

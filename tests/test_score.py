@@ -458,6 +458,25 @@ def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
     torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
 
 
+def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, tiny):
+    """A process killed while writing an entry (the OOM killer, as an ImageNet-val entry with patch
+    features is 10 GB) left its hidden temporary file in the cache for good. The next write
+    removes those older than an hour; a younger one may be another process's write in progress."""
+    import os
+    import time
+
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    cache_dir().mkdir(parents=True)
+    old, young = cache_dir() / ".abc.safetensors.x1y2.tmp", cache_dir() / ".def.safetensors.z3w4.tmp"
+    for f in (old, young):
+        f.write_bytes(b"half an entry")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    encode_files(tiny, sorted((id_dir / "val").rglob("*.png")), workers=0)
+    assert not old.exists() and young.exists() and len(list(cache_dir().glob("*.safetensors"))) == 1
+
+
 def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
     from clip_smot.image_features import ImageFeatures
 
