@@ -333,6 +333,10 @@ def run_fit(cfg: FitConfig) -> Path:
         from .cam_models import build_cam_provider, cache_cams
 
         provider, label_map = build_cam_provider(cam_net, classes)
+        if label_map is None and cam_net.class_ids is not None:  # a trained network: meant for these classes?
+            print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
+                  f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
+                  "its top-1 class, not of the true label", file=sys.stderr)
         cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
         del provider, cam_net
 

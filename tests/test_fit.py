@@ -444,6 +444,25 @@ def test_cam_model_from_a_train_safetensors(tmp_path):
         load_cam_network(str(tmp_path / "bad.safetensors"))
 
 
+def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):
+    """A model.safetensors of 'clip-smot train' made on other classes (another data set, or a
+    class renamed since) gave top-1 CAMs instead of true-label ones, silently."""
+    from clip_smot.networks import build_network, save_model
+
+    torch.manual_seed(0)
+    for name, classnames in (("other", ["dogs", "cats", "birds"]), ("same", WNIDS)):
+        save_model(tmp_path / f"{name}.safetensors", build_network("resnet_tiny", 3, 32), arch="resnet_tiny",
+                   classnames=classnames, input_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    args = [a if a != cam_resnet else str(tmp_path / "other.safetensors") for a in fit_args(tmp_path / "a")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert (f"note: --cam-model {tmp_path / 'other.safetensors'} was trained on other classes (dogs, cats, birds) "
+            "than those of ") in res.stderr and "the CAMs are of its top-1 class, not of the true label" in res.stderr
+    args = [a if a != cam_resnet else str(tmp_path / "same.safetensors") for a in fit_args(tmp_path / "b")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+
+
 def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
