@@ -451,6 +451,14 @@ def export_prompt(
     theirs = config["run"]["clip"]
     if json.loads(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
+    # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a
+    # tag and a file cannot be compared (a tag's weights as a local file: the usual reason to pass --pretrained)
+    sha, ours = theirs["checkpoint_sha256"], clip.checkpoint_sha256
+    other = sha != ours if sha and ours else not sha and not ours and theirs["pretrained"] != clip.pretrained
+    if other:
+        print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
+              f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
+              "the text features are encoded with the latter", file=sys.stderr)
     out = Path(out)
     _export(saved["ctx"].to(dev), clip, config["run"]["classnames"], cfg, config, out)
     return out

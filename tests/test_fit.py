@@ -139,6 +139,34 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     assert a.classnames == b.classnames and a.config == b.config
 
 
+def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):
+    """export --pretrained with another checkpoint of the architecture wrote a prompt whose text
+    features are not the trained prompt's, without a word; a copy of the run's own file is fine."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    save_file({k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()},
+              str(tmp_path / "other.safetensors"))
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "copy.safetensors")
+
+    def export(weights):
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out",
+                                       str(tmp_path / f"{weights}.out.safetensors"), "--pretrained",
+                                       str(tmp_path / weights), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        return res.stderr
+
+    sha = hashlib.sha256(open(tiny_clip_checkpoint, "rb").read()).hexdigest()
+    assert export("other.safetensors").startswith(f"note: the context was trained with the weights tiny.safetensors "
+                                                  f"(sha256 {sha[:12]}...), not with other.safetensors; ")
+    assert "note" not in export("copy.safetensors")
+    assert torch.equal(load_prompt(tmp_path / "copy.safetensors.out.safetensors").text_features,
+                       load_prompt(one_epoch / "prompt.safetensors").text_features)
+
+
 def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     out = tmp_path / "again"
     res = CliRunner().invoke(cli, fit_args(out, "--split", str(one_epoch / "split.txt"), "--seed", "7", "--loss", "ce"))
