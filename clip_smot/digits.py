@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import UserError
-from .runtime import cache_root
+from .runtime import cache_root, file_lock
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "write_digits"]
 
@@ -90,12 +90,22 @@ def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed
     return root
 
 
+def _is_written(root: Path, size: int) -> bool:
+    try:
+        meta = json.loads((root / "digits.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size
+
+
 def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path:
-    """The digits folders at ``size``, written on first use and reused afterwards."""
+    """The digits folders at ``size``, written on first use and reused afterwards.
+
+    Processes that need them at once (the ranks of a torchrun, a fit and an eval started
+    together) take turns: the first writes them, the others wait and reuse them.
+    """
     root = Path(root) if root is not None else default_root(size)
-    marker = root / "digits.json"
-    if marker.is_file():
-        meta = json.loads(marker.read_text())
-        if meta.get("version") == _VERSION and meta.get("size") == size:
-            return root
-    return write_digits(root, size=size)
+    if _is_written(root, size):
+        return root
+    with file_lock(root.with_name(f".{root.name}.lock")):
+        return root if _is_written(root, size) else write_digits(root, size=size)

@@ -11,7 +11,7 @@ line and the non-finite check), so a step never waits for the device.
 Files written under ``--out``:
 
 * ``config.json``: every resolved option (a :class:`FitConfig`) plus a ``run`` block (classes,
-  split SHA-256, model identity, CAM network, device);
+  split SHA-256, model identity, CAM network and its file's SHA-256, device);
 * ``split.txt``: the few-shot images (``relative/path<TAB>label``);
 * ``log.jsonl``: one JSON line per epoch (epoch, mean loss, lr, seconds);
 * ``checkpoint.pt``: context, optimizer, scheduler, RNG states, epoch; atomic, each epoch;
@@ -38,7 +38,7 @@ from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
 from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
-    remove_stale_temporaries, resolve_device, write_json
+    remove_stale_temporaries, resolve_device, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -236,6 +236,12 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         if differ:
             raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
                             f"options in {path.parent / 'config.json'}")
+        # the same options, other files behind them (a checkpoint or CAM network replaced at its path)
+        for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
+                          ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
+            if key in old["run"] and old["run"][key] != config["run"][key]:
+                raise UserError(f"{flag} {path}: {what} is not the model the run was trained with (the file "
+                                "changed since); resume with the run's own files")
     return saved
 
 
@@ -283,11 +289,18 @@ def run_fit(cfg: FitConfig) -> Path:
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)
-    cam_net = None
+    seen = {label for _, label in split}
+    unseen = [f for y, f in enumerate(classes.folders) if y not in seen]
+    if unseen:  # a --split of another data set (e.g. of a subset of these classes)
+        print(f"note: --split {cfg.split} has no image of {len(unseen)} of the {len(classes.folders)} classes of "
+              f"{classes.root} ({', '.join(unseen[:3])}{' ...' if len(unseen) > 3 else ''}): the prompt holds "
+              "them, but nothing trains on them", file=sys.stderr)
+    cam_net, cam_sha = None, None
     if cfg.loss == "smot":
-        from .cam_models import load_cam_network
+        from .cam_models import CAM_MODELS, load_cam_network
 
         cam_net = load_cam_network(cfg.cam_model)
+        cam_sha = None if cfg.cam_model in CAM_MODELS else sha256_file(cfg.cam_model)
 
     # Resolve and save every option before any slow work.
     text = split_text(split)
@@ -296,7 +309,9 @@ def run_fit(cfg: FitConfig) -> Path:
     config = resolved.to_dict() | {"run": {
         "classnames": list(classes.classnames), "class_folders": list(classes.folders),
         "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
-        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None, "library_version": __version__,
+        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None,
+        "cam_model_sha256": cam_sha,
+        "library_version": __version__,
     }}
     saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
     start_epoch = saved["epoch"] if saved else 0
@@ -318,6 +333,10 @@ def run_fit(cfg: FitConfig) -> Path:
         from .cam_models import build_cam_provider, cache_cams
 
         provider, label_map = build_cam_provider(cam_net, classes)
+        if label_map is None and cam_net.class_ids is not None:  # a trained network: meant for these classes?
+            print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
+                  f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
+                  "its top-1 class, not of the true label", file=sys.stderr)
         cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
         del provider, cam_net
 
@@ -432,6 +451,14 @@ def export_prompt(
     theirs = config["run"]["clip"]
     if json.loads(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
+    # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a
+    # tag and a file cannot be compared (a tag's weights as a local file: the usual reason to pass --pretrained)
+    sha, ours = theirs["checkpoint_sha256"], clip.checkpoint_sha256
+    other = sha != ours if sha and ours else not sha and not ours and theirs["pretrained"] != clip.pretrained
+    if other:
+        print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
+              f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
+              "the text features are encoded with the latter", file=sys.stderr)
     out = Path(out)
     _export(saved["ctx"].to(dev), clip, config["run"]["classnames"], cfg, config, out)
     return out

@@ -8,8 +8,9 @@ them again:
     $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
 
 ``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
-SHA-256), the preprocessing settings, and the sorted absolute file paths with their sizes and
-modification times: editing, adding or removing an image gives a new key. Delete the folder
+SHA-256), the preprocessing settings, and the sorted absolute file paths with their sizes,
+modification and change times and inodes: editing, replacing, adding or removing an image gives
+a new key (even when a copy keeps the old modification time). Delete the folder
 to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
 since nothing names their weights.
 
@@ -20,10 +21,12 @@ asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -93,7 +96,9 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     files = []
     for p in paths:
         st = os.stat(p)
-        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns])
+        # the change time and inode too: cp -p, rsync -a, tar and unzip set the old modification time
+        # on other bytes, but every write or replacement sets the change time (which nothing can set back)
+        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     blob = json.dumps(
         {
             "version": _CACHE_VERSION,
@@ -106,7 +111,7 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures | None:
+def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> ImageFeatures | None:
     """The cached features of ``paths``, or None (absent, damaged, or without needed local features)."""
     if not path.is_file():
         return None
@@ -119,16 +124,37 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool) -> ImageFeatures 
             # of freshly encoded features (a view into the file buffer can take another SIMD path)
             global_ = f.get_tensor("global").clone()
             local_ = f.get_tensor("local").clone() if local else None
-        encoded = json.loads(meta["paths"])
-        skipped = [tuple(s) for s in json.loads(meta["skipped"])]
-    except (SafetensorError, OSError, KeyError, ValueError):
+        encoded = [str(p) for p in json.loads(meta["paths"])]
+        skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
         return None  # a damaged entry is recomputed and overwritten
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
         return None
+    n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
+    if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
+        return None
+    # the key sorts the files: the entry may hold them in another order than the one asked for
+    row = {p: i for i, p in enumerate(encoded)}
+    order = [row[p] for p in paths if p in row]
+    if order != list(range(len(encoded))):
+        global_ = global_[order]
+        local_ = local_[order] if local_ is not None else None
+        encoded = [encoded[i] for i in order]
     return ImageFeatures(encoded, global_, local_, skipped)
 
 
+def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
+    """Delete the temporary entries (``atomic_write``'s ``.<key>.safetensors.*.tmp``) of writes
+    killed outside Python's reach (SIGKILL, the OOM killer): as large as an entry, kept for good
+    otherwise. Only those untouched for ``age_s``: a younger one may be another process's write."""
+    for tmp in folder.glob(".*.safetensors.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+
+
 def _write_cache(path: Path, feats: ImageFeatures) -> None:
+    _remove_stale_temporaries(path.parent)
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
@@ -212,7 +238,7 @@ def encode_files(
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
-    feats = _read_cache(entry, paths, local) if entry is not None else None
+    feats = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else None
     if feats is None:
         feats = _encode(clip, paths, local, batch_size, workers, skip_unreadable)
         if entry is not None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .data import IMAGENET_MEAN, IMAGENET_STD, class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
 from .ood_data import image_set
+from .runtime import file_lock
 from .runtime import host_reachable as _reachable  # a module name: tests replace it
 
 __all__ = [
@@ -109,8 +110,14 @@ def _torchvision(name: str, root: Path, **kwargs):
         raise UserError(f"{name}: not found under {root} and {host[0]} cannot be reached (offline?); "
                         f"download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
                         f"to the folder that holds it")
+    # torchvision downloads and extracts in place: the ranks of a torchrun take turns, and those
+    # after the first find the set there
     try:
-        return cls(str(root), download=True, **kwargs)
+        with file_lock(root / f".{name}.lock"):
+            try:
+                return cls(str(root), download=False, **kwargs)
+            except RuntimeError:
+                return cls(str(root), download=True, **kwargs)
     except (OSError, RuntimeError) as e:
         raise UserError(f"{name}: download into {root} failed ({e})") from None
 

@@ -28,6 +28,7 @@ __all__ = [
     "cache_root",
     "check_output_file",
     "check_output_folder",
+    "file_lock",
     "host_reachable",
     "make_folder",
     "remove_stale_temporaries",
@@ -91,6 +92,22 @@ def host_reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the file ``path`` (created, with its folder) while inside: processes
+    that would write one shared thing at once (the ranks of a torchrun downloading a data set)
+    take turns. No lock where ``fcntl`` is missing (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
+        yield
 
 
 def seed_everything(seed: int) -> None:

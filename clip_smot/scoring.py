@@ -31,7 +31,7 @@ from .data import eight_bit, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, normalized_features
 from .prompt_file import PromptFile, load_prompt
-from .runtime import atomic_write_text, check_output_file, resolve_device
+from .runtime import atomic_write_text, check_output_file, resolve_device, sha256_file
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -118,17 +118,23 @@ class PathScores:
 
 
 def _resolve_pretrained(prompt: PromptFile) -> str:
-    """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby."""
+    """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby: a file
+    of its name next to the prompt or in the current folder, with its SHA-256 (checkpoints of
+    other weights share names: every hub download is open_clip_pytorch_model.bin)."""
     if not prompt.checkpoint_sha256:
         return prompt.pretrained  # a tag, or "" for random weights
+    others = []
     for folder in (Path(prompt.path).parent, Path.cwd()):
         candidate = folder / prompt.pretrained
-        if candidate.is_file():
-            return str(candidate)
+        if candidate.is_file() and str(candidate.resolve()) not in others:
+            if sha256_file(candidate) == prompt.checkpoint_sha256:
+                return str(candidate)
+            others.append(str(candidate.resolve()))
+    where = f"{', '.join(others)} is another file of that name" if others else \
+        "it is not next to the prompt nor in the current folder"
     raise UserError(
         f"--pretrained: {prompt.path} was made with the checkpoint file {prompt.pretrained} "
-        f"(sha256 {prompt.checkpoint_sha256[:12]}...), which is not next to the prompt nor in the current "
-        f"folder; pass --pretrained path/to/{prompt.pretrained}"
+        f"(sha256 {prompt.checkpoint_sha256[:12]}...); {where}; pass --pretrained path/to/{prompt.pretrained}"
     )
 
 

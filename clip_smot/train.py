@@ -43,7 +43,7 @@ from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
 from .runtime import atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
-    resolve_device, seed_everything, write_json
+    resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -451,9 +451,14 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if len(train_set) < world:
         raise UserError(f"--data: {len(train_set)} training images are fewer than the {world} processes")
 
-    cam = None
+    cam, cam_sha256 = None, None
     if cfg.method == "smot":
         cam = _cam_provider(cfg.cam_model, train_set, device)
+        cam_sha256 = sha256_file(cfg.cam_model)
+        if resume and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
+            raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "
+                            "was trained with (the file changed since, e.g. that run was resumed for more "
+                            "epochs); resume with the run's own base model")
 
     seed_everything(cfg.seed)
     model = build_network(cfg.arch, len(train_set.classnames), train_set.input_size).to(device)
@@ -544,7 +549,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                          "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
                          "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
                          "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta,
-                         "data_sha256": data_sha256}, ckpt_path)
+                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256}, ckpt_path)
             _write_log(log, out)
             from tqdm import tqdm
 

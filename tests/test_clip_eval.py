@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -326,3 +327,38 @@ def test_a_missing_ood_folder_names_what_was_given(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         image_set("x", "none")
     assert str(e.value) == "--ood x=none: no such folder or image list"
+
+
+def test_a_cache_entry_of_the_same_files_in_another_order_keeps_the_order_asked(tmp_path, tiny, tiny_clip_checkpoint):
+    """The cache key sorts the files, so a folder and a list of the same images share an entry;
+    the features came back in the entry's order, and the ID list's labels were matched against
+    the wrong images (a wrong ID accuracy, silently)."""
+    import torch.nn.functional as F
+
+    from clip_smot.image_features import encode_files
+    from clip_smot.prompt_file import save_prompt
+
+    id_dir, ood_dir = make_folders(tmp_path)
+    s = id_set(id_dir, CLASSES)
+    feats = encode_files(tiny, s.paths, workers=0, use_cache=False)
+    labels = torch.tensor(s.labels)
+    # a prompt whose class features are the class means: every ID image is told apart
+    text = F.normalize(torch.stack([feats.global_[labels == k].mean(0) for k in range(3)]), dim=-1)
+    assert ((feats.global_ @ text.T).argmax(1) == labels).all()
+    prompt = tmp_path / "p.safetensors"
+    save_prompt(prompt, torch.zeros(4, 32), text, tiny.identity(), 4, "end", False, CLASSES, {})
+    lst = tmp_path / "id.txt"
+    lst.write_text("".join(f"{p.relative_to(tmp_path)} {y}\n" for p, y in list(zip(s.paths, s.labels))[::-1]))
+
+    def accuracy(where, out):
+        res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--id", where, "--ood", f"noise={ood_dir}", "--workers", "0", "--out",
+                                       str(tmp_path / out)])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / out / "metrics.json").read_text())["id_accuracy"]
+
+    assert accuracy(str(id_dir), "folder") == 100.0  # encodes and writes the cache entry
+    assert accuracy(f"{tmp_path}::{lst}", "list") == 100.0  # the same files, reversed: read from the entry
+    reread = encode_files(tiny, s.paths[::-1], workers=0)
+    assert reread.paths == [str(p) for p in s.paths[::-1]]
+    torch.testing.assert_close(reread.global_, feats.global_.flip(0), rtol=0, atol=0)

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -38,3 +41,31 @@ def test_digits_and_the_feature_cache_share_one_cache_root(tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_root(32) == tmp_path / "home" / ".cache" / "clip_smot" / "digits-32"
     assert cache_dir() == tmp_path / "home" / ".cache" / "clip_smot" / "features"
+
+
+def test_first_uses_at_once_each_get_the_whole_set(tmp_path):
+    """The ranks of a torchrun on --dataset digits (or a fit and an eval started together) wrote
+    the set at once on first use: they shared one temporary folder and all but one died with a
+    FileExistsError or FileNotFoundError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    root, go = tmp_path / "d8", tmp_path / "go"
+    code = ("import sys, time, pathlib\n"
+            "from clip_smot.digits import ensure_digits\n"
+            "print('ready', flush=True)\n"
+            "go = pathlib.Path(sys.argv[2])\n"
+            "while not go.exists(): time.sleep(0.01)\n"  # all imported: start together
+            "root = ensure_digits(size=8, root=sys.argv[1])\n"
+            "print(len(list((root / 'train').rglob('*.png'))) + len(list((root / 'val').rglob('*.png'))))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(go)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 2
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results)] == [(0, "1797")] * 2, results
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary folder left
+    (root / "digits.json").write_text('{"version": ')  # a damaged marker: written again, not a traceback
+    assert ensure_digits(size=8, root=root) == root and json.loads((root / "digits.json").read_text())["size"] == 8

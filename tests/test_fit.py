@@ -158,6 +158,34 @@ def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_
     torch.testing.assert_close(pf.text_features, encoded["fp32"], atol=1e-6, rtol=0)
 
 
+def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):
+    """export --pretrained with another checkpoint of the architecture wrote a prompt whose text
+    features are not the trained prompt's, without a word; a copy of the run's own file is fine."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    save_file({k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()},
+              str(tmp_path / "other.safetensors"))
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "copy.safetensors")
+
+    def export(weights):
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out",
+                                       str(tmp_path / f"{weights}.out.safetensors"), "--pretrained",
+                                       str(tmp_path / weights), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        return res.stderr
+
+    sha = hashlib.sha256(open(tiny_clip_checkpoint, "rb").read()).hexdigest()
+    assert export("other.safetensors").startswith(f"note: the context was trained with the weights tiny.safetensors "
+                                                  f"(sha256 {sha[:12]}...), not with other.safetensors; ")
+    assert "note" not in export("copy.safetensors")
+    assert torch.equal(load_prompt(tmp_path / "copy.safetensors.out.safetensors").text_features,
+                       load_prompt(one_epoch / "prompt.safetensors").text_features)
+
+
 def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     out = tmp_path / "again"
     res = CliRunner().invoke(cli, fit_args(out, "--split", str(one_epoch / "split.txt"), "--seed", "7", "--loss", "ce"))
@@ -167,6 +195,19 @@ def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
     assert config["run"]["split_sha256"] == json.loads((one_epoch / "config.json").read_text())["run"]["split_sha256"]
     assert config["run"]["cam_model"] is None  # plain CoOp needs no CAM network
+
+
+def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args, tmp_path):
+    """A --split made on other data (a subset of these classes, in the same order) was taken
+    silently: the prompt then holds classes that nothing was trained on."""
+    split = tmp_path / "split.txt"
+    split.write_text("".join(line + "\n" for line in (one_epoch / "split.txt").read_text().splitlines()
+                             if not line.endswith("\t2")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--split", str(split), "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    assert f"note: --split {split} has no image of 1 of the 3 classes of " in res.stderr
+    assert f"({WNIDS[2]}): the prompt holds them, but nothing trains on them" in res.stderr
+    assert "note: --split" not in CliRunner().invoke(cli, fit_args(tmp_path / "full", "--loss", "ce")).stderr
 
 
 def test_another_seed_draws_another_split(imagenet_dir):
@@ -450,6 +491,25 @@ def test_cam_model_from_a_train_safetensors(tmp_path):
         load_cam_network(str(tmp_path / "bad.safetensors"))
 
 
+def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):
+    """A model.safetensors of 'clip-smot train' made on other classes (another data set, or a
+    class renamed since) gave top-1 CAMs instead of true-label ones, silently."""
+    from clip_smot.networks import build_network, save_model
+
+    torch.manual_seed(0)
+    for name, classnames in (("other", ["dogs", "cats", "birds"]), ("same", WNIDS)):
+        save_model(tmp_path / f"{name}.safetensors", build_network("resnet_tiny", 3, 32), arch="resnet_tiny",
+                   classnames=classnames, input_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    args = [a if a != cam_resnet else str(tmp_path / "other.safetensors") for a in fit_args(tmp_path / "a")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert (f"note: --cam-model {tmp_path / 'other.safetensors'} was trained on other classes (dogs, cats, birds) "
+            "than those of ") in res.stderr and "the CAMs are of its top-1 class, not of the true label" in res.stderr
+    args = [a if a != cam_resnet else str(tmp_path / "same.safetensors") for a in fit_args(tmp_path / "b")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+
+
 def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
@@ -660,6 +720,54 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
     res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, tiny_clip_checkpoint, cam_resnet,
+                                                                     tmp_path, monkeypatch):
+    """--resume compared the flags, not the files behind them: a CLIP checkpoint or CAM network
+    replaced at the same path (re-downloaded, retrained) continued the run on other weights."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    import clip_smot.fit as fit_module
+
+    weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
+    shutil.copy(tiny_clip_checkpoint, weights)
+    shutil.copy(cam_resnet, cam)
+
+    def args(*extra):
+        swap = {tiny_clip_checkpoint: str(weights), cam_resnet: str(cam)}
+        return [swap.get(a, a) for a in fit_args(tmp_path / "run", "--epochs", "2", *extra)]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_die(obj, path):  # killed right after the first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    assert isinstance(CliRunner().invoke(cli, args()).exception, RuntimeError)
+    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["run"]["cam_model_sha256"] == hashlib.sha256(cam.read_bytes()).hexdigest()
+    torch.manual_seed(7)  # other weights of the same architectures
+    other_clip = {k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()}
+    other_cam = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict()
+    for path, flag, write in ((weights, "--pretrained", lambda: save_file(other_clip, str(weights))),
+                              (cam, "--cam-model", lambda: torch.save(other_cam, cam))):
+        kept = path.read_bytes()
+        write()
+        res = CliRunner().invoke(cli, args("--resume"))
+        assert res.exit_code == 1, res.output
+        line = _last_error_line(res)
+        assert flag in line and "is not the model the run was trained with" in line, line
+        path.write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume"))  # the run's own files: it resumes
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
 def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):

@@ -57,6 +57,45 @@ def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
         rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
 
 
+def test_processes_that_need_a_missing_set_at_once_download_it_once(tmp_path, monkeypatch):
+    """The ranks of `torchrun ... train --dataset cifar10` on a fresh machine each downloaded and
+    extracted CIFAR into the same folder at once (torchvision writes in place: one rank could
+    read a file that another was rewriting). One now downloads; the others wait and read it."""
+    import threading
+
+    import torchvision.datasets as tvd
+
+    active, downloads, peak = [0], [0], [0]
+    guard = threading.Lock()
+
+    class FakeCIFAR10:  # torchvision's contract: download=False raises RuntimeError when the files are missing
+        def __init__(self, root, download=False, train=True):
+            path = tmp_path / "cifar" / "data.bin"
+            if download:
+                with guard:
+                    active[0] += 1
+                    downloads[0] += 1
+                    peak[0] = max(peak[0], active[0])
+                time.sleep(0.3)
+                path.write_bytes(b"x" * 16)
+                with guard:
+                    active[0] -= 1
+            if not path.is_file():
+                raise RuntimeError("Dataset not found or corrupted.")
+            self.data = np.zeros((1, 32, 32, 3), np.uint8)
+
+    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr(rd, "_reachable", lambda host: True)
+    (tmp_path / "cifar").mkdir()
+    # (the lock is a file lock: separate opens conflict between threads as between processes)
+    threads = [threading.Thread(target=rd._torchvision, args=("cifar10", tmp_path / "cifar")) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (downloads[0], peak[0]) == (1, 1)
+
+
 def test_reachable_gives_up_within_its_timeout(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # really probe
     t0 = time.perf_counter()

@@ -238,6 +238,28 @@ def test_default_model_comes_from_the_prompt(tmp_path, tiny, tiny_clip_checkpoin
         PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
 
 
+def test_a_checkpoint_found_by_its_name_must_be_the_prompts_own(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Without --pretrained, the prompt's checkpoint is looked up by its file name next to the
+    prompt and in the current folder; another file of that name (hub downloads are all called
+    open_clip_pytorch_model.bin) was taken silently, and the context re-encoded with its weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    torch.manual_seed(7)
+    other = open_clip.create_model("clip-smot-tiny").state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "tiny.safetensors"))
+    with pytest.raises(UserError, match=r"^--pretrained: .*p.safetensors was made with the checkpoint file "
+                                        r"tiny.safetensors \(sha256 [0-9a-f]{12}...\); .*tiny.safetensors is another "
+                                        r"file of that name; pass --pretrained path/to/tiny.safetensors"):
+        PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+    (tmp_path / "cwd").mkdir()  # the prompt's own file, in the current folder: that one is taken
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "cwd" / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu").source == "stored text features"
+
+
 def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
     from clip_smot.prompt import text_features_from_prompt
     from clip_smot.prompt_file import load_prompt
@@ -347,6 +369,41 @@ def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, 
     assert calls["global"] == 3
 
 
+def test_an_image_rewritten_with_its_size_and_modification_time_is_encoded_again(tmp_path, tiny):
+    """cp -p, rsync -a, tar and unzip keep a file's modification time: an image replaced by
+    another of the same size (any BMP or PPM of the same dimensions) kept its old features."""
+    import os
+
+    from clip_smot.image_features import encode_files
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(2))
+    path = tmp_path / "x.bmp"
+    Image.fromarray(a).save(path)
+    Image.fromarray(b).save(tmp_path / "y.bmp")
+    before = encode_files(tiny, [path], workers=0).global_
+    st = os.stat(path)
+    os.replace(tmp_path / "y.bmp", path)  # as rsync and cp -p do: the other image, then its old times
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    after = encode_files(tiny, [path], workers=0).global_
+    fresh = encode_files(tiny, [path], workers=0, use_cache=False).global_
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+    with open(path, "r+b") as f:  # rewritten in place (same file), then its old times again
+        f.write(_bmp_bytes(a))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    torch.testing.assert_close(encode_files(tiny, [path], workers=0).global_, before, rtol=0, atol=0)
+
+
+def _bmp_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="BMP")
+    return buf.getvalue()
+
+
 def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """A full disk or quota where the cache lives failed the whole run after all the encoding."""
     make_prompt(tmp_path / "p.safetensors", tiny)
@@ -357,6 +414,67 @@ def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, 
     assert res.exit_code == 0, res.output
     assert len(read_csv(tmp_path / "s.csv")) == 12
     assert res.stderr.startswith("note: the feature cache was not written (cannot write ") and "--no-cache" in res.stderr
+
+
+def _with_header(entry: bytes, edit) -> bytes:
+    """A safetensors file's bytes with its JSON header changed by ``edit`` (the data kept)."""
+    n = int.from_bytes(entry[:8], "little")
+    header = json.loads(entry[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + entry[8 + n:]
+
+
+def _meta(**kw):
+    return lambda h: h["__metadata__"].update(kw)
+
+
+def _rows_doubled(h):
+    rows, e = h["global"]["shape"]
+    h["global"]["shape"] = [2 * rows, e // 2]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2], lambda b: b"", lambda b: bytes(len(b)),  # cut short, empty, zeroed
+    lambda b: _with_header(b, _meta(paths='{"a": 1}')), lambda b: _with_header(b, _meta(skipped="[1, 2]")),
+    lambda b: _with_header(b, _rows_doubled),
+], ids=["truncated", "empty", "zeroed", "paths-not-a-list", "skipped-not-pairs", "wrong-shape"])
+def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
+    """A damaged entry is a miss, never a traceback nor features of the wrong shape (entries whose
+    metadata or shapes were not the writer's went through to a TypeError or a [2N, e/2] matrix)."""
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(damage(entry.read_bytes()))
+    again = encode_files(tiny, paths, local=True, workers=0)
+    assert again.paths == fresh.paths and again.skipped == []
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+    reread = encode_files(tiny, paths, local=True, workers=0)  # the entry was written anew
+    torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, tiny):
+    """A process killed while writing an entry (the OOM killer, as an ImageNet-val entry with patch
+    features is 10 GB) left its hidden temporary file in the cache for good. The next write
+    removes those older than an hour; a younger one may be another process's write in progress."""
+    import os
+    import time
+
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    cache_dir().mkdir(parents=True)
+    old, young = cache_dir() / ".abc.safetensors.x1y2.tmp", cache_dir() / ".def.safetensors.z3w4.tmp"
+    for f in (old, young):
+        f.write_bytes(b"half an entry")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    encode_files(tiny, sorted((id_dir / "val").rglob("*.png")), workers=0)
+    assert not old.exists() and young.exists() and len(list(cache_dir().glob("*.safetensors"))) == 1
 
 
 def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):

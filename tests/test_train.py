@@ -654,6 +654,34 @@ def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_s
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
+def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_model, tmp_path):
+    """--resume compared --cam-model as a string: a base model replaced at that path (its run
+    resumed for more epochs rewrites it) continued the SMOT run with other CAMs, silently."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cam = tmp_path / "base.safetensors"
+    shutil.copy(base_model, cam)
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))  # the base model's classes, fewer images
+    out = tmp_path / "run"
+    kw = dict(stage="smot", cam_model=str(cam), epochs=2)
+    assert run_train(_cfg(data, out, **kw), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    kept = cam.read_bytes()
+    with safe_open(str(cam), framework="pt") as f:  # the same network and classes, other weights
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(cam), metadata=meta)
+    with pytest.raises(UserError, match=r"^--resume: --cam-model .*base.safetensors is not the base model the run "
+                                        r"saved in .*run was trained with \(the file changed since"):
+        run_train(_cfg(data, out, **kw), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    cam.write_bytes(kept)
+    run_train(_cfg(data, out, **kw), resume=True)  # its own base model: it continues
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
 def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
     """A SIGKILL while a checkpoint was written left '.checkpoint.pt.<random>.tmp' (hidden, as
     large as a checkpoint) in --out for good; each kill added one."""
