@@ -136,14 +136,19 @@ def _svhn(root: Path) -> ImageSet:
                     images=images)
 
 
-def _decode_all(files: Sequence[Path], size: int) -> torch.Tensor:
-    """Decode and resize images to uint8 [N, 3, size, size] (bilinear, no crop)."""
+def _decode_all(files: Sequence[Path], size: int, crop: bool = False) -> torch.Tensor:
+    """Decode and resize images to uint8 [N, 3, size, size] (bilinear): each image squashed to
+    size x size, or, with ``crop``, its shorter side resized to ``size`` and the centre square
+    kept (the CIFAR OOD benchmark's ``Resize(32), CenterCrop(32)``; the same for a square image)."""
     from PIL import Image
 
+    fit = _ResizeCenterCrop(size, resize=size) if crop else None
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, f in enumerate(files):
         im = load_image(f)
-        if im.size != (size, size):
+        if fit is not None:
+            im = fit(im)
+        elif im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
         out[i] = np.asarray(im)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # [N, 3, size, size]
@@ -267,11 +272,12 @@ def load_class_folders(root: str | os.PathLike, classnames: Sequence[str], input
 
 
 def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor, size: int,
-                         files: list[Path]) -> ImageSet:
-    """An evaluation set of ``files`` with ImageNet's mean/std: small images decoded now, larger
-    ones by the workers of :func:`eval_batches`."""
+                         files: list[Path], crop: bool = False) -> ImageSet:
+    """An evaluation set of ``files`` with ImageNet's mean/std: small images decoded now (``crop``:
+    see :func:`_decode_all`), larger ones by the workers of :func:`eval_batches` (resize + centre crop)."""
     if size <= SMALL_INPUT:
-        return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, images=_decode_all(files, size))
+        return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD,
+                        images=_decode_all(files, size, crop))
     return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
@@ -289,7 +295,9 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
     """An OOD set: ``where`` is a folder (searched recursively), an image list (``LIST.txt`` or
     ``ROOT::LIST.txt``, as :func:`clip_smot.ood_data.image_set` reads it), or None for the built-in set
     ``name`` (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets;
-    a bare ``--ood NAME`` on the command line).
+    a bare ``--ood NAME`` on the command line). The images of a folder or list are resized and
+    centre-cropped to ``input_size``: up to 64 pixels, the shorter side to ``input_size`` (the
+    CIFAR OOD benchmark's ``Resize(32), CenterCrop(32)``), above, to ``input_size * 256 / 224``.
     """
     if where is None:
         key = name.lower()
@@ -311,7 +319,9 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
         s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)
         return s
     files = image_set(name, where).paths  # a folder or an image list, as in the CLIP track
-    return _imagenet_normalised(name, [], torch.full((len(files),), -1, dtype=torch.long), input_size, files)
+    # centre-cropped, not squashed: a non-square image (Textures) is seen as the CIFAR OOD benchmark sees it
+    return _imagenet_normalised(name, [], torch.full((len(files),), -1, dtype=torch.long), input_size, files,
+                                crop=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,16 +443,16 @@ def _train_transform(size: int, flip: bool):
 
 
 class _ResizeCenterCrop:
-    """``Resize(size * 256 / 224)`` then ``CenterCrop(size)`` (torchvision's, bilinear), with the
-    crop's region resampled straight from the image for images more than twice as long as wide:
+    """``Resize(resize)`` (default ``size * 256 / 224``) then ``CenterCrop(size)`` (torchvision's,
+    bilinear), with the crop's region resampled straight from the image for images more than twice as long as wide:
     the same sampling grid and filter, so the same pixels (up to one level of 255 of rounding),
     without first enlarging a thin strip (a 1 x 5000 image would become 256 x 1,280,000 pixels,
     1 GB, before the crop)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, resize: int | None = None) -> None:
         import torchvision.transforms as T
 
-        self.size, self.resize = size, round(size * 256 / 224)
+        self.size, self.resize = size, resize or round(size * 256 / 224)
         self.plain = T.Compose([T.Resize(self.resize), T.CenterCrop(size)])
 
     def __call__(self, img):

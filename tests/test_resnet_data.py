@@ -187,3 +187,21 @@ def test_an_ood_image_list_gives_its_images(tmp_path):
         s = rd.load_ood_set("mine", where, 8)
         assert s.labels.tolist() == [-1, -1]
         assert s.images[:, 0, 0, 0].tolist() == [255, 0]  # the listed images, in the list's order
+
+
+def test_a_small_ood_folder_is_resized_on_its_shorter_side_and_centre_cropped(tmp_path):
+    """The CIFAR OOD benchmark (SPEC 3: Textures, iSUN, Places365, LSUN "resized to 32x32") reads
+    Textures and Places365 with ``Resize(32), CenterCrop(32)``: a non-square image was squashed
+    to 32 x 32 instead, which changes its shapes (DTD's images are up to 640 x 480)."""
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(1)
+    shapes = [(48, 64), (64, 40), (32, 32), (20, 90)]  # (h, w): wider, taller, square, a strip
+    for i, shape in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    s = rd.load_ood_set("textures", str(tmp_path), 32)
+    reference = T.Compose([T.Resize(32), T.CenterCrop(32)])
+    for i, got in enumerate(s.images):  # uint8 [3, 32, 32], in file order
+        want = torch.from_numpy(np.array(reference(Image.open(tmp_path / f"{i}.png")))).permute(2, 0, 1)
+        assert (got.int() - want.int()).abs().max() <= 1, shapes[i]  # rounding only
+    assert torch.equal(s.images[2], torch.from_numpy(np.array(Image.open(tmp_path / "2.png"))).permute(2, 0, 1))
