@@ -1,5 +1,7 @@
 """clip_smot.data: bundled class lists, and image loading errors as one line naming the file."""
 
+import hashlib
+
 import pytest
 from PIL import Image
 
@@ -14,6 +16,17 @@ def test_bundled_lists():
     assert names[wnids.index("n02123045")] == "tabby cat"
     w200 = data.imagenet200_wnids()
     assert len(set(w200)) == 200 and set(w200) <= set(wnids)
+
+
+def test_imagenet200_is_the_papers_list():
+    """The 200 wnids of the paper's appendix B.1, which are OpenOOD's ImageNet-200 classes (the
+    200 classes of ImageNet-R): compared by hand with both; the hash pins that list, in the
+    sorted order whose line number is the class index."""
+    w200 = data.imagenet200_wnids()
+    assert w200 == sorted(w200)
+    assert w200[:3] == ["n01443537", "n01484850", "n01494475"] and w200[-3:] == ["n09835506", "n10565667", "n12267677"]
+    assert hashlib.sha256(" ".join(w200).encode()).hexdigest() == \
+        "354baa0a46566aa68cee6a8093d8de471b7d45a1004b81a95c6210f757ad3740"
 
 
 def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
