@@ -413,6 +413,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
                       "(nothing rewritten)", file=sys.stderr)
             return json.loads((out / "summary.json").read_text())
+        was = ckpt.get("world_size")  # (None: a run saved before it was kept)
+        if was is not None and was != world and rank == 0 and not dry_run:
+            print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
+                  f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
+                  "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
     elif not dry_run and ckpt_path.exists():
         raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
                         f"or choose another folder")
@@ -549,7 +554,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                          "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
                          "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
                          "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta,
-                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256}, ckpt_path)
+                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256, "world_size": world}, ckpt_path)
             _write_log(log, out)
             from tqdm import tqdm
 

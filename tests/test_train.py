@@ -774,3 +774,19 @@ def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
     assert code != 0
     assert f"Error: {bad}: unreadable or truncated image" in stderr, stderr[-3000:]
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_with_another_number_of_processes_says_it_is_not_the_straight_run(folders, tmp_path, capsys):
+    """Allowed (the batch is global), but the exact resume of the docs holds for the same number of
+    processes only: a resume with another number says so (the checkpoint keeps the number)."""
+    out = tmp_path / "w"
+    run_train(_cfg(folders, out, epochs=3), stop_after=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 1
+    run_train(_cfg(folders, out, epochs=3), resume=True, stop_after=1)
+    assert "processes" not in capsys.readouterr().err
+    torch.save({**torch.load(out / "checkpoint.pt", weights_only=True), "world_size": 2}, out / "checkpoint.pt")
+    run_train(_cfg(folders, out, epochs=3), resume=True)
+    err = capsys.readouterr().err
+    assert f"train: the run in {out} was trained by 2 processes and goes on with 1: the same global batch" in err
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
