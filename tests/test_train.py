@@ -339,8 +339,8 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
-def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str]:
-    """``torchrun --nproc_per_node 2 --standalone ARGS`` on the CPU (gloo): (exit code, stderr).
+def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """``torchrun --nproc_per_node 2 --standalone ARGS`` on the CPU (gloo): (exit code, stdout, stderr).
     A run still going after ``timeout`` seconds is killed (torchrun and both workers) and fails
     the test as a hang."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -348,7 +348,7 @@ def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str]:
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        _, stderr = p.communicate(timeout=timeout)
+        stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         # The workers run in sessions of their own, out of reach of a kill of torchrun's group
         # (they would hold the pipes open, and this call, for ever); torchrun stops them on SIGTERM.
@@ -358,12 +358,12 @@ def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str]:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
         pytest.fail(f"torchrun {' '.join(args[:3])} still running after {timeout} s: a rank hangs")
-    return p.returncode, stderr
+    return p.returncode, stdout, stderr
 
 
 def test_two_process_ddp_on_cpu(folders, tmp_path):
     out = tmp_path / "ddp"
-    code, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out))
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out))
     assert code == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -374,6 +374,10 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "model.safetensors",
                                                     "summary.json"]
+    # --dry-run reports the step of the global batch (--batch-size 8), not rank 0's share of it
+    code, stdout, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--dry-run",
+                                     "--out", str(tmp_path / "dry"))
+    assert code == 0 and json.loads(stdout)["batch"] == 8, stderr[-3000:]
 
 
 def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
@@ -526,7 +530,7 @@ def test_two_process_ddp_resume_through_the_dataloader_path_is_exact(tmp_path):
         "input_size=72, device='cpu', workers=0, epochs=2)\n"
         "run_train(cfg, resume=sys.argv[2] == 'resume', stop_after=1 if sys.argv[2] == 'stop' else None)\n")
     for out, mode in (("a", "straight"), ("b", "stop"), ("b", "resume")):
-        code, stderr = _torchrun(str(script), str(tmp_path / out), mode, timeout=180)
+        code, _, stderr = _torchrun(str(script), str(tmp_path / out), mode, timeout=180)
         assert code == 0, stderr[-3000:]
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -768,7 +772,7 @@ def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
     bad = files[list(share)[-1]]  # rank 1's last image of epoch 1 (its first two steps go through)
     bad.write_bytes(bad.read_bytes()[:100])
     out = tmp_path / "run"
-    code, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(tmp_path / "data"), "--arch", "resnet_tiny",
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(tmp_path / "data"), "--arch", "resnet_tiny",
                              "--batch-size", "6", "--input-size", "72", "--device", "cpu", "--workers", "0",
                              "--epochs", "2", "--out", str(out))
     assert code != 0
