@@ -363,7 +363,8 @@ def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str, str]:
 
 def test_two_process_ddp_on_cpu(folders, tmp_path):
     out = tmp_path / "ddp"
-    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out))
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2",
+                                "--out", str(out))
     assert code == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
