@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -51,6 +52,14 @@ class _Group(click.Group):
             raise click.ClickException(e.format_message()) from None
         except KeyboardInterrupt:  # (fit and train say what they can resume from)
             raise _interrupted() from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        world = os.environ.get("WORLD_SIZE", "1")
+        if cmd is not None and cmd.name != "train" and world not in ("", "0", "1"):  # each process would do it all
+            raise UserError(f"{cmd.name} runs in one process; under torchrun ({world} processes) only train shares "
+                            "the work: run it without torchrun")
+        return name, cmd, rest
 
 
 class _Float(click.FloatRange):

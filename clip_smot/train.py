@@ -335,6 +335,15 @@ def _write_log(log: list[dict], out: Path) -> None:
     atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
 
 
+def _totals(stats: dict, world: int) -> list[float]:
+    """[summed loss, correct, images] of :func:`train_epoch`'s ``stats``, over all processes."""
+    totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
+                          torch.tensor(float(stats["seen"]), device=stats["loss_sum"].device)])
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
+
+
 def _inner(model):
     return getattr(model, "module", model)
 
@@ -413,6 +422,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
                       "(nothing rewritten)", file=sys.stderr)
             return json.loads((out / "summary.json").read_text())
+        was = ckpt.get("world_size")  # (None: a run saved before it was kept)
+        if was is not None and was != world and rank == 0 and not dry_run:
+            print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
+                  f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
+                  "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
     elif not dry_run and ckpt_path.exists():
         raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
                         f"or choose another folder")
@@ -515,12 +529,13 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         model.train()
         stats = train_epoch(step_model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
                             beta=cfg.beta, rank=rank, n_samples=n_samples, max_steps=1)
-        loss = (stats["loss_sum"] / stats["seen"]).item()
+        loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
+        loss = loss_sum / seen
         if not math.isfinite(loss):
             raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
-        summary = {"dry_run": True, "loss": loss, "batch": stats["seen"], "config": dataclasses.asdict(cfg)}
+        summary = {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}
         if rank == 0:
-            print(json.dumps({"dry_run": True, "loss": loss, "batch": stats["seen"]}))
+            print(json.dumps({"dry_run": True, "loss": loss, "batch": int(seen)}))
         return summary
 
     ran = 0
@@ -532,11 +547,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         t0 = time.perf_counter()
         stats = train_epoch(step_model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
                             beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
-        totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
-                              torch.tensor(float(stats["seen"]), device=device)])
-        if world > 1:
-            torch.distributed.all_reduce(totals)
-        loss_sum, correct, seen = totals.tolist()  # the epoch's one host sync
+        loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
         loss = loss_sum / seen
         if not math.isfinite(loss):
             kept = f"the last good checkpoint is {ckpt_path}" if start_epoch or epoch else "no checkpoint was written"
@@ -549,7 +560,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                          "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
                          "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
                          "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta,
-                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256}, ckpt_path)
+                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256, "world_size": world}, ckpt_path)
             _write_log(log, out)
             from tqdm import tqdm
 

@@ -51,3 +51,19 @@ def test_bad_flags_give_one_line_in_every_command(tmp_path, monkeypatch):
         assert "Usage:" not in res.output and "Traceback" not in res.output
         assert res.exception is None or isinstance(res.exception, SystemExit)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_under_torchrun_only_train_runs(tmp_path, monkeypatch):
+    """fit, eval, score and export do not share their work between processes: under torchrun each
+    process would do all of it (on the same GPU, into the same files). One line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["fit", "--out", "f"], ["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--out", "e"],
+                 ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"],
+                 ["export", "--checkpoint", "c.pt", "--out", "p.safetensors"]):
+        r = CliRunner().invoke(cli, argv)
+        assert r.exit_code == 1 and r.output == (f"Error: {argv[0]} runs in one process; under torchrun (2 processes) "
+                                                 "only train shares the work: run it without torchrun\n"), r.output
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert "runs in one process" not in CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"]).output

@@ -46,6 +46,19 @@ def test_tensor_batches_shard_an_epoch_between_ranks():
     assert not torch.equal(again, other)  # a new order each epoch
 
 
+
+def test_the_ranks_steps_together_take_the_one_process_batches():
+    """--batch-size is global: at each step the ranks' batches (B / world each) are together the
+    batch a single process takes at that step, but for the last N mod world images of the order."""
+    labels = torch.arange(23)
+    images = labels.view(23, 1, 1, 1).expand(23, 3, 4, 4).to(torch.uint8).contiguous()
+    one = [set(y.tolist()) for _, y in rd.TensorBatches(images, labels, 6, torch.device("cpu"), 5, 0, False).epoch(3)]
+    ranks = [[y.tolist() for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False, rank=r,
+                                                      world=2).epoch(3)] for r in range(2)]
+    together = [set(a) | set(b) for a, b in zip(*ranks)]
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [3, 3, 3, 2]  # the same steps on each rank
+    assert together[:3] == one[:3] and together[3] < one[3] and len(one[3] - together[3]) == 1
+
 def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: calls.append(host) or False)

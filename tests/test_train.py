@@ -339,20 +339,33 @@ def test_eval_bad_inputs(folders, base_model, tmp_path):
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
-def test_two_process_ddp_on_cpu(folders, tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)]
+def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """``torchrun --nproc_per_node 2 --standalone ARGS`` on the CPU (gloo): (exit code, stdout, stderr).
+    A run still going after ``timeout`` seconds is killed (torchrun and both workers) and fails
+    the test as a hang."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        _, stderr = p.communicate(timeout=120)
+        stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)  # torchrun and both workers
-        p.communicate()
-        raise
-    assert p.returncode == 0, stderr[-3000:]
+        # The workers run in sessions of their own, out of reach of a kill of torchrun's group
+        # (they would hold the pipes open, and this call, for ever); torchrun stops them on SIGTERM.
+        p.terminate()
+        try:
+            p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"torchrun {' '.join(args[:3])} still running after {timeout} s: a rank hangs")
+    return p.returncode, stdout, stderr
+
+
+def test_two_process_ddp_on_cpu(folders, tmp_path):
+    out = tmp_path / "ddp"
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2",
+                                "--out", str(out))
+    assert code == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     a, b = summary["param_checksum_per_rank"]
@@ -362,6 +375,10 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "model.safetensors",
                                                     "summary.json"]
+    # --dry-run reports the step of the global batch (--batch-size 8), not rank 0's share of it
+    code, stdout, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--dry-run",
+                                     "--out", str(tmp_path / "dry"))
+    assert code == 0 and json.loads(stdout)["batch"] == 8, stderr[-3000:]
 
 
 def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
@@ -513,11 +530,9 @@ def test_two_process_ddp_resume_through_the_dataloader_path_is_exact(tmp_path):
         f"cfg = TrainConfig(out=sys.argv[1], data={str(tmp_path / 'data')!r}, arch='resnet_tiny', batch_size=6, "
         "input_size=72, device='cpu', workers=0, epochs=2)\n"
         "run_train(cfg, resume=sys.argv[2] == 'resume', stop_after=1 if sys.argv[2] == 'stop' else None)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     for out, mode in (("a", "straight"), ("b", "stop"), ("b", "resume")):
-        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                            str(script), str(tmp_path / out), mode], env=env, capture_output=True, text=True, timeout=180)
-        assert p.returncode == 0, p.stderr[-3000:]
+        code, _, stderr = _torchrun(str(script), str(tmp_path / out), mode, timeout=180)
+        assert code == 0, stderr[-3000:]
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 2
@@ -737,3 +752,46 @@ def test_input_size_resamples_the_builtin_32_pixel_sets(tmp_path):
 
     x = load_id_split("digits", None, "val", 16).images
     assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
+
+
+def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
+    """Rank 1 fails on an image of its share while rank 0 waits for it in the gradient all-reduce:
+    rank 1's error line reaches the user and no rank is left waiting (a hang would be killed by
+    the timeout); no checkpoint of the unfinished epoch."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:  # images over 64 px: decoded per batch, a DistributedSampler shares them out
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3)).astype(np.uint8)).save(
+                tmp_path / "data" / "train" / name / f"{i}.png")
+    from torch.utils.data.distributed import DistributedSampler
+
+    from clip_smot.resnet_data import load_id_split
+
+    files = load_id_split(None, str(tmp_path / "data"), "train", 72).files
+    share = DistributedSampler(range(len(files)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
+    bad = files[list(share)[-1]]  # rank 1's last image of epoch 1 (its first two steps go through)
+    bad.write_bytes(bad.read_bytes()[:100])
+    out = tmp_path / "run"
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(tmp_path / "data"), "--arch", "resnet_tiny",
+                             "--batch-size", "6", "--input-size", "72", "--device", "cpu", "--workers", "0",
+                             "--epochs", "2", "--out", str(out))
+    assert code != 0
+    assert f"Error: {bad}: unreadable or truncated image" in stderr, stderr[-3000:]
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_with_another_number_of_processes_says_it_is_not_the_straight_run(folders, tmp_path, capsys):
+    """Allowed (the batch is global), but the exact resume of the docs holds for the same number of
+    processes only: a resume with another number says so (the checkpoint keeps the number)."""
+    out = tmp_path / "w"
+    run_train(_cfg(folders, out, epochs=3), stop_after=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 1
+    run_train(_cfg(folders, out, epochs=3), resume=True, stop_after=1)
+    assert "processes" not in capsys.readouterr().err
+    torch.save({**torch.load(out / "checkpoint.pt", weights_only=True), "world_size": 2}, out / "checkpoint.pt")
+    run_train(_cfg(folders, out, epochs=3), resume=True)
+    err = capsys.readouterr().err
+    assert f"train: the run in {out} was trained by 2 processes and goes on with 1: the same global batch" in err
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
