@@ -226,7 +226,12 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         raise UserError(f"{flag} {path}: an incomplete fit checkpoint (no {', '.join(missing)})")
     if config is not None:
         old = saved["config"]
-        differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and old.get(k) != config[k]]
+        # a file given to --model, --pretrained or --cam-model is compared by its contents (below), not by
+        # how its path is spelled (relative now, absolute then); names and tags by their strings
+        by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
+                      if record in old["run"] and os.path.isfile(config[k])}
+        differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and k not in by_content
+                  and old.get(k) != config[k]]
         if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
             if not differ:  # the same options: the images under --data changed since the split was drawn
                 split = path.parent / "split.txt"
@@ -239,10 +244,18 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         # the same options, other files behind them (a checkpoint or CAM network replaced at its path)
         for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
                           ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
-            if key in old["run"] and old["run"][key] != config["run"][key]:
+            if key in old["run"] and _contents(old["run"][key]) != _contents(config["run"][key]):
                 raise UserError(f"{flag} {path}: {what} is not the model the run was trained with (the file "
                                 "changed since); resume with the run's own files")
     return saved
+
+
+def _contents(record):
+    """What a run record says of the weights' contents: a CLIP identity less the checkpoint file's
+    name where its SHA-256 is known (a copy under another name holds the same weights)."""
+    if isinstance(record, dict) and record.get("checkpoint_sha256"):
+        return {k: v for k, v in record.items() if k != "pretrained"}
+    return record
 
 
 def _truncate_log(path: Path, epochs: int) -> None:

@@ -269,6 +269,26 @@ def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
     assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]
 
 
+def test_resume_with_the_same_files_under_other_paths(fit_args, tmp_path, one_epoch, tiny_clip_config,
+                                                     tiny_clip_checkpoint, cam_resnet, monkeypatch):
+    """The files of --model, --pretrained and --cam-model are compared by their contents: a
+    resume that spells them relative to another folder (or as copies elsewhere) continues."""
+    import os
+    import shutil
+
+    shutil.copytree(one_epoch, tmp_path / "run")
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "weights.safetensors")  # the same bytes, another path
+    monkeypatch.chdir(os.path.dirname(tiny_clip_config))
+    swap = {tiny_clip_config: os.path.relpath(tiny_clip_config), cam_resnet: os.path.relpath(cam_resnet),
+            tiny_clip_checkpoint: str(tmp_path / "weights.safetensors")}
+    args = [swap.get(a, a) for a in fit_args(tmp_path / "run", "--resume")]
+    assert args != fit_args(tmp_path / "run", "--resume")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "has finished its 1 epochs" in res.output, res.output
+    res = CliRunner().invoke(cli, [swap.get(a, a) for a in fit_args(tmp_path / "run", "--resume", "--lam", "0.5")])
+    assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]  # other options still refused
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
     import clip_smot.clip_step as step_module
 
