@@ -21,12 +21,10 @@ asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +38,7 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
-from .runtime import atomic_save_safetensors, cache_root
+from .runtime import atomic_save_safetensors, cache_root, remove_stale_temporaries
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features"]
 
@@ -143,18 +141,10 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     return ImageFeatures(encoded, global_, local_, skipped)
 
 
-def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
-    """Delete the temporary entries (``atomic_write``'s ``.<key>.safetensors.*.tmp``) of writes
-    killed outside Python's reach (SIGKILL, the OOM killer): as large as an entry, kept for good
-    otherwise. Only those untouched for ``age_s``: a younger one may be another process's write."""
-    for tmp in folder.glob(".*.safetensors.*.tmp"):
-        with contextlib.suppress(OSError):
-            if time.time() - tmp.stat().st_mtime > age_s:
-                tmp.unlink()
-
-
 def _write_cache(path: Path, feats: ImageFeatures) -> None:
-    _remove_stale_temporaries(path.parent)
+    # entries of writers killed outside Python's reach (SIGKILL, the OOM killer), as large as an entry;
+    # an hour old at least: a younger one may be another process's write in progress
+    remove_stale_temporaries(path.parent, None, older_than_s=3600.0)
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()

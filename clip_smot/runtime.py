@@ -199,16 +199,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
             os.remove(tmp)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
-    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names`` when
-    its process was killed mid-write (SIGKILL, OOM killer, power loss): hidden, and each as large
-    as the file it was to become (a checkpoint)."""
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None,
+                             older_than_s: float = 0.0) -> None:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names``
+    (None: for any file) when its process was killed mid-write (SIGKILL, OOM killer, power loss):
+    hidden, and each as large as the file it was to become (a checkpoint). With ``older_than_s``,
+    only those untouched for that long: in a folder that other processes write to, a younger one
+    may be a write in progress."""
     import glob
+    import time
 
-    for name in names:
-        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+    patterns = ["*"] if names is None else [glob.escape(name) for name in names]
+    for pattern in patterns:
+        for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if time.time() - tmp.stat().st_mtime >= older_than_s:
+                    tmp.unlink()
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
