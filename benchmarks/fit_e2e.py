@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 4)
     p.add_argument("--root", default="/tmp/clip_smot_e2e")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write the JPEGs and the CAM network, then stop (a later run reuses them)")
     args = p.parse_args()
 
     root = Path(args.root)
@@ -93,7 +95,11 @@ def main() -> None:
         import torchvision
 
         torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), cam)
+        tmp = cam.with_suffix(f".tmp{os.getpid()}")  # renamed when whole: a concurrent run never reads half a file
+        torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp)
+        os.replace(tmp, cam)
+    if args.prepare_only:
+        return
     out = root / f"run-{time.time_ns()}"
     cfg = FitConfig(data=str(root / "data"), shots=args.shots, model=args.model, pretrained="none",
                     cam_model=str(cam), epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,

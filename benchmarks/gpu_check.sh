@@ -6,7 +6,9 @@
 #   ONLY="fit_step resnet_epoch" bash benchmarks/gpu_check.sh   # some steps, in that order
 #   ONLY=fit_e2e_fast E2E_EPOCHS=50 E2E_LIMIT=540 bash benchmarks/gpu_check.sh   # the full 50-epoch fit
 #   E2E_FAST="--text-attention flex --compile --cuda-graph --overlap-encoders" ...  # other fast options
-# Steps: pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
+#   E2E_FAST=auto ...   # the fastest options that an earlier call on this (still warm) machine timed
+# Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
+# same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
 # options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs).
@@ -15,7 +17,9 @@
 # last lines printed are a summary of the JSON results.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
+KEEP=/tmp/gpu_check_keep  # logs kept for a later call on the same machine ($OUT is emptied between calls)
+E2E_ROOT=/tmp/clip_smot_e2e
+mkdir -p "$OUT" "$KEEP"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # epoch lines only
 if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -24,6 +28,10 @@ fi
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
 E2E_FAST=${E2E_FAST:-"--text-attention flex --compile --cuda-graph"}  # fit_e2e_fast's options (word-split)
+if [ "$E2E_FAST" = auto ]; then  # the fastest exact step an earlier call timed here (else square + graph)
+  E2E_FAST=$(python3 benchmarks/choose_fast.py "$KEEP")
+  echo "E2E_FAST=auto chose: $E2E_FAST"
+fi
 ONLY=${ONLY:-"pytest_gpu fit_step_fast fit_step_fp32ref resnet_epoch fit_e2e_fast"}
 start=$(date +%s)
 run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
@@ -31,12 +39,19 @@ run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
   echo "=== $name (limit ${limit}s, at $(( $(date +%s) - start ))s)"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "=== $name rc=$?"
+  cp "$OUT/$name.log" "$KEEP/"
   grep -v "it/s\]\|^\s*$" "$OUT/$name.log" | tail -n 25
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
+wait_prepared() {  # a background prepare_e2e of an earlier call must be done before a fit reads its files
+  for _ in $(seq 120); do [ -e "$E2E_ROOT/prepare.pid" ] && kill -0 "$(cat "$E2E_ROOT/prepare.pid")" 2>/dev/null || return 0; sleep 1; done
+}
 for s in $ONLY; do
   case $s in
+    prepare_e2e) mkdir -p "$E2E_ROOT"; setsid nohup python3 benchmarks/fit_e2e.py --prepare-only --classes 1000 --shots 16 \
+      --image-size 256 --root "$E2E_ROOT" > "$KEEP/prepare_e2e.txt" 2>&1 < /dev/null &
+      echo $! > "$E2E_ROOT/prepare.pid"; echo "=== prepare_e2e started in the background" ;;
     pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
     pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_encoders.py \
@@ -47,6 +62,9 @@ for s in $ONLY; do
     # the default step, the text-encoder variants (incl. compiled layers), the best full step, a profile
     fit_step) run_step fit_step 170 python3 benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 \
       --steps 10 --variants --profile ;;
+    # the square-attention step (not compiled): eager, encoders overlapped, CUDA graph, both
+    fit_step_square) run_step fit_step_square 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
+      --batch-size 32 --steps 20 --attention square ;;
     fit_step_fp32ref) run_step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 \
       --reference-precision fp32 --no-cuda-graph ;;
     resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
@@ -54,14 +72,15 @@ for s in $ONLY; do
     # the other architectures of Table 6 (one cuda-graph epoch each, no reference loop)
     resnet_archs) for arch in wrn40_2 densenet_bc; do run_step "resnet_epoch_$arch" 150 python3 benchmarks/resnet_epoch.py \
       --device cuda --arch "$arch" --variants cuda-graph --epochs 1 --skip-reference; done ;;
-    fit_e2e) run_step fit_e2e "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
-      --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e ;;
-    fit_e2e_fast) run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
-      --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root /tmp/clip_smot_e2e $E2E_FAST ;;
+    fit_e2e) wait_prepared; run_step fit_e2e "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 \
+      --epochs "$E2E_EPOCHS" --image-size 256 --root "$E2E_ROOT" ;;
+    fit_e2e_fast) wait_prepared; run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
+      --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root "$E2E_ROOT" $E2E_FAST ;;
     *) echo "unknown step $s" ;;
   esac
 done
 # each fit's per-epoch log (kept even when a step ran out of time)
-for f in /tmp/clip_smot_e2e/run-*/log.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/e2e-$(basename "$(dirname "$f")").jsonl"; done
+for f in "$E2E_ROOT"/run-*/log.jsonl; do [ -f "$f" ] && cp "$f" "$OUT/e2e-$(basename "$(dirname "$f")").jsonl"; done
+[ -f "$KEEP/prepare_e2e.txt" ] && cp "$KEEP/prepare_e2e.txt" "$OUT/"
 echo "=== summary (total $(( $(date +%s) - start ))s)"
 for f in "$OUT"/*.log; do echo "$(basename "$f" .log): $(grep -E '^\{|passed|failed' "$f" | tail -n 1)"; done

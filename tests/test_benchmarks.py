@@ -1,0 +1,62 @@
+"""The GPU check's helpers that run on the CPU: the choice of the e2e options, the e2e data preparation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import choose_fast  # noqa: E402
+
+
+def _write(path: Path, *lines: str) -> None:
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _step(**ms) -> str:
+    return json.dumps({"device": "cuda", **{f"ms_per_step{k}": v for k, v in ms.items()}})
+
+
+def test_choose_fast_takes_the_fewest_ms_of_every_timed_variant(tmp_path):
+    _write(tmp_path / "fit_step_square.log", "noise", _step(**{"": 30.0, "_overlap": 29.0, "_cuda_graph": 24.0,
+                                                                "_overlap_cuda_graph": 25.0}))
+    _write(tmp_path / "fit_step_fast.log", '{"partial": 1}', _step(**{"": 22.0, "_overlap": 21.5,
+                                                                       "_cuda_graph": 18.0,
+                                                                       "_overlap_cuda_graph": 17.0}))
+    _write(tmp_path / "pytest_flex.log", "....", "4 passed, 20 deselected in 61.2s")
+    assert choose_fast.choose(tmp_path) == "--text-attention flex --compile --cuda-graph --overlap-encoders"
+
+
+def test_choose_fast_ignores_flex_timings_when_its_gpu_tests_failed_or_did_not_run(tmp_path):
+    _write(tmp_path / "fit_step_square.log", _step(**{"": 30.0, "_cuda_graph": 24.0, "_overlap": None}))
+    _write(tmp_path / "fit_step_fast.log", _step(**{"": 10.0}))
+    assert choose_fast.choose(tmp_path) == "--text-attention square --cuda-graph"  # no pytest log
+    _write(tmp_path / "pytest_flex.log", "F...", "1 failed, 3 passed in 50.0s")
+    assert choose_fast.choose(tmp_path) == "--text-attention square --cuda-graph"
+    _write(tmp_path / "pytest_flex.log", "....", "4 passed in 50.0s")
+    assert choose_fast.choose(tmp_path) == "--text-attention flex --compile"
+
+
+def test_choose_fast_falls_back_without_cuda_timings(tmp_path):
+    assert choose_fast.choose(tmp_path) == choose_fast.FALLBACK
+    _write(tmp_path / "fit_step_square.log", json.dumps({"device": "cpu", "ms_per_step": 1.0}))
+    assert choose_fast.choose(tmp_path) == choose_fast.FALLBACK
+    _write(tmp_path / "fit_step_square.log", "Traceback (most recent call last):", "{not json")
+    assert choose_fast.choose(tmp_path) == choose_fast.FALLBACK
+
+
+def test_fit_e2e_prepare_only_writes_the_data_and_cam_net_and_fits_nothing(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_e2e.py"), "--prepare-only", "--classes", "3", "--shots", "2",
+         "--image-size", "40", "--workers", "2", "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    classes = sorted(p for p in (tmp_path / "data" / "train").iterdir())
+    assert len(classes) == 3 and all(len(list(c.glob("*.JPEG"))) == 2 for c in classes)
+    assert (tmp_path / "data" / "done-3-2-40").is_file() and (tmp_path / "resnet18-random.pth").is_file()
+    assert not list(tmp_path.glob("run-*")) and not list(tmp_path.glob("*.tmp*"))
