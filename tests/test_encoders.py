@@ -308,6 +308,16 @@ def test_benchmark_counts_flops_and_the_floor_on_cpu(tiny_clip_config):
     floor = json.loads(out.stdout.strip().splitlines()[-1])["floor"]
     assert 0 < floor["text_flop_fwd_bwd"] < floor["flop_per_step"]
     assert floor["reference_flop_per_step"] > 0 and floor["weight_bytes"] > 0
+    flex = subprocess.run(  # FlexAttention's flat layout is counted with a dense mask: the same work
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--count-flops", "--no-cuda-graph",
+         "--attention", "flex"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert flex.returncode == 0, flex.stderr
+    flex_floor = json.loads(flex.stdout.strip().splitlines()[-1])["floor"]
+    assert "floor_error" not in flex_floor and flex_floor["reference_flop_per_step"] == floor["reference_flop_per_step"]
+    assert 0 < flex_floor["text_flop_fwd_bwd"] < flex_floor["flop_per_step"]
     compute_ms = floor["flop_per_step"] / floor["matmul_tflops"] / 1e9
     memory_ms = floor["weight_bytes"] / floor["copy_gbs"] / 1e6
     assert floor["floor_ms"] == pytest.approx(max(compute_ms, memory_ms), rel=1e-9)
