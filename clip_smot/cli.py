@@ -117,17 +117,20 @@ _POSITIVE = _Float(min=0, min_open=True)
 @click.option("--warmup-lr", type=_POSITIVE, default=1e-5, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--cuda-graph", is_flag=True, help="Replay each step's forward+backward as a CUDA graph (CUDA only).")
+@click.option("--cuda-graph/--no-cuda-graph", default=None,
+              help="Replay each step's forward+backward as a CUDA graph (CUDA only).  [default: on with CUDA]")
 @click.option("--text-residual", type=click.Choice(["fp32", "precision"]), default="fp32", show_default=True,
               help="Text tower's residual stream: fp32, or in --precision (the whole tower in bf16; faster).")
-@click.option("--text-attention", type=click.Choice(ATTENTION), default="causal",
+@click.option("--text-attention", type=click.Choice(("auto", *ATTENTION)), default="auto",
               show_default=True, help="Text attention layout (exact either way; square: one is_causal SDPA over "
-              "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA).")
-@click.option("--compile", "compile", is_flag=True,
+              "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA); "
+              "auto: flex with CUDA, else causal (square with --compile).")
+@click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the text layers (needs --text-attention square or flex) and the image "
-              "encoder's blocks (compiled once, at the first step).")
-@click.option("--overlap-encoders", is_flag=True,
-              help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).")
+              "encoder's blocks (compiled once, at the first step).  [default: on with CUDA]")
+@click.option("--overlap-encoders/--no-overlap-encoders", default=None,
+              help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).  "
+              "[default: on with CUDA]")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")

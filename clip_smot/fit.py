@@ -90,10 +90,11 @@ class FitConfig:
     crop_scale: float = 0.08  # smallest area fraction of the random resized crop
     precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
     text_residual: str = "fp32"  # text tower's residual stream: fp32 or precision (exact speed knobs)
-    text_attention: str = "causal"  # causal, mask, square or flex (see docs/prompt.md)
-    compile: bool = False  # torch.compile the text layers (square or flex attention) and the image blocks
-    cuda_graph: bool = False  # replay the step's forward+backward as a CUDA graph (CUDA only)
-    overlap_encoders: bool = False  # image encoder on a second CUDA stream beside the text encoder
+    # exact speed options; "auto" / None: the fastest measured on the device (see resolve_speed)
+    text_attention: str = "auto"  # auto, causal, mask, square or flex (see docs/prompt.md)
+    compile: bool | None = None  # torch.compile the text layers (square or flex attention) and the image blocks
+    cuda_graph: bool | None = None  # replay the step's forward+backward as a CUDA graph (CUDA only)
+    overlap_encoders: bool | None = None  # image encoder on a second CUDA stream beside the text encoder
     device: str = "auto"
     # run control (not part of what makes two runs the same)
     resume: bool = False
@@ -142,8 +143,8 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
         (cfg.workers >= 0, "--workers", "must be >= 0"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
-        (cfg.text_attention in ATTENTION, "--text-attention", f"must be one of {ATTENTION}"),
-        (not cfg.compile or cfg.text_attention in ("square", "flex"), "--compile",
+        (cfg.text_attention in ("auto", *ATTENTION), "--text-attention", f"must be auto or one of {ATTENTION}"),
+        (not cfg.compile or cfg.text_attention in ("auto", "square", "flex"), "--compile",
          "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
         (not cfg.overlap_encoders or cfg.device != "cpu", "--overlap-encoders", "needs --device cuda"),
@@ -153,6 +154,29 @@ def check_config(cfg: FitConfig) -> None:
     for ok, flag, what in checks:
         if not ok:
             raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")
+
+
+def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
+    """``cfg`` with its speed options decided for ``device`` (what was given stays as given).
+
+    On CUDA the defaults are the fastest exact step measured (benchmarks/RESULTS.md, run 3, H200:
+    10.57 ms a step against 29.57 ms with square attention and none of the others): FlexAttention
+    (``square`` where this torch has none), compiled layers, a CUDA graph and the image encoder
+    on a second stream. Elsewhere they are off and the attention is ``causal``, or ``square``
+    where ``--compile`` asks for a compilable layout. ``--compile`` is off by default under an
+    explicit ``causal`` or ``mask``.
+    """
+    from .encoders import flex_available
+
+    cuda = device.type == "cuda"
+    attention = cfg.text_attention
+    if attention == "auto":
+        attention = ("flex" if flex_available(device) else "square") if cuda or cfg.compile else "causal"
+    compile_ = cfg.compile if cfg.compile is not None else cuda and attention in ("square", "flex")
+    return dataclasses.replace(
+        cfg, text_attention=attention, compile=compile_,
+        cuda_graph=cfg.cuda_graph if cfg.cuda_graph is not None else cuda,
+        overlap_encoders=cfg.overlap_encoders if cfg.overlap_encoders is not None else cuda)
 
 
 def lr_factor(epoch: int, cfg: FitConfig) -> float:
@@ -166,15 +190,17 @@ def lr_factor(epoch: int, cfg: FitConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / cfg.epochs))
 
 
-def _build_prompt(clip, classnames, cfg: FitConfig, precision: str, compile_layers: bool = False):
+def _build_prompt(clip, classnames, cfg: FitConfig, precision: str, compile_layers: bool = False,
+                  attention: str | None = None):
     """The CoOp context module; its frozen text weights are cast once to ``precision``; with
-    ``compile_layers``, its text layers are compiled (``--compile``)."""
+    ``compile_layers``, its text layers are compiled (``--compile``); ``attention`` overrides
+    ``cfg.text_attention`` (which must be resolved, not "auto")."""
     from .prompt import PromptLearner
 
     gen = torch.Generator().manual_seed(cfg.seed)  # the context init depends on the seed alone
     learner = PromptLearner(clip, list(classnames), n_ctx=cfg.n_ctx, ctx_init=cfg.ctx_init, csc=cfg.csc,
                             class_position=cfg.class_position, generator=gen, precision=precision,
-                            residual=cfg.text_residual, attention=cfg.text_attention)
+                            residual=cfg.text_residual, attention=attention or cfg.text_attention)
     if compile_layers:
         learner.encoder.compile_layers()
     return learner
@@ -250,6 +276,11 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
     return saved
 
 
+def _compiler_error(e: BaseException) -> bool:
+    """Whether ``e`` was raised by torch.compile's machinery (dynamo, inductor) or a kernel compiler."""
+    return any(t.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for t in type(e).__mro__)
+
+
 def _contents(record):
     """What a run record says of the weights' contents: a CLIP identity less the checkpoint file's
     name where its SHA-256 is known (a copy under another name holds the same weights)."""
@@ -294,6 +325,7 @@ def run_fit(cfg: FitConfig) -> Path:
     if cfg.resume and not ckpt_path.is_file():
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
     device = resolve_device(cfg.device)
+    cfg = resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":
             raise UserError(f"{flag}: needs a CUDA device, not {device}")
@@ -390,7 +422,13 @@ def run_fit(cfg: FitConfig) -> Path:
             if cam is not None:  # min-max over the view, as a CAM computed on the view would be (SPEC section 1);
                 # a view flat within one level of the uint8 cache is flat (resampling leaves ~1e-5 of noise)
                 cam = normalize_cam(cam, min_span=1.0)
-            loss = step(x, cam if cam is not None else no_cams, labels[idx])  # thresholds from data_gen (CPU): no sync
+            try:  # thresholds from data_gen (CPU): no sync
+                loss = step(x, cam if cam is not None else no_cams, labels[idx])
+            except Exception as e:
+                if cfg.compile and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
+                    raise UserError(f"--compile: torch.compile failed on this machine ({first_line(e)}); "
+                                    "run with --no-compile") from None
+                raise
             loss_sum += loss
             if cfg.dry_run:
                 print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
@@ -426,7 +464,9 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
     """Encode the final text features in fp32 and write the prompt file atomically."""
     from .prompt_file import save_prompt
 
-    prompt = _build_prompt(clip, classnames, cfg, "fp32")  # fp32 weights: views, no copy; one pass: not compiled
+    # fp32 weights (views, no copy), causal SDPA whatever the training used: the most exact layout
+    # (FlexAttention's fp32 kernel is within 1e-4, not 1e-5); one pass: not compiled
+    prompt = _build_prompt(clip, classnames, cfg, "fp32", attention="causal")
     prompt.ctx.copy_(ctx)
     text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
     n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count

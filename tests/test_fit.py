@@ -91,6 +91,8 @@ def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoin
     assert [int(line.split("\t")[1]) for line in lines] == [0, 0, 1, 1, 2, 2]
     assert all(line.split("/")[0] == WNIDS[int(line.split("\t")[1])] for line in lines)
     assert config["lam"] == 0.1 and config["alpha"] == 50 and config["T"] == 200 and config["device"] == "cpu"
+    assert [config[k] for k in ("text_attention", "compile", "cuda_graph", "overlap_encoders")] == [
+        "causal", False, False, False]  # the speed options as resolved for the CPU, not "auto"
     names = [imagenet_classnames()[imagenet_wnids().index(w)] for w in WNIDS]
     assert names == ["tench", "goldfish", "great white shark"]
     assert config["run"]["classnames"] == names
@@ -565,8 +567,58 @@ def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
 
 
 def test_compile_needs_square_or_flex(fit_args, tmp_path):
-    res = CliRunner().invoke(cli, fit_args(tmp_path / "bad", "--compile"))
-    assert res.exit_code != 0 and "--compile" in res.output and "Traceback" not in res.output
+    for attention in ("causal", "mask"):
+        res = CliRunner().invoke(cli, fit_args(tmp_path / "bad", "--compile", "--text-attention", attention))
+        assert res.exit_code != 0 and "--compile" in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "bad").exists()
+
+
+def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch):
+    """auto / None: flex, compiled, CUDA graph, overlapped encoders on CUDA (square without
+    FlexAttention); causal and all off elsewhere (square where --compile asks for it); what was
+    given stays as given."""
+    import clip_smot.encoders as encoders
+    from clip_smot.fit import FitConfig, resolve_speed
+
+    def speed(cfg):
+        return cfg.text_attention, cfg.compile, cfg.cuda_graph, cfg.overlap_encoders
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # (a device object needs no GPU)
+    assert speed(resolve_speed(FitConfig(), cpu)) == ("causal", False, False, False)
+    assert speed(resolve_speed(FitConfig(compile=True), cpu)) == ("square", True, False, False)
+    assert speed(resolve_speed(FitConfig(text_attention="flex"), cpu)) == ("flex", False, False, False)
+    monkeypatch.setattr(encoders, "flex_available", lambda device: torch.device(device).type == "cuda")
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("flex", True, True, True)
+    assert speed(resolve_speed(FitConfig(text_attention="causal"), cuda)) == ("causal", False, True, True)
+    assert speed(resolve_speed(FitConfig(compile=False, cuda_graph=False, overlap_encoders=False), cuda)) == (
+        "flex", False, False, False)
+    monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+
+
+def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path, monkeypatch):
+    """torch.compile's errors (e.g. no C compiler for Triton) end the fit with one line naming
+    --no-compile; other errors are not renamed."""
+    import clip_smot.fit as fit_mod
+
+    class InductorError(RuntimeError):
+        __module__ = "torch._inductor.exc"  # where torch's compile errors live
+
+    def failing_step(error):
+        def make(*args, **kw):
+            def step(*a):
+                raise error
+            return step
+        return make
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(InductorError("cc: not found\nmore")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "c", "--compile"))
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == ("Error: --compile: torch.compile failed on this machine (cc: "
+                                                   "not found); run with --no-compile")  # (above: progress bar)
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(ValueError("a bug")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "d", "--compile"))
+    assert isinstance(res.exception, ValueError)
 
 
 def test_resume_drops_a_half_written_log_line(tmp_path):
@@ -675,6 +727,7 @@ def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch
         "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}
+    assert (seen["cuda_graph"], seen["overlap"], seen["compile_image"]) == (False, False, False)  # CPU defaults
 
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):

@@ -29,8 +29,11 @@ def test_fit_on_cuda_in_bf16_then_resume(tmp_path, tiny_clip_config, tiny_clip_c
     args = ["fit", "--data", str(data), "--shots", "4", "--model", tiny_clip_config, "--pretrained",
             tiny_clip_checkpoint, "--cam-model", str(cam), "--n-ctx", "4", "--batch-size", "4", "--epochs", "3",
             "--precision", "bf16", "--device", "cuda", "--out", str(tmp_path / "run")]
-    res = CliRunner().invoke(cli, args)
+    res = CliRunner().invoke(cli, args)  # with fit's CUDA defaults: flex, compiled, CUDA graph, overlapped
     assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [config[k] for k in ("text_attention", "compile", "cuda_graph", "overlap_encoders")] == [
+        "flex", True, True, True]
     pf = load_prompt(tmp_path / "run" / "prompt.safetensors")
     assert torch.isfinite(pf.text_features).all() and pf.ctx.shape == (4, 32)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -84,14 +87,15 @@ def test_augmentation_is_the_same_on_cuda_and_cpu():
 
 
 def test_cuda_graph_fit_follows_the_eager_fit(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
-    """Same seed, same crops: the replayed graph, and the graph with flex attention and compiled
-    layers, train like the eager step."""
+    """Same seed, same crops: the replayed graph, and fit's CUDA defaults (the graph with flex
+    attention, compiled layers and overlapped encoders), train like the plain eager step."""
     data = _write_imagenet(tmp_path / "data")
     base = ["fit", "--data", str(data), "--shots", "4", "--model", tiny_clip_config, "--pretrained",
             tiny_clip_checkpoint, "--loss", "ce", "--n-ctx", "4", "--batch-size", "4", "--epochs", "2",
             "--warmup-epochs", "0", "--lr", "0.01", "--precision", "fp32", "--device", "cuda"]
-    fast = ["--cuda-graph", "--text-attention", "flex", "--compile", "--overlap-encoders"]
-    for name, extra in (("eager", []), ("graph", ["--cuda-graph"]), ("fast", fast)):
+    plain = ["--text-attention", "causal", "--no-compile", "--no-overlap-encoders"]
+    for name, extra in (("eager", [*plain, "--no-cuda-graph"]), ("graph", [*plain, "--cuda-graph"]),
+                        ("fast", [])):  # fast: fit's CUDA defaults (flex, compiled, CUDA graph, overlapped)
         res = CliRunner().invoke(cli, base + extra + ["--out", str(tmp_path / name)])
         assert res.exit_code == 0, res.output
     eager = load_prompt(tmp_path / "eager" / "prompt.safetensors")

@@ -103,7 +103,7 @@ def test_every_public_name_exists_and_cross_module_imports_are_public():
 # --- the command line against the docs ---------------------------------------------------------
 
 def _flags(command: str) -> set[str]:
-    return {o for p in cli.commands[command].params for o in p.opts if o.startswith("--")}
+    return {o for p in cli.commands[command].params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
 
 
 def _doc(name: str) -> str:
@@ -187,7 +187,7 @@ def test_every_command_in_the_docs_uses_real_flags_and_choices():
     assert len(commands) > 30
     for doc, command, rest in commands:
         assert command in cli.commands, (doc, command)
-        params = {o: p for p in cli.commands[command].params for o in p.opts}
+        params = {o: p for p in cli.commands[command].params for o in (*p.opts, *p.secondary_opts)}
         words = shlex.split(rest)
         for i, word in enumerate(words):
             if not word.startswith("--"):
