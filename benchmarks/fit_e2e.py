@@ -9,8 +9,12 @@ as the pretrained ones). Everything counts: decoding, CAMs, every epoch, the exp
 
     python benchmarks/fit_e2e.py --device cpu --classes 4 --shots 2 --epochs 1 --model ViT-B-16
     python benchmarks/fit_e2e.py --device cuda   # 1000 classes x 16 shots, 50 epochs (issue 6: < 8 min)
-    python benchmarks/fit_e2e.py --device cuda --epochs 5 --cuda-graph   # a shorter run, graph-replayed step
-    python benchmarks/fit_e2e.py --device cuda --text-attention flex --compile --cuda-graph   # the fast options
+    python benchmarks/fit_e2e.py --device cuda --epochs 5 --no-compile   # a shorter run, layers not compiled
+    python benchmarks/fit_e2e.py --device cuda --text-attention causal --no-compile --no-cuda-graph \
+        --no-overlap-encoders   # the plain eager step (fit's defaults before run 3)
+
+The speed options default to `clip-smot fit`'s (on a GPU: FlexAttention, compiled layers, a CUDA
+graph, overlapped encoders); the JSON gives them as the fit resolved them (its config.json).
 
 The last line printed is one JSON object: ``seconds`` (wall time of run_fit), ``seconds_setup``
 (everything but the epochs: decode + CAMs + prompt + export), ``seconds_per_epoch`` (median),
@@ -74,11 +78,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--precision", default="bf16")
-    p.add_argument("--cuda-graph", action="store_true", help="fit --cuda-graph")
-    p.add_argument("--text-attention", default="causal", help="fit --text-attention (causal, mask, square, flex)")
+    on_off = argparse.BooleanOptionalAction  # default None: fit's default for the device
+    p.add_argument("--cuda-graph", action=on_off, default=None, help="fit --cuda-graph")
+    p.add_argument("--text-attention", default="auto", help="fit --text-attention (auto, causal, mask, square, flex)")
     p.add_argument("--text-residual", default="fp32", help="fit --text-residual (fp32, precision)")
-    p.add_argument("--compile", action="store_true", help="fit --compile (text layers and image blocks)")
-    p.add_argument("--overlap-encoders", action="store_true", help="fit --overlap-encoders (image encoder on a 2nd stream)")
+    p.add_argument("--compile", action=on_off, default=None, help="fit --compile (text layers and image blocks)")
+    p.add_argument("--overlap-encoders", action=on_off, default=None,
+                   help="fit --overlap-encoders (image encoder on a 2nd stream)")
     p.add_argument("--image-size", type=int, default=320, help="side of the synthetic JPEGs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 4)
     p.add_argument("--root", default="/tmp/clip_smot_e2e")
@@ -112,6 +118,7 @@ def main() -> None:
     run_fit(cfg)
     seconds = time.time() - t0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    used = json.loads((out / "config.json").read_text())  # the speed options as the fit resolved them
     per_epoch = [r["seconds"] for r in log]
     n = args.classes * args.shots
     steps = n // min(args.batch_size, n)
@@ -126,11 +133,7 @@ def main() -> None:
         "epochs": args.epochs,
         "model": args.model,
         "precision": args.precision,
-        "cuda_graph": args.cuda_graph,
-        "text_attention": args.text_attention,
-        "text_residual": args.text_residual,
-        "compile": args.compile,
-        "overlap_encoders": args.overlap_encoders,
+        **{k: used[k] for k in ("cuda_graph", "text_attention", "text_residual", "compile", "overlap_encoders")},
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }

@@ -16,7 +16,9 @@ class names).
 On a GPU, (b) is also timed replayed as a CUDA graph (``*_cuda_graph`` keys) and with the image
 encoder on a second stream beside the text encoder (``*_overlap*`` keys; ``clip-smot fit
 --overlap-encoders``). Warm-up steps, then the median of ``--steps`` timed steps, all variants
-interleaved (CUDA events on a GPU). The last line printed is one JSON object.
+interleaved (CUDA events on a GPU). The last line printed is one JSON object; its
+``*_fit_defaults`` keys are those of the variant that ``clip-smot fit`` runs by default on the
+device (on a GPU: FlexAttention, compiled layers, CUDA graph, overlapped encoders).
 
     python benchmarks/fit_step.py --device cpu --classes 20 --batch-size 4 --steps 3
     python benchmarks/fit_step.py --device cuda            # ViT-B-16, K = 1000, batch 32 + 32
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clip_smot.clip_model import load_clip  # noqa: E402
 from clip_smot.clip_step import make_fit_step  # noqa: E402
+from clip_smot.fit import FitConfig, resolve_speed  # noqa: E402
 from clip_smot.prompt import PromptLearner  # noqa: E402
 from clip_smot.runtime import resolve_device  # noqa: E402
 
@@ -486,13 +489,16 @@ def run(
     compile_text: bool = True,
     profile_steps: int = 3,
     compile_whole: bool = False,
-    attention: str = "causal",
+    attention: str = "auto",
     residual: str = "fp32",
-    compile_layers: bool = False,
+    compile_layers: bool | None = None,
     count_flops: bool = False,
 ) -> dict:
-    """Time both steps; returns the result dict (see the module docstring)."""
+    """Time both steps; returns the result dict (see the module docstring). ``attention="auto"``
+    and ``compile_layers=None`` take `clip-smot fit`'s defaults for the device."""
     dev = resolve_device(device)
+    fit = resolve_speed(FitConfig(text_attention=attention, compile=compile_layers), dev)
+    attention, compile_layers = fit.text_attention, fit.compile
     torch.manual_seed(seed)
     names = (ROOT / "prompts" / "imagenet1k_classnames.txt").read_text().splitlines()
     if not 1 <= classes <= len(names):
@@ -562,6 +568,12 @@ def run(
                   f"peak_mem_gib_{suffix}": None if peak_v is None else round(peak_v, 3)}
         if name in errors:
             extra[f"{suffix}_error"] = errors[name]
+    # the variant `clip-smot fit` runs by default here (graph and overlap on a GPU)
+    default_variant = {(False, False): "ours", (False, True): "ours_overlap", (True, False): "ours_cuda_graph",
+                       (True, True): "ours_overlap_cuda_graph"}[fit.cuda_graph and cuda_graph, fit.overlap_encoders]
+    if default_variant in ms:
+        extra |= {"fit_defaults_variant": default_variant, "ms_per_step_fit_defaults": round(ms[default_variant], 2),
+                  "speedup_fit_defaults": round(ref_ms / ms[default_variant], 2)}
     ms = ms["ours"]
     text_seq_len = int(ref.tokens.argmax(-1).max()) + 1
     del step_fns, ref  # free the reference model and the CUDA graph's pool for what follows
@@ -629,12 +641,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default=None,
                    help="our step's precision (default bf16: weights cast once, bf16 autocast)")
     p.add_argument("--reference-precision", choices=("fp16", "fp32"), default="fp16")
-    p.add_argument("--attention", choices=("causal", "mask", "square", "flex"), default="causal",
-                   help="our step's text attention (clip-smot fit --text-attention)")
+    p.add_argument("--attention", choices=("auto", "causal", "mask", "square", "flex"), default="auto",
+                   help="our step's text attention (clip-smot fit --text-attention; auto: flex on a GPU, else causal)")
     p.add_argument("--residual", choices=("fp32", "precision"), default="fp32",
                    help="our step's text residual stream (clip-smot fit --text-residual)")
-    p.add_argument("--compile-layers", action="store_true",
-                   help="torch.compile our text layers (square or flex attention) and image blocks (clip-smot fit --compile)")
+    p.add_argument("--compile-layers", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile our text layers (square or flex attention) and image blocks (clip-smot fit "
+                        "--compile; default: on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, skip the CUDA-graph variant of our step")
     p.add_argument("--breakdown", action="store_true",

@@ -10,7 +10,8 @@
 # Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
 # same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
-# a profile), fit_step_fp32ref, resnet_epoch, fit_e2e (default options), fit_e2e_fast (the fast
+# a profile), fit_step_square, fit_step_fp32ref, resnet_epoch, fit_e2e (fit's default options: on a GPU the
+# fast ones), fit_e2e_fast (E2E_FAST's
 # options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs).
 # On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
@@ -56,7 +57,7 @@ for s in $ONLY; do
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
     pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_encoders.py \
       -k "text_variants or flex or overlapped" ;;
-    # the issue's comparison (a) vs (b) with the fast options of `clip-smot fit`
+    # the issue's comparison (a) vs (b) with `clip-smot fit`'s CUDA defaults (flex attention, compiled layers)
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention flex --compile-layers --count-flops ;;
     # the default step, the text-encoder variants (incl. compiled layers), the best full step, a profile

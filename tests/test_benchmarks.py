@@ -60,3 +60,20 @@ def test_fit_e2e_prepare_only_writes_the_data_and_cam_net_and_fits_nothing(tmp_p
     assert len(classes) == 3 and all(len(list(c.glob("*.JPEG"))) == 2 for c in classes)
     assert (tmp_path / "data" / "done-3-2-40").is_file() and (tmp_path / "resnet18-random.pth").is_file()
     assert not list(tmp_path.glob("run-*")) and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_fit_e2e_runs_a_tiny_fit_and_reports_the_options_the_fit_resolved(tmp_path, tiny_clip_config):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_e2e.py"), "--device", "cpu", "--classes", "2", "--shots", "2",
+         "--epochs", "2", "--batch-size", "2", "--image-size", "40", "--workers", "1", "--model", tiny_clip_config,
+         "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["images"] == 4 and result["epochs"] == 2 and result["device"] == "cpu"
+    assert [result[k] for k in ("text_attention", "compile", "cuda_graph", "overlap_encoders")] == [
+        "causal", False, False, False]  # fit's CPU defaults, as resolved
+    assert 0 < result["seconds_per_epoch"] and result["seconds_setup"] >= 0
+    run = next(tmp_path.glob("run-*"))
+    assert (run / "prompt.safetensors").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 2

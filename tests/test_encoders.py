@@ -170,6 +170,9 @@ def test_benchmark_runs_and_prints_json(tiny_clip_config):
         assert key in result
     assert result["tokens_reference"] == 5 * 77 and 0 < result["tokens_encoded"] < 5 * 77
     assert result["device"] == "cpu" and result["ms_per_step"] > 0
+    # fit's CPU defaults: causal attention, nothing compiled, the plain step
+    assert result["text_options"] == {"attention": "causal", "residual": "fp32", "compile_layers": False}
+    assert result["fit_defaults_variant"] == "ours" and result["ms_per_step_fit_defaults"] == result["ms_per_step"]
 
 
 @pytest.mark.gpu
