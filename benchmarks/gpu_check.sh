@@ -7,6 +7,7 @@
 #   ONLY=fit_e2e_fast E2E_EPOCHS=50 E2E_LIMIT=540 bash benchmarks/gpu_check.sh   # the full 50-epoch fit
 #   E2E_FAST="--text-attention flex --compile --cuda-graph --overlap-encoders" ...  # other fast options
 #   E2E_FAST=auto ...   # the fastest options that an earlier call on this (still warm) machine timed
+#   ONLY=issue bash benchmarks/gpu_check.sh   # the issue's four targets in one call, the 50-epoch fit included
 # Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
 # same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
@@ -25,6 +26,9 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQD
 if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ "${ONLY:-}" = issue ]; then  # the targets alone, lean: the fit step, a ResNet graph epoch, the 50-epoch fit
+  ONLY="prepare_e2e fit_step_quick resnet_epoch_graph fit_e2e"; E2E_EPOCHS=${E2E_EPOCHS:-50}; E2E_LIMIT=${E2E_LIMIT:-400}
 fi
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
@@ -66,10 +70,16 @@ for s in $ONLY; do
     # the square-attention step (not compiled): eager, encoders overlapped, CUDA graph, both
     fit_step_square) run_step fit_step_square 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention square ;;
+    # the comparison alone, with fit's defaults (on a GPU: flex, compiled layers; graph and overlap variants)
+    fit_step_quick) run_step fit_step_quick 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
+      --batch-size 32 --steps 20 ;;
     fit_step_fp32ref) run_step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 \
       --reference-precision fp32 --no-cuda-graph ;;
     resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
       --epochs 2 --reference-epochs 1 --reference-workers 8 --max-seconds 75 ;;
+    # the ResNet-18 target alone: `train --cuda-graph` epochs, no plain-loop reference
+    resnet_epoch_graph) run_step resnet_epoch_graph 100 python3 benchmarks/resnet_epoch.py --device cuda \
+      --variants cuda-graph --epochs 2 --skip-reference ;;
     # the other architectures of Table 6 (one cuda-graph epoch each, no reference loop)
     resnet_archs) for arch in wrn40_2 densenet_bc; do run_step "resnet_epoch_$arch" 150 python3 benchmarks/resnet_epoch.py \
       --device cuda --arch "$arch" --variants cuda-graph --epochs 1 --skip-reference; done ;;
