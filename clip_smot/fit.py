@@ -44,7 +44,8 @@ from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
 from .smot import PERTURBATIONS
 
-__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
+__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "resolve_speed",
+           "run_fit"]
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
