@@ -594,6 +594,15 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
         "flex", False, False, False)
     monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+    # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
+    import clip_smot.fit as fit_mod
+
+    seen = []
+    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg: seen.append(speed(cfg)))  # (a dry run: no folder)
+    for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
+                                                           ("mask", False, True, None))):
+        assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0
+        assert seen.pop() == given
 
 
 def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path, monkeypatch):
