@@ -6,8 +6,10 @@ Reads ``fit_step_square.log`` and ``fit_step_fast.log`` (the last JSON line of e
 ``benchmarks/fit_step.py`` run) and ``pytest_flex.log`` from LOG_DIR. The FlexAttention and
 compiled steps count only where the GPU tests of those options passed in the same place. Of the
 timed variants (eager, encoders overlapped, CUDA graph, both), the one with the fewest ms per
-step wins. Without any usable timing it prints the fastest options measured before
-(``--text-attention square --cuda-graph``: 25.22 ms on an H200, benchmarks/RESULTS.md run 2).
+step wins. Every speed option is spelled out (on a GPU fit's defaults turn them all on), so the
+options printed run the variant that was timed. Without any usable timing it prints the fastest
+options measured before (square attention, not compiled, a CUDA graph: 25.22 ms on an H200,
+benchmarks/RESULTS.md run 2).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-FALLBACK = "--text-attention square --cuda-graph"
+FALLBACK = "--text-attention square --no-compile --cuda-graph --no-overlap-encoders"
 VARIANTS = {  # fit_step.py's key suffix -> the fit options that run that variant
-    "": "",
-    "_overlap": " --overlap-encoders",
-    "_cuda_graph": " --cuda-graph",
+    "": " --no-cuda-graph --no-overlap-encoders",
+    "_overlap": " --no-cuda-graph --overlap-encoders",
+    "_cuda_graph": " --cuda-graph --no-overlap-encoders",
     "_overlap_cuda_graph": " --cuda-graph --overlap-encoders",
 }
 
@@ -48,7 +50,7 @@ def tests_passed(path: Path) -> bool:
 
 def timings(log_dir: Path) -> dict[str, float]:
     """Fit options -> ms per step, from every usable benchmark log in ``log_dir``."""
-    runs = {"--text-attention square": log_dir / "fit_step_square.log"}
+    runs = {"--text-attention square --no-compile": log_dir / "fit_step_square.log"}
     if tests_passed(log_dir / "pytest_flex.log"):
         runs["--text-attention flex --compile"] = log_dir / "fit_step_fast.log"
     found = {}

@@ -69,7 +69,7 @@ for s in $ONLY; do
       --steps 10 --variants --profile ;;
     # the square-attention step (not compiled): eager, encoders overlapped, CUDA graph, both
     fit_step_square) run_step fit_step_square 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
-      --batch-size 32 --steps 20 --attention square ;;
+      --batch-size 32 --steps 20 --attention square --no-compile-layers ;;
     # the comparison alone, with fit's defaults (on a GPU: flex, compiled layers; graph and overlap variants)
     fit_step_quick) run_step fit_step_quick 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 ;;

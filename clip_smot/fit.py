@@ -44,7 +44,8 @@ from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
 from .smot import PERTURBATIONS
 
-__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "run_fit"]
+__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "resolve_speed",
+           "run_fit"]
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
@@ -315,6 +316,7 @@ def run_fit(cfg: FitConfig) -> Path:
     from tqdm.auto import tqdm
 
     from .clip_model import load_clip
+    from .encoders import flex_available
     from .fewshot import decode_images, split_text
 
     check_config(cfg)
@@ -329,6 +331,9 @@ def run_fit(cfg: FitConfig) -> Path:
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":
             raise UserError(f"{flag}: needs a CUDA device, not {device}")
+    compiled = {"--compile": "--no-compile"} if cfg.compile else {}  # what torch.compile builds -> what avoids it
+    if cfg.text_attention == "flex" and flex_available(device):  # FlexAttention's kernel: compiled, --compile or not
+        compiled["--text-attention flex"] = "--text-attention square"
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     classes, split = _load_data(cfg, clip.image_size)
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
@@ -425,9 +430,9 @@ def run_fit(cfg: FitConfig) -> Path:
             try:  # thresholds from data_gen (CPU): no sync
                 loss = step(x, cam if cam is not None else no_cams, labels[idx])
             except Exception as e:
-                if cfg.compile and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
-                    raise UserError(f"--compile: torch.compile failed on this machine ({first_line(e)}); "
-                                    "run with --no-compile") from None
+                if compiled and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
+                    raise UserError(f"{' and '.join(compiled)}: torch.compile failed on this machine "
+                                    f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
                 raise
             loss_sum += loss
             if cfg.dry_run:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import choose_fast  # noqa: E402
+
+from clip_smot.fit import FitConfig, resolve_speed  # noqa: E402
 
 
 def _write(path: Path, *lines: str) -> None:
@@ -34,11 +41,12 @@ def test_choose_fast_takes_the_fewest_ms_of_every_timed_variant(tmp_path):
 def test_choose_fast_ignores_flex_timings_when_its_gpu_tests_failed_or_did_not_run(tmp_path):
     _write(tmp_path / "fit_step_square.log", _step(**{"": 30.0, "_cuda_graph": 24.0, "_overlap": None}))
     _write(tmp_path / "fit_step_fast.log", _step(**{"": 10.0}))
-    assert choose_fast.choose(tmp_path) == "--text-attention square --cuda-graph"  # no pytest log
+    square_graph = "--text-attention square --no-compile --cuda-graph --no-overlap-encoders"
+    assert choose_fast.choose(tmp_path) == square_graph  # no pytest log
     _write(tmp_path / "pytest_flex.log", "F...", "1 failed, 3 passed in 50.0s")
-    assert choose_fast.choose(tmp_path) == "--text-attention square --cuda-graph"
+    assert choose_fast.choose(tmp_path) == square_graph
     _write(tmp_path / "pytest_flex.log", "....", "4 passed in 50.0s")
-    assert choose_fast.choose(tmp_path) == "--text-attention flex --compile"
+    assert choose_fast.choose(tmp_path) == "--text-attention flex --compile --no-cuda-graph --no-overlap-encoders"
 
 
 def test_choose_fast_falls_back_without_cuda_timings(tmp_path):
@@ -47,6 +55,51 @@ def test_choose_fast_falls_back_without_cuda_timings(tmp_path):
     assert choose_fast.choose(tmp_path) == choose_fast.FALLBACK
     _write(tmp_path / "fit_step_square.log", "Traceback (most recent call last):", "{not json")
     assert choose_fast.choose(tmp_path) == choose_fast.FALLBACK
+
+
+def _timed_by_gpu_check(step: str, monkeypatch) -> tuple[str, bool]:
+    """(attention, compiled layers) of gpu_check.sh's fit_step.py step ``step`` on a GPU."""
+    import fit_step
+
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    words = shlex.split(re.search(rf"^ *{step}\) run_step {step} \d+ (.*?);;", text, re.M).group(1))
+    seen, signature = {}, inspect.signature(fit_step.run)
+    with monkeypatch.context() as m:
+        m.setattr(fit_step, "run", lambda *a: seen.update(signature.bind(*a).arguments) or {})
+        m.setenv("HF_HUB_OFFLINE", "1")  # (main sets it)
+        fit_step.main(words[words.index("benchmarks/fit_step.py") + 1:])
+    fit = resolve_speed(FitConfig(text_attention=seen["attention"], compile=seen["compile_layers"]), torch.device("cuda"))
+    return fit.text_attention, fit.compile
+
+
+def _speed_on_cuda(options: str) -> tuple:
+    """The speed options that `clip-smot fit OPTIONS` runs with on CUDA (FlexAttention there)."""
+    from clip_smot.cli import cli
+
+    params = cli.commands["fit"].make_context("fit", shlex.split(options)).params
+    names = ("text_attention", "compile", "cuda_graph", "overlap_encoders")
+    fit = resolve_speed(FitConfig(**{k: params[k] for k in names}), torch.device("cuda"))  # (no GPU needed)
+    return tuple(getattr(fit, k) for k in names)
+
+
+def test_choose_fast_prints_the_fit_options_of_the_variant_that_was_timed(tmp_path, monkeypatch):
+    """On a GPU fit's defaults turn every speed option on: the options chosen run exactly the
+    timed variant (its attention, compiled or not, CUDA graph, overlap), as fit resolves them."""
+    import clip_smot.encoders as encoders
+
+    monkeypatch.setattr(encoders, "flex_available", lambda device: True)
+    timed = {log: _timed_by_gpu_check(log, monkeypatch) for log in ("fit_step_square", "fit_step_fast")}
+    assert timed == {"fit_step_square": ("square", False), "fit_step_fast": ("flex", True)}
+    _write(tmp_path / "pytest_flex.log", "4 passed in 50.0s")
+    variants = {"": (False, False), "_overlap": (False, True), "_cuda_graph": (True, False),
+                "_overlap_cuda_graph": (True, True)}
+    for log, text_options in timed.items():
+        for suffix, step_options in variants.items():
+            for name in timed:  # this variant the fastest of both logs
+                _write(tmp_path / f"{name}.log", _step(**{s: 5.0 if (name, s) == (log, suffix) else 50.0
+                                                          for s in variants}))
+            assert _speed_on_cuda(choose_fast.choose(tmp_path)) == text_options + step_options, (log, suffix)
+    assert _speed_on_cuda(choose_fast.FALLBACK) == ("square", False, True, False)  # what run 2 timed
 
 
 def test_fit_e2e_prepare_only_writes_the_data_and_cam_net_and_fits_nothing(tmp_path):

@@ -594,11 +594,21 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
         "flex", False, False, False)
     monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+    # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
+    import clip_smot.fit as fit_mod
+
+    seen = []
+    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg: seen.append(speed(cfg)))  # (a dry run: no folder)
+    for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
+                                                           ("mask", False, True, None))):
+        assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0
+        assert seen.pop() == given
 
 
 def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path, monkeypatch):
     """torch.compile's errors (e.g. no C compiler for Triton) end the fit with one line naming
-    --no-compile; other errors are not renamed."""
+    --no-compile (and --text-attention square where FlexAttention's kernel runs); other errors
+    are not renamed."""
     import clip_smot.fit as fit_mod
 
     class InductorError(RuntimeError):
@@ -619,6 +629,17 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
     monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(ValueError("a bug")))
     res = CliRunner().invoke(cli, fit_args(tmp_path / "d", "--compile"))
     assert isinstance(res.exception, ValueError)
+    # FlexAttention's kernel (CUDA) is compiled whatever --compile says: --no-compile alone would not help
+    import clip_smot.encoders as encoders
+
+    monkeypatch.setattr(encoders, "flex_available", lambda device: True)
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(InductorError("cc: not found")))
+    for extra, last in ((["--text-attention", "flex", "--no-compile"], "--text-attention flex: torch.compile failed "
+                         "on this machine (cc: not found); run with --text-attention square"),
+                        (["--compile"], "--compile and --text-attention flex: torch.compile failed on this machine "
+                         "(cc: not found); run with --no-compile --text-attention square")):
+        res = CliRunner().invoke(cli, fit_args(tmp_path / "e", *extra))
+        assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == "Error: " + last
 
 
 def test_resume_drops_a_half_written_log_line(tmp_path):
