@@ -401,6 +401,8 @@ def run_fit(cfg: FitConfig) -> Path:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
+    elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
+        torch.cuda.manual_seed(cfg.seed)
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
                          beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
                          generator=data_gen, cuda_graph=cfg.cuda_graph, compile_image=cfg.compile,

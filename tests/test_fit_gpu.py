@@ -102,3 +102,25 @@ def test_cuda_graph_fit_follows_the_eager_fit(tmp_path, tiny_clip_config, tiny_c
     for name in ("graph", "fast"):
         torch.testing.assert_close(load_prompt(tmp_path / name / "prompt.safetensors").ctx, eager.ctx, atol=1e-4,
                                    rtol=1e-3, msg=name)
+
+
+def test_a_cuda_graph_fit_with_noise_is_fixed_by_its_seed(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Under a CUDA graph (fit's CUDA default) --perturb noise comes from torch's CUDA generator,
+    which the fit seeds with --seed: two runs from other generator states end with the same context
+    (up to the order of atomic adds in a backward kernel)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    data = _write_imagenet(tmp_path / "data")
+    cam = tmp_path / "resnet10.pth"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict(), cam)
+    base = ["fit", "--data", str(data), "--shots", "4", "--model", tiny_clip_config, "--pretrained",
+            tiny_clip_checkpoint, "--cam-model", str(cam), "--n-ctx", "4", "--batch-size", "4", "--epochs", "1",
+            "--warmup-epochs", "0", "--lr", "0.05", "--perturb", "noise", "--sigma", "0.5", "--device", "cuda",
+            "--text-attention", "causal", "--no-compile", "--no-overlap-encoders", "--cuda-graph"]
+    ctx = {}
+    for name in ("a", "b"):
+        torch.cuda.manual_seed(1000 + ord(name))  # whatever state the process left: the fit seeds its own
+        res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        ctx[name] = load_prompt(tmp_path / name / "prompt.safetensors").ctx
+    torch.testing.assert_close(ctx["a"], ctx["b"], rtol=1e-5, atol=1e-6)
