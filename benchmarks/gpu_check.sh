@@ -71,14 +71,14 @@ for s in $ONLY; do
     fit_step_square) run_step fit_step_square 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 --attention square --no-compile-layers ;;
     # the comparison alone, with fit's defaults (on a GPU: flex, compiled layers; graph and overlap variants)
-    fit_step_quick) run_step fit_step_quick 100 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
+    fit_step_quick) run_step fit_step_quick 90 python3 benchmarks/fit_step.py --device cuda --classes 1000 \
       --batch-size 32 --steps 20 ;;
     fit_step_fp32ref) run_step fit_step_fp32ref 50 python3 benchmarks/fit_step.py --device cuda --steps 5 \
       --reference-precision fp32 --no-cuda-graph ;;
     resnet_epoch) run_step resnet_epoch 100 python3 benchmarks/resnet_epoch.py --device cuda --variants eager,cuda-graph \
       --epochs 2 --reference-epochs 1 --reference-workers 8 --max-seconds 75 ;;
     # the ResNet-18 target alone: `train --cuda-graph` epochs, no plain-loop reference
-    resnet_epoch_graph) run_step resnet_epoch_graph 100 python3 benchmarks/resnet_epoch.py --device cuda \
+    resnet_epoch_graph) run_step resnet_epoch_graph 80 python3 benchmarks/resnet_epoch.py --device cuda \
       --variants cuda-graph --epochs 2 --skip-reference ;;
     # the other architectures of Table 6 (one cuda-graph epoch each, no reference loop)
     resnet_archs) for arch in wrn40_2 densenet_bc; do run_step "resnet_epoch_$arch" 150 python3 benchmarks/resnet_epoch.py \
