@@ -140,7 +140,7 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.weight_decay >= 0, "--weight-decay", "must be >= 0"),
         (cfg.warmup_lr > 0, "--warmup-lr", "must be > 0"),
         (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
-        (0 < cfg.crop_scale <= 1, "--crop-scale", "must be in (0, 1]"),
+        (0 < cfg.crop_scale <= 1, "FitConfig.crop_scale", "must be in (0, 1]"),  # (no command-line flag)
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
         (cfg.workers >= 0, "--workers", "must be >= 0"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
@@ -150,11 +150,13 @@ def check_config(cfg: FitConfig) -> None:
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
         (not cfg.overlap_encoders or cfg.device != "cpu", "--overlap-encoders", "needs --device cuda"),
     ]
-    for name in ("alpha", "beta", "lam", "T", "sigma", "lr", "momentum", "weight_decay", "warmup_lr", "crop_scale"):
+    for name in ("alpha", "beta", "lam", "T", "sigma", "lr", "momentum", "weight_decay", "warmup_lr"):
         checks.insert(0, (math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')}", "must be a finite number"))
+    checks.insert(0, (math.isfinite(cfg.crop_scale), "FitConfig.crop_scale", "must be a finite number"))
     for ok, flag, what in checks:
         if not ok:
-            raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")
+            field = flag.removeprefix("FitConfig.").removeprefix("--").replace("-", "_")
+            raise UserError(f"{flag} {getattr(cfg, field)}: {what}")
 
 
 def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:

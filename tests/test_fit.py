@@ -664,6 +664,10 @@ def test_check_config_refuses_non_finite_options():
         for value in (float("inf"), float("nan")):
             with pytest.raises(UserError, match=flag):
                 check_config(FitConfig(**{name: value}))
+    # crop_scale has no command-line flag: the message names the FitConfig field, not a "--crop-scale"
+    for value, what in ((float("nan"), "must be a finite number"), (0.0, r"must be in \(0, 1\]"), (1.5, "must be in")):
+        with pytest.raises(UserError, match=rf"^FitConfig\.crop_scale {value}: {what}"):
+            check_config(FitConfig(crop_scale=value))
 
 
 def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
