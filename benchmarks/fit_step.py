@@ -499,6 +499,8 @@ def run(
     dev = resolve_device(device)
     fit = resolve_speed(FitConfig(text_attention=attention, compile=compile_layers), dev)
     attention, compile_layers = fit.text_attention, fit.compile
+    if compile_layers and attention not in ("square", "flex"):
+        raise SystemExit(f"--compile-layers needs --attention square or flex, not {attention}")
     torch.manual_seed(seed)
     names = (ROOT / "prompts" / "imagenet1k_classnames.txt").read_text().splitlines()
     if not 1 <= classes <= len(names):

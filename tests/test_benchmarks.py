@@ -130,3 +130,12 @@ def test_fit_e2e_runs_a_tiny_fit_and_reports_the_options_the_fit_resolved(tmp_pa
     assert 0 < result["seconds_per_epoch"] and result["seconds_setup"] >= 0
     run = next(tmp_path.glob("run-*"))
     assert (run / "prompt.safetensors").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_fit_step_refuses_compiled_layers_of_a_layout_that_has_none():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--device", "cpu", "--attention", "causal",
+         "--compile-layers"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 1 and out.stderr.strip() == "--compile-layers needs --attention square or flex, not causal"
