@@ -124,7 +124,7 @@ _POSITIVE = _Float(min=0, min_open=True)
 @click.option("--text-attention", type=click.Choice(("auto", *ATTENTION)), default="auto",
               show_default=True, help="Text attention layout (exact either way; square: one is_causal SDPA over "
               "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA); "
-              "auto: flex with CUDA, else causal (square with --compile).")
+              "auto: flex with CUDA (square before Ampere), else causal (square with --compile).")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the text layers (needs --text-attention square or flex) and the image "
               "encoder's blocks (compiled once, at the first step).  [default: on with CUDA]")

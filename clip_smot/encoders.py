@@ -33,6 +33,7 @@ __all__ = [
     "ImageEncoder",
     "TextEncoder",
     "check_text_tower",
+    "compile_available",
     "fast_image_encoder",
     "flex_available",
     "packed_index",
@@ -155,14 +156,23 @@ _LAYOUTS_KEPT = 16  # layouts cached per TextEncoder (see TextEncoder._layout)
 
 
 def flex_available(device: torch.device | str) -> bool:
-    """Whether ``attention="flex"`` runs FlexAttention's kernel on ``device`` (CUDA), not a dense mask."""
+    """Whether ``attention="flex"`` runs FlexAttention's kernel on ``device``, not a dense mask: a
+    CUDA GPU of compute capability 8.0 (Ampere) or newer. Below it torch has no Triton kernel for
+    FlexAttention and falls back to an eager dense path (slow; its fp16 backward fails)."""
     if torch.device(device).type != "cuda":
         return False
     try:
         from torch.nn.attention import flex_attention  # noqa: F401  ("import torch.nn..." would make torch local)
     except ImportError:
         return False
-    return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def compile_available(device: torch.device | str) -> bool:
+    """Whether ``torch.compile`` can build kernels for ``device``: on CUDA, Triton (inductor's
+    GPU backend) needs compute capability 7.0 (Volta) or newer; the CPU backend always."""
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def _flex(q, k, v, block_mask) -> torch.Tensor:

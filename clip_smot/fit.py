@@ -164,18 +164,20 @@ def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
 
     On CUDA the defaults are the fastest exact step measured (benchmarks/RESULTS.md, run 3, H200:
     10.57 ms a step against 29.57 ms with square attention and none of the others): FlexAttention
-    (``square`` where this torch has none), compiled layers, a CUDA graph and the image encoder
-    on a second stream. Elsewhere they are off and the attention is ``causal``, or ``square``
+    (``square`` where this torch or GPU has no FlexAttention kernel: before Ampere), compiled
+    layers (where Triton can build kernels: compute capability 7.0 or newer), a CUDA graph and
+    the image encoder on a second stream. Elsewhere they are off and the attention is ``causal``, or ``square``
     where ``--compile`` asks for a compilable layout. ``--compile`` is off by default under an
     explicit ``causal`` or ``mask``.
     """
-    from .encoders import flex_available
+    from . import encoders
 
     cuda = device.type == "cuda"
     attention = cfg.text_attention
     if attention == "auto":
-        attention = ("flex" if flex_available(device) else "square") if cuda or cfg.compile else "causal"
-    compile_ = cfg.compile if cfg.compile is not None else cuda and attention in ("square", "flex")
+        attention = ("flex" if encoders.flex_available(device) else "square") if cuda or cfg.compile else "causal"
+    compile_ = cfg.compile if cfg.compile is not None else (
+        cuda and attention in ("square", "flex") and encoders.compile_available(device))
     return dataclasses.replace(
         cfg, text_attention=attention, compile=compile_,
         cuda_graph=cfg.cuda_graph if cfg.cuda_graph is not None else cuda,

@@ -88,6 +88,7 @@ def test_choose_fast_prints_the_fit_options_of_the_variant_that_was_timed(tmp_pa
     import clip_smot.encoders as encoders
 
     monkeypatch.setattr(encoders, "flex_available", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100 / H200
     timed = {log: _timed_by_gpu_check(log, monkeypatch) for log in ("fit_step_square", "fit_step_fast")}
     assert timed == {"fit_step_square": ("square", False), "fit_step_fast": ("flex", True)}
     _write(tmp_path / "pytest_flex.log", "4 passed in 50.0s")

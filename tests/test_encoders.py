@@ -346,3 +346,16 @@ def test_flex_available_takes_a_device_or_its_name():
 
     assert flex_available("cpu") is False
     assert flex_available(torch.device("cpu")) is False
+
+
+def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
+    """FlexAttention's Triton kernel from compute capability 8.0 (Ampere), Triton itself from 7.0;
+    names and device objects alike; a CPU compiles (inductor's C++ backend) but has no FlexAttention kernel."""
+    from clip_smot.encoders import compile_available, flex_available
+
+    for sm, flex, compiles in (((9, 0), True, True), ((8, 0), True, True), ((7, 5), False, True),
+                               ((7, 0), False, True), ((6, 1), False, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, sm=sm: sm)
+        for device in ("cuda", torch.device("cuda", 0)):
+            assert (flex_available(device), compile_available(device)) == (flex, compiles), (sm, device)
+    assert compile_available("cpu") and not flex_available("cpu")

@@ -587,11 +587,20 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     assert speed(resolve_speed(FitConfig(), cpu)) == ("causal", False, False, False)
     assert speed(resolve_speed(FitConfig(compile=True), cpu)) == ("square", True, False, False)
     assert speed(resolve_speed(FitConfig(text_attention="flex"), cpu)) == ("flex", False, False, False)
-    monkeypatch.setattr(encoders, "flex_available", lambda device: torch.device(device).type == "cuda")
+    capability = {"sm": (9, 0)}  # the GPU's compute capability (the H200 of run 3: 9.0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["sm"])
     assert speed(resolve_speed(FitConfig(), cuda)) == ("flex", True, True, True)
     assert speed(resolve_speed(FitConfig(text_attention="causal"), cuda)) == ("causal", False, True, True)
     assert speed(resolve_speed(FitConfig(compile=False, cuda_graph=False, overlap_encoders=False), cuda)) == (
         "flex", False, False, False)
+    capability["sm"] = (8, 0)  # an A100: FlexAttention's Triton kernel from Ampere on
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("flex", True, True, True)
+    capability["sm"] = (7, 5)  # a T4: no FlexAttention kernel, Triton still builds the compiled layers
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+    capability["sm"] = (6, 0)  # a P100: Triton cannot build kernels for it
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", False, True, True)
+    assert speed(resolve_speed(FitConfig(compile=True), cuda)) == ("square", True, True, True)  # asked: tried
+    capability["sm"] = (9, 0)
     monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
     # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
