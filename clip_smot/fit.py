@@ -166,9 +166,9 @@ def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
     10.57 ms a step against 29.57 ms with square attention and none of the others): FlexAttention
     (``square`` where this torch or GPU has no FlexAttention kernel: before Ampere), compiled
     layers (where Triton can build kernels: compute capability 7.0 or newer), a CUDA graph and
-    the image encoder on a second stream. Elsewhere they are off and the attention is ``causal``, or ``square``
-    where ``--compile`` asks for a compilable layout. ``--compile`` is off by default under an
-    explicit ``causal`` or ``mask``.
+    the image encoder on a second stream. Elsewhere they are off and the attention is
+    ``causal``, or ``square`` where ``--compile`` asks for a compilable layout. ``--compile`` is
+    off by default under an explicit ``causal`` or ``mask``.
     """
     from . import encoders
 
