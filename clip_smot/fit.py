@@ -281,6 +281,13 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
     return saved
 
 
+def _since(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0`` (``time.perf_counter``), the device's queued work included (set-up only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _compiler_error(e: BaseException) -> bool:
     """Whether ``e`` was raised by torch.compile's machinery (dynamo, inductor) or a kernel compiler."""
     return any(t.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for t in type(e).__mro__)
@@ -338,7 +345,9 @@ def run_fit(cfg: FitConfig) -> Path:
     compiled = {"--compile": "--no-compile"} if cfg.compile else {}  # what torch.compile builds -> what avoids it
     if cfg.text_attention == "flex" and flex_available(device):  # FlexAttention's kernel: compiled, --compile or not
         compiled["--text-attention flex"] = "--text-attention square"
+    t_setup = time.perf_counter()
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
+    seconds = {"CLIP model": _since(t_setup, device)}
     classes, split = _load_data(cfg, clip.image_size)
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
@@ -381,7 +390,9 @@ def run_fit(cfg: FitConfig) -> Path:
 
     # Data on the device, decoded once; CAMs once.
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
+    t = time.perf_counter()
     images = decode_images(classes.root, [p for p, _ in split], clip.image_size, cfg.workers).to(device)  # [N, 3, S, S] uint8
+    seconds[f"{len(split)} images decoded"] = _since(t, device)
     cams = None
     if cam_net is not None:
         from .cam_models import build_cam_provider, cache_cams
@@ -391,7 +402,9 @@ def run_fit(cfg: FitConfig) -> Path:
             print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
                   f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
                   "its top-1 class, not of the true label", file=sys.stderr)
+        t = time.perf_counter()
         cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
+        seconds["CAMs"] = _since(t, device)
         del provider, cam_net
 
     prompt = _build_prompt(clip, classes.classnames, cfg, cfg.precision, compile_layers=cfg.compile)
@@ -417,6 +430,9 @@ def run_fit(cfg: FitConfig) -> Path:
     steps = N // B  # drop the last partial batch, as CoOp does
     # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
     no_cams = torch.zeros(B, clip.image_size, clip.image_size, dtype=torch.uint8, device=device) if cams is None else None
+    later = "; the first epoch also compiles and captures (the speed options)" if compiled or cfg.cuda_graph else ""
+    print(f"fit: set-up {_since(t_setup, device):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})"
+          f"{later}", file=sys.stderr)
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()

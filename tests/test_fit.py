@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -210,6 +211,9 @@ def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args,
     assert f"note: --split {split} has no image of 1 of the 3 classes of " in res.stderr
     assert f"({WNIDS[2]}): the prompt holds them, but nothing trains on them" in res.stderr
     assert "note: --split" not in CliRunner().invoke(cli, fit_args(tmp_path / "full", "--loss", "ce")).stderr
+    # where the set-up time went, before the first epoch (plain CoOp: no CAMs; on the CPU nothing compiled)
+    assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 4 images decoded [\d.]+ s\)$", res.stderr,
+                     re.M), res.stderr
 
 
 def test_another_seed_draws_another_split(imagenet_dir):
@@ -530,6 +534,8 @@ def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tm
     args = [a if a != cam_resnet else str(tmp_path / "same.safetensors") for a in fit_args(tmp_path / "b")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+    assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 6 images decoded [\d.]+ s, CAMs [\d.]+ s\)$",
+                     res.stderr, re.M), res.stderr  # where the set-up time went (SMOT: the CAMs too)
 
 
 def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
@@ -558,6 +564,7 @@ def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
     for name, extra in {"default": (), "flex": ("--text-attention", "flex", "--compile")}.items():
         res = CliRunner().invoke(cli, fit_args(tmp_path / name, "--warmup-epochs", "0", "--lr", "5", *extra))
         assert res.exit_code == 0, res.output
+        assert ("the first epoch also compiles" in res.stderr) == (name == "flex"), res.stderr
         runs[name] = load_prompt(tmp_path / name / "prompt.safetensors")
     init = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(runs["default"].config["seed"]))
     moved = runs["default"].ctx - init  # what the epoch's steps did to the context
