@@ -20,6 +20,12 @@ import choose_fast  # noqa: E402
 from clip_smot.fit import FitConfig, resolve_speed  # noqa: E402
 
 
+def _run_script(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python benchmarks/SCRIPT ARGS`` offline, with this checkout first on the path."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""})
+
+
 def _write(path: Path, *lines: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
@@ -104,11 +110,8 @@ def test_choose_fast_prints_the_fit_options_of_the_variant_that_was_timed(tmp_pa
 
 
 def test_fit_e2e_prepare_only_writes_the_data_and_cam_net_and_fits_nothing(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fit_e2e.py"), "--prepare-only", "--classes", "3", "--shots", "2",
-         "--image-size", "40", "--workers", "2", "--root", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
-    )
+    out = _run_script("fit_e2e.py", "--prepare-only", "--classes", "3", "--shots", "2", "--image-size", "40",
+                      "--workers", "2", "--root", str(tmp_path))
     assert out.returncode == 0, out.stderr
     classes = sorted(p for p in (tmp_path / "data" / "train").iterdir())
     assert len(classes) == 3 and all(len(list(c.glob("*.JPEG"))) == 2 for c in classes)
@@ -117,12 +120,9 @@ def test_fit_e2e_prepare_only_writes_the_data_and_cam_net_and_fits_nothing(tmp_p
 
 
 def test_fit_e2e_runs_a_tiny_fit_and_reports_the_options_the_fit_resolved(tmp_path, tiny_clip_config):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fit_e2e.py"), "--device", "cpu", "--classes", "2", "--shots", "2",
-         "--epochs", "2", "--batch-size", "2", "--image-size", "40", "--workers", "1", "--model", tiny_clip_config,
-         "--root", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
-    )
+    out = _run_script("fit_e2e.py", "--device", "cpu", "--classes", "2", "--shots", "2", "--epochs", "2",
+                      "--batch-size", "2", "--image-size", "40", "--workers", "1", "--model", tiny_clip_config,
+                      "--root", str(tmp_path), timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["images"] == 4 and result["epochs"] == 2 and result["device"] == "cpu"
@@ -134,9 +134,5 @@ def test_fit_e2e_runs_a_tiny_fit_and_reports_the_options_the_fit_resolved(tmp_pa
 
 
 def test_fit_step_refuses_compiled_layers_of_a_layout_that_has_none():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--device", "cpu", "--attention", "causal",
-         "--compile-layers"],
-        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
-    )
+    out = _run_script("fit_step.py", "--device", "cpu", "--attention", "causal", "--compile-layers")
     assert out.returncode == 1 and out.stderr.strip() == "--compile-layers needs --attention square or flex, not causal"
