@@ -8,6 +8,7 @@
 #   E2E_FAST="--text-attention flex --compile --cuda-graph --overlap-encoders" ...  # other fast options
 #   E2E_FAST=auto ...   # the fastest options that an earlier call on this (still warm) machine timed
 #   ONLY=issue bash benchmarks/gpu_check.sh   # the issue's four targets in one call, the 50-epoch fit included
+#   DEADLINE=470 ...   # no step runs past 470 s from the start (ONLY=issue's default): a step's limit shrinks to fit
 # Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
 # same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
@@ -18,9 +19,10 @@
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
 # last lines printed are a summary of the JSON results.
 set -uo pipefail
+start=$(date +%s)
 OUT=${OUT:-/tmp/gpu_check}
-KEEP=/tmp/gpu_check_keep  # logs kept for a later call on the same machine ($OUT is emptied between calls)
-E2E_ROOT=/tmp/clip_smot_e2e
+KEEP=${KEEP:-/tmp/gpu_check_keep}  # logs kept for a later call on the same machine ($OUT is emptied between calls)
+E2E_ROOT=${E2E_ROOT:-/tmp/clip_smot_e2e}
 mkdir -p "$OUT" "$KEEP"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # epoch lines only
 if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
@@ -29,7 +31,9 @@ if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
 fi
 if [ "${ONLY:-}" = issue ]; then  # the targets alone, lean: the fit step, a ResNet graph epoch, the 50-epoch fit
   ONLY="prepare_e2e fit_step_quick resnet_epoch_graph fit_e2e"; E2E_EPOCHS=${E2E_EPOCHS:-50}; E2E_LIMIT=${E2E_LIMIT:-400}
+  DEADLINE=${DEADLINE:-470}  # the call stays under the issue's 8 minutes, whatever the steps take
 fi
+DEADLINE=${DEADLINE:-}
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
 E2E_FAST=${E2E_FAST:-"--text-attention flex --compile --cuda-graph"}  # fit_e2e_fast's options (word-split)
@@ -38,10 +42,13 @@ if [ "$E2E_FAST" = auto ]; then  # the fastest exact step an earlier call timed 
   echo "E2E_FAST=auto chose: $E2E_FAST"
 fi
 ONLY=${ONLY:-"pytest_gpu fit_step_fast fit_step_fp32ref resnet_epoch fit_e2e_fast"}
-start=$(date +%s)
 run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (limit ${limit}s, at $(( $(date +%s) - start ))s)"
+  local name=$1 limit=$2 at=$(( $(date +%s) - start )); shift 2
+  if [ -n "$DEADLINE" ]; then  # the step gets what is left of DEADLINE, if that is less
+    if [ $(( DEADLINE - at )) -lt 1 ]; then echo "=== $name skipped: ${at}s of DEADLINE=${DEADLINE}s gone"; return; fi
+    [ $(( DEADLINE - at )) -lt "$limit" ] && limit=$(( DEADLINE - at ))
+  fi
+  echo "=== $name (limit ${limit}s, at ${at}s)"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "=== $name rc=$?"
   cp "$OUT/$name.log" "$KEEP/"

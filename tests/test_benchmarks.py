@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -136,3 +137,57 @@ def test_fit_e2e_runs_a_tiny_fit_and_reports_the_options_the_fit_resolved(tmp_pa
 def test_fit_step_refuses_compiled_layers_of_a_layout_that_has_none():
     out = _run_script("fit_step.py", "--device", "cpu", "--attention", "causal", "--compile-layers")
     assert out.returncode == 1 and out.stderr.strip() == "--compile-layers needs --attention square or flex, not causal"
+
+
+def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run gpu_check.sh with ``python3`` and ``nvidia-smi`` replaced by stubs that record their
+    arguments: what the script would run on a GPU, in which order, under which limits."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_ / "python3").write_text(
+        "#!/bin/bash\n"
+        'echo "$*" >> "$CALLS"\n'
+        'case "$*" in *fit_step.py*) [ -n "${FIT_STEP_SLEEP:-}" ] && exec sleep "$FIT_STEP_SLEEP";; esac\n'
+        'echo \'{"ms_per_step": 1.0}\'\n')
+    (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total [MiB], driver_version'\necho 'Stub GPU'\n")
+    for stub in bin_.iterdir():
+        stub.chmod(0o755)
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60,
+                         env={"PATH": f"{bin_}:/usr/bin:/bin", "CALLS": str(calls), "ONLY": only,
+                              "OUT": str(tmp_path / "out"), "KEEP": str(tmp_path / "keep"),
+                              "E2E_ROOT": str(tmp_path / "e2e"), **env})
+    for _ in range(50):  # prepare_e2e's stub runs in the background
+        if "--prepare-only" in calls.read_text() or "prepare_e2e" not in only + out.stdout:
+            break
+        time.sleep(0.1)
+    return out, [c for c in calls.read_text().splitlines() if not c.startswith("-c ")]
+
+
+def test_gpu_check_issue_runs_the_four_targets_once_each_with_the_50_epoch_fit(tmp_path):
+    out, calls = _gpu_check(tmp_path, "issue")
+    assert out.returncode == 0, out.stderr
+    e2e = str(tmp_path / "e2e")
+    prepare = [c for c in calls if "--prepare-only" in c]
+    assert prepare == [f"benchmarks/fit_e2e.py --prepare-only --classes 1000 --shots 16 --image-size 256 --root {e2e}"]
+    assert [c for c in calls if c not in prepare] == [
+        "benchmarks/fit_step.py --device cuda --classes 1000 --batch-size 32 --steps 20",
+        "benchmarks/resnet_epoch.py --device cuda --variants cuda-graph --epochs 2 --skip-reference",
+        f"benchmarks/fit_e2e.py --device cuda --classes 1000 --shots 16 --epochs 50 --image-size 256 --root {e2e}",
+    ]
+    limits = re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M)
+    assert limits == [("fit_step_quick", "90"), ("resnet_epoch_graph", "80"), ("fit_e2e", "400")]
+    for step in ("fit_step_quick", "resnet_epoch_graph", "fit_e2e"):
+        assert f"=== {step} rc=0" in out.stdout and (tmp_path / "keep" / f"{step}.log").is_file()
+    assert re.search(r"^fit_e2e: \{\"ms_per_step\": 1.0\}$", out.stdout, re.M)  # the summary of the JSON lines
+
+
+def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
+    t0 = time.monotonic()
+    out, calls = _gpu_check(tmp_path, "fit_step_quick resnet_epoch_graph", DEADLINE="2", FIT_STEP_SLEEP="30")
+    assert time.monotonic() - t0 < 20  # not fit_step_quick's 90 s nor the stub's 30 s
+    assert re.search(r"^=== fit_step_quick \(limit [12]s, at [01]s\)$", out.stdout, re.M), out.stdout
+    assert "=== fit_step_quick rc=124" in out.stdout  # timeout's exit status
+    assert re.search(r"^=== resnet_epoch_graph skipped: \d+s of DEADLINE=2s gone$", out.stdout, re.M)
+    assert not any("resnet_epoch.py" in c for c in calls)
