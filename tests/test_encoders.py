@@ -234,6 +234,35 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_config, tiny_clip_checkpoint):
+    """`clip-smot fit`'s CUDA text path (FlexAttention's kernel in compiled layers) with class-specific
+    contexts, the class token in the middle or in front, a context from words, no shared prefix:
+    open_clip's fp32 features and gradient."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for csc, position, ctx_init, share_prefix in ((True, "end", None, True), (False, "middle", None, True),
+                                                  (True, "front", None, True), (False, "end", "a photo of a", True),
+                                                  (False, "end", None, False)):
+        case = (csc, position, ctx_init, share_prefix)
+        learner = PromptLearner(clip, NAMES, n_ctx=8, ctx_init=ctx_init, csc=csc, class_position=position,
+                                attention="flex", share_prefix=share_prefix)
+        learner.encoder.compile_layers()
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+        ref.square().sum().backward()
+        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        out = learner()
+        out.square().sum().backward()
+        built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
+        assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built), case  # the kernel ran
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("loss", ["smot", "ce"])
 def test_gpu_cuda_graph_and_overlapped_steps_equal_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
     """Replayed as a CUDA graph, with the image encoder on its own stream, or both: the eager step's numbers."""

@@ -294,22 +294,29 @@ def test_flex_masks_by_hand(clip):
     assert len(enc._layouts) == encoders._LAYOUTS_KEPT
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_flex_kernel_forward_equals_the_dense_mask(clip, compiled):
-    """FlexAttention's own kernel (forward only on the CPU: torch has no CPU backward for it)
-    with the BlockMasks gives the dense-mask features, also inside compiled layers."""
+@pytest.mark.parametrize("compiled, csc, class_position, ctx_init, share_prefix", [
+    (False, False, "end", None, True), (True, False, "end", None, True),
+    (False, True, "middle", None, True), (False, False, "front", None, True), (False, True, "end", None, True),
+    (False, False, "end", "a photo of a", True), (False, False, "middle", None, False),
+])
+def test_flex_kernel_forward_equals_open_clip(clip, compiled, csc, class_position, ctx_init, share_prefix):
+    """FlexAttention's own kernel with the BlockMasks (forward only on the CPU: torch has no CPU
+    backward for it), in every prompt layout (shared prefix or none), also inside compiled
+    layers: open_clip's features."""
     pytest.importorskip("torch.nn.attention.flex_attention")
-    dense = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
-    flex = PromptLearner(clip, NAMES, n_ctx=5, attention="flex")
-    random_ctx_(dense, seed=3), random_ctx_(flex, seed=3)
+    flex = PromptLearner(clip, NAMES, n_ctx=5, ctx_init=ctx_init, csc=csc, class_position=class_position,
+                         attention="flex", share_prefix=share_prefix)
+    random_ctx_(flex, seed=3)
     flex.encoder.flex_kernel = True
     if compiled:
         flex.encoder.compile_layers()
     with torch.no_grad():
-        a, b = dense(), flex()
+        ours = flex()
+        expected = open_clip_encoding(clip, flex.prompt_embeddings(full=True), flex.tokens)
     built = [layout["masks"] for _, layout in flex.encoder._layouts.values()]
     assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built)  # BlockMasks, not dense masks
-    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    assert flex.prefix_len == (1 + flex.ctx.shape[-2] if share_prefix and not csc and class_position == "end" else 0)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
 def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
