@@ -571,8 +571,7 @@ def run(
         if name in errors:
             extra[f"{suffix}_error"] = errors[name]
     # the variant `clip-smot fit` runs by default here (graph and overlap on a GPU)
-    default_variant = {(False, False): "ours", (False, True): "ours_overlap", (True, False): "ours_cuda_graph",
-                       (True, True): "ours_overlap_cuda_graph"}[fit.cuda_graph and cuda_graph, fit.overlap_encoders]
+    default_variant = "ours" + "_overlap" * fit.overlap_encoders + "_cuda_graph" * (fit.cuda_graph and cuda_graph)
     if default_variant in ms:
         extra |= {"fit_defaults_variant": default_variant, "ms_per_step_fit_defaults": round(ms[default_variant], 2),
                   "speedup_fit_defaults": round(ref_ms / ms[default_variant], 2)}

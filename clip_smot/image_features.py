@@ -38,7 +38,7 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
-from .runtime import atomic_save_safetensors, cache_root, remove_stale_temporaries
+from .runtime import atomic_save_safetensors, cache_root, file_stamp, remove_stale_temporaries
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features"]
 
@@ -91,12 +91,7 @@ def cache_dir() -> Path:
 
 
 def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
-    files = []
-    for p in paths:
-        st = os.stat(p)
-        # the change time and inode too: cp -p, rsync -a, tar and unzip set the old modification time
-        # on other bytes, but every write or replacement sets the change time (which nothing can set back)
-        files.append([os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    files = [[os.path.abspath(p), *file_stamp(p)] for p in paths]  # a replaced image gives a new key
     blob = json.dumps(
         {
             "version": _CACHE_VERSION,

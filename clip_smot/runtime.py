@@ -29,6 +29,7 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "file_lock",
+    "file_stamp",
     "host_reachable",
     "make_folder",
     "remove_stale_temporaries",
@@ -262,16 +263,25 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
-_SHA256: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode) -> digest: one read per file and process
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """(size, modification time, change time, inode) of a file: what changes when its bytes may have.
+
+    The change time and inode too: cp -p, rsync -a, tar and unzip set the old modification time on
+    other bytes, but every write or replacement sets the change time (which nothing can set back).
+    """
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+_SHA256: dict[tuple, str] = {}  # (path, file_stamp) -> digest: one read per file and process
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes; a file unchanged since (same size, times and inode) is not
+    """Hex SHA-256 of a file's bytes; a file unchanged since (the same :func:`file_stamp`) is not
     read again in this process (``score`` checks a checkpoint found by name, then loads it)."""
     import hashlib
 
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    key = (os.path.realpath(path), *file_stamp(path))
     if key not in _SHA256:
         h = hashlib.sha256()
         with open(path, "rb") as f:

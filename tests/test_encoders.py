@@ -198,6 +198,24 @@ def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, mo
         assert ((out - ref).norm() / ref.norm()).item() < tol, precision
 
 
+def _open_clip_features_and_grad(clip, learner):
+    """open_clip's own fp32 encoding of the learner's prompts (its transformer over all 77 positions
+    with its float mask, ``ln_final``, EOT pooling, projection) and the gradient that
+    ``features.square().sum()`` sends into the context (left cleared on the learner)."""
+    m = clip.model
+    x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+    ref = m.ln_final(x)[torch.arange(x.shape[0]), learner.tokens.argmax(-1)] @ m.text_projection
+    ref.square().sum().backward()
+    grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+    return ref, grad
+
+
+def _flex_kernel_ran(learner) -> bool:
+    """BlockMasks were built: FlexAttention's kernel ran, not the dense mask."""
+    built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
+    return bool(built) and not any(isinstance(masks[0], torch.Tensor) for masks in built)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoint):
@@ -205,7 +223,6 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
     residual="precision" (bf16), and attention="flex" on FlexAttention's kernel (forward and
     backward), eager and with compiled layers."""
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
-    m = clip.model
     for precision, residual, attention, compiled, tol in (
         ("fp32", "fp32", "square", False, 1e-4), ("bf16", "precision", "square", False, 3e-2),
         ("bf16", "precision", "causal", False, 3e-2),
@@ -218,16 +235,12 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
             learner.encoder.compile_layers()
         with torch.no_grad():
             learner.ctx.normal_(0, 1)
-        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
-        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
-        ref.square().sum().backward()
-        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = learner()
         out.float().square().sum().backward()
-        if attention == "flex":  # BlockMasks were built: FlexAttention's kernel ran, not the dense mask
-            built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
-            assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built), case
+        if attention == "flex":
+            assert _flex_kernel_ran(learner), case
         assert ((out - ref).norm() / ref.norm()).item() < tol, case
         assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, case
 
@@ -239,7 +252,6 @@ def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_co
     contexts, the class token in the middle or in front, a context from words, no shared prefix:
     open_clip's fp32 features and gradient."""
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
-    m = clip.model
     for csc, position, ctx_init, share_prefix in ((True, "end", None, True), (False, "middle", None, True),
                                                   (True, "front", None, True), (False, "end", "a photo of a", True),
                                                   (False, "end", None, False)):
@@ -249,14 +261,10 @@ def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_co
         learner.encoder.compile_layers()
         with torch.no_grad():
             learner.ctx.normal_(0, 1)
-        x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
-        ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
-        ref.square().sum().backward()
-        ref_grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
         out = learner()
         out.square().sum().backward()
-        built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
-        assert built and not any(isinstance(masks[0], torch.Tensor) for masks in built), case  # the kernel ran
+        assert _flex_kernel_ran(learner), case
         assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
         assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
 
