@@ -7,8 +7,8 @@ import json
 import re
 import shlex
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import torch

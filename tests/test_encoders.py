@@ -15,6 +15,7 @@ from clip_smot.clip_step import make_fit_step
 from clip_smot.encoders import ImageEncoder, fast_image_encoder
 from clip_smot.prompt import PromptLearner
 from clip_smot.smot import cam_mask, sample_thresholds, smoothing_eps, soft_targets
+from test_prompt import flex_kernel_ran, open_clip_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["goldfish", "great white shark", "tree frog"]
@@ -202,18 +203,10 @@ def _open_clip_features_and_grad(clip, learner):
     """open_clip's own fp32 encoding of the learner's prompts (its transformer over all 77 positions
     with its float mask, ``ln_final``, EOT pooling, projection) and the gradient that
     ``features.square().sum()`` sends into the context (left cleared on the learner)."""
-    m = clip.model
-    x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
-    ref = m.ln_final(x)[torch.arange(x.shape[0]), learner.tokens.argmax(-1)] @ m.text_projection
+    ref = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
     ref.square().sum().backward()
     grad, learner.ctx.grad = learner.ctx.grad.clone(), None
     return ref, grad
-
-
-def _flex_kernel_ran(learner) -> bool:
-    """BlockMasks were built: FlexAttention's kernel ran, not the dense mask."""
-    built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
-    return bool(built) and not any(isinstance(masks[0], torch.Tensor) for masks in built)
 
 
 @pytest.mark.gpu
@@ -240,7 +233,7 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
             out = learner()
         out.float().square().sum().backward()
         if attention == "flex":
-            assert _flex_kernel_ran(learner), case
+            assert flex_kernel_ran(learner), case
         assert ((out - ref).norm() / ref.norm()).item() < tol, case
         assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, case
 
@@ -264,7 +257,7 @@ def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_co
         ref, ref_grad = _open_clip_features_and_grad(clip, learner)
         out = learner()
         out.square().sum().backward()
-        assert _flex_kernel_ran(learner), case
+        assert flex_kernel_ran(learner), case
         assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
         assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
 
