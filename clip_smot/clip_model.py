@@ -245,13 +245,19 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
                 f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")
     tag_cfg = get_pretrained_cfg(name, pretrained)
     if tag_cfg:
+        implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"
         if not _tag_is_cached(name, pretrained) and not _hub_reachable():
+            # a state dict of these weights says nothing of their activation: the -quickgelu name does
+            import open_clip
+
+            quick = implied == "quick_gelu" and open_clip.get_model_config(f"{name}-quickgelu") is not None
+            example = f"--model {name}-quickgelu" if quick else f"--model {name}"
             raise UserError(
                 f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
-                "no internet to download them; pass a local checkpoint instead, e.g. "
-                f"--model {name} --pretrained path/to/{name}.safetensors"
+                f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
+                f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
+                                                              if pretrained == "openai" else "")
             )
-        implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"
         return pretrained, "", implied, f"the {pretrained} weights of {name}"
     if any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:
         raise UserError(f"--pretrained {pretrained}: no such checkpoint file")
