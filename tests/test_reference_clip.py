@@ -151,6 +151,16 @@ def test_a_fitted_prompt_and_its_scores_equal_openais(openai_tiny, fitted, image
         assert _max_error(ours_mcm, mcm) < 1e-5 and _max_error(ours_msp, msp) < 1e-5
 
 
+def test_export_builds_the_runs_activation_from_a_plain_state_dict(openai_tiny, fitted, tmp_path):
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(fitted.parent / "checkpoint.pt"), "--pretrained",
+                                   openai_tiny["plain"], "--device", "cpu", "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 0, res.output
+    prompt = load_prompt(tmp_path / "p.safetensors")
+    assert prompt.activation == "quick_gelu"
+    text = ref_clip.coop_text_features(openai_tiny["reference"], prompt.ctx, prompt.classnames)
+    assert _max_error(prompt.text_features, text) < 1e-5
+
+
 def test_a_prompt_refuses_weights_built_with_the_other_activation(openai_tiny, fitted, images, tmp_path):
     res = CliRunner().invoke(cli, ["score", "--prompt", str(fitted), "--model", openai_tiny["config"],
                                    "--pretrained", openai_tiny["plain"], "--out", str(tmp_path / "s.csv"),
