@@ -5,12 +5,22 @@ a machine with internet, e.g. ``ViT-B-16`` + ``openai``), or by an open_clip mod
 file with a local checkpoint (``.pt``, ``.bin`` or ``.safetensors``). Without internet and
 without a cached copy, loading a tag fails within seconds, naming the model and saying how to
 pass a local file.
+
+The MLP activation follows the weights, not only the architecture name: open_clip 3.x builds
+``ViT-B-16`` with GELU, but OpenAI trained its weights with QuickGELU. A pretrained tag that
+says ``quick_gelu`` (open_clip's pretrained config: the ``openai`` tags, and others) and
+OpenAI's own files (TorchScript archives, and state dicts holding their extra entries) are
+built with QuickGELU; any other local file is built as its model config says (open_clip's
+``-quickgelu`` names, e.g. ``ViT-B-16-quickgelu``, say QuickGELU).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,15 +34,18 @@ from .errors import UserError, first_line
 from .runtime import host_reachable, sha256_file
 
 __all__ = [
+    "ACTIVATIONS",
     "ClipModel",
     "IMAGENET_CLASSNAMES",
     "check_local_features",
+    "config_activation",
     "encode_image_tokens",
     "encode_images",
     "image_preprocess",
     "is_vit",
     "load_clip",
     "load_clip_for_prompt",
+    "library_versions",
     "logit_scale",
     "preprocess_identity",
 ]
@@ -54,6 +67,17 @@ def __getattr__(name: str):
 # Hosts open_clip downloads from: the Hugging Face hub (preferred) and OpenAI's CDN.
 _HUB_HOST = ("huggingface.co", 443)
 
+# The MLP activations of open_clip's transformers, as recorded -> as shown: nn.GELU, or OpenAI's
+# QuickGELU (x * sigmoid(1.702 x)).
+ACTIVATIONS = {"gelu": "GELU", "quick_gelu": "QuickGELU"}
+# Entries of OpenAI's TorchScript archives that are not weights (OpenAI's clip.build_model drops them).
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+def config_activation(config: dict) -> str:
+    """The activation an open_clip model config builds: "quick_gelu" or "gelu"."""
+    return "quick_gelu" if config.get("quick_gelu") else "gelu"
+
 
 @dataclass
 class ClipModel:
@@ -64,7 +88,8 @@ class ClipModel:
         name: open_clip architecture name (for a config JSON: the file's stem).
         pretrained: the pretrained tag, the checkpoint file's name, or "" for random weights.
         checkpoint_sha256: SHA-256 of a local checkpoint file ("" for a tag or random weights).
-        config: the model config dict (the JSON's content), stored in prompt metadata.
+        config: the model config dict as built (the JSON's content, with ``quick_gelu`` set
+            where the weights decided it), stored in prompt metadata.
         mean, std: image normalisation of the pretrained weights.
         image_size: input side length.
         tokenizer: the open_clip tokenizer for this model.
@@ -80,6 +105,11 @@ class ClipModel:
     image_size: int
     tokenizer: object = field(repr=False)
 
+    @property
+    def activation(self) -> str:
+        """The MLP activation the model was built with: "quick_gelu" or "gelu"."""
+        return config_activation(self.config)
+
     def identity(self) -> dict[str, str]:
         """Strings that name these weights, as stored in prompt metadata."""
         return {
@@ -87,7 +117,17 @@ class ClipModel:
             "model_config": json.dumps(self.config, sort_keys=True),
             "pretrained": self.pretrained,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "activation": self.activation,
         }
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of clip-smot and open_clip (they decide what features a model gives)."""
+    import open_clip
+
+    from . import __version__
+
+    return {"clip_smot": __version__, "open_clip": open_clip.__version__}
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -124,45 +164,46 @@ def load_clip(
     model: str = "ViT-B-16",
     pretrained: str | None = "openai",
     device: torch.device | str = "cpu",
+    activation: str | None = None,
+    activation_source: str = "",
 ) -> ClipModel:
     """Create an open_clip model, load its weights, freeze it and put it in eval mode.
+
+    The activation is the weights' where they say it (a tag's ``quick_gelu``, OpenAI's own
+    files: QuickGELU), else the model config's (see the module docstring).
 
     Args:
         model: open_clip architecture name, or the path of a model-config JSON file.
         pretrained: a pretrained tag of that architecture (downloaded with internet), the path
-            of a local checkpoint (.pt, .bin, .safetensors), or None / "" / "none" for random
-            weights (tests and benchmarks).
+            of a local checkpoint (.pt, .bin, .safetensors, or OpenAI's TorchScript archive),
+            or None / "" / "none" for random weights (tests and benchmarks).
         device: where the model lives.
+        activation: build with this activation ("gelu" or "quick_gelu", e.g. a prompt's
+            record) instead of the model config's; weights that say otherwise are refused.
+        activation_source: what asked for ``activation`` (named in that error, e.g. "--prompt p").
 
     Raises:
-        UserError: unknown model or tag, missing file, or a tag that cannot be downloaded.
+        UserError: unknown model or tag, missing or unreadable file, a tag that cannot be
+            downloaded, or weights trained with another activation than ``activation``.
     """
     import open_clip
-    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     name, cfg = _resolve_name(model)
-    if pretrained in (None, "", "none"):
-        pretrained, checkpoint_sha = "", ""
-    elif os.path.isfile(pretrained):
-        checkpoint_sha = sha256_file(pretrained)
-    elif get_pretrained_cfg(name, pretrained):
-        checkpoint_sha = ""
-        if not _tag_is_cached(name, pretrained) and not _hub_reachable():
+    pretrained, checkpoint_sha, implied, why = _resolve_weights(name, pretrained)
+    want = implied or config_activation(cfg)
+    if activation is not None and activation != want:
+        if implied:
             raise UserError(
-                f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
-                "no internet to download them; pass a local checkpoint instead, e.g. "
-                f"--model {name} --pretrained path/to/{name}.safetensors"
+                f"{activation_source or '--pretrained'}: made with {ACTIVATIONS[activation]}, but {why} were trained "
+                f"with {ACTIVATIONS[implied]}: a context learned through one network does not fit the other; fit it "
+                "again with these weights"
             )
-    elif any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:
-        raise UserError(f"--pretrained {pretrained}: no such checkpoint file")
-    else:
-        tags = list_pretrained_tags_by_model(name)
-        raise UserError(
-            f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
-            "nor an existing checkpoint file"
-        )
+        want = activation
+    if want != config_activation(cfg):
+        cfg = {**cfg, "quick_gelu": want == "quick_gelu"}
+    openai_file = bool(checkpoint_sha) and implied is not None  # (of local files, only OpenAI's imply one)
     try:
-        clip = open_clip.create_model(name, pretrained=pretrained or None, device=device)
+        clip = _create(name, cfg, pretrained, openai_file, device)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
         raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({first_line(e)})") \
             from None
@@ -175,7 +216,7 @@ def load_clip(
     return ClipModel(
         model=clip,
         name=name,
-        pretrained=os.path.basename(pretrained) if os.path.isfile(pretrained) else pretrained,
+        pretrained=os.path.basename(pretrained) if checkpoint_sha else pretrained,
         checkpoint_sha256=checkpoint_sha,
         config=cfg,
         mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
@@ -183,6 +224,111 @@ def load_clip(
         image_size=int(size),
         tokenizer=open_clip.get_tokenizer(name),
     )
+
+
+def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str | None, str]:
+    """``(pretrained, checkpoint SHA-256, activation the weights imply or None, what implies it)``.
+
+    A tag implies its pretrained config's ``quick_gelu`` where it sets one; a local file implies
+    QuickGELU when it is one of OpenAI's own files (:func:`_is_openai_file`), else nothing.
+
+    Raises:
+        UserError: a missing file, an unknown tag, or a tag that is neither cached nor downloadable.
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    if pretrained in (None, "", "none"):
+        return "", "", None, ""
+    if os.path.isfile(pretrained):
+        openai_file = _is_openai_file(pretrained)
+        return (pretrained, sha256_file(pretrained), "quick_gelu" if openai_file else None,
+                f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")
+    tag_cfg = get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"
+        if not _tag_is_cached(name, pretrained) and not _hub_reachable():
+            # a state dict of these weights says nothing of their activation: the -quickgelu name does
+            import open_clip
+
+            quick = implied == "quick_gelu" and open_clip.get_model_config(f"{name}-quickgelu") is not None
+            example = f"--model {name}-quickgelu" if quick else f"--model {name}"
+            raise UserError(
+                f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
+                f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
+                f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
+                                                              if pretrained == "openai" else "")
+            )
+        return pretrained, "", implied, f"the {pretrained} weights of {name}"
+    if any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:
+        raise UserError(f"--pretrained {pretrained}: no such checkpoint file")
+    tags = list_pretrained_tags_by_model(name)
+    raise UserError(
+        f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
+        "nor an existing checkpoint file"
+    )
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether a file is a TorchScript archive (as ``torch.jit.save`` writes: a zip with constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_openai_file(path: str) -> bool:
+    """Whether a checkpoint is one of OpenAI's own CLIP files: a TorchScript archive (its CDN and
+    the ``clip`` package's cache hold these), or a state dict that still holds the archive's
+    non-weight entries (``input_resolution``, ...). An ordinary state dict cannot be told from
+    open_clip's (the same keys): its model config decides."""
+    if _is_torchscript(path):
+        return True
+    if not zipfile.is_zipfile(path):  # safetensors, or torch's legacy format: not read twice
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # (mapped: cheap)
+    except Exception:  # noqa: BLE001 - open_clip's load names the problem
+        return False
+    return isinstance(state, dict) and "input_resolution" in state
+
+
+def _openai_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The weights of one of OpenAI's own files, as OpenAI's ``clip.build_model`` reads them."""
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's files are TorchScript
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
+
+
+def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: torch.device | str) -> nn.Module:
+    """open_clip's model ``name`` with the MLP activation of ``cfg`` and the weights ``pretrained``
+    (a tag, a file, or "" for random weights; ``openai_file``: one of OpenAI's own files)."""
+    import open_clip
+
+    if cfg.get("quick_gelu"):
+        quick = {"force_quick_gelu": True}
+    else:  # (a config whose quick_gelu was turned off: passed as a constructor argument, the last word)
+        quick = {"quick_gelu": False} if "quick_gelu" in cfg else {}
+    with warnings.catch_warnings():
+        # open_clip warns when the config's activation is not the tag's; it was chosen above, on purpose
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+        if not openai_file:
+            return open_clip.create_model(name, pretrained=pretrained or None, device=device, **quick)
+        state = _openai_state_dict(pretrained)  # open_clip 3.x reads neither of OpenAI's formats
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": the weights come next
+        try:
+            clip = open_clip.create_model(name, pretrained=None, device=device, **quick)
+        finally:
+            logging.disable(previous)
+    clip.load_state_dict(state)
+    return clip
 
 
 def _tag_is_cached(name: str, tag: str) -> bool:
@@ -310,7 +456,8 @@ def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Te
 
 
 def load_clip_for_prompt(
-    name: str, config: dict, pretrained: str | None, device: torch.device | str = "cpu"
+    name: str, config: dict, pretrained: str | None, device: torch.device | str = "cpu",
+    activation: str | None = None, activation_source: str = "",
 ) -> ClipModel:
     """Load the model a prompt names: a built-in open_clip name, else its stored config.
 
@@ -322,14 +469,17 @@ def load_clip_for_prompt(
         config: the model config stored in the prompt.
         pretrained: as for :func:`load_clip`.
         device: where the model lives.
+        activation, activation_source: the prompt's activation and its file, as for
+            :func:`load_clip` (e.g. OpenAI weights in a plain state dict, named ``ViT-B-16``:
+            built with QuickGELU when the prompt was made with it).
     """
     import open_clip
 
     if open_clip.get_model_config(name) is not None:
-        return load_clip(name, pretrained, device)
+        return load_clip(name, pretrained, device, activation, activation_source)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.json"
         path.write_text(json.dumps(config))
-        return load_clip(str(path), pretrained, device)
+        return load_clip(str(path), pretrained, device, activation, activation_source)

@@ -517,7 +517,7 @@ def export_prompt(
             config JSON or weights file has moved); it must be the same architecture.
         device: where to encode the text features.
     """
-    from .clip_model import load_clip
+    from .clip_model import config_activation, load_clip
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -527,8 +527,9 @@ def export_prompt(
     config = saved["config"]
     cfg = FitConfig.from_dict(config)
     dev = resolve_device(device)
-    clip = load_clip(model or cfg.model, pretrained or cfg.pretrained, dev)
     theirs = config["run"]["clip"]
+    trained = config_activation(json.loads(theirs["model_config"]))  # (the record of an older run has no "activation")
+    clip = load_clip(model or cfg.model, pretrained or cfg.pretrained, dev, trained, f"--checkpoint {path}")
     if json.loads(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a

@@ -8,7 +8,8 @@ them again:
     $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
 
 ``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
-SHA-256), the preprocessing settings, and the sorted absolute file paths with their sizes,
+SHA-256, MLP activation), the versions of clip-smot and open_clip, the preprocessing settings,
+and the sorted absolute file paths with their sizes,
 modification and change times and inodes: editing, replacing, adding or removing an image gives
 a new key (even when a copy keeps the old modification time). Delete the folder
 to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
@@ -95,7 +96,8 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     blob = json.dumps(
         {
             "version": _CACHE_VERSION,
-            "model": clip.identity(),
+            "model": clip.identity(),  # (with the activation the model was built with)
+            "versions": cm.library_versions(),  # another clip-smot or open_clip may encode otherwise
             "preprocess": cm.preprocess_identity(clip),
             "files": sorted(files),
         },

@@ -12,6 +12,9 @@ Format (version 1, SPEC section 2):
     - ``model``: open_clip architecture name, ``model_config``: its config as JSON;
     - ``pretrained``: pretrained tag or checkpoint file name ("" for random weights);
       ``checkpoint_sha256``: SHA-256 of that checkpoint file ("" for a tag);
+    - ``activation``: the MLP activation the model was built with, "quick_gelu" (OpenAI's
+      weights) or "gelu"; a file without it (written before the key existed) was built as its
+      ``model_config`` says;
     - ``n_ctx``, ``class_position`` (end, middle, front), ``csc`` ("true"/"false");
     - ``classnames``: JSON list of the K class names, in the order of ``text_features``;
     - ``config``: the training configuration as JSON.
@@ -29,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from . import __version__
+from .clip_model import ACTIVATIONS, config_activation
 from .errors import UserError
 from .runtime import atomic_save_safetensors
 
@@ -50,6 +54,7 @@ class PromptFile:
     model_config: dict
     pretrained: str
     checkpoint_sha256: str
+    activation: str  # "quick_gelu" or "gelu"
     n_ctx: int
     class_position: str
     csc: bool
@@ -66,9 +71,19 @@ class PromptFile:
             may differ (the text features must be encoded again from ``ctx``).
 
         Raises:
-            UserError: the architecture differs.
+            UserError: the activation or the architecture differs.
         """
         theirs = json.loads(identity["model_config"])
+        if config_activation(theirs) != self.activation:
+            hint = (f"for OpenAI's weights in a state-dict file, --model {self.model.removesuffix('-quickgelu')}"
+                    "-quickgelu" if self.activation == "quick_gelu" else
+                    "a context learned through GELU does not fit QuickGELU weights: fit it again with them")
+            raise UserError(
+                f"{self.path or 'prompt'}: made with {ACTIVATIONS[self.activation]} ({self.model}, "
+                f"{self.pretrained or 'random weights'}), but the model in use ({identity['model']}, "
+                f"{identity['pretrained'] or 'random weights'}) is built with "
+                f"{ACTIVATIONS[config_activation(theirs)]}; {hint}"
+            )
         if theirs != self.model_config:
             raise UserError(
                 f"{self.path or 'prompt'}: made for model {self.model} ({self.pretrained or 'random weights'}), "
@@ -100,6 +115,7 @@ def save_prompt(
         "model_config": identity["model_config"],
         "pretrained": identity["pretrained"],
         "checkpoint_sha256": identity["checkpoint_sha256"],
+        "activation": identity.get("activation") or config_activation(json.loads(identity["model_config"])),
         "n_ctx": str(n_ctx),
         "class_position": class_position,
         "csc": "true" if csc else "false",
@@ -144,6 +160,10 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
     if not isinstance(classnames, list) or not isinstance(model_config, dict):
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
+    activation = meta.get("activation", config_activation(model_config))  # without it: as its config built
+    if activation not in ACTIVATIONS or activation != config_activation(model_config):
+        raise UserError(f"--prompt {path}: malformed metadata (activation {activation!r} is not the one of its "
+                        f"model_config, {config_activation(model_config)!r})")
     _check_contents(path, ctx, text_features, classnames, model_config, n_ctx, meta["class_position"], meta["csc"])
     return PromptFile(
         ctx=ctx,
@@ -152,6 +172,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         model_config=model_config,
         pretrained=meta["pretrained"],
         checkpoint_sha256=meta.get("checkpoint_sha256", ""),
+        activation=activation,
         n_ctx=n_ctx,
         class_position=meta["class_position"],
         csc=meta["csc"] == "true",  # (checked: "true" or "false")

@@ -170,16 +170,18 @@ class PromptScorer:
 
         The stored text features are used as they are when the weights are the prompt's own
         (:meth:`PromptFile.check_model` is True); otherwise they are encoded again from the
-        stored context with the model in use.
+        stored context with the model in use. The model is built with the prompt's activation
+        (its metadata); weights or a ``model`` built with the other are refused.
 
         Raises:
-            UserError: not a prompt file, a prompt made for another architecture, missing weights.
+            UserError: not a prompt file, a prompt made for another architecture or activation,
+                missing weights.
         """
         p = prompt if isinstance(prompt, PromptFile) else load_prompt(prompt)
         dev = resolve_device(device) if isinstance(device, str) else device
         weights = pretrained if pretrained is not None else _resolve_pretrained(p)
-        if model is None:
-            clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev)
+        if model is None:  # the prompt's model, with the activation it was made with
+            clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev, p.activation, f"--prompt {p.path}")
         else:
             clip = cm.load_clip(model, weights, dev)
         if p.check_model(clip.identity()):

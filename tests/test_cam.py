@@ -82,3 +82,29 @@ def test_cam_normalises_and_resizes_the_input_for_the_network():
     manual = nn.functional.interpolate(feats[:, 5:6].relu(), size=(48, 48), mode="bilinear", align_corners=False)[:, 0]
     assert cam.shape == (2, 48, 48) and (manual.flatten(1).amax(1) > manual.flatten(1).amin(1)).all()
     torch.testing.assert_close(cam, normalize_cam(manual))
+
+
+def test_cam_equals_torchcams_up_to_the_documented_relu_and_scaling():
+    """torchcam's CAM (an independent implementation: hooks on layer4 and fc) of a torchvision
+    ResNet-18 with random weights, for given classes, is Zhou et al.'s map at the feature
+    resolution, without a ReLU. With the ReLU of SMOT's CAM, upsampled bilinearly to the image
+    and min-max scaled to [0, 255] (as ours is documented to be), it equals ours."""
+    from torchcam.methods import CAM
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(4, 3, 96, 80)  # images in [0, 1]; feature map [3, 3]
+    y = torch.tensor([0, 3, 7, 9])
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ours = CAMProvider(model, mean=mean, std=std)(x, y)  # [4, 96, 80]
+
+    extractor = CAM(model, target_layer="layer4", fc_layer="fc", input_shape=(3, 96, 80))
+    with torch.no_grad():
+        scores = model((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    (theirs,) = extractor(class_idx=y.tolist(), scores=scores, normalized=False)  # [4, 3, 3]
+    extractor.remove_hooks()
+    assert theirs.shape == (4, 3, 3) and (theirs < 0).any() and (theirs > 0).any()  # the ReLU matters
+    up = torch.nn.functional.interpolate(theirs.relu()[:, None], size=(96, 80), mode="bilinear",
+                                         align_corners=False)[:, 0]
+    lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(ours, (up - lo) / (hi - lo) * 255, atol=1e-3, rtol=0)
