@@ -921,3 +921,35 @@ def test_a_class_named_train_is_a_class(tmp_path):
     assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
     (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
     assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"
+
+
+@pytest.mark.parametrize("what", ["ctx", "weights"])
+def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_clip_config, tiny_clip_checkpoint,
+                                                               tmp_path, what):
+    """`export` of a checkpoint whose context is NaN wrote the prompt (exit 0). A NaN context names
+    the checkpoint; weights whose text encoder gives NaN name the weights; the prompt file there
+    before stays as it was."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt, weights = one_epoch / "checkpoint.pt", tiny_clip_checkpoint
+    if what == "ctx":
+        saved = torch.load(ckpt, weights_only=True)
+        saved["ctx"][1, 2] = float("nan")
+        ckpt = tmp_path / "checkpoint.pt"
+        torch.save(saved, ckpt)
+    else:
+        sd = load_file(tiny_clip_checkpoint)
+        sd["text_projection"][0, 0] = float("inf")
+        weights = tmp_path / "inf.safetensors"
+        save_file(sd, str(weights))
+    out = tmp_path / "prompt.safetensors"
+    out.write_bytes(b"the old prompt")
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--model", tiny_clip_config,
+                                   "--pretrained", str(weights), "--device", "cpu"])
+    line = _one_error_line(res) if what == "ctx" else _last_error_line(res)  # (other weights: a note first)
+    if what == "ctx":
+        assert line.startswith(f"Error: --checkpoint {ckpt}: its context (ctx) is not a tensor of finite numbers")
+    else:
+        assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
+                               "non-finite text features")
+    assert out.read_bytes() == b"the old prompt"
