@@ -953,3 +953,35 @@ def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_c
         assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
                                "non-finite text features")
     assert out.read_bytes() == b"the old prompt"
+
+
+def test_a_split_of_any_file_names_reads_back(fit_args, tmp_path):
+    """`fit` wrote a split.txt it could not read back when a class folder name held a newline.
+    Class folders and image names with a newline, a tab, a backslash, U+2028 and a byte that is not
+    UTF-8: the file is one UTF-8 line per image, `--split` reads it back to the same files, and
+    the escapes are those data_lists/README.md gives."""
+    import os
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    names = {"new\nline": [b"a.png", b"\xff\xfe.png"], "back\\slash": [b"b\tc.png", "x\u2028y.png".encode()]}
+    for folder, files in names.items():
+        (data / folder).mkdir(parents=True)
+        for f in files:
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                os.path.join(os.fsencode(data / folder), f), format="PNG")
+    args = fit_args(tmp_path / "run", "--shots", "2")
+    args[args.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "run" / "split.txt").read_bytes().decode("utf-8")  # strict
+    assert text.splitlines() == ["back\\\\slash/b\\u0009c.png\t0", "back\\\\slash/x\\u2028y.png\t0",
+                                 "new\\u000aline/a.png\t1", "new\\u000aline/\\xff\\xfe.png\t1"]
+    classes = resolve_classes(data)
+    split = read_split(tmp_path / "run" / "split.txt", classes)
+    assert sorted((os.fsencode(p), y) for p, y in split) == sorted(
+        (os.fsencode(folder) + b"/" + f, y) for y, folder in enumerate(sorted(names)) for f in names[folder])
+    again = fit_args(tmp_path / "run2", "--split", str(tmp_path / "run" / "split.txt"), "--dry-run")
+    again[again.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, again)
+    assert res.exit_code == 0, res.output
