@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .metrics import ood_metrics
-from .runtime import atomic_write_files, make_folder, remove_stale_temporaries
+from .runtime import atomic_write_files, make_folder, remove_stale_temporaries, text_writer
 
 __all__ = ["METRIC_COLUMNS", "REPORT_FILES", "metric_table", "write_reports"]
 
@@ -79,6 +79,12 @@ def _markdown(table, id_accuracy: float | None, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a lone surrogate (a byte of a name that is not
+    UTF-8) as its escape, which its font code refuses, and ``$`` escaped, which starts math."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+
+
 def _histogram(id_scores, ood_scores, title: str) -> bytes:
     """The PNG of the score histograms: ID against each OOD set, one panel per score and set."""
     import matplotlib
@@ -98,10 +104,10 @@ def _histogram(id_scores, ood_scores, title: str) -> bytes:
             lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
             bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID")
-            ax.hist(b, bins=bins, alpha=0.6, density=True, label=ood_set)
-            ax.set_title(f"{score}: ID vs {ood_set}", fontsize=9)
+            ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(ood_set))
+            ax.set_title(_label(f"{score}: ID vs {ood_set}"), fontsize=9)
             ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(_label(title))
     buf = io.BytesIO()
     try:
         fig.savefig(buf, dpi=100, format="png")
@@ -149,7 +155,7 @@ def write_reports(
     texts = {"metrics.csv": _csv(table), "metrics.json": json.dumps(report, indent=2) + "\n",
              "metrics.md": _markdown(table, id_accuracy, title), **(files or {})}
     png = _histogram(id_scores, ood_scores, title)
-    writers = {name: (lambda tmp, t=text: Path(tmp).write_text(t, encoding="utf-8")) for name, text in texts.items()}
+    writers = {name: text_writer(text) for name, text in texts.items()}
     writers["scores_hist.png"] = lambda tmp: Path(tmp).write_bytes(png)
     created = not out.exists()
     make_folder(out)

@@ -38,6 +38,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "sha256_file",
+    "text_writer",
     "write_json",
 ]
 
@@ -295,9 +296,16 @@ def _sort_safetensors_metadata(path: str) -> None:
             f.write(text + b" " * (n - len(text)))
 
 
+def text_writer(text: str) -> Callable[[str], object]:
+    """A writer for :func:`atomic_write_files` that writes ``text`` as UTF-8 whatever the locale
+    says. A character UTF-8 cannot encode (a lone surrogate: a byte of a file name that is not
+    UTF-8, in a class or set name) is written as its escape, ``\\udcNN``, not failing the write."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write text atomically (temporary file + rename), as UTF-8 whatever the locale says."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Write text atomically (temporary file + rename), as :func:`text_writer` writes it."""
+    atomic_write(path, text_writer(text))
 
 
 def json_text(obj: Any) -> str:

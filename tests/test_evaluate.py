@@ -91,3 +91,14 @@ def test_an_evaluation_that_fails_while_writing_leaves_the_folder_all_old(tmp_pa
     assert after["scores_hist.png"] != before["scores_hist.png"]
     # the new scores, by hand: FPR95 at threshold 0.7 accepts 0.85 (50%); AUROC: ID above 0.85 once, above 0.2 thrice: 4/6
     assert "msp,a,50.00,66.67," in after["metrics.csv"].decode()
+
+
+def test_set_names_that_are_not_utf8_are_written_escaped(tmp_path):
+    """An --ood name or prompt file name that is not UTF-8 (a lone surrogate, as Python spells the
+    byte) failed every metric file after the whole evaluation; it is written as its escape."""
+    write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"caf\udce9": {"msp": np.array([0.1, 0.95])},
+                                                             "$\\foo{$": {"msp": np.array([0.5])}},
+                  title="Prompt p\udcff.safetensors")  # (and a set name that is broken matplotlib math)
+    assert (tmp_path / "metrics.csv").read_bytes().decode("utf-8").splitlines()[1].startswith("msp,caf\\udce9,")
+    assert (tmp_path / "metrics.md").read_text(encoding="utf-8").startswith("# Prompt p\\udcff.safetensors\n")
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["msp"]["caf\udce9"]["auroc"] == 50.0

@@ -667,3 +667,17 @@ def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_ch
     assert all(os.path.isfile(p) for p in written)
     assert f"{folder}/\\xff\\xfe latin.png" in text and f"{folder}/new\\u000aline.png" in text
     assert f"{folder}/back\\\\slash.png" in text and f"{folder}/caf\u00e9 \\u2028.png" in text
+
+
+def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_clip_checkpoint):
+    """A prompt fitted on class folders whose names are not UTF-8 holds such names (as Python
+    spells them: lone surrogates). Writing one into the CSV failed after every image was encoded;
+    it is written as its escape instead."""
+    names = ["r\udce9d", "gr\udce9en", "bl\udce9e"]
+    make_prompt(tmp_path / "p.safetensors", tiny, classnames=names)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "s.csv").read_bytes().decode("utf-8").splitlines()))
+    assert len(rows) == 3 and all(r["pred"] == names[int(r["pred_index"])].replace("\udce9", "\\udce9") for r in rows)
