@@ -493,6 +493,11 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
         bad.write_text(f"{rel}\t0\n")
         with pytest.raises(UserError, match=r"split.txt:1: .* leaves the class folder"):
             read_split(bad, classes)
+    # escapes that name no file (os.stat raised ValueError / UnicodeEncodeError on them): the line, as written
+    for rel in (f"{WNIDS[0]}/a\\u0000.JPEG", f"{WNIDS[0]}/a\\ud800.JPEG"):
+        bad.write_text(f"{rel}\t0\n")
+        with pytest.raises(UserError, match=rf"split.txt:1: {re.escape(rel)} is not a file name"):
+            read_split(bad, classes)
 
 
 def test_cam_model_from_a_train_safetensors(tmp_path):
