@@ -125,7 +125,7 @@ def _load_entry(path: Path, local: bool) -> tuple[dict[str, torch.Tensor], dict[
     entry, or None when it lacks the local features asked for.
 
     Raises:
-        SafetensorError, OSError: not a readable entry.
+        SafetensorError, OSError: not a readable entry (a missing tensor included).
     """
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -155,7 +155,8 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         global_, local_ = tensors["global"], tensors.get("local")
         encoded = [str(p) for p in json.loads(meta["paths"])]
         skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
+    # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
         return None, "it lists other files"

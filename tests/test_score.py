@@ -567,6 +567,26 @@ def test_a_cache_entry_without_a_checksum_is_encoded_again(tmp_path, tiny, monke
     assert "(it has no checksum (written by an older clip-smot)); its images are encoded again" in capsys.readouterr().err
 
 
+def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
+    """A well-formed safetensors entry whose features are one 0-d number: its checksum cannot even
+    be computed (no byte view of a 0-d float); a note, not a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    with safe_open(str(entry), framework="pt") as f:
+        meta = f.metadata()
+    save_file({"global": torch.tensor(1.0)}, str(entry), metadata=meta)
+    again = encode_files(tiny, paths, workers=0)
+    assert torch.equal(again.global_, fresh.global_)
+    assert "is damaged (not a readable entry (RuntimeError)); its images are encoded again" in capsys.readouterr().err
+
+
 def _weights_with(tmp_path, checkpoint, key, value):
     """A copy of the tiny checkpoint with ``key`` set to ``value`` (every element)."""
     from safetensors.torch import load_file, save_file
