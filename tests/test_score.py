@@ -701,3 +701,14 @@ def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "s.csv").read_bytes().decode("utf-8").splitlines()))
     assert len(rows) == 3 and all(r["pred"] == names[int(r["pred_index"])].replace("\udce9", "\\udce9") for r in rows)
+
+
+def test_an_error_naming_a_file_with_a_newline_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    """An unreadable image whose name holds a newline made the error two lines."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    bad = tmp_path / "new\nline.png"
+    bad.write_bytes(b"not an image")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(bad)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "new\\u000aline.png" in res.output
