@@ -18,7 +18,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .runtime import PRECISIONS
 from .smot import PERTURBATIONS
@@ -47,7 +47,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)  # (parses the command's flags too)
         except UserError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(one_line(str(e))) from None
         except click.UsageError as e:
             raise click.ClickException(e.format_message()) from None
         except KeyboardInterrupt:  # (fit and train say what they can resume from)

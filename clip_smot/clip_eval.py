@@ -21,7 +21,7 @@ from .evaluate import write_reports
 from .image_features import encode_files
 from .ood_data import folder_classnames, id_class_folders, id_set, image_set
 from .prompt_file import load_prompt
-from .runtime import check_output_folder, write_json
+from .runtime import check_output_folder, json_text
 from .scoring import PromptScorer, parse_scores
 
 __all__ = ["ClipEvalConfig", "run_clip_eval"]
@@ -174,6 +174,6 @@ def run_clip_eval(
         convention=convention,
         title=title,
         extra=extra,
+        files={"config.json": json_text({**asdict(cfg), "scores": list(cfg.scores)})},
     )
-    write_json({**asdict(cfg), "scores": list(cfg.scores)}, Path(out) / "config.json")
     return report

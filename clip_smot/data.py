@@ -7,6 +7,7 @@ so an unreadable or truncated file is always reported as one line naming the fil
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,7 @@ __all__ = [
     "bundled_file",
     "eight_bit",
     "class_folders",
+    "escape_path",
     "holds_folders",
     "imagenet200_wnids",
     "imagenet_classnames",
@@ -28,6 +30,7 @@ __all__ = [
     "list_images",
     "read_text_file",
     "load_image",
+    "unescape_path",
     "walk_files",
 ]
 
@@ -178,3 +181,41 @@ def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
     if not names:
         raise UserError(f"{flag} {root}: no class folders inside (expected {root}/<class>/<image>)")
     return names
+
+
+# what escape_path writes as an escape: the backslash itself, control characters (line breaks, tab),
+# the Unicode line and paragraph separators (str.splitlines breaks lines there too) and surrogates
+_NOT_PLAIN = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+
+
+def _escape(c: str) -> str:
+    o = ord(c)
+    if c == "\\":
+        return "\\\\"
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that is not part of a UTF-8 character (os.fsdecode's surrogateescape)
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}"
+
+
+def escape_path(path: str | os.PathLike) -> str:
+    """A file path as one line of UTF-8 text that :func:`unescape_path` reads back to the same name.
+
+    ``\\`` is written ``\\\\``; a byte of the name that is not part of a UTF-8 character
+    ``\\xNN`` (its value); a control character (newline, carriage return, tab, ...), U+2028,
+    U+2029 and any other surrogate ``\\uNNNN``; every other character as it is.
+    """
+    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), os.fsdecode(path))
+
+
+def unescape_path(text: str) -> str:
+    """The path that :func:`escape_path` wrote as ``text`` (a ``str`` as :func:`os.fsdecode` gives:
+    a byte that is not UTF-8 as a surrogate); a backslash that starts no escape is kept as it is."""
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e == "\\":
+            return "\\"
+        n = int(e[1:], 16)
+        return chr(0xDC00 + n) if e[0] == "x" and n >= 0x80 else chr(n)
+
+    return _ESCAPE.sub(one, text)

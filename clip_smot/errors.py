@@ -4,7 +4,11 @@ Library code raises :class:`UserError` with one line that names the file or flag
 wrong; the CLI prints that line and exits non-zero without a traceback (SPEC section 6).
 """
 
-__all__ = ["UserError", "first_line"]
+import re
+
+__all__ = ["UserError", "first_line", "one_line"]
+
+_LINE_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # where str.splitlines breaks
 
 
 class UserError(Exception):
@@ -16,3 +20,9 @@ def first_line(e: BaseException) -> str:
     (for a one-line error that quotes the reason, e.g. an empty file's unpickling error)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` with each line break written as its escape (``\\u000a``): a message that quotes a
+    file name holding a newline stays one line."""
+    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

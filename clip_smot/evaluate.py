@@ -6,6 +6,7 @@ produce the same files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -16,11 +17,13 @@ import numpy as np
 
 from .errors import UserError
 from .metrics import ood_metrics
-from .runtime import atomic_write, atomic_write_text, make_folder
+from .runtime import atomic_write_files, make_folder, remove_stale_temporaries, text_writer
 
-__all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "metric_table", "write_reports"]
 
 METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+# what an evaluation writes into its folder (config.json: the CLIP track's arguments)
+REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png", "config.json")
 
 
 def metric_table(
@@ -76,7 +79,14 @@ def _markdown(table, id_accuracy: float | None, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
+def _label(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a lone surrogate (a byte of a name that is not
+    UTF-8) as its escape, which its font code refuses, and ``$`` escaped, which starts math."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+
+
+def _histogram(id_scores, ood_scores, title: str) -> bytes:
+    """The PNG of the score histograms: ID against each OOD set, one panel per score and set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,14 +104,16 @@ def _histogram(path: Path, id_scores, ood_scores, title: str) -> None:
             lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
             bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID")
-            ax.hist(b, bins=bins, alpha=0.6, density=True, label=ood_set)
-            ax.set_title(f"{score}: ID vs {ood_set}", fontsize=9)
+            ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(ood_set))
+            ax.set_title(_label(f"{score}: ID vs {ood_set}"), fontsize=9)
             ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(_label(title))
+    buf = io.BytesIO()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        fig.savefig(buf, dpi=100, format="png")
     finally:
         plt.close(fig)
+    return buf.getvalue()
 
 
 def write_reports(
@@ -112,8 +124,15 @@ def write_reports(
     convention: str = "id",
     title: str = "OOD detection",
     extra: dict | None = None,
+    files: dict[str, str] | None = None,
 ) -> dict:
-    """Compute the metric table and write metrics.csv/.json/.md and scores_hist.png.
+    """Compute the metric table and write metrics.csv/.json/.md and scores_hist.png, all or none.
+
+    Every file is written to a temporary file first and renamed into place only when all are
+    written (:func:`~clip_smot.runtime.atomic_write_files`): a failure (a full disk, scores that
+    give no metrics) leaves ``out_dir`` as it was, and a folder created for them is removed. Of
+    an earlier evaluation's files (:data:`REPORT_FILES`) none is left beside the new ones; other
+    files in the folder are not touched.
 
     Args:
         out_dir: output folder (created).
@@ -123,18 +142,29 @@ def write_reports(
         convention: FPR95 convention, "id" or "openood".
         title: heading of the markdown table and the plot.
         extra: more top-level entries for metrics.json (e.g. the model and prompt used).
+        files: more text files to write with them, name -> text (e.g. config.json).
 
     Returns:
         The metrics.json content.
     """
     out = Path(out_dir)
-    make_folder(out)
     table = metric_table(id_scores, ood_scores, convention)
     report = {"fpr_convention": convention, "metrics": table, **(extra or {})}
     if id_accuracy is not None:
         report["id_accuracy"] = id_accuracy
-    atomic_write_text(_csv(table), out / "metrics.csv")
-    atomic_write_text(json.dumps(report, indent=2) + "\n", out / "metrics.json")
-    atomic_write_text(_markdown(table, id_accuracy, title), out / "metrics.md")
-    _histogram(out / "scores_hist.png", id_scores, ood_scores, title)
+    texts = {"metrics.csv": _csv(table), "metrics.json": json.dumps(report, indent=2) + "\n",
+             "metrics.md": _markdown(table, id_accuracy, title), **(files or {})}
+    png = _histogram(id_scores, ood_scores, title)
+    writers = {name: text_writer(text) for name, text in texts.items()}
+    writers["scores_hist.png"] = lambda tmp: Path(tmp).write_bytes(png)
+    created = not out.exists()
+    make_folder(out)
+    remove_stale_temporaries(out, REPORT_FILES, older_than_s=3600.0)  # of an evaluation killed while writing
+    try:
+        atomic_write_files(out, writers, REPORT_FILES)
+    except BaseException:
+        if created:  # (left as it was: absent)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return report

@@ -13,7 +13,8 @@ Two folder layouts (SPEC section 2):
 
 The split file (``split.txt``) has one line per chosen image, ``relative/path<TAB>label``, the
 path relative to the class-folder root, the label the class index in the run's class order;
-lines sorted by label, then path. See ``data_lists/README.md``.
+lines sorted by label, then path; the path escaped where it is not plain text (a backslash, a
+line break or another control character, a byte that is not UTF-8). See ``data_lists/README.md``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (IMAGE_EXTENSIONS, class_folders, holds_folders, imagenet_classnames, imagenet_wnids, load_image,
-                   read_text_file, walk_files)
+from .data import (IMAGE_EXTENSIONS, class_folders, escape_path, holds_folders, imagenet_classnames, imagenet_wnids,
+                   load_image, read_text_file, unescape_path, walk_files)
 from .errors import UserError
 
 __all__ = [
@@ -119,8 +120,9 @@ def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str
 
 
 def split_text(split: list[tuple[str, int]]) -> str:
-    """The split file's text: ``relative/path<TAB>label`` per line."""
-    return "".join(f"{path}\t{label}\n" for path, label in split)
+    """The split file's text: ``relative/path<TAB>label`` per line, the path as
+    :func:`~clip_smot.data.escape_path` writes it (any file name reads back, a line break in it too)."""
+    return "".join(f"{escape_path(path)}\t{label}\n" for path, label in split)
 
 
 def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--split") -> list[tuple[str, int]]:
@@ -139,20 +141,30 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
         rel, sep, label = line.rpartition("\t")
         if not sep or not label.strip().lstrip("-").isdigit():
             raise UserError(f"{flag} {path}:{n}: expected 'relative/path<TAB>label', got {line!r}")
-        y = int(label)
+        y, shown, rel = int(label), rel, unescape_path(rel)  # (messages show the path as written: one line)
         if not 0 <= y < len(classes.folders):
             raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
+        if not _file_name(rel):
+            raise UserError(f"{flag} {path}:{n}: {shown} is not a file name (a NUL character or a lone surrogate)")
         if rel.startswith("/") or ".." in rel.split("/"):  # the image must lie in its class folder
-            raise UserError(f"{flag} {path}:{n}: {rel} leaves the class folder (absolute, or with '..')")
+            raise UserError(f"{flag} {path}:{n}: {shown} leaves the class folder (absolute, or with '..')")
         folder = rel.split("/", 1)[0]
         if folder != classes.folders[y]:
-            raise UserError(f"{flag} {path}:{n}: {rel} is not in class {y}'s folder {classes.folders[y]!r}")
+            raise UserError(f"{flag} {path}:{n}: {shown} is not in class {y}'s folder {escape_path(classes.folders[y])}")
         if not (classes.root / rel).is_file():
-            raise UserError(f"{flag} {path}:{n}: {classes.root / rel}: no such image file")
+            raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: no such image file")
         split.append((rel, y))
     if not split:
         raise UserError(f"{flag} {path}: the split file lists no images")
     return split
+
+
+def _file_name(rel: str) -> bool:
+    """Whether ``rel`` can name a file: no NUL, and encodable as the file system's bytes."""
+    try:
+        return "\0" not in rel and bool(os.fsencode(rel))
+    except UnicodeEncodeError:
+        return False
 
 
 def _square_uint8(path: Path, size: int) -> torch.Tensor:

@@ -496,6 +496,11 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
     prompt = _build_prompt(clip, classnames, cfg, "fp32", attention="causal")
     prompt.ctx.copy_(ctx)
     text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
+    if not torch.isfinite(text_features).all():  # (a context is finite here: the caller checked it)
+        from .image_features import weights_flag
+
+        raise UserError(f"{weights_flag(clip)}: the text encoder of {clip.name} gives non-finite text features for "
+                        f"the context; its weights hold NaN or inf, or overflow; {path} not written")
     n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count
     save_prompt(path, ctx, text_features, clip.identity(), n_ctx, cfg.class_position, cfg.csc,
                 list(classnames), config)
@@ -541,7 +546,11 @@ def export_prompt(
               f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
               "the text features are encoded with the latter", file=sys.stderr)
     out = Path(out)
-    _export(saved["ctx"].to(dev), clip, config["run"]["classnames"], cfg, config, out)
+    ctx = saved["ctx"]
+    if not (torch.is_tensor(ctx) and ctx.is_floating_point() and torch.isfinite(ctx).all()):
+        raise UserError(f"--checkpoint {path}: its context (ctx) is not a tensor of finite numbers (NaN or inf: a "
+                        f"diverged or damaged run); {out} not written")
+    _export(ctx.to(dev), clip, config["run"]["classnames"], cfg, config, out)
     return out
 
 

@@ -17,7 +17,10 @@ since nothing names their weights.
 
 Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
 asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 x 2 bytes =
-200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val).
+200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val). The metadata holds the files
+(``paths``, ``skipped``) and ``sha256``, a checksum over the tensors and that metadata, checked
+on every read: an entry whose bytes changed since it was written (a flipped bit, a hand edit)
+is encoded again, with a note. Non-finite features are never stored nor used.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .data import load_image
 from .errors import UserError
 from .runtime import atomic_save_safetensors, cache_root, file_stamp, remove_stale_temporaries
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features"]
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features", "weights_flag"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -106,28 +109,64 @@ def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> ImageFeatures | None:
-    """The cached features of ``paths``, or None (absent, damaged, or without needed local features)."""
+def _checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, str]:
+    """SHA-256 per tensor over its name, dtype, shape and bytes and the metadata ``meta``: one per
+    tensor, so that a read of the global features alone need not read the (large) local ones."""
+    head = json.dumps(meta, sort_keys=True).encode()
+    out = {}
+    for name, t in tensors.items():
+        h = hashlib.sha256(head)
+        h.update(f"{name} {t.dtype} {list(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy())  # the bytes as stored
+        out[name] = h.hexdigest()
+    return out
+
+
+def _load_entry(path: Path, local: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors wanted (``global``, and ``local`` with ``local``) and the metadata of a cache
+    entry, or None when it lacks the local features asked for.
+
+    Raises:
+        SafetensorError, OSError: not a readable entry (a missing tensor included).
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if local and "local" not in f.keys():
+            return None
+        # clone: fresh, aligned memory, so that matrix products are bit-identical to those
+        # of freshly encoded features (a view into the file buffer can take another SIMD path)
+        tensors = {k: f.get_tensor(k).clone() for k in (("global", "local") if local else ("global",))}
+    return tensors, meta
+
+
+def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> tuple[ImageFeatures | None, str]:
+    """The cached features of ``paths`` and "", or None and why the entry cannot be used ("" when
+    there is no entry or it lacks the local features asked for; a reason when it is damaged)."""
     if not path.is_file():
-        return None
+        return None, ""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if local and "local" not in f.keys():
-                return None
-            # clone: fresh, aligned memory, so that matrix products are bit-identical to those
-            # of freshly encoded features (a view into the file buffer can take another SIMD path)
-            global_ = f.get_tensor("global").clone()
-            local_ = f.get_tensor("local").clone() if local else None
+        entry = _load_entry(path, local)
+        if entry is None:
+            return None, ""
+        tensors, meta = entry
+        if "sha256" not in meta:
+            return None, "it has no checksum (written by an older clip-smot)"
+        stored = json.loads(meta.pop("sha256"))
+        if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
+            return None, "its checksum does not match its contents"
+        global_, local_ = tensors["global"], tensors.get("local")
         encoded = [str(p) for p in json.loads(meta["paths"])]
         skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError):
-        return None  # a damaged entry is recomputed and overwritten
+    # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        return None, f"not a readable entry ({type(e).__name__})"
     if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
-        return None
+        return None, "it lists other files"
     n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
     if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
-        return None
+        return None, "its features have the wrong shape"
+    if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
+        return None, "its features are not finite"
     # the key sorts the files: the entry may hold them in another order than the one asked for
     row = {p: i for i, p in enumerate(encoded)}
     order = [row[p] for p in paths if p in row]
@@ -135,7 +174,7 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         global_ = global_[order]
         local_ = local_[order] if local_ is not None else None
         encoded = [encoded[i] for i in order]
-    return ImageFeatures(encoded, global_, local_, skipped)
+    return ImageFeatures(encoded, global_, local_, skipped), ""
 
 
 def _write_cache(path: Path, feats: ImageFeatures) -> None:
@@ -146,7 +185,7 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
     meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped])}
-    atomic_save_safetensors(tensors, path, meta)
+    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
 
 
 def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False
@@ -189,12 +228,34 @@ def _encode(
         if len(ok) < len(errors):  # (indexing copies the batch: only when it must drop a file)
             images = images[ok]
         g, l = normalized_features(clip, images.to(device, non_blocking=True), local)  # [b, e], [b, P, e]
+        _check_finite(clip, g, l, kept[-len(ok):])
         globals_.append(g.cpu())
         if local:
             locals_.append(l.to(_LOCAL_DTYPE).cpu())
-    if not kept:
+    if not kept and not skip_unreadable:
         raise UserError(f"{paths[0]}: none of the {len(paths)} image(s) could be read")
-    return ImageFeatures(kept, torch.cat(globals_), torch.cat(locals_) if local else None, skipped)
+    e = clip.config["embed_dim"]  # (no file readable: empty features, for the caller to judge with its other files)
+    global_ = torch.cat(globals_) if kept else torch.zeros(0, e)
+    local_ = (torch.cat(locals_) if kept else torch.zeros(0, 0, e, dtype=_LOCAL_DTYPE)) if local else None
+    return ImageFeatures(kept, global_, local_, skipped)
+
+
+def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, paths: Sequence[str]) -> None:
+    """A UserError naming the model's weights when the features ``g`` [b, e] (or ``l`` [b, P, e])
+    of ``paths`` are not finite: decoded images are finite, so the weights are the source."""
+    bad = ~torch.isfinite(g).all(dim=-1)  # [b]
+    if l is not None:
+        bad |= ~torch.isfinite(l).flatten(1).all(dim=-1)
+    if bad.any():
+        first = paths[int(bad.nonzero()[0])]
+        raise UserError(f"{weights_flag(clip)}: the image encoder of {clip.name} gives non-finite features "
+                        f"({int(bad.sum())} of {len(paths)} images, first {first}); its weights hold NaN or inf, "
+                        "or overflow")
+
+
+def weights_flag(clip: ClipModel) -> str:
+    """``--pretrained TAG|FILE``: where a model's weights came from, for messages blaming them."""
+    return f"--pretrained {clip.pretrained or '(none: random weights)'}"
 
 
 def encode_files(
@@ -217,15 +278,22 @@ def encode_files(
         skip_unreadable: skip unreadable images (listed in ``skipped``) instead of failing.
         use_cache: read and write the feature cache (see the module docstring).
 
+    Returns:
+        The features; with ``skip_unreadable`` none at all (empty tensors) when no file is readable.
+
     Raises:
-        UserError: an unreadable image (naming it) unless skipped; local features of a non-ViT.
+        UserError: an unreadable image (naming it) unless skipped; local features of a non-ViT;
+            non-finite features (naming the weights).
     """
     paths = [str(p) for p in paths]
     if not paths:
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
-    feats = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else None
+    feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
+    if damage:
+        print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",
+              file=sys.stderr)
     if feats is None:
         feats = _encode(clip, paths, local, batch_size, workers, skip_unreadable)
         if entry is not None:

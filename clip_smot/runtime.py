@@ -23,6 +23,7 @@ __all__ = [
     "atomic_save",
     "atomic_save_safetensors",
     "atomic_write",
+    "atomic_write_files",
     "atomic_write_text",
     "autocast",
     "cache_root",
@@ -31,11 +32,13 @@ __all__ = [
     "file_lock",
     "file_stamp",
     "host_reachable",
+    "json_text",
     "make_folder",
     "remove_stale_temporaries",
     "resolve_device",
     "seed_everything",
     "sha256_file",
+    "text_writer",
     "write_json",
 ]
 
@@ -171,6 +174,28 @@ def _write_error(path: Path, e: Exception) -> UserError:
     return UserError(f"cannot write {path}: {reason}{kept}")
 
 
+def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
+    """``write(tmp)`` on a new temporary file beside ``path``; its name. A failure removes it and is
+    a UserError naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
+        return tmp
+    except BaseException as e:  # (Ctrl-C too: no temporary file left behind)
+        error = _write_error(path, e) if isinstance(e, Exception) else e  # (while the file still fills the disk)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if error is e:
+            raise
+        raise error from None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -182,22 +207,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         UserError: the file cannot be written (a full disk, a read-only or missing folder),
             naming ``path``.
     """
-    path = Path(path)
+    atomic_write_files(Path(path).parent, {Path(path).name: write})
+
+
+def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[str], object]],
+                       leftovers: tuple[str, ...] = ()) -> None:
+    """Write several files of ``folder`` as one: ``writers[name](tmp)`` fills a temporary file for
+    each; only when every one is written are they renamed into place, and then the files named in
+    ``leftovers`` that were not written now are deleted (those of an earlier run that wrote more).
+
+    A failure while writing (a full disk, an exception in a writer, Ctrl-C) leaves the folder as it
+    was, with no temporary file; other files in it are never touched. Only a kill within the final
+    renames (no disk space needed, microseconds) could leave some files new and some old.
+
+    Raises:
+        UserError: a file cannot be written, naming it.
+    """
+    folder = Path(folder)
+    temps: dict[str, str] = {}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _write_error(path, e) from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except Exception as e:  # (measured while the temporary file still fills the disk)
-        raise _write_error(path, e) from None
+        for name, write in writers.items():
+            temps[name] = _write_temporary(folder / name, write)
+        for name, tmp in temps.items():
+            try:
+                os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
+            except OSError as e:
+                raise _write_error(folder / name, e) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
+    for name in leftovers:
+        if name not in writers:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None,
@@ -253,14 +296,26 @@ def _sort_safetensors_metadata(path: str) -> None:
             f.write(text + b" " * (n - len(text)))
 
 
+def text_writer(text: str) -> Callable[[str], object]:
+    """A writer for :func:`atomic_write_files` that writes ``text`` as UTF-8 whatever the locale
+    says. A character UTF-8 cannot encode (a lone surrogate: a byte of a file name that is not
+    UTF-8, in a class or set name) is written as its escape, ``\\udcNN``, not failing the write."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write text atomically (temporary file + rename), as UTF-8 whatever the locale says."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """Write text atomically (temporary file + rename), as :func:`text_writer` writes it."""
+    atomic_write(path, text_writer(text))
+
+
+def json_text(obj: Any) -> str:
+    """Pretty JSON with sorted keys and a final newline: the text of :func:`write_json`."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write pretty JSON atomically."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+    atomic_write_text(json_text(obj), path)
 
 
 def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:

@@ -27,9 +27,9 @@ from PIL import Image
 
 from . import clip_model as cm
 from .clip_model import ClipModel
-from .data import eight_bit, list_images
+from .data import eight_bit, escape_path, list_images
 from .errors import UserError
-from .image_features import ImageFeatures, encode_files, normalized_features
+from .image_features import ImageFeatures, encode_files, normalized_features, weights_flag
 from .prompt_file import PromptFile, load_prompt
 from .runtime import atomic_write_text, check_output_file, resolve_device, sha256_file
 from .scores import SCORES, gl_mcm
@@ -108,6 +108,16 @@ def scores_from_features(
     return out
 
 
+def _check_finite_scores(out: dict[str, torch.Tensor], names: Sequence[str], paths: Sequence[str]) -> None:
+    """A UserError naming the score and the first image when a score is not finite (the features,
+    text features and temperature were checked: the score's own arithmetic is left)."""
+    for name in names:
+        bad = ~torch.isfinite(out[name])
+        if bad.any():
+            raise UserError(f"--scores {name}: non-finite scores ({int(bad.sum())} of {len(bad)} images, first "
+                            f"{paths[int(bad.nonzero()[0])]}: {float(out[name][bad][0])})")
+
+
 @dataclass
 class PathScores:
     """Scores of image files: ``scores[name][i]`` belongs to ``paths[i]``."""
@@ -157,6 +167,20 @@ class PromptScorer:
         self.classnames = list(classnames)
         self.logit_scale = cm.logit_scale(clip).float()
         self.source = source
+        self._check_finite_inputs()
+
+    def _check_finite_inputs(self) -> None:
+        """A UserError naming the weights when the text features or ``logit_scale.exp()`` are not
+        finite (a prompt file's own tensors are checked when it is loaded)."""
+        bad = ~torch.isfinite(self.text_features).all(dim=-1)  # [K]
+        if bad.any():
+            raise UserError(f"{weights_flag(self.clip)}: the {self.source or 'text features'} are not finite "
+                            f"({int(bad.sum())} of {len(bad)} classes, first {self.classnames[int(bad.nonzero()[0])]!r}); "
+                            "the text encoder's weights hold NaN or inf, or overflow")
+        if not torch.isfinite(self.logit_scale):
+            raw = float(self.clip.model.logit_scale)
+            raise UserError(f"{weights_flag(self.clip)}: logit_scale {raw:g} gives the non-finite temperature "
+                            f"exp(logit_scale) = {float(self.logit_scale):g} (CLIP's is at most ln 100 = 4.605)")
 
     @classmethod
     def from_file(
@@ -247,8 +271,9 @@ class PromptScorer:
             # as files are read: open_clip's transform converts to RGB itself, after resizing
             images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
         g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
-        out = scores_from_features(g, self.text_features, self.logit_scale, names, l)
-        return {k: v.cpu() for k, v in out.items()}
+        out = {k: v.cpu() for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l).items()}
+        _check_finite_scores(out, names, [f"image {i}" for i in range(len(g))])
+        return out
 
     @torch.inference_mode()
     def score_features(self, feats: ImageFeatures, scores: Sequence[str], chunk: int = 1024) -> dict[str, torch.Tensor]:
@@ -264,7 +289,9 @@ class PromptScorer:
             l = feats.local[i : i + chunk].to(self.device, non_blocking=True) if feats.local is not None else None
             for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l).items():
                 parts.setdefault(k, []).append(v)
-        return {k: torch.cat(v).cpu() for k, v in parts.items()}
+        out = {k: torch.cat(v).cpu() for k, v in parts.items()}
+        _check_finite_scores(out, names, feats.paths)
+        return out
 
     def score_paths(
         self,
@@ -279,7 +306,8 @@ class PromptScorer:
 
         Raises:
             UserError: a missing path, a folder without images, an unreadable image (unless
-                ``skip_unreadable``), gl-mcm with a non-ViT model.
+                ``skip_unreadable``; then only when no file of any argument is readable), gl-mcm
+                with a non-ViT model, non-finite features or scores.
         """
         names = parse_scores(scores)
         self.check_scores(names)
@@ -290,10 +318,13 @@ class PromptScorer:
             files = list_images(arg, flag="PATH")
             feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable,
                                  use_cache)
-            for k, v in self.score_features(feats, names).items():
-                parts.setdefault(k, []).append(v)
+            if feats.paths:  # (else every file of this argument was unreadable and skipped)
+                for k, v in self.score_features(feats, names).items():
+                    parts.setdefault(k, []).append(v)
             all_paths += feats.paths
             skipped += feats.skipped
+        if not all_paths:  # judged over all the arguments: one unreadable file among readable ones is skipped
+            raise UserError(f"none of the {len(skipped)} image(s) could be read; the first: {skipped[0][1]}")
         return PathScores(all_paths, {k: torch.cat(v) for k, v in parts.items()}, skipped)
 
 
@@ -312,7 +343,9 @@ def run_score(
 ) -> list[tuple[str, str]]:
     """``clip-smot score``: score image files and folders, write one CSV row per image.
 
-    The CSV (written atomically) has the columns ``path``, ``pred`` (class name),
+    The CSV (UTF-8, written atomically) has the columns ``path`` (as
+    :func:`~clip_smot.data.escape_path` writes it: a name that is not UTF-8, or holds a
+    backslash or a control character, is escaped so that it reads back), ``pred`` (class name),
     ``pred_index``, then one column per score in the order asked, named in lower case.
 
     Returns:
@@ -331,6 +364,6 @@ def run_score(
     pred = result.scores["pred_index"].tolist()
     columns = [result.scores[n].tolist() for n in names]
     for i, path in enumerate(result.paths):
-        w.writerow([path, scorer.classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+        w.writerow([escape_path(path), scorer.classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
     atomic_write_text(buf.getvalue(), out)
     return result.skipped

@@ -104,3 +104,27 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     names = [p.relative_to(tmp_path / "data").as_posix() for p in data.list_images(tmp_path / "data")]
     assert names == ["cat/a.png", "cat/more/e.png"]
     assert _class_images(tmp_path / "data", "cat") == ["cat/a.png", "cat/more/e.png"]
+
+
+def test_escape_path_by_hand_and_back_to_the_same_bytes():
+    """Escaped names are one line of UTF-8 whose escapes are the documented ones, and read back
+    to the same bytes (os.fsencode), for hand-picked and for random byte names."""
+    import os
+    import random
+
+    from clip_smot.data import escape_path, unescape_path
+
+    cases = {b"plain caf\xc3\xa9.png": "plain caf\u00e9.png", b"caf\xe9.jpg": "caf\\xe9.jpg",
+             b"a\nb\tc\rd": "a\\u000ab\\u0009c\\u000dd", b"x\\y": "x\\\\y", b"\\xff": "\\\\xff",
+             "p\u2028q\u0085".encode(): "p\\u2028q\\u0085", b"\xe2\x80": "\\xe2\\x80"}
+    for raw, text in cases.items():
+        assert escape_path(os.fsdecode(raw)) == text
+        assert os.fsencode(unescape_path(text)) == raw
+    assert unescape_path("a\\b\\x4") == "a\\b\\x4"  # a backslash that starts no escape is itself
+    rng = random.Random(0)
+    alphabet = [92, 10, 13, 9, 120, 117, 0xC3, 0xA9, 0xE2, 0x80, 0xA8, 0xFF, 48, 97]
+    for _ in range(3000):
+        raw = bytes(rng.choice(alphabet) if rng.random() < 0.7 else rng.randrange(1, 256) for _ in range(rng.randrange(1, 10)))
+        text = escape_path(os.fsdecode(raw))
+        assert len(text.encode("utf-8").splitlines()) == 1 and len(text.splitlines()) == 1
+        assert os.fsencode(unescape_path(text)) == raw

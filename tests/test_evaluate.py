@@ -46,3 +46,59 @@ def test_an_ood_set_named_average_is_refused(tmp_path):
     with pytest.raises(UserError, match="'average' names the mean"):
         write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"average": {"msp": np.array([0.1, 0.2])},
                                                                  "b": {"msp": np.array([0.9, 0.95])}})
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_evaluation_that_fails_while_writing_leaves_the_folder_all_old(tmp_path, monkeypatch):
+    """`eval` into an earlier evaluation's folder that failed midway (a full disk) left new metrics
+    beside the old histogram and config. A write that fails now leaves every file as it was and no
+    temporary file; one that succeeds leaves no old file of an evaluation beside the new ones; a
+    file the user put there is never touched."""
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "eval"
+    old = {"msp": np.array([0.9, 0.8, 0.7])}, {"a": {"msp": np.array([0.1, 0.75])}}
+    new = {"msp": np.array([0.9, 0.8, 0.7])}, {"a": {"msp": np.array([0.85, 0.2])}}
+    write_reports(out, *old, files={"config.json": '{"run": "old"}\n'})
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    real, calls = Path.write_text, []
+
+    def full_disk_on_the_third(self, *a, **k):
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_on_the_third)
+    with pytest.raises(UserError, match=r"^cannot write .*/eval/metrics.md: No space left on device; the file "
+                                        r"there before is unchanged$"):
+        write_reports(out, *new, files={"config.json": '{"run": "new"}\n'})
+    assert len(calls) == 3 and _files(out) == before  # nothing replaced, no temporary file left
+    calls.clear()
+    with pytest.raises(UserError, match="No space left"):  # a folder made for the evaluation is removed again
+        write_reports(tmp_path / "fresh", *new)
+    assert not (tmp_path / "fresh").exists()
+    monkeypatch.undo()
+    write_reports(out, *new)  # (the ResNet track: no config.json)
+    after = _files(out)
+    assert sorted(after) == ["metrics.csv", "metrics.json", "metrics.md", "notes.txt", "scores_hist.png"]
+    assert after["notes.txt"] == b"mine" and after["metrics.csv"] != before["metrics.csv"]
+    assert after["scores_hist.png"] != before["scores_hist.png"]
+    # the new scores, by hand: FPR95 at threshold 0.7 accepts 0.85 (50%); AUROC: ID above 0.85 once, above 0.2 thrice: 4/6
+    assert "msp,a,50.00,66.67," in after["metrics.csv"].decode()
+
+
+def test_set_names_that_are_not_utf8_are_written_escaped(tmp_path):
+    """An --ood name or prompt file name that is not UTF-8 (a lone surrogate, as Python spells the
+    byte) failed every metric file after the whole evaluation; it is written as its escape."""
+    write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"caf\udce9": {"msp": np.array([0.1, 0.95])},
+                                                             "$\\foo{$": {"msp": np.array([0.5])}},
+                  title="Prompt p\udcff.safetensors")  # (and a set name that is broken matplotlib math)
+    assert (tmp_path / "metrics.csv").read_bytes().decode("utf-8").splitlines()[1].startswith("msp,caf\\udce9,")
+    assert (tmp_path / "metrics.md").read_text(encoding="utf-8").startswith("# Prompt p\\udcff.safetensors\n")
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["msp"]["caf\udce9"]["auroc"] == 50.0

@@ -493,6 +493,11 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
         bad.write_text(f"{rel}\t0\n")
         with pytest.raises(UserError, match=r"split.txt:1: .* leaves the class folder"):
             read_split(bad, classes)
+    # escapes that name no file (os.stat raised ValueError / UnicodeEncodeError on them): the line, as written
+    for rel in (f"{WNIDS[0]}/a\\u0000.JPEG", f"{WNIDS[0]}/a\\ud800.JPEG"):
+        bad.write_text(f"{rel}\t0\n")
+        with pytest.raises(UserError, match=rf"split.txt:1: {re.escape(rel)} is not a file name"):
+            read_split(bad, classes)
 
 
 def test_cam_model_from_a_train_safetensors(tmp_path):
@@ -921,3 +926,67 @@ def test_a_class_named_train_is_a_class(tmp_path):
     assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
     (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
     assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"
+
+
+@pytest.mark.parametrize("what", ["ctx", "weights"])
+def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_clip_config, tiny_clip_checkpoint,
+                                                               tmp_path, what):
+    """`export` of a checkpoint whose context is NaN wrote the prompt (exit 0). A NaN context names
+    the checkpoint; weights whose text encoder gives NaN name the weights; the prompt file there
+    before stays as it was."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt, weights = one_epoch / "checkpoint.pt", tiny_clip_checkpoint
+    if what == "ctx":
+        saved = torch.load(ckpt, weights_only=True)
+        saved["ctx"][1, 2] = float("nan")
+        ckpt = tmp_path / "checkpoint.pt"
+        torch.save(saved, ckpt)
+    else:
+        sd = load_file(tiny_clip_checkpoint)
+        sd["text_projection"][0, 0] = float("inf")
+        weights = tmp_path / "inf.safetensors"
+        save_file(sd, str(weights))
+    out = tmp_path / "prompt.safetensors"
+    out.write_bytes(b"the old prompt")
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--model", tiny_clip_config,
+                                   "--pretrained", str(weights), "--device", "cpu"])
+    line = _one_error_line(res) if what == "ctx" else _last_error_line(res)  # (other weights: a note first)
+    if what == "ctx":
+        assert line.startswith(f"Error: --checkpoint {ckpt}: its context (ctx) is not a tensor of finite numbers")
+    else:
+        assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
+                               "non-finite text features")
+    assert out.read_bytes() == b"the old prompt"
+
+
+def test_a_split_of_any_file_names_reads_back(fit_args, tmp_path):
+    """`fit` wrote a split.txt it could not read back when a class folder name held a newline.
+    Class folders and image names with a newline, a tab, a backslash, U+2028 and a byte that is not
+    UTF-8: the file is one UTF-8 line per image, `--split` reads it back to the same files, and
+    the escapes are those data_lists/README.md gives."""
+    import os
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    names = {"new\nline": [b"a.png", b"\xff\xfe.png"], "back\\slash": [b"b\tc.png", "x\u2028y.png".encode()]}
+    for folder, files in names.items():
+        (data / folder).mkdir(parents=True)
+        for f in files:
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                os.path.join(os.fsencode(data / folder), f), format="PNG")
+    args = fit_args(tmp_path / "run", "--shots", "2")
+    args[args.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "run" / "split.txt").read_bytes().decode("utf-8")  # strict
+    assert text.splitlines() == ["back\\\\slash/b\\u0009c.png\t0", "back\\\\slash/x\\u2028y.png\t0",
+                                 "new\\u000aline/a.png\t1", "new\\u000aline/\\xff\\xfe.png\t1"]
+    classes = resolve_classes(data)
+    split = read_split(tmp_path / "run" / "split.txt", classes)
+    assert sorted((os.fsencode(p), y) for p, y in split) == sorted(
+        (os.fsencode(folder) + b"/" + f, y) for y, folder in enumerate(sorted(names)) for f in names[folder])
+    again = fit_args(tmp_path / "run2", "--split", str(tmp_path / "run" / "split.txt"), "--dry-run")
+    again[again.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, again)
+    assert res.exit_code == 0, res.output

@@ -509,3 +509,206 @@ def test_score_on_cuda_matches_cpu(tmp_path, tiny, tiny_clip_checkpoint):
         a = torch.tensor([float(r[name]) for r in cpu])
         b = torch.tensor([float(r[name]) for r in gpu])
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # cuDNN may use TF32 convolutions
+
+
+# --- hostile files: verified cache entries, non-finite numbers, names, unreadable files ----------
+
+
+def _data_offset(entry: bytes) -> int:
+    return 8 + int.from_bytes(entry[:8], "little")  # [8-byte header length][header][tensor bytes]
+
+
+@pytest.mark.parametrize("damage", ["flipped-bytes", "nan"])
+def test_a_cache_entry_whose_features_changed_is_encoded_again_with_a_note(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                           damage):
+    """An entry with bytes flipped in its features (same size) gave `score` energy -7.8e+26 and
+    another class, exit 0; NaN written into one gave nan scores. Both are now a checksum mismatch:
+    a note, the images encoded again, the CSV equal to one written without the cache."""
+    from clip_smot.image_features import cache_dir
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,energy", "--workers", "0", str(id_dir), "--out"]
+    assert CliRunner().invoke(cli, [*args, str(tmp_path / "fresh.csv"), "--no-cache"]).exit_code == 0
+    assert CliRunner().invoke(cli, [*args, str(tmp_path / "first.csv")]).exit_code == 0
+    (entry,) = cache_dir().glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    start = _data_offset(bytes(data))
+    if damage == "nan":
+        data[start:start + 4] = np.array([np.nan], dtype="<f4").tobytes()  # the first feature of the first image
+    else:
+        for i in range(start, start + 128):  # the first image's 32 float32 features
+            data[i] ^= 0x5A
+    entry.write_bytes(bytes(data))
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "again.csv")])
+    assert res.exit_code == 0, res.output
+    assert res.stderr == f"note: the feature-cache entry {entry} is damaged (its checksum does not match its " \
+                         "contents); its images are encoded again\n"
+    fresh = (tmp_path / "fresh.csv").read_text()
+    assert (tmp_path / "first.csv").read_text() == fresh and (tmp_path / "again.csv").read_text() == fresh
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "third.csv")])  # the entry was written anew
+    assert res.exit_code == 0 and res.stderr == "" and (tmp_path / "third.csv").read_text() == fresh
+
+
+def test_a_cache_entry_without_a_checksum_is_encoded_again(tmp_path, tiny, monkeypatch, capsys):
+    """An entry written before entries carried a checksum (or with the checksum removed) is not trusted."""
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(_with_header(entry.read_bytes(), lambda h: h["__metadata__"].pop("sha256")))
+    calls, real = [], cm.encode_images
+    monkeypatch.setattr(cm, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = encode_files(tiny, paths, workers=0)
+    assert calls == [1] and torch.equal(again.global_, fresh.global_)
+    assert "(it has no checksum (written by an older clip-smot)); its images are encoded again" in capsys.readouterr().err
+
+
+def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
+    """A well-formed safetensors entry whose features are one 0-d number: its checksum cannot even
+    be computed (no byte view of a 0-d float); a note, not a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clip_smot.image_features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    with safe_open(str(entry), framework="pt") as f:
+        meta = f.metadata()
+    save_file({"global": torch.tensor(1.0)}, str(entry), metadata=meta)
+    again = encode_files(tiny, paths, workers=0)
+    assert torch.equal(again.global_, fresh.global_)
+    assert "is damaged (not a readable entry (RuntimeError)); its images are encoded again" in capsys.readouterr().err
+
+
+def _weights_with(tmp_path, checkpoint, key, value):
+    """A copy of the tiny checkpoint with ``key`` set to ``value`` (every element)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(checkpoint)
+    sd[key] = torch.full_like(sd[key], value)
+    path = tmp_path / f"bad-{key}.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.mark.parametrize("key, value, scores, expected", [
+    ("logit_scale", 100.0, "mcm,energy", "logit_scale 100 gives the non-finite temperature exp(logit_scale) = inf"),
+    ("visual.proj", float("nan"), "mcm", "the image encoder of clip-smot-tiny gives non-finite features (6 of 6"),
+    ("text_projection", float("nan"), "mcm", "the text features re-encoded from the stored context are not finite"),
+])
+def test_non_finite_weights_are_refused_naming_them(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint,
+                                                    key, value, scores, expected):
+    """A checkpoint with logit_scale 100 (exp: inf in float32) gave nan / -inf scores with exit 0;
+    NaN weights give NaN features. Each is one line naming the weights file, and no CSV."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    bad = _weights_with(tmp_path, tiny_clip_checkpoint, key, value)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--model", tiny_clip_config,
+                                   "--pretrained", str(bad), "--scores", scores, "--workers", "0",
+                                   "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith(f"Error: --pretrained {bad.name}: ") and expected in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s.csv").exists()
+    from clip_smot.image_features import cache_dir
+
+    assert not list(cache_dir().glob("*.safetensors"))  # nothing non-finite was cached
+
+
+def test_a_non_finite_score_is_refused_naming_the_score_and_image(tmp_path, tiny):
+    """The last guard: scores computed from finite inputs that still overflow name the score."""
+    from clip_smot.image_features import ImageFeatures
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", pretrained="", device="cpu")
+    feats = ImageFeatures(["a.png", "b.png"], F.normalize(torch.randn(2, 32), dim=-1), None, [])
+    scorer.logit_scale = torch.tensor(float("inf"))
+    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 2 images, first a.png: "):
+        scorer.score_features(feats, ["mcm", "energy"])
+    assert scorer.score_features(feats, ["mcm"])["mcm"].isfinite().all()  # MCM takes the cosines alone
+
+
+def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny_clip_checkpoint):
+    """One unreadable file given by name failed the whole run although the folder beside it held
+    readable images: each PATH argument was judged alone."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    bad, bad2 = tmp_path / "broken.png", tmp_path / "broken2.jpg"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad2.write_bytes(b"\xff\xd8 cut")
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", "--skip-unreadable", "--out", str(tmp_path / "s.csv")]
+    res = CliRunner().invoke(cli, [*args, str(bad), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.stderr and "broken.png" in res.stderr
+    rows = read_csv(tmp_path / "s.csv")
+    assert len(rows) == 12 and all(r["path"].startswith(str(id_dir)) for r in rows)
+    res = CliRunner().invoke(cli, [*args, str(bad), str(bad2), "--out", str(tmp_path / "none.csv")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith("Error: none of the 2 image(s) could be read; the first: ") and "broken.png" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "none.csv").exists()
+
+
+def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint):
+    """A file name that is not valid UTF-8 made `score` fail after encoding every image and write
+    no CSV. Names of every kind get their row, in UTF-8, one line each, escaped as
+    docs/score.md says: the escaped path gives back the file's name, compared as bytes."""
+    import os
+
+    from clip_smot.data import unescape_path
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [b"\xff\xfe latin.png", b"new\nline.png", b"back\\slash.png", "caf\u00e9 \u2028.png".encode(), b"plain.png",
+             b"tab\there,comma\".png"]
+    rng = np.random.default_rng(0)
+    for n in names:
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(os.path.join(os.fsencode(folder), n),
+                                                                                format="PNG")
+    with open(os.path.join(os.fsencode(folder), b"\xe9broken.png"), "wb") as f:
+        f.write(b"not an image")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--skip-unreadable",
+                                   "--out", str(tmp_path / "s.csv"), str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.stderr and "broken.png" in res.stderr
+    raw = (tmp_path / "s.csv").read_bytes()
+    text = raw.decode("utf-8")  # strict: the file is UTF-8
+    assert len(text.splitlines()) == 1 + len(names)  # one line per row
+    written = [os.fsencode(unescape_path(r["path"])) for r in read_csv(tmp_path / "s.csv")]
+    assert sorted(os.path.basename(p) for p in written) == sorted(names)
+    assert all(os.path.isfile(p) for p in written)
+    assert f"{folder}/\\xff\\xfe latin.png" in text and f"{folder}/new\\u000aline.png" in text
+    assert f"{folder}/back\\\\slash.png" in text and f"{folder}/caf\u00e9 \\u2028.png" in text
+
+
+def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_clip_checkpoint):
+    """A prompt fitted on class folders whose names are not UTF-8 holds such names (as Python
+    spells them: lone surrogates). Writing one into the CSV failed after every image was encoded;
+    it is written as its escape instead."""
+    names = ["r\udce9d", "gr\udce9en", "bl\udce9e"]
+    make_prompt(tmp_path / "p.safetensors", tiny, classnames=names)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "s.csv").read_bytes().decode("utf-8").splitlines()))
+    assert len(rows) == 3 and all(r["pred"] == names[int(r["pred_index"])].replace("\udce9", "\\udce9") for r in rows)
+
+
+def test_an_error_naming_a_file_with_a_newline_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    """An unreadable image whose name holds a newline made the error two lines."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    bad = tmp_path / "new\nline.png"
+    bad.write_bytes(b"not an image")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(bad)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "new\\u000aline.png" in res.output
