@@ -18,9 +18,10 @@ from .errors import UserError
 from .metrics import ood_metrics
 from .runtime import atomic_write, atomic_write_text, make_folder
 
-__all__ = ["METRIC_COLUMNS", "metric_table", "write_reports"]
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "metric_table", "write_reports"]
 
 METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png")  # what write_reports writes
 
 
 def metric_table(
