@@ -334,7 +334,8 @@ def load_clip_for_prompt(
     import open_clip
 
     plain_name(name, "prompt metadata 'model'")
-    if not name.endswith(".json") and open_clip.get_model_config(name) is not None:  # (load_clip reads *.json as a path)
+    # (load_clip reads a name ending in .json as a path: such a name always goes through the copy)
+    if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
         return load_clip(name, pretrained, device)
     with tempfile.TemporaryDirectory() as tmp:  # (open_clip registers a config JSON by its file's stem)
         path = Path(tmp) / f"{name}.json"  # a plain name: a file of this private folder, nowhere else

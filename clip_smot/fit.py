@@ -310,7 +310,7 @@ def _check_outputs(cfg: FitConfig) -> None:
     split = None if cfg.split and same_file(cfg.split, Path(cfg.out) / "split.txt") else cfg.split
     inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--cam-model file", cfg.cam_model)]
-    folders = [("the --data folder", resolve_train_root(cfg.data))] if cfg.data else []
+    folders = [("the --data folder", resolve_train_root(cfg.data))] if cfg.data and Path(cfg.data).is_dir() else []
     check_output(cfg.out, "--out", inputs, folders, writes=_FILES)
 
 
@@ -397,7 +397,8 @@ def run_fit(cfg: FitConfig) -> Path:
         tqdm.write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
         return out
     if not cfg.dry_run:  # a dry run writes nothing
-        own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")  # (resume's advice: --split OUT/split.txt)
+        # --split OUT/split.txt, as resume's error advises: the run's own split, read and not rewritten
+        own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
         if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
             raise UserError(f"--split {cfg.split}: is {out / 'split.txt'}, which this run writes in another form; "
                             "pass a copy of it")

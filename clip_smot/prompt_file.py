@@ -30,7 +30,7 @@ from safetensors.torch import safe_open
 
 from . import __version__
 from .errors import UserError
-from .runtime import atomic_save_safetensors, plain_name
+from .runtime import atomic_save_safetensors
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
@@ -145,7 +145,6 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     if not isinstance(classnames, list) or not isinstance(model_config, dict):
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
     _check_contents(path, ctx, text_features, classnames, model_config, n_ctx, meta["class_position"], meta["csc"])
-    _check_names(path, meta)
     return PromptFile(
         ctx=ctx,
         text_features=text_features,
@@ -160,15 +159,6 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         config=config,
         path=path,
     )
-
-
-def _check_names(path: str, meta: dict[str, str]) -> None:
-    """A UserError naming the file unless its ``model`` and ``pretrained`` are plain names: they
-    are looked up (an open_clip name, a checkpoint file next to the prompt), and a prompt is a
-    file people share, so no folder or ``..`` may come in with them."""
-    plain_name(meta["model"], f"--prompt {path}: metadata 'model'")
-    if meta["pretrained"]:  # ("" for random weights)
-        plain_name(meta["pretrained"], f"--prompt {path}: metadata 'pretrained'")
 
 
 def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, classnames: list, model_config: dict,

@@ -124,14 +124,15 @@ def seed_everything(seed: int) -> None:
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write
 
 
-def plain_name(value: str, what: str) -> str:
+def plain_name(value: str, what: str, advice: str = "") -> str:
     """``value`` when it is a plain name, one path component: 1 to 200 characters, no ``/``,
-    ``\\``, ``:`` nor control character, not starting with a dot; else a UserError naming ``what``.
-    Names read from files (a prompt's model, its checkpoint file name) are checked with it before
-    any of them joins a path: no folder, no ``..``, no ``hf-hub:``/``local-dir:`` schema and no
-    absolute path can come in with them."""
-    if not isinstance(value, str) or not re.fullmatch(r"[^/\\:.\x00-\x1f][^/\\:\x00-\x1f]{0,199}", value):
-        raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (no folder, no ':', not starting with '.')")
+    ``\\``, ``:`` nor control character, not ``.`` or ``..``; else a UserError naming ``what``
+    (and ending in ``advice``). Names read from files (a prompt's model, its checkpoint file's
+    name) are checked with it where they join a path: no folder, no ``..``, no absolute path and
+    no ``hf-hub:``/``local-dir:`` schema of open_clip can come in with them."""
+    if not isinstance(value, str) or not re.fullmatch(r"(?!\.\.?$)[^/\\:\x00-\x1f]{1,200}", value):
+        raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..')"
+                        + (f"; {advice}" if advice else ""))
     return value
 
 

@@ -31,7 +31,7 @@ from .data import IMAGE_EXTENSIONS, eight_bit, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, normalized_features
 from .prompt_file import PromptFile, load_prompt
-from .runtime import atomic_write_text, check_output, resolve_device, sha256_file
+from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -124,6 +124,7 @@ def resolve_pretrained(prompt: PromptFile) -> str:
     other weights share names: every hub download is open_clip_pytorch_model.bin)."""
     if not prompt.checkpoint_sha256:
         return prompt.pretrained  # a tag, or "" for random weights
+    plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
     others = []
     for folder in (Path(prompt.path).parent, Path.cwd()):
         candidate = folder / prompt.pretrained
@@ -180,6 +181,7 @@ class PromptScorer:
         dev = resolve_device(device) if isinstance(device, str) else device
         weights = pretrained if pretrained is not None else resolve_pretrained(p)
         if model is None:
+            plain_name(p.model, f"--prompt {p.path}: metadata 'model'", "pass --model")
             clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev)
         else:
             clip = cm.load_clip(model, weights, dev)

@@ -77,16 +77,17 @@ def _refused(args, expected, *roots):
 
 
 def test_plain_names():
-    for ok in ("ViT-B-16", "clip-smot-tiny", "open_clip_pytorch_model.bin", "my weights.safetensors", "RN50x4"):
+    for ok in ("ViT-B-16", "clip-smot-tiny", "open_clip_pytorch_model.bin", "my weights.safetensors", "RN50x4",
+               ".hidden.pt", "...", "x" * 200):
         assert plain_name(ok, "x") == ok
-    for bad in ("../../etc/passwd", "/etc/passwd", "a/b", "a\\b", "..", ".", ".hidden", "", "hf-hub:org/repo",
-                "local-dir:/tmp", "C:x", "a\x00b", "a\nb", "x" * 201):
-        with pytest.raises(UserError, match="is not a plain name"):
-            plain_name(bad, "metadata 'model'")
+    for bad in ("../../etc/passwd", "/etc/passwd", "a/b", "a\\b", "..", ".", "", "hf-hub:org/repo", "hf-hub:repo",
+                "local-dir:/tmp", "C:x", "a\x00b", "a\nb", "x" * 201, None, 3):
+        with pytest.raises(UserError, match=r"^metadata 'model': .* is not a plain name .*; pass --model$"):
+            plain_name(bad, "metadata 'model'", "pass --model")
 
 
 @pytest.mark.parametrize("name", ["../../victim", "ABSOLUTE", "hf-hub:org/repo", "..", "sub/victim"])
-def test_a_prompts_model_name_chooses_no_path(tmp_path, tiny, tiny_clip_checkpoint, name):
+def test_a_prompts_model_name_chooses_no_path(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, name):
     """score without --model wrote <tmp>/<model>.json: a prompt whose model was ../../etc/passwd
     created /etc/passwd.json, an absolute path overwrote that JSON file with the prompt's config."""
     victim = tmp_path / "victim.json"
@@ -97,8 +98,13 @@ def test_a_prompts_model_name_chooses_no_path(tmp_path, tiny, tiny_clip_checkpoi
     images = _images(tmp_path / "photos")
     line = _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
                      "--out", str(tmp_path / "s.csv"), str(images)], "metadata 'model'", tmp_path)
-    assert line.startswith(f"Error: --prompt {prompt}: metadata 'model'") and "is not a plain name" in line
+    assert line.startswith(f"Error: --prompt {prompt}: metadata 'model'") and line.endswith("; pass --model")
     assert sorted(os.listdir(tmp_path)) == ["p.safetensors", "photos", "victim.json"]  # no s.csv, no new JSON
+    # the name is checked where it is used: with --model it is not, and the prompt scores
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(images)])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 1 + 3 and victim.read_text() == '{"keep": true}'
 
 
 def test_load_clip_for_prompt_refuses_a_path_and_loads_a_plain_name(tmp_path, tiny, tiny_clip_checkpoint):
@@ -123,8 +129,10 @@ def test_a_prompts_checkpoint_name_is_not_a_path(tmp_path, tiny, tiny_clip_check
     if pretrained == "ABSOLUTE":
         pretrained = str(tmp_path / "tiny.safetensors")
     prompt = _prompt(tmp_path / "in" / "p.safetensors", tiny, pretrained=pretrained)
-    _refused(["score", "--prompt", str(prompt), "--workers", "0", "--out", str(tmp_path / "s.csv"),
-              str(_images(tmp_path / "photos"))], "metadata 'pretrained'", tmp_path)
+    line = _refused(["score", "--prompt", str(prompt), "--workers", "0", "--out", str(tmp_path / "s.csv"),
+                     str(_images(tmp_path / "photos"))], "metadata 'pretrained'", tmp_path)
+    assert line.endswith("is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..'); "
+                         "pass --pretrained")
 
 
 def test_a_data_root_read_from_a_file_gets_no_download(tmp_path, monkeypatch):
