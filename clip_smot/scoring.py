@@ -121,10 +121,16 @@ class PathScores:
 def resolve_pretrained(prompt: PromptFile) -> str:
     """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby: a file
     of its name next to the prompt or in the current folder, with its SHA-256 (checkpoints of
-    other weights share names: every hub download is open_clip_pytorch_model.bin)."""
+    other weights share names: every hub download is open_clip_pytorch_model.bin).
+
+    Raises:
+        UserError: the stored name is not a plain name (a tag or file name that holds a folder),
+            or no such file is found.
+    """
+    if prompt.pretrained:  # (a tag is a plain name too: load_clip would read a path given as a tag)
+        plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
     if not prompt.checkpoint_sha256:
         return prompt.pretrained  # a tag, or "" for random weights
-    plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
     others = []
     for folder in (Path(prompt.path).parent, Path.cwd()):
         candidate = folder / prompt.pretrained

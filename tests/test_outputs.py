@@ -66,7 +66,7 @@ def _refused(args, expected, *roots):
     """Run the command; assert one error line containing ``expected`` and nothing changed under ``roots``."""
     before = _snapshot(*roots)
     res = CliRunner().invoke(cli, args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 1 and isinstance(res.exception, (SystemExit, type(None))), repr(res.exception)
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.output, res.output
     assert _snapshot(*roots) == before
@@ -120,15 +120,17 @@ def test_load_clip_for_prompt_refuses_a_path_and_loads_a_plain_name(tmp_path, ti
     torch.testing.assert_close(clip.model.encode_image(x), tiny.model.encode_image(x))
 
 
-@pytest.mark.parametrize("pretrained", ["../tiny.safetensors", "ABSOLUTE"])
+@pytest.mark.parametrize("pretrained", ["../tiny.safetensors", "ABSOLUTE", "ABSOLUTE-TAG"])
 def test_a_prompts_checkpoint_name_is_not_a_path(tmp_path, tiny, tiny_clip_checkpoint, pretrained):
     """Without --pretrained, the prompt's checkpoint is looked up by its file name next to the
-    prompt: a name with a folder in it would read (and hash) any file the prompt names."""
+    prompt: a name with a folder in it would read (and hash) any file the prompt names; a path
+    stored as a tag (no SHA-256) would be loaded as weights."""
     (tmp_path / "in").mkdir()
     shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")
-    if pretrained == "ABSOLUTE":
+    identity = {"checkpoint_sha256": ""} if pretrained == "ABSOLUTE-TAG" else {}
+    if pretrained.startswith("ABSOLUTE"):
         pretrained = str(tmp_path / "tiny.safetensors")
-    prompt = _prompt(tmp_path / "in" / "p.safetensors", tiny, pretrained=pretrained)
+    prompt = _prompt(tmp_path / "in" / "p.safetensors", tiny, pretrained=pretrained, **identity)
     line = _refused(["score", "--prompt", str(prompt), "--workers", "0", "--out", str(tmp_path / "s.csv"),
                      str(_images(tmp_path / "photos"))], "metadata 'pretrained'", tmp_path)
     assert line.endswith("is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..'); "
@@ -146,6 +148,37 @@ def test_a_data_root_read_from_a_file_gets_no_download(tmp_path, monkeypatch):
         resnet_data.load_id_split("cifar10", str(root), "val", download=False)
     with pytest.raises(UserError, match=r"^svhn: not found under .*named-by-a-file, a folder named by a file"):
         resnet_data.load_ood_set("svhn", None, 32, data=str(root), download=False)
+    assert not root.exists()
+
+
+def test_resume_and_eval_never_download_into_a_root_a_file_names(tmp_path, monkeypatch):
+    """The same through the commands: train --resume of a run whose checkpoint names a CIFAR root,
+    and eval --checkpoint of a model file whose config names one (eval then uses the default root)."""
+    import dataclasses
+
+    from clip_smot import resnet_data
+    from clip_smot.networks import build_network, save_model
+    from clip_smot.train import TrainConfig
+
+    monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
+    monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "default"))
+    root = tmp_path / "named-by-a-file"
+    (tmp_path / "run").mkdir()
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="cifar10", data=str(root), arch="resnet_tiny", device="cpu",
+                      epochs=1)
+    torch.save({"config": dataclasses.asdict(cfg), "model": {}, "optimizer": {}, "epoch": 0, "log": [], "rng": {}},
+               tmp_path / "run" / "checkpoint.pt")
+    _refused(["train", "--resume", "--out", str(tmp_path / "run")],
+             f"cifar10: not found under {root}, a folder named by a file", tmp_path)
+    assert not root.exists()
+
+    model = tmp_path / "model.safetensors"
+    save_model(model, build_network("resnet_tiny", 10, 32), arch="resnet_tiny", classnames=[str(i) for i in range(10)],
+               input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, dataset="cifar10", config={"dataset": "cifar10",
+                                                                                             "data": str(root)})
+    monkeypatch.setattr(resnet_data, "_reachable", lambda host: False)  # (the default root's download: offline)
+    _refused(["eval", "--checkpoint", str(model), "--id", "cifar10", "--ood", "svhn", "--device", "cpu",
+              "--out", str(tmp_path / "e")], f"cifar10: not found under {tmp_path / 'default'} and", tmp_path)
     assert not root.exists()
 
 
