@@ -17,16 +17,17 @@ import numpy as np
 from .data import bundled_file
 from .digits import DIGIT_NAMES
 from .errors import UserError
-from .evaluate import write_reports
+from .evaluate import REPORT_FILES, write_reports
 from .image_features import encode_files
 from .ood_data import folder_classnames, id_class_folders, id_set, image_set
 from .prompt_file import load_prompt
 from .runtime import check_output_folder, json_text
-from .scoring import PromptScorer, parse_scores
+from .scoring import PromptScorer, parse_scores, resolve_pretrained
 
 __all__ = ["ClipEvalConfig", "run_clip_eval"]
 
 DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
+_WRITES = REPORT_FILES  # under --out (config.json included)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,11 @@ def run_clip_eval(
         The metrics.json content.
     """
     names = parse_scores(scores)
-    check_output_folder(out)
+    given = {"--id": id_data, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
+    inputs = [("--prompt file", prompt), ("--model file", model), ("--pretrained file", pretrained),
+              *((f"{flag} image list", w) for flag, w in given.items())]
+    read_folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+    check_output_folder(out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
     cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), tuple(names), convention,
@@ -137,6 +142,9 @@ def run_clip_eval(
         if not prompt:
             raise UserError("--prompt: give a prompt file, or --zero-shot")
         pf = load_prompt(prompt)
+        if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
+            pretrained = resolve_pretrained(pf)
+            inputs.append(("checkpoint file found by name", pretrained or None))
         scorer = PromptScorer.from_file(pf, model=model, pretrained=pretrained, device=device)
         folders = _prompt_folders(pf.config, len(pf.classnames))
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
@@ -145,6 +153,10 @@ def run_clip_eval(
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
+    # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
+    check_output_folder(out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
+                                                  for s in sets for p in s.paths)],
+                        read_folders, writes=_WRITES)
 
     start = time.monotonic()
     results = {}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import UserError, first_line
-from .runtime import host_reachable, sha256_file
+from .runtime import host_reachable, plain_name, sha256_file
 
 __all__ = [
     "ACTIVATIONS",
@@ -462,7 +462,10 @@ def load_clip_for_prompt(
     """Load the model a prompt names: a built-in open_clip name, else its stored config.
 
     A prompt made with a model-config JSON (e.g. a custom or tiny architecture) stores the
-    config itself; it is registered under the stored name so that no JSON file is needed.
+    config itself; it is registered under the stored name so that no JSON file is needed. The
+    name comes from a file that may have been downloaded: it must be a plain name
+    (:func:`~clip_smot.runtime.plain_name`), so the config's temporary copy, ``NAME.json``,
+    lands in a private temporary folder and nowhere else.
 
     Args:
         name: open_clip architecture name from the prompt's metadata.
@@ -472,14 +475,19 @@ def load_clip_for_prompt(
         activation, activation_source: the prompt's activation and its file, as for
             :func:`load_clip` (e.g. OpenAI weights in a plain state dict, named ``ViT-B-16``:
             built with QuickGELU when the prompt was made with it).
-    """
-    import open_clip
 
-    if open_clip.get_model_config(name) is not None:
-        return load_clip(name, pretrained, device, activation, activation_source)
+    Raises:
+        UserError: the name is not a plain name, or as :func:`load_clip`.
+    """
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.json"
+    import open_clip
+
+    plain_name(name, "prompt metadata 'model'")
+    # (load_clip reads a name ending in .json as a path: such a name always goes through the copy)
+    if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
+        return load_clip(name, pretrained, device, activation, activation_source)
+    with tempfile.TemporaryDirectory() as tmp:  # (open_clip registers a config JSON by its file's stem)
+        path = Path(tmp) / f"{name}.json"  # a plain name: a file of this private folder, nowhere else
         path.write_text(json.dumps(config))
         return load_clip(str(path), pretrained, device, activation, activation_source)

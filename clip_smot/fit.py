@@ -37,8 +37,8 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
-    remove_stale_temporaries, resolve_device, sha256_file, write_json
+from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output, make_folder, \
+    remove_stale_temporaries, resolve_device, same_file, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -301,6 +301,19 @@ def _contents(record):
     return record
 
 
+def _check_outputs(cfg: FitConfig) -> None:
+    """Raise a UserError when ``--out`` would replace a file the run reads or lies inside the
+    folder of its class folders (a later run would read the run's files as data). ``--split
+    OUT/split.txt`` is the run's own split: it is not rewritten (see :func:`run_fit`)."""
+    from .fewshot import resolve_train_root
+
+    split = None if cfg.split and same_file(cfg.split, Path(cfg.out) / "split.txt") else cfg.split
+    inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
+              ("--cam-model file", cfg.cam_model)]
+    folders = [("the --data folder", resolve_train_root(cfg.data))] if cfg.data and Path(cfg.data).is_dir() else []
+    check_output(cfg.out, "--out", inputs, folders, writes=_FILES)
+
+
 def _truncate_log(path: Path, epochs: int) -> None:
     """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for).
 
@@ -337,6 +350,8 @@ def run_fit(cfg: FitConfig) -> Path:
         raise UserError(f"--out {out}: holds a fit checkpoint already; add --resume to continue it, or choose another --out")
     if cfg.resume and not ckpt_path.is_file():
         raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+    if not cfg.dry_run:
+        _check_outputs(cfg)
     device = resolve_device(cfg.device)
     cfg = resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
@@ -382,9 +397,15 @@ def run_fit(cfg: FitConfig) -> Path:
         tqdm.write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
         return out
     if not cfg.dry_run:  # a dry run writes nothing
+        # --split OUT/split.txt, as resume's error advises: the run's own split, read and not rewritten
+        own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
+        if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
+            raise UserError(f"--split {cfg.split}: is {out / 'split.txt'}, which this run writes in another form; "
+                            "pass a copy of it")
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        atomic_write_text(text, out / "split.txt")
+        if not own_split:  # (the same text otherwise: nothing to replace)
+            atomic_write_text(text, out / "split.txt")
         write_json(config, out / "config.json")
         _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
 
@@ -527,10 +548,13 @@ def export_prompt(
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"--checkpoint {path}: no such file")
-    check_output_file(out, "--out", [("--checkpoint", path), ("--pretrained", pretrained)])
+    inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
+              *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]
+    check_output(out, "--out", inputs)
     saved = _load_checkpoint(path, None, "--checkpoint")
     config = saved["config"]
     cfg = FitConfig.from_dict(config)
+    check_output(out, "--out", [("run's --model file", cfg.model), ("run's --pretrained file", cfg.pretrained)])
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(json.loads(theirs["model_config"]))  # (the record of an older run has no "activation")

@@ -96,8 +96,9 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(base)
 
 
-def _torchvision(name: str, root: Path, **kwargs):
-    """A torchvision dataset, downloaded only when missing and the host answers within 3 s."""
+def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
+    """A torchvision dataset, downloaded only when missing, ``download`` allows it (not into a
+    folder a file named) and the host answers within 3 s."""
     import torchvision.datasets as tvd
 
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "svhn": tvd.SVHN}[name]
@@ -105,6 +106,9 @@ def _torchvision(name: str, root: Path, **kwargs):
         return cls(str(root), download=False, **kwargs)
     except RuntimeError:
         pass  # not there (or corrupted): download below
+    if not download:
+        raise UserError(f"{name}: not found under {root}, a folder named by a file (a model's or run's config), "
+                        "where nothing is downloaded")
     host = _HOSTS[name]
     if not _reachable(host):
         raise UserError(f"{name}: not found under {root} and {host[0]} cannot be reached (offline?); "
@@ -122,15 +126,15 @@ def _torchvision(name: str, root: Path, **kwargs):
         raise UserError(f"{name}: download into {root} failed ({e})") from None
 
 
-def _cifar(name: str, train: bool, root: Path) -> ImageSet:
-    ds = _torchvision(name, root, train=train)
+def _cifar(name: str, train: bool, root: Path, download: bool = True) -> ImageSet:
+    ds = _torchvision(name, root, download, train=train)
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     return ImageSet(name, list(ds.classes), torch.as_tensor(ds.targets, dtype=torch.long), 32, mean, std, images=images)
 
 
-def _svhn(root: Path) -> ImageSet:
-    ds = _torchvision("svhn", root, split="test")
+def _svhn(root: Path, download: bool = True) -> ImageSet:
+    ds = _torchvision("svhn", root, download, split="test")
     images = torch.from_numpy(np.ascontiguousarray(ds.data))  # [N, 3, 32, 32] already
     return ImageSet("svhn", [], torch.full((len(images),), -1, dtype=torch.long), 32, CIFAR10_MEAN, CIFAR10_STD,
                     images=images)
@@ -203,7 +207,7 @@ def _train_dir(root: Path, flag: str) -> Path:
 
 
 def load_id_split(dataset: str | None, data: str | None, split: str, input_size: int | None = None,
-                  classnames: Sequence[str] | None = None, flag: str = "--data") -> ImageSet:
+                  classnames: Sequence[str] | None = None, flag: str = "--data", download: bool = True) -> ImageSet:
     """The train or test split of an ID set.
 
     Args:
@@ -216,11 +220,13 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
             32-pixel built-in sets (CIFAR, digits) are resampled to it (bilinear).
         classnames: if given, the folder's classes must be exactly these (SPEC section 6).
         flag: the flag named in errors.
+        download: whether a torchvision set missing from ``data`` may be downloaded there (False
+            when ``data`` was read from a file: a file never chooses where anything is written).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     if dataset in ("cifar10", "cifar100"):
-        return resize_set(_cifar(dataset, split == "train", data_root(data)), input_size or 32)
+        return resize_set(_cifar(dataset, split == "train", data_root(data), download), input_size or 32)
     if dataset == "digits":
         from .digits import ensure_digits
 
@@ -291,13 +297,15 @@ def resize_set(s: ImageSet, size: int) -> ImageSet:
     return s
 
 
-def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None) -> ImageSet:
+def load_ood_set(name: str, where: str | None, input_size: int, data: str | None = None,
+                 download: bool = True) -> ImageSet:
     """An OOD set: ``where`` is a folder (searched recursively), an image list (``LIST.txt`` or
     ``ROOT::LIST.txt``, as :func:`clip_smot.ood_data.image_set` reads it), or None for the built-in set
     ``name`` (svhn, cifar10, cifar100: their test splits; photos, textures: the digits OOD sets;
     a bare ``--ood NAME`` on the command line). The images of a folder or list are resized and
     centre-cropped to ``input_size``: up to 64 pixels, the shorter side to ``input_size`` (the
     CIFAR OOD benchmark's ``Resize(32), CenterCrop(32)``), above, to ``input_size * 256 / 224``.
+    ``data`` and ``download``: as for :func:`load_id_split`.
     """
     if where is None:
         key = name.lower()
@@ -305,9 +313,9 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
             raise UserError(f"--ood {name}: not a built-in OOD set ({', '.join(BUILTIN_OOD)}); give {name}=DIR "
                             "for a folder")
         if key == "svhn":
-            s = _svhn(data_root(data))
+            s = _svhn(data_root(data), download)
         elif key in ("cifar10", "cifar100"):
-            s = _cifar(key, False, data_root(data))
+            s = _cifar(key, False, data_root(data), download)
         else:
             from .digits import ensure_digits
 

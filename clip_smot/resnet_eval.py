@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import scores as S
 from .data import holds_folders
 from .errors import UserError
-from .evaluate import write_reports
+from .evaluate import REPORT_FILES, write_reports
 from .networks import load_model
 from .resnet_data import BUILTIN_ID, ImageSet, eval_batches, load_class_folders, load_id_split, load_ood_set, resize_set
 from .runtime import check_output_folder, resolve_device
@@ -63,6 +63,18 @@ def odin(model: nn.Module, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T
     return (out.float() / T).softmax(dim=-1).amax(dim=-1)
 
 
+def _read_only_root(load, root: str | None):
+    """``load(root, False)`` for a torchvision root read from the model file, else (or when the set
+    is not there) ``load(None, True)``: the default root, where it may be downloaded. A folder a
+    file names is read, never downloaded into."""
+    if root:
+        try:
+            return load(root, False)
+        except UserError:
+            pass
+    return load(None, True)
+
+
 def _id_set(id_data: str, meta: dict, split: str, flag: str) -> ImageSet:
     """An ID split by built-in name or folder, checked against the model's classes."""
     size, classnames = meta["input_size"], meta["classnames"]
@@ -73,7 +85,10 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> ImageSet:
         if name == "imagenet200" and not root:
             raise UserError(f"{flag} imagenet200: the model was not trained on it from a known folder; "
                             f"pass {flag} IMAGENET_DIR/{split}")
-        s = load_id_split(name, root, split, size, flag=flag)
+        if name in ("cifar10", "cifar100"):
+            s = _read_only_root(lambda r, d: load_id_split(name, r, split, size, flag=flag, download=d), root)
+        else:
+            s = load_id_split(name, root, split, size, flag=flag)
         if list(s.classnames) != list(classnames):
             raise UserError(f"{flag} {id_data}: its classes are not the model's ({meta['num_classes']} classes, "
                             f"{classnames[:3]}...)")
@@ -94,7 +109,8 @@ def _train_set(id_train: str | None, meta: dict) -> ImageSet:
         raise UserError(f"--id-train: {meta['path']} does not say what it was trained on; pass --id-train DIR")
     try:
         s = load_id_split(cfg.get("dataset"), cfg.get("data"), "train", meta["input_size"],
-                          classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train")
+                          classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train",
+                          download=not cfg.get("data"))  # (not into a folder the model file names)
     except UserError as e:
         raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
     return resize_set(s, meta["input_size"])
@@ -142,16 +158,22 @@ def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: di
     if unknown:
         raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")
     names = list(dict.fromkeys(names))
-    check_output_folder(out)
+    given = {"--id": id_data, "--id-train": id_train, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
+    inputs = [("--checkpoint file", checkpoint), *((f"{flag} image list", w) for flag, w in given.items())]
+    folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+    check_output_folder(out, "--out", inputs, folders, writes=REPORT_FILES)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(1, 3, 1, 1)
     size = meta["input_size"]
     id_set = _id_set(id_data, meta, "val", "--id")
-    ood_sets = {name: load_ood_set(name, where, size, data=meta["config"].get("data")
-                                   if meta["config"].get("dataset") in ("cifar10", "cifar100") else None)
+    root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
+    ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
                 for name, where in ood.items()}
+    files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
+             for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
+    check_output_folder(out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)
     need_odin = "odin" in names
     run = lambda s: _forward(model, s, mean, std, batch_size, dev, workers, need_odin)  # noqa: E731
 

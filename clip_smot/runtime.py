@@ -6,10 +6,11 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,15 +28,17 @@ __all__ = [
     "atomic_write_text",
     "autocast",
     "cache_root",
-    "check_output_file",
+    "check_output",
     "check_output_folder",
     "file_lock",
     "file_stamp",
     "host_reachable",
     "json_text",
     "make_folder",
+    "plain_name",
     "remove_stale_temporaries",
     "resolve_device",
+    "same_file",
     "seed_everything",
     "sha256_file",
     "text_writer",
@@ -124,23 +127,85 @@ def seed_everything(seed: int) -> None:
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write
 
 
-def check_output_file(out: str | os.PathLike, flag: str, inputs: list[tuple[str, Any]]) -> None:
-    """Raise a UserError when the output file ``out`` is one of the command's ``inputs``
-    ((what, path) pairs; paths that are not files are ignored): writing it would destroy that
-    input (e.g. ``export --out`` = ``--checkpoint``, ``score --out`` = ``--prompt``)."""
-    if not os.path.exists(out):
-        return
-    for name, path in inputs:
-        if path is not None and os.path.isfile(path) and os.path.samefile(out, path):
-            raise UserError(f"{flag} {out}: is the {name} file itself; writing there would destroy it")
+def plain_name(value: str, what: str, advice: str = "") -> str:
+    """``value`` when it is a plain name, one path component: 1 to 200 characters, no ``/``,
+    ``\\``, ``:`` nor control character, not ``.`` or ``..``; else a UserError naming ``what``
+    (and ending in ``advice``). Names read from files (a prompt's model, its checkpoint file's
+    name) are checked with it where they join a path: no folder, no ``..``, no absolute path and
+    no ``hf-hub:``/``local-dir:`` schema of open_clip can come in with them."""
+    if not isinstance(value, str) or not re.fullmatch(r"(?!\.\.?$)[^/\\:\x00-\x1f]{1,200}", value):
+        raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..')"
+                        + (f"; {advice}" if advice else ""))
+    return value
 
 
-def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+def _file_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to, symlinks followed; None when there is none.
+    Two paths with the same key are one file: a symlink, a hard link, another spelling."""
+    if not isinstance(path, (str, os.PathLike)):  # (os.stat of an int would stat a file descriptor)
+        return None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_file(a: Any, b: Any) -> bool:
+    """Whether the paths ``a`` and ``b`` both exist and are one file (see :func:`_file_key`)."""
+    key = _file_key(a)
+    return key is not None and key == _file_key(b)
+
+
+def _within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, both with symlinks resolved."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, Any]] = (),
+                 folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] | None = None) -> None:
+    """Raise a UserError when writing ``out`` would replace or mix with something the command reads.
+
+    Args:
+        out: an output file, or with ``writes`` an output folder.
+        flag: the flag named in the error (``--out``).
+        inputs: (what, path) of every file the command reads, e.g. ``("--prompt file", p)``;
+            None or missing paths are skipped. An output that is the same file (symlinks
+            followed, hard links and other spellings included) is refused.
+        folders: (what, path) of folders whose files the command reads: an output inside one
+            is refused, as a later run would read it as input.
+        writes: the names of the files written into the output folder ``out``.
+    """
+    out = Path(out)
+    if writes is None and out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder, not a file")
+    if writes is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out}: is a file, not a folder")
+    targets = [out] if writes is None else [out / name for name in writes]
+    keys = {key: target for target in targets if (key := _file_key(target)) is not None}
+    for what, path in inputs if keys else ():
+        target = keys.get(_file_key(path)) if path is not None else None
+        if target is None:
+            continue
+        if writes is None:
+            raise UserError(f"{flag} {out}: is the {what} itself; writing there would destroy it")
+        raise UserError(f"{flag} {out}: its {target.name} would be the {what} itself ({path}); writing it "
+                        "would destroy that file")
+    for what, folder in folders:  # (after the files: "is the image itself" says more than "is inside")
+        if folder is not None and os.path.isdir(folder) and _within(out, folder):
+            raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files this command reads; "
+                            "write to a place outside it")
+
+
+def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[tuple[str, Any]] = (),
+                        folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] = ()) -> None:
     """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
     ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or
-    when it is a file (checked before the slow work, as every check of an output is)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UserError(f"{flag} {out}: is a file, not a folder")
+    when it is a file, lies inside one of ``folders`` or would replace one of ``inputs`` with a
+    file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
+    of an output is)."""
+    check_output(out, flag, inputs, folders, writes=tuple(writes))
     held = [f for f in RUN_FILES if (Path(out) / f).is_file()]
     if held:
         raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "

@@ -27,11 +27,11 @@ from PIL import Image
 
 from . import clip_model as cm
 from .clip_model import ClipModel
-from .data import eight_bit, escape_path, list_images
+from .data import IMAGE_EXTENSIONS, eight_bit, escape_path, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, normalized_features, weights_flag
 from .prompt_file import PromptFile, load_prompt
-from .runtime import atomic_write_text, check_output_file, resolve_device, sha256_file
+from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "PathScores",
     "PromptScorer",
     "parse_scores",
+    "resolve_pretrained",
     "run_score",
     "scores_from_features",
 ]
@@ -127,10 +128,17 @@ class PathScores:
     skipped: list[tuple[str, str]]
 
 
-def _resolve_pretrained(prompt: PromptFile) -> str:
+def resolve_pretrained(prompt: PromptFile) -> str:
     """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby: a file
     of its name next to the prompt or in the current folder, with its SHA-256 (checkpoints of
-    other weights share names: every hub download is open_clip_pytorch_model.bin)."""
+    other weights share names: every hub download is open_clip_pytorch_model.bin).
+
+    Raises:
+        UserError: the stored name is not a plain name (a tag or file name that holds a folder),
+            or no such file is found.
+    """
+    if prompt.pretrained:  # (a tag is a plain name too: load_clip would read a path given as a tag)
+        plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
     if not prompt.checkpoint_sha256:
         return prompt.pretrained  # a tag, or "" for random weights
     others = []
@@ -203,8 +211,9 @@ class PromptScorer:
         """
         p = prompt if isinstance(prompt, PromptFile) else load_prompt(prompt)
         dev = resolve_device(device) if isinstance(device, str) else device
-        weights = pretrained if pretrained is not None else _resolve_pretrained(p)
+        weights = pretrained if pretrained is not None else resolve_pretrained(p)
         if model is None:  # the prompt's model, with the activation it was made with
+            plain_name(p.model, f"--prompt {p.path}: metadata 'model'", "pass --model")
             clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev, p.activation, f"--prompt {p.path}")
         else:
             clip = cm.load_clip(model, weights, dev)
@@ -309,13 +318,26 @@ class PromptScorer:
                 ``skip_unreadable``; then only when no file of any argument is readable), gl-mcm
                 with a non-ViT model, non-finite features or scores.
         """
+        return self.score_listed([list_images(arg, flag="PATH") for arg in paths], scores, batch_size, workers,
+                                 skip_unreadable, use_cache)
+
+    def score_listed(
+        self,
+        listed: Sequence[Sequence[Path]],
+        scores: Sequence[str] | str | None = None,
+        batch_size: int = 256,
+        workers: int = 4,
+        skip_unreadable: bool = False,
+        use_cache: bool = True,
+    ) -> PathScores:
+        """:meth:`score_paths` for arguments already listed (:func:`~clip_smot.data.list_images`):
+        one list of image files per argument, one feature-cache entry each."""
         names = parse_scores(scores)
         self.check_scores(names)
         all_paths: list[str] = []
         parts: dict[str, list[torch.Tensor]] = {}
         skipped: list[tuple[str, str]] = []
-        for arg in paths:
-            files = list_images(arg, flag="PATH")
+        for files in listed:
             feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable,
                                  use_cache)
             if feats.paths:  # (else every file of this argument was unreadable and skipped)
@@ -355,9 +377,17 @@ def run_score(
     import io
 
     names = parse_scores(scores)
-    check_output_file(out, "--out", [("--prompt", prompt), ("--pretrained", pretrained), *(("input", p) for p in paths)])
-    scorer = PromptScorer.from_file(prompt, model=model, pretrained=pretrained, device=device)
-    result = scorer.score_paths(paths, names, batch_size, workers, skip_unreadable, use_cache)
+    listed = [list_images(p, flag="PATH") for p in paths]  # (every argument checked before anything is encoded)
+    prompt_file = load_prompt(prompt)
+    weights = pretrained if pretrained is not None else resolve_pretrained(prompt_file)
+    found = "checkpoint file found by name" if pretrained is None else "--pretrained file"
+    images = [("PATH image", f) for files in listed for f in files]
+    # a new image file inside a folder scored would be scored by the next run; a CSV there is not
+    inside = [("the PATH folder", p) for p in paths] if Path(out).suffix.lower() in IMAGE_EXTENSIONS else []
+    check_output(out, "--out", [("--prompt file", prompt), ("--model file", model), (found, weights or None),
+                                *images], inside)
+    scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
+    result = scorer.score_listed(listed, names, batch_size, workers, skip_unreadable, use_cache)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "pred", "pred_index", *names])

@@ -42,7 +42,7 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
+from .runtime import atomic_save, atomic_write_text, autocast, check_output, make_folder, remove_stale_temporaries, \
     resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
@@ -385,10 +385,21 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             torch.distributed.destroy_process_group()
 
 
+def _check_outputs(cfg: TrainConfig) -> None:
+    """Raise a UserError when ``--out`` would replace the ``--cam-model`` file or lies inside a
+    folder of images the run reads (``--data``'s train/ and val/; a torchvision root holds no
+    such folder), where a later run would read the run's files as data."""
+    read = [] if cfg.dataset in ("cifar10", "cifar100", "digits") or not cfg.data else \
+        [Path(cfg.data) / "train", Path(cfg.data) / "val"]
+    check_output(cfg.out, "--out", [("--cam-model file", cfg.cam_model)],
+                 [(f"the --data {p.name}/ folder", p) for p in read], writes=_FILES)
+
+
 def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
          world: int, flags: set[str] | None = None) -> dict:
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
+    download = True
     if resume:
         if not ckpt_path.is_file():
             raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
@@ -413,6 +424,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         if cfg.epochs is not None and cfg.epochs < saved.epochs:
             raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
                             "with as many or more")
+        download = cfg.data is not None or saved.data is None  # (not into a folder only the checkpoint names)
         cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
                                   out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
                                   epochs=cfg.epochs or saved.epochs)
@@ -442,8 +454,10 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
 
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
+    if not dry_run:
+        _check_outputs(cfg)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
-    train_set = load_id_split(cfg.dataset, cfg.data, "train", size)
+    train_set = load_id_split(cfg.dataset, cfg.data, "train", size, download=download)
     if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
         val_names = class_folders(Path(cfg.data) / "val", "--data")
         if val_names != train_set.classnames:

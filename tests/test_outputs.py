@@ -1,0 +1,410 @@
+"""Outputs never replace inputs, and nothing read from a file chooses where the toolkit writes.
+
+Every command's --out is compared with every file it reads (images found in folders, checkpoints
+found by name, config files, the run's own files), by device and inode, so symlinks, hard links
+and other spellings of a path count; an output folder inside a folder of inputs is refused. Each
+refusal is one line, exit code 1, with every file as it was.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from clip_smot.cli import cli
+from clip_smot.clip_model import load_clip, load_clip_for_prompt
+from clip_smot.errors import UserError
+from clip_smot.prompt_file import save_prompt
+from clip_smot.runtime import check_output, plain_name
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def _prompt(path, clip, **identity):
+    g = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(len(CLASSES), 32, generator=g), dim=-1)
+    save_prompt(path, torch.randn(4, 32, generator=g), text, {**clip.identity(), **identity}, 4, "end", False,
+                CLASSES, {})
+    return path
+
+
+def _images(folder, n=3, ext="png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{k}.{ext}")
+    return folder
+
+
+def _snapshot(*roots):
+    """Every file under ``roots`` with its bytes (what a refused command must leave as it was)."""
+    files = {}
+    for root in roots:
+        for folder, _, names in os.walk(root):
+            for name in names:
+                files[os.path.join(folder, name)] = open(os.path.join(folder, name), "rb").read()
+    return files
+
+
+def _refused(args, expected, *roots):
+    """Run the command; assert one error line containing ``expected`` and nothing changed under ``roots``."""
+    before = _snapshot(*roots)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and isinstance(res.exception, (SystemExit, type(None))), repr(res.exception)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.output, res.output
+    assert _snapshot(*roots) == before
+    return lines[0]
+
+
+# --- names read from files --------------------------------------------------------------------
+
+
+def test_plain_names():
+    for ok in ("ViT-B-16", "clip-smot-tiny", "open_clip_pytorch_model.bin", "my weights.safetensors", "RN50x4",
+               ".hidden.pt", "...", "x" * 200):
+        assert plain_name(ok, "x") == ok
+    for bad in ("../../etc/passwd", "/etc/passwd", "a/b", "a\\b", "..", ".", "", "hf-hub:org/repo", "hf-hub:repo",
+                "local-dir:/tmp", "C:x", "a\x00b", "a\nb", "x" * 201, None, 3):
+        with pytest.raises(UserError, match=r"^metadata 'model': .* is not a plain name .*; pass --model$"):
+            plain_name(bad, "metadata 'model'", "pass --model")
+
+
+@pytest.mark.parametrize("name", ["../../victim", "ABSOLUTE", "hf-hub:org/repo", "..", "sub/victim"])
+def test_a_prompts_model_name_chooses_no_path(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, name):
+    """score without --model wrote <tmp>/<model>.json: a prompt whose model was ../../etc/passwd
+    created /etc/passwd.json, an absolute path overwrote that JSON file with the prompt's config."""
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"keep": true}')
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "victim")
+    prompt = _prompt(tmp_path / "p.safetensors", tiny, model=name)
+    images = _images(tmp_path / "photos")
+    line = _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+                     "--out", str(tmp_path / "s.csv"), str(images)], "metadata 'model'", tmp_path)
+    assert line.startswith(f"Error: --prompt {prompt}: metadata 'model'") and line.endswith("; pass --model")
+    assert sorted(os.listdir(tmp_path)) == ["p.safetensors", "photos", "victim.json"]  # no s.csv, no new JSON
+    # the name is checked where it is used: with --model it is not, and the prompt scores
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(images)])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 1 + 3 and victim.read_text() == '{"keep": true}'
+
+
+def test_load_clip_for_prompt_refuses_a_path_and_loads_a_plain_name(tmp_path, tiny, tiny_clip_checkpoint):
+    """The Python API checks the name too; a plain name that open_clip does not know (a space, a
+    dot in it) is registered from the stored config, as a prompt of a custom model needs."""
+    for name in ("../../victim", str(tmp_path / "victim")):
+        with pytest.raises(UserError, match="is not a plain name"):
+            load_clip_for_prompt(name, tiny.config, tiny_clip_checkpoint)
+    assert not (tmp_path / "victim.json").exists() and not (tmp_path.parent.parent / "victim.json").exists()
+    clip = load_clip_for_prompt("my tiny v1.json", tiny.config, tiny_clip_checkpoint)
+    assert clip.name == "my tiny v1.json" and clip.config == tiny.config
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(clip.model.encode_image(x), tiny.model.encode_image(x))
+
+
+@pytest.mark.parametrize("pretrained", ["../tiny.safetensors", "ABSOLUTE", "ABSOLUTE-TAG"])
+def test_a_prompts_checkpoint_name_is_not_a_path(tmp_path, tiny, tiny_clip_checkpoint, pretrained):
+    """Without --pretrained, the prompt's checkpoint is looked up by its file name next to the
+    prompt: a name with a folder in it would read (and hash) any file the prompt names; a path
+    stored as a tag (no SHA-256) would be loaded as weights."""
+    (tmp_path / "in").mkdir()
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")
+    identity = {"checkpoint_sha256": ""} if pretrained == "ABSOLUTE-TAG" else {}
+    if pretrained.startswith("ABSOLUTE"):
+        pretrained = str(tmp_path / "tiny.safetensors")
+    prompt = _prompt(tmp_path / "in" / "p.safetensors", tiny, pretrained=pretrained, **identity)
+    line = _refused(["score", "--prompt", str(prompt), "--workers", "0", "--out", str(tmp_path / "s.csv"),
+                     str(_images(tmp_path / "photos"))], "metadata 'pretrained'", tmp_path)
+    assert line.endswith("is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..'); "
+                         "pass --pretrained")
+
+
+def test_a_data_root_read_from_a_file_gets_no_download(tmp_path, monkeypatch):
+    """eval --checkpoint takes a CIFAR root from the model file's config and train --resume from
+    the checkpoint: a set missing there was downloaded into that folder (a lock file first)."""
+    from clip_smot import resnet_data
+
+    monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
+    root = tmp_path / "named-by-a-file"
+    with pytest.raises(UserError, match=r"^cifar10: not found under .*named-by-a-file, a folder named by a file"):
+        resnet_data.load_id_split("cifar10", str(root), "val", download=False)
+    with pytest.raises(UserError, match=r"^svhn: not found under .*named-by-a-file, a folder named by a file"):
+        resnet_data.load_ood_set("svhn", None, 32, data=str(root), download=False)
+    assert not root.exists()
+
+
+def test_resume_and_eval_never_download_into_a_root_a_file_names(tmp_path, monkeypatch):
+    """The same through the commands: train --resume of a run whose checkpoint names a CIFAR root,
+    and eval --checkpoint of a model file whose config names one (eval then uses the default root)."""
+    import dataclasses
+
+    from clip_smot import resnet_data
+    from clip_smot.networks import build_network, save_model
+    from clip_smot.train import TrainConfig
+
+    monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
+    monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "default"))
+    root = tmp_path / "named-by-a-file"
+    (tmp_path / "run").mkdir()
+    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="cifar10", data=str(root), arch="resnet_tiny", device="cpu",
+                      epochs=1)
+    torch.save({"config": dataclasses.asdict(cfg), "model": {}, "optimizer": {}, "epoch": 0, "log": [], "rng": {}},
+               tmp_path / "run" / "checkpoint.pt")
+    _refused(["train", "--resume", "--out", str(tmp_path / "run")],
+             f"cifar10: not found under {root}, a folder named by a file", tmp_path)
+    assert not root.exists()
+
+    model = tmp_path / "model.safetensors"
+    save_model(model, build_network("resnet_tiny", 10, 32), arch="resnet_tiny", classnames=[str(i) for i in range(10)],
+               input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, dataset="cifar10", config={"dataset": "cifar10",
+                                                                                             "data": str(root)})
+    monkeypatch.setattr(resnet_data, "_reachable", lambda host: False)  # (the default root's download: offline)
+    _refused(["eval", "--checkpoint", str(model), "--id", "cifar10", "--ood", "svhn", "--device", "cpu",
+              "--out", str(tmp_path / "e")], f"cifar10: not found under {tmp_path / 'default'} and", tmp_path)
+    assert not root.exists()
+
+
+def test_eval_falls_back_to_the_default_root_when_the_files_root_lacks_the_set(tmp_path):
+    from clip_smot.resnet_eval import _read_only_root
+
+    calls = []
+
+    def load(root, download):
+        calls.append((root, download))
+        if root is not None:
+            raise UserError("cifar10: not found")
+        return "default"
+
+    assert _read_only_root(load, str(tmp_path)) == "default"
+    assert calls == [(str(tmp_path), False), (None, True)]
+
+
+# --- score --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink", "new-image", "other-spelling"])
+def test_score_out_never_replaces_an_image_it_scores(tmp_path, tiny, tiny_clip_checkpoint, how):
+    """score --out FOLDER/3.png FOLDER replaced an image with the CSV (only file arguments were compared)."""
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    photos = _images(tmp_path / "photos" / "deep")
+    out = {"same": photos / "1.png", "new-image": photos / "new.png",
+           "other-spelling": tmp_path / "photos" / "deep" / ".." / "deep" / "2.png"}.get(how, tmp_path / "s.csv")
+    if how == "symlink":
+        out.symlink_to(photos / "0.png")
+    if how == "hardlink":
+        os.link(photos / "0.png", out)
+    expected = "is inside the PATH folder" if how == "new-image" else "is the PATH image itself"
+    _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+              "--out", str(out), str(tmp_path / "photos")], expected, tmp_path)
+    assert not (photos / "new.png").exists()
+
+
+@pytest.mark.parametrize("target", ["found-checkpoint", "model-json", "pretrained", "prompt-symlink", "folder"])
+def test_score_out_never_replaces_the_model_files(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, target):
+    """score --out onto the CLIP checkpoint found next to the prompt, or onto --model's JSON, overwrote them."""
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")  # next to the prompt: found by its name
+    model = shutil.copy(tiny_clip_config, tmp_path / "clip-smot-tiny.json")
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    args = ["score", "--prompt", str(prompt), "--workers", "0"]
+    if target == "model-json":
+        args += ["--model", model]
+    if target == "pretrained":
+        args += ["--pretrained", str(tmp_path / "tiny.safetensors")]
+    out = {"found-checkpoint": tmp_path / "tiny.safetensors", "model-json": tmp_path / "clip-smot-tiny.json",
+           "pretrained": tmp_path / "." / "tiny.safetensors", "prompt-symlink": tmp_path / "link.csv",
+           "folder": tmp_path / "photos"}[target]
+    if target == "prompt-symlink":
+        out.symlink_to(prompt)
+    expected = {"found-checkpoint": "is the checkpoint file found by name itself", "model-json": "is the --model file",
+                "pretrained": "is the --pretrained file itself", "prompt-symlink": "is the --prompt file itself",
+                "folder": "is a directory"}[target]
+    _refused([*args, "--out", str(out), str(_images(tmp_path / "photos"))], expected, tmp_path)
+
+
+# --- eval ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["ood", "ood-symlink", "id", "id-subfolder"])
+def test_eval_out_inside_an_input_folder_is_refused_before_any_work(tmp_path, tiny_clip_config, where):
+    """eval --out inside an OOD folder made the next run score its own scores_hist.png as an OOD image."""
+    ood = _images(tmp_path / "ood")
+    ids = _images(tmp_path / "id" / "val" / "red")
+    out = {"ood": ood / "eval", "id": tmp_path / "id", "id-subfolder": ids / "eval",
+           "ood-symlink": tmp_path / "elsewhere" / "eval"}[where]
+    if where == "ood-symlink":  # a path outside that leads inside
+        (tmp_path / "elsewhere").symlink_to(ood)
+    folder = "--id" if where.startswith("id") else "--ood noise"
+    line = _refused(["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", "none",
+                     "--id", str(tmp_path / "id"), "--ood", f"noise={ood}", "--workers", "0", "--out", str(out)],
+                    f"is inside the {folder} folder", tmp_path)
+    assert "whose files this command reads" in line
+    assert not (ood / "eval").exists()
+
+
+def test_eval_out_never_replaces_an_image_a_set_lists(tmp_path, tiny, tiny_clip_checkpoint):
+    """An OOD image hard-linked as OUT/scores_hist.png: the folder is elsewhere, the file is one."""
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    ood = _images(tmp_path / "ood")
+    ids = tmp_path / "id" / "val"
+    for c in CLASSES:
+        _images(ids / c, n=2)
+    (tmp_path / "eval").mkdir()
+    os.link(ood / "0.png", tmp_path / "eval" / "scores_hist.png")
+    _refused(["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(tmp_path / "id"),
+              "--ood", f"noise={ood}", "--workers", "0", "--out", str(tmp_path / "eval")],
+             "its scores_hist.png would be the --ood noise image itself", tmp_path)
+
+
+def test_eval_out_never_replaces_the_model_config(tmp_path, tiny_clip_config):
+    (tmp_path / "eval").mkdir()
+    model = shutil.copy(tiny_clip_config, tmp_path / "eval" / "config.json")
+    _refused(["eval", "--zero-shot", "--model", model, "--pretrained", "none", "--id", str(_images(tmp_path / "id")),
+              "--ood", f"noise={_images(tmp_path / 'ood')}", "--out", str(tmp_path / "eval")],
+             "its config.json would be the --model file itself", tmp_path)
+
+
+def test_resnet_eval_out_inside_an_input_folder(tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not read: the output is checked first")
+    ood = _images(tmp_path / "ood")
+    _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--ood", f"noise={ood}", "--out",
+              str(ood / "eval")], "is inside the --ood noise folder", tmp_path)
+    _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--id-train", str(tmp_path), "--ood", "svhn",
+              "--out", str(tmp_path / "e")], "is inside the --id-train folder", tmp_path)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.csv").symlink_to(ckpt)
+    _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--ood", "svhn", "--out", str(tmp_path / "e")],
+             "its metrics.csv would be the --checkpoint file itself", tmp_path)
+
+
+# --- export, fit, train -------------------------------------------------------------------------
+
+
+def _fit_checkpoint(path, model_json):
+    """A complete-looking fit checkpoint whose run used ``model_json`` (enough for export's checks)."""
+    from clip_smot.fit import CHECKPOINT_FORMAT, FitConfig
+
+    config = FitConfig(model=str(model_json), pretrained="none").to_dict() | {"run": {"classnames": CLASSES}}
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "ctx": torch.zeros(4, 32), "optimizer": {},
+                "scheduler": {}, "rng": {}, "config": config}, path)
+
+
+@pytest.mark.parametrize("target", ["checkpoint-symlink", "config", "split", "model-flag", "runs-model", "folder"])
+def test_export_out_never_replaces_what_it_reads(tmp_path, tiny_clip_config, target):
+    """export --out onto the run's own checkpoint.pt (another spelling) replaced it, exit 0."""
+    run = tmp_path / "run"
+    run.mkdir()
+    model = shutil.copy(tiny_clip_config, tmp_path / "clip-smot-tiny.json")
+    _fit_checkpoint(run / "checkpoint.pt", model)
+    (run / "config.json").write_text("{}")
+    (run / "split.txt").write_text("a/b.jpg\t0\n")
+    out = {"checkpoint-symlink": tmp_path / "p.safetensors", "config": run / "config.json",
+           "split": run / "split.txt", "model-flag": tmp_path / "other.json", "runs-model": tmp_path / "clip-smot-tiny.json",
+           "folder": run}[target]
+    args = ["export", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu"]
+    if target == "checkpoint-symlink":
+        out.symlink_to(run / "checkpoint.pt")
+    if target == "model-flag":
+        args += ["--model", shutil.copy(tiny_clip_config, out)]
+    expected = {"checkpoint-symlink": "is the --checkpoint file itself", "config": "is the run's config.json itself",
+                "split": "is the run's split.txt itself", "model-flag": "is the --model file itself",
+                "runs-model": "is the run's --model file itself", "folder": "is a directory"}[target]
+    _refused([*args, "--out", str(out)], expected, tmp_path)
+
+
+def _fit_args(data, model, checkpoint, out, *extra):
+    return ["fit", "--data", str(data), "--shots", "1", "--model", model, "--pretrained", checkpoint,
+            "--loss", "ce", "--n-ctx", "2", "--batch-size", "2", "--epochs", "1", "--precision", "fp32",
+            "--device", "cpu", "--workers", "0", "--out", str(out), *extra]
+
+
+def test_fit_out_never_replaces_or_lies_inside_its_inputs(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    data = tmp_path / "data"
+    for c in CLASSES:
+        _images(data / "train" / c, n=2)
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, data / "train" / "runs"),
+             "is inside the --data folder", tmp_path)
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, data / "train"),
+             "is inside the --data folder", tmp_path)
+    (tmp_path / "run").mkdir()
+    model = shutil.copy(tiny_clip_config, tmp_path / "run" / "config.json")  # a model JSON where fit writes its own
+    _refused(_fit_args(data, model, tiny_clip_checkpoint, tmp_path / "run"),
+             "its config.json would be the --model file itself", tmp_path)
+    (tmp_path / "run" / "config.json").unlink()
+    os.link(tiny_clip_checkpoint, tmp_path / "run" / "log.jsonl")  # (a hard link: the same file under two names)
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run"),
+             "its log.jsonl would be the --pretrained file itself", tmp_path, os.path.dirname(tiny_clip_checkpoint))
+
+
+def test_fit_keeps_its_own_split_given_back_with_split(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """--split OUT/split.txt (what resume's error advises) is read, not rewritten; a file of the same
+    split in another form (a blank line) would be replaced: refused, before anything is written."""
+    data = tmp_path / "data"
+    for c in CLASSES:
+        _images(data / "train" / c, n=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    text = "".join(f"{c}/0.png\t{i}\n" for i, c in enumerate(sorted(CLASSES)))
+    (run / "split.txt").write_text(text + "\n")
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, run, "--split", str(run / "split.txt")),
+             "which this run writes in another form; pass a copy of it", tmp_path)
+    assert sorted(os.listdir(run)) == ["split.txt"]
+    (run / "split.txt").write_text(text)
+    inode = (run / "split.txt").stat().st_ino
+    res = CliRunner().invoke(cli, _fit_args(data, tiny_clip_config, tiny_clip_checkpoint, run,
+                                            "--split", str(run / "split.txt")))
+    assert res.exit_code == 0, res.output
+    assert (run / "split.txt").read_text() == text and (run / "split.txt").stat().st_ino == inode
+    assert json.loads((run / "config.json").read_text())["run"]["n_images"] == 3
+
+
+def test_train_out_never_replaces_or_lies_inside_its_inputs(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in CLASSES:
+            _images(data / split / c, n=2)
+    args = ["train", "--data", str(data), "--arch", "resnet_tiny", "--epochs", "1", "--device", "cpu",
+            "--workers", "0"]
+    _refused([*args, "--out", str(data / "val" / "red" / "run")], "is inside the --data val/ folder", tmp_path)
+    (tmp_path / "run").mkdir()
+    cam = tmp_path / "run" / "model.safetensors"  # a base model's file where the SMOT run writes its own
+    cam.write_bytes(b"the base model")
+    _refused([*args, "--stage", "smot", "--cam-model", str(cam), "--out", str(tmp_path / "run")],
+             "its model.safetensors would be the --cam-model file itself", tmp_path)
+
+
+def test_check_output_compares_files_not_spellings(tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_text("input")
+    os.link(a, tmp_path / "hard.txt")
+    (tmp_path / "soft.txt").symlink_to(a)
+    for out in (a, tmp_path / "hard.txt", tmp_path / "soft.txt", tmp_path / "x" / ".." / "a.txt"):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        with pytest.raises(UserError, match=r"^--out .*: is the --in file itself; writing there would destroy it$"):
+            check_output(out, "--out", [("--in file", a)])
+    check_output(tmp_path / "b.txt", "--out", [("--in file", a), ("--none", None), ("--int", 3)])  # other files pass
+    check_output(tmp_path / "b", "--out", [("--in file", a)], [("the --data folder", tmp_path / "data")], writes=["a.txt"])
+    with pytest.raises(UserError, match=r"^--out .*: its a.txt would be the --in file itself"):
+        check_output(tmp_path, "--out", [("--in file", tmp_path / "hard.txt")], writes=["a.txt"])
+    with pytest.raises(UserError, match=r"^--out .*: is a folder, not a file$"):  # (the Python API; click says it too)
+        check_output(tmp_path, "--out", [])
+    with pytest.raises(UserError, match=r"^--out .*a.txt: is a file, not a folder$"):
+        check_output(a, "--out", [], writes=["metrics.csv"])
