@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import UserError
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
+from .reproduce import TABLES
 from .runtime import PRECISIONS
 from .smot import PERTURBATIONS
 
@@ -325,6 +326,50 @@ def export(checkpoint, out, model, pretrained, device) -> None:
     from .fit import export_prompt
 
     click.echo(f"prompt written to {export_prompt(checkpoint, out, model=model, pretrained=pretrained, device=device)}")
+
+
+def _run_stage(argv: list[str]) -> None:
+    """Run one ``clip-smot`` command line in this process; its error names the stage's command."""
+    try:
+        cli.main(args=argv, prog_name="clip-smot", standalone_mode=False)
+    except _Interrupted:
+        raise
+    except click.ClickException as e:
+        out = argv[argv.index("--out") + 1] if "--out" in argv else ""
+        raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
+
+
+@cli.command()
+@click.argument("table", type=click.Choice(list(TABLES)))
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Output folder: one sub-folder per stage, then table.md and table.csv.")
+@click.option("--imagenet", type=click.Path(file_okay=False), default=None,
+              help="IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).")
+@click.option("--ood-root", type=click.Path(file_okay=False), default=None,
+              help="Folder of the OOD sets: iNaturalist, SUN, Places, Textures (or dtd/images), iSUN, LSUN.")
+@click.option("--cifar-root", type=click.Path(file_okay=False), default=None,
+              help="torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).")
+@click.option("--model", default=None, help="CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")
+@click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: fit's, openai).")
+@click.option("--cam-model", default=None, help="CLIP fit: CAM network (default: fit's, resnet18-imagenet).")
+@click.option("--shots", type=click.IntRange(min=1), default=None, help="CLIP fit: images per class (default 16).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Every fit and training (default: theirs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Every fit and training: images per step (default: theirs).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Every fit and training.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Every stage (default auto).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Every stage (default 4).")
+@click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")
+def reproduce(table, dry_run, **options) -> None:
+    """Run every stage behind one of the paper's tables, then write the table.
+
+    Fits or trainings, then evaluations, each into OUT/<stage>/; a rerun skips finished stages
+    and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
+    paper's numbers, ours and the difference.
+    """
+    from .reproduce import ReproduceOptions, run_reproduce
+
+    run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
 
 
 def main() -> None:
