@@ -27,7 +27,7 @@ from .data import bundled_file
 from .errors import UserError
 from .runtime import atomic_write_text, make_folder
 
-__all__ = ["TABLES", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
+__all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
 IMAGENET_OOD = ("iNaturalist", "SUN", "Places", "Textures")  # Tables 4 and 8, in the paper's column order
 CIFAR_OOD = ("Textures", "SVHN", "iSUN", "Places", "LSUN")  # Tables 1-3, 5-7, 9 (SVHN: torchvision's test split)

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import clip_model as cm
+from . import scores as S
 from .clip_model import ClipModel
 from .data import eight_bit, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, image_batches, normalized_features
 from .prompt_file import PromptFile, load_prompt
 from .runtime import atomic_write_text, check_output_file, resolve_device, sha256_file
-from . import scores as S
 from .scores import SCORES, gl_mcm
 
 __all__ = [
