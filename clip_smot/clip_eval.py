@@ -93,12 +93,13 @@ def _prompt_split(prompt: str, config: dict, root: Path, split: str | None) -> l
     classes = resolve_classes(root, "--id-train")
     if split:
         return read_split(split, classes, "--split")
-    want = config.get("run", {}).get("split_sha256")
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    want = run.get("split_sha256")
     beside = Path(prompt).parent / "split.txt"
     if beside.is_file():
         chosen, where = read_split(beside, classes, "--split"), str(beside)
-    elif not config.get("split") and isinstance(config.get("shots"), int):
-        chosen, where = draw_split(classes, config["shots"], int(config.get("seed", 1))), f"a draw from {root}"
+    elif not config.get("split") and isinstance(config.get("shots"), int) and isinstance(config.get("seed"), int):
+        chosen, where = draw_split(classes, config["shots"], config["seed"]), f"a draw from {root}"
     else:
         raise UserError(f"--split: {prompt} was fitted on a split file that is not next to it; pass --split SPLIT.txt")
     if want and hashlib.sha256(split_text(chosen).encode()).hexdigest() != want:
