@@ -20,6 +20,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
+from .reproduce import TABLES
 from .runtime import PRECISIONS
 from .smot import PERTURBATIONS
 
@@ -154,7 +155,8 @@ def fit(split_file, **options) -> None:
 @click.option("--model", "model_name", default=None, help="open_clip name or config JSON (default: from the prompt).")
 @click.option("--pretrained", default=None, help="Pretrained tag or checkpoint file (default: from the prompt).")
 @click.option("--scores", default="mcm", show_default=True,
-              help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only).")
+              help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
+                   "(react, knn, vim: clip-smot eval).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
@@ -201,7 +203,11 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--model", "model_name", default=None, help="CLIP: open_clip name or config JSON (default: from the prompt).")
 @click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: from the prompt).")
 @click.option("--id", "id_data", required=True, help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).")
-@click.option("--id-train", default=None, help="ResNet: ID training data for KNN/ViM/ReAct statistics (default: from the checkpoint).")
+@click.option("--id-train", default=None,
+              help="ID training data for the KNN/ViM/ReAct statistics (default: ResNet, from the checkpoint; "
+                   "CLIP, the prompt's own few-shot images).")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="CLIP: a split.txt choosing those images (relative to --id-train, or to the prompt's data).")
 @click.option("--ood", multiple=True, required=True,
               help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; repeatable.")
 @click.option("--scores", default=None, help="Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
@@ -212,8 +218,8 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
-def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, ood, scores, fpr_convention,
-          batch_size, workers, device, no_cache, out) -> None:
+def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, split_file, ood, scores,
+          fpr_convention, batch_size, workers, device, no_cache, out) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
     Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png (and, for --prompt or
@@ -227,6 +233,8 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
     if checkpoint:
         from .resnet_eval import run_resnet_eval
 
+        if split_file:
+            raise click.UsageError("--split is for the CLIP track (--prompt); give the ResNet's --id-train a folder")
         run_resnet_eval(checkpoint=checkpoint, id_data=id_data, id_train=id_train, ood=ood_sets, scores=score_list,
                         convention=fpr_convention, batch_size=batch_size, workers=workers, device=device, out=out)
     else:
@@ -234,7 +242,8 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
 
         run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained, id_data=id_data,
                       ood=ood_sets, scores=score_list, convention=fpr_convention, batch_size=batch_size,
-                      workers=workers, device=device, out=out, use_cache=not no_cache)
+                      workers=workers, device=device, out=out, use_cache=not no_cache, id_train=id_train,
+                      split=split_file)
 
 
 _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.networks.NETWORKS (checked in a test)
@@ -317,6 +326,50 @@ def export(checkpoint, out, model, pretrained, device) -> None:
     from .fit import export_prompt
 
     click.echo(f"prompt written to {export_prompt(checkpoint, out, model=model, pretrained=pretrained, device=device)}")
+
+
+def _run_stage(argv: list[str]) -> None:
+    """Run one ``clip-smot`` command line in this process; its error names the stage's command."""
+    try:
+        cli.main(args=argv, prog_name="clip-smot", standalone_mode=False)
+    except _Interrupted:
+        raise
+    except click.ClickException as e:
+        out = argv[argv.index("--out") + 1] if "--out" in argv else ""
+        raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
+
+
+@cli.command()
+@click.argument("table", type=click.Choice(list(TABLES)))
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Output folder: one sub-folder per stage, then table.md and table.csv.")
+@click.option("--imagenet", type=click.Path(file_okay=False), default=None,
+              help="IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).")
+@click.option("--ood-root", type=click.Path(file_okay=False), default=None,
+              help="Folder of the OOD sets: iNaturalist, SUN, Places, Textures (or dtd/images), iSUN, LSUN.")
+@click.option("--cifar-root", type=click.Path(file_okay=False), default=None,
+              help="torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).")
+@click.option("--model", default=None, help="CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")
+@click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: fit's, openai).")
+@click.option("--cam-model", default=None, help="CLIP fit: CAM network (default: fit's, resnet18-imagenet).")
+@click.option("--shots", type=click.IntRange(min=1), default=None, help="CLIP fit: images per class (default 16).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Every fit and training (default: theirs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Every fit and training: images per step (default: theirs).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Every fit and training.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Every stage (default auto).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Every stage (default 4).")
+@click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")
+def reproduce(table, dry_run, **options) -> None:
+    """Run every stage behind one of the paper's tables, then write the table.
+
+    Fits or trainings, then evaluations, each into OUT/<stage>/; a rerun skips finished stages
+    and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
+    paper's numbers, ours and the difference.
+    """
+    from .reproduce import ReproduceOptions, run_reproduce
+
+    run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
 """``clip-smot eval`` for the CLIP track: a learned prompt (or zero-shot prompts) on ID and OOD sets.
 
 Text features are computed once; image features come from the feature cache when the same
-files were encoded by the same weights before (:mod:`clip_smot.image_features`). The metric
-files are written by :func:`clip_smot.evaluate.write_reports`, shared with the ResNet track.
+files were encoded by the same weights before (:mod:`clip_smot.image_features`), the ID
+training images of the fitted scores (react, knn, vim) too. ODIN encodes every image again
+with a backward pass through the image encoder: it has no cache. The metric files are written
+by :func:`clip_smot.evaluate.write_reports`, shared with the ResNet track.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +25,9 @@ from .image_features import encode_files
 from .ood_data import folder_classnames, id_class_folders, id_set, image_set
 from .prompt_file import load_prompt
 from .runtime import check_output_folder, json_text
-from .scoring import PromptScorer, parse_scores, resolve_pretrained
+from .scoring import FITTED_SCORES, PromptScorer, parse_scores, resolve_pretrained
 
-__all__ = ["ClipEvalConfig", "run_clip_eval"]
+__all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
 
 DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
 _WRITES = REPORT_FILES  # under --out (config.json included)
@@ -40,6 +43,8 @@ class ClipEvalConfig:
     pretrained: str | None  # tag or checkpoint file (None: from the prompt)
     id_data: str  # ID folder or image list
     ood: dict  # OOD set name -> folder or image list (None: the built-in set of that name)
+    id_train: str | None  # ID training images of react/knn/vim (None: the prompt's few-shot images)
+    split: str | None  # a split.txt choosing those images (relative to id_train or the prompt's data)
     scores: tuple  # score names
     convention: str  # FPR95 convention: "id" (paper) or "openood"
     batch_size: int  # images per forward pass
@@ -80,6 +85,59 @@ def _builtin_ood(name: str, size: int) -> str:
     return str(ensure_digits(size) / "ood" / name.lower())
 
 
+def _prompt_split(prompt: str, config: dict, root: Path, split: str | None) -> list[tuple[str, int]]:
+    """The few-shot images a fit prompt was trained on: ``split``, else the split.txt next to
+    the prompt, else the split drawn again from the prompt's data, shots and seed; the last two
+    checked against the SHA-256 the prompt records."""
+    from .fewshot import draw_split, read_split, resolve_classes, split_text
+
+    classes = resolve_classes(root, "--id-train")
+    if split:
+        return read_split(split, classes, "--split")
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    want = run.get("split_sha256")
+    beside = Path(prompt).parent / "split.txt"
+    if beside.is_file():
+        chosen, where = read_split(beside, classes, "--split"), str(beside)
+    elif not config.get("split") and isinstance(config.get("shots"), int) and isinstance(config.get("seed"), int):
+        chosen, where = draw_split(classes, config["shots"], config["seed"]), f"a draw from {root}"
+    else:
+        raise UserError(f"--split: {prompt} was fitted on a split file that is not next to it; pass --split SPLIT.txt")
+    if want and hashlib.sha256(split_text(chosen).encode()).hexdigest() != want:
+        raise UserError(f"--split: {where} is not the split {prompt} was fitted on; pass --split SPLIT.txt or "
+                        "--id-train DIR")
+    return chosen
+
+
+def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None, split: str | None) -> list[str]:
+    """The ID training images of the fitted scores (react, knn, vim).
+
+    ``id_train`` (a folder, searched recursively, or an image list ``ROOT::LIST.txt``) with all
+    its images, or with those a ``split`` file lists; without ``id_train``, the prompt's own
+    few-shot images, found from its metadata (its data folder, and its split.txt or seed).
+
+    Raises:
+        UserError: no ID training data named and none recorded in the prompt (zero-shot, or a
+            prompt not made by ``clip-smot fit``), or a split that is not the prompt's.
+    """
+    from .fewshot import read_split, resolve_classes, resolve_train_root
+
+    if id_train and not split:
+        return [str(p) for p in image_set("id-train", id_train, flag="--id-train").paths]
+    if id_train:
+        root = resolve_train_root(id_train, "--id-train")
+        return [str(root / rel) for rel, _ in read_split(split, resolve_classes(root, "--id-train"), "--split")]
+    data = config.get("data") if isinstance(config, dict) else None
+    if not prompt or not isinstance(data, str):
+        what = "--zero-shot has no training images" if not prompt else f"{prompt} does not record its training data"
+        raise UserError(f"--id-train: react, knn and vim are fitted on ID training images, and {what}; "
+                        "pass --id-train DIR")
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR")
+    return [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
+
+
 def _zero_shot_template() -> str:
     return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
 
@@ -98,6 +156,8 @@ def run_clip_eval(
     device: str = "auto",
     out: str = "eval",
     use_cache: bool = True,
+    id_train: str | None = None,
+    split: str | None = None,
 ) -> dict:
     """Score the ID set and every OOD set, then write the metric files into ``out``.
 
@@ -114,6 +174,7 @@ def run_clip_eval(
         batch_size, workers, device: encoding settings.
         out: output folder: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
         use_cache: read/write the image-feature cache.
+        id_train, split: the ID training images of react, knn and vim (see :func:`id_train_paths`).
 
     Returns:
         The metrics.json content.
@@ -126,13 +187,14 @@ def run_clip_eval(
     check_output_folder(out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
-    cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), tuple(names), convention,
-                         batch_size, workers, device, use_cache)
+    cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), id_train, split, tuple(names),
+                         convention, batch_size, workers, device, use_cache)
     if zero_shot:
         template = _zero_shot_template()
         builtin = id_data == "digits" and not Path(id_data).exists()
         classnames = list(DIGIT_NAMES) if builtin else folder_classnames(id_data)
         folders = None if builtin else id_class_folders(id_data)  # the names' folders, one to one
+        config = None
         scorer = PromptScorer.zero_shot(
             classnames, model or DEFAULT_ZERO_SHOT_MODEL[0],
             pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
@@ -147,22 +209,32 @@ def run_clip_eval(
             inputs.append(("checkpoint file found by name", pretrained or None))
         scorer = PromptScorer.from_file(pf, model=model, pretrained=pretrained, device=device)
         folders = _prompt_folders(pf.config, len(pf.classnames))
+        config = pf.config
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
-    scorer.check_scores(names)
+    fitted = [n for n in names if n in FITTED_SCORES]
+    scorer.check_scores([n for n in names if n not in fitted])
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
+    train_paths = id_train_paths(prompt, config, id_train, split) if fitted else []
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
     check_output_folder(out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
-                                                  for s in sets for p in s.paths)],
+                                                  for s in sets for p in s.paths),
+                                                  *(("ID-train image", p) for p in train_paths)],
                         read_folders, writes=_WRITES)
 
     start = time.monotonic()
+    if fitted:
+        train = encode_files(scorer.clip, train_paths, False, batch_size, workers, False, use_cache)
+        scorer.fit_id_train(train.global_, fitted)
     results = {}
     for s in sets:
         feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
-        results[s.name] = (s, scorer.score_features(feats, names))
+        out_s = scorer.score_features(feats, names)
+        if "odin" in names:
+            out_s["odin"] = scorer.odin_files(feats.paths, batch_size, workers)
+        results[s.name] = (s, out_s)
     id_s, id_out = results["id"]
     id_accuracy = None
     if id_s.labels is not None:
@@ -176,6 +248,11 @@ def run_clip_eval(
         "n_images": {name: len(s.paths) for name, (s, _) in results.items()},
         "seconds": round(time.monotonic() - start, 2),
     }
+    if fitted:
+        vim = scorer.fitted.get("vim")
+        extra["id_train"] = {"n_images": len(train_paths), "scores": fitted,
+                             "react_threshold": scorer.fitted.get("react_threshold"),
+                             "vim": {"dim": vim["dim"], "alpha": vim["alpha"]} if vim else None}
     if id_accuracy is None:
         extra["id_accuracy_note"] = id_s.note or "the ID data has no class labels"
     report = write_reports(

@@ -44,7 +44,7 @@ from .data import load_image
 from .errors import UserError
 from .runtime import atomic_save_safetensors, cache_root, file_stamp, remove_stale_temporaries
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files", "normalized_features", "weights_flag"]
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -198,23 +198,28 @@ def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = Fal
     return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
 
 
+def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4):
+    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers.
+
+    Yields:
+        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU),
+        and one string per image, empty when it was read, else the reason it could not be (its
+        image is then zeros).
+    """
+    device = next(clip.model.parameters()).device
+    dataset = _ImageFiles(paths, cm.image_preprocess(clip), clip.image_size)
+    yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                           pin_memory=device.type == "cuda", persistent_workers=False)
+
+
 @torch.inference_mode()
 def _encode(
     clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool
 ) -> ImageFeatures:
     device = next(clip.model.parameters()).device
-    dataset = _ImageFiles(paths, cm.image_preprocess(clip), clip.image_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
     globals_, locals_, kept, skipped = [], [], [], []
     start = 0
-    for images, errors in loader:
+    for images, errors in image_batches(clip, paths, batch_size, workers):
         ok = [i for i, e in enumerate(errors) if not e]
         for i, e in enumerate(errors):
             if e:

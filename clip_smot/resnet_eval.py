@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scores as S
@@ -30,37 +29,11 @@ from .networks import load_model
 from .resnet_data import BUILTIN_ID, ImageSet, eval_batches, load_class_folders, load_id_split, load_ood_set, resize_set
 from .runtime import check_output_folder, resolve_device
 
-__all__ = ["ODIN_EPS", "ODIN_T", "RESNET_SCORES", "TRAIN_FITTED", "odin", "run_resnet_eval"]
+__all__ = ["RESNET_SCORES", "TRAIN_FITTED", "run_resnet_eval"]
 
 RESNET_SCORES = ("msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm")
 TRAIN_FITTED = ("react", "knn", "vim")  # need ID training features
-ODIN_T, ODIN_EPS = 1000.0, 0.0014
-REACT_PERCENTILE, KNN_K = 90.0, 50
-
-
-def odin(model: nn.Module, x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T, eps: float = ODIN_EPS) -> torch.Tensor:
-    """ODIN (Liang et al., 2018): max softmax at temperature T of an input nudged against the loss.
-
-    As the reference implementation: ``g = d CE(f(x) / T, argmax f(x)) / dx``; the step is
-    ``x' = x - eps * sign(g) / std`` (sign taken as +1 where g >= 0, -1 elsewhere; divided by
-    the per-channel std because ``x`` is already normalised); the score is
-    ``max softmax(f(x') / T)``.
-
-    Args:
-        model: the network (eval mode); its parameters get no gradient kept.
-        x: normalised inputs [B, 3, H, W].
-        std: the per-channel normalisation std, [1, 3, 1, 1] (or [3]).
-    """
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x)  # [B, K]
-        loss = F.cross_entropy(logits.float() / T, logits.argmax(dim=-1), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    step = (grad >= 0).float() * 2 - 1  # [B, 3, H, W] in {-1, +1}
-    step = step / std.view(1, -1, 1, 1).to(x)
-    with torch.no_grad():
-        out = model(x.detach() - eps * step)
-    return (out.float() / T).softmax(dim=-1).amax(dim=-1)
+ODIN_T, ODIN_EPS, REACT_PERCENTILE, KNN_K = S.ODIN_T, S.ODIN_EPS, S.REACT_PERCENTILE, S.KNN_K
 
 
 def _read_only_root(load, root: str | None):
@@ -128,7 +101,7 @@ def _forward(model, s: ImageSet, mean, std, batch_size, device, workers, need_od
         feats.append(h)
         labels.append(y)
         if need_odin:
-            odin_s.append(odin(model, inp, std))
+            odin_s.append(S.odin(model, inp, std))
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, device=device)  # noqa: E731
     return cat(logits), cat(feats), cat(labels), (cat(odin_s) if need_odin else None)
 

@@ -1,9 +1,11 @@
 """OOD scores from logits or cosine similarities -> [B], higher = more in-distribution.
 
-These functions only look at the tensors they are given; scores that need the network
-itself (ODIN) live with the evaluation code. Scores with statistics fitted on ID training
-features take them as arguments: ReAct (the clipping threshold, :func:`react_threshold`),
-KNN (the normalised feature bank) and ViM (:func:`vim_fit`). torch and numpy only.
+These functions only look at the tensors they are given, except ODIN, which runs the
+network it is given as a callable (the evaluation code of both tracks passes its own). Scores
+with statistics fitted on ID training features take them as arguments: ReAct (the clipping
+threshold, :func:`react_threshold`), KNN (the normalised feature bank) and ViM
+(:func:`vim_fit`). The default hyperparameters below are the paper's (Tables 2-5) for both
+tracks. torch and numpy only.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from typing import Callable
 
 import torch
 
-__all__ = ["SCORES", "energy", "gl_mcm", "gradnorm", "knn", "local_mcm", "maxlogit", "mcm", "msp", "react",
-           "react_threshold", "vim", "vim_fit"]
+__all__ = ["KNN_K", "ODIN_EPS", "ODIN_T", "REACT_PERCENTILE", "SCORES", "energy", "gl_mcm", "gradnorm", "knn",
+           "local_mcm", "maxlogit", "mcm", "msp", "odin", "react", "react_threshold", "vim", "vim_fit"]
+
+ODIN_T, ODIN_EPS = 1000.0, 0.0014  # ODIN's temperature and input step
+REACT_PERCENTILE = 90.0  # ReAct's clipping threshold: this percentile of the ID-train activations
+KNN_K = 50  # KNN's neighbour rank
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,7 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return (cosine.float() / tau).softmax(dim=-1).amax(dim=-1)
 
 
-def react_threshold(train_features: torch.Tensor, percentile: float = 90.0) -> float:
+def react_threshold(train_features: torch.Tensor, percentile: float = REACT_PERCENTILE) -> float:
     """ReAct's clipping threshold: the ``percentile`` of all ID-train penultimate activations.
 
     numpy's percentile (linear interpolation) over every element of ``train_features`` [N, C].
@@ -64,7 +70,7 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return energy(logits)
 
 
-def knn(features: torch.Tensor, bank: torch.Tensor, k: int = 50, chunk: int = 1024) -> torch.Tensor:
+def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int = 1024) -> torch.Tensor:
     """KNN (Sun et al., 2022): minus the distance to the k-th nearest ID-train feature.
 
     Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here; for unit vectors
@@ -141,6 +147,33 @@ def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     p = logits.float().softmax(dim=-1)  # [B, K]
     K = p.shape[-1]
     return (p - 1.0 / K).abs().sum(dim=-1) * features.float().abs().sum(dim=-1)
+
+
+def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: torch.Tensor, T: float = ODIN_T,
+         eps: float = ODIN_EPS) -> torch.Tensor:
+    """ODIN (Liang et al., 2018): max softmax at temperature T of an input nudged against the loss.
+
+    As the reference implementation: ``g = d CE(f(x) / T, argmax f(x)) / dx``; the step is
+    ``x' = x - eps * sign(g) / std`` (sign taken as +1 where g >= 0, -1 elsewhere; divided by
+    the per-channel std because ``x`` is already normalised); the score is
+    ``max softmax(f(x') / T)``.
+
+    Args:
+        forward: the network, normalised images -> logits [B, K]; its parameters get no
+            gradient kept. Call it outside ``torch.inference_mode`` (ODIN needs a gradient).
+        x: normalised inputs [B, 3, H, W].
+        std: the per-channel normalisation std, [1, 3, 1, 1] (or [3]).
+    """
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = forward(x)  # [B, K]
+        loss = torch.nn.functional.cross_entropy(logits.float() / T, logits.argmax(dim=-1), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    step = (grad >= 0).float() * 2 - 1  # [B, 3, H, W] in {-1, +1}
+    step = step / std.reshape(1, -1, 1, 1).to(x)
+    with torch.no_grad():
+        out = forward(x.detach() - eps * step)
+    return (out.float() / T).softmax(dim=-1).amax(dim=-1)
 
 
 # name -> (function, what it takes: "logits" or "cosine")

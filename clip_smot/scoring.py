@@ -5,7 +5,13 @@ prompt file's stored ``text_features`` when the model's weights are the ones the
 made with (no text-encoder pass), else re-encoded from the stored context.
 
 Logits = ``logit_scale.exp() * cos(image, text)``; MCM (tau = 1) and GL-MCM take the cosines,
-MSP, Energy and MaxLogit the logits (SPEC section 2). Every score: higher = more ID.
+MSP, Energy and MaxLogit the logits (SPEC section 2). The post-hoc baselines of Table 8 treat
+the prompt as a linear classifier head on the normalised image feature ``x``: weight
+``W = logit_scale.exp() * text_features`` [K, e], no bias, so that ``logits = W x``. GradNorm,
+ReAct, KNN and ViM are then the core's formulas (:mod:`clip_smot.scores`, shared with the
+ResNet track) with ``x`` as the penultimate feature; ReAct, KNN and ViM need statistics of ID
+training features (:meth:`PromptScorer.fit_id_train`); ODIN runs the frozen image encoder
+again on perturbed pixels (:meth:`PromptScorer.odin`). Every score: higher = more ID.
 
 Example::
 
@@ -26,16 +32,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import clip_model as cm
+from . import scores as S
 from .clip_model import ClipModel
 from .data import IMAGE_EXTENSIONS, eight_bit, escape_path, list_images
 from .errors import UserError
-from .image_features import ImageFeatures, encode_files, normalized_features, weights_flag
+from .image_features import ImageFeatures, encode_files, image_batches, normalized_features, weights_flag
 from .prompt_file import PromptFile, load_prompt
 from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file
 from .scores import SCORES, gl_mcm
 
 __all__ = [
     "DEFAULT_SCORES",
+    "FITTED_SCORES",
     "SCORE_NAMES",
     "PathScores",
     "PromptScorer",
@@ -45,8 +53,9 @@ __all__ = [
     "scores_from_features",
 ]
 
-SCORE_NAMES = ("mcm", "msp", "energy", "maxlogit", "gl-mcm")
+SCORE_NAMES = ("mcm", "msp", "energy", "maxlogit", "gl-mcm", "odin", "gradnorm", "react", "knn", "vim")
 DEFAULT_SCORES = ("mcm",)
+FITTED_SCORES = ("react", "knn", "vim")  # need statistics of ID training features
 
 
 def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> list[str]:
@@ -68,6 +77,39 @@ def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> l
     return out
 
 
+def fit_id_train(train_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                 scores: Sequence[str]) -> dict:
+    """Statistics of ID training images for the fitted scores among ``scores`` (react, knn, vim).
+
+    Args:
+        train_features: normalised image features of the ID training images, [N, e].
+        text_features: [K, e], normalised (the head is ``logit_scale * text_features``).
+        logit_scale: CLIP's ``logit_scale.exp()``.
+        scores: score names; only those in :data:`FITTED_SCORES` are fitted.
+
+    Returns:
+        ``{"react_threshold": float, "knn_bank": [N, e], "vim": {...}}``, the keys asked for.
+
+    Raises:
+        UserError: fewer training images than KNN's k, or too few for ViM's principal space.
+    """
+    x = train_features.float()
+    W = logit_scale * text_features.to(x.device, torch.float32)  # [K, e]
+    fitted: dict = {}
+    if "react" in scores:
+        fitted["react_threshold"] = S.react_threshold(x)
+    if "knn" in scores:
+        if x.shape[0] < S.KNN_K:
+            raise UserError(f"--id-train: knn needs at least {S.KNN_K} ID training images, found {x.shape[0]}")
+        fitted["knn_bank"] = F.normalize(x, dim=-1)
+    if "vim" in scores:
+        try:
+            fitted["vim"] = S.vim_fit(x, x @ W.T, W, torch.zeros(W.shape[0]))
+        except ValueError as e:  # too few training images for its principal space
+            raise UserError(f"--id-train: {e}") from None
+    return fitted
+
+
 def scores_from_features(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -76,26 +118,31 @@ def scores_from_features(
     local_features: torch.Tensor | None = None,
     tau: float = 1.0,
     local_weight: float = 1.0,
+    fitted: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """OOD scores and predictions from normalised features.
+    """OOD scores and predictions from normalised features (every score but ``odin``).
 
     Args:
         image_features: [B, e], normalised.
         text_features: [K, e], normalised.
         logit_scale: CLIP's ``logit_scale.exp()``.
-        scores: names from :data:`SCORE_NAMES`.
+        scores: names from :data:`SCORE_NAMES`, except ``odin`` (it needs the images).
         local_features: [B, P, e], normalised patch features (needed for ``gl-mcm``).
         tau: MCM / GL-MCM temperature (1, SPEC).
         local_weight: weight of local MCM in GL-MCM.
+        fitted: :func:`fit_id_train`'s statistics (needed for react, knn, vim).
 
     Returns:
         ``{score: [B] float32, ..., "pred_index": [B] int64}``.
     """
     text = text_features.to(image_features.device, torch.float32)
-    cosine = image_features.float() @ text.T  # [B, K]
-    logits = logit_scale * cosine  # [B, K]
+    x = image_features.float()  # [B, e]
+    cosine = x @ text.T  # [B, K]
+    logits = logit_scale * cosine  # [B, K]: the head W = logit_scale * text, no bias
     out: dict[str, torch.Tensor] = {}
     for name in scores:
+        if name in FITTED_SCORES and (fitted is None or not _has_fit(fitted, name)):
+            raise ValueError(f"{name} needs statistics of ID training features (fit_id_train)")
         if name == "gl-mcm":
             if local_features is None:
                 raise ValueError("gl-mcm needs local (patch) features")
@@ -103,6 +150,17 @@ def scores_from_features(
             out[name] = gl_mcm(cosine, local_cos, tau=tau, local_weight=local_weight)
         elif name == "mcm":
             out[name] = SCORES["mcm"][0](cosine, tau)
+        elif name == "gradnorm":  # d KL / d W = (softmax - 1/K) (logit_scale x)^T
+            out[name] = S.gradnorm(logits, logit_scale * x)
+        elif name == "react":
+            out[name] = S.react(x, logit_scale * text, None, fitted["react_threshold"])
+        elif name == "knn":
+            out[name] = S.knn(x, fitted["knn_bank"])
+        elif name == "vim":
+            v = fitted["vim"]
+            out[name] = S.vim(x, logits, v["u"], v["NS"], v["alpha"])
+        elif name == "odin":
+            raise ValueError("odin needs the images, not their features (PromptScorer.odin)")
         else:
             out[name] = SCORES[name][0](logits)
     out["pred_index"] = cosine.argmax(dim=-1)
@@ -112,11 +170,15 @@ def scores_from_features(
 def _check_finite_scores(out: dict[str, torch.Tensor], names: Sequence[str], paths: Sequence[str]) -> None:
     """A UserError naming the score and the first image when a score is not finite (the features,
     text features and temperature were checked: the score's own arithmetic is left)."""
-    for name in names:
+    for name in (n for n in names if n in out):
         bad = ~torch.isfinite(out[name])
         if bad.any():
             raise UserError(f"--scores {name}: non-finite scores ({int(bad.sum())} of {len(bad)} images, first "
                             f"{paths[int(bad.nonzero()[0])]}: {float(out[name][bad][0])})")
+
+
+def _has_fit(fitted: dict, name: str) -> bool:
+    return {"react": "react_threshold", "knn": "knn_bank", "vim": "vim"}[name] in fitted
 
 
 @dataclass
@@ -175,6 +237,7 @@ class PromptScorer:
         self.classnames = list(classnames)
         self.logit_scale = cm.logit_scale(clip).float()
         self.source = source
+        self.fitted: dict = {}  # statistics of ID training features (fit_id_train)
         self._check_finite_inputs()
 
     def _check_finite_inputs(self) -> None:
@@ -256,11 +319,42 @@ class PromptScorer:
         return self.logit_scale * self.cosine(images)
 
     def check_scores(self, scores: Sequence[str]) -> None:
-        """Raise a UserError before any image is encoded when the model cannot give a score asked for."""
+        """Raise a UserError before any image is encoded when the model cannot give a score asked
+        for: gl-mcm of a non-ViT, or a fitted score (react, knn, vim) before :meth:`fit_id_train`."""
         if "gl-mcm" in scores:
             cm.check_local_features(self.clip)
+        unfitted = [n for n in scores if n in FITTED_SCORES and not _has_fit(self.fitted, n)]
+        if unfitted:
+            raise UserError(f"--scores {','.join(unfitted)}: needs features of ID training images; "
+                            "clip-smot eval fits them (--id-train, or the prompt's own few-shot images)")
 
-    @torch.inference_mode()
+    def fit_id_train(self, train_features: torch.Tensor, scores: Sequence[str]) -> None:
+        """Fit ReAct, KNN and ViM (those among ``scores``) on normalised ID-train image features [N, e]."""
+        self.fitted.update(fit_id_train(train_features.to(self.device), self.text_features, self.logit_scale, scores))
+
+    def odin(self, images: torch.Tensor) -> torch.Tensor:
+        """ODIN scores [B] (on the CPU) of preprocessed images [B, 3, S, S], through the frozen image encoder.
+
+        The input step follows the gradient through the whole image encoder, so ODIN cannot
+        come from cached features: every image is encoded twice, with a backward pass between.
+        """
+        std = torch.tensor(self.clip.std, device=self.device)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:  # normalised images -> logits [B, K]
+            return self.logit_scale * F.normalize(cm.encode_images(self.clip, x).float(), dim=-1) @ self.text_features.T
+
+        return S.odin(forward, images.to(self.device), std).cpu()
+
+    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
+        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept)."""
+        out = []
+        for images, errors in image_batches(self.clip, paths, batch_size, workers):
+            bad = [e for e in errors if e]
+            if bad:
+                raise UserError(bad[0])
+            out.append(self.odin(images))
+        return torch.cat(out)
+
     def score(self, images: Sequence[Image.Image] | torch.Tensor, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:
         """Score a batch of images.
 
@@ -279,24 +373,31 @@ class PromptScorer:
             transform = cm.image_preprocess(self.clip)
             # as files are read: open_clip's transform converts to RGB itself, after resizing
             images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
-        g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
-        out = {k: v.cpu() for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l).items()}
+        with torch.inference_mode():
+            g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
+            out = scores_from_features(g, self.text_features, self.logit_scale, [n for n in names if n != "odin"],
+                                       l, fitted=self.fitted)
+        if "odin" in names:
+            out["odin"] = self.odin(images)
+        out = {k: out[k].cpu() for k in [*names, "pred_index"]}
         _check_finite_scores(out, names, [f"image {i}" for i in range(len(g))])
         return out
 
     @torch.inference_mode()
     def score_features(self, feats: ImageFeatures, scores: Sequence[str], chunk: int = 1024) -> dict[str, torch.Tensor]:
-        """Scores (and ``pred_index``) of precomputed features, on the CPU.
+        """Scores (and ``pred_index``) of precomputed features, on the CPU; ``odin`` is left out
+        (it needs the images: :meth:`odin_files`).
 
         Works through ``chunk`` images at a time: with patch features, the per-patch cosines
         of ImageNet val alone ([50000, 196, 1000] floats) would not fit on a GPU.
         """
-        names = parse_scores(scores)
+        names = [n for n in parse_scores(scores) if n != "odin"]
         parts: dict[str, list[torch.Tensor]] = {}
         for i in range(0, len(feats.global_), chunk):
             g = feats.global_[i : i + chunk].to(self.device, non_blocking=True)  # [c, e]
             l = feats.local[i : i + chunk].to(self.device, non_blocking=True) if feats.local is not None else None
-            for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l).items():
+            for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l,
+                                             fitted=self.fitted).items():
                 parts.setdefault(k, []).append(v)
         out = {k: torch.cat(v).cpu() for k, v in parts.items()}
         _check_finite_scores(out, names, feats.paths)
@@ -343,6 +444,8 @@ class PromptScorer:
             if feats.paths:  # (else every file of this argument was unreadable and skipped)
                 for k, v in self.score_features(feats, names).items():
                     parts.setdefault(k, []).append(v)
+                if "odin" in names:
+                    parts.setdefault("odin", []).append(self.odin_files(feats.paths, batch_size, workers))
             all_paths += feats.paths
             skipped += feats.skipped
         if not all_paths:  # judged over all the arguments: one unreadable file among readable ones is skipped

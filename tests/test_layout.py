@@ -203,7 +203,13 @@ def test_every_command_in_the_docs_uses_real_flags_and_choices():
                 assert not unknown, f"{doc}: clip-smot {command} --scores {words[i + 1]}"
 
 
-@pytest.mark.parametrize("command", ["fit", "score", "eval", "train", "export"])
+def test_the_reproduce_page_lists_every_reproduce_flag():
+    rows = _table_rows(_doc("docs/reproduce.md"), "| option | meaning |")
+    documented = {f for row in rows for f in _backticked_flags(row[0])}
+    assert documented == _flags("reproduce")
+
+
+@pytest.mark.parametrize("command", ["fit", "score", "eval", "train", "export", "reproduce"])
 def test_every_command_has_help(command):
     from click.testing import CliRunner
 

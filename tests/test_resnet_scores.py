@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clip_smot import scores as S
-from clip_smot.resnet_eval import odin
+from clip_smot.scores import odin
 
 
 def _softmax(z):

@@ -1,0 +1,412 @@
+"""``clip-smot reproduce TABLE``: every run behind one of the paper's tables, then the table itself.
+
+A table is a list of stages (fits or trainings, then evaluations), each one ``clip-smot`` command
+writing into ``OUT/<stage>/``, and a map from the paper's rows to the (stage, score) that
+measures them. A stage is finished when its final file is there (``prompt.safetensors`` for a
+fit, ``summary.json`` for a training, ``metrics.json`` for an evaluation): a rerun skips it. A
+fit or training that was interrupted is continued with ``--resume`` from its ``checkpoint.pt``;
+an interrupted evaluation is run again (its files are written whole, nothing is half-old).
+
+The stages are argument lists of the ``clip-smot`` command line, run by a callable the caller
+gives (the CLI runs them in its own process): what ``--dry-run`` prints is exactly what runs.
+The paper's numbers come from ``data_lists/paper_tables.csv``; the result is ``OUT/table.md`` and
+``OUT/table.csv`` with the paper's number, ours and the difference for each cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .data import bundled_file
+from .errors import UserError
+from .runtime import atomic_write_text, make_folder
+
+__all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
+
+IMAGENET_OOD = ("iNaturalist", "SUN", "Places", "Textures")  # Tables 4 and 8, in the paper's column order
+CIFAR_OOD = ("Textures", "SVHN", "iSUN", "Places", "LSUN")  # Tables 1-3, 5-7, 9 (SVHN: torchvision's test split)
+# folder names looked for under --ood-root, first match wins (data_lists/ood_sets.md: the layouts people keep)
+OOD_FOLDERS = {"iNaturalist": ("iNaturalist",), "SUN": ("SUN",), "Places": ("Places", "Places365", "places365"),
+               "Textures": ("Textures", "dtd/images", "dtd"), "iSUN": ("iSUN",), "LSUN": ("LSUN",)}
+CLIP_POSTHOC = "mcm,msp,odin,energy,gradnorm,vim,knn"  # Table 8's post-hoc rows, on the CoOp prompt
+FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "metrics.json"}
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """Data roots and the options passed through to every stage (None: the command's default)."""
+
+    out: str
+    imagenet: str | None = None  # IMAGENET/train/<wnid>, IMAGENET/val/<wnid>
+    ood_root: str | None = None  # the OOD sets' folders (OOD_FOLDERS)
+    cifar_root: str | None = None  # torchvision's CIFAR-10/100 and SVHN files
+    model: str | None = None  # CLIP: open_clip name or config JSON
+    pretrained: str | None = None  # CLIP: tag or checkpoint file
+    cam_model: str | None = None  # CLIP fit: CAM network
+    shots: int | None = None  # CLIP fit
+    epochs: int | None = None  # fit and train
+    batch_size: int | None = None  # fit and train (images per step)
+    precision: str | None = None  # fit and train
+    device: str | None = None  # every stage
+    workers: int | None = None  # every stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``clip-smot`` command writing into ``OUT/<name>``."""
+
+    name: str
+    argv: tuple[str, ...]  # the command line after ``clip-smot``, --out included
+
+    @property
+    def command(self) -> str:
+        return self.argv[0]
+
+    def folder(self, out: str | Path) -> Path:
+        return Path(out) / self.name
+
+    def finished(self, out: str | Path) -> bool:
+        return (self.folder(out) / FINAL_FILE[self.command]).is_file()
+
+    def resumable(self, out: str | Path) -> bool:
+        return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
+
+
+@dataclass
+class Plan:
+    """The stages of a table and where each paper row is measured: row -> (stage, score) or None."""
+
+    stages: list[Stage]
+    rows: dict[str, tuple[str, str] | None]
+    ood_sets: tuple[str, ...]
+    title: str
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (flag, path) that must exist to run
+
+
+def _opt(flag: str, value) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+def _require(value: str | None, flag: str, table: str) -> str:
+    if not value:
+        raise UserError(f"{flag}: {table} needs it (see clip-smot reproduce --help)")
+    return value
+
+
+def _ood_args(o: ReproduceOptions, sets: Sequence[str], table: str, inputs: list) -> list[str]:
+    """``--ood NAME=DIR`` for each set (SVHN: the built-in set), folders found under --ood-root."""
+    root = Path(_require(o.ood_root, "--ood-root", table))
+    args = []
+    for name in sets:
+        if name == "SVHN":
+            args += ["--ood", name]
+            continue
+        candidates = [root / c for c in OOD_FOLDERS[name]]
+        found = next((c for c in candidates if c.is_dir()), candidates[0])
+        inputs.append((f"--ood-root ({name})", str(found)))
+        args += ["--ood", f"{name}={found}"]
+    return args
+
+
+def _common(o: ReproduceOptions) -> list[str]:
+    return _opt("--device", o.device) + _opt("--workers", o.workers)
+
+
+def _fit(o: ReproduceOptions, name: str, *extra: str) -> Stage:
+    argv = ["fit", "--data", str(o.imagenet), *_opt("--shots", o.shots), *_opt("--model", o.model),
+            *_opt("--pretrained", o.pretrained), *_opt("--cam-model", o.cam_model), *_opt("--epochs", o.epochs),
+            *_opt("--batch-size", o.batch_size), *_opt("--precision", o.precision), *_common(o), *extra]
+    return Stage(name, (*argv, "--out", str(Path(o.out) / name)))
+
+
+def _clip_eval(o: ReproduceOptions, name: str, source: list[str], ood: list[str], scores: str) -> Stage:
+    argv = ["eval", *source, *_opt("--model", o.model), *_opt("--pretrained", o.pretrained), "--id",
+            str(Path(str(o.imagenet)) / "val"), *ood, "--scores", scores, *_common(o)]
+    return Stage(name, (*argv, "--out", str(Path(o.out) / name)))
+
+
+def _table8(o: ReproduceOptions) -> Plan:
+    """ImageNet-1k, CLIP: SMOT and CoOp prompts on one few-shot split, the zero-shot MCM baseline, and
+    the post-hoc rows on the CoOp prompt (the paper copies them from NPOS, which fine-tuned CLIP)."""
+    _require(o.imagenet, "--imagenet", "table8")
+    inputs = [("--imagenet", str(Path(str(o.imagenet)) / "train")), ("--imagenet", str(Path(str(o.imagenet)) / "val"))]
+    ood = _ood_args(o, IMAGENET_OOD, "table8", inputs)
+    out = Path(o.out)
+    smot = _fit(o, "fit-smot")
+    coop = _fit(o, "fit-coop", "--split", str(out / "fit-smot" / "split.txt"), "--loss", "ce")
+    zero = ["--zero-shot"] + ([] if o.model else ["--model", "ViT-B-16"]) + ([] if o.pretrained else ["--pretrained", "openai"])
+    stages = [smot, coop,
+              _clip_eval(o, "eval-mcm", zero, ood, "mcm"),
+              _clip_eval(o, "eval-coop", ["--prompt", str(out / "fit-coop" / "prompt.safetensors")], ood, CLIP_POSTHOC),
+              _clip_eval(o, "eval-smot", ["--prompt", str(out / "fit-smot" / "prompt.safetensors")], ood, "mcm")]
+    rows = {"MCM": ("eval-mcm", "mcm"), "MSP": ("eval-coop", "msp"), "ODIN": ("eval-coop", "odin"),
+            "Energy": ("eval-coop", "energy"), "GradNorm": ("eval-coop", "gradnorm"), "Vim": ("eval-coop", "vim"),
+            "KNN": ("eval-coop", "knn"), "VOS": None, "VOS+": None, "NPOS": None, "CoOp": ("eval-coop", "mcm"),
+            "SMOT": ("eval-smot", "mcm")}
+    return Plan(stages, rows, IMAGENET_OOD, "Table 8: ImageNet-1k (ID), CLIP ViT-B/16, 16 shots", inputs)
+
+
+# --- the ResNet tables ------------------------------------------------------------------------------
+
+
+def _train(o: ReproduceOptions, name: str, dataset: str, *extra: str) -> Stage:
+    data = o.imagenet if dataset == "imagenet200" else o.cifar_root
+    argv = ["train", "--dataset", dataset, *_opt("--data", data), *_opt("--epochs", o.epochs),
+            *_opt("--batch-size", o.batch_size), *_opt("--precision", o.precision), *_common(o), *extra]
+    return Stage(name, (*argv, "--out", str(Path(o.out) / name)))
+
+
+def _resnet_eval(o: ReproduceOptions, name: str, dataset: str, ood: list[str], scores: str) -> Stage:
+    model = str(Path(o.out) / name.replace("eval-", "train-", 1) / "model.safetensors")
+    argv = ["eval", "--checkpoint", model, "--id", dataset, *ood, "--scores", scores, *_common(o)]
+    return Stage(name, (*argv, "--out", str(Path(o.out) / name)))
+
+
+def _base_and_smot(o: ReproduceOptions, dataset: str, ood: list[str], base_scores: str, suffix: str = "",
+                   arch: Sequence[str] = ()) -> list[Stage]:
+    """A base (CE) model, the SMOT model with its CAMs, and the evaluation of both."""
+    base = f"train-base{suffix}"
+    cam = ["--cam-model", str(Path(o.out) / base / "model.safetensors")]
+    return [_train(o, base, dataset, "--stage", "base", *arch),
+            _train(o, f"train-smot{suffix}", dataset, "--stage", "smot", *cam, *arch),
+            _resnet_eval(o, f"eval-base{suffix}", dataset, ood, base_scores),
+            _resnet_eval(o, f"eval-smot{suffix}", dataset, ood, "msp")]
+
+
+def _resnet_data(o: ReproduceOptions, table: str, dataset: str) -> tuple[list, list[str], tuple[str, ...]]:
+    inputs: list = []
+    if dataset == "imagenet200":
+        inputs.append(("--imagenet", _require(o.imagenet, "--imagenet", table)))
+        sets = IMAGENET_OOD
+    else:
+        inputs.append(("--cifar-root", _require(o.cifar_root, "--cifar-root", table)))
+        sets = CIFAR_OOD
+    return inputs, _ood_args(o, sets, table, inputs), sets
+
+
+def _baselines(dataset: str, title: str) -> Callable[[ReproduceOptions], Plan]:
+    """Tables 2-4: the post-hoc scores on the base model, LogitNorm, and SMOT with MSP."""
+
+    def build(o: ReproduceOptions) -> Plan:
+        table = {"cifar10": "table2", "cifar100": "table3", "imagenet200": "table4"}[dataset]
+        inputs, ood, sets = _resnet_data(o, table, dataset)
+        stages = _base_and_smot(o, dataset, ood, "msp,odin,energy,react")
+        stages += [_train(o, "train-logitnorm", dataset, "--stage", "base", "--method", "logitnorm"),
+                   _resnet_eval(o, "eval-logitnorm", dataset, ood, "msp")]
+        rows = {"MSP": ("eval-base", "msp"), "ODIN": ("eval-base", "odin"), "ReAct": ("eval-base", "react"),
+                "Energy": ("eval-base", "energy"), "RegMixup": None, "VOS": None,
+                "LogitNorm": ("eval-logitnorm", "msp"), "NPOS": None, "SMOT": ("eval-smot", "msp")}
+        return Plan(stages, rows, sets, title, inputs)
+
+    return build
+
+
+def _table1(o: ReproduceOptions) -> Plan:
+    """CE against SMOT (MSP) on CIFAR-10 and CIFAR-100."""
+    inputs, ood, sets = _resnet_data(o, "table1", "cifar10")
+    stages, rows = [], {}
+    for dataset, label in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
+        stages += _base_and_smot(o, dataset, ood, "msp", suffix=f"-{dataset}")
+        rows |= {f"{label} CE": (f"eval-base-{dataset}", "msp"), f"{label} SMOT": (f"eval-smot-{dataset}", "msp")}
+    return Plan(stages, rows, sets, "Table 1: cross-entropy against SMOT, MSP, ResNet-18", inputs)
+
+
+def _table5(o: ReproduceOptions) -> Plan:
+    inputs, ood, sets = _resnet_data(o, "table5", "cifar10")
+    stages = _base_and_smot(o, "cifar10", ood, "msp,odin,energy,react")
+    stages[-1] = _resnet_eval(o, "eval-smot", "cifar10", ood, "msp,odin,energy,react")
+    rows = {f"{m} {s}": (f"eval-{m.lower()}" if m == "SMOT" else "eval-base", s.lower())
+            for m in ("CE", "SMOT") for s in ("MSP", "ODIN", "Energy", "ReAct")}
+    return Plan(stages, rows, sets, "Table 5: SMOT with different scoring functions, CIFAR-10", inputs)
+
+
+ARCHS = {"ResNet18": "resnet18", "WRN-40-2": "wrn40_2", "DenseNet": "densenet_bc"}
+
+
+def _table6(o: ReproduceOptions) -> Plan:
+    inputs, ood, sets = _resnet_data(o, "table6", "cifar10")
+    stages, rows = [], {}
+    for label, arch in ARCHS.items():
+        stages += _base_and_smot(o, "cifar10", ood, "msp", suffix=f"-{arch}", arch=("--arch", arch))
+        rows |= {f"{label} CE": (f"eval-base-{arch}", "msp"), f"{label} SMOT": (f"eval-smot-{arch}", "msp")}
+    return Plan(stages, rows, sets, "Table 6: SMOT with different network architectures, CIFAR-10", inputs)
+
+
+BETAS = ("1,1", "0.67,0.67", "2,2", "5,2", "20,12", "30,18", "18,30", "50,20", "100,50")
+
+
+def _variants(o: ReproduceOptions, table: str, variants: dict[str, list[str]], rows: dict, title: str) -> Plan:
+    """One base model and SMOT runs with its CAMs, one per variant's extra train flags (Tables 7, 9)."""
+    inputs, ood, sets = _resnet_data(o, table, "cifar10")
+    cam = ["--cam-model", str(Path(o.out) / "train-base" / "model.safetensors")]
+    trains = [_train(o, "train-base", "cifar10", "--stage", "base")]
+    evals = [_resnet_eval(o, "eval-base", "cifar10", ood, "msp")]
+    for name, flags in variants.items():
+        trains.append(_train(o, f"train-{name}", "cifar10", "--stage", "smot", *flags, *cam))
+        evals.append(_resnet_eval(o, f"eval-{name}", "cifar10", ood, "msp"))
+    return Plan(trains + evals, rows, sets, title, inputs)
+
+
+BETAS = ("1,1", "0.67,0.67", "2,2", "5,2", "20,12", "30,18", "18,30", "50,20", "100,50")
+
+
+def _table7(o: ReproduceOptions) -> Plan:
+    variants = {f"smot-a{ab.split(',')[0]}-b{ab.split(',')[1]}": ["--alpha", *ab.split(",")[:1], "--beta",
+                                                                   *ab.split(",")[1:]] for ab in BETAS}
+    rows = {"w/o SMOT": ("eval-base", "msp")}
+    rows |= {f"({ab})": (f"eval-{name}", "msp") for ab, name in zip(BETAS, variants)}
+    return _variants(o, "table7", variants, rows, "Table 7: the effect of the sampling function Beta(alpha, beta), "
+                     "CIFAR-10")
+
+
+def _table9(o: ReproduceOptions) -> Plan:
+    variants = {"smot": [], "smot-one": ["--perturb", "one"], "smot-noise": ["--perturb", "noise"]}
+    rows = {"MSP": ("eval-base", "msp"), "SMOT (masked as 0)": ("eval-smot", "msp"),
+            "SMOT (masked as 1)": ("eval-smot-one", "msp"), "SMOT (noise)": ("eval-smot-noise", "msp")}
+    return _variants(o, "table9", variants, rows, "Table 9: SMOT with different perturbation functions, CIFAR-10")
+
+
+# table name -> (the paper's table number in paper_tables.csv, plan builder)
+TABLES: dict[str, tuple[str, Callable[[ReproduceOptions], Plan]]] = {
+    "table8": ("8", _table8),
+    "table1": ("1", _table1),
+    "table2": ("2", _baselines("cifar10", "Table 2: CIFAR-10 (ID), ResNet-18")),
+    "table3": ("3", _baselines("cifar100", "Table 3: CIFAR-100 (ID), ResNet-18")),
+    "table4": ("4", _baselines("imagenet200", "Table 4: ImageNet-200 (ID), ResNet-18")),
+    "table5": ("5", _table5),
+    "table6": ("6", _table6),
+    "table7": ("7", _table7),
+    "table9": ("9", _table9),
+}
+
+
+def plan(table: str, options: ReproduceOptions) -> Plan:
+    """The stages and the row map of ``table`` (a key of :data:`TABLES`)."""
+    if table not in TABLES:
+        raise UserError(f"TABLE {table}: not a table this command reproduces (choose from {', '.join(TABLES)})")
+    return TABLES[table][1](options)
+
+
+def paper_table(number: str) -> list[dict[str, str]]:
+    """The paper's numbers of one table: rows of ``data_lists/paper_tables.csv`` (table, row,
+    ood_set, metric, value; metric fpr95, auroc or id_acc; percent)."""
+    with open(bundled_file("data_lists", "paper_tables.csv"), newline="") as f:
+        return [r for r in csv.DictReader(f) if r["table"] == number]
+
+
+def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -> float | None:
+    """Our number for a paper cell, from the stage's metrics.json (None: not measured)."""
+    if where is None:
+        return None
+    path = out / where[0] / "metrics.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if metric == "id_acc":
+        return report.get("id_accuracy")
+    return report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def write_table(table: str, p: Plan, out: str | Path) -> list[dict]:
+    """Write ``OUT/table.csv`` (one line per paper cell: paper, ours, ours - paper) and ``OUT/table.md``
+    (the paper's layout: a row per method, FPR95 and AUROC per OOD set; each cell "paper / ours")."""
+    out = Path(out)
+    cells = []
+    for r in paper_table(TABLES[table][0]):
+        if r["row"] not in p.rows:
+            continue
+        paper = float(r["value"])
+        ours = _ours(out, p.rows[r["row"]], r["ood_set"], r["metric"])
+        cells.append({**r, "paper": paper, "ours": ours, "difference": None if ours is None else ours - paper})
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["table", "row", "ood_set", "metric", "paper", "ours", "difference", "stage", "score"])
+    for c in cells:
+        where = p.rows[c["row"]] or ("", "")
+        w.writerow([c["table"], c["row"], c["ood_set"], c["metric"], _fmt(c["paper"]), _fmt(c["ours"]),
+                    _fmt(c["difference"]), *where])
+    atomic_write_text(buf.getvalue(), out / "table.csv")
+    atomic_write_text(_markdown(p, cells), out / "table.md")
+    return cells
+
+
+_METRIC = {"fpr95": "FPR95↓", "auroc": "AUROC↑", "id_acc": "ID ACC↑"}
+
+
+def _markdown(p: Plan, cells: list[dict]) -> str:
+    columns = list(dict.fromkeys((c["ood_set"], c["metric"]) for c in cells))
+    by = {(c["row"], c["ood_set"], c["metric"]): c for c in cells}
+    head = [f"{'' if s in ('average', 'id') else s + ' '}{'Average ' if s == 'average' else ''}{_METRIC[m]}"
+            for s, m in columns]
+    lines = [f"# {p.title}", "", "Each cell: the paper's number / ours (ours - paper). Percent; "
+             "\"not run\": a method this toolkit does not implement.", "",
+             "| Method | " + " | ".join(head) + " |", "|---|" + "---|" * len(columns)]
+    for row in p.rows:
+        out = []
+        for s, m in columns:
+            c = by.get((row, s, m))
+            if c is None:
+                out.append("")
+            elif p.rows[row] is None:
+                out.append(f"{c['paper']:.2f} / not run")
+            elif c["ours"] is None:
+                out.append(f"{c['paper']:.2f} / -")
+            else:
+                out.append(f"{c['paper']:.2f} / {c['ours']:.2f} ({c['difference']:+.2f})")
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    stages = sorted({w[0] for w in p.rows.values() if w})
+    lines += ["", "Measured by: " + ", ".join(f"`{s}/`" for s in stages) + " (each folder's metrics.json)."]
+    return "\n".join(lines) + "\n"
+
+
+def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str]], None], dry_run: bool = False,
+                  echo: Callable[[str], None] = print) -> list[dict] | None:
+    """Run the stages of ``table`` not yet finished, in order, then write table.md and table.csv.
+
+    Args:
+        table: a key of :data:`TABLES`.
+        options: data roots, ``out`` and the options passed to every stage.
+        run: runs one ``clip-smot`` command line (its arguments, the command first); raises on failure.
+        dry_run: print the command lines that would run (finished stages as comments) and run nothing.
+        echo: where progress lines and the dry run's commands go.
+
+    Returns:
+        The table's cells (see :func:`write_table`), or None for a dry run.
+
+    Raises:
+        UserError: an unknown table, a missing data root or input folder (before anything runs).
+    """
+    p = plan(table, options)
+    out = Path(options.out)
+    if not dry_run:
+        missing = [(flag, path) for flag, path in p.inputs if not Path(path).is_dir()]
+        if missing:  # before hours of training, not at the evaluation that needs it
+            raise UserError(f"{missing[0][0]}: no such folder: {missing[0][1]}")
+        make_folder(out)
+    for stage in p.stages:
+        argv = list(stage.argv)
+        if stage.finished(out):
+            echo(f"# done: clip-smot {shlex.join(argv)}" if dry_run else f"reproduce: {stage.name} is finished; skipped")
+            continue
+        if stage.resumable(out):
+            argv.append("--resume")
+        if dry_run:
+            echo(f"clip-smot {shlex.join(argv)}")
+            continue
+        echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
+        run(argv)
+    if dry_run:
+        return None
+    cells = write_table(table, p, out)
+    echo(f"reproduce: {out / 'table.md'} and {out / 'table.csv'}")
+    return cells

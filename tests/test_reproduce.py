@@ -1,0 +1,188 @@
+"""`clip-smot reproduce TABLE`: Table 8 end to end on tiny ImageNet-like folders and a tiny CLIP,
+killed mid-stage and rerun; the ResNet tables' command lines; the paper's numbers file."""
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from clip_smot.cli import cli
+from clip_smot.reproduce import TABLES, ReproduceOptions, paper_table, plan
+
+from test_fit import cam_resnet  # noqa: F401 (fixture)
+from test_score import _cache_in_tmp  # noqa: F401 (fixture)
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(folder: Path, n: int, rng, tint: int | None = None):
+    folder.mkdir(parents=True)
+    for k in range(n):
+        a = rng.integers(0, 90, (36, 40, 3))
+        if tint is not None:
+            a[..., tint] += 150
+        Image.fromarray(a.astype(np.uint8)).save(folder / f"{folder.name}_{k}.JPEG", quality=90)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """IMAGENET/{train,val}/<wnid>/ (17 and 3 images a class) and OOD/{iNaturalist,SUN,Places,dtd/images}."""
+    rng = np.random.default_rng(0)
+    for i, w in enumerate(WNIDS):
+        _images(tmp_path / "imagenet" / "train" / w, 17, rng, i)
+        _images(tmp_path / "imagenet" / "val" / w, 3, rng, i)
+    for name in ("iNaturalist", "SUN", "Places", "dtd/images/banded"):
+        _images(tmp_path / "ood" / name, 3, rng)
+    return tmp_path
+
+
+def _args(data, out, cam, cfg, ckpt, epochs=2):
+    return ["reproduce", "table8", "--imagenet", str(data / "imagenet"), "--ood-root", str(data / "ood"),
+            "--model", cfg, "--pretrained", ckpt, "--cam-model", cam, "--shots", "17", "--epochs", str(epochs),
+            "--batch-size", "32", "--precision", "fp32", "--device", "cpu", "--workers", "0", "--out", str(out)]
+
+
+def _kill_when(proc, path: Path, timeout=600):
+    """SIGKILL ``proc`` as soon as ``path`` exists (a stage mid-way); False if it ended first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if path.exists():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"{path} did not appear")
+
+
+def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_clip_config,  # noqa: F811
+                                                      tiny_clip_checkpoint):
+    out = data / "repro"
+    args = _args(data, out, cam_resnet, tiny_clip_config, tiny_clip_checkpoint)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clip_smot", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    # the second fit (CoOp) has written the checkpoint of its first epoch, not yet its prompt
+    killed = _kill_when(proc, out / "fit-coop" / "checkpoint.pt")
+    assert killed, proc.stderr.read().decode()
+    assert (out / "fit-smot" / "prompt.safetensors").is_file()
+    assert not (out / "fit-coop" / "prompt.safetensors").exists()
+    smot_prompt = (out / "fit-smot" / "prompt.safetensors").stat().st_mtime_ns
+    saved = torch.load(out / "fit-coop" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1
+
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "fit-smot is finished; skipped" in res.output
+    coop_line = next(line for line in res.output.splitlines() if line.startswith("reproduce: fit-coop:"))
+    assert coop_line.endswith("--resume")
+    assert (out / "fit-smot" / "prompt.safetensors").stat().st_mtime_ns == smot_prompt  # not redone
+    log = [json.loads(line) for line in (out / "fit-coop" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+    # the table: every paper cell of Table 8, ours from the stages' metrics.json, ours - paper
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 * 5 * 2
+    by = {(r["row"], r["ood_set"], r["metric"]): r for r in rows}
+    assert by[("SMOT", "iNaturalist", "fpr95")]["paper"] == "20.45"
+    assert by[("MCM", "average", "auroc")]["paper"] == "90.62"
+    for method in ("VOS", "VOS+", "NPOS"):
+        assert by[(method, "SUN", "auroc")]["ours"] == ""
+    for method, (stage, score) in {"SMOT": ("eval-smot", "mcm"), "KNN": ("eval-coop", "knn"),
+                                   "ODIN": ("eval-coop", "odin"), "MCM": ("eval-mcm", "mcm")}.items():
+        metrics = json.loads((out / stage / "metrics.json").read_text())["metrics"][score]
+        for ood_set in ("iNaturalist", "SUN", "Places", "Textures", "average"):
+            r = by[(method, ood_set, "auroc")]
+            assert float(r["ours"]) == pytest.approx(metrics[ood_set]["auroc"], abs=0.005)
+            assert float(r["difference"]) == pytest.approx(float(r["ours"]) - float(r["paper"]), abs=0.011)
+    md = (out / "table.md").read_text()
+    assert "| Method | iNaturalist FPR95↓ | iNaturalist AUROC↑ |" in md and "Average FPR95↓" in md
+    assert "| VOS | 31.65 / not run |" in md
+    smot = by[("SMOT", "Places", "fpr95")]
+    assert f"35.72 / {float(smot['ours']):.2f} ({float(smot['difference']):+.2f})" in md
+
+    # a third run redoes nothing; its dry run lists every stage as done
+    res = CliRunner().invoke(cli, args + ["--dry-run"])
+    assert res.exit_code == 0 and res.output.count("# done: clip-smot ") == 5, res.output
+    stamp = (out / "eval-coop" / "metrics.json").stat().st_mtime_ns
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and res.output.count("is finished; skipped") == 5, res.output
+    assert (out / "eval-coop" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_dry_run_prints_valid_commands_for_every_table(tmp_path, table):
+    """Each printed line parses as a clip-smot command (flags and choices), writes into OUT/<stage>, and
+    every row of the paper's table is either measured by a printed stage or marked as not run."""
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["reproduce", table, "--imagenet", "IN", "--ood-root", "OOD", "--cifar-root", "C",
+                                   "--device", "cuda", "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines and all(line.startswith("clip-smot ") for line in lines)
+    stages = set()
+    for line in lines:
+        words = shlex.split(line)[1:]
+        command = cli.commands[words[0]]
+        command.make_context(words[0], words[1:])  # raises on an unknown flag or a bad choice
+        assert words[words.index("--device") + 1] == "cuda"
+        stage = Path(words[words.index("--out") + 1])
+        assert stage.parent == out
+        stages.add(stage.name)
+    assert not out.exists()  # a dry run writes nothing
+    p = plan(table, ReproduceOptions(out=str(out), imagenet="IN", ood_root="OOD", cifar_root="C"))
+    paper_rows = {r["row"] for r in paper_table(TABLES[table][0])}
+    assert paper_rows == set(p.rows)
+    assert {w[0] for w in p.rows.values() if w} <= stages
+
+
+def test_missing_data_root_is_one_line_and_runs_nothing(tmp_path, data):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["reproduce", "table8", "--imagenet", str(data / "imagenet"), "--ood-root",
+                                   str(tmp_path / "nope"), "--out", str(out)])
+    assert res.exit_code == 1 and "--ood-root (iNaturalist): no such folder" in res.output
+    assert "Traceback" not in res.output and not out.exists()
+    res = CliRunner().invoke(cli, ["reproduce", "table2", "--ood-root", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 1 and "--cifar-root: table2 needs it" in res.output
+
+
+def test_paper_numbers_file_has_every_table_and_their_averages():
+    """Spot checks against the paper's text (each number read twice) and the tables' own averages."""
+    t8 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("8")}
+    assert t8[("SMOT", "average", "fpr95")] == 32.48 and t8[("CoOp", "average", "auroc")] == 91.30
+    assert t8[("MCM", "average", "fpr95")] == 43.55
+    # the paper's averages are the means of its cells, to the rounding, but for five of them (its own
+    # inconsistencies, checked against the text: a typo in a transcribed cell would add to this set)
+    off = set()
+    for table, sets in (("2", 5), ("3", 5), ("4", 4), ("7", 5), ("8", 4), ("9", 5)):
+        cells = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table(table)}
+        for row in {k[0] for k in cells}:
+            for metric in ("fpr95", "auroc"):
+                values = [v for (r, s, m), v in cells.items() if r == row and m == metric and s != "average"]
+                assert len(values) == sets
+                if abs(np.mean(values) - cells[(row, "average", metric)]) > 0.02:
+                    off.add((table, row, metric))
+    assert off == {("3", "Energy", "auroc"), ("3", "VOS", "auroc"), ("4", "SMOT", "fpr95"), ("4", "SMOT", "auroc"),
+                   ("9", "SMOT (noise)", "fpr95")}
+    t1 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("1")}
+    t2 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("2")}
+    for (row, s, m), v in t2.items():  # Table 1's CIFAR-10 columns are Table 2's MSP and SMOT rows
+        if row in ("MSP", "SMOT"):
+            assert t1[(f"CIFAR-10 {'CE' if row == 'MSP' else 'SMOT'}", s, m)] == v
+    t6 = {(r["row"], r["metric"]): float(r["value"]) for r in paper_table("6")}
+    assert t6[("ResNet18 SMOT", "id_acc")] == 94.54 and t6[("DenseNet CE", "auroc")] == 89.28
