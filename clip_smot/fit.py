@@ -328,7 +328,7 @@ def run_fit(cfg: FitConfig) -> Path:
 
     from .clip_model import load_clip
     from .encoders import flex_available
-    from .fewshot import decode_images, split_text
+    from .fewshot import decode_and_hash, split_text
 
     check_config(cfg)
     out = Path(cfg.out)
@@ -384,15 +384,22 @@ def run_fit(cfg: FitConfig) -> Path:
     if not cfg.dry_run:  # a dry run writes nothing
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
+
+    # Data on the device, decoded once (and hashed: a resume checks the bytes too); CAMs once.
+    labels = torch.tensor([y for _, y in split], device=device)  # [N]
+    t = time.perf_counter()
+    images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split], clip.image_size,
+                                                             cfg.workers)  # [N, 3, S, S] uint8
+    images = images.to(device)
+    seconds[f"{len(split)} images decoded"] = _since(t, device)
+    if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
+        raise UserError(f"--resume {ckpt_path}: an image of the run's few-shot split ({out / 'split.txt'}) has other "
+                        "bytes than when the run started (replaced under the same name); the run cannot continue on "
+                        "other images: restore them, or start a new run in another --out")
+    if not cfg.dry_run:
         atomic_write_text(text, out / "split.txt")
         write_json(config, out / "config.json")
         _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
-
-    # Data on the device, decoded once; CAMs once.
-    labels = torch.tensor([y for _, y in split], device=device)  # [N]
-    t = time.perf_counter()
-    images = decode_images(classes.root, [p for p, _ in split], clip.image_size, cfg.workers).to(device)  # [N, 3, S, S] uint8
-    seconds[f"{len(split)} images decoded"] = _since(t, device)
     cams = None
     if cam_net is not None:
         from .cam_models import build_cam_provider, cache_cams

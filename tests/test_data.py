@@ -104,3 +104,19 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     names = [p.relative_to(tmp_path / "data").as_posix() for p in data.list_images(tmp_path / "data")]
     assert names == ["cat/a.png", "cat/more/e.png"]
     assert _class_images(tmp_path / "data", "cat") == ["cat/a.png", "cat/more/e.png"]
+
+
+def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
+    """A FIFO named x.jpg would block fit's decoder forever (score, eval and train skipped it); a
+    broken symlink has no bytes; a symlink to an image is an image. All listings agree."""
+    import os
+
+    from clip_smot.fewshot import _class_images
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
+    os.mkfifo(tmp_path / "cat" / "fifo.jpg")
+    (tmp_path / "cat" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")
+    assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/link.png"]
+    assert [p.name for p in data.list_images(tmp_path)] == ["a.png", "link.png"]

@@ -921,3 +921,50 @@ def test_a_class_named_train_is_a_class(tmp_path):
     assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
     (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
     assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"
+
+
+def test_fit_counts_no_fifo_or_broken_symlink_and_does_not_block(fit_args, imagenet_dir, tmp_path):
+    """A FIFO named *.jpg in a class folder hung fit (its reader waits for a writer); a broken
+    symlink counted as one of its images. Neither is an image: with 4 real images a class has 4."""
+    import os
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    os.mkfifo(data / "train" / WNIDS[0] / "zz_fifo.jpg")
+    (data / "train" / WNIDS[0] / "zz_broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    res = CliRunner().invoke(cli, args("--shots", "5"))
+    assert res.exit_code == 1 and f"class '{WNIDS[0]}' ({data / 'train' / WNIDS[0]}) has only 4 images" in res.output
+    res = CliRunner().invoke(cli, args("--shots", "4", "--dry-run"))  # every image of the class is drawn
+    assert res.exit_code == 0 and "dry run: one batch" in res.output, res.output
+
+
+def test_resume_after_an_image_was_replaced_under_its_name_is_refused(fit_args, imagenet_dir, tmp_path):
+    """The split names the same files, but one holds other bytes: the run cannot continue (its
+    SHA-256 of the images' bytes, as sha256sum lists them, differs)."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    run = tmp_path / "run"
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(run, *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = [line.split("\t")[0] for line in (run / "split.txt").read_text().splitlines()]
+    listing = "".join(f"{hashlib.sha256((data / 'train' / f).read_bytes()).hexdigest()}  {f}\n" for f in split)
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["images_sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    (run / "prompt.safetensors").unlink()  # (a finished run with its prompt has nothing to do on --resume)
+    victim = data / "train" / split[0]
+    Image.fromarray(np.full((36, 40, 3), 7, np.uint8)).save(victim, format="JPEG")  # same name, other bytes
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {run / 'checkpoint.pt'}: an image of the run's few-shot split ({run / 'split.txt'}) has "
+        "other bytes than when the run started (replaced under the same name); the run cannot continue on other "
+        "images: restore them, or start a new run in another --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
