@@ -37,7 +37,7 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
+from .runtime import MAX_SEED, PRECISIONS, atomic_save, atomic_write_text, check_output_file, make_folder, \
     remove_stale_temporaries, resolve_device, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
@@ -123,6 +123,7 @@ _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_
 def check_config(cfg: FitConfig) -> None:
     """Range checks of every option, as UserErrors naming the flag (the CLI checks them too)."""
     checks = [
+        (0 <= cfg.seed <= MAX_SEED, "--seed", f"must be in [0, {MAX_SEED}]"),
         (cfg.shots >= 1, "--shots", "must be >= 1"),
         (cfg.n_ctx >= 1, "--n-ctx", "must be >= 1"),
         (cfg.class_position in CLASS_POSITIONS, "--class-position", f"must be one of {CLASS_POSITIONS}"),

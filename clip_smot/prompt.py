@@ -122,6 +122,9 @@ class PromptLearner(nn.Module):
         else:
             if n_ctx < 1:
                 raise UserError(f"--n-ctx must be >= 1, got {n_ctx}")
+            if 1 + n_ctx + 2 > self.encoder.context_length:  # (before [K, n_ctx, d] is allocated; names checked below)
+                raise UserError(f"--n-ctx {n_ctx}: the prompt needs {1 + n_ctx + 2} or more of the text encoder's "
+                                f"{self.encoder.context_length} tokens")
             shape = (len(classnames), n_ctx, d) if csc else (n_ctx, d)
             gen_device = generator.device if generator is not None else "cpu"
             ctx = torch.empty(shape, device=gen_device).normal_(0.0, 0.02, generator=generator).to(device)

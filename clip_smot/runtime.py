@@ -19,6 +19,7 @@ from .errors import UserError, first_line
 __all__ = [
     "PRECISIONS",
     "DTYPES",
+    "MAX_SEED",
     "RUN_FILES",
     "atomic_save",
     "atomic_save_safetensors",
@@ -44,15 +45,26 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a user error."""
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda' and 'cuda:N' of a GPU this machine has.
+
+    Every other device torch knows ('meta', 'mps', ...) is a user error: the commands run on
+    the CPU and on CUDA only ('meta' holds no data; MPS lacks kernels they use).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available on this machine")
     try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}") from None
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"--device {name}: not a device ({first_line(e)}); choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not supported; choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {name}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= n:
+            raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} (cuda:0 to cuda:{n - 1})")
+    return device
 
 
 def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -116,6 +128,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
 
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from .cam import CAMProvider
 from .data import class_folders
 from .errors import UserError, first_line
-from .networks import NETWORKS, build_network, load_model, save_model
+from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
+from .runtime import MAX_SEED, atomic_save, atomic_write_text, autocast, make_folder, remove_stale_temporaries, \
     resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
@@ -107,6 +107,16 @@ class TrainConfig:
 def _num_classes_T(k: int) -> float:
     # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
     return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
+
+
+def check_bounds(cfg: TrainConfig) -> None:
+    """The options that size or seed something, checked before any data is read: ``--seed`` in
+    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE] (a library caller's or a checkpoint's
+    value too, not only the CLI's)."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
+    if cfg.input_size is not None and not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {cfg.input_size}: must be in [8, {MAX_INPUT_SIZE}]")
 
 
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
@@ -442,6 +452,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
 
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
+    check_bounds(cfg)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
     train_set = load_id_split(cfg.dataset, cfg.data, "train", size)
     if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
@@ -603,14 +614,19 @@ def _check_batch_of_one(model: nn.Module, cfg: TrainConfig, size: int, batch: in
 
 
 def _fingerprint(s: ImageSet) -> str:
-    """SHA-256 of a training set: its labels and its decoded pixels (small images) or its file
-    paths (large ones). A resume checks it, as fit checks its split: same flags, other images
-    would continue the run on data it was not trained on."""
+    """SHA-256 of a training set: its labels and its decoded pixels (small images), or its file
+    paths and each file's SHA-256 (large ones: the bytes, read in threads). A resume checks it,
+    as fit checks its split: same flags, other images would continue the run on data it was not
+    trained on."""
+    from concurrent.futures import ThreadPoolExecutor
+
     h = hashlib.sha256(s.labels.cpu().numpy().tobytes())
     if s.images is not None:
         h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]: ~0.3 s for CIFAR's 50,000
     else:
-        h.update("\n".join(str(f) for f in s.files).encode())
+        with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
+            digests = pool.map(sha256_file, s.files)
+            h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
     return h.hexdigest()
 
 

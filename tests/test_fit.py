@@ -968,3 +968,22 @@ def test_resume_after_an_image_was_replaced_under_its_name_is_refused(fit_args, 
         "other bytes than when the run started (replaced under the same name); the run cannot continue on other "
         "images: restore them, or start a new run in another --out")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+
+def test_seed_and_n_ctx_out_of_bounds_are_refused_before_allocating(tiny_clip_config, tiny_clip_checkpoint):
+    """--seed -1 was numpy's traceback (default_rng takes no negatives), 2**64 torch's; --n-ctx
+    10**9 allocated a [10**9, d] context before the prompt's length was checked."""
+    import time
+
+    from clip_smot.fit import check_config
+
+    for seed in (-1, 2**63, 2**64):
+        with pytest.raises(UserError, match=rf"^--seed {seed}: must be in \[0, 9223372036854775807\]$"):
+            check_config(FitConfig(seed=seed))
+    check_config(FitConfig(seed=2**63 - 1))
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, torch.device("cpu"))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"^--n-ctx 1000000000: the prompt needs 1000000003 or more of the text "
+                                        r"encoder's 77 tokens$"):
+        PromptLearner(clip, ["cat", "dog"], n_ctx=10**9, csc=True)
+    assert time.perf_counter() - t0 < 5
