@@ -28,7 +28,7 @@ from .cam import CAMProvider
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError, first_line
 from .fewshot import FewShotClasses
-from .runtime import host_reachable
+from .runtime import holds_its_values, host_reachable
 
 __all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "cache_cams",
            "load_cam_network"]
@@ -94,8 +94,8 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
         if ids != set(range(len(ids))):  # each block has its own keys: the keys bound the blocks there are
             raise UserError(f"--cam-model {path}: layer{i} names blocks up to {max(ids)} but holds {len(ids)}")
         layers.append(len(ids))
-    repeated = [k for k, v in state.items() if v.untyped_storage().nbytes() < v.numel() * v.element_size()]
-    if repeated:  # (a tensor that repeats its values through a zero stride: its shape is larger than the file)
+    repeated = [k for k, v in state.items() if not holds_its_values(v)]
+    if repeated:
         raise UserError(f"--cam-model {path}: {repeated[0]} declares more values than the file holds")
     with torch.device("meta"):  # the architecture's shapes, without allocating its weights
         expected = {k: tuple(v.shape) for k, v in ResNet(block, layers, num_classes=state["fc.weight"].shape[0])
