@@ -831,3 +831,64 @@ def test_resampling_a_set_that_would_not_fit_in_memory_is_refused_before_allocat
     resize_set(s, 16, chunk=2)  # resampled 2 images at a time: the same as all at once
     whole = torch.nn.functional.interpolate(x.float(), size=(16, 16), mode="bilinear", align_corners=False)
     assert torch.equal(s.images, whole.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(folders, tmp_path_factory):
+    """A run of 2 epochs stopped after the first (its checkpoint is the one the edits start from)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    return out
+
+
+def _edit(key, *path_value):
+    *path, value = path_value
+
+    def edit(ckpt):
+        d = ckpt[key]
+        for k in path[:-1]:
+            d = d[k]
+        if path:
+            d[path[-1]] = value
+        else:
+            ckpt[key] = value
+    return edit
+
+
+def _shape(ckpt):
+    ckpt["model"]["fc.weight"] = torch.zeros(7, 128)
+
+
+def _momentum(ckpt):
+    first = next(iter(ckpt["optimizer"]["state"]))
+    ckpt["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(2, 2)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
+    (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
+    (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
+    (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
+    (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
+    (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
+    (_edit("config", "seed", -1), r"^--seed -1: must be in"),
+    (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
+    (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
+    (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
+                                                              r"momentum is None\)"),
+    (_edit("rng", "numpy", "MT19937"), r"its loss-scaler or random-number state is damaged \(ValueError"),
+    (_edit("rng", "torch", torch.zeros(3, dtype=torch.uint8)), r"random-number state is damaged \(RuntimeError"),
+])
+def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
+    """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
+    size); nothing in the run folder changes."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(UserError, match=expected):
+        run_train(_cfg(folders, run, epochs=2), resume=True, flags=set())  # (no flag given: the saved ones hold)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
