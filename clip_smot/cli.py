@@ -20,7 +20,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import UserError
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
-from .runtime import MAX_SEED, PRECISIONS
+from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS
 from .smot import PERTURBATIONS
 
 
@@ -81,6 +81,7 @@ def cli() -> None:
 
 _POSITIVE = _Float(min=0, min_open=True)
 _SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators take
+_WORKERS = click.IntRange(0, MAX_WORKERS)
 
 
 @cli.command()
@@ -132,7 +133,7 @@ _SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators 
 @click.option("--overlap-encoders/--no-overlap-encoders", default=None,
               help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).  "
               "[default: on with CUDA]")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")
 def fit(split_file, **options) -> None:
@@ -158,7 +159,7 @@ def fit(split_file, **options) -> None:
               help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
@@ -209,7 +210,7 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
               help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
@@ -276,7 +277,7 @@ _MAX_INPUT_SIZE = 1024  # clip_smot.networks.MAX_INPUT_SIZE (checked in a test; 
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--workers", type=_WORKERS, default=4, show_default=True,
               help="DataLoader workers (224-pixel sets; small images live on the device).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

@@ -37,7 +37,7 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import MAX_SEED, PRECISIONS, atomic_save, atomic_write_text, check_field_types, check_output_file, \
+from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, check_output_file, \
     holds_its_values, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
@@ -143,7 +143,7 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
         (0 < cfg.crop_scale <= 1, "FitConfig.crop_scale", "must be in (0, 1]"),  # (no command-line flag)
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
-        (cfg.workers >= 0, "--workers", "must be >= 0"),
+        (0 <= cfg.workers <= MAX_WORKERS, "--workers", f"must be in [0, {MAX_WORKERS}]"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
         (cfg.text_attention in ("auto", *ATTENTION), "--text-attention", f"must be auto or one of {ATTENTION}"),
         (not cfg.compile or cfg.text_attention in ("auto", "square", "flex"), "--compile",

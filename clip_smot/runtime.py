@@ -22,6 +22,7 @@ __all__ = [
     "PRECISIONS",
     "DTYPES",
     "MAX_SEED",
+    "MAX_WORKERS",
     "RUN_FILES",
     "atomic_save",
     "atomic_save_safetensors",
@@ -136,6 +137,7 @@ def seed_everything(seed: int) -> None:
 
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
+MAX_WORKERS = 256  # --workers: decoding threads or processes; each process holds a copy of the loader's state
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}

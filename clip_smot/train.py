@@ -42,7 +42,7 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import MAX_SEED, atomic_save, atomic_write_text, autocast, check_field_types, load_optimizer_state, \
+from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, load_optimizer_state, \
     make_folder, remove_stale_temporaries, resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
@@ -111,12 +111,14 @@ def _num_classes_T(k: int) -> float:
 
 def check_bounds(cfg: TrainConfig) -> None:
     """The options that size or seed something, checked before any data is read: ``--seed`` in
-    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE] (a library caller's or a checkpoint's
-    value too, not only the CLI's)."""
+    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE], ``--workers`` in [0, MAX_WORKERS] (a
+    library caller's or a checkpoint's value too, not only the CLI's)."""
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
     if cfg.input_size is not None and not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
         raise UserError(f"--input-size {cfg.input_size}: must be in [8, {MAX_INPUT_SIZE}]")
+    if not 0 <= cfg.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {cfg.workers}: must be in [0, {MAX_WORKERS}]")
 
 
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:

@@ -50,6 +50,9 @@ BAD_FLAGS = [
     (["train", "--dataset", "digits", "--device", "mps", "--out", "o"], "--device mps: not supported"),
     (["train", "--dataset", "digits", "--device", "gpu7", "--out", "o"], "--device gpu7: not a device"),
     (["fit", "--device", "meta", "--dry-run"], "--device"),
+    (["fit", "--workers", "1000000", "--dry-run"], "--workers"),  # a thread per image, then "can't start new thread"
+    (["score", "--prompt", "p.safetensors", "--workers", "100000", "--out", "s.csv", "x"], "--workers"),
+    (["train", "--dataset", "digits", "--workers", "257", "--out", "o"], "--workers"),
     (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
 ]
 
