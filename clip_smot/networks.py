@@ -414,7 +414,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 def _check_meta(meta: dict, where: str) -> None:
     """A model file's parsed metadata: known architecture, 2 or more named classes, an input
-    size in [8, MAX_INPUT_SIZE], three finite means and three finite positive stds."""
+    size in [8, MAX_INPUT_SIZE], three finite means and three finite positive stds, a config
+    object (whose data set evaluation reads)."""
     import math
 
     if meta["arch"] not in NETWORKS:
@@ -428,6 +429,9 @@ def _check_meta(meta: dict, where: str) -> None:
     if (len(meta["mean"]) != 3 or len(meta["std"]) != 3 or not all(map(math.isfinite, meta["mean"] + meta["std"]))
             or min(meta["std"]) <= 0):
         raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, std > 0)")
+    config = meta["config"]
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None))) for k in ("dataset", "data")):
+        raise UserError(f"{where}: inconsistent metadata (config: a JSON object whose dataset and data are strings)")
 
 
 def first_shape_difference(found: dict[str, tuple], expected: dict[str, tuple]) -> str:

@@ -112,6 +112,8 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
     ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
+    ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
+    ({"config": '{"dataset": 10}'}, "config: a JSON object whose dataset and data are strings"),
 ])
 def test_model_file_metadata_out_of_bounds_is_one_line(tmp_path, changes, expected):
     """A model.safetensors whose metadata asked for input_size 100000 was loaded, and every image
