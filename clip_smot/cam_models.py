@@ -103,7 +103,8 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     # (torchvision's own ImageNet files predate num_batches_tracked: loading fills it in)
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
-        raise UserError(f"--cam-model {path}: does not match a torchvision ResNet ({first_shape_difference(found, expected)})")
+        raise UserError(f"--cam-model {path}: does not match a torchvision ResNet "
+                        f"({first_shape_difference(found, expected)})")
     model = ResNet(block, layers, num_classes=state["fc.weight"].shape[0])
     try:
         model.load_state_dict(state)

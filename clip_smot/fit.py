@@ -37,8 +37,9 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, check_output_file, \
-    holds_its_values, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, sha256_file, write_json
+from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, \
+    check_output_file, holds_its_values, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, \
+    sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS

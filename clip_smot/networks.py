@@ -430,7 +430,8 @@ def _check_meta(meta: dict, where: str) -> None:
             or min(meta["std"]) <= 0):
         raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, std > 0)")
     config = meta["config"]
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None))) for k in ("dataset", "data")):
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None)))
+                                               for k in ("dataset", "data")):
         raise UserError(f"{where}: inconsistent metadata (config: a JSON object whose dataset and data are strings)")
 
 

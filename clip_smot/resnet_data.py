@@ -305,7 +305,8 @@ def resize_set(s: ImageSet, size: int, chunk: int = 1024) -> ImageSet:
                             f"GiB at that size, more than half of this machine's {memory / 2**30:.1f} GiB; choose a "
                             "smaller --input-size")
         s.images = torch.cat([F.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False)
-                              .round().clamp(0, 255).to(torch.uint8) for part in s.images.split(chunk)])  # [N, 3, size, size]
+                              .round().clamp(0, 255).to(torch.uint8)
+                              for part in s.images.split(chunk)])  # [N, 3, size, size]
     s.input_size = size
     return s
 

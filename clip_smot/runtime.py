@@ -69,7 +69,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         if n == 0:
             raise UserError(f"--device {name}: no CUDA device is available on this machine")
         if device.index is not None and device.index >= n:
-            raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} (cuda:0 to cuda:{n - 1})")
+            raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} "
+                            f"(cuda:0 to cuda:{n - 1})")
     return device
 
 
@@ -177,8 +178,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
             if len(theirs["params"]) != len(ours["params"]):
                 raise ValueError(f"{len(theirs['params'])} parameters in a group, not {len(ours['params'])}")
             for key, value in ours.items():
-                if isinstance(value, float) and not (isinstance(theirs[key], (int, float)) and math.isfinite(theirs[key])):
-                    raise ValueError(f"{key} is {theirs[key]!r}")
+                number = theirs[key]
+                if isinstance(value, float) and not (isinstance(number, (int, float)) and math.isfinite(number)):
+                    raise ValueError(f"{key} is {number!r}")
             for i, p in zip(theirs["params"], ours["params"]):
                 for name, v in per_param.get(i, {}).items():
                     if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:

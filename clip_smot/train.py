@@ -42,13 +42,13 @@ from .data import class_folders
 from .errors import UserError, first_line
 from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, load_optimizer_state, \
-    make_folder, remove_stale_temporaries, resolve_device, seed_everything, sha256_file, write_json
+from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, \
+    load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
-__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer", "resolve_config",
-           "run_train", "train_epoch", "train_step"]
+__all__ = ["METHODS", "STAGES", "TrainConfig", "check_bounds", "compile_for_training", "lr_at", "make_optimizer",
+           "resolve_config", "run_train", "train_epoch", "train_step"]
 
 METHODS = ("ce", "ls", "logitnorm", "smot")
 STAGES = ("base", "smot")
