@@ -304,9 +304,10 @@ def _check_saved(saved: dict, where: str) -> None:
         check_config(cfg)
     except UserError as e:
         raise UserError(f"{where}: its configuration is out of range ({e})") from None
-    if (ctx.ndim == 3) != cfg.csc or (cfg.csc and ctx.shape[0] != len(run["classnames"])):
-        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, which --csc {cfg.csc} and its "
-                        f"{len(run['classnames'])} classes do not give")
+    if ((ctx.ndim == 3) != cfg.csc or (cfg.csc and ctx.shape[0] != len(run["classnames"]))
+            or (not cfg.ctx_init and ctx.shape[-2] != cfg.n_ctx)):
+        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, which --csc {cfg.csc}, its "
+                        f"{len(run['classnames'])} classes and --n-ctx {cfg.n_ctx} do not give")
 
 
 def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:

@@ -1014,7 +1014,10 @@ def _set(*keys_value):
     (_set("ctx", [[0.0] * 32] * 4), r"a damaged fit checkpoint \(ctx \(a finite float tensor"),
     (_set("ctx", torch.zeros(1, 1).expand(10**9, 32)), r"a damaged fit checkpoint \(ctx"),  # 128 GB if copied
     (_set("ctx", torch.full((4, 32), float("nan"))), r"a damaged fit checkpoint \(ctx"),
-    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False and its 3 classes"),
+    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
+                                         r"--n-ctx 4 do not give"),
+    (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
+                                     r"--n-ctx 1000000000 do not give"),
     (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch\)"),
     (_set("config", "n_ctx", "4"), r"its configuration's n_ctx is '4', not int"),
     (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
