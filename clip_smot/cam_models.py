@@ -28,7 +28,7 @@ from .cam import CAMProvider
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError, first_line
 from .fewshot import FewShotClasses
-from .runtime import host_reachable
+from .runtime import holds_its_values, host_reachable
 
 __all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "cache_cams",
            "load_cam_network"]
@@ -81,7 +81,9 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     """Rebuild a torchvision ResNet from its state dict (block type and counts from the keys)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    if "fc.weight" not in state or "conv1.weight" not in state:
+    from .networks import first_shape_difference
+
+    if "fc.weight" not in state or "conv1.weight" not in state or state["fc.weight"].ndim != 2:
         raise UserError(f"--cam-model {path}: not a torchvision ResNet state dict (no conv1.weight / fc.weight)")
     block = Bottleneck if "layer1.0.conv3.weight" in state else BasicBlock
     layers = []
@@ -89,7 +91,20 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
         ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
         if not ids:
             raise UserError(f"--cam-model {path}: not a torchvision ResNet state dict (no layer{i})")
-        layers.append(max(ids) + 1)
+        if ids != set(range(len(ids))):  # each block has its own keys: the keys bound the blocks there are
+            raise UserError(f"--cam-model {path}: layer{i} names blocks up to {max(ids)} but holds {len(ids)}")
+        layers.append(len(ids))
+    repeated = [k for k, v in state.items() if not holds_its_values(v)]
+    if repeated:
+        raise UserError(f"--cam-model {path}: {repeated[0]} declares more values than the file holds")
+    with torch.device("meta"):  # the architecture's shapes, without allocating its weights
+        expected = {k: tuple(v.shape) for k, v in ResNet(block, layers, num_classes=state["fc.weight"].shape[0])
+                    .state_dict().items() if not k.endswith("num_batches_tracked") or k in state}
+    # (torchvision's own ImageNet files predate num_batches_tracked: loading fills it in)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        raise UserError(f"--cam-model {path}: does not match a torchvision ResNet "
+                        f"({first_shape_difference(found, expected)})")
     model = ResNet(block, layers, num_classes=state["fc.weight"].shape[0])
     try:
         model.load_state_dict(state)

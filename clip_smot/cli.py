@@ -21,7 +21,7 @@ from . import __version__
 from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .reproduce import TABLES
-from .runtime import PRECISIONS
+from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS
 from .smot import PERTURBATIONS
 
 
@@ -81,6 +81,8 @@ def cli() -> None:
 
 
 _POSITIVE = _Float(min=0, min_open=True)
+_SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators take
+_WORKERS = click.IntRange(0, MAX_WORKERS)
 
 
 @cli.command()
@@ -89,7 +91,7 @@ _POSITIVE = _Float(min=0, min_open=True)
 @click.option("--shots", type=click.IntRange(min=1), default=16, show_default=True, help="Images per class.")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
               help="Reuse a split.txt (relative/path<TAB>label) instead of drawing one.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=_SEED, default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="runs/fit", show_default=True)
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip name or model-config JSON.")
 @click.option("--pretrained", default="openai", show_default=True,
@@ -132,7 +134,7 @@ _POSITIVE = _Float(min=0, min_open=True)
 @click.option("--overlap-encoders/--no-overlap-encoders", default=None,
               help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).  "
               "[default: on with CUDA]")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding threads.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")
 def fit(split_file, **options) -> None:
@@ -159,7 +161,7 @@ def fit(split_file, **options) -> None:
                    "(react, knn, vim: clip-smot eval).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
@@ -214,7 +216,7 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
               help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
@@ -247,6 +249,7 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
 
 
 _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.networks.NETWORKS (checked in a test)
+_MAX_INPUT_SIZE = 1024  # clip_smot.networks.MAX_INPUT_SIZE (checked in a test; networks imports torch)
 
 
 @cli.command()
@@ -276,13 +279,14 @@ _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.netw
 @click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True,
               help="Masked region: black, white, or Gaussian noise (Table 9).")
 @click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
-@click.option("--input-size", type=click.IntRange(min=8), default=None,
-              help="Square input size (default 32 for CIFAR/digits/small folders, 224 otherwise).")
+@click.option("--input-size", type=click.IntRange(8, _MAX_INPUT_SIZE), default=None,
+              help=f"Square input size, 8 to {_MAX_INPUT_SIZE} (default 32 for CIFAR/digits/small folders, 224 "
+                   "otherwise).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: one GPU per process).")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--seed", type=_SEED, default=0, show_default=True)
+@click.option("--workers", type=_WORKERS, default=4, show_default=True,
               help="DataLoader workers (224-pixel sets; small images live on the device).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

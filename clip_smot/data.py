@@ -24,6 +24,7 @@ __all__ = [
     "class_folders",
     "escape_path",
     "holds_folders",
+    "image_names",
     "imagenet200_wnids",
     "imagenet_classnames",
     "imagenet_wnids",
@@ -95,6 +96,14 @@ def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
         yield folder, sorted(f for f in filenames if not f.startswith("."))
 
 
+def image_names(folder: str | os.PathLike, names: list[str]) -> list[str]:
+    """The ``names`` in ``folder`` that are image files: an image extension, and a regular file
+    once symlinks are followed (a FIFO named ``x.jpg`` would block its reader forever, a broken
+    symlink has no bytes)."""
+    return [f for f in names
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+
+
 def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
     """Image files under ``root`` (see :func:`walk_files`), sorted; ``root`` may be one file.
 
@@ -106,8 +115,7 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
         raise UserError(f"{flag} {root}: no such file or folder")
     if root.is_file():
         return [root]
-    files = sorted(Path(folder) / f for folder, names in walk_files(root) for f in names
-                   if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and (Path(folder) / f).is_file())
+    files = sorted(Path(folder) / f for folder, names in walk_files(root) for f in image_names(folder, names))
     if not files:
         raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
@@ -139,7 +147,7 @@ def eight_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
 
 
-def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image:
+def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | None = None) -> Image.Image:
     """Decode an image fully; a missing, unreadable or truncated file is a UserError.
 
     Args:
@@ -148,9 +156,12 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB") -> Image.Image
             evaluation transform resizes first and converts to RGB after, which differs for
             RGBA, palette and 1-bit images; the CLIP scoring path matches it). 16-bit and
             32-bit grey images are scaled to 8-bit grey either way.
+        data: the file's bytes, already read (then ``path`` only names it in errors).
     """
+    import io
+
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later in a worker
             im = eight_bit(im)
             return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)

@@ -14,6 +14,7 @@ The 8x8 digits (values 0..16) are scaled to 0..255 and upsampled bicubically to 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -54,17 +55,49 @@ def _crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator
 
 
 def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed: int = 0) -> Path:
-    """Write the digits folders and the two OOD sets under ``root`` (replacing what is there)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """Write the digits folders and the two OOD sets under ``root`` (replacing what is there).
 
+    They are written into a sibling folder, renamed to ``root`` once whole: a write that fails
+    (a full disk, a read-only folder) leaves ``root`` as it was and no partial folder beside it.
+
+    Raises:
+        UserError: the folders cannot be written, naming the cache folder and the reason.
+    """
     try:
-        import skimage.data
+        import skimage.data  # noqa: F401 - (checked before anything is written)
     except ImportError:
         raise UserError("the digits OOD sets need scikit-image: pip install scikit-image") from None
     root = Path(root)
     tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # (of a writer killed before it could clean up)
+        _write(tmp, size, n_ood, seed)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    except OSError as e:
+        raise _cache_error(root, e) from None
+    finally:  # (gone after the rename; a failed or interrupted write's partial folder goes too)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _cache_error(root: Path, e: OSError) -> UserError:
+    """One line for a digits folder that cannot be written, naming where the cache folder comes from."""
+    where = f"$CLIP_SMOT_CACHE {os.environ['CLIP_SMOT_CACHE']}" if os.environ.get("CLIP_SMOT_CACHE") else \
+        f"the cache folder {cache_root()}"
+    blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    reason = f"{blocker} is a file, not a folder" if blocker else \
+        "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return UserError(f"{where}: cannot write the bundled digits to {root} ({reason}); free space there or set "
+                     "CLIP_SMOT_CACHE to a writable folder")
+
+
+def _write(tmp: Path, size: int, n_ood: int, seed: int) -> None:
+    """The digits folders and OOD sets, written under ``tmp``."""
+    import skimage.data
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     idx = np.arange(len(digits.target))
     train_idx, val_idx = train_test_split(idx, test_size=0.25, stratify=digits.target, random_state=seed)
@@ -85,9 +118,6 @@ def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed
         for j, im in enumerate(_crops(arrays, n_ood, size, rng)):
             im.save(tmp / "ood" / set_name / f"{j:04d}.png")
     (tmp / "digits.json").write_text(json.dumps({"version": _VERSION, "size": size, "n_ood": n_ood, "seed": seed}))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
-    return root
 
 
 def _is_written(root: Path, size: int) -> bool:
@@ -107,5 +137,8 @@ def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path
     root = Path(root) if root is not None else default_root(size)
     if _is_written(root, size):
         return root
-    with file_lock(root.with_name(f".{root.name}.lock")):
-        return root if _is_written(root, size) else write_digits(root, size=size)
+    try:
+        with file_lock(root.with_name(f".{root.name}.lock")):
+            return root if _is_written(root, size) else write_digits(root, size=size)
+    except OSError as e:  # (the lock's folder: a file in its place, read-only)
+        raise _cache_error(root, e) from None

@@ -19,6 +19,7 @@ line break or another control character, a byte that is not UTF-8). See ``data_l
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (IMAGE_EXTENSIONS, class_folders, escape_path, holds_folders, imagenet_classnames, imagenet_wnids,
+from .data import (class_folders, escape_path, holds_folders, image_names, imagenet_classnames, imagenet_wnids,
                    load_image, read_text_file, unescape_path, walk_files)
 from .errors import UserError
 
 __all__ = [
     "FewShotClasses",
+    "decode_and_hash",
     "decode_images",
     "draw_split",
     "imagenet_classnames",
@@ -93,7 +95,7 @@ def _class_images(root: Path, folder: str) -> list[str]:
     out = []
     for dirpath, filenames in walk_files(root / folder):
         rel = Path(os.path.relpath(dirpath, root)).as_posix()
-        out += [f"{rel}/{f}" for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        out += [f"{rel}/{f}" for f in image_names(dirpath, filenames)]
     return sorted(out)
 
 
@@ -167,11 +169,23 @@ def _file_name(rel: str) -> bool:
         return False
 
 
-def _square_uint8(path: Path, size: int) -> torch.Tensor:
-    """Decode, resize the shorter side to ``size`` and take the central square -> [3, size, size] uint8."""
+def _read(path: Path) -> bytes:
+    """A file's bytes; a UserError naming it when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
+
+
+def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
+    """Decode, resize the shorter side to ``size`` and take the central square -> ([3, size, size]
+    uint8, the hex SHA-256 of the file's bytes: read once, for both)."""
     from PIL import Image
 
-    im = load_image(path)
+    data = _read(path)
+    im = load_image(path, data=data)
     w, h = im.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
@@ -181,22 +195,35 @@ def _square_uint8(path: Path, size: int) -> torch.Tensor:
         im = im.resize((size, size), Image.BICUBIC, box=box)
     else:
         im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
+    square = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
+    return square, hashlib.sha256(data).hexdigest()
 
 
-def decode_images(root: Path, files: list[str], size: int, workers: int = 4) -> torch.Tensor:
-    """Decode every image once into one uint8 tensor [N, 3, size, size].
+def decode_and_hash(root: Path, files: list[str], size: int, workers: int = 4) -> tuple[torch.Tensor, str]:
+    """Decode every image once into one uint8 tensor [N, 3, size, size], and hash the files' bytes.
 
     Each image is resized so its shorter side is ``size``, then its central square is kept:
     the random resized crops of training are drawn from that square (kept on the device).
+
+    Returns:
+        ``(images, sha256)``: the SHA-256 is that of the listing ``sha256sum`` prints for
+        ``files`` in their order (``<hex digest>  <relative path>`` per line, run in ``root``):
+        it changes when any image's bytes do, under the same names.
 
     Raises:
         UserError: an unreadable or truncated image (the message names the file).
     """
     paths = [root / f for f in files]
     if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:  # PIL decodes with the GIL released
-            tensors = list(pool.map(lambda p: _square_uint8(p, size), paths))
+        with ThreadPoolExecutor(workers) as pool:  # PIL decodes and hashlib hashes with the GIL released
+            decoded = list(pool.map(lambda p: _square_uint8(p, size), paths))
     else:
-        tensors = [_square_uint8(p, size) for p in paths]
-    return torch.stack(tensors)  # [N, 3, S, S]
+        decoded = [_square_uint8(p, size) for p in paths]
+    # the names as the file system's bytes (a name that is not UTF-8 has no str encoding)
+    listing = b"".join(f"{digest}  ".encode() + os.fsencode(f) + b"\n" for f, (_, digest) in zip(files, decoded))
+    return torch.stack([x for x, _ in decoded]), hashlib.sha256(listing).hexdigest()  # [N, 3, S, S]
+
+
+def decode_images(root: Path, files: list[str], size: int, workers: int = 4) -> torch.Tensor:
+    """The images of :func:`decode_and_hash` alone: uint8 [N, 3, size, size]."""
+    return decode_and_hash(root, files, size, workers)[0]

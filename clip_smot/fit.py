@@ -37,8 +37,9 @@ from . import __version__
 from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
-from .runtime import PRECISIONS, atomic_save, atomic_write_text, check_output, make_folder, \
-    remove_stale_temporaries, resolve_device, same_file, sha256_file, write_json
+from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, \
+    check_output, holds_its_values, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, \
+    same_file, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -123,6 +124,7 @@ _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_
 def check_config(cfg: FitConfig) -> None:
     """Range checks of every option, as UserErrors naming the flag (the CLI checks them too)."""
     checks = [
+        (0 <= cfg.seed <= MAX_SEED, "--seed", f"must be in [0, {MAX_SEED}]"),
         (cfg.shots >= 1, "--shots", "must be >= 1"),
         (cfg.n_ctx >= 1, "--n-ctx", "must be >= 1"),
         (cfg.class_position in CLASS_POSITIONS, "--class-position", f"must be one of {CLASS_POSITIONS}"),
@@ -142,7 +144,7 @@ def check_config(cfg: FitConfig) -> None:
         (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
         (0 < cfg.crop_scale <= 1, "FitConfig.crop_scale", "must be in (0, 1]"),  # (no command-line flag)
         (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
-        (cfg.workers >= 0, "--workers", "must be >= 0"),
+        (0 <= cfg.workers <= MAX_WORKERS, "--workers", f"must be in [0, {MAX_WORKERS}]"),
         (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
         (cfg.text_attention in ("auto", *ATTENTION), "--text-attention", f"must be auto or one of {ATTENTION}"),
         (not cfg.compile or cfg.text_attention in ("auto", "square", "flex"), "--compile",
@@ -233,13 +235,79 @@ def _rng_state(data_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
 
 
 def _set_rng_state(state: dict, data_gen: torch.Generator, aug_gen: torch.Generator, path: Path) -> None:
-    if state["aug_device"] != str(aug_gen.device):
-        raise UserError(f"--resume {path}: written on {state['aug_device']}; resume it with --device {state['aug_device']}")
-    torch.set_rng_state(state["torch_cpu"])
-    if state["torch_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
-    data_gen.set_state(state["data_gen"])
-    aug_gen.set_state(state["aug_gen"])
+    try:
+        if state["aug_device"] != str(aug_gen.device):
+            raise UserError(f"--resume {path}: written on {state['aug_device']}; resume it with --device "
+                            f"{state['aug_device']}")
+        torch.set_rng_state(state["torch_cpu"])
+        if state["torch_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["torch_cuda"])
+        data_gen.set_state(state["data_gen"])
+        aug_gen.set_state(state["aug_gen"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)
+        raise UserError(f"--resume {path}: its random-number state is damaged ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
+
+
+def _restore(saved: dict, prompt, optimizer, scheduler, data_gen, aug_gen, path: Path) -> None:
+    """Put a checkpoint's context, optimizer, schedule and RNG states into the run's, each checked
+    to fit first (a hand-edited checkpoint is one line, not a traceback at the first step)."""
+    _copy_ctx(prompt, saved["ctx"], f"--resume {path}")
+    load_optimizer_state(optimizer, saved["optimizer"], f"--resume {path}")
+    sched = saved["scheduler"]
+    if not (isinstance(sched, dict) and isinstance(sched.get("last_epoch"), int)
+            and isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(optimizer.param_groups)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sched["base_lrs"])):
+        raise UserError(f"--resume {path}: its learning-rate schedule is damaged")
+    scheduler.load_state_dict(sched)
+    _set_rng_state(saved["rng"], data_gen, aug_gen, path)
+
+
+def _copy_ctx(prompt, ctx: torch.Tensor, where: str) -> None:
+    """Copy a saved context into ``prompt``'s, once its shape is seen to be the one the options
+    and the CLIP model give."""
+    if tuple(ctx.shape) != tuple(prompt.ctx.shape):
+        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, not the {list(prompt.ctx.shape)} of its "
+                        "options and CLIP model")
+    with torch.no_grad():
+        prompt.ctx.copy_(ctx.to(prompt.ctx.device))
+
+
+def _check_saved(saved: dict, where: str) -> None:
+    """The types and ranges of what a fit checkpoint holds, before any of it is used: the epoch,
+    a finite float context of 2 or 3 dimensions, a configuration that passes :func:`check_config`
+    and the run block's records (the names and the model's identity)."""
+    config, ctx = saved["config"], saved["ctx"]
+    run = config["run"]
+    problems = [
+        (isinstance(saved["epoch"], int) and not isinstance(saved["epoch"], bool) and saved["epoch"] >= 0, "epoch"),
+        (isinstance(ctx, torch.Tensor) and ctx.is_floating_point() and ctx.ndim in (2, 3) and holds_its_values(ctx)
+         and bool(torch.isfinite(ctx).all()), "ctx (a finite float tensor [n_ctx, d] or [K, n_ctx, d])"),
+        (isinstance(run.get("classnames"), list) and run["classnames"] != []
+         and all(isinstance(c, str) for c in run["classnames"]), "config.run.classnames"),
+        (isinstance(run.get("split_sha256"), str), "config.run.split_sha256"),
+        (isinstance(run.get("clip"), dict) and all(isinstance(run["clip"].get(k), str) for k in
+                                                   ("model", "model_config", "pretrained", "checkpoint_sha256")),
+         "config.run.clip"),
+        (all(isinstance(saved[k], dict) for k in ("optimizer", "scheduler", "rng")), "optimizer, scheduler or rng"),
+    ]
+    bad = [what for ok, what in problems if not ok]
+    if bad:
+        raise UserError(f"{where}: a damaged fit checkpoint ({bad[0]})")
+    try:
+        json.loads(run["clip"]["model_config"])
+        cfg = FitConfig.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{where}: a damaged fit checkpoint (config: {first_line(e)})") from None
+    check_field_types(cfg, where)
+    try:
+        check_config(cfg)
+    except UserError as e:
+        raise UserError(f"{where}: its configuration is out of range ({e})") from None
+    if ((ctx.ndim == 3) != cfg.csc or (cfg.csc and ctx.shape[0] != len(run["classnames"]))
+            or (not cfg.ctx_init and ctx.shape[-2] != cfg.n_ctx)):
+        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, which --csc {cfg.csc}, its "
+                        f"{len(run['classnames'])} classes and --n-ctx {cfg.n_ctx} do not give")
 
 
 def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
@@ -255,6 +323,7 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         missing = ["config.run"]
     if missing:
         raise UserError(f"{flag} {path}: an incomplete fit checkpoint (no {', '.join(missing)})")
+    _check_saved(saved, f"{flag} {path}")
     if config is not None:
         old = saved["config"]
         # a file given to --model, --pretrained or --cam-model is compared by its contents (below), not by
@@ -317,16 +386,21 @@ def _check_outputs(cfg: FitConfig) -> None:
 def _truncate_log(path: Path, epochs: int) -> None:
     """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for).
 
-    A line that does not parse (a run killed while appending it) is dropped, not fatal.
+    A line that does not parse (a run killed while appending it, bytes that are not UTF-8, a
+    record without a whole-number epoch) is dropped, not fatal.
     """
-    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.is_file() else []
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     kept = []
     for line in lines:
         try:
-            if json.loads(line)["epoch"] <= epochs:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError, IndexError):
             continue
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= epochs:
+            kept.append(line)
     atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
@@ -341,7 +415,7 @@ def run_fit(cfg: FitConfig) -> Path:
 
     from .clip_model import load_clip
     from .encoders import flex_available
-    from .fewshot import decode_images, split_text
+    from .fewshot import decode_and_hash, split_text
 
     check_config(cfg)
     out = Path(cfg.out)
@@ -404,16 +478,18 @@ def run_fit(cfg: FitConfig) -> Path:
                             "pass a copy of it")
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        if not own_split:  # (the same text otherwise: nothing to replace)
-            atomic_write_text(text, out / "split.txt")
-        write_json(config, out / "config.json")
-        _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
 
-    # Data on the device, decoded once; CAMs once.
+    # Data on the device, decoded once (and hashed: a resume checks the bytes too); CAMs once.
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
     t = time.perf_counter()
-    images = decode_images(classes.root, [p for p, _ in split], clip.image_size, cfg.workers).to(device)  # [N, 3, S, S] uint8
+    images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split], clip.image_size,
+                                                             cfg.workers)  # [N, 3, S, S] uint8
+    images = images.to(device)
     seconds[f"{len(split)} images decoded"] = _since(t, device)
+    if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
+        raise UserError(f"--resume {ckpt_path}: an image of the run's few-shot split ({out / 'split.txt'}) has other "
+                        "bytes than when the run started (replaced under the same name); the run cannot continue on "
+                        "other images: restore them, or start a new run in another --out")
     cams = None
     if cam_net is not None:
         from .cam_models import build_cam_provider, cache_cams
@@ -435,10 +511,12 @@ def run_fit(cfg: FitConfig) -> Path:
     data_gen = torch.Generator().manual_seed(cfg.seed)  # order and thresholds, drawn on the CPU
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # crops, flips, noise, on the device
     if saved is not None:
-        prompt.ctx.data.copy_(saved["ctx"].to(device))
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"], data_gen, aug_gen, ckpt_path)
+        _restore(saved, prompt, optimizer, scheduler, data_gen, aug_gen, ckpt_path)
+    if not cfg.dry_run:  # (once all that a resume reads has been checked)
+        if not own_split:  # (the same text otherwise: nothing to replace)
+            atomic_write_text(text, out / "split.txt")
+        write_json(config, out / "config.json")
+        _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
     elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
         torch.cuda.manual_seed(cfg.seed)
     step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
@@ -503,19 +581,20 @@ def run_fit(cfg: FitConfig) -> Path:
             "rng": _rng_state(data_gen, aug_gen), "config": config,
         }, ckpt_path)
 
-    _export(prompt.ctx.detach(), clip, classes.classnames, cfg, config, out / "prompt.safetensors")
+    _export(prompt.ctx.detach(), clip, classes.classnames, cfg, config, out / "prompt.safetensors", "fit")
     return out
 
 
 @torch.no_grad()
-def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, path: Path) -> None:
-    """Encode the final text features in fp32 and write the prompt file atomically."""
+def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, path: Path, source: str) -> None:
+    """Encode the final text features in fp32 and write the prompt file atomically (``source``:
+    where ``ctx`` comes from, for the error of a context that does not fit)."""
     from .prompt_file import save_prompt
 
     # fp32 weights (views, no copy), causal SDPA whatever the training used: the most exact layout
     # (FlexAttention's fp32 kernel is within 1e-4, not 1e-5); one pass: not compiled
     prompt = _build_prompt(clip, classnames, cfg, "fp32", attention="causal")
-    prompt.ctx.copy_(ctx)
+    _copy_ctx(prompt, ctx, source)
     text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
     if not torch.isfinite(text_features).all():  # (a context is finite here: the caller checked it)
         from .image_features import weights_flag
@@ -569,12 +648,8 @@ def export_prompt(
         print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
               f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
               "the text features are encoded with the latter", file=sys.stderr)
-    out = Path(out)
-    ctx = saved["ctx"]
-    if not (torch.is_tensor(ctx) and ctx.is_floating_point() and torch.isfinite(ctx).all()):
-        raise UserError(f"--checkpoint {path}: its context (ctx) is not a tensor of finite numbers (NaN or inf: a "
-                        f"diverged or damaged run); {out} not written")
-    _export(ctx.to(dev), clip, config["run"]["classnames"], cfg, config, out)
+    out = Path(out)  # (the context was checked when the checkpoint was read: a finite float tensor)
+    _export(saved["ctx"], clip, config["run"]["classnames"], cfg, config, out, f"--checkpoint {path}")
     return out
 
 

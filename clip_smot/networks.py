@@ -37,12 +37,14 @@ from .runtime import atomic_save_safetensors
 
 __all__ = [
     "MODEL_FORMAT",
+    "MAX_INPUT_SIZE",
     "MODEL_FORMAT_VERSION",
     "NETWORKS",
     "DenseNetBC",
     "ResNet",
     "WideResNet",
     "build_network",
+    "first_shape_difference",
     "load_model",
     "save_model",
 ]
@@ -254,6 +256,9 @@ class DenseNetBC(_Head):
 # ---------------------------------------------------------------------------------------------
 
 
+MAX_INPUT_SIZE = 1024  # the largest square input side (--input-size, a model file's input_size): 4.7x ImageNet's
+
+
 def _stem(input_size: int) -> str:
     # 32x32 (CIFAR, digits) keeps the full resolution; 224 follows torchvision's ImageNet stem.
     return "cifar" if input_size <= 64 else "imagenet"
@@ -360,7 +365,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
-        state = load_file(str(path))
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # from the header: nothing loaded
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{flag} {path}: not a safetensors file ({e})") from None
     if raw.get("format") != MODEL_FORMAT:
@@ -388,13 +393,53 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         }
     except (ValueError, TypeError) as e:
         raise UserError(f"{flag} {path}: malformed metadata ({e})") from None
-    if len(meta["classnames"]) != meta["num_classes"] or len(meta["mean"]) != 3 or len(meta["std"]) != 3:
-        raise UserError(f"{flag} {path}: inconsistent metadata (classnames, mean or std)")
-    if meta["arch"] not in NETWORKS:
-        raise UserError(f"{flag} {path}: unknown architecture {meta['arch']!r} (known: {', '.join(NETWORKS)})")
+    _check_meta(meta, f"{flag} {path}")
+    with torch.device("meta"):  # the architecture's shapes, without allocating its weights
+        expected = {k: tuple(v.shape) for k, v in build_network(meta["arch"], meta["num_classes"],
+                                                                meta["input_size"]).state_dict().items()}
+    if shapes != expected:
+        raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} of {meta['num_classes']} classes "
+                        f"({first_shape_difference(shapes, expected)})")
+    try:  # (as large as the file's own tensors now)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{flag} {path}: not a safetensors file ({e})") from None
     model = build_network(meta["arch"], meta["num_classes"], meta["input_size"])
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # (a dtype torch cannot copy from, e.g. a bool tensor)
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
     return model.to(device).eval(), meta
+
+
+def _check_meta(meta: dict, where: str) -> None:
+    """A model file's parsed metadata: known architecture, 2 or more named classes, an input
+    size in [8, MAX_INPUT_SIZE], three finite means and three finite positive stds, a config
+    object (whose data set evaluation reads)."""
+    import math
+
+    if meta["arch"] not in NETWORKS:
+        raise UserError(f"{where}: unknown architecture {meta['arch']!r} (known: {', '.join(NETWORKS)})")
+    if not 8 <= meta["input_size"] <= MAX_INPUT_SIZE:
+        raise UserError(f"{where}: input_size {meta['input_size']} in its metadata is outside [8, {MAX_INPUT_SIZE}]")
+    if (len(meta["classnames"]) != meta["num_classes"] or meta["num_classes"] < 2
+            or not all(isinstance(c, str) for c in meta["classnames"])):
+        raise UserError(f"{where}: inconsistent metadata (num_classes {meta['num_classes']}, classnames: "
+                        f"{len(meta['classnames'])} entries; 2 or more names expected)")
+    if (len(meta["mean"]) != 3 or len(meta["std"]) != 3 or not all(map(math.isfinite, meta["mean"] + meta["std"]))
+            or min(meta["std"]) <= 0):
+        raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, std > 0)")
+    config = meta["config"]
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None)))
+                                               for k in ("dataset", "data")):
+        raise UserError(f"{where}: inconsistent metadata (config: a JSON object whose dataset and data are strings)")
+
+
+def first_shape_difference(found: dict[str, tuple], expected: dict[str, tuple]) -> str:
+    """What first tells two {name: shape} dicts apart, in words."""
+    for k in expected:
+        if k not in found:
+            return f"no {k}"
+        if found[k] != expected[k]:
+            return f"{k} has shape {list(found[k])}, not {list(expected[k])}"
+    return f"unexpected {next(k for k in found if k not in expected)}"

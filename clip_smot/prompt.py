@@ -119,9 +119,21 @@ class PromptLearner(nn.Module):
             ctx = emb_weight[init_tokens[0, 1 : 1 + n_ctx]].float().clone()  # [n_ctx, d]
             if csc:
                 ctx = ctx.expand(len(classnames), n_ctx, d).clone()  # [K, n_ctx, d]
-        else:
-            if n_ctx < 1:
-                raise UserError(f"--n-ctx must be >= 1, got {n_ctx}")
+        elif n_ctx < 1:
+            raise UserError(f"--n-ctx must be >= 1, got {n_ctx}")
+
+        # The prompt must fit the text encoder: checked before the context (and the placeholder
+        # text below) is allocated at n_ctx's size
+        K, L_max = len(classnames), self.encoder.context_length
+        name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
+        n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
+        if 1 + n_ctx + n_name + 2 > L_max:
+            flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
+            fits = L_max - n_name - 3
+            hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
+            raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
+        if not ctx_init:
             shape = (len(classnames), n_ctx, d) if csc else (n_ctx, d)
             gen_device = generator.device if generator is not None else "cpu"
             ctx = torch.empty(shape, device=gen_device).normal_(0.0, 0.02, generator=generator).to(device)
@@ -130,21 +142,12 @@ class PromptLearner(nn.Module):
         self.classnames = list(classnames)
 
         # Tokens of "X X ... X {name}." = [SOS] [X * n_ctx] [name] [.] [EOT] [pad ...]
-        K, L_max = len(classnames), self.encoder.context_length
         placeholder = " ".join(["X"] * n_ctx)
         # front/middle move the name's tokens, so the "." must be a token of its own: a name ending in
         # punctuation ("dog!", "U.S.") would merge with it ("!." one token) and take it to the front
         period = "." if class_position == "end" else " ."  # (end: CoOp's tokens, as "a photo of a dog!.")
         tokens = tokenize([f"{placeholder} {name}{period}" for name in classnames]).to(device)  # [K, 77]
-        name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
         eot = _eot_index(tokens)  # [K]
-        n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
-        if 1 + n_ctx + n_name + 2 > L_max:
-            flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
-            fits = L_max - n_name - 3
-            hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
-            raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
-                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
         # perm[k, p]: which position of the "end" layout goes to position p of the chosen layout
         perm = torch.arange(L_max).repeat(K, 1)  # [K, 77]
         h = n_ctx // 2

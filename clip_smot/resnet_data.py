@@ -287,12 +287,32 @@ def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor,
     return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
-def resize_set(s: ImageSet, size: int) -> ImageSet:
+def _physical_memory() -> int | None:
+    """Bytes of this machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def resize_set(s: ImageSet, size: int, chunk: int = 1024) -> ImageSet:
     """``s`` at input size ``size``, in place: decoded images resampled (bilinear, rounded back
-    to uint8); a set of files is decoded at ``s.input_size`` by its batches anyway."""
+    to uint8, ``chunk`` images at a time); a set of files is decoded at ``s.input_size`` by its
+    batches anyway.
+
+    Raises:
+        UserError: the resampled set would fill more than half of this machine's memory (checked
+            before any of it is allocated).
+    """
     if s.images is not None and s.images.shape[-1] != size:
-        s.images = F.interpolate(s.images.float(), size=(size, size), mode="bilinear",
-                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)  # [N, 3, size, size]
+        need, memory = len(s.images) * 3 * size * size, _physical_memory()
+        if memory is not None and need > memory // 2:
+            raise UserError(f"input size {size}: the {len(s.images)} images of {s.name} would take {need / 2**30:.1f} "
+                            f"GiB at that size, more than half of this machine's {memory / 2**30:.1f} GiB; choose a "
+                            "smaller --input-size")
+        s.images = torch.cat([F.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False)
+                              .round().clamp(0, 255).to(torch.uint8)
+                              for part in s.images.split(chunk)])  # [N, 3, size, size]
     s.input_size = size
     return s
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -20,6 +22,8 @@ from .errors import UserError, first_line
 __all__ = [
     "PRECISIONS",
     "DTYPES",
+    "MAX_SEED",
+    "MAX_WORKERS",
     "RUN_FILES",
     "atomic_save",
     "atomic_save_safetensors",
@@ -28,12 +32,15 @@ __all__ = [
     "atomic_write_text",
     "autocast",
     "cache_root",
+    "check_field_types",
     "check_output",
     "check_output_folder",
     "file_lock",
     "file_stamp",
+    "holds_its_values",
     "host_reachable",
     "json_text",
+    "load_optimizer_state",
     "make_folder",
     "plain_name",
     "remove_stale_temporaries",
@@ -50,15 +57,27 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is a user error."""
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda' and 'cuda:N' of a GPU this machine has.
+
+    Every other device torch knows ('meta', 'mps', ...) is a user error: the commands run on
+    the CPU and on CUDA only ('meta' holds no data; MPS lacks kernels they use).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available on this machine")
     try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}") from None
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"--device {name}: not a device ({first_line(e)}); choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not supported; choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {name}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= n:
+            raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} "
+                            f"(cuda:0 to cuda:{n - 1})")
+    return device
 
 
 def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -122,6 +141,59 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
+MAX_WORKERS = 256  # --workers: decoding threads or processes; each process holds a copy of the loader's state
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def check_field_types(obj: Any, where: str) -> None:
+    """Raise a UserError naming ``where`` when a field of the dataclass ``obj`` holds a value of
+    another type than its annotation says (``int``, ``float``, ``str``, ``bool`` and their unions
+    with ``None``; a bool is no int): a configuration read back from a file edited by hand."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        allowed = tuple(t for name in str(f.type).split("|") for t in _TYPES[name.strip()])
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise UserError(f"{where}: its configuration's {f.name} is {value!r}, not {f.type}")
+
+
+def holds_its_values(t: torch.Tensor) -> bool:
+    """Whether the tensor ``t`` (read from a file) has storage for each of its values: a tensor
+    that repeats one value through zero strides declares a shape far larger than its file, and
+    whatever is computed from it at that shape would be allocated in full."""
+    return t.untyped_storage().nbytes() >= t.numel() * t.element_size()
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: str) -> None:
+    """``optimizer.load_state_dict(state)`` once ``state`` is seen to fit: one group per group, as
+    many parameters, finite numbers for its hyperparameters and, per parameter, tensors of that
+    parameter's shape (torch checks none of these; the first step would fail, or train wrongly).
+
+    Raises:
+        UserError: naming ``where``, when the state does not fit.
+    """
+    try:
+        groups, per_param = state["param_groups"], state["state"]
+        if len(groups) != len(optimizer.param_groups):
+            raise ValueError(f"{len(groups)} parameter groups, not {len(optimizer.param_groups)}")
+        for ours, theirs in zip(optimizer.param_groups, groups):
+            if len(theirs["params"]) != len(ours["params"]):
+                raise ValueError(f"{len(theirs['params'])} parameters in a group, not {len(ours['params'])}")
+            for key, value in ours.items():
+                number = theirs[key]
+                if isinstance(value, float) and not (isinstance(number, (int, float)) and math.isfinite(number)):
+                    raise ValueError(f"{key} is {number!r}")
+            for i, p in zip(theirs["params"], ours["params"]):
+                for name, v in per_param.get(i, {}).items():
+                    if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
+                        raise ValueError(f"{name} has shape {list(v.shape)}, not {list(p.shape)}")
+        optimizer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise UserError(f"{where}: its optimizer state does not fit ({type(e).__name__}: {first_line(e)})") from None
 
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write

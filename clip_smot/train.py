@@ -40,15 +40,16 @@ import torch.nn.functional as F
 from .cam import CAMProvider
 from .data import class_folders
 from .errors import UserError, first_line
-from .networks import NETWORKS, build_network, load_model, save_model
+from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
-from .runtime import atomic_save, atomic_write_text, autocast, check_output, make_folder, remove_stale_temporaries, \
-    resolve_device, seed_everything, sha256_file, write_json
+from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, \
+    check_output, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, seed_everything, \
+    sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
-__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer", "resolve_config",
-           "run_train", "train_epoch", "train_step"]
+__all__ = ["METHODS", "STAGES", "TrainConfig", "check_bounds", "compile_for_training", "lr_at", "make_optimizer",
+           "resolve_config", "run_train", "train_epoch", "train_step"]
 
 METHODS = ("ce", "ls", "logitnorm", "smot")
 STAGES = ("base", "smot")
@@ -107,6 +108,18 @@ class TrainConfig:
 def _num_classes_T(k: int) -> float:
     # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
     return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
+
+
+def check_bounds(cfg: TrainConfig) -> None:
+    """The options that size or seed something, checked before any data is read: ``--seed`` in
+    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE], ``--workers`` in [0, MAX_WORKERS] (a
+    library caller's or a checkpoint's value too, not only the CLI's)."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
+    if cfg.input_size is not None and not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {cfg.input_size}: must be in [8, {MAX_INPUT_SIZE}]")
+    if not 0 <= cfg.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {cfg.workers}: must be in [0, {MAX_WORKERS}]")
 
 
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
@@ -321,6 +334,42 @@ def _rng_state() -> dict:
     return state
 
 
+def _check_saved(ckpt: dict) -> None:
+    """The types of what a train checkpoint holds besides its config (a ValueError saying which
+    is wrong): a whole-number epoch, a log of epoch records, dicts of tensors and states."""
+    if not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0:
+        raise ValueError(f"epoch is {ckpt['epoch']!r}")
+    if not isinstance(ckpt["log"], list) or not all(isinstance(e, dict) for e in ckpt["log"]):
+        raise ValueError("log is not a list of epoch records")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise ValueError("model is not a state dict")
+    if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["rng"], dict):
+        raise ValueError("optimizer or rng is not a state")
+    if not isinstance(ckpt.get("meta", {}), dict) or not isinstance(ckpt.get("meta", {}).get("classnames", []), list):
+        raise ValueError("meta is not a record with a list of class names")
+    for key, kind in (("world_size", int), ("data_sha256", str), ("cam_model_sha256", str)):
+        if not isinstance(ckpt.get(key), (kind, type(None))):
+            raise ValueError(f"{key} is {ckpt[key]!r}")
+
+
+def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, where: str) -> tuple[int, list]:
+    """Load a checkpoint's weights, optimizer, loss-scaler and RNG states (each checked to fit:
+    a hand-edited file is one line naming ``where``); returns (epochs done, the log)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)
+        raise UserError(f"{where}: its weights do not fit the network ({first_line(e)})") from None
+    load_optimizer_state(optimizer, ckpt["optimizer"], where)
+    try:
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{where}: its loss-scaler or random-number state is damaged ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
+    return ckpt["epoch"], list(ckpt["log"])
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -411,9 +460,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
+            _check_saved(ckpt)
         except Exception as e:  # a damaged or foreign file: say which one
             raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {first_line(e)})") \
                 from None
+        check_field_types(saved, f"--resume: {ckpt_path}")
         given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
         defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
         differ = [k for k, v in given.items()
@@ -428,7 +479,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
                                   out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
                                   epochs=cfg.epochs or saved.epochs)
-        done = int(ckpt["epoch"])
+        done = ckpt["epoch"]
         if done >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
             if rank == 0:  # (before any data, network or CAM model is loaded)
                 print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
@@ -454,6 +505,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
 
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
+    check_bounds(cfg)
     if not dry_run:
         _check_outputs(cfg)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
@@ -499,12 +551,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
     start_epoch, log = 0, []
     if resume:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, log = int(ckpt["epoch"]), list(ckpt["log"])
-        _set_rng_state(ckpt["rng"])
+        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {ckpt_path}")
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -617,14 +664,19 @@ def _check_batch_of_one(model: nn.Module, cfg: TrainConfig, size: int, batch: in
 
 
 def _fingerprint(s: ImageSet) -> str:
-    """SHA-256 of a training set: its labels and its decoded pixels (small images) or its file
-    paths (large ones). A resume checks it, as fit checks its split: same flags, other images
-    would continue the run on data it was not trained on."""
+    """SHA-256 of a training set: its labels and its decoded pixels (small images), or its file
+    paths and each file's SHA-256 (large ones: the bytes, read in threads). A resume checks it,
+    as fit checks its split: same flags, other images would continue the run on data it was not
+    trained on."""
+    from concurrent.futures import ThreadPoolExecutor
+
     h = hashlib.sha256(s.labels.cpu().numpy().tobytes())
     if s.images is not None:
         h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]: ~0.3 s for CIFAR's 50,000
     else:
-        h.update("\n".join(str(f) for f in s.files).encode())
+        with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
+            digests = pool.map(sha256_file, s.files)
+            h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
     return h.hexdigest()
 
 

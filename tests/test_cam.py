@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 import torchvision
@@ -108,3 +109,34 @@ def test_cam_equals_torchcams_up_to_the_documented_relu_and_scaling():
                                          align_corners=False)[:, 0]
     lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
     torch.testing.assert_close(ours, (up - lo) / (hi - lo) * 255, atol=1e-3, rtol=0)
+
+
+def test_a_cam_model_whose_keys_declare_a_huge_network_is_refused_before_building(tmp_path):
+    """A 3 KB --cam-model whose keys named a block 199,999 of layer1 built a 200,000-block
+    ResNet (5 GB); a head of 100M classes repeated from one value through a zero stride would
+    be 200 GB. Both are refused at once, from the keys and the tensors' own sizes."""
+    import time
+
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from clip_smot.cam_models import load_cam_network
+    from clip_smot.errors import UserError
+
+    small = {"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(2, 1), "fc.bias": torch.zeros(2),
+             **{f"layer{i}.0.conv1.weight": torch.zeros(1) for i in (2, 3, 4)},
+             "layer1.199999.conv1.weight": torch.zeros(1)}
+    torch.save(small, tmp_path / "keys.pth")
+    assert (tmp_path / "keys.pth").stat().st_size < 4096
+    state = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1, 1).expand(10**8, 512), torch.zeros(1).expand(10**8)
+    torch.save(state, tmp_path / "stride0.pth")
+    state = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 3, 1)
+    torch.save(state, tmp_path / "shape.pth")
+    for name, expected in (("keys", "layer1 names blocks up to 199999 but holds 1"),
+                           ("stride0", "fc.weight declares more values than the file holds"),
+                           ("shape", r"layer2.0.conv1.weight has shape \[128, 64, 3, 1\], not \[128, 64, 3, 3\]")):
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / name}.pth: .*{expected}"):
+            load_cam_network(str(tmp_path / f"{name}.pth"))
+        assert time.perf_counter() - t0 < 10

@@ -38,6 +38,22 @@ BAD_FLAGS = [
     (["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--ood", "a=c", "--out", "e"], "--ood"),
     (["eval", "--id", "x", "--ood", "a=b", "--out", "e"], "--zero-shot"),
     (["export", "--checkpoint", "c.pt"], "--out"),
+    # seeds beyond what torch (64 bits) and numpy (no negatives) take were tracebacks; so were sizes that
+    # were allocated before anything said no (--input-size 100000: killed for memory), and devices
+    (["fit", "--seed", "-1", "--dry-run"], "--seed"),
+    (["fit", "--seed", str(2**64), "--dry-run"], "--seed"),
+    (["fit", "--seed", str(2**63), "--dry-run"], "--seed"),
+    (["train", "--dataset", "digits", "--seed", "-1", "--out", "o"], "--seed"),
+    (["train", "--dataset", "digits", "--seed", str(2**64 + 5), "--out", "o"], "--seed"),
+    (["train", "--dataset", "digits", "--input-size", "100000", "--out", "o"], "--input-size"),
+    (["train", "--dataset", "digits", "--device", "meta", "--out", "o"], "--device meta: not supported"),
+    (["train", "--dataset", "digits", "--device", "mps", "--out", "o"], "--device mps: not supported"),
+    (["train", "--dataset", "digits", "--device", "gpu7", "--out", "o"], "--device gpu7: not a device"),
+    (["fit", "--device", "meta", "--dry-run"], "--device"),
+    (["fit", "--workers", "1000000", "--dry-run"], "--workers"),  # a thread per image, then "can't start new thread"
+    (["score", "--prompt", "p.safetensors", "--workers", "100000", "--out", "s.csv", "x"], "--workers"),
+    (["train", "--dataset", "digits", "--workers", "257", "--out", "o"], "--workers"),
+    (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
 ]
 
 

@@ -128,3 +128,19 @@ def test_escape_path_by_hand_and_back_to_the_same_bytes():
         text = escape_path(os.fsdecode(raw))
         assert len(text.encode("utf-8").splitlines()) == 1 and len(text.splitlines()) == 1
         assert os.fsencode(unescape_path(text)) == raw
+
+
+def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
+    """A FIFO named x.jpg would block fit's decoder forever (score, eval and train skipped it); a
+    broken symlink has no bytes; a symlink to an image is an image. All listings agree."""
+    import os
+
+    from clip_smot.fewshot import _class_images
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
+    os.mkfifo(tmp_path / "cat" / "fifo.jpg")
+    (tmp_path / "cat" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")
+    assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/link.png"]
+    assert [p.name for p in data.list_images(tmp_path)] == ["a.png", "link.png"]

@@ -69,3 +69,54 @@ def test_first_uses_at_once_each_get_the_whole_set(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary folder left
     (root / "digits.json").write_text('{"version": ')  # a damaged marker: written again, not a traceback
     assert ensure_digits(size=8, root=root) == root and json.loads((root / "digits.json").read_text())["size"] == 8
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """$CLIP_SMOT_CACHE a file, a full disk, a read-only folder: each was a traceback, and the
+    full disk left digits-8.tmp behind (as large as what fitted). (Read-only is simulated: these
+    tests may run as root, for whom chmod does not make a folder read-only.)"""
+    import errno
+
+    import pytest
+    from click.testing import CliRunner
+
+    from clip_smot.cli import cli
+    from clip_smot.errors import UserError
+
+    (tmp_path / "cache").write_text("a file where the cache folder goes")
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--dry-run", "--device", "cpu", "--out",
+                                   str(tmp_path / "run")])
+    assert res.exit_code == 1 and res.output == (
+        f"Error: $CLIP_SMOT_CACHE {tmp_path / 'cache'}: cannot write the bundled digits to "
+        f"{tmp_path / 'cache' / 'digits-32'} ({tmp_path / 'cache'} is a file, not a folder); free space there or set CLIP_SMOT_CACHE to a "
+        "writable folder\n")
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "full"))
+    saves = []
+
+    def full_disk(self, fp, *args, **kwargs):
+        saves.append(fp)
+        if len(saves) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    real_save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(UserError, match=rf"^\$CLIP_SMOT_CACHE {tmp_path / 'full'}: cannot write the bundled digits to "
+                                        rf"{tmp_path / 'full' / 'digits-8'} \(no space left on the device\)"):
+        ensure_digits(size=8)
+    assert len(saves) == 101 and sorted(p.name for p in (tmp_path / "full").iterdir()) == [".digits-8.lock"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+
+    monkeypatch.delenv("CLIP_SMOT_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(UserError, match=rf"^the cache folder {tmp_path / 'home' / '.cache' / 'clip_smot'}: cannot "
+                                        r"write the bundled digits to .*digits-8 \(Permission denied\)"):
+        ensure_digits(size=8)
+    assert not (tmp_path / "home").exists()

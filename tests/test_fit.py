@@ -953,7 +953,7 @@ def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_c
                                    "--pretrained", str(weights), "--device", "cpu"])
     line = _one_error_line(res) if what == "ctx" else _last_error_line(res)  # (other weights: a note first)
     if what == "ctx":
-        assert line.startswith(f"Error: --checkpoint {ckpt}: its context (ctx) is not a tensor of finite numbers")
+        assert line.startswith(f"Error: --checkpoint {ckpt}: a damaged fit checkpoint (ctx (a finite float tensor")
     else:
         assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
                                "non-finite text features")
@@ -990,3 +990,166 @@ def test_a_split_of_any_file_names_reads_back(fit_args, tmp_path):
     again[again.index("--data") + 1] = str(data)
     res = CliRunner().invoke(cli, again)
     assert res.exit_code == 0, res.output
+
+
+def test_fit_counts_no_fifo_or_broken_symlink_and_does_not_block(fit_args, imagenet_dir, tmp_path):
+    """A FIFO named *.jpg in a class folder hung fit (its reader waits for a writer); a broken
+    symlink counted as one of its images. Neither is an image: with 4 real images a class has 4."""
+    import os
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    os.mkfifo(data / "train" / WNIDS[0] / "zz_fifo.jpg")
+    (data / "train" / WNIDS[0] / "zz_broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    res = CliRunner().invoke(cli, args("--shots", "5"))
+    assert res.exit_code == 1 and f"class '{WNIDS[0]}' ({data / 'train' / WNIDS[0]}) has only 4 images" in res.output
+    res = CliRunner().invoke(cli, args("--shots", "4", "--dry-run"))  # every image of the class is drawn
+    assert res.exit_code == 0 and "dry run: one batch" in res.output, res.output
+
+
+def test_resume_after_an_image_was_replaced_under_its_name_is_refused(fit_args, imagenet_dir, tmp_path):
+    """The split names the same files, but one holds other bytes: the run cannot continue (its
+    SHA-256 of the images' bytes, as sha256sum lists them, differs)."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    run = tmp_path / "run"
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(run, *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = [line.split("\t")[0] for line in (run / "split.txt").read_text().splitlines()]
+    listing = "".join(f"{hashlib.sha256((data / 'train' / f).read_bytes()).hexdigest()}  {f}\n" for f in split)
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["images_sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    (run / "prompt.safetensors").unlink()  # (a finished run with its prompt has nothing to do on --resume)
+    victim = data / "train" / split[0]
+    Image.fromarray(np.full((36, 40, 3), 7, np.uint8)).save(victim, format="JPEG")  # same name, other bytes
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {run / 'checkpoint.pt'}: an image of the run's few-shot split ({run / 'split.txt'}) has "
+        "other bytes than when the run started (replaced under the same name); the run cannot continue on other "
+        "images: restore them, or start a new run in another --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+
+def test_seed_and_n_ctx_out_of_bounds_are_refused_before_allocating(tiny_clip_config, tiny_clip_checkpoint):
+    """--seed -1 was numpy's traceback (default_rng takes no negatives), 2**64 torch's; --n-ctx
+    10**9 allocated a [10**9, d] context before the prompt's length was checked."""
+    import time
+
+    from clip_smot.fit import check_config
+
+    for seed in (-1, 2**63, 2**64):
+        with pytest.raises(UserError, match=rf"^--seed {seed}: must be in \[0, 9223372036854775807\]$"):
+            check_config(FitConfig(seed=seed))
+    check_config(FitConfig(seed=2**63 - 1))
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, torch.device("cpu"))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"^--n-ctx 1000000000: the prompt of class 'dog' \(1 name tokens\) needs "
+                                        r"1000000004 of the text encoder's 77 tokens; use at most --n-ctx 73$"):
+        PromptLearner(clip, ["cat", "dog"], n_ctx=10**9, csc=True)
+    assert time.perf_counter() - t0 < 5
+
+
+def _edit_checkpoint(src, dst, edit):
+    """A copy of the fit checkpoint ``src`` at ``dst``, changed by ``edit(saved)`` (by hand, as it were)."""
+    saved = torch.load(src, weights_only=True)
+    edit(saved)
+    torch.save(saved, dst)
+    return dst
+
+
+def _set(*keys_value):
+    """An edit that sets saved[k1][k2]... = value."""
+    *keys, value = keys_value
+
+    def edit(saved):
+        d = saved
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_set("ctx", torch.zeros(4, 7)), r"its context has shape \[4, 7\], not the \[4, 32\] of its options and CLIP model"),
+    (_set("ctx", [[0.0] * 32] * 4), r"a damaged fit checkpoint \(ctx \(a finite float tensor"),
+    (_set("ctx", torch.zeros(1, 1).expand(10**9, 32)), r"a damaged fit checkpoint \(ctx"),  # 128 GB if copied
+    (_set("ctx", torch.full((4, 32), float("nan"))), r"a damaged fit checkpoint \(ctx"),
+    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
+                                         r"--n-ctx 4 do not give"),
+    (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
+                                     r"--n-ctx 1000000000 do not give"),
+    (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch\)"),
+    (_set("config", "n_ctx", "4"), r"its configuration's n_ctx is '4', not int"),
+    (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
+    (_set("config", "seed", -1), r"its configuration is out of range \(--seed -1: must be in"),
+    (_set("config", "run", "classnames", None), r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "clip", "model_config", "{"), r"a damaged fit checkpoint \(config: "),
+    (_set("rng", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),
+])
+def test_export_of_a_hand_edited_checkpoint_is_one_line(one_epoch, tmp_path, edit, expected):
+    """KeyError, TypeError and size-mismatch tracebacks of a checkpoint edited by hand; nothing written."""
+
+    path = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "checkpoint.pt", edit)
+    t0 = __import__("time").perf_counter()
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "p.safetensors"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and re.search(rf"^Error: --checkpoint {re.escape(str(path))}: {expected}",
+                                            _last_error_line(res)), res.output
+    assert __import__("time").perf_counter() - t0 < 30 and not (tmp_path / "p.safetensors").exists()
+
+
+def _momentum_edit(shape):
+    def edit(saved):
+        for state in saved["optimizer"]["state"].values():
+            state["momentum_buffer"] = torch.zeros(shape)
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_momentum_edit((4, 7)), r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[4, 7\], "
+                             r"not \[4, 32\]\)"),
+    (_set("optimizer", "param_groups", 0, "lr", "fast"), r"its optimizer state does not fit \(ValueError: lr is 'fast'\)"),
+    (_set("optimizer", "param_groups", []), r"its optimizer state does not fit \(ValueError: 0 parameter groups"),
+    (_set("scheduler", "base_lrs", ["x"]), r"its learning-rate schedule is damaged"),
+    (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
+    (_set("rng", "torch_cpu", "seed"), r"its random-number state is damaged \(TypeError"),
+])
+def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, tmp_path, edit, expected):
+    """The optimizer, schedule and RNG states were loaded unchecked: a traceback then, or at the first step."""
+    import shutil
+
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (run / "prompt.safetensors").unlink()  # (the finished run goes on to its export)
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", edit)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 1 and re.search(rf"^Error: --resume {re.escape(str(run / 'checkpoint.pt'))}: {expected}",
+                                            _last_error_line(res)), res.output
+    assert not (run / "prompt.safetensors").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+
+def test_resume_over_a_damaged_log_keeps_its_good_lines(tmp_path):
+    """log.jsonl with bytes that are not UTF-8, JSON that is not a record, a string epoch: a
+    UnicodeDecodeError or a TypeError on --resume; the good lines stay, the others go."""
+    from clip_smot.fit import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    good = [json.dumps({"epoch": e, "loss": 0.5}) for e in (1, 2)]
+    log.write_bytes(b"\n".join([good[0].encode(), b"\xff\xfe garbage", b"[1, 2]", b'"text"', b'{"epoch": "2"}',
+                                b'{"epoch": true}', good[1].encode(), b"{\"epoch\": 3}"]) + b"\n")
+    _truncate_log(log, 2)
+    assert log.read_text() == good[0] + "\n" + good[1] + "\n"
+    log.unlink()
+    log.mkdir()  # a folder where the log goes
+    with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(log))}: "):
+        _truncate_log(log, 1)

@@ -90,3 +90,56 @@ def test_model_file_bad_inputs(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "lacks.safetensors"), metadata=meta)
     with pytest.raises(UserError, match="lacks metadata classnames"):
         load_model(tmp_path / "lacks.safetensors")
+
+
+def _edited(tmp_path, name, tensors=None, **meta_changes):
+    """A copy of a tiny model file with its metadata (and tensors) edited by hand."""
+    from safetensors.torch import load_file, safe_open
+
+    _save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    meta.update(meta_changes)
+    path = tmp_path / name
+    save_file(tensors if tensors is not None else load_file(str(tmp_path / "m.safetensors")), str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"input_size": "100000"}, r"input_size 100000 in its metadata is outside \[8, 1024\]"),
+    ({"input_size": "4"}, r"input_size 4 in its metadata is outside \[8, 1024\]"),
+    ({"std": "[0.5, 0.0, 0.5]"}, "mean and std: three finite numbers each, std > 0"),
+    ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
+    ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
+    ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
+    ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
+    ({"config": '{"dataset": 10}'}, "config: a JSON object whose dataset and data are strings"),
+])
+def test_model_file_metadata_out_of_bounds_is_one_line(tmp_path, changes, expected):
+    """A model.safetensors whose metadata asked for input_size 100000 was loaded, and every image
+    resized to 100000 x 100000 (killed for memory)."""
+    with pytest.raises(UserError, match=expected):
+        load_model(_edited(tmp_path, "edited.safetensors", **changes))
+
+
+def test_model_file_shapes_are_checked_before_the_network_is_built(tmp_path, monkeypatch):
+    """num_classes 10 million with a head of 3 classes: refused from the file's header, before a
+    [10M, 128] head (5 GB) is allocated; nothing is built but on the meta device."""
+    import time
+
+    import clip_smot.networks as networks
+
+    names = [""] * 10_000_000  # (the names' JSON fits safetensors' 100 MB header)
+    path = _edited(tmp_path, "big.safetensors", num_classes=str(len(names)), classnames=__import__("json").dumps(names))
+    built = []
+    real_build = networks.build_network
+    monkeypatch.setattr(networks, "build_network", lambda *a: built.append(torch.empty(0).device) or real_build(*a))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"weights do not fit a resnet_tiny of 10000000 classes \(fc.weight has shape "
+                                        r"\[3, 128\], not \[10000000, 128\]\)"):
+        load_model(path)
+    assert time.perf_counter() - t0 < 30 and built == [torch.device("meta")]
+    with pytest.raises(UserError, match=r"do not fit a resnet_tiny of 3 classes \(no fc.bias\)"):
+        load_model(_edited(tmp_path, "nobias.safetensors",
+                           tensors={k: v for k, v in build_network("resnet_tiny", 3, 32).state_dict().items()
+                                    if k != "fc.bias"}))

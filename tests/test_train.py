@@ -647,7 +647,8 @@ def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
 @pytest.mark.parametrize("input_size", [16, 72])  # decoded once (<= 64 px) / decoded per batch from the files
 def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_size):
     """Images added, removed or replaced under --data between a run and its --resume (same
-    classes, same flags) continued the run on other data, silently; fit checks its split so."""
+    classes, same flags) continued the run on other data, silently; fit checks its split so.
+    Sets read from their files per batch compared only the paths: a replaced image passed."""
     data = _write_folders(tmp_path / "data", per_class=(4, 2))
     out = tmp_path / "run"
     assert run_train(_cfg(data, out, epochs=2, input_size=input_size), stop_after=1) == {"stopped_after": 1}
@@ -657,8 +658,7 @@ def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_s
     refused = r"^--resume: the training images under .*data are not those of the run saved in .*run \(images added, removed or changed\); resume on the same images$"
     changes = [lambda: (data / "train" / "dog" / "9.png").write_bytes(kept),  # one added
                lambda: (data / "train" / "dog" / "9.png").unlink() or img.unlink()]  # one removed
-    if input_size == 16:  # the pixels of decoded sets are compared too
-        changes.append(lambda: img.write_bytes((data / "train" / "cat" / "1.png").read_bytes()))  # one replaced
+    changes.append(lambda: img.write_bytes((data / "train" / "cat" / "1.png").read_bytes()))  # one replaced
     for change in changes:
         change()
         with pytest.raises(UserError, match=refused):
@@ -795,3 +795,100 @@ def test_resume_with_another_number_of_processes_says_it_is_not_the_straight_run
     err = capsys.readouterr().err
     assert f"train: the run in {out} was trained by 2 processes and goes on with 1: the same global batch" in err
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_seeds_and_input_sizes_out_of_bounds_are_refused_before_any_data(tmp_path, monkeypatch):
+    """The library checks what the CLI checks (a TrainConfig from Python or from a checkpoint):
+    --seed -1 and 2**64 were tracebacks of torch or numpy; --input-size 100000 was allocated."""
+    import clip_smot.resnet_data as resnet_data
+
+    monkeypatch.setattr(resnet_data, "load_id_split", lambda *a, **k: pytest.fail("data read before the check"))
+    for changes, message in (({"seed": -1}, r"^--seed -1: must be in \[0, 9223372036854775807\]$"),
+                             ({"seed": 2**64}, r"^--seed 18446744073709551616: must be in"),
+                             ({"input_size": 100000}, r"^--input-size 100000: must be in \[8, 1024\]$"),
+                             ({"input_size": 4}, r"^--input-size 4: must be in \[8, 1024\]$")):
+        with pytest.raises(UserError, match=message):
+            run_train(TrainConfig(out=str(tmp_path / "r"), dataset="digits", device="cpu", **changes), dry_run=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resampling_a_set_that_would_not_fit_in_memory_is_refused_before_allocating(monkeypatch):
+    """--input-size 1024 on CIFAR's 50,000 images would be 157 GB of uint8: refused from the
+    arithmetic (here: a machine of 1 MiB and 20 images of 3 x 256 x 256 = 3.75 MiB)."""
+    import clip_smot.resnet_data as resnet_data
+    from clip_smot.resnet_data import ImageSet, resize_set
+
+    s = ImageSet("tiny", ["a"], torch.zeros(20, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3,
+                 images=torch.zeros(20, 3, 8, 8, dtype=torch.uint8))
+    monkeypatch.setattr(resnet_data, "_physical_memory", lambda: 2**20)
+    with pytest.raises(UserError, match=r"^input size 256: the 20 images of tiny would take 0.0 GiB at that size, "
+                                        r"more than half of this machine's 0.0 GiB; choose a smaller --input-size$"):
+        resize_set(s, 256)
+    assert s.images.shape == (20, 3, 8, 8)
+    monkeypatch.setattr(resnet_data, "_physical_memory", lambda: 2**30)
+    x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    s.images = x.clone()
+    resize_set(s, 16, chunk=2)  # resampled 2 images at a time: the same as all at once
+    whole = torch.nn.functional.interpolate(x.float(), size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(s.images, whole.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(folders, tmp_path_factory):
+    """A run of 2 epochs stopped after the first (its checkpoint is the one the edits start from)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    return out
+
+
+def _edit(key, *path_value):
+    *path, value = path_value
+
+    def edit(ckpt):
+        d = ckpt[key]
+        for k in path[:-1]:
+            d = d[k]
+        if path:
+            d[path[-1]] = value
+        else:
+            ckpt[key] = value
+    return edit
+
+
+def _shape(ckpt):
+    ckpt["model"]["fc.weight"] = torch.zeros(7, 128)
+
+
+def _momentum(ckpt):
+    first = next(iter(ckpt["optimizer"]["state"]))
+    ckpt["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(2, 2)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
+    (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
+    (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
+    (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
+    (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
+    (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
+    (_edit("config", "seed", -1), r"^--seed -1: must be in"),
+    (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
+    (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
+    (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
+                                                              r"momentum is None\)"),
+    (_edit("rng", "numpy", "MT19937"), r"its loss-scaler or random-number state is damaged \(ValueError"),
+    (_edit("rng", "torch", torch.zeros(3, dtype=torch.uint8)), r"random-number state is damaged \(RuntimeError"),
+])
+def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
+    """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
+    size); nothing in the run folder changes."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(UserError, match=expected):
+        run_train(_cfg(folders, run, epochs=2), resume=True, flags=set())  # (no flag given: the saved ones hold)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
