@@ -341,6 +341,10 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
         if differ:
             raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
                             f"options in {path.parent / 'config.json'}")
+        was, now = _recorded_activation(old["run"].get("clip")), config["run"]["clip"]["activation"]
+        if was is not None and was != now:  # e.g. a run of ViT-B-16 + openai from before the tag's QuickGELU was honoured
+            raise UserError(f"{flag} {path}: the run was trained with {was}, but these weights are built with {now}; "
+                            "its context does not fit them: fit again in another --out")
         # the same options, other files behind them (a checkpoint or CAM network replaced at its path)
         for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
                           ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
@@ -348,6 +352,17 @@ def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
                 raise UserError(f"{flag} {path}: {what} is not the model the run was trained with (the file "
                                 "changed since); resume with the run's own files")
     return saved
+
+
+def _recorded_activation(record) -> str | None:
+    """The activation a run's CLIP record names (a record without one: its model config's), or
+    None when the record is not one."""
+    from .clip_model import config_activation
+
+    try:
+        return record.get("activation") or config_activation(json.loads(record["model_config"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _since(t0: float, device: torch.device) -> float:

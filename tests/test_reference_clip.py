@@ -127,6 +127,26 @@ def fitted(tmp_path_factory, openai_tiny):
     return root / "run" / "prompt.safetensors"
 
 
+def test_resuming_a_run_trained_with_the_other_activation_is_one_line(openai_tiny, fitted, tmp_path):
+    """A run of an older clip-smot: its record has no activation, and its config built GELU."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted.parent, run)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    record = saved["config"]["run"]["clip"]
+    config = {k: v for k, v in json.loads(record["model_config"]).items() if k != "quick_gelu"}
+    saved["config"]["run"]["clip"] = {k: v for k, v in record.items() if k != "activation"} | {
+        "model_config": json.dumps(config, sort_keys=True)}
+    torch.save(saved, run / "checkpoint.pt")
+    res = CliRunner().invoke(cli, [
+        "fit", "--data", saved["config"]["data"], "--shots", "2", "--model", openai_tiny["config"],
+        "--pretrained", openai_tiny["archive"], "--loss", "ce", "--n-ctx", "4", "--batch-size", "4",
+        "--epochs", "1", "--precision", "fp32", "--device", "cpu", "--workers", "0", "--out", str(run), "--resume"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "trained with gelu" in res.output and "built with quick_gelu" in res.output
+
+
 def _score(prompt, images, out, *extra) -> tuple[torch.Tensor, torch.Tensor]:
     res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--scores", "mcm,msp", "--workers", "0",
                                    "--device", "cpu", "--out", str(out), *extra, *map(str, images)])
