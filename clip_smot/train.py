@@ -675,9 +675,17 @@ def _fingerprint(s: ImageSet) -> str:
         h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]: ~0.3 s for CIFAR's 50,000
     else:
         with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
-            digests = pool.map(sha256_file, s.files)
+            digests = pool.map(_image_sha256, s.files)
             h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
     return h.hexdigest()
+
+
+def _image_sha256(path: Path) -> str:
+    """A training image's SHA-256; a file that cannot be read is one line naming it."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
 
 
 def _cam_provider(path: str, train_set: ImageSet, device: torch.device) -> CAMProvider:

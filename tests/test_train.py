@@ -892,3 +892,20 @@ def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, 
     with pytest.raises(UserError, match=expected):
         run_train(_cfg(folders, run, epochs=2), resume=True, flags=set())  # (no flag given: the saved ones hold)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_an_image_that_cannot_be_read_while_the_data_is_hashed_is_one_line(tmp_path, monkeypatch):
+    """The files of a 224-pixel set are hashed at the start (the resume check): an unreadable one
+    (a permission error here; root reads every file, so it is simulated) is one line naming it."""
+    import errno
+
+    import clip_smot.train as train_module
+
+    data = _write_folders(tmp_path / "data", per_class=(2, 1), size=72)
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(train_module, "sha256_file", unreadable)
+    with pytest.raises(UserError, match=r"^.*data/train/cat/0.png: cannot read the image file \(Permission denied\)$"):
+        run_train(_cfg(data, tmp_path / "run", epochs=1, input_size=72), dry_run=True)
