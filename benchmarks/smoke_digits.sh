@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Offline smoke run of the ResNet track (issue 5 item 9): digits base + smot + eval on the CPU.
+# Offline smoke run of the ResNet track: digits base + smot + eval on the CPU.
 # Usage: benchmarks/smoke_digits.sh [OUT_DIR]   (default: runs/smoke_digits; replaced if present)
 # Prints the wall time of each stage, the ID accuracy and the MSP / Energy / KNN averages of the
-# SMOT and the base model; the target is < 3 min in all on 2 cores with ID accuracy > 90%.
+# SMOT and the base model as one JSON line (the last line), which benchmarks/smoke_table.py turns
+# into the README's table:  bash benchmarks/smoke_digits.sh | tail -n 1 > r.json &&
+#   python benchmarks/smoke_table.py r.json --write README.md
 set -euo pipefail
 OUT=${1:-runs/smoke_digits}
 PY=${PYTHON:-python}

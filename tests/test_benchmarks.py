@@ -191,3 +191,41 @@ def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_r
     assert "=== fit_step_quick rc=124" in out.stdout  # timeout's exit status
     assert re.search(r"^=== resnet_epoch_graph skipped: \d+s of DEADLINE=2s gone$", out.stdout, re.M)
     assert not any("resnet_epoch.py" in c for c in calls)
+
+
+def _smoke_result(**over) -> dict:
+    result = {"total_s": 216.3, "base_id_accuracy": 97.78, "smot_id_accuracy": 99.33}
+    for i, model in enumerate(("base", "smot")):
+        for j, score in enumerate(("msp", "energy", "knn")):
+            result[f"{model}_{score}_avg_fpr95_auroc"] = [10.0 * i + j + 0.5, 90.0 - j]
+    return {**result, **over}
+
+
+def test_smoke_table_lays_out_every_number_of_the_run():
+    import smoke_table
+
+    text = smoke_table.block(_smoke_result(), "Some CPU", "torch 9")
+    rows = [line for line in text.splitlines() if line.startswith("| base") or line.startswith("| SMOT")]
+    assert rows == ["| base (CE) | 97.78% | 0.50 / 90.00 | 1.50 / 89.00 | 2.50 / 88.00 |",
+                    "| SMOT | 99.33% | 10.50 / 90.00 | 11.50 / 89.00 | 12.50 / 88.00 |"]
+    assert "Some CPU" in text and "torch 9" in text and "216.3 s" in text
+    assert text.startswith(smoke_table.BEGIN) and text.endswith(smoke_table.END)
+
+
+def test_smoke_table_replaces_exactly_one_block_and_the_readme_has_one():
+    import smoke_table
+
+    new = smoke_table.block(_smoke_result(), "cpu", "libs")
+    doc = f"before\n{smoke_table.BEGIN}\nold numbers\n{smoke_table.END}\nafter\n"
+    assert smoke_table.replace_block(doc, new) == f"before\n{new}\nafter\n"
+    for bad in ("no block here", doc + doc):
+        try:
+            smoke_table.replace_block(bad, new)
+        except ValueError:
+            continue
+        raise AssertionError("a text without exactly one block was accepted")
+    readme = (ROOT / "README.md").read_text()
+    # the README's block is one the generator wrote: its numbers' rows have the generator's shape
+    block = readme.split(smoke_table.BEGIN)[1].split(smoke_table.END)[0]
+    assert re.search(r"^\| SMOT \| \d+\.\d\d% \| \d+\.\d\d / \d+\.\d\d \|", block, re.M)
+    assert "Made by `benchmarks/smoke_digits.sh`" in block
