@@ -38,8 +38,8 @@ from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
 from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, \
-    check_output, holds_its_values, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, \
-    same_file, sha256_file, write_json
+    check_output, holds_its_values, load_optimizer_state, make_folder, progress_bar, remove_stale_temporaries, \
+    resolve_device, same_file, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -553,7 +553,7 @@ def run_fit(cfg: FitConfig) -> Path:
         perm = torch.randperm(N, generator=data_gen).to(device)  # [N]
         loss_sum = torch.zeros((), device=device)
         lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}")
         bar.set_postfix(lr=f"{lr:.3g}")
         for s in bar:
             idx = perm[s * B:(s + 1) * B]  # [B]

@@ -43,6 +43,7 @@ __all__ = [
     "load_optimizer_state",
     "make_folder",
     "plain_name",
+    "progress_bar",
     "remove_stale_temporaries",
     "resolve_device",
     "same_file",
@@ -197,6 +198,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
 
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write
+
+
+def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
+    """A tqdm bar on stderr that draws only on a terminal: redirected to a file or a pipe, stderr
+    gets no carriage-return frames (the epoch lines written with ``tqdm.write`` still appear)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True,
+                **kwargs)
 
 
 def plain_name(value: str, what: str, advice: str = "") -> str:

@@ -43,8 +43,8 @@ from .errors import UserError, first_line
 from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
 from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, \
-    check_output, load_optimizer_state, make_folder, remove_stale_temporaries, resolve_device, seed_everything, \
-    sha256_file, write_json
+    check_output, load_optimizer_state, make_folder, progress_bar, remove_stale_temporaries, resolve_device, \
+    seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -287,10 +287,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
     seen = steps = 0
     bar = None
     if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(batches) if max_steps is None else min(max_steps, len(batches)),
-                   desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(total=len(batches) if max_steps is None else min(max_steps, len(batches)),
+                           desc=f"epoch {epoch + 1}")
     for x, y in batches.epoch(epoch):
         n = y.shape[0]
         t = t_all[seen:seen + n] if t_all is not None else None

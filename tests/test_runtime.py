@@ -138,3 +138,20 @@ def test_devices_other_than_cpu_and_an_existing_cuda_are_one_line(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(UserError, match=r"^--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)$"):
         resolve_device("cuda:2")
+
+
+def test_progress_bar_draws_only_on_a_terminal(monkeypatch):
+    """Redirected to a file, stderr gets no carriage-return frames; on a terminal the bar draws."""
+    import io
+    import sys
+
+    from clip_smot.runtime import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, draws in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert list(progress_bar(range(3), desc="epoch 1")) == [0, 1, 2]
+        assert ("\r" in stream.getvalue()) is draws, stream.getvalue()
