@@ -48,7 +48,7 @@ from clip_smot.runtime import resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CTX = 16  # CoOp's default context length
-LR, MOMENTUM, WEIGHT_DECAY = 0.002, 0.9, 5e-4  # SPEC section 2 (CoOp's ImageNet recipe)
+LR, MOMENTUM, WEIGHT_DECAY = 0.002, 0.9, 5e-4  # docs/method.md §2 (CoOp's ImageNet recipe)
 
 
 class CoOpReference:

@@ -39,7 +39,7 @@ from clip_smot.runtime import autocast, resolve_device  # noqa: E402
 from clip_smot.smot import cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss  # noqa: E402
 from clip_smot.train import StepParts, compile_for_training, make_optimizer, train_epoch  # noqa: E402
 
-ALPHA, BETA, LAM, T = 50.0, 20.0, 0.1, 10.0  # SPEC defaults for CIFAR-10
+ALPHA, BETA, LAM, T = 50.0, 20.0, 0.1, 10.0  # docs/method.md §1 defaults for CIFAR-10
 VARIANTS = ("eager", "compile", "cuda-graph")
 
 

@@ -1,4 +1,4 @@
-"""CAM providers: ResNet features x classifier weights -> [B, H, W] in [0, 255] (SPEC section 1).
+"""CAM providers: ResNet features x classifier weights -> [B, H, W] in [0, 255] (docs/method.md §1).
 
 Works for torchvision ResNets (ImageNet stem) and the CIFAR-stem networks of
 :mod:`clip_smot.networks`: any module with ``forward_features(x) -> [B, C, h, w]`` and a

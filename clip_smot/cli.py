@@ -2,7 +2,7 @@
 
 This is the only module that imports click. Each command parses its flags, then calls one
 function of the library; a :class:`~clip_smot.errors.UserError` from there becomes one line
-on stderr and exit code 1 (SPEC section 6).
+on stderr and exit code 1 (docs/method.md §6).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _interrupted(out: str | None = None) -> _Interrupted:
 
 
 class _Group(click.Group):
-    """A click group whose commands answer bad input with one clean line (SPEC section 6): a
+    """A click group whose commands answer bad input with one clean line (docs/method.md §6): a
     UserError from the library, and click's own usage errors (a bad or missing flag value),
     which would otherwise print a usage block; Ctrl-C is one line too."""
 

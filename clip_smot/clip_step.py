@@ -48,7 +48,7 @@ def make_fit_step(
     """Build ``step(images, cams, labels) -> loss`` for prompt learning with SMOT (or plain CE).
 
     One step: draw one threshold per image (Beta(alpha, beta), from ``generator``, a CPU
-    generator by default, so no GPU sync), mask each image where its CAM >= t (SPEC section 1),
+    generator by default, so no GPU sync), mask each image where its CAM >= t (docs/method.md §1),
     normalise originals and masked copies with CLIP's mean/std, encode the 2B images (frozen, no
     grad; open_clip ViTs through :class:`~clip_smot.encoders.ImageEncoder` with the weights cast
     once to ``precision``, other towers through ``encode_image``) and the K prompts
@@ -62,7 +62,7 @@ def make_fit_step(
             frozen text weights are cast once rather than by autocast at every step.
         optimizer: over ``learner.parameters()`` (the context only).
         loss: "smot" or "ce".
-        lam, T, alpha, beta, perturbation, sigma: SMOT's options (SPEC section 1).
+        lam, T, alpha, beta, perturbation, sigma: SMOT's options (docs/method.md §1).
         precision: "bf16", "fp16" or "fp32": the autocast around both encoders.
         generator: generator of the thresholds (its device is where they are drawn).
         noise_generator: generator of the noise of ``perturbation="noise"`` (on the images' device).

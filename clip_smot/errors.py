@@ -1,7 +1,7 @@
 """The one exception type for a user's mistake (bad file, bad flag, bad data).
 
 Library code raises :class:`UserError` with one line that names the file or flag and what is
-wrong; the CLI prints that line and exits non-zero without a traceback (SPEC section 6).
+wrong; the CLI prints that line and exits non-zero without a traceback (docs/method.md §6).
 """
 
 import re

@@ -1,6 +1,6 @@
 """Few-shot data for the CLIP track: class lists, the seeded split file, images decoded once.
 
-Two folder layouts (SPEC section 2):
+Two folder layouts (docs/method.md §2):
 
 * **ImageNet**: ``DATA/train/<wnid>/*`` where every class folder is an ImageNet-1k wnid. The
   class order is the ImageNet-1k wnid order (``data_lists/imagenet1k_wnids.txt``) restricted to

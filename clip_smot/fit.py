@@ -73,15 +73,15 @@ class FitConfig:
     ctx_init: str | None = None  # e.g. "a photo of a" (then n_ctx = its token count)
     csc: bool = False  # class-specific contexts
     class_position: str = "end"  # end, middle or front
-    # loss (SPEC section 1)
+    # loss (docs/method.md §1)
     loss: str = "smot"  # smot or ce (plain CoOp)
     alpha: float = 50.0  # Beta(alpha, beta) of the masking threshold s, t = 255 s
     beta: float = 20.0
     lam: float = 0.1  # weight of the masked term, in [0, 1]
-    T: float = 200.0  # eps(t) temperature (ImageNet-1k CLIP track, SPEC section 1)
+    T: float = 200.0  # eps(t) temperature (ImageNet-1k CLIP track, docs/method.md §1)
     perturb: str = "zero"  # zero (black), one (white) or noise
     sigma: float = 0.1  # noise std for --perturb noise
-    # optimisation (CoOp's ImageNet recipe, SPEC section 2)
+    # optimisation (CoOp's ImageNet recipe, docs/method.md §2)
     epochs: int = 50
     batch_size: int = 32  # original images per step (SMOT adds as many masked copies)
     lr: float = 0.002  # SGD, cosine over the epochs after warm-up
@@ -423,7 +423,7 @@ def run_fit(cfg: FitConfig) -> Path:
     """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
 
     Raises:
-        UserError: any bad input (SPEC section 6), or a non-finite loss (the last good
+        UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
     from tqdm.auto import tqdm
@@ -560,7 +560,7 @@ def run_fit(cfg: FitConfig) -> Path:
             # the same crop and flip for each image and its CAM, on the device
             x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
                                               scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
-            if cam is not None:  # min-max over the view, as a CAM computed on the view would be (SPEC section 1);
+            if cam is not None:  # min-max over the view, as a CAM computed on the view would be (docs/method.md §1);
                 # a view flat within one level of the uint8 cache is flat (resampling leaves ~1e-5 of noise)
                 cam = normalize_cam(cam, min_span=1.0)
             try:  # thresholds from data_gen (CPU): no sync

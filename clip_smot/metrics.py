@@ -1,4 +1,4 @@
-"""OOD detection metrics from scores: FPR95, AUROC, AUPR-In, AUPR-Out (SPEC section 4).
+"""OOD detection metrics from scores: FPR95, AUROC, AUPR-In, AUPR-Out (docs/method.md §5).
 
 Scores follow one convention everywhere: higher means more in-distribution. numpy and
 scikit-learn only; nothing else of the package is imported.
@@ -44,7 +44,7 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike,
     Args:
         id_scores: scores of in-distribution samples (array-like or tensor), higher = more ID.
         ood_scores: scores of OOD samples.
-        convention: "id" (SPEC, the paper's): ID is the positive class and FPR95 is the
+        convention: "id" (docs/method.md §5, the paper's): ID is the positive class and FPR95 is the
             fraction of OOD accepted at 95% TPR of ID. "openood": OOD is the positive class
             (scores negated) and FPR95 is the fraction of ID flagged at 95% TPR of OOD, as
             OpenOOD reports it. AUROC is the same under both; the AUPRs keep their names

@@ -3,7 +3,7 @@
 A prompt is built in embedding space from the tokens of ``"X X ... X {name}."``:
 ``[SOS] [ctx x n_ctx] [name tokens] [.] [EOT]`` (class position ``end``; ``middle`` puts half of
 the context after the name, ``front`` puts the name first), pooled at the EOT position after
-``ln_final`` and projected by ``text_projection`` (SPEC section 2).
+``ln_final`` and projected by ``text_projection`` (docs/method.md §2).
 
 The encoder (:class:`~clip_smot.encoders.TextEncoder`) computes exactly what open_clip's
 ``encode_text`` computes on the same embeddings, with exact shortcuts (docs/prompt.md explains

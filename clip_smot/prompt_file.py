@@ -1,6 +1,6 @@
 """The learned-prompt file: one ``.safetensors`` with the context, the text features and metadata.
 
-Format (version 1, SPEC section 2):
+Format (version 1, docs/method.md §2):
 
 * tensors
     - ``ctx``: the learned context, [n_ctx, d] (unified) or [K, n_ctx, d] (class-specific),

@@ -218,7 +218,7 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         split: "train" or "val" (the test split).
         input_size: square size the images are used at (default :func:`default_input_size`); the
             32-pixel built-in sets (CIFAR, digits) are resampled to it (bilinear).
-        classnames: if given, the folder's classes must be exactly these (SPEC section 6).
+        classnames: if given, the folder's classes must be exactly these (docs/method.md §6).
         flag: the flag named in errors.
         download: whether a torchvision set missing from ``data`` may be downloaded there (False
             when ``data`` was read from a file: a file never chooses where anything is written).

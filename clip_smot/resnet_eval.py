@@ -1,6 +1,6 @@
 """ResNet-track evaluation: a trained model over ID and OOD sets -> post-hoc scores -> metric tables.
 
-Scores (SPEC section 3), higher = more in-distribution:
+Scores (docs/method.md §3), higher = more in-distribution:
 
 * from the logits only: ``msp``, ``maxlogit``, ``energy`` (T = 1);
 * from the logits and penultimate features: ``gradnorm`` (closed form, see

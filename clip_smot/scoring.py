@@ -5,7 +5,7 @@ prompt file's stored ``text_features`` when the model's weights are the ones the
 made with (no text-encoder pass), else re-encoded from the stored context.
 
 Logits = ``logit_scale.exp() * cos(image, text)``; MCM (tau = 1) and GL-MCM take the cosines,
-MSP, Energy and MaxLogit the logits (SPEC section 2). The post-hoc baselines of Table 8 treat
+MSP, Energy and MaxLogit the logits (docs/method.md §2). The post-hoc baselines of Table 8 treat
 the prompt as a linear classifier head on the normalised image feature ``x``: weight
 ``W = logit_scale.exp() * text_features`` [K, e], no bias, so that ``logits = W x``. GradNorm,
 ReAct, KNN and ViM are then the core's formulas (:mod:`clip_smot.scores`, shared with the
@@ -128,7 +128,7 @@ def scores_from_features(
         logit_scale: CLIP's ``logit_scale.exp()``.
         scores: names from :data:`SCORE_NAMES`, except ``odin`` (it needs the images).
         local_features: [B, P, e], normalised patch features (needed for ``gl-mcm``).
-        tau: MCM / GL-MCM temperature (1, SPEC).
+        tau: MCM / GL-MCM temperature (1, docs/method.md §4).
         local_weight: weight of local MCM in GL-MCM.
         fitted: :func:`fit_id_train`'s statistics (needed for react, knn, vim).
 

@@ -1,4 +1,4 @@
-"""The SMOT core: CAM thresholds and masks, eps(t), soft labels and the SMOT loss (SPEC section 1).
+"""The SMOT core: CAM thresholds and masks, eps(t), soft labels and the SMOT loss (docs/method.md §1).
 
 Tensors in, tensors out. This module imports nothing else of the package, so both tracks
 (the CLIP prompt and the ResNets) and any user code share exactly the same formulas.
@@ -85,7 +85,7 @@ def sample_thresholds(
 
     Args:
         batch_size: number of thresholds.
-        alpha, beta: Beta parameters, both > 0 (SPEC defaults 50 and 20: mean 0.714).
+        alpha, beta: Beta parameters, both > 0 (defaults 50 and 20, docs/method.md §1: mean 0.714).
         generator: optional torch.Generator for the draw (CPU generator).
         device: where the result lives (the draw itself is done on the generator's device).
 

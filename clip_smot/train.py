@@ -1,6 +1,6 @@
 """ResNet-track training: stage base (CE, LS, LogitNorm) and stage smot, checkpoints, resume, DDP.
 
-``run_train(cfg)`` is the whole run; the CLI only builds a :class:`TrainConfig`. SPEC section 3:
+``run_train(cfg)`` is the whole run; the CLI only builds a :class:`TrainConfig`. docs/method.md §3:
 
 * stage ``base``: SGD (momentum 0.9, weight decay 5e-4), batch 128, lr 0.1 divided by 10 at
   40% and 70% of the epochs (epochs 80 and 140 of the default 200);
@@ -191,7 +191,7 @@ class StepParts:
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device,
                    fused: bool | None = None) -> torch.optim.SGD:
-    """SPEC's SGD; on CUDA the fused kernel (one launch for the whole update of all parameters).
+    """The SGD of docs/method.md §3; on CUDA the fused kernel (one launch for the whole update of all parameters).
 
     ``fused=None`` picks fused on CUDA and PyTorch's default elsewhere (tests pass True on CPU:
     the fused and the plain update give the same weights).

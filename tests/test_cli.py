@@ -58,7 +58,7 @@ BAD_FLAGS = [
 
 
 def test_bad_flags_give_one_line_in_every_command(tmp_path, monkeypatch):
-    """SPEC section 6: one line naming the flag, non-zero exit, no usage block, nothing written."""
+    """docs/method.md §6: one line naming the flag, non-zero exit, no usage block, nothing written."""
     monkeypatch.chdir(tmp_path)
     for argv, flag in BAD_FLAGS:
         res = CliRunner().invoke(cli, argv)

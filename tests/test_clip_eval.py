@@ -127,7 +127,7 @@ def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
 
 
 def test_outputs_never_overwrite_inputs_or_runs(tmp_path, tiny, tiny_clip_checkpoint):
-    """score --out = --prompt, and eval --out = a fit run's folder, are refused (SPEC section 6)."""
+    """score --out = --prompt, and eval --out = a fit run's folder, are refused (docs/method.md §6)."""
     run = tmp_path / "run"
     run.mkdir()
     prompt = run / "prompt.safetensors"

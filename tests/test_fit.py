@@ -144,7 +144,7 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
 
 def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
     """Training in bf16 (the default, here with the whole text tower in bf16) still exports the
-    fp32 encoding of the learned context (SPEC section 2): scoring uses the stored features."""
+    fp32 encoding of the learned context (docs/method.md §2): scoring uses the stored features."""
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, fit_args(out, "--precision", "bf16", "--text-residual", "precision"))
     assert res.exit_code == 0, res.output
@@ -719,8 +719,8 @@ def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
 
 
 def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monkeypatch):
-    """The cached CAM is cropped with its image, then scaled to [0, 255] over the view (SPEC
-    section 1: the CAM of the image that is masked), so every view's CAM reaches 255 (or is all
+    """The cached CAM is cropped with its image, then scaled to [0, 255] over the view (docs/method.md
+    §1: the CAM of the image that is masked), so every view's CAM reaches 255 (or is all
     zero when it is flat)."""
     import clip_smot.fit as fit_module
 

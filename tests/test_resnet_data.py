@@ -203,7 +203,7 @@ def test_an_ood_image_list_gives_its_images(tmp_path):
 
 
 def test_a_small_ood_folder_is_resized_on_its_shorter_side_and_centre_cropped(tmp_path):
-    """The CIFAR OOD benchmark (SPEC 3: Textures, iSUN, Places365, LSUN "resized to 32x32") reads
+    """The CIFAR OOD benchmark (docs/method.md §3: Textures, iSUN, Places365, LSUN "resized to 32x32") reads
     Textures and Places365 with ``Resize(32), CenterCrop(32)``: a non-square image was squashed
     to 32 x 32 instead, which changes its shapes (DTD's images are up to 640 x 480)."""
     import torchvision.transforms as T

@@ -1,6 +1,6 @@
-"""SPEC sections 1-3 defaults, pinned: the configs, the CLI flags that fill them, the score constants.
+"""docs/method.md §1-§3 defaults, pinned: the configs, the CLI flags that fill them, the score constants.
 
-The values are written out here from SPEC.md, not read from the code, so changing a default in
+The values are written out here from docs/method.md, not read from the code, so changing a default in
 one place (a dataclass, a click option, a module constant) fails a test.
 """
 
@@ -14,7 +14,7 @@ from clip_smot.cli import cli
 from clip_smot.fit import FitConfig
 from clip_smot.train import TrainConfig, resolve_config
 
-# SPEC section 2 (CLIP track) and section 1 (ImageNet-1k CLIP track: T = 200).
+# docs/method.md §2 (CLIP track) and section 1 (ImageNet-1k CLIP track: T = 200).
 FIT_SPEC = {
     "shots": 16, "model": "ViT-B-16", "pretrained": "openai", "cam_model": "resnet18-imagenet", "n_ctx": 16,
     "ctx_init": None, "csc": False, "class_position": "end", "loss": "smot", "alpha": 50.0, "beta": 20.0,
@@ -22,13 +22,13 @@ FIT_SPEC = {
     "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "crop_scale": 0.08,
 }
 
-# SPEC sections 1 and 3 (ResNet track), per stage, dataset and class count: (epochs, batch, lr, T, method, arch).
+# docs/method.md §1 and §3 (ResNet track), per stage, dataset and class count: (epochs, batch, lr, T, method, arch).
 TRAIN_SPEC = {
     ("base", "cifar10", 10): (200, 128, 0.1, 10.0, "ce", "resnet18"),
     ("smot", "cifar10", 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", "cifar100", 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
     ("smot", "imagenet200", 200): (300, 128, 0.1, 200.0, "smot", "resnet18"),
-    # not in SPEC: the CPU digits recipe of docs/resnet.md
+    # not in docs/method.md: the CPU digits recipe of docs/resnet.md
     ("smot", "digits", 10): (8, 64, 0.05, 10.0, "smot", "resnet_tiny"),
     # folders: the paper's T at the nearest class count
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),

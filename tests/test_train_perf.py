@@ -54,7 +54,7 @@ def _assert_same(m1, m2, rtol, atol):
 @pytest.mark.parametrize("method, mask", [("smot", "zero"), ("smot", "one"), ("ls", None), ("logitnorm", None),
                                           ("ce", None)])
 def test_eager_step_is_the_hand_written_step(method, mask):
-    """One plain-SGD step of train_step: its loss and its weights against SPEC section 1 written out."""
+    """One plain-SGD step of train_step: its loss and its weights against docs/method.md §1 written out."""
     model, parts, x, y, t = _setup()
     parts.method = method
     parts.perturb = mask or "zero"
