@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import UserError, first_line
-from .runtime import host_reachable, plain_name, sha256_file
+from .runtime import host_reachable, physical_memory, plain_name, sha256_file
 
 __all__ = [
     "ACTIVATIONS",
@@ -202,6 +202,7 @@ def load_clip(
     if want != config_activation(cfg):
         cfg = {**cfg, "quick_gelu": want == "quick_gelu"}
     openai_file = bool(checkpoint_sha) and implied is not None  # (of local files, only OpenAI's imply one)
+    _check_size(name, model)
     try:
         clip = _create(name, cfg, pretrained, openai_file, device)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
@@ -224,6 +225,38 @@ def load_clip(
         image_size=int(size),
         tokenizer=open_clip.get_tokenizer(name),
     )
+
+
+MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture takes 518
+
+
+def _check_size(name: str, flag_value: str) -> None:
+    """Refuse, before any weight is allocated, an architecture whose input side is out of
+    [8, MAX_IMAGE_SIZE] or whose fp32 weights would fill more than half of this machine's memory
+    (a config JSON, or one stored in a prompt, may declare any width or depth): it is built on
+    torch's meta device, which allocates nothing, and its parameters are counted."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    sides = size if isinstance(size, (list, tuple)) else [size]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides):
+        raise UserError(f"--model {flag_value}: vision_cfg.image_size {size!r} is not in [8, {MAX_IMAGE_SIZE}]")
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)  # "initialized randomly": nothing is initialised here
+            try:
+                shape = open_clip.create_model(name, pretrained=None, device="meta")
+            finally:
+                logging.disable(previous)
+    except Exception as e:  # noqa: BLE001 - a config open_clip cannot build at all
+        raise UserError(f"--model {flag_value}: open_clip cannot build this architecture ({first_line(e)})") from None
+    need, memory = sum(p.numel() * 4 for p in shape.parameters()), physical_memory()
+    if memory is not None and need > memory // 2:
+        raise UserError(f"--model {flag_value}: its weights would take {need / 2**30:.1f} GiB in fp32, more than half "
+                        f"of this machine's {memory / 2**30:.1f} GiB")
 
 
 def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str | None, str]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .data import IMAGENET_MEAN, IMAGENET_STD, class_folders, imagenet200_wnids, list_images, load_image
 from .errors import UserError
 from .ood_data import image_set
-from .runtime import file_lock
+from .runtime import file_lock, physical_memory
 from .runtime import host_reachable as _reachable  # a module name: tests replace it
 
 __all__ = [
@@ -287,14 +287,6 @@ def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor,
     return ImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
-def _physical_memory() -> int | None:
-    """Bytes of this machine's memory, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return None
-
-
 def resize_set(s: ImageSet, size: int, chunk: int = 1024) -> ImageSet:
     """``s`` at input size ``size``, in place: decoded images resampled (bilinear, rounded back
     to uint8, ``chunk`` images at a time); a set of files is decoded at ``s.input_size`` by its
@@ -305,7 +297,7 @@ def resize_set(s: ImageSet, size: int, chunk: int = 1024) -> ImageSet:
             before any of it is allocated).
     """
     if s.images is not None and s.images.shape[-1] != size:
-        need, memory = len(s.images) * 3 * size * size, _physical_memory()
+        need, memory = len(s.images) * 3 * size * size, physical_memory()
         if memory is not None and need > memory // 2:
             raise UserError(f"input size {size}: the {len(s.images)} images of {s.name} would take {need / 2**30:.1f} "
                             f"GiB at that size, more than half of this machine's {memory / 2**30:.1f} GiB; choose a "

@@ -42,6 +42,7 @@ __all__ = [
     "json_text",
     "load_optimizer_state",
     "make_folder",
+    "physical_memory",
     "plain_name",
     "progress_bar",
     "remove_stale_temporaries",
@@ -198,6 +199,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
 
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write
+
+
+def physical_memory() -> int | None:
+    """Bytes of this machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
 
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any):

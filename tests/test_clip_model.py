@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -61,3 +62,31 @@ def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_c
     save_file(state, str(tmp_path / "other.safetensors"))
     with pytest.raises(UserError, match="could not load the weights"):
         load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))
+
+
+def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_path):
+    """A config JSON (or one a prompt stores) may declare any width: open_clip would allocate it
+    all. It is built on the meta device and refused in one line when its fp32 weights would take
+    more than half of the machine's memory; an image size out of range is refused too."""
+    import time
+
+    from conftest import TINY_CLIP_CONFIG
+
+    from clip_smot.errors import UserError
+    from clip_smot.runtime import physical_memory
+
+    huge = {**TINY_CLIP_CONFIG, "text_cfg": {**TINY_CLIP_CONFIG["text_cfg"], "width": 2**16, "heads": 2}}
+    path = tmp_path / "huge-clip.json"
+    path.write_text(json.dumps(huge))
+    t0 = time.perf_counter()
+    # the token embedding alone: 49408 x 65536 fp32 = 12 GiB, and the blocks 12 x 65536^2 x 4 bytes each
+    assert physical_memory() < 2 * 49408 * 2**16 * 4 + 2 * 12 * 2**32 * 4
+    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take \d+\.\d GiB in fp32, more than half"):
+        load_clip(str(path), None)
+    assert time.perf_counter() - t0 < 20
+    for size in (4, 100000, "224"):
+        cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size}}
+        bad = tmp_path / f"size-{size}.json"
+        bad.write_text(json.dumps(cfg))
+        with pytest.raises(UserError, match=rf"^--model {bad}: vision_cfg.image_size .* is not in \[8, 2048\]$"):
+            load_clip(str(bad), None)

@@ -820,12 +820,12 @@ def test_resampling_a_set_that_would_not_fit_in_memory_is_refused_before_allocat
 
     s = ImageSet("tiny", ["a"], torch.zeros(20, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3,
                  images=torch.zeros(20, 3, 8, 8, dtype=torch.uint8))
-    monkeypatch.setattr(resnet_data, "_physical_memory", lambda: 2**20)
+    monkeypatch.setattr(resnet_data, "physical_memory", lambda: 2**20)
     with pytest.raises(UserError, match=r"^input size 256: the 20 images of tiny would take 0.0 GiB at that size, "
                                         r"more than half of this machine's 0.0 GiB; choose a smaller --input-size$"):
         resize_set(s, 256)
     assert s.images.shape == (20, 3, 8, 8)
-    monkeypatch.setattr(resnet_data, "_physical_memory", lambda: 2**30)
+    monkeypatch.setattr(resnet_data, "physical_memory", lambda: 2**30)
     x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
     s.images = x.clone()
     resize_set(s, 16, chunk=2)  # resampled 2 images at a time: the same as all at once
