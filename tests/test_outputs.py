@@ -18,22 +18,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_smot.cli import cli
-from clip_smot.clip_model import load_clip, load_clip_for_prompt
+from clip_smot.clip_model import load_clip_for_prompt
 from clip_smot.errors import UserError
 from clip_smot.prompt_file import save_prompt
 from clip_smot.runtime import check_output, plain_name
 
-CLASSES = ["red", "green", "blue"]
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_clip_config, tiny_clip_checkpoint):
-    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+from test_score import CLASSES, _cache_in_tmp, tiny  # noqa: F401 (fixtures)
 
 
 def _prompt(path, clip, **identity):
@@ -302,7 +292,10 @@ def _fit_checkpoint(path, model_json):
     """A complete-looking fit checkpoint whose run used ``model_json`` (enough for export's checks)."""
     from clip_smot.fit import CHECKPOINT_FORMAT, FitConfig
 
-    config = FitConfig(model=str(model_json), pretrained="none").to_dict() | {"run": {"classnames": CLASSES}}
+    clip = {"model": "clip-smot-tiny", "model_config": open(model_json).read(), "pretrained": "",
+            "checkpoint_sha256": ""}
+    config = FitConfig(model=str(model_json), pretrained="none", n_ctx=4).to_dict() | {
+        "run": {"classnames": CLASSES, "split_sha256": "0" * 64, "clip": clip}}
     torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "ctx": torch.zeros(4, 32), "optimizer": {},
                 "scheduler": {}, "rng": {}, "config": config}, path)
 
