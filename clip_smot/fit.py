@@ -38,8 +38,8 @@ from .errors import UserError, first_line
 from .augment import random_resized_crop_flip
 from .cam import normalize_cam
 from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS, atomic_save, atomic_write_text, check_field_types, \
-    check_output, holds_its_values, load_optimizer_state, make_folder, progress_bar, remove_stale_temporaries, \
-    resolve_device, same_file, sha256_file, write_json
+    check_output, holds_its_values, load_optimizer_state, make_folder, progress_bar, progress_write, \
+    remove_stale_temporaries, resolve_device, same_file, sha256_file, write_json
 from .clip_step import LOSSES, make_fit_step
 from .encoders import ATTENTION
 from .prompt_file import CLASS_POSITIONS
@@ -426,8 +426,6 @@ def run_fit(cfg: FitConfig) -> Path:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
-    from tqdm.auto import tqdm
-
     from .clip_model import load_clip
     from .encoders import flex_available
     from .fewshot import decode_and_hash, split_text
@@ -483,7 +481,7 @@ def run_fit(cfg: FitConfig) -> Path:
     saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
     start_epoch = saved["epoch"] if saved else 0
     if saved and start_epoch >= cfg.epochs and (out / "prompt.safetensors").is_file():
-        tqdm.write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
+        progress_write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
         return out
     if not cfg.dry_run:  # a dry run writes nothing
         # --split OUT/split.txt, as resume's error advises: the run's own split, read and not rewritten
@@ -589,7 +587,7 @@ def run_fit(cfg: FitConfig) -> Path:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # (a half-written line is dropped on --resume)
             raise UserError(f"cannot write {out / 'log.jsonl'}: {e.strerror or e}") from None
-        tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
+        progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
         atomic_save({
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "ctx": prompt.ctx.detach().cpu(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
