@@ -21,7 +21,7 @@ from . import __version__
 from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .reproduce import TABLES
-from .runtime import MAX_SEED, MAX_WORKERS, PRECISIONS
+from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS
 from .smot import PERTURBATIONS
 
 
@@ -83,6 +83,7 @@ def cli() -> None:
 _POSITIVE = _Float(min=0, min_open=True)
 _SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators take
 _WORKERS = click.IntRange(0, MAX_WORKERS)
+_BATCH = click.IntRange(1, MAX_BATCH)  # a whole batch is decoded and held at once
 
 
 @cli.command()
@@ -112,7 +113,7 @@ _WORKERS = click.IntRange(0, MAX_WORKERS)
 @click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True)
 @click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Std of --perturb noise.")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=_BATCH, default=32, show_default=True)
 @click.option("--lr", type=_POSITIVE, default=0.002, show_default=True)
 @click.option("--momentum", type=_Float(0, 1), default=0.9, show_default=True)
 @click.option("--weight-decay", type=_Float(min=0), default=5e-4, show_default=True)
@@ -159,7 +160,7 @@ def fit(split_file, **options) -> None:
 @click.option("--scores", default="mcm", show_default=True,
               help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
                    "(react, knn, vim: clip-smot eval).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=_BATCH, default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
@@ -215,7 +216,7 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--scores", default=None, help="Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
 @click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
               help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=_BATCH, default=256, show_default=True)
 @click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
@@ -267,7 +268,7 @@ _MAX_INPUT_SIZE = 1024  # clip_smot.networks.MAX_INPUT_SIZE (checked in a test; 
 @click.option("--cam-model", type=click.Path(dir_okay=False), default=None,
               help="The base model's model.safetensors: CAMs for the SMOT method (required for it).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 8.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=_BATCH, default=None,
               help="Global batch of original images, each with a masked copy (default 128; digits 64).")
 @click.option("--lr", type=_POSITIVE, default=None, help="Initial lr (default 0.1; digits 0.05).")
 @click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True,
@@ -358,7 +359,7 @@ def _run_stage(argv: list[str]) -> None:
 @click.option("--cam-model", default=None, help="CLIP fit: CAM network (default: fit's, resnet18-imagenet).")
 @click.option("--shots", type=click.IntRange(min=1), default=None, help="CLIP fit: images per class (default 16).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Every fit and training (default: theirs).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=_BATCH, default=None,
               help="Every fit and training: images per step (default: theirs).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Every fit and training.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Every stage (default auto).")

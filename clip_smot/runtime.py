@@ -23,6 +23,7 @@ __all__ = [
     "PRECISIONS",
     "DTYPES",
     "MAX_SEED",
+    "MAX_BATCH",
     "MAX_WORKERS",
     "RUN_FILES",
     "atomic_save",
@@ -148,6 +149,7 @@ def seed_everything(seed: int) -> None:
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
 MAX_WORKERS = 256  # --workers: decoding threads or processes; each process holds a copy of the loader's state
+MAX_BATCH = 4096  # --batch-size: a batch of 224-pixel images in fp32 is 2.4 GiB at this size, decoded at once
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}

@@ -24,6 +24,11 @@ def test_the_cli_starts_without_open_clip_or_dynamo():
 BAD_FLAGS = [
     # (argv, the flag the line must name)
     (["fit", "--beta", "inf", "--dry-run"], "--beta"),  # inf passed click's range and hung the Beta draw
+    # a whole batch is decoded and held at once: 10**9 images of 224 pixels would fill any memory
+    (["score", "--prompt", "p", "--batch-size", "1000000000", "--out", "o.csv", "x.png"], "--batch-size"),
+    (["eval", "--zero-shot", "--id", "x", "--batch-size", "4097", "--out", "o"], "--batch-size"),
+    (["train", "--dataset", "digits", "--batch-size", "100000", "--out", "o"], "--batch-size"),
+    (["fit", "--batch-size", "5000", "--dry-run"], "--batch-size"),
     (["fit", "--alpha", "nan", "--dry-run"], "--alpha"),
     (["fit", "--lr", "inf", "--dry-run"], "--lr"),
     (["fit", "--momentum", "nan", "--dry-run"], "--momentum"),
