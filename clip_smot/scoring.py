@@ -38,7 +38,8 @@ from .data import IMAGE_EXTENSIONS, eight_bit, escape_path, list_images
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, image_batches, normalized_features, weights_flag
 from .prompt_file import PromptFile, load_prompt
-from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file
+from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file, share_work, \
+    writes_outputs
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -346,7 +347,11 @@ class PromptScorer:
         return S.odin(forward, images.to(self.device), std).cpu()
 
     def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
-        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept)."""
+        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept);
+        under torchrun each process scores its share (:func:`~clip_smot.runtime.share_work`)."""
+        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers), paths, batch_size))
+
+    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int) -> torch.Tensor:
         out = []
         for images, errors in image_batches(self.clip, paths, batch_size, workers):
             bad = [e for e in errors if e]
@@ -498,5 +503,6 @@ def run_score(
     columns = [result.scores[n].tolist() for n in names]
     for i, path in enumerate(result.paths):
         w.writerow([escape_path(path), scorer.classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
-    atomic_write_text(buf.getvalue(), out)
+    if writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
+        atomic_write_text(buf.getvalue(), out)
     return result.skipped
