@@ -174,20 +174,22 @@ def fit(split_file, **options) -> None:
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
+@click.option("--resume", is_flag=True, help="Continue after the last complete row of OUT.partial.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, out,
-          paths) -> None:
+          resume, paths) -> None:
     """Score images with a learned prompt (no training).
 
-    PATHS are image files or folders (searched recursively). Writes a CSV with the columns
-    path, pred, pred_index and one column per score (higher = more in-distribution).
+    PATHS are image files, folders (searched recursively) or image lists (LIST.txt or
+    ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
+    one column per score (higher = more in-distribution).
     """
     from .scoring import run_score
 
     with process_group(device):
         skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained,
                             scores=scores, batch_size=batch_size, device=device, workers=workers,
-                            skip_unreadable=skip_unreadable, use_cache=not no_cache)
+                            skip_unreadable=skip_unreadable, use_cache=not no_cache, resume=resume)
     if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:
