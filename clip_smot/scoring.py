@@ -510,6 +510,7 @@ def run_score(
     partial, header = Path(f"{out}.partial"), ["path", "pred", "pred_index", *names]
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
+    scorer.check_scores(names)  # (before OUT.partial is started)
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
