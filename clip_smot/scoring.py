@@ -535,12 +535,15 @@ def run_score(
 
 
 def _chunks(listed: Sequence[Sequence[Path]], chunk: int, start: int):
-    """Runs of at most ``chunk`` files of each argument's list, from the ``start``-th file on
-    (counted over all the arguments), so that a resumed run continues where the last ended."""
+    """The chunks of ``chunk`` files of each argument's list, from the ``start``-th file on
+    (counted over all the arguments): a resumed run continues where the last ended, with the
+    rest of its chunk, then the chunks an uninterrupted run has."""
     offset = 0
     for files in listed:
-        for i in range(max(0, start - offset), len(files), chunk):
-            yield files[i : i + chunk]
+        for i in range(0, len(files), chunk):
+            first = max(i, start - offset)
+            if first < min(i + chunk, len(files)):
+                yield files[first : i + chunk]
         offset += len(files)
 
 

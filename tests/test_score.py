@@ -754,7 +754,8 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     """19 images in chunks of 5 (per argument: 12 = 5 + 5 + 2, then 7 = 5 + 2): stopped after two
     chunks, OUT is absent and OUT.partial holds the header and their 10 rows, flushed; --resume
     scores the other 9 images only, and the CSV is the uninterrupted run's byte for byte; cut
-    inside a row, the partial is resumed after its last complete row."""
+    inside a row of the first chunk, the partial is resumed after its last complete row, the
+    rest of that chunk scored (in other batches), then the later chunks as before."""
     make_prompt(tmp_path / "p.safetensors", tiny)
     ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
     _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
@@ -782,8 +783,9 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     partial.write_bytes(whole[: whole.index(b"\n", 300) + 9])  # a few rows and part of the next
     kept = partial.read_bytes()[: partial.read_bytes().rindex(b"\n") + 1].count(b"\n") - 1
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
-    assert out.read_bytes().splitlines()[: kept + 1] == whole.splitlines()[: kept + 1]
-    got, want = read_csv(out), read_csv(tmp_path / "whole.csv")
+    assert 0 < kept < 5 and out.read_bytes().splitlines()[: kept + 1] == whole.splitlines()[: kept + 1]
+    assert out.read_bytes().splitlines()[6:] == whole.splitlines()[6:]  # the chunks after the cut one: as before
+    got, want = read_csv(out), read_csv(tmp_path / "whole.csv")  # (the rest of the cut one: other batches)
     assert [r["path"] for r in got] == [r["path"] for r in want]
     assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
 
