@@ -21,7 +21,7 @@ from . import __version__
 from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .reproduce import TABLES
-from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS
+from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS, process_group, writes_outputs
 from .smot import PERTURBATIONS
 
 
@@ -56,11 +56,20 @@ class _Group(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, cmd, rest = super().resolve_command(ctx, args)
-        world = os.environ.get("WORLD_SIZE", "1")
-        if cmd is not None and cmd.name != "train" and world not in ("", "0", "1"):  # each process would do it all
-            raise UserError(f"{cmd.name} runs in one process; under torchrun ({world} processes) only train shares "
-                            "the work: run it without torchrun")
+        if cmd is not None and cmd.name not in _SHARED:
+            _refuse_torchrun(cmd.name)
         return name, cmd, rest
+
+
+_SHARED = ("train", "score", "eval")  # the commands that share their work among torchrun's processes
+
+
+def _refuse_torchrun(what: str) -> None:
+    """A UserError when run under torchrun with more than one process: each would do all the work."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world not in ("", "0", "1"):
+        raise UserError(f"{what} runs in one process; under torchrun ({world} processes) only train, score and "
+                        "eval --prompt/--zero-shot share the work: run it without torchrun")
 
 
 class _Float(click.FloatRange):
@@ -166,20 +175,23 @@ def fit(split_file, **options) -> None:
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
+@click.option("--resume", is_flag=True, help="Continue after the last complete row of OUT.partial.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, out,
-          paths) -> None:
+          resume, paths) -> None:
     """Score images with a learned prompt (no training).
 
-    PATHS are image files or folders (searched recursively). Writes a CSV with the columns
-    path, pred, pred_index and one column per score (higher = more in-distribution).
+    PATHS are image files, folders (searched recursively) or image lists (LIST.txt or
+    ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
+    one column per score (higher = more in-distribution).
     """
     from .scoring import run_score
 
-    skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained, scores=scores,
-                        batch_size=batch_size, device=device, workers=workers, skip_unreadable=skip_unreadable,
-                        use_cache=not no_cache)
-    if skipped:
+    with process_group(device):
+        skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained,
+                            scores=scores, batch_size=batch_size, device=device, workers=workers,
+                            skip_unreadable=skip_unreadable, use_cache=not no_cache, resume=resume)
+    if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:
             click.echo(f"  {reason}", err=True)
@@ -236,6 +248,8 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
     if checkpoint:
         from .resnet_eval import run_resnet_eval
 
+        _refuse_torchrun("eval --checkpoint")
+
         if split_file:
             raise click.UsageError("--split is for the CLIP track (--prompt); give the ResNet's --id-train a folder")
         run_resnet_eval(checkpoint=checkpoint, id_data=id_data, id_train=id_train, ood=ood_sets, scores=score_list,
@@ -243,10 +257,11 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
     else:
         from .clip_eval import run_clip_eval
 
-        run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained, id_data=id_data,
-                      ood=ood_sets, scores=score_list, convention=fpr_convention, batch_size=batch_size,
-                      workers=workers, device=device, out=out, use_cache=not no_cache, id_train=id_train,
-                      split=split_file)
+        with process_group(device):
+            run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained,
+                          id_data=id_data, ood=ood_sets, scores=score_list, convention=fpr_convention,
+                          batch_size=batch_size, workers=workers, device=device, out=out, use_cache=not no_cache,
+                          id_train=id_train, split=split_file)
 
 
 _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.networks.NETWORKS (checked in a test)

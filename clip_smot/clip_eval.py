@@ -24,7 +24,7 @@ from .evaluate import REPORT_FILES, write_reports
 from .image_features import encode_files
 from .ood_data import folder_classnames, id_class_folders, id_set, image_set
 from .prompt_file import load_prompt
-from .runtime import check_output_folder, json_text
+from .runtime import check_output_folder, json_text, writes_outputs
 from .scoring import FITTED_SCORES, PromptScorer, parse_scores, resolve_pretrained
 
 __all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
@@ -177,7 +177,7 @@ def run_clip_eval(
         id_train, split: the ID training images of react, knn and vim (see :func:`id_train_paths`).
 
     Returns:
-        The metrics.json content.
+        The metrics.json content (under torchrun, on rank 0; an empty dict on the others).
     """
     names = parse_scores(scores)
     given = {"--id": id_data, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
@@ -255,6 +255,8 @@ def run_clip_eval(
                              "vim": {"dim": vim["dim"], "alpha": vim["alpha"]} if vim else None}
     if id_accuracy is None:
         extra["id_accuracy_note"] = id_s.note or "the ID data has no class labels"
+    if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
+        return {}
     report = write_reports(
         out,
         {n: id_out[n].numpy() for n in names},

@@ -42,7 +42,8 @@ from . import clip_model as cm
 from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
-from .runtime import atomic_save_safetensors, cache_root, file_stamp, remove_stale_temporaries
+from .runtime import atomic_save_safetensors, cache_root, every_rank, file_stamp, remove_stale_temporaries, \
+    share_work
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
 
@@ -237,12 +238,23 @@ def _encode(
         globals_.append(g.cpu())
         if local:
             locals_.append(l.to(_LOCAL_DTYPE).cpu())
-    if not kept and not skip_unreadable:
+    if paths and not kept and not skip_unreadable:
         raise UserError(f"{paths[0]}: none of the {len(paths)} image(s) could be read")
     e = clip.config["embed_dim"]  # (no file readable: empty features, for the caller to judge with its other files)
     global_ = torch.cat(globals_) if kept else torch.zeros(0, e)
     local_ = (torch.cat(locals_) if kept else torch.zeros(0, 0, e, dtype=_LOCAL_DTYPE)) if local else None
     return ImageFeatures(kept, global_, local_, skipped)
+
+
+def _join(parts: Sequence[ImageFeatures]) -> ImageFeatures:
+    """The features of consecutive runs of files (:func:`~clip_smot.runtime.share_work`'s
+    results), as one."""
+    if len(parts) == 1:
+        return parts[0]
+    full = [f for f in parts if f.paths] or parts[:1]  # (a share of unreadable files has empty tensors)
+    local = torch.cat([f.local for f in full]) if full[0].local is not None else None
+    return ImageFeatures([p for f in parts for p in f.paths], torch.cat([f.global_ for f in full]), local,
+                         [s for f in parts for s in f.skipped])
 
 
 def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, paths: Sequence[str]) -> None:
@@ -296,12 +308,16 @@ def encode_files(
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
     feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
-    if damage:
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if damage and rank == 0:
         print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",
               file=sys.stderr)
-    if feats is None:
-        feats = _encode(clip, paths, local, batch_size, workers, skip_unreadable)
-        if entry is not None:
+    # under torchrun all processes encode unless every one found the entry (one may have looked
+    # while rank 0 was writing it for an earlier argument with the same files)
+    if not all(every_rank(feats is not None)):
+        feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable),
+                                 paths, batch_size))
+        if entry is not None and rank == 0:
             try:
                 _write_cache(entry, feats)
             except UserError as e:  # a full disk or quota where the cache lives: the features are here anyway

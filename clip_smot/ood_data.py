@@ -24,7 +24,7 @@ from typing import Sequence
 from .data import class_folders, holds_folders, imagenet_classnames, imagenet_wnids, list_images, read_text_file
 from .errors import UserError
 
-__all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_set",
+__all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
            "read_image_list"]
 
 
@@ -183,6 +183,17 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
         return ImageSet("id", paths, None, "a single image has no class folder")
     labels, note = _folder_labels(root, paths, classnames, prompt_folders)
     return ImageSet("id", paths, labels, note)
+
+
+def image_files(where: str | os.PathLike, flag: str) -> list[Path]:
+    """The image files of a folder (searched recursively), of one image file, or of an image list
+    (``ROOT::LIST.txt``, or a ``LIST.txt`` file: paths relative to its folder; labels ignored).
+
+    Raises:
+        UserError: a missing path or list, a list naming a missing file, no images.
+    """
+    as_list = _split_list_arg(str(where))
+    return read_image_list(*as_list, flag=flag)[0] if as_list is not None else list_images(where, flag=flag)
 
 
 def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> ImageSet:

@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,10 +32,12 @@ __all__ = [
     "atomic_write_files",
     "atomic_write_text",
     "autocast",
+    "batch_share",
     "cache_root",
     "check_field_types",
     "check_output",
     "check_output_folder",
+    "every_rank",
     "file_lock",
     "file_stamp",
     "holds_its_values",
@@ -45,15 +47,19 @@ __all__ = [
     "make_folder",
     "physical_memory",
     "plain_name",
+    "process_group",
     "progress_bar",
     "progress_write",
     "remove_stale_temporaries",
     "resolve_device",
     "same_file",
     "seed_everything",
+    "share_work",
     "sha256_file",
     "text_writer",
+    "torchrun_env",
     "write_json",
+    "writes_outputs",
 ]
 
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -65,7 +71,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
     Every other device torch knows ('meta', 'mps', ...) is a user error: the commands run on
     the CPU and on CUDA only ('meta' holds no data; MPS lacks kernels they use).
+
+    Under torchrun, ``auto`` and ``cuda`` without an index mean this process's GPU,
+    ``cuda:LOCAL_RANK``.
     """
+    if name in ("auto", "cuda") and torchrun_env()[2] > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torchrun_env()[1])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -82,6 +93,88 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} "
                             f"(cuda:0 to cuda:{n - 1})")
     return device
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) outside torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("LOCAL_RANK", "0") or 0), world
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """torch.distributed's default process group while inside, under torchrun (WORLD_SIZE > 1).
+
+    The backend is gloo on the CPU and ``cpu:gloo,cuda:nccl`` on CUDA: CUDA tensors travel by
+    NCCL, Python objects (:func:`share_work`'s results) by gloo, from CPU memory. Leaving
+    normally waits for every process (no rank tears the group down while another still uses
+    it); the group is destroyed on the way out either way. Outside torchrun it does nothing.
+
+    Yields:
+        (rank, local rank, world size).
+    """
+    rank, local_rank, world = torchrun_env()
+    started = world > 1 and not torch.distributed.is_initialized()
+    if started:
+        cuda = device != "cpu" and torch.cuda.is_available()
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    try:
+        yield rank, local_rank, world
+        if started:
+            torch.distributed.barrier()
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def batch_share(n: int, batch_size: int, rank: int, world: int) -> range:
+    """The indices of process ``rank``'s share of ``n`` items: a run of whole batches of
+    ``batch_size``, the ranks' shares following each other in order. Every item falls in the
+    same batch as in one process, so a batch's results do not depend on the number of processes."""
+    batches = -(-n // batch_size)
+    first, last = batches * rank // world, batches * (rank + 1) // world
+    return range(min(first * batch_size, n), min(last * batch_size, n))
+
+
+def every_rank(value: Any) -> list:
+    """``value`` of every process of the torch.distributed process group, in rank order
+    (``[value]`` outside one); the values travel pickled."""
+    if not torch.distributed.is_initialized():
+        return [value]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes a command's outputs: rank 0 of a torch.distributed process
+    group, or the one process outside one."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def share_work(fn: Callable[[list], Any], items: Sequence, batch_size: int) -> list:
+    """``fn`` of this process's :func:`batch_share` of ``items``, with every process's result.
+
+    Outside a torch.distributed process group, ``[fn(items)]``. Inside one, each process runs
+    ``fn`` on its share (none on an empty share) and gets every result in rank order, so
+    that joining them gives one process's result in the items' order.
+
+    Raises:
+        UserError: the first (in rank order, so in the items' order) a process's ``fn``
+            raised, on every process: none waits for another that has failed.
+    """
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return [fn(list(items))]
+    mine = batch_share(len(items), batch_size, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    try:
+        result = (fn(list(items[mine.start:mine.stop])) if len(mine) else None, "")
+    except UserError as e:
+        result = (None, str(e))
+    results = every_rank(result)
+    error = next((e for _, e in results if e), "")
+    if error:
+        raise UserError(error)
+    return [r for r, _ in results if r is not None]
 
 
 def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:

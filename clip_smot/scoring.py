@@ -35,10 +35,11 @@ from . import clip_model as cm
 from . import scores as S
 from .clip_model import ClipModel
 from .data import IMAGE_EXTENSIONS, eight_bit, escape_path, list_images
+from .ood_data import image_files
 from .errors import UserError
 from .image_features import ImageFeatures, encode_files, image_batches, normalized_features, weights_flag
 from .prompt_file import PromptFile, load_prompt
-from .runtime import atomic_write_text, check_output, plain_name, resolve_device, sha256_file
+from .runtime import check_output, plain_name, progress_bar, resolve_device, sha256_file, share_work, writes_outputs
 from .scores import SCORES, gl_mcm
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "SCORE_NAMES",
     "PathScores",
     "PromptScorer",
+    "SCORE_CHUNK",
     "parse_scores",
     "resolve_pretrained",
     "run_score",
@@ -346,7 +348,11 @@ class PromptScorer:
         return S.odin(forward, images.to(self.device), std).cpu()
 
     def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
-        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept)."""
+        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept);
+        under torchrun each process scores its share (:func:`~clip_smot.runtime.share_work`)."""
+        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers), paths, batch_size))
+
+    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int) -> torch.Tensor:
         out = []
         for images, errors in image_batches(self.clip, paths, batch_size, workers):
             bad = [e for e in errors if e]
@@ -435,22 +441,31 @@ class PromptScorer:
         one list of image files per argument, one feature-cache entry each."""
         names = parse_scores(scores)
         self.check_scores(names)
-        all_paths: list[str] = []
-        parts: dict[str, list[torch.Tensor]] = {}
-        skipped: list[tuple[str, str]] = []
-        for files in listed:
-            feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable,
-                                 use_cache)
-            if feats.paths:  # (else every file of this argument was unreadable and skipped)
-                for k, v in self.score_features(feats, names).items():
-                    parts.setdefault(k, []).append(v)
-                if "odin" in names:
-                    parts.setdefault("odin", []).append(self.odin_files(feats.paths, batch_size, workers))
-            all_paths += feats.paths
-            skipped += feats.skipped
-        if not all_paths:  # judged over all the arguments: one unreadable file among readable ones is skipped
-            raise UserError(f"none of the {len(skipped)} image(s) could be read; the first: {skipped[0][1]}")
-        return PathScores(all_paths, {k: torch.cat(v) for k, v in parts.items()}, skipped)
+        results = [self.score_files(files, names, batch_size, workers, skip_unreadable, use_cache) for files in listed]
+        result = PathScores([p for r in results for p in r.paths], {}, [s for r in results for s in r.skipped])
+        if not result.paths:  # judged over all the arguments: one unreadable file among readable ones is skipped
+            _none_readable(result.skipped)
+        result.scores = {k: torch.cat([r.scores[k] for r in results if r.paths]) for k in [*names, "pred_index"]}
+        return result
+
+    def score_files(self, files: Sequence[str | os.PathLike], names: Sequence[str], batch_size: int = 256,
+                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True) -> PathScores:
+        """Scores of one list of image files, one feature-cache entry; with ``skip_unreadable``,
+        no paths and no scores when none of them is readable (the caller judges)."""
+        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+        if not feats.paths:
+            return PathScores([], {}, feats.skipped)
+        out = self.score_features(feats, names)
+        if "odin" in names:
+            out["odin"] = self.odin_files(feats.paths, batch_size, workers)
+        return PathScores(feats.paths, out, feats.skipped)
+
+
+def _none_readable(skipped: Sequence[tuple[str, str]]) -> None:
+    raise UserError(f"none of the {len(skipped)} image(s) could be read; the first: {skipped[0][1]}")
+
+
+SCORE_CHUNK = 8192  # images per feature-cache entry and per CSV append: memory stays flat in the images
 
 
 def run_score(
@@ -465,22 +480,25 @@ def run_score(
     workers: int = 4,
     skip_unreadable: bool = False,
     use_cache: bool = True,
+    resume: bool = False,
+    chunk: int = SCORE_CHUNK,
 ) -> list[tuple[str, str]]:
-    """``clip-smot score``: score image files and folders, write one CSV row per image.
+    """``clip-smot score``: score image files, folders and image lists, one CSV row per image.
 
-    The CSV (UTF-8, written atomically) has the columns ``path`` (as
-    :func:`~clip_smot.data.escape_path` writes it: a name that is not UTF-8, or holds a
-    backslash or a control character, is escaped so that it reads back), ``pred`` (class name),
-    ``pred_index``, then one column per score in the order asked, named in lower case.
+    The CSV (UTF-8) has the columns ``path`` (as :func:`~clip_smot.data.escape_path` writes
+    it: a name that is not UTF-8, or holds a backslash or a control character, is escaped so
+    that it reads back), ``pred`` (class name), ``pred_index``, then one column per score in
+    the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
+    feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
+    finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
+    last complete line are kept and the images after the last row's are scored.
 
     Returns:
-        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``).
+        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
+        ``resume``, those of this call only).
     """
-    import csv
-    import io
-
     names = parse_scores(scores)
-    listed = [list_images(p, flag="PATH") for p in paths]  # (every argument checked before anything is encoded)
+    listed = [image_files(p, "PATH") for p in paths]  # (every argument checked before anything is encoded)
     prompt_file = load_prompt(prompt)
     weights = pretrained if pretrained is not None else resolve_pretrained(prompt_file)
     found = "checkpoint file found by name" if pretrained is None else "--pretrained file"
@@ -489,14 +507,100 @@ def run_score(
     inside = [("the PATH folder", p) for p in paths] if Path(out).suffix.lower() in IMAGE_EXTENSIONS else []
     check_output(out, "--out", [("--prompt file", prompt), ("--model file", model), (found, weights or None),
                                 *images], inside)
+    partial, header = Path(f"{out}.partial"), ["path", "pred", "pred_index", *names]
+    done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
-    result = scorer.score_listed(listed, names, batch_size, workers, skip_unreadable, use_cache)
+    scorer.check_scores(names)  # (before OUT.partial is started)
+    writer = writes_outputs()
+    if writer:
+        _start_partial(partial, header, keep)
+    bar = progress_bar(total=len(images), initial=done, unit="img") if writer else None
+    rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
+    for files in _chunks(listed, chunk, done):
+        result = scorer.score_files(files, names, batch_size, workers, skip_unreadable, use_cache)
+        skipped += result.skipped
+        rows += len(result.paths)
+        if writer:
+            _append(partial, _csv_rows(result, names, scorer.classnames))
+            bar.update(len(files))
+    if bar is not None:
+        bar.close()
+    if rows == 0:  # judged over all the arguments: one unreadable file among readable ones is skipped
+        if writer:
+            partial.unlink()
+        _none_readable(skipped)
+    if writer:
+        os.replace(partial, out)
+    return skipped
+
+
+def _chunks(listed: Sequence[Sequence[Path]], chunk: int, start: int):
+    """The chunks of ``chunk`` files of each argument's list, from the ``start``-th file on
+    (counted over all the arguments): a resumed run continues where the last ended, with the
+    rest of its chunk, then the chunks an uninterrupted run has."""
+    offset = 0
+    for files in listed:
+        for i in range(0, len(files), chunk):
+            first = max(i, start - offset)
+            if first < min(i + chunk, len(files)):
+                yield files[first : i + chunk]
+        offset += len(files)
+
+
+def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:
+    import csv
+    import io
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "pred", "pred_index", *names])
-    pred = result.scores["pred_index"].tolist()
-    columns = [result.scores[n].tolist() for n in names]
+    pred = result.scores["pred_index"].tolist() if result.paths else []
+    columns = [result.scores[n].tolist() for n in names] if result.paths else []
     for i, path in enumerate(result.paths):
-        w.writerow([escape_path(path), scorer.classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
-    atomic_write_text(buf.getvalue(), out)
-    return result.skipped
+        w.writerow([escape_path(path), classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+    return buf.getvalue()
+
+
+def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
+    """``OUT.partial`` cut to its first ``keep`` bytes (its complete rows), or, with none to
+    keep, a new one holding the header."""
+    if keep:
+        with open(partial, "r+b") as f:
+            f.truncate(keep)
+    else:
+        _append(partial, ",".join(header) + "\n", "w")
+
+
+def _append(partial: Path, text: str, mode: str = "a") -> None:
+    try:
+        # (a lone surrogate, a byte of a class name that is not UTF-8, is written as its escape)
+        with open(partial, mode, encoding="utf-8", errors="backslashreplace", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # a row once written survives a crash of the machine too
+    except OSError as e:
+        raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+
+
+def _resume_point(partial: Path, header: Sequence[str], files: Sequence[Path]) -> tuple[int, int]:
+    """(files already scored, bytes of ``partial`` to keep): the complete lines of ``partial``
+    end with the row of a file; the run continues with the file after it.
+
+    Raises:
+        UserError: no ``partial``, a header of other scores, a last row naming no file of PATHS.
+    """
+    import csv
+
+    if not partial.is_file():
+        raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
+    data = partial.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    lines = data[:keep].decode("utf-8", errors="replace").splitlines()
+    if not lines or next(csv.reader(lines[:1])) != list(header):
+        raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the same --scores")
+    if len(lines) == 1:
+        return 0, keep
+    last, rows = next(csv.reader(lines[-1:]))[0], len(lines) - 1
+    escaped = [escape_path(f) for f in files]
+    if last not in escaped[rows - 1 :]:
+        raise UserError(f"--resume: the last row of {partial} ({last}) is no image of PATHS; give the same PATHS")
+    return escaped.index(last, rows - 1) + 1, keep

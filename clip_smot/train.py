@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -43,8 +42,8 @@ from .errors import UserError, first_line
 from .networks import MAX_INPUT_SIZE, NETWORKS, build_network, load_model, save_model
 from .resnet_data import FileBatches, ImageSet, TensorBatches, default_input_size, load_id_split, mix_seed
 from .runtime import MAX_SEED, MAX_WORKERS, atomic_save, atomic_write_text, autocast, check_field_types, \
-    check_output, load_optimizer_state, make_folder, progress_bar, remove_stale_temporaries, resolve_device, \
-    seed_everything, sha256_file, write_json
+    check_output, load_optimizer_state, make_folder, process_group, progress_bar, remove_stale_temporaries, \
+    resolve_device, seed_everything, sha256_file, write_json
 from .smot import PERTURBATIONS, cam_mask, label_smoothing_ce, logitnorm_loss, perturb, sample_thresholds, \
     smoothing_eps, smot_loss
 
@@ -316,11 +315,6 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
 # The run.
 
 
-def _dist_env() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
 def _rng_state() -> dict:
     """Every RNG state, as tensors and plain Python values (so the checkpoint loads with
     ``torch.load(weights_only=True)``)."""
@@ -418,18 +412,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         UserError: bad data or flags, a missing/unsuitable ``--cam-model``, an existing run in
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
-    rank, local_rank, world = _dist_env()
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    try:
-        summary = _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
-        if world > 1:  # no rank tears the group down while another still uses it (rank 0 writes last)
-            torch.distributed.barrier()
-        return summary
-    finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    with process_group(cfg.device) as (rank, local_rank, world):
+        return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
 
 
 def _check_outputs(cfg: TrainConfig) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,3 +230,16 @@ def test_smoke_table_replaces_exactly_one_block_and_the_readme_has_one():
     block = readme.split(smoke_table.BEGIN)[1].split(smoke_table.END)[0]
     assert re.search(r"^\| SMOT \| \d+\.\d\d% \| \d+\.\d\d / \d+\.\d\d \|", block, re.M)
     assert "Made by `benchmarks/smoke_digits.sh`" in block
+
+
+def test_score_throughput_runs_tiny_on_the_cpu(tmp_path, tiny_clip_config):
+    """benchmarks/score_throughput.py with the tiny CLIP: the reference and one score process
+    both go through all 12 synthetic JPEGs, and the figures are n / seconds."""
+    res = _run_script("score_throughput.py", "--device", "cpu", "--model", tiny_clip_config, "--n", "12", "--size",
+                      "64x48", "--classes", "3", "--batch-size", "4", "--workers", "0", "--torchrun", "", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for k in ("reference", "score"):
+        assert out[f"{k}_images_per_s"] == pytest.approx(12 / out[f"{k}_seconds"], rel=0.02)
+    assert out["score_speedup"] == pytest.approx(out["reference_seconds"] / out["score_seconds"], rel=0.02)
+    assert "score_torchrun_2_seconds" not in out

@@ -74,17 +74,20 @@ def test_bad_flags_give_one_line_in_every_command(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_under_torchrun_only_train_runs(tmp_path, monkeypatch):
-    """fit, eval, score and export do not share their work between processes: under torchrun each
-    process would do all of it (on the same GPU, into the same files). One line, nothing written."""
+def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch):
+    """fit, export and the ResNet track's eval do not share their work between processes: under
+    torchrun each process would do all of it (on the same GPU, into the same files). One line,
+    nothing written. (score and eval --prompt/--zero-shot share it: tests/test_distributed.py.)"""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for argv in (["fit", "--out", "f"], ["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--out", "e"],
-                 ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"],
-                 ["export", "--checkpoint", "c.pt", "--out", "p.safetensors"]):
+    for argv, what in ((["fit", "--out", "f"], "fit"),
+                       (["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", "e"],
+                        "eval --checkpoint"),
+                       (["export", "--checkpoint", "c.pt", "--out", "p.safetensors"], "export")):
         r = CliRunner().invoke(cli, argv)
-        assert r.exit_code == 1 and r.output == (f"Error: {argv[0]} runs in one process; under torchrun (2 processes) "
-                                                 "only train shares the work: run it without torchrun\n"), r.output
+        assert r.exit_code == 1 and r.output == (f"Error: {what} runs in one process; under torchrun (2 processes) "
+                                                 "only train, score and eval --prompt/--zero-shot share the work: "
+                                                 "run it without torchrun\n"), r.output
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "runs in one process" not in CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"]).output

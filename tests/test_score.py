@@ -712,3 +712,93 @@ def test_an_error_naming_a_file_with_a_newline_is_one_line(tmp_path, tiny, tiny_
                                    tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(bad)])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "new\\u000aline.png" in res.output
+
+
+# --- image lists, streaming, --resume ---------------------------------------------------------------
+
+
+def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, tiny_clip_checkpoint):
+    """A LIST.txt (paths relative to its folder; a label, a comment and a blank line) and a
+    ROOT::LIST.txt give the rows of the files named directly, in the list's order."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=2)
+    names = ["val/red/1.png 0", "# a comment", "", "val/blue/0.png", "val/red/0.png 2"]
+    (id_dir / "list.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "ood.txt").write_text("x/y/1.jpg\nx/y/0.jpg\n")
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,energy", "--workers", "0"]
+    files = [id_dir / "val/red/1.png", id_dir / "val/blue/0.png", id_dir / "val/red/0.png",
+             ood_dir / "x/y/1.jpg", ood_dir / "x/y/0.jpg"]
+    for out, paths in (("lists.csv", [str(id_dir / "list.txt"), f"{ood_dir}::{tmp_path / 'ood.txt'}"]),
+                       ("files.csv", [str(f) for f in files])):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / out), *paths])
+        assert res.exit_code == 0, res.output
+    lists, direct = read_csv(tmp_path / "lists.csv"), read_csv(tmp_path / "files.csv")
+    assert [r["path"] for r in lists] == [str(f) for f in files] == [r["path"] for r in direct]
+    # (one batch per list against one per file: the same scores up to float rounding)
+    assert [float(r["mcm"]) for r in lists] == pytest.approx([float(r["mcm"]) for r in direct], abs=1e-6)
+    assert [r["pred"] for r in lists] == [r["pred"] for r in direct]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad.csv"), f"{id_dir}::{tmp_path / 'ood.txt'}"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "x/y/1.jpg does not exist" in res.output
+
+
+def _score_run(tmp_path, ckpt, ids, out, **kw):
+    from clip_smot.scoring import run_score
+
+    return run_score(str(tmp_path / "p.safetensors"), [str(i) for i in ids], str(out), pretrained=ckpt,
+                     scores="mcm,msp,energy", batch_size=2, device="cpu", workers=0, chunk=5, **kw)
+
+
+def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                         monkeypatch):
+    """19 images in chunks of 5 (per argument: 12 = 5 + 5 + 2, then 7 = 5 + 2): stopped after two
+    chunks, OUT is absent and OUT.partial holds the header and their 10 rows, flushed; --resume
+    scores the other 9 images only, and the CSV is the uninterrupted run's byte for byte; cut
+    inside a row of the first chunk, the partial is resumed after its last complete row, the
+    rest of that chunk scored (in other batches), then the later chunks as before."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
+    whole = (tmp_path / "whole.csv").read_bytes()
+    assert whole.count(b"\n") == 20 and not (tmp_path / "whole.csv.partial").exists()
+
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    seen, real = [], PromptScorer.score_files
+
+    def stop_after_two(self, files, *a, **k):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(len(files))
+        return real(self, files, *a, **k)
+
+    monkeypatch.setattr(PromptScorer, "score_files", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:11])
+    monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
+                        or real(self, files, *a, **k))
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert seen == [5, 5, 2, 5, 2] and out.read_bytes() == whole and not partial.exists()
+
+    partial.write_bytes(whole[: whole.index(b"\n", 300) + 9])  # a few rows and part of the next
+    kept = partial.read_bytes()[: partial.read_bytes().rindex(b"\n") + 1].count(b"\n") - 1
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert 0 < kept < 5 and out.read_bytes().splitlines()[: kept + 1] == whole.splitlines()[: kept + 1]
+    assert out.read_bytes().splitlines()[6:] == whole.splitlines()[6:]  # the chunks after the cut one: as before
+    got, want = read_csv(out), read_csv(tmp_path / "whole.csv")  # (the rest of the cut one: other batches)
+    assert [r["path"] for r in got] == [r["path"] for r in want]
+    assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
+
+
+def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", "--out", str(tmp_path / "s.csv"), "--resume", str(id_dir)]
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished, or never started)"]
+    (tmp_path / "s.csv.partial").write_text("path,pred,pred_index,msp\n")
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
+    assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()

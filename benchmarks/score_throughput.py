@@ -1,0 +1,153 @@
+"""Images per second of ``clip-smot score`` against an MCM-style reference, on synthetic JPEGs.
+
+Writes ``--n`` synthetic JPEGs of ``--size`` (default 500x375, ImageNet's typical size; smooth
+colour fields with noise, so that they compress and decode like photographs), builds the
+``--model`` architecture with random weights (the same compute as pretrained ones, no
+download) and a random prompt of ``--classes`` classes, then times, each as a fresh process
+on the same files:
+
+- **reference**: what MCM's evaluation does: a torch DataLoader (``--workers`` processes) over
+  PIL + open_clip's own evaluation transform, ``encode_image`` in batches of ``--batch-size``,
+  normalised features times the text features, the max softmax;
+- **score**: ``python -m clip_smot score --no-cache`` (one process);
+- **score_torchrun_N**: the same under ``torchrun --nproc_per_node N`` for each N of
+  ``--torchrun`` (``--workers`` decoding processes each).
+
+Each figure is the wall time of the whole process (Python and torch start-up, model build,
+decoding, encoding, the CSV) and ``images_per_s = n / seconds``: with a few thousand images the
+start-up is a small part. Prints one JSON object. Examples::
+
+    python benchmarks/score_throughput.py --device cpu --model tests/tiny.json --n 256 --size 96x72
+    python benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
+    """``n`` JPEGs (quality 90) of ``size`` (width, height): a smooth colour field plus noise."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a, b, c = rng.uniform(0.005, 0.05, 3)
+        base = np.stack([np.sin(a * xx + i), np.cos(b * yy), np.sin(c * (xx + yy))], -1)  # [h, w, 3]
+        img = 127.5 * (base + 1) + rng.normal(0, 12, (h, w, 3))
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i:07d}.jpg", quality=90)
+
+
+def make_prompt(path: Path, model: str, classes: int) -> None:
+    """A prompt file of random context and text features for ``model`` with random weights."""
+    from clip_smot.clip_model import load_clip
+    from clip_smot.prompt_file import save_prompt
+
+    clip = load_clip(model, None)
+    e, d = clip.config["embed_dim"], clip.config["text_cfg"]["width"]
+    g = torch.Generator().manual_seed(0)
+    save_prompt(path, torch.randn(4, d, generator=g), F.normalize(torch.randn(classes, e, generator=g), dim=-1),
+                clip.identity(), 4, "end", False, [f"class {k}" for k in range(classes)], {"benchmark": True})
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB"))
+
+
+def reference(folder: str, model: str, classes: int, batch_size: int, workers: int, device: str) -> None:
+    """MCM's loop (run in its own process by :func:`main`): DataLoader + PIL + open_clip."""
+    import open_clip
+
+    if model.endswith(".json"):
+        open_clip.add_model_config(model)
+        model = Path(model).stem
+    net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None, device=device)
+    net.eval()
+    text = F.normalize(torch.randn(classes, net.text_projection.shape[1], device=device), dim=-1)
+    paths = sorted(str(p) for p in Path(folder).glob("*.jpg"))
+    loader = torch.utils.data.DataLoader(_Files(paths, preprocess), batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.startswith("cuda"))
+    scores = []
+    with torch.inference_mode():
+        for x in loader:
+            f = F.normalize(net.encode_image(x.to(device, non_blocking=True)).float(), dim=-1)
+            scores.append((f @ text.T).softmax(-1).amax(-1).cpu())  # MCM, tau = 1
+    assert sum(len(s) for s in scores) == len(paths)
+
+
+def _timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])}... failed:\n{res.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=2048, help="number of JPEGs")
+    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of each JPEG")
+    p.add_argument("--model", default="ViT-B-16", help="open_clip name or model-config JSON (random weights)")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--torchrun", default="2", help="comma-separated process counts for torchrun runs ('' = none)")
+    p.add_argument("--reference-only", metavar="FOLDER", help=argparse.SUPPRESS)  # (the reference's own process)
+    args = p.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.reference_only:
+        reference(args.reference_only, args.model, args.classes, args.batch_size, args.workers, device)
+        return {}
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, prompt = Path(tmp) / "images", Path(tmp) / "p.safetensors"
+        make_jpegs(folder, args.n, size)
+        make_prompt(prompt, args.model, args.classes)
+        common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", device]
+        score = ["-m", "clip_smot", "score", "--prompt", str(prompt), "--no-cache", *common]
+        runs = {"reference": [sys.executable, __file__, "--reference-only", str(folder), "--model", args.model,
+                              "--classes", str(args.classes), *common],
+                "score": [sys.executable, *score, "--out", f"{tmp}/s.csv", str(folder)]}
+        for k in (int(v) for v in args.torchrun.split(",") if v.strip()):
+            runs[f"score_torchrun_{k}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc_per_node", str(k), *score, "--out", f"{tmp}/t{k}.csv", str(folder)]
+        seconds = {name: _timed(cmd, env) for name, cmd in runs.items()}
+        for csv_file in Path(tmp).glob("*.csv"):  # every run scored every image
+            assert csv_file.read_text().count("\n") == args.n + 1, csv_file
+    result = {"device": device, "model": args.model, "n": args.n, "size": args.size, "classes": args.classes,
+              "batch_size": args.batch_size, "workers": args.workers, "cpu_count": os.cpu_count(),
+              "torch": torch.__version__,
+              **{f"{k}_seconds": round(s, 2) for k, s in seconds.items()},
+              **{f"{k}_images_per_s": round(args.n / s, 1) for k, s in seconds.items()},
+              **{f"{k}_speedup": round(seconds["reference"] / s, 2) for k, s in seconds.items() if k != "reference"}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
