@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": device, "model": args.model, "n": args.n, "size": args.size, "classes": args.classes,
               "batch_size": args.batch_size, "workers": args.workers, "cpu_count": os.cpu_count(),
               "torch": torch.__version__,
-              **{f"{k}_seconds": round(s, 2) for k, s in seconds.items()},
-              **{f"{k}_images_per_s": round(args.n / s, 1) for k, s in seconds.items()},
-              **{f"{k}_speedup": round(seconds["reference"] / s, 2) for k, s in seconds.items() if k != "reference"}}
+              **{f"{k}_seconds": round(s, 3) for k, s in seconds.items()},
+              **{f"{k}_images_per_s": round(args.n / s, 3) for k, s in seconds.items()},
+              **{f"{k}_speedup": round(seconds["reference"] / s, 3) for k, s in seconds.items() if k != "reference"}}
     print(json.dumps(result))
     return result
 
