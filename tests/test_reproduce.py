@@ -64,7 +64,7 @@ def _kill_when(proc, path: Path, timeout=600):
             return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.02)
+        time.sleep(0.005)
     proc.kill()
     raise AssertionError(f"{path} did not appear")
 
@@ -72,18 +72,20 @@ def _kill_when(proc, path: Path, timeout=600):
 def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_clip_config,  # noqa: F811
                                                       tiny_clip_checkpoint):
     out = data / "repro"
-    args = _args(data, out, cam_resnet, tiny_clip_config, tiny_clip_checkpoint)
+    # 4 epochs: the kill lands between the first checkpoint and the prompt even when this process
+    # is descheduled for a few of the tiny fit's epochs (with 2, a loaded CI machine saw the prompt)
+    args = _args(data, out, cam_resnet, tiny_clip_config, tiny_clip_checkpoint, epochs=4)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "clip_smot", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    # the second fit (CoOp) has written the checkpoint of its first epoch, not yet its prompt
+    # the second fit (CoOp) has written a checkpoint of an early epoch, not yet its prompt
     killed = _kill_when(proc, out / "fit-coop" / "checkpoint.pt")
     assert killed, proc.stderr.read().decode()
     assert (out / "fit-smot" / "prompt.safetensors").is_file()
     assert not (out / "fit-coop" / "prompt.safetensors").exists()
     smot_prompt = (out / "fit-smot" / "prompt.safetensors").stat().st_mtime_ns
     saved = torch.load(out / "fit-coop" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert saved["epoch"] == 1
+    assert 1 <= saved["epoch"] < 4
 
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
@@ -92,7 +94,7 @@ def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_cli
     assert coop_line.endswith("--resume")
     assert (out / "fit-smot" / "prompt.safetensors").stat().st_mtime_ns == smot_prompt  # not redone
     log = [json.loads(line) for line in (out / "fit-coop" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
 
     # the table: every paper cell of Table 8, ours from the stages' metrics.json, ours - paper
     with open(out / "table.csv") as f:
