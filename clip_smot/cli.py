@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from . import __version__
 from .errors import UserError, one_line
 from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
 from .reproduce import TABLES
-from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS, process_group, writes_outputs
+from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS, process_group, torchrun_env, writes_outputs
 from .smot import PERTURBATIONS
 
 
@@ -66,8 +65,8 @@ _SHARED = ("train", "score", "eval")  # the commands that share their work among
 
 def _refuse_torchrun(what: str) -> None:
     """A UserError when run under torchrun with more than one process: each would do all the work."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world not in ("", "0", "1"):
+    world = torchrun_env()[2]
+    if world > 1:
         raise UserError(f"{what} runs in one process; under torchrun ({world} processes) only train, score and "
                         "eval --prompt/--zero-shot share the work: run it without torchrun")
 

@@ -43,7 +43,7 @@ from .clip_model import ClipModel
 from .data import load_image
 from .errors import UserError
 from .runtime import atomic_save_safetensors, cache_root, every_rank, file_stamp, remove_stale_temporaries, \
-    share_work
+    share_work, writes_outputs
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
 
@@ -308,8 +308,8 @@ def encode_files(
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
     feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if damage and rank == 0:
+    writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
+    if damage and writer:
         print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",
               file=sys.stderr)
     # under torchrun all processes encode unless every one found the entry (one may have looked
@@ -317,7 +317,7 @@ def encode_files(
     if not all(every_rank(feats is not None)):
         feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable),
                                  paths, batch_size))
-        if entry is not None and rank == 0:
+        if entry is not None and writer:
             try:
                 _write_cache(entry, feats)
             except UserError as e:  # a full disk or quota where the cache lives: the features are here anyway
