@@ -4,7 +4,7 @@ Writes (once, reused afterwards) ``--classes`` x ``--shots`` synthetic JPEGs und
 ImageNet-1k wnids (smooth random colour fields with a bright blob, ``--image-size`` pixels,
 like a resized ImageNet photo), a ResNet-18 state dict with random weights as the CAM network
 (the same compute as torchvision's ImageNet weights, which need a download), and runs
-:func:`clip_smot.fit.run_fit` with random CLIP weights (``--pretrained none``: the same compute
+:func:`clip_smot.clip.fit.run_fit` with random CLIP weights (``--pretrained none``: the same compute
 as the pretrained ones). Everything counts: decoding, CAMs, every epoch, the export.
 
     python benchmarks/fit_e2e.py --device cpu --classes 4 --shots 2 --epochs 1 --model ViT-B-16
@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clip_smot.fewshot import imagenet_wnids  # noqa: E402
-from clip_smot.fit import FitConfig, run_fit  # noqa: E402
+from clip_smot.clip.fewshot import imagenet_wnids
+from clip_smot.clip.fit import FitConfig, run_fit
 
 
 def _write_class(root: Path, wnid: str, shots: int, size: int, seed: int) -> None:

@@ -9,7 +9,7 @@ class names).
     in fp16 (CoOp's default; fp32 on CPU, where fp16 is not supported, or with
     ``--reference-precision fp32``), the B images through the image encoder, cross-entropy,
     backward into the context, SGD step.
-(b) ours: ``clip_smot.clip_step.make_fit_step`` (the step ``clip-smot fit`` runs): B images and
+(b) ours: ``clip_smot.clip.step.make_fit_step`` (the step ``clip-smot fit`` runs): B images and
     B CAM-masked copies, the K prompts through ``PromptLearner``'s truncated, shared-prefix
     encoder (text weights cast once to the step's precision), SMOT loss, backward, SGD step.
 
@@ -40,11 +40,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clip_smot.clip_model import load_clip  # noqa: E402
-from clip_smot.clip_step import make_fit_step  # noqa: E402
-from clip_smot.fit import FitConfig, resolve_speed  # noqa: E402
-from clip_smot.prompt import PromptLearner  # noqa: E402
-from clip_smot.runtime import resolve_device  # noqa: E402
+from clip_smot.clip.fit import FitConfig, resolve_speed
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt import PromptLearner
+from clip_smot.clip.step import make_fit_step
+from clip_smot.common.device import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CTX = 16  # CoOp's default context length
@@ -142,8 +142,8 @@ def first_step_peak(step, inputs, device: torch.device) -> float | None:
 def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> dict:
     """Median ms of the parts: the image encoder on 2B images, and the K prompts' forward +
     backward for each text-encoder setting (which shortcut buys what)."""
-    from clip_smot.encoders import fast_image_encoder
-    from clip_smot.runtime import autocast
+    from clip_smot.clip.encoders import fast_image_encoder
+    from clip_smot.common.device import autocast
 
     def in_autocast(fn, prec):
         def run_it():
@@ -237,7 +237,7 @@ def _sdpa_context(backend: str | None):
 
 def _fwd_bwd(learner, device, precision, backend=None):
     """The K prompts' forward + backward into the context, under the step's autocast."""
-    from clip_smot.runtime import autocast
+    from clip_smot.common.device import autocast
 
     def run_it():
         learner.ctx.grad = None

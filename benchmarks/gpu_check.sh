@@ -71,7 +71,7 @@ for s in $ONLY; do
       echo $! > "$E2E_ROOT/prepare.pid"; echo "=== prepare_e2e started in the background" ;;
     pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
-    pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_encoders.py \
+    pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/clip/test_encoders.py \
       -k "text_variants or flex or overlapped" ;;
     # the issue's comparison (a) vs (b) with `clip-smot fit`'s CUDA defaults (flex attention, compiled layers)
     fit_step_fast) run_step fit_step_fast 150 python3 benchmarks/fit_step.py --device cuda --classes 1000 \

@@ -4,7 +4,7 @@ Synthetic data: ``--images`` random uint8 images [3, 32, 32] (default 50,000, CI
 training set size) with random labels over 10 classes. Each step trains on 128 images and
 their 128 masked copies, with CAMs of the true label from a frozen (random) base ResNet-18.
 
-* project path (``clip_smot.train.train_epoch``): the whole set on the device as uint8, random
+* project path (``clip_smot.resnet.train.train_epoch``): the whole set on the device as uint8, random
   crop + flip on the device, thresholds drawn once per epoch, bf16 autocast and channels_last
   on CUDA, fused SGD, no host synchronisation per step (``--variants``: also ``--compile`` and
   ``--cuda-graph`` of ``clip-smot train``);
@@ -32,12 +32,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clip_smot.cam import CAMProvider  # noqa: E402
-from clip_smot.networks import build_network  # noqa: E402
-from clip_smot.resnet_data import CIFAR10_MEAN, CIFAR10_STD, TensorBatches  # noqa: E402
-from clip_smot.runtime import autocast, resolve_device  # noqa: E402
-from clip_smot.smot import cam_mask, perturb, sample_thresholds, smoothing_eps, smot_loss  # noqa: E402
-from clip_smot.train import StepParts, compile_for_training, make_optimizer, train_epoch  # noqa: E402
+from clip_smot.cam import CAMProvider
+from clip_smot.common.device import autocast, resolve_device
+from clip_smot.resnet.data import CIFAR10_MEAN, CIFAR10_STD, TensorBatches
+from clip_smot.resnet.networks import build_network
+from clip_smot.resnet.train import (
+    StepParts,
+    compile_for_training,
+    make_optimizer,
+    train_epoch,
+)
+from clip_smot.smot import (
+    cam_mask,
+    perturb,
+    sample_thresholds,
+    smoothing_eps,
+    smot_loss,
+)
 
 ALPHA, BETA, LAM, T = 50.0, 20.0, 0.1, 10.0  # docs/method.md §1 defaults for CIFAR-10
 VARIANTS = ("eager", "compile", "cuda-graph")

@@ -56,8 +56,8 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> No
 
 def make_prompt(path: Path, model: str, classes: int) -> None:
     """A prompt file of random context and text features for ``model`` with random weights."""
-    from clip_smot.clip_model import load_clip
-    from clip_smot.prompt_file import save_prompt
+    from clip_smot.clip.model import load_clip
+    from clip_smot.clip.prompt_file import save_prompt
 
     clip = load_clip(model, None)
     e, d = clip.config["embed_dim"], clip.config["text_cfg"]["width"]

@@ -1,5 +1,5 @@
 """``python -m clip_smot`` runs the command line."""
 
-from .cli import main
+from clip_smot.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """CAM providers: ResNet features x classifier weights -> [B, H, W] in [0, 255] (docs/method.md §1).
 
 Works for torchvision ResNets (ImageNet stem) and the CIFAR-stem networks of
-:mod:`clip_smot.networks`: any module with ``forward_features(x) -> [B, C, h, w]`` and a
+:mod:`clip_smot.resnet.networks`: any module with ``forward_features(x) -> [B, C, h, w]`` and a
 final linear layer (``get_classifier()`` or ``fc``), or a torchvision ResNet's named
 children. No forward hooks: the feature map is computed directly.
 

@@ -1,7 +1,7 @@
 """The ``clip-smot`` command line: the click group and nothing else of substance.
 
 This is the only module that imports click. Each command parses its flags, then calls one
-function of the library; a :class:`~clip_smot.errors.UserError` from there becomes one line
+function of the library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
 on stderr and exit code 1 (docs/method.md §6).
 """
 
@@ -16,12 +16,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import __version__
-from .errors import UserError, one_line
-from .fit import ATTENTION, CLASS_POSITIONS, LOSSES
-from .reproduce import TABLES
-from .runtime import MAX_BATCH, MAX_SEED, MAX_WORKERS, PRECISIONS, process_group, torchrun_env, writes_outputs
-from .smot import PERTURBATIONS
+from clip_smot import __version__
+from clip_smot.clip.fit import ATTENTION, CLASS_POSITIONS, LOSSES
+from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS
+from clip_smot.common.device import PRECISIONS
+from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
+from clip_smot.common.errors import UserError, one_line
+from clip_smot.reproduce import TABLES
+from clip_smot.smot import PERTURBATIONS
 
 
 class _Interrupted(click.ClickException):
@@ -151,7 +153,7 @@ def fit(split_file, **options) -> None:
 
     Writes OUT/prompt.safetensors, split.txt, config.json, log.jsonl and checkpoint.pt.
     """
-    from .fit import FitConfig, run_fit
+    from clip_smot.clip.fit import FitConfig, run_fit
 
     try:
         out = run_fit(FitConfig(split=split_file, **options))
@@ -184,7 +186,7 @@ def score(prompt, model_name, pretrained, scores, batch_size, device, workers, s
     ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
     one column per score (higher = more in-distribution).
     """
-    from .scoring import run_score
+    from clip_smot.clip.scorer import run_score
 
     with process_group(device):
         skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained,
@@ -245,7 +247,7 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
     ood_sets = _parse_ood(ood)
     score_list = [s.strip().lower() for s in scores.split(",") if s.strip()] if scores else None
     if checkpoint:
-        from .resnet_eval import run_resnet_eval
+        from clip_smot.resnet.evaluate import run_resnet_eval
 
         _refuse_torchrun("eval --checkpoint")
 
@@ -254,7 +256,7 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
         run_resnet_eval(checkpoint=checkpoint, id_data=id_data, id_train=id_train, ood=ood_sets, scores=score_list,
                         convention=fpr_convention, batch_size=batch_size, workers=workers, device=device, out=out)
     else:
-        from .clip_eval import run_clip_eval
+        from clip_smot.clip.evaluate import run_clip_eval
 
         with process_group(device):
             run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained,
@@ -263,8 +265,8 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
                           id_train=id_train, split=split_file)
 
 
-_ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.networks.NETWORKS (checked in a test)
-_MAX_INPUT_SIZE = 1024  # clip_smot.networks.MAX_INPUT_SIZE (checked in a test; networks imports torch)
+_ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.resnet.networks.NETWORKS (checked in a test)
+_MAX_INPUT_SIZE = 1024  # clip_smot.resnet.networks.MAX_INPUT_SIZE (checked in a test; networks imports torch)
 
 
 @cli.command()
@@ -317,7 +319,7 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
     Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
     The same command under 'torchrun --nproc_per_node N' trains with DistributedDataParallel.
     """
-    from .train import TrainConfig, run_train
+    from clip_smot.resnet.train import TrainConfig, run_train
 
     if dataset is None and data is None and not resume:
         raise click.UsageError("give --dataset NAME or --data DIR")
@@ -342,7 +344,7 @@ def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def export(checkpoint, out, model, pretrained, device) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
-    from .fit import export_prompt
+    from clip_smot.clip.fit import export_prompt
 
     click.echo(f"prompt written to {export_prompt(checkpoint, out, model=model, pretrained=pretrained, device=device)}")
 
@@ -386,7 +388,7 @@ def reproduce(table, dry_run, **options) -> None:
     and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
     paper's numbers, ours and the difference.
     """
-    from .reproduce import ReproduceOptions, run_reproduce
+    from clip_smot.reproduce import ReproduceOptions, run_reproduce
 
     run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data import bundled_file
-from .errors import UserError
-from .runtime import atomic_write_text, make_folder
+from clip_smot.common.bundled import bundled_file
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import atomic_write_text, make_folder
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import choose_fast  # noqa: E402
 
-from clip_smot.fit import FitConfig, resolve_speed  # noqa: E402
+from clip_smot.clip.fit import FitConfig, resolve_speed
 
 
 def _run_script(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -93,7 +93,7 @@ def _speed_on_cuda(options: str) -> tuple:
 def test_choose_fast_prints_the_fit_options_of_the_variant_that_was_timed(tmp_path, monkeypatch):
     """On a GPU fit's defaults turn every speed option on: the options chosen run exactly the
     timed variant (its attention, compiled or not, CUDA graph, overlap), as fit resolves them."""
-    import clip_smot.encoders as encoders
+    import clip_smot.clip.encoders as encoders
 
     monkeypatch.setattr(encoders, "flex_available", lambda device: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100 / H200

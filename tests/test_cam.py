@@ -119,8 +119,8 @@ def test_a_cam_model_whose_keys_declare_a_huge_network_is_refused_before_buildin
 
     from torchvision.models.resnet import BasicBlock, ResNet
 
-    from clip_smot.cam_models import load_cam_network
-    from clip_smot.errors import UserError
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
 
     small = {"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(2, 1), "fc.bias": torch.zeros(2),
              **{f"layer{i}.0.conv1.weight": torch.zeros(1) for i in (2, 3, 4)},

@@ -77,7 +77,7 @@ def test_bad_flags_give_one_line_in_every_command(tmp_path, monkeypatch):
 def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch):
     """fit, export and the ResNet track's eval do not share their work between processes: under
     torchrun each process would do all of it (on the same GPU, into the same files). One line,
-    nothing written. (score and eval --prompt/--zero-shot share it: tests/test_distributed.py.)"""
+    nothing written. (score and eval --prompt/--zero-shot share it: tests/common/test_distributed.py.)"""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv, what in ((["fit", "--out", "f"], "fit"),

@@ -12,19 +12,37 @@ import pytest
 
 import clip_smot
 from clip_smot.cli import cli
-from clip_smot.resnet_eval import RESNET_SCORES
-from clip_smot.scoring import SCORE_NAMES
+from clip_smot.clip.scorer import SCORE_NAMES
+from clip_smot.resnet.evaluate import RESNET_SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(clip_smot.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+# Dotted names below the package: "smot", "clip.fit", "common.files"; a folder's __init__.py is "clip".
+MODULES = sorted(
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__").removesuffix("__init__")
+    or "__init__" for p in PACKAGE.rglob("*.py") if "_data" not in p.parts
+)
+CORE = {"smot", "cam", "scores", "metrics"}  # the public core: tensors in, tensors out
+FOLDERS = ("clip", "resnet", "common")  # the two tracks and their shared plumbing
+COMMANDS = {"clip.fit", "clip.evaluate", "resnet.train", "resnet.evaluate"}  # what only the CLI runs
+
+
+def _file(module: str) -> Path:
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    return path if path.exists() else PACKAGE / module.replace(".", "/") / "__init__.py"
+
+
+def _layer(module: str) -> str:
+    """core, common, clip, resnet, or top (cli, reproduce, __main__, __init__)."""
+    head = module.split(".")[0]
+    return "core" if module in CORE else head if head in FOLDERS else "top"
 
 
 def _imports(module: str) -> list[tuple[str, int]]:
     """(name, level) of every import in a module, inside functions too: ``from .x import y`` is
     ("x", 1), ``from . import y`` is ("y", 1), ``import a.b`` is ("a.b", 0)."""
     out = []
-    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+    for node in ast.walk(ast.parse(_file(module).read_text())):
         if isinstance(node, ast.Import):
             out += [(a.name, 0) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -41,10 +59,19 @@ def _top_level(module: str) -> set[str]:
 
 
 def _package_imports(module: str) -> set[str]:
-    """Modules of the package a module imports (``from .x``, or ``clip_smot.x`` spelled out)."""
-    relative = {name.split(".")[0] for name, level in _imports(module) if level == 1}
-    absolute = {name.split(".")[1] for name, level in _imports(module) if level == 0 and name.startswith("clip_smot.")}
-    return (relative | absolute) - {"__version__"}
+    """Modules of the package a module imports, as dotted names (``from clip_smot.clip import fit``
+    is "clip.fit", ``from clip_smot.common.files import x`` is "common.files")."""
+    assert all(level == 0 for _, level in _imports(module)), f"{module}: relative import (spell clip_smot.x out)"
+    out = set()
+    for node in ast.walk(ast.parse(_file(module).read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("clip_smot.") for a in node.names if a.name.startswith("clip_smot.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "clip_smot":
+            base = node.module.removeprefix("clip_smot").lstrip(".")
+            for a in node.names:
+                sub = f"{base}.{a.name}" if base else a.name
+                out.add(sub if sub in MODULES else base)
+    return out - {"", "__version__"}
 
 
 def test_the_tensor_modules_import_nothing_of_the_package():
@@ -60,7 +87,29 @@ def test_click_only_in_the_cli_and_open_clip_only_in_clip_model():
     for module in MODULES:
         top = _top_level(module)
         assert "click" not in top or module == "cli", module
-        assert "open_clip" not in top or module == "clip_model", module
+        assert "open_clip" not in top or module == "clip.model", module
+
+
+def test_every_module_sits_in_its_folder():
+    """The file list says the architecture: the core and the command line at the top, everything
+    else in clip/, resnet/ or common/."""
+    assert {m for m in MODULES if _layer(m) == "top"} == {"__init__", "__main__", "cli", "reproduce"}
+    assert {m for m in MODULES if "." not in m} >= set(FOLDERS) | CORE
+
+
+def test_imports_point_one_way_between_the_folders():
+    """cli -> tracks -> common -> core: the core imports nothing of the package, common only the
+    core, a track common and the core. The tracks stay apart; the one crossing is clip's CAM
+    network, which loads a ResNet model file (resnet.networks) as fit's CAM provider."""
+    allowed = {"core": {"core"}, "common": {"core", "common"}, "clip": {"core", "common", "clip"},
+               "resnet": {"core", "common", "resnet"}}
+    crossings = set()
+    for module in MODULES:
+        layer = _layer(module)
+        for imported in _package_imports(module):
+            if layer in allowed and _layer(imported) not in allowed[layer]:
+                crossings.add((module, imported))
+    assert crossings == {("clip.cam_network", "resnet.networks")}
 
 
 def test_imports_point_one_way():
@@ -68,7 +117,7 @@ def test_imports_point_one_way():
     (lazy ones too) have no cycle: a module never depends, even indirectly, on one that depends on it."""
     graph = {m: _package_imports(m) for m in MODULES}
     assert [m for m in MODULES if "cli" in graph[m]] == ["__main__"]
-    for command in ("fit", "train", "clip_eval", "resnet_eval"):  # the library never imports its trainers
+    for command in COMMANDS:  # the library never imports its trainers
         assert [m for m in MODULES if command in graph[m]] == ["cli"], command
     for start in MODULES:
         seen, todo = set(), [start]
@@ -85,19 +134,21 @@ def test_every_public_name_exists_and_cross_module_imports_are_public():
     in its ``__all__`` (so ``__all__`` is the real interface)."""
     import importlib
 
-    for module in MODULES:
-        if module in ("__init__", "__main__", "cli"):
-            continue
+    library = [m for m in MODULES if m not in ("__init__", "__main__", "cli", *FOLDERS)]
+    for module in library:
         mod = importlib.import_module(f"clip_smot.{module}")
         assert hasattr(mod, "__all__"), module
         missing = [n for n in mod.__all__ if not hasattr(mod, n)]
         assert missing == [], (module, missing)
     for module in MODULES:
-        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module not in (None, "cli"):
-                public = importlib.import_module(f"clip_smot.{node.module}").__all__
+        for node in ast.walk(ast.parse(_file(module).read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clip_smot.")):
+                continue
+            source = node.module.removeprefix("clip_smot.")
+            if source in library and source != "cli":
+                public = importlib.import_module(node.module).__all__
                 private = [a.name for a in node.names if a.name not in public]
-                assert private == [], f"{module} imports {private} from {node.module}, not in its __all__"
+                assert private == [], f"{module} imports {private} from {source}, not in its __all__"
 
 
 # --- the command line against the docs ---------------------------------------------------------
@@ -232,10 +283,18 @@ def test_the_version_is_the_same_everywhere():
 
 def test_the_readme_layout_names_every_module():
     layout = _doc("README.md").split("## Layout")[1].split("```")[1]
-    listed = re.findall(r"^  (\w+)\.py ", layout, re.M)
+    listed, folder = [], None
+    for line in layout.splitlines():
+        if m := re.match(r"^  (\w+)/ ", line + " "):
+            folder = m.group(1)
+            listed.append(folder)
+        elif m := re.match(r"^    (\w+)\.py ", line):
+            listed.append(f"{folder}.{m.group(1)}")
+        elif m := re.match(r"^  (\w+)\.py ", line):
+            listed.append(m.group(1))
     assert sorted(listed) == [m for m in MODULES if not m.startswith("__")]
     for module in MODULES:  # and each module says its job in its first docstring line
-        assert ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())), module
+        assert ast.get_docstring(ast.parse(_file(module).read_text())), module
 
 
 def test_the_readme_core_example_runs():
@@ -243,7 +302,7 @@ def test_the_readme_core_example_runs():
     imports exist and the loss it builds backpropagates into the model."""
     import torch
 
-    from clip_smot.networks import build_network
+    from clip_smot.resnet.networks import build_network
 
     code = re.search(r"## Using the core in your own loop\n\n```python\n(.*?)```", _doc("README.md"), re.S).group(1)
     torch.manual_seed(0)
@@ -269,8 +328,8 @@ def test_the_python_examples_of_the_docs_run(tmp_path, monkeypatch, tiny_clip_co
     import torch
     from PIL import Image
 
-    import clip_smot.clip_model as cm
-    from clip_smot.prompt_file import save_prompt
+    import clip_smot.clip.model as cm
+    from clip_smot.clip.prompt_file import save_prompt
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))

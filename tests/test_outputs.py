@@ -15,15 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import CLASSES, _cache_in_tmp, tiny  # noqa: F401 (fixtures)
 from PIL import Image
 
 from clip_smot.cli import cli
-from clip_smot.clip_model import load_clip_for_prompt
-from clip_smot.errors import UserError
-from clip_smot.prompt_file import save_prompt
-from clip_smot.runtime import check_output, plain_name
-
-from test_score import CLASSES, _cache_in_tmp, tiny  # noqa: F401 (fixtures)
+from clip_smot.clip.model import load_clip_for_prompt
+from clip_smot.clip.prompt_file import save_prompt
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import check_output, plain_name
 
 
 def _prompt(path, clip, **identity):
@@ -130,7 +129,7 @@ def test_a_prompts_checkpoint_name_is_not_a_path(tmp_path, tiny, tiny_clip_check
 def test_a_data_root_read_from_a_file_gets_no_download(tmp_path, monkeypatch):
     """eval --checkpoint takes a CIFAR root from the model file's config and train --resume from
     the checkpoint: a set missing there was downloaded into that folder (a lock file first)."""
-    from clip_smot import resnet_data
+    from clip_smot.resnet import data as resnet_data
 
     monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
     root = tmp_path / "named-by-a-file"
@@ -146,9 +145,9 @@ def test_resume_and_eval_never_download_into_a_root_a_file_names(tmp_path, monke
     and eval --checkpoint of a model file whose config names one (eval then uses the default root)."""
     import dataclasses
 
-    from clip_smot import resnet_data
-    from clip_smot.networks import build_network, save_model
-    from clip_smot.train import TrainConfig
+    from clip_smot.resnet import data as resnet_data
+    from clip_smot.resnet.networks import build_network, save_model
+    from clip_smot.resnet.train import TrainConfig
 
     monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
     monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "default"))
@@ -173,7 +172,7 @@ def test_resume_and_eval_never_download_into_a_root_a_file_names(tmp_path, monke
 
 
 def test_eval_falls_back_to_the_default_root_when_the_files_root_lacks_the_set(tmp_path):
-    from clip_smot.resnet_eval import _read_only_root
+    from clip_smot.resnet.evaluate import _read_only_root
 
     calls = []
 
@@ -290,7 +289,7 @@ def test_resnet_eval_out_inside_an_input_folder(tmp_path):
 
 def _fit_checkpoint(path, model_json):
     """A complete-looking fit checkpoint whose run used ``model_json`` (enough for export's checks)."""
-    from clip_smot.fit import CHECKPOINT_FORMAT, FitConfig
+    from clip_smot.clip.fit import CHECKPOINT_FORMAT, FitConfig
 
     clip = {"model": "clip-smot-tiny", "model_config": open(model_json).read(), "pretrained": "",
             "checkpoint_sha256": ""}

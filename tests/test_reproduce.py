@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import (
+    _cache_in_tmp,  # noqa: F401 (fixture)
+    cam_resnet,  # noqa: F401 (fixture)
+)
 from PIL import Image
 
 from clip_smot.cli import cli
 from clip_smot.reproduce import TABLES, ReproduceOptions, paper_table, plan
-
-from test_fit import cam_resnet  # noqa: F401 (fixture)
-from test_score import _cache_in_tmp  # noqa: F401 (fixture)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 ROOT = Path(__file__).resolve().parents[1]

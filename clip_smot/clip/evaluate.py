@@ -1,0 +1,286 @@
+"""``clip-smot eval`` for the CLIP track: a learned prompt (or zero-shot prompts) on ID and OOD sets.
+
+Text features are computed once; image features come from the feature cache when the same
+files were encoded by the same weights before (:mod:`clip_smot.clip.features`), the ID
+training images of the fitted scores (react, knn, vim) too. ODIN encodes every image again
+with a backward pass through the image encoder: it has no cache. The metric files are written
+by :func:`clip_smot.common.reports.write_reports`, shared with the ResNet track.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clip_smot.clip.features import encode_files
+from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.clip.scorer import (
+    FITTED_SCORES,
+    PromptScorer,
+    parse_scores,
+    resolve_pretrained,
+)
+from clip_smot.common.bundled import bundled_file
+from clip_smot.common.digits import DIGIT_NAMES
+from clip_smot.common.distributed import writes_outputs
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import check_output_folder, json_text
+from clip_smot.common.image_sets import (
+    folder_classnames,
+    id_class_folders,
+    id_set,
+    image_set,
+)
+from clip_smot.common.reports import REPORT_FILES, write_reports
+
+__all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
+
+DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
+_WRITES = REPORT_FILES  # under --out (config.json included)
+
+
+@dataclass(frozen=True)
+class ClipEvalConfig:
+    """What one CLIP evaluation ran with; saved as OUT/config.json."""
+
+    prompt: str | None  # prompt file, None for zero-shot
+    zero_shot: bool  # plain "a photo of a {c}." prompts (the MCM baseline)
+    model: str | None  # open_clip name or config JSON (None: from the prompt)
+    pretrained: str | None  # tag or checkpoint file (None: from the prompt)
+    id_data: str  # ID folder or image list
+    ood: dict  # OOD set name -> folder or image list (None: the built-in set of that name)
+    id_train: str | None  # ID training images of react/knn/vim (None: the prompt's few-shot images)
+    split: str | None  # a split.txt choosing those images (relative to id_train or the prompt's data)
+    scores: tuple  # score names
+    convention: str  # FPR95 convention: "id" (paper) or "openood"
+    batch_size: int  # images per forward pass
+    workers: int  # DataLoader decoding processes
+    device: str  # as given: auto, cpu, cuda
+    use_cache: bool  # read/write the image-feature cache
+
+
+# Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
+BUILTIN_ID = ("digits",)
+BUILTIN_OOD = ("photos", "textures")
+
+
+def _builtin_id(where: str, size: int) -> str:
+    """The bundled digits' val folder for ``--id digits``, or ``where`` itself when it is a path."""
+    if where not in BUILTIN_ID or Path(where).exists():
+        return where
+    from clip_smot.common.digits import ensure_digits
+
+    return str(ensure_digits(size) / "val")
+
+
+def _prompt_folders(config, n_classes: int) -> list[str] | None:
+    """The class folders a fit prompt was trained on (``run.class_folders``), if it records them."""
+    run = config.get("run") if isinstance(config, dict) else None
+    folders = run.get("class_folders") if isinstance(run, dict) else None
+    ok = isinstance(folders, list) and len(folders) == n_classes and all(isinstance(f, str) for f in folders)
+    return folders if ok else None
+
+
+def _builtin_ood(name: str, size: int) -> str:
+    """The folder of the built-in OOD set ``name`` (a bare ``--ood NAME``)."""
+    if name.lower() not in BUILTIN_OOD:
+        raise UserError(f"--ood {name}: not a built-in OOD set (the CLIP track has only the digits' "
+                        f"{' and '.join(BUILTIN_OOD)}); give {name}=DIR for a folder or image list")
+    from clip_smot.common.digits import ensure_digits
+
+    return str(ensure_digits(size) / "ood" / name.lower())
+
+
+def _prompt_split(prompt: str, config: dict, root: Path, split: str | None) -> list[tuple[str, int]]:
+    """The few-shot images a fit prompt was trained on: ``split``, else the split.txt next to
+    the prompt, else the split drawn again from the prompt's data, shots and seed; the last two
+    checked against the SHA-256 the prompt records."""
+    from clip_smot.clip.fewshot import (
+        draw_split,
+        read_split,
+        resolve_classes,
+        split_text,
+    )
+
+    classes = resolve_classes(root, "--id-train")
+    if split:
+        return read_split(split, classes, "--split")
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    want = run.get("split_sha256")
+    beside = Path(prompt).parent / "split.txt"
+    if beside.is_file():
+        chosen, where = read_split(beside, classes, "--split"), str(beside)
+    elif not config.get("split") and isinstance(config.get("shots"), int) and isinstance(config.get("seed"), int):
+        chosen, where = draw_split(classes, config["shots"], config["seed"]), f"a draw from {root}"
+    else:
+        raise UserError(f"--split: {prompt} was fitted on a split file that is not next to it; pass --split SPLIT.txt")
+    if want and hashlib.sha256(split_text(chosen).encode()).hexdigest() != want:
+        raise UserError(f"--split: {where} is not the split {prompt} was fitted on; pass --split SPLIT.txt or "
+                        "--id-train DIR")
+    return chosen
+
+
+def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None, split: str | None) -> list[str]:
+    """The ID training images of the fitted scores (react, knn, vim).
+
+    ``id_train`` (a folder, searched recursively, or an image list ``ROOT::LIST.txt``) with all
+    its images, or with those a ``split`` file lists; without ``id_train``, the prompt's own
+    few-shot images, found from its metadata (its data folder, and its split.txt or seed).
+
+    Raises:
+        UserError: no ID training data named and none recorded in the prompt (zero-shot, or a
+            prompt not made by ``clip-smot fit``), or a split that is not the prompt's.
+    """
+    from clip_smot.clip.fewshot import read_split, resolve_classes, resolve_train_root
+
+    if id_train and not split:
+        return [str(p) for p in image_set("id-train", id_train, flag="--id-train").paths]
+    if id_train:
+        root = resolve_train_root(id_train, "--id-train")
+        return [str(root / rel) for rel, _ in read_split(split, resolve_classes(root, "--id-train"), "--split")]
+    data = config.get("data") if isinstance(config, dict) else None
+    if not prompt or not isinstance(data, str):
+        what = "--zero-shot has no training images" if not prompt else f"{prompt} does not record its training data"
+        raise UserError(f"--id-train: react, knn and vim are fitted on ID training images, and {what}; "
+                        "pass --id-train DIR")
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR")
+    return [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
+
+
+def _zero_shot_template() -> str:
+    return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
+
+
+def run_clip_eval(
+    prompt: str | None,
+    zero_shot: bool,
+    model: str | None,
+    pretrained: str | None,
+    id_data: str,
+    ood: dict[str, str | None],
+    scores: list[str] | None,
+    convention: str = "id",
+    batch_size: int = 256,
+    workers: int = 4,
+    device: str = "auto",
+    out: str = "eval",
+    use_cache: bool = True,
+    id_train: str | None = None,
+    split: str | None = None,
+) -> dict:
+    """Score the ID set and every OOD set, then write the metric files into ``out``.
+
+    Args:
+        prompt: the learned prompt file (None with ``zero_shot``).
+        zero_shot: use plain CLIP prompts; the class names come from the ID folder.
+        model, pretrained: override the prompt's model (zero-shot default: ViT-B-16 / openai).
+        id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list; or
+            ``digits``, the bundled digits' val folder.
+        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``), or None for
+            the built-in set of that name (the digits' ``photos`` and ``textures``).
+        scores: score names (default: mcm).
+        convention: FPR95 convention, "id" or "openood" (OOD positive).
+        batch_size, workers, device: encoding settings.
+        out: output folder: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
+        use_cache: read/write the image-feature cache.
+        id_train, split: the ID training images of react, knn and vim (see :func:`id_train_paths`).
+
+    Returns:
+        The metrics.json content (under torchrun, on rank 0; an empty dict on the others).
+    """
+    names = parse_scores(scores)
+    given = {"--id": id_data, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
+    inputs = [("--prompt file", prompt), ("--model file", model), ("--pretrained file", pretrained),
+              *((f"{flag} image list", w) for flag, w in given.items())]
+    read_folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+    check_output_folder(out, "--out", inputs, read_folders, writes=_WRITES)
+    if "id" in ood:
+        raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
+    cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), id_train, split, tuple(names),
+                         convention, batch_size, workers, device, use_cache)
+    if zero_shot:
+        template = _zero_shot_template()
+        builtin = id_data == "digits" and not Path(id_data).exists()
+        classnames = list(DIGIT_NAMES) if builtin else folder_classnames(id_data)
+        folders = None if builtin else id_class_folders(id_data)  # the names' folders, one to one
+        config = None
+        scorer = PromptScorer.zero_shot(
+            classnames, model or DEFAULT_ZERO_SHOT_MODEL[0],
+            pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
+        )
+        title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    else:
+        if not prompt:
+            raise UserError("--prompt: give a prompt file, or --zero-shot")
+        pf = load_prompt(prompt)
+        if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
+            pretrained = resolve_pretrained(pf)
+            inputs.append(("checkpoint file found by name", pretrained or None))
+        scorer = PromptScorer.from_file(pf, model=model, pretrained=pretrained, device=device)
+        folders = _prompt_folders(pf.config, len(pf.classnames))
+        config = pf.config
+        title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    fitted = [n for n in names if n in FITTED_SCORES]
+    scorer.check_scores([n for n in names if n not in fitted])
+    # Resolve every set before encoding anything: a typo in the last --ood fails at once.
+    size = scorer.clip.image_size
+    sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
+    sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
+    train_paths = id_train_paths(prompt, config, id_train, split) if fitted else []
+    # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
+    check_output_folder(out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
+                                                  for s in sets for p in s.paths),
+                                                  *(("ID-train image", p) for p in train_paths)],
+                        read_folders, writes=_WRITES)
+
+    start = time.monotonic()
+    if fitted:
+        train = encode_files(scorer.clip, train_paths, False, batch_size, workers, False, use_cache)
+        scorer.fit_id_train(train.global_, fitted)
+    results = {}
+    for s in sets:
+        feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
+        out_s = scorer.score_features(feats, names)
+        if "odin" in names:
+            out_s["odin"] = scorer.odin_files(feats.paths, batch_size, workers)
+        results[s.name] = (s, out_s)
+    id_s, id_out = results["id"]
+    id_accuracy = None
+    if id_s.labels is not None:
+        pred = id_out["pred_index"].numpy()
+        id_accuracy = float(100.0 * np.mean(pred == np.asarray(id_s.labels)))
+    extra = {
+        "model": scorer.clip.name,
+        "pretrained": scorer.clip.pretrained,
+        "prompt": prompt,
+        "text_features": scorer.source,
+        "n_images": {name: len(s.paths) for name, (s, _) in results.items()},
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    if fitted:
+        vim = scorer.fitted.get("vim")
+        extra["id_train"] = {"n_images": len(train_paths), "scores": fitted,
+                             "react_threshold": scorer.fitted.get("react_threshold"),
+                             "vim": {"dim": vim["dim"], "alpha": vim["alpha"]} if vim else None}
+    if id_accuracy is None:
+        extra["id_accuracy_note"] = id_s.note or "the ID data has no class labels"
+    if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
+        return {}
+    report = write_reports(
+        out,
+        {n: id_out[n].numpy() for n in names},
+        {name: {n: o[n].numpy() for n in names} for name, (_, o) in results.items() if name != "id"},
+        id_accuracy=id_accuracy,
+        convention=convention,
+        title=title,
+        extra=extra,
+        files={"config.json": json_text({**asdict(cfg), "scores": list(cfg.scores)})},
+    )
+    return report

@@ -1,0 +1,332 @@
+"""CLIP image features of image files: DataLoader decoding, encoding, and an on-disk cache.
+
+Decoding, resizing and cropping run in DataLoader worker processes; the model runs in the
+main process. Features of a list of files are cached per (files, model weights,
+preprocessing), so that another score or another prompt on the same images does not encode
+them again:
+
+    $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
+
+``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
+SHA-256, MLP activation), the versions of clip-smot and open_clip, the preprocessing settings,
+and the sorted absolute file paths with their sizes,
+modification and change times and inodes: editing, replacing, adding or removing an image gives
+a new key (even when a copy keeps the old modification time). Delete the folder
+to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
+since nothing names their weights.
+
+Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
+asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 x 2 bytes =
+200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val). The metadata holds the files
+(``paths``, ``skipped``) and ``sha256``, a checksum over the tensors and that metadata, checked
+on every read: an entry whose bytes changed since it was written (a flipped bit, a hand edit)
+is encoded again, with a note. Non-finite features are never stored nor used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
+
+from clip_smot.clip import model as cm
+from clip_smot.clip.model import ClipModel
+from clip_smot.common.distributed import every_rank, share_work, writes_outputs
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import (
+    atomic_save_safetensors,
+    cache_root,
+    file_stamp,
+    remove_stale_temporaries,
+)
+from clip_smot.common.images import load_image
+
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
+
+# 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
+# after resizing (as open_clip), 16-bit grey scaled to 8 bits
+_CACHE_VERSION = "2"
+_LOCAL_DTYPE = torch.float16  # local features are large; their cosines need no more precision
+
+
+@dataclass
+class ImageFeatures:
+    """Normalised CLIP features of the readable files among those asked for.
+
+    Attributes:
+        paths: the encoded files, in order (unreadable ones removed when skipped).
+        global_: [N, e] float32, normalised.
+        local: [N, P, e] float16, normalised, or None when not asked for.
+        skipped: unreadable files that were skipped, with the reason.
+    """
+
+    paths: list[str]
+    global_: torch.Tensor
+    local: torch.Tensor | None
+    skipped: list[tuple[str, str]]
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decoded, preprocessed images; an unreadable file yields its error message, not an exception.
+
+    Raising inside a worker would surface as a multi-line traceback; the message travels to
+    the main process instead, which reports it as one line (or skips the file).
+    """
+
+    def __init__(self, paths: Sequence[str], transform, size: int):
+        self.paths, self.transform, self.size = list(paths), transform, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(load_image(self.paths[i], mode=None)), ""  # open_clip converts after resizing
+        except UserError as e:
+            return torch.zeros(3, self.size, self.size), str(e)
+
+
+def cache_dir() -> Path:
+    """``$CLIP_SMOT_CACHE/features`` or ``~/.cache/clip_smot/features``."""
+    return cache_root() / "features"
+
+
+def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
+    files = [[os.path.abspath(p), *file_stamp(p)] for p in paths]  # a replaced image gives a new key
+    blob = json.dumps(
+        {
+            "version": _CACHE_VERSION,
+            "model": clip.identity(),  # (with the activation the model was built with)
+            "versions": cm.library_versions(),  # another clip-smot or open_clip may encode otherwise
+            "preprocess": cm.preprocess_identity(clip),
+            "files": sorted(files),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, str]:
+    """SHA-256 per tensor over its name, dtype, shape and bytes and the metadata ``meta``: one per
+    tensor, so that a read of the global features alone need not read the (large) local ones."""
+    head = json.dumps(meta, sort_keys=True).encode()
+    out = {}
+    for name, t in tensors.items():
+        h = hashlib.sha256(head)
+        h.update(f"{name} {t.dtype} {list(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy())  # the bytes as stored
+        out[name] = h.hexdigest()
+    return out
+
+
+def _load_entry(path: Path, local: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors wanted (``global``, and ``local`` with ``local``) and the metadata of a cache
+    entry, or None when it lacks the local features asked for.
+
+    Raises:
+        SafetensorError, OSError: not a readable entry (a missing tensor included).
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if local and "local" not in f.keys():
+            return None
+        # clone: fresh, aligned memory, so that matrix products are bit-identical to those
+        # of freshly encoded features (a view into the file buffer can take another SIMD path)
+        tensors = {k: f.get_tensor(k).clone() for k in (("global", "local") if local else ("global",))}
+    return tensors, meta
+
+
+def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> tuple[ImageFeatures | None, str]:
+    """The cached features of ``paths`` and "", or None and why the entry cannot be used ("" when
+    there is no entry or it lacks the local features asked for; a reason when it is damaged)."""
+    if not path.is_file():
+        return None, ""
+    try:
+        entry = _load_entry(path, local)
+        if entry is None:
+            return None, ""
+        tensors, meta = entry
+        if "sha256" not in meta:
+            return None, "it has no checksum (written by an older clip-smot)"
+        stored = json.loads(meta.pop("sha256"))
+        if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
+            return None, "its checksum does not match its contents"
+        global_, local_ = tensors["global"], tensors.get("local")
+        encoded = [str(p) for p in json.loads(meta["paths"])]
+        skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
+    # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        return None, f"not a readable entry ({type(e).__name__})"
+    if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
+        return None, "it lists other files"
+    n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
+    if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
+        return None, "its features have the wrong shape"
+    if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
+        return None, "its features are not finite"
+    # the key sorts the files: the entry may hold them in another order than the one asked for
+    row = {p: i for i, p in enumerate(encoded)}
+    order = [row[p] for p in paths if p in row]
+    if order != list(range(len(encoded))):
+        global_ = global_[order]
+        local_ = local_[order] if local_ is not None else None
+        encoded = [encoded[i] for i in order]
+    return ImageFeatures(encoded, global_, local_, skipped), ""
+
+
+def _write_cache(path: Path, feats: ImageFeatures) -> None:
+    # entries of writers killed outside Python's reach (SIGKILL, the OOM killer), as large as an entry;
+    # an hour old at least: a younger one may be another process's write in progress
+    remove_stale_temporaries(path.parent, None, older_than_s=3600.0)
+    tensors = {"global": feats.global_.contiguous()}
+    if feats.local is not None:
+        tensors["local"] = feats.local.contiguous()
+    meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped])}
+    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
+
+
+def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised float32 global features [B, e] of preprocessed images [B, 3, S, S] and, with
+    ``local``, their normalised per-patch features [B, P, e] (GL-MCM; ViT only), else None."""
+    if local:
+        g, l = cm.encode_image_tokens(clip, images)  # [B, e], [B, P, e]
+        return F.normalize(g.float(), dim=-1), F.normalize(l.float(), dim=-1)
+    return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
+
+
+def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4):
+    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers.
+
+    Yields:
+        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU),
+        and one string per image, empty when it was read, else the reason it could not be (its
+        image is then zeros).
+    """
+    device = next(clip.model.parameters()).device
+    dataset = _ImageFiles(paths, cm.image_preprocess(clip), clip.image_size)
+    yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                           pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+@torch.inference_mode()
+def _encode(
+    clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool
+) -> ImageFeatures:
+    device = next(clip.model.parameters()).device
+    globals_, locals_, kept, skipped = [], [], [], []
+    start = 0
+    for images, errors in image_batches(clip, paths, batch_size, workers):
+        ok = [i for i, e in enumerate(errors) if not e]
+        for i, e in enumerate(errors):
+            if e:
+                if not skip_unreadable:
+                    raise UserError(e)
+                skipped.append((str(paths[start + i]), e))
+        kept += [str(paths[start + i]) for i in ok]
+        start += len(errors)
+        if not ok:
+            continue
+        if len(ok) < len(errors):  # (indexing copies the batch: only when it must drop a file)
+            images = images[ok]
+        g, l = normalized_features(clip, images.to(device, non_blocking=True), local)  # [b, e], [b, P, e]
+        _check_finite(clip, g, l, kept[-len(ok):])
+        globals_.append(g.cpu())
+        if local:
+            locals_.append(l.to(_LOCAL_DTYPE).cpu())
+    if paths and not kept and not skip_unreadable:
+        raise UserError(f"{paths[0]}: none of the {len(paths)} image(s) could be read")
+    e = clip.config["embed_dim"]  # (no file readable: empty features, for the caller to judge with its other files)
+    global_ = torch.cat(globals_) if kept else torch.zeros(0, e)
+    local_ = (torch.cat(locals_) if kept else torch.zeros(0, 0, e, dtype=_LOCAL_DTYPE)) if local else None
+    return ImageFeatures(kept, global_, local_, skipped)
+
+
+def _join(parts: Sequence[ImageFeatures]) -> ImageFeatures:
+    """The features of consecutive runs of files (:func:`~clip_smot.common.distributed.share_work`'s
+    results), as one."""
+    if len(parts) == 1:
+        return parts[0]
+    full = [f for f in parts if f.paths] or parts[:1]  # (a share of unreadable files has empty tensors)
+    local = torch.cat([f.local for f in full]) if full[0].local is not None else None
+    return ImageFeatures([p for f in parts for p in f.paths], torch.cat([f.global_ for f in full]), local,
+                         [s for f in parts for s in f.skipped])
+
+
+def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, paths: Sequence[str]) -> None:
+    """A UserError naming the model's weights when the features ``g`` [b, e] (or ``l`` [b, P, e])
+    of ``paths`` are not finite: decoded images are finite, so the weights are the source."""
+    bad = ~torch.isfinite(g).all(dim=-1)  # [b]
+    if l is not None:
+        bad |= ~torch.isfinite(l).flatten(1).all(dim=-1)
+    if bad.any():
+        first = paths[int(bad.nonzero()[0])]
+        raise UserError(f"{weights_flag(clip)}: the image encoder of {clip.name} gives non-finite features "
+                        f"({int(bad.sum())} of {len(paths)} images, first {first}); its weights hold NaN or inf, "
+                        "or overflow")
+
+
+def weights_flag(clip: ClipModel) -> str:
+    """``--pretrained TAG|FILE``: where a model's weights came from, for messages blaming them."""
+    return f"--pretrained {clip.pretrained or '(none: random weights)'}"
+
+
+def encode_files(
+    clip: ClipModel,
+    paths: Sequence[str | os.PathLike],
+    local: bool = False,
+    batch_size: int = 256,
+    workers: int = 4,
+    skip_unreadable: bool = False,
+    use_cache: bool = True,
+) -> ImageFeatures:
+    """Normalised CLIP features of image files, from the cache when possible.
+
+    Args:
+        clip: the model (on its device).
+        paths: image files, in the order wanted.
+        local: also compute per-patch features (GL-MCM; ViT only).
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes for decoding (0 = in the main process).
+        skip_unreadable: skip unreadable images (listed in ``skipped``) instead of failing.
+        use_cache: read and write the feature cache (see the module docstring).
+
+    Returns:
+        The features; with ``skip_unreadable`` none at all (empty tensors) when no file is readable.
+
+    Raises:
+        UserError: an unreadable image (naming it) unless skipped; local features of a non-ViT;
+            non-finite features (naming the weights).
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise UserError("no image files to encode")
+    cacheable = use_cache and bool(clip.pretrained)
+    entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
+    feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
+    writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
+    if damage and writer:
+        print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",
+              file=sys.stderr)
+    # under torchrun all processes encode unless every one found the entry (one may have looked
+    # while rank 0 was writing it for an earlier argument with the same files)
+    if not all(every_rank(feats is not None)):
+        feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable),
+                                 paths, batch_size))
+        if entry is not None and writer:
+            try:
+                _write_cache(entry, feats)
+            except UserError as e:  # a full disk or quota where the cache lives: the features are here anyway
+                print(f"note: the feature cache was not written ({e}); --no-cache skips it", file=sys.stderr)
+    elif feats.skipped and not skip_unreadable:
+        raise UserError(feats.skipped[0][1])
+    return feats

@@ -1,0 +1,238 @@
+"""Few-shot data for the CLIP track: class lists, the seeded split file, images decoded once.
+
+Two folder layouts (docs/method.md §2):
+
+* **ImageNet**: ``DATA/train/<wnid>/*`` where every class folder is an ImageNet-1k wnid. The
+  class order is the ImageNet-1k wnid order (``data_lists/imagenet1k_wnids.txt``) restricted to
+  the wnids present, and the prompt names come from ``prompts/imagenet1k_classnames.txt``. With
+  all 1000 folders (the paper's setting) the labels are the ImageNet-1k indices; with a subset
+  they are the positions in the restricted list, and :attr:`FewShotClasses.imagenet_index` keeps
+  the mapping back to the 1000-way index (used to pick the CAM class of an ImageNet ResNet).
+* **Any other folder dataset**: ``DATA/train/<class>/*`` or ``DATA/<class>/*``; the sorted
+  folder names are both the classes and the prompt names.
+
+The split file (``split.txt``) has one line per chosen image, ``relative/path<TAB>label``, the
+path relative to the class-folder root, the label the class index in the run's class order;
+lines sorted by label, then path; the path escaped where it is not plain text (a backslash, a
+line break or another control character, a byte that is not UTF-8). See ``data_lists/README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
+from clip_smot.common.errors import UserError
+from clip_smot.common.images import (
+    class_folders,
+    escape_path,
+    holds_folders,
+    image_names,
+    load_image,
+    read_text_file,
+    unescape_path,
+    walk_files,
+)
+
+__all__ = [
+    "FewShotClasses",
+    "decode_and_hash",
+    "decode_images",
+    "draw_split",
+    "imagenet_classnames",
+    "imagenet_wnids",
+    "read_split",
+    "resolve_classes",
+    "resolve_train_root",
+    "split_text",
+]
+
+
+
+@dataclass(frozen=True)
+class FewShotClasses:
+    """The classes of a folder dataset.
+
+    Attributes:
+        root: the folder holding one sub-folder per class.
+        folders: class folder names, in label order (wnids for ImageNet).
+        classnames: the names used in the prompts, in label order.
+        imagenet_index: for ImageNet data, the ImageNet-1k index of each label; else None.
+    """
+
+    root: Path
+    folders: tuple[str, ...]
+    classnames: tuple[str, ...]
+    imagenet_index: tuple[int, ...] | None
+
+
+def resolve_train_root(data: str | os.PathLike, flag: str = "--data") -> Path:
+    """``DATA/train`` when it is a folder of class folders, else ``DATA`` itself (a folder of
+    class folders, which may include a class named ``train``)."""
+    data = Path(data)
+    if not data.exists():
+        raise UserError(f"{flag} {data}: no such folder")
+    if not data.is_dir():
+        raise UserError(f"{flag} {data}: not a folder (expected DATA/train/<class>/<image>)")
+    return data / "train" if holds_folders(data / "train") else data
+
+
+def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotClasses:
+    """Class folders, prompt names and (for ImageNet wnids) the 1000-way index of ``root``."""
+    root = Path(root)
+    folders = class_folders(root, flag)
+    wnids = imagenet_wnids()
+    index = {w: i for i, w in enumerate(wnids)}
+    if all(f in index for f in folders):
+        names = imagenet_classnames()
+        order = sorted(folders, key=index.__getitem__)  # ImageNet-1k order, restricted
+        return FewShotClasses(root, tuple(order), tuple(names[index[f]] for f in order), tuple(index[f] for f in order))
+    # other folders: the folder name is the class name, "_" read as a space (as CoOp and zero-shot eval do)
+    return FewShotClasses(root, tuple(folders), tuple(f.replace("_", " ") for f in folders), None)
+
+
+def _class_images(root: Path, folder: str) -> list[str]:
+    """Sorted image paths of one class, relative to ``root`` (POSIX separators; see
+    :func:`~clip_smot.common.images.walk_files` for what is left out and followed)."""
+    out = []
+    for dirpath, filenames in walk_files(root / folder):
+        rel = Path(os.path.relpath(dirpath, root)).as_posix()
+        out += [f"{rel}/{f}" for f in image_names(dirpath, filenames)]
+    return sorted(out)
+
+
+def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str, int]]:
+    """Draw ``shots`` images per class: a seeded permutation of each class's sorted listing.
+
+    Returns:
+        ``(relative path, label)`` pairs sorted by label, then path.
+
+    Raises:
+        UserError: a class has fewer than ``shots`` images (the message names the class).
+    """
+    rng = np.random.default_rng(seed)
+    split: list[tuple[str, int]] = []
+    for label, folder in enumerate(classes.folders):
+        files = _class_images(classes.root, folder)
+        if len(files) < shots:
+            raise UserError(
+                f"--shots {shots}: class {folder!r} ({classes.root / folder}) has only {len(files)} images"
+            )
+        chosen = rng.permutation(len(files))[:shots]
+        split += sorted((files[i], label) for i in chosen)
+    return split
+
+
+def split_text(split: list[tuple[str, int]]) -> str:
+    """The split file's text: ``relative/path<TAB>label`` per line, the path as
+    :func:`~clip_smot.common.images.escape_path` writes it (any file name reads back, a line break in it too)."""
+    return "".join(f"{escape_path(path)}\t{label}\n" for path, label in split)
+
+
+def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--split") -> list[tuple[str, int]]:
+    """Read a split file and check it against the dataset's classes and files.
+
+    Raises:
+        UserError: missing file, a malformed line, a label out of range or not matching the
+            image's class folder, or an image that is not there.
+    """
+    path = Path(path)
+    text = read_text_file(path, flag, "'relative/path<TAB>label'")
+    split = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        rel, sep, label = line.rpartition("\t")
+        if not sep or not label.strip().lstrip("-").isdigit():
+            raise UserError(f"{flag} {path}:{n}: expected 'relative/path<TAB>label', got {line!r}")
+        y, shown, rel = int(label), rel, unescape_path(rel)  # (messages show the path as written: one line)
+        if not 0 <= y < len(classes.folders):
+            raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
+        if not _file_name(rel):
+            raise UserError(f"{flag} {path}:{n}: {shown} is not a file name (a NUL character or a lone surrogate)")
+        if rel.startswith("/") or ".." in rel.split("/"):  # the image must lie in its class folder
+            raise UserError(f"{flag} {path}:{n}: {shown} leaves the class folder (absolute, or with '..')")
+        folder = rel.split("/", 1)[0]
+        if folder != classes.folders[y]:
+            raise UserError(f"{flag} {path}:{n}: {shown} is not in class {y}'s folder {escape_path(classes.folders[y])}")
+        if not (classes.root / rel).is_file():
+            raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: no such image file")
+        split.append((rel, y))
+    if not split:
+        raise UserError(f"{flag} {path}: the split file lists no images")
+    return split
+
+
+def _file_name(rel: str) -> bool:
+    """Whether ``rel`` can name a file: no NUL, and encodable as the file system's bytes."""
+    try:
+        return "\0" not in rel and bool(os.fsencode(rel))
+    except UnicodeEncodeError:
+        return False
+
+
+def _read(path: Path) -> bytes:
+    """A file's bytes; a UserError naming it when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
+
+
+def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
+    """Decode, resize the shorter side to ``size`` and take the central square -> ([3, size, size]
+    uint8, the hex SHA-256 of the file's bytes: read once, for both)."""
+    from PIL import Image
+
+    data = _read(path)
+    im = load_image(path, data=data)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > 16 * size * size:  # a long strip (a 1 x 20000 one resized whole holds 1.5 GB): the square alone
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
+        im = im.resize((size, size), Image.BICUBIC, box=box)
+    else:
+        im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
+    square = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
+    return square, hashlib.sha256(data).hexdigest()
+
+
+def decode_and_hash(root: Path, files: list[str], size: int, workers: int = 4) -> tuple[torch.Tensor, str]:
+    """Decode every image once into one uint8 tensor [N, 3, size, size], and hash the files' bytes.
+
+    Each image is resized so its shorter side is ``size``, then its central square is kept:
+    the random resized crops of training are drawn from that square (kept on the device).
+
+    Returns:
+        ``(images, sha256)``: the SHA-256 is that of the listing ``sha256sum`` prints for
+        ``files`` in their order (``<hex digest>  <relative path>`` per line, run in ``root``):
+        it changes when any image's bytes do, under the same names.
+
+    Raises:
+        UserError: an unreadable or truncated image (the message names the file).
+    """
+    paths = [root / f for f in files]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:  # PIL decodes and hashlib hashes with the GIL released
+            decoded = list(pool.map(lambda p: _square_uint8(p, size), paths))
+    else:
+        decoded = [_square_uint8(p, size) for p in paths]
+    # the names as the file system's bytes (a name that is not UTF-8 has no str encoding)
+    listing = b"".join(f"{digest}  ".encode() + os.fsencode(f) + b"\n" for f, (_, digest) in zip(files, decoded))
+    return torch.stack([x for x, _ in decoded]), hashlib.sha256(listing).hexdigest()  # [N, 3, S, S]
+
+
+def decode_images(root: Path, files: list[str], size: int, workers: int = 4) -> torch.Tensor:
+    """The images of :func:`decode_and_hash` alone: uint8 [N, 3, size, size]."""
+    return decode_and_hash(root, files, size, workers)[0]

@@ -1,0 +1,532 @@
+"""Load and freeze an open_clip model; the only module of the package that imports open_clip.
+
+A model is named either by an open_clip architecture name with a pretrained tag (downloaded on
+a machine with internet, e.g. ``ViT-B-16`` + ``openai``), or by an open_clip model-config JSON
+file with a local checkpoint (``.pt``, ``.bin`` or ``.safetensors``). Without internet and
+without a cached copy, loading a tag fails within seconds, naming the model and saying how to
+pass a local file.
+
+The MLP activation follows the weights, not only the architecture name: open_clip 3.x builds
+``ViT-B-16`` with GELU, but OpenAI trained its weights with QuickGELU. A pretrained tag that
+says ``quick_gelu`` (open_clip's pretrained config: the ``openai`` tags, and others) and
+OpenAI's own files (TorchScript archives, and state dicts holding their extra entries) are
+built with QuickGELU; any other local file is built as its model config says (open_clip's
+``-quickgelu`` names, e.g. ``ViT-B-16-quickgelu``, say QuickGELU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_smot.common.device import physical_memory
+from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.files import plain_name, sha256_file
+from clip_smot.common.network import host_reachable
+
+__all__ = [
+    "ACTIVATIONS",
+    "ClipModel",
+    "IMAGENET_CLASSNAMES",
+    "check_local_features",
+    "config_activation",
+    "encode_image_tokens",
+    "encode_images",
+    "image_preprocess",
+    "is_vit",
+    "load_clip",
+    "load_clip_for_prompt",
+    "library_versions",
+    "logit_scale",
+    "preprocess_identity",
+]
+
+
+def __getattr__(name: str):
+    """``IMAGENET_CLASSNAMES``: open_clip's 1000 ImageNet class names (a tuple), read on first use.
+
+    open_clip is imported inside the functions that need it (about 2 s), so that commands that
+    never load a CLIP model (``--help``, a bad flag, ``clip-smot train``) start without it.
+    """
+    if name == "IMAGENET_CLASSNAMES":
+        import open_clip
+
+        return tuple(open_clip.IMAGENET_CLASSNAMES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Hosts open_clip downloads from: the Hugging Face hub (preferred) and OpenAI's CDN.
+_HUB_HOST = ("huggingface.co", 443)
+
+# The MLP activations of open_clip's transformers, as recorded -> as shown: nn.GELU, or OpenAI's
+# QuickGELU (x * sigmoid(1.702 x)).
+ACTIVATIONS = {"gelu": "GELU", "quick_gelu": "QuickGELU"}
+# Entries of OpenAI's TorchScript archives that are not weights (OpenAI's clip.build_model drops them).
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+def config_activation(config: dict) -> str:
+    """The activation an open_clip model config builds: "quick_gelu" or "gelu"."""
+    return "quick_gelu" if config.get("quick_gelu") else "gelu"
+
+
+@dataclass
+class ClipModel:
+    """A frozen open_clip model and what is needed to feed it and to name it in metadata.
+
+    Attributes:
+        model: the open_clip CLIP module, in eval mode, with requires_grad False everywhere.
+        name: open_clip architecture name (for a config JSON: the file's stem).
+        pretrained: the pretrained tag, the checkpoint file's name, or "" for random weights.
+        checkpoint_sha256: SHA-256 of a local checkpoint file ("" for a tag or random weights).
+        config: the model config dict as built (the JSON's content, with ``quick_gelu`` set
+            where the weights decided it), stored in prompt metadata.
+        mean, std: image normalisation of the pretrained weights.
+        image_size: input side length.
+        tokenizer: the open_clip tokenizer for this model.
+    """
+
+    model: nn.Module
+    name: str
+    pretrained: str
+    checkpoint_sha256: str
+    config: dict
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+    tokenizer: object = field(repr=False)
+
+    @property
+    def activation(self) -> str:
+        """The MLP activation the model was built with: "quick_gelu" or "gelu"."""
+        return config_activation(self.config)
+
+    def identity(self) -> dict[str, str]:
+        """Strings that name these weights, as stored in prompt metadata."""
+        return {
+            "model": self.name,
+            "model_config": json.dumps(self.config, sort_keys=True),
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "activation": self.activation,
+        }
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of clip-smot and open_clip (they decide what features a model gives)."""
+    import open_clip
+
+    from clip_smot import __version__
+
+    return {"clip_smot": __version__, "open_clip": open_clip.__version__}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    return host_reachable(_HUB_HOST, timeout)
+
+
+def _resolve_name(model: str) -> tuple[str, dict]:
+    """Architecture name and config for an open_clip name or a model-config JSON path."""
+    import open_clip
+
+    if model.endswith(".json") or os.path.sep in model:
+        path = Path(model)
+        if not path.is_file():
+            raise UserError(f"--model {model}: no such model-config JSON file")
+        try:
+            cfg = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"--model {model}: not a valid JSON model config ({e})") from None
+        cfg = cfg.get("model_cfg", cfg)
+        if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+            raise UserError(f"--model {model}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+        open_clip.add_model_config(path)
+        return path.stem, open_clip.get_model_config(path.stem)
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise UserError(
+            f"--model {model}: unknown open_clip model; give an architecture name such as ViT-B-16 "
+            "or the path of an open_clip model-config JSON"
+        )
+    return model, cfg
+
+
+def load_clip(
+    model: str = "ViT-B-16",
+    pretrained: str | None = "openai",
+    device: torch.device | str = "cpu",
+    activation: str | None = None,
+    activation_source: str = "",
+) -> ClipModel:
+    """Create an open_clip model, load its weights, freeze it and put it in eval mode.
+
+    The activation is the weights' where they say it (a tag's ``quick_gelu``, OpenAI's own
+    files: QuickGELU), else the model config's (see the module docstring).
+
+    Args:
+        model: open_clip architecture name, or the path of a model-config JSON file.
+        pretrained: a pretrained tag of that architecture (downloaded with internet), the path
+            of a local checkpoint (.pt, .bin, .safetensors, or OpenAI's TorchScript archive),
+            or None / "" / "none" for random weights (tests and benchmarks).
+        device: where the model lives.
+        activation: build with this activation ("gelu" or "quick_gelu", e.g. a prompt's
+            record) instead of the model config's; weights that say otherwise are refused.
+        activation_source: what asked for ``activation`` (named in that error, e.g. "--prompt p").
+
+    Raises:
+        UserError: unknown model or tag, missing or unreadable file, a tag that cannot be
+            downloaded, or weights trained with another activation than ``activation``.
+    """
+    import open_clip
+
+    name, cfg = _resolve_name(model)
+    pretrained, checkpoint_sha, implied, why = _resolve_weights(name, pretrained)
+    want = implied or config_activation(cfg)
+    if activation is not None and activation != want:
+        if implied:
+            raise UserError(
+                f"{activation_source or '--pretrained'}: made with {ACTIVATIONS[activation]}, but {why} were trained "
+                f"with {ACTIVATIONS[implied]}: a context learned through one network does not fit the other; fit it "
+                "again with these weights"
+            )
+        want = activation
+    if want != config_activation(cfg):
+        cfg = {**cfg, "quick_gelu": want == "quick_gelu"}
+    openai_file = bool(checkpoint_sha) and implied is not None  # (of local files, only OpenAI's imply one)
+    _check_size(name, model)
+    try:
+        clip = _create(name, cfg, pretrained, openai_file, device)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
+        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({first_line(e)})") \
+            from None
+    clip.eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    pp = open_clip.get_model_preprocess_cfg(clip)
+    size = pp.get("size", cfg["vision_cfg"].get("image_size", 224))
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipModel(
+        model=clip,
+        name=name,
+        pretrained=os.path.basename(pretrained) if checkpoint_sha else pretrained,
+        checkpoint_sha256=checkpoint_sha,
+        config=cfg,
+        mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        image_size=int(size),
+        tokenizer=open_clip.get_tokenizer(name),
+    )
+
+
+MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture takes 518
+
+
+def _check_size(name: str, flag_value: str) -> None:
+    """Refuse, before any weight is allocated, an architecture whose input side is out of
+    [8, MAX_IMAGE_SIZE] or whose fp32 weights would fill more than half of this machine's memory
+    (a config JSON, or one stored in a prompt, may declare any width or depth): it is built on
+    torch's meta device, which allocates nothing, and its parameters are counted."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    sides = size if isinstance(size, (list, tuple)) else [size]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides):
+        raise UserError(f"--model {flag_value}: vision_cfg.image_size {size!r} is not in [8, {MAX_IMAGE_SIZE}]")
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)  # "initialized randomly": nothing is initialised here
+            try:
+                shape = open_clip.create_model(name, pretrained=None, device="meta")
+            finally:
+                logging.disable(previous)
+    except Exception as e:  # noqa: BLE001 - a config open_clip cannot build at all
+        raise UserError(f"--model {flag_value}: open_clip cannot build this architecture ({first_line(e)})") from None
+    need, memory = sum(p.numel() * 4 for p in shape.parameters()), physical_memory()
+    if memory is not None and need > memory // 2:
+        raise UserError(f"--model {flag_value}: its weights would take {need / 2**30:.1f} GiB in fp32, more than half "
+                        f"of this machine's {memory / 2**30:.1f} GiB")
+
+
+def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str | None, str]:
+    """``(pretrained, checkpoint SHA-256, activation the weights imply or None, what implies it)``.
+
+    A tag implies its pretrained config's ``quick_gelu`` where it sets one; a local file implies
+    QuickGELU when it is one of OpenAI's own files (:func:`_is_openai_file`), else nothing.
+
+    Raises:
+        UserError: a missing file, an unknown tag, or a tag that is neither cached nor downloadable.
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    if pretrained in (None, "", "none"):
+        return "", "", None, ""
+    if os.path.isfile(pretrained):
+        openai_file = _is_openai_file(pretrained)
+        return (pretrained, sha256_file(pretrained), "quick_gelu" if openai_file else None,
+                f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")
+    tag_cfg = get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"
+        if not _tag_is_cached(name, pretrained) and not _hub_reachable():
+            # a state dict of these weights says nothing of their activation: the -quickgelu name does
+            import open_clip
+
+            quick = implied == "quick_gelu" and open_clip.get_model_config(f"{name}-quickgelu") is not None
+            example = f"--model {name}-quickgelu" if quick else f"--model {name}"
+            raise UserError(
+                f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
+                f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
+                f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
+                                                              if pretrained == "openai" else "")
+            )
+        return pretrained, "", implied, f"the {pretrained} weights of {name}"
+    if any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:
+        raise UserError(f"--pretrained {pretrained}: no such checkpoint file")
+    tags = list_pretrained_tags_by_model(name)
+    raise UserError(
+        f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
+        "nor an existing checkpoint file"
+    )
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether a file is a TorchScript archive (as ``torch.jit.save`` writes: a zip with constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_openai_file(path: str) -> bool:
+    """Whether a checkpoint is one of OpenAI's own CLIP files: a TorchScript archive (its CDN and
+    the ``clip`` package's cache hold these), or a state dict that still holds the archive's
+    non-weight entries (``input_resolution``, ...). An ordinary state dict cannot be told from
+    open_clip's (the same keys): its model config decides."""
+    if _is_torchscript(path):
+        return True
+    if not zipfile.is_zipfile(path):  # safetensors, or torch's legacy format: not read twice
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # (mapped: cheap)
+    except Exception:  # noqa: BLE001 - open_clip's load names the problem
+        return False
+    return isinstance(state, dict) and "input_resolution" in state
+
+
+def _openai_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The weights of one of OpenAI's own files, as OpenAI's ``clip.build_model`` reads them."""
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's files are TorchScript
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
+
+
+def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: torch.device | str) -> nn.Module:
+    """open_clip's model ``name`` with the MLP activation of ``cfg`` and the weights ``pretrained``
+    (a tag, a file, or "" for random weights; ``openai_file``: one of OpenAI's own files)."""
+    import open_clip
+
+    if cfg.get("quick_gelu"):
+        quick = {"force_quick_gelu": True}
+    else:  # (a config whose quick_gelu was turned off: passed as a constructor argument, the last word)
+        quick = {"quick_gelu": False} if "quick_gelu" in cfg else {}
+    with warnings.catch_warnings():
+        # open_clip warns when the config's activation is not the tag's; it was chosen above, on purpose
+        warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+        if not openai_file:
+            return open_clip.create_model(name, pretrained=pretrained or None, device=device, **quick)
+        state = _openai_state_dict(pretrained)  # open_clip 3.x reads neither of OpenAI's formats
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": the weights come next
+        try:
+            clip = open_clip.create_model(name, pretrained=None, device=device, **quick)
+        finally:
+            logging.disable(previous)
+    clip.load_state_dict(state)
+    return clip
+
+
+def _tag_is_cached(name: str, tag: str) -> bool:
+    """Whether the weights of a pretrained tag are already in the local hub cache."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, tag)
+    if "file" in cfg:
+        return os.path.isfile(cfg["file"])
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover
+            return False
+        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        for fname in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+            if isinstance(try_to_load_from_cache(repo, fname), str):
+                return True
+    return False
+
+
+def encode_images(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
+    """Image features [B, d] (not normalised) of normalised images [B, 3, S, S]."""
+    return clip.model.encode_image(images)
+
+
+def image_preprocess(clip: ClipModel) -> Callable[[Image.Image], torch.Tensor]:
+    """open_clip's evaluation transform for this model: PIL image -> normalised [3, S, S].
+
+    Resize (shortest side, bicubic unless the weights say otherwise), centre crop, to tensor,
+    mean/std normalisation: exactly what ``open_clip.create_model_and_transforms`` returns as
+    its validation preprocess. The returned object is picklable (DataLoader workers).
+    """
+    import open_clip
+    from open_clip.transform import (
+        PreprocessCfg,
+        image_transform_v2,
+        merge_preprocess_dict,
+    )
+
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
+    return image_transform_v2(cfg, is_train=False)
+
+
+def preprocess_identity(clip: ClipModel) -> dict:
+    """The preprocessing settings as plain data (part of the image-feature cache key)."""
+    import open_clip
+
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in open_clip.get_model_preprocess_cfg(clip.model).items()}
+
+
+def logit_scale(clip: ClipModel) -> torch.Tensor:
+    """CLIP's learned temperature, ``logit_scale.exp()`` (a 0-d tensor on the model's device)."""
+    return clip.model.logit_scale.detach().exp()
+
+
+def is_vit(clip: ClipModel) -> bool:
+    """Whether the image tower is open_clip's VisionTransformer pooled at the class token."""
+    from open_clip.transformer import VisionTransformer
+
+    visual = clip.model.visual
+    return (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and not visual.final_ln_after_pool
+    )
+
+
+def check_local_features(clip: ClipModel) -> None:
+    """Raise a UserError naming the model unless :func:`encode_image_tokens` can give its local
+    features (``--scores gl-mcm``): a class-token ViT (:func:`is_vit`) whose last block is
+    open_clip's standard one."""
+    if not is_vit(clip):
+        raise UserError(
+            f"--scores gl-mcm: needs a ViT image encoder with class-token pooling; {clip.name} has "
+            f"{type(clip.model.visual).__name__}"
+        )
+    if not isinstance(getattr(clip.model.visual.transformer.resblocks[-1], "attn", None), nn.MultiheadAttention):
+        raise UserError(f"--scores gl-mcm: the last block of {clip.name}'s image tower has a custom attention; "
+                        "GL-MCM's local features need open_clip's standard block")
+
+
+def encode_image_tokens(clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global and per-patch image features of a ViT, both projected into the joint space.
+
+    The global feature follows ``VisionTransformer.forward`` step by step (embeddings,
+    transformer, ``ln_post``, class-token pooling, ``@ proj``): it equals ``encode_image``.
+    The local features are GL-MCM's (Miyai et al., 2023, as in the authors' code, after
+    MaskCLIP): the last block is run again with its attention replaced by each token's own
+    value (``x + out_proj(v_proj(ln_1 x))``, then the block's MLP), then ``ln_post`` and
+    ``@ proj`` for every patch token. This is the last block with each token attending only
+    to itself.
+
+    Args:
+        clip: a ViT model (:func:`is_vit`).
+        images: normalised images [B, 3, S, S].
+
+    Returns:
+        ``(global [B, e], local [B, N, e])``, not normalised; N = number of patches.
+
+    Raises:
+        UserError: the model has no such local features (:func:`check_local_features`; e.g. a
+            ResNet CLIP).
+    """
+    check_local_features(clip)
+    visual = clip.model.visual
+    *blocks, last = visual.transformer.resblocks
+    x = visual._embeds(images)  # [B, 1 + N, width]
+    seq_first = not visual.transformer.batch_first
+    if seq_first:
+        x = x.transpose(0, 1)  # [1 + N, B, width]
+    for blk in blocks:
+        x = blk(x)
+    out = last(x)  # the last block as open_clip runs it
+    # the value path: attention of every token to itself alone
+    width = x.shape[-1]
+    attn = last.attn
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:]
+    v = F.linear(last.ln_1(x), attn.in_proj_weight[2 * width:], bias)  # the values, [.., width]
+    v = x + last.ls_1(attn.out_proj(v))
+    v = v + last.ls_2(last.mlp(last.ln_2(v)))
+    if seq_first:
+        out, v = out.transpose(0, 1), v.transpose(0, 1)  # [B, 1 + N, width]
+    pooled, _ = visual._pool(out)  # [B, width] (ln_post applied)
+    local = visual.ln_post(v[:, 1:])  # [B, N, width]
+    return pooled @ visual.proj, local @ visual.proj  # [B, e], [B, N, e]
+
+
+def load_clip_for_prompt(
+    name: str, config: dict, pretrained: str | None, device: torch.device | str = "cpu",
+    activation: str | None = None, activation_source: str = "",
+) -> ClipModel:
+    """Load the model a prompt names: a built-in open_clip name, else its stored config.
+
+    A prompt made with a model-config JSON (e.g. a custom or tiny architecture) stores the
+    config itself; it is registered under the stored name so that no JSON file is needed. The
+    name comes from a file that may have been downloaded: it must be a plain name
+    (:func:`~clip_smot.common.files.plain_name`), so the config's temporary copy, ``NAME.json``,
+    lands in a private temporary folder and nowhere else.
+
+    Args:
+        name: open_clip architecture name from the prompt's metadata.
+        config: the model config stored in the prompt.
+        pretrained: as for :func:`load_clip`.
+        device: where the model lives.
+        activation, activation_source: the prompt's activation and its file, as for
+            :func:`load_clip` (e.g. OpenAI weights in a plain state dict, named ``ViT-B-16``:
+            built with QuickGELU when the prompt was made with it).
+
+    Raises:
+        UserError: the name is not a plain name, or as :func:`load_clip`.
+    """
+    import tempfile
+
+    import open_clip
+
+    plain_name(name, "prompt metadata 'model'")
+    # (load_clip reads a name ending in .json as a path: such a name always goes through the copy)
+    if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
+        return load_clip(name, pretrained, device, activation, activation_source)
+    with tempfile.TemporaryDirectory() as tmp:  # (open_clip registers a config JSON by its file's stem)
+        path = Path(tmp) / f"{name}.json"  # a plain name: a file of this private folder, nowhere else
+        path.write_text(json.dumps(config))
+        return load_clip(str(path), pretrained, device, activation, activation_source)

@@ -1,0 +1,266 @@
+"""The CoOp context: learnable prompt vectors and a fast, exact encoder of the K class prompts.
+
+A prompt is built in embedding space from the tokens of ``"X X ... X {name}."``:
+``[SOS] [ctx x n_ctx] [name tokens] [.] [EOT]`` (class position ``end``; ``middle`` puts half of
+the context after the name, ``front`` puts the name first), pooled at the EOT position after
+``ln_final`` and projected by ``text_projection`` (docs/method.md §2).
+
+The encoder (:class:`~clip_smot.clip.encoders.TextEncoder`) computes exactly what open_clip's
+``encode_text`` computes on the same embeddings, with exact shortcuts (docs/prompt.md explains
+why each is exact):
+
+* only the first ``max(EOT) + 1`` positions are encoded (the mask is causal, pooling is at EOT);
+* with a unified context at the end, positions ``0 .. n_ctx`` (SOS and the context) are the
+  same for every class, so they are encoded once and shared by the K prompts as attention keys
+  and values;
+* the per-token work runs for each prompt's positions up to its own EOT only (packing);
+* the last layer runs attention, the MLP and ``ln_final`` for the K EOT tokens only.
+
+Two optional speed knobs: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
+context, the residual stream and the output stay float32) and ``attention`` ("causal" uses the
+causal kernels of ``scaled_dot_product_attention``, "mask" an additive float mask like open_clip).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clip_smot.clip.encoders import (
+    ATTENTION,
+    ENCODER_PRECISIONS,
+    TextEncoder,
+    check_text_tower,
+    packed_index,
+)
+from clip_smot.clip.model import ClipModel
+from clip_smot.clip.prompt_file import CLASS_POSITIONS, PromptFile, load_prompt
+from clip_smot.common.errors import UserError
+
+__all__ = [
+    "ATTENTION",
+    "CLASS_POSITIONS",
+    "ENCODER_PRECISIONS",
+    "PromptLearner",
+    "TextEncoder",
+    "check_text_tower",
+    "text_features_from_prompt",
+    "zero_shot_text_features",
+]
+
+
+def _eot_index(tokens: torch.Tensor) -> torch.Tensor:
+    """Position of the EOT token (the largest id) in each row of [N, L] tokens."""
+    return tokens.argmax(dim=-1)
+
+
+class PromptLearner(nn.Module):
+    """CoOp's learnable context for K classes, and the encoding of the K class prompts.
+
+    Only ``ctx`` is a parameter; the token embeddings of the fixed parts are non-persistent
+    buffers, and the text encoder holds frozen buffers only. ``state_dict()`` is ``{"ctx"}``.
+
+    Args:
+        clip: the loaded model (its text tower must be open_clip's standard one).
+        classnames: the K class names, in label order.
+        n_ctx: number of context vectors (ignored when ``ctx_init`` is given: then it is the
+            number of tokens of ``ctx_init``).
+        ctx_init: optional words whose token embeddings initialise the context, e.g.
+            "a photo of a"; otherwise N(0, 0.02) from ``generator``.
+        csc: class-specific contexts ([K, n_ctx, d]) instead of one unified context ([n_ctx, d]).
+        class_position: "end", "middle" or "front".
+        generator: random generator for the N(0, 0.02) initialisation.
+        precision: dtype of the frozen text weights, cast once: "fp32" (default), "bf16", "fp16".
+        attention: "causal" (default, causal SDPA kernels), "mask" (additive float mask) or
+            "square" (the shared prefix broadcast to every prompt, one ``is_causal=True`` SDPA).
+        residual: "fp32" (default) or "precision" (or its name, e.g. "bf16"): the text tower's residual
+            stream in bf16/fp16 too (the whole tower in low precision, autocast off inside).
+        share_prefix: encode the positions shared by every prompt (SOS and a unified context at
+            class position end) once (default True; exact, see docs/prompt.md).
+        pack: run the per-token work (LayerNorms, projections, MLPs) only for the positions up
+            to each prompt's own EOT, not up to the longest prompt's (default True; exact).
+
+    Attributes:
+        seq_len: max(EOT) + 1, the positions encoded per prompt.
+        prefix_len: 1 + n_ctx when the prefix is shared, else 0.
+        tokens_encoded: token positions through the text transformer per forward pass.
+    """
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        classnames: list[str],
+        n_ctx: int = 16,
+        ctx_init: str | None = None,
+        csc: bool = False,
+        class_position: str = "end",
+        generator: torch.Generator | None = None,
+        *,
+        precision: str = "fp32",
+        attention: str = "causal",
+        share_prefix: bool = True,
+        pack: bool = True,
+        residual: str = "fp32",
+    ):
+        super().__init__()
+        model = clip.model
+        if class_position not in CLASS_POSITIONS:
+            raise UserError(f"--class-position must be one of {CLASS_POSITIONS}, got {class_position!r}")
+        if not classnames:
+            raise UserError("classnames: no class names given")
+        self.encoder = TextEncoder(model, precision=precision, attention=attention, name=clip.name, residual=residual)
+        tokenize = clip.tokenizer
+        emb_weight = model.token_embedding.weight.detach()
+        device = emb_weight.device
+        d = emb_weight.shape[1]
+
+        if ctx_init:
+            init_tokens = tokenize([ctx_init]).to(device)  # [1, 77]
+            n_ctx = int(_eot_index(init_tokens)[0]) - 1
+            if n_ctx < 1:
+                raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
+            ctx = emb_weight[init_tokens[0, 1 : 1 + n_ctx]].float().clone()  # [n_ctx, d]
+            if csc:
+                ctx = ctx.expand(len(classnames), n_ctx, d).clone()  # [K, n_ctx, d]
+        elif n_ctx < 1:
+            raise UserError(f"--n-ctx must be >= 1, got {n_ctx}")
+
+        # The prompt must fit the text encoder: checked before the context (and the placeholder
+        # text below) is allocated at n_ctx's size
+        K, L_max = len(classnames), self.encoder.context_length
+        name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
+        n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
+        if 1 + n_ctx + n_name + 2 > L_max:
+            flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
+            fits = L_max - n_name - 3
+            hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
+            raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
+        if not ctx_init:
+            shape = (len(classnames), n_ctx, d) if csc else (n_ctx, d)
+            gen_device = generator.device if generator is not None else "cpu"
+            ctx = torch.empty(shape, device=gen_device).normal_(0.0, 0.02, generator=generator).to(device)
+        self.ctx = nn.Parameter(ctx)  # float32
+        self.n_ctx, self.csc, self.class_position = n_ctx, csc, class_position
+        self.classnames = list(classnames)
+
+        # Tokens of "X X ... X {name}." = [SOS] [X * n_ctx] [name] [.] [EOT] [pad ...]
+        placeholder = " ".join(["X"] * n_ctx)
+        # front/middle move the name's tokens, so the "." must be a token of its own: a name ending in
+        # punctuation ("dog!", "U.S.") would merge with it ("!." one token) and take it to the front
+        period = "." if class_position == "end" else " ."  # (end: CoOp's tokens, as "a photo of a dog!.")
+        tokens = tokenize([f"{placeholder} {name}{period}" for name in classnames]).to(device)  # [K, 77]
+        eot = _eot_index(tokens)  # [K]
+        # perm[k, p]: which position of the "end" layout goes to position p of the chosen layout
+        perm = torch.arange(L_max).repeat(K, 1)  # [K, 77]
+        h = n_ctx // 2
+        for k, m in enumerate(name_lens):
+            ctx_pos = list(range(1, 1 + n_ctx))
+            name_pos = list(range(1 + n_ctx, 1 + n_ctx + m))
+            if class_position == "front":
+                order = name_pos + ctx_pos
+            elif class_position == "middle":
+                order = ctx_pos[:h] + name_pos + ctx_pos[h:]
+            else:
+                order = ctx_pos + name_pos
+            perm[k, 1 : 1 + n_ctx + m] = torch.tensor(order)
+        perm = perm.to(device)
+        tokens = tokens.gather(1, perm)  # [K, 77] in the chosen layout (EOT does not move)
+        is_ctx = (perm >= 1) & (perm <= n_ctx)  # [K, 77]
+        ctx_index = torch.where(is_ctx, perm - 1, torch.zeros_like(perm))  # [K, 77]
+        L = int(eot.max()) + 1  # encode only the first max(EOT) + 1 positions (causal mask)
+        self.seq_len = L
+        self.register_buffer("tokens", tokens, persistent=False)  # [K, 77]
+        self.register_buffer("eot", eot, persistent=False)  # [K]
+        self.register_buffer("is_ctx", is_ctx[:, :L], persistent=False)  # [K, L]
+        self.register_buffer("ctx_index", ctx_index[:, :L], persistent=False)  # [K, L]
+        fixed = emb_weight[tokens[:, :L]].float() * (~is_ctx[:, :L, None])  # [K, L, d], zero at ctx slots
+        self.register_buffer("token_embeds", fixed, persistent=False)
+        # Unified context at the end: positions 0 .. n_ctx are the same for every class.
+        self.prefix_len = 1 + n_ctx if (share_prefix and not csc and class_position == "end") else 0
+        self.register_buffer("sos_embed", emb_weight[tokens[0, :1]].float(), persistent=False)  # [1, d]
+        P = self.prefix_len
+        self.register_buffer("suffix_eot", eot - P, persistent=False)  # [K] EOT positions after the prefix
+        index = packed_index(self.suffix_eot, L - P) if pack else None  # [N] positions up to each EOT
+        self.register_buffer("packed_index", index, persistent=False)
+        self.tokens_encoded = P + (len(index) if pack else K * (L - P))
+        padding = tokens[:, L:]
+        assert bool((padding == tokens[0, -1]).all()), "the tokens after max(EOT) must all be padding"
+        self.register_buffer("pad_embed", emb_weight[tokens[0, -1:]].float(), persistent=False)  # [1, d]
+
+    def prompt_embeddings(self, full: bool = False) -> torch.Tensor:
+        """Token embeddings of the K prompts (without positional embeddings).
+
+        Args:
+            full: all ``context_length`` positions (77; padding included) instead of the first
+                ``max(EOT) + 1``, e.g. to feed open_clip's own transformer.
+
+        Returns:
+            [K, L, d] float32, L = max(EOT) + 1, or 77 with ``full``.
+        """
+        K = len(self.classnames)
+        if self.csc:
+            ctx = self.ctx[torch.arange(K, device=self.ctx.device)[:, None], self.ctx_index]  # [K, L, d]
+        else:
+            ctx = self.ctx[self.ctx_index]  # [K, L, d]
+        x = torch.where(self.is_ctx[..., None], ctx, self.token_embeds)  # [K, L, d]
+        if full:  # positions after max(EOT) hold only the padding token
+            pad = self.pad_embed.expand(x.shape[0], self.tokens.shape[1] - self.seq_len, -1)  # [K, 77 - L, d]
+            x = torch.cat([x, pad], dim=1)  # [K, 77, d]
+        return x
+
+    def forward(self) -> torch.Tensor:
+        """Text features [K, e] of the K prompts, float32, not normalised."""
+        P = self.prefix_len
+        if P:
+            prefix = torch.cat([self.sos_embed, self.ctx])  # [1 + n_ctx, d]
+            suffix = self.token_embeds[:, P:]  # [K, L - P, d]: name, ".", EOT, padding up to L
+            return self.encoder(suffix, self.suffix_eot, prefix=prefix, index=self.packed_index)
+        return self.encoder(self.prompt_embeddings(), self.eot, index=self.packed_index)
+
+
+def text_features_from_prompt(clip: ClipModel, prompt: PromptFile | str | os.PathLike) -> torch.Tensor:
+    """Normalised text features [K, e] of a saved prompt (loaded, or its file), encoded with ``clip``'s weights.
+
+    Rebuilds the learner from the file's metadata (class names, n_ctx, csc, class position),
+    loads its context and encodes the prompts (fp32). Used when the prompt is scored with other
+    weights of the same architecture (``PromptFile.check_model`` returned False).
+
+    Raises:
+        UserError: the file's context does not fit the model or its metadata.
+    """
+    if not isinstance(prompt, PromptFile):
+        prompt = load_prompt(prompt)
+    learner = PromptLearner(
+        clip, prompt.classnames, n_ctx=prompt.n_ctx, csc=prompt.csc, class_position=prompt.class_position
+    )
+    if tuple(prompt.ctx.shape) != tuple(learner.ctx.shape):
+        raise UserError(
+            f"{prompt.path or 'prompt'}: ctx has shape {tuple(prompt.ctx.shape)}, but the model and metadata "
+            f"need {tuple(learner.ctx.shape)}"
+        )
+    with torch.no_grad():
+        learner.ctx.copy_(prompt.ctx)
+        return F.normalize(learner().float(), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_text_features(
+    clip: ClipModel, classnames: list[str], template: str = "a photo of a {c}.", batch_size: int = 256
+) -> torch.Tensor:
+    """Normalised text features [K, e] of ``template`` filled with each class name (the MCM baseline).
+
+    Uses open_clip's own ``encode_text`` on the tokenized text.
+    """
+    if "{c}" not in template:
+        raise UserError(f"--template {template!r}: must contain {{c}} where the class name goes")
+    device = next(clip.model.parameters()).device
+    texts = [template.replace("{c}", name) for name in classnames]
+    feats = [
+        clip.model.encode_text(clip.tokenizer(texts[i : i + batch_size]).to(device)).float()
+        for i in range(0, len(texts), batch_size)
+    ]
+    return F.normalize(torch.cat(feats), dim=-1)

@@ -1,0 +1,210 @@
+"""The learned-prompt file: one ``.safetensors`` with the context, the text features and metadata.
+
+Format (version 1, docs/method.md §2):
+
+* tensors
+    - ``ctx``: the learned context, [n_ctx, d] (unified) or [K, n_ctx, d] (class-specific),
+      float32;
+    - ``text_features``: the final normalised class text features [K, e], float32, so that
+      scoring needs no text-encoder pass.
+* metadata (all strings)
+    - ``format``: "clip-smot-prompt", ``format_version``: "1", ``library_version``;
+    - ``model``: open_clip architecture name, ``model_config``: its config as JSON;
+    - ``pretrained``: pretrained tag or checkpoint file name ("" for random weights);
+      ``checkpoint_sha256``: SHA-256 of that checkpoint file ("" for a tag);
+    - ``activation``: the MLP activation the model was built with, "quick_gelu" (OpenAI's
+      weights) or "gelu"; a file without it (written before the key existed) was built as its
+      ``model_config`` says;
+    - ``n_ctx``, ``class_position`` (end, middle, front), ``csc`` ("true"/"false");
+    - ``classnames``: JSON list of the K class names, in the order of ``text_features``;
+    - ``config``: the training configuration as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
+
+from clip_smot import __version__
+from clip_smot.clip.model import ACTIVATIONS, config_activation
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import atomic_save_safetensors
+
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
+
+FORMAT = "clip-smot-prompt"
+FORMAT_VERSION = "1"
+CLASS_POSITIONS = ("end", "middle", "front")
+_REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """A loaded prompt file."""
+
+    ctx: torch.Tensor  # [n_ctx, d] or [K, n_ctx, d]
+    text_features: torch.Tensor  # [K, e], normalised
+    model: str
+    model_config: dict
+    pretrained: str
+    checkpoint_sha256: str
+    activation: str  # "quick_gelu" or "gelu"
+    n_ctx: int
+    class_position: str
+    csc: bool
+    classnames: list[str]
+    config: dict
+    path: str = ""
+
+    def check_model(self, identity: dict[str, str]) -> bool:
+        """Check that a model (``ClipModel.identity()``) is the one this prompt was made for.
+
+        Returns:
+            True when the weights are the same as at training time (the stored text features
+            can be used as they are), False when the architecture is the same but the weights
+            may differ (the text features must be encoded again from ``ctx``).
+
+        Raises:
+            UserError: the activation or the architecture differs.
+        """
+        theirs = json.loads(identity["model_config"])
+        if config_activation(theirs) != self.activation:
+            hint = (f"for OpenAI's weights in a state-dict file, --model {self.model.removesuffix('-quickgelu')}"
+                    "-quickgelu" if self.activation == "quick_gelu" else
+                    "a context learned through GELU does not fit QuickGELU weights: fit it again with them")
+            raise UserError(
+                f"{self.path or 'prompt'}: made with {ACTIVATIONS[self.activation]} ({self.model}, "
+                f"{self.pretrained or 'random weights'}), but the model in use ({identity['model']}, "
+                f"{identity['pretrained'] or 'random weights'}) is built with "
+                f"{ACTIVATIONS[config_activation(theirs)]}; {hint}"
+            )
+        if theirs != self.model_config:
+            raise UserError(
+                f"{self.path or 'prompt'}: made for model {self.model} ({self.pretrained or 'random weights'}), "
+                f"which is not the model in use, {identity['model']}; pass --model/--pretrained for {self.model}"
+            )
+        same_tag = self.pretrained == identity["pretrained"] and not self.checkpoint_sha256
+        same_file = bool(self.checkpoint_sha256) and self.checkpoint_sha256 == identity["checkpoint_sha256"]
+        return (same_tag or same_file) and bool(self.pretrained)
+
+
+def save_prompt(
+    path: str | os.PathLike,
+    ctx: torch.Tensor,
+    text_features: torch.Tensor,
+    identity: dict[str, str],
+    n_ctx: int,
+    class_position: str,
+    csc: bool,
+    classnames: list[str],
+    config: dict,
+) -> None:
+    """Write a prompt file atomically (temporary file, then rename)."""
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "model": identity["model"],
+        "model_config": identity["model_config"],
+        "pretrained": identity["pretrained"],
+        "checkpoint_sha256": identity["checkpoint_sha256"],
+        "activation": identity.get("activation") or config_activation(json.loads(identity["model_config"])),
+        "n_ctx": str(n_ctx),
+        "class_position": class_position,
+        "csc": "true" if csc else "false",
+        "classnames": json.dumps(list(classnames)),
+        "config": json.dumps(config, sort_keys=True),
+    }
+    tensors = {
+        "ctx": ctx.detach().float().cpu().contiguous(),
+        "text_features": text_features.detach().float().cpu().contiguous(),
+    }
+    atomic_save_safetensors(tensors, path, meta)
+
+
+def load_prompt(path: str | os.PathLike) -> PromptFile:
+    """Read a prompt file; anything that is not a valid prompt file is a UserError naming it."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"--prompt {path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            missing = [k for k in ("ctx", "text_features") if k not in keys]
+            if missing:
+                raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
+            ctx, text_features = f.get_tensor("ctx"), f.get_tensor("text_features")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
+    if meta["format"] != FORMAT:
+        raise UserError(f"--prompt {path}: not a clip-smot prompt (format {meta['format']!r})")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
+    try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
+        classnames = json.loads(meta["classnames"])
+        model_config = json.loads(meta["model_config"])
+        n_ctx = int(meta["n_ctx"])
+        config = json.loads(meta.get("config", "{}"))
+    except ValueError as e:
+        raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
+    if not isinstance(classnames, list) or not isinstance(model_config, dict):
+        raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
+    activation = meta.get("activation", config_activation(model_config))  # without it: as its config built
+    if activation not in ACTIVATIONS or activation != config_activation(model_config):
+        raise UserError(f"--prompt {path}: malformed metadata (activation {activation!r} is not the one of its "
+                        f"model_config, {config_activation(model_config)!r})")
+    _check_contents(path, ctx, text_features, classnames, model_config, n_ctx, meta["class_position"], meta["csc"])
+    return PromptFile(
+        ctx=ctx,
+        text_features=text_features,
+        model=meta["model"],
+        model_config=model_config,
+        pretrained=meta["pretrained"],
+        checkpoint_sha256=meta.get("checkpoint_sha256", ""),
+        activation=activation,
+        n_ctx=n_ctx,
+        class_position=meta["class_position"],
+        csc=meta["csc"] == "true",  # (checked: "true" or "false")
+        classnames=classnames,
+        config=config,
+        path=path,
+    )
+
+
+def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, classnames: list, model_config: dict,
+                    n_ctx: int, class_position: str, csc: str) -> None:
+    """A UserError naming the file unless its tensors and metadata agree with each other and
+    with the model config it names (a hand-edited or foreign file fails here, not later with
+    a traceback deep in a matrix product)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"--prompt {path}: {what}")
+
+    K = len(classnames)
+    if not all(isinstance(c, str) for c in classnames) or K == 0:
+        raise bad("malformed metadata (classnames must be a non-empty JSON list of strings)")
+    if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
+        raise bad(f"malformed metadata (class_position {class_position!r}, csc {csc!r}; expected one of "
+                  f"{CLASS_POSITIONS}, and 'true' or 'false')")
+    for name, t in (("ctx", ctx), ("text_features", text_features)):
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise bad(f"{name} must hold finite floating-point numbers ({t.dtype})")
+    embed_dim = model_config.get("embed_dim")
+    if text_features.ndim != 2 or text_features.shape[0] != K or (embed_dim and text_features.shape[1] != embed_dim):
+        raise bad(f"text_features {tuple(text_features.shape)} do not match {K} class names x the model's "
+                  f"embed_dim {embed_dim}")
+    width = model_config.get("text_cfg", {}).get("width")
+    want = (K, n_ctx, width) if csc == "true" else (n_ctx, width)
+    if ctx.ndim != len(want) or any(w is not None and c != w for c, w in zip(ctx.shape, want)):
+        shape = ", ".join("d" if w is None else str(w) for w in want)
+        raise bad(f"ctx {tuple(ctx.shape)} does not match [{shape}] (n_ctx {n_ctx}, csc {csc}, the model's text width)")

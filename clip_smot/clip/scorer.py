@@ -1,0 +1,620 @@
+"""Zero-training OOD scoring with a learned prompt (or plain zero-shot prompts).
+
+``PromptScorer`` holds a frozen CLIP model and the K class text features, computed once: the
+prompt file's stored ``text_features`` when the model's weights are the ones the prompt was
+made with (no text-encoder pass), else re-encoded from the stored context.
+
+Logits = ``logit_scale.exp() * cos(image, text)``; MCM (tau = 1) and GL-MCM take the cosines,
+MSP, Energy and MaxLogit the logits (docs/method.md §2). The post-hoc baselines of Table 8 treat
+the prompt as a linear classifier head on the normalised image feature ``x``: weight
+``W = logit_scale.exp() * text_features`` [K, e], no bias, so that ``logits = W x``. GradNorm,
+ReAct, KNN and ViM are then the core's formulas (:mod:`clip_smot.scores`, shared with the
+ResNet track) with ``x`` as the penultimate feature; ReAct, KNN and ViM need statistics of ID
+training features (:meth:`PromptScorer.fit_id_train`); ODIN runs the frozen image encoder
+again on perturbed pixels (:meth:`PromptScorer.odin`). Every score: higher = more ID.
+
+Example::
+
+    scorer = PromptScorer.from_file("prompt.safetensors", device="cuda")
+    out = scorer.score([Image.open("cat.jpg")])      # {"mcm": [1], ..., "pred_index": [1]}
+    result = scorer.score_paths(["images/"])         # per-file scores, from the feature cache
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_smot import scores as S
+from clip_smot.clip import model as cm
+from clip_smot.clip.features import (
+    ImageFeatures,
+    encode_files,
+    image_batches,
+    normalized_features,
+    weights_flag,
+)
+from clip_smot.clip.model import ClipModel
+from clip_smot.clip.prompt_file import PromptFile, load_prompt
+from clip_smot.common.device import resolve_device
+from clip_smot.common.distributed import share_work, writes_outputs
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import check_output, plain_name, sha256_file
+from clip_smot.common.image_sets import image_files
+from clip_smot.common.images import (
+    IMAGE_EXTENSIONS,
+    eight_bit,
+    escape_path,
+    list_images,
+)
+from clip_smot.common.progress import progress_bar
+from clip_smot.scores import SCORES, gl_mcm
+
+__all__ = [
+    "DEFAULT_SCORES",
+    "FITTED_SCORES",
+    "SCORE_NAMES",
+    "PathScores",
+    "PromptScorer",
+    "SCORE_CHUNK",
+    "parse_scores",
+    "resolve_pretrained",
+    "run_score",
+    "scores_from_features",
+]
+
+SCORE_NAMES = ("mcm", "msp", "energy", "maxlogit", "gl-mcm", "odin", "gradnorm", "react", "knn", "vim")
+DEFAULT_SCORES = ("mcm",)
+FITTED_SCORES = ("react", "knn", "vim")  # need statistics of ID training features
+
+
+def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> list[str]:
+    """Lower-cased, de-duplicated score names; an unknown name is a UserError listing the known."""
+    if names is None:
+        return list(DEFAULT_SCORES)
+    if isinstance(names, str):
+        names = names.split(",")
+    out: list[str] = []
+    for n in (s.strip().lower() for s in names):
+        if not n:
+            continue
+        if n not in SCORE_NAMES:
+            raise UserError(f"{flag}: unknown score {n!r} (known: {', '.join(SCORE_NAMES)})")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise UserError(f"{flag}: no score given (known: {', '.join(SCORE_NAMES)})")
+    return out
+
+
+def fit_id_train(train_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                 scores: Sequence[str]) -> dict:
+    """Statistics of ID training images for the fitted scores among ``scores`` (react, knn, vim).
+
+    Args:
+        train_features: normalised image features of the ID training images, [N, e].
+        text_features: [K, e], normalised (the head is ``logit_scale * text_features``).
+        logit_scale: CLIP's ``logit_scale.exp()``.
+        scores: score names; only those in :data:`FITTED_SCORES` are fitted.
+
+    Returns:
+        ``{"react_threshold": float, "knn_bank": [N, e], "vim": {...}}``, the keys asked for.
+
+    Raises:
+        UserError: fewer training images than KNN's k, or too few for ViM's principal space.
+    """
+    x = train_features.float()
+    W = logit_scale * text_features.to(x.device, torch.float32)  # [K, e]
+    fitted: dict = {}
+    if "react" in scores:
+        fitted["react_threshold"] = S.react_threshold(x)
+    if "knn" in scores:
+        if x.shape[0] < S.KNN_K:
+            raise UserError(f"--id-train: knn needs at least {S.KNN_K} ID training images, found {x.shape[0]}")
+        fitted["knn_bank"] = F.normalize(x, dim=-1)
+    if "vim" in scores:
+        try:
+            fitted["vim"] = S.vim_fit(x, x @ W.T, W, torch.zeros(W.shape[0]))
+        except ValueError as e:  # too few training images for its principal space
+            raise UserError(f"--id-train: {e}") from None
+    return fitted
+
+
+def scores_from_features(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    scores: Sequence[str],
+    local_features: torch.Tensor | None = None,
+    tau: float = 1.0,
+    local_weight: float = 1.0,
+    fitted: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """OOD scores and predictions from normalised features (every score but ``odin``).
+
+    Args:
+        image_features: [B, e], normalised.
+        text_features: [K, e], normalised.
+        logit_scale: CLIP's ``logit_scale.exp()``.
+        scores: names from :data:`SCORE_NAMES`, except ``odin`` (it needs the images).
+        local_features: [B, P, e], normalised patch features (needed for ``gl-mcm``).
+        tau: MCM / GL-MCM temperature (1, docs/method.md §4).
+        local_weight: weight of local MCM in GL-MCM.
+        fitted: :func:`fit_id_train`'s statistics (needed for react, knn, vim).
+
+    Returns:
+        ``{score: [B] float32, ..., "pred_index": [B] int64}``.
+    """
+    text = text_features.to(image_features.device, torch.float32)
+    x = image_features.float()  # [B, e]
+    cosine = x @ text.T  # [B, K]
+    logits = logit_scale * cosine  # [B, K]: the head W = logit_scale * text, no bias
+    out: dict[str, torch.Tensor] = {}
+    for name in scores:
+        if name in FITTED_SCORES and (fitted is None or not _has_fit(fitted, name)):
+            raise ValueError(f"{name} needs statistics of ID training features (fit_id_train)")
+        if name == "gl-mcm":
+            if local_features is None:
+                raise ValueError("gl-mcm needs local (patch) features")
+            local_cos = local_features.float() @ text.T  # [B, P, K]
+            out[name] = gl_mcm(cosine, local_cos, tau=tau, local_weight=local_weight)
+        elif name == "mcm":
+            out[name] = SCORES["mcm"][0](cosine, tau)
+        elif name == "gradnorm":  # d KL / d W = (softmax - 1/K) (logit_scale x)^T
+            out[name] = S.gradnorm(logits, logit_scale * x)
+        elif name == "react":
+            out[name] = S.react(x, logit_scale * text, None, fitted["react_threshold"])
+        elif name == "knn":
+            out[name] = S.knn(x, fitted["knn_bank"])
+        elif name == "vim":
+            v = fitted["vim"]
+            out[name] = S.vim(x, logits, v["u"], v["NS"], v["alpha"])
+        elif name == "odin":
+            raise ValueError("odin needs the images, not their features (PromptScorer.odin)")
+        else:
+            out[name] = SCORES[name][0](logits)
+    out["pred_index"] = cosine.argmax(dim=-1)
+    return out
+
+
+def _check_finite_scores(out: dict[str, torch.Tensor], names: Sequence[str], paths: Sequence[str]) -> None:
+    """A UserError naming the score and the first image when a score is not finite (the features,
+    text features and temperature were checked: the score's own arithmetic is left)."""
+    for name in (n for n in names if n in out):
+        bad = ~torch.isfinite(out[name])
+        if bad.any():
+            raise UserError(f"--scores {name}: non-finite scores ({int(bad.sum())} of {len(bad)} images, first "
+                            f"{paths[int(bad.nonzero()[0])]}: {float(out[name][bad][0])})")
+
+
+def _has_fit(fitted: dict, name: str) -> bool:
+    return {"react": "react_threshold", "knn": "knn_bank", "vim": "vim"}[name] in fitted
+
+
+@dataclass
+class PathScores:
+    """Scores of image files: ``scores[name][i]`` belongs to ``paths[i]``."""
+
+    paths: list[str]
+    scores: dict[str, torch.Tensor]
+    skipped: list[tuple[str, str]]
+
+
+def resolve_pretrained(prompt: PromptFile) -> str:
+    """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby: a file
+    of its name next to the prompt or in the current folder, with its SHA-256 (checkpoints of
+    other weights share names: every hub download is open_clip_pytorch_model.bin).
+
+    Raises:
+        UserError: the stored name is not a plain name (a tag or file name that holds a folder),
+            or no such file is found.
+    """
+    if prompt.pretrained:  # (a tag is a plain name too: load_clip would read a path given as a tag)
+        plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
+    if not prompt.checkpoint_sha256:
+        return prompt.pretrained  # a tag, or "" for random weights
+    others = []
+    for folder in (Path(prompt.path).parent, Path.cwd()):
+        candidate = folder / prompt.pretrained
+        if candidate.is_file() and str(candidate.resolve()) not in others:
+            if sha256_file(candidate) == prompt.checkpoint_sha256:
+                return str(candidate)
+            others.append(str(candidate.resolve()))
+    where = f"{', '.join(others)} is another file of that name" if others else \
+        "it is not next to the prompt nor in the current folder"
+    raise UserError(
+        f"--pretrained: {prompt.path} was made with the checkpoint file {prompt.pretrained} "
+        f"(sha256 {prompt.checkpoint_sha256[:12]}...); {where}; pass --pretrained path/to/{prompt.pretrained}"
+    )
+
+
+class PromptScorer:
+    """A frozen CLIP model with K class text features, scoring images without training.
+
+    Args:
+        clip: the loaded model (its device is where scoring runs).
+        text_features: [K, e] normalised class text features.
+        classnames: the K class names.
+        source: what the text features came from (for reports).
+    """
+
+    def __init__(self, clip: ClipModel, text_features: torch.Tensor, classnames: Sequence[str], source: str = ""):
+        if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
+            raise ValueError(f"text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
+        self.clip = clip
+        self.device = next(clip.model.parameters()).device
+        self.text_features = F.normalize(text_features.float(), dim=-1).to(self.device)  # [K, e]
+        self.classnames = list(classnames)
+        self.logit_scale = cm.logit_scale(clip).float()
+        self.source = source
+        self.fitted: dict = {}  # statistics of ID training features (fit_id_train)
+        self._check_finite_inputs()
+
+    def _check_finite_inputs(self) -> None:
+        """A UserError naming the weights when the text features or ``logit_scale.exp()`` are not
+        finite (a prompt file's own tensors are checked when it is loaded)."""
+        bad = ~torch.isfinite(self.text_features).all(dim=-1)  # [K]
+        if bad.any():
+            raise UserError(f"{weights_flag(self.clip)}: the {self.source or 'text features'} are not finite "
+                            f"({int(bad.sum())} of {len(bad)} classes, first {self.classnames[int(bad.nonzero()[0])]!r}); "
+                            "the text encoder's weights hold NaN or inf, or overflow")
+        if not torch.isfinite(self.logit_scale):
+            raw = float(self.clip.model.logit_scale)
+            raise UserError(f"{weights_flag(self.clip)}: logit_scale {raw:g} gives the non-finite temperature "
+                            f"exp(logit_scale) = {float(self.logit_scale):g} (CLIP's is at most ln 100 = 4.605)")
+
+    @classmethod
+    def from_file(
+        cls,
+        prompt: str | os.PathLike | PromptFile,
+        model: str | None = None,
+        pretrained: str | None = None,
+        device: str | torch.device = "auto",
+    ) -> "PromptScorer":
+        """Load a prompt file and its model (from the metadata unless ``model``/``pretrained`` say otherwise).
+
+        The stored text features are used as they are when the weights are the prompt's own
+        (:meth:`PromptFile.check_model` is True); otherwise they are encoded again from the
+        stored context with the model in use. The model is built with the prompt's activation
+        (its metadata); weights or a ``model`` built with the other are refused.
+
+        Raises:
+            UserError: not a prompt file, a prompt made for another architecture or activation,
+                missing weights.
+        """
+        p = prompt if isinstance(prompt, PromptFile) else load_prompt(prompt)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        weights = pretrained if pretrained is not None else resolve_pretrained(p)
+        if model is None:  # the prompt's model, with the activation it was made with
+            plain_name(p.model, f"--prompt {p.path}: metadata 'model'", "pass --model")
+            clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev, p.activation, f"--prompt {p.path}")
+        else:
+            clip = cm.load_clip(model, weights, dev)
+        if p.check_model(clip.identity()):
+            text, source = p.text_features, "stored text features"
+        else:
+            from clip_smot.clip.prompt import text_features_from_prompt
+
+            text, source = text_features_from_prompt(clip, p), "text features re-encoded from the stored context"
+        return cls(clip, text, p.classnames, source=source)
+
+    @classmethod
+    def zero_shot(
+        cls,
+        classnames: Sequence[str],
+        model: str = "ViT-B-16",
+        pretrained: str | None = "openai",
+        device: str | torch.device = "auto",
+        template: str | None = None,
+    ) -> "PromptScorer":
+        """Plain CLIP prompts ("a photo of a {c}." by default): the zero-shot MCM baseline."""
+        from clip_smot.clip.prompt import zero_shot_text_features
+
+        dev = resolve_device(device) if isinstance(device, str) else device
+        clip = cm.load_clip(model, pretrained, dev)
+        kwargs = {"template": template} if template else {}
+        text = zero_shot_text_features(clip, list(classnames), **kwargs)
+        return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}")
+
+    @torch.inference_mode()
+    def cosine(self, images: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities [B, K] of images [B, 3, S, S] in [0, 1] (not normalised) with the K prompts."""
+        mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
+        x = (images.to(self.device).float() - mean) / std
+        return normalized_features(self.clip, x)[0] @ self.text_features.T
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
+        return self.logit_scale * self.cosine(images)
+
+    def check_scores(self, scores: Sequence[str]) -> None:
+        """Raise a UserError before any image is encoded when the model cannot give a score asked
+        for: gl-mcm of a non-ViT, or a fitted score (react, knn, vim) before :meth:`fit_id_train`."""
+        if "gl-mcm" in scores:
+            cm.check_local_features(self.clip)
+        unfitted = [n for n in scores if n in FITTED_SCORES and not _has_fit(self.fitted, n)]
+        if unfitted:
+            raise UserError(f"--scores {','.join(unfitted)}: needs features of ID training images; "
+                            "clip-smot eval fits them (--id-train, or the prompt's own few-shot images)")
+
+    def fit_id_train(self, train_features: torch.Tensor, scores: Sequence[str]) -> None:
+        """Fit ReAct, KNN and ViM (those among ``scores``) on normalised ID-train image features [N, e]."""
+        self.fitted.update(fit_id_train(train_features.to(self.device), self.text_features, self.logit_scale, scores))
+
+    def odin(self, images: torch.Tensor) -> torch.Tensor:
+        """ODIN scores [B] (on the CPU) of preprocessed images [B, 3, S, S], through the frozen image encoder.
+
+        The input step follows the gradient through the whole image encoder, so ODIN cannot
+        come from cached features: every image is encoded twice, with a backward pass between.
+        """
+        std = torch.tensor(self.clip.std, device=self.device)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:  # normalised images -> logits [B, K]
+            return self.logit_scale * F.normalize(cm.encode_images(self.clip, x).float(), dim=-1) @ self.text_features.T
+
+        return S.odin(forward, images.to(self.device), std).cpu()
+
+    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
+        """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept);
+        under torchrun each process scores its share (:func:`~clip_smot.common.distributed.share_work`)."""
+        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers), paths, batch_size))
+
+    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int) -> torch.Tensor:
+        out = []
+        for images, errors in image_batches(self.clip, paths, batch_size, workers):
+            bad = [e for e in errors if e]
+            if bad:
+                raise UserError(bad[0])
+            out.append(self.odin(images))
+        return torch.cat(out)
+
+    def score(self, images: Sequence[Image.Image] | torch.Tensor, scores: Sequence[str] | str | None = ("mcm", "msp", "energy", "maxlogit")) -> dict[str, torch.Tensor]:
+        """Score a batch of images.
+
+        Args:
+            images: a list of PIL images, or a tensor [B, 3, S, S] already preprocessed
+                (resized, cropped and normalised with the model's mean/std; unlike
+                :meth:`cosine` and :meth:`logits`, which take images in [0, 1]).
+            scores: names from :data:`SCORE_NAMES`.
+
+        Returns:
+            ``{score: [B], ..., "pred_index": [B]}`` on the CPU.
+        """
+        names = parse_scores(scores)
+        self.check_scores(names)
+        if not torch.is_tensor(images):
+            transform = cm.image_preprocess(self.clip)
+            # as files are read: open_clip's transform converts to RGB itself, after resizing
+            images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
+        with torch.inference_mode():
+            g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
+            out = scores_from_features(g, self.text_features, self.logit_scale, [n for n in names if n != "odin"],
+                                       l, fitted=self.fitted)
+        if "odin" in names:
+            out["odin"] = self.odin(images)
+        out = {k: out[k].cpu() for k in [*names, "pred_index"]}
+        _check_finite_scores(out, names, [f"image {i}" for i in range(len(g))])
+        return out
+
+    @torch.inference_mode()
+    def score_features(self, feats: ImageFeatures, scores: Sequence[str], chunk: int = 1024) -> dict[str, torch.Tensor]:
+        """Scores (and ``pred_index``) of precomputed features, on the CPU; ``odin`` is left out
+        (it needs the images: :meth:`odin_files`).
+
+        Works through ``chunk`` images at a time: with patch features, the per-patch cosines
+        of ImageNet val alone ([50000, 196, 1000] floats) would not fit on a GPU.
+        """
+        names = [n for n in parse_scores(scores) if n != "odin"]
+        parts: dict[str, list[torch.Tensor]] = {}
+        for i in range(0, len(feats.global_), chunk):
+            g = feats.global_[i : i + chunk].to(self.device, non_blocking=True)  # [c, e]
+            l = feats.local[i : i + chunk].to(self.device, non_blocking=True) if feats.local is not None else None
+            for k, v in scores_from_features(g, self.text_features, self.logit_scale, names, l,
+                                             fitted=self.fitted).items():
+                parts.setdefault(k, []).append(v)
+        out = {k: torch.cat(v).cpu() for k, v in parts.items()}
+        _check_finite_scores(out, names, feats.paths)
+        return out
+
+    def score_paths(
+        self,
+        paths: Sequence[str | os.PathLike],
+        scores: Sequence[str] | str | None = None,
+        batch_size: int = 256,
+        workers: int = 4,
+        skip_unreadable: bool = False,
+        use_cache: bool = True,
+    ) -> PathScores:
+        """Score image files and folders (searched recursively), one feature-cache entry per argument.
+
+        Raises:
+            UserError: a missing path, a folder without images, an unreadable image (unless
+                ``skip_unreadable``; then only when no file of any argument is readable), gl-mcm
+                with a non-ViT model, non-finite features or scores.
+        """
+        return self.score_listed([list_images(arg, flag="PATH") for arg in paths], scores, batch_size, workers,
+                                 skip_unreadable, use_cache)
+
+    def score_listed(
+        self,
+        listed: Sequence[Sequence[Path]],
+        scores: Sequence[str] | str | None = None,
+        batch_size: int = 256,
+        workers: int = 4,
+        skip_unreadable: bool = False,
+        use_cache: bool = True,
+    ) -> PathScores:
+        """:meth:`score_paths` for arguments already listed (:func:`~clip_smot.common.images.list_images`):
+        one list of image files per argument, one feature-cache entry each."""
+        names = parse_scores(scores)
+        self.check_scores(names)
+        results = [self.score_files(files, names, batch_size, workers, skip_unreadable, use_cache) for files in listed]
+        result = PathScores([p for r in results for p in r.paths], {}, [s for r in results for s in r.skipped])
+        if not result.paths:  # judged over all the arguments: one unreadable file among readable ones is skipped
+            _none_readable(result.skipped)
+        result.scores = {k: torch.cat([r.scores[k] for r in results if r.paths]) for k in [*names, "pred_index"]}
+        return result
+
+    def score_files(self, files: Sequence[str | os.PathLike], names: Sequence[str], batch_size: int = 256,
+                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True) -> PathScores:
+        """Scores of one list of image files, one feature-cache entry; with ``skip_unreadable``,
+        no paths and no scores when none of them is readable (the caller judges)."""
+        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+        if not feats.paths:
+            return PathScores([], {}, feats.skipped)
+        out = self.score_features(feats, names)
+        if "odin" in names:
+            out["odin"] = self.odin_files(feats.paths, batch_size, workers)
+        return PathScores(feats.paths, out, feats.skipped)
+
+
+def _none_readable(skipped: Sequence[tuple[str, str]]) -> None:
+    raise UserError(f"none of the {len(skipped)} image(s) could be read; the first: {skipped[0][1]}")
+
+
+SCORE_CHUNK = 8192  # images per feature-cache entry and per CSV append: memory stays flat in the images
+
+
+def run_score(
+    prompt: str,
+    paths: Sequence[str],
+    out: str,
+    model: str | None = None,
+    pretrained: str | None = None,
+    scores: Sequence[str] | str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 4,
+    skip_unreadable: bool = False,
+    use_cache: bool = True,
+    resume: bool = False,
+    chunk: int = SCORE_CHUNK,
+) -> list[tuple[str, str]]:
+    """``clip-smot score``: score image files, folders and image lists, one CSV row per image.
+
+    The CSV (UTF-8) has the columns ``path`` (as :func:`~clip_smot.common.images.escape_path` writes
+    it: a name that is not UTF-8, or holds a backslash or a control character, is escaped so
+    that it reads back), ``pred`` (class name), ``pred_index``, then one column per score in
+    the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
+    feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
+    finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
+    last complete line are kept and the images after the last row's are scored.
+
+    Returns:
+        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
+        ``resume``, those of this call only).
+    """
+    names = parse_scores(scores)
+    listed = [image_files(p, "PATH") for p in paths]  # (every argument checked before anything is encoded)
+    prompt_file = load_prompt(prompt)
+    weights = pretrained if pretrained is not None else resolve_pretrained(prompt_file)
+    found = "checkpoint file found by name" if pretrained is None else "--pretrained file"
+    images = [("PATH image", f) for files in listed for f in files]
+    # a new image file inside a folder scored would be scored by the next run; a CSV there is not
+    inside = [("the PATH folder", p) for p in paths] if Path(out).suffix.lower() in IMAGE_EXTENSIONS else []
+    check_output(out, "--out", [("--prompt file", prompt), ("--model file", model), (found, weights or None),
+                                *images], inside)
+    partial, header = Path(f"{out}.partial"), ["path", "pred", "pred_index", *names]
+    done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
+    scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
+    scorer.check_scores(names)  # (before OUT.partial is started)
+    writer = writes_outputs()
+    if writer:
+        _start_partial(partial, header, keep)
+    bar = progress_bar(total=len(images), initial=done, unit="img") if writer else None
+    rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
+    for files in _chunks(listed, chunk, done):
+        result = scorer.score_files(files, names, batch_size, workers, skip_unreadable, use_cache)
+        skipped += result.skipped
+        rows += len(result.paths)
+        if writer:
+            _append(partial, _csv_rows(result, names, scorer.classnames))
+            bar.update(len(files))
+    if bar is not None:
+        bar.close()
+    if rows == 0:  # judged over all the arguments: one unreadable file among readable ones is skipped
+        if writer:
+            partial.unlink()
+        _none_readable(skipped)
+    if writer:
+        os.replace(partial, out)
+    return skipped
+
+
+def _chunks(listed: Sequence[Sequence[Path]], chunk: int, start: int):
+    """The chunks of ``chunk`` files of each argument's list, from the ``start``-th file on
+    (counted over all the arguments): a resumed run continues where the last ended, with the
+    rest of its chunk, then the chunks an uninterrupted run has."""
+    offset = 0
+    for files in listed:
+        for i in range(0, len(files), chunk):
+            first = max(i, start - offset)
+            if first < min(i + chunk, len(files)):
+                yield files[first : i + chunk]
+        offset += len(files)
+
+
+def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    pred = result.scores["pred_index"].tolist() if result.paths else []
+    columns = [result.scores[n].tolist() for n in names] if result.paths else []
+    for i, path in enumerate(result.paths):
+        w.writerow([escape_path(path), classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+    return buf.getvalue()
+
+
+def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
+    """``OUT.partial`` cut to its first ``keep`` bytes (its complete rows), or, with none to
+    keep, a new one holding the header."""
+    if keep:
+        with open(partial, "r+b") as f:
+            f.truncate(keep)
+    else:
+        _append(partial, ",".join(header) + "\n", "w")
+
+
+def _append(partial: Path, text: str, mode: str = "a") -> None:
+    try:
+        # (a lone surrogate, a byte of a class name that is not UTF-8, is written as its escape)
+        with open(partial, mode, encoding="utf-8", errors="backslashreplace", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # a row once written survives a crash of the machine too
+    except OSError as e:
+        raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+
+
+def _resume_point(partial: Path, header: Sequence[str], files: Sequence[Path]) -> tuple[int, int]:
+    """(files already scored, bytes of ``partial`` to keep): the complete lines of ``partial``
+    end with the row of a file; the run continues with the file after it.
+
+    Raises:
+        UserError: no ``partial``, a header of other scores, a last row naming no file of PATHS.
+    """
+    import csv
+
+    if not partial.is_file():
+        raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
+    data = partial.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    lines = data[:keep].decode("utf-8", errors="replace").splitlines()
+    if not lines or next(csv.reader(lines[:1])) != list(header):
+        raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the same --scores")
+    if len(lines) == 1:
+        return 0, keep
+    last, rows = next(csv.reader(lines[-1:]))[0], len(lines) - 1
+    escaped = [escape_path(f) for f in files]
+    if last not in escaped[rows - 1 :]:
+        raise UserError(f"--resume: the last row of {partial} ({last}) is no image of PATHS; give the same PATHS")
+    return escaped.index(last, rows - 1) + 1, keep

@@ -1,0 +1,1 @@
+"""Plumbing shared by both tracks: files and run folders, device, torchrun, images, reports."""

@@ -1,0 +1,51 @@
+"""The class lists and prompt files bundled with the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clip_smot.common.errors import UserError
+
+__all__ = ["bundled_file", "imagenet_wnids", "imagenet_classnames", "imagenet200_wnids", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # the clip_smot package
+
+
+# torchvision's ImageNet normalisation (its ResNet weights; the ResNet track's default too)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def bundled_file(*parts: str) -> Path:
+    """A file of the project's ``prompts/`` or ``data_lists/`` folders.
+
+    They sit beside the package in a source checkout (the editable install of the README) and
+    under ``clip_smot/_data/`` in a wheel.
+    """
+    for root in (_PACKAGE.parent, _PACKAGE / "_data"):
+        path = root.joinpath(*parts)
+        if path.is_file():
+            return path
+    raise UserError(f"{'/'.join(parts)}: missing from this installation of clip-smot (reinstall it)")
+
+
+def _lines(*parts: str) -> list[str]:
+    return [line.strip() for line in bundled_file(*parts).read_text().splitlines() if line.strip()]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in class-index order (``data_lists/imagenet1k_wnids.txt``)."""
+    return _lines("data_lists", "imagenet1k_wnids.txt")
+
+
+def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`."""
+    return _lines("prompts", "imagenet1k_classnames.txt")
+
+
+def imagenet200_wnids() -> list[str]:
+    """The 200 wnids of the ImageNet-200 benchmark (appendix B.1 of the paper)."""
+    return _lines("data_lists", "imagenet200_wnids.txt")

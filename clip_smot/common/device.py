@@ -1,0 +1,82 @@
+"""Device, precision and seeding: decided once at the edge of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from clip_smot.common.distributed import torchrun_env
+from clip_smot.common.errors import UserError, first_line
+
+__all__ = ["PRECISIONS", "DTYPES", "resolve_device", "autocast", "seed_everything", "physical_memory"]
+
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda' and 'cuda:N' of a GPU this machine has.
+
+    Every other device torch knows ('meta', 'mps', ...) is a user error: the commands run on
+    the CPU and on CUDA only ('meta' holds no data; MPS lacks kernels they use).
+
+    Under torchrun, ``auto`` and ``cuda`` without an index mean this process's GPU,
+    ``cuda:LOCAL_RANK``.
+    """
+    if name in ("auto", "cuda") and torchrun_env()[2] > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torchrun_env()[1])
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"--device {name}: not a device ({first_line(e)}); choose auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not supported; choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {name}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= n:
+            raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} "
+                            f"(cuda:0 to cuda:{n - 1})")
+    return device
+
+
+def autocast(device: torch.device, precision: str, cache: bool = True) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` on ``device`` (fp32 = no autocast).
+
+    fp16 on the CPU is not supported by CPU autocast kernels for every op; it falls back
+    to bf16 there, which has the same memory size and a wider range. ``cache=False`` turns
+    off autocast's weight-cast cache, as torch advises while a CUDA graph is captured.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = DTYPES[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def physical_memory() -> int | None:
+    """Bytes of this machine's memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None

@@ -1,0 +1,144 @@
+"""The embedded offline dataset: scikit-learn's digits as image folders, OOD sets from scikit-image.
+
+Both tracks run on it without internet: ``clip-smot fit`` with no ``--data`` and
+``clip-smot train --dataset digits``. It is written once as ordinary image folders,
+
+    ROOT/train/<name>/<index>.png     ID training images (75% of the 1797 digits, stratified)
+    ROOT/val/<name>/<index>.png       ID test images (the other 25%)
+    ROOT/ood/photos/<index>.png       crops of scikit-image's bundled photographs
+    ROOT/ood/textures/<index>.png     crops of scikit-image's bundled textures
+
+with class folders named ``zero`` ... ``nine``, so every folder-based code path is exercised.
+The 8x8 digits (values 0..16) are scaled to 0..255 and upsampled bicubically to ``size``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import cache_root, file_lock
+
+__all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "write_digits"]
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+OOD_SOURCES = {
+    "photos": ("astronaut", "camera", "cat", "chelsea", "clock", "coffee", "coins", "hubble_deep_field",
+               "immunohistochemistry", "moon", "retina", "rocket"),
+    "textures": ("brick", "cell", "grass", "gravel", "page", "text"),
+}
+_VERSION = 1
+
+
+def default_root(size: int) -> Path:
+    """Where the digits folders are kept: ``$CLIP_SMOT_CACHE`` or ``~/.cache/clip_smot``."""
+    return cache_root() / f"digits-{size}"
+
+
+def _crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
+    out = []
+    for i in range(n):
+        img = images[i % len(images)]
+        h, w = img.shape[:2]
+        side = int(rng.integers(min(48, h, w), min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(img[y:y + side, x:x + side]).convert("RGB")
+        out.append(crop.resize((size, size), Image.BICUBIC))
+    return out
+
+
+def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed: int = 0) -> Path:
+    """Write the digits folders and the two OOD sets under ``root`` (replacing what is there).
+
+    They are written into a sibling folder, renamed to ``root`` once whole: a write that fails
+    (a full disk, a read-only folder) leaves ``root`` as it was and no partial folder beside it.
+
+    Raises:
+        UserError: the folders cannot be written, naming the cache folder and the reason.
+    """
+    try:
+        import skimage.data  # noqa: F401 - (checked before anything is written)
+    except ImportError:
+        raise UserError("the digits OOD sets need scikit-image: pip install scikit-image") from None
+    root = Path(root)
+    tmp = root.with_name(root.name + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # (of a writer killed before it could clean up)
+        _write(tmp, size, n_ood, seed)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    except OSError as e:
+        raise _cache_error(root, e) from None
+    finally:  # (gone after the rename; a failed or interrupted write's partial folder goes too)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _cache_error(root: Path, e: OSError) -> UserError:
+    """One line for a digits folder that cannot be written, naming where the cache folder comes from."""
+    where = f"$CLIP_SMOT_CACHE {os.environ['CLIP_SMOT_CACHE']}" if os.environ.get("CLIP_SMOT_CACHE") else \
+        f"the cache folder {cache_root()}"
+    blocker = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    reason = f"{blocker} is a file, not a folder" if blocker else \
+        "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return UserError(f"{where}: cannot write the bundled digits to {root} ({reason}); free space there or set "
+                     "CLIP_SMOT_CACHE to a writable folder")
+
+
+def _write(tmp: Path, size: int, n_ood: int, seed: int) -> None:
+    """The digits folders and OOD sets, written under ``tmp``."""
+    import skimage.data
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train_idx, val_idx = train_test_split(idx, test_size=0.25, stratify=digits.target, random_state=seed)
+    for split, ids in (("train", train_idx), ("val", val_idx)):
+        for name in DIGIT_NAMES:
+            (tmp / split / name).mkdir(parents=True)
+        for i in ids:
+            img = (digits.images[i] * (255.0 / 16.0)).round().astype(np.uint8)  # [8, 8]
+            im = Image.fromarray(img).resize((size, size), Image.BICUBIC).convert("RGB")
+            im.save(tmp / split / DIGIT_NAMES[digits.target[i]] / f"{i:04d}.png")
+    rng = np.random.default_rng(seed)
+    for set_name, sources in OOD_SOURCES.items():
+        arrays = []
+        for src in sources:
+            a = getattr(skimage.data, src)()
+            arrays.append(a[..., :3] if a.ndim == 3 else a)
+        (tmp / "ood" / set_name).mkdir(parents=True)
+        for j, im in enumerate(_crops(arrays, n_ood, size, rng)):
+            im.save(tmp / "ood" / set_name / f"{j:04d}.png")
+    (tmp / "digits.json").write_text(json.dumps({"version": _VERSION, "size": size, "n_ood": n_ood, "seed": seed}))
+
+
+def _is_written(root: Path, size: int) -> bool:
+    try:
+        meta = json.loads((root / "digits.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size
+
+
+def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path:
+    """The digits folders at ``size``, written on first use and reused afterwards.
+
+    Processes that need them at once (the ranks of a torchrun, a fit and an eval started
+    together) take turns: the first writes them, the others wait and reuse them.
+    """
+    root = Path(root) if root is not None else default_root(size)
+    if _is_written(root, size):
+        return root
+    try:
+        with file_lock(root.with_name(f".{root.name}.lock")):
+            return root if _is_written(root, size) else write_digits(root, size=size)
+    except OSError as e:  # (the lock's folder: a file in its place, read-only)
+        raise _cache_error(root, e) from None

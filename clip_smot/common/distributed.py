@@ -1,0 +1,95 @@
+"""torchrun: the process group, and how work is shared among processes (rank 0 writes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+
+from clip_smot.common.errors import UserError
+
+__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes_outputs", "share_work"]
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) outside torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("LOCAL_RANK", "0") or 0), world
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """torch.distributed's default process group while inside, under torchrun (WORLD_SIZE > 1).
+
+    The backend is gloo on the CPU and ``cpu:gloo,cuda:nccl`` on CUDA: CUDA tensors travel by
+    NCCL, Python objects (:func:`share_work`'s results) by gloo, from CPU memory. Leaving
+    normally waits for every process (no rank tears the group down while another still uses
+    it); the group is destroyed on the way out either way. Outside torchrun it does nothing.
+
+    Yields:
+        (rank, local rank, world size).
+    """
+    rank, local_rank, world = torchrun_env()
+    started = world > 1 and not torch.distributed.is_initialized()
+    if started:
+        cuda = device != "cpu" and torch.cuda.is_available()
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+    try:
+        yield rank, local_rank, world
+        if started:
+            torch.distributed.barrier()
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def batch_share(n: int, batch_size: int, rank: int, world: int) -> range:
+    """The indices of process ``rank``'s share of ``n`` items: a run of whole batches of
+    ``batch_size``, the ranks' shares following each other in order. Every item falls in the
+    same batch as in one process, so a batch's results do not depend on the number of processes."""
+    batches = -(-n // batch_size)
+    first, last = batches * rank // world, batches * (rank + 1) // world
+    return range(min(first * batch_size, n), min(last * batch_size, n))
+
+
+def every_rank(value: Any) -> list:
+    """``value`` of every process of the torch.distributed process group, in rank order
+    (``[value]`` outside one); the values travel pickled."""
+    if not torch.distributed.is_initialized():
+        return [value]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes a command's outputs: rank 0 of a torch.distributed process
+    group, or the one process outside one."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def share_work(fn: Callable[[list], Any], items: Sequence, batch_size: int) -> list:
+    """``fn`` of this process's :func:`batch_share` of ``items``, with every process's result.
+
+    Outside a torch.distributed process group, ``[fn(items)]``. Inside one, each process runs
+    ``fn`` on its share (none on an empty share) and gets every result in rank order, so
+    that joining them gives one process's result in the items' order.
+
+    Raises:
+        UserError: the first (in rank order, so in the items' order) a process's ``fn``
+            raised, on every process: none waits for another that has failed.
+    """
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return [fn(list(items))]
+    mine = batch_share(len(items), batch_size, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    try:
+        result = (fn(list(items[mine.start:mine.stop])) if len(mine) else None, "")
+    except UserError as e:
+        result = (None, str(e))
+    results = every_rank(result)
+    error = next((e for _, e in results if e), "")
+    if error:
+        raise UserError(error)
+    return [r for r, _ in results if r is not None]

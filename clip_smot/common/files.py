@@ -1,0 +1,324 @@
+"""Files: atomic writes, outputs checked against inputs, names from files, locks and hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.run_folder import RUN_FILES
+
+__all__ = ["cache_root", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``$CLIP_SMOT_CACHE``, else ``~/.cache/clip_smot``."""
+    return Path(os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the file ``path`` (created, with its folder) while inside: processes
+    that would write one shared thing at once (the ranks of a torchrun downloading a data set)
+    take turns. No lock where ``fcntl`` is missing (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
+        yield
+
+
+def plain_name(value: str, what: str, advice: str = "") -> str:
+    """``value`` when it is a plain name, one path component: 1 to 200 characters, no ``/``,
+    ``\\``, ``:`` nor control character, not ``.`` or ``..``; else a UserError naming ``what``
+    (and ending in ``advice``). Names read from files (a prompt's model, its checkpoint file's
+    name) are checked with it where they join a path: no folder, no ``..``, no absolute path and
+    no ``hf-hub:``/``local-dir:`` schema of open_clip can come in with them."""
+    if not isinstance(value, str) or not re.fullmatch(r"(?!\.\.?$)[^/\\:\x00-\x1f]{1,200}", value):
+        raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..')"
+                        + (f"; {advice}" if advice else ""))
+    return value
+
+
+def _file_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to, symlinks followed; None when there is none.
+    Two paths with the same key are one file: a symlink, a hard link, another spelling."""
+    if not isinstance(path, (str, os.PathLike)):  # (os.stat of an int would stat a file descriptor)
+        return None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_file(a: Any, b: Any) -> bool:
+    """Whether the paths ``a`` and ``b`` both exist and are one file (see :func:`_file_key`)."""
+    key = _file_key(a)
+    return key is not None and key == _file_key(b)
+
+
+def _within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, both with symlinks resolved."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, Any]] = (),
+                 folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] | None = None) -> None:
+    """Raise a UserError when writing ``out`` would replace or mix with something the command reads.
+
+    Args:
+        out: an output file, or with ``writes`` an output folder.
+        flag: the flag named in the error (``--out``).
+        inputs: (what, path) of every file the command reads, e.g. ``("--prompt file", p)``;
+            None or missing paths are skipped. An output that is the same file (symlinks
+            followed, hard links and other spellings included) is refused.
+        folders: (what, path) of folders whose files the command reads: an output inside one
+            is refused, as a later run would read it as input.
+        writes: the names of the files written into the output folder ``out``.
+    """
+    out = Path(out)
+    if writes is None and out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder, not a file")
+    if writes is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out}: is a file, not a folder")
+    targets = [out] if writes is None else [out / name for name in writes]
+    keys = {key: target for target in targets if (key := _file_key(target)) is not None}
+    for what, path in inputs if keys else ():
+        target = keys.get(_file_key(path)) if path is not None else None
+        if target is None:
+            continue
+        if writes is None:
+            raise UserError(f"{flag} {out}: is the {what} itself; writing there would destroy it")
+        raise UserError(f"{flag} {out}: its {target.name} would be the {what} itself ({path}); writing it "
+                        "would destroy that file")
+    for what, folder in folders:  # (after the files: "is the image itself" says more than "is inside")
+        if folder is not None and os.path.isdir(folder) and _within(out, folder):
+            raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files this command reads; "
+                            "write to a place outside it")
+
+
+def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[tuple[str, Any]] = (),
+                        folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] = ()) -> None:
+    """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
+    ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or
+    when it is a file, lies inside one of ``folders`` or would replace one of ``inputs`` with a
+    file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
+    of an output is)."""
+    check_output(out, flag, inputs, folders, writes=tuple(writes))
+    held = [f for f in RUN_FILES if (Path(out) / f).is_file()]
+    if held:
+        raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
+                        f"(e.g. {Path(out) / 'eval'})")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # (reading the umask means setting it)
+    os.umask(mask)
+    return mask
+
+
+def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+    """Create the output folder ``path`` (and its parents); a UserError naming ``flag`` if it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "is a file, not a folder" if path.exists() else f"cannot create the folder ({e.strerror or e})"
+        raise UserError(f"{flag} {path}: {reason}") from None
+
+
+def _write_error(path: Path, e: Exception) -> UserError:
+    """One line for a failed write of ``path``. A full disk is named as such: torch.save reports
+    it as a RuntimeError ('unexpected pos ...'), safetensors as a SafetensorError."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {first_line(e)}"
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(path.parent).free < 1 << 20:
+            reason = "no space left on the device"
+    kept = "; the file there before is unchanged" if path.exists() else ""
+    return UserError(f"cannot write {path}: {reason}{kept}")
+
+
+def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
+    """``write(tmp)`` on a new temporary file beside ``path``; its name. A failure removes it and is
+    a UserError naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
+        return tmp
+    except BaseException as e:  # (Ctrl-C too: no temporary file left behind)
+        error = _write_error(path, e) if isinstance(e, Exception) else e  # (while the file still fills the disk)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if error is e:
+            raise
+        raise error from None
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a
+    temporary file behind. The temporary name ends in ``.tmp``: writers that infer the format
+    from the name (matplotlib) need it given explicitly.
+
+    Raises:
+        UserError: the file cannot be written (a full disk, a read-only or missing folder),
+            naming ``path``.
+    """
+    atomic_write_files(Path(path).parent, {Path(path).name: write})
+
+
+def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[str], object]],
+                       leftovers: tuple[str, ...] = ()) -> None:
+    """Write several files of ``folder`` as one: ``writers[name](tmp)`` fills a temporary file for
+    each; only when every one is written are they renamed into place, and then the files named in
+    ``leftovers`` that were not written now are deleted (those of an earlier run that wrote more).
+
+    A failure while writing (a full disk, an exception in a writer, Ctrl-C) leaves the folder as it
+    was, with no temporary file; other files in it are never touched. Only a kill within the final
+    renames (no disk space needed, microseconds) could leave some files new and some old.
+
+    Raises:
+        UserError: a file cannot be written, naming it.
+    """
+    folder = Path(folder)
+    temps: dict[str, str] = {}
+    try:
+        for name, write in writers.items():
+            temps[name] = _write_temporary(folder / name, write)
+        for name, tmp in temps.items():
+            try:
+                os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
+            except OSError as e:
+                raise _write_error(folder / name, e) from None
+    finally:
+        for tmp in temps.values():
+            with contextlib.suppress(OSError):
+                os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
+    for name in leftovers:
+        if name not in writers:
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None,
+                             older_than_s: float = 0.0) -> None:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names``
+    (None: for any file) when its process was killed mid-write (SIGKILL, OOM killer, power loss):
+    hidden, and each as large as the file it was to become (a checkpoint). With ``older_than_s``,
+    only those untouched for that long: in a folder that other processes write to, a younger one
+    may be a write in progress."""
+    import glob
+    import time
+
+    patterns = ["*"] if names is None else [glob.escape(name) for name in names]
+    for pattern in patterns:
+        for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime >= older_than_s:
+                    tmp.unlink()
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` to a temporary file, then rename, with the metadata in
+    sorted key order: the same tensors and metadata give the same bytes (safetensors writes its
+    metadata in a hash map's order, which changes from one call to the next)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        _sort_safetensors_metadata(tmp)
+
+    atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path: str) -> None:
+    """Rewrite the header of the safetensors file ``path`` in place with ``__metadata__``'s keys
+    sorted. The header is the same JSON in another order, so it keeps its length (checked: a
+    header that would not is left as it is); the tensor data is not touched."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")  # [8-byte length][header JSON, space-padded][data]
+        header = json.loads(f.read(n))
+        if "__metadata__" not in header:
+            return
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
+
+
+def text_writer(text: str) -> Callable[[str], object]:
+    """A writer for :func:`atomic_write_files` that writes ``text`` as UTF-8 whatever the locale
+    says. A character UTF-8 cannot encode (a lone surrogate: a byte of a file name that is not
+    UTF-8, in a class or set name) is written as its escape, ``\\udcNN``, not failing the write."""
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write text atomically (temporary file + rename), as :func:`text_writer` writes it."""
+    atomic_write(path, text_writer(text))
+
+
+def json_text(obj: Any) -> str:
+    """Pretty JSON with sorted keys and a final newline: the text of :func:`write_json`."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write pretty JSON atomically."""
+    atomic_write_text(json_text(obj), path)
+
+
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """(size, modification time, change time, inode) of a file: what changes when its bytes may have.
+
+    The change time and inode too: cp -p, rsync -a, tar and unzip set the old modification time on
+    other bytes, but every write or replacement sets the change time (which nothing can set back).
+    """
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+_SHA256: dict[tuple, str] = {}  # (path, file_stamp) -> digest: one read per file and process
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes; a file unchanged since (the same :func:`file_stamp`) is not
+    read again in this process (``score`` checks a checkpoint found by name, then loads it)."""
+    import hashlib
+
+    key = (os.path.realpath(path), *file_stamp(path))
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]

@@ -1,0 +1,219 @@
+"""Evaluation image sets: ID folders with class labels, OOD folders, OpenOOD image lists.
+
+* ID folder, ImageNet layout: ``DIR/val/<wnid>/*.JPEG`` or the ``val`` folder itself. A
+  sub-folder's label is the index of its class in the prompt's class list: a wnid is mapped to
+  its name through ``data_lists/imagenet1k_wnids.txt`` + ``prompts/imagenet1k_classnames.txt``
+  (or taken by position when the class list is ImageNet-1k's own); any other folder name must
+  equal a class name (``_`` read as a space). When a folder matches no class, the set has no
+  labels (and no ID accuracy is reported).
+* OOD folder: any layout, searched recursively (the MOS sets as people store them:
+  ``iNaturalist/images/``, ``SUN/images/``, ``Places/images/``, ``dtd/images/<class>/``).
+* Image list (OpenOOD's ``benchmark_imglist`` files): one ``relative/path label`` per line.
+  ``ROOT::LIST.txt`` resolves the paths against ROOT; a bare ``LIST.txt`` against the list's
+  own folder. For an ID list the labels are class indices in the prompt's class order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
+from clip_smot.common.errors import UserError
+from clip_smot.common.images import (
+    class_folders,
+    holds_folders,
+    list_images,
+    read_text_file,
+)
+
+__all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
+           "read_image_list"]
+
+
+@dataclass
+class ImageSet:
+    """A named set of image files, with class labels when known.
+
+    Attributes:
+        name: the set's name (``id`` or the OOD name given on the command line).
+        paths: image files, sorted.
+        labels: class index per file (in the prompt's class order), or None.
+        note: why there are no labels, when there are none (for the report).
+    """
+
+    name: str
+    paths: list[Path]
+    labels: list[int] | None = None
+    note: str = ""
+
+
+@lru_cache(maxsize=1)
+def imagenet_wnid_names() -> dict[str, str]:
+    """wnid -> CLIP class name for the 1000 ImageNet-1k classes."""
+    return dict(zip(imagenet_wnids(), imagenet_classnames()))
+
+
+def _imagenet_order() -> list[str]:
+    return list(imagenet_wnid_names())
+
+
+def _split_list_arg(where: str) -> tuple[Path, Path] | None:
+    """(list file, root) when ``where`` names an image list, else None."""
+    root, sep, lst = where.partition("::")
+    if sep:
+        return Path(lst), Path(root)
+    if where.endswith(".txt") and Path(where).is_file():
+        return Path(where), Path(where).parent
+    return None
+
+
+def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> tuple[list[Path], list[int]]:
+    """Paths and integer labels of an OpenOOD-style list (``path label`` per line; label optional).
+
+    Raises:
+        UserError: a missing list or root, a malformed line, a listed file that does not exist.
+    """
+    list_file, root = Path(list_file), Path(root)
+    text = read_text_file(list_file, flag, "'relative/path label'", what="image-list file")
+    if not root.is_dir():
+        raise UserError(f"{flag} {root}: no such image root folder")
+    paths, labels = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
+            raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        path = root / parts[0]
+        if not path.is_file():
+            raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
+        paths.append(path)
+        labels.append(int(parts[1]) if len(parts) == 2 else -1)
+    if not paths:
+        raise UserError(f"{flag} {list_file}: the list names no images")
+    return paths, labels
+
+
+def _id_root(where: Path) -> Path:
+    """``DIR/val`` when it is a folder of class folders, else ``DIR`` (whose classes may include ``val``)."""
+    return where / "val" if holds_folders(where / "val") else where
+
+
+def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
+    """The sorted class sub-folders of an ID folder (``DIR/val/<class>/`` or ``DIR/<class>/``).
+
+    Raises:
+        UserError: not a folder, or no class sub-folders.
+    """
+    root = _id_root(Path(where))
+    if not root.is_dir():
+        raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
+    return class_folders(root, flag)
+
+
+def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]:
+    """Class names of an ID folder's class sub-folders (ImageNet wnids -> CLIP names).
+
+    Used by zero-shot evaluation, where the class list comes from the data.
+
+    Raises:
+        UserError: not a folder, or no class sub-folders.
+    """
+    folders = id_class_folders(where, flag)
+    names = imagenet_wnid_names()
+    if all(f in names for f in folders):
+        return [names[f] for f in folders]
+    return [f.replace("_", " ") for f in folders]
+
+
+def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
+                   prompt_folders: Sequence[str] | None = None) -> tuple[list[int] | None, str]:
+    folders = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
+    if not folders or any(len(p.relative_to(root).parts) < 2 for p in paths):
+        return None, f"{root} holds images outside class folders"
+    wnid_names = imagenet_wnid_names()
+    index: dict[str, int] = {}
+    if prompt_folders is not None and set(folders) <= set(prompt_folders):
+        # the prompt's own class folders: exact where names repeat ("missile" twice; sea_lion, "sea lion")
+        index = {f: list(prompt_folders).index(f) for f in folders}
+    elif list(classnames) == [wnid_names[w] for w in _imagenet_order()]:
+        # the full ImageNet-1k list (its names repeat: take wnids by position)
+        order = {w: i for i, w in enumerate(_imagenet_order())}
+        index = {f: order[f] for f in folders if f in order}
+    else:
+        by_name: dict[str, int] = {}
+        for i, c in enumerate(classnames):
+            by_name.setdefault(c, i)
+        for f in folders:
+            name = wnid_names.get(f, f.replace("_", " "))
+            if name in by_name:
+                index[f] = by_name[name]
+            elif f in by_name:
+                index[f] = by_name[f]
+    unmatched = [f for f in folders if f not in index]
+    if unmatched:
+        return None, f"class folder(s) {', '.join(unmatched[:3])}{' ...' if len(unmatched) > 3 else ''} match no class of the prompt"
+    return [index[p.relative_to(root).parts[0]] for p in paths], ""
+
+
+def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--id",
+           prompt_folders: Sequence[str] | None = None) -> ImageSet:
+    """The ID test set, with labels in the order of ``classnames`` when they can be matched.
+
+    Args:
+        where: a folder (``DIR/val/<class>/`` or ``val/<class>/``), or an image list
+            (``ROOT::LIST.txt`` or ``LIST.txt``).
+        classnames: the prompt's class names.
+        flag: the flag named in errors.
+        prompt_folders: the folder of each class (a fit prompt's ``run.class_folders``), matched
+            first by exact name; otherwise folders are matched through ``classnames``.
+    """
+    where = str(where)
+    as_list = _split_list_arg(where)
+    if as_list is not None:
+        paths, labels = read_image_list(*as_list, flag=flag)
+        if all(y < 0 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
+            return ImageSet("id", paths, None, f"{as_list[0]}: the list gives no class labels")
+        for path, y in zip(paths, labels):  # a wrong label would make the ID accuracy wrong
+            if not 0 <= y < len(classnames):
+                raise UserError(f"{flag} {as_list[0]}: {path} has label {y}, not a class index of the prompt "
+                                f"(0 .. {len(classnames) - 1}; every line needs one, or none does)")
+        return ImageSet("id", paths, labels)
+    root = _id_root(Path(where))
+    paths = list_images(root, flag=flag)
+    if root.is_file():
+        return ImageSet("id", paths, None, "a single image has no class folder")
+    labels, note = _folder_labels(root, paths, classnames, prompt_folders)
+    return ImageSet("id", paths, labels, note)
+
+
+def image_files(where: str | os.PathLike, flag: str) -> list[Path]:
+    """The image files of a folder (searched recursively), of one image file, or of an image list
+    (``ROOT::LIST.txt``, or a ``LIST.txt`` file: paths relative to its folder; labels ignored).
+
+    Raises:
+        UserError: a missing path or list, a list naming a missing file, no images.
+    """
+    as_list = _split_list_arg(str(where))
+    return read_image_list(*as_list, flag=flag)[0] if as_list is not None else list_images(where, flag=flag)
+
+
+def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> ImageSet:
+    """An OOD set: a folder in any layout (recursive) or an image list; no labels needed.
+
+    Raises:
+        UserError: a missing folder or list, or one without images.
+    """
+    where = str(where)
+    as_list = _split_list_arg(where)
+    if as_list is not None:
+        paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")
+        return ImageSet(name, paths)
+    if not Path(where).exists():  # (a bare --ood NAME is a built-in set, answered by the callers)
+        raise UserError(f"{flag} {name}={where}: no such folder or image list")
+    return ImageSet(name, list_images(where, flag=f"{flag} {name}"))
+

@@ -1,0 +1,177 @@
+"""Datasets and image files: listing, decoding with clear errors, class folders.
+
+Shared by both tracks. Everything that reads a user's image goes through :func:`load_image`,
+so an unreadable or truncated file is always reported as one line naming the file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, UnidentifiedImageError
+
+from clip_smot.common.errors import UserError
+
+__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "list_images", "read_text_file", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, sorted file names)`` under ``root``, sorted, leaving out hidden files and
+    folders (a dot-file such as macOS's ``._x.jpg``, a dot-folder such as ``.thumbs/``: never
+    data) and following symlinked folders, each real folder once (a symlink loop ends).
+
+    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
+    training images stays fast on network file systems.
+    """
+    seen = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield folder, sorted(f for f in filenames if not f.startswith("."))
+
+
+def image_names(folder: str | os.PathLike, names: list[str]) -> list[str]:
+    """The ``names`` in ``folder`` that are image files: an image extension, and a regular file
+    once symlinks are followed (a FIFO named ``x.jpg`` would block its reader forever, a broken
+    symlink has no bytes)."""
+    return [f for f in names
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+
+
+def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
+    """Image files under ``root`` (see :func:`walk_files`), sorted; ``root`` may be one file.
+
+    Raises:
+        UserError: ``root`` does not exist, or holds no image file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{flag} {root}: no such file or folder")
+    if root.is_file():
+        return [root]
+    files = sorted(Path(folder) / f for folder, names in walk_files(root) for f in image_names(folder, names))
+    if not files:
+        raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> str:
+    """The text of a user's list file (a split, an image list); a missing or binary file is a
+    UserError naming it and the ``expected`` line format."""
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such {what}")
+    try:
+        return path.read_text(encoding="utf-8")  # as written (split.txt), whatever the locale says
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
+
+
+def eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images as 8-bit grey ('L'), scaled: PIL's ``convert`` would clip
+    them (a 16-bit mid-grey becomes white, a float image in [0, 1] black)."""
+    import numpy as np
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
+        a = a / 257.0  # 0..65535 -> 0..255
+    elif im.mode == "F" and a.max() <= 1.0:
+        a = a * 255.0  # a float image in [0, 1]
+    return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+
+
+def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | None = None) -> Image.Image:
+    """Decode an image fully; a missing, unreadable or truncated file is a UserError.
+
+    Args:
+        path: the image file.
+        mode: convert to this PIL mode ("RGB"), or None to keep the image's own mode (open_clip's
+            evaluation transform resizes first and converts to RGB after, which differs for
+            RGBA, palette and 1-bit images; the CLIP scoring path matches it). 16-bit and
+            32-bit grey images are scaled to 8-bit grey either way.
+        data: the file's bytes, already read (then ``path`` only names it in errors).
+    """
+    import io
+
+    try:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
+            im.load()  # decode now: a truncated JPEG fails here, not later in a worker
+            im = eight_bit(im)
+            return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: unreadable or truncated image ({e})") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
+        raise UserError(f"{path}: image too large to decode ({e})") from None
+
+
+def holds_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder with a (non-hidden) sub-folder: ``DATA/train`` or ``DIR/val``
+    as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``)."""
+    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+
+
+def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
+    """Sorted names of the sub-folders of ``root`` (one per class).
+
+    Raises:
+        UserError: ``root`` is missing, or has no sub-folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{flag} {root}: no such folder")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise UserError(f"{flag} {root}: no class folders inside (expected {root}/<class>/<image>)")
+    return names
+
+
+# what escape_path writes as an escape: the backslash itself, control characters (line breaks, tab),
+# the Unicode line and paragraph separators (str.splitlines breaks lines there too) and surrogates
+_NOT_PLAIN = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+
+
+def _escape(c: str) -> str:
+    o = ord(c)
+    if c == "\\":
+        return "\\\\"
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that is not part of a UTF-8 character (os.fsdecode's surrogateescape)
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}"
+
+
+def escape_path(path: str | os.PathLike) -> str:
+    """A file path as one line of UTF-8 text that :func:`unescape_path` reads back to the same name.
+
+    ``\\`` is written ``\\\\``; a byte of the name that is not part of a UTF-8 character
+    ``\\xNN`` (its value); a control character (newline, carriage return, tab, ...), U+2028,
+    U+2029 and any other surrogate ``\\uNNNN``; every other character as it is.
+    """
+    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), os.fsdecode(path))
+
+
+def unescape_path(text: str) -> str:
+    """The path that :func:`escape_path` wrote as ``text`` (a ``str`` as :func:`os.fsdecode` gives:
+    a byte that is not UTF-8 as a surrogate); a backslash that starts no escape is kept as it is."""
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e == "\\":
+            return "\\"
+        n = int(e[1:], 16)
+        return chr(0xDC00 + n) if e[0] == "x" and n >= 0x80 else chr(n)
+
+    return _ESCAPE.sub(one, text)

@@ -1,0 +1,175 @@
+"""Per-set OOD metric tables: metrics.csv, metrics.json, metrics.md and the score histogram.
+
+Both tracks hand their scores to :func:`write_reports`, so the CLIP prompt and the ResNets
+produce the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import (
+    atomic_write_files,
+    make_folder,
+    remove_stale_temporaries,
+    text_writer,
+)
+from clip_smot.metrics import ood_metrics
+
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "metric_table", "write_reports"]
+
+METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
+# what an evaluation writes into its folder (config.json: the CLIP track's arguments)
+REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png", "config.json")
+
+
+def metric_table(
+    id_scores: dict[str, np.ndarray],
+    ood_scores: dict[str, dict[str, np.ndarray]],
+    convention: str = "id",
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Metrics in percent: ``table[score][ood_set] = {fpr95, auroc, aupr_in, aupr_out}``.
+
+    Args:
+        id_scores: score name -> ID scores.
+        ood_scores: OOD set name -> (score name -> OOD scores).
+        convention: passed to :func:`clip_smot.metrics.ood_metrics`.
+
+    Each score also gets an ``average`` row: the mean over the OOD sets, as the paper reports.
+    """
+    if "average" in ood_scores:  # the name of the mean row: a set called so would be overwritten
+        raise UserError("--ood average=...: 'average' names the mean over the OOD sets; give the set another name")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for score, id_s in id_scores.items():
+        rows = {}
+        for ood_set, by_score in ood_scores.items():
+            try:
+                m = ood_metrics(id_s, by_score[score], convention=convention)
+            except ValueError as e:  # NaN/inf or empty scores (e.g. a diverged model): one line, no traceback
+                raise UserError(f"--scores {score}: no metrics for ID vs {ood_set} ({e})") from None
+            rows[ood_set] = {k: 100.0 * m[k] for k in METRIC_COLUMNS}
+        rows["average"] = {k: float(np.mean([r[k] for r in rows.values()])) for k in METRIC_COLUMNS}
+        table[score] = rows
+    return table
+
+
+def _csv(table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["score", "ood_set", *METRIC_COLUMNS])
+    for score, rows in table.items():
+        for ood_set, m in rows.items():
+            w.writerow([score, ood_set, *(f"{m[k]:.2f}" for k in METRIC_COLUMNS)])
+    return buf.getvalue()
+
+
+def _markdown(table, id_accuracy: float | None, title: str) -> str:
+    sets = [s for s in next(iter(table.values()))]
+    head = "| score | " + " | ".join(f"{s} FPR95↓ | {s} AUROC↑" for s in sets) + " |"
+    sep = "|---|" + "---|---|" * len(sets)
+    lines = [f"# {title}", "", "Values are percentages.", "", head, sep]
+    for score, rows in table.items():
+        cells = " | ".join(f"{rows[s]['fpr95']:.2f} | {rows[s]['auroc']:.2f}" for s in sets)
+        lines.append(f"| {score} | {cells} |")
+    if id_accuracy is not None:
+        lines += ["", f"ID accuracy: {id_accuracy:.2f}%"]
+    return "\n".join(lines) + "\n"
+
+
+def _label(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a lone surrogate (a byte of a name that is not
+    UTF-8) as its escape, which its font code refuses, and ``$`` escaped, which starts math."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+
+
+def _histogram(id_scores, ood_scores, title: str) -> bytes:
+    """The PNG of the score histograms: ID against each OOD set, one panel per score and set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = list(id_scores)
+    sets = list(ood_scores)
+    fig, axes = plt.subplots(  # constrained layout leaves room for the suptitle above the panels' titles
+        len(scores), len(sets), figsize=(3.2 * len(sets), 2.6 * len(scores)), squeeze=False, layout="constrained"
+    )
+    for i, score in enumerate(scores):
+        for j, ood_set in enumerate(sets):
+            ax = axes[i][j]
+            a, b = np.asarray(id_scores[score]), np.asarray(ood_scores[ood_set][score])
+            lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+            bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+            ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID")
+            ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(ood_set))
+            ax.set_title(_label(f"{score}: ID vs {ood_set}"), fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle(_label(title))
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def write_reports(
+    out_dir: str | os.PathLike,
+    id_scores: dict[str, np.ndarray],
+    ood_scores: dict[str, dict[str, np.ndarray]],
+    id_accuracy: float | None = None,
+    convention: str = "id",
+    title: str = "OOD detection",
+    extra: dict | None = None,
+    files: dict[str, str] | None = None,
+) -> dict:
+    """Compute the metric table and write metrics.csv/.json/.md and scores_hist.png, all or none.
+
+    Every file is written to a temporary file first and renamed into place only when all are
+    written (:func:`~clip_smot.common.files.atomic_write_files`): a failure (a full disk, scores that
+    give no metrics) leaves ``out_dir`` as it was, and a folder created for them is removed. Of
+    an earlier evaluation's files (:data:`REPORT_FILES`) none is left beside the new ones; other
+    files in the folder are not touched.
+
+    Args:
+        out_dir: output folder (created).
+        id_scores: score name -> ID scores (higher = more ID).
+        ood_scores: OOD set name -> (score name -> scores).
+        id_accuracy: top-1 accuracy in percent on ID data, when the ID data has labels.
+        convention: FPR95 convention, "id" or "openood".
+        title: heading of the markdown table and the plot.
+        extra: more top-level entries for metrics.json (e.g. the model and prompt used).
+        files: more text files to write with them, name -> text (e.g. config.json).
+
+    Returns:
+        The metrics.json content.
+    """
+    out = Path(out_dir)
+    table = metric_table(id_scores, ood_scores, convention)
+    report = {"fpr_convention": convention, "metrics": table, **(extra or {})}
+    if id_accuracy is not None:
+        report["id_accuracy"] = id_accuracy
+    texts = {"metrics.csv": _csv(table), "metrics.json": json.dumps(report, indent=2) + "\n",
+             "metrics.md": _markdown(table, id_accuracy, title), **(files or {})}
+    png = _histogram(id_scores, ood_scores, title)
+    writers = {name: text_writer(text) for name, text in texts.items()}
+    writers["scores_hist.png"] = lambda tmp: Path(tmp).write_bytes(png)
+    created = not out.exists()
+    make_folder(out)
+    remove_stale_temporaries(out, REPORT_FILES, older_than_s=3600.0)  # of an evaluation killed while writing
+    try:
+        atomic_write_files(out, writers, REPORT_FILES)
+    except BaseException:
+        if created:  # (left as it was: absent)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return report

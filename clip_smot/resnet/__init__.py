@@ -1,0 +1,1 @@
+"""The ResNet track: networks, data, training (base and SMOT) and eval."""

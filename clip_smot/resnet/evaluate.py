@@ -1,0 +1,220 @@
+"""ResNet-track evaluation: a trained model over ID and OOD sets -> post-hoc scores -> metric tables.
+
+Scores (docs/method.md §3), higher = more in-distribution:
+
+* from the logits only: ``msp``, ``maxlogit``, ``energy`` (T = 1);
+* from the logits and penultimate features: ``gradnorm`` (closed form, see
+  :func:`clip_smot.scores.gradnorm`);
+* running the network again on a perturbed input: ``odin`` (T = 1000, eps = 0.0014);
+* **fitted on ID training features** (``--id-train``, by default the set the model was trained
+  on, without augmentation): ``react`` (clip at the 90th percentile of the ID-train
+  activations, then energy), ``knn`` (k = 50, normalised penultimate features of every
+  ID-train image) and ``vim`` (principal space, origin and alpha from ID-train features).
+
+Outputs go through :func:`clip_smot.common.reports.write_reports`, like the CLIP track.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from clip_smot import scores as S
+from clip_smot.common.device import resolve_device
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import check_output_folder
+from clip_smot.common.images import holds_folders
+from clip_smot.common.reports import REPORT_FILES, write_reports
+from clip_smot.resnet.data import (
+    BUILTIN_ID,
+    SizedImageSet,
+    eval_batches,
+    load_class_folders,
+    load_id_split,
+    load_ood_set,
+    resize_set,
+)
+from clip_smot.resnet.networks import load_model
+
+__all__ = ["RESNET_SCORES", "TRAIN_FITTED", "run_resnet_eval"]
+
+RESNET_SCORES = ("msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm")
+TRAIN_FITTED = ("react", "knn", "vim")  # need ID training features
+ODIN_T, ODIN_EPS, REACT_PERCENTILE, KNN_K = S.ODIN_T, S.ODIN_EPS, S.REACT_PERCENTILE, S.KNN_K
+
+
+def _read_only_root(load, root: str | None):
+    """``load(root, False)`` for a torchvision root read from the model file, else (or when the set
+    is not there) ``load(None, True)``: the default root, where it may be downloaded. A folder a
+    file names is read, never downloaded into."""
+    if root:
+        try:
+            return load(root, False)
+        except UserError:
+            pass
+    return load(None, True)
+
+
+def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
+    """An ID split by built-in name or folder, checked against the model's classes."""
+    size, classnames = meta["input_size"], meta["classnames"]
+    cfg = meta["config"]
+    if id_data.lower() in BUILTIN_ID and not Path(id_data).exists():
+        name = id_data.lower()
+        root = cfg.get("data") if cfg.get("dataset") == name else None
+        if name == "imagenet200" and not root:
+            raise UserError(f"{flag} imagenet200: the model was not trained on it from a known folder; "
+                            f"pass {flag} IMAGENET_DIR/{split}")
+        if name in ("cifar10", "cifar100"):
+            s = _read_only_root(lambda r, d: load_id_split(name, r, split, size, flag=flag, download=d), root)
+        else:
+            s = load_id_split(name, root, split, size, flag=flag)
+        if list(s.classnames) != list(classnames):
+            raise UserError(f"{flag} {id_data}: its classes are not the model's ({meta['num_classes']} classes, "
+                            f"{classnames[:3]}...)")
+        return resize_set(s, size)  # a built-in set comes at its own size
+    root = Path(id_data)
+    if not root.is_dir():
+        raise UserError(f"{flag} {root}: no such folder (or built-in set: {', '.join(BUILTIN_ID)})")
+    if holds_folders(root / split):  # DIR/val/<class>/, not a class named "val"
+        root = root / split
+    return load_class_folders(root, classnames, size, flag)
+
+
+def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
+    if id_train:
+        return _id_set(id_train, meta, "train", "--id-train")
+    cfg = meta["config"]
+    if not cfg.get("dataset") and not cfg.get("data"):
+        raise UserError(f"--id-train: {meta['path']} does not say what it was trained on; pass --id-train DIR")
+    try:
+        s = load_id_split(cfg.get("dataset"), cfg.get("data"), "train", meta["input_size"],
+                          classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train",
+                          download=not cfg.get("data"))  # (not into a folder the model file names)
+    except UserError as e:
+        raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
+    return resize_set(s, meta["input_size"])
+
+
+@torch.no_grad()
+def _forward(model, s: SizedImageSet, mean, std, batch_size, device, workers, need_odin: bool):
+    """Logits [N, K], penultimate features [N, C], labels [N] and (optionally) ODIN scores."""
+    logits, feats, labels, odin_s = [], [], [], []
+    fc = model.get_classifier()
+    for x, y in eval_batches(s, batch_size, device, workers):
+        inp = (x.float() / 255 - mean) / std  # [B, 3, S, S]
+        h = model.forward_features(inp).float().mean(dim=(2, 3))  # [B, C]
+        logits.append(fc(h).float())
+        feats.append(h)
+        labels.append(y)
+        if need_odin:
+            odin_s.append(S.odin(model, inp, std))
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, device=device)  # noqa: E731
+    return cat(logits), cat(feats), cat(labels), (cat(odin_s) if need_odin else None)
+
+
+def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: dict[str, str | None],
+                    scores: list[str] | None, convention: str = "id", batch_size: int = 256, workers: int = 4,
+                    device: str = "auto", out: str = "eval") -> dict:
+    """Evaluate a ``clip-smot train`` model on ID and OOD sets and write the metric files.
+
+    Args:
+        checkpoint: the model's ``model.safetensors``.
+        id_data: ID test data: a folder (``DIR/val/<class>`` or ``DIR/<class>``) or a built-in
+            name (cifar10, cifar100, digits, imagenet200).
+        id_train: ID training data for react/knn/vim (default: what the model was trained on).
+        ood: OOD set name -> folder, or None for the built-in set of that name (svhn, cifar10,
+            cifar100, photos, textures).
+        scores: score names (default ``["msp"]``), from :data:`RESNET_SCORES`.
+        convention: FPR95 convention ("id" or "openood").
+        batch_size, workers, device: evaluation batches, decoding workers, "auto"/"cpu"/"cuda".
+        out: output folder for metrics.csv/.json/.md and scores_hist.png.
+
+    Returns:
+        The metrics.json content.
+    """
+    names = scores or ["msp"]
+    unknown = [n for n in names if n not in RESNET_SCORES]
+    if unknown:
+        raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")
+    names = list(dict.fromkeys(names))
+    given = {"--id": id_data, "--id-train": id_train, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
+    inputs = [("--checkpoint file", checkpoint), *((f"{flag} image list", w) for flag, w in given.items())]
+    folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+    check_output_folder(out, "--out", inputs, folders, writes=REPORT_FILES)
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, dev)
+    mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], device=dev).view(1, 3, 1, 1)
+    size = meta["input_size"]
+    id_set = _id_set(id_data, meta, "val", "--id")
+    root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
+    ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
+                for name, where in ood.items()}
+    files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
+             for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
+    check_output_folder(out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)
+    need_odin = "odin" in names
+    run = lambda s: _forward(model, s, mean, std, batch_size, dev, workers, need_odin)  # noqa: E731
+
+    fitted: dict = {}
+    fc = model.get_classifier()
+    W, b = fc.weight.detach().float(), fc.bias.detach().float()
+    if any(n in TRAIN_FITTED for n in names):
+        tr_logits, tr_feats, _, _ = _forward(model, _train_set(id_train, meta), mean, std, batch_size, dev, workers,
+                                             False)
+        if "react" in names:
+            fitted["react_threshold"] = S.react_threshold(tr_feats, REACT_PERCENTILE)
+        if "knn" in names:
+            if tr_feats.shape[0] < KNN_K:
+                raise UserError(f"--id-train: knn needs at least {KNN_K} training images, found {tr_feats.shape[0]}")
+            fitted["knn_bank"] = F.normalize(tr_feats, dim=-1)
+        if "vim" in names:
+            try:
+                fitted["vim"] = S.vim_fit(tr_feats, tr_logits, W, b)
+            except ValueError as e:  # too few training images for its principal space
+                raise UserError(f"--id-train: {e}") from None
+
+    def score_all(logits, feats, odin_s) -> dict:
+        table = {}
+        for n in names:
+            if n == "msp":
+                v = S.msp(logits)
+            elif n == "maxlogit":
+                v = S.maxlogit(logits)
+            elif n == "energy":
+                v = S.energy(logits)
+            elif n == "gradnorm":
+                v = S.gradnorm(logits, feats)
+            elif n == "odin":
+                v = odin_s
+            elif n == "react":
+                v = S.react(feats, W, b, fitted["react_threshold"])
+            elif n == "knn":
+                v = S.knn(feats, fitted["knn_bank"], KNN_K)
+            else:
+                v = S.vim(feats, logits, fitted["vim"]["u"], fitted["vim"]["NS"], fitted["vim"]["alpha"])
+            table[n] = v.detach().float().cpu().numpy()
+        return table
+
+    logits, feats, labels, odin_s = run(id_set)
+    id_scores = score_all(logits, feats, odin_s)
+    id_accuracy = 100.0 * int((logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
+    ood_scores = {}
+    for name, s in ood_sets.items():
+        lo, fe, _, od = run(s)
+        ood_scores[name] = score_all(lo, fe, od)
+    extra = {
+        "checkpoint": str(checkpoint), "arch": meta["arch"], "trained_on": meta["dataset"], "method": meta["method"],
+        "id_set": id_data, "n_id": int(len(labels)), "n_ood": {k: len(v) for k, v in ood_sets.items()},
+        "scores_fitted_on_id_train": [n for n in names if n in TRAIN_FITTED],
+        "score_params": {"odin": {"T": ODIN_T, "eps": ODIN_EPS}, "energy": {"T": 1.0},
+                         "react": {"percentile": REACT_PERCENTILE, "threshold": fitted.get("react_threshold")},
+                         "knn": {"k": KNN_K}, "vim": {k: fitted["vim"][k] for k in ("dim", "alpha")}
+                         if "vim" in fitted else {}},
+    }
+    title = f"{meta['arch']} ({meta['method'] or 'model'}) on {id_data}"
+    return write_reports(out, id_scores, ood_scores, id_accuracy=id_accuracy, convention=convention, title=title,
+                         extra=extra)

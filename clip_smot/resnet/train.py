@@ -1,0 +1,715 @@
+"""ResNet-track training: stage base (CE, LS, LogitNorm) and stage smot, checkpoints, resume, DDP.
+
+``run_train(cfg)`` is the whole run; the CLI only builds a :class:`TrainConfig`. docs/method.md §3:
+
+* stage ``base``: SGD (momentum 0.9, weight decay 5e-4), batch 128, lr 0.1 divided by 10 at
+  40% and 70% of the epochs (epochs 80 and 140 of the default 200);
+* stage ``smot``: the same optimizer, lr 0.1 with cosine decay over the default 300 epochs;
+  the SMOT loss with CAMs of the true label from a frozen base model (``--cam-model``),
+  computed per batch under no_grad on the augmented view, masked copy from the same view.
+
+The lr is a pure function of the epoch, so the schedule's state is the epoch number. All
+randomness of an epoch (order, augmentation, thresholds, noise) is seeded by
+``(seed, epoch, rank)``: a run resumed from its checkpoint gives the weights of an
+uninterrupted one.
+
+Outputs (rank 0 only): ``OUT/config.json``, ``OUT/log.jsonl`` (one line per epoch),
+``OUT/checkpoint.pt`` (atomically, each epoch), ``OUT/model.safetensors`` and
+``OUT/summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clip_smot.cam import CAMProvider
+from clip_smot.common.configs import MAX_SEED, MAX_WORKERS, check_field_types
+from clip_smot.common.device import autocast, resolve_device, seed_everything
+from clip_smot.common.distributed import process_group
+from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.files import (
+    atomic_save,
+    atomic_write_text,
+    check_output,
+    make_folder,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json,
+)
+from clip_smot.common.images import class_folders
+from clip_smot.common.progress import progress_bar
+from clip_smot.common.run_folder import load_optimizer_state
+from clip_smot.resnet.data import (
+    FileBatches,
+    SizedImageSet,
+    TensorBatches,
+    default_input_size,
+    load_id_split,
+    mix_seed,
+)
+from clip_smot.resnet.networks import (
+    MAX_INPUT_SIZE,
+    NETWORKS,
+    build_network,
+    load_model,
+    save_model,
+)
+from clip_smot.smot import (
+    PERTURBATIONS,
+    cam_mask,
+    label_smoothing_ce,
+    logitnorm_loss,
+    perturb,
+    sample_thresholds,
+    smoothing_eps,
+    smot_loss,
+)
+
+__all__ = ["METHODS", "STAGES", "TrainConfig", "check_bounds", "compile_for_training", "lr_at", "make_optimizer",
+           "resolve_config", "run_train", "train_epoch", "train_step"]
+
+METHODS = ("ce", "ls", "logitnorm", "smot")
+STAGES = ("base", "smot")
+
+# Per-dataset defaults. T: the paper's values for CIFAR-10/100 and ImageNet-200; digits has
+# 10 classes like CIFAR-10. The digits recipe is sized for the offline CPU smoke run (a tiny
+# ResNet, short schedules) and reaches > 90% ID accuracy there.
+DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits": 10.0}
+DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
+PAPER_EPOCHS = {"base": 200, "smot": 300}
+BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
+CHECKPOINT = "checkpoint.pt"
+_FILES = ("config.json", "log.jsonl", CHECKPOINT, "model.safetensors", "summary.json")  # under --out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` fields take their stage/dataset default in :func:`resolve_config`."""
+
+    out: str  # output folder
+    stage: str = "base"  # base: lr steps at 40%/70%; smot: cosine decay
+    dataset: str | None = None  # cifar10, cifar100, imagenet200, digits (or None: --data folder)
+    data: str | None = None  # folder with train/<class>, val/<class> (or the root of a built-in set)
+    method: str | None = None  # ce, ls, logitnorm, smot (default: ce for base, smot for smot)
+    arch: str | None = None  # a key of networks.NETWORKS (default resnet18; resnet_tiny for digits)
+    cam_model: str | None = None  # base model.safetensors giving the CAMs (method smot)
+    epochs: int | None = None  # default 200 (base) / 300 (smot)
+    batch_size: int | None = None  # global batch of original images (each gets a masked copy), default 128
+    lr: float | None = None  # initial learning rate, default 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    alpha: float = 50.0  # threshold s ~ Beta(alpha, beta)
+    beta: float = 20.0
+    lam: float = 0.1  # weight of the masked term of the SMOT loss
+    T: float | None = None  # smoothing temperature of eps(t); default per dataset
+    perturb: str = "zero"  # zero (black), one (white), noise (Table 9)
+    sigma: float = 0.1  # noise std for perturb=noise
+    ls_eps: float = 0.1  # label smoothing amount (method ls)
+    logitnorm_tau: float = 0.04  # LogitNorm temperature (method logitnorm)
+    input_size: int | None = None  # default 32 (CIFAR, digits, small folders), 224 (ImageNet-200)
+    device: str = "auto"
+    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+    workers: int = 4  # DataLoader workers (large-image sets only)
+    compile: bool = False  # torch.compile the trained network and the CAM network's feature path
+    cuda_graph: bool = False  # torch.compile(mode="reduce-overhead"): steps replayed as CUDA graphs (CUDA only)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls(**json.loads(text))
+
+
+def _num_classes_T(k: int) -> float:
+    # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
+    return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
+
+
+def check_bounds(cfg: TrainConfig) -> None:
+    """The options that size or seed something, checked before any data is read: ``--seed`` in
+    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE], ``--workers`` in [0, MAX_WORKERS] (a
+    library caller's or a checkpoint's value too, not only the CLI's)."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
+    if cfg.input_size is not None and not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
+        raise UserError(f"--input-size {cfg.input_size}: must be in [8, {MAX_INPUT_SIZE}]")
+    if not 0 <= cfg.workers <= MAX_WORKERS:
+        raise UserError(f"--workers {cfg.workers}: must be in [0, {MAX_WORKERS}]")
+
+
+def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
+    """Fill every ``None`` field with its default for the stage and dataset; check ranges."""
+    if cfg.stage not in STAGES:
+        raise UserError(f"--stage {cfg.stage}: choose from {', '.join(STAGES)}")
+    digits = cfg.dataset == "digits"
+    method = cfg.method or ("ce" if cfg.stage == "base" else "smot")
+    if method not in METHODS:
+        raise UserError(f"--method {method}: choose from {', '.join(METHODS)}")
+    if method == "smot" and not cfg.cam_model:
+        raise UserError("--cam-model FILE is required for the SMOT method (the base model's model.safetensors)")
+    if method != "smot" and cfg.cam_model:
+        raise UserError(f"--cam-model {cfg.cam_model}: only the smot method uses CAMs (this run's method is {method})")
+    if cfg.perturb not in PERTURBATIONS:
+        raise UserError(f"--perturb {cfg.perturb}: choose from {', '.join(PERTURBATIONS)}")
+    arch = cfg.arch or (DIGITS_RECIPE["arch"] if digits else "resnet18")
+    if arch not in NETWORKS:
+        raise UserError(f"--arch {arch}: choose from {', '.join(NETWORKS)}")
+    epochs = cfg.epochs or (DIGITS_RECIPE["epochs"][cfg.stage] if digits else PAPER_EPOCHS[cfg.stage])
+    out = dataclasses.replace(
+        cfg, method=method, arch=arch, epochs=epochs,
+        batch_size=cfg.batch_size or (DIGITS_RECIPE["batch_size"] if digits else 128),
+        lr=cfg.lr if cfg.lr is not None else (DIGITS_RECIPE["lr"] if digits else 0.1),
+        T=cfg.T if cfg.T is not None else DATASET_T.get(cfg.dataset or "", _num_classes_T(num_classes)),
+        input_size=input_size)
+    checks = [(out.epochs >= 1, "--epochs must be >= 1"), (out.batch_size >= 1, "--batch-size must be >= 1"),
+              (out.lr > 0 and math.isfinite(out.lr), "--lr must be a positive number"),
+              (0 < out.alpha < math.inf and 0 < out.beta < math.inf, "--alpha and --beta must be finite and > 0"),
+              (0 <= out.lam <= 1, "--lam must be in [0, 1]"), (0 < out.T < math.inf, "--T must be finite and > 0"),
+              (0 <= out.sigma < math.inf, "--sigma must be finite and >= 0"),
+              (out.workers >= 0, "--workers must be >= 0")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    return out
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: steps at 40%/70% (base) or cosine decay (smot)."""
+    if cfg.stage == "base":
+        drops = sum(epoch >= max(1, round(f * cfg.epochs)) for f in BASE_MILESTONES)  # epoch 0 at lr, always
+        return cfg.lr * 0.1**drops
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step and the epoch.
+
+
+@dataclass
+class StepParts:
+    """What the training step needs besides the batch (all on the training device)."""
+
+    method: str
+    mean: torch.Tensor  # [1, 3, 1, 1]
+    std: torch.Tensor  # [1, 3, 1, 1]
+    cam: CAMProvider | None = None  # for method smot
+    T: float = 10.0
+    lam: float = 0.1
+    perturb: str = "zero"
+    sigma: float = 0.1
+    ls_eps: float = 0.1
+    logitnorm_tau: float = 0.04
+    channels_last: bool = False
+    cuda_graph: bool = False  # the networks are compiled with CUDA graphs: mark each step's start
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA: loss scaling against underflow
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, device: torch.device,
+                   fused: bool | None = None) -> torch.optim.SGD:
+    """The SGD of docs/method.md §3; on CUDA the fused kernel (one launch for the whole update of all parameters).
+
+    ``fused=None`` picks fused on CUDA and PyTorch's default elsewhere (tests pass True on CPU:
+    the fused and the plain update give the same weights).
+    """
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           **({"fused": True} if fused else {}))
+
+
+def compile_for_training(model: nn.Module, cam: CAMProvider | None = None, cuda_graph: bool = False) -> nn.Module:
+    """``torch.compile`` the trained network and the CAM network's feature path.
+
+    Returns the compiled callable for the steps; ``model`` itself is unchanged (its state_dict
+    keeps its keys, the optimizer holds the same parameters). The CAM network's
+    ``forward_features`` (what :class:`~clip_smot.cam.CAMProvider` calls) is replaced by its
+    compiled version in place. ``cuda_graph`` compiles with ``mode="reduce-overhead"``: the
+    forward and backward of each batch shape are recorded once as CUDA graphs and replayed,
+    which removes the per-kernel launch cost; shapes are static (the last, smaller batch of an
+    epoch compiles once more).
+    """
+    mode = "reduce-overhead" if cuda_graph else None
+    compiled = torch.compile(model, mode=mode, dynamic=False)
+    if cam is not None:
+        cam.model.forward_features = torch.compile(cam.model.forward_features, mode=mode, dynamic=False)
+    return compiled
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.Tensor, y: torch.Tensor,
+               t: torch.Tensor | None, parts: StepParts, amp: contextlib.AbstractContextManager,
+               noise_gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a uint8 batch [B, 3, S, S]; returns (loss, correct count) as device tensors."""
+    if parts.cuda_graph:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
+    x = x_u8.float().div_(255)  # [B, 3, S, S] in [0, 1]
+    B = x.shape[0]
+    if parts.method == "smot":
+        with amp:
+            cams = parts.cam(x, y)  # [B, S, S] in [0, 255], true label, no_grad
+        keep = cam_mask(cams, t)  # [B, 1, S, S]
+        x = torch.cat([x, perturb(x, keep, parts.perturb, parts.sigma, noise_gen)])  # [2B, 3, S, S]
+    inp = (x - parts.mean) / parts.std
+    if parts.channels_last:
+        inp = inp.contiguous(memory_format=torch.channels_last)
+    with amp:
+        logits = model(inp)  # [B or 2B, K]
+    if parts.method == "smot":
+        loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, parts.T), parts.lam)
+    elif parts.method == "ls":
+        loss = label_smoothing_ce(logits, y, parts.ls_eps)
+    elif parts.method == "logitnorm":
+        loss = logitnorm_loss(logits, y, parts.logitnorm_tau)
+    else:
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:  # fp16: scaled backward; a step with inf/nan gradients is skipped
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(optimizer)  # the fused SGD takes the scale and the inf flag: no host sync
+        parts.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    correct = (logits[:B].detach().argmax(dim=-1) == y).sum()
+    return loss.detach(), correct
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: TensorBatches | FileBatches, epoch: int,
+                parts: StepParts, amp: contextlib.AbstractContextManager, *, seed: int, alpha: float, beta: float,
+                rank: int = 0, n_samples: int, max_steps: int | None = None, progress: bool = False,
+                check_every: int = 50, stop_on_nan: bool = True) -> dict:
+    """One epoch over ``batches.epoch(epoch)``.
+
+    The SMOT thresholds of the whole epoch are drawn at once on the CPU (seeded by
+    ``(seed, epoch, rank)``) and copied to the device once, so no step waits on the host.
+    The running loss is read back every ``check_every`` steps only (progress, and an early stop
+    on a non-finite loss when ``stop_on_nan``: under DDP every rank must take the same steps,
+    so there the check waits for the epoch's end).
+
+    Returns:
+        {"loss_sum": summed loss over the images, "correct": correct count, "seen": images
+        seen, "steps": steps}: device tensors (loss_sum, correct) and ints.
+    """
+    dev = parts.mean.device
+    t_all = None
+    if parts.method == "smot":
+        g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 2))
+        t_all = sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
+    noise_gen = None
+    if parts.method == "smot" and parts.perturb == "noise":
+        noise_gen = torch.Generator(device=dev)
+        noise_gen.manual_seed(mix_seed(seed, epoch, rank, 3))
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    seen = steps = 0
+    bar = None
+    if progress:
+        bar = progress_bar(total=len(batches) if max_steps is None else min(max_steps, len(batches)),
+                           desc=f"epoch {epoch + 1}")
+    for x, y in batches.epoch(epoch):
+        n = y.shape[0]
+        t = t_all[seen:seen + n] if t_all is not None else None
+        loss, c = train_step(model, optimizer, x, y, t, parts, amp, noise_gen)
+        loss_sum += loss * n
+        correct += c
+        seen += n
+        steps += 1
+        if bar is not None:
+            bar.update(1)
+        if steps % check_every == 0:
+            running = (loss_sum / seen).item()  # one host sync every check_every steps
+            if stop_on_nan and not math.isfinite(running):
+                break
+            if bar is not None:
+                bar.set_postfix(loss=f"{running:.4f}")
+        if max_steps is not None and steps >= max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def _rng_state() -> dict:
+    """Every RNG state, as tensors and plain Python values (so the checkpoint loads with
+    ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _check_saved(ckpt: dict) -> None:
+    """The types of what a train checkpoint holds besides its config (a ValueError saying which
+    is wrong): a whole-number epoch, a log of epoch records, dicts of tensors and states."""
+    if not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0:
+        raise ValueError(f"epoch is {ckpt['epoch']!r}")
+    if not isinstance(ckpt["log"], list) or not all(isinstance(e, dict) for e in ckpt["log"]):
+        raise ValueError("log is not a list of epoch records")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise ValueError("model is not a state dict")
+    if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["rng"], dict):
+        raise ValueError("optimizer or rng is not a state")
+    if not isinstance(ckpt.get("meta", {}), dict) or not isinstance(ckpt.get("meta", {}).get("classnames", []), list):
+        raise ValueError("meta is not a record with a list of class names")
+    for key, kind in (("world_size", int), ("data_sha256", str), ("cam_model_sha256", str)):
+        if not isinstance(ckpt.get(key), (kind, type(None))):
+            raise ValueError(f"{key} is {ckpt[key]!r}")
+
+
+def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, where: str) -> tuple[int, list]:
+    """Load a checkpoint's weights, optimizer, loss-scaler and RNG states (each checked to fit:
+    a hand-edited file is one line naming ``where``); returns (epochs done, the log)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)
+        raise UserError(f"{where}: its weights do not fit the network ({first_line(e)})") from None
+    load_optimizer_state(optimizer, ckpt["optimizer"], where)
+    try:
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{where}: its loss-scaler or random-number state is damaged ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
+    return ckpt["epoch"], list(ckpt["log"])
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_log(log: list[dict], out: Path) -> None:
+    """``OUT/log.jsonl``: one JSON line per finished epoch (the checkpoint holds the same list)."""
+    atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
+
+
+def _totals(stats: dict, world: int) -> list[float]:
+    """[summed loss, correct, images] of :func:`train_epoch`'s ``stats``, over all processes."""
+    totals = torch.stack([stats["loss_sum"].float(), stats["correct"].float(),
+                          torch.tensor(float(stats["seen"]), device=stats["loss_sum"].device)])
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
+
+
+def _inner(model):
+    return getattr(model, "module", model)
+
+
+_RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "cuda_graph")
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
+              flags: set[str] | None = None) -> dict:
+    """Train one model as ``cfg`` says.
+
+    Args:
+        cfg: the run's configuration (``None`` fields take their defaults).
+        resume: continue from ``OUT/checkpoint.pt`` (the flags must match the saved config,
+            except device, workers, precision and a larger number of epochs).
+        dry_run: run one training step, print its loss and write nothing.
+        stop_after: stop after this many epochs of this call (tests: an interruption).
+        flags: the fields of ``cfg`` the user gave (the CLI's flags): with ``resume``, each must
+            equal the saved run's; None: those that differ from their default.
+
+    Returns:
+        The summary (also written to ``OUT/summary.json``): final loss, train accuracy, paths.
+
+    Raises:
+        UserError: bad data or flags, a missing/unsuitable ``--cam-model``, an existing run in
+            ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
+    """
+    with process_group(cfg.device) as (rank, local_rank, world):
+        return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
+
+
+def _check_outputs(cfg: TrainConfig) -> None:
+    """Raise a UserError when ``--out`` would replace the ``--cam-model`` file or lies inside a
+    folder of images the run reads (``--data``'s train/ and val/; a torchvision root holds no
+    such folder), where a later run would read the run's files as data."""
+    read = [] if cfg.dataset in ("cifar10", "cifar100", "digits") or not cfg.data else \
+        [Path(cfg.data) / "train", Path(cfg.data) / "val"]
+    check_output(cfg.out, "--out", [("--cam-model file", cfg.cam_model)],
+                 [(f"the --data {p.name}/ folder", p) for p in read], writes=_FILES)
+
+
+def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
+         world: int, flags: set[str] | None = None) -> dict:
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    download = True
+    if resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
+            saved = TrainConfig(**ckpt["config"])
+            if saved.method != "smot" and saved.cam_model:  # older runs kept an ignored --cam-model
+                saved = dataclasses.replace(saved, cam_model=None)
+            missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            _check_saved(ckpt)
+        except Exception as e:  # a damaged or foreign file: say which one
+            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {first_line(e)})") \
+                from None
+        check_field_types(saved, f"--resume: {ckpt_path}")
+        given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
+        defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
+        differ = [k for k, v in given.items()
+                  if (k in flags if flags is not None else v != defaults[k]) and v != getattr(saved, k)]
+        if differ:
+            raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
+                            f"run saved in {out}; resume with the same flags")
+        if cfg.epochs is not None and cfg.epochs < saved.epochs:
+            raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
+                            "with as many or more")
+        download = cfg.data is not None or saved.data is None  # (not into a folder only the checkpoint names)
+        cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
+                                  out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
+                                  epochs=cfg.epochs or saved.epochs)
+        done = ckpt["epoch"]
+        if done >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
+            if rank == 0:  # (before any data, network or CAM model is loaded)
+                print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
+                      "(nothing rewritten)", file=sys.stderr)
+            return json.loads((out / "summary.json").read_text())
+        was = ckpt.get("world_size")  # (None: a run saved before it was kept)
+        if was is not None and was != world and rank == 0 and not dry_run:
+            print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
+                  f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
+                  "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
+    elif not dry_run and ckpt_path.exists():
+        raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                        f"or choose another folder")
+
+    device = resolve_device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp = autocast(device, precision)
+
+    if cfg.dataset is None and cfg.data is None:
+        raise UserError("give --dataset NAME or --data DIR")
+    check_bounds(cfg)
+    if not dry_run:
+        _check_outputs(cfg)
+    size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
+    train_set = load_id_split(cfg.dataset, cfg.data, "train", size, download=download)
+    if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
+        val_names = class_folders(Path(cfg.data) / "val", "--data")
+        if val_names != train_set.classnames:
+            raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
+                            f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
+    saved_classes = ckpt.get("meta", {}).get("classnames") if resume else None
+    if saved_classes is not None and list(saved_classes) != list(train_set.classnames):
+        raise UserError(f"--resume: the classes of the data ({len(train_set.classnames)}: "
+                        f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
+                        f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
+    data_sha256 = _fingerprint(train_set)
+    if resume and ckpt.get("data_sha256") not in (None, data_sha256):  # (None: a run saved before the check)
+        raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
+                        f"saved in {out} (images added, removed or changed); resume on the same images")
+    cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    per_rank_batch = cfg.batch_size // world
+    if len(train_set) < world:
+        raise UserError(f"--data: {len(train_set)} training images are fewer than the {world} processes")
+
+    cam, cam_sha256 = None, None
+    if cfg.method == "smot":
+        cam = _cam_provider(cfg.cam_model, train_set, device)
+        cam_sha256 = sha256_file(cfg.cam_model)
+        if resume and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
+            raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "
+                            "was trained with (the file changed since, e.g. that run was resumed for more "
+                            "epochs); resume with the run's own base model")
+
+    seed_everything(cfg.seed)
+    model = build_network(cfg.arch, len(train_set.classnames), train_set.input_size).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = make_optimizer(model, lr_at(cfg, 0), cfg.momentum, cfg.weight_decay, device)
+    # fp16 autocast on CUDA needs loss scaling (bf16 has fp32's range; CPU fp16 runs as bf16)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
+    start_epoch, log = 0, []
+    if resume:
+        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {ckpt_path}")
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    # What the steps call; ``model`` keeps the plain module for checkpoints and the final save.
+    step_model = compile_for_training(model, cam, cfg.cuda_graph) if cfg.compile or cfg.cuda_graph else model
+
+    if train_set.images is not None:
+        batches = TensorBatches(train_set.images, train_set.labels, per_rank_batch, device, cfg.seed,
+                                pad=train_set.pad, flip=train_set.flip, rank=rank, world=world)
+        n_samples = batches.per_rank
+    else:
+        batches = FileBatches(train_set.files, train_set.labels, train_set.input_size, per_rank_batch, device,
+                              cfg.seed, cfg.workers, flip=train_set.flip, rank=rank, world=world)
+        n_samples = len(batches.sampler) if batches.sampler is not None else len(train_set)
+    if cfg.method != "smot" and (per_rank_batch == 1 or n_samples % per_rank_batch == 1):  # (SMOT doubles a batch)
+        _check_batch_of_one(_inner(model), cfg, train_set.input_size, per_rank_batch, n_samples, world)
+    parts = StepParts(method=cfg.method, mean=torch.tensor(train_set.mean, device=device).view(1, 3, 1, 1),
+                      std=torch.tensor(train_set.std, device=device).view(1, 3, 1, 1), cam=cam, T=cfg.T, lam=cfg.lam,
+                      perturb=cfg.perturb, sigma=cfg.sigma, ls_eps=cfg.ls_eps, logitnorm_tau=cfg.logitnorm_tau,
+                      channels_last=channels_last, cuda_graph=cfg.cuda_graph, scaler=scaler)
+    meta = dict(arch=cfg.arch, classnames=train_set.classnames, input_size=train_set.input_size,
+                mean=train_set.mean, std=train_set.std, dataset=cfg.dataset or str(cfg.data),
+                method=cfg.method, stage=cfg.stage)
+    writer = rank == 0 and not dry_run
+    if writer:
+        make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
+        atomic_write_text(cfg.to_json() + "\n", out / "config.json")
+        if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
+            _write_log(log, out)
+
+    if dry_run:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(cfg, start_epoch)
+        model.train()
+        stats = train_epoch(step_model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+                            beta=cfg.beta, rank=rank, n_samples=n_samples, max_steps=1)
+        loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
+        loss = loss_sum / seen
+        if not math.isfinite(loss):
+            raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
+        summary = {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}
+        if rank == 0:
+            print(json.dumps({"dry_run": True, "loss": loss, "batch": int(seen)}))
+        return summary
+
+    ran = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = lr_at(cfg, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        t0 = time.perf_counter()
+        stats = train_epoch(step_model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
+                            beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
+        loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
+        loss = loss_sum / seen
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint is {ckpt_path}" if start_epoch or epoch else "no checkpoint was written"
+            raise UserError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; {kept}; lower --lr")
+        entry = {"epoch": epoch + 1, "loss": loss, "lr": lr, "train_acc": 100.0 * correct / seen,
+                 "time_s": time.perf_counter() - t0, "images": int(seen)}
+        log.append(entry)
+        if writer:
+            atomic_save({"model": _inner(model).state_dict(), "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
+                         "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
+                         "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta,
+                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256, "world_size": world}, ckpt_path)
+            _write_log(log, out)
+            from tqdm import tqdm
+
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
+                       f"lr {lr:.4g}  {entry['time_s']:.1f}s", file=sys.stderr)
+        ran += 1
+        if stop_after is not None and ran >= stop_after:
+            return {"stopped_after": epoch + 1}
+
+    checksum = torch.tensor([sum(p.detach().double().sum().item() for p in _inner(model).parameters())],
+                            dtype=torch.float64, device=device)
+    sums = [checksum]
+    if world > 1:
+        sums = [torch.zeros_like(checksum) for _ in range(world)]
+        torch.distributed.all_gather(sums, checksum)
+    summary = {"epochs": cfg.epochs, "final": log[-1] if log else None, "world_size": world,
+               "param_checksum_per_rank": [float(s.item()) for s in sums],
+               "model": str(out / "model.safetensors")}
+    if writer:
+        save_model(out / "model.safetensors", model, config=dataclasses.asdict(cfg), **meta)
+        write_json(summary, out / "summary.json")
+    return summary
+
+
+def _check_batch_of_one(model: nn.Module, cfg: TrainConfig, size: int, batch: int, n: int, world: int) -> None:
+    """A run with a batch of one image (``--batch-size 1``, or a last batch of one) on a network
+    whose last feature map is 1x1 (the ResNets at ``--input-size`` 8) is refused up front: its
+    last BatchNorm would see one value per channel, which torch cannot train on."""
+    was = model.training
+    with torch.no_grad():
+        h = model.eval().forward_features(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    model.train(was)
+    if h.shape[-2:] != (1, 1):
+        return
+    which = "every batch is one image" if batch == 1 else \
+        f"the last batch of each epoch is one image ({n} training images{' per process' if world > 1 else ''})"
+    raise UserError(f"--batch-size {cfg.batch_size}: {cfg.arch} at --input-size {size} ends in a 1x1 feature map, "
+                    f"where BatchNorm cannot train on a batch of one image, and {which}; choose another "
+                    "--batch-size or a larger --input-size")
+
+
+def _fingerprint(s: SizedImageSet) -> str:
+    """SHA-256 of a training set: its labels and its decoded pixels (small images), or its file
+    paths and each file's SHA-256 (large ones: the bytes, read in threads). A resume checks it,
+    as fit checks its split: same flags, other images would continue the run on data it was not
+    trained on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    h = hashlib.sha256(s.labels.cpu().numpy().tobytes())
+    if s.images is not None:
+        h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]: ~0.3 s for CIFAR's 50,000
+    else:
+        with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
+            digests = pool.map(_image_sha256, s.files)
+            h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
+    return h.hexdigest()
+
+
+def _image_sha256(path: Path) -> str:
+    """A training image's SHA-256; a file that cannot be read is one line naming it."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
+
+
+def _cam_provider(path: str, train_set: SizedImageSet, device: torch.device) -> CAMProvider:
+    """The frozen base model's CAMProvider; its classes must be the data's (CAM of the true label)."""
+    base, meta = load_model(path, device, flag="--cam-model")
+    if meta["classnames"] != list(train_set.classnames):
+        raise UserError(f"--cam-model {path}: trained on other classes ({meta['num_classes']} classes, "
+                        f"{meta['classnames'][:3]}...) than this data ({len(train_set.classnames)} classes, "
+                        f"{train_set.classnames[:3]}...)")
+    if device.type == "cuda":
+        base = base.to(memory_format=torch.channels_last)
+    size = meta["input_size"] if meta["input_size"] != train_set.input_size else None
+    return CAMProvider(base, meta["mean"], meta["std"], labels_match=True, input_size=size)

@@ -1,0 +1,391 @@
+"""The functional encoders and the fit step against open_clip's own code paths (tiny CLIP, CPU)."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import flex_kernel_ran, open_clip_encoding
+
+from clip_smot.clip.encoders import ImageEncoder, fast_image_encoder
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt import PromptLearner
+from clip_smot.clip.step import make_fit_step
+from clip_smot.smot import cam_mask, sample_thresholds, smoothing_eps, soft_targets
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ["goldfish", "great white shark", "tree frog"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def images(n=3, size=32, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_image_encoder_equals_encode_image(clip):
+    x = (images() - 0.5) / 0.25
+    enc = fast_image_encoder(clip.model, "fp32")
+    assert isinstance(enc, ImageEncoder) and not list(enc.parameters()) and not enc.state_dict()
+    torch.testing.assert_close(enc(x), clip.model.encode_image(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pool_type, final_ln_after_pool", [("avg", False), ("avg", True)])
+def test_image_encoder_avg_pooling(clip, pool_type, final_ln_after_pool):
+    model = copy.deepcopy(clip.model)
+    model.visual.pool_type, model.visual.final_ln_after_pool = pool_type, final_ln_after_pool
+    x = images()
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+
+def test_image_encoder_bf16_within_tolerance(clip):
+    x = (images() - 0.5) / 0.25
+    ref, fast = clip.model.encode_image(x), fast_image_encoder(clip.model, "bf16")(x)
+    assert fast.dtype == torch.float32
+    assert 1e-4 < ((fast - ref).norm() / ref.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("pool_type", ["tok", "avg"])
+def test_compiled_image_layers_equal_encode_image(clip, pool_type):
+    """ImageEncoder.compile_layers (one torch.compile region shared by the blocks) changes nothing."""
+    model = copy.deepcopy(clip.model)
+    model.visual.pool_type = pool_type
+    enc = ImageEncoder(model.visual)
+    enc.compile_layers()
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(enc(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+
+def test_non_vit_towers_fall_back(clip):
+    model = copy.deepcopy(clip.model)
+    model.visual.attn_pool = torch.nn.Identity()  # not the plain ViT any more
+    assert fast_image_encoder(model) is None
+
+
+def _open_clip_logits(clip, ctx, x):
+    """CoOp's logits written with open_clip's modules: a unified context of 4 vectors, class at the end."""
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    img = F.normalize(clip.model.encode_image((x - mean) / std), dim=-1)
+    m, K = clip.model, len(NAMES)
+    tokens = clip.tokenizer([f"X X X X {name}." for name in NAMES])  # CoOp's way
+    e = m.token_embedding(tokens)  # [K, 77, d]
+    emb = torch.cat([e[:, :1], ctx.expand(K, -1, -1), e[:, 5:]], dim=1)  # [SOS] [ctx] [name . EOT pad]
+    z = m.ln_final(m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask))
+    txt = F.normalize(z[torch.arange(K), tokens.argmax(-1)] @ m.text_projection, dim=-1)
+    return m.logit_scale.exp() * img @ txt.t()
+
+
+def test_fit_step_is_the_smot_step_on_open_clip(clip):
+    """One fp32 step: its loss and its ctx update match a hand-written SMOT step on open_clip."""
+    B, K = 4, len(NAMES)
+    x = images(B)
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(1)) * 255
+    y = torch.tensor([0, 2, 1, 2])
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    step = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, precision="fp32", generator=torch.Generator().manual_seed(3))
+    loss = step(x, cams, y)
+
+    # by hand: the same thresholds, open_clip's encoders, Eq. 8
+    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
+    masked = x * cam_mask(cams, t)
+    ctx = ctx0.clone().requires_grad_(True)
+    logits = _open_clip_logits(clip, ctx, torch.cat([x, masked]))
+    eps = smoothing_eps(t, 50.0)
+    soft = -(soft_targets(y, eps, K) * logits[B:].log_softmax(-1)).sum(-1).mean()
+    expected = 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
+    assert all(p.grad is None for p in clip.model.parameters())
+
+
+def test_fit_step_white_mask_on_open_clip(clip):
+    """--perturb one: the masked region is white (1) in the copy; same thresholds, lam, T as above."""
+    B = 2
+    x, y = images(B, seed=4), torch.tensor([1, 2])
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(5)) * 255
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    loss = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation="one", precision="fp32",
+                         generator=torch.Generator().manual_seed(3))(x, cams, y)
+    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
+    keep = cam_mask(cams, t)  # [B, 1, S, S], 0 where cam >= t
+    with torch.no_grad():
+        logits = _open_clip_logits(clip, ctx0, torch.cat([x, x * keep + (1 - keep)]))
+    soft = -(soft_targets(y, smoothing_eps(t, 50.0), len(NAMES)) * logits[B:].log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(loss, 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft, atol=1e-5, rtol=1e-5)
+
+
+def test_fit_step_ce_is_coops_step_on_open_clip(clip):
+    """--loss ce (plain CoOp), fp32: CE of the originals' logits, no masked copies, no thresholds drawn."""
+    x, y = images(3), torch.tensor([2, 0, 1])
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    loss = make_fit_step(clip, learner, opt, loss="ce", precision="fp32", generator=gen)(x, None, y)
+    ctx = ctx0.clone().requires_grad_(True)
+    expected = F.cross_entropy(_open_clip_logits(clip, ctx, x), y)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_fit_step_ce_and_bf16_run(clip):
+    learner = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16")
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+    before = learner.ctx.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    ce = make_fit_step(clip, learner, opt, loss="ce", precision="bf16", generator=gen)
+    value = ce(images(2), None, torch.tensor([0, 1]))  # plain CoOp: no CAMs, no thresholds drawn
+    assert value.ndim == 0 and torch.isfinite(value) and torch.equal(gen.get_state(), state)
+    smot = make_fit_step(clip, learner, opt, loss="smot", precision="bf16", generator=gen)
+    value = smot(images(2), torch.rand(2, 32, 32) * 255, torch.tensor([0, 1]))
+    assert value.ndim == 0 and torch.isfinite(value) and not torch.equal(gen.get_state(), state)
+    assert not torch.equal(before, learner.ctx.detach())
+
+
+def test_benchmark_runs_and_prints_json(tiny_clip_config):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("ms_per_step", "reference_ms_per_step", "speedup", "device", "peak_mem_gib", "tokens_encoded",
+                "tokens_reference"):
+        assert key in result
+    assert result["tokens_reference"] == 5 * 77 and 0 < result["tokens_encoded"] < 5 * 77
+    assert result["device"] == "cpu" and result["ms_per_step"] > 0
+    # fit's CPU defaults: causal attention, nothing compiled, the plain step
+    assert result["text_options"] == {"attention": "causal", "residual": "fp32", "compile_layers": False}
+    assert result["fit_defaults_variant"] == "ours" and result["ms_per_step_fit_defaults"] == result["ms_per_step"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, monkeypatch):
+    """On CUDA (flash / memory-efficient kernels): fp32 equals open_clip's path, bf16 within bf16 tolerance."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # open_clip's patch conv: true fp32
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    m = clip.model
+    for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2)):
+        for csc in (False, True):
+            learner = PromptLearner(clip, NAMES, n_ctx=8, csc=csc, precision=precision)
+            with torch.no_grad():
+                learner.ctx.normal_(0, 1)
+                x = m.transformer(learner.prompt_embeddings(full=True) + m.positional_embedding, attn_mask=m.attn_mask)
+                ref = m.ln_final(x)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)] @ m.text_projection
+                out = learner()
+            assert ((out - ref).norm() / ref.norm()).item() < tol, (precision, csc)
+        x = torch.rand(4, 3, 32, 32, device="cuda")
+        with torch.no_grad():
+            ref = m.encode_image(x)
+            out = fast_image_encoder(m, precision)(x)
+        assert ((out - ref).norm() / ref.norm()).item() < tol, precision
+
+
+def _open_clip_features_and_grad(clip, learner):
+    """open_clip's own fp32 encoding of the learner's prompts (its transformer over all 77 positions
+    with its float mask, ``ln_final``, EOT pooling, projection) and the gradient that
+    ``features.square().sum()`` sends into the context (left cleared on the learner)."""
+    ref = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    ref.square().sum().backward()
+    grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+    return ref, grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA, against open_clip's fp32 encoding (features and gradient): attention="square",
+    residual="precision" (bf16), and attention="flex" on FlexAttention's kernel (forward and
+    backward), eager and with compiled layers."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    for precision, residual, attention, compiled, tol in (
+        ("fp32", "fp32", "square", False, 1e-4), ("bf16", "precision", "square", False, 3e-2),
+        ("bf16", "precision", "causal", False, 3e-2),
+        ("fp32", "fp32", "flex", False, 1e-4), ("fp32", "fp32", "flex", True, 1e-4),
+        ("bf16", "fp32", "flex", False, 3e-2), ("bf16", "precision", "flex", True, 3e-2),
+    ):
+        case = (precision, residual, attention, compiled)
+        learner = PromptLearner(clip, NAMES, n_ctx=8, precision=precision, residual=residual, attention=attention)
+        if compiled:
+            learner.encoder.compile_layers()
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = learner()
+        out.float().square().sum().backward()
+        if attention == "flex":
+            assert flex_kernel_ran(learner), case
+        assert ((out - ref).norm() / ref.norm()).item() < tol, case
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 10 * tol, case
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_config, tiny_clip_checkpoint):
+    """`clip-smot fit`'s CUDA text path (FlexAttention's kernel in compiled layers) with class-specific
+    contexts, the class token in the middle or in front, a context from words, no shared prefix:
+    open_clip's fp32 features and gradient."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    for csc, position, ctx_init, share_prefix in ((True, "end", None, True), (False, "middle", None, True),
+                                                  (True, "front", None, True), (False, "end", "a photo of a", True),
+                                                  (False, "end", None, False)):
+        case = (csc, position, ctx_init, share_prefix)
+        learner = PromptLearner(clip, NAMES, n_ctx=8, ctx_init=ctx_init, csc=csc, class_position=position,
+                                attention="flex", share_prefix=share_prefix)
+        learner.encoder.compile_layers()
+        with torch.no_grad():
+            learner.ctx.normal_(0, 1)
+        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
+        out = learner()
+        out.square().sum().backward()
+        assert flex_kernel_ran(learner), case
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
+        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("loss", ["smot", "ce"])
+def test_gpu_cuda_graph_and_overlapped_steps_equal_eager_step(tiny_clip_config, tiny_clip_checkpoint, loss):
+    """Replayed as a CUDA graph, with the image encoder on its own stream, or both: the eager step's numbers."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    runs = []
+    for cuda_graph, overlap in ((False, False), (True, False), (False, True), (True, True)):
+        learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        step = make_fit_step(clip, learner, opt, loss=loss, precision="fp32",
+                             generator=torch.Generator().manual_seed(1), cuda_graph=cuda_graph, overlap=overlap)
+        losses = []
+        for i in range(3):
+            x = images(4, seed=i).cuda()
+            cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
+            losses.append(step(x, cams if loss == "smot" else None, torch.tensor([0, 1, 2, 0], device="cuda")))
+        runs.append((torch.stack(losses), learner.ctx.detach().clone()))
+    for i in (1, 2, 3):
+        torch.testing.assert_close(runs[i][0], runs[0][0], atol=1e-5, rtol=1e-5, msg=f"variant {i}")
+        torch.testing.assert_close(runs[i][1], runs[0][1], atol=1e-5, rtol=1e-5, msg=f"variant {i}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_flex_compiled_cuda_graph_step_equals_default_step(tiny_clip_config, tiny_clip_checkpoint):
+    """The fastest candidate (flex attention, compiled layers, CUDA graph) trains like the default step."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    runs = []
+    for fast in (False, True):
+        learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0),
+                                attention="flex" if fast else "causal")
+        if fast:
+            learner.encoder.compile_layers()
+        opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        step = make_fit_step(clip, learner, opt, precision="fp32", generator=torch.Generator().manual_seed(1),
+                             cuda_graph=fast)
+        losses = []
+        for i in range(3):
+            x = images(4, seed=i).cuda()
+            cams = (torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(10 + i)) * 255).cuda()
+            losses.append(step(x, cams, torch.tensor([0, 1, 2, 0], device="cuda")))
+        runs.append((torch.stack(losses), learner.ctx.detach().clone()))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-4, rtol=1e-4)
+
+
+def test_benchmark_variants_and_profile_run_on_cpu(tiny_clip_config):
+    """--variants times every text-encoder variant and the step with the fastest; --profile prints its table."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--variants", "--profile",
+         "--no-compile", "--no-cuda-graph"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    v = result["variants"]
+    assert not v["errors"], v["errors"]
+    assert {"default_causal_packed", "square_packed", "residual_bf16_square_packed"} <= set(v["text_fwd_bwd_ms"])
+    assert v["best_eager_text_variant"] in v["text_fwd_bwd_ms"]
+    assert set(v["step_ms"]) == {"step_default", f"step_{v['best_eager_text_variant']}"}
+    rows = result["profile_default_step"]
+    assert 0 < len(rows) <= 15 and all(len(r) == 4 for r in rows)
+    assert "top 15 ops" in out.stderr
+
+
+def test_benchmark_counts_flops_and_the_floor_on_cpu(tiny_clip_config):
+    """--count-flops: our step, its text part and the reference are counted; the floor is the larger
+    of FLOPs over the matmul rate and weight bytes over the copy bandwidth."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--count-flops", "--no-cuda-graph"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    floor = json.loads(out.stdout.strip().splitlines()[-1])["floor"]
+    assert 0 < floor["text_flop_fwd_bwd"] < floor["flop_per_step"]
+    assert floor["reference_flop_per_step"] > 0 and floor["weight_bytes"] > 0
+    flex = subprocess.run(  # FlexAttention's flat layout is counted with a dense mask: the same work
+        [sys.executable, str(ROOT / "benchmarks" / "fit_step.py"), "--model", tiny_clip_config, "--device", "cpu",
+         "--classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--count-flops", "--no-cuda-graph",
+         "--attention", "flex"],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": ""},
+    )
+    assert flex.returncode == 0, flex.stderr
+    flex_floor = json.loads(flex.stdout.strip().splitlines()[-1])["floor"]
+    assert "floor_error" not in flex_floor and flex_floor["reference_flop_per_step"] == floor["reference_flop_per_step"]
+    assert 0 < flex_floor["text_flop_fwd_bwd"] < flex_floor["flop_per_step"]
+    compute_ms = floor["flop_per_step"] / floor["matmul_tflops"] / 1e9
+    memory_ms = floor["weight_bytes"] / floor["copy_gbs"] / 1e6
+    assert floor["floor_ms"] == pytest.approx(max(compute_ms, memory_ms), rel=1e-9)
+
+
+def test_low_precision_residual_keeps_layernorm_inputs_and_weights_in_one_dtype(tiny_clip_config, tiny_clip_checkpoint):
+    """CUDA's layer_norm refuses a bf16 input with float32 weights (seen on an H200), while the
+    CPU kernel accepts it: so check the dtypes themselves, which the CPU run cannot reveal."""
+    from clip_smot.clip.encoders import TextEncoder
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    enc = TextEncoder(clip.model, precision="bf16", residual="precision")
+    for blk in enc.blocks:
+        assert {blk.ln1_w.dtype, blk.ln1_b.dtype, blk.ln2_w.dtype, blk.ln2_b.dtype} == {torch.bfloat16}
+    enc32 = TextEncoder(clip.model, precision="bf16")
+    assert enc32.blocks[0].ln1_w.dtype == torch.float32
+
+
+def test_flex_available_takes_a_device_or_its_name():
+    """docs/prompt.md lists ``flex_available(device)``; a device name like every other public
+    function's ``device`` failed with AttributeError ('str' has no 'type')."""
+    from clip_smot.clip.encoders import flex_available
+
+    assert flex_available("cpu") is False
+    assert flex_available(torch.device("cpu")) is False
+
+
+def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
+    """FlexAttention's Triton kernel from compute capability 8.0 (Ampere), Triton itself from 7.0;
+    names and device objects alike; a CPU compiles (inductor's C++ backend) but has no FlexAttention kernel."""
+    from clip_smot.clip.encoders import compile_available, flex_available
+
+    for sm, flex, compiles in (((9, 0), True, True), ((8, 0), True, True), ((7, 5), False, True),
+                               ((7, 0), False, True), ((6, 1), False, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, sm=sm: sm)
+        for device in ("cuda", torch.device("cuda", 0)):
+            assert (flex_available(device), compile_available(device)) == (flex, compiles), (sm, device)
+    assert compile_available("cpu") and not flex_available("cpu")

@@ -1,0 +1,369 @@
+"""clip-smot eval (CLIP track): metric files against scikit-learn on the score CSVs; eval data layouts."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import CLASSES, _cache_in_tmp, make_folders, make_prompt, read_csv, tiny  # noqa: F401 (fixtures)
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from clip_smot.cli import cli
+from clip_smot.common.errors import UserError
+from clip_smot.common.image_sets import (
+    folder_classnames,
+    id_set,
+    image_set,
+    imagenet_wnid_names,
+)
+
+ALL = ["mcm", "msp", "energy", "maxlogit", "gl-mcm"]
+
+
+def fpr95_by_hand(pos, neg):
+    """Fraction of negatives scored >= the score that accepts 95% of the positives."""
+    k = math.ceil(0.95 * len(pos))
+    t = np.sort(pos)[::-1][k - 1]
+    return float(np.mean(neg >= t))
+
+
+def score_csv(tmp_path, prompt, ckpt, path, name):
+    out = tmp_path / f"{name}.csv"
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", ckpt, "--scores", ",".join(ALL),
+                                   "--workers", "0", "--no-cache", "--out", str(out), str(path)])
+    assert res.exit_code == 0, res.output
+    return read_csv(out)
+
+
+@pytest.mark.parametrize("convention", ["id", "openood"])
+def test_eval_agrees_with_sklearn_on_the_score_csvs(tmp_path, tiny, tiny_clip_checkpoint, convention):
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=7, n_ood=9)
+    (tmp_path / "ood2").mkdir()
+    rng = np.random.default_rng(5)
+    for k in range(5):  # a second OOD set: flat grey-ish images
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8) + rng.integers(0, 9, (32, 32, 3)).astype(np.uint8)).save(
+            tmp_path / "ood2" / f"{k}.png")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir),
+                                   "--ood", f"noise={ood_dir}", "--ood", f"flat={tmp_path / 'ood2'}", "--scores",
+                                   ",".join(ALL), "--fpr-convention", convention, "--workers", "2", "--batch-size", "8",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+
+    id_rows = score_csv(tmp_path, prompt, tiny_clip_checkpoint, id_dir, "id")
+    ood_rows = {"noise": score_csv(tmp_path, prompt, tiny_clip_checkpoint, ood_dir, "noise"),
+                "flat": score_csv(tmp_path, prompt, tiny_clip_checkpoint, tmp_path / "ood2", "flat")}
+    with open(out / "metrics.csv") as f:
+        table = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
+    assert len(table) == len(ALL) * 3
+    for score in ALL:
+        a = np.array([float(r[score]) for r in id_rows])
+        avg = []
+        for name, rows in ood_rows.items():
+            b = np.array([float(r[score]) for r in rows])
+            y = np.r_[np.ones(len(a)), np.zeros(len(b))]
+            s = np.r_[a, b]
+            fpr = fpr95_by_hand(a, b) if convention == "id" else fpr95_by_hand(-b, -a)
+            expected = {"fpr95": fpr, "auroc": roc_auc_score(y, s), "aupr_in": average_precision_score(y, s),
+                        "aupr_out": average_precision_score(1 - y, -s)}
+            avg.append(expected)
+            for k, v in expected.items():
+                assert float(table[(score, name)][k]) == pytest.approx(100 * v, abs=0.01), (score, name, k)
+        for k in avg[0]:
+            assert float(table[(score, "average")][k]) == pytest.approx(100 * np.mean([m[k] for m in avg]), abs=0.01)
+
+    report = json.loads((out / "metrics.json").read_text())
+    # ID accuracy: the class folder of each image against the predicted class, from the score CSV
+    acc = 100 * np.mean([r["pred"] == r["path"].split("/")[-2] for r in id_rows])
+    assert report["id_accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert report["fpr_convention"] == convention and report["n_images"] == {"id": 21, "noise": 9, "flat": 5}
+    assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(float(table[("mcm", "noise")]["auroc"]), abs=0.005)
+    md = (out / "metrics.md").read_text()
+    assert "| gl-mcm |" in md and "noise FPR95" in md and "ID accuracy" in md
+    png = (out / "scores_hist.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out / "scores_hist.png") as im:
+        im.verify()
+    with Image.open(out / "scores_hist.png") as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+    assert json.loads((out / "config.json").read_text())["scores"] == ALL
+
+
+def test_eval_zero_shot_uses_template_prompts(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    from clip_smot.clip.prompt import zero_shot_text_features
+    from clip_smot.clip.scorer import PromptScorer
+
+    id_dir, ood_dir = make_folders(tmp_path)
+    out = tmp_path / "zs"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(id_dir), "--ood", f"noise={ood_dir}", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert "zero-shot" in report["text_features"] and "id_accuracy" in report
+    # the same MCM numbers from the template text features, scored through the API
+    scorer = PromptScorer(tiny, zero_shot_text_features(tiny, CLASSES, "a photo of a {c}."), CLASSES)
+    ids = scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
+    ood = scorer.score_paths([ood_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
+    y = np.r_[np.ones(len(ids)), np.zeros(len(ood))]
+    assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(100 * roc_auc_score(y, np.r_[ids, ood]), abs=1e-6)
+
+
+def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+    base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--workers", "0",
+            "--out", str(tmp_path / "e")]
+    for ood, expected in [(f"gone={tmp_path / 'missing'}", "--ood gone="), ("svhn", "--ood svhn: not a built-in OOD set"),
+                          (f"x={ood_dir}", None)]:
+        res = CliRunner().invoke(cli, base + ["--ood", ood, "--scores", "mcm,nope" if expected is None else "mcm"])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert (expected or "unknown score 'nope'") in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_outputs_never_overwrite_inputs_or_runs(tmp_path, tiny, tiny_clip_checkpoint):
+    """score --out = --prompt, and eval --out = a fit run's folder, are refused (docs/method.md §6)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    prompt = run / "prompt.safetensors"
+    make_prompt(prompt, tiny)
+    (run / "config.json").write_text('{"the": "fit run"}')
+    before = prompt.read_bytes()
+    id_dir, ood_dir = make_folders(tmp_path)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers",
+                                   "0", "--out", str(prompt), str(id_dir)])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --out {prompt}: is the --prompt file itself; writing there would destroy it"]
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"x={ood_dir}", "--workers", "0", "--out", str(run)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert f"--out {run}: holds a training run (prompt.safetensors)" in res.output
+    assert prompt.read_bytes() == before and (run / "config.json").read_text() == '{"the": "fit run"}'
+    assert sorted(f.name for f in run.iterdir()) == ["config.json", "prompt.safetensors"]
+
+
+# --- eval data layouts ------------------------------------------------------------------------------
+
+
+def _img(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
+    names = imagenet_wnid_names()
+    assert len(names) == 1000 and names["n01440764"] == "tench"
+    _img(tmp_path / "imagenet" / "val" / "n01443537" / "a.JPEG")  # goldfish
+    _img(tmp_path / "imagenet" / "val" / "n01440764" / "b.JPEG")  # tench
+    # the prompt's own class order decides the label
+    s = id_set(tmp_path / "imagenet", ["goldfish", "tench", "cat"])
+    assert [p.name for p in s.paths] == ["b.JPEG", "a.JPEG"] and s.labels == [1, 0]  # sorted by wnid
+    s = id_set(tmp_path / "imagenet" / "val", ["goldfish", "tench"])  # the val folder itself
+    assert s.labels == [1, 0]
+    # the full ImageNet-1k list: wnids by position
+    s = id_set(tmp_path / "imagenet", list(names.values()))
+    assert s.labels == [0, 1]
+    s = id_set(tmp_path / "imagenet", ["cat", "dog"])
+    assert s.labels is None and "match no class" in s.note
+    assert folder_classnames(tmp_path / "imagenet") == ["tench", "goldfish"]
+    # a wnid away from the start: ostrich is class 9 of the 1000, not the 2nd folder
+    _img(tmp_path / "in2" / "val" / "n01440764" / "a.JPEG")  # tench
+    _img(tmp_path / "in2" / "val" / "n01518878" / "b.JPEG")  # ostrich
+    assert id_set(tmp_path / "in2", list(names.values())).labels == [0, 9]
+    assert id_set(tmp_path / "in2", ["ostrich", "tench"]).labels == [1, 0]
+
+
+def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    from clip_smot.clip import evaluate as clip_eval
+    from clip_smot.resnet.data import load_ood_set
+
+    monkeypatch.chdir(tmp_path)
+    _img(tmp_path / "photos" / "mine.png")  # a user's folder that happens to be called photos
+    builtin = Path(clip_eval._builtin_ood("photos", 32))
+    assert clip_eval._builtin_ood("PHOTOS", 32) == str(builtin)  # as the ResNet track, any case
+    assert builtin.resolve() != (tmp_path / "photos").resolve() and len(list(builtin.iterdir())) > 1
+    assert len(load_ood_set("photos", None, 32).labels) == 300  # the ResNet track's built-in too
+    assert len(load_ood_set("photos", "photos", 32).labels) == 1  # photos=photos: the folder
+    with pytest.raises(UserError, match="--ood mine: not a built-in OOD set"):
+        load_ood_set("mine", None, 32)
+
+
+def test_id_image_list_labels_are_class_indices_or_absent(tmp_path):
+    _img(tmp_path / "v" / "a.png")
+    _img(tmp_path / "v" / "b.png")
+    lst = tmp_path / "id.txt"
+    lst.write_text("v/a.png 1\nv/b.png 0\n")
+    assert id_set(f"{tmp_path}::{lst}", ["x", "y"]).labels == [1, 0]
+    lst.write_text("v/a.png\nv/b.png -1\n")  # no labels (OpenOOD writes -1): no accuracy, a note
+    s = id_set(f"{tmp_path}::{lst}", ["x", "y"])
+    assert s.labels is None and "no class labels" in s.note
+    for text in ("v/a.png 1\nv/b.png 7\n", "v/a.png 1\nv/b.png -3\n", "v/a.png 1\nv/b.png\n"):
+        lst.write_text(text)
+        with pytest.raises(UserError, match=r"--id .*id.txt: .*b.png has label -?\d+, not a class index of the prompt"):
+            id_set(f"{tmp_path}::{lst}", ["x", "y"])
+
+
+def test_ood_folders_any_layout_and_image_lists(tmp_path):
+    # MOS sets as people store them
+    _img(tmp_path / "iNaturalist" / "images" / "1.jpg")
+    _img(tmp_path / "dtd" / "images" / "banded" / "banded_0001.jpg")
+    _img(tmp_path / "dtd" / "images" / "zigzag" / "z.jpg")
+    assert len(image_set("inat", tmp_path / "iNaturalist").paths) == 1
+    assert [p.name for p in image_set("textures", tmp_path / "dtd").paths] == ["banded_0001.jpg", "z.jpg"]
+    # OpenOOD lists: ROOT::LIST, or paths relative to the list's folder
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "tex.txt").write_text("dtd/images/banded/banded_0001.jpg 0\ndtd/images/zigzag/z.jpg 0\n")
+    s = image_set("textures", f"{tmp_path}::{tmp_path / 'lists' / 'tex.txt'}")
+    assert [p.name for p in s.paths] == ["banded_0001.jpg", "z.jpg"]
+    (tmp_path / "rel.txt").write_text("iNaturalist/images/1.jpg\n")
+    assert image_set("inat", tmp_path / "rel.txt").paths == [tmp_path / "iNaturalist" / "images" / "1.jpg"]
+    # an ID list: labels are class indices of the prompt
+    (tmp_path / "id.txt").write_text("iNaturalist/images/1.jpg 1\ndtd/images/zigzag/z.jpg 0\n")
+    assert id_set(tmp_path / "id.txt", ["a", "b"]).labels == [1, 0]
+    with pytest.raises(UserError, match="has label 1, not a class index of the prompt"):
+        id_set(tmp_path / "id.txt", ["a"])  # one class only: label 1 is wrong (it used to drop the accuracy quietly)
+    (tmp_path / "bad.txt").write_text("dtd/images/zigzag/z.jpg 0\nmissing.jpg 0\n")
+    with pytest.raises(UserError, match=r"bad.txt:2: .*missing.jpg does not exist"):
+        image_set("bad", tmp_path / "bad.txt")
+    (tmp_path / "worse.txt").write_text("a.jpg 0 extra\n")
+    with pytest.raises(UserError, match=r"worse.txt:1: expected 'relative/path label'"):
+        image_set("bad", tmp_path / "worse.txt")
+    with pytest.raises(UserError, match="no image files"):
+        image_set("empty", (tmp_path / "void").mkdir() or tmp_path / "void")
+
+
+def test_eval_on_the_bundled_digits(tmp_path, tiny, tiny_clip_checkpoint):
+    from clip_smot.common.digits import DIGIT_NAMES
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny, classnames=DIGIT_NAMES)
+    out = tmp_path / "digits"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", "digits",
+                                   "--ood", "photos", "--ood", "textures", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["metrics"]["mcm"]) == {"photos", "textures", "average"}
+    assert 0 <= report["id_accuracy"] <= 100  # class folders zero..nine match the prompt's classes
+    assert report["n_images"]["id"] > 100
+
+
+def test_one_class_and_an_ood_set_of_one_image(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Valid extremes (docs/score.md): one ID class makes mcm, msp and gl-mcm constant (AUROC 50,
+    FPR95 100, ID accuracy 100); an OOD set of one image has metrics like any other."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "id" / "thing").mkdir(parents=True)
+    (tmp_path / "ood").mkdir()
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / "thing" / f"{k}.png")
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "ood" / "one.png")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"one={tmp_path / 'ood'}", "--scores",
+                                   ",".join(ALL), "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["id_accuracy"] == 100.0 and report["n_images"] == {"id": 4, "one": 1}
+    for name in ("mcm", "msp", "gl-mcm"):
+        m = report["metrics"][name]["one"]
+        assert (m["auroc"], m["fpr95"], m["aupr_in"]) == (50.0, 100.0, 80.0)  # 4 ID of 5, all tied
+    assert all(math.isfinite(v) for v in report["metrics"]["energy"]["one"].values())
+
+
+def test_an_id_class_named_val_is_a_class(tmp_path):
+    """--id DIR/<class>/ with a class 'val': DIR is the class-folder root (DIR/val/<class>/ stays
+    the ImageNet layout)."""
+    for name in ("cat", "val"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "id" / name / "0.png")
+    assert folder_classnames(tmp_path / "id") == ["cat", "val"]
+    s = id_set(tmp_path / "id", ["cat", "val"])
+    assert sorted(zip([p.split("/")[-2] for p in map(str, s.paths)], s.labels)) == [("cat", 0), ("val", 1)]
+    (tmp_path / "imagenet" / "val" / "dog").mkdir(parents=True)
+    assert folder_classnames(tmp_path / "imagenet") == ["dog"]
+
+
+def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    """Folders 'sea_lion' and 'sea lion' (or ImageNet's two 'missile' wnids in a subset) share a
+    prompt name: each keeps its own label. Zero-shot gives them the same text features, so every
+    image is predicted as the first: ID accuracy 50%, not 100%."""
+    rng = np.random.default_rng(0)
+    for name in ("sea lion", "sea_lion"):
+        (tmp_path / "id" / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / name / f"{k}.png")
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea lion", "sea_lion"])
+    assert s.labels == [0, 0, 1, 1]
+    s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea_lion", "sea lion"])  # the prompt's order
+    assert s.labels == [1, 1, 0, 0]
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
+                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'id' / 'sea lion'}",
+                                   "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["id_accuracy"] == 50.0
+    # a fit prompt records its class folders (run.class_folders): its labels follow them too
+    import torch
+
+    from clip_smot.clip.prompt_file import save_prompt
+
+    text = torch.nn.functional.normalize(torch.ones(1, 32), dim=-1).expand(2, 32)  # one text feature, twice
+    save_prompt(tmp_path / "p.safetensors", torch.zeros(4, 32), text, tiny.identity(), 4, "end", False,
+                ["sea lion", "sea lion"], {"run": {"class_folders": ["sea lion", "sea_lion"]}})
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood",
+                                   f"o={tmp_path / 'id' / 'sea lion'}", "--workers", "0", "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0
+
+
+def test_a_missing_ood_folder_names_what_was_given(tmp_path, monkeypatch):
+    """``--ood x=none`` (a relative folder that is not there): the line said 'give NAME=DIR', which
+    the user had done; bare names are answered before (built-in sets), so the hint misled."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        image_set("x", "none")
+    assert str(e.value) == "--ood x=none: no such folder or image list"
+
+
+def test_a_cache_entry_of_the_same_files_in_another_order_keeps_the_order_asked(tmp_path, tiny, tiny_clip_checkpoint):
+    """The cache key sorts the files, so a folder and a list of the same images share an entry;
+    the features came back in the entry's order, and the ID list's labels were matched against
+    the wrong images (a wrong ID accuracy, silently)."""
+    import torch.nn.functional as F
+
+    from clip_smot.clip.features import encode_files
+    from clip_smot.clip.prompt_file import save_prompt
+
+    id_dir, ood_dir = make_folders(tmp_path)
+    s = id_set(id_dir, CLASSES)
+    feats = encode_files(tiny, s.paths, workers=0, use_cache=False)
+    labels = torch.tensor(s.labels)
+    # a prompt whose class features are the class means: every ID image is told apart
+    text = F.normalize(torch.stack([feats.global_[labels == k].mean(0) for k in range(3)]), dim=-1)
+    assert ((feats.global_ @ text.T).argmax(1) == labels).all()
+    prompt = tmp_path / "p.safetensors"
+    save_prompt(prompt, torch.zeros(4, 32), text, tiny.identity(), 4, "end", False, CLASSES, {})
+    lst = tmp_path / "id.txt"
+    lst.write_text("".join(f"{p.relative_to(tmp_path)} {y}\n" for p, y in list(zip(s.paths, s.labels))[::-1]))
+
+    def accuracy(where, out):
+        res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--id", where, "--ood", f"noise={ood_dir}", "--workers", "0", "--out",
+                                       str(tmp_path / out)])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / out / "metrics.json").read_text())["id_accuracy"]
+
+    assert accuracy(str(id_dir), "folder") == 100.0  # encodes and writes the cache entry
+    assert accuracy(f"{tmp_path}::{lst}", "list") == 100.0  # the same files, reversed: read from the entry
+    reread = encode_files(tiny, s.paths[::-1], workers=0)
+    assert reread.paths == [str(p) for p in s.paths[::-1]]
+    torch.testing.assert_close(reread.global_, feats.global_.flip(0), rtol=0, atol=0)

@@ -1,0 +1,171 @@
+"""The CLIP track's post-hoc baselines of Table 8 (odin, gradnorm, react, knn, vim): each against an
+independent computation (autograd, numpy), and `clip-smot eval` writing a row for every score."""
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from helpers import (  # noqa: F401 (fixtures)
+    CLASSES,
+    _cache_in_tmp,
+    _train_folder,
+    make_folders,
+    make_prompt,
+    tiny,
+)
+
+from clip_smot.cli import cli
+from clip_smot.clip.evaluate import id_train_paths
+from clip_smot.clip.fewshot import draw_split, resolve_classes, split_text
+from clip_smot.clip.scorer import PromptScorer, fit_id_train, scores_from_features
+from clip_smot.common.errors import UserError
+
+
+def _unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_gradnorm_is_the_l1_norm_of_the_kl_gradient_wrt_the_text_head():
+    """GradNorm (Huang et al., 2021) with the text features as the head: autograd of
+    KL(uniform || softmax(scale * x T^T)) with respect to T, one image at a time."""
+    x, text, scale = _unit(5, 8, seed=1), _unit(4, 8, seed=2), 30.0
+    got = scores_from_features(x, text, scale, ["gradnorm"])["gradnorm"]
+    for i in range(5):
+        T = text.clone().double().requires_grad_(True)
+        p = (scale * x[i].double() @ T.T).softmax(-1)
+        u = torch.full_like(p, 1 / 4)
+        kl = (u * (u.log() - p.log())).sum()
+        (g,) = torch.autograd.grad(kl, T)
+        assert got[i].item() == pytest.approx(g.abs().sum().item(), rel=1e-5)
+
+
+def test_react_knn_vim_by_numpy():
+    train, x, text, scale = _unit(60, 6, seed=3), _unit(7, 6, seed=4), _unit(3, 6, seed=5), 20.0
+    fitted = fit_id_train(train, text, scale, ["react", "knn", "vim"])
+    got = scores_from_features(x, text, scale, ["react", "knn", "vim"], fitted=fitted)
+    X, Q, W = train.double().numpy(), x.double().numpy(), scale * text.double().numpy()
+    lse = lambda z: np.log(np.exp(z).sum(-1))  # noqa: E731
+    # ReAct: clip at the 90th percentile of the ID-train activations, then energy
+    c = np.percentile(X.ravel(), 90)
+    np.testing.assert_allclose(got["react"].numpy(), lse(np.minimum(Q, c) @ W.T), rtol=1e-5)
+    # KNN: minus the Euclidean distance to the 50th nearest (unit) training feature
+    d = np.sort(np.linalg.norm(Q[:, None] - X[None], axis=-1), axis=1)[:, 49]
+    np.testing.assert_allclose(got["knn"].numpy(), -d, rtol=1e-5)
+    # ViM (Wang et al., 2022), OpenOOD's recipe: no bias -> origin 0; principal space of C // 2 = 3 dims
+    evals, evecs = np.linalg.eigh(X.T @ X / len(X))
+    NS = evecs[:, np.argsort(evals)[::-1][3:]]
+    alpha = (X @ W.T).max(-1).mean() / np.linalg.norm(X @ NS, axis=-1).mean()
+    np.testing.assert_allclose(got["vim"].numpy(), lse(Q @ W.T) - alpha * np.linalg.norm(Q @ NS, axis=-1), rtol=1e-4)
+
+
+def test_odin_through_the_frozen_image_encoder_by_hand(tiny):
+    """ODIN (Liang et al., 2018): the gradient of CE(logits / T, argmax) through open_clip's own
+    encode_image, a step of eps against its sign in pixel units, then max softmax(logits / T)."""
+    text = _unit(3, 32, seed=6)
+    scorer = PromptScorer(tiny, text, CLASSES)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    std = torch.tensor(tiny.std).view(1, 3, 1, 1)
+    scale = tiny.model.logit_scale.exp().item()
+
+    def logits(v):
+        f = tiny.model.encode_image(v)
+        return scale * (f / f.norm(dim=-1, keepdim=True)) @ text.T
+
+    want = []
+    for i in range(4):
+        v = x[i:i + 1].clone().requires_grad_(True)
+        z = logits(v) / 1000.0
+        loss = -z.log_softmax(-1)[0, z.argmax()]
+        loss.backward()
+        step = torch.where(v.grad >= 0, 1.0, -1.0) / std
+        with torch.no_grad():
+            want.append((logits(v - 0.0014 * step) / 1000.0).softmax(-1).max().item())
+    np.testing.assert_allclose(scorer.odin(x).numpy(), want, rtol=1e-5)
+    assert not any(p.grad is not None for p in tiny.model.parameters())  # frozen: no gradient kept
+
+
+ALL = ["mcm", "msp", "odin", "energy", "gradnorm", "vim", "knn", "gl-mcm", "react", "maxlogit"]
+
+
+def test_eval_writes_every_score_and_score_agrees(tmp_path, tiny, tiny_clip_checkpoint):
+    """`eval --scores mcm,msp,odin,energy,gradnorm,vim,knn,gl-mcm,...` writes a metrics row per score
+    and OOD set; its odin/gradnorm equal those of `clip-smot score` (AUROC recomputed from them)."""
+    from sklearn.metrics import roc_auc_score
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=3, n_ood=5)
+    train = _train_folder(tmp_path / "train")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"noise={ood_dir}", "--id-train", str(train), "--scores",
+                                   ",".join(ALL), "--workers", "0", "--batch-size", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with open(out / "metrics.csv") as f:
+        rows = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
+    assert {s for s, _ in rows} == set(ALL)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["id_train"]["n_images"] == 51 and report["id_train"]["vim"]["dim"] == 16
+
+    cols = {}
+    for name, path in (("id", id_dir), ("ood", ood_dir)):
+        csv_out = tmp_path / f"{name}.csv"
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--scores", "odin,gradnorm", "--workers", "0", "--out", str(csv_out), str(path)])
+        assert res.exit_code == 0, res.output
+        with open(csv_out) as f:
+            cols[name] = list(csv.DictReader(f))
+    for score in ("odin", "gradnorm"):
+        a = [float(r[score]) for r in cols["id"]]
+        b = [float(r[score]) for r in cols["ood"]]
+        auroc = roc_auc_score([1] * len(a) + [0] * len(b), a + b)
+        assert float(rows[(score, "noise")]["auroc"]) == pytest.approx(100 * auroc, abs=0.01)
+
+
+def test_score_refuses_the_fitted_scores_in_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1, n_ood=1)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                   "--scores", "knn", "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 1 and "--scores knn" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_eval_zero_shot_fitted_scores_need_id_train(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=1)
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(id_dir), "--ood", f"x={ood_dir}", "--scores",
+                                   "knn", "--workers", "0", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and "--id-train" in res.output and "Traceback" not in res.output
+
+
+def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path):
+    """The prompt's data and split.txt (next to it), or the split drawn again from its shots and
+    seed, checked against the SHA-256 the prompt records; --split and --id-train choose others."""
+    root = _train_folder(tmp_path / "data" / "train", n_per_class=5)
+    classes = resolve_classes(root)
+    split = draw_split(classes, 2, 3)
+    sha = hashlib.sha256(split_text(split).encode()).hexdigest()
+    config = {"data": str(root), "shots": 2, "seed": 3, "split": None, "run": {"split_sha256": sha}}
+    prompt = tmp_path / "run" / "prompt.safetensors"
+    prompt.parent.mkdir()
+    want = [str(root / rel) for rel, _ in split]
+    assert id_train_paths(str(prompt), config, None, None) == want  # drawn again
+    (prompt.parent / "split.txt").write_text(split_text(split))
+    assert id_train_paths(str(prompt), config, None, None) == want  # read from beside the prompt
+    other = draw_split(classes, 2, 4)
+    (prompt.parent / "split.txt").write_text(split_text(other))
+    with pytest.raises(UserError, match="not the split"):
+        id_train_paths(str(prompt), config, None, None)
+    (tmp_path / "other.txt").write_text(split_text(other))
+    assert id_train_paths(str(prompt), config, None, str(tmp_path / "other.txt")) == \
+        [str(root / rel) for rel, _ in other]
+    assert len(id_train_paths(str(prompt), config, str(root), None)) == 15  # a folder: all its images
+    with pytest.raises(UserError, match="does not record"):
+        id_train_paths(str(prompt), {"test": True}, None, None)

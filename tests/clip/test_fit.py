@@ -1,0 +1,1138 @@
+"""`clip-smot fit` / `export` end to end on CPU: tiny CLIP, tiny ResNet CAMs, ImageNet-layout folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from helpers import WNIDS, _write_imagenet, cam_resnet  # noqa: F401 (fixture)
+from PIL import Image
+from safetensors.torch import safe_open
+
+from clip_smot.cli import cli
+from clip_smot.clip.cam_network import build_cam_provider, cache_cams, load_cam_network
+from clip_smot.clip.fewshot import (
+    FewShotClasses,
+    decode_images,
+    draw_split,
+    imagenet_classnames,
+    imagenet_wnids,
+    read_split,
+    resolve_classes,
+)
+from clip_smot.clip.fit import FitConfig, lr_factor
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt import PromptLearner
+from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.clip.scorer import PromptScorer
+from clip_smot.common.digits import DIGIT_NAMES
+from clip_smot.common.errors import UserError
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir(tmp_path_factory):
+    return _write_imagenet(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture
+def fit_args(imagenet_dir, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
+    def make(out, *extra):
+        return ["fit", "--data", str(imagenet_dir), "--shots", "2", "--model", tiny_clip_config,
+                "--pretrained", tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4",
+                "--batch-size", "4", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+                "--workers", "0", "--out", str(out), *extra]
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, imagenet_dir, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
+    """One epoch of `clip-smot fit` through the CLI (shared by the tests that read its files)."""
+    out = tmp_path_factory.mktemp("fit") / "run"
+    args = ["fit", "--data", str(imagenet_dir), "--shots", "2", "--model", tiny_clip_config,
+            "--pretrained", tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4",
+            "--batch-size", "4", "--epochs", "1", "--precision", "fp32", "--device", "cpu",
+            "--workers", "0", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoint):
+    out = one_epoch
+    for name in ("prompt.safetensors", "split.txt", "config.json", "log.jsonl", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    split = (out / "split.txt").read_text()
+    assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
+    lines = split.splitlines()
+    assert len(lines) == 6 and all(line.count("\t") == 1 for line in lines)
+    assert [int(line.split("\t")[1]) for line in lines] == [0, 0, 1, 1, 2, 2]
+    assert all(line.split("/")[0] == WNIDS[int(line.split("\t")[1])] for line in lines)
+    assert config["lam"] == 0.1 and config["alpha"] == 50 and config["T"] == 200 and config["device"] == "cpu"
+    assert [config[k] for k in ("text_attention", "compile", "cuda_graph", "overlap_encoders")] == [
+        "causal", False, False, False]  # the speed options as resolved for the CPU, not "auto"
+    names = [imagenet_classnames()[imagenet_wnids().index(w)] for w in WNIDS]
+    assert names == ["tench", "goldfish", "great white shark"]
+    assert config["run"]["classnames"] == names
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1] and np.isfinite(log[0]["loss"])
+    assert log[0]["lr"] == pytest.approx(1e-5)  # epoch 1 is the warm-up epoch
+    with safe_open(str(out / "prompt.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        ctx, tf = f.get_tensor("ctx"), f.get_tensor("text_features")
+    assert ctx.shape == (4, 32) and tf.shape == (3, 32)
+    torch.testing.assert_close(tf.norm(dim=-1), torch.ones(3))
+    assert meta["format_version"] == "1" and meta["model"] == "clip-smot-tiny"
+    assert meta["pretrained"] == "tiny.safetensors"
+    assert meta["checkpoint_sha256"] == hashlib.sha256(open(tiny_clip_checkpoint, "rb").read()).hexdigest()
+    assert meta["n_ctx"] == "4" and meta["class_position"] == "end" and meta["csc"] == "false"
+    assert json.loads(meta["classnames"]) == names
+    assert json.loads(meta["config"])["run"]["split_sha256"] == config["run"]["split_sha256"]
+    assert json.loads(meta["model_config"])["embed_dim"] == 32
+    assert FitConfig.from_json(out / "config.json").lam == 0.1
+
+
+def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config, tiny_clip_checkpoint):
+    """The exported text features are the context's encoding; logits are scale * cos, by hand."""
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    pf = load_prompt(one_epoch / "prompt.safetensors")
+    learner = PromptLearner(clip, pf.classnames, n_ctx=4)
+    with torch.no_grad():
+        learner.ctx.copy_(pf.ctx)
+        expected = F.normalize(learner(), dim=-1)
+    torch.testing.assert_close(pf.text_features, expected, atol=1e-6, rtol=0)
+    clf = PromptScorer.from_file(one_epoch / "prompt.safetensors", model=tiny_clip_config,
+                                pretrained=tiny_clip_checkpoint, device="cpu")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = F.normalize(clip.model.encode_image((images - mean) / std), dim=-1)
+    torch.testing.assert_close(clf.logits(images), clip.model.logit_scale.exp() * img @ expected.t())
+
+
+def test_export_reproduces_the_prompt(one_epoch, tmp_path):
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
+                                   "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
+    assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
+    assert a.classnames == b.classnames and a.config == b.config
+
+
+def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """Training in bf16 (the default, here with the whole text tower in bf16) still exports the
+    fp32 encoding of the learned context (docs/method.md §2): scoring uses the stored features."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--precision", "bf16", "--text-residual", "precision"))
+    assert res.exit_code == 0, res.output
+    pf = load_prompt(out / "prompt.safetensors")
+    assert pf.text_features.dtype == torch.float32
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    encoded = {}
+    for precision in ("fp32", "bf16"):
+        learner = PromptLearner(clip, pf.classnames, n_ctx=4, precision=precision, residual="precision")
+        with torch.no_grad():
+            learner.ctx.copy_(pf.ctx)
+            encoded[precision] = F.normalize(learner().float(), dim=-1)
+    assert (encoded["bf16"] - encoded["fp32"]).abs().max() > 1e-4  # (the check below can tell them apart)
+    torch.testing.assert_close(pf.text_features, encoded["fp32"], atol=1e-6, rtol=0)
+
+
+def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):
+    """export --pretrained with another checkpoint of the architecture wrote a prompt whose text
+    features are not the trained prompt's, without a word; a copy of the run's own file is fine."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    save_file({k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()},
+              str(tmp_path / "other.safetensors"))
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "copy.safetensors")
+
+    def export(weights):
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out",
+                                       str(tmp_path / f"{weights}.out.safetensors"), "--pretrained",
+                                       str(tmp_path / weights), "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        return res.stderr
+
+    sha = hashlib.sha256(open(tiny_clip_checkpoint, "rb").read()).hexdigest()
+    assert export("other.safetensors").startswith(f"note: the context was trained with the weights tiny.safetensors "
+                                                  f"(sha256 {sha[:12]}...), not with other.safetensors; ")
+    assert "note" not in export("copy.safetensors")
+    assert torch.equal(load_prompt(tmp_path / "copy.safetensors.out.safetensors").text_features,
+                       load_prompt(one_epoch / "prompt.safetensors").text_features)
+
+
+def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
+    out = tmp_path / "again"
+    res = CliRunner().invoke(cli, fit_args(out, "--split", str(one_epoch / "split.txt"), "--seed", "7", "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    assert (out / "split.txt").read_bytes() == (one_epoch / "split.txt").read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
+    assert config["run"]["split_sha256"] == json.loads((one_epoch / "config.json").read_text())["run"]["split_sha256"]
+    assert config["run"]["cam_model"] is None  # plain CoOp needs no CAM network
+
+
+def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args, tmp_path):
+    """A --split made on other data (a subset of these classes, in the same order) was taken
+    silently: the prompt then holds classes that nothing was trained on."""
+    split = tmp_path / "split.txt"
+    split.write_text("".join(line + "\n" for line in (one_epoch / "split.txt").read_text().splitlines()
+                             if not line.endswith("\t2")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--split", str(split), "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    assert f"note: --split {split} has no image of 1 of the 3 classes of " in res.stderr
+    assert f"({WNIDS[2]}): the prompt holds them, but nothing trains on them" in res.stderr
+    assert "note: --split" not in CliRunner().invoke(cli, fit_args(tmp_path / "full", "--loss", "ce")).stderr
+    # where the set-up time went, before the first epoch (plain CoOp: no CAMs; on the CPU nothing compiled)
+    assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 4 images decoded [\d.]+ s\)$", res.stderr,
+                     re.M), res.stderr
+
+
+def test_another_seed_draws_another_split(imagenet_dir):
+    classes = resolve_classes(imagenet_dir / "train")
+    a, b = draw_split(classes, 2, seed=1), draw_split(classes, 2, seed=2)
+    assert a == draw_split(classes, 2, seed=1) and a != b
+    assert sorted({y for _, y in a}) == [0, 1, 2]
+
+
+def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
+    extra = ["--epochs", "2", "--warmup-epochs", "0", "--lr", "0.05"]
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "straight", *extra))
+    assert res.exit_code == 0, res.output
+
+    import clip_smot.clip.fit as fit_module
+
+    real_save = fit_module.atomic_save
+
+    def save_then_die(obj, path):  # the run is killed right after its first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
+    assert isinstance(res.exception, RuntimeError)
+    after_one = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)
+    assert after_one["epoch"] == 1
+    assert not (tmp_path / "broken" / "prompt.safetensors").exists()
+    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
+    assert res.exit_code != 0 and "--resume" in res.output  # no silent restart over a checkpoint
+    with open(tmp_path / "broken" / "log.jsonl", "a") as f:  # as if killed between the log line and the checkpoint
+        f.write(json.dumps({"epoch": 2, "loss": 9.0, "lr": 0.0, "seconds": 0.0}) + "\n")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
+    assert res.exit_code == 0, res.output
+
+    straight = load_prompt(tmp_path / "straight" / "prompt.safetensors")
+    resumed = load_prompt(tmp_path / "broken" / "prompt.safetensors")
+    assert torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert (straight.ctx - after_one["ctx"]).abs().max() > 1e-4  # epoch 2 really moved the context
+    torch.testing.assert_close(resumed.ctx, straight.ctx, atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed.text_features, straight.text_features, atol=1e-6, rtol=0)
+    logs = [json.loads(line) for line in (tmp_path / "broken" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logs] == [1, 2]
+    assert logs == [json.loads(line) | {"seconds": r["seconds"]} for line, r in
+                    zip((tmp_path / "straight" / "log.jsonl").read_text().splitlines(), logs)]
+    # resuming the finished run does nothing and rewrites nothing
+    files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()}
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
+    assert res.exit_code == 0 and "has finished its 2 epochs; nothing to do" in res.output, res.output
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
+
+
+def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
+    import shutil
+
+    shutil.copytree(one_epoch, tmp_path / "run")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--lam", "0.5", "--resume"))
+    assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]
+
+
+def test_resume_with_the_same_files_under_other_paths(fit_args, tmp_path, one_epoch, tiny_clip_config,
+                                                     tiny_clip_checkpoint, cam_resnet, monkeypatch):
+    """The files of --model, --pretrained and --cam-model are compared by their contents: a
+    resume that spells them relative to another folder (or as copies elsewhere) continues."""
+    import os
+    import shutil
+
+    shutil.copytree(one_epoch, tmp_path / "run")
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "weights.safetensors")  # the same bytes, another path
+    monkeypatch.chdir(os.path.dirname(tiny_clip_config))
+    swap = {tiny_clip_config: os.path.relpath(tiny_clip_config), cam_resnet: os.path.relpath(cam_resnet),
+            tiny_clip_checkpoint: str(tmp_path / "weights.safetensors")}
+    args = [swap.get(a, a) for a in fit_args(tmp_path / "run", "--resume")]
+    assert args != fit_args(tmp_path / "run", "--resume")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "has finished its 1 epochs" in res.output, res.output
+    res = CliRunner().invoke(cli, [swap.get(a, a) for a in fit_args(tmp_path / "run", "--resume", "--lam", "0.5")])
+    assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]  # other options still refused
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
+    import clip_smot.clip.step as step_module
+
+    calls = {"n": 0}
+    real_loss = step_module.smot_loss
+
+    def loss_goes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 1 else loss  # epoch 1 has one step
+
+    monkeypatch.setattr(step_module, "smot_loss", loss_goes_nan)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--epochs", "3"))
+    assert res.exit_code == 1
+    line = _last_error_line(res)
+    assert "non-finite" in line and "epoch 2" in line and "checkpoint" in line
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and torch.isfinite(saved["ctx"]).all()
+    assert not (out / "prompt.safetensors").exists()
+
+
+def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tiny_clip_checkpoint):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["fit", "--shots", "1", "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--loss", "ce", "--epochs", "1", "--batch-size", "5",
+                                   "--n-ctx", "2", "--precision", "fp32", "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_prompt(out / "prompt.safetensors").classnames == sorted(DIGIT_NAMES)  # sorted folder names
+    assert len((out / "split.txt").read_text().splitlines()) == 10
+
+
+def test_dry_run_writes_nothing(fit_args, tmp_path):
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run"))
+    assert res.exit_code == 0, res.output
+    assert "dry run: one batch" in res.output and not (tmp_path / "dry").exists()
+
+
+def test_without_internet_the_clip_weights_error_comes_first(tmp_path):
+    res = CliRunner().invoke(cli, ["fit", "--shots", "16", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    line = _one_error_line(res)
+    assert "ViT-B-16" in line and "--pretrained" in line and "local checkpoint" in line
+
+
+def test_resnet18_imagenet_offline_says_how_to_pass_a_file():
+    import time
+
+    t0 = time.time()
+    with pytest.raises(UserError, match="--cam-model path/to/resnet18-f37072fd.pth"):
+        load_cam_network("resnet18-imagenet")
+    assert time.time() - t0 < 5
+
+
+def _last_error_line(res) -> str:
+    """The error line of a run that printed progress first: the last line, the only error."""
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and sum(line.startswith("Error") for line in lines) == 1
+    return lines[-1]
+
+
+def _one_error_line(res) -> str:
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    _write_imagenet(root / "truncated", n_per_class=2)
+    victim = sorted((root / "truncated" / "train" / WNIDS[1]).iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    return root
+
+
+@pytest.mark.parametrize("case, extra, expected", [
+    ("missing data", ["--data", "{bad}/nowhere"], "nowhere: no such folder"),
+    ("empty data", ["--data", "{bad}/empty"], "no class folders"),
+    ("few shots", ["--shots", "5"], "class 'n01440764'"),
+    ("truncated", ["--data", "{bad}/truncated"], "n01443537_1.JPEG: unreadable or truncated"),
+    ("missing cam", ["--cam-model", "{bad}/missing.pth"], "missing.pth: no such checkpoint file"),
+    ("lam", ["--lam", "1.5"], "--lam"),
+    ("lam<0", ["--lam", "-0.1"], "--lam"),
+    ("alpha", ["--alpha", "0"], "--alpha"),
+    ("beta", ["--beta", "-1"], "--beta"),
+    ("T", ["--T", "0"], "--T"),
+    ("cuda graph on cpu", ["--cuda-graph"], "--cuda-graph"),
+    ("overlap on cpu", ["--overlap-encoders"], "--overlap-encoders"),
+])
+def test_bad_inputs_exit_with_one_line(case, extra, expected, fit_args, bad_data, tmp_path):
+    extra = [e.replace("{bad}", str(bad_data)) for e in extra]
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra))
+    assert res.exit_code != 0
+    assert expected in _one_error_line(res)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_bad_export_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "p.safetensors")])
+        assert res.exit_code == 1 and str(path) in _one_error_line(res)
+
+
+def test_config_round_trips_through_json():
+    cfg = FitConfig(data="d", shots=4, ctx_init="a photo of a", csc=True, lam=0.3, T=150.0)
+    assert FitConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_lr_schedule_is_coops():
+    cfg = FitConfig(epochs=50)
+    assert lr_factor(0, cfg) * cfg.lr == pytest.approx(1e-5)
+    assert lr_factor(1, cfg) == pytest.approx(1.0)
+    assert lr_factor(26, cfg) == pytest.approx(0.5)  # (1 + cos(pi * 25 / 50)) / 2
+    assert lr_factor(49, cfg) == pytest.approx((1 + np.cos(np.pi * 48 / 50)) / 2)
+
+
+def test_cams_are_for_the_true_imagenet_label(imagenet_dir, cam_resnet):
+    classes = resolve_classes(imagenet_dir / "train")
+    assert classes.imagenet_index == (0, 1, 2)
+    net = load_cam_network(cam_resnet)
+    provider, label_map = build_cam_provider(net, classes)
+    assert label_map == [0, 1, 2] and provider.labels_match
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([2, 0, 1])
+    cams = cache_cams(provider, label_map, images, labels, batch_size=2)
+    assert cams.dtype == torch.uint8 and cams.shape == (3, 32, 32)
+    direct = provider(images.float() / 255, labels)
+    assert (cams.float() - direct).abs().max() <= 0.5 + 1e-4
+    # another folder dataset: the CAM is for the network's top-1 class
+    folders = FewShotClasses(imagenet_dir, ("cats", "dogs"), ("cats", "dogs"), None)
+    provider, label_map = build_cam_provider(net, folders)
+    assert label_map is None and not provider.labels_match
+
+
+def test_imagenet_subsets_map_each_label_to_its_1000_way_class(tmp_path, cam_resnet):
+    """Wnids away from the start of ImageNet, in folder order balloon, ostrich, tabby: labels follow the
+    ImageNet-1k order (ostrich 9, tabby cat 281, balloon 417) and each CAM is for that 1000-way class."""
+    root = _write_imagenet(tmp_path / "in", n_per_class=1, wnids=["n02782093", "n01518878", "n02123045"])
+    classes = resolve_classes(root / "train")
+    assert classes.folders == ("n01518878", "n02123045", "n02782093")
+    assert classes.classnames == ("ostrich", "tabby cat", "balloon") and classes.imagenet_index == (9, 281, 417)
+    provider, label_map = build_cam_provider(load_cam_network(cam_resnet), classes)
+    assert label_map == [9, 281, 417] and provider.labels_match
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cams = cache_cams(provider, label_map, images, torch.tensor([2, 0, 1]))
+    direct = provider(images.float() / 255, torch.tensor([417, 9, 281]))  # balloon, ostrich, tabby cat
+    assert (cams.float() - direct).abs().max() <= 0.5 + 1e-4
+    assert (cams.float() - provider(images.float() / 255, torch.tensor([2, 0, 1]))).abs().max() > 1  # not the labels
+
+
+def test_decode_keeps_the_central_square(tmp_path):
+    a = np.zeros((32, 64, 3), dtype=np.uint8)
+    a[:, 32:] = 255  # left half black, right half white
+    Image.fromarray(a).save(tmp_path / "wide.png")
+    x = decode_images(tmp_path, ["wide.png"], 16, workers=2)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.uint8
+    assert (x[0, :, :, :7] == 0).all() and (x[0, :, :, 9:] == 255).all()
+
+
+def test_decode_resamples_only_the_square_of_a_long_strip(tmp_path, monkeypatch):
+    """A 2 x 20000 strip is not resized whole (224 x 2.24 M pixels, 1.5 GB at 224): never more than
+    16 squares are resampled, and the square is the central one of the whole resize."""
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.linspace(0, 255, 20000)[:, None, None], 3, axis=2).repeat(2, axis=1)  # a vertical ramp
+    a = (a + rng.integers(-3, 4, a.shape)).clip(0, 255).astype(np.uint8)  # [20000, 2, 3]
+    Image.fromarray(a).save(tmp_path / "strip.png")
+    Image.fromarray(a[10000 - 12:10000 + 12]).save(tmp_path / "short.png")  # a 2 x 24 strip: resized whole
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: sizes.append(size) or resize(im, size, *a, **k))
+    x = decode_images(tmp_path, ["strip.png", "short.png"], 32, workers=0)  # [2, 3, 32, 32]
+    assert sizes == [(32, 32), (32, 384)]
+    # both show the central rows of the ramp, around row 10000
+    expected = torch.from_numpy(a[10000 - 10:10000 + 10].astype(np.float32)).mean()
+    assert abs(x[0].float().mean() - expected) < 2 and abs(x[1].float().mean() - expected) < 2
+
+
+def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
+    classes = resolve_classes(imagenet_dir / "train")
+    bad = tmp_path / "split.txt"
+    bad.write_text(f"{WNIDS[0]}/{WNIDS[0]}_0.JPEG\t1\n")
+    with pytest.raises(UserError, match=r"split.txt:1: .* not in class 1"):
+        read_split(bad, classes)
+    bad.write_text(f"{WNIDS[0]}/missing.JPEG\t0\n")
+    with pytest.raises(UserError, match="no such image file"):
+        read_split(bad, classes)
+    # an existing image of another class (or outside the data), reached through '..' or an absolute path
+    for rel in (f"{WNIDS[0]}/../{WNIDS[1]}/{WNIDS[1]}_0.JPEG", str(imagenet_dir / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG")):
+        assert (imagenet_dir / "train" / rel).is_file()
+        bad.write_text(f"{rel}\t0\n")
+        with pytest.raises(UserError, match=r"split.txt:1: .* leaves the class folder"):
+            read_split(bad, classes)
+    # escapes that name no file (os.stat raised ValueError / UnicodeEncodeError on them): the line, as written
+    for rel in (f"{WNIDS[0]}/a\\u0000.JPEG", f"{WNIDS[0]}/a\\ud800.JPEG"):
+        bad.write_text(f"{rel}\t0\n")
+        with pytest.raises(UserError, match=rf"split.txt:1: {re.escape(rel)} is not a file name"):
+            read_split(bad, classes)
+
+
+def test_cam_model_from_a_train_safetensors(tmp_path):
+    """A model.safetensors written like 'clip-smot train' does; its class names decide the CAM class."""
+    from clip_smot.resnet.networks import build_network, save_model
+
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 3, 32)
+    path = tmp_path / "model.safetensors"
+    save_model(path, model, arch="resnet_tiny", classnames=["dogs", "cats", "birds"], input_size=32,
+               mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    net = load_cam_network(str(path))
+    assert net.input_size == 32 and net.mean == (0.5, 0.5, 0.5) and not net.imagenet
+    torch.testing.assert_close(net.model.get_classifier().weight, model.get_classifier().weight)
+    classes = FewShotClasses(tmp_path, ("birds", "cats"), ("birds", "cats"), None)
+    provider, label_map = build_cam_provider(net, classes)
+    assert label_map == [2, 1] and provider.labels_match  # data label -> the network's class
+    other = FewShotClasses(tmp_path, ("cars", "cats"), ("cars", "cats"), None)
+    assert build_cam_provider(net, other)[1] is None
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="bad.safetensors: not a safetensors file"):
+        load_cam_network(str(tmp_path / "bad.safetensors"))
+
+
+def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):
+    """A model.safetensors of 'clip-smot train' made on other classes (another data set, or a
+    class renamed since) gave top-1 CAMs instead of true-label ones, silently."""
+    from clip_smot.resnet.networks import build_network, save_model
+
+    torch.manual_seed(0)
+    for name, classnames in (("other", ["dogs", "cats", "birds"]), ("same", WNIDS)):
+        save_model(tmp_path / f"{name}.safetensors", build_network("resnet_tiny", 3, 32), arch="resnet_tiny",
+                   classnames=classnames, input_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    args = [a if a != cam_resnet else str(tmp_path / "other.safetensors") for a in fit_args(tmp_path / "a")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert (f"note: --cam-model {tmp_path / 'other.safetensors'} was trained on other classes (dogs, cats, birds) "
+            "than those of ") in res.stderr and "the CAMs are of its top-1 class, not of the true label" in res.stderr
+    args = [a if a != cam_resnet else str(tmp_path / "same.safetensors") for a in fit_args(tmp_path / "b")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+    assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 6 images decoded [\d.]+ s, CAMs [\d.]+ s\)$",
+                     res.stderr, re.M), res.stderr  # where the set-up time went (SMOT: the CAMs too)
+
+
+def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
+                                           "--perturb", "noise", "--sigma", "0.2"))
+    assert res.exit_code == 0, res.output
+    pf = load_prompt(out / "prompt.safetensors")
+    assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
+    assert pf.ctx.shape == (3, 4, 32)
+    assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
+
+
+def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
+    """--text-residual precision --text-attention square run the step (exactness: tests/clip/test_prompt.py)."""
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--text-residual", "precision",
+                                           "--text-attention", "square"))
+    assert res.exit_code == 0, res.output
+    assert "dry run: one batch" in res.output
+
+
+def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
+    """--text-attention flex --compile: one epoch (a large lr, no warm-up, so that the
+    context moves) ends with the default run's context."""
+    runs = {}
+    for name, extra in {"default": (), "flex": ("--text-attention", "flex", "--compile")}.items():
+        res = CliRunner().invoke(cli, fit_args(tmp_path / name, "--warmup-epochs", "0", "--lr", "5", *extra))
+        assert res.exit_code == 0, res.output
+        assert ("the first epoch also compiles" in res.stderr) == (name == "flex"), res.stderr
+        runs[name] = load_prompt(tmp_path / name / "prompt.safetensors")
+    init = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(runs["default"].config["seed"]))
+    moved = runs["default"].ctx - init  # what the epoch's steps did to the context
+    assert moved.abs().max() > 1e-2
+    torch.testing.assert_close(runs["flex"].ctx - init, moved, atol=1e-4 * moved.abs().max().item(), rtol=1e-3)
+    torch.testing.assert_close(runs["flex"].text_features, runs["default"].text_features, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_needs_square_or_flex(fit_args, tmp_path):
+    for attention in ("causal", "mask"):
+        res = CliRunner().invoke(cli, fit_args(tmp_path / "bad", "--compile", "--text-attention", attention))
+        assert res.exit_code != 0 and "--compile" in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "bad").exists()
+
+
+def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch):
+    """auto / None: flex, compiled, CUDA graph, overlapped encoders on CUDA (square without
+    FlexAttention); causal and all off elsewhere (square where --compile asks for it); what was
+    given stays as given."""
+    import clip_smot.clip.encoders as encoders
+    from clip_smot.clip.fit import FitConfig, resolve_speed
+
+    def speed(cfg):
+        return cfg.text_attention, cfg.compile, cfg.cuda_graph, cfg.overlap_encoders
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # (a device object needs no GPU)
+    assert speed(resolve_speed(FitConfig(), cpu)) == ("causal", False, False, False)
+    assert speed(resolve_speed(FitConfig(compile=True), cpu)) == ("square", True, False, False)
+    assert speed(resolve_speed(FitConfig(text_attention="flex"), cpu)) == ("flex", False, False, False)
+    capability = {"sm": (9, 0)}  # the GPU's compute capability (the H200 of run 3: 9.0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["sm"])
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("flex", True, True, True)
+    assert speed(resolve_speed(FitConfig(text_attention="causal"), cuda)) == ("causal", False, True, True)
+    assert speed(resolve_speed(FitConfig(compile=False, cuda_graph=False, overlap_encoders=False), cuda)) == (
+        "flex", False, False, False)
+    capability["sm"] = (8, 0)  # an A100: FlexAttention's Triton kernel from Ampere on
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("flex", True, True, True)
+    capability["sm"] = (7, 5)  # a T4: no FlexAttention kernel, Triton still builds the compiled layers
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+    capability["sm"] = (6, 0)  # a P100: Triton cannot build kernels for it
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", False, True, True)
+    assert speed(resolve_speed(FitConfig(compile=True), cuda)) == ("square", True, True, True)  # asked: tried
+    capability["sm"] = (9, 0)
+    monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
+    # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
+    import clip_smot.clip.fit as fit_mod
+
+    seen = []
+    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg: seen.append(speed(cfg)))  # (a dry run: no folder)
+    for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
+                                                           ("mask", False, True, None))):
+        assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0
+        assert seen.pop() == given
+
+
+def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path, monkeypatch):
+    """torch.compile's errors (e.g. no C compiler for Triton) end the fit with one line naming
+    --no-compile (and --text-attention square where FlexAttention's kernel runs); other errors
+    are not renamed."""
+    import clip_smot.clip.fit as fit_mod
+
+    class InductorError(RuntimeError):
+        __module__ = "torch._inductor.exc"  # where torch's compile errors live
+
+    def failing_step(error):
+        def make(*args, **kw):
+            def step(*a):
+                raise error
+            return step
+        return make
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(InductorError("cc: not found\nmore")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "c", "--compile"))
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == ("Error: --compile: torch.compile failed on this machine (cc: "
+                                                   "not found); run with --no-compile")  # (above: progress bar)
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(ValueError("a bug")))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "d", "--compile"))
+    assert isinstance(res.exception, ValueError)
+    # FlexAttention's kernel (CUDA) is compiled whatever --compile says: --no-compile alone would not help
+    import clip_smot.clip.encoders as encoders
+
+    monkeypatch.setattr(encoders, "flex_available", lambda device: True)
+    monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(InductorError("cc: not found")))
+    for extra, last in ((["--text-attention", "flex", "--no-compile"], "--text-attention flex: torch.compile failed "
+                         "on this machine (cc: not found); run with --text-attention square"),
+                        (["--compile"], "--compile and --text-attention flex: torch.compile failed on this machine "
+                         "(cc: not found); run with --no-compile --text-attention square")):
+        res = CliRunner().invoke(cli, fit_args(tmp_path / "e", *extra))
+        assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == "Error: " + last
+
+
+def test_resume_drops_a_half_written_log_line(tmp_path):
+    from clip_smot.clip.fit import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"epoch": e, "loss": 1.0 / e}) for e in (1, 2, 3)]
+    log.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:7])  # killed while writing epoch 3
+    _truncate_log(log, 2)
+    assert log.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    _truncate_log(log, 1)
+    assert log.read_text() == lines[0] + "\n"
+
+
+def test_check_config_refuses_non_finite_options():
+    """The library checks what the CLI checks: a FitConfig built in Python with inf/nan is refused."""
+    from clip_smot.clip.fit import FitConfig, check_config
+
+    check_config(FitConfig())  # the defaults pass
+    for name, flag in (("beta", "--beta"), ("alpha", "--alpha"), ("lr", "--lr"), ("momentum", "--momentum"),
+                       ("weight_decay", "--weight-decay"), ("warmup_lr", "--warmup-lr"), ("sigma", "--sigma")):
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(UserError, match=flag):
+                check_config(FitConfig(**{name: value}))
+    # crop_scale has no command-line flag: the message names the FitConfig field, not a "--crop-scale"
+    for value, what in ((float("nan"), "must be a finite number"), (0.0, r"must be in \(0, 1\]"), (1.5, "must be in")):
+        with pytest.raises(UserError, match=rf"^FitConfig\.crop_scale {value}: {what}"):
+            check_config(FitConfig(crop_scale=value))
+
+
+def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
+    """An empty file (its unpickling error has no message) and a checkpoint that lacks keys."""
+    from clip_smot.clip.fit import CHECKPOINT_FORMAT, export_prompt
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"--checkpoint .*empty.pt: not a readable checkpoint \(\w+"):
+        export_prompt(empty, tmp_path / "p.safetensors")
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "ctx": torch.zeros(2, 4)}, partial)
+    with pytest.raises(UserError, match=r"partial.pt: an incomplete fit checkpoint \(no optimizer, scheduler, rng, config\)"):
+        export_prompt(partial, tmp_path / "p.safetensors")
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
+    """export --out = --checkpoint would replace the resumable state with a prompt file."""
+    from clip_smot.clip.fit import CHECKPOINT_FORMAT, export_prompt
+
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"format": CHECKPOINT_FORMAT}, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(UserError, match=r"--out .*checkpoint.pt: is the --checkpoint file itself"):
+        export_prompt(ckpt, tmp_path / "." / "checkpoint.pt")
+    assert ckpt.read_bytes() == before
+
+
+def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monkeypatch):
+    """The cached CAM is cropped with its image, then scaled to [0, 255] over the view (docs/method.md
+    §1: the CAM of the image that is masked), so every view's CAM reaches 255 (or is all
+    zero when it is flat)."""
+    import clip_smot.clip.fit as fit_module
+
+    seen = []
+    real = fit_module.make_fit_step
+
+    def spy(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(images, cams, labels):
+            seen.append(cams.detach().clone())
+            return step(images, cams, labels)
+        return wrapped
+
+    monkeypatch.setattr(fit_module, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--batch-size", "1"))
+    assert res.exit_code == 0, res.output
+    cams = torch.cat(seen)  # [views, S, S]
+    assert len(cams) >= 4
+    for cam in cams:
+        assert cam.min() == 0 and (cam.max() == 255 or cam.max() == 0), (cam.min(), cam.max())
+
+
+def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
+    for folder in ("red_car", "blue"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
+    classes = resolve_classes(tmp_path)
+    assert classes.folders == ("blue", "red_car") and classes.classnames == ("blue", "red car")
+    assert classes.imagenet_index is None
+
+
+def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch):
+    """fit's flags are what the step and the optimizer get (each set away from its default)."""
+    import clip_smot.clip.fit as fit_mod
+
+    seen = {}
+    real = fit_mod.make_fit_step
+
+    def spy(clip, learner, optimizer, **kw):
+        seen.update(kw, optimizer=dict(optimizer.defaults))
+        return real(clip, learner, optimizer, **kw)
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--lam", "0.3", "--T", "77", "--alpha", "3",
+                                           "--beta", "4", "--perturb", "one", "--sigma", "0.5", "--lr", "0.01",
+                                           "--momentum", "0.5", "--weight-decay", "0.001"))
+    assert res.exit_code == 0, res.output
+    assert {k: seen[k] for k in ("loss", "lam", "T", "alpha", "beta", "perturbation", "sigma")} == {
+        "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}
+    assert (seen["cuda_graph"], seen["overlap"], seen["compile_image"]) == (False, False, False)  # CPU defaults
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) ended with click's bare 'Aborted!' and exit code 1; it says
+    whether there is a checkpoint to --resume from, and exits 130 as an interrupted program does.
+    Then: the temporary file of a write killed by SIGKILL is removed by the --resume."""
+    import clip_smot.clip.fit as fit_module
+
+    def error_line(res):  # stderr's last line (the progress bar clears itself with a carriage return)
+        assert "Traceback" not in res.output
+        return res.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2"))
+    assert res.exit_code == 130
+    assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last finished "
+                               "epoch: continue with the same command and --resume")
+
+    def ctrl_c(*args, **kwargs):  # in the first epoch: no checkpoint yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "random_resized_crop_flip", ctrl_c)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "early"))
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted before the first checkpoint; nothing to resume"
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--dry-run"))  # a dry run resumes nothing
+    assert res.exit_code == 130 and error_line(res) == "Error: interrupted"
+
+    # SIGKILL while the checkpoint was written leaves its temporary file: --resume removes it
+    stale = tmp_path / "run" / ".checkpoint.pt.k1ll3d_x.tmp"
+    stale.write_bytes(b"PK\x03\x04 half")
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and (tmp_path / "run" / "prompt.safetensors").is_file()
+
+
+def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_path):
+    """An image of the split deleted under --data: the resume said 'made with other options
+    (split); rerun with the options in config.json', though the options were the same."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = tmp_path / "run" / "split.txt"
+    gone = data / "train" / split.read_text().split("\t")[0]
+    kept = gone.read_bytes()
+    gone.unlink()
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: the run's few-shot split ({split}) is not the one "
+        f"drawn now (did the images under --data change?); to continue on its images, add --split {split}")
+    gone.write_bytes(kept)  # with the split named, the run's images are used (here: the finished run)
+    (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, tiny_clip_checkpoint, cam_resnet,
+                                                                     tmp_path, monkeypatch):
+    """--resume compared the flags, not the files behind them: a CLIP checkpoint or CAM network
+    replaced at the same path (re-downloaded, retrained) continued the run on other weights."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    import clip_smot.clip.fit as fit_module
+
+    weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
+    shutil.copy(tiny_clip_checkpoint, weights)
+    shutil.copy(cam_resnet, cam)
+
+    def args(*extra):
+        swap = {tiny_clip_checkpoint: str(weights), cam_resnet: str(cam)}
+        return [swap.get(a, a) for a in fit_args(tmp_path / "run", "--epochs", "2", *extra)]
+
+    real_save = fit_module.atomic_save
+
+    def save_then_die(obj, path):  # killed right after the first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    assert isinstance(CliRunner().invoke(cli, args()).exception, RuntimeError)
+    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["run"]["cam_model_sha256"] == hashlib.sha256(cam.read_bytes()).hexdigest()
+    torch.manual_seed(7)  # other weights of the same architectures
+    other_clip = {k: v.contiguous() for k, v in open_clip.create_model("clip-smot-tiny").state_dict().items()}
+    other_cam = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict()
+    for path, flag, write in ((weights, "--pretrained", lambda: save_file(other_clip, str(weights))),
+                              (cam, "--cam-model", lambda: torch.save(other_cam, cam))):
+        kept = path.read_bytes()
+        write()
+        res = CliRunner().invoke(cli, args("--resume"))
+        assert res.exit_code == 1, res.output
+        line = _last_error_line(res)
+        assert flag in line and "is not the model the run was trained with" in line, line
+        path.write_bytes(kept)
+    res = CliRunner().invoke(cli, args("--resume"))  # the run's own files: it resumes
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
+    """One class (valid; the softmax over it is 1): the loss is 0, the gradient too, so one step
+    moves the context by weight decay alone; fit says so. The images are a 1 x 50 strip, a 3 x 3,
+    a 16-bit grey, a palette and an all-black one, and --batch-size is larger than the split."""
+    d = tmp_path / "data" / "thing"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 1, 3), dtype=np.uint8)).save(d / "strip.png")
+    Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)).save(d / "tiny.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 30)).astype(np.uint16)).save(d / "grey16.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P").save(d / "palette.png")
+    Image.new("RGB", (30, 20)).save(d / "black.png")
+    args = fit_args(tmp_path / "run", "--shots", "5", "--batch-size", "8")
+    args[args.index("--data") + 1] = str(tmp_path / "data")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "one class" in res.stderr and "loss is 0" in res.stderr
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == 0.0
+    ctx0 = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))  # the seeded init
+    lr, wd = 1e-5, 5e-4  # the warm-up step: SGD's first step is ctx - lr * (grad + wd * ctx), grad = 0
+    torch.testing.assert_close(load_prompt(tmp_path / "run" / "prompt.safetensors").ctx, ctx0 * (1 - lr * wd),
+                               atol=1e-9, rtol=0)
+
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    """DATA/<class>/ with a class 'train' (CIFAR-100 has one): DATA is the class-folder root, not
+    DATA/train, which holds images; DATA/train/<class>/ stays the ImageNet layout."""
+    from clip_smot.clip.fewshot import resolve_train_root
+
+    for name in ("bus", "train"):
+        (tmp_path / "cifar" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "cifar" / name / "0.png")
+    root = resolve_train_root(tmp_path / "cifar")
+    assert root == tmp_path / "cifar" and resolve_classes(root).classnames == ("bus", "train")
+    (tmp_path / "imagenet" / "train" / WNIDS[0]).mkdir(parents=True)
+    assert resolve_train_root(tmp_path / "imagenet") == tmp_path / "imagenet" / "train"
+
+
+@pytest.mark.parametrize("what", ["ctx", "weights"])
+def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_clip_config, tiny_clip_checkpoint,
+                                                               tmp_path, what):
+    """`export` of a checkpoint whose context is NaN wrote the prompt (exit 0). A NaN context names
+    the checkpoint; weights whose text encoder gives NaN name the weights; the prompt file there
+    before stays as it was."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt, weights = one_epoch / "checkpoint.pt", tiny_clip_checkpoint
+    if what == "ctx":
+        saved = torch.load(ckpt, weights_only=True)
+        saved["ctx"][1, 2] = float("nan")
+        ckpt = tmp_path / "checkpoint.pt"
+        torch.save(saved, ckpt)
+    else:
+        sd = load_file(tiny_clip_checkpoint)
+        sd["text_projection"][0, 0] = float("inf")
+        weights = tmp_path / "inf.safetensors"
+        save_file(sd, str(weights))
+    out = tmp_path / "prompt.safetensors"
+    out.write_bytes(b"the old prompt")
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--model", tiny_clip_config,
+                                   "--pretrained", str(weights), "--device", "cpu"])
+    line = _one_error_line(res) if what == "ctx" else _last_error_line(res)  # (other weights: a note first)
+    if what == "ctx":
+        assert line.startswith(f"Error: --checkpoint {ckpt}: a damaged fit checkpoint (ctx (a finite float tensor")
+    else:
+        assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
+                               "non-finite text features")
+    assert out.read_bytes() == b"the old prompt"
+
+
+def test_a_split_of_any_file_names_reads_back(fit_args, tmp_path):
+    """`fit` wrote a split.txt it could not read back when a class folder name held a newline.
+    Class folders and image names with a newline, a tab, a backslash, U+2028 and a byte that is not
+    UTF-8: the file is one UTF-8 line per image, `--split` reads it back to the same files, and
+    the escapes are those data_lists/README.md gives."""
+    import os
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    names = {"new\nline": [b"a.png", b"\xff\xfe.png"], "back\\slash": [b"b\tc.png", "x\u2028y.png".encode()]}
+    for folder, files in names.items():
+        (data / folder).mkdir(parents=True)
+        for f in files:
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                os.path.join(os.fsencode(data / folder), f), format="PNG")
+    args = fit_args(tmp_path / "run", "--shots", "2")
+    args[args.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "run" / "split.txt").read_bytes().decode("utf-8")  # strict
+    assert text.splitlines() == ["back\\\\slash/b\\u0009c.png\t0", "back\\\\slash/x\\u2028y.png\t0",
+                                 "new\\u000aline/a.png\t1", "new\\u000aline/\\xff\\xfe.png\t1"]
+    classes = resolve_classes(data)
+    split = read_split(tmp_path / "run" / "split.txt", classes)
+    assert sorted((os.fsencode(p), y) for p, y in split) == sorted(
+        (os.fsencode(folder) + b"/" + f, y) for y, folder in enumerate(sorted(names)) for f in names[folder])
+    again = fit_args(tmp_path / "run2", "--split", str(tmp_path / "run" / "split.txt"), "--dry-run")
+    again[again.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, again)
+    assert res.exit_code == 0, res.output
+
+
+def test_fit_counts_no_fifo_or_broken_symlink_and_does_not_block(fit_args, imagenet_dir, tmp_path):
+    """A FIFO named *.jpg in a class folder hung fit (its reader waits for a writer); a broken
+    symlink counted as one of its images. Neither is an image: with 4 real images a class has 4."""
+    import os
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    os.mkfifo(data / "train" / WNIDS[0] / "zz_fifo.jpg")
+    (data / "train" / WNIDS[0] / "zz_broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(tmp_path / "run", *extra)]
+
+    res = CliRunner().invoke(cli, args("--shots", "5"))
+    assert res.exit_code == 1 and f"class '{WNIDS[0]}' ({data / 'train' / WNIDS[0]}) has only 4 images" in res.output
+    res = CliRunner().invoke(cli, args("--shots", "4", "--dry-run"))  # every image of the class is drawn
+    assert res.exit_code == 0 and "dry run: one batch" in res.output, res.output
+
+
+def test_resume_after_an_image_was_replaced_under_its_name_is_refused(fit_args, imagenet_dir, tmp_path):
+    """The split names the same files, but one holds other bytes: the run cannot continue (its
+    SHA-256 of the images' bytes, as sha256sum lists them, differs)."""
+    import shutil
+
+    data = shutil.copytree(imagenet_dir, tmp_path / "data")
+    run = tmp_path / "run"
+
+    def args(*extra):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(run, *extra)]
+
+    assert CliRunner().invoke(cli, args()).exit_code == 0
+    split = [line.split("\t")[0] for line in (run / "split.txt").read_text().splitlines()]
+    listing = "".join(f"{hashlib.sha256((data / 'train' / f).read_bytes()).hexdigest()}  {f}\n" for f in split)
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["images_sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    (run / "prompt.safetensors").unlink()  # (a finished run with its prompt has nothing to do on --resume)
+    victim = data / "train" / split[0]
+    Image.fromarray(np.full((36, 40, 3), 7, np.uint8)).save(victim, format="JPEG")  # same name, other bytes
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, args("--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {run / 'checkpoint.pt'}: an image of the run's few-shot split ({run / 'split.txt'}) has "
+        "other bytes than when the run started (replaced under the same name); the run cannot continue on other "
+        "images: restore them, or start a new run in another --out")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+
+def test_seed_and_n_ctx_out_of_bounds_are_refused_before_allocating(tiny_clip_config, tiny_clip_checkpoint):
+    """--seed -1 was numpy's traceback (default_rng takes no negatives), 2**64 torch's; --n-ctx
+    10**9 allocated a [10**9, d] context before the prompt's length was checked."""
+    import time
+
+    from clip_smot.clip.fit import check_config
+
+    for seed in (-1, 2**63, 2**64):
+        with pytest.raises(UserError, match=rf"^--seed {seed}: must be in \[0, 9223372036854775807\]$"):
+            check_config(FitConfig(seed=seed))
+    check_config(FitConfig(seed=2**63 - 1))
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, torch.device("cpu"))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"^--n-ctx 1000000000: the prompt of class 'dog' \(1 name tokens\) needs "
+                                        r"1000000004 of the text encoder's 77 tokens; use at most --n-ctx 73$"):
+        PromptLearner(clip, ["cat", "dog"], n_ctx=10**9, csc=True)
+    assert time.perf_counter() - t0 < 5
+
+
+def _edit_checkpoint(src, dst, edit):
+    """A copy of the fit checkpoint ``src`` at ``dst``, changed by ``edit(saved)`` (by hand, as it were)."""
+    saved = torch.load(src, weights_only=True)
+    edit(saved)
+    torch.save(saved, dst)
+    return dst
+
+
+def _set(*keys_value):
+    """An edit that sets saved[k1][k2]... = value."""
+    *keys, value = keys_value
+
+    def edit(saved):
+        d = saved
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_set("ctx", torch.zeros(4, 7)), r"its context has shape \[4, 7\], not the \[4, 32\] of its options and CLIP model"),
+    (_set("ctx", [[0.0] * 32] * 4), r"a damaged fit checkpoint \(ctx \(a finite float tensor"),
+    (_set("ctx", torch.zeros(1, 1).expand(10**9, 32)), r"a damaged fit checkpoint \(ctx"),  # 128 GB if copied
+    (_set("ctx", torch.full((4, 32), float("nan"))), r"a damaged fit checkpoint \(ctx"),
+    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
+                                         r"--n-ctx 4 do not give"),
+    (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
+                                     r"--n-ctx 1000000000 do not give"),
+    (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch\)"),
+    (_set("config", "n_ctx", "4"), r"its configuration's n_ctx is '4', not int"),
+    (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
+    (_set("config", "seed", -1), r"its configuration is out of range \(--seed -1: must be in"),
+    (_set("config", "run", "classnames", None), r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "clip", "model_config", "{"), r"a damaged fit checkpoint \(config: "),
+    (_set("rng", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),
+])
+def test_export_of_a_hand_edited_checkpoint_is_one_line(one_epoch, tmp_path, edit, expected):
+    """KeyError, TypeError and size-mismatch tracebacks of a checkpoint edited by hand; nothing written."""
+
+    path = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "checkpoint.pt", edit)
+    t0 = __import__("time").perf_counter()
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "p.safetensors"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and re.search(rf"^Error: --checkpoint {re.escape(str(path))}: {expected}",
+                                            _last_error_line(res)), res.output
+    assert __import__("time").perf_counter() - t0 < 30 and not (tmp_path / "p.safetensors").exists()
+
+
+def _momentum_edit(shape):
+    def edit(saved):
+        for state in saved["optimizer"]["state"].values():
+            state["momentum_buffer"] = torch.zeros(shape)
+    return edit
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_momentum_edit((4, 7)), r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[4, 7\], "
+                             r"not \[4, 32\]\)"),
+    (_set("optimizer", "param_groups", 0, "lr", "fast"), r"its optimizer state does not fit \(ValueError: lr is 'fast'\)"),
+    (_set("optimizer", "param_groups", []), r"its optimizer state does not fit \(ValueError: 0 parameter groups"),
+    (_set("scheduler", "base_lrs", ["x"]), r"its learning-rate schedule is damaged"),
+    (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
+    (_set("rng", "torch_cpu", "seed"), r"its random-number state is damaged \(TypeError"),
+])
+def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, tmp_path, edit, expected):
+    """The optimizer, schedule and RNG states were loaded unchecked: a traceback then, or at the first step."""
+    import shutil
+
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (run / "prompt.safetensors").unlink()  # (the finished run goes on to its export)
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", edit)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 1 and re.search(rf"^Error: --resume {re.escape(str(run / 'checkpoint.pt'))}: {expected}",
+                                            _last_error_line(res)), res.output
+    assert not (run / "prompt.safetensors").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+
+def test_resume_over_a_damaged_log_keeps_its_good_lines(tmp_path):
+    """log.jsonl with bytes that are not UTF-8, JSON that is not a record, a string epoch: a
+    UnicodeDecodeError or a TypeError on --resume; the good lines stay, the others go."""
+    from clip_smot.clip.fit import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    good = [json.dumps({"epoch": e, "loss": 0.5}) for e in (1, 2)]
+    log.write_bytes(b"\n".join([good[0].encode(), b"\xff\xfe garbage", b"[1, 2]", b'"text"', b'{"epoch": "2"}',
+                                b'{"epoch": true}', good[1].encode(), b"{\"epoch\": 3}"]) + b"\n")
+    _truncate_log(log, 2)
+    assert log.read_text() == good[0] + "\n" + good[1] + "\n"
+    log.unlink()
+    log.mkdir()  # a folder where the log goes
+    with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(log))}: "):
+        _truncate_log(log, 1)

@@ -1,0 +1,341 @@
+"""The CoOp prompt module against open_clip's own text encoding (tiny CLIP, CPU)."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import flex_kernel_ran, open_clip_encoding
+
+from clip_smot.clip import encoders
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt import (
+    PromptLearner,
+    text_features_from_prompt,
+    zero_shot_text_features,
+)
+from clip_smot.clip.prompt_file import load_prompt, save_prompt
+from clip_smot.common.bundled import bundled_file
+from clip_smot.common.errors import UserError
+
+# Names of different token lengths (1, 3 and 5 tokens), so that EOT positions differ.
+NAMES = ["goldfish", "great white shark", "tree frog", "Sealyham Terrier", "cat"]
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def random_ctx_(learner: PromptLearner, seed: int = 0) -> None:
+    # larger than the N(0, 0.02) init so that the context really moves the features
+    with torch.no_grad():
+        learner.ctx.copy_(torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("csc", [False, True])
+@pytest.mark.parametrize("class_position", ["end", "middle", "front"])
+@pytest.mark.parametrize(
+    "attention, share_prefix, pack",
+    [("causal", True, True), ("mask", False, False), ("mask", True, False), ("causal", False, True)],
+)
+def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention, share_prefix, pack):
+    learner = PromptLearner(
+        clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention, share_prefix=share_prefix,
+        pack=pack,
+    )
+    random_ctx_(learner)
+    full = learner.prompt_embeddings(full=True)
+    assert full.shape == (len(NAMES), 77, 32)
+    expected = open_clip_encoding(clip, full, learner.tokens)
+    assert learner.seq_len < 77 and learner.seq_len == int(learner.tokens.argmax(-1).max()) + 1
+    shared = share_prefix and not csc and class_position == "end"
+    assert learner.prefix_len == (1 + 5 if shared else 0)
+    P, eot = learner.prefix_len, learner.tokens.argmax(-1)
+    # packed: the prefix once, then each prompt up to its own EOT
+    expected_tokens = P + int((eot + 1 - P).sum()) if pack else P + len(NAMES) * (learner.seq_len - P)
+    assert learner.tokens_encoded == expected_tokens
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+    if csc:  # a class-specific context really is per class: class 0's ctx moves class 0 only
+        with torch.no_grad():
+            before = learner()
+            # not a constant shift: every LayerNorm would remove that exactly
+            learner.ctx[0] += torch.randn(learner.ctx[0].shape, generator=torch.Generator().manual_seed(1))
+            after = learner()
+        assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1:], after[1:], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "class_position, text",
+    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+)
+@pytest.mark.parametrize("csc", [False, True])
+def test_ctx_init_gives_encode_text_of_the_sentence(clip, class_position, text, csc):
+    """With ctx = the embeddings of "a photo of a", the layout is checked against the tokenizer."""
+    learner = PromptLearner(clip, NAMES, n_ctx=16, ctx_init="a photo of a", csc=csc, class_position=class_position)
+    assert learner.n_ctx == 4 and learner.ctx.shape == ((len(NAMES), 4, 32) if csc else (4, 32))
+    expected = clip.model.encode_text(clip.tokenizer([text.format(n) for n in NAMES]))
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "class_position, text",
+    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+)
+def test_names_ending_in_punctuation_keep_their_layout(clip, class_position, text):
+    """A name ending in punctuation ("dog!" + "." tokenises as "dog", "!.") keeps the final "." in
+    its place at the front and in the middle; unicode names are laid out like any other."""
+    names = ["U.S.", "dog!", "(x)", "St. Bernard's", "café crème", "猫", "🐶 dog", "goldfish"]
+    for csc in (False, True):
+        learner = PromptLearner(clip, names, ctx_init="a photo of a", csc=csc, class_position=class_position)
+        expected = clip.model.encode_text(clip.tokenizer([text.format(n) for n in names]))
+        torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+def test_zero_shot_features_are_normalised_encode_text(clip):
+    feats = zero_shot_text_features(clip, NAMES, batch_size=2)  # several batches
+    expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {n}." for n in NAMES]))
+    torch.testing.assert_close(feats, expected / expected.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="template"):
+        zero_shot_text_features(clip, NAMES, template="a photo")
+
+
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle")])
+def test_only_the_context_gets_gradient(clip, csc, class_position):
+    learner = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
+    assert [n for n, _ in learner.named_parameters()] == ["ctx"]
+    assert list(learner.state_dict()) == ["ctx"]
+    learner().pow(2).sum().backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad.abs().sum() > 0
+    if csc:  # every class's own context gets gradient
+        assert (learner.ctx.grad.flatten(1).abs().sum(1) > 0).all()
+    for name, p in clip.model.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+
+
+@pytest.mark.parametrize("csc", [False, True])
+def test_gradient_equals_open_clip_gradient(clip, csc):
+    """The shared-prefix, packed encoder back-propagates exactly what open_clip's full path does."""
+    learner = PromptLearner(clip, NAMES, n_ctx=4, csc=csc)
+    random_ctx_(learner, seed=3)
+    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(4))
+    (learner() * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    (open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens) * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("csc, class_position, attention", [(False, "end", "causal"), (True, "front", "causal"),
+                                                          (False, "end", "flex")])
+def test_bf16_weights_within_bf16_tolerance(clip, csc, class_position, attention):
+    ref = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
+    fast = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position, precision="bf16",
+                         attention=attention)
+    random_ctx_(ref), random_ctx_(fast)
+    assert fast.ctx.dtype == torch.float32
+    assert fast.encoder.blocks[0].fc_w.dtype == torch.bfloat16
+    assert clip.model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32  # model untouched
+    a, b = fast(), ref()
+    assert a.dtype == torch.float32
+    rel = (a - b).norm() / b.norm()
+    assert 1e-4 < rel < 2e-2  # really computed in bf16, and close
+    assert F.cosine_similarity(a, b, dim=-1).min() > 0.999
+
+
+def test_text_features_from_prompt_round_trip(clip, tmp_path):
+    learner = PromptLearner(clip, NAMES, n_ctx=3, csc=True, class_position="middle")
+    random_ctx_(learner)
+    with torch.no_grad():
+        feats = F.normalize(learner(), dim=-1)
+    path = tmp_path / "prompt.safetensors"
+    save_prompt(path, learner.ctx, feats, clip.identity(), 3, "middle", True, NAMES, {"seed": 0})
+    prompt = load_prompt(path)
+    torch.testing.assert_close(text_features_from_prompt(clip, prompt), feats, atol=1e-6, rtol=0)
+    torch.testing.assert_close(prompt.text_features, feats)
+    # the file's path does as well (as for PromptScorer.from_file; a path was an AttributeError)
+    torch.testing.assert_close(text_features_from_prompt(clip, str(path)), feats, atol=1e-6, rtol=0)
+
+
+def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    feats = torch.zeros(len(NAMES), 32)
+    save_prompt(path, torch.zeros(4, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
+    with pytest.raises(UserError, match=r"bad.safetensors: ctx \(4, 32\) does not match \[3, 32\]"):
+        load_prompt(path)  # 4 context vectors, metadata says 3
+    save_prompt(path, torch.zeros(3, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
+    prompt = dataclasses.replace(load_prompt(path), ctx=torch.zeros(4, 32))  # a PromptFile made in Python
+    with pytest.raises(UserError, match="bad.safetensors: ctx has shape"):
+        text_features_from_prompt(clip, prompt)
+
+
+def test_random_init_is_seeded_normal_002(clip):
+    a = PromptLearner(clip, NAMES, n_ctx=16, generator=torch.Generator().manual_seed(7))
+    b = PromptLearner(clip, NAMES, n_ctx=16, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a.ctx, b.ctx)
+    assert a.ctx.shape == (16, 32) and a.ctx.dtype == torch.float32
+    assert abs(a.ctx.std().item() - 0.02) < 0.003 and abs(a.ctx.mean().item()) < 0.003
+
+
+def test_bad_arguments(clip):
+    with pytest.raises(UserError, match="--class-position"):
+        PromptLearner(clip, NAMES, class_position="left")
+    with pytest.raises(UserError, match="--n-ctx"):
+        PromptLearner(clip, NAMES, n_ctx=0)
+    with pytest.raises(UserError, match="--n-ctx 74: .* of the text encoder.s 77 tokens"):
+        PromptLearner(clip, NAMES, n_ctx=74)
+    with pytest.raises(UserError, match="--precision"):
+        PromptLearner(clip, NAMES, precision="int8")
+
+
+def test_custom_text_towers_are_refused(clip):
+    class CustomTextCLIP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Linear(2, 2)
+
+    fake = type(clip)(**{**clip.__dict__, "model": CustomTextCLIP()})
+    with pytest.raises(UserError, match="standard CLIP text tower"):
+        PromptLearner(fake, NAMES)
+
+
+@pytest.mark.parametrize("attention", ["square", "flex"])
+@pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle"), (False, "front")])
+@pytest.mark.parametrize("pack, share_prefix", [(True, True), (False, True), (True, False)])
+def test_attention_layouts_equal_open_clip_with_gradient(clip, attention, csc, class_position, pack, share_prefix):
+    """attention="square" (prefix broadcast, one is_causal SDPA) and "flex" (flat token list,
+    prefix + own-prompt mask; a dense mask on the CPU): features and gradient exact."""
+    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention,
+                            pack=pack, share_prefix=share_prefix)
+    random_ctx_(learner, seed=5)
+    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(6))
+    feats = learner()
+    (feats * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
+    (expected * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["causal", "square", "flex"])
+def test_bf16_residual_within_bf16_tolerance_of_a_bf16_open_clip(clip, attention):
+    """residual="bf16": the whole tower in bf16, as open_clip's model cast to bf16 computes it."""
+    fast = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="bf16", attention=attention)
+    random_ctx_(fast)
+    assert fast.encoder.residual_dtype == torch.bfloat16
+    model16 = copy.deepcopy(clip.model).to(torch.bfloat16)  # the issue author's whole-model cast
+    full = fast.prompt_embeddings(full=True).detach()
+    ref32 = open_clip_encoding(clip, full, fast.tokens)
+    x = model16.transformer((full + clip.model.positional_embedding).bfloat16(), attn_mask=model16.attn_mask.bfloat16())
+    x = model16.ln_final(x)[torch.arange(len(NAMES)), fast.tokens.argmax(-1)] @ model16.text_projection
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast outside is switched off inside
+        a = fast()
+    assert a.dtype == torch.float32
+    rel_ours = ((a - ref32).norm() / ref32.norm()).item()
+    rel_cast = ((x.float() - ref32).norm() / ref32.norm()).item()
+    assert 1e-4 < rel_ours < 3e-2 and rel_ours < 2 * rel_cast + 1e-3  # bf16 error, no worse than the cast model's
+    assert F.cosine_similarity(a, ref32, dim=-1).min() > 0.999
+    a.square().sum().backward()
+    assert fast.ctx.grad is not None and torch.isfinite(fast.ctx.grad).all()
+
+
+def test_residual_must_match_precision(clip):
+    with pytest.raises(UserError, match="text-residual"):
+        PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="fp16")
+
+
+@pytest.mark.parametrize("attention", ["square", "flex"])
+def test_compiled_layers_equal_eager(clip, attention):
+    """TextEncoder.compile_layers (regional torch.compile of the layers): same features and gradient."""
+    eager = PromptLearner(clip, NAMES, n_ctx=4, attention=attention)
+    compiled = PromptLearner(clip, NAMES, n_ctx=4, attention=attention)
+    random_ctx_(eager), random_ctx_(compiled)
+    compiled.encoder.compile_layers()
+    a, b = eager(), compiled()
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    a.sum().backward(), b.sum().backward()
+    torch.testing.assert_close(compiled.ctx.grad, eager.ctx.grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="square"):
+        PromptLearner(clip, NAMES, n_ctx=4).encoder.compile_layers()
+
+
+def test_flex_masks_by_hand(clip):
+    """The flat masks for 2 prompts after a shared prefix, checked entry by entry, and built once."""
+    enc = PromptLearner(clip, NAMES[:1], attention="flex").encoder
+    P, S = 2, 3
+    eot = torch.tensor([1, 0])  # prompt 0: 2 tokens, prompt 1: 1 token
+    index = torch.tensor([0, 1, 3])  # packed positions of the [2, 3] layout
+    layout = enc._layout(eot, index, 2, S, P)
+    # token positions: prefix 0, 1; prompt 0: 2, 3 (its EOT); prompt 1: 4 (its EOT)
+    assert layout["eot_token"].tolist() == [1, 2]  # after the prefix
+    tokens, eots = layout["masks"]
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(tokens, expected)
+    assert torch.equal(eots, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 1]], dtype=torch.bool))
+    assert enc._layout(eot, index, 2, S, P)["masks"][0] is tokens  # cached
+    eot.add_(0)  # an in-place change (even a no-op) rebuilds them
+    assert enc._layout(eot, index, 2, S, P)["masks"][0] is not tokens
+    for _ in range(40):  # callers passing fresh tensors: the cache stays bounded
+        enc._layout(eot.clone(), index, 2, S, P)
+    assert len(enc._layouts) == encoders._LAYOUTS_KEPT
+
+
+@pytest.mark.parametrize("compiled, csc, class_position, ctx_init, share_prefix", [
+    (False, False, "end", None, True), (True, False, "end", None, True),
+    (False, True, "middle", None, True), (False, False, "front", None, True), (False, True, "end", None, True),
+    (False, False, "end", "a photo of a", True), (False, False, "middle", None, False),
+])
+def test_flex_kernel_forward_equals_open_clip(clip, compiled, csc, class_position, ctx_init, share_prefix):
+    """FlexAttention's own kernel with the BlockMasks (forward only on the CPU: torch has no CPU
+    backward for it), in every prompt layout (shared prefix or none), also inside compiled
+    layers: open_clip's features."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    flex = PromptLearner(clip, NAMES, n_ctx=5, ctx_init=ctx_init, csc=csc, class_position=class_position,
+                         attention="flex", share_prefix=share_prefix)
+    random_ctx_(flex, seed=3)
+    flex.encoder.flex_kernel = True
+    if compiled:
+        flex.encoder.compile_layers()
+    with torch.no_grad():
+        ours = flex()
+        expected = open_clip_encoding(clip, flex.prompt_embeddings(full=True), flex.tokens)
+    assert flex_kernel_ran(flex)
+    assert flex.prefix_len == (1 + flex.ctx.shape[-2] if share_prefix and not csc and class_position == "end" else 0)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
+    """For the 1000 ImageNet names and 16 context tokens (4,182 tokens, docs/prompt.md), the
+    token BlockMask visits 1 to 3 blocks of 128 keys per query block: under 10% of the blocks."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    names = bundled_file("prompts", "imagenet1k_classnames.txt").read_text().splitlines()
+    learner = PromptLearner(clip, names, n_ctx=16, attention="flex")
+    learner.encoder.flex_kernel = True  # BlockMasks, also on the CPU
+    P = learner.prefix_len
+    layout = learner.encoder._layout(learner.suffix_eot, learner.packed_index, len(names), learner.seq_len - P, P)
+    tokens, eots = layout["masks"]
+    assert learner.tokens_encoded == 4182 and tokens.shape[-2:] == (4182, 4182) and eots.shape[-2:] == (1000, 4182)
+    per_block = tokens.kv_num_blocks[0, 0]  # [33]: key blocks each query block visits
+    assert len(per_block) == 33 and 1 <= per_block.min() and per_block.max() <= 3
+    assert per_block.sum() < 0.1 * 33 * 33
+    assert eots.kv_num_blocks[0, 0].sum() < 0.25 * 8 * 33
+
+
+def test_too_many_context_vectors_name_the_flag_and_the_limit(clip):
+    import re
+
+    with pytest.raises(UserError, match=r"--n-ctx 100: the prompt of class .* use at most --n-ctx \d+") as e:
+        PromptLearner(clip, NAMES, n_ctx=100)
+    limit = int(re.search(r"at most --n-ctx (\d+)", str(e.value)).group(1))
+    PromptLearner(clip, NAMES, n_ctx=limit)  # the limit itself fits: EOT at the last position
+    with pytest.raises(UserError, match=f"--n-ctx {limit + 1}:"):
+        PromptLearner(clip, NAMES, n_ctx=limit + 1)

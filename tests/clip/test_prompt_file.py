@@ -1,0 +1,145 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import safe_open, save_file
+
+from clip_smot.clip.prompt_file import load_prompt, save_prompt
+from clip_smot.common.errors import UserError
+
+IDENT = {
+    "model": "clip-smot-tiny",
+    "model_config": json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}),
+    "pretrained": "tiny.safetensors",
+    "checkpoint_sha256": "ab" * 32,
+}
+
+
+def _save(path, **kw):
+    args = dict(
+        ctx=torch.randn(4, 16), text_features=torch.nn.functional.normalize(torch.randn(3, 32), dim=-1),
+        identity=IDENT, n_ctx=4, class_position="end", csc=False, classnames=["a", "b c", "d"],
+        config={"lr": 0.002},
+    )
+    args.update(kw)
+    save_prompt(path, **args)
+    return args
+
+
+def test_round_trip(tmp_path):
+    args = _save(tmp_path / "p.safetensors")
+    p = load_prompt(tmp_path / "p.safetensors")
+    torch.testing.assert_close(p.ctx, args["ctx"])
+    torch.testing.assert_close(p.text_features, args["text_features"])
+    assert p.classnames == ["a", "b c", "d"] and p.n_ctx == 4 and p.csc is False
+    assert p.class_position == "end" and p.config == {"lr": 0.002} and p.model == "clip-smot-tiny"
+    assert p.check_model(IDENT) is True
+    other_weights = dict(IDENT, checkpoint_sha256="cd" * 32)
+    assert p.check_model(other_weights) is False
+    other_arch = dict(IDENT, model="ViT-B-16", model_config=json.dumps({"embed_dim": 512}))
+    with pytest.raises(UserError, match="made for model clip-smot-tiny"):
+        p.check_model(other_arch)
+
+
+def test_not_safetensors_and_missing_keys(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is not a safetensors file at all")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        load_prompt(bad)
+    save_file({"ctx": torch.zeros(2, 2)}, str(tmp_path / "nokey.safetensors"), metadata={"x": "1"})
+    with pytest.raises(UserError, match="missing tensor text_features"):
+        load_prompt(tmp_path / "nokey.safetensors")
+    save_file({"ctx": torch.zeros(2, 2), "text_features": torch.zeros(1, 2)}, str(tmp_path / "nometa.safetensors"))
+    with pytest.raises(UserError, match="missing metadata"):
+        load_prompt(tmp_path / "nometa.safetensors")
+    with pytest.raises(UserError, match="no such file"):
+        load_prompt(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("key,value", [("classnames", "[not json"), ("model_config", "{"), ("n_ctx", "four"),
+                                       ("config", "{oops}"), ("classnames", '"a string"')])
+def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
+    _save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta[key] = value
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="bad.safetensors: malformed metadata"):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
+BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
+    ("format", None, r"not a clip-smot prompt \(missing metadata format\)"),
+    ("format", "something-else", "not a clip-smot prompt"),
+    ("classnames", "[1, 2, 3]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
+    ("class_position", "sideways", "malformed metadata"),
+    ("csc", "maybe", "malformed metadata"),
+    ("text_features", torch.ones(3, 32, dtype=torch.int32), "text_features must hold finite floating-point"),
+    ("text_features", torch.full((3, 32), float("nan")), "text_features must hold finite floating-point"),
+    ("text_features", torch.zeros(3, 16), r"text_features \(3, 16\) do not match 3 class names x the model's embed_dim 32"),
+    ("ctx", torch.zeros(4), r"ctx \(4,\) does not match \[4, d\]"),
+    ("ctx", torch.zeros(2, 4, 16), r"ctx \(2, 4, 16\) does not match \[4, d\]"),
+    ("ctx", torch.full((4, 16), float("inf")), "ctx must hold finite floating-point"),
+    ("n_ctx", "9", r"ctx \(4, 16\) does not match \[9, d\]"),
+    ("csc", "true", r"ctx \(4, 16\) does not match \[3, 4, d\]"),
+]
+
+
+@pytest.mark.parametrize("key,value,error", BAD_CONTENTS)
+def test_inconsistent_contents_are_one_line_user_errors(tmp_path, key, value, error):
+    """A hand-edited or foreign file is refused at load, naming it (it used to fail later,
+    e.g. with a traceback in the matrix product of scoring, or to score with NaN)."""
+    _save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value
+    elif value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="bad.safetensors: " + error):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_ctx_width_is_checked_against_the_model_config(tmp_path):
+    ident = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {"width": 16}}))
+    _save(tmp_path / "p.safetensors", identity=ident)
+    assert load_prompt(tmp_path / "p.safetensors").ctx.shape == (4, 16)
+    _save(tmp_path / "bad.safetensors", identity=ident, ctx=torch.zeros(4, 24))
+    with pytest.raises(UserError, match=r"bad.safetensors: ctx \(4, 24\) does not match \[4, 16\]"):
+        load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "p.safetensors"
+    _save(path)
+    before = path.read_bytes()
+
+    def half_then_crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)  # (runtime imports it when it writes)
+    with pytest.raises(UserError, match=r"^cannot write .*p.safetensors: .*; the file there before is unchanged$"):
+        _save(path, ctx=torch.ones(4, 16))  # (one line naming the file, no longer the bare OSError)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
+
+
+def test_written_files_get_an_ordinary_mode(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result gets 0666 less the umask, as open() gives."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path / "p.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.safetensors").stat().st_mode & 0o777 == 0o644

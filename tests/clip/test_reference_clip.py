@@ -1,0 +1,261 @@
+"""The CLIP track against OpenAI's reference CLIP (tests/reference_clip.py), on the same random weights.
+
+A tiny architecture (OpenAI's head widths: 64) in OpenAI's own file formats: image features,
+the text features of a prompt exported by ``fit``, and ``score``'s MCM and MSP equal the
+reference's; the activation follows the weights; a prompt refuses weights built with the other
+activation. The real ``ViT-B-16`` + ``openai`` defaults are in test_reference_vit_b16.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+import reference_clip as ref_clip
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import safe_open, save_file
+
+from clip_smot.cli import cli
+from clip_smot.clip import features as imf
+from clip_smot.clip import model as cm
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import atomic_save_safetensors
+
+# OpenAI's build_model reads heads as width // 64: the tiny towers have 2 (image) and 1 (text) heads.
+OPENAI_TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 128, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+WNIDS = ["n01440764", "n01443537"]  # tench, goldfish
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def openai_tiny(tmp_path_factory):
+    """The tiny weights as OpenAI's files and as plain state dicts, with OpenAI's model built from them.
+
+    ``config``: a model config without ``quick_gelu`` (as open_clip's ``ViT-B-16``);
+    ``config_quickgelu``: with it (as ``ViT-B-16-quickgelu``); ``archive``: a TorchScript
+    archive (OpenAI's CDN format, with its non-weight entries); ``extras``: that archive's state
+    dict saved with torch.save; ``plain``: the weights alone (.safetensors).
+    """
+    root = tmp_path_factory.mktemp("openai_tiny")
+    state = ref_clip.random_openai_weights(OPENAI_TINY)
+    reference = ref_clip.build_reference(state)
+    (root / "openai-tiny.json").write_text(json.dumps(OPENAI_TINY))
+    (root / "openai-tiny-qg.json").write_text(json.dumps({**OPENAI_TINY, "quick_gelu": True}))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(root / "plain.safetensors"))
+    scripted = ref_clip.build_reference(state)
+    for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        scripted.__dict__.pop(name, None)  # (a plain int attribute of OpenAI's model)
+        scripted.register_buffer(name, torch.tensor(value))  # as OpenAI's archives hold them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer warnings
+        traced = torch.jit.trace_module(scripted, {"encode_image": torch.zeros(1, 3, 32, 32)})
+        torch.jit.save(traced, str(root / "archive.pt"))
+    torch.save(traced.state_dict(), root / "extras.pt")
+    return {
+        "config": str(root / "openai-tiny.json"), "config_quickgelu": str(root / "openai-tiny-qg.json"),
+        "archive": str(root / "archive.pt"), "extras": str(root / "extras.pt"),
+        "plain": str(root / "plain.safetensors"), "reference": reference,
+    }
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Five small PNG photos of noise, of several sizes (the resize and crop matter)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(40, 36), (36, 52), (32, 32), (64, 40), (45, 45)]):
+        paths.append(root / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.mark.parametrize("weights", ["archive", "extras"])
+def test_openai_files_build_quick_gelu_and_equal_openais_image_features(openai_tiny, images, weights):
+    clip = load_clip(openai_tiny["config"], openai_tiny[weights])
+    assert clip.activation == "quick_gelu" and clip.config["quick_gelu"] is True
+    assert type(clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert type(clip.model.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    ours = imf.encode_files(clip, images, workers=0, use_cache=False).global_
+    theirs = ref_clip.image_features(openai_tiny["reference"], images, 32)
+    assert _max_error(ours, theirs) < 1e-5
+
+
+def test_a_plain_state_dict_is_built_as_its_config_says(openai_tiny, images):
+    theirs = ref_clip.image_features(openai_tiny["reference"], images, 32)
+    gelu = load_clip(openai_tiny["config"], openai_tiny["plain"])
+    assert gelu.activation == "gelu"
+    assert _max_error(imf.encode_files(gelu, images, workers=0, use_cache=False).global_, theirs) > 1e-3
+    quick = load_clip(openai_tiny["config_quickgelu"], openai_tiny["plain"])  # the -quickgelu way to say it
+    assert quick.activation == "quick_gelu"
+    assert _max_error(imf.encode_files(quick, images, workers=0, use_cache=False).global_, theirs) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, openai_tiny):
+    """``clip-smot fit`` (plain CoOp: no CAM network needed) on OpenAI's TorchScript archive."""
+    root = tmp_path_factory.mktemp("fit_openai")
+    rng = np.random.default_rng(1)
+    for w in WNIDS:
+        (root / "data" / "train" / w).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(root / "data" / "train" / w / f"{i}.png")
+    res = CliRunner().invoke(cli, [
+        "fit", "--data", str(root / "data"), "--shots", "2", "--model", openai_tiny["config"],
+        "--pretrained", openai_tiny["archive"], "--loss", "ce", "--n-ctx", "4", "--batch-size", "4",
+        "--epochs", "1", "--precision", "fp32", "--device", "cpu", "--workers", "0", "--out", str(root / "run")])
+    assert res.exit_code == 0, res.output
+    return root / "run" / "prompt.safetensors"
+
+
+def test_resuming_a_run_trained_with_the_other_activation_is_one_line(openai_tiny, fitted, tmp_path):
+    """A run of an older clip-smot: its record has no activation, and its config built GELU."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted.parent, run)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    record = saved["config"]["run"]["clip"]
+    config = {k: v for k, v in json.loads(record["model_config"]).items() if k != "quick_gelu"}
+    saved["config"]["run"]["clip"] = {k: v for k, v in record.items() if k != "activation"} | {
+        "model_config": json.dumps(config, sort_keys=True)}
+    torch.save(saved, run / "checkpoint.pt")
+    res = CliRunner().invoke(cli, [
+        "fit", "--data", saved["config"]["data"], "--shots", "2", "--model", openai_tiny["config"],
+        "--pretrained", openai_tiny["archive"], "--loss", "ce", "--n-ctx", "4", "--batch-size", "4",
+        "--epochs", "1", "--precision", "fp32", "--device", "cpu", "--workers", "0", "--out", str(run), "--resume"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "trained with gelu" in res.output and "built with quick_gelu" in res.output
+
+
+def _score(prompt, images, out, *extra) -> tuple[torch.Tensor, torch.Tensor]:
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--scores", "mcm,msp", "--workers", "0",
+                                   "--device", "cpu", "--out", str(out), *extra, *map(str, images)])
+    assert res.exit_code == 0, res.output
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    return torch.tensor([float(r["mcm"]) for r in rows]), torch.tensor([float(r["msp"]) for r in rows])
+
+
+def test_a_fitted_prompt_and_its_scores_equal_openais(openai_tiny, fitted, images, tmp_path):
+    prompt = load_prompt(fitted)
+    assert prompt.activation == "quick_gelu" and prompt.model_config["quick_gelu"] is True
+    reference = openai_tiny["reference"]
+    text = ref_clip.coop_text_features(reference, prompt.ctx, prompt.classnames)  # [K, e]
+    assert _max_error(prompt.text_features, text) < 1e-5
+    mcm, msp = ref_clip.mcm_and_msp(ref_clip.image_features(reference, images, 32), text,
+                                    reference.logit_scale.exp().item())
+    assert msp.min() < 0.99 and mcm.max() - mcm.min() > 1e-4  # scores that could differ
+    for weights in ("archive", "plain"):  # plain: built with the metadata's QuickGELU
+        ours_mcm, ours_msp = _score(fitted, images, tmp_path / "s.csv", "--pretrained", openai_tiny[weights])
+        assert _max_error(ours_mcm, mcm) < 1e-5 and _max_error(ours_msp, msp) < 1e-5
+
+
+def test_export_builds_the_runs_activation_from_a_plain_state_dict(openai_tiny, fitted, tmp_path):
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(fitted.parent / "checkpoint.pt"), "--pretrained",
+                                   openai_tiny["plain"], "--device", "cpu", "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 0, res.output
+    prompt = load_prompt(tmp_path / "p.safetensors")
+    assert prompt.activation == "quick_gelu"
+    text = ref_clip.coop_text_features(openai_tiny["reference"], prompt.ctx, prompt.classnames)
+    assert _max_error(prompt.text_features, text) < 1e-5
+
+
+def test_a_prompt_refuses_weights_built_with_the_other_activation(openai_tiny, fitted, images, tmp_path):
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(fitted), "--model", openai_tiny["config"],
+                                   "--pretrained", openai_tiny["plain"], "--out", str(tmp_path / "s.csv"),
+                                   str(images[0])])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "made with QuickGELU" in res.output and "built with GELU" in res.output
+    assert "-quickgelu" in res.output and not (tmp_path / "s.csv").exists()
+
+
+def test_a_prompt_without_an_activation_record_is_built_as_its_config_says(openai_tiny, fitted, images, tmp_path):
+    """A prompt of an older clip-smot: no ``activation`` key; its model_config built GELU."""
+    with safe_open(str(fitted), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    config = {k: v for k, v in json.loads(meta["model_config"]).items() if k != "quick_gelu"}
+    meta = {k: v for k, v in meta.items() if k != "activation"} | {"model_config": json.dumps(config)}
+    legacy = tmp_path / "legacy.safetensors"
+    atomic_save_safetensors(tensors, legacy, meta)
+    assert load_prompt(legacy).activation == "gelu"
+    # with OpenAI's weights (QuickGELU): its context was learned through another network
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(legacy), "--pretrained", openai_tiny["archive"],
+                                   "--out", str(tmp_path / "s.csv"), str(images[0])])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "made with GELU" in res.output and "QuickGELU" in res.output and "fit it again" in res.output
+    # with a plain state dict it is built as its config says, GELU, as before
+    _score(legacy, images, tmp_path / "g.csv", "--pretrained", openai_tiny["plain"])
+
+
+def test_the_feature_cache_key_holds_the_activation_and_the_versions(openai_tiny, images, monkeypatch):
+    calls = []
+    real = cm.encode_images
+    monkeypatch.setattr(cm, "encode_images", lambda *a: calls.append(1) or real(*a))
+    quick = load_clip(openai_tiny["config_quickgelu"], openai_tiny["plain"])
+    gelu = load_clip(openai_tiny["config"], openai_tiny["plain"])  # the same file
+    first = imf.encode_files(quick, images, workers=0)
+    assert len(calls) == 1
+    torch.testing.assert_close(imf.encode_files(quick, images, workers=0).global_, first.global_, rtol=0, atol=0)
+    assert len(calls) == 1  # served from the cache
+    assert _max_error(imf.encode_files(gelu, images, workers=0).global_, first.global_) > 1e-3
+    assert len(calls) == 2
+    versions = cm.library_versions()
+    monkeypatch.setattr(cm, "library_versions", lambda: versions | {"open_clip": "0.0.1"})
+    imf.encode_files(quick, images, workers=0)
+    assert len(calls) == 3
+
+
+def test_every_tag_that_sets_quick_gelu_decides_the_activation(monkeypatch, openai_tiny):
+    """Every (model, tag) of open_clip's pretrained list whose config sets ``quick_gelu`` is built
+    with it, whatever the model config says (the weights are not downloaded: the tiny model stands
+    in for open_clip's, which is what open_clip itself would build for the config asked for)."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    built, stand_in = [], open_clip.model.CLIP(**OPENAI_TINY)
+
+    def create(name, cfg, pretrained, openai_file, device):
+        built.append(cfg)
+        return stand_in
+
+    monkeypatch.setattr(cm, "_tag_is_cached", lambda name, tag: True)
+    monkeypatch.setattr(cm, "_create", create)
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda name: None)  # (some need the transformers package)
+    checked = 0
+    for name, tag in open_clip.list_pretrained():
+        tag_cfg = get_pretrained_cfg(name, tag)
+        if "quick_gelu" not in tag_cfg or open_clip.get_model_config(name) is None:
+            continue
+        clip = load_clip(name, tag)
+        assert clip.activation == ("quick_gelu" if tag_cfg["quick_gelu"] else "gelu"), (name, tag)
+        assert built[-1].get("quick_gelu") == bool(tag_cfg["quick_gelu"])
+        checked += 1
+    assert checked >= 20  # the openai tags of RN50 ... ViT-L-14-336, metaclip, dfn, laion400m ViT-B-32
+    assert load_clip("ViT-B-16", "laion2b_s34b_b88k").activation == "gelu"  # a tag that does not set it
+
+
+def test_torchscript_archive_of_another_architecture_is_one_line(openai_tiny, tiny_clip_config):
+    with pytest.raises(UserError, match=r"--pretrained .*archive.pt: could not load the weights") as info:
+        load_clip(tiny_clip_config, openai_tiny["archive"])
+    assert "\n" not in str(info.value)

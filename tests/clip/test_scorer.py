@@ -1,0 +1,762 @@
+"""clip-smot score and the scoring API: formulas by hand, CLIP paths against open_clip, bad input."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from helpers import CLASSES, _cache_in_tmp, make_folders, make_prompt, read_csv, tiny  # noqa: F401 (fixtures)
+from PIL import Image
+
+from clip_smot.cli import cli
+from clip_smot.clip import model as cm
+from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip
+from clip_smot.clip.scorer import PromptScorer, scores_from_features
+from clip_smot.common.errors import UserError
+from clip_smot.scores import gl_mcm, local_mcm
+
+# --- formulas, by hand ---------------------------------------------------------------------------
+
+
+def test_scores_from_features_by_hand():
+    # two classes; image at 60 degrees from class 0, 90 from class 1 -> cosines 0.5, 0
+    image = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # cos = [0.5, 0.866]
+    out = scores_from_features(image, text, 10.0, ["mcm", "msp", "energy", "maxlogit"])
+    c0, c1 = 0.5, math.sqrt(3) / 2
+    assert out["mcm"].item() == pytest.approx(math.exp(c1) / (math.exp(c0) + math.exp(c1)), abs=1e-6)
+    assert out["msp"].item() == pytest.approx(math.exp(10 * c1) / (math.exp(10 * c0) + math.exp(10 * c1)), abs=1e-6)
+    assert out["energy"].item() == pytest.approx(math.log(math.exp(10 * c0) + math.exp(10 * c1)), abs=1e-5)
+    assert out["maxlogit"].item() == pytest.approx(10 * c1, abs=1e-5)
+    assert out["pred_index"].item() == 1
+
+
+def test_gl_mcm_by_hand():
+    cosine = torch.tensor([[0.2, 0.6]])  # [B=1, K=2]
+    local = torch.tensor([[[0.1, 0.3], [0.9, -0.1]]])  # [B=1, N=2 patches, K=2]
+    glob = math.exp(0.6) / (math.exp(0.2) + math.exp(0.6))
+    patch0 = math.exp(0.3) / (math.exp(0.1) + math.exp(0.3))
+    patch1 = math.exp(0.9) / (math.exp(0.9) + math.exp(-0.1))
+    assert local_mcm(local).item() == pytest.approx(max(patch0, patch1), abs=1e-6)
+    assert gl_mcm(cosine, local).item() == pytest.approx(glob + max(patch0, patch1), abs=1e-6)
+    assert gl_mcm(cosine, local, local_weight=0.5).item() == pytest.approx(glob + 0.5 * patch1, abs=1e-6)
+    # through the feature path: features are normalised, text = identity -> cosines are the
+    # normalised coordinates: global (0.2, 0.6)/|.|, patches (0.1, 0.3)/|.| and (0.9, -0.1)/|.|
+    def unit(a, b):
+        r = math.hypot(a, b)
+        return a / r, b / r
+
+    def soft_max(a, b):
+        return max(math.exp(a), math.exp(b)) / (math.exp(a) + math.exp(b))
+
+    expected = soft_max(*unit(0.2, 0.6)) + max(soft_max(*unit(0.1, 0.3)), soft_max(*unit(0.9, -0.1)))
+    out = scores_from_features(F.normalize(cosine, dim=-1), torch.eye(2), 1.0, ["gl-mcm"],
+                               local_features=F.normalize(local, dim=-1))
+    assert out["gl-mcm"].item() == pytest.approx(expected, abs=1e-6)
+
+
+# --- CLIP paths against open_clip ------------------------------------------------------------------
+
+
+def test_encode_image_tokens_match_open_clip(tiny):
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    g, l = encode_image_tokens(tiny, x)
+    torch.testing.assert_close(g, tiny.model.encode_image(x))
+    # GL-MCM's local features: open_clip's own last block with each token attending to itself only
+    visual = tiny.model.visual
+    tokens = visual._embeds(x)  # [B, 1 + N, w]
+    for blk in visual.transformer.resblocks[:-1]:
+        tokens = blk(tokens)
+    n = tokens.shape[1]
+    self_only = torch.full((n, n), float("-inf")).fill_diagonal_(0.0)
+    value_path = visual.transformer.resblocks[-1](tokens, attn_mask=self_only)  # [B, 1 + N, w]
+    assert l.shape == (3, (32 // 8) ** 2, 32)
+    torch.testing.assert_close(l, visual.ln_post(value_path[:, 1:]) @ visual.proj)
+    # not the final patch tokens (open_clip's output_tokens), which attend to every token
+    visual.output_tokens = True
+    try:
+        _, final_tokens = visual(x)
+    finally:
+        visual.output_tokens = False
+    assert (l - final_tokens @ visual.proj).abs().max() > 1e-3
+
+
+def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_checkpoint):
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3)).astype(np.uint8))
+    torch.testing.assert_close(image_preprocess(tiny)(im), val(im))
+
+
+@pytest.mark.filterwarnings("ignore:Palette images with Transparency")  # PIL's, on open_clip's own conversion
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "1", "CMYK"])
+def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
+    """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
+    converted to RGB after (RGBA, palette and 1-bit images differ if converted first)."""
+    from clip_smot.clip.features import _ImageFiles
+
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (50, 70, 4)).astype(np.uint8)
+    rgba[:, :30, 3] = 0  # a transparent part, whose hidden colour open_clip's resize drops
+    im = Image.fromarray(rgba, "RGBA")
+    im = im if mode == "RGBA" else im.convert("RGB").convert(mode) if mode != "P" else im.convert("P")
+    path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
+    im.save(path)
+    x, error = _ImageFiles([str(path)], image_preprocess(tiny), 32)[0]
+    assert error == ""
+    torch.testing.assert_close(x, val(Image.open(path)))
+    # PIL images given to PromptScorer.score are read the same way
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    from_pil = scorer.score([Image.open(path)], ["mcm"])["mcm"]
+    torch.testing.assert_close(from_pil, scorer.score(x[None], ["mcm"])["mcm"])
+
+
+def test_gl_mcm_needs_a_vit(tmp_path):
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    path = tmp_path / "clip-smot-tiny-rn.json"
+    path.write_text(json.dumps(cfg))
+    rn = load_clip(str(path), None)
+    assert not cm.is_vit(rn)
+    scorer = PromptScorer(rn, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    with pytest.raises(UserError, match="gl-mcm: needs a ViT"):
+        scorer.score(torch.zeros(1, 3, 32, 32), ["mcm", "gl-mcm"])
+    assert set(scorer.score(torch.zeros(2, 3, 32, 32), ["mcm"])) == {"mcm", "pred_index"}
+
+
+def test_gl_mcm_with_a_custom_last_attention_fails_before_encoding(tiny_clip_config, monkeypatch):
+    """A ViT whose last block's attention is not open_clip's: check_scores refuses gl-mcm at once,
+    with the message encode_image_tokens would give only after the images were decoded."""
+    clip = load_clip(tiny_clip_config, None)
+    last = clip.model.visual.transformer.resblocks[-1]
+    monkeypatch.setattr(last, "attn", torch.nn.Identity())
+    scorer = PromptScorer(clip, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    with pytest.raises(UserError, match="last block of .* has a custom attention") as checked:
+        scorer.check_scores(["mcm", "gl-mcm"])
+    with pytest.raises(UserError) as encoded:
+        encode_image_tokens(clip, torch.zeros(1, 3, 32, 32))
+    assert str(checked.value) == str(encoded.value)
+    scorer.check_scores(["mcm"])
+
+
+# --- the score command -----------------------------------------------------------------------------
+
+
+def test_score_csv_uses_stored_text_features_without_a_text_pass(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    text = make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+
+    def no_text_pass(*a, **k):
+        raise AssertionError("encode_text must not run when the prompt's weights are in use")
+
+    monkeypatch.setattr(open_clip.model.CLIP, "encode_text", no_text_pass)
+    out = tmp_path / "s.csv"
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--scores", "MCM,msp,energy,maxlogit,gl-mcm",
+                                   "--workers", "0", "--out", str(out), str(id_dir), str(ood_dir / "x" / "y" / "0.jpg")])
+    assert res.exit_code == 0, res.output
+    rows = read_csv(out)
+    assert list(rows[0]) == ["path", "pred", "pred_index", "mcm", "msp", "energy", "maxlogit", "gl-mcm"]
+    assert len(rows) == 3 * 4 + 1 and rows[-1]["path"].endswith("0.jpg")
+    # recompute from open_clip's own encode_image and preprocess
+    _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
+    x = torch.stack([val(Image.open(r["path"]).convert("RGB")) for r in rows])
+    with torch.no_grad():
+        cos = F.normalize(tiny.model.encode_image(x), dim=-1) @ text.T
+    logits = tiny.model.logit_scale.exp() * cos
+    torch.testing.assert_close(torch.tensor([float(r["mcm"]) for r in rows]), cos.softmax(-1).amax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["msp"]) for r in rows]), logits.softmax(-1).amax(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["energy"]) for r in rows]), logits.logsumexp(-1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor([float(r["maxlogit"]) for r in rows]), logits.amax(-1), atol=1e-4, rtol=0)
+    assert [int(r["pred_index"]) for r in rows] == cos.argmax(-1).tolist()
+    assert [r["pred"] for r in rows] == [CLASSES[i] for i in cos.argmax(-1).tolist()]
+
+
+def test_default_model_comes_from_the_prompt(tmp_path, tiny, tiny_clip_checkpoint):
+    # the prompt names the checkpoint file; next to the prompt it is found without --pretrained
+    import shutil
+
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")
+    text = make_prompt(tmp_path / "p.safetensors", tiny)
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+    assert scorer.clip.name == "clip-smot-tiny" and scorer.source == "stored text features"
+    torch.testing.assert_close(scorer.text_features, text)
+    (tmp_path / "tiny.safetensors").unlink()
+    with pytest.raises(UserError, match="pass --pretrained path/to/tiny.safetensors"):
+        PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+
+
+def test_a_checkpoint_found_by_its_name_must_be_the_prompts_own(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Without --pretrained, the prompt's checkpoint is looked up by its file name next to the
+    prompt and in the current folder; another file of that name (hub downloads are all called
+    open_clip_pytorch_model.bin) was taken silently, and the context re-encoded with its weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    torch.manual_seed(7)
+    other = open_clip.create_model("clip-smot-tiny").state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "tiny.safetensors"))
+    with pytest.raises(UserError, match=r"^--pretrained: .*p.safetensors was made with the checkpoint file "
+                                        r"tiny.safetensors \(sha256 [0-9a-f]{12}...\); .*tiny.safetensors is another "
+                                        r"file of that name; pass --pretrained path/to/tiny.safetensors"):
+        PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu")
+    (tmp_path / "cwd").mkdir()  # the prompt's own file, in the current folder: that one is taken
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "cwd" / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu").source == "stored text features"
+
+
+def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
+    from clip_smot.clip.prompt import text_features_from_prompt
+    from clip_smot.clip.prompt_file import load_prompt
+
+    stored = make_prompt(tmp_path / "p.safetensors", tiny)
+    # same architecture, other (random) weights: the stored features no longer apply
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", model=tiny_clip_config, pretrained="none", device="cpu")
+    assert scorer.source.startswith("text features re-encoded")
+    expected = text_features_from_prompt(scorer.clip, load_prompt(tmp_path / "p.safetensors"))
+    torch.testing.assert_close(scorer.text_features, expected)
+    assert not torch.allclose(scorer.text_features, stored, atol=1e-3)
+
+
+def test_api_score_matches_score_paths(tmp_path, tiny):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES)
+    res = scorer.score_paths([id_dir], ["mcm", "energy", "gl-mcm"], workers=0, use_cache=False)
+    ims = [Image.open(p) for p in res.paths]
+    direct = scorer.score(ims, ["mcm", "energy", "gl-mcm"])
+    torch.testing.assert_close(direct["mcm"], res.scores["mcm"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(direct["energy"], res.scores["energy"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(direct["gl-mcm"], res.scores["gl-mcm"], atol=1e-3, rtol=0)  # local stored as fp16
+    assert torch.equal(direct["pred_index"], res.scores["pred_index"])
+
+
+@pytest.mark.parametrize("case", ["other-model", "not-safetensors"])
+def test_bad_prompt_gives_one_clear_line(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, case):
+    path = tmp_path / "p.safetensors"
+    if case == "other-model":
+        cfg = json.loads(open(tiny_clip_config).read())
+        cfg["vision_cfg"] = dict(cfg["vision_cfg"], layers=3)
+        ident = dict(tiny.identity(), model="other-tiny", model_config=json.dumps(cfg, sort_keys=True))
+        make_prompt(path, tiny, identity=ident)
+        expected = "made for model other-tiny"
+    else:
+        path.write_bytes(b"definitely not a safetensors file")
+        expected = "not a safetensors file"
+    id_dir, _ = make_folders(tmp_path)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(path), "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code != 0
+    assert expected in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_unreadable_image_is_named_or_skipped(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    bad = id_dir / "val" / "red" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "2", "--batch-size", "5", "--out", str(tmp_path / "s.csv"), str(id_dir)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "broken.png" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s.csv").exists()
+    res = CliRunner().invoke(cli, args + ["--skip-unreadable"])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.output and "broken.png" in res.output
+    rows = read_csv(tmp_path / "s.csv")
+    assert len(rows) == 12 and not any(r["path"].endswith("broken.png") for r in rows)
+    # the cache remembers the skipped file: without the flag it still fails, naming it
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "broken.png" in res.output
+
+
+def test_cache_second_run_does_not_encode(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    make_prompt(tmp_path / "p2.safetensors", tiny, seed=1)
+    id_dir, _ = make_folders(tmp_path)
+    calls = {"global": 0, "tokens": 0}
+    real_g, real_t = cm.encode_images, cm.encode_image_tokens
+
+    def spy_g(*a, **k):
+        calls["global"] += 1
+        return real_g(*a, **k)
+
+    def spy_t(*a, **k):
+        calls["tokens"] += 1
+        return real_t(*a, **k)
+
+    monkeypatch.setattr(cm, "encode_images", spy_g)
+    monkeypatch.setattr(cm, "encode_image_tokens", spy_t)
+
+    def run(prompt, out, scores="mcm,energy", *extra):
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--scores", scores, "--workers", "0", "--out", str(tmp_path / out), *extra,
+                                       str(id_dir)])
+        assert res.exit_code == 0, res.output
+        return (tmp_path / out).read_text()
+
+    first = run("p.safetensors", "a.csv")
+    assert calls == {"global": 1, "tokens": 0}
+    assert run("p.safetensors", "b.csv") == first and calls == {"global": 1, "tokens": 0}
+    run("p2.safetensors", "c.csv", "msp")  # another prompt, another score: same image features
+    assert calls == {"global": 1, "tokens": 0}
+    run("p.safetensors", "d.csv", "gl-mcm")  # local features were not stored: encoded once now
+    run("p.safetensors", "e.csv", "gl-mcm,mcm")
+    assert calls == {"global": 1, "tokens": 1}
+    assert run("p.safetensors", "f.csv", "mcm,energy", "--no-cache") == first and calls["global"] == 2
+    (id_dir / "val" / "red" / "0.png").touch()  # a changed file makes a new key
+    import os
+
+    os.utime(id_dir / "val" / "red" / "0.png", ns=(1, 1))
+    run("p.safetensors", "g.csv")
+    assert calls["global"] == 3
+
+
+def test_an_image_rewritten_with_its_size_and_modification_time_is_encoded_again(tmp_path, tiny):
+    """cp -p, rsync -a, tar and unzip keep a file's modification time: an image replaced by
+    another of the same size (any BMP or PPM of the same dimensions) kept its old features."""
+    import os
+
+    from clip_smot.clip.features import encode_files
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(2))
+    path = tmp_path / "x.bmp"
+    Image.fromarray(a).save(path)
+    Image.fromarray(b).save(tmp_path / "y.bmp")
+    before = encode_files(tiny, [path], workers=0).global_
+    st = os.stat(path)
+    os.replace(tmp_path / "y.bmp", path)  # as rsync and cp -p do: the other image, then its old times
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    after = encode_files(tiny, [path], workers=0).global_
+    fresh = encode_files(tiny, [path], workers=0, use_cache=False).global_
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+    with open(path, "r+b") as f:  # rewritten in place (same file), then its old times again
+        f.write(_bmp_bytes(a))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    torch.testing.assert_close(encode_files(tiny, [path], workers=0).global_, before, rtol=0, atol=0)
+
+
+def _bmp_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """A full disk or quota where the cache lives failed the whole run after all the encoding."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(tmp_path / "s.csv")) == 12
+    assert res.stderr.startswith("note: the feature cache was not written (cannot write ") and "--no-cache" in res.stderr
+
+
+def _with_header(entry: bytes, edit) -> bytes:
+    """A safetensors file's bytes with its JSON header changed by ``edit`` (the data kept)."""
+    n = int.from_bytes(entry[:8], "little")
+    header = json.loads(entry[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + entry[8 + n:]
+
+
+def _meta(**kw):
+    return lambda h: h["__metadata__"].update(kw)
+
+
+def _rows_doubled(h):
+    rows, e = h["global"]["shape"]
+    h["global"]["shape"] = [2 * rows, e // 2]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2], lambda b: b"", lambda b: bytes(len(b)),  # cut short, empty, zeroed
+    lambda b: _with_header(b, _meta(paths='{"a": 1}')), lambda b: _with_header(b, _meta(skipped="[1, 2]")),
+    lambda b: _with_header(b, _rows_doubled),
+], ids=["truncated", "empty", "zeroed", "paths-not-a-list", "skipped-not-pairs", "wrong-shape"])
+def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
+    """A damaged entry is a miss, never a traceback nor features of the wrong shape (entries whose
+    metadata or shapes were not the writer's went through to a TypeError or a [2N, e/2] matrix)."""
+    from clip_smot.clip.features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(damage(entry.read_bytes()))
+    again = encode_files(tiny, paths, local=True, workers=0)
+    assert again.paths == fresh.paths and again.skipped == []
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+    reread = encode_files(tiny, paths, local=True, workers=0)  # the entry was written anew
+    torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, tiny):
+    """A process killed while writing an entry (the OOM killer, as an ImageNet-val entry with patch
+    features is 10 GB) left its hidden temporary file in the cache for good. The next write
+    removes those older than an hour; a younger one may be another process's write in progress."""
+    import os
+    import time
+
+    from clip_smot.clip.features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    cache_dir().mkdir(parents=True)
+    old, young = cache_dir() / ".abc.safetensors.x1y2.tmp", cache_dir() / ".def.safetensors.z3w4.tmp"
+    for f in (old, young):
+        f.write_bytes(b"half an entry")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    encode_files(tiny, sorted((id_dir / "val").rglob("*.png")), workers=0)
+    assert not old.exists() and young.exists() and len(list(cache_dir().glob("*.safetensors"))) == 1
+
+
+def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
+    from clip_smot.clip.features import ImageFeatures
+
+    g = F.normalize(torch.randn(10, 32), dim=-1)
+    l = F.normalize(torch.randn(10, 16, 32), dim=-1).half()
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
+    feats = ImageFeatures([str(i) for i in range(10)], g, l, [])
+    whole = scorer.score_features(feats, ["mcm", "gl-mcm", "energy"], chunk=100)
+    chunked = scorer.score_features(feats, ["mcm", "gl-mcm", "energy"], chunk=3)
+    for k in whole:
+        torch.testing.assert_close(whole[k], chunked[k])
+
+
+@pytest.mark.gpu
+def test_score_on_cuda_matches_cpu(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+
+    def run(device, out):
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                       tiny_clip_checkpoint, "--scores", "mcm,msp,energy,maxlogit,gl-mcm",
+                                       "--device", device, "--workers", "2", "--no-cache", "--out", str(tmp_path / out),
+                                       str(id_dir), str(ood_dir)])
+        assert res.exit_code == 0, res.output
+        return read_csv(tmp_path / out)
+
+    cpu, gpu = run("cpu", "cpu.csv"), run("cuda", "gpu.csv")
+    assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
+    for name in ("mcm", "msp", "energy", "maxlogit", "gl-mcm"):
+        a = torch.tensor([float(r[name]) for r in cpu])
+        b = torch.tensor([float(r[name]) for r in gpu])
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # cuDNN may use TF32 convolutions
+
+
+# --- hostile files: verified cache entries, non-finite numbers, names, unreadable files ----------
+
+
+def _data_offset(entry: bytes) -> int:
+    return 8 + int.from_bytes(entry[:8], "little")  # [8-byte header length][header][tensor bytes]
+
+
+@pytest.mark.parametrize("damage", ["flipped-bytes", "nan"])
+def test_a_cache_entry_whose_features_changed_is_encoded_again_with_a_note(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                           damage):
+    """An entry with bytes flipped in its features (same size) gave `score` energy -7.8e+26 and
+    another class, exit 0; NaN written into one gave nan scores. Both are now a checksum mismatch:
+    a note, the images encoded again, the CSV equal to one written without the cache."""
+    from clip_smot.clip.features import cache_dir
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,energy", "--workers", "0", str(id_dir), "--out"]
+    assert CliRunner().invoke(cli, [*args, str(tmp_path / "fresh.csv"), "--no-cache"]).exit_code == 0
+    assert CliRunner().invoke(cli, [*args, str(tmp_path / "first.csv")]).exit_code == 0
+    (entry,) = cache_dir().glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    start = _data_offset(bytes(data))
+    if damage == "nan":
+        data[start:start + 4] = np.array([np.nan], dtype="<f4").tobytes()  # the first feature of the first image
+    else:
+        for i in range(start, start + 128):  # the first image's 32 float32 features
+            data[i] ^= 0x5A
+    entry.write_bytes(bytes(data))
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "again.csv")])
+    assert res.exit_code == 0, res.output
+    assert res.stderr == f"note: the feature-cache entry {entry} is damaged (its checksum does not match its " \
+                         "contents); its images are encoded again\n"
+    fresh = (tmp_path / "fresh.csv").read_text()
+    assert (tmp_path / "first.csv").read_text() == fresh and (tmp_path / "again.csv").read_text() == fresh
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "third.csv")])  # the entry was written anew
+    assert res.exit_code == 0 and res.stderr == "" and (tmp_path / "third.csv").read_text() == fresh
+
+
+def test_a_cache_entry_without_a_checksum_is_encoded_again(tmp_path, tiny, monkeypatch, capsys):
+    """An entry written before entries carried a checksum (or with the checksum removed) is not trusted."""
+    from clip_smot.clip.features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(_with_header(entry.read_bytes(), lambda h: h["__metadata__"].pop("sha256")))
+    calls, real = [], cm.encode_images
+    monkeypatch.setattr(cm, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = encode_files(tiny, paths, workers=0)
+    assert calls == [1] and torch.equal(again.global_, fresh.global_)
+    assert "(it has no checksum (written by an older clip-smot)); its images are encoded again" in capsys.readouterr().err
+
+
+def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
+    """A well-formed safetensors entry whose features are one 0-d number: its checksum cannot even
+    be computed (no byte view of a 0-d float); a note, not a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clip_smot.clip.features import cache_dir, encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    fresh = encode_files(tiny, paths, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    with safe_open(str(entry), framework="pt") as f:
+        meta = f.metadata()
+    save_file({"global": torch.tensor(1.0)}, str(entry), metadata=meta)
+    again = encode_files(tiny, paths, workers=0)
+    assert torch.equal(again.global_, fresh.global_)
+    assert "is damaged (not a readable entry (RuntimeError)); its images are encoded again" in capsys.readouterr().err
+
+
+def _weights_with(tmp_path, checkpoint, key, value):
+    """A copy of the tiny checkpoint with ``key`` set to ``value`` (every element)."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(checkpoint)
+    sd[key] = torch.full_like(sd[key], value)
+    path = tmp_path / f"bad-{key}.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.mark.parametrize("key, value, scores, expected", [
+    ("logit_scale", 100.0, "mcm,energy", "logit_scale 100 gives the non-finite temperature exp(logit_scale) = inf"),
+    ("visual.proj", float("nan"), "mcm", "the image encoder of clip-smot-tiny gives non-finite features (6 of 6"),
+    ("text_projection", float("nan"), "mcm", "the text features re-encoded from the stored context are not finite"),
+])
+def test_non_finite_weights_are_refused_naming_them(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint,
+                                                    key, value, scores, expected):
+    """A checkpoint with logit_scale 100 (exp: inf in float32) gave nan / -inf scores with exit 0;
+    NaN weights give NaN features. Each is one line naming the weights file, and no CSV."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    bad = _weights_with(tmp_path, tiny_clip_checkpoint, key, value)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--model", tiny_clip_config,
+                                   "--pretrained", str(bad), "--scores", scores, "--workers", "0",
+                                   "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith(f"Error: --pretrained {bad.name}: ") and expected in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s.csv").exists()
+    from clip_smot.clip.features import cache_dir
+
+    assert not list(cache_dir().glob("*.safetensors"))  # nothing non-finite was cached
+
+
+def test_a_non_finite_score_is_refused_naming_the_score_and_image(tmp_path, tiny):
+    """The last guard: scores computed from finite inputs that still overflow name the score."""
+    from clip_smot.clip.features import ImageFeatures
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", pretrained="", device="cpu")
+    feats = ImageFeatures(["a.png", "b.png"], F.normalize(torch.randn(2, 32), dim=-1), None, [])
+    scorer.logit_scale = torch.tensor(float("inf"))
+    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 2 images, first a.png: "):
+        scorer.score_features(feats, ["mcm", "energy"])
+    assert scorer.score_features(feats, ["mcm"])["mcm"].isfinite().all()  # MCM takes the cosines alone
+
+
+def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny_clip_checkpoint):
+    """One unreadable file given by name failed the whole run although the folder beside it held
+    readable images: each PATH argument was judged alone."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    bad, bad2 = tmp_path / "broken.png", tmp_path / "broken2.jpg"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad2.write_bytes(b"\xff\xd8 cut")
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", "--skip-unreadable", "--out", str(tmp_path / "s.csv")]
+    res = CliRunner().invoke(cli, [*args, str(bad), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.stderr and "broken.png" in res.stderr
+    rows = read_csv(tmp_path / "s.csv")
+    assert len(rows) == 12 and all(r["path"].startswith(str(id_dir)) for r in rows)
+    res = CliRunner().invoke(cli, [*args, str(bad), str(bad2), "--out", str(tmp_path / "none.csv")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith("Error: none of the 2 image(s) could be read; the first: ") and "broken.png" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "none.csv").exists()
+
+
+def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint):
+    """A file name that is not valid UTF-8 made `score` fail after encoding every image and write
+    no CSV. Names of every kind get their row, in UTF-8, one line each, escaped as
+    docs/score.md says: the escaped path gives back the file's name, compared as bytes."""
+    import os
+
+    from clip_smot.common.images import unescape_path
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = [b"\xff\xfe latin.png", b"new\nline.png", b"back\\slash.png", "caf\u00e9 \u2028.png".encode(), b"plain.png",
+             b"tab\there,comma\".png"]
+    rng = np.random.default_rng(0)
+    for n in names:
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(os.path.join(os.fsencode(folder), n),
+                                                                                format="PNG")
+    with open(os.path.join(os.fsencode(folder), b"\xe9broken.png"), "wb") as f:
+        f.write(b"not an image")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--skip-unreadable",
+                                   "--out", str(tmp_path / "s.csv"), str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 unreadable image(s)" in res.stderr and "broken.png" in res.stderr
+    raw = (tmp_path / "s.csv").read_bytes()
+    text = raw.decode("utf-8")  # strict: the file is UTF-8
+    assert len(text.splitlines()) == 1 + len(names)  # one line per row
+    written = [os.fsencode(unescape_path(r["path"])) for r in read_csv(tmp_path / "s.csv")]
+    assert sorted(os.path.basename(p) for p in written) == sorted(names)
+    assert all(os.path.isfile(p) for p in written)
+    assert f"{folder}/\\xff\\xfe latin.png" in text and f"{folder}/new\\u000aline.png" in text
+    assert f"{folder}/back\\\\slash.png" in text and f"{folder}/caf\u00e9 \\u2028.png" in text
+
+
+def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_clip_checkpoint):
+    """A prompt fitted on class folders whose names are not UTF-8 holds such names (as Python
+    spells them: lone surrogates). Writing one into the CSV failed after every image was encoded;
+    it is written as its escape instead."""
+    names = ["r\udce9d", "gr\udce9en", "bl\udce9e"]
+    make_prompt(tmp_path / "p.safetensors", tiny, classnames=names)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "s.csv").read_bytes().decode("utf-8").splitlines()))
+    assert len(rows) == 3 and all(r["pred"] == names[int(r["pred_index"])].replace("\udce9", "\\udce9") for r in rows)
+
+
+def test_an_error_naming_a_file_with_a_newline_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    """An unreadable image whose name holds a newline made the error two lines."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    bad = tmp_path / "new\nline.png"
+    bad.write_bytes(b"not an image")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(tmp_path / "s.csv"), str(bad)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "new\\u000aline.png" in res.output
+
+
+# --- image lists, streaming, --resume ---------------------------------------------------------------
+
+
+def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, tiny_clip_checkpoint):
+    """A LIST.txt (paths relative to its folder; a label, a comment and a blank line) and a
+    ROOT::LIST.txt give the rows of the files named directly, in the list's order."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=2)
+    names = ["val/red/1.png 0", "# a comment", "", "val/blue/0.png", "val/red/0.png 2"]
+    (id_dir / "list.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "ood.txt").write_text("x/y/1.jpg\nx/y/0.jpg\n")
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,energy", "--workers", "0"]
+    files = [id_dir / "val/red/1.png", id_dir / "val/blue/0.png", id_dir / "val/red/0.png",
+             ood_dir / "x/y/1.jpg", ood_dir / "x/y/0.jpg"]
+    for out, paths in (("lists.csv", [str(id_dir / "list.txt"), f"{ood_dir}::{tmp_path / 'ood.txt'}"]),
+                       ("files.csv", [str(f) for f in files])):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / out), *paths])
+        assert res.exit_code == 0, res.output
+    lists, direct = read_csv(tmp_path / "lists.csv"), read_csv(tmp_path / "files.csv")
+    assert [r["path"] for r in lists] == [str(f) for f in files] == [r["path"] for r in direct]
+    # (one batch per list against one per file: the same scores up to float rounding)
+    assert [float(r["mcm"]) for r in lists] == pytest.approx([float(r["mcm"]) for r in direct], abs=1e-6)
+    assert [r["pred"] for r in lists] == [r["pred"] for r in direct]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad.csv"), f"{id_dir}::{tmp_path / 'ood.txt'}"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "x/y/1.jpg does not exist" in res.output
+
+
+def _score_run(tmp_path, ckpt, ids, out, **kw):
+    from clip_smot.clip.scorer import run_score
+
+    return run_score(str(tmp_path / "p.safetensors"), [str(i) for i in ids], str(out), pretrained=ckpt,
+                     scores="mcm,msp,energy", batch_size=2, device="cpu", workers=0, chunk=5, **kw)
+
+
+def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                         monkeypatch):
+    """19 images in chunks of 5 (per argument: 12 = 5 + 5 + 2, then 7 = 5 + 2): stopped after two
+    chunks, OUT is absent and OUT.partial holds the header and their 10 rows, flushed; --resume
+    scores the other 9 images only, and the CSV is the uninterrupted run's byte for byte; cut
+    inside a row of the first chunk, the partial is resumed after its last complete row, the
+    rest of that chunk scored (in other batches), then the later chunks as before."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
+    whole = (tmp_path / "whole.csv").read_bytes()
+    assert whole.count(b"\n") == 20 and not (tmp_path / "whole.csv.partial").exists()
+
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    seen, real = [], PromptScorer.score_files
+
+    def stop_after_two(self, files, *a, **k):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(len(files))
+        return real(self, files, *a, **k)
+
+    monkeypatch.setattr(PromptScorer, "score_files", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:11])
+    monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
+                        or real(self, files, *a, **k))
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert seen == [5, 5, 2, 5, 2] and out.read_bytes() == whole and not partial.exists()
+
+    partial.write_bytes(whole[: whole.index(b"\n", 300) + 9])  # a few rows and part of the next
+    kept = partial.read_bytes()[: partial.read_bytes().rindex(b"\n") + 1].count(b"\n") - 1
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert 0 < kept < 5 and out.read_bytes().splitlines()[: kept + 1] == whole.splitlines()[: kept + 1]
+    assert out.read_bytes().splitlines()[6:] == whole.splitlines()[6:]  # the chunks after the cut one: as before
+    got, want = read_csv(out), read_csv(tmp_path / "whole.csv")  # (the rest of the cut one: other batches)
+    assert [r["path"] for r in got] == [r["path"] for r in want]
+    assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
+
+
+def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", "--out", str(tmp_path / "s.csv"), "--resume", str(id_dir)]
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished, or never started)"]
+    (tmp_path / "s.csv.partial").write_text("path,pred,pred_index,msp\n")
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
+    assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()

@@ -1,0 +1,38 @@
+"""clip_smot.common.bundled: the class lists and prompt files that ship with the package."""
+
+import hashlib
+
+import pytest
+
+from clip_smot.common import bundled
+from clip_smot.common.errors import UserError
+
+
+def test_bundled_lists():
+    wnids, names = bundled.imagenet_wnids(), bundled.imagenet_classnames()
+    assert len(wnids) == len(names) == 1000 and wnids == sorted(wnids)
+    assert names[wnids.index("n02123045")] == "tabby cat"
+    w200 = bundled.imagenet200_wnids()
+    assert len(set(w200)) == 200 and set(w200) <= set(wnids)
+
+
+def test_imagenet200_is_the_papers_list():
+    """The 200 wnids of the paper's appendix B.1, which are OpenOOD's ImageNet-200 classes (the
+    200 classes of ImageNet-R): compared by hand with both; the hash pins that list, in the
+    sorted order whose line number is the class index."""
+    w200 = bundled.imagenet200_wnids()
+    assert w200 == sorted(w200)
+    assert w200[:3] == ["n01443537", "n01484850", "n01494475"] and w200[-3:] == ["n09835506", "n10565667", "n12267677"]
+    assert hashlib.sha256(" ".join(w200).encode()).hexdigest() == \
+        "354baa0a46566aa68cee6a8093d8de471b7d45a1004b81a95c6210f757ad3740"
+
+
+def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
+    """Installed from a wheel, the lists sit in clip_smot/_data/ (see pyproject.toml)."""
+    pkg = tmp_path / "site" / "clip_smot"
+    (pkg / "_data" / "prompts").mkdir(parents=True)
+    (pkg / "_data" / "prompts" / "zero_shot_template.txt").write_text("a photo of a {c}.\n")
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.bundled_file("prompts", "zero_shot_template.txt") == pkg / "_data" / "prompts" / "zero_shot_template.txt"
+    with pytest.raises(UserError, match="data_lists/imagenet1k_wnids.txt: missing"):
+        bundled.imagenet_wnids()

@@ -1,0 +1,123 @@
+"""clip_smot.common.files: a failed write (full disk, unwritable folder) is one line and keeps the old file."""
+
+import errno
+import os
+from collections import namedtuple
+
+import pytest
+
+import clip_smot.common.files as files
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import (
+    atomic_save,
+    atomic_write_text,
+    check_output_folder,
+    make_folder,
+)
+
+_Usage = namedtuple("_Usage", "total used free")
+
+
+def _plenty_of_space(monkeypatch):  # (this machine's disk may be nearly full itself)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: _Usage(1 << 40, 0, 1 << 40))
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos ...') after writing part
+    of the file (measured on a 64 KiB tmpfs); it came out as a traceback."""
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def half_then_fail(obj, f):
+        open(f, "wb").write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(files.torch, "save", half_then_fail)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: _Usage(1 << 16, 1 << 16, 0))
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, path)
+    assert str(e.value) == f"cannot write {path}: no space left on the device; the file there before is unchanged"
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("error,reason", [
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+    (ValueError("not serialisable"), "ValueError: not serialisable"),  # (the writer's own error, as one line)
+])
+def test_other_write_errors_name_the_file_and_the_reason(tmp_path, monkeypatch, error, reason):
+    _plenty_of_space(monkeypatch)
+
+    def fail(tmp):
+        raise error
+
+    with pytest.raises(UserError) as e:
+        files.atomic_write(tmp_path / "new.txt", fail)
+    assert str(e.value) == f"cannot write {tmp_path / 'new.txt'}: {reason}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_in_place_of_a_folder(tmp_path, monkeypatch):
+    _plenty_of_space(monkeypatch)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"cannot write .*blocker/run/metrics.csv: Not a directory"):
+        atomic_write_text("a,b\n", blocker / "run" / "metrics.csv")
+    with pytest.raises(UserError, match=r"^--out .*blocker: is a file, not a folder$"):
+        make_folder(blocker)
+    with pytest.raises(UserError, match=r"^--out .*blocker/run: cannot create the folder \(Not a directory\)$"):
+        make_folder(blocker / "run")
+    with pytest.raises(UserError, match=r"^--out .*blocker: is a file, not a folder$"):
+        check_output_folder(blocker)  # eval checks its --out before the slow work
+    assert blocker.read_text() == "x"
+
+
+def test_keyboard_interrupt_is_not_turned_into_a_write_error(tmp_path):
+    def ctrl_c(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(tmp_path / "f.txt", ctrl_c)
+    assert os.listdir(tmp_path) == []
+
+
+def test_safetensors_files_are_the_same_bytes_for_the_same_contents(tmp_path):
+    """safetensors writes its metadata in a hash map's order, which changed from one save to the
+    next: an exported prompt or model differed byte for byte from its twin (checksums disagreed)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, safe_open
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2), "idx": torch.arange(3)}
+    meta = {k: k * 3 for k in "qwertyuiop"} | {"classnames": json.dumps(["café", "naïve \"x\""], ensure_ascii=False)}
+    blobs = []
+    for i in range(6):
+        files.atomic_save_safetensors(tensors, tmp_path / f"{i}.safetensors", meta)
+        blobs.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert all(b == blobs[0] for b in blobs)
+    n = int.from_bytes(blobs[0][:8], "little")
+    assert list(json.loads(blobs[0][8 : 8 + n])["__metadata__"]) == sorted(meta)
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == meta
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_text_files_are_utf8_whatever_the_locale(tmp_path):
+    """split.txt, the score CSV and metrics are UTF-8, and list files are read as UTF-8, also under
+    an ASCII locale (there a class folder '猫' or 'café' was an encode error)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pathlib import Path; from clip_smot.common.files import atomic_write_text; "
+            "from clip_smot.common.images import read_text_file; p = Path(sys.argv[1]); "
+            "atomic_write_text('\\u732b/0.png\\t0\\ncaf\\u00e9/1.png\\t1\\n', p); "  # (argv is ASCII there too)
+            "print(ascii(read_text_file(p, '--split', 'x')))")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "split.txt")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ascii("猫/0.png\t0\ncafé/1.png\t1\n")
+    assert (tmp_path / "split.txt").read_bytes() == "猫/0.png\t0\ncafé/1.png\t1\n".encode("utf-8")

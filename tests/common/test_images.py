@@ -1,0 +1,114 @@
+"""clip_smot.common.images: image loading errors as one line naming the file; listing and path escapes."""
+
+import pytest
+from PIL import Image
+
+from clip_smot.common import images
+from clip_smot.common.errors import UserError
+from clip_smot.common.images import load_image
+
+
+def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(good)
+    assert load_image(good).size == (64, 64)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(UserError, match="broken.png: unreadable or truncated"):
+        load_image(broken)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
+    with pytest.raises(UserError, match="good.png: image too large"):
+        load_image(good)
+
+
+def test_binary_split_and_image_list_files_are_user_errors(tmp_path):
+    from clip_smot.clip.fewshot import FewShotClasses, read_split
+    from clip_smot.common.image_sets import read_image_list
+
+    binary = tmp_path / "list.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not utf-8 \x9f")
+    classes = FewShotClasses(tmp_path, ("a",), ("a",), None)
+    with pytest.raises(UserError, match="--split .*list.txt: not a text file"):
+        read_split(binary, classes)
+    with pytest.raises(UserError, match="--ood .*list.txt: not a text file"):
+        read_image_list(binary, tmp_path, "--ood")
+
+
+def test_sixteen_bit_and_float_grey_images_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")  # a 16-bit grey PNG
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "f32.tif")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    got = np.asarray(load_image(tmp_path / "g16.png"))  # [64, 64, 3]
+    expected = np.round(ramp / 257.0).astype(np.uint8)  # by hand: 0..65535 -> 0..255
+    assert (got == expected[..., None]).all() and (got < 255).mean() > 0.99  # PIL's convert: 255 from 255 on
+    assert (np.asarray(load_image(tmp_path / "f32.tif")) == 128).all()  # 0.5 * 255, not 0
+
+
+def test_hidden_files_and_folders_are_not_data(tmp_path):
+    from clip_smot.clip.fewshot import _class_images
+
+    for rel in ("cat/a.png", "cat/sub/b.png", "cat/._a.png", "cat/.thumbs/t.png", ".hidden/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel, format="PNG")
+    assert [p.relative_to(tmp_path).as_posix() for p in images.list_images(tmp_path)] == ["cat/a.png", "cat/sub/b.png"]
+    assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/sub/b.png"]
+    assert images.class_folders(tmp_path) == ["cat"]
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    """A symlinked folder inside a class folder is read (rglob and os.walk skip it by default);
+    a symlink loop ends."""
+    from clip_smot.clip.fewshot import _class_images
+
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "elsewhere" / "e.png")
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "data" / "cat" / "a.png")
+    (tmp_path / "data" / "cat" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "data" / "cat" / "loop").symlink_to(tmp_path / "data" / "cat", target_is_directory=True)
+    names = [p.relative_to(tmp_path / "data").as_posix() for p in images.list_images(tmp_path / "data")]
+    assert names == ["cat/a.png", "cat/more/e.png"]
+    assert _class_images(tmp_path / "data", "cat") == ["cat/a.png", "cat/more/e.png"]
+
+
+def test_escape_path_by_hand_and_back_to_the_same_bytes():
+    """Escaped names are one line of UTF-8 whose escapes are the documented ones, and read back
+    to the same bytes (os.fsencode), for hand-picked and for random byte names."""
+    import os
+    import random
+
+    from clip_smot.common.images import escape_path, unescape_path
+
+    cases = {b"plain caf\xc3\xa9.png": "plain caf\u00e9.png", b"caf\xe9.jpg": "caf\\xe9.jpg",
+             b"a\nb\tc\rd": "a\\u000ab\\u0009c\\u000dd", b"x\\y": "x\\\\y", b"\\xff": "\\\\xff",
+             "p\u2028q\u0085".encode(): "p\\u2028q\\u0085", b"\xe2\x80": "\\xe2\\x80"}
+    for raw, text in cases.items():
+        assert escape_path(os.fsdecode(raw)) == text
+        assert os.fsencode(unescape_path(text)) == raw
+    assert unescape_path("a\\b\\x4") == "a\\b\\x4"  # a backslash that starts no escape is itself
+    rng = random.Random(0)
+    alphabet = [92, 10, 13, 9, 120, 117, 0xC3, 0xA9, 0xE2, 0x80, 0xA8, 0xFF, 48, 97]
+    for _ in range(3000):
+        raw = bytes(rng.choice(alphabet) if rng.random() < 0.7 else rng.randrange(1, 256) for _ in range(rng.randrange(1, 10)))
+        text = escape_path(os.fsdecode(raw))
+        assert len(text.encode("utf-8").splitlines()) == 1 and len(text.splitlines()) == 1
+        assert os.fsencode(unescape_path(text)) == raw
+
+
+def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
+    """A FIFO named x.jpg would block fit's decoder forever (score, eval and train skipped it); a
+    broken symlink has no bytes; a symlink to an image is an image. All listings agree."""
+    import os
+
+    from clip_smot.clip.fewshot import _class_images
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "a.png")
+    os.mkfifo(tmp_path / "cat" / "fifo.jpg")
+    (tmp_path / "cat" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")
+    assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/link.png"]
+    assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]

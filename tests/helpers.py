@@ -1,0 +1,136 @@
+"""Helpers and fixtures shared by test modules in different folders (imported by name)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_smot.clip.model import load_clip
+from clip_smot.clip.prompt import PromptLearner
+from clip_smot.clip.prompt_file import save_prompt
+
+CLASSES = ["red", "green", "blue"]
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clip_config, tiny_clip_checkpoint):
+    return load_clip(tiny_clip_config, tiny_clip_checkpoint)
+
+
+def make_prompt(path, clip, classnames=CLASSES, seed=0, identity=None):
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(len(classnames), 32, generator=g), dim=-1)
+    save_prompt(path, torch.randn(4, 32, generator=g), text, identity or clip.identity(), 4, "end", False,
+                list(classnames), {"test": True})
+    return text
+
+
+def make_folders(root, n_per_class=4, n_ood=6, seed=0):
+    """ID: root/id/val/<class>/*.png (a dominant colour channel); OOD: root/ood/x/y/*.jpg (noise)."""
+    rng = np.random.default_rng(seed)
+    for i, c in enumerate(CLASSES):
+        (root / "id" / "val" / c).mkdir(parents=True)
+        for k in range(n_per_class):
+            a = rng.integers(0, 60, (40, 48, 3))
+            a[..., i] += 150
+            Image.fromarray(a.astype(np.uint8)).save(root / "id" / "val" / c / f"{k}.png")
+    (root / "ood" / "x" / "y").mkdir(parents=True)
+    for k in range(n_ood):
+        Image.fromarray(rng.integers(0, 256, (36, 44, 3)).astype(np.uint8)).save(root / "ood" / "x" / "y" / f"{k}.jpg")
+    return root / "id", root / "ood"
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def open_clip_encoding(clip, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's own code path over all 77 positions: its transformer with its float mask."""
+    m = clip.model
+    x = embeddings + m.positional_embedding
+    x = m.transformer(x, attn_mask=m.attn_mask)
+    x = m.ln_final(x)
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # pool at EOT
+    return x @ m.text_projection
+
+
+def flex_kernel_ran(learner: PromptLearner) -> bool:
+    """BlockMasks were built: FlexAttention's kernel ran, not the dense mask."""
+    built = [layout["masks"] for _, layout in learner.encoder._layouts.values()]
+    return bool(built) and not any(isinstance(masks[0], torch.Tensor) for masks in built)
+
+
+def _train_folder(root, n_per_class=17, seed=1):
+    rng = np.random.default_rng(seed)
+    for i, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        for k in range(n_per_class):
+            a = rng.integers(0, 60, (34, 34, 3))
+            a[..., i] += 150
+            Image.fromarray(a.astype(np.uint8)).save(root / c / f"{k}.png")
+    return root
+
+
+def _torchrun(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """``torchrun --nproc_per_node 2 --standalone ARGS`` on the CPU (gloo): (exit code, stdout, stderr).
+    A run still going after ``timeout`` seconds is killed (torchrun and both workers) and fails
+    the test as a hang."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *args]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # The workers run in sessions of their own, out of reach of a kill of torchrun's group
+        # (they would hold the pipes open, and this call, for ever); torchrun stops them on SIGTERM.
+        p.terminate()
+        try:
+            p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"torchrun {' '.join(args[:3])} still running after {timeout} s: a rank hangs")
+    return p.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def cam_resnet(tmp_path_factory):
+    """A torchvision ResNet state dict with one BasicBlock per stage and the 1000 ImageNet classes."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("camnet") / "resnet10.pth"
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict(), path)
+    return str(path)
+
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark (indices 0, 1, 2)
+
+
+def _write_imagenet(root, n_per_class=4, wnids=WNIDS, size=(40, 36)):
+    rng = np.random.default_rng(0)
+    for w in wnids:
+        d = root / "train" / w
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            a = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(a).save(d / f"{w}_{i}.JPEG", quality=90)
+    return root

@@ -1,0 +1,220 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_smot.common.errors import UserError
+from clip_smot.resnet import data as rd
+
+
+def test_random_crop_flip_takes_crops_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = rd.random_crop_flip(x, 2, True, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x, (2, 2, 2, 2))
+    seen_flip = seen_shift = False
+    for i in range(64):
+        matches = [(oy, ox, f) for oy in range(5) for ox in range(5) for f in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, oy:oy + 8, ox:ox + 8]))]
+        assert matches, i  # every output is a (possibly flipped) 8x8 window of the padded image
+        seen_flip |= any(f for _, _, f in matches) and not any(not f for _, _, f in matches)
+        seen_shift |= all((oy, ox) != (2, 2) for oy, ox, _ in matches)
+    assert seen_flip and seen_shift
+    same = rd.random_crop_flip(x, 2, True, torch.Generator().manual_seed(1))
+    assert torch.equal(out, same)  # reproducible from the generator
+    assert torch.equal(rd.random_crop_flip(x, 0, False, g), x)
+
+
+def test_tensor_batches_shard_an_epoch_between_ranks():
+    labels = torch.arange(10)
+    images = labels.view(10, 1, 1, 1).expand(10, 3, 4, 4).to(torch.uint8).contiguous()
+    shards = []
+    for rank in range(2):
+        b = rd.TensorBatches(images, labels, 3, torch.device("cpu"), seed=5, pad=0, flip=False, rank=rank, world=2)
+        ys = torch.cat([y for _, y in b.epoch(0)])
+        assert len(ys) == 5 and len(b) == 2
+        xs = torch.cat([x for x, _ in b.epoch(0)])
+        assert torch.equal(xs[:, 0, 0, 0].long(), ys)  # images travel with their labels
+        shards.append(ys)
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))  # disjoint, complete
+    again = torch.cat([y for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False).epoch(1)])
+    other = torch.cat([y for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False).epoch(2)])
+    assert not torch.equal(again, other)  # a new order each epoch
+
+
+def test_the_ranks_steps_together_take_the_one_process_batches():
+    """--batch-size is global: at each step the ranks' batches (B / world each) are together the
+    batch a single process takes at that step, but for the last N mod world images of the order."""
+    labels = torch.arange(23)
+    images = labels.view(23, 1, 1, 1).expand(23, 3, 4, 4).to(torch.uint8).contiguous()
+    one = [set(y.tolist()) for _, y in rd.TensorBatches(images, labels, 6, torch.device("cpu"), 5, 0, False).epoch(3)]
+    ranks = [[y.tolist() for _, y in rd.TensorBatches(images, labels, 3, torch.device("cpu"), 5, 0, False, rank=r,
+                                                      world=2).epoch(3)] for r in range(2)]
+    together = [set(a) | set(b) for a, b in zip(*ranks)]
+    assert [len(b) for b in ranks[0]] == [len(b) for b in ranks[1]] == [3, 3, 3, 2]  # the same steps on each rank
+    assert together[:3] == one[:3] and together[3] < one[3] and len(one[3] - together[3]) == 1
+
+def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: calls.append(host) or False)
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="cifar10: not found under .* cannot be reached"):
+        rd.load_id_split("cifar10", str(tmp_path), "train")
+    assert time.perf_counter() - t0 < 20 and calls == [("www.cs.toronto.edu", 443)]
+    with pytest.raises(UserError, match="svhn: not found"):
+        rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
+
+
+def test_processes_that_need_a_missing_set_at_once_download_it_once(tmp_path, monkeypatch):
+    """The ranks of `torchrun ... train --dataset cifar10` on a fresh machine each downloaded and
+    extracted CIFAR into the same folder at once (torchvision writes in place: one rank could
+    read a file that another was rewriting). One now downloads; the others wait and read it."""
+    import threading
+
+    import torchvision.datasets as tvd
+
+    active, downloads, peak = [0], [0], [0]
+    guard = threading.Lock()
+
+    class FakeCIFAR10:  # torchvision's contract: download=False raises RuntimeError when the files are missing
+        def __init__(self, root, download=False, train=True):
+            path = tmp_path / "cifar" / "data.bin"
+            if download:
+                with guard:
+                    active[0] += 1
+                    downloads[0] += 1
+                    peak[0] = max(peak[0], active[0])
+                time.sleep(0.3)
+                path.write_bytes(b"x" * 16)
+                with guard:
+                    active[0] -= 1
+            if not path.is_file():
+                raise RuntimeError("Dataset not found or corrupted.")
+            self.data = np.zeros((1, 32, 32, 3), np.uint8)
+
+    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr(rd, "_reachable", lambda host: True)
+    (tmp_path / "cifar").mkdir()
+    # (the lock is a file lock: separate opens conflict between threads as between processes)
+    threads = [threading.Thread(target=rd._torchvision, args=("cifar10", tmp_path / "cifar")) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (downloads[0], peak[0]) == (1, 1)
+
+
+def test_reachable_gives_up_within_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # really probe
+    t0 = time.perf_counter()
+    rd._reachable(("10.255.255.1", 9), timeout=0.5)  # unroutable: either refused or timed out
+    assert time.perf_counter() - t0 < 2
+
+
+def test_offline_switch_skips_every_download_probe(monkeypatch):
+    import socket
+
+    from clip_smot.clip import cam_network as cam_models
+    from clip_smot.clip import model as clip_model
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("probed the network under HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_socket)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert rd._reachable(("www.cs.toronto.edu", 443)) is False
+    assert clip_model._hub_reachable() is False
+    assert cam_models.host_reachable(cam_models._DOWNLOAD_HOST) is False
+
+
+def test_large_image_folders_go_through_the_dataloader(tmp_path):
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((90, 100, 3), 40 * i, np.uint8)).save(tmp_path / split / c / f"{i}.jpg")
+    s = rd.load_id_split(None, str(tmp_path), "train")
+    assert s.input_size == 224 and s.images is None and len(s.files) == 6 and s.classnames == ["a", "b"]
+    fb = rd.FileBatches(s.files, s.labels, 72, 4, torch.device("cpu"), seed=0, workers=0)
+    batches = list(fb.epoch(0))
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 72, 72), (2, 3, 72, 72)]
+    assert batches[0][0].dtype == torch.uint8
+    val = rd.load_id_split(None, str(tmp_path), "val", input_size=72)
+    xs = [x for x, _ in rd.eval_batches(val, 3, torch.device("cpu"))]
+    assert sum(len(x) for x in xs) == 4 and xs[0].shape[-1] == 72
+    # with workers=0 the crops come from this process's RNG, seeded per (seed, epoch, rank): the
+    # same batch whatever the RNG held before (exact resume), other crops on another rank
+    torch.manual_seed(123)
+    again = [x for x, _ in fb.epoch(0)]
+    assert all(torch.equal(a, b) for (a, _), b in zip(batches, again))
+    other_rank = rd.FileBatches(s.files, s.labels, 72, 4, torch.device("cpu"), seed=0, workers=0, rank=1, world=2)
+    other_rank.sampler = None  # (the same images in the same order: only the crops may differ)
+    torch.manual_seed(0)
+    assert not torch.equal(next(iter(other_rank.epoch(0)))[0], batches[0][0])
+
+
+def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
+    from clip_smot.common.bundled import imagenet200_wnids
+
+    wnids = imagenet200_wnids()
+    for w in wnids + ["n99999999"]:  # an ImageNet folder holds other classes too
+        (tmp_path / "val" / w).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / w / "a.JPEG")
+    s = rd.load_id_split("imagenet200", str(tmp_path), "val")
+    assert s.classnames == wnids and s.labels.tolist() == list(range(200)) and s.input_size == 224
+    assert [f.parent.name for f in s.files] == wnids
+    (tmp_path / "val" / wnids[5] / "a.JPEG").unlink()
+    (tmp_path / "val" / wnids[5]).rmdir()
+    with pytest.raises(UserError, match=f"class folder {wnids[5]} of ImageNet-200 is missing"):
+        rd.load_id_split("imagenet200", str(tmp_path), "val")
+
+
+def test_the_eval_transform_of_a_thin_strip_crops_before_it_resizes(monkeypatch):
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(0)
+    for size in (65, 224):
+        reference = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])  # torchvision's, as before
+        for shape in [(300, 250), (40, 300), (300, 40), (100, 201), (57, 1000), (1, 900), (3, 7)]:
+            im = Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+            got = np.asarray(rd._eval_transform(size)(im)).astype(int)
+            assert np.abs(got - np.asarray(reference(im)).astype(int)).max() <= 1, (size, shape)  # rounding only
+    # a 1 x 1000 strip was first enlarged to 256 x 256,000 pixels (a 1 x 5000 one: 1 GB, seconds)
+    sizes, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    out = rd._eval_transform(224)(Image.fromarray(rng.integers(0, 255, (1, 1000, 3), dtype=np.uint8)))
+    assert out.size == (224, 224) and max(w * h for w, h in sizes) == 224 * 224
+
+
+def test_an_ood_image_list_gives_its_images(tmp_path):
+    """``--ood NAME=LIST.txt`` and ``NAME=ROOT::LIST.txt`` (eval --help, for both tracks): the
+    ResNet track took the list for an image and stopped with 'unreadable or truncated image'."""
+    for i, value in enumerate((0, 128, 255)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.txt").write_text("2.png -1\n0.png -1\n")
+    for where in (str(tmp_path / "list.txt"), f"{tmp_path}::{tmp_path / 'list.txt'}"):
+        s = rd.load_ood_set("mine", where, 8)
+        assert s.labels.tolist() == [-1, -1]
+        assert s.images[:, 0, 0, 0].tolist() == [255, 0]  # the listed images, in the list's order
+
+
+def test_a_small_ood_folder_is_resized_on_its_shorter_side_and_centre_cropped(tmp_path):
+    """The CIFAR OOD benchmark (docs/method.md §3: Textures, iSUN, Places365, LSUN "resized to 32x32") reads
+    Textures and Places365 with ``Resize(32), CenterCrop(32)``: a non-square image was squashed
+    to 32 x 32 instead, which changes its shapes (DTD's images are up to 640 x 480)."""
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(1)
+    shapes = [(48, 64), (64, 40), (32, 32), (20, 90)]  # (h, w): wider, taller, square, a strip
+    for i, shape in enumerate(shapes):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    s = rd.load_ood_set("textures", str(tmp_path), 32)
+    reference = T.Compose([T.Resize(32), T.CenterCrop(32)])
+    for i, got in enumerate(s.images):  # uint8 [3, 32, 32], in file order
+        want = torch.from_numpy(np.array(reference(Image.open(tmp_path / f"{i}.png")))).permute(2, 0, 1)
+        assert (got.int() - want.int()).abs().max() <= 1, shapes[i]  # rounding only
+    assert torch.equal(s.images[2], torch.from_numpy(np.array(Image.open(tmp_path / "2.png"))).permute(2, 0, 1))

@@ -1,0 +1,145 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clip_smot.cam import CAMProvider
+from clip_smot.cli import _ARCHS
+from clip_smot.common.errors import UserError
+from clip_smot.resnet.networks import NETWORKS, build_network, load_model, save_model
+
+
+def test_cli_choices_are_the_registry():
+    assert set(_ARCHS) == set(NETWORKS)
+
+
+@pytest.mark.parametrize("arch,feat_dim", [("resnet18", 512), ("wrn40_2", 128), ("densenet_bc", 342), ("resnet_tiny", 128)])
+def test_forward_backward_every_parameter_gets_a_gradient(arch, feat_dim):
+    torch.manual_seed(0)
+    model = build_network(arch, 10, 32)
+    x = torch.randn(4, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape[:2] == (4, feat_dim) and feats.ndim == 4
+    assert model.forward_penultimate(x).shape == (4, feat_dim)
+    logits = model.forward_head(feats)
+    assert logits.shape == (4, 10)
+    torch.testing.assert_close(logits, model(x))
+    assert model.get_classifier() is model.fc
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert not missing
+
+
+def test_resnet18_stems_and_paper_sizes():
+    cifar = build_network("resnet18", 10, 32)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+    assert cifar.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
+    imnet = build_network("resnet18", 200, 224)
+    assert imnet.conv1.kernel_size == (7, 7) and imnet.conv1.stride == (2, 2)
+    assert imnet.forward_features(torch.randn(1, 3, 224, 224)).shape[-1] == 7
+    # parameter counts of the standard networks (ResNet-18 CIFAR ~11.17M, WRN-40-2 ~2.24M, DenseNet-BC-100-12 ~0.77M)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(cifar) == 11_173_962
+    assert abs(count(build_network("wrn40_2", 10, 32)) - 2.24e6) < 0.02e6
+    assert abs(count(build_network("densenet_bc", 10, 32)) - 0.77e6) < 0.02e6
+
+
+def test_cam_provider_works_on_every_network():
+    for arch in NETWORKS:
+        torch.manual_seed(0)
+        cam = CAMProvider(build_network(arch, 5, 32), (0.5,) * 3, (0.25,) * 3)(torch.rand(2, 3, 32, 32), torch.tensor([0, 3]))
+        assert cam.shape == (2, 32, 32) and cam.min() >= 0 and cam.max() <= 255
+
+
+def _save(path, arch="resnet_tiny"):
+    torch.manual_seed(0)
+    model = build_network(arch, 3, 32)
+    save_model(path, model, arch=arch, classnames=["a", "b", "c"], input_size=32, mean=[0.1, 0.2, 0.3],
+               std=[0.5, 0.5, 0.5], dataset="x", method="ce", stage="base", config={"lr": 0.1})
+    return model
+
+
+def test_model_file_round_trip(tmp_path):
+    model = _save(tmp_path / "m.safetensors")
+    loaded, meta = load_model(tmp_path / "m.safetensors")
+    assert meta["classnames"] == ["a", "b", "c"] and meta["num_classes"] == 3 and meta["input_size"] == 32
+    assert meta["mean"] == [0.1, 0.2, 0.3] and meta["config"] == {"lr": 0.1} and meta["stage"] == "base"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_model_file_bad_inputs(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_model(tmp_path / "none.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        load_model(tmp_path / "junk.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "clip-smot-prompt"})
+    with pytest.raises(UserError, match="not a clip-smot model"):
+        load_model(tmp_path / "other.safetensors", flag="--cam-model")
+    _save(tmp_path / "m.safetensors")
+    from safetensors.torch import load_file, safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    meta["arch"] = "resnet18"  # weights of a tiny ResNet under the name of another
+    save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "lie.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="do not fit a resnet18"):
+        load_model(tmp_path / "lie.safetensors")
+    del meta["classnames"]
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "lacks.safetensors"), metadata=meta)
+    with pytest.raises(UserError, match="lacks metadata classnames"):
+        load_model(tmp_path / "lacks.safetensors")
+
+
+def _edited(tmp_path, name, tensors=None, **meta_changes):
+    """A copy of a tiny model file with its metadata (and tensors) edited by hand."""
+    from safetensors.torch import load_file, safe_open
+
+    _save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    meta.update(meta_changes)
+    path = tmp_path / name
+    save_file(tensors if tensors is not None else load_file(str(tmp_path / "m.safetensors")), str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"input_size": "100000"}, r"input_size 100000 in its metadata is outside \[8, 1024\]"),
+    ({"input_size": "4"}, r"input_size 4 in its metadata is outside \[8, 1024\]"),
+    ({"std": "[0.5, 0.0, 0.5]"}, "mean and std: three finite numbers each, std > 0"),
+    ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
+    ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
+    ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
+    ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
+    ({"config": '{"dataset": 10}'}, "config: a JSON object whose dataset and data are strings"),
+])
+def test_model_file_metadata_out_of_bounds_is_one_line(tmp_path, changes, expected):
+    """A model.safetensors whose metadata asked for input_size 100000 was loaded, and every image
+    resized to 100000 x 100000 (killed for memory)."""
+    with pytest.raises(UserError, match=expected):
+        load_model(_edited(tmp_path, "edited.safetensors", **changes))
+
+
+def test_model_file_shapes_are_checked_before_the_network_is_built(tmp_path, monkeypatch):
+    """num_classes 10 million with a head of 3 classes: refused from the file's header, before a
+    [10M, 128] head (5 GB) is allocated; nothing is built but on the meta device."""
+    import time
+
+    import clip_smot.resnet.networks as networks
+
+    names = [""] * 10_000_000  # (the names' JSON fits safetensors' 100 MB header)
+    path = _edited(tmp_path, "big.safetensors", num_classes=str(len(names)), classnames=__import__("json").dumps(names))
+    built = []
+    real_build = networks.build_network
+    monkeypatch.setattr(networks, "build_network", lambda *a: built.append(torch.empty(0).device) or real_build(*a))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match=r"weights do not fit a resnet_tiny of 10000000 classes \(fc.weight has shape "
+                                        r"\[3, 128\], not \[10000000, 128\]\)"):
+        load_model(path)
+    assert time.perf_counter() - t0 < 30 and built == [torch.device("meta")]
+    with pytest.raises(UserError, match=r"do not fit a resnet_tiny of 3 classes \(no fc.bias\)"):
+        load_model(_edited(tmp_path, "nobias.safetensors",
+                           tensors={k: v for k, v in build_network("resnet_tiny", 3, 32).state_dict().items()
+                                    if k != "fc.bias"}))

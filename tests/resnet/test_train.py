@@ -1,0 +1,887 @@
+"""clip-smot train / eval (ResNet track): tiny CPU runs through the CLI, resume, DDP, bad inputs."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import _torchrun
+from PIL import Image
+from safetensors.torch import load_file
+
+from clip_smot.cli import cli
+from clip_smot.common.errors import UserError
+from clip_smot.resnet.train import TrainConfig, lr_at, run_train
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("cat", "dog", "eel")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    old = os.environ.get("CLIP_SMOT_CACHE")
+    os.environ["CLIP_SMOT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("CLIP_SMOT_CACHE", None)
+    else:
+        os.environ["CLIP_SMOT_CACHE"] = old
+
+
+def _write_folders(root: Path, per_class=(20, 4), size=16, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    colors = {"cat": (200, 40, 40), "dog": (40, 200, 40), "eel": (40, 40, 200)}
+    for split, n in zip(("train", "val"), per_class):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3)) + np.array(colors[name]) * (rng.random() * 0.5 + 0.5)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    return _write_folders(tmp_path_factory.mktemp("folders") / "data")
+
+
+@pytest.fixture(scope="module")
+def ood_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ood") / "noise"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return d
+
+
+TINY = ["--arch", "resnet_tiny", "--batch-size", "8", "--input-size", "16", "--device", "cpu", "--workers", "0"]
+
+
+def _last_stderr_line(r) -> str:
+    """The last line a CLI run printed on stderr (the progress bar's carriage returns as line ends)."""
+    return r.stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def base_model(folders, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "base"
+    r = _invoke(["train", "--data", str(folders), "--stage", "base", "--epochs", "2", *TINY, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out / "model.safetensors"
+
+
+def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path, monkeypatch):
+    base = base_model.parent
+    for f in ("model.safetensors", "config.json", "log.jsonl", "checkpoint.pt", "summary.json"):
+        assert (base / f).is_file()
+    log = [json.loads(line) for line in (base / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and {"loss", "lr", "time_s", "train_acc"} <= set(log[0])
+    cfg = json.loads((base / "config.json").read_text())
+    assert cfg["method"] == "ce" and cfg["epochs"] == 2 and cfg["T"] == 10.0 and cfg["input_size"] == 16
+
+    smot = tmp_path / "smot"
+    r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), "--epochs", "1",
+                 *TINY, "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    from clip_smot.resnet.networks import load_model
+
+    _, meta = load_model(smot / "model.safetensors")
+    assert meta["classnames"] == list(CLASSES) and meta["method"] == "smot" and meta["stage"] == "smot"
+    assert meta["config"]["cam_model"] == str(base_model) and meta["input_size"] == 16
+
+    from clip_smot.resnet import evaluate as resnet_eval
+
+    seen = {}  # the per-image scores eval hands to the metric files
+
+    def spy(out, id_scores, ood_scores, **kw):
+        seen.update(id=id_scores, **ood_scores)
+        return real(out, id_scores, ood_scores, **kw)
+
+    real = resnet_eval.write_reports
+    monkeypatch.setattr(resnet_eval, "write_reports", spy)
+    ev = tmp_path / "eval"
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
+                 "--ood", f"noise={ood_dir}", "--ood", f"cats={folders / 'train' / 'cat'}",  # cats: overlaps ID
+                 "--scores", "msp,odin,energy,react,maxlogit,knn,gradnorm",  # (vim: 60 images < its 64 dims)
+                 "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
+    assert r.exit_code == 0, r.output
+    for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
+        assert (ev / f).is_file()
+    report = json.loads((ev / "metrics.json").read_text())
+    assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10, "cats": 20}
+    assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "gradnorm"}
+    assert report["scores_fitted_on_id_train"] == ["react", "knn"]
+
+    # the same scores by hand (odin aside): the model on the PNGs, the formulas in numpy
+    from sklearn.metrics import roc_auc_score
+
+    model, meta = load_model(smot / "model.safetensors")
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    W = model.get_classifier().weight.detach().double().numpy()
+    b = model.get_classifier().bias.detach().double().numpy()
+
+    def forward(files):
+        x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        with torch.no_grad():
+            inp = (x.float() / 255 - mean) / std
+            return model.eval()(inp).double().numpy(), model.forward_features(inp).mean(dim=(2, 3)).double().numpy()
+
+    id_files = sorted(folders.glob("val/*/*.png"))
+    z_id, h_id = forward(id_files)
+    labels = np.array([CLASSES.index(f.parent.name) for f in id_files])
+    assert report["id_accuracy"] == pytest.approx(100 * np.mean(z_id.argmax(-1) == labels), abs=1e-9)
+    _, h_train = forward(sorted(folders.glob("train/*/*.png")))
+    thr = np.percentile(h_train, 90)  # ReAct: the 90th percentile of every ID-train activation
+    bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True)
+
+    def by_hand(files):
+        z, h = forward(files)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        lse = lambda a: np.log(np.exp(a).sum(-1))  # noqa: E731
+        hn = h / np.linalg.norm(h, axis=1, keepdims=True)
+        dist = np.sqrt(((hn[:, None] - bank[None]) ** 2).sum(-1))  # [n, 60]: to every ID-train feature
+        return {"msp": p.max(-1), "maxlogit": z.max(-1), "energy": lse(z),
+                "react": lse(np.minimum(h, thr) @ W.T + b), "knn": -np.sort(dist, axis=1)[:, 49],  # k = 50
+                "gradnorm": np.abs(p - 1 / 3).sum(-1) * np.abs(h).sum(-1)}
+
+    for set_name, files in (("id", id_files), ("noise", sorted(ood_dir.glob("*.png"))),
+                            ("cats", sorted(folders.glob("train/cat/*")))):
+        want = by_hand(files)
+        for name, values in want.items():  # sorted: eval's image order is its own
+            np.testing.assert_allclose(np.sort(seen[set_name][name]), np.sort(values), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name} on {set_name}")
+        if set_name != "id":  # and the report is scikit-learn's metrics of those scores
+            for name in want:
+                y = np.r_[np.ones(12), np.zeros(len(files))]
+                s = np.r_[seen["id"][name], seen[set_name][name]]
+                got = report["metrics"][name][set_name]
+                assert got["auroc"] == pytest.approx(100 * roc_auc_score(y, s), abs=1e-6), (name, set_name)
+
+
+def test_digits_base_smot_eval_offline(tmp_path):
+    base, smot, ev = tmp_path / "b", tmp_path / "s", tmp_path / "e"
+    assert _invoke(["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--dataset", "digits", "--stage", "smot", "--epochs", "1", "--device", "cpu",
+                 "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", "digits", "--ood", "photos",
+                 "--ood", "textures", "--scores", "msp,energy,vim", "--device", "cpu", "--out", str(ev)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((ev / "metrics.json").read_text())
+    vim = report["score_params"]["vim"]  # fitted on the digits training images (more than its 64 dims)
+    assert vim["dim"] == 64 and 0 < vim["alpha"] < 1e3, vim
+    assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
+    assert report["id_accuracy"] > 15  # above chance (10%) after one epoch per stage; the full recipe is the smoke run
+
+
+def test_dry_run_writes_nothing(folders, tmp_path):
+    r = _invoke(["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "dry"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["batch"] == 8
+    assert not (tmp_path / "dry").exists()
+
+
+def _cfg(folders, out, **kw):
+    base = dict(out=str(out), data=str(folders), arch="resnet_tiny", batch_size=8, input_size=16, device="cpu",
+                workers=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, tmp_path):
+    kw = dict(stage="smot", cam_model=str(base_model), epochs=3, perturb="noise")
+    run_train(_cfg(folders, tmp_path / "a", **kw))
+    assert run_train(_cfg(folders, tmp_path / "b", **kw), stop_after=1) == {"stopped_after": 1}
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 3
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert la == lb
+    # a smaller --epochs is refused (it was ignored)
+    with pytest.raises(UserError, match="--epochs 2: the run saved in .* has 3 epochs"):
+        run_train(_cfg(folders, tmp_path / "b", **dict(kw, epochs=2)), resume=True)
+    # resuming the finished run does nothing and rewrites nothing
+    files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()}
+    summary = run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
+    assert summary == json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()} == files
+
+
+def test_lr_schedules():
+    base = TrainConfig(out="x", stage="base", epochs=200, lr=0.1)
+    assert [lr_at(base, e) for e in (0, 79, 80, 139, 140, 199)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    smot = TrainConfig(out="x", stage="smot", epochs=300, lr=0.1)
+    assert lr_at(smot, 0) == pytest.approx(0.1) and lr_at(smot, 150) == pytest.approx(0.05)
+    assert lr_at(smot, 299) == pytest.approx(0.05 * (1 + np.cos(np.pi * 299 / 300)))
+    # short base runs: the first epoch always runs at the initial lr (round(0.4 * 1) = 0 dropped it)
+    assert [lr_at(TrainConfig(out="x", stage="base", epochs=1, lr=0.1), 0)] == pytest.approx([0.1])
+    assert [lr_at(TrainConfig(out="x", stage="base", epochs=3, lr=0.1), e) for e in range(3)] == \
+        pytest.approx([0.1, 0.01, 0.001])
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch):
+    import clip_smot.resnet.train as train_mod
+
+    real = train_mod.lr_at
+    monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: real(cfg, epoch) if epoch == 0 else 1e30)
+    out = tmp_path / "nan"
+    with pytest.raises(UserError, match="non-finite training loss .* epoch 2; the last good checkpoint"):
+        run_train(_cfg(folders, out, epochs=3))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()
+    # through the CLI: one line, exit code 1
+    monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: 1e30)
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "1", "--out", str(tmp_path / "n2")])
+    assert r.exit_code == 1 and "non-finite training loss" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{missing}"], "no such folder"),
+    (["--data", "{empty}"], "no train/ folder"),
+    (["--data", "{folders}", "--stage", "smot"], "--cam-model FILE is required"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{missing}/m.safetensors"], "no such file"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{notmodel}"], "not a safetensors file"),
+    (["--data", "{folders}", "--cam-model", "{notmodel}"], "only the smot method uses CAMs (this run's method is ce)"),
+    (["--data", "{folders}", "--stage", "smot", "--method", "ls", "--cam-model", "{notmodel}"], "method is ls"),
+    (["--data", "{folders}", "--lam", "2"], "--lam"),
+    (["--data", "{folders}", "--epochs", "0"], "--epochs"),
+    (["--data", "{folders}", "--lr", "0"], "--lr"),
+    (["--data", "{folders}", "--arch", "vgg"], "--arch"),
+    (["--out", "{tmp}/r"], "give --dataset NAME or --data DIR"),
+    (["--data", "{mismatch}"], "do not match those of train/"),
+    (["--data", "{folders}", "--resume"], "--resume: no checkpoint"),
+])
+def test_bad_inputs(args, message, folders, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notmodel").write_text("hello")
+    mismatch = _write_folders(tmp_path / "mm", per_class=(2, 1))
+    (mismatch / "val" / "eel").rename(mismatch / "val" / "emu")
+    fill = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folders": folders,
+            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch}
+    args = [a.format(**fill) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(cli, ["train", *TINY, *args])
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_out_with_a_run_needs_resume_and_cam_classes_must_match(folders, base_model, tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(base_model.parent)])
+    assert r.exit_code == 1 and "already holds a run" in r.output
+    other = _write_folders(tmp_path / "other", per_class=(2, 1))
+    (other / "train" / "eel").rename(other / "train" / "emu")
+    (other / "val" / "eel").rename(other / "val" / "emu")
+    r = CliRunner().invoke(cli, ["train", "--data", str(other), *TINY, "--stage", "smot", "--cam-model",
+                                 str(base_model), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "trained on other classes" in r.output
+
+
+def test_eval_on_a_class_folder_named_val(tmp_path):
+    """eval --id DIR/<class>/ with a class named "val" took DIR/val (that class's images) for the
+    split folder and stopped; DIR/val is the split only when it holds class folders (as fit's
+    DATA/train and the CLIP eval's DIR/val)."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    for split in ("train", "val"):
+        shutil.move(str(data / split / "eel"), str(data / split / "val"))  # classes cat, dog, val
+    out = tmp_path / "run"
+    assert _invoke(["train", "--data", str(data), *TINY, "--epochs", "1", "--out", str(out)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(out / "model.safetensors"), "--id", str(data / "val"),
+                                 "--ood", f"noise={data / 'train' / 'cat'}", "--scores", "msp", "--device", "cpu",
+                                 "--workers", "0", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_id"] == 6  # 2 per class, "val" among them
+
+
+def test_eval_bad_inputs(folders, base_model, tmp_path):
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={tmp_path}/none", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "--ood x=" in r.output and "no such folder or image list" in r.output
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "not a ResNet score" in r.output
+    small = _write_folders(tmp_path / "small", per_class=(4, 1))  # 12 training images, KNN's k is 50
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
+                                 "--ood", f"x={folders}", "--scores", "knn", "--device", "cpu", "--workers", "0",
+                                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and r.output.strip() == "Error: --id-train: knn needs at least 50 training images, found 12"
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
+                                 "--ood", f"x={folders}", "--scores", "vim", "--device", "cpu", "--workers", "0",
+                                 "--out", str(tmp_path / "e")])  # 12 images span 12 of the principal space's 64 dims
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: --id-train: vim needs more (and more varied) training images than its principal dimension 64 "
+        "(of 128 features): the 12 given leave no residual")
+    run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"x={folders}", "--device", "cpu", "--out", str(run)])
+    assert r.exit_code == 1 and "holds a training run" in r.output and len(r.output.strip().splitlines()) == 1
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
+
+
+def test_two_process_ddp_on_cpu(folders, tmp_path):
+    out = tmp_path / "ddp"
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2",
+                                "--out", str(out))
+    assert code == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    a, b = summary["param_checksum_per_rank"]
+    assert a == b  # DDP kept the two replicas identical
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2  # written once, by rank 0
+    assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "model.safetensors",
+                                                    "summary.json"]
+    # --dry-run reports the step of the global batch (--batch-size 8), not rank 0's share of it
+    code, stdout, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--dry-run",
+                                     "--out", str(tmp_path / "dry"))
+    assert code == 0 and json.loads(stdout)["batch"] == 8, stderr[-3000:]
+
+
+def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
+    out = tmp_path / "big"
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--batch-size", "16", "--input-size", "72",
+            "--device", "cpu", "--workers", "0", "--epochs", "1", "--out", str(out)]
+    r = _invoke(args)
+    assert r.exit_code == 0, r.output
+    from clip_smot.resnet.networks import load_model
+
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["input_size"] == 72 and model.conv1.kernel_size == (7, 7)  # ImageNet stem above 64 px
+    assert json.loads((out / "log.jsonl").read_text())["images"] == 60
+
+
+@pytest.mark.gpu
+def test_cuda_base_smot_eval(folders, ood_dir, tmp_path):
+    gpu = ["--arch", "resnet_tiny", "--batch-size", "8", "--device", "cuda", "--workers", "0"]
+    base, smot = tmp_path / "b", tmp_path / "s"
+    assert _invoke(["train", "--data", str(folders), *gpu, "--epochs", "2", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--data", str(folders), *gpu, "--stage", "smot", "--epochs", "2",
+                 "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (smot / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(e["loss"]) for e in log)
+    fp16 = tmp_path / "fp16"  # fp16 autocast: with loss scaling, whose state the checkpoint keeps
+    r = _invoke(["train", "--data", str(folders), *gpu, "--epochs", "1", "--precision", "fp16", "--out", str(fp16)])
+    assert r.exit_code == 0, r.output
+    ckpt = torch.load(fp16 / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0
+    assert _invoke(["train", "--data", str(folders), *gpu, "--epochs", "2", "--precision", "fp16", "--out", str(fp16),
+                    "--resume"]).exit_code == 0
+    r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders), "--ood",
+                 f"noise={ood_dir}", "--scores", "msp,odin,react,knn,gradnorm", "--device", "cuda",  # (vim: 60 images < 64 dims)
+                 "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"\x00garbage")
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / "r"), "--resume"])
+    assert r.exit_code == 1 and "not a readable clip-smot checkpoint" in r.output
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == b"\x00garbage"  # left as it was
+    # an empty file (an unpickling error without a message) and a checkpoint without its weights
+    for name, content in (("empty", None), ("partial", {"config": dataclasses.asdict(TrainConfig(out="x"))})):
+        (tmp_path / name).mkdir()
+        if content is None:
+            (tmp_path / name / "checkpoint.pt").write_bytes(b"")
+        else:
+            torch.save(content, tmp_path / name / "checkpoint.pt")
+        r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--out", str(tmp_path / name), "--resume"])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and "not a readable clip-smot checkpoint" in lines[0], r.output
+    assert "no model, optimizer, epoch, log, rng" in lines[0]
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    """Every RNG state (torch, numpy, Python) is restored from a file torch.load reads with weights_only=True."""
+    import random
+
+    from clip_smot.resnet.train import _rng_state, _set_rng_state
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    np.random.randn(1)  # numpy now holds a cached Gaussian (has_gauss = 1): that is saved too
+    torch.save({"rng": _rng_state()}, tmp_path / "state.pt")
+    expected = (torch.rand(3), np.random.rand(3), np.random.randn(1), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    _set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.rand(3), np.random.randn(1), random.random())
+    torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(again[1], expected[1])
+    np.testing.assert_array_equal(again[2], expected[2])
+    assert again[3] == expected[3]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_loss_scaling_changes_nothing_but_skips_non_finite_steps(fused):
+    """train_step with a GradScaler (what --precision fp16 uses on CUDA; here on the CPU in fp32):
+    a power-of-two scale gives the unscaled step's weights and loss, and a step with non-finite
+    gradients is skipped (the weights stay) with the scale halved."""
+    import contextlib
+
+    from clip_smot.resnet.networks import build_network
+    from clip_smot.resnet.train import StepParts, make_optimizer, train_step
+
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    mean = torch.full((1, 3, 1, 1), 0.5)
+
+    def one_step(scaler, std=0.25):
+        torch.manual_seed(0)
+        model = build_network("resnet_tiny", 3, 32)
+        opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=fused)
+        parts = StepParts("ce", mean, torch.full((1, 3, 1, 1), std), scaler=scaler)
+        loss, _ = train_step(model, opt, x, y, None, parts, contextlib.nullcontext())
+        return torch.nn.utils.parameters_to_vector(model.parameters()).detach(), loss
+
+    torch.manual_seed(0)
+    init = torch.nn.utils.parameters_to_vector(build_network("resnet_tiny", 3, 32).parameters()).detach()
+    plain, loss = one_step(None)
+    scaled, scaled_loss = one_step(torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    assert (plain - init).abs().max() > 1e-3  # the step moved the weights
+    torch.testing.assert_close(scaled, plain, atol=1e-6, rtol=1e-5)
+    assert torch.equal(scaled_loss, loss)  # the loss returned is the unscaled one
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    skipped, _ = one_step(scaler, std=0.0)  # inputs / 0: non-finite loss and gradients
+    assert torch.equal(skipped, init) and scaler.get_scale() == 2.0**9
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line(tmp_path):
+    """Images larger than 64 px are decoded by DataLoader workers; a bad one used to come back as
+    a multi-line traceback of the worker."""
+    data = _write_folders(tmp_path / "big", per_class=(3, 1), size=72)
+    bad = data / "train" / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    args = ["train", "--data", str(data), "--arch", "resnet_tiny", "--input-size", "72", "--batch-size", "3",
+            "--epochs", "1", "--device", "cpu", "--workers", "2", "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(cli, args)
+    errors = [line for line in r.output.splitlines() if "Error" in line]  # (after the progress bar's lines)
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(errors) == 1, r.output
+    assert errors[0].endswith(f"Error: {bad}: unreadable or truncated image (image file is truncated)")
+
+
+def test_resume_restores_a_log_line_lost_after_the_last_checkpoint(folders, tmp_path):
+    """Killed between the final checkpoint and its log line: the log comes back from the checkpoint."""
+    out = tmp_path / "c"
+    run_train(_cfg(folders, out, epochs=2))
+    full = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(full.splitlines(keepends=True)[0])
+    (out / "summary.json").unlink()
+    (out / "model.safetensors").unlink()
+    run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert (out / "log.jsonl").read_text() == full and (out / "model.safetensors").is_file()
+
+
+def test_two_process_ddp_resume_through_the_dataloader_path_is_exact(tmp_path):
+    """Folder images over 64 px, --workers 0: each rank's crops come from its own (seed, epoch,
+    rank) RNG, so 1 epoch + --resume ends with the weights of a straight 2-epoch run."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(6):  # mixed sizes and aspect ratios: the crops' rejection loop draws unevenly
+            h, w = rng.integers(72, 130, 2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(tmp_path / "data" / "train" / name / f"{i}.png")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom clip_smot.resnet.train import TrainConfig, run_train\n"
+        f"cfg = TrainConfig(out=sys.argv[1], data={str(tmp_path / 'data')!r}, arch='resnet_tiny', batch_size=6, "
+        "input_size=72, device='cpu', workers=0, epochs=2)\n"
+        "run_train(cfg, resume=sys.argv[2] == 'resume', stop_after=1 if sys.argv[2] == 'stop' else None)\n")
+    for out, mode in (("a", "straight"), ("b", "stop"), ("b", "resume")):
+        code, _, stderr = _torchrun(str(script), str(tmp_path / out), mode, timeout=180)
+        assert code == 0, stderr[-3000:]
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 2
+
+
+def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_path):
+    """Runs made before --cam-model was refused for methods without CAMs kept it in their config."""
+    out = tmp_path / "old"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["cam_model"] = "some/base/model.safetensors"
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert run_train(_cfg(folders, out, epochs=2), resume=True)["epochs"] == 2
+
+
+def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, monkeypatch):
+    """train's flags are what the epoch, the step and the optimizer get (each away from its default)."""
+    import clip_smot.resnet.train as train_mod
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen.update(kw, parts=parts, optimizer=dict(optimizer.param_groups[0]))
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), *TINY,
+                 "--lam", "0.3", "--T", "77", "--alpha", "3", "--beta", "4", "--perturb", "one", "--sigma", "0.5",
+                 "--lr", "0.01", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    p = seen["parts"]
+    assert (seen["alpha"], seen["beta"], p.method, p.lam, p.T, p.perturb, p.sigma) == (3.0, 4.0, "smot", 0.3, 77.0,
+                                                                                      "one", 0.5)
+    assert p.cam is not None and p.cam.labels_match  # the base model has the data's classes: true-label CAMs
+    assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
+    """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
+    import clip_smot.resnet.train as train_mod
+
+    real_save = train_mod.atomic_save
+
+    def save_then_ctrl_c(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "atomic_save", save_then_ctrl_c)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    assert _last_stderr_line(r) == \
+        f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(folders, tmp_path, monkeypatch):
+    """The second epoch's checkpoint fails as torch.save fails on a full disk (a RuntimeError,
+    after part of the file): one line naming the file, exit 1, epoch 1's checkpoint intact."""
+    from collections import namedtuple
+
+    import clip_smot.common.files as files
+
+    real_save, calls = torch.save, []
+
+    def second_fails(obj, f):
+        calls.append(f)
+        if len(calls) == 1:
+            return real_save(obj, f)
+        open(f, "wb").write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(files.torch, "save", second_fails)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(1, 1, 0))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert _last_stderr_line(r) == \
+        f"Error: cannot write {out / 'checkpoint.pt'}: no space left on the device; the file there before is unchanged"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json", "log.jsonl"]
+    (tmp_path / "f").write_text("a file")  # --out under a file: the folder cannot be made
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(tmp_path / "f" / "x")])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == \
+        f"Error: --out {tmp_path / 'f' / 'x'}: cannot create the folder (Not a directory)"
+
+
+def test_resume_on_data_with_other_classes_is_one_line(tmp_path):
+    """A class folder added (or renamed) between a run and its --resume: a size-mismatch
+    traceback from load_state_dict (or, renamed, a model saved with the wrong class names)."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    out = tmp_path / "run"
+    assert run_train(_cfg(data, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "cat", data / split / "fox")
+    with pytest.raises(UserError, match=r"^--resume: the classes of the data \(4: cat, dog, eel, fox...\) are not "
+                                        r"those of the run saved in .*run \(3: cat, dog, eel...\)$"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    for split in ("train", "val"):
+        shutil.rmtree(data / split / "fox")
+        (data / split / "eel").rename(data / split / "emu")
+    with pytest.raises(UserError, match=r"\(3: cat, dog, emu...\) are not those"):
+        run_train(_cfg(data, out, epochs=2), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("input_size", [16, 72])  # decoded once (<= 64 px) / decoded per batch from the files
+def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_size):
+    """Images added, removed or replaced under --data between a run and its --resume (same
+    classes, same flags) continued the run on other data, silently; fit checks its split so.
+    Sets read from their files per batch compared only the paths: a replaced image passed."""
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    out = tmp_path / "run"
+    assert run_train(_cfg(data, out, epochs=2, input_size=input_size), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    img = data / "train" / "dog" / "1.png"
+    kept = img.read_bytes()
+    refused = r"^--resume: the training images under .*data are not those of the run saved in .*run \(images added, removed or changed\); resume on the same images$"
+    changes = [lambda: (data / "train" / "dog" / "9.png").write_bytes(kept),  # one added
+               lambda: (data / "train" / "dog" / "9.png").unlink() or img.unlink()]  # one removed
+    changes.append(lambda: img.write_bytes((data / "train" / "cat" / "1.png").read_bytes()))  # one replaced
+    for change in changes:
+        change()
+        with pytest.raises(UserError, match=refused):
+            run_train(_cfg(data, out, epochs=2, input_size=input_size), resume=True)
+        img.write_bytes(kept)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    run_train(_cfg(data, out, epochs=2, input_size=input_size), resume=True)  # the same images again: it continues
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_model, tmp_path):
+    """--resume compared --cam-model as a string: a base model replaced at that path (its run
+    resumed for more epochs rewrites it) continued the SMOT run with other CAMs, silently."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cam = tmp_path / "base.safetensors"
+    shutil.copy(base_model, cam)
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))  # the base model's classes, fewer images
+    out = tmp_path / "run"
+    kw = dict(stage="smot", cam_model=str(cam), epochs=2)
+    assert run_train(_cfg(data, out, **kw), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    kept = cam.read_bytes()
+    with safe_open(str(cam), framework="pt") as f:  # the same network and classes, other weights
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(cam), metadata=meta)
+    with pytest.raises(UserError, match=r"^--resume: --cam-model .*base.safetensors is not the base model the run "
+                                        r"saved in .*run was trained with \(the file changed since"):
+        run_train(_cfg(data, out, **kw), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    cam.write_bytes(kept)
+    run_train(_cfg(data, out, **kw), resume=True)  # its own base model: it continues
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
+    """A SIGKILL while a checkpoint was written left '.checkpoint.pt.<random>.tmp' (hidden, as
+    large as a checkpoint) in --out for good; each kill added one."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    stale = [out / ".checkpoint.pt.k1ll3d_x.tmp", out / ".model.safetensors.abc.tmp", out / ".log.jsonl.q.tmp"]
+    others = [out / ".notes.txt.abc.tmp", out / "mine.tmp"]  # not the run's: kept
+    for f in stale + others:
+        f.write_bytes(b"PK\x03\x04 half")
+    run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert [f.exists() for f in stale + others] == [False] * len(stale) + [True] * len(others)
+
+
+def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
+    """--seed 0 on the resume of a --seed 3 run was silently ignored (0 is the default, so it
+    looked as if no --seed was given); a flag that is given is compared, whatever its value."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2, seed=3, lam=0.5), stop_after=1) == {"stopped_after": 1}
+    for flags in (["--seed", "0"], ["--lam", "0.1"], ["--stage", "base", "--seed", "0"]):
+        r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", *flags, "--device", "cpu", "--workers", "0"])
+        assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+            f"Error: --resume: {flags[0 if flags[0] != '--stage' else 2]} differ from the run saved in {out}; "
+            "resume with the same flags"), (flags, r.output)
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--seed", "3", "--stage", "base",
+                                 "--device", "cpu", "--workers", "0"])  # the saved values (or none): it continues
+    assert r.exit_code == 0, r.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("batch, which", [(1, "every batch is one image"),
+                                          (59, "the last batch of each epoch is one image (60 training images)")])
+def test_a_batch_of_one_image_on_a_1x1_feature_map_is_refused_up_front(batch, which, folders, base_model, tmp_path):
+    # resnet_tiny at --input-size 8 ends in a 1x1 map: torch's BatchNorm cannot train on one value
+    # per channel, which raised a traceback at the first batch of one image (60 % 59 = 1)
+    args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--input-size", "8", "--device", "cpu",
+            "--workers", "0", "--epochs", "1", "--batch-size", str(batch), "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --batch-size {batch}: resnet_tiny at --input-size 8 ends in a 1x1 feature map, where BatchNorm cannot "
+        f"train on a batch of one image, and {which}; choose another --batch-size or a larger --input-size")
+    assert not (tmp_path / "r").exists()
+    # SMOT's batches hold each image and its masked copy: a batch of one image trains
+    r = _invoke([*args[:-2], "--stage", "smot", "--cam-model", str(base_model), "--dry-run", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and json.loads(r.output)["batch"] == batch, r.output
+
+
+def test_input_size_resamples_the_builtin_32_pixel_sets(tmp_path):
+    # --dataset digits (and cifar10/100) always trained at 32 px: --input-size 16 was ignored silently
+    s = run_train(TrainConfig(out=str(tmp_path / "r"), dataset="digits", input_size=16, epochs=1, device="cpu"),
+                  dry_run=True)
+    assert s["config"]["input_size"] == 16 and s["config"]["arch"] == "resnet_tiny"
+    from clip_smot.resnet.data import load_id_split
+
+    x = load_id_split("digits", None, "val", 16).images
+    assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
+
+
+def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
+    """Rank 1 fails on an image of its share while rank 0 waits for it in the gradient all-reduce:
+    rank 1's error line reaches the user and no rank is left waiting (a hang would be killed by
+    the timeout); no checkpoint of the unfinished epoch."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:  # images over 64 px: decoded per batch, a DistributedSampler shares them out
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3)).astype(np.uint8)).save(
+                tmp_path / "data" / "train" / name / f"{i}.png")
+    from torch.utils.data.distributed import DistributedSampler
+
+    from clip_smot.resnet.data import load_id_split
+
+    files = load_id_split(None, str(tmp_path / "data"), "train", 72).files
+    share = DistributedSampler(range(len(files)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
+    bad = files[list(share)[-1]]  # rank 1's last image of epoch 1 (its first two steps go through)
+    bad.write_bytes(bad.read_bytes()[:100])
+    out = tmp_path / "run"
+    code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(tmp_path / "data"), "--arch", "resnet_tiny",
+                             "--batch-size", "6", "--input-size", "72", "--device", "cpu", "--workers", "0",
+                             "--epochs", "2", "--out", str(out))
+    assert code != 0
+    assert f"Error: {bad}: unreadable or truncated image" in stderr, stderr[-3000:]
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_with_another_number_of_processes_says_it_is_not_the_straight_run(folders, tmp_path, capsys):
+    """Allowed (the batch is global), but the exact resume of the docs holds for the same number of
+    processes only: a resume with another number says so (the checkpoint keeps the number)."""
+    out = tmp_path / "w"
+    run_train(_cfg(folders, out, epochs=3), stop_after=1)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["world_size"] == 1
+    run_train(_cfg(folders, out, epochs=3), resume=True, stop_after=1)
+    assert "processes" not in capsys.readouterr().err
+    torch.save({**torch.load(out / "checkpoint.pt", weights_only=True), "world_size": 2}, out / "checkpoint.pt")
+    run_train(_cfg(folders, out, epochs=3), resume=True)
+    err = capsys.readouterr().err
+    assert f"train: the run in {out} was trained by 2 processes and goes on with 1: the same global batch" in err
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_seeds_and_input_sizes_out_of_bounds_are_refused_before_any_data(tmp_path, monkeypatch):
+    """The library checks what the CLI checks (a TrainConfig from Python or from a checkpoint):
+    --seed -1 and 2**64 were tracebacks of torch or numpy; --input-size 100000 was allocated."""
+    import clip_smot.resnet.data as resnet_data
+
+    monkeypatch.setattr(resnet_data, "load_id_split", lambda *a, **k: pytest.fail("data read before the check"))
+    for changes, message in (({"seed": -1}, r"^--seed -1: must be in \[0, 9223372036854775807\]$"),
+                             ({"seed": 2**64}, r"^--seed 18446744073709551616: must be in"),
+                             ({"input_size": 100000}, r"^--input-size 100000: must be in \[8, 1024\]$"),
+                             ({"input_size": 4}, r"^--input-size 4: must be in \[8, 1024\]$")):
+        with pytest.raises(UserError, match=message):
+            run_train(TrainConfig(out=str(tmp_path / "r"), dataset="digits", device="cpu", **changes), dry_run=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resampling_a_set_that_would_not_fit_in_memory_is_refused_before_allocating(monkeypatch):
+    """--input-size 1024 on CIFAR's 50,000 images would be 157 GB of uint8: refused from the
+    arithmetic (here: a machine of 1 MiB and 20 images of 3 x 256 x 256 = 3.75 MiB)."""
+    import clip_smot.resnet.data as resnet_data
+    from clip_smot.resnet.data import SizedImageSet, resize_set
+
+    s = SizedImageSet("tiny", ["a"], torch.zeros(20, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3,
+                 images=torch.zeros(20, 3, 8, 8, dtype=torch.uint8))
+    monkeypatch.setattr(resnet_data, "physical_memory", lambda: 2**20)
+    with pytest.raises(UserError, match=r"^input size 256: the 20 images of tiny would take 0.0 GiB at that size, "
+                                        r"more than half of this machine's 0.0 GiB; choose a smaller --input-size$"):
+        resize_set(s, 256)
+    assert s.images.shape == (20, 3, 8, 8)
+    monkeypatch.setattr(resnet_data, "physical_memory", lambda: 2**30)
+    x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    s.images = x.clone()
+    resize_set(s, 16, chunk=2)  # resampled 2 images at a time: the same as all at once
+    whole = torch.nn.functional.interpolate(x.float(), size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.equal(s.images, whole.round().clamp(0, 255).to(torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(folders, tmp_path_factory):
+    """A run of 2 epochs stopped after the first (its checkpoint is the one the edits start from)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    return out
+
+
+def _edit(key, *path_value):
+    *path, value = path_value
+
+    def edit(ckpt):
+        d = ckpt[key]
+        for k in path[:-1]:
+            d = d[k]
+        if path:
+            d[path[-1]] = value
+        else:
+            ckpt[key] = value
+    return edit
+
+
+def _shape(ckpt):
+    ckpt["model"]["fc.weight"] = torch.zeros(7, 128)
+
+
+def _momentum(ckpt):
+    first = next(iter(ckpt["optimizer"]["state"]))
+    ckpt["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(2, 2)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
+    (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
+    (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
+    (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
+    (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
+    (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
+    (_edit("config", "seed", -1), r"^--seed -1: must be in"),
+    (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
+    (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
+    (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
+                                                              r"momentum is None\)"),
+    (_edit("rng", "numpy", "MT19937"), r"its loss-scaler or random-number state is damaged \(ValueError"),
+    (_edit("rng", "torch", torch.zeros(3, dtype=torch.uint8)), r"random-number state is damaged \(RuntimeError"),
+])
+def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
+    """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
+    size); nothing in the run folder changes."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(UserError, match=expected):
+        run_train(_cfg(folders, run, epochs=2), resume=True, flags=set())  # (no flag given: the saved ones hold)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_an_image_that_cannot_be_read_while_the_data_is_hashed_is_one_line(tmp_path, monkeypatch):
+    """The files of a 224-pixel set are hashed at the start (the resume check): an unreadable one
+    (a permission error here; root reads every file, so it is simulated) is one line naming it."""
+    import errno
+
+    import clip_smot.resnet.train as train_module
+
+    data = _write_folders(tmp_path / "data", per_class=(2, 1), size=72)
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(train_module, "sha256_file", unreadable)
+    with pytest.raises(UserError, match=r"^.*data/train/cat/0.png: cannot read the image file \(Permission denied\)$"):
+        run_train(_cfg(data, tmp_path / "run", epochs=1, input_size=72), dry_run=True)

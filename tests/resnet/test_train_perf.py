@@ -1,0 +1,185 @@
+"""The eager training step against a hand-written one; the fast variants (fused SGD, torch.compile,
+CUDA graphs) give the eager step's result."""
+
+import copy
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clip_smot.cam import CAMProvider
+from clip_smot.cli import cli
+from clip_smot.common.device import autocast
+from clip_smot.resnet.data import CIFAR10_MEAN, CIFAR10_STD
+from clip_smot.resnet.networks import build_network
+from clip_smot.resnet.train import (
+    StepParts,
+    compile_for_training,
+    make_optimizer,
+    train_step,
+)
+from clip_smot.smot import sample_thresholds
+
+B, K, S = 8, 10, 32
+
+
+def _setup(device="cpu", cuda_graph=False):
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", K, S).to(device)
+    torch.manual_seed(1)
+    base = build_network("resnet_tiny", K, S).to(device)
+    cam = CAMProvider(base, CIFAR10_MEAN, CIFAR10_STD, labels_match=True)
+    cam.mean, cam.std = cam.mean.to(device), cam.std.to(device)
+    parts = StepParts(method="smot", mean=torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1),
+                      std=torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1), cam=cam, T=10.0, lam=0.1,
+                      cuda_graph=cuda_graph)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (B, 3, S, S), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, K, (B,), generator=g).to(device)
+    t = sample_thresholds(B, 50.0, 20.0, generator=g).to(device)
+    return model, parts, x, y, t
+
+
+def _steps(model, parts, x, y, t, n, fused, step_model=None, amp=None):
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=fused)
+    amp = amp or autocast(x.device, "fp32")
+    losses = []
+    for _ in range(n):
+        loss, correct = train_step(model if step_model is None else step_model, opt, x, y, t, parts, amp)
+        losses.append(float(loss))
+    return losses, int(correct)
+
+
+def _assert_same(m1, m2, rtol, atol):
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("method, mask", [("smot", "zero"), ("smot", "one"), ("ls", None), ("logitnorm", None),
+                                          ("ce", None)])
+def test_eager_step_is_the_hand_written_step(method, mask):
+    """One plain-SGD step of train_step: its loss and its weights against docs/method.md §1 written out."""
+    model, parts, x, y, t = _setup()
+    parts.method = method
+    parts.perturb = mask or "zero"
+    ref = copy.deepcopy(model)
+    loss, correct = train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts,
+                               autocast(x.device, "fp32"))
+
+    xf = x.float() / 255  # [B, 3, S, S] in [0, 1], before normalisation
+    if method == "smot":
+        cams = parts.cam(xf, y)  # [B, S, S] in [0, 255], the true label (CAMProvider: tests/test_cam.py)
+        keep = (cams < t.view(B, 1, 1)).float()[:, None]  # Eq. 7: masked where cam >= t
+        # originals, then their masked copies: black (zero) or white (one)
+        xf = torch.cat([xf, xf * keep + (1 - keep) * (mask == "one")])
+    logits = ref((xf - parts.mean) / parts.std)
+    logp = logits.log_softmax(dim=-1)
+    onehot = torch.nn.functional.one_hot(y, K).float()
+    if method == "smot":
+        eps = 1 - torch.exp((t - 255) / 10.0)  # Eq. 9, T = 10
+        target = (1 - eps[:, None]) * onehot + eps[:, None] / K  # Eq. 5
+        want = 0.9 * -(onehot * logp[:B]).sum(-1).mean() + 0.1 * -(target * logp[B:]).sum(-1).mean()  # Eq. 8
+    elif method == "ls":
+        want = -((0.9 * onehot + 0.1 / K) * logp).sum(-1).mean()
+    elif method == "logitnorm":
+        z = logits / (0.04 * logits.norm(dim=-1, keepdim=True))
+        want = -(onehot * z.log_softmax(dim=-1)).sum(-1).mean()
+    else:
+        want = -(onehot * logp).sum(-1).mean()
+    want.backward()
+    torch.testing.assert_close(loss, want.detach(), rtol=1e-5, atol=1e-6)
+    assert int(correct) == int((logits[:B].argmax(-1) == y).sum())
+    # first SGD step (empty momentum buffer): w - lr * (grad + wd * w)
+    for (name, w), w0 in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(w.detach(), w0.detach() - 0.1 * (w0.grad + 5e-4 * w0.detach()), rtol=1e-5,
+                                   atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_sgd_gives_the_plain_sgd_weights():
+    model, parts, x, y, t = _setup()
+    other = copy.deepcopy(model)
+    losses, correct = _steps(model, parts, x, y, t, 3, fused=False)
+    losses_f, correct_f = _steps(other, parts, x, y, t, 3, fused=True)
+    assert losses[0] != losses[-1]  # the steps did change the weights
+    torch.testing.assert_close(torch.tensor(losses_f), torch.tensor(losses), rtol=1e-5, atol=1e-6)
+    assert correct == correct_f
+    _assert_same(model, other, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # inductor's C++ compile of the tiny ResNet's forward and backward: ~1 min on 2 cores
+def test_compiled_step_gives_the_eager_step():
+    model, parts, x, y, t = _setup()
+    other = copy.deepcopy(model)
+    losses, _ = _steps(model, parts, x, y, t, 2, fused=False)
+    _, parts_c, _, _, _ = _setup()  # a fresh CAM network whose forward_features gets compiled
+    t0 = time.perf_counter()
+    compiled = compile_for_training(other, parts_c.cam)
+    assert compiled is not other and list(other.state_dict()) == list(model.state_dict())  # keys unprefixed
+    losses_c, _ = _steps(other, parts_c, x, y, t, 2, fused=False, step_model=compiled)
+    print(f"compile + 2 steps on CPU: {time.perf_counter() - t0:.1f} s")
+    torch.testing.assert_close(torch.tensor(losses_c), torch.tensor(losses), rtol=1e-4, atol=1e-5)
+    _assert_same(model, other, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graph_needs_cuda(tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--data", str(tmp_path / "d"), "--device", "cpu",
+                                 "--cuda-graph", "--dry-run", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1, r.output
+    assert "--cuda-graph needs a CUDA device" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_compiled_steps_match_eager(cuda_graph):
+    model, parts, x, y, t = _setup("cuda")
+    other = copy.deepcopy(model)
+    amp = autocast(torch.device("cuda"), "bf16")
+    losses, _ = _steps(model, parts, x, y, t, 3, fused=True, amp=amp)
+    _, parts_c, _, _, _ = _setup("cuda", cuda_graph=cuda_graph)
+    compiled = compile_for_training(other, parts_c.cam, cuda_graph=cuda_graph)
+    losses_c, _ = _steps(other, parts_c, x, y, t, 3, fused=True, step_model=compiled, amp=amp)
+    torch.testing.assert_close(torch.tensor(losses_c), torch.tensor(losses), rtol=3e-2, atol=3e-2)
+
+
+def test_train_compile_flag_compiles_both_networks_and_saves_plain_keys(tmp_path, monkeypatch):
+    """The CLI wiring of --compile: the trained and the CAM network go through torch.compile,
+    the steps use the compiled callable, and the saved weights keep the plain module's keys."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(img).save(tmp_path / "d" / split / name / f"{i}.png")
+    tiny = ["--data", str(tmp_path / "d"), "--arch", "resnet_tiny", "--batch-size", "8", "--input-size", "16",
+            "--device", "cpu", "--workers", "0", "--epochs", "1"]
+    r = CliRunner().invoke(cli, ["train", *tiny, "--out", str(tmp_path / "base")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    compiled = []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        calls = []
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            return fn(*a, **k)
+
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), mode, calls))
+        return wrapped
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    r = CliRunner().invoke(cli, ["train", *tiny, "--stage", "smot", "--cam-model",
+                                 str(tmp_path / "base" / "model.safetensors"), "--compile",
+                                 "--out", str(tmp_path / "smot")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    names = [c[0] for c in compiled]
+    assert names == ["ResNet", "forward_features"] and all(c[1] is None for c in compiled)
+    assert all(len(c[2]) == 2 for c in compiled)  # 16 images, batch 8: both used in both steps
+    plain = load_file(str(tmp_path / "base" / "model.safetensors"))
+    saved = load_file(str(tmp_path / "smot" / "model.safetensors"))
+    assert list(saved) == list(plain) and not any("_orig_mod" in k for k in saved)
