@@ -16,9 +16,10 @@ why each is exact):
 * the per-token work runs for each prompt's positions up to its own EOT only (packing);
 * the last layer runs attention, the MLP and ``ln_final`` for the K EOT tokens only.
 
-Two optional speed knobs: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
-context, the residual stream and the output stay float32) and ``attention`` ("causal" uses the
-causal kernels of ``scaled_dot_product_attention``, "mask" an additive float mask like open_clip).
+Speed knobs, all exact: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
+context, the residual stream and the output stay float32), ``residual`` and ``attention``
+("causal" uses the causal kernels of ``scaled_dot_product_attention``, "mask" an additive float
+mask like open_clip, "square" and "flex" the layouts of docs/prompt.md).
 """
 
 from __future__ import annotations
