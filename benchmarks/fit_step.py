@@ -40,12 +40,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from text_layouts import LayoutLearner  # (benchmarks/, the script's folder)
+
 from clip_smot.clip.fit import FitConfig, resolve_speed
 from clip_smot.clip.model import load_clip
 from clip_smot.clip.prompt import PromptLearner
 from clip_smot.clip.step import make_fit_step
 from clip_smot.common.device import resolve_device
-from text_layouts import LayoutLearner  # (benchmarks/, the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CTX = 16  # CoOp's default context length

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import check_compiled_flex_on_gpu, flex_kernel_ran, open_clip_features_and_grad
+from helpers import (
+    check_compiled_flex_on_gpu,
+    flex_kernel_ran,
+    open_clip_features_and_grad,
+)
 
 from clip_smot.clip.encoders import ImageEncoder, fast_image_encoder
 from clip_smot.clip.model import load_clip
