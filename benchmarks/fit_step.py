@@ -40,6 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from text_layouts import LayoutLearner  # (benchmarks/, the script's folder)
+
 from clip_smot.clip.fit import FitConfig, resolve_speed
 from clip_smot.clip.model import load_clip
 from clip_smot.clip.prompt import PromptLearner
@@ -161,7 +163,7 @@ def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> 
         compiled = fast_image_encoder(clip.model, precision)
         compiled.compile_layers()  # compiled in the first (warm-up) call
         parts["image_encoder_compiled_layers"] = in_autocast(lambda: compiled(batch), precision)
-    settings = {  # name -> PromptLearner options
+    settings = {  # name -> LayoutLearner options (benchmarks/text_layouts.py)
         "text_fp32_weights_autocast_mask": dict(precision="fp32", attention="mask", share_prefix=False, pack=False),
         f"text_{precision}_weights_mask": dict(precision=precision, attention="mask", share_prefix=False, pack=False),
         f"text_{precision}_weights_causal": dict(precision=precision, attention="causal", share_prefix=False,
@@ -176,7 +178,7 @@ def measure_breakdown(clip, names, images, precision, steps, warmup, device) -> 
         with torch.no_grad():
             results[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
     for name, opts in settings.items():  # all truncated to max(EOT)+1
-        learner = PromptLearner(clip, names, n_ctx=N_CTX, **opts)
+        learner = LayoutLearner(clip, names, n_ctx=N_CTX, **opts)
 
         def fwd_bwd(learner=learner):
             learner.ctx.grad = None
@@ -195,7 +197,7 @@ def _error(e: BaseException) -> str:
 
 
 def text_variants(precision: str) -> dict:
-    """Text-encoder settings to compare: name -> PromptLearner options (all truncated to max(EOT)+1;
+    """Text-encoder settings to compare: name -> LayoutLearner options (all truncated to max(EOT)+1;
     shared prefix unless the name says no_prefix)."""
     low = precision if precision != "fp32" else "fp32"
     v = {
@@ -301,7 +303,7 @@ def _compiled_learner(clip, names, precision, opts, device, mode):
     run once (compiled); returns (learner, its fwd+bwd, seconds of the compiling call, note)."""
     errors = []
     for fullgraph in (True, False):
-        learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+        learner = LayoutLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
         learner.encoder = torch.compile(learner.encoder, fullgraph=fullgraph, dynamic=False, mode=mode)
         fn = _fwd_bwd(learner, device, precision)
         t0 = time.perf_counter()
@@ -335,7 +337,7 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
         opts = dict(opts)
         backend = opts.pop("_backend", None)
         try:
-            learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+            learner = LayoutLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
             fn = _fwd_bwd(learner, device, precision, backend)
             fn()
             ms[name] = round(time_interleaved({name: fn}, (), steps, warmup, device)[name], 2)
@@ -355,7 +357,7 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
 
     def step_with(opts, encoder=None, cuda_graph=False):
         """A full fit step; with a (compiled) text ``encoder``, the image blocks are compiled too."""
-        learner = PromptLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
+        learner = LayoutLearner(clip, names, n_ctx=N_CTX, generator=gen, precision=precision, **opts)
         if encoder is not None:  # the same frozen weights, already compiled
             learner.encoder = encoder
         opt = torch.optim.SGD(learner.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -410,7 +412,7 @@ def measure_variants(clip, names, precision, steps, warmup, device, inputs, seed
                 out["errors"][name] = _error(e)
 
         def regional(opts):  # every layer but the last: one compiled region, compiled once
-            learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
+            learner = LayoutLearner(clip, names, n_ctx=N_CTX, precision=precision, **opts)
             learner.encoder.compile_layers(**({"mode": compile_mode} if compile_mode else {}))
             fn = _fwd_bwd(learner, device, precision)
             t0 = time.perf_counter()
@@ -600,7 +602,7 @@ def run(
         best = extra.get("variants", {}).get("best_eager_options")
         if profile and best is not None:
             try:
-                learner = PromptLearner(clip, names, n_ctx=N_CTX, precision=precision, **best)
+                learner = LayoutLearner(clip, names, n_ctx=N_CTX, precision=precision, **best)
                 extra["profile_best_text_fwd_bwd"] = profile_step(
                     lambda: _fwd_bwd(learner, dev, precision)(), (), dev, profile_steps)
             except Exception as e:  # noqa: BLE001

@@ -78,6 +78,93 @@ def flex_kernel_ran(learner: PromptLearner) -> bool:
     return bool(built) and not any(isinstance(masks[0], torch.Tensor) for masks in built)
 
 
+def random_ctx_(learner: PromptLearner, seed: int = 0) -> None:
+    # larger than the N(0, 0.02) init so that the context really moves the features
+    with torch.no_grad():
+        learner.ctx.copy_(torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(seed)))
+
+
+def check_features_equal_open_clip(clip, learner: PromptLearner, csc: bool, class_position: str, share_prefix: bool,
+                                   pack: bool) -> None:
+    """A learner of 5 context tokens: its layout (prefix, tokens encoded) as ``share_prefix`` and
+    ``pack`` say, and its features open_clip's over all 77 positions; a class-specific context
+    moves its own class only."""
+    names = learner.classnames
+    random_ctx_(learner)
+    full = learner.prompt_embeddings(full=True)
+    assert full.shape == (len(names), 77, 32)
+    expected = open_clip_encoding(clip, full, learner.tokens)
+    assert learner.seq_len < 77 and learner.seq_len == int(learner.tokens.argmax(-1).max()) + 1
+    shared = share_prefix and not csc and class_position == "end"
+    assert learner.prefix_len == (1 + 5 if shared else 0)
+    P, eot = learner.prefix_len, learner.tokens.argmax(-1)
+    # packed: the prefix once, then each prompt up to its own EOT
+    expected_tokens = P + int((eot + 1 - P).sum()) if pack else P + len(names) * (learner.seq_len - P)
+    assert learner.tokens_encoded == expected_tokens
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+    if csc:  # a class-specific context really is per class: class 0's ctx moves class 0 only
+        with torch.no_grad():
+            before = learner()
+            # not a constant shift: every LayerNorm would remove that exactly
+            learner.ctx[0] += torch.randn(learner.ctx[0].shape, generator=torch.Generator().manual_seed(1))
+            after = learner()
+        assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1:], after[1:], atol=1e-6)
+
+
+def check_features_and_gradient_equal_open_clip(clip, learner: PromptLearner) -> None:
+    """The learner's features and the gradient they send into the context: open_clip's."""
+    random_ctx_(learner, seed=5)
+    target = torch.randn(len(learner.classnames), 32, generator=torch.Generator().manual_seed(6))
+    feats = learner()
+    (feats * target).sum().backward()
+    ours = learner.ctx.grad.clone()
+    learner.ctx.grad = None
+    expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
+    (expected * target).sum().backward()
+    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+
+
+def check_flex_kernel_forward(clip, flex: PromptLearner, compiled: bool, csc: bool, class_position: str,
+                              share_prefix: bool) -> None:
+    """A learner of ``attention="flex"`` run on FlexAttention's kernel (compiled layers or not):
+    open_clip's features, and the prefix shared as ``share_prefix`` says."""
+    random_ctx_(flex, seed=3)
+    flex.encoder.flex_kernel = True
+    if compiled:
+        flex.encoder.compile_layers()
+    with torch.no_grad():
+        ours = flex()
+        expected = open_clip_encoding(clip, flex.prompt_embeddings(full=True), flex.tokens)
+    assert flex_kernel_ran(flex)
+    assert flex.prefix_len == (1 + flex.ctx.shape[-2] if share_prefix and not csc and class_position == "end" else 0)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def open_clip_features_and_grad(clip, learner: PromptLearner) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip's own fp32 encoding of the learner's prompts (its transformer over all 77 positions
+    with its float mask, ``ln_final``, EOT pooling, projection) and the gradient that
+    ``features.square().sum()`` sends into the context (left cleared on the learner)."""
+    ref = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+    ref.square().sum().backward()
+    grad, learner.ctx.grad = learner.ctx.grad.clone(), None
+    return ref, grad
+
+
+def check_compiled_flex_on_gpu(clip, learner: PromptLearner, case) -> None:
+    """A CUDA learner of ``attention="flex"``, its layers compiled: FlexAttention's kernel ran and
+    gave open_clip's fp32 features and gradient."""
+    learner.encoder.compile_layers()
+    with torch.no_grad():
+        learner.ctx.normal_(0, 1)
+    ref, ref_grad = open_clip_features_and_grad(clip, learner)
+    out = learner()
+    out.square().sum().backward()
+    assert flex_kernel_ran(learner), case
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
+    assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
+
+
 def _train_folder(root, n_per_class=17, seed=1):
     rng = np.random.default_rng(seed)
     for i, c in enumerate(CLASSES):

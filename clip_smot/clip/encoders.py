@@ -297,7 +297,7 @@ class TextEncoder(nn.Module):
         a = _masked_attention(*self._flat_qkv(blk, tokens), mask)  # [1, h, L, d/h]
         return blk.finish(tokens, a[0].transpose(0, 1).reshape(tokens.shape[0], self.width))
 
-    def _layout(self, eot: torch.Tensor, index: torch.Tensor | None, K: int, S: int, P: int) -> dict:
+    def _layout(self, eot: torch.Tensor, index: torch.Tensor, K: int, S: int, P: int) -> dict:
         """Index tensors and masks that depend on the prompts' layout only, not on their values.
 
         Built once per pair of ``eot`` and ``index`` tensors (a prompt learner's buffers) and
@@ -314,13 +314,12 @@ class TextEncoder(nn.Module):
         [L, L], EOT queries [K, L], L = P + N: FlexAttention BlockMasks on CUDA, dense boolean
         masks elsewhere).
         """
-        key = (id(eot), eot._version, id(index), None if index is None else index._version, K, S, P,
-               self.flex_kernel)
+        key = (id(eot), eot._version, id(index), index._version, K, S, P, self.flex_kernel)
         if key in self._layouts:
             return self._layouts[key][1]
         dev = eot.device
         rows = torch.arange(K, device=dev)
-        eot_token = rows * S + eot if index is None else torch.searchsorted(index, rows * S + eot)  # [K]
+        eot_token = torch.searchsorted(index, rows * S + eot)  # [K]
         layout = {"rows": rows, "eot_token": eot_token}
         if self.attention == "flex":
             layout["eot_pos"] = P + eot_token  # [K]: the EOTs in the whole token list, prefix included
@@ -329,15 +328,13 @@ class TextEncoder(nn.Module):
             keys = torch.arange(P + S, device=dev)
             layout["eot_mask"] = (keys[None, :] <= (P + eot)[:, None])[:, None, None, :]  # [K, 1, 1, P+S]
         if self.attention == "square":  # rows of the flat [K*(P+S)] attention output the tokens need, in order
-            sfx = torch.arange(K * S, device=dev) if index is None else index  # into [K*S]
-            sfx = sfx + (sfx // S + 1) * P  # -> into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
+            sfx = index + (index // S + 1) * P  # [N] into [K*(P+S)]: row k's suffix starts at k*(P+S) + P
             layout["out_index"] = torch.cat([torch.arange(P, device=dev), sfx])  # [P + N]
-            layout["fill_index"] = None
-            if index is not None:  # each suffix position's token: its own, or its prompt's EOT after it
-                flat = torch.arange(K * S, device=dev)  # [K*S]
-                row = flat // S
-                flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
-                layout["fill_index"] = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
+            # each suffix position's token: its own, or its prompt's EOT after it
+            flat = torch.arange(K * S, device=dev)  # [K*S]
+            row = flat // S
+            flat = row * S + torch.minimum(flat - row * S, eot[row])  # clamp to the row's EOT
+            layout["fill_index"] = torch.searchsorted(index, flat)  # [K*S] into the N packed tokens
         if len(self._layouts) >= _LAYOUTS_KEPT:
             self._layouts.pop(next(iter(self._layouts)))  # the oldest
         self._layouts[key] = ((eot, index), layout)  # holds the tensors, so their ids stay theirs
@@ -351,8 +348,7 @@ class TextEncoder(nn.Module):
         no query that matters sees anyway. ``eot_pos`` [K]: each EOT's position in the token list.
         """
         dev = eot.device
-        flat = torch.arange(K * S, device=dev) if index is None else index  # [N] into the [K, S] layout
-        doc = torch.cat([torch.full((P,), -1, device=dev, dtype=flat.dtype), flat // S])  # [L]: prompt, -1: prefix
+        doc = torch.cat([torch.full((P,), -1, device=dev, dtype=index.dtype), index // S])  # [L]: prompt, -1: prefix
         L = doc.shape[0]
 
         def visible(q, kv):  # token q sees token kv
@@ -385,12 +381,12 @@ class TextEncoder(nn.Module):
         return blk.finish(tokens, self._attend_square(blk.qkv(tokens), K, S, P, fill_index, out_index))
 
     def _attend_square(
-        self, qkv: torch.Tensor, K: int, S: int, P: int, fill_index: torch.Tensor | None, out_index: torch.Tensor
+        self, qkv: torch.Tensor, K: int, S: int, P: int, fill_index: torch.Tensor, out_index: torch.Tensor
     ) -> torch.Tensor:
         """Attention outputs [P + N, d] of the prefix and suffix tokens ``qkv`` [P + N, 3d]:
         one ``is_causal=True`` SDPA over [K, h, P+S] with the prefix broadcast to every prompt.
 
-        ``fill_index`` [K * S] (packed tokens only) gives, for each suffix position, the token
+        ``fill_index`` [K * S] gives, for each suffix position, the token
         that fills it: its own, or for a position after the prompt's EOT a copy of the EOT token
         (any finite values do: those keys are seen only by queries after the EOT, whose outputs
         are dropped, so they get exactly zero gradient). ``out_index`` [P + N] picks the outputs
@@ -399,8 +395,7 @@ class TextEncoder(nn.Module):
         """
         d, h = self.width, self.heads
         qkv_p, qkv_s = qkv.split([P, qkv.shape[0] - P])  # [P, 3d], [N, 3d] (backward: one cat, not two pads)
-        if fill_index is not None:  # [N, 3d] -> [K*S, 3d]: one gather
-            qkv_s = qkv_s.index_select(0, fill_index)
+        qkv_s = qkv_s.index_select(0, fill_index)  # [N, 3d] -> [K*S, 3d]: one gather
         full = torch.cat([qkv_p.expand(K, P, 3 * d), qkv_s.reshape(K, S, 3 * d)], dim=1)  # [K, P+S, 3d]
         full = full.reshape(K, P + S, 3, h, d // h)  # [K, P+S, 3, h, d/h]
         q, k, v = (t.transpose(1, 2) for t in full.unbind(2))  # [K, h, P+S, d/h] (backward: one stack)
@@ -408,11 +403,7 @@ class TextEncoder(nn.Module):
         return a.reshape(K * (P + S), d).index_select(0, out_index)  # [P + N, d]
 
     def forward(
-        self,
-        x: torch.Tensor,
-        eot: torch.Tensor,
-        prefix: torch.Tensor | None = None,
-        index: torch.Tensor | None = None,
+        self, x: torch.Tensor, eot: torch.Tensor, index: torch.Tensor, prefix: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Text features of K prompts, pooled at EOT and projected (not normalised).
 
@@ -420,23 +411,23 @@ class TextEncoder(nn.Module):
             x: token embeddings (without positional embeddings) [K, S, d] of positions
                 ``P .. P+S-1`` of each prompt, where P is the prefix length (0 without a prefix).
             eot: [K] position of each prompt's EOT token within ``x`` (0-based, < S).
-            prefix: optional shared embeddings [P, d] of positions ``0 .. P-1``, the same for
-                every prompt: encoded once and used as keys/values by all K prompts.
-            index: optional sorted flat indices into ``K * S`` of the positions to encode; it must
+            index: sorted flat indices [N] into ``K * S`` of the positions to encode; it must
                 hold every position up to each prompt's EOT (see :func:`packed_index`). The
                 positions left out (after a prompt's EOT) are seen by no query that matters, so
                 the per-token work (LayerNorms, projections, MLPs) is done for these only and
                 attention runs on a zero-padded [K, S] layout.
+            prefix: optional shared embeddings [P, d] of positions ``0 .. P-1``, the same for
+                every prompt: encoded once and used as keys/values by all K prompts.
 
         Returns:
             [K, e] float32 text features.
         """
         if self.residual_dtype == torch.float32:
-            return self._forward(x, eot, prefix, index)
+            return self._forward(x, eot, index, prefix)
         with torch.autocast(x.device.type, enabled=False):  # all dtypes explicit: no autocast casts
-            return self._forward(x, eot, prefix, index)
+            return self._forward(x, eot, index, prefix)
 
-    def _forward(self, x, eot, prefix, index) -> torch.Tensor:
+    def _forward(self, x, eot, index, prefix) -> torch.Tensor:
         K, S, d = x.shape
         P = 0 if prefix is None else prefix.shape[0]
         if P + S > self.context_length:
@@ -444,57 +435,57 @@ class TextEncoder(nn.Module):
         pos = self.positional_embedding.float()
         rdt = self.residual_dtype
         xs = (x.float() + pos[P : P + S]).to(rdt).reshape(K * S, d)  # [K*S, d]
-        if index is not None:
-            xs = xs.index_select(0, index)  # [N, d]: the packed positions
-        h = self.heads
+        tokens = xs.index_select(0, index)  # [N, d]: the packed positions
         if P:
             xp = (prefix.float() + pos[:P]).to(rdt)  # [P, d]
-            tokens = torch.cat([xp, xs])  # [P + N, d]: one batch of tokens for every matmul
-        else:
-            tokens = xs
+            tokens = torch.cat([xp, tokens])  # [P + N, d]: one batch of tokens for every matmul
         layout = self._layout(eot, index, K, S, P)
-        eot_token = layout["eot_token"]  # [K]: each prompt's EOT in the token list after the prefix
         if self.attention == "flex":
             return self._pool(self._forward_flat(tokens, layout["masks"], layout["eot_pos"]))
-        eot_mask = layout["eot_mask"]  # [K, 1, 1, P+S]
-        last = len(self.blocks) - 1
-        square = self.attention == "square"
-        if square:
-            fill_index, out_index = layout["fill_index"], layout["out_index"]
-        for i, blk in enumerate(self.blocks):
-            if square and i < last:
-                tokens = self._square_layer(blk, tokens, K, S, P, fill_index, out_index)  # [P + N, d]
-                continue
-            qkv = blk.qkv(tokens)  # [P + N, 3d]
-            qkv_p, qkv_s = qkv.split([P, qkv.shape[0] - P])  # [P, 3d], [N, 3d]
-            if index is not None:  # back to the [K, S] layout for attention; zeros after EOT
-                qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)  # [K*S, 3d]
-            qkv_s = qkv_s.reshape(K, S, 3, d)  # [K, S, 3, d]
-            q_s, k_s, v_s = (_heads(t, K, S, h) for t in qkv_s.unbind(2))  # [K, h, S, d/h]
-            if P:
-                qkv_p = qkv_p.reshape(1, P, 3, d)  # [1, P, 3, d]
-                q_p, k_p, v_p = (_heads(t, 1, P, h) for t in qkv_p.unbind(2))  # [1, h, P, d/h]
-                k_all = torch.cat([k_p.expand(K, -1, -1, -1), k_s], dim=2)  # [K, h, P+S, d/h]
-                v_all = torch.cat([v_p.expand(K, -1, -1, -1), v_s], dim=2)
+        for blk in self.blocks[:-1]:
+            if self.attention == "square":
+                tokens = self._square_layer(blk, tokens, K, S, P, layout["fill_index"], layout["out_index"])
             else:
-                k_all, v_all = k_s, v_s
-            if i == last:
-                # only the EOT outputs are pooled: attention, MLP and ln_final for K tokens
-                q_eot = q_s[layout["rows"], :, eot][:, :, None]  # [K, h, 1, d/h]
-                a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=eot_mask)  # [K, h, 1, d/h]
-                tokens = blk.finish(tokens[P:].index_select(0, eot_token), a.reshape(K, d))  # [K, d]
-                break
-            a_s = self._attend(q_s, k_all, v_all, causal_offset=P)  # [K, h, S, d/h]
-            a_s = a_s.transpose(1, 2).reshape(K * S, d)
-            if index is not None:
-                a_s = a_s.index_select(0, index)  # [N, d] (backward: index_add, no sort)
-            if P:
-                a_p = self._attend(q_p, k_p, v_p, causal_offset=0).transpose(1, 2).reshape(P, d)
-                a = torch.cat([a_p, a_s])  # [P + N, d]
-            else:
-                a = a_s
-            tokens = blk.finish(tokens, a)
-        return self._pool(tokens)
+                tokens = blk.finish(tokens, self._attend_causal(blk.qkv(tokens), index, K, S, P))  # [P + N, d]
+        return self._pool(self._last_layer(tokens, eot, index, layout, K, S, P))
+
+    def _split_qkv(self, qkv: torch.Tensor, index: torch.Tensor, K: int, S: int, P: int) -> tuple:
+        """Queries, keys, values [P + N, 3d] -> the suffix queries [K, h, S, d/h], the keys and
+        values of prefix and suffix [K, h, P+S, d/h], and the prefix's (q, k, v) [1, h, P, d/h]
+        (None without a prefix). The suffix goes back to the [K, S] layout: zeros after EOT."""
+        d, h = self.width, self.heads
+        qkv_p, qkv_s = qkv.split([P, qkv.shape[0] - P])  # [P, 3d], [N, 3d]
+        qkv_s = qkv_s.new_zeros(K * S, 3 * d).index_copy(0, index, qkv_s)  # [K*S, 3d]
+        qkv_s = qkv_s.reshape(K, S, 3, d)  # [K, S, 3, d]
+        q_s, k_s, v_s = (_heads(t, K, S, h) for t in qkv_s.unbind(2))  # [K, h, S, d/h]
+        if not P:
+            return q_s, k_s, v_s, None
+        qkv_p = qkv_p.reshape(1, P, 3, d)  # [1, P, 3, d]
+        q_p, k_p, v_p = (_heads(t, 1, P, h) for t in qkv_p.unbind(2))  # [1, h, P, d/h]
+        k_all = torch.cat([k_p.expand(K, -1, -1, -1), k_s], dim=2)  # [K, h, P+S, d/h]
+        v_all = torch.cat([v_p.expand(K, -1, -1, -1), v_s], dim=2)
+        return q_s, k_all, v_all, (q_p, k_p, v_p)
+
+    def _attend_causal(self, qkv: torch.Tensor, index: torch.Tensor, K: int, S: int, P: int) -> torch.Tensor:
+        """Attention outputs [P + N, d] with attention "causal" or "mask": each prompt's
+        positions over the prefix and its own earlier positions, the prefix over itself."""
+        q_s, k_all, v_all, prefix = self._split_qkv(qkv, index, K, S, P)
+        a_s = self._attend(q_s, k_all, v_all, causal_offset=P)  # [K, h, S, d/h]
+        a_s = a_s.transpose(1, 2).reshape(K * S, self.width)
+        a_s = a_s.index_select(0, index)  # [N, d] (backward: index_add, no sort)
+        if prefix is None:
+            return a_s
+        a_p = self._attend(*prefix, causal_offset=0).transpose(1, 2).reshape(P, self.width)
+        return torch.cat([a_p, a_s])  # [P + N, d]
+
+    def _last_layer(self, tokens: torch.Tensor, eot, index, layout: dict, K: int, S: int, P: int) -> torch.Tensor:
+        """The last block for the K EOT tokens only (attention, MLP; the only outputs pooled):
+        tokens [P + N, d] -> [K, d]."""
+        blk = self.blocks[-1]
+        q_s, k_all, v_all, _ = self._split_qkv(blk.qkv(tokens), index, K, S, P)
+        q_eot = q_s[layout["rows"], :, eot][:, :, None]  # [K, h, 1, d/h]
+        a = F.scaled_dot_product_attention(q_eot, k_all, v_all, attn_mask=layout["eot_mask"])  # [K, h, 1, d/h]
+        return blk.finish(tokens[P:].index_select(0, layout["eot_token"]), a.reshape(K, self.width))  # [K, d]
 
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """The K EOT tokens [K, d] -> ln_final, text projection -> features [K, e] (float32)."""

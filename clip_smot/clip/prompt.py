@@ -16,9 +16,10 @@ why each is exact):
 * the per-token work runs for each prompt's positions up to its own EOT only (packing);
 * the last layer runs attention, the MLP and ``ln_final`` for the K EOT tokens only.
 
-Two optional speed knobs: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
-context, the residual stream and the output stay float32) and ``attention`` ("causal" uses the
-causal kernels of ``scaled_dot_product_attention``, "mask" an additive float mask like open_clip).
+Speed knobs, all exact: ``precision`` ("bf16"/"fp16" casts the frozen text weights once; the
+context, the residual stream and the output stay float32), ``residual`` and ``attention``
+("causal" uses the causal kernels of ``scaled_dot_product_attention``, "mask" an additive float
+mask like open_clip, "square" and "flex" the layouts of docs/prompt.md).
 """
 
 from __future__ import annotations
@@ -57,6 +58,46 @@ def _eot_index(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1)
 
 
+def _ctx_from_words(tokenize, emb_weight: torch.Tensor, ctx_init: str) -> torch.Tensor:
+    """The token embeddings [n_ctx, d] (float32) of the words ``ctx_init``, e.g. "a photo of a"."""
+    init_tokens = tokenize([ctx_init]).to(emb_weight.device)  # [1, 77]
+    n_ctx = int(_eot_index(init_tokens)[0]) - 1
+    if n_ctx < 1:
+        raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
+    return emb_weight[init_tokens[0, 1 : 1 + n_ctx]].float().clone()  # [n_ctx, d]
+
+
+def _name_lengths(tokenize, classnames: list[str], n_ctx: int, ctx_init: str | None, L_max: int) -> list[int]:
+    """Tokens of each class name (CoOp: ``len(encode(name))``), once it is checked that the
+    longest prompt fits the text encoder's ``L_max`` positions."""
+    name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()
+    n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
+    if 1 + n_ctx + n_name + 2 > L_max:
+        flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
+        fits = L_max - n_name - 3
+        hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
+        raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                        f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
+    return name_lens
+
+
+def _position_order(name_lens: list[int], n_ctx: int, class_position: str, L_max: int) -> torch.Tensor:
+    """perm [K, L_max]: which position of the "end" layout goes to position p of the chosen layout."""
+    perm = torch.arange(L_max).repeat(len(name_lens), 1)  # [K, 77]
+    h = n_ctx // 2
+    for k, m in enumerate(name_lens):
+        ctx_pos = list(range(1, 1 + n_ctx))
+        name_pos = list(range(1 + n_ctx, 1 + n_ctx + m))
+        if class_position == "front":
+            order = name_pos + ctx_pos
+        elif class_position == "middle":
+            order = ctx_pos[:h] + name_pos + ctx_pos[h:]
+        else:
+            order = ctx_pos + name_pos
+        perm[k, 1 : 1 + n_ctx + m] = torch.tensor(order)
+    return perm
+
+
 class PromptLearner(nn.Module):
     """CoOp's learnable context for K classes, and the encoding of the K class prompts.
 
@@ -74,18 +115,16 @@ class PromptLearner(nn.Module):
         class_position: "end", "middle" or "front".
         generator: random generator for the N(0, 0.02) initialisation.
         precision: dtype of the frozen text weights, cast once: "fp32" (default), "bf16", "fp16".
-        attention: "causal" (default, causal SDPA kernels), "mask" (additive float mask) or
-            "square" (the shared prefix broadcast to every prompt, one ``is_causal=True`` SDPA).
+        attention: "causal" (default, causal SDPA kernels), "mask" (additive float mask),
+            "square" (the shared prefix broadcast to every prompt, one ``is_causal=True`` SDPA)
+            or "flex" (the flat token list with a block-sparse mask).
         residual: "fp32" (default) or "precision" (or its name, e.g. "bf16"): the text tower's residual
             stream in bf16/fp16 too (the whole tower in low precision, autocast off inside).
-        share_prefix: encode the positions shared by every prompt (SOS and a unified context at
-            class position end) once (default True; exact, see docs/prompt.md).
-        pack: run the per-token work (LayerNorms, projections, MLPs) only for the positions up
-            to each prompt's own EOT, not up to the longest prompt's (default True; exact).
 
     Attributes:
         seq_len: max(EOT) + 1, the positions encoded per prompt.
-        prefix_len: 1 + n_ctx when the prefix is shared, else 0.
+        prefix_len: 1 + n_ctx when the prefix is shared (a unified context at class position
+            end), else 0.
         tokens_encoded: token positions through the text transformer per forward pass.
     """
 
@@ -101,73 +140,51 @@ class PromptLearner(nn.Module):
         *,
         precision: str = "fp32",
         attention: str = "causal",
-        share_prefix: bool = True,
-        pack: bool = True,
         residual: str = "fp32",
     ):
         super().__init__()
-        model = clip.model
         if class_position not in CLASS_POSITIONS:
             raise UserError(f"--class-position must be one of {CLASS_POSITIONS}, got {class_position!r}")
         if not classnames:
             raise UserError("classnames: no class names given")
-        self.encoder = TextEncoder(model, precision=precision, attention=attention, name=clip.name, residual=residual)
+        self.encoder = TextEncoder(clip.model, precision=precision, attention=attention, name=clip.name,
+                                   residual=residual)
         tokenize = clip.tokenizer
-        emb_weight = model.token_embedding.weight.detach()
-        device = emb_weight.device
-        d = emb_weight.shape[1]
-
+        emb_weight = clip.model.token_embedding.weight.detach()
+        K, d = len(classnames), emb_weight.shape[1]
         if ctx_init:
-            init_tokens = tokenize([ctx_init]).to(device)  # [1, 77]
-            n_ctx = int(_eot_index(init_tokens)[0]) - 1
-            if n_ctx < 1:
-                raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
-            ctx = emb_weight[init_tokens[0, 1 : 1 + n_ctx]].float().clone()  # [n_ctx, d]
+            ctx = _ctx_from_words(tokenize, emb_weight, ctx_init)  # [n_ctx, d]
+            n_ctx = ctx.shape[0]
             if csc:
-                ctx = ctx.expand(len(classnames), n_ctx, d).clone()  # [K, n_ctx, d]
+                ctx = ctx.expand(K, n_ctx, d).clone()  # [K, n_ctx, d]
         elif n_ctx < 1:
             raise UserError(f"--n-ctx must be >= 1, got {n_ctx}")
-
         # The prompt must fit the text encoder: checked before the context (and the placeholder
         # text below) is allocated at n_ctx's size
-        K, L_max = len(classnames), self.encoder.context_length
-        name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()  # CoOp: len(encode(name))
-        n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
-        if 1 + n_ctx + n_name + 2 > L_max:
-            flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
-            fits = L_max - n_name - 3
-            hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
-            raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
-                            f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
+        name_lens = _name_lengths(tokenize, classnames, n_ctx, ctx_init, self.encoder.context_length)
         if not ctx_init:
-            shape = (len(classnames), n_ctx, d) if csc else (n_ctx, d)
+            shape = (K, n_ctx, d) if csc else (n_ctx, d)
             gen_device = generator.device if generator is not None else "cpu"
-            ctx = torch.empty(shape, device=gen_device).normal_(0.0, 0.02, generator=generator).to(device)
+            ctx = torch.empty(shape, device=gen_device).normal_(0.0, 0.02, generator=generator).to(emb_weight.device)
         self.ctx = nn.Parameter(ctx)  # float32
         self.n_ctx, self.csc, self.class_position = n_ctx, csc, class_position
         self.classnames = list(classnames)
+        self._register_prompts(tokenize, emb_weight, name_lens)
+        # Unified context at the end: positions 0 .. n_ctx are the same for every class
+        self._lay_out(1 + n_ctx if not csc and class_position == "end" else 0)
 
+    def _register_prompts(self, tokenize, emb_weight: torch.Tensor, name_lens: list[int]) -> None:
+        """The K prompts' tokens in the chosen layout and the embeddings of their fixed parts (buffers)."""
+        n_ctx, device = self.n_ctx, emb_weight.device
         # Tokens of "X X ... X {name}." = [SOS] [X * n_ctx] [name] [.] [EOT] [pad ...]
         placeholder = " ".join(["X"] * n_ctx)
         # front/middle move the name's tokens, so the "." must be a token of its own: a name ending in
         # punctuation ("dog!", "U.S.") would merge with it ("!." one token) and take it to the front
-        period = "." if class_position == "end" else " ."  # (end: CoOp's tokens, as "a photo of a dog!.")
-        tokens = tokenize([f"{placeholder} {name}{period}" for name in classnames]).to(device)  # [K, 77]
+        period = "." if self.class_position == "end" else " ."  # (end: CoOp's tokens, as "a photo of a dog!.")
+        tokens = tokenize([f"{placeholder} {name}{period}" for name in self.classnames]).to(device)  # [K, 77]
         eot = _eot_index(tokens)  # [K]
-        # perm[k, p]: which position of the "end" layout goes to position p of the chosen layout
-        perm = torch.arange(L_max).repeat(K, 1)  # [K, 77]
-        h = n_ctx // 2
-        for k, m in enumerate(name_lens):
-            ctx_pos = list(range(1, 1 + n_ctx))
-            name_pos = list(range(1 + n_ctx, 1 + n_ctx + m))
-            if class_position == "front":
-                order = name_pos + ctx_pos
-            elif class_position == "middle":
-                order = ctx_pos[:h] + name_pos + ctx_pos[h:]
-            else:
-                order = ctx_pos + name_pos
-            perm[k, 1 : 1 + n_ctx + m] = torch.tensor(order)
-        perm = perm.to(device)
+        L_max = self.encoder.context_length
+        perm = _position_order(name_lens, n_ctx, self.class_position, L_max).to(device)  # [K, 77]
         tokens = tokens.gather(1, perm)  # [K, 77] in the chosen layout (EOT does not move)
         is_ctx = (perm >= 1) & (perm <= n_ctx)  # [K, 77]
         ctx_index = torch.where(is_ctx, perm - 1, torch.zeros_like(perm))  # [K, 77]
@@ -179,17 +196,19 @@ class PromptLearner(nn.Module):
         self.register_buffer("ctx_index", ctx_index[:, :L], persistent=False)  # [K, L]
         fixed = emb_weight[tokens[:, :L]].float() * (~is_ctx[:, :L, None])  # [K, L, d], zero at ctx slots
         self.register_buffer("token_embeds", fixed, persistent=False)
-        # Unified context at the end: positions 0 .. n_ctx are the same for every class.
-        self.prefix_len = 1 + n_ctx if (share_prefix and not csc and class_position == "end") else 0
         self.register_buffer("sos_embed", emb_weight[tokens[0, :1]].float(), persistent=False)  # [1, d]
-        P = self.prefix_len
-        self.register_buffer("suffix_eot", eot - P, persistent=False)  # [K] EOT positions after the prefix
-        index = packed_index(self.suffix_eot, L - P) if pack else None  # [N] positions up to each EOT
-        self.register_buffer("packed_index", index, persistent=False)
-        self.tokens_encoded = P + (len(index) if pack else K * (L - P))
         padding = tokens[:, L:]
         assert bool((padding == tokens[0, -1]).all()), "the tokens after max(EOT) must all be padding"
         self.register_buffer("pad_embed", emb_weight[tokens[0, -1:]].float(), persistent=False)  # [1, d]
+
+    def _lay_out(self, prefix_len: int) -> None:
+        """Sets how the encoder reads the prompts: positions ``0 .. prefix_len - 1`` encoded once
+        and shared by the K prompts (0: none), the rest packed, each prompt up to its own EOT."""
+        P = self.prefix_len = prefix_len
+        self.register_buffer("suffix_eot", self.eot - P, persistent=False)  # [K] EOT positions after the prefix
+        index = packed_index(self.suffix_eot, self.seq_len - P)  # [N] positions up to each EOT
+        self.register_buffer("packed_index", index, persistent=False)
+        self.tokens_encoded = P + len(index)
 
     def prompt_embeddings(self, full: bool = False) -> torch.Tensor:
         """Token embeddings of the K prompts (without positional embeddings).
@@ -218,8 +237,8 @@ class PromptLearner(nn.Module):
         if P:
             prefix = torch.cat([self.sos_embed, self.ctx])  # [1 + n_ctx, d]
             suffix = self.token_embeds[:, P:]  # [K, L - P, d]: name, ".", EOT, padding up to L
-            return self.encoder(suffix, self.suffix_eot, prefix=prefix, index=self.packed_index)
-        return self.encoder(self.prompt_embeddings(), self.eot, index=self.packed_index)
+            return self.encoder(suffix, self.suffix_eot, self.packed_index, prefix=prefix)
+        return self.encoder(self.prompt_embeddings(), self.eot, self.packed_index)
 
 
 def text_features_from_prompt(clip: ClipModel, prompt: PromptFile | str | os.PathLike) -> torch.Tensor:

@@ -91,6 +91,26 @@ def make_fit_step(
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     device = learner.ctx.device
+    forward_backward = _make_forward_backward(
+        clip, learner, loss=loss, lam=lam, T=T, perturbation=perturbation, sigma=sigma, precision=precision,
+        noise_generator=noise_generator, cuda_graph=cuda_graph, compile_image=compile_image, overlap=overlap)
+    thresholds = _make_thresholds(loss, alpha, beta, generator, device)
+    if not cuda_graph:
+        return _eager_step(forward_backward, thresholds, optimizer)
+    if device.type != "cuda":
+        raise ValueError("cuda_graph needs the context on a CUDA device")
+    if perturbation == "noise" and noise_generator is not None:
+        raise ValueError("cuda_graph draws the noise from the default CUDA generator: pass noise_generator=None")
+    return _graph_step(forward_backward, thresholds, optimizer, learner)
+
+
+def _make_forward_backward(
+    clip: ClipModel, learner: PromptLearner, *, loss: str, lam: float, T: float, perturbation: str, sigma: float,
+    precision: str, noise_generator: torch.Generator | None, cuda_graph: bool, compile_image: bool, overlap: bool,
+) -> Callable:
+    """``forward_backward(images, cams, labels, t) -> loss``: both encoders, the loss, its
+    backward into ``learner.ctx.grad`` (no optimizer step); see :func:`make_fit_step`."""
+    device = learner.ctx.device
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
     model = clip.model
@@ -138,8 +158,15 @@ def make_fit_step(
         value.backward()
         return value.detach()
 
+    return forward_backward
+
+
+def _make_thresholds(loss: str, alpha: float, beta: float, generator: torch.Generator | None,
+                     device: torch.device) -> Callable[[int], torch.Tensor | None]:
+    """``thresholds(B)``: SMOT's thresholds [B] on ``device`` (None for plain CE, which draws
+    nothing from ``generator``)."""
+
     def thresholds(B: int) -> torch.Tensor | None:
-        """SMOT's thresholds [B] (None for plain CE, which draws nothing from ``generator``)."""
         if loss != "smot":
             return None
         # drawn where the generator lives (the CPU by default: its rejection loop never syncs a GPU)
@@ -148,20 +175,26 @@ def make_fit_step(
             t = t.pin_memory()  # from pinned memory the copy is truly asynchronous (pageable: staged by the driver)
         return t.to(device, non_blocking=True)
 
-    if not cuda_graph:
+    return thresholds
 
-        def step(images: torch.Tensor, cams: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            value = forward_backward(images, cams, labels, thresholds(images.shape[0]))
-            optimizer.step()
-            return value
 
-        return step
+def _eager_step(forward_backward: Callable, thresholds: Callable, optimizer: torch.optim.Optimizer) -> Step:
+    """The step run eagerly: zero the gradient, forward and backward, ``optimizer.step()``."""
 
-    if device.type != "cuda":
-        raise ValueError("cuda_graph needs the context on a CUDA device")
-    if perturbation == "noise" and noise_generator is not None:
-        raise ValueError("cuda_graph draws the noise from the default CUDA generator: pass noise_generator=None")
+    def step(images: torch.Tensor, cams: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        value = forward_backward(images, cams, labels, thresholds(images.shape[0]))
+        optimizer.step()
+        return value
+
+    return step
+
+
+def _graph_step(forward_backward: Callable, thresholds: Callable, optimizer: torch.optim.Optimizer,
+                learner: PromptLearner) -> Step:
+    """The step with forward and backward replayed as a CUDA graph, captured once per input
+    shape; the optimizer step runs eagerly after the replay."""
+    device = learner.ctx.device
     graphs: dict[tuple, tuple] = {}  # input shapes -> (graph, static inputs, static loss, static grad)
 
     def capture(*inputs):

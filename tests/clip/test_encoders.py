@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import flex_kernel_ran, open_clip_encoding
+from helpers import (
+    check_compiled_flex_on_gpu,
+    flex_kernel_ran,
+    open_clip_features_and_grad,
+)
 
 from clip_smot.clip.encoders import ImageEncoder, fast_image_encoder
 from clip_smot.clip.model import load_clip
@@ -199,16 +203,6 @@ def test_gpu_encoders_match_open_clip(tiny_clip_config, tiny_clip_checkpoint, mo
         assert ((out - ref).norm() / ref.norm()).item() < tol, precision
 
 
-def _open_clip_features_and_grad(clip, learner):
-    """open_clip's own fp32 encoding of the learner's prompts (its transformer over all 77 positions
-    with its float mask, ``ln_final``, EOT pooling, projection) and the gradient that
-    ``features.square().sum()`` sends into the context (left cleared on the learner)."""
-    ref = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
-    ref.square().sum().backward()
-    grad, learner.ctx.grad = learner.ctx.grad.clone(), None
-    return ref, grad
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoint):
@@ -228,7 +222,7 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
             learner.encoder.compile_layers()
         with torch.no_grad():
             learner.ctx.normal_(0, 1)
-        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
+        ref, ref_grad = open_clip_features_and_grad(clip, learner)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = learner()
         out.float().square().sum().backward()
@@ -242,24 +236,14 @@ def test_gpu_text_variants_match_open_clip(tiny_clip_config, tiny_clip_checkpoin
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_compiled_flex_matches_open_clip_in_every_prompt_layout(tiny_clip_config, tiny_clip_checkpoint):
     """`clip-smot fit`'s CUDA text path (FlexAttention's kernel in compiled layers) with class-specific
-    contexts, the class token in the middle or in front, a context from words, no shared prefix:
-    open_clip's fp32 features and gradient."""
+    contexts, the class token in the middle or in front, a context from words: open_clip's fp32
+    features and gradient (no shared prefix: tests/test_text_layouts.py)."""
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
-    for csc, position, ctx_init, share_prefix in ((True, "end", None, True), (False, "middle", None, True),
-                                                  (True, "front", None, True), (False, "end", "a photo of a", True),
-                                                  (False, "end", None, False)):
-        case = (csc, position, ctx_init, share_prefix)
+    for case in ((True, "end", None), (False, "middle", None), (True, "front", None), (False, "end", "a photo of a")):
+        csc, position, ctx_init = case
         learner = PromptLearner(clip, NAMES, n_ctx=8, ctx_init=ctx_init, csc=csc, class_position=position,
-                                attention="flex", share_prefix=share_prefix)
-        learner.encoder.compile_layers()
-        with torch.no_grad():
-            learner.ctx.normal_(0, 1)
-        ref, ref_grad = _open_clip_features_and_grad(clip, learner)
-        out = learner()
-        out.square().sum().backward()
-        assert flex_kernel_ran(learner), case
-        assert ((out - ref).norm() / ref.norm()).item() < 1e-4, case
-        assert ((learner.ctx.grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3, case
+                                attention="flex")
+        check_compiled_flex_on_gpu(clip, learner, case)
 
 
 @pytest.mark.gpu

@@ -6,7 +6,13 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import flex_kernel_ran, open_clip_encoding
+from helpers import (
+    check_features_and_gradient_equal_open_clip,
+    check_features_equal_open_clip,
+    check_flex_kernel_forward,
+    open_clip_encoding,
+    random_ctx_,
+)
 
 from clip_smot.clip import encoders
 from clip_smot.clip.model import load_clip
@@ -28,42 +34,14 @@ def clip(tiny_clip_config, tiny_clip_checkpoint):
     return load_clip(tiny_clip_config, tiny_clip_checkpoint)
 
 
-def random_ctx_(learner: PromptLearner, seed: int = 0) -> None:
-    # larger than the N(0, 0.02) init so that the context really moves the features
-    with torch.no_grad():
-        learner.ctx.copy_(torch.randn(learner.ctx.shape, generator=torch.Generator().manual_seed(seed)))
-
-
 @pytest.mark.parametrize("csc", [False, True])
 @pytest.mark.parametrize("class_position", ["end", "middle", "front"])
-@pytest.mark.parametrize(
-    "attention, share_prefix, pack",
-    [("causal", True, True), ("mask", False, False), ("mask", True, False), ("causal", False, True)],
-)
-def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention, share_prefix, pack):
-    learner = PromptLearner(
-        clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention, share_prefix=share_prefix,
-        pack=pack,
-    )
-    random_ctx_(learner)
-    full = learner.prompt_embeddings(full=True)
-    assert full.shape == (len(NAMES), 77, 32)
-    expected = open_clip_encoding(clip, full, learner.tokens)
-    assert learner.seq_len < 77 and learner.seq_len == int(learner.tokens.argmax(-1).max()) + 1
-    shared = share_prefix and not csc and class_position == "end"
-    assert learner.prefix_len == (1 + 5 if shared else 0)
-    P, eot = learner.prefix_len, learner.tokens.argmax(-1)
-    # packed: the prefix once, then each prompt up to its own EOT
-    expected_tokens = P + int((eot + 1 - P).sum()) if pack else P + len(NAMES) * (learner.seq_len - P)
-    assert learner.tokens_encoded == expected_tokens
-    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
-    if csc:  # a class-specific context really is per class: class 0's ctx moves class 0 only
-        with torch.no_grad():
-            before = learner()
-            # not a constant shift: every LayerNorm would remove that exactly
-            learner.ctx[0] += torch.randn(learner.ctx[0].shape, generator=torch.Generator().manual_seed(1))
-            after = learner()
-        assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1:], after[1:], atol=1e-6)
+@pytest.mark.parametrize("attention", ["causal", "mask"])
+def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, attention):
+    """fit's layout (the prefix shared, each prompt packed up to its own EOT); benchmarks'
+    layouts without them: tests/test_text_layouts.py."""
+    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention)
+    check_features_equal_open_clip(clip, learner, csc, class_position, share_prefix=True, pack=True)
 
 
 @pytest.mark.parametrize(
@@ -202,22 +180,11 @@ def test_custom_text_towers_are_refused(clip):
 
 @pytest.mark.parametrize("attention", ["square", "flex"])
 @pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle"), (False, "front")])
-@pytest.mark.parametrize("pack, share_prefix", [(True, True), (False, True), (True, False)])
-def test_attention_layouts_equal_open_clip_with_gradient(clip, attention, csc, class_position, pack, share_prefix):
+def test_attention_layouts_equal_open_clip_with_gradient(clip, attention, csc, class_position):
     """attention="square" (prefix broadcast, one is_causal SDPA) and "flex" (flat token list,
     prefix + own-prompt mask; a dense mask on the CPU): features and gradient exact."""
-    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention,
-                            pack=pack, share_prefix=share_prefix)
-    random_ctx_(learner, seed=5)
-    target = torch.randn(len(NAMES), 32, generator=torch.Generator().manual_seed(6))
-    feats = learner()
-    (feats * target).sum().backward()
-    ours = learner.ctx.grad.clone()
-    learner.ctx.grad = None
-    expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
-    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=0)
-    (expected * target).sum().backward()
-    torch.testing.assert_close(ours, learner.ctx.grad, atol=1e-5, rtol=1e-4)
+    learner = PromptLearner(clip, NAMES, n_ctx=5, csc=csc, class_position=class_position, attention=attention)
+    check_features_and_gradient_equal_open_clip(clip, learner)
 
 
 @pytest.mark.parametrize("attention", ["causal", "square", "flex"])
@@ -289,28 +256,19 @@ def test_flex_masks_by_hand(clip):
     assert len(enc._layouts) == encoders._LAYOUTS_KEPT
 
 
-@pytest.mark.parametrize("compiled, csc, class_position, ctx_init, share_prefix", [
-    (False, False, "end", None, True), (True, False, "end", None, True),
-    (False, True, "middle", None, True), (False, False, "front", None, True), (False, True, "end", None, True),
-    (False, False, "end", "a photo of a", True), (False, False, "middle", None, False),
+@pytest.mark.parametrize("compiled, csc, class_position, ctx_init", [
+    (False, False, "end", None), (True, False, "end", None),
+    (False, True, "middle", None), (False, False, "front", None), (False, True, "end", None),
+    (False, False, "end", "a photo of a"),
 ])
-def test_flex_kernel_forward_equals_open_clip(clip, compiled, csc, class_position, ctx_init, share_prefix):
+def test_flex_kernel_forward_equals_open_clip(clip, compiled, csc, class_position, ctx_init):
     """FlexAttention's own kernel with the BlockMasks (forward only on the CPU: torch has no CPU
     backward for it), in every prompt layout (shared prefix or none), also inside compiled
     layers: open_clip's features."""
     pytest.importorskip("torch.nn.attention.flex_attention")
     flex = PromptLearner(clip, NAMES, n_ctx=5, ctx_init=ctx_init, csc=csc, class_position=class_position,
-                         attention="flex", share_prefix=share_prefix)
-    random_ctx_(flex, seed=3)
-    flex.encoder.flex_kernel = True
-    if compiled:
-        flex.encoder.compile_layers()
-    with torch.no_grad():
-        ours = flex()
-        expected = open_clip_encoding(clip, flex.prompt_embeddings(full=True), flex.tokens)
-    assert flex_kernel_ran(flex)
-    assert flex.prefix_len == (1 + flex.ctx.shape[-2] if share_prefix and not csc and class_position == "end" else 0)
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+                         attention="flex")
+    check_flex_kernel_forward(clip, flex, compiled, csc, class_position, share_prefix=True)
 
 
 def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
