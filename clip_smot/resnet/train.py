@@ -41,7 +41,6 @@ from clip_smot.common.device import autocast, resolve_device, seed_everything
 from clip_smot.common.distributed import process_group
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
-    atomic_write_text,
     check_output,
     make_folder,
     remove_stale_temporaries,
@@ -68,6 +67,7 @@ from clip_smot.common.run_folder import (
     resume_options,
     save_checkpoint,
     truncate_log,
+    write_config,
 )
 from clip_smot.resnet.data import (
     FileBatches,
@@ -495,6 +495,7 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
 
 def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
          world: int, flags: Collection[str] | None = None) -> dict:
+    """:func:`run_train` in one process: resolve (and resume), data, build, the epochs, export."""
     out = Path(cfg.out)
     check_start(out, resume, dry_run)
     ckpt, download = None, True
@@ -509,7 +510,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if rank == 0 and not dry_run:
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        atomic_write_text(cfg.to_json() + "\n", out / CONFIG)
+        write_config(out, dataclasses.asdict(cfg))  # (the text of cfg.to_json())
         # the checkpoint's log: a line lost by a kill after the checkpoint comes back, one written after it goes
         truncate_log(out / LOG, run.start_epoch, run.log)
     if dry_run:
@@ -650,9 +651,9 @@ def _dry_run(cfg: TrainConfig, run: _Training, rank: int, world: int) -> dict:
     return {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}
 
 
-def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, record: dict) -> None:
+def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, hashes: dict) -> None:
     """Train (0-based) ``epoch``; on rank 0, append its log line and write the checkpoint
-    (``record``: the run's SHA-256s that go with it)."""
+    (``hashes``: the SHA-256s of its data and CAM model, which go with it)."""
     out = Path(cfg.out)
     lr = lr_at(cfg, epoch)
     for g in run.optimizer.param_groups:
@@ -679,7 +680,7 @@ def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, 
         "config": dataclasses.asdict(cfg), "log": run.log,
         "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": capture_rng(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None, "meta": run.meta,
-        "world_size": world, **record})
+        "world_size": world, **hashes})
     from tqdm import tqdm
 
     tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
