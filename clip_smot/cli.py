@@ -155,8 +155,11 @@ def fit(split_file, **options) -> None:
     """
     from clip_smot.clip.fit import FitConfig, run_fit
 
+    source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
+    flags = {"split" if name == "split_file" else name for name in ("split_file", *options)
+             if source(name) not in (None, ParameterSource.DEFAULT)}
     try:
-        out = run_fit(FitConfig(split=split_file, **options))
+        out = run_fit(FitConfig(split=split_file, **options), flags=flags)
     except KeyboardInterrupt:
         raise _interrupted(None if options["dry_run"] else options["out"]) from None
     if not options["dry_run"]:

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +44,35 @@ from clip_smot.common.configs import MAX_SEED, MAX_WORKERS, check_field_types
 from clip_smot.common.device import PRECISIONS, resolve_device
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
-    atomic_save,
     atomic_write_text,
     check_output,
     make_folder,
     remove_stale_temporaries,
     same_file,
     sha256_file,
-    write_json,
 )
 from clip_smot.common.progress import progress_bar, progress_write
-from clip_smot.common.run_folder import holds_its_values, load_optimizer_state
+from clip_smot.common.run_folder import (
+    CHECKPOINT,
+    LOG,
+    CheckpointError,
+    append_log,
+    capture_rng,
+    check_start,
+    explicit_fields,
+    finished,
+    holds_its_values,
+    load_optimizer_state,
+    log_record,
+    non_finite_loss,
+    read_checkpoint,
+    refuse_other_flags,
+    restore_rng,
+    resume_options,
+    save_checkpoint,
+    truncate_log,
+    write_config,
+)
 from clip_smot.smot import PERTURBATIONS
 
 __all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "resolve_speed",
@@ -240,43 +259,22 @@ def _load_data(cfg: FitConfig, image_size: int):
     return classes, split
 
 
-def _rng_state(data_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
-    return {
-        "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "data_gen": data_gen.get_state(),
-        "aug_gen": aug_gen.get_state(),
-        "aug_device": str(aug_gen.device),
-    }
-
-
-def _set_rng_state(state: dict, data_gen: torch.Generator, aug_gen: torch.Generator, path: Path) -> None:
-    try:
-        if state["aug_device"] != str(aug_gen.device):
-            raise UserError(f"--resume {path}: written on {state['aug_device']}; resume it with --device "
-                            f"{state['aug_device']}")
-        torch.set_rng_state(state["torch_cpu"])
-        if state["torch_cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["torch_cuda"])
-        data_gen.set_state(state["data_gen"])
-        aug_gen.set_state(state["aug_gen"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)
-        raise UserError(f"--resume {path}: its random-number state is damaged ({type(e).__name__}: "
-                        f"{first_line(e)})") from None
-
-
-def _restore(saved: dict, prompt, optimizer, scheduler, data_gen, aug_gen, path: Path) -> None:
+def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: Path) -> None:
     """Put a checkpoint's context, optimizer, schedule and RNG states into the run's, each checked
     to fit first (a hand-edited checkpoint is one line, not a traceback at the first step)."""
-    _copy_ctx(prompt, saved["ctx"], f"--resume {path}")
-    load_optimizer_state(optimizer, saved["optimizer"], f"--resume {path}")
+    where = f"--resume {path}"
+    _copy_ctx(prompt, saved["ctx"], where)
+    load_optimizer_state(optimizer, saved["optimizer"], where)
     sched = saved["scheduler"]
     if not (isinstance(sched, dict) and isinstance(sched.get("last_epoch"), int)
             and isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(optimizer.param_groups)
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sched["base_lrs"])):
-        raise UserError(f"--resume {path}: its learning-rate schedule is damaged")
+        raise UserError(f"{where}: its learning-rate schedule is damaged")
     scheduler.load_state_dict(sched)
-    _set_rng_state(saved["rng"], data_gen, aug_gen, path)
+    try:
+        restore_rng(saved["rng"], generators, where)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)
+        raise UserError(f"{where}: its random-number state is damaged ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _copy_ctx(prompt, ctx: torch.Tensor, where: str) -> None:
@@ -326,48 +324,58 @@ def _check_saved(saved: dict, where: str) -> None:
                         f"{len(run['classnames'])} classes and --n-ctx {cfg.n_ctx} do not give")
 
 
-def _load_checkpoint(path: Path, config: dict | None, flag: str) -> dict:
-    """Read a fit checkpoint; with ``config``, check that it was made with the same options."""
+def _load_checkpoint(path: Path, flag: str) -> dict:
+    """Read a fit checkpoint, each part checked (:func:`_check_saved`) before any is used."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors of every kind: a truncated or foreign file
-        raise UserError(f"{flag} {path}: not a readable checkpoint ({first_line(e)})") from None
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{flag} {path}: not a clip-smot fit checkpoint")
+        saved = read_checkpoint(path, CHECKPOINT_FORMAT)
+    except CheckpointError as e:
+        raise UserError(f"{flag} {path}: {e}") from None
     missing = [k for k in _CHECKPOINT_KEYS if k not in saved]
     if not missing and not (isinstance(saved["config"], dict) and isinstance(saved["config"].get("run"), dict)):
         missing = ["config.run"]
     if missing:
         raise UserError(f"{flag} {path}: an incomplete fit checkpoint (no {', '.join(missing)})")
     _check_saved(saved, f"{flag} {path}")
-    if config is not None:
-        old = saved["config"]
-        # a file given to --model, --pretrained or --cam-model is compared by its contents (below), not by
-        # how its path is spelled (relative now, absolute then); names and tags by their strings
-        by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
-                      if record in old["run"] and os.path.isfile(config[k])}
-        differ = [k for k in config if k not in _RUN_CONTROL and k != "run" and k not in by_content
-                  and old.get(k) != config[k]]
-        if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
-            if not differ:  # the same options: the images under --data changed since the split was drawn
-                split = path.parent / "split.txt"
-                raise UserError(f"{flag} {path}: the run's few-shot split ({split}) is not the one drawn now (did the "
-                                f"images under --data change?); to continue on its images, add --split {split}")
-            differ.append("split")
-        if differ:
-            raise UserError(f"{flag} {path}: made with other options ({', '.join(differ)}); rerun with the "
-                            f"options in {path.parent / 'config.json'}")
-        was, now = _recorded_activation(old["run"].get("clip")), config["run"]["clip"]["activation"]
-        if was is not None and was != now:  # e.g. a run of ViT-B-16 + openai from before the tag's QuickGELU was honoured
-            raise UserError(f"{flag} {path}: the run was trained with {was}, but these weights are built with {now}; "
-                            "its context does not fit them: fit again in another --out")
-        # the same options, other files behind them (a checkpoint or CAM network replaced at its path)
-        for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
-                          ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
-            if key in old["run"] and _contents(old["run"][key]) != _contents(config["run"][key]):
-                raise UserError(f"{flag} {path}: {what} is not the model the run was trained with (the file "
-                                "changed since); resume with the run's own files")
     return saved
+
+
+def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None) -> FitConfig:
+    """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`): an option
+    given (``flags``; None: those not at their default) must be the saved one; the others are the
+    saved ones, the run-control options the current ones."""
+    from clip_smot.clip.fewshot import resolve_train_root
+
+    old = saved["config"]
+    given = set(flags) if flags is not None else explicit_fields(cfg)
+    if "data" in given and cfg.data:  # config.json records the folder of class folders, resolved
+        cfg = dataclasses.replace(cfg, data=str(resolve_train_root(cfg.data).resolve()))
+    # a file given to --model, --pretrained or --cam-model is compared by its contents (in
+    # _check_resumed_files), not by how its path is spelled (relative now, absolute then)
+    by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
+                  if record in old["run"] and os.path.isfile(getattr(cfg, k))}
+    options = {k: v for k, v in old.items() if k != "run"}
+    return FitConfig.from_dict(resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content}, cfg.out))
+
+
+def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
+    """Refuse a resume whose inputs are other files than the run's under the same options: its
+    split (images changed under --data), its CLIP weights' activation, its weights or CAM network
+    (replaced at their paths)."""
+    flag, old = f"--resume {path}", saved["config"]
+    if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
+        refuse_other_flags(["split"] if config["split"] else [], config["out"])
+        split = path.parent / "split.txt"
+        raise UserError(f"{flag}: the run's few-shot split ({split}) is not the one drawn now (did the images under "
+                        f"--data change?); to continue on its images, add --split {split}")
+    was, now = _recorded_activation(old["run"].get("clip")), config["run"]["clip"]["activation"]
+    if was is not None and was != now:  # e.g. a run of ViT-B-16 + openai from before the tag's QuickGELU was honoured
+        raise UserError(f"{flag}: the run was trained with {was}, but these weights are built with {now}; its "
+                        "context does not fit them: fit again in another --out")
+    for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
+                      ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
+        if key in old["run"] and _contents(old["run"][key]) != _contents(config["run"][key]):
+            raise UserError(f"{flag}: {what} is not the model the run was trained with (the file changed since); "
+                            "resume with the run's own files")
 
 
 def _recorded_activation(record) -> str | None:
@@ -414,45 +422,74 @@ def _check_outputs(cfg: FitConfig) -> None:
     check_output(cfg.out, "--out", inputs, folders, writes=_FILES)
 
 
-def _truncate_log(path: Path, epochs: int) -> None:
-    """Keep the log lines of the first ``epochs`` epochs (all a checkpoint vouches for).
+@dataclass
+class _Inputs:
+    """What a fit run reads before it trains: the CLIP model, the data and the run's record."""
 
-    A line that does not parse (a run killed while appending it, bytes that are not UTF-8, a
-    record without a whole-number epoch) is dropped, not fatal.
-    """
-    try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.is_file() else []
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    kept = []
-    for line in lines:
-        try:
-            epoch = json.loads(line)["epoch"]
-        except (ValueError, KeyError, TypeError, IndexError):
-            continue
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= epochs:
-            kept.append(line)
-    atomic_write_text("".join(line + "\n" for line in kept), path)
+    clip: object  # clip_smot.clip.model.ClipModel
+    classes: object  # clip_smot.clip.fewshot.FewShotClasses
+    split: list  # [(relative path, label)]
+    text: str  # split.txt's text
+    config: dict  # config.json: every resolved option plus the "run" block
+    cam_net: object | None  # the CAM network (--loss smot)
+    seconds: dict  # set-up time per part
+    t_setup: float  # time.perf_counter() at the set-up's start
 
 
-def run_fit(cfg: FitConfig) -> Path:
+@dataclass
+class _Training:
+    """What the epochs update: the prompt, its optimizer and schedule, the generators and the step."""
+
+    prompt: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    generators: dict  # data_gen (order, thresholds; CPU), aug_gen (crops, flips, noise; the device)
+    step: object = None
+
+
+def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
     """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
+
+    Args:
+        cfg: every option of the run.
+        flags: the options the user gave (the command line's); with ``cfg.resume`` each must be
+            the saved run's, the others take the saved values (None: those not at their default).
 
     Raises:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
-    from clip_smot.clip.encoders import flex_available
-    from clip_smot.clip.fewshot import decode_and_hash, split_text
-    from clip_smot.clip.model import load_clip
-
-    check_config(cfg)
+    cfg, saved, device = _resolve(cfg, flags)
     out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists() and not cfg.resume and not cfg.dry_run:
-        raise UserError(f"--out {out}: holds a fit checkpoint already; add --resume to continue it, or choose another --out")
-    if cfg.resume and not ckpt_path.is_file():
-        raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+    inputs = _load_inputs(cfg, device)
+    if saved is not None:
+        _check_resumed_files(saved, inputs.config, out / CHECKPOINT)
+        if finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
+            return out
+    own_split = _prepare_folder(cfg, inputs.text)
+    images, labels, cams = _load_images(cfg, device, inputs, saved)
+    training = _build(cfg, device, inputs, saved)
+    if not cfg.dry_run:  # (once all that a resume reads has been checked)
+        if not own_split:  # (the same text otherwise: nothing to replace)
+            atomic_write_text(inputs.text, out / "split.txt")
+        write_config(out, inputs.config)
+        truncate_log(out / LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
+    elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
+        torch.cuda.manual_seed(cfg.seed)
+    if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0):
+        _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,
+                out / "prompt.safetensors", "fit")
+    return out
+
+
+def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, dict | None, torch.device]:
+    """The run's options (checked; on --resume merged with the checkpoint's), the checkpoint read
+    (None: a new run) and the device."""
+    check_config(cfg)
+    ckpt_path = check_start(cfg.out, cfg.resume, cfg.dry_run)
+    saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
+    if saved is not None:
+        cfg = _resume_config(cfg, saved, flags)
     if not cfg.dry_run:
         _check_outputs(cfg)
     device = resolve_device(cfg.device)
@@ -460,9 +497,15 @@ def run_fit(cfg: FitConfig) -> Path:
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":
             raise UserError(f"{flag}: needs a CUDA device, not {device}")
-    compiled = {"--compile": "--no-compile"} if cfg.compile else {}  # what torch.compile builds -> what avoids it
-    if cfg.text_attention == "flex" and flex_available(device):  # FlexAttention's kernel: compiled, --compile or not
-        compiled["--text-attention flex"] = "--text-attention square"
+    return cfg, saved, device
+
+
+def _load_inputs(cfg: FitConfig, device: torch.device) -> _Inputs:
+    """Load the CLIP model, the classes and split and the CAM network; resolve and record every
+    option before any slow work."""
+    from clip_smot.clip.fewshot import split_text
+    from clip_smot.clip.model import load_clip
+
     t_setup = time.perf_counter()
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     seconds = {"CLIP model": _since(t_setup, device)}
@@ -482,136 +525,159 @@ def run_fit(cfg: FitConfig) -> Path:
 
         cam_net = load_cam_network(cfg.cam_model)
         cam_sha = None if cfg.cam_model in CAM_MODELS else sha256_file(cfg.cam_model)
-
-    # Resolve and save every option before any slow work.
     text = split_text(split)
-    split_sha = hashlib.sha256(text.encode()).hexdigest()  # = sha256 of OUT/split.txt
     resolved = dataclasses.replace(cfg, data=str(classes.root.resolve()), device=str(device))
     config = resolved.to_dict() | {"run": {
         "classnames": list(classes.classnames), "class_folders": list(classes.folders),
-        "n_images": len(split), "split_sha256": split_sha, "image_size": clip.image_size,
-        "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None,
-        "cam_model_sha256": cam_sha,
-        "library_version": __version__,
+        "n_images": len(split), "split_sha256": hashlib.sha256(text.encode()).hexdigest(),  # = of OUT/split.txt
+        "image_size": clip.image_size, "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None,
+        "cam_model_sha256": cam_sha, "library_version": __version__,
     }}
-    saved = _load_checkpoint(ckpt_path, config, "--resume") if cfg.resume else None
-    start_epoch = saved["epoch"] if saved else 0
-    if saved and start_epoch >= cfg.epochs and (out / "prompt.safetensors").is_file():
-        progress_write(f"fit: the run in {out} has finished its {start_epoch} epochs; nothing to do (nothing rewritten)")
-        return out
-    if not cfg.dry_run:  # a dry run writes nothing
-        # --split OUT/split.txt, as resume's error advises: the run's own split, read and not rewritten
-        own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
-        if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
-            raise UserError(f"--split {cfg.split}: is {out / 'split.txt'}, which this run writes in another form; "
-                            "pass a copy of it")
-        make_folder(out)
-        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
+    return _Inputs(clip, classes, split, text, config, cam_net, seconds, t_setup)
 
-    # Data on the device, decoded once (and hashed: a resume checks the bytes too); CAMs once.
+
+def _prepare_folder(cfg: FitConfig, text: str) -> bool:
+    """Make ``--out`` (not for a dry run, which writes nothing) and remove the temporary files of
+    a run killed while writing; returns whether ``--split`` is the run's own split.txt (read,
+    and not rewritten, as resume's error advises)."""
+    out = Path(cfg.out)
+    own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
+    if cfg.dry_run:
+        return own_split
+    if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
+        raise UserError(f"--split {cfg.split}: is {out / 'split.txt'}, which this run writes in another form; "
+                        "pass a copy of it")
+    make_folder(out)
+    remove_stale_temporaries(out, _FILES)  # of a run killed while writing
+    return own_split
+
+
+def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | None):
+    """The split's images on the device, decoded once (and hashed: a resume checks the bytes too),
+    their labels and, for --loss smot, their CAMs, computed once."""
+    from clip_smot.clip.fewshot import decode_and_hash
+
+    classes, split, config = inputs.classes, inputs.split, inputs.config
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
     t = time.perf_counter()
-    images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split], clip.image_size,
-                                                             cfg.workers)  # [N, 3, S, S] uint8
+    images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split],
+                                                             inputs.clip.image_size, cfg.workers)  # [N, 3, S, S] uint8
     images = images.to(device)
-    seconds[f"{len(split)} images decoded"] = _since(t, device)
+    inputs.seconds[f"{len(split)} images decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
-        raise UserError(f"--resume {ckpt_path}: an image of the run's few-shot split ({out / 'split.txt'}) has other "
-                        "bytes than when the run started (replaced under the same name); the run cannot continue on "
-                        "other images: restore them, or start a new run in another --out")
-    cams = None
-    if cam_net is not None:
-        from clip_smot.clip.cam_network import build_cam_provider, cache_cams
+        out = Path(cfg.out)
+        raise UserError(f"--resume {out / CHECKPOINT}: an image of the run's few-shot split ({out / 'split.txt'}) has "
+                        "other bytes than when the run started (replaced under the same name); the run cannot "
+                        "continue on other images: restore them, or start a new run in another --out")
+    if inputs.cam_net is None:
+        return images, labels, None
+    from clip_smot.clip.cam_network import build_cam_provider, cache_cams
 
-        provider, label_map = build_cam_provider(cam_net, classes)
-        if label_map is None and cam_net.class_ids is not None:  # a trained network: meant for these classes?
-            print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
-                  f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
-                  "its top-1 class, not of the true label", file=sys.stderr)
-        t = time.perf_counter()
-        cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
-        seconds["CAMs"] = _since(t, device)
-        del provider, cam_net
+    cam_net = inputs.cam_net
+    provider, label_map = build_cam_provider(cam_net, classes)
+    if label_map is None and cam_net.class_ids is not None:  # a trained network: meant for these classes?
+        print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
+              f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
+              "its top-1 class, not of the true label", file=sys.stderr)
+    t = time.perf_counter()
+    cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
+    inputs.seconds["CAMs"] = _since(t, device)
+    inputs.cam_net = None  # (the CAM network is no longer needed)
+    return images, labels, cams
 
-    prompt = _build_prompt(clip, classes.classnames, cfg, cfg.precision, compile_layers=cfg.compile)
+
+def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | None) -> _Training:
+    """The prompt, its SGD and schedule, the seeded generators (a checkpoint's states on --resume)
+    and the fit step."""
+    clip = inputs.clip
+    prompt = _build_prompt(clip, inputs.classes.classnames, cfg, cfg.precision, compile_layers=cfg.compile)
     params = [p for p in prompt.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # order and thresholds, drawn on the CPU
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # crops, flips, noise, on the device
+    generators = {"data_gen": torch.Generator().manual_seed(cfg.seed),  # order and thresholds, drawn on the CPU
+                  "aug_gen": torch.Generator(device=device).manual_seed(cfg.seed)}  # crops, flips, noise
+    training = _Training(prompt, optimizer, scheduler, generators)
     if saved is not None:
-        _restore(saved, prompt, optimizer, scheduler, data_gen, aug_gen, ckpt_path)
-    if not cfg.dry_run:  # (once all that a resume reads has been checked)
-        if not own_split:  # (the same text otherwise: nothing to replace)
-            atomic_write_text(text, out / "split.txt")
-        write_json(config, out / "config.json")
-        _truncate_log(out / "log.jsonl", start_epoch)  # epochs after the checkpoint are run again
-    elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
-        torch.cuda.manual_seed(cfg.seed)
-    step = make_fit_step(clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha,
-                         beta=cfg.beta, perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision,
-                         generator=data_gen, cuda_graph=cfg.cuda_graph, compile_image=cfg.compile,
-                         overlap=cfg.overlap_encoders,
-                         noise_generator=None if cfg.cuda_graph else aug_gen)  # a graph draws from torch's CUDA RNG
-    N = len(split)
-    B = min(cfg.batch_size, N)
-    steps = N // B  # drop the last partial batch, as CoOp does
-    # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
-    no_cams = torch.zeros(B, clip.image_size, clip.image_size, dtype=torch.uint8, device=device) if cams is None else None
-    later = "; the first epoch also compiles and captures (the speed options)" if compiled or cfg.cuda_graph else ""
-    print(f"fit: set-up {_since(t_setup, device):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in seconds.items())})"
-          f"{later}", file=sys.stderr)
+        _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / CHECKPOINT)
+    training.step = make_fit_step(
+        clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha, beta=cfg.beta,
+        perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision, generator=generators["data_gen"],
+        cuda_graph=cfg.cuda_graph, compile_image=cfg.compile, overlap=cfg.overlap_encoders,
+        noise_generator=None if cfg.cuda_graph else generators["aug_gen"])  # a graph draws from torch's CUDA RNG
+    return training
 
+
+def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Training, images: torch.Tensor,
+           labels: torch.Tensor, cams: torch.Tensor | None, start_epoch: int) -> bool:
+    """The epochs from ``start_epoch``: a log line and a checkpoint after each; returns False after
+    a dry run's one batch."""
+    from clip_smot.clip.encoders import flex_available
+
+    compiled = {"--compile": "--no-compile"} if cfg.compile else {}  # what torch.compile builds -> what avoids it
+    if cfg.text_attention == "flex" and flex_available(device):  # FlexAttention's kernel: compiled, --compile or not
+        compiled["--text-attention flex"] = "--text-attention square"
+    size, out = inputs.clip.image_size, Path(cfg.out)
+    N = len(inputs.split)
+    B = min(cfg.batch_size, N)
+    # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
+    no_cams = torch.zeros(B, size, size, dtype=torch.uint8, device=device) if cams is None else None
+    later = "; the first epoch also compiles and captures (the speed options)" if compiled or cfg.cuda_graph else ""
+    print(f"fit: set-up {_since(inputs.t_setup, device):.1f} s "
+          f"({', '.join(f'{k} {v:.1f} s' for k, v in inputs.seconds.items())}){later}", file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        perm = torch.randperm(N, generator=data_gen).to(device)  # [N]
-        loss_sum = torch.zeros((), device=device)
-        lr = optimizer.param_groups[0]["lr"]
-        bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        bar.set_postfix(lr=f"{lr:.3g}")
-        for s in bar:
-            idx = perm[s * B:(s + 1) * B]  # [B]
-            # the same crop and flip for each image and its CAM, on the device
-            x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, clip.image_size,
-                                              scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
-            if cam is not None:  # min-max over the view, as a CAM computed on the view would be (docs/method.md §1);
-                # a view flat within one level of the uint8 cache is flat (resampling leaves ~1e-5 of noise)
-                cam = normalize_cam(cam, min_span=1.0)
-            try:  # thresholds from data_gen (CPU): no sync
-                loss = step(x, cam if cam is not None else no_cams, labels[idx])
-            except Exception as e:
-                if compiled and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
-                    raise UserError(f"{' and '.join(compiled)}: torch.compile failed on this machine "
-                                    f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
-                raise
-            loss_sum += loss
-            if cfg.dry_run:
-                print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
-                return out
-            if s % 20 == 19:  # reading the loss syncs with the device: only now and then
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
-        bar.close()
-        mean_loss = (loss_sum / steps).item()
-        if not math.isfinite(mean_loss) or not torch.isfinite(prompt.ctx).all():
-            kept = f"the last good checkpoint {ckpt_path} (epoch {epoch}) is kept" if epoch > 0 else "no checkpoint was written"
-            raise UserError(f"fit: the loss became non-finite ({mean_loss}) in epoch {epoch + 1}; {kept}; "
-                            "try a lower --lr or --precision fp32")
-        scheduler.step()
-        record = {"epoch": epoch + 1, "loss": mean_loss, "lr": lr, "seconds": round(time.time() - t0, 3)}
-        try:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:  # (a half-written line is dropped on --resume)
-            raise UserError(f"cannot write {out / 'log.jsonl'}: {e.strerror or e}") from None
+        lr = training.optimizer.param_groups[0]["lr"]
+        mean_loss = _epoch(cfg, epoch, training, images, labels, cams, no_cams, size, B, compiled)
+        if mean_loss is None:
+            return False
+        if not math.isfinite(mean_loss) or not torch.isfinite(training.prompt.ctx).all():
+            raise non_finite_loss("fit", mean_loss, epoch, out / CHECKPOINT, "try a lower --lr or --precision fp32")
+        training.scheduler.step()
+        record = log_record(epoch + 1, mean_loss, lr, time.time() - t0)
+        append_log(out, record)
         progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "ctx": prompt.ctx.detach().cpu(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(data_gen, aug_gen), "config": config,
-        }, ckpt_path)
+        save_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT, {
+            "epoch": epoch + 1, "ctx": training.prompt.ctx.detach().cpu(),
+            "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
+            "rng": capture_rng(training.generators), "config": inputs.config})
+    return True
 
-    _export(prompt.ctx.detach(), clip, classes.classnames, cfg, config, out / "prompt.safetensors", "fit")
-    return out
+
+def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams, no_cams, size: int, B: int,
+           compiled: dict) -> float | None:
+    """One epoch's steps over a permutation drawn at its start; returns the mean loss (None after a
+    dry run's one batch, whose loss it prints)."""
+    data_gen, aug_gen = training.generators["data_gen"], training.generators["aug_gen"]
+    N = images.shape[0]
+    steps = N // B  # drop the last partial batch, as CoOp does
+    perm = torch.randperm(N, generator=data_gen).to(images.device)  # [N]
+    loss_sum = torch.zeros((), device=images.device)
+    lr = training.optimizer.param_groups[0]["lr"]
+    bar = progress_bar(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}")
+    bar.set_postfix(lr=f"{lr:.3g}")
+    for s in bar:
+        idx = perm[s * B:(s + 1) * B]  # [B]
+        # the same crop and flip for each image and its CAM, on the device
+        x, cam = random_resized_crop_flip(images[idx], cams[idx] if cams is not None else None, size,
+                                          scale=(cfg.crop_scale, 1.0), generator=aug_gen)  # [B, 3, S, S], [B, S, S]
+        if cam is not None:  # min-max over the view, as a CAM computed on the view would be (docs/method.md §1);
+            # a view flat within one level of the uint8 cache is flat (resampling leaves ~1e-5 of noise)
+            cam = normalize_cam(cam, min_span=1.0)
+        try:  # thresholds from data_gen (CPU): no sync
+            loss = training.step(x, cam if cam is not None else no_cams, labels[idx])
+        except Exception as e:
+            if compiled and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
+                raise UserError(f"{' and '.join(compiled)}: torch.compile failed on this machine "
+                                f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
+            raise
+        loss_sum += loss
+        if cfg.dry_run:
+            print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
+            return None
+        if s % 20 == 19:  # reading the loss syncs with the device: only now and then
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+    bar.close()
+    return (loss_sum / steps).item()
 
 
 @torch.no_grad()
@@ -659,7 +725,7 @@ def export_prompt(
     inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
               *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]
     check_output(out, "--out", inputs)
-    saved = _load_checkpoint(path, None, "--checkpoint")
+    saved = _load_checkpoint(path, "--checkpoint")
     config = saved["config"]
     cfg = FitConfig.from_dict(config)
     check_output(out, "--out", [("run's --model file", cfg.model), ("run's --pretrained file", cfg.pretrained)])

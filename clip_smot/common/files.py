@@ -14,9 +14,10 @@ from typing import Any, Callable, Iterable
 import torch
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.run_folder import RUN_FILES
 
-__all__ = ["cache_root", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
+__all__ = ["RUN_FILES", "cache_root", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
+
+RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
 
 def cache_root() -> Path:

@@ -1,15 +1,248 @@
-"""What a run folder holds: its files, and checks on a checkpoint's contents."""
+"""The run folder of ``fit`` and ``train``: one mechanism for what it holds and how a run resumes.
+
+``OUT/config.json``
+    every resolved option, written (atomically) at each start;
+``OUT/log.jsonl``
+    one JSON line per finished epoch, appended: ``epoch``, ``loss``, ``lr``, ``seconds`` on every
+    line (:func:`log_record`), then what a track adds; a ``--resume`` keeps the lines of the
+    epochs its checkpoint holds (:func:`truncate_log`) and appends from there;
+``OUT/checkpoint.pt``
+    written atomically after each epoch's log line, with a ``format`` key naming whose it is
+    (:data:`CHECKPOINT_FORMATS`) and the RNG states (:func:`capture_rng`).
+
+A resume follows one policy (:func:`resume_options`): an option given again must equal the
+saved one, an option not given takes the saved value, and the run-control options (device,
+workers, ...) are the current ones.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import random
+import sys
+from collections.abc import Collection
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.files import RUN_FILES, atomic_save, atomic_write_text, write_json
 
-__all__ = ["RUN_FILES", "holds_its_values", "load_optimizer_state"]
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "RUN_FILES", "CheckpointError", "append_log", "capture_rng",
+           "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
+           "non_finite_loss", "read_checkpoint", "refuse_other_flags", "restore_rng", "resume_options",
+           "save_checkpoint", "truncate_log", "write_config"]
+
+CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
+# The value of a checkpoint's "format" key -> what a message calls such a checkpoint.
+CHECKPOINT_FORMATS = {"clip-smot-fit-checkpoint": "clip-smot fit", "clip-smot-train-checkpoint": "clip-smot train"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (``unreadable``: the load error, as "Type: message"),
+    or one of another format (``unreadable`` None); the message says which."""
+
+    def __init__(self, message: str, unreadable: str | None = None):
+        super().__init__(message)
+        self.unreadable = unreadable
+
+
+
+
+# --- config.json and log.jsonl ------------------------------------------------------------------
+
+
+def write_config(out: str | Path, config: dict) -> None:
+    """Write ``OUT/config.json`` (pretty JSON, sorted keys) atomically."""
+    write_json(config, Path(out) / CONFIG)
+
+
+def log_record(epoch: int, loss: float, lr: float, seconds: float, **extra: Any) -> dict:
+    """One line of log.jsonl: the epoch (1-based), its mean loss, its lr, its wall time in seconds
+    (three decimals), then ``extra`` (what a track adds)."""
+    return {"epoch": epoch, "loss": loss, "lr": lr, "seconds": round(seconds, 3), **extra}
+
+
+def append_log(out: str | Path, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``OUT/log.jsonl`` (a line half written by a kill is
+    dropped by the :func:`truncate_log` of the ``--resume``)."""
+    path = Path(out) / LOG
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def truncate_log(path: str | Path, epochs: int, records: list[dict] | None = None) -> None:
+    """Make the log ``path`` hold the lines of the first ``epochs`` epochs: all a checkpoint vouches
+    for. With ``records`` (a checkpoint's own copy of its lines), those are written; otherwise the
+    file's lines are kept, and a line that does not parse (a run killed while appending it, bytes
+    that are not UTF-8, a record without a whole-number epoch) is dropped, not fatal.
+    """
+    path = Path(path)
+    if records is not None:
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in records[:epochs]), path)
+        return
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.is_file() else []
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= epochs:
+            kept.append(line)
+    atomic_write_text("".join(line + "\n" for line in kept), path)
+
+
+# --- checkpoint.pt ------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, fmt: str, state: dict) -> None:
+    """Write ``state`` with ``"format": fmt`` to ``path`` atomically (a kill leaves the previous one)."""
+    assert fmt in CHECKPOINT_FORMATS, fmt
+    atomic_save({"format": fmt, **state}, path)
+
+
+def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict:
+    """A checkpoint's dict, read with ``torch.load(weights_only=True)`` (tensors and plain values).
+
+    Args:
+        path: the file.
+        fmt: the format it must name (a key of :data:`CHECKPOINT_FORMATS`).
+        legacy: accept a dict without a ``format`` key (a track whose checkpoints had none).
+
+    Raises:
+        CheckpointError: a file that does not load, is not a dict, or names another format.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)
+        why = f"{type(e).__name__}: {first_line(e)}"
+        raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
+    found = saved.get("format") if isinstance(saved, dict) else None
+    if found != fmt and not (legacy and isinstance(saved, dict) and "format" not in saved):
+        other = f" (a {CHECKPOINT_FORMATS[found]} one)" if isinstance(found, str) and found in CHECKPOINT_FORMATS else ""
+        raise CheckpointError(f"not a {CHECKPOINT_FORMATS[fmt]} checkpoint{other}")
+    return saved
+
+
+# --- RNG states ---------------------------------------------------------------------------------
+
+
+def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Every RNG state, as tensors and plain values (a checkpoint that loads with
+    ``torch.load(weights_only=True)``): torch's CPU generator (``torch``), each CUDA device's
+    (``cuda``, when CUDA is available), Python's (``python``), NumPy's (``numpy``) and each of
+    ``generators`` under its name, with its device under ``devices``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    for key, gen in (generators or {}).items():
+        state[key] = gen.get_state()
+    if generators:
+        state["devices"] = {key: str(gen.device) for key, gen in generators.items()}
+    return state
+
+
+def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = None, where: str = "") -> None:
+    """Set every RNG state :func:`capture_rng` captured (CUDA's only where CUDA is available).
+
+    A fit checkpoint from before this layout (``torch_cpu``, ``torch_cuda``, ``aug_device``, no
+    Python or NumPy state) is read too.
+
+    Raises:
+        UserError: naming ``where``, when a generator was on another device than now.
+        KeyError, TypeError, ValueError, RuntimeError: a damaged state (the caller names it).
+    """
+    older = "devices" not in state and "aug_device" in state  # the older fit layout
+    devices = {"aug_gen": state["aug_device"]} if older else state.get("devices", {})
+    for key, gen in (generators or {}).items():
+        was = devices.get(key, str(gen.device))
+        if was != str(gen.device):
+            raise UserError(f"{where}: written on {was}; resume it with --device {was}")
+    for key in [k for k in ("torch_cpu", "torch") if k in state] or ["torch"]:  # (a state naming both: each checked)
+        torch.set_rng_state(state[key])
+    if not older:  # (the older fit layout kept no Python or NumPy state)
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+    cuda = state.get("torch_cuda" if older else "cuda")
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    for key, gen in (generators or {}).items():
+        gen.set_state(state[key])
+
+
+# --- the resume decision ------------------------------------------------------------------------
+
+
+def check_start(out: str | Path, resume: bool, dry_run: bool) -> Path:
+    """The checkpoint path of a run in ``out``, once the start is seen to fit what is there: a
+    ``--resume`` needs a checkpoint, a new run (not a dry run) needs a folder without one."""
+    path = Path(out) / CHECKPOINT
+    if resume and not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}")
+    if not resume and not dry_run and path.exists():
+        raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose "
+                        "another --out")
+    return path
+
+
+def explicit_fields(cfg: Any) -> set[str]:
+    """The fields of the dataclass ``cfg`` that differ from their defaults (a library caller's
+    stand-in for the flags a command line gave) and those without a default."""
+    return {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
+
+
+def refuse_other_flags(names: Collection[str], out: str | Path) -> None:
+    """Raise the one line of a resume whose options ``names`` differ from the saved run's."""
+    if names:
+        raise UserError(f"--resume: {', '.join('--' + n.replace('_', '-') for n in names)} differ from the run saved "
+                        f"in {out}; resume with the same flags")
+
+
+def resume_options(saved: dict, wanted: dict, given: Collection[str], free: Collection[str], out: str | Path) -> dict:
+    """The options of a resumed run: each of ``free`` (run control: device, workers, ...) as
+    ``wanted`` now, each other as ``saved``.
+
+    Raises:
+        UserError: one line naming the flags in ``given`` (those the user gave) that are not
+            ``free`` and differ from the saved values.
+    """
+    refuse_other_flags([k for k in wanted if k in given and k not in free and wanted[k] != saved.get(k)], out)
+    return {**saved, **{k: wanted[k] for k in free if k in wanted}}
+
+
+def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Collection[str],
+             quiet: bool = False) -> bool:
+    """Whether the run in ``out`` has finished (``done`` of ``epochs`` epochs, each of ``outputs``
+    written); if so, unless ``quiet``, says on stderr that nothing is to be done."""
+    if done < epochs or not all((Path(out) / name).is_file() for name in outputs):
+        return False
+    if not quiet:
+            print(f"{command}: the run in {out} has finished its {done} epochs; nothing to do (nothing rewritten)",
+              file=sys.stderr)
+    return True
+
+
+def non_finite_loss(command: str, loss: float, epoch: int, checkpoint: str | Path, advice: str) -> UserError:
+    """The error of a loss that became non-finite in (0-based) ``epoch``: what is kept, and ``advice``."""
+    kept = f"the last good checkpoint {checkpoint} (epoch {epoch}) is kept" if epoch > 0 else "no checkpoint was written"
+    return UserError(f"{command}: non-finite training loss ({loss}) in epoch {epoch + 1}; {kept}; {advice}")
+
+
+# --- checks of what a checkpoint holds ----------------------------------------------------------
 
 
 def holds_its_values(t: torch.Tensor) -> bool:
@@ -46,5 +279,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise UserError(f"{where}: its optimizer state does not fit ({type(e).__name__}: {first_line(e)})") from None
 
-
-RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write

@@ -25,13 +25,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import random
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,8 +41,6 @@ from clip_smot.common.device import autocast, resolve_device, seed_everything
 from clip_smot.common.distributed import process_group
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
-    atomic_save,
-    atomic_write_text,
     check_output,
     make_folder,
     remove_stale_temporaries,
@@ -52,7 +49,26 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.images import class_folders
 from clip_smot.common.progress import progress_bar
-from clip_smot.common.run_folder import load_optimizer_state
+from clip_smot.common.run_folder import (
+    CHECKPOINT,
+    CONFIG,
+    LOG,
+    CheckpointError,
+    append_log,
+    capture_rng,
+    check_start,
+    explicit_fields,
+    finished,
+    load_optimizer_state,
+    log_record,
+    non_finite_loss,
+    read_checkpoint,
+    restore_rng,
+    resume_options,
+    save_checkpoint,
+    truncate_log,
+    write_config,
+)
 from clip_smot.resnet.data import (
     FileBatches,
     SizedImageSet,
@@ -92,8 +108,8 @@ DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits":
 DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
-CHECKPOINT = "checkpoint.pt"
-_FILES = ("config.json", "log.jsonl", CHECKPOINT, "model.safetensors", "summary.json")  # under --out
+CHECKPOINT_FORMAT = "clip-smot-train-checkpoint"
+_FILES = (CONFIG, LOG, CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 
 
 @dataclass(frozen=True)
@@ -347,17 +363,6 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
 # The run.
 
 
-def _rng_state() -> dict:
-    """Every RNG state, as tensors and plain Python values (so the checkpoint loads with
-    ``torch.load(weights_only=True)``)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def _check_saved(ckpt: dict) -> None:
     """The types of what a train checkpoint holds besides its config (a ValueError saying which
     is wrong): a whole-number epoch, a log of epoch records, dicts of tensors and states."""
@@ -387,25 +392,11 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sca
     try:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        restore_rng(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"{where}: its loss-scaler or random-number state is damaged ({type(e).__name__}: "
                         f"{first_line(e)})") from None
     return ckpt["epoch"], list(ckpt["log"])
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_log(log: list[dict], out: Path) -> None:
-    """``OUT/log.jsonl``: one JSON line per finished epoch (the checkpoint holds the same list)."""
-    atomic_write_text("".join(json.dumps(e) + "\n" for e in log), out / "log.jsonl")
 
 
 def _totals(stats: dict, world: int) -> list[float]:
@@ -425,17 +416,18 @@ _RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "c
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
-              flags: set[str] | None = None) -> dict:
+              flags: Collection[str] | None = None) -> dict:
     """Train one model as ``cfg`` says.
 
     Args:
         cfg: the run's configuration (``None`` fields take their defaults).
-        resume: continue from ``OUT/checkpoint.pt`` (the flags must match the saved config,
-            except device, workers, precision and a larger number of epochs).
+        resume: continue from ``OUT/checkpoint.pt`` with its saved configuration (device,
+            workers, precision, compile, cuda_graph and a larger number of epochs may change).
         dry_run: run one training step, print its loss and write nothing.
         stop_after: stop after this many epochs of this call (tests: an interruption).
         flags: the fields of ``cfg`` the user gave (the CLI's flags): with ``resume``, each must
-            equal the saved run's; None: those that differ from their default.
+            equal the saved run's, the others take its values; None: those that differ from
+            their default.
 
     Returns:
         The summary (also written to ``OUT/summary.json``): final loss, train accuracy, paths.
@@ -458,65 +450,94 @@ def _check_outputs(cfg: TrainConfig) -> None:
                  [(f"the --data {p.name}/ folder", p) for p in read], writes=_FILES)
 
 
-def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
-         world: int, flags: set[str] | None = None) -> dict:
-    out = Path(cfg.out)
-    ckpt_path = out / CHECKPOINT
-    download = True
-    if resume:
-        if not ckpt_path.is_file():
-            raise UserError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain values only
-            saved = TrainConfig(**ckpt["config"])
-            if saved.method != "smot" and saved.cam_model:  # older runs kept an ignored --cam-model
-                saved = dataclasses.replace(saved, cam_model=None)
-            missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
-            if missing:
-                raise ValueError(f"no {', '.join(missing)}")
-            _check_saved(ckpt)
-        except Exception as e:  # a damaged or foreign file: say which one
-            raise UserError(f"--resume: {ckpt_path} is not a readable clip-smot checkpoint ({type(e).__name__}: {first_line(e)})") \
-                from None
-        check_field_types(saved, f"--resume: {ckpt_path}")
-        given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None and k not in _RESUME_FREE}
-        defaults = dataclasses.asdict(TrainConfig(out=cfg.out))
-        differ = [k for k, v in given.items()
-                  if (k in flags if flags is not None else v != defaults[k]) and v != getattr(saved, k)]
-        if differ:
-            raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in differ)} differ from the "
-                            f"run saved in {out}; resume with the same flags")
-        if cfg.epochs is not None and cfg.epochs < saved.epochs:
-            raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
-                            "with as many or more")
-        download = cfg.data is not None or saved.data is None  # (not into a folder only the checkpoint names)
-        cfg = dataclasses.replace(saved, device=cfg.device, workers=cfg.workers, precision=cfg.precision,
-                                  out=cfg.out, compile=cfg.compile, cuda_graph=cfg.cuda_graph,
-                                  epochs=cfg.epochs or saved.epochs)
-        done = ckpt["epoch"]
-        if done >= cfg.epochs and (out / "summary.json").is_file() and (out / "model.safetensors").is_file():
-            if rank == 0:  # (before any data, network or CAM model is loaded)
-                print(f"train: the run in {out} has finished its {done} epochs; nothing to do "
-                      "(nothing rewritten)", file=sys.stderr)
-            return json.loads((out / "summary.json").read_text())
-        was = ckpt.get("world_size")  # (None: a run saved before it was kept)
-        if was is not None and was != world and rank == 0 and not dry_run:
-            print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
-                  f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
-                  "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
-    elif not dry_run and ckpt_path.exists():
-        raise UserError(f"--out {out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
-                        f"or choose another folder")
+def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
+    """A train checkpoint and its configuration, each part's type checked (:func:`_check_saved`)."""
+    try:
+        ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, legacy=True)  # (runs saved before the format key have none)
+    except CheckpointError as e:
+        raise UserError(f"--resume: {path} is not a readable clip-smot checkpoint ({e.unreadable})" if e.unreadable
+                        else f"--resume: {path} is {e}") from None
+    try:
+        saved = TrainConfig(**ckpt["config"])
+        if saved.method != "smot" and saved.cam_model:  # older runs kept an ignored --cam-model
+            saved = dataclasses.replace(saved, cam_model=None)
+        missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        _check_saved(ckpt)
+    except Exception as e:  # noqa: BLE001 (a damaged or foreign file: say which part)
+        raise UserError(f"--resume: {path} is not a readable clip-smot checkpoint ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
+    check_field_types(saved, f"--resume: {path}")
+    return ckpt, saved
 
+
+def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: int,
+            dry_run: bool) -> tuple[TrainConfig, dict, bool]:
+    """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`: a flag
+    given must be the saved one; ``--epochs`` may grow), its checkpoint, and whether a data set
+    may be downloaded (not into a folder only the checkpoint names)."""
+    out = Path(cfg.out)
+    ckpt, saved = _load_checkpoint(out / CHECKPOINT)
+    given = {k for k in (flags if flags is not None else explicit_fields(cfg)) if getattr(cfg, k) is not None}
+    options = resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
+    if cfg.epochs is not None and cfg.epochs < saved.epochs:
+        raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
+                        "with as many or more")
+    was = ckpt.get("world_size")  # (None: a run saved before it was kept)
+    if was is not None and was != world and rank == 0 and not dry_run:
+        print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
+              f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
+              "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
+    download = cfg.data is not None or saved.data is None
+    return TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs})), ckpt, download
+
+
+def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
+         world: int, flags: Collection[str] | None = None) -> dict:
+    """:func:`run_train` in one process: resolve (and resume), data, build, the epochs, export."""
+    out = Path(cfg.out)
+    check_start(out, resume, dry_run)
+    ckpt, download = None, True
+    if resume:
+        cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
+        # (before any data, network or CAM model is loaded; the message on rank 0 only)
+        if finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
+            return json.loads((out / "summary.json").read_text())
+    device, precision = _device(cfg, local_rank, world)
+    cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
+    run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)
+    if rank == 0 and not dry_run:
+        make_folder(out)
+        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
+        write_config(out, dataclasses.asdict(cfg))  # (the text of cfg.to_json())
+        # the checkpoint's log: a line lost by a kill after the checkpoint comes back, one written after it goes
+        truncate_log(out / LOG, run.start_epoch, run.log)
+    if dry_run:
+        return _dry_run(cfg, run, rank, world)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        _epoch(cfg, run, epoch, rank, world, {"data_sha256": data_sha256, "cam_model_sha256": cam_sha256})
+        if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
+            return {"stopped_after": epoch + 1}
+    return _export(cfg, run, device, rank, world)
+
+
+def _device(cfg: TrainConfig, local_rank: int, world: int) -> tuple[torch.device, str]:
+    """The training device (this process's GPU under torchrun) and the precision."""
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp = autocast(device, precision)
+    return device, cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
+
+def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torch.device, world: int,
+               dry_run: bool):
+    """The training set (checked against a resumed run's classes and images), the configuration
+    resolved for it, its SHA-256, and the CAM provider with its file's SHA-256 (method smot)."""
+    out = Path(cfg.out)
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
     check_bounds(cfg)
@@ -529,31 +550,52 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         if val_names != train_set.classnames:
             raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
                             f"those of train/ ({', '.join(train_set.classnames[:5])}...)")
-    saved_classes = ckpt.get("meta", {}).get("classnames") if resume else None
+    saved_classes = ckpt.get("meta", {}).get("classnames") if ckpt is not None else None
     if saved_classes is not None and list(saved_classes) != list(train_set.classnames):
         raise UserError(f"--resume: the classes of the data ({len(train_set.classnames)}: "
                         f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
                         f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
     data_sha256 = _fingerprint(train_set)
-    if resume and ckpt.get("data_sha256") not in (None, data_sha256):  # (None: a run saved before the check)
+    if ckpt is not None and ckpt.get("data_sha256") not in (None, data_sha256):  # (None: saved before the check)
         raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
                         f"saved in {out} (images added, removed or changed); resume on the same images")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
-    per_rank_batch = cfg.batch_size // world
     if len(train_set) < world:
         raise UserError(f"--data: {len(train_set)} training images are fewer than the {world} processes")
-
     cam, cam_sha256 = None, None
     if cfg.method == "smot":
         cam = _cam_provider(cfg.cam_model, train_set, device)
         cam_sha256 = sha256_file(cfg.cam_model)
-        if resume and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
+        if ckpt is not None and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
             raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "
                             "was trained with (the file changed since, e.g. that run was resumed for more "
                             "epochs); resume with the run's own base model")
+    return cfg, train_set, data_sha256, cam, cam_sha256
 
+
+@dataclass
+class _Training:
+    """What the epochs use and update."""
+
+    model: nn.Module  # DDP-wrapped under torchrun; checkpoints and the final save take the inner module
+    step_model: nn.Module  # what the steps call (compiled with --compile / --cuda-graph)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    batches: TensorBatches | FileBatches
+    n_samples: int  # images per process and epoch
+    parts: StepParts
+    amp: contextlib.AbstractContextManager
+    meta: dict  # the model file's record (arch, classes, input size, normalisation, ...)
+    start_epoch: int
+    log: list  # the log.jsonl records so far
+
+
+def _build(cfg: TrainConfig, train_set: SizedImageSet, ckpt: dict | None, device: torch.device, precision: str,
+           cam: CAMProvider | None, rank: int, world: int) -> _Training:
+    """The network, its optimizer and loss scaler (a checkpoint's states on --resume), DDP and
+    torch.compile as asked, the batches and the step's parts."""
     seed_everything(cfg.seed)
     model = build_network(cfg.arch, len(train_set.classnames), train_set.input_size).to(device)
     channels_last = device.type == "cuda"
@@ -564,15 +606,14 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     # fp16 autocast on CUDA needs loss scaling (bf16 has fp32's range; CPU fp16 runs as bf16)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
     start_epoch, log = 0, []
-    if resume:
-        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {ckpt_path}")
+    if ckpt is not None:
+        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {Path(cfg.out) / CHECKPOINT}")
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    # What the steps call; ``model`` keeps the plain module for checkpoints and the final save.
     step_model = compile_for_training(model, cam, cfg.cuda_graph) if cfg.compile or cfg.cuda_graph else model
-
+    per_rank_batch = cfg.batch_size // world
     if train_set.images is not None:
         batches = TensorBatches(train_set.images, train_set.labels, per_rank_batch, device, cfg.seed,
                                 pad=train_set.pad, flip=train_set.flip, rank=rank, world=world)
@@ -590,72 +631,76 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     meta = dict(arch=cfg.arch, classnames=train_set.classnames, input_size=train_set.input_size,
                 mean=train_set.mean, std=train_set.std, dataset=cfg.dataset or str(cfg.data),
                 method=cfg.method, stage=cfg.stage)
-    writer = rank == 0 and not dry_run
-    if writer:
-        make_folder(out)
-        remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        atomic_write_text(cfg.to_json() + "\n", out / "config.json")
-        if resume:  # the checkpoint's log: a run killed between its checkpoint and its log line lost that line
-            _write_log(log, out)
+    return _Training(model, step_model, optimizer, scaler, batches, n_samples, parts, autocast(device, precision),
+                     meta, start_epoch, log)
 
-    if dry_run:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(cfg, start_epoch)
-        model.train()
-        stats = train_epoch(step_model, optimizer, batches, start_epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
-                            beta=cfg.beta, rank=rank, n_samples=n_samples, max_steps=1)
-        loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
-        loss = loss_sum / seen
-        if not math.isfinite(loss):
-            raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
-        summary = {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}
-        if rank == 0:
-            print(json.dumps({"dry_run": True, "loss": loss, "batch": int(seen)}))
-        return summary
 
-    ran = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = lr_at(cfg, epoch)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        model.train()
-        t0 = time.perf_counter()
-        stats = train_epoch(step_model, optimizer, batches, epoch, parts, amp, seed=cfg.seed, alpha=cfg.alpha,
-                            beta=cfg.beta, rank=rank, n_samples=n_samples, progress=rank == 0, stop_on_nan=world == 1)
-        loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
-        loss = loss_sum / seen
-        if not math.isfinite(loss):
-            kept = f"the last good checkpoint is {ckpt_path}" if start_epoch or epoch else "no checkpoint was written"
-            raise UserError(f"non-finite training loss ({loss}) in epoch {epoch + 1}; {kept}; lower --lr")
-        entry = {"epoch": epoch + 1, "loss": loss, "lr": lr, "train_acc": 100.0 * correct / seen,
-                 "time_s": time.perf_counter() - t0, "images": int(seen)}
-        log.append(entry)
-        if writer:
-            atomic_save({"model": _inner(model).state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "log": log,
-                         "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": _rng_state(),
-                         "scaler": scaler.state_dict() if scaler is not None else None, "meta": meta,
-                         "data_sha256": data_sha256, "cam_model_sha256": cam_sha256, "world_size": world}, ckpt_path)
-            _write_log(log, out)
-            from tqdm import tqdm
+def _dry_run(cfg: TrainConfig, run: _Training, rank: int, world: int) -> dict:
+    """One training step at the next epoch's lr; prints its loss (rank 0) and writes nothing."""
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr_at(cfg, run.start_epoch)
+    run.model.train()
+    stats = train_epoch(run.step_model, run.optimizer, run.batches, run.start_epoch, run.parts, run.amp,
+                        seed=cfg.seed, alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, max_steps=1)
+    loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
+    loss = loss_sum / seen
+    if not math.isfinite(loss):
+        raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
+    if rank == 0:
+        print(json.dumps({"dry_run": True, "loss": loss, "batch": int(seen)}))
+    return {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}
 
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
-                       f"lr {lr:.4g}  {entry['time_s']:.1f}s", file=sys.stderr)
-        ran += 1
-        if stop_after is not None and ran >= stop_after:
-            return {"stopped_after": epoch + 1}
 
-    checksum = torch.tensor([sum(p.detach().double().sum().item() for p in _inner(model).parameters())],
+def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, hashes: dict) -> None:
+    """Train (0-based) ``epoch``; on rank 0, append its log line and write the checkpoint
+    (``hashes``: the SHA-256s of its data and CAM model, which go with it)."""
+    out = Path(cfg.out)
+    lr = lr_at(cfg, epoch)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    run.model.train()
+    t0 = time.perf_counter()
+    stats = train_epoch(run.step_model, run.optimizer, run.batches, epoch, run.parts, run.amp, seed=cfg.seed,
+                        alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, progress=rank == 0,
+                        stop_on_nan=world == 1)
+    loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
+    loss = loss_sum / seen
+    if not math.isfinite(loss):
+        raise non_finite_loss("train", loss, epoch, out / CHECKPOINT, "lower --lr")
+    seconds = time.perf_counter() - t0
+    # time_s: the name this log used before log.jsonl had one vocabulary (kept for its readers)
+    entry = log_record(epoch + 1, loss, lr, seconds, train_acc=100.0 * correct / seen, time_s=seconds,
+                       images=int(seen))
+    run.log.append(entry)
+    if rank != 0:
+        return
+    append_log(out, entry)
+    save_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT, {
+        "model": _inner(run.model).state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
+        "config": dataclasses.asdict(cfg), "log": run.log,
+        "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": capture_rng(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "meta": run.meta,
+        "world_size": world, **hashes})
+    from tqdm import tqdm
+
+    tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}  train acc {entry['train_acc']:.2f}%  "
+               f"lr {lr:.4g}  {seconds:.1f}s", file=sys.stderr)
+
+
+def _export(cfg: TrainConfig, run: _Training, device: torch.device, rank: int, world: int) -> dict:
+    """The summary (each process's parameter checksum); rank 0 writes model.safetensors and summary.json."""
+    out = Path(cfg.out)
+    checksum = torch.tensor([sum(p.detach().double().sum().item() for p in _inner(run.model).parameters())],
                             dtype=torch.float64, device=device)
     sums = [checksum]
     if world > 1:
         sums = [torch.zeros_like(checksum) for _ in range(world)]
         torch.distributed.all_gather(sums, checksum)
-    summary = {"epochs": cfg.epochs, "final": log[-1] if log else None, "world_size": world,
+    summary = {"epochs": cfg.epochs, "final": run.log[-1] if run.log else None, "world_size": world,
                "param_checksum_per_rank": [float(s.item()) for s in sums],
                "model": str(out / "model.safetensors")}
-    if writer:
-        save_model(out / "model.safetensors", model, config=dataclasses.asdict(cfg), **meta)
+    if rank == 0:
+        save_model(out / "model.safetensors", run.model, config=dataclasses.asdict(cfg), **run.meta)
         write_json(summary, out / "summary.json")
     return summary
 

@@ -15,6 +15,7 @@ from helpers import WNIDS, _write_imagenet, cam_resnet  # noqa: F401 (fixture)
 from PIL import Image
 from safetensors.torch import safe_open
 
+import clip_smot.common.run_folder as run_folder
 from clip_smot.cli import cli
 from clip_smot.clip.cam_network import build_cam_provider, cache_cams, load_cam_network
 from clip_smot.clip.fewshot import (
@@ -211,21 +212,20 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, fit_args(tmp_path / "straight", *extra))
     assert res.exit_code == 0, res.output
 
-    import clip_smot.clip.fit as fit_module
 
-    real_save = fit_module.atomic_save
+    real_save = run_folder.atomic_save
 
     def save_then_die(obj, path):  # the run is killed right after its first checkpoint
         real_save(obj, path)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
     assert isinstance(res.exception, RuntimeError)
     after_one = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)
     assert after_one["epoch"] == 1
     assert not (tmp_path / "broken" / "prompt.safetensors").exists()
-    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))
     assert res.exit_code != 0 and "--resume" in res.output  # no silent restart over a checkpoint
     with open(tmp_path / "broken" / "log.jsonl", "a") as f:  # as if killed between the log line and the checkpoint
@@ -602,7 +602,7 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     import clip_smot.clip.fit as fit_mod
 
     seen = []
-    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg: seen.append(speed(cfg)))  # (a dry run: no folder)
+    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg, flags=None: seen.append(speed(cfg)))  # (a dry run: no folder)
     for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
                                                            ("mask", False, True, None))):
         assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0
@@ -647,7 +647,7 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
 
 
 def test_resume_drops_a_half_written_log_line(tmp_path):
-    from clip_smot.clip.fit import _truncate_log
+    from clip_smot.common.run_folder import truncate_log as _truncate_log
 
     log = tmp_path / "log.jsonl"
     lines = [json.dumps({"epoch": e, "loss": 1.0 / e}) for e in (1, 2, 3)]
@@ -769,13 +769,13 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypa
         assert "Traceback" not in res.output
         return res.stderr.replace("\r", "\n").strip().splitlines()[-1]
 
-    real_save = fit_module.atomic_save
+    real_save = run_folder.atomic_save
 
     def save_then_ctrl_c(obj, path):
         real_save(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fit_module, "atomic_save", save_then_ctrl_c)
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_ctrl_c)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2"))
     assert res.exit_code == 130
     assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last finished "
@@ -834,7 +834,6 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
     from safetensors.torch import save_file
     from torchvision.models.resnet import BasicBlock, ResNet
 
-    import clip_smot.clip.fit as fit_module
 
     weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
     shutil.copy(tiny_clip_checkpoint, weights)
@@ -844,15 +843,15 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
         swap = {tiny_clip_checkpoint: str(weights), cam_resnet: str(cam)}
         return [swap.get(a, a) for a in fit_args(tmp_path / "run", "--epochs", "2", *extra)]
 
-    real_save = fit_module.atomic_save
+    real_save = run_folder.atomic_save
 
     def save_then_die(obj, path):  # killed right after the first checkpoint
         real_save(obj, path)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(fit_module, "atomic_save", save_then_die)
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
     assert isinstance(CliRunner().invoke(cli, args()).exception, RuntimeError)
-    monkeypatch.setattr(fit_module, "atomic_save", real_save)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["config"]["run"]["cam_model_sha256"] == hashlib.sha256(cam.read_bytes()).hexdigest()
     torch.manual_seed(7)  # other weights of the same architectures
@@ -1124,7 +1123,7 @@ def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, t
 def test_resume_over_a_damaged_log_keeps_its_good_lines(tmp_path):
     """log.jsonl with bytes that are not UTF-8, JSON that is not a record, a string epoch: a
     UnicodeDecodeError or a TypeError on --resume; the good lines stay, the others go."""
-    from clip_smot.clip.fit import _truncate_log
+    from clip_smot.common.run_folder import truncate_log as _truncate_log
 
     log = tmp_path / "log.jsonl"
     good = [json.dumps({"epoch": e, "loss": 0.5}) for e in (1, 2)]

@@ -13,6 +13,7 @@ from helpers import _torchrun
 from PIL import Image
 from safetensors.torch import load_file
 
+import clip_smot.common.run_folder as run_folder
 from clip_smot.cli import cli
 from clip_smot.common.errors import UserError
 from clip_smot.resnet.train import TrainConfig, lr_at, run_train
@@ -416,7 +417,8 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     """Every RNG state (torch, numpy, Python) is restored from a file torch.load reads with weights_only=True."""
     import random
 
-    from clip_smot.resnet.train import _rng_state, _set_rng_state
+    from clip_smot.common.run_folder import capture_rng as _rng_state
+    from clip_smot.common.run_folder import restore_rng as _set_rng_state
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     np.random.randn(1)  # numpy now holds a cached Gaussian (has_gauss = 1): that is saved too
@@ -550,15 +552,14 @@ def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, 
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
     """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
-    import clip_smot.resnet.train as train_mod
 
-    real_save = train_mod.atomic_save
+    real_save = run_folder.atomic_save
 
     def save_then_ctrl_c(obj, path):
         real_save(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "atomic_save", save_then_ctrl_c)
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_ctrl_c)
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 130 and "Traceback" not in r.output
