@@ -1,7 +1,9 @@
 """The ``clip-smot`` command line: the click group and nothing else of substance.
 
-This is the only module that imports click. Each command parses its flags, then calls one
-function of the library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
+This is the only module that imports click. The options of fit, train, score and eval are built
+from their configs' fields (:func:`_options`: each default, range or choices and help text is
+declared once, in the library). Each command parses its flags, then calls one function of the
+library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
 on stderr and exit code 1 (docs/method.md §6).
 """
 
@@ -17,16 +19,16 @@ import click
 from click.core import ParameterSource
 
 from clip_smot import __version__
-from clip_smot.clip.evaluate import ClipEvalConfig
+from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import FitConfig
-from clip_smot.clip.scorer import ScoreConfig
+from clip_smot.clip.scorer import ScoreConfig, run_score
 from clip_smot.common.configs import MAX_BATCH, flag_of
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import EvalConfig
 from clip_smot.reproduce import TABLES
-from clip_smot.resnet.evaluate import ResnetEvalConfig
+from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 from clip_smot.resnet.train import TrainConfig
 
 
@@ -174,8 +176,6 @@ def score(paths, **options) -> None:
     ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
     one column per score (higher = more in-distribution).
     """
-    from clip_smot.clip.scorer import run_score
-
     with process_group(options["device"]):
         skipped = run_score(ScoreConfig(paths=paths, **options))
     if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
@@ -219,22 +219,18 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, oo
         raise click.UsageError("give exactly one of --prompt, --zero-shot or --checkpoint")
     shared.update(ood=_parse_ood(ood), convention=fpr_convention)
     if checkpoint:
-        from clip_smot.resnet.evaluate import run_resnet_eval
-
         _refuse_torchrun("eval --checkpoint")
 
         if split:
             raise click.UsageError("--split is for the CLIP track (--prompt); give the ResNet's --id-train a folder")
         run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
     else:
-        from clip_smot.clip.evaluate import run_clip_eval
-
         with process_group(shared["device"]):
             run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model, pretrained=pretrained,
                                          split=split, use_cache=use_cache, **shared))
 
 
-_ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # clip_smot.resnet.networks.NETWORKS
+_ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS
 
 
 @cli.command()

@@ -527,8 +527,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     images = [("PATH image", f) for files in listed for f in files]
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
     inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
-    check_output(cfg.out, "--out", [("--prompt file", cfg.prompt), ("--model file", cfg.model), (found, weights or None),
-                                *images], inside)
+    check_output(cfg.out, "--out", [("--prompt file", cfg.prompt), ("--model file", cfg.model),
+                                    (found, weights or None), *images], inside)
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if cfg.resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)

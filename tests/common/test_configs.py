@@ -64,7 +64,8 @@ def test_a_tuple_comes_back_as_a_tuple():
     (TrainConfig(out="o", stage="final"), "--stage final: must be one of base, smot"),
     (ScoreConfig(prompt="p", paths=("a",), out="o", workers=257), "--workers 257: must be in [0, 256]"),
     (ScoreConfig(prompt="p", paths=("a",), out="o", batch_size="8"), "--batch-size 8: must be a number"),
-    (ClipEvalConfig(id_data="i", ood={}, out="o", convention="ood"), "--fpr-convention ood: must be one of id, openood"),
+    (ClipEvalConfig(id_data="i", ood={}, out="o", convention="ood"),
+     "--fpr-convention ood: must be one of id, openood"),
     (ResnetEvalConfig(id_data="i", ood={}, out="o", checkpoint="m", batch_size=5000),
      "--batch-size 5000: must be in [1, 4096]"),
 ])
