@@ -176,6 +176,7 @@ def _fit(train: NetworkOutputs, fc, names: list[str]) -> dict:
 
 
 def _score_table(o: NetworkOutputs, fitted: dict, names: list[str]) -> dict:
+    """Each score of ``names`` for every image of ``o``, as a numpy array [N]."""
     return {n: RESNET_SCORERS[n](o, fitted).detach().float().cpu().numpy() for n in names}
 
 
