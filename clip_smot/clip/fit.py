@@ -121,7 +121,7 @@ class FitConfig:
                                       "[default: on with CUDA]")
     overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
                                             "runs (exact; CUDA only).  [default: on with CUDA]")
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"), check_choices=False)  # (cuda:N from Python)
     # run control (not part of what makes two runs the same)
     resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
     dry_run: bool = setting(False, "One batch, then stop (writes nothing).")

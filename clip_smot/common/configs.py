@@ -30,7 +30,7 @@ MAX_BATCH = 4096  # --batch-size: a batch of 224-pixel images in fp32 is 2.4 GiB
 
 def setting(default: Any = dataclasses.MISSING, help: str | None = None, *, flag: str | bool | None = None,
             min: float | None = None, max: float | None = None, min_open: bool = False,
-            choices: tuple | None = None, path: str | None = None) -> Any:
+            choices: tuple | None = None, check_choices: bool = True, path: str | None = None) -> Any:
     """A dataclass field that declares one option of a command.
 
     Args:
@@ -41,9 +41,12 @@ def setting(default: Any = dataclasses.MISSING, help: str | None = None, *, flag
         min, max, min_open: the allowed range of a number, ``[min, max]`` (``(min, max]`` with
             ``min_open``), either end open when None; a float in a range is finite too.
         choices: the allowed values.
+        check_choices: False where the command line offers ``choices`` but the library takes
+            more (``--device``: ``cuda:N`` too, which the device code checks).
         path: a path option: ``"file"``, ``"dir"`` or ``"any"`` (what the command line accepts).
     """
-    meta = {"help": help, "flag": flag, "min": min, "max": max, "min_open": min_open, "choices": choices, "path": path}
+    meta = {"help": help, "flag": flag, "min": min, "max": max, "min_open": min_open, "choices": choices,
+            "check_choices": check_choices, "path": path}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -67,7 +70,7 @@ def _problem(value: Any, meta) -> str | None:
     """What is wrong with ``value`` against a field's declared choices or range (None: nothing)."""
     if value is None or not meta:
         return None
-    if meta.get("choices") is not None and value not in meta["choices"]:
+    if meta.get("choices") is not None and meta["check_choices"] and value not in meta["choices"]:
         return f"must be one of {', '.join(map(str, meta['choices']))}"
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:

@@ -144,3 +144,11 @@ def test_a_range_violation_on_the_command_line_is_one_line(tmp_path):
     res = CliRunner().invoke(cli, ["score", "--prompt", "p", "--out", str(tmp_path / "o.csv"), "--batch-size", "0",
                                    str(tmp_path)])
     assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "--batch-size" in res.output
+
+
+def test_fit_device_choices_are_the_command_lines_only():
+    """fit's --device offers auto, cpu and cuda; from Python a FitConfig takes cuda:N too (the
+    device code checks it), as before the options were declared in the config."""
+    check_ranges(FitConfig(device="cuda:1"))
+    res = CliRunner().invoke(cli, ["fit", "--device", "cuda:1", "--dry-run"])
+    assert res.exit_code != 0 and "--device" in res.output and len(res.output.strip().splitlines()) == 1
