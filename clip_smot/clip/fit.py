@@ -39,7 +39,14 @@ from clip_smot.clip.augment import random_resized_crop_flip
 from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import PRECISIONS, resolve_device
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (

@@ -42,7 +42,13 @@ from clip_smot.clip.features import (
 )
 from clip_smot.clip.model import ClipModel
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
-from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_WORKERS,
+    JsonConfig,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import resolve_device
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError

@@ -37,8 +37,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clip_smot.cam import CAMProvider
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
-from clip_smot.common.device import PRECISIONS, autocast, resolve_device, seed_everything
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    setting,
+)
+from clip_smot.common.device import (
+    PRECISIONS,
+    autocast,
+    resolve_device,
+    seed_everything,
+)
 from clip_smot.common.distributed import process_group
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
