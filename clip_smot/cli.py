@@ -1,7 +1,9 @@
 """The ``clip-smot`` command line: the click group and nothing else of substance.
 
-This is the only module that imports click. Each command parses its flags, then calls one
-function of the library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
+This is the only module that imports click. The options of fit, train, score and eval are built
+from their configs' fields (:func:`_options`: each default, range or choices and help text is
+declared once, in the library). Each command parses its flags, then calls one function of the
+library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
 on stderr and exit code 1 (docs/method.md §6).
 """
 
@@ -17,13 +19,17 @@ import click
 from click.core import ParameterSource
 
 from clip_smot import __version__
-from clip_smot.clip.fit import ATTENTION, CLASS_POSITIONS, LOSSES
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS
+from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
+from clip_smot.clip.fit import FitConfig
+from clip_smot.clip.scorer import ScoreConfig, run_score
+from clip_smot.common.configs import MAX_BATCH, flag_of
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
 from clip_smot.common.errors import UserError, one_line
+from clip_smot.common.reports import EvalConfig
 from clip_smot.reproduce import TABLES
-from clip_smot.smot import PERTURBATIONS
+from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
+from clip_smot.resnet.train import TrainConfig
 
 
 class _Interrupted(click.ClickException):
@@ -90,64 +96,60 @@ def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
 
 
-_POSITIVE = _Float(min=0, min_open=True)
-_SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators take
-_WORKERS = click.IntRange(0, MAX_WORKERS)
 _BATCH = click.IntRange(1, MAX_BATCH)  # a whole batch is decoded and held at once
 
 
+def _click_type(field: dataclasses.Field):
+    """The click type of a config field: its choices, path kind or range (None: from the default)."""
+    meta, kind = field.metadata, field.type.split("[")[0].split("|")[0].strip()
+    if meta.get("choices") is not None:
+        return click.Choice(meta["choices"])
+    if meta.get("path"):
+        return click.Path(**{"any": {}, "file": {"dir_okay": False}, "dir": {"file_okay": False}}[meta["path"]])
+    if meta.get("min") is None and meta.get("max") is None:
+        return None
+    bounds = {"min": meta["min"], "max": meta["max"], "min_open": meta["min_open"]}
+    return click.IntRange(**bounds) if kind == "int" else _Float(**bounds)
+
+
+def _option(field: dataclasses.Field, dest: str, required: bool):
+    """The click option of a config field declared with clip_smot.common.configs.setting."""
+    flag, kind = flag_of(field), field.type.split("[")[0].split("|")[0].strip()
+    default = None if field.default is dataclasses.MISSING else field.default
+    common = {"help": field.metadata.get("help"), "required": required}
+    if field.default is not dataclasses.MISSING:  # (click takes an explicit None as a given default)
+        common["default"] = default
+    if kind == "bool" and default is None:  # on, off or decided later
+        return click.option(f"{flag}/--no-{flag[2:]}", dest, **common)
+    if kind == "bool":  # a flag; one that turns a setting on by default off (--no-cache) stores False
+        return click.option(flag, dest, is_flag=True, flag_value=not default, **common)
+    return click.option(flag, dest, type=_click_type(field), show_default=True,
+                        multiple=kind == "dict", **common)  # (a dict: NAME=VALUE, repeatable)
+
+
+def _options(config, *names: str, dest: dict[str, str] | None = None, optional: tuple[str, ...] = ()):
+    """The click options of the fields ``names`` of the dataclass ``config``, in that order: flag,
+    default, range or choices and help as each field declares them, once, in the library. A field
+    without a default is a required option unless ``optional`` names it (one of several
+    alternatives); ``dest`` renames the command function's parameters."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def decorate(command):
+        for name in reversed(names):
+            field = fields[name]
+            required = field.default is dataclasses.MISSING and name not in optional
+            command = _option(field, (dest or {}).get(name, name), required)(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
-@click.option("--data", type=click.Path(), default=None,
-              help="DATA/train/<class>/* (ImageNet wnids or any folders); default: the bundled digits.")
-@click.option("--shots", type=click.IntRange(min=1), default=16, show_default=True, help="Images per class.")
-@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
-              help="Reuse a split.txt (relative/path<TAB>label) instead of drawing one.")
-@click.option("--seed", type=_SEED, default=1, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="runs/fit", show_default=True)
-@click.option("--model", default="ViT-B-16", show_default=True, help="open_clip name or model-config JSON.")
-@click.option("--pretrained", default="openai", show_default=True,
-              help="Pretrained tag or local checkpoint (.pt/.bin/.safetensors); 'none' = random weights.")
-@click.option("--cam-model", default="resnet18-imagenet", show_default=True,
-              help="CAM network: resnet18-imagenet, a torchvision ResNet state dict, or a model.safetensors "
-                   "from 'clip-smot train'.")
-@click.option("--n-ctx", type=click.IntRange(min=1), default=16, show_default=True, help="Context vectors.")
-@click.option("--ctx-init", default=None, help="Initialise the context from words, e.g. 'a photo of a'.")
-@click.option("--csc", is_flag=True, help="Class-specific contexts.")
-@click.option("--class-position", type=click.Choice(CLASS_POSITIONS), default="end", show_default=True)
-@click.option("--loss", type=click.Choice(LOSSES), default="smot", show_default=True,
-              help="smot, or ce (plain CoOp, the baseline).")
-@click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True, help="Beta(alpha, beta) threshold draw.")
-@click.option("--beta", type=_POSITIVE, default=20.0, show_default=True)
-@click.option("--lam", type=_Float(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
-@click.option("--T", "T", type=_POSITIVE, default=200.0, show_default=True, help="eps(t) temperature.")
-@click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True)
-@click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Std of --perturb noise.")
-@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=_BATCH, default=32, show_default=True)
-@click.option("--lr", type=_POSITIVE, default=0.002, show_default=True)
-@click.option("--momentum", type=_Float(0, 1), default=0.9, show_default=True)
-@click.option("--weight-decay", type=_Float(min=0), default=5e-4, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--warmup-lr", type=_POSITIVE, default=1e-5, show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--cuda-graph/--no-cuda-graph", default=None,
-              help="Replay each step's forward+backward as a CUDA graph (CUDA only).  [default: on with CUDA]")
-@click.option("--text-residual", type=click.Choice(["fp32", "precision"]), default="fp32", show_default=True,
-              help="Text tower's residual stream: fp32, or in --precision (the whole tower in bf16; faster).")
-@click.option("--text-attention", type=click.Choice(("auto", *ATTENTION)), default="auto",
-              show_default=True, help="Text attention layout (exact either way; square: one is_causal SDPA over "
-              "prefix + suffix; flex: the flat token list with a block-sparse mask, FlexAttention on CUDA); "
-              "auto: flex with CUDA (square before Ampere), else causal (square with --compile).")
-@click.option("--compile/--no-compile", "compile", default=None,
-              help="torch.compile the text layers (needs --text-attention square or flex) and the image "
-              "encoder's blocks (compiled once, at the first step).  [default: on with CUDA]")
-@click.option("--overlap-encoders/--no-overlap-encoders", default=None,
-              help="Encode the images on a second CUDA stream while the text encoder runs (exact; CUDA only).  "
-              "[default: on with CUDA]")
-@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding threads.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-@click.option("--dry-run", is_flag=True, help="One batch, then stop (writes nothing).")
+@_options(FitConfig, "data", "shots", "split", "seed", "out", "model", "pretrained", "cam_model", "n_ctx", "ctx_init",
+          "csc", "class_position", "loss", "alpha", "beta", "lam", "T", "perturb", "sigma", "epochs", "batch_size",
+          "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision", "device", "cuda_graph",
+          "text_residual", "text_attention", "compile", "overlap_encoders", "workers", "resume", "dry_run",
+          dest={"split": "split_file"})
 def fit(split_file, **options) -> None:
     """Learn a CoOp prompt for a frozen CLIP model with the SMOT loss.
 
@@ -167,34 +169,18 @@ def fit(split_file, **options) -> None:
 
 
 @cli.command()
-@click.option("--prompt", type=click.Path(dir_okay=False), required=True, help="Learned prompt (.safetensors).")
-@click.option("--model", "model_name", default=None, help="open_clip name or config JSON (default: from the prompt).")
-@click.option("--pretrained", default=None, help="Pretrained tag or checkpoint file (default: from the prompt).")
-@click.option("--scores", default="mcm", show_default=True,
-              help="Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
-                   "(react, knn, vim: clip-smot eval).")
-@click.option("--batch-size", type=_BATCH, default=256, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
-@click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
-@click.option("--resume", is_flag=True, help="Continue after the last complete row of OUT.partial.")
+@_options(ScoreConfig, "prompt", "model", "pretrained", "scores", "batch_size", "device", "workers", "skip_unreadable",
+          "use_cache", "out", "resume")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, out,
-          resume, paths) -> None:
+def score(paths, **options) -> None:
     """Score images with a learned prompt (no training).
 
     PATHS are image files, folders (searched recursively) or image lists (LIST.txt or
     ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
     one column per score (higher = more in-distribution).
     """
-    from clip_smot.clip.scorer import run_score
-
-    with process_group(device):
-        skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained,
-                            scores=scores, batch_size=batch_size, device=device, workers=workers,
-                            skip_unreadable=skip_unreadable, use_cache=not no_cache, resume=resume)
+    with process_group(options["device"]):
+        skipped = run_score(ScoreConfig(paths=paths, **options))
     if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:
@@ -216,29 +202,16 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 
 
 @cli.command("eval")
-@click.option("--prompt", type=click.Path(dir_okay=False), help="Learned prompt (.safetensors) to evaluate (CLIP track).")
-@click.option("--zero-shot", is_flag=True, help="CLIP track: plain 'a photo of a {c}.' prompts (the MCM baseline).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="ResNet model.safetensors from 'clip-smot train'.")
-@click.option("--model", "model_name", default=None, help="CLIP: open_clip name or config JSON (default: from the prompt).")
-@click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: from the prompt).")
-@click.option("--id", "id_data", required=True, help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).")
-@click.option("--id-train", default=None,
-              help="ID training data for the KNN/ViM/ReAct statistics (default: ResNet, from the checkpoint; "
-                   "CLIP, the prompt's own few-shot images).")
-@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
-              help="CLIP: a split.txt choosing those images (relative to --id-train, or to the prompt's data).")
-@click.option("--ood", multiple=True, required=True,
-              help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; repeatable.")
-@click.option("--scores", default=None, help="Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
-@click.option("--fpr-convention", type=click.Choice(["id", "openood"]), default="id", show_default=True,
-              help="FPR95 with ID positive (the paper) or OOD positive (OpenOOD).")
-@click.option("--batch-size", type=_BATCH, default=256, show_default=True)
-@click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
-def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, split_file, ood, scores,
-          fpr_convention, batch_size, workers, device, no_cache, out) -> None:
+@_options(ClipEvalConfig, "prompt", "zero_shot")
+@_options(ResnetEvalConfig, "checkpoint", optional=("checkpoint",))
+@_options(ClipEvalConfig, "model", "pretrained")
+@_options(EvalConfig, "id_data", "id_train")
+@_options(ClipEvalConfig, "split")
+@_options(EvalConfig, "ood", "scores", "convention", "batch_size", "workers", "device",
+          dest={"convention": "fpr_convention"})
+@_options(ClipEvalConfig, "use_cache")
+@_options(EvalConfig, "out")
+def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, ood, fpr_convention, **shared) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
     Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png (and, for --prompt or
@@ -247,74 +220,28 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
     chosen = [name for name, v in (("--prompt", prompt), ("--zero-shot", zero_shot), ("--checkpoint", checkpoint)) if v]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --prompt, --zero-shot or --checkpoint")
-    ood_sets = _parse_ood(ood)
-    score_list = [s.strip().lower() for s in scores.split(",") if s.strip()] if scores else None
+    shared.update(ood=_parse_ood(ood), convention=fpr_convention)
     if checkpoint:
-        from clip_smot.resnet.evaluate import run_resnet_eval
-
         _refuse_torchrun("eval --checkpoint")
 
-        if split_file:
+        if split:
             raise click.UsageError("--split is for the CLIP track (--prompt); give the ResNet's --id-train a folder")
-        run_resnet_eval(checkpoint=checkpoint, id_data=id_data, id_train=id_train, ood=ood_sets, scores=score_list,
-                        convention=fpr_convention, batch_size=batch_size, workers=workers, device=device, out=out)
+        run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
     else:
-        from clip_smot.clip.evaluate import run_clip_eval
-
-        with process_group(device):
-            run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained,
-                          id_data=id_data, ood=ood_sets, scores=score_list, convention=fpr_convention,
-                          batch_size=batch_size, workers=workers, device=device, out=out, use_cache=not no_cache,
-                          id_train=id_train, split=split_file)
+        with process_group(shared["device"]):
+            run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model, pretrained=pretrained,
+                                         split=split, use_cache=use_cache, **shared))
 
 
-_ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.resnet.networks.NETWORKS (checked in a test)
-_MAX_INPUT_SIZE = 1024  # clip_smot.resnet.networks.MAX_INPUT_SIZE (checked in a test; networks imports torch)
+_ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS
 
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet200", "digits"]), default=None,
-              help="Built-in ID set (digits: the offline embedded set).")
-@click.option("--data", type=click.Path(), default=None,
-              help="Folder with train/<class>/ and val/<class>/; with --dataset: the set's root "
-                   "(required for imagenet200: the ImageNet folder).")
-@click.option("--stage", type=click.Choice(["base", "smot"]), default="base", show_default=True,
-              help="base: lr / 10 at 40%/70% of the epochs; smot: cosine decay.")
-@click.option("--method", type=click.Choice(["ce", "ls", "logitnorm", "smot"]), default=None,
-              help="Loss (default: ce for --stage base, smot for --stage smot).")
-@click.option("--arch", type=click.Choice(_ARCHS), default=None,
-              help="Network (default resnet18; resnet_tiny for digits).")
-@click.option("--cam-model", type=click.Path(dir_okay=False), default=None,
-              help="The base model's model.safetensors: CAMs for the SMOT method (required for it).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200 (base) / 300 (smot); digits 8.")
-@click.option("--batch-size", type=_BATCH, default=None,
-              help="Global batch of original images, each with a masked copy (default 128; digits 64).")
-@click.option("--lr", type=_POSITIVE, default=None, help="Initial lr (default 0.1; digits 0.05).")
-@click.option("--alpha", type=_POSITIVE, default=50.0, show_default=True,
-              help="Threshold s ~ Beta(alpha, beta).")
-@click.option("--beta", type=_POSITIVE, default=20.0, show_default=True)
-@click.option("--lam", type=_Float(0, 1), default=0.1, show_default=True, help="Weight of the masked term.")
-@click.option("--T", "T", type=_POSITIVE, default=None,
-              help="Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 ImageNet-200).")
-@click.option("--perturb", type=click.Choice(PERTURBATIONS), default="zero", show_default=True,
-              help="Masked region: black, white, or Gaussian noise (Table 9).")
-@click.option("--sigma", type=_Float(min=0), default=0.1, show_default=True, help="Noise std for --perturb noise.")
-@click.option("--input-size", type=click.IntRange(8, _MAX_INPUT_SIZE), default=None,
-              help=f"Square input size, 8 to {_MAX_INPUT_SIZE} (default 32 for CIFAR/digits/small folders, 224 "
-                   "otherwise).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (torchrun: one GPU per process).")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
-@click.option("--seed", type=_SEED, default=0, show_default=True)
-@click.option("--workers", type=_WORKERS, default=4, show_default=True,
-              help="DataLoader workers (224-pixel sets; small images live on the device).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@_options(TrainConfig, "dataset", "data", "stage", "method", "arch", "cam_model", "epochs", "batch_size", "lr", "alpha",
+          "beta", "lam", "T", "perturb", "sigma", "input_size", "device", "precision", "seed", "workers", "out")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One training step; print its loss; write nothing.")
-@click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the trained and the CAM network (compiles once at the start).")
-@click.option("--cuda-graph", is_flag=True,
-              help="torch.compile with CUDA graphs (mode reduce-overhead): fewest launches per step; CUDA only.")
+@_options(TrainConfig, "compile", "cuda_graph", dest={"compile": "compile_"})
 def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr, alpha, beta, lam, T, perturb, sigma,
           input_size, device, precision, seed, workers, out, resume, dry_run, compile_, cuda_graph) -> None:
     """Train a ResNet (base CE, then SMOT) on CIFAR, ImageNet-200 or folders.

@@ -26,6 +26,7 @@ from clip_smot.clip.scorer import (
     resolve_pretrained,
 )
 from clip_smot.common.bundled import bundled_file
+from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.digits import DIGIT_NAMES
 from clip_smot.common.distributed import writes_outputs
 from clip_smot.common.errors import UserError
@@ -36,7 +37,7 @@ from clip_smot.common.image_sets import (
     id_set,
     image_set,
 )
-from clip_smot.common.reports import REPORT_FILES, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 
 __all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
 
@@ -44,24 +45,18 @@ DEFAULT_ZERO_SHOT_MODEL = ("ViT-B-16", "openai")
 _WRITES = REPORT_FILES  # under --out (config.json included)
 
 
-@dataclass(frozen=True)
-class ClipEvalConfig:
-    """What one CLIP evaluation ran with; saved as OUT/config.json."""
+@dataclass(frozen=True, kw_only=True)
+class ClipEvalConfig(EvalConfig):
+    """Every option of ``clip-smot eval --prompt`` / ``--zero-shot``; saved as OUT/config.json
+    (without ``out``, with the score names as a list)."""
 
-    prompt: str | None  # prompt file, None for zero-shot
-    zero_shot: bool  # plain "a photo of a {c}." prompts (the MCM baseline)
-    model: str | None  # open_clip name or config JSON (None: from the prompt)
-    pretrained: str | None  # tag or checkpoint file (None: from the prompt)
-    id_data: str  # ID folder or image list
-    ood: dict  # OOD set name -> folder or image list (None: the built-in set of that name)
-    id_train: str | None  # ID training images of react/knn/vim (None: the prompt's few-shot images)
-    split: str | None  # a split.txt choosing those images (relative to id_train or the prompt's data)
-    scores: tuple  # score names
-    convention: str  # FPR95 convention: "id" (paper) or "openood"
-    batch_size: int  # images per forward pass
-    workers: int  # DataLoader decoding processes
-    device: str  # as given: auto, cpu, cuda
-    use_cache: bool  # read/write the image-feature cache
+    prompt: str | None = setting(None, "Learned prompt (.safetensors) to evaluate (CLIP track).", path="file")
+    zero_shot: bool = setting(False, "CLIP track: plain 'a photo of a {c}.' prompts (the MCM baseline).")
+    model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: from the prompt).")
+    pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: from the prompt).")
+    split: str | None = setting(None, "CLIP: a split.txt choosing those images (relative to --id-train, or to the "
+                                "prompt's data).", path="file")
+    use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
 
 
 # Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
@@ -158,99 +153,104 @@ def _zero_shot_template() -> str:
     return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
 
 
-def run_clip_eval(
-    prompt: str | None,
-    zero_shot: bool,
-    model: str | None,
-    pretrained: str | None,
-    id_data: str,
-    ood: dict[str, str | None],
-    scores: list[str] | None,
-    convention: str = "id",
-    batch_size: int = 256,
-    workers: int = 4,
-    device: str = "auto",
-    out: str = "eval",
-    use_cache: bool = True,
-    id_train: str | None = None,
-    split: str | None = None,
-) -> dict:
-    """Score the ID set and every OOD set, then write the metric files into ``out``.
+def run_clip_eval(cfg: ClipEvalConfig) -> dict:
+    """Score the ID set and every OOD set, then write the metric files into ``cfg.out``.
 
-    Args:
-        prompt: the learned prompt file (None with ``zero_shot``).
-        zero_shot: use plain CLIP prompts; the class names come from the ID folder.
-        model, pretrained: override the prompt's model (zero-shot default: ViT-B-16 / openai).
-        id_data: ID folder (``val/<wnid>/`` layout, or the val folder) or image list; or
-            ``digits``, the bundled digits' val folder.
-        ood: OOD set name -> folder (any layout) or image list (``ROOT::LIST.txt``), or None for
-            the built-in set of that name (the digits' ``photos`` and ``textures``).
-        scores: score names (default: mcm).
-        convention: FPR95 convention, "id" or "openood" (OOD positive).
-        batch_size, workers, device: encoding settings.
-        out: output folder: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
-        use_cache: read/write the image-feature cache.
-        id_train, split: the ID training images of react, knn and vim (see :func:`id_train_paths`).
+    ``cfg`` (:class:`ClipEvalConfig`): ``prompt``, the learned prompt file (None with
+    ``zero_shot``: plain CLIP prompts, the class names from the ID folder); ``model`` and
+    ``pretrained`` override the prompt's model (zero-shot default: ViT-B-16 / openai);
+    ``id_data``, an ID folder (``val/<wnid>/`` layout, or the val folder) or image list, or
+    ``digits``, the bundled digits' val folder; ``ood``, OOD set name -> folder (any layout) or
+    image list (``ROOT::LIST.txt``), or None for the built-in set of that name (the digits'
+    ``photos`` and ``textures``); ``scores``, comma-separated names (default: mcm); ``id_train``
+    and ``split``, the ID training images of react, knn and vim (see :func:`id_train_paths`);
+    ``out``: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
 
     Returns:
         The metrics.json content (under torchrun, on rank 0; an empty dict on the others).
     """
-    names = parse_scores(scores)
-    given = {"--id": id_data, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
-    inputs = [("--prompt file", prompt), ("--model file", model), ("--pretrained file", pretrained),
+    check_ranges(cfg)
+    names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
+    given = {"--id": cfg.id_data, **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
+    inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               *((f"{flag} image list", w) for flag, w in given.items())]
     read_folders = [(f"the {flag} folder", w) for flag, w in given.items()]
-    check_output_folder(out, "--out", inputs, read_folders, writes=_WRITES)
-    if "id" in ood:
+    check_output_folder(cfg.out, "--out", inputs, read_folders, writes=_WRITES)
+    if "id" in cfg.ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
-    cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), id_train, split, tuple(names),
-                         convention, batch_size, workers, device, use_cache)
-    if zero_shot:
-        template = _zero_shot_template()
-        builtin = id_data == "digits" and not Path(id_data).exists()
-        classnames = list(DIGIT_NAMES) if builtin else folder_classnames(id_data)
-        folders = None if builtin else id_class_folders(id_data)  # the names' folders, one to one
-        config = None
-        scorer = PromptScorer.zero_shot(
-            classnames, model or DEFAULT_ZERO_SHOT_MODEL[0],
-            pretrained if pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], device, template,
-        )
-        title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
-    else:
-        if not prompt:
-            raise UserError("--prompt: give a prompt file, or --zero-shot")
-        pf = load_prompt(prompt)
-        if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
-            pretrained = resolve_pretrained(pf)
-            inputs.append(("checkpoint file found by name", pretrained or None))
-        scorer = PromptScorer.from_file(pf, model=model, pretrained=pretrained, device=device)
-        folders = _prompt_folders(pf.config, len(pf.classnames))
-        config = pf.config
-        title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    scorer, config, folders, title = _clip_scorer(cfg, inputs)
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
-    sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
-    sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in ood.items()]
-    train_paths = id_train_paths(prompt, config, id_train, split) if fitted else []
+    sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]
+    sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
+    train_paths = id_train_paths(cfg.prompt, config, cfg.id_train, cfg.split) if fitted else []
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
-    check_output_folder(out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
-                                                  for s in sets for p in s.paths),
-                                                  *(("ID-train image", p) for p in train_paths)],
+    check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
+                                                      for s in sets for p in s.paths),
+                                           *(("ID-train image", p) for p in train_paths)],
                         read_folders, writes=_WRITES)
-
     start = time.monotonic()
     if fitted:
-        train = encode_files(scorer.clip, train_paths, False, batch_size, workers, False, use_cache)
+        train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache)
         scorer.fit_id_train(train.global_, fitted)
-    results = {}
-    for s in sets:
-        feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
-        out_s = scorer.score_features(feats, names)
-        if "odin" in names:
-            out_s["odin"] = scorer.odin_files(feats.paths, batch_size, workers)
-        results[s.name] = (s, out_s)
+    results = {s.name: (s, _score_set(scorer, s, names, cfg)) for s in sets}
+    extra, id_accuracy = _summary(cfg, scorer, results, fitted, len(train_paths), time.monotonic() - start)
+    if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
+        return {}
+    record = {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "scores": names}
+    return write_reports(
+        cfg.out,
+        {n: results["id"][1][n].numpy() for n in names},
+        {name: {n: o[n].numpy() for n in names} for name, (_, o) in results.items() if name != "id"},
+        id_accuracy=id_accuracy,
+        convention=cfg.convention,
+        title=title,
+        extra=extra,
+        files={"config.json": json_text(record)},
+    )
+
+
+def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict | None, list[str] | None, str]:
+    """The scorer of a zero-shot or a prompt evaluation, the prompt's metadata (None for zero-shot),
+    the class folders its class names go with (None: not known) and the report's title. A
+    prompt's checkpoint file found by its name is appended to ``inputs`` (it is read too)."""
+    if cfg.zero_shot:
+        builtin = cfg.id_data == "digits" and not Path(cfg.id_data).exists()
+        classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
+        folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
+        scorer = PromptScorer.zero_shot(
+            classnames, cfg.model or DEFAULT_ZERO_SHOT_MODEL[0],
+            cfg.pretrained if cfg.pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], cfg.device,
+            _zero_shot_template(),
+        )
+        title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+        return scorer, None, folders, title
+    if not cfg.prompt:
+        raise UserError("--prompt: give a prompt file, or --zero-shot")
+    pf = load_prompt(cfg.prompt)
+    pretrained = cfg.pretrained
+    if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
+        pretrained = resolve_pretrained(pf)
+        inputs.append(("checkpoint file found by name", pretrained or None))
+    scorer = PromptScorer.from_file(pf, model=cfg.model, pretrained=pretrained, device=cfg.device)
+    title = f"Prompt {os.path.basename(cfg.prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
+    return scorer, pf.config, _prompt_folders(pf.config, len(pf.classnames)), title
+
+
+def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig) -> dict:
+    """The scores ``names`` (and ``pred_index``) of every image of the set ``s``."""
+    feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, cfg.batch_size, cfg.workers, False, cfg.use_cache)
+    out = scorer.score_features(feats, names)
+    if "odin" in names:
+        out["odin"] = scorer.odin_files(feats.paths, cfg.batch_size, cfg.workers)
+    return out
+
+
+def _summary(cfg: ClipEvalConfig, scorer: PromptScorer, results: dict, fitted: list[str], n_train: int,
+             seconds: float) -> tuple[dict, float | None]:
+    """metrics.json's extra block and the ID accuracy in percent (None: the ID set has no labels)."""
     id_s, id_out = results["id"]
     id_accuracy = None
     if id_s.labels is not None:
@@ -259,28 +259,16 @@ def run_clip_eval(
     extra = {
         "model": scorer.clip.name,
         "pretrained": scorer.clip.pretrained,
-        "prompt": prompt,
+        "prompt": cfg.prompt,
         "text_features": scorer.source,
         "n_images": {name: len(s.paths) for name, (s, _) in results.items()},
-        "seconds": round(time.monotonic() - start, 2),
+        "seconds": round(seconds, 2),
     }
     if fitted:
         vim = scorer.fitted.get("vim")
-        extra["id_train"] = {"n_images": len(train_paths), "scores": fitted,
+        extra["id_train"] = {"n_images": n_train, "scores": fitted,
                              "react_threshold": scorer.fitted.get("react_threshold"),
                              "vim": {"dim": vim["dim"], "alpha": vim["alpha"]} if vim else None}
     if id_accuracy is None:
         extra["id_accuracy_note"] = id_s.note or "the ID data has no class labels"
-    if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
-        return {}
-    report = write_reports(
-        out,
-        {n: id_out[n].numpy() for n in names},
-        {name: {n: o[n].numpy() for n in names} for name, (_, o) in results.items() if name != "id"},
-        id_accuracy=id_accuracy,
-        convention=convention,
-        title=title,
-        extra=extra,
-        files={"config.json": json_text({**asdict(cfg), "scores": list(cfg.scores)})},
-    )
-    return report
+    return extra, id_accuracy

@@ -40,7 +40,14 @@ from clip_smot.clip.augment import random_resized_crop_flip
 from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
-from clip_smot.common.configs import MAX_SEED, MAX_WORKERS, check_field_types
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import PRECISIONS, resolve_device
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -88,49 +95,62 @@ class FitConfig:
     """Every option of a fit run; saved as ``OUT/config.json`` and inside the prompt file."""
 
     # data
-    data: str | None = None  # DATA (DATA/train/<class>/* or DATA/<class>/*); None = bundled digits
-    shots: int = 16  # images per class drawn for the few-shot split
-    split: str | None = None  # reuse this split file instead of drawing one
-    seed: int = 1  # split draw, context init, order, crops, thresholds
-    out: str = "runs/fit"  # output folder
-    workers: int = 4  # threads decoding images (once, before training)
+    data: str | None = setting(None, "DATA/train/<class>/* (ImageNet wnids or any folders); default: the bundled "
+                               "digits.", path="any")
+    shots: int = setting(16, "Images per class.", min=1)  # drawn for the few-shot split
+    split: str | None = setting(None, "Reuse a split.txt (relative/path<TAB>label) instead of drawing one.",
+                                path="file")
+    seed: int = setting(1, min=0, max=MAX_SEED)  # split draw, context init, order, crops, thresholds
+    out: str = setting("runs/fit", path="dir")  # output folder
+    workers: int = setting(4, "Image-decoding threads.", min=0, max=MAX_WORKERS)  # (once, before training)
     # model
-    model: str = "ViT-B-16"  # open_clip name or model-config JSON
-    pretrained: str = "openai"  # pretrained tag or checkpoint file ("none": random weights)
-    cam_model: str = "resnet18-imagenet"  # CAM network: a name or a ResNet checkpoint file
+    model: str = setting("ViT-B-16", "open_clip name or model-config JSON.")
+    pretrained: str = setting("openai", "Pretrained tag or local checkpoint (.pt/.bin/.safetensors); 'none' = "
+                              "random weights.")
+    cam_model: str = setting("resnet18-imagenet", "CAM network: resnet18-imagenet, a torchvision ResNet state dict, "
+                             "or a model.safetensors from 'clip-smot train'.")
     # prompt (CoOp)
-    n_ctx: int = 16  # learnable context vectors
-    ctx_init: str | None = None  # e.g. "a photo of a" (then n_ctx = its token count)
-    csc: bool = False  # class-specific contexts
-    class_position: str = "end"  # end, middle or front
+    n_ctx: int = setting(16, "Context vectors.", min=1)
+    # with ctx_init, n_ctx is its token count
+    ctx_init: str | None = setting(None, "Initialise the context from words, e.g. 'a photo of a'.")
+    csc: bool = setting(False, "Class-specific contexts.")
+    class_position: str = setting("end", choices=CLASS_POSITIONS)
     # loss (docs/method.md §1)
-    loss: str = "smot"  # smot or ce (plain CoOp)
-    alpha: float = 50.0  # Beta(alpha, beta) of the masking threshold s, t = 255 s
-    beta: float = 20.0
-    lam: float = 0.1  # weight of the masked term, in [0, 1]
-    T: float = 200.0  # eps(t) temperature (ImageNet-1k CLIP track, docs/method.md §1)
-    perturb: str = "zero"  # zero (black), one (white) or noise
-    sigma: float = 0.1  # noise std for --perturb noise
+    loss: str = setting("smot", "smot, or ce (plain CoOp, the baseline).", choices=LOSSES)
+    alpha: float = setting(50.0, "Beta(alpha, beta) threshold draw.", min=0, min_open=True)  # t = 255 s
+    beta: float = setting(20.0, min=0, min_open=True)
+    lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)
+    T: float = setting(200.0, "eps(t) temperature.", min=0, min_open=True)  # ImageNet-1k CLIP track, method.md §1
+    perturb: str = setting("zero", choices=PERTURBATIONS)  # zero (black), one (white) or noise
+    sigma: float = setting(0.1, "Std of --perturb noise.", min=0)
     # optimisation (CoOp's ImageNet recipe, docs/method.md §2)
-    epochs: int = 50
-    batch_size: int = 32  # original images per step (SMOT adds as many masked copies)
-    lr: float = 0.002  # SGD, cosine over the epochs after warm-up
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1  # epochs at the constant warm-up lr
-    warmup_lr: float = 1e-5
-    crop_scale: float = 0.08  # smallest area fraction of the random resized crop
-    precision: str = "bf16"  # autocast dtype around the encoders; the context stays fp32
-    text_residual: str = "fp32"  # text tower's residual stream: fp32 or precision (exact speed knobs)
+    epochs: int = setting(50, min=1)
+    batch_size: int = setting(32, min=1, max=MAX_BATCH)  # original images per step (SMOT adds as many masked copies)
+    lr: float = setting(0.002, min=0, min_open=True)  # SGD, cosine over the epochs after warm-up
+    momentum: float = setting(0.9, min=0, max=1)
+    weight_decay: float = setting(5e-4, min=0)
+    warmup_epochs: int = setting(1, min=0)  # epochs at the constant warm-up lr
+    warmup_lr: float = setting(1e-5, min=0, min_open=True)
+    crop_scale: float = setting(0.08, flag=False, min=0, max=1, min_open=True)  # smallest area of the random crop
+    precision: str = setting("bf16", choices=PRECISIONS)  # autocast around the encoders; the context stays fp32
+    text_residual: str = setting("fp32", "Text tower's residual stream: fp32, or in --precision (the whole tower in "
+                                 "bf16; faster).", choices=("fp32", "precision"))
     # exact speed options; "auto" / None: the fastest measured on the device (see resolve_speed)
-    text_attention: str = "auto"  # auto, causal, mask, square or flex (see docs/prompt.md)
-    compile: bool | None = None  # torch.compile the text layers (square or flex attention) and the image blocks
-    cuda_graph: bool | None = None  # replay the step's forward+backward as a CUDA graph (CUDA only)
-    overlap_encoders: bool | None = None  # image encoder on a second CUDA stream beside the text encoder
-    device: str = "auto"
+    text_attention: str = setting(
+        "auto", "Text attention layout (exact either way; square: one is_causal SDPA over prefix + suffix; flex: the "
+        "flat token list with a block-sparse mask, FlexAttention on CUDA); auto: flex with CUDA (square before "
+        "Ampere), else causal (square with --compile).", choices=("auto", *ATTENTION))
+    compile: bool | None = setting(None, "torch.compile the text layers (needs --text-attention square or flex) and "
+                                   "the image encoder's blocks (compiled once, at the first step).  [default: on with "
+                                   "CUDA]")
+    cuda_graph: bool | None = setting(None, "Replay each step's forward+backward as a CUDA graph (CUDA only).  "
+                                      "[default: on with CUDA]")
+    overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
+                                            "runs (exact; CUDA only).  [default: on with CUDA]")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"), check_choices=False)  # (cuda:N from Python)
     # run control (not part of what makes two runs the same)
-    resume: bool = False
-    dry_run: bool = False
+    resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
+    dry_run: bool = setting(False, "One batch, then stop (writes nothing).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,43 +172,18 @@ _RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_
 
 
 def check_config(cfg: FitConfig) -> None:
-    """Range checks of every option, as UserErrors naming the flag (the CLI checks them too)."""
+    """Range checks of every option (:func:`~clip_smot.common.configs.check_ranges`) and the
+    options that need one another, as UserErrors naming the flag (the CLI checks the ranges too)."""
+    check_ranges(cfg)
     checks = [
-        (0 <= cfg.seed <= MAX_SEED, "--seed", f"must be in [0, {MAX_SEED}]"),
-        (cfg.shots >= 1, "--shots", "must be >= 1"),
-        (cfg.n_ctx >= 1, "--n-ctx", "must be >= 1"),
-        (cfg.class_position in CLASS_POSITIONS, "--class-position", f"must be one of {CLASS_POSITIONS}"),
-        (cfg.loss in LOSSES, "--loss", f"must be one of {LOSSES}"),
-        (cfg.alpha > 0, "--alpha", "must be > 0"),
-        (cfg.beta > 0, "--beta", "must be > 0"),
-        (0.0 <= cfg.lam <= 1.0, "--lam", "must be in [0, 1]"),
-        (cfg.T > 0, "--T", "must be > 0"),
-        (cfg.perturb in PERTURBATIONS, "--perturb", f"must be one of {PERTURBATIONS}"),
-        (cfg.sigma >= 0, "--sigma", "must be >= 0"),
-        (cfg.epochs >= 1, "--epochs", "must be >= 1"),
-        (cfg.batch_size >= 1, "--batch-size", "must be >= 1"),
-        (cfg.lr > 0, "--lr", "must be > 0"),
-        (0 <= cfg.momentum <= 1, "--momentum", "must be in [0, 1]"),
-        (cfg.weight_decay >= 0, "--weight-decay", "must be >= 0"),
-        (cfg.warmup_lr > 0, "--warmup-lr", "must be > 0"),
-        (cfg.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
-        (0 < cfg.crop_scale <= 1, "FitConfig.crop_scale", "must be in (0, 1]"),  # (no command-line flag)
-        (cfg.precision in PRECISIONS, "--precision", f"must be one of {PRECISIONS}"),
-        (0 <= cfg.workers <= MAX_WORKERS, "--workers", f"must be in [0, {MAX_WORKERS}]"),
-        (cfg.text_residual in ("fp32", "precision"), "--text-residual", "must be fp32 or precision"),
-        (cfg.text_attention in ("auto", *ATTENTION), "--text-attention", f"must be auto or one of {ATTENTION}"),
         (not cfg.compile or cfg.text_attention in ("auto", "square", "flex"), "--compile",
          "needs --text-attention square or flex"),
         (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
         (not cfg.overlap_encoders or cfg.device != "cpu", "--overlap-encoders", "needs --device cuda"),
     ]
-    for name in ("alpha", "beta", "lam", "T", "sigma", "lr", "momentum", "weight_decay", "warmup_lr"):
-        checks.insert(0, (math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')}", "must be a finite number"))
-    checks.insert(0, (math.isfinite(cfg.crop_scale), "FitConfig.crop_scale", "must be a finite number"))
     for ok, flag, what in checks:
         if not ok:
-            field = flag.removeprefix("FitConfig.").removeprefix("--").replace("-", "_")
-            raise UserError(f"{flag} {getattr(cfg, field)}: {what}")
+            raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")
 
 
 def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:

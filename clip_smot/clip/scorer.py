@@ -42,6 +42,13 @@ from clip_smot.clip.features import (
 )
 from clip_smot.clip.model import ClipModel
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_WORKERS,
+    JsonConfig,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import resolve_device
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
@@ -63,6 +70,7 @@ __all__ = [
     "PathScores",
     "PromptScorer",
     "SCORE_CHUNK",
+    "ScoreConfig",
     "parse_scores",
     "resolve_pretrained",
     "run_score",
@@ -482,21 +490,26 @@ def _none_readable(skipped: Sequence[tuple[str, str]]) -> None:
 SCORE_CHUNK = 8192  # images per feature-cache entry and per CSV append: memory stays flat in the images
 
 
-def run_score(
-    prompt: str,
-    paths: Sequence[str],
-    out: str,
-    model: str | None = None,
-    pretrained: str | None = None,
-    scores: Sequence[str] | str | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    workers: int = 4,
-    skip_unreadable: bool = False,
-    use_cache: bool = True,
-    resume: bool = False,
-    chunk: int = SCORE_CHUNK,
-) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class ScoreConfig(JsonConfig):
+    """Every option of ``clip-smot score``."""
+
+    prompt: str = setting(help="Learned prompt (.safetensors).", path="file")
+    paths: tuple[str, ...]  # image files, folders and image lists (the command's PATHS argument)
+    out: str = setting(help="Output CSV file.", path="file")
+    model: str | None = setting(None, "open_clip name or config JSON (default: from the prompt).")
+    pretrained: str | None = setting(None, "Pretrained tag or checkpoint file (default: from the prompt).")
+    scores: str = setting("mcm", "Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
+                          "(react, knn, vim: clip-smot eval).")
+    batch_size: int = setting(256, min=1, max=MAX_BATCH)
+    device: str = setting("auto", "auto, cpu or cuda.")
+    workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
+    skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
+    use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
+    resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
+
+
+def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str]]:
     """``clip-smot score``: score image files, folders and image lists, one CSV row per image.
 
     The CSV (UTF-8) has the columns ``path`` (as :func:`~clip_smot.common.images.escape_path` writes
@@ -511,19 +524,20 @@ def run_score(
         The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
         ``resume``, those of this call only).
     """
-    names = parse_scores(scores)
-    listed = [image_files(p, "PATH") for p in paths]  # (every argument checked before anything is encoded)
-    prompt_file = load_prompt(prompt)
-    weights = pretrained if pretrained is not None else resolve_pretrained(prompt_file)
-    found = "checkpoint file found by name" if pretrained is None else "--pretrained file"
+    check_ranges(cfg)
+    names = parse_scores(cfg.scores)
+    listed = [image_files(p, "PATH") for p in cfg.paths]  # (every argument checked before anything is encoded)
+    prompt_file = load_prompt(cfg.prompt)
+    weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
+    found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
     images = [("PATH image", f) for files in listed for f in files]
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
-    inside = [("the PATH folder", p) for p in paths] if Path(out).suffix.lower() in IMAGE_EXTENSIONS else []
-    check_output(out, "--out", [("--prompt file", prompt), ("--model file", model), (found, weights or None),
-                                *images], inside)
-    partial, header = Path(f"{out}.partial"), ["path", "pred", "pred_index", *names]
-    done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
-    scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
+    inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
+    check_output(cfg.out, "--out", [("--prompt file", cfg.prompt), ("--model file", cfg.model),
+                                    (found, weights or None), *images], inside)
+    partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
+    done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if cfg.resume else (0, 0)
+    scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)
     scorer.check_scores(names)  # (before OUT.partial is started)
     writer = writes_outputs()
     if writer:
@@ -531,7 +545,8 @@ def run_score(
     bar = progress_bar(total=len(images), initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     for files in _chunks(listed, chunk, done):
-        result = scorer.score_files(files, names, batch_size, workers, skip_unreadable, use_cache)
+        result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
+                                    cfg.use_cache)
         skipped += result.skipped
         rows += len(result.paths)
         if writer:
@@ -544,7 +559,7 @@ def run_score(
             partial.unlink()
         _none_readable(skipped)
     if writer:
-        os.replace(partial, out)
+        os.replace(partial, cfg.out)
     return skipped
 
 

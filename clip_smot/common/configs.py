@@ -1,13 +1,22 @@
-"""Bounds and type checks shared by the commands' configurations."""
+"""The commands' configurations: one declaration per option, bounds and type checks.
+
+Each option of a command is a field of a frozen dataclass, declared with :func:`setting`: its
+default, its range or choices and its help text, once. :func:`check_ranges` checks a
+configuration against those declarations (for a caller of the library, a checkpoint or a
+hand-edited file); the command line (``cli.py``) builds its click options from the same fields.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import Any
 
 from clip_smot.common.errors import UserError
 
-__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "check_field_types"]
+__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
+           "setting"]
 
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
@@ -17,6 +26,95 @@ MAX_WORKERS = 256  # --workers: decoding threads or processes; each process hold
 
 
 MAX_BATCH = 4096  # --batch-size: a batch of 224-pixel images in fp32 is 2.4 GiB at this size, decoded at once
+
+
+def setting(default: Any = dataclasses.MISSING, help: str | None = None, *, flag: str | bool | None = None,
+            min: float | None = None, max: float | None = None, min_open: bool = False,
+            choices: tuple | None = None, check_choices: bool = True, path: str | None = None) -> Any:
+    """A dataclass field that declares one option of a command.
+
+    Args:
+        default: the value when the option is not given; none: the option is required.
+        help: the option's help text (``--help``).
+        flag: the command-line flag when it is not ``--`` + the field's name with dashes, or
+            False for a field with no flag (settable from Python and files only).
+        min, max, min_open: the allowed range of a number, ``[min, max]`` (``(min, max]`` with
+            ``min_open``), either end open when None; a float in a range is finite too.
+        choices: the allowed values.
+        check_choices: False where the command line offers ``choices`` but the library takes
+            more (``--device``: ``cuda:N`` too, which the device code checks).
+        path: a path option: ``"file"``, ``"dir"`` or ``"any"`` (what the command line accepts).
+    """
+    meta = {"help": help, "flag": flag, "min": min, "max": max, "min_open": min_open, "choices": choices,
+            "check_choices": check_choices, "path": path}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_of(field: dataclasses.Field) -> str | None:
+    """The command-line flag of a field declared with :func:`setting` (None: it has none, or the
+    field is no option)."""
+    flag = field.metadata.get("flag")
+    if flag is False or not field.metadata:
+        return None
+    return flag or "--" + field.name.replace("_", "-")
+
+
+def _range_text(meta) -> str:
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and hi is not None:
+        return f"must be in {'(' if meta['min_open'] else '['}{lo}, {hi}]"
+    return f"must be {'>' if meta['min_open'] else '>='} {lo}" if lo is not None else f"must be <= {hi}"
+
+
+def _problem(value: Any, meta) -> str | None:
+    """What is wrong with ``value`` against a field's declared choices or range (None: nothing)."""
+    if value is None or not meta:
+        return None
+    if meta.get("choices") is not None and meta["check_choices"] and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if (lo is not None and (value <= lo if meta["min_open"] else value < lo)) or (hi is not None and value > hi):
+        return _range_text(meta)
+    return None
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise a UserError naming the flag (``--lam 2.0: must be in [0, 1]``) for the first field
+    of the dataclass ``cfg`` whose value is outside its declared range or choices; a field with
+    no flag is named ``ClassName.field``. None (a default decided later) passes."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        problem = _problem(value, f.metadata)
+        if problem:
+            raise UserError(f"{flag_of(f) or type(cfg).__name__ + '.' + f.name} {value}: {problem}")
+
+
+class JsonConfig:
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass config: tuples are
+    JSON lists and come back as tuples, so a config read back equals the one written."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        """Build from a dict, ignoring unknown keys."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) and str(fields[k].type).startswith("tuple") else v
+                      for k, v in d.items() if k in fields})
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        return cls.from_dict(json.loads(text))
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}

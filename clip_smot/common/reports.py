@@ -1,7 +1,7 @@
 """Per-set OOD metric tables: metrics.csv, metrics.json, metrics.md and the score histogram.
 
 Both tracks hand their scores to :func:`write_reports`, so the CLIP prompt and the ResNets
-produce the same files.
+produce the same files; both tracks' eval configs extend :class:`EvalConfig`, the options they share.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, setting
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
     atomic_write_files,
@@ -22,13 +24,32 @@ from clip_smot.common.files import (
     remove_stale_temporaries,
     text_writer,
 )
-from clip_smot.metrics import ood_metrics
+from clip_smot.metrics import CONVENTIONS, ood_metrics
 
-__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "metric_table", "write_reports"]
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "metric_table", "write_reports"]
 
 METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
 # what an evaluation writes into its folder (config.json: the CLIP track's arguments)
 REPORT_FILES = ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png", "config.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(JsonConfig):
+    """The options of ``clip-smot eval`` that both tracks take (each track's config adds its own)."""
+
+    id_data: str = setting(help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).",
+                           flag="--id")
+    id_train: str | None = setting(None, "ID training data for the KNN/ViM/ReAct statistics (default: ResNet, from "
+                                   "the checkpoint; CLIP, the prompt's own few-shot images).")
+    ood: dict[str, str | None] = setting(help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; "
+                                         "repeatable.")  # name -> folder or image list, None: the built-in set
+    scores: str | None = setting(None, "Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
+    convention: str = setting("id", "FPR95 with ID positive (the paper) or OOD positive (OpenOOD).",
+                              flag="--fpr-convention", choices=CONVENTIONS)
+    batch_size: int = setting(256, min=1, max=MAX_BATCH)
+    workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
+    device: str = setting("auto", "auto, cpu or cuda.")
+    out: str = setting(help="Output folder for the metric files.", path="dir")
 
 
 def metric_table(

@@ -1,6 +1,6 @@
 """ResNet-track evaluation: a trained model over ID and OOD sets -> post-hoc scores -> metric tables.
 
-Scores (docs/method.md §3), higher = more in-distribution:
+Scores (docs/method.md §3; the registry :data:`RESNET_SCORERS`), higher = more in-distribution:
 
 * from the logits only: ``msp``, ``maxlogit``, ``energy`` (T = 1);
 * from the logits and penultimate features: ``gradnorm`` (closed form, see
@@ -16,17 +16,20 @@ Outputs go through :func:`clip_smot.common.reports.write_reports`, like the CLIP
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from clip_smot import scores as S
+from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder
 from clip_smot.common.images import holds_folders
-from clip_smot.common.reports import REPORT_FILES, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 from clip_smot.resnet.data import (
     BUILTIN_ID,
     SizedImageSet,
@@ -38,11 +41,41 @@ from clip_smot.resnet.data import (
 )
 from clip_smot.resnet.networks import load_model
 
-__all__ = ["RESNET_SCORES", "TRAIN_FITTED", "run_resnet_eval"]
+__all__ = ["RESNET_SCORERS", "RESNET_SCORES", "TRAIN_FITTED", "NetworkOutputs", "ResnetEvalConfig", "run_resnet_eval"]
 
-RESNET_SCORES = ("msp", "odin", "energy", "react", "maxlogit", "knn", "vim", "gradnorm")
 TRAIN_FITTED = ("react", "knn", "vim")  # need ID training features
 ODIN_T, ODIN_EPS, REACT_PERCENTILE, KNN_K = S.ODIN_T, S.ODIN_EPS, S.REACT_PERCENTILE, S.KNN_K
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResnetEvalConfig(EvalConfig):
+    """Every option of ``clip-smot eval --checkpoint``."""
+
+    checkpoint: str = setting(help="ResNet model.safetensors from 'clip-smot train'.", path="file")
+
+
+@dataclass
+class NetworkOutputs:
+    """What the network gives for a set of images: all a score reads."""
+
+    logits: torch.Tensor  # [N, K]
+    feats: torch.Tensor  # [N, C] penultimate features (global average pool)
+    labels: torch.Tensor  # [N]
+    odin: torch.Tensor | None  # [N] ODIN scores, when asked for (they need the network again)
+
+
+# Each score from a set's outputs and the statistics fitted on ID training features (:func:`_fit`).
+RESNET_SCORERS: dict[str, Callable[[NetworkOutputs, dict], torch.Tensor]] = {
+    "msp": lambda o, fit: S.msp(o.logits),
+    "odin": lambda o, fit: o.odin,
+    "energy": lambda o, fit: S.energy(o.logits),
+    "react": lambda o, fit: S.react(o.feats, fit["W"], fit["b"], fit["react_threshold"]),
+    "maxlogit": lambda o, fit: S.maxlogit(o.logits),
+    "knn": lambda o, fit: S.knn(o.feats, fit["knn_bank"], KNN_K),
+    "vim": lambda o, fit: S.vim(o.feats, o.logits, fit["vim"]["u"], fit["vim"]["NS"], fit["vim"]["alpha"]),
+    "gradnorm": lambda o, fit: S.gradnorm(o.logits, o.feats),
+}
+RESNET_SCORES = tuple(RESNET_SCORERS)
 
 
 def _read_only_root(load, root: str | None):
@@ -99,8 +132,8 @@ def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
 
 
 @torch.no_grad()
-def _forward(model, s: SizedImageSet, mean, std, batch_size, device, workers, need_odin: bool):
-    """Logits [N, K], penultimate features [N, C], labels [N] and (optionally) ODIN scores."""
+def _forward(model, s: SizedImageSet, mean, std, batch_size, device, workers, need_odin: bool) -> NetworkOutputs:
+    """The network's outputs for every image of ``s`` (ODIN scores too with ``need_odin``)."""
     logits, feats, labels, odin_s = [], [], [], []
     fc = model.get_classifier()
     for x, y in eval_batches(s, batch_size, device, workers):
@@ -112,109 +145,101 @@ def _forward(model, s: SizedImageSet, mean, std, batch_size, device, workers, ne
         if need_odin:
             odin_s.append(S.odin(model, inp, std))
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, device=device)  # noqa: E731
-    return cat(logits), cat(feats), cat(labels), (cat(odin_s) if need_odin else None)
+    return NetworkOutputs(cat(logits), cat(feats), cat(labels), cat(odin_s) if need_odin else None)
 
 
-def run_resnet_eval(checkpoint: str, id_data: str, id_train: str | None, ood: dict[str, str | None],
-                    scores: list[str] | None, convention: str = "id", batch_size: int = 256, workers: int = 4,
-                    device: str = "auto", out: str = "eval") -> dict:
+def _score_names(scores: str | None) -> list[str]:
+    """The comma-separated ``--scores``, lower-cased and de-duplicated (default msp)."""
+    names = [n.strip().lower() for n in (scores or "").split(",") if n.strip()] or ["msp"]
+    unknown = [n for n in names if n not in RESNET_SCORERS]
+    if unknown:
+        raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")
+    return list(dict.fromkeys(names))
+
+
+def _fit(train: NetworkOutputs, fc, names: list[str]) -> dict:
+    """The statistics of the ID training features that ``names`` need (react, knn, vim), and the
+    classifier's weight ``W`` [K, C] and bias ``b`` [K]."""
+    fitted = {"W": fc.weight.detach().float(), "b": fc.bias.detach().float()}
+    if "react" in names:
+        fitted["react_threshold"] = S.react_threshold(train.feats, REACT_PERCENTILE)
+    if "knn" in names:
+        if train.feats.shape[0] < KNN_K:
+            raise UserError(f"--id-train: knn needs at least {KNN_K} training images, found {train.feats.shape[0]}")
+        fitted["knn_bank"] = F.normalize(train.feats, dim=-1)
+    if "vim" in names:
+        try:
+            fitted["vim"] = S.vim_fit(train.feats, train.logits, fitted["W"], fitted["b"])
+        except ValueError as e:  # too few training images for its principal space
+            raise UserError(f"--id-train: {e}") from None
+    return fitted
+
+
+def _score_table(o: NetworkOutputs, fitted: dict, names: list[str]) -> dict:
+    """Each score of ``names`` for every image of ``o``, as a numpy array [N]."""
+    return {n: RESNET_SCORERS[n](o, fitted).detach().float().cpu().numpy() for n in names}
+
+
+def _load_sets(cfg: ResnetEvalConfig, meta: dict, inputs: list, folders: list) -> tuple[SizedImageSet, dict]:
+    """The ID test set and the OOD sets, each image checked against the output folder."""
+    size = meta["input_size"]
+    id_set = _id_set(cfg.id_data, meta, "val", "--id")
+    root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
+    ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
+                for name, where in cfg.ood.items()}
+    files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
+             for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
+    check_output_folder(cfg.out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)
+    return id_set, ood_sets
+
+
+def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
     """Evaluate a ``clip-smot train`` model on ID and OOD sets and write the metric files.
 
-    Args:
-        checkpoint: the model's ``model.safetensors``.
-        id_data: ID test data: a folder (``DIR/val/<class>`` or ``DIR/<class>``) or a built-in
-            name (cifar10, cifar100, digits, imagenet200).
-        id_train: ID training data for react/knn/vim (default: what the model was trained on).
-        ood: OOD set name -> folder, or None for the built-in set of that name (svhn, cifar10,
-            cifar100, photos, textures).
-        scores: score names (default ``["msp"]``), from :data:`RESNET_SCORES`.
-        convention: FPR95 convention ("id" or "openood").
-        batch_size, workers, device: evaluation batches, decoding workers, "auto"/"cpu"/"cuda".
-        out: output folder for metrics.csv/.json/.md and scores_hist.png.
+    ``cfg`` (:class:`ResnetEvalConfig`): ``checkpoint``, the model's ``model.safetensors``;
+    ``id_data``, ID test data: a folder (``DIR/val/<class>`` or ``DIR/<class>``) or a built-in
+    name (cifar10, cifar100, digits, imagenet200); ``id_train``, ID training data for
+    react/knn/vim (default: what the model was trained on); ``ood``, OOD set name -> folder, or
+    None for the built-in set of that name (svhn, cifar10, cifar100, photos, textures);
+    ``scores``, comma-separated names from :data:`RESNET_SCORES` (default msp); ``out``, the
+    folder for metrics.csv/.json/.md and scores_hist.png.
 
     Returns:
         The metrics.json content.
     """
-    names = scores or ["msp"]
-    unknown = [n for n in names if n not in RESNET_SCORES]
-    if unknown:
-        raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")
-    names = list(dict.fromkeys(names))
-    given = {"--id": id_data, "--id-train": id_train, **{f"--ood {n}": w for n, w in ood.items() if w is not None}}
-    inputs = [("--checkpoint file", checkpoint), *((f"{flag} image list", w) for flag, w in given.items())]
+    check_ranges(cfg)
+    names = _score_names(cfg.scores)
+    given = {"--id": cfg.id_data, "--id-train": cfg.id_train,
+             **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
+    inputs = [("--checkpoint file", cfg.checkpoint), *((f"{flag} image list", w) for flag, w in given.items())]
     folders = [(f"the {flag} folder", w) for flag, w in given.items()]
-    check_output_folder(out, "--out", inputs, folders, writes=REPORT_FILES)
-    dev = resolve_device(device)
-    model, meta = load_model(checkpoint, dev)
+    check_output_folder(cfg.out, "--out", inputs, folders, writes=REPORT_FILES)
+    dev = resolve_device(cfg.device)
+    model, meta = load_model(cfg.checkpoint, dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(1, 3, 1, 1)
-    size = meta["input_size"]
-    id_set = _id_set(id_data, meta, "val", "--id")
-    root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
-    ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
-                for name, where in ood.items()}
-    files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
-             for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
-    check_output_folder(out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)
-    need_odin = "odin" in names
-    run = lambda s: _forward(model, s, mean, std, batch_size, dev, workers, need_odin)  # noqa: E731
+    id_set, ood_sets = _load_sets(cfg, meta, inputs, folders)
+    run = lambda s, odin: _forward(model, s, mean, std, cfg.batch_size, dev, cfg.workers, odin)  # noqa: E731
 
-    fitted: dict = {}
-    fc = model.get_classifier()
-    W, b = fc.weight.detach().float(), fc.bias.detach().float()
+    fitted = {}
     if any(n in TRAIN_FITTED for n in names):
-        tr_logits, tr_feats, _, _ = _forward(model, _train_set(id_train, meta), mean, std, batch_size, dev, workers,
-                                             False)
-        if "react" in names:
-            fitted["react_threshold"] = S.react_threshold(tr_feats, REACT_PERCENTILE)
-        if "knn" in names:
-            if tr_feats.shape[0] < KNN_K:
-                raise UserError(f"--id-train: knn needs at least {KNN_K} training images, found {tr_feats.shape[0]}")
-            fitted["knn_bank"] = F.normalize(tr_feats, dim=-1)
-        if "vim" in names:
-            try:
-                fitted["vim"] = S.vim_fit(tr_feats, tr_logits, W, b)
-            except ValueError as e:  # too few training images for its principal space
-                raise UserError(f"--id-train: {e}") from None
-
-    def score_all(logits, feats, odin_s) -> dict:
-        table = {}
-        for n in names:
-            if n == "msp":
-                v = S.msp(logits)
-            elif n == "maxlogit":
-                v = S.maxlogit(logits)
-            elif n == "energy":
-                v = S.energy(logits)
-            elif n == "gradnorm":
-                v = S.gradnorm(logits, feats)
-            elif n == "odin":
-                v = odin_s
-            elif n == "react":
-                v = S.react(feats, W, b, fitted["react_threshold"])
-            elif n == "knn":
-                v = S.knn(feats, fitted["knn_bank"], KNN_K)
-            else:
-                v = S.vim(feats, logits, fitted["vim"]["u"], fitted["vim"]["NS"], fitted["vim"]["alpha"])
-            table[n] = v.detach().float().cpu().numpy()
-        return table
-
-    logits, feats, labels, odin_s = run(id_set)
-    id_scores = score_all(logits, feats, odin_s)
-    id_accuracy = 100.0 * int((logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
-    ood_scores = {}
-    for name, s in ood_sets.items():
-        lo, fe, _, od = run(s)
-        ood_scores[name] = score_all(lo, fe, od)
+        fitted = _fit(run(_train_set(cfg.id_train, meta), False), model.get_classifier(), names)
+    need_odin = "odin" in names
+    id_out = run(id_set, need_odin)
+    id_scores = _score_table(id_out, fitted, names)
+    labels = id_out.labels
+    id_accuracy = 100.0 * int((id_out.logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
+    ood_scores = {name: _score_table(run(s, need_odin), fitted, names) for name, s in ood_sets.items()}
     extra = {
-        "checkpoint": str(checkpoint), "arch": meta["arch"], "trained_on": meta["dataset"], "method": meta["method"],
-        "id_set": id_data, "n_id": int(len(labels)), "n_ood": {k: len(v) for k, v in ood_sets.items()},
+        "checkpoint": str(cfg.checkpoint), "arch": meta["arch"], "trained_on": meta["dataset"],
+        "method": meta["method"], "id_set": cfg.id_data, "n_id": int(len(labels)),
+        "n_ood": {k: len(v) for k, v in ood_sets.items()},
         "scores_fitted_on_id_train": [n for n in names if n in TRAIN_FITTED],
         "score_params": {"odin": {"T": ODIN_T, "eps": ODIN_EPS}, "energy": {"T": 1.0},
                          "react": {"percentile": REACT_PERCENTILE, "threshold": fitted.get("react_threshold")},
                          "knn": {"k": KNN_K}, "vim": {k: fitted["vim"][k] for k in ("dim", "alpha")}
                          if "vim" in fitted else {}},
     }
-    title = f"{meta['arch']} ({meta['method'] or 'model'}) on {id_data}"
-    return write_reports(out, id_scores, ood_scores, id_accuracy=id_accuracy, convention=convention, title=title,
-                         extra=extra)
+    title = f"{meta['arch']} ({meta['method'] or 'model'}) on {cfg.id_data}"
+    return write_reports(cfg.out, id_scores, ood_scores, id_accuracy=id_accuracy, convention=cfg.convention,
+                         title=title, extra=extra)

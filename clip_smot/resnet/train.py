@@ -36,8 +36,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clip_smot.cam import CAMProvider
-from clip_smot.common.configs import MAX_SEED, MAX_WORKERS, check_field_types
-from clip_smot.common.device import autocast, resolve_device, seed_everything
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    setting,
+)
+from clip_smot.common.device import (
+    PRECISIONS,
+    autocast,
+    resolve_device,
+    seed_everything,
+)
 from clip_smot.common.distributed import process_group
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -70,6 +82,7 @@ from clip_smot.common.run_folder import (
     write_config,
 )
 from clip_smot.resnet.data import (
+    BUILTIN_ID,
     FileBatches,
     SizedImageSet,
     TensorBatches,
@@ -116,33 +129,40 @@ _FILES = (CONFIG, LOG, CHECKPOINT, "model.safetensors", "summary.json")  # under
 class TrainConfig:
     """One training run. ``None`` fields take their stage/dataset default in :func:`resolve_config`."""
 
-    out: str  # output folder
-    stage: str = "base"  # base: lr steps at 40%/70%; smot: cosine decay
-    dataset: str | None = None  # cifar10, cifar100, imagenet200, digits (or None: --data folder)
-    data: str | None = None  # folder with train/<class>, val/<class> (or the root of a built-in set)
-    method: str | None = None  # ce, ls, logitnorm, smot (default: ce for base, smot for smot)
-    arch: str | None = None  # a key of networks.NETWORKS (default resnet18; resnet_tiny for digits)
-    cam_model: str | None = None  # base model.safetensors giving the CAMs (method smot)
-    epochs: int | None = None  # default 200 (base) / 300 (smot)
-    batch_size: int | None = None  # global batch of original images (each gets a masked copy), default 128
-    lr: float | None = None  # initial learning rate, default 0.1
+    out: str = setting(help="Output folder.", path="dir")
+    stage: str = setting("base", "base: lr / 10 at 40%/70% of the epochs; smot: cosine decay.", choices=STAGES)
+    dataset: str | None = setting(None, "Built-in ID set (digits: the offline embedded set).", choices=BUILTIN_ID)
+    data: str | None = setting(None, "Folder with train/<class>/ and val/<class>/; with --dataset: the set's root "
+                               "(required for imagenet200: the ImageNet folder).", path="any")
+    method: str | None = setting(None, "Loss (default: ce for --stage base, smot for --stage smot).", choices=METHODS)
+    arch: str | None = setting(None, "Network (default resnet18; resnet_tiny for digits).", choices=tuple(NETWORKS))
+    cam_model: str | None = setting(None, "The base model's model.safetensors: CAMs for the SMOT method (required "
+                                    "for it).", path="file")
+    epochs: int | None = setting(None, "Default 200 (base) / 300 (smot); digits 8.", min=1)
+    batch_size: int | None = setting(None, "Global batch of original images, each with a masked copy (default 128; "
+                                     "digits 64).", min=1, max=MAX_BATCH)
+    lr: float | None = setting(None, "Initial lr (default 0.1; digits 0.05).", min=0, min_open=True)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    alpha: float = 50.0  # threshold s ~ Beta(alpha, beta)
-    beta: float = 20.0
-    lam: float = 0.1  # weight of the masked term of the SMOT loss
-    T: float | None = None  # smoothing temperature of eps(t); default per dataset
-    perturb: str = "zero"  # zero (black), one (white), noise (Table 9)
-    sigma: float = 0.1  # noise std for perturb=noise
+    alpha: float = setting(50.0, "Threshold s ~ Beta(alpha, beta).", min=0, min_open=True)
+    beta: float = setting(20.0, min=0, min_open=True)
+    lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)  # of the SMOT loss
+    T: float | None = setting(None, "Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 "
+                              "ImageNet-200).", min=0, min_open=True)
+    perturb: str = setting("zero", "Masked region: black, white, or Gaussian noise (Table 9).", choices=PERTURBATIONS)
+    sigma: float = setting(0.1, "Noise std for --perturb noise.", min=0)
     ls_eps: float = 0.1  # label smoothing amount (method ls)
     logitnorm_tau: float = 0.04  # LogitNorm temperature (method logitnorm)
-    input_size: int | None = None  # default 32 (CIFAR, digits, small folders), 224 (ImageNet-200)
-    device: str = "auto"
-    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
-    seed: int = 0
-    workers: int = 4  # DataLoader workers (large-image sets only)
-    compile: bool = False  # torch.compile the trained network and the CAM network's feature path
-    cuda_graph: bool = False  # torch.compile(mode="reduce-overhead"): steps replayed as CUDA graphs (CUDA only)
+    input_size: int | None = setting(None, f"Square input size, 8 to {MAX_INPUT_SIZE} (default 32 for "
+                                     "CIFAR/digits/small folders, 224 otherwise).", min=8, max=MAX_INPUT_SIZE)
+    device: str = setting("auto", "auto, cpu or cuda (torchrun: one GPU per process).")
+    precision: str = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU.", choices=("auto", *PRECISIONS))
+    seed: int = setting(0, min=0, max=MAX_SEED)
+    workers: int = setting(4, "DataLoader workers (224-pixel sets; small images live on the device).", min=0,
+                           max=MAX_WORKERS)
+    compile: bool = setting(False, "torch.compile the trained and the CAM network (compiles once at the start).")
+    cuda_graph: bool = setting(False, "torch.compile with CUDA graphs (mode reduce-overhead): fewest launches per "
+                               "step; CUDA only.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -158,34 +178,22 @@ def _num_classes_T(k: int) -> float:
 
 
 def check_bounds(cfg: TrainConfig) -> None:
-    """The options that size or seed something, checked before any data is read: ``--seed`` in
-    [0, MAX_SEED], ``--input-size`` in [8, MAX_INPUT_SIZE], ``--workers`` in [0, MAX_WORKERS] (a
-    library caller's or a checkpoint's value too, not only the CLI's)."""
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise UserError(f"--seed {cfg.seed}: must be in [0, {MAX_SEED}]")
-    if cfg.input_size is not None and not 8 <= cfg.input_size <= MAX_INPUT_SIZE:
-        raise UserError(f"--input-size {cfg.input_size}: must be in [8, {MAX_INPUT_SIZE}]")
-    if not 0 <= cfg.workers <= MAX_WORKERS:
-        raise UserError(f"--workers {cfg.workers}: must be in [0, {MAX_WORKERS}]")
+    """Every option's declared range and choices (:func:`~clip_smot.common.configs.check_ranges`),
+    checked before any data is read: ``--seed``, ``--input-size`` and ``--workers`` size or seed
+    something (a library caller's or a checkpoint's value too, not only the CLI's)."""
+    check_ranges(cfg)
 
 
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
     """Fill every ``None`` field with its default for the stage and dataset; check ranges."""
-    if cfg.stage not in STAGES:
-        raise UserError(f"--stage {cfg.stage}: choose from {', '.join(STAGES)}")
+    check_ranges(cfg)
     digits = cfg.dataset == "digits"
     method = cfg.method or ("ce" if cfg.stage == "base" else "smot")
-    if method not in METHODS:
-        raise UserError(f"--method {method}: choose from {', '.join(METHODS)}")
     if method == "smot" and not cfg.cam_model:
         raise UserError("--cam-model FILE is required for the SMOT method (the base model's model.safetensors)")
     if method != "smot" and cfg.cam_model:
         raise UserError(f"--cam-model {cfg.cam_model}: only the smot method uses CAMs (this run's method is {method})")
-    if cfg.perturb not in PERTURBATIONS:
-        raise UserError(f"--perturb {cfg.perturb}: choose from {', '.join(PERTURBATIONS)}")
     arch = cfg.arch or (DIGITS_RECIPE["arch"] if digits else "resnet18")
-    if arch not in NETWORKS:
-        raise UserError(f"--arch {arch}: choose from {', '.join(NETWORKS)}")
     epochs = cfg.epochs or (DIGITS_RECIPE["epochs"][cfg.stage] if digits else PAPER_EPOCHS[cfg.stage])
     out = dataclasses.replace(
         cfg, method=method, arch=arch, epochs=epochs,
@@ -193,15 +201,7 @@ def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> Train
         lr=cfg.lr if cfg.lr is not None else (DIGITS_RECIPE["lr"] if digits else 0.1),
         T=cfg.T if cfg.T is not None else DATASET_T.get(cfg.dataset or "", _num_classes_T(num_classes)),
         input_size=input_size)
-    checks = [(out.epochs >= 1, "--epochs must be >= 1"), (out.batch_size >= 1, "--batch-size must be >= 1"),
-              (out.lr > 0 and math.isfinite(out.lr), "--lr must be a positive number"),
-              (0 < out.alpha < math.inf and 0 < out.beta < math.inf, "--alpha and --beta must be finite and > 0"),
-              (0 <= out.lam <= 1, "--lam must be in [0, 1]"), (0 < out.T < math.inf, "--T must be finite and > 0"),
-              (0 <= out.sigma < math.inf, "--sigma must be finite and >= 0"),
-              (out.workers >= 0, "--workers must be >= 0")]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
+    check_ranges(out)
     return out
 
 

@@ -701,10 +701,11 @@ def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, ti
 
 
 def _score_run(tmp_path, ckpt, ids, out, **kw):
-    from clip_smot.clip.scorer import run_score
+    from clip_smot.clip.scorer import ScoreConfig, run_score
 
-    return run_score(str(tmp_path / "p.safetensors"), [str(i) for i in ids], str(out), pretrained=ckpt,
-                     scores="mcm,msp,energy", batch_size=2, device="cpu", workers=0, chunk=5, **kw)
+    cfg = ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=tuple(str(i) for i in ids), out=str(out),
+                      pretrained=ckpt, scores="mcm,msp,energy", batch_size=2, device="cpu", workers=0, **kw)
+    return run_score(cfg, chunk=5)
 
 
 def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,

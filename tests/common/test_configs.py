@@ -1,0 +1,154 @@
+"""clip_smot.common.configs: every command's options declared once (default, range or choices,
+help), checked in one line naming the flag, round-tripped through JSON, and the same on the
+command line."""
+
+import dataclasses
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from clip_smot.cli import cli
+from clip_smot.clip.evaluate import ClipEvalConfig
+from clip_smot.clip.fit import FitConfig
+from clip_smot.clip.scorer import ScoreConfig, run_score
+from clip_smot.common.configs import check_ranges, flag_of
+from clip_smot.common.errors import UserError
+from clip_smot.common.reports import EvalConfig
+from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
+from clip_smot.resnet.train import TrainConfig
+
+# each command's configs, and its click parameters named otherwise than their field
+COMMANDS = {"fit": (FitConfig,), "train": (TrainConfig,), "score": (ScoreConfig,),
+            "eval": (EvalConfig, ClipEvalConfig, ResnetEvalConfig)}
+RENAMED = {"split_file": "split", "compile_": "compile", "fpr_convention": "convention"}
+NOT_CONFIG = {("train", "resume"), ("train", "dry_run"), ("score", "paths")}  # run_train's arguments; PATHS
+
+
+def _configs():
+    return [
+        FitConfig(data="d", shots=4, split="s.txt", seed=7, lam=0.25, T=10.0, compile=False, cuda_graph=None),
+        TrainConfig(out="o", stage="smot", dataset="digits", cam_model="m", epochs=3, lr=0.5, T=None, seed=3),
+        ScoreConfig(prompt="p", paths=("a", "b/c.txt"), out="o.csv", scores="mcm,msp", batch_size=8,
+                    use_cache=False),
+        ClipEvalConfig(id_data="digits", ood={"photos": None, "mine": "x/"}, out="e", prompt="p", split="s.txt",
+                       scores="knn", convention="openood", use_cache=False),
+        ResnetEvalConfig(id_data="cifar10", ood={"svhn": None}, out="e", checkpoint="m.safetensors", workers=0),
+    ]
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: type(c).__name__)
+def test_configs_round_trip_through_json(cfg):
+    text = json.dumps(dataclasses.asdict(cfg))  # what a saved config.json holds
+    read = type(cfg).from_dict if hasattr(cfg, "from_dict") else lambda d: type(cfg).from_json(json.dumps(d))
+    back = read(json.loads(text))
+    assert back == cfg and type(back) is type(cfg)
+    if hasattr(cfg, "to_json"):
+        assert type(cfg).from_json(cfg.to_json()) == cfg
+
+
+def test_a_tuple_comes_back_as_a_tuple():
+    cfg = ScoreConfig.from_json('{"prompt": "p", "paths": ["a", "b"], "out": "o.csv", "unknown": 1}')
+    assert cfg.paths == ("a", "b") and cfg.batch_size == 256  # (an unknown key is ignored)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (FitConfig(lam=1.5), "--lam 1.5: must be in [0, 1]"),
+    (FitConfig(alpha=0.0), "--alpha 0.0: must be > 0"),
+    (FitConfig(sigma=float("inf")), "--sigma inf: must be a finite number"),
+    (FitConfig(loss="focal"), "--loss focal: must be one of smot, ce"),
+    (FitConfig(crop_scale=0.0), "FitConfig.crop_scale 0.0: must be in (0, 1]"),  # (no flag: the field)
+    (TrainConfig(out="o", input_size=7), "--input-size 7: must be in [8, 1024]"),
+    (TrainConfig(out="o", batch_size=0), "--batch-size 0: must be in [1, 4096]"),
+    (TrainConfig(out="o", stage="final"), "--stage final: must be one of base, smot"),
+    (ScoreConfig(prompt="p", paths=("a",), out="o", workers=257), "--workers 257: must be in [0, 256]"),
+    (ScoreConfig(prompt="p", paths=("a",), out="o", batch_size="8"), "--batch-size 8: must be a number"),
+    (ClipEvalConfig(id_data="i", ood={}, out="o", convention="ood"),
+     "--fpr-convention ood: must be one of id, openood"),
+    (ResnetEvalConfig(id_data="i", ood={}, out="o", checkpoint="m", batch_size=5000),
+     "--batch-size 5000: must be in [1, 4096]"),
+])
+def test_a_value_out_of_range_is_one_line_naming_the_flag(cfg, message):
+    with pytest.raises(UserError) as e:
+        check_ranges(cfg)
+    assert str(e.value) == message
+
+
+def test_the_library_refuses_what_the_command_line_refuses(tmp_path):
+    """score and eval check their configs before reading anything: a caller of the library gets
+    the command line's one line."""
+    with pytest.raises(UserError, match=r"^--batch-size 0: must be in \[1, 4096\]$"):
+        run_score(ScoreConfig(prompt=str(tmp_path / "missing"), paths=(str(tmp_path),), out=str(tmp_path / "o.csv"),
+                              batch_size=0))
+    with pytest.raises(UserError, match=r"^--workers -1: must be in \[0, 256\]$"):
+        run_resnet_eval(ResnetEvalConfig(id_data="digits", ood={}, out=str(tmp_path / "e"), checkpoint="m",
+                                         workers=-1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _fields(command):
+    found = {}
+    for config in COMMANDS[command]:
+        found.update({f.name: f for f in dataclasses.fields(config)})
+    return found
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_the_click_options_are_the_config_declarations(command):
+    fields = _fields(command)
+    exposed = set()
+    for param in cli.commands[command].params:
+        if (command, param.name) in NOT_CONFIG:
+            continue
+        name = RENAMED.get(param.name, param.name)
+        field = fields[name]  # every other flag fills a field
+        exposed.add(name)
+        meta = field.metadata
+        assert param.opts[0] == flag_of(field) and param.help == meta["help"], name
+        if field.default is not dataclasses.MISSING:
+            assert param.default == field.default, name
+        if meta["choices"] is not None:
+            assert list(param.type.choices) == list(meta["choices"]), name
+        if meta["min"] is not None or meta["max"] is not None:
+            rng = param.type
+            assert (rng.min, rng.max, rng.min_open) == (meta["min"], meta["max"], meta["min_open"]), name
+        if meta["path"] is not None:
+            assert isinstance(param.type, click.Path), name
+            assert (param.type.file_okay, param.type.dir_okay) == {"file": (True, False), "dir": (False, True),
+                                                                   "any": (True, True)}[meta["path"]], name
+    flagged = {n for n, f in fields.items() if flag_of(f)}
+    assert exposed == flagged  # and every field with a flag has its option
+
+
+def test_a_few_options_as_the_docs_state_them():
+    """Written out from docs/fit.md, docs/score.md and docs/resnet.md, not read from the configs."""
+    params = {c: {p.opts[0]: p for p in cli.commands[c].params} for c in ("fit", "score", "train", "eval")}
+    lam = params["fit"]["--lam"].type
+    assert (lam.min, lam.max, params["fit"]["--lam"].default) == (0, 1, 0.1)
+    assert params["fit"]["--split"].name == "split_file" and params["train"]["--compile"].name == "compile_"
+    assert (params["train"]["--input-size"].type.min, params["train"]["--input-size"].type.max) == (8, 1024)
+    assert list(params["train"]["--arch"].type.choices) == ["resnet18", "wrn40_2", "densenet_bc", "resnet_tiny"]
+    assert params["score"]["--batch-size"].default == 256 and params["score"]["--prompt"].required
+    assert params["eval"]["--ood"].multiple and params["eval"]["--ood"].required
+    assert not params["eval"]["--checkpoint"].required  # (one of --prompt, --zero-shot, --checkpoint)
+
+
+def test_no_cache_turns_the_cache_off():
+    base = ["--prompt", "p.safetensors", "--out", "o.csv", "x.png"]
+    assert cli.commands["score"].make_context("score", list(base)).params["use_cache"] is True
+    assert cli.commands["score"].make_context("score", [*base, "--no-cache"]).params["use_cache"] is False
+
+
+def test_a_range_violation_on_the_command_line_is_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p", "--out", str(tmp_path / "o.csv"), "--batch-size", "0",
+                                   str(tmp_path)])
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "--batch-size" in res.output
+
+
+def test_fit_device_choices_are_the_command_lines_only():
+    """fit's --device offers auto, cpu and cuda; from Python a FitConfig takes cuda:N too (the
+    device code checks it), as before the options were declared in the config."""
+    check_ranges(FitConfig(device="cuda:1"))
+    res = CliRunner().invoke(cli, ["fit", "--device", "cuda:1", "--dry-run"])
+    assert res.exit_code != 0 and "--device" in res.output and len(res.output.strip().splitlines()) == 1
