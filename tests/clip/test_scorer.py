@@ -99,7 +99,7 @@ def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_ch
 def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
     """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
     converted to RGB after (RGBA, palette and 1-bit images differ if converted first)."""
-    from clip_smot.clip.features import _ImageFiles
+    from clip_smot.clip.decoding import ImageFiles as _ImageFiles
 
     _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
     rng = np.random.default_rng(1)
