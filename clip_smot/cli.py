@@ -94,6 +94,7 @@ _POSITIVE = _Float(min=0, min_open=True)
 _SEED = click.IntRange(0, MAX_SEED)  # what both torch's and numpy's generators take
 _WORKERS = click.IntRange(0, MAX_WORKERS)
 _BATCH = click.IntRange(1, MAX_BATCH)  # a whole batch is decoded and held at once
+_DECODE = ("auto", "cpu", "gpu")  # clip_smot.clip.decoding.DECODE_CHOICES (checked in a test)
 
 
 @cli.command()
@@ -175,15 +176,17 @@ def fit(split_file, **options) -> None:
 @click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--skip-unreadable", is_flag=True, help="Skip unreadable images (listed at the end) instead of failing.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-feature cache.")
+@click.option("--decode", type=click.Choice(_DECODE), default="auto", show_default=True,
+              help="JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); auto: gpu on CUDA.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV file.")
 @click.option("--resume", is_flag=True, help="Continue after the last complete row of OUT.partial.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, out,
-          resume, paths) -> None:
+def score(prompt, model_name, pretrained, scores, batch_size, device, workers, skip_unreadable, no_cache, decode,
+          out, resume, paths) -> None:
     """Score images with a learned prompt (no training).
 
-    PATHS are image files, folders (searched recursively) or image lists (LIST.txt or
-    ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
+    PATHS are image files, folders (searched recursively), image lists (LIST.txt or
+    ROOT::LIST.txt, one path a line) or tar shards (SHARD.tar, webdataset layout). Writes a CSV with the columns path, pred, pred_index and
     one column per score (higher = more in-distribution).
     """
     from clip_smot.clip.scorer import run_score
@@ -191,7 +194,7 @@ def score(prompt, model_name, pretrained, scores, batch_size, device, workers, s
     with process_group(device):
         skipped = run_score(prompt=prompt, paths=paths, out=out, model=model_name, pretrained=pretrained,
                             scores=scores, batch_size=batch_size, device=device, workers=workers,
-                            skip_unreadable=skip_unreadable, use_cache=not no_cache, resume=resume)
+                            skip_unreadable=skip_unreadable, use_cache=not no_cache, resume=resume, decode=decode)
     if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:
@@ -233,9 +236,11 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @click.option("--workers", type=_WORKERS, default=4, show_default=True, help="Image-decoding worker processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-cache", is_flag=True, help="CLIP: neither read nor write the image-feature cache.")
+@click.option("--decode", type=click.Choice(_DECODE), default="auto", show_default=True,
+              help="CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); auto: gpu on CUDA.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the metric files.")
 def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_train, split_file, ood, scores,
-          fpr_convention, batch_size, workers, device, no_cache, out) -> None:
+          fpr_convention, batch_size, workers, device, no_cache, decode, out) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
     Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png (and, for --prompt or
@@ -262,7 +267,7 @@ def eval_(prompt, zero_shot, checkpoint, model_name, pretrained, id_data, id_tra
             run_clip_eval(prompt=prompt, zero_shot=zero_shot, model=model_name, pretrained=pretrained,
                           id_data=id_data, ood=ood_sets, scores=score_list, convention=fpr_convention,
                           batch_size=batch_size, workers=workers, device=device, out=out, use_cache=not no_cache,
-                          id_train=id_train, split=split_file)
+                          id_train=id_train, split=split_file, decode=decode)
 
 
 _ARCHS = ("resnet18", "wrn40_2", "densenet_bc", "resnet_tiny")  # clip_smot.resnet.networks.NETWORKS (checked in a test)

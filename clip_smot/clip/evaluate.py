@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_smot.clip.decoding import resolve_decode
 from clip_smot.clip.features import encode_files
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import (
@@ -62,6 +63,7 @@ class ClipEvalConfig:
     workers: int  # DataLoader decoding processes
     device: str  # as given: auto, cpu, cuda
     use_cache: bool  # read/write the image-feature cache
+    decode: str = "auto"  # JPEG decoding: auto, cpu (PIL in the workers), gpu (decode_jpeg on CUDA)
 
 
 # Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
@@ -174,6 +176,7 @@ def run_clip_eval(
     use_cache: bool = True,
     id_train: str | None = None,
     split: str | None = None,
+    decode: str = "auto",
 ) -> dict:
     """Score the ID set and every OOD set, then write the metric files into ``out``.
 
@@ -190,6 +193,7 @@ def run_clip_eval(
         batch_size, workers, device: encoding settings.
         out: output folder: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
         use_cache: read/write the image-feature cache.
+        decode: ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
         id_train, split: the ID training images of react, knn and vim (see :func:`id_train_paths`).
 
     Returns:
@@ -204,7 +208,7 @@ def run_clip_eval(
     if "id" in ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
     cfg = ClipEvalConfig(prompt, zero_shot, model, pretrained, str(id_data), dict(ood), id_train, split, tuple(names),
-                         convention, batch_size, workers, device, use_cache)
+                         convention, batch_size, workers, device, use_cache, decode)
     if zero_shot:
         template = _zero_shot_template()
         builtin = id_data == "digits" and not Path(id_data).exists()
@@ -229,6 +233,7 @@ def run_clip_eval(
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
+    decoder = resolve_decode(decode, scorer.device)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]
@@ -242,14 +247,15 @@ def run_clip_eval(
 
     start = time.monotonic()
     if fitted:
-        train = encode_files(scorer.clip, train_paths, False, batch_size, workers, False, use_cache)
+        train = encode_files(scorer.clip, train_paths, False, batch_size, workers, False, use_cache, decoder)
         scorer.fit_id_train(train.global_, fitted)
     results = {}
     for s in sets:
-        feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache)
+        feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, batch_size, workers, False, use_cache,
+                             decoder)
         out_s = scorer.score_features(feats, names)
         if "odin" in names:
-            out_s["odin"] = scorer.odin_files(feats.paths, batch_size, workers)
+            out_s["odin"] = scorer.odin_files(feats.paths, batch_size, workers, decoder)
         results[s.name] = (s, out_s)
     id_s, id_out = results["id"]
     id_accuracy = None

@@ -512,8 +512,8 @@ def run_fit(cfg: FitConfig) -> Path:
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
     t = time.perf_counter()
     images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split], clip.image_size,
-                                                             cfg.workers)  # [N, 3, S, S] uint8
-    images = images.to(device)
+                                                             cfg.workers, device if device.type == "cuda" else None)
+    images = images.to(device)  # [N, 3, S, S] uint8
     seconds[f"{len(split)} images decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
         raise UserError(f"--resume {ckpt_path}: an image of the run's few-shot split ({out / 'split.txt'}) has other "

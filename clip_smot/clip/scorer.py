@@ -33,6 +33,7 @@ from PIL import Image
 
 from clip_smot import scores as S
 from clip_smot.clip import model as cm
+from clip_smot.clip.decoding import resolve_decode
 from clip_smot.clip.features import (
     ImageFeatures,
     encode_files,
@@ -47,6 +48,7 @@ from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output, plain_name, sha256_file
 from clip_smot.common.image_sets import image_files
+from clip_smot.common.shards import is_shard
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
     eight_bit,
@@ -361,14 +363,16 @@ class PromptScorer:
 
         return S.odin(forward, images.to(self.device), std).cpu()
 
-    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
+    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4, decode: str = "pil"
+                   ) -> torch.Tensor:
         """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept);
         under torchrun each process scores its share (:func:`~clip_smot.common.distributed.share_work`)."""
-        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers), paths, batch_size))
+        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers, decode), paths,
+                                    batch_size))
 
-    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int) -> torch.Tensor:
+    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int, decode: str) -> torch.Tensor:
         out = []
-        for images, errors in image_batches(self.clip, paths, batch_size, workers):
+        for images, errors in image_batches(self.clip, paths, batch_size, workers, decode):
             bad = [e for e in errors if e]
             if bad:
                 raise UserError(bad[0])
@@ -463,15 +467,18 @@ class PromptScorer:
         return result
 
     def score_files(self, files: Sequence[str | os.PathLike], names: Sequence[str], batch_size: int = 256,
-                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True) -> PathScores:
+                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True,
+                    decode: str = "pil") -> PathScores:
         """Scores of one list of image files, one feature-cache entry; with ``skip_unreadable``,
-        no paths and no scores when none of them is readable (the caller judges)."""
-        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+        no paths and no scores when none of them is readable (the caller judges). ``decode``:
+        ``pil`` or ``jpeg`` (:mod:`clip_smot.clip.decoding`)."""
+        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache,
+                             decode)
         if not feats.paths:
             return PathScores([], {}, feats.skipped)
         out = self.score_features(feats, names)
         if "odin" in names:
-            out["odin"] = self.odin_files(feats.paths, batch_size, workers)
+            out["odin"] = self.odin_files(feats.paths, batch_size, workers, decode)
         return PathScores(feats.paths, out, feats.skipped)
 
 
@@ -496,6 +503,7 @@ def run_score(
     use_cache: bool = True,
     resume: bool = False,
     chunk: int = SCORE_CHUNK,
+    decode: str = "auto",
 ) -> list[tuple[str, str]]:
     """``clip-smot score``: score image files, folders and image lists, one CSV row per image.
 
@@ -505,7 +513,8 @@ def run_score(
     the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
     feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
     finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
-    last complete line are kept and the images after the last row's are scored.
+    last complete line are kept and the images after the last row's are scored. ``decode``:
+    ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
     Returns:
         The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
@@ -519,19 +528,21 @@ def run_score(
     images = [("PATH image", f) for files in listed for f in files]
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
     inside = [("the PATH folder", p) for p in paths] if Path(out).suffix.lower() in IMAGE_EXTENSIONS else []
+    shards = [("PATH shard", p) for p in paths if is_shard(p)]  # (its images' names are no files)
     check_output(out, "--out", [("--prompt file", prompt), ("--model file", model), (found, weights or None),
-                                *images], inside)
+                                *images, *shards], inside)
     partial, header = Path(f"{out}.partial"), ["path", "pred", "pred_index", *names]
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
     scorer.check_scores(names)  # (before OUT.partial is started)
+    decode = resolve_decode(decode, scorer.device)
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
     bar = progress_bar(total=len(images), initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     for files in _chunks(listed, chunk, done):
-        result = scorer.score_files(files, names, batch_size, workers, skip_unreadable, use_cache)
+        result = scorer.score_files(files, names, batch_size, workers, skip_unreadable, use_cache, decode)
         skipped += result.skipped
         rows += len(result.paths)
         if writer:
