@@ -95,3 +95,21 @@ def test_cli_choices_are_the_decoders():
     from clip_smot.cli import _DECODE
 
     assert _DECODE == decoding.DECODE_CHOICES
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvjpeg_batches_on_cuda_match_the_pil_path(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA, ``--decode gpu`` (nvJPEG): every file read, the PNG as PIL reads it, the features
+    close to PIL's (nvJPEG's pixels are not libjpeg-turbo's: no per-pixel bound is claimed)."""
+    from clip_smot.clip.model import load_clip
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    paths = _images(tmp_path)
+    (ours, e1), = image_batches(clip, paths, 16, 2, decoding.resolve_decode("gpu", "cuda"))
+    (theirs, e2), = image_batches(clip, paths, 16, 2, "pil")
+    assert list(e1) == list(e2) == [""] * len(paths) and ours.device.type == "cuda"
+    torch.testing.assert_close(ours[-1].cpu(), theirs[-1], rtol=0, atol=1e-6)
+    f1 = encode_files(clip, paths, workers=0, use_cache=False, decode="jpeg").global_
+    f2 = encode_files(clip, paths, workers=0, use_cache=False, decode="pil").global_
+    assert (f1 * f2).sum(-1).min() > 0.98
