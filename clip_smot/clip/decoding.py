@@ -23,7 +23,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
 
-__all__ = ["DECODE_CHOICES", "resolve_decode", "decoder_identity", "ImageFiles", "batches"]
+__all__ = ["DECODE_CHOICES", "resolve_decode", "tensor_preprocess", "decoder_identity", "ImageFiles", "batches"]
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = jpeg on CUDA
 
@@ -64,11 +64,13 @@ def _collate(items: list) -> tuple[list, list, list[str]]:
     return list(raws), list(images), list(errors)
 
 
-def resolve_decode(decode: str, device: torch.device | str) -> str:
-    """``pil`` or ``jpeg`` for a ``--decode`` choice and the model's device.
+def resolve_decode(decode: str, device: torch.device | str, settings: dict | None = None) -> str:
+    """``pil`` or ``jpeg`` for a ``--decode`` choice, the model's device and, when given, its
+    preprocessing ``settings`` (:func:`~clip_smot.clip.model.preprocess_settings`): ``auto`` is
+    ``pil`` for a preprocessing the tensor path does not do (see :func:`tensor_preprocess`).
 
     Raises:
-        UserError: ``gpu`` when the model is not on a CUDA device.
+        UserError: ``gpu`` when the model is not on a CUDA device, or preprocesses otherwise.
     """
     device = torch.device(device)
     if decode not in DECODE_CHOICES:
@@ -76,6 +78,13 @@ def resolve_decode(decode: str, device: torch.device | str) -> str:
     if decode == "gpu" and device.type != "cuda":
         raise UserError(f"--decode gpu: decodes on a CUDA device, and the model is on {device}; "
                         "give --device cuda or --decode cpu")
+    if decode == "auto" and settings is not None and device.type == "cuda":
+        try:
+            tensor_preprocess(settings)
+        except UserError:
+            return "pil"
+    elif decode == "gpu" and settings is not None:
+        tensor_preprocess(settings)
     return "jpeg" if decode == "gpu" or (decode == "auto" and device.type == "cuda") else "pil"
 
 
@@ -85,13 +94,20 @@ def decoder_identity(decode: str, device: torch.device) -> str | None:
     return None if decode == "pil" else f"jpeg-{torch.device(device).type}"
 
 
-def _check_tensor_preprocess(clip: ClipModel) -> dict:
-    cfg = cm.preprocess_settings(clip)
-    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
-    if cfg["resize_mode"] != "shortest" or cfg["size"] not in (size, [size, size], (size, size)):
-        raise UserError(f"--decode gpu: {clip.name} preprocesses with resize mode {cfg['resize_mode']!r} and size "
-                        f"{cfg['size']}; the GPU decoder does the shortest-side resize to a square; give --decode cpu")
-    return {**cfg, "size": size}
+def tensor_preprocess(settings: dict) -> dict:
+    """``settings`` with ``size`` as one int, when the tensor path does that preprocessing: the
+    shorter side resized (bicubic or bilinear) to a square crop, RGB.
+
+    Raises:
+        UserError: another resize mode, a non-square size, another interpolation or mode.
+    """
+    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+    if (settings["resize_mode"] != "shortest" or settings["size"] not in (size, [size, size])
+            or settings["interpolation"] not in ("bicubic", "bilinear") or settings["mode"] != "RGB"):
+        shown = {k: settings[k] for k in ("resize_mode", "size", "interpolation", "mode")}
+        raise UserError(f"--decode gpu: the model preprocesses with {shown}; the GPU decoder does a shortest-side "
+                        "bicubic or bilinear resize to an RGB square; give --decode cpu")
+    return {**settings, "size": size}
 
 
 def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: list[str], paths: Sequence[str],
@@ -131,7 +147,7 @@ def batches(clip: ClipModel, paths: Sequence[str], batch_size: int, workers: int
     device = next(clip.model.parameters()).device
     transform = cm.image_preprocess(clip)
     jpeg = decode == "jpeg"
-    cfg = _check_tensor_preprocess(clip) if jpeg else None
+    cfg = tensor_preprocess(cm.preprocess_settings(clip)) if jpeg else None
     loader = torch.utils.data.DataLoader(ImageFiles(paths, transform, clip.image_size, jpeg), batch_size=batch_size,
                                          shuffle=False, num_workers=workers, collate_fn=_collate if jpeg else None,
                                          pin_memory=device.type == "cuda", persistent_workers=False)

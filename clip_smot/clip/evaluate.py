@@ -19,6 +19,7 @@ import numpy as np
 
 from clip_smot.clip.decoding import resolve_decode
 from clip_smot.clip.features import encode_files
+from clip_smot.clip.model import preprocess_settings
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import (
     FITTED_SCORES,
@@ -233,7 +234,7 @@ def run_clip_eval(
         title = f"Prompt {os.path.basename(prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
-    decoder = resolve_decode(decode, scorer.device)
+    decoder = resolve_decode(decode, scorer.device, preprocess_settings(scorer.clip))
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(id_data, size), scorer.classnames, prompt_folders=folders)]

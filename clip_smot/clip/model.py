@@ -50,6 +50,7 @@ __all__ = [
     "library_versions",
     "logit_scale",
     "preprocess_identity",
+    "preprocess_settings",
 ]
 
 

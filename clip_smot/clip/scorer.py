@@ -535,7 +535,7 @@ def run_score(
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=model, pretrained=weights, device=device)
     scorer.check_scores(names)  # (before OUT.partial is started)
-    decode = resolve_decode(decode, scorer.device)
+    decode = resolve_decode(decode, scorer.device, cm.preprocess_settings(scorer.clip))
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)

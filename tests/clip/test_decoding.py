@@ -74,6 +74,13 @@ def test_resolve_decode():
     assert decoding.resolve_decode("cpu", "cuda") == "pil"
     with pytest.raises(UserError, match="--decode gpu: .*give --device cuda or --decode cpu"):
         decoding.resolve_decode("gpu", "cpu")
+    square = {"size": [224, 224], "resize_mode": "shortest", "interpolation": "bicubic", "mode": "RGB"}
+    assert decoding.resolve_decode("gpu", "cuda", square) == decoding.resolve_decode("auto", "cuda", square) == "jpeg"
+    assert decoding.tensor_preprocess(square)["size"] == 224
+    for other in ({"resize_mode": "squash"}, {"size": [224, 256]}, {"interpolation": "lanczos"}, {"mode": "L"}):
+        assert decoding.resolve_decode("auto", "cuda", {**square, **other}) == "pil"  # auto: what the model needs
+        with pytest.raises(UserError, match="--decode gpu: the model preprocesses with .*; give --decode cpu"):
+            decoding.resolve_decode("gpu", "cuda", {**square, **other})
 
 
 def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
