@@ -186,8 +186,9 @@ def score(prompt, model_name, pretrained, scores, batch_size, device, workers, s
     """Score images with a learned prompt (no training).
 
     PATHS are image files, folders (searched recursively), image lists (LIST.txt or
-    ROOT::LIST.txt, one path a line) or tar shards (SHARD.tar, webdataset layout). Writes a CSV with the columns path, pred, pred_index and
-    one column per score (higher = more in-distribution).
+    ROOT::LIST.txt, one path a line) or tar shards (SHARD.tar, webdataset layout). Writes a CSV
+    with the columns path, pred, pred_index and one column per score (higher = more
+    in-distribution).
     """
     from clip_smot.clip.scorer import run_score
 

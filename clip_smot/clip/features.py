@@ -1,9 +1,9 @@
 """CLIP image features of image files: DataLoader decoding, encoding, and an on-disk cache.
 
 Decoding, resizing and cropping run in DataLoader worker processes, or for JPEGs on the model's
-device (:mod:`clip_smot.clip.decoding`); the model runs in the main process. Features of a list of files are cached per (files, model weights,
-preprocessing), so that another score or another prompt on the same images does not encode
-them again:
+device (:mod:`clip_smot.clip.decoding`); the model runs in the main process. Features of a list
+of files are cached per (files, model weights, preprocessing), so that another score or another
+prompt on the same images does not encode them again:
 
     $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
 
@@ -11,9 +11,9 @@ them again:
 SHA-256, MLP activation), the versions of clip-smot and open_clip, the preprocessing settings,
 the decoder when it is not PIL (``jpeg-cuda``, ``jpeg-cpu``: their pixels differ by a level here
 and there), and the sorted absolute file paths with their sizes, modification and change times
-and inodes (a tar shard's member: the shard's): editing, replacing, adding or removing an image gives
-a new key (even when a copy keeps the old modification time). Delete the folder
-to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
+and inodes (a tar shard's member: the shard's): editing, replacing, adding or removing an image
+gives a new key (even when a copy keeps the old modification time). Delete the folder to clear
+the cache. Models with random weights (no tag, no checkpoint) are never cached,
 since nothing names their weights.
 
 Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
