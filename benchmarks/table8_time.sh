@@ -25,11 +25,11 @@ CLASSES=${CLASSES:-1000} SHOTS=${SHOTS:-16} VAL_PER_CLASS=${VAL_PER_CLASS:-50} O
 SIZE=${SIZE:-500x375} EPOCHS=${EPOCHS:-} DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-16} JOBS=${JOBS:-16}
 MODEL=${MODEL:-} PRETRAINED=${PRETRAINED:-} CAM_MODEL=${CAM_MODEL:-}
 
-$PY "$HERE/fake_imagenet.py" "$WORK/data" --classes "$CLASSES" --train-per-class "$SHOTS" \
-    --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --jobs "$JOBS"
-if [[ ${TINY:-0} == 1 ]]; then
-    models=$($PY "$HERE/fake_imagenet.py" "$WORK/data" --classes "$CLASSES" --train-per-class "$SHOTS" \
-        --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --tiny-models "$WORK/models")
+tiny=()
+[[ ${TINY:-0} == 1 ]] && tiny=(--tiny-models "$WORK/models")
+models=$($PY "$HERE/fake_imagenet.py" "$WORK/data" --classes "$CLASSES" --train-per-class "$SHOTS" \
+    --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --jobs "$JOBS" "${tiny[@]}")
+if [[ ${TINY:-0} == 1 ]]; then  # (fake_imagenet.py prints the tiny models' paths as JSON)
     MODEL=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$models")
     PRETRAINED=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["pretrained"])' "$models")
     CAM_MODEL=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["cam_model"])' "$models")
