@@ -9,9 +9,13 @@ on the same files:
 - **reference**: what MCM's evaluation does: a torch DataLoader (``--workers`` processes) over
   PIL + open_clip's own evaluation transform, ``encode_image`` in batches of ``--batch-size``,
   normalised features times the text features, the max softmax;
-- **score**: ``python -m clip_smot score --no-cache`` (one process);
-- **score_torchrun_N**: the same under ``torchrun --nproc_per_node N`` for each N of
-  ``--torchrun`` (``--workers`` decoding processes each).
+- **score**: ``python -m clip_smot score --no-cache --decode cpu`` (one process; PIL in the
+  ``--workers`` DataLoader processes);
+- **score_gpu_decode**: the same with ``--decode gpu`` (the JPEGs decoded by ``decode_jpeg`` on
+  the CUDA device); on another device this run is skipped, and the JSON says so
+  (``score_gpu_decode: "skipped: ..."``), with no figure;
+- **score_torchrun_N**: ``score`` under ``torchrun --nproc_per_node N`` for each N of
+  ``--torchrun`` (``--workers`` decoding processes each; ``--decode gpu`` on CUDA, else ``cpu``).
 
 Each figure is the wall time of the whole process (Python and torch start-up, model build,
 decoding, encoding, the CSV) and ``images_per_s = n / seconds``: with a few thousand images the
@@ -130,12 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
         make_prompt(prompt, args.model, args.classes)
         common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", device]
         score = ["-m", "clip_smot", "score", "--prompt", str(prompt), "--no-cache", *common]
+        cuda = torch.device(device).type == "cuda"
         runs = {"reference": [sys.executable, __file__, "--reference-only", str(folder), "--model", args.model,
                               "--classes", str(args.classes), *common],
-                "score": [sys.executable, *score, "--out", f"{tmp}/s.csv", str(folder)]}
+                "score": [sys.executable, *score, "--decode", "cpu", "--out", f"{tmp}/s.csv", str(folder)]}
+        if cuda:
+            runs["score_gpu_decode"] = [sys.executable, *score, "--decode", "gpu", "--out", f"{tmp}/g.csv", str(folder)]
         for k in (int(v) for v in args.torchrun.split(",") if v.strip()):
             runs[f"score_torchrun_{k}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                           "--nproc_per_node", str(k), *score, "--out", f"{tmp}/t{k}.csv", str(folder)]
+                                           "--nproc_per_node", str(k), *score, "--decode", "gpu" if cuda else "cpu",
+                                           "--out", f"{tmp}/t{k}.csv", str(folder)]
         seconds = {name: _timed(cmd, env) for name, cmd in runs.items()}
         for csv_file in Path(tmp).glob("*.csv"):  # every run scored every image
             assert csv_file.read_text().count("\n") == args.n + 1, csv_file
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
               **{f"{k}_seconds": round(s, 3) for k, s in seconds.items()},
               **{f"{k}_images_per_s": round(args.n / s, 3) for k, s in seconds.items()},
               **{f"{k}_speedup": round(seconds["reference"] / s, 3) for k, s in seconds.items() if k != "reference"}}
+    if "score_gpu_decode_seconds" not in result:
+        result["score_gpu_decode"] = f"skipped: --decode gpu needs a CUDA device (this run: {device})"
     print(json.dumps(result))
     return result
 

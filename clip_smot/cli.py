@@ -170,14 +170,15 @@ def fit(split_file, **options) -> None:
 
 @cli.command()
 @_options(ScoreConfig, "prompt", "model", "pretrained", "scores", "batch_size", "device", "workers", "skip_unreadable",
-          "use_cache", "out", "resume")
+          "use_cache", "decode", "out", "resume")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def score(paths, **options) -> None:
     """Score images with a learned prompt (no training).
 
-    PATHS are image files, folders (searched recursively) or image lists (LIST.txt or
-    ROOT::LIST.txt, one path a line). Writes a CSV with the columns path, pred, pred_index and
-    one column per score (higher = more in-distribution).
+    PATHS are image files, folders (searched recursively), image lists (LIST.txt or
+    ROOT::LIST.txt, one path a line) or tar shards (SHARD.tar, webdataset layout). Writes a CSV
+    with the columns path, pred, pred_index and one column per score (higher = more
+    in-distribution).
     """
     with process_group(options["device"]):
         skipped = run_score(ScoreConfig(paths=paths, **options))
@@ -209,9 +210,10 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @_options(ClipEvalConfig, "split")
 @_options(EvalConfig, "ood", "scores", "convention", "batch_size", "workers", "device",
           dest={"convention": "fpr_convention"})
-@_options(ClipEvalConfig, "use_cache")
+@_options(ClipEvalConfig, "use_cache", "decode")
 @_options(EvalConfig, "out")
-def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, ood, fpr_convention, **shared) -> None:
+def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, decode, ood, fpr_convention,
+          **shared) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
     Writes OUT/metrics.csv, metrics.json, metrics.md and scores_hist.png (and, for --prompt or
@@ -230,7 +232,7 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, oo
     else:
         with process_group(shared["device"]):
             run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model, pretrained=pretrained,
-                                         split=split, use_cache=use_cache, **shared))
+                                         split=split, use_cache=use_cache, decode=decode, **shared))
 
 
 _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS

@@ -243,3 +243,39 @@ def test_score_throughput_runs_tiny_on_the_cpu(tmp_path, tiny_clip_config):
         assert out[f"{k}_images_per_s"] == pytest.approx(12 / out[f"{k}_seconds"], rel=0.02)
     assert out["score_speedup"] == pytest.approx(out["reference_seconds"] / out["score_seconds"], rel=0.02)
     assert "score_torchrun_2_seconds" not in out
+    # no CUDA here: the GPU-decoding run is skipped and says so, with no figure
+    assert out["score_gpu_decode"].startswith("skipped: --decode gpu needs a CUDA device")
+    assert not any(k.startswith("score_gpu_decode_") for k in out)
+
+
+def test_table8_time_dry_run_writes_the_data_and_prints_the_five_stages(tmp_path):
+    """benchmarks/table8_time.sh at tiny sizes with DRY_RUN=1: the synthetic ImageNet and OOD
+    folders hold the images asked for, at the size asked for, and reproduce prints the five
+    Table 8 commands on them with the tiny models and the sizes passed on (a real tiny run takes
+    over a minute here: benchmarks/RESULTS.md)."""
+    from PIL import Image
+
+    from clip_smot.common.bundled import imagenet_wnids
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "TINY": "1", "DRY_RUN": "1",
+           "DEVICE": "cpu", "WORKERS": "0", "JOBS": "2", "CLASSES": "2", "SHOTS": "3", "VAL_PER_CLASS": "2",
+           "OOD_PER_SET": "1", "SIZE": "40x30", "EPOCHS": "1"}
+    work = tmp_path / "t8"
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "table8_time.sh"), str(work)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = work / "data"
+    wnids = imagenet_wnids()[:2]
+    assert sorted(p.name for p in (data / "imagenet" / "train").iterdir()) == sorted(wnids)
+    assert [len(list((data / "imagenet" / s / w).glob("*.jpg"))) for s in ("train", "val") for w in wnids] == [3, 3, 2, 2]
+    assert sorted(p.name for p in (data / "ood").iterdir()) == ["Places", "SUN", "Textures", "iNaturalist"]
+    image = next((data / "ood" / "SUN").glob("*.jpg"))
+    assert Image.open(image).size == (40, 30) and Image.open(image).format == "JPEG"
+    commands = [line for line in res.stdout.splitlines() if line.startswith("clip-smot ")]
+    assert [shlex.split(c)[1] for c in commands] == ["fit", "fit", "eval", "eval", "eval"]
+    for c in commands:
+        words = shlex.split(c)
+        assert words[words.index("--model") + 1] == str(work / "models" / "clip-smot-tiny.json")
+        assert words[words.index("--device") + 1] == "cpu"
+    assert "--epochs 1" in commands[0] and "--shots 3" in commands[0]
+    assert not (work / "out").exists()  # a dry run writes no stage

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_smot.clip.decoding import DECODE_CHOICES, resolve_decode
 from clip_smot.clip.features import encode_files
+from clip_smot.clip.model import preprocess_settings
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import (
     FITTED_SCORES,
@@ -57,6 +59,8 @@ class ClipEvalConfig(EvalConfig):
     split: str | None = setting(None, "CLIP: a split.txt choosing those images (relative to --id-train, or to the "
                                 "prompt's data).", path="file")
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
+    decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
+                          "auto: gpu on CUDA.", choices=DECODE_CHOICES)
 
 
 # Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
@@ -164,6 +168,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     image list (``ROOT::LIST.txt``), or None for the built-in set of that name (the digits'
     ``photos`` and ``textures``); ``scores``, comma-separated names (default: mcm); ``id_train``
     and ``split``, the ID training images of react, knn and vim (see :func:`id_train_paths`);
+    ``decode``, ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`);
     ``out``: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json.
 
     Returns:
@@ -181,6 +186,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     scorer, config, folders, title = _clip_scorer(cfg, inputs)
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
+    decoder = resolve_decode(cfg.decode, scorer.device, preprocess_settings(scorer.clip))
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]
@@ -193,9 +199,10 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
                         read_folders, writes=_WRITES)
     start = time.monotonic()
     if fitted:
-        train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache)
+        train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache,
+                             decoder)
         scorer.fit_id_train(train.global_, fitted)
-    results = {s.name: (s, _score_set(scorer, s, names, cfg)) for s in sets}
+    results = {s.name: (s, _score_set(scorer, s, names, cfg, decoder)) for s in sets}
     extra, id_accuracy = _summary(cfg, scorer, results, fitted, len(train_paths), time.monotonic() - start)
     if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
         return {}
@@ -239,12 +246,14 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     return scorer, pf.config, _prompt_folders(pf.config, len(pf.classnames)), title
 
 
-def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig) -> dict:
-    """The scores ``names`` (and ``pred_index``) of every image of the set ``s``."""
-    feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, cfg.batch_size, cfg.workers, False, cfg.use_cache)
+def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig, decoder: str) -> dict:
+    """The scores ``names`` (and ``pred_index``) of every image of the set ``s``, its images
+    decoded by ``decoder`` (``pil`` or ``jpeg``)."""
+    feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, cfg.batch_size, cfg.workers, False, cfg.use_cache,
+                         decoder)
     out = scorer.score_features(feats, names)
     if "odin" in names:
-        out["odin"] = scorer.odin_files(feats.paths, cfg.batch_size, cfg.workers)
+        out["odin"] = scorer.odin_files(feats.paths, cfg.batch_size, cfg.workers, decoder)
     return out
 
 

@@ -1,18 +1,19 @@
 """CLIP image features of image files: DataLoader decoding, encoding, and an on-disk cache.
 
-Decoding, resizing and cropping run in DataLoader worker processes; the model runs in the
-main process. Features of a list of files are cached per (files, model weights,
-preprocessing), so that another score or another prompt on the same images does not encode
-them again:
+Decoding, resizing and cropping run in DataLoader worker processes, or for JPEGs on the model's
+device (:mod:`clip_smot.clip.decoding`); the model runs in the main process. Features of a list
+of files are cached per (files, model weights, preprocessing), so that another score or another
+prompt on the same images does not encode them again:
 
     $CLIP_SMOT_CACHE/features/<key>.safetensors   (default ~/.cache/clip_smot/features/)
 
 ``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
 SHA-256, MLP activation), the versions of clip-smot and open_clip, the preprocessing settings,
-and the sorted absolute file paths with their sizes,
-modification and change times and inodes: editing, replacing, adding or removing an image gives
-a new key (even when a copy keeps the old modification time). Delete the folder
-to clear the cache. Models with random weights (no tag, no checkpoint) are never cached,
+the decoder when it is not PIL (``jpeg-cuda``, ``jpeg-cpu``: their pixels differ by a level here
+and there), and the sorted absolute file paths with their sizes, modification and change times
+and inodes (a tar shard's member: the shard's): editing, replacing, adding or removing an image
+gives a new key (even when a copy keeps the old modification time). Delete the folder to clear
+the cache. Models with random weights (no tag, no checkpoint) are never cached,
 since nothing names their weights.
 
 Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
@@ -39,16 +40,16 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot.clip import model as cm
+from clip_smot.clip.decoding import batches, decoder_identity
 from clip_smot.clip.model import ClipModel
 from clip_smot.common.distributed import every_rank, share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
     atomic_save_safetensors,
     cache_root,
-    file_stamp,
     remove_stale_temporaries,
 )
-from clip_smot.common.images import load_image
+from clip_smot.common.shards import image_stamp
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
 
@@ -75,35 +76,17 @@ class ImageFeatures:
     skipped: list[tuple[str, str]]
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decoded, preprocessed images; an unreadable file yields its error message, not an exception.
-
-    Raising inside a worker would surface as a multi-line traceback; the message travels to
-    the main process instead, which reports it as one line (or skips the file).
-    """
-
-    def __init__(self, paths: Sequence[str], transform, size: int):
-        self.paths, self.transform, self.size = list(paths), transform, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(load_image(self.paths[i], mode=None)), ""  # open_clip converts after resizing
-        except UserError as e:
-            return torch.zeros(3, self.size, self.size), str(e)
-
-
 def cache_dir() -> Path:
     """``$CLIP_SMOT_CACHE/features`` or ``~/.cache/clip_smot/features``."""
     return cache_root() / "features"
 
 
-def _cache_key(clip: ClipModel, paths: Sequence[str]) -> str:
-    files = [[os.path.abspath(p), *file_stamp(p)] for p in paths]  # a replaced image gives a new key
+def _cache_key(clip: ClipModel, paths: Sequence[str], decode: str = "pil") -> str:
+    files = [image_stamp(p) for p in paths]  # a replaced image (or shard) gives a new key
+    decoder = decoder_identity(decode, next(clip.model.parameters()).device)
     blob = json.dumps(
         {
+            **({"decoder": decoder} if decoder else {}),  # (the PIL decoder's entries keep their keys)
             "version": _CACHE_VERSION,
             "model": clip.identity(),  # (with the activation the model was built with)
             "versions": cm.library_versions(),  # another clip-smot or open_clip may encode otherwise
@@ -204,28 +187,28 @@ def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = Fal
     return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
 
 
-def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4):
-    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers.
+def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4,
+                  decode: str = "pil"):
+    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers (``pil``) or with
+    the JPEGs decoded on the model's device (``jpeg``; see :mod:`clip_smot.clip.decoding`).
 
     Yields:
-        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU),
-        and one string per image, empty when it was read, else the reason it could not be (its
-        image is then zeros).
+        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU
+        for ``pil``, on the model's device for ``jpeg``), and one string per image, empty when it
+        was read, else the reason it could not be (its image is then zeros).
     """
-    device = next(clip.model.parameters()).device
-    dataset = _ImageFiles(paths, cm.image_preprocess(clip), clip.image_size)
-    yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                           pin_memory=device.type == "cuda", persistent_workers=False)
+    yield from batches(clip, paths, batch_size, workers, decode)
 
 
 @torch.inference_mode()
 def _encode(
-    clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool
+    clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool,
+    decode: str = "pil",
 ) -> ImageFeatures:
     device = next(clip.model.parameters()).device
     globals_, locals_, kept, skipped = [], [], [], []
     start = 0
-    for images, errors in image_batches(clip, paths, batch_size, workers):
+    for images, errors in image_batches(clip, paths, batch_size, workers, decode):
         ok = [i for i, e in enumerate(errors) if not e]
         for i, e in enumerate(errors):
             if e:
@@ -288,6 +271,7 @@ def encode_files(
     workers: int = 4,
     skip_unreadable: bool = False,
     use_cache: bool = True,
+    decode: str = "pil",
 ) -> ImageFeatures:
     """Normalised CLIP features of image files, from the cache when possible.
 
@@ -299,6 +283,7 @@ def encode_files(
         workers: DataLoader worker processes for decoding (0 = in the main process).
         skip_unreadable: skip unreadable images (listed in ``skipped``) instead of failing.
         use_cache: read and write the feature cache (see the module docstring).
+        decode: ``pil`` or ``jpeg`` (:func:`~clip_smot.clip.decoding.resolve_decode` gives it).
 
     Returns:
         The features; with ``skip_unreadable`` none at all (empty tensors) when no file is readable.
@@ -311,7 +296,7 @@ def encode_files(
     if not paths:
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
-    entry = cache_dir() / f"{_cache_key(clip, paths)}.safetensors" if cacheable else None
+    entry = cache_dir() / f"{_cache_key(clip, paths, decode)}.safetensors" if cacheable else None
     feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
     writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
     if damage and writer:
@@ -320,7 +305,8 @@ def encode_files(
     # under torchrun all processes encode unless every one found the entry (one may have looked
     # while rank 0 was writing it for an earlier argument with the same files)
     if not all(every_rank(feats is not None)):
-        feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable),
+        feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable,
+                                                       decode),
                                  paths, batch_size))
         if entry is not None and writer:
             try:

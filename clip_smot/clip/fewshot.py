@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip_smot.common import tensor_images as ti
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
 from clip_smot.common.images import (
@@ -40,6 +41,7 @@ from clip_smot.common.images import (
     unescape_path,
     walk_files,
 )
+from clip_smot.common.shards import read_image_bytes
 
 __all__ = [
     "FewShotClasses",
@@ -178,59 +180,97 @@ def _file_name(rel: str) -> bool:
         return False
 
 
-def _read(path: Path) -> bytes:
-    """A file's bytes; a UserError naming it when it cannot be read."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such image file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
-
-
-def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
-    """Decode, resize the shorter side to ``size`` and take the central square -> ([3, size, size]
-    uint8, the hex SHA-256 of the file's bytes: read once, for both)."""
-    from PIL import Image
-
-    data = _read(path)
-    im = load_image(path, data=data)
-    w, h = im.size
+def _geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top): the shorter side resized to ``size``, the central square."""
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    left, top = (nw - size) // 2, (nh - size) // 2
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
+def _pil_square(path: Path, data: bytes, size: int) -> torch.Tensor:
+    """Decode ``data`` (the bytes of ``path``) with PIL, resize the shorter side to ``size``, take
+    the central square: [3, size, size] uint8."""
+    from PIL import Image
+
+    im = load_image(path, data=data)
+    w, h = im.size
+    nw, nh, left, top = _geometry(w, h, size)
     if nw * nh > 16 * size * size:  # a long strip (a 1 x 20000 one resized whole holds 1.5 GB): the square alone
         box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
         im = im.resize((size, size), Image.BICUBIC, box=box)
     else:
         im = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + size, top + size))
-    square = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
-    return square, hashlib.sha256(data).hexdigest()
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, S, S]
 
 
-def decode_and_hash(root: Path, files: list[str], size: int, workers: int = 4) -> tuple[torch.Tensor, str]:
+def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
+    """:func:`_pil_square` of a file and the hex SHA-256 of its bytes (read once, for both)."""
+    data = read_image_bytes(path)
+    return _pil_square(path, data, size), hashlib.sha256(data).hexdigest()
+
+
+def _jpeg_squares(paths: list[Path], datas: list[bytes], size: int, device: torch.device) -> list[torch.Tensor]:
+    """The squares of :func:`_pil_square` on ``device``, JPEGs decoded there with ``decode_jpeg`` (one
+    batch); other files, JPEGs it cannot read and long strips by PIL."""
+    jpegs = [i for i, d in enumerate(datas) if ti.is_jpeg(d)]
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    decoded = ti.decode_jpegs([torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs], device)
+    for i, image in zip(jpegs, decoded):
+        if image is not None:
+            nw, nh, left, top = _geometry(image.shape[-1], image.shape[-2], size)
+            if nw * nh <= 16 * size * size:
+                out[i] = ti.resize_uint8(image, (nh, nw))[:, top : top + size, left : left + size]  # [3, S, S]
+    return [x if x is not None else _pil_square(p, d, size).to(device) for x, p, d in zip(out, paths, datas)]
+
+
+def _decoded(paths: list[Path], size: int, workers: int, device: torch.device | None
+             ) -> tuple[list[torch.Tensor], list[str]]:
+    """Squares and SHA-256s of ``paths``: by PIL in ``workers`` threads, or with ``device``, read
+    in threads and decoded on the device, a batch at a time (the bytes of one batch in memory)."""
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    run = pool.map if pool is not None else map  # PIL decodes and hashlib hashes with the GIL released
+    try:
+        if device is None:
+            decoded = list(run(lambda p: _square_uint8(p, size), paths))
+            return [x for x, _ in decoded], [d for _, d in decoded]
+        squares, digests = [], []
+        for i in range(0, len(paths), _JPEG_BATCH):
+            batch = paths[i : i + _JPEG_BATCH]
+            datas = list(run(read_image_bytes, batch))
+            digests += list(run(lambda d: hashlib.sha256(d).hexdigest(), datas))
+            squares += _jpeg_squares(batch, datas, size, torch.device(device))
+        return squares, digests
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+_JPEG_BATCH = 256  # files decoded by one decode_jpeg call
+
+
+def decode_and_hash(root: Path, files: list[str], size: int, workers: int = 4,
+                    device: torch.device | str | None = None) -> tuple[torch.Tensor, str]:
     """Decode every image once into one uint8 tensor [N, 3, size, size], and hash the files' bytes.
 
     Each image is resized so its shorter side is ``size``, then its central square is kept:
     the random resized crops of training are drawn from that square (kept on the device).
 
+    Args:
+        device: decode the JPEGs with ``torchvision.io.decode_jpeg`` on this device (fit passes
+            its CUDA device), the images returned there; None: PIL for every file, on the CPU.
+
     Returns:
         ``(images, sha256)``: the SHA-256 is that of the listing ``sha256sum`` prints for
         ``files`` in their order (``<hex digest>  <relative path>`` per line, run in ``root``):
-        it changes when any image's bytes do, under the same names.
+        it changes when any image's bytes do, under the same names, whichever decoder ran.
 
     Raises:
         UserError: an unreadable or truncated image (the message names the file).
     """
-    paths = [root / f for f in files]
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:  # PIL decodes and hashlib hashes with the GIL released
-            decoded = list(pool.map(lambda p: _square_uint8(p, size), paths))
-    else:
-        decoded = [_square_uint8(p, size) for p in paths]
+    squares, digests = _decoded([root / f for f in files], size, workers, device)
     # the names as the file system's bytes (a name that is not UTF-8 has no str encoding)
-    listing = b"".join(f"{digest}  ".encode() + os.fsencode(f) + b"\n" for f, (_, digest) in zip(files, decoded))
-    return torch.stack([x for x, _ in decoded]), hashlib.sha256(listing).hexdigest()  # [N, 3, S, S]
+    listing = b"".join(f"{digest}  ".encode() + os.fsencode(f) + b"\n" for f, digest in zip(files, digests))
+    return torch.stack(squares), hashlib.sha256(listing).hexdigest()  # [N, 3, S, S]
 
 
 def decode_images(root: Path, files: list[str], size: int, workers: int = 4) -> torch.Tensor:

@@ -556,8 +556,9 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
     t = time.perf_counter()
     images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split],
-                                                             inputs.clip.image_size, cfg.workers)  # [N, 3, S, S] uint8
-    images = images.to(device)
+                                                             inputs.clip.image_size, cfg.workers,
+                                                             device if device.type == "cuda" else None)
+    images = images.to(device)  # [N, 3, S, S] uint8
     inputs.seconds[f"{len(split)} images decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
         out = Path(cfg.out)

@@ -50,6 +50,7 @@ __all__ = [
     "library_versions",
     "logit_scale",
     "preprocess_identity",
+    "preprocess_settings",
 ]
 
 
@@ -407,6 +408,18 @@ def image_preprocess(clip: ClipModel) -> Callable[[Image.Image], torch.Tensor]:
 
     cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
     return image_transform_v2(cfg, is_train=False)
+
+
+def preprocess_settings(clip: ClipModel) -> dict:
+    """The settings of :func:`image_preprocess`'s transform as plain data: ``size``, ``mode``,
+    ``mean``, ``std``, ``interpolation``, ``resize_mode``, ``fill_color`` (tuples as lists)."""
+    import dataclasses
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 def preprocess_identity(clip: ClipModel) -> dict:

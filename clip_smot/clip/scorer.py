@@ -33,6 +33,7 @@ from PIL import Image
 
 from clip_smot import scores as S
 from clip_smot.clip import model as cm
+from clip_smot.clip.decoding import DECODE_CHOICES, resolve_decode
 from clip_smot.clip.features import (
     ImageFeatures,
     encode_files,
@@ -61,6 +62,7 @@ from clip_smot.common.images import (
     list_images,
 )
 from clip_smot.common.progress import progress_bar
+from clip_smot.common.shards import is_shard
 from clip_smot.scores import SCORES, gl_mcm
 
 __all__ = [
@@ -369,14 +371,16 @@ class PromptScorer:
 
         return S.odin(forward, images.to(self.device), std).cpu()
 
-    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4) -> torch.Tensor:
+    def odin_files(self, paths: Sequence[str], batch_size: int = 256, workers: int = 4, decode: str = "pil"
+                   ) -> torch.Tensor:
         """ODIN scores [N] of image files (all readable: pass the paths an :class:`ImageFeatures` kept);
         under torchrun each process scores its share (:func:`~clip_smot.common.distributed.share_work`)."""
-        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers), paths, batch_size))
+        return torch.cat(share_work(lambda share: self._odin_files(share, batch_size, workers, decode), paths,
+                                    batch_size))
 
-    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int) -> torch.Tensor:
+    def _odin_files(self, paths: Sequence[str], batch_size: int, workers: int, decode: str) -> torch.Tensor:
         out = []
-        for images, errors in image_batches(self.clip, paths, batch_size, workers):
+        for images, errors in image_batches(self.clip, paths, batch_size, workers, decode):
             bad = [e for e in errors if e]
             if bad:
                 raise UserError(bad[0])
@@ -471,15 +475,18 @@ class PromptScorer:
         return result
 
     def score_files(self, files: Sequence[str | os.PathLike], names: Sequence[str], batch_size: int = 256,
-                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True) -> PathScores:
+                    workers: int = 4, skip_unreadable: bool = False, use_cache: bool = True,
+                    decode: str = "pil") -> PathScores:
         """Scores of one list of image files, one feature-cache entry; with ``skip_unreadable``,
-        no paths and no scores when none of them is readable (the caller judges)."""
-        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache)
+        no paths and no scores when none of them is readable (the caller judges). ``decode``:
+        ``pil`` or ``jpeg`` (:mod:`clip_smot.clip.decoding`)."""
+        feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache,
+                             decode)
         if not feats.paths:
             return PathScores([], {}, feats.skipped)
         out = self.score_features(feats, names)
         if "odin" in names:
-            out["odin"] = self.odin_files(feats.paths, batch_size, workers)
+            out["odin"] = self.odin_files(feats.paths, batch_size, workers, decode)
         return PathScores(feats.paths, out, feats.skipped)
 
 
@@ -506,6 +513,8 @@ class ScoreConfig(JsonConfig):
     workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
     skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
     use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
+    decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
+                          "auto: gpu on CUDA.", choices=DECODE_CHOICES)
     resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
 
 
@@ -518,7 +527,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
     feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
     finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
-    last complete line are kept and the images after the last row's are scored.
+    last complete line are kept and the images after the last row's are scored. ``cfg.decode``:
+    ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
     Returns:
         The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
@@ -533,12 +543,14 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     images = [("PATH image", f) for files in listed for f in files]
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
     inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
+    shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
     check_output(cfg.out, "--out", [("--prompt file", cfg.prompt), ("--model file", cfg.model),
-                                    (found, weights or None), *images], inside)
+                                    (found, weights or None), *images, *shards], inside)
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if cfg.resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)
     scorer.check_scores(names)  # (before OUT.partial is started)
+    decode = resolve_decode(cfg.decode, scorer.device, cm.preprocess_settings(scorer.clip))
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
@@ -546,7 +558,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     for files in _chunks(listed, chunk, done):
         result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
-                                    cfg.use_cache)
+                                    cfg.use_cache, decode)
         skipped += result.skipped
         rows += len(result.paths)
         if writer:

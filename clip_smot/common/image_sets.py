@@ -29,6 +29,7 @@ from clip_smot.common.images import (
     list_images,
     read_text_file,
 )
+from clip_smot.common.shards import is_shard, list_members
 
 __all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
            "read_image_list"]
@@ -191,13 +192,18 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     return ImageSet("id", paths, labels, note)
 
 
-def image_files(where: str | os.PathLike, flag: str) -> list[Path]:
-    """The image files of a folder (searched recursively), of one image file, or of an image list
-    (``ROOT::LIST.txt``, or a ``LIST.txt`` file: paths relative to its folder; labels ignored).
+def image_files(where: str | os.PathLike, flag: str) -> list[Path] | list[str]:
+    """The image files of a folder (searched recursively), of one image file, of an image list
+    (``ROOT::LIST.txt``, or a ``LIST.txt`` file: paths relative to its folder; labels ignored),
+    or of a tar shard (``SHARD.tar``: its images as ``SHARD.tar::MEMBER`` names, see
+    :mod:`clip_smot.common.shards`).
 
     Raises:
-        UserError: a missing path or list, a list naming a missing file, no images.
+        UserError: a missing path or list, a list naming a missing file, no images, a tar that
+            cannot be read.
     """
+    if is_shard(where):
+        return list_members(where, flag=flag)
     as_list = _split_list_arg(str(where))
     return read_image_list(*as_list, flag=flag)[0] if as_list is not None else list_images(where, flag=flag)
 

@@ -367,3 +367,17 @@ def test_a_cache_entry_of_the_same_files_in_another_order_keeps_the_order_asked(
     reread = encode_files(tiny, s.paths[::-1], workers=0)
     assert reread.paths == [str(p) for p in s.paths[::-1]]
     torch.testing.assert_close(reread.global_, feats.global_.flip(0), rtol=0, atol=0)
+
+
+def test_eval_decode_gpu_without_cuda_is_one_line_and_cpu_is_recorded(tmp_path, tiny_clip_config,
+                                                                       tiny_clip_checkpoint):
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=2)
+    base = ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint, "--id",
+            str(id_dir), "--ood", f"noise={ood_dir}", "--workers", "0", "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*base, "--decode", "gpu", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        "Error: --decode gpu: decodes on a CUDA device, and the model is on cpu; give --device cuda or --decode cpu"]
+    assert not (tmp_path / "g" / "metrics.json").exists()
+    res = CliRunner().invoke(cli, [*base, "--decode", "cpu", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["decode"] == "cpu"

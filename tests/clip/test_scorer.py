@@ -99,7 +99,7 @@ def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_ch
 def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
     """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
     converted to RGB after (RGBA, palette and 1-bit images differ if converted first)."""
-    from clip_smot.clip.features import _ImageFiles
+    from clip_smot.clip.decoding import ImageFiles as _ImageFiles
 
     _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
     rng = np.random.default_rng(1)
@@ -761,3 +761,53 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
     assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()
+
+
+def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Two webdataset shards holding the folders' images: the same scores as the files, rows named
+    SHARD.tar::KEY; stopped after a chunk, --resume gives the uninterrupted CSV byte for byte."""
+    import tarfile
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=5)
+    files = sorted(id_dir.rglob("*.png")) + sorted(ood_dir.rglob("*.jpg"))
+    shard_paths = [tmp_path / "s0.tar", tmp_path / "s1.tar"]
+    for shard, part in zip(shard_paths, (files[:6], files[6:])):
+        with tarfile.open(shard, "w") as tar:
+            for i, f in enumerate(part):
+                tar.add(f, arcname=f"{i:06d}{f.suffix}")
+                tar.addfile(tarfile.TarInfo(f"{i:06d}.cls"), None)  # an empty label field, ignored
+    _score_run(tmp_path, tiny_clip_checkpoint, files, tmp_path / "files.csv")
+    _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, tmp_path / "whole.csv")
+    by_file, by_shard = read_csv(tmp_path / "files.csv"), read_csv(tmp_path / "whole.csv")
+    assert [r["path"] for r in by_shard] == [f"{s}::{i:06d}{f.suffix}" for s, part in zip(shard_paths, (files[:6], files[6:]))
+                                             for i, f in enumerate(part)]
+    for a, b in zip(by_file, by_shard):
+        assert a["pred"] == b["pred"] and all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-6) for k in ("mcm", "msp"))
+
+    out, partial, real, seen = tmp_path / "s.csv", tmp_path / "s.csv.partial", PromptScorer.score_files, []
+
+    def stop_after_one(self, files, *a, **k):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(len(files))
+        return real(self, files, *a, **k)
+
+    monkeypatch.setattr(PromptScorer, "score_files", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, out)
+    assert partial.read_bytes().count(b"\n") == 6  # the header and the first chunk's 5 rows
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, out, resume=True)
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--device", "cpu", "--decode", "gpu", "--workers", "0",
+                                   "--out", str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        "Error: --decode gpu: decodes on a CUDA device, and the model is on cpu; give --device cuda or --decode cpu"]
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()

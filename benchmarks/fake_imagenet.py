@@ -1,0 +1,102 @@
+"""Synthetic ImageNet and OOD folders for ``benchmarks/table8_time.sh`` (what ``clip-smot reproduce
+table8`` reads), and, with ``--tiny-models``, a tiny random CLIP and CAM network for CPU smoke runs.
+
+Writes ``ROOT/imagenet/train/<wnid>/`` (``--train-per-class`` JPEGs), ``ROOT/imagenet/val/<wnid>/``
+(``--val-per-class``) for the first ``--classes`` ImageNet-1k wnids, and ``ROOT/ood/{iNaturalist,
+SUN,Places,Textures}/`` (``--ood-per-set`` each), every image a ``--size`` JPEG made by
+``score_throughput.make_jpegs`` (a smooth colour field with noise: it compresses and decodes like
+a photograph), in ``--jobs`` processes. A folder written before with the same arguments is kept
+(``ROOT/done.json`` records them). Defaults: the real pipeline's sizes (1000 classes, 16 training
+images a class: the 16 shots the fits draw; ImageNet's 50,000 val images; 10,000 images in each of
+the four OOD sets; 500x375 pixels)::
+
+    python benchmarks/fake_imagenet.py runs/table8_time/data --jobs 16
+    python benchmarks/fake_imagenet.py /tmp/t8 --classes 3 --val-per-class 2 --ood-per-set 2 --size 64x48 \\
+        --tiny-models /tmp/t8/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+OOD_SETS = ("iNaturalist", "SUN", "Places", "Textures")  # clip_smot.reproduce.IMAGENET_OOD
+TINY_CLIP = {  # the tests' tiny ViT (tests/conftest.py)
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _write(folder: Path, n: int, size: tuple[int, int], seed: int) -> int:
+    from score_throughput import make_jpegs
+
+    make_jpegs(folder, n, size, seed)
+    return n
+
+
+def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: tuple[int, int], jobs: int) -> None:
+    """The folders (see the module docstring), unless ``root/done.json`` records these arguments."""
+    from clip_smot.common.bundled import imagenet_wnids
+
+    wanted = {"classes": classes, "train_per_class": train, "val_per_class": val, "ood_per_set": ood,
+              "size": list(size)}
+    done = root / "done.json"
+    if done.is_file() and json.loads(done.read_text()) == wanted:
+        return
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f"{root}: holds other data than asked for; delete it or give another folder")
+    work = [(root / "imagenet" / split / w, n, size, 1000 * k + (split == "val"))
+            for k, w in enumerate(imagenet_wnids()[:classes]) for split, n in (("train", train), ("val", val))]
+    work += [(root / "ood" / name, ood, size, 10_000_000 + k) for k, name in enumerate(OOD_SETS)]
+    with ProcessPoolExecutor(jobs) as pool:
+        list(pool.map(_write, *zip(*work)))
+    done.write_text(json.dumps(wanted))
+
+
+def write_tiny_models(folder: Path) -> dict[str, str]:
+    """A tiny random CLIP (config JSON and .safetensors) and CAM ResNet (.pth): --model,
+    --pretrained and --cam-model of a CPU smoke run."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "clip-smot-tiny.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(1234)
+    model = open_clip.create_model("clip-smot-tiny", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "tiny.safetensors"))
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict(), folder / "cam.pth")
+    return {"model": str(config), "pretrained": str(folder / "tiny.safetensors"), "cam_model": str(folder / "cam.pth")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("root", type=Path)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--train-per-class", type=int, default=16)
+    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--ood-per-set", type=int, default=10_000)
+    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of each JPEG")
+    p.add_argument("--jobs", type=int, default=4, help="processes writing JPEGs")
+    p.add_argument("--tiny-models", type=Path, metavar="DIR", help="also write a tiny CLIP and CAM network here")
+    args = p.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    write_data(args.root, args.classes, args.train_per_class, args.val_per_class, args.ood_per_set, size, args.jobs)
+    if args.tiny_models:
+        print(json.dumps(write_tiny_models(args.tiny_models)))
+
+
+if __name__ == "__main__":
+    main()

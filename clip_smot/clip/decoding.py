@@ -1,0 +1,161 @@
+"""Batches of preprocessed images for the CLIP image encoder, by one of two decoders.
+
+- ``pil``: DataLoader workers decode every file with PIL and run open_clip's evaluation transform.
+- ``jpeg``: workers read the files' bytes; the main process decodes the JPEGs of a batch with one
+  ``torchvision.io.decode_jpeg`` call on the model's device (nvJPEG on CUDA), then resizes,
+  crops and normalises them there (:mod:`clip_smot.common.tensor_images`). Files that are no
+  JPEG are decoded by PIL in the workers; JPEGs ``decode_jpeg`` cannot read by PIL in the main
+  process. The pixels match the ``pil`` decoder's within one level of 255 (docs/score.md).
+
+``--decode auto`` is ``jpeg`` when the model is on a CUDA device, else ``pil``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from clip_smot.clip import model as cm
+from clip_smot.clip.model import ClipModel
+from clip_smot.common import tensor_images as ti
+from clip_smot.common.errors import UserError
+from clip_smot.common.images import load_image
+from clip_smot.common.shards import read_image_bytes, split_member
+
+__all__ = ["DECODE_CHOICES", "resolve_decode", "tensor_preprocess", "decoder_identity", "ImageFiles", "batches"]
+
+DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = jpeg on CUDA
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decoded, preprocessed images; an unreadable file yields its error message, not an exception.
+
+    Raising inside a worker would surface as a multi-line traceback; the message travels to
+    the main process instead, which reports it as one line (or skips the file). With
+    ``jpeg_bytes``, a JPEG file yields its bytes (uint8 [n]) for the main process to decode.
+
+    Items: ``(image [3, S, S] float, error)``, or with ``jpeg_bytes`` ``(bytes or None, image, error)``.
+    """
+
+    def __init__(self, paths: Sequence[str], transform, size: int, jpeg_bytes: bool = False):
+        self.paths, self.transform, self.size, self.jpeg_bytes = list(paths), transform, size, jpeg_bytes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path, raw = self.paths[i], None
+        try:
+            data = read_image_bytes(path) if self.jpeg_bytes or split_member(path) else None
+            if self.jpeg_bytes and ti.is_jpeg(data):
+                raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # [n]
+                image, error = None, ""
+            else:  # open_clip converts to RGB after resizing
+                image, error = self.transform(load_image(path, mode=None, data=data)), ""
+        except UserError as e:
+            image, error = torch.zeros(3, self.size, self.size), str(e)
+        return (raw, image, error) if self.jpeg_bytes else (image, error)
+
+
+def _collate(items: list) -> tuple[list, list, list[str]]:
+    """Lists as they are: the JPEG bytes differ in length (no stacking in the workers)."""
+    raws, images, errors = zip(*items)
+    return list(raws), list(images), list(errors)
+
+
+def resolve_decode(decode: str, device: torch.device | str, settings: dict | None = None) -> str:
+    """``pil`` or ``jpeg`` for a ``--decode`` choice, the model's device and, when given, its
+    preprocessing ``settings`` (:func:`~clip_smot.clip.model.preprocess_settings`): ``auto`` is
+    ``pil`` for a preprocessing the tensor path does not do (see :func:`tensor_preprocess`).
+
+    Raises:
+        UserError: ``gpu`` when the model is not on a CUDA device, or preprocesses otherwise.
+    """
+    device = torch.device(device)
+    if decode not in DECODE_CHOICES:
+        raise UserError(f"--decode {decode}: not one of {', '.join(DECODE_CHOICES)}")
+    if decode == "gpu" and device.type != "cuda":
+        raise UserError(f"--decode gpu: decodes on a CUDA device, and the model is on {device}; "
+                        "give --device cuda or --decode cpu")
+    if decode == "auto" and settings is not None and device.type == "cuda":
+        try:
+            tensor_preprocess(settings)
+        except UserError:
+            return "pil"
+    elif decode == "gpu" and settings is not None:
+        tensor_preprocess(settings)
+    return "jpeg" if decode == "gpu" or (decode == "auto" and device.type == "cuda") else "pil"
+
+
+def decoder_identity(decode: str, device: torch.device) -> str | None:
+    """What tells the decoders' pixels apart in the feature-cache key: None for ``pil`` (its
+    entries keep their keys), ``jpeg-cuda`` (nvJPEG) or ``jpeg-cpu`` (libjpeg-turbo)."""
+    return None if decode == "pil" else f"jpeg-{torch.device(device).type}"
+
+
+def tensor_preprocess(settings: dict) -> dict:
+    """``settings`` with ``size`` as one int, when the tensor path does that preprocessing: the
+    shorter side resized (bicubic or bilinear) to a square crop, RGB.
+
+    Raises:
+        UserError: another resize mode, a non-square size, another interpolation or mode.
+    """
+    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+    if (settings["resize_mode"] != "shortest" or settings["size"] not in (size, [size, size])
+            or settings["interpolation"] not in ("bicubic", "bilinear") or settings["mode"] != "RGB"):
+        shown = {k: settings[k] for k in ("resize_mode", "size", "interpolation", "mode")}
+        raise UserError(f"--decode gpu: the model preprocesses with {shown}; the GPU decoder does a shortest-side "
+                        "bicubic or bilinear resize to an RGB square; give --decode cpu")
+    return {**settings, "size": size}
+
+
+def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: list[str], paths: Sequence[str],
+                 transform) -> torch.Tensor:
+    """The batch [b, 3, S, S] on the model's device: the JPEG bytes in ``raws`` decoded there,
+    the workers' ``images`` where there are none; ``errors`` filled in for files PIL cannot read."""
+    device = next(clip.model.parameters()).device
+    size = cfg["size"]
+    todo = [i for i, r in enumerate(raws) if r is not None]
+    squares = {}
+    for i, image in zip(todo, ti.decode_jpegs([raws[i] for i in todo], device)):
+        if image is None:  # decode_jpeg cannot read it: PIL, which names a truncated file
+            try:
+                images[i] = transform(load_image(paths[i], mode=None, data=raws[i].numpy().tobytes()))
+            except UserError as e:
+                images[i], errors[i] = torch.zeros(3, size, size), str(e)
+            continue
+        hw = ti.shorter_side_size(image.shape[-2], image.shape[-1], size)
+        squares[i] = ti.center_crop(ti.resize_uint8(image, hw, cfg["interpolation"]), size)  # [3, S, S]
+    out = torch.empty(len(raws), 3, size, size, device=device)
+    if squares:
+        out[list(squares)] = ti.normalize(torch.stack(list(squares.values())), cfg["mean"], cfg["std"])
+    rest = [i for i in range(len(raws)) if i not in squares]
+    if rest:
+        out[rest] = torch.stack([images[i] for i in rest]).to(device, non_blocking=True)
+    return out
+
+
+def batches(clip: ClipModel, paths: Sequence[str], batch_size: int, workers: int, decode: str = "pil"):
+    """Preprocessed images of ``paths`` in order.
+
+    Yields:
+        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU for
+        ``pil``, on the model's device for ``jpeg``), and one string per image, empty when it was
+        read, else the reason it could not be (its image is then zeros).
+    """
+    device = next(clip.model.parameters()).device
+    transform = cm.image_preprocess(clip)
+    jpeg = decode == "jpeg"
+    cfg = tensor_preprocess(cm.preprocess_settings(clip)) if jpeg else None
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, transform, clip.image_size, jpeg), batch_size=batch_size,
+                                         shuffle=False, num_workers=workers, collate_fn=_collate if jpeg else None,
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    start = 0
+    for batch in loader:
+        if not jpeg:
+            yield batch
+            continue
+        raws, images, errors = batch
+        yield _jpeg_images(clip, cfg, raws, images, errors, paths[start : start + len(raws)], transform), errors
+        start += len(raws)

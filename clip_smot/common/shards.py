@@ -1,0 +1,143 @@
+"""Tar shards in the webdataset layout (``KEY.jpg``, ``KEY.png``, ... inside an uncompressed
+``.tar``), read with the standard library's ``tarfile``: no extra package, nothing extracted.
+
+An image inside a shard is named ``SHARD.tar::MEMBER`` (the shard's path as given, two colons,
+the member's name as stored), in the CSV and everywhere a file path would be. A shard is treated
+as hostile: member names are never joined to a path; only regular members with an image
+extension are listed (directories, links, devices, sparse files and hidden ``.*`` names are
+skipped); a member over :data:`MAX_MEMBER_BYTES` is an unreadable image, not a read; a member
+name met twice is listed once (the first). Listing reads the headers alone (seeking over the
+data); reading one image seeks to its bytes through an index of the shard, built once per
+process and kept for the :data:`_INDEXED` shards used last, so memory does not grow with the
+number of images.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import file_stamp
+
+__all__ = ["MAX_MEMBER_BYTES", "SEPARATOR", "is_shard", "split_member", "list_members", "read_image_bytes",
+           "image_stamp"]
+
+SEPARATOR = "::"
+MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: far above any photograph, far below a machine's memory
+_INDEXED = 4  # shards whose index a process keeps (DataLoader workers read a few at a time)
+
+
+def is_shard(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a tar shard: a regular file whose name ends in ``.tar``."""
+    return str(path).lower().endswith(".tar") and os.path.isfile(path)
+
+
+def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(shard, member)`` of a ``SHARD.tar::MEMBER`` name, or None for any other path (a file
+    that exists under that very name included)."""
+    s = os.fspath(path)
+    s = s if isinstance(s, str) else os.fsdecode(s)
+    i = s.lower().find(".tar" + SEPARATOR)
+    if i < 0 or os.path.lexists(s):
+        return None
+    return s[: i + 4], s[i + 4 + len(SEPARATOR):]
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The headers of ``tar`` one by one, without the list of all of them that ``tarfile`` keeps."""
+    while (info := tar.next()) is not None:
+        tar.members = []  # (tarfile appends each header to it: a shard of millions would fill memory)
+        yield info
+
+
+def _listable(info: tarfile.TarInfo) -> bool:
+    from clip_smot.common.images import IMAGE_EXTENSIONS
+
+    base = info.name.rsplit("/", 1)[-1]
+    return (info.isreg() and not info.issparse() and not base.startswith(".")
+            and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
+    """member name -> (offset of its data, size), for the listable members of ``shard``, in order."""
+    index: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:  # uncompressed only: an image is read by its offset
+            for info in _members(tar):
+                if _listable(info):
+                    index.setdefault(info.name, (info.offset_data, info.size))
+    except FileNotFoundError:
+        raise UserError(f"{flag} {shard}: no such file") from None
+    except (tarfile.TarError, OSError, ValueError) as e:
+        raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
+    return index
+
+
+@functools.lru_cache(maxsize=_INDEXED)
+def _index(shard: str, stamp: tuple) -> dict[str, tuple[int, int]]:
+    return _scan(shard, "PATH")  # (``stamp`` in the key: a shard replaced since is scanned again)
+
+
+def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
+    """``SHARD::MEMBER`` names of the images in ``shard``, in the shard's order.
+
+    Raises:
+        UserError: not a readable uncompressed tar, or one without images.
+    """
+    shard = os.fspath(shard)
+    names = [f"{shard}{SEPARATOR}{name}" for name in _scan(shard, flag)]
+    if not names:
+        raise UserError(f"{flag} {shard}: no image members found (looked for KEY.jpg, KEY.png and the like)")
+    return names
+
+
+def _read_member(shard: str, member: str) -> bytes:
+    try:
+        entry = _index(shard, file_stamp(shard)).get(member)
+    except OSError as e:
+        raise UserError(f"{shard}: cannot read the shard ({e.strerror or e})") from None
+    if entry is None:
+        raise UserError(f"{shard}{SEPARATOR}{member}: no such image in the shard")
+    offset, size = entry
+    if size > MAX_MEMBER_BYTES:
+        raise UserError(f"{shard}{SEPARATOR}{member}: too large ({size} bytes, at most {MAX_MEMBER_BYTES})")
+    try:
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as e:
+        raise UserError(f"{shard}: cannot read the shard ({e.strerror or e})") from None
+    if len(data) != size:
+        raise UserError(f"{shard}{SEPARATOR}{member}: the shard ends inside this image (truncated)")
+    return data
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file or of a shard's member (``SHARD.tar::MEMBER``).
+
+    Raises:
+        UserError: naming the file or member, when it cannot be read.
+    """
+    member = split_member(path)
+    if member is not None:
+        return _read_member(*member)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
+
+
+def image_stamp(path: str | os.PathLike) -> list:
+    """``[absolute path, *file_stamp]`` of an image file; for a shard's member, the shard's absolute
+    path with the member's name and the shard's stamp (a shard rewritten gives another stamp)."""
+    member = split_member(path)
+    if member is None:
+        return [os.path.abspath(path), *file_stamp(path)]
+    shard, name = member
+    return [f"{os.path.abspath(shard)}{SEPARATOR}{name}", *file_stamp(shard)]

@@ -1,0 +1,96 @@
+"""JPEG decoding with ``torchvision.io.decode_jpeg`` and resizing on tensors: the decoding path that
+keeps a GPU fed (nvJPEG on CUDA, libjpeg-turbo on the CPU).
+
+Files that are no JPEG, and JPEGs that ``decode_jpeg`` cannot read (nvJPEG refuses some CMYK and
+progressive files), go to PIL instead: :func:`decode_jpegs` says which, per file.
+
+Resizing follows torchvision's ``Resize`` on PIL images (what open_clip's evaluation transform
+runs): the same output size, antialiased bicubic, rounded to 8 bits; the pixels differ from PIL's
+by the rounding of the two passes (docs/score.md gives the tolerance the tests hold).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+__all__ = ["is_jpeg", "decode_jpegs", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+
+
+def is_jpeg(data: bytes | memoryview) -> bool:
+    """Whether ``data`` starts as a JPEG file does (SOI marker then a marker), whatever its name."""
+    return bytes(data[:3]) == b"\xff\xd8\xff"
+
+
+def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:
+    """Decode JPEG files (each a 1-D uint8 tensor of the file's bytes, on the CPU) as RGB on ``device``.
+
+    One batched ``decode_jpeg`` call first; when it fails (one file it cannot read spoils the
+    batch), each file alone. EXIF orientation is not applied (PIL's ``Image.open`` does not either).
+
+    Returns:
+        Per file, uint8 [3, H, W] on ``device``, or None when ``decode_jpeg`` cannot read it
+        (the caller decodes it with PIL, which also names a truncated file).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not datas:
+        return []
+    device = torch.device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (libjpeg's "corrupt data" warnings: such a file goes to PIL)
+        try:
+            return list(decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+    return out
+
+
+def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) of torchvision's ``Resize(size)``: the shorter side ``size``, the longer one
+    scaled and truncated to an integer (as ``torchvision.transforms.functional.resize`` computes)."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    return (new_long, size) if w <= h else (size, new_long)
+
+
+def resize_uint8(image: torch.Tensor, hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """``image`` uint8 [3, H, W] resized to ``hw`` (antialiased, on its device), uint8 [3, h, w].
+
+    Two passes as PIL makes them, the width first, each rounded and clipped to [0, 255]: a single
+    pass keeps the overshoot of bicubic upscaling that PIL clips between its passes. The
+    arithmetic is float32 on every device (CUDA has no uint8 bicubic kernel).
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = InterpolationMode(interpolation)
+    out = image
+    for step in ([image.shape[-2], hw[1]], list(hw)):  # [3, H, w], then [3, h, w]
+        if list(out.shape[-2:]) != step:
+            out = TF.resize(out.float(), step, interpolation=mode, antialias=True).round_().clamp_(0, 255)
+    return out.to(torch.uint8)
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` square of ``image`` [..., H, W] (torchvision's ``CenterCrop``:
+    the offsets rounded as it rounds them). H and W are at least ``size``."""
+    h, w = image.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return image[..., top : top + size, left : left + size]
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images [B, 3, S, S] as float32 in [0, 1], normalised per channel: ``ToTensor`` then
+    ``Normalize``."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - m) / s

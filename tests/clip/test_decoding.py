@@ -1,0 +1,124 @@
+"""The ``jpeg`` decoder (decode_jpeg on the model's device; here the CPU) against the ``pil`` one:
+the same batches within the documented tolerance, the same errors, its own cache entries; and
+fit's one-time decoding by the same path, its hash unchanged."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from helpers import _cache_in_tmp, tiny  # noqa: F401 (fixtures)
+from PIL import Image
+
+from clip_smot.clip import decoding
+from clip_smot.clip.features import cache_dir, encode_files, image_batches
+from clip_smot.clip.fewshot import decode_and_hash
+from clip_smot.clip.model import preprocess_settings
+from clip_smot.common.errors import UserError
+
+
+def _images(root, n=5):
+    """JPEGs of odd sizes (a grey one, a CMYK one, an upscaled small one), a PNG, all noise."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, (h, w, mode) in enumerate([(41, 57, "RGB"), (60, 33, "L"), (20, 25, "RGB"), (33, 33, "CMYK"), (90, 64, "RGB")][:n]):
+        p = root / f"{k}.jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).convert(mode).save(p, quality=90)
+        paths.append(str(p))
+    Image.fromarray(rng.integers(0, 256, (30, 40, 4)).astype(np.uint8), "RGBA").save(root / "x.png")
+    return paths + [str(root / "x.png")]
+
+
+def test_jpeg_batches_match_pil_batches_within_one_level(tmp_path, tiny):
+    paths = _images(tmp_path)
+    (ours, e1), = image_batches(tiny, paths, 16, 0, "jpeg")
+    (theirs, e2), = image_batches(tiny, paths, 16, 0, "pil")
+    assert list(e1) == list(e2) == [""] * len(paths)
+    std = min(preprocess_settings(tiny)["std"])
+    # one level of 255 after Normalize: 1 / 255 / std (the PNG goes through PIL in both)
+    assert (ours - theirs).abs().max() <= 1 / 255 / std + 1e-6
+    torch.testing.assert_close(ours[-1], theirs[-1], rtol=0, atol=0)
+    f1 = encode_files(tiny, paths, workers=0, use_cache=False, decode="jpeg").global_
+    f2 = encode_files(tiny, paths, workers=0, use_cache=False, decode="pil").global_
+    assert (f1 - f2).abs().max() < 0.05 and (f1 * f2).sum(-1).min() > 0.99
+
+
+def test_unreadable_jpeg_named_as_pil_names_it(tmp_path, tiny):
+    paths = _images(tmp_path, 2)
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(open(paths[0], "rb").read()[:300])
+    with pytest.raises(UserError) as pil:
+        encode_files(tiny, [*paths, str(bad)], workers=0, use_cache=False)
+    with pytest.raises(UserError) as jpeg:
+        encode_files(tiny, [*paths, str(bad)], workers=0, use_cache=False, decode="jpeg")
+    assert str(jpeg.value) == str(pil.value) and str(bad) in str(pil.value)
+    feats = encode_files(tiny, [*paths, str(bad)], workers=2, use_cache=False, skip_unreadable=True, decode="jpeg")
+    assert feats.paths == paths and [s[0] for s in feats.skipped] == [str(bad)]
+
+
+def test_decoders_have_their_own_cache_entries(tmp_path, tiny, tiny_clip_checkpoint):
+    from clip_smot.clip.model import load_clip
+
+    clip = load_clip(tiny.name, tiny_clip_checkpoint)  # with a checkpoint: cached
+    paths = _images(tmp_path, 2)
+    encode_files(clip, paths, workers=0)
+    assert len(list(cache_dir().glob("*.safetensors"))) == 1
+    encode_files(clip, paths, workers=0, decode="jpeg")
+    assert len(list(cache_dir().glob("*.safetensors"))) == 2
+
+
+def test_resolve_decode():
+    assert decoding.resolve_decode("auto", "cpu") == "pil"
+    assert decoding.resolve_decode("cpu", "cpu") == "pil"
+    assert decoding.resolve_decode("auto", "cuda:0") == "jpeg"
+    assert decoding.resolve_decode("cpu", "cuda") == "pil"
+    with pytest.raises(UserError, match="--decode gpu: .*give --device cuda or --decode cpu"):
+        decoding.resolve_decode("gpu", "cpu")
+    square = {"size": [224, 224], "resize_mode": "shortest", "interpolation": "bicubic", "mode": "RGB"}
+    assert decoding.resolve_decode("gpu", "cuda", square) == decoding.resolve_decode("auto", "cuda", square) == "jpeg"
+    assert decoding.tensor_preprocess(square)["size"] == 224
+    for other in ({"resize_mode": "squash"}, {"size": [224, 256]}, {"interpolation": "lanczos"}, {"mode": "L"}):
+        assert decoding.resolve_decode("auto", "cuda", {**square, **other}) == "pil"  # auto: what the model needs
+        with pytest.raises(UserError, match="--decode gpu: the model preprocesses with .*; give --decode cpu"):
+            decoding.resolve_decode("gpu", "cuda", {**square, **other})
+
+
+def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
+    paths = _images(tmp_path)
+    files = [p.rsplit("/", 1)[1] for p in paths]
+    strip = tmp_path / "strip.jpg"  # a long strip: PIL's box resize in both
+    Image.fromarray(np.full((4, 300, 3), 90, np.uint8)).save(strip)
+    files.append("strip.jpg")
+    pil, h1 = decode_and_hash(tmp_path, files, 24, workers=2)
+    jpeg, h2 = decode_and_hash(tmp_path, files, 24, workers=2, device="cpu")
+    assert h1 == h2
+    listing = "".join(f"{hashlib.sha256((tmp_path / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    assert h1 == hashlib.sha256(listing.encode()).hexdigest()  # sha256sum's listing
+    assert pil.shape == jpeg.shape == (len(files), 3, 24, 24) and jpeg.dtype == torch.uint8
+    assert (pil.int() - jpeg.int()).abs().max() <= 1
+
+
+def test_cli_choices_are_the_decoders():
+    from clip_smot.cli import cli
+
+    for command in ("score", "eval"):
+        (option,) = [p for p in cli.commands[command].params if p.name == "decode"]
+        assert tuple(option.type.choices) == decoding.DECODE_CHOICES
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvjpeg_batches_on_cuda_match_the_pil_path(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """On CUDA, ``--decode gpu`` (nvJPEG): every file read, the PNG as PIL reads it, the features
+    close to PIL's (nvJPEG's pixels are not libjpeg-turbo's: no per-pixel bound is claimed)."""
+    from clip_smot.clip.model import load_clip
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda")
+    paths = _images(tmp_path)
+    (ours, e1), = image_batches(clip, paths, 16, 2, decoding.resolve_decode("gpu", "cuda"))
+    (theirs, e2), = image_batches(clip, paths, 16, 2, "pil")
+    assert list(e1) == list(e2) == [""] * len(paths) and ours.device.type == "cuda"
+    torch.testing.assert_close(ours[-1].cpu(), theirs[-1], rtol=0, atol=1e-6)
+    f1 = encode_files(clip, paths, workers=0, use_cache=False, decode="jpeg").global_
+    f2 = encode_files(clip, paths, workers=0, use_cache=False, decode="pil").global_
+    assert (f1 * f2).sum(-1).min() > 0.98

@@ -1,0 +1,86 @@
+"""Tar shards in the webdataset layout, read as untrusted input with tarfile."""
+
+import io
+import tarfile
+
+import pytest
+
+from clip_smot.common import shards
+from clip_smot.common.errors import UserError
+from clip_smot.common.image_sets import image_files
+
+
+def _add(tar, name, data=b"", kind=tarfile.REGTYPE, **kw):
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+    for k, v in kw.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def _hostile(path):
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "a/000.jpg", b"first")
+        _add(tar, "a/000.cls", b"3")  # webdataset's other fields: not images
+        _add(tar, "../../etc/evil.png", b"dots")  # a name that would escape, were it ever a path
+        _add(tar, "/abs.png", b"absolute")
+        _add(tar, "dir.jpg", kind=tarfile.DIRTYPE)
+        _add(tar, "link.jpg", kind=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, "hard.jpg", kind=tarfile.LNKTYPE, linkname="a/000.jpg")
+        _add(tar, "fifo.jpg", kind=tarfile.FIFOTYPE)
+        _add(tar, "a/._000.jpg", b"macos")  # hidden
+        _add(tar, "a/000.jpg", b"second")  # stored twice: the first counts
+        _add(tar, "new\nline.JPG", b"nl")
+
+
+def test_listing_keeps_regular_image_members_and_reads_them_by_offset(tmp_path):
+    shard = tmp_path / "s.tar"
+    _hostile(shard)
+    names = shards.list_members(shard)
+    assert names == [f"{shard}::{m}" for m in ("a/000.jpg", "../../etc/evil.png", "/abs.png", "new\nline.JPG")]
+    assert image_files(shard, "PATH") == names
+    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl"]
+    assert shards.split_member(names[1]) == (str(shard), "../../etc/evil.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tar"]  # nothing extracted
+    with pytest.raises(UserError, match=r"s.tar::a/001.jpg: no such image in the shard"):
+        shards.read_image_bytes(f"{shard}::a/001.jpg")
+
+
+def test_a_member_named_like_a_file_that_exists_is_that_file(tmp_path):
+    real = tmp_path / "x.tar::y.jpg"
+    real.write_bytes(b"plain file")
+    assert shards.split_member(real) is None and shards.read_image_bytes(real) == b"plain file"
+
+
+def test_bad_shards_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(UserError, match="junk.tar: not a readable uncompressed tar shard"):
+        image_files(tmp_path / "junk.tar", "PATH")
+    with tarfile.open(tmp_path / "none.tar", "w") as tar:
+        _add(tar, "k.txt", b"text")
+    with pytest.raises(UserError, match="none.tar: no image members found"):
+        image_files(tmp_path / "none.tar", "PATH")
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as tar:
+        _add(tar, "k.jpg", b"x" * 100)
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 99)
+    with pytest.raises(UserError, match=r"big.tar::k.jpg: too large \(100 bytes, at most 99\)"):
+        shards.read_image_bytes(shards.list_members(big)[0])
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(big.read_bytes()[:560])  # the header and part of the data
+    with pytest.raises(UserError, match=r"cut.tar: not a readable uncompressed tar shard \(unexpected end of data\)"):
+        shards.read_image_bytes(f"{cut}::k.jpg")
+
+
+def test_a_rewritten_shard_is_indexed_again_and_stamped_anew(tmp_path):
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "k.png", b"old")
+    before = shards.image_stamp(f"{shard}::k.png")
+    assert shards.read_image_bytes(f"{shard}::k.png") == b"old"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "pad.png", b"p" * 3000)
+        _add(tar, "k.png", b"new!")
+    assert shards.read_image_bytes(f"{shard}::k.png") == b"new!"
+    after = shards.image_stamp(f"{shard}::k.png")
+    assert before[0] == after[0] == f"{shard.resolve()}::k.png" and before[1:] != after[1:]

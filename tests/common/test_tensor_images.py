@@ -1,0 +1,83 @@
+"""decode_jpeg + tensor resize/crop against PIL + torchvision's transforms on PIL images (the
+pixels open_clip's evaluation transform makes), on the CPU decoder."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from clip_smot.common import tensor_images as ti
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def _pil_pixels(data: bytes, size: int) -> np.ndarray:
+    """open_clip's evaluation transform without ToTensor/Normalize: resize, crop, RGB; [S, S, 3] ints."""
+    crop = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
+    return np.asarray(crop(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+
+
+def _tensor_pixels(data: bytes, size: int) -> np.ndarray:
+    image = ti.decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], "cpu")[0]
+    hw = ti.shorter_side_size(image.shape[-2], image.shape[-1], size)
+    return ti.center_crop(ti.resize_uint8(image, hw), size).permute(1, 2, 0).numpy().astype(int)
+
+
+@pytest.mark.parametrize("h,w,size,mode", [
+    (375, 500, 224, "RGB"),   # ImageNet's commonest shape: a downscale
+    (500, 333, 224, "L"),     # grey, portrait, odd width
+    (37, 53, 32, "RGB"),      # odd sizes
+    (101, 77, 224, "RGB"),    # an upscale (bicubic overshoot clipped between passes, as PIL does)
+    (224, 225, 224, "CMYK"),  # CMYK: libjpeg-turbo converts it as PIL does
+])
+def test_tensor_path_matches_pil_within_one_level(h, w, size, mode):
+    im = Image.fromarray(np.random.default_rng(h).integers(0, 256, (h, w, 3)).astype(np.uint8)).convert(mode)
+    data = _jpeg(im)
+    ours, theirs = _tensor_pixels(data, size), _pil_pixels(data, size)
+    assert ours.shape == theirs.shape == (size, size, 3)
+    assert np.abs(ours - theirs).max() <= 1  # the documented tolerance (docs/score.md)
+    assert (ours != theirs).mean() < 0.01
+
+
+def test_exif_orientation_is_not_applied_as_pil_does_not():
+    a = np.zeros((40, 80, 3), np.uint8)
+    a[:, :40] = 255  # left half white: a 90-degree turn would put it top or bottom
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    data = _jpeg(Image.fromarray(a), exif=exif.tobytes())
+    assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+    ours, theirs = _tensor_pixels(data, 32), _pil_pixels(data, 32)
+    assert np.abs(ours - theirs).max() <= 1
+    assert ours[:, :8].mean() > 200 and ours[:, -8:].mean() < 50  # not turned
+
+
+def test_sizes_and_crop_follow_torchvision():
+    for h, w in [(375, 500), (500, 375), (33, 100), (224, 224), (7, 1000)]:
+        resized = T.Resize(32)(Image.new("RGB", (w, h)))
+        assert ti.shorter_side_size(h, w, 32) == (resized.height, resized.width)
+        x = torch.arange(h * w).view(1, h, w)
+        if min(h, w) >= 32:
+            torch.testing.assert_close(ti.center_crop(x, 32), T.CenterCrop(32)(x))
+
+
+def test_unreadable_jpegs_are_none_others_decoded():
+    good = _jpeg(Image.new("RGB", (20, 10), (200, 10, 10)))
+    raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (good, good[: len(good) // 2], b"\xff\xd8\xffjunk")]
+    out = ti.decode_jpegs(raws, "cpu")
+    assert out[1] is None and out[2] is None
+    assert out[0].shape == (3, 10, 20) and abs(int(out[0][0].float().mean()) - 200) <= 2
+    assert ti.is_jpeg(good) and not ti.is_jpeg(b"\x89PNG\r\n")
+
+
+def test_normalize_is_totensor_then_normalize():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    expected = torch.stack([T.Normalize(mean, std)(T.ToTensor()(Image.fromarray(i.permute(1, 2, 0).numpy()))) for i in x])
+    torch.testing.assert_close(ti.normalize(x, mean, std), expected)
