@@ -40,14 +40,8 @@ from clip_smot.clip.augment import random_resized_crop_flip
 from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
-from clip_smot.common.configs import (
-    MAX_BATCH,
-    MAX_SEED,
-    MAX_WORKERS,
-    check_field_types,
-    check_ranges,
-    setting,
-)
+from clip_smot.common import run_folder as rf
+from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
 from clip_smot.common.device import PRECISIONS, resolve_device
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -59,27 +53,6 @@ from clip_smot.common.files import (
     sha256_file,
 )
 from clip_smot.common.progress import progress_bar, progress_write
-from clip_smot.common.run_folder import (
-    CHECKPOINT,
-    LOG,
-    CheckpointError,
-    append_log,
-    capture_rng,
-    check_start,
-    explicit_fields,
-    finished,
-    holds_its_values,
-    load_optimizer_state,
-    log_record,
-    non_finite_loss,
-    read_checkpoint,
-    refuse_other_flags,
-    restore_rng,
-    resume_options,
-    save_checkpoint,
-    truncate_log,
-    write_config,
-)
 from clip_smot.smot import PERTURBATIONS
 
 __all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "resolve_speed",
@@ -189,8 +162,8 @@ def check_config(cfg: FitConfig) -> None:
 def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
     """``cfg`` with its speed options decided for ``device`` (what was given stays as given).
 
-    On CUDA the defaults are the fastest exact step measured (benchmarks/RESULTS.md, run 3, H200:
-    10.57 ms a step against 29.57 ms with square attention and none of the others): FlexAttention
+    On CUDA the defaults are the fastest exact step measured (benchmarks/fit_step.py, results in
+    benchmarks/RESULTS.md): FlexAttention
     (``square`` where this torch or GPU has no FlexAttention kernel: before Ampere), compiled
     layers (where Triton can build kernels: compute capability 7.0 or newer), a CUDA graph and
     the image encoder on a second stream. Elsewhere they are off and the attention is
@@ -259,7 +232,7 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
     to fit first (a hand-edited checkpoint is one line, not a traceback at the first step)."""
     where = f"--resume {path}"
     _copy_ctx(prompt, saved["ctx"], where)
-    load_optimizer_state(optimizer, saved["optimizer"], where)
+    rf.load_optimizer_state(optimizer, saved["optimizer"], where)
     sched = saved["scheduler"]
     if not (isinstance(sched, dict) and isinstance(sched.get("last_epoch"), int)
             and isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(optimizer.param_groups)
@@ -267,7 +240,7 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
         raise UserError(f"{where}: its learning-rate schedule is damaged")
     scheduler.load_state_dict(sched)
     try:
-        restore_rng(saved["rng"], generators, where)
+        rf.restore_rng(saved["rng"], generators, where)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)
         raise UserError(f"{where}: its random-number state is damaged ({type(e).__name__}: {first_line(e)})") from None
 
@@ -290,7 +263,7 @@ def _check_saved(saved: dict, where: str) -> None:
     run = config["run"]
     problems = [
         (isinstance(saved["epoch"], int) and not isinstance(saved["epoch"], bool) and saved["epoch"] >= 0, "epoch"),
-        (isinstance(ctx, torch.Tensor) and ctx.is_floating_point() and ctx.ndim in (2, 3) and holds_its_values(ctx)
+        (isinstance(ctx, torch.Tensor) and ctx.is_floating_point() and ctx.ndim in (2, 3) and rf.holds_its_values(ctx)
          and bool(torch.isfinite(ctx).all()), "ctx (a finite float tensor [n_ctx, d] or [K, n_ctx, d])"),
         (isinstance(run.get("classnames"), list) and run["classnames"] != []
          and all(isinstance(c, str) for c in run["classnames"]), "config.run.classnames"),
@@ -322,8 +295,8 @@ def _check_saved(saved: dict, where: str) -> None:
 def _load_checkpoint(path: Path, flag: str) -> dict:
     """Read a fit checkpoint, each part checked (:func:`_check_saved`) before any is used."""
     try:
-        saved = read_checkpoint(path, CHECKPOINT_FORMAT)
-    except CheckpointError as e:
+        saved = rf.read_checkpoint(path, CHECKPOINT_FORMAT)
+    except rf.CheckpointError as e:
         raise UserError(f"{flag} {path}: {e}") from None
     missing = [k for k in _CHECKPOINT_KEYS if k not in saved]
     if not missing and not (isinstance(saved["config"], dict) and isinstance(saved["config"].get("run"), dict)):
@@ -341,7 +314,7 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None) -
     from clip_smot.clip.fewshot import resolve_train_root
 
     old = saved["config"]
-    given = set(flags) if flags is not None else explicit_fields(cfg)
+    given = set(flags) if flags is not None else rf.explicit_fields(cfg)
     if "data" in given and cfg.data:  # config.json records the folder of class folders, resolved
         cfg = dataclasses.replace(cfg, data=str(resolve_train_root(cfg.data).resolve()))
     # a file given to --model, --pretrained or --cam-model is compared by its contents (in
@@ -349,7 +322,7 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None) -
     by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
                   if record in old["run"] and os.path.isfile(getattr(cfg, k))}
     options = {k: v for k, v in old.items() if k != "run"}
-    return FitConfig.from_dict(resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content}, cfg.out))
+    return FitConfig.from_dict(rf.resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content}, cfg.out))
 
 
 def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
@@ -358,7 +331,7 @@ def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
     (replaced at their paths)."""
     flag, old = f"--resume {path}", saved["config"]
     if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
-        refuse_other_flags(["split"] if config["split"] else [], config["out"])
+        rf.refuse_other_flags(["split"] if config["split"] else [], config["out"])
         split = path.parent / "split.txt"
         raise UserError(f"{flag}: the run's few-shot split ({split}) is not the one drawn now (did the images under "
                         f"--data change?); to continue on its images, add --split {split}")
@@ -458,8 +431,8 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
     out = Path(cfg.out)
     inputs = _load_inputs(cfg, device)
     if saved is not None:
-        _check_resumed_files(saved, inputs.config, out / CHECKPOINT)
-        if finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
+        _check_resumed_files(saved, inputs.config, out / rf.CHECKPOINT)
+        if rf.finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
             return out
     own_split = _prepare_folder(cfg, inputs.text)
     images, labels, cams = _load_images(cfg, device, inputs, saved)
@@ -467,8 +440,8 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
     if not cfg.dry_run:  # (once all that a resume reads has been checked)
         if not own_split:  # (the same text otherwise: nothing to replace)
             atomic_write_text(inputs.text, out / "split.txt")
-        write_config(out, inputs.config)
-        truncate_log(out / LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
+        rf.write_config(out, inputs.config)
+        rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
     elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
         torch.cuda.manual_seed(cfg.seed)
     if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0):
@@ -481,7 +454,7 @@ def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, 
     """The run's options (checked; on --resume merged with the checkpoint's), the checkpoint read
     (None: a new run) and the device."""
     check_config(cfg)
-    ckpt_path = check_start(cfg.out, cfg.resume, cfg.dry_run)
+    ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run)
     saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
     if saved is not None:
         cfg = _resume_config(cfg, saved, flags)
@@ -562,9 +535,10 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
     inputs.seconds[f"{len(split)} images decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
         out = Path(cfg.out)
-        raise UserError(f"--resume {out / CHECKPOINT}: an image of the run's few-shot split ({out / 'split.txt'}) has "
-                        "other bytes than when the run started (replaced under the same name); the run cannot "
-                        "continue on other images: restore them, or start a new run in another --out")
+        raise UserError(f"--resume {out / rf.CHECKPOINT}: an image of the run's few-shot split "
+                        f"({out / 'split.txt'}) has other bytes than when the run started (replaced under the "
+                        "same name); the run cannot continue on other images: restore them, or start a new run "
+                        "in another --out")
     if inputs.cam_net is None:
         return images, labels, None
     from clip_smot.clip.cam_network import build_cam_provider, cache_cams
@@ -594,7 +568,7 @@ def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | 
                   "aug_gen": torch.Generator(device=device).manual_seed(cfg.seed)}  # crops, flips, noise
     training = _Training(prompt, optimizer, scheduler, generators)
     if saved is not None:
-        _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / CHECKPOINT)
+        _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / rf.CHECKPOINT)
     training.step = make_fit_step(
         clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha, beta=cfg.beta,
         perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision, generator=generators["data_gen"],
@@ -627,15 +601,17 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
         if mean_loss is None:
             return False
         if not math.isfinite(mean_loss) or not torch.isfinite(training.prompt.ctx).all():
-            raise non_finite_loss("fit", mean_loss, epoch, out / CHECKPOINT, "try a lower --lr or --precision fp32")
+            raise rf.non_finite_loss("fit", mean_loss, epoch, out / rf.CHECKPOINT,
+                                     "try a lower --lr or --precision fp32")
         training.scheduler.step()
-        record = log_record(epoch + 1, mean_loss, lr, time.time() - t0)
-        append_log(out, record)
-        progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({record['seconds']:.1f} s)")
-        save_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT, {
+        record = rf.log_record(epoch + 1, mean_loss, lr, time.time() - t0)
+        rf.append_log(out, record)
+        seconds = record["seconds"]
+        progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({seconds:.1f} s)")
+        rf.save_checkpoint(out / rf.CHECKPOINT, CHECKPOINT_FORMAT, {
             "epoch": epoch + 1, "ctx": training.prompt.ctx.detach().cpu(),
             "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
-            "rng": capture_rng(training.generators), "config": inputs.config})
+            "rng": rf.capture_rng(training.generators), "config": inputs.config})
     return True
 
 

@@ -35,15 +35,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clip_smot import smot
 from clip_smot.cam import CAMProvider
-from clip_smot.common.configs import (
-    MAX_BATCH,
-    MAX_SEED,
-    MAX_WORKERS,
-    check_field_types,
-    check_ranges,
-    setting,
-)
+from clip_smot.common import run_folder as rf
+from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
 from clip_smot.common.device import (
     PRECISIONS,
     autocast,
@@ -61,26 +56,6 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.images import class_folders
 from clip_smot.common.progress import progress_bar
-from clip_smot.common.run_folder import (
-    CHECKPOINT,
-    CONFIG,
-    LOG,
-    CheckpointError,
-    append_log,
-    capture_rng,
-    check_start,
-    explicit_fields,
-    finished,
-    load_optimizer_state,
-    log_record,
-    non_finite_loss,
-    read_checkpoint,
-    restore_rng,
-    resume_options,
-    save_checkpoint,
-    truncate_log,
-    write_config,
-)
 from clip_smot.resnet.data import (
     BUILTIN_ID,
     FileBatches,
@@ -97,16 +72,6 @@ from clip_smot.resnet.networks import (
     load_model,
     save_model,
 )
-from clip_smot.smot import (
-    PERTURBATIONS,
-    cam_mask,
-    label_smoothing_ce,
-    logitnorm_loss,
-    perturb,
-    sample_thresholds,
-    smoothing_eps,
-    smot_loss,
-)
 
 __all__ = ["METHODS", "STAGES", "TrainConfig", "check_bounds", "compile_for_training", "lr_at", "make_optimizer",
            "resolve_config", "run_train", "train_epoch", "train_step"]
@@ -122,7 +87,7 @@ DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
 CHECKPOINT_FORMAT = "clip-smot-train-checkpoint"
-_FILES = (CONFIG, LOG, CHECKPOINT, "model.safetensors", "summary.json")  # under --out
+_FILES = (rf.CONFIG, rf.LOG, rf.CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 
 
 @dataclass(frozen=True)
@@ -149,7 +114,8 @@ class TrainConfig:
     lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)  # of the SMOT loss
     T: float | None = setting(None, "Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 "
                               "ImageNet-200).", min=0, min_open=True)
-    perturb: str = setting("zero", "Masked region: black, white, or Gaussian noise (Table 9).", choices=PERTURBATIONS)
+    perturb: str = setting("zero", "Masked region: black, white, or Gaussian noise (Table 9).",
+                           choices=smot.PERTURBATIONS)
     sigma: float = setting(0.1, "Noise std for --perturb noise.", min=0)
     ls_eps: float = 0.1  # label smoothing amount (method ls)
     logitnorm_tau: float = 0.04  # LogitNorm temperature (method logitnorm)
@@ -277,19 +243,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.T
     if parts.method == "smot":
         with amp:
             cams = parts.cam(x, y)  # [B, S, S] in [0, 255], true label, no_grad
-        keep = cam_mask(cams, t)  # [B, 1, S, S]
-        x = torch.cat([x, perturb(x, keep, parts.perturb, parts.sigma, noise_gen)])  # [2B, 3, S, S]
+        keep = smot.cam_mask(cams, t)  # [B, 1, S, S]
+        x = torch.cat([x, smot.perturb(x, keep, parts.perturb, parts.sigma, noise_gen)])  # [2B, 3, S, S]
     inp = (x - parts.mean) / parts.std
     if parts.channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
     with amp:
         logits = model(inp)  # [B or 2B, K]
     if parts.method == "smot":
-        loss = smot_loss(logits[:B], logits[B:], y, smoothing_eps(t, parts.T), parts.lam)
+        loss = smot.smot_loss(logits[:B], logits[B:], y, smot.smoothing_eps(t, parts.T), parts.lam)
     elif parts.method == "ls":
-        loss = label_smoothing_ce(logits, y, parts.ls_eps)
+        loss = smot.label_smoothing_ce(logits, y, parts.ls_eps)
     elif parts.method == "logitnorm":
-        loss = logitnorm_loss(logits, y, parts.logitnorm_tau)
+        loss = smot.logitnorm_loss(logits, y, parts.logitnorm_tau)
     else:
         loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
@@ -324,7 +290,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
     t_all = None
     if parts.method == "smot":
         g = torch.Generator().manual_seed(mix_seed(seed, epoch, rank, 2))
-        t_all = sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
+        t_all = smot.sample_thresholds(n_samples, alpha, beta, generator=g).to(dev)  # [n]
     noise_gen = None
     if parts.method == "smot" and parts.perturb == "noise":
         noise_gen = torch.Generator(device=dev)
@@ -388,11 +354,11 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)
         raise UserError(f"{where}: its weights do not fit the network ({first_line(e)})") from None
-    load_optimizer_state(optimizer, ckpt["optimizer"], where)
+    rf.load_optimizer_state(optimizer, ckpt["optimizer"], where)
     try:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt["rng"])
+        rf.restore_rng(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"{where}: its loss-scaler or random-number state is damaged ({type(e).__name__}: "
                         f"{first_line(e)})") from None
@@ -453,13 +419,13 @@ def _check_outputs(cfg: TrainConfig) -> None:
 def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
     """A train checkpoint and its configuration, each part's type checked (:func:`_check_saved`)."""
     try:
-        ckpt = read_checkpoint(path, CHECKPOINT_FORMAT, legacy=True)  # (runs saved before the format key have none)
-    except CheckpointError as e:
+        ckpt = rf.read_checkpoint(path, CHECKPOINT_FORMAT, legacy=True)  # (runs saved before the format key have none)
+    except rf.CheckpointError as e:
         raise UserError(f"--resume: {path} is not a readable clip-smot checkpoint ({e.unreadable})" if e.unreadable
                         else f"--resume: {path} is {e}") from None
     try:
         saved = TrainConfig(**ckpt["config"])
-        if saved.method != "smot" and saved.cam_model:  # older runs kept an ignored --cam-model
+        if saved.method != "smot" and saved.cam_model:  # a --cam-model of another method is ignored: none
             saved = dataclasses.replace(saved, cam_model=None)
         missing = [k for k in ("model", "optimizer", "epoch", "log", "rng") if k not in ckpt]
         if missing:
@@ -478,9 +444,9 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     given must be the saved one; ``--epochs`` may grow), its checkpoint, and whether a data set
     may be downloaded (not into a folder only the checkpoint names)."""
     out = Path(cfg.out)
-    ckpt, saved = _load_checkpoint(out / CHECKPOINT)
-    given = {k for k in (flags if flags is not None else explicit_fields(cfg)) if getattr(cfg, k) is not None}
-    options = resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
+    ckpt, saved = _load_checkpoint(out / rf.CHECKPOINT)
+    given = {k for k in (flags if flags is not None else rf.explicit_fields(cfg)) if getattr(cfg, k) is not None}
+    options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
         raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
                         "with as many or more")
@@ -497,12 +463,12 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
          world: int, flags: Collection[str] | None = None) -> dict:
     """:func:`run_train` in one process: resolve (and resume), data, build, the epochs, export."""
     out = Path(cfg.out)
-    check_start(out, resume, dry_run)
+    rf.check_start(out, resume, dry_run)
     ckpt, download = None, True
     if resume:
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
-        if finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
+        if rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
             return json.loads((out / "summary.json").read_text())
     device, precision = _device(cfg, local_rank, world)
     cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
@@ -510,9 +476,9 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if rank == 0 and not dry_run:
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        write_config(out, dataclasses.asdict(cfg))  # (the text of cfg.to_json())
+        rf.write_config(out, dataclasses.asdict(cfg))  # (the text of cfg.to_json())
         # the checkpoint's log: a line lost by a kill after the checkpoint comes back, one written after it goes
-        truncate_log(out / LOG, run.start_epoch, run.log)
+        rf.truncate_log(out / rf.LOG, run.start_epoch, run.log)
     if dry_run:
         return _dry_run(cfg, run, rank, world)
     for epoch in range(run.start_epoch, cfg.epochs):
@@ -607,7 +573,7 @@ def _build(cfg: TrainConfig, train_set: SizedImageSet, ckpt: dict | None, device
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and precision == "fp16" else None
     start_epoch, log = 0, []
     if ckpt is not None:
-        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {Path(cfg.out) / CHECKPOINT}")
+        start_epoch, log = _restore(ckpt, model, optimizer, scaler, f"--resume: {Path(cfg.out) / rf.CHECKPOINT}")
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -666,19 +632,19 @@ def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, 
     loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
     loss = loss_sum / seen
     if not math.isfinite(loss):
-        raise non_finite_loss("train", loss, epoch, out / CHECKPOINT, "lower --lr")
+        raise rf.non_finite_loss("train", loss, epoch, out / rf.CHECKPOINT, "lower --lr")
     seconds = time.perf_counter() - t0
     # time_s: the name this log used before log.jsonl had one vocabulary (kept for its readers)
-    entry = log_record(epoch + 1, loss, lr, seconds, train_acc=100.0 * correct / seen, time_s=seconds,
+    entry = rf.log_record(epoch + 1, loss, lr, seconds, train_acc=100.0 * correct / seen, time_s=seconds,
                        images=int(seen))
     run.log.append(entry)
     if rank != 0:
         return
-    append_log(out, entry)
-    save_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT, {
+    rf.append_log(out, entry)
+    rf.save_checkpoint(out / rf.CHECKPOINT, CHECKPOINT_FORMAT, {
         "model": _inner(run.model).state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": epoch + 1,
         "config": dataclasses.asdict(cfg), "log": run.log,
-        "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": capture_rng(),
+        "lr_schedule": {"stage": cfg.stage, "next_epoch": epoch + 1}, "rng": rf.capture_rng(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None, "meta": run.meta,
         "world_size": world, **hashes})
     from tqdm import tqdm
@@ -731,7 +697,7 @@ def _fingerprint(s: SizedImageSet) -> str:
 
     h = hashlib.sha256(s.labels.cpu().numpy().tobytes())
     if s.images is not None:
-        h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]: ~0.3 s for CIFAR's 50,000
+        h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]
     else:
         with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
             digests = pool.map(_image_sha256, s.files)

@@ -708,6 +708,21 @@ def _score_run(tmp_path, ckpt, ids, out, **kw):
     return run_score(cfg, chunk=5)
 
 
+def _stop_after_chunks(monkeypatch, n: int):
+    """PromptScorer.score_files patched to raise KeyboardInterrupt (as Ctrl-C does) when called
+    after ``n`` chunks; returns the list of the chunks' sizes it saw and the real method."""
+    seen, real = [], PromptScorer.score_files
+
+    def stop(self, files, *a, **k):
+        if len(seen) == n:
+            raise KeyboardInterrupt
+        seen.append(len(files))
+        return real(self, files, *a, **k)
+
+    monkeypatch.setattr(PromptScorer, "score_files", stop)
+    return seen, real
+
+
 def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,
                                                                          monkeypatch):
     """19 images in chunks of 5 (per argument: 12 = 5 + 5 + 2, then 7 = 5 + 2): stopped after two
@@ -722,15 +737,7 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     assert whole.count(b"\n") == 20 and not (tmp_path / "whole.csv.partial").exists()
 
     out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
-    seen, real = [], PromptScorer.score_files
-
-    def stop_after_two(self, files, *a, **k):
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-        seen.append(len(files))
-        return real(self, files, *a, **k)
-
-    monkeypatch.setattr(PromptScorer, "score_files", stop_after_two)
+    seen, real = _stop_after_chunks(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
     assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:11])
@@ -785,15 +792,8 @@ def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip
     for a, b in zip(by_file, by_shard):
         assert a["pred"] == b["pred"] and all(float(a[k]) == pytest.approx(float(b[k]), abs=1e-6) for k in ("mcm", "msp"))
 
-    out, partial, real, seen = tmp_path / "s.csv", tmp_path / "s.csv.partial", PromptScorer.score_files, []
-
-    def stop_after_one(self, files, *a, **k):
-        if seen:
-            raise KeyboardInterrupt
-        seen.append(len(files))
-        return real(self, files, *a, **k)
-
-    monkeypatch.setattr(PromptScorer, "score_files", stop_after_one)
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    _, real = _stop_after_chunks(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, out)
     assert partial.read_bytes().count(b"\n") == 6  # the header and the first chunk's 5 rows

@@ -7,20 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from clip_smot.common import run_folder as rf
 from clip_smot.common.errors import UserError
-from clip_smot.common.run_folder import (
-    CheckpointError,
-    append_log,
-    capture_rng,
-    finished,
-    log_record,
-    non_finite_loss,
-    read_checkpoint,
-    restore_rng,
-    resume_options,
-    save_checkpoint,
-    truncate_log,
-)
 
 
 def _draws(gen):
@@ -31,7 +19,7 @@ def test_rng_round_trip_through_a_weights_only_file_gives_the_same_draws(tmp_pat
     torch.manual_seed(11), np.random.seed(11), random.seed(11)
     gen = torch.Generator().manual_seed(5)
     torch.rand(1, generator=gen)  # one draw taken: the state is not the seed's
-    torch.save({"rng": capture_rng({"data_gen": gen})}, tmp_path / "state.pt")
+    torch.save({"rng": rf.capture_rng({"data_gen": gen})}, tmp_path / "state.pt")
     expected = _draws(gen)
     # independently: the named generator's next draws are those of seed 5 after one draw
     fresh = torch.Generator().manual_seed(5)
@@ -40,7 +28,7 @@ def test_rng_round_trip_through_a_weights_only_file_gives_the_same_draws(tmp_pat
 
     torch.manual_seed(99), np.random.seed(99), random.seed(99)
     gen.manual_seed(99)
-    restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"], {"data_gen": gen})
+    rf.restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"], {"data_gen": gen})
     again = _draws(gen)
     torch.testing.assert_close(again[0], expected[0], rtol=0, atol=0)
     np.testing.assert_array_equal(again[1], expected[1])
@@ -56,44 +44,44 @@ def test_the_older_fit_rng_layout_is_restored():
            "aug_gen": aug.get_state(), "aug_device": "cpu"}
     expected = torch.rand(2), torch.rand(2, generator=data), torch.rand(2, generator=aug)
     data.manual_seed(7), aug.manual_seed(7), torch.manual_seed(7)
-    restore_rng(old, {"data_gen": data, "aug_gen": aug})
+    rf.restore_rng(old, {"data_gen": data, "aug_gen": aug})
     again = torch.rand(2), torch.rand(2, generator=data), torch.rand(2, generator=aug)
     for a, b in zip(again, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_a_generator_state_of_another_device_is_one_line():
-    state = capture_rng({"aug_gen": torch.Generator()})
+    state = rf.capture_rng({"aug_gen": torch.Generator()})
     state["devices"]["aug_gen"] = "cuda:0"
     with pytest.raises(UserError, match=r"^--resume x: written on cuda:0; resume it with --device cuda:0$"):
-        restore_rng(state, {"aug_gen": torch.Generator()}, "--resume x")
+        rf.restore_rng(state, {"aug_gen": torch.Generator()}, "--resume x")
 
 
 def test_a_checkpoint_is_written_atomically_with_its_format(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, "clip-smot-train-checkpoint", {"epoch": 3, "w": torch.arange(4.0)})
+    rf.save_checkpoint(path, "clip-smot-train-checkpoint", {"epoch": 3, "w": torch.arange(4.0)})
     raw = torch.load(path, weights_only=True)  # (torch itself: what the file holds)
     assert raw["format"] == "clip-smot-train-checkpoint" and raw["epoch"] == 3
     torch.testing.assert_close(raw["w"], torch.tensor([0.0, 1.0, 2.0, 3.0]))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
-    assert read_checkpoint(path, "clip-smot-train-checkpoint")["epoch"] == 3
+    assert rf.read_checkpoint(path, "clip-smot-train-checkpoint")["epoch"] == 3
 
 
 def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
-    with pytest.raises(CheckpointError, match=r"^not a clip-smot train checkpoint \(a clip-smot fit one\)$"):
-        read_checkpoint(path, "clip-smot-train-checkpoint")
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
+    with pytest.raises(rf.CheckpointError, match=r"^not a clip-smot train checkpoint \(a clip-smot fit one\)$"):
+        rf.read_checkpoint(path, "clip-smot-train-checkpoint")
     torch.save({"format": "something-else", "epoch": 1}, path)
-    with pytest.raises(CheckpointError, match=r"^not a clip-smot fit checkpoint$"):
-        read_checkpoint(path, "clip-smot-fit-checkpoint", legacy=True)
+    with pytest.raises(rf.CheckpointError, match=r"^not a clip-smot fit checkpoint$"):
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint", legacy=True)
     torch.save({"epoch": 1}, path)  # no format: only where the track's older checkpoints had none
-    with pytest.raises(CheckpointError, match=r"^not a clip-smot fit checkpoint$"):
-        read_checkpoint(path, "clip-smot-fit-checkpoint")
-    assert read_checkpoint(path, "clip-smot-train-checkpoint", legacy=True) == {"epoch": 1}
+    with pytest.raises(rf.CheckpointError, match=r"^not a clip-smot fit checkpoint$"):
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    assert rf.read_checkpoint(path, "clip-smot-train-checkpoint", legacy=True) == {"epoch": 1}
     path.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError) as info:
-        read_checkpoint(path, "clip-smot-fit-checkpoint")
+    with pytest.raises(rf.CheckpointError) as info:
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
     assert "\n" not in str(info.value) and str(info.value).startswith("not a readable checkpoint (UnpicklingError: ")
     assert info.value.unreadable.startswith("UnpicklingError: ")
 
@@ -101,24 +89,24 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
 def test_a_train_resume_of_a_fit_checkpoint_is_one_line(tmp_path):
     from clip_smot.resnet.train import TrainConfig, run_train
 
-    save_checkpoint(tmp_path / "checkpoint.pt", "clip-smot-fit-checkpoint", {"epoch": 1})
+    rf.save_checkpoint(tmp_path / "checkpoint.pt", "clip-smot-fit-checkpoint", {"epoch": 1})
     with pytest.raises(UserError, match=r"^--resume: \S+ is not a clip-smot train checkpoint \(a clip-smot fit one\)$"):
         run_train(TrainConfig(out=str(tmp_path), device="cpu"), resume=True)
 
 
 def test_the_log_is_appended_line_by_line(tmp_path):
-    first = log_record(1, 0.5, 0.1, 1.23456, images=8)
+    first = rf.log_record(1, 0.5, 0.1, 1.23456, images=8)
     assert first == {"epoch": 1, "loss": 0.5, "lr": 0.1, "seconds": 1.235, "images": 8}
-    append_log(tmp_path, first)
+    rf.append_log(tmp_path, first)
     text = (tmp_path / "log.jsonl").read_text()
-    append_log(tmp_path, log_record(2, 0.25, 0.1, 2.0))
+    rf.append_log(tmp_path, rf.log_record(2, 0.25, 0.1, 2.0))
     after = (tmp_path / "log.jsonl").read_text()
     assert after.startswith(text) and after.count("\n") == 2  # the first line untouched
     assert [json.loads(line)["epoch"] for line in after.splitlines()] == [1, 2]
-    truncate_log(tmp_path / "log.jsonl", 1)  # a resume from the checkpoint of epoch 1
+    rf.truncate_log(tmp_path / "log.jsonl", 1)  # a resume from the checkpoint of epoch 1
     assert (tmp_path / "log.jsonl").read_text() == text
     records = [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 2.0}]
-    truncate_log(tmp_path / "log.jsonl", 2, records)  # a checkpoint's own copy restores a lost line
+    rf.truncate_log(tmp_path / "log.jsonl", 2, records)  # a checkpoint's own copy restores a lost line
     assert (tmp_path / "log.jsonl").read_text() == '{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "loss": 2.0}\n'
 
 
@@ -126,20 +114,21 @@ def test_one_resume_policy():
     saved = {"lr": 0.1, "seed": 3, "workers": 4, "out": "a"}
     wanted = {"lr": 0.1, "seed": 0, "workers": 0, "out": "b"}
     # seed not given: the saved 3; workers is run control: the current 0
-    assert resume_options(saved, wanted, {"lr"}, {"workers", "out"}, "a") == \
+    assert rf.resume_options(saved, wanted, {"lr"}, {"workers", "out"}, "a") == \
         {"lr": 0.1, "seed": 3, "workers": 0, "out": "b"}
-    with pytest.raises(UserError, match=r"^--resume: --seed differ from the run saved in a; resume with the same flags$"):
-        resume_options(saved, wanted, {"lr", "seed", "workers"}, {"workers", "out"}, "a")
+    message = r"^--resume: --seed differ from the run saved in a; resume with the same flags$"
+    with pytest.raises(UserError, match=message):
+        rf.resume_options(saved, wanted, {"lr", "seed", "workers"}, {"workers", "out"}, "a")
 
 
 def test_the_finished_exit_and_the_non_finite_loss_are_one_line_each(tmp_path, capsys):
-    assert not finished(tmp_path, "fit", 2, 2, ["prompt.safetensors"])  # its output not written yet
+    assert not rf.finished(tmp_path, "fit", 2, 2, ["prompt.safetensors"])  # its output not written yet
     (tmp_path / "prompt.safetensors").write_bytes(b"x")
-    assert not finished(tmp_path, "fit", 1, 2, ["prompt.safetensors"])
+    assert not rf.finished(tmp_path, "fit", 1, 2, ["prompt.safetensors"])
     assert capsys.readouterr().err == ""
-    assert finished(tmp_path, "fit", 2, 2, ["prompt.safetensors"])
+    assert rf.finished(tmp_path, "fit", 2, 2, ["prompt.safetensors"])
     assert capsys.readouterr().err == f"fit: the run in {tmp_path} has finished its 2 epochs; nothing to do " \
                                       "(nothing rewritten)\n"
-    assert str(non_finite_loss("train", float("nan"), 1, "c.pt", "lower --lr")) == \
+    assert str(rf.non_finite_loss("train", float("nan"), 1, "c.pt", "lower --lr")) == \
         "train: non-finite training loss (nan) in epoch 2; the last good checkpoint c.pt (epoch 1) is kept; lower --lr"
-    assert "no checkpoint was written" in str(non_finite_loss("fit", float("inf"), 0, "c.pt", "x"))
+    assert "no checkpoint was written" in str(rf.non_finite_loss("fit", float("inf"), 0, "c.pt", "x"))
