@@ -443,31 +443,23 @@ class PromptScorer:
         workers: int = 4,
         skip_unreadable: bool = False,
         use_cache: bool = True,
+        decode: str = "cpu",
     ) -> PathScores:
         """Score image files and folders (searched recursively), one feature-cache entry per argument.
+        ``decode``: ``cpu`` (PIL in the workers), ``gpu`` (JPEGs decoded on the model's CUDA
+        device) or ``auto`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
         Raises:
             UserError: a missing path, a folder without images, an unreadable image (unless
                 ``skip_unreadable``; then only when no file of any argument is readable), gl-mcm
                 with a non-ViT model, non-finite features or scores.
         """
-        return self.score_listed([list_images(arg, flag="PATH") for arg in paths], scores, batch_size, workers,
-                                 skip_unreadable, use_cache)
-
-    def score_listed(
-        self,
-        listed: Sequence[Sequence[Path]],
-        scores: Sequence[str] | str | None = None,
-        batch_size: int = 256,
-        workers: int = 4,
-        skip_unreadable: bool = False,
-        use_cache: bool = True,
-    ) -> PathScores:
-        """:meth:`score_paths` for arguments already listed (:func:`~clip_smot.common.images.list_images`):
-        one list of image files per argument, one feature-cache entry each."""
+        listed = [list_images(arg, flag="PATH") for arg in paths]  # (every argument checked first)
         names = parse_scores(scores)
         self.check_scores(names)
-        results = [self.score_files(files, names, batch_size, workers, skip_unreadable, use_cache) for files in listed]
+        decoder = resolve_decode(decode, self.device, cm.preprocess_settings(self.clip))
+        results = [self.score_files(files, names, batch_size, workers, skip_unreadable, use_cache, decoder)
+                   for files in listed]
         result = PathScores([p for r in results for p in r.paths], {}, [s for r in results for s in r.skipped])
         if not result.paths:  # judged over all the arguments: one unreadable file among readable ones is skipped
             _none_readable(result.skipped)

@@ -244,6 +244,20 @@ def test_api_score_matches_score_paths(tmp_path, tiny):
     assert torch.equal(direct["pred_index"], res.scores["pred_index"])
 
 
+def test_score_paths_decode_choices_on_the_cpu(tmp_path, tiny):
+    """``decode``: auto on a CPU model is PIL (the same scores, bit for bit); gpu is refused in one
+    line; a name that is no choice too."""
+    id_dir, ood_dir = make_folders(tmp_path)
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES)
+    pil = scorer.score_paths([id_dir, ood_dir], ["mcm"], workers=0, use_cache=False, decode="cpu")
+    auto = scorer.score_paths([id_dir, ood_dir], ["mcm"], workers=0, use_cache=False, decode="auto")
+    assert pil.paths == auto.paths and torch.equal(pil.scores["mcm"], auto.scores["mcm"])
+    with pytest.raises(UserError, match=r"^--decode gpu: decodes on a CUDA device, and the model is on cpu"):
+        scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False, decode="gpu")
+    with pytest.raises(UserError, match=r"^--decode nvjpeg: not one of auto, cpu, gpu$"):
+        scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False, decode="nvjpeg")
+
+
 @pytest.mark.parametrize("case", ["other-model", "not-safetensors"])
 def test_bad_prompt_gives_one_clear_line(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, case):
     path = tmp_path / "p.safetensors"
