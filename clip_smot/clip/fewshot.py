@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class FewShotClasses:
     """The classes of a folder dataset.

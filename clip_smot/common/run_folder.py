@@ -51,8 +51,6 @@ class CheckpointError(ValueError):
         self.unreadable = unreadable
 
 
-
-
 # --- config.json and log.jsonl ------------------------------------------------------------------
 
 

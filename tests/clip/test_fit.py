@@ -212,7 +212,6 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, fit_args(tmp_path / "straight", *extra))
     assert res.exit_code == 0, res.output
 
-
     real_save = run_folder.atomic_save
 
     def save_then_die(obj, path):  # the run is killed right after its first checkpoint
@@ -833,7 +832,6 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
     import open_clip
     from safetensors.torch import save_file
     from torchvision.models.resnet import BasicBlock, ResNet
-
 
     weights, cam = tmp_path / "w.safetensors", tmp_path / "cam.pth"
     shutil.copy(tiny_clip_checkpoint, weights)

@@ -552,7 +552,6 @@ def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, 
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
     """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
-
     real_save = run_folder.atomic_save
 
     def save_then_ctrl_c(obj, path):
