@@ -20,14 +20,13 @@ from click.core import ParameterSource
 
 from clip_smot import __version__
 from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
-from clip_smot.clip.fit import FitConfig
+from clip_smot.clip.fit import ExportConfig, FitConfig
 from clip_smot.clip.scorer import ScoreConfig, run_score
-from clip_smot.common.configs import MAX_BATCH, flag_of
-from clip_smot.common.device import PRECISIONS
+from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import EvalConfig
-from clip_smot.reproduce import TABLES
+from clip_smot.reproduce import TABLES, ReproduceOptions
 from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 from clip_smot.resnet.train import TrainConfig
 
@@ -94,9 +93,6 @@ class _Float(click.FloatRange):
 @click.version_option(__version__, prog_name="clip-smot")
 def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
-
-
-_BATCH = click.IntRange(1, MAX_BATCH)  # a whole batch is decoded and held at once
 
 
 def _click_type(field: dataclasses.Field):
@@ -244,41 +240,33 @@ _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="One training step; print its loss; write nothing.")
 @_options(TrainConfig, "compile", "cuda_graph", dest={"compile": "compile_"})
-def train(dataset, data, stage, method, arch, cam_model, epochs, batch_size, lr, alpha, beta, lam, T, perturb, sigma,
-          input_size, device, precision, seed, workers, out, resume, dry_run, compile_, cuda_graph) -> None:
+def train(resume, dry_run, compile_, **options) -> None:
     """Train a ResNet (base CE, then SMOT) on CIFAR, ImageNet-200 or folders.
 
     Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
     The same command under 'torchrun --nproc_per_node N' trains with DistributedDataParallel.
     """
-    from clip_smot.resnet.train import TrainConfig, run_train
+    from clip_smot.resnet.train import run_train
 
-    if dataset is None and data is None and not resume:
+    if options["dataset"] is None and options["data"] is None and not resume:
         raise click.UsageError("give --dataset NAME or --data DIR")
-    cfg = TrainConfig(out=out, stage=stage, dataset=dataset, data=data, method=method, arch=arch, cam_model=cam_model,
-                      epochs=epochs, batch_size=batch_size, lr=lr, alpha=alpha, beta=beta, lam=lam, T=T,
-                      perturb=perturb, sigma=sigma, input_size=input_size, device=device, precision=precision,
-                      seed=seed, workers=workers, compile=compile_, cuda_graph=cuda_graph)
+    cfg = TrainConfig(compile=compile_, **options)
     source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
     flags = {f.name for f in dataclasses.fields(cfg)
              if source("compile_" if f.name == "compile" else f.name) not in (None, ParameterSource.DEFAULT)}
     try:
         run_train(cfg, resume=resume, dry_run=dry_run, flags=flags)
     except KeyboardInterrupt:
-        raise _interrupted(None if dry_run else out) from None
+        raise _interrupted(None if dry_run else cfg.out) from None
 
 
 @cli.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="OUT/checkpoint.pt of 'clip-smot fit'.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Prompt file to write (.safetensors).")
-@click.option("--model", default=None, help="Override the CLIP model named in the checkpoint (same architecture).")
-@click.option("--pretrained", default=None, help="Override the pretrained tag or checkpoint file.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def export(checkpoint, out, model, pretrained, device) -> None:
+@_options(ExportConfig, "checkpoint", "out", "model", "pretrained", "device")
+def export(**options) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
     from clip_smot.clip.fit import export_prompt
 
-    click.echo(f"prompt written to {export_prompt(checkpoint, out, model=model, pretrained=pretrained, device=device)}")
+    click.echo(f"prompt written to {export_prompt(ExportConfig(**options))}")
 
 
 def _run_stage(argv: list[str]) -> None:
@@ -294,24 +282,7 @@ def _run_stage(argv: list[str]) -> None:
 
 @cli.command()
 @click.argument("table", type=click.Choice(list(TABLES)))
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Output folder: one sub-folder per stage, then table.md and table.csv.")
-@click.option("--imagenet", type=click.Path(file_okay=False), default=None,
-              help="IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).")
-@click.option("--ood-root", type=click.Path(file_okay=False), default=None,
-              help="Folder of the OOD sets: iNaturalist, SUN, Places, Textures (or dtd/images), iSUN, LSUN.")
-@click.option("--cifar-root", type=click.Path(file_okay=False), default=None,
-              help="torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).")
-@click.option("--model", default=None, help="CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")
-@click.option("--pretrained", default=None, help="CLIP: pretrained tag or checkpoint file (default: fit's, openai).")
-@click.option("--cam-model", default=None, help="CLIP fit: CAM network (default: fit's, resnet18-imagenet).")
-@click.option("--shots", type=click.IntRange(min=1), default=None, help="CLIP fit: images per class (default 16).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Every fit and training (default: theirs).")
-@click.option("--batch-size", type=_BATCH, default=None,
-              help="Every fit and training: images per step (default: theirs).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Every fit and training.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Every stage (default auto).")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Every stage (default 4).")
+@_options(ReproduceOptions, *(f.name for f in dataclasses.fields(ReproduceOptions)))
 @click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")
 def reproduce(table, dry_run, **options) -> None:
     """Run every stage behind one of the paper's tables, then write the table.
@@ -320,7 +291,7 @@ def reproduce(table, dry_run, **options) -> None:
     and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
     paper's numbers, ours and the difference.
     """
-    from clip_smot.reproduce import ReproduceOptions, run_reproduce
+    from clip_smot.reproduce import run_reproduce
 
     run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from clip_smot.common.bundled import bundled_file
+from clip_smot.common.configs import MAX_BATCH, check_ranges, setting
+from clip_smot.common.device import PRECISIONS
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_write_text, make_folder
 
@@ -40,21 +42,25 @@ FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "met
 
 @dataclass(frozen=True)
 class ReproduceOptions:
-    """Data roots and the options passed through to every stage (None: the command's default)."""
+    """Data roots and the options passed through to every stage (None: the command's default);
+    each declares its ``clip-smot reproduce`` option."""
 
-    out: str
-    imagenet: str | None = None  # IMAGENET/train/<wnid>, IMAGENET/val/<wnid>
-    ood_root: str | None = None  # the OOD sets' folders (OOD_FOLDERS)
-    cifar_root: str | None = None  # torchvision's CIFAR-10/100 and SVHN files
-    model: str | None = None  # CLIP: open_clip name or config JSON
-    pretrained: str | None = None  # CLIP: tag or checkpoint file
-    cam_model: str | None = None  # CLIP fit: CAM network
-    shots: int | None = None  # CLIP fit
-    epochs: int | None = None  # fit and train
-    batch_size: int | None = None  # fit and train (images per step)
-    precision: str | None = None  # fit and train
-    device: str | None = None  # every stage
-    workers: int | None = None  # every stage
+    out: str = setting(help="Output folder: one sub-folder per stage, then table.md and table.csv.", path="dir")
+    imagenet: str | None = setting(None, "IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).", path="dir")
+    ood_root: str | None = setting(None, "Folder of the OOD sets: iNaturalist, SUN, Places, Textures (or dtd/images), "
+                                   "iSUN, LSUN.", path="dir")
+    cifar_root: str | None = setting(None, "torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).",
+                                     path="dir")
+    model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")
+    pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: fit's, openai).")
+    cam_model: str | None = setting(None, "CLIP fit: CAM network (default: fit's, resnet18-imagenet).")
+    shots: int | None = setting(None, "CLIP fit: images per class (default 16).", min=1)
+    epochs: int | None = setting(None, "Every fit and training (default: theirs).", min=1)
+    batch_size: int | None = setting(None, "Every fit and training: images per step (default: theirs).", min=1,
+                                     max=MAX_BATCH)
+    precision: str | None = setting(None, "Every fit and training.", choices=PRECISIONS)
+    device: str | None = setting(None, "Every stage (default auto).", choices=("auto", "cpu", "cuda"))
+    workers: int | None = setting(None, "Every stage (default 4).", min=0)
 
 
 @dataclass(frozen=True)
@@ -384,8 +390,10 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         The table's cells (see :func:`write_table`), or None for a dry run.
 
     Raises:
-        UserError: an unknown table, a missing data root or input folder (before anything runs).
+        UserError: an unknown table, an option out of its range, a missing data root or input
+            folder (before anything runs).
     """
+    check_ranges(options)
     p = plan(table, options)
     out = Path(options.out)
     if not dry_run:

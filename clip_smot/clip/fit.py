@@ -55,8 +55,8 @@ from clip_smot.common.files import (
 from clip_smot.common.progress import progress_bar, progress_write
 from clip_smot.smot import PERTURBATIONS
 
-__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "FitConfig", "export_prompt", "lr_factor", "resolve_speed",
-           "run_fit"]
+__all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "ExportConfig", "FitConfig", "export_prompt", "lr_factor",
+           "resolve_speed", "run_fit"]
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
@@ -673,38 +673,39 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
                 list(classnames), config)
 
 
-def export_prompt(
-    checkpoint: str | os.PathLike,
-    out: str | os.PathLike,
-    model: str | None = None,
-    pretrained: str | None = None,
-    device: str = "auto",
-) -> Path:
-    """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``).
+@dataclass(frozen=True)
+class ExportConfig:
+    """Every option of ``clip-smot export``. ``model`` and ``pretrained`` override the CLIP model
+    the checkpoint names (e.g. when its config JSON or weights file has moved); it must be the same
+    architecture."""
 
-    Args:
-        checkpoint: an ``OUT/checkpoint.pt`` of ``clip-smot fit``.
-        out: the prompt file to write.
-        model, pretrained: override the CLIP model named in the checkpoint (e.g. when its
-            config JSON or weights file has moved); it must be the same architecture.
-        device: where to encode the text features.
-    """
+    checkpoint: str = setting(help="OUT/checkpoint.pt of 'clip-smot fit'.", path="file")
+    out: str = setting(help="Prompt file to write (.safetensors).", path="file")
+    model: str | None = setting(None, "Override the CLIP model named in the checkpoint (same architecture).")
+    pretrained: str | None = setting(None, "Override the pretrained tag or checkpoint file.")
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"), check_choices=False)  # (cuda:N from Python)
+
+
+def export_prompt(cfg: ExportConfig) -> Path:
+    """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``): the text
+    features of the checkpoint's context encoded on ``cfg.device``, written to ``cfg.out``."""
     from clip_smot.clip.model import config_activation, load_clip
 
-    path = Path(checkpoint)
+    check_ranges(cfg)
+    path, model, pretrained, device = Path(cfg.checkpoint), cfg.model, cfg.pretrained, cfg.device
     if not path.is_file():
         raise UserError(f"--checkpoint {path}: no such file")
     inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
               *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]
-    check_output(out, "--out", inputs)
+    check_output(cfg.out, "--out", inputs)
     saved = _load_checkpoint(path, "--checkpoint")
     config = saved["config"]
-    cfg = FitConfig.from_dict(config)
-    check_output(out, "--out", [("run's --model file", cfg.model), ("run's --pretrained file", cfg.pretrained)])
+    run = FitConfig.from_dict(config)
+    check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained)])
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(json.loads(theirs["model_config"]))  # (the record of an older run has no "activation")
-    clip = load_clip(model or cfg.model, pretrained or cfg.pretrained, dev, trained, f"--checkpoint {path}")
+    clip = load_clip(model or run.model, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
     if json.loads(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a
@@ -715,8 +716,8 @@ def export_prompt(
         print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
               f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
               "the text features are encoded with the latter", file=sys.stderr)
-    out = Path(out)  # (the context was checked when the checkpoint was read: a finite float tensor)
-    _export(saved["ctx"], clip, config["run"]["classnames"], cfg, config, out, f"--checkpoint {path}")
+    out = Path(cfg.out)  # (the context was checked when the checkpoint was read: a finite float tensor)
+    _export(saved["ctx"], clip, config["run"]["classnames"], run, config, out, f"--checkpoint {path}")
     return out
 
 

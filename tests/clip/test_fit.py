@@ -675,28 +675,28 @@ def test_check_config_refuses_non_finite_options():
 
 def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
     """An empty file (its unpickling error has no message) and a checkpoint that lacks keys."""
-    from clip_smot.clip.fit import CHECKPOINT_FORMAT, export_prompt
+    from clip_smot.clip.fit import CHECKPOINT_FORMAT, ExportConfig, export_prompt
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(UserError, match=r"--checkpoint .*empty.pt: not a readable checkpoint \(\w+"):
-        export_prompt(empty, tmp_path / "p.safetensors")
+        export_prompt(ExportConfig(str(empty), str(tmp_path / "p.safetensors")))
     partial = tmp_path / "partial.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "ctx": torch.zeros(2, 4)}, partial)
     with pytest.raises(UserError, match=r"partial.pt: an incomplete fit checkpoint \(no optimizer, scheduler, rng, config\)"):
-        export_prompt(partial, tmp_path / "p.safetensors")
+        export_prompt(ExportConfig(str(partial), str(tmp_path / "p.safetensors")))
     assert not (tmp_path / "p.safetensors").exists()
 
 
 def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
     """export --out = --checkpoint would replace the resumable state with a prompt file."""
-    from clip_smot.clip.fit import CHECKPOINT_FORMAT, export_prompt
+    from clip_smot.clip.fit import CHECKPOINT_FORMAT, ExportConfig, export_prompt
 
     ckpt = tmp_path / "checkpoint.pt"
     torch.save({"format": CHECKPOINT_FORMAT}, ckpt)
     before = ckpt.read_bytes()
     with pytest.raises(UserError, match=r"--out .*checkpoint.pt: is the --checkpoint file itself"):
-        export_prompt(ckpt, tmp_path / "." / "checkpoint.pt")
+        export_prompt(ExportConfig(str(ckpt), str(tmp_path / "." / "checkpoint.pt")))
     assert ckpt.read_bytes() == before
 
 

@@ -11,19 +11,22 @@ from click.testing import CliRunner
 
 from clip_smot.cli import cli
 from clip_smot.clip.evaluate import ClipEvalConfig
-from clip_smot.clip.fit import FitConfig
+from clip_smot.clip.fit import ExportConfig, FitConfig
 from clip_smot.clip.scorer import ScoreConfig, run_score
 from clip_smot.common.configs import check_ranges, flag_of
 from clip_smot.common.errors import UserError
 from clip_smot.common.reports import EvalConfig
+from clip_smot.reproduce import ReproduceOptions, run_reproduce
 from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 from clip_smot.resnet.train import TrainConfig
 
 # each command's configs, and its click parameters named otherwise than their field
 COMMANDS = {"fit": (FitConfig,), "train": (TrainConfig,), "score": (ScoreConfig,),
-            "eval": (EvalConfig, ClipEvalConfig, ResnetEvalConfig)}
+            "eval": (EvalConfig, ClipEvalConfig, ResnetEvalConfig), "export": (ExportConfig,),
+            "reproduce": (ReproduceOptions,)}
 RENAMED = {"split_file": "split", "compile_": "compile", "fpr_convention": "convention"}
-NOT_CONFIG = {("train", "resume"), ("train", "dry_run"), ("score", "paths")}  # run_train's arguments; PATHS
+NOT_CONFIG = {("train", "resume"), ("train", "dry_run"), ("score", "paths"),  # run_train's arguments; PATHS
+              ("reproduce", "table"), ("reproduce", "dry_run")}  # run_reproduce's arguments
 
 
 def _configs():
@@ -84,6 +87,12 @@ def test_the_library_refuses_what_the_command_line_refuses(tmp_path):
     with pytest.raises(UserError, match=r"^--workers -1: must be in \[0, 256\]$"):
         run_resnet_eval(ResnetEvalConfig(id_data="digits", ood={}, out=str(tmp_path / "e"), checkpoint="m",
                                          workers=-1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match=r"^--shots 0: "):
+        run_reproduce("table8", ReproduceOptions(out=str(tmp_path / "r"), imagenet="i", ood_root="o", shots=0),
+                      lambda argv: None, dry_run=True)
+    with pytest.raises(UserError, match=r"^--batch-size 5000: must be in \[1, 4096\]$"):
+        run_reproduce("table8", ReproduceOptions(out=str(tmp_path / "r"), batch_size=5000), lambda argv: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
