@@ -1,5 +1,6 @@
 """Synthetic ImageNet and OOD folders for ``benchmarks/table8_time.sh`` (what ``clip-smot reproduce
-table8`` reads), and, with ``--tiny-models``, a tiny random CLIP and CAM network for CPU smoke runs.
+table8`` reads), and, with ``--tiny-models``, a tiny random CLIP and CAM network for CPU smoke runs
+(``--random-models``: full-size ones with random weights, for a GPU with no weights to download).
 
 Writes ``ROOT/imagenet/train/<wnid>/`` (``--train-per-class`` JPEGs), ``ROOT/imagenet/val/<wnid>/``
 (``--val-per-class``) for the first ``--classes`` ImageNet-1k wnids, and ``ROOT/ood/{iNaturalist,
@@ -36,10 +37,10 @@ TINY_CLIP = {  # the tests' tiny ViT (tests/conftest.py)
 }
 
 
-def _write(folder: Path, n: int, size: tuple[int, int], seed: int) -> int:
+def _write(folder: Path, n: int, size: tuple[int, int], seed: int, start: int) -> int:
     from score_throughput import make_jpegs
 
-    make_jpegs(folder, n, size, seed)
+    make_jpegs(folder, n, size, seed, start)
     return n
 
 
@@ -56,7 +57,10 @@ def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: t
         raise SystemExit(f"{root}: holds other data than asked for; delete it or give another folder")
     work = [(root / "imagenet" / split / w, n, size, 1000 * k + (split == "val"))
             for k, w in enumerate(imagenet_wnids()[:classes]) for split, n in (("train", train), ("val", val))]
-    work += [(root / "ood" / name, ood, size, 10_000_000 + k) for k, name in enumerate(OOD_SETS)]
+    work = [(folder, n, size, seed, 0) for folder, n, size, seed in work]
+    chunk = 500  # an OOD set's 10,000 JPEGs in 20 calls: the --jobs processes share them
+    work += [(root / "ood" / name, min(chunk, ood - s), size, 10_000_000 + k, s)
+             for k, name in enumerate(OOD_SETS) for s in range(0, ood, chunk)]
     with ProcessPoolExecutor(jobs) as pool:
         list(pool.map(_write, *zip(*work)))
     done.write_text(json.dumps(wanted))
@@ -81,6 +85,19 @@ def write_tiny_models(folder: Path) -> dict[str, str]:
     return {"model": str(config), "pretrained": str(folder / "tiny.safetensors"), "cam_model": str(folder / "cam.pth")}
 
 
+def write_random_models(folder: Path) -> dict[str, str]:
+    """The real pipeline's networks with random weights, for a GPU timing where no weights can be
+    downloaded: ViT-B-16 (``--pretrained none``) and a torchvision ResNet-18 state dict (.pth) as
+    the CAM network. The same shapes, so the same time as with trained weights."""
+    import torch
+    from torchvision.models import resnet18
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1234)
+    torch.save(resnet18(num_classes=1000).state_dict(), folder / "resnet18-random.pth")
+    return {"model": "ViT-B-16", "pretrained": "none", "cam_model": str(folder / "resnet18-random.pth")}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("root", type=Path)
@@ -90,12 +107,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ood-per-set", type=int, default=10_000)
     p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of each JPEG")
     p.add_argument("--jobs", type=int, default=4, help="processes writing JPEGs")
-    p.add_argument("--tiny-models", type=Path, metavar="DIR", help="also write a tiny CLIP and CAM network here")
+    models = p.add_mutually_exclusive_group()
+    models.add_argument("--tiny-models", type=Path, metavar="DIR", help="also write a tiny CLIP and CAM network here")
+    models.add_argument("--random-models", type=Path, metavar="DIR",
+                        help="also write a random ResNet-18 CAM network here (with ViT-B-16, --pretrained none)")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     write_data(args.root, args.classes, args.train_per_class, args.val_per_class, args.ood_per_set, size, args.jobs)
     if args.tiny_models:
         print(json.dumps(write_tiny_models(args.tiny_models)))
+    if args.random_models:
+        print(json.dumps(write_random_models(args.random_models)))
 
 
 if __name__ == "__main__":

@@ -9,12 +9,17 @@
 #   E2E_FAST=auto ...   # the fastest options that an earlier call on this (still warm) machine timed
 #   ONLY=issue bash benchmarks/gpu_check.sh   # the issue's four targets in one call, the 50-epoch fit included
 #   DEADLINE=570 ...   # no step runs past 570 s from the start (ONLY=issue's default): a step's limit shrinks to fit
+#   ONLY=scale bash benchmarks/gpu_check.sh   # scoring at scale: nvJPEG tests, score_throughput, then Table 8's
+#                                             # data written in the background for a next call (ONLY=table8)
+#   ONLY=table8 bash benchmarks/gpu_check.sh  # the whole Table 8 pipeline's wall time (random ViT-B-16 weights)
 # Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
 # same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_square, fit_step_fp32ref, resnet_epoch, fit_e2e (fit's default options: on a GPU the
 # fast ones), fit_e2e_fast (E2E_FAST's
-# options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs).
+# options; E2E_EPOCHS epochs, default 3), resnet_archs (WRN-40-2 and DenseNet-BC epochs), pytest_decode (the
+# nvJPEG tests), score_throughput (SCORE_N JPEGs, default 20000), prepare_t8 (Table 8's synthetic data and random
+# CAM network, in the background), table8 (benchmarks/table8_time.sh with RANDOM_WEIGHTS=1 in $T8_ROOT).
 # On the lent device machine (no open_clip there) the wheels in .whl/ are installed first.
 # Each step has its own time limit so that one slow step cannot eat the others' time; the
 # last lines printed are a summary of the JSON results.
@@ -23,6 +28,8 @@ start=$(date +%s)
 OUT=${OUT:-/tmp/gpu_check}
 KEEP=${KEEP:-/tmp/gpu_check_keep}  # logs kept for a later call on the same machine ($OUT is emptied between calls)
 E2E_ROOT=${E2E_ROOT:-/tmp/clip_smot_e2e}
+T8_ROOT=${T8_ROOT:-/tmp/clip_smot_t8}
+SCORE_N=${SCORE_N:-20000}
 mkdir -p "$OUT" "$KEEP"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # epoch lines only
 if [ -d .whl ] && ! python3 -c "import open_clip" 2>/dev/null; then
@@ -37,6 +44,10 @@ if [ "${ONLY:-}" = issue ]; then  # the targets alone, lean: a ResNet graph epoc
   # take; the issue's 8 minutes are read off the summary's total (a deadline at 8 minutes would cut the fit)
   DEADLINE=${DEADLINE:-570}
 fi
+if [ "${ONLY:-}" = scale ]; then  # issue 20's measurements that fit one call; Table 8's data for the next
+  ONLY="pytest_decode score_throughput prepare_t8"; DEADLINE=${DEADLINE:-570}
+fi
+if [ "${ONLY:-}" = table8 ]; then ONLY="table8"; DEADLINE=${DEADLINE:-590}; fi
 DEADLINE=${DEADLINE:-}
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
@@ -99,6 +110,16 @@ for s in $ONLY; do
       --epochs "$E2E_EPOCHS" --image-size 256 --root "$E2E_ROOT" ;;
     fit_e2e_fast) wait_prepared; run_step fit_e2e_fast "$E2E_LIMIT" python3 benchmarks/fit_e2e.py --device cuda --classes 1000 \
       --shots 16 --epochs "$E2E_EPOCHS" --image-size 256 --root "$E2E_ROOT" $E2E_FAST ;;
+    pytest_decode) run_step pytest_decode 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/clip/test_decoding.py ;;
+    # images per second of score (PIL workers, nvJPEG, torchrun 1) against the MCM-style reference, steady rates too
+    score_throughput) run_step score_throughput 330 python3 benchmarks/score_throughput.py --device cuda --n "$SCORE_N" \
+      --workers 16 --torchrun 1 --startup-n 1000 ;;
+    prepare_t8) mkdir -p "$T8_ROOT"; setsid nohup nice -n 19 python3 benchmarks/fake_imagenet.py "$T8_ROOT/data" --jobs 16 \
+      --random-models "$T8_ROOT/models" > "$KEEP/prepare_t8.txt" 2>&1 < /dev/null &
+      echo $! > "$T8_ROOT/prepare.pid"; echo "=== prepare_t8 started in the background" ;;
+    table8) for _ in $(seq 300); do [ -e "$T8_ROOT/prepare.pid" ] && kill -0 "$(cat "$T8_ROOT/prepare.pid")" 2>/dev/null \
+      || break; sleep 1; done
+      run_step table8 590 env RANDOM_WEIGHTS=1 PYTHON=python3 JOBS=16 bash benchmarks/table8_time.sh "$T8_ROOT" ;;
     *) echo "unknown step $s" ;;
   esac
 done

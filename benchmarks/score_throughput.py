@@ -18,11 +18,14 @@ on the same files:
   ``--torchrun`` (``--workers`` decoding processes each; ``--decode gpu`` on CUDA, else ``cpu``).
 
 Each figure is the wall time of the whole process (Python and torch start-up, model build,
-decoding, encoding, the CSV) and ``images_per_s = n / seconds``: with a few thousand images the
-start-up is a small part. Prints one JSON object. Examples::
+decoding, encoding, the CSV) and ``images_per_s = n / seconds``. At thousands of images a second
+the start-up (10 s or so) is no small part: ``--startup-n K`` also times every run on the first
+K images and reports ``steady_images_per_s = (n - K) / (seconds - seconds on K)``, the rate once
+running. The JPEGs are written first, in ``--jobs`` processes (not timed). Prints one JSON
+object. Examples::
 
     python benchmarks/score_throughput.py --device cpu --model tests/tiny.json --n 256 --size 96x72
-    python benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1
+    python benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1 --startup-n 1000
 """
 
 from __future__ import annotations
@@ -45,17 +48,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
-    """``n`` JPEGs (quality 90) of ``size`` (width, height): a smooth colour field plus noise."""
-    rng = np.random.default_rng(seed)
+def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0, start: int = 0) -> None:
+    """``n`` JPEGs (quality 90) of ``size`` (width, height): a smooth colour field plus noise,
+    named by their index from ``start`` (``0000012.jpg``)."""
+    rng = np.random.default_rng(seed if start == 0 else (seed, start))
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in range(start, start + n):
         a, b, c = rng.uniform(0.005, 0.05, 3)
         base = np.stack([np.sin(a * xx + i), np.cos(b * yy), np.sin(c * (xx + yy))], -1)  # [h, w, 3]
         img = 127.5 * (base + 1) + rng.normal(0, 12, (h, w, 3))
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i:07d}.jpg", quality=90)
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int], jobs: int, seed: int = 0, chunk: int = 500) -> None:
+    """:func:`make_jpegs` in ``jobs`` processes, ``chunk`` images each call (one JPEG takes 10 to
+    20 ms: 20,000 of them in one process would take minutes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    starts = range(0, n, chunk)
+    if jobs <= 1 or len(starts) == 1:
+        for s in starts:
+            make_jpegs(folder, min(chunk, n - s), size, seed, s)
+        return
+    with ProcessPoolExecutor(jobs) as pool:
+        list(pool.map(make_jpegs, *zip(*[(folder, min(chunk, n - s), size, seed, s) for s in starts])))
 
 
 def make_prompt(path: Path, model: str, classes: int) -> None:
@@ -110,6 +128,22 @@ def _timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
+def _commands(args, device: str, cuda: bool, prompt: Path, folder: Path, out: str) -> dict[str, list[str]]:
+    """The timed runs' command lines over the JPEGs of ``folder``, their CSVs named ``out*.csv``."""
+    common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", device]
+    score = ["-m", "clip_smot", "score", "--prompt", str(prompt), "--no-cache", *common]
+    runs = {"reference": [sys.executable, __file__, "--reference-only", str(folder), "--model", args.model,
+                          "--classes", str(args.classes), *common],
+            "score": [sys.executable, *score, "--decode", "cpu", "--out", f"{out}-s.csv", str(folder)]}
+    if cuda:
+        runs["score_gpu_decode"] = [sys.executable, *score, "--decode", "gpu", "--out", f"{out}-g.csv", str(folder)]
+    for k in (int(v) for v in args.torchrun.split(",") if v.strip()):
+        runs[f"score_torchrun_{k}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                       "--nproc_per_node", str(k), *score, "--decode", "gpu" if cuda else "cpu",
+                                       "--out", f"{out}-t{k}.csv", str(folder)]
+    return runs
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2048, help="number of JPEGs")
@@ -120,32 +154,36 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--torchrun", default="2", help="comma-separated process counts for torchrun runs ('' = none)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes writing the JPEGs (not timed)")
+    p.add_argument("--startup-n", type=int, default=0, metavar="K",
+                   help="also time every run on the first K images and report the steady rate, (n - K) / "
+                        "(seconds - seconds on K): the start-up (imports, model build, first batch) left out")
     p.add_argument("--reference-only", metavar="FOLDER", help=argparse.SUPPRESS)  # (the reference's own process)
     args = p.parse_args(argv)
+    if not 0 <= args.startup_n < args.n:
+        p.error(f"--startup-n {args.startup_n}: must be in [0, --n)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.reference_only:
         reference(args.reference_only, args.model, args.classes, args.batch_size, args.workers, device)
         return {}
     size = tuple(int(v) for v in args.size.lower().split("x"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    cuda = torch.device(device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         folder, prompt = Path(tmp) / "images", Path(tmp) / "p.safetensors"
-        make_jpegs(folder, args.n, size)
+        write_jpegs(folder, args.n, size, args.jobs)
         make_prompt(prompt, args.model, args.classes)
-        common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", device]
-        score = ["-m", "clip_smot", "score", "--prompt", str(prompt), "--no-cache", *common]
-        cuda = torch.device(device).type == "cuda"
-        runs = {"reference": [sys.executable, __file__, "--reference-only", str(folder), "--model", args.model,
-                              "--classes", str(args.classes), *common],
-                "score": [sys.executable, *score, "--decode", "cpu", "--out", f"{tmp}/s.csv", str(folder)]}
-        if cuda:
-            runs["score_gpu_decode"] = [sys.executable, *score, "--decode", "gpu", "--out", f"{tmp}/g.csv", str(folder)]
-        for k in (int(v) for v in args.torchrun.split(",") if v.strip()):
-            runs[f"score_torchrun_{k}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                           "--nproc_per_node", str(k), *score, "--decode", "gpu" if cuda else "cpu",
-                                           "--out", f"{tmp}/t{k}.csv", str(folder)]
+        runs = _commands(args, device, cuda, prompt, folder, f"{tmp}/full")
         seconds = {name: _timed(cmd, env) for name, cmd in runs.items()}
-        for csv_file in Path(tmp).glob("*.csv"):  # every run scored every image
+        startup = {}
+        if args.startup_n:  # the same runs on the first images: their start-up, subtracted below
+            small = Path(tmp) / "first"
+            small.mkdir()
+            for f in sorted(folder.glob("*.jpg"))[: args.startup_n]:
+                os.link(f, small / f.name)
+            startup = {name: _timed(cmd, env) for name, cmd in _commands(args, device, cuda, prompt, small,
+                                                                          f"{tmp}/first").items()}
+        for csv_file in Path(tmp).glob("full*.csv"):  # every run scored every image
             assert csv_file.read_text().count("\n") == args.n + 1, csv_file
     result = {"device": device, "model": args.model, "n": args.n, "size": args.size, "classes": args.classes,
               "batch_size": args.batch_size, "workers": args.workers, "cpu_count": os.cpu_count(),
@@ -153,6 +191,14 @@ def main(argv: list[str] | None = None) -> dict:
               **{f"{k}_seconds": round(s, 3) for k, s in seconds.items()},
               **{f"{k}_images_per_s": round(args.n / s, 3) for k, s in seconds.items()},
               **{f"{k}_speedup": round(seconds["reference"] / s, 3) for k, s in seconds.items() if k != "reference"}}
+    if startup:
+        # (None where the whole run took no longer than the start-up's: too few images to tell)
+        steady = {k: (args.n - args.startup_n) / (seconds[k] - startup[k]) if seconds[k] > startup[k] else None
+                  for k in seconds}
+        result |= {"startup_n": args.startup_n, **{f"{k}_startup_seconds": round(s, 3) for k, s in startup.items()},
+                   **{f"{k}_steady_images_per_s": r and round(r, 3) for k, r in steady.items()},
+                   **{f"{k}_steady_speedup": r and steady["reference"] and round(r / steady["reference"], 3)
+                      for k, r in steady.items() if k != "reference"}}
     if "score_gpu_decode_seconds" not in result:
         result["score_gpu_decode"] = f"skipped: --decode gpu needs a CUDA device (this run: {device})"
     print(json.dumps(result))

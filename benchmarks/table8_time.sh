@@ -10,6 +10,8 @@
 #   MODEL= PRETRAINED= CAM_MODEL=   passed on when set (default: fit's ViT-B-16 / openai and
 #                                   resnet18-imagenet, whose weights must be in the local caches)
 #   TINY=1       a tiny random CLIP and CAM network instead (a CPU smoke run, nothing downloaded)
+#   RANDOM_WEIGHTS=1  ViT-B-16 and ResNet-18 with random weights (--pretrained none): for a GPU with
+#                no weights in its caches and no internet (the same shapes, the same time)
 #   DRY_RUN=1    print the stages' commands (reproduce --dry-run) and run nothing
 # The run starts from nothing each time: WORK_DIR/out and the feature cache WORK_DIR/cache are
 # removed first (the later evaluations then read the first one's features, as a user's run does).
@@ -27,9 +29,10 @@ MODEL=${MODEL:-} PRETRAINED=${PRETRAINED:-} CAM_MODEL=${CAM_MODEL:-}
 
 tiny=()
 [[ ${TINY:-0} == 1 ]] && tiny=(--tiny-models "$WORK/models")
+[[ ${RANDOM_WEIGHTS:-0} == 1 ]] && tiny=(--random-models "$WORK/models")
 models=$($PY "$HERE/fake_imagenet.py" "$WORK/data" --classes "$CLASSES" --train-per-class "$SHOTS" \
     --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --jobs "$JOBS" "${tiny[@]}")
-if [[ ${TINY:-0} == 1 ]]; then  # (fake_imagenet.py prints the tiny models' paths as JSON)
+if [[ ${#tiny[@]} -gt 0 ]]; then  # (fake_imagenet.py prints the models' names and paths as JSON)
     MODEL=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$models")
     PRETRAINED=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["pretrained"])' "$models")
     CAM_MODEL=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["cam_model"])' "$models")
@@ -49,12 +52,13 @@ t0=$(date +%s.%N)
 $PY -m clip_smot "${args[@]}" >&2
 t1=$(date +%s.%N)
 $PY - "$t0" "$t1" "$CLASSES" "$SHOTS" "$VAL_PER_CLASS" "$OOD_PER_SET" "$SIZE" "$DEVICE" "${EPOCHS:-50}" \
-    "${MODEL:-ViT-B-16}" "${TINY:-0}" <<'PY'
+    "${MODEL:-ViT-B-16}" "${TINY:-0}" "${RANDOM_WEIGHTS:-0}" <<'PY'
 import json, sys
 t0, t1 = map(float, sys.argv[1:3])
 classes, shots, val, ood = map(int, sys.argv[3:7])
-size, device, epochs, model, tiny = sys.argv[7:]
+size, device, epochs, model, tiny, random_weights = sys.argv[7:]
 print(json.dumps({"table8_seconds": round(t1 - t0, 1), "classes": classes, "shots": shots,
                   "val_images": classes * val, "ood_images": 4 * ood, "size": size, "device": device,
-                  "epochs": int(epochs), "model": "tiny (random)" if tiny == "1" else model}))
+                  "epochs": int(epochs),
+                  "model": "tiny (random)" if tiny == "1" else model + (" (random)" if random_weights == "1" else "")}))
 PY

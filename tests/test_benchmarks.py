@@ -144,7 +144,7 @@ def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.Comple
     """Run gpu_check.sh with ``python3`` and ``nvidia-smi`` replaced by stubs that record their
     arguments: what the script would run on a GPU, in which order, under which limits."""
     bin_ = tmp_path / "bin"
-    bin_.mkdir()
+    bin_.mkdir(exist_ok=True)  # (a second call: the same machine, still warm)
     calls = tmp_path / "calls.txt"
     (bin_ / "python3").write_text(
         "#!/bin/bash\n"
@@ -182,6 +182,33 @@ def test_gpu_check_issue_runs_the_four_targets_once_each_with_the_50_epoch_fit(t
     for step in ("resnet_epoch_graph", "fit_step_quick", "fit_e2e"):
         assert f"=== {step} rc=0" in out.stdout and (tmp_path / "keep" / f"{step}.log").is_file()
     assert re.search(r"^fit_e2e: \{\"ms_per_step\": 1.0\}$", out.stdout, re.M)  # the summary of the JSON lines
+
+
+def test_gpu_check_scale_measures_decoding_and_score_then_writes_table8_data(tmp_path):
+    """ONLY=scale: the nvJPEG tests, score_throughput (20,000 JPEGs, steady rates), then Table 8's
+    data in the background; ONLY=table8 then times table8_time.sh on it with random weights."""
+    t8 = tmp_path / "t8"
+    out, calls = _gpu_check(tmp_path, "scale", T8_ROOT=str(t8))
+    assert out.returncode == 0, out.stderr
+    for _ in range(50):  # prepare_t8's stub runs in the background
+        if (tmp_path / "calls.txt").read_text().count("fake_imagenet.py"):
+            break
+        time.sleep(0.1)
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[-3:] == [
+        "-m pytest -q -m gpu -p no:cacheprovider tests/clip/test_decoding.py",
+        "benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1 --startup-n 1000",
+        f"benchmarks/fake_imagenet.py {t8}/data --jobs 16 --random-models {t8}/models",
+    ]
+    assert re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M) == [("pytest_decode", "150"),
+                                                                       ("score_throughput", "330")]
+    (tmp_path / "calls.txt").write_text("")
+    out, _ = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8))
+    assert out.returncode == 0, out.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert f"{ROOT}/benchmarks/fake_imagenet.py {t8}/data --classes 1000 --train-per-class 16 --val-per-class 50 " \
+           f"--ood-per-set 10000 --size 500x375 --jobs 16 --random-models {t8}/models" in calls
+    assert any(c.startswith(f"-m clip_smot reproduce table8 --imagenet {t8}/data/imagenet") for c in calls)
 
 
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
@@ -246,6 +273,52 @@ def test_score_throughput_runs_tiny_on_the_cpu(tmp_path, tiny_clip_config):
     # no CUDA here: the GPU-decoding run is skipped and says so, with no figure
     assert out["score_gpu_decode"].startswith("skipped: --decode gpu needs a CUDA device")
     assert not any(k.startswith("score_gpu_decode_") for k in out)
+
+
+def test_score_throughput_steady_rates_leave_the_start_up_out(tmp_path, tiny_clip_config, monkeypatch):
+    """--startup-n 4 of 12 JPEGs: every run is timed on the 12 and on the first 4 (a folder of
+    those 4); steady rate = 8 / (seconds - seconds on 4), the steady speedup the ratio of the
+    rates, None where the 12 took no longer than the 4 (here: score_torchrun_2)."""
+    import score_throughput
+
+    timed = []
+
+    def fake_timed(cmd, env):  # what each run would take; a score run's CSV written as score writes it
+        reference = "--reference-only" in cmd
+        folder = Path(cmd[cmd.index("--reference-only") + 1] if reference else cmd[-1])
+        n = len(list(folder.iterdir()))
+        timed.append(n)
+        if not reference:
+            Path(cmd[cmd.index("--out") + 1]).write_text("path,pred,pred_index,mcm\n" + "row\n" * n)
+        kind = "reference" if reference else "torchrun" if "torch.distributed.run" in cmd else "score"
+        return {"reference": (10.0, 2.0), "score": (5.0, 3.0), "torchrun": (4.0, 4.0)}[kind][n != 12]
+
+    monkeypatch.setattr(score_throughput, "_timed", fake_timed)
+    out = score_throughput.main(["--device", "cpu", "--model", tiny_clip_config, "--n", "12", "--size", "40x30",
+                                 "--classes", "3", "--jobs", "2", "--torchrun", "2", "--startup-n", "4"])
+    assert timed == [12, 12, 12, 4, 4, 4]
+    assert out["reference_steady_images_per_s"] == pytest.approx(8 / (10.0 - 2.0))
+    assert out["score_steady_images_per_s"] == pytest.approx(8 / (5.0 - 3.0))
+    assert out["score_steady_speedup"] == pytest.approx((8 / 2.0) / (8 / 8.0))
+    assert out["score_torchrun_2_steady_images_per_s"] is None and out["score_torchrun_2_steady_speedup"] is None
+    assert out["score_startup_seconds"] == 3.0 and out["score_images_per_s"] == pytest.approx(12 / 5.0)
+
+
+def test_jpegs_written_in_processes_are_the_ones_asked_for(tmp_path):
+    """score_throughput.write_jpegs: 7 JPEGs in chunks of 3 over 2 processes, named 0 to 6, each
+    its own image; a chunk starting at 0 is make_jpegs' serial output byte for byte."""
+    import hashlib
+
+    from PIL import Image
+    from score_throughput import make_jpegs, write_jpegs
+
+    write_jpegs(tmp_path / "p", 7, (40, 30), jobs=2, chunk=3)
+    files = sorted((tmp_path / "p").iterdir())
+    assert [f.name for f in files] == [f"{i:07d}.jpg" for i in range(7)]
+    assert all(Image.open(f).format == "JPEG" and Image.open(f).size == (40, 30) for f in files)
+    assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 7
+    make_jpegs(tmp_path / "s", 3, (40, 30))
+    assert [f.read_bytes() for f in sorted((tmp_path / "s").iterdir())] == [f.read_bytes() for f in files[:3]]
 
 
 def test_table8_time_dry_run_writes_the_data_and_prints_the_five_stages(tmp_path):
