@@ -1,6 +1,6 @@
 """The ``clip-smot`` command line: the click group and nothing else of substance.
 
-This is the only module that imports click. The options of fit, train, score and eval are built
+This is the only module that imports click. The options of every command are built
 from their configs' fields (:func:`_options`: each default, range or choices and help text is
 declared once, in the library). Each command parses its flags, then calls one function of the
 library; a :class:`~clip_smot.common.errors.UserError` from there becomes one line
