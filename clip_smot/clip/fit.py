@@ -442,8 +442,6 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
             atomic_write_text(inputs.text, out / "split.txt")
         rf.write_config(out, inputs.config)
         rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
-    elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
-        torch.cuda.manual_seed(cfg.seed)
     if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0):
         _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,
                 out / "prompt.safetensors", "fit")
@@ -569,6 +567,8 @@ def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | 
     training = _Training(prompt, optimizer, scheduler, generators)
     if saved is not None:
         _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / rf.CHECKPOINT)
+    elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
+        torch.cuda.manual_seed(cfg.seed)
     training.step = make_fit_step(
         clip, prompt, optimizer, loss=cfg.loss, lam=cfg.lam, T=cfg.T, alpha=cfg.alpha, beta=cfg.beta,
         perturbation=cfg.perturb, sigma=cfg.sigma, precision=cfg.precision, generator=generators["data_gen"],
