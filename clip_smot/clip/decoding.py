@@ -23,9 +23,10 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
 
-__all__ = ["DECODE_CHOICES", "resolve_decode", "tensor_preprocess", "decoder_identity", "ImageFiles", "batches"]
+__all__ = ["DECODE_CHOICES", "DECODERS", "resolve_decode", "tensor_preprocess", "decoder_identity", "image_batches"]
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = jpeg on CUDA
+DECODERS = ("pil", "jpeg")  # what resolve_decode returns and the decoding functions take
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -88,9 +89,15 @@ def resolve_decode(decode: str, device: torch.device | str, settings: dict | Non
     return "jpeg" if decode == "gpu" or (decode == "auto" and device.type == "cuda") else "pil"
 
 
+def _check_decoder(decode: str) -> None:
+    if decode not in DECODERS:  # (a --decode choice passed where a decoder is meant: resolve_decode first)
+        raise ValueError(f"decode={decode!r}: not one of {', '.join(DECODERS)} (resolve_decode gives one)")
+
+
 def decoder_identity(decode: str, device: torch.device) -> str | None:
     """What tells the decoders' pixels apart in the feature-cache key: None for ``pil`` (its
     entries keep their keys), ``jpeg-cuda`` (nvJPEG) or ``jpeg-cpu`` (libjpeg-turbo)."""
+    _check_decoder(decode)
     return None if decode == "pil" else f"jpeg-{torch.device(device).type}"
 
 
@@ -127,6 +134,8 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
             continue
         hw = ti.shorter_side_size(image.shape[-2], image.shape[-1], size)
         squares[i] = ti.center_crop(ti.resize_uint8(image, hw, cfg["interpolation"]), size)  # [3, S, S]
+    if len(squares) == len(raws):  # every file a JPEG decoded here (the usual batch): no copy into place
+        return ti.normalize(torch.stack(list(squares.values())), cfg["mean"], cfg["std"])
     out = torch.empty(len(raws), 3, size, size, device=device)
     if squares:
         out[list(squares)] = ti.normalize(torch.stack(list(squares.values())), cfg["mean"], cfg["std"])
@@ -136,14 +145,17 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
     return out
 
 
-def batches(clip: ClipModel, paths: Sequence[str], batch_size: int, workers: int, decode: str = "pil"):
-    """Preprocessed images of ``paths`` in order.
+def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4,
+                  decode: str = "pil"):
+    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers (``pil``) or with
+    the JPEGs decoded on the model's device (``jpeg``).
 
     Yields:
         ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU for
         ``pil``, on the model's device for ``jpeg``), and one string per image, empty when it was
         read, else the reason it could not be (its image is then zeros).
     """
+    _check_decoder(decode)
     device = next(clip.model.parameters()).device
     transform = cm.image_preprocess(clip)
     jpeg = decode == "jpeg"

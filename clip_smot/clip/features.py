@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot.clip import model as cm
-from clip_smot.clip.decoding import batches, decoder_identity
+from clip_smot.clip.decoding import decoder_identity, image_batches  # (image_batches: re-exported)
 from clip_smot.clip.model import ClipModel
 from clip_smot.common.distributed import every_rank, share_work, writes_outputs
 from clip_smot.common.errors import UserError
@@ -185,19 +185,6 @@ def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = Fal
         g, l = cm.encode_image_tokens(clip, images)  # [B, e], [B, P, e]
         return F.normalize(g.float(), dim=-1), F.normalize(l.float(), dim=-1)
     return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
-
-
-def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4,
-                  decode: str = "pil"):
-    """Preprocessed images of ``paths`` in order, decoded in DataLoader workers (``pil``) or with
-    the JPEGs decoded on the model's device (``jpeg``; see :mod:`clip_smot.clip.decoding`).
-
-    Yields:
-        ``(images, errors)``: images [b, 3, S, S] normalised as the model expects (on the CPU
-        for ``pil``, on the model's device for ``jpeg``), and one string per image, empty when it
-        was read, else the reason it could not be (its image is then zeros).
-    """
-    yield from batches(clip, paths, batch_size, workers, decode)
 
 
 @torch.inference_mode()

@@ -78,8 +78,21 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=_INDEXED)
-def _index(shard: str, stamp: tuple) -> dict[str, tuple[int, int]]:
-    return _scan(shard, "PATH")  # (``stamp`` in the key: a shard replaced since is scanned again)
+def _index(shard: str, stamp: tuple, flag: str = "PATH") -> dict[str, tuple[int, int]]:
+    return _scan(shard, flag)  # (``stamp`` in the key: a shard replaced since is scanned again)
+
+
+def _shard_index(shard: str, flag: str | None) -> dict[str, tuple[int, int]]:
+    """The index of ``shard``, scanned once while the file is unchanged: listing fills it, and
+    the DataLoader workers that read the images (forked after) start with it. ``flag``: the
+    option that named the shard (None: it is read for an image, the message names the shard)."""
+    try:
+        stamp = file_stamp(shard)
+    except OSError as e:
+        if flag is not None and isinstance(e, FileNotFoundError):
+            raise UserError(f"{flag} {shard}: no such file") from None
+        raise UserError(f"{shard}: cannot read the shard ({e.strerror or e})") from None
+    return _index(shard, stamp, flag or "PATH")
 
 
 def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
@@ -89,17 +102,14 @@ def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
         UserError: not a readable uncompressed tar, or one without images.
     """
     shard = os.fspath(shard)
-    names = [f"{shard}{SEPARATOR}{name}" for name in _scan(shard, flag)]
+    names = [f"{shard}{SEPARATOR}{name}" for name in _shard_index(shard, flag)]
     if not names:
         raise UserError(f"{flag} {shard}: no image members found (looked for KEY.jpg, KEY.png and the like)")
     return names
 
 
 def _read_member(shard: str, member: str) -> bytes:
-    try:
-        entry = _index(shard, file_stamp(shard)).get(member)
-    except OSError as e:
-        raise UserError(f"{shard}: cannot read the shard ({e.strerror or e})") from None
+    entry = _shard_index(shard, None).get(member)
     if entry is None:
         raise UserError(f"{shard}{SEPARATOR}{member}: no such image in the shard")
     offset, size = entry

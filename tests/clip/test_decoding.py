@@ -98,6 +98,18 @@ def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
     assert (pil.int() - jpeg.int()).abs().max() <= 1
 
 
+def test_a_decode_choice_where_a_decoder_is_meant_is_refused(tiny, tmp_path):
+    """encode_files and image_batches take what resolve_decode gives (pil, jpeg): a --decode
+    choice passed there is a ValueError, not PIL pixels cached under a jpeg key."""
+    Image.new("RGB", (20, 16), (10, 200, 30)).save(tmp_path / "a.jpg")
+    for wrong in ("gpu", "cpu", "auto"):
+        with pytest.raises(ValueError, match=rf"decode='{wrong}': not one of pil, jpeg"):
+            encode_files(tiny, [str(tmp_path / "a.jpg")], workers=0, use_cache=True, decode=wrong)
+        with pytest.raises(ValueError, match=rf"decode='{wrong}'"):
+            next(image_batches(tiny, [str(tmp_path / "a.jpg")], 4, 0, wrong))
+    assert decoding.DECODERS == ("pil", "jpeg")
+
+
 def test_cli_choices_are_the_decoders():
     from clip_smot.cli import cli
 

@@ -84,3 +84,18 @@ def test_a_rewritten_shard_is_indexed_again_and_stamped_anew(tmp_path):
     assert shards.read_image_bytes(f"{shard}::k.png") == b"new!"
     after = shards.image_stamp(f"{shard}::k.png")
     assert before[0] == after[0] == f"{shard.resolve()}::k.png" and before[1:] != after[1:]
+
+
+def test_a_shard_is_scanned_once_for_listing_and_reading_until_it_changes(tmp_path, monkeypatch):
+    """Listing fills the index the reads use (DataLoader workers forked after inherit it): one
+    scan of the headers for the listing and every image; a shard rewritten is scanned again."""
+    shard = tmp_path / "once.tar"
+    _hostile(shard)
+    scans, real = [], shards._scan
+    monkeypatch.setattr(shards, "_scan", lambda path, flag: scans.append(path) or real(path, flag))
+    names = shards.list_members(shard)
+    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl"]
+    assert scans == [str(shard)]
+    with tarfile.open(shard, "w") as tar:  # other bytes under the same name
+        _add(tar, "a/000.jpg", b"rewritten")
+    assert shards.read_image_bytes(f"{shard}::a/000.jpg") == b"rewritten" and scans == [str(shard)] * 2
