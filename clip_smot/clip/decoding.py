@@ -96,9 +96,12 @@ def _check_decoder(decode: str) -> None:
 
 def decoder_identity(decode: str, device: torch.device) -> str | None:
     """What tells the decoders' pixels apart in the feature-cache key: None for ``pil`` (its
-    entries keep their keys), ``jpeg-cuda`` (nvJPEG) or ``jpeg-cpu`` (libjpeg-turbo)."""
+    entries keep their keys), ``jpeg-cuda`` (nvJPEG) or ``jpeg-cpu`` (libjpeg-turbo), with the
+    torchvision version whose decoder and resize made them (``jpeg-cuda torchvision 0.29.1``)."""
+    import torchvision
+
     _check_decoder(decode)
-    return None if decode == "pil" else f"jpeg-{torch.device(device).type}"
+    return None if decode == "pil" else f"jpeg-{torch.device(device).type} torchvision {torchvision.__version__}"
 
 
 def tensor_preprocess(settings: dict) -> dict:

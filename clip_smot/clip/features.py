@@ -9,8 +9,8 @@ prompt on the same images does not encode them again:
 
 ``key`` is the SHA-256 of the model identity (name, config, pretrained tag, checkpoint
 SHA-256, MLP activation), the versions of clip-smot and open_clip, the preprocessing settings,
-the decoder when it is not PIL (``jpeg-cuda``, ``jpeg-cpu``: their pixels differ by a level here
-and there), and the sorted absolute file paths with their sizes, modification and change times
+the decoder when it is not PIL (``jpeg-cuda``, ``jpeg-cpu``, with torchvision's version: their
+pixels differ by a level here and there), and the sorted absolute file paths with their sizes, modification and change times
 and inodes (a tar shard's member: the shard's): editing, replacing, adding or removing an image
 gives a new key (even when a copy keeps the old modification time). Delete the folder to clear
 the cache. Models with random weights (no tag, no checkpoint) are never cached,

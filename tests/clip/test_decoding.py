@@ -56,7 +56,9 @@ def test_unreadable_jpeg_named_as_pil_names_it(tmp_path, tiny):
     assert feats.paths == paths and [s[0] for s in feats.skipped] == [str(bad)]
 
 
-def test_decoders_have_their_own_cache_entries(tmp_path, tiny, tiny_clip_checkpoint):
+def test_decoders_have_their_own_cache_entries(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    import torchvision
+
     from clip_smot.clip.model import load_clip
 
     clip = load_clip(tiny.name, tiny_clip_checkpoint)  # with a checkpoint: cached
@@ -65,6 +67,11 @@ def test_decoders_have_their_own_cache_entries(tmp_path, tiny, tiny_clip_checkpo
     assert len(list(cache_dir().glob("*.safetensors"))) == 1
     encode_files(clip, paths, workers=0, decode="jpeg")
     assert len(list(cache_dir().glob("*.safetensors"))) == 2
+    # another torchvision decodes and resizes: its jpeg pixels are cached apart, PIL's are not
+    monkeypatch.setattr(torchvision, "__version__", "0.0.0-other")
+    encode_files(clip, paths, workers=0, decode="jpeg")
+    encode_files(clip, paths, workers=0)
+    assert len(list(cache_dir().glob("*.safetensors"))) == 3
 
 
 def test_resolve_decode():
