@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 __all__ = ["CONVENTIONS", "fpr_at_tpr", "ood_metrics"]
 
@@ -33,6 +32,8 @@ def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95
     negatives at the threshold where ``tpr`` of the positives are accepted.
     """
     labels = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
+    from sklearn.metrics import roc_curve  # (here: scikit-learn takes ~2 s to import, the CLI starts without it)
+
     fpr, tprs, _ = roc_curve(labels, np.r_[pos_scores, neg_scores], drop_intermediate=False)
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
@@ -53,6 +54,8 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike,
     Returns:
         dict with keys ``fpr95``, ``auroc``, ``aupr_in``, ``aupr_out``.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     id_s = _as_scores("id_scores", id_scores)

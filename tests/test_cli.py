@@ -11,11 +11,13 @@ def test_help_lists_the_five_commands():
 
 
 def test_the_cli_starts_without_open_clip_or_dynamo():
-    """open_clip (about 2 s) and torch._dynamo (about 1 s) are imported only by the commands that use them."""
+    """open_clip (about 2 s), torch._dynamo (about 1 s), scikit-learn (about 2 s) and matplotlib are
+    imported only by the commands that use them."""
     import subprocess
     import sys
 
-    code = "import sys, clip_smot.cli; print(sorted(m for m in ('open_clip', 'torch._dynamo') if m in sys.modules))"
+    code = ("import sys, clip_smot.cli; print(sorted(m for m in ('open_clip', 'torch._dynamo', 'sklearn', "
+            "'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
