@@ -20,15 +20,15 @@ from click.core import ParameterSource
 
 from clip_smot import __version__
 from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
-from clip_smot.clip.fit import ExportConfig, FitConfig
+from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
 from clip_smot.clip.scorer import ScoreConfig, run_score
 from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import EvalConfig
-from clip_smot.reproduce import TABLES, ReproduceOptions
+from clip_smot.reproduce import TABLES, ReproduceOptions, run_reproduce
 from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
-from clip_smot.resnet.train import TrainConfig
+from clip_smot.resnet.train import TrainConfig, run_train
 
 
 class _Interrupted(click.ClickException):
@@ -95,9 +95,14 @@ def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
 
 
+def _kind(field: dataclasses.Field) -> str:
+    """The type of a config field as its annotation names it first: ``int``, ``bool``, ``dict``, ..."""
+    return field.type.split("[")[0].split("|")[0].strip()
+
+
 def _click_type(field: dataclasses.Field):
     """The click type of a config field: its choices, path kind or range (None: from the default)."""
-    meta, kind = field.metadata, field.type.split("[")[0].split("|")[0].strip()
+    meta, kind = field.metadata, _kind(field)
     if meta.get("choices") is not None:
         return click.Choice(meta["choices"])
     if meta.get("path"):
@@ -110,7 +115,7 @@ def _click_type(field: dataclasses.Field):
 
 def _option(field: dataclasses.Field, dest: str, required: bool):
     """The click option of a config field declared with clip_smot.common.configs.setting."""
-    flag, kind = flag_of(field), field.type.split("[")[0].split("|")[0].strip()
+    flag, kind = flag_of(field), _kind(field)
     default = None if field.default is dataclasses.MISSING else field.default
     common = {"help": field.metadata.get("help"), "required": required}
     if field.default is not dataclasses.MISSING:  # (click takes an explicit None as a given default)
@@ -127,7 +132,8 @@ def _options(config, *names: str, dest: dict[str, str] | None = None, optional: 
     """The click options of the fields ``names`` of the dataclass ``config``, in that order: flag,
     default, range or choices and help as each field declares them, once, in the library. A field
     without a default is a required option unless ``optional`` names it (one of several
-    alternatives); ``dest`` renames the command function's parameters."""
+    alternatives); ``dest`` renames the command function's parameters (where a field's name is
+    a builtin's or reads ambiguously in the command)."""
     fields = {f.name: f for f in dataclasses.fields(config)}
 
     def decorate(command):
@@ -138,6 +144,14 @@ def _options(config, *names: str, dest: dict[str, str] | None = None, optional: 
         return command
 
     return decorate
+
+
+def _given(options: dict, dest: dict[str, str] | None = None) -> set[str]:
+    """The fields of ``options`` given on the command line (a flag given with its default value
+    counts), ``dest`` the parameters renamed as in :func:`_options`: what a ``--resume`` compares
+    with the saved run."""
+    source = click.get_current_context().get_parameter_source
+    return {name for name in options if source((dest or {}).get(name, name)) not in (None, ParameterSource.DEFAULT)}
 
 
 @cli.command()
@@ -151,13 +165,9 @@ def fit(split_file, **options) -> None:
 
     Writes OUT/prompt.safetensors, split.txt, config.json, log.jsonl and checkpoint.pt.
     """
-    from clip_smot.clip.fit import FitConfig, run_fit
-
-    source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
-    flags = {"split" if name == "split_file" else name for name in ("split_file", *options)
-             if source(name) not in (None, ParameterSource.DEFAULT)}
+    options["split"] = split_file
     try:
-        out = run_fit(FitConfig(split=split_file, **options), flags=flags)
+        out = run_fit(FitConfig(**options), flags=_given(options, {"split": "split_file"}))
     except KeyboardInterrupt:
         raise _interrupted(None if options["dry_run"] else options["out"]) from None
     if not options["dry_run"]:
@@ -246,16 +256,12 @@ def train(resume, dry_run, compile_, **options) -> None:
     Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
     The same command under 'torchrun --nproc_per_node N' trains with DistributedDataParallel.
     """
-    from clip_smot.resnet.train import run_train
-
     if options["dataset"] is None and options["data"] is None and not resume:
         raise click.UsageError("give --dataset NAME or --data DIR")
-    cfg = TrainConfig(compile=compile_, **options)
-    source = click.get_current_context().get_parameter_source  # (a flag given with its default value counts)
-    flags = {f.name for f in dataclasses.fields(cfg)
-             if source("compile_" if f.name == "compile" else f.name) not in (None, ParameterSource.DEFAULT)}
+    options["compile"] = compile_
+    cfg = TrainConfig(**options)
     try:
-        run_train(cfg, resume=resume, dry_run=dry_run, flags=flags)
+        run_train(cfg, resume=resume, dry_run=dry_run, flags=_given(options, {"compile": "compile_"}))
     except KeyboardInterrupt:
         raise _interrupted(None if dry_run else cfg.out) from None
 
@@ -264,8 +270,6 @@ def train(resume, dry_run, compile_, **options) -> None:
 @_options(ExportConfig, "checkpoint", "out", "model", "pretrained", "device")
 def export(**options) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
-    from clip_smot.clip.fit import export_prompt
-
     click.echo(f"prompt written to {export_prompt(ExportConfig(**options))}")
 
 
@@ -291,8 +295,6 @@ def reproduce(table, dry_run, **options) -> None:
     and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
     paper's numbers, ours and the difference.
     """
-    from clip_smot.reproduce import run_reproduce
-
     run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
 
 

@@ -598,10 +598,10 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
     # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
-    import clip_smot.clip.fit as fit_mod
+    import clip_smot.cli as cli_mod
 
     seen = []
-    monkeypatch.setattr(fit_mod, "run_fit", lambda cfg, flags=None: seen.append(speed(cfg)))  # (a dry run: no folder)
+    monkeypatch.setattr(cli_mod, "run_fit", lambda cfg, flags=None: seen.append(speed(cfg)))  # (a dry run: no folder)
     for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
                                                            ("mask", False, True, None))):
         assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0
