@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import RUN_FILES, atomic_save, atomic_write_text, write_json
+from clip_smot.common.files import atomic_save, atomic_write_text, write_json
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "RUN_FILES", "CheckpointError", "append_log", "capture_rng",
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
            "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
            "non_finite_loss", "read_checkpoint", "refuse_other_flags", "restore_rng", "resume_options",
            "save_checkpoint", "truncate_log", "write_config"]
@@ -229,7 +229,7 @@ def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Col
     if done < epochs or not all((Path(out) / name).is_file() for name in outputs):
         return False
     if not quiet:
-            print(f"{command}: the run in {out} has finished its {done} epochs; nothing to do (nothing rewritten)",
+        print(f"{command}: the run in {out} has finished its {done} epochs; nothing to do (nothing rewritten)",
               file=sys.stderr)
     return True
 

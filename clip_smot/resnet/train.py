@@ -38,7 +38,15 @@ import torch.nn.functional as F
 from clip_smot import smot
 from clip_smot.cam import CAMProvider
 from clip_smot.common import run_folder as rf
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    JsonConfig,
+    check_field_types,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import (
     PRECISIONS,
     autocast,
@@ -73,7 +81,7 @@ from clip_smot.resnet.networks import (
     save_model,
 )
 
-__all__ = ["METHODS", "STAGES", "TrainConfig", "check_bounds", "compile_for_training", "lr_at", "make_optimizer",
+__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer",
            "resolve_config", "run_train", "train_epoch", "train_step"]
 
 METHODS = ("ce", "ls", "logitnorm", "smot")
@@ -91,7 +99,7 @@ _FILES = (rf.CONFIG, rf.LOG, rf.CHECKPOINT, "model.safetensors", "summary.json")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """One training run. ``None`` fields take their stage/dataset default in :func:`resolve_config`."""
 
     out: str = setting(help="Output folder.", path="dir")
@@ -130,24 +138,11 @@ class TrainConfig:
     cuda_graph: bool = setting(False, "torch.compile with CUDA graphs (mode reduce-overhead): fewest launches per "
                                "step; CUDA only.")
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        return cls(**json.loads(text))
 
 
 def _num_classes_T(k: int) -> float:
     # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
     return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
-
-
-def check_bounds(cfg: TrainConfig) -> None:
-    """Every option's declared range and choices (:func:`~clip_smot.common.configs.check_ranges`),
-    checked before any data is read: ``--seed``, ``--input-size`` and ``--workers`` size or seed
-    something (a library caller's or a checkpoint's value too, not only the CLI's)."""
-    check_ranges(cfg)
 
 
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
@@ -476,8 +471,9 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if rank == 0 and not dry_run:
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        rf.write_config(out, dataclasses.asdict(cfg))  # (the text of cfg.to_json())
-        # the checkpoint's log: a line lost by a kill after the checkpoint comes back, one written after it goes
+        rf.write_config(out, cfg.to_dict())
+        # the log lines of the checkpoint's epochs (a line written after it goes; the log a checkpoint
+        # holds restores a line missing from the file, as one written by an older train can be)
         rf.truncate_log(out / rf.LOG, run.start_epoch, run.log)
     if dry_run:
         return _dry_run(cfg, run, rank, world)
@@ -506,7 +502,7 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
     out = Path(cfg.out)
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
-    check_bounds(cfg)
+    check_ranges(cfg)  # before any data is read: --seed, --input-size, --workers size or seed something
     if not dry_run:
         _check_outputs(cfg)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
