@@ -41,4 +41,3 @@ class LayoutLearner(PromptLearner):
         if not pack:  # every position of the [K, S] layout after the prefix
             K, S = len(self.classnames), self.seq_len - self.prefix_len
             self.packed_index = torch.arange(K * S, device=self.eot.device)  # [K*S]
-            self.tokens_encoded = self.prefix_len + K * S

@@ -369,7 +369,8 @@ class TextEncoder(nn.Module):
     def _forward_flat(self, tokens: torch.Tensor, masks: tuple, eot_pos: torch.Tensor) -> torch.Tensor:
         """attention="flex": every block on the flat token list [L, d]; the last one for the EOT
         tokens (positions ``eot_pos`` [K]) only. Returns [K, d]."""
-        for blk in self.blocks[:-1]:
+        for i in range(len(self.blocks) - 1):  # (a slice of a ModuleList builds a new one: every pass)
+            blk = self.blocks[i]
             tokens = self._flat_layer(blk, tokens, masks[0])
         blk = self.blocks[-1]
         q, k, v = self._flat_qkv(blk, tokens)
@@ -442,7 +443,8 @@ class TextEncoder(nn.Module):
         layout = self._layout(eot, index, K, S, P)
         if self.attention == "flex":
             return self._pool(self._forward_flat(tokens, layout["masks"], layout["eot_pos"]))
-        for blk in self.blocks[:-1]:
+        for i in range(len(self.blocks) - 1):  # (a slice of a ModuleList builds a new one: every pass)
+            blk = self.blocks[i]
             if self.attention == "square":
                 tokens = self._square_layer(blk, tokens, K, S, P, layout["fill_index"], layout["out_index"])
             else:

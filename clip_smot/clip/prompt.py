@@ -208,7 +208,12 @@ class PromptLearner(nn.Module):
         self.register_buffer("suffix_eot", self.eot - P, persistent=False)  # [K] EOT positions after the prefix
         index = packed_index(self.suffix_eot, self.seq_len - P)  # [N] positions up to each EOT
         self.register_buffer("packed_index", index, persistent=False)
-        self.tokens_encoded = P + len(index)
+
+    @property
+    def tokens_encoded(self) -> int:
+        """Token positions through the text transformer per forward pass: the shared prefix once,
+        then the packed positions."""
+        return self.prefix_len + self.packed_index.numel()
 
     def prompt_embeddings(self, full: bool = False) -> torch.Tensor:
         """Token embeddings of the K prompts (without positional embeddings).
