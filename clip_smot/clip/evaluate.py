@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_smot.clip.decoding import DECODE_CHOICES, resolve_decode
+from clip_smot.clip.decoding import DECODE_CHOICES
 from clip_smot.clip.features import encode_files
-from clip_smot.clip.model import preprocess_settings
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import (
     FITTED_SCORES,
@@ -186,7 +185,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     scorer, config, folders, title = _clip_scorer(cfg, inputs)
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
-    decoder = resolve_decode(cfg.decode, scorer.device, preprocess_settings(scorer.clip))
+    decoder = scorer.decoder(cfg.decode)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]

@@ -399,15 +399,17 @@ def image_preprocess(clip: ClipModel) -> Callable[[Image.Image], torch.Tensor]:
     mean/std normalisation: exactly what ``open_clip.create_model_and_transforms`` returns as
     its validation preprocess. The returned object is picklable (DataLoader workers).
     """
-    import open_clip
-    from open_clip.transform import (
-        PreprocessCfg,
-        image_transform_v2,
-        merge_preprocess_dict,
-    )
+    from open_clip.transform import image_transform_v2
 
-    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
-    return image_transform_v2(cfg, is_train=False)
+    return image_transform_v2(_preprocess_cfg(clip), is_train=False)
+
+
+def _preprocess_cfg(clip: ClipModel):
+    """open_clip's ``PreprocessCfg`` of the model: its defaults with what the weights set."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    return PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
 
 
 def preprocess_settings(clip: ClipModel) -> dict:
@@ -415,11 +417,7 @@ def preprocess_settings(clip: ClipModel) -> dict:
     ``mean``, ``std``, ``interpolation``, ``resize_mode``, ``fill_color`` (tuples as lists)."""
     import dataclasses
 
-    import open_clip
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(clip.model)))
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(_preprocess_cfg(clip)).items()}
 
 
 def preprocess_identity(clip: ClipModel) -> dict:

@@ -344,6 +344,11 @@ class PromptScorer:
         """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
         return self.logit_scale * self.cosine(images)
 
+    def decoder(self, decode: str) -> str:
+        """The decoder (``pil`` or ``jpeg``) of a ``--decode`` choice (``auto``, ``cpu``, ``gpu``) for
+        this scorer's device and preprocessing (:func:`~clip_smot.clip.decoding.resolve_decode`)."""
+        return resolve_decode(decode, self.device, cm.preprocess_settings(self.clip))
+
     def check_scores(self, scores: Sequence[str]) -> None:
         """Raise a UserError before any image is encoded when the model cannot give a score asked
         for: gl-mcm of a non-ViT, or a fitted score (react, knn, vim) before :meth:`fit_id_train`."""
@@ -457,7 +462,7 @@ class PromptScorer:
         listed = [list_images(arg, flag="PATH") for arg in paths]  # (every argument checked first)
         names = parse_scores(scores)
         self.check_scores(names)
-        decoder = resolve_decode(decode, self.device, cm.preprocess_settings(self.clip))
+        decoder = self.decoder(decode)
         results = [self.score_files(files, names, batch_size, workers, skip_unreadable, use_cache, decoder)
                    for files in listed]
         result = PathScores([p for r in results for p in r.paths], {}, [s for r in results for s in r.skipped])
@@ -542,7 +547,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if cfg.resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)
     scorer.check_scores(names)  # (before OUT.partial is started)
-    decode = resolve_decode(cfg.decode, scorer.device, cm.preprocess_settings(scorer.clip))
+    decode = scorer.decoder(cfg.decode)
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
