@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, check_ranges, setting
-from clip_smot.common.device import PRECISIONS
+from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_write_text, make_folder
 
@@ -59,7 +59,7 @@ class ReproduceOptions:
     batch_size: int | None = setting(None, "Every fit and training: images per step (default: theirs).", min=1,
                                      max=MAX_BATCH)
     precision: str | None = setting(None, "Every fit and training.", choices=PRECISIONS)
-    device: str | None = setting(None, "Every stage (default auto).", choices=("auto", "cpu", "cuda"))
+    device: str | None = setting(None, "Every stage (default auto).", choices=DEVICES)
     workers: int | None = setting(None, "Every stage (default 4).", min=0)
 
 

@@ -42,7 +42,7 @@ from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
-from clip_smot.common.device import PRECISIONS, resolve_device
+from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_text,
@@ -120,7 +120,7 @@ class FitConfig:
                                       "[default: on with CUDA]")
     overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
                                             "runs (exact; CUDA only).  [default: on with CUDA]")
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"), check_choices=False)  # (cuda:N from Python)
+    device: str = setting("auto", choices=DEVICES, check_choices=False)  # (cuda:N from Python)
     # run control (not part of what makes two runs the same)
     resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
     dry_run: bool = setting(False, "One batch, then stop (writes nothing).")
@@ -683,7 +683,7 @@ class ExportConfig:
     out: str = setting(help="Prompt file to write (.safetensors).", path="file")
     model: str | None = setting(None, "Override the CLIP model named in the checkpoint (same architecture).")
     pretrained: str | None = setting(None, "Override the pretrained tag or checkpoint file.")
-    device: str = setting("auto", choices=("auto", "cpu", "cuda"), check_choices=False)  # (cuda:N from Python)
+    device: str = setting("auto", choices=DEVICES, check_choices=False)  # (cuda:N from Python)
 
 
 def export_prompt(cfg: ExportConfig) -> Path:

@@ -12,9 +12,10 @@ import torch
 from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["PRECISIONS", "DTYPES", "resolve_device", "autocast", "seed_everything", "physical_memory"]
+__all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "autocast", "seed_everything", "physical_memory"]
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
