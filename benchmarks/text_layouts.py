@@ -7,7 +7,10 @@ shortcuts saves, ``LayoutLearner`` can turn them off:
 * ``share_prefix=False``: no positions are shared; every prompt is encoded from position 0, as
   with a class-specific context or the class name in front;
 * ``pack=False``: the per-token work (LayerNorms, projections, MLPs) runs on all K x S positions
-  of the truncated layout, each prompt's positions after its own EOT included.
+  of the truncated layout, each prompt's positions after its own EOT included. It goes through
+  the packed code with an index of every position (``arange(K*S)``), so its layers still gather
+  and scatter by that index, copies that an unpacked encoder would not make: what ``fit_step.py``
+  reports packing saves is somewhat more than against a plain unpacked encoder.
 
 Both are exact (the features and the context's gradient are open_clip's), and with both on it is
 the library's ``PromptLearner``.
