@@ -22,10 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ from clip_smot.common.device import resolve_device
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output, plain_name, sha256_file
-from clip_smot.common.image_sets import image_files
+from clip_smot.common.image_sets import iter_image_files
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
     eight_bit,
@@ -533,27 +534,28 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     """
     check_ranges(cfg)
     names = parse_scores(cfg.scores)
-    listed = [image_files(p, "PATH") for p in cfg.paths]  # (every argument checked before anything is encoded)
+    # every argument checked before anything is encoded; its files read one at a time, not kept
+    total = sum(sum(1 for _ in iter_image_files(p, "PATH")) for p in cfg.paths)
     prompt_file = load_prompt(cfg.prompt)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
     found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
-    images = [("PATH image", f) for files in listed for f in files]
+    images = (("PATH image", f) for f in _files(cfg.paths))  # (read again only when OUT exists)
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
     inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
     shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
-    check_output(cfg.out, "--out", [("--prompt file", cfg.prompt), ("--model file", cfg.model),
-                                    (found, weights or None), *images, *shards], inside)
+    check_output(cfg.out, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
+                                                    (found, weights or None)], images, shards), inside)
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
-    done, keep = _resume_point(partial, header, [f for files in listed for f in files]) if cfg.resume else (0, 0)
+    done, keep = _resume_point(partial, header, _files(cfg.paths)) if cfg.resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)
     scorer.check_scores(names)  # (before OUT.partial is started)
     decode = scorer.decoder(cfg.decode)
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
-    bar = progress_bar(total=len(images), initial=done, unit="img") if writer else None
+    bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
-    for files in _chunks(listed, chunk, done):
+    for files in _chunks(cfg.paths, chunk, done):
         result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
                                     cfg.use_cache, decode)
         skipped += result.skipped
@@ -572,17 +574,25 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     return skipped
 
 
-def _chunks(listed: Sequence[Sequence[Path]], chunk: int, start: int):
-    """The chunks of ``chunk`` files of each argument's list, from the ``start``-th file on
+def _files(paths: Sequence[str]) -> Iterator[Path | str]:
+    """The image files of every PATH argument, in order, one at a time."""
+    for p in paths:
+        yield from iter_image_files(p, "PATH")
+
+
+def _chunks(paths: Sequence[str], chunk: int, start: int) -> Iterator[list[Path | str]]:
+    """The chunks of ``chunk`` files of each argument's files, from the ``start``-th file on
     (counted over all the arguments): a resumed run continues where the last ended, with the
-    rest of its chunk, then the chunks an uninterrupted run has."""
+    rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time."""
     offset = 0
-    for files in listed:
-        for i in range(0, len(files), chunk):
-            first = max(i, start - offset)
-            if first < min(i + chunk, len(files)):
-                yield files[first : i + chunk]
-        offset += len(files)
+    for p in paths:
+        files, i = iter_image_files(p, "PATH"), 0
+        while batch := list(itertools.islice(files, chunk)):
+            first = max(0, start - offset - i)
+            if first < len(batch):
+                yield batch[first:]
+            i += len(batch)
+        offset += i
 
 
 def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:
@@ -619,26 +629,53 @@ def _append(partial: Path, text: str, mode: str = "a") -> None:
         raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
 
 
-def _resume_point(partial: Path, header: Sequence[str], files: Sequence[Path]) -> tuple[int, int]:
-    """(files already scored, bytes of ``partial`` to keep): the complete lines of ``partial``
-    end with the row of a file; the run continues with the file after it.
+def _complete_rows(partial: Path) -> tuple[list[str] | None, list[str] | None, int, int]:
+    """(header, last complete row, rows after the header, bytes up to the end of that row) of
+    ``partial``, read a line at a time. A row ends at a newline outside quotes (csv quotes a field
+    holding one, a class name's, and doubles its quotes: an even count of quotes so far)."""
+    import csv
+    import io
+
+    first = last = None
+    rows = keep = at = 0
+    record = b""
+    with open(partial, "rb") as f:
+        for line in f:
+            at += len(line)
+            if not line.endswith(b"\n"):
+                break  # (a row cut off: not complete)
+            record += line
+            if record.count(b'"') % 2:
+                continue
+            fields = next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), [])
+            record, keep = b"", at
+            if first is None:
+                first = fields
+            else:
+                last, rows = fields, rows + 1
+    return first, last, rows, keep
+
+
+def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str]) -> tuple[int, int]:
+    """(files already scored, bytes of ``partial`` to keep): the complete rows of ``partial``
+    end with the row of a file; the run continues with the file after it. Neither ``partial``
+    nor ``files`` is held in memory.
 
     Raises:
         UserError: no ``partial``, a header of other scores, a last row naming no file of PATHS.
     """
-    import csv
-
     if not partial.is_file():
         raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
-    data = partial.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    lines = data[:keep].decode("utf-8", errors="replace").splitlines()
-    if not lines or next(csv.reader(lines[:1])) != list(header):
+    try:
+        first, last, rows, keep = _complete_rows(partial)
+    except OSError as e:
+        raise UserError(f"--resume: {partial} cannot be read ({e.strerror or e})") from None
+    if first != list(header):
         raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the same --scores")
-    if len(lines) == 1:
+    if rows == 0:
         return 0, keep
-    last, rows = next(csv.reader(lines[-1:]))[0], len(lines) - 1
-    escaped = [escape_path(f) for f in files]
-    if last not in escaped[rows - 1 :]:
-        raise UserError(f"--resume: the last row of {partial} ({last}) is no image of PATHS; give the same PATHS")
-    return escaped.index(last, rows - 1) + 1, keep
+    name = last[0] if last else ""
+    for i, f in enumerate(files):  # (skipped unreadable images have no row: the file is at rows - 1 or later)
+        if i >= rows - 1 and escape_path(f) == name:
+            return i + 1, keep
+    raise UserError(f"--resume: the last row of {partial} ({name}) is no image of PATHS; give the same PATHS")

@@ -19,20 +19,20 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
+    iter_images,
     list_images,
-    read_text_file,
 )
 from clip_smot.common.shards import is_shard, list_members
 
 __all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
-           "read_image_list"]
+           "iter_image_files", "iter_image_list", "read_image_list"]
 
 
 @dataclass
@@ -72,31 +72,51 @@ def _split_list_arg(where: str) -> tuple[Path, Path] | None:
     return None
 
 
+def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> Iterator[tuple[Path, int]]:
+    """``(path, label)`` of each image of an OpenOOD-style list (``path label`` per line; label
+    optional, -1 without), read one line at a time: memory does not grow with the list.
+
+    Raises:
+        UserError: a missing or binary list, a missing root, a malformed line, a listed file that
+            does not exist (when the reading reaches it); a list naming no images (at its end).
+    """
+    list_file, root = Path(list_file), Path(root)
+    if not list_file.is_file():
+        raise UserError(f"{flag} {list_file}: no such image-list file")
+    if not root.is_dir():
+        raise UserError(f"{flag} {root}: no such image root folder")
+    n, found = 0, False
+    try:
+        with open(list_file, encoding="utf-8") as f:  # (as written, whatever the locale says)
+            for physical in f:
+                for line in physical.splitlines():  # (the line ends str.splitlines knows, as before)
+                    n += 1
+                    parts = line.split()
+                    if not parts or parts[0].startswith("#"):
+                        continue
+                    if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
+                        raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
+                    path = root / parts[0]
+                    if not path.is_file():
+                        raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
+                    found = True
+                    yield path, int(parts[1]) if len(parts) == 2 else -1
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {list_file}: not a text file (expected 'relative/path label' lines)") from None
+    except OSError as e:
+        raise UserError(f"{flag} {list_file}: cannot be read ({e.strerror or e})") from None
+    if not found:
+        raise UserError(f"{flag} {list_file}: the list names no images")
+
+
 def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> tuple[list[Path], list[int]]:
-    """Paths and integer labels of an OpenOOD-style list (``path label`` per line; label optional).
+    """Paths and integer labels of an OpenOOD-style list (see :func:`iter_image_list`).
 
     Raises:
         UserError: a missing list or root, a malformed line, a listed file that does not exist.
     """
-    list_file, root = Path(list_file), Path(root)
-    text = read_text_file(list_file, flag, "'relative/path label'", what="image-list file")
-    if not root.is_dir():
-        raise UserError(f"{flag} {root}: no such image root folder")
-    paths, labels = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
-            raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
-        path = root / parts[0]
-        if not path.is_file():
-            raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
-        paths.append(path)
-        labels.append(int(parts[1]) if len(parts) == 2 else -1)
-    if not paths:
-        raise UserError(f"{flag} {list_file}: the list names no images")
-    return paths, labels
+    pairs = list(iter_image_list(list_file, root, flag))
+    return [p for p, _ in pairs], [y for _, y in pairs]
 
 
 def _id_root(where: Path) -> Path:
@@ -192,20 +212,36 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     return ImageSet("id", paths, labels, note)
 
 
-def image_files(where: str | os.PathLike, flag: str) -> list[Path] | list[str]:
+def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str]:
     """The image files of a folder (searched recursively), of one image file, of an image list
     (``ROOT::LIST.txt``, or a ``LIST.txt`` file: paths relative to its folder; labels ignored),
     or of a tar shard (``SHARD.tar``: its images as ``SHARD.tar::MEMBER`` names, see
-    :mod:`clip_smot.common.shards`).
+    :mod:`clip_smot.common.shards`), one at a time: a list is read line by line, a folder
+    listed as the walk reaches it, a shard through its index, so memory is bounded by the
+    largest folder or shard, not by the number of images.
+
+    Raises:
+        UserError: a missing path or list, a list naming a missing file, no images, a tar that
+            cannot be read (when the iteration reaches it).
+    """
+    if is_shard(where):
+        yield from list_members(where, flag=flag)
+        return
+    as_list = _split_list_arg(str(where))
+    if as_list is None:
+        yield from iter_images(where, flag=flag)
+    else:
+        yield from (path for path, _ in iter_image_list(*as_list, flag=flag))
+
+
+def image_files(where: str | os.PathLike, flag: str) -> list[Path] | list[str]:
+    """The files of :func:`iter_image_files`, as one list.
 
     Raises:
         UserError: a missing path or list, a list naming a missing file, no images, a tar that
             cannot be read.
     """
-    if is_shard(where):
-        return list_members(where, flag=flag)
-    as_list = _split_list_arg(str(where))
-    return read_image_list(*as_list, flag=flag)[0] if as_list is not None else list_images(where, flag=flag)
+    return list(iter_image_files(where, flag))
 
 
 def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> ImageSet:

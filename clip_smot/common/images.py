@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clip_smot.common.errors import UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "list_images", "read_text_file", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "read_text_file", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -47,21 +47,71 @@ def image_names(folder: str | os.PathLike, names: list[str]) -> list[str]:
             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
 
 
+def _folder_entries(folder: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
+    """``(path, is a folder)`` of the sub-folders and image files of ``folder``, sorted by name
+    together, as :func:`walk_files` and :func:`image_names` judge them (``os.walk``'s rules: a
+    symlinked folder is a folder, one that cannot be listed has nothing); nothing for a folder
+    already walked (a symlink loop, or a second link to it)."""
+    real = os.path.realpath(folder)
+    if real in seen:
+        return iter(())
+    seen.add(real)
+    folders, files = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                (folders if is_dir else files).append(entry.name)
+    except OSError:
+        return iter(())
+    found = [(n, True) for n in folders] + [(n, False) for n in image_names(folder, files)]
+    return iter([(os.path.join(folder, n), is_dir) for n, is_dir in sorted(found)])
+
+
+def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
+    """The files of :func:`list_images`, in its order, one at a time: a folder is listed when the
+    walk reaches it, so memory is bounded by the largest folder, not by the number of images.
+
+    The order is that of sorting all the paths (``pathlib`` compares them name by name, from the
+    first): within each folder, its image files and sub-folders by name, a sub-folder's files at
+    its place.
+
+    Raises:
+        UserError: ``root`` does not exist, or holds no image file (when the walk ends).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{flag} {root}: no such file or folder")
+    if root.is_file():
+        yield root
+        return
+    seen: set[str] = set()
+    stack, found = [_folder_entries(os.fspath(root), seen)], False
+    while stack:  # (a stack, not recursion: no depth limit)
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry[1]:
+            stack.append(_folder_entries(entry[0], seen))
+        else:
+            found = True
+            yield Path(entry[0])
+    if not found:
+        raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+
 def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
     """Image files under ``root`` (see :func:`walk_files`), sorted; ``root`` may be one file.
 
     Raises:
         UserError: ``root`` does not exist, or holds no image file.
     """
-    root = Path(root)
-    if not root.exists():
-        raise UserError(f"{flag} {root}: no such file or folder")
-    if root.is_file():
-        return [root]
-    files = sorted(Path(folder) / f for folder, names in walk_files(root) for f in image_names(folder, names))
-    if not files:
-        raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    return list(iter_images(root, flag))
 
 
 def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> str:

@@ -816,6 +816,60 @@ def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
+def test_class_names_with_newlines_and_quotes_resume_to_the_same_csv(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                    monkeypatch):
+    """A prompt's class names are the prompt file's to choose: one with a newline (csv quotes it,
+    the row then spans two lines), quotes or U+0085 (a line end for str.splitlines, none for csv).
+    Resuming counted lines, not rows, and refused the partial (or picked the wrong image); rows
+    are now read as csv reads them: stopped after a chunk, --resume gives the uninterrupted CSV."""
+    names = [f'{c}\n{tmp_path}/id/val/red/0.png,"q"\x85' for c in CLASSES]  # (a line that names an image)
+    make_prompt(tmp_path / "p.safetensors", tiny, classnames=names)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=3)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
+    whole = (tmp_path / "whole.csv").read_bytes()
+    assert whole.count(b"\n") == 31 and whole.count(b'""q""\xc2\x85"') == 15
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    _, real = _stop_after_chunks(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    cut = partial.read_bytes()
+    partial.write_bytes(cut + b'some/path.png,"red\n')  # and a row cut inside its quoted class name
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert out.read_bytes() == whole and len(read_csv(out)) == 15
+
+
+def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
+    """Memory flat in the number of images: counting the images of a 12,000-line list, going
+    through them in chunks of 500 and finding where a 12,000-row OUT.partial stopped each peak
+    (tracemalloc) at under a fifth of what the list of the paths alone takes."""
+    import tracemalloc
+
+    from clip_smot.clip import scorer as sc
+    from clip_smot.common.image_sets import image_files, iter_image_files
+
+    n, header = 12000, ["path", "pred", "pred_index", "mcm"]
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "list.txt").write_text("a.png\n" * n)
+    paths, partial = [str(tmp_path / "list.txt")], tmp_path / "s.csv.partial"
+    partial.write_text(",".join(header) + "\n" + f"{tmp_path / 'a.png'},red,0,0.5\n" * (n - 10))
+
+    def peak(work):
+        tracemalloc.start()
+        try:
+            return work(), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    listed, whole = peak(lambda: len(image_files(paths[0], "PATH")))
+    counted, count_peak = peak(lambda: sum(1 for _ in iter_image_files(paths[0], "PATH")))
+    chunks, chunk_peak = peak(lambda: [len(c) for c in sc._chunks(paths, 500, 0)])
+    resumed, resume_peak = peak(lambda: sc._resume_point(partial, header, sc._files(paths)))
+    assert listed == counted == sum(chunks) == n and chunks == [500] * 24
+    assert resumed == (n - 10, partial.stat().st_size)
+    assert max(count_peak, chunk_peak, resume_peak) < whole / 5, (whole, count_peak, chunk_peak, resume_peak)
+
+
 def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)

@@ -112,3 +112,54 @@ def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
     (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")
     assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/link.png"]
     assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]
+
+
+def test_a_folder_walk_gives_the_sorted_order_one_folder_at_a_time(tmp_path, monkeypatch):
+    """iter_images gives the order of sorting every path (pathlib compares them name by name),
+    which is not os.walk's order (a folder's files before its sub-folders): `a/b.jpg` comes before
+    `a.jpg` and `a-b/x.jpg` after it. It lists a folder only when the walk reaches it."""
+    import os
+    from pathlib import Path
+
+    for rel in ("a.jpg", "a/b.jpg", "a/c/d.png", "a-b/x.jpg", "a b.png", "B.png", "z/deep/er/q.png",
+                "z/.hidden/h.png", "._z.png", "notes.txt", "a/zz.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel, format="PNG")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "m-link").symlink_to(tmp_path / "z" / "deep", target_is_directory=True)
+    found = [p.relative_to(tmp_path).as_posix() for p in images.iter_images(tmp_path)]
+    old = sorted(Path(f) / n for f, names in images.walk_files(tmp_path) for n in images.image_names(f, names))
+    assert found == [p.relative_to(tmp_path).as_posix() for p in old] == [
+        "B.png", "a/b.jpg", "a/c/d.png", "a/zz.png", "a b.png", "a-b/x.jpg", "a.jpg", "m-link/er/q.png"]
+    walk_order = [os.path.relpath(os.path.join(f, n), tmp_path) for f, names in images.walk_files(tmp_path)
+                  for n in images.image_names(f, names)]
+    assert walk_order != found  # (the tree tells the two orders apart)
+    assert images.list_images(tmp_path) == [tmp_path / p for p in found]
+
+    listed, real = [], os.scandir
+    monkeypatch.setattr(images.os, "scandir", lambda p: listed.append(os.path.relpath(p, tmp_path)) or real(p))
+    first = next(images.iter_images(tmp_path))
+    assert first == tmp_path / "B.png" and listed == ["."]  # (one folder listed for the first image)
+    walk = images.iter_images(tmp_path)
+    assert [next(walk) for _ in range(3)][-1] == tmp_path / "a/c/d.png" and listed[1:] == [".", "a", "a/c"]
+
+
+def test_an_image_list_is_read_a_line_at_a_time(tmp_path):
+    """Lines end where str.splitlines ends them (as when the list was read whole), so error line
+    numbers are unchanged; a bad line is an error when the reading reaches it, not before."""
+    from clip_smot.common.image_sets import iter_image_list, read_image_list
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    text = "a.png 0\r\nb.png\x85# note\x0ca.png 1\rb.png\n\nmissing.png\n"
+    (tmp_path / "list.txt").write_bytes(text.encode("utf-8"))
+    bad = 1 + next(i for i, line in enumerate(text.splitlines()) if line.startswith("missing"))
+    lines = iter_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+    assert [next(lines) for _ in range(4)] == [(tmp_path / "a.png", 0), (tmp_path / "b.png", -1),
+                                              (tmp_path / "a.png", 1), (tmp_path / "b.png", -1)]
+    with pytest.raises(UserError, match=f"^PATH {tmp_path / 'list.txt'}:{bad}: {tmp_path / 'missing.png'} does not exist$"):
+        next(lines)
+    assert bad == 7
+    (tmp_path / "list.txt").write_text("# only a comment\n")
+    with pytest.raises(UserError, match="the list names no images"):
+        read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
