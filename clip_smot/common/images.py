@@ -160,7 +160,9 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
             return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:  # (PIL's message names a bytes buffer by its address: the path says more)
+        raise UserError(f"{path}: unreadable or truncated image (not an image format PIL can identify)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: unreadable or truncated image ({e})") from None
     except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
         raise UserError(f"{path}: image too large to decode ({e})") from None

@@ -16,6 +16,11 @@ def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
     broken.write_bytes(good.read_bytes()[:40])
     with pytest.raises(UserError, match="broken.png: unreadable or truncated"):
         load_image(broken)
+    for data in (None, b"no image"):  # (read by PIL from the file, or from bytes read before: a shard's member)
+        (tmp_path / "text.jpg").write_bytes(b"no image")
+        with pytest.raises(UserError) as e:
+            load_image(tmp_path / "text.jpg", data=data)
+        assert str(e.value) == f"{tmp_path / 'text.jpg'}: unreadable or truncated image (not an image format PIL can identify)"
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
     with pytest.raises(UserError, match="good.png: image too large"):
         load_image(good)
