@@ -34,7 +34,7 @@ from PIL import Image
 
 from clip_smot import scores as S
 from clip_smot.clip import model as cm
-from clip_smot.clip.decoding import DECODE_CHOICES, resolve_decode
+from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers, resolve_decode
 from clip_smot.clip.features import (
     ImageFeatures,
     encode_files,
@@ -555,14 +555,15 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         _start_partial(partial, header, keep)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
-    for files in _chunks(cfg.paths, chunk, done):
-        result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
-                                    cfg.use_cache, decode)
-        skipped += result.skipped
-        rows += len(result.paths)
-        if writer:
-            _append(partial, _csv_rows(result, names, scorer.classnames))
-            bar.update(len(files))
+    with kept_workers():  # (the decoding processes started once, not once a chunk)
+        for files in _chunks(cfg.paths, chunk, done):
+            result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
+                                        cfg.use_cache, decode)
+            skipped += result.skipped
+            rows += len(result.paths)
+            if writer:
+                _append(partial, _csv_rows(result, names, scorer.classnames))
+                bar.update(len(files))
     if bar is not None:
         bar.close()
     if rows == 0:  # judged over all the arguments: one unreadable file among readable ones is skipped

@@ -141,3 +141,37 @@ def test_nvjpeg_batches_on_cuda_match_the_pil_path(tmp_path, tiny_clip_config, t
     f1 = encode_files(clip, paths, workers=0, use_cache=False, decode="jpeg").global_
     f2 = encode_files(clip, paths, workers=0, use_cache=False, decode="pil").global_
     assert (f1 * f2).sum(-1).min() > 0.98
+
+
+def test_kept_workers_start_the_decoders_once_for_call_after_call(tmp_path, tiny, monkeypatch):
+    """Within kept_workers, image_batches starts its worker processes at the first call and uses
+    them for the next ones (one DataLoader iterator, reset), with the batches of new loaders bit
+    for bit, for both decoders; a call left unfinished is followed by a whole one (its leftovers
+    discarded), a call made while another is read gets loaders of its own, and the workers are
+    gone when the context ends."""
+    paths = _images(tmp_path) * 3  # 18 files: batches of 4, and an unreadable one at the end
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    paths.append(str(tmp_path / "bad.jpg"))
+    started, real = [], torch.utils.data.DataLoader._get_iterator
+    monkeypatch.setattr(torch.utils.data.DataLoader, "_get_iterator", lambda self: started.append(1) or real(self))
+    for decode in ("pil", "jpeg"):
+        fresh = [list(image_batches(tiny, paths[k:], 4, 2, decode)) for k in (0, 5, 11)]
+        started.clear()
+        with decoding.kept_workers():
+            half = image_batches(tiny, paths, 4, 2, decode)
+            next(half)
+            half.close()  # (stopped after one batch: its workers hold the batches they made since)
+            kept = [list(image_batches(tiny, paths[k:], 4, 2, decode)) for k in (0, 5, 11)]
+            inner = image_batches(tiny, paths, 4, 2, decode)
+            next(inner)  # (being read: the next call cannot take its loader)
+            beside = list(image_batches(tiny, paths[5:], 4, 2, decode))
+            inner.close()
+            loader = next(iter(decoding._KEPT.values())).loader
+            workers = list(loader._iterator._workers)
+        assert len(started) == 2 and len(workers) == 2 and not any(w.is_alive() for w in workers)
+        assert decoding._KEPT is None
+        for a, b in zip(fresh + [fresh[1]], kept + [beside]):
+            assert len(a) == len(b)
+            for (xa, ea), (xb, eb) in zip(a, b):
+                assert list(ea) == list(eb) and torch.equal(xa, xb)
+        assert "bad.jpg" in fresh[0][-1][1][-1]

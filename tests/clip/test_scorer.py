@@ -717,8 +717,9 @@ def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, ti
 def _score_run(tmp_path, ckpt, ids, out, **kw):
     from clip_smot.clip.scorer import ScoreConfig, run_score
 
+    kw = {"workers": 0, **kw}
     cfg = ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=tuple(str(i) for i in ids), out=str(out),
-                      pretrained=ckpt, scores="mcm,msp,energy", batch_size=2, device="cpu", workers=0, **kw)
+                      pretrained=ckpt, scores="mcm,msp,energy", batch_size=2, device="cpu", **kw)
     return run_score(cfg, chunk=5)
 
 
@@ -837,6 +838,27 @@ def test_class_names_with_newlines_and_quotes_resume_to_the_same_csv(tmp_path, t
     partial.write_bytes(cut + b'some/path.png,"red\n')  # and a row cut inside its quoted class name
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
     assert out.read_bytes() == whole and len(read_csv(out)) == 15
+
+
+def test_score_in_chunks_keeps_its_decoding_workers_and_ends_them(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                  monkeypatch):
+    """With 2 decoding workers, the four chunks of 19 images are decoded by the same two worker
+    processes (one DataLoader iterator), the CSV is that of decoding in the main process, and no
+    worker is left once score ends, stopped by Ctrl-C too."""
+    import multiprocessing
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "main.csv", use_cache=False)  # (workers=0)
+    started, real = [], torch.utils.data.DataLoader._get_iterator
+    monkeypatch.setattr(torch.utils.data.DataLoader, "_get_iterator", lambda self: started.append(1) or real(self))
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "workers.csv", workers=2, use_cache=False)
+    assert started == [1] and not multiprocessing.active_children()
+    assert (tmp_path / "workers.csv").read_bytes() == (tmp_path / "main.csv").read_bytes()
+    _stop_after_chunks(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "stopped.csv", workers=2, use_cache=False)
+    assert not multiprocessing.active_children()
 
 
 def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
