@@ -6,7 +6,8 @@ Writes ``ROOT/imagenet/train/<wnid>/`` (``--train-per-class`` JPEGs), ``ROOT/ima
 (``--val-per-class``) for the first ``--classes`` ImageNet-1k wnids, and ``ROOT/ood/{iNaturalist,
 SUN,Places,Textures}/`` (``--ood-per-set`` each), every image a ``--size`` JPEG made by
 ``score_throughput.make_jpegs`` (a smooth colour field with noise: it compresses and decodes like
-a photograph), in ``--jobs`` processes. A folder written before with the same arguments is kept
+a photograph), in ``--jobs`` processes (``--distinct N``: N JPEGs written in ``ROOT/pool``, every
+image a hard link to one of them). A folder written before with the same arguments is kept
 (``ROOT/done.json`` records them). Defaults: the real pipeline's sizes (1000 classes, 16 training
 images a class: the 16 shots the fits draw; ImageNet's 50,000 val images; 10,000 images in each of
 the four OOD sets; 500x375 pixels)::
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,12 +46,23 @@ def _write(folder: Path, n: int, size: tuple[int, int], seed: int, start: int) -
     return n
 
 
-def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: tuple[int, int], jobs: int) -> None:
-    """The folders (see the module docstring), unless ``root/done.json`` records these arguments."""
+def _link(pool: Path, distinct: int, folder: Path, n: int, start: int, first: int) -> None:
+    """``folder``'s ``n`` JPEGs from the ``start``-th, named as :func:`~score_throughput.make_jpegs`
+    names them, as hard links to the pool's files: the ``first``-th of the pool, then on round."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        os.link(pool / f"{(first + i) % distinct:07d}.jpg", folder / f"{start + i:07d}.jpg")
+
+
+def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: tuple[int, int], jobs: int,
+               distinct: int = 0) -> None:
+    """The folders (see the module docstring), unless ``root/done.json`` records these arguments.
+    ``distinct``: write that many JPEGs (in ``root/pool``) and make every image a hard link to
+    one of them, in turn (0: every image its own JPEG)."""
     from clip_smot.common.bundled import imagenet_wnids
 
     wanted = {"classes": classes, "train_per_class": train, "val_per_class": val, "ood_per_set": ood,
-              "size": list(size)}
+              "size": list(size), **({"distinct": distinct} if distinct else {})}
     done = root / "done.json"
     if done.is_file() and json.loads(done.read_text()) == wanted:
         return
@@ -61,8 +74,15 @@ def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: t
     chunk = 500  # an OOD set's 10,000 JPEGs in 20 calls: the --jobs processes share them
     work += [(root / "ood" / name, min(chunk, ood - s), size, 10_000_000 + k, s)
              for k, name in enumerate(OOD_SETS) for s in range(0, ood, chunk)]
+    if distinct:  # the pool's JPEGs written, every image a link to one of them
+        links, first = work, 0
+        work = [(root / "pool", min(chunk, distinct - s), size, 0, s) for s in range(0, distinct, chunk)]
     with ProcessPoolExecutor(jobs) as pool:
         list(pool.map(_write, *zip(*work)))
+    if distinct:
+        for folder, n, _, _, start in links:
+            _link(root / "pool", distinct, folder, n, start, first)
+            first += n
     done.write_text(json.dumps(wanted))
 
 
@@ -87,15 +107,25 @@ def write_tiny_models(folder: Path) -> dict[str, str]:
 
 def write_random_models(folder: Path) -> dict[str, str]:
     """The real pipeline's networks with random weights, for a GPU timing where no weights can be
-    downloaded: ViT-B-16 (``--pretrained none``) and a torchvision ResNet-18 state dict (.pth) as
-    the CAM network. The same shapes, so the same time as with trained weights."""
+    downloaded: ViT-B-16 (a seeded random checkpoint file, .safetensors) and a torchvision ResNet-18
+    state dict (.pth) as the CAM network. The same shapes, so the same time as with trained weights;
+    and weights in a file, as a tag's are, so the evaluations share the feature cache as a user's
+    run does (``--pretrained none`` is never cached: its weights differ at every load)."""
+    import open_clip
     import torch
+    from safetensors.torch import save_file
     from torchvision.models import resnet18
 
     folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / "ViT-B-16-random.safetensors"
+    if not clip.is_file():
+        torch.manual_seed(1234)
+        model = open_clip.create_model("ViT-B-16", pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "partial.safetensors"))
+        os.replace(folder / "partial.safetensors", clip)
     torch.manual_seed(1234)
     torch.save(resnet18(num_classes=1000).state_dict(), folder / "resnet18-random.pth")
-    return {"model": "ViT-B-16", "pretrained": "none", "cam_model": str(folder / "resnet18-random.pth")}
+    return {"model": "ViT-B-16", "pretrained": str(clip), "cam_model": str(folder / "resnet18-random.pth")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,13 +137,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ood-per-set", type=int, default=10_000)
     p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of each JPEG")
     p.add_argument("--jobs", type=int, default=4, help="processes writing JPEGs")
+    p.add_argument("--distinct", type=int, default=0, metavar="N",
+                   help="write N JPEGs and make every image a hard link to one of them (0: all distinct); the "
+                        "same bytes to decode, written in seconds instead of minutes")
     models = p.add_mutually_exclusive_group()
     models.add_argument("--tiny-models", type=Path, metavar="DIR", help="also write a tiny CLIP and CAM network here")
     models.add_argument("--random-models", type=Path, metavar="DIR",
                         help="also write a random ResNet-18 CAM network here (with ViT-B-16, --pretrained none)")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    write_data(args.root, args.classes, args.train_per_class, args.val_per_class, args.ood_per_set, size, args.jobs)
+    write_data(args.root, args.classes, args.train_per_class, args.val_per_class, args.ood_per_set, size, args.jobs,
+               args.distinct)
     if args.tiny_models:
         print(json.dumps(write_tiny_models(args.tiny_models)))
     if args.random_models:

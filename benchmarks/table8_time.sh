@@ -7,6 +7,8 @@
 # Sizes and settings, as environment variables (defaults: the real pipeline's):
 #   CLASSES=1000 SHOTS=16 VAL_PER_CLASS=50 OOD_PER_SET=10000 SIZE=500x375
 #   EPOCHS=      (empty: fit's default, 50)   DEVICE=cuda   WORKERS=16   JOBS=16 (data writers)
+#   DISTINCT=0   N > 0: write N JPEGs and make every image a hard link to one of them (fake_imagenet.py
+#                --distinct: the same bytes to decode; 106,000 JPEGs take ~2 minutes of 16 cores)
 #   MODEL= PRETRAINED= CAM_MODEL=   passed on when set (default: fit's ViT-B-16 / openai and
 #                                   resnet18-imagenet, whose weights must be in the local caches)
 #   TINY=1       a tiny random CLIP and CAM network instead (a CPU smoke run, nothing downloaded)
@@ -25,13 +27,15 @@ PY=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 CLASSES=${CLASSES:-1000} SHOTS=${SHOTS:-16} VAL_PER_CLASS=${VAL_PER_CLASS:-50} OOD_PER_SET=${OOD_PER_SET:-10000}
 SIZE=${SIZE:-500x375} EPOCHS=${EPOCHS:-} DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-16} JOBS=${JOBS:-16}
+DISTINCT=${DISTINCT:-0}
 MODEL=${MODEL:-} PRETRAINED=${PRETRAINED:-} CAM_MODEL=${CAM_MODEL:-}
 
 tiny=()
 [[ ${TINY:-0} == 1 ]] && tiny=(--tiny-models "$WORK/models")
 [[ ${RANDOM_WEIGHTS:-0} == 1 ]] && tiny=(--random-models "$WORK/models")
 models=$($PY "$HERE/fake_imagenet.py" "$WORK/data" --classes "$CLASSES" --train-per-class "$SHOTS" \
-    --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --jobs "$JOBS" "${tiny[@]}")
+    --val-per-class "$VAL_PER_CLASS" --ood-per-set "$OOD_PER_SET" --size "$SIZE" --jobs "$JOBS" \
+    --distinct "$DISTINCT" "${tiny[@]}")
 if [[ ${#tiny[@]} -gt 0 ]]; then  # (fake_imagenet.py prints the models' names and paths as JSON)
     MODEL=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$models")
     PRETRAINED=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["pretrained"])' "$models")

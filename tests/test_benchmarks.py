@@ -198,7 +198,7 @@ def test_gpu_check_scale_measures_decoding_and_score_then_writes_table8_data(tmp
     assert calls[-3:] == [
         "-m pytest -q -m gpu -p no:cacheprovider tests/clip/test_decoding.py",
         "benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1 --startup-n 1000",
-        f"benchmarks/fake_imagenet.py {t8}/data --jobs 16 --random-models {t8}/models",
+        f"benchmarks/fake_imagenet.py {t8}/data --jobs 16 --distinct 2000 --random-models {t8}/models",
     ]
     assert re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M) == [("pytest_decode", "150"),
                                                                        ("score_throughput", "330")]
@@ -207,7 +207,7 @@ def test_gpu_check_scale_measures_decoding_and_score_then_writes_table8_data(tmp
     assert out.returncode == 0, out.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert f"{ROOT}/benchmarks/fake_imagenet.py {t8}/data --classes 1000 --train-per-class 16 --val-per-class 50 " \
-           f"--ood-per-set 10000 --size 500x375 --jobs 16 --random-models {t8}/models" in calls
+           f"--ood-per-set 10000 --size 500x375 --jobs 16 --distinct 2000 --random-models {t8}/models" in calls
     assert any(c.startswith(f"-m clip_smot reproduce table8 --imagenet {t8}/data/imagenet") for c in calls)
 
 
@@ -319,6 +319,28 @@ def test_jpegs_written_in_processes_are_the_ones_asked_for(tmp_path):
     assert len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 7
     make_jpegs(tmp_path / "s", 3, (40, 30))
     assert [f.read_bytes() for f in sorted((tmp_path / "s").iterdir())] == [f.read_bytes() for f in files[:3]]
+
+
+def test_fake_imagenet_distinct_links_every_image_to_one_of_n_jpegs(tmp_path):
+    """--distinct 4: the same folders and file names as without it, every image a hard link to one
+    of the pool's 4 JPEGs, taken in turn (so each is used), and done.json records it."""
+    import os
+
+    args = ["--classes", "2", "--train-per-class", "3", "--val-per-class", "2", "--ood-per-set", "3",
+            "--size", "40x30", "--jobs", "2"]
+    for root, extra in ((tmp_path / "all", []), (tmp_path / "linked", ["--distinct", "4"])):
+        out = _run_script("fake_imagenet.py", str(root), *args, *extra)
+        assert out.returncode == 0, out.stderr
+
+    def images(root):
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg") if p.parts[len(root.parts)] != "pool")
+    linked = tmp_path / "linked"
+    assert images(linked) == images(tmp_path / "all") and len(images(linked)) == 2 * (3 + 2) + 4 * 3
+    pool = {os.stat(p).st_ino: p.name for p in (linked / "pool").glob("*.jpg")}
+    used = [pool[os.stat(linked / name).st_ino] for name in images(linked)]
+    assert len(pool) == 4 and sorted(set(used)) == sorted(pool.values())
+    assert all(os.stat(p).st_nlink > 1 for p in (linked / "pool").glob("*.jpg"))
+    assert json.loads((linked / "done.json").read_text())["distinct"] == 4
 
 
 def test_table8_time_dry_run_writes_the_data_and_prints_the_five_stages(tmp_path):
