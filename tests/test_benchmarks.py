@@ -149,7 +149,8 @@ def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.Comple
     (bin_ / "python3").write_text(
         "#!/bin/bash\n"
         'echo "$*" >> "$CALLS"\n'
-        'case "$*" in *fit_step.py*) [ -n "${FIT_STEP_SLEEP:-}" ] && exec sleep "$FIT_STEP_SLEEP";; esac\n'
+        'case "$*" in *fit_step.py*) [ -n "${FIT_STEP_SLEEP:-}" ] && exec sleep "$FIT_STEP_SLEEP";;\n'
+        '  *"clip_smot reproduce"*) [ -n "${T8_SLEEP:-}" ] && sleep "$T8_SLEEP";; esac\n'
         'echo \'{"ms_per_step": 1.0}\'\n')
     (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total [MiB], driver_version'\necho 'Stub GPU'\n")
     for stub in bin_.iterdir():
@@ -209,6 +210,24 @@ def test_gpu_check_scale_measures_decoding_and_score_then_writes_table8_data(tmp
     assert f"{ROOT}/benchmarks/fake_imagenet.py {t8}/data --classes 1000 --train-per-class 16 --val-per-class 50 " \
            f"--ood-per-set 10000 --size 500x375 --jobs 16 --distinct 2000 --random-models {t8}/models" in calls
     assert any(c.startswith(f"-m clip_smot reproduce table8 --imagenet {t8}/data/imagenet") for c in calls)
+
+
+def test_gpu_check_table8_goes_on_past_the_deadline_and_table8_wait_collects_it(tmp_path):
+    """The Table 8 pipeline may take more than one call's 10 minutes: ONLY=table8 starts it in a
+    process session of its own and returns at DEADLINE saying it still runs; ONLY=table8_wait, the
+    next call, waits for its end and returns its log with the timing line."""
+    t8 = tmp_path / "t8"
+    out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8), DEADLINE="2", T8_SLEEP="5")
+    assert out.returncode == 0, out.stderr
+    assert "=== table8 started in the background" in out.stdout
+    assert "=== table8 still running: call again at once with ONLY=table8_wait" in out.stdout
+    reproduce = f"-m clip_smot reproduce table8 --imagenet {t8}/data/imagenet"
+    assert any(c.startswith(reproduce) for c in calls) and not any(c.startswith("- ") for c in calls)
+    out, calls = _gpu_check(tmp_path, "table8_wait", T8_ROOT=str(t8))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^=== table8 ended", out.stdout, re.M)
+    assert calls[-1].startswith("- ")  # (table8_time.sh's timing line, after reproduce ended)
+    assert re.search(r"^table8: \{", out.stdout, re.M)  # (the summary reads the log's JSON line)
 
 
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
