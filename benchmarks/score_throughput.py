@@ -14,6 +14,9 @@ on the same files:
 - **score_gpu_decode**: the same with ``--decode gpu`` (the JPEGs decoded by ``decode_jpeg`` on
   the CUDA device); on another device this run is skipped, and the JSON says so
   (``score_gpu_decode: "skipped: ..."``), with no figure;
+- **score_gpu_decode_fp32**: the same with ``--precision fp32`` (the reference's arithmetic; the
+  runs above use score's default, bf16 autocast on CUDA, fp32 on the CPU): what the precision
+  alone is worth;
 - **score_torchrun_N**: ``score`` under ``torchrun --nproc_per_node N`` for each N of
   ``--torchrun`` (``--workers`` decoding processes each; ``--decode gpu`` on CUDA, else ``cpu``).
 
@@ -137,6 +140,8 @@ def _commands(args, device: str, cuda: bool, prompt: Path, folder: Path, out: st
             "score": [sys.executable, *score, "--decode", "cpu", "--out", f"{out}-s.csv", str(folder)]}
     if cuda:
         runs["score_gpu_decode"] = [sys.executable, *score, "--decode", "gpu", "--out", f"{out}-g.csv", str(folder)]
+        runs["score_gpu_decode_fp32"] = [sys.executable, *score, "--decode", "gpu", "--precision", "fp32",
+                                         "--out", f"{out}-g32.csv", str(folder)]
     for k in (int(v) for v in args.torchrun.split(",") if v.strip()):
         runs[f"score_torchrun_{k}"] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                        "--nproc_per_node", str(k), *score, "--decode", "gpu" if cuda else "cpu",

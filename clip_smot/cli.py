@@ -176,7 +176,7 @@ def fit(split_file, **options) -> None:
 
 @cli.command()
 @_options(ScoreConfig, "prompt", "model", "pretrained", "scores", "batch_size", "device", "workers", "skip_unreadable",
-          "use_cache", "decode", "out", "resume")
+          "use_cache", "decode", "precision", "out", "resume")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 def score(paths, **options) -> None:
     """Score images with a learned prompt (no training).
@@ -216,9 +216,9 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
 @_options(ClipEvalConfig, "split")
 @_options(EvalConfig, "ood", "scores", "convention", "batch_size", "workers", "device",
           dest={"convention": "fpr_convention"})
-@_options(ClipEvalConfig, "use_cache", "decode")
+@_options(ClipEvalConfig, "use_cache", "decode", "precision")
 @_options(EvalConfig, "out")
-def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, decode, ood, fpr_convention,
+def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, decode, precision, ood, fpr_convention,
           **shared) -> None:
     """Evaluate OOD detection on ID and OOD sets: metric tables and histograms.
 
@@ -234,11 +234,15 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
 
         if split:
             raise click.UsageError("--split is for the CLIP track (--prompt); give the ResNet's --id-train a folder")
+        if precision != "auto":
+            raise click.UsageError("--precision is for the CLIP track (--prompt, --zero-shot); a ResNet is evaluated "
+                                   "in fp32")
         run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
     else:
         with process_group(shared["device"]):
             run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model, pretrained=pretrained,
-                                         split=split, use_cache=use_cache, decode=decode, **shared))
+                                         split=split, use_cache=use_cache, decode=decode, precision=precision,
+                                         **shared))
 
 
 _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS

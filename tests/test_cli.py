@@ -61,6 +61,9 @@ BAD_FLAGS = [
     (["score", "--prompt", "p.safetensors", "--workers", "100000", "--out", "s.csv", "x"], "--workers"),
     (["train", "--dataset", "digits", "--workers", "257", "--out", "o"], "--workers"),
     (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
+    (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
+    (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],
+     "--precision is for the CLIP track"),
 ]
 
 

@@ -28,6 +28,7 @@ from clip_smot.clip.scorer import (
 )
 from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import check_ranges, setting
+from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
 from clip_smot.common.distributed import writes_outputs
 from clip_smot.common.errors import UserError
@@ -60,6 +61,8 @@ class ClipEvalConfig(EvalConfig):
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
                           "auto: gpu on CUDA.", choices=DECODE_CHOICES)
+    precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast) or fp32; auto: "
+                             "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
 
 
 # Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
@@ -199,7 +202,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     start = time.monotonic()
     if fitted:
         train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache,
-                             decoder)
+                             decoder, scorer.precision)
         scorer.fit_id_train(train.global_, fitted)
     results = {s.name: (s, _score_set(scorer, s, names, cfg, decoder)) for s in sets}
     extra, id_accuracy = _summary(cfg, scorer, results, fitted, len(train_paths), time.monotonic() - start)
@@ -229,7 +232,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
         scorer = PromptScorer.zero_shot(
             classnames, cfg.model or DEFAULT_ZERO_SHOT_MODEL[0],
             cfg.pretrained if cfg.pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], cfg.device,
-            _zero_shot_template(),
+            _zero_shot_template(), cfg.precision,
         )
         title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
         return scorer, None, folders, title
@@ -240,7 +243,8 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
         pretrained = resolve_pretrained(pf)
         inputs.append(("checkpoint file found by name", pretrained or None))
-    scorer = PromptScorer.from_file(pf, model=cfg.model, pretrained=pretrained, device=cfg.device)
+    scorer = PromptScorer.from_file(pf, model=cfg.model, pretrained=pretrained, device=cfg.device,
+                                    precision=cfg.precision)
     title = f"Prompt {os.path.basename(cfg.prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
     return scorer, pf.config, _prompt_folders(pf.config, len(pf.classnames)), title
 
@@ -249,7 +253,7 @@ def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig, d
     """The scores ``names`` (and ``pred_index``) of every image of the set ``s``, its images
     decoded by ``decoder`` (``pil`` or ``jpeg``)."""
     feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, cfg.batch_size, cfg.workers, False, cfg.use_cache,
-                         decoder)
+                         decoder, scorer.precision)
     out = scorer.score_features(feats, names)
     if "odin" in names:
         out["odin"] = scorer.odin_files(feats.paths, cfg.batch_size, cfg.workers, decoder)
@@ -269,6 +273,7 @@ def _summary(cfg: ClipEvalConfig, scorer: PromptScorer, results: dict, fitted: l
         "pretrained": scorer.clip.pretrained,
         "prompt": cfg.prompt,
         "text_features": scorer.source,
+        "precision": scorer.precision,  # (auto resolved: bf16 on CUDA, fp32 on the CPU)
         "n_images": {name: len(s.paths) for name, (s, _) in results.items()},
         "seconds": round(seconds, 2),
     }

@@ -42,6 +42,7 @@ from safetensors.torch import safe_open
 from clip_smot.clip import model as cm
 from clip_smot.clip.decoding import decoder_identity, image_batches  # (image_batches: re-exported)
 from clip_smot.clip.model import ClipModel
+from clip_smot.common.device import autocast
 from clip_smot.common.distributed import every_rank, share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
@@ -81,12 +82,13 @@ def cache_dir() -> Path:
     return cache_root() / "features"
 
 
-def _cache_key(clip: ClipModel, paths: Sequence[str], decode: str = "pil") -> str:
+def _cache_key(clip: ClipModel, paths: Sequence[str], decode: str = "pil", precision: str = "fp32") -> str:
     files = [image_stamp(p) for p in paths]  # a replaced image (or shard) gives a new key
     decoder = decoder_identity(decode, next(clip.model.parameters()).device)
     blob = json.dumps(
         {
             **({"decoder": decoder} if decoder else {}),  # (the PIL decoder's entries keep their keys)
+            **({"precision": precision} if precision != "fp32" else {}),  # (and fp32's)
             "version": _CACHE_VERSION,
             "model": clip.identity(),  # (with the activation the model was built with)
             "versions": cm.library_versions(),  # another clip-smot or open_clip may encode otherwise
@@ -177,20 +179,22 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
 
 
-def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False
+def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False, precision: str = "fp32"
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalised float32 global features [B, e] of preprocessed images [B, 3, S, S] and, with
-    ``local``, their normalised per-patch features [B, P, e] (GL-MCM; ViT only), else None."""
-    if local:
-        g, l = cm.encode_image_tokens(clip, images)  # [B, e], [B, P, e]
-        return F.normalize(g.float(), dim=-1), F.normalize(l.float(), dim=-1)
-    return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
+    ``local``, their normalised per-patch features [B, P, e] (GL-MCM; ViT only), else None.
+    ``precision``: the image encoder's arithmetic (``bf16``/``fp16``: autocast; ``fp32``: none)."""
+    with autocast(images.device, precision):
+        if local:
+            g, l = cm.encode_image_tokens(clip, images)  # [B, e], [B, P, e]
+            return F.normalize(g.float(), dim=-1), F.normalize(l.float(), dim=-1)
+        return F.normalize(cm.encode_images(clip, images).float(), dim=-1), None
 
 
 @torch.inference_mode()
 def _encode(
     clip: ClipModel, paths: Sequence[str], local: bool, batch_size: int, workers: int, skip_unreadable: bool,
-    decode: str = "pil",
+    decode: str = "pil", precision: str = "fp32",
 ) -> ImageFeatures:
     device = next(clip.model.parameters()).device
     globals_, locals_, kept, skipped = [], [], [], []
@@ -208,7 +212,7 @@ def _encode(
             continue
         if len(ok) < len(errors):  # (indexing copies the batch: only when it must drop a file)
             images = images[ok]
-        g, l = normalized_features(clip, images.to(device, non_blocking=True), local)  # [b, e], [b, P, e]
+        g, l = normalized_features(clip, images.to(device, non_blocking=True), local, precision)  # [b, e], [b, P, e]
         _check_finite(clip, g, l, kept[-len(ok):])
         globals_.append(g.cpu())
         if local:
@@ -259,6 +263,7 @@ def encode_files(
     skip_unreadable: bool = False,
     use_cache: bool = True,
     decode: str = "pil",
+    precision: str = "fp32",
 ) -> ImageFeatures:
     """Normalised CLIP features of image files, from the cache when possible.
 
@@ -271,6 +276,8 @@ def encode_files(
         skip_unreadable: skip unreadable images (listed in ``skipped``) instead of failing.
         use_cache: read and write the feature cache (see the module docstring).
         decode: ``pil`` or ``jpeg`` (:func:`~clip_smot.clip.decoding.resolve_decode` gives it).
+        precision: ``fp32``, ``bf16`` or ``fp16``: the image encoder's arithmetic
+            (:func:`~clip_smot.common.device.resolve_precision` gives it); part of the cache key.
 
     Returns:
         The features; with ``skip_unreadable`` none at all (empty tensors) when no file is readable.
@@ -283,7 +290,7 @@ def encode_files(
     if not paths:
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
-    entry = cache_dir() / f"{_cache_key(clip, paths, decode)}.safetensors" if cacheable else None
+    entry = cache_dir() / f"{_cache_key(clip, paths, decode, precision)}.safetensors" if cacheable else None
     feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
     writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
     if damage and writer:
@@ -293,7 +300,7 @@ def encode_files(
     # while rank 0 was writing it for an earlier argument with the same files)
     if not all(every_rank(feats is not None)):
         feats = _join(share_work(lambda share: _encode(clip, share, local, batch_size, workers, skip_unreadable,
-                                                       decode),
+                                                       decode, precision),
                                  paths, batch_size))
         if entry is not None and writer:
             try:

@@ -51,7 +51,7 @@ from clip_smot.common.configs import (
     check_ranges,
     setting,
 )
-from clip_smot.common.device import resolve_device
+from clip_smot.common.device import PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output, plain_name, sha256_file
@@ -253,13 +253,17 @@ class PromptScorer:
         text_features: [K, e] normalised class text features.
         classnames: the K class names.
         source: what the text features came from (for reports).
+        precision: the image encoder's arithmetic, ``auto`` (bf16 on CUDA, fp32 on the CPU),
+            ``bf16``, ``fp16`` or ``fp32`` (:func:`~clip_smot.common.device.resolve_precision`).
     """
 
-    def __init__(self, clip: ClipModel, text_features: torch.Tensor, classnames: Sequence[str], source: str = ""):
+    def __init__(self, clip: ClipModel, text_features: torch.Tensor, classnames: Sequence[str], source: str = "",
+                 precision: str = "auto"):
         if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
             raise ValueError(f"text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
         self.clip = clip
         self.device = next(clip.model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
         self.text_features = F.normalize(text_features.float(), dim=-1).to(self.device)  # [K, e]
         self.classnames = list(classnames)
         self.logit_scale = cm.logit_scale(clip).float()
@@ -287,6 +291,7 @@ class PromptScorer:
         model: str | None = None,
         pretrained: str | None = None,
         device: str | torch.device = "auto",
+        precision: str = "auto",
     ) -> "PromptScorer":
         """Load a prompt file and its model (from the metadata unless ``model``/``pretrained`` say otherwise).
 
@@ -313,7 +318,7 @@ class PromptScorer:
             from clip_smot.clip.prompt import text_features_from_prompt
 
             text, source = text_features_from_prompt(clip, p), "text features re-encoded from the stored context"
-        return cls(clip, text, p.classnames, source=source)
+        return cls(clip, text, p.classnames, source=source, precision=precision)
 
     @classmethod
     def zero_shot(
@@ -323,6 +328,7 @@ class PromptScorer:
         pretrained: str | None = "openai",
         device: str | torch.device = "auto",
         template: str | None = None,
+        precision: str = "auto",
     ) -> "PromptScorer":
         """Plain CLIP prompts ("a photo of a {c}." by default): the zero-shot MCM baseline."""
         from clip_smot.clip.prompt import zero_shot_text_features
@@ -331,7 +337,8 @@ class PromptScorer:
         clip = cm.load_clip(model, pretrained, dev)
         kwargs = {"template": template} if template else {}
         text = zero_shot_text_features(clip, list(classnames), **kwargs)
-        return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}")
+        return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}",
+                   precision=precision)
 
     @torch.inference_mode()
     def cosine(self, images: torch.Tensor) -> torch.Tensor:
@@ -339,7 +346,7 @@ class PromptScorer:
         mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         x = (images.to(self.device).float() - mean) / std
-        return normalized_features(self.clip, x)[0] @ self.text_features.T
+        return normalized_features(self.clip, x, precision=self.precision)[0] @ self.text_features.T
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
@@ -373,7 +380,7 @@ class PromptScorer:
         std = torch.tensor(self.clip.std, device=self.device)
 
         def forward(x: torch.Tensor) -> torch.Tensor:  # normalised images -> logits [B, K]
-            return self.logit_scale * F.normalize(cm.encode_images(self.clip, x).float(), dim=-1) @ self.text_features.T
+            return self.logit_scale * normalized_features(self.clip, x, precision=self.precision)[0] @ self.text_features.T
 
         return S.odin(forward, images.to(self.device), std).cpu()
 
@@ -412,7 +419,8 @@ class PromptScorer:
             # as files are read: open_clip's transform converts to RGB itself, after resizing
             images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
         with torch.inference_mode():
-            g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names)  # [B, e], [B, P, e]
+            g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names,
+                                       self.precision)  # [B, e], [B, P, e]
             out = scores_from_features(g, self.text_features, self.logit_scale, [n for n in names if n != "odin"],
                                        l, fitted=self.fitted)
         if "odin" in names:
@@ -479,7 +487,7 @@ class PromptScorer:
         no paths and no scores when none of them is readable (the caller judges). ``decode``:
         ``pil`` or ``jpeg`` (:mod:`clip_smot.clip.decoding`)."""
         feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache,
-                             decode)
+                             decode, self.precision)
         if not feats.paths:
             return PathScores([], {}, feats.skipped)
         out = self.score_features(feats, names)
@@ -513,6 +521,8 @@ class ScoreConfig(JsonConfig):
     use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
                           "auto: gpu on CUDA.", choices=DECODE_CHOICES)
+    precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast) or fp32; auto: bf16 on CUDA, "
+                             "fp32 on the CPU.", choices=("auto", *PRECISIONS))
     resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
 
 
@@ -547,7 +557,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                     (found, weights or None)], images, shards), inside)
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
     done, keep = _resume_point(partial, header, _files(cfg.paths)) if cfg.resume else (0, 0)
-    scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device)
+    scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
+                                    precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)
     decode = scorer.decoder(cfg.decode)
     writer = writes_outputs()

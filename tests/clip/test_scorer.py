@@ -462,25 +462,57 @@ def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
         torch.testing.assert_close(whole[k], chunked[k])
 
 
+def test_precision_bf16_encodes_under_autocast_with_cache_entries_of_its_own(tmp_path, tiny, tiny_clip_checkpoint):
+    """--precision bf16 (autocast; on the CPU here) gives scores near fp32's, not equal to them,
+    and feature-cache entries of its own: a bf16 run never reads fp32 features, nor the reverse.
+    auto on the CPU is fp32, bit for bit; ODIN runs under it too."""
+    from clip_smot.clip.features import cache_dir
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=3)
+
+    def run(out, *more):
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                       tiny_clip_checkpoint, "--scores", "mcm,energy,gl-mcm", "--workers", "0",
+                                       "--out", str(tmp_path / out), *more, str(id_dir), str(ood_dir)])
+        assert res.exit_code == 0, res.output
+        return (tmp_path / out).read_bytes()
+
+    fp32 = run("auto.csv")
+    assert len(list(cache_dir().glob("*.safetensors"))) == 2  # (one entry per PATH argument)
+    bf16 = run("bf16.csv", "--precision", "bf16")
+    assert len(list(cache_dir().glob("*.safetensors"))) == 4 and bf16 != fp32
+    assert run("fp32.csv", "--precision", "fp32") == fp32 and run("bf16-again.csv", "--precision", "bf16") == bf16
+    a, b = read_csv(tmp_path / "auto.csv"), read_csv(tmp_path / "bf16.csv")
+    for name in ("mcm", "energy", "gl-mcm"):
+        torch.testing.assert_close(torch.tensor([float(r[name]) for r in b]), torch.tensor([float(r[name]) for r in a]),
+                                   atol=5e-2, rtol=5e-2)
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", pretrained=tiny_clip_checkpoint, precision="bf16")
+    odin = scorer.score_paths([ood_dir], ["odin"], workers=0).scores["odin"]
+    assert scorer.precision == "bf16" and odin.shape == (3,) and torch.isfinite(odin).all()
+
+
 @pytest.mark.gpu
 def test_score_on_cuda_matches_cpu(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, ood_dir = make_folders(tmp_path)
 
-    def run(device, out):
+    def run(device, out, *more):
         res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
                                        tiny_clip_checkpoint, "--scores", "mcm,msp,energy,maxlogit,gl-mcm",
                                        "--device", device, "--workers", "2", "--no-cache", "--out", str(tmp_path / out),
-                                       str(id_dir), str(ood_dir)])
+                                       *more, str(id_dir), str(ood_dir)])
         assert res.exit_code == 0, res.output
         return read_csv(tmp_path / out)
 
-    cpu, gpu = run("cpu", "cpu.csv"), run("cuda", "gpu.csv")
-    assert [r["path"] for r in cpu] == [r["path"] for r in gpu]
+    cpu, gpu = run("cpu", "cpu.csv"), run("cuda", "gpu.csv", "--precision", "fp32")
+    half = run("cuda", "bf16.csv")  # (auto on CUDA: bf16 autocast)
+    assert [r["path"] for r in cpu] == [r["path"] for r in gpu] == [r["path"] for r in half]
     for name in ("mcm", "msp", "energy", "maxlogit", "gl-mcm"):
         a = torch.tensor([float(r[name]) for r in cpu])
         b = torch.tensor([float(r[name]) for r in gpu])
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # cuDNN may use TF32 convolutions
+        torch.testing.assert_close(a, torch.tensor([float(r[name]) for r in half]), atol=3e-2, rtol=3e-2)
 
 
 # --- hostile files: verified cache entries, non-finite numbers, names, unreadable files ----------

@@ -25,3 +25,15 @@ def test_devices_other_than_cpu_and_an_existing_cuda_are_one_line(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(UserError, match=r"^--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)$"):
         resolve_device("cuda:2")
+
+
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
+    import torch
+
+    from clip_smot.common.device import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cuda")) == resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert [resolve_precision(p, torch.device("cuda")) for p in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]
+    with pytest.raises(UserError, match="--precision must be auto or one of"):
+        resolve_precision("fp8", torch.device("cpu"))
