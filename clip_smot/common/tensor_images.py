@@ -63,7 +63,8 @@ def shorter_side_size(h: int, w: int, size: int) -> tuple[int, int]:
 
 
 def resize_uint8(image: torch.Tensor, hw: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
-    """``image`` uint8 [3, H, W] resized to ``hw`` (antialiased, on its device), uint8 [3, h, w].
+    """``image`` uint8 [3, H, W] (or a batch [B, 3, H, W] of one size) resized to ``hw``
+    (antialiased, on its device), uint8 [3, h, w] (or [B, 3, h, w]: each image as alone).
 
     Two passes as PIL makes them, the width first, each rounded and clipped to [0, 255]: a single
     pass keeps the overshoot of bicubic upscaling that PIL clips between its passes. The

@@ -3,6 +3,7 @@ the same batches within the documented tolerance, the same errors, its own cache
 fit's one-time decoding by the same path, its hash unchanged."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,27 @@ def test_kept_workers_start_the_decoders_once_for_call_after_call(tmp_path, tiny
             for (xa, ea), (xb, eb) in zip(a, b):
                 assert list(ea) == list(eb) and torch.equal(xa, xb)
         assert "bad.jpg" in fresh[0][-1][1][-1]
+
+
+def test_jpegs_of_one_size_are_resized_together_to_the_pixels_of_one_at_a_time(tmp_path, tiny):
+    """A batch's decoded JPEGs are grouped by size and each group resized and cropped in one call:
+    the batch equals, bit for bit, each image decoded, resized, cropped and normalised alone."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from clip_smot.common import tensor_images as ti
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for k, (h, w) in enumerate([(41, 57), (60, 33), (41, 57), (90, 64), (41, 57), (60, 33), (20, 25)]):
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(paths[-1], quality=90)
+    (batch, errors), = image_batches(tiny, paths, 16, 0, "jpeg")
+    cfg = decoding.tensor_preprocess(preprocess_settings(tiny))
+    alone = []
+    for path in paths:
+        image = decode_jpeg(torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8),
+                            mode=ImageReadMode.RGB)
+        hw = ti.shorter_side_size(image.shape[-2], image.shape[-1], cfg["size"])
+        alone.append(ti.center_crop(ti.resize_uint8(image, hw, cfg["interpolation"]), cfg["size"]))
+    assert list(errors) == [""] * len(paths)
+    assert torch.equal(batch, ti.normalize(torch.stack(alone), cfg["mean"], cfg["std"]))
