@@ -340,6 +340,18 @@ def test_jpegs_written_in_processes_are_the_ones_asked_for(tmp_path):
     assert [f.read_bytes() for f in sorted((tmp_path / "s").iterdir())] == [f.read_bytes() for f in files[:3]]
 
 
+def test_score_streaming_reports_memory_and_worker_times_at_tiny_sizes():
+    out = _run_script("score_streaming.py", "--list-n", "6000", "--n", "96", "--size", "40x30", "--chunk", "32",
+                      "--batch-size", "16", "--workers", "2", "--jobs", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    listing, workers = result["listing"], result["workers"]
+    assert listing["list_n"] == 6000 and max(listing["count_peak_mb"], listing["chunks_peak_mb"],
+                                             listing["resume_peak_mb"]) < listing["list_peak_mb"]
+    assert workers["chunks"] == 3 and workers["bit_identical"] is True
+    assert all(workers[f"{k}_seconds"] > 0 for k in ("new_loader_a_chunk", "kept_workers", "one_chunk"))
+
+
 def test_fake_imagenet_distinct_links_every_image_to_one_of_n_jpegs(tmp_path):
     """--distinct 4: the same folders and file names as without it, every image a hard link to one
     of the pool's 4 JPEGs, taken in turn (so each is used), and done.json records it."""

@@ -101,9 +101,8 @@ _KEPT: dict[tuple, _Kept] | None = None  # what the workers make (preprocessing,
 def kept_workers():
     """Within it, :func:`image_batches` keeps its DataLoader worker processes from one call to the
     next that makes the same batches (preprocessing, batch size, workers, decoder): a run in chunks
-    (``score``) starts them once, not once a chunk (starting them and waiting for their first
-    batches took 0.14 s a chunk with 2 workers on a 2-core CPU). They are shut down when it ends,
-    by an error or Ctrl-C too."""
+    (``score``) starts them once, not once a chunk (benchmarks/score_streaming.py times both).
+    They are shut down when it ends, by an error or Ctrl-C too."""
     global _KEPT
     if _KEPT is not None:  # (nested: the outer one keeps them)
         yield
