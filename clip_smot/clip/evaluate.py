@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_smot.clip.decoding import DECODE_CHOICES
+from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers
 from clip_smot.clip.features import encode_files
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import (
@@ -200,11 +200,12 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
                                            *(("ID-train image", p) for p in train_paths)],
                         read_folders, writes=_WRITES)
     start = time.monotonic()
-    if fitted:
-        train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache,
-                             decoder, scorer.precision)
-        scorer.fit_id_train(train.global_, fitted)
-    results = {s.name: (s, _score_set(scorer, s, names, cfg, decoder)) for s in sets}
+    with kept_workers():  # (the decoding processes started once for the ID-train, ID and OOD sets)
+        if fitted:
+            train = encode_files(scorer.clip, train_paths, False, cfg.batch_size, cfg.workers, False, cfg.use_cache,
+                                 decoder, scorer.precision)
+            scorer.fit_id_train(train.global_, fitted)
+        results = {s.name: (s, _score_set(scorer, s, names, cfg, decoder)) for s in sets}
     extra, id_accuracy = _summary(cfg, scorer, results, fitted, len(train_paths), time.monotonic() - start)
     if not writes_outputs():  # (under torchrun every process holds every score: rank 0 writes them)
         return {}

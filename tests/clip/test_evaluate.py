@@ -96,6 +96,24 @@ def test_eval_agrees_with_sklearn_on_the_score_csvs(tmp_path, tiny, tiny_clip_ch
     assert json.loads((out / "config.json").read_text())["scores"] == ALL
 
 
+def test_eval_starts_its_decoding_workers_once_for_every_set(tmp_path, tiny_clip_config, tiny_clip_checkpoint,
+                                                              monkeypatch):
+    """The ID set and two OOD sets are decoded by the same 2 worker processes (one DataLoader
+    iterator), with the metrics of decoding in the main process."""
+    id_dir, ood_dir = make_folders(tmp_path)
+    started, real = [], torch.utils.data.DataLoader._get_iterator
+    monkeypatch.setattr(torch.utils.data.DataLoader, "_get_iterator", lambda self: started.append(1) or real(self))
+    for workers in ("0", "2"):
+        started.clear()
+        res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained",
+                                       tiny_clip_checkpoint, "--id", str(id_dir), "--ood", f"a={ood_dir}", "--ood",
+                                       f"b={ood_dir / 'x'}", "--no-cache", "--workers", workers, "--out",
+                                       str(tmp_path / f"w{workers}")])
+        assert res.exit_code == 0, res.output
+    assert started == [1]  # (with workers=0, an iterator a set: 3)
+    assert (tmp_path / "w2" / "metrics.csv").read_bytes() == (tmp_path / "w0" / "metrics.csv").read_bytes()
+
+
 def test_eval_zero_shot_uses_template_prompts(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
     from clip_smot.clip.prompt import zero_shot_text_features
     from clip_smot.clip.scorer import PromptScorer
