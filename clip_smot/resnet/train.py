@@ -51,6 +51,7 @@ from clip_smot.common.device import (
     PRECISIONS,
     autocast,
     resolve_device,
+    resolve_precision,
     seed_everything,
 )
 from clip_smot.common.distributed import process_group
@@ -492,7 +493,7 @@ def _device(cfg: TrainConfig, local_rank: int, world: int) -> tuple[torch.device
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    return device, cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return device, resolve_precision(cfg.precision, device)
 
 
 def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torch.device, world: int,
