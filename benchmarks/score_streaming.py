@@ -77,7 +77,8 @@ def workers(folder: Path, n: int, size: tuple[int, int], chunk: int, batch: int,
         return [x for i in range(0, n, step) for x, _ in image_batches(clip, paths[i : i + step], batch, procs, "pil")]
 
     timed = {}
-    for name, step, keep in (("new_loader_a_chunk", chunk, False), ("kept_workers", chunk, True), ("one_chunk", n, False)):
+    runs = (("new_loader_a_chunk", chunk, False), ("kept_workers", chunk, True), ("one_chunk", n, False))
+    for name, step, keep in runs:
         start = time.perf_counter()
         if keep:
             with kept_workers():

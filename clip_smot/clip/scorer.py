@@ -380,7 +380,8 @@ class PromptScorer:
         std = torch.tensor(self.clip.std, device=self.device)
 
         def forward(x: torch.Tensor) -> torch.Tensor:  # normalised images -> logits [B, K]
-            return self.logit_scale * normalized_features(self.clip, x, precision=self.precision)[0] @ self.text_features.T
+            g = normalized_features(self.clip, x, precision=self.precision)[0]  # [B, e]
+            return self.logit_scale * g @ self.text_features.T
 
         return S.odin(forward, images.to(self.device), std).cpu()
 

@@ -32,7 +32,8 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
 
     from clip_smot.common.device import resolve_precision
 
-    assert resolve_precision("auto", torch.device("cuda")) == resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert [resolve_precision(p, torch.device("cuda")) for p in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]
     with pytest.raises(UserError, match="--precision must be auto or one of"):

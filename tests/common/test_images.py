@@ -20,7 +20,8 @@ def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
         (tmp_path / "text.jpg").write_bytes(b"no image")
         with pytest.raises(UserError) as e:
             load_image(tmp_path / "text.jpg", data=data)
-        assert str(e.value) == f"{tmp_path / 'text.jpg'}: unreadable or truncated image (not an image format PIL can identify)"
+        assert str(e.value) == (f"{tmp_path / 'text.jpg'}: unreadable or truncated image "
+                                "(not an image format PIL can identify)")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
     with pytest.raises(UserError, match="good.png: image too large"):
         load_image(good)
@@ -162,7 +163,8 @@ def test_an_image_list_is_read_a_line_at_a_time(tmp_path):
     lines = iter_image_list(tmp_path / "list.txt", tmp_path, "PATH")
     assert [next(lines) for _ in range(4)] == [(tmp_path / "a.png", 0), (tmp_path / "b.png", -1),
                                               (tmp_path / "a.png", 1), (tmp_path / "b.png", -1)]
-    with pytest.raises(UserError, match=f"^PATH {tmp_path / 'list.txt'}:{bad}: {tmp_path / 'missing.png'} does not exist$"):
+    missing = f"^PATH {tmp_path / 'list.txt'}:{bad}: {tmp_path / 'missing.png'} does not exist$"
+    with pytest.raises(UserError, match=missing):
         next(lines)
     assert bad == 7
     (tmp_path / "list.txt").write_text("# only a comment\n")
