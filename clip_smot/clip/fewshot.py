@@ -210,15 +210,23 @@ def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
 
 def _jpeg_squares(paths: list[Path], datas: list[bytes], size: int, device: torch.device) -> list[torch.Tensor]:
     """The squares of :func:`_pil_square` on ``device``, JPEGs decoded there with ``decode_jpeg`` (one
-    batch); other files, JPEGs it cannot read and long strips by PIL."""
+    batch; the images of one size resized together, one call a size); other files, JPEGs it cannot
+    read and long strips by PIL."""
     jpegs = [i for i, d in enumerate(datas) if ti.is_jpeg(d)]
     out: list[torch.Tensor | None] = [None] * len(datas)
     decoded = ti.decode_jpegs([torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs], device)
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, image in zip(jpegs, decoded):
         if image is not None:
-            nw, nh, left, top = _geometry(image.shape[-1], image.shape[-2], size)
+            nw, nh, _, _ = _geometry(image.shape[-1], image.shape[-2], size)
             if nw * nh <= 16 * size * size:
-                out[i] = ti.resize_uint8(image, (nh, nw))[:, top : top + size, left : left + size]  # [3, S, S]
+                groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+                out[i] = image
+    for (h, w), members in groups.items():
+        nw, nh, left, top = _geometry(w, h, size)
+        same = ti.resize_uint8(torch.stack([out[i] for i in members]), (nh, nw))  # [m, 3, nh, nw]
+        for i, square in zip(members, same[:, :, top : top + size, left : left + size]):
+            out[i] = square  # [3, S, S]
     return [x if x is not None else _pil_square(p, d, size).to(device) for x, p, d in zip(out, paths, datas)]
 
 

@@ -200,3 +200,17 @@ def test_jpegs_of_one_size_are_resized_together_to_the_pixels_of_one_at_a_time(t
         alone.append(ti.center_crop(ti.resize_uint8(image, hw, cfg["interpolation"]), cfg["size"]))
     assert list(errors) == [""] * len(paths)
     assert torch.equal(batch, ti.normalize(torch.stack(alone), cfg["mean"], cfg["std"]))
+
+
+def test_fit_decoding_resizes_jpegs_of_one_size_together_to_the_pixels_of_one_at_a_time(tmp_path):
+    from clip_smot.clip.fewshot import _jpeg_squares
+
+    rng = np.random.default_rng(6)
+    paths = []
+    for k, (h, w) in enumerate([(41, 57), (60, 33), (41, 57), (41, 57), (60, 33), (90, 64)]):
+        paths.append(tmp_path / f"{k}.jpg")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(paths[-1], quality=90)
+    datas = [p.read_bytes() for p in paths]
+    together = _jpeg_squares(paths, datas, 24, torch.device("cpu"))
+    alone = [_jpeg_squares([p], [d], 24, torch.device("cpu"))[0] for p, d in zip(paths, datas)]
+    assert all(torch.equal(a, b) and a.shape == (3, 24, 24) for a, b in zip(together, alone))
