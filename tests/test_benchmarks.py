@@ -217,7 +217,7 @@ def test_gpu_check_table8_goes_on_past_the_deadline_and_table8_wait_collects_it(
     process session of its own and returns at DEADLINE saying it still runs; ONLY=table8_wait, the
     next call, waits for its end and returns its log with the timing line."""
     t8 = tmp_path / "t8"
-    out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8), DEADLINE="2", T8_SLEEP="5")
+    out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8), DEADLINE="1", T8_SLEEP="3")
     assert out.returncode == 0, out.stderr
     assert "=== table8 started in the background" in out.stdout
     assert "=== table8 still running: call again at once with ONLY=table8_wait" in out.stdout
@@ -341,12 +341,12 @@ def test_jpegs_written_in_processes_are_the_ones_asked_for(tmp_path):
 
 
 def test_score_streaming_reports_memory_and_worker_times_at_tiny_sizes():
-    out = _run_script("score_streaming.py", "--list-n", "6000", "--n", "96", "--size", "40x30", "--chunk", "32",
+    out = _run_script("score_streaming.py", "--list-n", "3000", "--n", "96", "--size", "40x30", "--chunk", "32",
                       "--batch-size", "16", "--workers", "2", "--jobs", "1")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     listing, workers = result["listing"], result["workers"]
-    assert listing["list_n"] == 6000 and max(listing["count_peak_mb"], listing["chunks_peak_mb"],
+    assert listing["list_n"] == 3000 and max(listing["count_peak_mb"], listing["chunks_peak_mb"],
                                              listing["resume_peak_mb"]) < listing["list_peak_mb"]
     assert workers["chunks"] == 3 and workers["bit_identical"] is True
     assert all(workers[f"{k}_seconds"] > 0 for k in ("new_loader_a_chunk", "kept_workers", "one_chunk"))
