@@ -546,7 +546,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     check_ranges(cfg)
     names = parse_scores(cfg.scores)
     # every argument checked before anything is encoded; its files read one at a time, not kept
-    total = sum(sum(1 for _ in iter_image_files(p, "PATH")) for p in cfg.paths)
+    total = sum(1 for _ in _files(cfg.paths))
     prompt_file = load_prompt(cfg.prompt)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
     found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
