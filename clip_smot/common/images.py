@@ -20,41 +20,14 @@ __all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """``(folder, sorted file names)`` under ``root``, sorted, leaving out hidden files and
-    folders (a dot-file such as macOS's ``._x.jpg``, a dot-folder such as ``.thumbs/``: never
-    data) and following symlinked folders, each real folder once (a symlink loop ends).
-
-    ``os.walk`` tells files from folders without a stat per file: listing ImageNet's 1.28M
-    training images stays fast on network file systems.
-    """
-    seen = set()
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        yield folder, sorted(f for f in filenames if not f.startswith("."))
-
-
-def image_names(folder: str | os.PathLike, names: list[str]) -> list[str]:
-    """The ``names`` in ``folder`` that are image files: an image extension, and a regular file
-    once symlinks are followed (a FIFO named ``x.jpg`` would block its reader forever, a broken
-    symlink has no bytes)."""
-    return [f for f in names
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
-
-
-def _folder_entries(folder: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
-    """``(path, is a folder)`` of the sub-folders and image files of ``folder``, sorted by name
-    together, as :func:`walk_files` and :func:`image_names` judge them (``os.walk``'s rules: a
-    symlinked folder is a folder, one that cannot be listed has nothing); nothing for a folder
-    already walked (a symlink loop, or a second link to it)."""
+def _listing(folder: str, seen: set[str]) -> tuple[list[str], list[str]] | None:
+    """``(sorted sub-folder names, sorted file names)`` of ``folder``, hidden ones left out (a
+    dot-file such as macOS's ``._x.jpg``, a dot-folder such as ``.thumbs/``: never data), told
+    apart as ``os.walk`` tells them (a symlinked folder is a folder; no stat per file); None for a
+    folder already walked (a symlink loop, a second link to it) or one that cannot be listed."""
     real = os.path.realpath(folder)
     if real in seen:
-        return iter(())
+        return None
     seen.add(real)
     folders, files = [], []
     try:
@@ -68,8 +41,42 @@ def _folder_entries(folder: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
                     is_dir = False
                 (folders if is_dir else files).append(entry.name)
     except OSError:
+        return None
+    return sorted(folders), sorted(files)
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, sorted file names)`` under ``root``, folder by folder as ``os.walk`` goes (a
+    folder, then its sub-folders by name, each with everything under it), leaving out hidden
+    files and folders and following symlinked folders, each real folder once (a symlink loop
+    ends); see :func:`_listing`. No stat per file: listing ImageNet's 1.28M training images stays
+    fast on network file systems.
+    """
+    seen: set[str] = set()
+    stack = [os.fspath(root)]
+    while stack:  # (a stack, not recursion: no depth limit)
+        folder = stack.pop()
+        listing = _listing(folder, seen)
+        if listing is not None:
+            yield folder, listing[1]
+            stack.extend(os.path.join(folder, d) for d in reversed(listing[0]))
+
+
+def image_names(folder: str | os.PathLike, names: list[str]) -> list[str]:
+    """The ``names`` in ``folder`` that are image files: an image extension, and a regular file
+    once symlinks are followed (a FIFO named ``x.jpg`` would block its reader forever, a broken
+    symlink has no bytes)."""
+    return [f for f in names
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, f))]
+
+
+def _folder_entries(folder: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
+    """``(path, is a folder)`` of the sub-folders and image files of ``folder`` (:func:`_listing`,
+    :func:`image_names`), sorted by name together."""
+    listing = _listing(folder, seen)
+    if listing is None:
         return iter(())
-    found = [(n, True) for n in folders] + [(n, False) for n in image_names(folder, files)]
+    found = [(n, True) for n in listing[0]] + [(n, False) for n in image_names(folder, listing[1])]
     return iter([(os.path.join(folder, n), is_dir) for n, is_dir in sorted(found)])
 
 
