@@ -37,7 +37,7 @@ from clip_smot.common.images import (
     holds_folders,
     image_names,
     load_image,
-    read_text_file,
+    text_lines,
     unescape_path,
     walk_files,
 )
@@ -145,9 +145,8 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
             image's class folder, or an image that is not there.
     """
     path = Path(path)
-    text = read_text_file(path, flag, "'relative/path<TAB>label'")
     split = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(path, flag, "'relative/path<TAB>label'"), 1):
         if not line.strip():
             continue
         rel, sep, label = line.rpartition("\t")

@@ -28,6 +28,7 @@ from clip_smot.common.images import (
     holds_folders,
     iter_images,
     list_images,
+    text_lines,
 )
 from clip_smot.common.shards import is_shard, list_members
 
@@ -81,30 +82,21 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             does not exist (when the reading reaches it); a list naming no images (at its end).
     """
     list_file, root = Path(list_file), Path(root)
-    if not list_file.is_file():
-        raise UserError(f"{flag} {list_file}: no such image-list file")
+    lines = text_lines(list_file, flag, "'relative/path label'", what="image-list file")
     if not root.is_dir():
         raise UserError(f"{flag} {root}: no such image root folder")
-    n, found = 0, False
-    try:
-        with open(list_file, encoding="utf-8") as f:  # (as written, whatever the locale says)
-            for physical in f:
-                for line in physical.splitlines():  # (the line ends str.splitlines knows, as before)
-                    n += 1
-                    parts = line.split()
-                    if not parts or parts[0].startswith("#"):
-                        continue
-                    if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
-                        raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
-                    path = root / parts[0]
-                    if not path.is_file():
-                        raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
-                    found = True
-                    yield path, int(parts[1]) if len(parts) == 2 else -1
-    except UnicodeDecodeError:
-        raise UserError(f"{flag} {list_file}: not a text file (expected 'relative/path label' lines)") from None
-    except OSError as e:
-        raise UserError(f"{flag} {list_file}: cannot be read ({e.strerror or e})") from None
+    found = False
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
+            raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        path = root / parts[0]
+        if not path.is_file():
+            raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
+        found = True
+        yield path, int(parts[1]) if len(parts) == 2 else -1
     if not found:
         raise UserError(f"{flag} {list_file}: the list names no images")
 

@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clip_smot.common.errors import UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "read_text_file", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -121,15 +121,28 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
     return list(iter_images(root, flag))
 
 
-def read_text_file(path: Path, flag: str, expected: str, what: str = "file") -> str:
-    """The text of a user's list file (a split, an image list); a missing or binary file is a
-    UserError naming it and the ``expected`` line format."""
+def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iterator[str]:
+    """The lines of a user's list file (a split, an image list), read as UTF-8 (as written,
+    whatever the locale says) one at a time, split where ``str.splitlines`` splits them.
+
+    Raises:
+        UserError: naming the file and the ``expected`` line format: a missing file (at once), a
+            binary or unreadable one (when the reading reaches it).
+    """
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such {what}")
+    return _lines(path, flag, expected)
+
+
+def _lines(path: Path, flag: str, expected: str) -> Iterator[str]:
     try:
-        return path.read_text(encoding="utf-8")  # as written (split.txt), whatever the locale says
+        with open(path, encoding="utf-8") as f:
+            for physical in f:
+                yield from physical.splitlines()
     except UnicodeDecodeError:
         raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
 
 
 def eight_bit(im: Image.Image) -> Image.Image:

@@ -112,9 +112,9 @@ def test_text_files_are_utf8_whatever_the_locale(tmp_path):
     from pathlib import Path
 
     code = ("import sys; from pathlib import Path; from clip_smot.common.files import atomic_write_text; "
-            "from clip_smot.common.images import read_text_file; p = Path(sys.argv[1]); "
+            "from clip_smot.common.images import text_lines; p = Path(sys.argv[1]); "
             "atomic_write_text('\\u732b/0.png\\t0\\ncaf\\u00e9/1.png\\t1\\n', p); "  # (argv is ASCII there too)
-            "print(ascii(read_text_file(p, '--split', 'x')))")
+            "print(ascii(''.join(line + '\\n' for line in text_lines(p, '--split', 'x'))))")
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "split.txt")], env=env, capture_output=True, text=True)
