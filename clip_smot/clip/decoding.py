@@ -203,12 +203,12 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
                  transform) -> torch.Tensor:
     """The batch [b, 3, S, S] on the model's device: the JPEG bytes in ``raws`` decoded there,
     the workers' ``images`` where there are none; ``errors`` filled in for files PIL cannot read.
-    Decoded images of one size are resized and cropped together, one call for the group (a
-    call per image launched a dozen small kernels for each; the pixels are the same)."""
+    Decoded images of one size are resized and cropped together (:func:`~clip_smot.common.
+    tensor_images.by_size`; the pixels of one at a time)."""
     device = next(clip.model.parameters()).device
     size, n = cfg["size"], len(raws)
     todo = [i for i, r in enumerate(raws) if r is not None]
-    decoded, groups = {}, {}
+    decoded = {}
     for i, image in zip(todo, ti.decode_jpegs([raws[i] for i in todo], device)):
         if image is None:  # decode_jpeg cannot read it: PIL, which names a truncated file
             try:
@@ -217,19 +217,18 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
                 images[i], errors[i] = torch.zeros(3, size, size), str(e)
             continue
         decoded[i] = image
-        groups.setdefault(tuple(image.shape[-2:]), []).append(i)
-    squares = torch.empty(n, 3, size, size, dtype=torch.uint8, device=device)  # [b, 3, S, S]
-    for (h, w), members in groups.items():
-        same = torch.stack([decoded[i] for i in members])  # [m, 3, h, w]
-        hw = ti.shorter_side_size(h, w, size)
-        squares[members] = ti.center_crop(ti.resize_uint8(same, hw, cfg["interpolation"]), size)
-    if len(decoded) == n:  # every file a JPEG decoded here (the usual batch)
-        return ti.normalize(squares, cfg["mean"], cfg["std"])
+
+    def squares(same: torch.Tensor) -> torch.Tensor:  # [m, 3, h, w] of one size -> [m, 3, S, S]
+        hw = ti.shorter_side_size(same.shape[-2], same.shape[-1], size)
+        return ti.center_crop(ti.resize_uint8(same, hw, cfg["interpolation"]), size)
+
+    kept = ti.by_size(decoded, squares)
+    if len(kept) == n:  # every file a JPEG decoded here (the usual batch)
+        return ti.normalize(torch.stack([kept[i] for i in range(n)]), cfg["mean"], cfg["std"])
     out = torch.empty(n, 3, size, size, device=device)
-    if decoded:
-        kept = sorted(decoded)
-        out[kept] = ti.normalize(squares[kept], cfg["mean"], cfg["std"])
-    rest = [i for i in range(n) if i not in decoded]
+    if kept:
+        out[sorted(kept)] = ti.normalize(torch.stack([kept[i] for i in sorted(kept)]), cfg["mean"], cfg["std"])
+    rest = [i for i in range(n) if i not in kept]
     if rest:
         out[rest] = torch.stack([images[i] for i in rest]).to(device, non_blocking=True)
     return out

@@ -185,6 +185,12 @@ def _geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
     return nw, nh, (nw - size) // 2, (nh - size) // 2
 
 
+def _long_strip(w: int, h: int, size: int) -> bool:
+    """Whether a w x h image, its shorter side resized to ``size``, would hold over 16 squares."""
+    nw, nh, _, _ = _geometry(w, h, size)
+    return nw * nh > 16 * size * size
+
+
 def _pil_square(path: Path, data: bytes, size: int) -> torch.Tensor:
     """Decode ``data`` (the bytes of ``path``) with PIL, resize the shorter side to ``size``, take
     the central square: [3, size, size] uint8."""
@@ -193,7 +199,7 @@ def _pil_square(path: Path, data: bytes, size: int) -> torch.Tensor:
     im = load_image(path, data=data)
     w, h = im.size
     nw, nh, left, top = _geometry(w, h, size)
-    if nw * nh > 16 * size * size:  # a long strip (a 1 x 20000 one resized whole holds 1.5 GB): the square alone
+    if _long_strip(w, h, size):  # (a 1 x 20000 one resized whole would hold 1.5 GB): the square alone
         box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
         im = im.resize((size, size), Image.BICUBIC, box=box)
     else:
@@ -212,21 +218,16 @@ def _jpeg_squares(paths: list[Path], datas: list[bytes], size: int, device: torc
     batch; the images of one size resized together, one call a size); other files, JPEGs it cannot
     read and long strips by PIL."""
     jpegs = [i for i, d in enumerate(datas) if ti.is_jpeg(d)]
-    out: list[torch.Tensor | None] = [None] * len(datas)
     decoded = ti.decode_jpegs([torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs], device)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in zip(jpegs, decoded):
-        if image is not None:
-            nw, nh, _, _ = _geometry(image.shape[-1], image.shape[-2], size)
-            if nw * nh <= 16 * size * size:
-                groups.setdefault(tuple(image.shape[-2:]), []).append(i)
-                out[i] = image
-    for (h, w), members in groups.items():
-        nw, nh, left, top = _geometry(w, h, size)
-        same = ti.resize_uint8(torch.stack([out[i] for i in members]), (nh, nw))  # [m, 3, nh, nw]
-        for i, square in zip(members, same[:, :, top : top + size, left : left + size]):
-            out[i] = square  # [3, S, S]
-    return [x if x is not None else _pil_square(p, d, size).to(device) for x, p, d in zip(out, paths, datas)]
+    whole = {i: image for i, image in zip(jpegs, decoded)
+             if image is not None and not _long_strip(image.shape[-1], image.shape[-2], size)}
+
+    def squares(same: torch.Tensor) -> torch.Tensor:  # [m, 3, h, w] of one size -> [m, 3, S, S]
+        nw, nh, left, top = _geometry(same.shape[-1], same.shape[-2], size)
+        return ti.resize_uint8(same, (nh, nw))[..., top : top + size, left : left + size]
+
+    done = ti.by_size(whole, squares)
+    return [done[i] if i in done else _pil_square(p, d, size).to(device) for i, (p, d) in enumerate(zip(paths, datas))]
 
 
 def _decoded(paths: list[Path], size: int, workers: int, device: torch.device | None

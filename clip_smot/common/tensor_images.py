@@ -12,11 +12,11 @@ by the rounding of the two passes (docs/score.md gives the tolerance the tests h
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["is_jpeg", "decode_jpegs", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+__all__ = ["is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
 
 
 def is_jpeg(data: bytes | memoryview) -> bool:
@@ -51,6 +51,19 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> l
                 out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
                 out.append(None)
+    return out
+
+
+def by_size(images: dict[int, torch.Tensor], fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``fn`` of the ``images`` (key -> [3, H, W]) of each size, stacked [m, 3, H, W]; its results
+    [m, ...] by key. One call a size, not one an image: a resize is a dozen small kernel launches
+    and their Python dispatch, and a batch of photos comes in few sizes."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for key, image in images.items():
+        groups.setdefault(tuple(image.shape[-2:]), []).append(key)
+    out: dict[int, torch.Tensor] = {}
+    for keys in groups.values():
+        out.update(zip(keys, fn(torch.stack([images[k] for k in keys]))))
     return out
 
 

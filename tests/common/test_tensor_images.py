@@ -81,3 +81,19 @@ def test_normalize_is_totensor_then_normalize():
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
     expected = torch.stack([T.Normalize(mean, std)(T.ToTensor()(Image.fromarray(i.permute(1, 2, 0).numpy()))) for i in x])
     torch.testing.assert_close(ti.normalize(x, mean, std), expected)
+
+
+def test_by_size_calls_the_function_once_a_size_and_keys_its_rows():
+    from clip_smot.common.tensor_images import by_size
+
+    images = {k: torch.full((3, h, w), k, dtype=torch.uint8) for k, (h, w) in
+              {4: (5, 7), 1: (6, 6), 9: (5, 7), 2: (5, 7), 7: (6, 6), 3: (2, 9)}.items()}
+    calls = []
+
+    def fn(batch):
+        calls.append(tuple(batch.shape))
+        return batch.flatten(1)[:, 0] * 10  # [m]: each row's own value, times 10
+
+    out = by_size(images, fn)
+    assert sorted(calls) == [(1, 3, 2, 9), (2, 3, 6, 6), (3, 3, 5, 7)]
+    assert {k: int(v) for k, v in out.items()} == {k: 10 * k for k in images}
