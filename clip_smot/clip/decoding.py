@@ -89,8 +89,7 @@ class _Paths(torch.utils.data.Sampler):
 
 @dataclass
 class _Kept:
-    loader: torch.utils.data.DataLoader
-    sampler: _Paths
+    loader: torch.utils.data.DataLoader  # (its sampler a _Paths)
     busy: bool = False  # (an iteration of it not finished yet)
 
 
@@ -127,14 +126,12 @@ def _loader(dataset: ImageFiles, batch_size: int, workers: int, key: tuple, **kw
         entry = _KEPT.get(key)
         if entry is None:
             named = _NamedFiles([], dataset.transform, dataset.size, dataset.jpeg_bytes)
-            sampler = _Paths()
             entry = _KEPT[key] = _Kept(torch.utils.data.DataLoader(
-                named, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=True, **kw),
-                sampler)
+                named, batch_size=batch_size, sampler=_Paths(), num_workers=workers, persistent_workers=True, **kw))
     if entry is None or entry.busy:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                            persistent_workers=False, **kw), lambda: None
-    entry.sampler.paths, entry.busy = dataset.paths, True
+    entry.loader.sampler.paths, entry.busy = dataset.paths, True
     return entry.loader, lambda: setattr(entry, "busy", False)
 
 
@@ -248,9 +245,9 @@ def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, 
     device = next(clip.model.parameters()).device
     transform = cm.image_preprocess(clip)
     jpeg = decode == "jpeg"
-    cfg = tensor_preprocess(cm.preprocess_settings(clip)) if jpeg else None
-    key = (json.dumps(cm.preprocess_settings(clip), sort_keys=True), clip.image_size, batch_size, workers, decode,
-           device.type)
+    settings = cm.preprocess_settings(clip)
+    cfg = tensor_preprocess(settings) if jpeg else None
+    key = (json.dumps(settings, sort_keys=True), batch_size, workers, decode, device.type)  # (what the workers make)
     loader, done = _loader(ImageFiles(paths, transform, clip.image_size, jpeg), batch_size, workers, key,
                            collate_fn=_collate if jpeg else None, pin_memory=device.type == "cuda")
     start = 0
