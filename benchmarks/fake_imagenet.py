@@ -86,21 +86,31 @@ def write_data(root: Path, classes: int, train: int, val: int, ood: int, size: t
     done.write_text(json.dumps(wanted))
 
 
+def _random_clip(name: str, path: Path) -> None:
+    """open_clip's ``name`` with seeded random weights, saved as a .safetensors checkpoint at
+    ``path`` (written whole, then renamed: a killed write leaves no file that looks done)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1234)
+    model = open_clip.create_model(name, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix(".partial")))
+    os.replace(path.with_suffix(".partial"), path)
+
+
 def write_tiny_models(folder: Path) -> dict[str, str]:
     """A tiny random CLIP (config JSON and .safetensors) and CAM ResNet (.pth): --model,
     --pretrained and --cam-model of a CPU smoke run."""
     import open_clip
     import torch
-    from safetensors.torch import save_file
     from torchvision.models.resnet import BasicBlock, ResNet
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "clip-smot-tiny.json"
     config.write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(str(config))
-    torch.manual_seed(1234)
-    model = open_clip.create_model("clip-smot-tiny", pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "tiny.safetensors"))
+    _random_clip("clip-smot-tiny", folder / "tiny.safetensors")
     torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=1000).state_dict(), folder / "cam.pth")
     return {"model": str(config), "pretrained": str(folder / "tiny.safetensors"), "cam_model": str(folder / "cam.pth")}
 
@@ -111,18 +121,13 @@ def write_random_models(folder: Path) -> dict[str, str]:
     state dict (.pth) as the CAM network. The same shapes, so the same time as with trained weights;
     and weights in a file, as a tag's are, so the evaluations share the feature cache as a user's
     run does (``--pretrained none`` is never cached: its weights differ at every load)."""
-    import open_clip
     import torch
-    from safetensors.torch import save_file
     from torchvision.models import resnet18
 
     folder.mkdir(parents=True, exist_ok=True)
     clip = folder / "ViT-B-16-random.safetensors"
     if not clip.is_file():
-        torch.manual_seed(1234)
-        model = open_clip.create_model("ViT-B-16", pretrained=None)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "partial.safetensors"))
-        os.replace(folder / "partial.safetensors", clip)
+        _random_clip("ViT-B-16", clip)
     torch.manual_seed(1234)
     torch.save(resnet18(num_classes=1000).state_dict(), folder / "resnet18-random.pth")
     return {"model": "ViT-B-16", "pretrained": str(clip), "cam_model": str(folder / "resnet18-random.pth")}
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     models = p.add_mutually_exclusive_group()
     models.add_argument("--tiny-models", type=Path, metavar="DIR", help="also write a tiny CLIP and CAM network here")
     models.add_argument("--random-models", type=Path, metavar="DIR",
-                        help="also write a random ResNet-18 CAM network here (with ViT-B-16, --pretrained none)")
+                        help="also write a random ViT-B-16 checkpoint and ResNet-18 CAM network here")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     write_data(args.root, args.classes, args.train_per_class, args.val_per_class, args.ood_per_set, size, args.jobs,
