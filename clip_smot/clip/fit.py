@@ -543,10 +543,16 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
 
     cam_net = inputs.cam_net
     provider, label_map = build_cam_provider(cam_net, classes)
-    if label_map is None and cam_net.class_ids is not None:  # a trained network: meant for these classes?
-        print(f"note: --cam-model {cfg.cam_model} was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
-              f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}: the CAMs are of "
-              "its top-1 class, not of the true label", file=sys.stderr)
+    if label_map is None:  # the method's CAM is for the true label: say where it cannot be
+        if cam_net.class_ids is not None:
+            why = (f"was trained on other classes ({', '.join(cam_net.class_ids[:3])}"
+                   f"{' ...' if len(cam_net.class_ids) > 3 else ''}) than those of {classes.root}")
+        elif cam_net.imagenet:
+            why = f"is an ImageNet-1k network and the classes of {classes.root} are not ImageNet wnids"
+        else:
+            why = f"does not name its classes ({cfg.cam_model} is a state dict of other than 1000 classes)"
+        print(f"note: --cam-model {cfg.cam_model} {why}: the CAMs are of its top-1 class, not of the true label",
+              file=sys.stderr)
     t = time.perf_counter()
     cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
     inputs.seconds["CAMs"] = _since(t, device)

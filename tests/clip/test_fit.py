@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -523,6 +525,27 @@ def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tm
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
     assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 6 images decoded [\d.]+ s, CAMs [\d.]+ s\)$",
                      res.stderr, re.M), res.stderr  # where the set-up time went (SMOT: the CAMs too)
+
+
+def test_top1_cams_of_an_imagenet_or_unnamed_cam_model_are_a_note(fit_args, imagenet_dir, cam_resnet, tmp_path):
+    """The CAMs fall back to the network's top-1 class for an ImageNet network on classes that are not
+    wnids, and for a state dict whose classes have no names: said in a note, as for a trained network."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    plain = tmp_path / "plain"
+    for i, w in enumerate(WNIDS):
+        shutil.copytree(imagenet_dir / "train" / w, plain / "train" / ["cats", "dogs", "birds"][i])
+    torch.manual_seed(0)
+    torch.save(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).state_dict(), tmp_path / "ten.pth")
+    for cam_model, data, why in (
+            (cam_resnet, plain, f"is an ImageNet-1k network and the classes of {plain / 'train'} are not ImageNet wnids"),
+            (str(tmp_path / "ten.pth"), imagenet_dir, "does not name its classes")):
+        args = [cam_model if a == cam_resnet else str(data) if a == str(imagenet_dir) else a
+                for a in fit_args(tmp_path / Path(cam_model).stem, "--dry-run")]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        assert f"note: --cam-model {cam_model} {why}" in res.stderr, res.stderr
+        assert "the CAMs are of its top-1 class, not of the true label" in res.stderr
 
 
 def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
