@@ -61,8 +61,8 @@ class ClipEvalConfig(EvalConfig):
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
                           "auto: gpu on CUDA.", choices=DECODE_CHOICES)
-    precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast) or fp32; auto: "
-                             "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
+    precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the CPU) or "
+                             "fp32; auto: bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
 
 
 # Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.

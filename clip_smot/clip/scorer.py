@@ -522,8 +522,8 @@ class ScoreConfig(JsonConfig):
     use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
                           "auto: gpu on CUDA.", choices=DECODE_CHOICES)
-    precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast) or fp32; auto: bf16 on CUDA, "
-                             "fp32 on the CPU.", choices=("auto", *PRECISIONS))
+    precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast; bf16 on the CPU) or fp32; auto: "
+                             "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
     resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
 
 

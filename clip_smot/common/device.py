@@ -55,7 +55,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``bf16``, ``fp16`` or ``fp32`` for a precision choice: ``auto`` is ``bf16`` on CUDA (tensor
     cores: fp32 matrix products run at a fraction of their speed) and ``fp32`` elsewhere (the
-    CPU's bf16 is no faster, and fp32 there gives open_clip's features exactly).
+    CPU's bf16 is no faster, and fp32 there gives open_clip's features exactly). ``fp16`` on the
+    CPU is ``bf16``, what :func:`autocast` runs there, so that what a run records (metrics.json,
+    the feature cache's key) is the arithmetic it did.
 
     Raises:
         UserError: not ``auto`` nor one of :data:`PRECISIONS`.
@@ -64,6 +66,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be auto or one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        return "bf16"
     return precision
 
 

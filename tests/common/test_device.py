@@ -36,5 +36,7 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
     assert resolve_precision("auto", torch.device("cuda", 1)) == "bf16"
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert [resolve_precision(p, torch.device("cuda")) for p in ("fp32", "fp16", "bf16")] == ["fp32", "fp16", "bf16"]
+    # the CPU's autocast runs fp16 as bf16: the resolved precision says so
+    assert [resolve_precision(p, torch.device("cpu")) for p in ("fp32", "fp16", "bf16")] == ["fp32", "bf16", "bf16"]
     with pytest.raises(UserError, match="--precision must be auto or one of"):
         resolve_precision("fp8", torch.device("cpu"))
