@@ -9,7 +9,8 @@ MSP, Energy and MaxLogit the logits (docs/method.md §2). The post-hoc baselines
 the prompt as a linear classifier head on the normalised image feature ``x``: weight
 ``W = logit_scale.exp() * text_features`` [K, e], no bias, so that ``logits = W x``. GradNorm,
 ReAct, KNN and ViM are then the core's formulas (:mod:`clip_smot.scores`, shared with the
-ResNet track) with ``x`` as the penultimate feature; ReAct, KNN and ViM need statistics of ID
+ResNet track) with ``x`` as the penultimate feature (GradNorm's with ``logit_scale.exp() * x``: its gradient is
+taken with respect to ``text_features``); ReAct, KNN and ViM need statistics of ID
 training features (:meth:`PromptScorer.fit_id_train`); ODIN runs the frozen image encoder
 again on perturbed pixels (:meth:`PromptScorer.odin`). Every score: higher = more ID.
 
@@ -177,7 +178,7 @@ def scores_from_features(
             out[name] = gl_mcm(cosine, local_cos, tau=tau, local_weight=local_weight)
         elif name == "mcm":
             out[name] = SCORES["mcm"][0](cosine, tau)
-        elif name == "gradnorm":  # d KL / d W = (softmax - 1/K) (logit_scale x)^T
+        elif name == "gradnorm":  # d KL / d t = (softmax - 1/K) (logit_scale x)^T, as z = t (logit_scale x)
             out[name] = S.gradnorm(logits, logit_scale * x)
         elif name == "react":
             out[name] = S.react(x, logit_scale * text, None, fitted["react_threshold"])
