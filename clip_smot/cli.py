@@ -237,6 +237,10 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
         if precision != "auto":
             raise click.UsageError("--precision is for the CLIP track (--prompt, --zero-shot); a ResNet is evaluated "
                                    "in fp32")
+        clip_only = (("--model", model), ("--pretrained", pretrained), ("--no-cache", not use_cache),
+                     ("--decode", decode != "auto"))  # (were ignored: a ResNet has its own, decodes by PIL, caches none)
+        for flag in (f for f, given in clip_only if given):
+            raise click.UsageError(f"{flag} is for the CLIP track (--prompt, --zero-shot), not --checkpoint")
         run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
     else:
         with process_group(shared["device"]):

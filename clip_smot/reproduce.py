@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from clip_smot.common.bundled import bundled_file
-from clip_smot.common.configs import MAX_BATCH, check_ranges, setting
+from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_write_text, make_folder
@@ -60,7 +60,7 @@ class ReproduceOptions:
                                      max=MAX_BATCH)
     precision: str | None = setting(None, "Every fit and training.", choices=PRECISIONS)
     device: str | None = setting(None, "Every stage (default auto).", choices=DEVICES)
-    workers: int | None = setting(None, "Every stage (default 4).", min=0)
+    workers: int | None = setting(None, "Every stage (default 4).", min=0, max=MAX_WORKERS)
 
 
 @dataclass(frozen=True)

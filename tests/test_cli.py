@@ -64,6 +64,11 @@ BAD_FLAGS = [
     (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
     (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],
      "--precision is for the CLIP track"),
+    # the CLIP track's other options were ignored with --checkpoint (--decode gpu even on a machine without CUDA)
+    *[(["eval", "--checkpoint", "m.safetensors", *extra, "--id", "x", "--ood", "a=b", "--out", "e"],
+       f"{extra[0]} is for the CLIP track") for extra in (["--model", "ViT-B-16"], ["--pretrained", "openai"],
+                                                          ["--no-cache"], ["--decode", "gpu"], ["--decode", "cpu"])],
+    (["reproduce", "table8", "--workers", "257", "--dry-run"], "--workers"),  # (every command: [0, 256])
 ]
 
 
