@@ -54,8 +54,10 @@ class ClipEvalConfig(EvalConfig):
 
     prompt: str | None = setting(None, "Learned prompt (.safetensors) to evaluate (CLIP track).", path="file")
     zero_shot: bool = setting(False, "CLIP track: plain 'a photo of a {c}.' prompts (the MCM baseline).")
-    model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: from the prompt).")
-    pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: from the prompt).")
+    model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: from the prompt; --zero-shot: "
+                                f"{DEFAULT_ZERO_SHOT_MODEL[0]}).")
+    pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: from the prompt; "
+                                     f"--zero-shot: {DEFAULT_ZERO_SHOT_MODEL[1]}).")
     split: str | None = setting(None, "CLIP: a split.txt choosing those images (relative to --id-train, or to the "
                                 "prompt's data).", path="file")
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")

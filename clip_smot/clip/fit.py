@@ -115,7 +115,7 @@ class FitConfig:
         "Ampere), else causal (square with --compile).", choices=("auto", *ATTENTION))
     compile: bool | None = setting(None, "torch.compile the text layers (needs --text-attention square or flex) and "
                                    "the image encoder's blocks (compiled once, at the first step).  [default: on with "
-                                   "CUDA]")
+                                   "CUDA of compute capability 7.0 or newer and square or flex attention]")
     cuda_graph: bool | None = setting(None, "Replay each step's forward+backward as a CUDA graph (CUDA only).  "
                                       "[default: on with CUDA]")
     overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
