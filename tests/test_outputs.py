@@ -228,6 +228,27 @@ def test_score_out_never_replaces_the_model_files(tmp_path, tiny, tiny_clip_conf
     _refused([*args, "--out", str(out), str(_images(tmp_path / "photos"))], expected, tmp_path)
 
 
+@pytest.mark.parametrize("how", ["list", "root-list", "partial-list", "partial-image"])
+def test_score_out_and_its_partial_never_replace_a_list_or_an_image(tmp_path, tiny, tiny_clip_checkpoint, how):
+    """score --out LIST.txt LIST.txt replaced the list with the CSV (lists were not among the inputs compared),
+    and OUT.partial, written before OUT, was compared with nothing: --out o/s.csv ROOT::o/s.csv.partial cut the
+    list to the CSV's header, then failed; a scored image hard-linked as o/s.csv.partial was cut the same way."""
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    photos = _images(tmp_path / "photos")
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "s.csv"
+    if how == "partial-image":
+        os.link(photos / "2.png", tmp_path / "o" / "s.csv.partial")
+        arg, expected = str(photos), "s.csv.partial: is the PATH image itself"
+    else:
+        listed = {"list": photos / "l.txt", "root-list": tmp_path / "l.txt"}.get(how, tmp_path / "o" / "s.csv.partial")
+        listed.write_text("0.png\n1.png\n")
+        arg, expected = (str(listed) if how == "list" else f"{photos}::{listed}"), "is the PATH image list itself"
+        out = out if how == "partial-list" else listed
+    _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+              "--out", str(out), arg], expected, tmp_path)
+
+
 # --- eval ---------------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from clip_smot.common.device import PRECISIONS, resolve_device, resolve_precisio
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output, plain_name, sha256_file
-from clip_smot.common.image_sets import iter_image_files
+from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
     eight_bit,
@@ -551,13 +551,15 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     prompt_file = load_prompt(cfg.prompt)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
     found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
-    images = (("PATH image", f) for f in _files(cfg.paths))  # (read again only when OUT exists)
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not
     inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
     shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
-    check_output(cfg.out, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
-                                                    (found, weights or None)], images, shards), inside)
+    lists = [("PATH image list", f) for p in cfg.paths if (f := image_list_file(p)) is not None]
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
+    for target in (cfg.out, partial):  # (OUT.partial is written first, then renamed to OUT)
+        images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
+        check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
+                                                       (found, weights or None)], images, shards, lists), inside)
     done, keep = _resume_point(partial, header, _files(cfg.paths)) if cfg.resume else (0, 0)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)

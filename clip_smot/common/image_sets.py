@@ -33,7 +33,7 @@ from clip_smot.common.images import (
 from clip_smot.common.shards import is_shard, list_members
 
 __all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
-           "iter_image_files", "iter_image_list", "read_image_list"]
+           "image_list_file", "iter_image_files", "iter_image_list", "read_image_list"]
 
 
 @dataclass
@@ -71,6 +71,12 @@ def _split_list_arg(where: str) -> tuple[Path, Path] | None:
     if where.endswith(".txt") and Path(where).is_file():
         return Path(where), Path(where).parent
     return None
+
+
+def image_list_file(where: str | os.PathLike) -> Path | None:
+    """The list file when ``where`` names an image list (``ROOT::LIST.txt`` or ``LIST.txt``), else None."""
+    as_list = _split_list_arg(str(where))
+    return None if as_list is None else as_list[0]
 
 
 def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> Iterator[tuple[Path, int]]:
