@@ -136,6 +136,8 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     if member is not None:
         return _read_member(*member)
     try:
+        if (size := os.stat(path).st_size) > MAX_MEMBER_BYTES:  # (read whole: a size the file picks)
+            raise UserError(f"{path}: too large for an image file ({size} bytes, at most {MAX_MEMBER_BYTES})")
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None

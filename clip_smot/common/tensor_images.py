@@ -20,8 +20,23 @@ __all__ = ["is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_ui
 
 
 def is_jpeg(data: bytes | memoryview) -> bool:
-    """Whether ``data`` starts as a JPEG file does (SOI marker then a marker), whatever its name."""
-    return bytes(data[:3]) == b"\xff\xd8\xff"
+    """Whether ``data`` is a JPEG for :func:`decode_jpegs`: it starts as a JPEG file does (SOI marker
+    then a marker), whatever its name, and its header, read by PIL, gives a pixel count within
+    PIL's decompression-bomb limit. ``decode_jpeg`` checks none: a 2 MB file can declare 180
+    megapixels. A larger or unparsable one goes to PIL, which names it in one line."""
+    if bytes(data[:3]) != b"\xff\xd8\xff":
+        return False
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)):  # (the header only; over the limit, it raises)
+                return True
+    except Exception:  # noqa: BLE001 - PIL's reasons are PIL's to report
+        return False
 
 
 def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:

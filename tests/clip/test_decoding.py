@@ -57,6 +57,28 @@ def test_unreadable_jpeg_named_as_pil_names_it(tmp_path, tiny):
     assert feats.paths == paths and [s[0] for s in feats.skipped] == [str(bad)]
 
 
+def test_a_jpeg_over_pils_pixel_limit_is_refused_by_name_on_the_jpeg_path(tmp_path, tiny, monkeypatch):
+    """decode_jpeg checks no size: a 2 MB JPEG declaring 180 megapixels was decoded (3.9 GB) where PIL
+    refuses it. With PIL's limit lowered, a 57 x 41 JPEG is such a file: both decoders (and fit's
+    one-time decoding) name it in the same line; the size of a plain file read whole is bounded too."""
+    from clip_smot.common import shards
+    from clip_smot.common.tensor_images import is_jpeg
+
+    paths = _images(tmp_path, 1)
+    data = open(paths[0], "rb").read()
+    assert is_jpeg(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 57 * 41 // 2 - 1)
+    assert not is_jpeg(data)
+    errors = [str(pytest.raises(UserError, encode_files, tiny, paths, workers=0, use_cache=False, decode=d).value)
+              for d in ("pil", "jpeg")]
+    assert errors[0] == errors[1] and errors[0].startswith(f"{paths[0]}: image too large to decode"), errors
+    with pytest.raises(UserError, match="image too large to decode"):
+        decode_and_hash(tmp_path, ["0.jpg"], 32, 0, torch.device("cpu"))
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", len(data) - 1)
+    with pytest.raises(UserError, match=rf"^{paths[0]}: too large for an image file \({len(data)} bytes"):
+        shards.read_image_bytes(paths[0])
+
+
 def test_decoders_have_their_own_cache_entries(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     import torchvision
 
