@@ -62,9 +62,10 @@ from clip_smot.common.images import (
     eight_bit,
     escape_path,
     list_images,
+    load_image,
 )
 from clip_smot.common.progress import progress_bar
-from clip_smot.common.shards import is_shard
+from clip_smot.common.shards import is_shard, read_image_bytes, split_member
 from clip_smot.scores import SCORES, gl_mcm
 
 __all__ = [
@@ -560,7 +561,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
                                                        (found, weights or None)], images, shards, lists), inside)
-    done, keep = _resume_point(partial, header, _files(cfg.paths)) if cfg.resume else (0, 0)
+    done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
+                  if cfg.resume else (0, 0))
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)
@@ -626,12 +628,17 @@ def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str
 
 def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
     """``OUT.partial`` cut to its first ``keep`` bytes (its complete rows), or, with none to
-    keep, a new one holding the header."""
+    keep, a new file holding the header. A new one replaces the name, so that a symlink, a hard
+    link or a FIFO found there is not written through (:func:`_resume_point` refuses such a
+    partial to keep)."""
     if keep:
         with open(partial, "r+b") as f:
             f.truncate(keep)
     else:
-        _append(partial, ",".join(header) + "\n", "w")
+        fresh = partial.with_name(f".{partial.name}.{os.getpid()}.tmp")
+        fresh.unlink(missing_ok=True)
+        _append(fresh, ",".join(header) + "\n", "x")  # (a new file: no link followed)
+        os.replace(fresh, partial)
 
 
 def _append(partial: Path, text: str, mode: str = "a") -> None:
@@ -645,53 +652,99 @@ def _append(partial: Path, text: str, mode: str = "a") -> None:
         raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
 
 
-def _complete_rows(partial: Path) -> tuple[list[str] | None, list[str] | None, int, int]:
-    """(header, last complete row, rows after the header, bytes up to the end of that row) of
-    ``partial``, read a line at a time. A row ends at a newline outside quotes (csv quotes a field
-    holding one, a class name's, and doubles its quotes: an even count of quotes so far)."""
+def _records(partial: Path) -> Iterator[tuple[list[str], int]]:
+    """(fields, bytes up to its end) of each complete CSV record of ``partial``, header first, read a
+    line at a time. A record ends at a newline outside quotes (csv quotes a field holding one, a
+    class name's, and doubles its quotes: an even count of quotes so far); a record cut off by
+    the end of the file is not complete."""
     import csv
     import io
 
-    first = last = None
-    rows = keep = at = 0
-    record = b""
+    at, record = 0, b""
     with open(partial, "rb") as f:
         for line in f:
             at += len(line)
             if not line.endswith(b"\n"):
-                break  # (a row cut off: not complete)
+                return
             record += line
             if record.count(b'"') % 2:
                 continue
-            fields = next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), [])
-            record, keep = b"", at
-            if first is None:
-                first = fields
-            else:
-                last, rows = fields, rows + 1
-    return first, last, rows, keep
+            yield next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), []), at
+            record = b""
 
 
-def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str]) -> tuple[int, int]:
-    """(files already scored, bytes of ``partial`` to keep): the complete rows of ``partial``
-    end with the row of a file; the run continues with the file after it. Neither ``partial``
-    nor ``files`` is held in memory.
+def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str], classnames: Sequence[str],
+                  skip_unreadable: bool) -> tuple[int, int]:
+    """(files already scored, bytes of ``partial`` to keep): every complete row of ``partial`` is
+    checked, in order, against the files of PATHS, whose rows they must be: the same path, a
+    class of the prompt with its index, finite scores. A file between two rows is one the run
+    skipped: with ``skip_unreadable`` it must still be unreadable (else PATHS changed since), without
+    it there is none. Neither ``partial`` nor ``files`` is held in memory.
 
     Raises:
-        UserError: no ``partial``, a header of other scores, a last row naming no file of PATHS.
+        UserError: no ``partial``, or one that is a link, other columns, a row that is not the
+            next file's (other PATHS, another prompt, an edited row).
     """
+    if partial.is_symlink() or (partial.exists() and not partial.is_file()):
+        what = "a symbolic link" if partial.is_symlink() else "not a regular file"
+        raise UserError(f"--resume: {partial} is {what}; remove it and run without --resume")
     if not partial.is_file():
         raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
+    if os.stat(partial).st_nlink > 1:  # (cutting it would cut the other name's file too)
+        raise UserError(f"--resume: {partial} is a hard link of another file; remove it and run without --resume")
+    names = {n.encode("utf-8", "backslashreplace").decode("utf-8"): k for k, n in enumerate(classnames)}
+    records, files, done, keep = _records(partial), iter(files), 0, 0
     try:
-        first, last, rows, keep = _complete_rows(partial)
+        for n, (fields, end) in enumerate(records):
+            if n == 0:
+                if fields != list(header):
+                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
+                                    "same --scores")
+                keep = end
+                continue
+            if not _row_fits(fields, len(header), names):
+                raise UserError(f"--resume: row {n} of {partial} is not a row of this prompt's scores (another "
+                                "--prompt, or an edited file); give the same --prompt, or run without --resume")
+            for f in files:
+                done += 1
+                if escape_path(f) == fields[0]:
+                    break
+                _skipped_before(f, partial, n, skip_unreadable)
+            else:
+                raise UserError(f"--resume: row {n} of {partial} ({fields[0]}) is no later image of PATHS; give the "
+                                "same PATHS, in the same order")
+            keep = end
+        if keep == 0:  # no complete header: stopped while it was written (nothing scored), or another file
+            line = (",".join(header) + "\n").encode()
+            with open(partial, "rb") as f:
+                if not line.startswith(f.read(len(line) + 1)):
+                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
+                                    "same --scores")
     except OSError as e:
         raise UserError(f"--resume: {partial} cannot be read ({e.strerror or e})") from None
-    if first != list(header):
-        raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the same --scores")
-    if rows == 0:
-        return 0, keep
-    name = last[0] if last else ""
-    for i, f in enumerate(files):  # (skipped unreadable images have no row: the file is at rows - 1 or later)
-        if i >= rows - 1 and escape_path(f) == name:
-            return i + 1, keep
-    raise UserError(f"--resume: the last row of {partial} ({name}) is no image of PATHS; give the same PATHS")
+    return done, keep
+
+
+def _row_fits(fields: list[str], columns: int, names: dict[str, int]) -> bool:
+    """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite scores."""
+    import math
+
+    if len(fields) != columns or fields[1] not in names or fields[2] != str(names[fields[1]]):
+        return False
+    try:
+        return all(math.isfinite(float(v)) for v in fields[3:])
+    except ValueError:
+        return False
+
+
+def _skipped_before(f: Path | str, partial: Path, n: int, skip_unreadable: bool) -> None:
+    """A file of PATHS with no row before row ``n`` of ``partial``: one the run skipped as unreadable."""
+    if not skip_unreadable:
+        raise UserError(f"--resume: row {n} of {partial} is not the row of {escape_path(f)}, the next image of "
+                        "PATHS; give the same PATHS, in the same order (and --skip-unreadable if the run had it)")
+    try:
+        load_image(f, mode=None, data=read_image_bytes(f) if split_member(f) else None)
+    except UserError:
+        return
+    raise UserError(f"--resume: {escape_path(f)} of PATHS reads, but has no row before row {n} of {partial}: "
+                    "PATHS changed since the run started; run without --resume")

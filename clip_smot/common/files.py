@@ -94,6 +94,8 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
     out = Path(out)
     if writes is None and out.is_dir():
         raise UserError(f"{flag} {out}: is a folder, not a file")
+    if writes is None and out.exists() and not out.is_file():  # (a rename onto /dev/null would replace it)
+        raise UserError(f"{flag} {out}: is a device, FIFO or socket, not a file")
     if writes is not None and out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out}: is a file, not a folder")
     targets = [out] if writes is None else [out / name for name in writes]

@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import shutil
 
 import numpy as np
 import open_clip
@@ -817,6 +819,79 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()
 
 
+def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint):
+    """Only the last row was checked, against the first file of its name at or after the row count:
+    with an unreadable image skipped and an image named twice, the resumed CSV scored it three
+    times; a partial of other PATHS, of another prompt or with edited rows was continued, and an
+    image added to a folder was never scored. Each row is now the next file's, a file between two
+    rows one that still does not read."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    make_prompt(tmp_path / "other.safetensors", tiny, classnames=["cat", "dog", "ship"])
+    id_dir, _ = make_folders(tmp_path, n_per_class=2)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    x, y = sorted(str(p) for p in id_dir.rglob("*.png"))[:2]
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+
+    def score(*paths, prompt="p.safetensors", resume=True):
+        return CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / prompt), "--pretrained",
+                                        tiny_clip_checkpoint, "--workers", "0", "--skip-unreadable", "--out", str(out),
+                                        *(["--resume"] if resume else []), *paths])
+
+    def resumed(rows, *paths, **kw):
+        partial.write_text("".join(whole[: rows + 1]))
+        return score(*paths, **kw)
+
+    args = (str(tmp_path / "bad.png"), x, x, y)
+    assert score(*args, resume=False).exit_code == 0
+    whole = out.read_text().splitlines(True)
+    assert [r.split(",")[0] for r in whole[1:]] == [x, x, y]
+    for rows in (0, 1, 2, 3):  # (a partial of 2 rows ends with the second x: the third file)
+        res = resumed(rows, *args)
+        assert res.exit_code == 0 and out.read_text() == "".join(whole), (rows, res.output)
+    res = resumed(2, str(tmp_path / "bad.png"), x)  # other PATHS: the second row is no later file
+    assert res.exit_code == 1 and f"row 2 of {partial} ({x}) is no later image of PATHS" in res.output
+    res = resumed(2, *args, prompt="other.safetensors")  # another prompt's classes
+    assert res.exit_code == 1 and f"row 1 of {partial} is not a row of this prompt's scores" in res.output
+    edited = whole[2].rsplit(",", 1)[0] + ",nan\n"
+    partial.write_text("".join([*whole[:2], edited]))
+    res = score(*args)
+    assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
+    assert partial.read_text() == "".join([*whole[:2], edited]) and out.read_text() == "".join(whole)  # (as they were)
+    shutil.copy(x, tmp_path / "new.png")  # a readable image where the run skipped none
+    res = resumed(2, str(tmp_path / "new.png"), *args)
+    assert res.exit_code == 1 and f"{tmp_path / 'new.png'} of PATHS reads, but has no row before row 1" in res.output
+    partial.write_text("path,pred,pred_ind")  # stopped inside the header: nothing was scored
+    assert score(*args).exit_code == 0 and out.read_text() == "".join(whole)
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink", "fifo"])
+def test_a_link_or_fifo_at_out_partial_is_never_written_through(tmp_path, tiny, tiny_clip_checkpoint, how):
+    """OUT.partial was opened for writing as found: a symlink or hard link to another file had that
+    file replaced by the CSV, a FIFO hung the run. A new run now replaces a link, --resume refuses
+    it; a FIFO or a device there or at --out (a rename would replace it) is refused."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out, partial = tmp_path / "o" / "s.csv", tmp_path / "o" / "s.csv.partial"
+    out.parent.mkdir()
+    {"symlink": lambda: partial.symlink_to(victim), "hardlink": lambda: os.link(victim, partial),
+     "fifo": lambda: os.mkfifo(partial)}[how]()
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", str(id_dir)]
+    fifo = f"Error: --out {partial}: is a device, FIFO or socket, not a file"
+    res = CliRunner().invoke(cli, [*base, "--out", str(out), "--resume"])
+    assert res.exit_code == 1 and res.output.startswith(fifo if how == "fifo" else f"Error: --resume: {partial} is ")
+    res = CliRunner().invoke(cli, [*base, "--out", str(out)])
+    if how == "fifo":
+        assert res.exit_code == 1 and res.output.startswith(fifo) and partial.is_fifo()
+        res = CliRunner().invoke(cli, [*base, "--out", str(partial)])  # (the FIFO as --out itself)
+        assert res.exit_code == 1 and "is a device, FIFO or socket, not a file" in res.output
+    else:
+        assert res.exit_code == 0, res.output
+        assert victim.read_text() == "precious\n" and out.read_text().startswith("path,pred,pred_index,mcm\n")
+
+
 def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """Two webdataset shards holding the folders' images: the same scores as the files, rows named
     SHARD.tar::KEY; stopped after a chunk, --resume gives the uninterrupted CSV byte for byte."""
@@ -918,7 +993,7 @@ def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
     listed, whole = peak(lambda: len(image_files(paths[0], "PATH")))
     counted, count_peak = peak(lambda: sum(1 for _ in iter_image_files(paths[0], "PATH")))
     chunks, chunk_peak = peak(lambda: [len(c) for c in sc._chunks(paths, 500, 0)])
-    resumed, resume_peak = peak(lambda: sc._resume_point(partial, header, sc._files(paths)))
+    resumed, resume_peak = peak(lambda: sc._resume_point(partial, header, sc._files(paths), ["red"], False))
     assert listed == counted == sum(chunks) == n and chunks == [500] * 24
     assert resumed == (n - 10, partial.stat().st_size)
     assert max(count_peak, chunk_peak, resume_peak) < whole / 5, (whole, count_peak, chunk_peak, resume_peak)
