@@ -283,6 +283,33 @@ def test_eval_out_never_replaces_an_image_a_set_lists(tmp_path, tiny, tiny_clip_
              "its scores_hist.png would be the --ood noise image itself", tmp_path)
 
 
+@pytest.mark.parametrize("how", ["ood-root-list", "split", "id-train-folder", "resnet-root-list"])
+def test_eval_out_never_replaces_a_list_or_split_it_reads(tmp_path, tiny, tiny_clip_checkpoint, how):
+    """eval --ood x=ROOT::OUT/metrics.csv compared --out's files with the string 'ROOT::...', no file: the
+    list was replaced by the metrics (CLIP and ResNet tracks); --split and --id-train were not compared."""
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    ood = _images(tmp_path / "ood")
+    ids = tmp_path / "id" / "val"
+    for c in CLASSES:
+        _images(ids / c, n=2)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.csv").write_text("0.png\n1.png\n")
+    track = (["--checkpoint", str(tmp_path / "m.safetensors")] if how.startswith("resnet") else
+             ["--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores", "knn"])
+    ood_arg, extra = f"noise={ood}::{out / 'metrics.csv'}", []
+    expected = "its metrics.csv would be the --ood noise image list itself"
+    if how == "split":
+        ood_arg, extra = f"noise={ood}", ["--id-train", str(tmp_path / "id"), "--split", str(out / "metrics.csv")]
+        expected = "its metrics.csv would be the --split file itself"
+    if how == "id-train-folder":
+        shutil.copytree(tmp_path / "id", tmp_path / "train")
+        ood_arg, extra, out = f"noise={ood}", ["--id-train", str(tmp_path / "train")], tmp_path / "train" / "eval"
+        expected = "is inside the --id-train folder"
+    _refused(["eval", *track, "--id", str(tmp_path / "id"), "--ood", ood_arg, *extra, "--workers", "0",
+              "--out", str(out)], expected, tmp_path)
+
+
 def test_eval_out_never_replaces_the_model_config(tmp_path, tiny_clip_config):
     (tmp_path / "eval").mkdir()
     model = shutil.copy(tiny_clip_config, tmp_path / "eval" / "config.json")

@@ -37,6 +37,7 @@ from clip_smot.common.image_sets import (
     folder_classnames,
     id_class_folders,
     id_set,
+    image_list_file,
     image_set,
 )
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
@@ -180,10 +181,12 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     """
     check_ranges(cfg)
     names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
-    given = {"--id": cfg.id_data, **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
+    given = {"--id": cfg.id_data, "--id-train": cfg.id_train,
+             **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
     inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
-              *((f"{flag} image list", w) for flag, w in given.items())]
-    read_folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+              ("--split file", cfg.split),
+              *((f"{flag} image list", image_list_file(w) or w) for flag, w in given.items() if w is not None)]
+    read_folders = [(f"the {flag} folder", w) for flag, w in given.items() if w is not None]
     check_output_folder(cfg.out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in cfg.ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
