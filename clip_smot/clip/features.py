@@ -50,7 +50,7 @@ from clip_smot.common.files import (
     cache_root,
     remove_stale_temporaries,
 )
-from clip_smot.common.shards import image_stamp
+from clip_smot.common.shards import image_identity, image_stamp
 
 __all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
 
@@ -151,20 +151,23 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"
-    if sorted(encoded + [s[0] for s in skipped]) != sorted(paths):
+    wanted = [image_identity(p) for p in paths]  # (the key's: a relative and an absolute spelling are one)
+    if sorted(image_identity(p) for p in encoded + [s[0] for s in skipped]) != sorted(wanted):
         return None, "it lists other files"
     n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
     if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
         return None, "its features have the wrong shape"
     if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
         return None, "its features are not finite"
-    # the key sorts the files: the entry may hold them in another order than the one asked for
-    row = {p: i for i, p in enumerate(encoded)}
-    order = [row[p] for p in paths if p in row]
+    # the key sorts the files: the entry may hold them in another order (and spelling) than asked for
+    row = {image_identity(p): i for i, p in enumerate(encoded)}
+    order = [row[w] for w in wanted if w in row]
     if order != list(range(len(encoded))):
         global_ = global_[order]
         local_ = local_[order] if local_ is not None else None
-        encoded = [encoded[i] for i in order]
+    asked = dict(zip(wanted, paths))
+    encoded = [p for p, w in zip(paths, wanted) if w in row]
+    skipped = [(asked[image_identity(p)], why) for p, why in skipped]
     return ImageFeatures(encoded, global_, local_, skipped), ""
 
 

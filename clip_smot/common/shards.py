@@ -24,7 +24,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import file_stamp
 
 __all__ = ["MAX_MEMBER_BYTES", "SEPARATOR", "is_shard", "split_member", "list_members", "read_image_bytes",
-           "image_stamp"]
+           "image_identity", "image_stamp"]
 
 SEPARATOR = "::"
 MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: far above any photograph, far below a machine's memory
@@ -145,11 +145,18 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
         raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
 
 
-def image_stamp(path: str | os.PathLike) -> list:
-    """``[absolute path, *file_stamp]`` of an image file; for a shard's member, the shard's absolute
-    path with the member's name and the shard's stamp (a shard rewritten gives another stamp)."""
+def image_identity(path: str | os.PathLike) -> str:
+    """The absolute path of an image file, or of a shard's member the shard's absolute path with the
+    member's name: the same for every spelling of a path (relative or absolute)."""
     member = split_member(path)
     if member is None:
-        return [os.path.abspath(path), *file_stamp(path)]
+        return os.path.abspath(path)
     shard, name = member
-    return [f"{os.path.abspath(shard)}{SEPARATOR}{name}", *file_stamp(shard)]
+    return f"{os.path.abspath(shard)}{SEPARATOR}{name}"
+
+
+def image_stamp(path: str | os.PathLike) -> list:
+    """``[image_identity, *file_stamp]`` of an image file or a shard's member (the shard's stamp:
+    a shard rewritten gives another stamp)."""
+    member = split_member(path)
+    return [image_identity(path), *file_stamp(path if member is None else member[0])]

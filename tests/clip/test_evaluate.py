@@ -388,6 +388,25 @@ def test_a_cache_entry_of_the_same_files_in_another_order_keeps_the_order_asked(
     torch.testing.assert_close(reread.global_, feats.global_.flip(0), rtol=0, atol=0)
 
 
+def test_a_cache_entry_serves_the_same_files_under_another_spelling(tmp_path, tiny, monkeypatch, capsys):
+    """The key is of the files' absolute paths, but the entry's paths were compared as spelt: the same
+    folder given relative, then absolute, was a 'damaged' entry, encoded again and overwritten each time."""
+    from clip_smot.clip import features
+    from clip_smot.clip.features import encode_files
+
+    id_dir, _ = make_folders(tmp_path)
+    paths = id_set(id_dir, CLASSES).paths
+    monkeypatch.chdir(tmp_path)
+    relative = [str(Path(p).relative_to(tmp_path)) for p in paths]
+    first = encode_files(tiny, relative, workers=0)
+    calls = []
+    monkeypatch.setattr(features, "_encode", lambda *a, **k: calls.append(a) or pytest.fail("encoded again"))
+    again = encode_files(tiny, [str(p) for p in paths][::-1], workers=0)
+    assert calls == [] and "damaged" not in capsys.readouterr().err
+    assert again.paths == [str(p) for p in paths][::-1]  # (named as asked, in the order asked)
+    torch.testing.assert_close(again.global_, first.global_.flip(0), rtol=0, atol=0)
+
+
 def test_eval_decode_gpu_without_cuda_is_one_line_and_cpu_is_recorded(tmp_path, tiny_clip_config,
                                                                        tiny_clip_checkpoint):
     id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=2)
