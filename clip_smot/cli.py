@@ -23,7 +23,7 @@ from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
 from clip_smot.clip.scorer import ScoreConfig, run_score
 from clip_smot.common.configs import flag_of
-from clip_smot.common.distributed import process_group, torchrun_env, writes_outputs
+from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import EvalConfig
 from clip_smot.reproduce import TABLES, ReproduceOptions, run_reproduce
@@ -186,9 +186,9 @@ def score(paths, **options) -> None:
     with the columns path, pred, pred_index and one column per score (higher = more
     in-distribution).
     """
-    with process_group(options["device"]):
+    with process_group(options["device"]) as (rank, _, _):
         skipped = run_score(ScoreConfig(paths=paths, **options))
-    if skipped and writes_outputs():  # (under torchrun every process knows them all: rank 0 lists them)
+    if skipped and rank == 0:  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:
             click.echo(f"  {reason}", err=True)

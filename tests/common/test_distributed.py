@@ -46,11 +46,12 @@ def test_share_work_runs_each_share_once_and_fails_on_every_rank(tmp_path):
         assert result["error"] == "bad 4"
 
 
-def _torchrun_in(cache, monkeypatch, args) -> None:
+def _torchrun_in(cache, monkeypatch, args) -> str:
     """``torchrun --nproc_per_node 2 -m clip_smot ARGS`` with the feature cache in ``cache``."""
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(cache))
     code, _, stderr = _torchrun("-m", "clip_smot", *args)
     assert code == 0, stderr[-3000:]
+    return stderr
 
 
 @pytest.fixture()
@@ -63,13 +64,18 @@ def setup(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
 
 def test_score_under_torchrun_writes_the_csv_of_one_process(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
     """Two processes (gloo, --batch-size 4: 19 images in 5 batches, 2 and 3 per process): the CSV,
-    row order included, is byte for byte that of one process, each with a fresh feature cache."""
+    row order included, is byte for byte that of one process, each with a fresh feature cache; an
+    unreadable image skipped is listed once (by rank 0), not once a process."""
     prompt, id_dir, ood_dir = setup
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not an image")
     args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores",
-            "mcm,energy,gl-mcm,odin", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
-    _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--out", str(tmp_path / "two.csv"), str(id_dir), str(ood_dir)])
+            "mcm,energy,gl-mcm,odin", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--skip-unreadable"]
+    paths = [str(id_dir), str(tmp_path / "bad"), str(ood_dir)]
+    stderr = _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--out", str(tmp_path / "two.csv"), *paths])
+    assert stderr.count("Skipped 1 unreadable image(s):") == 1 and stderr.count("broken.png") == 1, stderr
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
-    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one.csv"), str(id_dir), str(ood_dir)])
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one.csv"), *paths])
     assert res.exit_code == 0, res.output
     one = (tmp_path / "one.csv").read_bytes()
     assert one.count(b"\n") == 1 + 19 and (tmp_path / "two.csv").read_bytes() == one
