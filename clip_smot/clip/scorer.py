@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -557,7 +558,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
     lists = [("PATH image list", f) for p in cfg.paths if (f := image_list_file(p)) is not None]
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
-    for target in (cfg.out, partial):  # (OUT.partial is written first, then renamed to OUT)
+    run_file = Path(f"{partial}.json")  # what the partial's rows were scored with, for --resume to compare
+    for target in (cfg.out, partial, run_file):  # (OUT.partial is written first, then renamed to OUT)
         images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
                                                        (found, weights or None)], images, shards, lists), inside)
@@ -567,9 +569,14 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)
     decode = scorer.decoder(cfg.decode)
+    run = json.dumps({"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(),
+                      "precision": scorer.precision}, sort_keys=True)
+    if done:
+        _check_run_file(run_file, run, partial)
     writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
+        _write_new(run_file, run + "\n")
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     with kept_workers():  # (the decoding processes started once, not once a chunk)
@@ -586,9 +593,11 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     if rows == 0:  # judged over all the arguments: one unreadable file among readable ones is skipped
         if writer:
             partial.unlink()
+            run_file.unlink(missing_ok=True)
         _none_readable(skipped)
     if writer:
         os.replace(partial, cfg.out)
+        run_file.unlink(missing_ok=True)
     return skipped
 
 
@@ -635,10 +644,33 @@ def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
         with open(partial, "r+b") as f:
             f.truncate(keep)
     else:
-        fresh = partial.with_name(f".{partial.name}.{os.getpid()}.tmp")
-        fresh.unlink(missing_ok=True)
-        _append(fresh, ",".join(header) + "\n", "x")  # (a new file: no link followed)
-        os.replace(fresh, partial)
+        _write_new(partial, ",".join(header) + "\n")
+
+
+def _write_new(path: Path, text: str) -> None:
+    """``path`` replaced by a new file holding ``text``: a link or FIFO there is not written through."""
+    fresh = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fresh.unlink(missing_ok=True)
+    _append(fresh, text, "x")  # (a new file: no link followed)
+    os.replace(fresh, path)
+
+
+def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
+    """Raise a UserError unless ``run_file`` says that the rows of ``partial`` were scored with the
+    prompt (its SHA-256), the model and the precision of ``run``."""
+    try:
+        if run_file.is_symlink() or not run_file.is_file() or run_file.stat().st_size > 1 << 20:
+            raise ValueError("missing")
+        stored = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UserError(f"--resume: {run_file}, which says what {partial} was scored with, is missing or damaged; "
+                        "run without --resume") from None
+    now = json.loads(run)
+    differ = [k for k in ("prompt_sha256", "model", "precision") if not isinstance(stored, dict) or stored.get(k) != now[k]]
+    if differ:
+        what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision"}
+        raise UserError(f"--resume: {partial} was scored with another {', '.join(what[k] for k in differ)}; give the "
+                        "same, or run without --resume")
 
 
 def _append(partial: Path, text: str, mode: str = "a") -> None:

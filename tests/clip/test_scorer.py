@@ -790,12 +790,15 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
     assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:11])
+    run = (tmp_path / "s.csv.partial.json").read_bytes()  # (what the rows were scored with)
     monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
                         or real(self, files, *a, **k))
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
     assert seen == [5, 5, 2, 5, 2] and out.read_bytes() == whole and not partial.exists()
+    assert not (tmp_path / "s.csv.partial.json").exists()
 
     partial.write_bytes(whole[: whole.index(b"\n", 300) + 9])  # a few rows and part of the next
+    (tmp_path / "s.csv.partial.json").write_bytes(run)
     kept = partial.read_bytes()[: partial.read_bytes().rindex(b"\n") + 1].count(b"\n") - 1
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
     assert 0 < kept < 5 and out.read_bytes().splitlines()[: kept + 1] == whole.splitlines()[: kept + 1]
@@ -819,7 +822,7 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()
 
 
-def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint):
+def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """Only the last row was checked, against the first file of its name at or after the row count:
     with an unreadable image skipped and an image named twice, the resumed CSV scored it three
     times; a partial of other PATHS, of another prompt or with edited rows was continued, and an
@@ -839,9 +842,14 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
 
     def resumed(rows, *paths, **kw):
         partial.write_text("".join(whole[: rows + 1]))
+        (tmp_path / "s.csv.partial.json").write_text(run)
         return score(*paths, **kw)
 
     args = (str(tmp_path / "bad.png"), x, x, y)
+    _, real = _stop_after_chunks(monkeypatch, 0)
+    assert score(*args, resume=False).exit_code == 130  # (stopped: what the rows are scored with is left)
+    run = (tmp_path / "s.csv.partial.json").read_text()
+    monkeypatch.setattr(PromptScorer, "score_files", real)
     assert score(*args, resume=False).exit_code == 0
     whole = out.read_text().splitlines(True)
     assert [r.split(",")[0] for r in whole[1:]] == [x, x, y]
@@ -852,6 +860,14 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     assert res.exit_code == 1 and f"row 2 of {partial} ({x}) is no later image of PATHS" in res.output
     res = resumed(2, *args, prompt="other.safetensors")  # another prompt's classes
     assert res.exit_code == 1 and f"row 1 of {partial} is not a row of this prompt's scores" in res.output
+    make_prompt(tmp_path / "same-classes.safetensors", tiny, seed=1)  # the same classes, another context
+    res = resumed(2, *args, prompt="same-classes.safetensors")
+    assert res.exit_code == 1 and f"{partial} was scored with another --prompt; give the same" in res.output
+    res = resumed(2, *args, prompt="p.safetensors")
+    assert res.exit_code == 0 and out.read_text() == "".join(whole)
+    partial.write_text("".join(whole[:3]))  # (no file saying what it was scored with)
+    res = score(*args)
+    assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
     edited = whole[2].rsplit(",", 1)[0] + ",nan\n"
     partial.write_text("".join([*whole[:2], edited]))
     res = score(*args)
