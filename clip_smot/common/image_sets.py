@@ -179,6 +179,13 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
     return [index[p.relative_to(root).parts[0]] for p in paths], ""
 
 
+def _no_shard(where: str, flag: str) -> None:
+    """A tar shard given for a set of eval: refused by name (it would be read as one unreadable image)."""
+    if is_shard(where):
+        raise UserError(f"{flag}{'' if flag.endswith('=') else ' '}{where}: a tar shard; eval reads folders and "
+                        "image lists (score reads shards)")
+
+
 def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--id",
            prompt_folders: Sequence[str] | None = None) -> ImageSet:
     """The ID test set, with labels in the order of ``classnames`` when they can be matched.
@@ -192,6 +199,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
             first by exact name; otherwise folders are matched through ``classnames``.
     """
     where = str(where)
+    _no_shard(where, flag)
     as_list = _split_list_arg(where)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
@@ -249,6 +257,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
         UserError: a missing folder or list, or one without images.
     """
     where = str(where)
+    _no_shard(where, f"{flag} {name}=")
     as_list = _split_list_arg(where)
     if as_list is not None:
         paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")

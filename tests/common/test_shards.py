@@ -99,3 +99,16 @@ def test_a_shard_is_scanned_once_for_listing_and_reading_until_it_changes(tmp_pa
     with tarfile.open(shard, "w") as tar:  # other bytes under the same name
         _add(tar, "a/000.jpg", b"rewritten")
     assert shards.read_image_bytes(f"{shard}::a/000.jpg") == b"rewritten" and scans == [str(shard)] * 2
+
+
+def test_a_shard_given_to_eval_is_named_as_such(tmp_path):
+    """eval reads folders and lists: a shard given as --ood or --id was one 'unreadable or truncated
+    image' (any regular file is an image there)."""
+    from clip_smot.common.image_sets import id_set, image_set
+
+    tarfile.open(tmp_path / "s.tar", "w").close()
+    for make, expected in ((lambda: image_set("x", tmp_path / "s.tar"), f"--ood x={tmp_path / 's.tar'}: a tar shard"),
+                           (lambda: id_set(tmp_path / "s.tar", ["a"]), f"--id {tmp_path / 's.tar'}: a tar shard")):
+        with pytest.raises(UserError) as e:
+            make()
+        assert str(e.value).startswith(expected) and "score reads shards" in str(e.value)
