@@ -56,7 +56,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output, plain_name, sha256_file
+from clip_smot.common.files import check_output, make_folder, plain_name, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
@@ -565,6 +565,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                        (found, weights or None)], images, shards, lists), inside)
     done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
                   if cfg.resume else (0, 0))
+    if writes_outputs():  # (before the model is loaded: a file where the folder should be is said at once)
+        make_folder(partial.parent)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)

@@ -1024,3 +1024,21 @@ def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_che
     assert res.exit_code == 1 and res.output.strip().splitlines() == [
         "Error: --decode gpu: decodes on a CUDA device, and the model is on cpu; give --device cuda or --decode cpu"]
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()
+
+
+def test_score_out_in_a_new_folder_is_made_and_a_file_there_is_one_line(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                        monkeypatch):
+    """--out new/dir/s.csv failed after the model was loaded ("cannot be written"), while eval makes its
+    folder: score makes the CSV's folder too, and says at once, before any model, that a file is there."""
+    from clip_smot.clip import scorer
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", str(id_dir)]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "new" / "dir" / "s.csv")])
+    assert res.exit_code == 0 and read_csv(tmp_path / "new" / "dir" / "s.csv"), res.output
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(scorer.PromptScorer, "from_file", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "file" / "s.csv")])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: --out {tmp_path / 'file'}: is a file, not a folder"
