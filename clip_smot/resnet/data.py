@@ -172,8 +172,13 @@ def _folder_split(root: Path, flag: str, classnames: Sequence[str] | None = None
     if classnames is not None and list(names) != list(classnames):
         extra = sorted(set(names) - set(classnames))
         lacking = sorted(set(classnames) - set(names))
-        raise UserError(f"{flag} {root}: class folders do not match the class list "
-                        f"(unknown: {extra[:5] or 'none'}, missing: {lacking[:5] or 'none'})")
+        if extra or lacking:
+            why = f"unknown: {extra[:5] or 'none'}, missing: {lacking[:5] or 'none'}"
+        elif len(set(classnames)) < len(classnames):
+            why = "the class list names a class twice"
+        else:  # (the model's label k is its k-th name; folders are taken in sorted order)
+            why = "the same classes, but the class list is not in the folders' sorted order"
+        raise UserError(f"{flag} {root}: class folders do not match the class list ({why})")
     files, labels = _class_files(root, names, flag)
     return list(names), files, labels
 

@@ -218,3 +218,17 @@ def test_a_small_ood_folder_is_resized_on_its_shorter_side_and_centre_cropped(tm
         want = torch.from_numpy(np.array(reference(Image.open(tmp_path / f"{i}.png")))).permute(2, 0, 1)
         assert (got.int() - want.int()).abs().max() <= 1, shapes[i]  # rounding only
     assert torch.equal(s.images[2], torch.from_numpy(np.array(Image.open(tmp_path / "2.png"))).permute(2, 0, 1))
+
+
+def test_class_folders_against_a_class_list_say_what_differs(tmp_path):
+    """Folders that are the class list's in another order (or a list naming a class twice) were
+    'class folders do not match the class list (unknown: none, missing: none)'."""
+    for c in ("ant", "bee"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "0.png")
+    assert rd._folder_split(tmp_path, "--id", ["ant", "bee"])[0] == ["ant", "bee"]
+    for classnames, why in ((["bee", "ant"], "not in the folders' sorted order"), (["ant", "bee", "ant"], "twice"),
+                            (["ant", "cow"], "unknown: ['bee'], missing: ['cow']")):
+        with pytest.raises(UserError) as e:
+            rd._folder_split(tmp_path, "--id", classnames)
+        assert "class folders do not match the class list (" in str(e.value) and why in str(e.value)
