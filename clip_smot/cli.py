@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -45,20 +47,50 @@ def _interrupted(out: str | None = None) -> _Interrupted:
     return _Interrupted("interrupted" if out is None else "interrupted before the first checkpoint; nothing to resume")
 
 
+class _SigintSeen:
+    """Within it, SIGINT is recorded before Python's handler raises KeyboardInterrupt as usual (in
+    the main thread, where Python's handler is the one installed; elsewhere it changes nothing)."""
+
+    def __init__(self):
+        self.seen, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        signal.default_int_handler(signum, frame)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class _Group(click.Group):
     """A click group whose commands answer bad input with one clean line (docs/method.md §6): a
     UserError from the library, and click's own usage errors (a bad or missing flag value),
     which would otherwise print a usage block; Ctrl-C is one line too."""
 
     def invoke(self, ctx: click.Context):
+        sigint = _SigintSeen()
         try:
-            return super().invoke(ctx)  # (parses the command's flags too)
+            with sigint:
+                return super().invoke(ctx)  # (parses the command's flags too)
         except UserError as e:
             raise click.ClickException(one_line(str(e))) from None
         except click.UsageError as e:
             raise click.ClickException(e.format_message()) from None
         except KeyboardInterrupt:  # (fit and train say what they can resume from)
             raise _interrupted() from None
+        except Exception:
+            # Ctrl-C that reached a DataLoader worker as it started kills it, and the main process
+            # sees "worker exited unexpectedly" where the KeyboardInterrupt was lost: an interruption
+            if sigint.seen:
+                raise _interrupted() from None
+            raise
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name, cmd, rest = super().resolve_command(ctx, args)

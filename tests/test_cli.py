@@ -101,3 +101,33 @@ def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "runs in one process" not in CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"]).output
+
+
+def test_a_ctrl_c_lost_at_a_worker_start_is_still_an_interruption(monkeypatch):
+    """Ctrl-C while DataLoader workers start can be swallowed by a fork hook; the worker it killed then
+    surfaces as RuntimeError('DataLoader worker ... exited unexpectedly'): a traceback, exit code 1. A
+    SIGINT seen during the command makes that error the one 'interrupted' line, exit code 130; without
+    one, the error is not hidden."""
+    import os
+    import signal
+
+    import clip_smot.cli as cli_module
+
+    def run_score(cfg):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # (lost, as in a fork hook)
+        raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly")
+
+    monkeypatch.setattr(cli_module, "run_score", run_score)
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+    assert res.exit_code == 130 and res.output.strip() == "Error: interrupted", res.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (restored)
+
+    def failing(cfg):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_module, "run_score", failing)
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+    assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
