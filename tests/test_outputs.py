@@ -448,3 +448,39 @@ def test_check_output_compares_files_not_spellings(tmp_path):
         check_output(tmp_path, "--out", [])
     with pytest.raises(UserError, match=r"^--out .*a.txt: is a file, not a folder$"):
         check_output(a, "--out", [], writes=["metrics.csv"])
+
+
+# --- names the file system refuses --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["score-path", "score-list-line", "score-out", "eval-ood", "eval-ood-list",
+                                   "eval-id", "eval-out"])
+def test_a_name_longer_than_the_file_system_allows_is_one_line(tmp_path, tiny, tiny_clip_checkpoint, where):
+    """A path component over 255 bytes made pathlib's exists()/is_dir()/is_file() raise
+    'OSError: [Errno 36] File name too long' as a traceback (Python 3.11 answers False only for
+    a missing file); it is one line naming the flag."""
+    long = "a" * 300
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    photos = _images(tmp_path / "photos")
+    (photos / "l.txt").write_text(f"0.png\n{long}.png\n")
+    ids = tmp_path / "id" / "val"
+    for c in CLASSES:
+        _images(ids / c, n=2)
+    score = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0"]
+    evaluate = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0"]
+    args, expected = {
+        "score-path": ([*score, "--out", str(tmp_path / "s.csv"), str(photos / f"{long}.png")], "PATH "),
+        "score-list-line": ([*score, "--out", str(tmp_path / "s.csv"), str(photos / "l.txt")],
+                            f"PATH {photos / 'l.txt'}:2: {photos / long}.png"),
+        "score-out": ([*score, "--out", str(tmp_path / f"{long}.csv"), str(photos)], "--out "),
+        "eval-ood": ([*evaluate, "--id", str(ids), "--ood", f"x={tmp_path / long}", "--out", str(tmp_path / "e")],
+                     "--ood x "),
+        "eval-ood-list": ([*evaluate, "--id", str(ids), "--ood", f"x={long}.txt", "--out", str(tmp_path / "e")],
+                          "--ood x "),
+        "eval-id": ([*evaluate, "--id", str(tmp_path / long), "--ood", f"x={photos}", "--out", str(tmp_path / "e")],
+                    "--id "),
+        "eval-out": ([*evaluate, "--id", str(ids), "--ood", f"x={photos}", "--out", str(tmp_path / long)],
+                     "--out "),
+    }[where]
+    line = _refused(args, expected, tmp_path)
+    assert line.startswith(f"Error: {expected}") and line.endswith(": File name too long"), line

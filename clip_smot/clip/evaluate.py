@@ -153,7 +153,7 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
         raise UserError(f"--id-train: react, knn and vim are fitted on ID training images, and {what}; "
                         "pass --id-train DIR")
     root = Path(data)
-    if not root.is_dir():
+    if not os.path.isdir(root):  # (False, not an OSError, for a name too long)
         raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR")
     return [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
 

@@ -31,6 +31,7 @@ import torch
 from clip_smot.common import tensor_images as ti
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import exists, is_folder
 from clip_smot.common.images import (
     class_folders,
     escape_path,
@@ -78,9 +79,9 @@ def resolve_train_root(data: str | os.PathLike, flag: str = "--data") -> Path:
     """``DATA/train`` when it is a folder of class folders, else ``DATA`` itself (a folder of
     class folders, which may include a class named ``train``)."""
     data = Path(data)
-    if not data.exists():
+    if not exists(data, flag):
         raise UserError(f"{flag} {data}: no such folder")
-    if not data.is_dir():
+    if not is_folder(data, flag):
         raise UserError(f"{flag} {data}: not a folder (expected DATA/train/<class>/<image>)")
     return data / "train" if holds_folders(data / "train") else data
 

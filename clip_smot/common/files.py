@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -15,7 +17,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -23,6 +25,41 @@ RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what
 def cache_root() -> Path:
     """The package's cache folder: ``$CLIP_SMOT_CACHE``, else ``~/.cache/clip_smot``."""
     return Path(os.environ.get("CLIP_SMOT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
+
+
+def path_stat(path: str | os.PathLike, flag: str) -> os.stat_result | None:
+    """``os.stat(path)``, symlinks followed; None where pathlib's ``exists()`` answers False (nothing
+    there, a file where a folder should be, a symlink loop, a name holding a NUL byte).
+
+    Raises:
+        UserError: naming ``flag`` and ``path`` for any other failure, which pathlib raises as an
+            OSError: a name longer than the file system allows, a folder that may not be searched.
+    """
+    try:
+        return os.stat(path)
+    except ValueError:  # (an embedded NUL byte: no file can have that name)
+        return None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF):
+            return None
+        raise UserError(f"{flag} {path}: {e.strerror or first_line(e)}") from None
+
+
+def exists(path: str | os.PathLike, flag: str) -> bool:
+    """``Path(path).exists()``, with a UserError naming ``flag`` where it would raise (:func:`path_stat`)."""
+    return path_stat(path, flag) is not None
+
+
+def is_file(path: str | os.PathLike, flag: str) -> bool:
+    """``Path(path).is_file()``, with a UserError naming ``flag`` where it would raise (:func:`path_stat`)."""
+    st = path_stat(path, flag)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def is_folder(path: str | os.PathLike, flag: str) -> bool:
+    """``Path(path).is_dir()``, with a UserError naming ``flag`` where it would raise (:func:`path_stat`)."""
+    st = path_stat(path, flag)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 @contextlib.contextmanager
@@ -92,11 +129,11 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         writes: the names of the files written into the output folder ``out``.
     """
     out = Path(out)
-    if writes is None and out.is_dir():
+    if writes is None and is_folder(out, flag):
         raise UserError(f"{flag} {out}: is a folder, not a file")
-    if writes is None and out.exists() and not out.is_file():  # (a rename onto /dev/null would replace it)
+    if writes is None and exists(out, flag) and not is_file(out, flag):  # (a rename onto /dev/null would replace it)
         raise UserError(f"{flag} {out}: is a device, FIFO or socket, not a file")
-    if writes is not None and out.exists() and not out.is_dir():
+    if writes is not None and exists(out, flag) and not is_folder(out, flag):
         raise UserError(f"{flag} {out}: is a file, not a folder")
     targets = [out] if writes is None else [out / name for name in writes]
     keys = {key: target for target in targets if (key := _file_key(target)) is not None}
@@ -122,7 +159,7 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Ite
     file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
     of an output is)."""
     check_output(out, flag, inputs, folders, writes=tuple(writes))
-    held = [f for f in RUN_FILES if (Path(out) / f).is_file()]
+    held = [f for f in RUN_FILES if is_file(Path(out) / f, flag)]
     if held:
         raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
                         f"(e.g. {Path(out) / 'eval'})")
@@ -140,7 +177,7 @@ def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        reason = "is a file, not a folder" if path.exists() else f"cannot create the folder ({e.strerror or e})"
+        reason = "is a file, not a folder" if os.path.exists(path) else f"cannot create the folder ({e.strerror or e})"
         raise UserError(f"{flag} {path}: {reason}") from None
 
 
@@ -151,7 +188,7 @@ def _write_error(path: Path, e: Exception) -> UserError:
     with contextlib.suppress(OSError):
         if shutil.disk_usage(path.parent).free < 1 << 20:
             reason = "no space left on the device"
-    kept = "; the file there before is unchanged" if path.exists() else ""
+    kept = "; the file there before is unchanged" if os.path.exists(path) else ""
     return UserError(f"cannot write {path}: {reason}{kept}")
 
 

@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import exists, is_file, is_folder
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
@@ -63,19 +64,19 @@ def _imagenet_order() -> list[str]:
     return list(imagenet_wnid_names())
 
 
-def _split_list_arg(where: str) -> tuple[Path, Path] | None:
+def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
     """(list file, root) when ``where`` names an image list, else None."""
     root, sep, lst = where.partition("::")
     if sep:
         return Path(lst), Path(root)
-    if where.endswith(".txt") and Path(where).is_file():
+    if where.endswith(".txt") and is_file(where, flag):
         return Path(where), Path(where).parent
     return None
 
 
-def image_list_file(where: str | os.PathLike) -> Path | None:
+def image_list_file(where: str | os.PathLike, flag: str = "PATH") -> Path | None:
     """The list file when ``where`` names an image list (``ROOT::LIST.txt`` or ``LIST.txt``), else None."""
-    as_list = _split_list_arg(str(where))
+    as_list = _split_list_arg(str(where), flag)
     return None if as_list is None else as_list[0]
 
 
@@ -89,7 +90,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
     """
     list_file, root = Path(list_file), Path(root)
     lines = text_lines(list_file, flag, "'relative/path label'", what="image-list file")
-    if not root.is_dir():
+    if not is_folder(root, flag):
         raise UserError(f"{flag} {root}: no such image root folder")
     found = False
     for n, line in enumerate(lines, 1):
@@ -99,7 +100,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
         path = root / parts[0]
-        if not path.is_file():
+        if not is_file(path, f"{flag} {list_file}:{n}:"):
             raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
         found = True
         yield path, int(parts[1]) if len(parts) == 2 else -1
@@ -129,7 +130,7 @@ def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
         UserError: not a folder, or no class sub-folders.
     """
     root = _id_root(Path(where))
-    if not root.is_dir():
+    if not is_folder(root, flag):
         raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
     return class_folders(root, flag)
 
@@ -200,7 +201,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     """
     where = str(where)
     _no_shard(where, flag)
-    as_list = _split_list_arg(where)
+    as_list = _split_list_arg(where, flag)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
         if all(y < 0 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
@@ -212,7 +213,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
         return ImageSet("id", paths, labels)
     root = _id_root(Path(where))
     paths = list_images(root, flag=flag)
-    if root.is_file():
+    if is_file(root, flag):
         return ImageSet("id", paths, None, "a single image has no class folder")
     labels, note = _folder_labels(root, paths, classnames, prompt_folders)
     return ImageSet("id", paths, labels, note)
@@ -233,7 +234,7 @@ def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str
     if is_shard(where):
         yield from list_members(where, flag=flag)
         return
-    as_list = _split_list_arg(str(where))
+    as_list = _split_list_arg(str(where), flag)
     if as_list is None:
         yield from iter_images(where, flag=flag)
     else:
@@ -258,11 +259,11 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
     """
     where = str(where)
     _no_shard(where, f"{flag} {name}=")
-    as_list = _split_list_arg(where)
+    as_list = _split_list_arg(where, f"{flag} {name}")
     if as_list is not None:
         paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")
         return ImageSet(name, paths)
-    if not Path(where).exists():  # (a bare --ood NAME is a built-in set, answered by the callers)
+    if not exists(where, f"{flag} {name}"):  # (a bare --ood NAME is a built-in set, answered by the callers)
         raise UserError(f"{flag} {name}={where}: no such folder or image list")
     return ImageSet(name, list_images(where, flag=f"{flag} {name}"))
 

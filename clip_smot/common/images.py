@@ -13,6 +13,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import exists, is_file, is_folder
 
 __all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
@@ -92,9 +93,9 @@ def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
         UserError: ``root`` does not exist, or holds no image file (when the walk ends).
     """
     root = Path(root)
-    if not root.exists():
+    if not exists(root, flag):
         raise UserError(f"{flag} {root}: no such file or folder")
-    if root.is_file():
+    if is_file(root, flag):
         yield root
         return
     seen: set[str] = set()
@@ -129,7 +130,7 @@ def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iter
         UserError: naming the file and the ``expected`` line format: a missing file (at once), a
             binary or unreadable one (when the reading reaches it).
     """
-    if not path.is_file():
+    if not is_file(path, flag):
         raise UserError(f"{flag} {path}: no such {what}")
     return _lines(path, flag, expected)
 
@@ -190,8 +191,9 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
 
 def holds_folders(path: Path) -> bool:
     """Whether ``path`` is a folder with a (non-hidden) sub-folder: ``DATA/train`` or ``DIR/val``
-    as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``)."""
-    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``). A
+    path that cannot be looked at (a name too long) is not one: the caller's next check names it."""
+    return os.path.isdir(path) and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
 def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
@@ -201,7 +203,7 @@ def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
         UserError: ``root`` is missing, or has no sub-folders.
     """
     root = Path(root)
-    if not root.is_dir():
+    if not is_folder(root, flag):
         raise UserError(f"{flag} {root}: no such folder")
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:

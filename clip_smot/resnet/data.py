@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD, imagenet200_wnids
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import file_lock
+from clip_smot.common.files import file_lock, is_folder
 from clip_smot.common.image_sets import image_set
 from clip_smot.common.images import class_folders, list_images, load_image
 from clip_smot.common.network import host_reachable as _reachable
@@ -206,7 +206,7 @@ def default_input_size(dataset: str | None, data: str | None) -> int:
 
 
 def _train_dir(root: Path, flag: str) -> Path:
-    if not root.is_dir():
+    if not is_folder(root, flag):
         raise UserError(f"{flag} {root}: no such folder")
     if not (root / "train").is_dir():
         raise UserError(f"{flag} {root}: no train/ folder inside (expected {root}/train/<class>/<image>)")
@@ -250,7 +250,7 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
             raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")
         wnids = imagenet200_wnids()
         root = Path(data) / split
-        if not root.is_dir():
+        if not is_folder(root, flag):
             raise UserError(f"{flag} {data}: no {split}/ folder inside (expected {data}/{split}/<wnid>/*.JPEG)")
         missing = [w for w in wnids if not (root / w).is_dir()]
         if missing:

@@ -121,3 +121,22 @@ def test_text_files_are_utf8_whatever_the_locale(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == ascii("猫/0.png\t0\ncafé/1.png\t1\n")
     assert (tmp_path / "split.txt").read_bytes() == "猫/0.png\t0\ncafé/1.png\t1\n".encode("utf-8")
+
+
+def test_looking_at_a_name_too_long_is_a_user_error_naming_the_flag(tmp_path):
+    """pathlib's exists()/is_file()/is_dir() raise OSError for a name over the file system's limit
+    (Python 3.11): the helpers answer as pathlib does otherwise, and name the flag for that."""
+    from clip_smot.clip.fewshot import resolve_train_root
+    from clip_smot.common.files import exists, is_file, is_folder
+
+    (tmp_path / "f.txt").write_text("x")
+    assert exists(tmp_path, "--x") and is_folder(tmp_path, "--x") and not is_file(tmp_path, "--x")
+    assert is_file(tmp_path / "f.txt", "--x") and not is_folder(tmp_path / "f.txt", "--x")
+    for nothing in (tmp_path / "missing", tmp_path / "f.txt" / "below", tmp_path / "a\0b"):
+        assert not exists(nothing, "--x") and not is_file(nothing, "--x") and not is_folder(nothing, "--x")
+    long = tmp_path / ("a" * 300)
+    for check in (exists, is_file, is_folder):
+        with pytest.raises(UserError, match=rf"^--x {long}: File name too long$"):
+            check(long, "--x")
+    with pytest.raises(UserError, match=rf"^--data {long}: File name too long$"):  # fit --data
+        resolve_train_root(long)
