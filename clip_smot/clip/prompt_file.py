@@ -4,9 +4,9 @@ Format (version 1, docs/method.md §2):
 
 * tensors
     - ``ctx``: the learned context, [n_ctx, d] (unified) or [K, n_ctx, d] (class-specific),
-      float32;
-    - ``text_features``: the final normalised class text features [K, e], float32, so that
-      scoring needs no text-encoder pass.
+      float32 (float16, bfloat16 and float64 are read too);
+    - ``text_features``: the final normalised class text features [K, e] (each row's L2 norm
+      1 within 1e-2, checked at load), float32, so that scoring needs no text-encoder pass.
 * metadata (all strings)
     - ``format``: "clip-smot-prompt", ``format_version``: "1", ``library_version``;
     - ``model``: open_clip architecture name, ``model_config``: its config as JSON;
@@ -42,6 +42,8 @@ FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
 CLASS_POSITIONS = ("end", "middle", "front")
 _REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
+# what ctx and text_features may hold (written as float32; a converted file may hold another width)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -197,8 +199,9 @@ def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, c
         raise bad(f"malformed metadata (class_position {class_position!r}, csc {csc!r}; expected one of "
                   f"{CLASS_POSITIONS}, and 'true' or 'false')")
     for name, t in (("ctx", ctx), ("text_features", text_features)):
-        if not t.is_floating_point() or not torch.isfinite(t).all():
-            raise bad(f"{name} must hold finite floating-point numbers ({t.dtype})")
+        if t.dtype not in _FLOAT_DTYPES or not torch.isfinite(t).all():  # (float8 has no isfinite: checked first)
+            raise bad(f"{name} must hold finite floating-point numbers (float16, bfloat16, float32 or float64; "
+                      f"this is {t.dtype})")
     embed_dim = model_config.get("embed_dim")
     if text_features.ndim != 2 or text_features.shape[0] != K or (embed_dim and text_features.shape[1] != embed_dim):
         raise bad(f"text_features {tuple(text_features.shape)} do not match {K} class names x the model's "
@@ -208,3 +211,8 @@ def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, c
     if ctx.ndim != len(want) or any(w is not None and c != w for c, w in zip(ctx.shape, want)):
         shape = ", ".join("d" if w is None else str(w) for w in want)
         raise bad(f"ctx {tuple(ctx.shape)} does not match [{shape}] (n_ctx {n_ctx}, csc {csc}, the model's text width)")
+    norms = text_features.double().norm(dim=-1)  # normalised when written: all classes would score alike if not
+    if not ((norms - 1).abs() <= 1e-2).all():
+        k = int((norms - 1).abs().argmax())
+        raise bad(f"text_features must be normalised (each row of L2 norm 1); row {k} ({classnames[k][:40]!r}) has "
+                  f"norm {norms[k].item():.4g}")

@@ -138,7 +138,7 @@ def test_text_features_from_prompt_round_trip(clip, tmp_path):
 
 def test_text_features_from_prompt_rejects_a_wrong_ctx(clip, tmp_path):
     path = tmp_path / "bad.safetensors"
-    feats = torch.zeros(len(NAMES), 32)
+    feats = torch.full((len(NAMES), 32), 32**-0.5)  # (normalised, as load_prompt checks)
     save_prompt(path, torch.zeros(4, 32), feats, clip.identity(), 3, "end", False, NAMES, {})
     with pytest.raises(UserError, match=r"bad.safetensors: ctx \(4, 32\) does not match \[3, 32\]"):
         load_prompt(path)  # 4 context vectors, metadata says 3

@@ -83,6 +83,15 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
     ("ctx", torch.full((4, 16), float("inf")), "ctx must hold finite floating-point"),
     ("n_ctx", "9", r"ctx \(4, 16\) does not match \[9, d\]"),
     ("csc", "true", r"ctx \(4, 16\) does not match \[3, 4, d\]"),
+    # float8 has no isfinite: 'NotImplementedError: "isfinite" not implemented' was a traceback
+    ("ctx", torch.zeros(4, 16).to(torch.float8_e4m3fn), r"ctx must hold finite floating-point numbers "
+     r"\(float16, bfloat16, float32 or float64; this is torch.float8_e4m3fn\)$"),
+    ("text_features", torch.full((3, 32), 32**-0.5).to(torch.float8_e5m2), "text_features must hold finite"),
+    # rows not of norm 1 were scored: all zero, every image got the same prediction
+    ("text_features", torch.zeros(3, 32), r"text_features must be normalised \(each row of L2 norm 1\); row 0 \('a'\) "
+     r"has norm 0$"),
+    ("text_features", torch.cat([torch.full((2, 32), 32**-0.5), torch.full((1, 32), 0.2)]),
+     r"text_features must be normalised .*; row 2 \('d'\) has norm 1.131$"),
 ]
 
 
@@ -101,8 +110,18 @@ def test_inconsistent_contents_are_one_line_user_errors(tmp_path, key, value, er
     else:
         meta[key] = value
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(UserError, match="bad.safetensors: " + error):
+    with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: " + error):
         load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_half_and_double_precision_files_load(tmp_path):
+    """A converted file may hold float16, bfloat16 or float64 tensors (their norms are 1 within 1e-2)."""
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        args = _save(tmp_path / "p.safetensors")
+        tensors = {k: args[k].to(dtype) for k in ("ctx", "text_features")}
+        with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+            save_file(tensors, str(tmp_path / "p.safetensors"), metadata=f.metadata())
+        assert load_prompt(tmp_path / "p.safetensors").text_features.dtype == dtype
 
 
 def test_ctx_width_is_checked_against_the_model_config(tmp_path):
