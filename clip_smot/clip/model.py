@@ -40,6 +40,7 @@ __all__ = [
     "ClipModel",
     "IMAGENET_CLASSNAMES",
     "check_local_features",
+    "check_model_config",
     "config_activation",
     "encode_image_tokens",
     "encode_images",
@@ -137,21 +138,22 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return host_reachable(_HUB_HOST, timeout)
 
 
-def _resolve_name(model: str) -> tuple[str, dict]:
-    """Architecture name and config for an open_clip name or a model-config JSON path."""
+def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
+    """Architecture name and config for an open_clip name or a model-config JSON path (its
+    errors name ``source``, see :func:`check_model_config`)."""
     import open_clip
 
     if model.endswith(".json") or os.path.sep in model:
         path = Path(model)
-        if not path.is_file():
+        if not os.path.isfile(path):
             raise UserError(f"--model {model}: no such model-config JSON file")
         try:
             cfg = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"--model {model}: not a valid JSON model config ({e})") from None
-        cfg = cfg.get("model_cfg", cfg)
-        if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
-            raise UserError(f"--model {model}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+            raise UserError(f"{source[0]}: not a valid JSON model config ({e})") from None
+        if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
+            cfg = cfg["model_cfg"]
+        check_model_config(cfg, *source)
         open_clip.add_model_config(path)
         return path.stem, open_clip.get_model_config(path.stem)
     cfg = open_clip.get_model_config(model)
@@ -169,6 +171,7 @@ def load_clip(
     device: torch.device | str = "cpu",
     activation: str | None = None,
     activation_source: str = "",
+    config_source: tuple[str, str] | None = None,
 ) -> ClipModel:
     """Create an open_clip model, load its weights, freeze it and put it in eval mode.
 
@@ -184,6 +187,9 @@ def load_clip(
         activation: build with this activation ("gelu" or "quick_gelu", e.g. a prompt's
             record) instead of the model config's; weights that say otherwise are refused.
         activation_source: what asked for ``activation`` (named in that error, e.g. "--prompt p").
+        config_source: what the model config's errors name and the prefix of its fields, as for
+            :func:`check_model_config` (default: ``("--model MODEL", "")``; a prompt's stored
+            config: ``("--prompt FILE", "model_config.")``).
 
     Raises:
         UserError: unknown model or tag, missing or unreadable file, a tag that cannot be
@@ -191,7 +197,8 @@ def load_clip(
     """
     import open_clip
 
-    name, cfg = _resolve_name(model)
+    source = config_source or (f"--model {model}", "")
+    name, cfg = _resolve_name(model, source)
     pretrained, checkpoint_sha, implied, why = _resolve_weights(name, pretrained)
     want = implied or config_activation(cfg)
     if activation is not None and activation != want:
@@ -205,7 +212,7 @@ def load_clip(
     if want != config_activation(cfg):
         cfg = {**cfg, "quick_gelu": want == "quick_gelu"}
     openai_file = bool(checkpoint_sha) and implied is not None  # (of local files, only OpenAI's imply one)
-    _check_size(name, model)
+    _check_size(name, *source)
     try:
         clip = _create(name, cfg, pretrained, openai_file, device)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
@@ -231,20 +238,120 @@ def load_clip(
 
 
 MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture takes 518
+# Blocks per tower (a ResNet's: all stages together): the deepest open_clip architectures have 64
+# (RN50x64) and 56 (ViT-e-14). Even on the meta device each block costs time and memory: 1000 take
+# about 3 s and 0.8 GB, 20000 minutes and gigabytes, however narrow.
+MAX_LAYERS = 1024
+
+_VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
+_TEXT_SIZES = ("context_length", "vocab_size", "width", "heads", "layers")
 
 
-def _check_size(name: str, flag_value: str) -> None:
-    """Refuse, before any weight is allocated, an architecture whose input side is out of
-    [8, MAX_IMAGE_SIZE] or whose fp32 weights would fill more than half of this machine's memory
-    (a config JSON, or one stored in a prompt, may declare any width or depth): it is built on
-    torch's meta device, which allocates nothing, and its parameters are counted."""
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _shown(v: object) -> str:
+    """``repr(v)``, cut to 40 characters (a value from a user's file may be long)."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
+    """Raise a UserError unless ``cfg`` has the shape of an open_clip model config: a JSON object
+    with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
+    where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
+    a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
+    ``mlp_ratio`` is a positive number. Checked before the numbers are used: a config file, or
+    one stored in a prompt, is the user's, and may hold anything.
+
+    Args:
+        cfg: the parsed JSON.
+        source: what the error names: ``"--model FILE"``, ``"--prompt FILE"``.
+        prefix: written before each field's name (``"model_config."`` for a prompt's).
+    """
+    def bad(what: str) -> UserError:
+        return UserError(f"{source}: {what}")
+
+    whole = prefix.rstrip(".") or "the model config"
+    if not isinstance(cfg, dict):
+        raise bad(f"{whole} must be a JSON object (an open_clip model config), not {type(cfg).__name__}")
+    if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        raise bad(f"{whole}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
+    if not _is_count(cfg["embed_dim"]):
+        raise bad(f"{prefix}embed_dim must be a positive integer, not {_shown(cfg['embed_dim'])}")
+    for tower, sizes in (("vision_cfg", _VISION_SIZES), ("text_cfg", _TEXT_SIZES)):
+        sub = cfg[tower]
+        if not isinstance(sub, dict):
+            raise bad(f"{prefix}{tower} must be a JSON object, not {_shown(sub)}")
+        for key in sizes:
+            if sub.get(key) is not None and not _is_count(sub[key]):  # (null: open_clip's default)
+                raise bad(f"{prefix}{tower}.{key} must be a positive integer, not {_shown(sub[key])}")
+        ratio = sub.get("mlp_ratio") or 4.0
+        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio < float("inf")):
+            raise bad(f"{prefix}{tower}.mlp_ratio must be a positive number, not {_shown(ratio)}")
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    size = vision.get("image_size") or 224
+    sides = size if isinstance(size, list) else [size]
+    if not (sides and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides)):
+        raise bad(f"{prefix}vision_cfg.image_size {_shown(size)} is not in [8, {MAX_IMAGE_SIZE}]")
+    layers = vision.get("layers") or 12
+    stages = layers if isinstance(layers, list) else [layers]  # (a list: a ResNet's blocks per stage)
+    if not (stages and all(_is_count(n) for n in stages)):
+        raise bad(f"{prefix}vision_cfg.layers must be a positive integer (a ResNet: a list of them), "
+                  f"not {_shown(layers)}")
+    for tower, blocks in (("vision_cfg", sum(stages)), ("text_cfg", text.get("layers") or 12)):
+        if blocks > MAX_LAYERS:
+            raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "
+                      "architecture has 64)")
+
+
+def _estimated_size(cfg: dict) -> int:
+    """About how many fp32 numbers the CLIP of ``cfg`` (checked by :func:`check_model_config`)
+    holds, from its numbers alone, without building anything: each transformer block's
+    (4 + 2 mlp_ratio) width^2 weights, the embeddings, the projections, or a ResNet's
+    bottlenecks (about 14 planes^2 each) and attention pool, and the text tower's causal mask
+    (context_length^2, a buffer, not a parameter). Biases and norms are left out: it stays under
+    what the model takes (within 10% for open_clip's own ViTs and ResNets). A timm or Hugging
+    Face tower counts nothing here (the exact count after builds it)."""
+    embed, vision, text = cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"]
+    n = 0
+    if "timm_model_name" not in vision:
+        width, layers = vision.get("width") or 768, vision.get("layers") or 12
+        if isinstance(layers, list):  # ModifiedResNet: stage i has planes width * 2^i
+            n += sum(blocks * 14 * (width * 2**i) ** 2 for i, blocks in enumerate(layers))
+            n += 4 * (32 * width) ** 2 + 32 * width * embed  # attention pool: q, k, v, c; projection
+        else:
+            size, patch = vision.get("image_size") or 224, vision.get("patch_size") or 16
+            sides = size if isinstance(size, list) else [size, size]
+            grid = (sides[0] // patch) * (sides[-1] // patch)
+            n += 3 * patch**2 * width + (grid + 1) * width + width * embed  # patch conv, positions, projection
+            n += layers * int((4 + 2 * (vision.get("mlp_ratio") or 4.0)) * width**2)
+    if "hf_model_name" not in text:
+        width, context = text.get("width") or 512, text.get("context_length") or 77
+        # token and position embeddings, projection; the causal mask
+        n += ((text.get("vocab_size") or 49408) + context + embed) * width + context**2
+        n += (text.get("layers") or 12) * int((4 + 2 * (text.get("mlp_ratio") or 4.0)) * width**2)
+    return n
+
+
+def _check_size(name: str, source: str, prefix: str = "") -> None:
+    """Refuse, before any weight is allocated, an architecture whose config is malformed
+    (:func:`check_model_config`) or whose fp32 weights would fill more than half of this
+    machine's memory (a config JSON, or one stored in a prompt, may declare any width or depth):
+    first as estimated from the config's numbers (:func:`_estimated_size`, instantly), then
+    exactly: it is built on torch's meta device, which allocates nothing, and its parameters are
+    counted. The errors name ``source`` (``--model FILE``; a prompt's stored config, ``--prompt
+    FILE`` with ``prefix`` ``model_config.``)."""
     import open_clip
 
     cfg = open_clip.get_model_config(name) or {}
-    size = cfg.get("vision_cfg", {}).get("image_size", 224)
-    sides = size if isinstance(size, (list, tuple)) else [size]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides):
-        raise UserError(f"--model {flag_value}: vision_cfg.image_size {size!r} is not in [8, {MAX_IMAGE_SIZE}]")
+    check_model_config(cfg, source, prefix)
+    memory = physical_memory()
+    need = _estimated_size(cfg) * 4
+    if memory is not None and need > memory // 2:
+        raise UserError(f"{source}: its weights would take at least {need / 2**30:.1f} GiB in fp32, more than half "
+                        f"of this machine's {memory / 2**30:.1f} GiB")
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
@@ -255,10 +362,10 @@ def _check_size(name: str, flag_value: str) -> None:
             finally:
                 logging.disable(previous)
     except Exception as e:  # noqa: BLE001 - a config open_clip cannot build at all
-        raise UserError(f"--model {flag_value}: open_clip cannot build this architecture ({first_line(e)})") from None
-    need, memory = sum(p.numel() * 4 for p in shape.parameters()), physical_memory()
+        raise UserError(f"{source}: open_clip cannot build this architecture ({first_line(e)})") from None
+    need = sum(p.numel() * 4 for p in shape.parameters())
     if memory is not None and need > memory // 2:
-        raise UserError(f"--model {flag_value}: its weights would take {need / 2**30:.1f} GiB in fp32, more than half "
+        raise UserError(f"{source}: its weights would take {need / 2**30:.1f} GiB in fp32, more than half "
                         f"of this machine's {memory / 2**30:.1f} GiB")
 
 
@@ -537,7 +644,9 @@ def load_clip_for_prompt(
     # (load_clip reads a name ending in .json as a path: such a name always goes through the copy)
     if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
         return load_clip(name, pretrained, device, activation, activation_source)
+    source = (activation_source or f"prompt model {name}", "model_config.")  # (not the temporary copy's path)
+    check_model_config(config, *source)
     with tempfile.TemporaryDirectory() as tmp:  # (open_clip registers a config JSON by its file's stem)
         path = Path(tmp) / f"{name}.json"  # a plain name: a file of this private folder, nowhere else
         path.write_text(json.dumps(config))
-        return load_clip(str(path), pretrained, device, activation, activation_source)
+        return load_clip(str(path), pretrained, device, activation, activation_source, config_source=source)

@@ -81,7 +81,8 @@ def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_pat
     t0 = time.perf_counter()
     # the token embedding alone: 49408 x 65536 fp32 = 12 GiB, and the blocks 12 x 65536^2 x 4 bytes each
     assert physical_memory() < 2 * 49408 * 2**16 * 4 + 2 * 12 * 2**32 * 4
-    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take \d+\.\d GiB in fp32, more than half"):
+    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take (at least )?\d+\.\d GiB in fp32, "
+                                        "more than half"):
         load_clip(str(path), None)
     assert time.perf_counter() - t0 < 20
     for size in (4, 100000, "224"):
@@ -90,3 +91,60 @@ def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_pat
         bad.write_text(json.dumps(cfg))
         with pytest.raises(UserError, match=rf"^--model {bad}: vision_cfg.image_size .* is not in \[8, 2048\]$"):
             load_clip(str(bad), None)
+
+
+BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE: ")
+    # each was an AttributeError ('list' object has no attribute 'get', 'str' object ...)
+    ([1, 2], r"the model config must be a JSON object \(an open_clip model config\), not list$"),
+    ({"vision_cfg": "x"}, r"vision_cfg must be a JSON object, not 'x'$"),
+    ({"text_cfg": [1]}, r"text_cfg must be a JSON object, not \[1\]$"),
+    ({"embed_dim": None}, r"embed_dim must be a positive integer, not None$"),
+    ({"text_cfg": {"width": "32"}}, r"text_cfg.width must be a positive integer, not '32'$"),
+    ({"vision_cfg": {"layers": [3, "4"]}}, r"vision_cfg.layers must be a positive integer \(a ResNet: a list of them\)"),
+    ({"vision_cfg": {"mlp_ratio": float("inf")}}, r"vision_cfg.mlp_ratio must be a positive number, not inf$"),
+    # built on the meta device block by block: 20000 took minutes and gigabytes, 10**6 an hour
+    ({"vision_cfg": {"layers": 20000}}, r"vision_cfg.layers: 20000 blocks, more than 1024 "),
+    ({"vision_cfg": {"layers": [10**6, 1, 1, 1]}}, r"vision_cfg.layers: 1000003 blocks, more than 1024 "),
+    ({"text_cfg": {"layers": 10**6}}, r"text_cfg.layers: 1000000 blocks, more than 1024 "),
+    # within the block limit, but far beyond any memory: estimated from the numbers, nothing built
+    ({"vision_cfg": {"layers": 1000, "width": 2**14}}, r"its weights would take at least \d+\.\d GiB in fp32, more than half"),
+    ({"text_cfg": {"context_length": 10**7}}, r"its weights would take at least \d+\.\d GiB in fp32, more than half"),
+]
+
+
+@pytest.mark.parametrize("change,error", BAD_CONFIGS)
+def test_a_malformed_or_huge_config_is_one_line_before_anything_is_built(tmp_path, monkeypatch, change, error):
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    if isinstance(change, dict):
+        cfg = {**TINY_CLIP_CONFIG, **{k: {**TINY_CLIP_CONFIG[k], **v} if isinstance(v, dict) else v
+                                      for k, v in change.items()}}
+    else:
+        cfg = change
+    path = tmp_path / "bad-clip.json"
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setattr(cm, "physical_memory", lambda: 64 * 2**30)  # (the same answer on any machine)
+    monkeypatch.setattr("open_clip.create_model", lambda *a, **k: pytest.fail("built before it was refused"))
+    with pytest.raises(UserError, match=rf"^--model {path}: {error}"):
+        load_clip(str(path), None)
+
+
+def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp_path, monkeypatch):
+    """load_clip_for_prompt registers the stored config through a temporary NAME.json: its errors
+    named that file (--model /tmp/tmpXXXX/clip-smot-tiny.json: ...), which the user never saw."""
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    monkeypatch.setattr(cm, "physical_memory", lambda: 64 * 2**30)
+    wide = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": 2**16}}
+    with pytest.raises(UserError, match=r"^--prompt p.safetensors: its weights would take at least \d+\.\d GiB"):
+        cm.load_clip_for_prompt("wide-clip", wide, None, activation_source="--prompt p.safetensors")
+    odd = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "head_width": 7}}
+    with pytest.raises(UserError, match=r"^--prompt p.safetensors: open_clip cannot build this architecture"):
+        cm.load_clip_for_prompt("odd-clip", odd, None, activation_source="--prompt p.safetensors")
+    with pytest.raises(UserError, match=r"^--prompt p.safetensors: model_config.vision_cfg must be a JSON object"):
+        cm.load_clip_for_prompt("str-clip", {**TINY_CLIP_CONFIG, "vision_cfg": "x"}, None,
+                                activation_source="--prompt p.safetensors")

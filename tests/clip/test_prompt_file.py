@@ -92,6 +92,15 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
      r"has norm 0$"),
     ("text_features", torch.cat([torch.full((2, 32), 32**-0.5), torch.full((1, 32), 0.2)]),
      r"text_features must be normalised .*; row 2 \('d'\) has norm 1.131$"),
+    # a list or a string where open_clip wants an object: AttributeError ('list' object has no attribute 'get')
+    ("model_config", json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": [1]}),
+     r"model_config.text_cfg must be a JSON object, not \[1\]$"),
+    ("model_config", json.dumps({"embed_dim": 32, "vision_cfg": "x", "text_cfg": {}}),
+     r"model_config.vision_cfg must be a JSON object, not 'x'$"),
+    ("model_config", json.dumps({"embed_dim": "32", "vision_cfg": {}, "text_cfg": {}}),
+     r"model_config.embed_dim must be a positive integer, not '32'$"),
+    ("model_config", json.dumps({"embed_dim": 32, "vision_cfg": {"layers": 20000}, "text_cfg": {}}),
+     r"model_config.vision_cfg.layers: 20000 blocks, more than 1024"),
 ]
 
 
