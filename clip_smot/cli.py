@@ -82,7 +82,7 @@ class _Group(click.Group):
         except UserError as e:
             raise click.ClickException(one_line(str(e))) from None
         except click.UsageError as e:
-            raise click.ClickException(e.format_message()) from None
+            raise click.ClickException(one_line(e.format_message())) from None
         except KeyboardInterrupt:  # (fit and train say what they can resume from)
             raise _interrupted() from None
         except Exception:

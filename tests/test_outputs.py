@@ -484,3 +484,18 @@ def test_a_name_longer_than_the_file_system_allows_is_one_line(tmp_path, tiny, t
     }[where]
     line = _refused(args, expected, tmp_path)
     assert line.startswith(f"Error: {expected}") and line.endswith(": File name too long"), line
+
+
+def test_control_characters_in_a_named_path_are_escaped_in_the_error_line(tmp_path, tiny, tiny_clip_checkpoint):
+    """An error line quoting an image list's line carried its raw NUL byte (and would carry a
+    terminal's escape sequence): control characters are written as escapes, as line breaks were."""
+    from clip_smot.common.errors import one_line
+
+    assert one_line("a\0b\x1b[2Jc\td\ne\x7f\x9b\u2028") == "a\\u0000b\\u001b[2Jc\\u0009d\\u000ae\\u007f\\u009b\\u2028"
+    assert one_line("plain é ✓") == "plain é ✓"
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    photos = _images(tmp_path / "photos")
+    (photos / "l.txt").write_text("0.png\na\0b\x1b[2J.png\n")
+    line = _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+                     "--out", str(tmp_path / "s.csv"), str(photos / "l.txt")], "does not exist", tmp_path)
+    assert line == f"Error: PATH {photos / 'l.txt'}:2: {photos}/a\\u0000b\\u001b[2J.png does not exist", line

@@ -8,7 +8,9 @@ import re
 
 __all__ = ["UserError", "first_line", "one_line"]
 
-_LINE_BREAKS = re.compile(r"[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # where str.splitlines breaks
+# control characters (C0, DEL, C1: str.splitlines breaks at some, a terminal acts on others, a NUL
+# ends a C string) and the Unicode line and paragraph separators, where str.splitlines breaks too
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class UserError(Exception):
@@ -23,6 +25,7 @@ def first_line(e: BaseException) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` with each line break written as its escape (``\\u000a``): a message that quotes a
-    file name holding a newline stays one line."""
-    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    """``text`` with each line break and other control character written as its escape
+    (``\\u000a``, ``\\u0000``): a message that quotes a file name holding a newline stays one
+    line, and one holding a NUL byte or an escape sequence prints as text."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
