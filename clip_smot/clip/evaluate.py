@@ -185,7 +185,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
              **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
     inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--split file", cfg.split),
-              *((f"{flag} image list", image_list_file(w) or w) for flag, w in given.items() if w is not None)]
+              *((f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items() if w is not None)]
     read_folders = [(f"the {flag} folder", w) for flag, w in given.items() if w is not None]
     check_output_folder(cfg.out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in cfg.ood:

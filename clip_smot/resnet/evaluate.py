@@ -213,7 +213,7 @@ def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
     given = {"--id": cfg.id_data, "--id-train": cfg.id_train,
              **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
     inputs = [("--checkpoint file", cfg.checkpoint),
-              *((f"{flag} image list", image_list_file(w) or w) for flag, w in given.items() if w is not None)]
+              *((f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items() if w is not None)]
     folders = [(f"the {flag} folder", w) for flag, w in given.items()]
     check_output_folder(cfg.out, "--out", inputs, folders, writes=REPORT_FILES)
     dev = resolve_device(cfg.device)
