@@ -101,7 +101,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
         path = root / parts[0]
         if not is_file(path, f"{flag} {list_file}:{n}:"):
-            raise UserError(f"{flag} {list_file}:{n}: {path} does not exist")
+            what = "is not a regular file (a folder, FIFO or device)" if exists(path, flag) else "does not exist"
+            raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         found = True
         yield path, int(parts[1]) if len(parts) == 2 else -1
     if not found:
