@@ -17,11 +17,16 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line, never with a traceback."""
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, or its type's name when the message is empty
-    (for a one-line error that quotes the reason, e.g. an empty file's unpickling error)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    (for a one-line error that quotes the reason, e.g. an empty file's unpickling error). A first
+    line that only announces the next (torch's "Error(s) in loading state_dict for CLIP:") has
+    the next one added; what is longer than ``limit`` characters is cut there."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def one_line(text: str) -> str:
