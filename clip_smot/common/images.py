@@ -135,10 +135,16 @@ def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iter
     return _lines(path, flag, expected)
 
 
+MAX_LINE = 1 << 16  # characters in a line of a list file: far above any path (PATH_MAX is 4096)
+
+
 def _lines(path: Path, flag: str, expected: str) -> Iterator[str]:
     try:
         with open(path, encoding="utf-8") as f:
-            for physical in f:
+            while physical := f.readline(MAX_LINE + 1):  # (a line is held whole: its length is bounded)
+                if len(physical) > MAX_LINE and not physical.endswith("\n"):
+                    raise UserError(f"{flag} {path}: a line longer than {MAX_LINE} characters (expected {expected} "
+                                    "lines)")
                 yield from physical.splitlines()
     except UnicodeDecodeError:
         raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None

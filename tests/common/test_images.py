@@ -170,6 +170,11 @@ def test_an_image_list_is_read_a_line_at_a_time(tmp_path):
     (tmp_path / "list.txt").write_text("# only a comment\n")
     with pytest.raises(UserError, match="the list names no images"):
         read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+    (tmp_path / "list.txt").write_text("a.png\n" + "x" * 70000 + ".png\n")  # (held whole, then in the error)
+    lines = iter_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+    assert next(lines) == (tmp_path / "a.png", -1)
+    with pytest.raises(UserError, match=r"list.txt: a line longer than 65536 characters \(expected"):
+        next(lines)
     (tmp_path / "folder.png").mkdir()  # (was "does not exist")
     (tmp_path / "list.txt").write_text("folder.png\n")
     with pytest.raises(UserError, match=r"folder.png is not a regular file \(a folder, FIFO or device\)$"):
