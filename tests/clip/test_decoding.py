@@ -62,8 +62,13 @@ def test_a_jpeg_over_pils_pixel_limit_is_refused_by_name_on_the_jpeg_path(tmp_pa
     refuses it. With PIL's limit lowered, a 57 x 41 JPEG is such a file: both decoders (and fit's
     one-time decoding) name it in the same line; the size of a plain file read whole is bounded too."""
     from clip_smot.common import shards
-    from clip_smot.common.tensor_images import is_jpeg
+    from clip_smot.common.tensor_images import _frame_size, is_jpeg
 
+    (tmp_path / "sizes").mkdir()
+    for p in _images(tmp_path / "sizes")[:-1]:  # (the frame header's size is PIL's: grey and CMYK too)
+        with Image.open(p) as im:
+            assert _frame_size(open(p, "rb").read()) == im.size
+    assert _frame_size(b"\xff\xd8\xff\xd9") is None and not is_jpeg(b"\xff\xd8\xff\xe0\x00")
     paths = _images(tmp_path, 1)
     data = open(paths[0], "rb").read()
     assert is_jpeg(data)
