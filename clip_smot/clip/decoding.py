@@ -25,6 +25,7 @@ from clip_smot.common import tensor_images as ti
 from clip_smot.common.errors import UserError
 from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
+from clip_smot.common.workers import started
 
 __all__ = ["DECODE_CHOICES", "DECODERS", "resolve_decode", "tensor_preprocess", "decoder_identity", "image_batches",
            "kept_workers"]
@@ -252,7 +253,7 @@ def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, 
                            collate_fn=_collate if jpeg else None, pin_memory=device.type == "cuda")
     start = 0
     try:
-        for batch in loader:
+        for batch in started(loader):
             if not jpeg:
                 yield batch
                 continue

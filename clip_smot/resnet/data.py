@@ -38,6 +38,7 @@ from clip_smot.common.files import file_lock, is_folder
 from clip_smot.common.image_sets import image_set
 from clip_smot.common.images import class_folders, list_images, load_image
 from clip_smot.common.network import host_reachable as _reachable
+from clip_smot.common.workers import started
 
 __all__ = [
     "BUILTIN_ID",
@@ -453,7 +454,7 @@ class _FileDataset(torch.utils.data.Dataset):
 def _loaded(loader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of a DataLoader over a :class:`_FileDataset`, on ``device``; the first
     unreadable image of a batch stops the run as a UserError naming it."""
-    for x, y, errors in loader:
+    for x, y, errors in started(loader):
         bad = [e for e in errors if e]
         if bad:
             raise UserError(bad[0])

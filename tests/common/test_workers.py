@@ -1,0 +1,54 @@
+"""DataLoader workers started with Ctrl-C held off (common.workers.started)."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from clip_smot.common.workers import started
+
+
+class _Masks(torch.utils.data.Dataset):
+    """Item: whether SIGINT is blocked in the process that makes it, and what the init function saw."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), os.environ.get("INIT_RAN", "")
+
+
+def _init(worker_id):
+    os.environ["INIT_RAN"] = f"yes {worker_id}"
+
+
+_SEND = []
+
+
+def _interrupt_in_fork_hook():  # (what a terminal's Ctrl-C during the fork amounts to)
+    if _SEND:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+os.register_at_fork(after_in_parent=_interrupt_in_fork_hook)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the dropped one)
+def test_a_ctrl_c_during_the_fork_is_raised_after_it_and_workers_take_it_again():
+    """Python drops a KeyboardInterrupt raised in an at-fork hook ("Exception ignored"): Ctrl-C as
+    DataLoader workers started was lost, or killed a half-started worker. Held off during the fork,
+    it is raised in the main process once the workers are up; in the workers it is let in again,
+    and the loader's own worker_init_fn still runs."""
+    loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1, worker_init_fn=_init)
+    blocked, init = zip(*[(bool(b), i[0]) for b, i in started(loader)])
+    assert blocked == (False, False) and init == ("yes 0", "yes 0")
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (the main process: as before)
+    _SEND.append(True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            started(torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1))
+        # without it, the interrupt raised in the hook is dropped: the loader runs on as if none came
+        assert len(list(iter(torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1)))) == 2
+    finally:
+        _SEND.clear()
