@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from typing import Any, Callable, Sequence
 
@@ -79,17 +80,22 @@ def share_work(fn: Callable[[list], Any], items: Sequence, batch_size: int) -> l
 
     Raises:
         UserError: the first (in rank order, so in the items' order) a process's ``fn``
-            raised, on every process: none waits for another that has failed.
+            raised, on every process: none waits for another that has failed; or processes that
+            were given other items (each lists the files itself: a folder that changed meanwhile).
     """
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return [fn(list(items))]
     mine = batch_share(len(items), batch_size, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    listed = hashlib.sha256("\n".join(map(str, items)).encode("utf-8", "surrogateescape")).hexdigest()
     try:
-        result = (fn(list(items[mine.start:mine.stop])) if len(mine) else None, "")
+        result = (fn(list(items[mine.start:mine.stop])) if len(mine) else None, "", listed)
     except UserError as e:
-        result = (None, str(e))
+        result = (None, str(e), listed)
     results = every_rank(result)
-    error = next((e for _, e in results if e), "")
+    if len({digest for _, _, digest in results}) > 1:
+        raise UserError(f"the {len(results)} processes were given other lists of {len(items)} images to share (were "
+                        "files added to or removed from a folder while the run went?); run again")
+    error = next((e for _, e, _ in results if e), "")
     if error:
         raise UserError(error)
-    return [r for r, _ in results if r is not None]
+    return [r for r, _, _ in results if r is not None]

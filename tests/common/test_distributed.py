@@ -32,7 +32,12 @@ def _share_in_process(rank: int, store: str, out: str) -> None:
         error = ""
     except UserError as e:
         error = str(e)
-    Path(out, f"{rank}.json").write_text(json.dumps({"got": got, "error": error}))
+    try:  # each process lists the files itself: a folder changed in between gives them other lists
+        share_work(lambda share: share, [f"{rank}.png", "b.png"], 1)
+        other = ""
+    except UserError as e:
+        other = str(e)
+    Path(out, f"{rank}.json").write_text(json.dumps({"got": got, "error": error, "other": other}))
     torch.distributed.destroy_process_group()
 
 
@@ -44,6 +49,7 @@ def test_share_work_runs_each_share_once_and_fails_on_every_rank(tmp_path):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         assert result["got"] == [[0, [0, 1, 2, 3]], [1, [4, 5, 6]]]
         assert result["error"] == "bad 4"
+        assert result["other"].startswith("the 2 processes were given other lists of 2 images to share")
 
 
 def _torchrun_in(cache, monkeypatch, args) -> str:
