@@ -70,6 +70,9 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
             for info in _members(tar):
                 if _listable(info):
                     index.setdefault(info.name, (info.offset_data, info.size))
+    except tarfile.ReadError as e:  # the shard cut inside its last member: that member is the unreadable one
+        if not (index and str(e) == "unexpected end of data"):
+            raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
     except FileNotFoundError:
         raise UserError(f"{flag} {shard}: no such file") from None
     except (tarfile.TarError, OSError, ValueError) as e:

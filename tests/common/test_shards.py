@@ -66,10 +66,21 @@ def test_bad_shards_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 99)
     with pytest.raises(UserError, match=r"big.tar::k.jpg: too large \(100 bytes, at most 99\)"):
         shards.read_image_bytes(shards.list_members(big)[0])
+    monkeypatch.undo()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(big.read_bytes()[:560])  # the header and part of the data
-    with pytest.raises(UserError, match=r"cut.tar: not a readable uncompressed tar shard \(unexpected end of data\)"):
+    with pytest.raises(UserError, match=r"cut.tar::k.jpg: the shard ends inside this image \(truncated\)"):
         shards.read_image_bytes(f"{cut}::k.jpg")
+    # cut inside its last member (a copy stopped short): the shard was refused whole, with
+    # --skip-unreadable too; its other members read, the last one is the unreadable image
+    with tarfile.open(tmp_path / "two.tar", "w") as tar:
+        _add(tar, "a.jpg", b"a" * 100)
+        _add(tar, "b.jpg", b"b" * 100)
+    (tmp_path / "two-cut.tar").write_bytes((tmp_path / "two.tar").read_bytes()[:1024 + 512 + 50])
+    a, b = shards.list_members(tmp_path / "two-cut.tar")
+    assert shards.read_image_bytes(a) == b"a" * 100
+    with pytest.raises(UserError, match=r"two-cut.tar::b.jpg: the shard ends inside this image"):
+        shards.read_image_bytes(b)
 
 
 def test_a_rewritten_shard_is_indexed_again_and_stamped_anew(tmp_path):
