@@ -10,13 +10,14 @@ from clip_smot.common.workers import started
 
 
 class _Masks(torch.utils.data.Dataset):
-    """Item: whether SIGINT is blocked in the process that makes it, and what the init function saw."""
+    """Item: whether SIGINT raises KeyboardInterrupt in the process that makes it, and what the init
+    function saw."""
 
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
-        return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []), os.environ.get("INIT_RAN", "")
+        return signal.getsignal(signal.SIGINT) is not signal.default_int_handler, os.environ.get("INIT_RAN", "")
 
 
 def _init(worker_id):
@@ -38,12 +39,12 @@ os.register_at_fork(after_in_parent=_interrupt_in_fork_hook)
 def test_a_ctrl_c_during_the_fork_is_raised_after_it_and_workers_take_it_again():
     """Python drops a KeyboardInterrupt raised in an at-fork hook ("Exception ignored"): Ctrl-C as
     DataLoader workers started was lost, or killed a half-started worker. Held off during the fork,
-    it is raised in the main process once the workers are up; in the workers it is let in again,
-    and the loader's own worker_init_fn still runs."""
+    it is raised in the main process once the workers are up; in the workers Python's handler is
+    back, and the loader's own worker_init_fn still runs."""
     loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1, worker_init_fn=_init)
     blocked, init = zip(*[(bool(b), i[0]) for b, i in started(loader)])
     assert blocked == (False, False) and init == ("yes 0", "yes 0")
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # (the main process: as before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (the main process: as before)
     _SEND.append(True)
     try:
         with pytest.raises(KeyboardInterrupt):
