@@ -37,7 +37,6 @@ from clip_smot.common.image_sets import (
     folder_classnames,
     id_class_folders,
     id_set,
-    image_list_file,
     image_set,
 )
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
@@ -181,12 +180,9 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     """
     check_ranges(cfg)
     names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
-    given = {"--id": cfg.id_data, "--id-train": cfg.id_train,
-             **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
+    lists, read_folders = cfg.read_sets()
     inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
-              ("--split file", cfg.split),
-              *((f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items() if w is not None)]
-    read_folders = [(f"the {flag} folder", w) for flag, w in given.items() if w is not None]
+              ("--split file", cfg.split), *lists]
     check_output_folder(cfg.out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in cfg.ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")

@@ -152,7 +152,8 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"
     wanted = [image_identity(p) for p in paths]  # (the key's: a relative and an absolute spelling are one)
-    if sorted(image_identity(p) for p in encoded + [s[0] for s in skipped]) != sorted(wanted):
+    held = [image_identity(p) for p in encoded]
+    if sorted(held + [image_identity(s[0]) for s in skipped]) != sorted(wanted):
         return None, "it lists other files"
     n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
     if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
@@ -160,7 +161,7 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
         return None, "its features are not finite"
     # the key sorts the files: the entry may hold them in another order (and spelling) than asked for
-    row = {image_identity(p): i for i, p in enumerate(encoded)}
+    row = {w: i for i, w in enumerate(held)}
     order = [row[w] for w in wanted if w in row]
     if order != list(range(len(encoded))):
         global_ = global_[order]

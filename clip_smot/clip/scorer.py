@@ -565,7 +565,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                        (found, weights or None)], images, shards, lists), inside)
     done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
                   if cfg.resume else (0, 0))
-    if writes_outputs():  # (before the model is loaded: a file where the folder should be is said at once)
+    writer = writes_outputs()
+    if writer:  # (before the model is loaded: a file where the folder should be is said at once)
         make_folder(partial.parent)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
@@ -575,7 +576,6 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                       "precision": scorer.precision}, sort_keys=True)
     if done:
         _check_run_file(run_file, run, partial)
-    writer = writes_outputs()
     if writer:
         _start_partial(partial, header, keep)
         _write_new(run_file, run + "\n")

@@ -129,11 +129,12 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         writes: the names of the files written into the output folder ``out``.
     """
     out = Path(out)
-    if writes is None and is_folder(out, flag):
+    st = path_stat(out, flag)
+    if st is not None and writes is None and stat.S_ISDIR(st.st_mode):
         raise UserError(f"{flag} {out}: is a folder, not a file")
-    if writes is None and exists(out, flag) and not is_file(out, flag):  # (a rename onto /dev/null would replace it)
+    if st is not None and writes is None and not stat.S_ISREG(st.st_mode):  # (a rename onto /dev/null would replace it)
         raise UserError(f"{flag} {out}: is a device, FIFO or socket, not a file")
-    if writes is not None and exists(out, flag) and not is_folder(out, flag):
+    if st is not None and writes is not None and not stat.S_ISDIR(st.st_mode):
         raise UserError(f"{flag} {out}: is a file, not a folder")
     targets = [out] if writes is None else [out / name for name in writes]
     keys = {key: target for target in targets if (key := _file_key(target)) is not None}

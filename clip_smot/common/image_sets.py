@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import exists, is_file, is_folder
+from clip_smot.common.files import exists, is_file, is_folder, path_stat
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
@@ -100,8 +101,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
         path = root / parts[0]
-        if not is_file(path, f"{flag} {list_file}:{n}:"):
-            what = "is not a regular file (a folder, FIFO or device)" if exists(path, flag) else "does not exist"
+        st = path_stat(path, f"{flag} {list_file}:{n}:")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            what = "does not exist" if st is None else "is not a regular file (a folder, FIFO or device)"
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         found = True
         yield path, int(parts[1]) if len(parts) == 2 else -1
@@ -181,11 +183,11 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
     return [index[p.relative_to(root).parts[0]] for p in paths], ""
 
 
-def _no_shard(where: str, flag: str) -> None:
-    """A tar shard given for a set of eval: refused by name (it would be read as one unreadable image)."""
+def _no_shard(where: str, given: str) -> None:
+    """A tar shard given (as ``given``, the flag and its value) for a set of eval: refused by name (it
+    would be read as one unreadable image)."""
     if is_shard(where):
-        raise UserError(f"{flag}{'' if flag.endswith('=') else ' '}{where}: a tar shard; eval reads folders and "
-                        "image lists (score reads shards)")
+        raise UserError(f"{given}: a tar shard; eval reads folders and image lists (score reads shards)")
 
 
 def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--id",
@@ -201,7 +203,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
             first by exact name; otherwise folders are matched through ``classnames``.
     """
     where = str(where)
-    _no_shard(where, flag)
+    _no_shard(where, f"{flag} {where}")
     as_list = _split_list_arg(where, flag)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
@@ -259,7 +261,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
         UserError: a missing folder or list, or one without images.
     """
     where = str(where)
-    _no_shard(where, f"{flag} {name}=")
+    _no_shard(where, f"{flag} {name}={where}")
     as_list = _split_list_arg(where, f"{flag} {name}")
     if as_list is not None:
         paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")

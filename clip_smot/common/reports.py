@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from clip_smot.common.files import (
     remove_stale_temporaries,
     text_writer,
 )
+from clip_smot.common.image_sets import image_list_file
 from clip_smot.metrics import CONVENTIONS, ood_metrics
 
 __all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "metric_table", "write_reports"]
@@ -50,6 +52,16 @@ class EvalConfig(JsonConfig):
     workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
     device: str = setting("auto", "auto, cpu or cuda.")
     out: str = setting(help="Output folder for the metric files.", path="dir")
+
+    def read_sets(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+        """``(files, folders)`` that the sets' arguments name, as ``check_output`` takes them: the
+        image list of each ``--id``, ``--id-train`` and ``--ood`` given as a list (a ``ROOT::LIST``
+        argument is no file: its list file is), and each of them as a folder whose images are read."""
+        given = {"--id": self.id_data, "--id-train": self.id_train,
+                 **{f"--ood {n}": w for n, w in self.ood.items() if w is not None}}
+        given = {flag: w for flag, w in given.items() if w is not None}
+        return ([(f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items()],
+                [(f"the {flag} folder", w) for flag, w in given.items()])
 
 
 def metric_table(

@@ -28,7 +28,6 @@ from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder
-from clip_smot.common.image_sets import image_list_file
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 from clip_smot.resnet.data import (
@@ -210,11 +209,8 @@ def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
     """
     check_ranges(cfg)
     names = _score_names(cfg.scores)
-    given = {"--id": cfg.id_data, "--id-train": cfg.id_train,
-             **{f"--ood {n}": w for n, w in cfg.ood.items() if w is not None}}
-    inputs = [("--checkpoint file", cfg.checkpoint),
-              *((f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items() if w is not None)]
-    folders = [(f"the {flag} folder", w) for flag, w in given.items()]
+    lists, folders = cfg.read_sets()
+    inputs = [("--checkpoint file", cfg.checkpoint), *lists]
     check_output_folder(cfg.out, "--out", inputs, folders, writes=REPORT_FILES)
     dev = resolve_device(cfg.device)
     model, meta = load_model(cfg.checkpoint, dev)
