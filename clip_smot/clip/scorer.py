@@ -57,12 +57,11 @@ from clip_smot.common.device import PRECISIONS, resolve_device, resolve_precisio
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output, make_folder, plain_name, sha256_file
-from clip_smot.common.image_sets import image_list_file, iter_image_files
+from clip_smot.common.image_sets import image_files, image_list_file, iter_image_files
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
     eight_bit,
     escape_path,
-    list_images,
     load_image,
 )
 from clip_smot.common.progress import progress_bar
@@ -463,16 +462,18 @@ class PromptScorer:
         use_cache: bool = True,
         decode: str = "cpu",
     ) -> PathScores:
-        """Score image files and folders (searched recursively), one feature-cache entry per argument.
+        """Score what ``clip-smot score`` takes as PATH, one feature-cache entry per argument:
+        image files, folders (searched recursively), image lists (``LIST.txt``,
+        ``ROOT::LIST.txt``) and tar shards (:func:`~clip_smot.common.image_sets.iter_image_files`).
         ``decode``: ``cpu`` (PIL in the workers), ``gpu`` (JPEGs decoded on the model's CUDA
         device) or ``auto`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
         Raises:
-            UserError: a missing path, a folder without images, an unreadable image (unless
-                ``skip_unreadable``; then only when no file of any argument is readable), gl-mcm
-                with a non-ViT model, non-finite features or scores.
+            UserError: a missing path, a folder without images, a list naming a missing file, an
+                unreadable image (unless ``skip_unreadable``; then only when no file of any
+                argument is readable), gl-mcm with a non-ViT model, non-finite features or scores.
         """
-        listed = [list_images(arg, flag="PATH") for arg in paths]  # (every argument checked first)
+        listed = [image_files(arg, flag="PATH") for arg in paths]  # (every argument checked first)
         names = parse_scores(scores)
         self.check_scores(names)
         decoder = self.decoder(decode)

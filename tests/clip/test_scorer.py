@@ -1042,3 +1042,23 @@ def test_score_out_in_a_new_folder_is_made_and_a_file_there_is_one_line(tmp_path
     monkeypatch.setattr(scorer.PromptScorer, "from_file", lambda *a, **k: pytest.fail("the model was loaded"))
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "file" / "s.csv")])
     assert res.exit_code == 1 and res.output.strip() == f"Error: --out {tmp_path / 'file'}: is a file, not a folder"
+
+
+def test_score_paths_reads_lists_and_shards_as_score_does(tmp_path, tiny):
+    """``score_paths`` takes what ``clip-smot score`` takes as PATH: a folder, an image list
+    (``LIST.txt``, ``ROOT::LIST.txt``) and a tar shard, each giving the folder's own scores."""
+    import tarfile
+
+    id_dir, _ = make_folders(tmp_path)
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES)
+    folder = scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False)
+    names = [os.path.relpath(p, id_dir) for p in folder.paths]
+    (id_dir / "list.txt").write_text("".join(f"{n}\n" for n in names))
+    (tmp_path / "rooted.txt").write_text("".join(f"{n}\n" for n in names))
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for n in names:
+            tar.add(id_dir / n, arcname=n)
+    for arg in (id_dir / "list.txt", f"{id_dir}::{tmp_path / 'rooted.txt'}", tmp_path / "s.tar"):
+        got = scorer.score_paths([arg], ["mcm"], workers=0, use_cache=False)
+        assert [os.path.basename(str(p).split("::")[-1]) for p in got.paths] == [os.path.basename(p) for p in names]
+        torch.testing.assert_close(got.scores["mcm"], folder.scores["mcm"], atol=1e-6, rtol=0)
