@@ -244,9 +244,6 @@ def _table6(o: ReproduceOptions) -> Plan:
     return Plan(stages, rows, sets, "Table 6: SMOT with different network architectures, CIFAR-10", inputs)
 
 
-BETAS = ("1,1", "0.67,0.67", "2,2", "5,2", "20,12", "30,18", "18,30", "50,20", "100,50")
-
-
 def _variants(o: ReproduceOptions, table: str, variants: dict[str, list[str]], rows: dict, title: str) -> Plan:
     """One base model and SMOT runs with its CAMs, one per variant's extra train flags (Tables 7, 9)."""
     inputs, ood, sets = _resnet_data(o, table, "cifar10")
@@ -263,8 +260,8 @@ BETAS = ("1,1", "0.67,0.67", "2,2", "5,2", "20,12", "30,18", "18,30", "50,20", "
 
 
 def _table7(o: ReproduceOptions) -> Plan:
-    variants = {f"smot-a{ab.split(',')[0]}-b{ab.split(',')[1]}": ["--alpha", *ab.split(",")[:1], "--beta",
-                                                                   *ab.split(",")[1:]] for ab in BETAS}
+    pairs = [ab.split(",") for ab in BETAS]  # (alpha, beta) of each row
+    variants = {f"smot-a{a}-b{b}": ["--alpha", a, "--beta", b] for a, b in pairs}
     rows = {"w/o SMOT": ("eval-base", "msp")}
     rows |= {f"({ab})": (f"eval-{name}", "msp") for ab, name in zip(BETAS, variants)}
     return _variants(o, "table7", variants, rows, "Table 7: the effect of the sampling function Beta(alpha, beta), "

@@ -24,12 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clip_smot.common.device import DTYPES
 from clip_smot.common.errors import UserError
 
 __all__ = [
     "ATTENTION",
-    "ENCODER_PRECISIONS",
-    "RESIDUALS",
     "ImageEncoder",
     "TextEncoder",
     "check_text_tower",
@@ -40,8 +39,6 @@ __all__ = [
 ]
 
 ATTENTION = ("causal", "mask", "square", "flex")
-RESIDUALS = ("fp32", "precision", "bf16", "fp16")
-ENCODER_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _is_standard_block(blk: nn.Module) -> bool:
@@ -228,8 +225,8 @@ class TextEncoder(nn.Module):
     ):
         super().__init__()
         check_text_tower(model, name)
-        if precision not in ENCODER_PRECISIONS:
-            raise UserError(f"--precision must be one of {tuple(ENCODER_PRECISIONS)}, got {precision!r}")
+        if precision not in DTYPES:
+            raise UserError(f"--precision must be one of {tuple(DTYPES)}, got {precision!r}")
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         residual = precision if residual == "precision" else residual
@@ -238,9 +235,9 @@ class TextEncoder(nn.Module):
         self.precision, self.attention, self.residual = precision, attention, residual
         self.flex_kernel: bool | None = None  # attention="flex": None = FlexAttention on CUDA, a dense mask elsewhere
         self._layouts: dict = {}  # see _layout: key -> (the keyed tensors, the layout's tensors)
-        self.residual_dtype = ENCODER_PRECISIONS[residual]
+        self.residual_dtype = DTYPES[residual]
         self.blocks = nn.ModuleList(
-            _Block(b, ENCODER_PRECISIONS[precision], self.residual_dtype) for b in model.transformer.resblocks
+            _Block(b, DTYPES[precision], self.residual_dtype) for b in model.transformer.resblocks
         )
         self.heads = self.blocks[0].heads
         self.width = self.blocks[0].width
@@ -539,7 +536,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         if not _vision_tower_is_standard(visual):
             raise ValueError("ImageEncoder supports open_clip's standard ViT image tower only")
-        dtype = ENCODER_PRECISIONS[precision]
+        dtype = DTYPES[precision]
         self.precision = precision
         conv = visual.conv1
         self.patch = tuple(conv.kernel_size)

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from clip_smot.clip.encoders import (
     ATTENTION,
-    ENCODER_PRECISIONS,
     TextEncoder,
     check_text_tower,
     packed_index,
@@ -44,7 +43,6 @@ from clip_smot.common.errors import UserError
 __all__ = [
     "ATTENTION",
     "CLASS_POSITIONS",
-    "ENCODER_PRECISIONS",
     "PromptLearner",
     "TextEncoder",
     "check_text_tower",
