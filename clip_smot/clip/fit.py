@@ -42,7 +42,7 @@ from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
-from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device
+from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_text,
@@ -454,11 +454,15 @@ def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, 
     check_config(cfg)
     ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run)
     saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
+    device = resolve_device(cfg.device)  # (a run-control option: the current one also on --resume)
+    # the precision that runs on this device (fp16 is bf16 on the CPU), before it is compared with
+    # the run's on --resume and after it is taken from the run's
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if saved is not None:
         cfg = _resume_config(cfg, saved, flags)
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if not cfg.dry_run:
         _check_outputs(cfg)
-    device = resolve_device(cfg.device)
     cfg = resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":

@@ -147,6 +147,21 @@ def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_
     torch.testing.assert_close(pf.text_features, encoded["fp32"], atol=1e-6, rtol=0)
 
 
+def test_fp16_on_the_cpu_is_the_bf16_it_runs(fit_args, tmp_path):
+    """CPU autocast has no fp16: ``--precision fp16`` on the CPU is the bf16 run, recorded as bf16
+    in config.json (as score and train record it), and resuming with the same flags is no change."""
+    contexts = {}
+    for precision in ("fp16", "bf16"):
+        out = tmp_path / precision
+        res = CliRunner().invoke(cli, fit_args(out, "--precision", precision))
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+        contexts[precision] = load_prompt(out / "prompt.safetensors").ctx
+    assert torch.equal(contexts["fp16"], contexts["bf16"])
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "fp16", "--precision", "fp16", "--epochs", "1", "--resume"))
+    assert res.exit_code == 0, res.output
+
+
 def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):
     """export --pretrained with another checkpoint of the architecture wrote a prompt whose text
     features are not the trained prompt's, without a word; a copy of the run's own file is fine."""
