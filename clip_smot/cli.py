@@ -85,6 +85,8 @@ class _Group(click.Group):
             raise click.ClickException(one_line(e.format_message())) from None
         except KeyboardInterrupt:  # (fit and train say what they can resume from)
             raise _interrupted() from None
+        except _Interrupted:  # fit's or train's line, which names the checkpoint to resume from
+            raise
         except Exception:
             # Ctrl-C that reached a DataLoader worker as it started kills it, and the main process
             # sees "worker exited unexpectedly" where the KeyboardInterrupt was lost: an interruption

@@ -1,3 +1,4 @@
+import pytest
 from click.testing import CliRunner
 
 from clip_smot.cli import cli
@@ -101,6 +102,29 @@ def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "runs in one process" not in CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"]).output
+
+
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_real_ctrl_c_still_says_how_to_resume(command, monkeypatch, tmp_path):
+    """A SIGINT (not only a KeyboardInterrupt raised in Python) during fit or train: the line says
+    which checkpoint to --resume from. The group's 'an error after a SIGINT is an interruption'
+    fallback replaced that line with the bare 'interrupted'."""
+    import os
+    import signal
+
+    import clip_smot.cli as cli_module
+
+    def run(cfg, **kwargs):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(b"saved")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli_module, f"run_{command}", run)
+    args = ["--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    res = CliRunner().invoke(cli, [command, *args])
+    assert res.exit_code == 130, res.output
+    assert res.output.strip() == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last "
+                                  "finished epoch: continue with the same command and --resume"), res.output
 
 
 def test_a_ctrl_c_lost_at_a_worker_start_is_still_an_interruption(monkeypatch):
