@@ -132,3 +132,21 @@ def test_the_finished_exit_and_the_non_finite_loss_are_one_line_each(tmp_path, c
     assert str(rf.non_finite_loss("train", float("nan"), 1, "c.pt", "lower --lr")) == \
         "train: non-finite training loss (nan) in epoch 2; the last good checkpoint c.pt (epoch 1) is kept; lower --lr"
     assert "no checkpoint was written" in str(rf.non_finite_loss("fit", float("inf"), 0, "c.pt", "x"))
+
+
+@pytest.mark.parametrize("result", ["model.safetensors", "prompt.safetensors"])
+def test_a_new_run_is_refused_over_a_result_without_its_checkpoint(tmp_path, result):
+    """A finished run whose checkpoint.pt was removed: a new run replaced its config.json and
+    log.jsonl and left its result, which a --resume of the new run then took as its own ("finished;
+    nothing to do"). Only the config and log of a run stopped before its first checkpoint are
+    started over."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "log.jsonl").write_text("")
+    assert rf.check_start(tmp_path, resume=False, dry_run=False) == tmp_path / "checkpoint.pt"
+    (tmp_path / result).write_bytes(b"a result")
+    with pytest.raises(UserError, match=rf"^--out {tmp_path}: already holds a run \({result}\); choose another --out$"):
+        rf.check_start(tmp_path, resume=False, dry_run=False)
+    assert rf.check_start(tmp_path, resume=False, dry_run=True) == tmp_path / "checkpoint.pt"  # (writes nothing)
+    (tmp_path / "checkpoint.pt").write_bytes(b"state")
+    with pytest.raises(UserError, match=r"\(checkpoint.pt\); pass --resume to continue it, or choose another --out$"):
+        rf.check_start(tmp_path, resume=False, dry_run=False)
