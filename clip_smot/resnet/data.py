@@ -387,8 +387,8 @@ def mix_seed(*ints: int) -> int:
     """A distinct, stable seed for ``(seed, epoch[, rank[, stream]])``, without Python's salted hash.
 
     What each seeds: ``(seed, epoch)``, the order of :class:`TensorBatches` (the same on every
-    rank); ``(seed, epoch, rank)``, the order and workers of :class:`FileBatches`; stream 1, the
-    augmentation (TensorBatches' generator, FileBatches' transforms without workers); streams 2
+    rank); ``(seed, epoch, rank)``, the order of :class:`FileBatches`; stream 1, the augmentation
+    (TensorBatches' generator; ``(seed, epoch, image, 1)``, FileBatches' crops of an image); streams 2
     and 3, the SMOT thresholds and noise of :func:`clip_smot.resnet.train.train_epoch`.
     """
     h = 0
@@ -433,10 +433,18 @@ class TensorBatches:
 class _FileDataset(torch.utils.data.Dataset):
     """Decoded, transformed images ``(uint8 [3, S, S], label, error)``: an unreadable file yields
     its error message rather than an exception, which a DataLoader worker would re-raise with a
-    multi-line traceback; :func:`_loaded` raises it in the main process as one line."""
+    multi-line traceback; :func:`_loaded` raises it in the main process as one line.
 
-    def __init__(self, files: Sequence[Path], labels: torch.Tensor, transform, size: int) -> None:
+    With a ``seed``, a random transform draws image ``i``'s crop and flip from ``(seed, epoch, i)``
+    alone (set :attr:`epoch` before each epoch): not from the process that decodes it, so the
+    number of DataLoader workers and of torchrun processes does not change them, and a resumed
+    run may take another ``--workers``.
+    """
+
+    def __init__(self, files: Sequence[Path], labels: torch.Tensor, transform, size: int,
+                 seed: int | None = None) -> None:
         self.files, self.labels, self.transform, self.size = list(files), labels, transform, size
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -445,9 +453,15 @@ class _FileDataset(torch.utils.data.Dataset):
         import torchvision.transforms.functional as TF
 
         try:
-            img = self.transform(load_image(self.files[i]))
+            img = load_image(self.files[i])
         except UserError as e:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], str(e)
+        if self.seed is None:
+            img = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):  # (torchvision's transforms draw from the global RNG)
+                torch.manual_seed(mix_seed(self.seed, self.epoch, i, 1))
+                img = self.transform(img)
         return TF.pil_to_tensor(img), self.labels[i], ""  # uint8 [3, S, S]
 
 
@@ -514,7 +528,7 @@ class FileBatches:
 
     def __init__(self, files: Sequence[Path], labels: torch.Tensor, input_size: int, batch_size: int,
                  device: torch.device, seed: int, workers: int, flip: bool = True, rank: int = 0, world: int = 1) -> None:
-        self.dataset = _FileDataset(files, labels, _train_transform(input_size, flip), input_size)
+        self.dataset = _FileDataset(files, labels, _train_transform(input_size, flip), input_size, seed)
         self.batch_size, self.device, self.seed, self.workers = batch_size, device, seed, workers
         self.rank, self.world = rank, world
         self.sampler = None
@@ -530,9 +544,8 @@ class FileBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator()
-        g.manual_seed(mix_seed(self.seed, epoch, self.rank))  # seeds the shuffle and the workers' augmentation
-        if not self.workers:  # torchvision's transforms then draw from this process's global RNG:
-            torch.manual_seed(mix_seed(self.seed, epoch, self.rank, 1))  # per (seed, epoch, rank) too
+        g.manual_seed(mix_seed(self.seed, epoch, self.rank))  # seeds the shuffle (the crops: _FileDataset)
+        self.dataset.epoch = epoch  # (the workers are started each epoch, with this copy of the data set)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
