@@ -256,8 +256,11 @@ def holds_its_values(t: torch.Tensor) -> bool:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: str) -> None:
     """``optimizer.load_state_dict(state)`` once ``state`` is seen to fit: one group per group, as
-    many parameters, finite numbers for its hyperparameters and, per parameter, tensors of that
-    parameter's shape (torch checks none of these; the first step would fail, or train wrongly).
+    many parameters, a finite lr, the options the run's config gave ``optimizer`` (momentum,
+    weight decay, nesterov, maximize, ...) and, per parameter, tensors of that parameter's shape
+    (torch checks none of these; the first step would fail, or train wrongly). How the update is
+    computed (``foreach``, ``fused``, ...) stays the one ``optimizer`` was built with, for this
+    device.
 
     Raises:
         UserError: naming ``where``, when the state does not fit.
@@ -270,14 +273,23 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
             if len(theirs["params"]) != len(ours["params"]):
                 raise ValueError(f"{len(theirs['params'])} parameters in a group, not {len(ours['params'])}")
             for key, value in ours.items():
-                number = theirs[key]
-                if isinstance(value, float) and not (isinstance(number, (int, float)) and math.isfinite(number)):
-                    raise ValueError(f"{key} is {number!r}")
+                if key in _SCHEDULED:
+                    if not (isinstance(theirs[key], (int, float)) and math.isfinite(theirs[key])):
+                        raise ValueError(f"{key} is {theirs[key]!r}")
+                elif key != "params" and key not in _IMPLEMENTATION and theirs[key] != value:
+                    raise ValueError(f"{key} is {theirs[key]!r}, not the run's {value!r}")
             for i, p in zip(theirs["params"], ours["params"]):
                 for name, v in per_param.get(i, {}).items():
                     if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
                         raise ValueError(f"{name} has shape {list(v.shape)}, not {list(p.shape)}")
+        kept = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
+        for group, implementation in zip(optimizer.param_groups, kept):
+            group.update(implementation)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise UserError(f"{where}: its optimizer state does not fit ({type(e).__name__}: {first_line(e)})") from None
+
+
+_SCHEDULED = ("lr", "initial_lr")  # group options that change as the run goes (the lr schedule's)
+_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")  # how the update runs, not what it is
 

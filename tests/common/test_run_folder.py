@@ -150,3 +150,20 @@ def test_a_new_run_is_refused_over_a_result_without_its_checkpoint(tmp_path, res
     (tmp_path / "checkpoint.pt").write_bytes(b"state")
     with pytest.raises(UserError, match=r"\(checkpoint.pt\); pass --resume to continue it, or choose another --out$"):
         rf.check_start(tmp_path, resume=False, dry_run=False)
+
+
+def test_an_optimizer_state_keeps_the_run_options_and_this_device_update():
+    """What the update is (momentum, weight decay, nesterov, maximize) must be the run's; how it
+    runs (fused: a CUDA run's choice) stays the resuming optimizer's."""
+    w = torch.nn.Parameter(torch.ones(2))
+    saved = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=5e-4, fused=True)
+    w.grad = torch.ones(2)
+    saved.step()
+    ours = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    rf.load_optimizer_state(ours, saved.state_dict(), "--resume c.pt")
+    assert ours.param_groups[0]["fused"] is None and ours.param_groups[0]["momentum"] == 0.9
+    assert torch.equal(ours.state[w]["momentum_buffer"], saved.state[w]["momentum_buffer"])
+    other = torch.optim.SGD([w], lr=0.1, momentum=0.5, weight_decay=5e-4)
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: momentum is "
+                                        r"0.9, not the run's 0.5\)$"):
+        rf.load_optimizer_state(other, saved.state_dict(), "--resume c.pt")

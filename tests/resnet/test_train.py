@@ -851,7 +851,11 @@ def _momentum(ckpt):
     (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
     (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
     (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
-                                                              r"momentum is None\)"),
+                                                              r"momentum is None, not the run's 0.9\)"),
+    # options the run's config decides, which an edited state turned into another optimizer
+    (_edit("optimizer", "param_groups", 0, "maximize", True), r"\(ValueError: maximize is True, not the run's False\)"),
+    (_edit("optimizer", "param_groups", 0, "nesterov", True), r"\(ValueError: nesterov is True, not the run's False\)"),
+    (_edit("optimizer", "param_groups", 0, "weight_decay", 0.5), r"\(ValueError: weight_decay is 0.5, not the run's "),
     (_edit("rng", "numpy", "MT19937"), r"its loss-scaler or random-number state is damaged \(ValueError"),
     (_edit("rng", "torch", torch.zeros(3, dtype=torch.uint8)), r"random-number state is damaged \(RuntimeError"),
 ])
