@@ -262,7 +262,9 @@ def _check_saved(saved: dict, where: str) -> None:
     config, ctx = saved["config"], saved["ctx"]
     run = config["run"]
     problems = [
-        (isinstance(saved["epoch"], int) and not isinstance(saved["epoch"], bool) and saved["epoch"] >= 0, "epoch"),
+        (isinstance(saved["epoch"], int) and not isinstance(saved["epoch"], bool) and saved["epoch"] >= 0
+         and not (isinstance(config.get("epochs"), int) and saved["epoch"] > config["epochs"]),
+         "epoch (a whole number of epochs done, at most the run's epochs)"),
         (isinstance(ctx, torch.Tensor) and ctx.is_floating_point() and ctx.ndim in (2, 3) and rf.holds_its_values(ctx)
          and bool(torch.isfinite(ctx).all()), "ctx (a finite float tensor [n_ctx, d] or [K, n_ctx, d])"),
         (isinstance(run.get("classnames"), list) and run["classnames"] != []

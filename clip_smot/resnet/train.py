@@ -116,8 +116,8 @@ class TrainConfig(JsonConfig):
     batch_size: int | None = setting(None, "Global batch of original images, each with a masked copy (default 128; "
                                      "digits 64).", min=1, max=MAX_BATCH)
     lr: float | None = setting(None, "Initial lr (default 0.1; digits 0.05).", min=0, min_open=True)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = setting(0.9, flag=False, min=0, max=1)
+    weight_decay: float = setting(5e-4, flag=False, min=0)
     alpha: float = setting(50.0, "Threshold s ~ Beta(alpha, beta).", min=0, min_open=True)
     beta: float = setting(20.0, min=0, min_open=True)
     lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)  # of the SMOT loss
@@ -126,8 +126,8 @@ class TrainConfig(JsonConfig):
     perturb: str = setting("zero", "Masked region: black, white, or Gaussian noise (Table 9).",
                            choices=smot.PERTURBATIONS)
     sigma: float = setting(0.1, "Noise std for --perturb noise.", min=0)
-    ls_eps: float = 0.1  # label smoothing amount (method ls)
-    logitnorm_tau: float = 0.04  # LogitNorm temperature (method logitnorm)
+    ls_eps: float = setting(0.1, flag=False, min=0, max=1)  # label smoothing amount (method ls)
+    logitnorm_tau: float = setting(0.04, flag=False, min=0, min_open=True)  # LogitNorm temperature (method logitnorm)
     input_size: int | None = setting(None, f"Square input size, 8 to {MAX_INPUT_SIZE} (default 32 for "
                                      "CIFAR/digits/small folders, 224 otherwise).", min=8, max=MAX_INPUT_SIZE)
     device: str = setting("auto", "auto, cpu or cuda (torchrun: one GPU per process).")
@@ -330,6 +330,9 @@ def _check_saved(ckpt: dict) -> None:
     is wrong): a whole-number epoch, a log of epoch records, dicts of tensors and states."""
     if not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0:
         raise ValueError(f"epoch is {ckpt['epoch']!r}")
+    epochs = ckpt["config"].get("epochs")
+    if isinstance(epochs, int) and ckpt["epoch"] > epochs:  # (an edited epoch: the run would export as finished)
+        raise ValueError(f"epoch is {ckpt['epoch']}, past the run's {epochs} epochs")
     if not isinstance(ckpt["log"], list) or not all(isinstance(e, dict) for e in ckpt["log"]):
         raise ValueError("log is not a list of epoch records")
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):

@@ -1105,7 +1105,9 @@ def _set(*keys_value):
                                          r"--n-ctx 4 do not give"),
     (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
                                      r"--n-ctx 1000000000 do not give"),
-    (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch\)"),
+    (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch \(a whole number of epochs done, at most the run's "
+                         r"epochs\)\)"),
+    (_set("epoch", 2), r"a damaged fit checkpoint \(epoch \(a whole number"),  # (of 1 epoch)
     (_set("config", "n_ctx", "4"), r"its configuration's n_ctx is '4', not int"),
     (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
     (_set("config", "seed", -1), r"its configuration is out of range \(--seed -1: must be in"),

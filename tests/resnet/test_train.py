@@ -842,12 +842,16 @@ def _momentum(ckpt):
 
 @pytest.mark.parametrize("edit, expected", [
     (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
+    (_edit("epoch", 99), r"\(ValueError: epoch is 99, past the run's 2 epochs\)"),  # (was exported as finished)
     (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
     (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
     (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
     (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
     (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
     (_edit("config", "seed", -1), r"^--seed -1: must be in"),
+    (_edit("config", "ls_eps", 5.0), r"^TrainConfig.ls_eps 5.0: must be in \[0, 1\]$"),  # (was a loss of -66)
+    (_edit("config", "logitnorm_tau", -1.0), r"^TrainConfig.logitnorm_tau -1.0: must be > 0$"),
+    (_edit("config", "momentum", 2.0), r"^TrainConfig.momentum 2.0: must be in \[0, 1\]$"),
     (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
     (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
     (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
