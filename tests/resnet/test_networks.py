@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import cam_resnet  # noqa: F401 (fixture)
 from safetensors.torch import save_file
 
 from clip_smot.cam import CAMProvider
@@ -143,3 +144,26 @@ def test_model_file_shapes_are_checked_before_the_network_is_built(tmp_path, mon
         load_model(_edited(tmp_path, "nobias.safetensors",
                            tensors={k: v for k, v in build_network("resnet_tiny", 3, 32).state_dict().items()
                                     if k != "fc.bias"}))
+
+
+def test_non_finite_weights_are_refused_by_both_cam_model_readers(tmp_path, cam_resnet):
+    """A NaN weight gives NaN CAMs, which become all-zero maps: a SMOT run with such a --cam-model
+    masked nothing and exited 0. A model file (train's) and a state dict (fit's) are refused."""
+    from clip_smot.clip.cam_network import load_cam_network
+
+    model = _save(tmp_path / "m.safetensors")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["fc.weight"][0, 0] = float("nan")
+    model.load_state_dict(state)
+    save_model(tmp_path / "nan.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
+    with pytest.raises(UserError, match=r"^--cam-model \S+nan.safetensors: fc.weight holds non-finite numbers$"):
+        load_model(tmp_path / "nan.safetensors", flag="--cam-model")
+    with pytest.raises(UserError, match=r"nan.safetensors: fc.weight holds non-finite numbers$"):
+        load_cam_network(str(tmp_path / "nan.safetensors"))
+    torchvision_state = torch.load(cam_resnet, weights_only=True)
+    torchvision_state["layer1.0.bn1.running_var"][3] = float("inf")
+    torch.save(torchvision_state, tmp_path / "inf.pth")
+    with pytest.raises(UserError, match=r"^--cam-model \S+inf.pth: layer1.0.bn1.running_var holds non-finite numbers$"):
+        load_cam_network(str(tmp_path / "inf.pth"))
+    load_model(tmp_path / "m.safetensors", flag="--cam-model")  # (finite weights load)
