@@ -254,12 +254,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
 def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig, decoder: str) -> dict:
     """The scores ``names`` (and ``pred_index``) of every image of the set ``s``, its images
     decoded by ``decoder`` (``pil`` or ``jpeg``)."""
-    feats = encode_files(scorer.clip, s.paths, "gl-mcm" in names, cfg.batch_size, cfg.workers, False, cfg.use_cache,
-                         decoder, scorer.precision)
-    out = scorer.score_features(feats, names)
-    if "odin" in names:
-        out["odin"] = scorer.odin_files(feats.paths, cfg.batch_size, cfg.workers, decoder)
-    return out
+    return scorer.score_files(s.paths, names, cfg.batch_size, cfg.workers, False, cfg.use_cache, decoder).scores
 
 
 def _summary(cfg: ClipEvalConfig, scorer: PromptScorer, results: dict, fitted: list[str], n_train: int,
