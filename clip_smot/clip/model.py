@@ -242,6 +242,7 @@ MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture t
 # (RN50x64) and 56 (ViT-e-14). Even on the meta device each block costs time and memory: 1000 take
 # about 3 s and 0.8 GB, 20000 minutes and gigabytes, however narrow.
 MAX_LAYERS = 1024
+RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, the same in every run
 
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
 _TEXT_SIZES = ("context_length", "vocab_size", "width", "heads", "layers")
@@ -449,20 +450,33 @@ def _openai_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k not in _OPENAI_EXTRAS}
 
 
+def _activation(cfg: dict) -> dict:
+    """open_clip's ``create_model`` arguments that build the MLP activation ``cfg`` names."""
+    if cfg.get("quick_gelu"):
+        return {"force_quick_gelu": True}
+    # (a config whose quick_gelu was turned off: passed as a constructor argument, the last word)
+    return {"quick_gelu": False} if "quick_gelu" in cfg else {}
+
+
 def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: torch.device | str) -> nn.Module:
     """open_clip's model ``name`` with the MLP activation of ``cfg`` and the weights ``pretrained``
-    (a tag, a file, or "" for random weights; ``openai_file``: one of OpenAI's own files)."""
+    (a tag, a file, or "" for random weights; ``openai_file``: one of OpenAI's own files).
+
+    Random weights are drawn from :data:`RANDOM_WEIGHTS_SEED`, not from the caller's RNG: the same
+    weights each time they are built (open_clip builds on the CPU, then moves), so that a fit with
+    them resumes, exports and scores with the weights it was trained with."""
     import open_clip
 
-    if cfg.get("quick_gelu"):
-        quick = {"force_quick_gelu": True}
-    else:  # (a config whose quick_gelu was turned off: passed as a constructor argument, the last word)
-        quick = {"quick_gelu": False} if "quick_gelu" in cfg else {}
+    if not pretrained:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            return open_clip.create_model(name, pretrained=None, device=device, **_activation(cfg))
+    quick = _activation(cfg)
     with warnings.catch_warnings():
         # open_clip warns when the config's activation is not the tag's; it was chosen above, on purpose
         warnings.filterwarnings("ignore", message="QuickGELU mismatch")
         if not openai_file:
-            return open_clip.create_model(name, pretrained=pretrained or None, device=device, **quick)
+            return open_clip.create_model(name, pretrained=pretrained, device=device, **quick)
         state = _openai_state_dict(pretrained)  # open_clip 3.x reads neither of OpenAI's formats
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # open_clip's "initialized randomly": the weights come next
