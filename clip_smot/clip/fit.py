@@ -227,7 +227,7 @@ def _load_data(cfg: FitConfig, image_size: int):
     return classes, split
 
 
-def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: Path) -> None:
+def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: Path, cfg: FitConfig) -> None:
     """Put a checkpoint's context, optimizer, schedule and RNG states into the run's, each checked
     to fit first (a hand-edited checkpoint is one line, not a traceback at the first step)."""
     where = f"--resume {path}"
@@ -238,6 +238,12 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
             and isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(optimizer.param_groups)
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sched["base_lrs"])):
         raise UserError(f"{where}: its learning-rate schedule is damaged")
+    # the schedule is the config's (--lr, --epochs, the warm-up): a state that says otherwise was edited
+    epoch, ours = saved["epoch"], scheduler.base_lrs
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    if sched["base_lrs"] != ours or sched["last_epoch"] != epoch or lrs != [lr * lr_factor(epoch, cfg) for lr in ours]:
+        raise UserError(f"{where}: its learning-rate schedule (base lr {sched['base_lrs']}, epoch "
+                        f"{sched['last_epoch']}, lr {lrs}) is not the run's")
     scheduler.load_state_dict(sched)
     try:
         rf.restore_rng(saved["rng"], generators, where)
@@ -578,7 +584,7 @@ def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | 
                   "aug_gen": torch.Generator(device=device).manual_seed(cfg.seed)}  # crops, flips, noise
     training = _Training(prompt, optimizer, scheduler, generators)
     if saved is not None:
-        _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / rf.CHECKPOINT)
+        _restore(saved, prompt, optimizer, scheduler, generators, Path(cfg.out) / rf.CHECKPOINT, cfg)
     elif cfg.cuda_graph:  # a graph draws --perturb noise from torch's CUDA generator: seeded, so --seed fixes it
         torch.cuda.manual_seed(cfg.seed)
     training.step = make_fit_step(

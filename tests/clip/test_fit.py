@@ -1140,6 +1140,12 @@ def _momentum_edit(shape):
     (_set("optimizer", "param_groups", 0, "lr", "fast"), r"its optimizer state does not fit \(ValueError: lr is 'fast'\)"),
     (_set("optimizer", "param_groups", []), r"its optimizer state does not fit \(ValueError: 0 parameter groups"),
     (_set("scheduler", "base_lrs", ["x"]), r"its learning-rate schedule is damaged"),
+    # numbers that were taken as they were (an outside audit: lr 15 in the log of a run of --lr 0.002)
+    (_set("scheduler", "base_lrs", [20.0]), r"its learning-rate schedule \(base lr \[20.0\], epoch 1, lr \[\S+\]\) "
+                                            r"is not the run's$"),
+    (_set("optimizer", "param_groups", 0, "lr", 15.0), r"its learning-rate schedule \(.*lr \[15.0\]\) is not the run's$"),
+    (_set("optimizer", "param_groups", 0, "weight_decay", 50.0), r"its optimizer state does not fit \(ValueError: "
+                                                                 r"weight_decay is 50.0, not the run's 0.0005\)"),
     (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
     (_set("rng", "torch_cpu", "seed"), r"its random-number state is damaged \(TypeError"),
 ])
