@@ -330,7 +330,11 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None) -
     by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
                   if record in old["run"] and os.path.isfile(getattr(cfg, k))}
     options = {k: v for k, v in old.items() if k != "run"}
-    return FitConfig.from_dict(rf.resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content}, cfg.out))
+    resumed = FitConfig.from_dict(rf.resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content},
+                                                    cfg.out))
+    if old.get("split") and not resumed.split:  # a run started on a given split goes on with it: its own copy
+        resumed = dataclasses.replace(resumed, split=str(Path(cfg.out) / "split.txt"))
+    return resumed
 
 
 def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:

@@ -266,6 +266,29 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
 
 
+def test_a_run_started_with_a_split_resumes_on_it_without_the_flag(one_epoch, fit_args, tmp_path, monkeypatch):
+    """``fit --out OUT --resume`` continues a run as it was started. For a run started with
+    --split, it drew a split instead (with the default --shots), and stopped on that split."""
+    first = {}
+    for line in (one_epoch / "split.txt").read_text().splitlines():  # one image a class: not what --shots 2 draws
+        first.setdefault(line.split("\t")[1], line)
+    (tmp_path / "one.txt").write_text("".join(f"{line}\n" for line in first.values()))
+    real_save = run_folder.atomic_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--split", str(tmp_path / "one.txt")))
+    assert isinstance(res.exception, RuntimeError)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    res = CliRunner().invoke(cli, ["fit", "--out", str(tmp_path / "run"), "--resume", "--device", "cpu",
+                                   "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "split.txt").read_text() == (tmp_path / "one.txt").read_text()
+
+
 def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
     import shutil
 
