@@ -37,6 +37,7 @@ from clip_smot.common.images import (
     escape_path,
     holds_folders,
     image_names,
+    label_number,
     load_image,
     text_lines,
     unescape_path,
@@ -151,9 +152,10 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
         if not line.strip():
             continue
         rel, sep, label = line.rpartition("\t")
-        if not sep or not label.strip().lstrip("-").isdigit():
+        y = label_number(label) if sep else None
+        if y is None:
             raise UserError(f"{flag} {path}:{n}: expected 'relative/path<TAB>label', got {line!r}")
-        y, shown, rel = int(label), rel, unescape_path(rel)  # (messages show the path as written: one line)
+        shown, rel = rel, unescape_path(rel)  # (messages show the path as written: one line)
         if not 0 <= y < len(classes.folders):
             raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
         if not _file_name(rel):

@@ -29,6 +29,7 @@ from clip_smot.common.images import (
     class_folders,
     holds_folders,
     iter_images,
+    label_number,
     list_images,
     text_lines,
 )
@@ -98,7 +99,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
-        if len(parts) > 2 or (len(parts) == 2 and not parts[1].lstrip("-").isdigit()):
+        label = label_number(parts[1]) if len(parts) == 2 else -1
+        if len(parts) > 2 or label is None:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
         path = root / parts[0]
         st = path_stat(path, f"{flag} {list_file}:{n}:")
@@ -106,7 +108,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             what = "does not exist" if st is None else "is not a regular file (a folder, FIFO or device)"
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         found = True
-        yield path, int(parts[1]) if len(parts) == 2 else -1
+        yield path, label
     if not found:
         raise UserError(f"{flag} {list_file}: the list names no images")
 

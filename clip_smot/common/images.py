@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import exists, is_file, is_folder
 
-__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -120,6 +120,14 @@ def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:
         UserError: ``root`` does not exist, or holds no image file.
     """
     return list(iter_images(root, flag))
+
+
+def label_number(text: str) -> int | None:
+    """The integer a list or split file's label field writes (ASCII digits, an optional minus, at
+    most 18 digits), or None for anything else: ``str.isdigit`` also takes "³" and "٢", and
+    ``int`` refuses the first and a number of over 4,300 digits (tracebacks both)."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else None
 
 
 def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iterator[str]:

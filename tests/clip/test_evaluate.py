@@ -256,6 +256,11 @@ def test_ood_folders_any_layout_and_image_lists(tmp_path):
     (tmp_path / "worse.txt").write_text("a.jpg 0 extra\n")
     with pytest.raises(UserError, match=r"worse.txt:1: expected 'relative/path label'"):
         image_set("bad", tmp_path / "worse.txt")
+    # labels that str.isdigit took and int() then raised on (a traceback), or read as another digit
+    for label in ("\u00b3", "--1", "\u0662", "9" * 5000):
+        (tmp_path / "worse.txt").write_text(f"dtd/images/zigzag/z.jpg {label}\n", encoding="utf-8")
+        with pytest.raises(UserError, match=r"worse.txt:1: expected 'relative/path label'"):
+            id_set(tmp_path / "worse.txt", ["a", "b"])
     with pytest.raises(UserError, match="no image files"):
         image_set("empty", (tmp_path / "void").mkdir() or tmp_path / "void")
 

@@ -509,6 +509,10 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
     bad.write_text(f"{WNIDS[0]}/missing.JPEG\t0\n")
     with pytest.raises(UserError, match="no such image file"):
         read_split(bad, classes)
+    for label in ("\u00b3", "--1", "\u0662", "9" * 5000):  # (tracebacks from int(), or another digit: '٢' is 2)
+        bad.write_text(f"{WNIDS[2]}/{WNIDS[2]}_0.JPEG\t{label}\n", encoding="utf-8")
+        with pytest.raises(UserError, match=r"split.txt:1: expected 'relative/path<TAB>label'"):
+            read_split(bad, classes)
     # an existing image of another class (or outside the data), reached through '..' or an absolute path
     for rel in (f"{WNIDS[0]}/../{WNIDS[1]}/{WNIDS[1]}_0.JPEG", str(imagenet_dir / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG")):
         assert (imagenet_dir / "train" / rel).is_file()
