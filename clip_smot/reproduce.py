@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import atomic_write_text, make_folder
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
@@ -310,10 +311,17 @@ def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -
     path = out / where[0] / "metrics.json"
     if not path.is_file():
         return None
-    report = json.loads(path.read_text())
-    if metric == "id_acc":
-        return report.get("id_accuracy")
-    return report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        value = report.get("id_accuracy") if metric == "id_acc" else \
+            report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"{metric} is {value!r}")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:  # (JSONDecodeError is a ValueError)
+        raise UserError(f"{path}: not a readable metrics.json of clip-smot eval ({type(e).__name__}: "
+                        f"{first_line(e)}); remove it to run its stage again") from None
+    return value
 
 
 def _fmt(x: float | None) -> str:

@@ -127,6 +127,20 @@ def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_cli
     assert res.exit_code == 0 and res.output.count("is finished; skipped") == 5, res.output
     assert (out / "eval-coop" / "metrics.json").stat().st_mtime_ns == stamp
 
+    # a damaged metrics.json (its stage counts as done) was a JSONDecodeError or AttributeError
+    # traceback while the table was written; it is one line, and removing it runs its stage again
+    good = (out / "eval-mcm" / "metrics.json").read_text()
+    for damaged, error in (("{", "JSONDecodeError"), ("[]", "AttributeError"),
+                           (good.replace('"auroc": ', '"auroc": "x", "was": ', 1), "ValueError: auroc is 'x'")):
+        (out / "eval-mcm" / "metrics.json").write_text(damaged)
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.output.splitlines()[-1].startswith(f"Error: {out / 'eval-mcm' / 'metrics.json'}: not a readable "
+                                                      f"metrics.json of clip-smot eval ({error}"), res.output
+    (out / "eval-mcm" / "metrics.json").unlink()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and res.output.count("is finished; skipped") == 4, res.output
+
 
 @pytest.mark.parametrize("table", list(TABLES))
 def test_dry_run_prints_valid_commands_for_every_table(tmp_path, table):
