@@ -398,7 +398,12 @@ def _check_outputs(cfg: FitConfig) -> None:
     split = None if cfg.split and same_file(cfg.split, Path(cfg.out) / "split.txt") else cfg.split
     inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--cam-model file", cfg.cam_model)]
-    folders = [("the --data folder", resolve_train_root(cfg.data))] if cfg.data and Path(cfg.data).is_dir() else []
+    if cfg.data:
+        folders = [("the --data folder", resolve_train_root(cfg.data))] if Path(cfg.data).is_dir() else []
+    else:
+        from clip_smot.common.digits import written_folders
+
+        folders = written_folders()
     check_output(cfg.out, "--out", inputs, folders, writes=_FILES)
 
 

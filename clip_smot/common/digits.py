@@ -26,7 +26,7 @@ from PIL import Image
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import cache_root, file_lock
 
-__all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "write_digits"]
+__all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "written_folders", "write_digits"]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 OOD_SOURCES = {
@@ -40,6 +40,15 @@ _VERSION = 1
 def default_root(size: int) -> Path:
     """Where the digits folders are kept: ``$CLIP_SMOT_CACHE`` or ``~/.cache/clip_smot``."""
     return cache_root() / f"digits-{size}"
+
+
+def written_folders() -> list[tuple[str, Path]]:
+    """The digits folders of every size in the cache, named for
+    :func:`~clip_smot.common.files.check_output`'s ``folders``: a run that reads them (fit with
+    no ``--data``, train ``--dataset digits``) must not write inside them, where its files would
+    become a class, and the cache, already written, would not be rebuilt."""
+    root = cache_root()
+    return [("the bundled digits folder", p) for p in sorted(root.glob("digits-*")) if p.is_dir()]
 
 
 def _crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator) -> list[Image.Image]:

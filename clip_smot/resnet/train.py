@@ -411,8 +411,12 @@ def _check_outputs(cfg: TrainConfig) -> None:
     such folder), where a later run would read the run's files as data."""
     read = [] if cfg.dataset in ("cifar10", "cifar100", "digits") or not cfg.data else \
         [Path(cfg.data) / "train", Path(cfg.data) / "val"]
-    check_output(cfg.out, "--out", [("--cam-model file", cfg.cam_model)],
-                 [(f"the --data {p.name}/ folder", p) for p in read], writes=_FILES)
+    folders = [(f"the --data {p.name}/ folder", p) for p in read]
+    if cfg.dataset == "digits":
+        from clip_smot.common.digits import written_folders
+
+        folders += written_folders()
+    check_output(cfg.out, "--out", [("--cam-model file", cfg.cam_model)], folders, writes=_FILES)
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:

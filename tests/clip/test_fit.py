@@ -348,6 +348,16 @@ def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tin
     assert res.exit_code == 0, res.output
     assert load_prompt(out / "prompt.safetensors").classnames == sorted(DIGIT_NAMES)  # sorted folder names
     assert len((out / "split.txt").read_text().splitlines()) == 10
+    # an --out inside the digits it reads became an eleventh class, with no image: every later
+    # fit without --data failed ('--shots 1: class zzz ... has only 0 images'); train's too
+    train = next((tmp_path / "cache").glob("digits-*")) / "train"
+    for command in (["fit", "--shots", "1", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint],
+                    ["train", "--dataset", "digits"]):
+        res = CliRunner().invoke(cli, [*command, "--epochs", "1", "--device", "cpu", "--out", str(train / "zzz")])
+        assert res.exit_code == 1 and res.output.strip() == (f"Error: --out {train / 'zzz'}: is inside the bundled "
+                                                             f"digits folder {train.parent}, whose files this command "
+                                                             "reads; write to a place outside it"), res.output
+        assert not (train / "zzz").exists()
 
 
 def test_dry_run_writes_nothing(fit_args, tmp_path):
