@@ -265,7 +265,7 @@ def test_eval_out_inside_an_input_folder_is_refused_before_any_work(tmp_path, ti
     line = _refused(["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", "none",
                      "--id", str(tmp_path / "id"), "--ood", f"noise={ood}", "--workers", "0", "--out", str(out)],
                     f"is inside the {folder} folder", tmp_path)
-    assert "whose files this command reads" in line
+    assert "whose files are read as input" in line
     assert not (ood / "eval").exists()
 
 
@@ -427,8 +427,9 @@ def test_train_out_never_replaces_or_lies_inside_its_inputs(tmp_path):
     (tmp_path / "run").mkdir()
     cam = tmp_path / "run" / "model.safetensors"  # a base model's file where the SMOT run writes its own
     cam.write_bytes(b"the base model")
+    # (refused as a folder holding a run's result before the two files are compared)
     _refused([*args, "--stage", "smot", "--cam-model", str(cam), "--out", str(tmp_path / "run")],
-             "its model.safetensors would be the --cam-model file itself", tmp_path)
+             "already holds a run (model.safetensors); choose another --out", tmp_path)
 
 
 def test_check_output_compares_files_not_spellings(tmp_path):

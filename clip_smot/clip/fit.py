@@ -728,7 +728,11 @@ def export_prompt(cfg: ExportConfig) -> Path:
     saved = _load_checkpoint(path, "--checkpoint")
     config = saved["config"]
     run = FitConfig.from_dict(config)
-    check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained)])
+    # the run's other inputs too: an export over them would break its --resume
+    data = [("the run's --data folder", run.data)] if run.data and Path(run.data).is_dir() else []
+    check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),
+                                    ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
+                 data)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(json.loads(theirs["model_config"]))  # (the record of an older run has no "activation")

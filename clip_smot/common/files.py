@@ -124,8 +124,8 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         inputs: (what, path) of every file the command reads, e.g. ``("--prompt file", p)``;
             None or missing paths are skipped. An output that is the same file (symlinks
             followed, hard links and other spellings included) is refused.
-        folders: (what, path) of folders whose files the command reads: an output inside one
-            is refused, as a later run would read it as input.
+        folders: (what, path) of folders whose files the command (or the run it exports) reads:
+            an output inside one is refused, as a later run would read it as input.
         writes: the names of the files written into the output folder ``out``.
     """
     out = Path(out)
@@ -148,7 +148,7 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
                         "would destroy that file")
     for what, folder in folders:  # (after the files: "is the image itself" says more than "is inside")
         if folder is not None and os.path.isdir(folder) and _within(out, folder):
-            raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files this command reads; "
+            raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files are read as input; "
                             "write to a place outside it")
 
 

@@ -355,8 +355,8 @@ def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tin
                     ["train", "--dataset", "digits"]):
         res = CliRunner().invoke(cli, [*command, "--epochs", "1", "--device", "cpu", "--out", str(train / "zzz")])
         assert res.exit_code == 1 and res.output.strip() == (f"Error: --out {train / 'zzz'}: is inside the bundled "
-                                                             f"digits folder {train.parent}, whose files this command "
-                                                             "reads; write to a place outside it"), res.output
+                                                             f"digits folder {train.parent}, whose files are read as "
+                                                             "input; write to a place outside it"), res.output
         assert not (train / "zzz").exists()
 
 
@@ -773,6 +773,19 @@ def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
     with pytest.raises(UserError, match=r"--out .*checkpoint.pt: is the --checkpoint file itself"):
         export_prompt(ExportConfig(str(ckpt), str(tmp_path / "." / "checkpoint.pt")))
     assert ckpt.read_bytes() == before
+
+
+def test_export_refuses_to_overwrite_the_runs_other_inputs(one_epoch, cam_resnet, tmp_path):
+    """export wrote over the run's --cam-model file and its split's images, breaking its --resume."""
+    config = json.loads((one_epoch / "config.json").read_text())
+    image = Path(config["data"]) / (one_epoch / "split.txt").read_text().split("\t", 1)[0]
+    for out, message in ((cam_resnet, "is the run's --cam-model file itself"),
+                         (image, "is inside the run's --data folder")):
+        before = Path(out).read_bytes()
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out", str(out),
+                                       "--device", "cpu"])
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert Path(out).read_bytes() == before
 
 
 def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monkeypatch):
