@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 from typing import Any, Callable, Sequence
@@ -43,6 +44,7 @@ def process_group(device: str):
             torch.distributed.barrier()
     finally:
         if started and torch.distributed.is_initialized():
+            gc.collect()  # what still holds the group (a DDP reducer in a reference cycle) goes while it lives
             torch.distributed.destroy_process_group()
 
 
