@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,10 @@ def _table8(o: ReproduceOptions) -> Plan:
             "Energy": ("eval-coop", "energy"), "GradNorm": ("eval-coop", "gradnorm"), "Vim": ("eval-coop", "vim"),
             "KNN": ("eval-coop", "knn"), "VOS": None, "VOS+": None, "NPOS": None, "CoOp": ("eval-coop", "mcm"),
             "SMOT": ("eval-smot", "mcm")}
-    return Plan(stages, rows, IMAGENET_OOD, "Table 8: ImageNet-1k (ID), CLIP ViT-B/16, 16 shots", inputs)
+    # the paper's model and shots, or what this run was given in their place
+    model = os.path.basename(str(o.model)) if o.model else "ViT-B/16"
+    title = f"Table 8: ImageNet-1k (ID), CLIP {model}, {o.shots or 16} shots"
+    return Plan(stages, rows, IMAGENET_OOD, title, inputs)
 
 
 # --- the ResNet tables ------------------------------------------------------------------------------

@@ -114,6 +114,8 @@ def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_cli
             assert float(r["ours"]) == pytest.approx(metrics[ood_set]["auroc"], abs=0.005)
             assert float(r["difference"]) == pytest.approx(float(r["ours"]) - float(r["paper"]), abs=0.011)
     md = (out / "table.md").read_text()
+    # the title names the model and shots that ran (it said ViT-B/16, 16 shots whatever they were)
+    assert md.startswith(f"# Table 8: ImageNet-1k (ID), CLIP {os.path.basename(tiny_clip_config)}, 17 shots"), md[:200]
     assert "| Method | iNaturalist FPR95↓ | iNaturalist AUROC↑ |" in md and "Average FPR95↓" in md
     assert "| VOS | 31.65 / not run |" in md
     smot = by[("SMOT", "Places", "fpr95")]
