@@ -144,10 +144,10 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
 
     Raises:
         UserError: missing file, a malformed line, a label out of range or not matching the
-            image's class folder, or an image that is not there.
+            image's class folder, an image that is not there or is listed twice.
     """
     path = Path(path)
-    split = []
+    split, lines = [], {}  # lines: the line of each image listed so far
     for n, line in enumerate(text_lines(path, flag, "'relative/path<TAB>label'"), 1):
         if not line.strip():
             continue
@@ -167,6 +167,9 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
             raise UserError(f"{flag} {path}:{n}: {shown} is not in class {y}'s folder {escape_path(classes.folders[y])}")
         if not (classes.root / rel).is_file():
             raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: no such image file")
+        if rel in lines:  # (it would be trained on as often as it is listed)
+            raise UserError(f"{flag} {path}:{n}: {shown} is listed on line {lines[rel]} already")
+        lines[rel] = n
         split.append((rel, y))
     if not split:
         raise UserError(f"{flag} {path}: the split file lists no images")
