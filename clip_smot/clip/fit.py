@@ -469,7 +469,7 @@ def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, 
     """The run's options (checked; on --resume merged with the checkpoint's), the checkpoint read
     (None: a new run) and the device."""
     check_config(cfg)
-    ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run)
+    ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run, "prompt.safetensors")
     saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
     device = resolve_device(cfg.device)  # (a run-control option: the current one also on --resume)
     # the precision that runs on this device (fp16 is bf16 on the CPU), before it is compared with

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import RUN_FILES, atomic_save, atomic_write_text, exists, write_json
+from clip_smot.common.files import atomic_save, atomic_write_text, exists, write_json
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
            "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
@@ -185,16 +185,17 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
 # --- the resume decision ------------------------------------------------------------------------
 
 
-def check_start(out: str | Path, resume: bool, dry_run: bool) -> Path:
+def check_start(out: str | Path, resume: bool, dry_run: bool, result: str) -> Path:
     """The checkpoint path of a run in ``out``, once the start is seen to fit what is there: a
-    ``--resume`` needs a checkpoint, a new run (not a dry run) a folder without a checkpoint or a
-    run's result (a new run would replace its config and log and leave its prompt or model,
-    which a later --resume would take for its own). A run stopped before its first checkpoint
-    left only its config and log: a new run starts over them."""
+    ``--resume`` needs a checkpoint, a new run (not a dry run) a folder without a checkpoint or
+    the command's ``result`` file (fit's prompt, train's model: a new run would replace the old
+    run's config and log and leave its result, which a later --resume would take for its own).
+    A run stopped before its first checkpoint left only its config and log: a new run starts
+    over them."""
     path = Path(out) / CHECKPOINT
     if resume and not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path}")
-    held = [] if resume or dry_run else [f for f in RUN_FILES if exists(Path(out) / f, "--out")]
+    held = [] if resume or dry_run else [f for f in (CHECKPOINT, result) if exists(Path(out) / f, "--out")]
     if held:
         advice = "pass --resume to continue it, or choose" if held[0] == CHECKPOINT else "choose"
         raise UserError(f"--out {out}: already holds a run ({held[0]}); {advice} another --out")

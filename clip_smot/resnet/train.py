@@ -466,7 +466,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
          world: int, flags: Collection[str] | None = None) -> dict:
     """:func:`run_train` in one process: resolve (and resume), data, build, the epochs, export."""
     out = Path(cfg.out)
-    rf.check_start(out, resume, dry_run)
+    rf.check_start(out, resume, dry_run, "model.safetensors")
     ckpt, download = None, True
     if resume:
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)

@@ -142,14 +142,16 @@ def test_a_new_run_is_refused_over_a_result_without_its_checkpoint(tmp_path, res
     started over."""
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "log.jsonl").write_text("")
-    assert rf.check_start(tmp_path, resume=False, dry_run=False) == tmp_path / "checkpoint.pt"
+    other = ({"model.safetensors", "prompt.safetensors"} - {result}).pop()  # (not this command's result)
+    (tmp_path / other).write_bytes(b"e.g. a --cam-model")
+    assert rf.check_start(tmp_path, resume=False, dry_run=False, result=result) == tmp_path / "checkpoint.pt"
     (tmp_path / result).write_bytes(b"a result")
     with pytest.raises(UserError, match=rf"^--out {tmp_path}: already holds a run \({result}\); choose another --out$"):
-        rf.check_start(tmp_path, resume=False, dry_run=False)
-    assert rf.check_start(tmp_path, resume=False, dry_run=True) == tmp_path / "checkpoint.pt"  # (writes nothing)
+        rf.check_start(tmp_path, resume=False, dry_run=False, result=result)
+    assert rf.check_start(tmp_path, resume=False, dry_run=True, result=result) == tmp_path / "checkpoint.pt"  # (writes nothing)
     (tmp_path / "checkpoint.pt").write_bytes(b"state")
     with pytest.raises(UserError, match=r"\(checkpoint.pt\); pass --resume to continue it, or choose another --out$"):
-        rf.check_start(tmp_path, resume=False, dry_run=False)
+        rf.check_start(tmp_path, resume=False, dry_run=False, result=result)
 
 
 def test_an_optimizer_state_keeps_the_run_options_and_this_device_update():
