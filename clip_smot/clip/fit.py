@@ -315,14 +315,18 @@ def _load_checkpoint(path: Path, flag: str) -> dict:
     return saved
 
 
-def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None) -> FitConfig:
+def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None, device: torch.device) -> FitConfig:
     """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`): an option
     given (``flags``; None: those not at their default) must be the saved one; the others are the
-    saved ones, the run-control options the current ones."""
+    saved ones, the run-control options the current ones. A precision is compared by what runs
+    on ``device`` (``--precision fp16`` on the CPU resumes a run recorded as bf16)."""
     from clip_smot.clip.fewshot import resolve_train_root
 
     old = saved["config"]
     given = set(flags) if flags is not None else rf.explicit_fields(cfg)
+    if old.get("precision") in PRECISIONS and \
+            resolve_precision(cfg.precision, device) == resolve_precision(old["precision"], device):
+        cfg = dataclasses.replace(cfg, precision=old["precision"])
     if "data" in given and cfg.data:  # config.json records the folder of class folders, resolved
         cfg = dataclasses.replace(cfg, data=str(resolve_train_root(cfg.data).resolve()))
     # a file given to --model, --pretrained or --cam-model is compared by its contents (in
@@ -472,12 +476,10 @@ def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, 
     ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run, "prompt.safetensors")
     saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
     device = resolve_device(cfg.device)  # (a run-control option: the current one also on --resume)
-    # the precision that runs on this device (fp16 is bf16 on the CPU), before it is compared with
-    # the run's on --resume and after it is taken from the run's
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if saved is not None:
-        cfg = _resume_config(cfg, saved, flags)
-        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+        cfg = _resume_config(cfg, saved, flags, device)
+    # the precision that runs on this device: fp16 is bf16 on the CPU, and recorded so
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if not cfg.dry_run:
         _check_outputs(cfg)
     cfg = resolve_speed(cfg, device)
