@@ -468,8 +468,8 @@ def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: to
     import open_clip
 
     if not pretrained:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        with torch.random.fork_rng(devices=[]):  # (the CPU generator only: torch.manual_seed would reseed CUDA's)
+            torch.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
             return open_clip.create_model(name, pretrained=None, device=device, **_activation(cfg))
     quick = _activation(cfg)
     with warnings.catch_warnings():

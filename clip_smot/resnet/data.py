@@ -459,8 +459,10 @@ class _FileDataset(torch.utils.data.Dataset):
         if self.seed is None:
             img = self.transform(img)
         else:
-            with torch.random.fork_rng(devices=[]):  # (torchvision's transforms draw from the global RNG)
-                torch.manual_seed(mix_seed(self.seed, self.epoch, i, 1))
+            # torchvision's transforms draw from the global CPU generator (torch.manual_seed would
+            # reseed the CUDA generators too, which fork_rng(devices=[]) does not restore)
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, i, 1))
                 img = self.transform(img)
         return TF.pil_to_tensor(img), self.labels[i], ""  # uint8 [3, S, S]
 

@@ -23,7 +23,7 @@ def test_local_checkpoint_loads_frozen(tiny_clip_config, tiny_clip_checkpoint):
     assert len(IMAGENET_CLASSNAMES) == 1000
 
 
-def test_random_weights_are_the_same_each_time(tiny_clip_config):
+def test_random_weights_are_the_same_each_time(tiny_clip_config, monkeypatch):
     """--pretrained none: the weights were drawn from the caller's RNG, so two fits with the same
     --seed differed, and a resumed or exported run re-encoded its context with other weights
     (an outside audit: text features 0.64 apart, with nothing said). They come from a fixed seed
@@ -36,6 +36,10 @@ def test_random_weights_are_the_same_each_time(tiny_clip_config):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     torch.manual_seed(1)
     assert torch.equal(torch.get_rng_state(), state)  # (building the model drew nothing from it)
+    reseeded = []  # the CUDA generators are not reseeded either (torch.manual_seed does that, unrestored)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    load_clip(tiny_clip_config, "none")
+    assert reseeded == []
 
 
 def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):

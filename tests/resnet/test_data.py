@@ -131,7 +131,7 @@ def test_offline_switch_skips_every_download_probe(monkeypatch):
     assert cam_models.host_reachable(cam_models._DOWNLOAD_HOST) is False
 
 
-def test_large_image_folders_go_through_the_dataloader(tmp_path):
+def test_large_image_folders_go_through_the_dataloader(tmp_path, monkeypatch):
     for split, n in (("train", 3), ("val", 2)):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
@@ -161,8 +161,10 @@ def test_large_image_folders_go_through_the_dataloader(tmp_path):
 
     assert torch.equal(crop(0), crop(0)) and not torch.equal(crop(0), crop(1))
     state = torch.get_rng_state()
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
     fb.dataset[1]
-    assert torch.equal(torch.get_rng_state(), state)  # (the global RNG is left as it was)
+    assert torch.equal(torch.get_rng_state(), state) and reseeded == []  # (the global RNGs are left as they were)
 
 
 def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
