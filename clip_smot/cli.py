@@ -317,12 +317,13 @@ def export(**options) -> None:
 
 def _run_stage(argv: list[str]) -> None:
     """Run one ``clip-smot`` command line in this process; its error names the stage's command."""
+    out = argv[argv.index("--out") + 1] if "--out" in argv else ""
     try:
         cli.main(args=argv, prog_name="clip-smot", standalone_mode=False)
-    except _Interrupted:
-        raise
+    except (_Interrupted, KeyboardInterrupt):  # (the stage's line would advise a --resume reproduce has not)
+        raise _Interrupted(f"interrupted in the stage {out}; run the same reproduce command again: finished stages "
+                           "are skipped, and an interrupted fit or training resumes") from None
     except click.ClickException as e:
-        out = argv[argv.index("--out") + 1] if "--out" in argv else ""
         raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
 
 

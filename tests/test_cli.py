@@ -155,3 +155,24 @@ def test_a_ctrl_c_lost_at_a_worker_start_is_still_an_interruption(monkeypatch):
     monkeypatch.setattr(cli_module, "run_score", failing)
     res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
+
+
+def test_ctrl_c_in_a_reproduce_stage_says_to_rerun_reproduce(monkeypatch, tmp_path):
+    """A stage's own line said 'continue with the same command and --resume', which reproduce has
+    not: reproduce resumes by itself when run again."""
+    import os
+    import signal
+
+    import clip_smot.cli as cli_module
+
+    def run_fit(cfg, **kwargs):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "checkpoint.pt").write_bytes(b"saved")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli_module, "run_fit", run_fit)
+    with pytest.raises(cli_module._Interrupted) as e:
+        cli_module._run_stage(["fit", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert e.value.format_message() == (f"interrupted in the stage {tmp_path / 'run'}; run the same reproduce command "
+                                        "again: finished stages are skipped, and an interrupted fit or training "
+                                        "resumes")
