@@ -167,9 +167,10 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
             raise UserError(f"{flag} {path}:{n}: {shown} is not in class {y}'s folder {escape_path(classes.folders[y])}")
         if not (classes.root / rel).is_file():
             raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: no such image file")
-        if rel in lines:  # (it would be trained on as often as it is listed)
-            raise UserError(f"{flag} {path}:{n}: {shown} is listed on line {lines[rel]} already")
-        lines[rel] = n
+        key = os.path.normpath(rel)  # (one file however it is spelled: a/x, a/./x, a//x)
+        if key in lines:  # (it would be trained on as often as it is listed)
+            raise UserError(f"{flag} {path}:{n}: {shown} is listed on line {lines[key]} already")
+        lines[key] = n
         split.append((rel, y))
     if not split:
         raise UserError(f"{flag} {path}: the split file lists no images")

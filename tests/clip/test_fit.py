@@ -532,6 +532,10 @@ def test_split_file_errors_name_the_line(imagenet_dir, tmp_path):
     bad.write_text(f"{image}\t0\n\n{image}\t0\n")  # (it was trained on twice as often, with no word)
     with pytest.raises(UserError, match=rf"split.txt:3: {re.escape(image)} is listed on line 1 already$"):
         read_split(bad, classes)
+    for spelling in (f"{WNIDS[0]}/./{WNIDS[0]}_0.JPEG", f"{WNIDS[0]}//{WNIDS[0]}_0.JPEG"):  # (the same file)
+        bad.write_text(f"{image}\t0\n{spelling}\t0\n")
+        with pytest.raises(UserError, match=rf"split.txt:2: {re.escape(spelling)} is listed on line 1 already$"):
+            read_split(bad, classes)
     for label in ("\u00b3", "--1", "\u0662", "9" * 5000):  # (tracebacks from int(), or another digit: '٢' is 2)
         bad.write_text(f"{WNIDS[2]}/{WNIDS[2]}_0.JPEG\t{label}\n", encoding="utf-8")
         with pytest.raises(UserError, match=r"split.txt:1: expected 'relative/path<TAB>label'"):
