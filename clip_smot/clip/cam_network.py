@@ -82,7 +82,7 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     """Rebuild a torchvision ResNet from its state dict (block type and counts from the keys)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    from clip_smot.resnet.networks import first_non_finite, first_shape_difference
+    from clip_smot.resnet.networks import check_finite_weights, first_shape_difference
 
     if "fc.weight" not in state or "conv1.weight" not in state or state["fc.weight"].ndim != 2:
         raise UserError(f"--cam-model {path}: not a torchvision ResNet state dict (no conv1.weight / fc.weight)")
@@ -111,9 +111,7 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"--cam-model {path}: does not match a torchvision ResNet ({first_line(e)})") from None
-    bad = first_non_finite(model.state_dict())
-    if bad is not None:
-        raise UserError(f"--cam-model {path}: {bad} holds non-finite numbers")
+    check_finite_weights(model, f"--cam-model {path}")
     return model
 
 

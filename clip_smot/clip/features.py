@@ -153,7 +153,8 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         return None, f"not a readable entry ({type(e).__name__})"
     wanted = [image_identity(p) for p in paths]  # (the key's: a relative and an absolute spelling are one)
     held = [image_identity(p) for p in encoded]
-    if sorted(held + [image_identity(s[0]) for s in skipped]) != sorted(wanted):
+    held_skipped = [image_identity(s[0]) for s in skipped]
+    if sorted(held + held_skipped) != sorted(wanted):
         return None, "it lists other files"
     n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
     if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
@@ -168,7 +169,7 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         local_ = local_[order] if local_ is not None else None
     asked = dict(zip(wanted, paths))
     encoded = [p for p, w in zip(paths, wanted) if w in row]
-    skipped = [(asked[image_identity(p)], why) for p, why in skipped]
+    skipped = [(asked[w], why) for w, (_, why) in zip(held_skipped, skipped)]
     return ImageFeatures(encoded, global_, local_, skipped), ""
 
 

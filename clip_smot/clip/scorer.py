@@ -56,7 +56,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output, make_folder, plain_name, sha256_file
+from clip_smot.common.files import atomic_write_text, check_output, make_folder, plain_name, sha256_file
 from clip_smot.common.image_sets import image_files, image_list_file, iter_image_files
 from clip_smot.common.images import (
     IMAGE_EXTENSIONS,
@@ -579,7 +579,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         _check_run_file(run_file, run, partial)
     if writer:
         _start_partial(partial, header, keep)
-        _write_new(run_file, run + "\n")
+        atomic_write_text(run + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     with kept_workers():  # (the decoding processes started once, not once a chunk)
@@ -647,15 +647,7 @@ def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
         with open(partial, "r+b") as f:
             f.truncate(keep)
     else:
-        _write_new(partial, ",".join(header) + "\n")
-
-
-def _write_new(path: Path, text: str) -> None:
-    """``path`` replaced by a new file holding ``text``: a link or FIFO there is not written through."""
-    fresh = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fresh.unlink(missing_ok=True)
-    _append(fresh, text, "x")  # (a new file: no link followed)
-    os.replace(fresh, path)
+        atomic_write_text(",".join(header) + "\n", partial)  # (a new file: renamed over a link, not through it)
 
 
 def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
@@ -676,10 +668,10 @@ def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
                         "same, or run without --resume")
 
 
-def _append(partial: Path, text: str, mode: str = "a") -> None:
+def _append(partial: Path, text: str) -> None:
     try:
         # (a lone surrogate, a byte of a class name that is not UTF-8, is written as its escape)
-        with open(partial, mode, encoding="utf-8", errors="backslashreplace", newline="") as f:
+        with open(partial, "a", encoding="utf-8", errors="backslashreplace", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())  # a row once written survives a crash of the machine too

@@ -44,7 +44,7 @@ __all__ = [
     "ResNet",
     "WideResNet",
     "build_network",
-    "first_non_finite",
+    "check_finite_weights",
     "first_shape_difference",
     "load_model",
     "save_model",
@@ -410,18 +410,19 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # (a dtype torch cannot copy from, e.g. a bool tensor)
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
-    bad = first_non_finite(model.state_dict())
-    if bad is not None:
-        raise UserError(f"{flag} {path}: {bad} holds non-finite numbers")
+    check_finite_weights(model, f"{flag} {path}")
     return model.to(device).eval(), meta
 
 
-def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor of ``state`` holding a NaN or an infinity.
+def check_finite_weights(model: nn.Module, where: str) -> None:
+    """Raise a UserError naming ``where`` and the first floating-point tensor of ``model``'s state
+    that holds a NaN or an infinity.
 
     Such weights give NaN logits, and NaN CAMs, which :func:`~clip_smot.cam.normalize_cam` turns
     to zeros: a SMOT run would mask nothing, without a word."""
-    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    for name, v in model.state_dict().items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{where}: {name} holds non-finite numbers")
 
 
 def _check_meta(meta: dict, where: str) -> None:
