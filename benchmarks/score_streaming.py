@@ -40,7 +40,7 @@ def _peak(work) -> tuple[object, int]:
 def listing(folder: Path, n: int, chunk: int) -> dict:
     from PIL import Image
 
-    from clip_smot.clip import scorer as sc
+    from clip_smot.clip import score as sc
     from clip_smot.common.image_sets import image_files, iter_image_files
 
     Image.new("RGB", (4, 4)).save(folder / "a.png")

@@ -23,7 +23,7 @@ from click.core import ParameterSource
 from clip_smot import __version__
 from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
-from clip_smot.clip.scorer import ScoreConfig, run_score
+from clip_smot.clip.score import ScoreConfig, run_score
 from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line

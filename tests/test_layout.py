@@ -24,7 +24,7 @@ MODULES = sorted(
 )
 CORE = {"smot", "cam", "scores", "metrics"}  # the public core: tensors in, tensors out
 FOLDERS = ("clip", "resnet", "common")  # the two tracks and their shared plumbing
-COMMANDS = {"clip.fit", "clip.evaluate", "resnet.train", "resnet.evaluate"}  # what only the CLI runs
+COMMANDS = {"clip.fit", "clip.score", "clip.evaluate", "resnet.train", "resnet.evaluate"}  # what only the CLI runs
 
 
 def _file(module: str) -> Path:

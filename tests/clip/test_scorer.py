@@ -749,7 +749,7 @@ def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, ti
 
 
 def _score_run(tmp_path, ckpt, ids, out, **kw):
-    from clip_smot.clip.scorer import ScoreConfig, run_score
+    from clip_smot.clip.score import ScoreConfig, run_score
 
     kw = {"workers": 0, **kw}
     cfg = ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=tuple(str(i) for i in ids), out=str(out),
@@ -990,7 +990,7 @@ def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
     (tracemalloc) at under a fifth of what the list of the paths alone takes."""
     import tracemalloc
 
-    from clip_smot.clip import scorer as sc
+    from clip_smot.clip import score as sc
     from clip_smot.common.image_sets import image_files, iter_image_files
 
     n, header = 12000, ["path", "pred", "pred_index", "mcm"]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from clip_smot.cli import cli
 from clip_smot.clip.evaluate import ClipEvalConfig
 from clip_smot.clip.fit import ExportConfig, FitConfig
-from clip_smot.clip.scorer import ScoreConfig, run_score
+from clip_smot.clip.score import ScoreConfig, run_score
 from clip_smot.common.configs import check_ranges, flag_of
 from clip_smot.common.errors import UserError
 from clip_smot.common.reports import EvalConfig

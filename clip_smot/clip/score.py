@@ -1,0 +1,300 @@
+"""``clip-smot score``: one CSV row per image of PATHS, written as it goes, and ``--resume``.
+
+PATHS (image files, folders, image lists, tar shards) are read one file at a time and go through
+:class:`~clip_smot.clip.scorer.PromptScorer` in chunks of :data:`SCORE_CHUNK` images, one
+feature-cache entry each. Each chunk's rows are appended to ``OUT.partial`` and flushed to disk;
+``OUT.partial.json`` says what they were scored with (the prompt's SHA-256, the model, the
+precision). The finished file is renamed to ``OUT``. ``--resume`` checks every row already
+written against PATHS and the run file, keeps them, and scores the images after the last one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers
+from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
+from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
+from clip_smot.common.device import PRECISIONS
+from clip_smot.common.distributed import writes_outputs
+from clip_smot.common.errors import UserError
+from clip_smot.common.files import atomic_write_text, check_output, make_folder, sha256_file
+from clip_smot.common.image_sets import image_list_file, iter_image_files
+from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
+from clip_smot.common.progress import progress_bar
+from clip_smot.common.shards import is_shard, read_image_bytes, split_member
+
+__all__ = ["SCORE_CHUNK", "ScoreConfig", "run_score"]
+
+
+SCORE_CHUNK = 8192  # images per feature-cache entry and per CSV append: memory stays flat in the images
+
+
+@dataclass(frozen=True)
+class ScoreConfig(JsonConfig):
+    """Every option of ``clip-smot score``."""
+
+    prompt: str = setting(help="Learned prompt (.safetensors).", path="file")
+    paths: tuple[str, ...]  # image files, folders and image lists (the command's PATHS argument)
+    out: str = setting(help="Output CSV file.", path="file")
+    model: str | None = setting(None, "open_clip name or config JSON (default: from the prompt).")
+    pretrained: str | None = setting(None, "Pretrained tag or checkpoint file (default: from the prompt).")
+    scores: str = setting("mcm", "Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
+                          "(react, knn, vim: clip-smot eval).")
+    batch_size: int = setting(256, min=1, max=MAX_BATCH)
+    device: str = setting("auto", "auto, cpu or cuda.")
+    workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
+    skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
+    use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
+    decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
+                          "auto: gpu on CUDA.", choices=DECODE_CHOICES)
+    precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast; bf16 on the CPU) or fp32; auto: "
+                             "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
+    resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
+
+
+def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str]]:
+    """``clip-smot score``: score image files, folders and image lists, one CSV row per image.
+
+    The CSV (UTF-8) has the columns ``path`` (as :func:`~clip_smot.common.images.escape_path` writes
+    it: a name that is not UTF-8, or holds a backslash or a control character, is escaped so
+    that it reads back), ``pred`` (class name), ``pred_index``, then one column per score in
+    the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
+    feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
+    finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
+    last complete line are kept and the images after the last row's are scored. ``cfg.decode``:
+    ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
+
+    Returns:
+        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
+        ``resume``, those of this call only).
+    """
+    check_ranges(cfg)
+    names = parse_scores(cfg.scores)
+    # every argument checked before anything is encoded; its files read one at a time, not kept
+    total = sum(1 for _ in _files(cfg.paths))
+    prompt_file = load_prompt(cfg.prompt)
+    weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
+    found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
+    # a new image file inside a folder scored would be scored by the next run; a CSV there is not
+    inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
+    shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
+    lists = [("PATH image list", f) for p in cfg.paths if (f := image_list_file(p)) is not None]
+    partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
+    run_file = Path(f"{partial}.json")  # what the partial's rows were scored with, for --resume to compare
+    for target in (cfg.out, partial, run_file):  # (OUT.partial is written first, then renamed to OUT)
+        images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
+        check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
+                                                       (found, weights or None)], images, shards, lists), inside)
+    done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
+                  if cfg.resume else (0, 0))
+    writer = writes_outputs()
+    if writer:  # (before the model is loaded: a file where the folder should be is said at once)
+        make_folder(partial.parent)
+    scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
+                                    precision=cfg.precision)
+    scorer.check_scores(names)  # (before OUT.partial is started)
+    decode = scorer.decoder(cfg.decode)
+    run = json.dumps({"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(),
+                      "precision": scorer.precision}, sort_keys=True)
+    if done:
+        _check_run_file(run_file, run, partial)
+    if writer:
+        _start_partial(partial, header, keep)
+        atomic_write_text(run + "\n", run_file)
+    bar = progress_bar(total=total, initial=done, unit="img") if writer else None
+    rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
+    with kept_workers():  # (the decoding processes started once, not once a chunk)
+        for files in _chunks(cfg.paths, chunk, done):
+            result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
+                                        cfg.use_cache, decode)
+            skipped += result.skipped
+            rows += len(result.paths)
+            if writer:
+                _append(partial, _csv_rows(result, names, scorer.classnames))
+                bar.update(len(files))
+    if bar is not None:
+        bar.close()
+    if rows == 0:  # judged over all the arguments: one unreadable file among readable ones is skipped
+        if writer:
+            partial.unlink()
+            run_file.unlink(missing_ok=True)
+        raise none_readable(skipped)
+    if writer:
+        os.replace(partial, cfg.out)
+        run_file.unlink(missing_ok=True)
+    return skipped
+
+
+def _files(paths: Sequence[str]) -> Iterator[Path | str]:
+    """The image files of every PATH argument, in order, one at a time."""
+    for p in paths:
+        yield from iter_image_files(p, "PATH")
+
+
+def _chunks(paths: Sequence[str], chunk: int, start: int) -> Iterator[list[Path | str]]:
+    """The chunks of ``chunk`` files of each argument's files, from the ``start``-th file on
+    (counted over all the arguments): a resumed run continues where the last ended, with the
+    rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time."""
+    offset = 0
+    for p in paths:
+        files, i = iter_image_files(p, "PATH"), 0
+        while batch := list(itertools.islice(files, chunk)):
+            first = max(0, start - offset - i)
+            if first < len(batch):
+                yield batch[first:]
+            i += len(batch)
+        offset += i
+
+
+def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    pred = result.scores["pred_index"].tolist() if result.paths else []
+    columns = [result.scores[n].tolist() for n in names] if result.paths else []
+    for i, path in enumerate(result.paths):
+        w.writerow([escape_path(path), classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+    return buf.getvalue()
+
+
+def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
+    """``OUT.partial`` cut to its first ``keep`` bytes (its complete rows), or, with none to
+    keep, a new file holding the header. A new one replaces the name, so that a symlink, a hard
+    link or a FIFO found there is not written through (:func:`_resume_point` refuses such a
+    partial to keep)."""
+    if keep:
+        with open(partial, "r+b") as f:
+            f.truncate(keep)
+    else:
+        atomic_write_text(",".join(header) + "\n", partial)  # (a new file: renamed over a link, not through it)
+
+
+def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
+    """Raise a UserError unless ``run_file`` says that the rows of ``partial`` were scored with the
+    prompt (its SHA-256), the model and the precision of ``run``."""
+    try:
+        if run_file.is_symlink() or not run_file.is_file() or run_file.stat().st_size > 1 << 20:
+            raise ValueError("missing")
+        stored = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UserError(f"--resume: {run_file}, which says what {partial} was scored with, is missing or damaged; "
+                        "run without --resume") from None
+    now = json.loads(run)
+    differ = [k for k in ("prompt_sha256", "model", "precision") if not isinstance(stored, dict) or stored.get(k) != now[k]]
+    if differ:
+        what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision"}
+        raise UserError(f"--resume: {partial} was scored with another {', '.join(what[k] for k in differ)}; give the "
+                        "same, or run without --resume")
+
+
+def _append(partial: Path, text: str) -> None:
+    try:
+        # (a lone surrogate, a byte of a class name that is not UTF-8, is written as its escape)
+        with open(partial, "a", encoding="utf-8", errors="backslashreplace", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # a row once written survives a crash of the machine too
+    except OSError as e:
+        raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+
+
+def _records(partial: Path) -> Iterator[tuple[list[str], int]]:
+    """(fields, bytes up to its end) of each complete CSV record of ``partial``, header first, read a
+    line at a time. A record ends at a newline outside quotes (csv quotes a field holding one, a
+    class name's, and doubles its quotes: an even count of quotes so far); a record cut off by
+    the end of the file is not complete."""
+    at, record = 0, b""
+    with open(partial, "rb") as f:
+        for line in f:
+            at += len(line)
+            if not line.endswith(b"\n"):
+                return
+            record += line
+            if record.count(b'"') % 2:
+                continue
+            yield next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), []), at
+            record = b""
+
+
+def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str], classnames: Sequence[str],
+                  skip_unreadable: bool) -> tuple[int, int]:
+    """(files already scored, bytes of ``partial`` to keep): every complete row of ``partial`` is
+    checked, in order, against the files of PATHS, whose rows they must be: the same path, a
+    class of the prompt with its index, finite scores. A file between two rows is one the run
+    skipped: with ``skip_unreadable`` it must still be unreadable (else PATHS changed since), without
+    it there is none. Neither ``partial`` nor ``files`` is held in memory.
+
+    Raises:
+        UserError: no ``partial``, or one that is a link, other columns, a row that is not the
+            next file's (other PATHS, another prompt, an edited row).
+    """
+    if partial.is_symlink() or (partial.exists() and not partial.is_file()):
+        what = "a symbolic link" if partial.is_symlink() else "not a regular file"
+        raise UserError(f"--resume: {partial} is {what}; remove it and run without --resume")
+    if not partial.is_file():
+        raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
+    if os.stat(partial).st_nlink > 1:  # (cutting it would cut the other name's file too)
+        raise UserError(f"--resume: {partial} is a hard link of another file; remove it and run without --resume")
+    names = {n.encode("utf-8", "backslashreplace").decode("utf-8"): k for k, n in enumerate(classnames)}
+    records, files, done, keep = _records(partial), iter(files), 0, 0
+    try:
+        for n, (fields, end) in enumerate(records):
+            if n == 0:
+                if fields != list(header):
+                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
+                                    "same --scores")
+                keep = end
+                continue
+            if not _row_fits(fields, len(header), names):
+                raise UserError(f"--resume: row {n} of {partial} is not a row of this prompt's scores (another "
+                                "--prompt, or an edited file); give the same --prompt, or run without --resume")
+            for f in files:
+                done += 1
+                if escape_path(f) == fields[0]:
+                    break
+                _skipped_before(f, partial, n, skip_unreadable)
+            else:
+                raise UserError(f"--resume: row {n} of {partial} ({fields[0]}) is no later image of PATHS; give the "
+                                "same PATHS, in the same order")
+            keep = end
+        if keep == 0:  # no complete header: stopped while it was written (nothing scored), or another file
+            line = (",".join(header) + "\n").encode()
+            with open(partial, "rb") as f:
+                if not line.startswith(f.read(len(line) + 1)):
+                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
+                                    "same --scores")
+    except OSError as e:
+        raise UserError(f"--resume: {partial} cannot be read ({e.strerror or e})") from None
+    return done, keep
+
+
+def _row_fits(fields: list[str], columns: int, names: dict[str, int]) -> bool:
+    """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite scores."""
+    if len(fields) != columns or fields[1] not in names or fields[2] != str(names[fields[1]]):
+        return False
+    try:
+        return all(math.isfinite(float(v)) for v in fields[3:])
+    except ValueError:
+        return False
+
+
+def _skipped_before(f: Path | str, partial: Path, n: int, skip_unreadable: bool) -> None:
+    """A file of PATHS with no row before row ``n`` of ``partial``: one the run skipped as unreadable."""
+    if not skip_unreadable:
+        raise UserError(f"--resume: row {n} of {partial} is not the row of {escape_path(f)}, the next image of "
+                        "PATHS; give the same PATHS, in the same order (and --skip-unreadable if the run had it)")
+    try:
+        load_image(f, mode=None, data=read_image_bytes(f) if split_member(f) else None)
+    except UserError:
+        return
+    raise UserError(f"--resume: {escape_path(f)} of PATHS reads, but has no row before row {n} of {partial}: "
+                    "PATHS changed since the run started; run without --resume")
