@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,10 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import plain_name, sha256_file
 from clip_smot.common.image_sets import image_files
 from clip_smot.common.images import eight_bit
-from clip_smot.scores import SCORES, gl_mcm
+from clip_smot.scores import gl_mcm
 
 __all__ = [
+    "CLIP_SCORERS",
     "DEFAULT_SCORES",
     "FITTED_SCORES",
     "SCORE_NAMES",
@@ -64,9 +65,51 @@ __all__ = [
     "scores_from_features",
 ]
 
-SCORE_NAMES = ("mcm", "msp", "energy", "maxlogit", "gl-mcm", "odin", "gradnorm", "react", "knn", "vim")
+@dataclass
+class _Head:
+    """A batch seen as the linear head of the module docstring: ``logits = W x`` on the normalised
+    image feature ``x``, ``W = logit_scale * text``, no bias."""
+
+    x: torch.Tensor  # [B, e], normalised
+    text: torch.Tensor  # [K, e], normalised
+    logit_scale: torch.Tensor | float  # CLIP's logit_scale.exp()
+    cosine: torch.Tensor  # [B, K]
+    logits: torch.Tensor  # [B, K] = logit_scale * cosine
+    local_features: torch.Tensor | None  # [B, P, e], normalised patch features (GL-MCM's)
+    tau: float  # MCM / GL-MCM temperature
+    local_weight: float  # weight of local MCM in GL-MCM
+
+
+def _gl_mcm(h: _Head, fitted: dict) -> torch.Tensor:
+    if h.local_features is None:
+        raise ValueError("gl-mcm needs local (patch) features")
+    local_cosine = h.local_features.float() @ h.text.T  # [B, P, K]
+    return gl_mcm(h.cosine, local_cosine, tau=h.tau, local_weight=h.local_weight)
+
+
+def _odin(h: _Head, fitted: dict) -> torch.Tensor:
+    raise ValueError("odin needs the images, not their features (PromptScorer.odin)")
+
+
+# Each score from a batch's head and fit_id_train's statistics; the keys, in this order, are the
+# names --scores takes (:data:`SCORE_NAMES`).
+CLIP_SCORERS: dict[str, Callable[[_Head, dict], torch.Tensor]] = {
+    "mcm": lambda h, fit: S.mcm(h.cosine, h.tau),
+    "msp": lambda h, fit: S.msp(h.logits),
+    "energy": lambda h, fit: S.energy(h.logits),
+    "maxlogit": lambda h, fit: S.maxlogit(h.logits),
+    "gl-mcm": _gl_mcm,
+    "odin": _odin,
+    # d KL / d t = (softmax - 1/K) (logit_scale x)^T, as z = t (logit_scale x)
+    "gradnorm": lambda h, fit: S.gradnorm(h.logits, h.logit_scale * h.x),
+    "react": lambda h, fit: S.react(h.x, h.logit_scale * h.text, None, fit["react_threshold"]),
+    "knn": lambda h, fit: S.knn(h.x, fit["knn_bank"]),
+    "vim": lambda h, fit: S.vim(h.x, h.logits, fit["vim"]["u"], fit["vim"]["NS"], fit["vim"]["alpha"]),
+}
+SCORE_NAMES = tuple(CLIP_SCORERS)
 DEFAULT_SCORES = ("mcm",)
-FITTED_SCORES = ("react", "knn", "vim")  # need statistics of ID training features
+_FITTED = {"react": "react_threshold", "knn": "knn_bank", "vim": "vim"}  # score: its key in fit_id_train's dict
+FITTED_SCORES = tuple(_FITTED)  # need statistics of ID training features
 
 
 def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> list[str]:
@@ -149,31 +192,12 @@ def scores_from_features(
     text = text_features.to(image_features.device, torch.float32)
     x = image_features.float()  # [B, e]
     cosine = x @ text.T  # [B, K]
-    logits = logit_scale * cosine  # [B, K]: the head W = logit_scale * text, no bias
+    head = _Head(x, text, logit_scale, cosine, logit_scale * cosine, local_features, tau, local_weight)
     out: dict[str, torch.Tensor] = {}
     for name in scores:
         if name in FITTED_SCORES and (fitted is None or not _has_fit(fitted, name)):
             raise ValueError(f"{name} needs statistics of ID training features (fit_id_train)")
-        if name == "gl-mcm":
-            if local_features is None:
-                raise ValueError("gl-mcm needs local (patch) features")
-            local_cos = local_features.float() @ text.T  # [B, P, K]
-            out[name] = gl_mcm(cosine, local_cos, tau=tau, local_weight=local_weight)
-        elif name == "mcm":
-            out[name] = SCORES["mcm"][0](cosine, tau)
-        elif name == "gradnorm":  # d KL / d t = (softmax - 1/K) (logit_scale x)^T, as z = t (logit_scale x)
-            out[name] = S.gradnorm(logits, logit_scale * x)
-        elif name == "react":
-            out[name] = S.react(x, logit_scale * text, None, fitted["react_threshold"])
-        elif name == "knn":
-            out[name] = S.knn(x, fitted["knn_bank"])
-        elif name == "vim":
-            v = fitted["vim"]
-            out[name] = S.vim(x, logits, v["u"], v["NS"], v["alpha"])
-        elif name == "odin":
-            raise ValueError("odin needs the images, not their features (PromptScorer.odin)")
-        else:
-            out[name] = SCORES[name][0](logits)
+        out[name] = CLIP_SCORERS[name](head, fitted)
     out["pred_index"] = cosine.argmax(dim=-1)
     return out
 
@@ -189,7 +213,7 @@ def _check_finite_scores(out: dict[str, torch.Tensor], names: Sequence[str], pat
 
 
 def _has_fit(fitted: dict, name: str) -> bool:
-    return {"react": "react_threshold", "knn": "knn_bank", "vim": "vim"}[name] in fitted
+    return _FITTED[name] in fitted
 
 
 @dataclass
