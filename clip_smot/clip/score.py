@@ -157,12 +157,18 @@ def _chunks(paths: Sequence[str], chunk: int, start: int) -> Iterator[list[Path 
 
 
 def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:
+    """The CSV lines of ``result``'s images. A path is escaped (no control character is left); a
+    class name is the prompt's as it is: csv quotes one holding a newline or a quote, and a row
+    whose class name holds a carriage return, which csv leaves unquoted with a newline as the
+    line end (a reader then splits the row there), is written with every field quoted."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    plain, quoted = csv.writer(buf, lineterminator="\n"), csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     pred = result.scores["pred_index"].tolist() if result.paths else []
     columns = [result.scores[n].tolist() for n in names] if result.paths else []
     for i, path in enumerate(result.paths):
-        w.writerow([escape_path(path), classnames[pred[i]], pred[i], *(repr(float(c[i])) for c in columns)])
+        name = classnames[pred[i]]
+        (quoted if "\r" in name else plain).writerow([escape_path(path), name, pred[i],
+                                                      *(repr(float(c[i])) for c in columns)])
     return buf.getvalue()
 
 
@@ -244,7 +250,9 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
         raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
     if os.stat(partial).st_nlink > 1:  # (cutting it would cut the other name's file too)
         raise UserError(f"--resume: {partial} is a hard link of another file; remove it and run without --resume")
-    names = {n.encode("utf-8", "backslashreplace").decode("utf-8"): k for k, n in enumerate(classnames)}
+    names: dict[str, set[str]] = {}  # class name as written: its indices (ImageNet-1k has two "missile"s)
+    for k, n in enumerate(classnames):
+        names.setdefault(n.encode("utf-8", "backslashreplace").decode("utf-8"), set()).add(str(k))
     records, files, done, keep = _records(partial), iter(files), 0, 0
     try:
         for n, (fields, end) in enumerate(records):
@@ -277,9 +285,9 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
     return done, keep
 
 
-def _row_fits(fields: list[str], columns: int, names: dict[str, int]) -> bool:
+def _row_fits(fields: list[str], columns: int, names: dict[str, set[str]]) -> bool:
     """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite scores."""
-    if len(fields) != columns or fields[1] not in names or fields[2] != str(names[fields[1]]):
+    if len(fields) != columns or fields[2] not in names.get(fields[1], ()):
         return False
     try:
         return all(math.isfinite(float(v)) for v in fields[3:])

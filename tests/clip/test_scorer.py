@@ -963,6 +963,33 @@ def test_class_names_with_newlines_and_quotes_resume_to_the_same_csv(tmp_path, t
     assert out.read_bytes() == whole and len(read_csv(out)) == 15
 
 
+def test_repeated_class_names_and_a_carriage_return_resume_to_the_same_csv(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                            monkeypatch):
+    """ImageNet-1k's names repeat ("missile" is classes 657 and 744): --resume kept one index per
+    name and refused a row of the other as "not a row of this prompt's scores". A carriage return
+    in a class name was written unquoted (csv quotes it only when it is the line end), and a
+    reader split the row there. Both now read back: the rows, then a resume, give the uninterrupted
+    CSV byte for byte."""
+    import csv
+
+    names = ["red", "miss\rile", "miss\rile"]
+    text = make_prompt(tmp_path / "p.safetensors", tiny, classnames=names)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=3)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
+    whole = (tmp_path / "whole.csv").read_bytes()
+    with open(tmp_path / "whole.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 and all(names[int(r["pred_index"])] == r["pred"] for r in rows)
+    assert {r["pred_index"] for r in rows[:10]} >= {"1", "2"}, (text, rows)  # both before the cut
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    _, real = _stop_after_chunks(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
+    assert out.read_bytes() == whole
+
+
 def test_score_in_chunks_keeps_its_decoding_workers_and_ends_them(tmp_path, tiny, tiny_clip_checkpoint,
                                                                   monkeypatch):
     """With 2 decoding workers, the four chunks of 19 images are decoded by the same two worker
