@@ -370,6 +370,28 @@ def test_export_out_never_replaces_what_it_reads(tmp_path, tiny_clip_config, tar
     _refused([*args, "--out", str(out)], expected, tmp_path)
 
 
+@pytest.mark.parametrize("command", ["score", "export"])
+def test_an_out_that_is_a_symbolic_link_is_refused(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, command):
+    """score --out /dev/stdout, with stdout redirected to a file, replaced the system's /dev/stdout
+    link with the CSV (exit 0): the output is written beside --out and renamed over it, and a
+    rename replaces a link, not the file it points to. A link at --out is now refused, the link
+    and its file left as they were."""
+    victim = tmp_path / "log.txt"
+    victim.write_text("kept\n")
+    out = tmp_path / "out.link"
+    out.symlink_to(victim)
+    if command == "score":
+        args = ["score", "--prompt", str(_prompt(tmp_path / "p.safetensors", tiny)), "--pretrained",
+                tiny_clip_checkpoint, "--workers", "0", str(_images(tmp_path / "photos"))]
+    else:
+        run = tmp_path / "run"
+        run.mkdir()
+        _fit_checkpoint(run / "checkpoint.pt", shutil.copy(tiny_clip_config, tmp_path / "clip-smot-tiny.json"))
+        args = ["export", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu"]
+    _refused([*args, "--out", str(out)], f"--out {out}: is a symbolic link", tmp_path)
+    assert out.is_symlink() and victim.read_text() == "kept\n"
+
+
 def _fit_args(data, model, checkpoint, out, *extra):
     return ["fit", "--data", str(data), "--shots", "1", "--model", model, "--pretrained", checkpoint,
             "--loss", "ce", "--n-ctx", "2", "--batch-size", "2", "--epochs", "1", "--precision", "fp32",

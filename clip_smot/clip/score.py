@@ -94,7 +94,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     for target in (cfg.out, partial, run_file):  # (OUT.partial is written first, then renamed to OUT)
         images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
-                                                       (found, weights or None)], images, shards, lists), inside)
+                                                       (found, weights or None)], images, shards, lists), inside,
+                     own=target != cfg.out)
     done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
                   if cfg.resume else (0, 0))
     writer = writes_outputs()

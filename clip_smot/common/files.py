@@ -115,8 +115,10 @@ def _within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 
 def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, Any]] = (),
-                 folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] | None = None) -> None:
-    """Raise a UserError when writing ``out`` would replace or mix with something the command reads.
+                 folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] | None = None,
+                 own: bool = False) -> None:
+    """Raise a UserError when writing ``out`` would replace or mix with something the command reads,
+    or a symbolic link the user gave (the file is written beside it and renamed over the link).
 
     Args:
         out: an output file, or with ``writes`` an output folder.
@@ -127,6 +129,8 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         folders: (what, path) of folders whose files the command (or the run it exports) reads:
             an output inside one is refused, as a later run would read it as input.
         writes: the names of the files written into the output folder ``out``.
+        own: ``out`` is a name the command makes up beside its output (``OUT.partial``): a link
+            found there is replaced, not refused.
     """
     out = Path(out)
     st = path_stat(out, flag)
@@ -150,6 +154,9 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         if folder is not None and os.path.isdir(folder) and _within(out, folder):
             raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files are read as input; "
                             "write to a place outside it")
+    if writes is None and not own and os.path.islink(out):  # (/dev/stdout is one: the finished file is renamed over the link)
+        raise UserError(f"{flag} {out}: is a symbolic link, which the written file would replace (not the file it "
+                        "points to); give a path that is not a link")
 
 
 def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[tuple[str, Any]] = (),
