@@ -12,13 +12,16 @@ from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, is_file, is_folder
 
-__all__ = ["IMAGE_EXTENSIONS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# PIL's readers of those formats: a file's bytes choose among these, whatever its name, and never
+# another of PIL's ~40 readers (the PostScript one runs Ghostscript on the file)
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 def _listing(folder: str, seen: set[str]) -> tuple[list[str], list[str]] | None:
@@ -167,12 +170,19 @@ def eight_bit(im: Image.Image) -> Image.Image:
 
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im
-    a = np.asarray(im, dtype=np.float64)
-    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
-        a = a / 257.0  # 0..65535 -> 0..255
-    elif im.mode == "F" and a.max() <= 1.0:
-        a = a * 255.0  # a float image in [0, 1]
-    return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if a.max() <= 1.0:
+            a = a * 255.0  # a float image in [0, 1]
+        return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+    a = np.asarray(im)  # [H, W] uint16 (I;16) or int32 (I)
+    if im.mode.startswith("I;16") or a.max() > 255:
+        # 0..65535 -> 0..255 as round(a / 257), in integers (257 is odd: no ties), in place: 7 bytes
+        # a pixel where float64 took 33 (a 13,000 x 13,000 PNG of 360 KB held 4.8 GB)
+        a = np.clip(a, 0, 65535).astype(np.int32)
+        a += 128
+        a //= 257
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
 
 
 def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | None = None) -> Image.Image:
@@ -189,18 +199,19 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
     import io
 
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as im:
+        with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later in a worker
             im = eight_bit(im)
             return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except UnidentifiedImageError:  # (PIL's message names a bytes buffer by its address: the path says more)
-        raise UserError(f"{path}: unreadable or truncated image (not an image format PIL can identify)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: unreadable or truncated image ({e})") from None
+        raise UserError(f"{path}: unreadable or truncated image (not a JPEG, PNG, BMP, GIF, TIFF, WebP or "
+                        "PPM/PGM image)") from None
     except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
         raise UserError(f"{path}: image too large to decode ({e})") from None
+    except Exception as e:  # (damaged files make PIL's readers raise TypeError, AttributeError, ... too)
+        raise UserError(f"{path}: unreadable or truncated image ({first_line(e) or type(e).__name__})") from None
 
 
 def holds_folders(path: Path) -> bool:
