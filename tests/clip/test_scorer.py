@@ -17,7 +17,7 @@ from PIL import Image
 
 from clip_smot.cli import cli
 from clip_smot.clip import model as cm
-from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip
+from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip, preprocess_settings
 from clip_smot.clip.scorer import PromptScorer, scores_from_features
 from clip_smot.common.errors import UserError
 from clip_smot.scores import gl_mcm, local_mcm
@@ -111,7 +111,7 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     im = im if mode == "RGBA" else im.convert("RGB").convert(mode) if mode != "P" else im.convert("P")
     path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
     im.save(path)
-    x, error = _ImageFiles([str(path)], image_preprocess(tiny), 32)[0]
+    x, error = _ImageFiles([str(path)], image_preprocess(tiny), preprocess_settings(tiny))[0]
     assert error == ""
     torch.testing.assert_close(x, val(Image.open(path)))
     # PIL images given to PromptScorer.score are read the same way
@@ -985,6 +985,7 @@ def test_repeated_class_names_and_a_carriage_return_resume_to_the_same_csv(tmp_p
     _, real = _stop_after_chunks(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    assert partial.read_bytes().count(b"\n") == 11 and not out.exists()  # (the header and two chunks' rows)
     monkeypatch.setattr(PromptScorer, "score_files", real)
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
     assert out.read_bytes() == whole
