@@ -27,11 +27,49 @@ from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
 from clip_smot.common.workers import started
 
-__all__ = ["DECODE_CHOICES", "DECODERS", "resolve_decode", "tensor_preprocess", "decoder_identity", "image_batches",
+__all__ = ["DECODE_CHOICES", "DECODERS", "strip_square", "resolve_decode", "tensor_preprocess", "decoder_identity", "image_batches",
            "kept_workers"]
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = jpeg on CUDA
 DECODERS = ("pil", "jpeg")  # what resolve_decode returns and the decoding functions take
+
+def strip_square(im, settings: dict):
+    """``im``, or for a strip its centre square as open_clip's evaluation transform makes it, from
+    the part of the image that square needs: the transform resizes the whole image before it
+    crops, and a 3 KB PNG of 3,000,000 x 1 pixels would become 672 million x 224 (GBs).
+
+    PIL resizes in two passes, the width first; here each pass is one PIL resize of one axis
+    (a pass along the strip takes a box: only the crop's part of the output), with the whole
+    image's sampling grid and filter, so the pixels are the whole image's (the tests compare
+    them; an image with alpha can differ by rounding, as PIL premultiplies in each call). Only
+    for the shortest-side resize to a square (open_clip's default); the transform then leaves
+    the square as it is.
+
+    Args:
+        im: a decoded PIL image.
+        settings: :func:`~clip_smot.clip.model.preprocess_settings` of the model.
+    """
+    import math
+
+    from PIL import Image
+
+    w, h = im.size
+    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(settings["interpolation"])
+    if (max(w, h) <= ti.STRIP * min(w, h) or settings["resize_mode"] != "shortest" or resample is None
+            or settings["size"] not in (size, [size, size])):
+        return im
+    nh, nw = ti.shorter_side_size(h, w, size)  # torchvision's Resize(size), then CenterCrop(size)
+    if w > h:  # the width pass along the strip, only the crop's columns; then the height pass
+        sx, left = w / nw, int(round((nw - size) / 2.0))
+        return im.resize((size, h), resample, box=(left * sx, 0, (left + size) * sx, h)).resize((size, size), resample)
+    # the width pass over the rows the height pass reads (its filter's reach: 2 pixels of the
+    # output's spacing for bicubic, 1 for bilinear, in source rows), then the height pass
+    sy, top = h / nh, int(round((nh - size) / 2.0))
+    reach = math.ceil(2 * max(sy, 1.0)) + 2
+    r0, r1 = max(0, math.floor(top * sy) - reach), min(h, math.ceil((top + size) * sy) + reach)
+    rows = im.crop((0, r0, w, r1)).resize((size, r1 - r0), resample)
+    return rows.resize((size, size), resample, box=(0, top * sy - r0, size, (top + size) * sy - r0))
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -44,8 +82,9 @@ class ImageFiles(torch.utils.data.Dataset):
     Items: ``(image [3, S, S] float, error)``, or with ``jpeg_bytes`` ``(bytes or None, image, error)``.
     """
 
-    def __init__(self, paths: Sequence[str], transform, size: int, jpeg_bytes: bool = False):
-        self.paths, self.transform, self.size, self.jpeg_bytes = list(paths), transform, size, jpeg_bytes
+    def __init__(self, paths: Sequence[str], transform, settings: dict, jpeg_bytes: bool = False):
+        self.paths, self.transform, self.settings, self.jpeg_bytes = list(paths), transform, settings, jpeg_bytes
+        self.size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,7 +100,7 @@ class ImageFiles(torch.utils.data.Dataset):
                 raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # [n]
                 image, error = None, ""
             else:  # open_clip converts to RGB after resizing
-                image, error = self.transform(load_image(path, mode=None, data=data)), ""
+                image, error = self.transform(strip_square(load_image(path, mode=None, data=data), self.settings)), ""
         except UserError as e:
             image, error = torch.zeros(3, self.size, self.size), str(e)
         return (raw, image, error) if self.jpeg_bytes else (image, error)
@@ -126,7 +165,7 @@ def _loader(dataset: ImageFiles, batch_size: int, workers: int, key: tuple, **kw
     if _KEPT is not None and workers > 0:
         entry = _KEPT.get(key)
         if entry is None:
-            named = _NamedFiles([], dataset.transform, dataset.size, dataset.jpeg_bytes)
+            named = _NamedFiles([], dataset.transform, dataset.settings, dataset.jpeg_bytes)
             entry = _KEPT[key] = _Kept(torch.utils.data.DataLoader(
                 named, batch_size=batch_size, sampler=_Paths(), num_workers=workers, persistent_workers=True, **kw))
     if entry is None or entry.busy:
@@ -210,7 +249,7 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
     for i, image in zip(todo, ti.decode_jpegs([raws[i] for i in todo], device)):
         if image is None:  # decode_jpeg cannot read it: PIL, which names a truncated file
             try:
-                images[i] = transform(load_image(paths[i], mode=None, data=raws[i].numpy().tobytes()))
+                images[i] = transform(strip_square(load_image(paths[i], mode=None, data=raws[i].numpy().tobytes()), cfg))
             except UserError as e:
                 images[i], errors[i] = torch.zeros(3, size, size), str(e)
             continue
@@ -249,7 +288,7 @@ def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, 
     settings = cm.preprocess_settings(clip)
     cfg = tensor_preprocess(settings) if jpeg else None
     key = (json.dumps(settings, sort_keys=True), batch_size, workers, decode, device.type)  # (what the workers make)
-    loader, done = _loader(ImageFiles(paths, transform, clip.image_size, jpeg), batch_size, workers, key,
+    loader, done = _loader(ImageFiles(paths, transform, settings, jpeg), batch_size, workers, key,
                            collate_fn=_collate if jpeg else None, pin_memory=device.type == "cuda")
     start = 0
     try:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+__all__ = ["STRIP", "is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
 
 
 def is_jpeg(data: bytes | memoryview) -> bool:
@@ -24,13 +24,19 @@ def is_jpeg(data: bytes | memoryview) -> bool:
     then a marker), whatever its name, and its frame header gives a pixel count within PIL's
     decompression-bomb limit. ``decode_jpeg`` checks none: a 2 MB file can declare 180
     megapixels. A larger one, or one whose frame header is not found, goes to PIL, which names
-    it in one line."""
+    it in one line. So does a strip (a side over :data:`STRIP` times the other), which the
+    tensor path would resize whole (a 65,000 x 1 JPEG to 14.6 million x 224 pixels) and the PIL
+    paths resample only the centre of."""
     if bytes(data[:3]) != b"\xff\xd8\xff":
         return False
     from PIL import Image
 
     size = _frame_size(data)
-    return size is not None and (Image.MAX_IMAGE_PIXELS is None or size[0] * size[1] <= 2 * Image.MAX_IMAGE_PIXELS)
+    return (size is not None and max(size) <= STRIP * min(size)
+            and (Image.MAX_IMAGE_PIXELS is None or size[0] * size[1] <= 2 * Image.MAX_IMAGE_PIXELS))
+
+
+STRIP = 16  # an image with a side over 16 times the other is a strip (is_jpeg)
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers (not DHT, JPG, DAC)

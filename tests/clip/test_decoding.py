@@ -241,3 +241,64 @@ def test_fit_decoding_resizes_jpegs_of_one_size_together_to_the_pixels_of_one_at
     together = _jpeg_squares(paths, datas, 24, torch.device("cpu"))
     alone = [_jpeg_squares([p], [d], 24, torch.device("cpu"))[0] for p, d in zip(paths, datas)]
     assert all(torch.equal(a, b) and a.shape == (3, 24, 24) for a, b in zip(together, alone))
+
+
+def _smooth(w, h, seed=0):
+    """A w x h RGB image of smooth colour (noise enlarged 8 times), as photos are."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3)).astype(np.uint8)).resize((w, h))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
+    """open_clip's transform resizes the whole image, then crops its centre: a 3 KB PNG of
+    3,000,000 x 1 pixels became 672 million x 224 (GBs). strip_square resamples the centre square
+    from the part of the strip it needs, on the whole image's grid: against the transform on the
+    whole image (open_clip's own, ViT-B-16's 224 pixels), at most 3 levels of 255 in a pixel and
+    under 0.2 on average (PIL may take the two axes in the other order); a non-strip is left as it is."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(size=224, interpolation=interpolation)
+    transform = image_transform_v2(cfg, is_train=False)
+    settings = {"size": 224, "interpolation": interpolation, "resize_mode": "shortest"}
+    std = torch.tensor(cfg.std)[:, None, None]
+    for w, h in [(5000, 40), (40, 5000), (3001, 17), (17, 3001), (300, 5100), (4100, 250), (250, 4100)]:
+        im = _smooth(w, h)
+        square = decoding.strip_square(im, settings)
+        assert square.size == (224, 224)
+        levels = (transform(im) - transform(square)).abs() * std * 255
+        assert levels.max() <= 3 + 1e-3 and levels.mean() < 0.2, (w, h, levels.max(), levels.mean())
+    for w, h in [(224 * 16, 224), (100, 1600), (640, 480)]:  # at most 16 times as long: not strips
+        im = _smooth(w, h)
+        assert decoding.strip_square(im, settings) is im
+    assert decoding.strip_square(_smooth(5000, 40), {**settings, "resize_mode": "squash"}).size == (5000, 40)
+
+
+def test_a_strip_is_scored_from_its_square_and_never_goes_to_the_tensor_path(tmp_path, tiny):
+    """A 3,000,000 x 1 PNG (3 KB) reaches the model's transform as its S x S square; a strip JPEG
+    is no JPEG for the tensor path (decode_jpeg would resize it whole on the device), and goes
+    through PIL's path instead: the same pixels from either decoder."""
+    from clip_smot.clip.model import image_preprocess
+    from clip_smot.common.tensor_images import is_jpeg
+
+    Image.new("L", (3_000_000, 1), 90).save(tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size < 10_000
+    seen, transform = [], image_preprocess(tiny)
+
+    def recording(im):
+        seen.append(im.size)
+        return transform(im)
+
+    settings = preprocess_settings(tiny)
+    x, error = decoding.ImageFiles([str(tmp_path / "strip.png")], recording, settings)[0]
+    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+    assert error == "" and seen == [(size, size)] and x.shape == (3, size, size)
+    _smooth(17 * 60, 60).save(tmp_path / "strip.jpg", quality=95)
+    _smooth(16 * 60, 60).save(tmp_path / "wide.jpg", quality=95)
+    data = (tmp_path / "strip.jpg").read_bytes()
+    assert not is_jpeg(data) and is_jpeg((tmp_path / "wide.jpg").read_bytes())
+    paths = [str(tmp_path / "strip.jpg"), str(tmp_path / "wide.jpg")]
+    (ours, e1), = image_batches(tiny, paths, 4, 0, "jpeg")
+    (theirs, e2), = image_batches(tiny, paths, 4, 0, "pil")
+    assert list(e1) == list(e2) == ["", ""]
+    torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)  # (the strip: PIL's path in both)
