@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shlex
@@ -29,7 +28,7 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_write_text, make_folder
+from clip_smot.common.files import atomic_write_text, make_folder, parse_json
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -316,7 +315,7 @@ def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = parse_json(path.read_text(encoding="utf-8"))
         value = report.get("id_accuracy") if metric == "id_acc" else \
             report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

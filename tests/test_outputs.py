@@ -392,6 +392,28 @@ def test_an_out_that_is_a_symbolic_link_is_refused(tmp_path, tiny, tiny_clip_con
     assert out.is_symlink() and victim.read_text() == "kept\n"
 
 
+@pytest.mark.parametrize("where", ["model-json", "run-file"])
+def test_json_nested_too_deeply_is_one_line(tmp_path, tiny, tiny_clip_checkpoint, where):
+    """A --model JSON, or the OUT.partial.json of a --resume, nested 100,000 deep raised
+    RecursionError (not a ValueError) as a traceback; it is now the file's one line."""
+    deep = "[" * 100_000 + "]" * 100_000
+    args = ["score", "--prompt", str(_prompt(tmp_path / "p.safetensors", tiny)), "--pretrained", tiny_clip_checkpoint,
+            "--workers", "0", "--out", str(tmp_path / "s.csv"), str(_images(tmp_path / "photos"))]
+    if where == "model-json":
+        (tmp_path / "deep.json").write_text(deep)
+        expected = f"--model {tmp_path / 'deep.json'}"
+        args += ["--model", str(tmp_path / "deep.json")]
+    else:
+        res = CliRunner().invoke(cli, args)  # (a whole run: its header and first row are the partial)
+        assert res.exit_code == 0, res.output
+        (tmp_path / "s.csv.partial").write_text("".join((tmp_path / "s.csv").read_text().splitlines(True)[:2]))
+        (tmp_path / "s.csv").unlink()
+        (tmp_path / "s.csv.partial.json").write_text(deep)
+        expected = "s.csv.partial.json, which says what"
+        args += ["--resume"]
+    _refused(args, expected, tmp_path)
+
+
 def _fit_args(data, model, checkpoint, out, *extra):
     return ["fit", "--data", str(data), "--shots", "1", "--model", model, "--pretrained", checkpoint,
             "--loss", "ce", "--n-ctx", "2", "--batch-size", "2", "--epochs", "1", "--precision", "fp32",

@@ -48,6 +48,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
     atomic_save_safetensors,
     cache_root,
+    parse_json,
     remove_stale_temporaries,
 )
 from clip_smot.common.shards import image_identity, image_stamp
@@ -142,12 +143,12 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         tensors, meta = entry
         if "sha256" not in meta:
             return None, "it has no checksum (written by an older clip-smot)"
-        stored = json.loads(meta.pop("sha256"))
+        stored = parse_json(meta.pop("sha256"))
         if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
             return None, "its checksum does not match its contents"
         global_, local_ = tensors["global"], tensors.get("local")
-        encoded = [str(p) for p in json.loads(meta["paths"])]
-        skipped = [(str(p), str(why)) for p, why in json.loads(meta["skipped"])]
+        encoded = [str(p) for p in parse_json(meta["paths"])]
+        skipped = [(str(p), str(why)) for p, why in parse_json(meta["skipped"])]
     # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"

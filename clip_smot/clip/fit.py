@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import sys
@@ -48,6 +47,7 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     make_folder,
+    parse_json,
     remove_stale_temporaries,
     same_file,
     sha256_file,
@@ -136,7 +136,7 @@ class FitConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> FitConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(parse_json(Path(path).read_text()))
 
 
 # Options that may change between a run and its --resume.
@@ -285,7 +285,7 @@ def _check_saved(saved: dict, where: str) -> None:
     if bad:
         raise UserError(f"{where}: a damaged fit checkpoint ({bad[0]})")
     try:
-        json.loads(run["clip"]["model_config"])
+        parse_json(run["clip"]["model_config"])
         cfg = FitConfig.from_dict(config)
     except (ValueError, TypeError) as e:
         raise UserError(f"{where}: a damaged fit checkpoint (config: {first_line(e)})") from None
@@ -368,7 +368,7 @@ def _recorded_activation(record) -> str | None:
     from clip_smot.clip.model import config_activation
 
     try:
-        return record.get("activation") or config_activation(json.loads(record["model_config"]))
+        return record.get("activation") or config_activation(parse_json(record["model_config"]))
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
@@ -737,9 +737,9 @@ def export_prompt(cfg: ExportConfig) -> Path:
                  data)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
-    trained = config_activation(json.loads(theirs["model_config"]))  # (the record of an older run has no "activation")
+    trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")
     clip = load_clip(model or run.model, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
-    if json.loads(theirs["model_config"]) != clip.config:
+    if parse_json(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a
     # tag and a file cannot be compared (a tag's weights as a local file: the usual reason to pass --pretrained)

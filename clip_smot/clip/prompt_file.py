@@ -34,7 +34,7 @@ from safetensors.torch import safe_open
 from clip_smot import __version__
 from clip_smot.clip.model import ACTIVATIONS, check_model_config, config_activation
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_save_safetensors
+from clip_smot.common.files import atomic_save_safetensors, parse_json
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
 
@@ -75,7 +75,7 @@ class PromptFile:
         Raises:
             UserError: the activation or the architecture differs.
         """
-        theirs = json.loads(identity["model_config"])
+        theirs = parse_json(identity["model_config"])
         if config_activation(theirs) != self.activation:
             hint = (f"for OpenAI's weights in a state-dict file, --model {self.model.removesuffix('-quickgelu')}"
                     "-quickgelu" if self.activation == "quick_gelu" else
@@ -117,7 +117,7 @@ def save_prompt(
         "model_config": identity["model_config"],
         "pretrained": identity["pretrained"],
         "checkpoint_sha256": identity["checkpoint_sha256"],
-        "activation": identity.get("activation") or config_activation(json.loads(identity["model_config"])),
+        "activation": identity.get("activation") or config_activation(parse_json(identity["model_config"])),
         "n_ctx": str(n_ctx),
         "class_position": class_position,
         "csc": "true" if csc else "false",
@@ -154,10 +154,10 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
     try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
-        classnames = json.loads(meta["classnames"])
-        model_config = json.loads(meta["model_config"])
+        classnames = parse_json(meta["classnames"])
+        model_config = parse_json(meta["model_config"])
         n_ctx = int(meta["n_ctx"])
-        config = json.loads(meta.get("config", "{}"))
+        config = parse_json(meta.get("config", "{}"))
     except ValueError as e:
         raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
     if not isinstance(classnames, list) or not isinstance(model_config, dict):

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import parse_json
 
 __all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
            "setting"]
@@ -114,7 +115,7 @@ class JsonConfig:
 
     @classmethod
     def from_json(cls, text: str) -> Any:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(parse_json(text))
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}

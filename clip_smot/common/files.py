@@ -17,7 +17,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "json_text", "write_json", "file_stamp", "sha256_file"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -332,6 +332,16 @@ def text_writer(text: str) -> Callable[[str], object]:
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write text atomically (temporary file + rename), as :func:`text_writer` writes it."""
     atomic_write(path, text_writer(text))
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, where JSON nested too deeply for Python's recursion limit (``[`` x
+    100,000 in a file a user hands in) is a ``json.JSONDecodeError`` too, which every reader
+    of a file already turns into its one line, not a RecursionError traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
 
 
 def json_text(obj: Any) -> str:

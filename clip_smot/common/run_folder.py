@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save, atomic_write_text, exists, write_json
+from clip_smot.common.files import atomic_save, atomic_write_text, exists, parse_json, write_json
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
            "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
@@ -93,7 +93,7 @@ def truncate_log(path: str | Path, epochs: int, records: list[dict] | None = Non
     kept = []
     for line in lines:
         try:
-            epoch = json.loads(line)["epoch"]
+            epoch = parse_json(line)["epoch"]
         except (ValueError, KeyError, TypeError, IndexError):
             continue
         if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= epochs:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save_safetensors
+from clip_smot.common.files import atomic_save_safetensors, parse_json
 
 __all__ = [
     "MODEL_FORMAT",
@@ -382,14 +382,14 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         meta = {
             "arch": raw["arch"],
             "num_classes": int(raw["num_classes"]),
-            "classnames": list(json.loads(raw["classnames"])),
+            "classnames": list(parse_json(raw["classnames"])),
             "input_size": int(raw["input_size"]),
-            "mean": [float(v) for v in json.loads(raw["mean"])],
-            "std": [float(v) for v in json.loads(raw["std"])],
+            "mean": [float(v) for v in parse_json(raw["mean"])],
+            "std": [float(v) for v in parse_json(raw["std"])],
             "dataset": raw.get("dataset", ""),
             "method": raw.get("method", ""),
             "stage": raw.get("stage", ""),
-            "config": json.loads(raw.get("config") or "{}"),
+            "config": parse_json(raw.get("config") or "{}"),
             "path": str(path),
         }
     except (ValueError, TypeError) as e:

@@ -59,6 +59,7 @@ from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
     make_folder,
+    parse_json,
     remove_stale_temporaries,
     sha256_file,
     write_json,
@@ -472,7 +473,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
         if rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
-            return json.loads((out / "summary.json").read_text())
+            return parse_json((out / "summary.json").read_text())
     device, precision = _device(cfg, local_rank, world)
     cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)

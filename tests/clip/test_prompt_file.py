@@ -56,8 +56,12 @@ def test_not_safetensors_and_missing_keys(tmp_path):
         load_prompt(tmp_path / "absent.safetensors")
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # (JSON nested past Python's recursion limit: a RecursionError in json)
+
+
 @pytest.mark.parametrize("key,value", [("classnames", "[not json"), ("model_config", "{"), ("n_ctx", "four"),
-                                       ("config", "{oops}"), ("classnames", '"a string"')])
+                                       ("config", "{oops}"), ("classnames", '"a string"'), ("classnames", DEEP),
+                                       ("model_config", DEEP), ("config", DEEP)])
 def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
     _save(tmp_path / "p.safetensors")
     with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:

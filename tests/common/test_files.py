@@ -140,3 +140,14 @@ def test_looking_at_a_name_too_long_is_a_user_error_naming_the_flag(tmp_path):
             check(long, "--x")
     with pytest.raises(UserError, match=rf"^--data {long}: File name too long$"):  # fit --data
         resolve_train_root(long)
+
+
+def test_parse_json_reads_json_and_calls_too_deep_nesting_a_decode_error():
+    import json
+
+    from clip_smot.common.files import parse_json
+
+    assert parse_json('{"a": [1, 2.5, null]}') == {"a": [1, 2.5, None]} and parse_json(b"[[1]]") == [[1]]
+    for text in ("[" * 100_000 + "]" * 100_000, b"{" + b'"a":{' * 100_000):
+        with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+            parse_json(text)
