@@ -40,6 +40,7 @@ __all__ = [
     "ClipModel",
     "IMAGENET_CLASSNAMES",
     "check_local_features",
+    "check_config_file",
     "check_model_config",
     "config_activation",
     "encode_image_tokens",
@@ -153,7 +154,7 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             raise UserError(f"{source[0]}: not a valid JSON model config ({e})") from None
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
             cfg = cfg["model_cfg"]
-        check_model_config(cfg, *source)
+        check_config_file(cfg, *source)
         open_clip.add_model_config(path)
         return path.stem, open_clip.get_model_config(path.stem)
     cfg = open_clip.get_model_config(model)
@@ -305,6 +306,22 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if blocks > MAX_LAYERS:
             raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "
                       "architecture has 64)")
+
+
+_HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face
+
+
+def check_config_file(cfg: object, source: str, prefix: str = "") -> None:
+    """:func:`check_model_config` for a config read from a file (a ``--model`` JSON, a prompt's
+    stored config), which may not name a Hugging Face model or tokenizer either: open_clip would
+    load whatever it names (a hub repository, a local folder) and tokenize with it. The models
+    of open_clip's own registry that use one are given by name."""
+    check_model_config(cfg, source, prefix)
+    named = [k for k in _HF_NAMES if cfg["text_cfg"].get(k)]
+    if named:
+        raise UserError(f"{source}: {prefix}text_cfg.{named[0]} names a Hugging Face "
+                        f"{named[0].split('_')[1]} ({_shown(cfg['text_cfg'][named[0]])}), which a config file may "
+                        "not (open_clip would load what it names); give such a model by its open_clip name")
 
 
 def _estimated_size(cfg: dict) -> int:

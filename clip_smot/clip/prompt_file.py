@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot import __version__
-from clip_smot.clip.model import ACTIVATIONS, check_model_config, config_activation
+from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
@@ -162,7 +162,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: malformed metadata ({e})") from None
     if not isinstance(classnames, list) or not isinstance(model_config, dict):
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a JSON list, model_config an object)")
-    check_model_config(model_config, f"--prompt {path}", "model_config.")
+    check_config_file(model_config, f"--prompt {path}", "model_config.")
     activation = meta.get("activation", config_activation(model_config))  # without it: as its config built
     if activation not in ACTIVATIONS or activation != config_activation(model_config):
         raise UserError(f"--prompt {path}: malformed metadata (activation {activation!r} is not the one of its "

@@ -175,3 +175,27 @@ def test_written_files_get_an_ordinary_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "p.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("key", ["hf_tokenizer_name", "hf_model_name"])
+def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp_path, key):
+    """A prompt whose stored text_cfg named hf_tokenizer_name made open_clip's get_tokenizer load
+    the tokenizer it named (a hub repository, a local folder; here a traceback, transformers being
+    absent). A prompt's config, and a --model JSON, may not name one; open_clip's own registered
+    models that use one (SigLIP's tokenizer) still pass the shape check by name."""
+    import open_clip
+
+    from clip_smot.clip.model import check_model_config, load_clip
+
+    config = {"embed_dim": 32, "vision_cfg": {}, "text_cfg": {key: str(tmp_path / "some_folder")}}
+    _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))
+    with pytest.raises(UserError) as e:
+        load_prompt(tmp_path / "p.safetensors")
+    assert str(e.value).startswith(f"--prompt {tmp_path / 'p.safetensors'}: model_config.text_cfg.{key} names a "
+                                   "Hugging Face")
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=rf"^--model {tmp_path / 'm.json'}: text_cfg.{key} names a Hugging Face"):
+        load_clip(str(tmp_path / "m.json"), pretrained=None)
+    siglip = open_clip.get_model_config("ViT-B-16-SigLIP")
+    assert siglip["text_cfg"].get("hf_tokenizer_name")
+    check_model_config(siglip, "--model ViT-B-16-SigLIP")  # (a name of open_clip's registry: no error)
