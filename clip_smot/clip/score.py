@@ -214,22 +214,42 @@ def _append(partial: Path, text: str) -> None:
         raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
 
 
-def _records(partial: Path) -> Iterator[tuple[list[str], int]]:
+MAX_RECORD = 1 << 20  # bytes of one CSV record (a path, a class name and the scores) that --resume reads
+
+
+def _records(partial: Path, open_lines: int) -> Iterator[tuple[list[str], int]]:
     """(fields, bytes up to its end) of each complete CSV record of ``partial``, header first, read a
     line at a time. A record ends at a newline outside quotes (csv quotes a field holding one, a
     class name's, and doubles its quotes: an even count of quotes so far); a record cut off by
-    the end of the file is not complete."""
-    at, record = 0, b""
+    the end of the file is not complete. ``open_lines``: the most lines a record can have ended
+    while a quote is open (the most newlines in a class name).
+
+    Raises:
+        UserError: a record left open over more lines, or over :data:`MAX_RECORD` bytes: a quote
+            left open by an edit would otherwise make the rest of the file one record, cut off,
+            and --resume would drop every row after it without a word.
+    """
+    def damaged(start: int) -> UserError:
+        return UserError(f"--resume: {partial}: the row from byte {start} on is damaged (a quote left open, or over "
+                         f"{MAX_RECORD} bytes: an edited file); run without --resume")
+
+    at, lines, size, quotes = 0, [], 0, 0
     with open(partial, "rb") as f:
-        for line in f:
+        while line := f.readline(MAX_RECORD + 1):
             at += len(line)
-            if not line.endswith(b"\n"):
+            if not line.endswith(b"\n"):  # (the end of the file, or a line over MAX_RECORD)
+                if size + len(line) > MAX_RECORD:
+                    raise damaged(at - size - len(line))
                 return
-            record += line
-            if record.count(b'"') % 2:
+            lines.append(line)
+            size, quotes = size + len(line), quotes + line.count(b'"')
+            if quotes % 2:
+                if len(lines) > open_lines or size > MAX_RECORD:
+                    raise damaged(at - size)
                 continue
+            record = b"".join(lines)
             yield next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), []), at
-            record = b""
+            lines, size, quotes = [], 0, 0
 
 
 def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str], classnames: Sequence[str],
@@ -254,7 +274,8 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
     names: dict[str, set[str]] = {}  # class name as written: its indices (ImageNet-1k has two "missile"s)
     for k, n in enumerate(classnames):
         names.setdefault(n.encode("utf-8", "backslashreplace").decode("utf-8"), set()).add(str(k))
-    records, files, done, keep = _records(partial), iter(files), 0, 0
+    open_lines = max(n.encode("utf-8", "backslashreplace").count(b"\n") for n in classnames)
+    records, files, done, keep = _records(partial, open_lines), iter(files), 0, 0
     try:
         for n, (fields, end) in enumerate(records):
             if n == 0:

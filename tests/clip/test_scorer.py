@@ -1043,6 +1043,35 @@ def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
     assert max(count_peak, chunk_peak, resume_peak) < whole / 5, (whole, count_peak, chunk_peak, resume_peak)
 
 
+def test_a_quote_left_open_in_a_partial_is_refused_not_read_to_the_end(tmp_path, monkeypatch):
+    """An edited OUT.partial with one stray quote made every later line part of one record: the
+    quotes of the whole record were counted again at each line (20,000 rows: 2.3 s, quadratic),
+    and at the end the record counted as cut off, so --resume cut the file to its header and
+    scored everything again, saying nothing. A record may now stay open only over as many lines
+    as a class name has newlines, and hold at most MAX_RECORD bytes (a line too): else one line
+    names the file and where the row starts. A row cut inside a quoted class name at the end of
+    the file is still a cut-off row."""
+    from clip_smot.clip import score as sc
+
+    head = "path,pred,pred_index,mcm\n"
+    rows = "".join(f"a/{i}.png,red,0,0.5\n" for i in range(3000))
+    partial = tmp_path / "s.csv.partial"
+    error = (f"--resume: {partial}: the row from byte {len(head)} on is damaged (a quote left open, or over "
+             f"{sc.MAX_RECORD} bytes: an edited file); run without --resume")
+    partial.write_text(head + 'a/x.png,"red,0,0.5\n' + rows)
+    for open_lines in (0, 1, 3):
+        with pytest.raises(UserError) as e:
+            list(sc._records(partial, open_lines))
+        assert str(e.value) == error
+    partial.write_text(head + "a/" + "x" * sc.MAX_RECORD + ".png,red,0,0.5\n" + rows)  # (one line too long)
+    with pytest.raises(UserError) as e:
+        list(sc._records(partial, 0))
+    assert str(e.value) == error
+    partial.write_text(head + rows + 'a/y.png,"re\nd')  # cut inside a quoted name holding a newline
+    records = list(sc._records(partial, 1))
+    assert len(records) == 3001 and records[-1][0] == ["a/2999.png", "red", "0", "0.5"]
+
+
 def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
