@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers
+from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
 from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
@@ -106,7 +106,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     scorer.check_scores(names)  # (before OUT.partial is started)
     decode = scorer.decoder(cfg.decode)
     run = json.dumps({"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(),
-                      "precision": scorer.precision}, sort_keys=True)
+                      "precision": scorer.precision, "decoder": decoder_identity(decode, scorer.device)},
+                     sort_keys=True)  # ("decoder": None for PIL's, as before the key was written)
     if done:
         _check_run_file(run_file, run, partial)
     if writer:
@@ -187,7 +188,7 @@ def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
 
 def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
     """Raise a UserError unless ``run_file`` says that the rows of ``partial`` were scored with the
-    prompt (its SHA-256), the model and the precision of ``run``."""
+    prompt (its SHA-256), the model, the precision and the decoder of ``run``."""
     try:
         if run_file.is_symlink() or not run_file.is_file() or run_file.stat().st_size > 1 << 20:
             raise ValueError("missing")
@@ -196,9 +197,11 @@ def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
         raise UserError(f"--resume: {run_file}, which says what {partial} was scored with, is missing or damaged; "
                         "run without --resume") from None
     now = json.loads(run)
-    differ = [k for k in ("prompt_sha256", "model", "precision") if not isinstance(stored, dict) or stored.get(k) != now[k]]
+    differ = [k for k in ("prompt_sha256", "model", "precision", "decoder")
+              if not isinstance(stored, dict) or stored.get(k) != now[k]]
     if differ:
-        what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision"}
+        what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision",
+                "decoder": "decoder (--decode)"}
         raise UserError(f"--resume: {partial} was scored with another {', '.join(what[k] for k in differ)}; give the "
                         "same, or run without --resume")
 

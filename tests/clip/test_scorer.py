@@ -865,6 +865,15 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     assert res.exit_code == 1 and f"{partial} was scored with another --prompt; give the same" in res.output
     res = resumed(2, *args, prompt="p.safetensors")
     assert res.exit_code == 0 and out.read_text() == "".join(whole)
+    stored = json.loads(run)
+    assert stored["decoder"] is None  # (PIL's, on the CPU): rows of nvJPEG's pixels are not continued with PIL's
+    for decoder, code in (("jpeg-cuda torchvision 0.29.1", 1), ("(no key: a run file of before the key)", 0)):
+        edited_run = {k: v for k, v in stored.items() if k != "decoder"} | ({} if code == 0 else {"decoder": decoder})
+        partial.write_text("".join(whole[:3]))
+        (tmp_path / "s.csv.partial.json").write_text(json.dumps(edited_run))
+        res = score(*args)
+        assert res.exit_code == code, res.output
+        assert code == 0 or f"{partial} was scored with another decoder (--decode); give the same" in res.output
     partial.write_text("".join(whole[:3]))  # (no file saying what it was scored with)
     res = score(*args)
     assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
