@@ -4,8 +4,9 @@ These functions only look at the tensors they are given, except ODIN, which runs
 network it is given as a callable (the evaluation code of both tracks passes its own). Scores
 with statistics fitted on ID training features take them as arguments: ReAct (the clipping
 threshold, :func:`react_threshold`), KNN (the normalised feature bank) and ViM
-(:func:`vim_fit`). The default hyperparameters below are the paper's (Tables 2-5) for both
-tracks. torch and numpy only.
+(:func:`vim_fit`). The paper gives no ODIN, ReAct or KNN settings: the defaults below are the
+methods' own papers' (ODIN's T and eps, ReAct's 90th percentile, KNN's CIFAR k = 50), the same
+for both tracks (docs/method.md §4). torch and numpy only.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
 
     Args:
         t: thresholds in [0, 255], shape [B].
-        T: temperature, > 0. Larger T softens the labels more for the same threshold.
+        T: temperature, > 0. Larger T softens the labels less for the same threshold (eps falls
+            towards 0); a smaller T makes even a high threshold give a large eps.
 
     Returns:
         eps in [0, 1], shape [B], same dtype as ``t`` (float32 for integer input).
