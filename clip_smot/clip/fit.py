@@ -450,7 +450,7 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
     """
     cfg, saved, device = _resolve(cfg, flags)
     out = Path(cfg.out)
-    inputs = _load_inputs(cfg, device)
+    inputs = _load_inputs(cfg, device, "n_ctx" in (set(flags) if flags is not None else rf.explicit_fields(cfg)))
     if saved is not None:
         _check_resumed_files(saved, inputs.config, out / rf.CHECKPOINT)
         if rf.finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
@@ -489,15 +489,22 @@ def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, 
     return cfg, saved, device
 
 
-def _load_inputs(cfg: FitConfig, device: torch.device) -> _Inputs:
+def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False) -> _Inputs:
     """Load the CLIP model, the classes and split and the CAM network; resolve and record every
-    option before any slow work."""
+    option before any slow work (``n_ctx_given``: whether ``--n-ctx`` was given)."""
     from clip_smot.clip.fewshot import split_text
     from clip_smot.clip.model import load_clip
+    from clip_smot.clip.prompt import ctx_init_length
 
     t_setup = time.perf_counter()
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
     seconds = {"CLIP model": _since(t_setup, device)}
+    if cfg.ctx_init:  # the context is the words' tokens: n_ctx is their count, and recorded as such
+        n_ctx = ctx_init_length(clip.tokenizer, cfg.ctx_init)
+        if n_ctx_given and cfg.n_ctx != n_ctx:
+            raise UserError(f"--n-ctx {cfg.n_ctx}: --ctx-init {cfg.ctx_init!r} makes a context of its {n_ctx} "
+                            "tokens; leave --n-ctx out")
+        cfg = dataclasses.replace(cfg, n_ctx=n_ctx)
     classes, split = _load_data(cfg, clip.image_size)
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "

@@ -626,6 +626,14 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
     assert pf.ctx.shape == (3, 4, 32)
     assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
+    # the words set n_ctx: config.json and the prompt's config record 4, not --n-ctx's default 16
+    assert json.loads((out / "config.json").read_text())["n_ctx"] == 4 and pf.config["n_ctx"] == 4
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "other", "--ctx-init", "a photo of a", "--n-ctx", "16"))
+    assert res.exit_code == 1 and res.output.strip() == ("Error: --n-ctx 16: --ctx-init 'a photo of a' makes a "
+                                                         "context of its 4 tokens; leave --n-ctx out")
+    assert not (tmp_path / "other").exists()
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "same", "--ctx-init", "a photo of a", "--n-ctx", "4", "--dry-run"))
+    assert res.exit_code == 0, res.output
 
 
 def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
