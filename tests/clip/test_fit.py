@@ -626,14 +626,40 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
     assert pf.ctx.shape == (3, 4, 32)
     assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
-    # the words set n_ctx: config.json and the prompt's config record 4, not --n-ctx's default 16
-    assert json.loads((out / "config.json").read_text())["n_ctx"] == 4 and pf.config["n_ctx"] == 4
     res = CliRunner().invoke(cli, fit_args(tmp_path / "other", "--ctx-init", "a photo of a", "--n-ctx", "16"))
     assert res.exit_code == 1 and res.output.strip() == ("Error: --n-ctx 16: --ctx-init 'a photo of a' makes a "
                                                          "context of its 4 tokens; leave --n-ctx out")
     assert not (tmp_path / "other").exists()
-    res = CliRunner().invoke(cli, fit_args(tmp_path / "same", "--ctx-init", "a photo of a", "--n-ctx", "4", "--dry-run"))
+
+
+def test_ctx_init_sets_the_recorded_n_ctx_and_an_old_record_resumes(fit_args, tmp_path, monkeypatch):
+    """--ctx-init 'a photo of a' makes a context of 4 vectors, but config.json and the prompt's
+    config recorded --n-ctx's default, 16. They record 4 now; a run recorded with 16 before this
+    resumes, its record rewritten."""
+    def args(out, *extra):  # fit_args without its --n-ctx 4
+        a = fit_args(out, "--ctx-init", "a photo of a", "--epochs", "2", *extra)
+        i = a.index("--n-ctx")
+        return a[:i] + a[i + 2 :]
+
+    res = CliRunner().invoke(cli, args(tmp_path / "run"))
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["n_ctx"] == 4
+    assert load_prompt(tmp_path / "run" / "prompt.safetensors").config["n_ctx"] == 4
+    real_save = run_folder.atomic_save
+
+    def save_then_die(obj, path):  # killed right after its first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
+    assert isinstance(CliRunner().invoke(cli, args(tmp_path / "old")).exception, RuntimeError)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    ckpt = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["n_ctx"] = 16  # as a run recorded before recorded it
+    torch.save(ckpt, tmp_path / "old" / "checkpoint.pt")
+    res = CliRunner().invoke(cli, args(tmp_path / "old", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["n_ctx"] == 4
 
 
 def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
