@@ -24,14 +24,21 @@ SCORES = ("msp", "energy", "knn")
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows, with the kernels
+    torch chose for it and its thread count: two VMs that both said "AMD EPYC" gave other
+    numbers (benchmarks/RESULTS.md, 2026-12-03 and 2026-12-04), and torch's vectorised
+    kernels and reductions follow the instruction set and the threads."""
+    import torch
+
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} (torch's {torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads)"
 
 
 def versions() -> str:
