@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -199,10 +200,14 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
     import io
 
     try:
-        with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
-            im.load()  # decode now: a truncated JPEG fails here, not later in a worker
-            im = eight_bit(im)
-            return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
+        # (PIL warns of an image between its pixel limit and twice it, over two lines of stderr,
+        # and refuses it beyond: the refusal is the one that says something)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
+                im.load()  # decode now: a truncated JPEG fails here, not later in a worker
+                im = eight_bit(im)
+                return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except UnidentifiedImageError:  # (PIL's message names a bytes buffer by its address: the path says more)

@@ -1,5 +1,7 @@
 """clip_smot.common.images: image loading errors as one line naming the file; listing and path escapes."""
 
+import warnings
+
 import pytest
 from PIL import Image
 
@@ -25,6 +27,11 @@ def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
     with pytest.raises(UserError, match="good.png: image too large"):
         load_image(good)
+    # between the limit and twice it PIL warns, over two lines of stderr: the image reads, and nothing is said
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(good).size == (64, 64)
 
 
 @pytest.mark.parametrize("fmt", ["EPS", "DDS", "SPIDER", "ICO", "PCX"])
