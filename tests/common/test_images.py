@@ -41,7 +41,11 @@ def test_only_the_listed_formats_are_decoded_whatever_the_name(tmp_path, fmt):
     formats of IMAGE_EXTENSIONS: any other is one line naming the file. A PNG named .jpg still reads."""
     im = Image.new("RGB", (8, 8), (200, 10, 10))
     path = tmp_path / "x.jpg"
-    (im.convert("F") if fmt == "SPIDER" else im).save(path, fmt)
+    # written under the format's own extension, then renamed: PIL's SPIDER writer registers the
+    # extension it writes to as SPIDER's, and every later .jpg saved would be a SPIDER file
+    written = tmp_path / f"x.{fmt.lower()}"
+    (im.convert("F") if fmt == "SPIDER" else im).save(written, fmt)
+    written.rename(path)
     assert Image.open(path).format == fmt  # (what PIL would have read it as)
     with pytest.raises(UserError) as e:
         load_image(path)
