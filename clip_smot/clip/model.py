@@ -313,15 +313,25 @@ _HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make op
 
 def check_config_file(cfg: object, source: str, prefix: str = "") -> None:
     """:func:`check_model_config` for a config read from a file (a ``--model`` JSON, a prompt's
-    stored config), which may not name a Hugging Face model or tokenizer either: open_clip would
-    load whatever it names (a hub repository, a local folder) and tokenize with it. The models
-    of open_clip's own registry that use one are given by name."""
+    stored config), which may not name anything to load either: a Hugging Face model or
+    tokenizer (open_clip would load whatever it names, a hub repository or a local folder, and
+    tokenize with it), a timm tower's pretrained weights, or a timm model by a hub or folder
+    name (``hf-hub:...``, ``local-dir:...``). The models of open_clip's own registry that use
+    one are given by name."""
     check_model_config(cfg, source, prefix)
     named = [k for k in _HF_NAMES if cfg["text_cfg"].get(k)]
     if named:
         raise UserError(f"{source}: {prefix}text_cfg.{named[0]} names a Hugging Face "
                         f"{named[0].split('_')[1]} ({_shown(cfg['text_cfg'][named[0]])}), which a config file may "
                         "not (open_clip would load what it names); give such a model by its open_clip name")
+    vision = cfg["vision_cfg"]
+    timm_name = vision.get("timm_model_name")
+    if vision.get("timm_model_pretrained") or (timm_name is not None and (
+            not isinstance(timm_name, str) or ":" in timm_name or "/" in timm_name or "\\" in timm_name)):
+        key = "timm_model_pretrained" if vision.get("timm_model_pretrained") else "timm_model_name"
+        raise UserError(f"{source}: {prefix}vision_cfg.{key} {_shown(vision[key])}: a config file may name a timm "
+                        "architecture, not weights to load or a hub or folder name; give such a model by its "
+                        "open_clip name")
 
 
 def _estimated_size(cfg: dict) -> int:

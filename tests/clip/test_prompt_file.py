@@ -181,7 +181,8 @@ def test_written_files_get_an_ordinary_mode(tmp_path):
 def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp_path, key):
     """A prompt whose stored text_cfg named hf_tokenizer_name made open_clip's get_tokenizer load
     the tokenizer it named (a hub repository, a local folder; here a traceback, transformers being
-    absent). A prompt's config, and a --model JSON, may not name one; open_clip's own registered
+    absent). A prompt's config, and a --model JSON, may not name one, nor a timm tower's weights
+    or a timm model by a hub or folder name (timm fetched those); open_clip's own registered
     models that use one (SigLIP's tokenizer) still pass the shape check by name."""
     import open_clip
 
@@ -196,6 +197,11 @@ def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp
     (tmp_path / "m.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=rf"^--model {tmp_path / 'm.json'}: text_cfg.{key} names a Hugging Face"):
         load_clip(str(tmp_path / "m.json"), pretrained=None)
+    for vision in ({"timm_model_name": "hf-hub:someone/evil"}, {"timm_model_name": "local-dir:/tmp/x"},
+                   {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": True}):
+        (tmp_path / "t.json").write_text(json.dumps({"embed_dim": 32, "vision_cfg": vision, "text_cfg": {}}))
+        with pytest.raises(UserError, match=rf"^--model {tmp_path / 't.json'}: vision_cfg.timm_model_"):
+            load_clip(str(tmp_path / "t.json"), pretrained=None)
     siglip = open_clip.get_model_config("ViT-B-16-SigLIP")
     assert siglip["text_cfg"].get("hf_tokenizer_name")
     check_model_config(siglip, "--model ViT-B-16-SigLIP")  # (a name of open_clip's registry: no error)
