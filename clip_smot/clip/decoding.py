@@ -40,10 +40,10 @@ def strip_square(im, settings: dict):
 
     PIL resizes in two passes, the width first; here each pass is one PIL resize of one axis
     (a pass along the strip takes a box: only the crop's part of the output), with the whole
-    image's sampling grid and filter, so the pixels are the whole image's (the tests compare
-    them; an image with alpha can differ by rounding, as PIL premultiplies in each call). Only
-    for the shortest-side resize to a square (open_clip's default); the transform then leaves
-    the square as it is.
+    image's sampling grid and filter, so the pixels are the whole image's within a few levels
+    (PIL may take the axes in the other order; with alpha, a palette or 1 bit, single pixels can
+    differ fully: docs/score.md). Only for the shortest-side resize to a square (open_clip's
+    default); the transform then leaves the square as it is.
 
     Args:
         im: a decoded PIL image.
@@ -59,6 +59,9 @@ def strip_square(im, settings: dict):
     if (max(w, h) <= ti.STRIP * min(w, h) or settings["resize_mode"] != "shortest" or resample is None
             or settings["size"] not in (size, [size, size])):
         return im
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(im.mode)
+    if premultiplied:  # (PIL resizes these with their colours premultiplied by alpha, both passes in one call)
+        return strip_square(im.convert(premultiplied), settings).convert(im.mode)
     nh, nw = ti.shorter_side_size(h, w, size)  # torchvision's Resize(size), then CenterCrop(size)
     if w > h:  # the width pass along the strip, only the crop's columns; then the height pass
         sx, left = w / nw, int(round((nw - size) / 2.0))

@@ -34,7 +34,7 @@ from PIL import Image
 
 from clip_smot import scores as S
 from clip_smot.clip import model as cm
-from clip_smot.clip.decoding import resolve_decode
+from clip_smot.clip.decoding import resolve_decode, strip_square
 from clip_smot.clip.features import (
     ImageFeatures,
     encode_files,
@@ -424,9 +424,9 @@ class PromptScorer:
         names = parse_scores(scores)
         self.check_scores(names)
         if not torch.is_tensor(images):
-            transform = cm.image_preprocess(self.clip)
+            transform, settings = cm.image_preprocess(self.clip), cm.preprocess_settings(self.clip)
             # as files are read: open_clip's transform converts to RGB itself, after resizing
-            images = torch.stack([transform(eight_bit(im)) for im in images])  # [B, 3, S, S]
+            images = torch.stack([transform(strip_square(eight_bit(im), settings)) for im in images])  # [B, 3, S, S]
         with torch.inference_mode():
             g, l = normalized_features(self.clip, images.to(self.device), "gl-mcm" in names,
                                        self.precision)  # [B, e], [B, P, e]

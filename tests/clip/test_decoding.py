@@ -268,6 +268,14 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
         assert square.size == (224, 224)
         levels = (transform(im) - transform(square)).abs() * std * 255
         assert levels.max() <= 3 + 1e-3 and levels.mean() < 0.2, (w, h, levels.max(), levels.mean())
+    # other modes: grey, CMYK and 16-bit grey (scaled to 8 bits first) as RGB; with alpha, palette or
+    # 1 bit, pixels can differ fully (a colour under near-zero alpha is unstable under rounding, and
+    # PIL samples those nearest-neighbour), but on average by under one level
+    for mode in ("L", "CMYK", "RGBA", "LA", "P", "1"):
+        for w, h in [(5000, 40), (250, 4100)]:
+            im = _smooth(w, h, seed=1).convert(mode)
+            levels = (transform(im) - transform(decoding.strip_square(im, settings))).abs() * std * 255
+            assert levels.mean() < 1 and (mode not in ("L", "CMYK") or levels.max() <= 3 + 1e-3), (mode, w, h)
     for w, h in [(224 * 16, 224), (100, 1600), (640, 480)]:  # at most 16 times as long: not strips
         im = _smooth(w, h)
         assert decoding.strip_square(im, settings) is im
@@ -293,6 +301,11 @@ def test_a_strip_is_scored_from_its_square_and_never_goes_to_the_tensor_path(tmp
     x, error = decoding.ImageFiles([str(tmp_path / "strip.png")], recording, settings)[0]
     size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
     assert error == "" and seen == [(size, size)] and x.shape == (3, size, size)
+    from clip_smot.clip.scorer import PromptScorer  # (PIL images given to score: as the file is read)
+
+    scorer = PromptScorer(tiny, torch.nn.functional.normalize(torch.randn(2, 32), dim=-1), ["a", "b"])
+    torch.testing.assert_close(scorer.score([Image.open(tmp_path / "strip.png")], ["mcm"])["mcm"],
+                               scorer.score(x[None], ["mcm"])["mcm"])
     _smooth(17 * 60, 60).save(tmp_path / "strip.jpg", quality=95)
     _smooth(16 * 60, 60).save(tmp_path / "wide.jpg", quality=95)
     data = (tmp_path / "strip.jpg").read_bytes()
