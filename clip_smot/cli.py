@@ -345,6 +345,11 @@ def main() -> None:
     """Console-script entry point."""
     # torch's advice when --workers exceeds the CPU count is noise before a one-line result or error
     warnings.filterwarnings("ignore", message="This DataLoader will create")
+    # PIL's two-line warning for an image between its pixel limit and twice it (which decodes; one
+    # beyond is refused in one line): set here, for every thread and worker, not per image
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     cli(prog_name="clip-smot")
 
 

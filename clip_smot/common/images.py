@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -178,8 +177,9 @@ def eight_bit(im: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
     a = np.asarray(im)  # [H, W] uint16 (I;16) or int32 (I)
     if im.mode.startswith("I;16") or a.max() > 255:
-        # 0..65535 -> 0..255 as round(a / 257), in integers (257 is odd: no ties), in place: 7 bytes
-        # a pixel where float64 took 33 (a 13,000 x 13,000 PNG of 360 KB held 4.8 GB)
+        # 0..65535 -> 0..255 as round(a / 257), in integers (257 is odd: no ties), in place: about
+        # 9 bytes a pixel (12 for 32-bit 'I') where float64 took 33 (a 13,000 x 13,000 PNG of
+        # 360 KB held 4.8 GB)
         a = np.clip(a, 0, 65535).astype(np.int32)
         a += 128
         a //= 257
@@ -200,14 +200,10 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
     import io
 
     try:
-        # (PIL warns of an image between its pixel limit and twice it, over two lines of stderr,
-        # and refuses it beyond: the refusal is the one that says something)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
-                im.load()  # decode now: a truncated JPEG fails here, not later in a worker
-                im = eight_bit(im)
-                return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
+        with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
+            im.load()  # decode now: a truncated JPEG fails here, not later in a worker
+            im = eight_bit(im)
+            return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except UnidentifiedImageError:  # (PIL's message names a bytes buffer by its address: the path says more)
@@ -215,6 +211,8 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
                         "PPM/PGM image)") from None
     except Image.DecompressionBombError as e:  # not an OSError: PIL refuses images over ~179 MP
         raise UserError(f"{path}: image too large to decode ({e})") from None
+    except MemoryError:
+        raise UserError(f"{path}: image too large to decode (out of memory)") from None
     except Exception as e:  # (damaged files make PIL's readers raise TypeError, AttributeError, ... too)
         raise UserError(f"{path}: unreadable or truncated image ({first_line(e) or type(e).__name__})") from None
 

@@ -27,11 +27,38 @@ def test_truncated_and_oversized_images_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice this: a decompression bomb
     with pytest.raises(UserError, match="good.png: image too large"):
         load_image(good)
-    # between the limit and twice it PIL warns, over two lines of stderr: the image reads, and nothing is said
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # between the limit and twice it: it reads
+    with warnings.catch_warnings(record=True):
         assert load_image(good).size == (64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+
+    def no_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "load", no_memory)
+    with pytest.raises(UserError, match="good.png: image too large to decode \\(out of memory\\)"):
+        load_image(good)
+
+
+def test_the_command_line_silences_pils_warning_below_its_refusal(monkeypatch):
+    """An image between PIL's pixel limit and twice it decodes, with a DecompressionBombWarning
+    over two lines of stderr beside the run's own lines (beyond twice, it is refused in one
+    line): the console entry point ignores that warning, for every thread and worker."""
+    import clip_smot.cli as cli_module
+
+    seen = []
+
+    def run(prog_name):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("Image size (90000000 pixels) exceeds limit", Image.DecompressionBombWarning)
+            warnings.warn("another", UserWarning)
+        seen.extend(str(w.message) for w in caught)
+
+    monkeypatch.setattr(cli_module, "cli", run)
+    with warnings.catch_warnings():  # (main's filters undone after)
+        warnings.simplefilter("always")
+        cli_module.main()
+    assert seen == ["another"]
 
 
 @pytest.mark.parametrize("fmt", ["EPS", "DDS", "SPIDER", "ICO", "PCX"])
