@@ -448,9 +448,10 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
+    n_ctx_given = "n_ctx" in (set(flags) if flags is not None else rf.explicit_fields(cfg))  # (before a resume merges)
     cfg, saved, device = _resolve(cfg, flags)
     out = Path(cfg.out)
-    inputs = _load_inputs(cfg, device, "n_ctx" in (set(flags) if flags is not None else rf.explicit_fields(cfg)))
+    inputs = _load_inputs(cfg, device, n_ctx_given)
     if saved is not None:
         _check_resumed_files(saved, inputs.config, out / rf.CHECKPOINT)
         if rf.finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):

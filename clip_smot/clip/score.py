@@ -199,6 +199,9 @@ def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
     now = json.loads(run)
     differ = [k for k in ("prompt_sha256", "model", "precision", "decoder")
               if not isinstance(stored, dict) or stored.get(k) != now[k]]
+    if differ == ["decoder"] and "decoder" not in stored:  # (None, PIL's, is no record of nvJPEG's rows)
+        raise UserError(f"--resume: {run_file} was written by an earlier clip-smot, which did not record the "
+                        f"decoder of {partial}'s rows; run without --resume")
     if differ:
         what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision",
                 "decoder": "decoder (--decode)"}

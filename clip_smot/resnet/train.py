@@ -473,7 +473,11 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
         if rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
-            return parse_json((out / "summary.json").read_text())
+            try:
+                return parse_json((out / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
+                raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
+                                f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
     device, precision = _device(cfg, local_rank, world)
     cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)

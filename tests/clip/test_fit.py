@@ -29,7 +29,7 @@ from clip_smot.clip.fewshot import (
     read_split,
     resolve_classes,
 )
-from clip_smot.clip.fit import FitConfig, lr_factor
+from clip_smot.clip.fit import FitConfig, lr_factor, run_fit
 from clip_smot.clip.model import load_clip
 from clip_smot.clip.prompt import PromptLearner
 from clip_smot.clip.prompt_file import load_prompt
@@ -660,6 +660,16 @@ def test_ctx_init_sets_the_recorded_n_ctx_and_an_old_record_resumes(fit_args, tm
     res = CliRunner().invoke(cli, args(tmp_path / "old", "--resume"))
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "old" / "config.json").read_text())["n_ctx"] == 4
+    # through the Python API (no flags: those not at their default count as given), an old record of
+    # another n_ctx resumes too: whether --n-ctx was given is read before the record is merged in
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
+    assert isinstance(CliRunner().invoke(cli, args(tmp_path / "api")).exception, RuntimeError)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    ckpt = torch.load(tmp_path / "api" / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["n_ctx"] = 8
+    torch.save(ckpt, tmp_path / "api" / "checkpoint.pt")
+    run_fit(FitConfig(out=str(tmp_path / "api"), resume=True, workers=0))
+    assert json.loads((tmp_path / "api" / "config.json").read_text())["n_ctx"] == 4
 
 
 def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):

@@ -874,6 +874,18 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
         res = score(*args)
         assert res.exit_code == code, res.output
         assert code == 0 or f"{partial} was scored with another decoder (--decode); give the same" in res.output
+    # a run file of before the key, and rows of another decoder than PIL's (nvJPEG's, here made up by
+    # patching the identity): not "another decoder", which may be untrue, but "an earlier clip-smot"
+    from clip_smot.clip import score as score_module
+
+    real_identity = score_module.decoder_identity
+    monkeypatch.setattr(score_module, "decoder_identity", lambda decode, device: "jpeg-cuda torchvision 0.29.1")
+    partial.write_text("".join(whole[:3]))
+    (tmp_path / "s.csv.partial.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "decoder"}))
+    res = score(*args)
+    assert res.exit_code == 1 and "was written by an earlier clip-smot, which did not record the decoder" in res.output
+    monkeypatch.setattr(score_module, "decoder_identity", real_identity)
+    (tmp_path / "s.csv.partial.json").unlink()
     partial.write_text("".join(whole[:3]))  # (no file saying what it was scored with)
     res = score(*args)
     assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output

@@ -220,6 +220,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, t
     summary = run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
     assert summary == json.loads((tmp_path / "b" / "summary.json").read_text())
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()} == files
+    (tmp_path / "b" / "summary.json").write_text("[" * 100_000)  # damaged: one line, not a traceback
+    with pytest.raises(UserError, match=r"summary.json, the finished run's summary, cannot be read"):
+        run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
 
 
 def test_lr_schedules():
