@@ -28,7 +28,7 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_write_text, make_folder, parse_json
+from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, parse_json
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -39,6 +39,8 @@ OOD_FOLDERS = {"iNaturalist": ("iNaturalist",), "SUN": ("SUN",), "Places": ("Pla
                "Textures": ("Textures", "dtd/images", "dtd"), "iSUN": ("iSUN",), "LSUN": ("LSUN",)}
 CLIP_POSTHOC = "mcm,msp,odin,energy,gradnorm,vim,knn"  # Table 8's post-hoc rows, on the CoOp prompt
 FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "metrics.json"}
+RECORD = "reproduce.json"  # in each stage's folder: the command line that made it
+_RUN_CONTROL = ("--device", "--workers", "--out")  # where a stage runs, not what it computes
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,45 @@ class Stage:
 
     def resumable(self, out: str | Path) -> bool:
         return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
+
+    def identity(self) -> list[str]:
+        """The command line as two runs of reproduce compare it: without the run-control flags."""
+        kept, skip = [], False
+        for word in self.argv:
+            if skip:  # (the value of a run-control flag)
+                skip = False
+            elif word in _RUN_CONTROL:
+                skip = True
+            else:
+                kept.append(word)
+        return kept
+
+    def check_record(self, out: str | Path) -> None:
+        """Raise a UserError when the stage's folder holds work of another command: its record
+        (:data:`RECORD`) names another command line (another table's stage of the same name, other
+        options), or, with no record, a finished or resumable run is there. Skipping it as finished
+        would put that work's numbers in this table."""
+        folder, planned = self.folder(out), self.identity()
+        record = folder / RECORD
+        if is_file(record, "--out"):
+            try:
+                recorded = parse_json(record.read_text(encoding="utf-8"))["argv"]
+                if not (isinstance(recorded, list) and all(isinstance(w, str) for w in recorded)):
+                    raise ValueError("argv is not a list of strings")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
+                                "stage again") from None
+            if recorded != planned:
+                raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "
+                                f"{shlex.join(recorded)}), not this stage's (clip-smot {shlex.join(planned)}): another "
+                                f"table's or other options; give another --out, or remove {folder}")
+        elif self.finished(out) or self.resumable(out):
+            raise UserError(f"reproduce: {folder} holds a {self.command} run with no {RECORD} saying which command "
+                            f"made it; give another --out, or remove {folder} to run the stage again")
+
+    def write_record(self, out: str | Path) -> None:
+        make_folder(self.folder(out))
+        atomic_write_text(json_text({"argv": self.identity()}), self.folder(out) / RECORD)
 
 
 @dataclass
@@ -411,6 +452,7 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         make_folder(out)
     for stage in p.stages:
         argv = list(stage.argv)
+        stage.check_record(out)
         if stage.finished(out):
             echo(f"# done: clip-smot {shlex.join(argv)}" if dry_run else f"reproduce: {stage.name} is finished; skipped")
             continue
@@ -420,6 +462,7 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
             echo(f"clip-smot {shlex.join(argv)}")
             continue
         echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
+        stage.write_record(out)
         run(argv)
     if dry_run:
         return None

@@ -22,6 +22,7 @@ from helpers import (
 from PIL import Image
 
 from clip_smot.cli import cli
+from clip_smot.common.errors import UserError
 from clip_smot.reproduce import TABLES, ReproduceOptions, paper_table, plan
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
@@ -205,3 +206,37 @@ def test_paper_numbers_file_has_every_table_and_their_averages():
             assert t1[(f"CIFAR-10 {'CE' if row == 'MSP' else 'SMOT'}", s, m)] == v
     t6 = {(r["row"], r["metric"]): float(r["value"]) for r in paper_table("6")}
     assert t6[("ResNet18 SMOT", "id_acc")] == 94.54 and t6[("DenseNet CE", "auroc")] == 89.28
+
+
+def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_path):
+    """Tables 2 and 3 name their stages alike (train-base, eval-base, ...): `reproduce table3` into
+    the --out of a table2 run skipped every stage as finished and wrote CIFAR-10's numbers as
+    Table 3's; a smoke run's 1-epoch models were used by a later full run the same way. Each stage
+    folder now records its command line (reproduce.json, run-control flags left out): a folder of
+    another command, or a finished run with no record, is one line; the same table and options,
+    --workers and --device apart, find their stages finished."""
+    from clip_smot.reproduce import FINAL_FILE, RECORD, run_reproduce
+
+    out = tmp_path / "o"
+
+    def fake(argv):  # a stage that finishes at once
+        folder = Path(argv[argv.index("--out") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / FINAL_FILE[argv[0]]).write_text("{}")
+
+    def options(**kw):
+        return ReproduceOptions(out=str(out), cifar_root=str(tmp_path), ood_root=str(tmp_path), **kw)
+
+    for name in ("cifar-10-batches-py", "Textures", "SVHN", "Places", "LSUN", "iSUN", "LSUN_resize"):
+        (tmp_path / name).mkdir()
+    run_reproduce("table2", options(epochs=1), fake, echo=lambda line: None)  # (their "{}" metrics: empty cells)
+    assert json.loads((out / "train-base" / RECORD).read_text())["argv"][:3] == ["train", "--dataset", "cifar10"]
+    lines = []
+    run_reproduce("table2", options(epochs=1, workers=0, device="cpu"), fake, dry_run=True, echo=lines.append)
+    assert lines and all(line.startswith("# done: ") for line in lines)  # (--workers, --device: run control)
+    for table, kw in (("table3", {"epochs": 1}), ("table2", {"epochs": 2})):
+        with pytest.raises(UserError, match=rf"reproduce: {out / 'train-base'} holds the work of another command"):
+            run_reproduce(table, options(**kw), fake, dry_run=True, echo=lambda line: None)
+    (out / "train-base" / RECORD).unlink()
+    with pytest.raises(UserError, match=rf"reproduce: {out / 'train-base'} holds a train run with no {RECORD}"):
+        run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
