@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, setting
+from clip_smot.common.digits import written_folders
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
     atomic_write_files,
@@ -56,12 +57,14 @@ class EvalConfig(JsonConfig):
     def read_sets(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
         """``(files, folders)`` that the sets' arguments name, as ``check_output`` takes them: the
         image list of each ``--id``, ``--id-train`` and ``--ood`` given as a list (a ``ROOT::LIST``
-        argument is no file: its list file is), and each of them as a folder whose images are read."""
+        argument is no file: its list file is), and each of them as a folder whose images are read;
+        and the bundled digits folders (``digits``, ``photos``, ``textures`` are read from there:
+        an evaluation written inside became a class, or an OOD image, of every later run)."""
         given = {"--id": self.id_data, "--id-train": self.id_train,
                  **{f"--ood {n}": w for n, w in self.ood.items() if w is not None}}
         given = {flag: w for flag, w in given.items() if w is not None}
         return ([(f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items()],
-                [(f"the {flag} folder", w) for flag, w in given.items()])
+                [(f"the {flag} folder", w) for flag, w in given.items()] + written_folders())
 
 
 def metric_table(

@@ -367,6 +367,16 @@ def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tin
                                                              f"digits folder {train.parent}, whose files are read as "
                                                              "input; write to a place outside it"), res.output
         assert not (train / "zzz").exists()
+    # eval's too: a histogram (an image) written into the photos became an OOD image of later runs
+    (tmp_path / "file").write_text("x")  # (the commands stop before they read it)
+    photos = next((tmp_path / "cache").glob("digits-*")) / "ood" / "photos"
+    for command in (["eval", "--checkpoint", str(tmp_path / "file")], ["eval", "--prompt", str(tmp_path / "file")]):
+        res = CliRunner().invoke(cli, [*command, "--id", "digits", "--ood", "photos", "--device", "cpu", "--out",
+                                       str(photos / "x")])
+        assert res.exit_code == 1 and res.output.strip() == (f"Error: --out {photos / 'x'}: is inside the bundled "
+                                                             f"digits folder {photos.parents[1]}, whose files are "
+                                                             "read as input; write to a place outside it"), res.output
+        assert not (photos / "x").exists()
 
 
 def test_dry_run_writes_nothing(fit_args, tmp_path):
