@@ -54,6 +54,23 @@ def test_cam_uses_top1_when_labels_do_not_match():
     assert zero.abs().sum() == 0
 
 
+def test_a_constant_map_at_the_networks_resolution_masks_nothing():
+    """At 8-pixel inputs a ResNet's last map is 1 x 1: constant, and so a CAM that masks nothing
+    (docs/method.md §1). Upsampled bilinearly it varied by about one ulp, which min-max scaling
+    stretched to 0 .. 255: 144 of 256 digit CAMs masked 13% of their pixels by rounding alone."""
+    model = _one_channel_resnet(channel=7)
+    with torch.no_grad():
+        model.fc.weight[1] = 1.0  # (every channel: a positive map)
+    x = torch.rand(6, 3, 29, 31)
+    inp = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+    assert model.layer4(model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(
+        inp)))))))).sum(1).min() > 0  # [6, 1, 1]: positive, constant maps
+    cam = CAMProvider(model, (0, 0, 0), (1, 1, 1), input_size=8)(x, torch.full((6,), 1))
+    assert cam.shape == (6, 29, 31) and cam.abs().sum() == 0
+    varied = CAMProvider(model, (0, 0, 0), (1, 1, 1), input_size=64)(x, torch.full((6,), 1))  # [2 x 2] maps
+    assert (varied.flatten(1).amax(1) == 255).sum() >= 1
+
+
 def test_normalize_cam():
     cam = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]]])
     out = normalize_cam(cam)
