@@ -281,14 +281,30 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
                     raise ValueError(f"{key} is {theirs[key]!r}, not the run's {value!r}")
             for i, p in zip(theirs["params"], ours["params"]):
                 for name, v in per_param.get(i, {}).items():
-                    if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
-                        raise ValueError(f"{name} has shape {list(v.shape)}, not {list(p.shape)}")
+                    _check_param_state(name, v, p)
         kept = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
         for group, implementation in zip(optimizer.param_groups, kept):
             group.update(implementation)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as e:
         raise UserError(f"{where}: its optimizer state does not fit ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _check_param_state(name: str, v: Any, p: torch.Tensor) -> None:
+    """A ValueError unless the optimizer state ``v`` of parameter ``p`` is None, a step count
+    (``step``: a number or a 0-dim tensor), or a finite float tensor of ``p``'s shape with storage
+    for each value (a 0-dim buffer broadcast wrongly; a repeated one cannot be written in place;
+    a NaN one made the loss NaN, which the run blamed on the lr)."""
+    if v is None:
+        return
+    if name == "step" and (isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.ndim == 0)):
+        return
+    if not isinstance(v, torch.Tensor):
+        raise ValueError(f"{name} is a {type(v).__name__}, not a tensor")
+    if v.shape != p.shape:
+        raise ValueError(f"{name} has shape {list(v.shape)}, not {list(p.shape)}")
+    if not (v.is_floating_point() and holds_its_values(v) and bool(torch.isfinite(v).all())):
+        raise ValueError(f"{name} is not a finite float tensor with a value of its own at each position")
 
 
 _SCHEDULED = ("lr", "initial_lr")  # group options that change as the run goes (the lr schedule's)

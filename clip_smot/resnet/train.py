@@ -79,6 +79,7 @@ from clip_smot.resnet.networks import (
     MAX_INPUT_SIZE,
     NETWORKS,
     build_network,
+    check_finite_weights,
     load_model,
     save_model,
 )
@@ -354,12 +355,13 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)
         raise UserError(f"{where}: its weights do not fit the network ({first_line(e)})") from None
+    check_finite_weights(_inner(model), where)  # (a finished run without summary.json exports them as they are)
     rf.load_optimizer_state(optimizer, ckpt["optimizer"], where)
     try:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         rf.restore_rng(ckpt["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError) as e:
         raise UserError(f"{where}: its loss-scaler or random-number state is damaged ({type(e).__name__}: "
                         f"{first_line(e)})") from None
     return ckpt["epoch"], list(ckpt["log"])

@@ -838,9 +838,22 @@ def _shape(ckpt):
     ckpt["model"]["fc.weight"] = torch.zeros(7, 128)
 
 
-def _momentum(ckpt):
-    first = next(iter(ckpt["optimizer"]["state"]))
-    ckpt["optimizer"]["state"][first]["momentum_buffer"] = torch.zeros(2, 2)
+def _momentum(value):
+    def edit(ckpt):
+        first = next(iter(ckpt["optimizer"]["state"]))
+        shape = ckpt["optimizer"]["state"][first]["momentum_buffer"].shape
+        ckpt["optimizer"]["state"][first]["momentum_buffer"] = value(shape)
+    return edit
+
+
+def _numpy_pos(ckpt):  # numpy's generator state with a position past any integer's size
+    state = list(ckpt["rng"]["numpy"])
+    state[2] = 10**30
+    ckpt["rng"]["numpy"] = tuple(state)
+
+
+def _nan_weight(ckpt):
+    ckpt["model"]["fc.weight"] = torch.full_like(ckpt["model"]["fc.weight"], float("nan"))
 
 
 @pytest.mark.parametrize("edit, expected", [
@@ -856,7 +869,16 @@ def _momentum(ckpt):
     (_edit("config", "logitnorm_tau", -1.0), r"^TrainConfig.logitnorm_tau -1.0: must be > 0$"),
     (_edit("config", "momentum", 2.0), r"^TrainConfig.momentum 2.0: must be in \[0, 1\]$"),
     (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
-    (_momentum, r"its optimizer state does not fit \(ValueError: momentum_buffer has shape \[2, 2\], not "),
+    (_momentum(lambda shape: torch.zeros(2, 2)), r"its optimizer state does not fit \(ValueError: momentum_buffer "
+                                                 r"has shape \[2, 2\], not "),
+    # a 0-dim buffer, a number, one value repeated by zero strides, NaN: each failed at the first step
+    # (a traceback), or, NaN, made the loss NaN, which the run blamed on the lr
+    (_momentum(lambda shape: torch.tensor(0.5)), r"\(ValueError: momentum_buffer has shape \[\], not "),
+    (_momentum(lambda shape: 1.5), r"\(ValueError: momentum_buffer is a float, not a tensor\)"),
+    (_momentum(lambda shape: torch.zeros(1).expand(shape)), r"momentum_buffer is not a finite float tensor with a "),
+    (_momentum(lambda shape: torch.full(shape, float("nan"))), r"momentum_buffer is not a finite float tensor"),
+    (_nan_weight, r"checkpoint.pt: fc.weight holds non-finite numbers$"),  # (a finished run re-exported it)
+    (_numpy_pos, r"its loss-scaler or random-number state is damaged \(OverflowError"),
     (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
                                                               r"momentum is None, not the run's 0.9\)"),
     # options the run's config decides, which an edited state turned into another optimizer
