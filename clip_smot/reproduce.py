@@ -362,7 +362,7 @@ def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
             raise ValueError(f"{metric} is {value!r}")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as e:  # (JSONDecodeError is a ValueError)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, OverflowError) as e:  # (JSONDecodeError is a ValueError)
         raise UserError(f"{path}: not a readable metrics.json of clip-smot eval ({type(e).__name__}: "
                         f"{first_line(e)}); remove it to run its stage again") from None
     return value

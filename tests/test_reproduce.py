@@ -134,7 +134,8 @@ def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_cli
     # traceback while the table was written; it is one line, and removing it runs its stage again
     good = (out / "eval-mcm" / "metrics.json").read_text()
     for damaged, error in (("{", "JSONDecodeError"), ("[]", "AttributeError"),
-                           (good.replace('"auroc": ', '"auroc": "x", "was": ', 1), "ValueError: auroc is 'x'")):
+                           (good.replace('"auroc": ', '"auroc": "x", "was": ', 1), "ValueError: auroc is 'x'"),
+                           (good.replace('"auroc": ', f'"auroc": {10**400}, "was": ', 1), "OverflowError")):
         (out / "eval-mcm" / "metrics.json").write_text(damaged)
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output

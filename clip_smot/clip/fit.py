@@ -236,7 +236,7 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
     sched = saved["scheduler"]
     if not (isinstance(sched, dict) and isinstance(sched.get("last_epoch"), int)
             and isinstance(sched.get("base_lrs"), list) and len(sched["base_lrs"]) == len(optimizer.param_groups)
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in sched["base_lrs"])):
+            and all(isinstance(v, float) and math.isfinite(v) for v in sched["base_lrs"])):  # (an int may be past any float)
         raise UserError(f"{where}: its learning-rate schedule is damaged")
     # the schedule is the config's (--lr, --epochs, the warm-up): a state that says otherwise was edited
     epoch, ours = saved["epoch"], scheduler.base_lrs

@@ -78,8 +78,11 @@ def _problem(value: Any, meta) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be a number"
-    if not math.isfinite(value):
-        return "must be a finite number"
+    try:
+        if not math.isfinite(value):
+            return "must be a finite number"
+    except OverflowError:  # an integer past any float (from a hand-edited file): past any range too
+        return _range_text(meta)
     if (lo is not None and (value <= lo if meta["min_open"] else value < lo)) or (hi is not None and value > hi):
         return _range_text(meta)
     return None

@@ -392,7 +392,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
             "config": parse_json(raw.get("config") or "{}"),
             "path": str(path),
         }
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # (OverflowError: a JSON integer past any float)
         raise UserError(f"{flag} {path}: malformed metadata ({e})") from None
     _check_meta(meta, f"{flag} {path}")
     with torch.device("meta"):  # the architecture's shapes, without allocating its weights

@@ -1261,6 +1261,7 @@ def _momentum_edit(shape):
     (_set("optimizer", "param_groups", 0, "lr", "fast"), r"its optimizer state does not fit \(ValueError: lr is 'fast'\)"),
     (_set("optimizer", "param_groups", []), r"its optimizer state does not fit \(ValueError: 0 parameter groups"),
     (_set("scheduler", "base_lrs", ["x"]), r"its learning-rate schedule is damaged"),
+    (_set("scheduler", "base_lrs", [10**400]), r"its learning-rate schedule is damaged"),  # (was an OverflowError)
     # numbers that were taken as they were (an outside audit: lr 15 in the log of a run of --lr 0.002)
     (_set("scheduler", "base_lrs", [20.0]), r"its learning-rate schedule \(base lr \[20.0\], epoch 1, lr \[\S+\]\) "
                                             r"is not the run's$"),

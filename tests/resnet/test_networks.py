@@ -111,6 +111,7 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     ({"input_size": "4"}, r"input_size 4 in its metadata is outside \[8, 1024\]"),
     ({"std": "[0.5, 0.0, 0.5]"}, "mean and std: three finite numbers each, std > 0"),
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
+    ({"mean": f"[{10**400}, 0.1, 0.1]"}, "malformed metadata"),  # (float() of it: an OverflowError traceback)
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
     ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
     ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
