@@ -335,8 +335,10 @@ def _check_saved(ckpt: dict) -> None:
     epochs = ckpt["config"].get("epochs")
     if isinstance(epochs, int) and ckpt["epoch"] > epochs:  # (an edited epoch: the run would export as finished)
         raise ValueError(f"epoch is {ckpt['epoch']}, past the run's {epochs} epochs")
-    if not isinstance(ckpt["log"], list) or not all(isinstance(e, dict) for e in ckpt["log"]):
-        raise ValueError("log is not a list of epoch records")
+    if not isinstance(ckpt["log"], list) or not all(
+            isinstance(e, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))
+                                        for k, v in e.items()) for e in ckpt["log"]):
+        raise ValueError("log is not a list of epoch records")  # (of plain values: it is written to log.jsonl)
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         raise ValueError("model is not a state dict")
     if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["rng"], dict):

@@ -860,6 +860,7 @@ def _nan_weight(ckpt):
     (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
     (_edit("epoch", 99), r"\(ValueError: epoch is 99, past the run's 2 epochs\)"),  # (was exported as finished)
     (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
+    (_edit("log", [{"epoch": 1, "loss": torch.tensor(1.0)}]), r"\(ValueError: log is not a list of epoch records"),
     (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
     (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
     (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
