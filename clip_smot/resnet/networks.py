@@ -382,7 +382,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         meta = {
             "arch": raw["arch"],
             "num_classes": int(raw["num_classes"]),
-            "classnames": list(parse_json(raw["classnames"])),
+            "classnames": _json_list(raw["classnames"], "classnames"),  # (list() of a string: its letters)
             "input_size": int(raw["input_size"]),
             "mean": [float(v) for v in parse_json(raw["mean"])],
             "std": [float(v) for v in parse_json(raw["std"])],
@@ -412,6 +412,13 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
     check_finite_weights(model, f"{flag} {path}")
     return model.to(device).eval(), meta
+
+
+def _json_list(text: str, key: str) -> list:
+    value = parse_json(text)
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a JSON list")
+    return value
 
 
 def check_finite_weights(model: nn.Module, where: str) -> None:

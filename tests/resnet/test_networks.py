@@ -113,6 +113,7 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
     ({"mean": f"[{10**400}, 0.1, 0.1]"}, "malformed metadata"),  # (float() of it: an OverflowError traceback)
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
+    ({"classnames": '"abc"'}, r"malformed metadata \(classnames is not a JSON list\)"),  # (was read as a, b, c)
     ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
     ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
     ({"config": '{"dataset": 10}'}, "config: a JSON object whose dataset and data are strings"),
