@@ -25,7 +25,7 @@ from clip_smot.clip.prompt_file import load_prompt
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
-from clip_smot.common.distributed import writes_outputs
+from clip_smot.common.distributed import every_rank, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_write_text, check_output, make_folder, parse_json, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
@@ -110,13 +110,15 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                      sort_keys=True)  # ("decoder": None for PIL's, as before the key was written)
     if done:
         _check_run_file(run_file, run, partial)
+    every_rank(None)  # (under torchrun: every process has read OUT.partial before rank 0 changes it)
     if writer:
         _start_partial(partial, header, keep)
         atomic_write_text(run + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
+    chunks = _chunks(cfg.paths, chunk, done)
     with kept_workers():  # (the decoding processes started once, not once a chunk)
-        for files in _chunks(cfg.paths, chunk, done):
+        while files := _next_chunk(chunks):
             result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
                                         cfg.use_cache, decode)
             skipped += result.skipped
@@ -156,6 +158,18 @@ def _chunks(paths: Sequence[str], chunk: int, start: int) -> Iterator[list[Path 
                 yield batch[first:]
             i += len(batch)
         offset += i
+
+
+def _next_chunk(chunks: Iterator[list[Path | str]]) -> list[Path | str]:
+    """The next chunk, or [] at the end; under torchrun every process must agree on which: each
+    lists PATHS itself, and a folder that changed while they did would leave one process with a
+    chunk more, waiting for the others for ever (gloo's 30 minutes)."""
+    files = next(chunks, [])
+    going = every_rank(bool(files))
+    if any(going) and not all(going):
+        raise UserError("PATHS: the processes found other numbers of images (a folder changed while they listed "
+                        "it); run again once PATHS stay as they are")
+    return files
 
 
 def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str]) -> str:

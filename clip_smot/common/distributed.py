@@ -16,9 +16,34 @@ __all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes
 
 
 def torchrun_env() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) outside torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("LOCAL_RANK", "0") or 0), world
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) outside torchrun
+    (a ``RANK`` left in the environment of one process is not read: that process writes).
+
+    Raises:
+        UserError: a variable that is no whole number, a rank outside [0, WORLD_SIZE), or, with
+            WORLD_SIZE > 1, one of what torchrun sets missing (torch.distributed's traceback).
+    """
+    def number(name: str, default: str) -> int:
+        text = os.environ.get(name, "") or default
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"${name} {text!r}: not a whole number (torchrun sets it; unset it outside torchrun)") from None
+
+    world = number("WORLD_SIZE", "1")
+    if world <= 1:
+        if world < 1:
+            raise UserError(f"$WORLD_SIZE {world}: must be 1 or more (torchrun sets it; unset it outside torchrun)")
+        return 0, 0, 1
+    missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"$WORLD_SIZE {world}: ${missing[0]} is not set; run under torchrun, which sets them, or unset "
+                        "WORLD_SIZE")
+    rank, local_rank = number("RANK", "0"), number("LOCAL_RANK", "0")
+    if not (0 <= rank < world and 0 <= local_rank < world):
+        raise UserError(f"$RANK {rank}, $LOCAL_RANK {local_rank}: not in [0, WORLD_SIZE {world}); run under torchrun, "
+                        "which sets them")
+    return rank, local_rank, world
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """score and eval under torchrun: the images shared among processes, rank 0 writing the one
 output, identical to one process's (CPU, gloo)."""
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,12 +54,76 @@ def test_share_work_runs_each_share_once_and_fails_on_every_rank(tmp_path):
         assert result["other"].startswith("the 2 processes were given other lists of 2 images to share")
 
 
+def _chunks_in_process(rank: int, store: str, out: str) -> None:
+    """One of two processes: rank 0 lists one chunk of images, rank 1 two (a file added to a folder
+    between their listings); both must stop at the second, neither wait for the other."""
+    from clip_smot.clip.score import _next_chunk
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    chunks = iter([["a.png"]] if rank == 0 else [["a.png"], ["b.png"]])
+    seen = [_next_chunk(chunks)]
+    try:
+        seen.append(_next_chunk(chunks))
+        error = ""
+    except UserError as e:
+        error = str(e)
+    Path(out, f"{rank}.json").write_text(json.dumps({"seen": seen, "error": error}))
+    torch.distributed.destroy_process_group()
+
+
+def test_processes_that_list_other_numbers_of_chunks_all_stop(tmp_path):
+    """A folder that gained a file between two processes' listings left one with a chunk more:
+    rank 0 finished and waited at the end, rank 1 waited for its chunk's partners, both for gloo's
+    30 minutes. They now agree before each chunk: both stop at once, in one line."""
+    torch.multiprocessing.spawn(_chunks_in_process, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result["seen"] == [["a.png"]] and result["error"].startswith("PATHS: the processes found other numbers")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"WORLD_SIZE": "two"}, "$WORLD_SIZE 'two': not a whole number"),
+    ({"WORLD_SIZE": "0"}, "$WORLD_SIZE 0: must be 1 or more"),
+    ({"WORLD_SIZE": "2"}, "$WORLD_SIZE 2: $RANK is not set; run under torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "$WORLD_SIZE 2: $MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+     "$RANK 5, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),
+    ({"RANK": "1"}, None),  # (one process: the RANK left in its environment is not read; it writes)
+    ({"WORLD_SIZE": "1", "RANK": "3", "LOCAL_RANK": "3"}, None),
+])
+def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
+    """WORLD_SIZE=2 alone was torch.distributed's traceback (RANK expected), WORLD_SIZE=abc int()'s,
+    RANK=5 of 2 waited for ever; RANK=1 in one process dropped the list of skipped images."""
+    from clip_smot.common.distributed import torchrun_env
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if expected is None:
+        assert torchrun_env() == (0, 0, 1)
+        return
+    with pytest.raises(UserError) as e:
+        torchrun_env()
+    assert str(e.value).startswith(expected)
+
+
 def _torchrun_in(cache, monkeypatch, args) -> str:
     """``torchrun --nproc_per_node 2 -m clip_smot ARGS`` with the feature cache in ``cache``."""
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(cache))
     code, _, stderr = _torchrun("-m", "clip_smot", *args)
     assert code == 0, stderr[-3000:]
     return stderr
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture()
@@ -81,11 +147,41 @@ def test_score_under_torchrun_writes_the_csv_of_one_process(tmp_path, setup, tin
     stderr = _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--out", str(tmp_path / "two.csv"), *paths])
     assert stderr.count("Skipped 1 unreadable image(s):") == 1 and stderr.count("broken.png") == 1, stderr
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
-    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one.csv"), *paths])
+    with _threads(1):  # (as torchrun's processes: a feature's last digits can depend on the thread count)
+        res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one.csv"), *paths])
     assert res.exit_code == 0, res.output
     one = (tmp_path / "one.csv").read_bytes()
     assert one.count(b"\n") == 1 + 19 and (tmp_path / "two.csv").read_bytes() == one
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv") == ["one.csv", "two.csv"]
+
+
+def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
+    """A run stopped between its last append and the rename leaves an OUT.partial of every row.
+    Resumed under torchrun, rank 0 had nothing left to score, renamed it and removed the run file
+    while rank 1 still read them: exit 1 ("is missing or damaged", or a gloo traceback) in 3 runs
+    of 4, the CSV written. Every process now reads them before rank 0 changes anything."""
+    import clip_smot.clip.score as score_module
+
+    prompt, id_dir, ood_dir = setup
+    out = tmp_path / "s.csv"
+    args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores", "mcm,energy",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), str(id_dir), str(ood_dir)]
+
+    real_replace = os.replace
+
+    def stopped(src, dst):  # (the final rename of OUT.partial to OUT; the others as they are)
+        if str(dst) == str(out):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
+    with monkeypatch.context() as m:
+        m.setattr(score_module.os, "replace", stopped)
+        CliRunner().invoke(cli, args)
+    whole = (tmp_path / "s.csv.partial").read_bytes()
+    assert whole.count(b"\n") == 1 + 19 and (tmp_path / "s.csv.partial.json").exists() and not out.exists()
+    _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--resume"])
+    assert out.read_bytes() == whole and not (tmp_path / "s.csv.partial").exists()
 
 
 def test_eval_under_torchrun_gives_the_metrics_of_one_process(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
@@ -98,7 +194,8 @@ def test_eval_under_torchrun_gives_the_metrics_of_one_process(tmp_path, setup, t
             "--workers", "0", "--device", "cpu"]
     _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--out", str(tmp_path / "two")])
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
-    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one")])
+    with _threads(1):
+        res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "one")])
     assert res.exit_code == 0, res.output
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert one["id_train"]["n_images"] == two["id_train"]["n_images"] == 51
