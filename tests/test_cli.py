@@ -90,7 +90,9 @@ def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch
     torchrun each process would do all of it (on the same GPU, into the same files). One line,
     nothing written. (score and eval --prompt/--zero-shot share it: tests/common/test_distributed.py.)"""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):  # (what torchrun sets)
+        monkeypatch.setenv(name, value)
     for argv, what in ((["fit", "--out", "f"], "fit"),
                        (["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", "e"],
                         "eval --checkpoint"),
