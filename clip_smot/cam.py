@@ -99,7 +99,9 @@ class CAMProvider:
             y = logits.argmax(dim=-1)
         w = fc.weight.float()[y.to(dev).long()]  # [B, C]
         cam = torch.einsum("bc,bchw->bhw", w, feats).relu()  # [B, h, w]
-        low = cam.flatten(1)  # a constant map (a 1 x 1 one, at 8-pixel inputs) is flat, and masks nothing:
-        flat = low.amax(dim=1) == low.amin(dim=1)  # [B] (upsampled, it varies by rounding, ~1e-7, which
+        # a map constant at the network's resolution (1 x 1 at 8-pixel inputs) masks nothing; upsampled,
+        # it varies by rounding (~1e-7), which min-max scaling would stretch to 0 .. 255
+        low = cam.flatten(1)  # [B, h * w]
+        flat = low.amax(dim=1) == low.amin(dim=1)  # [B]
         cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # [B, H, W]
-        return normalize_cam(cam).masked_fill(flat[:, None, None], 0.0)  # min-max scaling would make 0 .. 255)
+        return normalize_cam(cam).masked_fill(flat[:, None, None], 0.0)

@@ -27,11 +27,27 @@ from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
 from clip_smot.common.workers import started
 
-__all__ = ["DECODE_CHOICES", "DECODERS", "strip_square", "resolve_decode", "tensor_preprocess", "decoder_identity", "image_batches",
-           "kept_workers"]
+__all__ = ["DECODE_CHOICES", "DECODERS", "strip_square", "resolve_decode", "tensor_preprocess", "decoder_identity",
+           "image_batches", "kept_workers"]
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = jpeg on CUDA
 DECODERS = ("pil", "jpeg")  # what resolve_decode returns and the decoding functions take
+
+
+def _side(settings: dict) -> int:
+    """The (first) side of the preprocessing's output size."""
+    return settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+
+
+def _shortest_square(settings: dict) -> int | None:
+    """The side, when the preprocessing resizes the shorter side (bicubic or bilinear) to a square
+    crop, the geometry that :func:`strip_square` and the tensor path reproduce; else None."""
+    side = _side(settings)
+    if (settings["resize_mode"] != "shortest" or settings["size"] not in (side, [side, side])
+            or settings["interpolation"] not in ("bicubic", "bilinear")):
+        return None
+    return side
+
 
 def strip_square(im, settings: dict):
     """``im``, or for a strip its centre square as open_clip's evaluation transform makes it, from
@@ -54,11 +70,10 @@ def strip_square(im, settings: dict):
     from PIL import Image
 
     w, h = im.size
-    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}.get(settings["interpolation"])
-    if (max(w, h) <= ti.STRIP * min(w, h) or settings["resize_mode"] != "shortest" or resample is None
-            or settings["size"] not in (size, [size, size])):
+    size = _shortest_square(settings)
+    if not ti.is_strip(w, h) or size is None:
         return im
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[settings["interpolation"]]
     premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(im.mode)
     if premultiplied:  # (PIL resizes these with their colours premultiplied by alpha, both passes in one call)
         return strip_square(im.convert(premultiplied), settings).convert(im.mode)
@@ -87,7 +102,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __init__(self, paths: Sequence[str], transform, settings: dict, jpeg_bytes: bool = False):
         self.paths, self.transform, self.settings, self.jpeg_bytes = list(paths), transform, settings, jpeg_bytes
-        self.size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
+        self.size = _side(settings)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -230,9 +245,8 @@ def tensor_preprocess(settings: dict) -> dict:
     Raises:
         UserError: another resize mode, a non-square size, another interpolation or mode.
     """
-    size = settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
-    if (settings["resize_mode"] != "shortest" or settings["size"] not in (size, [size, size])
-            or settings["interpolation"] not in ("bicubic", "bilinear") or settings["mode"] != "RGB"):
+    size = _shortest_square(settings)
+    if size is None or settings["mode"] != "RGB":
         shown = {k: settings[k] for k in ("resize_mode", "size", "interpolation", "mode")}
         raise UserError(f"--decode gpu: the model preprocesses with {shown}; the GPU decoder does a shortest-side "
                         "bicubic or bilinear resize to an RGB square; give --decode cpu")

@@ -223,11 +223,10 @@ def _square_uint8(path: Path, size: int) -> tuple[torch.Tensor, str]:
 def _jpeg_squares(paths: list[Path], datas: list[bytes], size: int, device: torch.device) -> list[torch.Tensor]:
     """The squares of :func:`_pil_square` on ``device``, JPEGs decoded there with ``decode_jpeg`` (one
     batch; the images of one size resized together, one call a size); other files, JPEGs it cannot
-    read and long strips by PIL."""
+    read and strips (no JPEG for :func:`~clip_smot.common.tensor_images.is_jpeg`) by PIL."""
     jpegs = [i for i, d in enumerate(datas) if ti.is_jpeg(d)]
     decoded = ti.decode_jpegs([torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs], device)
-    whole = {i: image for i, image in zip(jpegs, decoded)
-             if image is not None and not _long_strip(image.shape[-1], image.shape[-2], size)}
+    whole = {i: image for i, image in zip(jpegs, decoded) if image is not None}
 
     def squares(same: torch.Tensor) -> torch.Tensor:  # [m, 3, h, w] of one size -> [m, 3, S, S]
         nw, nh, left, top = _geometry(same.shape[-1], same.shape[-2], size)

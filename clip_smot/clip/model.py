@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_smot.common.device import physical_memory
+from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import parse_json, plain_name, sha256_file
 from clip_smot.common.network import host_reachable
@@ -495,8 +495,7 @@ def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: to
     import open_clip
 
     if not pretrained:
-        with torch.random.fork_rng(devices=[]):  # (the CPU generator only: torch.manual_seed would reseed CUDA's)
-            torch.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
+        with seeded_cpu_rng(RANDOM_WEIGHTS_SEED):
             return open_clip.create_model(name, pretrained=None, device=device, **_activation(cfg))
     quick = _activation(cfg)
     with warnings.catch_warnings():

@@ -57,23 +57,29 @@ def _eot_index(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1)
 
 
+def _words_tokens(tokenize, ctx_init: str) -> tuple[torch.Tensor, int]:
+    """The tokens [1, 77] of the words ``ctx_init`` and their count (between the start and end
+    tokens). Raises a UserError for words with no tokens."""
+    tokens = tokenize([ctx_init])  # [1, 77]
+    n_ctx = int(_eot_index(tokens)[0]) - 1
+    if n_ctx < 1:
+        raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
+    return tokens, n_ctx
+
+
 def ctx_init_length(tokenize, ctx_init: str) -> int:
     """n_ctx of a context initialised from the words ``ctx_init``: their token count.
 
     Raises:
         UserError: words with no tokens.
     """
-    n_ctx = int(_eot_index(tokenize([ctx_init]))[0]) - 1  # (between the start and end tokens)
-    if n_ctx < 1:
-        raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
-    return n_ctx
+    return _words_tokens(tokenize, ctx_init)[1]
 
 
 def _ctx_from_words(tokenize, emb_weight: torch.Tensor, ctx_init: str) -> torch.Tensor:
     """The token embeddings [n_ctx, d] (float32) of the words ``ctx_init``, e.g. "a photo of a"."""
-    n_ctx = ctx_init_length(tokenize, ctx_init)
-    init_tokens = tokenize([ctx_init]).to(emb_weight.device)  # [1, 77]
-    return emb_weight[init_tokens[0, 1 : 1 + n_ctx]].float().clone()  # [n_ctx, d]
+    tokens, n_ctx = _words_tokens(tokenize, ctx_init)
+    return emb_weight[tokens[0, 1 : 1 + n_ctx].to(emb_weight.device)].float().clone()  # [n_ctx, d]
 
 
 def _name_lengths(tokenize, classnames: list[str], n_ctx: int, ctx_init: str | None, L_max: int) -> list[int]:

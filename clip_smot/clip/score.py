@@ -105,15 +105,14 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)
     decode = scorer.decoder(cfg.decode)
-    run = json.dumps({"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(),
-                      "precision": scorer.precision, "decoder": decoder_identity(decode, scorer.device)},
-                     sort_keys=True)  # ("decoder": None for PIL's, as before the key was written)
+    run = {"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(), "precision": scorer.precision,
+           "decoder": decoder_identity(decode, scorer.device)}  # ("decoder": None for PIL's, as before the key was)
     if done:
         _check_run_file(run_file, run, partial)
     every_rank(None)  # (under torchrun: every process has read OUT.partial before rank 0 changes it)
     if writer:
         _start_partial(partial, header, keep)
-        atomic_write_text(run + "\n", run_file)
+        atomic_write_text(json.dumps(run, sort_keys=True) + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
     chunks = _chunks(cfg.paths, chunk, done)
@@ -200,7 +199,12 @@ def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
         atomic_write_text(",".join(header) + "\n", partial)  # (a new file: renamed over a link, not through it)
 
 
-def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
+# what OUT.partial.json records of the rows' scoring, with the flags that choose each
+_RUN_KEYS = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision",
+             "decoder": "decoder (--decode)"}
+
+
+def _check_run_file(run_file: Path, run: dict, partial: Path) -> None:
     """Raise a UserError unless ``run_file`` says that the rows of ``partial`` were scored with the
     prompt (its SHA-256), the model, the precision and the decoder of ``run``."""
     try:
@@ -210,17 +214,13 @@ def _check_run_file(run_file: Path, run: str, partial: Path) -> None:
     except (OSError, ValueError, UnicodeDecodeError):
         raise UserError(f"--resume: {run_file}, which says what {partial} was scored with, is missing or damaged; "
                         "run without --resume") from None
-    now = json.loads(run)
-    differ = [k for k in ("prompt_sha256", "model", "precision", "decoder")
-              if not isinstance(stored, dict) or stored.get(k) != now[k]]
+    differ = [k for k in _RUN_KEYS if not isinstance(stored, dict) or stored.get(k) != run[k]]
     if differ == ["decoder"] and "decoder" not in stored:  # (None, PIL's, is no record of nvJPEG's rows)
         raise UserError(f"--resume: {run_file} was written by an earlier clip-smot, which did not record the "
                         f"decoder of {partial}'s rows; run without --resume")
     if differ:
-        what = {"prompt_sha256": "--prompt", "model": "model (--model, --pretrained)", "precision": "--precision",
-                "decoder": "decoder (--decode)"}
-        raise UserError(f"--resume: {partial} was scored with another {', '.join(what[k] for k in differ)}; give the "
-                        "same, or run without --resume")
+        raise UserError(f"--resume: {partial} was scored with another {', '.join(_RUN_KEYS[k] for k in differ)}; "
+                        "give the same, or run without --resume")
 
 
 def _append(partial: Path, text: str) -> None:

@@ -13,7 +13,7 @@ from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "resolve_precision", "autocast", "seed_everything",
-           "physical_memory"]
+           "seeded_cpu_rng", "physical_memory"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -93,6 +93,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int):
+    """Within it, torch's default CPU generator is seeded with ``seed``; after, it is as it was.
+    For draws that must not depend on (nor move) the caller's: random weights, per-image crops.
+    torch.manual_seed would reseed the CUDA generators too, which fork_rng(devices=[]) does not
+    restore."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def physical_memory() -> int | None:

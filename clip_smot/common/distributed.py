@@ -31,9 +31,9 @@ def torchrun_env() -> tuple[int, int, int]:
             raise UserError(f"${name} {text!r}: not a whole number (torchrun sets it; unset it outside torchrun)") from None
 
     world = number("WORLD_SIZE", "1")
-    if world <= 1:
-        if world < 1:
-            raise UserError(f"$WORLD_SIZE {world}: must be 1 or more (torchrun sets it; unset it outside torchrun)")
+    if world < 1:
+        raise UserError(f"$WORLD_SIZE {world}: must be 1 or more (torchrun sets it; unset it outside torchrun)")
+    if world == 1:
         return 0, 0, 1
     missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:

@@ -154,7 +154,8 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         if folder is not None and os.path.isdir(folder) and _within(out, folder):
             raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files are read as input; "
                             "write to a place outside it")
-    if writes is None and not own and os.path.islink(out):  # (/dev/stdout is one: the finished file is renamed over the link)
+    # (/dev/stdout is a link: the finished file, written beside it, would be renamed over the link)
+    if writes is None and not own and os.path.islink(out):
         raise UserError(f"{flag} {out}: is a symbolic link, which the written file would replace (not the file it "
                         "points to); give a path that is not a link")
 

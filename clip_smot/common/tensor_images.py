@@ -16,7 +16,16 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["STRIP", "is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+__all__ = ["STRIP", "is_strip", "is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+
+
+STRIP = 16  # an image with a side over 16 times the other is a strip
+
+
+def is_strip(w: int, h: int) -> bool:
+    """Whether a w x h image is a strip: a side over :data:`STRIP` times the other. Resized whole
+    by its shorter side, it would hold over 16 output squares (a 3,000,000 x 1 PNG: GBs)."""
+    return max(w, h) > STRIP * min(w, h)
 
 
 def is_jpeg(data: bytes | memoryview) -> bool:
@@ -32,11 +41,8 @@ def is_jpeg(data: bytes | memoryview) -> bool:
     from PIL import Image
 
     size = _frame_size(data)
-    return (size is not None and max(size) <= STRIP * min(size)
+    return (size is not None and not is_strip(*size)
             and (Image.MAX_IMAGE_PIXELS is None or size[0] * size[1] <= 2 * Image.MAX_IMAGE_PIXELS))
-
-
-STRIP = 16  # an image with a side over 16 times the other is a strip (is_jpeg)
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers (not DHT, JPG, DAC)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD, imagenet200_wnids
-from clip_smot.common.device import physical_memory
+from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import file_lock, is_folder
 from clip_smot.common.image_sets import image_set
@@ -459,10 +459,7 @@ class _FileDataset(torch.utils.data.Dataset):
         if self.seed is None:
             img = self.transform(img)
         else:
-            # torchvision's transforms draw from the global CPU generator (torch.manual_seed would
-            # reseed the CUDA generators too, which fork_rng(devices=[]) does not restore)
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, i, 1))
+            with seeded_cpu_rng(mix_seed(self.seed, self.epoch, i, 1)):  # (torchvision draws from the CPU one)
                 img = self.transform(img)
         return TF.pil_to_tensor(img), self.labels[i], ""  # uint8 [3, S, S]
 
