@@ -87,8 +87,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
     optional, -1 without), read one line at a time: memory does not grow with the list.
 
     Raises:
-        UserError: a missing or binary list, a missing root, a malformed line, a listed file that
-            does not exist (when the reading reaches it); a list naming no images (at its end).
+        UserError: a missing or binary list, a missing root, a malformed line, a path that leaves
+            the root (absolute, or with ``..``), a listed file that does not exist (when the reading
+            reaches it); a list naming no images (at its end).
     """
     list_file, root = Path(list_file), Path(root)
     lines = text_lines(list_file, flag, "'relative/path label'", what="image-list file")
@@ -102,6 +103,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         label = label_number(parts[1]) if len(parts) == 2 else -1
         if len(parts) > 2 or label is None:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        if parts[0].startswith("/") or ".." in parts[0].split("/"):  # (a list names files in its root only)
+            raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (absolute, or with '..')")
         path = root / parts[0]
         st = path_stat(path, f"{flag} {list_file}:{n}:")
         if st is None or not stat.S_ISREG(st.st_mode):

@@ -1,5 +1,6 @@
 """clip_smot.common.images: image loading errors as one line naming the file; listing and path escapes."""
 
+import re
 import warnings
 
 import pytest
@@ -275,3 +276,17 @@ def test_an_image_list_is_read_a_line_at_a_time(tmp_path):
     (tmp_path / "list.txt").write_text("folder.png\n")
     with pytest.raises(UserError, match=r"folder.png is not a regular file \(a folder, FIFO or device\)$"):
         read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+
+
+@pytest.mark.parametrize("line", ["/etc/x.png", "../outside.png", "sub/../../outside.png"])
+def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
+    """A list is a file someone else wrote: an absolute path or a ``..`` that climbs out of the
+    root stops the reading at its line (as a split file does), before the file is looked at."""
+    from clip_smot.common.image_sets import read_image_list
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    (root / "list.txt").write_text(f"# header\n{line} 3\n")
+    with pytest.raises(UserError, match=rf"^PATH {root / 'list.txt'}:2: {re.escape(line)} leaves the image root"):
+        read_image_list(root / "list.txt", root, "PATH")
