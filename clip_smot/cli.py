@@ -94,14 +94,14 @@ class _Group(click.Group):
                 raise _interrupted() from None
             raise
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        name, cmd, rest = super().resolve_command(ctx, args)
-        if cmd is not None and cmd.name not in _SHARED:
-            _refuse_torchrun(cmd.name)
-        return name, cmd, rest
 
+class _OneProcess(click.Command):
+    """A command that does not share its work among torchrun's processes (fit, export,
+    reproduce): refused under torchrun once its flags are parsed, so ``--help`` still answers."""
 
-_SHARED = ("train", "score", "eval")  # the commands that share their work among torchrun's processes
+    def invoke(self, ctx: click.Context):
+        _refuse_torchrun(self.name)
+        return super().invoke(ctx)
 
 
 def _refuse_torchrun(what: str) -> None:
@@ -188,7 +188,7 @@ def _given(options: dict, dest: dict[str, str] | None = None) -> set[str]:
     return {name for name in options if source((dest or {}).get(name, name)) not in (None, ParameterSource.DEFAULT)}
 
 
-@cli.command()
+@cli.command(cls=_OneProcess)
 @_options(FitConfig, "data", "shots", "split", "seed", "out", "model", "pretrained", "cam_model", "n_ctx", "ctx_init",
           "csc", "class_position", "loss", "alpha", "beta", "lam", "T", "perturb", "sigma", "epochs", "batch_size",
           "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision", "device", "cuda_graph",
@@ -308,7 +308,7 @@ def train(resume, dry_run, compile_, **options) -> None:
         raise _interrupted(None if dry_run else cfg.out) from None
 
 
-@cli.command()
+@cli.command(cls=_OneProcess)
 @_options(ExportConfig, "checkpoint", "out", "model", "pretrained", "device")
 def export(**options) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
@@ -327,7 +327,7 @@ def _run_stage(argv: list[str]) -> None:
         raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
 
 
-@cli.command()
+@cli.command(cls=_OneProcess)
 @click.argument("table", type=click.Choice(list(TABLES)))
 @_options(ReproduceOptions, *(f.name for f in dataclasses.fields(ReproduceOptions)))
 @click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")

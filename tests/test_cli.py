@@ -102,6 +102,9 @@ def test_under_torchrun_only_train_score_and_clip_eval_run(tmp_path, monkeypatch
                                                  "only train, score and eval --prompt/--zero-shot share the work: "
                                                  "run it without torchrun\n"), r.output
     assert list(tmp_path.iterdir()) == []
+    for name in ("fit", "export", "reproduce", "train"):  # (--help was refused too)
+        r = CliRunner().invoke(cli, [name, "--help"])
+        assert r.exit_code == 0 and r.output.startswith(f"Usage: cli {name} [OPTIONS]"), r.output
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert "runs in one process" not in CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"]).output
 
