@@ -34,6 +34,7 @@ from clip_smot.common.distributed import writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, json_text
 from clip_smot.common.image_sets import (
+    check_apart,
     folder_classnames,
     id_class_folders,
     id_set,
@@ -194,6 +195,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     size = scorer.clip.image_size
     sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
+    check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     train_paths = id_train_paths(cfg.prompt, config, cfg.id_train, cfg.split) if fitted else []
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
     check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)

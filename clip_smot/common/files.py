@@ -17,7 +17,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -90,7 +90,7 @@ def plain_name(value: str, what: str, advice: str = "") -> str:
     return value
 
 
-def _file_key(path: str | os.PathLike) -> tuple[int, int] | None:
+def file_key(path: str | os.PathLike) -> tuple[int, int] | None:
     """(device, inode) of the file ``path`` leads to, symlinks followed; None when there is none.
     Two paths with the same key are one file: a symlink, a hard link, another spelling."""
     if not isinstance(path, (str, os.PathLike)):  # (os.stat of an int would stat a file descriptor)
@@ -103,9 +103,9 @@ def _file_key(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def same_file(a: Any, b: Any) -> bool:
-    """Whether the paths ``a`` and ``b`` both exist and are one file (see :func:`_file_key`)."""
-    key = _file_key(a)
-    return key is not None and key == _file_key(b)
+    """Whether the paths ``a`` and ``b`` both exist and are one file (see :func:`file_key`)."""
+    key = file_key(a)
+    return key is not None and key == file_key(b)
 
 
 def _within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
@@ -141,9 +141,9 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
     if st is not None and writes is not None and not stat.S_ISDIR(st.st_mode):
         raise UserError(f"{flag} {out}: is a file, not a folder")
     targets = [out] if writes is None else [out / name for name in writes]
-    keys = {key: target for target in targets if (key := _file_key(target)) is not None}
+    keys = {key: target for target in targets if (key := file_key(target)) is not None}
     for what, path in inputs if keys else ():
-        target = keys.get(_file_key(path)) if path is not None else None
+        target = keys.get(file_key(path)) if path is not None else None
         if target is None:
             continue
         if writes is None:

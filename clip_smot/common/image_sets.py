@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import exists, is_file, is_folder, path_stat
+from clip_smot.common.files import exists, file_key, is_file, is_folder, path_stat
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
@@ -35,7 +35,7 @@ from clip_smot.common.images import (
 )
 from clip_smot.common.shards import is_shard, list_members
 
-__all__ = ["ImageSet", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
+__all__ = ["ImageSet", "check_apart", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
            "image_list_file", "iter_image_files", "iter_image_list", "read_image_list"]
 
 
@@ -257,6 +257,23 @@ def image_files(where: str | os.PathLike, flag: str) -> list[Path] | list[str]:
             cannot be read.
     """
     return list(iter_image_files(where, flag))
+
+
+def check_apart(id_files: Sequence, ood: Sequence[tuple[str, Sequence]]) -> None:
+    """Raise a UserError when an OOD set holds an image of the ID set (the same file, however it
+    is spelled or linked): such an image is counted on both sides and pulls AUROC towards 50
+    with no sign in the table; the same folder given as ``--id`` and ``--ood`` made it exactly 50.
+
+    Args:
+        id_files: the ID set's image files.
+        ood: (name, image files) of each OOD set.
+    """
+    keys = {key for f in id_files if (key := file_key(f)) is not None}
+    for name, files in ood:
+        shared = [f for f in files if file_key(f) in keys] if keys else []
+        if shared:
+            raise UserError(f"--ood {name}: {len(shared)} of its {len(files)} images are images of the ID set (--id) "
+                            f"too, e.g. {shared[0]}; an image cannot be in- and out-of-distribution at once")
 
 
 def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> ImageSet:

@@ -84,6 +84,7 @@ class SizedImageSet:
     std: tuple[float, float, float]
     images: torch.Tensor | None = None  # uint8 [N, 3, S, S]
     files: list[Path] | None = None
+    sources: list[Path] | None = None  # the image files read (small ones too); None for torchvision's sets
     flip: bool = True  # horizontal flips are a valid augmentation (not for digits)
     pad: int = CIFAR_PAD  # zero padding of the random crop (small images only)
 
@@ -291,8 +292,8 @@ def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor,
     see :func:`_decode_all`), larger ones by the workers of :func:`eval_batches` (resize + centre crop)."""
     if size <= SMALL_INPUT:
         return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD,
-                        images=_decode_all(files, size, crop))
-    return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
+                             images=_decode_all(files, size, crop), sources=files)
+    return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files, sources=files)
 
 
 def resize_set(s: SizedImageSet, size: int, chunk: int = 1024) -> SizedImageSet:

@@ -28,6 +28,7 @@ from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder
+from clip_smot.common.image_sets import check_apart
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 from clip_smot.resnet.data import (
@@ -183,10 +184,15 @@ def _score_table(o: NetworkOutputs, fitted: dict, names: list[str]) -> dict:
 def _load_sets(cfg: ResnetEvalConfig, meta: dict, inputs: list, folders: list) -> tuple[SizedImageSet, dict]:
     """The ID test set and the OOD sets, each image checked against the output folder."""
     size = meta["input_size"]
+    for name, where in cfg.ood.items():  # (the built-in set's images are the ID test split's)
+        if where is None and name.lower() == cfg.id_data.lower() and not Path(cfg.id_data).exists():
+            raise UserError(f"--ood {name}: is the ID set (--id {cfg.id_data}) itself; an image cannot be in- and "
+                            "out-of-distribution at once")
     id_set = _id_set(cfg.id_data, meta, "val", "--id")
     root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
     ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
                 for name, where in cfg.ood.items()}
+    check_apart(id_set.sources or (), [(s.name, s.sources or ()) for s in ood_sets.values()])
     files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
              for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
     check_output_folder(cfg.out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,26 @@ def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
         assert res.exit_code != 0 and "Traceback" not in res.output
         assert (expected or "unknown score 'nope'") in res.output
         assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_ood_set_holding_id_images_is_refused(tmp_path, tiny, tiny_clip_checkpoint):
+    """The ID folder given as an OOD set too scored AUROC 50.0 and exited 0; an OOD folder holding
+    one ID image (here a hard link to it) counted it on both sides. Both stop before encoding."""
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path)
+    one = next((id_dir / "val").rglob("*.png"))
+    os.link(one, ood_dir / "x" / "linked.png")
+    base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--workers", "0",
+            "--out", str(tmp_path / "e")]
+    n_id = sum(1 for _ in (id_dir / "val").rglob("*.png"))
+    for ood, expected in [(f"same={id_dir}", f"--ood same: {n_id} of its {n_id} images are images of the ID set"),
+                          (f"mixed={ood_dir}", f"--ood mixed: 1 of its 7 images are images of the ID set (--id) too, "
+                                               f"e.g. {ood_dir / 'x' / 'linked.png'}")]:
+        res = CliRunner().invoke(cli, base + ["--ood", ood])
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert res.output.startswith(f"Error: {expected}") and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
 
 
@@ -324,13 +345,15 @@ def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, t
         (tmp_path / "id" / name).mkdir(parents=True)
         for k in range(2):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "id" / name / f"{k}.png")
+    (tmp_path / "ood").mkdir()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ood" / "0.png")
     s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea lion", "sea_lion"])
     assert s.labels == [0, 0, 1, 1]
     s = id_set(tmp_path / "id", ["sea lion", "sea lion"], prompt_folders=["sea_lion", "sea lion"])  # the prompt's order
     assert s.labels == [1, 1, 0, 0]
     out = tmp_path / "eval"
     res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint,
-                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'id' / 'sea lion'}",
+                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}",
                                    "--workers", "0", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "metrics.json").read_text())["id_accuracy"] == 50.0
@@ -344,7 +367,7 @@ def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, t
                 ["sea lion", "sea lion"], {"run": {"class_folders": ["sea lion", "sea_lion"]}})
     res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
                                    tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood",
-                                   f"o={tmp_path / 'id' / 'sea lion'}", "--workers", "0", "--out", str(tmp_path / "e2")])
+                                   f"o={tmp_path / 'ood'}", "--workers", "0", "--out", str(tmp_path / "e2")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0
 

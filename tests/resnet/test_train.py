@@ -315,28 +315,34 @@ def test_eval_on_a_class_folder_named_val(tmp_path):
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_id"] == 6  # 2 per class, "val" among them
 
 
-def test_eval_bad_inputs(folders, base_model, tmp_path):
+def test_eval_bad_inputs(folders, ood_dir, base_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
                                  f"x={tmp_path}/none", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "--ood x=" in r.output and "no such folder or image list" in r.output
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
-                                 f"x={folders}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
+                                 f"x={ood_dir}", "--scores", "mcm", "--device", "cpu", "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and "not a ResNet score" in r.output
     small = _write_folders(tmp_path / "small", per_class=(4, 1))  # 12 training images, KNN's k is 50
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
-                                 "--ood", f"x={folders}", "--scores", "knn", "--device", "cpu", "--workers", "0",
+                                 "--ood", f"x={ood_dir}", "--scores", "knn", "--device", "cpu", "--workers", "0",
                                  "--out", str(tmp_path / "e")])
     assert r.exit_code == 1 and r.output.strip() == "Error: --id-train: knn needs at least 50 training images, found 12"
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--id-train", str(small),
-                                 "--ood", f"x={folders}", "--scores", "vim", "--device", "cpu", "--workers", "0",
+                                 "--ood", f"x={ood_dir}", "--scores", "vim", "--device", "cpu", "--workers", "0",
                                  "--out", str(tmp_path / "e")])  # 12 images span 12 of the principal space's 64 dims
     assert r.exit_code == 1 and r.output.strip() == (
         "Error: --id-train: vim needs more (and more varied) training images than its principal dimension 64 "
         "(of 128 features): the 12 given leave no residual")
+    for ood, expected in [(f"same={folders}", "--ood same: 12 of its 72 images are images of the ID set (--id) too"),
+                          ("CIFAR10", "--ood CIFAR10: is the ID set (--id cifar10) itself")]:  # (AUROC 50.0, exit 0)
+        r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", "cifar10" if ood == "CIFAR10" else
+                                     str(folders), "--ood", ood, "--device", "cpu", "--out", str(tmp_path / "e")])
+        assert r.exit_code == 1 and r.output.startswith(f"Error: {expected}") and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
     run = Path(base_model).parent  # the train run's own folder: its config.json would be mixed with eval's files
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
-                                 f"x={folders}", "--device", "cpu", "--out", str(run)])
+                                 f"x={ood_dir}", "--device", "cpu", "--out", str(run)])
     assert r.exit_code == 1 and "holds a training run" in r.output and len(r.output.strip().splitlines()) == 1
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
