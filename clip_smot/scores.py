@@ -98,9 +98,9 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
       complement ``NS`` [C, C - dim] spans the residual;
     * ``alpha = mean(max train logit) / mean(|(X - u) NS|)``.
 
-    ``dim`` defaults to 1000 for C >= 2048 and 512 for C >= 768 (the authors' rule) and to
-    C // 2 below that (the authors' rule would leave no residual space for C <= 512, e.g.
-    ResNet-18's 512 features, and ViM would reduce to Energy).
+    ``dim`` defaults to 1000 for C >= 2048 and 512 for C >= 768 (the authors' ``benchmark.py``:
+    1000 for C >= 2048, else 512) and to C // 2 below 768 (our choice: 512 would leave little
+    or no residual space, none for ResNet-18's 512 features, and ViM would reduce to Energy).
 
     Returns:
         {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
