@@ -48,9 +48,19 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The headers of ``tar`` one by one, without the list of all of them that ``tarfile`` keeps."""
+    """The headers of ``tar`` one by one, without the list of all of them that ``tarfile`` keeps.
+
+    Raises:
+        tarfile.ReadError: a header with a negative size (base-256 and pax headers can say so),
+            which moved tarfile's next header back onto an earlier one: a -512 read the same
+            header for ever, a -1024 listed a member whose bytes could not be read.
+    """
+    end = 0
     while (info := tar.next()) is not None:
         tar.members = []  # (tarfile appends each header to it: a shard of millions would fill memory)
+        if info.size < 0 or info.offset < end:
+            raise tarfile.ReadError(f"member {info.name[:200]!r} has a negative size or overlaps the one before")
+        end = info.offset_data + info.size
         yield info
 
 

@@ -123,3 +123,39 @@ def test_a_shard_given_to_eval_is_named_as_such(tmp_path):
         with pytest.raises(UserError) as e:
             make()
         assert str(e.value).startswith(expected) and "score reads shards" in str(e.value)
+
+
+def _negative_size(path, size):
+    """A shard whose second header says ``size`` < 0 (base-256, with its checksum redone)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        _add(tar, "a.png", b"x" * 600)
+        _add(tar, "b.png", b"y" * 600)
+    raw = bytearray(path.read_bytes())
+    h = 512 + 1024  # (a.png's header, then its data in two blocks)
+    assert raw[h:h + 5] == b"b.png"
+    raw[h + 124:h + 136] = b"\xff" + ((1 << 88) + size).to_bytes(11, "big")
+    raw[h + 148:h + 156] = b" " * 8
+    raw[h + 148:h + 156] = b"%06o\0 " % sum(raw[h:h + 512])
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("size", [-512, -1024, -1536])
+def test_a_member_with_a_negative_size_is_one_line(tmp_path, size):
+    """-512 sent tarfile's next header back onto the same one: the listing never ended (score
+    hung); -1024 and -1536 listed b.png and then read it with a negative length (a traceback,
+    --skip-unreadable or not). The shard is refused as unreadable, naming the member."""
+    import signal
+
+    def endless(*_):
+        raise TimeoutError("the listing did not end")
+
+    _negative_size(tmp_path / "s.tar", size)
+    before = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(20)  # (the old code looped for ever: fail, do not hang the suite)
+    try:
+        with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(member 'b.png' has a "
+                                            r"negative size or overlaps the one before\)$"):
+            shards.list_members(tmp_path / "s.tar")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
