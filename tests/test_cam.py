@@ -150,10 +150,51 @@ def test_a_cam_model_whose_keys_declare_a_huge_network_is_refused_before_buildin
     state = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).state_dict()
     state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 3, 1)
     torch.save(state, tmp_path / "shape.pth")
+    shared = torch.zeros(1)  # (every block's key names one stored tensor: 20,000 keys, a small file)
+    deep = {**{k: v for k, v in small.items() if not k.startswith("layer1.")},
+            **{f"layer1.{b}.conv1.weight": shared for b in range(20_000)}}
+    torch.save(deep, tmp_path / "deep.pth")
     for name, expected in (("keys", "layer1 names blocks up to 199999 but holds 1"),
+                           ("deep", r"layer1 holds 20000 blocks, more than any ResNet \(ResNet-152: 36; at most 64\)"),
                            ("stride0", "fc.weight declares more values than the file holds"),
                            ("shape", r"layer2.0.conv1.weight has shape \[128, 64, 3, 1\], not \[128, 64, 3, 3\]")):
         t0 = time.perf_counter()
         with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / name}.pth: .*{expected}"):
             load_cam_network(str(tmp_path / f"{name}.pth"))
         assert time.perf_counter() - t0 < 10
+
+
+def _deflated(src, dst):
+    """``src`` (a torch.save zip) rewritten with its entries deflated, as torch.load still reads it."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+
+
+def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_path, monkeypatch):
+    """A 2 MB checkpoint whose deflated 2 GB of zeros torch.load unpacked into memory (export
+    succeeded at 2.7 GB; 20 MB would be killed). Every torch file a user hands in (a checkpoint
+    to resume or export, --cam-model, a --pretrained .pt) is measured from its zip directory
+    first. The slack is made 0 here, so one megabyte of zeros stands for gigabytes."""
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.clip.model import load_clip
+    from clip_smot.common import files
+    from clip_smot.common import run_folder as rf
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.setattr(files, "ARCHIVE_SLACK", 0)
+    rf.save_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint", {"junk": torch.zeros(1 << 18)})
+    assert files.archive_overflow(tmp_path / "plain.pt") is None  # (torch.save stores: never more than its size)
+    assert rf.read_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint")["junk"].numel() == 1 << 18
+    _deflated(tmp_path / "plain.pt", tmp_path / "bomb.pt")
+    assert torch.load(tmp_path / "bomb.pt", weights_only=True)["junk"].numel() == 1 << 18  # (loads, in full)
+    size = (tmp_path / "bomb.pt").stat().st_size
+    why = rf"its entries unpack to \d+ bytes, \d+ times the file's {size} \(torch.save stores tensors uncompressed\)"
+    with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({why}; not loaded\)$"):
+        rf.read_checkpoint(tmp_path / "bomb.pt", "clip-smot-fit-checkpoint")
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'bomb.pt'}: {why}; not loaded$"):
+        load_cam_network(str(tmp_path / "bomb.pt"))
+    with pytest.raises(UserError, match=rf"^--pretrained {tmp_path / 'bomb.pt'}: {why}; not loaded$"):
+        load_clip("RN50", str(tmp_path / "bomb.pt"), device="cpu")

@@ -28,6 +28,7 @@ from clip_smot.cam import CAMProvider
 from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.files import archive_overflow
 from clip_smot.common.network import host_reachable
 from clip_smot.common.run_folder import holds_its_values
 
@@ -78,6 +79,9 @@ def _named(name: str) -> CamNetwork:
     return CamNetwork(model, IMAGENET_MEAN, IMAGENET_STD, 224, True, None, name)
 
 
+MAX_BLOCKS = 64  # blocks per stage of a --cam-model state dict (torchvision's deepest, ResNet-152: 3, 8, 36, 3)
+
+
 def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     """Rebuild a torchvision ResNet from its state dict (block type and counts from the keys)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -89,11 +93,14 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     block = Bottleneck if "layer1.0.conv3.weight" in state else BasicBlock
     layers = []
     for i in range(1, 5):
-        ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+        ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{i}\.(\d{{1,9}})\.", k))}
         if not ids:
             raise UserError(f"--cam-model {path}: not a torchvision ResNet state dict (no layer{i})")
         if ids != set(range(len(ids))):  # each block has its own keys: the keys bound the blocks there are
             raise UserError(f"--cam-model {path}: layer{i} names blocks up to {max(ids)} but holds {len(ids)}")
+        if len(ids) > MAX_BLOCKS:  # (200,000 keys naming blocks of one shared tensor: 6 GB and 5 minutes)
+            raise UserError(f"--cam-model {path}: layer{i} holds {len(ids)} blocks, more than any ResNet "
+                            f"(ResNet-152: 36; at most {MAX_BLOCKS})")
         layers.append(len(ids))
     repeated = [k for k, v in state.items() if not holds_its_values(v)]
     if repeated:
@@ -116,6 +123,9 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
 
 
 def _from_state_dict_file(path: str) -> CamNetwork:
+    overflow = archive_overflow(path)
+    if overflow:
+        raise UserError(f"--cam-model {path}: {overflow}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import parse_json, plain_name, sha256_file
+from clip_smot.common.files import archive_overflow, parse_json, plain_name, sha256_file
 from clip_smot.common.network import host_reachable
 
 __all__ = [
@@ -411,6 +411,9 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     if pretrained in (None, "", "none"):
         return "", "", None, ""
     if os.path.isfile(pretrained):
+        overflow = archive_overflow(pretrained)
+        if overflow:
+            raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
         return (pretrained, sha256_file(pretrained), "quick_gelu" if openai_file else None,
                 f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")

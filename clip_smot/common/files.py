@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -381,3 +382,26 @@ def sha256_file(path: str | os.PathLike) -> str:
                 h.update(block)
         _SHA256[key] = h.hexdigest()
     return _SHA256[key]
+
+
+ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)
+
+
+def archive_overflow(path: str | os.PathLike) -> str | None:
+    """Why the zip archive ``path`` (torch.save's and TorchScript's format) must not be loaded,
+    or None: it would unpack to more than its own size plus :data:`ARCHIVE_SLACK`. torch.save
+    stores tensors uncompressed, so only a crafted file gets there (a 2 MB checkpoint whose
+    deflated entry unpacked to 2.7 GB of memory). Anything else, no zip or a damaged one, is
+    left to the loader, which names the problem."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(info.file_size for info in z.infolist())
+        size = os.path.getsize(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if unpacked <= size + ARCHIVE_SLACK:
+        return None
+    return (f"its entries unpack to {unpacked} bytes, {unpacked / max(size, 1):.0f} times the file's {size} "
+            "(torch.save stores tensors uncompressed); not loaded")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save, atomic_write_text, exists, parse_json, write_json
+from clip_smot.common.files import archive_overflow, atomic_save, atomic_write_text, exists, parse_json, write_json
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
            "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
@@ -121,6 +121,9 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     Raises:
         CheckpointError: a file that does not load, is not a dict, or names another format.
     """
+    overflow = archive_overflow(path)
+    if overflow:
+        raise CheckpointError(f"not a readable checkpoint ({overflow})", overflow)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)
