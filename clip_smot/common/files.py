@@ -194,10 +194,13 @@ def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
 def _write_error(path: Path, e: Exception) -> UserError:
     """One line for a failed write of ``path``. A full disk is named as such: torch.save reports
     it as a RuntimeError ('unexpected pos ...'), safetensors as a SafetensorError."""
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {first_line(e)}"
-    with contextlib.suppress(OSError):
-        if shutil.disk_usage(path.parent).free < 1 << 20:
-            reason = "no space left on the device"
+    if isinstance(e, OSError) and e.strerror:  # (the system's own reason: a full disk says so itself)
+        reason = e.strerror
+    else:
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        with contextlib.suppress(OSError):  # (/proc, /sys and read-only mounts report 0 bytes free too)
+            if shutil.disk_usage(path.parent).free < 1 << 20:
+                reason = "no space left on the device"
     kept = "; the file there before is unchanged" if os.path.exists(path) else ""
     return UserError(f"cannot write {path}: {reason}{kept}")
 

@@ -41,6 +41,21 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left
 
 
+def test_a_system_error_keeps_its_reason_where_the_disk_reports_no_free_space(tmp_path, monkeypatch):
+    """/proc, /sys and read-only mounts report 0 bytes free: a permission error there was named
+    'no space left on the device'. An OSError's own reason stands; only the writers' other
+    errors (torch.save's RuntimeError) are read as a full disk."""
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: _Usage(0, 0, 0))
+
+    def denied(obj, f):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.torch, "save", denied)
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, tmp_path / "x.pt")
+    assert str(e.value) == f"cannot write {tmp_path / 'x.pt'}: Permission denied"
+
+
 @pytest.mark.parametrize("error,reason", [
     (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
     (ValueError("not serialisable"), "ValueError: not serialisable"),  # (the writer's own error, as one line)
