@@ -27,7 +27,7 @@ import torch.nn as nn
 from clip_smot.cam import CAMProvider
 from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
-from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.errors import UserError, first_line, load_error
 from clip_smot.common.files import archive_overflow
 from clip_smot.common.network import host_reachable
 from clip_smot.common.run_folder import holds_its_values
@@ -129,7 +129,7 @@ def _from_state_dict_file(path: str) -> CamNetwork:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({first_line(e)})") from None
+        raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({load_error(e)})") from None
     for key in ("state_dict", "model"):  # common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

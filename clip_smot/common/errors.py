@@ -6,7 +6,7 @@ wrong; the CLI prints that line and exits non-zero without a traceback (docs/met
 
 import re
 
-__all__ = ["UserError", "first_line", "one_line"]
+__all__ = ["UserError", "first_line", "load_error", "one_line"]
 
 # control characters (C0, DEL, C1: str.splitlines breaks at some, a terminal acts on others, a NUL
 # ends a C string) and the Unicode line and paragraph separators, where str.splitlines breaks too
@@ -27,6 +27,18 @@ def first_line(e: BaseException, limit: int = 300) -> str:
         return type(e).__name__
     text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_error(e: BaseException) -> str:
+    """A ``torch.load(weights_only=True)`` error as "Type: reason" on one line. Its refusal of a
+    file keeps only the unpickler's reason: torch's first line advises loading the file with
+    ``weights_only=False``, which would run whatever code the file holds."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. |\n|$)", text)
+        reason = found.group(1).strip() if found else "an object other than tensors and plain values"
+        return f"{type(e).__name__}: not a weights-only file ({reason[:200]})"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def one_line(text: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.errors import UserError, first_line, load_error
 from clip_smot.common.files import archive_overflow, atomic_save, atomic_write_text, exists, parse_json, write_json
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
@@ -127,7 +127,7 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)
-        why = f"{type(e).__name__}: {first_line(e)}"
+        why = load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
     found = saved.get("format") if isinstance(saved, dict) else None
     if found != fmt and not (legacy and isinstance(saved, dict) and "format" not in saved):

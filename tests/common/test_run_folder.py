@@ -169,3 +169,26 @@ def test_an_optimizer_state_keeps_the_run_options_and_this_device_update():
     with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: momentum is "
                                         r"0.9, not the run's 0.5\)$"):
         rf.load_optimizer_state(other, saved.state_dict(), "--resume c.pt")
+
+
+class _Foreign:  # (a class torch's weights-only unpickler does not allow)
+    pass
+
+
+def test_a_refused_pickle_gives_the_reason_not_torchs_advice_to_run_it(tmp_path):
+    """torch's refusal began 'Weights only load failed ... Re-running torch.load with weights_only
+    set to False will likely succeed': advice to run the file's code, quoted to the user as the
+    reason. The line keeps the unpickler's own reason."""
+    from clip_smot.clip.cam_network import load_cam_network
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("garbage\n")
+    with pytest.raises(rf.CheckpointError) as info:
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    assert str(info.value) == "not a readable checkpoint (UnpicklingError: not a weights-only file (Unsupported operand 103))"
+    torch.save({"format": "clip-smot-fit-checkpoint", "x": _Foreign()}, path)
+    with pytest.raises(UserError) as info:
+        load_cam_network(str(path))
+    assert str(info.value) == (f"--cam-model {path}: not a readable PyTorch state dict (UnpicklingError: not a "
+                               f"weights-only file (Unsupported global: GLOBAL {__name__}._Foreign was not an allowed "
+                               "global by default))")
