@@ -243,6 +243,11 @@ MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture t
 # (RN50x64) and 56 (ViT-e-14). Even on the meta device each block costs time and memory: 1000 take
 # about 3 s and 0.8 GB, 20000 minutes and gigabytes, however narrow.
 MAX_LAYERS = 1024
+# Patch tokens of a ViT tower, (image_size // patch_size)^2: open_clip's largest are ViT-H-14-378's
+# 729 (27^2); ViT-bigG-14 at 448 would have 1024. 4096 (a 1024 image in 16-pixel patches) leaves
+# room for larger inputs; a million (1024 in 1-pixel patches) took minutes an image, or all memory.
+MAX_PATCHES = 4096
+RESNET_STRIDE = 32  # a ResNet tower (open_clip's ModifiedResNet) downsamples its input 32 times
 RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, the same in every run
 
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
@@ -264,7 +269,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
     where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
-    ``mlp_ratio`` is a positive number. Checked before the numbers are used: a config file, or
+    ``mlp_ratio`` is a positive number. A ViT's patches fit in its image and number at most
+    MAX_PATCHES; a ResNet's image is at least RESNET_STRIDE a side. Checked before the numbers are used: a config file, or
     one stored in a prompt, is the user's, and may hold anything.
 
     Args:
@@ -302,6 +308,18 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     if not (stages and all(_is_count(n) for n in stages)):
         raise bad(f"{prefix}vision_cfg.layers must be a positive integer (a ResNet: a list of them), "
                   f"not {_shown(layers)}")
+    if isinstance(layers, list):
+        if min(sides) < RESNET_STRIDE:  # (its last feature map would be empty)
+            raise bad(f"{prefix}vision_cfg.image_size {_shown(size)}: a ResNet tower needs at least {RESNET_STRIDE} "
+                      f"pixels a side (it downsamples {RESNET_STRIDE} times)")
+    elif "timm_model_name" not in vision:  # open_clip's ViT (a timm tower has its own patches)
+        patch = vision.get("patch_size") or 16
+        if patch > min(sides):
+            raise bad(f"{prefix}vision_cfg.patch_size {patch} is larger than the image ({_shown(size)})")
+        tokens = (sides[0] // patch) * (sides[-1] // patch)  # (open_clip drops the pixels past the last patch)
+        if tokens > MAX_PATCHES:
+            raise bad(f"{prefix}vision_cfg: image_size {_shown(size)} in patches of {patch} is {tokens} patch tokens, "
+                      f"more than {MAX_PATCHES} (open_clip's largest ViT has 729)")
     for tower, blocks in (("vision_cfg", sum(stages)), ("text_cfg", text.get("layers") or 12)):
         if blocks > MAX_LAYERS:
             raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "

@@ -128,6 +128,15 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     # within the block limit, but far beyond any memory: estimated from the numbers, nothing built
     ({"vision_cfg": {"layers": 1000, "width": 2**14}}, r"its weights would take at least \d+\.\d GiB in fp32, more than half"),
     ({"text_cfg": {"context_length": 10**7}}, r"its weights would take at least \d+\.\d GiB in fp32, more than half"),
+    # a million patch tokens: small weights, but one image took minutes (or all memory, a traceback)
+    ({"vision_cfg": {"image_size": 1024, "patch_size": 1}},
+     r"vision_cfg: image_size 1024 in patches of 1 is 1048576 patch tokens, more than 4096 "),
+    ({"vision_cfg": {"image_size": [40, 2048], "patch_size": 4}}, r"vision_cfg: .* is 5120 patch tokens, more than 4096 "),
+    # RuntimeError "Kernel size can't be greater than actual input size" at the first image
+    ({"vision_cfg": {"image_size": 32, "patch_size": 64}}, r"vision_cfg.patch_size 64 is larger than the image \(32\)$"),
+    # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
+    ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
+     r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
 ]
 
 
@@ -148,6 +157,22 @@ def test_a_malformed_or_huge_config_is_one_line_before_anything_is_built(tmp_pat
     monkeypatch.setattr("open_clip.create_model", lambda *a, **k: pytest.fail("built before it was refused"))
     with pytest.raises(UserError, match=rf"^--model {path}: {error}"):
         load_clip(str(path), None)
+
+
+def test_every_config_open_clip_ships_passes_the_checks():
+    """The checks refuse what open_clip's own architectures never hold: each of its configs
+    (ViTs, ResNets, timm and Hugging Face towers) passes them."""
+    import open_clip
+
+    import clip_smot.clip.model as cm
+
+    names = open_clip.list_models()
+    assert len(names) > 100 and {"ViT-B-16", "RN50", "ViT-H-14-378", "ViT-bigG-14"} <= set(names)
+    for name in names:
+        cm.check_model_config(open_clip.get_model_config(name), name)
+    patches = [(cfg["vision_cfg"]["image_size"] // cfg["vision_cfg"]["patch_size"]) ** 2
+               for cfg in map(open_clip.get_model_config, names) if cfg["vision_cfg"].get("patch_size")]
+    assert max(patches) == 729 < cm.MAX_PATCHES  # ViT-H-14-378 (the limit's comment says so)
 
 
 def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp_path, monkeypatch):
