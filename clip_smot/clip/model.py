@@ -248,6 +248,9 @@ MAX_LAYERS = 1024
 # room for larger inputs; a million (1024 in 1-pixel patches) took minutes an image, or all memory.
 MAX_PATCHES = 4096
 RESNET_STRIDE = 32  # a ResNet tower (open_clip's ModifiedResNet) downsamples its input 32 times
+# open_clip's own tokenizer (SimpleTokenizer: 256 bytes, their 256 word ends, 48894 BPE merges,
+# start and end): the ids it gives index the token embedding, which needs at least as many rows.
+SIMPLE_TOKENIZER_VOCAB = 49408
 RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, the same in every run
 
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
@@ -270,7 +273,9 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
     ``mlp_ratio`` is a positive number. A ViT's patches fit in its image and number at most
-    MAX_PATCHES; a ResNet's image is at least RESNET_STRIDE a side. Checked before the numbers are used: a config file, or
+    MAX_PATCHES; a ResNet's image is at least RESNET_STRIDE a side. The text tower embeds every
+    token open_clip's tokenizer gives (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it
+    names a Hugging Face tokenizer. Checked before the numbers are used: a config file, or
     one stored in a prompt, is the user's, and may hold anything.
 
     Args:
@@ -320,6 +325,10 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if tokens > MAX_PATCHES:
             raise bad(f"{prefix}vision_cfg: image_size {_shown(size)} in patches of {patch} is {tokens} patch tokens, "
                       f"more than {MAX_PATCHES} (open_clip's largest ViT has 729)")
+    vocab = text.get("vocab_size") or SIMPLE_TOKENIZER_VOCAB
+    if not text.get("hf_tokenizer_name") and vocab < SIMPLE_TOKENIZER_VOCAB:  # (a Hugging Face one has its own)
+        raise bad(f"{prefix}text_cfg.vocab_size {vocab} is less than the {SIMPLE_TOKENIZER_VOCAB} tokens of open_clip's "
+                  "tokenizer")
     for tower, blocks in (("vision_cfg", sum(stages)), ("text_cfg", text.get("layers") or 12)):
         if blocks > MAX_LAYERS:
             raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "

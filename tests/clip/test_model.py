@@ -134,6 +134,8 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"image_size": [40, 2048], "patch_size": 4}}, r"vision_cfg: .* is 5120 patch tokens, more than 4096 "),
     # RuntimeError "Kernel size can't be greater than actual input size" at the first image
     ({"vision_cfg": {"image_size": 32, "patch_size": 64}}, r"vision_cfg.patch_size 64 is larger than the image \(32\)$"),
+    # token ids past the embedding: IndexError at the prompt's first encoding
+    ({"text_cfg": {"vocab_size": 5}}, r"text_cfg.vocab_size 5 is less than the 49408 tokens of open_clip's tokenizer$"),
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
     ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
      r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
@@ -173,6 +175,7 @@ def test_every_config_open_clip_ships_passes_the_checks():
     patches = [(cfg["vision_cfg"]["image_size"] // cfg["vision_cfg"]["patch_size"]) ** 2
                for cfg in map(open_clip.get_model_config, names) if cfg["vision_cfg"].get("patch_size")]
     assert max(patches) == 729 < cm.MAX_PATCHES  # ViT-H-14-378 (the limit's comment says so)
+    assert open_clip.tokenizer.SimpleTokenizer().vocab_size == cm.SIMPLE_TOKENIZER_VOCAB
 
 
 def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp_path, monkeypatch):
