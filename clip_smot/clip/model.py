@@ -255,10 +255,15 @@ RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, th
 
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
 _TEXT_SIZES = ("context_length", "vocab_size", "width", "heads", "layers")
+_GELU_APPROXIMATE = ("none", "tanh")  # nn.GELU's approximate
 
 
 def _is_count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_positive_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
 
 
 def _shown(v: object) -> str:
@@ -275,7 +280,9 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     ``mlp_ratio`` is a positive number. A ViT's patches fit in its image and number at most
     MAX_PATCHES; a ResNet's image is at least RESNET_STRIDE a side. The text tower embeds every
     token open_clip's tokenizer gives (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it
-    names a Hugging Face tokenizer. Checked before the numbers are used: a config file, or
+    names a Hugging Face tokenizer. ``norm_kwargs`` and ``act_kwargs`` hold what open_clip's own
+    configs set (LayerNorm's ``eps``, GELU's ``approximate``), ``tokenizer_kwargs`` only beside a
+    Hugging Face tokenizer. Checked before the numbers are used: a config file, or
     one stored in a prompt, is the user's, and may hold anything.
 
     Args:
@@ -301,8 +308,25 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             if sub.get(key) is not None and not _is_count(sub[key]):  # (null: open_clip's default)
                 raise bad(f"{prefix}{tower}.{key} must be a positive integer, not {_shown(sub[key])}")
         ratio = sub.get("mlp_ratio") or 4.0
-        if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio < float("inf")):
+        if not _is_positive_number(ratio):
             raise bad(f"{prefix}{tower}.mlp_ratio must be a positive number, not {_shown(ratio)}")
+        # open_clip passes these to LayerNorm and GELU as they are: a wrong key or type fails only at
+        # the first image or prompt, in a traceback. Its configs set LayerNorm's eps and GELU's approximate.
+        norm, act = sub.get("norm_kwargs") or {}, sub.get("act_kwargs") or {}
+        if not (isinstance(norm, dict) and set(norm) <= {"eps"} and _is_positive_number(norm.get("eps", 1e-5))):
+            raise bad(f"{prefix}{tower}.norm_kwargs may set only eps, a positive number, not {_shown(norm)}")
+        if not (isinstance(act, dict) and set(act) <= {"approximate"}
+                and act.get("approximate", "none") in _GELU_APPROXIMATE):
+            raise bad(f"{prefix}{tower}.act_kwargs may set only approximate, 'none' or 'tanh' (GELU's), "
+                      f"not {_shown(act)}")
+        if act and cfg.get("quick_gelu"):
+            raise bad(f"{prefix}{tower}.act_kwargs sets GELU's approximate, but quick_gelu builds QuickGELU, "
+                      "which has none")
+    tokenizer_kwargs = cfg["text_cfg"].get("tokenizer_kwargs")
+    if tokenizer_kwargs and not cfg["text_cfg"].get("hf_tokenizer_name"):
+        # (open_clip's own tokenizer would read a vocabulary file they name, or add tokens past vocab_size)
+        raise bad(f"{prefix}text_cfg.tokenizer_kwargs {_shown(tokenizer_kwargs)}: open_clip's own tokenizer takes none "
+                  "from a config (its configs give them to Hugging Face tokenizers only)")
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     size = vision.get("image_size") or 224
     sides = size if isinstance(size, list) else [size]

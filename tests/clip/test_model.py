@@ -136,6 +136,17 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"image_size": 32, "patch_size": 64}}, r"vision_cfg.patch_size 64 is larger than the image \(32\)$"),
     # token ids past the embedding: IndexError at the prompt's first encoding
     ({"text_cfg": {"vocab_size": 5}}, r"text_cfg.vocab_size 5 is less than the 49408 tokens of open_clip's tokenizer$"),
+    # passed to LayerNorm and GELU as they are: TypeError tracebacks at the first image or prompt
+    ({"vision_cfg": {"norm_kwargs": {"eps": "x"}}}, r"vision_cfg.norm_kwargs may set only eps, a positive number, "
+                                                    r"not \{'eps': 'x'\}$"),
+    ({"text_cfg": {"norm_kwargs": {"eps": 1e-6, "device": "cuda"}}}, r"text_cfg.norm_kwargs may set only eps"),
+    ({"text_cfg": {"norm_kwargs": [1]}}, r"text_cfg.norm_kwargs may set only eps"),
+    ({"vision_cfg": {"act_kwargs": {"approximate": "x"}}}, r"vision_cfg.act_kwargs may set only approximate, "),
+    ({"text_cfg": {"act_kwargs": {"approximate": "tanh"}}}, r"text_cfg.act_kwargs sets GELU's approximate, but "
+                                                            "quick_gelu builds QuickGELU"),
+    # open_clip's own tokenizer would read the file that bpe_path names
+    ({"text_cfg": {"tokenizer_kwargs": {"bpe_path": "/etc/passwd"}}}, r"text_cfg.tokenizer_kwargs .*: open_clip's own "
+                                                                      "tokenizer takes none"),
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
     ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
      r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
