@@ -27,7 +27,7 @@ from clip_smot.clip.scorer import (
     resolve_pretrained,
 )
 from clip_smot.common.bundled import bundled_file
-from clip_smot.common.configs import check_ranges, setting
+from clip_smot.common.configs import MAX_SEED, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
 from clip_smot.common.distributed import writes_outputs
@@ -119,14 +119,27 @@ def _prompt_split(prompt: str, config: dict, root: Path, split: str | None) -> l
     beside = Path(prompt).parent / "split.txt"
     if beside.is_file():
         chosen, where = read_split(beside, classes, "--split"), str(beside)
-    elif not config.get("split") and isinstance(config.get("shots"), int) and isinstance(config.get("seed"), int):
-        chosen, where = draw_split(classes, config["shots"], config["seed"]), f"a draw from {root}"
+    elif not config.get("split"):
+        shots, seed = _recorded_draw(prompt, config)
+        chosen, where = draw_split(classes, shots, seed), f"a draw from {root}"
     else:
         raise UserError(f"--split: {prompt} was fitted on a split file that is not next to it; pass --split SPLIT.txt")
     if want and hashlib.sha256(split_text(chosen).encode()).hexdigest() != want:
         raise UserError(f"--split: {where} is not the split {prompt} was fitted on; pass --split SPLIT.txt or "
                         "--id-train DIR")
     return chosen
+
+
+def _recorded_draw(prompt: str, config: dict) -> tuple[int, int]:
+    """The ``shots`` and ``seed`` a prompt records, as ``clip-smot fit`` takes them: shots at
+    least 1, a seed in [0, MAX_SEED]. The file may hold anything: shots -3 kept all but 3 images
+    of each class, and seed -1 failed in numpy."""
+    shots, seed = config.get("shots"), config.get("seed")
+    if not (isinstance(shots, int) and not isinstance(shots, bool) and shots >= 1):
+        raise UserError(f"--prompt {prompt}: its recorded shots must be a positive integer, not {shots!r:.40}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise UserError(f"--prompt {prompt}: its recorded seed must be an integer in [0, {MAX_SEED}], not {seed!r:.40}")
+    return shots, seed
 
 
 def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None, split: str | None) -> list[str]:
@@ -138,7 +151,8 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
 
     Raises:
         UserError: no ID training data named and none recorded in the prompt (zero-shot, or a
-            prompt not made by ``clip-smot fit``), or a split that is not the prompt's.
+            prompt not made by ``clip-smot fit``), a split that is not the prompt's, or recorded
+            shots or seed that ``clip-smot fit`` would not take.
     """
     from clip_smot.clip.fewshot import read_split, resolve_classes, resolve_train_root
 

@@ -169,3 +169,23 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path):
     assert len(id_train_paths(str(prompt), config, str(root), None)) == 15  # a folder: all its images
     with pytest.raises(UserError, match="does not record"):
         id_train_paths(str(prompt), {"test": True}, None, None)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    # without a recorded SHA-256, shots -3 kept all but 3 images of each class, saying nothing
+    ("shots", -3, r"shots must be a positive integer, not -3$"),
+    ("shots", 0, r"shots must be a positive integer, not 0$"),
+    ("shots", True, r"shots must be a positive integer, not True$"),
+    ("shots", "2", r"shots must be a positive integer, not '2'$"),
+    # a ValueError traceback in numpy's default_rng
+    ("seed", -1, r"seed must be an integer in \[0, 9223372036854775807\], not -1$"),
+    ("seed", 2**64, r"seed must be an integer in \[0, 9223372036854775807\], not 18446744073709551616$"),
+    ("seed", 1.5, r"seed must be an integer in .*, not 1.5$"),
+    ("seed", None, r"seed must be an integer in .*, not None$"),
+])
+def test_the_prompts_recorded_shots_and_seed_are_checked(tmp_path, field, value, error):
+    root = _train_folder(tmp_path / "data" / "train", n_per_class=5)
+    config = {"data": str(root), "shots": 2, "seed": 3, "split": None, field: value}  # (no split_sha256)
+    prompt = tmp_path / "run" / "prompt.safetensors"
+    with pytest.raises(UserError, match=rf"^--prompt {prompt}: its recorded {error}"):
+        id_train_paths(str(prompt), config, None, None)
