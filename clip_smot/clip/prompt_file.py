@@ -23,6 +23,7 @@ Format (version 1, docs/method.md §2):
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from safetensors.torch import safe_open
 
 from clip_smot import __version__
 from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation
+from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
@@ -41,6 +43,7 @@ __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_pr
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
 CLASS_POSITIONS = ("end", "middle", "front")
+_TENSORS = ("ctx", "text_features")
 _REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
 # what ctx and text_features may hold (written as float32; a converted file may hold another width)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -136,16 +139,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"--prompt {path}: no such file")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            missing = [k for k in ("ctx", "text_features") if k not in keys]
-            if missing:
-                raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
-            ctx, text_features = f.get_tensor("ctx"), f.get_tensor("text_features")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+    meta, shapes = _read_header(path)
     missing = [k for k in _REQUIRED_META if k not in meta]
     if missing:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
@@ -167,7 +161,10 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     if activation not in ACTIVATIONS or activation != config_activation(model_config):
         raise UserError(f"--prompt {path}: malformed metadata (activation {activation!r} is not the one of its "
                         f"model_config, {config_activation(model_config)!r})")
-    _check_contents(path, ctx, text_features, classnames, model_config, n_ctx, meta["class_position"], meta["csc"])
+    _check_metadata(path, classnames, meta["class_position"], meta["csc"])
+    _check_shapes(path, shapes, len(classnames), model_config, n_ctx, meta["csc"])
+    ctx, text_features = _read_tensors(path, shapes)  # (as large as the checked shapes now)
+    _check_values(path, ctx, text_features, classnames)
     return PromptFile(
         ctx=ctx,
         text_features=text_features,
@@ -185,33 +182,78 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     )
 
 
-def _check_contents(path: str, ctx: torch.Tensor, text_features: torch.Tensor, classnames: list, model_config: dict,
-                    n_ctx: int, class_position: str, csc: str) -> None:
-    """A UserError naming the file unless its tensors and metadata agree with each other and
-    with the model config it names (a hand-edited or foreign file fails here, not later with
-    a traceback deep in a matrix product)."""
+def _read_header(path: str) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata and the shapes of ``ctx`` and ``text_features``, from the header: no tensor
+    is loaded (a file may declare any shape, and a sparse one costs its writer nothing)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+            missing = [k for k in _TENSORS if k not in keys]
+            if missing:
+                raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in _TENSORS}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+    return meta, shapes
+
+
+def _read_tensors(path: str, shapes: dict[str, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ctx`` and ``text_features``, once their header still gives the ``shapes`` checked
+    (the file may have been replaced since it was first read)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            if any(tuple(f.get_slice(k).get_shape()) != shapes[k] for k in _TENSORS):
+                raise UserError(f"--prompt {path}: the file changed while it was read")
+            return f.get_tensor("ctx"), f.get_tensor("text_features")
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+
+
+def _check_metadata(path: str, classnames: list, class_position: str, csc: str) -> None:
+    """A UserError naming the file unless its class names and layout are well-formed."""
+    if not all(isinstance(c, str) for c in classnames) or not classnames:
+        raise UserError(f"--prompt {path}: malformed metadata (classnames must be a non-empty JSON list of strings)")
+    if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
+        raise UserError(f"--prompt {path}: malformed metadata (class_position {class_position!r}, csc {csc!r}; "
+                        f"expected one of {CLASS_POSITIONS}, and 'true' or 'false')")
+
+
+def _check_shapes(path: str, shapes: dict[str, tuple[int, ...]], K: int, model_config: dict, n_ctx: int,
+                  csc: str) -> None:
+    """A UserError naming the file unless the tensor shapes of its header fit its metadata (K
+    class names, ``n_ctx``, ``csc``) and the model config it names, and the tensors fit in half
+    of this machine's memory (the config's widths are the file's too): checked before any
+    tensor is loaded."""
     def bad(what: str) -> UserError:
         return UserError(f"--prompt {path}: {what}")
 
-    K = len(classnames)
-    if not all(isinstance(c, str) for c in classnames) or K == 0:
-        raise bad("malformed metadata (classnames must be a non-empty JSON list of strings)")
-    if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
-        raise bad(f"malformed metadata (class_position {class_position!r}, csc {csc!r}; expected one of "
-                  f"{CLASS_POSITIONS}, and 'true' or 'false')")
+    embed_dim, text_features = model_config.get("embed_dim"), shapes["text_features"]
+    if len(text_features) != 2 or text_features[0] != K or (embed_dim and text_features[1] != embed_dim):
+        raise bad(f"text_features {text_features} do not match {K} class names x the model's embed_dim {embed_dim}")
+    width, ctx = model_config.get("text_cfg", {}).get("width"), shapes["ctx"]
+    want = (K, n_ctx, width) if csc == "true" else (n_ctx, width)
+    if len(ctx) != len(want) or any(w is not None and c != w for c, w in zip(ctx, want)):
+        shape = ", ".join("d" if w is None else str(w) for w in want)
+        raise bad(f"ctx {ctx} does not match [{shape}] (n_ctx {n_ctx}, csc {csc}, the model's text width)")
+    need = sum(math.prod(s) for s in shapes.values()) * 8  # (float64 at most, checked once loaded)
+    memory = physical_memory()
+    if memory is not None and need > memory // 2:
+        raise bad(f"its tensors ctx {ctx} and text_features {text_features} would take up to "
+                  f"{need / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB")
+
+
+def _check_values(path: str, ctx: torch.Tensor, text_features: torch.Tensor, classnames: list[str]) -> None:
+    """A UserError naming the file unless its tensors hold finite floating-point numbers and its
+    text features are normalised (a hand-edited or foreign file fails here, not later with a
+    traceback deep in a matrix product, or with every class scored alike)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"--prompt {path}: {what}")
+
     for name, t in (("ctx", ctx), ("text_features", text_features)):
         if t.dtype not in _FLOAT_DTYPES or not torch.isfinite(t).all():  # (float8 has no isfinite: checked first)
             raise bad(f"{name} must hold finite floating-point numbers (float16, bfloat16, float32 or float64; "
                       f"this is {t.dtype})")
-    embed_dim = model_config.get("embed_dim")
-    if text_features.ndim != 2 or text_features.shape[0] != K or (embed_dim and text_features.shape[1] != embed_dim):
-        raise bad(f"text_features {tuple(text_features.shape)} do not match {K} class names x the model's "
-                  f"embed_dim {embed_dim}")
-    width = model_config.get("text_cfg", {}).get("width")
-    want = (K, n_ctx, width) if csc == "true" else (n_ctx, width)
-    if ctx.ndim != len(want) or any(w is not None and c != w for c, w in zip(ctx.shape, want)):
-        shape = ", ".join("d" if w is None else str(w) for w in want)
-        raise bad(f"ctx {tuple(ctx.shape)} does not match [{shape}] (n_ctx {n_ctx}, csc {csc}, the model's text width)")
     norms = text_features.double().norm(dim=-1)  # normalised when written: all classes would score alike if not
     if not ((norms - 1).abs() <= 1e-2).all():
         k = int((norms - 1).abs().argmax())
