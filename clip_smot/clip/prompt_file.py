@@ -44,6 +44,9 @@ FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
 CLASS_POSITIONS = ("end", "middle", "front")
 _TENSORS = ("ctx", "text_features")
+# characters in a class name: far above any dataset's names (each is written into every CSV row it
+# predicts, so a name of millions of characters made a CSV of gigabytes)
+_MAX_CLASSNAME = 1000
 _REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
 # what ctx and text_features may hold (written as float32; a converted file may hold another width)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -211,9 +214,13 @@ def _read_tensors(path: str, shapes: dict[str, tuple[int, ...]]) -> tuple[torch.
 
 
 def _check_metadata(path: str, classnames: list, class_position: str, csc: str) -> None:
-    """A UserError naming the file unless its class names and layout are well-formed."""
+    """A UserError naming the file unless its class names (at most ``_MAX_CLASSNAME`` characters
+    each) and layout are well-formed."""
     if not all(isinstance(c, str) for c in classnames) or not classnames:
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a non-empty JSON list of strings)")
+    k, name = max(enumerate(classnames), key=lambda kc: len(kc[1]))
+    if len(name) > _MAX_CLASSNAME:
+        raise UserError(f"--prompt {path}: class {k}'s name has {len(name)} characters, more than {_MAX_CLASSNAME}")
     if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
         raise UserError(f"--prompt {path}: malformed metadata (class_position {class_position!r}, csc {csc!r}; "
                         f"expected one of {CLASS_POSITIONS}, and 'true' or 'false')")

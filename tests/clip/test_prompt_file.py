@@ -270,3 +270,13 @@ def test_tensors_larger_than_half_the_memory_are_refused_before_loading(tmp_path
     with pytest.raises(UserError, match=r"p.safetensors: its tensors ctx \(4, 16\) and text_features \(3, 32\) "
                                         r"would take up to 0.0 GiB, more than half of this machine's 0.0 GiB$"):
         load_prompt(tmp_path / "p.safetensors")
+
+
+def test_a_class_name_longer_than_the_cap_is_refused(tmp_path):
+    """A class name of 40 million characters made a 240 MB CSV from 6 images, and a MemoryError with 60."""
+    _save(tmp_path / "p.safetensors", classnames=["a", "b" * 1000, "d"])
+    assert len(load_prompt(tmp_path / "p.safetensors").classnames[1]) == 1000
+    _save(tmp_path / "bad.safetensors", classnames=["a", "b", "c" * 1001])
+    with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: class 2's name has 1001 "
+                                        r"characters, more than 1000$"):
+        load_prompt(tmp_path / "bad.safetensors")
