@@ -43,6 +43,7 @@ __all__ = [
     "check_config_file",
     "check_model_config",
     "config_activation",
+    "count_tokens",
     "encode_image_tokens",
     "encode_images",
     "image_preprocess",
@@ -360,6 +361,16 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
 
 
 _HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face
+
+
+def count_tokens(texts: list[str]) -> list[int]:
+    """The tokens of each text under open_clip's ``SimpleTokenizer`` (the tokenizer of the text
+    towers a config file may name: :func:`check_config_file` refuses a Hugging Face one), without
+    the start and end tokens and without cutting at a context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    encode = SimpleTokenizer().encode
+    return [len(encode(text)) for text in texts]
 
 
 def check_config_file(cfg: object, source: str, prefix: str = "") -> None:

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot import __version__
-from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation
+from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
@@ -165,6 +165,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
         raise UserError(f"--prompt {path}: malformed metadata (activation {activation!r} is not the one of its "
                         f"model_config, {config_activation(model_config)!r})")
     _check_metadata(path, classnames, meta["class_position"], meta["csc"])
+    _check_n_ctx(path, n_ctx, classnames, model_config)
     _check_shapes(path, shapes, len(classnames), model_config, n_ctx, meta["csc"])
     ctx, text_features = _read_tensors(path, shapes)  # (as large as the checked shapes now)
     _check_values(path, ctx, text_features, classnames)
@@ -224,6 +225,21 @@ def _check_metadata(path: str, classnames: list, class_position: str, csc: str) 
     if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
         raise UserError(f"--prompt {path}: malformed metadata (class_position {class_position!r}, csc {csc!r}; "
                         f"expected one of {CLASS_POSITIONS}, and 'true' or 'false')")
+
+
+def _check_n_ctx(path: str, n_ctx: int, classnames: list[str], model_config: dict) -> None:
+    """A UserError naming the file unless ``n_ctx`` is at least 1 and each class's prompt (start
+    token, n_ctx context tokens, the name's tokens, ".", end token) fits the context length of
+    the model config (as :class:`~clip_smot.clip.prompt.PromptLearner` lays it out). Checked
+    here, where the file is read: the learner's own check names ``--n-ctx``, a flag of fit."""
+    L = model_config["text_cfg"].get("context_length") or 77  # (open_clip's default)
+    if not 1 <= n_ctx <= L - 3:
+        raise UserError(f"--prompt {path}: n_ctx {n_ctx} is not in [1, {L - 3}] (a prompt of the model's {L} "
+                        "tokens holds a start and an end token, a '.' and the class name beside its context)")
+    n_name, k = max(zip(count_tokens(classnames), range(len(classnames))))  # (names of 1000 characters at most)
+    if 1 + n_ctx + n_name + 2 > L:
+        raise UserError(f"--prompt {path}: the prompt of class {k} ({classnames[k][:40]!r}, {n_name} name tokens) "
+                        f"needs {1 + n_ctx + n_name + 2} of the model's {L} tokens with n_ctx {n_ctx}")
 
 
 def _check_shapes(path: str, shapes: dict[str, tuple[int, ...]], K: int, model_config: dict, n_ctx: int,

@@ -274,9 +274,29 @@ def test_tensors_larger_than_half_the_memory_are_refused_before_loading(tmp_path
 
 def test_a_class_name_longer_than_the_cap_is_refused(tmp_path):
     """A class name of 40 million characters made a 240 MB CSV from 6 images, and a MemoryError with 60."""
-    _save(tmp_path / "p.safetensors", classnames=["a", "b" * 1000, "d"])
+    long_context = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {},
+                                                        "text_cfg": {"context_length": 2000}}))
+    _save(tmp_path / "p.safetensors", classnames=["a", "b" * 1000, "d"], identity=long_context)
     assert len(load_prompt(tmp_path / "p.safetensors").classnames[1]) == 1000
     _save(tmp_path / "bad.safetensors", classnames=["a", "b", "c" * 1001])
     with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: class 2's name has 1001 "
                                         r"characters, more than 1000$"):
         load_prompt(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("n_ctx,classnames,error", [
+    (0, ["a", "b c", "d"], r"n_ctx 0 is not in \[1, 74\]"),
+    (200, ["a", "b c", "d"], r"n_ctx 200 is not in \[1, 74\]"),
+    (74, ["a", "b c", "d"], r"the prompt of class 1 \('b c', 2 name tokens\) needs 79 of the model's 77 tokens "
+                            r"with n_ctx 74$"),
+])
+def test_n_ctx_and_the_class_names_must_fit_the_context_length(tmp_path, n_ctx, classnames, error):
+    """A prompt of n_ctx 0 or 200 was read, then refused naming --n-ctx, a flag score does not have."""
+    _save(tmp_path / "p.safetensors", n_ctx=n_ctx, ctx=torch.zeros(n_ctx, 16), classnames=classnames)
+    with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'p.safetensors'}: " + error):
+        load_prompt(tmp_path / "p.safetensors")
+
+
+def test_the_longest_prompt_that_fits_loads(tmp_path):
+    _save(tmp_path / "p.safetensors", n_ctx=73, ctx=torch.zeros(73, 16), classnames=["a", "b", "d"])
+    assert load_prompt(tmp_path / "p.safetensors").n_ctx == 73  # (1 + 73 + 1 + 2 = 77 tokens)
