@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -114,30 +115,50 @@ def _checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[s
     return out
 
 
-def _load_entry(path: Path, local: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+class _WrongShape(Exception):
+    """A cache entry's header declares tensors of other shapes than its files' features."""
+
+
+def _load_entry(path: Path, local: bool, embed_dim: int, patches: int | None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """The tensors wanted (``global``, and ``local`` with ``local``) and the metadata of a cache
-    entry, or None when it lacks the local features asked for.
+    entry, or None when it lacks the local features asked for. Their shapes are checked in the
+    header before any is loaded: [n, embed_dim] and [n, patches, embed_dim] for the n files the
+    entry lists (a planted or damaged entry may declare any size, and a sparse one costs nothing
+    on disk); ``patches`` None: the model has no local features, so no entry holds any.
 
     Raises:
         SafetensorError, OSError: not a readable entry (a missing tensor included).
+        KeyError, ValueError, TypeError: metadata that is not an entry's.
+        _WrongShape: tensors of other shapes.
     """
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if local and "local" not in f.keys():
             return None
+        names = ("global", "local") if local else ("global",)
+        n = len(parse_json(meta["paths"]))
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+        g, l = shapes["global"], shapes.get("local")
+        # (no file readable: the writer's local features are [0, 0, e])
+        if g != (n, embed_dim) or (l is not None and (len(l) != 3 or l[::2] != (n, embed_dim)
+                                                      or (n and l[1] != patches))):
+            raise _WrongShape
         # clone: fresh, aligned memory, so that matrix products are bit-identical to those
         # of freshly encoded features (a view into the file buffer can take another SIMD path)
-        tensors = {k: f.get_tensor(k).clone() for k in (("global", "local") if local else ("global",))}
+        tensors = {k: f.get_tensor(k).clone() for k in names}
     return tensors, meta
 
 
-def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -> tuple[ImageFeatures | None, str]:
+def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, patches: int | None = None
+                ) -> tuple[ImageFeatures | None, str]:
     """The cached features of ``paths`` and "", or None and why the entry cannot be used ("" when
-    there is no entry or it lacks the local features asked for; a reason when it is damaged)."""
+    there is no entry or it lacks the local features asked for; a reason when it is damaged).
+    ``patches``: the model's patches per image (for ``local``; None where it has none)."""
     if not path.is_file():
         return None, ""
     try:
-        entry = _load_entry(path, local)
+        entry = _load_entry(path, local, embed_dim, patches)
         if entry is None:
             return None, ""
         tensors, meta = entry
@@ -149,7 +170,9 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
         global_, local_ = tensors["global"], tensors.get("local")
         encoded = [str(p) for p in parse_json(meta["paths"])]
         skipped = [(str(p), str(why)) for p, why in parse_json(meta["skipped"])]
-    # (RuntimeError: the byte view of a 0-d tensor, which no writer of ours stores)
+    except _WrongShape:  # shapes the writer did not write: a matrix product would fail on them, or worse, not
+        return None, "its features have the wrong shape"
+    # (RuntimeError: a byte view torch refuses, e.g. of a 0-d tensor, which the shape check refuses first)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"
     wanted = [image_identity(p) for p in paths]  # (the key's: a relative and an absolute spelling are one)
@@ -157,9 +180,6 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int) -
     held_skipped = [image_identity(s[0]) for s in skipped]
     if sorted(held + held_skipped) != sorted(wanted):
         return None, "it lists other files"
-    n = len(encoded)  # shapes the writer did not write: a matrix product would fail on them, or worse, not
-    if global_.shape != (n, embed_dim) or (local_ is not None and (local_.ndim, *local_.shape[::2]) != (3, n, embed_dim)):
-        return None, "its features have the wrong shape"
     if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
         return None, "its features are not finite"
     # the key sorts the files: the entry may hold them in another order (and spelling) than asked for
@@ -297,7 +317,10 @@ def encode_files(
         raise UserError("no image files to encode")
     cacheable = use_cache and bool(clip.pretrained)
     entry = cache_dir() / f"{_cache_key(clip, paths, decode, precision)}.safetensors" if cacheable else None
-    feats, damage = _read_cache(entry, paths, local, clip.config["embed_dim"]) if entry is not None else (None, "")
+    grid = getattr(clip.model.visual, "grid_size", None)  # (a ViT's; local features are its patches')
+    patches = math.prod(grid) if grid is not None else None
+    feats, damage = (_read_cache(entry, paths, local, clip.config["embed_dim"], patches) if entry is not None
+                     else (None, ""))
     writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
     if damage and writer:
         print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",

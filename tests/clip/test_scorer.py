@@ -432,6 +432,55 @@ def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
     torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("tensor,shape", [("global", [10_000_000, 32]), ("local", [4, 10_000_000, 32]),
+                                          ("local", [4, 17, 32])])
+def test_a_cache_entry_declaring_other_shapes_is_encoded_again_before_loading(tmp_path, tiny, monkeypatch, capsys,
+                                                                              tensor, shape):
+    """A planted sparse entry declaring a huge tensor was loaded (3.3 GB; 5 GB: a MemoryError
+    traceback) before its shape was found wrong. The header is checked first: nothing is loaded."""
+    import clip_smot.clip.features as features
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))[:4]
+    fresh = features.encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = features.cache_dir().glob("*.safetensors")
+    n = int.from_bytes(entry.read_bytes()[:8], "little")
+    header, offset = json.loads(entry.read_bytes()[8:8 + n]), 0
+    header[tensor]["shape"] = shape
+    for name in ("global", "local"):  # (data in the order of the names, as safetensors writes it)
+        size = {"F32": 4, "F16": 2}[header[name]["dtype"]] * math.prod(header[name]["shape"])
+        header[name]["data_offsets"], offset = [offset, offset + size], offset + size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(entry, "wb") as f:  # (a hole: gigabytes declared, nothing on disk)
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)
+    real_open = features.safe_open
+
+    class NoLargeRead:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "get_tensor" and math.prod(self.f.get_slice(tensor).get_shape()) > 10**6:
+                raise AssertionError("a tensor was loaded before its shape was checked")
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(features, "safe_open", NoLargeRead)
+    capsys.readouterr()
+    again = features.encode_files(tiny, paths, local=True, workers=0)
+    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+
+
 def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, tiny):
     """A process killed while writing an entry (the OOM killer, as an ImageNet-val entry with patch
     features is 10 GB) left its hidden temporary file in the cache for good. The next write
@@ -575,7 +624,8 @@ def test_a_cache_entry_without_a_checksum_is_encoded_again(tmp_path, tiny, monke
 
 def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
     """A well-formed safetensors entry whose features are one 0-d number: its checksum cannot even
-    be computed (no byte view of a 0-d float); a note, not a traceback."""
+    be computed (no byte view of a 0-d float); a note, not a traceback (its shape, in the header,
+    is refused first)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -590,7 +640,7 @@ def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
     save_file({"global": torch.tensor(1.0)}, str(entry), metadata=meta)
     again = encode_files(tiny, paths, workers=0)
     assert torch.equal(again.global_, fresh.global_)
-    assert "is damaged (not a readable entry (RuntimeError)); its images are encoded again" in capsys.readouterr().err
+    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
 
 
 def _weights_with(tmp_path, checkpoint, key, value):
