@@ -448,6 +448,25 @@ def test_bad_inputs_exit_with_one_line(case, extra, expected, fit_args, bad_data
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_export_refuses_a_model_built_with_the_other_activation(one_epoch, tiny_clip_config, tmp_path):
+    """export --model CONFIG whose quick_gelu is false wrote a prompt (exit 0) that named that
+    model but recorded the run's QuickGELU config: the --model was built with the run's
+    activation whatever it said. score and eval refuse such a model; export now does too."""
+    config = json.loads(Path(tiny_clip_config).read_text())
+    (tmp_path / "tiny-gelu.json").write_text(json.dumps({**config, "quick_gelu": False}))
+    (tmp_path / "tiny-same.json").write_text(json.dumps(config))
+    base = ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*base, "--model", str(tmp_path / "tiny-gelu.json"), "--out", str(tmp_path / "g.st")])
+    assert res.exit_code == 1 and res.output == (
+        f"Error: --model {tmp_path / 'tiny-gelu.json'}: builds the model with GELU, but the context in "
+        f"{one_epoch / 'checkpoint.pt'} was trained through QuickGELU; give a --model built with QuickGELU\n")
+    assert not (tmp_path / "g.st").exists()
+    res = CliRunner().invoke(cli, [*base, "--model", str(tmp_path / "tiny-same.json"), "--out", str(tmp_path / "s.st")])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(load_prompt(tmp_path / "s.st").text_features,
+                       load_prompt(one_epoch / "prompt.safetensors").text_features)
+
+
 def test_bad_export_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
