@@ -488,7 +488,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if rank == 0 and not dry_run:
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        rf.write_config(out, cfg.to_dict())
+        rf.write_config(out, {**cfg.to_dict(), "device": str(device), "precision": precision})  # (as resolved)
         # the log lines of the checkpoint's epochs (a line written after it goes; the log a checkpoint
         # holds restores a line missing from the file, as one written by an older train can be)
         rf.truncate_log(out / rf.LOG, run.start_epoch, run.log)
@@ -519,6 +519,9 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
     out = Path(cfg.out)
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
+    if cfg.dataset == "digits" and cfg.data is not None:  # (it was ignored, and recorded as the run's data)
+        raise UserError(f"--data {cfg.data}: --dataset digits reads no data folder (the bundled digits are written "
+                        "under $CLIP_SMOT_CACHE); leave --data out")
     check_ranges(cfg)  # before any data is read: --seed, --input-size, --workers size or seed something
     if not dry_run:
         _check_outputs(cfg)

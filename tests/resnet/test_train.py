@@ -88,6 +88,7 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     assert [e["epoch"] for e in log] == [1, 2] and {"loss", "lr", "time_s", "train_acc"} <= set(log[0])
     cfg = json.loads((base / "config.json").read_text())
     assert cfg["method"] == "ce" and cfg["epochs"] == 2 and cfg["T"] == 10.0 and cfg["input_size"] == 16
+    assert cfg["device"] == "cpu" and cfg["precision"] == "fp32"  # (resolved, as fit records them: not "auto")
 
     smot = tmp_path / "smot"
     r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), "--epochs", "1",
@@ -269,6 +270,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--out", "{tmp}/r"], "give --dataset NAME or --data DIR"),
     (["--data", "{mismatch}"], "do not match those of train/"),
     (["--data", "{folders}", "--resume"], "--resume: no checkpoint"),
+    (["--dataset", "digits", "--data", "{folders}"], "--dataset digits reads no data folder"),  # (was ignored)
 ])
 def test_bad_inputs(args, message, folders, tmp_path):
     (tmp_path / "empty").mkdir()
