@@ -220,8 +220,15 @@ def score(paths, **options) -> None:
     with the columns path, pred, pred_index and one column per score (higher = more
     in-distribution).
     """
-    with process_group(options["device"]) as (rank, _, _):
-        skipped = run_score(ScoreConfig(paths=paths, **options))
+    try:
+        with process_group(options["device"]) as (rank, _, _):
+            skipped = run_score(ScoreConfig(paths=paths, **options))
+    except KeyboardInterrupt:
+        partial = Path(f"{options['out']}.partial")
+        if partial.is_file():  # (fit's and train's lines name their checkpoint alike)
+            raise _Interrupted(f"interrupted; {partial} holds the rows written so far: continue with the same "
+                               "command and --resume") from None
+        raise _interrupted() from None
     if skipped and rank == 0:  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
         for _, reason in skipped:

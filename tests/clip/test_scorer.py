@@ -858,6 +858,28 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
 
 
+def test_ctrl_c_names_the_partial_to_resume_from(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """score's Ctrl-C said 'interrupted' only, where fit and train name what to resume from: the
+    rows scored so far are kept in OUT.partial, and the line says so and how to go on."""
+    from clip_smot.clip import score as score_command
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    monkeypatch.setattr(score_command.run_score, "__defaults__", (5,))  # (chunks of 5 images)
+    _, real = _stop_after_chunks(monkeypatch, 1)
+    out = tmp_path / "s.csv"
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint, "--device",
+            "cpu", "--workers", "0", "--out", str(out), *map(str, ids)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 130 and res.output == (f"Error: interrupted; {out}.partial holds the rows written so far: "
+                                                   "continue with the same command and --resume\n")
+    assert len(read_csv(f"{out}.partial")) == 5 and not out.exists()
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    res = CliRunner().invoke(cli, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(out)) == 19 and not os.path.exists(f"{out}.partial")
+
+
 def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
