@@ -137,6 +137,17 @@ class Plan:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (flag, path) that must exist to run
 
 
+def _torchvision_sets(p: Plan) -> list[str]:
+    """The torchvision sets the stages of ``p`` read from --cifar-root: the CIFAR sets they train
+    on, and SVHN where an evaluation names the built-in set."""
+    names: list[str] = []
+    for stage in p.stages:
+        argv = list(stage.argv)
+        given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--dataset", "--ood")]
+        names += [n.lower() for n in given if n.lower() in ("cifar10", "cifar100", "svhn")]
+    return list(dict.fromkeys(names))
+
+
 def _opt(flag: str, value) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
@@ -446,9 +457,14 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
     p = plan(table, options)
     out = Path(options.out)
     if not dry_run:
-        missing = [(flag, path) for flag, path in p.inputs if not Path(path).is_dir()]
-        if missing:  # before hours of training, not at the evaluation that needs it
-            raise UserError(f"{missing[0][0]}: no such folder: {missing[0][1]}")
+        missing = [f"{flag}: no such folder: {path}" for flag, path in p.inputs if not Path(path).is_dir()]
+        if not missing and options.cifar_root:  # (torchvision's sets, which the stages would download there)
+            from clip_smot.resnet.data import torchvision_unavailable
+
+            missing = [f"--cifar-root: {why}" for name in _torchvision_sets(p)
+                       if (why := torchvision_unavailable(name, options.cifar_root))]
+        if missing:  # every one, before hours of training, not at the evaluation that needs it
+            raise UserError("; ".join(missing))
         make_folder(out)
     for stage in p.stages:
         argv = list(stage.argv)

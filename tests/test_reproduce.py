@@ -182,6 +182,37 @@ def test_missing_data_root_is_one_line_and_runs_nothing(tmp_path, data):
     assert res.exit_code == 1 and "--cifar-root: table2 needs it" in res.output
 
 
+def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatch):
+    """Only the first missing OOD folder was named (SUN, Places and Textures were missing too);
+    and a --cifar-root without CIFAR-10 or SVHN passed the folder check offline: the trainings
+    ran, and the first evaluation failed on SVHN hours later. Offline, torchvision's sets are
+    looked for under --cifar-root first, and every missing input is named in one line."""
+    from clip_smot.resnet import data
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    out, empty = tmp_path / "o", tmp_path / "cifar"
+    for folder in (empty, tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val"):
+        folder.mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"),
+                                                 ood_root=str(tmp_path / "none")),
+                      ran.append, echo=lambda line: None)
+    assert str(e.value) == "; ".join(f"--ood-root ({name}): no such folder: {tmp_path / 'none' / folder}" for name, folder
+                                     in (("iNaturalist", "iNaturalist"), ("SUN", "SUN"), ("Places", "Places"),
+                                         ("Textures", "Textures")))
+    for name in ("Textures", "Places", "LSUN", "iSUN", "LSUN_resize"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(data, "_reachable", lambda host: False)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table2", ReproduceOptions(out=str(out), cifar_root=str(empty), ood_root=str(tmp_path)),
+                      ran.append, echo=lambda line: None)
+    assert str(e.value) == (f"--cifar-root: cifar10 is not under {empty} and www.cs.toronto.edu cannot be reached "
+                            f"(offline?); --cifar-root: svhn is not under {empty} and ufldl.stanford.edu cannot be "
+                            "reached (offline?)")
+    assert ran == [] and not out.exists()
+
+
 def test_paper_numbers_file_has_every_table_and_their_averages():
     """Spot checks against the paper's text (each number read twice) and the tables' own averages."""
     t8 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("8")}
@@ -209,7 +240,7 @@ def test_paper_numbers_file_has_every_table_and_their_averages():
     assert t6[("ResNet18 SMOT", "id_acc")] == 94.54 and t6[("DenseNet CE", "auroc")] == 89.28
 
 
-def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_path):
+def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_path, monkeypatch):
     """Tables 2 and 3 name their stages alike (train-base, eval-base, ...): `reproduce table3` into
     the --out of a table2 run skipped every stage as finished and wrote CIFAR-10's numbers as
     Table 3's; a smoke run's 1-epoch models were used by a later full run the same way. Each stage
@@ -230,6 +261,7 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
 
     for name in ("cifar-10-batches-py", "Textures", "SVHN", "Places", "LSUN", "iSUN", "LSUN_resize"):
         (tmp_path / name).mkdir()
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
     run_reproduce("table2", options(epochs=1), fake, echo=lambda line: None)  # (their "{}" metrics: empty cells)
     assert json.loads((out / "train-base" / RECORD).read_text())["argv"][:3] == ["train", "--dataset", "cifar10"]
     lines = []

@@ -56,6 +56,7 @@ __all__ = [
     "mix_seed",
     "random_crop_flip",
     "resize_set",
+    "torchvision_unavailable",
 ]
 
 BUILTIN_ID = ("cifar10", "cifar100", "imagenet200", "digits")
@@ -128,6 +129,22 @@ def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
                 return cls(str(root), download=True, **kwargs)
     except (OSError, RuntimeError) as e:
         raise UserError(f"{name}: download into {root} failed ({e})") from None
+
+
+def torchvision_unavailable(name: str, root: str | os.PathLike) -> str | None:
+    """Why the torchvision set ``name`` (cifar10, cifar100, svhn) cannot be had under ``root``
+    now: not there, and its host does not answer (as :func:`_torchvision` would find, minus the
+    download); None when it is there or can be downloaded. Its test split is read to tell."""
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "svhn": tvd.SVHN}[name]
+    try:
+        cls(str(root), download=False, **({"split": "test"} if name == "svhn" else {"train": False}))
+        return None
+    except RuntimeError:
+        pass
+    host = _HOSTS[name]
+    return None if _reachable(host) else f"{name} is not under {root} and {host[0]} cannot be reached (offline?)"
 
 
 def _cifar(name: str, train: bool, root: Path, download: bool = True) -> SizedImageSet:
