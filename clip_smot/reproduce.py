@@ -28,7 +28,7 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, parse_json
+from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, read_json
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -107,7 +107,7 @@ class Stage:
         record = folder / RECORD
         if is_file(record, "--out"):
             try:
-                recorded = parse_json(record.read_text(encoding="utf-8"))["argv"]
+                recorded = read_json(record)["argv"]
                 if not (isinstance(recorded, list) and all(isinstance(w, str) for w in recorded)):
                     raise ValueError("argv is not a list of strings")
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -367,7 +367,7 @@ def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -
     if not path.is_file():
         return None
     try:
-        report = parse_json(path.read_text(encoding="utf-8"))
+        report = read_json(path)
         value = report.get("id_accuracy") if metric == "id_acc" else \
             report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

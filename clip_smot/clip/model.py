@@ -32,7 +32,7 @@ from PIL import Image
 
 from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import archive_overflow, parse_json, plain_name, sha256_file
+from clip_smot.common.files import archive_overflow, plain_name, read_json, sha256_file
 from clip_smot.common.network import host_reachable
 
 __all__ = [
@@ -150,8 +150,8 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
         if not os.path.isfile(path):
             raise UserError(f"--model {model}: no such model-config JSON file")
         try:
-            cfg = parse_json(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            cfg = read_json(path)
+        except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, a file too large)
             raise UserError(f"{source[0]}: not a valid JSON model config ({e})") from None
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
             cfg = cfg["model_cfg"]

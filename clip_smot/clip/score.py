@@ -27,7 +27,7 @@ from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_r
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import every_rank, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_write_text, check_output, make_folder, parse_json, sha256_file
+from clip_smot.common.files import atomic_write_text, check_output, make_folder, read_json, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
 from clip_smot.common.progress import progress_bar
@@ -210,7 +210,7 @@ def _check_run_file(run_file: Path, run: dict, partial: Path) -> None:
     try:
         if run_file.is_symlink() or not run_file.is_file() or run_file.stat().st_size > 1 << 20:
             raise ValueError("missing")
-        stored = parse_json(run_file.read_text(encoding="utf-8"))
+        stored = read_json(run_file)
     except (OSError, ValueError, UnicodeDecodeError):
         raise UserError(f"--resume: {run_file}, which says what {partial} was scored with, is missing or damaged; "
                         "run without --resume") from None

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import cache_root, file_lock, parse_json
+from clip_smot.common.files import cache_root, file_lock, read_json
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "written_folders", "write_digits"]
 
@@ -131,7 +131,7 @@ def _write(tmp: Path, size: int, n_ood: int, seed: int) -> None:
 
 def _is_written(root: Path, size: int) -> bool:
     try:
-        meta = parse_json((root / "digits.json").read_text())
+        meta = read_json(root / "digits.json")
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size

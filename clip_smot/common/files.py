@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -347,6 +347,25 @@ def parse_json(text: str | bytes) -> Any:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text if isinstance(text, str) else "", 0) from None
+
+
+MAX_JSON_BYTES = 1 << 20  # a JSON file read whole (a config, a record, a report): far above any written here
+
+
+def read_json(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
+    """:func:`parse_json` of the file ``path``, UTF-8, of at most ``limit`` bytes: no more is read
+    (a sparse file of gigabytes that a user hands in costs nothing to make).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a larger file, text that is not UTF-8 (UnicodeDecodeError) or not JSON
+            (json.JSONDecodeError), both ValueErrors, which the callers turn into their one line.
+    """
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes, more than such a file holds")
+    return parse_json(data.decode("utf-8"))
 
 
 def json_text(obj: Any) -> str:

@@ -59,7 +59,7 @@ from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
     make_folder,
-    parse_json,
+    read_json,
     remove_stale_temporaries,
     sha256_file,
     write_json,
@@ -478,7 +478,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
         if rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
             try:
-                return parse_json((out / "summary.json").read_text(encoding="utf-8"))
+                return read_json(out / "summary.json")
             except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None

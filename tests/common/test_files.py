@@ -166,3 +166,32 @@ def test_parse_json_reads_json_and_calls_too_deep_nesting_a_decode_error():
     for text in ("[" * 100_000 + "]" * 100_000, b"{" + b'"a":{' * 100_000):
         with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
             parse_json(text)
+
+
+def test_a_json_file_is_read_up_to_its_limit_only(tmp_path):
+    """A --model config, a stage record, a report: read whole with read_text, a sparse file of
+    5 GB (made in no time, holding nothing) was a MemoryError traceback or gigabytes of memory.
+    read_json reads one byte past its limit and stops."""
+    from clip_smot.common.files import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    with open(tmp_path / "huge.json", "wb") as f:
+        f.write(b'{"a": "')
+        f.truncate(5 << 30)  # (sparse: no disk, no memory)
+    with pytest.raises(ValueError, match=r"^larger than 1048576 bytes, more than such a file holds$"):
+        read_json(tmp_path / "huge.json")
+    (tmp_path / "latin.json").write_bytes(b'{"a": "\xe9"}')
+    with pytest.raises(UnicodeDecodeError):
+        read_json(tmp_path / "latin.json")
+
+
+def test_a_huge_model_config_is_one_line(tmp_path):
+    """score/eval/fit --model CONFIG.json of 5 GB (sparse): a MemoryError traceback."""
+    from clip_smot.clip.model import load_clip
+
+    path = tmp_path / "big.json"
+    with open(path, "wb") as f:
+        f.truncate(5 << 30)
+    with pytest.raises(UserError, match=rf"^--model {path}: not a valid JSON model config \(larger than 1048576 bytes"):
+        load_clip(str(path), None)
