@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,7 +170,11 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
     root = Path(data)
     if not os.path.isdir(root):  # (False, not an OSError, for a name too long)
         raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR")
-    return [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
+    paths = [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
+    if writes_outputs():  # (the prompt file names the folder read: said, not done silently)
+        print(f"note: the fitted scores use the {len(paths)} training images of {root}, the folder {prompt} records; "
+              "--id-train DIR names another", file=sys.stderr)
+    return paths
 
 
 def _zero_shot_template() -> str:

@@ -145,9 +145,10 @@ def test_eval_zero_shot_fitted_scores_need_id_train(tmp_path, tiny_clip_config, 
     assert res.exit_code == 1 and "--id-train" in res.output and "Traceback" not in res.output
 
 
-def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path):
+def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
     """The prompt's data and split.txt (next to it), or the split drawn again from its shots and
-    seed, checked against the SHA-256 the prompt records; --split and --id-train choose others."""
+    seed, checked against the SHA-256 the prompt records; --split and --id-train choose others.
+    The folder a prompt names is read, so a note says which (a prompt file may name any)."""
     root = _train_folder(tmp_path / "data" / "train", n_per_class=5)
     classes = resolve_classes(root)
     split = draw_split(classes, 2, 3)
@@ -157,6 +158,8 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path):
     prompt.parent.mkdir()
     want = [str(root / rel) for rel, _ in split]
     assert id_train_paths(str(prompt), config, None, None) == want  # drawn again
+    assert capsys.readouterr().err == (f"note: the fitted scores use the 6 training images of {root}, the folder "
+                                       f"{prompt} records; --id-train DIR names another\n")
     (prompt.parent / "split.txt").write_text(split_text(split))
     assert id_train_paths(str(prompt), config, None, None) == want  # read from beside the prompt
     other = draw_split(classes, 2, 4)
