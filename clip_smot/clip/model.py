@@ -235,8 +235,22 @@ def load_clip(
         mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
         image_size=int(size),
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=_tokenizer(name, cfg),
     )
+
+
+def _tokenizer(name: str, cfg: dict):
+    """The tokenizer of model ``name``: open_clip's, named by the config's text tower (a Hugging
+    Face tokenizer), else its SimpleTokenizer, built here, not looked up by name: open_clip gives
+    any name holding 'siglip' a SigLIP tokenizer downloaded from the Hugging Face hub, and the
+    name of a config file or of a prompt's stored model is anyone's."""
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    text = cfg.get("text_cfg", {})
+    if text.get("hf_tokenizer_name"):
+        return open_clip.get_tokenizer(name)
+    return SimpleTokenizer(context_length=text.get("context_length", 77), **text.get("tokenizer_kwargs", {}))
 
 
 MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture takes 518

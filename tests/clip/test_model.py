@@ -206,3 +206,17 @@ def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: model_config.vision_cfg must be a JSON object"):
         cm.load_clip_for_prompt("str-clip", {**TINY_CLIP_CONFIG, "vision_cfg": "x"}, None,
                                 activation_source="--prompt p.safetensors")
+
+
+def test_a_config_file_named_like_siglip_gets_the_clip_tokenizer(tmp_path, tiny_clip_config):
+    """open_clip's get_tokenizer gives any name holding 'siglip' a SigLIP tokenizer from the
+    Hugging Face hub: a config file my-siglip.json (its name: the stem) failed offline, or would
+    tokenize with another vocabulary than its text tower's. Its tokenizer is CLIP's, as any
+    config file without a Hugging Face tokenizer."""
+    import open_clip
+
+    path = tmp_path / "my-siglip.json"
+    path.write_text(open(tiny_clip_config).read())
+    clip = load_clip(str(path), None)
+    texts = ["a photo of a sea lion.", "Ünïcode, and  spaces"]
+    assert torch.equal(clip.tokenizer(texts), open_clip.tokenize(texts))
