@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import signal
 import subprocess
@@ -221,3 +223,49 @@ def _write_imagenet(root, n_per_class=4, wnids=WNIDS, size=(40, 36)):
             a = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(a).save(d / f"{w}_{i}.JPEG", quality=90)
     return root
+
+
+def write_sparse_safetensors(path, header: dict) -> None:
+    """A safetensors file whose ``header`` (name -> {"dtype", "shape"}, and "__metadata__")
+    declares its tensors, data offsets set in the header's order, while the data is a hole:
+    the file takes no disk and the test no memory, whatever the shapes."""
+    size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+    header, offset = dict(header), 0
+    for name, tensor in list(header.items()):
+        if name != "__metadata__":
+            end = offset + size[tensor["dtype"]] * math.prod(tensor["shape"])
+            header[name], offset = {**tensor, "data_offsets": [offset, end]}, end
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)
+
+
+def guarded_safe_open(real_open, refused=lambda shape: True):
+    """A ``safe_open`` (wrapping ``real_open``) that fails the test when a tensor whose shape
+    ``refused`` holds is loaded: what a check must refuse from the header alone."""
+
+    class Guarded:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name != "get_tensor":
+                return getattr(self.f, name)
+
+            def get_tensor(key):
+                if refused(self.f.get_slice(key).get_shape()):
+                    raise AssertionError("a tensor was loaded before its shape was checked")
+                return self.f.get_tensor(key)
+
+            return get_tensor
+
+    return Guarded

@@ -1,8 +1,8 @@
 import json
-import math
 
 import pytest
 import torch
+from helpers import guarded_safe_open, write_sparse_safetensors
 from safetensors.torch import safe_open, save_file
 
 from clip_smot.clip.prompt_file import load_prompt, save_prompt
@@ -208,40 +208,6 @@ def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp
     check_model_config(siglip, "--model ViT-B-16-SigLIP")  # (a name of open_clip's registry: no error)
 
 
-def _sparse_safetensors(path, shapes, metadata):
-    """A safetensors file of float32 tensors of ``shapes`` whose data is a hole: its header
-    declares them, the file takes no disk and the test no memory."""
-    header, offset = {"__metadata__": metadata}, 0
-    for name, shape in shapes.items():
-        end = offset + 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, end]}
-        offset = end
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text)
-        f.truncate(8 + len(text) + offset)
-
-
-class _NoTensorRead:
-    """``safe_open`` that fails the test when a tensor is loaded."""
-
-    def __init__(self, *args, **kwargs):
-        self.f = safe_open(*args, **kwargs)
-
-    def __enter__(self):
-        self.f.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.f.__exit__(*exc)
-
-    def __getattr__(self, name):
-        if name == "get_tensor":
-            raise AssertionError("a tensor was loaded before its shape was checked")
-        return getattr(self.f, name)
-
-
 @pytest.mark.parametrize("shapes,error", [
     ({"ctx": (10_000_000, 16), "text_features": (3, 32)}, r"ctx \(10000000, 16\) does not match \[4, d\]"),
     ({"ctx": (4, 16), "text_features": (10_000_000, 32)}, r"text_features \(10000000, 32\) do not match 3 class"),
@@ -253,9 +219,10 @@ def test_shapes_are_checked_from_the_header_before_any_tensor_is_loaded(tmp_path
     _save(tmp_path / "p.safetensors")
     with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
         meta = dict(f.metadata())
-    _sparse_safetensors(tmp_path / "bad.safetensors", shapes, meta)
+    write_sparse_safetensors(tmp_path / "bad.safetensors",
+                             {"__metadata__": meta, **{k: {"dtype": "F32", "shape": list(v)} for k, v in shapes.items()}})
     assert (tmp_path / "bad.safetensors").stat().st_blocks * 512 < 1 << 20  # (a hole: nothing on disk)
-    monkeypatch.setattr(pf, "safe_open", _NoTensorRead)
+    monkeypatch.setattr(pf, "safe_open", guarded_safe_open(safe_open))
     with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: " + error):
         load_prompt(tmp_path / "bad.safetensors")
 
@@ -266,7 +233,7 @@ def test_tensors_larger_than_half_the_memory_are_refused_before_loading(tmp_path
 
     _save(tmp_path / "p.safetensors")
     monkeypatch.setattr(pf, "physical_memory", lambda: 1000)  # (ctx and text_features take 8 x 160 bytes)
-    monkeypatch.setattr(pf, "safe_open", _NoTensorRead)
+    monkeypatch.setattr(pf, "safe_open", guarded_safe_open(safe_open))
     with pytest.raises(UserError, match=r"p.safetensors: its tensors ctx \(4, 16\) and text_features \(3, 32\) "
                                         r"would take up to 0.0 GiB, more than half of this machine's 0.0 GiB$"):
         load_prompt(tmp_path / "p.safetensors")
