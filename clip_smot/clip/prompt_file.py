@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,11 @@ _TENSORS = ("ctx", "text_features")
 # characters in a class name: far above any dataset's names (each is written into every CSV row it
 # predicts, so a name of millions of characters made a CSV of gigabytes)
 _MAX_CLASSNAME = 1000
+# all class names together, and one word (a run of letters) of one: counting a name's tokens costs
+# time quadratic in its words' lengths (73 ms for one word of 1000 letters), and a file may hold
+# 100,000 names; ImageNet-21k's names hold about 550,000 characters, no English word 64 letters
+_MAX_CLASSNAMES_TOTAL = 1 << 20
+_MAX_WORD = 64
 _REQUIRED_META = ("format", "format_version", "model", "model_config", "pretrained", "n_ctx", "class_position", "csc", "classnames")
 # what ctx and text_features may hold (written as float32; a converted file may hold another width)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -222,6 +228,15 @@ def _check_metadata(path: str, classnames: list, class_position: str, csc: str) 
     k, name = max(enumerate(classnames), key=lambda kc: len(kc[1]))
     if len(name) > _MAX_CLASSNAME:
         raise UserError(f"--prompt {path}: class {k}'s name has {len(name)} characters, more than {_MAX_CLASSNAME}")
+    total = sum(map(len, classnames))
+    if total > _MAX_CLASSNAMES_TOTAL:
+        raise UserError(f"--prompt {path}: its {len(classnames)} class names hold {total} characters, more than "
+                        f"{_MAX_CLASSNAMES_TOTAL}")
+    for k, name in enumerate(classnames):
+        word = max(re.findall(r"[^\W\d_]+", name), key=len, default="")
+        if len(word) > _MAX_WORD:
+            raise UserError(f"--prompt {path}: class {k}'s name holds a word of {len(word)} letters "
+                            f"({word[:20]}...), more than {_MAX_WORD}")
     if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
         raise UserError(f"--prompt {path}: malformed metadata (class_position {class_position!r}, csc {csc!r}; "
                         f"expected one of {CLASS_POSITIONS}, and 'true' or 'false')")
@@ -236,7 +251,11 @@ def _check_n_ctx(path: str, n_ctx: int, classnames: list[str], model_config: dic
     if not 1 <= n_ctx <= L - 3:
         raise UserError(f"--prompt {path}: n_ctx {n_ctx} is not in [1, {L - 3}] (a prompt of the model's {L} "
                         "tokens holds a start and an end token, a '.' and the class name beside its context)")
-    n_name, k = max(zip(count_tokens(classnames), range(len(classnames))))  # (names of 1000 characters at most)
+    # a name takes at most as many tokens as its UTF-8 bytes (lowercased, as the tokenizer reads it):
+    # only the names that could overflow are tokenized (none of ImageNet's with n_ctx 16)
+    budget = L - 3 - n_ctx
+    long = [k for k, name in enumerate(classnames) if len(name.lower().encode("utf-8", "surrogatepass")) > budget]
+    n_name, k = max(zip(count_tokens([classnames[k] for k in long]), long), default=(0, 0))
     if 1 + n_ctx + n_name + 2 > L:
         raise UserError(f"--prompt {path}: the prompt of class {k} ({classnames[k][:40]!r}, {n_name} name tokens) "
                         f"needs {1 + n_ctx + n_name + 2} of the model's {L} tokens with n_ctx {n_ctx}")

@@ -243,12 +243,36 @@ def test_a_class_name_longer_than_the_cap_is_refused(tmp_path):
     """A class name of 40 million characters made a 240 MB CSV from 6 images, and a MemoryError with 60."""
     long_context = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {},
                                                         "text_cfg": {"context_length": 2000}}))
-    _save(tmp_path / "p.safetensors", classnames=["a", "b" * 1000, "d"], identity=long_context)
+    _save(tmp_path / "p.safetensors", classnames=["a", "bbbbbbbbb " * 100, "d"], identity=long_context)
     assert len(load_prompt(tmp_path / "p.safetensors").classnames[1]) == 1000
     _save(tmp_path / "bad.safetensors", classnames=["a", "b", "c" * 1001])
     with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: class 2's name has 1001 "
                                         r"characters, more than 1000$"):
         load_prompt(tmp_path / "bad.safetensors")
+
+
+def test_class_names_whose_tokens_would_take_long_to_count_are_refused(tmp_path, monkeypatch):
+    """Counting a name's tokens costs time quadratic in the length of its words (73 ms for one
+    word of 1000 letters), and a header of 100 MB holds 100,000 such names: hours. A word holds
+    at most 64 letters and all names 1 MiB of characters; and only names of more UTF-8 bytes than
+    the context leaves them are tokenized at all."""
+    import clip_smot.clip.prompt_file as pf
+
+    long_context = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {},
+                                                        "text_cfg": {"context_length": 2000}}))
+    for names, error in ((["a", "b", "c" * 65], r"class 2's name holds a word of 65 letters \(cccccccccccccccccccc...\), "
+                                                r"more than 64$"),
+                         ([f"{k:05d} " + "b" * 60 for k in range(17000)], r"its 17000 class names hold 1122000 "
+                                                                          r"characters, more than 1048576$")):
+        _save(tmp_path / "bad.safetensors", classnames=names, identity=long_context)
+        with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'bad.safetensors'}: " + error):
+            load_prompt(tmp_path / "bad.safetensors")
+    counted = []
+    monkeypatch.setattr(pf, "count_tokens", lambda names: counted.extend(names) or [len(n.split()) for n in names])
+    _save(tmp_path / "p.safetensors", classnames=["tench", "great white shark", "x " * 35, "y " * 36],
+          text_features=torch.nn.functional.normalize(torch.randn(4, 32), dim=-1))
+    load_prompt(tmp_path / "p.safetensors")  # (n_ctx 4 of 77 tokens leaves 70 for a name)
+    assert counted == ["y " * 36]
 
 
 @pytest.mark.parametrize("n_ctx,classnames,error", [
