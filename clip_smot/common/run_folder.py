@@ -76,6 +76,9 @@ def append_log(out: str | Path, record: dict) -> None:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+MAX_LOG_BYTES = 64 << 20  # what truncate_log reads of a log: a sparse file of gigabytes costs its maker nothing
+
+
 def truncate_log(path: str | Path, epochs: int, records: list[dict] | None = None) -> None:
     """Make the log ``path`` hold the lines of the first ``epochs`` epochs: all a checkpoint vouches
     for. With ``records`` (a checkpoint's own copy of its lines), those are written; otherwise the
@@ -87,7 +90,10 @@ def truncate_log(path: str | Path, epochs: int, records: list[dict] | None = Non
         atomic_write_text("".join(json.dumps(r) + "\n" for r in records[:epochs]), path)
         return
     try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines() if path.is_file() else []
+        lines = []
+        if path.is_file():
+            with open(path, "rb") as f:  # (a log of 10,000 epochs is 3 MB: past the limit, nothing a run wrote)
+                lines = f.read(MAX_LOG_BYTES).decode("utf-8", errors="replace").splitlines()
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     kept = []

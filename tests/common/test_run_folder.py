@@ -192,3 +192,13 @@ def test_a_refused_pickle_gives_the_reason_not_torchs_advice_to_run_it(tmp_path)
     assert str(info.value) == (f"--cam-model {path}: not a readable PyTorch state dict (UnpicklingError: not a "
                                f"weights-only file (Unsupported global: GLOBAL {__name__}._Foreign was not an allowed "
                                "global by default))")
+
+
+def test_a_huge_log_is_read_up_to_its_limit(tmp_path, monkeypatch):
+    """log.jsonl was read whole on --resume: a sparse file of gigabytes (no disk) took its size in
+    memory, twice. The lines past MAX_LOG_BYTES are not read (no run writes that much)."""
+    monkeypatch.setattr(rf, "MAX_LOG_BYTES", 64)
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}\n' + "x" * 1000 + '\n{"epoch": 3}\n')
+    rf.truncate_log(path, 3)
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
