@@ -726,7 +726,7 @@ class ExportConfig:
 def export_prompt(cfg: ExportConfig) -> Path:
     """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``): the text
     features of the checkpoint's context encoded on ``cfg.device``, written to ``cfg.out``."""
-    from clip_smot.clip.model import ACTIVATIONS, config_activation, load_clip
+    from clip_smot.clip.model import ACTIVATIONS, config_activation, load_clip, model_config
 
     check_ranges(cfg)
     path, model, pretrained, device = Path(cfg.checkpoint), cfg.model, cfg.pretrained, cfg.device
@@ -746,14 +746,15 @@ def export_prompt(cfg: ExportConfig) -> Path:
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")
-    # the run's own model is built as it was trained; a --model given is built as it says (with the
-    # weights' activation where they say one), and another activation than the run's is refused
-    clip = load_clip(model or run.model, pretrained or run.pretrained, dev, None if model else trained,
-                     "" if model else f"--checkpoint {path}")
-    built = config_activation(clip.config)
-    if built != trained:
+    # the model is built with the run's activation (weights that imply another are refused by
+    # load_clip), so --model ViT-B-16 with a state-dict file of OpenAI's weights is the run's
+    # model; a --model config that names the other activation itself is refused, not overridden
+    said = model_config(model) if model else {}
+    if "quick_gelu" in said and config_activation(said) != trained:
+        built = config_activation(said)
         raise UserError(f"--model {model}: builds the model with {ACTIVATIONS[built]}, but the context in {path} was "
                         f"trained through {ACTIVATIONS[trained]}; give a --model built with {ACTIVATIONS[trained]}")
+    clip = load_clip(model or run.model, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
     if parse_json(theirs["model_config"]) != clip.config:
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a

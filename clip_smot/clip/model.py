@@ -51,6 +51,7 @@ __all__ = [
     "load_clip",
     "load_clip_for_prompt",
     "library_versions",
+    "model_config",
     "logit_scale",
     "preprocess_identity",
     "preprocess_settings",
@@ -165,6 +166,16 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             "or the path of an open_clip model-config JSON"
         )
     return model, cfg
+
+
+def model_config(model: str) -> dict:
+    """The open_clip config of ``model`` (an architecture name or a model-config JSON file), read
+    and checked as :func:`load_clip` reads it, without building anything.
+
+    Raises:
+        UserError: an unknown name, a missing or malformed file.
+    """
+    return _resolve_name(model, (f"--model {model}", ""))[1]
 
 
 def load_clip(
