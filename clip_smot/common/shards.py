@@ -58,9 +58,11 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     end = 0
     while (info := tar.next()) is not None:
         tar.members = []  # (tarfile appends each header to it: a shard of millions would fill memory)
-        if info.size < 0 or info.offset < end:
+        # (tar.offset: where tarfile reads the next header, after the bytes the member stores; a
+        # sparse member's size is its whole length, holes included, more than it stores)
+        if info.size < 0 or info.offset < end or tar.offset < info.offset_data:
             raise tarfile.ReadError(f"member {info.name[:200]!r} has a negative size or overlaps the one before")
-        end = info.offset_data + info.size
+        end = tar.offset
         yield info
 
 

@@ -1,6 +1,8 @@
 """Tar shards in the webdataset layout, read as untrusted input with tarfile."""
 
 import io
+import shutil
+import subprocess
 import tarfile
 
 import pytest
@@ -159,3 +161,26 @@ def test_a_member_with_a_negative_size_is_one_line(tmp_path, size):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse members")
+@pytest.mark.parametrize("fmt", ["gnu", "oldgnu", "posix"])
+def test_a_shard_with_a_sparse_member_lists_its_images(tmp_path, fmt):
+    """A sparse member's size is its whole length, holes included, more than the shard stores:
+    reading the next header's position from it refused GNU tar's sparse shards as overlapping.
+    The member itself is skipped (not an image); the images around it are listed and read."""
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4), "blue").save(tmp_path / "b.bmp")
+    with open(tmp_path / "holes.bin", "wb") as f:  # (10 bytes, a hole of a MiB, 10 bytes)
+        f.write(b"x" * 10)
+        f.seek(1 << 20)
+        f.write(b"y" * 10)
+    subprocess.run(["tar", f"--format={fmt}", "-S", "-cf", str(tmp_path / "s.tar"), "-C", str(tmp_path),
+                    "a.png", "holes.bin", "b.bmp"], check=True)
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        assert tar.getmember("holes.bin").issparse()
+    names = shards.list_members(tmp_path / "s.tar")
+    assert names == [f"{tmp_path / 's.tar'}::a.png", f"{tmp_path / 's.tar'}::b.bmp"]
+    assert shards.read_image_bytes(names[1]) == (tmp_path / "b.bmp").read_bytes()
