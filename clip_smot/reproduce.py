@@ -458,11 +458,11 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
     out = Path(options.out)
     if not dry_run:
         missing = [f"{flag}: no such folder: {path}" for flag, path in p.inputs if not Path(path).is_dir()]
-        if not missing and options.cifar_root:  # (torchvision's sets, which the stages would download there)
+        if options.cifar_root and Path(options.cifar_root).is_dir():  # (torchvision's sets: the stages download there)
             from clip_smot.resnet.data import torchvision_unavailable
 
-            missing = [f"--cifar-root: {why}" for name in _torchvision_sets(p)
-                       if (why := torchvision_unavailable(name, options.cifar_root))]
+            missing += [f"--cifar-root: {why}" for name in _torchvision_sets(p)
+                        if (why := torchvision_unavailable(name, options.cifar_root))]
         if missing:  # every one, before hours of training, not at the evaluation that needs it
             raise UserError("; ".join(missing))
         make_folder(out)

@@ -210,6 +210,12 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
     assert str(e.value) == (f"--cifar-root: cifar10 is not under {empty} and www.cs.toronto.edu cannot be reached "
                             f"(offline?); --cifar-root: svhn is not under {empty} and ufldl.stanford.edu cannot be "
                             "reached (offline?)")
+    with pytest.raises(UserError) as e:  # (a missing folder and a missing set: both named at once)
+        run_reproduce("table2", ReproduceOptions(out=str(out), cifar_root=str(empty), ood_root=str(tmp_path / "none")),
+                      ran.append, echo=lambda line: None)
+    assert str(e.value).startswith(f"--ood-root (Textures): no such folder: {tmp_path / 'none' / 'Textures'}; ")
+    assert str(e.value).endswith(f"; --cifar-root: svhn is not under {empty} and ufldl.stanford.edu cannot be "
+                                 "reached (offline?)")
     assert ran == [] and not out.exists()
 
 
