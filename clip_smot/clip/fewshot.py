@@ -31,7 +31,7 @@ import torch
 from clip_smot.common import tensor_images as ti
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import exists, is_folder
+from clip_smot.common.files import exists, is_folder, leaves_root
 from clip_smot.common.images import (
     class_folders,
     escape_path,
@@ -160,7 +160,7 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
             raise UserError(f"{flag} {path}:{n}: label {y} is out of range for {len(classes.folders)} classes")
         if not _file_name(rel):
             raise UserError(f"{flag} {path}:{n}: {shown} is not a file name (a NUL character or a lone surrogate)")
-        if rel.startswith("/") or ".." in rel.split("/"):  # the image must lie in its class folder
+        if leaves_root(rel):  # the image must lie in its class folder
             raise UserError(f"{flag} {path}:{n}: {shown} leaves the class folder (absolute, or with '..')")
         folder = rel.split("/", 1)[0]
         if folder != classes.folders[y]:

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -89,6 +89,12 @@ def plain_name(value: str, what: str, advice: str = "") -> str:
         raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..')"
                         + (f"; {advice}" if advice else ""))
     return value
+
+
+def leaves_root(rel: str) -> bool:
+    """Whether the relative path ``rel``, as a list or split file writes it, leaves the folder it
+    is relative to: absolute, or with a ``..`` component."""
+    return rel.startswith("/") or ".." in rel.split("/")
 
 
 def file_key(path: str | os.PathLike) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import exists, file_key, is_file, is_folder, path_stat
+from clip_smot.common.files import exists, file_key, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
@@ -103,7 +103,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         label = label_number(parts[1]) if len(parts) == 2 else -1
         if len(parts) > 2 or label is None:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
-        if parts[0].startswith("/") or ".." in parts[0].split("/"):  # (a list names files in its root only)
+        if leaves_root(parts[0]):  # (a list names files in its root only)
             raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (absolute, or with '..')")
         path = root / parts[0]
         st = path_stat(path, f"{flag} {list_file}:{n}:")
