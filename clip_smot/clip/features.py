@@ -120,12 +120,13 @@ class _WrongShape(Exception):
 
 
 def _load_entry(path: Path, local: bool, embed_dim: int, patches: int | None
-                ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """The tensors wanted (``global``, and ``local`` with ``local``) and the metadata of a cache
-    entry, or None when it lacks the local features asked for. Their shapes are checked in the
-    header before any is loaded: [n, embed_dim] and [n, patches, embed_dim] for the n files the
-    entry lists (a planted or damaged entry may declare any size, and a sparse one costs nothing
-    on disk); ``patches`` None: the model has no local features, so no entry holds any.
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]] | None:
+    """The tensors wanted (``global``, and ``local`` with ``local``), the metadata and the
+    encoded files (its ``paths``, read once) of a cache entry, or None when it lacks the local
+    features asked for. Their shapes are checked in the header before any is loaded:
+    [n, embed_dim] and [n, patches, embed_dim] for the n files the entry lists (a planted or
+    damaged entry may declare any size, and a sparse one costs nothing on disk); ``patches``
+    None: the model has no local features, so no entry holds any.
 
     Raises:
         SafetensorError, OSError: not a readable entry (a missing tensor included).
@@ -137,7 +138,8 @@ def _load_entry(path: Path, local: bool, embed_dim: int, patches: int | None
         if local and "local" not in f.keys():
             return None
         names = ("global", "local") if local else ("global",)
-        n = len(parse_json(meta["paths"]))
+        encoded = [str(p) for p in parse_json(meta["paths"])]
+        n = len(encoded)
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
         g, l = shapes["global"], shapes.get("local")
         # (no file readable: the writer's local features are [0, 0, e])
@@ -147,7 +149,7 @@ def _load_entry(path: Path, local: bool, embed_dim: int, patches: int | None
         # clone: fresh, aligned memory, so that matrix products are bit-identical to those
         # of freshly encoded features (a view into the file buffer can take another SIMD path)
         tensors = {k: f.get_tensor(k).clone() for k in names}
-    return tensors, meta
+    return tensors, meta, encoded
 
 
 def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, patches: int | None = None
@@ -161,14 +163,13 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
         entry = _load_entry(path, local, embed_dim, patches)
         if entry is None:
             return None, ""
-        tensors, meta = entry
+        tensors, meta, encoded = entry
         if "sha256" not in meta:
             return None, "it has no checksum (written by an older clip-smot)"
         stored = parse_json(meta.pop("sha256"))
         if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
             return None, "its checksum does not match its contents"
         global_, local_ = tensors["global"], tensors.get("local")
-        encoded = [str(p) for p in parse_json(meta["paths"])]
         skipped = [(str(p), str(why)) for p, why in parse_json(meta["skipped"])]
     except _WrongShape:  # shapes the writer did not write: a matrix product would fail on them, or worse, not
         return None, "its features have the wrong shape"

@@ -148,7 +148,17 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"--prompt {path}: no such file")
-    meta, shapes = _read_header(path)
+    try:
+        f = safe_open(path, framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+    with f:  # (one reading: the header's shapes are checked before the tensors of that very file load)
+        return _read(path, f)
+
+
+def _read(path: str, f) -> PromptFile:
+    """:func:`load_prompt` of the open file ``f``."""
+    meta, shapes = _read_header(path, f)
     missing = [k for k in _REQUIRED_META if k not in meta]
     if missing:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (missing metadata {', '.join(missing)})")
@@ -173,7 +183,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     _check_metadata(path, classnames, meta["class_position"], meta["csc"])
     _check_n_ctx(path, n_ctx, classnames, model_config)
     _check_shapes(path, shapes, len(classnames), model_config, n_ctx, meta["csc"])
-    ctx, text_features = _read_tensors(path, shapes)  # (as large as the checked shapes now)
+    ctx, text_features = _read_tensors(path, f)  # (as large as the checked shapes now)
     _check_values(path, ctx, text_features, classnames)
     return PromptFile(
         ctx=ctx,
@@ -192,31 +202,24 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     )
 
 
-def _read_header(path: str) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+def _read_header(path: str, f) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """The metadata and the shapes of ``ctx`` and ``text_features``, from the header: no tensor
     is loaded (a file may declare any shape, and a sparse one costs its writer nothing)."""
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = set(f.keys())
-            missing = [k for k in _TENSORS if k not in keys]
-            if missing:
-                raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in _TENSORS}
+        meta = f.metadata() or {}
+        missing = [k for k in _TENSORS if k not in set(f.keys())]
+        if missing:
+            raise UserError(f"--prompt {path}: not a clip-smot prompt (missing tensor {', '.join(missing)})")
+        return meta, {k: tuple(f.get_slice(k).get_shape()) for k in _TENSORS}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
-    return meta, shapes
 
 
-def _read_tensors(path: str, shapes: dict[str, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ctx`` and ``text_features``, once their header still gives the ``shapes`` checked
-    (the file may have been replaced since it was first read)."""
+def _read_tensors(path: str, f) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ctx`` and ``text_features`` of the open file ``f``."""
     try:
-        with safe_open(path, framework="pt") as f:
-            if any(tuple(f.get_slice(k).get_shape()) != shapes[k] for k in _TENSORS):
-                raise UserError(f"--prompt {path}: the file changed while it was read")
-            return f.get_tensor("ctx"), f.get_tensor("text_features")
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        return f.get_tensor("ctx"), f.get_tensor("text_features")
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
 
 

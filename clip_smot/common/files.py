@@ -422,9 +422,7 @@ def archive_overflow(path: str | os.PathLike) -> str | None:
     deflated entry unpacked to 2.7 GB of memory). Anything else, no zip or a damaged one, is
     left to the loader, which names the problem."""
     try:
-        if not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(path) as z:  # (BadZipFile for safetensors and torch's legacy format)
             unpacked = sum(info.file_size for info in z.infolist())
         size = os.path.getsize(path)
     except (zipfile.BadZipFile, OSError, ValueError):

@@ -74,7 +74,9 @@ _HOSTS = {"cifar10": ("www.cs.toronto.edu", 443), "cifar100": ("www.cs.toronto.e
 class SizedImageSet:
     """A labelled (or, for OOD, unlabelled: labels -1) image set at one input size.
 
-    Exactly one of ``images`` (uint8 [N, 3, S, S], small images) or ``files`` is set.
+    ``files``: the image files it was read from (None for torchvision's sets); ``images``: small
+    images, decoded (uint8 [N, 3, S, S]). The batches come from ``images`` where it is set, else
+    from ``files``, decoded as they go.
     """
 
     name: str
@@ -85,7 +87,6 @@ class SizedImageSet:
     std: tuple[float, float, float]
     images: torch.Tensor | None = None  # uint8 [N, 3, S, S]
     files: list[Path] | None = None
-    sources: list[Path] | None = None  # the image files read (small ones too); None for torchvision's sets
     flip: bool = True  # horizontal flips are a valid augmentation (not for digits)
     pad: int = CIFAR_PAD  # zero padding of the random crop (small images only)
 
@@ -292,7 +293,7 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         images = _decode_all(files, size)
         stats = images if split == "train" else _decode_all(_folder_split(base / "train", flag)[1], size)
         mean, std = _mean_std(stats)
-        return SizedImageSet(name, names, labels, size, mean, std, images=images)
+        return SizedImageSet(name, names, labels, size, mean, std, images=images, files=files)
     return SizedImageSet(name, names, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
@@ -309,8 +310,8 @@ def _imagenet_normalised(name: str, classnames: list[str], labels: torch.Tensor,
     see :func:`_decode_all`), larger ones by the workers of :func:`eval_batches` (resize + centre crop)."""
     if size <= SMALL_INPUT:
         return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD,
-                             images=_decode_all(files, size, crop), sources=files)
-    return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files, sources=files)
+                             images=_decode_all(files, size, crop), files=files)
+    return SizedImageSet(name, classnames, labels, size, IMAGENET_MEAN, IMAGENET_STD, files=files)
 
 
 def resize_set(s: SizedImageSet, size: int, chunk: int = 1024) -> SizedImageSet:

@@ -192,7 +192,7 @@ def _load_sets(cfg: ResnetEvalConfig, meta: dict, inputs: list, folders: list) -
     root = meta["config"].get("data") if meta["config"].get("dataset") in ("cifar10", "cifar100") else None
     ood_sets = {name: _read_only_root(lambda r, d: load_ood_set(name, where, size, data=r, download=d), root)
                 for name, where in cfg.ood.items()}
-    check_apart(id_set.sources or (), [(s.name, s.sources or ()) for s in ood_sets.values()])
+    check_apart(id_set.files or (), [(s.name, s.files or ()) for s in ood_sets.values()])
     files = [(f"{'--id' if s is id_set else '--ood ' + s.name} image", f)
              for s in (id_set, *ood_sets.values()) for f in (s.files or ())]
     check_output_folder(cfg.out, "--out", [*inputs, *files], folders, writes=REPORT_FILES)  # (symlinks, hard links)
