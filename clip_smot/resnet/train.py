@@ -27,6 +27,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -594,6 +595,12 @@ def _build(cfg: TrainConfig, train_set: SizedImageSet, ckpt: dict | None, device
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+        if device.type == "cpu":
+            # The CPU's backward gives a 1x1 convolution's weight [C_out, C_in, 1, 1] a gradient of
+            # strides [C_in, 1, C_in, C_in]: the same memory as the bucket's [C_in, 1, 1, 1] (the
+            # strides differ only on dimensions of size 1), which DDP's reducer still reports on
+            # every rank as a layout that "may impair performance"
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     step_model = compile_for_training(model, cam, cfg.cuda_graph) if cfg.compile or cfg.cuda_graph else model
     per_rank_batch = cfg.batch_size // world
     if train_set.images is not None:
