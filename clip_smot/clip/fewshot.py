@@ -192,12 +192,6 @@ def _geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
     return nw, nh, (nw - size) // 2, (nh - size) // 2
 
 
-def _long_strip(w: int, h: int, size: int) -> bool:
-    """Whether a w x h image, its shorter side resized to ``size``, would hold over 16 squares."""
-    nw, nh, _, _ = _geometry(w, h, size)
-    return nw * nh > 16 * size * size
-
-
 def _pil_square(path: Path, data: bytes, size: int) -> torch.Tensor:
     """Decode ``data`` (the bytes of ``path``) with PIL, resize the shorter side to ``size``, take
     the central square: [3, size, size] uint8."""
@@ -206,7 +200,7 @@ def _pil_square(path: Path, data: bytes, size: int) -> torch.Tensor:
     im = load_image(path, data=data)
     w, h = im.size
     nw, nh, left, top = _geometry(w, h, size)
-    if _long_strip(w, h, size):  # (a 1 x 20000 one resized whole would hold 1.5 GB): the square alone
+    if ti.is_strip(w, h):  # (a 1 x 20000 one resized whole would hold 1.5 GB): the square alone
         box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)  # in source pixels
         im = im.resize((size, size), Image.BICUBIC, box=box)
     else:
