@@ -37,7 +37,7 @@ from clip_smot.clip.encoders import (
     packed_index,
 )
 from clip_smot.clip.model import ClipModel
-from clip_smot.clip.prompt_file import CLASS_POSITIONS, PromptFile, load_prompt
+from clip_smot.clip.prompt_file import CLASS_POSITIONS, PromptFile, load_prompt, prompt_tokens
 from clip_smot.common.errors import UserError
 
 __all__ = [
@@ -87,12 +87,12 @@ def _name_lengths(tokenize, classnames: list[str], n_ctx: int, ctx_init: str | N
     longest prompt fits the text encoder's ``L_max`` positions."""
     name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()
     n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
-    if 1 + n_ctx + n_name + 2 > L_max:
+    if prompt_tokens(n_ctx, n_name) > L_max:
         flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
-        fits = L_max - n_name - 3
+        fits = L_max - prompt_tokens(0, n_name)
         hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
         raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
-                        f"{1 + n_ctx + n_name + 2} of the text encoder's {L_max} tokens; {hint}")
+                        f"{prompt_tokens(n_ctx, n_name)} of the text encoder's {L_max} tokens; {hint}")
     return name_lens
 
 

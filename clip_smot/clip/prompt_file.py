@@ -39,11 +39,19 @@ from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
-__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "save_prompt"]
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "save_prompt"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
 CLASS_POSITIONS = ("end", "middle", "front")
+
+
+def prompt_tokens(n_ctx: int, n_name: int) -> int:
+    """The tokens of a class's prompt as :class:`~clip_smot.clip.prompt.PromptLearner` lays it
+    out: the start token, ``n_ctx`` context tokens, the name's ``n_name`` tokens, "." and the end
+    token (in any class position)."""
+    return 1 + n_ctx + n_name + 2
+
 _TENSORS = ("ctx", "text_features")
 # characters in a class name: far above any dataset's names (each is written into every CSV row it
 # predicts, so a name of millions of characters made a CSV of gigabytes)
@@ -251,17 +259,17 @@ def _check_n_ctx(path: str, n_ctx: int, classnames: list[str], model_config: dic
     the model config (as :class:`~clip_smot.clip.prompt.PromptLearner` lays it out). Checked
     here, where the file is read: the learner's own check names ``--n-ctx``, a flag of fit."""
     L = model_config["text_cfg"].get("context_length") or 77  # (open_clip's default)
-    if not 1 <= n_ctx <= L - 3:
-        raise UserError(f"--prompt {path}: n_ctx {n_ctx} is not in [1, {L - 3}] (a prompt of the model's {L} "
+    if not 1 <= n_ctx <= L - prompt_tokens(0, 0):
+        raise UserError(f"--prompt {path}: n_ctx {n_ctx} is not in [1, {L - prompt_tokens(0, 0)}] (a prompt of the model's {L} "
                         "tokens holds a start and an end token, a '.' and the class name beside its context)")
     # a name takes at most as many tokens as its UTF-8 bytes (lowercased, as the tokenizer reads it):
     # only the names that could overflow are tokenized (none of ImageNet's with n_ctx 16)
-    budget = L - 3 - n_ctx
+    budget = L - prompt_tokens(n_ctx, 0)
     long = [k for k, name in enumerate(classnames) if len(name.lower().encode("utf-8", "surrogatepass")) > budget]
     n_name, k = max(zip(count_tokens([classnames[k] for k in long]), long), default=(0, 0))
-    if 1 + n_ctx + n_name + 2 > L:
+    if prompt_tokens(n_ctx, n_name) > L:
         raise UserError(f"--prompt {path}: the prompt of class {k} ({classnames[k][:40]!r}, {n_name} name tokens) "
-                        f"needs {1 + n_ctx + n_name + 2} of the model's {L} tokens with n_ctx {n_ctx}")
+                        f"needs {prompt_tokens(n_ctx, n_name)} of the model's {L} tokens with n_ctx {n_ctx}")
 
 
 def _check_shapes(path: str, shapes: dict[str, tuple[int, ...]], K: int, model_config: dict, n_ctx: int,
