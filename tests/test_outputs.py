@@ -476,6 +476,36 @@ def test_train_out_never_replaces_or_lies_inside_its_inputs(tmp_path):
              "already holds a run (model.safetensors); choose another --out", tmp_path)
 
 
+def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
+    """Two scores into one --out both exited 0, leaving a CSV without its header (one renamed
+    OUT.partial while the other appended to it); two fits or trains into one folder interleaved
+    their log lines and left one run's config beside the other's checkpoint. While a command
+    holds --out, a second one is refused before it reads or writes anything there."""
+    from clip_smot.common.files import output_lock
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in CLASSES:
+            _images(data / split / c, n=2)
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    (tmp_path / "s.csv.partial").write_text("path,pred,pred_index,mcm\n")  # (a run under way: not resumed into)
+    commands = {
+        "score": ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0", "--resume",
+                  "--out", str(tmp_path / "s.csv"), str(data / "val")],
+        "fit": _fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run"),
+        "train": ["train", "--data", str(data), "--arch", "resnet_tiny", "--epochs", "1", "--device", "cpu",
+                  "--workers", "0", "--out", str(tmp_path / "run")],
+    }
+    for name, args in commands.items():
+        out = args[args.index("--out") + 1]
+        with output_lock(out):  # (another command, writing there now)
+            _refused(args, f"--out {out}: another clip-smot command is writing it now", tmp_path)
+        assert not (tmp_path / "run").exists()
+    res = CliRunner().invoke(cli, commands["train"])  # (and once it is done, the lock is free)
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / ".run.lock").exists() and "config.json" in os.listdir(tmp_path / "run")
+
+
 def test_check_output_compares_files_not_spellings(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("input")

@@ -20,6 +20,7 @@ Files written under ``--out``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -47,6 +48,7 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     make_folder,
+    output_lock,
     parse_json,
     remove_stale_temporaries,
     same_file,
@@ -448,6 +450,12 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
+    with output_lock(cfg.out) if not cfg.dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
+        return _run_fit(cfg, flags)
+
+
+def _run_fit(cfg: FitConfig, flags: Collection[str] | None) -> Path:
+    """:func:`run_fit`, once no other command writes ``--out``."""
     n_ctx_given = "n_ctx" in (set(flags) if flags is not None else rf.explicit_fields(cfg))  # (before a resume merges)
     cfg, saved, device = _resolve(cfg, flags)
     out = Path(cfg.out)

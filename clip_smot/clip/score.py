@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
-from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.clip.prompt_file import PromptFile, load_prompt
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
-from clip_smot.common.distributed import every_rank, writes_outputs
+from clip_smot.common.distributed import every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_write_text, check_output, make_folder, read_json, sha256_file
+from clip_smot.common.files import atomic_write_text, check_output, read_json, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
 from clip_smot.common.progress import progress_bar
@@ -96,11 +96,16 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)
+    with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
+        return _score(cfg, names, total, prompt_file, weights, partial, header, run_file, chunk)
+
+
+def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFile, weights: str | None, partial: Path,
+           header: list[str], run_file: Path, chunk: int) -> list[tuple[str, str]]:
+    """:func:`run_score` once its arguments are checked and no other command writes ``--out``."""
     done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
                   if cfg.resume else (0, 0))
     writer = writes_outputs()
-    if writer:  # (before the model is loaded: a file where the folder should be is said at once)
-        make_folder(partial.parent)
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)

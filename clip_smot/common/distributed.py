@@ -11,8 +11,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import output_lock
 
-__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes_outputs", "share_work"]
+__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes_outputs", "writer_lock", "share_work"]
 
 
 def torchrun_env() -> tuple[int, int, int]:
@@ -96,6 +97,24 @@ def writes_outputs() -> bool:
     """Whether this process writes a command's outputs: rank 0 of a torch.distributed process
     group, or the one process outside one."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+@contextlib.contextmanager
+def writer_lock(out, flag: str = "--out"):
+    """:func:`~clip_smot.common.files.output_lock` of ``out``, held while inside by the process
+    that writes (:func:`writes_outputs`); under torchrun every process raises its refusal (none
+    waits for a rank 0 that has stopped)."""
+    with contextlib.ExitStack() as held:
+        error = ""
+        if writes_outputs():
+            try:
+                held.enter_context(output_lock(out, flag))
+            except UserError as e:
+                error = str(e)
+        error = every_rank(error)[0]
+        if error:
+            raise UserError(error)
+        yield
 
 
 def share_work(fn: Callable[[list], Any], items: Sequence, batch_size: int) -> list:

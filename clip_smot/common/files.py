@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "plain_name", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "output_lock", "plain_name", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 
@@ -77,6 +77,72 @@ def file_lock(path: str | os.PathLike):
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
         yield
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, flag: str = "--out"):
+    """Hold the lock of the output ``out`` (a file or a run folder) while inside, or refuse at once:
+    a second command writing the same output (a score appending to the CSV another renames, a
+    fit writing its epochs into another's log) would leave one output mixed of two runs with
+    both saying they succeeded. The lock is an exclusive ``flock`` of the empty file
+    ``.NAME.lock`` beside ``out``, removed on the way out; one left by a killed command is
+    taken over (the kernel drops a dead process's lock). No lock where ``fcntl`` is missing.
+
+    Raises:
+        UserError: naming ``flag`` and ``out``: another process holds the lock, or a file that
+            is no lock of ours (a link, a folder, a file with contents) has the lock's name.
+    """
+    try:
+        import fcntl  # noqa: F401 (used by _held)
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    target = Path(os.path.abspath(out))
+    lock = target.with_name(f".{target.name or 'root'}.lock")
+    made = [f for f in (lock.parent, *lock.parent.parents) if not os.path.lexists(f)]  # (deepest first)
+    make_folder(lock.parent, flag)
+    try:
+        yield from _held(lock, flag, out)
+    finally:  # the folders made for the lock alone go with it (a refused command leaves no empty folder)
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except OSError:  # (not empty: the command wrote there)
+                break
+
+
+def _held(lock: Path, flag: str, out: str | os.PathLike):
+    """:func:`output_lock`'s lock file ``lock``, flocked while the generator is suspended."""
+    import fcntl
+
+    for _ in range(3):  # (a holder ending between our open and flock removed the name we opened)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                         0o666)
+        except OSError as e:
+            raise UserError(f"{flag} {out}: its lock file {lock} cannot be opened ({e.strerror or first_line(e)}); "
+                            "remove it if it is no file of yours") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size:
+            os.close(fd)
+            raise UserError(f"{flag} {out}: {lock}, the name of its lock file, holds something else; move it away")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"{flag} {out}: another clip-smot command is writing it now (it holds {lock}); wait "
+                            f"for it to end, or choose another {flag}") from None
+        if file_key(lock) == (st.st_dev, st.st_ino):
+            break
+        os.close(fd)
+    else:  # pragma: no cover
+        raise UserError(f"{flag} {out}: its lock file {lock} keeps being replaced; is another command starting there?")
+    try:
+        yield
+    finally:
+        if file_key(lock) == (st.st_dev, st.st_ino):  # (removed before it is released: no one holds a lock
+            os.unlink(lock)                             # on a name that is gone)
+        os.close(fd)
 
 
 def plain_name(value: str, what: str, advice: str = "") -> str:

@@ -55,7 +55,7 @@ from clip_smot.common.device import (
     resolve_precision,
     seed_everything,
 )
-from clip_smot.common.distributed import process_group
+from clip_smot.common.distributed import process_group, writer_lock
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
@@ -408,7 +408,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
     with process_group(cfg.device) as (rank, local_rank, world):
-        return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
+        with writer_lock(cfg.out) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
+            return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
 
 
 def _check_outputs(cfg: TrainConfig) -> None:

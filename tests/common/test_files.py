@@ -195,3 +195,60 @@ def test_a_huge_model_config_is_one_line(tmp_path):
         f.truncate(5 << 30)
     with pytest.raises(UserError, match=rf"^--model {path}: not a valid JSON model config \(larger than 1048576 bytes"):
         load_clip(str(path), None)
+
+
+def test_an_output_lock_refuses_a_second_writer_and_is_gone_after_the_first(tmp_path):
+    """Two commands writing one --out both ran to the end (a CSV without its header, a run
+    folder holding two runs' epochs); the second is now refused while the first writes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "deep" / "er" / "s.csv"
+    lock = tmp_path / "deep" / "er" / ".s.csv.lock"
+    lock.parent.mkdir(parents=True)
+    with files.output_lock(out):
+        assert lock.is_file() and lock.stat().st_size == 0
+        with pytest.raises(UserError, match=rf"^--out {out}: another clip-smot command is writing it now \(it holds "
+                                            rf"{lock}\); wait for it to end, or choose another --out$"):
+            with files.output_lock(out):
+                pass
+        # another process too (flock locks are the open file's: the kernel drops a dead process's)
+        code = "import sys; from clip_smot.common.files import output_lock\nwith output_lock(sys.argv[1]): pass"
+        p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+        assert p.returncode == 1 and "another clip-smot command is writing it now" in p.stderr
+        with files.output_lock(tmp_path / "deep" / "er" / "other.csv"):  # (another output's lock is its own)
+            pass
+    assert not lock.exists()
+    lock.write_bytes(b"")  # left by a command that was killed: taken over, then removed
+    with files.output_lock(out):
+        pass
+    assert not lock.exists() and sorted(os.listdir(lock.parent)) == []
+
+
+def test_an_output_lock_never_removes_what_is_not_its_own(tmp_path):
+    out = tmp_path / "run"
+    lock = tmp_path / ".run.lock"
+    lock.write_bytes(b"a user's file")  # (or an input named so)
+    with pytest.raises(UserError, match=rf"^--out {out}: {lock}, the name of its lock file, holds something else"):
+        with files.output_lock(out):
+            pass
+    assert lock.read_bytes() == b"a user's file"
+    lock.unlink()
+    (tmp_path / "victim").write_bytes(b"")
+    lock.symlink_to(tmp_path / "victim")  # (a link is not followed: the victim is neither locked nor removed)
+    with pytest.raises(UserError, match=rf"^--out {out}: its lock file {lock} cannot be opened"):
+        with files.output_lock(out):
+            pass
+    assert (tmp_path / "victim").exists() and lock.is_symlink()
+
+
+def test_the_folders_made_for_a_lock_go_when_nothing_was_written_there(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(RuntimeError):
+        with files.output_lock(out):
+            assert (tmp_path / "a" / "b").is_dir()
+            raise RuntimeError("refused after the lock was taken")
+    assert not (tmp_path / "a").exists()
+    with files.output_lock(out):
+        out.mkdir()  # (the command wrote its run folder: kept, with the folders above it)
+    assert out.is_dir() and sorted(os.listdir(out.parent)) == ["run"]

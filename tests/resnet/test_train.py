@@ -370,6 +370,19 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert code == 0 and json.loads(stdout)["batch"] == 8, stderr[-3000:]
 
 
+def test_under_torchrun_every_rank_stops_when_another_command_holds_out(folders, tmp_path):
+    """Only rank 0 takes --out's lock; the other rank hears of its refusal (else it would wait for
+    rank 0 in the first collective for gloo's 30 minutes)."""
+    from clip_smot.common.files import output_lock
+
+    out = tmp_path / "ddp"
+    with output_lock(out):
+        code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "1",
+                                    "--out", str(out), timeout=90)
+    assert code != 0 and stderr.count(f"Error: --out {out}: another clip-smot command is writing it now") == 2
+    assert not out.exists()
+
+
 def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
     out = tmp_path / "big"
     args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--batch-size", "16", "--input-size", "72",
