@@ -3,7 +3,10 @@
 A table is a list of stages (fits or trainings, then evaluations), each one ``clip-smot`` command
 writing into ``OUT/<stage>/``, and a map from the paper's rows to the (stage, score) that
 measures them. A stage is finished when its final file is there (``prompt.safetensors`` for a
-fit, ``summary.json`` for a training, ``metrics.json`` for an evaluation): a rerun skips it. A
+fit, ``summary.json`` for a training, ``metrics.json`` for an evaluation): a rerun skips it, once
+the files of earlier stages that it read (a prompt, a model) are seen to be those it was made
+from (their SHA-256, in its ``reproduce.json``); a stage made from files since replaced is
+refused, not skipped. A
 fit or training that was interrupted is continued with ``--resume`` from its ``checkpoint.pt``;
 an interrupted evaluation is run again (its files are written whole, nothing is half-old).
 
@@ -22,13 +25,13 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, read_json
+from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, read_json, sha256_file
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -98,18 +101,32 @@ class Stage:
                 kept.append(word)
         return kept
 
-    def check_record(self, out: str | Path) -> None:
-        """Raise a UserError when the stage's folder holds work of another command: its record
-        (:data:`RECORD`) names another command line (another table's stage of the same name, other
-        options), or, with no record, a finished or resumable run is there. Skipping it as finished
-        would put that work's numbers in this table."""
+    def inputs(self, out: str | Path) -> list[Path]:
+        """The files of earlier stages that this stage reads (a prompt, a model, a CAM model):
+        its arguments that lie in another stage's folder."""
+        root, own = Path(out), self.folder(out)
+        paths = [Path(word) for word in self.argv]
+        return [p for p in paths if root in p.parents and p.parent != root and own not in (p, *p.parents)]
+
+    def check_record(self, out: str | Path, finished: Collection[str] | None = None) -> None:
+        """Raise a UserError when the stage's folder holds work of another command or of other
+        inputs. Another command: its record (:data:`RECORD`) names another command line (another
+        table's stage of the same name, other options), or, with no record, a finished or
+        resumable run is there. Other inputs: the stage is finished, and a file of an earlier
+        stage that it read (its SHA-256 recorded) is no longer as it was (a fit redone after its
+        evaluation); only the files of the stages in ``finished`` (None: of every stage, once
+        the earlier stages have run). Skipping it as finished would put numbers of other work
+        in this table."""
         folder, planned = self.folder(out), self.identity()
         record = folder / RECORD
         if is_file(record, "--out"):
             try:
-                recorded = read_json(record)["argv"]
+                saved = read_json(record)
+                recorded, hashes = saved["argv"], saved.get("inputs", {})  # (a record of an older reproduce has none)
                 if not (isinstance(recorded, list) and all(isinstance(w, str) for w in recorded)):
                     raise ValueError("argv is not a list of strings")
+                if not isinstance(hashes, dict):
+                    raise ValueError("inputs is not an object")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
@@ -117,13 +134,35 @@ class Stage:
                 raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "
                                 f"{shlex.join(recorded)}), not this stage's (clip-smot {shlex.join(planned)}): another "
                                 f"table's or other options; give another --out, or remove {folder}")
+            if self.finished(out):
+                self._check_inputs(out, hashes, finished)
         elif self.finished(out) or self.resumable(out):
             raise UserError(f"reproduce: {folder} holds a {self.command} run with no {RECORD} saying which command "
                             f"made it; give another --out, or remove {folder} to run the stage again")
 
+    def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
+        """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""
+        root = Path(out)
+        for path in self.inputs(out):
+            rel = path.relative_to(root)
+            sha = hashes.get(rel.as_posix())
+            if sha is None or (finished is not None and rel.parts[0] not in finished):
+                continue  # (an older record; a stage yet to run, after which the file is compared)
+            if not is_file(path, "--out"):
+                why = "which is gone"
+            elif sha256_file(path) != sha:
+                why = "which has changed since"
+            else:
+                continue
+            raise UserError(f"reproduce: {self.folder(out)} was made from {path} as it was then, {why}: its numbers "
+                            f"would not be of it; remove {self.folder(out)} too, to run the stage again")
+
     def write_record(self, out: str | Path) -> None:
+        """The stage's :data:`RECORD`: its command line and the SHA-256 of each earlier stage's file it reads."""
+        root = Path(out)
+        hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
-        atomic_write_text(json_text({"argv": self.identity()}), self.folder(out) / RECORD)
+        atomic_write_text(json_text({"argv": self.identity(), "inputs": hashes}), self.folder(out) / RECORD)
 
 
 @dataclass
@@ -466,10 +505,13 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         if missing:  # every one, before hours of training, not at the evaluation that needs it
             raise UserError("; ".join(missing))
         make_folder(out)
+    finished = {stage.name for stage in p.stages if stage.finished(out)}
+    for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)
+        stage.check_record(out, finished)
     for stage in p.stages:
         argv = list(stage.argv)
-        stage.check_record(out)
         if stage.finished(out):
+            stage.check_record(out)  # (the files of the stages that ran before it, as they are now)
             echo(f"# done: clip-smot {shlex.join(argv)}" if dry_run else f"reproduce: {stage.name} is finished; skipped")
             continue
         if stage.resumable(out):

@@ -2,9 +2,11 @@
 killed mid-stage and rerun; the ResNet tables' command lines; the paper's numbers file."""
 
 import csv
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,3 +281,59 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
     (out / "train-base" / RECORD).unlink()
     with pytest.raises(UserError, match=rf"reproduce: {out / 'train-base'} holds a train run with no {RECORD}"):
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
+
+
+def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_skipped(tmp_path):
+    """A fit redone (its folder removed, as reproduce's own error advises for other options) left
+    the evaluations of the old prompt finished: reproduce skipped them and wrote their numbers as
+    the new prompt's (an audit: 84.26 in the table, 100.0 from a fresh eval). Each stage records
+    the SHA-256 of the earlier stages' files it reads; a replaced one is refused, before any stage
+    runs where it can be (the earlier stage is finished), else once that stage has run."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out, ran, version = tmp_path / "o", [], {"fit-coop": b"1"}
+    for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+
+    def fake(argv):  # each fit writes a prompt of the version asked, each eval an empty metrics.json
+        folder = Path(argv[argv.index("--out") + 1])
+        ran.append(folder.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "fit":
+            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
+            (folder / "prompt.safetensors").write_bytes(version.get(folder.name, b"0"))
+        else:
+            (folder / "metrics.json").write_text("{}")
+
+    options = ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"), ood_root=str(tmp_path / "ood"))
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+    record = json.loads((out / "eval-coop" / RECORD).read_text())
+    assert record["inputs"] == {"fit-coop/prompt.safetensors": hashlib.sha256(b"1").hexdigest()}
+    assert set(json.loads((out / "fit-coop" / RECORD).read_text())["inputs"]) == {"fit-smot/split.txt"}
+
+    # the same fit redone to the same bytes (a deterministic run): its evaluation still counts
+    shutil.rmtree(out / "fit-coop")
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-coop"]
+    # redone to other bytes: refused once the fit has run, and the fit's work is kept
+    shutil.rmtree(out / "fit-coop")
+    version["fit-coop"] = b"2"
+    ran.clear()
+    with pytest.raises(UserError, match=rf"^reproduce: {out / 'eval-coop'} was made from "
+                                        rf"{out / 'fit-coop' / 'prompt.safetensors'} as it was then, which has changed "
+                                        rf"since: its numbers would not be of it; remove {out / 'eval-coop'} too"):
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-coop"] and (out / "fit-coop" / "prompt.safetensors").read_bytes() == b"2"
+    shutil.rmtree(out / "eval-coop")
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-coop"]
+    # a finished stage's file replaced by hand (an export over it): refused before anything runs, dry run too
+    (out / "fit-smot" / "prompt.safetensors").write_bytes(b"exported")
+    ran.clear()
+    for dry_run in (True, False):
+        with pytest.raises(UserError, match=rf"^reproduce: {out / 'eval-smot'} was made from .* which has changed"):
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+    assert ran == []
