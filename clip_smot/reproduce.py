@@ -84,7 +84,17 @@ class Stage:
         return Path(out) / self.name
 
     def finished(self, out: str | Path) -> bool:
-        return (self.folder(out) / FINAL_FILE[self.command]).is_file()
+        """Whether the stage's final file is there; for a fit, one of all its epochs (a prompt
+        exported from the checkpoint of an unfinished run records fewer: the fit is resumed)."""
+        final = self.folder(out) / FINAL_FILE[self.command]
+        if not final.is_file():
+            return False
+        if self.command != "fit":
+            return True
+        from clip_smot.clip.prompt_file import recorded_epochs
+
+        epochs = recorded_epochs(final)  # (None: a prompt of an older clip-smot, which records no epoch)
+        return epochs is None or epochs[0] >= epochs[1]
 
     def resumable(self, out: str | Path) -> bool:
         return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()

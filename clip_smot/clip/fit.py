@@ -474,7 +474,7 @@ def _run_fit(cfg: FitConfig, flags: Collection[str] | None) -> Path:
         rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
     if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0):
         _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,
-                out / "prompt.safetensors", "fit")
+                out / "prompt.safetensors", "fit", cfg.epochs)
     return out
 
 
@@ -698,9 +698,11 @@ def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams
 
 
 @torch.no_grad()
-def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, path: Path, source: str) -> None:
+def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, path: Path, source: str,
+            epoch: int) -> None:
     """Encode the final text features in fp32 and write the prompt file atomically (``source``:
-    where ``ctx`` comes from, for the error of a context that does not fit)."""
+    where ``ctx`` comes from, for the error of a context that does not fit; ``epoch``: the
+    epochs it was trained, recorded as the config's ``run.epoch``)."""
     from clip_smot.clip.prompt_file import save_prompt
 
     # fp32 weights (views, no copy), causal SDPA whatever the training used: the most exact layout
@@ -715,7 +717,7 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
                         f"the context; its weights hold NaN or inf, or overflow; {path} not written")
     n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count
     save_prompt(path, ctx, text_features, clip.identity(), n_ctx, cfg.class_position, cfg.csc,
-                list(classnames), config)
+                list(classnames), {**config, "run": {**config["run"], "epoch": epoch}})
 
 
 @dataclass(frozen=True)
@@ -773,8 +775,12 @@ def export_prompt(cfg: ExportConfig) -> Path:
         print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
               f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "
               "the text features are encoded with the latter", file=sys.stderr)
+    if saved["epoch"] < run.epochs:  # (a run still going, or stopped: reproduce takes it for unfinished)
+        print(f"note: {path} holds the context of epoch {saved['epoch']} of the run's {run.epochs}: the prompt is "
+              "that of an unfinished run, and records it", file=sys.stderr)
     out = Path(cfg.out)  # (the context was checked when the checkpoint was read: a finite float tensor)
-    _export(saved["ctx"], clip, config["run"]["classnames"], run, config, out, f"--checkpoint {path}")
+    _export(saved["ctx"], clip, config["run"]["classnames"], run, config, out, f"--checkpoint {path}",
+            saved["epoch"])
     return out
 
 

@@ -17,7 +17,9 @@ Format (version 1, docs/method.md §2):
       ``model_config`` says;
     - ``n_ctx``, ``class_position`` (end, middle, front), ``csc`` ("true"/"false");
     - ``classnames``: JSON list of the K class names, in the order of ``text_features``;
-    - ``config``: the training configuration as JSON.
+    - ``config``: the training configuration as JSON (fit's ``config.json``), its ``run.epoch``
+      the epochs the context was trained (fewer than ``epochs``: exported from an unfinished
+      run's checkpoint; absent in a prompt of an older clip-smot).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
-__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "save_prompt"]
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "recorded_epochs", "save_prompt"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
@@ -208,6 +210,21 @@ def _read(path: str, f) -> PromptFile:
         config=config,
         path=path,
     )
+
+
+def recorded_epochs(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(the epochs its context was trained, the epochs of its run) as a prompt file of ``fit`` or
+    ``export`` records them: fewer for a prompt exported from an unfinished run's checkpoint. None
+    where the file does not say (a prompt of an older clip-smot, not a prompt file): nothing
+    but the header's metadata is read."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            config = parse_json((f.metadata() or {}).get("config", "{}"))
+        epoch, epochs = config["run"]["epoch"], config["epochs"]
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = all(isinstance(n, int) and not isinstance(n, bool) for n in (epoch, epochs))
+    return (epoch, epochs) if ok else None
 
 
 def _read_header(path: str, f) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:

@@ -255,8 +255,21 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert res.exit_code != 0 and "--resume" in res.output  # no silent restart over a checkpoint
     with open(tmp_path / "broken" / "log.jsonl", "a") as f:  # as if killed between the log line and the checkpoint
         f.write(json.dumps({"epoch": 2, "loss": 9.0, "lr": 0.0, "seconds": 0.0}) + "\n")
+    # the unfinished run's context exported as the run's prompt (docs/fit.md allows it): it says so and records
+    # it, and reproduce takes the fit for unfinished (it skipped it, then evaluated the epoch-1 prompt)
+    from clip_smot.clip.prompt_file import recorded_epochs
+    from clip_smot.reproduce import Stage
+
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path / "broken" / "checkpoint.pt"), "--out",
+                                   str(tmp_path / "broken" / "prompt.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0 and (f"note: {tmp_path / 'broken' / 'checkpoint.pt'} holds the context of epoch 1 of "
+                                   "the run's 2: the prompt is that of an unfinished run") in res.output, res.output
+    assert recorded_epochs(tmp_path / "broken" / "prompt.safetensors") == (1, 2)
+    stage = Stage("broken", ("fit", "--out", str(tmp_path / "broken")))
+    assert not stage.finished(tmp_path) and stage.resumable(tmp_path)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra, "--resume"))
     assert res.exit_code == 0, res.output
+    assert recorded_epochs(tmp_path / "broken" / "prompt.safetensors") == (2, 2) and stage.finished(tmp_path)
 
     straight = load_prompt(tmp_path / "straight" / "prompt.safetensors")
     resumed = load_prompt(tmp_path / "broken" / "prompt.safetensors")
