@@ -506,6 +506,33 @@ def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_c
     assert not (tmp_path / ".run.lock").exists() and "config.json" in os.listdir(tmp_path / "run")
 
 
+@pytest.mark.parametrize("name", ["checkpoint.pt", "config.json", "log.jsonl", "prompt.safetensors", "summary.json"])
+def test_a_file_out_is_never_a_file_of_another_run(tmp_path, tiny, tiny_clip_checkpoint, name):
+    """score --out RUN/checkpoint.pt replaced a fit's checkpoint with a CSV, and export --out
+    RUN/config.json another run's config with a prompt (exit 0 both). A file --out named as a
+    run's file, in a folder holding a run (its checkpoint.pt or log.jsonl), is refused; export
+    still writes its own run's prompt.safetensors, and a folder of prompts alone is no run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("checkpoint.pt", "config.json", "log.jsonl"):
+        (run / f).write_bytes(f"the run's {f}".encode())
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    expected = f"--out {run / name}: is the {name} of the run in {run} (it holds"
+    _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+              "--out", str(run / name), str(_images(tmp_path / "photos"))], expected, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint.pt").write_bytes(b"another run's checkpoint")
+    _refused(["export", "--checkpoint", str(other / "checkpoint.pt"), "--out", str(run / name)], expected, tmp_path)
+    if name == "prompt.safetensors":  # (the run's own prompt: export writes it again; refused later, as no checkpoint)
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(run / name)])
+        assert res.exit_code == 1 and "not a readable" in res.output and "is the prompt.safetensors" not in res.output
+    (tmp_path / "prompts").mkdir()
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers",
+                                   "0", "--out", str(tmp_path / "prompts" / name), str(tmp_path / "photos")])
+    assert res.exit_code == 0, res.output
+
+
 def test_check_output_compares_files_not_spellings(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("input")

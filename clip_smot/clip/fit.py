@@ -744,7 +744,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
         raise UserError(f"--checkpoint {path}: no such file")
     inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
               *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]
-    check_output(cfg.out, "--out", inputs)
+    check_output(cfg.out, "--out", inputs, run=path.parent)  # (the run's own prompt.safetensors: written again)
     saved = _load_checkpoint(path, "--checkpoint")
     config = saved["config"]
     run = FitConfig.from_dict(config)
@@ -752,7 +752,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
     data = [("the run's --data folder", run.data)] if run.data and Path(run.data).is_dir() else []
     check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),
                                     ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
-                 data)
+                 data, run=path.parent)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")

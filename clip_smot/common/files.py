@@ -21,6 +21,9 @@ from clip_smot.common.errors import UserError, first_line
 __all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "output_lock", "plain_name", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
+# every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
+# prompts or models alone is none): a file --out of another command may not be one of them
+_RUN_FOLDER_FILES = (*RUN_FILES, "config.json", "log.jsonl", "split.txt", "summary.json")
 
 
 def cache_root() -> Path:
@@ -189,7 +192,7 @@ def _within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, Any]] = (),
                  folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] | None = None,
-                 own: bool = False) -> None:
+                 own: bool = False, run: str | os.PathLike | None = None) -> None:
     """Raise a UserError when writing ``out`` would replace or mix with something the command reads,
     or a symbolic link the user gave (the file is written beside it and renamed over the link).
 
@@ -204,6 +207,8 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         writes: the names of the files written into the output folder ``out``.
         own: ``out`` is a name the command makes up beside its output (``OUT.partial``): a link
             found there is replaced, not refused.
+        run: the run folder whose ``prompt.safetensors`` the command writes again (export's);
+            any other file of a fit or train run folder is refused as a file ``out``.
     """
     out = Path(out)
     st = path_stat(out, flag)
@@ -227,6 +232,11 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         if folder is not None and os.path.isdir(folder) and _within(out, folder):
             raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files are read as input; "
                             "write to a place outside it")
+    if writes is None and not own and out.name in _RUN_FOLDER_FILES:  # (a score CSV named checkpoint.pt)
+        held = [f for f in ("checkpoint.pt", "log.jsonl") if f != out.name and is_file(out.parent / f, flag)]
+        if held and not (run is not None and out.name == "prompt.safetensors" and same_file(out.parent, run)):
+            raise UserError(f"{flag} {out}: is the {out.name} of the run in {out.parent} (it holds {held[0]}); "
+                            "writing there would mix with that run's files; write to another place")
     # (/dev/stdout is a link: the finished file, written beside it, would be renamed over the link)
     if writes is None and not own and os.path.islink(out):
         raise UserError(f"{flag} {out}: is a symbolic link, which the written file would replace (not the file it "
