@@ -220,7 +220,8 @@ def explicit_fields(cfg: Any) -> set[str]:
 def refuse_other_flags(names: Collection[str], out: str | Path) -> None:
     """Raise the one line of a resume whose options ``names`` differ from the saved run's."""
     if names:
-        raise UserError(f"--resume: {', '.join('--' + n.replace('_', '-') for n in names)} differ from the run saved "
+        verb = "differ" if len(names) > 1 else "differs"
+        raise UserError(f"--resume: {', '.join('--' + n.replace('_', '-') for n in names)} {verb} from the run saved "
                         f"in {out}; resume with the same flags")
 
 

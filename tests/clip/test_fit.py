@@ -168,7 +168,7 @@ def test_fp16_on_the_cpu_is_the_bf16_it_runs(fit_args, tmp_path):
     res = CliRunner().invoke(cli, fit_args(tmp_path / "fp16", "--precision", "fp16", "--epochs", "1", "--resume"))
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, fit_args(tmp_path / "fp16", "--precision", "fp32", "--epochs", "1", "--resume"))
-    assert res.exit_code == 1 and "--precision differ from the run saved" in res.output, res.output
+    assert res.exit_code == 1 and "--precision differs from the run saved" in res.output, res.output
 
 
 def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):

@@ -116,9 +116,11 @@ def test_one_resume_policy():
     # seed not given: the saved 3; workers is run control: the current 0
     assert rf.resume_options(saved, wanted, {"lr"}, {"workers", "out"}, "a") == \
         {"lr": 0.1, "seed": 3, "workers": 0, "out": "b"}
-    message = r"^--resume: --seed differ from the run saved in a; resume with the same flags$"
+    message = r"^--resume: --seed differs from the run saved in a; resume with the same flags$"
     with pytest.raises(UserError, match=message):
         rf.resume_options(saved, wanted, {"lr", "seed", "workers"}, {"workers", "out"}, "a")
+    with pytest.raises(UserError, match=r"^--resume: --lr, --seed differ from the run saved in a; "):
+        rf.resume_options(saved, {**wanted, "lr": 0.2}, {"lr", "seed"}, {"workers", "out"}, "a")
 
 
 def test_the_finished_exit_and_the_non_finite_loss_are_one_line_each(tmp_path, capsys):

@@ -719,7 +719,7 @@ def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
     for flags in (["--seed", "0"], ["--lam", "0.1"], ["--stage", "base", "--seed", "0"]):
         r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", *flags, "--device", "cpu", "--workers", "0"])
         assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
-            f"Error: --resume: {flags[0 if flags[0] != '--stage' else 2]} differ from the run saved in {out}; "
+            f"Error: --resume: {flags[0 if flags[0] != '--stage' else 2]} differs from the run saved in {out}; "
             "resume with the same flags"), (flags, r.output)
     r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--seed", "3", "--stage", "base",
                                  "--device", "cpu", "--workers", "0"])  # the saved values (or none): it continues
