@@ -100,7 +100,7 @@ def test_gradnorm_is_the_l1_norm_of_the_last_layer_gradient():
 
 
 def test_odin_by_hand_on_a_linear_model():
-    torch.manual_seed(0)
+    torch.manual_seed(1)  # (a seed where the step of CE(z / T) and that of CE(z) differ: see the end)
     lin = torch.nn.Linear(12, 3)
     model = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
     x = torch.randn(4, 3, 2, 2)
@@ -117,3 +117,32 @@ def test_odin_by_hand_on_a_linear_model():
     want = _softmax((x2 @ W.T + b) / T).max(axis=-1)
     torch.testing.assert_close(odin(model, x, std, T, eps), torch.tensor(want, dtype=torch.float32), atol=1e-7, rtol=1e-6)
     assert all(p.grad is None for p in model.parameters())
+    # the input ODIN's second pass sees: the step of the loss at temperature T, not at 1 (whose
+    # signs differ here on some pixels; a score alone moves too little to tell them apart)
+    seen = []
+    odin(lambda v: seen.append(v.detach().clone()) or model(v), x, std, T, eps)
+    torch.testing.assert_close(seen[1].double(), torch.tensor(x2.reshape(4, 3, 2, 2)), atol=1e-7, rtol=0)
+    at_one = (_softmax(z) - np.eye(3)[y]) @ W
+    assert (np.sign(at_one) != np.sign(grad)).any()
+
+
+def test_vim_principal_dimension_follows_the_feature_width():
+    """The authors' benchmark.py: 1000 for C >= 2048, 512 for C >= 768 (ViT-B-16's 512-d CLIP
+    features and ViT-L-14's 768-d ones fall on either side of that edge); C // 2 below 768."""
+    g = torch.Generator().manual_seed(0)
+    for C, want in ((767, 383), (768, 512), (2047, 512), (2048, 1000)):
+        N = want + 64  # (more images than the principal space: a residual is left)
+        X = torch.randn(N, C, generator=g, dtype=torch.float64)
+        W, b = torch.randn(3, C, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+        fitted = S.vim_fit(X, X @ W.T + b, W, b)
+        assert fitted["dim"] == want and fitted["NS"].shape == (C, C - want), C
+
+
+def test_gl_mcm_is_both_mcms_at_one_temperature():
+    g = torch.Generator().manual_seed(2)
+    cosine, local = torch.rand(3, 5, generator=g), torch.rand(3, 7, 5, generator=g)
+    tau, weight = 0.5, 0.7
+    glob = _softmax(cosine.double().numpy() / tau).max(axis=-1)
+    loc = _softmax(local.double().numpy() / tau).max(axis=(-2, -1))  # (softmax over classes, max over patches too)
+    torch.testing.assert_close(S.gl_mcm(cosine, local, tau, weight).double(), torch.tensor(glob + weight * loc),
+                               rtol=1e-6, atol=1e-7)
