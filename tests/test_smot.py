@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,10 @@ def test_perturb_modes():
     n = perturb(grey, torch.zeros(2, 1, 64, 64), "noise", sigma=0.1, generator=torch.Generator().manual_seed(0))
     assert (n - 0.5).std().item() == pytest.approx(0.1, rel=0.02) and abs((n - 0.5).mean().item()) < 0.002
     assert not torch.equal(n[0], n[1])  # a fresh draw per image
+    # pixels stay images: noise of std 1 on bright pixels is clipped at 1 (and at 0)
+    bright = perturb(torch.full((1, 3, 32, 32), 0.9), torch.zeros(1, 1, 32, 32), "noise", sigma=1.0,
+                     generator=torch.Generator().manual_seed(0))
+    assert bright.min() == 0 and bright.max() == 1 and (bright == 1).float().mean() > 0.3
 
 
 def test_smot_loss_by_hand():
@@ -127,11 +132,36 @@ def test_label_smoothing_and_logitnorm_by_hand():
     logp = logits.log_softmax(-1)[0]
     expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
     assert label_smoothing_ce(logits, y, 0.1).item() == pytest.approx(expected.item(), rel=1e-6)
-    norm = math.sqrt(4 + 0 + 1)
-    scaled = logits / (norm * 0.04)
-    assert logitnorm_loss(logits, y).item() == pytest.approx(
-        F.cross_entropy(scaled, y).item(), rel=1e-5
-    )
+    assert label_smoothing_ce(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)  # (eps 0.1 by default)
+    # LogitNorm: each row divided by its own norm times tau 0.04; labels that are not the argmax,
+    # so that the loss is not ~0 (which any scaling would give too)
+    rows = np.array([[2.0, 0.0, -1.0], [0.5, 1.5, -0.5]])
+    labels = [1, 0]
+    scaled = rows / (np.linalg.norm(rows, axis=1, keepdims=True) * 0.04)
+    logp = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+    want = -np.mean([logp[i, labels[i]] for i in range(2)])
+    assert want > 1
+    assert logitnorm_loss(torch.tensor(rows, dtype=torch.float32), torch.tensor(labels)).item() == pytest.approx(
+        want, rel=1e-5)
+
+
+@pytest.mark.parametrize("conc", [0.5, 1.5, 50.0])
+def test_gamma_draws_follow_the_gamma_distribution(conc):
+    """Mean and variance checks pass with a sampler that keeps every proposal (no acceptance
+    test) or that uses another d: its whole distribution is compared (Kolmogorov-Smirnov, SciPy)."""
+    from scipy import stats
+
+    from clip_smot.smot import _log_gamma
+
+    g = _log_gamma(torch.full((20000,), conc, dtype=torch.float64), torch.Generator().manual_seed(1)).exp()
+    assert stats.kstest(g.numpy(), stats.gamma(conc).cdf).pvalue > 0.01
+
+
+def test_beta_thresholds_follow_the_beta_distribution():
+    from scipy import stats
+
+    t = sample_thresholds(20000, 2.0, 3.0, generator=torch.Generator().manual_seed(2)).double() / 255
+    assert stats.kstest(t.numpy(), stats.beta(2.0, 3.0).cdf).pvalue > 0.01
 
 
 def test_beta_thresholds_refuse_infinite_parameters():
