@@ -9,7 +9,7 @@ from clip_smot.scores import SCORES, energy, maxlogit, mcm, msp
 
 def _sk_fpr95(pos, neg):
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    fpr, tpr, _ = roc_curve(y, np.r_[pos, neg])
+    fpr, tpr, _ = roc_curve(y, np.r_[pos, neg], drop_intermediate=False)  # (every threshold: none skipped)
     return fpr[np.argmax(tpr >= 0.95)]
 
 
@@ -37,6 +37,12 @@ def test_fpr95_by_hand_with_ties():
     assert ood_metrics([4.0] * 10 + [3.0] * 10, [3.0, 3.5, 2.0, 4.0])["fpr95"] == pytest.approx(0.75)
     # 5 ID: 95% is 4.75 images, so all 5 must pass: threshold 1, the lowest; OOD >= 1: 1 and 1.5 -> 2 / 3
     assert ood_metrics([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.5, 0.5])["fpr95"] == pytest.approx(2 / 3)
+    # 17 ID: 16 of 17 is a TPR of 94.1%, nearer 95% than 17 of 17 but below it: all 17 must pass
+    # (threshold 1); OOD >= 1: 1.5, 1.2 and 5 -> 3 / 4 (MCM's nearest-recall rule: threshold 2, 1 / 4)
+    assert ood_metrics(np.arange(1.0, 18.0), [1.5, 0.5, 1.2, 5.0])["fpr95"] == pytest.approx(0.75)
+    # 19 of 20 ID at >= 2 (18 at 3, one at 2): threshold 2; OOD >= 2: one of 20. A ROC curve with its
+    # collinear points dropped (scikit-learn's default) has no point at TPR 19/20: it reads 2 / 20
+    assert ood_metrics([3.0] * 18 + [2.0, 1.0], [2.0, 1.0] + [0.0] * 18)["fpr95"] == pytest.approx(0.05)
 
 
 def test_openood_convention():
