@@ -45,14 +45,17 @@ def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, atte
 
 
 @pytest.mark.parametrize(
-    "class_position, text",
-    [("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a.")],
+    "class_position, text, ctx_init",
+    [("end", "a photo of a {}.", "a photo of a"), ("front", "{} a photo of a.", "a photo of a"),
+     ("middle", "a photo {} of a.", "a photo of a"),
+     ("middle", "a {} photo of.", "a photo of")],  # (an odd n_ctx: CoOp's half is n_ctx // 2, the smaller)
 )
 @pytest.mark.parametrize("csc", [False, True])
-def test_ctx_init_gives_encode_text_of_the_sentence(clip, class_position, text, csc):
-    """With ctx = the embeddings of "a photo of a", the layout is checked against the tokenizer."""
-    learner = PromptLearner(clip, NAMES, n_ctx=16, ctx_init="a photo of a", csc=csc, class_position=class_position)
-    assert learner.n_ctx == 4 and learner.ctx.shape == ((len(NAMES), 4, 32) if csc else (4, 32))
+def test_ctx_init_gives_encode_text_of_the_sentence(clip, class_position, text, ctx_init, csc):
+    """With ctx = the embeddings of the words, the layout is checked against the tokenizer."""
+    learner = PromptLearner(clip, NAMES, n_ctx=16, ctx_init=ctx_init, csc=csc, class_position=class_position)
+    n = len(ctx_init.split())
+    assert learner.n_ctx == n and learner.ctx.shape == ((len(NAMES), n, 32) if csc else (n, 32))
     expected = clip.model.encode_text(clip.tokenizer([text.format(n) for n in NAMES]))
     torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
 
