@@ -450,7 +450,7 @@ def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
-    with output_lock(cfg.out) if not cfg.dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
+    with output_lock(cfg.out, folder=True) if not cfg.dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
         return _run_fit(cfg, flags)
 
 

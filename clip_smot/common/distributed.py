@@ -100,7 +100,7 @@ def writes_outputs() -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(out, flag: str = "--out"):
+def writer_lock(out, flag: str = "--out", folder: bool = False):
     """:func:`~clip_smot.common.files.output_lock` of ``out``, held while inside by the process
     that writes (:func:`writes_outputs`); under torchrun every process raises its refusal (none
     waits for a rank 0 that has stopped)."""
@@ -108,7 +108,7 @@ def writer_lock(out, flag: str = "--out"):
         error = ""
         if writes_outputs():
             try:
-                held.enter_context(output_lock(out, flag))
+                held.enter_context(output_lock(out, flag, folder))
             except UserError as e:
                 error = str(e)
         error = every_rank(error)[0]

@@ -83,13 +83,14 @@ def file_lock(path: str | os.PathLike):
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, flag: str = "--out"):
+def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False):
     """Hold the lock of the output ``out`` (a file or a run folder) while inside, or refuse at once:
     a second command writing the same output (a score appending to the CSV another renames, a
     fit writing its epochs into another's log) would leave one output mixed of two runs with
     both saying they succeeded. The lock is an exclusive ``flock`` of the empty file
     ``.NAME.lock`` beside ``out``, removed on the way out; one left by a killed command is
     taken over (the kernel drops a dead process's lock). No lock where ``fcntl`` is missing.
+    ``folder``: ``out`` is a folder (a run's), named by the error of a folder that cannot be made.
 
     Raises:
         UserError: naming ``flag`` and ``out``: another process holds the lock, or a file that
@@ -103,7 +104,11 @@ def output_lock(out: str | os.PathLike, flag: str = "--out"):
     target = Path(os.path.abspath(out))
     lock = target.with_name(f".{target.name or 'root'}.lock")
     made = [f for f in (lock.parent, *lock.parent.parents) if not os.path.lexists(f)]  # (deepest first)
-    make_folder(lock.parent, flag)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # the error of the output's own folder (``folder``: ``out``), as its command would say it
+        make_folder(target if folder else lock.parent, flag)
+        raise
     try:
         yield from _held(lock, flag, out)
     finally:  # the folders made for the lock alone go with it (a refused command leaves no empty folder)

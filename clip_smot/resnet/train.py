@@ -408,7 +408,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
     with process_group(cfg.device) as (rank, local_rank, world):
-        with writer_lock(cfg.out) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
+        with writer_lock(cfg.out, folder=True) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
             return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
 
 
