@@ -65,3 +65,58 @@ def test_no_candidate_fits_falls_back_to_the_centre():
     assert torch.equal(boxes[:, 2], torch.ones(4)) and torch.equal(boxes[:, 3], torch.full((4,), float(expected_w)))
     assert torch.equal(boxes[:, 1], torch.full((4,), float((100 - expected_w) // 2)))
     assert not math.isnan(boxes.sum().item())
+
+
+def test_upscaling_the_whole_image_equals_interpolate_at_the_edges():
+    # Upscaled, the outermost output pixel centres fall outside the outermost input pixel
+    # centres; F.interpolate (align_corners=False) clamps there to the edge pixel, and so must
+    # grid_sample's border padding (zero padding would blend the edge with black).
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5  # no pixel near 0
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0]]).repeat(2, 1)
+    out = crop_flip(x, boxes, torch.tensor([False, False]), 40)
+    ref = F.interpolate(x, size=(40, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_aspect_ratio_is_log_uniform():
+    # Log-uniform over (3/4, 4/3) is symmetric about 1 (log(4/3) = -log(3/4)): half the boxes are
+    # taller than wide. Uniform over (3/4, 4/3) would give P(r < 1) = (1 - 3/4) / (4/3 - 3/4) = 3/7.
+    # On 1000 x 1000 with scale <= 0.2 every first candidate fits (w <= sqrt(0.2e6 * 4/3) < 520).
+    boxes, _ = sample_crops(4000, 1000, 1000, scale=(0.08, 0.2), generator=torch.Generator().manual_seed(0))
+    h, w = boxes[:, 2], boxes[:, 3]
+    taller, wider = (w < h).float().mean().item(), (w > h).float().mean().item()
+    assert abs(taller - 0.5) < 0.03 and abs(wider - 0.5) < 0.03  # std ~0.008; 3/7 is 9 std away
+    # and log(w / h) spreads uniformly over (log 3/4, log 4/3): a quarter in each quarter of it
+    edges = torch.linspace(math.log(3 / 4), math.log(4 / 3), 5)
+    counts = torch.histc(torch.log(w / h), bins=4, min=edges[0].item(), max=edges[-1].item())
+    assert ((counts / 4000 - 0.25).abs() < 0.03).all()
+
+
+def test_area_fraction_is_uniform_in_scale():
+    # scale=(0.25, 0.5) on 200 x 200: every candidate fits (w <= sqrt(0.5 * 40000 * 4/3) < 164),
+    # so the first one is kept and the area fraction is uniform on (0.25, 0.5): mean 0.375, and
+    # no box outside the range beyond the rounding of its sides (< 0.5 px on sides >= 86 px).
+    boxes, _ = sample_crops(4000, 200, 200, scale=(0.25, 0.5), generator=torch.Generator().manual_seed(0))
+    area = boxes[:, 2] * boxes[:, 3] / (200 * 200)
+    assert area.min() >= 0.25 * 0.988 and area.max() <= 0.5 * 1.012
+    assert abs(area.mean().item() - 0.375) < 0.005  # std of the mean ~0.0011
+    assert area.min() < 0.26 and area.max() > 0.49  # the whole range is used
+
+
+def test_offsets_take_every_position_that_fits():
+    # a 9 x 9 box in a 10 x 10 image (area 81, ratio 1): torchvision draws the top and left
+    # offsets from randint(0, 10 - 9 + 1), i.e. 0 or 1, each half the time
+    boxes, _ = sample_crops(1000, 10, 10, scale=(0.81, 0.81), ratio=(1.0, 1.0),
+                            generator=torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.unbind(1)
+    assert torch.equal(h, torch.full((1000,), 9.0)) and torch.equal(w, torch.full((1000,), 9.0))
+    assert set(top.tolist()) == {0.0, 1.0} and set(left.tolist()) == {0.0, 1.0}
+    assert 0.4 < (top == 1).float().mean() < 0.6 and 0.4 < (left == 1).float().mean() < 0.6
+
+
+def test_no_candidate_fits_a_tall_image_falls_back_to_the_centre():
+    # 100 x 3 (height x width): a box of area >= 8% (24 px) with w/h >= 3/4 needs w >= 4 > 3.
+    # torchvision's fallback: in_ratio = 3/100 < 3/4, so w = 3, h = round(3 / (3/4)) = 4,
+    # top = (100 - 4) // 2 = 48, left = (3 - 3) // 2 = 0.
+    boxes, _ = sample_crops(4, 100, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, torch.tensor([[48.0, 0.0, 4.0, 3.0]]).repeat(4, 1))
