@@ -82,6 +82,10 @@ def test_normalize_cam():
     assert out[0].abs().sum() == 0
     torch.testing.assert_close(out[1], torch.tensor([[0.0, 255.0], [127.5, 0.0]]))
     assert normalize_cam(noisy)[0].max() == 255  # without it, the noise is stretched to 0 .. 255
+    # "no more than min_span": a span of exactly min_span is flat too; just above it, scaled
+    edge = torch.tensor([[[0.0, 1.0], [0.5, 0.0]]])
+    assert normalize_cam(edge, min_span=1.0).abs().sum() == 0
+    torch.testing.assert_close(normalize_cam(edge, min_span=0.999), torch.tensor([[[0.0, 255.0], [127.5, 0.0]]]))
 
 
 def test_cam_normalises_and_resizes_the_input_for_the_network():
