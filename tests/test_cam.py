@@ -42,16 +42,25 @@ def test_cam_lights_up_where_the_channel_is_active():
 
 
 def test_cam_uses_top1_when_labels_do_not_match():
-    model = _one_channel_resnet(channel=3)
+    """labels_match=False: the CAM is for the network's own top-1 class, as its forward pass
+    (average pooling, fc) ranks them, whatever labels are passed. At 96 px the layer4 map is
+    3 x 3, so the CAMs of different classes differ (at 32 px it is 1 x 1: every CAM is all zero
+    and the comparison would hold for any class)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with torch.no_grad():
-        model.fc.bias.copy_(torch.tensor([0.0, 100.0, 0.0]))  # top-1 is always class 1
-    x = torch.rand(1, 3, 32, 32)
-    by_label = CAMProvider(model, (0, 0, 0), (1, 1, 1))(x, torch.tensor([1]))
-    by_top1 = CAMProvider(model, (0, 0, 0), (1, 1, 1), labels_match=False)(x, torch.tensor([0]))
-    torch.testing.assert_close(by_label, by_top1)
-    # class 0 has all-zero weights: a constant CAM stays all zero
-    zero = CAMProvider(model, (0, 0, 0), (1, 1, 1))(x, torch.tensor([0]))
-    assert zero.abs().sum() == 0
+        logits = model((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    top1 = logits.argmax(-1)  # (max pooling would rank another class first for some of these images)
+    wrong = (top1 + torch.tensor([1, 4, 6, 9])) % 10  # never the top-1
+    by_top1 = CAMProvider(model, mean, std)(x, top1)  # labels_match: the CAM of the class given
+    assert (by_top1.flatten(1).amax(1) == 255).all()  # real maps, not all zero
+    by_wrong = CAMProvider(model, mean, std)(x, wrong)
+    assert ((by_wrong - by_top1).abs().flatten(1).amax(1) > 1).all()  # the class matters
+    provider = CAMProvider(model, mean, std, labels_match=False)
+    torch.testing.assert_close(provider(x, wrong), by_top1)
+    torch.testing.assert_close(provider(x), by_top1)
 
 
 def test_a_constant_map_at_the_networks_resolution_masks_nothing():
