@@ -73,6 +73,43 @@ def test_non_vit_towers_fall_back(clip):
     assert fast_image_encoder(model) is None
 
 
+@pytest.mark.parametrize("attention", ["causal", "flex"])
+def test_encoders_apply_layer_scale_as_open_clip_does(tiny_clip_config, attention):
+    """The tiny CLIP has no LayerScale; with ``ls_init_value`` open_clip puts one after attention
+    (ls_1) and one after the MLP (ls_2) in every block. Random, different gammas for the two: both
+    towers must still compute open_clip's own encode_image / encode_text."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["vision_cfg"]["ls_init_value"] = cfg["text_cfg"]["ls_init_value"] = 1e-5
+    torch.manual_seed(0)
+    model = CLIP(**cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    blocks = [*model.visual.transformer.resblocks, *model.transformer.resblocks]
+    assert all(hasattr(blk.ls_1, "gamma") and hasattr(blk.ls_2, "gamma") for blk in blocks)
+    with torch.no_grad():
+        for blk in blocks:  # (1e-5 would make every block nearly the identity)
+            for ls in (blk.ls_1, blk.ls_2):
+                ls.gamma.copy_(0.5 + torch.rand(ls.gamma.shape, generator=g))
+
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+    # token ids by hand: SOT, random words, EOT (the largest id: open_clip pools at the argmax), padding
+    tokens = torch.zeros(3, 77, dtype=torch.long)
+    for k, n in enumerate((3, 9, 20)):
+        tokens[k, 0], tokens[k, n + 1] = 49406, 49407
+        tokens[k, 1:n + 1] = torch.randint(1, 49406, (n,), generator=g)
+    eot = tokens.argmax(-1)
+    enc = TextEncoder(model, attention=attention)
+    with torch.no_grad():
+        ours = enc(model.token_embedding(tokens), eot, packed_index(eot, 77))
+        expected = model.encode_text(tokens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
 def _open_clip_logits(clip, ctx, x):
     """CoOp's logits written with open_clip's modules: a unified context of 4 vectors, class at the end."""
     mean, std = torch.tensor(clip.mean).view(1, 3, 1, 1), torch.tensor(clip.std).view(1, 3, 1, 1)
