@@ -20,7 +20,7 @@ import numpy as np
 
 from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers
 from clip_smot.clip.features import encode_files
-from clip_smot.clip.prompt_file import load_prompt
+from clip_smot.clip.prompt_file import load_prompt, unfinished_note
 from clip_smot.clip.scorer import (
     FITTED_SCORES,
     PromptScorer,
@@ -262,6 +262,8 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     if not cfg.prompt:
         raise UserError("--prompt: give a prompt file, or --zero-shot")
     pf = load_prompt(cfg.prompt)
+    if (note := unfinished_note(pf)) and writes_outputs():
+        print(note, file=sys.stderr)
     pretrained = cfg.pretrained
     if pretrained is None:  # the prompt's checkpoint file, found by its name, is read too
         pretrained = resolve_pretrained(pf)

@@ -41,7 +41,7 @@ from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
-__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "recorded_epochs", "save_prompt"]
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "recorded_epochs", "save_prompt", "unfinished_note"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
@@ -219,12 +219,29 @@ def recorded_epochs(path: str | os.PathLike) -> tuple[int, int] | None:
     but the header's metadata is read."""
     try:
         with safe_open(str(path), "pt") as f:
-            config = parse_json((f.metadata() or {}).get("config", "{}"))
+            return _epochs(parse_json((f.metadata() or {}).get("config", "{}")))
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def _epochs(config) -> tuple[int, int] | None:
+    """:func:`recorded_epochs` of a prompt's parsed ``config``."""
+    try:
         epoch, epochs = config["run"]["epoch"], config["epochs"]
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     ok = all(isinstance(n, int) and not isinstance(n, bool) for n in (epoch, epochs))
     return (epoch, epochs) if ok else None
+
+
+def unfinished_note(prompt: PromptFile) -> str | None:
+    """The note that ``prompt`` holds the context of an unfinished run (exported from its
+    checkpoint before its last epoch), or None."""
+    epochs = _epochs(prompt.config)
+    if epochs is None or epochs[0] >= epochs[1]:
+        return None
+    return (f"note: {prompt.path} holds the context of epoch {epochs[0]} of its run's {epochs[1]} (exported from an "
+            "unfinished run)")
 
 
 def _read_header(path: str, f) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:

@@ -16,12 +16,13 @@ import itertools
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
-from clip_smot.clip.prompt_file import PromptFile, load_prompt
+from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
@@ -83,6 +84,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     # every argument checked before anything is encoded; its files read one at a time, not kept
     total = sum(1 for _ in _files(cfg.paths))
     prompt_file = load_prompt(cfg.prompt)
+    if (note := unfinished_note(prompt_file)) and writes_outputs():
+        print(note, file=sys.stderr)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
     found = "checkpoint file found by name" if cfg.pretrained is None else "--pretrained file"
     # a new image file inside a folder scored would be scored by the next run; a CSV there is not

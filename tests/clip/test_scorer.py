@@ -155,6 +155,29 @@ def test_gl_mcm_with_a_custom_last_attention_fails_before_encoding(tiny_clip_con
 # --- the score command -----------------------------------------------------------------------------
 
 
+def test_a_prompt_of_an_unfinished_run_is_said_to_be_one(tmp_path, tiny, tiny_clip_checkpoint):
+    """export of an unfinished run's checkpoint records the epoch its context reached: score and
+    eval say so, where the prompt looked like any finished one."""
+    from clip_smot.clip.prompt_file import save_prompt
+
+    id_dir, _ = make_folders(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(len(CLASSES), 32, generator=g), dim=-1)
+    for epoch, said in ((2, True), (5, False)):
+        prompt = tmp_path / f"p{epoch}.safetensors"
+        save_prompt(prompt, torch.randn(4, 32, generator=g), text, tiny.identity(), 4, "end", False, list(CLASSES),
+                    {"epochs": 5, "run": {"epoch": epoch}})
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--workers", "0", "--out", str(tmp_path / f"s{epoch}.csv"), str(id_dir)])
+        assert res.exit_code == 0, res.output
+        note = f"note: {prompt} holds the context of epoch 2 of its run's 5 (exported from an unfinished run)"
+        assert (note in res.stderr) == said, res.stderr
+        res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                       "--id", str(id_dir), "--ood", f"x={tmp_path / 'ood'}", "--workers", "0",
+                                       "--out", str(tmp_path / f"e{epoch}")])
+        assert res.exit_code == 0 and (note in res.stderr) == said, res.output
+
+
 def test_score_csv_uses_stored_text_features_without_a_text_pass(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     text = make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, ood_dir = make_folders(tmp_path)
