@@ -56,13 +56,20 @@ def _assert_same(m1, m2, rtol, atol):
         torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("method, mask", [("smot", "zero"), ("smot", "one"), ("ls", None), ("logitnorm", None),
-                                          ("ce", None)])
-def test_eager_step_is_the_hand_written_step(method, mask):
+# (method, masked region, T, lam): T and lam away from the defaults (10, 0.1) too, so that a step
+# which ignored --T or --lam would differ; eps of Eq. 9 at t ~ 180 is ~1 at T = 10, ~0.4 at T = 150.
+STEP_CASES = [("smot", "zero", 10.0, 0.1), ("smot", "zero", 150.0, 0.3), ("smot", "one", 10.0, 0.1),
+              ("ls", None, None, None), ("logitnorm", None, None, None), ("ce", None, None, None)]
+
+
+@pytest.mark.parametrize("method, mask, T, lam", STEP_CASES)
+def test_eager_step_is_the_hand_written_step(method, mask, T, lam):
     """One plain-SGD step of train_step: its loss and its weights against docs/method.md §1 written out."""
     model, parts, x, y, t = _setup()
     parts.method = method
     parts.perturb = mask or "zero"
+    if method == "smot":
+        parts.T, parts.lam = T, lam
     ref = copy.deepcopy(model)
     loss, correct = train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts,
                                autocast(x.device, "fp32"))
@@ -77,9 +84,9 @@ def test_eager_step_is_the_hand_written_step(method, mask):
     logp = logits.log_softmax(dim=-1)
     onehot = torch.nn.functional.one_hot(y, K).float()
     if method == "smot":
-        eps = 1 - torch.exp((t - 255) / 10.0)  # Eq. 9, T = 10
+        eps = 1 - torch.exp((t - 255) / T)  # Eq. 9
         target = (1 - eps[:, None]) * onehot + eps[:, None] / K  # Eq. 5
-        want = 0.9 * -(onehot * logp[:B]).sum(-1).mean() + 0.1 * -(target * logp[B:]).sum(-1).mean()  # Eq. 8
+        want = (1 - lam) * -(onehot * logp[:B]).sum(-1).mean() + lam * -(target * logp[B:]).sum(-1).mean()  # Eq. 8
     elif method == "ls":
         want = -((0.9 * onehot + 0.1 / K) * logp).sum(-1).mean()
     elif method == "logitnorm":
