@@ -59,7 +59,8 @@ def _assert_same(m1, m2, rtol, atol):
 # (method, masked region, T, lam): T and lam away from the defaults (10, 0.1) too, so that a step
 # which ignored --T or --lam would differ; eps of Eq. 9 at t ~ 180 is ~1 at T = 10, ~0.4 at T = 150.
 STEP_CASES = [("smot", "zero", 10.0, 0.1), ("smot", "zero", 150.0, 0.3), ("smot", "one", 10.0, 0.1),
-              ("ls", None, None, None), ("logitnorm", None, None, None), ("ce", None, None, None)]
+              ("smot", "noise", 150.0, 0.3), ("ls", None, None, None), ("logitnorm", None, None, None),
+              ("ce", None, None, None)]
 
 
 @pytest.mark.parametrize("method, mask, T, lam", STEP_CASES)
@@ -70,16 +71,24 @@ def test_eager_step_is_the_hand_written_step(method, mask, T, lam):
     parts.perturb = mask or "zero"
     if method == "smot":
         parts.T, parts.lam = T, lam
+    parts.sigma = 0.3  # the noise's std (default 0.1): used by mask "noise" only
+    noise_gen = torch.Generator().manual_seed(4) if mask == "noise" else None
     ref = copy.deepcopy(model)
     loss, correct = train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts,
-                               autocast(x.device, "fp32"))
+                               autocast(x.device, "fp32"), noise_gen)
 
     xf = x.float() / 255  # [B, 3, S, S] in [0, 1], before normalisation
     if method == "smot":
         cams = parts.cam(xf, y)  # [B, S, S] in [0, 255], the true label (CAMProvider: tests/test_cam.py)
         keep = (cams < t.view(B, 1, 1)).float()[:, None]  # Eq. 7: masked where cam >= t
-        # originals, then their masked copies: black (zero) or white (one)
-        xf = torch.cat([xf, xf * keep + (1 - keep) * (mask == "one")])
+        # originals, then their masked copies: black (zero), white (one), or Gaussian noise of std
+        # sigma = 0.3 added where masked, clipped to [0, 1] (Table 9), drawn from a twin of noise_gen
+        if mask == "noise":
+            noise = torch.randn(xf.shape, generator=torch.Generator().manual_seed(4))  # [B, 3, S, S]
+            copies = (xf + 0.3 * noise * (1 - keep)).clamp(0, 1)
+        else:
+            copies = xf * keep + (1 - keep) * (mask == "one")
+        xf = torch.cat([xf, copies])
     logits = ref((xf - parts.mean) / parts.std)
     logp = logits.log_softmax(dim=-1)
     onehot = torch.nn.functional.one_hot(y, K).float()
