@@ -1,5 +1,5 @@
 """The eager training step against a hand-written one; the fast variants (fused SGD, torch.compile,
-CUDA graphs) give the eager step's result."""
+CUDA graphs) give the eager step's result; the epoch's seeded thresholds."""
 
 import copy
 import time
@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from clip_smot.cam import CAMProvider
 from clip_smot.cli import cli
 from clip_smot.common.device import autocast
-from clip_smot.resnet.data import CIFAR10_MEAN, CIFAR10_STD
+from clip_smot.resnet.data import CIFAR10_MEAN, CIFAR10_STD, TensorBatches, mix_seed
 from clip_smot.resnet.networks import build_network
 from clip_smot.resnet.train import (
     StepParts,
     compile_for_training,
     make_optimizer,
+    train_epoch,
     train_step,
 )
 from clip_smot.smot import sample_thresholds
@@ -110,6 +111,36 @@ def test_eager_step_is_the_hand_written_step(method, mask, T, lam):
     for (name, w), w0 in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(w.detach(), w0.detach() - 0.1 * (w0.grad + 5e-4 * w0.detach()), rtol=1e-5,
                                    atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def _batches(n=20, batch=8, seed=7):
+    """n random images in batches of 8 (8, 8, 4): an epoch of several steps."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (n, 3, S, S), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, K, (n,), generator=g)
+    return TensorBatches(x, y, batch, torch.device("cpu"), seed=seed)
+
+
+def test_each_batch_of_an_epoch_gets_its_own_thresholds(monkeypatch):
+    """The epoch draws its n thresholds at once from (seed, epoch, rank, stream 2) (mix_seed's
+    docstring) and hands batch i its own slice: consecutive, not the first slice again."""
+    import clip_smot.resnet.train as train_mod
+
+    model, parts, _, _, _ = _setup()
+    got = []
+    real = train_mod.train_step
+
+    def spy(model, optimizer, x, y, t, parts, amp, noise_gen=None):
+        got.append(t.clone())
+        return real(model, optimizer, x, y, t, parts, amp, noise_gen)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False)
+    stats = train_epoch(model, opt, _batches(), 3, parts, autocast(torch.device("cpu"), "fp32"), seed=7, alpha=50.0,
+                        beta=20.0, rank=0, n_samples=20)
+    assert [len(t) for t in got] == [8, 8, 4] and stats["steps"] == 3 and stats["seen"] == 20
+    want = sample_thresholds(20, 50.0, 20.0, generator=torch.Generator().manual_seed(mix_seed(7, 3, 0, 2)))
+    assert torch.equal(torch.cat(got), want)
 
 
 def test_fused_sgd_gives_the_plain_sgd_weights():
