@@ -1,5 +1,5 @@
 """The eager training step against a hand-written one; the fast variants (fused SGD, torch.compile,
-CUDA graphs) give the eager step's result; the epoch's seeded thresholds."""
+CUDA graphs) give the eager step's result; the epoch's seeded thresholds and noise."""
 
 import copy
 import time
@@ -141,6 +141,23 @@ def test_each_batch_of_an_epoch_gets_its_own_thresholds(monkeypatch):
     assert [len(t) for t in got] == [8, 8, 4] and stats["steps"] == 3 and stats["seen"] == 20
     want = sample_thresholds(20, 50.0, 20.0, generator=torch.Generator().manual_seed(mix_seed(7, 3, 0, 2)))
     assert torch.equal(torch.cat(got), want)
+
+
+def test_a_noise_epoch_is_a_function_of_the_seed_not_of_the_global_rng():
+    """--perturb noise: the noise of an epoch is seeded by (seed, epoch, rank) like its other draws
+    (resnet/train.py's docstring), so the same epoch from the same weights gives the same weights
+    whatever torch's global RNG holds. (A resume test cannot show it: the checkpoint restores the
+    global RNG too, so noise drawn from it would resume exactly as well.)"""
+    model, parts, _, _, _ = _setup()
+    parts.perturb, parts.sigma = "noise", 0.3
+    trained = []
+    for global_seed in (11, 12):
+        m = copy.deepcopy(model)
+        torch.manual_seed(global_seed)  # another state of the global generator each time
+        train_epoch(m, make_optimizer(m, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False), _batches(), 1, parts,
+                    autocast(torch.device("cpu"), "fp32"), seed=7, alpha=50.0, beta=20.0, n_samples=20)
+        trained.append(m)
+    _assert_same(*trained, rtol=0, atol=0)
 
 
 def test_fused_sgd_gives_the_plain_sgd_weights():
