@@ -15,12 +15,13 @@ from clip_smot.clip.fit import FitConfig
 from clip_smot.resnet import evaluate as resnet_eval
 from clip_smot.resnet.train import TrainConfig, resolve_config
 
-# docs/method.md §2 (CLIP track) and section 1 (ImageNet-1k CLIP track: T = 200).
+# docs/method.md §2 (CLIP track) and section 1 (ImageNet-1k CLIP track: T = 200; the noise
+# perturbation's sigma 0.1, our choice).
 FIT_SPEC = {
     "shots": 16, "model": "ViT-B-16", "pretrained": "openai", "cam_model": "resnet18-imagenet", "n_ctx": 16,
     "ctx_init": None, "csc": False, "class_position": "end", "loss": "smot", "alpha": 50.0, "beta": 20.0,
-    "lam": 0.1, "T": 200.0, "perturb": "zero", "epochs": 50, "batch_size": 32, "lr": 0.002, "momentum": 0.9,
-    "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "crop_scale": 0.08,
+    "lam": 0.1, "T": 200.0, "perturb": "zero", "sigma": 0.1, "epochs": 50, "batch_size": 32, "lr": 0.002,
+    "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "crop_scale": 0.08,
 }
 
 # docs/method.md §1 and §3 (ResNet track), per stage, dataset and class count: (epochs, batch, lr, T, method, arch).
@@ -69,6 +70,7 @@ def test_train_config_and_train_flags_hold_the_spec_defaults():
     cfg = TrainConfig(out="x")
     assert (cfg.momentum, cfg.weight_decay, cfg.alpha, cfg.beta, cfg.lam, cfg.perturb) == (0.9, 5e-4, 50.0, 20.0, 0.1,
                                                                                            "zero")
+    assert cfg.sigma == 0.1  # the noise perturbation's std (docs/method.md §1)
     assert (cfg.ls_eps, cfg.logitnorm_tau) == (0.1, 0.04)  # the label-smoothing and LogitNorm baselines
     flags = _cli_defaults("train")
     for name in ("alpha", "beta", "lam", "perturb", "sigma", "stage", "seed"):
