@@ -136,10 +136,12 @@ def _held(lock: Path, flag: str, out: str | os.PathLike):
             raise UserError(f"{flag} {out}: {lock}, the name of its lock file, holds something else; move it away")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # (EWOULDBLOCK: another open file holds it)
             os.close(fd)
             raise UserError(f"{flag} {out}: another clip-smot command is writing it now (it holds {lock}); wait "
                             f"for it to end, or choose another {flag}") from None
+        except OSError:  # a file system without locks (ENOLCK on some NFS mounts): the command goes on unlocked
+            break
         if file_key(lock) == (st.st_dev, st.st_ino):
             break
         os.close(fd)

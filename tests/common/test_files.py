@@ -252,3 +252,17 @@ def test_the_folders_made_for_a_lock_go_when_nothing_was_written_there(tmp_path)
     with files.output_lock(out):
         out.mkdir()  # (the command wrote its run folder: kept, with the folders above it)
     assert out.is_dir() and sorted(os.listdir(out.parent)) == ["run"]
+
+
+def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkeypatch):
+    """flock fails with ENOLCK on some NFS mounts: that is no other command writing, so the
+    command goes on (it was refused as 'another clip-smot command is writing it now')."""
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with files.output_lock(tmp_path / "s.csv"):
+        (tmp_path / "s.csv").write_text("rows")
+    assert (tmp_path / "s.csv").read_text() == "rows" and not (tmp_path / ".s.csv.lock").exists()
