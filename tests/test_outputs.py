@@ -498,12 +498,14 @@ def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_c
     }
     for name, args in commands.items():
         out = args[args.index("--out") + 1]
-        with output_lock(out):  # (another command, writing there now)
+        with output_lock(out, folder=name != "score"):  # (another command, writing there now)
             _refused(args, f"--out {out}: another clip-smot command is writing it now", tmp_path)
+            assert name == "score" or os.listdir(out) == []  # (the holder's folder, as it was)
         assert not (tmp_path / "run").exists()
+    before = [*os.listdir(tmp_path), "run"]  # (nothing beside the run folder: no lock file left)
     res = CliRunner().invoke(cli, commands["train"])  # (and once it is done, the lock is free)
     assert res.exit_code == 0, res.output
-    assert not (tmp_path / ".run.lock").exists() and "config.json" in os.listdir(tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == sorted(before) and "config.json" in os.listdir(tmp_path / "run")
 
 
 @pytest.mark.parametrize("name", ["checkpoint.pt", "config.json", "log.jsonl", "prompt.safetensors", "summary.json"])

@@ -105,13 +105,15 @@ def writer_lock(out, flag: str = "--out", folder: bool = False):
     that writes (:func:`writes_outputs`); under torchrun every process raises its refusal (none
     waits for a rank 0 that has stopped)."""
     with contextlib.ExitStack() as held:
-        error = ""
+        error, failure = "", None
         if writes_outputs():
             try:
                 held.enter_context(output_lock(out, flag, folder))
-            except UserError as e:
-                error = str(e)
+            except Exception as e:  # (whatever it is, the other ranks hear of it)
+                error, failure = str(e) or type(e).__name__, e
         error = every_rank(error)[0]
+        if failure is not None:
+            raise failure
         if error:
             raise UserError(error)
         yield

@@ -82,77 +82,132 @@ def file_lock(path: str | os.PathLike):
         yield
 
 
+class _Busy(UserError):
+    """Another process holds the lock of an output."""
+
+
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False):
-    """Hold the lock of the output ``out`` (a file or a run folder) while inside, or refuse at once:
-    a second command writing the same output (a score appending to the CSV another renames, a
-    fit writing its epochs into another's log) would leave one output mixed of two runs with
-    both saying they succeeded. The lock is an exclusive ``flock`` of the empty file
-    ``.NAME.lock`` beside ``out``, removed on the way out; one left by a killed command is
-    taken over (the kernel drops a dead process's lock). No lock where ``fcntl`` is missing.
-    ``folder``: ``out`` is a folder (a run's), named by the error of a folder that cannot be made.
+    """Hold the lock of the output ``out`` while inside, or refuse at once: a second command
+    writing the same output (a score appending to the CSV another renames, a fit writing its
+    epochs into another's log) would leave one output mixed of two runs, both saying they
+    succeeded.
+
+    The lock is an exclusive ``flock``: of the run folder itself for a folder ``out`` (made for
+    it, and removed again when the command leaves it empty), of the empty file ``.NAME.lock``
+    beside a file ``out`` (removed on the way out; one left by a killed command is taken over:
+    the kernel drops a dead process's lock). Where no lock can be had (no ``fcntl``, a file
+    system without ``flock``, a lock file that cannot be made), the command goes on unlocked, as
+    it did before it locked.
 
     Raises:
-        UserError: naming ``flag`` and ``out``: another process holds the lock, or a file that
-            is no lock of ours (a link, a folder, a file with contents) has the lock's name.
+        UserError: naming ``flag`` and ``out``: another process holds the lock, a folder that
+            cannot be made, or something that is no lock of ours (a FIFO, a folder, a file
+            with contents) under the lock file's name.
     """
     try:
-        import fcntl  # noqa: F401 (used by _held)
+        import fcntl  # noqa: F401 (used by the helpers)
     except ImportError:  # pragma: no cover
         yield
         return
-    target = Path(os.path.abspath(out))
-    lock = target.with_name(f".{target.name or 'root'}.lock")
-    made = [f for f in (lock.parent, *lock.parent.parents) if not os.path.lexists(f)]  # (deepest first)
+    out = Path(out)
+    where = out if folder else out.parent  # (named as given: the error of a folder that cannot be made)
+    made = [f for f in (where, *where.parents) if not os.path.lexists(f)]  # (deepest first)
+    make_folder(where, flag)
+    busy = False
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # the error of the output's own folder (``folder``: ``out``), as its command would say it
-        make_folder(target if folder else lock.parent, flag)
+        yield from (_folder_held(out, flag) if folder else _file_held(out.parent / f".{out.name}.lock", flag, out))
+    except _Busy:
+        busy = True  # (the folders are the holder's now)
         raise
-    try:
-        yield from _held(lock, flag, out)
     finally:  # the folders made for the lock alone go with it (a refused command leaves no empty folder)
-        for folder in made:
+        for f in made if not busy else ():
             try:
-                os.rmdir(folder)
+                os.rmdir(f)
             except OSError:  # (not empty: the command wrote there)
                 break
 
 
-def _held(lock: Path, flag: str, out: str | os.PathLike):
-    """:func:`output_lock`'s lock file ``lock``, flocked while the generator is suspended."""
+def _busy(flag: str, out: Path) -> _Busy:
+    return _Busy(f"{flag} {out}: another clip-smot command is writing it now; wait for it to end, or choose "
+                 f"another {flag}")
+
+
+def _flock(fd: int, flag: str, out: Path) -> bool:
+    """Whether ``flock`` took the lock of ``fd``; False where the file system has no locks (ENOLCK
+    on some NFS mounts, ENOSYS on Lustre without flock). Raises _Busy when another holds it."""
     import fcntl
 
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:  # (EWOULDBLOCK: another open file holds it)
+        raise _busy(flag, out) from None
+    except OSError:
+        return False
+
+
+def _folder_held(folder: Path, flag: str):
+    """The lock of the run folder ``folder`` itself, held while the generator is suspended."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # (unlocked: the command reports the folder's own trouble when it writes)
+        yield
+        return
+    try:
+        _flock(fd, flag, folder)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _file_held(lock: Path, flag: str, out: Path):
+    """The lock file ``lock`` of the file ``out``, flocked while the generator is suspended."""
+    held = _lock_file(lock, flag, out)
+    if held is None:
+        yield
+        return
+    fd, key = held
+    try:
+        yield
+    finally:
+        if file_key(lock) == key:  # (removed before it is released: no one holds a lock on a name that is gone)
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _lock_file(lock: Path, flag: str, out: Path) -> tuple[int, tuple[int, int]] | None:
+    """A descriptor of the lock file ``lock``, flocked, and its (device, inode); None where no lock
+    can be had (a link at its name, a name too long, a folder that may not be written, a file
+    system without locks: the command goes on unlocked)."""
     for _ in range(3):  # (a holder ending between our open and flock removed the name we opened)
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
                          0o666)
         except OSError as e:
-            raise UserError(f"{flag} {out}: its lock file {lock} cannot be opened ({e.strerror or first_line(e)}); "
-                            "remove it if it is no file of yours") from None
+            if e.errno == errno.ENOENT:  # (its folder, made by a command that has just stopped, was removed)
+                make_folder(lock.parent, flag)
+                continue
+            return None
         st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode) or st.st_size:
             os.close(fd)
             raise UserError(f"{flag} {out}: {lock}, the name of its lock file, holds something else; move it away")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # (EWOULDBLOCK: another open file holds it)
+            locked = _flock(fd, flag, out)
+        except _Busy:
             os.close(fd)
-            raise UserError(f"{flag} {out}: another clip-smot command is writing it now (it holds {lock}); wait "
-                            f"for it to end, or choose another {flag}") from None
-        except OSError:  # a file system without locks (ENOLCK on some NFS mounts): the command goes on unlocked
-            break
-        if file_key(lock) == (st.st_dev, st.st_ino):
-            break
+            raise
+        if not locked:
+            if file_key(lock) == key:
+                os.unlink(lock)
+            os.close(fd)
+            return None
+        if file_key(lock) == key:
+            return fd, key
         os.close(fd)
-    else:  # pragma: no cover
-        raise UserError(f"{flag} {out}: its lock file {lock} keeps being replaced; is another command starting there?")
-    try:
-        yield
-    finally:
-        if file_key(lock) == (st.st_dev, st.st_ino):  # (removed before it is released: no one holds a lock
-            os.unlink(lock)                             # on a name that is gone)
-        os.close(fd)
+    raise UserError(f"{flag} {out}: its lock file {lock} keeps being replaced; is another command starting there?")
 
 
 def plain_name(value: str, what: str, advice: str = "") -> str:

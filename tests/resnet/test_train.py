@@ -376,11 +376,11 @@ def test_under_torchrun_every_rank_stops_when_another_command_holds_out(folders,
     from clip_smot.common.files import output_lock
 
     out = tmp_path / "ddp"
-    with output_lock(out):
+    with output_lock(out, folder=True):
         code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "1",
                                     "--out", str(out), timeout=90)
+        assert os.listdir(out) == []  # (the holder's folder: nothing written into it)
     assert code != 0 and stderr.count(f"Error: --out {out}: another clip-smot command is writing it now") == 2
-    assert not out.exists()
 
 
 def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
