@@ -479,8 +479,9 @@ def test_train_out_never_replaces_or_lies_inside_its_inputs(tmp_path):
 def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
     """Two scores into one --out both exited 0, leaving a CSV without its header (one renamed
     OUT.partial while the other appended to it); two fits or trains into one folder interleaved
-    their log lines and left one run's config beside the other's checkpoint. While a command
-    holds --out, a second one is refused before it reads or writes anything there."""
+    their log lines and left one run's config beside the other's checkpoint (two evaluations, one
+    run's metrics beside the other's). While a command holds --out, a second one is refused
+    before it reads or writes anything there."""
     from clip_smot.common.files import output_lock
 
     data = tmp_path / "data"
@@ -495,6 +496,10 @@ def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_c
         "fit": _fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run"),
         "train": ["train", "--data", str(data), "--arch", "resnet_tiny", "--epochs", "1", "--device", "cpu",
                   "--workers", "0", "--out", str(tmp_path / "run")],
+        "eval": ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(data / "val"),
+                 "--ood", f"x={_images(tmp_path / 'photos')}", "--workers", "0", "--out", str(tmp_path / "run")],
+        "eval --checkpoint": ["eval", "--checkpoint", str(prompt), "--id", str(data), "--ood",
+                              f"x={tmp_path / 'photos'}", "--device", "cpu", "--out", str(tmp_path / "run")],
     }
     for name, args in commands.items():
         out = args[args.index("--out") + 1]

@@ -31,7 +31,7 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_SEED, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
-from clip_smot.common.distributed import writes_outputs
+from clip_smot.common.distributed import writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, json_text
 from clip_smot.common.image_sets import (
@@ -206,6 +206,12 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     check_output_folder(cfg.out, "--out", inputs, read_folders, writes=_WRITES)
     if "id" in cfg.ood:
         raise UserError("--ood id=...: 'id' names the ID set; give the OOD set another name")
+    with writer_lock(cfg.out, folder=True):  # (two evaluations into one folder would mix their files)
+        return _evaluate(cfg, names, inputs, read_folders)
+
+
+def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders: list) -> dict:
+    """:func:`run_clip_eval` once its arguments are checked and no other command writes ``--out``."""
     scorer, config, folders, title = _clip_scorer(cfg, inputs)
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])

@@ -27,7 +27,7 @@ from clip_smot import scores as S
 from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder
+from clip_smot.common.files import check_output_folder, output_lock
 from clip_smot.common.image_sets import check_apart
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
@@ -218,6 +218,12 @@ def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
     lists, folders = cfg.read_sets()
     inputs = [("--checkpoint file", cfg.checkpoint), *lists]
     check_output_folder(cfg.out, "--out", inputs, folders, writes=REPORT_FILES)
+    with output_lock(cfg.out, folder=True):  # (two evaluations into one folder would mix their files)
+        return _evaluate(cfg, names, inputs, folders)
+
+
+def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: list) -> dict:
+    """:func:`run_resnet_eval` once its arguments are checked and no other command writes ``--out``."""
     dev = resolve_device(cfg.device)
     model, meta = load_model(cfg.checkpoint, dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)
