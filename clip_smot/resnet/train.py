@@ -409,7 +409,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
     """
     with process_group(cfg.device) as (rank, local_rank, world):
         with writer_lock(cfg.out, folder=True) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
-            return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
+            with warnings.catch_warnings():  # (the filters the run sets are the run's: a caller's come back)
+                return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
 
 
 def _check_outputs(cfg: TrainConfig) -> None:

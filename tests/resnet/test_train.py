@@ -383,6 +383,20 @@ def test_under_torchrun_every_rank_stops_when_another_command_holds_out(folders,
     assert code != 0 and stderr.count(f"Error: --out {out}: another clip-smot command is writing it now") == 2
 
 
+def test_the_warning_filters_a_run_sets_are_the_runs(folders, tmp_path, monkeypatch):
+    """DDP's stride warning is filtered on the CPU (above); a library caller of run_train gets its
+    own filters back afterwards, not the run's."""
+    import warnings
+
+    from clip_smot.resnet import train as train_mod
+
+    monkeypatch.setattr(train_mod, "_run", lambda *a, **k: warnings.filterwarnings("ignore", message="Grad strides")
+                        or {"ran": True})
+    before = list(warnings.filters)
+    assert run_train(_cfg(folders, tmp_path / "w")) == {"ran": True}
+    assert warnings.filters == before
+
+
 def test_large_input_size_trains_through_the_dataloader_path(folders, tmp_path):
     out = tmp_path / "big"
     args = ["train", "--data", str(folders), "--arch", "resnet_tiny", "--batch-size", "16", "--input-size", "72",
