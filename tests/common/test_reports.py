@@ -102,3 +102,68 @@ def test_set_names_that_are_not_utf8_are_written_escaped(tmp_path):
     assert (tmp_path / "metrics.csv").read_bytes().decode("utf-8").splitlines()[1].startswith("msp,caf\\udce9,")
     assert (tmp_path / "metrics.md").read_text(encoding="utf-8").startswith("# Prompt p\\udcff.safetensors\n")
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["msp"]["caf\udce9"]["auroc"] == 50.0
+
+
+def _three_sets():
+    """4 ID scores and three OOD sets; "neg" is msp negated (a score that ranks the other way)."""
+    id_msp = np.array([0.9, 0.8, 0.7, 0.6])
+    sets = {"a": np.array([0.1, 0.65]), "b": np.array([0.75, 0.2, 0.3]), "c": np.array([0.95])}
+    return {"msp": id_msp, "neg": -id_msp}, {n: {"msp": s, "neg": -s} for n, s in sets.items()}
+
+
+@pytest.mark.parametrize("convention", ["id", "openood"])
+def test_each_score_the_convention_and_the_mean_of_three_sets(tmp_path, convention):
+    """The average is the mean over all OOD sets (not their median, which two sets cannot tell
+    apart), each score's row is of its own scores, and the FPR95 convention reaches the metrics."""
+    id_s, ood = _three_sets()
+    report = write_reports(tmp_path, id_s, ood, convention=convention, id_accuracy=0.0)
+    msp, neg = report["metrics"]["msp"], report["metrics"]["neg"]
+    # AUROC by hand: a 7/8, b 10/12, c: 0.95 above every ID score, 0/4
+    assert [msp[s]["auroc"] for s in "abc"] == pytest.approx([87.5, 250 / 3, 0.0])
+    assert msp["average"]["auroc"] == pytest.approx((87.5 + 250 / 3 + 0.0) / 3)  # 56.94; the median: 83.33
+    # neg ranks every pair the other way
+    assert [neg[s]["auroc"] for s in "abc"] == pytest.approx([12.5, 50 / 3, 100.0])
+    if convention == "id":  # OOD accepted at the threshold that keeps all 4 ID (>= 0.6): a 1/2, b 1/3, c 1/1
+        fpr = [50.0, 100 / 3, 100.0]
+    else:  # ID flagged at the threshold that flags every OOD score (<= its max): a 0.6 (1/4), b 0.7, 0.6, c all
+        fpr = [25.0, 50.0, 100.0]
+    assert [msp[s]["fpr95"] for s in "abc"] == pytest.approx(fpr)
+    assert msp["average"]["fpr95"] == pytest.approx(sum(fpr) / 3)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["fpr_convention"] == convention and saved["id_accuracy"] == 0.0
+    # an accuracy of 0 is an accuracy: written, not left out as if the ID data had no labels
+    assert (tmp_path / "metrics.md").read_text().endswith("\nID accuracy: 0.00%\n")
+
+
+def test_markdown_accuracy_has_two_decimals(tmp_path):
+    id_s, ood = _three_sets()
+    write_reports(tmp_path, id_s, ood, id_accuracy=200 / 3)
+    assert (tmp_path / "metrics.md").read_text().endswith("\nID accuracy: 66.67%\n")
+
+
+def test_the_histogram_draws_each_score_id_against_each_set(tmp_path, monkeypatch):
+    """One panel per score and OOD set: the ID scores of that score against that set's, on 40
+    shared bins from the lowest to the highest of the two."""
+    from matplotlib.axes import Axes
+
+    calls, real = [], Axes.hist
+
+    def spy(self, x, *a, **k):
+        calls.append((np.asarray(x).tolist(), np.asarray(k["bins"]), k["label"]))
+        return real(self, x, *a, **k)
+
+    monkeypatch.setattr(Axes, "hist", spy)
+    id_s, ood = _three_sets()
+    write_reports(tmp_path, id_s, ood)
+    assert len(calls) == 2 * 3 * 2
+    k = 0
+    for score, sign in (("msp", 1), ("neg", -1)):
+        for name, values in (("a", [0.1, 0.65]), ("b", [0.75, 0.2, 0.3]), ("c", [0.95])):
+            (id_x, id_bins, id_label), (ood_x, ood_bins, ood_label) = calls[k], calls[k + 1]
+            k += 2
+            assert (id_label, ood_label) == ("ID", name)
+            assert id_x == pytest.approx([sign * v for v in (0.9, 0.8, 0.7, 0.6)])
+            assert ood_x == pytest.approx([sign * v for v in values])
+            both = [sign * v for v in (0.9, 0.8, 0.7, 0.6, *values)]
+            assert len(id_bins) == 41 and np.array_equal(id_bins, ood_bins)
+            assert (id_bins[0], id_bins[-1]) == pytest.approx((min(both), max(both)))
