@@ -342,3 +342,116 @@ def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_
         with pytest.raises(UserError, match=rf"^reproduce: {out / 'eval-smot'} was made from .* which has changed"):
             run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
     assert ran == []
+
+
+def _plans():
+    o = ReproduceOptions(out="/o", imagenet="/in", ood_root="/ood", cifar_root="/c")
+    return {name: plan(name, o) for name in TABLES}
+
+
+def _measured_by(p, row):
+    """(the eval stage's argv, the argv of the run it evaluates, the score) of a paper row."""
+    stage_name, score = p.rows[row]
+    stages = {s.name: list(s.argv) for s in p.stages}
+    ev = stages[stage_name]
+    assert ev[0] == "eval" and score in ev[ev.index("--scores") + 1].split(","), (row, ev)
+    model = ev[ev.index("--checkpoint") + 1] if "--checkpoint" in ev else ev[ev.index("--prompt") + 1] \
+        if "--prompt" in ev else None
+    run = stages[Path(model).parent.name] if model else None
+    return ev, run, score
+
+
+def _flag(argv, flag):
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_each_resnet_row_is_measured_by_the_run_and_score_it_names():
+    """The paper's rows name a method (a training) and a score; the stage and score each maps to
+    are checked against the training's own flags, not against the row map."""
+    plans = _plans()
+    for table, dataset in (("table2", "cifar10"), ("table3", "cifar100"), ("table4", "imagenet200")):
+        p = plans[table]
+        for row, score in (("MSP", "msp"), ("ODIN", "odin"), ("Energy", "energy"), ("ReAct", "react"),
+                           ("LogitNorm", "msp"), ("SMOT", "msp")):
+            _, run, got = _measured_by(p, row)
+            assert got == score and _flag(run, "--dataset") == dataset, (table, row)
+            assert _flag(run, "--stage") == ("smot" if row == "SMOT" else "base"), (table, row)
+            assert _flag(run, "--method") == ("logitnorm" if row == "LogitNorm" else None), (table, row)
+    for row in ("CIFAR-10 CE", "CIFAR-10 SMOT", "CIFAR-100 CE", "CIFAR-100 SMOT"):
+        _, run, score = _measured_by(plans["table1"], row)
+        assert score == "msp" and _flag(run, "--dataset") == row.split()[0].lower().replace("-", "")
+        assert _flag(run, "--stage") == ("smot" if row.endswith("SMOT") else "base"), row
+    for method in ("CE", "SMOT"):
+        for s in ("MSP", "ODIN", "Energy", "ReAct"):
+            _, run, score = _measured_by(plans["table5"], f"{method} {s}")
+            assert score == s.lower() and _flag(run, "--stage") == ("smot" if method == "SMOT" else "base")
+    for label, arch in (("ResNet18", "resnet18"), ("WRN-40-2", "wrn40_2"), ("DenseNet", "densenet_bc")):
+        for method in ("CE", "SMOT"):
+            _, run, _ = _measured_by(plans["table6"], f"{label} {method}")
+            assert _flag(run, "--arch") == arch and _flag(run, "--stage") == ("smot" if method == "SMOT" else "base")
+    _, run, _ = _measured_by(plans["table7"], "w/o SMOT")
+    assert _flag(run, "--stage") == "base"
+    for a, b in (("1", "1"), ("0.67", "0.67"), ("2", "2"), ("5", "2"), ("20", "12"), ("30", "18"), ("18", "30"),
+                 ("50", "20"), ("100", "50")):
+        _, run, _ = _measured_by(plans["table7"], f"({a},{b})")
+        assert (_flag(run, "--stage"), _flag(run, "--alpha"), _flag(run, "--beta")) == ("smot", a, b)
+    for row, perturb in (("SMOT (masked as 0)", None), ("SMOT (masked as 1)", "one"), ("SMOT (noise)", "noise")):
+        _, run, _ = _measured_by(plans["table9"], row)
+        assert _flag(run, "--stage") == "smot" and _flag(run, "--perturb") == perturb, row
+    _, run, _ = _measured_by(plans["table9"], "MSP")
+    assert _flag(run, "--stage") == "base"
+
+
+def test_each_clip_row_is_measured_by_the_prompt_and_score_it_names():
+    p = _plans()["table8"]
+    ev, run, score = _measured_by(p, "MCM")
+    assert "--zero-shot" in ev and run is None and score == "mcm"
+    ev, run, score = _measured_by(p, "SMOT")
+    assert score == "mcm" and _flag(run, "--loss") is None and _flag(run, "--split") is None  # (SMOT: fit's default)
+    for row in ("CoOp", "MSP", "ODIN", "Energy", "GradNorm", "Vim", "KNN"):
+        ev, run, score = _measured_by(p, row)
+        assert _flag(run, "--loss") == "ce" and score == ("mcm" if row == "CoOp" else row.lower()), row
+
+
+def test_write_table_cells_csv_and_markdown_by_hand(tmp_path):
+    """Table 6's cells (averages and ID accuracy) from hand-made metrics.json files: a measured row,
+    a row not implemented (not run) and one whose stage has no metrics yet (-), in the plan's row order."""
+    from clip_smot.reproduce import Plan, write_table
+
+    for stage, report in (("eval-d", {"metrics": {"msp": {"average": {"fpr95": 20.0, "auroc": 95.5}},
+                                                  "energy": {"average": {"fpr95": 99.0, "auroc": 1.0}}},
+                                      "id_accuracy": 93.0}),
+                          ("eval-r", {"metrics": {"msp": {"average": {"fpr95": 51.13, "auroc": 90.0}}},
+                                      "id_accuracy": 96.5})):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text(json.dumps(report))
+    rows = {"ResNet18 CE": ("eval-r", "msp"), "DenseNet SMOT": ("eval-d", "msp"),  # (not in the paper's order)
+            "WRN-40-2 SMOT": ("eval-missing", "msp"), "WRN-40-2 CE": None}
+    cells = write_table("table6", Plan([], rows, ("average",), "T"), tmp_path)
+    # the paper (data_lists/paper_tables.csv, Table 6): ResNet18 CE 51.13 / 91.27 / 95.12, WRN-40-2 CE 49.50 /
+    # 91.30 / 95.08, WRN-40-2 SMOT 27.38 / 94.98 / 94.62, DenseNet SMOT 29.53 / 94.76 / 93.79
+    assert (tmp_path / "table.csv").read_text().splitlines() == [
+        "table,row,ood_set,metric,paper,ours,difference,stage,score",
+        "6,ResNet18 CE,average,fpr95,51.13,51.13,0.00,eval-r,msp",
+        "6,ResNet18 CE,average,auroc,91.27,90.00,-1.27,eval-r,msp",
+        "6,ResNet18 CE,id,id_acc,95.12,96.50,1.38,eval-r,msp",
+        "6,WRN-40-2 CE,average,fpr95,49.50,,,,",
+        "6,WRN-40-2 CE,average,auroc,91.30,,,,",
+        "6,WRN-40-2 CE,id,id_acc,95.08,,,,",
+        "6,WRN-40-2 SMOT,average,fpr95,27.38,,,eval-missing,msp",
+        "6,WRN-40-2 SMOT,average,auroc,94.98,,,eval-missing,msp",
+        "6,WRN-40-2 SMOT,id,id_acc,94.62,,,eval-missing,msp",
+        "6,DenseNet SMOT,average,fpr95,29.53,20.00,-9.53,eval-d,msp",
+        "6,DenseNet SMOT,average,auroc,94.76,95.50,0.74,eval-d,msp",
+        "6,DenseNet SMOT,id,id_acc,93.79,93.00,-0.79,eval-d,msp"]
+    assert [c["ours"] for c in cells] == [51.13, 90.0, 96.5, None, None, None, None, None, None, 20.0, 95.5, 93.0]
+    assert cells[2]["difference"] == pytest.approx(1.38) and cells[9]["difference"] == pytest.approx(-9.53)
+    assert (tmp_path / "table.md").read_text().splitlines()[4:] == [
+        "| Method | Average FPR95↓ | Average AUROC↑ | ID ACC↑ |",
+        "|---|---|---|---|",
+        "| ResNet18 CE | 51.13 / 51.13 (+0.00) | 91.27 / 90.00 (-1.27) | 95.12 / 96.50 (+1.38) |",
+        "| DenseNet SMOT | 29.53 / 20.00 (-9.53) | 94.76 / 95.50 (+0.74) | 93.79 / 93.00 (-0.79) |",
+        "| WRN-40-2 SMOT | 27.38 / - | 94.98 / - | 94.62 / - |",
+        "| WRN-40-2 CE | 49.50 / not run | 91.30 / not run | 95.08 / not run |",
+        "",
+        "Measured by: `eval-d/`, `eval-missing/`, `eval-r/` (each folder's metrics.json)."]
