@@ -167,3 +167,19 @@ def test_the_histogram_draws_each_score_id_against_each_set(tmp_path, monkeypatc
             both = [sign * v for v in (0.9, 0.8, 0.7, 0.6, *values)]
             assert len(id_bins) == 41 and np.array_equal(id_bins, ood_bins)
             assert (id_bins[0], id_bins[-1]) == pytest.approx((min(both), max(both)))
+
+
+def test_csv_has_the_average_line_and_markdown_heads_match_their_cells(tmp_path):
+    id_s, ood = _three_sets()
+    write_reports(tmp_path, id_s, ood)
+    # c by hand: O I I I I; AUPR-In (1/2 + 2/3 + 3/4 + 4/5) / 4 = 67.92%; AUPR-Out: the OOD image ranked last, 1/5.
+    # the means with a (50, 87.5, 95, 83.33) and b (33.33, 83.33, 88.75, 86.67), above:
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[1:5] == ["msp,a,50.00,87.50,95.00,83.33", "msp,b,33.33,83.33,88.75,86.67",
+                          "msp,c,100.00,0.00,67.92,20.00", "msp,average,61.11,56.94,83.89,63.33"]
+    assert len(lines) == 1 + 2 * 4 and lines[-1].startswith("neg,average,")
+    md = (tmp_path / "metrics.md").read_text().splitlines()
+    assert md[4] == ("| score | a FPR95↓ | a AUROC↑ | b FPR95↓ | b AUROC↑ | c FPR95↓ | c AUROC↑ | average FPR95↓ | "
+                     "average AUROC↑ |")
+    assert md[5] == "|---|---|---|---|---|---|---|---|---|"  # (score and 8 value columns)
+    assert md[6] == "| msp | 50.00 | 87.50 | 33.33 | 83.33 | 100.00 | 0.00 | 61.11 | 56.94 |"
