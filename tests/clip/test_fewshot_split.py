@@ -1,0 +1,87 @@
+"""The few-shot split as data_lists/README.md describes it, against expectations built by hand.
+
+"For each class, its image files (searched recursively, sorted by path) are permuted with
+``numpy.random.default_rng(seed)`` (one generator for all classes, in class order) and the
+first ``--shots`` are kept"; lines sorted by label, then path.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from clip_smot.clip.fewshot import draw_split, resolve_classes, split_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not decoded by draw_split")
+
+
+def _folder_dataset(root: Path) -> dict[str, list[str]]:
+    """Three classes with 5, 7 and 6 images (one in a sub-folder, which sorts first), made out of sorted order;
+    returns each class's sorted relative paths, as the README says they are listed."""
+    listing = {
+        "zebra_fish": ["zebra_fish/e.jpg", "zebra_fish/a.png", "zebra_fish/c.JPEG", "zebra_fish/b.jpg",
+                       "zebra_fish/d.jpg"],
+        "ant": ["ant/g.jpg", "ant/f.jpg", "ant/aa/z.jpg", "ant/e.jpg", "ant/d.jpg", "ant/c.jpg", "ant/b.jpg"],
+        "mole_rat": ["mole_rat/q.jpg", "mole_rat/p.jpg", "mole_rat/r.jpg", "mole_rat/m.jpg", "mole_rat/n.jpg",
+                     "mole_rat/o.jpg"],
+    }
+    for files in listing.values():
+        for f in files:
+            _touch(root / f)
+    (root / "ant" / "notes.txt").write_text("not an image")
+    return {k: sorted(v) for k, v in listing.items()}
+
+
+def _coop_draw(sorted_listings: list[list[str]], shots: int, seed: int) -> list[tuple[str, int]]:
+    rng = np.random.default_rng(seed)  # one generator, classes in label order
+    out = []
+    for label, files in enumerate(sorted_listings):
+        order = rng.permutation(len(files))
+        out += sorted((files[i], label) for i in order[:shots])
+    return out
+
+
+def test_folder_classes_are_sorted_with_underscores_read_as_spaces(tmp_path):
+    _folder_dataset(tmp_path)
+    classes = resolve_classes(tmp_path)
+    assert classes.folders == ("ant", "mole_rat", "zebra_fish")
+    assert classes.classnames == ("ant", "mole rat", "zebra fish")
+    assert classes.imagenet_index is None
+
+
+def test_draw_split_is_one_seeded_permutation_per_class_of_its_sorted_listing(tmp_path):
+    listing = _folder_dataset(tmp_path)
+    classes = resolve_classes(tmp_path)
+    listings = [listing[f] for f in ("ant", "mole_rat", "zebra_fish")]
+    for shots, seed in ((3, 0), (4, 1), (5, 12345)):
+        split = draw_split(classes, shots, seed)
+        assert split == _coop_draw(listings, shots, seed), (shots, seed)
+        # sorted by label, then path; shots images of each class, each from its own folder
+        assert split == sorted(split, key=lambda t: (t[1], t[0]))
+        assert [y for _, y in split] == [0] * shots + [1] * shots + [2] * shots
+        assert all(p.split("/", 1)[0] == classes.folders[y] for p, y in split)
+    # all of a class when shots is its size: the whole sorted listing of the smallest class
+    assert [p for p, y in draw_split(classes, 5, 3) if y == 2] == listing["zebra_fish"]
+    # the split file: one 'path<TAB>label' line per image, in that order
+    split = draw_split(classes, 2, 7)
+    assert split_text(split) == "".join(f"{p}\t{y}\n" for p, y in _coop_draw(listings, 2, 7))
+
+
+def test_an_imagenet_subset_keeps_the_1k_order_names_and_indices(tmp_path):
+    wnids = (REPO / "data_lists" / "imagenet1k_wnids.txt").read_text().split()
+    names = (REPO / "prompts" / "imagenet1k_classnames.txt").read_text().splitlines()
+    picked = [901, 7, 388, 0]  # made out of order
+    for i in picked:
+        for f in ("x.JPEG", "y.JPEG", "z.JPEG"):
+            _touch(tmp_path / wnids[i] / f)
+    classes = resolve_classes(tmp_path)
+    order = sorted(picked)
+    assert classes.folders == tuple(wnids[i] for i in order)
+    assert classes.classnames == tuple(names[i] for i in order)
+    assert classes.classnames[:2] == ("tench", names[7]) and classes.imagenet_index == (0, 7, 388, 901)
+    split = draw_split(classes, 2, 5)
+    assert split == _coop_draw([[f"{wnids[i]}/{f}" for f in ("x.JPEG", "y.JPEG", "z.JPEG")] for i in order], 2, 5)
