@@ -85,3 +85,11 @@ def test_an_imagenet_subset_keeps_the_1k_order_names_and_indices(tmp_path):
     assert classes.classnames[:2] == ("tench", names[7]) and classes.imagenet_index == (0, 7, 388, 901)
     split = draw_split(classes, 2, 5)
     assert split == _coop_draw([[f"{wnids[i]}/{f}" for f in ("x.JPEG", "y.JPEG", "z.JPEG")] for i in order], 2, 5)
+
+
+def test_folders_that_are_not_all_wnids_are_plain_classes(tmp_path):
+    for folder in ("n01440764", "my_cat"):  # a wnid (tench) beside another name
+        _touch(tmp_path / folder / "a.jpg")
+    classes = resolve_classes(tmp_path)
+    assert classes.folders == ("my_cat", "n01440764")
+    assert classes.classnames == ("my cat", "n01440764") and classes.imagenet_index is None
