@@ -1,0 +1,80 @@
+"""What keys a feature-cache entry (clip_smot/clip/features.py's docstring): the model's
+weights, not only its name; the library versions; the preprocessing; the precision. Random
+weights are never cached."""
+
+import numpy as np
+import torch
+from helpers import _cache_in_tmp, tiny  # noqa: F401 (fixtures)
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from clip_smot.clip import features as cf
+from clip_smot.clip import model as cm
+from clip_smot.clip.model import load_clip
+
+
+def _images(tmp_path, n=2):
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_other_weights_of_the_same_model_name_are_encoded_not_read_from_the_cache(
+        tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):  # noqa: F811
+    weights = load_file(tiny_clip_checkpoint)
+    other = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) if v.is_floating_point()
+             and k.startswith("visual.") else v for k, v in weights.items()}
+    path = tmp_path / "ckpt" / "tiny.safetensors"  # the same file name, other weights
+    path.parent.mkdir()
+    save_file(other, str(path))
+    clip_b = load_clip(tiny_clip_config, str(path))
+    assert clip_b.name == tiny.name
+    files = _images(tmp_path)
+    a = cf.encode_files(tiny, files, workers=0).global_
+    b = cf.encode_files(clip_b, files, workers=0).global_  # (the entry of tiny's features is there)
+    fresh = cf.encode_files(clip_b, files, workers=0, use_cache=False).global_
+    torch.testing.assert_close(b, fresh, rtol=0, atol=0)
+    assert not torch.allclose(a, b)
+
+
+def test_the_key_changes_with_versions_preprocessing_and_precision(tmp_path, tiny, monkeypatch):  # noqa: F811
+    files = [str(p) for p in _images(tmp_path)]
+    base = cf._cache_key(tiny, files)
+    assert cf._cache_key(tiny, files) == base and cf._cache_key(tiny, files[::-1]) == base  # (files sorted)
+    assert cf._cache_key(tiny, files, precision="bf16") != base
+    assert cf._cache_key(tiny, files, precision="fp16") not in (base, cf._cache_key(tiny, files, precision="bf16"))
+    assert cf._cache_key(tiny, files[:1]) != base
+    real = cm.library_versions()
+    monkeypatch.setattr(cm, "library_versions", lambda: {**real, "open_clip": real["open_clip"] + ".post1"})
+    assert cf._cache_key(tiny, files) != base
+    monkeypatch.setattr(cm, "library_versions", lambda: real)
+    real_pre = cm.preprocess_identity(tiny)
+    monkeypatch.setattr(cm, "preprocess_identity", lambda clip: {**real_pre, "interpolation": "nearest"})
+    assert cf._cache_key(tiny, files) != base
+
+
+def test_random_weights_are_never_cached(tmp_path, tiny_clip_config):
+    clip = load_clip(tiny_clip_config, None)
+    assert not clip.pretrained
+    cf.encode_files(clip, _images(tmp_path), workers=0)
+    assert not cf.cache_dir().exists() or not any(cf.cache_dir().iterdir())
+
+
+def test_an_entry_written_in_another_order_is_read_in_the_order_asked(tmp_path, tiny):  # noqa: F811
+    a, b, c = (str(p) for p in _images(tmp_path, 3))
+    first = cf.encode_files(tiny, [a, b, c], workers=0)
+    again = cf.encode_files(tiny, [c, a, b], workers=0)  # the same entry (the key sorts the files)
+    assert len(list(cf.cache_dir().iterdir())) == 1
+    assert again.paths == [c, a, b]
+    torch.testing.assert_close(again.global_, first.global_[[2, 0, 1]], rtol=0, atol=0)
+
+
+def test_local_features_are_unit_vectors(tiny):  # noqa: F811
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # (the tiny model's size)
+    g, l = cf.normalized_features(tiny, x, local=True)
+    torch.testing.assert_close(g.norm(dim=-1), torch.ones(2))
+    assert l.ndim == 3 and l.shape[0] == 2
+    torch.testing.assert_close(l.norm(dim=-1), torch.ones(l.shape[:2]))
