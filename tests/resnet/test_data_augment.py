@@ -112,3 +112,24 @@ def test_file_batches_are_shuffled_and_each_image_has_its_own_crop(tmp_path):
     fb.dataset.epoch = 0
     crops = [fb.dataset[i][0] for i in range(4)]  # the same image: only the random crops differ
     assert not any(torch.equal(crops[0], c) for c in crops[1:])
+
+
+def test_digits_train_unflipped_with_a_2_pixel_pad(tmp_path, monkeypatch):
+    """docs/resnet.md: the digits get no horizontal flip (a mirrored digit is another shape) and a
+    random crop with 2 pixels of padding; CIFAR's defaults (flip, pad 4) would pass every other
+    test of the digits."""
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
+    s = rd.load_id_split("digits", None, "train")
+    assert s.flip is False and s.pad == 2 and s.input_size == 32
+
+
+def test_the_imagenet200_train_transform_is_the_documented_one():
+    """docs/resnet.md: random resized crop to 224 with scale 0.08-1 (torchvision's default ratio
+    3/4-4/3), and a horizontal flip of probability 1/2, left out for sets that must not flip."""
+    import torchvision.transforms as T
+
+    crop, flip = rd._train_transform(224, True).transforms
+    assert isinstance(crop, T.RandomResizedCrop) and crop.size == (224, 224)
+    assert crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
+    assert [type(t) for t in rd._train_transform(224, False).transforms] == [T.RandomResizedCrop]
