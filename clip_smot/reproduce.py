@@ -521,12 +521,15 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
     for stage in p.stages:
         argv = list(stage.argv)
         if stage.finished(out):
-            if dry_run:  # (the earlier stages it reads have not run: their files are compared when they have)
-                later = sorted({p.relative_to(out).parts[0] for p in stage.inputs(out)} - finished)
+            # the earlier stages it reads that were not finished at the start (the others' files
+            # were compared above): their files are compared once they have run, not in a dry run
+            later = sorted({p.relative_to(out).parts[0] for p in stage.inputs(out)} - finished)
+            if dry_run:
                 echo(f"# done: clip-smot {shlex.join(argv)}"
                      + (f"  (if {', '.join(later)} gives the files it was made from)" if later else ""))
                 continue
-            stage.check_record(out)  # (the files of the stages that ran before it, as they are now)
+            if later:
+                stage.check_record(out)
             echo(f"reproduce: {stage.name} is finished; skipped")
             continue
         if stage.resumable(out):
