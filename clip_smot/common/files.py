@@ -128,11 +128,6 @@ def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = Fals
                 break
 
 
-def _busy(flag: str, out: Path) -> _Busy:
-    return _Busy(f"{flag} {out}: another clip-smot command is writing it now; wait for it to end, or choose "
-                 f"another {flag}")
-
-
 def _flock(fd: int, flag: str, out: Path) -> bool:
     """Whether ``flock`` took the lock of ``fd``; False where the file system has no locks (ENOLCK
     on some NFS mounts, ENOSYS on Lustre without flock). Raises _Busy when another holds it."""
@@ -142,7 +137,8 @@ def _flock(fd: int, flag: str, out: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:  # (EWOULDBLOCK: another open file holds it)
-        raise _busy(flag, out) from None
+        raise _Busy(f"{flag} {out}: another clip-smot command is writing it now; wait for it to end, or choose "
+                    f"another {flag}") from None
     except OSError:
         return False
 
@@ -171,9 +167,15 @@ def _file_held(lock: Path, flag: str, out: Path):
     try:
         yield
     finally:
-        if file_key(lock) == key:  # (removed before it is released: no one holds a lock on a name that is gone)
-            os.unlink(lock)
-        os.close(fd)
+        _release(lock, fd, key)
+
+
+def _release(lock: Path, fd: int, key: tuple[int, int]) -> None:
+    """Remove the lock file ``lock`` if it is still the file ``key`` of ``fd``, then close ``fd``
+    (removed before it is released: no one can take a lock on a name that is gone)."""
+    if file_key(lock) == key:
+        os.unlink(lock)
+    os.close(fd)
 
 
 def _lock_file(lock: Path, flag: str, out: Path) -> tuple[int, tuple[int, int]] | None:
@@ -200,9 +202,7 @@ def _lock_file(lock: Path, flag: str, out: Path) -> tuple[int, tuple[int, int]] 
             os.close(fd)
             raise
         if not locked:
-            if file_key(lock) == key:
-                os.unlink(lock)
-            os.close(fd)
+            _release(lock, fd, key)
             return None
         if file_key(lock) == key:
             return fd, key
