@@ -149,41 +149,29 @@ def test_fit_step_is_the_smot_step_on_open_clip(clip):
     assert all(p.grad is None for p in clip.model.parameters())
 
 
-def test_fit_step_white_mask_on_open_clip(clip):
-    """--perturb one: the masked region is white (1) in the copy; same thresholds, lam, T as above."""
+@pytest.mark.parametrize("perturbation", ["one", "noise"])
+def test_fit_step_white_mask_and_noise_on_open_clip(clip, perturbation):
+    """--perturb one: the masked region is white (1) in the copy. --perturb noise, --sigma 0.3
+    (default 0.1): Gaussian noise added where masked, clipped to [0, 1] (Table 9), drawn from
+    noise_generator (a twin of it here). Same thresholds, lam, T as above."""
     B = 2
     x, y = images(B, seed=4), torch.tensor([1, 2])
     cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(5)) * 255
     learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
     ctx0 = learner.ctx.detach().clone()
     opt = torch.optim.SGD(learner.parameters(), lr=0.5)
-    loss = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation="one", precision="fp32",
-                         generator=torch.Generator().manual_seed(3))(x, cams, y)
-    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
-    keep = cam_mask(cams, t)  # [B, 1, S, S], 0 where cam >= t
-    with torch.no_grad():
-        logits = _open_clip_logits(clip, ctx0, torch.cat([x, x * keep + (1 - keep)]))
-    soft = -(soft_targets(y, smoothing_eps(t, 50.0), len(NAMES)) * logits[B:].log_softmax(-1)).sum(-1).mean()
-    torch.testing.assert_close(loss, 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft, atol=1e-5, rtol=1e-5)
-
-
-def test_fit_step_noise_on_open_clip(clip):
-    """--perturb noise, --sigma 0.3 (default 0.1): Gaussian noise added where masked, clipped to [0, 1]
-    (Table 9), drawn from noise_generator (a twin of it here); same thresholds, lam, T as above."""
-    B = 2
-    x, y = images(B, seed=4), torch.tensor([1, 2])
-    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(5)) * 255
-    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
-    ctx0 = learner.ctx.detach().clone()
-    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
-    loss = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation="noise", sigma=0.3, precision="fp32",
+    loss = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation=perturbation, sigma=0.3, precision="fp32",
                          generator=torch.Generator().manual_seed(3),
                          noise_generator=torch.Generator().manual_seed(6))(x, cams, y)
     t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
     keep = cam_mask(cams, t)  # [B, 1, S, S], 0 where cam >= t
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))  # [B, 3, S, S]
+    if perturbation == "one":
+        masked = x * keep + (1 - keep)
+    else:
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))  # [B, 3, S, S]
+        masked = (x + 0.3 * noise * (1 - keep)).clamp(0, 1)
     with torch.no_grad():
-        logits = _open_clip_logits(clip, ctx0, torch.cat([x, (x + 0.3 * noise * (1 - keep)).clamp(0, 1)]))
+        logits = _open_clip_logits(clip, ctx0, torch.cat([x, masked]))
     soft = -(soft_targets(y, smoothing_eps(t, 50.0), len(NAMES)) * logits[B:].log_softmax(-1)).sum(-1).mean()
     torch.testing.assert_close(loss, 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft, atol=1e-5, rtol=1e-5)
 
