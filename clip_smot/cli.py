@@ -192,19 +192,21 @@ def _given(options: dict, dest: dict[str, str] | None = None) -> set[str]:
 @_options(FitConfig, "data", "shots", "split", "seed", "out", "model", "pretrained", "cam_model", "n_ctx", "ctx_init",
           "csc", "class_position", "loss", "alpha", "beta", "lam", "T", "perturb", "sigma", "epochs", "batch_size",
           "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision", "device", "cuda_graph",
-          "text_residual", "text_attention", "compile", "overlap_encoders", "workers", "resume", "dry_run",
-          dest={"split": "split_file"})
-def fit(split_file, **options) -> None:
+          "text_residual", "text_attention", "compile", "overlap_encoders", "workers", dest={"split": "split_file"})
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="One batch; print its loss; write nothing.")
+def fit(split_file, resume, dry_run, **options) -> None:
     """Learn a CoOp prompt for a frozen CLIP model with the SMOT loss.
 
     Writes OUT/prompt.safetensors, split.txt, config.json, log.jsonl and checkpoint.pt.
     """
     options["split"] = split_file
     try:
-        out = run_fit(FitConfig(**options), flags=_given(options, {"split": "split_file"}))
+        out = run_fit(FitConfig(**options), resume=resume, dry_run=dry_run,
+                      flags=_given(options, {"split": "split_file"}))
     except KeyboardInterrupt:
-        raise _interrupted(None if options["dry_run"] else options["out"]) from None
-    if not options["dry_run"]:
+        raise _interrupted(None if dry_run else options["out"]) from None
+    if not dry_run:
         click.echo(f"prompt: {out / 'prompt.safetensors'}")
 
 

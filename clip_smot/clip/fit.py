@@ -123,9 +123,6 @@ class FitConfig:
     overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
                                             "runs (exact; CUDA only).  [default: on with CUDA]")
     device: str = setting("auto", choices=DEVICES, check_choices=False)  # (cuda:N from Python)
-    # run control (not part of what makes two runs the same)
-    resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
-    dry_run: bool = setting(False, "One batch, then stop (writes nothing).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,7 +139,7 @@ class FitConfig:
 
 
 # Options that may change between a run and its --resume.
-_RUN_CONTROL = ("resume", "dry_run", "workers", "device", "out", "split", "cuda_graph", "text_residual",
+_RUN_CONTROL = ("workers", "device", "out", "split", "cuda_graph", "text_residual",
                 "text_attention", "compile", "overlap_encoders")  # (the split is compared by SHA-256)
 
 
@@ -438,58 +435,62 @@ class _Training:
     step: object = None
 
 
-def run_fit(cfg: FitConfig, flags: Collection[str] | None = None) -> Path:
+def run_fit(cfg: FitConfig, resume: bool = False, dry_run: bool = False,
+            flags: Collection[str] | None = None) -> Path:
     """Fit a prompt; returns the output folder (with ``prompt.safetensors`` unless a dry run).
 
     Args:
-        cfg: every option of the run.
-        flags: the options the user gave (the command line's); with ``cfg.resume`` each must be
+        cfg: every option of the run (what config.json records).
+        resume: continue the run in ``cfg.out`` from its checkpoint.
+        dry_run: one batch, print its loss, then stop; writes nothing.
+        flags: the options the user gave (the command line's); with ``resume`` each must be
             the saved run's, the others take the saved values (None: those not at their default).
 
     Raises:
         UserError: any bad input (docs/method.md §6), or a non-finite loss (the last good
             checkpoint is kept).
     """
-    with output_lock(cfg.out, folder=True) if not cfg.dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
-        return _run_fit(cfg, flags)
+    with output_lock(cfg.out, folder=True) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
+        return _run_fit(cfg, resume, dry_run, flags)
 
 
-def _run_fit(cfg: FitConfig, flags: Collection[str] | None) -> Path:
+def _run_fit(cfg: FitConfig, resume: bool, dry_run: bool, flags: Collection[str] | None) -> Path:
     """:func:`run_fit`, once no other command writes ``--out``."""
     n_ctx_given = "n_ctx" in (set(flags) if flags is not None else rf.explicit_fields(cfg))  # (before a resume merges)
-    cfg, saved, device = _resolve(cfg, flags)
+    cfg, saved, device = _resolve(cfg, resume, dry_run, flags)
     out = Path(cfg.out)
     inputs = _load_inputs(cfg, device, n_ctx_given)
     if saved is not None:
         _check_resumed_files(saved, inputs.config, out / rf.CHECKPOINT)
         if rf.finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
             return out
-    own_split = _prepare_folder(cfg, inputs.text)
+    own_split = _prepare_folder(cfg, inputs.text, dry_run)
     images, labels, cams = _load_images(cfg, device, inputs, saved)
     training = _build(cfg, device, inputs, saved)
-    if not cfg.dry_run:  # (once all that a resume reads has been checked)
+    if not dry_run:  # (once all that a resume reads has been checked)
         if not own_split:  # (the same text otherwise: nothing to replace)
             atomic_write_text(inputs.text, out / "split.txt")
         rf.write_config(out, inputs.config)
         rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
-    if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0):
+    if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0, dry_run):
         _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,
                 out / "prompt.safetensors", "fit", cfg.epochs)
     return out
 
 
-def _resolve(cfg: FitConfig, flags: Collection[str] | None) -> tuple[FitConfig, dict | None, torch.device]:
+def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
+             flags: Collection[str] | None) -> tuple[FitConfig, dict | None, torch.device]:
     """The run's options (checked; on --resume merged with the checkpoint's), the checkpoint read
     (None: a new run) and the device."""
     check_config(cfg)
-    ckpt_path = rf.check_start(cfg.out, cfg.resume, cfg.dry_run, "prompt.safetensors")
-    saved = _load_checkpoint(ckpt_path, "--resume") if cfg.resume else None
+    ckpt_path = rf.check_start(cfg.out, resume, dry_run, "prompt.safetensors")
+    saved = _load_checkpoint(ckpt_path, "--resume") if resume else None
     device = resolve_device(cfg.device)  # (a run-control option: the current one also on --resume)
     if saved is not None:
         cfg = _resume_config(cfg, saved, flags, device)
     # the precision that runs on this device: fp16 is bf16 on the CPU, and recorded so
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
-    if not cfg.dry_run:
+    if not dry_run:
         _check_outputs(cfg)
     cfg = resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
@@ -541,13 +542,13 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     return _Inputs(clip, classes, split, text, config, cam_net, seconds, t_setup)
 
 
-def _prepare_folder(cfg: FitConfig, text: str) -> bool:
+def _prepare_folder(cfg: FitConfig, text: str, dry_run: bool) -> bool:
     """Make ``--out`` (not for a dry run, which writes nothing) and remove the temporary files of
     a run killed while writing; returns whether ``--split`` is the run's own split.txt (read,
     and not rewritten, as resume's error advises)."""
     out = Path(cfg.out)
     own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
-    if cfg.dry_run:
+    if dry_run:
         return own_split
     if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
         raise UserError(f"--split {cfg.split}: is {out / 'split.txt'}, which this run writes in another form; "
@@ -623,7 +624,7 @@ def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | 
 
 
 def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Training, images: torch.Tensor,
-           labels: torch.Tensor, cams: torch.Tensor | None, start_epoch: int) -> bool:
+           labels: torch.Tensor, cams: torch.Tensor | None, start_epoch: int, dry_run: bool) -> bool:
     """The epochs from ``start_epoch``: a log line and a checkpoint after each; returns False after
     a dry run's one batch."""
     from clip_smot.clip.encoders import flex_available
@@ -642,7 +643,7 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         lr = training.optimizer.param_groups[0]["lr"]
-        mean_loss = _epoch(cfg, epoch, training, images, labels, cams, no_cams, size, B, compiled)
+        mean_loss = _epoch(cfg, epoch, training, images, labels, cams, no_cams, size, B, compiled, dry_run)
         if mean_loss is None:
             return False
         if not math.isfinite(mean_loss) or not torch.isfinite(training.prompt.ctx).all():
@@ -661,7 +662,7 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
 
 
 def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams, no_cams, size: int, B: int,
-           compiled: dict) -> float | None:
+           compiled: dict, dry_run: bool) -> float | None:
     """One epoch's steps over a permutation drawn at its start; returns the mean loss (None after a
     dry run's one batch, whose loss it prints)."""
     data_gen, aug_gen = training.generators["data_gen"], training.generators["aug_gen"]
@@ -688,7 +689,7 @@ def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams
                                 f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
             raise
         loss_sum += loss
-        if cfg.dry_run:
+        if dry_run:
             print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
             return None
         if s % 20 == 19:  # reading the loss syncs with the device: only now and then

@@ -702,10 +702,12 @@ def test_ctx_init_sets_the_recorded_n_ctx_and_an_old_record_resumes(fit_args, tm
     monkeypatch.setattr(run_folder, "atomic_save", real_save)
     ckpt = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True)
     ckpt["config"]["n_ctx"] = 16  # as a run recorded before recorded it
+    ckpt["config"] |= {"resume": False, "dry_run": False}  # as runs recorded before these became run_fit's arguments
     torch.save(ckpt, tmp_path / "old" / "checkpoint.pt")
     res = CliRunner().invoke(cli, args(tmp_path / "old", "--resume"))
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "old" / "config.json").read_text())["n_ctx"] == 4
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config["n_ctx"] == 4 and not {"resume", "dry_run"} & set(config)  # (how it ran is not what it is)
     # through the Python API (no flags: those not at their default count as given), an old record of
     # another n_ctx resumes too: whether --n-ctx was given is read before the record is merged in
     monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
@@ -714,7 +716,7 @@ def test_ctx_init_sets_the_recorded_n_ctx_and_an_old_record_resumes(fit_args, tm
     ckpt = torch.load(tmp_path / "api" / "checkpoint.pt", weights_only=True)
     ckpt["config"]["n_ctx"] = 8
     torch.save(ckpt, tmp_path / "api" / "checkpoint.pt")
-    run_fit(FitConfig(out=str(tmp_path / "api"), resume=True, workers=0))
+    run_fit(FitConfig(out=str(tmp_path / "api"), workers=0), resume=True)
     assert json.loads((tmp_path / "api" / "config.json").read_text())["n_ctx"] == 4
 
 
@@ -783,7 +785,7 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     import clip_smot.cli as cli_mod
 
     seen = []
-    monkeypatch.setattr(cli_mod, "run_fit", lambda cfg, flags=None: seen.append(speed(cfg)))  # (a dry run: no folder)
+    monkeypatch.setattr(cli_mod, "run_fit", lambda cfg, **kwargs: seen.append(speed(cfg)))  # (a dry run: no folder)
     for args, given in (([], ("auto", None, None, None)), (["--no-compile", "--cuda-graph", "--text-attention", "mask"],
                                                            ("mask", False, True, None))):
         assert CliRunner().invoke(cli, ["fit", "--dry-run", *args]).exit_code == 0

@@ -25,7 +25,8 @@ COMMANDS = {"fit": (FitConfig,), "train": (TrainConfig,), "score": (ScoreConfig,
             "eval": (EvalConfig, ClipEvalConfig, ResnetEvalConfig), "export": (ExportConfig,),
             "reproduce": (ReproduceOptions,)}
 RENAMED = {"split_file": "split", "compile_": "compile", "fpr_convention": "convention"}
-NOT_CONFIG = {("train", "resume"), ("train", "dry_run"), ("score", "paths"),  # run_train's arguments; PATHS
+NOT_CONFIG = {("train", "resume"), ("train", "dry_run"), ("fit", "resume"), ("fit", "dry_run"),  # run_*'s arguments
+              ("score", "paths"),  # PATHS
               ("reproduce", "table"), ("reproduce", "dry_run")}  # run_reproduce's arguments
 
 
