@@ -204,8 +204,11 @@ def resolve_decode(decode: str, device: torch.device | str, settings: dict | Non
     preprocessing ``settings`` (:func:`~clip_smot.clip.model.preprocess_settings`): ``auto`` is
     ``pil`` for a preprocessing the tensor path does not do (see :func:`tensor_preprocess`).
 
+    ``auto`` is ``pil`` too where torchvision has no ``decode_jpeg`` (it is deprecated since 0.29).
+
     Raises:
-        UserError: ``gpu`` when the model is not on a CUDA device, or preprocesses otherwise.
+        UserError: ``gpu`` when the model is not on a CUDA device, or preprocesses otherwise, or
+            torchvision has no ``decode_jpeg``.
     """
     device = torch.device(device)
     if decode not in DECODE_CHOICES:
@@ -213,6 +216,13 @@ def resolve_decode(decode: str, device: torch.device | str, settings: dict | Non
     if decode == "gpu" and device.type != "cuda":
         raise UserError(f"--decode gpu: decodes on a CUDA device, and the model is on {device}; "
                         "give --device cuda or --decode cpu")
+    if decode != "cpu" and device.type == "cuda" and not ti.has_decode_jpeg():
+        if decode == "gpu":
+            import torchvision
+
+            raise UserError(f"--decode gpu: torchvision {torchvision.__version__} has no torchvision.io.decode_jpeg "
+                            "(removed in favour of TorchCodec); give --decode cpu")
+        return "pil"
     if decode == "auto" and settings is not None and device.type == "cuda":
         try:
             tensor_preprocess(settings)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["STRIP", "is_strip", "is_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+__all__ = ["STRIP", "is_strip", "is_jpeg", "has_decode_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
 
 
 STRIP = 16  # an image with a side over 16 times the other is a strip
@@ -73,6 +73,16 @@ def _frame_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
+def has_decode_jpeg() -> bool:
+    """Whether this torchvision has ``torchvision.io.decode_jpeg``: deprecated since 0.29 in favour
+    of TorchCodec, and to be removed; without it every file is decoded by PIL."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor | None]:
     """Decode JPEG files (each a 1-D uint8 tensor of the file's bytes, on the CPU) as RGB on ``device``.
 
@@ -81,12 +91,13 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> l
 
     Returns:
         Per file, uint8 [3, H, W] on ``device``, or None when ``decode_jpeg`` cannot read it
-        (the caller decodes it with PIL, which also names a truncated file).
+        or this torchvision has none (the caller decodes it with PIL, which also names a
+        truncated file).
     """
+    if not datas or not has_decode_jpeg():
+        return [None] * len(datas)
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if not datas:
-        return []
     device = torch.device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (libjpeg's "corrupt data" warnings: such a file goes to PIL)

@@ -118,6 +118,30 @@ def test_resolve_decode():
             decoding.resolve_decode("gpu", "cuda", {**square, **other})
 
 
+def test_a_torchvision_without_decode_jpeg_decodes_by_pil(tmp_path, tiny, monkeypatch):
+    """torchvision deprecates decode_jpeg (0.29, for TorchCodec): once it is gone, auto is pil
+    on CUDA too, gpu one line, and a batch on the jpeg path (fit's decoding alike) is PIL's to
+    the last level, not an ImportError."""
+    import torchvision.io
+
+    paths = _images(tmp_path)
+    files = [p.rsplit("/", 1)[1] for p in paths]
+    pil = list(image_batches(tiny, paths, 16, 0, "pil"))
+    pil_squares, digest = decode_and_hash(tmp_path, files, 24, workers=0)
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    assert decoding.resolve_decode("auto", "cuda") == "pil" and decoding.resolve_decode("cpu", "cuda") == "pil"
+    with pytest.raises(UserError, match=r"^--decode gpu: torchvision \S+ has no torchvision.io.decode_jpeg .*; "
+                                        "give --decode cpu$"):
+        decoding.resolve_decode("gpu", "cuda")
+    assert decoding.resolve_decode("auto", "cpu") == "pil"  # (the CPU's answer as before)
+    with pytest.raises(UserError, match="give --device cuda or --decode cpu"):
+        decoding.resolve_decode("gpu", "cpu")
+    (jpeg, errors), = image_batches(tiny, paths, 16, 0, "jpeg")
+    assert list(errors) == list(pil[0][1]) and torch.equal(jpeg, pil[0][0])  # every file by PIL: exactly its pixels
+    squares, digest2 = decode_and_hash(tmp_path, files, 24, workers=0, device="cpu")
+    assert digest2 == digest and torch.equal(squares, pil_squares)
+
+
 def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
     paths = _images(tmp_path)
     files = [p.rsplit("/", 1)[1] for p in paths]
