@@ -73,6 +73,16 @@ def test_non_vit_towers_fall_back(clip):
     assert fast_image_encoder(model) is None
 
 
+def _hand_tokens(g: torch.Generator) -> torch.Tensor:
+    """Token ids [3, 77] by hand: SOT, 3, 9 and 20 random words, EOT (the largest id: open_clip
+    pools at the argmax), padding."""
+    tokens = torch.zeros(3, 77, dtype=torch.long)
+    for k, n in enumerate((3, 9, 20)):
+        tokens[k, 0], tokens[k, n + 1] = 49406, 49407
+        tokens[k, 1:n + 1] = torch.randint(1, 49406, (n,), generator=g)
+    return tokens
+
+
 @pytest.mark.parametrize("attention", ["causal", "flex"])
 def test_encoders_apply_layer_scale_as_open_clip_does(tiny_clip_config, attention):
     """The tiny CLIP has no LayerScale; with ``ls_init_value`` open_clip puts one after attention
@@ -97,17 +107,57 @@ def test_encoders_apply_layer_scale_as_open_clip_does(tiny_clip_config, attentio
     x = (images() - 0.5) / 0.25
     torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
 
-    # token ids by hand: SOT, random words, EOT (the largest id: open_clip pools at the argmax), padding
-    tokens = torch.zeros(3, 77, dtype=torch.long)
-    for k, n in enumerate((3, 9, 20)):
-        tokens[k, 0], tokens[k, n + 1] = 49406, 49407
-        tokens[k, 1:n + 1] = torch.randint(1, 49406, (n,), generator=g)
+    tokens = _hand_tokens(g)
     eot = tokens.argmax(-1)
     enc = TextEncoder(model, attention=attention)
     with torch.no_grad():
         ours = enc(model.token_embedding(tokens), eot, packed_index(eot, 77))
         expected = model.encode_text(tokens)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["causal", "flex"])
+def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_does(tiny_clip_config, attention):
+    """open_clip initialises every LayerNorm to weight 1 and bias 0, so in the tiny CLIP one
+    LayerNorm's parameters cannot be told from another's. Here each LayerNorm (ln_pre, ln_1, ln_2,
+    ln_post, ln_final) gets random ones of its own, and the text projection is the nn.Linear with a
+    bias that ``text_cfg.proj_bias`` builds (square here: width 32 = embed_dim 32, so a missing
+    transpose is no shape error): both towers must still compute open_clip's own encodings."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["text_cfg"]["proj_bias"] = True
+    torch.manual_seed(0)
+    model = CLIP(**cfg).eval()
+    assert isinstance(model.text_projection, torch.nn.Linear) and model.text_projection.bias is not None
+    g = torch.Generator().manual_seed(2)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 2 + 2 * 2 + 1  # vision: 2 x (ln_1, ln_2), ln_pre, ln_post; text: 2 x 2, ln_final
+    with torch.no_grad():
+        for m in norms:
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+        model.text_projection.bias.copy_(torch.randn(model.text_projection.bias.shape, generator=g))
+
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+    tokens = _hand_tokens(g)
+    eot = tokens.argmax(-1)
+    with torch.no_grad():
+        ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
+        expected = model.encode_text(tokens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_image_encoder_drops_the_pixels_past_the_last_patch_as_open_clip_does(clip):
+    """A model config's image_size need not be a multiple of its patch size (open_clip's stride-p
+    convolution ignores the remainder): 35-pixel images in the tiny CLIP's 8-pixel patches are
+    4 x 4 patches, the last 3 rows and columns unused."""
+    x = (images(size=35) - 0.5) / 0.25
+    torch.testing.assert_close(fast_image_encoder(clip.model)(x), clip.model.encode_image(x), atol=1e-5, rtol=0)
 
 
 def _open_clip_logits(clip, ctx, x):
