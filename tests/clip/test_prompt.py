@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,6 +181,20 @@ def test_custom_text_towers_are_refused(clip):
     fake = type(clip)(**{**clip.__dict__, "model": CustomTextCLIP()})
     with pytest.raises(UserError, match="standard CLIP text tower"):
         PromptLearner(fake, NAMES)
+
+
+def test_a_text_tower_without_a_causal_mask_is_refused(tiny_clip_config, tmp_path):
+    """open_clip's ``text_cfg.no_causal_mask`` builds a text transformer whose tokens see the whole
+    prompt, padding included: encoding up to each EOT only, and packing, would give other features
+    than its encode_text."""
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["text_cfg"]["no_causal_mask"] = True
+    path = tmp_path / "clip-smot-tiny-bidirectional.json"
+    path.write_text(json.dumps(cfg))
+    bidirectional = load_clip(str(path), None)
+    assert bidirectional.model.attn_mask is None
+    with pytest.raises(UserError, match="causal text transformer .* without a causal mask"):
+        PromptLearner(bidirectional, NAMES)
 
 
 @pytest.mark.parametrize("attention", ["square", "flex"])
