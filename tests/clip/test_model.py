@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,19 @@ def test_a_malformed_or_huge_config_is_one_line_before_anything_is_built(tmp_pat
         load_clip(str(path), None)
 
 
+def test_a_patch_as_large_as_the_image_is_accepted(tmp_path):
+    """The checks' edge: a ViT of one patch (patch_size = image_size) is refused by none of them;
+    open_clip builds it and encodes images with it."""
+    from conftest import TINY_CLIP_CONFIG
+
+    cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "patch_size": 32}}
+    path = tmp_path / "clip-smot-tiny-one-patch.json"
+    path.write_text(json.dumps(cfg))
+    clip = load_clip(str(path), None)
+    assert clip.model.visual.positional_embedding.shape == (1 + 1, 64)
+    assert clip.model.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
+
+
 def test_every_config_open_clip_ships_passes_the_checks():
     """The checks refuse what open_clip's own architectures never hold: each of its configs
     (ViTs, ResNets, timm and Hugging Face towers) passes them."""
@@ -220,3 +234,63 @@ def test_a_config_file_named_like_siglip_gets_the_clip_tokenizer(tmp_path, tiny_
     clip = load_clip(str(path), None)
     texts = ["a photo of a sea lion.", "Ünïcode, and  spaces"]
     assert torch.equal(clip.tokenizer(texts), open_clip.tokenize(texts))
+
+
+def test_images_are_normalised_with_openais_mean_and_std(tiny_clip_config, tiny_clip_checkpoint):
+    """A model config without preprocessing of its own is fed as OpenAI's CLIP is (its
+    ``clip._transform``): the fit step and the scorer's GPU decoding normalise with these."""
+    from reference_clip import OPENAI_MEAN, OPENAI_STD
+
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    assert clip.mean == pytest.approx(OPENAI_MEAN, abs=1e-7) and clip.std == pytest.approx(OPENAI_STD, abs=1e-7)
+
+
+def test_the_tokenizer_pads_to_the_text_towers_context_length(tmp_path, tiny_clip_config):
+    """A text tower of 40 positions gets tokens [N, 40] (OpenAI's tokenizer, zero-padded to 40):
+    open_clip's encode_text adds a positional embedding of 40 rows to them."""
+    from reference_clip import tokenize
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["text_cfg"]["context_length"] = 40
+    path = tmp_path / "clip-smot-tiny-40.json"
+    path.write_text(json.dumps(cfg))
+    clip = load_clip(str(path), None)
+    texts = ["a photo of a sea lion.", "goldfish", ""]
+    tokens = clip.tokenizer(texts)
+    assert torch.equal(tokens, tokenize(texts, context_length=40))
+    assert clip.model.encode_text(tokens).shape == (3, 32)
+
+
+def test_an_activation_asked_for_is_built_whatever_the_config_says(tiny_clip_config):
+    """The tiny config says quick_gelu; a prompt made with GELU (e.g. with weights whose tag says
+    so) asks for GELU: every MLP of both towers is then nn.GELU, as the recorded config says."""
+    from open_clip.transformer import QuickGELU
+
+    clip = load_clip(tiny_clip_config, None, activation="gelu")
+    blocks = [*clip.model.transformer.resblocks, *clip.model.visual.transformer.resblocks]
+    assert clip.activation == "gelu" and clip.config["quick_gelu"] is False
+    assert all(type(b.mlp.gelu) is torch.nn.GELU for b in blocks)
+    quick = load_clip(tiny_clip_config, None)
+    assert all(type(b.mlp.gelu) is QuickGELU for b in [*quick.model.transformer.resblocks,
+                                                        *quick.model.visual.transformer.resblocks])
+
+
+def test_a_tag_whose_config_says_gelu_builds_gelu_with_the_tags_weights(tiny_clip_config, monkeypatch):
+    """A pretrained tag that sets ``quick_gelu`` False implies GELU even where the model config says
+    quick_gelu (open_clip 3.3's own tags all set it True: one that says False stands in here), and
+    its weights are open_clip's to load (a tag is not one of OpenAI's files)."""
+    import open_clip.pretrained
+
+    import clip_smot.clip.model as cm
+
+    real_cfg, real_create = open_clip.pretrained.get_pretrained_cfg, open_clip.create_model
+    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg",
+                        lambda name, tag: {"quick_gelu": False} if tag == "gelu-tag" else real_cfg(name, tag))
+    monkeypatch.setattr(cm, "_tag_is_cached", lambda name, tag: True)
+    asked = []  # (the weights are not there: random ones stand in)
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: asked.append((pretrained, kw))
+                        or real_create(name, pretrained=None, **kw))
+    clip = load_clip(tiny_clip_config, "gelu-tag")
+    assert clip.activation == "gelu" and clip.pretrained == "gelu-tag"
+    assert asked[-1] == ("gelu-tag", {"device": "cpu", "quick_gelu": False})
+    assert all(type(b.mlp.gelu) is torch.nn.GELU for b in clip.model.transformer.resblocks)
