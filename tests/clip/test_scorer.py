@@ -1,6 +1,8 @@
 """clip-smot score and the scoring API: formulas by hand, CLIP paths against open_clip, bad input."""
 
+import copy
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -70,6 +72,28 @@ def test_gl_mcm_by_hand():
 def test_encode_image_tokens_match_open_clip(tiny):
     torch.manual_seed(0)
     x = torch.randn(3, 3, 32, 32)
+    _check_image_tokens_match_open_clip(tiny, x)
+
+
+def test_encode_image_tokens_match_open_clip_with_random_biases_and_norms(tiny):
+    """open_clip initialises the attention biases to 0 and the LayerNorms to weight 1, bias 0: the
+    tiny CLIP cannot tell a bias left out, or one LayerNorm's parameters for another's. Random
+    ones here, in every block and in ln_pre and ln_post."""
+    clip = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in clip.model.visual.modules():
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.MultiheadAttention, torch.nn.Linear)):
+                for name, p in m.named_parameters(recurse=False):
+                    if name == "weight" and isinstance(m, torch.nn.LayerNorm):
+                        p.copy_(0.5 + torch.rand(p.shape, generator=g))
+                    elif "bias" in name:
+                        p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    assert clip.model.visual.transformer.resblocks[-1].attn.in_proj_bias.abs().min() > 0
+    _check_image_tokens_match_open_clip(clip, torch.randn(3, 3, 32, 32, generator=g))
+
+
+def _check_image_tokens_match_open_clip(tiny, x):
     g, l = encode_image_tokens(tiny, x)
     torch.testing.assert_close(g, tiny.model.encode_image(x))
     # GL-MCM's local features: open_clip's own last block with each token attending to itself only
@@ -135,6 +159,19 @@ def test_gl_mcm_needs_a_vit(tmp_path):
     with pytest.raises(UserError, match="gl-mcm: needs a ViT"):
         scorer.score(torch.zeros(1, 3, 32, 32), ["mcm", "gl-mcm"])
     assert set(scorer.score(torch.zeros(2, 3, 32, 32), ["mcm"])) == {"mcm", "pred_index"}
+
+
+def test_gl_mcm_needs_the_class_token_pooled_after_ln_post(tiny):
+    """GL-MCM's local features are ln_post of each patch token: a ViT that pools before ln_post
+    (final_ln_after_pool, or average pooling) never puts its tokens through it, and is refused."""
+    for change in ({"final_ln_after_pool": True}, {"pool_type": "avg"}):
+        clip = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
+        for name, value in change.items():
+            setattr(clip.model.visual, name, value)
+        assert not cm.is_vit(clip)
+        with pytest.raises(UserError, match="gl-mcm: needs a ViT image encoder with class-token pooling"):
+            cm.check_local_features(clip)
+    assert cm.is_vit(tiny)
 
 
 def test_gl_mcm_with_a_custom_last_attention_fails_before_encoding(tiny_clip_config, monkeypatch):
