@@ -5,7 +5,7 @@ import torch
 from helpers import guarded_safe_open, write_sparse_safetensors
 from safetensors.torch import safe_open, save_file
 
-from clip_smot.clip.prompt_file import load_prompt, save_prompt
+from clip_smot.clip.prompt_file import load_prompt, save_prompt, unfinished_note
 from clip_smot.common.errors import UserError
 
 IDENT = {
@@ -40,6 +40,14 @@ def test_round_trip(tmp_path):
     other_arch = dict(IDENT, model="ViT-B-16", model_config=json.dumps({"embed_dim": 512}))
     with pytest.raises(UserError, match="made for model clip-smot-tiny"):
         p.check_model(other_arch)
+
+
+def test_random_weights_are_never_taken_for_the_prompts_own(tmp_path):
+    """A prompt fitted on random weights (--pretrained none) is encoded again from its context: its
+    stored text features are used only for the tag or the checkpoint file (SHA-256) it names."""
+    random = dict(IDENT, pretrained="", checkpoint_sha256="")
+    _save(tmp_path / "p.safetensors", identity=random)
+    assert load_prompt(tmp_path / "p.safetensors").check_model(random) is False
 
 
 def test_not_safetensors_and_missing_keys(tmp_path):
@@ -77,9 +85,13 @@ def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
 BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
     ("format", None, r"not a clip-smot prompt \(missing metadata format\)"),
     ("format", "something-else", "not a clip-smot prompt"),
+    ("format_version", "2", r"format version 2 is not supported \(this is 1\)$"),
     ("classnames", "[1, 2, 3]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
     ("class_position", "sideways", "malformed metadata"),
     ("csc", "maybe", "malformed metadata"),
+    # the activation recorded must be the one its model_config builds (check_model compares the config's)
+    ("activation", "quick_gelu", (r"malformed metadata \(activation 'quick_gelu' is not the one of its "
+                                  r"model_config, 'gelu'\)$")),
     ("text_features", torch.ones(3, 32, dtype=torch.int32), "text_features must hold finite floating-point"),
     ("text_features", torch.full((3, 32), float("nan")), "text_features must hold finite floating-point"),
     ("text_features", torch.zeros(3, 16), r"text_features \(3, 16\) do not match 3 class names x the model's embed_dim 32"),
@@ -97,6 +109,9 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
      r"has norm 0$"),
     ("text_features", torch.cat([torch.full((2, 32), 32**-0.5), torch.full((1, 32), 0.2)]),
      r"text_features must be normalised .*; row 2 \('d'\) has norm 1.131$"),
+    # the tolerance is 1e-2 (bf16 rounding), no more: rows of norm 1.02 are refused
+    ("text_features", torch.full((3, 32), 1.02 * 32**-0.5),
+     r"text_features must be normalised .*; row 0 \('a'\) has norm 1.02$"),
     # a list or a string where open_clip wants an object: AttributeError ('list' object has no attribute 'get')
     ("model_config", json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": [1]}),
      r"model_config.text_cfg must be a JSON object, not \[1\]$"),
@@ -280,6 +295,10 @@ def test_class_names_whose_tokens_would_take_long_to_count_are_refused(tmp_path,
     (200, ["a", "b c", "d"], r"n_ctx 200 is not in \[1, 74\]"),
     (74, ["a", "b c", "d"], r"the prompt of class 1 \('b c', 2 name tokens\) needs 79 of the model's 77 tokens "
                             r"with n_ctx 74$"),
+    # one token too many at the edge: 71 digits are 71 bytes and 71 tokens, one more than the 70 that
+    # n_ctx 4 leaves a name (a name of no more bytes than that is not tokenized: it cannot overflow)
+    (4, ["a", "1" * 71, "d"], (rf"the prompt of class 1 \('{'1' * 40}', 71 name tokens\) needs 78 of the "
+                               r"model's 77 tokens with n_ctx 4$")),
 ])
 def test_n_ctx_and_the_class_names_must_fit_the_context_length(tmp_path, n_ctx, classnames, error):
     """A prompt of n_ctx 0 or 200 was read, then refused naming --n-ctx, a flag score does not have."""
@@ -291,3 +310,15 @@ def test_n_ctx_and_the_class_names_must_fit_the_context_length(tmp_path, n_ctx, 
 def test_the_longest_prompt_that_fits_loads(tmp_path):
     _save(tmp_path / "p.safetensors", n_ctx=73, ctx=torch.zeros(73, 16), classnames=["a", "b", "d"])
     assert load_prompt(tmp_path / "p.safetensors").n_ctx == 73  # (1 + 73 + 1 + 2 = 77 tokens)
+    _save(tmp_path / "p.safetensors", n_ctx=4, classnames=["a", "1" * 70, "d"])
+    assert load_prompt(tmp_path / "p.safetensors").classnames[1] == "1" * 70  # (1 + 4 + 70 + 2 = 77 tokens)
+
+
+@pytest.mark.parametrize("run, note", [({"epoch": 3}, "holds the context of epoch 3 of its run's 5"),
+                                       ({"epoch": 5}, None), ({}, None)])
+def test_only_a_prompt_of_an_unfinished_run_gets_the_note(tmp_path, run, note):
+    """The note is for a context exported before its run's last epoch: not for epoch 5 of 5, nor
+    for a prompt that records no epoch."""
+    _save(tmp_path / "p.safetensors", config={"epochs": 5, "run": run})
+    said = unfinished_note(load_prompt(tmp_path / "p.safetensors"))
+    assert said is None if note is None else note in said
