@@ -211,3 +211,31 @@ def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_p
         load_cam_network(str(tmp_path / "bomb.pt"))
     with pytest.raises(UserError, match=rf"^--pretrained {tmp_path / 'bomb.pt'}: {why}; not loaded$"):
         load_clip("RN50", str(tmp_path / "bomb.pt"), device="cpu")
+
+
+@pytest.mark.parametrize("block, wrap", [("Bottleneck", "plain"), ("BasicBlock", "state_dict"),
+                                         ("BasicBlock", "model"), ("BasicBlock", "old")])
+def test_a_torchvision_resnet_state_dict_loads_as_it_was_saved(tmp_path, block, wrap):
+    """--cam-model FILE.pth: a torchvision ResNet of Bottleneck blocks (as ResNet-50's) or of
+    BasicBlocks, saved plain, in {"state_dict": ...}, in {"model": ...} with
+    DistributedDataParallel's "module." prefix, or without the BatchNorms' num_batches_tracked
+    (torchvision's own ImageNet files predate it). The network rebuilt computes what the saved one
+    does, and is fed as torchvision's ImageNet networks are (its mean and std, 224 pixels); 7
+    classes are not ImageNet's."""
+    import torchvision.models.resnet as tv
+
+    from clip_smot.clip.cam_network import load_cam_network
+
+    torch.manual_seed(0)
+    saved = tv.ResNet(getattr(tv, block), [1, 1, 1, 1], num_classes=7).eval()
+    state = saved.state_dict()
+    obj = {"plain": state, "state_dict": {"state_dict": state, "epoch": 3},
+           "model": {"model": {f"module.{k}": v for k, v in state.items()}},
+           "old": {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}}[wrap]
+    torch.save(obj, tmp_path / "net.pth")
+    net = load_cam_network(str(tmp_path / "net.pth"))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(net.model.eval()(x), saved(x))
+    assert net.mean == (0.485, 0.456, 0.406) and net.std == (0.229, 0.224, 0.225) and net.input_size == 224
+    assert net.imagenet is False and net.class_ids is None
