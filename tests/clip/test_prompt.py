@@ -76,6 +76,19 @@ def test_names_ending_in_punctuation_keep_their_layout(clip, class_position, tex
         torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
 
 
+def test_full_prompt_embeddings_are_the_tokens_embeddings_beside_the_context(clip):
+    """prompt_embeddings(full=True), all 77 positions: CoOp's "X X X X {name}." tokens embedded by
+    the model's own token embedding everywhere but at the 4 context slots (padding included)."""
+    learner = PromptLearner(clip, NAMES, n_ctx=4)
+    random_ctx_(learner)
+    full = learner.prompt_embeddings(full=True)  # [K, 77, d]
+    expected = clip.model.token_embedding(clip.tokenizer([f"X X X X {name}." for name in NAMES]))  # [K, 77, d]
+    assert full.shape == expected.shape == (len(NAMES), 77, 32)
+    torch.testing.assert_close(full[:, 0], expected[:, 0], atol=0, rtol=0)
+    torch.testing.assert_close(full[:, 1:5], learner.ctx.expand(len(NAMES), -1, -1), atol=0, rtol=0)
+    torch.testing.assert_close(full[:, 5:], expected[:, 5:], atol=0, rtol=0)
+
+
 def test_zero_shot_features_are_normalised_encode_text(clip):
     feats = zero_shot_text_features(clip, NAMES, batch_size=2)  # several batches
     expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {n}." for n in NAMES]))
