@@ -55,6 +55,9 @@ def test_unreadable_jpeg_named_as_pil_names_it(tmp_path, tiny):
     assert str(jpeg.value) == str(pil.value) and str(bad) in str(pil.value)
     feats = encode_files(tiny, [*paths, str(bad)], workers=2, use_cache=False, skip_unreadable=True, decode="jpeg")
     assert feats.paths == paths and [s[0] for s in feats.skipped] == [str(bad)]
+    # in a later batch, where the paths of the batch start further on, it is named as well
+    errors = [e for _, batch in image_batches(tiny, [*paths, str(bad)], 1, 0, "jpeg") for e in batch]
+    assert errors == [""] * len(paths) + [str(pil.value)]
 
 
 def test_a_jpeg_over_pils_pixel_limit_is_refused_by_name_on_the_jpeg_path(tmp_path, tiny, monkeypatch):
@@ -229,6 +232,15 @@ def test_kept_workers_start_the_decoders_once_for_call_after_call(tmp_path, tiny
         assert "bad.jpg" in fresh[0][-1][1][-1]
 
 
+def test_kept_workers_keep_the_loaders_of_other_batch_sizes_apart(tmp_path, tiny):
+    """Within kept_workers, a call with another batch size gets batches of its own size (its own
+    loader), not the kept loader's."""
+    paths = _images(tmp_path)  # 6 files
+    with decoding.kept_workers():
+        sizes = [[len(x) for x, _ in image_batches(tiny, paths, b, 1, "pil")] for b in (4, 3, 4)]
+    assert sizes == [[4, 2], [3, 3], [4, 2]]
+
+
 def test_jpegs_of_one_size_are_resized_together_to_the_pixels_of_one_at_a_time(tmp_path, tiny):
     """A batch's decoded JPEGs are grouped by size and each group resized and cropped in one call:
     the batch equals, bit for bit, each image decoded, resized, cropped and normalised alone."""
@@ -286,7 +298,10 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
     transform = image_transform_v2(cfg, is_train=False)
     settings = {"size": 224, "interpolation": interpolation, "resize_mode": "shortest"}
     std = torch.tensor(cfg.std)[:, None, None]
-    for w, h in [(5000, 40), (40, 5000), (3001, 17), (17, 3001), (300, 5100), (4100, 250), (250, 4100)]:
+    # (4004 x 250: resized to 3587 x 224, the crop's offset 1681.5 rounds to 1682, as torchvision's
+    # CenterCrop rounds it; a floor, 1681, moves the square a pixel)
+    for w, h in [(5000, 40), (40, 5000), (3001, 17), (17, 3001), (300, 5100), (4100, 250), (250, 4100),
+                 (4004, 250), (250, 4004)]:
         im = _smooth(w, h)
         square = decoding.strip_square(im, settings)
         assert square.size == (224, 224)
@@ -300,6 +315,15 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
             im = _smooth(w, h, seed=1).convert(mode)
             levels = (transform(im) - transform(decoding.strip_square(im, settings))).abs() * std * 255
             assert levels.mean() < 1 and (mode not in ("L", "CMYK") or levels.max() <= 3 + 1e-3), (mode, w, h)
+    # a wide strip with a varying alpha (its passes in PIL's own order): within 3 levels and under
+    # 0.05 on average, its colours premultiplied by alpha through both passes as in PIL's one resize
+    # of the whole image (each pass premultiplying alone rounds the colours between them: 0.2)
+    alpha = Image.fromarray(np.random.default_rng(2).integers(0, 256, (7, 627)).astype(np.uint8)).resize((5000, 40))
+    for mode in ("RGBA", "LA"):
+        im = _smooth(5000, 40, seed=1).convert(mode)
+        im.putalpha(alpha)
+        levels = (transform(im) - transform(decoding.strip_square(im, settings))).abs() * std * 255
+        assert levels.max() <= 3 + 1e-3 and levels.mean() < 0.05, (mode, levels.max(), levels.mean())
     for w, h in [(224 * 16, 224), (100, 1600), (640, 480)]:  # at most 16 times as long: not strips
         im = _smooth(w, h)
         assert decoding.strip_square(im, settings) is im
@@ -339,3 +363,4 @@ def test_a_strip_is_scored_from_its_square_and_never_goes_to_the_tensor_path(tmp
     (theirs, e2), = image_batches(tiny, paths, 4, 0, "pil")
     assert list(e1) == list(e2) == ["", ""]
     torch.testing.assert_close(ours[0], theirs[0], rtol=0, atol=0)  # (the strip: PIL's path in both)
+
