@@ -121,6 +121,10 @@ def test_sixteen_bit_and_float_grey_images_are_scaled_not_clipped(tmp_path):
     expected = np.round(ramp / 257.0).astype(np.uint8)  # by hand: 0..65535 -> 0..255
     assert (got == expected[..., None]).all() and (got < 255).mean() > 0.99  # PIL's convert: 255 from 255 on
     assert (np.asarray(load_image(tmp_path / "f32.tif")) == 128).all()  # 0.5 * 255, not 0
+    dark = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 4)  # 16 bits, 0 .. 252: still scaled by 257
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert Image.open(tmp_path / "dark16.png").mode.startswith("I")
+    assert np.asarray(load_image(tmp_path / "dark16.png", mode="L")).tolist() == np.round(dark / 257.0).tolist()
 
 
 def test_grey_integer_images_scale_as_round_a_over_257_in_little_memory():
@@ -290,3 +294,46 @@ def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
     (root / "list.txt").write_text(f"# header\n{line} 3\n")
     with pytest.raises(UserError, match=rf"^PATH {root / 'list.txt'}:2: {re.escape(line)} leaves the image root"):
         read_image_list(root / "list.txt", root, "PATH")
+
+
+def test_image_extensions_match_in_any_case(tmp_path):
+    """ImageNet's files are .JPEG: an extension is an image's whatever its case; others are not."""
+    for name in ("n01440764_10026.JPEG", "b.PNG", "c.Jpg", "d.webp", "e.txt", "f.JPEG.txt", "g"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    assert [p.name for p in images.list_images(tmp_path)] == ["b.PNG", "c.Jpg", "d.webp", "n01440764_10026.JPEG"]
+
+
+def test_class_folders_are_in_sorted_order_whatever_the_order_made(tmp_path):
+    """A class's index is its folder's place in sorted order (as torchvision's ImageFolder), not the
+    order the file system lists them in."""
+    import random
+
+    names = [f"c{k:02d}" for k in range(30)] + ["B", "a_b", "a", "Z"]
+    random.Random(0).shuffle(names)
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / "file.png").write_bytes(b"")  # (a file: no class)
+    assert images.class_folders(tmp_path) == sorted(names)
+    assert images.class_folders(tmp_path)[:4] == ["B", "Z", "a", "a_b"]  # (code-point order: capitals first)
+
+
+def test_label_number_reads_ascii_integers_only():
+    """An image list's label: an optional minus and 1 to 18 ASCII digits (OpenOOD writes -1 for
+    'no label'); anything else is None."""
+    cases = {"0": 0, "7": 7, " 12 ": 12, "-1": -1, "-30": -30, "0042": 42, "9" * 18: int("9" * 18),
+             "9" * 19: None, "\u00b3": None, "\u0662": None, "+1": None, "1.0": None, "1e3": None, "": None, "-": None}
+    assert {text: images.label_number(text) for text in cases} == cases
+
+
+def test_id_folders_match_class_names_with_underscores_as_spaces(tmp_path):
+    """An ID folder that is no wnid is the class of its name, an underscore read as a space; the
+    labels are the classes' indices in the prompt's order, not the folders'."""
+    from clip_smot.common.image_sets import id_set
+
+    for rel in ("val/sea_lion/1.png", "val/sea_lion/2.png", "val/cat/1.png", "val/great_white_shark/1.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    s = id_set(tmp_path, ["great white shark", "sea lion", "cat"])
+    assert [p.relative_to(tmp_path / "val").as_posix() for p in s.paths] == [
+        "cat/1.png", "great_white_shark/1.png", "sea_lion/1.png", "sea_lion/2.png"]
+    assert s.labels == [2, 0, 1, 1] and s.note == ""
