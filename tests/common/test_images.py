@@ -337,3 +337,15 @@ def test_id_folders_match_class_names_with_underscores_as_spaces(tmp_path):
     assert [p.relative_to(tmp_path / "val").as_posix() for p in s.paths] == [
         "cat/1.png", "great_white_shark/1.png", "sea_lion/1.png", "sea_lion/2.png"]
     assert s.labels == [2, 0, 1, 1] and s.note == ""
+
+
+def test_zero_shot_class_names_of_id_folders(tmp_path):
+    """Zero-shot's class names come from the ID folder's class folders, sorted: ImageNet wnids as
+    their CLIP names (the bundled lists' first lines: n01440764 tench, n01443537 goldfish), any
+    other folder as its name with underscores read as spaces."""
+    from clip_smot.common.image_sets import folder_classnames
+
+    for rel in ("named/val/sea_lion", "named/val/cat", "wnids/n01443537", "wnids/n01440764"):
+        (tmp_path / rel).mkdir(parents=True)
+    assert folder_classnames(tmp_path / "named") == ["cat", "sea lion"]
+    assert folder_classnames(tmp_path / "wnids") == ["tench", "goldfish"]
