@@ -20,7 +20,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(arch, feat_dim):
     x = torch.randn(4, 3, 32, 32)
     feats = model.forward_features(x)
     assert feats.shape[:2] == (4, feat_dim) and feats.ndim == 4
+    assert feats.min() >= 0 and (feats > 0).float().mean() > 0.1  # (the map after its final ReLU: a CAM's)
     assert model.forward_penultimate(x).shape == (4, feat_dim)
+    torch.testing.assert_close(model.forward_penultimate(x), feats.sum(dim=(2, 3)) / (feats.shape[2] * feats.shape[3]))
     logits = model.forward_head(feats)
     assert logits.shape == (4, 10)
     torch.testing.assert_close(logits, model(x))
@@ -169,3 +171,61 @@ def test_non_finite_weights_are_refused_by_both_cam_model_readers(tmp_path, cam_
     with pytest.raises(UserError, match=r"^--cam-model \S+inf.pth: layer1.0.bn1.running_var holds non-finite numbers$"):
         load_cam_network(str(tmp_path / "inf.pth"))
     load_model(tmp_path / "m.safetensors", flag="--cam-model")  # (finite weights load)
+
+
+def _torchvision_names(name: str) -> str:
+    """Our ResNet's state-dict name as torchvision's ResNet names it."""
+    import re
+
+    name = re.sub(r"^layers\.(\d)\.", lambda m: f"layer{int(m.group(1)) + 1}.", name)
+    return name.replace(".shortcut.", ".downsample.")
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_resnet18_computes_torchvisions_resnet18_with_the_same_weights(size):
+    """With the ImageNet stem (224) our ResNet-18 is torchvision's resnet18; with the CIFAR stem
+    (32) it is torchvision's with conv1 a 3x3 stride-1 convolution and no max-pool (the usual CIFAR
+    ResNet-18). Same weights (BN statistics random too): same logits, and forward_penultimate is
+    torchvision's average-pooled features, forward_features its layer4 output."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ours = build_network("resnet18", 10, size).eval()
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t in (m.weight, m.bias, m.running_mean):
+                    t.copy_(torch.randn_like(t) * 0.2 + (1.0 if t is m.weight else 0.0))
+                m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    if size == 32:
+        tv.conv1, tv.maxpool = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), torch.nn.Identity()
+    tv.load_state_dict({_torchvision_names(k): v for k, v in ours.state_dict().items()}, strict=True)
+    x = torch.randn(2, 3, 64 if size == 224 else 32, 64 if size == 224 else 32)  # (64: the stem's strides, smaller)
+    with torch.no_grad():
+        h = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
+        torch.testing.assert_close(ours.forward_features(x), h)
+        torch.testing.assert_close(ours.forward_penultimate(x), torch.flatten(tv.avgpool(h), 1))
+        torch.testing.assert_close(ours(x), tv(x))
+
+
+
+def test_wide_blocks_are_pre_activation_with_the_projection_on_the_activated_input():
+    """WRN's block (Zagoruyko & Komodakis' code): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the input;
+    where the shape changes, the 1x1 projection takes the input after the first BN-ReLU, as there."""
+    import torch.nn.functional as F
+
+    from clip_smot.resnet.networks import WideBlock
+
+    torch.manual_seed(0)
+    for c_in, c_out, stride in ((16, 32, 1), (32, 64, 2), (32, 32, 1)):
+        block = WideBlock(c_in, c_out, stride).eval()
+        with torch.no_grad():
+            for bn in (block.bn1, block.bn2):
+                bn.running_mean.normal_()
+                bn.bias.normal_()
+            x = torch.randn(2, c_in, 8, 8)
+            o = F.relu(block.bn1(x))
+            y = block.conv2(F.relu(block.bn2(block.conv1(o))))
+            shortcut = x if (c_in, stride) == (c_out, 1) else F.conv2d(o, block.shortcut.weight, stride=stride)
+            torch.testing.assert_close(block(x), y + shortcut)
