@@ -122,10 +122,11 @@ def test_image_preprocess_matches_open_clip(tiny, tiny_clip_config, tiny_clip_ch
 
 
 @pytest.mark.filterwarnings("ignore:Palette images with Transparency")  # PIL's, on open_clip's own conversion
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "1", "CMYK"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "1", "CMYK", "EXIF"])
 def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_clip_checkpoint, mode):
     """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
-    converted to RGB after (RGBA, palette and 1-bit images differ if converted first)."""
+    converted to RGB after (RGBA, palette and 1-bit images differ if converted first); a JPEG's
+    EXIF orientation is not applied (neither PIL's open nor open_clip applies it)."""
     from clip_smot.clip.decoding import ImageFiles as _ImageFiles
 
     _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
@@ -133,9 +134,14 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     rgba = rng.integers(0, 256, (50, 70, 4)).astype(np.uint8)
     rgba[:, :30, 3] = 0  # a transparent part, whose hidden colour open_clip's resize drops
     im = Image.fromarray(rgba, "RGBA")
-    im = im if mode == "RGBA" else im.convert("RGB").convert(mode) if mode != "P" else im.convert("P")
-    path = tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}"
-    im.save(path)
+    im = im if mode in ("RGBA", "EXIF") else im.convert("RGB").convert(mode) if mode != "P" else im.convert("P")
+    path = tmp_path / f"x.{'jpg' if mode in ('CMYK', 'EXIF') else 'png'}"
+    if mode == "EXIF":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # (turn 90 degrees to display: the 70 x 50 image would be 50 x 70)
+        im.convert("RGB").save(path, exif=exif)
+    else:
+        im.save(path)
     x, error = _ImageFiles([str(path)], image_preprocess(tiny), preprocess_settings(tiny))[0]
     assert error == ""
     torch.testing.assert_close(x, val(Image.open(path)))
