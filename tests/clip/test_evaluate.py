@@ -237,6 +237,35 @@ def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(t
         load_ood_set("mine", None, 32)
 
 
+def test_a_bare_id_name_is_the_built_in_set_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    """--id digits is the bundled digits' val folder, but a folder digits in the current folder is
+    read instead (--id takes a path; only --ood's bare NAME is always a built-in set)."""
+    from clip_smot.clip import evaluate as clip_eval
+    from clip_smot.common.digits import ensure_digits
+
+    monkeypatch.chdir(tmp_path)
+    assert Path(clip_eval._builtin_id("digits", 32)) == ensure_digits(32) / "val"
+    _img(tmp_path / "digits" / "one" / "x.png")
+    assert clip_eval._builtin_id("digits", 32) == "digits"
+    assert clip_eval._builtin_id(str(tmp_path / "elsewhere"), 32) == str(tmp_path / "elsewhere")
+
+
+def test_zero_shot_with_an_empty_pretrained_is_random_weights_not_openai(tmp_path, tiny_clip_config):
+    """--zero-shot defaults --pretrained to openai only when it is not given: an empty one is no
+    weights (random, seeded), as for a prompt, and needs no download."""
+    (tmp_path / "id" / "cat").mkdir(parents=True)
+    (tmp_path / "ood").mkdir()
+    for k in range(3):
+        _img(tmp_path / "id" / "cat" / f"{k}.png", 10 * k)
+        _img(tmp_path / "ood" / f"{k}.png", 200 - 10 * k)
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", "",
+                                   "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}", "--workers", "0",
+                                   "--no-cache", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["pretrained"] == ""
+    assert (tmp_path / "e" / "metrics.md").read_text().startswith("# Zero-shot MCM baseline (clip-smot-tiny, random weights)")
+
+
 def test_id_image_list_labels_are_class_indices_or_absent(tmp_path):
     _img(tmp_path / "v" / "a.png")
     _img(tmp_path / "v" / "b.png")

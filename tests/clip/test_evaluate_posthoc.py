@@ -170,6 +170,8 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
     assert id_train_paths(str(prompt), config, None, str(tmp_path / "other.txt")) == \
         [str(root / rel) for rel, _ in other]
     assert len(id_train_paths(str(prompt), config, str(root), None)) == 15  # a folder: all its images
+    for p, c in ((str(prompt), config), (None, None)):  # a folder and a split: the split's images of it
+        assert id_train_paths(p, c, str(root), str(tmp_path / "other.txt")) == [str(root / rel) for rel, _ in other]
     with pytest.raises(UserError, match="does not record"):
         id_train_paths(str(prompt), {"test": True}, None, None)
 
