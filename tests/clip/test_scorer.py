@@ -754,7 +754,7 @@ def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "none.csv").exists()
 
 
-def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint):
+def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """A file name that is not valid UTF-8 made `score` fail after encoding every image and write
     no CSV. Names of every kind get their row, in UTF-8, one line each, escaped as
     docs/score.md says: the escaped path gives back the file's name, compared as bytes."""
@@ -786,6 +786,40 @@ def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_ch
     assert all(os.path.isfile(p) for p in written)
     assert f"{folder}/\\xff\\xfe latin.png" in text and f"{folder}/new\\u000aline.png" in text
     assert f"{folder}/back\\\\slash.png" in text and f"{folder}/caf\u00e9 \\u2028.png" in text
+    # --resume reads such rows back: stopped after two chunks of 2 images, resumed to the CSV of a whole run
+    import dataclasses
+
+    from clip_smot.clip.score import ScoreConfig, run_score
+
+    cfg = ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=(str(folder),), out=str(tmp_path / "w.csv"),
+                      pretrained=tiny_clip_checkpoint, workers=0, skip_unreadable=True, device="cpu")
+    run_score(cfg, chunk=2)
+    cfg = dataclasses.replace(cfg, out=str(tmp_path / "r.csv"))
+    _, real = _stop_after_chunks(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_score(cfg, chunk=2)
+    assert (tmp_path / "r.csv.partial").read_text(encoding="utf-8").count("\n") == 5  # (the header, 4 rows)
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    run_score(dataclasses.replace(cfg, resume=True), chunk=2)
+    assert (tmp_path / "r.csv").read_bytes() == (tmp_path / "w.csv").read_bytes()
+
+
+def test_csv_rows_hold_every_score_exactly_in_the_images_order():
+    """A row per image in the order given: its path, class name, index and each score asked for,
+    written so that it reads back to the very float32 value (7 digits would not)."""
+    import io
+
+    from clip_smot.clip.score import _csv_rows
+    from clip_smot.clip.scorer import PathScores
+
+    mcm = torch.tensor([0.1234567890123, -1e-30, 12345.678, 1 / 3])  # float32
+    energy = torch.tensor([2.5, 1e10, -7.000001, 0.0])
+    result = PathScores([f"/d/{k}.png" for k in (3, 1, 2, 0)], {"pred_index": torch.tensor([2, 0, 1, 0]),
+                                                                  "mcm": mcm, "energy": energy}, [])
+    rows = list(csv.reader(io.StringIO(_csv_rows(result, ["energy", "mcm"], ["cat", "dog", "ship"]))))
+    assert [r[:3] for r in rows] == [["/d/3.png", "ship", "2"], ["/d/1.png", "cat", "0"], ["/d/2.png", "dog", "1"],
+                                     ["/d/0.png", "cat", "0"]]
+    assert [float(r[3]) for r in rows] == energy.tolist() and [float(r[4]) for r in rows] == mcm.tolist()
 
 
 def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_clip_checkpoint):
@@ -975,6 +1009,13 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     assert res.exit_code == 1 and f"row 2 of {partial} ({x}) is no later image of PATHS" in res.output
     res = resumed(2, *args, prompt="other.safetensors")  # another prompt's classes
     assert res.exit_code == 1 and f"row 1 of {partial} is not a row of this prompt's scores" in res.output
+    partial.write_text("".join(whole[:3]))  # resumed without the --skip-unreadable that skipped bad.png
+    (tmp_path / "s.csv.partial.json").write_text(run)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(out), "--resume", *args])
+    assert res.exit_code == 1 and f"row 1 of {partial} is not the row of {tmp_path / 'bad.png'}" in res.output
+    res = resumed(2, *args, "--precision", "bf16")  # (the rows were scored in fp32, the CPU's auto)
+    assert res.exit_code == 1 and f"{partial} was scored with another --precision; give the same" in res.output
     make_prompt(tmp_path / "same-classes.safetensors", tiny, seed=1)  # the same classes, another context
     res = resumed(2, *args, prompt="same-classes.safetensors")
     assert res.exit_code == 1 and f"{partial} was scored with another --prompt; give the same" in res.output
