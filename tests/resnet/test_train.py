@@ -156,8 +156,19 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
                 "react": lse(np.minimum(h, thr) @ W.T + b), "knn": -np.sort(dist, axis=1)[:, 49],  # k = 50
                 "gradnorm": np.abs(p - 1 / 3).sum(-1) * np.abs(h).sum(-1)}
 
+    def odin_by_hand(files, T=1000.0, eps=0.0014):  # (ODIN's code: x - eps * sign(grad) / std, +1 where grad >= 0)
+        x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+        inp = ((x.float() / 255 - mean) / std).requires_grad_(True)
+        z = model.eval()(inp)
+        loss = torch.nn.functional.cross_entropy(z / T, z.argmax(-1), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, inp)
+        with torch.no_grad():
+            z = model(inp - eps * torch.where(grad >= 0, 1.0, -1.0) / std)
+        return (z.double() / T).softmax(-1).amax(-1).numpy()
+
     for set_name, files in (("id", id_files), ("noise", sorted(ood_dir.glob("*.png"))),
                             ("cats", sorted(folders.glob("train/cat/*")))):
+        np.testing.assert_allclose(np.sort(seen[set_name]["odin"]), np.sort(odin_by_hand(files)), rtol=0, atol=2e-7)
         want = by_hand(files)
         for name, values in want.items():  # sorted: eval's image order is its own
             np.testing.assert_allclose(np.sort(seen[set_name][name]), np.sort(values), rtol=1e-4, atol=1e-5,
