@@ -176,12 +176,19 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
         by_name: dict[str, int] = {}
         for i, c in enumerate(classnames):
             by_name.setdefault(c, i)
+        repeated = {c for c in by_name if list(classnames).count(c) > 1}
+        ambiguous = []
         for f in folders:
             name = wnid_names.get(f, f.replace("_", " "))
-            if name in by_name:
+            name = name if name in by_name else f if f in by_name else None
+            if name in repeated:  # ("missile" twice, in a prompt that records no class folders)
+                ambiguous.append(f"{f} ({name})")
+            elif name is not None:
                 index[f] = by_name[name]
-            elif f in by_name:
-                index[f] = by_name[f]
+        if ambiguous:  # one index for both would mislabel one of them without a word
+            return None, (f"class folder(s) {', '.join(ambiguous[:3])}{' ...' if len(ambiguous) > 3 else ''} match a "
+                          "class name the prompt holds more than once, and it records no class folders to tell "
+                          "which is which")
     unmatched = [f for f in folders if f not in index]
     if unmatched:
         return None, f"class folder(s) {', '.join(unmatched[:3])}{' ...' if len(unmatched) > 3 else ''} match no class of the prompt"

@@ -401,6 +401,25 @@ def test_id_labels_follow_the_folders_where_class_names_repeat(tmp_path, tiny, t
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["id_accuracy"] == 50.0
 
 
+def test_folders_of_a_repeated_name_without_recorded_folders_get_no_labels(tmp_path):
+    """A prompt that repeats a name ("missile": n03773504 and n04008634) and records no class
+    folders cannot say which folder is which class: no labels (no ID accuracy) and a note, not
+    both folders labelled as the first "missile"."""
+    for wnid in ("n03773504", "n04008634", "n01440764"):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / wnid / "a.png")
+    s = id_set(tmp_path, ["missile", "tench", "missile"])
+    assert s.labels is None
+    assert s.note == ("class folder(s) n03773504 (missile), n04008634 (missile) match a class name the prompt holds "
+                      "more than once, and it records no class folders to tell which is which")
+    s = id_set(tmp_path, ["missile", "tench", "missile"], prompt_folders=["n03773504", "n01440764", "n04008634"])
+    assert s.labels == [1, 0, 2]  # (paths sorted: n01440764, n03773504, n04008634)
+    (tmp_path / "val" / "n04008634" / "a.png").unlink()
+    (tmp_path / "val" / "n04008634").rmdir()
+    s = id_set(tmp_path, ["missile", "tench", "missile"])  # one folder of the name: still which of the two?
+    assert s.labels is None and "n03773504 (missile)" in s.note
+
+
 def test_a_missing_ood_folder_names_what_was_given(tmp_path, monkeypatch):
     """``--ood x=none`` (a relative folder that is not there): the line said 'give NAME=DIR', which
     the user had done; bare names are answered before (built-in sets), so the hint misled."""
