@@ -167,6 +167,19 @@ class Stage:
             raise UserError(f"reproduce: {self.folder(out)} was made from {path} as it was then, {why}: its numbers "
                             f"would not be of it; remove {self.folder(out)} too, to run the stage again")
 
+    def unchecked_note(self, out: str | Path) -> str:
+        """For a finished stage whose record an older clip-smot wrote (no ``inputs``: no hashes to
+        compare) and that reads earlier stages' files: what the user must check by hand; else ''."""
+        try:
+            unchecked = "inputs" not in read_json(self.folder(out) / RECORD)
+        except (OSError, ValueError, TypeError):  # (no record, or one check_record has refused)
+            return ""
+        stages = sorted({p.relative_to(out).parts[0] for p in self.inputs(out)})
+        if not (unchecked and stages):
+            return ""
+        return (f"  (its {RECORD}, from an older clip-smot, has no hashes of {', '.join(stages)}'s files: remove "
+                f"{self.folder(out)} if {' or '.join(stages)} was redone since)")
+
     def write_record(self, out: str | Path) -> None:
         """The stage's :data:`RECORD`: its command line and the SHA-256 of each earlier stage's file it reads."""
         root = Path(out)
@@ -526,11 +539,12 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
             later = sorted({p.relative_to(out).parts[0] for p in stage.inputs(out)} - finished)
             if dry_run:
                 echo(f"# done: clip-smot {shlex.join(argv)}"
-                     + (f"  (if {', '.join(later)} gives the files it was made from)" if later else ""))
+                     + (f"  (if {', '.join(later)} gives the files it was made from)" if later else "")
+                     + stage.unchecked_note(out))
                 continue
             if later:
                 stage.check_record(out)
-            echo(f"reproduce: {stage.name} is finished; skipped")
+            echo(f"reproduce: {stage.name} is finished; skipped{stage.unchecked_note(out)}")
             continue
         if stage.resumable(out):
             argv.append("--resume")

@@ -283,6 +283,43 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
 
 
+def test_a_finished_stage_whose_record_has_no_hashes_is_skipped_with_a_note(tmp_path):
+    """A reproduce.json written before records held input hashes cannot be checked: the stage is
+    skipped as before, and its line says what to check by hand (a stage that reads no earlier
+    stage's file, or whose record has hashes, gets no note)."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+
+    def fake(argv):
+        folder = Path(argv[argv.index("--out") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "fit":
+            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
+            (folder / "prompt.safetensors").write_bytes(b"0")
+        else:
+            (folder / "metrics.json").write_text("{}")
+
+    options = ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"), ood_root=str(tmp_path / "ood"))
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    for name in ("eval-coop", "eval-mcm"):  # as an older clip-smot wrote them: the command line only
+        record = json.loads((out / name / RECORD).read_text())
+        (out / name / RECORD).write_text(json.dumps({"argv": record["argv"]}))
+    lines = []
+    run_reproduce("table8", options, fake, echo=lines.append)
+    note = (f"  (its {RECORD}, from an older clip-smot, has no hashes of fit-coop's files: remove {out / 'eval-coop'} "
+            "if fit-coop was redone since)")
+    assert lines[:5] == ["reproduce: fit-smot is finished; skipped", "reproduce: fit-coop is finished; skipped",
+                         "reproduce: eval-mcm is finished; skipped",  # (zero-shot: reads no stage's file)
+                         f"reproduce: eval-coop is finished; skipped{note}",
+                         "reproduce: eval-smot is finished; skipped"], lines
+    lines.clear()
+    run_reproduce("table8", options, fake, dry_run=True, echo=lines.append)
+    assert [line.endswith(note) for line in lines[:5]] == [False, False, False, True, False], lines
+
+
 def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_skipped(tmp_path):
     """A fit redone (its folder removed, as reproduce's own error advises for other options) left
     the evaluations of the old prompt finished: reproduce skipped them and wrote their numbers as
