@@ -204,3 +204,57 @@ def test_a_huge_log_is_read_up_to_its_limit(tmp_path, monkeypatch):
     path.write_text('{"epoch": 1}\n{"epoch": 2}\n' + "x" * 1000 + '\n{"epoch": 3}\n')
     rf.truncate_log(path, 3)
     assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+
+
+def test_a_log_keeps_only_lines_with_a_whole_epoch_number_and_the_checkpoints_epochs(tmp_path):
+    """A line that parses as JSON but is no record (a list, a number, a string), an epoch true
+    (a bool is an int to Python), and a checkpoint's own copy holding more epochs than it vouches
+    for: each is dropped; the first 2 epochs' lines stay."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('[1]\n5\n"epoch"\n{"epoch": true}\n{"epoch": 1.0}\n{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
+    rf.truncate_log(path, 2)
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    rf.truncate_log(path, 1, [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
+    assert path.read_text() == '{"epoch": 1, "loss": 0.5}\n'
+
+
+def test_a_checkpoint_that_would_unpack_past_its_size_is_not_loaded(tmp_path, monkeypatch):
+    """A checkpoint whose zip entries are deflated (torch.save stores them) unpacks to more than
+    its file: refused before torch.load, which would allocate what the entries declare. Here
+    with no slack, a 1 MiB tensor of zeros deflated to a few KiB."""
+    import zipfile
+
+    import clip_smot.common.files as files
+
+    plain = tmp_path / "plain.pt"
+    rf.save_checkpoint(plain, "clip-smot-train-checkpoint", {"w": torch.zeros(1 << 18)})
+    path = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert torch.load(path, weights_only=True)["w"].shape == (1 << 18,)  # torch itself would load it
+    monkeypatch.setattr(files, "ARCHIVE_SLACK", 0)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(rf.CheckpointError, match=r"^not a readable checkpoint \(its entries unpack to \d+ bytes, "):
+        rf.read_checkpoint(path, "clip-smot-train-checkpoint")
+
+
+def test_a_run_is_finished_only_when_every_output_is_written(tmp_path):
+    """Killed between train's model.safetensors and its summary.json: not finished (the resume
+    writes both again), not a 'nothing to do' over a missing summary."""
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert not rf.finished(tmp_path, "train", 2, 2, ("summary.json", "model.safetensors"), quiet=True)
+    (tmp_path / "summary.json").write_text("{}")
+    assert rf.finished(tmp_path, "train", 2, 2, ("summary.json", "model.safetensors"), quiet=True)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), "0.1"])
+def test_an_optimizer_state_with_a_lr_that_is_no_finite_number_is_one_line(lr):
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    state["param_groups"][0]["lr"] = lr
+    with pytest.raises(UserError, match=rf"^--resume c.pt: its optimizer state does not fit \(ValueError: lr is "
+                                        rf"{repr(lr).replace('.', '[.]')}\)$"):
+        rf.load_optimizer_state(opt, state, "--resume c.pt")
+    assert opt.param_groups[0]["lr"] == 0.1  # nothing loaded
