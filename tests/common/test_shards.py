@@ -141,11 +141,12 @@ def _negative_size(path, size):
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("size", [-512, -1024, -1536])
+@pytest.mark.parametrize("size", [-1, -100, -512, -1024, -1536])
 def test_a_member_with_a_negative_size_is_one_line(tmp_path, size):
-    """-512 sent tarfile's next header back onto the same one: the listing never ended (score
-    hung); -1024 and -1536 listed b.png and then read it with a negative length (a traceback,
-    --skip-unreadable or not). The shard is refused as unreadable, naming the member."""
+    """-1 and -100 move no header (tarfile rounds them up to 0 blocks): b.png would be listed,
+    and read with a negative length; -512 sent tarfile's next header back onto the same one: the
+    listing never ended (score hung); -1024 and -1536 listed b.png and then read it with a
+    negative length (a traceback, --skip-unreadable or not). The shard is refused as unreadable, naming the member."""
     import signal
 
     def endless(*_):
@@ -184,3 +185,48 @@ def test_a_shard_with_a_sparse_member_lists_its_images(tmp_path, fmt):
     names = shards.list_members(tmp_path / "s.tar")
     assert names == [f"{tmp_path / 's.tar'}::a.png", f"{tmp_path / 's.tar'}::b.bmp"]
     assert shards.read_image_bytes(names[1]) == (tmp_path / "b.bmp").read_bytes()
+
+
+def test_the_size_limit_admits_an_image_of_exactly_that_size(tmp_path, monkeypatch):
+    """MAX_MEMBER_BYTES is the largest size read, for a shard's member and for an image file."""
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 100)
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        _add(tar, "ok.jpg", b"x" * 100)
+        _add(tar, "big.jpg", b"y" * 101)
+    assert shards.read_image_bytes(f"{tmp_path / 's.tar'}::ok.jpg") == b"x" * 100
+    with pytest.raises(UserError, match=r"s.tar::big.jpg: too large \(101 bytes, at most 100\)$"):
+        shards.read_image_bytes(f"{tmp_path / 's.tar'}::big.jpg")
+    (tmp_path / "ok.png").write_bytes(b"p" * 100)
+    (tmp_path / "big.png").write_bytes(b"q" * 101)
+    assert shards.read_image_bytes(tmp_path / "ok.png") == b"p" * 100
+    with pytest.raises(UserError, match=r"big.png: too large for an image file \(101 bytes, at most 100\)$"):
+        shards.read_image_bytes(tmp_path / "big.png")
+
+
+def test_a_shard_named_in_capitals_and_relative_paths_are_one_image(tmp_path, monkeypatch):
+    """SHARD.TAR::MEMBER is a member as SHARD.tar::MEMBER is (is_shard takes either case); a
+    member's identity is the shard's absolute path, however the shard was spelled."""
+    with tarfile.open(tmp_path / "UP.TAR", "w") as tar:
+        _add(tar, "k.png", b"upper")
+    assert shards.list_members(tmp_path / "UP.TAR") == [f"{tmp_path / 'UP.TAR'}::k.png"]
+    assert shards.split_member(f"{tmp_path / 'UP.TAR'}::k.png") == (str(tmp_path / "UP.TAR"), "k.png")
+    assert shards.read_image_bytes(f"{tmp_path / 'UP.TAR'}::k.png") == b"upper"
+    monkeypatch.chdir(tmp_path)
+    assert shards.image_identity("UP.TAR::k.png") == f"{tmp_path}/UP.TAR::k.png"
+    assert shards.image_identity("./UP.TAR::k.png") == shards.image_identity(f"{tmp_path}/UP.TAR::k.png")
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse members")
+def test_a_sparse_member_with_an_image_name_is_not_listed(tmp_path):
+    """Its size counts the holes, which the shard does not store: read at its offset, it would be
+    its stored bytes and then whatever follows in the shard (the next headers), as one image."""
+    with open(tmp_path / "holes.jpg", "wb") as f:  # (10 bytes, a hole of a MiB, 10 bytes)
+        f.write(b"x" * 10)
+        f.seek(1 << 20)
+        f.write(b"y" * 10)
+    (tmp_path / "a.png").write_bytes(b"a")
+    subprocess.run(["tar", "--format=gnu", "-S", "-cf", str(tmp_path / "s.tar"), "-C", str(tmp_path),
+                    "holes.jpg", "a.png"], check=True)
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        assert tar.getmember("holes.jpg").issparse() and tar.getmember("holes.jpg").isreg()
+    assert shards.list_members(tmp_path / "s.tar") == [f"{tmp_path / 's.tar'}::a.png"]
