@@ -295,3 +295,84 @@ def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkey
         with files.output_lock(tmp_path / "run", folder=True):
             (tmp_path / "run" / "log.jsonl").write_text("")
         assert sorted(os.listdir(tmp_path)) == ["run", "s.csv"]
+
+
+def test_files_written_as_one_leave_no_temporary_file_and_only_the_old_leftovers_go(tmp_path):
+    """atomic_write_files: a writer that fails leaves the folder as it was (the files already
+    filled are not renamed, their temporaries are removed); a success deletes the leftovers it
+    did not write now, and no other file."""
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+    (tmp_path / "mine.txt").write_text("mine")
+
+    def fails(tmp):
+        raise ValueError("the second writer fails")
+
+    with pytest.raises(UserError, match=r"b.txt: ValueError: the second writer fails; the file there before is unchanged$"):
+        files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a"), "b.txt": fails})
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a", "b.txt": "old b",
+                                                                   "mine.txt": "mine"}
+    files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new a", "mine.txt": "mine"}
+
+
+def test_a_written_file_has_an_ordinary_files_mode(tmp_path):
+    """mkstemp makes the temporary file 0600: the result is 0666 less the umask, as open() makes."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text("x", tmp_path / "out.txt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_output_beside_an_input_folder_or_inside_it_through_a_link(tmp_path):
+    """'data2' is not inside 'data' (a prefix of its name); 'link/x.csv', with link -> data, is."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data2").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data", target_is_directory=True)
+    files.check_output(tmp_path / "data2" / "x.csv", "--out", folders=[("--data", tmp_path / "data")])
+    with pytest.raises(UserError, match=r"link/x.csv: is inside --data .*data, whose files are read as input"):
+        files.check_output(tmp_path / "link" / "x.csv", "--out", folders=[("--data", tmp_path / "data")])
+
+
+@pytest.mark.parametrize("rel, leaves", [("a/b.png", False), ("a..b/c..png", False), ("/etc/x.png", True),
+                                         ("../x.png", True), ("a/../../x.png", True), ("a/..", True)])
+def test_leaves_root(rel, leaves):
+    assert files.leaves_root(rel) is leaves
+
+
+def test_a_files_digest_is_read_again_once_the_file_changed(tmp_path):
+    """The SHA-256s are kept per (path, stamp): the same path with other bytes is hashed again,
+    other bytes of the same size under the old modification time too (cp -p, rsync -a)."""
+    import hashlib
+
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"first")
+    assert files.sha256_file(path) == hashlib.sha256(b"first").hexdigest()
+    st = path.stat()
+    before = files.file_stamp(path)
+    with open(path, "r+b") as f:  # the same inode and size, the old times set back
+        f.write(b"other")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert files.file_stamp(path) != before
+    assert files.sha256_file(path) == hashlib.sha256(b"other").hexdigest()
+
+
+def test_an_output_lock_leaves_the_lock_file_of_the_command_that_holds_it_now(tmp_path):
+    """A lock file removed while its command ran (by hand, a cleaner of /tmp) lets a second
+    command make its own and hold it; the first, ending, must not remove the second's: a third
+    would then lock a new file and write with the second."""
+    import contextlib
+
+    out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
+    with contextlib.ExitStack() as second:
+        with files.output_lock(out):
+            lock.unlink()
+            second.enter_context(files.output_lock(out))
+            held = os.stat(lock).st_ino
+        assert lock.is_file() and os.stat(lock).st_ino == held
+        with pytest.raises(UserError, match="another clip-smot command is writing it now"):
+            with files.output_lock(out):
+                pass
+    assert not lock.exists()
