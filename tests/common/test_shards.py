@@ -230,3 +230,12 @@ def test_a_sparse_member_with_an_image_name_is_not_listed(tmp_path):
     with tarfile.open(tmp_path / "s.tar") as tar:
         assert tar.getmember("holes.jpg").issparse() and tar.getmember("holes.jpg").isreg()
     assert shards.list_members(tmp_path / "s.tar") == [f"{tmp_path / 's.tar'}::a.png"]
+
+
+def test_a_folder_whose_name_ends_in_tar_is_a_folder(tmp_path):
+    """is_shard: a regular file named *.tar; a folder named so (a shard's extracted copy) is
+    listed as the folder of images it is."""
+    (tmp_path / "s.tar").mkdir()
+    (tmp_path / "s.tar" / "a.png").write_bytes(b"a")
+    assert not shards.is_shard(tmp_path / "s.tar")
+    assert image_files(tmp_path / "s.tar", "PATH") == [tmp_path / "s.tar" / "a.png"]
