@@ -906,6 +906,7 @@ def _nan_weight(ckpt):
 @pytest.mark.parametrize("edit, expected", [
     (_edit("epoch", "1"), r"is not a readable clip-smot checkpoint \(ValueError: epoch is '1'\)"),
     (_edit("epoch", 99), r"\(ValueError: epoch is 99, past the run's 2 epochs\)"),  # (was exported as finished)
+    (_edit("epoch", -1), r"is not a readable clip-smot checkpoint \(ValueError: epoch is -1\)$"),
     (_edit("log", "epoch 1"), r"is not a readable clip-smot checkpoint \(ValueError: log is not a list"),
     (_edit("log", [{"epoch": 1, "loss": torch.tensor(1.0)}]), r"\(ValueError: log is not a list of epoch records"),
     (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
@@ -966,3 +967,54 @@ def test_an_image_that_cannot_be_read_while_the_data_is_hashed_is_one_line(tmp_p
     monkeypatch.setattr(train_module, "sha256_file", unreadable)
     with pytest.raises(UserError, match=r"^.*data/train/cat/0.png: cannot read the image file \(Permission denied\)$"):
         run_train(_cfg(data, tmp_path / "run", epochs=1, input_size=72), dry_run=True)
+
+
+def test_each_checkpoint_is_written_after_its_epochs_log_line(folders, tmp_path, monkeypatch):
+    """run_folder's order: the epoch's line is in log.jsonl when its checkpoint is written (a
+    kill between the two leaves a line that the --resume drops, never a checkpoint whose epoch
+    the log lacks)."""
+    import clip_smot.resnet.train as train_mod
+
+    real, seen = train_mod.rf.save_checkpoint, []
+
+    def save(path, fmt, state):
+        seen.append((state["epoch"], [json.loads(x)["epoch"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]))
+        real(path, fmt, state)
+
+    monkeypatch.setattr(train_mod.rf, "save_checkpoint", save)
+    run_train(_cfg(folders, tmp_path / "run", epochs=2))
+    assert seen == [(1, [1]), (2, [1, 2])]
+
+
+def test_resume_with_more_epochs_goes_on_at_the_longer_schedules_lr(folders, tmp_path):
+    """--epochs may grow on --resume: the run ends at the new count, each later epoch at the lr of
+    the longer schedule (base: 0.1, / 10 from round(0.4 * 3) = 1, again from round(0.7 * 3) = 2)."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    summary = run_train(_cfg(folders, out, epochs=3), resume=True)  # (flags: the fields given, epochs among them)
+    lrs = [json.loads(x)["lr"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.1, 0.01, 0.001]) and summary["epochs"] == 3
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3  # (written at each start)
+
+
+def test_a_new_run_over_a_model_without_its_checkpoint_is_refused(folders, tmp_path):
+    """A finished run whose checkpoint.pt was removed: a new train there would replace its
+    config and log and leave its model.safetensors, which a --resume would call finished."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"a finished run's model")
+    with pytest.raises(UserError, match=rf"^--out {out}: already holds a run \(model.safetensors\); choose another --out$"):
+        run_train(_cfg(folders, out, epochs=1))
+    assert os.listdir(out) == ["model.safetensors"]
+
+
+def test_an_out_inside_the_training_images_is_refused_before_any_work(tmp_path):
+    """OUT inside --data's train/ would be read as a class folder by the next run on that data
+    (its config, log and checkpoint as images of a class 'run')."""
+    data = _write_folders(tmp_path / "data", per_class=(2, 1))
+    out = data / "train" / "cat" / "run"
+    with pytest.raises(UserError, match=rf"^--out {out}: is inside the --data train/ folder {data / 'train'}, whose "
+                                        "files are read as input; write to a place outside it$"):
+        run_train(_cfg(data, out, epochs=1))
+    assert not out.exists()
