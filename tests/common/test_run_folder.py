@@ -258,3 +258,11 @@ def test_an_optimizer_state_with_a_lr_that_is_no_finite_number_is_one_line(lr):
                                         rf"{repr(lr).replace('.', '[.]')}\)$"):
         rf.load_optimizer_state(opt, state, "--resume c.pt")
     assert opt.param_groups[0]["lr"] == 0.1  # nothing loaded
+
+
+def test_an_older_fit_rng_layout_of_another_device_is_one_line():
+    """The older layout named its augmentation generator's device in aug_device alone."""
+    aug = torch.Generator()
+    old = {"torch_cpu": torch.get_rng_state(), "torch_cuda": None, "aug_gen": aug.get_state(), "aug_device": "cuda:0"}
+    with pytest.raises(UserError, match=r"^--resume x: written on cuda:0; resume it with --device cuda:0$"):
+        rf.restore_rng(old, {"aug_gen": aug}, "--resume x")
