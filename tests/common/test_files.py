@@ -376,3 +376,55 @@ def test_an_output_lock_leaves_the_lock_file_of_the_command_that_holds_it_now(tm
             with files.output_lock(out):
                 pass
     assert not lock.exists()
+
+
+def test_safetensors_metadata_is_sorted_whatever_the_headers_padding(tmp_path):
+    """safetensors pads its header with spaces to a multiple of 8 bytes; a header with no padding
+    at all (the sorted JSON exactly as long) is sorted too. One value's length goes through all 8
+    remainders."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    keys = ["f", "b", "e", "a", "d", "c"]
+    for k in range(8):
+        path = tmp_path / f"m{k}.safetensors"
+        files.atomic_save_safetensors({"t": torch.arange(3.0)}, path, {key: "v" * (1 + k * (key == "a")) for key in keys})
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n], object_pairs_hook=lambda pairs: pairs)
+        metadata = dict(header)["__metadata__"]
+        assert [key for key, _ in metadata] == sorted(keys), k
+        assert torch.equal(load_file(str(path))["t"], torch.arange(3.0))
+
+
+def test_a_json_file_of_exactly_its_limit_is_read(tmp_path):
+    from clip_smot.common.files import read_json
+
+    (tmp_path / "a.json").write_text('{"a": [1, 2]}')  # 13 bytes
+    assert read_json(tmp_path / "a.json", limit=13) == {"a": [1, 2]}
+    with pytest.raises(ValueError, match=r"^larger than 12 bytes"):
+        read_json(tmp_path / "a.json", limit=12)
+
+
+def test_a_refused_command_leaves_the_folder_another_made_and_locked_meanwhile(tmp_path, monkeypatch):
+    """Two commands starting at once on a new --out: the one refused must not remove the folder,
+    which it saw missing, that the other has made and locked since (its run would go on in a
+    folder that is gone)."""
+    import contextlib
+
+    run = tmp_path / "run"
+    real, holder = files.make_folder, contextlib.ExitStack()
+
+    def made_and_locked_by_another(path, flag="--out"):
+        real(path, flag)
+        monkeypatch.setattr(files, "make_folder", real)
+        holder.enter_context(files.output_lock(run, folder=True))  # (the other command, first to flock)
+
+    monkeypatch.setattr(files, "make_folder", made_and_locked_by_another)
+    with holder:
+        with pytest.raises(UserError, match="another clip-smot command is writing it now"):
+            with files.output_lock(run, folder=True):
+                pass
+        assert run.is_dir()
