@@ -13,7 +13,7 @@ from clip_smot.cli import cli
 from clip_smot.clip.evaluate import ClipEvalConfig
 from clip_smot.clip.fit import ExportConfig, FitConfig
 from clip_smot.clip.score import ScoreConfig, run_score
-from clip_smot.common.configs import check_ranges, flag_of
+from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, flag_of
 from clip_smot.common.errors import UserError
 from clip_smot.common.reports import EvalConfig
 from clip_smot.reproduce import ReproduceOptions, run_reproduce
@@ -163,3 +163,29 @@ def test_fit_device_choices_are_the_command_lines_only():
     check_ranges(FitConfig(device="cuda:1"))
     res = CliRunner().invoke(cli, ["fit", "--device", "cuda:1", "--dry-run"])
     assert res.exit_code != 0 and "--device" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_the_ends_of_a_closed_range_are_in_it():
+    """[0, 1] holds 0 and 1; (0, 1] holds 1 and not 0; [0, MAX] holds MAX (docs: the bounds as written)."""
+    check_ranges(FitConfig(lam=0.0, momentum=1.0, sigma=0.0, weight_decay=0.0, warmup_epochs=0, seed=0, workers=0,
+                           shots=1, n_ctx=1, epochs=1, batch_size=1, crop_scale=1.0))
+    check_ranges(FitConfig(lam=1.0, momentum=0.0, seed=MAX_SEED, workers=MAX_WORKERS, batch_size=MAX_BATCH))
+    for cfg, message in [(FitConfig(momentum=1.000001), "--momentum 1.000001: must be in [0, 1]"),
+                         (FitConfig(seed=MAX_SEED + 1), f"--seed {MAX_SEED + 1}: must be in [0, {MAX_SEED}]"),
+                         (FitConfig(warmup_lr=0.0), "--warmup-lr 0.0: must be > 0"),
+                         (FitConfig(shots=0), "--shots 0: must be >= 1")]:
+        with pytest.raises(UserError) as e:
+            check_ranges(cfg)
+        assert str(e.value) == message
+
+
+def test_a_bool_is_no_number_and_an_int_is_a_float():
+    """JSON's true in a hand-edited config is no epoch count (Python's True == 1); JSON's 1 is a float."""
+    with pytest.raises(UserError) as e:
+        check_ranges(FitConfig(epochs=True))
+    assert str(e.value) == "--epochs True: must be a number"
+    with pytest.raises(UserError) as e:
+        check_field_types(FitConfig(n_ctx=True), "config.json")
+    assert str(e.value) == "config.json: its configuration's n_ctx is True, not int"
+    check_field_types(FitConfig(lam=1, T=200, alpha=50), "config.json")  # (JSON writes 1.0 as 1 elsewhere)
+    check_ranges(FitConfig(lam=1, T=200, alpha=50))
