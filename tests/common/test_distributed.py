@@ -81,6 +81,46 @@ def test_processes_that_list_other_numbers_of_chunks_all_stop(tmp_path):
         assert result["seen"] == [["a.png"]] and result["error"].startswith("PATHS: the processes found other numbers")
 
 
+def _lock_in_process(rank: int, store: str, out: str, held: str) -> None:
+    """One of two processes: the writer_lock of a free folder, then of one another process holds."""
+    import datetime
+
+    from clip_smot.common.distributed import writer_lock, writes_outputs
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=30))
+    result = {"writes": writes_outputs()}
+    try:
+        with writer_lock(Path(out) / "free", folder=True):
+            result["free"] = ""
+    except UserError as e:
+        result["free"] = str(e)
+    try:
+        with writer_lock(held, folder=True):
+            result["held"] = ""
+    except UserError as e:
+        result["held"] = str(e)
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    torch.distributed.destroy_process_group()
+
+
+def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
+    """Rank 1 never locks (it would be refused by rank 0's lock of the same folder); a folder
+    another command holds is refused on rank 0, and rank 1 raises the same line instead of going
+    on to wait for a rank 0 that has stopped."""
+    from clip_smot.common.files import output_lock
+
+    (tmp_path / "res").mkdir()
+    with output_lock(tmp_path / "held", folder=True):
+        torch.multiprocessing.spawn(_lock_in_process, args=(str(tmp_path / "store"), str(tmp_path / "res"),
+                                                            str(tmp_path / "held")), nprocs=2)
+    results = [json.loads((tmp_path / "res" / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["writes"] for r in results] == [True, False]
+    assert [r["free"] for r in results] == ["", ""]
+    assert results[0]["held"] != "" and str(tmp_path / "held") in results[0]["held"]
+    assert results[1]["held"] == results[0]["held"]
+
+
 @pytest.mark.parametrize("env, expected", [
     ({"WORLD_SIZE": "two"}, "$WORLD_SIZE 'two': not a whole number"),
     ({"WORLD_SIZE": "0"}, "$WORLD_SIZE 0: must be 1 or more"),
@@ -88,6 +128,8 @@ def test_processes_that_list_other_numbers_of_chunks_all_stop(tmp_path):
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "$WORLD_SIZE 2: $MASTER_ADDR is not set"),
     ({"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
      "$RANK 5, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+     "$RANK 2, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),  # (ranks are 0 and 1)
     ({"RANK": "1"}, None),  # (one process: the RANK left in its environment is not read; it writes)
     ({"WORLD_SIZE": "1", "RANK": "3", "LOCAL_RANK": "3"}, None),
 ])
