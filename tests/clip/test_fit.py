@@ -288,6 +288,32 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
 
 
+def test_a_resumed_run_goes_on_with_the_schedule_of_its_epochs(fit_args, tmp_path, monkeypatch):
+    """Killed after epoch 1 of 3 (1 warm-up epoch, --lr 0.05): the epochs after the resume run at
+    CoOp's cosine lr of their own epoch, written out by hand (not restarted from epoch 1's)."""
+    extra = ["--epochs", "3", "--warmup-epochs", "1", "--warmup-lr", "0.001", "--lr", "0.05", "--shots", "1",
+             "--batch-size", "3"]
+    real_save = run_folder.atomic_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_folder, "atomic_save", save_then_die)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra))
+    assert isinstance(res.exception, RuntimeError)
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra, "--resume"))
+    assert res.exit_code == 0, res.output
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # epoch 1: warm-up; epoch e >= 2: 0.05 * (1 + cos(pi * (e - 2) / 3)) / 2
+    assert [r["epoch"] for r in logs] == [1, 2, 3]
+    assert [r["lr"] for r in logs] == pytest.approx([0.001, 0.05, 0.05 * 0.75], rel=1e-12)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["scheduler"]["last_epoch"] == 3
+    assert saved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.25, rel=1e-12)
+
+
 def test_a_run_started_with_a_split_resumes_on_it_without_the_flag(one_epoch, fit_args, tmp_path, monkeypatch):
     """``fit --out OUT --resume`` continues a run as it was started. For a run started with
     --split, it drew a split instead (with the default --shots), and stopped on that split."""
@@ -317,6 +343,24 @@ def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
     shutil.copytree(one_epoch, tmp_path / "run")
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--lam", "0.5", "--resume"))
     assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("extra, refused", [
+    (["--workers", "2"], None),  # run control: free on --resume
+    (["--seed", "2"], "--seed"),  # the split, the context init and every draw
+    (["--shots", "3"], "--shots"),
+    (["--warmup-epochs", "0"], "--warmup-epochs"),
+])
+def test_resume_refuses_the_options_of_the_training_and_not_the_run_control(fit_args, tmp_path, one_epoch, extra,
+                                                                            refused):
+    shutil.copytree(one_epoch, tmp_path / "run")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra, "--resume"))
+    if refused is None:
+        assert res.exit_code == 0 and "has finished its 1 epochs; nothing to do" in res.output, res.output
+    else:
+        assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+            f"Error: --resume: {refused} differs from the run saved in {tmp_path / 'run'}; resume with the same "
+            "flags"), res.output
 
 
 def test_resume_with_the_same_files_under_other_paths(fit_args, tmp_path, one_epoch, tiny_clip_config,
@@ -1303,6 +1347,8 @@ def _momentum_edit(shape):
     # numbers that were taken as they were (an outside audit: lr 15 in the log of a run of --lr 0.002)
     (_set("scheduler", "base_lrs", [20.0]), r"its learning-rate schedule \(base lr \[20.0\], epoch 1, lr \[\S+\]\) "
                                             r"is not the run's$"),
+    (_set("scheduler", "last_epoch", 0), r"its learning-rate schedule \(base lr \[0.002\], epoch 0, lr \[\S+\]\) "
+                                         r"is not the run's$"),  # (its next step would be epoch 1's lr again)
     (_set("optimizer", "param_groups", 0, "lr", 15.0), r"its learning-rate schedule \(.*lr \[15.0\]\) is not the run's$"),
     (_set("optimizer", "param_groups", 0, "weight_decay", 50.0), r"its optimizer state does not fit \(ValueError: "
                                                                  r"weight_decay is 50.0, not the run's 0.0005\)"),
