@@ -528,6 +528,20 @@ def test_export_refuses_a_model_built_with_the_other_activation(one_epoch, tiny_
                            load_prompt(one_epoch / "prompt.safetensors").text_features)
 
 
+def test_export_refuses_a_model_of_another_architecture(one_epoch, tiny_clip_config, tmp_path):
+    """A --model of the run's widths but one more text layer: the context's shape fits, its text
+    features would be another model's; refused, nothing written."""
+    config = json.loads(Path(tiny_clip_config).read_text())
+    deeper = tmp_path / "tiny-deeper.json"
+    deeper.write_text(json.dumps({**config, "text_cfg": {**config["text_cfg"], "layers": 3}}))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--model", str(deeper),
+                                   "--pretrained", "none", "--device", "cpu", "--out", str(tmp_path / "p.st")])
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --checkpoint {one_epoch / 'checkpoint.pt'}: trained with clip-smot-tiny, not the architecture of "
+        "tiny-deeper"), res.output
+    assert not (tmp_path / "p.st").exists()
+
+
 def test_bad_export_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
@@ -1311,6 +1325,7 @@ def _set(*keys_value):
     (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch \(a whole number of epochs done, at most the run's "
                          r"epochs\)\)"),
     (_set("epoch", 2), r"a damaged fit checkpoint \(epoch \(a whole number"),  # (of 1 epoch)
+    (_set("epoch", True), r"a damaged fit checkpoint \(epoch \(a whole number"),  # (True == 1: a bool is no count)
     (_set("config", "n_ctx", "4"), r"its configuration's n_ctx is '4', not int"),
     (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
     (_set("config", "seed", -1), r"its configuration is out of range \(--seed -1: must be in"),
