@@ -1400,3 +1400,16 @@ def test_resume_over_a_damaged_log_keeps_its_good_lines(tmp_path):
     log.mkdir()  # a folder where the log goes
     with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(log))}: "):
         _truncate_log(log, 1)
+
+
+def test_a_checkpoint_recorded_before_the_images_were_hashed_resumes(one_epoch, fit_args, tmp_path):
+    """A run recorded without config.run.images_sha256 (before images were hashed) has nothing to
+    compare the images with: it resumes, and its prompt is the finished run's."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (run / "prompt.safetensors").unlink()
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt",
+                     lambda saved: saved["config"]["run"].pop("images_sha256"))
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 0, res.output
+    a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(run / "prompt.safetensors")
+    assert torch.equal(a.ctx, b.ctx)
