@@ -118,6 +118,10 @@ class Stage:
         paths = [Path(word) for word in self.argv]
         return [p for p in paths if root in p.parents and p.parent != root and own not in (p, *p.parents)]
 
+    def input_stages(self, out: str | Path) -> set[str]:
+        """The names of the earlier stages whose files this stage reads (:meth:`inputs`)."""
+        return {p.relative_to(out).parts[0] for p in self.inputs(out)}
+
     def check_record(self, out: str | Path, finished: Collection[str] | None = None) -> None:
         """Raise a UserError when the stage's folder holds work of another command or of other
         inputs. Another command: its record (:data:`RECORD`) names another command line (another
@@ -174,7 +178,7 @@ class Stage:
             unchecked = "inputs" not in read_json(self.folder(out) / RECORD)
         except (OSError, ValueError, TypeError):  # (no record, or one check_record has refused)
             return ""
-        stages = sorted({p.relative_to(out).parts[0] for p in self.inputs(out)})
+        stages = sorted(self.input_stages(out))
         if not (unchecked and stages):
             return ""
         return (f"  (its {RECORD}, from an older clip-smot, has no hashes of {', '.join(stages)}'s files: remove "
@@ -536,7 +540,7 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         if stage.finished(out):
             # the earlier stages it reads that were not finished at the start (the others' files
             # were compared above): their files are compared once they have run, not in a dry run
-            later = sorted({p.relative_to(out).parts[0] for p in stage.inputs(out)} - finished)
+            later = sorted(stage.input_stages(out) - finished)
             if dry_run:
                 echo(f"# done: clip-smot {shlex.join(argv)}"
                      + (f"  (if {', '.join(later)} gives the files it was made from)" if later else "")

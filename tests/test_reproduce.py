@@ -283,6 +283,28 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
 
 
+def _table8_fakes(tmp_path, ran: list, version: dict):
+    """Table 8's data folders (empty) under ``tmp_path``, its options with ``--out tmp_path/o``, and
+    a stand-in for its stages: each fit writes a split and a prompt of the bytes ``version`` gives
+    its folder (b"0" by default), each eval an empty metrics.json; ``ran`` gets each folder's name."""
+    for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+
+    def fake(argv):
+        folder = Path(argv[argv.index("--out") + 1])
+        ran.append(folder.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        if argv[0] == "fit":
+            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
+            (folder / "prompt.safetensors").write_bytes(version.get(folder.name, b"0"))
+        else:
+            (folder / "metrics.json").write_text("{}")
+
+    options = ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path / "imagenet"),
+                               ood_root=str(tmp_path / "ood"))
+    return options, fake
+
+
 def test_a_finished_stage_whose_record_has_no_hashes_is_skipped_with_a_note(tmp_path):
     """A reproduce.json written before records held input hashes cannot be checked: the stage is
     skipped as before, and its line says what to check by hand (a stage that reads no earlier
@@ -290,19 +312,7 @@ def test_a_finished_stage_whose_record_has_no_hashes_is_skipped_with_a_note(tmp_
     from clip_smot.reproduce import RECORD, run_reproduce
 
     out = tmp_path / "o"
-    for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
-
-    def fake(argv):
-        folder = Path(argv[argv.index("--out") + 1])
-        folder.mkdir(parents=True, exist_ok=True)
-        if argv[0] == "fit":
-            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
-            (folder / "prompt.safetensors").write_bytes(b"0")
-        else:
-            (folder / "metrics.json").write_text("{}")
-
-    options = ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"), ood_root=str(tmp_path / "ood"))
+    options, fake = _table8_fakes(tmp_path, [], {})
     run_reproduce("table8", options, fake, echo=lambda line: None)
     for name in ("eval-coop", "eval-mcm"):  # as an older clip-smot wrote them: the command line only
         record = json.loads((out / name / RECORD).read_text())
@@ -329,20 +339,7 @@ def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_
     from clip_smot.reproduce import RECORD, run_reproduce
 
     out, ran, version = tmp_path / "o", [], {"fit-coop": b"1"}
-    for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
-
-    def fake(argv):  # each fit writes a prompt of the version asked, each eval an empty metrics.json
-        folder = Path(argv[argv.index("--out") + 1])
-        ran.append(folder.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        if argv[0] == "fit":
-            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
-            (folder / "prompt.safetensors").write_bytes(version.get(folder.name, b"0"))
-        else:
-            (folder / "metrics.json").write_text("{}")
-
-    options = ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"), ood_root=str(tmp_path / "ood"))
+    options, fake = _table8_fakes(tmp_path, ran, version)
     run_reproduce("table8", options, fake, echo=lambda line: None)
     assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
     record = json.loads((out / "eval-coop" / RECORD).read_text())

@@ -237,7 +237,7 @@ def _decoded(paths: list[Path], size: int, workers: int, device: torch.device | 
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     run = pool.map if pool is not None else map  # PIL decodes and hashlib hashes with the GIL released
     try:
-        if device is None:
+        if device is None or not ti.has_decode_jpeg():  # (torchvision deprecates decode_jpeg since 0.29)
             decoded = list(run(lambda p: _square_uint8(p, size), paths))
             return [x for x, _ in decoded], [d for _, d in decoded]
         squares, digests = [], []
@@ -264,7 +264,8 @@ def decode_and_hash(root: Path, files: list[str], size: int, workers: int = 4,
 
     Args:
         device: decode the JPEGs with ``torchvision.io.decode_jpeg`` on this device (fit passes
-            its CUDA device), the images returned there; None: PIL for every file, on the CPU.
+            its CUDA device), the images returned there; None, or a torchvision without
+            ``decode_jpeg``: PIL for every file, on the CPU.
 
     Returns:
         ``(images, sha256)``: the SHA-256 is that of the listing ``sha256sum`` prints for

@@ -41,7 +41,6 @@ from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
-from clip_smot.common import tensor_images as ti
 from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.errors import UserError, first_line
@@ -569,8 +568,7 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
     t = time.perf_counter()
     images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split],
                                                              inputs.clip.image_size, cfg.workers,
-                                                             device if device.type == "cuda" and
-                                                             ti.has_decode_jpeg() else None)
+                                                             device if device.type == "cuda" else None)
     images = images.to(device)  # [N, 3, S, S] uint8
     inputs.seconds[f"{len(split)} images decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):

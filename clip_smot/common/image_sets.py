@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -176,7 +177,7 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
         by_name: dict[str, int] = {}
         for i, c in enumerate(classnames):
             by_name.setdefault(c, i)
-        repeated = {c for c in by_name if list(classnames).count(c) > 1}
+        repeated = {c for c, n in Counter(classnames).items() if n > 1}
         ambiguous = []
         for f in folders:
             name = wnid_names.get(f, f.replace("_", " "))
