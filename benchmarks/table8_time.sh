@@ -18,8 +18,8 @@
 # The run starts from nothing each time: WORK_DIR/out and the feature cache WORK_DIR/cache are
 # removed first (the later evaluations then read the first one's features, as a user's run does).
 # The last line is one JSON object: table8_seconds and the sizes it ran with.
-# CPU smoke run (tiny sizes):
-#   TINY=1 DEVICE=cpu WORKERS=0 JOBS=2 CLASSES=3 SHOTS=2 VAL_PER_CLASS=2 OOD_PER_SET=2 SIZE=64x48 EPOCHS=1 \
+# CPU smoke run (tiny sizes; KNN needs 50 ID-train images, 3 x 17):
+#   TINY=1 DEVICE=cpu WORKERS=0 JOBS=2 CLASSES=3 SHOTS=17 VAL_PER_CLASS=2 OOD_PER_SET=2 SIZE=64x48 EPOCHS=1 \
 #     bash benchmarks/table8_time.sh /tmp/t8
 set -euo pipefail
 WORK=${1:-runs/table8_time}

@@ -405,3 +405,20 @@ def test_table8_time_dry_run_writes_the_data_and_prints_the_five_stages(tmp_path
         assert words[words.index("--device") + 1] == "cpu"
     assert "--epochs 1" in commands[0] and "--shots 3" in commands[0]
     assert not (work / "out").exists()  # a dry run writes no stage
+
+
+def test_table8_time_cpu_smoke_command_is_one_and_gives_knn_its_images():
+    """The CPU smoke run that table8_time.sh's header and benchmarks/README.md give is the same
+    command, and its CLASSES x SHOTS training images are as many as KNN's neighbour rank needs (a
+    header with SHOTS=2 ran for a minute, then eval-coop refused its 6 images)."""
+    from clip_smot import scores
+
+    def smoke(text: str) -> str:
+        match = re.search(r"(TINY=1 DEVICE=cpu [^\\\n]*)\\\s*\n#?\s*(bash benchmarks/table8_time.sh \S+)", text)
+        assert match, "no CPU smoke command"
+        return " ".join(match.groups())
+
+    header = smoke((ROOT / "benchmarks" / "table8_time.sh").read_text())
+    assert header == smoke((ROOT / "benchmarks" / "README.md").read_text())
+    sizes = dict(word.split("=") for word in header.split() if "=" in word)
+    assert int(sizes["CLASSES"]) * int(sizes["SHOTS"]) >= scores.KNN_K
