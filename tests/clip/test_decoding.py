@@ -60,6 +60,7 @@ def test_unreadable_jpeg_named_as_pil_names_it(tmp_path, tiny):
     assert errors == [""] * len(paths) + [str(pil.value)]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # (PIL's, for the file between its limit and 2x)
 def test_a_jpeg_over_pils_pixel_limit_is_refused_by_name_on_the_jpeg_path(tmp_path, tiny, monkeypatch):
     """decode_jpeg checks no size: a 2 MB JPEG declaring 180 megapixels was decoded (3.9 GB) where PIL
     refuses it. With PIL's limit lowered, a 57 x 41 JPEG is such a file: both decoders (and fit's
@@ -241,6 +242,7 @@ def test_kept_workers_keep_the_loaders_of_other_batch_sizes_apart(tmp_path, tiny
     assert sizes == [[4, 2], [3, 3], [4, 2]]
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")  # (the reference's call)
 def test_jpegs_of_one_size_are_resized_together_to_the_pixels_of_one_at_a_time(tmp_path, tiny):
     """A batch's decoded JPEGs are grouped by size and each group resized and cropped in one call:
     the batch equals, bit for bit, each image decoded, resized, cropped and normalised alone."""
