@@ -40,3 +40,85 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_the_cpu():
     assert [resolve_precision(p, torch.device("cpu")) for p in ("fp32", "fp16", "bf16")] == ["fp32", "bf16", "bf16"]
     with pytest.raises(UserError, match="--precision must be auto or one of"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_auto_is_cuda_where_there_is_one_and_under_torchrun_the_local_ranks_gpu(monkeypatch):
+    """'auto' picks CUDA when it is available; under torchrun 'auto' and 'cuda' are this process's
+    GPU, cuda:LOCAL_RANK (not cuda:RANK: rank 3 of two machines of two GPUs runs on its cuda:1)."""
+    import torch
+
+    from clip_smot.common.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):  # (what torchrun sets)
+        monkeypatch.setenv(name, value)
+    assert [resolve_device(n) for n in ("auto", "cuda", "cuda:0", "cpu")] == [
+        torch.device("cuda", 1), torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")]
+
+
+def test_cuda_that_is_not_available_is_refused_whatever_the_device_count(monkeypatch):
+    """torch.cuda.device_count() can count GPUs that CUDA cannot use (a driver too old for torch's CUDA)."""
+    import torch
+
+    from clip_smot.common.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(UserError, match=f"^--device {name}: no CUDA device is available on this machine$"):
+            resolve_device(name)
+
+
+def test_autocast_runs_the_precision_asked_and_fp16_as_bf16_on_the_cpu():
+    import torch
+
+    from clip_smot.common.device import autocast
+
+    cpu, a = torch.device("cpu"), torch.ones(2, 2)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.bfloat16)):
+        with autocast(cpu, precision):
+            assert (a @ a).dtype == dtype, precision
+            assert torch.is_autocast_enabled("cpu") is (precision != "fp32")
+    with autocast(cpu, "bf16", cache=False):  # (torch's advice while a CUDA graph is captured)
+        assert not torch.is_autocast_cache_enabled()
+    with autocast(cpu, "bf16"):
+        assert torch.is_autocast_cache_enabled()
+    with pytest.raises(UserError, match=r"^--precision must be one of \('bf16', 'fp16', 'fp32'\), got 'fp8'$"):
+        autocast(cpu, "fp8")
+
+
+def test_seeding_repeats_every_generator_and_a_seeded_block_leaves_the_callers_alone():
+    import random
+
+    import numpy as np
+    import torch
+
+    from clip_smot.common.device import seed_everything, seeded_cpu_rng
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        draws = []
+        for _ in range(2):
+            seed_everything(2**40 + 7)  # (numpy takes seeds below 2**32 only)
+            draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+        assert draws[0] == draws[1]
+        before = torch.get_rng_state()
+        with seeded_cpu_rng(123):
+            inside = torch.rand(5)
+        assert torch.equal(torch.get_rng_state(), before)  # the caller's generator: as it was
+        assert torch.equal(inside, torch.rand(5, generator=torch.Generator().manual_seed(123)))
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+
+
+def test_physical_memory_is_the_kernels_total():
+    from clip_smot.common.device import physical_memory
+
+    with open("/proc/meminfo") as f:  # (Linux: MemTotal in KiB)
+        total = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    assert physical_memory() == total * 1024
