@@ -36,3 +36,16 @@ def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
     assert bundled.bundled_file("prompts", "zero_shot_template.txt") == pkg / "_data" / "prompts" / "zero_shot_template.txt"
     with pytest.raises(UserError, match="data_lists/imagenet1k_wnids.txt: missing"):
         bundled.imagenet_wnids()
+
+
+def test_a_source_checkout_wins_over_a_data_folder_and_lines_are_trimmed(tmp_path, monkeypatch):
+    """Beside the package (the editable install) before clip_smot/_data/; blank lines and the
+    spaces or carriage returns around a name are not part of the list."""
+    pkg = tmp_path / "checkout" / "clip_smot"
+    for root in (pkg.parent, pkg / "_data"):
+        (root / "data_lists").mkdir(parents=True)
+    (pkg.parent / "data_lists" / "imagenet200_wnids.txt").write_bytes(b" n01443537 \r\n\n\t\nn01484850\r\n\n")
+    (pkg / "_data" / "data_lists" / "imagenet200_wnids.txt").write_text("n09999999\n")
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
+

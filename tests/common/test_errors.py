@@ -14,3 +14,37 @@ def test_first_line_adds_the_line_that_a_first_line_announces():
         assert first_line(e) == 'Error(s) in loading state_dict for Linear: Missing key(s) in state_dict: "bias".'
     assert first_line(ValueError("")) == "ValueError" and first_line(ValueError("a\nb")) == "a"
     assert first_line(ValueError("x" * 1000), limit=20) == "x" * 17 + "..."
+
+
+def test_first_line_skips_blank_lines_strips_and_keeps_a_line_of_the_limit():
+    assert first_line(ValueError("\n  \n  the reason  \nmore")) == "the reason"
+    assert first_line(ValueError("Error(s) in loading:")) == "Error(s) in loading:"  # (announces nothing after)
+    assert first_line(ValueError("x" * 20), limit=20) == "x" * 20
+
+
+def test_a_refused_weights_only_load_keeps_the_unpicklers_reason_only():
+    """torch's refusal: advice to load with weights_only=False (which would run the file's code),
+    then "WeightsUnpickler error: REASON. More advice": the line keeps REASON, at most 200
+    characters, or says what the file holds where torch gives no reason."""
+    import pickle
+
+    from clip_smot.common.errors import load_error
+
+    advice = "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed"
+    e = pickle.UnpicklingError(f"{advice}\n\tWeightsUnpickler error: Unsupported global: GLOBAL os.system. Please use")
+    assert load_error(e) == "UnpicklingError: not a weights-only file (Unsupported global: GLOBAL os.system)"
+    e = pickle.UnpicklingError(f"{advice}\n\tWeightsUnpickler error: {'y' * 300}")
+    assert load_error(e) == f"UnpicklingError: not a weights-only file ({'y' * 200})"
+    assert load_error(pickle.UnpicklingError(advice)) == (
+        "UnpicklingError: not a weights-only file (an object other than tensors and plain values)")
+    assert load_error(EOFError("Ran out of input\nsecond")) == "EOFError: Ran out of input"
+
+
+def test_one_line_escapes_every_control_and_line_separator():
+    """C0 and C1 controls, DEL and U+2028/U+2029 (where str.splitlines breaks a line too) are
+    written as \\uXXXX; the rest (é, a no-break space) is kept."""
+    from clip_smot.common.errors import one_line
+
+    text = "a\nb\x00c\x1bd\x7fe\x85f\x9fg\u2028h\u2029i é\u00a0j"
+    assert one_line(text) == ("a\\u000ab\\u0000c\\u001bd\\u007fe\\u0085f\\u009fg\\u2028h\\u2029i é\u00a0j")
+    assert len(one_line(text).splitlines()) == 1

@@ -16,3 +16,39 @@ def test_progress_bar_draws_only_on_a_terminal(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         assert list(progress_bar(range(3), desc="epoch 1")) == [0, 1, 2]
         assert ("\r" in stream.getvalue()) is draws, stream.getvalue()
+
+
+def test_a_finished_bar_clears_its_line_on_the_terminal(monkeypatch):
+    """The bar leaves nothing behind (leave=False): its last frame is blanked and the cursor is
+    back at the start of the line, for the next line of output."""
+    import io
+    import sys
+
+    from clip_smot.common.progress import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    list(progress_bar(range(3)))
+    last = stream.getvalue().rsplit("\r", 2)
+    assert stream.getvalue().endswith("\r") and last[-2].strip() == "" and "\n" not in stream.getvalue()
+
+
+def test_progress_write_is_one_line_on_stdout_flushed_at_once(monkeypatch):
+    import io
+    import sys
+
+    from clip_smot.common.progress import progress_write
+
+    class Stdout(io.StringIO):
+        def flush(self):
+            flushed.append(self.getvalue())
+
+    flushed, stdout, stderr = [], Stdout(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    progress_write("epoch 1/2  loss 0.5")
+    assert flushed[-1] == stdout.getvalue() == "epoch 1/2  loss 0.5\n" and stderr.getvalue() == ""

@@ -53,3 +53,29 @@ def test_a_ctrl_c_during_the_fork_is_raised_after_it_and_workers_take_it_again()
         assert len(list(iter(torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1)))) == 2
     finally:
         _SEND.clear()
+
+
+def test_an_ignored_ctrl_c_stays_ignored_in_the_workers():
+    """Under nohup (SIGINT ignored) there is nothing to hold off: the workers keep ignoring it, and a
+    SIGINT during the fork changes nothing."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _SEND.append(True)
+    try:
+        loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1)
+        assert [bool(b) for b, _ in started(loader)] == [True, True]  # (not Python's handler)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        _SEND.clear()
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_workers_start_from_a_thread_other_than_the_main_one():
+    """Only the main thread may set a signal handler: elsewhere the loader is started as it is."""
+    import threading
+
+    got = []
+    thread = threading.Thread(target=lambda: got.extend(
+        started(torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1, worker_init_fn=_init))))
+    thread.start()
+    thread.join(timeout=120)
+    assert [(bool(b), i[0]) for b, i in got] == [(False, "yes 0"), (False, "yes 0")]

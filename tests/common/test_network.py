@@ -1,0 +1,41 @@
+"""clip_smot.common.network: whether a download host answers (offline runs fail fast)."""
+
+import socket
+
+import pytest
+
+from clip_smot.common.network import host_reachable
+
+
+@pytest.fixture
+def listening():
+    """A TCP server on this machine's loopback: a host that answers, with no network involved."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()
+    server.close()
+
+
+def test_a_host_that_answers_is_reachable_unless_hf_hub_offline_is_set(listening, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert host_reachable(listening) is True
+    for off in ("", "0", "false", "False"):  # (huggingface_hub's spellings of "not set")
+        monkeypatch.setenv("HF_HUB_OFFLINE", off)
+        assert host_reachable(listening) is True, off
+    for on in ("1", "true", "yes"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", on)
+        assert host_reachable(listening) is False, on
+
+
+def test_a_host_that_fails_in_any_way_is_unreachable_within_the_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+
+    def fails(host, timeout=None, **kwargs):
+        asked.append((host, timeout))
+        raise error
+
+    monkeypatch.setattr(socket, "create_connection", fails)
+    for error in (ConnectionRefusedError(), TimeoutError(), socket.gaierror(-2, "Name or service not known"),
+                  OSError(113, "No route to host")):
+        assert host_reachable(("example.invalid", 443), timeout=0.25) is False, error
+    assert asked == [(("example.invalid", 443), 0.25)] * 4
