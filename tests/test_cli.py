@@ -70,6 +70,17 @@ BAD_FLAGS = [
        f"{extra[0]} is for the CLIP track") for extra in (["--model", "ViT-B-16"], ["--pretrained", "openai"],
                                                           ["--no-cache"], ["--decode", "gpu"], ["--decode", "cpu"])],
     (["reproduce", "table8", "--workers", "257", "--dry-run"], "--workers"),  # (every command: [0, 256])
+    # an int flag takes no fraction (through a float range, 1.5 epochs would reach the library: a traceback)
+    (["fit", "--epochs", "2.5", "--dry-run"], "Invalid value for '--epochs': '2.5' is not a valid integer range."),
+    (["train", "--dataset", "digits", "--epochs", "1.5", "--out", "o"], "--epochs"),
+    # inf is refused by the flag's own type, before any library code runs
+    (["fit", "--beta", "inf", "--dry-run"], "Invalid value for '--beta': inf is not a finite number"),
+    (["eval", "--zero-shot", "--id", "x", "--ood", "a=", "--out", "e"], "--ood: 'a=': expected NAME=DIR"),
+    *[(["eval", *given, "--id", "x", "--ood", "a=b", "--out", "e"],
+       "give exactly one of --prompt, --zero-shot or --checkpoint")
+      for given in (["--zero-shot", "--checkpoint", "m.safetensors"], ["--prompt", "p.safetensors", "--zero-shot"])],
+    (["eval", "--checkpoint", "m.safetensors", "--split", "s.txt", "--id", "x", "--ood", "a=b", "--out", "e"],
+     "--split is for the CLIP track"),
 ]
 
 
@@ -181,3 +192,51 @@ def test_ctrl_c_in_a_reproduce_stage_says_to_rerun_reproduce(monkeypatch, tmp_pa
     assert e.value.format_message() == (f"interrupted in the stage {tmp_path / 'run'}; run the same reproduce command "
                                         "again: finished stages are skipped, and an interrupted fit or training "
                                         "resumes")
+
+
+def test_a_usage_error_quoting_a_control_character_is_one_line():
+    """click quotes an unexpected argument as given: a newline or an escape sequence in it would
+    break the one line (or act on the terminal); each is written as its escape."""
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p", "ex\ntra\x1b[31m"])
+    assert res.exit_code == 1 and res.output == "Error: Got unexpected extra argument (ex\\u000atra\\u001b[31m)\n"
+
+
+def test_score_lists_every_skipped_image_on_stderr(monkeypatch):
+    """--skip-unreadable: the count, then one line per skipped image, on stderr (stdout stays clean)."""
+    import clip_smot.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: [("a.png", "a.png: not an image"),
+                                                              ("b.png", "b.png: truncated")])
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+    assert res.exit_code == 0 and res.stdout == ""
+    assert res.stderr == "Skipped 2 unreadable image(s):\n  a.png: not an image\n  b.png: truncated\n"
+
+
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_ctrl_c_in_a_dry_run_names_no_checkpoint(command, monkeypatch, tmp_path):
+    """A dry run writes nothing: its Ctrl-C is the bare line, even where --out holds a run's checkpoint."""
+    import clip_smot.cli as cli_module
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"saved")
+
+    def run(cfg, **kwargs):
+        assert kwargs["dry_run"] is True
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, f"run_{command}", run)
+    res = CliRunner().invoke(cli, [command, "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert res.exit_code == 130 and res.output == "Error: interrupted\n", res.output
+
+
+def test_a_failing_reproduce_stage_is_named_by_its_command_and_out(tmp_path):
+    """reproduce runs many commands: the line of one that fails says which, by its command and --out."""
+    import click
+
+    import clip_smot.cli as cli_module
+
+    out = str(tmp_path / "p.safetensors")
+    with pytest.raises(click.ClickException) as e:
+        cli_module._run_stage(["export", "--checkpoint", "c.pt", "--out", out, "extra"])
+    assert e.value.format_message() == f"clip-smot export --out {out}: Got unexpected extra argument (extra)"
+    assert list(tmp_path.iterdir()) == []

@@ -63,6 +63,9 @@ def one_epoch(tmp_path_factory, imagenet_dir, cam_resnet, tiny_clip_config, tiny
             "--workers", "0", "--out", str(out)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
+    # stdout: the epoch's line, then the prompt written (the progress bar draws on stderr only)
+    epoch = r"epoch 1/1  loss \d+\.\d{4}  lr \S+  \(\d+\.\d s\)"
+    assert re.fullmatch(rf"{epoch}\nprompt: {re.escape(str(out / 'prompt.safetensors'))}\n", res.stdout), res.stdout
     return out
 
 
@@ -122,7 +125,7 @@ def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config,
 def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
                                    "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and res.stdout == f"prompt written to {tmp_path / 'again.safetensors'}\n", res.output
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
     assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
     assert a.classnames == b.classnames and a.config == b.config

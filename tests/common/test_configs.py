@@ -151,6 +151,17 @@ def test_no_cache_turns_the_cache_off():
     assert cli.commands["score"].make_context("score", [*base, "--no-cache"]).params["use_cache"] is False
 
 
+def test_a_setting_decided_by_the_device_has_an_on_and_an_off_flag():
+    """fit's --cuda-graph / --no-cuda-graph and --compile / --no-compile (docs/fit.md): on, off, or
+    neither given (None: the device decides); train's --compile (off by default) is a plain flag."""
+    fit, train = cli.commands["fit"], cli.commands["train"]
+    for name, flag in (("cuda_graph", "--cuda-graph"), ("compile", "--compile")):
+        assert [fit.make_context("fit", list(a)).params[name]
+                for a in ((), (flag,), (f"--no-{flag[2:]}",))] == [None, True, False], name
+    base = ["--dataset", "digits", "--out", "o"]
+    assert [train.make_context("train", [*base, *a]).params["compile_"] for a in ((), ("--compile",))] == [False, True]
+
+
 def test_a_range_violation_on_the_command_line_is_one_line(tmp_path):
     res = CliRunner().invoke(cli, ["score", "--prompt", "p", "--out", str(tmp_path / "o.csv"), "--batch-size", "0",
                                    str(tmp_path)])
