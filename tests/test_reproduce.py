@@ -489,3 +489,319 @@ def test_write_table_cells_csv_and_markdown_by_hand(tmp_path):
         "| WRN-40-2 CE | 49.50 / not run | 91.30 / not run | 95.08 / not run |",
         "",
         "Measured by: `eval-d/`, `eval-missing/`, `eval-r/` (each folder's metrics.json)."]
+
+
+def test_every_stage_gets_the_options_and_data_roots_it_is_given():
+    """Each option reaches every stage it is documented for, once, and each stage reads the data
+    root of its own dataset: ImageNet's val for the CLIP evaluations, --cifar-root for CIFAR
+    trainings, --imagenet for ImageNet-200's."""
+    o = ReproduceOptions(out="/o", imagenet="/in", ood_root="/ood", cifar_root="/c", model="/m/tiny.json",
+                         pretrained="/w.safetensors", cam_model="/cam.safetensors", shots=4, epochs=3, batch_size=8,
+                         precision="fp32", device="cpu", workers=2)
+    run_flags = {"--epochs": "3", "--batch-size": "8", "--precision": "fp32", "--device": "cpu", "--workers": "2"}
+    p = plan("table8", o)
+    for stage in p.stages:
+        argv = list(stage.argv)
+        for flag in ("--model", "--pretrained", "--device", "--workers"):
+            assert argv.count(flag) == 1, (stage.name, flag, argv)
+        assert (_flag(argv, "--model"), _flag(argv, "--pretrained")) == ("/m/tiny.json", "/w.safetensors"), argv
+        assert (_flag(argv, "--device"), _flag(argv, "--workers")) == ("cpu", "2"), argv
+        if stage.command == "fit":
+            assert _flag(argv, "--data") == "/in" and _flag(argv, "--shots") == "4", argv
+            assert _flag(argv, "--cam-model") == "/cam.safetensors", argv
+            assert {f: _flag(argv, f) for f in run_flags} == run_flags, argv
+        else:
+            assert _flag(argv, "--id") == "/in/val", argv
+    assert p.title == "Table 8: ImageNet-1k (ID), CLIP tiny.json, 4 shots"
+    # (the paper's model, when none is given: the zero-shot evaluation names it; the fits take fit's default)
+    p = plan("table8", ReproduceOptions(out="/o", imagenet="/in", ood_root="/ood"))
+    stages = {s.name: list(s.argv) for s in p.stages}
+    assert (_flag(stages["eval-mcm"], "--model"), _flag(stages["eval-mcm"], "--pretrained")) == ("ViT-B-16", "openai")
+    assert "--model" not in stages["fit-smot"] and "--shots" not in stages["fit-smot"]
+    assert p.title == "Table 8: ImageNet-1k (ID), CLIP ViT-B/16, 16 shots"
+
+    for table in ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "table9"):
+        for stage in plan(table, o).stages:
+            argv = list(stage.argv)
+            assert (_flag(argv, "--device"), _flag(argv, "--workers")) == ("cpu", "2"), argv
+            if stage.command == "train":
+                dataset = _flag(argv, "--dataset")
+                assert _flag(argv, "--data") == ("/in" if dataset == "imagenet200" else "/c"), argv
+                assert {f: _flag(argv, f) for f in run_flags} == run_flags, argv
+            else:  # (the ID set of the model it evaluates)
+                trained = Path(_flag(argv, "--checkpoint")).parent.name
+                assert trained == stage.name.replace("eval-", "train-")
+                train = next(list(s.argv) for s in plan(table, o).stages if s.name == trained)
+                assert _flag(argv, "--id") == _flag(train, "--dataset"), argv
+
+
+def test_each_smot_training_takes_its_cams_from_the_base_model_it_is_compared_with():
+    """SMOT masks with the CAMs of a trained cross-entropy model (train --stage smot --cam-model):
+    each SMOT training names the model.safetensors of the base training of its dataset and
+    architecture, in the same OUT."""
+    for table, p in _plans().items():
+        stages = {s.name: list(s.argv) for s in p.stages}
+        smot = [argv for argv in stages.values() if argv[0] == "train" and _flag(argv, "--stage") == "smot"]
+        assert smot or table == "table8", table
+        for argv in smot:
+            cam = Path(_flag(argv, "--cam-model"))
+            assert cam.name == "model.safetensors" and cam.parent.parent == Path("/o"), argv
+            base = stages[cam.parent.name]
+            assert _flag(base, "--stage") == "base", (table, argv)
+            assert (_flag(base, "--dataset"), _flag(base, "--arch")) == (_flag(argv, "--dataset"), _flag(argv, "--arch"))
+
+
+def test_each_evaluation_scores_the_ood_sets_of_its_tables_columns():
+    """The --ood names are the table's column names (paper_tables.csv's ood_set): a set passed
+    under another name (svhn for SVHN) would leave its column without numbers. ImageNet tables:
+    the four ImageNet OOD sets; CIFAR tables: the five CIFAR ones, SVHN the built-in set."""
+    imagenet, cifar = ["iNaturalist", "SUN", "Places", "Textures"], ["Textures", "SVHN", "iSUN", "Places", "LSUN"]
+    for table, p in _plans().items():
+        want = imagenet if table in ("table4", "table8") else cifar
+        assert list(p.ood_sets) == want, table
+        paper = {r["ood_set"] for r in paper_table(TABLES[table][0])} - {"average", "id"}
+        assert paper <= set(want), table
+        for stage in p.stages:
+            if stage.command != "eval":
+                continue
+            argv = list(stage.argv)
+            given = [argv[i + 1] for i, w in enumerate(argv) if w == "--ood"]
+            assert [g.split("=", 1)[0] for g in given] == want, (table, argv)
+            assert [g for g in given if "=" not in g] == (["SVHN"] if want == cifar else [])
+            for g in given:
+                if "=" in g:
+                    assert Path(g.split("=", 1)[1]).parent == Path("/ood"), g
+
+
+def test_the_first_ood_folder_found_under_ood_root_is_used(tmp_path):
+    """docs/reproduce.md: Places (or Places365), Textures (or dtd/images, dtd); the first name
+    found is used: dtd/images (the images of the DTD archive) before dtd itself."""
+    root = tmp_path / "ood"
+    for name in ("iNaturalist", "SUN", "Places365", "dtd/images"):
+        (root / name).mkdir(parents=True)
+
+    def ood_of(p):
+        argv = list(p.stages[-1].argv)
+        return dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+
+    o = ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path), ood_root=str(root))
+    assert ood_of(plan("table8", o)) == {"iNaturalist": str(root / "iNaturalist"), "SUN": str(root / "SUN"),
+                                         "Places": str(root / "Places365"), "Textures": str(root / "dtd" / "images")}
+    (root / "Textures").mkdir()
+    (root / "Places").mkdir()
+    assert ood_of(plan("table8", o))["Textures"] == str(root / "Textures")
+    assert ood_of(plan("table8", o))["Places"] == str(root / "Places")
+
+
+def test_a_missing_cifar_root_is_named_once(tmp_path, monkeypatch):
+    """A --cifar-root that is no folder is one error, not also each torchvision set looked for in it."""
+    from clip_smot.reproduce import run_reproduce
+    from clip_smot.resnet import data
+
+    monkeypatch.setattr(data, "_reachable", lambda host: False)
+    for name in ("Textures", "Places", "LSUN", "iSUN"):
+        (tmp_path / name).mkdir()
+    missing, ran = tmp_path / "nope", []
+    with pytest.raises(UserError) as e:
+        run_reproduce("table2", ReproduceOptions(out=str(tmp_path / "o"), cifar_root=str(missing),
+                                                 ood_root=str(tmp_path)), ran.append, echo=lambda line: None)
+    assert str(e.value) == f"--cifar-root: no such folder: {missing}"
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
+def _table2_fakes(tmp_path, interrupt: set):
+    """Table 2's data folders (empty) under ``tmp_path``, its options, and a stand-in for its
+    stages: a stage named in ``interrupt`` writes its checkpoint.pt and is interrupted (Ctrl-C,
+    the name taken out of ``interrupt``); the others write their final file."""
+    from clip_smot.reproduce import FINAL_FILE
+
+    for name in ("cifar-10-batches-py", "Textures", "Places", "LSUN", "iSUN"):
+        (tmp_path / name).mkdir(exist_ok=True)
+
+    def fake(argv):
+        folder = Path(argv[argv.index("--out") + 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.name in interrupt:
+            interrupt.discard(folder.name)
+            (folder / "checkpoint.pt").write_bytes(b"epoch 1")
+            raise KeyboardInterrupt
+        (folder / FINAL_FILE[argv[0]]).write_text("{}")
+
+    return ReproduceOptions(out=str(tmp_path / "o"), cifar_root=str(tmp_path), ood_root=str(tmp_path)), fake
+
+
+def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp_path, monkeypatch):
+    """A training interrupted mid-way (its checkpoint.pt there, no summary.json) is continued
+    with --resume by the next run, and its dry run says so; the record is written before the
+    stage runs, so an interrupted stage has one. A checkpoint with no record is another command's."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    out, calls = tmp_path / "o", []
+    options, fake = _table2_fakes(tmp_path, {"train-smot"})
+
+    def run(argv):
+        calls.append(list(argv))
+        fake(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table2", options, run, echo=lambda line: None)
+    assert [Path(_flag(c, "--out")).name for c in calls] == ["train-base", "train-smot"]
+    assert (out / "train-smot" / RECORD).is_file() and not (out / "train-smot" / "summary.json").exists()
+    planned = {s.name: list(s.argv) for s in plan("table2", options).stages}
+    lines = []
+    run_reproduce("table2", options, run, dry_run=True, echo=lines.append)
+    assert lines[1] == f"clip-smot {shlex.join(planned['train-smot'] + ['--resume'])}", lines
+    calls.clear()
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert calls[0] == planned["train-smot"] + ["--resume"]
+    assert [c[-1] == "--resume" for c in calls] == [True, False, False, False, False]
+
+    shutil.rmtree(out)  # a checkpoint with no record: not resumed as this stage's
+    options, fake = _table2_fakes(tmp_path, {"train-base"})
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table2", options, fake, echo=lambda line: None)
+    (out / "train-base" / RECORD).unlink()
+    with pytest.raises(UserError, match=rf"^reproduce: {out / 'train-base'} holds a train run with no {RECORD}"):
+        run_reproduce("table2", options, fake, dry_run=True, echo=lambda line: None)
+
+
+@pytest.mark.parametrize("record, why", [
+    ({"argv": ["fit"], "inputs": []}, "inputs is not an object"),
+    ({"argv": ["fit", 1]}, "argv is not a list of strings"),
+    ({"inputs": {}}, "'argv'"),
+])
+def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, record, why):
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "fit-coop" / RECORD).write_text(json.dumps(record))
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'fit-coop' / RECORD} cannot be read ({why}); remove "
+                                f"{out / 'fit-coop'} to run the stage again")
+
+
+def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path):
+    """fit-coop read fit-smot's split.txt; with it deleted (fit-smot's prompt still there) the
+    CoOp prompt can no longer be told to be of that split: refused, before anything runs."""
+    from clip_smot.reproduce import run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "fit-smot" / "split.txt").unlink()
+    ran.clear()
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'fit-coop'} was made from {out / 'fit-smot' / 'split.txt'} as it "
+                                f"was then, which is gone: its numbers would not be of it; remove {out / 'fit-coop'} "
+                                "too, to run the stage again")
+    assert ran == []
+
+
+def test_a_finished_tables_dry_run_lists_each_command_as_done_with_no_caveat(tmp_path):
+    """Every stage finished at the start, its inputs compared then: no "(if ... gives the files)"."""
+    from clip_smot.reproduce import run_reproduce
+
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    lines = []
+    run_reproduce("table8", options, fake, dry_run=True, echo=lines.append)
+    assert lines == [f"# done: clip-smot {shlex.join(s.argv)}" for s in plan("table8", options).stages]
+
+
+def test_an_interrupted_evaluation_of_a_replaced_prompt_runs_again(tmp_path):
+    """An evaluation not finished (its metrics.json never written) holds no numbers to protect:
+    the prompt it will read is compared only once it has finished, so it runs again, of the
+    prompt there now, and its record gets that prompt's hash."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "fit-coop" / "prompt.safetensors").write_bytes(b"exported")
+    (out / "eval-coop" / "metrics.json").unlink()
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-coop"]
+    assert json.loads((out / "eval-coop" / RECORD).read_text())["inputs"] == {
+        "fit-coop/prompt.safetensors": hashlib.sha256(b"exported").hexdigest()}
+
+
+@pytest.mark.parametrize("value, shown", [("true", "True"), ("NaN", "nan"), ("-Infinity", "-inf")])
+def test_a_metric_that_is_no_finite_number_is_refused_in_the_table(tmp_path, value, shown):
+    """metrics.json's true (a bool is an int in Python), NaN and Infinity (Python's json reads both)."""
+    from clip_smot.reproduce import Plan, write_table
+
+    (tmp_path / "eval-r").mkdir()
+    path = tmp_path / "eval-r" / "metrics.json"
+    path.write_text('{"metrics": {"msp": {"average": {"fpr95": %s, "auroc": 90.0}}}, "id_accuracy": 96.5}' % value)
+    with pytest.raises(UserError) as e:
+        write_table("table6", Plan([], {"ResNet18 CE": ("eval-r", "msp")}, ("average",), "T"), tmp_path)
+    assert str(e.value) == (f"{path}: not a readable metrics.json of clip-smot eval (ValueError: fpr95 is {shown}); "
+                            "remove it to run its stage again")
+
+
+def test_a_fit_is_finished_when_its_prompt_records_all_its_epochs(tmp_path):
+    """prompt.safetensors records the epochs its context was trained and the run's (export of an
+    unfinished run's checkpoint: fewer); a prompt that records none (an older clip-smot) is taken
+    as finished; a training or an evaluation is finished when its final file is there."""
+    from safetensors.torch import save_file
+
+    from clip_smot.reproduce import Stage
+
+    fit = Stage("fit-x", ("fit", "--out", str(tmp_path / "fit-x")))
+    assert not fit.finished(tmp_path) and not fit.resumable(tmp_path)
+    (tmp_path / "fit-x").mkdir()
+    prompt = tmp_path / "fit-x" / "prompt.safetensors"
+    for epochs, finished in (((3, 4), False), ((4, 4), True), ((1, 1), True), ((0, 1), False), (None, True)):
+        config = {} if epochs is None else {"run": {"epoch": epochs[0]}, "epochs": epochs[1]}
+        save_file({"ctx": torch.zeros(1)}, str(prompt), metadata={"config": json.dumps(config)})
+        assert fit.finished(tmp_path) == finished, epochs
+    for command, final in (("train", "summary.json"), ("eval", "metrics.json")):
+        stage = Stage(f"{command}-x", (command, "--out", str(tmp_path / f"{command}-x")))
+        (tmp_path / f"{command}-x").mkdir()
+        assert not stage.finished(tmp_path)
+        (tmp_path / f"{command}-x" / final).write_text("{}")
+        assert stage.finished(tmp_path)
+
+
+def test_a_stages_inputs_are_the_files_of_other_stages_folders(tmp_path):
+    """A path in another stage's folder (OUT/<stage>/...) is an input; OUT itself, a folder or
+    file directly in OUT (data kept there) and the stage's own --out are not."""
+    from clip_smot.reproduce import Stage
+
+    out = tmp_path / "o"
+    fit = Stage("fit-coop", ("fit", "--data", str(out / "imagenet"), "--split", str(out / "fit-smot" / "split.txt"),
+                             "--cam-model", str(out / "cam.safetensors"), "--out", str(out / "fit-coop")))
+    assert fit.inputs(out) == [out / "fit-smot" / "split.txt"] and fit.input_stages(out) == {"fit-smot"}
+    own = Stage("eval-x", ("eval", "--prompt", str(out / "eval-x" / "p.safetensors"), "--id", str(out),
+                           "--out", str(out / "eval-x")))
+    assert own.inputs(out) == [] and own.input_stages(out) == set()
+
+
+def test_an_imagenet_root_without_val_is_refused_before_the_fits(tmp_path):
+    """The fits read IMAGENET/train, the evaluations IMAGENET/val: a root with no val/ is one
+    line before hours of fitting, not the first evaluation's failure."""
+    from clip_smot.reproduce import run_reproduce
+
+    for folder in ("imagenet/train", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+    ran = []
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path / "imagenet"),
+                                                 ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
+    assert str(e.value) == f"--imagenet: no such folder: {tmp_path / 'imagenet' / 'val'}"
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
+def test_an_unknown_table_is_one_line_naming_the_tables():
+    with pytest.raises(UserError) as e:
+        plan("table10", ReproduceOptions(out="/o"))
+    assert str(e.value) == ("TABLE table10: not a table this command reproduces (choose from table8, table1, table2, "
+                            "table3, table4, table5, table6, table7, table9)")
