@@ -183,3 +183,141 @@ def test_csv_has_the_average_line_and_markdown_heads_match_their_cells(tmp_path)
                      "average AUROC↑ |")
     assert md[5] == "|---|---|---|---|---|---|---|---|---|"  # (score and 8 value columns)
     assert md[6] == "| msp | 50.00 | 87.50 | 33.33 | 83.33 | 100.00 | 0.00 | 61.11 | 56.94 |"
+
+
+def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch):
+    """A score that is the same for every image (a collapsed model) has a histogram too: its bins
+    are given a width (41 equal edges drew no bar, its densities NaN)."""
+    from matplotlib.axes import Axes
+
+    drawn, real = [], Axes.hist
+
+    def hist(self, x, *a, **k):
+        n, bins, patches = real(self, x, *a, **k)
+        drawn.append((np.asarray(n), np.asarray(bins)))
+        return n, bins, patches
+
+    monkeypatch.setattr(Axes, "hist", hist)
+    report = write_reports(tmp_path, {"msp": np.full(3, 0.5)}, {"a": {"msp": np.full(2, 0.5)}})
+    # every pair tied: AUROC 1/2 (sklearn too); the threshold that keeps all ID keeps every OOD image
+    want = 100 * roc_auc_score([1, 1, 1, 0, 0], np.full(5, 0.5))
+    assert report["metrics"]["msp"]["a"]["auroc"] == pytest.approx(want) == 50.0
+    assert report["metrics"]["msp"]["a"]["fpr95"] == 100.0
+    assert (tmp_path / "scores_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(drawn) == 2
+    for n, bins in drawn:  # each set's density: finite, all of it in the bin of 0.5, integrating to 1
+        assert np.all(np.isfinite(n)) and np.all(np.diff(bins) > 0)
+        assert bins[0] <= 0.5 <= bins[-1] and float(np.sum(n * np.diff(bins))) == pytest.approx(1.0)
+
+
+def test_the_histogram_shows_densities_under_the_title_and_closes_its_figure(tmp_path, monkeypatch):
+    """4 ID scores against 40 OOD ones are drawn as densities (else one set's bars would hide the
+    other's); the title (``$`` escaped, else matplotlib reads math) is the figure's; and the figure
+    is closed, not left in pyplot's list for each evaluation of a process."""
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    hists, titles = [], []
+    real_hist, real_suptitle = Axes.hist, Figure.suptitle
+
+    def hist(self, x, *a, **k):
+        hists.append(k.get("density"))
+        return real_hist(self, x, *a, **k)
+
+    def suptitle(self, t, *a, **k):
+        titles.append(t)
+        return real_suptitle(self, t, *a, **k)
+
+    monkeypatch.setattr(Axes, "hist", hist)
+    monkeypatch.setattr(Figure, "suptitle", suptitle)
+    before = plt.get_fignums()
+    write_reports(tmp_path, {"msp": np.linspace(0.6, 0.9, 4)}, {"a": {"msp": np.linspace(0.0, 0.7, 40)}},
+                  title="Prompt $1.safetensors")
+    assert hists == [True, True]
+    assert titles == [r"Prompt \$1.safetensors"]
+    assert plt.get_fignums() == before
+
+
+def test_extra_entries_and_files_are_written_with_the_metrics(tmp_path):
+    """``extra``: more entries of metrics.json (the model, the prompt); ``files``: more files
+    (config.json), written with the others."""
+    report = write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}},
+                           extra={"model": "ViT-B-16", "prompt": "p.safetensors"},
+                           files={"config.json": '{"run": 1}\n'})
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert (saved["model"], saved["prompt"]) == ("ViT-B-16", "p.safetensors") == (report["model"], report["prompt"])
+    assert (tmp_path / "config.json").read_text() == '{"run": 1}\n'
+
+
+def test_only_the_reports_temporaries_older_than_an_hour_are_removed(tmp_path):
+    """The temporary files of an evaluation killed while writing (``.metrics.csv.*.tmp``) are
+    removed by the next one; those of the last hour may be another evaluation's writes in
+    progress, and other files' temporaries are not the evaluation's: both are kept."""
+    import os
+    import time
+
+    tmp_path.joinpath("eval").mkdir()
+    old, young, other = (tmp_path / "eval" / n for n in (".metrics.csv.k1x.tmp", ".metrics.json.k2y.tmp",
+                                                         ".notes.txt.k3z.tmp"))
+    for path in (old, young, other):
+        path.write_text("half")
+    hours_ago = time.time() - 2 * 3600
+    for path in (old, other):
+        os.utime(path, (hours_ago, hours_ago))
+    os.utime(young, (time.time() - 1800, time.time() - 1800))  # half an hour
+    write_reports(tmp_path / "eval", {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}})
+    assert not old.exists() and young.exists() and other.exists()
+
+
+def test_a_failed_write_keeps_a_folder_that_was_there_and_ctrl_c_removes_one_made(tmp_path, monkeypatch):
+    """The folder made for the files is removed when they are not written (Ctrl-C too); an empty
+    --out folder that was there before stays."""
+    import errno
+    from pathlib import Path
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def ctrl_c(self, *a, **k):
+        raise KeyboardInterrupt
+
+    scores = {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}}
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(UserError, match="No space left"):
+        write_reports(tmp_path / "empty", *scores)
+    assert (tmp_path / "empty").is_dir() and list((tmp_path / "empty").iterdir()) == []
+    monkeypatch.setattr(Path, "write_text", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(tmp_path / "fresh", *scores)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_read_sets_names_each_list_and_folder_read_and_the_digits_folders(tmp_path, monkeypatch):
+    """What eval must not write into: each set's list file (a ROOT::LIST argument's list) or
+    folder, --id-train's too, and every bundled digits folder in the cache."""
+    from clip_smot.common.reports import EvalConfig
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    digits = tmp_path / "cache" / "digits-32"
+    digits.mkdir(parents=True)
+    (tmp_path / "cache" / "other").mkdir()
+    cfg = EvalConfig(id_data=str(tmp_path / "id"), id_train=str(tmp_path / "train"), out=str(tmp_path / "e"),
+                     ood={"a": f"{tmp_path / 'a'}::{tmp_path / 'a.txt'}", "svhn": None})
+    files, folders = cfg.read_sets()
+    assert [name for name, _ in files] == ["--id image list", "--id-train image list", "--ood a image list"]
+    assert files[2] == ("--ood a image list", tmp_path / "a.txt")  # (ROOT::LIST: the list is the file read)
+    assert folders == [("the --id folder", str(tmp_path / "id")), ("the --id-train folder", str(tmp_path / "train")),
+                       ("the --ood a folder", f"{tmp_path / 'a'}::{tmp_path / 'a.txt'}"),
+                       ("the bundled digits folder", digits)]
+
+
+def test_eval_options_default_to_what_the_docs_say():
+    """docs/score.md: eval's --fpr-convention id (the paper's, the default), --batch-size 256,
+    --workers 4 decoding processes, --device auto."""
+    from clip_smot.common.reports import EvalConfig
+
+    cfg = EvalConfig(id_data="digits", ood={}, out="e")
+    assert (cfg.convention, cfg.batch_size, cfg.workers, cfg.device, cfg.id_train, cfg.scores) == (
+        "id", 256, 4, "auto", None, None)
