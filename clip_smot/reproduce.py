@@ -24,7 +24,7 @@ import math
 import os
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
 from clip_smot.common.bundled import bundled_file
@@ -99,8 +99,16 @@ class Stage:
     def resumable(self, out: str | Path) -> bool:
         return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
 
-    def identity(self) -> list[str]:
-        """The command line as two runs of reproduce compare it: without the run-control flags."""
+    def identity(self, out: str | Path) -> list[str]:
+        """The command line as two runs of reproduce compare it: without the run-control flags, and
+        each path under OUT written from OUT (``OUT/fit-coop/prompt.safetensors``), so that OUT may
+        be given another way (relative or absolute) or moved between runs."""
+        root = Path(out)
+        return [(PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix() if root in Path(word).parents
+                else word for word in self._without_run_control()]
+
+    def _without_run_control(self) -> list[str]:
+        """The command line without the run-control flags: what an older reproduce recorded."""
         kept, skip = [], False
         for word in self.argv:
             if skip:  # (the value of a run-control flag)
@@ -131,7 +139,7 @@ class Stage:
         evaluation); only the files of the stages in ``finished`` (None: of every stage, once
         the earlier stages have run). Skipping it as finished would put numbers of other work
         in this table."""
-        folder, planned = self.folder(out), self.identity()
+        folder, planned = self.folder(out), self.identity(out)
         record = folder / RECORD
         if is_file(record, "--out"):
             try:
@@ -144,7 +152,7 @@ class Stage:
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
-            if recorded != planned:
+            if recorded not in (planned, self._without_run_control()):  # (the second: an older record's OUT paths)
                 raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "
                                 f"{shlex.join(recorded)}), not this stage's (clip-smot {shlex.join(planned)}): another "
                                 f"table's or other options; give another --out, or remove {folder}")
@@ -189,7 +197,7 @@ class Stage:
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
-        atomic_write_text(json_text({"argv": self.identity(), "inputs": hashes}), self.folder(out) / RECORD)
+        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes}), self.folder(out) / RECORD)
 
 
 @dataclass

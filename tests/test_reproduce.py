@@ -2,6 +2,7 @@
 killed mid-stage and rerun; the ResNet tables' command lines; the paper's numbers file."""
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -805,3 +806,35 @@ def test_an_unknown_table_is_one_line_naming_the_tables():
         plan("table10", ReproduceOptions(out="/o"))
     assert str(e.value) == ("TABLE table10: not a table this command reproduces (choose from table8, table1, table2, "
                             "table3, table4, table5, table6, table7, table9)")
+
+
+def test_out_given_another_way_or_moved_finds_its_stages_finished(tmp_path, monkeypatch):
+    """A stage's record wrote the paths under OUT as given: eval-coop's `--prompt o/fit-coop/...`
+    made a rerun with OUT absolute (or the folder moved) refuse it as "the work of another command".
+    Records now write them from OUT; a record of an older clip-smot (OUT's paths as given) still
+    matches a rerun that gives OUT as it did."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(options, out="o")
+    run_reproduce("table8", relative, fake, echo=lambda line: None)
+    record = json.loads((tmp_path / "o" / "eval-coop" / RECORD).read_text())["argv"]
+    assert record[record.index("--prompt") + 1] == "OUT/fit-coop/prompt.safetensors"
+    ran.clear()
+    lines = []
+    run_reproduce("table8", dataclasses.replace(options, out=str(tmp_path / "o")), fake, echo=lines.append)
+    (tmp_path / "o").rename(tmp_path / "moved")
+    run_reproduce("table8", dataclasses.replace(options, out="moved"), fake, echo=lines.append)
+    assert ran == [] and sum(line.endswith("is finished; skipped") for line in lines) == 10, lines
+    for name in ("fit-coop", "eval-coop"):  # as an older clip-smot wrote them: OUT's paths as given
+        path = tmp_path / "moved" / name / RECORD
+        old = json.loads(path.read_text())
+        old["argv"] = [w.replace("OUT/", "moved/") for w in old["argv"]]
+        path.write_text(json.dumps(old))
+    lines.clear()
+    run_reproduce("table8", dataclasses.replace(options, out="moved"), fake, echo=lines.append)
+    assert ran == [] and sum(line.endswith("is finished; skipped") for line in lines) == 5, lines
+    with pytest.raises(UserError, match="holds the work of another command"):  # (that record names moved/)
+        run_reproduce("table8", dataclasses.replace(options, out=str(tmp_path / "moved")), fake, echo=lines.append)
