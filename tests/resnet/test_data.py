@@ -242,3 +242,246 @@ def test_class_folders_against_a_class_list_say_what_differs(tmp_path):
         with pytest.raises(UserError) as e:
             rd._folder_split(tmp_path, "--id", classnames)
         assert "class folders do not match the class list (" in str(e.value) and why in str(e.value)
+
+
+def test_the_data_root_is_the_flag_then_clip_smot_data_then_the_home_cache(tmp_path, monkeypatch):
+    """docs/resnet.md: torchvision sets live in --data ROOT, $CLIP_SMOT_DATA, or ~/.cache/clip_smot/datasets."""
+    monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "env"))
+    assert rd.data_root(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert rd.data_root(None) == tmp_path / "env"
+    monkeypatch.delenv("CLIP_SMOT_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert rd.data_root(None) == tmp_path / "home" / ".cache" / "clip_smot" / "datasets"
+
+
+def test_the_probed_hosts_are_those_torchvision_downloads_from(tmp_path, monkeypatch):
+    """The offline probe opens the host and port of torchvision's own download URLs (SVHN's is
+    plain http: port 80)."""
+    from urllib.parse import urlsplit
+
+    import torchvision.datasets as tvd
+
+    def host(url):
+        u = urlsplit(url)
+        return (u.hostname, u.port or {"http": 80, "https": 443}[u.scheme])
+
+    calls = []
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: calls.append(h) or False)
+    for name, cls in (("cifar10", tvd.CIFAR10), ("cifar100", tvd.CIFAR100)):
+        with pytest.raises(UserError, match=f"{name}: not found"):
+            rd.load_id_split(name, str(tmp_path), "val")
+        assert calls.pop() == host(cls.url)
+    with pytest.raises(UserError, match="svhn: not found"):
+        rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
+    assert calls == [host(tvd.SVHN.split_list["test"][0])]
+
+
+def test_a_download_that_fails_is_one_line_naming_the_set_and_the_reason(tmp_path, monkeypatch):
+    """torchvision raises RuntimeError for a download whose checksum does not match."""
+    import torchvision.datasets as tvd
+
+    class BadDownload:
+        def __init__(self, root, download=False, **kwargs):
+            raise RuntimeError("File not found or corrupted." if not download else "md5 mismatch")
+
+    monkeypatch.setattr(tvd, "CIFAR10", BadDownload)
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: True)
+    with pytest.raises(UserError, match=rf"^cifar10: download into {tmp_path} failed \(md5 mismatch\)$"):
+        rd.load_id_split("cifar10", str(tmp_path), "train")
+
+
+def test_torchvision_unavailable_reads_the_test_split_and_probes_only_a_missing_set(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    present, calls = {"test"}, []
+
+    class FakeSVHN:  # (torchvision's contract: RuntimeError when the split's file is missing)
+        def __init__(self, root, download=False, split="train"):
+            if split not in present:
+                raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(tvd, "SVHN", FakeSVHN)
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: calls.append(h) or False)
+    assert rd.torchvision_unavailable("svhn", tmp_path) is None and calls == []  # there: offline or not
+    present.clear()
+    assert rd.torchvision_unavailable("svhn", tmp_path) == (
+        f"svhn is not under {tmp_path} and ufldl.stanford.edu cannot be reached (offline?)")
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: True)
+    assert rd.torchvision_unavailable("svhn", tmp_path) is None  # missing, but it can be downloaded
+    present.add("train")  # only the train split there: the test split is what is read
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: False)
+    assert rd.torchvision_unavailable("svhn", tmp_path) is not None
+
+
+def test_builtin_cifar_sets_keep_their_pixels_labels_split_and_download_choice(tmp_path, monkeypatch):
+    """torchvision's CIFAR arrays are [N, H, W, C]: image k's pixel (y, x) of channel c is
+    data[k, y, x, c]. An ID split takes --input-size; as an OOD set (any case of its name) it is
+    the test split, unlabelled, at the input size; a root a file named is never downloaded into."""
+    from types import SimpleNamespace
+
+    data = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    calls = []
+
+    def fake(name, root, download=True, **kwargs):
+        calls.append((name, download, kwargs))
+        return SimpleNamespace(data=data, classes=["a", "b"], targets=[1, 0, 1])
+
+    monkeypatch.setattr(rd, "_torchvision", fake)
+    s = rd.load_id_split("cifar10", str(tmp_path), "train")
+    assert int(s.images[1, 2, 5, 7]) == int(data[1, 5, 7, 2]) and int(s.images[2, 0, 30, 3]) == int(data[2, 30, 3, 0])
+    assert s.labels.tolist() == [1, 0, 1] and calls.pop() == ("cifar10", True, {"train": True})
+    s = rd.load_id_split("cifar100", str(tmp_path), "val", input_size=16, download=False)
+    assert s.input_size == 16 and tuple(s.images.shape) == (3, 3, 16, 16)
+    assert calls.pop() == ("cifar100", False, {"train": False})
+    s = rd.load_ood_set("CIFAR10", None, 16, data=str(tmp_path), download=False)
+    assert s.name == "CIFAR10" and s.labels.tolist() == [-1, -1, -1] and tuple(s.images.shape) == (3, 3, 16, 16)
+    assert s.input_size == 16 and calls.pop() == ("cifar10", False, {"train": False})
+
+
+def test_a_small_id_folder_is_squashed_bilinearly_to_the_input_size(tmp_path):
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(tmp_path / split / "a" / "0.png")
+    s = rd.load_id_split(None, str(tmp_path), "train", input_size=8)
+    want = np.asarray(Image.open(tmp_path / "train" / "a" / "0.png").resize((8, 8), Image.BILINEAR))  # PIL's
+    assert torch.equal(s.images[0], torch.from_numpy(want.copy()).permute(2, 0, 1))
+
+
+def test_a_folders_input_size_is_32_up_to_64_pixels_on_the_longer_side(tmp_path):
+    for (w, h), want in (((64, 64), 32), ((65, 20), 224), ((20, 65), 224), ((40, 10), 32)):
+        root = tmp_path / f"{w}x{h}"
+        (root / "train" / "a").mkdir(parents=True)
+        Image.new("RGB", (w, h)).save(root / "train" / "a" / "0.png")
+        assert rd.default_input_size(None, str(root)) == want, (w, h)
+    assert [rd.default_input_size(d, None) for d in ("cifar10", "cifar100", "digits", "imagenet200")] == [32, 32, 32, 224]
+
+
+def test_missing_or_unknown_data_is_one_line_naming_what_is_missing(tmp_path):
+    with pytest.raises(UserError, match=r"^--dataset imagenet200 needs --data IMAGENET_DIR"):
+        rd.load_id_split("imagenet200", None, "train")
+    (tmp_path / "in" / "train").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"^--data .*in: no val/ folder inside \(expected .*in/val/<wnid>/\*\.JPEG\)$"):
+        rd.load_id_split("imagenet200", str(tmp_path / "in"), "val")
+    good = tmp_path / "good"
+    for split in ("train", "val"):
+        (good / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(good / split / "a" / "0.png")
+    with pytest.raises(UserError, match=r"^--dataset tinyimagenet: unknown \(choose from cifar10, cifar100, imagenet200"):
+        rd.load_id_split("tinyimagenet", str(good), "train")
+    (tmp_path / "file-train" / "val" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "file-train" / "val" / "a" / "0.png")
+    for root in (tmp_path / "no-train", tmp_path / "file-train"):  # a test split without training images
+        (root / "val" / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / "val" / "a" / "0.png")
+    (tmp_path / "file-train" / "train").write_text("not a folder")
+    for root in (tmp_path / "no-train", tmp_path / "file-train"):
+        with pytest.raises(UserError, match=rf"^--data {root}: no train/ folder inside"):
+            rd.load_id_split(None, str(root), "val", input_size=8)
+    (good / "val" / "a" / "0.png").unlink()
+    (good / "val" / "a").rmdir()
+    (good / "val").rmdir()
+    with pytest.raises(UserError, match=rf"^--data {good}: no val/ folder inside \(expected {good}/val/<class>/<image>\)$"):
+        rd.load_id_split(None, str(good), "val", input_size=8)
+
+
+def test_64_pixel_inputs_are_small_images_decoded_as_the_set_is_loaded(tmp_path):
+    """docs/resnet.md: input sizes up to 64 are decoded once, above by the DataLoader."""
+    import torchvision.transforms as T
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(
+            tmp_path / split / "a" / "0.png")
+    for size, small in ((64, True), (65, False)):
+        s = rd.load_id_split(None, str(tmp_path), "val", input_size=size)
+        c = rd.load_class_folders(tmp_path / "val", ["a"], size, "--id")
+        assert (s.images is not None, c.images is not None) == (small, small), size
+    assert tuple(rd.load_id_split(None, str(tmp_path), "val", input_size=64).images.shape) == (1, 3, 64, 64)
+    im = Image.open(tmp_path / "val" / "a" / "0.png")
+    got = np.asarray(rd._eval_transform(64)(im)).astype(int)  # squashed as the decoded sets are, not cropped
+    assert np.abs(got - np.asarray(T.Resize((64, 64))(im)).astype(int)).max() == 0
+
+
+def test_resampling_may_take_half_the_memory_and_any_amount_when_it_is_unknown(monkeypatch):
+    s = rd.SizedImageSet("x", [], torch.zeros(2, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3,
+                         images=torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    need = 2 * 3 * 16 * 16  # bytes of the set at 16 x 16
+    monkeypatch.setattr(rd, "physical_memory", lambda: 2 * need - 1)
+    with pytest.raises(UserError, match="more than half of this machine's"):
+        rd.resize_set(s, 16)
+    monkeypatch.setattr(rd, "physical_memory", lambda: 2 * need)  # exactly half
+    assert tuple(rd.resize_set(s, 16).images.shape) == (2, 3, 16, 16)
+    monkeypatch.setattr(rd, "physical_memory", lambda: None)  # the OS does not say
+    assert tuple(rd.resize_set(s, 24).images.shape) == (2, 3, 24, 24)
+
+
+def test_each_rank_takes_every_world_th_image_of_the_order_with_its_own_augmentation():
+    """docs/resnet.md: the ranks share each epoch's permutation; crops and flips are seeded by
+    seed, epoch and rank (two ranks do not crop alike)."""
+    n, seed, epoch = 11, 3, 1
+    labels = torch.arange(n)
+    images = torch.randint(0, 256, (n, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(rd.mix_seed(seed, epoch)))
+    for rank in (0, 1):
+        got = list(rd.TensorBatches(images, labels, 2, torch.device("cpu"), seed, pad=2, flip=True, rank=rank,
+                                    world=2).epoch(epoch))
+        assert torch.cat([y for _, y in got]).tolist() == perm[rank::2][:5].tolist()
+        g = torch.Generator().manual_seed(rd.mix_seed(seed, epoch, rank, 1))
+        for x, y in got:
+            assert torch.equal(x, rd.random_crop_flip(images[y], 2, True, g))
+
+
+def test_the_first_unreadable_image_of_a_batch_is_the_one_named(tmp_path):
+    files = []
+    for i in range(3):
+        f = tmp_path / f"{i}.png"
+        Image.new("RGB", (80, 80), (i, i, i)).save(f)
+        files.append(f)
+    for f in files[1:]:
+        f.write_bytes(f.read_bytes()[:60])  # truncated
+    s = rd.SizedImageSet("x", [], torch.full((3,), -1), 72, (0.5,) * 3, (0.5,) * 3, files=files)
+    with pytest.raises(UserError, match=rf"^{files[1]}: unreadable or truncated image"):
+        list(rd.eval_batches(s, 3, torch.device("cpu")))
+
+
+def test_file_batches_under_ddp_give_each_rank_an_equal_disjoint_share_a_new_one_each_epoch(tmp_path):
+    """5 images over 2 ranks: 2 each (the last N mod world of the order are left out), another
+    permutation each epoch (DistributedSampler.set_epoch)."""
+    files = []
+    for i in range(5):
+        Image.new("RGB", (20, 20), (i, 0, 0)).save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    ranks = [rd.FileBatches(files, torch.arange(5), 8, 4, torch.device("cpu"), seed=0, workers=0, rank=r, world=2)
+             for r in range(2)]
+    assert [len(b) for b in ranks] == [1, 1]
+    epochs = []
+    for epoch in range(4):
+        shares = [torch.cat([y for _, y in b.epoch(epoch)]).tolist() for b in ranks]
+        assert [len(s) for s in shares] == [2, 2] and not set(shares[0]) & set(shares[1]), shares
+        epochs.append(shares)
+    assert len({str(e) for e in epochs}) > 1
+
+
+def test_eval_batches_of_files_keep_the_sets_order(tmp_path):
+    files = []
+    for i in range(6):
+        Image.new("RGB", (80, 80), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    s = rd.SizedImageSet("x", ["a", "b"], torch.tensor([0, 1, 1, 0, 1, 0]), 72, (0.5,) * 3, (0.5,) * 3, files=files)
+    batches = list(rd.eval_batches(s, 4, torch.device("cpu")))
+    assert torch.cat([y for _, y in batches]).tolist() == [0, 1, 1, 0, 1, 0]
+    assert [int(x[0, 36, 36]) for xs, _ in batches for x in xs] == [0, 40, 80, 120, 160, 200]
+
+
+def test_the_built_in_photos_and_textures_are_the_digits_ood_folders_of_those_names(tmp_path, monkeypatch):
+    from clip_smot.common import digits
+
+    for name, values in (("photos", (255,)), ("textures", (0, 100))):
+        (tmp_path / "ood" / name).mkdir(parents=True)
+        for j, v in enumerate(values):
+            Image.new("RGB", (32, 32), (v, v, v)).save(tmp_path / "ood" / name / f"{j:04d}.png")
+    monkeypatch.setattr(digits, "ensure_digits", lambda size=32, root=None: tmp_path)
+    s = rd.load_ood_set("Textures", None, 16)
+    assert s.name == "Textures" and s.labels.tolist() == [-1, -1] and tuple(s.images.shape) == (2, 3, 16, 16)
+    assert s.images[:, 0, 0, 0].tolist() == [0, 100]

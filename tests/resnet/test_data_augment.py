@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clip_smot.common.errors import UserError
 from clip_smot.resnet import data as rd
 
 
@@ -70,6 +71,7 @@ def test_imagenet200_uses_imagenet_mean_std(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / "train" / w / "a.JPEG")
     s = rd.load_id_split("imagenet200", str(tmp_path), "train")
     assert s.mean == pytest.approx((0.485, 0.456, 0.406)) and s.std == pytest.approx((0.229, 0.224, 0.225))
+    assert s.input_size == 224 and rd.load_id_split("imagenet200", str(tmp_path), "train", input_size=96).input_size == 96
 
 
 def test_resize_set_is_bilinear_without_corner_alignment():
@@ -121,6 +123,13 @@ def test_digits_train_unflipped_with_a_2_pixel_pad(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
     s = rd.load_id_split("digits", None, "train")
     assert s.flip is False and s.pad == 2 and s.input_size == 32
+    # the test split is normalised with the training split's statistics, and takes a class list
+    pixels = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "digits-32" / "train").rglob("*.png"))])
+    val = rd.load_id_split("digits", None, "val")
+    assert val.mean == pytest.approx(tuple((pixels / 255).mean(axis=(0, 1, 2))), abs=1e-5)
+    assert (val.mean, val.std) == (s.mean, s.std) and len(val) == 1797 - len(s)
+    with pytest.raises(UserError, match="class folders do not match the class list"):
+        rd.load_id_split("digits", None, "val", classnames=["zero", "one"])
 
 
 def test_the_imagenet200_train_transform_is_the_documented_one():
