@@ -22,6 +22,19 @@ def test_digits_folders(tmp_path):
     assert DIGIT_NAMES[digits.target[i]] == p.parent.name
     small = np.asarray(Image.open(p).convert("L").resize((8, 8), Image.BOX), dtype=float)
     assert np.corrcoef(small.ravel(), digits.images[i].ravel())[0, 1] > 0.9
+    # the split is stratified: each digit 25% in val, to within one image
+    for k, name in enumerate(DIGIT_NAMES):
+        n_val, n_all = len(list((root / "val" / name).iterdir())), int((digits.target == k).sum())
+        assert abs(n_val - 0.25 * n_all) <= 1, name
+    # pixels: the 0..16 values scaled to 0..255, upsampled bicubically (PIL's), as grey RGB
+    for p in (train[0], val[-1]):
+        i = int(p.stem)
+        want = Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8)).resize((16, 16), Image.BICUBIC)
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(want.convert("RGB"))), p
+    # the photos are crops of all the sources: grey ones (camera, moon, ...) and colour ones
+    grey = [bool((lambda a: (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())(
+        np.asarray(Image.open(f)))) for f in sorted((root / "ood" / "photos").glob("*.png"))]
+    assert 0 < sum(grey) < len(grey)
     for name in ("photos", "textures"):
         files = list((root / "ood" / name).glob("*.png"))
         assert len(files) == 300 and Image.open(files[0]).size == (16, 16)
@@ -120,3 +133,70 @@ def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_no_partial_folder
                                         r"write the bundled digits to .*digits-8 \(Permission denied\)"):
         ensure_digits(size=8)
     assert not (tmp_path / "home").exists()
+
+
+
+def test_written_folders_are_the_digits_folders_of_every_size(tmp_path, monkeypatch):
+    from clip_smot.common.digits import written_folders
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
+    for name in ("digits-8", "digits-32", "features"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "digits-16").write_text("a file, not a digits folder")
+    assert written_folders() == [("the bundled digits folder", tmp_path / "digits-32"),
+                                 ("the bundled digits folder", tmp_path / "digits-8")]
+
+
+def test_a_marker_of_another_size_or_version_is_written_again(tmp_path, monkeypatch):
+    from clip_smot.common import digits
+
+    writes = []
+    monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
+    root = tmp_path / "d"
+    root.mkdir()
+    for marker, rewritten in (({"version": 1, "size": 16}, False), ({"version": 1, "size": 8}, True),
+                              ({"version": 0, "size": 16}, True), ({"size": 16}, True)):
+        (root / "digits.json").write_text(json.dumps(marker))
+        writes.clear()
+        assert digits.ensure_digits(size=16, root=root) == root
+        assert writes == ([16] if rewritten else []), marker
+
+
+def test_write_digits_takes_its_seed_and_number_of_ood_images(tmp_path, monkeypatch):
+    """(on the first 200 digits, for speed)"""
+    from types import SimpleNamespace
+
+    import sklearn.datasets
+
+    from clip_smot.common.digits import write_digits
+
+    full = load_digits()
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda: SimpleNamespace(images=full.images[:200], target=full.target[:200]))
+    roots = [write_digits(tmp_path / f"s{seed}", size=8, n_ood=5, seed=seed) for seed in (0, 1)]
+    vals = [sorted(p.name for p in (r / "val").rglob("*.png")) for r in roots]
+    assert len(vals[0]) == len(vals[1]) == 50 and vals[0] != vals[1]
+    for name in ("photos", "textures"):
+        assert [sorted(p.name for p in (r / "ood" / name).iterdir()) for r in roots] == [
+            [f"{j:04d}.png" for j in range(5)]] * 2
+    crops = [[np.asarray(Image.open(r / "ood" / "photos" / f"{j:04d}.png")) for j in range(5)] for r in roots]
+    assert not all(np.array_equal(a, b) for a, b in zip(*crops))  # other crops from another seed
+    assert json.loads((roots[1] / "digits.json").read_text()) == {"version": 1, "size": 8, "n_ood": 5, "seed": 1}
+
+
+def test_a_set_another_process_wrote_while_this_one_waited_for_the_lock_is_reused(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from clip_smot.common import digits
+
+    root, writes = tmp_path / "d", []
+
+    @contextmanager
+    def lock_got_after_another_wrote(path):
+        root.mkdir()
+        (root / "digits.json").write_text(json.dumps({"version": 1, "size": 16}))
+        yield
+
+    monkeypatch.setattr(digits, "file_lock", lock_got_after_another_wrote)
+    monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
+    assert digits.ensure_digits(size=16, root=root) == root and writes == []
