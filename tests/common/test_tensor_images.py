@@ -97,3 +97,50 @@ def test_by_size_calls_the_function_once_a_size_and_keys_its_rows():
     out = by_size(images, fn)
     assert sorted(calls) == [(1, 3, 2, 9), (2, 3, 6, 6), (3, 3, 5, 7)]
     assert {k: int(v) for k, v in out.items()} == {k: 10 * k for k in images}
+
+
+def test_is_jpeg_allows_up_to_twice_pils_pixel_limit_as_pil_does(monkeypatch):
+    """PIL refuses an image of more than 2 * MAX_IMAGE_PIXELS pixels (DecompressionBombError) and
+    none when the limit is None: is_jpeg draws the line where PIL does."""
+    data = _jpeg(Image.new("RGB", (40, 30)))  # 1200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
+    with pytest.warns(Image.DecompressionBombWarning):  # (PIL warns, but opens it: 1200 = 2 * 600)
+        Image.open(io.BytesIO(data)).load()
+    assert ti.is_jpeg(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 599)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    assert not ti.is_jpeg(data)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert ti.is_jpeg(data)
+
+
+def test_frame_size_walks_fill_bytes_and_progressive_headers_and_stops_at_bad_ones():
+    im = Image.new("RGB", (40, 30))
+    data = _jpeg(im)
+    sof = data.index(b"\xff\xc0")
+    filled = data[:sof] + b"\xff" + data[sof:]  # a fill byte before a marker (JPEG B.1.1.2)
+    assert Image.open(io.BytesIO(filled)).size == (40, 30) and ti._frame_size(filled) == (40, 30)
+    progressive = _jpeg(im, progressive=True)
+    assert b"\xff\xc2" in progressive and ti._frame_size(progressive) == (40, 30)
+    frame = b"\xff\xc0\x00\x11\x08\x00\x1e\x00\x28\x03" + b"\x01\x11\x00\x02\x11\x01\x03\x11\x01"  # 40 x 30
+    assert ti._frame_size(b"\xff\xd8" + frame) == (40, 30)
+    assert ti._frame_size(b"\xff\xd8\xff\xc0\x00\x02\x08\x00\x1e\x00\x28\x03") is None  # a frame header too short
+    assert ti._frame_size(b"\xff\xd8\xff\xda\x00\x02" + frame) is None  # scan data before any frame header
+
+
+def test_grey_jpegs_decode_as_rgb_alone_or_beside_a_bad_file():
+    grey = _jpeg(Image.new("L", (12, 8), 90))
+    raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (grey, grey[:40])]
+    alone = ti.decode_jpegs(raws[:1], "cpu")[0]
+    out = ti.decode_jpegs(raws, "cpu")  # (the batch fails: each file alone)
+    assert out[1] is None
+    for x in (alone, out[0]):
+        assert x.shape == (3, 8, 12) and abs(int(x.float().mean()) - 90) <= 2
+
+
+def test_by_size_groups_by_height_and_width():
+    images = {0: torch.zeros(3, 5, 7, dtype=torch.uint8), 1: torch.ones(3, 6, 7, dtype=torch.uint8)}
+    calls = []
+    out = ti.by_size(images, lambda b: calls.append(tuple(b.shape)) or b.float().mean(dim=(1, 2, 3)))
+    assert sorted(calls) == [(1, 3, 5, 7), (1, 3, 6, 7)] and {k: float(v) for k, v in out.items()} == {0: 0.0, 1: 1.0}
