@@ -686,6 +686,152 @@ def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
     assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
 
 
+def _three_images(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def _files_swapped(h):
+    paths = json.loads(h["__metadata__"]["paths"])
+    h["__metadata__"]["paths"] = json.dumps([paths[1], paths[0], *paths[2:]])
+
+
+def _global_as_int32(h):
+    h["global"]["dtype"] = "I32"  # (the same bytes and shape, read as other numbers)
+
+
+def _local_bytes_flipped(entry: bytes) -> bytes:
+    n = int.from_bytes(entry[:8], "little")
+    start = 8 + n + json.loads(entry[8:8 + n])["local"]["data_offsets"][0]
+    data = bytearray(entry)
+    for i in range(start, start + 64):  # the first patch of the first image (float16)
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: _with_header(b, _files_swapped), lambda b: _with_header(b, _global_as_int32), _local_bytes_flipped,
+], ids=["files-swapped", "global-as-int32", "local-bytes"])
+def test_a_cache_entry_changed_anywhere_the_checksum_covers_is_encoded_again(tmp_path, tiny, capsys, damage):
+    """The checksum covers the metadata (the files' order: swapped, each image would get the
+    other's features), each tensor's dtype, and every tensor read: the local features' bytes too
+    when only they changed."""
+    from clip_smot.clip.features import cache_dir, encode_files
+
+    paths = _three_images(tmp_path)
+    fresh = encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cache_dir().glob("*.safetensors")
+    entry.write_bytes(damage(entry.read_bytes()))
+    capsys.readouterr()
+    again = encode_files(tiny, paths, local=True, workers=0)
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (its checksum does not match "
+                                       "its contents); its images are encoded again\n")
+    assert again.paths == paths and again.global_.dtype == torch.float32
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+
+
+def test_a_cache_entry_of_non_finite_features_is_encoded_again_even_with_its_checksum(tmp_path, tiny, capsys):
+    """An entry holding NaN with a checksum that matches (as the writer would have made it) is
+    still not used: non-finite features are never used."""
+    from clip_smot.clip import features as cf
+
+    paths = _three_images(tmp_path)
+    fresh = cf.encode_files(tiny, paths, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    bad = fresh.global_.clone()
+    bad[1, 0] = float("nan")
+    cf._write_cache(entry, cf.ImageFeatures(fresh.paths, bad, None, []))
+    capsys.readouterr()
+    again = cf.encode_files(tiny, paths, workers=0)
+    assert "is damaged (its features are not finite); its images are encoded again" in capsys.readouterr().err
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_entries_without_local_features_or_readable_files_are_read_without_a_note(tmp_path, tiny, capsys, monkeypatch):
+    """Local features asked of an entry of global ones alone are encoded, with no note of damage;
+    an entry of files none of which is readable (local features [0, 0, e]) is read as it is."""
+    from clip_smot.clip import features as cf
+
+    paths = _three_images(tmp_path)
+    cf.encode_files(tiny, paths, workers=0)
+    with_local = cf.encode_files(tiny, paths, local=True, workers=0)
+    assert with_local.local.shape[:2] == (3, math.prod(tiny.model.visual.grid_size))
+    bad = [tmp_path / "a.png", tmp_path / "b.png"]
+    for f in bad:
+        f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    none = cf.encode_files(tiny, bad, local=True, workers=0, skip_unreadable=True)
+    assert none.paths == [] and none.local.shape == (0, 0, 32)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cf, "_encode", lambda *a, **k: pytest.fail("encoded again"))
+    again = cf.encode_files(tiny, bad, local=True, workers=0, skip_unreadable=True)
+    assert again.paths == [] and again.skipped == none.skipped and capsys.readouterr().err == ""
+
+
+def test_an_entry_with_skipped_files_is_read_and_names_them_as_asked(tmp_path, tiny, capsys, monkeypatch):
+    """Unreadable files in the first and second batches: each file keeps its own features and name;
+    the entry then serves the same files (the skipped ones included) without encoding, naming them
+    as spelt now."""
+    from clip_smot.clip import features as cf
+
+    good = _three_images(tmp_path)
+    broken = [tmp_path / "broken1.png", tmp_path / "broken2.png"]
+    for f in broken:
+        f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    paths = [good[0], str(broken[0]), good[1], str(broken[1]), good[2]]  # batches of 2: one broken in each of two
+    first = cf.encode_files(tiny, paths, batch_size=2, workers=0, skip_unreadable=True)
+    assert first.paths == good and [s[0] for s in first.skipped] == [str(f) for f in broken]
+    assert all(str(f) in why for f, (_, why) in zip(broken, first.skipped))
+    alone = cf.encode_files(tiny, good, workers=0, use_cache=False)
+    torch.testing.assert_close(first.global_, alone.global_, rtol=0, atol=0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cf, "_encode", lambda *a, **k: pytest.fail("encoded again"))
+    capsys.readouterr()
+    relative = [os.path.basename(p) for p in paths]
+    again = cf.encode_files(tiny, relative, batch_size=2, workers=0, skip_unreadable=True)
+    assert capsys.readouterr().err == ""
+    assert again.paths == ["0.png", "1.png", "2.png"]
+    assert again.skipped == [("broken1.png", first.skipped[0][1]), ("broken2.png", first.skipped[1][1])]
+    torch.testing.assert_close(again.global_, first.global_, rtol=0, atol=0)
+
+
+def test_the_shares_of_a_torchrun_join_in_order_with_every_skipped_file():
+    """Each process's share as one: a share with no readable file (local features [0, 0, e]) adds
+    its skipped files and nothing else."""
+    from clip_smot.clip.features import ImageFeatures, _join
+
+    g = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
+    l = F.normalize(torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(1)), dim=-1).half()
+    parts = [ImageFeatures(["a", "b"], g[:2], l[:2], [("x", "x: unreadable")]),
+             ImageFeatures([], torch.zeros(0, 32), torch.zeros(0, 0, 32, dtype=torch.float16), [("y", "y: unreadable")]),
+             ImageFeatures(["c"], g[2:], l[2:], [])]
+    whole = _join(parts)
+    assert whole.paths == ["a", "b", "c"] and whole.skipped == [("x", "x: unreadable"), ("y", "y: unreadable")]
+    assert torch.equal(whole.global_, g) and torch.equal(whole.local, l)
+
+
+def test_non_finite_features_name_the_weights_the_count_and_the_first_bad_image(tiny, tiny_clip_config):
+    import re
+
+    from clip_smot.clip import features as cf
+
+    g, l = torch.zeros(3, 4), torch.zeros(3, 2, 4)
+    cf._check_finite(tiny, g, l, ["a.png", "b.png", "c.png"])  # finite: nothing to say
+    l[2, 1, 3] = float("inf")  # (the global features finite)
+    head = rf"^--pretrained {re.escape(tiny.pretrained)}: the image encoder of {tiny.name} gives non-finite features "
+    with pytest.raises(UserError, match=head + r"\(1 of 3 images, first c\.png\); its weights hold NaN or inf"):
+        cf._check_finite(tiny, g, l, ["a.png", "b.png", "c.png"])
+    g[1, 0] = float("nan")
+    with pytest.raises(UserError, match=head + r"\(2 of 3 images, first b\.png\)"):
+        cf._check_finite(tiny, g, l, ["a.png", "b.png", "c.png"])
+    assert cf.weights_flag(load_clip(tiny_clip_config, None)) == "--pretrained (none: random weights)"
+    with pytest.raises(UserError, match=r"^no image files to encode$"):
+        cf.encode_files(tiny, [], workers=0)
+
+
 def _weights_with(tmp_path, checkpoint, key, value):
     """A copy of the tiny checkpoint with ``key`` set to ``value`` (every element)."""
     from safetensors.torch import load_file, save_file
@@ -752,6 +898,22 @@ def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert res.output.startswith("Error: none of the 2 image(s) could be read; the first: ") and "broken.png" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "none.csv").exists()
+
+
+def test_score_paths_leaves_out_an_argument_with_no_readable_file_and_refuses_when_none_has_one(tmp_path, tiny):
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    bad, bad2 = tmp_path / "broken.png", tmp_path / "broken2.png"
+    for f in (bad, bad2):
+        f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    alone = scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False)
+    both = scorer.score_paths([bad, id_dir], ["mcm"], workers=0, use_cache=False, skip_unreadable=True)
+    assert both.paths == alone.paths and [s[0] for s in both.skipped] == [str(bad)]
+    assert both.scores["pred_index"].dtype == torch.int64 and torch.equal(both.scores["pred_index"],
+                                                                          alone.scores["pred_index"])
+    torch.testing.assert_close(both.scores["mcm"], alone.scores["mcm"], rtol=0, atol=0)
+    with pytest.raises(UserError, match=r"^none of the 2 image\(s\) could be read; the first: .*broken\.png"):
+        scorer.score_paths([bad, bad2], ["mcm"], workers=0, use_cache=False, skip_unreadable=True)
 
 
 def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):

@@ -46,3 +46,137 @@ def test_scorer_cosines_and_logits_are_open_clips(tiny):  # noqa: F811
     torch.testing.assert_close(scorer.cosine(images), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scorer.logits(images), scale * want, atol=1e-4, rtol=1e-5)
     assert abs(scale - 1.0) > 1e-3  # (the check above would not tell exp(logit_scale) from 1)
+
+
+def _unit(rows, seed):
+    return F.normalize(torch.randn(rows, 32, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_the_scorers_precision_reaches_its_cosines_and_odin(tiny, monkeypatch):  # noqa: F811
+    """precision bf16: the image encoder runs under bfloat16 autocast for cosine (and logits) and
+    for ODIN's two passes, not only for files' features."""
+    from clip_smot.clip import features
+
+    g = torch.Generator().manual_seed(1)
+    text = torch.randn(3, tiny.config["embed_dim"], generator=g)
+    images = torch.rand(2, 3, 32, 32, generator=g)  # in [0, 1], the tiny model's size
+    mean, std = torch.tensor(tiny.mean).view(1, 3, 1, 1), torch.tensor(tiny.std).view(1, 3, 1, 1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        f = tiny.model.encode_image((images - mean) / std)
+    want = F.normalize(f.float(), dim=-1) @ F.normalize(text, dim=-1).T
+    bf16 = PromptScorer(tiny, text, ["a", "b", "c"], precision="bf16").cosine(images)
+    fp32 = PromptScorer(tiny, text, ["a", "b", "c"], precision="fp32").cosine(images)
+    err, gap = (bf16 - want).abs().max().item(), (fp32 - want).abs().max().item()
+    assert err < gap / 10, (err, gap)
+    seen, real = [], features.autocast
+    monkeypatch.setattr(features, "autocast", lambda device, precision, *a, **k: seen.append(precision)
+                        or real(device, precision, *a, **k))
+    PromptScorer(tiny, text, ["a", "b", "c"], precision="bf16").odin((images - mean) / std)
+    assert seen == ["bf16", "bf16"]  # the pass for the gradient, the pass on the perturbed images
+
+
+def test_parse_scores_lowers_strips_and_drops_repeats_and_empty_names():
+    from clip_smot.clip.scorer import parse_scores
+    from clip_smot.common.errors import UserError
+
+    assert parse_scores(None) == ["mcm"]
+    assert parse_scores(" MCM, energy,,mcm ,Energy") == ["mcm", "energy"]
+    assert parse_scores(["GL-MCM", "odin", ""]) == ["gl-mcm", "odin"]
+    with pytest.raises(UserError, match=r"^--scores: no score given \(known: mcm, msp, energy, "):
+        parse_scores(" , ")
+    with pytest.raises(UserError, match=r"^--x: unknown score 'auroc' \(known: mcm, "):
+        parse_scores("mcm,auroc", flag="--x")
+
+
+def test_fit_id_train_needs_k_images_for_knn_and_a_residual_for_vim():
+    from clip_smot import scores as S
+    from clip_smot.clip.scorer import fit_id_train
+    from clip_smot.common.errors import UserError
+
+    x, text = _unit(S.KNN_K, 1), _unit(3, 2)
+    torch.testing.assert_close(fit_id_train(x, text, 50.0, ["knn"])["knn_bank"], x)  # exactly k images: enough
+    with pytest.raises(UserError, match=rf"^--id-train: knn needs at least {S.KNN_K} ID training images, "
+                                        rf"found {S.KNN_K - 1}$"):
+        fit_id_train(x[1:], text, 50.0, ["knn"])
+    with pytest.raises(UserError, match=r"^--id-train: vim needs more \(and more varied\) training images"):
+        fit_id_train(x[:3], text, 50.0, ["vim"])  # 3 images, principal dimension 16 of 32: no residual
+    with pytest.raises(ValueError, match=r"^knn needs statistics of ID training features"):
+        scores_from_features(x[:2], text, 50.0, ["mcm", "knn"], fitted={"react_threshold": 1.0})
+
+
+def test_score_defaults_to_four_scores_and_refuses_unfitted_and_non_finite_ones(tiny):  # noqa: F811
+    from clip_smot.clip.scorer import _check_finite_scores
+    from clip_smot.common.errors import UserError
+
+    scorer = PromptScorer(tiny, _unit(3, 3), ["a", "b", "c"], precision="fp32")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))  # preprocessed
+    assert list(scorer.score(x)) == ["mcm", "msp", "energy", "maxlogit", "pred_index"]
+    with pytest.raises(UserError, match=r"^--scores knn,vim: needs features of ID training images"):
+        scorer.score(x, ["mcm", "knn", "vim"])
+    scorer.logit_scale = torch.tensor(float("inf"))
+    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 2 images, first image 0: inf\)$"):
+        scorer.score(x, ["mcm", "energy"])
+    out = {"mcm": torch.tensor([0.5, 0.7, 0.2]), "energy": torch.tensor([1.0, float("nan"), -float("inf")])}
+    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 3 images, first b\.png: nan\)$"):
+        _check_finite_scores(out, ["mcm", "energy"], ["a.png", "b.png", "c.png"])
+
+
+def test_text_features_must_be_one_finite_row_per_class(tiny):  # noqa: F811
+    import re
+
+    from clip_smot.common.errors import UserError
+
+    text = _unit(3, 5)
+    with pytest.raises(ValueError, match=r"text_features \(3, 32\) do not match 2 class names"):
+        PromptScorer(tiny, text, ["a", "b"])
+    text[1, 4] = float("nan")
+    with pytest.raises(UserError, match=rf"^--pretrained {re.escape(tiny.pretrained)}: the text features are not "
+                                        r"finite \(1 of 3 classes, first 'b'\); the text encoder's weights"):
+        PromptScorer(tiny, text, ["a", "b", "c"])
+
+
+def test_odin_of_files_names_an_unreadable_one(tiny, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from clip_smot.common.errors import UserError
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("RGB", (40, 36), (200, 30, 30)).save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    scorer = PromptScorer(tiny, _unit(3, 6), ["a", "b", "c"], precision="fp32")
+    assert scorer.odin_files([str(good)], workers=0).shape == (1,)
+    with pytest.raises(UserError, match="bad.png"):
+        scorer.odin_files([str(good), str(bad)], workers=0)
+
+
+def test_zero_shot_prompts_fill_the_template_given(tiny_clip_config, tiny_clip_checkpoint):
+    clip_names = ["red", "green"]
+    scorer = PromptScorer.zero_shot(clip_names, model=tiny_clip_config, pretrained=tiny_clip_checkpoint, device="cpu",
+                                    template="a blurry photo of a {c}.")
+    model = scorer.clip.model
+    with torch.no_grad():
+        want = F.normalize(model.encode_text(scorer.clip.tokenizer(["a blurry photo of a red.",
+                                                                    "a blurry photo of a green."])).float(), dim=-1)
+        plain = F.normalize(model.encode_text(scorer.clip.tokenizer(["a photo of a red.", "a photo of a green."])).float(),
+                            dim=-1)
+    torch.testing.assert_close(scorer.text_features, want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(want, plain, atol=1e-3)
+    assert scorer.source == "zero-shot prompts 'a blurry photo of a {c}.'"
+
+
+@pytest.mark.parametrize("pretrained, sha", [("../weights/model.bin", "ab" * 32), ("hf-hub:someone/weights", "")])
+def test_a_prompts_recorded_weights_must_be_a_plain_name(tmp_path, pretrained, sha):
+    """A prompt's stored checkpoint name (or tag) joins a folder: one with a folder in it, or an
+    open_clip schema, is refused, naming the prompt."""
+    import re
+    from types import SimpleNamespace
+
+    from clip_smot.clip.scorer import resolve_pretrained
+    from clip_smot.common.errors import UserError
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.bin").write_bytes(b"weights")
+    prompt = SimpleNamespace(pretrained=pretrained, checkpoint_sha256=sha, path=str(tmp_path / "run" / "p.safetensors"))
+    with pytest.raises(UserError, match=rf"^--prompt {re.escape(prompt.path)}: metadata 'pretrained': "
+                                        rf"'{re.escape(pretrained)}' is not a plain name .*; pass --pretrained$"):
+        resolve_pretrained(prompt)
