@@ -161,6 +161,20 @@ def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
     assert (pil.int() - jpeg.int()).abs().max() <= 1
 
 
+def test_fit_decoding_in_several_device_batches_hashes_every_file(tmp_path, monkeypatch):
+    """The tensor path reads and decodes a batch of files at a time: the hash is still sha256sum's
+    listing of every file, and the squares those of one batch."""
+    from clip_smot.clip import fewshot
+
+    files = [p.rsplit("/", 1)[1] for p in _images(tmp_path)]
+    whole, h1 = decode_and_hash(tmp_path, files, 24, workers=0, device="cpu")
+    monkeypatch.setattr(fewshot, "_JPEG_BATCH", 2)  # six files: three batches
+    squares, h2 = decode_and_hash(tmp_path, files, 24, workers=0, device="cpu")
+    listing = "".join(f"{hashlib.sha256((tmp_path / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    assert h1 == h2 == hashlib.sha256(listing.encode()).hexdigest()
+    assert torch.equal(squares, whole)
+
+
 def test_a_decode_choice_where_a_decoder_is_meant_is_refused(tiny, tmp_path):
     """encode_files and image_batches take what resolve_decode gives (pil, jpeg): a --decode
     choice passed there is a ValueError, not PIL pixels cached under a jpeg key."""

@@ -93,3 +93,51 @@ def test_folders_that_are_not_all_wnids_are_plain_classes(tmp_path):
     classes = resolve_classes(tmp_path)
     assert classes.folders == ("my_cat", "n01440764")
     assert classes.classnames == ("my cat", "n01440764") and classes.imagenet_index is None
+
+
+def test_read_split_refuses_labels_out_of_range_a_line_without_a_tab_and_no_images(tmp_path):
+    """Labels run from 0 to K - 1: K was an IndexError traceback, and -1 read as the last class
+    (its image lies in the last class's folder); a line without a tab is malformed even when its
+    text is a number; a file of blank lines lists no images."""
+    import re
+
+    import pytest
+
+    from clip_smot.clip.fewshot import read_split
+    from clip_smot.common.errors import UserError
+
+    _folder_dataset(tmp_path / "data")
+    classes = resolve_classes(tmp_path / "data")
+    split = tmp_path / "split.txt"
+    drawn = draw_split(classes, 2, 0)
+    split.write_text(split_text(drawn))
+    assert read_split(split, classes) == drawn
+    for text, error in [("zebra_fish/a.png\t3\n", "split.txt:1: label 3 is out of range for 3 classes"),
+                        ("zebra_fish/a.png\t-1\n", "split.txt:1: label -1 is out of range for 3 classes"),
+                        ("0\n", "split.txt:1: expected 'relative/path<TAB>label', got '0'"),
+                        ("\n  \n", "split.txt: the split file lists no images")]:
+        split.write_text(text)
+        with pytest.raises(UserError, match=rf"^--split {re.escape(str(tmp_path))}/{re.escape(error)}$"):
+            read_split(split, classes)
+
+
+def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_floor_of_half_the_margin(tmp_path):
+    """The shorter side resized to ``size`` (the other side rounded: 37 x 20 to 30 x 16, not 29), by
+    PIL's bicubic filter, then the square at floor(margin / 2) from the left or top (a margin of 15
+    pixels leaves 7 on the left, 8 on the right)."""
+    from PIL import Image
+
+    from clip_smot.clip.fewshot import decode_images
+
+    rng = np.random.default_rng(0)
+    cases = {"wide.png": ((20, 37), (30, 16), (7, 0)), "odd.png": ((20, 39), (31, 16), (7, 0)),
+             "tall.png": ((39, 20), (16, 31), (0, 7))}
+    expected = []
+    for name, ((h, w), new, (left, top)) in cases.items():
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        image.save(tmp_path / name)
+        square = np.asarray(image.resize(new, Image.BICUBIC))[top:top + 16, left:left + 16]
+        expected.append(square.transpose(2, 0, 1))
+    got = decode_images(tmp_path, list(cases), 16, workers=0)
+    assert got.shape == (3, 3, 16, 16)
+    np.testing.assert_array_equal(got.numpy(), np.stack(expected))
