@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +113,7 @@ def test_offsets_take_every_position_that_fits():
     assert torch.equal(h, torch.full((1000,), 9.0)) and torch.equal(w, torch.full((1000,), 9.0))
     assert set(top.tolist()) == {0.0, 1.0} and set(left.tolist()) == {0.0, 1.0}
     assert 0.4 < (top == 1).float().mean() < 0.6 and 0.4 < (left == 1).float().mean() < 0.6
+    assert 0.4 < (top != left).float().mean() < 0.6  # drawn independently
 
 
 def test_no_candidate_fits_a_tall_image_falls_back_to_the_centre():
@@ -120,3 +122,113 @@ def test_no_candidate_fits_a_tall_image_falls_back_to_the_centre():
     # top = (100 - 4) // 2 = 48, left = (3 - 3) // 2 = 0.
     boxes, _ = sample_crops(4, 100, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(boxes, torch.tensor([[48.0, 0.0, 4.0, 3.0]]).repeat(4, 1))
+
+
+def _torchvision_boxes(n, height, width, scale, ratio, seed=0):
+    """torchvision's own RandomResizedCrop.get_params, n times (global RNG forked and restored)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    img = torch.zeros(1, height, width)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torch.tensor([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)],
+                            dtype=torch.float32)  # [n, 4] (top, left, h, w)
+
+
+@pytest.mark.parametrize("height, width, scale", [
+    (1, 100, (0.08, 1.0)), (100, 3, (0.08, 1.0)), (101, 3, (0.08, 1.0)), (3, 101, (0.08, 1.0)),
+    (4, 5, (0.001, 0.002)),  # in range (5/4), every candidate rounds to 0 px: the whole image
+    (3, 3, (0.01, 0.02)),
+])
+def test_fallback_boxes_are_torchvisions(height, width, scale):
+    # no candidate fits: the box is torchvision's fallback (a deterministic one), floor-centred
+    expected = _torchvision_boxes(1, height, width, scale, (3 / 4, 4 / 3))[0]
+    boxes, _ = sample_crops(8, height, width, scale=scale, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, expected.repeat(8, 1))
+    assert (boxes[:, 2:] > 0).all()
+
+
+def test_ten_tries_before_the_fallback_as_torchvision():
+    # 10 x 20, ratio 1: a candidate of side round(sqrt(200 u)) fits when 200 u < 10.5^2, i.e. with
+    # p = (110.25 - 16) / 184 = 0.512 for scale (0.08, 1). The fallback (10 x 10 at left 5) is then
+    # taken with (1 - p)^10 = 0.0008 (one try only: 0.488); a fitting 10 x 10 candidate lands at
+    # left 5 with (20 / 184) / p / 11 = 0.019. Either way ~2% of the boxes, as torchvision's.
+    n = 4000
+    ours, _ = sample_crops(n, 10, 20, ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    theirs = _torchvision_boxes(n, 10, 20, (0.08, 1.0), (1.0, 1.0))
+
+    def centred(b):
+        return ((b[:, 2] == 10) & (b[:, 3] == 10) & (b[:, 1] == 5)).float().mean().item()
+
+    p = (110.25 - 16) / 184
+    expected = (1 - p) ** 10 + (1 - (1 - p) ** 10) * (20 / 184) / p / 11
+    assert abs(centred(ours) - expected) < 0.012 and abs(centred(theirs) - expected) < 0.012  # std ~0.0022
+    # and the sides are distributed as torchvision's (means within ~5 std of each other)
+    assert abs(ours[:, 2].mean() - theirs[:, 2].mean()) < 0.2
+
+
+def test_sides_are_rounded_as_torchvision():
+    # scale 0.7396 of 10 x 10 at ratio 1: sqrt(73.96) = 8.6 -> 9 px (int(round()), not 8)
+    boxes, _ = sample_crops(50, 10, 10, scale=(0.7396, 0.7396), ratio=(1.0, 1.0),
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes[:, 2:], torch.full((50, 2), 9.0))
+    assert torch.equal(_torchvision_boxes(1, 10, 10, (0.7396, 0.7396), (1.0, 1.0))[0, 2:], torch.tensor([9.0, 9.0]))
+
+
+def test_a_box_as_wide_as_the_image_fits():
+    # 10 x 10, area 80 at ratio 1.25: w = sqrt(100) = 10 = the width (fits: w <= width), h = 8,
+    # so the top offset takes 0, 1 and 2 (a fallback would always centre it at 1)
+    boxes, _ = sample_crops(600, 10, 10, scale=(0.8, 0.8), ratio=(1.25, 1.25),
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes[:, 1:], torch.tensor([0.0, 8.0, 10.0]).repeat(600, 1))
+    assert set(boxes[:, 0].tolist()) == {0.0, 1.0, 2.0}
+
+
+def test_width_is_the_longer_side_for_ratios_above_one():
+    # ratio = w / h in (1, 2): every box is at least as wide as tall, log(w / h) ~ U(0, log 2)
+    boxes, _ = sample_crops(4000, 1000, 1000, scale=(0.08, 0.2), ratio=(1.0, 2.0),
+                            generator=torch.Generator().manual_seed(0))
+    h, w = boxes[:, 2], boxes[:, 3]
+    assert (w >= h).all()
+    assert abs(torch.log(w / h).mean().item() - math.log(2) / 2) < 0.01  # std of the mean ~0.003
+
+
+def test_default_scale_is_torchvisions():
+    # default scale (0.08, 1.0): on 1000 x 1000 at ratio 1 every candidate fits, so the area
+    # fraction is uniform on (0.08, 1.0); 4000 draws come within 0.003 of both ends
+    boxes, _ = sample_crops(4000, 1000, 1000, ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    area = boxes[:, 2] * boxes[:, 3] / 1e6
+    assert 0.0795 < area.min() < 0.083 and area.max() > 0.997
+
+
+def test_random_resized_crop_flip_default_scale_is_torchvisions(monkeypatch):
+    import clip_smot.clip.augment as augment
+
+    seen = []
+    real = augment.sample_crops
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "sample_crops", spy)
+    augment.random_resized_crop_flip(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None, 4)
+    assert seen == [(0.08, 1.0)]
+
+
+def test_scale_one_keeps_the_whole_image_and_its_own_cam():
+    # 8 x 8 with scale (1, 1): a candidate fits only as 8 x 8 (w = 7 needs sqrt(r) < 7.5 / 8, then
+    # h = round(8 / sqrt(r)) = 9), so each view is the whole image or its mirror. The CAM is no
+    # channel of the image: it must come back as the CAM, mirrored with its image.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 3, 8, 8), generator=g, dtype=torch.uint8)
+    cams = torch.randint(0, 256, (12, 8, 8), generator=g, dtype=torch.uint8)
+    x, cam = random_resized_crop_flip(images, cams, 8, scale=(1.0, 1.0), generator=torch.Generator().manual_seed(1))
+    mirrored = []
+    for i in range(12):
+        flip = not torch.allclose(x[i], images[i].float() / 255, atol=1e-5)
+        mirrored.append(flip)
+        img, c = (images[i].flip(-1), cams[i].flip(-1)) if flip else (images[i], cams[i])
+        torch.testing.assert_close(x[i], img.float() / 255, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cam[i], c.float(), atol=1e-3, rtol=0)
+    assert any(mirrored) and not all(mirrored)
