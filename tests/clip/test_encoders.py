@@ -243,6 +243,58 @@ def test_fit_step_ce_is_coops_step_on_open_clip(clip):
     assert torch.equal(gen.get_state(), state)
 
 
+def _hand_smot(clip, ctx, x, cams, y, t, lam, T):
+    """Eq. 8 by hand on open_clip: zero-masked copies where cam >= t, eps = 1 - exp((t - 255) / T)."""
+    K = len(NAMES)
+    masked = x * (cams < t[:, None, None]).float()[:, None]
+    logits = _open_clip_logits(clip, ctx, torch.cat([x, masked]))
+    eps = 1 - torch.exp((t - 255) / T)
+    soft = (1 - eps)[:, None] * F.one_hot(y, K) + eps[:, None] / K
+    return (1 - lam) * F.cross_entropy(logits[:len(y)], y) - lam * (soft * logits[len(y):].log_softmax(-1)).sum(-1).mean()
+
+
+def test_fit_step_defaults_and_two_steps_by_hand(clip):
+    """The documented defaults (docs/method.md: alpha 50, beta 20, lam 0.1, T 200, zero masking),
+    two SGD steps: the second step's update is its own gradient only (not added to the first's),
+    and the loss that comes back is detached from the graph."""
+    B, lr = 3, 0.5
+    x, y = images(B, seed=7), torch.tensor([2, 0, 1])
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(8)) * 255
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx = learner.ctx.detach().clone()
+    step = make_fit_step(clip, learner, torch.optim.SGD(learner.parameters(), lr=lr), precision="fp32",
+                         generator=torch.Generator().manual_seed(3))
+    twin = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        loss = step(x, cams, y)
+        assert not loss.requires_grad and loss.grad_fn is None
+        t = sample_thresholds(B, 50.0, 20.0, generator=twin)
+        leaf = ctx.clone().requires_grad_(True)
+        expected = _hand_smot(clip, leaf, x, cams, y, t, lam=0.1, T=200.0)
+        expected.backward()
+        torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+        ctx = ctx - lr * leaf.grad
+        torch.testing.assert_close(learner.ctx.detach(), ctx, atol=1e-6, rtol=1e-4)
+
+
+def test_fit_step_refusals_and_overlap_ignored_on_the_cpu(clip):
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    with pytest.raises(ValueError, match=r"^loss must be one of \('smot', 'ce'\), got 'focal'$"):
+        make_fit_step(clip, learner, opt, loss="focal")
+    with pytest.raises(ValueError, match="^cuda_graph needs the context on a CUDA device$"):
+        make_fit_step(clip, learner, opt, cuda_graph=True)
+    # overlap needs a second CUDA stream: on the CPU it is ignored, and the step is the eager one
+    x, y = images(2, seed=9), torch.tensor([1, 0])
+    cams = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(10)) * 255
+    losses = []
+    for overlap in (True, False):
+        lrn = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+        losses.append(make_fit_step(clip, lrn, torch.optim.SGD(lrn.parameters(), lr=0.5), precision="fp32",
+                                    generator=torch.Generator().manual_seed(3), overlap=overlap)(x, cams, y))
+    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
+
+
 def test_fit_step_ce_and_bf16_run(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, precision="bf16")
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
