@@ -185,3 +185,68 @@ def test_beta_thresholds_tiny_parameters_are_finite():
     s = sample_thresholds(20000, 1e-3, 2e-3, generator=g).double() / 255
     assert torch.isfinite(s).all() and s.mean().item() == pytest.approx(1 / 3, abs=0.015)
     assert torch.isfinite(sample_thresholds(1000, 1e-9, 1e-9, generator=g)).all()
+
+
+def test_eps_of_integer_thresholds_is_float32():
+    """Integer thresholds (uint8 CAM levels) give float32 eps, as documented, with Eq. 9's values."""
+    for dtype in (torch.uint8, torch.int64):
+        eps = smoothing_eps(torch.tensor([255, 200, 0], dtype=dtype), T=10)
+        assert eps.dtype == torch.float32
+        torch.testing.assert_close(eps, torch.tensor([0.0, 1 - math.exp(-5.5), 1 - math.exp(-25.5)]))
+
+
+def test_thresholds_are_float32_on_the_device_asked_for():
+    t = sample_thresholds(6, 50, 20, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.float32 and t.device.type == "cpu"
+    on_meta = sample_thresholds(6, 50, 20, generator=torch.Generator().manual_seed(0), device="meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == (6,) and on_meta.dtype == torch.float32
+
+
+def test_cam_mask_of_uint8_cams_compares_with_the_fractional_threshold():
+    """Thresholds are 255 * s, rarely whole: a uint8 CAM level of 100 is below t = 100.5 (kept),
+    101 is above it (masked); truncating t to uint8 (100) would mask the 100 too."""
+    cam = torch.tensor([[[99, 100], [101, 255]]], dtype=torch.uint8)
+    keep = cam_mask(cam, torch.tensor([100.5]))
+    assert keep.dtype == torch.float32 and keep.flatten().tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_perturb_defaults_are_black_and_sigma_one_tenth():
+    """mode defaults to "zero" (the paper's black masking), sigma to 0.1 (Table 9)."""
+    x = torch.full((1, 3, 2, 2), 0.5)
+    keep = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    assert perturb(x, keep).flatten().tolist() == [0.5, 0.0, 0.0, 0.5] * 3
+    grey = torch.full((2, 3, 64, 64), 0.5)
+    n = perturb(grey, torch.zeros(2, 1, 64, 64), "noise", generator=torch.Generator().manual_seed(0))
+    assert (n - 0.5).std().item() == pytest.approx(0.1, rel=0.02)
+
+
+def test_smot_loss_lam_bounds_are_inclusive():
+    """lam = 1 is allowed (only the perturbed term: soft CE against y_eps); lam < 0 is refused."""
+    logits = torch.tensor([[3.0, 0.0, 0.0]])
+    masked = torch.tensor([[0.0, 1.0, 2.0]])
+    y, eps = torch.tensor([0]), torch.tensor([0.6])
+    logp = [v - math.log(1 + math.e + math.e ** 2) for v in (0.0, 1.0, 2.0)]
+    targets = [0.4 + 0.2, 0.2, 0.2]
+    want = -sum(t * lp for t, lp in zip(targets, logp))
+    assert smot_loss(logits, masked, y, eps, 1.0).item() == pytest.approx(want, rel=1e-6)
+    for lam in (-0.1, -1.0):
+        with pytest.raises(ValueError, match="lam"):
+            smot_loss(logits, masked, y, eps, lam)
+
+
+def test_logitnorm_of_all_zero_logits_is_uniform():
+    """An all-zero row has norm 0: the 1e-7 keeps it finite, the softmax uniform, the loss log K."""
+    out = logitnorm_loss(torch.zeros(2, 4), torch.tensor([0, 3]))
+    assert out.item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_soft_cross_entropy_of_low_precision_logits_is_computed_in_float32():
+    """bfloat16 logits (mixed precision) are exact inputs; the loss on them is float32-exact,
+    not rounded to bfloat16's 8-bit mantissa."""
+    rows = [[3.0, -1.25, 0.5], [0.0, 2.5, -3.0]]
+    logits = torch.tensor(rows, dtype=torch.bfloat16)
+    y = torch.tensor([0, 2])
+    logp = [[v - math.log(sum(math.exp(w) for w in r)) for v in r] for r in rows]
+    want = -(logp[0][0] + logp[1][2]) / 2
+    assert smot_loss(logits, logits, y, torch.zeros(2), 0.5).item() == pytest.approx(want, rel=1e-6)
+    assert label_smoothing_ce(logits, y, 0.0).item() == pytest.approx(want, rel=1e-6)
