@@ -239,3 +239,94 @@ def test_a_torchvision_resnet_state_dict_loads_as_it_was_saved(tmp_path, block, 
         torch.testing.assert_close(net.model.eval()(x), saved(x))
     assert net.mean == (0.485, 0.456, 0.406) and net.std == (0.229, 0.224, 0.225) and net.input_size == 224
     assert net.imagenet is False and net.class_ids is None
+
+
+def _by_hand(model, x, y, mean=(0, 0, 0), std=(1, 1, 1), size=None):
+    """The CAM of docs/method.md §1 written out: normalise, resize, layer4, fc row, relu, upsample, min-max."""
+    inp = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    if size is not None:
+        inp = nn.functional.interpolate(inp, size=size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        feats = model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(inp))))))))
+        cam = torch.einsum("bc,bchw->bhw", model.fc.weight[y], feats).relu()
+    up = nn.functional.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    return (up - lo) / (hi - lo) * 255
+
+
+def test_cam_without_labels_is_for_the_top1_class_even_when_labels_match():
+    """labels_match=True but no y given: the CAM of the network's own top-1 class."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        top1 = model(x).argmax(-1)
+    cam = CAMProvider(model, (0, 0, 0), (1, 1, 1), labels_match=True)(x)
+    torch.testing.assert_close(cam, _by_hand(model, x, top1), atol=1e-3, rtol=0)
+
+
+def test_cam_resizes_a_non_square_image_whose_height_is_the_network_size():
+    """input_size=64 and a 64 x 48 image: resized to 64 x 64 too (only the height matched)."""
+    model = _one_channel_resnet(channel=5)
+    x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    cam = CAMProvider(model, (0, 0, 0), (1, 1, 1), input_size=64)(x, torch.tensor([1, 1]))
+    want = _by_hand(model, x, torch.tensor([1, 1]), size=(64, 64))
+    assert cam.shape == (2, 64, 48)
+    torch.testing.assert_close(cam, want, atol=1e-3, rtol=0)
+
+
+def test_cam_provider_freezes_the_network_and_evaluates_it():
+    """A network handed over in train mode is put in eval mode (BatchNorm's running statistics, not
+    the batch's, and never updated: fresh ones, 0 and 1, are far from these images') and its
+    parameters get requires_grad False."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    with torch.no_grad():
+        model.fc.weight.abs_()  # (positive maps: their min-max scaling is defined)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    provider = CAMProvider(model, (0, 0, 0), (1, 1, 1))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    cam = provider(x, torch.tensor([0, 2]))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    torch.testing.assert_close(cam, _by_hand(model.eval(), x, torch.tensor([0, 2])), atol=1e-3, rtol=0)
+
+
+class _Head(nn.Module):
+    """A network with forward_features and get_classifier, plus an unrelated ``fc`` attribute."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = classifier
+        self.fc = nn.Linear(4, 2)  # (not the classifier: a decoy)
+
+    def forward_features(self, x):
+        return self.conv(x)
+
+    def get_classifier(self):
+        return self.head
+
+
+def test_cam_uses_get_classifier_and_refuses_a_non_linear_one():
+    from clip_smot.cam import classifier_of
+
+    head = nn.Linear(4, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 2.0]]))
+    net = _Head(head)
+    assert classifier_of(net) is head
+    x = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        f = net.conv(x)  # [2, 4, 6, 5]: the CAM resolution is the image's
+    y = torch.tensor([0, 1])
+    raw = torch.stack([f[0, 0], -f[1, 2] + 2 * f[1, 3]]).relu()
+    lo, hi = raw.amin(dim=(1, 2), keepdim=True), raw.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(CAMProvider(net, (0, 0, 0), (1, 1, 1))(x, y), (raw - lo) / (hi - lo) * 255,
+                               atol=1e-3, rtol=0)
+    with pytest.raises(TypeError, match="linear classifier"):
+        classifier_of(_Head(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))))
