@@ -82,3 +82,24 @@ def test_scores_by_hand():
     assert mcm(cos)[0].item() == pytest.approx(np.exp(0.3) / (np.exp(0.3) + np.exp(0.1)))
     assert mcm(cos, tau=0.01)[0].item() == pytest.approx(1 / (1 + np.exp(-20)))
     assert set(SCORES) >= {"msp", "maxlogit", "energy", "mcm"}
+
+
+def test_bad_ood_scores_are_named():
+    for bad in ([], [0.0, float("nan")], [float("-inf")]):
+        with pytest.raises(ValueError, match="ood_scores"):
+            ood_metrics([1.0, 2.0], bad)
+
+
+def test_scores_of_any_shape_are_flattened():
+    """[N, 1] score columns (or any shape) count as N scores, as the flat lists would."""
+    id_2d, ood_2d = torch.tensor([[3.0], [1.0], [4.0]]), np.array([[2.0, 0.5]])
+    m = ood_metrics(id_2d, ood_2d)
+    # 6 ID-OOD pairs; ID 3 and 4 beat both OOD, ID 1 beats 0.5 only: 5 / 6
+    assert m["auroc"] == pytest.approx(5 / 6)
+    assert m == ood_metrics([3.0, 1.0, 4.0], [2.0, 0.5])
+
+
+def test_scores_closer_than_float32_resolution_are_not_ties():
+    """Scores are compared in float64: 1e9 + 1 and 1e9 are one float32 (spacing 64 there)."""
+    m = ood_metrics([1e9 + 1, 1e9 + 2], [1e9, 1e9 - 1])
+    assert m["auroc"] == 1.0 and m["fpr95"] == 0.0 and m["aupr_in"] == 1.0

@@ -146,3 +146,67 @@ def test_gl_mcm_is_both_mcms_at_one_temperature():
     loc = _softmax(local.double().numpy() / tau).max(axis=(-2, -1))  # (softmax over classes, max over patches too)
     torch.testing.assert_close(S.gl_mcm(cosine, local, tau, weight).double(), torch.tensor(glob + weight * loc),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_knn_at_the_edges_of_k_and_of_the_batch():
+    """k may be the whole bank (the farthest feature); an empty batch gives an empty score."""
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    # farthest unit neighbours: (-1, 0) at distance 2 from (1, 0); from (0, -1) it is (0, 1), distance 2
+    torch.testing.assert_close(S.knn(q, bank, k=3), torch.tensor([-2.0, -2.0]))
+    # 2nd nearest: from (1, 0) both others are at sqrt(2) and 2 -> sqrt(2); from (0, -1): sqrt(2)
+    torch.testing.assert_close(S.knn(q, bank, k=2), torch.tensor([-math.sqrt(2), -math.sqrt(2)]))
+    assert S.knn(torch.zeros(0, 2), bank, k=2).shape == (0,)
+    for k in (0, 4):
+        with pytest.raises(ValueError, match="k must be in"):
+            S.knn(q, bank, k=k)
+
+
+def test_gradnorm_of_signed_features_uses_their_absolute_values():
+    """Features that are not ReLU outputs (negative entries): the gradient's L1 norm takes |h|."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(5, 3)
+    h = torch.randn(4, 5)
+    assert (h < 0).any()
+    want = []
+    for i in range(4):
+        fc.zero_grad()
+        logp = torch.log_softmax(fc(h[i:i + 1]), dim=-1)
+        (-(logp / 3).sum()).backward()
+        want.append(fc.weight.grad.abs().sum().item())
+    torch.testing.assert_close(S.gradnorm(fc(h).detach(), h), torch.tensor(want), rtol=1e-5, atol=1e-6)
+
+
+def test_odin_steps_by_plus_one_where_the_gradient_is_zero():
+    """The reference code's sign: (g >= 0) * 2 - 1, so a pixel the network ignores (g = 0) moves
+    by -eps / std, not +eps / std."""
+    lin = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))  # channels 1, 2 unused
+        lin.bias.zero_()
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin)
+    x = torch.tensor([0.5, 0.2, -0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 0.2])
+    seen = []
+    S.odin(lambda v: seen.append(v.detach().clone()) or model(v), x, std, T=1.0, eps=0.01)
+    # channel 0: z = (x0, -x0), y = 0, dCE/dx0 = (p0 - 1) - p1 = -2 p1 < 0: step -1; channels 1, 2: g = 0, step +1
+    want = torch.tensor([0.5 + 0.01 / 0.5, 0.2 - 0.01 / 0.25, -0.3 - 0.01 / 0.2]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen[1], want, atol=1e-7, rtol=0)
+
+
+def test_gl_mcm_weights_the_local_term_by_one_by_default():
+    cosine = torch.tensor([[0.2, 0.6]])
+    local = torch.tensor([[[0.9, 0.1], [0.3, 0.3]]])
+    glob = math.exp(0.6) / (math.exp(0.2) + math.exp(0.6))
+    loc = math.exp(0.9) / (math.exp(0.9) + math.exp(0.1))
+    assert S.gl_mcm(cosine, local).item() == pytest.approx(glob + loc, rel=1e-6)
+    assert S.gl_mcm(cosine, local, tau=0.5).item() == pytest.approx(
+        1 / (1 + math.exp(-0.8)) + 1 / (1 + math.exp(-1.6)), rel=1e-6)
+
+
+def test_react_clips_only_from_above():
+    """ReAct's clip is min(h, c) (the authors' x.clip(max=c)): a feature below -c is left as it is."""
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    h = torch.tensor([[-5.0, 3.0]])
+    # clipped at c = 2: (-5, 2); logits (-5, 2); energy log(e^-5 + e^2)
+    assert S.react(h, W, None, 2.0).item() == pytest.approx(math.log(math.exp(-5) + math.exp(2)), rel=1e-6)
