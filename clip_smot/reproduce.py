@@ -44,6 +44,8 @@ CLIP_POSTHOC = "mcm,msp,odin,energy,gradnorm,vim,knn"  # Table 8's post-hoc rows
 FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "metrics.json"}
 RECORD = "reproduce.json"  # in each stage's folder: the command line that made it
 _RUN_CONTROL = ("--device", "--workers", "--out")  # where a stage runs, not what it computes
+_PATH_FLAGS = ("--data", "--id", "--ood", "--model", "--pretrained", "--cam-model", "--split", "--prompt",
+               "--checkpoint")  # flags whose value may be a file or folder (--ood: NAME=DIR)
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,26 @@ class Stage:
         return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
 
     def identity(self, out: str | Path) -> list[str]:
-        """The command line as two runs of reproduce compare it: without the run-control flags, and
-        each path under OUT written from OUT (``OUT/fit-coop/prompt.safetensors``), so that OUT may
-        be given another way (relative or absolute) or moved between runs."""
+        """The command line as two runs of reproduce compare it: without the run-control flags; each
+        path under OUT written from OUT (``OUT/fit-coop/prompt.safetensors``), so that OUT may be
+        given another way (relative or absolute) or moved between runs; and each other file or
+        folder a flag names written absolute, so that ``data/``, ``./data`` and ``$PWD/data`` are
+        one folder (a name that is no path, ``openai``, stays as it is)."""
         root = Path(out)
-        return [(PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix() if root in Path(word).parents
-                else word for word in self._without_run_control()]
+
+        def same(word: str) -> str:
+            if root in Path(word).parents:
+                return (PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix()
+            return os.path.abspath(word) if os.path.exists(word) else word
+
+        words = self._without_run_control()
+        for i in range(1, len(words)):
+            if words[i - 1] == "--ood" and "=" in words[i]:  # (NAME=DIR; NAME is one of ours, with no "=")
+                name, _, path = words[i].partition("=")
+                words[i] = f"{name}={same(path)}"
+            elif words[i - 1] in _PATH_FLAGS:
+                words[i] = same(words[i])
+        return words
 
     def _without_run_control(self) -> list[str]:
         """The command line without the run-control flags: what an older reproduce recorded."""

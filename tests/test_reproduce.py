@@ -838,3 +838,38 @@ def test_out_given_another_way_or_moved_finds_its_stages_finished(tmp_path, monk
     assert ran == [] and sum(line.endswith("is finished; skipped") for line in lines) == 5, lines
     with pytest.raises(UserError, match="holds the work of another command"):  # (that record names moved/)
         run_reproduce("table8", dataclasses.replace(options, out=str(tmp_path / "moved")), fake, echo=lines.append)
+
+
+def test_data_folders_given_another_way_find_their_stages_finished(tmp_path, monkeypatch):
+    """`--imagenet data/` (a shell's completion), `./data` and the absolute path are one folder: the
+    records write each file or folder a stage's flags name absolute (a tag such as `openai` stays as
+    it is). A record of an older clip-smot (the data's paths as typed) still matches a rerun that
+    types them as it did; another folder is another command."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path / "d", ran, {})
+    monkeypatch.chdir(tmp_path)
+    typed = dataclasses.replace(options, imagenet="d/imagenet/", ood_root="./d/ood", out="o", pretrained="openai")
+    run_reproduce("table8", typed, fake, echo=lambda line: None)
+    record = json.loads((tmp_path / "o" / "eval-coop" / RECORD).read_text())["argv"]
+    assert record[record.index("--id") + 1] == str(tmp_path / "d" / "imagenet" / "val")
+    assert f"SUN={tmp_path / 'd' / 'ood' / 'SUN'}" in record and record[record.index("--pretrained") + 1] == "openai"
+    fit = json.loads((tmp_path / "o" / "fit-smot" / RECORD).read_text())["argv"]
+    assert fit[fit.index("--data") + 1] == str(tmp_path / "d" / "imagenet")
+    ran.clear()
+    for imagenet, ood_root in ((str(tmp_path / "d" / "imagenet"), str(tmp_path / "d" / "ood") + "/"),
+                               ("d/ood/../imagenet", "d/ood")):
+        run_reproduce("table8", dataclasses.replace(typed, imagenet=imagenet, ood_root=ood_root), fake,
+                      echo=lambda line: None)
+    assert ran == []
+    path = tmp_path / "o" / "fit-smot" / RECORD  # as an older clip-smot wrote it: --data as typed
+    path.write_text(json.dumps({**json.loads(path.read_text()), "argv": [w.replace(str(tmp_path / "d"), "d") + (
+        "/" if w == str(tmp_path / "d" / "imagenet") else "") for w in fit]}))
+    assert json.loads(path.read_text())["argv"][fit.index("--data") + 1] == "d/imagenet/"
+    run_reproduce("table8", typed, fake, echo=lambda line: None)
+    assert ran == []
+    (tmp_path / "d2").mkdir()
+    shutil.copytree(tmp_path / "d" / "imagenet", tmp_path / "d2" / "imagenet")
+    with pytest.raises(UserError, match=r"o/fit-smot holds the work of another command"):
+        run_reproduce("table8", dataclasses.replace(typed, imagenet="d2/imagenet"), fake, echo=lambda line: None)
