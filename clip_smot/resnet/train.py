@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -449,6 +450,14 @@ def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
     return ckpt, saved
 
 
+def _same_path(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one existing file or folder (relative paths: from here)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: int,
             dry_run: bool) -> tuple[TrainConfig, dict, bool]:
     """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`: a flag
@@ -457,6 +466,10 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     out = Path(cfg.out)
     ckpt, saved = _load_checkpoint(out / rf.CHECKPOINT)
     given = {k for k in (flags if flags is not None else rf.explicit_fields(cfg)) if getattr(cfg, k) is not None}
+    for k in ("data", "cam_model"):  # the run's own folder or file spelled another way (data/ then, ./data now)
+        now, then = getattr(cfg, k), getattr(saved, k)
+        if k in given and now and then and _same_path(now, then):
+            cfg = dataclasses.replace(cfg, **{k: then})
     options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
         raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "

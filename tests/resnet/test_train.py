@@ -1018,3 +1018,24 @@ def test_an_out_inside_the_training_images_is_refused_before_any_work(tmp_path):
                                         "files are read as input; write to a place outside it$"):
         run_train(_cfg(data, out, epochs=1))
     assert not out.exists()
+
+
+def test_resume_takes_the_runs_own_data_and_cam_model_spelled_another_way(folders, base_model, tmp_path,
+                                                                           monkeypatch):
+    """`--data data/` (a shell's completion) or a relative `--cam-model` on --resume of a run given
+    them absolute was "--data differs": the same folder or file, however spelled, resumes (fit
+    compares its --data resolved already); another folder, even a copy, is still refused."""
+    import shutil
+
+    kw = dict(stage="smot", cam_model=str(base_model), epochs=2)
+    out = tmp_path / "r"
+    assert run_train(_cfg(folders, out, **kw), stop_after=1) == {"stopped_after": 1}
+    monkeypatch.chdir(base_model.parent)
+    given = ["data", "cam_model", "stage", "epochs", "out"]
+    copy = shutil.copytree(folders, tmp_path / "copy")
+    with pytest.raises(UserError, match="--resume: --data differs from the run saved in"):
+        run_train(_cfg(copy, out, **kw), resume=True, flags=given)
+    summary = run_train(_cfg(f"{folders}{os.sep}", out, **{**kw, "cam_model": base_model.name}), resume=True,
+                        flags=given)
+    assert summary["epochs"] == 2 and (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["data"] == str(folders)  # (the run's own spelling)
