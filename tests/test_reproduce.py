@@ -256,20 +256,14 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
     folder now records its command line (reproduce.json, run-control flags left out): a folder of
     another command, or a finished run with no record, is one line; the same table and options,
     --workers and --device apart, find their stages finished."""
-    from clip_smot.reproduce import FINAL_FILE, RECORD, run_reproduce
+    from clip_smot.reproduce import RECORD, run_reproduce
 
     out = tmp_path / "o"
-
-    def fake(argv):  # a stage that finishes at once
-        folder = Path(argv[argv.index("--out") + 1])
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / FINAL_FILE[argv[0]]).write_text("{}")
+    table2, fake = _table2_fakes(tmp_path, set())  # (every stage finishes at once)
 
     def options(**kw):
-        return ReproduceOptions(out=str(out), cifar_root=str(tmp_path), ood_root=str(tmp_path), **kw)
+        return dataclasses.replace(table2, **kw)
 
-    for name in ("cifar-10-batches-py", "Textures", "SVHN", "Places", "LSUN", "iSUN", "LSUN_resize"):
-        (tmp_path / name).mkdir()
     monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
     run_reproduce("table2", options(epochs=1), fake, echo=lambda line: None)  # (their "{}" metrics: empty cells)
     assert json.loads((out / "train-base" / RECORD).read_text())["argv"][:3] == ["train", "--dataset", "cifar10"]

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -63,6 +62,7 @@ from clip_smot.common.files import (
     make_folder,
     read_json,
     remove_stale_temporaries,
+    same_file,
     sha256_file,
     write_json,
 )
@@ -450,14 +450,6 @@ def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
     return ckpt, saved
 
 
-def _same_path(a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` name one existing file or folder (relative paths: from here)."""
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        return False
-
-
 def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: int,
             dry_run: bool) -> tuple[TrainConfig, dict, bool]:
     """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`: a flag
@@ -468,7 +460,7 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     given = {k for k in (flags if flags is not None else rf.explicit_fields(cfg)) if getattr(cfg, k) is not None}
     for k in ("data", "cam_model"):  # the run's own folder or file spelled another way (data/ then, ./data now)
         now, then = getattr(cfg, k), getattr(saved, k)
-        if k in given and now and then and _same_path(now, then):
+        if k in given and now and then and same_file(now, then):
             cfg = dataclasses.replace(cfg, **{k: then})
     options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
