@@ -237,11 +237,13 @@ def test_gpu_check_table8_goes_on_past_the_deadline_and_table8_wait_collects_it(
 
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
     t0 = time.monotonic()
-    out, calls = _gpu_check(tmp_path, "fit_step_quick resnet_epoch_graph", DEADLINE="2", FIT_STEP_SLEEP="30")
+    out, calls = _gpu_check(tmp_path, "fit_step_quick resnet_epoch_graph", DEADLINE="4", FIT_STEP_SLEEP="30")
     assert time.monotonic() - t0 < 20  # not fit_step_quick's 120 s nor the stub's 30 s
-    assert re.search(r"^=== fit_step_quick \(limit [12]s, at [01]s\)$", out.stdout, re.M), out.stdout
+    # (the step starts 0-2 s in, even on a loaded machine, and gets what is left of the 4 s)
+    at = re.search(r"^=== fit_step_quick \(limit (\d)s, at (\d)s\)$", out.stdout, re.M)
+    assert at and int(at[2]) <= 2 and int(at[1]) == 4 - int(at[2]), out.stdout
     assert "=== fit_step_quick rc=124" in out.stdout  # timeout's exit status
-    assert re.search(r"^=== resnet_epoch_graph skipped: \d+s of DEADLINE=2s gone$", out.stdout, re.M)
+    assert re.search(r"^=== resnet_epoch_graph skipped: \d+s of DEADLINE=4s gone$", out.stdout, re.M)
     assert not any("resnet_epoch.py" in c for c in calls)
 
 
