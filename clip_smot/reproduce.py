@@ -105,14 +105,15 @@ class Stage:
         """The command line as two runs of reproduce compare it: without the run-control flags; each
         path under OUT written from OUT (``OUT/fit-coop/prompt.safetensors``), so that OUT may be
         given another way (relative or absolute) or moved between runs; and each other file or
-        folder a flag names written absolute, so that ``data/``, ``./data`` and ``$PWD/data`` are
-        one folder (a name that is no path, ``openai``, stays as it is)."""
+        folder a flag names written absolute with its symbolic links followed, so that ``data/``,
+        ``./data``, ``$PWD/data`` and a link to it are one folder, and a link pointed at another
+        folder is another (a name that is no path, ``openai``, stays as it is)."""
         root = Path(out)
 
         def same(word: str) -> str:
             if root in Path(word).parents:
                 return (PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix()
-            return os.path.abspath(word) if os.path.exists(word) else word
+            return os.path.realpath(word) if os.path.exists(word) else word
 
         words = self._without_run_control()
         for i in range(1, len(words)):

@@ -844,6 +844,7 @@ def test_data_folders_given_another_way_find_their_stages_finished(tmp_path, mon
     ran = []
     options, fake = _table8_fakes(tmp_path / "d", ran, {})
     monkeypatch.chdir(tmp_path)
+    tmp_path = Path(os.path.realpath(tmp_path))  # (the records follow links, a TMPDIR's too)
     typed = dataclasses.replace(options, imagenet="d/imagenet/", ood_root="./d/ood", out="o", pretrained="openai")
     run_reproduce("table8", typed, fake, echo=lambda line: None)
     record = json.loads((tmp_path / "o" / "eval-coop" / RECORD).read_text())["argv"]
@@ -867,3 +868,27 @@ def test_data_folders_given_another_way_find_their_stages_finished(tmp_path, mon
     shutil.copytree(tmp_path / "d" / "imagenet", tmp_path / "d2" / "imagenet")
     with pytest.raises(UserError, match=r"o/fit-smot holds the work of another command"):
         run_reproduce("table8", dataclasses.replace(typed, imagenet="d2/imagenet"), fake, echo=lambda line: None)
+
+
+def test_a_data_folder_reached_through_a_link_is_the_folder_it_points_at(tmp_path, monkeypatch):
+    """The records follow symbolic links: `--imagenet link/imagenet` with `link -> d` finds the
+    stages of `--imagenet d/imagenet` finished; the same link pointed at a copy elsewhere is
+    another folder, whose numbers these are not."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path / "d", ran, {})
+    monkeypatch.chdir(tmp_path)
+    direct = dataclasses.replace(options, imagenet="d/imagenet", ood_root="d/ood", out="o")
+    run_reproduce("table8", direct, fake, echo=lambda line: None)
+    assert ran
+    (tmp_path / "link").symlink_to(tmp_path / "d", target_is_directory=True)
+    linked = dataclasses.replace(direct, imagenet="link/imagenet", ood_root="link/ood")
+    ran.clear()
+    run_reproduce("table8", linked, fake, echo=lambda line: None)
+    assert ran == []
+    shutil.copytree(tmp_path / "d", tmp_path / "d2")
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to(tmp_path / "d2", target_is_directory=True)
+    with pytest.raises(UserError, match=r"o/fit-\w+ holds the work of another command"):
+        run_reproduce("table8", linked, fake, echo=lambda line: None)
