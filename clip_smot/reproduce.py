@@ -23,7 +23,7 @@ import io
 import math
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
@@ -77,6 +77,7 @@ class Stage:
 
     name: str
     argv: tuple[str, ...]  # the command line after ``clip-smot``, --out included
+    earlier: tuple[str, ...] | None = None  # the names of the table's stages before it (None: any other folder)
 
     @property
     def command(self) -> str:
@@ -138,10 +139,11 @@ class Stage:
 
     def inputs(self, out: str | Path) -> list[Path]:
         """The files of earlier stages that this stage reads (a prompt, a model, a CAM model):
-        its arguments that lie in another stage's folder."""
+        its arguments that lie in an earlier stage's folder (data kept in OUT is no stage's)."""
         root, own = Path(out), self.folder(out)
         paths = [Path(word) for word in self.argv]
-        return [p for p in paths if root in p.parents and p.parent != root and own not in (p, *p.parents)]
+        return [p for p in paths if root in p.parents and p.parent != root and own not in (p, *p.parents)
+                and (self.earlier is None or p.relative_to(root).parts[0] in self.earlier)]
 
     def input_stages(self, out: str | Path) -> set[str]:
         """The names of the earlier stages whose files this stage reads (:meth:`inputs`)."""
@@ -440,7 +442,9 @@ def plan(table: str, options: ReproduceOptions) -> Plan:
     """The stages and the row map of ``table`` (a key of :data:`TABLES`)."""
     if table not in TABLES:
         raise UserError(f"TABLE {table}: not a table this command reproduces (choose from {', '.join(TABLES)})")
-    return TABLES[table][1](options)
+    p = TABLES[table][1](options)
+    p.stages = [replace(stage, earlier=tuple(s.name for s in p.stages[:i])) for i, stage in enumerate(p.stages)]
+    return p
 
 
 def paper_table(number: str) -> list[dict[str, str]]:

@@ -780,6 +780,27 @@ def test_a_stages_inputs_are_the_files_of_other_stages_folders(tmp_path):
     assert own.inputs(out) == [] and own.input_stages(out) == set()
 
 
+def test_data_kept_in_out_is_no_stages_input(tmp_path):
+    """`--imagenet OUT/imagenet`: the evaluations' `--id OUT/imagenet/val` lies in a folder of OUT
+    that no stage of the table writes, so it is no earlier stage's file: a dry run of the finished
+    table names no "imagenet" stage to wait for, and a record of an older clip-smot (no hashes)
+    gets no note asking to check whether "imagenet" was redone."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    options, fake = _table8_fakes(tmp_path / "o", [], {})
+    options = dataclasses.replace(options, out=str(tmp_path / "o"))
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    record = tmp_path / "o" / "eval-mcm" / RECORD  # (zero-shot: reads no stage's file, only the data)
+    record.write_text(json.dumps({"argv": json.loads(record.read_text())["argv"]}))
+    lines = []
+    run_reproduce("table8", options, fake, dry_run=True, echo=lines.append)
+    done = [line for line in lines if line.startswith("# done: clip-smot eval")]
+    assert len(done) == 3 and all(f"--id {tmp_path / 'o' / 'imagenet' / 'val'}" in line for line in done)
+    assert not any("imagenet gives" in line or "hashes of" in line for line in lines), lines
+    stages = plan("table8", options).stages
+    assert [s.earlier for s in stages[:2]] == [(), (stages[0].name,)]
+
+
 def test_an_imagenet_root_without_val_is_refused_before_the_fits(tmp_path):
     """The fits read IMAGENET/train, the evaluations IMAGENET/val: a root with no val/ is one
     line before hours of fitting, not the first evaluation's failure."""
