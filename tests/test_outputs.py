@@ -436,6 +436,15 @@ def test_fit_out_never_replaces_or_lies_inside_its_inputs(tmp_path, tiny_clip_co
     os.link(tiny_clip_checkpoint, tmp_path / "run" / "log.jsonl")  # (a hard link: the same file under two names)
     _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run"),
              "its log.jsonl would be the --pretrained file itself", tmp_path, os.path.dirname(tiny_clip_checkpoint))
+    (tmp_path / "run" / "log.jsonl").unlink()
+    # a --cam-model file or a --split file where fit writes its config.json or log.jsonl
+    cam = shutil.copy(tiny_clip_checkpoint, tmp_path / "run" / "config.json")  # (never read: refused first)
+    _refused([*_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run"), "--loss", "smot",
+              "--cam-model", cam], "its config.json would be the --cam-model file itself", tmp_path)
+    (tmp_path / "run" / "config.json").unlink()
+    (tmp_path / "run" / "log.jsonl").write_text(f"{sorted(CLASSES)[0]}/0.png\t0\n")
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "run", "--split",
+                       str(tmp_path / "run" / "log.jsonl")), "its log.jsonl would be the --split file itself", tmp_path)
 
 
 def test_fit_keeps_its_own_split_given_back_with_split(tmp_path, tiny_clip_config, tiny_clip_checkpoint):

@@ -78,6 +78,7 @@ def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoin
     assert config["run"]["split_sha256"] == hashlib.sha256((out / "split.txt").read_bytes()).hexdigest()
     lines = split.splitlines()
     assert len(lines) == 6 and all(line.count("\t") == 1 for line in lines)
+    assert config["run"]["n_images"] == 6 and config["run"]["image_size"] == 32  # (2 shots of 3 classes)
     assert [int(line.split("\t")[1]) for line in lines] == [0, 0, 1, 1, 2, 2]
     assert all(line.split("/")[0] == WNIDS[int(line.split("\t")[1])] for line in lines)
     assert config["lam"] == 0.1 and config["alpha"] == 50 and config["T"] == 200 and config["device"] == "cpu"
@@ -200,6 +201,26 @@ def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_
     assert "note" not in export("copy.safetensors")
     assert torch.equal(load_prompt(tmp_path / "copy.safetensors.out.safetensors").text_features,
                        load_prompt(one_epoch / "prompt.safetensors").text_features)
+    # a run of a pretrained tag (no file, so no SHA-256) exported with random weights: the tag alone is named
+    tagged = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "checkpoint.pt", lambda saved: saved["config"][
+        "run"]["clip"].update(pretrained="openai", checkpoint_sha256=""))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(tagged), "--out", str(tmp_path / "none.safetensors"),
+                                   "--pretrained", "none", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith("note: the context was trained with the weights openai, not with random weights; "
+                                 "the text features are encoded with the latter"), res.stderr
+
+
+def test_config_records_the_device_the_run_ran_on(fit_args, tmp_path, monkeypatch):
+    """--device auto on a machine without a GPU runs on the CPU: config.json and the prompt's
+    config record "cpu", the device resolved, not "auto"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = fit_args(tmp_path / "run", "--loss", "ce")
+    args[args.index("--device") + 1] = "auto"
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["device"] == "cpu"
+    assert load_prompt(tmp_path / "run" / "prompt.safetensors").config["device"] == "cpu"
 
 
 def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
@@ -334,10 +355,12 @@ def test_a_run_started_with_a_split_resumes_on_it_without_the_flag(one_epoch, fi
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2", "--split", str(tmp_path / "one.txt")))
     assert isinstance(res.exception, RuntimeError)
     monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    given = (tmp_path / "one.txt").read_text()
+    (tmp_path / "one.txt").unlink()  # the run's own copy, OUT/split.txt, is what it goes on with
     res = CliRunner().invoke(cli, ["fit", "--out", str(tmp_path / "run"), "--resume", "--device", "cpu",
                                    "--workers", "0"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "run" / "split.txt").read_text() == (tmp_path / "one.txt").read_text()
+    assert (tmp_path / "run" / "split.txt").read_text() == given
 
 
 def test_resume_with_other_options_is_refused(fit_args, tmp_path, one_epoch):
@@ -408,6 +431,36 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path,
     assert not (out / "prompt.safetensors").exists()
 
 
+def test_a_context_gone_non_finite_stops_the_run_though_the_loss_was_finite(fit_args, tmp_path, monkeypatch):
+    """A step that leaves the context inf (the update overflowed) after a finite loss: the epoch
+    is not saved, the last good checkpoint (epoch 1) is kept, and no prompt is written."""
+    import clip_smot.clip.fit as fit_mod
+
+    real = fit_mod.make_fit_step
+    calls = {"n": 0}
+
+    def make(clip, learner, optimizer, **kw):
+        step = real(clip, learner, optimizer, **kw)
+
+        def overflowing(*args):
+            loss = step(*args)
+            calls["n"] += 1
+            if calls["n"] > 1:  # epoch 1 has one step
+                learner.ctx.data.fill_(float("inf"))
+            return loss
+        return overflowing
+
+    monkeypatch.setattr(fit_mod, "make_fit_step", make)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, fit_args(out, "--epochs", "3"))
+    assert res.exit_code == 1
+    line = _last_error_line(res)
+    assert "non-finite" in line and "epoch 2" in line and "(epoch 1) is kept" in line, line
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1 and torch.isfinite(saved["ctx"]).all()
+    assert not (out / "prompt.safetensors").exists()
+
+
 def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tiny_clip_checkpoint):
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
@@ -442,7 +495,7 @@ def test_embedded_digits_by_default(tmp_path, monkeypatch, tiny_clip_config, tin
 def test_dry_run_writes_nothing(fit_args, tmp_path):
     res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run"))
     assert res.exit_code == 0, res.output
-    assert "dry run: one batch" in res.output and not (tmp_path / "dry").exists()
+    assert "dry run: one batch of 4 images, loss " in res.output and not (tmp_path / "dry").exists()  # (of 6)
 
 
 def test_without_internet_the_clip_weights_error_comes_first(tmp_path):
@@ -550,6 +603,9 @@ def test_bad_export_checkpoint(tmp_path):
     for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
         res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "p.safetensors")])
         assert res.exit_code == 1 and str(path) in _one_error_line(res)
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path / "none.pt"), "--out",
+                                   str(tmp_path / "p.safetensors")])
+    assert _one_error_line(res) == f"Error: --checkpoint {tmp_path / 'none.pt'}: no such file"
 
 
 def test_config_round_trips_through_json():
@@ -739,6 +795,20 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_noise_perturbation_is_drawn_from_the_seed(fit_args, tmp_path):
+    """--perturb noise draws its noise from the run's seeded generator (--seed fixes every draw):
+    two runs of the same flags give the same context whatever torch's global RNG held before."""
+    contexts = []
+    for i in range(2):
+        with torch.random.fork_rng():
+            torch.manual_seed(100 + i)  # what other code left in torch's global generator
+            res = CliRunner().invoke(cli, fit_args(tmp_path / str(i), "--perturb", "noise", "--sigma", "0.5",
+                                                   "--warmup-epochs", "0", "--lr", "0.05"))
+        assert res.exit_code == 0, res.output
+        contexts.append(load_prompt(tmp_path / str(i) / "prompt.safetensors").ctx)
+    assert torch.equal(contexts[0], contexts[1])
+
+
 def test_ctx_init_sets_the_recorded_n_ctx_and_an_old_record_resumes(fit_args, tmp_path, monkeypatch):
     """--ctx-init 'a photo of a' makes a context of 4 vectors, but config.json and the prompt's
     config recorded --n-ctx's default, 16. They record 4 now; a run recorded with 16 before this
@@ -890,6 +960,20 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
         assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == "Error: " + last
 
 
+def test_compile_errors_are_told_by_the_module_of_their_class_or_its_bases():
+    """What makes fit name --no-compile: an error of torch.compile's machinery (dynamo, inductor)
+    or of Triton's kernel compiler, also through a subclass defined elsewhere; not any other."""
+    from clip_smot.clip.fit import _compiler_error
+
+    def error_class(module, base=RuntimeError):
+        return type("Error", (base,), {"__module__": module})
+
+    for module in ("torch._dynamo.exc", "torch._inductor.exc", "triton.compiler.errors"):
+        assert _compiler_error(error_class(module)("x")), module
+        assert _compiler_error(error_class("user.code", error_class(module))("x")), module  # (a subclass)
+    assert not _compiler_error(ValueError("a bug")) and not _compiler_error(error_class("torch.nn.modules")("x"))
+
+
 def test_resume_drops_a_half_written_log_line(tmp_path):
     from clip_smot.common.run_folder import truncate_log as _truncate_log
 
@@ -916,6 +1000,34 @@ def test_check_config_refuses_non_finite_options():
     for value, what in ((float("nan"), "must be a finite number"), (0.0, r"must be in \(0, 1\]"), (1.5, "must be in")):
         with pytest.raises(UserError, match=rf"^FitConfig\.crop_scale {value}: {what}"):
             check_config(FitConfig(crop_scale=value))
+
+
+def test_check_config_refuses_the_cuda_options_on_the_cpu_naming_flag_and_value():
+    """--cuda-graph and --overlap-encoders are CUDA only, --compile needs square or flex attention (docs/fit.md):
+    a FitConfig built in Python gets the command line's one line, with the flag and its value."""
+    from clip_smot.clip.fit import check_config
+
+    for cfg, message in ((FitConfig(cuda_graph=True, device="cpu"), "--cuda-graph True: needs --device cuda"),
+                         (FitConfig(overlap_encoders=True, device="cpu"),
+                          "--overlap-encoders True: needs --device cuda"),
+                         (FitConfig(compile=True, text_attention="mask"),
+                          "--compile True: needs --text-attention square or flex")):
+        with pytest.raises(UserError) as e:
+            check_config(cfg)
+        assert str(e.value) == message
+    check_config(FitConfig(cuda_graph=True, overlap_encoders=True, device="cuda"))
+    check_config(FitConfig(cuda_graph=False, overlap_encoders=False, device="cpu"))
+
+
+@pytest.mark.parametrize("flag", ["cuda_graph", "overlap_encoders"])
+def test_a_cuda_option_on_a_machine_without_cuda_is_one_line(tmp_path, monkeypatch, flag):
+    """--device auto (the default) on a machine without a GPU is the CPU: --cuda-graph and
+    --overlap-encoders are refused there, naming the device, before anything is read or written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    option = "--" + flag.replace("_", "-")
+    with pytest.raises(UserError, match=rf"^{option}: needs a CUDA device, not cpu$"):
+        run_fit(FitConfig(out=str(tmp_path / "run"), **{flag: True}), dry_run=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_empty_or_incomplete_checkpoint_is_one_line(tmp_path):
@@ -945,14 +1057,24 @@ def test_export_refuses_to_overwrite_its_checkpoint(tmp_path):
     assert ckpt.read_bytes() == before
 
 
-def test_export_refuses_to_overwrite_the_runs_other_inputs(one_epoch, cam_resnet, tmp_path):
-    """export wrote over the run's --cam-model file and its split's images, breaking its --resume."""
+def test_export_refuses_to_overwrite_the_runs_other_inputs(one_epoch, cam_resnet, tiny_clip_checkpoint, tmp_path):
+    """export wrote over the run's --cam-model file and its split's images, breaking its --resume;
+    nor may it write over the run's --pretrained and --split files, or its own --pretrained file."""
     config = json.loads((one_epoch / "config.json").read_text())
     image = Path(config["data"]) / (one_epoch / "split.txt").read_text().split("\t", 1)[0]
-    for out, message in ((cam_resnet, "is the run's --cam-model file itself"),
-                         (image, "is inside the run's --data folder")):
+    given = tmp_path / "given.txt"  # the --split file of a run started with one
+    given.write_text((one_epoch / "split.txt").read_text())
+    with_split = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "checkpoint.pt",
+                                  _set("config", "split", str(given)))
+    weights = shutil.copy(tiny_clip_checkpoint, tmp_path / "weights.safetensors")
+    for ckpt, extra, out, message in (
+            (one_epoch / "checkpoint.pt", [], cam_resnet, "is the run's --cam-model file itself"),
+            (one_epoch / "checkpoint.pt", [], image, "is inside the run's --data folder"),
+            (one_epoch / "checkpoint.pt", [], tiny_clip_checkpoint, "is the run's --pretrained file itself"),
+            (with_split, [], given, "is the run's --split file itself"),
+            (one_epoch / "checkpoint.pt", ["--pretrained", weights], weights, "is the --pretrained file itself")):
         before = Path(out).read_bytes()
-        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out", str(out),
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), *extra, "--out", str(out),
                                        "--device", "cpu"])
         assert res.exit_code == 1 and message in res.output, res.output
         assert Path(out).read_bytes() == before
@@ -982,6 +1104,32 @@ def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monke
     assert len(cams) >= 4
     for cam in cams:
         assert cam.min() == 0 and (cam.max() == 255 or cam.max() == 0), (cam.min(), cam.max())
+
+
+def test_a_view_cam_flat_within_one_level_masks_nothing(fit_args, tmp_path, monkeypatch):
+    """CAMs cached as two uint8 levels, 100 and 101 (a flat map and its rounding): no view spans
+    more than one level, so each view's CAM is all zero, as a flat CAM is (docs/method.md §1), not
+    one level of rounding stretched to 0 and 255."""
+    import clip_smot.clip.cam_network as cam_network
+    import clip_smot.clip.fit as fit_module
+
+    def two_levels(provider, label_map, images, labels, batch_size=64):
+        cams = torch.full(images.shape[:1] + images.shape[2:], 100, dtype=torch.uint8, device=images.device)
+        cams[..., images.shape[-1] // 2:] = 101  # [N, S, S]
+        return cams
+
+    seen = []
+    real = fit_module.make_fit_step
+
+    def spy(*args, **kwargs):
+        step = real(*args, **kwargs)
+        return lambda images, cams, labels: seen.append(cams.detach().clone()) or step(images, cams, labels)
+
+    monkeypatch.setattr(cam_network, "cache_cams", two_levels)
+    monkeypatch.setattr(fit_module, "make_fit_step", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--batch-size", "1", "--shots", "1"))
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 3 and all((cam == 0).all() for cam in seen)
 
 
 def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
@@ -1014,6 +1162,37 @@ def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.01, "momentum": 0.5, "weight_decay": 0.001}
     assert (seen["cuda_graph"], seen["overlap"], seen["compile_image"]) == (False, False, False)  # CPU defaults
+
+
+def test_an_epoch_is_one_pass_in_whole_batches_and_logs_their_mean_loss(imagenet_dir, tiny_clip_config,
+                                                                       tiny_clip_checkpoint, tmp_path, monkeypatch):
+    """9 images in batches of 4: two steps of 4 other images, the ninth left out (the last partial
+    batch is dropped, as CoOp's loader does); each view cropped to at least FitConfig.crop_scale of
+    the image (docs/method.md §2: 0.08 by default); the log's loss is the mean of the steps' losses."""
+    import clip_smot.clip.fit as fit_mod
+
+    batches, scales, losses = [], [], []
+    real_crop, real_step = fit_mod.random_resized_crop_flip, fit_mod.make_fit_step
+
+    def crop(images, cams, size, scale, generator):
+        batches.append([bytes(x.numpy().tobytes()) for x in images])
+        scales.append(scale)
+        return real_crop(images, cams, size, scale=scale, generator=generator)
+
+    def make(*args, **kwargs):
+        step = real_step(*args, **kwargs)
+        return lambda *a: losses.append(step(*a)) or losses[-1]
+
+    monkeypatch.setattr(fit_mod, "random_resized_crop_flip", crop)
+    monkeypatch.setattr(fit_mod, "make_fit_step", make)
+    out = tmp_path / "run"
+    run_fit(FitConfig(data=str(imagenet_dir), shots=3, model=tiny_clip_config, pretrained=tiny_clip_checkpoint,
+                      loss="ce", n_ctx=4, batch_size=4, epochs=1, precision="fp32", device="cpu",
+                      workers=0, out=str(out), crop_scale=0.5))
+    assert [len(b) for b in batches] == [4, 4] and len(set(batches[0] + batches[1])) == 8
+    assert scales == [(0.5, 1.0)] * 2
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx((losses[0].item() + losses[1].item()) / 2, rel=1e-6)
 
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypatch):
@@ -1075,7 +1254,13 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     assert res.exit_code == 1 and _last_error_line(res) == (
         f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: the run's few-shot split ({split}) is not the one "
         f"drawn now (did the images under --data change?); to continue on its images, add --split {split}")
-    gone.write_bytes(kept)  # with the split named, the run's images are used (here: the finished run)
+    gone.write_bytes(kept)
+    # a --split given that is not the run's: the flag is named, not the images
+    (tmp_path / "other.txt").write_text("".join(f"{line}\n" for line in split.read_text().splitlines()[1:]))
+    res = CliRunner().invoke(cli, args("--resume", "--split", str(tmp_path / "other.txt")))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume: --split differs from the run saved in {tmp_path / 'run'}; resume with the same flags")
+    # with the split named, the run's images are used (here: the finished run)
     (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
     res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
@@ -1125,6 +1310,24 @@ def test_resume_with_a_weights_file_replaced_at_its_path_is_refused(fit_args, ti
     res = CliRunner().invoke(cli, args("--resume"))  # the run's own files: it resumes
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_of_a_run_recorded_with_the_other_activation_is_refused(one_epoch, fit_args, tmp_path):
+    """A run recorded before its weights' QuickGELU was honoured (a CLIP record with no
+    "activation", whose model config says GELU) trained its context through GELU: resuming it on
+    the QuickGELU model these weights build now is refused, naming both activations."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+
+    def as_an_older_run(saved):
+        clip = saved["config"]["run"]["clip"]
+        del clip["activation"]
+        clip["model_config"] = json.dumps({**json.loads(clip["model_config"]), "quick_gelu": False})
+
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", as_an_older_run)
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {run / 'checkpoint.pt'}: the run was trained with gelu, but these weights are built with "
+        "quick_gelu; its context does not fit them: fit again in another --out"), res.output
 
 
 def test_one_class_of_extreme_images_fits_with_a_note(fit_args, tmp_path):
@@ -1321,6 +1524,8 @@ def _set(*keys_value):
     (_set("ctx", [[0.0] * 32] * 4), r"a damaged fit checkpoint \(ctx \(a finite float tensor"),
     (_set("ctx", torch.zeros(1, 1).expand(10**9, 32)), r"a damaged fit checkpoint \(ctx"),  # 128 GB if copied
     (_set("ctx", torch.full((4, 32), float("nan"))), r"a damaged fit checkpoint \(ctx"),
+    (_set("ctx", torch.zeros(1, 1, 4, 32)), r"a damaged fit checkpoint \(ctx \(a finite float tensor \[n_ctx, d\] or "
+                                          r"\[K, n_ctx, d\]\)\)"),  # (4 dimensions: no context's)
     (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
                                          r"--n-ctx 4 do not give"),
     (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
@@ -1333,8 +1538,15 @@ def _set(*keys_value):
     (_set("config", "csc", 1), r"its configuration's csc is 1, not bool"),
     (_set("config", "seed", -1), r"its configuration is out of range \(--seed -1: must be in"),
     (_set("config", "run", "classnames", None), r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "classnames", []), r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "classnames", ["tench", 1, "great white shark"]),
+     r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "split_sha256", None), r"a damaged fit checkpoint \(config.run.split_sha256\)"),
+    (_set("config", "run", "clip", "checkpoint_sha256", None), r"a damaged fit checkpoint \(config.run.clip\)"),
+    (lambda saved: saved["config"].pop("run"), r"an incomplete fit checkpoint \(no config.run\)"),
     (_set("config", "run", "clip", "model_config", "{"), r"a damaged fit checkpoint \(config: "),
     (_set("rng", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),
+    (_set("scheduler", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),  # (export reads none)
 ])
 def test_export_of_a_hand_edited_checkpoint_is_one_line(one_epoch, tmp_path, edit, expected):
     """KeyError, TypeError and size-mismatch tracebacks of a checkpoint edited by hand; nothing written."""
@@ -1362,6 +1574,7 @@ def _momentum_edit(shape):
     (_set("optimizer", "param_groups", []), r"its optimizer state does not fit \(ValueError: 0 parameter groups"),
     (_set("scheduler", "base_lrs", ["x"]), r"its learning-rate schedule is damaged"),
     (_set("scheduler", "base_lrs", [10**400]), r"its learning-rate schedule is damaged"),  # (was an OverflowError)
+    (_set("scheduler", "base_lrs", [0.002, 0.002]), r"its learning-rate schedule is damaged$"),  # (one group)
     # numbers that were taken as they were (an outside audit: lr 15 in the log of a run of --lr 0.002)
     (_set("scheduler", "base_lrs", [20.0]), r"its learning-rate schedule \(base lr \[20.0\], epoch 1, lr \[\S+\]\) "
                                             r"is not the run's$"),
@@ -1372,6 +1585,7 @@ def _momentum_edit(shape):
                                                                  r"weight_decay is 50.0, not the run's 0.0005\)"),
     (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
     (_set("rng", "torch_cpu", "seed"), r"its random-number state is damaged \(TypeError"),
+    (lambda saved: saved["rng"].pop("numpy"), r"its random-number state is damaged \(KeyError"),  # (NumPy's gone)
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, tmp_path, edit, expected):
     """The optimizer, schedule and RNG states were loaded unchecked: a traceback then, or at the first step."""
