@@ -34,23 +34,33 @@ def _share_in_process(rank: int, store: str, out: str) -> None:
         error = ""
     except UserError as e:
         error = str(e)
+    try:  # both fail: the first in rank order (the items' order) is raised on both
+        share_work(lambda share: (_ for _ in ()).throw(UserError(f"bad {share[0]}")), list(range(7)), 2)
+        first = ""
+    except UserError as e:
+        first = str(e)
+    ran = []  # two items, one batch of 2: rank 0's share is empty, and fn does not run there
+    one_batch = share_work(lambda share: ran.append(share) or share, [0, 1], 2)
     try:  # each process lists the files itself: a folder changed in between gives them other lists
         share_work(lambda share: share, [f"{rank}.png", "b.png"], 1)
         other = ""
     except UserError as e:
         other = str(e)
-    Path(out, f"{rank}.json").write_text(json.dumps({"got": got, "error": error, "other": other}))
+    Path(out, f"{rank}.json").write_text(json.dumps({"got": got, "error": error, "first": first, "ran": ran,
+                                                     "one_batch": one_batch, "other": other}))
     torch.distributed.destroy_process_group()
 
 
 def test_share_work_runs_each_share_once_and_fails_on_every_rank(tmp_path):
     """7 items in batches of 2 (4 batches): rank 0 runs items 0-3, rank 1 items 4-6, and both get
-    both results in rank order; a UserError of rank 1 is raised on rank 0 too (nobody waits)."""
+    both results in rank order; a UserError of rank 1 is raised on rank 0 too (nobody waits), and
+    of two, rank 0's; a rank whose share is empty runs nothing and adds no result."""
     torch.multiprocessing.spawn(_share_in_process, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     for rank in (0, 1):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         assert result["got"] == [[0, [0, 1, 2, 3]], [1, [4, 5, 6]]]
-        assert result["error"] == "bad 4"
+        assert result["error"] == "bad 4" and result["first"] == "bad 0"
+        assert result["ran"] == ([] if rank == 0 else [[0, 1]]) and result["one_batch"] == [[0, 1]]
         assert result["other"].startswith("the 2 processes were given other lists of 2 images to share")
 
 
@@ -100,6 +110,19 @@ def _lock_in_process(rank: int, store: str, out: str, held: str) -> None:
             result["held"] = ""
     except UserError as e:
         result["held"] = str(e)
+    import clip_smot.common.distributed as distributed
+
+    def failing_lock(*args, **kwargs):
+        raise OSError()  # (an error whose text is empty)
+
+    real_lock, distributed.output_lock = distributed.output_lock, failing_lock
+    try:
+        with writer_lock(Path(out) / "other", folder=True):
+            result["silent"] = ""
+    except Exception as e:
+        result["silent"] = f"{type(e).__name__}: {e}"
+    finally:
+        distributed.output_lock = real_lock
     Path(out, f"{rank}.json").write_text(json.dumps(result))
     torch.distributed.destroy_process_group()
 
@@ -119,6 +142,8 @@ def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
     assert [r["free"] for r in results] == ["", ""]
     assert results[0]["held"] != "" and str(tmp_path / "held") in results[0]["held"]
     assert results[1]["held"] == results[0]["held"]
+    # an error with no text: rank 0 raises it as it was, rank 1 its name (not nothing, going on alone)
+    assert [r["silent"] for r in results] == ["OSError: ", "UserError: OSError"]
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -132,6 +157,12 @@ def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
      "$RANK 2, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),  # (ranks are 0 and 1)
     ({"RANK": "1"}, None),  # (one process: the RANK left in its environment is not read; it writes)
     ({"WORLD_SIZE": "1", "RANK": "3", "LOCAL_RANK": "3"}, None),
+    ({"WORLD_SIZE": ""}, None),  # (set but empty: as unset)
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x"}, "$WORLD_SIZE 2: $MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+     "$RANK 0, $LOCAL_RANK 2: not in [0, WORLD_SIZE 2)"),
+    ({"WORLD_SIZE": "2", "RANK": "-1", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+     "$RANK -1, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),
 ])
 def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
     """WORLD_SIZE=2 alone was torch.distributed's traceback (RANK expected), WORLD_SIZE=abc int()'s,
