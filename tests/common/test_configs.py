@@ -13,7 +13,15 @@ from clip_smot.cli import cli
 from clip_smot.clip.evaluate import ClipEvalConfig
 from clip_smot.clip.fit import ExportConfig, FitConfig
 from clip_smot.clip.score import ScoreConfig, run_score
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, flag_of
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    flag_of,
+    setting,
+)
 from clip_smot.common.errors import UserError
 from clip_smot.common.reports import EvalConfig
 from clip_smot.reproduce import ReproduceOptions, run_reproduce
@@ -200,3 +208,21 @@ def test_a_bool_is_no_number_and_an_int_is_a_float():
     assert str(e.value) == "config.json: its configuration's n_ctx is True, not int"
     check_field_types(FitConfig(lam=1, T=200, alpha=50), "config.json")  # (JSON writes 1.0 as 1 elsewhere)
     check_ranges(FitConfig(lam=1, T=200, alpha=50))
+
+
+def test_a_declared_range_is_checked_as_declared():
+    """check_ranges serves any config declared with setting(): a maximum alone is ``<=`` its bound,
+    a minimum alone ``>=`` (``>`` when open); a value at a bound is in the range."""
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        most: int = setting(5, max=5)
+        least: float = setting(0.0, min=0)
+        above: float = setting(1.0, min=0, min_open=True)
+
+    check_ranges(Options())
+    for options, message in [(Options(most=6), "--most 6: must be <= 5"),
+                             (Options(least=-0.5), "--least -0.5: must be >= 0"),
+                             (Options(above=0.0), "--above 0.0: must be > 0")]:
+        with pytest.raises(UserError) as e:
+            check_ranges(options)
+        assert str(e.value) == message
