@@ -428,3 +428,107 @@ def test_a_refused_command_leaves_the_folder_another_made_and_locked_meanwhile(t
             with files.output_lock(run, folder=True):
                 pass
         assert run.is_dir()
+
+
+def test_a_write_error_without_a_system_reason_names_its_type(tmp_path, monkeypatch):
+    """An OSError raised with a message alone (a writer's own, no errno) has no strerror: the line
+    gives its type and message, as for any other error of a writer, not 'None'."""
+    _plenty_of_space(monkeypatch)
+
+    def fail(tmp):
+        raise OSError("the device went away")
+
+    with pytest.raises(UserError) as e:
+        files.atomic_write(tmp_path / "new.txt", fail)
+    assert str(e.value) == f"cannot write {tmp_path / 'new.txt'}: OSError: the device went away"
+
+
+def test_a_disk_with_a_few_hundred_kib_free_is_named_full(tmp_path, monkeypatch):
+    """torch.save's 'unexpected pos' on a disk with 100 KiB left (less than a checkpoint of the
+    tiny ResNet) is a full disk too, not only at 0 bytes free."""
+    from pathlib import Path
+
+    def half_then_fail(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(files.torch, "save", half_then_fail)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: _Usage(1 << 30, (1 << 30) - 100 * 1024, 100 * 1024))
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, tmp_path / "checkpoint.pt")
+    assert str(e.value) == f"cannot write {tmp_path / 'checkpoint.pt'}: no space left on the device"
+
+
+def test_the_temporary_file_of_a_write_is_one_a_later_run_removes(tmp_path):
+    """A write killed mid-way (SIGKILL) leaves its temporary file; the next run's
+    remove_stale_temporaries(folder, names) must find it under the name of the file it was to
+    become, and no other file's."""
+    from pathlib import Path
+
+    found = []
+
+    def write(tmp):  # (the state a kill here leaves: then what the next run does)
+        Path(tmp).write_text("half")
+        files.remove_stale_temporaries(tmp_path, ("other.pt",))
+        kept = os.path.exists(tmp)
+        files.remove_stale_temporaries(tmp_path, ("x.pt",))
+        found.append((kept, os.path.exists(tmp)))
+        Path(tmp).write_text("whole")
+
+    files.atomic_write(tmp_path / "x.pt", write)
+    assert found == [(True, False)]
+    assert os.listdir(tmp_path) == ["x.pt"] and (tmp_path / "x.pt").read_text() == "whole"
+
+
+def test_json_text_is_indented_with_sorted_keys_and_a_final_newline():
+    """config.json and summary.json: the same record gives the same bytes, whatever its key order."""
+    text = '{\n  "a": [\n    1,\n    2\n  ],\n  "b": {\n    "c": null,\n    "d": true\n  }\n}\n'
+    assert files.json_text({"b": {"d": True, "c": None}, "a": [1, 2]}) == text
+
+
+def test_an_archive_that_unpacks_to_exactly_its_size_and_slack_is_loaded(tmp_path, monkeypatch):
+    """ARCHIVE_SLACK is what an archive may unpack to beyond its size: at exactly that it is
+    loaded, one byte more is refused."""
+    import zipfile
+
+    path = tmp_path / "a.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/data/0", b"\0" * 100_000)
+    size = path.stat().st_size  # (100,000 zeros deflate to a few hundred bytes)
+    monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size)
+    assert files.archive_overflow(path) is None
+    monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size - 1)
+    assert files.archive_overflow(path).startswith(f"its entries unpack to 100000 bytes, {100_000 / size:.0f} times "
+                                                   f"the file's {size} ")
+
+
+def test_two_paths_where_nothing_is_are_not_one_file(tmp_path):
+    """same_file answers for files that exist: two missing paths (a --data folder removed since a
+    run and another given now) are not the same, however alike their nothing is."""
+    (tmp_path / "a").write_text("x")
+    assert files.same_file(tmp_path / "a", tmp_path / "." / "a")
+    assert not files.same_file(tmp_path / "gone", tmp_path / "missing")
+    assert not files.same_file(tmp_path / "gone", tmp_path / "gone")
+
+
+def test_a_fifo_at_the_lock_files_name_is_refused_and_left(tmp_path):
+    """A FIFO (or a device) where the lock file goes is no lock of ours: locking it would go on,
+    and the command's end would remove a user's FIFO."""
+    import stat
+
+    out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
+    os.mkfifo(lock)
+    refused = rf"^--out {out}: {lock}, the name of its lock file, holds something else; move it away$"
+    with pytest.raises(UserError, match=refused), files.output_lock(out):
+        pass
+    assert stat.S_ISFIFO(os.lstat(lock).st_mode)
+
+
+def test_an_eval_out_holding_a_run_names_its_checkpoint_first(tmp_path):
+    """A fit run folder (checkpoint.pt and prompt.safetensors) given as eval's --out: the line
+    names the file that makes it a resumable run."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"state")
+    (tmp_path / "prompt.safetensors").write_bytes(b"prompt")
+    with pytest.raises(UserError, match=rf"^--out {tmp_path}: holds a training run \(checkpoint.pt\); write the "
+                                        rf"evaluation to another folder \(e.g. {tmp_path / 'eval'}\)$"):
+        check_output_folder(tmp_path)
