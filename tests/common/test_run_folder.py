@@ -266,3 +266,56 @@ def test_an_older_fit_rng_layout_of_another_device_is_one_line():
     old = {"torch_cpu": torch.get_rng_state(), "torch_cuda": None, "aug_gen": aug.get_state(), "aug_device": "cuda:0"}
     with pytest.raises(UserError, match=r"^--resume x: written on cuda:0; resume it with --device cuda:0$"):
         rf.restore_rng(old, {"aug_gen": aug}, "--resume x")
+
+
+def test_a_log_that_cannot_be_appended_is_one_line_naming_the_log(tmp_path):
+    with pytest.raises(UserError, match=rf"^cannot write {tmp_path / 'gone' / 'log.jsonl'}: No such file or directory$"):
+        rf.append_log(tmp_path / "gone", rf.log_record(1, 0.5, 0.1, 1.0))
+
+
+def test_truncating_a_missing_or_damaged_log_keeps_the_whole_epoch_lines(tmp_path):
+    """A --resume whose log.jsonl was removed starts an empty one; bytes that are not UTF-8 (a
+    disk error, a line cut inside a character) and a line of epoch 0 (no epoch is 0: they
+    count from 1) are dropped, not fatal."""
+    path = tmp_path / "log.jsonl"
+    rf.truncate_log(path, 3)
+    assert path.read_bytes() == b""
+    path.write_bytes(b'{"epoch": 0}\n{"epoch": 1}\n\xc3{"epoch": 2}\n{"epoch": 2}\n')
+    rf.truncate_log(path, 2)
+    assert path.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+
+
+def test_a_refused_resume_names_the_flags_as_typed():
+    with pytest.raises(UserError, match=r"^--resume: --batch-size, --cam-model differ from the run saved in a; "):
+        rf.resume_options({"batch_size": 8, "cam_model": "m"}, {"batch_size": 16, "cam_model": "n"},
+                          {"batch_size", "cam_model"}, (), "a")
+
+
+def test_an_optimizer_state_of_other_groups_or_parameters_is_one_line_saying_so():
+    """The counts are checked before torch's load_state_dict, whose own words name neither number."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    two_groups = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).state_dict()
+    two_params = torch.optim.SGD([a, b], lr=0.1).state_dict()
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: 2 parameter "
+                                        r"groups, not 1\)$"):
+        rf.load_optimizer_state(torch.optim.SGD([a], lr=0.1), two_groups, "--resume c.pt")
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: 2 parameters "
+                                        r"in a group, not 1\)$"):
+        rf.load_optimizer_state(torch.optim.SGD([a], lr=0.1), two_params, "--resume c.pt")
+
+
+def test_an_optimizer_step_count_is_a_number_or_a_0_dim_tensor():
+    """Adam's 'step' is a number or a 0-dim tensor; one of another shape is refused as any other
+    per-parameter tensor of the wrong shape would be."""
+    w = torch.nn.Parameter(torch.ones(2))
+    for step in (3, 3.0, torch.tensor(3.0)):
+        opt = torch.optim.Adam([w], lr=0.1)
+        w.grad = torch.ones(2)
+        opt.step()
+        state = opt.state_dict()
+        state["state"][0]["step"] = step
+        rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
+    state["state"][0]["step"] = torch.tensor([3.0, 3.0, 3.0])
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: step has "
+                                        r"shape \[3\], not \[2\]\)$"):
+        rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
