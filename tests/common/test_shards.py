@@ -239,3 +239,27 @@ def test_a_folder_whose_name_ends_in_tar_is_a_folder(tmp_path):
     (tmp_path / "s.tar" / "a.png").write_bytes(b"a")
     assert not shards.is_shard(tmp_path / "s.tar")
     assert image_files(tmp_path / "s.tar", "PATH") == [tmp_path / "s.tar" / "a.png"]
+
+
+def test_a_shard_cut_before_its_first_image_is_unreadable_not_imageless(tmp_path):
+    """Cut inside a member that is no image (a copy stopped short): the images it held may be in
+    the part that is gone, so the shard is named unreadable, not 'no image members found'."""
+    with tarfile.open(tmp_path / "whole.tar", "w") as tar:
+        _add(tar, "k.cls", b"3" * 100)
+        _add(tar, "k.jpg", b"j" * 100)
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "whole.tar").read_bytes()[:512 + 50])
+    with pytest.raises(UserError, match=r"^--x .*cut.tar: not a readable uncompressed tar shard \(unexpected end of "
+                                        r"data\)$"):
+        shards.list_members(tmp_path / "cut.tar", "--x")
+
+
+def test_a_missing_shard_or_image_file_is_named_missing(tmp_path):
+    with pytest.raises(UserError, match=rf"^--x {tmp_path / 'gone.tar'}: no such file$"):
+        shards.list_members(tmp_path / "gone.tar", "--x")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'gone.png'}: no such image file$"):
+        shards.read_image_bytes(tmp_path / "gone.png")
+
+
+def test_an_image_files_identity_is_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shards.image_identity("a.png") == shards.image_identity("./a.png") == f"{tmp_path}/a.png"
