@@ -34,6 +34,7 @@ TRAIN_SPEC = {
     ("smot", "digits", 10): (8, 64, 0.05, 10.0, "smot", "resnet_tiny"),
     # folders: the paper's T at the nearest class count
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),
+    ("smot", None, 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", None, 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
     ("smot", None, 101): (300, 128, 0.1, 200.0, "smot", "resnet18"),
 }

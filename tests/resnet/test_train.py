@@ -936,6 +936,12 @@ def _nan_weight(ckpt):
     (_edit("optimizer", "param_groups", 0, "weight_decay", 0.5), r"\(ValueError: weight_decay is 0.5, not the run's "),
     (_edit("rng", "numpy", "MT19937"), r"its loss-scaler or random-number state is damaged \(ValueError"),
     (_edit("rng", "torch", torch.zeros(3, dtype=torch.uint8)), r"random-number state is damaged \(RuntimeError"),
+    # parts of another type, which the steps after the check read as something else
+    (_edit("data_sha256", 5), r"is not a readable clip-smot checkpoint \(ValueError: data_sha256 is 5\)$"),
+    (_edit("cam_model_sha256", 5), r"\(ValueError: cam_model_sha256 is 5\)$"),
+    (_edit("rng", [1]), r"is not a readable clip-smot checkpoint \(ValueError: optimizer or rng is not a state\)$"),
+    (_edit("model", "fc.weight", 1.0), r"is not a readable clip-smot checkpoint \(ValueError: model is not a state dict\)$"),
+    (_edit("meta", "classnames", "cat"), r"\(ValueError: meta is not a record with a list of class names\)$"),
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
     """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
@@ -1039,3 +1045,115 @@ def test_resume_takes_the_runs_own_data_and_cam_model_spelled_another_way(folder
                         flags=given)
     assert summary["epochs"] == 2 and (out / "model.safetensors").is_file()
     assert json.loads((out / "config.json").read_text())["data"] == str(folders)  # (the run's own spelling)
+
+
+def test_a_dry_run_of_a_resume_prints_its_one_line_alone(stopped_run, folders, tmp_path, capsys):
+    """--dry-run writes nothing and prints the step's JSON line: no notice about the number of
+    processes (that is for the run that goes on), even for a checkpoint of another number."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    torch.save({**torch.load(run / "checkpoint.pt", weights_only=True), "world_size": 2}, run / "checkpoint.pt")
+    capsys.readouterr()
+    result = run_train(_cfg(folders, run, epochs=2), resume=True, dry_run=True)
+    out, err = capsys.readouterr()
+    assert result["dry_run"] and json.loads(out) == {"dry_run": True, "loss": result["loss"], "batch": 8}
+    assert "processes" not in err
+
+
+def test_a_finished_run_moved_and_without_its_summary_exports_again(base_model, tmp_path):
+    """Killed between model.safetensors and summary.json, then moved: the resume is not
+    'finished; nothing to do' (which then failed on the missing summary), and --out and
+    --workers are run control (the folder it is in now, the workers given now). It exports
+    with no epoch to train: the summary's final record is the last epoch's, config.json says
+    the device it ran on, and the folder it was moved from is left alone."""
+    import shutil
+
+    before = {p.name: p.read_bytes() for p in base_model.parent.iterdir()}
+    run = shutil.copytree(base_model.parent, tmp_path / "moved")
+    (run / "summary.json").unlink()
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    summary = run_train(TrainConfig(out=str(run), device="auto", workers=1), resume=True)  # (flags: out, workers)
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert summary["model"] == str(run / "model.safetensors") and summary["epochs"] == 2
+    assert summary["final"] == log[-1] and log[-1]["epoch"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] == "cpu" and config["precision"] == "fp32"  # (auto, resolved on this CPU-only run)
+    assert config["workers"] == 1 and config["out"] == str(run)
+    assert load_file(str(run / "model.safetensors")).keys() == load_file(str(base_model)).keys()
+    assert {p.name: p.read_bytes() for p in base_model.parent.iterdir()} == before
+
+
+def test_the_log_gives_the_train_accuracy_in_percent_of_the_images_seen(base_model):
+    """train_acc is 100 * correct / images: times the images seen, over 100, a whole count."""
+    for e in (json.loads(x) for x in (base_model.parent / "log.jsonl").read_text().splitlines()):
+        assert e["images"] == 60 and 0 <= e["train_acc"] <= 100
+        correct = e["train_acc"] * e["images"] / 100
+        assert correct == pytest.approx(round(correct), abs=1e-9) and round(correct) > 0, e
+
+
+def test_an_epochs_loss_and_accuracy_are_means_over_its_images_not_its_batches():
+    """Batches of 2, 2 and 1 images: the epoch's loss is the mean cross-entropy of its 5 images
+    (each batch's mean weighted by its size), computed here by torch at lr 0 (nothing moves)."""
+    import contextlib
+
+    from clip_smot.resnet.train import StepParts, train_epoch
+
+    class Batches:
+        def __init__(self, x, y, sizes):
+            self.parts = list(zip(x.split(sizes), y.split(sizes)))
+
+        def __len__(self):
+            return len(self.parts)
+
+        def epoch(self, epoch):
+            return iter(self.parts)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 2, 3))
+    x = torch.randint(0, 256, (5, 3, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    parts = StepParts("ce", mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1))
+    stats = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), Batches(x, y, [2, 2, 1]), 0, parts,
+                        contextlib.nullcontext(), seed=0, alpha=50.0, beta=20.0, n_samples=5)
+    with torch.no_grad():
+        logits = model(x.float() / 255)
+    assert stats["seen"] == 5 and stats["steps"] == 3
+    torch.testing.assert_close(stats["loss_sum"] / 5, torch.nn.functional.cross_entropy(logits, y))
+    assert int(stats["correct"]) == int((logits.argmax(dim=1) == y).sum())
+
+
+def test_an_out_inside_the_bundled_digits_is_refused_before_any_work(tmp_path, monkeypatch):
+    """--dataset digits reads its folders from the cache: an --out inside one would be read as a
+    class of digits by the next run (and the cache, already written, not rebuilt)."""
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "digits-32" / "zero").mkdir(parents=True)
+    out = tmp_path / "cache" / "digits-32" / "zero" / "run"
+    with pytest.raises(UserError, match=rf"^--out {out}: is inside the bundled digits folder "
+                                        rf"{tmp_path / 'cache' / 'digits-32'}, whose files are read as input"):
+        run_train(TrainConfig(out=str(out), dataset="digits", device="cpu", epochs=1))
+    assert not out.exists()
+
+
+def test_a_dry_run_with_a_non_finite_loss_is_one_line(folders, tmp_path, monkeypatch):
+    import clip_smot.resnet.train as train_mod
+
+    def nan_epoch(*args, **kw):
+        return {"loss_sum": torch.tensor(float("nan")), "correct": torch.tensor(0), "seen": 8, "steps": 1}
+
+    monkeypatch.setattr(train_mod, "train_epoch", nan_epoch)
+    with pytest.raises(UserError, match=r"^non-finite training loss \(nan\) in the dry run; lower --lr$"):
+        run_train(_cfg(folders, tmp_path / "run", epochs=1), dry_run=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cam_model_under_the_name_of_a_file_the_run_writes_is_refused(tmp_path):
+    """A base model kept in --out as config.json (or linked there) would be overwritten by the
+    run's first write: refused before any work, the file as it was."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_bytes(b"the base model")
+    with pytest.raises(UserError, match=rf"^--out {out}: its config.json would be the --cam-model file itself "
+                                        rf"\({out / 'config.json'}\); writing it would destroy that file$"):
+        run_train(_cfg(tmp_path / "data", out, stage="smot", cam_model=str(out / "config.json"), epochs=1))
+    assert os.listdir(out) == ["config.json"] and (out / "config.json").read_bytes() == b"the base model"
