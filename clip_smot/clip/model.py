@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -157,7 +158,13 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
         if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
             cfg = cfg["model_cfg"]
         check_config_file(cfg, *source)
-        open_clip.add_model_config(path)
+        # open_clip registers a .json file that holds the config itself, by its stem: a private copy
+        # of the config checked here, so that a pretrained config's layout, or a file named without
+        # .json, is registered too (neither was: open_clip's registry had no such name)
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / f"{path.stem}.json"
+            copy.write_text(json.dumps(cfg))
+            open_clip.add_model_config(copy)
         return path.stem, open_clip.get_model_config(path.stem)
     cfg = open_clip.get_model_config(model)
     if cfg is None:
@@ -768,8 +775,6 @@ def load_clip_for_prompt(
     Raises:
         UserError: the name is not a plain name, or as :func:`load_clip`.
     """
-    import tempfile
-
     import open_clip
 
     plain_name(name, "prompt metadata 'model'")

@@ -294,3 +294,23 @@ def test_a_tag_whose_config_says_gelu_builds_gelu_with_the_tags_weights(tiny_cli
     assert clip.activation == "gelu" and clip.pretrained == "gelu-tag"
     assert asked[-1] == ("gelu-tag", {"device": "cpu", "quick_gelu": False})
     assert all(type(b.mlp.gelu) is torch.nn.GELU for b in clip.model.transformer.resblocks)
+
+
+def test_a_config_in_open_clips_pretrained_layout_builds_its_model_cfg(tmp_path):
+    """open_clip's pretrained configs hold the model config under ``model_cfg`` beside a
+    ``preprocess_cfg``: load_clip checked that model_cfg, then crashed with an AttributeError
+    ('NoneType' object has no attribute 'get'), open_clip having registered nothing under the
+    file's name. It builds the model_cfg's architecture (the tiny ViT: 4 x 4 patches of 8 pixels
+    and a class token, of width 64). So does a config file whose name has no .json (open_clip
+    registers .json files only), found by its folder."""
+    from conftest import TINY_CLIP_CONFIG
+
+    wrapped = tmp_path / "clip-smot-tiny-wrapped.json"
+    wrapped.write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": {}}))
+    clip = load_clip(str(wrapped), None)
+    assert clip.name == "clip-smot-tiny-wrapped" and clip.config == TINY_CLIP_CONFIG
+    assert clip.model.visual.positional_embedding.shape == ((32 // 8) ** 2 + 1, 64)
+    assert clip.model.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
+    (tmp_path / "clip-smot-tiny-bare").write_text(json.dumps(TINY_CLIP_CONFIG))
+    bare = load_clip(str(tmp_path / "clip-smot-tiny-bare"), None)
+    assert bare.name == "clip-smot-tiny-bare" and bare.config == TINY_CLIP_CONFIG
