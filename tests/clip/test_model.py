@@ -46,16 +46,23 @@ def test_random_weights_are_the_same_each_time(tiny_clip_config, monkeypatch):
 def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(UserError, match=r"ViT-B-16.*openai.*local checkpoint"):
+    with pytest.raises(UserError, match=r"ViT-B-16.*openai.*local checkpoint") as e:
         load_clip("ViT-B-16", "openai")
     assert time.monotonic() - start < 5
+    # OpenAI's weights in a state dict say nothing of their QuickGELU: the -quickgelu name does
+    assert str(e.value).endswith("e.g. --model ViT-B-16-quickgelu --pretrained path/to/ViT-B-16.safetensors "
+                                 "(or OpenAI's own ViT-B-16.pt with --model ViT-B-16)")
 
 
 @pytest.mark.parametrize(
     "model, pretrained, match",
     [
-        ("ViT-B-16", "not-a-tag", "not a pretrained tag"),
+        # the tags it knows are listed (open_clip's own ViT-B-16 has OpenAI's weights among them)
+        ("ViT-B-16", "not-a-tag", r"^--pretrained not-a-tag: not a pretrained tag of ViT-B-16 \(known tags: .*\bopenai\b"),
         ("ViT-B-16", "missing/weights.pt", "no such checkpoint file"),
+        # a file's suffix or folder says it is a file: not called an unknown tag
+        ("ViT-B-16", "weights.pth", r"^--pretrained weights.pth: no such checkpoint file$"),
+        ("ViT-B-16", "missing/weights", r"^--pretrained missing/weights: no such checkpoint file$"),
         ("No-Such-Model", None, "unknown open_clip model"),
         ("missing/config.json", None, "no such model-config JSON"),
     ],
@@ -294,6 +301,103 @@ def test_a_tag_whose_config_says_gelu_builds_gelu_with_the_tags_weights(tiny_cli
     assert clip.activation == "gelu" and clip.pretrained == "gelu-tag"
     assert asked[-1] == ("gelu-tag", {"device": "cpu", "quick_gelu": False})
     assert all(type(b.mlp.gelu) is torch.nn.GELU for b in clip.model.transformer.resblocks)
+
+
+def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
+    """Each limit is inclusive, as its message says: an image of 8 pixels (one patch of 8) or of
+    2048 (in patches of 32: 64 x 64 = 4096 tokens, MAX_PATCHES), a ResNet fed 32 pixels (its
+    stride), 1024 blocks (MAX_LAYERS) all pass. A size of 0, an eps of 0 and a config without a
+    tower are refused in one line (0 heads was a ZeroDivisionError in open_clip, a config without
+    text_cfg a KeyError)."""
+    import copy
+
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    def changed(**towers):
+        cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+        for tower, values in towers.items():
+            cfg[tower].update(values)
+        return cfg
+
+    for cfg in (changed(vision_cfg={"image_size": 8, "patch_size": 8}),
+                changed(vision_cfg={"image_size": 2048, "patch_size": 32}),
+                changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1]}),
+                changed(vision_cfg={"layers": 1024}), changed(text_cfg={"layers": 1024})):
+        cm.check_model_config(cfg, "--model m.json")
+    for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
+                       (changed(text_cfg={"heads": 0}), r"text_cfg.heads must be a positive integer, not 0$"),
+                       ({**TINY_CLIP_CONFIG, "embed_dim": 0}, r"embed_dim must be a positive integer, not 0$"),
+                       (changed(vision_cfg={"norm_kwargs": {"eps": 0}}),
+                        r"vision_cfg.norm_kwargs may set only eps, a positive number, not \{'eps': 0\}$"),
+                       ({k: v for k, v in TINY_CLIP_CONFIG.items() if k != "text_cfg"},
+                        r"the model config: an open_clip model config needs embed_dim, vision_cfg and text_cfg$")):
+        with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
+            cm.check_model_config(cfg, "--model m.json")
+
+
+def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
+    """timm reads a name with a colon as a hub or folder source (``hf-hub:org/x``, or a bare
+    ``hf-hub:x``), and one with a slash or a backslash as a path; a name that is no string at all
+    was a TypeError. Each is refused naming the key at fault: ``timm_model_pretrained`` when it is
+    the weights that would be fetched. A plain architecture name passes."""
+    from clip_smot.clip.model import check_config_file
+
+    for timm, error in (({"timm_model_name": "hf-hub:evil"}, r"vision_cfg.timm_model_name 'hf-hub:evil': "),
+                        ({"timm_model_name": "..\\evil"}, r"vision_cfg.timm_model_name '..\\\\evil': "),
+                        ({"timm_model_name": 5}, r"vision_cfg.timm_model_name 5: "),
+                        ({"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": True},
+                         r"vision_cfg.timm_model_pretrained True: ")):
+        cfg = {"embed_dim": 32, "vision_cfg": timm, "text_cfg": {}}
+        with pytest.raises(UserError, match=rf"^--model m.json: {error}a config file may name a timm architecture"):
+            check_config_file(cfg, "--model m.json")
+    check_config_file({"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_base_patch16_224"}, "text_cfg": {}},
+                      "--model m.json")
+
+
+def test_a_wide_mlp_is_counted_in_the_estimate_before_anything_is_built(tmp_path, monkeypatch):
+    """The estimate counts each ViT block's (4 + 2 mlp_ratio) width^2 weights: 12 blocks of width
+    1024 with mlp_ratio 1000 hold 12 x 2004 x 1024^2 = 2.5e10 numbers, 94 GiB in fp32, refused
+    on a machine of 64 GiB before open_clip builds anything (at mlp_ratio 4 they would be 0.6 GiB)."""
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "layers": 12, "width": 1024,
+                                              "head_width": 64, "mlp_ratio": 1000}}
+    path = tmp_path / "wide-mlp.json"
+    path.write_text(json.dumps(cfg))
+    monkeypatch.setattr(cm, "physical_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr("open_clip.create_model", lambda *a, **k: pytest.fail("built before it was refused"))
+    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take at least 9[34]\.\d GiB in fp32"):
+        load_clip(str(path), None)
+
+
+def test_a_json_file_name_in_the_current_folder_is_a_config_file(tmp_path, monkeypatch, tiny_clip_config):
+    """``--model tiny.json`` in the current folder is a config file (its suffix says so), not an
+    open_clip name."""
+    monkeypatch.chdir(tmp_path)
+    Path("clip-smot-tiny-here.json").write_text(Path(tiny_clip_config).read_text())
+    assert load_clip("clip-smot-tiny-here.json", None).name == "clip-smot-tiny-here"
+
+
+def test_weights_that_contradict_a_prompts_activation_are_refused_naming_the_prompt(tiny_clip_config, monkeypatch):
+    """A prompt made with QuickGELU, scored with a tag whose weights were trained with GELU: the
+    error names the prompt that asked for QuickGELU (not --pretrained) and the weights, before
+    anything is built."""
+    import open_clip.pretrained
+
+    import clip_smot.clip.model as cm
+
+    real_cfg = open_clip.pretrained.get_pretrained_cfg
+    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg",
+                        lambda name, tag: {"quick_gelu": False} if tag == "gelu-tag" else real_cfg(name, tag))
+    monkeypatch.setattr(cm, "_tag_is_cached", lambda name, tag: True)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("built before it was refused"))
+    with pytest.raises(UserError, match=r"^--prompt p.safetensors: made with QuickGELU, but the gelu-tag weights of "
+                                        r"clip-smot-tiny were trained with GELU: .* fit it again with these weights$"):
+        load_clip(tiny_clip_config, "gelu-tag", activation="quick_gelu", activation_source="--prompt p.safetensors")
 
 
 def test_a_config_in_open_clips_pretrained_layout_builds_its_model_cfg(tmp_path):
