@@ -87,6 +87,7 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
     ("format", "something-else", "not a clip-smot prompt"),
     ("format_version", "2", r"format version 2 is not supported \(this is 1\)$"),
     ("classnames", "[1, 2, 3]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
+    ("classnames", "[]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
     ("class_position", "sideways", "malformed metadata"),
     ("csc", "maybe", "malformed metadata"),
     # the activation recorded must be the one its model_config builds (check_model compares the config's)
@@ -95,6 +96,8 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
     ("text_features", torch.ones(3, 32, dtype=torch.int32), "text_features must hold finite floating-point"),
     ("text_features", torch.full((3, 32), float("nan")), "text_features must hold finite floating-point"),
     ("text_features", torch.zeros(3, 16), r"text_features \(3, 16\) do not match 3 class names x the model's embed_dim 32"),
+    ("text_features", torch.full((3, 32, 1), 32**-0.5),
+     r"text_features \(3, 32, 1\) do not match 3 class names x the model's embed_dim 32$"),
     ("ctx", torch.zeros(4), r"ctx \(4,\) does not match \[4, d\]"),
     ("ctx", torch.zeros(2, 4, 16), r"ctx \(2, 4, 16\) does not match \[4, d\]"),
     ("ctx", torch.full((4, 16), float("inf")), "ctx must hold finite floating-point"),
@@ -322,3 +325,96 @@ def test_only_a_prompt_of_an_unfinished_run_gets_the_note(tmp_path, run, note):
     _save(tmp_path / "p.safetensors", config={"epochs": 5, "run": run})
     said = unfinished_note(load_prompt(tmp_path / "p.safetensors"))
     assert said is None if note is None else note in said
+
+
+def test_class_names_keep_their_order_and_a_class_specific_context_its_layout(tmp_path):
+    """Row k of text_features is class k: the names are written in the order given, not sorted;
+    a class-specific context [K, n_ctx, d] of 3 classes and 4 vectors reads back as csc, n_ctx 4."""
+    _save(tmp_path / "p.safetensors", classnames=["zebra", "ant", "moth"], csc=True, ctx=torch.randn(3, 4, 16))
+    p = load_prompt(tmp_path / "p.safetensors")
+    assert p.classnames == ["zebra", "ant", "moth"] and p.csc is True and p.n_ctx == 4 and p.ctx.shape == (3, 4, 16)
+
+
+def test_a_prompt_without_a_config_entry_loads_with_an_empty_config(tmp_path):
+    """A prompt of an older clip-smot has no ``config`` metadata: it loads, with config {} (and no
+    unfinished-run note)."""
+    _save(tmp_path / "p.safetensors")
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "config"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    old = load_prompt(tmp_path / "old.safetensors")
+    assert old.config == {} and unfinished_note(old) is None
+
+
+def test_class_names_at_the_caps_load(tmp_path, monkeypatch):
+    """The caps are inclusive: a word of 64 letters, and class names of exactly 1 MiB of
+    characters together (2048 names of 512), load."""
+    import clip_smot.clip.prompt_file as pf
+
+    long_context = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {},
+                                                        "text_cfg": {"context_length": 2000}}))
+    _save(tmp_path / "p.safetensors", classnames=["a", "b" * 64, "d"], identity=long_context)
+    assert load_prompt(tmp_path / "p.safetensors").classnames[1] == "b" * 64
+    name = ("b" * 63 + " ") * 8  # 512 characters, words of 63 letters
+    monkeypatch.setattr(pf, "count_tokens", lambda names: [1] * len(names))  # (cheap; none overflows 2000)
+    _save(tmp_path / "p.safetensors", classnames=[name] * 2048, identity=long_context,
+          text_features=torch.full((2048, 32), 32**-0.5))
+    assert sum(map(len, load_prompt(tmp_path / "p.safetensors").classnames)) == 2**20
+
+
+def test_a_name_of_few_characters_but_many_bytes_is_tokenized(tmp_path):
+    """Names are tokenized only where their UTF-8 bytes could overflow: 36 characters of 一 (3
+    bytes each) are 108 bytes, more than the 70 tokens n_ctx 4 leaves a name, and 72 tokens in
+    open_clip's tokenizer (2 a character): 1 + 4 + 72 + 2 = 79 tokens, refused. Counted in
+    characters (36) the name was never tokenized and was let through."""
+    import open_clip
+
+    name = "一" * 36
+    assert int(open_clip.tokenize([name]).argmax()) - 1 == 72  # (start token, 72, end token)
+    _save(tmp_path / "p.safetensors", classnames=["a", name, "d"])
+    with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'p.safetensors'}: the prompt of class 1 "
+                                        r"\('一{36}', 72 name tokens\) needs 79 of the model's 77 tokens with n_ctx 4$"):
+        load_prompt(tmp_path / "p.safetensors")
+
+
+def test_tensors_are_sized_at_8_bytes_a_value_against_half_the_memory(tmp_path, monkeypatch):
+    """ctx [4, 16] and text_features [3, 32] hold 160 values, up to 1280 bytes as float64: refused
+    on a machine of 2558 bytes (half: 1279), loaded on one of 2560 (half: 1280)."""
+    import clip_smot.clip.prompt_file as pf
+
+    _save(tmp_path / "p.safetensors")
+    monkeypatch.setattr(pf, "physical_memory", lambda: 2558)
+    with pytest.raises(UserError, match=r"p.safetensors: its tensors ctx \(4, 16\) and text_features \(3, 32\) "
+                                        r"would take up to 0.0 GiB"):
+        load_prompt(tmp_path / "p.safetensors")
+    monkeypatch.setattr(pf, "physical_memory", lambda: 2560)
+    assert load_prompt(tmp_path / "p.safetensors").ctx.shape == (4, 16)
+
+
+def test_a_quickgelu_prompt_on_gelu_weights_names_the_quickgelu_model_once(tmp_path):
+    """A prompt made with QuickGELU under ``clip-smot-tiny-quickgelu`` on a model built with GELU:
+    the error names both activations and the model to use, ``--model clip-smot-tiny-quickgelu``
+    (the suffix once, not ``-quickgelu-quickgelu``)."""
+    quick = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {}, "text_cfg": {}}
+    ident = dict(IDENT, model="clip-smot-tiny-quickgelu", model_config=json.dumps(quick), activation="quick_gelu")
+    _save(tmp_path / "p.safetensors", identity=ident)
+    prompt = load_prompt(tmp_path / "p.safetensors")
+    gelu = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}))
+    with pytest.raises(UserError, match=r"made with QuickGELU .* is built with GELU; for OpenAI's weights in a "
+                                        r"state-dict file, --model clip-smot-tiny-quickgelu$"):
+        prompt.check_model(gelu)
+
+
+def test_a_prompt_without_an_activation_record_is_read_as_its_config_builds(tmp_path):
+    """A prompt written before the ``activation`` key existed was built as its model_config says:
+    one whose config sets quick_gelu reads as QuickGELU (not GELU, which would refuse it as
+    malformed), and one without it as GELU."""
+    for config, activation in (({"embed_dim": 32, "quick_gelu": True, "vision_cfg": {}, "text_cfg": {}}, "quick_gelu"),
+                               ({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}, "gelu")):
+        _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))
+        with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+            meta = {k: v for k, v in f.metadata().items() if k != "activation"}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+        assert load_prompt(tmp_path / "old.safetensors").activation == activation
