@@ -521,3 +521,22 @@ def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
         for device in ("cuda", torch.device("cuda", 0)):
             assert (flex_available(device), compile_available(device)) == (flex, compiles), (sm, device)
     assert compile_available("cpu") and not flex_available("cpu")
+
+
+def test_only_open_clips_plain_vit_gets_the_fast_image_encoder(clip):
+    """The fast encoder computes the patch embedding as a matmul over disjoint patches, with no
+    bias, and pools one token: a patch convolution with a bias, overlapping (stride 4 under a
+    kernel of 8) or padded, a tower returning its tokens too (``output_tokens``), or a block that
+    is not open_clip's standard one (cross-attention's ``ln_1_kv``) get open_clip's own path."""
+    changes = {
+        "bias": lambda v: setattr(v, "conv1", torch.nn.Conv2d(3, 64, 8, stride=8, bias=True)),
+        "overlap": lambda v: setattr(v, "conv1", torch.nn.Conv2d(3, 64, 8, stride=4, bias=False)),
+        "padded": lambda v: setattr(v, "conv1", torch.nn.Conv2d(3, 64, 8, stride=8, padding=1, bias=False)),
+        "tokens": lambda v: setattr(v, "output_tokens", True),
+        "block": lambda v: setattr(v.transformer.resblocks[0], "ln_1_kv", torch.nn.LayerNorm(64)),
+    }
+    assert fast_image_encoder(clip.model) is not None
+    for name, change in changes.items():
+        model = copy.deepcopy(clip.model)
+        change(model.visual)
+        assert fast_image_encoder(model) is None, name

@@ -210,6 +210,49 @@ def test_a_text_tower_without_a_causal_mask_is_refused(tiny_clip_config, tmp_pat
         PromptLearner(bidirectional, NAMES)
 
 
+def test_a_text_tower_pooled_elsewhere_or_with_cross_attention_is_refused(clip):
+    """A CoOp prompt is pooled at its EOT token by open_clip's standard blocks: a text tower
+    pooled at its first or last token (``text_pool_type``), or whose blocks cross-attend
+    (``ln_1_kv``), would give other features than the encoder computes, and is refused."""
+    pooled = copy.deepcopy(clip.model)
+    pooled.text_pool_type = "last"
+    with pytest.raises(UserError, match=r"pooled at the EOT token \(text_pool_type 'argmax'\), got 'last'$"):
+        PromptLearner(dataclasses.replace(clip, model=pooled), NAMES)
+    crossed = copy.deepcopy(clip.model)
+    crossed.transformer.resblocks[1].ln_1_kv = torch.nn.LayerNorm(32)
+    with pytest.raises(UserError, match="not open_clip's standard ResidualAttentionBlock"):
+        PromptLearner(dataclasses.replace(clip, model=crossed), NAMES)
+
+
+def test_a_prompt_of_all_77_tokens_is_encoded_as_open_clip_does(clip):
+    """n_ctx 73 beside a one-token name fills the context exactly: 1 + 73 + 1 + "." + EOT = 77
+    tokens, which the encoder takes (no more would fit) and encodes as open_clip does."""
+    learner = PromptLearner(clip, ["goldfish", "cat"], n_ctx=73)
+    random_ctx_(learner)
+    assert learner.seq_len == 77 and learner.prefix_len == 74
+    with torch.no_grad():
+        expected = open_clip_encoding(clip, learner.prompt_embeddings(full=True), learner.tokens)
+        torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+def test_a_prompt_too_long_for_the_text_encoder_names_the_flag_and_what_fits(clip):
+    """The error names what set n_ctx (--n-ctx, or the --ctx-init words and their token count),
+    the longest class name wherever it stands, and the n_ctx that fits beside it: 77 less its
+    1 + 72 + 2 tokens is 2 for a name of 72 digits (one token each); beside a name of 74 none."""
+    long_name = "1" * 72
+    with pytest.raises(UserError, match=rf"^--n-ctx 16: the prompt of class '{long_name}' \(72 name tokens\) needs 91 "
+                                        r"of the text encoder's 77 tokens; use at most --n-ctx 2$"):
+        PromptLearner(clip, ["goldfish", long_name, "cat"], n_ctx=16)
+    with pytest.raises(UserError, match=r"^--ctx-init 'a photo of a' \(4 tokens\): the prompt of class .* needs 79 of "
+                                        r"the text encoder's 77 tokens; use at most --n-ctx 2$"):
+        PromptLearner(clip, ["goldfish", long_name], ctx_init="a photo of a")
+    with pytest.raises(UserError, match=r"\(74 name tokens\) needs 78 of the text encoder's 77 tokens; "
+                                        r"no context fits beside that name$"):
+        PromptLearner(clip, ["1" * 74], n_ctx=1)
+    with pytest.raises(UserError, match=r"^--ctx-init '  ': has no tokens$"):
+        PromptLearner(clip, NAMES, ctx_init="  ")
+
+
 @pytest.mark.parametrize("attention", ["square", "flex"])
 @pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle"), (False, "front")])
 def test_attention_layouts_equal_open_clip_with_gradient(clip, attention, csc, class_position):
