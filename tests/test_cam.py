@@ -330,3 +330,23 @@ def test_cam_uses_get_classifier_and_refuses_a_non_linear_one():
                                atol=1e-3, rtol=0)
     with pytest.raises(TypeError, match="linear classifier"):
         classifier_of(_Head(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))))
+
+
+def test_a_cam_model_state_dict_with_other_entries_or_non_finite_weights(tmp_path):
+    """A training script's state dict may hold non-tensor entries beside the weights (an epoch
+    count): they are left out and the network loads. A NaN weight is refused, naming it: it
+    would give NaN CAMs, which mask nothing, without a word."""
+    import torchvision.models.resnet as tv
+
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+
+    torch.manual_seed(0)
+    state = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5).state_dict()
+    torch.save({**state, "epoch": 3, "arch": "resnet10"}, tmp_path / "extra.pth")
+    assert load_cam_network(str(tmp_path / "extra.pth")).model.fc.out_features == 5
+    state["layer3.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'nan.pth'}: layer3.0.conv2.weight holds "
+                                        "non-finite numbers$"):
+        load_cam_network(str(tmp_path / "nan.pth"))
