@@ -349,3 +349,89 @@ def test_zero_shot_class_names_of_id_folders(tmp_path):
         (tmp_path / rel).mkdir(parents=True)
     assert folder_classnames(tmp_path / "named") == ["cat", "sea lion"]
     assert folder_classnames(tmp_path / "wnids") == ["tench", "goldfish"]
+
+
+def test_a_list_line_of_the_longest_length_is_read_whole(tmp_path):
+    """A line of MAX_LINE characters (65536) is read, the next length is refused: a line is
+    held whole up to that bound, then named as too long, never split in two."""
+    assert images.MAX_LINE == 65536
+    (tmp_path / "list.txt").write_text("a" * 65536 + "\nb\n")
+    assert [len(line) for line in images.text_lines(tmp_path / "list.txt", "PATH", "x")] == [65536, 1]
+    (tmp_path / "list.txt").write_text("a" * 65537 + "\nb\n")
+    with pytest.raises(UserError, match="list.txt: a line longer than 65536 characters"):
+        list(images.text_lines(tmp_path / "list.txt", "PATH", "x"))
+
+
+def test_a_float_image_up_to_one_is_scaled_to_255(tmp_path):
+    """A float ('F') image whose values lie in [0, 1], 1.0 included, is scaled by 255; one with
+    larger values is taken as 0..255 and clipped."""
+    import numpy as np
+
+    Image.fromarray(np.array([[0.0, 0.25, 0.5, 1.0]], np.float32)).save(tmp_path / "unit.tif")
+    assert np.asarray(load_image(tmp_path / "unit.tif", mode="L")).tolist() == [[0, 64, 128, 255]]  # 63.75, 127.5
+    Image.fromarray(np.array([[0.0, 1.0, 100.4, 300.0]], np.float32)).save(tmp_path / "wide.tif")
+    assert np.asarray(load_image(tmp_path / "wide.tif", mode="L")).tolist() == [[0, 1, 100, 255]]
+
+
+def test_a_missing_image_file_is_named_as_missing(tmp_path):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / 'gone.png'))}: no such image file$"):
+        load_image(tmp_path / "gone.png")
+
+
+def test_a_hidden_folder_does_not_make_a_folder_of_class_folders(tmp_path):
+    """DIR/val holding images and a .thumbs folder is the class val, not a split of classes."""
+    from clip_smot.common.image_sets import id_set
+
+    for rel in ("val/1.png", "val/.thumbs/1.png", "cat/1.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    assert not images.holds_folders(tmp_path / "val") and images.holds_folders(tmp_path)
+    s = id_set(tmp_path, ["cat", "val"])
+    assert [p.relative_to(tmp_path).as_posix() for p in s.paths] == ["cat/1.png", "val/1.png"] and s.labels == [0, 1]
+
+
+def test_image_list_arguments_that_do_not_fit_are_named(tmp_path):
+    """An OOD NAME=LIST.txt that is not there is no folder or list; a line of three fields is not
+    'relative/path label'; a ROOT::LIST.txt whose root is missing names the root."""
+    from clip_smot.common.image_sets import image_set, read_image_list
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with pytest.raises(UserError, match=rf"^--ood x={re.escape(str(tmp_path / 'gone.txt'))}: no such folder or image "
+                                        "list$"):
+        image_set("x", tmp_path / "gone.txt")
+    (tmp_path / "list.txt").write_text("a.png 0\na.png 1 2\n")
+    with pytest.raises(UserError, match=r"list.txt:2: expected 'relative/path label', got 'a.png 1 2'$"):
+        read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+    with pytest.raises(UserError, match=rf"^--ood x {re.escape(str(tmp_path / 'none'))}: no such image root folder$"):
+        image_set("x", f"{tmp_path / 'none'}::{tmp_path / 'list.txt'}")
+
+
+def test_id_folder_labels_need_every_image_in_a_class_folder_of_the_prompt(tmp_path):
+    """Labels come from class folders: a loose image beside them, or a single image given as the
+    set, leaves the set without labels (and says why); the folders a prompt records label the set
+    only when they hold every folder found; a folder named exactly as a class (its underscore
+    kept) is that class."""
+    from clip_smot.common.image_sets import id_set
+
+    for rel in ("val/cat/1.png", "val/sea_lion/1.png", "loose/cat/1.png", "loose/2.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    s = id_set(tmp_path / "loose", ["cat"])
+    assert s.labels is None and s.note == f"{tmp_path / 'loose'} holds images outside class folders"
+    s = id_set(tmp_path / "loose" / "2.png", ["cat"])
+    assert s.paths == [tmp_path / "loose" / "2.png"] and s.labels is None
+    assert s.note == "a single image has no class folder"
+    assert id_set(tmp_path, ["sea_lion", "cat"]).labels == [1, 0]  # (paths: cat/1.png, sea_lion/1.png)
+    # the prompt records sea_lion only: its folders do not cover cat, which is matched by name
+    assert id_set(tmp_path, ["cat", "sea lion"], prompt_folders=["x", "sea_lion"]).labels == [0, 1]
+
+
+def test_zero_shot_names_wnids_only_when_every_folder_is_one(tmp_path):
+    """ImageNet wnids become CLIP names only when every class folder is a wnid; among other
+    folders a wnid stays a folder name (the names then follow one rule for all)."""
+    from clip_smot.common.image_sets import folder_classnames
+
+    for rel in ("mixed/n01440764", "mixed/sea_lion"):
+        (tmp_path / rel).mkdir(parents=True)
+    assert folder_classnames(tmp_path / "mixed") == ["n01440764", "sea lion"]
+
