@@ -142,6 +142,7 @@ def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--workers", "0",
             "--out", str(tmp_path / "e")]
     for ood, expected in [(f"gone={tmp_path / 'missing'}", "--ood gone="), ("svhn", "--ood svhn: not a built-in OOD set"),
+                          (f"id={ood_dir}", "--ood id=...: 'id' names the ID set; give the OOD set another name"),
                           (f"x={ood_dir}", None)]:
         res = CliRunner().invoke(cli, base + ["--ood", ood, "--scores", "mcm,nope" if expected is None else "mcm"])
         assert res.exit_code != 0 and "Traceback" not in res.output
@@ -250,6 +251,23 @@ def test_a_bare_id_name_is_the_built_in_set_unless_a_path_of_that_name_exists(tm
     assert clip_eval._builtin_id(str(tmp_path / "elsewhere"), 32) == str(tmp_path / "elsewhere")
 
 
+def test_zero_shot_on_a_folder_named_digits_takes_its_classes_from_the_folder(tmp_path, monkeypatch, tiny_clip_config,
+                                                                              tiny_clip_checkpoint):
+    """--zero-shot --id digits, with a folder digits in the current folder, reads that folder (as
+    _builtin_id does): the class names are its class folders', not the bundled digits' ten, so
+    its images get labels and an ID accuracy."""
+    monkeypatch.chdir(tmp_path)
+    for k, c in enumerate(("cat", "dog")):
+        _img(tmp_path / "digits" / c / "0.png", 60 * k)
+        _img(tmp_path / "ood" / f"{k}.png", 200 - 10 * k)
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--id", "digits", "--ood", "o=ood", "--workers", "0",
+                                   "--no-cache", "--out", "e"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["n_images"]["id"] == 2 and report["id_accuracy"] in (0.0, 50.0, 100.0)
+
+
 def test_zero_shot_with_an_empty_pretrained_is_random_weights_not_openai(tmp_path, tiny_clip_config):
     """--zero-shot defaults --pretrained to openai only when it is not given: an empty one is no
     weights (random, seeded), as for a prompt, and needs no download."""
@@ -346,6 +364,10 @@ def test_one_class_and_an_ood_set_of_one_image(tmp_path, tiny_clip_config, tiny_
     assert res.exit_code == 0, res.output
     report = json.loads((out / "metrics.json").read_text())
     assert report["id_accuracy"] == 100.0 and report["n_images"] == {"id": 4, "one": 1}
+    assert "id_accuracy_note" not in report  # (only when there is no accuracy: docs/score.md)
+    config = json.loads((out / "config.json").read_text())  # every option but --out, the scores as a list
+    assert "out" not in config and config["scores"] == ALL and config["id_data"] == str(tmp_path / "id")
+    assert config["zero_shot"] is True and config["ood"] == {"one": str(tmp_path / "ood")}
     for name in ("mcm", "msp", "gl-mcm"):
         m = report["metrics"][name]["one"]
         assert (m["auroc"], m["fpr95"], m["aupr_in"]) == (50.0, 100.0, 80.0)  # 4 ID of 5, all tied
@@ -495,3 +517,14 @@ def test_eval_decode_gpu_without_cuda_is_one_line_and_cpu_is_recorded(tmp_path, 
     res = CliRunner().invoke(cli, [*base, "--decode", "cpu", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "c" / "config.json").read_text())["decode"] == "cpu"
+
+
+def test_recorded_class_folders_are_used_only_one_per_class():
+    """A prompt's run.class_folders label the ID folders only when they name one folder per class;
+    a list of another length (an edited file) would give labels past the prompt's classes."""
+    from clip_smot.clip.evaluate import _prompt_folders
+
+    assert _prompt_folders({"run": {"class_folders": ["a", "b_c"]}}, 2) == ["a", "b_c"]
+    for run in ({"class_folders": ["a", "b", "c"]}, {"class_folders": ["a"]}, {"class_folders": ["a", 2]},
+                {"class_folders": "ab"}, ["a", "b"]):
+        assert _prompt_folders({"run": run}, 2) is None, run

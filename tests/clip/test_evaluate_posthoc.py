@@ -194,3 +194,20 @@ def test_the_prompts_recorded_shots_and_seed_are_checked(tmp_path, field, value,
     prompt = tmp_path / "run" / "prompt.safetensors"
     with pytest.raises(UserError, match=rf"^--prompt {prompt}: its recorded {error}"):
         id_train_paths(str(prompt), config, None, None)
+
+
+def test_a_prompts_training_folder_or_split_file_that_is_not_there_is_named(tmp_path):
+    """Without --id-train, the fitted scores read what the prompt records: a data folder that is
+    gone, or a split file that is not next to the prompt, is said (a new draw from the folder
+    would fit the scores on images the prompt never saw)."""
+    root = _train_folder(tmp_path / "data" / "train", n_per_class=5)
+    prompt = tmp_path / "run" / "prompt.safetensors"
+    prompt.parent.mkdir()
+    gone = tmp_path / "moved" / "train"
+    with pytest.raises(UserError, match=rf"^--id-train: {prompt} was fitted on {gone}, which is not there; "
+                                        r"pass --id-train DIR$"):
+        id_train_paths(str(prompt), {"data": str(gone), "shots": 2, "seed": 3, "split": None}, None, None)
+    config = {"data": str(root), "shots": 2, "seed": 3, "split": str(tmp_path / "elsewhere" / "split.txt")}
+    with pytest.raises(UserError, match=rf"^--split: {prompt} was fitted on a split file that is not next to it; "
+                                        r"pass --split SPLIT.txt$"):
+        id_train_paths(str(prompt), config, None, None)
