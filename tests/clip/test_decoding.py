@@ -187,6 +187,17 @@ def test_a_decode_choice_where_a_decoder_is_meant_is_refused(tiny, tmp_path):
     assert decoding.DECODERS == ("pil", "jpeg")
 
 
+def test_the_decoders_identity_names_the_device_whose_decoder_made_the_pixels():
+    """The feature-cache key tells nvJPEG's pixels (CUDA) from libjpeg-turbo's (CPU) apart, with
+    the torchvision version; PIL's entries keep the key they had (None)."""
+    import torchvision
+
+    version = torchvision.__version__
+    assert decoding.decoder_identity("pil", torch.device("cuda")) is None
+    assert decoding.decoder_identity("jpeg", torch.device("cpu")) == f"jpeg-cpu torchvision {version}"
+    assert decoding.decoder_identity("jpeg", torch.device("cuda", 1)) == f"jpeg-cuda torchvision {version}"
+
+
 def test_cli_choices_are_the_decoders():
     from clip_smot.cli import cli
 
@@ -254,6 +265,22 @@ def test_kept_workers_keep_the_loaders_of_other_batch_sizes_apart(tmp_path, tiny
     with decoding.kept_workers():
         sizes = [[len(x) for x, _ in image_batches(tiny, paths, b, 1, "pil")] for b in (4, 3, 4)]
     assert sizes == [[4, 2], [3, 3], [4, 2]]
+
+
+def test_a_nested_kept_workers_leaves_the_outer_ones_workers_running(tmp_path, tiny, monkeypatch):
+    """kept_workers inside kept_workers (a library caller's run_score within its own) keeps the
+    outer one's workers: one start for calls before, inside and after the inner block."""
+    paths = _images(tmp_path, n=2)
+    started, real = [], torch.utils.data.DataLoader._get_iterator
+    monkeypatch.setattr(torch.utils.data.DataLoader, "_get_iterator", lambda self: started.append(1) or real(self))
+    with decoding.kept_workers():
+        before = list(image_batches(tiny, paths, 4, 1, "pil"))
+        with decoding.kept_workers():
+            inside = list(image_batches(tiny, paths, 4, 1, "pil"))
+        after = list(image_batches(tiny, paths, 4, 1, "pil"))
+    assert len(started) == 1
+    assert [len(x) for x, _ in before] == [len(x) for x, _ in inside] == [len(x) for x, _ in after] == [3]
+    assert decoding._KEPT is None
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")  # (the reference's call)
