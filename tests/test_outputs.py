@@ -189,21 +189,22 @@ def test_eval_falls_back_to_the_default_root_when_the_files_root_lacks_the_set(t
 # --- score --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["same", "symlink", "hardlink", "new-image", "other-spelling"])
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink", "new-image", "new-image-upper-case", "other-spelling"])
 def test_score_out_never_replaces_an_image_it_scores(tmp_path, tiny, tiny_clip_checkpoint, how):
-    """score --out FOLDER/3.png FOLDER replaced an image with the CSV (only file arguments were compared)."""
+    """score --out FOLDER/3.png FOLDER replaced an image with the CSV (only file arguments were compared);
+    a new NEW.PNG there would be scored by the next run (image extensions match in any case)."""
     prompt = _prompt(tmp_path / "p.safetensors", tiny)
     photos = _images(tmp_path / "photos" / "deep")
-    out = {"same": photos / "1.png", "new-image": photos / "new.png",
+    out = {"same": photos / "1.png", "new-image": photos / "new.png", "new-image-upper-case": photos / "NEW.PNG",
            "other-spelling": tmp_path / "photos" / "deep" / ".." / "deep" / "2.png"}.get(how, tmp_path / "s.csv")
     if how == "symlink":
         out.symlink_to(photos / "0.png")
     if how == "hardlink":
         os.link(photos / "0.png", out)
-    expected = "is inside the PATH folder" if how == "new-image" else "is the PATH image itself"
+    expected = "is inside the PATH folder" if how.startswith("new-image") else "is the PATH image itself"
     _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
               "--out", str(out), str(tmp_path / "photos")], expected, tmp_path)
-    assert not (photos / "new.png").exists()
+    assert not (photos / "new.png").exists() and not (photos / "NEW.PNG").exists()
 
 
 @pytest.mark.parametrize("target", ["found-checkpoint", "model-json", "pretrained", "prompt-symlink", "folder"])

@@ -898,6 +898,7 @@ def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert res.output.startswith("Error: none of the 2 image(s) could be read; the first: ") and "broken.png" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "none.csv").exists()
+    assert not (tmp_path / "none.csv.partial").exists() and not (tmp_path / "none.csv.partial.json").exists()
 
 
 def test_score_paths_leaves_out_an_argument_with_no_readable_file_and_refuses_when_none_has_one(tmp_path, tiny):
@@ -1131,6 +1132,11 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
     assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()
+    for text in ("path,pred,pred_index,msp", "notes: not a CSV at all"):  # no complete line: not this run's header
+        (tmp_path / "s.csv.partial").write_text(text)
+        res = CliRunner().invoke(cli, base)
+        assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
+        assert (tmp_path / "s.csv.partial").read_text() == text and not (tmp_path / "s.csv").exists()
 
 
 def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
@@ -1207,11 +1213,19 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     partial.write_text("".join(whole[:3]))  # (no file saying what it was scored with)
     res = score(*args)
     assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
+    (tmp_path / "run.json").write_text(run)  # a symbolic link there (to another run's file?): as if missing
+    (tmp_path / "s.csv.partial.json").symlink_to(tmp_path / "run.json")
+    res = score(*args)
+    assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
+    (tmp_path / "s.csv.partial.json").unlink()
     edited = whole[2].rsplit(",", 1)[0] + ",nan\n"
     partial.write_text("".join([*whole[:2], edited]))
     res = score(*args)
     assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
     assert partial.read_text() == "".join([*whole[:2], edited]) and out.read_text() == "".join(whole)  # (as they were)
+    partial.write_text("".join([*whole[:2], whole[2].rstrip("\n") + ",0.5\n"]))  # a column more than the header's
+    res = score(*args)
+    assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
     shutil.copy(x, tmp_path / "new.png")  # a readable image where the run skipped none
     res = resumed(2, str(tmp_path / "new.png"), *args)
     assert res.exit_code == 1 and f"{tmp_path / 'new.png'} of PATHS reads, but has no row before row 1" in res.output
