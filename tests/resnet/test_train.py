@@ -1157,3 +1157,62 @@ def test_a_cam_model_under_the_name_of_a_file_the_run_writes_is_refused(tmp_path
                                         rf"\({out / 'config.json'}\); writing it would destroy that file$"):
         run_train(_cfg(tmp_path / "data", out, stage="smot", cam_model=str(out / "config.json"), epochs=1))
     assert os.listdir(out) == ["config.json"] and (out / "config.json").read_bytes() == b"the base model"
+
+
+def _untrained_model(path: Path, classnames=CLASSES, config=None) -> Path:
+    """A resnet_tiny model file (untrained, seeded) of ``classnames`` at input size 16."""
+    from clip_smot.resnet.networks import build_network, save_model
+
+    torch.manual_seed(0)
+    save_model(path, build_network("resnet_tiny", len(classnames), 16), arch="resnet_tiny", classnames=classnames,
+               input_size=16, mean=[0.5] * 3, std=[0.25] * 3, config=config or {})
+    return path
+
+
+def test_eval_scores_are_named_in_any_case_once_each():
+    """--scores " MSP, energy,msp ,," is msp and energy, once each (a name twice would list it
+    twice among metrics.json's fitted scores); no names is msp."""
+    from clip_smot.resnet.evaluate import _score_names
+
+    assert _score_names(" MSP, energy,msp ,,") == ["msp", "energy"]
+    assert _score_names("KNN,knn,vim") == ["knn", "vim"]
+    assert _score_names("") == _score_names(None) == ["msp"]
+
+
+def test_knn_takes_as_many_training_images_as_its_k():
+    """knn's k is 50: 50 training images are enough (the 50th nearest exists), 49 are not."""
+    from clip_smot.resnet.evaluate import KNN_K, NetworkOutputs, _fit
+
+    assert KNN_K == 50
+    fc = torch.nn.Linear(8, 3)
+    for n in (49, 50):
+        feats = torch.rand(n, 8, generator=torch.Generator().manual_seed(n))
+        train = NetworkOutputs(fc(feats).detach(), feats, torch.zeros(n, dtype=torch.long), None)
+        if n < 50:
+            with pytest.raises(UserError, match="knn needs at least 50 training images, found 49"):
+                _fit(train, fc, ["knn"])
+        else:
+            bank = _fit(train, fc, ["knn"])["knn_bank"]
+            torch.testing.assert_close(bank.norm(dim=-1), torch.ones(50))
+
+
+def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path):
+    """A model whose training folder is gone (or that records none) evaluates msp and energy,
+    which read the test images only; react, knn and vim, fitted on ID training features, ask for
+    --id-train by name. A built-in ID set of other classes than the model's is refused."""
+    data = _write_folders(tmp_path / "data", per_class=(1, 2))
+    gone = _untrained_model(tmp_path / "gone.safetensors", config={"data": str(tmp_path / "moved" / "train")})
+    base = ["eval", "--id", str(data), "--ood", f"noise={data / 'train' / 'cat'}", "--device", "cpu", "--workers", "0"]
+    r = _invoke([*base, "--checkpoint", str(gone), "--scores", "msp,energy", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert set(json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]) == {"msp", "energy"}
+    r = CliRunner().invoke(cli, [*base, "--checkpoint", str(gone), "--scores", "react", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "--id-train: the model's training data is not available" in r.output
+    unknown = _untrained_model(tmp_path / "unknown.safetensors")
+    r = CliRunner().invoke(cli, [*base, "--checkpoint", str(unknown), "--scores", "knn", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --id-train: {unknown} does not say what it was trained on; pass --id-train DIR")
+    r = CliRunner().invoke(cli, [*base[:1], "--checkpoint", str(unknown), "--id", "digits", "--ood", "photos",
+                                 "--device", "cpu", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and r.output.strip() == (
+        "Error: --id digits: its classes are not the model's (3 classes, ['cat', 'dog', 'eel']...)")
