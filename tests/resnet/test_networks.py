@@ -229,3 +229,90 @@ def test_wide_blocks_are_pre_activation_with_the_projection_on_the_activated_inp
             y = block.conv2(F.relu(block.bn2(block.conv1(o))))
             shortcut = x if (c_in, stride) == (c_out, 1) else F.conv2d(o, block.shortcut.weight, stride=stride)
             torch.testing.assert_close(block(x), y + shortcut)
+
+
+def test_inputs_up_to_64_pixels_keep_the_cifar_stem():
+    """A ResNet for inputs of 64 pixels or less keeps their resolution (a 3x3 stride-1 stem, no
+    max-pool: the usual CIFAR ResNet, docs/method.md); larger inputs get torchvision's ImageNet
+    stem, a 7x7 stride-2 convolution and a max-pool (a quarter of the side)."""
+    for size, kernel, side in ((32, (3, 3), 4), (64, (3, 3), 8), (65, (7, 7), 3), (96, (7, 7), 3)):
+        model = build_network("resnet_tiny", 3, size).eval()
+        assert model.conv1.kernel_size == kernel, size
+        assert isinstance(model.maxpool, torch.nn.Identity) == (kernel == (3, 3)), size
+        # the side / 8 (three stride-2 stages) for the CIFAR stem; / 32, rounded up, for ImageNet's
+        with torch.no_grad():
+            assert model.forward_features(torch.zeros(1, 3, size, size)).shape[-1] == side, size
+
+
+def test_a_network_needs_two_classes():
+    with pytest.raises(UserError, match="need at least 2 classes, got 1"):
+        build_network("resnet_tiny", 1, 32)
+    assert build_network("resnet_tiny", 2, 32).fc.out_features == 2
+
+
+def test_wrn_and_densenet_end_in_an_8x8_map_for_32_pixels():
+    """WRN (three groups, strides 1, 2, 2) and DenseNet-BC (two transitions that halve the side
+    by 2x2 average pooling) end in an 8x8 map for a 32x32 input, as in their papers (shown on
+    the shallowest of each, depth 10); a DenseNet transition averages each 2x2 block of its 1x1
+    convolution's output."""
+    import torch.nn.functional as F
+
+    from clip_smot.resnet.networks import DenseNetBC, Transition, WideResNet
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert WideResNet(10, 2, 10).eval().forward_features(x).shape == (1, 128, 8, 8)
+        assert DenseNetBC(10, 4, 10).eval().forward_features(x).shape[-2:] == (8, 8)
+        t = Transition(4, 2).eval()
+        t.bn.running_mean.normal_()
+        y = torch.randn(1, 4, 6, 6)
+        c = F.conv2d(F.relu(t.bn(y)), t.conv.weight)  # [1, 2, 6, 6]
+        by_hand = (c[..., 0::2, 0::2] + c[..., 0::2, 1::2] + c[..., 1::2, 0::2] + c[..., 1::2, 1::2]) / 4
+        torch.testing.assert_close(t(y), by_hand)
+
+
+@pytest.mark.parametrize("wrap", ["DataParallel", "compile"])
+def test_a_wrapped_model_is_saved_with_plain_parameter_names(tmp_path, wrap):
+    """train saves the model inside DistributedDataParallel (its .module) or torch.compile (its
+    ._orig_mod): the file holds the plain network's names, and loads as that network."""
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 3, 32).eval()
+    wrapped = torch.nn.DataParallel(model) if wrap == "DataParallel" else torch.compile(model)
+    save_model(tmp_path / "m.safetensors", wrapped, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.5] * 3, std=[0.25] * 3)
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "m.safetensors"))) == set(model.state_dict())
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"format_version": "2"}, r"model format version 2 is not supported \(this version reads 1\)$"),
+    ({"classnames": '["a", "b", "c", "d"]'}, r"inconsistent metadata \(num_classes 3, classnames: 4 entries"),
+    ({"mean": "[0.1, 0.2]"}, r"mean and std: three finite numbers each"),
+    ({"std": "[0.5, 0.5, 0.5, 0.5]"}, r"mean and std: three finite numbers each"),
+])
+def test_model_file_metadata_that_does_not_fit_together_is_one_line(tmp_path, changes, expected):
+    """Four class names for three logits would name a prediction by the wrong class; two means
+    would fail in the middle of eval's first batch, a broadcasting traceback."""
+    with pytest.raises(UserError, match=expected):
+        load_model(_edited(tmp_path, "edited.safetensors", **changes))
+
+
+def test_the_smallest_and_largest_input_sizes_load(tmp_path):
+    """input_sizes 8 and 1024, the ends of a model file's range (docs/resnet.md: 8 to 1024), load."""
+    for size in (8, 1024):
+        path = tmp_path / f"m{size}.safetensors"
+        save_model(path, build_network("resnet_tiny", 3, size), arch="resnet_tiny", classnames=["a", "b", "c"],
+                   input_size=size, mean=[0.5] * 3, std=[0.25] * 3)
+        assert load_model(path)[1]["input_size"] == size
+
+
+def test_a_model_file_with_an_extra_tensor_names_it(tmp_path):
+    tensors = {**build_network("resnet_tiny", 3, 32).state_dict(), "extra.weight": torch.zeros(2)}
+    with pytest.raises(UserError, match=r"weights do not fit a resnet_tiny of 3 classes \(unexpected extra.weight\)$"):
+        load_model(_edited(tmp_path, "extra.safetensors", tensors=tensors))
