@@ -11,6 +11,13 @@ def test_help_lists_the_five_commands():
         assert f"  {name} " in out.output
 
 
+def test_dash_h_is_help_as_well():
+    """-h answers as --help does, for the group and for each command (docs: `clip-smot fit -h`)."""
+    for argv in ([], ["fit"], ["score"], ["eval"], ["train"], ["export"], ["reproduce"]):
+        short, long = CliRunner().invoke(cli, [*argv, "-h"]), CliRunner().invoke(cli, [*argv, "--help"])
+        assert short.exit_code == 0 and short.output == long.output and "Usage:" in short.output, argv
+
+
 def test_the_cli_starts_without_open_clip_or_dynamo():
     """open_clip (about 2 s), torch._dynamo (about 1 s), scikit-learn (about 2 s) and matplotlib are
     imported only by the commands that use them."""
@@ -65,6 +72,8 @@ BAD_FLAGS = [
     (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
     (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],
      "--precision is for the CLIP track"),
+    (["eval", "--checkpoint", "m.safetensors", "--precision", "fp32", "--id", "x", "--ood", "a=b", "--out", "e"],
+     "--precision is for the CLIP track"),  # (any value but auto, as --model or --decode: a ResNet's is fixed)
     # the CLIP track's other options were ignored with --checkpoint (--decode gpu even on a machine without CUDA)
     *[(["eval", "--checkpoint", "m.safetensors", *extra, "--id", "x", "--ood", "a=b", "--out", "e"],
        f"{extra[0]} is for the CLIP track") for extra in (["--model", "ViT-B-16"], ["--pretrained", "openai"],
@@ -78,7 +87,8 @@ BAD_FLAGS = [
     (["eval", "--zero-shot", "--id", "x", "--ood", "a=", "--out", "e"], "--ood: 'a=': expected NAME=DIR"),
     *[(["eval", *given, "--id", "x", "--ood", "a=b", "--out", "e"],
        "give exactly one of --prompt, --zero-shot or --checkpoint")
-      for given in (["--zero-shot", "--checkpoint", "m.safetensors"], ["--prompt", "p.safetensors", "--zero-shot"])],
+      for given in (["--zero-shot", "--checkpoint", "m.safetensors"], ["--prompt", "p.safetensors", "--zero-shot"],
+                    [])],  # (none of them: the same line, not an error of whatever ran without one)
     (["eval", "--checkpoint", "m.safetensors", "--split", "s.txt", "--id", "x", "--ood", "a=b", "--out", "e"],
      "--split is for the CLIP track"),
 ]
@@ -173,6 +183,24 @@ def test_a_ctrl_c_lost_at_a_worker_start_is_still_an_interruption(monkeypatch):
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
 
 
+def test_a_command_runs_from_a_thread_other_than_the_main_one(monkeypatch):
+    """Only the main thread may set a signal handler: from another thread (a library caller's
+    worker thread) the group installs none, and the command runs as it does in the main one."""
+    import signal
+    import threading
+
+    import clip_smot.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: [])
+    got = []
+    thread = threading.Thread(target=lambda: got.append(
+        CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])))
+    thread.start()
+    thread.join(timeout=60)
+    assert got[0].exit_code == 0 and got[0].exception is None and got[0].output == "", got[0].output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_in_a_reproduce_stage_says_to_rerun_reproduce(monkeypatch, tmp_path):
     """A stage's own line said 'continue with the same command and --resume', which reproduce has
     not: reproduce resumes by itself when run again."""
@@ -212,6 +240,36 @@ def test_score_lists_every_skipped_image_on_stderr(monkeypatch):
     assert res.stderr == "Skipped 2 unreadable image(s):\n  a.png: not an image\n  b.png: truncated\n"
 
 
+def test_a_ctrl_c_in_score_names_the_partial_only_where_there_is_one(monkeypatch, tmp_path):
+    """docs/score.md: Ctrl-C's line names OUT.partial, to continue with --resume; before its first
+    row there is none to name, and nothing to resume: the bare line (score has no checkpoint)."""
+    import clip_smot.cli as cli_module
+
+    def run_score(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "run_score", run_score)
+    out = tmp_path / "s.csv"
+    argv = ["score", "--prompt", "p.safetensors", "--out", str(out), "x"]
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 130 and res.output == "Error: interrupted\n", res.output
+    (tmp_path / "s.csv.partial").write_text("path,pred\n")
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 130 and res.output == (f"Error: interrupted; {tmp_path / 's.csv.partial'} holds the rows "
+                                                   "written so far: continue with the same command and --resume\n")
+
+
+def test_fit_names_the_prompt_it_wrote_and_a_dry_run_names_none(monkeypatch, tmp_path):
+    """The last line of fit is the prompt's path (docs/fit.md); a dry run writes nothing, so names nothing."""
+    import clip_smot.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "run_fit", lambda cfg, **kwargs: tmp_path / "run")
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0 and res.output == f"prompt: {tmp_path / 'run' / 'prompt.safetensors'}\n", res.output
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--dry-run"])
+    assert res.exit_code == 0 and res.output == "", res.output
+
+
 @pytest.mark.parametrize("command", ["fit", "train"])
 def test_a_ctrl_c_in_a_dry_run_names_no_checkpoint(command, monkeypatch, tmp_path):
     """A dry run writes nothing: its Ctrl-C is the bare line, even where --out holds a run's checkpoint."""
@@ -240,3 +298,29 @@ def test_a_failing_reproduce_stage_is_named_by_its_command_and_out(tmp_path):
         cli_module._run_stage(["export", "--checkpoint", "c.pt", "--out", out, "extra"])
     assert e.value.format_message() == f"clip-smot export --out {out}: Got unexpected extra argument (extra)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_silences_torchs_advice_on_the_worker_count(monkeypatch):
+    """--workers beyond the CPU count makes torch warn over several lines before the run's
+    one-line result or error: the console entry point ignores that warning (its other warnings stay)."""
+    import os
+    import warnings
+
+    import torch
+
+    import clip_smot.cli as cli_module
+
+    seen = []
+
+    def run(prog_name):
+        loader = torch.utils.data.DataLoader(range(2), num_workers=(os.cpu_count() or 1) + 1)
+        with warnings.catch_warnings(record=True) as caught:
+            loader.check_worker_number_rationality()  # (torch's own warning, as iter(loader) gives it)
+            warnings.warn("another", UserWarning)
+        seen.extend(str(w.message) for w in caught)
+
+    monkeypatch.setattr(cli_module, "cli", run)
+    with warnings.catch_warnings():  # (main's filters undone after)
+        warnings.simplefilter("always")
+        cli_module.main()
+    assert seen == ["another"]

@@ -38,6 +38,16 @@ def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
         bundled.imagenet_wnids()
 
 
+def test_a_folder_of_the_files_name_is_not_the_file(tmp_path, monkeypatch):
+    """A folder named imagenet1k_wnids.txt beside the package is no list: the one in _data/ is read."""
+    pkg = tmp_path / "checkout" / "clip_smot"
+    (pkg.parent / "data_lists" / "imagenet1k_wnids.txt").mkdir(parents=True)
+    (pkg / "_data" / "data_lists").mkdir(parents=True)
+    (pkg / "_data" / "data_lists" / "imagenet1k_wnids.txt").write_text("n01440764\n")
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.imagenet_wnids() == ["n01440764"]
+
+
 def test_a_source_checkout_wins_over_a_data_folder_and_lines_are_trimmed(tmp_path, monkeypatch):
     """Beside the package (the editable install) before clip_smot/_data/; blank lines and the
     spaces or carriage returns around a name are not part of the list."""

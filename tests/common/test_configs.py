@@ -153,6 +153,20 @@ def test_a_few_options_as_the_docs_state_them():
     assert not params["eval"]["--checkpoint"].required  # (one of --prompt, --zero-shot, --checkpoint)
 
 
+def test_help_lists_the_flags_in_the_docs_order_with_their_defaults():
+    """fit --help lists its flags in the order of docs/fit.md's table, each with the default that
+    table gives (click shows it as "[default: ...]")."""
+    fit = cli.commands["fit"]
+    text = CliRunner().invoke(cli, ["fit", "--help"]).output
+    at = [text.index(f"  {flag} ") for flag in ("--data", "--shots", "--split", "--alpha", "--beta")]
+    assert at == sorted(at), at
+    ctx = fit.make_context("fit", ["--help"], resilient_parsing=True)
+    helps = {p.opts[0]: p.get_help_record(ctx)[1] for p in fit.params if p.get_help_record(ctx)}
+    for flag, default in (("--shots", "16"), ("--lam", "0.1"), ("--alpha", "50"), ("--beta", "20"),
+                          ("--loss", "smot")):
+        assert f"[default: {default}" in helps[flag], (flag, helps[flag])
+
+
 def test_no_cache_turns_the_cache_off():
     base = ["--prompt", "p.safetensors", "--out", "o.csv", "x.png"]
     assert cli.commands["score"].make_context("score", list(base)).params["use_cache"] is True

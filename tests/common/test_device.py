@@ -61,6 +61,26 @@ def test_auto_is_cuda_where_there_is_one_and_under_torchrun_the_local_ranks_gpu(
         torch.device("cuda", 1), torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")]
 
 
+def test_one_gpu_is_named_in_the_singular_and_torchrun_without_cuda_runs_on_the_cpu(monkeypatch):
+    """A machine of one GPU: "1 CUDA device (cuda:0 to cuda:0)". Under torchrun on a machine
+    without CUDA (gloo on CPUs), auto is the CPU, not cuda:LOCAL_RANK of a GPU there is not."""
+    import torch
+
+    from clip_smot.common.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"^--device cuda:1: this machine has 1 CUDA device \(cuda:0 to cuda:0\)$"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="^--device cuda: no CUDA device is available on this machine$"):
+        resolve_device("cuda")
+
+
 def test_cuda_that_is_not_available_is_refused_whatever_the_device_count(monkeypatch):
     """torch.cuda.device_count() can count GPUs that CUDA cannot use (a driver too old for torch's CUDA)."""
     import torch
@@ -90,6 +110,20 @@ def test_autocast_runs_the_precision_asked_and_fp16_as_bf16_on_the_cpu():
         assert torch.is_autocast_cache_enabled()
     with pytest.raises(UserError, match=r"^--precision must be one of \('bf16', 'fp16', 'fp32'\), got 'fp8'$"):
         autocast(cpu, "fp8")
+
+
+def test_autocast_on_cuda_runs_fp16_as_fp16(monkeypatch):
+    """Only the CPU turns fp16 into bf16: on CUDA, fp16 is what --precision fp16 asks (docs/resnet.md:
+    with loss scaling), bf16 is bf16."""
+    import torch
+
+    from clip_smot.common.device import autocast
+
+    monkeypatch.setattr(torch, "autocast", lambda **kwargs: kwargs)  # (what autocast is asked for; no GPU needed)
+    cuda = torch.device("cuda", 0)
+    assert autocast(cuda, "fp16") == {"device_type": "cuda", "dtype": torch.float16, "cache_enabled": True}
+    assert autocast(cuda, "bf16", cache=False) == {"device_type": "cuda", "dtype": torch.bfloat16,
+                                                   "cache_enabled": False}
 
 
 def test_seeding_repeats_every_generator_and_a_seeded_block_leaves_the_callers_alone():

@@ -14,6 +14,8 @@ def test_first_line_adds_the_line_that_a_first_line_announces():
         assert first_line(e) == 'Error(s) in loading state_dict for Linear: Missing key(s) in state_dict: "bias".'
     assert first_line(ValueError("")) == "ValueError" and first_line(ValueError("a\nb")) == "a"
     assert first_line(ValueError("x" * 1000), limit=20) == "x" * 17 + "..."
+    assert first_line(ValueError("x" * 1000)) == "x" * 297 + "..."  # (300 characters unless told)
+    assert first_line(ValueError("Errors:\n first \nsecond")) == "Errors: first"  # (the next line only)
 
 
 def test_first_line_skips_blank_lines_strips_and_keeps_a_line_of_the_limit():

@@ -39,3 +39,5 @@ def test_a_host_that_fails_in_any_way_is_unreachable_within_the_timeout(monkeypa
                   OSError(113, "No route to host")):
         assert host_reachable(("example.invalid", 443), timeout=0.25) is False, error
     assert asked == [(("example.invalid", 443), 0.25)] * 4
+    assert host_reachable(("example.invalid", 443)) is False
+    assert asked[-1] == (("example.invalid", 443), 3.0)  # (docs/resnet.md: a 3 s timeout unless told)

@@ -16,6 +16,7 @@ def test_progress_bar_draws_only_on_a_terminal(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         assert list(progress_bar(range(3), desc="epoch 1")) == [0, 1, 2]
         assert ("\r" in stream.getvalue()) is draws, stream.getvalue()
+    assert stream.getvalue().startswith("\repoch 1:   0%")  # (its desc: the bar says what it counts)
 
 
 def test_a_finished_bar_clears_its_line_on_the_terminal(monkeypatch):

@@ -55,6 +55,33 @@ def test_a_ctrl_c_during_the_fork_is_raised_after_it_and_workers_take_it_again()
         _SEND.clear()
 
 
+def test_each_worker_gets_its_own_id_and_a_loader_started_each_epoch_is_wrapped_once():
+    """The loader's worker_init_fn is called with each worker's id (per-worker seeding or
+    sharding relies on it), in every epoch that starts the workers again; the handler-restoring
+    wrapper goes around it once, not once more per epoch."""
+    loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=2, worker_init_fn=_init)
+    for _ in range(2):  # (two epochs)
+        assert sorted(i[0] for _, i in started(loader)) == ["yes 0", "yes 1"]
+    assert loader.worker_init_fn.then is _init
+
+
+def test_a_ctrl_c_held_off_goes_to_the_handler_installed_before():
+    """Held off during the fork, the SIGINT is handed to the handler that was there (the command
+    line's, which records it), not turned into a KeyboardInterrupt of its own: a handler that
+    does not raise lets the workers start."""
+    got = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    _SEND.append(True)
+    try:
+        items = list(started(torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1)))
+    except KeyboardInterrupt:  # (so that pytest reports it as this test's failure, not as a Ctrl-C of its own)
+        items = None
+    finally:
+        _SEND.clear()
+        signal.signal(signal.SIGINT, previous)
+    assert items is not None and len(items) == 2 and got == [signal.SIGINT]
+
+
 def test_an_ignored_ctrl_c_stays_ignored_in_the_workers():
     """Under nohup (SIGINT ignored) there is nothing to hold off: the workers keep ignoring it, and a
     SIGINT during the fork changes nothing."""
