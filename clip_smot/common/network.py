@@ -10,13 +10,14 @@ __all__ = ["host_reachable"]
 def host_reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``host`` (name, port) opens within ``timeout`` seconds.
 
-    False at once when ``HF_HUB_OFFLINE`` is set: the project's offline switch, for every
+    False at once when ``HF_HUB_OFFLINE`` is on: the project's offline switch, for every
     download (CLIP weights, the CAM network, torchvision data sets), so offline errors come
-    within seconds.
+    within seconds. On is what huggingface_hub reads as on (1, ON, YES or TRUE, in any case):
+    where it would download, the probe does not say offline.
     """
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return False
     try:
         with socket.create_connection(host, timeout=timeout):

@@ -26,6 +26,18 @@ def test_a_host_that_answers_is_reachable_unless_hf_hub_offline_is_set(listening
         assert host_reachable(listening) is False, on
 
 
+def test_hf_hub_offline_is_read_as_huggingface_hub_reads_it(listening, monkeypatch):
+    """huggingface_hub (constants.py) is offline for 1, ON, YES or TRUE in any case, and online for
+    every other value: HF_HUB_OFFLINE=no or off let it download, while the probe said offline and
+    the weights' download was refused as if there were no network."""
+    for off in ("no", "off", "FALSE", "n", "2"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", off)
+        assert host_reachable(listening) is True, off
+    for on in ("ON", "On", "TRUE", "Yes"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", on)
+        assert host_reachable(listening) is False, on
+
+
 def test_a_host_that_fails_in_any_way_is_unreachable_within_the_timeout(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     asked = []
