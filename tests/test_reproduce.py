@@ -222,6 +222,41 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
     assert ran == [] and not out.exists()
 
 
+def test_each_tables_missing_data_is_named_by_its_own_table_and_flag(tmp_path, monkeypatch):
+    """The error names the table asked for and the flag whose data is missing: table3 trains on
+    CIFAR-100 (offline, looked for under --cifar-root as CIFAR-10 and SVHN are), table4 reads
+    --imagenet, not --cifar-root; table8 given no --imagenet, or an empty one (an unset shell
+    variable), says it needs it rather than naming a folder "train"; and an OOD "folder" that is a
+    file is no folder."""
+    from clip_smot.reproduce import run_reproduce
+    from clip_smot.resnet import data
+
+    monkeypatch.setattr(data, "_reachable", lambda host: False)
+    ood, empty, ran = tmp_path / "ood", tmp_path / "cifar", []
+    for folder in ("Textures", "Places", "LSUN", "iSUN", "iNaturalist"):
+        (ood / folder).mkdir(parents=True)
+    (ood / "SUN").write_text("not a folder")
+    for folder in (empty, tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val"):
+        folder.mkdir(parents=True)
+
+    def refusal(table, **kw):
+        with pytest.raises(UserError) as e:
+            run_reproduce(table, ReproduceOptions(out=str(tmp_path / "o"), ood_root=str(ood), **kw), ran.append,
+                          echo=lambda line: None)
+        return str(e.value)
+
+    assert refusal("table3") == "--cifar-root: table3 needs it (see clip-smot reproduce --help)"
+    assert refusal("table3", cifar_root=str(empty)) == (
+        f"--cifar-root: cifar100 is not under {empty} and www.cs.toronto.edu cannot be reached (offline?); "
+        f"--cifar-root: svhn is not under {empty} and ufldl.stanford.edu cannot be reached (offline?)")
+    assert refusal("table4", imagenet=str(tmp_path / "nope")) == (
+        f"--imagenet: no such folder: {tmp_path / 'nope'}; --ood-root (SUN): no such folder: {ood / 'SUN'}")
+    for imagenet in (None, ""):
+        assert refusal("table8", imagenet=imagenet) == "--imagenet: table8 needs it (see clip-smot reproduce --help)"
+    assert refusal("table8", imagenet=str(tmp_path / "imagenet")) == f"--ood-root (SUN): no such folder: {ood / 'SUN'}"
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
 def test_paper_numbers_file_has_every_table_and_their_averages():
     """Spot checks against the paper's text (each number read twice) and the tables' own averages."""
     t8 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("8")}
@@ -276,6 +311,28 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
     (out / "train-base" / RECORD).unlink()
     with pytest.raises(UserError, match=rf"reproduce: {out / 'train-base'} holds a train run with no {RECORD}"):
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
+
+
+def test_a_refused_stage_folder_names_the_command_it_holds_and_the_folder_to_remove(tmp_path):
+    """The line shows the command line the folder's record holds beside this stage's (the
+    user tells from them which option differs), and names the stage's folder to remove, not OUT
+    with every other stage's work."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    imagenet = os.path.realpath(tmp_path / "imagenet")  # (records follow links, a TMPDIR's too)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", dataclasses.replace(options, shots=4), fake, dry_run=True, echo=lambda line: None)
+    assert str(e.value) == (f"reproduce: {out / 'fit-smot'} holds the work of another command (clip-smot fit --data "
+                            f"{imagenet}), not this stage's (clip-smot fit --data {imagenet} --shots 4): another "
+                            f"table's or other options; give another --out, or remove {out / 'fit-smot'}")
+    (out / "fit-smot" / RECORD).unlink()
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, dry_run=True, echo=lambda line: None)
+    assert str(e.value) == (f"reproduce: {out / 'fit-smot'} holds a fit run with no {RECORD} saying which command "
+                            f"made it; give another --out, or remove {out / 'fit-smot'} to run the stage again")
 
 
 def _table8_fakes(tmp_path, ran: list, version: dict):
@@ -486,6 +543,36 @@ def test_write_table_cells_csv_and_markdown_by_hand(tmp_path):
         "Measured by: `eval-d/`, `eval-missing/`, `eval-r/` (each folder's metrics.json)."]
 
 
+def test_a_metrics_json_without_the_rows_score_or_set_leaves_its_cell_empty(tmp_path):
+    """An evaluation of other scores, or of other sets, has no number for the cell: it is empty
+    (-), not a KeyError traceback; an integer (100, as a hand-made or another tool's file holds it)
+    is a number. Table 6, the paper: ResNet18 CE 51.13 / 91.27 / 95.12, DenseNet SMOT 29.53 / 94.76 / 93.79."""
+    from clip_smot.reproduce import Plan, write_table
+
+    for stage, report in (("eval-r", {"metrics": {"energy": {"average": {"fpr95": 1.0, "auroc": 2.0}}},
+                                      "id_accuracy": 100}),
+                          ("eval-d", {"metrics": {"msp": {"SVHN": {"fpr95": 3.0, "auroc": 4.0}}}, "id_accuracy": 95})):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text(json.dumps(report))
+    rows = {"ResNet18 CE": ("eval-r", "msp"), "DenseNet SMOT": ("eval-d", "msp")}
+    cells = write_table("table6", Plan([], rows, ("average",), "T"), tmp_path)
+    assert [c["ours"] for c in cells] == [None, None, 100.0, None, None, 95.0]
+    assert (tmp_path / "table.md").read_text().splitlines()[6:8] == [
+        "| ResNet18 CE | 51.13 / - | 91.27 / - | 95.12 / 100.00 (+4.88) |",
+        "| DenseNet SMOT | 29.53 / - | 94.76 / - | 93.79 / 95.00 (+1.21) |"]
+
+
+def test_a_row_the_paper_has_no_number_for_keeps_the_tables_columns(tmp_path):
+    """A method of a caller's plan that the paper's table lacks gets an empty cell in each
+    column, not fewer cells (Markdown would shift them under other heads)."""
+    from clip_smot.reproduce import Plan, write_table
+
+    write_table("table6", Plan([], {"ResNet18 CE": None, "Ours only": ("eval-x", "msp")}, ("average",), "T"), tmp_path)
+    assert (tmp_path / "table.md").read_text().splitlines()[4:8] == [
+        "| Method | Average FPR95↓ | Average AUROC↑ | ID ACC↑ |", "|---|---|---|---|",
+        "| ResNet18 CE | 51.13 / not run | 91.27 / not run | 95.12 / not run |", "| Ours only |  |  |  |"]
+
+
 def test_every_stage_gets_the_options_and_data_roots_it_is_given():
     """Each option reaches every stage it is documented for, once, and each stage reads the data
     root of its own dataset: ImageNet's val for the CLIP evaluations, --cifar-root for CIFAR
@@ -586,6 +673,18 @@ def test_the_first_ood_folder_found_under_ood_root_is_used(tmp_path):
     (root / "Places").mkdir()
     assert ood_of(plan("table8", o))["Textures"] == str(root / "Textures")
     assert ood_of(plan("table8", o))["Places"] == str(root / "Places")
+
+
+def test_lower_case_places365_and_a_bare_dtd_folder_are_found(tmp_path):
+    """docs/reproduce.md's other names: places365 (as some archives spell it) and dtd itself (the
+    DTD archive unpacked without its images/ level)."""
+    root = tmp_path / "ood"
+    for name in ("iNaturalist", "SUN", "places365", "dtd/banded"):
+        (root / name).mkdir(parents=True)
+    argv = list(plan("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path),
+                                                ood_root=str(root))).stages[-1].argv)
+    given = dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+    assert (given["Places"], given["Textures"]) == (str(root / "places365"), str(root / "dtd"))
 
 
 def test_a_missing_cifar_root_is_named_once(tmp_path, monkeypatch):
@@ -697,6 +796,25 @@ def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path)
                                 f"was then, which is gone: its numbers would not be of it; remove {out / 'fit-coop'} "
                                 "too, to run the stage again")
     assert ran == []
+
+
+def test_a_run_ends_naming_both_table_files_and_returns_their_cells(tmp_path):
+    """run_reproduce's last line names table.md and table.csv; it returns the cells table.csv
+    holds (Table 8: 12 methods, 4 sets and their average, FPR95 and AUROC), a dry run None."""
+    from clip_smot.reproduce import run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    lines = []
+    cells = run_reproduce("table8", options, fake, echo=lines.append)
+    assert lines[-1] == f"reproduce: {out / 'table.md'} and {out / 'table.csv'}"
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(cells) == len(rows) == 12 * 5 * 2
+    assert [(c["row"], c["ood_set"], c["metric"]) for c in cells] == [(r["row"], r["ood_set"], r["metric"])
+                                                                       for r in rows]
+    assert all(c["ours"] is None for c in cells)  # (the stand-in's metrics.json hold no numbers)
+    assert run_reproduce("table8", options, fake, dry_run=True, echo=lambda line: None) is None
 
 
 def test_a_finished_tables_dry_run_lists_each_command_as_done_with_no_caveat(tmp_path):
@@ -913,3 +1031,52 @@ def test_a_data_folder_reached_through_a_link_is_the_folder_it_points_at(tmp_pat
     (tmp_path / "link").symlink_to(tmp_path / "d2", target_is_directory=True)
     with pytest.raises(UserError, match=r"o/fit-\w+ holds the work of another command"):
         run_reproduce("table8", linked, fake, echo=lambda line: None)
+
+
+def test_a_resnet_table_with_out_given_another_way_finds_its_stages_finished(tmp_path, monkeypatch):
+    """The ResNet stages read files of OUT by --cam-model (SMOT's CAMs) and --checkpoint (the
+    evaluated model): the records write them from OUT, so a rerun of table2 with OUT absolute,
+    not relative as before, finds every stage finished."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    options, fake = _table2_fakes(tmp_path, set())
+    ran = []
+
+    def run(argv):
+        ran.append(Path(_flag(argv, "--out")).name)
+        fake(argv)
+
+    monkeypatch.chdir(tmp_path)
+    run_reproduce("table2", dataclasses.replace(options, out="o"), run, echo=lambda line: None)
+    assert len(ran) == 6
+    smot = json.loads((tmp_path / "o" / "train-smot" / RECORD).read_text())["argv"]
+    assert _flag(smot, "--cam-model") == "OUT/train-base/model.safetensors"
+    ev = json.loads((tmp_path / "o" / "eval-smot" / RECORD).read_text())["argv"]
+    assert _flag(ev, "--checkpoint") == "OUT/train-smot/model.safetensors"
+    ran.clear()
+    run_reproduce("table2", dataclasses.replace(options, out=str(tmp_path / "o")), run, echo=lambda line: None)
+    assert ran == []
+
+
+def test_model_and_weight_files_given_another_way_find_their_stages_finished(tmp_path, monkeypatch):
+    """--model (a config JSON) and --pretrained (a weights file) are files too: typed relative,
+    then absolute, they are one file, and table8's stages are finished."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    (tmp_path / "m").mkdir()
+    for name in ("tiny.json", "w.safetensors"):
+        (tmp_path / "m" / name).write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    run_reproduce("table8", dataclasses.replace(options, model="m/tiny.json", pretrained="m/w.safetensors"), fake,
+                  echo=lambda line: None)
+    fit = json.loads((tmp_path / "o" / "fit-smot" / RECORD).read_text())["argv"]
+    m = Path(os.path.realpath(tmp_path)) / "m"
+    assert (_flag(fit, "--model"), _flag(fit, "--pretrained")) == (str(m / "tiny.json"), str(m / "w.safetensors"))
+    ran.clear()
+    run_reproduce("table8", dataclasses.replace(options, model=str(tmp_path / "m" / "tiny.json"),
+                                                pretrained=str(tmp_path / "m" / "w.safetensors")), fake,
+                  echo=lambda line: None)
+    assert ran == []
