@@ -135,10 +135,32 @@ def test_each_score_the_convention_and_the_mean_of_three_sets(tmp_path, conventi
     assert (tmp_path / "metrics.md").read_text().endswith("\nID accuracy: 0.00%\n")
 
 
+def test_without_a_convention_fpr95_is_the_papers_id_positive_one(tmp_path):
+    """metric_table and write_reports, called with no convention, count FPR95 as the paper does:
+    the OOD share accepted at the threshold that keeps 95% of the ID images (here all 4, >= 0.6);
+    OpenOOD's would give a 25%, b 50%."""
+    from clip_smot.common.reports import metric_table
+
+    id_s, ood = _three_sets()
+    assert [metric_table(id_s, ood)["msp"][s]["fpr95"] for s in "abc"] == pytest.approx([50.0, 100 / 3, 100.0])
+    report = write_reports(tmp_path, id_s, ood)
+    assert report["fpr_convention"] == "id"
+    assert [report["metrics"]["msp"][s]["fpr95"] for s in "abc"] == pytest.approx([50.0, 100 / 3, 100.0])
+
+
 def test_markdown_accuracy_has_two_decimals(tmp_path):
     id_s, ood = _three_sets()
     write_reports(tmp_path, id_s, ood, id_accuracy=200 / 3)
     assert (tmp_path / "metrics.md").read_text().endswith("\nID accuracy: 66.67%\n")
+
+
+def test_the_id_accuracy_is_a_line_of_its_own_below_the_table(tmp_path):
+    """Markdown reads a line right below a table as one more row: the accuracy line has a blank
+    line before it."""
+    id_s, ood = _three_sets()
+    write_reports(tmp_path, id_s, ood, id_accuracy=200 / 3)
+    md = (tmp_path / "metrics.md").read_text().splitlines()
+    assert md[-3].startswith("| neg | ") and md[-2:] == ["", "ID accuracy: 66.67%"]
 
 
 def test_the_histogram_draws_each_score_id_against_each_set(tmp_path, monkeypatch):
@@ -167,6 +189,30 @@ def test_the_histogram_draws_each_score_id_against_each_set(tmp_path, monkeypatc
             both = [sign * v for v in (0.9, 0.8, 0.7, 0.6, *values)]
             assert len(id_bins) == 41 and np.array_equal(id_bins, ood_bins)
             assert (id_bins[0], id_bins[-1]) == pytest.approx((min(both), max(both)))
+
+
+def test_each_histogram_panel_is_titled_by_its_score_and_set_and_has_a_legend(tmp_path, monkeypatch):
+    """A panel's title says which score against which set ("msp: ID vs a"), and its legend which
+    colour is ID and which the set: six panels, row by score, column by set."""
+    from matplotlib.axes import Axes
+
+    titles, legends = [], []
+    real_title, real_legend = Axes.set_title, Axes.legend
+
+    def set_title(self, label, *a, **k):
+        titles.append(label)
+        return real_title(self, label, *a, **k)
+
+    def legend(self, *a, **k):
+        legends.append(self.get_title())
+        return real_legend(self, *a, **k)
+
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    monkeypatch.setattr(Axes, "legend", legend)
+    id_s, ood = _three_sets()
+    write_reports(tmp_path, id_s, ood)
+    want = ["msp: ID vs a", "msp: ID vs b", "msp: ID vs c", "neg: ID vs a", "neg: ID vs b", "neg: ID vs c"]
+    assert titles == want and legends == want
 
 
 def test_csv_has_the_average_line_and_markdown_heads_match_their_cells(tmp_path):
@@ -268,6 +314,21 @@ def test_only_the_reports_temporaries_older_than_an_hour_are_removed(tmp_path):
     os.utime(young, (time.time() - 1800, time.time() - 1800))  # half an hour
     write_reports(tmp_path / "eval", {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}})
     assert not old.exists() and young.exists() and other.exists()
+
+
+def test_stale_temporaries_of_each_report_file_an_hour_old_are_removed(tmp_path):
+    """An evaluation killed more than an hour ago (65 minutes, not only 90) left temporaries of
+    its files: metrics.md's goes, as do those of the histogram and config.json."""
+    import os
+    import time
+
+    tmp_path.joinpath("eval").mkdir()
+    stale = [tmp_path / "eval" / n for n in (".metrics.md.k4w.tmp", ".scores_hist.png.k5v.tmp", ".config.json.k6u.tmp")]
+    for path, minutes in zip(stale, (65, 120, 120)):
+        path.write_text("half")
+        os.utime(path, (time.time() - 60 * minutes, time.time() - 60 * minutes))
+    write_reports(tmp_path / "eval", {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}})
+    assert [path.exists() for path in stale] == [False, False, False]
 
 
 def test_a_failed_write_keeps_a_folder_that_was_there_and_ctrl_c_removes_one_made(tmp_path, monkeypatch):
