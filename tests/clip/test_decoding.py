@@ -161,6 +161,20 @@ def test_fit_decoding_on_the_tensor_path_keeps_pixels_and_hash(tmp_path):
     assert (pil.int() - jpeg.int()).abs().max() <= 1
 
 
+def test_fit_decoding_on_the_tensor_path_names_a_truncated_jpeg_as_pil_does(tmp_path):
+    """A JPEG that decode_jpeg cannot read (cut in half) goes to PIL, which names it: the same one
+    line on the tensor path as on PIL's, not a traceback."""
+    files = [p.rsplit("/", 1)[1] for p in _images(tmp_path, n=2)]
+    data = (tmp_path / files[0]).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    errors = []
+    for device in (None, "cpu"):
+        with pytest.raises(UserError, match=r"cut\.jpg") as e:
+            decode_and_hash(tmp_path, [*files, "cut.jpg"], 24, workers=0, device=device)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+
+
 def test_fit_decoding_in_several_device_batches_hashes_every_file(tmp_path, monkeypatch):
     """The tensor path reads and decodes a batch of files at a time: the hash is still sha256sum's
     listing of every file, and the squares those of one batch."""

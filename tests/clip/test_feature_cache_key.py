@@ -1,6 +1,6 @@
 """What keys a feature-cache entry (clip_smot/clip/features.py's docstring): the model's
-weights, not only its name; the library versions; the preprocessing; the precision. Random
-weights are never cached."""
+weights, not only its name; the library versions; the preprocessing; the precision; the entry
+format. Random weights are never cached."""
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ def test_the_key_changes_with_versions_preprocessing_and_precision(tmp_path, tin
     monkeypatch.setattr(cm, "library_versions", lambda: real)
     real_pre = cm.preprocess_identity(tiny)
     monkeypatch.setattr(cm, "preprocess_identity", lambda clip: {**real_pre, "interpolation": "nearest"})
+    assert cf._cache_key(tiny, files) != base
+    monkeypatch.setattr(cm, "preprocess_identity", lambda clip: real_pre)
+    monkeypatch.setattr(cf, "_CACHE_VERSION", "3")  # a new entry format is never read from an old entry
     assert cf._cache_key(tiny, files) != base
 
 

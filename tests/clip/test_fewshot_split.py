@@ -95,6 +95,27 @@ def test_folders_that_are_not_all_wnids_are_plain_classes(tmp_path):
     assert classes.classnames == ("my cat", "n01440764") and classes.imagenet_index is None
 
 
+def test_a_training_folder_that_is_missing_a_file_or_empty_is_named_by_the_callers_flag(tmp_path):
+    """fit's --data and eval's --id-train take the same folders: each refusal names the flag given."""
+    import re
+
+    import pytest
+
+    from clip_smot.clip.fewshot import resolve_train_root
+    from clip_smot.common.errors import UserError
+
+    gone, text, empty = tmp_path / "gone", tmp_path / "a.txt", tmp_path / "empty"
+    text.write_text("not a folder")
+    empty.mkdir()
+    with pytest.raises(UserError, match=rf"^--id-train {re.escape(str(gone))}: no such folder$"):
+        resolve_train_root(gone, "--id-train")
+    with pytest.raises(UserError, match=rf"^--data {re.escape(str(text))}: not a folder "
+                                        r"\(expected DATA/train/<class>/<image>\)$"):
+        resolve_train_root(text)
+    with pytest.raises(UserError, match=rf"^--id-train {re.escape(str(empty))}: no class folders inside"):
+        resolve_classes(resolve_train_root(empty, "--id-train"), "--id-train")
+
+
 def test_read_split_refuses_labels_out_of_range_a_line_without_a_tab_and_no_images(tmp_path):
     """Labels run from 0 to K - 1: K was an IndexError traceback, and -1 read as the last class
     (its image lies in the last class's folder); a line without a tab is malformed even when its
@@ -115,7 +136,10 @@ def test_read_split_refuses_labels_out_of_range_a_line_without_a_tab_and_no_imag
     for text, error in [("zebra_fish/a.png\t3\n", "split.txt:1: label 3 is out of range for 3 classes"),
                         ("zebra_fish/a.png\t-1\n", "split.txt:1: label -1 is out of range for 3 classes"),
                         ("0\n", "split.txt:1: expected 'relative/path<TAB>label', got '0'"),
-                        ("\n  \n", "split.txt: the split file lists no images")]:
+                        ("\n  \n", "split.txt: the split file lists no images"),
+                        # the folder the label asks for; the missing file under the data folder
+                        ("zebra_fish/a.png\t0\n", "split.txt:1: zebra_fish/a.png is not in class 0's folder ant"),
+                        ("ant/zz.jpg\t0\n", f"split.txt:1: {tmp_path / 'data'}/ant/zz.jpg: no such image file")]:
         split.write_text(text)
         with pytest.raises(UserError, match=rf"^--split {re.escape(str(tmp_path))}/{re.escape(error)}$"):
             read_split(split, classes)

@@ -151,6 +151,20 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     torch.testing.assert_close(from_pil, scorer.score(x[None], ["mcm"])["mcm"])
 
 
+def test_score_reads_a_16_bit_grey_image_as_its_8_bit_scaling(tiny):
+    """A 16-bit grey PIL image is scored as the 8-bit grey image round(value / 257), as files are
+    read: PIL's own conversion to RGB clips it (a mid-grey 32768 would be white)."""
+    a = np.random.default_rng(2).integers(0, 65536, (40, 48)).astype(np.uint16)
+    im16 = Image.fromarray(a)
+    assert im16.mode == "I;16"
+    im8 = Image.fromarray(np.round(a / 257).astype(np.uint8))  # (257 is odd: no ties)
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(3)), dim=-1),
+                          CLASSES, precision="fp32")
+    got, want = scorer.score([im16], ["mcm", "energy"]), scorer.score([im8], ["mcm", "energy"])
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+
 def test_gl_mcm_needs_a_vit(tmp_path):
     cfg = {
         "embed_dim": 32,
@@ -499,8 +513,8 @@ def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
     torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("tensor,shape", [("global", [10_000_000, 32]), ("local", [4, 10_000_000, 32]),
-                                          ("local", [4, 17, 32])])
+@pytest.mark.parametrize("tensor,shape", [("global", [10_000_000, 32]), ("global", [3, 10_000_000]),
+                                          ("local", [4, 10_000_000, 32]), ("local", [4, 17, 32])])
 def test_a_cache_entry_declaring_other_shapes_is_encoded_again_before_loading(tmp_path, tiny, monkeypatch, capsys,
                                                                               tensor, shape):
     """A planted sparse entry declaring a huge tensor was loaded (3.3 GB; 5 GB: a MemoryError
@@ -536,11 +550,14 @@ def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, ti
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
     cache_dir().mkdir(parents=True)
     old, young = cache_dir() / ".abc.safetensors.x1y2.tmp", cache_dir() / ".def.safetensors.z3w4.tmp"
-    for f in (old, young):
+    recent = cache_dir() / ".ghi.safetensors.v5u6.tmp"  # 50 minutes old: a long write may still be going on
+    for f in (old, young, recent):
         f.write_bytes(b"half an entry")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(recent, (time.time() - 3000, time.time() - 3000))
     encode_files(tiny, sorted((id_dir / "val").rglob("*.png")), workers=0)
-    assert not old.exists() and young.exists() and len(list(cache_dir().glob("*.safetensors"))) == 1
+    assert not old.exists() and young.exists() and recent.exists()
+    assert len(list(cache_dir().glob("*.safetensors"))) == 1
 
 
 def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
@@ -734,6 +751,20 @@ def test_a_cache_entry_changed_anywhere_the_checksum_covers_is_encoded_again(tmp
     torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
 
 
+def test_only_the_process_that_writes_outputs_writes_an_entry(tmp_path, tiny, monkeypatch):
+    """Under torchrun every process encodes a missing entry, but rank 0 alone writes it (one
+    write, not one per process racing on the same file)."""
+    from clip_smot.clip import features as cf
+
+    paths = _three_images(tmp_path)
+    monkeypatch.setattr(cf, "writes_outputs", lambda: False)  # (a rank other than 0)
+    assert cf.encode_files(tiny, paths, workers=0).paths == paths
+    assert not cf.cache_dir().exists() or not list(cf.cache_dir().iterdir())
+    monkeypatch.setattr(cf, "writes_outputs", lambda: True)
+    cf.encode_files(tiny, paths, workers=0)
+    assert len(list(cf.cache_dir().glob("*.safetensors"))) == 1
+
+
 def test_a_cache_entry_of_non_finite_features_is_encoded_again_even_with_its_checksum(tmp_path, tiny, capsys):
     """An entry holding NaN with a checksum that matches (as the writer would have made it) is
     still not used: non-finite features are never used."""
@@ -760,6 +791,11 @@ def test_entries_without_local_features_or_readable_files_are_read_without_a_not
     cf.encode_files(tiny, paths, workers=0)
     with_local = cf.encode_files(tiny, paths, local=True, workers=0)
     assert with_local.local.shape[:2] == (3, math.prod(tiny.model.visual.grid_size))
+    # local features are float16, encoded or read (the module docstring's 2 bytes a value); an
+    # entry read for global features alone gives no local ones
+    assert with_local.local.dtype == torch.float16
+    assert cf.encode_files(tiny, paths, local=True, workers=0).local.dtype == torch.float16
+    assert cf.encode_files(tiny, paths, workers=0).local is None
     bad = [tmp_path / "a.png", tmp_path / "b.png"]
     for f in bad:
         f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -796,6 +832,9 @@ def test_an_entry_with_skipped_files_is_read_and_names_them_as_asked(tmp_path, t
     assert again.paths == ["0.png", "1.png", "2.png"]
     assert again.skipped == [("broken1.png", first.skipped[0][1]), ("broken2.png", first.skipped[1][1])]
     torch.testing.assert_close(again.global_, first.global_, rtol=0, atol=0)
+    # without skip_unreadable the entry's first unreadable file is the error, as encoding names it
+    with pytest.raises(UserError, match=r"broken1\.png"):
+        cf.encode_files(tiny, relative, batch_size=2, workers=0)
 
 
 def test_the_shares_of_a_torchrun_join_in_order_with_every_skipped_file():
@@ -830,6 +869,30 @@ def test_non_finite_features_name_the_weights_the_count_and_the_first_bad_image(
     assert cf.weights_flag(load_clip(tiny_clip_config, None)) == "--pretrained (none: random weights)"
     with pytest.raises(UserError, match=r"^no image files to encode$"):
         cf.encode_files(tiny, [], workers=0)
+
+
+def test_non_finite_features_of_a_later_batch_name_that_batchs_image(tmp_path, tiny, monkeypatch):
+    """With batches of two, a NaN in the features of the third file (the second batch's only one)
+    is '1 of 1 images, first <the third file>': the count and the name are the batch's."""
+    import re
+
+    from clip_smot.clip import features as cf
+
+    paths = _three_images(tmp_path)
+    real, calls = cf.normalized_features, []
+
+    def nan_in_second_batch(*args, **kwargs):
+        g, l = real(*args, **kwargs)
+        calls.append(len(g))
+        if len(calls) == 2:
+            g = g.clone()
+            g[0, 0] = float("nan")
+        return g, l
+
+    monkeypatch.setattr(cf, "normalized_features", nan_in_second_batch)
+    with pytest.raises(UserError, match=rf"non-finite features \(1 of 1 images, first {re.escape(paths[2])}\); "):
+        cf.encode_files(tiny, paths, batch_size=2, workers=0, use_cache=False)
+    assert calls == [2, 1]
 
 
 def _weights_with(tmp_path, checkpoint, key, value):
@@ -915,6 +978,36 @@ def test_score_paths_leaves_out_an_argument_with_no_readable_file_and_refuses_wh
     torch.testing.assert_close(both.scores["mcm"], alone.scores["mcm"], rtol=0, atol=0)
     with pytest.raises(UserError, match=r"^none of the 2 image\(s\) could be read; the first: .*broken\.png"):
         scorer.score_paths([bad, bad2], ["mcm"], workers=0, use_cache=False, skip_unreadable=True)
+
+
+def test_score_paths_refuses_a_missing_path_and_an_unfitted_score_before_encoding(tmp_path, tiny, monkeypatch):
+    """Every PATH argument is checked, and the scores asked for, before any image is encoded (a
+    missing last argument, or knn without ID-train features, after an hour of encoding)."""
+    import re
+
+    from clip_smot.clip import scorer as sc
+
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    monkeypatch.setattr(sc, "encode_files", lambda *a, **k: pytest.fail("encoded before the check"))
+    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path / 'gone.png'))}: "):
+        scorer.score_paths([id_dir, tmp_path / "gone.png"], ["mcm"], workers=0)
+    with pytest.raises(UserError, match=r"^--scores knn: needs features of ID training images"):
+        scorer.score_paths([id_dir], ["mcm", "knn"], workers=0)
+
+
+def test_odin_of_score_paths_scores_the_readable_files_alone(tmp_path, tiny):
+    """With skip_unreadable, ODIN (which reads the images again) runs on the files that were
+    read: an unreadable one inside a folder, and an argument that is one, are left out."""
+    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    good = sorted(str(p) for p in (id_dir / "val").rglob("*.png"))
+    bad, inside = tmp_path / "broken.png", id_dir / "val" / "red" / "broken2.png"
+    for f in (bad, inside):
+        f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    res = scorer.score_paths([bad, id_dir], ["mcm", "odin"], workers=0, use_cache=False, skip_unreadable=True)
+    assert sorted(res.paths) == good and sorted(s[0] for s in res.skipped) == sorted([str(bad), str(inside)])
+    torch.testing.assert_close(res.scores["odin"], scorer.odin_files(res.paths, workers=0), rtol=0, atol=0)
 
 
 def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):

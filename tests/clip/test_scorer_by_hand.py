@@ -104,6 +104,21 @@ def test_fit_id_train_needs_k_images_for_knn_and_a_residual_for_vim():
         scores_from_features(x[:2], text, 50.0, ["mcm", "knn"], fitted={"react_threshold": 1.0})
 
 
+def test_fitting_one_score_after_another_keeps_each_fit(tiny):  # noqa: F811
+    """fit_id_train adds the statistics of the scores it is given to those fitted before: ReAct's
+    threshold (the 90th percentile of the ID-train activations) stays when KNN's bank is fitted."""
+    import numpy as np
+
+    scorer = PromptScorer(tiny, _unit(3, 7), ["a", "b", "c"], precision="fp32")
+    train = _unit(60, 8)
+    scorer.fit_id_train(train, ["react"])
+    scorer.fit_id_train(train, ["knn"])
+    assert set(scorer.fitted) == {"react_threshold", "knn_bank"}
+    assert float(scorer.fitted["react_threshold"]) == pytest.approx(np.percentile(train.numpy(), 90), rel=1e-5)
+    torch.testing.assert_close(scorer.fitted["knn_bank"], train)
+    scorer.check_scores(["react", "knn"])  # both fitted: nothing refused
+
+
 def test_score_defaults_to_four_scores_and_refuses_unfitted_and_non_finite_ones(tiny):  # noqa: F811
     from clip_smot.clip.scorer import _check_finite_scores
     from clip_smot.common.errors import UserError
@@ -162,6 +177,37 @@ def test_zero_shot_prompts_fill_the_template_given(tiny_clip_config, tiny_clip_c
     torch.testing.assert_close(scorer.text_features, want, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(want, plain, atol=1e-3)
     assert scorer.source == "zero-shot prompts 'a blurry photo of a {c}.'"
+    default = PromptScorer.zero_shot(clip_names, model=tiny_clip_config, pretrained=tiny_clip_checkpoint, device="cpu")
+    assert default.source == "zero-shot prompts 'a photo of a {c}.'"  # (the template used, as reports show it)
+    torch.testing.assert_close(default.text_features, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_a_prompts_checkpoint_not_found_or_another_is_said_once(tmp_path, monkeypatch):
+    """The checkpoint a prompt names is looked for next to it and in the current folder: none
+    there is said so; another file of that name is named once, though both places are one folder
+    here; the file itself is taken. A prompt of random weights (no name, no SHA-256) needs none."""
+    import hashlib
+    import re
+    from types import SimpleNamespace
+
+    from clip_smot.clip.scorer import resolve_pretrained
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    prompt = SimpleNamespace(pretrained="model.bin", checkpoint_sha256=hashlib.sha256(b"weights").hexdigest(),
+                             path=str(tmp_path / "p.safetensors"))
+    head = (rf"^--pretrained: {re.escape(prompt.path)} was made with the checkpoint file model.bin "
+            rf"\(sha256 {prompt.checkpoint_sha256[:12]}\.\.\.\); ")
+    with pytest.raises(UserError, match=head + r"it is not next to the prompt nor in the current folder; "
+                                               r"pass --pretrained path/to/model.bin$"):
+        resolve_pretrained(prompt)
+    (tmp_path / "model.bin").write_bytes(b"other weights")
+    with pytest.raises(UserError, match=head + rf"{re.escape(str((tmp_path / 'model.bin').resolve()))} is another "
+                                               r"file of that name; pass --pretrained path/to/model.bin$"):
+        resolve_pretrained(prompt)
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    assert resolve_pretrained(prompt) == str(tmp_path / "model.bin")
+    assert resolve_pretrained(SimpleNamespace(pretrained="", checkpoint_sha256="", path=prompt.path)) == ""
 
 
 @pytest.mark.parametrize("pretrained, sha", [("../weights/model.bin", "ab" * 32), ("hf-hub:someone/weights", "")])
