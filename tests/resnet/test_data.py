@@ -69,6 +69,20 @@ def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
         rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
 
 
+def test_an_offline_message_names_the_set_its_root_its_host_and_what_to_do(tmp_path, monkeypatch):
+    """docs/resnet.md: offline, a missing set is one line naming the folder searched, the host that
+    did not answer, and the two ways out (another machine, or $CLIP_SMOT_DATA / --data)."""
+    monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: False)
+    loads = {"cifar100": ("www.cs.toronto.edu", lambda: rd.load_id_split("cifar100", str(tmp_path), "val")),
+             "svhn": ("ufldl.stanford.edu", lambda: rd.load_ood_set("svhn", None, 32, data=str(tmp_path)))}
+    for name, (host, load) in loads.items():
+        with pytest.raises(UserError) as e:
+            load()
+        assert str(e.value) == (f"{name}: not found under {tmp_path} and {host} cannot be reached (offline?); "
+                                "download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
+                                "to the folder that holds it")
+
+
 def test_processes_that_need_a_missing_set_at_once_download_it_once(tmp_path, monkeypatch):
     """The ranks of `torchrun ... train --dataset cifar10` on a fresh machine each downloaded and
     extracted CIFAR into the same folder at once (torchvision writes in place: one rank could
@@ -183,6 +197,32 @@ def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
         rd.load_id_split("imagenet200", str(tmp_path), "val")
 
 
+def test_the_first_missing_imagenet200_class_is_named_and_a_file_is_no_class_folder(tmp_path):
+    """ImageNet-200's classes are checked in the order of its wnid list: the first one missing is
+    named; a file in a class folder's place is no class folder."""
+    from clip_smot.common.bundled import imagenet200_wnids
+
+    wnids = imagenet200_wnids()
+    for w in wnids:
+        (tmp_path / "val" / w).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / w / "a.JPEG")
+    for w in (wnids[3], wnids[150]):
+        (tmp_path / "val" / w / "a.JPEG").unlink()
+        (tmp_path / "val" / w).rmdir()
+    with pytest.raises(UserError, match=rf"^--data {tmp_path / 'val'}: class folder {wnids[3]} of ImageNet-200 "
+                                        r"is missing$"):
+        rd.load_id_split("imagenet200", str(tmp_path), "val")
+    for w in (wnids[3], wnids[150]):
+        (tmp_path / "val" / w).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / w / "a.JPEG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "img.JPEG")
+    (tmp_path / "val" / wnids[7] / "a.JPEG").unlink()
+    (tmp_path / "val" / wnids[7]).rmdir()
+    (tmp_path / "val" / "img.JPEG").rename(tmp_path / "val" / wnids[7])  # an image file, named as the class
+    with pytest.raises(UserError, match=rf"class folder {wnids[7]} of ImageNet-200 is missing$"):
+        rd.load_id_split("imagenet200", str(tmp_path), "val")
+
+
 def test_the_eval_transform_of_a_thin_strip_crops_before_it_resizes(monkeypatch):
     import torchvision.transforms as T
 
@@ -198,6 +238,21 @@ def test_the_eval_transform_of_a_thin_strip_crops_before_it_resizes(monkeypatch)
     monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
     out = rd._eval_transform(224)(Image.fromarray(rng.integers(0, 255, (1, 1000, 3), dtype=np.uint8)))
     assert out.size == (224, 224) and max(w * h for w, h in sizes) == 224 * 224
+
+
+def test_the_eval_transform_resizes_to_the_nearest_pixel_of_size_256_224():
+    """docs/resnet.md: test images are resized to 256 and centre-cropped to 224; at another input
+    size, the same ratio to the nearest pixel: at 96, 109.71 is 110 (int() would cut it to 109)."""
+    import torchvision.transforms as T
+
+    im = Image.fromarray(np.random.default_rng(4).integers(0, 255, (150, 200, 3), dtype=np.uint8))
+    want = np.asarray(T.Compose([T.Resize(110), T.CenterCrop(96)])(im)).astype(int)
+    got = np.asarray(rd._eval_transform(96)(im)).astype(int)
+    assert got.shape == (96, 96, 3) and np.abs(got - want).max() <= 1
+    for strip in ((30, 400, 3), (400, 30, 3)):  # (cropped before it is resized: the same sizes)
+        im = Image.fromarray(np.random.default_rng(5).integers(0, 255, strip, dtype=np.uint8))
+        want = np.asarray(T.Compose([T.Resize(110), T.CenterCrop(96)])(im)).astype(int)
+        assert np.abs(np.asarray(rd._eval_transform(96)(im)).astype(int) - want).max() <= 1, strip
 
 
 def test_an_ood_image_list_gives_its_images(tmp_path):
@@ -242,6 +297,28 @@ def test_class_folders_against_a_class_list_say_what_differs(tmp_path):
         with pytest.raises(UserError) as e:
             rd._folder_split(tmp_path, "--id", classnames)
         assert "class folders do not match the class list (" in str(e.value) and why in str(e.value)
+
+
+def test_class_folders_against_a_class_list_name_up_to_five_of_each_difference(tmp_path):
+    for c in ("a", "b", "c", "d", "e", "f"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "0.png")
+    with pytest.raises(UserError) as e:
+        rd._folder_split(tmp_path, "--id", ["z"])
+    assert str(e.value) == (f"--id {tmp_path}: class folders do not match the class list "
+                            "(unknown: ['a', 'b', 'c', 'd', 'e'], missing: ['z'])")
+
+
+def test_an_eval_class_folder_must_hold_the_models_classes(tmp_path):
+    """eval --id DIR: the folder's classes must be the model's (docs/method.md §6), or the labels
+    would be read against the wrong class names."""
+    for c in ("ant", "bee"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "0.png")
+    assert rd.load_class_folders(tmp_path, ["ant", "bee"], 8, "--id").labels.tolist() == [0, 1]
+    with pytest.raises(UserError, match=r"^--id .*: class folders do not match the class list "
+                                        r"\(unknown: \['bee'\], missing: \['cow'\]\)$"):
+        rd.load_class_folders(tmp_path, ["ant", "cow"], 8, "--id")
 
 
 def test_the_data_root_is_the_flag_then_clip_smot_data_then_the_home_cache(tmp_path, monkeypatch):
@@ -313,6 +390,28 @@ def test_torchvision_unavailable_reads_the_test_split_and_probes_only_a_missing_
     assert rd.torchvision_unavailable("svhn", tmp_path) is not None
 
 
+def test_torchvision_unavailable_reads_cifars_test_split_too(tmp_path, monkeypatch):
+    """A CIFAR folder that holds only the training batches cannot be evaluated on: it is reported
+    (offline) however complete its train split, and one with the test batch is not."""
+    import torchvision.datasets as tvd
+
+    present, reads = set(), []
+
+    class FakeCIFAR100:  # (torchvision's contract: RuntimeError when the split's file is missing)
+        def __init__(self, root, download=False, train=True):
+            reads.append(train)
+            if train not in present:
+                raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(tvd, "CIFAR100", FakeCIFAR100)
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: False)
+    present.add(True)  # the train split only
+    assert rd.torchvision_unavailable("cifar100", tmp_path) == (
+        f"cifar100 is not under {tmp_path} and www.cs.toronto.edu cannot be reached (offline?)")
+    present.add(False)
+    assert rd.torchvision_unavailable("cifar100", tmp_path) is None and reads == [False, False]
+
+
 def test_builtin_cifar_sets_keep_their_pixels_labels_split_and_download_choice(tmp_path, monkeypatch):
     """torchvision's CIFAR arrays are [N, H, W, C]: image k's pixel (y, x) of channel c is
     data[k, y, x, c]. An ID split takes --input-size; as an OOD set (any case of its name) it is
@@ -338,6 +437,29 @@ def test_builtin_cifar_sets_keep_their_pixels_labels_split_and_download_choice(t
     assert s.input_size == 16 and calls.pop() == ("cifar10", False, {"train": False})
 
 
+def test_builtin_sets_keep_cifars_class_names_and_read_svhns_test_split_as_it_is(tmp_path, monkeypatch):
+    """A CIFAR ID split names its classes (a model's labels are their indices; eval checks an ID
+    set's classes against the model's); SVHN as an OOD set is its test split, whose arrays are
+    already [N, C, H, W] (torchvision's SVHN), unlabelled."""
+    from types import SimpleNamespace
+
+    nhwc = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    nchw = np.random.default_rng(1).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    calls = []
+
+    def fake(name, root, download=True, **kwargs):
+        calls.append((name, kwargs))
+        if name == "svhn":
+            return SimpleNamespace(data=nchw, labels=np.array([1, 2, 3]))
+        return SimpleNamespace(data=nhwc, classes=["airplane", "automobile"], targets=[0, 1])
+
+    monkeypatch.setattr(rd, "_torchvision", fake)
+    assert rd.load_id_split("cifar10", str(tmp_path), "val").classnames == ["airplane", "automobile"]
+    s = rd.load_ood_set("svhn", None, 32, data=str(tmp_path))
+    assert calls[-1] == ("svhn", {"split": "test"})
+    assert s.labels.tolist() == [-1, -1, -1] and int(s.images[2, 1, 7, 30]) == int(nchw[2, 1, 7, 30])
+
+
 def test_a_small_id_folder_is_squashed_bilinearly_to_the_input_size(tmp_path):
     rng = np.random.default_rng(2)
     for split in ("train", "val"):
@@ -355,6 +477,27 @@ def test_a_folders_input_size_is_32_up_to_64_pixels_on_the_longer_side(tmp_path)
         Image.new("RGB", (w, h)).save(root / "train" / "a" / "0.png")
         assert rd.default_input_size(None, str(root)) == want, (w, h)
     assert [rd.default_input_size(d, None) for d in ("cifar10", "cifar100", "digits", "imagenet200")] == [32, 32, 32, 224]
+
+
+def test_a_folders_input_size_comes_from_the_first_image_of_its_first_class(tmp_path):
+    """docs/resnet.md (--input-size): 32 for folders whose first image is <= 64 px, that is the
+    first image of the first class in sorted order, whatever the images of the other classes."""
+    for c, side in (("ant", 20), ("bee", 100)):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (side, side)).save(tmp_path / "train" / c / "0.png")
+    assert rd.default_input_size(None, str(tmp_path)) == 32
+    (tmp_path / "train" / "ant" / "0.png").unlink()
+    Image.new("RGB", (100, 100)).save(tmp_path / "train" / "ant" / "0.png")
+    Image.new("RGB", (20, 20)).save(tmp_path / "train" / "bee" / "0.png")
+    assert rd.default_input_size(None, str(tmp_path)) == 224
+
+
+def test_a_split_other_than_train_or_val_and_no_data_at_all_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="^split must be train or val, got 'test'$"):
+        rd.load_id_split(None, str(tmp_path), "test")
+    for data in (None, ""):  # (no --dataset either: a one-line error, not a TypeError of Path(None))
+        with pytest.raises(UserError, match=r"^give --dataset NAME or --data DIR$"):
+            rd.load_id_split(None, data, "train")
 
 
 def test_missing_or_unknown_data_is_one_line_naming_what_is_missing(tmp_path):
