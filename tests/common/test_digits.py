@@ -135,6 +135,36 @@ def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_no_partial_folder
     assert not (tmp_path / "home").exists()
 
 
+def test_without_scikit_image_the_digits_are_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from clip_smot.common.digits import write_digits
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "skimage.data", None)  # (import skimage.data raises ImportError)
+    with pytest.raises(UserError, match=r"^the digits OOD sets need scikit-image: pip install scikit-image$"):
+        write_digits(tmp_path / "d8", size=8)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_the_digits_folder_goes_is_named_as_the_blocker(tmp_path, monkeypatch):
+    import pytest
+
+    from clip_smot.common import digits
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits, "_write", lambda tmp, size, n_ood, seed: tmp.mkdir())  # (the folders: not needed)
+    (tmp_path / "digits-8").write_text("a file, not the digits folder")
+    with pytest.raises(UserError) as e:
+        ensure_digits(size=8)
+    assert str(e.value) == (f"$CLIP_SMOT_CACHE {tmp_path}: cannot write the bundled digits to {tmp_path / 'digits-8'} "
+                            f"({tmp_path / 'digits-8'} is a file, not a folder); free space there or set "
+                            "CLIP_SMOT_CACHE to a writable folder")
+    assert (tmp_path / "digits-8").read_text() == "a file, not the digits folder"
+
 
 def test_written_folders_are_the_digits_folders_of_every_size(tmp_path, monkeypatch):
     from clip_smot.common.digits import written_folders
@@ -162,6 +192,19 @@ def test_a_marker_of_another_size_or_version_is_written_again(tmp_path, monkeypa
         assert writes == ([16] if rewritten else []), marker
 
 
+def test_a_marker_that_is_no_json_object_is_written_again(tmp_path, monkeypatch):
+    from clip_smot.common import digits
+
+    writes = []
+    monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
+    root = tmp_path / "d"
+    root.mkdir()
+    for marker in ("[1, 16]", "16", '"version"', "null"):
+        (root / "digits.json").write_text(marker)
+        writes.clear()
+        assert digits.ensure_digits(size=16, root=root) == root and writes == [16], marker
+
+
 def test_write_digits_takes_its_seed_and_number_of_ood_images(tmp_path, monkeypatch):
     """(on the first 200 digits, for speed)"""
     from types import SimpleNamespace
@@ -182,6 +225,28 @@ def test_write_digits_takes_its_seed_and_number_of_ood_images(tmp_path, monkeypa
     crops = [[np.asarray(Image.open(r / "ood" / "photos" / f"{j:04d}.png")) for j in range(5)] for r in roots]
     assert not all(np.array_equal(a, b) for a, b in zip(*crops))  # other crops from another seed
     assert json.loads((roots[1] / "digits.json").read_text()) == {"version": 1, "size": 8, "n_ood": 5, "seed": 1}
+
+
+def test_a_class_folders_sorted_listing_is_in_the_digits_order(tmp_path, monkeypatch):
+    """Image files are listed sorted by name: the digits' indices are zero-padded so that a class
+    folder's listing is in the order of sklearn's digits (an unpadded 10.png sorted before 7.png).
+    (on the first 200 digits, for speed)"""
+    from types import SimpleNamespace
+
+    import sklearn.datasets
+
+    from clip_smot.common.digits import write_digits
+
+    full = load_digits()
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda: SimpleNamespace(images=full.images[:200], target=full.target[:200]))
+    root = write_digits(tmp_path / "d", size=8, n_ood=1)
+    for split in ("train", "val"):
+        for k, name in enumerate(DIGIT_NAMES):
+            files = sorted(p.name for p in (root / split / name).iterdir())
+            indices = [int(f.split(".")[0]) for f in files]
+            assert indices == sorted(indices) and all(full.target[i] == k for i in indices), (split, name)
+    assert sum(len(list((root / s).rglob("*.png"))) for s in ("train", "val")) == 200
 
 
 def test_a_set_another_process_wrote_while_this_one_waited_for_the_lock_is_reused(tmp_path, monkeypatch):
