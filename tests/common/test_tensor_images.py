@@ -46,6 +46,18 @@ def test_tensor_path_matches_pil_within_one_level(h, w, size, mode):
     assert (ours != theirs).mean() < 0.01
 
 
+def test_a_bilinear_model_is_resized_bilinearly():
+    """A model whose preprocessing config says bilinear (open_clip's ``interpolation``) gets
+    torchvision's bilinear Resize on PIL images, within the documented level; bicubic differs."""
+    im = Image.fromarray(np.random.default_rng(5).integers(0, 256, (90, 120, 3)).astype(np.uint8))
+    image = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    want = np.asarray(T.Resize(32, interpolation=T.InterpolationMode.BILINEAR)(im)).astype(int)
+    got = ti.resize_uint8(image, ti.shorter_side_size(90, 120, 32), "bilinear").permute(1, 2, 0).numpy().astype(int)
+    assert got.shape == want.shape == (32, 42, 3) and np.abs(got - want).max() <= 1
+    bicubic = ti.resize_uint8(image, (32, 42)).permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(bicubic - want).max() > 1
+
+
 def test_exif_orientation_is_not_applied_as_pil_does_not():
     a = np.zeros((40, 80, 3), np.uint8)
     a[:, :40] = 255  # left half white: a 90-degree turn would put it top or bottom
@@ -74,6 +86,20 @@ def test_unreadable_jpegs_are_none_others_decoded():
     assert out[1] is None and out[2] is None
     assert out[0].shape == (3, 10, 20) and abs(int(out[0][0].float().mean()) - 200) <= 2
     assert ti.is_jpeg(good) and not ti.is_jpeg(b"\x89PNG\r\n")
+
+
+def test_decoding_shows_no_warnings_of_the_decoder():
+    """torchvision warns at every decode_jpeg call (its deprecation notice) and libjpeg about
+    corrupt data: a score run over thousands of files would print them all; such a file goes to
+    PIL, which names it."""
+    import warnings
+
+    good = _jpeg(Image.new("RGB", (20, 10), (200, 10, 10)))
+    raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in (good, good[: len(good) // 2])]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = ti.decode_jpegs(raws, "cpu")
+    assert out[0] is not None and out[1] is None and seen == []
 
 
 def test_normalize_is_totensor_then_normalize():
@@ -127,6 +153,15 @@ def test_frame_size_walks_fill_bytes_and_progressive_headers_and_stops_at_bad_on
     assert ti._frame_size(b"\xff\xd8" + frame) == (40, 30)
     assert ti._frame_size(b"\xff\xd8\xff\xc0\x00\x02\x08\x00\x1e\x00\x28\x03") is None  # a frame header too short
     assert ti._frame_size(b"\xff\xd8\xff\xda\x00\x02" + frame) is None  # scan data before any frame header
+
+
+def test_frame_size_steps_over_markers_without_a_length_and_stops_at_the_end_of_image():
+    """JPEG B.1.1.4: TEM (0xFF01) and RST0-7 (0xFFD0-0xFFD7) are markers without a length field;
+    EOI (0xFFD9) ends the image, so a frame header after it is none of the image's."""
+    frame = b"\xff\xc0\x00\x11\x08\x00\x1e\x00\x28\x03" + b"\x01\x11\x00\x02\x11\x01\x03\x11\x01"  # 40 x 30
+    for marker in (b"\xff\x01", b"\xff\xd0", b"\xff\xd7"):
+        assert ti._frame_size(b"\xff\xd8" + marker + frame) == (40, 30), marker
+    assert ti._frame_size(b"\xff\xd8\xff\xd9\x00\x02" + frame) is None
 
 
 def test_grey_jpegs_decode_as_rgb_alone_or_beside_a_bad_file():
