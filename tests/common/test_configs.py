@@ -60,6 +60,21 @@ def test_configs_round_trip_through_json(cfg):
         assert type(cfg).from_json(cfg.to_json()) == cfg
 
 
+@pytest.mark.parametrize("cfg", [c for c in _configs() if hasattr(c, "to_json")], ids=lambda c: type(c).__name__)
+def test_to_json_is_the_configs_fields_with_sorted_keys_and_two_space_indents(cfg):
+    """A config's JSON text is stable however its fields are declared: keys sorted, two spaces an
+    indent, as json.dumps writes them (so that two configs' texts can be compared line by line)."""
+    def sorted_everywhere(value) -> bool:  # (an eval config's --ood mapping is a dict too)
+        return not isinstance(value, dict) or (list(value) == sorted(value)
+                                               and all(sorted_everywhere(v) for v in value.values()))
+
+    text = cfg.to_json()
+    read = json.loads(text)
+    assert list(read) == sorted(f.name for f in dataclasses.fields(cfg)) and sorted_everywhere(read)
+    assert text == json.dumps(read, indent=2)  # (its own order kept: only the indent is compared)
+    assert type(cfg).from_dict(read) == cfg
+
+
 def test_a_tuple_comes_back_as_a_tuple():
     cfg = ScoreConfig.from_json('{"prompt": "p", "paths": ["a", "b"], "out": "o.csv", "unknown": 1}')
     assert cfg.paths == ("a", "b") and cfg.batch_size == 256  # (an unknown key is ignored)
