@@ -155,17 +155,7 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             cfg = read_json(path)
         except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, a file too large)
             raise UserError(f"{source[0]}: not a valid JSON model config ({e})") from None
-        if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
-            cfg = cfg["model_cfg"]
-        check_config_file(cfg, *source)
-        # open_clip registers a .json file that holds the config itself, by its stem: a private copy
-        # of the config checked here, so that a pretrained config's layout, or a file named without
-        # .json, is registered too (neither was: open_clip's registry had no such name)
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / f"{path.stem}.json"
-            copy.write_text(json.dumps(cfg))
-            open_clip.add_model_config(copy)
-        return path.stem, open_clip.get_model_config(path.stem)
+        return path.stem, _register_config(path.stem, cfg, source)
     cfg = open_clip.get_model_config(model)
     if cfg is None:
         raise UserError(
@@ -173,6 +163,27 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             "or the path of an open_clip model-config JSON"
         )
     return model, cfg
+
+
+def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:
+    """Check ``cfg`` (read from a file: errors name ``source``, see :func:`check_config_file`) and
+    register it with open_clip as ``name``; returns the config open_clip will build.
+
+    open_clip registers a .json file that holds the config itself, by its stem: a private copy of
+    the config checked here, so that a pretrained config's layout, a file named without .json, or a
+    prompt's stored config is registered too. ``name`` must be a plain name (a file's stem, or
+    :func:`~clip_smot.common.files.plain_name`): the copy lands in a private temporary folder and
+    nowhere else."""
+    import open_clip
+
+    if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
+        cfg = cfg["model_cfg"]
+    check_config_file(cfg, *source)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / f"{name}.json"
+        copy.write_text(json.dumps(cfg))
+        open_clip.add_model_config(copy)
+    return open_clip.get_model_config(name)
 
 
 def model_config(model: str) -> dict:
@@ -191,7 +202,6 @@ def load_clip(
     device: torch.device | str = "cpu",
     activation: str | None = None,
     activation_source: str = "",
-    config_source: tuple[str, str] | None = None,
 ) -> ClipModel:
     """Create an open_clip model, load its weights, freeze it and put it in eval mode.
 
@@ -207,18 +217,22 @@ def load_clip(
         activation: build with this activation ("gelu" or "quick_gelu", e.g. a prompt's
             record) instead of the model config's; weights that say otherwise are refused.
         activation_source: what asked for ``activation`` (named in that error, e.g. "--prompt p").
-        config_source: what the model config's errors name and the prefix of its fields, as for
-            :func:`check_model_config` (default: ``("--model MODEL", "")``; a prompt's stored
-            config: ``("--prompt FILE", "model_config.")``).
 
     Raises:
         UserError: unknown model or tag, missing or unreadable file, a tag that cannot be
             downloaded, or weights trained with another activation than ``activation``.
     """
+    source = (f"--model {model}", "")
+    name, cfg = _resolve_name(model, source)
+    return _load(name, cfg, source, pretrained, device, activation, activation_source)
+
+
+def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None, device: torch.device | str,
+          activation: str | None, activation_source: str) -> ClipModel:
+    """:func:`load_clip` of the registered model ``name`` with config ``cfg`` (its errors name
+    ``source``, as for :func:`check_model_config`)."""
     import open_clip
 
-    source = config_source or (f"--model {model}", "")
-    name, cfg = _resolve_name(model, source)
     pretrained, checkpoint_sha, implied, why = _resolve_weights(name, pretrained)
     want = implied or config_activation(cfg)
     if activation is not None and activation != want:
@@ -778,11 +792,9 @@ def load_clip_for_prompt(
     import open_clip
 
     plain_name(name, "prompt metadata 'model'")
-    # (load_clip reads a name ending in .json as a path: such a name always goes through the copy)
+    # (load_clip reads a name ending in .json as a path: such a name is registered from the config)
     if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
         return load_clip(name, pretrained, device, activation, activation_source)
-    source = (activation_source or f"prompt model {name}", "model_config.")  # (not the temporary copy's path)
-    with tempfile.TemporaryDirectory() as tmp:  # (open_clip registers a config JSON by its file's stem)
-        path = Path(tmp) / f"{name}.json"  # a plain name: a file of this private folder, nowhere else
-        path.write_text(json.dumps(config))
-        return load_clip(str(path), pretrained, device, activation, activation_source, config_source=source)
+    source = (activation_source or f"prompt model {name}", "model_config.")
+    return _load(name, _register_config(name, config, source), source, pretrained, device, activation,
+                 activation_source)
