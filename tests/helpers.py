@@ -269,3 +269,27 @@ def guarded_safe_open(real_open, refused=lambda shape: True):
             return get_tensor
 
     return Guarded
+
+
+def warnings_main_lets_through(monkeypatch, emit) -> list[str]:
+    """The messages of the warnings that the console entry point, ``clip_smot.cli.main``, lets
+    through of those ``emit()`` gives, followed by a plain UserWarning "another" (which it must
+    let through): ``emit`` runs where the command would, every warning shown (main's filters are
+    undone after)."""
+    import warnings
+
+    import clip_smot.cli as cli_module
+
+    seen = []
+
+    def run(prog_name):
+        with warnings.catch_warnings(record=True) as caught:
+            emit()
+            warnings.warn("another", UserWarning)
+        seen.extend(str(w.message) for w in caught)
+
+    monkeypatch.setattr(cli_module, "cli", run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        cli_module.main()
+    return seen

@@ -304,23 +304,12 @@ def test_the_command_line_silences_torchs_advice_on_the_worker_count(monkeypatch
     """--workers beyond the CPU count makes torch warn over several lines before the run's
     one-line result or error: the console entry point ignores that warning (its other warnings stay)."""
     import os
-    import warnings
 
     import torch
+    from helpers import warnings_main_lets_through
 
-    import clip_smot.cli as cli_module
-
-    seen = []
-
-    def run(prog_name):
+    def too_many_workers():
         loader = torch.utils.data.DataLoader(range(2), num_workers=(os.cpu_count() or 1) + 1)
-        with warnings.catch_warnings(record=True) as caught:
-            loader.check_worker_number_rationality()  # (torch's own warning, as iter(loader) gives it)
-            warnings.warn("another", UserWarning)
-        seen.extend(str(w.message) for w in caught)
+        loader.check_worker_number_rationality()  # (torch's own warning, as iter(loader) gives it)
 
-    monkeypatch.setattr(cli_module, "cli", run)
-    with warnings.catch_warnings():  # (main's filters undone after)
-        warnings.simplefilter("always")
-        cli_module.main()
-    assert seen == ["another"]
+    assert warnings_main_lets_through(monkeypatch, too_many_workers) == ["another"]

@@ -45,21 +45,12 @@ def test_the_command_line_silences_pils_warning_below_its_refusal(monkeypatch):
     """An image between PIL's pixel limit and twice it decodes, with a DecompressionBombWarning
     over two lines of stderr beside the run's own lines (beyond twice, it is refused in one
     line): the console entry point ignores that warning, for every thread and worker."""
-    import clip_smot.cli as cli_module
+    from helpers import warnings_main_lets_through
 
-    seen = []
+    def bomb():
+        warnings.warn("Image size (90000000 pixels) exceeds limit", Image.DecompressionBombWarning)
 
-    def run(prog_name):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.warn("Image size (90000000 pixels) exceeds limit", Image.DecompressionBombWarning)
-            warnings.warn("another", UserWarning)
-        seen.extend(str(w.message) for w in caught)
-
-    monkeypatch.setattr(cli_module, "cli", run)
-    with warnings.catch_warnings():  # (main's filters undone after)
-        warnings.simplefilter("always")
-        cli_module.main()
-    assert seen == ["another"]
+    assert warnings_main_lets_through(monkeypatch, bomb) == ["another"]
 
 
 @pytest.mark.parametrize("fmt", ["EPS", "DDS", "SPIDER", "ICO", "PCX"])
