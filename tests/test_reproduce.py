@@ -451,6 +451,11 @@ def _flag(argv, flag):
     return argv[argv.index(flag) + 1] if flag in argv else None
 
 
+def _ood_dirs(argv) -> dict[str, str]:
+    """The --ood NAME=DIR values of a command line, as {NAME: DIR}."""
+    return dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+
+
 def test_each_resnet_row_is_measured_by_the_run_and_score_it_names():
     """The paper's rows name a method (a training) and a score; the stage and score each maps to
     are checked against the training's own flags, not against the row map."""
@@ -663,8 +668,7 @@ def test_the_first_ood_folder_found_under_ood_root_is_used(tmp_path):
         (root / name).mkdir(parents=True)
 
     def ood_of(p):
-        argv = list(p.stages[-1].argv)
-        return dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+        return _ood_dirs(p.stages[-1].argv)
 
     o = ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path), ood_root=str(root))
     assert ood_of(plan("table8", o)) == {"iNaturalist": str(root / "iNaturalist"), "SUN": str(root / "SUN"),
@@ -681,9 +685,8 @@ def test_lower_case_places365_and_a_bare_dtd_folder_are_found(tmp_path):
     root = tmp_path / "ood"
     for name in ("iNaturalist", "SUN", "places365", "dtd/banded"):
         (root / name).mkdir(parents=True)
-    argv = list(plan("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path),
-                                                ood_root=str(root))).stages[-1].argv)
-    given = dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+    given = _ood_dirs(plan("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path),
+                                                     ood_root=str(root))).stages[-1].argv)
     assert (given["Places"], given["Textures"]) == (str(root / "places365"), str(root / "dtd"))
 
 
@@ -954,7 +957,7 @@ def test_out_given_another_way_or_moved_finds_its_stages_finished(tmp_path, monk
     relative = dataclasses.replace(options, out="o")
     run_reproduce("table8", relative, fake, echo=lambda line: None)
     record = json.loads((tmp_path / "o" / "eval-coop" / RECORD).read_text())["argv"]
-    assert record[record.index("--prompt") + 1] == "OUT/fit-coop/prompt.safetensors"
+    assert _flag(record, "--prompt") == "OUT/fit-coop/prompt.safetensors"
     ran.clear()
     lines = []
     run_reproduce("table8", dataclasses.replace(options, out=str(tmp_path / "o")), fake, echo=lines.append)
@@ -987,10 +990,10 @@ def test_data_folders_given_another_way_find_their_stages_finished(tmp_path, mon
     typed = dataclasses.replace(options, imagenet="d/imagenet/", ood_root="./d/ood", out="o", pretrained="openai")
     run_reproduce("table8", typed, fake, echo=lambda line: None)
     record = json.loads((tmp_path / "o" / "eval-coop" / RECORD).read_text())["argv"]
-    assert record[record.index("--id") + 1] == str(tmp_path / "d" / "imagenet" / "val")
-    assert f"SUN={tmp_path / 'd' / 'ood' / 'SUN'}" in record and record[record.index("--pretrained") + 1] == "openai"
+    assert _flag(record, "--id") == str(tmp_path / "d" / "imagenet" / "val")
+    assert f"SUN={tmp_path / 'd' / 'ood' / 'SUN'}" in record and _flag(record, "--pretrained") == "openai"
     fit = json.loads((tmp_path / "o" / "fit-smot" / RECORD).read_text())["argv"]
-    assert fit[fit.index("--data") + 1] == str(tmp_path / "d" / "imagenet")
+    assert _flag(fit, "--data") == str(tmp_path / "d" / "imagenet")
     ran.clear()
     for imagenet, ood_root in ((str(tmp_path / "d" / "imagenet"), str(tmp_path / "d" / "ood") + "/"),
                                ("d/ood/../imagenet", "d/ood")):
