@@ -964,9 +964,14 @@ def test_skip_unreadable_judges_each_file_not_each_argument(tmp_path, tiny, tiny
     assert not (tmp_path / "none.csv.partial").exists() and not (tmp_path / "none.csv.partial.json").exists()
 
 
-def test_score_paths_leaves_out_an_argument_with_no_readable_file_and_refuses_when_none_has_one(tmp_path, tiny):
+def _fp32_scorer_and_one_image_a_class(tmp_path, tiny):
+    """A scorer of a prompt of CLASSES in fp32, and an ID folder (make_folders) of one image a class."""
     scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
-    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    return scorer, make_folders(tmp_path, n_per_class=1)[0]
+
+
+def test_score_paths_leaves_out_an_argument_with_no_readable_file_and_refuses_when_none_has_one(tmp_path, tiny):
+    scorer, id_dir = _fp32_scorer_and_one_image_a_class(tmp_path, tiny)
     bad, bad2 = tmp_path / "broken.png", tmp_path / "broken2.png"
     for f in (bad, bad2):
         f.write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -987,8 +992,7 @@ def test_score_paths_refuses_a_missing_path_and_an_unfitted_score_before_encodin
 
     from clip_smot.clip import scorer as sc
 
-    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
-    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    scorer, id_dir = _fp32_scorer_and_one_image_a_class(tmp_path, tiny)
     monkeypatch.setattr(sc, "encode_files", lambda *a, **k: pytest.fail("encoded before the check"))
     with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path / 'gone.png'))}: "):
         scorer.score_paths([id_dir, tmp_path / "gone.png"], ["mcm"], workers=0)
@@ -999,8 +1003,7 @@ def test_score_paths_refuses_a_missing_path_and_an_unfitted_score_before_encodin
 def test_odin_of_score_paths_scores_the_readable_files_alone(tmp_path, tiny):
     """With skip_unreadable, ODIN (which reads the images again) runs on the files that were
     read: an unreadable one inside a folder, and an argument that is one, are left out."""
-    scorer = PromptScorer(tiny, make_prompt(tmp_path / "q.safetensors", tiny), CLASSES, precision="fp32")
-    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    scorer, id_dir = _fp32_scorer_and_one_image_a_class(tmp_path, tiny)
     good = sorted(str(p) for p in (id_dir / "val").rglob("*.png"))
     bad, inside = tmp_path / "broken.png", id_dir / "val" / "red" / "broken2.png"
     for f in (bad, inside):
