@@ -31,7 +31,15 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_write_text, is_file, json_text, make_folder, read_json, sha256_file
+from clip_smot.common.files import (
+    atomic_write_text,
+    check_output,
+    is_file,
+    json_text,
+    make_folder,
+    read_json,
+    sha256_file,
+)
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -530,6 +538,17 @@ def _markdown(p: Plan, cells: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _image_folders(p: Plan, o: ReproduceOptions) -> list[tuple[str, str | Path]]:
+    """The folders of images the stages of ``p`` read (IMAGENET's train/ and val/, the OOD sets;
+    a torchvision root holds none): an OUT inside one would be refused by the evaluation (or the
+    fit) that reads it, after the stages before it, and leave stage folders among the images."""
+    folders: list[tuple[str, str | Path]] = [(f"the {flag} folder", path) for flag, path in p.inputs
+                                             if flag.startswith("--ood-root")]
+    if o.imagenet and any(flag == "--imagenet" for flag, _ in p.inputs):
+        folders += [(f"the --imagenet {split}/ folder", Path(o.imagenet) / split) for split in ("train", "val")]
+    return folders
+
+
 def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str]], None], dry_run: bool = False,
                   echo: Callable[[str], None] = print) -> list[dict] | None:
     """Run the stages of ``table`` not yet finished, in order, then write table.md and table.csv.
@@ -560,6 +579,7 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
                         if (why := torchvision_unavailable(name, options.cifar_root))]
         if missing:  # every one, before hours of training, not at the evaluation that needs it
             raise UserError("; ".join(missing))
+        check_output(out, "--out", folders=_image_folders(p, options), writes=())
         make_folder(out)
     finished = {stage.name for stage in p.stages if stage.finished(out)}
     for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)

@@ -222,6 +222,31 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
     assert ran == [] and not out.exists()
 
 
+def test_an_out_inside_a_folder_of_images_the_stages_read_is_refused_before_any_stage(tmp_path):
+    """An OUT inside IMAGENET/val or an OOD folder ran the fits and was refused by the first
+    evaluation; inside IMAGENET/train, by the first fit, after OUT/fit-smot/reproduce.json was
+    written there: a class folder 'r' of no images that every later fit on that data refused."""
+    from clip_smot.reproduce import run_reproduce
+
+    imagenet, ood, ran = tmp_path / "imagenet", tmp_path / "ood", []
+    for folder in ("train", "val"):
+        (imagenet / folder).mkdir(parents=True)
+    for folder in ("iNaturalist", "SUN", "Places", "Textures"):
+        (ood / folder).mkdir(parents=True)
+    for table, out, what in (("table8", imagenet / "train" / "r", "--imagenet train/"),
+                             ("table8", imagenet / "val" / "r", "--imagenet val/"),
+                             ("table8", ood / "SUN" / "x" / "r", "--ood-root (SUN)"),
+                             ("table4", ood / "Textures" / "r", "--ood-root (Textures)")):
+        with pytest.raises(UserError) as e:
+            run_reproduce(table, ReproduceOptions(out=str(out), imagenet=str(imagenet), ood_root=str(ood)),
+                          ran.append, echo=lambda line: None)
+        folder = out.parent.parent if what == "--ood-root (SUN)" else out.parent
+        assert str(e.value) == (f"--out {out}: is inside the {what} folder {folder}, whose files are read as input; "
+                                "write to a place outside it")
+        assert not out.exists()
+    assert ran == []
+
+
 def test_each_tables_missing_data_is_named_by_its_own_table_and_flag(tmp_path, monkeypatch):
     """The error names the table asked for and the flag whose data is missing: table3 trains on
     CIFAR-100 (offline, looked for under --cifar-root as CIFAR-10 and SVHN are), table4 reads
