@@ -60,8 +60,8 @@ class ClipEvalConfig(EvalConfig):
                                 f"{DEFAULT_ZERO_SHOT_MODEL[0]}).")
     pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: from the prompt; "
                                      f"--zero-shot: {DEFAULT_ZERO_SHOT_MODEL[1]}).")
-    split: str | None = setting(None, "CLIP: a split.txt choosing those images (relative to --id-train, or to the "
-                                "prompt's data).", path="file")
+    split: str | None = setting(None, "CLIP: a split.txt choosing those images (its paths relative to --id-train, or "
+                                "to the prompt's data).", path="file")
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
                           "auto: gpu on CUDA.", choices=DECODE_CHOICES)
