@@ -399,6 +399,9 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
         UserError: a file cannot be written, naming it.
     """
     folder = Path(folder)
+    for name in writers:  # (a rename onto a folder fails: found before the first rename, not after some)
+        if os.path.isdir(folder / name) and not os.path.islink(folder / name):  # (a link is replaced)
+            raise _write_error(folder / name, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
     temps: dict[str, str] = {}
     try:
         for name, write in writers.items():

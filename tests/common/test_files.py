@@ -316,6 +316,25 @@ def test_files_written_as_one_leave_no_temporary_file_and_only_the_old_leftovers
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new a", "mine.txt": "mine"}
 
 
+def test_files_written_as_one_where_one_name_is_a_folder_rename_none(tmp_path):
+    """A folder where one of the files goes (an evaluation's scores_hist.png): its rename failed
+    after the renames before it, so metrics.csv and the rest were new beside an error saying the
+    file there before was unchanged. It is found before any rename; a link there is replaced."""
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").mkdir()
+    writers = {"a.txt": files.text_writer("new a"), "b.txt": files.text_writer("new b")}
+    with pytest.raises(UserError, match=r"^cannot write .*b.txt: Is a directory"):
+        files.atomic_write_files(tmp_path, writers)
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]  # (no temporary file either)
+    assert (tmp_path / "a.txt").read_text() == "old a" and (tmp_path / "b.txt").is_dir()
+    (tmp_path / "b.txt").rmdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b.txt").symlink_to("d")
+    files.atomic_write_files(tmp_path, writers)
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+    assert not (tmp_path / "b.txt").is_symlink() and os.listdir(tmp_path / "d") == []
+
+
 def test_a_written_file_has_an_ordinary_files_mode(tmp_path):
     """mkstemp makes the temporary file 0600: the result is 0666 less the umask, as open() makes."""
     old = os.umask(0o022)
