@@ -417,7 +417,7 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
                 os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
     for name in leftovers:
         if name not in writers:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # (a folder is no earlier run's file)
                 (folder / name).unlink()
 
 

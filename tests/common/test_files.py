@@ -335,6 +335,14 @@ def test_files_written_as_one_where_one_name_is_a_folder_rename_none(tmp_path):
     assert not (tmp_path / "b.txt").is_symlink() and os.listdir(tmp_path / "d") == []
 
 
+def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_path):
+    """A folder config.json in the folder of a ResNet evaluation (which writes none, and removes
+    an earlier one) was an IsADirectoryError traceback once every file had been written."""
+    (tmp_path / "b.txt").mkdir()
+    files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").is_dir()
+
+
 def test_a_written_file_has_an_ordinary_files_mode(tmp_path):
     """mkstemp makes the temporary file 0600: the result is 0666 less the umask, as open() makes."""
     old = os.umask(0o022)
