@@ -107,9 +107,14 @@ def _csv(table) -> str:
     return buf.getvalue()
 
 
+def _cell(text: str) -> str:
+    """``text`` (an --ood name) as one Markdown table cell: a ``|`` would end the cell, a line break the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _markdown(table, id_accuracy: float | None, title: str) -> str:
     sets = [s for s in next(iter(table.values()))]
-    head = "| score | " + " | ".join(f"{s} FPR95↓ | {s} AUROC↑" for s in sets) + " |"
+    head = "| score | " + " | ".join(f"{_cell(s)} FPR95↓ | {_cell(s)} AUROC↑" for s in sets) + " |"
     sep = "|---|" + "---|---|" * len(sets)
     lines = [f"# {title}", "", "Values are percentages.", "", head, sep]
     for score, rows in table.items():

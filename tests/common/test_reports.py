@@ -231,6 +231,18 @@ def test_csv_has_the_average_line_and_markdown_heads_match_their_cells(tmp_path)
     assert md[6] == "| msp | 50.00 | 87.50 | 33.33 | 83.33 | 100.00 | 0.00 | 61.11 | 56.94 |"
 
 
+def test_a_set_name_with_a_bar_or_a_line_break_stays_in_its_markdown_cells(tmp_path):
+    """--ood 'a|b=DIR' gave metrics.md a head of more columns than its rows, and a name with a
+    line break cut the head in two: each is escaped (a backslash too, so that it reads back)."""
+    write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"a|b": {"msp": np.array([0.1])},
+                                                             "x\ny\\": {"msp": np.array([0.95])}})
+    md = (tmp_path / "metrics.md").read_text().splitlines()
+    assert md[4] == ("| score | a\\|b FPR95↓ | a\\|b AUROC↑ | x\\ny\\\\ FPR95↓ | x\\ny\\\\ AUROC↑ | average FPR95↓ | "
+                     "average AUROC↑ |")
+    assert md[6] == "| msp | 0.00 | 100.00 | 100.00 | 0.00 | 50.00 | 50.00 |"
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "msp,a|b,0.00,100.00,100.00,100.00"
+
+
 def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch):
     """A score that is the same for every image (a collapsed model) has a histogram too: its bins
     are given a width (41 equal edges drew no bar, its densities NaN)."""
