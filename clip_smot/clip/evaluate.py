@@ -36,6 +36,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, json_text
 from clip_smot.common.image_sets import (
     check_apart,
+    check_train_apart,
     folder_classnames,
     id_class_folders,
     id_set,
@@ -222,6 +223,8 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
     check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     train_paths = id_train_paths(cfg.prompt, config, cfg.id_train, cfg.split) if fitted else []
+    check_train_apart(train_paths, [("the ID set (--id)" if s.name == "id" else f"the OOD set {s.name} (--ood)", s.paths)
+                                    for s in sets])
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
     check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
                                                       for s in sets for p in s.paths),

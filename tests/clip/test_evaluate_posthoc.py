@@ -145,6 +145,29 @@ def test_eval_zero_shot_fitted_scores_need_id_train(tmp_path, tiny_clip_config, 
     assert res.exit_code == 1 and "--id-train" in res.output and "Traceback" not in res.output
 
 
+def test_id_train_images_that_are_test_images_are_refused_before_encoding(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                          monkeypatch):
+    """--id-train DATA, searched whole, took DATA/id/val (the ID set) and the OOD images into the
+    fitted scores' training images: KNN found each of them at distance 0 from itself, and the
+    metrics came out without a word. Any test image among them stops the run, naming its set."""
+    from clip_smot.clip import scorer as scorer_module
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path / "data", n_per_class=1, n_ood=2)
+    train = _train_folder(tmp_path / "train")
+    (train / "red" / "link.png").symlink_to(ood_dir / "x" / "y" / "1.jpg")  # (one OOD image, through a link)
+    monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
+    base = ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id", str(id_dir), "--ood",
+            f"noise={ood_dir}", "--scores", "mcm,react", "--workers", "0"]
+    for id_train, what, n in ((tmp_path / "data", "the ID set (--id)", 3), (train, "the OOD set noise (--ood)", 1)):
+        res = CliRunner().invoke(cli, [*base, "--id-train", str(id_train), "--out", str(tmp_path / "e")])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.output.startswith(f"Error: --id-train: {n} of the {2 if n == 1 else 3} images of {what} are ID "
+                                     "training images too, e.g. "), res.output
+    assert not (tmp_path / "e").exists()
+
+
 def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
     """The prompt's data and split.txt (next to it), or the split drawn again from its shots and
     seed, checked against the SHA-256 the prompt records; --split and --id-train choose others.
