@@ -243,7 +243,13 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
     if sched["base_lrs"] != ours or sched["last_epoch"] != epoch or lrs != [lr * lr_factor(epoch, cfg) for lr in ours]:
         raise UserError(f"{where}: its learning-rate schedule (base lr {sched['base_lrs']}, epoch "
                         f"{sched['last_epoch']}, lr {lrs}) is not the run's")
-    scheduler.load_state_dict(sched)
+    # the rest is the scheduler's bookkeeping, set as its attributes: only the keys ours holds, of
+    # their types (an "optimizer" or a string "_step_count" failed at the end of the next epoch)
+    fresh = scheduler.state_dict()
+    state = {**fresh, **{k: v for k, v in sched.items() if k in fresh}}
+    if any(type(state[k]) is not type(v) for k, v in fresh.items()) or state["lr_lambdas"] != fresh["lr_lambdas"]:
+        raise UserError(f"{where}: its learning-rate schedule is damaged")
+    scheduler.load_state_dict(state)
     try:
         rf.restore_rng(saved["rng"], generators, where)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)

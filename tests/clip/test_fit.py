@@ -1581,6 +1581,9 @@ def _momentum_edit(shape):
     (_set("scheduler", "last_epoch", 0), r"its learning-rate schedule \(base lr \[0.002\], epoch 0, lr \[\S+\]\) "
                                          r"is not the run's$"),  # (its next step would be epoch 1's lr again)
     (_set("optimizer", "param_groups", 0, "lr", 15.0), r"its learning-rate schedule \(.*lr \[15.0\]\) is not the run's$"),
+    # the scheduler's other keys become its attributes: a step count that is text, lambdas of an int
+    (_set("scheduler", "_step_count", "x"), r"its learning-rate schedule is damaged$"),
+    (_set("scheduler", "lr_lambdas", 5), r"its learning-rate schedule is damaged$"),
     (_set("optimizer", "param_groups", 0, "weight_decay", 50.0), r"its optimizer state does not fit \(ValueError: "
                                                                  r"weight_decay is 50.0, not the run's 0.0005\)"),
     (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
