@@ -252,7 +252,7 @@ def _restore(saved: dict, prompt, optimizer, scheduler, generators: dict, path: 
     scheduler.load_state_dict(state)
     try:
         rf.restore_rng(saved["rng"], generators, where)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a hand-edited or foreign state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError) as e:  # (a hand-edited state)
         raise UserError(f"{where}: its random-number state is damaged ({type(e).__name__}: {first_line(e)})") from None
 
 

@@ -170,7 +170,8 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
 
     Raises:
         UserError: naming ``where``, when a generator was on another device than now.
-        KeyError, TypeError, ValueError, RuntimeError: a damaged state (the caller names it).
+        KeyError, TypeError, ValueError, RuntimeError, AttributeError, OverflowError: a damaged
+            state (the caller names it).
     """
     older = "devices" not in state and "aug_device" in state  # the older fit layout
     devices = {"aug_gen": state["aug_device"]} if older else state.get("devices", {})
@@ -182,7 +183,10 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         torch.set_rng_state(state[key])
     if not older:  # (the older fit layout kept no Python or NumPy state)
         name, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        keys = keys.numpy().astype(np.uint32)
+        if keys.shape != (624,):  # (NumPy indexes past a shorter one: an IndexError)
+            raise ValueError(f"NumPy's state holds {keys.size} keys, not 624")
+        np.random.set_state((name, keys, pos, has_gauss, gauss))
         random.setstate(state["python"])
     cuda = state.get("torch_cuda" if older else "cuda")
     if cuda is not None and torch.cuda.is_available():

@@ -1589,6 +1589,10 @@ def _momentum_edit(shape):
     (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
     (_set("rng", "torch_cpu", "seed"), r"its random-number state is damaged \(TypeError"),
     (lambda saved: saved["rng"].pop("numpy"), r"its random-number state is damaged \(KeyError"),  # (NumPy's gone)
+    (_set("rng", "devices", ["cpu"]), r"its random-number state is damaged \(AttributeError"),
+    (_set("rng", "numpy", ("MT19937", torch.zeros(3, dtype=torch.int64), 0, 0, 0.0)),
+     r"its random-number state is damaged \(ValueError: NumPy's state holds 3 keys, not 624\)"),  # (an IndexError)
+    (_set("rng", "python", (3, (10**30,) * 625, None)), r"its random-number state is damaged \(OverflowError"),
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, tmp_path, edit, expected):
     """The optimizer, schedule and RNG states were loaded unchecked: a traceback then, or at the first step."""
