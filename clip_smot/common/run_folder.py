@@ -296,6 +296,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
             for i, p in zip(theirs["params"], ours["params"]):
                 for name, v in per_param.get(i, {}).items():
                     _check_param_state(name, v, p)
+        # torch keeps the state of an id no group names aside, unused: a parameter's state filed under
+        # another key ("0" for 0) would be lost, and its momentum start again from nothing
+        stray = [k for k in per_param if not any(k in g["params"] for g in groups)]
+        if stray:
+            raise ValueError(f"a state for parameter {stray[0]!r}, which no group holds")
         kept = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
         for group, implementation in zip(optimizer.param_groups, kept):

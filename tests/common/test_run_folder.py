@@ -304,6 +304,14 @@ def test_an_optimizer_state_of_other_groups_or_parameters_is_one_line_saying_so(
         rf.load_optimizer_state(torch.optim.SGD([a], lr=0.1), two_params, "--resume c.pt")
 
 
+def test_an_optimizer_state_filed_under_an_id_no_group_holds_is_one_line():
+    """torch keeps such a state aside, unused: the parameter's momentum was lost without a word."""
+    w = torch.nn.Parameter(torch.ones(2))
+    state = {"state": {"0": {"momentum_buffer": torch.ones(2)}},
+             "param_groups": torch.optim.SGD([w], lr=0.1, momentum=0.9).state_dict()["param_groups"]}
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: a state for "
+                                        r"parameter '0', which no group holds\)$"):
+        rf.load_optimizer_state(torch.optim.SGD([w], lr=0.1, momentum=0.9), state, "--resume c.pt")
 def test_an_optimizer_step_count_is_a_number_or_a_0_dim_tensor():
     """Adam's 'step' is a number or a 0-dim tensor; one of another shape is refused as any other
     per-parameter tensor of the wrong shape would be."""
