@@ -21,7 +21,8 @@ asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 
 200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val). The metadata holds the files
 (``paths``, ``skipped``) and ``sha256``, a checksum over the tensors and that metadata, checked
 on every read: an entry whose bytes changed since it was written (a flipped bit, a hand edit)
-is encoded again, with a note. Non-finite features are never stored nor used.
+is encoded again, with a note. Non-finite features are never stored nor used, nor are features
+of another dtype or norm than the writer's (a checksum written by hand matches).
 """
 
 from __future__ import annotations
@@ -181,8 +182,14 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
     held_skipped = [image_identity(s[0]) for s in skipped]
     if sorted(held + held_skipped) != sorted(wanted):
         return None, "it lists other files"
+    # (the checksum is no seal: an entry written by hand has a matching one; int or bool features scored
+    # without an error, every score wrong, and unnormalised ones gave an MCM near 1 to every image)
+    if global_.dtype != torch.float32 or (local_ is not None and local_.dtype != _LOCAL_DTYPE):
+        return None, "its features are not float32 (global) and float16 (local)"
     if not all(torch.isfinite(t).all() for t in (global_, local_) if t is not None):
         return None, "its features are not finite"
+    if not all(_normalised(t, tol) for t, tol in ((global_, 1e-3), (local_, 1e-2)) if t is not None):
+        return None, "its features are not normalised"
     # the key sorts the files: the entry may hold them in another order (and spelling) than asked for
     row = {w: i for i, w in enumerate(held)}
     order = [row[w] for w in wanted if w in row]
@@ -193,6 +200,12 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
     encoded = [p for p, w in zip(paths, wanted) if w in row]
     skipped = [(asked[w], why) for w, (_, why) in zip(held_skipped, skipped)]
     return ImageFeatures(encoded, global_, local_, skipped), ""
+
+
+def _normalised(t: torch.Tensor, tol: float) -> bool:
+    """Whether each feature vector (the last dimension) of ``t`` has norm 1 within ``tol``; in
+    float32, 256 images at a time (an ImageNet-val entry's local features are 10 GB in float16)."""
+    return all(((rows.float().norm(dim=-1) - 1).abs() <= tol).all() for rows in t.split(256))
 
 
 def _write_cache(path: Path, feats: ImageFeatures) -> None:

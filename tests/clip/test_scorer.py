@@ -782,6 +782,27 @@ def test_a_cache_entry_of_non_finite_features_is_encoded_again_even_with_its_che
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("edit, why", [
+    (lambda g: (g * 100).round().long(), "its features are not float32 (global) and float16 (local)"),
+    (lambda g: g > 0, "its features are not float32 (global) and float16 (local)"),
+    (lambda g: g * 1000, "its features are not normalised"),
+], ids=["int64", "bool", "unnormalised"])
+def test_a_cache_entry_of_features_the_writer_never_stores_is_encoded_again(tmp_path, tiny, capsys, edit, why):
+    """Integer, boolean or unnormalised features with a matching checksum (the checksum is no
+    seal) were used: every MCM of unnormalised ones near 1, the bool ones' classes wrong."""
+    from clip_smot.clip import features as cf
+
+    paths = _three_images(tmp_path)
+    fresh = cf.encode_files(tiny, paths, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    cf._write_cache(entry, cf.ImageFeatures(fresh.paths, edit(fresh.global_), None, []))
+    capsys.readouterr()
+    again = cf.encode_files(tiny, paths, workers=0)
+    assert f"is damaged ({why}); its images are encoded again" in capsys.readouterr().err
+    assert again.global_.dtype == torch.float32
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+
+
 def test_entries_without_local_features_or_readable_files_are_read_without_a_note(tmp_path, tiny, capsys, monkeypatch):
     """Local features asked of an entry of global ones alone are encoded, with no note of damage;
     an entry of files none of which is readable (local features [0, 0, e]) is read as it is."""
