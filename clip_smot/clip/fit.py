@@ -38,7 +38,7 @@ from clip_smot import __version__
 from clip_smot.cam import normalize_cam
 from clip_smot.clip.augment import random_resized_crop_flip
 from clip_smot.clip.encoders import ATTENTION
-from clip_smot.clip.prompt_file import CLASS_POSITIONS
+from clip_smot.clip.prompt_file import CLASS_POSITIONS, classnames_problem
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
@@ -522,6 +522,9 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
                             "tokens; leave --n-ctx out")
         cfg = dataclasses.replace(cfg, n_ctx=n_ctx)
     classes, split = _load_data(cfg, clip.image_size)
+    problem = classnames_problem(list(classes.classnames))
+    if problem:  # (prompt files are bounded so: its prompt.safetensors would be refused by score and eval)
+        raise UserError(f"--data {classes.root}: {problem}, which a prompt file cannot hold; rename its folder")
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)

@@ -41,7 +41,8 @@ from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, parse_json
 
-__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "load_prompt", "prompt_tokens", "recorded_epochs", "save_prompt", "unfinished_note"]
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens",
+           "recorded_epochs", "save_prompt", "unfinished_note"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
@@ -265,23 +266,32 @@ def _read_tensors(path: str, f) -> tuple[torch.Tensor, torch.Tensor]:
         raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
 
 
+def classnames_problem(classnames: list[str]) -> str | None:
+    """What puts ``classnames`` past what a prompt file may hold (None: nothing): a name of more
+    than ``_MAX_CLASSNAME`` characters, a word of more than ``_MAX_WORD`` letters, or more than
+    ``_MAX_CLASSNAMES_TOTAL`` characters in all. ``fit`` checks its classes with it before
+    training: a prompt that ``score`` then refuses is no result."""
+    k, name = max(enumerate(classnames), key=lambda kc: len(kc[1]))
+    if len(name) > _MAX_CLASSNAME:
+        return f"class {k}'s name has {len(name)} characters, more than {_MAX_CLASSNAME}"
+    total = sum(map(len, classnames))
+    if total > _MAX_CLASSNAMES_TOTAL:
+        return f"its {len(classnames)} class names hold {total} characters, more than {_MAX_CLASSNAMES_TOTAL}"
+    for k, name in enumerate(classnames):
+        word = max(re.findall(r"[^\W\d_]+", name), key=len, default="")
+        if len(word) > _MAX_WORD:
+            return f"class {k}'s name holds a word of {len(word)} letters ({word[:20]}...), more than {_MAX_WORD}"
+    return None
+
+
 def _check_metadata(path: str, classnames: list, class_position: str, csc: str) -> None:
     """A UserError naming the file unless its class names (at most ``_MAX_CLASSNAME`` characters
     each) and layout are well-formed."""
     if not all(isinstance(c, str) for c in classnames) or not classnames:
         raise UserError(f"--prompt {path}: malformed metadata (classnames must be a non-empty JSON list of strings)")
-    k, name = max(enumerate(classnames), key=lambda kc: len(kc[1]))
-    if len(name) > _MAX_CLASSNAME:
-        raise UserError(f"--prompt {path}: class {k}'s name has {len(name)} characters, more than {_MAX_CLASSNAME}")
-    total = sum(map(len, classnames))
-    if total > _MAX_CLASSNAMES_TOTAL:
-        raise UserError(f"--prompt {path}: its {len(classnames)} class names hold {total} characters, more than "
-                        f"{_MAX_CLASSNAMES_TOTAL}")
-    for k, name in enumerate(classnames):
-        word = max(re.findall(r"[^\W\d_]+", name), key=len, default="")
-        if len(word) > _MAX_WORD:
-            raise UserError(f"--prompt {path}: class {k}'s name holds a word of {len(word)} letters "
-                            f"({word[:20]}...), more than {_MAX_WORD}")
+    problem = classnames_problem(classnames)
+    if problem:
+        raise UserError(f"--prompt {path}: {problem}")
     if class_position not in CLASS_POSITIONS or csc not in ("true", "false"):
         raise UserError(f"--prompt {path}: malformed metadata (class_position {class_position!r}, csc {csc!r}; "
                         f"expected one of {CLASS_POSITIONS}, and 'true' or 'false')")

@@ -1141,6 +1141,21 @@ def test_plain_folder_names_become_prompt_names_with_spaces(tmp_path):
     assert classes.imagenet_index is None
 
 
+def test_a_folder_name_no_prompt_file_holds_is_refused_before_training(fit_args, tmp_path):
+    """A class folder named by one word of 65 letters trained and wrote a prompt that score and
+    eval refuse (prompt files hold words of at most 64 letters): now one line, nothing written."""
+    data = tmp_path / "data"
+    for folder in ("blue", "q" * 65):
+        (data / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(data / folder / f"{i}.png")
+    args = fit_args(tmp_path / "run")
+    args[args.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --data {data}: class 1's name holds a word of 65 letters (qqqqqqqqqqqqqqqqqqqq...), more than 64, "
+        "which a prompt file cannot hold; rename its folder"), res.output
+    assert not (tmp_path / "run").exists()
 def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch):
     """fit's flags are what the step and the optimizer get (each set away from its default)."""
     import clip_smot.clip.fit as fit_mod
