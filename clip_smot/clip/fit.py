@@ -289,6 +289,9 @@ def _check_saved(saved: dict, where: str) -> None:
     bad = [what for ok, what in problems if not ok]
     if bad:
         raise UserError(f"{where}: a damaged fit checkpoint ({bad[0]})")
+    problem = classnames_problem(run["classnames"])  # (fit refuses such names: a run never records one)
+    if problem:
+        raise UserError(f"{where}: a damaged fit checkpoint (config.run.classnames: {problem})")
     try:
         parse_json(run["clip"]["model_config"])
         cfg = FitConfig.from_dict(config)

@@ -1556,6 +1556,8 @@ def _set(*keys_value):
     (_set("config", "run", "classnames", []), r"a damaged fit checkpoint \(config.run.classnames\)"),
     (_set("config", "run", "classnames", ["tench", 1, "great white shark"]),
      r"a damaged fit checkpoint \(config.run.classnames\)"),
+    (_set("config", "run", "classnames", ["tench", "q" * 5000, "great white shark"]),  # (an --n-ctx error before)
+     r"a damaged fit checkpoint \(config.run.classnames: class 1's name has 5000 characters, more than 1000\)$"),
     (_set("config", "run", "split_sha256", None), r"a damaged fit checkpoint \(config.run.split_sha256\)"),
     (_set("config", "run", "clip", "checkpoint_sha256", None), r"a damaged fit checkpoint \(config.run.clip\)"),
     (lambda saved: saved["config"].pop("run"), r"an incomplete fit checkpoint \(no config.run\)"),
