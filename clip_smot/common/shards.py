@@ -120,7 +120,31 @@ def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
     names = [f"{shard}{SEPARATOR}{name}" for name in _shard_index(shard, flag)]
     if not names:
         raise UserError(f"{flag} {shard}: no image members found (looked for KEY.jpg, KEY.png and the like)")
+    _check_no_clash(shard, names, flag)
     return names
+
+
+@functools.lru_cache(maxsize=_INDEXED)
+def _names_with_separator(folder: str, stamp: tuple) -> tuple[str, ...]:
+    """The names in ``folder`` that hold ``::`` (``stamp``: the folder's, so a change lists it again;
+    a folder of 10,000 shards is listed once, not once a shard)."""
+    return tuple(n for n in os.listdir(folder) if SEPARATOR in n)
+
+
+def _check_no_clash(shard: str, names: list[str], flag: str) -> None:
+    """Raise a UserError when a file beside ``shard`` has a member's ``SHARD.tar::MEMBER`` name:
+    that name reads the file (:func:`split_member`), and the member's row would hold its scores."""
+    folder, base = os.path.split(shard)
+    folder = folder or "."
+    try:  # (a stat per member only when a name there starts like theirs)
+        st = os.stat(folder)
+        if not any(n.startswith(base + SEPARATOR) for n in _names_with_separator(folder, (st.st_mtime_ns, st.st_ino))):
+            return
+    except OSError:
+        return
+    if clash := next((n for n in names if os.path.lexists(n)), None):
+        raise UserError(f"{flag} {shard}: {clash} is a file beside the shard with the name of one of its images, "
+                        "whose bytes it would read instead; rename that file")
 
 
 def _read_member(shard: str, member: str) -> bytes:

@@ -54,6 +54,23 @@ def test_a_member_named_like_a_file_that_exists_is_that_file(tmp_path):
     assert shards.split_member(real) is None and shards.read_image_bytes(real) == b"plain file"
 
 
+def test_a_shard_beside_a_file_named_as_its_member_is_refused(tmp_path):
+    """A file ``x.tar::y.jpg`` beside the shard ``x.tar`` holding ``y.jpg``: that name reads the
+    file, and the member's row held the file's scores without a word."""
+    for folder, planted in (("kept", "x.tar::notes"), ("planted", "x.tar::y.jpg")):  # (notes: no member's name)
+        (tmp_path / folder).mkdir()
+        with tarfile.open(tmp_path / folder / "x.tar", "w") as tar:
+            _add(tar, "y.jpg", b"member")
+            _add(tar, "z.jpg", b"other")
+        (tmp_path / folder / planted).write_bytes(b"planted")
+    shard = tmp_path / "kept" / "x.tar"
+    assert shards.list_members(shard) == [f"{shard}::{m}" for m in ("y.jpg", "z.jpg")]
+    shard = tmp_path / "planted" / "x.tar"
+    with pytest.raises(UserError, match=rf"^--x {shard}: {shard}::y.jpg is a file beside the shard with the name "
+                                        "of one of its images"):
+        shards.list_members(shard, "--x")
+
+
 def test_bad_shards_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(UserError, match="junk.tar: not a readable uncompressed tar shard"):
