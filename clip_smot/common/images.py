@@ -135,7 +135,8 @@ def label_number(text: str) -> int | None:
 
 def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iterator[str]:
     """The lines of a user's list file (a split, an image list), read as UTF-8 (as written,
-    whatever the locale says) one at a time, split where ``str.splitlines`` splits them.
+    whatever the locale says; a byte-order mark at its start is dropped) one at a time, split
+    where ``str.splitlines`` splits them.
 
     Raises:
         UserError: naming the file and the ``expected`` line format: a missing file (at once), a
@@ -151,7 +152,8 @@ MAX_LINE = 1 << 16  # characters in a line of a list file: far above any path (P
 
 def _lines(path: Path, flag: str, expected: str) -> Iterator[str]:
     try:
-        with open(path, encoding="utf-8") as f:
+        # ("utf-8-sig": a byte-order mark, which PowerShell 5 and Notepad write, starts no path)
+        with open(path, encoding="utf-8-sig") as f:
             while physical := f.readline(MAX_LINE + 1):  # (a line is held whole: its length is bounded)
                 if len(physical) > MAX_LINE and not physical.endswith("\n"):
                     raise UserError(f"{flag} {path}: a line longer than {MAX_LINE} characters (expected {expected} "

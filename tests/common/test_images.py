@@ -273,6 +273,16 @@ def test_an_image_list_is_read_a_line_at_a_time(tmp_path):
         read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
 
 
+def test_an_image_list_starting_with_a_byte_order_mark_reads_its_first_path(tmp_path):
+    """PowerShell 5's ``Set-Content -Encoding UTF8`` starts a file with EF BB BF: the first path
+    was "\ufeffa.png", which 'does not exist' (the message showing the name that does)."""
+    from clip_smot.common.image_sets import read_image_list
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.png 0\na.png 1\n")
+    assert read_image_list(tmp_path / "list.txt", tmp_path, "PATH") == ([tmp_path / "a.png"] * 2, [0, 1])
+
+
 @pytest.mark.parametrize("line", ["/etc/x.png", "../outside.png", "sub/../../outside.png"])
 def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
     """A list is a file someone else wrote: an absolute path or a ``..`` that climbs out of the
