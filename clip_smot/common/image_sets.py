@@ -68,9 +68,10 @@ def _imagenet_order() -> list[str]:
 
 
 def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
-    """(list file, root) when ``where`` names an image list, else None."""
+    """(list file, root) when ``where`` names an image list, else None. A file or folder that
+    exists under the very name ``where`` is that file or folder, ``::`` in its name or not."""
     root, sep, lst = where.partition("::")
-    if sep:
+    if sep and not os.path.lexists(where):
         return Path(lst), Path(root)
     if where.endswith(".txt") and is_file(where, flag):
         return Path(where), Path(where).parent

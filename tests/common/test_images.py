@@ -407,6 +407,20 @@ def test_image_list_arguments_that_do_not_fit_are_named(tmp_path):
         image_set("x", f"{tmp_path / 'none'}::{tmp_path / 'list.txt'}")
 
 
+def test_a_folder_or_image_named_with_two_colons_is_itself_not_a_list(tmp_path):
+    """``d::x`` and ``e::f.png`` exist: they were read as ROOT::LIST, and stopped with 'PATH x: no
+    such image-list file'; a ROOT::LIST.txt that is no file's name is still a list."""
+    from clip_smot.common.image_sets import image_files
+
+    (tmp_path / "d::x").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "d::x" / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "e::f.png")
+    assert image_files(tmp_path / "d::x", "PATH") == [tmp_path / "d::x" / "a.png"]
+    assert image_files(tmp_path / "e::f.png", "PATH") == [tmp_path / "e::f.png"]
+    (tmp_path / "list.txt").write_text("d::x/a.png\n")
+    assert image_files(f"{tmp_path}::{tmp_path / 'list.txt'}", "PATH") == [tmp_path / "d::x" / "a.png"]
+
+
 def test_id_folder_labels_need_every_image_in_a_class_folder_of_the_prompt(tmp_path):
     """Labels come from class folders: a loose image beside them, or a single image given as the
     set, leaves the set without labels (and says why); the folders a prompt records label the set
