@@ -181,6 +181,23 @@ def test_a_member_with_a_negative_size_is_one_line(tmp_path, size):
         signal.signal(signal.SIGALRM, before)
 
 
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_a_long_name_header_declaring_more_than_the_shard_holds_is_one_line(tmp_path, fmt):
+    """A member's name of 150 characters goes in a header of its own (pax 'x', GNU 'L'), which
+    tarfile reads in one read of the size that header declares: 2^62 bytes in a 3 KB shard was
+    a MemoryError (a traceback) before anything was scored."""
+    with tarfile.open(tmp_path / "s.tar", "w", format=fmt) as tar:
+        _add(tar, "n" * 150 + ".png", b"x" * 600)
+    raw = bytearray((tmp_path / "s.tar").read_bytes())
+    assert raw[156:157] in (b"x", b"L")  # (the long name's header comes first)
+    raw[124:136] = b"\x80" + (1 << 62).to_bytes(11, "big")
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    (tmp_path / "s.tar").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \("):
+        shards.list_members(tmp_path / "s.tar")
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse members")
 @pytest.mark.parametrize("fmt", ["gnu", "oldgnu", "posix"])
 def test_a_shard_with_a_sparse_member_lists_its_images(tmp_path, fmt):
