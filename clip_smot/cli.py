@@ -233,8 +233,8 @@ def score(paths, **options) -> None:
         raise _interrupted() from None
     if skipped and rank == 0:  # (under torchrun every process knows them all: rank 0 lists them)
         click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
-        for _, reason in skipped:
-            click.echo(f"  {reason}", err=True)
+        for _, reason in skipped:  # (a file name holding a newline would start a line of its own)
+            click.echo(f"  {one_line(reason)}", err=True)
 
 
 def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:

@@ -240,6 +240,15 @@ def test_score_lists_every_skipped_image_on_stderr(monkeypatch):
     assert res.stderr == "Skipped 2 unreadable image(s):\n  a.png: not an image\n  b.png: truncated\n"
 
 
+def test_score_lists_a_skipped_image_named_with_a_newline_on_one_line(monkeypatch):
+    """A file named "a\nError: x.png" printed a line of its own, which read as an error of another file."""
+    import clip_smot.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: [("a\nError: x.png", "a\nError: x.png: not an image")])
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+    assert res.exit_code == 0 and res.stderr == "Skipped 1 unreadable image(s):\n  a\\u000aError: x.png: not an image\n"
+
+
 def test_a_ctrl_c_in_score_names_the_partial_only_where_there_is_one(monkeypatch, tmp_path):
     """docs/score.md: Ctrl-C's line names OUT.partial, to continue with --resume; before its first
     row there is none to name, and nothing to resume: the bare line (score has no checkpoint)."""
