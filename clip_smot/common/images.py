@@ -93,8 +93,10 @@ def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
     its place.
 
     Raises:
-        UserError: ``root`` does not exist, or holds no image file (when the walk ends).
+        UserError: ``root`` is empty, does not exist, or holds no image file (when the walk ends).
     """
+    if os.fspath(root) == "":  # (Path("") is ".": an unset "$PHOTOS" would walk the current folder)
+        raise UserError(f"{flag} '': an empty path; give a file or folder ('.' for the current folder)")
     root = Path(root)
     if not exists(root, flag):
         raise UserError(f"{flag} {root}: no such file or folder")

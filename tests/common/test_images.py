@@ -297,6 +297,16 @@ def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
         read_image_list(root / "list.txt", root, "PATH")
 
 
+def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """``clip-smot score --out s.csv "$PHOTOS"`` with PHOTOS unset: Path("") is ".", and every image
+    under the current folder was scored."""
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^PATH '': an empty path; give a file or folder"):
+        images.list_images("", "PATH")
+    assert [p.name for p in images.list_images(".", "PATH")] == ["a.png"]
+
+
 def test_image_extensions_match_in_any_case(tmp_path):
     """ImageNet's files are .JPEG: an extension is an image's whatever its case; others are not."""
     for name in ("n01440764_10026.JPEG", "b.PNG", "c.Jpg", "d.webp", "e.txt", "f.JPEG.txt", "g"):
