@@ -4,8 +4,8 @@
 An image inside a shard is named ``SHARD.tar::MEMBER`` (the shard's path as given, two colons,
 the member's name as stored), in the CSV and everywhere a file path would be. A shard is treated
 as hostile: member names are never joined to a path; only regular members with an image
-extension are listed (directories, links, devices, sparse files and hidden ``.*`` names are
-skipped); a member over :data:`MAX_MEMBER_BYTES` is an unreadable image, not a read; a member
+extension are listed (directories, links, devices, sparse files and hidden ``.*`` names, or
+names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an unreadable image, not a read; a member
 name met twice is listed once (the first). Listing reads the headers alone (seeking over the
 data); reading one image seeks to its bytes through an index of the shard, built once per
 process and kept for the :data:`_INDEXED` shards used last, so memory does not grow with the
@@ -69,9 +69,12 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 def _listable(info: tarfile.TarInfo) -> bool:
     from clip_smot.common.images import IMAGE_EXTENSIONS
 
-    base = info.name.rsplit("/", 1)[-1]
-    return (info.isreg() and not info.issparse() and not base.startswith(".")
-            and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS)
+    parts = info.name.split("/")
+    # hidden: a name or a folder in it starting with "." (as a folder walk skips them; "./a.jpg", of
+    # "tar cf s.tar .", and "../a.jpg" are not)
+    hidden = any(p.startswith(".") and p not in (".", "..") for p in parts)
+    return (info.isreg() and not info.issparse() and not hidden
+            and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS)
 
 
 class _BoundedReads:

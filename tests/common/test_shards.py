@@ -31,17 +31,21 @@ def _hostile(path):
         _add(tar, "hard.jpg", kind=tarfile.LNKTYPE, linkname="a/000.jpg")
         _add(tar, "fifo.jpg", kind=tarfile.FIFOTYPE)
         _add(tar, "a/._000.jpg", b"macos")  # hidden
+        _add(tar, ".thumbs/001.jpg", b"thumb")  # in a hidden folder (a folder walk skips it too)
+        _add(tar, "./b/.cache/002.jpg", b"cached")
         _add(tar, "a/000.jpg", b"second")  # stored twice: the first counts
         _add(tar, "new\nline.JPG", b"nl")
+        _add(tar, "./c.png", b"dot")  # ("tar cf s.tar ." names its members so)
 
 
 def test_listing_keeps_regular_image_members_and_reads_them_by_offset(tmp_path):
     shard = tmp_path / "s.tar"
     _hostile(shard)
     names = shards.list_members(shard)
-    assert names == [f"{shard}::{m}" for m in ("a/000.jpg", "../../etc/evil.png", "/abs.png", "new\nline.JPG")]
+    assert names == [f"{shard}::{m}" for m in ("a/000.jpg", "../../etc/evil.png", "/abs.png", "new\nline.JPG",
+                                                 "./c.png")]
     assert image_files(shard, "PATH") == names
-    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl"]
+    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl", b"dot"]
     assert shards.split_member(names[1]) == (str(shard), "../../etc/evil.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tar"]  # nothing extracted
     with pytest.raises(UserError, match=r"s.tar::a/001.jpg: no such image in the shard"):
@@ -124,7 +128,7 @@ def test_a_shard_is_scanned_once_for_listing_and_reading_until_it_changes(tmp_pa
     scans, real = [], shards._scan
     monkeypatch.setattr(shards, "_scan", lambda path, flag: scans.append(path) or real(path, flag))
     names = shards.list_members(shard)
-    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl"]
+    assert [shards.read_image_bytes(n) for n in names] == [b"first", b"dots", b"absolute", b"nl", b"dot"]
     assert scans == [str(shard)]
     with tarfile.open(shard, "w") as tar:  # other bytes under the same name
         _add(tar, "a/000.jpg", b"rewritten")
