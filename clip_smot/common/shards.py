@@ -95,14 +95,23 @@ class _BoundedReads:
 def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
     """member name -> (offset of its data, size), for the listable members of ``shard``, in order."""
     index: dict[str, tuple[int, int]] = {}
+    info = None
     try:
         # uncompressed only: an image is read by its offset
         with open(shard, "rb") as f, tarfile.open(fileobj=_BoundedReads(f), mode="r:") as tar:
             for info in _members(tar):
                 if _listable(info):
                     index.setdefault(info.name, (info.offset_data, info.size))
-    except tarfile.ReadError as e:  # the shard cut inside its last member: that member is the unreadable one
-        if not (index and str(e) == "unexpected end of data"):
+            f.seek(tar.offset)  # (tarfile ends quietly at a header cut short: a shard cut there)
+            if 0 < len(tail := f.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE and tail.strip(b"\0"):
+                raise tarfile.ReadError("unexpected end of data")
+    except tarfile.ReadError as e:
+        # the shard cut inside its last member, an image listed: that image is the unreadable one.
+        # Cut inside a member that is no image (a KEY.cls), or after an image's bytes, nothing
+        # names the images that were after the cut: the shard is unreadable, not shorter.
+        if not (str(e) == "unexpected end of data" and info is not None
+                and index.get(info.name) == (info.offset_data, info.size)
+                and info.offset_data + info.size > os.path.getsize(shard)):
             raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
     except FileNotFoundError:
         raise UserError(f"{flag} {shard}: no such file") from None

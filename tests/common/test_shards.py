@@ -106,6 +106,21 @@ def test_bad_shards_are_one_line(tmp_path, monkeypatch):
         shards.read_image_bytes(b)
 
 
+@pytest.mark.parametrize("cut", [1536 + 50, 2560 + 300, 512 + 100 + 10],
+                         ids=["inside 000.cls", "inside the header of 001.jpg", "in the padding after 000.jpg"])
+def test_a_shard_cut_elsewhere_than_inside_an_image_is_unreadable(tmp_path, cut):
+    """webdataset's KEY.jpg, KEY.cls, ...: a copy stopped inside a KEY.cls, inside a header, or in
+    the padding after an image's bytes listed the images before the cut, and the ones after it
+    were gone without a word (exit 0); only a cut inside an image names that image."""
+    with tarfile.open(tmp_path / "whole.tar", "w") as tar:
+        _add(tar, "000.jpg", b"j" * 100)  # (header at 0, data 512..612, padded to 1024)
+        _add(tar, "000.cls", b"3" * 600)  # (header at 1024, data 1536..2136, padded to 2560)
+        _add(tar, "001.jpg", b"k" * 100)  # (header at 2560)
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "whole.tar").read_bytes()[:cut])
+    with pytest.raises(UserError, match=r"cut.tar: not a readable uncompressed tar shard \(unexpected end of data\)$"):
+        shards.list_members(tmp_path / "cut.tar")
+
+
 def test_a_rewritten_shard_is_indexed_again_and_stamped_anew(tmp_path):
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as tar:
