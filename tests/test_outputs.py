@@ -565,6 +565,10 @@ def test_check_output_compares_files_not_spellings(tmp_path):
         check_output(tmp_path, "--out", [("--in file", tmp_path / "hard.txt")], writes=["a.txt"])
     with pytest.raises(UserError, match=r"^--out .*: is a folder, not a file$"):  # (the Python API; click says it too)
         check_output(tmp_path, "--out", [])
+    # a folder to be: "new/" was written as the file new (score wrote new/.partial, then a traceback)
+    for out in (f"{tmp_path / 'new'}/", f"{tmp_path / 'new'}/.", ""):
+        with pytest.raises(UserError, match=r"^--out .*: names a folder, not a file; give the file's name$"):
+            check_output(out, "--out", [])
     with pytest.raises(UserError, match=r"^--out .*a.txt: is a file, not a folder$"):
         check_output(a, "--out", [], writes=["metrics.csv"])
 

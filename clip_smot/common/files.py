@@ -272,6 +272,10 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
         run: the run folder whose ``prompt.safetensors`` the command writes again (export's);
             any other file of a fit or train run folder is refused as a file ``out``.
     """
+    # (Path drops a final "/": "results/" would be written as the file results, and score's
+    # OUT.partial became results/.partial, which the final rename onto "results/" refused)
+    if writes is None and os.path.basename(os.fspath(out)) in ("", ".", ".."):
+        raise UserError(f"{flag} {os.fspath(out) or repr('')}: names a folder, not a file; give the file's name")
     out = Path(out)
     st = path_stat(out, flag)
     if st is not None and writes is None and stat.S_ISDIR(st.st_mode):
