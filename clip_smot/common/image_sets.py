@@ -73,7 +73,7 @@ def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
     root, sep, lst = where.partition("::")
     if sep and not os.path.lexists(where):
         return Path(lst), Path(root)
-    if where.endswith(".txt") and is_file(where, flag):
+    if where.lower().endswith(".txt") and is_file(where, flag):  # (in any case, as image extensions are)
         return Path(where), Path(where).parent
     return None
 

@@ -431,6 +431,16 @@ def test_a_folder_or_image_named_with_two_colons_is_itself_not_a_list(tmp_path):
     assert image_files(f"{tmp_path}::{tmp_path / 'list.txt'}", "PATH") == [tmp_path / "d::x" / "a.png"]
 
 
+def test_a_list_named_in_capitals_is_a_list(tmp_path):
+    """VAL.TXT (a list written on Windows) was taken for an image file: 'unreadable or truncated
+    image'; the extension of a list matches in any case, as an image's and a shard's do."""
+    from clip_smot.common.image_sets import image_files
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "VAL.TXT").write_text("a.png\n")
+    assert image_files(tmp_path / "VAL.TXT", "PATH") == [tmp_path / "a.png"]
+
+
 def test_id_folder_labels_need_every_image_in_a_class_folder_of_the_prompt(tmp_path):
     """Labels come from class folders: a loose image beside them, or a single image given as the
     set, leaves the set without labels (and says why); the folders a prompt records label the set
