@@ -28,7 +28,7 @@ from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_r
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_write_text, check_output, read_json, sha256_file
+from clip_smot.common.files import atomic_write_text, check_output, file_key, read_json, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
 from clip_smot.common.progress import progress_bar
@@ -81,8 +81,16 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     """
     check_ranges(cfg)
     names = parse_scores(cfg.scores)
-    # every argument checked before anything is encoded; its files read one at a time, not kept
-    total = sum(1 for _ in _files(cfg.paths))
+    partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
+    run_file = Path(f"{partial}.json")  # what the partial's rows were scored with, for --resume to compare
+    # every argument checked before anything is encoded; its files read one at a time, not kept,
+    # but those that are an output's file (OUT.partial is written first, then renamed to OUT)
+    targets = {key for target in (cfg.out, partial, run_file) if (key := file_key(target)) is not None}
+    total, images = 0, []
+    for f in _files(cfg.paths):
+        total += 1
+        if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
+            images.append(("PATH image", f))
     prompt_file = load_prompt(cfg.prompt)
     if (note := unfinished_note(prompt_file)) and writes_outputs():
         print(note, file=sys.stderr)
@@ -92,10 +100,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     inside = [("the PATH folder", p) for p in cfg.paths] if Path(cfg.out).suffix.lower() in IMAGE_EXTENSIONS else []
     shards = [("PATH shard", p) for p in cfg.paths if is_shard(p)]  # (its images' names are no files)
     lists = [("PATH image list", f) for p in cfg.paths if (f := image_list_file(p)) is not None]
-    partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
-    run_file = Path(f"{partial}.json")  # what the partial's rows were scored with, for --resume to compare
-    for target in (cfg.out, partial, run_file):  # (OUT.partial is written first, then renamed to OUT)
-        images = (("PATH image", f) for f in _files(cfg.paths))  # (read only when the target exists)
+    for target in (cfg.out, partial, run_file):
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)

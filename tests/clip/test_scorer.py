@@ -1215,6 +1215,25 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
 
 
+def test_a_resume_lists_paths_three_times(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """docs/score.md: PATHS are read twice (checked and counted, then scored), once more with
+    --resume. The check that no output is an image listed PATHS once more for each output that
+    existed (OUT.partial and OUT.partial.json on a resume: five listings of a folder of millions)."""
+    from clip_smot.clip import score as score_command
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = map(str, make_folders(tmp_path, n_per_class=2, n_ood=1))  # (chunks of 5: 5 + 1, then 1)
+    seen, real = _stop_after_chunks(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):  # (OUT.partial, with 5 rows, and OUT.partial.json are left)
+        _score_run(tmp_path, tiny_clip_checkpoint, (id_dir, ood_dir), tmp_path / "s.csv")
+    listed, walk = [], score_command.iter_image_files
+    monkeypatch.setattr(score_command, "iter_image_files", lambda p, flag: listed.append(p) or walk(p, flag))
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    _score_run(tmp_path, tiny_clip_checkpoint, (id_dir, ood_dir), tmp_path / "s.csv", resume=True)
+    # counted, then the rows checked (up to the last, in the first folder), then scored
+    assert listed == [id_dir, ood_dir, id_dir, id_dir, ood_dir] and len(read_csv(tmp_path / "s.csv")) == 7
+
+
 def test_ctrl_c_names_the_partial_to_resume_from(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """score's Ctrl-C said 'interrupted' only, where fit and train name what to resume from: the
     rows scored so far are kept in OUT.partial, and the line says so and how to go on."""
