@@ -5,11 +5,12 @@ An image inside a shard is named ``SHARD.tar::MEMBER`` (the shard's path as give
 the member's name as stored), in the CSV and everywhere a file path would be. A shard is treated
 as hostile: member names are never joined to a path; only regular members with an image
 extension are listed (directories, links, devices, sparse files and hidden ``.*`` names, or
-names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an unreadable image, not a read; a member
-name met twice is listed once (the first). Listing reads the headers alone (seeking over the
-data); reading one image seeks to its bytes through an index of the shard, built once per
-process and kept for the :data:`_INDEXED` shards used last, so memory does not grow with the
-number of images.
+names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an
+unreadable image, not a read; a member name met twice is listed once (the first); a shard cut
+short anywhere but inside an image, or with a damaged header, is unreadable. Listing reads the
+headers alone (seeking over the data); reading one image seeks to its bytes through an index of
+the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
+does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -102,9 +103,12 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
             for info in _members(tar):
                 if _listable(info):
                     index.setdefault(info.name, (info.offset_data, info.size))
-            f.seek(tar.offset)  # (tarfile ends quietly at a header cut short: a shard cut there)
-            if 0 < len(tail := f.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE and tail.strip(b"\0"):
-                raise tarfile.ReadError("unexpected end of data")
+            # tarfile ends quietly at a header cut short (a shard cut there) or damaged (its checksum
+            # wrong: a flipped bit): the images after it would be gone without a word
+            f.seek(tar.offset)
+            if (tail := f.read(tarfile.BLOCKSIZE)).strip(b"\0"):
+                raise tarfile.ReadError("unexpected end of data" if len(tail) < tarfile.BLOCKSIZE else
+                                        f"a damaged header at byte {tar.offset}")
     except tarfile.ReadError as e:
         # the shard cut inside its last member, an image listed: that image is the unreadable one.
         # Cut inside a member that is no image (a KEY.cls), or after an image's bytes, nothing

@@ -121,6 +121,20 @@ def test_a_shard_cut_elsewhere_than_inside_an_image_is_unreadable(tmp_path, cut)
         shards.list_members(tmp_path / "cut.tar")
 
 
+def test_a_shard_with_a_damaged_header_is_unreadable(tmp_path):
+    """A flipped bit in the second header (its checksum wrong): tarfile ended the listing there,
+    and the images after it were gone without a word (GNU tar says 'Skipping to next header')."""
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        for k in range(3):
+            _add(tar, f"{k}.jpg", b"j" * 100)
+    raw = bytearray((tmp_path / "s.tar").read_bytes())
+    raw[1024 + 1] ^= 0xFF  # (1.jpg's name)
+    (tmp_path / "s.tar").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(a damaged header at byte "
+                                        r"1024\)$"):
+        shards.list_members(tmp_path / "s.tar")
+
+
 def test_a_rewritten_shard_is_indexed_again_and_stamped_anew(tmp_path):
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as tar:
