@@ -329,7 +329,9 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     token open_clip's tokenizer gives (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it
     names a Hugging Face tokenizer. ``norm_kwargs`` and ``act_kwargs`` hold what open_clip's own
     configs set (LayerNorm's ``eps``, GELU's ``approximate``), ``tokenizer_kwargs`` only beside a
-    Hugging Face tokenizer. Checked before the numbers are used: a config file, or
+    Hugging Face tokenizer. What makes an encoder give more than one feature (``output_tokens``,
+    ``pool_type`` "none", a named ``attentional_pool``, the CLIP class's ``embed_cls``) only beside
+    CoCa's ``multimodal_cfg``. Checked before the numbers are used: a config file, or
     one stored in a prompt, is the user's, and may hold anything.
 
     Args:
@@ -375,6 +377,21 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         raise bad(f"{prefix}text_cfg.tokenizer_kwargs {_shown(tokenizer_kwargs)}: open_clip's own tokenizer takes none "
                   "from a config (its configs give them to Hugging Face tokenizers only)")
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    if "multimodal_cfg" not in cfg:  # (CoCa's encoders read these; open_clip's configs set them only beside one)
+        # CLIP's encoders would give no one feature per image or text: a tuple with the tokens, every
+        # token, or 77 tokens against 78 positions; each was a traceback at the first image or prompt
+        coca = {"vision_cfg.output_tokens": bool(vision.get("output_tokens")),
+                "text_cfg.output_tokens": bool(text.get("output_tokens")),
+                "vision_cfg.pool_type": vision.get("pool_type") == "none",
+                "text_cfg.pool_type": text.get("pool_type") == "none",
+                "vision_cfg.attentional_pool": isinstance(vision.get("attentional_pool"), str)
+                and bool(vision["attentional_pool"]),
+                "text_cfg.embed_cls": bool(text.get("embed_cls")) and not cfg.get("custom_text")}
+        key = next((k for k, v in coca.items() if v), None)
+        if key is not None:
+            tower, field = key.split(".")
+            raise bad(f"{prefix}{key} {_shown(cfg[tower][field])}: open_clip's CLIP would not give one feature per "
+                      "image and per text with it (only CoCa, beside a multimodal_cfg, reads it)")
     size = vision.get("image_size") or 224
     sides = size if isinstance(size, list) else [size]
     if not (sides and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides)):

@@ -155,6 +155,15 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     # open_clip's own tokenizer would read the file that bpe_path names
     ({"text_cfg": {"tokenizer_kwargs": {"bpe_path": "/etc/passwd"}}}, r"text_cfg.tokenizer_kwargs .*: open_clip's own "
                                                                       "tokenizer takes none"),
+    # outside CoCa, encoders that give no one feature per image or text: a tuple, every token, or 77
+    # tokens against 78 positions (AttributeError, ValueError, RuntimeError at the first image or prompt)
+    ({"vision_cfg": {"output_tokens": True}}, r"vision_cfg.output_tokens True: open_clip's CLIP would not give one "
+                                              r"feature per image and per text with it \(only CoCa"),
+    ({"text_cfg": {"output_tokens": True}}, r"text_cfg.output_tokens True: open_clip's CLIP would not give one"),
+    ({"vision_cfg": {"pool_type": "none"}}, r"vision_cfg.pool_type 'none': open_clip's CLIP would not give one"),
+    ({"text_cfg": {"pool_type": "none"}}, r"text_cfg.pool_type 'none': open_clip's CLIP would not give one"),
+    ({"vision_cfg": {"attentional_pool": "parallel"}}, r"vision_cfg.attentional_pool 'parallel': open_clip's CLIP"),
+    ({"text_cfg": {"embed_cls": True}}, r"text_cfg.embed_cls True: open_clip's CLIP would not give one"),
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
     ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
      r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
