@@ -246,6 +246,7 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
     if want != config_activation(cfg):
         cfg = {**cfg, "quick_gelu": want == "quick_gelu"}
     openai_file = bool(checkpoint_sha) and implied is not None  # (of local files, only OpenAI's imply one)
+    tokenizer = _tokenizer(name, cfg)  # (before the model is built: a Hugging Face one may not load)
     _check_size(name, *source)
     try:
         clip = _create(name, cfg, pretrained, openai_file, device)
@@ -267,7 +268,7 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
         mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
         image_size=int(size),
-        tokenizer=_tokenizer(name, cfg),
+        tokenizer=tokenizer,
     )
 
 
@@ -281,7 +282,11 @@ def _tokenizer(name: str, cfg: dict):
 
     text = cfg.get("text_cfg", {})
     if text.get("hf_tokenizer_name"):
-        return open_clip.get_tokenizer(name)
+        try:
+            return open_clip.get_tokenizer(name)
+        except Exception as e:  # noqa: BLE001 - no transformers package, offline without a cached copy, ...
+            raise UserError(f"--model {name}: could not load its Hugging Face tokenizer {text['hf_tokenizer_name']} "
+                            f"({first_line(e)})") from None
     return SimpleTokenizer(context_length=text.get("context_length", 77), **text.get("tokenizer_kwargs", {}))
 
 

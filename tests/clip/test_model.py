@@ -54,6 +54,24 @@ def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
                                  "(or OpenAI's own ViT-B-16.pt with --model ViT-B-16)")
 
 
+def test_a_hugging_face_tokenizer_that_cannot_load_is_one_line_before_the_model_is_built(monkeypatch):
+    """--model ViT-B-16-SigLIP (a name of open_clip's registry, whose tokenizer comes from the
+    Hugging Face hub) offline, or without the transformers package, built the whole model, then
+    died in a traceback from open_clip's get_tokenizer (fit, score, eval --zero-shot alike)."""
+    import open_clip
+
+    def offline(name, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them\n"
+                      "in the cached files.")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("built before its tokenizer"))
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16-SigLIP", None)
+    assert str(e.value) == ("--model ViT-B-16-SigLIP: could not load its Hugging Face tokenizer timm/ViT-B-16-SigLIP "
+                            "(We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them)")
+
+
 @pytest.mark.parametrize(
     "model, pretrained, match",
     [
