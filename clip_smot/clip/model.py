@@ -177,6 +177,7 @@ def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:
     import open_clip
 
     if isinstance(cfg, dict) and "model_cfg" in cfg:  # (open_clip's layout of a pretrained config)
+        _check_preprocess(cfg.get("preprocess_cfg"), source[0])
         cfg = cfg["model_cfg"]
     check_config_file(cfg, *source)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +185,34 @@ def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:
         copy.write_text(json.dumps(cfg))
         open_clip.add_model_config(copy)
     return open_clip.get_model_config(name)
+
+
+def _check_preprocess(preprocess: object, source: str) -> None:
+    """A UserError naming ``source`` unless a pretrained config's ``preprocess_cfg`` asks for the
+    preprocessing the model gets with a local checkpoint: open_clip's defaults (OpenAI's mean and
+    std, bicubic, the shortest side resized), which it replaces only for a pretrained tag. Other
+    values (e.g. the 0.5 mean of ViT-L-14's laion2b_s32b_b82k, DFN5B's squashed resize) would be
+    dropped, and every feature computed from images prepared as these weights never saw them."""
+    from open_clip.transform import PreprocessCfg
+
+    if not preprocess:
+        return
+    if not isinstance(preprocess, dict):
+        raise UserError(f"{source}: preprocess_cfg must be a JSON object, not {_shown(preprocess)}")
+    default = {k: list(v) if isinstance(v, tuple) else v for k, v in PreprocessCfg().__dict__.items()}
+    for key, value in preprocess.items():
+        want = default.get(key)
+        if key == "size" or want is None or value is None:  # (the size is the model's; open_clip drops None and others)
+            continue
+        if isinstance(want, list):
+            same = isinstance(value, list) and len(value) == len(want) and all(
+                _is_positive_number(v) and abs(v - w) <= 1e-6 for v, w in zip(value, want))
+        else:
+            same = value == want
+        if not same:
+            raise UserError(f"{source}: preprocess_cfg.{key} {_shown(value)} is not the preprocessing a local checkpoint "
+                            f"gets ({_shown(want)}, open_clip's default, replaced only for a pretrained tag): "
+                            "images would be prepared otherwise than these weights were trained with")
 
 
 def model_config(model: str) -> dict:

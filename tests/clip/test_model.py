@@ -445,3 +445,28 @@ def test_a_config_in_open_clips_pretrained_layout_builds_its_model_cfg(tmp_path)
     (tmp_path / "clip-smot-tiny-bare").write_text(json.dumps(TINY_CLIP_CONFIG))
     bare = load_clip(str(tmp_path / "clip-smot-tiny-bare"), None)
     assert bare.name == "clip-smot-tiny-bare" and bare.config == TINY_CLIP_CONFIG
+
+
+@pytest.mark.parametrize("preprocess, refused", [
+    # laion/CLIP-ViT-B-32-laion2B-s34B-b79K's: OpenAI's mean and std, as a local checkpoint gets them
+    ({"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+      "interpolation": "bicubic", "resize_mode": "shortest"}, None),
+    # laion/CLIP-ViT-L-14-laion2B-s32B-b82K's mean, and apple/DFN5B-CLIP-ViT-H-14's resize
+    ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, r"preprocess_cfg.mean \[0.5, 0.5, 0.5\] is not"),
+    ({"resize_mode": "squash"}, r"preprocess_cfg.resize_mode 'squash' is not"),
+])
+def test_a_pretrained_configs_preprocessing_is_not_dropped_silently(tmp_path, preprocess, refused):
+    """The preprocess_cfg beside a pretrained config's model_cfg was dropped: a local checkpoint
+    gets open_clip's default preprocessing (OpenAI's mean and std, bicubic, shortest side), so the
+    laion2b_s32b_b82k ViT-L-14, trained with a mean of 0.5, saw every image normalised otherwise,
+    silently. A preprocess_cfg that asks for other values is refused in one line."""
+    from conftest import TINY_CLIP_CONFIG
+
+    path = tmp_path / "clip-smot-tiny-hub.json"
+    path.write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": preprocess}))
+    if refused is None:
+        clip = load_clip(str(path), None)
+        assert clip.mean == (0.48145466, 0.4578275, 0.40821073) and clip.std == (0.26862954, 0.26130258, 0.27577711)
+        return
+    with pytest.raises(UserError, match=rf"^--model {path}: {refused} the preprocessing a local checkpoint gets "):
+        load_clip(str(path), None)
