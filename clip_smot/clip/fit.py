@@ -766,6 +766,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
     check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),
                                     ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
                  data, run=path.parent)
+    make_folder(Path(cfg.out).parent, "--out")  # (a file in its place is one line now, not after the encoding)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")

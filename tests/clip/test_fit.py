@@ -1080,6 +1080,20 @@ def test_export_refuses_to_overwrite_the_runs_other_inputs(one_epoch, cam_resnet
         assert Path(out).read_bytes() == before
 
 
+def test_export_into_a_file_in_place_of_a_folder_is_one_line_before_the_model(one_epoch, tmp_path, monkeypatch):
+    """export --out file/p.safetensors, where file is a file, loaded the model, encoded the text
+    features, then said "cannot write file/p.safetensors: File exists" (as if the prompt were
+    there). As score does, it says at once that a file is in the folder's place."""
+    import clip_smot.clip.model as cm
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(cm, "load_clip", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out",
+                                   str(tmp_path / "file" / "p.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: --out {tmp_path / 'file'}: is a file, not a folder"
+    assert (tmp_path / "file").read_text() == "x"
+
+
 def test_each_view_cam_is_min_max_scaled_over_the_view(fit_args, tmp_path, monkeypatch):
     """The cached CAM is cropped with its image, then scaled to [0, 255] over the view (docs/method.md
     §1: the CAM of the image that is masked), so every view's CAM reaches 255 (or is all
