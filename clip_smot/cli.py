@@ -354,6 +354,9 @@ def main() -> None:
     """Console-script entry point."""
     # torch's advice when --workers exceeds the CPU count is noise before a one-line result or error
     warnings.filterwarnings("ignore", message="This DataLoader will create")
+    # torch.load's two-line remark on a plain pickle (protocol > 2) handed in as a checkpoint, a
+    # --pretrained or --cam-model file, before the one line that refuses it
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     # PIL's two-line warning for an image between its pixel limit and twice it (which decodes; one
     # beyond is refused in one line): set here, for every thread and worker, not per image
     from PIL import Image

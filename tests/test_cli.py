@@ -322,3 +322,22 @@ def test_the_command_line_silences_torchs_advice_on_the_worker_count(monkeypatch
         loader.check_worker_number_rationality()  # (torch's own warning, as iter(loader) gives it)
 
     assert warnings_main_lets_through(monkeypatch, too_many_workers) == ["another"]
+
+
+def test_the_command_line_silences_torchs_remark_on_a_plain_pickle(monkeypatch, tmp_path):
+    """A plain pickle (protocol 4) given as export's --checkpoint, fit's --cam-model or a
+    --pretrained file made torch.load warn over two lines before the one line refusing it."""
+    import contextlib
+    import pickle
+
+    import torch
+    from helpers import warnings_main_lets_through
+
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"ctx": [1.0]}, protocol=4))
+
+    def load_plain_pickle():
+        with contextlib.suppress(pickle.UnpicklingError):
+            torch.load(path, weights_only=True)
+
+    assert warnings_main_lets_through(monkeypatch, load_plain_pickle) == ["another"]
