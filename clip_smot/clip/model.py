@@ -363,10 +363,10 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     token open_clip's tokenizer gives (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it
     names a Hugging Face tokenizer. ``norm_kwargs`` and ``act_kwargs`` hold what open_clip's own
     configs set (LayerNorm's ``eps``, GELU's ``approximate``), ``tokenizer_kwargs`` only beside a
-    Hugging Face tokenizer. What makes an encoder give more than one feature (``output_tokens``,
-    ``pool_type`` "none", a named ``attentional_pool``, the CLIP class's ``embed_cls``) only beside
-    CoCa's ``multimodal_cfg``. Checked before the numbers are used: a config file, or
-    one stored in a prompt, is the user's, and may hold anything.
+    Hugging Face tokenizer; ``quick_gelu`` is a boolean. What makes an encoder give more than one
+    feature (``output_tokens``, ``pool_type`` "none", a named ``attentional_pool``, the CLIP
+    class's ``embed_cls``) only beside CoCa's ``multimodal_cfg``. Checked before the numbers are
+    used: a config file, or one stored in a prompt, is the user's, and may hold anything.
 
     Args:
         cfg: the parsed JSON.
@@ -383,6 +383,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         raise bad(f"{whole}: an open_clip model config needs embed_dim, vision_cfg and text_cfg")
     if not _is_count(cfg["embed_dim"]):
         raise bad(f"{prefix}embed_dim must be a positive integer, not {_shown(cfg['embed_dim'])}")
+    if cfg.get("quick_gelu") is not None and not isinstance(cfg["quick_gelu"], bool):  # ("false" would build QuickGELU)
+        raise bad(f"{prefix}quick_gelu must be true or false, not {_shown(cfg['quick_gelu'])}")
     for tower, sizes in (("vision_cfg", _VISION_SIZES), ("text_cfg", _TEXT_SIZES)):
         sub = cfg[tower]
         if not isinstance(sub, dict):

@@ -147,6 +147,8 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"text_cfg": {"width": "32"}}, r"text_cfg.width must be a positive integer, not '32'$"),
     ({"vision_cfg": {"layers": [3, "4"]}}, r"vision_cfg.layers must be a positive integer \(a ResNet: a list of them\)"),
     ({"vision_cfg": {"mlp_ratio": float("inf")}}, r"vision_cfg.mlp_ratio must be a positive number, not inf$"),
+    # a string is true to open_clip: "false" built QuickGELU, silently, and the prompt recorded it so
+    ({"quick_gelu": "false"}, r"quick_gelu must be true or false, not 'false'$"),
     # built on the meta device block by block: 20000 took minutes and gigabytes, 10**6 an hour
     ({"vision_cfg": {"layers": 20000}}, r"vision_cfg.layers: 20000 blocks, more than 1024 "),
     ({"vision_cfg": {"layers": [10**6, 1, 1, 1]}}, r"vision_cfg.layers: 1000003 blocks, more than 1024 "),
