@@ -846,7 +846,14 @@ def load_clip_for_prompt(
 
     plain_name(name, "prompt metadata 'model'")
     # (load_clip reads a name ending in .json as a path: such a name is registered from the config)
-    if not name.endswith(".json") and open_clip.get_model_config(name) is not None:
+    registered = None if name.endswith(".json") else open_clip.get_model_config(name)
+    if registered is not None:
+        # built by its name: the stored config (checked for its size) must be that one, or the name alone
+        # would pick what is built (a file naming ViT-bigG-14 built 10 GB before its config was compared)
+        if {k: v for k, v in config.items() if k != "quick_gelu"} != \
+                {k: v for k, v in registered.items() if k != "quick_gelu"}:
+            raise UserError(f"{activation_source or 'prompt'}: made for a model named {name} whose stored model_config is "
+                            f"not open_clip's {name}; pass --model (that config as a JSON file) and --pretrained")
         return load_clip(name, pretrained, device, activation, activation_source)
     source = (activation_source or f"prompt model {name}", "model_config.")
     return _load(name, _register_config(name, config, source), source, pretrained, device, activation,

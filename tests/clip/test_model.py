@@ -258,6 +258,28 @@ def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp
                                 activation_source="--prompt p.safetensors")
 
 
+def test_a_prompt_naming_open_clips_model_with_another_config_builds_nothing(monkeypatch):
+    """A prompt whose metadata 'model' is a name of open_clip's registry was built by that name,
+    whatever its stored config: a prompt of the tiny config naming ViT-L-14 built ViT-L-14 (2.4 GB,
+    28 s on 2 CPU cores; ViT-bigG-14: 10 GB) before saying it was "made for model ViT-L-14, which is
+    not the model in use, ViT-L-14". The stored config must be the registry's (QuickGELU aside:
+    the weights set it), or nothing is built."""
+    import open_clip
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(UserError) as e:
+        cm.load_clip_for_prompt("ViT-L-14", TINY_CLIP_CONFIG, None, activation_source="--prompt p.safetensors")
+    assert str(e.value) == ("--prompt p.safetensors: made for a model named ViT-L-14 whose stored model_config is not "
+                            "open_clip's ViT-L-14; pass --model (that config as a JSON file) and --pretrained")
+    # ViT-B-16's own config, as a prompt of OpenAI's weights stores it (QuickGELU set): built by its name
+    monkeypatch.setattr(cm, "load_clip", lambda name, *a: f"load_clip({name})")
+    stored = {**open_clip.get_model_config("ViT-B-16"), "quick_gelu": True}
+    assert cm.load_clip_for_prompt("ViT-B-16", stored, "openai", activation="quick_gelu") == "load_clip(ViT-B-16)"
+
+
 def test_a_config_file_named_like_siglip_gets_the_clip_tokenizer(tmp_path, tiny_clip_config):
     """open_clip's get_tokenizer gives any name holding 'siglip' a SigLIP tokenizer from the
     Hugging Face hub: a config file my-siglip.json (its name: the stem) failed offline, or would
