@@ -778,9 +778,14 @@ def export_prompt(cfg: ExportConfig) -> Path:
         built = config_activation(said)
         raise UserError(f"--model {model}: builds the model with {ACTIVATIONS[built]}, but the context in {path} was "
                         f"trained through {ACTIVATIONS[trained]}; give a --model built with {ACTIVATIONS[trained]}")
-    clip = load_clip(model or run.model, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
-    if parse_json(theirs["model_config"]) != clip.config:
-        raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {clip.name}")
+    # the architecture before anything is built (a checkpoint naming ViT-bigG-14 would build 10 GB first);
+    # quick_gelu aside: the weights may set it, and the activation was compared above and is by load_clip
+    named = model or run.model
+    architecture = {k: v for k, v in (said or model_config(named)).items() if k != "quick_gelu"}
+    if architecture != {k: v for k, v in parse_json(theirs["model_config"]).items() if k != "quick_gelu"}:
+        name = Path(named).stem if named.endswith(".json") or os.path.sep in named else named  # (as load_clip names it)
+        raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {name}")
+    clip = load_clip(named, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a
     # tag and a file cannot be compared (a tag's weights as a local file: the usual reason to pass --pretrained)
     sha, ours = theirs["checkpoint_sha256"], clip.checkpoint_sha256

@@ -598,6 +598,21 @@ def test_export_refuses_a_model_of_another_architecture(one_epoch, tiny_clip_con
     assert not (tmp_path / "p.st").exists()
 
 
+def test_export_of_a_checkpoint_naming_another_model_builds_nothing(one_epoch, tmp_path, monkeypatch):
+    """A checkpoint whose configuration names open_clip's ViT-L-14 (its recorded model config the
+    tiny one) built ViT-L-14 (1.7 GB of weights; ViT-bigG-14: 10 GB) before saying that the run was
+    trained with another architecture: the configs are compared before anything is built."""
+    import clip_smot.clip.model as cm
+
+    ckpt = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "checkpoint.pt", _set("config", "model", "ViT-L-14"))
+    monkeypatch.setattr(cm, "load_clip", lambda *a, **k: pytest.fail("the model was built"))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--pretrained", "none", "--device", "cpu",
+                                   "--out", str(tmp_path / "p.st")])
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --checkpoint {ckpt}: trained with clip-smot-tiny, not the architecture of ViT-L-14"), res.output
+    assert not (tmp_path / "p.st").exists()
+
+
 def test_bad_export_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
