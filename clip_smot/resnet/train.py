@@ -99,6 +99,9 @@ DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits":
 DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
+# SGD's step converts the lr and the weight decay to the float32 of the weights (its largest value
+# is 3.4e38): a larger one stopped the first step with a traceback
+MAX_SGD_FACTOR = 1e38
 CHECKPOINT_FORMAT = "clip-smot-train-checkpoint"
 _FILES = (rf.CONFIG, rf.LOG, rf.CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 
@@ -119,9 +122,10 @@ class TrainConfig(JsonConfig):
     epochs: int | None = setting(None, "Default 200 (base) / 300 (smot); digits 8.", min=1)
     batch_size: int | None = setting(None, "Global batch of original images, each with a masked copy (default 128; "
                                      "digits 64).", min=1, max=MAX_BATCH)
-    lr: float | None = setting(None, "Initial lr (default 0.1; digits 0.05).", min=0, min_open=True)
+    lr: float | None = setting(None, "Initial lr (default 0.1; digits 0.05).", min=0, min_open=True,
+                               max=MAX_SGD_FACTOR)
     momentum: float = setting(0.9, flag=False, min=0, max=1)
-    weight_decay: float = setting(5e-4, flag=False, min=0)
+    weight_decay: float = setting(5e-4, flag=False, min=0, max=MAX_SGD_FACTOR)
     alpha: float = setting(50.0, "Threshold s ~ Beta(alpha, beta).", min=0, min_open=True)
     beta: float = setting(20.0, min=0, min_open=True)
     lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)  # of the SMOT loss

@@ -277,6 +277,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--data", "{folders}", "--lam", "2"], "--lam"),
     (["--data", "{folders}", "--epochs", "0"], "--epochs"),
     (["--data", "{folders}", "--lr", "0"], "--lr"),
+    (["--data", "{folders}", "--lr", "1e39"], "--lr"),  # (past float32: the first SGD step's traceback)
     (["--data", "{folders}", "--arch", "vgg"], "--arch"),
     (["--out", "{tmp}/r"], "give --dataset NAME or --data DIR"),
     (["--data", "{mismatch}"], "do not match those of train/"),
@@ -917,6 +918,7 @@ def _nan_weight(ckpt):
     (_edit("config", "ls_eps", 5.0), r"^TrainConfig.ls_eps 5.0: must be in \[0, 1\]$"),  # (was a loss of -66)
     (_edit("config", "logitnorm_tau", -1.0), r"^TrainConfig.logitnorm_tau -1.0: must be > 0$"),
     (_edit("config", "momentum", 2.0), r"^TrainConfig.momentum 2.0: must be in \[0, 1\]$"),
+    (_edit("config", "weight_decay", 1e39), r"^TrainConfig.weight_decay 1e\+39: must be in \[0, 1e\+38\]$"),
     (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
     (_momentum(lambda shape: torch.zeros(2, 2)), r"its optimizer state does not fit \(ValueError: momentum_buffer "
                                                  r"has shape \[2, 2\], not "),
