@@ -423,13 +423,18 @@ def _json_list(text: str, key: str) -> list:
 
 def check_finite_weights(model: nn.Module, where: str) -> None:
     """Raise a UserError naming ``where`` and the first floating-point tensor of ``model``'s state
-    that holds a NaN or an infinity.
+    that holds a NaN or an infinity, or the first BatchNorm ``running_var`` that holds a negative
+    variance (its square root is NaN in eval mode).
 
     Such weights give NaN logits, and NaN CAMs, which :func:`~clip_smot.cam.normalize_cam` turns
     to zeros: a SMOT run would mask nothing, without a word."""
     for name, v in model.state_dict().items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise UserError(f"{where}: {name} holds non-finite numbers")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None \
+                and bool((m.running_var < 0).any()):
+            raise UserError(f"{where}: {name}.running_var holds negative variances")
 
 
 def _check_meta(meta: dict, where: str) -> None:

@@ -173,6 +173,29 @@ def test_non_finite_weights_are_refused_by_both_cam_model_readers(tmp_path, cam_
     load_model(tmp_path / "m.safetensors", flag="--cam-model")  # (finite weights load)
 
 
+def test_a_negative_batchnorm_variance_is_refused_by_both_cam_model_readers(tmp_path, cam_resnet):
+    """A negative running_var is finite, but its square root is NaN: NaN logits, and NaN CAMs that
+    become all-zero maps (a SMOT run with it as --cam-model masked nothing and exited 0)."""
+    from clip_smot.clip.cam_network import load_cam_network
+
+    model = _save(tmp_path / "m.safetensors")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["layers.3.0.bn2.running_var"][5] = -0.5
+    model.load_state_dict(state)
+    save_model(tmp_path / "neg.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
+    with torch.no_grad():  # (what such a network gives: NaN)
+        assert torch.isnan(model.eval()(torch.zeros(1, 3, 32, 32))).all()
+    with pytest.raises(UserError, match=r"^--cam-model \S+neg.safetensors: layers.3.0.bn2.running_var holds negative "
+                                        r"variances$"):
+        load_model(tmp_path / "neg.safetensors", flag="--cam-model")
+    torchvision_state = torch.load(cam_resnet, weights_only=True)
+    torchvision_state["layer1.0.bn1.running_var"][3] = -1.0
+    torch.save(torchvision_state, tmp_path / "neg.pth")
+    with pytest.raises(UserError, match=r"^--cam-model \S+neg.pth: layer1.0.bn1.running_var holds negative variances$"):
+        load_cam_network(str(tmp_path / "neg.pth"))
+
+
 def _torchvision_names(name: str) -> str:
     """Our ResNet's state-dict name as torchvision's ResNet names it."""
     import re
