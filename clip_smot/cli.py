@@ -123,6 +123,16 @@ class _Float(click.FloatRange):
         return number
 
 
+class _Path(click.Path):
+    """A path flag that is not empty: ``--out ""`` (an unset ``--out "$OUT"``) is the working
+    directory to every file call, where a run wrote its files without a word."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail("an empty path (an unset shell variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clip-smot")
 def cli() -> None:
@@ -140,7 +150,7 @@ def _click_type(field: dataclasses.Field):
     if meta.get("choices") is not None:
         return click.Choice(meta["choices"])
     if meta.get("path"):
-        return click.Path(**{"any": {}, "file": {"dir_okay": False}, "dir": {"file_okay": False}}[meta["path"]])
+        return _Path(**{"any": {}, "file": {"dir_okay": False}, "dir": {"file_okay": False}}[meta["path"]])
     if meta.get("min") is None and meta.get("max") is None:
         return None
     bounds = {"min": meta["min"], "max": meta["max"], "min_open": meta["min_open"]}

@@ -68,6 +68,11 @@ BAD_FLAGS = [
     (["fit", "--workers", "1000000", "--dry-run"], "--workers"),  # a thread per image, then "can't start new thread"
     (["score", "--prompt", "p.safetensors", "--workers", "100000", "--out", "s.csv", "x"], "--workers"),
     (["train", "--dataset", "digits", "--workers", "257", "--out", "o"], "--workers"),
+    # an empty path (an unset "$OUT") was the working directory: the run's files were written there
+    (["train", "--data", "d", "--out", ""], "Invalid value for '--out': an empty path"),
+    (["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", ""],
+     "Invalid value for '--out': an empty path"),
+    (["train", "--data", "", "--out", "o"], "Invalid value for '--data': an empty path"),
     (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
     (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
     (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],
