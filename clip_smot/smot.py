@@ -175,7 +175,9 @@ def perturb(
         return x * keep + (1 - keep)
     if mode == "noise":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (x + sigma * noise * (1 - keep)).clamp(0, 1)
+        # chosen, not multiplied by the mask: noise past the dtype's range (a huge sigma) is inf,
+        # and inf * 0 made a kept pixel NaN
+        return torch.where(keep > 0, x, (x + sigma * noise).clamp(0, 1))
     raise ValueError(f"perturbation mode must be one of {PERTURBATIONS}, got {mode!r}")
 
 

@@ -77,6 +77,16 @@ def test_perturb_modes():
     assert bright.min() == 0 and bright.max() == 1 and (bright == 1).float().mean() > 0.3
 
 
+def test_perturb_noise_beyond_the_float_range_saturates_the_masked_pixels_only():
+    """sigma * noise past float32's range is +-inf: the masked pixels become 0 or 1, the kept ones
+    stay as they were (inf * 0 made them NaN: train --sigma 1e38 stopped on a NaN loss blamed on --lr)."""
+    x = torch.full((1, 3, 2, 2), 0.5)
+    keep = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    n = perturb(x, keep, "noise", sigma=3e38, generator=torch.Generator().manual_seed(0))
+    assert n[0, :, 0, 0].tolist() == n[0, :, 1, 1].tolist() == [0.5] * 3
+    assert set(n[0, :, 0, 1].tolist() + n[0, :, 1, 0].tolist()) <= {0.0, 1.0}
+
+
 def test_smot_loss_by_hand():
     torch.manual_seed(0)
     logits = torch.randn(3, 5)
