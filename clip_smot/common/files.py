@@ -510,9 +510,13 @@ def read_json(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
     Raises:
         OSError: the file cannot be read.
         ValueError: a larger file, text that is not UTF-8 (UnicodeDecodeError) or not JSON
-            (json.JSONDecodeError), both ValueErrors, which the callers turn into their one line.
+            (json.JSONDecodeError), both ValueErrors, which the callers turn into their one line;
+            or no regular file (a FIFO, a device), which a plain open or read would wait on for ever.
     """
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # (opening a FIFO waits for a writer)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file (a FIFO or a device)")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"larger than {limit} bytes, more than such a file holds")

@@ -186,6 +186,33 @@ def test_a_json_file_is_read_up_to_its_limit_only(tmp_path):
         read_json(tmp_path / "latin.json")
 
 
+def test_a_json_file_that_is_a_fifo_is_refused_without_waiting(tmp_path):
+    """A FIFO at a JSON file's name (the bundled digits' digits.json in the cache, a run's
+    summary.json) blocked its reader for ever: train --dataset digits hung at its start."""
+    import threading
+
+    from clip_smot.common.files import read_json
+
+    fifo = tmp_path / "digits.json"
+    os.mkfifo(fifo)
+    raised = []
+
+    def read():
+        try:
+            read_json(fifo)
+        except ValueError as e:
+            raised.append(str(e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # (waiting on the FIFO: a writer that opens and closes it ends the wait)
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("read_json waited on a FIFO")
+    assert raised == ["not a regular file (a FIFO or a device)"]
+
+
 def test_a_huge_model_config_is_one_line(tmp_path):
     """score/eval/fit --model CONFIG.json of 5 GB (sparse): a MemoryError traceback."""
     from clip_smot.clip.model import load_clip
