@@ -349,7 +349,9 @@ def _check_saved(ckpt: dict) -> None:
         raise ValueError("model is not a state dict")
     if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["rng"], dict):
         raise ValueError("optimizer or rng is not a state")
-    if not isinstance(ckpt.get("meta", {}), dict) or not isinstance(ckpt.get("meta", {}).get("classnames", []), list):
+    meta = ckpt.get("meta", {})
+    if not isinstance(meta, dict) or not isinstance(meta.get("classnames", []), list) or \
+            not all(isinstance(c, str) for c in meta.get("classnames", [])):  # (the resume's message joins them)
         raise ValueError("meta is not a record with a list of class names")
     for key, kind in (("world_size", int), ("data_sha256", str), ("cam_model_sha256", str)):
         if not isinstance(ckpt.get(key), (kind, type(None))):

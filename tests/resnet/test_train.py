@@ -944,6 +944,7 @@ def _nan_weight(ckpt):
     (_edit("rng", [1]), r"is not a readable clip-smot checkpoint \(ValueError: optimizer or rng is not a state\)$"),
     (_edit("model", "fc.weight", 1.0), r"is not a readable clip-smot checkpoint \(ValueError: model is not a state dict\)$"),
     (_edit("meta", "classnames", "cat"), r"\(ValueError: meta is not a record with a list of class names\)$"),
+    (_edit("meta", "classnames", [1, 2]), r"\(ValueError: meta is not a record with a list of class names\)$"),
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
     """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
