@@ -263,8 +263,9 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         # Statistics of the training split, so train and test are normalised alike.
         stats = images if split == "train" else _decode_all(_folder_split(root / "train", flag)[1], 32)
         mean, std = _mean_std(stats)
-        return resize_set(SizedImageSet("digits", names, labels, 32, mean, std, images=images, flip=False, pad=2),
-                          input_size or 32)
+        # (files too: eval checks that no OOD set holds one of them)
+        return resize_set(SizedImageSet("digits", names, labels, 32, mean, std, images=images, files=files, flip=False,
+                                        pad=2), input_size or 32)
     if dataset == "imagenet200":
         if not data:
             raise UserError("--dataset imagenet200 needs --data IMAGENET_DIR (with train/<wnid> and val/<wnid>)")
@@ -360,7 +361,7 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
 
             files = list_images(ensure_digits(size=32) / "ood" / key, "--ood")
             s = SizedImageSet(key, [], torch.full((len(files),), -1), 32, IMAGENET_MEAN, IMAGENET_STD,
-                         images=_decode_all(files, 32))
+                              images=_decode_all(files, 32), files=files)
         s.name = name
         resize_set(s, input_size)
         s.labels = torch.full((len(s.labels),), -1, dtype=torch.long)

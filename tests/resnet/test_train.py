@@ -361,6 +361,34 @@ def test_eval_bad_inputs(folders, ood_dir, base_model, tmp_path):
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
+def test_eval_refuses_an_ood_folder_holding_the_bundled_digits_test_images(tmp_path, monkeypatch):
+    """--id digits came without its files: an --ood folder of the digits' own val/ images was not
+    compared with them, and the table said AUROC 50.00 with exit code 0. The photos set, built in
+    too, is compared with an --id folder holding its files the same way."""
+    from clip_smot.common import digits
+
+    root = tmp_path / "digits-32"
+    for split in ("train", "val"):
+        for i, name in enumerate(digits.DIGIT_NAMES):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(root / split / name / "0.png")
+    (root / "ood" / "photos").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (0, 90, 0)).save(root / "ood" / "photos" / "0.png")
+    monkeypatch.setattr(digits, "ensure_digits", lambda size=32, root_=None: root)
+    model = _untrained_model(tmp_path / "m.safetensors", classnames=sorted(digits.DIGIT_NAMES))  # (folder order)
+    base = ["eval", "--checkpoint", str(model), "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "e")]
+    r = CliRunner().invoke(cli, [*base, "--id", "digits", "--ood", f"same={root / 'val'}"])
+    assert r.exit_code == 1 and r.output.startswith(
+        "Error: --ood same: 10 of its 10 images are images of the ID set (--id) too"), r.output
+    (root / "ood" / "photos" / "0.png").rename(root / "val" / "nine" / "1.png")  # a photo among the ID images
+    (root / "ood" / "photos").rmdir()
+    (root / "ood" / "photos").symlink_to(root / "val" / "nine")
+    r = CliRunner().invoke(cli, [*base, "--id", str(root), "--ood", "photos"])
+    assert r.exit_code == 1 and r.output.startswith(
+        "Error: --ood photos: 2 of its 2 images are images of the ID set (--id) too"), r.output
+    assert not (tmp_path / "e").exists()
+
+
 def test_two_process_ddp_on_cpu(folders, tmp_path):
     out = tmp_path / "ddp"
     code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2",
