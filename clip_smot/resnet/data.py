@@ -113,11 +113,11 @@ def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
     except RuntimeError:
         pass  # not there (or corrupted): download below
     if not download:
-        raise UserError(f"{name}: not found under {root}, a folder named by a file (a model's or run's config), "
+        raise UserError(f"{name}: {_absent(name, root)}, a folder named by a file (a model's or run's config), "
                         "where nothing is downloaded")
     host = _HOSTS[name]
     if not _reachable(host):
-        raise UserError(f"{name}: not found under {root} and {host[0]} cannot be reached (offline?); "
+        raise UserError(f"{name}: {_absent(name, root)} and {host[0]} cannot be reached (offline?); "
                         f"download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
                         f"to the folder that holds it")
     # torchvision downloads and extracts in place: the ranks of a torchrun take turns, and those
@@ -130,6 +130,18 @@ def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
                 return cls(str(root), download=True, **kwargs)
     except (OSError, RuntimeError) as e:
         raise UserError(f"{name}: download into {root} failed ({e})") from None
+
+
+def _absent(name: str, root: Path) -> str:
+    """How the torchvision set ``name`` that did not load is absent from ``root``: not there, or
+    there but damaged (torchvision checks each file's MD5 before it unpickles it)."""
+    import torchvision.datasets as tvd
+
+    there = root / {"cifar10": tvd.CIFAR10.base_folder, "cifar100": tvd.CIFAR100.base_folder,
+                    "svhn": "test_32x32.mat"}[name]
+    if there.exists():
+        return f"incomplete or damaged under {root} ({there.name} is there, but fails torchvision's MD5 checks)"
+    return f"not found under {root}"
 
 
 def torchvision_unavailable(name: str, root: str | os.PathLike) -> str | None:

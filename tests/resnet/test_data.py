@@ -81,6 +81,13 @@ def test_an_offline_message_names_the_set_its_root_its_host_and_what_to_do(tmp_p
         assert str(e.value) == (f"{name}: not found under {tmp_path} and {host} cannot be reached (offline?); "
                                 "download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
                                 "to the folder that holds it")
+    # a set that is there, truncated or damaged, was "not found" too: the files a user sees there
+    (tmp_path / "cifar-100-python").mkdir()
+    (tmp_path / "cifar-100-python" / "train").write_bytes(b"\x80\x02truncated")
+    with pytest.raises(UserError, match=rf"^cifar100: incomplete or damaged under {tmp_path} \(cifar-100-python is "
+                                        r"there, but fails torchvision's MD5 checks\) and www.cs.toronto.edu cannot be "
+                                        r"reached \(offline\?\); "):
+        rd.load_id_split("cifar100", str(tmp_path), "val")
 
 
 def test_processes_that_need_a_missing_set_at_once_download_it_once(tmp_path, monkeypatch):
