@@ -162,6 +162,9 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
     return state
 
 
+_MT19937_WORDS = 624  # NumPy's legacy generator state: its key's length
+
+
 def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = None, where: str = "") -> None:
     """Set every RNG state :func:`capture_rng` captured (CUDA's only where CUDA is available).
 
@@ -183,10 +186,12 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         torch.set_rng_state(state[key])
     if not older:  # (the older fit layout kept no Python or NumPy state)
         name, keys, pos, has_gauss, gauss = state["numpy"]
-        keys = keys.numpy().astype(np.uint32)
-        if keys.shape != (624,):  # (NumPy indexes past a shorter one: an IndexError)
-            raise ValueError(f"NumPy's state holds {keys.size} keys, not 624")
-        np.random.set_state((name, keys, pos, has_gauss, gauss))
+        # (checked before a copy of its size: a stored value may be declared 2^45 times; NumPy
+        # indexes past a shorter key: an IndexError)
+        if not isinstance(keys, torch.Tensor) or tuple(keys.shape) != (_MT19937_WORDS,):
+            raise ValueError(f"NumPy's state holds {keys.numel() if isinstance(keys, torch.Tensor) else 'no'} keys, "
+                             f"not {_MT19937_WORDS}")
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(state["python"])
     cuda = state.get("torch_cuda" if older else "cuda")
     if cuda is not None and torch.cuda.is_available():

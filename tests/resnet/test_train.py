@@ -928,6 +928,12 @@ def _numpy_pos(ckpt):  # numpy's generator state with a position past any intege
     ckpt["rng"]["numpy"] = tuple(state)
 
 
+def _numpy_keys(ckpt):  # numpy's key: one stored value declared 2^50 times (a copy of that size: 4 PiB)
+    state = list(ckpt["rng"]["numpy"])
+    state[1] = torch.zeros(1, dtype=torch.int64).expand(2**50)
+    ckpt["rng"]["numpy"] = tuple(state)
+
+
 def _nan_weight(ckpt):
     ckpt["model"]["fc.weight"] = torch.full_like(ckpt["model"]["fc.weight"], float("nan"))
 
@@ -958,6 +964,7 @@ def _nan_weight(ckpt):
     (_momentum(lambda shape: torch.full(shape, float("nan"))), r"momentum_buffer is not a finite float tensor"),
     (_nan_weight, r"checkpoint.pt: fc.weight holds non-finite numbers$"),  # (a finished run re-exported it)
     (_numpy_pos, r"its loss-scaler or random-number state is damaged \(OverflowError"),
+    (_numpy_keys, r"random-number state is damaged \(ValueError: NumPy's state holds [0-9]+ keys, not 624\)$"),
     (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
                                                               r"momentum is None, not the run's 0.9\)"),
     # options the run's config decides, which an edited state turned into another optimizer
