@@ -295,6 +295,7 @@ def build_network(arch: str, num_classes: int, input_size: int = 32) -> nn.Modul
 
 MODEL_FORMAT = "clip-smot-model"
 MODEL_FORMAT_VERSION = "1"
+MIN_STD = 1e-3  # of a model file's std: the floor train's own statistics have (resnet.data._mean_std)
 _REQUIRED_META = ("format_version", "arch", "num_classes", "classnames", "input_size", "mean", "std")
 
 
@@ -439,7 +440,7 @@ def check_finite_weights(model: nn.Module, where: str) -> None:
 
 def _check_meta(meta: dict, where: str) -> None:
     """A model file's parsed metadata: known architecture, 2 or more named classes, an input
-    size in [8, MAX_INPUT_SIZE], three finite means and three finite positive stds, a config
+    size in [8, MAX_INPUT_SIZE], three means in [0, 1] and three stds of at least MIN_STD, a config
     object (whose data set evaluation reads)."""
     import math
 
@@ -451,9 +452,12 @@ def _check_meta(meta: dict, where: str) -> None:
             or not all(isinstance(c, str) for c in meta["classnames"])):
         raise UserError(f"{where}: inconsistent metadata (num_classes {meta['num_classes']}, classnames: "
                         f"{len(meta['classnames'])} entries; 2 or more names expected)")
+    # the normalisation of images in [0, 1]: a mean past them (1e38) or a std that float32 rounds to
+    # zero (1e-300) gave infinite inputs, NaN logits and all-zero CAMs (a SMOT run masked nothing)
     if (len(meta["mean"]) != 3 or len(meta["std"]) != 3 or not all(map(math.isfinite, meta["mean"] + meta["std"]))
-            or min(meta["std"]) <= 0):
-        raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, std > 0)")
+            or not all(0 <= m <= 1 for m in meta["mean"]) or min(meta["std"]) < MIN_STD):
+        raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, of images in "
+                        f"[0, 1]: each mean in [0, 1], each std at least {MIN_STD})")
     config = meta["config"]
     if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None)))
                                                for k in ("dataset", "data")):

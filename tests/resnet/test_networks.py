@@ -111,7 +111,12 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
 @pytest.mark.parametrize("changes, expected", [
     ({"input_size": "100000"}, r"input_size 100000 in its metadata is outside \[8, 1024\]"),
     ({"input_size": "4"}, r"input_size 4 in its metadata is outside \[8, 1024\]"),
-    ({"std": "[0.5, 0.0, 0.5]"}, "mean and std: three finite numbers each, std > 0"),
+    ({"std": "[0.5, 0.0, 0.5]"}, r"mean and std: three finite numbers each, of images in \[0, 1\]: each mean in "
+                                 r"\[0, 1\], each std at least 0.001\)$"),
+    # finite, but a std float32 rounds to 0, or a mean past any pixel: inputs inf, NaN logits and
+    # all-zero CAMs (a SMOT run with it as --cam-model masked nothing and exited 0)
+    ({"std": "[1e-300, 0.25, 0.25]"}, "each std at least 0.001"),
+    ({"mean": "[1e38, 0.5, 0.5]"}, "each mean in \\[0, 1\\]"),
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
     ({"mean": f"[{10**400}, 0.1, 0.1]"}, "malformed metadata"),  # (float() of it: an OverflowError traceback)
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
