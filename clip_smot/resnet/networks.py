@@ -412,7 +412,21 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     except RuntimeError as e:  # (a dtype torch cannot copy from, e.g. a bool tensor)
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
     check_finite_weights(model, f"{flag} {path}")
-    return model.to(device).eval(), meta
+    _check_finite_logits(model.eval(), meta, f"{flag} {path}")
+    return model.to(device), meta
+
+
+def _check_finite_logits(model: nn.Module, meta: dict, where: str) -> None:
+    """Raise a UserError naming ``where`` when ``model`` gives a non-finite logit for a mid-grey
+    image: finite weights near float32's largest value overflow, and give inf logits and NaN CAMs
+    (which mask nothing, or the whole image, without a word). The network is fully convolutional,
+    so the image is at most 64 pixels whatever its input size: one cheap forward."""
+    size = min(meta["input_size"], 64)
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model((torch.full((1, 3, size, size), 0.5) - mean) / std)  # [1, K]
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(f"{where}: its logits for a grey image are not finite (weights too large for float32)")
 
 
 def _json_list(text: str, key: str) -> list:

@@ -201,6 +201,19 @@ def test_a_negative_batchnorm_variance_is_refused_by_both_cam_model_readers(tmp_
         load_cam_network(str(tmp_path / "neg.pth"))
 
 
+def test_finite_weights_that_overflow_are_refused(tmp_path):
+    """fc.weight scaled to float32's largest value is finite, but the logits are inf and the CAMs
+    NaN: an image whose CAM is NaN was masked whole, the others not at all, without a word."""
+    model = _save(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        model.fc.weight.div_(model.fc.weight.abs().max()).mul_(3e38)  # (largest 3e38: finite)
+    save_model(tmp_path / "huge.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
+    with pytest.raises(UserError, match=r"^--cam-model \S+huge.safetensors: its logits for a grey image are not finite "
+                                        r"\(weights too large for float32\)$"):
+        load_model(tmp_path / "huge.safetensors", flag="--cam-model")
+
+
 def _torchvision_names(name: str) -> str:
     """Our ResNet's state-dict name as torchvision's ResNet names it."""
     import re
