@@ -15,7 +15,9 @@ CONVENTIONS = ("id", "openood")
 
 
 def _as_scores(name: str, values) -> np.ndarray:
-    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
+        values = values.detach().cpu().double()
+    arr = np.asarray(values, dtype=np.float64)
     arr = arr.reshape(-1)
     if arr.size == 0:
         raise ValueError(f"{name} is empty: at least one score is needed")

@@ -99,6 +99,16 @@ def test_scores_of_any_shape_are_flattened():
     assert m == ood_metrics([3.0, 1.0, 4.0], [2.0, 0.5])
 
 
+def test_low_precision_tensors_are_scored_as_their_values():
+    """bfloat16 scores (from autocast) are read as the numbers they hold; numpy cannot read bfloat16."""
+    id_s = torch.tensor([3.0, 1.0, 4.0], dtype=torch.bfloat16)
+    ood_s = torch.tensor([2.0, 0.5], dtype=torch.bfloat16, requires_grad=True)
+    m = ood_metrics(id_s, ood_s)
+    # as in the test above: 5 of the 6 ID-OOD pairs are ordered
+    assert m["auroc"] == pytest.approx(5 / 6)
+    assert m == ood_metrics([3.0, 1.0, 4.0], [2.0, 0.5])
+
+
 def test_scores_closer_than_float32_resolution_are_not_ties():
     """Scores are compared in float64: 1e9 + 1 and 1e9 are one float32 (spacing 64 there)."""
     m = ood_metrics([1e9 + 1, 1e9 + 2], [1e9, 1e9 - 1])
