@@ -158,10 +158,11 @@ def perturb(
 
     Args:
         x: images [B, 3, H, W] in [0, 1], before normalisation.
-        keep: mask [B, 1, H, W], 1 = keep (from :func:`cam_mask`).
+        keep: mask [B, 1, H, W], 1 = keep, 0 = masked (from :func:`cam_mask`); a soft mask in
+            between weighs the perturbation by ``1 - keep`` in every mode.
         mode: "zero" masks to black (the paper's default), "one" masks to white, "noise"
             adds Gaussian noise of std ``sigma`` inside the would-be masked region (pixels
-            clipped to [0, 1]) instead of removing it.
+            clipped to [0, 1]) instead of removing it: ``x + (1 - keep) * sigma * noise``.
         sigma: noise std for mode "noise".
         generator: optional generator for the noise.
 
@@ -175,9 +176,9 @@ def perturb(
         return x * keep + (1 - keep)
     if mode == "noise":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        # chosen, not multiplied by the mask: noise past the dtype's range (a huge sigma) is inf,
-        # and inf * 0 made a kept pixel NaN
-        return torch.where(keep > 0, x, (x + sigma * noise).clamp(0, 1))
+        # kept pixels chosen, not multiplied by the mask: noise past the dtype's range (a huge
+        # sigma) is inf, and inf * 0 made a kept pixel NaN
+        return torch.where(keep >= 1, x, (x + (1 - keep) * (sigma * noise)).clamp(0, 1))
     raise ValueError(f"perturbation mode must be one of {PERTURBATIONS}, got {mode!r}")
 
 

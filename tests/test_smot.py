@@ -87,6 +87,17 @@ def test_perturb_noise_beyond_the_float_range_saturates_the_masked_pixels_only()
     assert set(n[0, :, 0, 1].tolist() + n[0, :, 1, 0].tolist()) <= {0.0, 1.0}
 
 
+def test_perturb_noise_of_a_soft_mask_is_weighed_by_what_is_masked():
+    """keep 0.5 adds half the noise, as "zero" keeps half the pixel: x + (1 - keep) * sigma * noise."""
+    x = torch.full((1, 3, 1, 2), 0.5)
+    keep = torch.tensor([[[[0.5, 0.75]]]])
+    n = perturb(x, keep, "noise", sigma=0.2, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # the same draw
+    assert torch.allclose(n[..., 0], (0.5 + 0.5 * 0.2 * noise[..., 0]).clamp(0, 1))
+    assert torch.allclose(n[..., 1], (0.5 + 0.25 * 0.2 * noise[..., 1]).clamp(0, 1))
+    assert perturb(x, keep, "zero").flatten().tolist() == [0.25, 0.375] * 3
+
+
 def test_smot_loss_by_hand():
     torch.manual_seed(0)
     logits = torch.randn(3, 5)
