@@ -169,6 +169,10 @@ def perturb(
     Returns:
         Perturbed images, same shape and dtype as ``x``.
     """
+    # a [B, H, W] mask would broadcast against [3, H, W] instead: silently wrong when B is 3
+    if keep.ndim != 4 or x.ndim != 4 or any(k not in (1, n) for k, n in zip(keep.shape, x.shape)):
+        raise ValueError(f"keep must be a [B, 1, H, W] mask for images x of shape {list(x.shape)}, "
+                         f"got shape {list(keep.shape)}")
     keep = keep.to(x.dtype)
     if mode == "zero":
         return x * keep

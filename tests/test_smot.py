@@ -77,6 +77,17 @@ def test_perturb_modes():
     assert bright.min() == 0 and bright.max() == 1 and (bright == 1).float().mean() > 0.3
 
 
+def test_perturb_refuses_a_mask_without_its_channel_axis():
+    """A [B, H, W] mask lines its B up with the images' 3 channels: for B = 3 image 0's mask
+    would have masked every image's red channel. Only masks that broadcast as [B, 1, H, W] do."""
+    x = torch.rand(3, 3, 2, 2)
+    for keep in (torch.ones(3, 2, 2), torch.ones(2, 1, 2, 2), torch.ones(3, 1, 2, 3)):
+        with pytest.raises(ValueError, match=r"keep must be a \[B, 1, H, W\] mask"):
+            perturb(x, keep)
+    assert torch.equal(perturb(x, torch.ones(3, 3, 2, 2), "one"), x)  # a mask per channel is a mask
+    assert torch.equal(perturb(x, torch.ones(1, 1, 2, 2)), x)  # one mask for the batch
+
+
 def test_perturb_noise_beyond_the_float_range_saturates_the_masked_pixels_only():
     """sigma * noise past float32's range is +-inf: the masked pixels become 0 or 1, the kept ones
     stay as they were (inf * 0 made them NaN: train --sigma 1e38 stopped on a NaN loss blamed on --lr)."""
