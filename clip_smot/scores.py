@@ -193,6 +193,8 @@ def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
         local_cosine: cos(patch feature, text feature), [B, N, K] (N patches, K classes).
         tau: softmax temperature over the classes.
     """
+    if local_cosine.ndim != 3:  # a [B, K] matrix would be maxed to one number for the whole batch
+        raise ValueError(f"local_cosine must be [B, N, K] (N patches), got shape {list(local_cosine.shape)}")
     return (local_cosine.float() / tau).softmax(dim=-1).amax(dim=(-2, -1))
 
 
@@ -205,4 +207,8 @@ def gl_mcm(cosine: torch.Tensor, local_cosine: torch.Tensor, tau: float = 1.0, l
         tau: softmax temperature of both terms.
         local_weight: weight of the local term (1 in the GL-MCM paper).
     """
+    if cosine.ndim != 2 or local_cosine.ndim != 3 or (cosine.shape[0], cosine.shape[1]) != (
+            local_cosine.shape[0], local_cosine.shape[2]):  # (else one image's term is broadcast to all)
+        raise ValueError(f"cosine [B, K] and local_cosine [B, N, K] must agree, got shapes "
+                         f"{list(cosine.shape)} and {list(local_cosine.shape)}")
     return mcm(cosine, tau) + local_weight * local_mcm(local_cosine, tau)

@@ -204,6 +204,17 @@ def test_gl_mcm_weights_the_local_term_by_one_by_default():
         1 / (1 + math.exp(-0.8)) + 1 / (1 + math.exp(-1.6)), rel=1e-6)
 
 
+def test_gl_mcm_refuses_local_cosines_of_another_shape():
+    """A [B, K] local matrix (the patch axis forgotten) was maxed to one number added to every
+    image's score; a global [1, K] row was added to every image's local score."""
+    with pytest.raises(ValueError, match="local_cosine"):
+        S.local_mcm(torch.rand(4, 3))
+    for cosine, local in ((torch.rand(4, 3), torch.rand(4, 3)), (torch.rand(1, 3), torch.rand(4, 5, 3)),
+                          (torch.rand(4, 3), torch.rand(4, 5, 2))):
+        with pytest.raises(ValueError, match=r"cosine \[B, K\] and local_cosine \[B, N, K\]"):
+            S.gl_mcm(cosine, local)
+
+
 def test_react_clips_only_from_above():
     """ReAct's clip is min(h, c) (the authors' x.clip(max=c)): a feature below -c is left as it is."""
     W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
