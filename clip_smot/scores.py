@@ -106,13 +106,16 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
         {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
 
     Raises:
-        ValueError: the training features have no residual outside the principal space (at
-            most ``dim`` distinct images): alpha would divide by rounding noise.
+        ValueError: ``dim`` is negative or leaves no residual space (``dim >= C``); or the
+            training features have no residual outside the principal space (at most ``dim``
+            distinct images): alpha would divide by rounding noise.
     """
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
     if dim is None:
         dim = 1000 if C >= 2048 else 512 if C >= 768 else C // 2
+    elif not 0 <= dim < C:  # (a negative dim sliced the eigenvectors from the other end)
+        raise ValueError(f"dim must be in [0, {C - 1}] for {C} features, got {dim}")
     u = -torch.linalg.pinv(weight.detach().double().cpu()) @ bias.detach().double().cpu()  # [C]
     Xc = X - u  # [N, C]
     cov = Xc.T @ Xc / X.shape[0]  # [C, C]

@@ -85,6 +85,17 @@ def test_vim_refuses_training_features_with_no_residual():
     assert 0 < S.vim_fit(X, X @ W.T + b, W, b)["alpha"] < 100
 
 
+def test_vim_refuses_a_principal_dimension_outside_the_features():
+    """dim = -1 took the smallest eigenvector as the whole residual space; dim >= C leaves none and
+    was blamed on too few training images."""
+    g = torch.Generator().manual_seed(0)
+    X, W, b = torch.randn(50, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, generator=g)
+    for dim in (-1, 8, 20):
+        with pytest.raises(ValueError, match=f"dim must be in \\[0, 7\\] for 8 features, got {dim}"):
+            S.vim_fit(X, X @ W.T + b, W, b, dim=dim)
+    assert S.vim_fit(X, X @ W.T + b, W, b, dim=7)["NS"].shape == (8, 1)
+
+
 def test_gradnorm_is_the_l1_norm_of_the_last_layer_gradient():
     torch.manual_seed(0)
     fc = torch.nn.Linear(6, 4)
