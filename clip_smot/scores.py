@@ -90,10 +90,10 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
 
 
 def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor, dim: int | None = None) -> dict[str, torch.Tensor | float | int]:
+            bias: torch.Tensor | None, dim: int | None = None) -> dict[str, torch.Tensor | float | int]:
     """Fit ViM (Wang et al., 2022) on ID training features, as the authors' code does.
 
-    * origin ``u = -pinv(W) b``;
+    * origin ``u = -pinv(W) b`` (0 for a layer without bias, ``bias=None``, as :func:`react` takes);
     * principal space: the ``dim`` leading eigenvectors of ``(X - u)^T (X - u) / N``; its
       complement ``NS`` [C, C - dim] spans the residual;
     * ``alpha = mean(max train logit) / mean(|(X - u) NS|)``.
@@ -116,6 +116,8 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
         dim = 1000 if C >= 2048 else 512 if C >= 768 else C // 2
     elif not 0 <= dim < C:  # (a negative dim sliced the eigenvectors from the other end)
         raise ValueError(f"dim must be in [0, {C - 1}] for {C} features, got {dim}")
+    if bias is None:  # (nn.Linear(..., bias=False).bias)
+        bias = torch.zeros(weight.shape[0])
     u = -torch.linalg.pinv(weight.detach().double().cpu()) @ bias.detach().double().cpu()  # [C]
     Xc = X - u  # [N, C]
     cov = Xc.T @ Xc / X.shape[0]  # [C, C]

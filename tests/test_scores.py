@@ -85,6 +85,17 @@ def test_vim_refuses_training_features_with_no_residual():
     assert 0 < S.vim_fit(X, X @ W.T + b, W, b)["alpha"] < 100
 
 
+def test_vim_fits_a_layer_without_bias_at_the_origin():
+    """nn.Linear(bias=False).bias is None: u = -pinv(W) 0 = 0 (it was an AttributeError)."""
+    g = torch.Generator().manual_seed(0)
+    X, W = torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    fit = S.vim_fit(X, X @ W.T, W, None)
+    assert fit["u"].tolist() == [0.0] * 4
+    vals, vecs = np.linalg.eigh(X.numpy().T @ X.numpy() / 50)  # ascending: the residual is the first two
+    vlogit = np.linalg.norm(X.numpy() @ vecs[:, :2], axis=-1)
+    assert fit["alpha"] == pytest.approx((X @ W.T).amax(dim=-1).mean().item() / vlogit.mean())
+
+
 def test_vim_refuses_a_principal_dimension_outside_the_features():
     """dim = -1 took the smallest eigenvector as the whole residual space; dim >= C leaves none and
     was blamed on too few training images."""
