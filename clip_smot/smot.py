@@ -57,14 +57,21 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
 
     Args:
         y: integer class indices, shape [B].
-        eps: smoothing per image, shape [B], or one float for the whole batch.
+        eps: smoothing per image, shape [B] (or [B, 1]), or one float for the whole batch.
         num_classes: K.
 
     Returns:
         [B, K] float targets; each row sums to 1.
     """
+    if y.ndim != 1:
+        raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
     onehot = F.one_hot(y.long(), num_classes).float()  # [B, K]
     eps = torch.as_tensor(eps, dtype=onehot.dtype, device=onehot.device)
+    if eps.ndim == 2 and eps.shape[1] == 1:
+        eps = eps[:, 0]
+    # (a [1, B] row would broadcast over the classes instead: silently wrong when B is K)
+    if eps.ndim > 1 or eps.numel() not in (1, len(y)):
+        raise ValueError(f"eps must be one float or one per image ([{len(y)}]), got shape {list(eps.shape)}")
     if eps.ndim == 1:
         eps = eps[:, None]  # [B, 1]
     return (1.0 - eps) * onehot + eps / num_classes

@@ -42,6 +42,20 @@ def test_soft_targets_eq5():
     torch.testing.assert_close(soft_targets(y, 0.1, 4)[0], torch.tensor([0.025, 0.025, 0.925, 0.025]))
 
 
+def test_soft_targets_refuse_eps_or_labels_of_another_shape():
+    """eps [1, B] broadcast over the classes when B = K (each class smoothed by another image's eps,
+    rows not summing to 1); y [B, 1] gave [B, 1, K] targets."""
+    y = torch.tensor([2, 0, 1])
+    for eps in (torch.full((1, 3), 0.3), torch.full((2,), 0.3), torch.full((3, 2), 0.3)):
+        with pytest.raises(ValueError, match=r"eps must be one float or one per image \(\[3\]\)"):
+            soft_targets(y, eps, 3)
+    with pytest.raises(ValueError, match="y must be"):
+        soft_targets(y[:, None], 0.3, 3)
+    # [B, 1] is one eps per image too
+    torch.testing.assert_close(soft_targets(y, torch.tensor([[0.3], [0.0], [0.0]]), 3)[0],
+                               torch.tensor([0.1, 0.1, 0.8]))
+
+
 def test_cam_mask_masks_at_and_above_threshold():
     cam = torch.tensor([[[0.0, 99.0], [100.0, 255.0]]])  # [1, 2, 2]
     keep = cam_mask(cam, torch.tensor([100.0]))
