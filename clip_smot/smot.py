@@ -39,7 +39,8 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     the label-related region and gives eps close to 1.
 
     Args:
-        t: thresholds in [0, 255], shape [B].
+        t: thresholds in [0, 255], shape [B]. One outside is read at the nearest end, as
+            :func:`cam_mask` masks for it (above 255: nothing, eps 0; below 0: everything).
         T: temperature, > 0. Larger T softens the labels less for the same threshold (eps falls
             towards 0); a smaller T makes even a high threshold give a large eps.
 
@@ -49,7 +50,9 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     if not T > 0:
         raise ValueError(f"T must be > 0, got {T}")
     t = t if t.is_floating_point() else t.float()
-    return 1.0 - torch.exp((t - 255.0) / T)
+    # (clamped, not checked: no host sync in the step; t > 255 gave eps < 0, targets below 0 for
+    # the other classes and a loss without a lower bound)
+    return 1.0 - torch.exp((t.clamp(0.0, 255.0) - 255.0) / T)
 
 
 def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -> torch.Tensor:

@@ -26,6 +26,14 @@ def test_eps_hand_values():
     assert smoothing_eps(torch.tensor([200.0]), T=150).item() == pytest.approx(1 - math.exp(-55 / 150))
 
 
+def test_eps_of_a_threshold_outside_0_255_is_that_of_the_nearest_end():
+    """t = 300 masks nothing, as t = 255 does: eps 0, not 1 - exp(4.5) = -89 (soft targets of -30
+    for the other classes, a loss falling without bound); t = -10 masks all, as t = 0 does."""
+    eps = smoothing_eps(torch.tensor([300.0, -10.0]), T=10)
+    assert eps[0].item() == 0.0
+    assert eps[1].item() == pytest.approx(1 - math.exp(-25.5), abs=1e-7)
+
+
 def test_eps_rejects_bad_T():
     with pytest.raises(ValueError):
         smoothing_eps(torch.tensor([1.0]), T=0)
