@@ -153,6 +153,10 @@ def cam_mask(cam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """
     if cam.ndim == 3:
         cam = cam[:, None]  # [B, 1, H, W]
+    # (t of another length broadcast to a batch of masks of its own length)
+    if cam.ndim != 4 or cam.shape[1] != 1 or t.numel() not in (1, cam.shape[0]):
+        raise ValueError(f"cam_mask needs cam [B, H, W] or [B, 1, H, W] and t [B], got cam "
+                         f"{list(cam.shape)} and t {list(t.shape)}")
     t = t.to(device=cam.device, dtype=torch.float32).view(-1, 1, 1, 1)
     return (cam.float() < t).float()
 

@@ -75,6 +75,17 @@ def test_cam_mask_masks_at_and_above_threshold():
     assert keep2[0].sum() == 0 and keep2[1].sum() == 4
 
 
+def test_cam_mask_refuses_thresholds_for_another_batch():
+    """One CAM with three thresholds made three masks of it (then three images of one); a CAM
+    without its batch axis [H, W] became a batch of H."""
+    cam = torch.zeros(1, 2, 2)
+    for c, t in ((cam, torch.tensor([10.0, 100.0, 200.0])), (cam[0], torch.tensor([10.0, 100.0])),
+                 (torch.zeros(2, 3, 2, 2), torch.tensor([10.0, 100.0]))):
+        with pytest.raises(ValueError, match=r"cam_mask needs cam \[B, H, W\] or \[B, 1, H, W\] and t \[B\]"):
+            cam_mask(c, t)
+    assert cam_mask(torch.zeros(2, 2, 2), torch.tensor(1.0)).shape == (2, 1, 2, 2)  # one t for all
+
+
 def test_perturb_modes():
     x = torch.full((1, 3, 2, 2), 0.5)
     keep = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
