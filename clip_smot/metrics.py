@@ -33,6 +33,8 @@ def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95
     Positives are accepted when their score is >= the threshold; this is the FPR of the
     negatives at the threshold where ``tpr`` of the positives are accepted.
     """
+    if not 0.0 <= tpr <= 1.0:  # (past 1, or NaN, the search ran off the curve: an IndexError)
+        raise ValueError(f"tpr must be in [0, 1], got {tpr}")
     labels = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
     from sklearn.metrics import roc_curve  # (here: scikit-learn takes ~2 s to import, the CLI starts without it)
 

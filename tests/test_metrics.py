@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from clip_smot.metrics import ood_metrics
+from clip_smot.metrics import fpr_at_tpr, ood_metrics
 from clip_smot.scores import SCORES, energy, maxlogit, mcm, msp
 
 
@@ -43,6 +43,16 @@ def test_fpr95_by_hand_with_ties():
     # 19 of 20 ID at >= 2 (18 at 3, one at 2): threshold 2; OOD >= 2: one of 20. A ROC curve with its
     # collinear points dropped (scikit-learn's default) has no point at TPR 19/20: it reads 2 / 20
     assert ood_metrics([3.0] * 18 + [2.0, 1.0], [2.0, 1.0] + [0.0] * 18)["fpr95"] == pytest.approx(0.05)
+
+
+def test_fpr_at_tpr_reads_any_rate_and_refuses_one_outside_0_1():
+    pos, neg = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 2.5])
+    assert fpr_at_tpr(pos, neg, tpr=0.5) == 0.0  # threshold 3 accepts 2 of 4 ID and no OOD
+    assert fpr_at_tpr(pos, neg, tpr=0.75) == 0.5  # threshold 2: 3 of 4 ID, and 2.5 of the OOD
+    assert fpr_at_tpr(pos, neg, tpr=1.0) == 0.5  # threshold 1: 2.5 only
+    for bad in (1.5, float("nan"), -0.1):
+        with pytest.raises(ValueError, match="tpr must be in"):
+            fpr_at_tpr(pos, neg, tpr=bad)
 
 
 def test_openood_convention():
