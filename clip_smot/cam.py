@@ -85,6 +85,8 @@ class CAMProvider:
         ``y`` (true labels) is used when ``labels_match`` is set; otherwise, or when ``y`` is
         None, the CAM is for the network's top-1 class.
         """
+        if not x.is_floating_point():  # (uint8 images, as torchvision.io reads them, are 0 .. 255)
+            raise TypeError(f"CAMProvider takes float images in [0, 1], got {x.dtype}")
         H, W = x.shape[-2:]
         dev = x.device
         if self.mean.device != dev:  # moved once: a copy at every call would make each step wait for it

@@ -266,6 +266,13 @@ def test_cam_without_labels_is_for_the_top1_class_even_when_labels_match():
     torch.testing.assert_close(cam, _by_hand(model, x, top1), atol=1e-3, rtol=0)
 
 
+def test_cam_refuses_integer_images():
+    """uint8 images (torchvision.io's) were normalised as if 0 .. 255 were 0 .. 1: other CAMs, silently."""
+    model = _one_channel_resnet(channel=5)
+    with pytest.raises(TypeError, match="float images in \\[0, 1\\], got torch.uint8"):
+        CAMProvider(model, (0, 0, 0), (1, 1, 1))(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([1]))
+
+
 def test_cam_resizes_a_non_square_image_whose_height_is_the_network_size():
     """input_size=64 and a 64 x 48 image: resized to 64 x 64 too (only the height matched)."""
     model = _one_channel_resnet(channel=5)
