@@ -183,6 +183,8 @@ def perturb(
     Returns:
         Perturbed images, same shape and dtype as ``x``.
     """
+    if not x.is_floating_point():  # ("one" set a uint8 image's masked pixels to 1 of 255)
+        raise TypeError(f"perturb takes float images x in [0, 1], got {x.dtype}")
     # a [B, H, W] mask would broadcast against [3, H, W] instead: silently wrong when B is 3
     if keep.ndim != 4 or x.ndim != 4 or any(k not in (1, n) for k, n in zip(keep.shape, x.shape)):
         raise ValueError(f"keep must be a [B, 1, H, W] mask for images x of shape {list(x.shape)}, "

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_smot.smot import (
+    PERTURBATIONS,
     cam_mask,
     label_smoothing_ce,
     logitnorm_loss,
@@ -108,6 +109,14 @@ def test_perturb_modes():
     bright = perturb(torch.full((1, 3, 32, 32), 0.9), torch.zeros(1, 1, 32, 32), "noise", sigma=1.0,
                      generator=torch.Generator().manual_seed(0))
     assert bright.min() == 0 and bright.max() == 1 and (bright == 1).float().mean() > 0.3
+
+
+def test_perturb_refuses_integer_images():
+    """uint8 images masked to "one" got 1 of 255, nearly black; "noise" stopped on a kernel error."""
+    x = torch.full((1, 3, 2, 2), 200, dtype=torch.uint8)
+    for mode in PERTURBATIONS:
+        with pytest.raises(TypeError, match="float images x in \\[0, 1\\], got torch.uint8"):
+            perturb(x, torch.zeros(1, 1, 2, 2), mode)
 
 
 def test_perturb_refuses_a_mask_without_its_channel_axis():
