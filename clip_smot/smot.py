@@ -229,6 +229,10 @@ def smot_loss(
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
+    # (the soft term's [B, K] targets broadcast against a [1, K] row; its K sized the targets)
+    if logits.ndim != 2 or logits_masked.shape != logits.shape:
+        raise ValueError(f"logits and logits_masked must both be [B, K], got shapes {list(logits.shape)} "
+                         f"and {list(logits_masked.shape)}")
     hard = F.cross_entropy(logits.float(), y.long())
     soft = soft_cross_entropy(logits_masked, soft_targets(y, eps, logits_masked.shape[-1]))
     return (1.0 - lam) * hard + lam * soft

@@ -181,6 +181,15 @@ def test_smot_loss_reduces_to_ce_when_lam_zero():
     assert out.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
 
+def test_smot_loss_refuses_masked_logits_of_another_shape():
+    """[1, K] masked logits were broadcast against the [B, K] soft targets, and [B, K'] ones made
+    targets over K' classes: a loss either way, with no word."""
+    logits, y, eps = torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), torch.rand(4)
+    for masked in (torch.randn(1, 3), torch.randn(4, 5), torch.randn(3)):
+        with pytest.raises(ValueError, match=r"logits and logits_masked must both be \[B, K\]"):
+            smot_loss(logits, masked, y, eps, 0.1)
+
+
 def test_beta_thresholds_mean_and_reproducible():
     g = torch.Generator().manual_seed(0)
     t = sample_thresholds(20000, 50, 20, generator=g)
