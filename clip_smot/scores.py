@@ -132,8 +132,16 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
     return {"u": u, "NS": NS, "alpha": alpha, "dim": int(dim)}
 
 
+def _same_images(features: torch.Tensor, logits: torch.Tensor) -> None:
+    """Refuse features [B, C] and logits [B, K] of different images: their per-image terms would broadcast."""
+    if features.ndim != 2 or logits.ndim != 2 or features.shape[0] != logits.shape[0]:
+        raise ValueError(f"features [B, C] and logits [B, K] must be of the same B images, got shapes "
+                         f"{list(features.shape)} and {list(logits.shape)}")
+
+
 def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch.Tensor, alpha: float) -> torch.Tensor:
     """ViM score: ``energy(logits) - alpha * |(x - u) NS|`` (see :func:`vim_fit`)."""
+    _same_images(features, logits)
     x = features.double() - u.to(features.device)  # [B, C]
     vlogit = torch.linalg.vector_norm(x @ NS.to(features.device), dim=-1)  # [B]
     return (energy(logits).double() - alpha * vlogit).float()
@@ -150,6 +158,7 @@ def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     Args:
         logits: [B, K]; features: the penultimate features h, [B, C].
     """
+    _same_images(features, logits)
     p = logits.float().softmax(dim=-1)  # [B, K]
     K = p.shape[-1]
     return (p - 1.0 / K).abs().sum(dim=-1) * features.float().abs().sum(dim=-1)

@@ -199,6 +199,17 @@ def test_gradnorm_of_signed_features_uses_their_absolute_values():
     torch.testing.assert_close(S.gradnorm(fc(h).detach(), h), torch.tensor(want), rtol=1e-5, atol=1e-6)
 
 
+def test_gradnorm_and_vim_refuse_features_and_logits_of_other_images():
+    """logits [1, K] against features [4, C] (or features [B] against logits [B, K]) broadcast one
+    image's term over the others: four scores, silently wrong."""
+    u, NS = torch.zeros(5, dtype=torch.float64), torch.eye(5, dtype=torch.float64)[:, :2]
+    for feats, logits in ((torch.rand(4, 5), torch.rand(1, 3)), (torch.rand(4), torch.rand(4, 3))):
+        with pytest.raises(ValueError, match=r"features \[B, C\] and logits \[B, K\] must be of the same B"):
+            S.gradnorm(logits, feats)
+        with pytest.raises(ValueError, match=r"features \[B, C\] and logits \[B, K\] must be of the same B"):
+            S.vim(feats, logits, u, NS, 1.0)
+
+
 def test_odin_steps_by_plus_one_where_the_gradient_is_zero():
     """The reference code's sign: (g >= 0) * 2 - 1, so a pixel the network ignores (g = 0) moves
     by -eps / std, not +eps / std."""
