@@ -240,11 +240,15 @@ def smot_loss(
 
 def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
+    if not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets: no lower bound)
+        raise ValueError(f"eps must be in [0, 1], got {eps}")
     return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
 
 
 def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> torch.Tensor:
     """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
+    if not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
+        raise ValueError(f"tau must be > 0, got {tau}")
     logits = logits.float()
     norms = torch.linalg.vector_norm(logits, dim=-1, keepdim=True) + 1e-7  # [B, 1]
     return F.cross_entropy(logits / (norms * tau), y.long())

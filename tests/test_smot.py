@@ -228,6 +228,20 @@ def test_label_smoothing_and_logitnorm_by_hand():
         want, rel=1e-5)
 
 
+def test_label_smoothing_and_logitnorm_refuse_settings_outside_their_range():
+    """eps = 2 gave targets of -1/3 for the other classes (a loss that falls as their logits do);
+    tau = 0 a NaN loss; tau < 0 the CE of the negated, normalised logits. train checks its own
+    flags; a library caller got these silently."""
+    logits, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    for eps in (2.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="eps must be in"):
+            label_smoothing_ce(logits, y, eps)
+    for tau in (0.0, -0.04, float("nan")):
+        with pytest.raises(ValueError, match="tau must be > 0"):
+            logitnorm_loss(logits, y, tau)
+    assert label_smoothing_ce(logits, y, 1.0).item() == pytest.approx(-logits.log_softmax(-1).mean().item())
+
+
 @pytest.mark.parametrize("conc", [0.5, 1.5, 50.0])
 def test_gamma_draws_follow_the_gamma_distribution(conc):
     """Mean and variance checks pass with a sampler that keeps every proposal (no acceptance
