@@ -23,6 +23,12 @@ REACT_PERCENTILE = 90.0  # ReAct's clipping threshold: this percentile of the ID
 KNN_K = 50  # KNN's neighbour rank
 
 
+def _positive(name: str, value: float) -> None:
+    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
 def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
     return logits.float().softmax(dim=-1).amax(dim=-1)
@@ -35,6 +41,7 @@ def maxlogit(logits: torch.Tensor) -> torch.Tensor:
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al., 2020)."""
+    _positive("temperature", temperature)
     return temperature * torch.logsumexp(logits.float() / temperature, dim=-1)
 
 
@@ -43,6 +50,7 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
 
     Takes cosine similarities in [-1, 1], not logits scaled by CLIP's ``logit_scale``.
     """
+    _positive("tau", tau)
     return (cosine.float() / tau).softmax(dim=-1).amax(dim=-1)
 
 
@@ -179,6 +187,7 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
         x: normalised inputs [B, 3, H, W].
         std: the per-channel normalisation std, [1, 3, 1, 1] (or [3]).
     """
+    _positive("T", T)
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x)  # [B, K]
@@ -209,6 +218,7 @@ def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """
     if local_cosine.ndim != 3:  # a [B, K] matrix would be maxed to one number for the whole batch
         raise ValueError(f"local_cosine must be [B, N, K] (N patches), got shape {list(local_cosine.shape)}")
+    _positive("tau", tau)
     return (local_cosine.float() / tau).softmax(dim=-1).amax(dim=(-2, -1))
 
 

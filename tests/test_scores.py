@@ -21,6 +21,20 @@ def test_energy_is_a_logsumexp():
     torch.testing.assert_close(S.energy(logits), torch.tensor(want))
 
 
+def test_temperatures_must_be_positive():
+    """energy at T = -1 is minus the log-sum-exp of the negated logits, a soft minimum that ranks the
+    images the other way round; T = 0 gave NaN. The same for MCM's tau and ODIN's T."""
+    logits, local = torch.tensor([[1.0, 2.0]]), torch.rand(1, 2, 2)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            S.energy(logits, bad)
+        for call in (lambda: S.mcm(logits, bad), lambda: S.local_mcm(local, bad), lambda: S.gl_mcm(logits, local, bad)):
+            with pytest.raises(ValueError, match="tau must be > 0"):
+                call()
+        with pytest.raises(ValueError, match="T must be > 0"):
+            odin(lambda x: x.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), T=bad)
+
+
 def test_react_clips_at_the_percentile():
     train = torch.arange(1.0, 11.0).view(2, 5)  # activations 1..10
     thr = S.react_threshold(train, 90.0)
