@@ -151,7 +151,7 @@ def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch
     """ViM score: ``energy(logits) - alpha * |(x - u) NS|`` (see :func:`vim_fit`)."""
     _same_images(features, logits)
     x = features.double() - u.to(features.device)  # [B, C]
-    vlogit = torch.linalg.vector_norm(x @ NS.to(features.device), dim=-1)  # [B]
+    vlogit = torch.linalg.vector_norm(x @ NS.to(x), dim=-1)  # [B] (NS as float64 too: a float32 one is fine)
     return (energy(logits).double() - alpha * vlogit).float()
 
 

@@ -86,6 +86,15 @@ def test_vim_against_a_hand_computation():
     torch.testing.assert_close(S.vim(t(q), t(qz), fit["u"], fit["NS"], fit["alpha"]), t(want), atol=1e-3, rtol=1e-4)
 
 
+def test_vim_takes_a_fit_stored_in_float32():
+    """u and NS saved as float32 (a safetensors file, .float()) stopped on 'expected m1 and m2 to have
+    the same dtype'. Here NS is the last axis, u the origin: the residual of (3, 4) - (0, 1) is 3."""
+    u, NS = torch.tensor([0.0, 1.0]), torch.tensor([[0.0], [1.0]])
+    logits = torch.tensor([[0.0, 0.0]])  # energy log 2
+    got = S.vim(torch.tensor([[3.0, 4.0]]), logits, u, NS, 0.5).item()
+    assert got == pytest.approx(math.log(2) - 0.5 * 3)
+
+
 def test_vim_refuses_training_features_with_no_residual():
     # n <= 8 images of 16 features span at most n dims around u, all inside ViM's 8-dim principal
     # space: their residual is rounding noise, and alpha (divided by it) would be ~1e14
