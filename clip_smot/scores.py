@@ -85,6 +85,9 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
     Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here; for unit vectors
     ``|a - b| = sqrt(2 - 2 a.b)``, so the k-th nearest neighbour is the k-th largest dot product.
     """
+    if features.ndim != 2 or bank.ndim != 2 or features.shape[1] != bank.shape[1]:
+        raise ValueError(f"knn needs features [B, C] and a bank [N, C] of the same C, got shapes "
+                         f"{list(features.shape)} and {list(bank.shape)}")
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be in [1, {bank.shape[0]}], got {k}")
     q = torch.nn.functional.normalize(features.float(), dim=-1)

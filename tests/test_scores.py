@@ -205,6 +205,10 @@ def test_knn_at_the_edges_of_k_and_of_the_batch():
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be in"):
             S.knn(q, bank, k=k)
+    # features of another width, or one image without its batch axis (torch's matmul errors before)
+    for feats in (torch.zeros(2, 3), q[0]):
+        with pytest.raises(ValueError, match=r"features \[B, C\] and a bank \[N, C\] of the same C"):
+            S.knn(feats, bank, k=2)
 
 
 def test_gradnorm_of_signed_features_uses_their_absolute_values():
