@@ -61,6 +61,8 @@ def react_threshold(train_features: torch.Tensor, percentile: float = REACT_PERC
     """
     import numpy as np
 
+    if train_features.numel() == 0:  # (numpy's percentile of nothing is an IndexError)
+        raise ValueError("react_threshold needs training features: none were given")
     return float(np.percentile(train_features.detach().float().cpu().numpy().ravel(), percentile))
 
 

@@ -48,6 +48,11 @@ def test_react_clips_at_the_percentile():
     torch.testing.assert_close(S.react(h, W, b, thr), torch.tensor(want, dtype=torch.float32))
 
 
+def test_react_threshold_of_no_features_is_refused():
+    with pytest.raises(ValueError, match="react_threshold needs training features"):
+        S.react_threshold(torch.zeros(0, 4))
+
+
 def test_knn_against_brute_force_distances():
     g = torch.Generator().manual_seed(0)
     bank = torch.randn(40, 6, generator=g)
