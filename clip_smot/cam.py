@@ -96,6 +96,8 @@ class CAMProvider:
             inp = F.interpolate(inp, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         feats = feature_map(self.model, inp).float()  # [B, C, h, w]
         fc = classifier_of(self.model)
+        if y is not None and y.shape != (x.shape[0],):  # (one label was broadcast to every image)
+            raise ValueError(f"y must hold one label per image, [{x.shape[0]}], got shape {list(y.shape)}")
         if y is None or not self.labels_match:
             logits = fc(feats.mean(dim=(2, 3)))  # [B, K]
             y = logits.argmax(dim=-1)

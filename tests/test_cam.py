@@ -273,6 +273,15 @@ def test_cam_refuses_integer_images():
         CAMProvider(model, (0, 0, 0), (1, 1, 1))(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([1]))
 
 
+def test_cam_refuses_labels_not_one_per_image():
+    """y = [1] for two images gave both the CAM of class 1; y [B, 1] stopped in einsum."""
+    model = _one_channel_resnet(channel=5)
+    provider = CAMProvider(model, (0, 0, 0), (1, 1, 1))
+    for y in (torch.tensor([1]), torch.tensor([[1], [1]])):
+        with pytest.raises(ValueError, match=r"y must hold one label per image, \[2\]"):
+            provider(torch.rand(2, 3, 32, 32), y)
+
+
 def test_cam_resizes_a_non_square_image_whose_height_is_the_network_size():
     """input_size=64 and a 64 x 48 image: resized to 64 x 64 too (only the height matched)."""
     model = _one_channel_resnet(channel=5)
