@@ -17,7 +17,10 @@ CONVENTIONS = ("id", "openood")
 def _as_scores(name: str, values) -> np.ndarray:
     if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
         values = values.detach().cpu().double()
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError) as e:  # strings, ragged lists of batches, tensors with grad
+        raise ValueError(f"{name} must be numbers (an array, a tensor or a list of numbers): {e}") from None
     arr = arr.reshape(-1)
     if arr.size == 0:
         raise ValueError(f"{name} is empty: at least one score is needed")

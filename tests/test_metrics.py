@@ -80,6 +80,16 @@ def test_bad_input_is_clear(bad):
         ood_metrics([1.0], [0.0], convention="x")
 
 
+def test_scores_that_are_not_numbers_are_named():
+    """A ragged list of per-batch tensors, strings or 0-d tensors with grad stopped in numpy or
+    torch, naming neither argument."""
+    for bad in ([torch.rand(3), torch.rand(2)], ["a"], [torch.tensor(1.0, requires_grad=True)]):
+        with pytest.raises(ValueError, match="id_scores must be numbers"):
+            ood_metrics(bad, [0.0])
+        with pytest.raises(ValueError, match="ood_scores must be numbers"):
+            ood_metrics([0.0], bad)
+
+
 def test_scores_by_hand():
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     e = np.exp([1.0, 2.0, 3.0])
