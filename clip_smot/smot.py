@@ -177,7 +177,7 @@ def perturb(
         mode: "zero" masks to black (the paper's default), "one" masks to white, "noise"
             adds Gaussian noise of std ``sigma`` inside the would-be masked region (pixels
             clipped to [0, 1]) instead of removing it: ``x + (1 - keep) * sigma * noise``.
-        sigma: noise std for mode "noise".
+        sigma: noise std for mode "noise", >= 0.
         generator: optional generator for the noise.
 
     Returns:
@@ -195,6 +195,8 @@ def perturb(
     if mode == "one":
         return x * keep + (1 - keep)
     if mode == "noise":
+        if not sigma >= 0:  # (NaN made every masked pixel NaN)
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         # kept pixels chosen, not multiplied by the mask: noise past the dtype's range (a huge
         # sigma) is inf, and inf * 0 made a kept pixel NaN

@@ -140,6 +140,15 @@ def test_perturb_noise_beyond_the_float_range_saturates_the_masked_pixels_only()
     assert set(n[0, :, 0, 1].tolist() + n[0, :, 1, 0].tolist()) <= {0.0, 1.0}
 
 
+def test_perturb_noise_refuses_a_negative_or_nan_sigma():
+    """fit and train check --sigma >= 0; a library caller's NaN sigma made the masked pixels NaN."""
+    x, keep = torch.full((1, 3, 1, 2), 0.5), torch.tensor([[[[1.0, 0.0]]]])
+    for sigma in (float("nan"), -0.1):
+        with pytest.raises(ValueError, match="sigma must be >= 0"):
+            perturb(x, keep, "noise", sigma=sigma)
+    assert torch.equal(perturb(x, keep, "noise", sigma=0.0), x)
+
+
 def test_perturb_noise_of_a_soft_mask_is_weighed_by_what_is_masked():
     """keep 0.5 adds half the noise, as "zero" keeps half the pixel: x + (1 - keep) * sigma * noise."""
     x = torch.full((1, 3, 1, 2), 0.5)
