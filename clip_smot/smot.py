@@ -12,6 +12,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,8 @@ def sample_thresholds(
     Returns:
         [batch_size] float32 thresholds in [0, 255].
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")
     if not (0 < alpha < math.inf and 0 < beta < math.inf):  # (Gamma(inf) would never accept a draw)
         raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha}, beta={beta}")
     gen_device = generator.device if generator is not None else torch.device("cpu")

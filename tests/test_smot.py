@@ -277,6 +277,15 @@ def test_beta_thresholds_refuse_infinite_parameters():
             sample_thresholds(4, alpha, beta)
 
 
+def test_beta_thresholds_refuse_a_batch_size_that_is_not_a_count():
+    """-1 stopped in expand ('The expanded size of the tensor (-1) isn't allowed'), 3.0 on expand's
+    arguments; 0 draws nothing."""
+    for bad in (-1, 3.0, None):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 0"):
+            sample_thresholds(bad, 50.0, 20.0)
+    assert sample_thresholds(0, 50.0, 20.0).shape == (0,)
+
+
 def test_beta_thresholds_tiny_parameters_are_finite():
     """Beta(a, b) with tiny a, b (both Gamma draws below float64's range, so g_a / (g_a + g_b) would
     be 0 / 0 = NaN in a quarter of the draws) puts its mass at the two ends: P(s < x) ~ x^a / 2
