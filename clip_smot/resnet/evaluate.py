@@ -28,7 +28,7 @@ from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, output_lock
-from clip_smot.common.image_sets import check_apart
+from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 from clip_smot.resnet.data import (
@@ -233,7 +233,10 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
 
     fitted = {}
     if any(n in TRAIN_FITTED for n in names):
-        fitted = _fit(run(_train_set(cfg.id_train, meta), False), model.get_classifier(), names)
+        train = _train_set(cfg.id_train, meta)
+        check_train_apart(train.files or (), [("the ID set (--id)" if s is id_set else f"the OOD set {s.name} (--ood)",
+                                               s.files or ()) for s in (id_set, *ood_sets.values())])
+        fitted = _fit(run(train, False), model.get_classifier(), names)
     need_odin = "odin" in names
     id_out = run(id_set, need_odin)
     id_scores = _score_table(id_out, fitted, names)

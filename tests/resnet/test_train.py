@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,9 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     real = resnet_eval.write_reports
     monkeypatch.setattr(resnet_eval, "write_reports", spy)
     ev = tmp_path / "eval"
+    cats = shutil.copytree(folders / "train" / "cat", tmp_path / "cats")  # copies of ID-train images
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
-                 "--ood", f"noise={ood_dir}", "--ood", f"cats={folders / 'train' / 'cat'}",  # cats: overlaps ID
+                 "--ood", f"noise={ood_dir}", "--ood", f"cats={cats}",
                  "--scores", "msp,odin,energy,react,maxlogit,knn,gradnorm",  # (vim: 60 images < its 64 dims)
                  "--device", "cpu", "--workers", "0", "--batch-size", "16", "--out", str(ev)])
     assert r.exit_code == 0, r.output
@@ -167,7 +169,7 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
         return (z.double() / T).softmax(-1).amax(-1).numpy()
 
     for set_name, files in (("id", id_files), ("noise", sorted(ood_dir.glob("*.png"))),
-                            ("cats", sorted(folders.glob("train/cat/*")))):
+                            ("cats", sorted(cats.glob("*")))):
         np.testing.assert_allclose(np.sort(seen[set_name]["odin"]), np.sort(odin_by_hand(files)), rtol=0, atol=2e-7)
         want = by_hand(files)
         for name, values in want.items():  # sorted: eval's image order is its own
@@ -359,6 +361,24 @@ def test_eval_bad_inputs(folders, ood_dir, base_model, tmp_path):
                                  f"x={ood_dir}", "--device", "cpu", "--out", str(run)])
     assert r.exit_code == 1 and "holds a training run" in r.output and len(r.output.strip().splitlines()) == 1
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
+
+
+def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, ood_dir, base_model, tmp_path):
+    """--id-train DIR/val (the ID set itself) or an --ood folder of the training images passed:
+    knn found each such image at distance 0 from itself and react was fitted on what it scored,
+    with exit code 0. As the CLIP track's eval, both stop before any image goes through the network."""
+    base = ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--device", "cpu", "--workers", "0",
+            "--out", str(tmp_path / "e")]
+    for args, what in [(["--id-train", str(folders / "val"), "--ood", f"x={ood_dir}", "--scores", "react"],
+                        "12 of the 12 images of the ID set (--id)"),
+                       (["--ood", f"cats={folders / 'train' / 'cat'}", "--scores", "msp,knn"],  # (default --id-train)
+                        "20 of the 20 images of the OOD set cats (--ood)")]:
+        r = CliRunner().invoke(cli, [*base, *args])
+        assert r.exit_code == 1 and r.output.startswith(f"Error: --id-train: {what} are ID training images too")
+        assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+    r = CliRunner().invoke(cli, [*base, "--ood", f"cats={folders / 'train' / 'cat'}", "--scores", "msp"])
+    assert r.exit_code == 0, r.output  # (no fitted score: the training images are not read)
 
 
 def test_eval_refuses_an_ood_folder_holding_the_bundled_digits_test_images(tmp_path, monkeypatch):
