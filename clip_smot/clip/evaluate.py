@@ -70,15 +70,18 @@ class ClipEvalConfig(EvalConfig):
                              "fp32; auto: bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
 
 
-# Built-in sets (the bundled digits, clip_smot.common.digits), used when no such path exists.
+# Built-in sets (the bundled digits, clip_smot.common.digits): a bare name is always the set,
+# even beside a folder of that name (./digits names the folder).
 BUILTIN_ID = ("digits",)
 BUILTIN_OOD = ("photos", "textures")
 
 
 def _builtin_id(where: str, size: int) -> str:
     """The bundled digits' val folder for ``--id digits``, or ``where`` itself when it is a path."""
-    if where not in BUILTIN_ID or Path(where).exists():
+    if where not in BUILTIN_ID:
         return where
+    if Path(where).exists() and writes_outputs():  # (as a bare --ood NAME: said, not done silently)
+        print(f"note: --id {where} is the built-in set; ./{where} names the folder of that name here", file=sys.stderr)
     from clip_smot.common.digits import ensure_digits
 
     return str(ensure_digits(size) / "val")
@@ -258,7 +261,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     the class folders its class names go with (None: not known) and the report's title. A
     prompt's checkpoint file found by its name is appended to ``inputs`` (it is read too)."""
     if cfg.zero_shot:
-        builtin = cfg.id_data == "digits" and not Path(cfg.id_data).exists()
+        builtin = cfg.id_data in BUILTIN_ID
         classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
         scorer = PromptScorer.zero_shot(

@@ -16,6 +16,7 @@ Outputs go through :func:`clip_smot.common.reports.write_reports`, like the CLIP
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -95,8 +96,11 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
     """An ID split by built-in name or folder, checked against the model's classes."""
     size, classnames = meta["input_size"], meta["classnames"]
     cfg = meta["config"]
-    if id_data.lower() in BUILTIN_ID and not Path(id_data).exists():
+    if id_data.lower() in BUILTIN_ID:  # (always the set, as a bare --ood NAME: ./NAME names a folder)
         name = id_data.lower()
+        if Path(id_data).exists():
+            print(f"note: {flag} {id_data} is the built-in set; ./{id_data} names the folder of that name here",
+                  file=sys.stderr)
         root = cfg.get("data") if cfg.get("dataset") == name else None
         if name == "imagenet200" and not root:
             raise UserError(f"{flag} imagenet200: the model was not trained on it from a known folder; "
@@ -185,7 +189,7 @@ def _load_sets(cfg: ResnetEvalConfig, meta: dict, inputs: list, folders: list) -
     """The ID test set and the OOD sets, each image checked against the output folder."""
     size = meta["input_size"]
     for name, where in cfg.ood.items():  # (the built-in set's images are the ID test split's)
-        if where is None and name.lower() == cfg.id_data.lower() and not Path(cfg.id_data).exists():
+        if where is None and name.lower() == cfg.id_data.lower():
             raise UserError(f"--ood {name}: is the ID set (--id {cfg.id_data}) itself; an image cannot be in- and "
                             "out-of-distribution at once")
     id_set = _id_set(cfg.id_data, meta, "val", "--id")

@@ -238,30 +238,34 @@ def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(t
         load_ood_set("mine", None, 32)
 
 
-def test_a_bare_id_name_is_the_built_in_set_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
-    """--id digits is the bundled digits' val folder, but a folder digits in the current folder is
-    read instead (--id takes a path; only --ood's bare NAME is always a built-in set)."""
+def test_a_bare_id_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    """--id digits is the bundled digits' val folder, as a bare --ood NAME is always the built-in
+    set; a folder digits in the current folder was read instead, without a word. Now a note says
+    so, and ./digits names the folder."""
     from clip_smot.clip import evaluate as clip_eval
     from clip_smot.common.digits import ensure_digits
 
     monkeypatch.chdir(tmp_path)
     assert Path(clip_eval._builtin_id("digits", 32)) == ensure_digits(32) / "val"
+    assert "note:" not in capsys.readouterr().err
     _img(tmp_path / "digits" / "one" / "x.png")
-    assert clip_eval._builtin_id("digits", 32) == "digits"
+    assert Path(clip_eval._builtin_id("digits", 32)) == ensure_digits(32) / "val"
+    assert "note: --id digits is the built-in set; ./digits names the folder" in capsys.readouterr().err
+    assert clip_eval._builtin_id("./digits", 32) == "./digits"
     assert clip_eval._builtin_id(str(tmp_path / "elsewhere"), 32) == str(tmp_path / "elsewhere")
 
 
 def test_zero_shot_on_a_folder_named_digits_takes_its_classes_from_the_folder(tmp_path, monkeypatch, tiny_clip_config,
                                                                               tiny_clip_checkpoint):
-    """--zero-shot --id digits, with a folder digits in the current folder, reads that folder (as
-    _builtin_id does): the class names are its class folders', not the bundled digits' ten, so
-    its images get labels and an ID accuracy."""
+    """--zero-shot --id ./digits reads the folder digits in the current folder (as _builtin_id
+    does): the class names are its class folders', not the bundled digits' ten, so its images get
+    labels and an ID accuracy."""
     monkeypatch.chdir(tmp_path)
     for k, c in enumerate(("cat", "dog")):
         _img(tmp_path / "digits" / c / "0.png", 60 * k)
         _img(tmp_path / "ood" / f"{k}.png", 200 - 10 * k)
     res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained",
-                                   tiny_clip_checkpoint, "--id", "digits", "--ood", "o=ood", "--workers", "0",
+                                   tiny_clip_checkpoint, "--id", "./digits", "--ood", "o=ood", "--workers", "0",
                                    "--no-cache", "--out", "e"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())

@@ -409,6 +409,35 @@ def test_eval_refuses_an_ood_folder_holding_the_bundled_digits_test_images(tmp_p
     assert not (tmp_path / "e").exists()
 
 
+def test_eval_a_bare_built_in_id_name_is_the_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """--id digits read a folder ./digits where one was, while a bare --ood NAME is always the
+    built-in set (and reproduce's --id cifar10 took a ./cifar10 holding the set's torchvision files
+    for a class folder). Now both are the set, with a note; ./digits names the folder."""
+    from clip_smot.common import digits
+
+    root = tmp_path / "digits-32"
+    for i, name in enumerate(digits.DIGIT_NAMES):
+        for split, n in (("train", 1), ("val", 2)):  # the built-in set: 2 test images a class
+            (root / split / name).mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (32, 32), (20 * i, k, 0)).save(root / split / name / f"{k}.png")
+        (tmp_path / "digits" / name).mkdir(parents=True)  # ./digits: 1 image a class
+        Image.new("RGB", (32, 32), (0, 20 * i, 0)).save(tmp_path / "digits" / name / "0.png")
+    (tmp_path / "noise").mkdir()
+    Image.new("RGB", (32, 32), (0, 0, 90)).save(tmp_path / "noise" / "0.png")
+    monkeypatch.setattr(digits, "ensure_digits", lambda size=32, root_=None: root)
+    monkeypatch.chdir(tmp_path)
+    _untrained_model(tmp_path / "m.safetensors", classnames=sorted(digits.DIGIT_NAMES))  # (folder order)
+    base = ["eval", "--checkpoint", "m.safetensors", "--ood", "n=noise", "--device", "cpu", "--workers", "0"]
+    r = CliRunner().invoke(cli, [*base, "--id", "digits", "--out", "e1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["n_id"] == 20
+    assert "note: --id digits is the built-in set; ./digits names the folder of that name here" in r.stderr
+    r = CliRunner().invoke(cli, [*base, "--id", "./digits", "--out", "e2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n_id"] == 10 and "note:" not in r.stderr
+
+
 def test_two_process_ddp_on_cpu(folders, tmp_path):
     out = tmp_path / "ddp"
     code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(folders), *TINY, "--epochs", "2",
