@@ -41,6 +41,7 @@ from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS, classnames_problem
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
+from clip_smot.common.bundled import imagenet_wnids
 from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.errors import UserError, first_line
@@ -531,6 +532,14 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)
+    if classes.imagenet_index is None:  # (a wnid folder among others: its prompt names the wnid)
+        wnids = set(imagenet_wnids())
+        stray = [f for f in classes.folders if f not in wnids]
+        if len(stray) < len(classes.folders):
+            print(f"note: {classes.root}: {len(classes.folders) - len(stray)} of its {len(classes.folders)} class "
+                  f"folders are ImageNet wnids, but {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} not: "
+                  "the folder names are the class names, so the prompts name wnids; move the others out for "
+                  "ImageNet's class names", file=sys.stderr)
     seen = {label for _, label in split}
     unseen = [f for y, f in enumerate(classes.folders) if y not in seen]
     if unseen:  # a --split of another data set (e.g. of a subset of these classes)

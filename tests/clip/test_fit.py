@@ -250,6 +250,21 @@ def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args,
                      re.M), res.stderr
 
 
+def test_a_stray_folder_among_imagenet_wnids_is_a_note(fit_args, imagenet_dir, tmp_path):
+    """ImageNet-layout --data with one class folder that is not a wnid became a plain folder
+    dataset without a word: the prompts read "a photo of a n01440764." instead of "tench"."""
+    data = tmp_path / "data"
+    shutil.copytree(imagenet_dir, data)
+    shutil.copytree(data / "train" / WNIDS[0], data / "train" / "misc")
+    args = fit_args(tmp_path / "dry", "--dry-run", "--loss", "ce")
+    args[args.index("--data") + 1] = str(data)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert (f"note: {data / 'train'}: 3 of its 4 class folders are ImageNet wnids, but misc not: the folder names "
+            "are the class names, so the prompts name wnids") in res.stderr
+    assert "wnids" not in CliRunner().invoke(cli, fit_args(tmp_path / "dry2", "--dry-run", "--loss", "ce")).stderr
+
+
 def test_another_seed_draws_another_split(imagenet_dir):
     classes = resolve_classes(imagenet_dir / "train")
     a, b = draw_split(classes, 2, seed=1), draw_split(classes, 2, seed=2)
