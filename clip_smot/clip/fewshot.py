@@ -13,7 +13,8 @@ Two folder layouts (docs/method.md §2):
 
 The split file (``split.txt``) has one line per chosen image, ``relative/path<TAB>label``, the
 path relative to the class-folder root, the label the class index in the run's class order;
-lines sorted by label, then path; the path escaped where it is not plain text (a backslash, a
+lines of a drawn split sorted by label, then path (a ``--split`` file keeps its own order, the
+order of the images in training); the path escaped where it is not plain text (a backslash, a
 line break or another control character, a byte that is not UTF-8). See ``data_lists/README.md``.
 """
 

@@ -2,7 +2,7 @@
 
 "For each class, its image files (searched recursively, sorted by path) are permuted with
 ``numpy.random.default_rng(seed)`` (one generator for all classes, in class order) and the
-first ``--shots`` are kept"; lines sorted by label, then path.
+first ``--shots`` are kept"; a drawn split's lines sorted by label, then path.
 """
 
 from pathlib import Path
@@ -143,6 +143,21 @@ def test_read_split_refuses_labels_out_of_range_a_line_without_a_tab_and_no_imag
         split.write_text(text)
         with pytest.raises(UserError, match=rf"^--split {re.escape(str(tmp_path))}/{re.escape(error)}$"):
             read_split(split, classes)
+
+
+def test_a_split_file_in_another_line_order_is_read_and_written_back_in_that_order(tmp_path):
+    """data_lists/README.md: a --split file keeps its own line order (the order of the images in
+    training; OUT/split.txt and its SHA-256 are of that order), a drawn one is sorted."""
+    from clip_smot.clip.fewshot import read_split
+
+    _folder_dataset(tmp_path / "data")
+    classes = resolve_classes(tmp_path / "data")
+    lines = ["mole_rat/p.jpg\t1\n", "ant/b.jpg\t0\n", "zebra_fish/e.jpg\t2\n", "ant/aa/z.jpg\t0\n"]
+    split = tmp_path / "split.txt"
+    split.write_text("".join(lines))
+    got = read_split(split, classes)
+    assert got == [("mole_rat/p.jpg", 1), ("ant/b.jpg", 0), ("zebra_fish/e.jpg", 2), ("ant/aa/z.jpg", 0)]
+    assert split_text(got) == "".join(lines)
 
 
 def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_floor_of_half_the_margin(tmp_path):
