@@ -84,9 +84,11 @@ def image_list_file(where: str | os.PathLike, flag: str = "PATH") -> Path | None
     return None if as_list is None else as_list[0]
 
 
-def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> Iterator[tuple[Path, int]]:
+def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str,
+                    labels: bool = True) -> Iterator[tuple[Path, int]]:
     """``(path, label)`` of each image of an OpenOOD-style list (``path label`` per line; label
-    optional, -1 without), read one line at a time: memory does not grow with the list.
+    optional, -1 without), read one line at a time: memory does not grow with the list. With
+    ``labels`` False the label field is ignored, whatever it holds (every label -1).
 
     Raises:
         UserError: a missing or binary list, a missing root, a malformed line, a path that leaves
@@ -102,7 +104,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
-        label = label_number(parts[1]) if len(parts) == 2 else -1
+        label = label_number(parts[1]) if len(parts) == 2 and labels else -1
         if len(parts) > 2 or label is None:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
         if leaves_root(parts[0]):  # (a list names files in its root only)
@@ -118,13 +120,14 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         raise UserError(f"{flag} {list_file}: the list names no images")
 
 
-def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str) -> tuple[list[Path], list[int]]:
+def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag: str,
+                    labels: bool = True) -> tuple[list[Path], list[int]]:
     """Paths and integer labels of an OpenOOD-style list (see :func:`iter_image_list`).
 
     Raises:
         UserError: a missing list or root, a malformed line, a listed file that does not exist.
     """
-    pairs = list(iter_image_list(list_file, root, flag))
+    pairs = list(iter_image_list(list_file, root, flag, labels))
     return [p for p, _ in pairs], [y for _, y in pairs]
 
 
@@ -255,7 +258,7 @@ def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str
     if as_list is None:
         yield from iter_images(where, flag=flag)
     else:
-        yield from (path for path, _ in iter_image_list(*as_list, flag=flag))
+        yield from (path for path, _ in iter_image_list(*as_list, flag=flag, labels=False))
 
 
 def image_files(where: str | os.PathLike, flag: str) -> list[Path] | list[str]:
@@ -314,7 +317,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
     _no_shard(where, f"{flag} {name}={where}")
     as_list = _split_list_arg(where, f"{flag} {name}")
     if as_list is not None:
-        paths, _ = read_image_list(*as_list, flag=f"{flag} {name}")
+        paths, _ = read_image_list(*as_list, flag=f"{flag} {name}", labels=False)
         return ImageSet(name, paths)
     if not exists(where, f"{flag} {name}"):  # (a bare --ood NAME is a built-in set, answered by the callers)
         raise UserError(f"{flag} {name}={where}: no such folder or image list")

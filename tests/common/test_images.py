@@ -417,6 +417,20 @@ def test_image_list_arguments_that_do_not_fit_are_named(tmp_path):
         image_set("x", f"{tmp_path / 'none'}::{tmp_path / 'list.txt'}")
 
 
+def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
+    """score's PATH lists and --ood lists ignore a label (docs/score.md), but 'a.png cat' or
+    'a.png 1.5' stopped them as 'expected relative/path label'; an --id list's labels are read."""
+    from clip_smot.common.image_sets import id_set, image_files, image_set
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("a.png cat\nb.png 1.5\n")
+    assert image_files(tmp_path / "list.txt", "PATH") == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert image_set("x", tmp_path / "list.txt").paths == [tmp_path / "a.png", tmp_path / "b.png"]
+    with pytest.raises(UserError, match=r"list.txt:1: expected 'relative/path label', got 'a.png cat'$"):
+        id_set(tmp_path / "list.txt", ["cat", "dog"])
+
+
 def test_a_folder_or_image_named_with_two_colons_is_itself_not_a_list(tmp_path):
     """``d::x`` and ``e::f.png`` exist: they were read as ROOT::LIST, and stopped with 'PATH x: no
     such image-list file'; a ROOT::LIST.txt that is no file's name is still a list."""
