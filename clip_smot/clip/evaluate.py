@@ -229,10 +229,11 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     check_train_apart(train_paths, [("the ID set (--id)" if s.name == "id" else f"the OOD set {s.name} (--ood)", s.paths)
                                     for s in sets])
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
+    recorded = config.get("data") if fitted and not cfg.id_train and isinstance(config, dict) else None
     check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
                                                       for s in sets for p in s.paths),
                                            *(("ID-train image", p) for p in train_paths)],
-                        read_folders, writes=_WRITES)
+                        [*read_folders, ("the ID-train folder the prompt records", recorded)], writes=_WRITES)
     start = time.monotonic()
     with kept_workers():  # (the decoding processes started once for the ID-train, ID and OOD sets)
         if fitted:

@@ -238,6 +238,9 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
     fitted = {}
     if any(n in TRAIN_FITTED for n in names):
         train = _train_set(cfg.id_train, meta)
+        if not cfg.id_train and meta["config"].get("dataset") not in ("cifar10", "cifar100"):  # (a torchvision root)
+            check_output_folder(cfg.out, "--out", folders=[("the training data folder the model file records",
+                                                            meta["config"].get("data"))], writes=REPORT_FILES)
         check_train_apart(train.files or (), [("the ID set (--id)" if s is id_set else f"the OOD set {s.name} (--ood)",
                                                s.files or ()) for s in (id_set, *ood_sets.values())])
         fitted = _fit(run(train, False), model.get_classifier(), names)

@@ -199,6 +199,32 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
         id_train_paths(str(prompt), {"test": True}, None, None)
 
 
+def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                        monkeypatch):
+    """Without --id-train the fitted scores read the prompt's own data folder, but an --out inside
+    it was not refused (an --id-train folder given is): the report went into a class folder of
+    the training images, where the next fit would train on scores_hist.png."""
+    from clip_smot.clip import scorer as scorer_module
+    from clip_smot.clip.prompt_file import save_prompt
+
+    root = _train_folder(tmp_path / "data" / "train", n_per_class=2)
+    prompt = tmp_path / "run" / "prompt.safetensors"
+    prompt.parent.mkdir()
+    g = torch.Generator().manual_seed(0)
+    save_prompt(prompt, torch.randn(4, 32, generator=g), _unit(3, 32), tiny.identity(), 4, "end", False,
+                list(CLASSES), {"data": str(root), "shots": 1, "seed": 3, "split": None})
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=1)
+    monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
+    out = root / "red" / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"x={ood_dir}", "--scores", "mcm,react", "--workers", "0",
+                                   "--out", str(out)])
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: --out {out}: is inside the ID-train folder the prompt records {root}, whose files are read as "
+        "input; write to a place outside it")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("field, value, error", [
     # without a recorded SHA-256, shots -3 kept all but 3 images of each class, saying nothing
     ("shots", -3, r"shots must be a positive integer, not -3$"),

@@ -381,6 +381,20 @@ def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, 
     assert r.exit_code == 0, r.output  # (no fitted score: the training images are not read)
 
 
+def test_eval_refuses_an_out_inside_the_training_data_the_model_file_records(folders, ood_dir, base_model, tmp_path):
+    """Without --id-train, react, knn and vim read the folder the model was trained on, but an --out
+    inside it was not refused (an --id-train folder given is): the report went into a class folder
+    of the training images, and the next train --resume on them found other images."""
+    out = folders / "train" / "cat" / "eval"
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders / "val"), "--ood",
+                                 f"x={ood_dir}", "--scores", "msp,react", "--device", "cpu", "--workers", "0",
+                                 "--out", str(out)])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --out {out}: is inside the training data folder the model file records {folders}, whose files are "
+        "read as input; write to a place outside it")
+    assert not out.exists()
+
+
 def test_eval_refuses_an_ood_folder_holding_the_bundled_digits_test_images(tmp_path, monkeypatch):
     """--id digits came without its files: an --ood folder of the digits' own val/ images was not
     compared with them, and the table said AUROC 50.00 with exit code 0. The photos set, built in
