@@ -41,6 +41,7 @@ from clip_smot.common.image_sets import (
     id_class_folders,
     id_set,
     image_set,
+    imagenet_wnid_names,
 )
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 
@@ -265,6 +266,11 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
         builtin = cfg.id_data in BUILTIN_ID
         classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
+        stray = [f for f in folders or () if f not in imagenet_wnid_names()]
+        if folders and 0 < len(stray) < len(folders) and writes_outputs():  # (its prompts name the wnids)
+            print(f"note: --id {cfg.id_data}: {len(folders) - len(stray)} of its {len(folders)} class folders are "
+                  f"ImageNet wnids, but {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} not: the folder "
+                  "names are the class names, so the prompts name wnids", file=sys.stderr)
         scorer = PromptScorer.zero_shot(
             classnames, cfg.model or DEFAULT_ZERO_SHOT_MODEL[0],
             cfg.pretrained if cfg.pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], cfg.device,

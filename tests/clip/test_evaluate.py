@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,23 @@ def test_zero_shot_on_a_folder_named_digits_takes_its_classes_from_the_folder(tm
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert report["n_images"]["id"] == 2 and report["id_accuracy"] in (0.0, 50.0, 100.0)
+
+
+def test_zero_shot_on_wnid_folders_and_a_stray_one_is_a_note(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """--zero-shot --id DIR with wnid folders and one that is not read every folder name as a
+    class name without a word: its prompts were "a photo of a n01440764." instead of "tench"."""
+    for k, c in enumerate(("n01440764", "n01443537", "misc")):
+        _img(tmp_path / "id" / "val" / c / "0.png", 60 * k)
+    _img(tmp_path / "ood" / "0.png", 200)
+    base = ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint, "--ood",
+            f"o={tmp_path / 'ood'}", "--workers", "0", "--no-cache"]
+    res = CliRunner().invoke(cli, [*base, "--id", str(tmp_path / "id"), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert (f"note: --id {tmp_path / 'id'}: 2 of its 3 class folders are ImageNet wnids, but misc not: the folder "
+            "names are the class names, so the prompts name wnids") in res.stderr
+    shutil.rmtree(tmp_path / "id" / "val" / "misc")
+    res = CliRunner().invoke(cli, [*base, "--id", str(tmp_path / "id"), "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 0 and "note:" not in res.stderr, res.output
 
 
 def test_zero_shot_with_an_empty_pretrained_is_random_weights_not_openai(tmp_path, tiny_clip_config):
