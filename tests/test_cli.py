@@ -73,6 +73,11 @@ BAD_FLAGS = [
     (["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", ""],
      "Invalid value for '--out': an empty path"),
     (["train", "--data", "", "--out", "o"], "Invalid value for '--data': an empty path"),
+    # --id "" read the working directory as the ID set; --id-train "" took the model's own data
+    (["eval", "--checkpoint", "m.safetensors", "--id", "", "--ood", "a=b", "--out", "e"],
+     "Invalid value for '--id': an empty path"),
+    (["eval", "--zero-shot", "--id", "x", "--id-train", "", "--ood", "a=b", "--out", "e"],
+     "Invalid value for '--id-train': an empty path"),
     (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
     (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
     (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],

@@ -41,9 +41,9 @@ class EvalConfig(JsonConfig):
     """The options of ``clip-smot eval`` that both tracks take (each track's config adds its own)."""
 
     id_data: str = setting(help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).",
-                           flag="--id")
+                           flag="--id", path="any")
     id_train: str | None = setting(None, "ID training data for the KNN/ViM/ReAct statistics (default: ResNet, from "
-                                   "the checkpoint; CLIP, the prompt's own few-shot images).")
+                                   "the checkpoint; CLIP, the prompt's own few-shot images).", path="any")
     ood: dict[str, str | None] = setting(help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; "
                                          "repeatable.")  # name -> folder or image list, None: the built-in set
     scores: str | None = setting(None, "Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
