@@ -16,6 +16,7 @@ Outputs go through :func:`clip_smot.common.reports.write_reports`, like the CLIP
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,9 @@ def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
                           download=not cfg.get("data"))  # (not into a folder the model file names)
     except UserError as e:
         raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
+    if cfg.get("data"):  # (the model file names the folder read, maybe relative to where it was trained: said)
+        print(f"note: the fitted scores use the {len(s)} training images of {os.path.abspath(cfg['data'])}, the "
+              f"folder {meta['path']} records; --id-train DIR names another", file=sys.stderr)
     return resize_set(s, meta["input_size"])
 
 
@@ -237,10 +241,10 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
 
     fitted = {}
     if any(n in TRAIN_FITTED for n in names):
-        train = _train_set(cfg.id_train, meta)
         if not cfg.id_train and meta["config"].get("dataset") not in ("cifar10", "cifar100"):  # (a torchvision root)
             check_output_folder(cfg.out, "--out", folders=[("the training data folder the model file records",
                                                             meta["config"].get("data"))], writes=REPORT_FILES)
+        train = _train_set(cfg.id_train, meta)
         check_train_apart(train.files or (), [("the ID set (--id)" if s is id_set else f"the OOD set {s.name} (--ood)",
                                                s.files or ()) for s in (id_set, *ood_sets.values())])
         fitted = _fit(run(train, False), model.get_classifier(), names)

@@ -374,11 +374,29 @@ def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, 
                        (["--ood", f"cats={folders / 'train' / 'cat'}", "--scores", "msp,knn"],  # (default --id-train)
                         "20 of the 20 images of the OOD set cats (--ood)")]:
         r = CliRunner().invoke(cli, [*base, *args])
-        assert r.exit_code == 1 and r.output.startswith(f"Error: --id-train: {what} are ID training images too")
-        assert len(r.output.strip().splitlines()) == 1
+        lines = r.output.strip().splitlines()  # (the default --id-train's note first: see the test below)
+        assert r.exit_code == 1 and lines[-1].startswith(f"Error: --id-train: {what} are ID training images too")
+        assert len(lines) == 1 + ("--id-train" not in args)
     assert not (tmp_path / "e").exists()
     r = CliRunner().invoke(cli, [*base, "--ood", f"cats={folders / 'train' / 'cat'}", "--scores", "msp"])
     assert r.exit_code == 0, r.output  # (no fitted score: the training images are not read)
+
+
+def test_eval_names_the_training_folder_the_model_file_records_in_a_note(folders, ood_dir, tmp_path, monkeypatch):
+    """A model file records --data as train was given it, maybe relative ("data"): without
+    --id-train, eval run elsewhere read another folder of that name for react, knn and vim without
+    a word. A note names the folder read, as the CLIP track's eval does for a prompt's data."""
+    model = _untrained_model(tmp_path / "m.safetensors", config={"data": "data"})
+    monkeypatch.chdir(folders.parent)
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(model), "--id", "data/val", "--ood", f"x={ood_dir}",
+                                 "--scores", "msp,react", "--device", "cpu", "--workers", "0", "--out",
+                                 str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[0] == (f"note: the fitted scores use the 60 training images of {folders}, the "
+                                        f"folder {model} records; --id-train DIR names another")
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(model), "--id", "data/val", "--ood", f"x={ood_dir}",
+                                 "--scores", "msp", "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0 and "note:" not in r.stderr, r.output  # (no fitted score: nothing read)
 
 
 def test_eval_refuses_an_out_inside_the_training_data_the_model_file_records(folders, ood_dir, base_model, tmp_path):
