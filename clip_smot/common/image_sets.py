@@ -113,6 +113,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         st = path_stat(path, f"{flag} {list_file}:{n}:")
         if st is None or not stat.S_ISREG(st.st_mode):
             what = "does not exist" if st is None else "is not a regular file (a folder, FIFO or device)"
+            if st is None and len(parts) == 2 and label_number(parts[1]) is None:  # ('IMG 001.jpg', labels ignored)
+                what += " (a line's path and label are split at white space: a listed path holds none)"
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         found = True
         yield path, label

@@ -429,6 +429,12 @@ def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     assert image_set("x", tmp_path / "list.txt").paths == [tmp_path / "a.png", tmp_path / "b.png"]
     with pytest.raises(UserError, match=r"list.txt:1: expected 'relative/path label', got 'a.png cat'$"):
         id_set(tmp_path / "list.txt", ["cat", "dog"])
+    # a path with a space was 'expected relative/path label' here too: now its first word is the path
+    Image.new("RGB", (4, 4)).save(tmp_path / "IMG 001.png")
+    (tmp_path / "list.txt").write_text("IMG 001.png\n")
+    with pytest.raises(UserError, match=r"list.txt:1: .*IMG does not exist \(a line's path and label are split at "
+                                        r"white space: a listed path holds none\)$"):
+        image_files(tmp_path / "list.txt", "PATH")
 
 
 def test_a_folder_or_image_named_with_two_colons_is_itself_not_a_list(tmp_path):
