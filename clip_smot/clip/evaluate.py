@@ -79,7 +79,7 @@ BUILTIN_OOD = ("photos", "textures")
 
 def _builtin_id(where: str, size: int) -> str:
     """The bundled digits' val folder for ``--id digits``, or ``where`` itself when it is a path."""
-    if where not in BUILTIN_ID:
+    if where.lower() not in BUILTIN_ID:  # (in any case, as a bare --ood NAME)
         return where
     if Path(where).exists() and writes_outputs():  # (as a bare --ood NAME: said, not done silently)
         print(f"note: --id {where} is the built-in set; ./{where} names the folder of that name here", file=sys.stderr)
@@ -263,7 +263,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     the class folders its class names go with (None: not known) and the report's title. A
     prompt's checkpoint file found by its name is appended to ``inputs`` (it is read too)."""
     if cfg.zero_shot:
-        builtin = cfg.id_data in BUILTIN_ID
+        builtin = cfg.id_data.lower() in BUILTIN_ID
         classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
         stray = [f for f in folders or () if f not in imagenet_wnid_names()]

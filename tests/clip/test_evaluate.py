@@ -253,6 +253,7 @@ def test_a_bare_id_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tm
     assert Path(clip_eval._builtin_id("digits", 32)) == ensure_digits(32) / "val"
     assert "note: --id digits is the built-in set; ./digits names the folder" in capsys.readouterr().err
     assert clip_eval._builtin_id("./digits", 32) == "./digits"
+    assert Path(clip_eval._builtin_id("Digits", 32)) == ensure_digits(32) / "val"  # (any case, as --ood photos)
     assert clip_eval._builtin_id(str(tmp_path / "elsewhere"), 32) == str(tmp_path / "elsewhere")
 
 
