@@ -106,6 +106,9 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
         if name == "imagenet200" and not root:
             raise UserError(f"{flag} imagenet200: the model was not trained on it from a known folder; "
                             f"pass {flag} IMAGENET_DIR/{split}")
+        if name == "imagenet200":  # (the model file names the folder, maybe relative to where it was trained: said)
+            print(f"note: {flag} imagenet200 reads {os.path.abspath(os.path.join(root, split))}, the folder "
+                  f"{meta['path']} records; {flag} DIR names another", file=sys.stderr)
         if name in ("cifar10", "cifar100"):
             s = _read_only_root(lambda r, d: load_id_split(name, r, split, size, flag=flag, download=d), root)
         else:

@@ -399,6 +399,26 @@ def test_eval_names_the_training_folder_the_model_file_records_in_a_note(folders
     assert r.exit_code == 0 and "note:" not in r.stderr, r.output  # (no fitted score: nothing read)
 
 
+def test_eval_names_the_imagenet200_folder_the_model_file_records_in_a_note(ood_dir, tmp_path, monkeypatch):
+    """--id imagenet200 reads IMAGENET/val of the folder the model file records, maybe relative:
+    run elsewhere, another folder of that name was evaluated without a word. A note names it."""
+    from clip_smot.common.bundled import imagenet200_wnids
+
+    wnids = imagenet200_wnids()
+    for w in wnids:
+        (tmp_path / "inet" / "val" / w).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (len(w), 0, 0)).save(tmp_path / "inet" / "val" / w / "0.png")
+    model = _untrained_model(tmp_path / "m.safetensors", classnames=wnids,
+                             config={"dataset": "imagenet200", "data": "inet"})
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(model), "--id", "imagenet200", "--ood", f"x={ood_dir}",
+                                 "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[0] == (f"note: --id imagenet200 reads {tmp_path / 'inet' / 'val'}, the folder "
+                                        f"{model} records; --id DIR names another")
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_id"] == 200
+
+
 def test_eval_refuses_an_out_inside_the_training_data_the_model_file_records(folders, ood_dir, base_model, tmp_path):
     """Without --id-train, react, knn and vim read the folder the model was trained on, but an --out
     inside it was not refused (an --id-train folder given is): the report went into a class folder
