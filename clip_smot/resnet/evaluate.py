@@ -239,14 +239,19 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
     model, meta = load_model(cfg.checkpoint, dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(1, 3, 1, 1)
+    # the folder the model file records is read for the fitted scores without --id-train, and for
+    # --id or --id-train imagenet200 (not a CIFAR root: torchvision's files, no images)
+    fitted_needed = any(n in TRAIN_FITTED for n in names)
+    reads_recorded = (fitted_needed and not cfg.id_train) or "imagenet200" in (cfg.id_data.lower(),
+                                                                              (cfg.id_train or "").lower())
+    if reads_recorded and meta["config"].get("dataset") not in ("cifar10", "cifar100"):
+        check_output_folder(cfg.out, "--out", folders=[("the training data folder the model file records",
+                                                        meta["config"].get("data"))], writes=REPORT_FILES)
     id_set, ood_sets = _load_sets(cfg, meta, inputs, folders)
     run = lambda s, odin: _forward(model, s, mean, std, cfg.batch_size, dev, cfg.workers, odin)  # noqa: E731
 
     fitted = {}
-    if any(n in TRAIN_FITTED for n in names):
-        if not cfg.id_train and meta["config"].get("dataset") not in ("cifar10", "cifar100"):  # (a torchvision root)
-            check_output_folder(cfg.out, "--out", folders=[("the training data folder the model file records",
-                                                            meta["config"].get("data"))], writes=REPORT_FILES)
+    if fitted_needed:
         train = _train_set(cfg.id_train, meta)
         check_train_apart(train.files or (), [("the ID set (--id)" if s is id_set else f"the OOD set {s.name} (--ood)",
                                                s.files or ()) for s in (id_set, *ood_sets.values())])

@@ -417,6 +417,12 @@ def test_eval_names_the_imagenet200_folder_the_model_file_records_in_a_note(ood_
     assert r.stderr.splitlines()[0] == (f"note: --id imagenet200 reads {tmp_path / 'inet' / 'val'}, the folder "
                                         f"{model} records; --id DIR names another")
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_id"] == 200
+    out = tmp_path / "inet" / "val" / wnids[0] / "eval"  # (inside the set read: refused, before the note)
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(model), "--id", "imagenet200", "--ood", f"x={ood_dir}",
+                                 "--device", "cpu", "--workers", "0", "--out", str(out)])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --out {out}: is inside the training data folder the model file records inet, whose files are "
+        "read as input; write to a place outside it")
 
 
 def test_eval_refuses_an_out_inside_the_training_data_the_model_file_records(folders, ood_dir, base_model, tmp_path):
