@@ -6,11 +6,12 @@ import contextlib
 import gc
 import hashlib
 import os
+import socket
 from typing import Any, Callable, Sequence
 
 import torch
 
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import output_lock
 
 __all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes_outputs", "writer_lock", "share_work"]
@@ -21,8 +22,9 @@ def torchrun_env() -> tuple[int, int, int]:
     (a ``RANK`` left in the environment of one process is not read: that process writes).
 
     Raises:
-        UserError: a variable that is no whole number, a rank outside [0, WORLD_SIZE), or, with
-            WORLD_SIZE > 1, one of what torchrun sets missing (torch.distributed's traceback).
+        UserError: a variable that is no whole number, a rank outside [0, WORLD_SIZE), a
+            MASTER_PORT that is no port, or, with WORLD_SIZE > 1, one of what torchrun sets
+            missing (torch.distributed's traceback).
     """
     def number(name: str, default: str) -> int:
         text = os.environ.get(name, "") or default
@@ -44,6 +46,9 @@ def torchrun_env() -> tuple[int, int, int]:
     if not (0 <= rank < world and 0 <= local_rank < world):
         raise UserError(f"$RANK {rank}, $LOCAL_RANK {local_rank}: not in [0, WORLD_SIZE {world}); run under torchrun, "
                         "which sets them")
+    port = number("MASTER_PORT", "0")
+    if not 0 < port < 65536:  # (torch.distributed's ValueError's traceback; 0, a free port, no other rank can find)
+        raise UserError(f"$MASTER_PORT {port}: not a port (1 to 65535); run under torchrun, which sets it")
     return rank, local_rank, world
 
 
@@ -63,7 +68,16 @@ def process_group(device: str):
     started = world > 1 and not torch.distributed.is_initialized()
     if started:
         cuda = device != "cpu" and torch.cuda.is_available()
-        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        address = f"$MASTER_ADDR {os.environ['MASTER_ADDR']}, $MASTER_PORT {os.environ['MASTER_PORT']}"
+        try:  # (a name that does not resolve: every rank would retry for the group's 30 minutes)
+            socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
+        except (OSError, UnicodeError) as e:
+            raise UserError(f"{address}: the address cannot be found ({e}); run under torchrun, which sets "
+                            "them") from None
+        try:
+            torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        except torch.distributed.DistError as e:  # (a port another program holds: the store cannot listen there)
+            raise UserError(f"{address}: the process group cannot start ({first_line(e)})") from None
     try:
         yield rank, local_rank, world
         if started:

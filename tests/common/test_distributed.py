@@ -163,6 +163,12 @@ def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
      "$RANK 0, $LOCAL_RANK 2: not in [0, WORLD_SIZE 2)"),
     ({"WORLD_SIZE": "2", "RANK": "-1", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
      "$RANK -1, $LOCAL_RANK 0: not in [0, WORLD_SIZE 2)"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "abc"},
+     "$MASTER_PORT 'abc': not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "99999"},
+     "$MASTER_PORT 99999: not a port (1 to 65535)"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "0"},
+     "$MASTER_PORT 0: not a port (1 to 65535)"),  # (rank 0 would listen on a free port no other rank knows)
 ])
 def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
     """WORLD_SIZE=2 alone was torch.distributed's traceback (RANK expected), WORLD_SIZE=abc int()'s,
@@ -179,6 +185,54 @@ def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
     with pytest.raises(UserError) as e:
         torchrun_env()
     assert str(e.value).startswith(expected)
+
+
+def _variables_of_rank_0(monkeypatch, address: str, port: int) -> None:
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", address),
+                        ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+
+
+def test_a_port_another_program_holds_is_one_line(monkeypatch):
+    """Variables set by hand, MASTER_PORT a port in use: torch.distributed's DistNetworkError
+    traceback (EADDRINUSE); now one line naming the port."""
+    import socket
+
+    from clip_smot.common.distributed import process_group
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        _variables_of_rank_0(monkeypatch, "127.0.0.1", port)
+        with pytest.raises(UserError) as e:
+            with process_group("cpu"):
+                pass
+    assert str(e.value).startswith(f"$MASTER_ADDR 127.0.0.1, $MASTER_PORT {port}: the process group cannot start (")
+    assert "address already in use" in str(e.value) and not torch.distributed.is_initialized()
+
+
+def test_a_master_address_that_does_not_resolve_is_one_line(monkeypatch):
+    """MASTER_ADDR a name no resolver knows: rank 0 retried connecting to its own store for the
+    group's 30 minutes (a warning every few seconds); now one line before any store is made."""
+    import socket
+
+    import clip_smot.common.distributed as distributed
+
+    def unknown(host, *args, **kwargs):
+        assert host == "nosuch.invalid"
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def waits(*args, **kwargs):
+        pytest.fail("init_process_group would retry the address for 30 minutes")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    monkeypatch.setattr(torch.distributed, "init_process_group", waits)
+    _variables_of_rank_0(monkeypatch, "nosuch.invalid", 29500)
+    with pytest.raises(UserError, match=r"^\$MASTER_ADDR nosuch\.invalid, \$MASTER_PORT 29500: the address cannot be "
+                                        r"found \(.*Name or service not known\)"):
+        with distributed.process_group("cpu"):
+            pass
 
 
 def _torchrun_in(cache, monkeypatch, args) -> str:
