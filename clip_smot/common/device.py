@@ -33,7 +33,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     ``cuda:LOCAL_RANK``.
     """
     if name in ("auto", "cuda") and torchrun_env()[2] > 1 and torch.cuda.is_available():
-        return torch.device("cuda", torchrun_env()[1])
+        local_rank, n = torchrun_env()[1], torch.cuda.device_count()
+        if local_rank >= n:  # (CUDA's "invalid device ordinal" traceback, in that process only)
+            raise UserError(f"--device {name}: under torchrun local rank {local_rank} runs on cuda:{local_rank}, and "
+                            f"this machine has {n} CUDA device{'s' * (n > 1)} (cuda:0 to cuda:{n - 1}); start at most "
+                            f"{n} process{'es' * (n > 1)} a machine (--nproc_per_node)")
+        return torch.device("cuda", local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -496,7 +496,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
-    device, precision = _device(cfg, local_rank, world)
+    device, precision = _device(cfg, world)
     cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)
     if rank == 0 and not dry_run:
@@ -515,13 +515,13 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     return _export(cfg, run, device, rank, world)
 
 
-def _device(cfg: TrainConfig, local_rank: int, world: int) -> tuple[torch.device, str]:
+def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:
     """The training device (this process's GPU under torchrun) and the precision."""
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
+        device = resolve_device("cuda")  # (cuda:LOCAL_RANK, a GPU this machine has)
         torch.cuda.set_device(device)
     return device, resolve_precision(cfg.precision, device)
 

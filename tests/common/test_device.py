@@ -61,6 +61,36 @@ def test_auto_is_cuda_where_there_is_one_and_under_torchrun_the_local_ranks_gpu(
         torch.device("cuda", 1), torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")]
 
 
+def test_torchrun_of_more_processes_than_gpus_is_refused_in_one_line(monkeypatch):
+    """torchrun --nproc_per_node 2 on a machine of one GPU: local rank 1 was given cuda:1, and
+    died on CUDA's "invalid device ordinal" traceback. Now one line in the process with no GPU;
+    local rank 0 still gets cuda:0, and a run without torchrun is not affected."""
+    import torch
+
+    from clip_smot.common.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(name, value)
+    for name in ("auto", "cuda"):
+        with pytest.raises(UserError, match=rf"^--device {name}: under torchrun local rank 1 runs on cuda:1, and this "
+                                            r"machine has 1 CUDA device \(cuda:0 to cuda:0\); start at most 1 process "
+                                            r"a machine \(--nproc_per_node\)$"):
+            resolve_device(name)
+    from clip_smot.resnet.train import TrainConfig, _device
+
+    set_device = []
+    monkeypatch.setattr(torch.cuda, "set_device", set_device.append)
+    with pytest.raises(UserError, match=r"^--device cuda: under torchrun local rank 1 runs on cuda:1"):
+        _device(TrainConfig(out="o", data="d", device="cuda:0"), 2)  # (train puts each process on its GPU)
+    assert set_device == []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
 def test_one_gpu_is_named_in_the_singular_and_torchrun_without_cuda_runs_on_the_cpu(monkeypatch):
     """A machine of one GPU: "1 CUDA device (cuda:0 to cuda:0)". Under torchrun on a machine
     without CUDA (gloo on CPUs), auto is the CPU, not cuda:LOCAL_RANK of a GPU there is not."""
