@@ -55,7 +55,7 @@ from clip_smot.common.device import (
     resolve_precision,
     seed_everything,
 )
-from clip_smot.common.distributed import process_group, writer_lock
+from clip_smot.common.distributed import every_rank, process_group, writer_lock
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
@@ -552,6 +552,12 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
                         f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
                         f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
     data_sha256 = _fingerprint(train_set)
+    # each process reads the data itself: a folder changed meanwhile would have them train on other
+    # images in step, or, with other counts, wait in unmatched collectives for gloo's 30 minutes
+    if len(set(every_rank(data_sha256))) > 1:
+        raise UserError(f"--data {cfg.data or cfg.dataset}: the {world} processes read other training images (were "
+                        "files added, removed or changed while they read them?); run again once the data stays as it "
+                        "is")
     if ckpt is not None and ckpt.get("data_sha256") not in (None, data_sha256):  # (None: saved before the check)
         raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
                         f"saved in {out} (images added, removed or changed); resume on the same images")

@@ -530,6 +530,42 @@ def test_under_torchrun_every_rank_stops_when_another_command_holds_out(folders,
     assert code != 0 and stderr.count(f"Error: --out {out}: another clip-smot command is writing it now") == 2
 
 
+def _train_in_process(rank: int, store: str, data: list, out: str) -> None:
+    """One of two processes of a gloo group, as under torchrun, each reading its own ``data[rank]``."""
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", str(rank)), ("LOCAL_RANK", str(rank)),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):  # (what torchrun sets)
+        os.environ[name] = value  # (the group is made here, from a file: no port is used)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        run_train(_cfg(data[rank], out, epochs=1))
+        error = ""
+    except UserError as e:
+        error = str(e)
+    Path(f"{out}.{rank}.txt").write_text(error)
+    torch.distributed.destroy_process_group()
+
+
+def test_processes_that_read_other_training_images_all_stop(folders, tmp_path):
+    """Each process reads --data itself: one image changed between their reads had them train
+    on other images in step without a word (rank 0's fingerprint saved as the run's), and other
+    numbers of images had one wait for the other's steps for gloo's 30 minutes. Now both stop
+    in one line before training, and nothing is written."""
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(folders, changed)
+    first = sorted((changed / "train").rglob("*.png"))[0]
+    Image.new("RGB", Image.open(first).size, (0, 0, 0)).save(first)
+    out = tmp_path / "run"
+    torch.multiprocessing.spawn(_train_in_process, args=(str(tmp_path / "store"), [str(folders), str(changed)],
+                                                         str(out)), nprocs=2)
+    for rank, data in enumerate((folders, changed)):
+        assert (tmp_path / f"run.{rank}.txt").read_text() == (
+            f"--data {data}: the 2 processes read other training images (were files added, removed or changed while "
+            "they read them?); run again once the data stays as it is")
+    assert not out.exists() or os.listdir(out) == []
+
+
 def test_the_warning_filters_a_run_sets_are_the_runs(folders, tmp_path, monkeypatch):
     """DDP's stride warning is filtered on the CPU (above); a library caller of run_train gets its
     own filters back afterwards, not the run's."""
