@@ -414,10 +414,10 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         UserError: bad data or flags, a missing/unsuitable ``--cam-model``, an existing run in
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
-    with process_group(cfg.device) as (rank, local_rank, world):
+    with process_group(cfg.device) as (rank, _, world):  # (the local rank picks the GPU: resolve_device)
         with writer_lock(cfg.out, folder=True) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
             with warnings.catch_warnings():  # (the filters the run sets are the run's: a caller's come back)
-                return _run(cfg, resume, dry_run, stop_after, rank, local_rank, world, flags)
+                return _run(cfg, resume, dry_run, stop_after, rank, world, flags)
 
 
 def _check_outputs(cfg: TrainConfig) -> None:
@@ -481,8 +481,8 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     return TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs})), ckpt, download
 
 
-def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, local_rank: int,
-         world: int, flags: Collection[str] | None = None) -> dict:
+def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, world: int,
+         flags: Collection[str] | None = None) -> dict:
     """:func:`run_train` in one process: resolve (and resume), data, build, the epochs, export."""
     out = Path(cfg.out)
     rf.check_start(out, resume, dry_run, "model.safetensors")
