@@ -42,7 +42,15 @@ from clip_smot.clip.prompt_file import CLASS_POSITIONS, classnames_problem
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
 from clip_smot.common.bundled import imagenet_wnids
-from clip_smot.common.configs import MAX_BATCH, MAX_SEED, MAX_WORKERS, check_field_types, check_ranges, setting
+from clip_smot.common.configs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_SGD_FACTOR,
+    MAX_WORKERS,
+    check_field_types,
+    check_ranges,
+    setting,
+)
 from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -102,11 +110,11 @@ class FitConfig:
     # optimisation (CoOp's ImageNet recipe, docs/method.md §2)
     epochs: int = setting(50, min=1)
     batch_size: int = setting(32, min=1, max=MAX_BATCH)  # original images per step (SMOT adds as many masked copies)
-    lr: float = setting(0.002, min=0, min_open=True)  # SGD, cosine over the epochs after warm-up
+    lr: float = setting(0.002, min=0, min_open=True, max=MAX_SGD_FACTOR)  # SGD, cosine over the epochs after warm-up
     momentum: float = setting(0.9, min=0, max=1)
-    weight_decay: float = setting(5e-4, min=0)
+    weight_decay: float = setting(5e-4, min=0, max=MAX_SGD_FACTOR)
     warmup_epochs: int = setting(1, min=0)  # epochs at the constant warm-up lr
-    warmup_lr: float = setting(1e-5, min=0, min_open=True)
+    warmup_lr: float = setting(1e-5, min=0, min_open=True, max=MAX_SGD_FACTOR)
     crop_scale: float = setting(0.08, flag=False, min=0, max=1, min_open=True)  # smallest area of the random crop
     precision: str = setting("bf16", choices=PRECISIONS)  # autocast around the encoders; the context stays fp32
     text_residual: str = setting("fp32", "Text tower's residual stream: fp32, or in --precision (the whole tower in "

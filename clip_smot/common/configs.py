@@ -16,7 +16,7 @@ from typing import Any
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import parse_json
 
-__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
+__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "MAX_SGD_FACTOR", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
            "setting"]
 
 
@@ -27,6 +27,11 @@ MAX_WORKERS = 256  # --workers: decoding threads or processes; each process hold
 
 
 MAX_BATCH = 4096  # --batch-size: a batch of 224-pixel images in fp32 is 2.4 GiB at this size, decoded at once
+
+
+# SGD's step converts the lr and the weight decay to the float32 of the weights (its largest value
+# is 3.4e38): a larger one stopped the first step with a traceback
+MAX_SGD_FACTOR = 1e38
 
 
 def setting(default: Any = dataclasses.MISSING, help: str | None = None, *, flag: str | bool | None = None,

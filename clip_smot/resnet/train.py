@@ -42,6 +42,7 @@ from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import (
     MAX_BATCH,
     MAX_SEED,
+    MAX_SGD_FACTOR,
     MAX_WORKERS,
     JsonConfig,
     check_field_types,
@@ -99,9 +100,6 @@ DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits":
 DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
 PAPER_EPOCHS = {"base": 200, "smot": 300}
 BASE_MILESTONES = (0.4, 0.7)  # lr / 10 at 80/200 and 140/200 of the epochs
-# SGD's step converts the lr and the weight decay to the float32 of the weights (its largest value
-# is 3.4e38): a larger one stopped the first step with a traceback
-MAX_SGD_FACTOR = 1e38
 CHECKPOINT_FORMAT = "clip-smot-train-checkpoint"
 _FILES = (rf.CONFIG, rf.LOG, rf.CHECKPOINT, "model.safetensors", "summary.json")  # under --out
 

@@ -1026,6 +1026,11 @@ def test_check_config_refuses_non_finite_options():
         for value in (float("inf"), float("nan")):
             with pytest.raises(UserError, match=flag):
                 check_config(FitConfig(**{name: value}))
+    # SGD steps in the float32 of the weights (largest 3.4e38): past it the first step was a traceback
+    for name, flag in (("lr", "--lr"), ("warmup_lr", "--warmup-lr"), ("weight_decay", "--weight-decay")):
+        check_config(FitConfig(**{name: 1e38}))
+        with pytest.raises(UserError, match=flag):
+            check_config(FitConfig(**{name: 1e39}))
     # crop_scale has no command-line flag: the message names the FitConfig field, not a "--crop-scale"
     for value, what in ((float("nan"), "must be a finite number"), (0.0, r"must be in \(0, 1\]"), (1.5, "must be in")):
         with pytest.raises(UserError, match=rf"^FitConfig\.crop_scale {value}: {what}"):
