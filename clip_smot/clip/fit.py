@@ -522,7 +522,7 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     option before any slow work (``n_ctx_given``: whether ``--n-ctx`` was given)."""
     from clip_smot.clip.fewshot import split_text
     from clip_smot.clip.model import load_clip
-    from clip_smot.clip.prompt import ctx_init_length
+    from clip_smot.clip.prompt import ctx_init_length, quote_words
 
     t_setup = time.perf_counter()
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
@@ -530,7 +530,7 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     if cfg.ctx_init:  # the context is the words' tokens: n_ctx is their count, and recorded as such
         n_ctx = ctx_init_length(clip.tokenizer, cfg.ctx_init)
         if n_ctx_given and cfg.n_ctx != n_ctx:
-            raise UserError(f"--n-ctx {cfg.n_ctx}: --ctx-init {cfg.ctx_init!r} makes a context of its {n_ctx} "
+            raise UserError(f"--n-ctx {cfg.n_ctx}: --ctx-init {quote_words(cfg.ctx_init)} makes a context of its {n_ctx} "
                             "tokens; leave --n-ctx out")
         cfg = dataclasses.replace(cfg, n_ctx=n_ctx)
     classes, split = _load_data(cfg, clip.image_size)

@@ -45,6 +45,7 @@ __all__ = [
     "CLASS_POSITIONS",
     "PromptLearner",
     "ctx_init_length",
+    "quote_words",
     "TextEncoder",
     "check_text_tower",
     "text_features_from_prompt",
@@ -57,13 +58,23 @@ def _eot_index(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.argmax(dim=-1)
 
 
+def quote_words(ctx_init: str, limit: int = 80) -> str:
+    """``ctx_init`` quoted for a message, cut after ``limit`` characters: a line stays a line."""
+    return repr(ctx_init) if len(ctx_init) <= limit else f"{ctx_init[:limit]!r}... ({len(ctx_init)} characters)"
+
+
 def _words_tokens(tokenize, ctx_init: str) -> tuple[torch.Tensor, int]:
     """The tokens [1, 77] of the words ``ctx_init`` and their count (between the start and end
-    tokens). Raises a UserError for words with no tokens."""
+    tokens). Raises a UserError for words with no tokens, and for words that fill all positions
+    (the tokenizer cuts them there without a word): no class name would fit beside them."""
     tokens = tokenize([ctx_init])  # [1, 77]
-    n_ctx = int(_eot_index(tokens)[0]) - 1
+    n_ctx, L_max = int(_eot_index(tokens)[0]) - 1, tokens.shape[-1]
     if n_ctx < 1:
-        raise UserError(f"--ctx-init {ctx_init!r}: has no tokens")
+        raise UserError(f"--ctx-init {quote_words(ctx_init)}: has no tokens")
+    if n_ctx >= L_max - 2:  # start + words + end fill every position: the words may have been cut, too
+        raise UserError(f"--ctx-init {quote_words(ctx_init)}: its words take {n_ctx} or more of the text encoder's "
+                        f"{L_max} tokens, leaving none for a class name; use words of at most "
+                        f"{L_max - prompt_tokens(0, 1)} tokens")
     return tokens, n_ctx
 
 
@@ -71,7 +82,7 @@ def ctx_init_length(tokenize, ctx_init: str) -> int:
     """n_ctx of a context initialised from the words ``ctx_init``: their token count.
 
     Raises:
-        UserError: words with no tokens.
+        UserError: words with no tokens, or with so many that no class name fits beside them.
     """
     return _words_tokens(tokenize, ctx_init)[1]
 
@@ -88,9 +99,10 @@ def _name_lengths(tokenize, classnames: list[str], n_ctx: int, ctx_init: str | N
     name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()
     n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
     if prompt_tokens(n_ctx, n_name) > L_max:
-        flag = f"--ctx-init {ctx_init!r} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"  # words set n_ctx
+        flag = f"--ctx-init {quote_words(ctx_init)} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"
         fits = L_max - prompt_tokens(0, n_name)
-        hint = f"use at most --n-ctx {fits}" if fits >= 1 else "no context fits beside that name"
+        hint = ("no context fits beside that name" if fits < 1 else  # words set n_ctx: fewer words, then
+                f"use words of at most {fits} tokens" if ctx_init else f"use at most --n-ctx {fits}")
         raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
                         f"{prompt_tokens(n_ctx, n_name)} of the text encoder's {L_max} tokens; {hint}")
     return name_lens

@@ -244,13 +244,23 @@ def test_a_prompt_too_long_for_the_text_encoder_names_the_flag_and_what_fits(cli
                                         r"of the text encoder's 77 tokens; use at most --n-ctx 2$"):
         PromptLearner(clip, ["goldfish", long_name, "cat"], n_ctx=16)
     with pytest.raises(UserError, match=r"^--ctx-init 'a photo of a' \(4 tokens\): the prompt of class .* needs 79 of "
-                                        r"the text encoder's 77 tokens; use at most --n-ctx 2$"):
+                                        r"the text encoder's 77 tokens; use words of at most 2 tokens$"):
         PromptLearner(clip, ["goldfish", long_name], ctx_init="a photo of a")
     with pytest.raises(UserError, match=r"\(74 name tokens\) needs 78 of the text encoder's 77 tokens; "
                                         r"no context fits beside that name$"):
         PromptLearner(clip, ["1" * 74], n_ctx=1)
     with pytest.raises(UserError, match=r"^--ctx-init '  ': has no tokens$"):
         PromptLearner(clip, NAMES, ctx_init="  ")
+    # 80 words of one token each: the tokenizer cut them at 75 without a word, and --n-ctx (which the
+    # words set) was the hint; now one line naming --ctx-init, the words shown cut to their first 80
+    # characters (100 KB of words were echoed whole)
+    for words, shown in ((" ".join(["a"] * 75), "'" + "a " * 40 + "'... (149 characters)"),
+                         (" ".join(["a"] * 80), "'" + "a " * 40 + "'... (159 characters)")):
+        with pytest.raises(UserError) as e:
+            PromptLearner(clip, NAMES, ctx_init=words)
+        assert str(e.value) == (f"--ctx-init {shown}: its words take 75 or more of the text encoder's 77 tokens, "
+                                "leaving none for a class name; use words of at most 73 tokens")
+    PromptLearner(clip, ["cat"], ctx_init=" ".join(["a"] * 73))  # start, 73, 'cat', '.', end: 77 tokens
 
 
 @pytest.mark.parametrize("attention", ["square", "flex"])
