@@ -573,14 +573,15 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
 
     if pretrained in (None, "", "none"):
         return "", "", None, ""
-    if os.path.isfile(pretrained):
+    # a tag is a tag: a file that happens to bear its name in the current folder is given as ./openai
+    tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
+    if os.path.isfile(pretrained) and not tag_cfg:
         overflow = archive_overflow(pretrained)
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
         return (pretrained, sha256_file(pretrained), "quick_gelu" if openai_file else None,
                 f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")
-    tag_cfg = get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"
         if not _tag_is_cached(name, pretrained) and not _hub_reachable():
@@ -594,6 +595,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
                 f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
                 f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
                                                               if pretrained == "openai" else "")
+                + (f"; a file of that name is given as ./{pretrained}" if os.path.isfile(pretrained) else "")
             )
         return pretrained, "", implied, f"the {pretrained} weights of {name}"
     if any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:

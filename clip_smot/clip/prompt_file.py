@@ -114,7 +114,9 @@ class PromptFile:
                 f"{self.path or 'prompt'}: made for model {self.model} ({self.pretrained or 'random weights'}), "
                 f"which is not the model in use, {identity['model']}; pass --model/--pretrained for {self.model}"
             )
-        same_tag = self.pretrained == identity["pretrained"] and not self.checkpoint_sha256
+        # (a file's identity holds its base name: a file named as the prompt's tag is not the tag's weights)
+        same_tag = self.pretrained == identity["pretrained"] and not self.checkpoint_sha256 \
+            and not identity["checkpoint_sha256"]
         same_file = bool(self.checkpoint_sha256) and self.checkpoint_sha256 == identity["checkpoint_sha256"]
         return (same_tag or same_file) and bool(self.pretrained)
 

@@ -54,6 +54,20 @@ def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
                                  "(or OpenAI's own ViT-B-16.pt with --model ViT-B-16)")
 
 
+def test_a_tag_is_a_tag_beside_a_file_of_its_name(tmp_path, monkeypatch):
+    """--pretrained openai in a folder holding a file named openai loaded that file as the tag's
+    weights (and a prompt's recorded tag did the same); a tag is a tag, the file is ./openai."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").write_bytes(b"not the openai weights")
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16", "openai")
+    assert str(e.value).startswith("--pretrained openai: the weights of ViT-B-16 (openai) are not cached")
+    assert str(e.value).endswith("; a file of that name is given as ./openai")
+    with pytest.raises(UserError, match=r"^--model ViT-B-16 --pretrained \./openai: could not load the weights"):
+        load_clip("ViT-B-16", "./openai")
+
+
 def test_a_hugging_face_tokenizer_that_cannot_load_is_one_line_before_the_model_is_built(monkeypatch):
     """--model ViT-B-16-SigLIP (a name of open_clip's registry, whose tokenizer comes from the
     Hugging Face hub) offline, or without the transformers package, built the whole model, then

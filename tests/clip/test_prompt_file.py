@@ -50,6 +50,16 @@ def test_random_weights_are_never_taken_for_the_prompts_own(tmp_path):
     assert load_prompt(tmp_path / "p.safetensors").check_model(random) is False
 
 
+def test_a_file_named_as_the_prompts_tag_is_not_the_tags_weights(tmp_path):
+    """A prompt of the tag openai, scored with a file named openai (its identity: the base name and
+    its SHA-256), took the file for the tag's weights and used its stored text features."""
+    tag = dict(IDENT, pretrained="openai", checkpoint_sha256="")
+    _save(tmp_path / "p.safetensors", identity=tag)
+    prompt = load_prompt(tmp_path / "p.safetensors")
+    assert prompt.check_model(tag) is True
+    assert prompt.check_model(dict(IDENT, pretrained="openai", checkpoint_sha256="ab" * 32)) is False
+
+
 def test_not_safetensors_and_missing_keys(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"this is not a safetensors file at all")
