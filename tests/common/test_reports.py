@@ -215,6 +215,31 @@ def test_each_histogram_panel_is_titled_by_its_score_and_set_and_has_a_legend(tm
     assert titles == want and legends == want
 
 
+def test_the_histogram_draws_at_most_max_hist_sets_and_says_so(tmp_path, monkeypatch):
+    """Its width grew with the OOD sets (210 sets: 85 s and a 67,200-pixel-wide PNG): past
+    MAX_HIST_SETS it draws the first ones, its title saying how many of how many; the tables keep all."""
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    import clip_smot.common.reports as reports
+
+    titles, suptitles = [], []
+    real_title, real_suptitle = Axes.set_title, Figure.suptitle
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, *a, **k: suptitles.append(t) or
+                        real_suptitle(self, t, *a, **k))
+    monkeypatch.setattr(reports, "MAX_HIST_SETS", 2)
+    id_s, ood = _three_sets()
+    report = write_reports(tmp_path, id_s, ood, title="T")
+    assert titles == ["msp: ID vs a", "msp: ID vs b", "neg: ID vs a", "neg: ID vs b"]
+    assert suptitles == ["T (the first 2 of 3 OOD sets; the metrics files hold all)"]
+    assert list(report["metrics"]["msp"]) == ["a", "b", "c", "average"]
+    titles.clear(), suptitles.clear()
+    monkeypatch.setattr(reports, "MAX_HIST_SETS", 3)  # all of them: no note
+    write_reports(tmp_path, id_s, ood, title="T")
+    assert len(titles) == 6 and suptitles == ["T"]
+
+
 def test_csv_has_the_average_line_and_markdown_heads_match_their_cells(tmp_path):
     id_s, ood = _three_sets()
     write_reports(tmp_path, id_s, ood)
