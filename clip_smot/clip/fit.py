@@ -355,7 +355,26 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None, d
                                                     cfg.out))
     if old.get("split") and not resumed.split:  # a run started on a given split goes on with it: its own copy
         resumed = dataclasses.replace(resumed, split=str(Path(cfg.out) / "split.txt"))
+    _check_run_files_there(resumed, old["run"], {"model", "pretrained", "cam_model"} - given,
+                           f"--resume {Path(cfg.out) / rf.CHECKPOINT}")
     return resumed
+
+
+def _check_run_files_there(run: FitConfig, record: dict, fields: Collection[str], where: str) -> None:
+    """Refuse, in one line naming the flag that takes its new path, a file the run read (its
+    ``--model`` JSON, ``--pretrained`` or ``--cam-model`` file, of ``fields``: those not given
+    again) that is no longer at its path: its own "no such file" named a flag not given."""
+    from clip_smot.clip.cam_network import CAM_MODELS
+
+    files = {"model": run.model.endswith(".json") or os.path.sep in run.model,  # (as load_clip reads a path)
+             "pretrained": bool((record.get("clip") or {}).get("checkpoint_sha256")),  # (a tag has none)
+             "cam_model": run.loss != "ce" and run.cam_model not in CAM_MODELS}
+    for field, is_file in files.items():
+        path = getattr(run, field)
+        if field in fields and is_file and not os.path.isfile(path):
+            flag = "--" + field.replace("_", "-")
+            raise UserError(f"{where}: the run's {flag} file {path} is not there (moved?); pass {flag} with its "
+                            "path now")
 
 
 def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
@@ -778,6 +797,8 @@ def export_prompt(cfg: ExportConfig) -> Path:
     saved = _load_checkpoint(path, "--checkpoint")
     config = saved["config"]
     run = FitConfig.from_dict(config)
+    _check_run_files_there(run, config["run"], [k for k in ("model", "pretrained") if getattr(cfg, k) is None],
+                           f"--checkpoint {path}")
     # the run's other inputs too: an export over them would break its --resume
     data = [("the run's --data folder", run.data)] if run.data and Path(run.data).is_dir() else []
     check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),

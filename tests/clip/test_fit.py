@@ -628,6 +628,34 @@ def test_export_of_a_checkpoint_naming_another_model_builds_nothing(one_epoch, t
     assert not (tmp_path / "p.st").exists()
 
 
+def test_a_run_file_moved_away_names_the_flag_to_pass(one_epoch, tiny_clip_config, tiny_clip_checkpoint, tmp_path):
+    """The run's --model JSON and --pretrained file moved: export (given neither flag) said
+    "--model ...: no such model-config JSON file", and --resume the same; now each names the run's
+    file and the flag that takes its new path, one at a time, and with both given export works."""
+    shutil.copytree(one_epoch, tmp_path / "run")
+    gone = tmp_path / "gone"
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+
+    def moved(saved):
+        saved["config"].update(model=str(gone / "clip-smot-tiny.json"), pretrained=str(gone / "tiny.safetensors"))
+    _edit_checkpoint(ckpt, ckpt, moved)
+    export = ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.safetensors"), "--device", "cpu"]
+    res = CliRunner().invoke(cli, export)
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --checkpoint {ckpt}: the run's --model file {gone / 'clip-smot-tiny.json'} is not there (moved?); "
+        "pass --model with its path now")
+    res = CliRunner().invoke(cli, [*export, "--model", tiny_clip_config])
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --checkpoint {ckpt}: the run's --pretrained file {gone / 'tiny.safetensors'} is not there (moved?); "
+        "pass --pretrained with its path now")
+    res = CliRunner().invoke(cli, [*export, "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint])
+    assert res.exit_code == 0 and (tmp_path / "p.safetensors").is_file(), res.output
+    res = CliRunner().invoke(cli, ["fit", "--out", str(tmp_path / "run"), "--resume"])
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --resume {ckpt}: the run's --model file {gone / 'clip-smot-tiny.json'} is not there (moved?); "
+        "pass --model with its path now")
+
+
 def test_bad_export_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for path in (tmp_path / "none.pt", tmp_path / "junk.pt"):
