@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 PERTURBATIONS = ("zero", "one", "noise")
+_TINY_CONC = 1e-300  # Beta parameters below it are scaled up together (see sample_thresholds)
 
 
 def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
@@ -93,7 +94,8 @@ def sample_thresholds(
     The Beta draw uses two Gamma draws (s = g_a / (g_a + g_b)), which accept a generator, so
     runs are reproducible and resumable from the generator's state. The ratio is taken from the
     logs of the draws: for tiny alpha and beta (say 1e-3) both draws underflow to 0 in float64
-    often, and 0 / 0 would be a NaN threshold.
+    often, and 0 / 0 would be a NaN threshold (and when both are below 1e-300, where even the logs
+    overflow, they are scaled up together: the same two ends with the same odds).
 
     Args:
         batch_size: number of thresholds.
@@ -109,6 +111,11 @@ def sample_thresholds(
     if not (0 < alpha < math.inf and 0 < beta < math.inf):  # (Gamma(inf) would never accept a draw)
         raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha}, beta={beta}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
+    if max(alpha, beta) < _TINY_CONC:
+        # both log-draws would overflow to -inf (log(U) / a past float64 for a below ~1e-307), and
+        # -inf - -inf is a NaN threshold; Beta(a, b) of such a, b is Bernoulli(a / (a + b)) at the two
+        # ends to float64's precision, and so is Beta(k a, k b): scaled so that the larger is _TINY_CONC
+        alpha, beta = alpha * (_TINY_CONC / max(alpha, beta)), beta * (_TINY_CONC / max(alpha, beta))
     conc = torch.tensor([alpha, beta], dtype=torch.float64, device=gen_device)
     # torch.distributions.Beta takes no generator, so draw the two Gammas ourselves.
     log_g = _log_gamma(conc.expand(batch_size, 2), generator)  # [B, 2]

@@ -300,6 +300,13 @@ def test_beta_thresholds_tiny_parameters_are_finite():
     s = sample_thresholds(20000, 1e-3, 2e-3, generator=g).double() / 255
     assert torch.isfinite(s).all() and s.mean().item() == pytest.approx(1 / 3, abs=0.015)
     assert torch.isfinite(sample_thresholds(1000, 1e-9, 1e-9, generator=g)).all()
+    # below ~1e-307 both log-draws overflowed to -inf, and -inf - -inf made every threshold NaN (fit then
+    # stopped on a NaN loss, asking for a lower --lr): the same two ends, the same mean a / (a + b)
+    s = sample_thresholds(20000, 1e-320, 1e-320, generator=g).double() / 255
+    assert torch.isfinite(s).all() and ((s == 0) | (s == 1)).all()
+    assert (s < 0.5).double().mean().item() == pytest.approx(0.5, abs=0.02)
+    s = sample_thresholds(20000, 1e-320, 2e-320, generator=g).double() / 255
+    assert torch.isfinite(s).all() and s.mean().item() == pytest.approx(1 / 3, abs=0.015)
 
 
 def test_eps_of_integer_thresholds_is_float32():
