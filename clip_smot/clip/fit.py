@@ -828,6 +828,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
     # tag and a file cannot be compared (a tag's weights as a local file: the usual reason to pass --pretrained)
     sha, ours = theirs["checkpoint_sha256"], clip.checkpoint_sha256
     other = sha != ours if sha and ours else not sha and not ours and theirs["pretrained"] != clip.pretrained
+    other = other or bool(theirs["pretrained"]) != bool(clip.pretrained)  # random weights against any others
     if other:
         print(f"note: the context was trained with the weights {theirs['pretrained'] or 'random'}"
               f"{f' (sha256 {sha[:12]}...)' if sha else ''}, not with {clip.pretrained or 'random weights'}; "

@@ -209,6 +209,13 @@ def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_
     assert res.exit_code == 0, res.output
     assert res.stderr.startswith("note: the context was trained with the weights openai, not with random weights; "
                                  "the text features are encoded with the latter"), res.stderr
+    # a run of a checkpoint file exported with random weights: said nothing (a file and no file were not compared)
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out",
+                                   str(tmp_path / "none2.safetensors"), "--pretrained", "none", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith(f"note: the context was trained with the weights tiny.safetensors (sha256 "
+                                 f"{sha[:12]}...), not with random weights; the text features are encoded with the "
+                                 "latter"), res.stderr
 
 
 def test_config_records_the_device_the_run_ran_on(fit_args, tmp_path, monkeypatch):
