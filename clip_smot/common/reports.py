@@ -134,6 +134,12 @@ def _label(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
 
 
+def _short(name: str, limit: int = 40) -> str:
+    """An --ood name cut for a panel's title and legend: a long one collapsed its panel to nothing
+    (with matplotlib's warning); the tables keep it whole."""
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
 def _histogram(id_scores, ood_scores, title: str) -> bytes:
     """The PNG of the score histograms: ID against each OOD set, one panel per score and set (the
     first :data:`MAX_HIST_SETS` sets, the title saying so when there are more)."""
@@ -156,8 +162,8 @@ def _histogram(id_scores, ood_scores, title: str) -> bytes:
             lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
             bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID", histtype="stepfilled")
-            ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(ood_set), histtype="stepfilled")
-            ax.set_title(_label(f"{score}: ID vs {ood_set}"), fontsize=9)
+            ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(_short(ood_set)), histtype="stepfilled")
+            ax.set_title(_label(f"{score}: ID vs {_short(ood_set)}"), fontsize=9)
             ax.legend(fontsize=7)
     fig.suptitle(_label(title))
     buf = io.BytesIO()

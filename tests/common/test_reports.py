@@ -215,6 +215,23 @@ def test_each_histogram_panel_is_titled_by_its_score_and_set_and_has_a_legend(tm
     assert titles == want and legends == want
 
 
+def test_a_long_set_name_is_cut_in_the_histogram_and_kept_in_the_tables(tmp_path, monkeypatch):
+    """--ood NAME=DIR with a name of 20,000 characters collapsed its panel to nothing, with
+    matplotlib's UserWarning on stderr: the panel's title and legend show its first 37 and '...'."""
+    import warnings
+
+    from matplotlib.axes import Axes
+
+    titles, real_title = [], Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    name = "x" * 20000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {name: {"msp": np.array([0.1, 0.85])}})
+    assert titles == ["msp: ID vs " + "x" * 37 + "..."]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith(f"msp,{name},")
+
+
 def test_the_histogram_draws_at_most_max_hist_sets_and_says_so(tmp_path, monkeypatch):
     """Its width grew with the OOD sets (210 sets: 85 s and a 67,200-pixel-wide PNG): past
     MAX_HIST_SETS it draws the first ones, its title saying how many of how many; the tables keep all."""
