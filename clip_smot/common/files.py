@@ -312,14 +312,20 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
 def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Iterable[tuple[str, Any]] = (),
                         folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] = ()) -> None:
     """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
-    ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or
-    when it is a file, lies inside one of ``folders`` or would replace one of ``inputs`` with a
+    ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or a
+    ``config.json`` of no evaluation (no ``metrics.json`` beside it), or when it is a file, lies inside one of ``folders`` or would replace one of ``inputs`` with a
     file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
     of an output is)."""
     check_output(out, flag, inputs, folders, writes=tuple(writes))
     held = [f for f in RUN_FILES if is_file(Path(out) / f, flag)]
     if held:
         raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
+                        f"(e.g. {Path(out) / 'eval'})")
+    # an evaluation writes its files all or none: a config.json without metrics.json is someone
+    # else's (a user's, a run's stopped before its checkpoint), which eval would replace or remove
+    if is_file(Path(out) / "config.json", flag) and not exists(Path(out) / "metrics.json", flag):
+        raise UserError(f"{flag} {out}: holds a config.json that is not an evaluation's (no metrics.json beside "
+                        f"it), which the evaluation would replace; write the evaluation to another folder "
                         f"(e.g. {Path(out) / 'eval'})")
 
 

@@ -586,3 +586,17 @@ def test_an_eval_out_holding_a_run_names_its_checkpoint_first(tmp_path):
     with pytest.raises(UserError, match=rf"^--out {tmp_path}: holds a training run \(checkpoint.pt\); write the "
                                         rf"evaluation to another folder \(e.g. {tmp_path / 'eval'}\)$"):
         check_output_folder(tmp_path)
+
+
+def test_an_eval_out_holding_a_config_json_of_no_evaluation_is_refused(tmp_path):
+    """`eval --checkpoint` removed, and `eval --prompt` replaced, any config.json in --out as an
+    earlier evaluation's: a user's own settings file went without a word. An evaluation's
+    config.json has its metrics.json beside it (written all or none); another is refused."""
+    (tmp_path / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(UserError, match=rf"^--out {tmp_path}: holds a config.json that is not an evaluation's \(no "
+                                        rf"metrics.json beside it\), which the evaluation would replace; write the "
+                                        rf"evaluation to another folder \(e.g. {tmp_path / 'eval'}\)$"):
+        check_output_folder(tmp_path)
+    assert (tmp_path / "config.json").read_text() == '{"my": "settings"}'
+    (tmp_path / "metrics.json").write_text("{}")  # an earlier evaluation's folder: replaced as a whole
+    check_output_folder(tmp_path)
