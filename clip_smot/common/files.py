@@ -313,20 +313,37 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out", inputs: Ite
                         folders: Iterable[tuple[str, Any]] = (), writes: Iterable[str] = ()) -> None:
     """Raise a UserError when the output folder ``out`` holds a fit or train run, whose
     ``config.json`` and resumable state an evaluation's files would overwrite or mix with, or a
-    ``config.json`` of no evaluation (no ``metrics.json`` beside it), or when it is a file, lies inside one of ``folders`` or would replace one of ``inputs`` with a
-    file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
+    ``config.json`` of no evaluation (no ``metrics.json`` beside it, and not an evaluation's
+    record), or when it is a file, lies inside one of ``folders`` or would replace one of
+    ``inputs`` with a file of ``writes`` (see :func:`check_output`; checked before the slow work, as every check
     of an output is)."""
     check_output(out, flag, inputs, folders, writes=tuple(writes))
     held = [f for f in RUN_FILES if is_file(Path(out) / f, flag)]
     if held:
         raise UserError(f"{flag} {out}: holds a training run ({held[0]}); write the evaluation to another folder "
                         f"(e.g. {Path(out) / 'eval'})")
-    # an evaluation writes its files all or none: a config.json without metrics.json is someone
-    # else's (a user's, a run's stopped before its checkpoint), which eval would replace or remove
-    if is_file(Path(out) / "config.json", flag) and not exists(Path(out) / "metrics.json", flag):
+    # an evaluation writes its files all or none: a config.json without metrics.json beside it is
+    # someone else's (a user's, a run's stopped before its checkpoint), which eval would replace or
+    # remove, unless it is an evaluation's record whose metrics.json was removed (reproduce's advice
+    # to run a stage again)
+    config = Path(out) / "config.json"
+    if is_file(config, flag) and not exists(Path(out) / "metrics.json", flag) and not _an_eval_record(config):
         raise UserError(f"{flag} {out}: holds a config.json that is not an evaluation's (no metrics.json beside "
                         f"it), which the evaluation would replace; write the evaluation to another folder "
                         f"(e.g. {Path(out) / 'eval'})")
+
+
+_EVAL_RECORD_KEYS = ("id_data", "ood", "scores", "convention")  # (of every eval's config.json)
+
+
+def _an_eval_record(path: Path) -> bool:
+    """Whether ``path`` reads as the config.json an evaluation writes: a JSON object with the keys
+    every such record holds."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in _EVAL_RECORD_KEYS)
 
 
 def _umask() -> int:

@@ -1,6 +1,7 @@
 """clip_smot.common.files: a failed write (full disk, unwritable folder) is one line and keeps the old file."""
 
 import errno
+import json
 import os
 from collections import namedtuple
 
@@ -600,3 +601,16 @@ def test_an_eval_out_holding_a_config_json_of_no_evaluation_is_refused(tmp_path)
     assert (tmp_path / "config.json").read_text() == '{"my": "settings"}'
     (tmp_path / "metrics.json").write_text("{}")  # an earlier evaluation's folder: replaced as a whole
     check_output_folder(tmp_path)
+    # an evaluation's own record whose metrics.json was removed (reproduce says so to run a stage
+    # again): evaluated again; a record lacking one of an evaluation's keys is someone else's
+    (tmp_path / "metrics.json").unlink()
+    record = {"id_data": "val", "ood": {"o": "ood"}, "scores": ["mcm"], "convention": "id", "device": "cpu"}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    check_output_folder(tmp_path)
+    for key in ("id_data", "ood", "scores", "convention"):
+        (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in record.items() if k != key}))
+        with pytest.raises(UserError, match="holds a config.json that is not an evaluation's"):
+            check_output_folder(tmp_path)
+    (tmp_path / "config.json").write_text("[")
+    with pytest.raises(UserError, match="holds a config.json that is not an evaluation's"):
+        check_output_folder(tmp_path)
