@@ -41,7 +41,7 @@ from clip_smot.common.image_sets import (
     id_class_folders,
     id_set,
     image_set,
-    imagenet_wnid_names,
+    stray_wnids,
 )
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
 
@@ -227,8 +227,7 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
     check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     train_paths = id_train_paths(cfg.prompt, config, cfg.id_train, cfg.split) if fitted else []
-    check_train_apart(train_paths, [("the ID set (--id)" if s.name == "id" else f"the OOD set {s.name} (--ood)", s.paths)
-                                    for s in sets])
+    check_train_apart(train_paths, sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
     recorded = config.get("data") if fitted and not cfg.id_train and isinstance(config, dict) else None
     check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
@@ -266,11 +265,8 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
         builtin = cfg.id_data.lower() in BUILTIN_ID
         classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
-        stray = [f for f in folders or () if f not in imagenet_wnid_names()]
-        if folders and 0 < len(stray) < len(folders) and writes_outputs():  # (its prompts name the wnids)
-            print(f"note: --id {cfg.id_data}: {len(folders) - len(stray)} of its {len(folders)} class folders are "
-                  f"ImageNet wnids, but {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} not: the folder "
-                  "names are the class names, so the prompts name wnids", file=sys.stderr)
+        if folders and (stray := stray_wnids(folders)) and writes_outputs():
+            print(f"note: --id {cfg.id_data}: {stray}", file=sys.stderr)
         scorer = PromptScorer.zero_shot(
             classnames, cfg.model or DEFAULT_ZERO_SHOT_MODEL[0],
             cfg.pretrained if cfg.pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], cfg.device,

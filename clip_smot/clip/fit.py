@@ -41,7 +41,6 @@ from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS, classnames_problem
 from clip_smot.clip.step import LOSSES, make_fit_step
 from clip_smot.common import run_folder as rf
-from clip_smot.common.bundled import imagenet_wnids
 from clip_smot.common.configs import (
     MAX_BATCH,
     MAX_SEED,
@@ -63,6 +62,7 @@ from clip_smot.common.files import (
     same_file,
     sha256_file,
 )
+from clip_smot.common.image_sets import stray_wnids
 from clip_smot.common.progress import progress_bar, progress_write
 from clip_smot.smot import PERTURBATIONS
 
@@ -365,8 +365,9 @@ def _check_run_files_there(run: FitConfig, record: dict, fields: Collection[str]
     ``--model`` JSON, ``--pretrained`` or ``--cam-model`` file, of ``fields``: those not given
     again) that is no longer at its path: its own "no such file" named a flag not given."""
     from clip_smot.clip.cam_network import CAM_MODELS
+    from clip_smot.clip.model import config_path
 
-    files = {"model": run.model.endswith(".json") or os.path.sep in run.model,  # (as load_clip reads a path)
+    files = {"model": config_path(run.model),
              "pretrained": bool((record.get("clip") or {}).get("checkpoint_sha256")),  # (a tag has none)
              "cam_model": run.loss != "ce" and run.cam_model not in CAM_MODELS}
     for field, is_file in files.items():
@@ -559,14 +560,8 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     if len(classes.folders) == 1:  # a valid run, but one that cannot learn: say so before the slow work
         print(f"note: {classes.root} has one class: a softmax over one class is 1, so the loss is 0 and only "
               "weight decay moves the context", file=sys.stderr)
-    if classes.imagenet_index is None:  # (a wnid folder among others: its prompt names the wnid)
-        wnids = set(imagenet_wnids())
-        stray = [f for f in classes.folders if f not in wnids]
-        if len(stray) < len(classes.folders):
-            print(f"note: {classes.root}: {len(classes.folders) - len(stray)} of its {len(classes.folders)} class "
-                  f"folders are ImageNet wnids, but {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} not: "
-                  "the folder names are the class names, so the prompts name wnids; move the others out for "
-                  "ImageNet's class names", file=sys.stderr)
+    if classes.imagenet_index is None and (stray := stray_wnids(classes.folders)):  # (its prompts name the wnids)
+        print(f"note: {classes.root}: {stray}; move the others out for ImageNet's class names", file=sys.stderr)
     seen = {label for _, label in split}
     unseen = [f for y, f in enumerate(classes.folders) if y not in seen]
     if unseen:  # a --split of another data set (e.g. of a subset of these classes)
@@ -785,7 +780,14 @@ class ExportConfig:
 def export_prompt(cfg: ExportConfig) -> Path:
     """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``): the text
     features of the checkpoint's context encoded on ``cfg.device``, written to ``cfg.out``."""
-    from clip_smot.clip.model import ACTIVATIONS, config_activation, load_clip, model_config
+    from clip_smot.clip.model import (
+        ACTIVATIONS,
+        config_activation,
+        config_path,
+        load_clip,
+        model_config,
+        same_architecture,
+    )
 
     check_ranges(cfg)
     path, model, pretrained, device = Path(cfg.checkpoint), cfg.model, cfg.pretrained, cfg.device
@@ -817,11 +819,10 @@ def export_prompt(cfg: ExportConfig) -> Path:
         raise UserError(f"--model {model}: builds the model with {ACTIVATIONS[built]}, but the context in {path} was "
                         f"trained through {ACTIVATIONS[trained]}; give a --model built with {ACTIVATIONS[trained]}")
     # the architecture before anything is built (a checkpoint naming ViT-bigG-14 would build 10 GB first);
-    # quick_gelu aside: the weights may set it, and the activation was compared above and is by load_clip
+    # the activation was compared above (and is by load_clip)
     named = model or run.model
-    architecture = {k: v for k, v in (said or model_config(named)).items() if k != "quick_gelu"}
-    if architecture != {k: v for k, v in parse_json(theirs["model_config"]).items() if k != "quick_gelu"}:
-        name = Path(named).stem if named.endswith(".json") or os.path.sep in named else named  # (as load_clip names it)
+    if not same_architecture(said or model_config(named), parse_json(theirs["model_config"])):
+        name = Path(named).stem if config_path(named) else named  # (as load_clip names it)
         raise UserError(f"--checkpoint {path}: trained with {theirs['model']}, not the architecture of {name}")
     clip = load_clip(named, pretrained or run.pretrained, dev, trained, f"--checkpoint {path}")
     # weights known to differ (two files of other SHA-256s, two tags): the prompt is not the trained one; a

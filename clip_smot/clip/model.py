@@ -44,6 +44,7 @@ __all__ = [
     "check_config_file",
     "check_model_config",
     "config_activation",
+    "config_path",
     "count_tokens",
     "encode_image_tokens",
     "encode_images",
@@ -56,6 +57,7 @@ __all__ = [
     "logit_scale",
     "preprocess_identity",
     "preprocess_settings",
+    "same_architecture",
 ]
 
 
@@ -142,12 +144,24 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return host_reachable(_HUB_HOST, timeout)
 
 
+def config_path(model: str) -> bool:
+    """Whether ``--model`` ``model`` is read as a model-config JSON path (else an open_clip name);
+    such a model is named by the file's stem."""
+    return model.endswith(".json") or os.path.sep in model
+
+
+def same_architecture(a: dict, b: dict) -> bool:
+    """Whether two model configs build the same network, ``quick_gelu`` aside (the weights may
+    set it; the activation is compared on its own)."""
+    return {k: v for k, v in a.items() if k != "quick_gelu"} == {k: v for k, v in b.items() if k != "quick_gelu"}
+
+
 def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
     """Architecture name and config for an open_clip name or a model-config JSON path (its
     errors name ``source``, see :func:`check_model_config`)."""
     import open_clip
 
-    if model.endswith(".json") or os.path.sep in model:
+    if config_path(model):
         path = Path(model)
         if not os.path.isfile(path):
             raise UserError(f"--model {model}: no such model-config JSON file")
@@ -852,8 +866,7 @@ def load_clip_for_prompt(
     if registered is not None:
         # built by its name: the stored config (checked for its size) must be that one, or the name alone
         # would pick what is built (a file naming ViT-bigG-14 built 10 GB before its config was compared)
-        if {k: v for k, v in config.items() if k != "quick_gelu"} != \
-                {k: v for k, v in registered.items() if k != "quick_gelu"}:
+        if not same_architecture(config, registered):
             raise UserError(f"{activation_source or 'prompt'}: made for a model named {name} whose stored model_config is "
                             f"not open_clip's {name}; pass --model (that config as a JSON file) and --pretrained")
         return load_clip(name, pretrained, device, activation, activation_source)

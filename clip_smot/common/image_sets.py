@@ -36,7 +36,7 @@ from clip_smot.common.images import (
 )
 from clip_smot.common.shards import is_shard, list_members
 
-__all__ = ["ImageSet", "check_apart", "check_train_apart", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
+__all__ = ["ImageSet", "check_apart", "check_train_apart", "stray_wnids", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
            "image_list_file", "iter_image_files", "iter_image_list", "read_image_list"]
 
 
@@ -290,7 +290,7 @@ def check_apart(id_files: Sequence, ood: Sequence[tuple[str, Sequence]]) -> None
                             f"too, e.g. {shared[0]}; an image cannot be in- and out-of-distribution at once")
 
 
-def check_train_apart(train_files: Sequence, sets: Sequence[tuple[str, Sequence]]) -> None:
+def check_train_apart(train_files: Sequence, id_files: Sequence, ood: Sequence[tuple[str, Sequence]]) -> None:
     """Raise a UserError when an ID training image of the fitted scores (react, knn, vim) is an
     image of a test set (the same file, however it is spelled or linked): KNN finds a test image
     at distance 0 from itself, and ReAct and ViM are fitted on what they score, with no sign in
@@ -298,15 +298,29 @@ def check_train_apart(train_files: Sequence, sets: Sequence[tuple[str, Sequence]
 
     Args:
         train_files: the ID training images.
-        sets: (what, image files) of each test set, e.g. ``("the ID set (--id)", files)``.
+        id_files, ood: the ID set's image files and (name, image files) of each OOD set, as for
+            :func:`check_apart`.
     """
     keys = {key for f in train_files if (key := file_key(f)) is not None}
+    sets = [("the ID set (--id)", id_files), *((f"the OOD set {name} (--ood)", files) for name, files in ood)]
     for what, files in sets if keys else ():
         shared = [f for f in files if file_key(f) in keys]
         if shared:
             raise UserError(f"--id-train: {len(shared)} of the {len(files)} images of {what} are ID training images "
                             f"too, e.g. {shared[0]}; the fitted scores would be fitted on images they score (a folder "
                             "is searched whole: give the training images' own folder)")
+
+
+def stray_wnids(folders: Sequence[str]) -> str | None:
+    """What a note says of class folders of which some, not all, are ImageNet wnids (None: all
+    or none are): the folder names are then the class names, and the prompts name the wnids."""
+    wnids = set(imagenet_wnids())
+    stray = [f for f in folders if f not in wnids]
+    if not 0 < len(stray) < len(folders):
+        return None
+    return (f"{len(folders) - len(stray)} of its {len(folders)} class folders are ImageNet wnids, but "
+            f"{', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} not: the folder names are the class names, so "
+            "the prompts name wnids")
 
 
 def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> ImageSet:

@@ -253,8 +253,7 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
     fitted = {}
     if fitted_needed:
         train = _train_set(cfg.id_train, meta)
-        check_train_apart(train.files or (), [("the ID set (--id)" if s is id_set else f"the OOD set {s.name} (--ood)",
-                                               s.files or ()) for s in (id_set, *ood_sets.values())])
+        check_train_apart(train.files or (), id_set.files or (), [(s.name, s.files or ()) for s in ood_sets.values()])
         fitted = _fit(run(train, False), model.get_classifier(), names)
     need_odin = "odin" in names
     id_out = run(id_set, need_odin)
