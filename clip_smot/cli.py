@@ -133,6 +133,21 @@ class _Path(click.Path):
         return super().convert(value, param, ctx)
 
 
+class _Text(click.ParamType):
+    """A text flag that says something: ``--pretrained ""`` (an unset ``--pretrained "$WEIGHTS"``)
+    trained on random weights with no word but open_clip's warning; ``--ctx-init ""`` drew a
+    random context. Either is now asked for by name (``none``; leaving the flag out)."""
+
+    name = "text"
+    _HINTS = {"pretrained": "; 'none' is random weights", "ctx_init": "; leave the flag out for a random context"}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"an empty value (an unset shell variable?){self._HINTS.get(param.name if param else '', '')}",
+                      param, ctx)
+        return value
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clip-smot")
 def cli() -> None:
@@ -152,7 +167,7 @@ def _click_type(field: dataclasses.Field):
     if meta.get("path"):
         return _Path(**{"any": {}, "file": {"dir_okay": False}, "dir": {"file_okay": False}}[meta["path"]])
     if meta.get("min") is None and meta.get("max") is None:
-        return None
+        return _Text() if kind == "str" else None
     bounds = {"min": meta["min"], "max": meta["max"], "min_open": meta["min_open"]}
     return click.IntRange(**bounds) if kind == "int" else _Float(**bounds)
 

@@ -78,6 +78,20 @@ BAD_FLAGS = [
      "Invalid value for '--id': an empty path"),
     (["eval", "--zero-shot", "--id", "x", "--id-train", "", "--ood", "a=b", "--out", "e"],
      "Invalid value for '--id-train': an empty path"),
+    # an empty text flag (an unset "$WEIGHTS") was random weights, an empty --ctx-init a random context
+    *[(argv, f"Invalid value for '{flag}': an empty value (an unset shell variable?){hint}")
+      for flag, hint in (("--pretrained", "; 'none' is random weights"), ("--model", ""), ("--cam-model", ""))
+      for argv in (["fit", flag, "", "--dry-run"], ["reproduce", "table8", flag, " ", "--dry-run"])],
+    *[(argv, f"Invalid value for '{flag}': an empty value (an unset shell variable?)")
+      for flag in ("--pretrained", "--model")
+      for argv in (["score", "--prompt", "p.safetensors", flag, "", "--out", "s.csv", "x"],
+                   ["eval", "--zero-shot", flag, "", "--id", "x", "--ood", "a=b", "--out", "e"],
+                   ["export", "--checkpoint", "c.pt", flag, "", "--out", "p"])],
+    *[(["fit", "--ctx-init", words, "--dry-run"],
+       "Invalid value for '--ctx-init': an empty value (an unset shell variable?); leave the flag out for a "
+       "random context") for words in ("", "  ", "\t")],
+    (["score", "--prompt", "p.safetensors", "--scores", "", "--out", "s.csv", "x"], "'--scores': an empty value"),
+    (["train", "--dataset", "digits", "--device", "", "--out", "o"], "'--device': an empty value"),
     (["export", "--checkpoint", "c.pt", "--out", "p", "--device", "mps"], "--device"),
     (["score", "--prompt", "p.safetensors", "--precision", "fp8", "--out", "s.csv", "x"], "--precision"),
     (["eval", "--checkpoint", "m.safetensors", "--precision", "bf16", "--id", "x", "--ood", "a=b", "--out", "e"],

@@ -291,15 +291,15 @@ def test_zero_shot_on_wnid_folders_and_a_stray_one_is_a_note(tmp_path, tiny_clip
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
 
 
-def test_zero_shot_with_an_empty_pretrained_is_random_weights_not_openai(tmp_path, tiny_clip_config):
-    """--zero-shot defaults --pretrained to openai only when it is not given: an empty one is no
+def test_zero_shot_with_pretrained_none_is_random_weights_not_openai(tmp_path, tiny_clip_config):
+    """--zero-shot defaults --pretrained to openai only when it is not given: ``none`` is no
     weights (random, seeded), as for a prompt, and needs no download."""
     (tmp_path / "id" / "cat").mkdir(parents=True)
     (tmp_path / "ood").mkdir()
     for k in range(3):
         _img(tmp_path / "id" / "cat" / f"{k}.png", 10 * k)
         _img(tmp_path / "ood" / f"{k}.png", 200 - 10 * k)
-    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", "",
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", "none",
                                    "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}", "--workers", "0",
                                    "--no-cache", "--out", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
