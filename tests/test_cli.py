@@ -365,3 +365,31 @@ def test_the_command_line_silences_torchs_remark_on_a_plain_pickle(monkeypatch, 
             torch.load(path, weights_only=True)
 
     assert warnings_main_lets_through(monkeypatch, load_plain_pickle) == ["another"]
+
+
+@pytest.mark.parametrize("entry", ["module", "console-script"])
+def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
+    """Ctrl-C in the seconds the command line takes to load (torch, open_clip) was Python's
+    traceback from inside torch's import: it is the commands' 'interrupted' line and exit code 130.
+    The KeyboardInterrupt is raised where the signal lands, in the import of torch, by an import
+    hook (a real signal could miss that window)."""
+    import subprocess
+    import sys
+
+    hook = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n")
+    run = ("import runpy; runpy.run_module('clip_smot', run_name='__main__')" if entry == "module" else
+           "from importlib.metadata import entry_points\n"
+           "[script] = [e for e in entry_points(group='console_scripts') if e.name == 'clip-smot']\n"
+           "script.load()()")
+    res = subprocess.run([sys.executable, "-c", hook + run, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert (res.returncode, res.stdout, res.stderr) == (130, "", "Error: interrupted\n")
+    # (and without the hook, the same entry point runs the command line)
+    res = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("clip-smot, version "), res.stderr
