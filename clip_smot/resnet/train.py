@@ -560,6 +560,10 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
         raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
                         f"saved in {out} (images added, removed or changed); resume on the same images")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
+    # recorded absolute (fit records its --data resolved too): eval reads the model file's --data,
+    # and --resume without --data or --cam-model the run's, from whatever folder they are run in
+    cfg = dataclasses.replace(cfg, **{k: str(Path(v).resolve()) for k in ("data", "cam_model")
+                                      if (v := getattr(cfg, k))})
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     if len(train_set) < world:

@@ -1397,3 +1397,22 @@ def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path
                                  "--device", "cpu", "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and r.output.strip() == (
         "Error: --id digits: its classes are not the model's (3 classes, ['cat', 'dog', 'eel']...)")
+
+
+def test_a_run_records_its_data_and_cam_model_absolute(folders, base_model, tmp_path, monkeypatch):
+    """`train --data data` recorded "data": the model file then named a folder relative to where it
+    was trained, which eval (fitted scores, imagenet200) and a --resume without --data read from
+    wherever they run. Both paths are recorded absolute, as fit records its --data."""
+    from clip_smot.resnet.networks import load_model
+
+    monkeypatch.chdir(folders.parent)
+    rel_cam = os.path.relpath(base_model, folders.parent)
+    out = tmp_path / "r"
+    assert run_train(_cfg(folders.name, out, stage="smot", cam_model=rel_cam, epochs=2), stop_after=1) == \
+        {"stopped_after": 1}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"], config["cam_model"]) == (str(folders.resolve()), str(base_model.resolve()))
+    monkeypatch.chdir(tmp_path)  # (where "data" and the relative --cam-model name nothing)
+    summary = run_train(TrainConfig(out=str(out)), resume=True, flags=["out"])
+    assert summary["epochs"] == 2
+    assert load_model(out / "model.safetensors")[1]["config"]["data"] == str(folders.resolve())
