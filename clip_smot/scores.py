@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 __all__ = ["KNN_K", "ODIN_EPS", "ODIN_T", "REACT_PERCENTILE", "SCORES", "energy", "gl_mcm", "gradnorm", "knn",
-           "local_mcm", "maxlogit", "mcm", "msp", "odin", "react", "react_threshold", "vim", "vim_fit"]
+           "local_mcm", "maxlogit", "mcm", "msp", "odin", "react", "react_threshold", "vim", "vim_default_dim",
+           "vim_fit"]
 
 ODIN_T, ODIN_EPS = 1000.0, 0.0014  # ODIN's temperature and input step
 REACT_PERCENTILE = 90.0  # ReAct's clipping threshold: this percentile of the ID-train activations
@@ -102,6 +103,14 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
     return torch.cat(out) if out else q.new_zeros(0)
 
 
+def vim_default_dim(C: int) -> int:
+    """ViM's principal dimension for ``C`` features: 1000 for C >= 2048 and 512 for C >= 768 (the
+    authors' ``benchmark.py``: 1000 for C >= 2048, else 512), C // 2 below 768 (our choice: 512
+    would leave little or no residual space, none for ResNet-18's 512 features, and ViM would
+    reduce to Energy)."""
+    return 1000 if C >= 2048 else 512 if C >= 768 else C // 2
+
+
 def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: torch.Tensor,
             bias: torch.Tensor | None, dim: int | None = None) -> dict[str, torch.Tensor | float | int]:
     """Fit ViM (Wang et al., 2022) on ID training features, as the authors' code does.
@@ -111,9 +120,7 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
       complement ``NS`` [C, C - dim] spans the residual;
     * ``alpha = mean(max train logit) / mean(|(X - u) NS|)``.
 
-    ``dim`` defaults to 1000 for C >= 2048 and 512 for C >= 768 (the authors' ``benchmark.py``:
-    1000 for C >= 2048, else 512) and to C // 2 below 768 (our choice: 512 would leave little
-    or no residual space, none for ResNet-18's 512 features, and ViM would reduce to Energy).
+    ``dim`` defaults to :func:`vim_default_dim` of the feature width.
 
     Returns:
         {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
@@ -126,7 +133,7 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
     if dim is None:
-        dim = 1000 if C >= 2048 else 512 if C >= 768 else C // 2
+        dim = vim_default_dim(C)
     elif not 0 <= dim < C:  # (a negative dim sliced the eigenvectors from the other end)
         raise ValueError(f"dim must be in [0, {C - 1}] for {C} features, got {dim}")
     if bias is None:  # (nn.Linear(..., bias=False).bias)
