@@ -7,7 +7,8 @@ as hostile: member names are never joined to a path; only regular members with a
 extension are listed (directories, links, devices, sparse files and hidden ``.*`` names, or
 names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an
 unreadable image, not a read; a member name met twice is listed once (the first); a shard cut
-short anywhere but inside an image, or with a damaged header, is unreadable. Listing reads the
+short anywhere but inside an image or its end-of-archive blocks, with a damaged header, or
+followed by another tar, is unreadable. Listing reads the
 headers alone (seeking over the data); reading one image seeks to its bytes through an index of
 the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
 does not grow with the number of images.
@@ -103,12 +104,7 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
             for info in _members(tar):
                 if _listable(info):
                     index.setdefault(info.name, (info.offset_data, info.size))
-            # tarfile ends quietly at a header cut short (a shard cut there) or damaged (its checksum
-            # wrong: a flipped bit): the images after it would be gone without a word
-            f.seek(tar.offset)
-            if (tail := f.read(tarfile.BLOCKSIZE)).strip(b"\0"):
-                raise tarfile.ReadError("unexpected end of data" if len(tail) < tarfile.BLOCKSIZE else
-                                        f"a damaged header at byte {tar.offset}")
+            _check_end(f, tar.offset)
     except tarfile.ReadError as e:
         # the shard cut inside its last member, an image listed: that image is the unreadable one.
         # Cut inside a member that is no image (a KEY.cls), or after an image's bytes, nothing
@@ -122,6 +118,28 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
     except (tarfile.TarError, OSError, ValueError) as e:
         raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
     return index
+
+
+def _check_end(f, offset: int) -> None:
+    """Raise tarfile.ReadError unless ``offset``, where tarfile stopped, is the shard's end: its
+    end-of-archive zero blocks (cut inside them, every member is whole), then zeros alone.
+
+    tarfile ends quietly at a header cut short, damaged (a flipped bit: its checksum wrong) or
+    missing (a copy stopped between two members), and at the end of the first of two tars written
+    one after the other (``cat a.tar b.tar``): the images after would be gone without a word."""
+    f.seek(offset)
+    tail = f.read(tarfile.BLOCKSIZE)
+    if not tail:
+        raise tarfile.ReadError(f"it ends at byte {offset} without tar's end-of-archive blocks: cut short?")
+    if tail.strip(b"\0"):
+        raise tarfile.ReadError("unexpected end of data" if len(tail) < tarfile.BLOCKSIZE else
+                                f"a damaged header at byte {offset}")
+    at = offset + len(tail)
+    while chunk := f.read(1 << 20):  # (the zeros that pad a tar to its record size: 10 KiB, usually)
+        if rest := chunk.lstrip(b"\0"):
+            raise tarfile.ReadError(f"data follows its end-of-archive blocks at byte {at + len(chunk) - len(rest)}: "
+                                    "two tars one after the other? give each as its own shard")
+        at += len(chunk)
 
 
 @functools.lru_cache(maxsize=_INDEXED)

@@ -121,6 +121,37 @@ def test_a_shard_cut_elsewhere_than_inside_an_image_is_unreadable(tmp_path, cut)
         shards.list_members(tmp_path / "cut.tar")
 
 
+def test_a_shard_cut_between_two_members_or_followed_by_another_is_unreadable(tmp_path):
+    """A copy stopped exactly between two members, or a shard that is two tars one after the other
+    (cat a.tar b.tar), listed the images up to that point and lost the others without a word
+    (tarfile, as GNU tar without -i, stops there): both are one line naming the byte."""
+    with tarfile.open(tmp_path / "whole.tar", "w") as tar:
+        _add(tar, "000.jpg", b"j" * 100)  # (header at 0, data 512..612, padded to 1024)
+        _add(tar, "001.jpg", b"k" * 100)  # (header at 1024, data to 2048; the end-of-archive blocks from 2048)
+    whole = (tmp_path / "whole.tar").read_bytes()
+    assert len(whole) == 10240 and not whole[2048:].strip(b"\0")  # (padded with zeros to tar's record size)
+    (tmp_path / "cut.tar").write_bytes(whole[:1024])
+    with pytest.raises(UserError, match=r"cut.tar: not a readable uncompressed tar shard \(it ends at byte 1024 "
+                                        r"without tar's end-of-archive blocks: cut short\?\)$"):
+        shards.list_members(tmp_path / "cut.tar")
+    (tmp_path / "two.tar").write_bytes(whole + whole)
+    with pytest.raises(UserError, match=r"two.tar: not a readable uncompressed tar shard \(data follows its "
+                                        r"end-of-archive blocks at byte 10240: two tars one after the other\? give "
+                                        r"each as its own shard\)$"):
+        shards.list_members(tmp_path / "two.tar")
+    (tmp_path / "late.tar").write_bytes(whole + bytes(3 << 20) + b"x")  # (found past the first MiB read too)
+    with pytest.raises(UserError, match=rf"at byte {10240 + (3 << 20)}: two tars"):
+        shards.list_members(tmp_path / "late.tar")
+    # cut inside the end-of-archive blocks or the padding after them, every member is whole: read
+    for n, cut in enumerate((2048 + 100, 2048 + 600, 4096)):
+        (tmp_path / f"end{n}.tar").write_bytes(whole[:cut])
+        names = shards.list_members(tmp_path / f"end{n}.tar")
+        assert [shards.read_image_bytes(m) for m in names] == [b"j" * 100, b"k" * 100]
+    # more padding than a record (tar -b 64: 32 KiB records) is the end too
+    (tmp_path / "b64.tar").write_bytes(whole + bytes(32768 - 10240))
+    assert len(shards.list_members(tmp_path / "b64.tar")) == 2
+
+
 def test_a_shard_with_a_damaged_header_is_unreadable(tmp_path):
     """A flipped bit in the second header (its checksum wrong): tarfile ended the listing there,
     and the images after it were gone without a word (GNU tar says 'Skipping to next header')."""
