@@ -31,9 +31,9 @@ from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_SEED, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
-from clip_smot.common.distributed import writer_lock, writes_outputs
+from clip_smot.common.distributed import same_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder, json_text
+from clip_smot.common.files import check_output_folder, json_text, sha256_file
 from clip_smot.common.image_sets import (
     check_apart,
     check_train_apart,
@@ -218,6 +218,12 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
 def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders: list) -> dict:
     """:func:`run_clip_eval` once its arguments are checked and no other command writes ``--out``."""
     scorer, config, folders, title = _clip_scorer(cfg, inputs)
+    # under torchrun each process read the prompt and the weights itself: one replaced meanwhile
+    # would put two prompts' scores into one table
+    same_on_every_rank({"prompt_sha256": sha256_file(cfg.prompt) if cfg.prompt else None,
+                        "model": scorer.clip.identity(), "classnames": scorer.classnames,
+                        "precision": scorer.precision}, f"{'--prompt ' + cfg.prompt if cfg.prompt else '--zero-shot'}: "
+                       "what it is scored with (prompt, weights, class names, precision)")
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
     decoder = scorer.decoder(cfg.decode)

@@ -26,7 +26,7 @@ from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
-from clip_smot.common.distributed import every_rank, writer_lock, writes_outputs
+from clip_smot.common.distributed import every_rank, same_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_write_text, check_output, file_key, read_json, sha256_file
 from clip_smot.common.image_sets import image_list_file, iter_image_files
@@ -122,7 +122,9 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
            "decoder": decoder_identity(decode, scorer.device)}  # ("decoder": None for PIL's, as before the key was)
     if done:
         _check_run_file(run_file, run, partial)
-    every_rank(None)  # (under torchrun: every process has read OUT.partial before rank 0 changes it)
+    # (under torchrun: every process has read OUT.partial before rank 0 changes it; each read the
+    # prompt and the weights itself: one replaced meanwhile would mix two prompts' rows in the CSV)
+    same_on_every_rank(run, f"--prompt {cfg.prompt}: what it is scored with (prompt, weights, precision, decoder)")
     if writer:
         _start_partial(partial, header, keep)
         atomic_write_text(json.dumps(run, sort_keys=True) + "\n", run_file)

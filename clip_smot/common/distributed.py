@@ -14,7 +14,7 @@ import torch
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import output_lock
 
-__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "writes_outputs", "writer_lock", "share_work"]
+__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "writes_outputs", "writer_lock", "share_work"]
 
 
 def torchrun_env() -> tuple[int, int, int]:
@@ -105,6 +105,16 @@ def every_rank(value: Any) -> list:
     out: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, value)
     return out
+
+
+def same_on_every_rank(value: Any, what: str) -> None:
+    """Raise the same UserError in every process when they hold other ``value``s: what each made
+    of the files it read itself (their SHA-256, the model they built); ``what`` names them.
+    Outside torchrun: nothing. A collective: every process of the group must call it."""
+    values = every_rank(value)
+    if any(v != values[0] for v in values[1:]):
+        raise UserError(f"{what}: the {len(values)} processes do not agree on it (a file replaced while they "
+                        "started? nodes with other versions?); run again once they do")
 
 
 def writes_outputs() -> bool:

@@ -56,7 +56,7 @@ from clip_smot.common.device import (
     resolve_precision,
     seed_everything,
 )
-from clip_smot.common.distributed import every_rank, process_group, writer_lock
+from clip_smot.common.distributed import every_rank, process_group, same_on_every_rank, writer_lock
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
@@ -572,6 +572,7 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
     if cfg.method == "smot":
         cam = _cam_provider(cfg.cam_model, train_set, device)
         cam_sha256 = sha256_file(cfg.cam_model)
+        same_on_every_rank(cam_sha256, f"--cam-model {cfg.cam_model}")  # (each process read it itself)
         if ckpt is not None and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
             raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "
                             "was trained with (the file changed since, e.g. that run was resumed for more "

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from helpers import _torchrun, _train_folder, make_folders, make_prompt
 
+import clip_smot.common.distributed as distributed
 from clip_smot.cli import cli
 from clip_smot.clip.model import load_clip
 from clip_smot.common.distributed import batch_share, share_work
@@ -41,13 +42,20 @@ def _share_in_process(rank: int, store: str, out: str) -> None:
         first = str(e)
     ran = []  # two items, one batch of 2: rank 0's share is empty, and fn does not run there
     one_batch = share_work(lambda share: ran.append(share) or share, [0, 1], 2)
+    agreed = distributed.same_on_every_rank({"sha": "a"}, "--x f")
+    try:  # what each process made of a file it read itself: the same error on both
+        distributed.same_on_every_rank({"sha": str(rank)}, "--x f")
+        disagreed = ""
+    except UserError as e:
+        disagreed = str(e)
     try:  # each process lists the files itself: a folder changed in between gives them other lists
         share_work(lambda share: share, [f"{rank}.png", "b.png"], 1)
         other = ""
     except UserError as e:
         other = str(e)
     Path(out, f"{rank}.json").write_text(json.dumps({"got": got, "error": error, "first": first, "ran": ran,
-                                                     "one_batch": one_batch, "other": other}))
+                                                     "one_batch": one_batch, "other": other, "agreed": agreed,
+                                                     "disagreed": disagreed}))
     torch.distributed.destroy_process_group()
 
 
@@ -62,6 +70,9 @@ def test_share_work_runs_each_share_once_and_fails_on_every_rank(tmp_path):
         assert result["error"] == "bad 4" and result["first"] == "bad 0"
         assert result["ran"] == ([] if rank == 0 else [[0, 1]]) and result["one_batch"] == [[0, 1]]
         assert result["other"].startswith("the 2 processes were given other lists of 2 images to share")
+        assert result["agreed"] is None and result["disagreed"] == (
+            "--x f: the 2 processes do not agree on it (a file replaced while they started? nodes with other "
+            "versions?); run again once they do")
 
 
 def _chunks_in_process(rank: int, store: str, out: str) -> None:
@@ -110,7 +121,6 @@ def _lock_in_process(rank: int, store: str, out: str, held: str) -> None:
             result["held"] = ""
     except UserError as e:
         result["held"] = str(e)
-    import clip_smot.common.distributed as distributed
 
     def failing_lock(*args, **kwargs):
         raise OSError()  # (an error whose text is empty)
@@ -216,8 +226,6 @@ def test_a_master_address_that_does_not_resolve_is_one_line(monkeypatch):
     """MASTER_ADDR a name no resolver knows: rank 0 retried connecting to its own store for the
     group's 30 minutes (a warning every few seconds); now one line before any store is made."""
     import socket
-
-    import clip_smot.common.distributed as distributed
 
     def unknown(host, *args, **kwargs):
         assert host == "nosuch.invalid"
@@ -328,3 +336,39 @@ def test_eval_under_torchrun_gives_the_metrics_of_one_process(tmp_path, setup, t
     assert one["id_train"]["n_images"] == two["id_train"]["n_images"] == 51
     assert two["metrics"] == one["metrics"] and two["id_train"] == one["id_train"]
     assert (tmp_path / "two" / "metrics.csv").read_bytes() == (tmp_path / "one" / "metrics.csv").read_bytes()
+
+
+def _another_rank_read(monkeypatch, differs):
+    """every_rank of two processes, the other of which made ``differs(value)`` of what this one made
+    ``value`` of, for the values that ``differs`` returns something for (the others agree)."""
+    def every_rank(value):
+        other = differs(value)
+        return [value, value if other is None else other]
+
+    monkeypatch.setattr(distributed, "every_rank", every_rank)
+
+
+def test_score_and_eval_stop_when_the_processes_read_other_prompts(tmp_path, setup, tiny_clip_checkpoint,
+                                                                   monkeypatch):
+    """Under torchrun each process reads the prompt and the weights itself: a prompt replaced while
+    they started (a fit exporting into it) would have them score with two prompts into one CSV or
+    table. They compare what they read first, and all stop in one line, nothing written."""
+    prompt, id_dir, ood_dir = setup
+    _another_rank_read(monkeypatch, lambda v: {**v, "prompt_sha256": "0" * 64} if isinstance(v, dict)
+                       and "prompt_sha256" in v else None)
+    common = ["--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0", "--device", "cpu"]
+    res = CliRunner().invoke(cli, ["score", *common, "--out", str(tmp_path / "s.csv"), str(ood_dir)])
+    assert res.exit_code == 1 and res.output == (
+        f"Error: --prompt {prompt}: what it is scored with (prompt, weights, precision, decoder): the 2 processes do "
+        "not agree on it (a file replaced while they started? nodes with other versions?); run again once they "
+        "do\n"), res.output
+    res = CliRunner().invoke(cli, ["eval", *common, "--id", str(id_dir), "--ood", f"o={ood_dir}",
+                                   "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and res.output.startswith(
+        f"Error: --prompt {prompt}: what it is scored with (prompt, weights, class names, precision): the 2 "
+        "processes do not agree"), res.output
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("s.csv", "e"))]
+    # the same processes agreeing: as one process
+    _another_rank_read(monkeypatch, lambda v: None)
+    res = CliRunner().invoke(cli, ["score", *common, "--out", str(tmp_path / "s.csv"), str(ood_dir)])
+    assert res.exit_code == 0 and (tmp_path / "s.csv").is_file(), res.output

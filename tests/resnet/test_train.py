@@ -1416,3 +1416,18 @@ def test_a_run_records_its_data_and_cam_model_absolute(folders, base_model, tmp_
     summary = run_train(TrainConfig(out=str(out)), resume=True, flags=["out"])
     assert summary["epochs"] == 2
     assert load_model(out / "model.safetensors")[1]["config"]["data"] == str(folders.resolve())
+
+
+def test_processes_that_read_other_cam_models_all_stop(folders, base_model, tmp_path, monkeypatch):
+    """Under torchrun each process reads --cam-model itself: a base model replaced while they started
+    (its run resumed for more epochs) would give them other CAMs in step. They compare its SHA-256
+    and all stop in one line, before any epoch. (The other process is emulated: it read another file.)"""
+    import clip_smot.common.distributed as distributed
+    from clip_smot.common.files import sha256_file
+
+    ours = sha256_file(base_model)
+    monkeypatch.setattr(distributed, "every_rank", lambda v: [v, "0" * 64 if v == ours else v])
+    with pytest.raises(UserError, match=rf"^--cam-model {base_model.resolve()}: the 2 processes do not agree on it "
+                                        r"\(a file replaced while they started\? nodes with other versions\?\)"):
+        run_train(_cfg(folders, tmp_path / "r", stage="smot", cam_model=str(base_model), epochs=1))
+    assert not (tmp_path / "r").exists()
