@@ -350,9 +350,12 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None, d
     # _check_resumed_files), not by how its path is spelled (relative now, absolute then)
     by_content = {k for k, record in (("model", "clip"), ("pretrained", "clip"), ("cam_model", "cam_model_sha256"))
                   if record in old["run"] and os.path.isfile(getattr(cfg, k))}
+    # a --data moved since (another disk, a renamed folder) resumes: the split is drawn again and
+    # compared by SHA-256, the images by theirs (relative paths and contents: _load_inputs)
+    moved = {"data"} if "data" in given and old["run"].get("images_sha256") else set()
     options = {k: v for k, v in old.items() if k != "run"}
-    resumed = FitConfig.from_dict(rf.resume_options(options, cfg.to_dict(), given, {*_RUN_CONTROL, *by_content},
-                                                    cfg.out))
+    resumed = FitConfig.from_dict(rf.resume_options(options, cfg.to_dict(), given,
+                                                    {*_RUN_CONTROL, *by_content, *moved}, cfg.out))
     if old.get("split") and not resumed.split:  # a run started on a given split goes on with it: its own copy
         resumed = dataclasses.replace(resumed, split=str(Path(cfg.out) / "split.txt"))
     _check_run_files_there(resumed, old["run"], {"model", "pretrained", "cam_model"} - given,

@@ -1738,3 +1738,45 @@ def test_a_checkpoint_recorded_before_the_images_were_hashed_resumes(one_epoch, 
     assert res.exit_code == 0, res.output
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(run / "prompt.safetensors")
     assert torch.equal(a.ctx, b.ctx)
+
+
+def test_a_run_resumes_on_its_data_moved_to_another_folder(fit_args, imagenet_dir, tmp_path, monkeypatch):
+    """The data set moved (another disk, a renamed folder): `--resume --data NEW` said "--data
+    differs", and the run could not go on. Its images are compared by their contents (the split's
+    relative paths and each image's SHA-256), so the moved folder resumes, to the context of an
+    uninterrupted run; a folder with other images at those paths is still refused."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    first, moved = tmp_path / "disk1" / "data", tmp_path / "disk2" / "data"
+    shutil.copytree(imagenet_dir, first)
+    extra = ["--epochs", "2", "--warmup-epochs", "0", "--lr", "0.05"]
+
+    def args(data, out, *more):
+        return [a if a != str(imagenet_dir) else str(data) for a in fit_args(out, *extra, *more)]
+
+    assert CliRunner().invoke(cli, args(first, tmp_path / "straight")).exit_code == 0
+    real_save = run_folder.atomic_save
+
+    def save_then_die(obj, path):  # the run is killed right after its first checkpoint
+        real_save(obj, path)
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(run_folder, "atomic_save", save_then_die)
+        assert isinstance(CliRunner().invoke(cli, args(first, tmp_path / "run")).exception, RuntimeError)
+    moved.parent.mkdir()
+    first.rename(moved)
+    # another image at one of the run's relative paths: refused by its contents
+    other = shutil.copytree(moved, tmp_path / "other")
+    a, b = [line.split("\t")[0] for line in (tmp_path / "run" / "split.txt").read_text().splitlines()[:2]]
+    (other / "train" / a).write_bytes((other / "train" / b).read_bytes())
+    res = CliRunner().invoke(cli, args(other, tmp_path / "run", "--resume"))
+    assert res.exit_code == 1 and _last_error_line(res).startswith(
+        f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: an image of the run's few-shot split"), res.output
+    res = CliRunner().invoke(cli, args(moved, tmp_path / "run", "--resume"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str((moved / "train").resolve())
+    straight, resumed = (load_file(str(tmp_path / d / "prompt.safetensors")) for d in ("straight", "run"))
+    torch.testing.assert_close(resumed["ctx"], straight["ctx"], rtol=0, atol=0)
