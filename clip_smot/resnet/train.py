@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -529,6 +530,10 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
     """The training set (checked against a resumed run's classes and images), the configuration
     resolved for it, its SHA-256, and the CAM provider with its file's SHA-256 (method smot)."""
     out = Path(cfg.out)
+    if ckpt is None:  # a new run records them absolute (links kept, as given: a resume reads that spelling,
+        # which the fingerprint of images read as files holds): eval reads the model file's --data, and
+        # --resume without --data or --cam-model the run's, from whatever folder they are run in
+        cfg = dataclasses.replace(cfg, **{k: os.path.abspath(v) for k in ("data", "cam_model") if (v := getattr(cfg, k))})
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
     if cfg.dataset == "digits" and cfg.data is not None:  # (it was ignored, and recorded as the run's data)
@@ -560,10 +565,6 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
         raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
                         f"saved in {out} (images added, removed or changed); resume on the same images")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
-    # recorded absolute (fit records its --data resolved too): eval reads the model file's --data,
-    # and --resume without --data or --cam-model the run's, from whatever folder they are run in
-    cfg = dataclasses.replace(cfg, **{k: str(Path(v).resolve()) for k in ("data", "cam_model")
-                                      if (v := getattr(cfg, k))})
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     if len(train_set) < world:

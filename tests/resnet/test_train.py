@@ -1399,23 +1399,25 @@ def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path
         "Error: --id digits: its classes are not the model's (3 classes, ['cat', 'dog', 'eel']...)")
 
 
-def test_a_run_records_its_data_and_cam_model_absolute(folders, base_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("input_size", [16, 72], ids=["decoded once", "files"])
+def test_a_run_records_its_data_and_cam_model_absolute(input_size, folders, base_model, tmp_path, monkeypatch):
     """`train --data data` recorded "data": the model file then named a folder relative to where it
     was trained, which eval (fitted scores, imagenet200) and a --resume without --data read from
-    wherever they run. Both paths are recorded absolute, as fit records its --data."""
+    wherever they run. Both paths are recorded absolute (as given, links kept), as fit records its
+    --data; the training images' fingerprint (of their paths, for images read as files) with them."""
     from clip_smot.resnet.networks import load_model
 
     monkeypatch.chdir(folders.parent)
     rel_cam = os.path.relpath(base_model, folders.parent)
     out = tmp_path / "r"
-    assert run_train(_cfg(folders.name, out, stage="smot", cam_model=rel_cam, epochs=2), stop_after=1) == \
-        {"stopped_after": 1}
+    assert run_train(_cfg(folders.name, out, stage="smot", cam_model=rel_cam, epochs=2, input_size=input_size),
+                     stop_after=1) == {"stopped_after": 1}
     config = json.loads((out / "config.json").read_text())
-    assert (config["data"], config["cam_model"]) == (str(folders.resolve()), str(base_model.resolve()))
+    assert (config["data"], config["cam_model"]) == (str(folders), str(base_model))
     monkeypatch.chdir(tmp_path)  # (where "data" and the relative --cam-model name nothing)
-    summary = run_train(TrainConfig(out=str(out)), resume=True, flags=["out"])
+    summary = run_train(TrainConfig(out=str(out), workers=0), resume=True, flags=["out", "workers"])
     assert summary["epochs"] == 2
-    assert load_model(out / "model.safetensors")[1]["config"]["data"] == str(folders.resolve())
+    assert load_model(out / "model.safetensors")[1]["config"]["data"] == str(folders)
 
 
 def test_processes_that_read_other_cam_models_all_stop(folders, base_model, tmp_path, monkeypatch):
