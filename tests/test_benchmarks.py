@@ -84,7 +84,10 @@ def _speed_on_cuda(options: str) -> tuple:
     """The speed options that `clip-smot fit OPTIONS` runs with on CUDA (FlexAttention there)."""
     from clip_smot.cli import cli
 
-    params = cli.commands["fit"].make_context("fit", shlex.split(options)).params
+    # (under the group's context, as `clip-smot fit` parses: a context of the command alone makes
+    # click cache fit's help option without the group's -h, and `clip-smot fit -h` then fails)
+    with cli.make_context("clip-smot", ["fit"]) as group:
+        params = cli.commands["fit"].make_context("fit", shlex.split(options), parent=group).params
     names = ("text_attention", "compile", "cuda_graph", "overlap_encoders")
     fit = resolve_speed(FitConfig(**{k: params[k] for k in names}), torch.device("cuda"))  # (no GPU needed)
     return tuple(getattr(fit, k) for k in names)
