@@ -304,14 +304,21 @@ def zero_shot_text_features(
 ) -> torch.Tensor:
     """Normalised text features [K, e] of ``template`` filled with each class name (the MCM baseline).
 
-    Uses open_clip's own ``encode_text`` on the tokenized text.
+    Uses open_clip's own ``encode_text`` on the tokenized text. Each distinct text is encoded
+    once: names that repeat (folders 'sea lion' and 'sea_lion') get the same features bit for bit,
+    on any CPU (as two rows of a batch they may round apart where the GEMM rounds by row).
     """
     if "{c}" not in template:
         raise UserError(f"--template {template!r}: must contain {{c}} where the class name goes")
     device = next(clip.model.parameters()).device
     texts = [template.replace("{c}", name) for name in classnames]
+    distinct = list(dict.fromkeys(texts))
     feats = [
-        clip.model.encode_text(clip.tokenizer(texts[i : i + batch_size]).to(device)).float()
-        for i in range(0, len(texts), batch_size)
+        clip.model.encode_text(clip.tokenizer(distinct[i : i + batch_size]).to(device)).float()
+        for i in range(0, len(distinct), batch_size)
     ]
-    return F.normalize(torch.cat(feats), dim=-1)
+    feats = F.normalize(torch.cat(feats), dim=-1)
+    if len(distinct) == len(texts):
+        return feats
+    row = {text: i for i, text in enumerate(distinct)}
+    return feats[torch.tensor([row[text] for text in texts], device=feats.device)]

@@ -97,6 +97,29 @@ def test_zero_shot_features_are_normalised_encode_text(clip):
         zero_shot_text_features(clip, NAMES, template="a photo")
 
 
+def test_zero_shot_names_that_repeat_get_the_same_features_bit_for_bit(clip, monkeypatch):
+    """Folders 'sea lion' and 'sea_lion' (ImageNet's two 'crane' or 'missile' wnids) give one text
+    twice. Encoded as two rows of a batch, the two features differed in their last bits where the
+    CPU's GEMM rounds by row (1 ulp with MKL's SSE4.2 kernels; an AMD CPU may run those): their
+    images' predictions were then a matter of rounding, not the first class's as documented. Each
+    distinct text is encoded once. (Here the encoder itself adds what depends on the row.)"""
+    real = clip.model.encode_text
+    rows = []
+
+    def by_row(tokens):  # a kernel whose rounding depends on the row of the batch
+        rows.append(len(tokens))
+        out = real(tokens)
+        return out + 1e-3 * torch.arange(len(tokens), dtype=out.dtype)[:, None]
+
+    monkeypatch.setattr(clip.model, "encode_text", by_row)
+    names = ["sea lion", "goldfish", "sea lion", "cat", "goldfish"]
+    feats = zero_shot_text_features(clip, names, batch_size=2)
+    assert rows == [2, 1]  # 3 distinct texts, in batches of 2
+    assert torch.equal(feats[0], feats[2]) and torch.equal(feats[1], feats[4])
+    assert feats.shape == (5, 32) and not torch.equal(feats[0], feats[1])
+    assert torch.equal(feats[3], zero_shot_text_features(clip, ["cat"])[0])  # (alone in its batch both times)
+
+
 @pytest.mark.parametrize("csc, class_position", [(False, "end"), (True, "middle")])
 def test_only_the_context_gets_gradient(clip, csc, class_position):
     learner = PromptLearner(clip, NAMES, n_ctx=4, csc=csc, class_position=class_position)
