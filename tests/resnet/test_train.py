@@ -184,9 +184,11 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
 
 
 def test_digits_base_smot_eval_offline(tmp_path):
+    # (2 epochs a stage: after 1 the ID accuracy was 10% to 42% as the CPU's kernels rounded, the
+    # loss just off ln 10; after 2 it was 62% to 79% on every CPU setting tried)
     base, smot, ev = tmp_path / "b", tmp_path / "s", tmp_path / "e"
-    assert _invoke(["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu", "--out", str(base)]).exit_code == 0
-    r = _invoke(["train", "--dataset", "digits", "--stage", "smot", "--epochs", "1", "--device", "cpu",
+    assert _invoke(["train", "--dataset", "digits", "--epochs", "2", "--device", "cpu", "--out", str(base)]).exit_code == 0
+    r = _invoke(["train", "--dataset", "digits", "--stage", "smot", "--epochs", "2", "--device", "cpu",
                  "--cam-model", str(base / "model.safetensors"), "--out", str(smot)])
     assert r.exit_code == 0, r.output
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", "digits", "--ood", "photos",
@@ -196,7 +198,7 @@ def test_digits_base_smot_eval_offline(tmp_path):
     vim = report["score_params"]["vim"]  # fitted on the digits training images (more than its 64 dims)
     assert vim["dim"] == 64 and 0 < vim["alpha"] < 1e3, vim
     assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
-    assert report["id_accuracy"] > 15  # above chance (10%) after one epoch per stage; the full recipe is the smoke run
+    assert report["id_accuracy"] > 15  # above chance (10%) after two epochs a stage; the full recipe is the smoke run
 
 
 def test_dry_run_writes_nothing(folders, tmp_path):
