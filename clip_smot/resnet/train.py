@@ -352,7 +352,7 @@ def _check_saved(ckpt: dict) -> None:
     if not isinstance(meta, dict) or not isinstance(meta.get("classnames", []), list) or \
             not all(isinstance(c, str) for c in meta.get("classnames", [])):  # (the resume's message joins them)
         raise ValueError("meta is not a record with a list of class names")
-    for key, kind in (("world_size", int), ("data_sha256", str), ("cam_model_sha256", str)):
+    for key, kind in (("world_size", int), ("data_sha256", str), ("images_sha256", str), ("cam_model_sha256", str)):
         if not isinstance(ckpt.get(key), (kind, type(None))):
             raise ValueError(f"{key} is {ckpt[key]!r}")
 
@@ -467,7 +467,14 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
         now, then = getattr(cfg, k), getattr(saved, k)
         if k in given and now and then and same_file(now, then):
             cfg = dataclasses.replace(cfg, **{k: then})
-    options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, _RESUME_FREE, out)
+    # a --data moved since (another disk, a renamed folder) resumes where the run records its images
+    # independently of where they lie: they are compared by that SHA-256 (_load_data)
+    moved = ("data",) if "data" in given and ckpt.get("images_sha256") is not None else ()
+    if "data" not in given and saved.data and ckpt.get("images_sha256") is not None and not os.path.isdir(saved.data):
+        raise UserError(f"--resume {out / rf.CHECKPOINT}: the run's --data folder {saved.data} is not there (moved?); "
+                        "pass --data with its path now")
+    options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, (*_RESUME_FREE, *moved),
+                                out)
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
         raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
                         "with as many or more")
@@ -496,7 +503,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
     device, precision = _device(cfg, world)
-    cfg, train_set, data_sha256, cam, cam_sha256 = _load_data(cfg, ckpt, download, device, world, dry_run)
+    cfg, train_set, hashes, cam = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)
     if rank == 0 and not dry_run:
         make_folder(out)
@@ -508,7 +515,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if dry_run:
         return _dry_run(cfg, run, rank, world)
     for epoch in range(run.start_epoch, cfg.epochs):
-        _epoch(cfg, run, epoch, rank, world, {"data_sha256": data_sha256, "cam_model_sha256": cam_sha256})
+        _epoch(cfg, run, epoch, rank, world, hashes)
         if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
             return {"stopped_after": epoch + 1}
     return _export(cfg, run, device, rank, world)
@@ -528,12 +535,15 @@ def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:
 def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torch.device, world: int,
                dry_run: bool):
     """The training set (checked against a resumed run's classes and images), the configuration
-    resolved for it, its SHA-256, and the CAM provider with its file's SHA-256 (method smot)."""
+    resolved for it, the SHA-256s of the images and of the CAM provider's file (method smot: the
+    provider too; :func:`_fingerprint`)."""
     out = Path(cfg.out)
-    if ckpt is None:  # a new run records them absolute (links kept, as given: a resume reads that spelling,
-        # which the fingerprint of images read as files holds): eval reads the model file's --data, and
-        # --resume without --data or --cam-model the run's, from whatever folder they are run in
-        cfg = dataclasses.replace(cfg, **{k: os.path.abspath(v) for k in ("data", "cam_model") if (v := getattr(cfg, k))})
+    # a new run records them absolute (links kept, as given): eval reads the model file's --data, and
+    # --resume without --data or --cam-model the run's, from whatever folder they are run in; a resumed
+    # run keeps its recorded spelling where its checkpoint's data_sha256 (of images read as files: of
+    # their paths as spelt) is what the images are compared by
+    absolute = ("data", "cam_model") if ckpt is None else ("data",) if ckpt.get("images_sha256") is not None else ()
+    cfg = dataclasses.replace(cfg, **{k: os.path.abspath(v) for k in absolute if (v := getattr(cfg, k))})
     if cfg.dataset is None and cfg.data is None:
         raise UserError("give --dataset NAME or --data DIR")
     if cfg.dataset == "digits" and cfg.data is not None:  # (it was ignored, and recorded as the run's data)
@@ -554,14 +564,17 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
         raise UserError(f"--resume: the classes of the data ({len(train_set.classnames)}: "
                         f"{', '.join(train_set.classnames[:5])}...) are not those of the run saved in {out} "
                         f"({len(saved_classes)}: {', '.join(saved_classes[:5])}...)")
-    data_sha256 = _fingerprint(train_set)
+    data_sha256, images_sha256 = _fingerprint(train_set, cfg.data)
     # each process reads the data itself: a folder changed meanwhile would have them train on other
     # images in step, or, with other counts, wait in unmatched collectives for gloo's 30 minutes
     if len(set(every_rank(data_sha256))) > 1:
         raise UserError(f"--data {cfg.data or cfg.dataset}: the {world} processes read other training images (were "
                         "files added, removed or changed while they read them?); run again once the data stays as it "
                         "is")
-    if ckpt is not None and ckpt.get("data_sha256") not in (None, data_sha256):  # (None: saved before the check)
+    hashes = {"data_sha256": data_sha256, "images_sha256": images_sha256}
+    # a run saved before images_sha256 was kept compares data_sha256 (None: saved before either was)
+    key = "images_sha256" if ckpt is not None and ckpt.get("images_sha256") is not None else "data_sha256"
+    if ckpt is not None and ckpt.get(key) not in (None, hashes[key]):
         raise UserError(f"--resume: the training images under {cfg.data or cfg.dataset} are not those of the run "
                         f"saved in {out} (images added, removed or changed); resume on the same images")
     cfg = resolve_config(cfg, len(train_set.classnames), train_set.input_size)
@@ -578,7 +591,7 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
             raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "
                             "was trained with (the file changed since, e.g. that run was resumed for more "
                             "epochs); resume with the run's own base model")
-    return cfg, train_set, data_sha256, cam, cam_sha256
+    return cfg, train_set, hashes | {"cam_model_sha256": cam_sha256}, cam
 
 
 @dataclass
@@ -734,21 +747,25 @@ def _check_batch_of_one(model: nn.Module, cfg: TrainConfig, size: int, batch: in
                     "--batch-size or a larger --input-size")
 
 
-def _fingerprint(s: SizedImageSet) -> str:
-    """SHA-256 of a training set: its labels and its decoded pixels (small images), or its file
-    paths and each file's SHA-256 (large ones: the bytes, read in threads). A resume checks it,
-    as fit checks its split: same flags, other images would continue the run on data it was not
-    trained on."""
+def _fingerprint(s: SizedImageSet, root: str | None) -> tuple[str, str]:
+    """SHA-256s of a training set: its labels and its decoded pixels (small images), or its file
+    paths and each file's SHA-256 (large ones: the bytes, read in threads), the paths as spelt
+    (``data_sha256``) and relative to ``root``, the --data folder (``images_sha256``: the same
+    wherever the folder lies). A resume checks them, as fit checks its split: same flags, other
+    images would continue the run on data it was not trained on."""
     from concurrent.futures import ThreadPoolExecutor
 
     h = hashlib.sha256(s.labels.cpu().numpy().tobytes())
     if s.images is not None:
         h.update(s.images.cpu().numpy().tobytes())  # uint8 [N, 3, S, S]
-    else:
-        with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
-            digests = pool.map(_image_sha256, s.files)
-            h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
-    return h.hexdigest()
+        return h.hexdigest(), h.hexdigest()
+    relative = h.copy()
+    with ThreadPoolExecutor() as pool:  # hashlib hashes with the GIL released
+        digests = list(pool.map(_image_sha256, s.files))
+    h.update("".join(f"{d}  {f}\n" for f, d in zip(s.files, digests)).encode())  # sha256sum's listing
+    relative.update("".join(f"{d}  {os.path.relpath(f, root or os.curdir)}\n"
+                            for f, d in zip(s.files, digests)).encode())
+    return h.hexdigest(), relative.hexdigest()
 
 
 def _image_sha256(path: Path) -> str:

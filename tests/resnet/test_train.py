@@ -869,6 +869,45 @@ def test_resume_on_other_images_of_the_same_classes_is_refused(tmp_path, input_s
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.parametrize("input_size", [16, 72], ids=["decoded once", "files"])
+def test_a_run_resumes_on_its_data_moved_to_another_folder(tmp_path, input_size):
+    """A data set moved since the run started (another disk, a renamed folder): `--resume --data NEW`
+    said "--data differs", and the fingerprint of images read as files held their old paths. The
+    checkpoint keeps images_sha256 (paths relative to --data, and bytes): the moved folder goes on
+    to the weights of an uninterrupted run and is recorded; other images there are still refused,
+    and a run saved before images_sha256 was kept still compares --data as before."""
+    import shutil
+
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    kw = dict(epochs=2, input_size=input_size)
+    run_train(_cfg(data, tmp_path / "a", **kw))
+    out = tmp_path / "b"
+    assert run_train(_cfg(data, out, **kw), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    moved = data.rename(tmp_path / "elsewhere")
+    img = moved / "train" / "dog" / "1.png"
+    kept = img.read_bytes()
+    img.write_bytes((moved / "train" / "cat" / "1.png").read_bytes())  # one image replaced: other images
+    with pytest.raises(UserError, match=r"^--resume: the training images under .*elsewhere are not those of the run"):
+        run_train(_cfg(moved, out, **kw), resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    img.write_bytes(kept)
+    legacy = tmp_path / "legacy"  # (a checkpoint written before images_sha256 was kept)
+    shutil.copytree(out, legacy)
+    ckpt = torch.load(legacy / "checkpoint.pt", weights_only=True)
+    del ckpt["images_sha256"]
+    torch.save(ckpt, legacy / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"^--resume: --data differs from the run saved in .*legacy; "):
+        run_train(_cfg(moved, legacy, **kw), resume=True)
+    with pytest.raises(UserError, match=rf"^--resume {out / 'checkpoint.pt'}: the run's --data folder {data} is not "
+                                        r"there \(moved\?\); pass --data with its path now$"):
+        run_train(TrainConfig(out=str(out), workers=0), resume=True, flags=["out", "workers"])
+    run_train(_cfg(moved, out, **kw), resume=True)
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "config.json").read_text())["data"] == str(moved)
+
+
 def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_model, tmp_path):
     """--resume compared --cam-model as a string: a base model replaced at that path (its run
     resumed for more epochs rewrites it) continued the SMOT run with other CAMs, silently."""
@@ -1213,17 +1252,13 @@ def test_resume_takes_the_runs_own_data_and_cam_model_spelled_another_way(folder
                                                                            monkeypatch):
     """`--data data/` (a shell's completion) or a relative `--cam-model` on --resume of a run given
     them absolute was "--data differs": the same folder or file, however spelled, resumes (fit
-    compares its --data resolved already); another folder, even a copy, is still refused."""
-    import shutil
-
+    compares its --data resolved already), and the run keeps its spelling. (Another folder resumes
+    when it holds the run's images: test_a_run_resumes_on_its_data_moved_to_another_folder.)"""
     kw = dict(stage="smot", cam_model=str(base_model), epochs=2)
     out = tmp_path / "r"
     assert run_train(_cfg(folders, out, **kw), stop_after=1) == {"stopped_after": 1}
     monkeypatch.chdir(base_model.parent)
     given = ["data", "cam_model", "stage", "epochs", "out"]
-    copy = shutil.copytree(folders, tmp_path / "copy")
-    with pytest.raises(UserError, match="--resume: --data differs from the run saved in"):
-        run_train(_cfg(copy, out, **kw), resume=True, flags=given)
     summary = run_train(_cfg(f"{folders}{os.sep}", out, **{**kw, "cam_model": base_model.name}), resume=True,
                         flags=given)
     assert summary["epochs"] == 2 and (out / "model.safetensors").is_file()
