@@ -8,10 +8,12 @@ extension are listed (directories, links, devices, sparse files and hidden ``.*`
 names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an
 unreadable image, not a read; a member name met twice is listed once (the first); a shard cut
 short anywhere but inside an image or its end-of-archive blocks, with a damaged header, or
-followed by another tar, is unreadable. Listing reads the
+followed by another tar, is unreadable; so is one whose headers for a member (pax records, GNU
+long names, a sparse map, with the global pax records in force) take more than
+:data:`MAX_HEADER_BYTES`, which tarfile would hold in memory whole. Listing reads the
 headers alone (seeking over the data); reading one image seeks to its bytes through an index of
 the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
-does not grow with the number of images.
+does not grow with the number of images, nor with the sizes a shard's headers declare.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from typing import Iterator
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import file_stamp
 
-__all__ = ["MAX_MEMBER_BYTES", "SEPARATOR", "is_shard", "split_member", "list_members", "read_image_bytes",
-           "image_identity", "image_stamp"]
+__all__ = ["MAX_MEMBER_BYTES", "MAX_HEADER_BYTES", "SEPARATOR", "is_shard", "split_member", "list_members",
+           "read_image_bytes", "image_identity", "image_stamp"]
 
 SEPARATOR = "::"
 MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: far above any photograph, far below a machine's memory
+# 1 MiB of headers for one member: tarfile reads a pax or GNU long-name header whole and parses
+# copies of it, and builds a sparse map as a list of tuples, several times its bytes. A real
+# member's take a few KB: paths and link targets (PATH_MAX: 4 KiB), times, owner names, extended
+# attributes (Linux: 64 KiB a value at most); 1 MiB also holds a sparse map of 43,000 fragments.
+MAX_HEADER_BYTES = 1 << 20
 _INDEXED = 4  # shards whose index a process keeps (DataLoader workers read a few at a time)
 
 
@@ -49,8 +56,9 @@ def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
     return s[: i + 4], s[i + 4 + len(SEPARATOR):]
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The headers of ``tar`` one by one, without the list of all of them that ``tarfile`` keeps.
+def _members(tar: tarfile.TarFile, reads: _BoundedReads) -> Iterator[tarfile.TarInfo]:
+    """The headers of ``tar`` (opened on ``reads``) one by one, without the list of all of them
+    that ``tarfile`` keeps, each member's headers read within :data:`MAX_HEADER_BYTES`.
 
     Raises:
         tarfile.ReadError: a header with a negative size (base-256 and pax headers can say so),
@@ -58,7 +66,12 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             header for ever, a -1024 listed a member whose bytes could not be read.
     """
     end = 0
-    while (info := tar.next()) is not None:
+    while True:
+        # (the global pax records in force count against the member's headers: each global
+        # header is within the limit, but they add up, and tarfile copies them into every member)
+        reads.new_member(tar.offset, _pax_bytes(tar.pax_headers))
+        if (info := tar.next()) is None:
+            return
         tar.members = []  # (tarfile appends each header to it: a shard of millions would fill memory)
         # (tar.offset: where tarfile reads the next header, after the bytes the member stores; a
         # sparse member's size is its whole length, holes included, more than it stores)
@@ -79,16 +92,37 @@ def _listable(info: tarfile.TarInfo) -> bool:
             and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS)
 
 
+def _pax_bytes(records: dict[str, str]) -> int:
+    return sum(len(k) + len(v) for k, v in records.items())  # (empty, or a few, in a real shard)
+
+
 class _BoundedReads:
-    """A binary file whose reads ask for no more than the bytes left in it. tarfile reads a pax or
-    GNU long-name header's data in one read of the size its header declares, and a read
-    allocates that size first: a 2.5 KB shard declaring a 1 TiB pax header was a MemoryError."""
+    """A binary file whose reads ask for no more than the bytes left in it, and read no more than
+    :data:`MAX_HEADER_BYTES` for one member's headers (:meth:`new_member` starts a member).
+
+    tarfile reads a pax or GNU long-name header's data in one read of the size its header
+    declares, and a read allocates that size first: a 2.5 KB shard declaring a 1 TiB pax header
+    was a MemoryError. With the bytes there, that read and the copies its parsing makes held
+    several times the header's size, and a sparse map read block by block a list several times
+    its bytes: the limit is checked before each read, so the large one is never made."""
 
     def __init__(self, f):
         self._f, self._size = f, os.fstat(f.fileno()).st_size
+        self.new_member(0, 0)  # (tarfile.open reads the first member)
+
+    def new_member(self, at: int, held: int) -> None:
+        """Count the reads from here as the headers of the member at byte ``at``; ``held``: the
+        bytes of header tarfile holds for it already (the global pax records)."""
+        self._at, self._read = at, held
 
     def read(self, n: int = -1) -> bytes:
-        return self._f.read(n if n is None or n < 0 else min(n, max(0, self._size - self._f.tell())))
+        left = max(0, self._size - self._f.tell())
+        n = left if n is None or n < 0 else min(n, left)
+        if self._read + n > MAX_HEADER_BYTES:
+            raise tarfile.ReadError(f"the headers at byte {self._at} take more than {MAX_HEADER_BYTES} bytes of "
+                                    "pax records, long names or sparse map, far more than a real shard's")
+        self._read += n
+        return self._f.read(n)
 
     def __getattr__(self, name: str):  # (seek, tell, name, mode: the file's own)
         return getattr(self._f, name)
@@ -100,8 +134,8 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
     info = None
     try:
         # uncompressed only: an image is read by its offset
-        with open(shard, "rb") as f, tarfile.open(fileobj=_BoundedReads(f), mode="r:") as tar:
-            for info in _members(tar):
+        with open(shard, "rb") as f, tarfile.open(fileobj=(reads := _BoundedReads(f)), mode="r:") as tar:
+            for info in _members(tar, reads):
                 if _listable(info):
                     index.setdefault(info.name, (info.offset_data, info.size))
             _check_end(f, tar.offset)

@@ -361,3 +361,138 @@ def test_a_missing_shard_or_image_file_is_named_missing(tmp_path):
 def test_an_image_files_identity_is_its_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert shards.image_identity("a.png") == shards.image_identity("./a.png") == f"{tmp_path}/a.png"
+
+
+def _header(name, kind, size):
+    """A ustar header block of type ``kind`` (b"x", b"g", b"L", b"K", ...) declaring ``size``."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    raw = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    raw[156:157] = kind
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw)
+    return bytes(raw)
+
+
+def _padded(data):
+    return data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def _record(key, value):
+    """A pax record: its length (itself included), the key, the value."""
+    body = b" %s=%s\n" % (key, value)
+    n = len(body) + len(str(len(body)))
+    return b"%d%s" % (n + (len(str(n)) > len(str(len(body)))), body)
+
+
+def _member(name, data=b""):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info.tobuf(tarfile.USTAR_FORMAT) + _padded(data)
+
+
+def _extended(kind, body):
+    return _header("ext", kind, len(body)) + _padded(body)
+
+
+def _old_gnu_sparse(fragments):
+    """A sparse member in the old GNU layout: 4 fragments in its header, 21 a block after it."""
+    info = tarfile.TarInfo("holes.bin")
+    raw = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    raw[156:157], raw[482], raw[483:495] = b"S", 1, b"%011o\0" % (1 << 30)
+    entries = [b"%011o\0%011o\0" % (2000 * i + 1000, 1000) for i in range(fragments)]
+    raw[386:482] = b"".join(entries[:4])
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw)
+    blocks = [b"".join(entries[i:i + 21]).ljust(504, b"\0") for i in range(4, fragments, 21)]
+    return bytes(raw) + b"".join(b + (b"\1" if i < len(blocks) - 1 else b"\0") + bytes(7) for i, b in enumerate(blocks))
+
+
+_BIG = 4 << 20  # (the headers of each hostile shard below: 128 times the limit the test sets)
+_HOSTILE_HEADERS = {
+    "pax": lambda: _extended(b"x", _record(b"comment", b"c" * _BIG)),
+    "GNU long name": lambda: _extended(b"L", b"n" * _BIG + b".png"),
+    "GNU long link": lambda: _extended(b"K", b"n" * _BIG),
+    "old GNU sparse map": lambda: _old_gnu_sparse(_BIG // 512 * 21),
+    "pax 0.1 sparse map": lambda: _extended(b"x", _record(b"GNU.sparse.map", b",".join(b"%d" % (1000 + i) for i in range(
+        _BIG // 5))) + _record(b"GNU.sparse.realsize", b"10")) + _member("holes.bin"),
+    "pax 0.0 sparse map": lambda: _extended(b"x", _record(b"GNU.sparse.size", b"10") + b"".join(
+        _record(b"GNU.sparse.offset", b"%d" % i) + _record(b"GNU.sparse.numbytes", b"1") for i in range(_BIG // 50))
+        ) + _member("holes.bin"),
+    "pax 1.0 sparse map": lambda: _extended(b"x", _record(b"GNU.sparse.major", b"1") + _record(b"GNU.sparse.minor", b"0")
+                                            ) + _member("holes.bin", b"%d\n" % (_BIG // 10) + b"1000\n" * (_BIG // 5)),
+    "global pax headers": lambda: b"".join(_extended(b"g", _record(b"k%d" % i, b"v" * 30000)) + _member(f"{i}.cls")
+                                           for i in range(_BIG // 30000)),  # (each holds; tarfile keeps them all)
+}
+
+
+@pytest.mark.parametrize("kind", list(_HOSTILE_HEADERS))
+def test_headers_larger_than_the_limit_are_refused_before_they_are_read(tmp_path, monkeypatch, kind):
+    """tarfile reads a pax or GNU long-name header whole, parses copies of it, and builds a sparse
+    map as a list several times its bytes: a 200 MB pax header in a 200 MB shard took 570 MB
+    more to list, a 60 MB old GNU sparse map 340 MB, and global pax headers added up without end.
+    A member's headers over MAX_HEADER_BYTES now make the shard unreadable, before they are read."""
+    import tracemalloc
+
+    import clip_smot.common.images  # noqa: F401 (imported before the measure)
+
+    (tmp_path / "s.tar").write_bytes(_HOSTILE_HEADERS[kind]() + _member("k.png", b"png") + bytes(1024))
+    monkeypatch.setattr(shards, "MAX_HEADER_BYTES", 32 << 10)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(the headers at byte \d+ "
+                                            r"take more than 32768 bytes of pax records, long names or sparse map, far "
+                                            r"more than a real shard's\)$"):
+            shards.list_members(tmp_path / "s.tar")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes at the peak"
+
+
+def test_the_header_limit_admits_headers_of_exactly_that_size(tmp_path, monkeypatch):
+    """A member's headers: its pax header block and records and its own header block, read
+    before its data; a global pax header's records count for every member after it."""
+    def limit(n):
+        monkeypatch.setattr(shards, "MAX_HEADER_BYTES", n)
+        shards._index.cache_clear()  # (the same shard, scanned again)
+
+    with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "é" * 300 + ".png", b"x" * 10)
+        _add(tar, "b.png", b"y" * 10)
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        headers = tar.getmembers()[0].offset_data  # (the first member's, from byte 0)
+    assert headers == 512 + 1024 + 512
+    limit(headers)
+    assert len(shards.list_members(tmp_path / "s.tar")) == 2
+    limit(headers - 1)
+    with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(the headers at byte 0 take "
+                                        r"more than 2047 bytes"):
+        shards.list_members(tmp_path / "s.tar")
+    # two global headers, of 3,000 bytes of records each: the second member's headers take its
+    # 4,096 bytes (header blocks, records) and the first's 3,002 bytes still held
+    (tmp_path / "g.tar").write_bytes(_extended(b"g", _record(b"k1", b"v" * 3000)) + _member("a.png", b"x")
+                                     + _extended(b"g", _record(b"k2", b"v" * 3000)) + _member("b.png", b"y")
+                                     + bytes(1024))
+    limit(5000)
+    with pytest.raises(UserError, match=r"g.tar: not a readable uncompressed tar shard \(the headers at byte 4608 "
+                                        r"take more than 5000 bytes"):
+        shards.list_members(tmp_path / "g.tar")
+    limit(8000)
+    assert len(shards.list_members(tmp_path / "g.tar")) == 2
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_long_and_unicode_member_names_are_listed_and_read(tmp_path, fmt):
+    """Names over 100 characters go in a header of their own (GNU 'L', pax 'x'), as do pax's
+    non-ASCII names; a git archive's global pax header (its commit) comes first."""
+    names = ["d" * 200 + "/" + "n" * 96 + ".jpg", "ünïcødé/画像.png", "s.png"]
+    with tarfile.open(tmp_path / "s.tar", "w", format=fmt,
+                      pax_headers={"comment": "0" * 40} if fmt == tarfile.PAX_FORMAT else None) as tar:
+        for k, name in enumerate(names):
+            _add(tar, name, b"%d" % k * (k + 1))
+            _add(tar, name[:-4] + ".cls", b"3")
+    assert len(names[0]) == 301
+    listed = shards.list_members(tmp_path / "s.tar")
+    assert listed == [f"{tmp_path / 's.tar'}::{n}" for n in names]
+    assert [shards.read_image_bytes(m) for m in listed] == [b"0", b"11", b"222"]
