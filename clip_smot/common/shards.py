@@ -10,7 +10,8 @@ unreadable image, not a read; a member name met twice is listed once (the first)
 short anywhere but inside an image or its end-of-archive blocks, with a damaged header, or
 followed by another tar, is unreadable; so is one whose headers for a member (pax records, GNU
 long names, a sparse map, with the global pax records in force) take more than
-:data:`MAX_HEADER_BYTES`, which tarfile would hold in memory whole. Listing reads the
+:data:`MAX_HEADER_BYTES`, which tarfile would hold in memory whole, or that extend one another
+more deeply than tarfile can follow. Listing reads the
 headers alone (seeking over the data); reading one image seeks to its bytes through an index of
 the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
 does not grow with the number of images, nor with the sizes a shard's headers declare.
@@ -113,13 +114,13 @@ class _BoundedReads:
     def new_member(self, at: int, held: int) -> None:
         """Count the reads from here as the headers of the member at byte ``at``; ``held``: the
         bytes of header tarfile holds for it already (the global pax records)."""
-        self._at, self._read = at, held
+        self.at, self._read = at, held
 
     def read(self, n: int = -1) -> bytes:
         left = max(0, self._size - self._f.tell())
         n = left if n is None or n < 0 else min(n, left)
         if self._read + n > MAX_HEADER_BYTES:
-            raise tarfile.ReadError(f"the headers at byte {self._at} take more than {MAX_HEADER_BYTES} bytes of "
+            raise tarfile.ReadError(f"the headers at byte {self.at} take more than {MAX_HEADER_BYTES} bytes of "
                                     "pax records, long names or sparse map, far more than a real shard's")
         self._read += n
         return self._f.read(n)
@@ -151,6 +152,9 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
         raise UserError(f"{flag} {shard}: no such file") from None
     except (tarfile.TarError, OSError, ValueError) as e:
         raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
+    except RecursionError:  # (tarfile reads an extended header's next header by recursing into it)
+        raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard (the headers at byte {reads.at} "
+                        "extend one another more deeply than tarfile can follow)") from None
     return index
 
 

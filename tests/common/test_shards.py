@@ -496,3 +496,12 @@ def test_long_and_unicode_member_names_are_listed_and_read(tmp_path, fmt):
     listed = shards.list_members(tmp_path / "s.tar")
     assert listed == [f"{tmp_path / 's.tar'}::{n}" for n in names]
     assert [shards.read_image_bytes(m) for m in listed] == [b"0", b"11", b"222"]
+
+
+def test_a_chain_of_extended_headers_is_one_line(tmp_path):
+    """tarfile reads the header after a pax one by recursing into it: 1,500 empty pax headers
+    one after the other (768 KB, within the header limit) were a RecursionError, a traceback."""
+    (tmp_path / "s.tar").write_bytes(_header("ext", b"x", 0) * 1500 + _member("k.png", b"png") + bytes(1024))
+    with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(the headers at byte 0 extend "
+                                        r"one another more deeply than tarfile can follow\)$"):
+        shards.list_members(tmp_path / "s.tar")
