@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "resolve_precision", "autocast", "seed_everything",
-           "seeded_cpu_rng", "physical_memory"]
+           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -117,3 +118,36 @@ def physical_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return None
+
+
+def missing_cpp_compiler() -> str | None:
+    """None where torch.compile's CPU backend (inductor) finds a C++ compiler; else what it
+    tried, for a message ("tried g++", "tried $CXX=/opt/bin/c++").
+
+    Asks inductor's own lookup (``torch._inductor.cpp_builder.get_cpp_compiler``): the first of
+    ``torch._inductor.config.cpp.cxx`` (``$CXX``, else ``g++``; with ``TORCH_INDUCTOR_INSTALL_GXX``
+    a g++ it installs with conda first) that answers ``--version``. Where this torch has no such
+    function: ``$CXX`` or ``g++`` on the PATH.
+    """
+    try:
+        from torch._inductor import config
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # pragma: no cover - another torch's layout
+        name = os.environ.get("CXX") or "g++"
+        return None if shutil.which(name) else f"tried {name}"
+    try:
+        get_cpp_compiler()
+        return None
+    except RuntimeError:  # torch._inductor.exc.InvalidCxxCompiler (on Windows: a RuntimeError too)
+        cxx = config.cpp.cxx
+    names = [c for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)) if c]  # (None: conda's g++)
+    return "tried " + ", ".join(f"$CXX={n}" if n == os.environ.get("CXX") else n for n in names)
+
+
+def require_cpp_compiler(flag: str, instead: str) -> None:
+    """Raise a UserError naming ``flag`` where torch.compile on the CPU would find no C++
+    compiler (:func:`missing_cpp_compiler`); ``instead``: how to run without one."""
+    missing = missing_cpp_compiler()
+    if missing is not None:
+        raise UserError(f"{flag}: torch.compile on the CPU needs a C++ compiler and none was found ({missing}); "
+                        f"install one (g++) or point CXX at one, or run {instead}")

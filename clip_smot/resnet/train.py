@@ -53,6 +53,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import (
     PRECISIONS,
     autocast,
+    require_cpp_compiler,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -526,6 +527,8 @@ def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
+    if cfg.compile and device.type == "cpu":  # (inductor's CPU kernels are C++; say so before any data is read)
+        require_cpp_compiler("--compile", "without --compile")
     if device.type == "cuda" and world > 1:
         device = resolve_device("cuda")  # (cuda:LOCAL_RANK, a GPU this machine has)
         torch.cuda.set_device(device)

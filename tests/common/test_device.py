@@ -186,3 +186,28 @@ def test_physical_memory_is_the_kernels_total():
     with open("/proc/meminfo") as f:  # (Linux: MemTotal in KiB)
         total = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     assert physical_memory() == total * 1024
+
+
+def test_missing_cpp_compiler_asks_inductors_own_lookup(tmp_path, monkeypatch):
+    """torch.compile on the CPU builds C++ kernels with the first of inductor's config.cpp.cxx
+    ($CXX, else g++) that answers --version; a slim image has none. The check runs that lookup:
+    a program that answers is a compiler, a path that is not there is none."""
+    from torch._inductor import config
+
+    from clip_smot.common.device import missing_cpp_compiler, require_cpp_compiler
+
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'fake c++ 1.0'\n")
+    fake.chmod(0o755)
+    with config.patch({"cpp.cxx": (None, str(fake))}):  # (None: conda's g++, only with TORCH_INDUCTOR_INSTALL_GXX)
+        assert missing_cpp_compiler() is None
+        require_cpp_compiler("--compile", "without --compile")
+    gone = str(tmp_path / "nowhere" / "g++")
+    with config.patch({"cpp.cxx": (None, gone)}):
+        assert missing_cpp_compiler() == f"tried {gone}"
+        monkeypatch.setenv("CXX", gone)
+        assert missing_cpp_compiler() == f"tried $CXX={gone}"
+        with pytest.raises(UserError) as e:
+            require_cpp_compiler("--compile", "without --compile")
+    assert str(e.value) == (f"--compile: torch.compile on the CPU needs a C++ compiler and none was found (tried "
+                            f"$CXX={gone}); install one (g++) or point CXX at one, or run without --compile")

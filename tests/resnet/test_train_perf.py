@@ -206,12 +206,30 @@ def test_cuda_compiled_steps_match_eager(cuda_graph):
     torch.testing.assert_close(torch.tensor(losses_c), torch.tensor(losses), rtol=3e-2, atol=3e-2)
 
 
+def test_train_compile_without_a_cpp_compiler_is_one_line(tmp_path):
+    """torch.compile on the CPU needs a C++ compiler: without one (here: inductor's lookup finds
+    none) `train --compile` stops in one line naming the flag before any data is read (the check comes first), not with
+    inductor's traceback at the first step."""
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, str(tmp_path / "nowhere" / "g++"))}):
+        r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--device", "cpu", "--workers", "0",
+                                     "--epochs", "1", "--compile", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1, r.output
+    assert r.output == (f"Error: --compile: torch.compile on the CPU needs a C++ compiler and none was found (tried "
+                        f"{tmp_path / 'nowhere' / 'g++'}); install one (g++) or point CXX at one, or run without "
+                        "--compile\n")
+    assert not (tmp_path / "o").exists()
+
+
 def test_train_compile_flag_compiles_both_networks_and_saves_plain_keys(tmp_path, monkeypatch):
     """The CLI wiring of --compile: the trained and the CAM network go through torch.compile,
     the steps use the compiled callable, and the saved weights keep the plain module's keys."""
     import numpy as np
     from PIL import Image
     from safetensors.torch import load_file
+
+    from clip_smot.common import device
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 2)):
@@ -237,6 +255,7 @@ def test_train_compile_flag_compiles_both_networks_and_saves_plain_keys(tmp_path
         return wrapped
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: None)  # (nothing is compiled: any machine)
     r = CliRunner().invoke(cli, ["train", *tiny, "--stage", "smot", "--cam-model",
                                  str(tmp_path / "base" / "model.safetensors"), "--compile",
                                  "--out", str(tmp_path / "smot")], catch_exceptions=False)
