@@ -50,7 +50,7 @@ from clip_smot.common.configs import (
     check_ranges,
     setting,
 )
-from clip_smot.common.device import DEVICES, PRECISIONS, resolve_device, resolve_precision
+from clip_smot.common.device import DEVICES, PRECISIONS, require_cpp_compiler, resolve_device, resolve_precision
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_text,
@@ -537,6 +537,8 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":
             raise UserError(f"{flag}: needs a CUDA device, not {device}")
+    if cfg.compile and device.type == "cpu":  # (inductor's CPU kernels are C++: say so before the set-up)
+        require_cpp_compiler("--compile", "with --no-compile")
     return cfg, saved, device
 
 

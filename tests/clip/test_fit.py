@@ -993,6 +993,7 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
     --no-compile (and --text-attention square where FlexAttention's kernel runs); other errors
     are not renamed."""
     import clip_smot.clip.fit as fit_mod
+    from clip_smot.common import device
 
     class InductorError(RuntimeError):
         __module__ = "torch._inductor.exc"  # where torch's compile errors live
@@ -1004,6 +1005,7 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
             return step
         return make
 
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: None)  # (the step is faked: any machine)
     monkeypatch.setattr(fit_mod, "make_fit_step", failing_step(InductorError("cc: not found\nmore")))
     res = CliRunner().invoke(cli, fit_args(tmp_path / "c", "--compile"))
     assert res.exit_code == 1
@@ -1023,6 +1025,21 @@ def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path
                          "(cc: not found); run with --no-compile --text-attention square")):
         res = CliRunner().invoke(cli, fit_args(tmp_path / "e", *extra))
         assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == "Error: " + last
+
+
+def test_compile_on_the_cpu_without_a_cpp_compiler_is_one_line_before_the_set_up(fit_args, tmp_path):
+    """torch.compile on the CPU needs a C++ compiler: without one (here: inductor's lookup finds
+    none) `fit --compile` stops in one line naming the flag and --no-compile before the model is
+    loaded, not at the first step after the whole set-up."""
+    from torch._inductor import config
+
+    gone = tmp_path / "nowhere" / "g++"
+    with config.patch({"cpp.cxx": (None, str(gone))}):
+        res = CliRunner().invoke(cli, fit_args(tmp_path / "c", "--compile"))
+    assert res.exit_code == 1, res.output
+    assert res.output == (f"Error: --compile: torch.compile on the CPU needs a C++ compiler and none was found (tried "
+                          f"{gone}); install one (g++) or point CXX at one, or run with --no-compile\n")
+    assert not (tmp_path / "c").exists()
 
 
 def test_compile_errors_are_told_by_the_module_of_their_class_or_its_bases():
