@@ -42,3 +42,18 @@ def tiny_clip_checkpoint(tiny_clip_config, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("clipckpt") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
+
+
+def cpp_compiler_skip_reason() -> str | None:
+    """Why a test marked ``cpp_compiler`` cannot run here: torch.compile on the CPU builds C++
+    kernels, and inductor's own lookup (:func:`clip_smot.common.device.missing_cpp_compiler`)
+    finds no compiler. None where it finds one: then every such test runs."""
+    from clip_smot.common.device import missing_cpp_compiler
+
+    missing = missing_cpp_compiler()
+    return None if missing is None else f"needs a C++ compiler for torch.compile on the CPU (none found: {missing})"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cpp_compiler") and (reason := cpp_compiler_skip_reason()):
+        pytest.skip(reason)

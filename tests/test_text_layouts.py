@@ -51,6 +51,7 @@ def test_attention_layouts_equal_open_clip_with_gradient(clip, attention, csc, c
     check_features_and_gradient_equal_open_clip(clip, learner)
 
 
+@pytest.mark.cpp_compiler
 @pytest.mark.parametrize("compiled, csc, class_position, ctx_init, share_prefix", [
     (False, False, "middle", None, False), (False, False, "end", None, False),
 ])

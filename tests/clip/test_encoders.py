@@ -56,6 +56,7 @@ def test_image_encoder_bf16_within_tolerance(clip):
     assert 1e-4 < ((fast - ref).norm() / ref.norm()).item() < 2e-2
 
 
+@pytest.mark.cpp_compiler
 @pytest.mark.parametrize("pool_type", ["tok", "avg"])
 def test_compiled_image_layers_equal_encode_image(clip, pool_type):
     """ImageEncoder.compile_layers (one torch.compile region shared by the blocks) changes nothing."""

@@ -924,6 +924,7 @@ def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path):
     assert "dry run: one batch" in res.output
 
 
+@pytest.mark.cpp_compiler
 def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
     """--text-attention flex --compile: one epoch (a large lr, no warm-up, so that the
     context moves) ends with the default run's context."""

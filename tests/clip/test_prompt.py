@@ -322,6 +322,7 @@ def test_residual_must_match_precision(clip):
         PromptLearner(clip, NAMES, n_ctx=4, precision="bf16", residual="fp16")
 
 
+@pytest.mark.cpp_compiler
 @pytest.mark.parametrize("attention", ["square", "flex"])
 def test_compiled_layers_equal_eager(clip, attention):
     """TextEncoder.compile_layers (regional torch.compile of the layers): same features and gradient."""
@@ -364,6 +365,7 @@ def test_flex_masks_by_hand(clip):
     assert len(enc._layouts) == encoders._LAYOUTS_KEPT
 
 
+@pytest.mark.cpp_compiler
 @pytest.mark.parametrize("compiled, csc, class_position, ctx_init", [
     (False, False, "end", None), (True, False, "end", None),
     (False, True, "middle", None), (False, False, "front", None), (False, True, "end", None),

@@ -211,3 +211,20 @@ def test_missing_cpp_compiler_asks_inductors_own_lookup(tmp_path, monkeypatch):
             require_cpp_compiler("--compile", "without --compile")
     assert str(e.value) == (f"--compile: torch.compile on the CPU needs a C++ compiler and none was found (tried "
                             f"$CXX={gone}); install one (g++) or point CXX at one, or run without --compile")
+
+
+def test_compiler_tests_are_skipped_only_where_inductor_finds_no_compiler(tmp_path, pytestconfig):
+    """Tests marked cpp_compiler (torch.compile on the CPU) skip, with the lookup's reason, only
+    where inductor's own lookup finds no C++ compiler; where it finds one they run."""
+    from conftest import cpp_compiler_skip_reason
+    from torch._inductor import config
+
+    assert any(m.startswith("cpp_compiler:") for m in pytestconfig.getini("markers"))
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'fake c++ 1.0'\n")
+    fake.chmod(0o755)
+    with config.patch({"cpp.cxx": (None, str(fake))}):
+        assert cpp_compiler_skip_reason() is None
+    gone = tmp_path / "nowhere" / "g++"
+    with config.patch({"cpp.cxx": (None, str(gone))}):
+        assert cpp_compiler_skip_reason() == f"needs a C++ compiler for torch.compile on the CPU (none found: tried {gone})"

@@ -171,6 +171,7 @@ def test_fused_sgd_gives_the_plain_sgd_weights():
     _assert_same(model, other, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cpp_compiler
 @pytest.mark.slow  # inductor's C++ compile of the tiny ResNet's forward and backward: ~1 min on 2 cores
 def test_compiled_step_gives_the_eager_step():
     model, parts, x, y, t = _setup()
