@@ -50,7 +50,14 @@ from clip_smot.common.configs import (
     check_ranges,
     setting,
 )
-from clip_smot.common.device import DEVICES, PRECISIONS, require_cpp_compiler, resolve_device, resolve_precision
+from clip_smot.common.device import (
+    DEVICES,
+    PRECISIONS,
+    is_compile_error,
+    require_cpp_compiler,
+    resolve_device,
+    resolve_precision,
+)
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_text,
@@ -420,11 +427,6 @@ def _since(t0: float, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _compiler_error(e: BaseException) -> bool:
-    """Whether ``e`` was raised by torch.compile's machinery (dynamo, inductor) or a kernel compiler."""
-    return any(t.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for t in type(e).__mro__)
-
-
 def _contents(record):
     """What a run record says of the weights' contents: a CLIP identity less the checkpoint file's
     name where its SHA-256 is known (a copy under another name holds the same weights)."""
@@ -732,7 +734,7 @@ def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams
         try:  # thresholds from data_gen (CPU): no sync
             loss = training.step(x, cam if cam is not None else no_cams, labels[idx])
         except Exception as e:
-            if compiled and _compiler_error(e):  # e.g. no C compiler for Triton's launcher
+            if compiled and is_compile_error(e):  # e.g. no C compiler for Triton's launcher
                 raise UserError(f"{' and '.join(compiled)}: torch.compile failed on this machine "
                                 f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
             raise

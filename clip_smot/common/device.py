@@ -14,7 +14,7 @@ from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "resolve_precision", "autocast", "seed_everything",
-           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler"]
+           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler", "is_compile_error"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -151,3 +151,9 @@ def require_cpp_compiler(flag: str, instead: str) -> None:
     if missing is not None:
         raise UserError(f"{flag}: torch.compile on the CPU needs a C++ compiler and none was found ({missing}); "
                         f"install one (g++) or point CXX at one, or run {instead}")
+
+
+def is_compile_error(e: BaseException) -> bool:
+    """Whether ``e`` was raised by torch.compile's machinery (dynamo, inductor) or a kernel
+    compiler (Triton: e.g. no C compiler for its launcher), not by the code it compiled."""
+    return any(t.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for t in type(e).__mro__)

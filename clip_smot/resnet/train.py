@@ -53,6 +53,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import (
     PRECISIONS,
     autocast,
+    is_compile_error,
     require_cpp_compiler,
     resolve_device,
     resolve_precision,
@@ -663,13 +664,26 @@ def _build(cfg: TrainConfig, train_set: SizedImageSet, ckpt: dict | None, device
                      meta, start_epoch, log)
 
 
+def _steps(cfg: TrainConfig, run: _Training, epoch: int, rank: int, **kw) -> dict:
+    """:func:`train_epoch` of ``epoch`` on the run's batches (``kw``: its options); a failure of
+    torch.compile's machinery (e.g. no C compiler for Triton on CUDA) is one line naming the flags."""
+    try:
+        return train_epoch(run.step_model, run.optimizer, run.batches, epoch, run.parts, run.amp, seed=cfg.seed,
+                           alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, **kw)
+    except Exception as e:
+        flags = " and ".join(f for f, on in (("--compile", cfg.compile), ("--cuda-graph", cfg.cuda_graph)) if on)
+        if flags and is_compile_error(e):
+            raise UserError(f"{flags}: torch.compile failed on this machine ({first_line(e)}); run without "
+                            f"{flags}") from None
+        raise
+
+
 def _dry_run(cfg: TrainConfig, run: _Training, rank: int, world: int) -> dict:
     """One training step at the next epoch's lr; prints its loss (rank 0) and writes nothing."""
     for g in run.optimizer.param_groups:
         g["lr"] = lr_at(cfg, run.start_epoch)
     run.model.train()
-    stats = train_epoch(run.step_model, run.optimizer, run.batches, run.start_epoch, run.parts, run.amp,
-                        seed=cfg.seed, alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, max_steps=1)
+    stats = _steps(cfg, run, run.start_epoch, rank, max_steps=1)
     loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
     loss = loss_sum / seen
     if not math.isfinite(loss):
@@ -688,9 +702,7 @@ def _epoch(cfg: TrainConfig, run: _Training, epoch: int, rank: int, world: int, 
         g["lr"] = lr
     run.model.train()
     t0 = time.perf_counter()
-    stats = train_epoch(run.step_model, run.optimizer, run.batches, epoch, run.parts, run.amp, seed=cfg.seed,
-                        alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, progress=rank == 0,
-                        stop_on_nan=world == 1)
+    stats = _steps(cfg, run, epoch, rank, progress=rank == 0, stop_on_nan=world == 1)
     loss_sum, correct, seen = _totals(stats, world)  # the epoch's one host sync
     loss = loss_sum / seen
     if not math.isfinite(loss):

@@ -1044,9 +1044,10 @@ def test_compile_on_the_cpu_without_a_cpp_compiler_is_one_line_before_the_set_up
 
 
 def test_compile_errors_are_told_by_the_module_of_their_class_or_its_bases():
-    """What makes fit name --no-compile: an error of torch.compile's machinery (dynamo, inductor)
-    or of Triton's kernel compiler, also through a subclass defined elsewhere; not any other."""
-    from clip_smot.clip.fit import _compiler_error
+    """What makes fit name --no-compile (and train its flags): an error of torch.compile's machinery
+    (dynamo, inductor) or of Triton's kernel compiler, also through a subclass defined elsewhere;
+    not any other."""
+    from clip_smot.common.device import is_compile_error as _compiler_error
 
     def error_class(module, base=RuntimeError):
         return type("Error", (base,), {"__module__": module})

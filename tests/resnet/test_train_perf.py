@@ -209,8 +209,8 @@ def test_cuda_compiled_steps_match_eager(cuda_graph):
 
 def test_train_compile_without_a_cpp_compiler_is_one_line(tmp_path):
     """torch.compile on the CPU needs a C++ compiler: without one (here: inductor's lookup finds
-    none) `train --compile` stops in one line naming the flag before any data is read (the check comes first), not with
-    inductor's traceback at the first step."""
+    none) `train --compile` stops in one line naming the flag before any data is read (the check
+    comes first), not with inductor's traceback at the first step."""
     from torch._inductor import config
 
     with config.patch({"cpp.cxx": (None, str(tmp_path / "nowhere" / "g++"))}):
@@ -221,6 +221,35 @@ def test_train_compile_without_a_cpp_compiler_is_one_line(tmp_path):
                         f"{tmp_path / 'nowhere' / 'g++'}); install one (g++) or point CXX at one, or run without "
                         "--compile\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failing_compiler_at_the_first_step_is_one_line(tmp_path, monkeypatch):
+    """torch.compile fails at the first call of the compiled network, not when asked (e.g. on CUDA
+    without a C compiler for Triton's launcher): `train --compile` ended in its traceback, where fit
+    said it in one line. Now the same line, for a dry run and a run; other errors are not renamed."""
+    from clip_smot.common import device
+
+    class InductorError(RuntimeError):
+        __module__ = "torch._inductor.exc"  # where torch's compile errors live
+
+    def failing_compile(error):
+        def compile(fn, mode=None, dynamic=None):
+            def call(*a, **k):
+                raise error
+            return call
+        return compile
+
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: None)  # (nothing is compiled: any machine)
+    args = ["train", "--dataset", "digits", "--device", "cpu", "--workers", "0", "--epochs", "1", "--compile"]
+    monkeypatch.setattr(torch, "compile", failing_compile(InductorError("cc: not found\nmore")))
+    for extra in (["--dry-run"], []):
+        r = CliRunner().invoke(cli, [*args, *extra, "--out", str(tmp_path / "o")])
+        assert r.exit_code == 1, r.output
+        assert r.output.strip().splitlines()[-1] == ("Error: --compile: torch.compile failed on this machine (cc: not "
+                                                     "found); run without --compile")  # (above: progress bar)
+    monkeypatch.setattr(torch, "compile", failing_compile(ValueError("a bug")))
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "p")])
+    assert isinstance(r.exception, ValueError)
 
 
 def test_train_compile_flag_compiles_both_networks_and_saves_plain_keys(tmp_path, monkeypatch):
