@@ -107,7 +107,8 @@ class FitConfig:
     csc: bool = setting(False, "Class-specific contexts.")
     class_position: str = setting("end", choices=CLASS_POSITIONS)
     # loss (docs/method.md §1)
-    loss: str = setting("smot", "smot, or ce (plain CoOp, the baseline).", choices=LOSSES)
+    loss: str = setting("smot", "smot, or a baseline on the originals alone: ce (plain CoOp), ls (label smoothing "
+                        "0.1), logitnorm (LogitNorm, tau 0.04).", choices=LOSSES)
     alpha: float = setting(50.0, "Beta(alpha, beta) threshold draw.", min=0, min_open=True)  # t = 255 s
     beta: float = setting(20.0, min=0, min_open=True)
     lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)
@@ -379,7 +380,7 @@ def _check_run_files_there(run: FitConfig, record: dict, fields: Collection[str]
 
     files = {"model": config_path(run.model),
              "pretrained": bool((record.get("clip") or {}).get("checkpoint_sha256")),  # (a tag has none)
-             "cam_model": run.loss != "ce" and run.cam_model not in CAM_MODELS}
+             "cam_model": run.loss == "smot" and run.cam_model not in CAM_MODELS}
     for field, is_file in files.items():
         path = getattr(run, field)
         if field in fields and is_file and not os.path.isfile(path):
@@ -685,7 +686,7 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
     size, out = inputs.clip.image_size, Path(cfg.out)
     N = len(inputs.split)
     B = min(cfg.batch_size, N)
-    # plain CoOp has no CAMs; a captured graph still wants a tensor in their place
+    # a baseline loss (plain CoOp, ...) has no CAMs; a captured graph still wants a tensor in their place
     no_cams = torch.zeros(B, size, size, dtype=torch.uint8, device=device) if cams is None else None
     later = "; the first epoch also compiles and captures (the speed options)" if compiled or cfg.cuda_graph else ""
     print(f"fit: set-up {_since(inputs.t_setup, device):.1f} s "

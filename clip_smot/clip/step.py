@@ -19,6 +19,8 @@ from clip_smot.clip.prompt import PromptLearner
 from clip_smot.common.device import autocast
 from clip_smot.smot import (
     cam_mask,
+    label_smoothing_ce,
+    logitnorm_loss,
     perturb,
     sample_thresholds,
     smoothing_eps,
@@ -27,7 +29,10 @@ from clip_smot.smot import (
 
 __all__ = ["LOSSES", "make_fit_step"]
 
-LOSSES = ("smot", "ce")
+LOSSES = ("smot", "ce", "ls", "logitnorm")
+# the baselines: a loss of the originals' logits alone (docs/method.md §1); ls: label smoothing
+# eps 0.1, logitnorm: temperature 0.04 (the ResNet track's train --method ls / logitnorm)
+_BASELINES = {"ce": F.cross_entropy, "ls": label_smoothing_ce, "logitnorm": logitnorm_loss}
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -59,15 +64,16 @@ def make_fit_step(
     grad; open_clip ViTs through :class:`~clip_smot.clip.encoders.ImageEncoder` with the weights cast
     once to ``precision``, other towers through ``encode_image``) and the K prompts
     (``learner``), logits = ``logit_scale.exp() * cos``, the SMOT loss,
-    backward into the context, ``optimizer.step()``. With ``loss="ce"`` (CoOp) the masked copies
-    are neither made nor encoded.
+    backward into the context, ``optimizer.step()``. With a baseline loss (``"ce"``: CoOp;
+    ``"ls"``, ``"logitnorm"``) the masked copies are neither made nor encoded.
 
     Args:
         clip: the frozen model (its image encoder is used under ``torch.no_grad``).
         learner: the prompt learner; build it with ``precision="bf16"`` for a bf16 run so that the
             frozen text weights are cast once rather than by autocast at every step.
         optimizer: over ``learner.parameters()`` (the context only).
-        loss: "smot" or "ce".
+        loss: "smot", or a baseline on the originals: "ce" (CoOp), "ls" (label smoothing, eps
+            0.1), "logitnorm" (LogitNorm, temperature 0.04).
         lam, T, alpha, beta, perturbation, sigma: SMOT's options (docs/method.md §1).
         precision: "bf16", "fp16" or "fp32": the autocast around both encoders.
         generator: generator of the thresholds (its device is where they are drawn).
@@ -85,7 +91,7 @@ def make_fit_step(
 
     Returns:
         ``step(images [B, 3, S, S] in [0, 1], cams [B, S, S] in [0, 255], labels [B]) -> loss``,
-        all on the context's device (``cams`` may be None with ``loss="ce"``, which draws no
+        all on the context's device (``cams`` may be None with a baseline loss, which draws no
         thresholds); the loss is a detached 0-dim float32 tensor.
     """
     if loss not in LOSSES:
@@ -154,7 +160,7 @@ def _make_forward_backward(
         if loss == "smot":
             value = smot_loss(logits[:B], logits[B:], labels, smoothing_eps(t, T), lam)
         else:
-            value = F.cross_entropy(logits, labels)
+            value = _BASELINES[loss](logits, labels)
         value.backward()
         return value.detach()
 

@@ -244,6 +244,31 @@ def test_fit_step_ce_is_coops_step_on_open_clip(clip):
     assert torch.equal(gen.get_state(), state)
 
 
+@pytest.mark.parametrize("loss", ["ls", "logitnorm"])
+def test_fit_step_baselines_on_open_clip(clip, loss):
+    """--loss ls / logitnorm, fp32: label smoothing 0.1 (torch's own label_smoothing, the same
+    targets (1 - eps) onehot + eps / K) and LogitNorm at temperature 0.04 (Wei et al.: CE of
+    logits / (0.04 ||logits||)) of the originals' logits; no masked copies, no thresholds drawn."""
+    x, y = images(3, seed=11), torch.tensor([1, 2, 0])
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx0 = learner.ctx.detach().clone()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    value = make_fit_step(clip, learner, opt, loss=loss, precision="fp32", generator=gen)(x, None, y)
+    ctx = ctx0.clone().requires_grad_(True)
+    logits = _open_clip_logits(clip, ctx, x)
+    if loss == "ls":
+        expected = F.cross_entropy(logits, y, label_smoothing=0.1)
+    else:
+        expected = F.cross_entropy(logits / (0.04 * logits.norm(dim=-1, keepdim=True)), y)
+    expected.backward()
+    torch.testing.assert_close(value, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
+    assert torch.equal(gen.get_state(), state)
+    assert not torch.allclose(value, F.cross_entropy(logits.detach(), y))  # (not plain CE under another name)
+
+
 def _hand_smot(clip, ctx, x, cams, y, t, lam, T):
     """Eq. 8 by hand on open_clip: zero-masked copies where cam >= t, eps = 1 - exp((t - 255) / T)."""
     K = len(NAMES)
@@ -281,7 +306,7 @@ def test_fit_step_defaults_and_two_steps_by_hand(clip):
 def test_fit_step_refusals_and_overlap_ignored_on_the_cpu(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.SGD(learner.parameters(), lr=0.5)
-    with pytest.raises(ValueError, match=r"^loss must be one of \('smot', 'ce'\), got 'focal'$"):
+    with pytest.raises(ValueError, match=r"^loss must be one of \('smot', 'ce', 'ls', 'logitnorm'\), got 'focal'$"):
         make_fit_step(clip, learner, opt, loss="focal")
     with pytest.raises(ValueError, match="^cuda_graph needs the context on a CUDA device$"):
         make_fit_step(clip, learner, opt, cuda_graph=True)

@@ -218,6 +218,27 @@ def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_
                                  "latter"), res.stderr
 
 
+@pytest.mark.parametrize("loss", ["ls", "logitnorm"])
+def test_the_baseline_losses_fit_without_cams_and_are_recorded(loss, fit_args, tmp_path, monkeypatch):
+    """--loss ls / logitnorm (the paper's training baselines, as train --method has them) fit
+    a prompt from the originals alone: no CAM network is loaded, and the prompt and config.json
+    record the loss; a --resume checks it as any option."""
+    import clip_smot.clip.cam_network as cam_network
+
+    def no_cams(*a, **k):
+        raise AssertionError("a CAM network was loaded")
+
+    monkeypatch.setattr(cam_network, "load_cam_network", no_cams)
+    out = tmp_path / loss
+    res = CliRunner().invoke(cli, fit_args(out, "--loss", loss))
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["loss"] == loss
+    assert load_prompt(out / "prompt.safetensors").config["loss"] == loss
+    res = CliRunner().invoke(cli, fit_args(out, "--loss", "ce", "--resume"))
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: --resume: --loss differs from the run saved in {out}; resume with the same flags"), res.output
+
+
 def test_config_records_the_device_the_run_ran_on(fit_args, tmp_path, monkeypatch):
     """--device auto on a machine without a GPU runs on the CPU: config.json and the prompt's
     config record "cpu", the device resolved, not "auto"."""
