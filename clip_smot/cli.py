@@ -42,9 +42,25 @@ class _Interrupted(click.ClickException):
 def _interrupted(out: str | None = None) -> _Interrupted:
     """The Ctrl-C line; for a fit or train run in ``out``, what it can be continued from."""
     if out is not None and (Path(out) / "checkpoint.pt").is_file():
-        return _Interrupted(f"interrupted; {Path(out) / 'checkpoint.pt'} holds the last finished epoch: "
-                            "continue with the same command and --resume")
+        path = Path(out) / "checkpoint.pt"
+        return _Interrupted(f"interrupted; {path} holds {_saved_epochs(path)}: continue with the same command and "
+                            "--resume")
     return _Interrupted("interrupted" if out is None else "interrupted before the first checkpoint; nothing to resume")
+
+
+def _saved_epochs(path: Path) -> str:
+    """What a checkpoint holds, for the Ctrl-C line: "epoch N of M" as it says (fit and train print
+    an epoch's line once it is saved), else "the last finished epoch"."""
+    import torch
+
+    try:  # (mmap: the tensors are not read)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch, epochs = ckpt["epoch"], ckpt["config"]["epochs"]
+    except Exception:  # noqa: BLE001 (a file being replaced, or not one of ours: the plain words)
+        return "the last finished epoch"
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (epoch, epochs)):
+        return "the last finished epoch"
+    return f"epoch {epoch} of {epochs}"
 
 
 class _SigintSeen:

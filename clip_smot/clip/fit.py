@@ -703,12 +703,13 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
         training.scheduler.step()
         record = rf.log_record(epoch + 1, mean_loss, lr, time.time() - t0)
         rf.append_log(out, record)
-        seconds = record["seconds"]
-        progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  ({seconds:.1f} s)")
         rf.save_checkpoint(out / rf.CHECKPOINT, CHECKPOINT_FORMAT, {
             "epoch": epoch + 1, "ctx": training.prompt.ctx.detach().cpu(),
             "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
             "rng": rf.capture_rng(training.generators), "config": inputs.config})
+        # (after the checkpoint, as train's: a printed epoch is one a --resume continues after)
+        progress_write(f"epoch {epoch + 1}/{cfg.epochs}  loss {mean_loss:.4f}  lr {lr:.3g}  "
+                       f"({record['seconds']:.1f} s)")
     return True
 
 

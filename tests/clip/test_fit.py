@@ -1353,8 +1353,8 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(fit_args, tmp_path, monkeypa
     monkeypatch.setattr(run_folder, "atomic_save", save_then_ctrl_c)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--epochs", "2"))
     assert res.exit_code == 130
-    assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds the last finished "
-                               "epoch: continue with the same command and --resume")
+    assert error_line(res) == (f"Error: interrupted; {tmp_path / 'run' / 'checkpoint.pt'} holds epoch 1 of 2: "
+                               "continue with the same command and --resume")
 
     def ctrl_c(*args, **kwargs):  # in the first epoch: no checkpoint yet
         raise KeyboardInterrupt

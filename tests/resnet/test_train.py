@@ -787,7 +787,7 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypat
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "2", "--out", str(out)])
     assert r.exit_code == 130 and "Traceback" not in r.output
     assert _last_stderr_line(r) == \
-        f"Error: interrupted; {out / 'checkpoint.pt'} holds the last finished epoch: continue with the same command and --resume"
+        f"Error: interrupted; {out / 'checkpoint.pt'} holds epoch 1 of 2: continue with the same command and --resume"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
