@@ -85,7 +85,7 @@ def test_a_tuple_comes_back_as_a_tuple():
     (FitConfig(alpha=0.0), "--alpha 0.0: must be > 0"),
     (FitConfig(sigma=float("inf")), "--sigma inf: must be a finite number"),
     (FitConfig(lam=10**400), f"--lam {10**400}: must be in [0, 1]"),  # (a hand-edited file: was an OverflowError)
-    (FitConfig(loss="focal"), "--loss focal: must be one of smot, ce"),
+    (FitConfig(loss="focal"), "--loss focal: must be one of smot, ce, ls, logitnorm"),
     (FitConfig(crop_scale=0.0), "FitConfig.crop_scale 0.0: must be in (0, 1]"),  # (no flag: the field)
     (TrainConfig(out="o", input_size=7), "--input-size 7: must be in [8, 1024]"),
     (TrainConfig(out="o", batch_size=0), "--batch-size 0: must be in [1, 4096]"),
