@@ -24,6 +24,7 @@ from clip_smot import __version__
 from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
 from clip_smot.clip.score import ScoreConfig, run_score
+from clip_smot.clip.scorer import skipped_kind
 from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
@@ -273,7 +274,7 @@ def score(paths, **options) -> None:
                                "command and --resume") from None
         raise _interrupted() from None
     if skipped and rank == 0:  # (under torchrun every process knows them all: rank 0 lists them)
-        click.echo(f"Skipped {len(skipped)} unreadable image(s):", err=True)
+        click.echo(f"Skipped {len(skipped)} unreadable {skipped_kind(skipped)}:", err=True)
         for _, reason in skipped:  # (a file name holding a newline would start a line of its own)
             click.echo(f"  {one_line(reason)}", err=True)
 

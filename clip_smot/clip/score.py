@@ -32,7 +32,7 @@ from clip_smot.common.files import atomic_write_text, check_output, file_key, re
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
 from clip_smot.common.progress import progress_bar
-from clip_smot.common.shards import is_shard, read_image_bytes, split_member
+from clip_smot.common.shards import is_shard, list_members, read_image_bytes, split_member
 
 __all__ = ["SCORE_CHUNK", "ScoreConfig", "run_score"]
 
@@ -76,8 +76,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
     Returns:
-        The skipped unreadable files with their reasons (empty unless ``skip_unreadable``; with
-        ``resume``, those of this call only).
+        The skipped unreadable files, and shards that could not be listed, with their reasons
+        (empty unless ``skip_unreadable``; with ``resume``, those of this call only).
     """
     check_ranges(cfg)
     names = parse_scores(cfg.scores)
@@ -87,7 +87,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     # but those that are an output's file (OUT.partial is written first, then renamed to OUT)
     targets = {key for target in (cfg.out, partial, run_file) if (key := file_key(target)) is not None}
     total, images = 0, []
-    for f in _files(cfg.paths):
+    unlisted = [] if cfg.skip_unreadable else None  # shards that cannot be listed, skipped whole
+    for f in _files(cfg.paths, unlisted):
         total += 1
         if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
             images.append(("PATH image", f))
@@ -105,14 +106,16 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
-        return _score(cfg, names, total, prompt_file, weights, partial, header, run_file, chunk)
+        return _score(cfg, names, total, prompt_file, weights, partial, header, run_file, chunk, unlisted or [])
 
 
 def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFile, weights: str | None, partial: Path,
-           header: list[str], run_file: Path, chunk: int) -> list[tuple[str, str]]:
-    """:func:`run_score` once its arguments are checked and no other command writes ``--out``."""
-    done, keep = (_resume_point(partial, header, _files(cfg.paths), prompt_file.classnames, cfg.skip_unreadable)
-                  if cfg.resume else (0, 0))
+           header: list[str], run_file: Path, chunk: int, unlisted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """:func:`run_score` once its arguments are checked and no other command writes ``--out``
+    (``unlisted``: the shards skipped whole, with their reasons)."""
+    skip = [] if cfg.skip_unreadable else None  # (the shards skipped again: said once, from the count)
+    done, keep = (_resume_point(partial, header, _files(cfg.paths, skip), prompt_file.classnames,
+                                cfg.skip_unreadable) if cfg.resume else (0, 0))
     writer = writes_outputs()
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
@@ -129,8 +132,8 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
         _start_partial(partial, header, keep)
         atomic_write_text(json.dumps(run, sort_keys=True) + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
-    rows, skipped = done, []  # (images before the resume point: the partial holds rows of them)
-    chunks = _chunks(cfg.paths, chunk, done)
+    rows, skipped = done, list(unlisted)  # (images before the resume point: the partial holds rows of them)
+    chunks = _chunks(cfg.paths, chunk, done, skip)
     with kept_workers():  # (the decoding processes started once, not once a chunk)
         while files := _next_chunk(chunks):
             result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
@@ -153,19 +156,34 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
     return skipped
 
 
-def _files(paths: Sequence[str]) -> Iterator[Path | str]:
-    """The image files of every PATH argument, in order, one at a time."""
+def _files(paths: Sequence[str], unlisted: list | None = None) -> Iterator[Path | str]:
+    """The image files of every PATH argument, in order, one at a time (``unlisted``: see
+    :func:`_argument_files`)."""
     for p in paths:
-        yield from iter_image_files(p, "PATH")
+        yield from _argument_files(p, unlisted)
 
 
-def _chunks(paths: Sequence[str], chunk: int, start: int) -> Iterator[list[Path | str]]:
+def _argument_files(path: str, unlisted: list | None) -> Iterator[Path | str]:
+    """The image files of one PATH argument. With ``unlisted`` (a list: --skip-unreadable), a tar
+    shard that cannot be listed (cut short, a damaged or oversized header) is left out whole and
+    appended to it with the reason, as an unreadable image is skipped: none of its images can be
+    named. A shard is indexed whole before its first image is given, so it is all or nothing."""
+    if unlisted is None or not is_shard(path):
+        return iter_image_files(path, "PATH")
+    try:
+        return iter(list_members(path, flag="PATH"))
+    except UserError as e:
+        unlisted.append((path, str(e)))
+        return iter(())
+
+
+def _chunks(paths: Sequence[str], chunk: int, start: int, unlisted: list | None = None) -> Iterator[list[Path | str]]:
     """The chunks of ``chunk`` files of each argument's files, from the ``start``-th file on
     (counted over all the arguments): a resumed run continues where the last ended, with the
     rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time."""
     offset = 0
     for p in paths:
-        files, i = iter_image_files(p, "PATH"), 0
+        files, i = _argument_files(p, unlisted), 0
         while batch := list(itertools.islice(files, chunk)):
             first = max(0, start - offset - i)
             if first < len(batch):

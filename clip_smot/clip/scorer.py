@@ -50,6 +50,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import plain_name, sha256_file
 from clip_smot.common.image_sets import image_files
 from clip_smot.common.images import eight_bit
+from clip_smot.common.shards import is_shard
 from clip_smot.scores import gl_mcm
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "parse_scores",
     "resolve_pretrained",
     "scores_from_features",
+    "skipped_kind",
 ]
 
 @dataclass
@@ -509,4 +511,10 @@ class PromptScorer:
 
 def none_readable(skipped: Sequence[tuple[str, str]]) -> UserError:
     """The error of a run whose every image was skipped as unreadable (``skipped``: (path, reason) pairs)."""
-    return UserError(f"none of the {len(skipped)} image(s) could be read; the first: {skipped[0][1]}")
+    return UserError(f"none of the {len(skipped)} {skipped_kind(skipped)} could be read; the first: {skipped[0][1]}")
+
+
+def skipped_kind(skipped: Sequence[tuple[str, str]]) -> str:
+    """What ``skipped`` holds, for a message: "image(s)", or "image(s) or shard(s)" where score
+    --skip-unreadable left out a tar shard that could not be listed."""
+    return "image(s) or shard(s)" if any(is_shard(path) for path, _ in skipped) else "image(s)"

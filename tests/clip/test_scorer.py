@@ -23,6 +23,7 @@ from clip_smot.clip import model as cm
 from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip, preprocess_settings
 from clip_smot.clip.scorer import PromptScorer, scores_from_features
 from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError
 from clip_smot.scores import gl_mcm, local_mcm
 
 # --- formulas, by hand ---------------------------------------------------------------------------
@@ -1429,6 +1430,58 @@ def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip
     monkeypatch.setattr(PromptScorer, "score_files", real)
     _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, out, resume=True)
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_skip_unreadable_skips_a_shard_that_cannot_be_listed_whole(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                      monkeypatch):
+    """One damaged shard among many (a header damaged in a copy) stopped `score --skip-unreadable` of the
+    whole collection, though the flag is there to get past unreadable inputs. The shard is now
+    skipped whole (none of its images can be named) and listed with its reason; the other shards'
+    rows are those of a run without it, and a run stopped after a chunk resumes to them byte for
+    byte. Without the flag it is still the one-line error, before anything is encoded."""
+    import tarfile
+
+    from clip_smot.clip.score import ScoreConfig, run_score
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=5)
+    files = sorted(id_dir.rglob("*.png")) + sorted(ood_dir.rglob("*.jpg"))
+    good = [tmp_path / "s0.tar", tmp_path / "s2.tar"]
+    for shard, part in zip(good, (files[:6], files[6:])):
+        with tarfile.open(shard, "w") as tar:
+            for i, f in enumerate(part):
+                tar.add(f, arcname=f"{i:06d}{f.suffix}")
+    cut = tmp_path / "s1.tar"  # a copy of a shard with its second header damaged (a flipped byte of its name)
+    with tarfile.open(good[0]) as tar:
+        at = tar.getmembers()[1].offset
+    raw = bytearray(good[0].read_bytes())
+    raw[at + 1] ^= 0xFF
+    cut.write_bytes(bytes(raw))
+    shards = [good[0], cut, good[1]]
+    _score_run(tmp_path, tiny_clip_checkpoint, good, tmp_path / "good.csv")
+    with pytest.raises(UserError, match=rf"^PATH {cut}: not a readable uncompressed tar shard"):
+        _score_run(tmp_path, tiny_clip_checkpoint, shards, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv.partial").exists()
+    skipped = _score_run(tmp_path, tiny_clip_checkpoint, shards, tmp_path / "all.csv", skip_unreadable=True)
+    assert (tmp_path / "all.csv").read_bytes() == (tmp_path / "good.csv").read_bytes()
+    assert [p for p, _ in skipped] == [str(cut)] and "not a readable uncompressed tar shard" in skipped[0][1]
+    out = tmp_path / "s.csv"
+    _, real = _stop_after_chunks(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, shards, out, skip_unreadable=True)
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    skipped = _score_run(tmp_path, tiny_clip_checkpoint, shards, out, skip_unreadable=True, resume=True)
+    assert out.read_bytes() == (tmp_path / "good.csv").read_bytes() and [p for p, _ in skipped] == [str(cut)]
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--device", "cpu", "--workers", "0", "--skip-unreadable",
+                                   "--out", str(tmp_path / "cli.csv"), *map(str, shards)])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[-2:] == ["Skipped 1 unreadable image(s) or shard(s):",
+                                            f"  PATH {cut}: not a readable uncompressed tar shard (a damaged header "
+                                            f"at byte {at})"], res.stderr
+    with pytest.raises(UserError, match=r"^none of the 1 image\(s\) or shard\(s\) could be read; the first: PATH "):
+        run_score(ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=(str(cut),), out=str(tmp_path / "n.csv"),
+                              pretrained=tiny_clip_checkpoint, device="cpu", workers=0, skip_unreadable=True))
 
 
 def test_class_names_with_newlines_and_quotes_resume_to_the_same_csv(tmp_path, tiny, tiny_clip_checkpoint,
