@@ -1400,20 +1400,28 @@ def test_a_link_or_fifo_at_out_partial_is_never_written_through(tmp_path, tiny, 
         assert victim.read_text() == "precious\n" and out.read_text().startswith("path,pred,pred_index,mcm\n")
 
 
-def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
-    """Two webdataset shards holding the folders' images: the same scores as the files, rows named
-    SHARD.tar::KEY; stopped after a chunk, --resume gives the uninterrupted CSV byte for byte."""
+def _two_shards(tmp_path, tiny, names, labels=False):
+    """A prompt and two webdataset shards ``names`` holding the folders' 6 + 5 images as
+    KEY.png / KEY.jpg (``labels``: each with an empty KEY.cls beside it); returns the images."""
     import tarfile
 
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=5)
     files = sorted(id_dir.rglob("*.png")) + sorted(ood_dir.rglob("*.jpg"))
-    shard_paths = [tmp_path / "s0.tar", tmp_path / "s1.tar"]
-    for shard, part in zip(shard_paths, (files[:6], files[6:])):
+    for shard, part in zip(names, (files[:6], files[6:])):
         with tarfile.open(shard, "w") as tar:
             for i, f in enumerate(part):
                 tar.add(f, arcname=f"{i:06d}{f.suffix}")
-                tar.addfile(tarfile.TarInfo(f"{i:06d}.cls"), None)  # an empty label field, ignored
+                if labels:
+                    tar.addfile(tarfile.TarInfo(f"{i:06d}.cls"), None)  # an empty label field, ignored
+    return files
+
+
+def test_tar_shards_score_as_their_files_do_and_resume(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Two webdataset shards holding the folders' images: the same scores as the files, rows named
+    SHARD.tar::KEY; stopped after a chunk, --resume gives the uninterrupted CSV byte for byte."""
+    shard_paths = [tmp_path / "s0.tar", tmp_path / "s1.tar"]
+    files = _two_shards(tmp_path, tiny, shard_paths, labels=True)
     _score_run(tmp_path, tiny_clip_checkpoint, files, tmp_path / "files.csv")
     _score_run(tmp_path, tiny_clip_checkpoint, shard_paths, tmp_path / "whole.csv")
     by_file, by_shard = read_csv(tmp_path / "files.csv"), read_csv(tmp_path / "whole.csv")
@@ -1443,14 +1451,8 @@ def test_skip_unreadable_skips_a_shard_that_cannot_be_listed_whole(tmp_path, tin
 
     from clip_smot.clip.score import ScoreConfig, run_score
 
-    make_prompt(tmp_path / "p.safetensors", tiny)
-    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=5)
-    files = sorted(id_dir.rglob("*.png")) + sorted(ood_dir.rglob("*.jpg"))
     good = [tmp_path / "s0.tar", tmp_path / "s2.tar"]
-    for shard, part in zip(good, (files[:6], files[6:])):
-        with tarfile.open(shard, "w") as tar:
-            for i, f in enumerate(part):
-                tar.add(f, arcname=f"{i:06d}{f.suffix}")
+    _two_shards(tmp_path, tiny, good)
     cut = tmp_path / "s1.tar"  # a copy of a shard with its second header damaged (a flipped byte of its name)
     with tarfile.open(good[0]) as tar:
         at = tar.getmembers()[1].offset
