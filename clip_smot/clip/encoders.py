@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clip_smot.common import device as common_device
 from clip_smot.common.device import DTYPES
 from clip_smot.common.errors import UserError
 
@@ -154,22 +155,27 @@ _LAYOUTS_KEPT = 16  # layouts cached per TextEncoder (see TextEncoder._layout)
 
 def flex_available(device: torch.device | str) -> bool:
     """Whether ``attention="flex"`` runs FlexAttention's kernel on ``device``, not a dense mask: a
-    CUDA GPU of compute capability 8.0 (Ampere) or newer. Below it torch has no Triton kernel for
-    FlexAttention and falls back to an eager dense path (slow; its fp16 backward fails)."""
+    CUDA GPU of compute capability 8.0 (Ampere) or newer where Triton starts
+    (:func:`clip_smot.common.device.missing_triton`: e.g. not without a C compiler). Below
+    Ampere torch has no Triton kernel for FlexAttention and falls back to an eager dense path
+    (slow; its fp16 backward fails)."""
     if torch.device(device).type != "cuda":
         return False
     try:
         from torch.nn.attention import flex_attention  # noqa: F401  ("import torch.nn..." would make torch local)
     except ImportError:
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+    return torch.cuda.get_device_capability(device) >= (8, 0) and common_device.missing_triton() is None
 
 
 def compile_available(device: torch.device | str) -> bool:
     """Whether ``torch.compile`` can build kernels for ``device``: on CUDA, Triton (inductor's
-    GPU backend) needs compute capability 7.0 (Volta) or newer; the CPU backend always."""
+    GPU backend) needs compute capability 7.0 (Volta) or newer and must start on this machine
+    (:func:`clip_smot.common.device.missing_triton`); the CPU backend always (given a C++
+    compiler, which ``--compile`` checks)."""
     device = torch.device(device)
-    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (7, 0)
+    return device.type != "cuda" or (torch.cuda.get_device_capability(device) >= (7, 0)
+                                     and common_device.missing_triton() is None)
 
 
 def _flex(q, k, v, block_mask) -> torch.Tensor:

@@ -40,6 +40,7 @@ from clip_smot.clip.augment import random_resized_crop_flip
 from clip_smot.clip.encoders import ATTENTION
 from clip_smot.clip.prompt_file import CLASS_POSITIONS, classnames_problem
 from clip_smot.clip.step import LOSSES, make_fit_step
+from clip_smot.common import device as common_device
 from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import (
     MAX_BATCH,
@@ -54,7 +55,7 @@ from clip_smot.common.device import (
     DEVICES,
     PRECISIONS,
     is_compile_error,
-    require_cpp_compiler,
+    require_compiler,
     resolve_device,
     resolve_precision,
 )
@@ -182,7 +183,8 @@ def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
     benchmarks/RESULTS.md): FlexAttention
     (``square`` where this torch or GPU has no FlexAttention kernel: before Ampere), compiled
     layers (where Triton can build kernels: compute capability 7.0 or newer), a CUDA graph and
-    the image encoder on a second stream. Elsewhere they are off and the attention is
+    the image encoder on a second stream. Where Triton cannot start (e.g. no C compiler) the
+    first two are off, as below Volta. Elsewhere they are off and the attention is
     ``causal``, or ``square`` where ``--compile`` asks for a compilable layout. ``--compile`` is
     off by default under an explicit ``causal`` or ``mask``.
     """
@@ -536,13 +538,28 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if not dry_run:
         _check_outputs(cfg)
-    cfg = resolve_speed(cfg, device)
+    given, cfg = cfg, resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":
             raise UserError(f"{flag}: needs a CUDA device, not {device}")
-    if cfg.compile and device.type == "cpu":  # (inductor's CPU kernels are C++: say so before the set-up)
-        require_cpp_compiler("--compile", "with --no-compile")
+    if cfg.compile:  # (before the set-up: inductor's CPU kernels are C++, Triton's driver is built from C)
+        require_compiler("--compile", device, "with --no-compile")
+    if lost := _lost_to_triton(given, device):
+        print(f"note: Triton cannot start on this machine ({common_device.missing_triton()}): fit runs without "
+              f"{lost}, slower; install a C compiler (gcc) or point CC at one for the fast step", file=sys.stderr)
     return cfg, saved, device
+
+
+def _lost_to_triton(given: FitConfig, device: torch.device) -> str:
+    """The default speed options (:func:`resolve_speed`) that this CUDA GPU would run but that
+    Triton, not starting on this machine, turned off ("" where none was)."""
+    if device.type != "cuda" or common_device.missing_triton() is None:
+        return ""
+    sm = torch.cuda.get_device_capability(device)
+    lost = ["FlexAttention"] if given.text_attention == "auto" and sm >= (8, 0) else []
+    if given.compile is None and given.text_attention in ("auto", "square", "flex") and sm >= (7, 0):
+        lost.append("compiled layers")
+    return " and ".join(lost)
 
 
 def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False) -> _Inputs:

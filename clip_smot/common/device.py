@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import shutil
@@ -14,7 +15,8 @@ from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "resolve_precision", "autocast", "seed_everything",
-           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler", "is_compile_error"]
+           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler", "missing_triton",
+           "require_compiler", "is_compile_error"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -151,6 +153,41 @@ def require_cpp_compiler(flag: str, instead: str) -> None:
     if missing is not None:
         raise UserError(f"{flag}: torch.compile on the CPU needs a C++ compiler and none was found ({missing}); "
                         f"install one (g++) or point CXX at one, or run {instead}")
+
+
+@functools.lru_cache(maxsize=None)
+def missing_triton() -> str | None:
+    """None where Triton, torch.compile's CUDA backend (and FlexAttention's kernel), can start on
+    this machine's GPU; else why not, for a message.
+
+    Triton builds its CUDA driver module from C the first time it starts (then loads it from its
+    cache, ``~/.triton/cache``): a machine without a C compiler (``$CC``, else gcc or clang), as
+    PyTorch's CUDA runtime container images long were (pytorch/pytorch issue 116696) and slim
+    images are, fails there, at the first compiled kernel. This starts it once per process (a
+    second or two the first time on a machine, as the first kernel would) and keeps the answer.
+    """
+    try:
+        from triton.runtime.driver import driver
+    except ImportError:
+        return "Triton is not installed"
+    try:
+        driver.active  # (builds or loads the driver module; raises where it cannot)
+    except AttributeError:  # pragma: no cover - another Triton's layout: let the first kernel tell
+        return None
+    except Exception as e:  # no C compiler (RuntimeError), one that fails (CalledProcessError), no GPU, ...
+        return first_line(e)
+    return None
+
+
+def require_compiler(flag: str, device: torch.device, instead: str) -> None:
+    """Raise a UserError naming ``flag`` where torch.compile cannot build kernels for ``device``:
+    on the CPU without a C++ compiler (:func:`missing_cpp_compiler`), on CUDA where Triton cannot
+    start (:func:`missing_triton`); ``instead``: how to run without compiling."""
+    if device.type == "cpu":
+        require_cpp_compiler(flag, instead)
+    elif device.type == "cuda" and (why := missing_triton()) is not None:
+        raise UserError(f"{flag}: torch.compile on CUDA needs Triton, which cannot start on this machine ({why}); "
+                        f"install a C compiler (gcc) or point CC at one, or run {instead}")
 
 
 def is_compile_error(e: BaseException) -> bool:

@@ -54,7 +54,7 @@ from clip_smot.common.device import (
     PRECISIONS,
     autocast,
     is_compile_error,
-    require_cpp_compiler,
+    require_compiler,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -528,8 +528,9 @@ def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:
     device = resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
-    if cfg.compile and device.type == "cpu":  # (inductor's CPU kernels are C++; say so before any data is read)
-        require_cpp_compiler("--compile", "without --compile")
+    flags = [f for f, on in (("--compile", cfg.compile), ("--cuda-graph", cfg.cuda_graph)) if on]
+    if flags:  # (inductor's CPU kernels are C++, Triton's driver is built from C: say so before any data is read)
+        require_compiler(" and ".join(flags), device, f"without {' and '.join(flags)}")
     if device.type == "cuda" and world > 1:
         device = resolve_device("cuda")  # (cuda:LOCAL_RANK, a GPU this machine has)
         torch.cuda.set_device(device)

@@ -537,15 +537,23 @@ def test_flex_available_takes_a_device_or_its_name():
 
 
 def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
-    """FlexAttention's Triton kernel from compute capability 8.0 (Ampere), Triton itself from 7.0;
-    names and device objects alike; a CPU compiles (inductor's C++ backend) but has no FlexAttention kernel."""
+    """FlexAttention's Triton kernel from compute capability 8.0 (Ampere), Triton itself from 7.0
+    and only where it starts (not without a C compiler); names and device objects alike; a CPU
+    compiles (inductor's C++ backend) but has no FlexAttention kernel, and Triton is not asked."""
     from clip_smot.clip.encoders import compile_available, flex_available
+    from clip_smot.common import device as common_device
 
+    triton = {"why": None}  # (this machine has no GPU: Triton's own answer would be "no active driver")
+    monkeypatch.setattr(common_device, "missing_triton", lambda: triton["why"])
     for sm, flex, compiles in (((9, 0), True, True), ((8, 0), True, True), ((7, 5), False, True),
                                ((7, 0), False, True), ((6, 1), False, False)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, sm=sm: sm)
         for device in ("cuda", torch.device("cuda", 0)):
             assert (flex_available(device), compile_available(device)) == (flex, compiles), (sm, device)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    triton["why"] = "Failed to find C compiler. Please specify via CC environment variable"
+    assert not flex_available("cuda") and not compile_available(torch.device("cuda", 0))
+    monkeypatch.setattr(common_device, "missing_triton", lambda: pytest.fail("asked Triton for the CPU"))
     assert compile_available("cpu") and not flex_available("cpu")
 
 

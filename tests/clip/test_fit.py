@@ -975,6 +975,9 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     given stays as given."""
     import clip_smot.clip.encoders as encoders
     from clip_smot.clip.fit import FitConfig, resolve_speed
+    from clip_smot.common import device as common_device
+
+    monkeypatch.setattr(common_device, "missing_triton", lambda: None)  # (Triton starts: tested below where not)
 
     def speed(cfg):
         return cfg.text_attention, cfg.compile, cfg.cuda_graph, cfg.overlap_encoders
@@ -997,6 +1000,10 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", False, True, True)
     assert speed(resolve_speed(FitConfig(compile=True), cuda)) == ("square", True, True, True)  # asked: tried
     capability["sm"] = (9, 0)
+    monkeypatch.setattr(common_device, "missing_triton", lambda: "Failed to find C compiler")  # a runtime image
+    assert speed(resolve_speed(FitConfig(), cuda)) == ("square", False, True, True)
+    assert speed(resolve_speed(FitConfig(compile=True, text_attention="flex"), cuda)) == ("flex", True, True, True)
+    monkeypatch.setattr(common_device, "missing_triton", lambda: None)
     monkeypatch.setattr(encoders, "flex_available", lambda device: False)  # a torch without FlexAttention
     assert speed(resolve_speed(FitConfig(), cuda)) == ("square", True, True, True)
     # the command line leaves what is not given to that choice (a flag's default of False would turn CUDA's off)
@@ -1062,6 +1069,44 @@ def test_compile_on_the_cpu_without_a_cpp_compiler_is_one_line_before_the_set_up
     assert res.output == (f"Error: --compile: torch.compile on the CPU needs a C++ compiler and none was found (tried "
                           f"{gone}); install one (g++) or point CXX at one, or run with --no-compile\n")
     assert not (tmp_path / "c").exists()
+
+
+def test_where_triton_cannot_start_fit_says_so_before_the_set_up(fit_args, tmp_path, monkeypatch, capsys):
+    """On a GPU machine without a C compiler (a slim container image) Triton cannot start: fit's
+    defaults then leave out FlexAttention and the compiled layers, with a note naming both; an
+    explicit --compile is one line before anything is loaded or written (it was the first step's
+    error, after the whole set-up)."""
+    import clip_smot.clip.fit as fit_mod
+    from clip_smot.common import device
+
+    why = "Failed to find C compiler. Please specify via CC environment variable or set triton.knobs.build.impl."
+    monkeypatch.setattr(device, "missing_triton", lambda: why)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (a CUDA machine: nothing below runs on it)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    sm = {"sm": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: sm["sm"])
+    args = [a if a != "cpu" else "cuda" for a in fit_args(tmp_path / "c", "--compile")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and not (tmp_path / "c").exists()
+    assert _one_error_line(res) == (f"Error: --compile: torch.compile on CUDA needs Triton, which cannot start on this "
+                                    f"machine ({why}); install a C compiler (gcc) or point CC at one, or run with "
+                                    f"--no-compile")
+    capsys.readouterr()
+    cfg, _, dev = fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d")), False, True, None)
+    assert (dev.type, cfg.text_attention, cfg.compile, cfg.cuda_graph) == ("cuda", "square", False, True)
+    assert capsys.readouterr().err == (f"note: Triton cannot start on this machine ({why}): fit runs without "
+                                       "FlexAttention and compiled layers, slower; install a C compiler (gcc) or "
+                                       "point CC at one for the fast step\n")
+    sm["sm"] = (7, 5)  # a T4: no FlexAttention kernel to lose
+    fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d")), False, True, None)
+    assert "fit runs without compiled layers, slower" in capsys.readouterr().err
+    for given in ({"compile": False}, {"text_attention": "causal"}):  # nothing of the defaults' was lost
+        fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d"), **given), False, True, None)
+        assert capsys.readouterr().err == ""
+    monkeypatch.setattr(device, "missing_triton", lambda: None)
+    sm["sm"] = (9, 0)
+    cfg, _, _ = fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d")), False, True, None)
+    assert (cfg.text_attention, cfg.compile) == ("flex", True) and capsys.readouterr().err == ""
 
 
 def test_compile_errors_are_told_by_the_module_of_their_class_or_its_bases():

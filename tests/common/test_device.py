@@ -228,3 +228,105 @@ def test_compiler_tests_are_skipped_only_where_inductor_finds_no_compiler(tmp_pa
     gone = tmp_path / "nowhere" / "g++"
     with config.patch({"cpp.cxx": (None, str(gone))}):
         assert cpp_compiler_skip_reason() == f"needs a C++ compiler for torch.compile on the CPU (none found: tried {gone})"
+
+
+def _fake_triton_driver(monkeypatch, active):
+    """Put a module in place of triton.runtime.driver whose ``driver.active`` runs ``active``."""
+    import sys
+    import types
+
+    class Driver:
+        @property
+        def active(self):
+            return active()
+
+    module = types.ModuleType("triton.runtime.driver")
+    module.driver = Driver()
+    monkeypatch.setitem(sys.modules, "triton.runtime.driver", module)
+
+
+def test_missing_triton_starts_tritons_driver_and_says_why_it_cannot(monkeypatch):
+    """Triton builds its CUDA driver module from C the first time it starts (PyTorch's runtime
+    images have no C compiler): the check starts it and quotes the first line of its error; the
+    answer is kept for the process."""
+    from clip_smot.common import device
+
+    def no_c_compiler():
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable or set "
+                           "triton.knobs.build.impl.\nmore")
+
+    device.missing_triton.cache_clear()
+    try:
+        _fake_triton_driver(monkeypatch, no_c_compiler)
+        assert device.missing_triton() == ("Failed to find C compiler. Please specify via CC environment variable or "
+                                           "set triton.knobs.build.impl.")
+        _fake_triton_driver(monkeypatch, lambda: object())
+        assert device.missing_triton() is not None  # (kept: the driver is started once per process)
+        device.missing_triton.cache_clear()
+        assert device.missing_triton() is None
+        device.missing_triton.cache_clear()
+        monkeypatch.setitem(__import__("sys").modules, "triton.runtime.driver", None)  # (import fails)
+        assert device.missing_triton() == "Triton is not installed"
+    finally:
+        device.missing_triton.cache_clear()
+
+
+def test_missing_triton_without_a_gpu_is_a_reason_not_a_traceback():
+    """The real Triton here, on a machine without a GPU: it finds no active driver, and the check
+    gives that as its reason instead of raising."""
+    import torch
+
+    from clip_smot.common import device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/common/test_device.py's gpu test covers it")
+    device.missing_triton.cache_clear()
+    try:
+        why = device.missing_triton()
+    finally:
+        device.missing_triton.cache_clear()
+    assert why and "\n" not in why
+
+
+def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
+    """On CUDA: Triton's reason, a C compiler, and the run without the flag; on the CPU: the C++
+    compiler check as before; a Triton that starts (or a CPU with a compiler) passes."""
+    import torch
+
+    from clip_smot.common import device
+
+    monkeypatch.setattr(device, "missing_triton", lambda: "Failed to find C compiler. Please specify via CC")
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: None)
+    device.require_compiler("--compile", torch.device("cpu"), "without --compile")
+    with pytest.raises(UserError) as e:
+        device.require_compiler("--compile and --cuda-graph", torch.device("cuda", 1), "without them")
+    assert str(e.value) == ("--compile and --cuda-graph: torch.compile on CUDA needs Triton, which cannot start on "
+                            "this machine (Failed to find C compiler. Please specify via CC); install a C compiler "
+                            "(gcc) or point CC at one, or run without them")
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: "tried g++")
+    with pytest.raises(UserError, match=r"^--compile: torch.compile on the CPU needs a C\+\+ compiler and none was "
+                                        r"found \(tried g\+\+\)"):
+        device.require_compiler("--compile", torch.device("cpu"), "without --compile")
+    monkeypatch.setattr(device, "missing_triton", lambda: None)
+    device.require_compiler("--compile", torch.device("cuda"), "without --compile")
+
+
+@pytest.mark.gpu
+def test_missing_triton_on_a_gpu_machine_with_and_without_a_c_compiler(tmp_path):
+    """On a GPU machine Triton starts (None); with no C compiler on the PATH, no $CC and an empty
+    Triton cache it cannot, and the check says so (a process each: the answer is kept)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    code = "from clip_smot.common.device import missing_triton; print(repr(missing_triton()))"
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "None", out.stderr
+    bare = {**env, "PATH": str(tmp_path / "bin"), "TRITON_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=bare, capture_output=True, text=True, timeout=300)
+    assert "C compiler" in out.stdout, (out.stdout, out.stderr)

@@ -223,6 +223,26 @@ def test_train_compile_without_a_cpp_compiler_is_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_compile_on_cuda_where_triton_cannot_start_is_one_line(tmp_path, monkeypatch):
+    """On a GPU machine without a C compiler Triton cannot start: `train --compile` / `--cuda-graph`
+    stop in one line naming the flags given, before any data is read (it was the first step's
+    error)."""
+    from clip_smot.common import device
+
+    why = "Failed to find C compiler. Please specify via CC environment variable or set triton.knobs.build.impl."
+    monkeypatch.setattr(device, "missing_triton", lambda: why)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (a CUDA machine: nothing below runs on it)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for flags in (["--compile"], ["--cuda-graph"], ["--compile", "--cuda-graph"]):
+        r = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--device", "cuda", "--workers", "0",
+                                     "--epochs", "1", *flags, "--out", str(tmp_path / "o")])
+        named = " and ".join(flags)
+        assert r.exit_code == 1, r.output
+        assert r.output == (f"Error: {named}: torch.compile on CUDA needs Triton, which cannot start on this machine "
+                            f"({why}); install a C compiler (gcc) or point CC at one, or run without {named}\n")
+        assert not (tmp_path / "o").exists()
+
+
 def test_a_failing_compiler_at_the_first_step_is_one_line(tmp_path, monkeypatch):
     """torch.compile fails at the first call of the compiled network, not when asked (e.g. on CUDA
     without a C compiler for Triton's launcher): `train --compile` ended in its traceback, where fit
