@@ -486,6 +486,31 @@ def test_train_out_never_replaces_or_lies_inside_its_inputs(tmp_path):
              "already holds a run (model.safetensors); choose another --out", tmp_path)
 
 
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_new_run_never_replaces_an_evaluation_or_a_users_files(tmp_path, tiny, tiny_clip_config,
+                                                                  tiny_clip_checkpoint, command):
+    """fit or train --out EVAL_DIR replaced the evaluation's config.json (its record) with the run's,
+    and --out of a folder holding a user's log.jsonl emptied it, exit 0: a folder with no checkpoint
+    was taken for a run stopped before its first one. Refused now, before any work."""
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in CLASSES:
+            _images(data / split / c, n=2)
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(data / "val"), "--ood", f"x={_images(tmp_path / 'photos')}", "--workers", "0",
+                                   "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "log.jsonl").write_text("my notes\n")
+    for out, name in ((tmp_path / "eval", "config.json"), (tmp_path / "notes", "log.jsonl")):
+        args = (_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, out) if command == "fit" else
+                ["train", "--data", str(data), "--arch", "resnet_tiny", "--epochs", "1", "--device", "cpu",
+                 "--workers", "0", "--out", str(out)])
+        _refused(args, f"--out {out}: its {name} is not of a clip-smot {command} run stopped before its first "
+                 "checkpoint", tmp_path)
+
+
 def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
     """Two scores into one --out both exited 0, leaving a CSV without its header (one renamed
     OUT.partial while the other appended to it); two fits or trains into one folder interleaved

@@ -438,13 +438,15 @@ def _contents(record):
     return record
 
 
-def _check_outputs(cfg: FitConfig) -> None:
+def _check_outputs(cfg: FitConfig, new: bool) -> None:
     """Raise a UserError when ``--out`` would replace a file the run reads or lies inside the
-    folder of its class folders (a later run would read the run's files as data). ``--split
-    OUT/split.txt`` is the run's own split: it is not rewritten (see :func:`run_fit`)."""
+    folder of its class folders (a later run would read the run's files as data), or, for a
+    ``new`` run, a file of its names that is no stopped fit run's (:func:`run_folder.check_new_run`).
+    ``--split OUT/split.txt`` is the run's own split: it is not rewritten (see :func:`run_fit`)."""
     from clip_smot.clip.fewshot import resolve_train_root
 
-    split = None if cfg.split and same_file(cfg.split, Path(cfg.out) / "split.txt") else cfg.split
+    own_split = bool(cfg.split) and same_file(cfg.split, Path(cfg.out) / "split.txt")
+    split = None if own_split else cfg.split
     inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--cam-model file", cfg.cam_model)]
     if cfg.data:
@@ -454,6 +456,8 @@ def _check_outputs(cfg: FitConfig) -> None:
 
         folders = written_folders()
     check_output(cfg.out, "--out", inputs, folders, writes=_FILES)
+    if new:
+        rf.check_new_run(cfg.out, "fit", [f for f in _FILES if not (own_split and f == "split.txt")])
 
 
 @dataclass
@@ -537,7 +541,7 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     # the precision that runs on this device: fp16 is bf16 on the CPU, and recorded so
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if not dry_run:
-        _check_outputs(cfg)
+        _check_outputs(cfg, saved is None)
     given, cfg = cfg, resolve_speed(cfg, device)
     for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
         if wanted and device.type != "cuda":

@@ -30,12 +30,20 @@ import numpy as np
 import torch
 
 from clip_smot.common.errors import UserError, first_line, load_error
-from clip_smot.common.files import archive_overflow, atomic_save, atomic_write_text, exists, parse_json, write_json
+from clip_smot.common.files import (
+    archive_overflow,
+    atomic_save,
+    atomic_write_text,
+    exists,
+    parse_json,
+    read_json,
+    write_json,
+)
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "LOG", "CheckpointError", "append_log", "capture_rng",
-           "check_start", "explicit_fields", "finished", "holds_its_values", "load_optimizer_state", "log_record",
-           "non_finite_loss", "read_checkpoint", "refuse_other_flags", "restore_rng", "resume_options",
-           "save_checkpoint", "truncate_log", "write_config"]
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "CheckpointError", "append_log",
+           "capture_rng", "check_new_run", "check_start", "explicit_fields", "finished", "holds_its_values",
+           "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint", "refuse_other_flags",
+           "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
 
 CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
 # The value of a checkpoint's "format" key -> what a message calls such a checkpoint.
@@ -218,6 +226,34 @@ def check_start(out: str | Path, resume: bool, dry_run: bool, result: str) -> Pa
         advice = "pass --resume to continue it, or choose" if held[0] == CHECKPOINT else "choose"
         raise UserError(f"--out {out}: already holds a run ({held[0]}); {advice} another --out")
     return path
+
+
+# keys that every config.json of a command's run holds (since its first version): a new run starts
+# over the config and log of a run of its own command stopped before its first checkpoint, not over
+# another command's (an evaluation's config.json) or a user's files of those names
+CONFIG_KEYS = {"fit": ("shots", "n_ctx"), "train": ("arch", "stage")}
+
+
+def check_new_run(out: str | Path, command: str, files: Collection[str]) -> None:
+    """Raise a UserError when ``out``, where a new ``command`` run is to start, holds a file under a
+    name of the run's ``files`` that is no stopped run's: a run stopped before its first checkpoint
+    left its config and log (fit's split too), which a new run starts over, but the same names
+    with no config.json of a ``command`` run (:data:`CONFIG_KEYS`) are another's (an
+    evaluation's config.json, a user's log.jsonl), which the run would replace."""
+    theirs = sorted((f for f in files if exists(Path(out) / f, "--out")), key=lambda f: f != CONFIG)  # (config first)
+    if theirs and not _run_config(Path(out) / CONFIG, CONFIG_KEYS[command]):
+        why = "" if theirs[0] == CONFIG else " (no config.json of one beside it)"
+        raise UserError(f"--out {out}: its {theirs[0]} is not of a clip-smot {command} run stopped before its first "
+                        f"checkpoint{why}; the run would replace it; choose another --out")
+
+
+def _run_config(path: Path, keys: Collection[str]) -> bool:
+    """Whether ``path`` reads as a run's config.json: a JSON object holding each of ``keys``."""
+    try:
+        config = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(k in config for k in keys)
 
 
 def explicit_fields(cfg: Any) -> set[str]:

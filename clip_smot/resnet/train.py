@@ -421,10 +421,11 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
                 return _run(cfg, resume, dry_run, stop_after, rank, world, flags)
 
 
-def _check_outputs(cfg: TrainConfig) -> None:
+def _check_outputs(cfg: TrainConfig, new: bool) -> None:
     """Raise a UserError when ``--out`` would replace the ``--cam-model`` file or lies inside a
     folder of images the run reads (``--data``'s train/ and val/; a torchvision root holds no
-    such folder), where a later run would read the run's files as data."""
+    such folder), where a later run would read the run's files as data, or, for a ``new`` run,
+    a file of its names that is no stopped train run's (:func:`run_folder.check_new_run`)."""
     read = [] if cfg.dataset in ("cifar10", "cifar100", "digits") or not cfg.data else \
         [Path(cfg.data) / "train", Path(cfg.data) / "val"]
     folders = [(f"the --data {p.name}/ folder", p) for p in read]
@@ -433,6 +434,8 @@ def _check_outputs(cfg: TrainConfig) -> None:
 
         folders += written_folders()
     check_output(cfg.out, "--out", [("--cam-model file", cfg.cam_model)], folders, writes=_FILES)
+    if new:
+        rf.check_new_run(cfg.out, "train", _FILES)
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
@@ -556,7 +559,7 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
                         "under $CLIP_SMOT_CACHE); leave --data out")
     check_ranges(cfg)  # before any data is read: --seed, --input-size, --workers size or seed something
     if not dry_run:
-        _check_outputs(cfg)
+        _check_outputs(cfg, ckpt is None)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
     train_set = load_id_split(cfg.dataset, cfg.data, "train", size, download=download)
     if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():

@@ -156,6 +156,35 @@ def test_a_new_run_is_refused_over_a_result_without_its_checkpoint(tmp_path, res
         rf.check_start(tmp_path, resume=False, dry_run=False, result=result)
 
 
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_new_run_starts_over_only_its_own_stopped_run(tmp_path, command):
+    """A new run replaced whatever config.json and log.jsonl --out held (an evaluation's record, a
+    user's notes, the other command's stopped run), exit 0. It starts over a stopped run of its
+    own command only: a config.json with the keys every such run's holds."""
+    files = ("split.txt", "config.json", "log.jsonl", "checkpoint.pt", "prompt.safetensors")
+    own = {"fit": {"shots": 16, "n_ctx": 16}, "train": {"arch": "resnet18", "stage": "base"}}
+
+    other = own["train" if command == "fit" else "fit"]
+
+    (tmp_path / "log.jsonl").write_text("my notes\n")
+    with pytest.raises(UserError, match=rf"^--out {tmp_path}: its log.jsonl is not of a clip-smot {command} run "
+                       r"stopped before its first checkpoint \(no config.json of one beside it\); the run would "
+                       r"replace it; choose another --out$"):
+        rf.check_new_run(tmp_path, command, files)
+    evaluation = {"id_data": "val", "ood": {}, "scores": "mcm", "convention": "id"}
+    for config in (evaluation, other, [], "not json"):
+        (tmp_path / "config.json").write_text(json.dumps(config) if config != "not json" else config)
+        with pytest.raises(UserError, match=rf"^--out {tmp_path}: its config.json is not of a clip-smot {command} "
+                           "run stopped before its first checkpoint; the run would replace it; choose another --out$"):
+            rf.check_new_run(tmp_path, command, files)
+    (tmp_path / "config.json").write_text(json.dumps({**own[command], "more": 1}))
+    rf.check_new_run(tmp_path, command, files)  # (a stopped run of its own: started over)
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "log.jsonl").unlink()
+    (tmp_path / "notes.txt").write_text("other files are no run's")
+    rf.check_new_run(tmp_path, command, files)
+
+
 def test_an_optimizer_state_keeps_the_run_options_and_this_device_update():
     """What the update is (momentum, weight decay, nesterov, maximize) must be the run's; how it
     runs (fused: a CUDA run's choice) stays the resuming optimizer's."""
