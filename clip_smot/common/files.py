@@ -376,6 +376,18 @@ def _write_error(path: Path, e: Exception) -> UserError:
     return UserError(f"cannot write {path}: {reason}{kept}")
 
 
+def _fsync(path: str) -> None:
+    """Flush the file ``path``'s bytes to the disk. A file renamed over the old one before its
+    bytes are on the disk can be, after a power loss or a crash of the machine, an empty or
+    partly written file where the whole old one was (XFS, btrfs, ext4 without ``auto_da_alloc``):
+    the checkpoint a --resume needs."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
     """``write(tmp)`` on a new temporary file beside ``path``; its name. A failure removes it and is
     a UserError naming ``path``."""
@@ -388,6 +400,7 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
+        _fsync(tmp)
         return tmp
     except BaseException as e:  # (Ctrl-C too: no temporary file left behind)
         error = _write_error(path, e) if isinstance(e, Exception) else e  # (while the file still fills the disk)
@@ -399,11 +412,12 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to the disk, then rename it
+    to ``path``.
 
-    A crash or an exception never leaves half a file at ``path`` (the old file stays) nor a
-    temporary file behind. The temporary name ends in ``.tmp``: writers that infer the format
-    from the name (matplotlib) need it given explicitly.
+    A crash (of the process or of the machine) or an exception never leaves half a file at
+    ``path`` (the old file stays) nor a temporary file behind. The temporary name ends in
+    ``.tmp``: writers that infer the format from the name (matplotlib) need it given explicitly.
 
     Raises:
         UserError: the file cannot be written (a full disk, a read-only or missing folder),

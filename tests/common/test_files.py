@@ -97,6 +97,30 @@ def test_keyboard_interrupt_is_not_turned_into_a_write_error(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """A checkpoint was renamed over the last one without an fsync: after a power loss the new
+    name could hold an empty file (delayed allocation) where the whole old one was. Each file's
+    temporary is flushed before any rename; a flush that fails leaves the old file and no temporary."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1])
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (events.append(("replace", os.stat(a).st_ino)),
+                                                           replace(a, b))[1])
+    files.atomic_write_files(tmp_path, {"a.pt": lambda t: open(t, "wb").write(b"a"),
+                                        "b.txt": lambda t: open(t, "wb").write(b"b")})
+    a, b = (tmp_path / "a.pt").stat().st_ino, (tmp_path / "b.txt").stat().st_ino
+    assert events == [("fsync", a), ("fsync", b), ("replace", a), ("replace", b)]
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(files.os, "fsync", failing)
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, tmp_path / "a.pt")
+    assert str(e.value) == f"cannot write {tmp_path / 'a.pt'}: Input/output error; the file there before is unchanged"
+    assert (tmp_path / "a.pt").read_bytes() == b"a" and sorted(os.listdir(tmp_path)) == ["a.pt", "b.txt"]
+
+
 def test_safetensors_files_are_the_same_bytes_for_the_same_contents(tmp_path):
     """safetensors writes its metadata in a hash map's order, which changed from one save to the
     next: an exported prompt or model differed byte for byte from its twin (checksums disagreed)."""
