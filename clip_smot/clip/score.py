@@ -151,7 +151,11 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
             run_file.unlink(missing_ok=True)
         raise none_readable(skipped)
     if writer:
-        os.replace(partial, cfg.out)
+        try:
+            os.replace(partial, cfg.out)
+        except OSError as e:  # (a folder made at OUT meanwhile, a folder no longer writable)
+            raise UserError(f"--out {cfg.out}: cannot be written ({e.strerror or e}); the rows are kept in {partial}: "
+                            "once that is put right, the same command with --resume finishes it") from None
         run_file.unlink(missing_ok=True)
     return skipped
 

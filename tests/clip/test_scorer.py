@@ -1259,6 +1259,36 @@ def test_ctrl_c_names_the_partial_to_resume_from(tmp_path, tiny, tiny_clip_check
     assert len(read_csv(out)) == 19 and not os.path.exists(f"{out}.partial")
 
 
+def test_an_out_that_cannot_be_renamed_to_is_one_line_and_keeps_the_rows(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                       monkeypatch):
+    """The final rename of OUT.partial to OUT (a folder made at OUT meanwhile) was an
+    IsADirectoryError traceback; it is one line saying where the rows are, and --resume finishes."""
+    from clip_smot.clip import score as score_command
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=2, n_ood=2)
+    out = tmp_path / "s.csv"
+    append = score_command._append
+
+    def append_then_block(partial, text):
+        append(partial, text)
+        out.mkdir(exist_ok=True)
+
+    monkeypatch.setattr(score_command, "_append", append_then_block)
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint, "--device",
+            "cpu", "--workers", "0", "--out", str(out), *map(str, ids)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, repr(res.exception)
+    assert res.output == (f"Error: --out {out}: cannot be written (Is a directory); the rows are kept in {out}.partial: "
+                          "once that is put right, the same command with --resume finishes it\n")
+    assert len(read_csv(f"{out}.partial")) == 8
+    monkeypatch.setattr(score_command, "_append", append)
+    out.rmdir()
+    res = CliRunner().invoke(cli, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert len(read_csv(out)) == 8 and not os.path.exists(f"{out}.partial")
+
+
 def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
