@@ -32,6 +32,7 @@ from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setti
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
+    atomic_write_files,
     atomic_write_text,
     check_output,
     is_file,
@@ -39,6 +40,7 @@ from clip_smot.common.files import (
     make_folder,
     read_json,
     sha256_file,
+    text_writer,
 )
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
@@ -504,8 +506,8 @@ def write_table(table: str, p: Plan, out: str | Path) -> list[dict]:
         where = p.rows[c["row"]] or ("", "")
         w.writerow([c["table"], c["row"], c["ood_set"], c["metric"], _fmt(c["paper"]), _fmt(c["ours"]),
                     _fmt(c["difference"]), *where])
-    atomic_write_text(buf.getvalue(), out / "table.csv")
-    atomic_write_text(_markdown(p, cells), out / "table.md")
+    # both or neither: a failure writing table.md (a full disk) left a new table.csv beside the old table.md
+    atomic_write_files(out, {"table.csv": text_writer(buf.getvalue()), "table.md": text_writer(_markdown(p, cells))})
     return cells
 
 

@@ -603,6 +603,19 @@ def test_a_row_the_paper_has_no_number_for_keeps_the_tables_columns(tmp_path):
         "| ResNet18 CE | 51.13 / not run | 91.27 / not run | 95.12 / not run |", "| Ours only |  |  |  |"]
 
 
+def test_table_csv_and_md_are_written_both_or_neither(tmp_path):
+    """table.csv was renamed into place before table.md was written: a failure writing table.md
+    (a full disk; here a folder at its name) left the new table.csv beside the old table.md."""
+    from clip_smot.reproduce import Plan, write_table
+
+    (tmp_path / "table.csv").write_text("the earlier table\n")
+    (tmp_path / "table.md").mkdir()
+    with pytest.raises(UserError, match=r"^cannot write .*table.md: Is a directory"):
+        write_table("table6", Plan([], {"ResNet18 CE": None}, ("average",), "T"), tmp_path)
+    assert (tmp_path / "table.csv").read_text() == "the earlier table\n"
+    assert sorted(os.listdir(tmp_path)) == ["table.csv", "table.md"]
+
+
 def test_every_stage_gets_the_options_and_data_roots_it_is_given():
     """Each option reaches every stage it is documented for, once, and each stage reads the data
     root of its own dataset: ImageNet's val for the CLIP evaluations, --cifar-root for CIFAR
