@@ -162,8 +162,9 @@ class Stage:
     def check_record(self, out: str | Path, finished: Collection[str] | None = None) -> None:
         """Raise a UserError when the stage's folder holds work of another command or of other
         inputs. Another command: its record (:data:`RECORD`) names another command line (another
-        table's stage of the same name, other options), or, with no record, a finished or
-        resumable run is there. Other inputs: the stage is finished, and a file of an earlier
+        table's stage of the same name, other options) and the folder holds more than that
+        record (a command that stopped at once, e.g. on a path given wrong, left no work to
+        keep), or, with no record, a finished or resumable run is there. Other inputs: the stage is finished, and a file of an earlier
         stage that it read (its SHA-256 recorded) is no longer as it was (a fit redone after its
         evaluation); only the files of the stages in ``finished`` (None: of every stage, once
         the earlier stages have run). Skipping it as finished would put numbers of other work
@@ -182,6 +183,8 @@ class Stage:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
             if recorded not in (planned, self._without_run_control()):  # (the second: an older record's OUT paths)
+                if [f.name for f in folder.iterdir()] == [RECORD]:  # (its command stopped at once: nothing to keep)
+                    return
                 raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "
                                 f"{shlex.join(recorded)}), not this stage's (clip-smot {shlex.join(planned)}): another "
                                 f"table's or other options; give another --out, or remove {folder}")

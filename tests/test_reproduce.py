@@ -338,6 +338,28 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
 
 
+def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp_path):
+    """A stage whose command stopped before it wrote anything (a path given wrong, an option out of
+    range) left only its record: a run with the options put right was refused as "the work of
+    another command" until the user removed the folder. Its record is now replaced; a folder with
+    more than the record (a run's files) is still refused."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def stops_at_once(argv):
+        raise UserError("--shots 3: a class has fewer images")
+
+    with pytest.raises(UserError, match="--shots 3"):
+        run_reproduce("table8", dataclasses.replace(options, shots=3), stops_at_once, echo=lambda line: None)
+    assert [f.name for f in (out / "fit-smot").iterdir()] == [RECORD]
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran[0] == "fit-smot" and "--shots" not in json.loads((out / "fit-smot" / RECORD).read_text())["argv"]
+    with pytest.raises(UserError, match=rf"reproduce: {out / 'fit-smot'} holds the work of another command"):
+        run_reproduce("table8", dataclasses.replace(options, shots=4), fake, dry_run=True, echo=lambda line: None)
+
+
 def test_a_refused_stage_folder_names_the_command_it_holds_and_the_folder_to_remove(tmp_path):
     """The line shows the command line the folder's record holds beside this stage's (the
     user tells from them which option differs), and names the stage's folder to remove, not OUT
