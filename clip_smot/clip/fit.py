@@ -549,8 +549,10 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     if cfg.compile:  # (before the set-up: inductor's CPU kernels are C++, Triton's driver is built from C)
         require_compiler("--compile", device, "with --no-compile")
     if lost := _lost_to_triton(given, device):
-        print(f"note: Triton cannot start on this machine ({common_device.missing_triton()}): fit runs without "
-              f"{lost}, slower; install a C compiler (gcc) or point CC at one for the fast step", file=sys.stderr)
+        why = common_device.missing_triton()
+        fix = "; install a C compiler (gcc) or point CC at one for the fast step" if "compiler" in why.lower() else ""
+        print(f"note: Triton cannot start on this machine ({why}): fit runs without {lost}, slower{fix}",
+              file=sys.stderr)
     return cfg, saved, device
 
 

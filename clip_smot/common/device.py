@@ -186,8 +186,9 @@ def require_compiler(flag: str, device: torch.device, instead: str) -> None:
     if device.type == "cpu":
         require_cpp_compiler(flag, instead)
     elif device.type == "cuda" and (why := missing_triton()) is not None:
+        fix = "install a C compiler (gcc) or point CC at one, or " if "compiler" in why.lower() else ""
         raise UserError(f"{flag}: torch.compile on CUDA needs Triton, which cannot start on this machine ({why}); "
-                        f"install a C compiler (gcc) or point CC at one, or run {instead}")
+                        f"{fix}run {instead}")
 
 
 def is_compile_error(e: BaseException) -> bool:

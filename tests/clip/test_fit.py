@@ -1100,6 +1100,10 @@ def test_where_triton_cannot_start_fit_says_so_before_the_set_up(fit_args, tmp_p
     sm["sm"] = (7, 5)  # a T4: no FlexAttention kernel to lose
     fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d")), False, True, None)
     assert "fit runs without compiled layers, slower" in capsys.readouterr().err
+    monkeypatch.setattr(device, "missing_triton", lambda: "libcuda.so cannot found!")  # (no compiler to install)
+    fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d")), False, True, None)
+    assert capsys.readouterr().err == ("note: Triton cannot start on this machine (libcuda.so cannot found!): fit runs "
+                                       "without compiled layers, slower\n")
     for given in ({"compile": False}, {"text_attention": "causal"}):  # nothing of the defaults' was lost
         fit_mod._resolve(FitConfig(device="cuda", out=str(tmp_path / "d"), **given), False, True, None)
         assert capsys.readouterr().err == ""

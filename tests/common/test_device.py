@@ -289,8 +289,9 @@ def test_missing_triton_without_a_gpu_is_a_reason_not_a_traceback():
 
 
 def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
-    """On CUDA: Triton's reason, a C compiler, and the run without the flag; on the CPU: the C++
-    compiler check as before; a Triton that starts (or a CPU with a compiler) passes."""
+    """On CUDA: Triton's reason, a C compiler where it found none, and the run without the flag;
+    on the CPU: the C++ compiler check as before; a Triton that starts (or a CPU with a compiler)
+    passes."""
     import torch
 
     from clip_smot.common import device
@@ -303,6 +304,11 @@ def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
     assert str(e.value) == ("--compile and --cuda-graph: torch.compile on CUDA needs Triton, which cannot start on "
                             "this machine (Failed to find C compiler. Please specify via CC); install a C compiler "
                             "(gcc) or point CC at one, or run without them")
+    monkeypatch.setattr(device, "missing_triton", lambda: "libcuda.so cannot found!")  # (no compiler to install)
+    with pytest.raises(UserError) as e:
+        device.require_compiler("--compile", torch.device("cuda"), "without --compile")
+    assert str(e.value) == ("--compile: torch.compile on CUDA needs Triton, which cannot start on this machine "
+                            "(libcuda.so cannot found!); run without --compile")
     monkeypatch.setattr(device, "missing_cpp_compiler", lambda: "tried g++")
     with pytest.raises(UserError, match=r"^--compile: torch.compile on the CPU needs a C\+\+ compiler and none was "
                                         r"found \(tried g\+\+\)"):
