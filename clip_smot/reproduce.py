@@ -350,7 +350,11 @@ def _base_and_smot(o: ReproduceOptions, dataset: str, ood: list[str], base_score
 def _resnet_data(o: ReproduceOptions, table: str, dataset: str) -> tuple[list, list[str], tuple[str, ...]]:
     inputs: list = []
     if dataset == "imagenet200":
-        inputs.append(("--imagenet", _require(o.imagenet, "--imagenet", table)))
+        root = Path(_require(o.imagenet, "--imagenet", table))
+        # the trainings read IMAGENET/train, the evaluations IMAGENET/val, hours later: both are
+        # checked before anything runs (a missing IMAGENET is named once, as itself)
+        inputs += [("--imagenet", str(root / split)) for split in ("train", "val")] if root.is_dir() else \
+            [("--imagenet", str(root))]
         sets = IMAGENET_OOD
     else:
         inputs.append(("--cifar-root", _require(o.cifar_root, "--cifar-root", table)))

@@ -997,6 +997,26 @@ def test_an_imagenet_root_without_val_is_refused_before_the_fits(tmp_path):
     assert ran == [] and not (tmp_path / "o").exists()
 
 
+def test_table4_refuses_an_imagenet_root_without_val_or_train_before_the_trainings(tmp_path):
+    """Table 4 checked IMAGENET itself only: without val/ its three trainings ran (hours on a GPU)
+    and the first evaluation, which reads IMAGENET/val, failed; without train/ the first training
+    failed after OUT was made."""
+    from clip_smot.reproduce import run_reproduce
+
+    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+    ran = []
+    for split, other in (("train", "val"), ("val", "train")):
+        imagenet = tmp_path / f"imagenet-{split}"
+        (imagenet / split).mkdir(parents=True)
+        with pytest.raises(UserError) as e:
+            run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
+                                                     ood_root=str(tmp_path / "ood")), ran.append,
+                          echo=lambda line: None)
+        assert str(e.value) == f"--imagenet: no such folder: {imagenet / other}"
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
 def test_an_unknown_table_is_one_line_naming_the_tables():
     with pytest.raises(UserError) as e:
         plan("table10", ReproduceOptions(out="/o"))
