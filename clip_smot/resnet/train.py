@@ -562,6 +562,9 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
         _check_outputs(cfg, ckpt is None)
     size = cfg.input_size or default_input_size(cfg.dataset, cfg.data)
     train_set = load_id_split(cfg.dataset, cfg.data, "train", size, download=download)
+    if len(train_set.classnames) < 2:  # (before the images are hashed and a network is built on it)
+        raise UserError(f"--data {cfg.data}: train/ holds one class folder ({train_set.classnames[0]}); a classifier "
+                        "needs at least 2 classes")
     if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
         val_names = class_folders(Path(cfg.data) / "val", "--data")
         if val_names != train_set.classnames:

@@ -287,14 +287,17 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--data", "{mismatch}"], "do not match those of train/"),
     (["--data", "{folders}", "--resume"], "--resume: no checkpoint"),
     (["--dataset", "digits", "--data", "{folders}"], "--dataset digits reads no data folder"),  # (was ignored)
+    # (was "need at least 2 classes, got 1", naming neither the flag nor the folder)
+    (["--data", "{one}"], "one: train/ holds one class folder (cat); a classifier needs at least 2 classes"),
 ])
 def test_bad_inputs(args, message, folders, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notmodel").write_text("hello")
     mismatch = _write_folders(tmp_path / "mm", per_class=(2, 1))
     (mismatch / "val" / "eel").rename(mismatch / "val" / "emu")
+    shutil.copytree(folders / "train" / "cat", tmp_path / "one" / "train" / "cat")
     fill = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folders": folders,
-            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch}
+            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch, "one": tmp_path / "one"}
     args = [a.format(**fill) for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
