@@ -137,6 +137,9 @@ def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
                           download=not cfg.get("data"))  # (not into a folder the model file names)
     except UserError as e:
         raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
+    if list(s.classnames) != list(meta["classnames"]):  # (a built-in set's, which the file may name wrongly)
+        raise UserError(f"--id-train: {meta['path']} says it was trained on {cfg['dataset']}, whose classes are not "
+                        f"the model's ({meta['num_classes']} classes, {meta['classnames'][:3]}...); pass --id-train DIR")
     if cfg.get("data"):  # (the model file names the folder read, maybe relative to where it was trained: said)
         print(f"note: the fitted scores use the {len(s)} training images of {os.path.abspath(cfg['data'])}, the "
               f"folder {meta['path']} records; --id-train DIR names another", file=sys.stderr)

@@ -1437,6 +1437,13 @@ def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path
                                  "--device", "cpu", "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and r.output.strip() == (
         "Error: --id digits: its classes are not the model's (3 classes, ['cat', 'dog', 'eel']...)")
+    # a built-in training set the file names wrongly: knn was fitted on the 1347 digits without a word
+    wrong = _untrained_model(tmp_path / "wrong.safetensors", config={"dataset": "digits"})
+    r = CliRunner().invoke(cli, [*base, "--checkpoint", str(wrong), "--scores", "knn", "--out", str(tmp_path / "w")])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: --id-train: {wrong} says it was trained on digits, whose classes are not the model's (3 classes, "
+        "['cat', 'dog', 'eel']...); pass --id-train DIR")
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("input_size", [16, 72], ids=["decoded once", "files"])
