@@ -199,6 +199,10 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         if not isinstance(keys, torch.Tensor) or tuple(keys.shape) != (_MT19937_WORDS,):
             raise ValueError(f"NumPy's state holds {keys.numel() if isinstance(keys, torch.Tensor) else 'no'} keys, "
                              f"not {_MT19937_WORDS}")
+        # (NumPy takes any position and reads key[pos] for its next draw, unchecked: past the key,
+        # memory that is not the key, or a segmentation fault)
+        if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos <= _MT19937_WORDS:
+            raise ValueError(f"NumPy's state is at position {pos!r:.40}, not in [0, {_MT19937_WORDS}]")
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(state["python"])
     cuda = state.get("torch_cuda" if older else "cuda")

@@ -36,6 +36,27 @@ def test_rng_round_trip_through_a_weights_only_file_gives_the_same_draws(tmp_pat
     torch.testing.assert_close(again[3], expected[3], rtol=0, atol=0)
 
 
+def test_a_numpy_state_at_a_position_outside_its_key_is_refused():
+    """NumPy's set_state takes any position and its next draw reads key[pos] unchecked: a
+    checkpoint saying 100,000,000 made that draw a segmentation fault, -1 or 625 read memory
+    that is not the key. 0 and 624 (the next draw regenerates the key) are positions it writes."""
+    saved = np.random.get_state()
+    try:
+        for pos in (0, 624):
+            state = rf.capture_rng()
+            state["numpy"] = (*state["numpy"][:2], pos, *state["numpy"][3:])
+            rf.restore_rng(state)
+            assert np.random.get_state()[2] == pos
+        for pos in (-1, 625, 10**8, True, 10**30):
+            state = rf.capture_rng()
+            state["numpy"] = (*state["numpy"][:2], pos, *state["numpy"][3:])
+            with pytest.raises(ValueError, match=rf"^NumPy's state is at position {pos}, not in \[0, 624\]$"):
+                rf.restore_rng(state)
+            assert np.random.get_state()[2] in (0, 624)  # (left as it was)
+    finally:
+        np.random.set_state(saved)
+
+
 def test_the_older_fit_rng_layout_is_restored():
     """fit's checkpoints before the shared layout: torch_cpu, torch_cuda, data_gen, aug_gen, aug_device."""
     torch.manual_seed(3)

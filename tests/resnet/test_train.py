@@ -1109,10 +1109,12 @@ def _momentum(value):
     return edit
 
 
-def _numpy_pos(ckpt):  # numpy's generator state with a position past any integer's size
-    state = list(ckpt["rng"]["numpy"])
-    state[2] = 10**30
-    ckpt["rng"]["numpy"] = tuple(state)
+def _numpy_pos(pos):  # numpy's generator state at a position outside its key (numpy checks none)
+    def edit(ckpt):
+        state = list(ckpt["rng"]["numpy"])
+        state[2] = pos
+        ckpt["rng"]["numpy"] = tuple(state)
+    return edit
 
 
 def _numpy_keys(ckpt):  # numpy's key: one stored value declared 2^50 times (a copy of that size: 4 PiB)
@@ -1150,7 +1152,9 @@ def _nan_weight(ckpt):
     (_momentum(lambda shape: torch.zeros(1).expand(shape)), r"momentum_buffer is not a finite float tensor with a "),
     (_momentum(lambda shape: torch.full(shape, float("nan"))), r"momentum_buffer is not a finite float tensor"),
     (_nan_weight, r"checkpoint.pt: fc.weight holds non-finite numbers$"),  # (a finished run re-exported it)
-    (_numpy_pos, r"its loss-scaler or random-number state is damaged \(OverflowError"),
+    (_numpy_pos(10**30), r"its loss-scaler or random-number state is damaged \(ValueError: NumPy's state is at "),
+    # (was restored: NumPy's next draw read key[100000000], a segmentation fault)
+    (_numpy_pos(10**8), r"\(ValueError: NumPy's state is at position 100000000, not in \[0, 624\]\)$"),
     (_numpy_keys, r"random-number state is damaged \(ValueError: NumPy's state holds [0-9]+ keys, not 624\)$"),
     (_edit("optimizer", "param_groups", 0, "momentum", None), r"its optimizer state does not fit \(ValueError: "
                                                               r"momentum is None, not the run's 0.9\)"),
