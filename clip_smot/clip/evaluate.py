@@ -43,7 +43,7 @@ from clip_smot.common.image_sets import (
     image_set,
     stray_wnids,
 )
-from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
 
 __all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
 
@@ -204,6 +204,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
         The metrics.json content (under torchrun, on rank 0; an empty dict on the others).
     """
     check_ranges(cfg)
+    check_ood_names(cfg.ood)
     names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
     lists, read_folders = cfg.read_sets()
     inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),

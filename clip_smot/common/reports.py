@@ -29,7 +29,7 @@ from clip_smot.common.files import (
 from clip_smot.common.image_sets import image_list_file
 from clip_smot.metrics import CONVENTIONS, ood_metrics
 
-__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "metric_table", "write_reports"]
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "check_ood_names", "metric_table", "write_reports"]
 
 METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
 # what an evaluation writes into its folder (config.json: the CLIP track's arguments)
@@ -70,6 +70,13 @@ class EvalConfig(JsonConfig):
                 [(f"the {flag} folder", w) for flag, w in given.items()] + written_folders())
 
 
+def check_ood_names(names) -> None:
+    """Raise a UserError for an OOD set named ``average``, the name of the mean row, which would
+    overwrite it; an evaluation checks its ``--ood`` names with it before any image is scored."""
+    if "average" in names:
+        raise UserError("--ood average=...: 'average' names the mean over the OOD sets; give the set another name")
+
+
 def metric_table(
     id_scores: dict[str, np.ndarray],
     ood_scores: dict[str, dict[str, np.ndarray]],
@@ -84,8 +91,7 @@ def metric_table(
 
     Each score also gets an ``average`` row: the mean over the OOD sets, as the paper reports.
     """
-    if "average" in ood_scores:  # the name of the mean row: a set called so would be overwritten
-        raise UserError("--ood average=...: 'average' names the mean over the OOD sets; give the set another name")
+    check_ood_names(ood_scores)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for score, id_s in id_scores.items():
         rows = {}

@@ -32,7 +32,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, output_lock
 from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import holds_folders
-from clip_smot.common.reports import REPORT_FILES, EvalConfig, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
 from clip_smot.resnet.data import (
     BUILTIN_ID,
     SizedImageSet,
@@ -228,6 +228,7 @@ def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
         The metrics.json content.
     """
     check_ranges(cfg)
+    check_ood_names(cfg.ood)
     names = _score_names(cfg.scores)
     lists, folders = cfg.read_sets()
     inputs = [("--checkpoint file", cfg.checkpoint), *lists]

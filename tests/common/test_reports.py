@@ -48,6 +48,31 @@ def test_an_ood_set_named_average_is_refused(tmp_path):
                                                                  "b": {"msp": np.array([0.9, 0.95])}})
 
 
+def test_both_evaluations_refuse_an_ood_set_named_average_before_loading_anything(tmp_path, monkeypatch):
+    """The name was refused by write_reports only, once every image had gone through the network
+    (an hour of ODIN on ImageNet); it is known from the command line."""
+    from clip_smot.clip import evaluate as clip_eval
+    from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
+    from clip_smot.resnet import evaluate as resnet_eval
+    from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(resnet_eval, "load_model", loaded)
+    monkeypatch.setattr(clip_eval, "load_prompt", loaded)
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    (tmp_path / "ood").mkdir()
+    ood = {"average": str(tmp_path / "ood"), "b": str(tmp_path / "ood")}
+    for run in (lambda: run_resnet_eval(ResnetEvalConfig(checkpoint=str(tmp_path / "m.safetensors"), id_data="digits",
+                                                         ood=ood, device="cpu", out=str(tmp_path / "e"))),
+                lambda: run_clip_eval(ClipEvalConfig(prompt=str(tmp_path / "m.safetensors"), id_data="digits", ood=ood,
+                                                     device="cpu", out=str(tmp_path / "e")))):
+        with pytest.raises(UserError, match=r"^--ood average=\.\.\.: 'average' names the mean over the OOD sets"):
+            run()
+    assert not (tmp_path / "e").exists()
+
+
 def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
