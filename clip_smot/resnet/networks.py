@@ -368,6 +368,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # from the header: nothing loaded
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # ("F32", "BF16", "C64", "I64", ...)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{flag} {path}: not a safetensors file ({e})") from None
     if raw.get("format") != MODEL_FORMAT:
@@ -397,11 +398,17 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         raise UserError(f"{flag} {path}: malformed metadata ({e})") from None
     _check_meta(meta, f"{flag} {path}")
     with torch.device("meta"):  # the architecture's shapes, without allocating its weights
-        expected = {k: tuple(v.shape) for k, v in build_network(meta["arch"], meta["num_classes"],
-                                                                meta["input_size"]).state_dict().items()}
+        reference = build_network(meta["arch"], meta["num_classes"], meta["input_size"]).state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     if shapes != expected:
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} of {meta['num_classes']} classes "
                         f"({first_shape_difference(shapes, expected)})")
+    # a weight of complex numbers was copied in with a warning and its imaginary parts dropped
+    other = next((k for k, v in reference.items() if v.is_floating_point() and not dtypes[k].startswith(("F", "BF"))),
+                 None)
+    if other is not None:
+        raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({other} is stored as {dtypes[other]}, "
+                        "not as real floating-point numbers)")
     try:  # (as large as the file's own tensors now)
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

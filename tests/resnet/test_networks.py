@@ -357,3 +357,21 @@ def test_a_model_file_with_an_extra_tensor_names_it(tmp_path):
     tensors = {**build_network("resnet_tiny", 3, 32).state_dict(), "extra.weight": torch.zeros(2)}
     with pytest.raises(UserError, match=r"weights do not fit a resnet_tiny of 3 classes \(unexpected extra.weight\)$"):
         load_model(_edited(tmp_path, "extra.safetensors", tensors=tensors))
+
+
+@pytest.mark.parametrize("dtype, stored", [(torch.complex64, "C64"), (torch.bool, "BOOL"), (torch.int32, "I32")])
+def test_a_weight_not_stored_as_real_floats_is_one_line(tmp_path, dtype, stored):
+    """A complex fc.weight was copied in with torch's two-line warning and its imaginary parts
+    dropped (exit 0); a bool one failed in load_state_dict. Each, and integers (which save_model
+    never writes), is refused from the header."""
+    from safetensors.torch import load_file
+
+    _save(tmp_path / "m.safetensors")
+    tensors = load_file(str(tmp_path / "m.safetensors"))
+    tensors["fc.weight"] = tensors["fc.weight"].to(dtype)
+    with pytest.raises(UserError, match=rf"^--checkpoint .*edited.safetensors: weights do not fit a resnet_tiny "
+                                        rf"\(fc.weight is stored as {stored}, not as real floating-point numbers\)$"):
+        load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
+    for half in (torch.float16, torch.bfloat16, torch.float64):  # (real numbers of another width: they load)
+        tensors["fc.weight"] = load_file(str(tmp_path / "m.safetensors"))["fc.weight"].to(half)
+        load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
