@@ -176,8 +176,10 @@ def eight_bit(im: Image.Image) -> Image.Image:
         return im
     if im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
-        if a.max() <= 1.0:
+        if a[np.isfinite(a)].max(initial=0.0) <= 1.0:  # (a NaN or infinite pixel does not decide the range)
             a = a * 255.0  # a float image in [0, 1]
+        # NaN as black, infinities as the ends: NumPy's cast of NaN to uint8 is undefined, and warns
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
         return Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
     a = np.asarray(im)  # [H, W] uint16 (I;16) or int32 (I)
     if im.mode.startswith("I;16") or a.max() > 255:

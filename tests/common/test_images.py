@@ -384,6 +384,22 @@ def test_a_float_image_up_to_one_is_scaled_to_255(tmp_path):
     assert np.asarray(load_image(tmp_path / "wide.tif", mode="L")).tolist() == [[0, 1, 100, 255]]
 
 
+def test_a_float_image_with_nan_or_infinite_pixels_keeps_the_range_of_the_others(tmp_path):
+    """A NaN pixel made the image's maximum NaN, so a [0, 1] image was not scaled (read almost
+    black), an infinite one likewise; NumPy's cast of NaN to uint8 warned on stderr (two lines per
+    image) and gave whatever the platform gives. NaN is black, infinities the ends."""
+    import warnings
+
+    import numpy as np
+
+    Image.fromarray(np.array([[np.nan, 0.25, 0.5, 1.0]], np.float32)).save(tmp_path / "nan.tif")
+    Image.fromarray(np.array([[np.inf, -np.inf, 0.5, 1.0]], np.float32)).save(tmp_path / "inf.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.asarray(load_image(tmp_path / "nan.tif", mode="L")).tolist() == [[0, 64, 128, 255]]
+        assert np.asarray(load_image(tmp_path / "inf.tif", mode="L")).tolist() == [[255, 0, 128, 255]]
+
+
 def test_a_missing_image_file_is_named_as_missing(tmp_path):
     with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / 'gone.png'))}: no such image file$"):
         load_image(tmp_path / "gone.png")
