@@ -209,6 +209,9 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
         with Image.open(path if data is None else io.BytesIO(data), formats=PIL_FORMATS) as im:
             im.load()  # decode now: a truncated JPEG fails here, not later in a worker
             im = eight_bit(im)
+            if mode and im.mode == "P" and "transparency" in im.info:
+                # the same pixels as straight to RGB, without PIL's two-line warning for each such image
+                im = im.convert("RGBA")
             return im.convert(mode) if mode else im.copy()  # (a copy outlives the closed file)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None

@@ -400,6 +400,23 @@ def test_a_float_image_with_nan_or_infinite_pixels_keeps_the_range_of_the_others
         assert np.asarray(load_image(tmp_path / "inf.tif", mode="L")).tolist() == [[255, 0, 128, 255]]
 
 
+def test_a_palette_image_with_transparency_is_read_as_its_colours_without_a_warning(tmp_path):
+    """PIL warns ("Palette images with Transparency expressed in bytes should be converted to RGBA
+    images", two lines on stderr) for each palette PNG with a transparency table converted to RGB:
+    an eval over a folder of them printed it again and again. The pixels are the palette's colours."""
+    import warnings
+
+    import numpy as np
+
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).convert("P")
+    pal.save(tmp_path / "p.png", transparency=bytes(range(0, 256, 4)))
+    expected = np.asarray(pal.convert("RGB"))  # (before the save: the palette's colours, no transparency)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(np.asarray(load_image(tmp_path / "p.png")), expected)
+
+
 def test_a_missing_image_file_is_named_as_missing(tmp_path):
     with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / 'gone.png'))}: no such image file$"):
         load_image(tmp_path / "gone.png")
