@@ -186,6 +186,35 @@ def test_eval_falls_back_to_the_default_root_when_the_files_root_lacks_the_set(t
     assert calls == [(str(tmp_path), False), (None, True)]
 
 
+def test_the_fitted_scores_training_set_falls_back_to_the_default_root_too(tmp_path, monkeypatch, capsys):
+    """eval --checkpoint read a CIFAR root named in the model file, and else the default root, for
+    --id cifar10 (docs/resnet.md), but for the training images of react, knn and vim it stopped:
+    "the model's training data is not available", for a model moved to another machine. Those
+    images now come from where --id's would, with no note naming a root that was not read."""
+    from types import SimpleNamespace
+
+    from clip_smot.resnet import data as resnet_data
+    from clip_smot.resnet.evaluate import _train_set
+
+    recorded, calls = tmp_path / "gone", []
+
+    def fake(name, root, download=True, **kwargs):
+        calls.append((str(root), download))
+        if not download:  # (the root the file names: the set is not there)
+            raise UserError(f"{name}: not found under {root}, a folder named by a file")
+        images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+        return SimpleNamespace(data=images, classes=["a", "b"], targets=[0, 1, 0])
+
+    monkeypatch.setattr(resnet_data, "_torchvision", fake)
+    monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "default"))
+    meta = {"config": {"dataset": "cifar10", "data": str(recorded)}, "classnames": ["a", "b"], "num_classes": 2,
+            "input_size": 16, "path": "m.safetensors"}
+    s = _train_set(None, meta)
+    assert len(s) == 3 and s.input_size == 16 and s.labels.tolist() == [0, 1, 0]
+    assert calls == [(str(recorded), False), (str(tmp_path / "default"), True)]
+    assert capsys.readouterr().err == ""
+
+
 # --- score --------------------------------------------------------------------------------------
 
 

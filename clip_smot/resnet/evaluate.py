@@ -131,16 +131,22 @@ def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
     cfg = meta["config"]
     if not cfg.get("dataset") and not cfg.get("data"):
         raise UserError(f"--id-train: {meta['path']} does not say what it was trained on; pass --id-train DIR")
-    try:
-        s = load_id_split(cfg.get("dataset"), cfg.get("data"), "train", meta["input_size"],
-                          classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train",
-                          download=not cfg.get("data"))  # (not into a folder the model file names)
+    cifar = cfg.get("dataset") in ("cifar10", "cifar100")
+
+    def load(root, download):  # (download: not into a folder the model file names)
+        return load_id_split(cfg.get("dataset"), root, "train", meta["input_size"],
+                             classnames=None if cfg.get("dataset") else meta["classnames"], flag="--id-train",
+                             download=download)
+
+    try:  # a CIFAR root the file names where the set is there, else the default root, as for --id
+        s = _read_only_root(load, cfg.get("data")) if cifar else load(cfg.get("data"), not cfg.get("data"))
     except UserError as e:
         raise UserError(f"--id-train: the model's training data is not available ({e}); pass --id-train DIR") from None
     if list(s.classnames) != list(meta["classnames"]):  # (a built-in set's, which the file may name wrongly)
         raise UserError(f"--id-train: {meta['path']} says it was trained on {cfg['dataset']}, whose classes are not "
                         f"the model's ({meta['num_classes']} classes, {meta['classnames'][:3]}...); pass --id-train DIR")
-    if cfg.get("data"):  # (the model file names the folder read, maybe relative to where it was trained: said)
+    if cfg.get("data") and cfg.get("dataset") in (None, "imagenet200"):  # (the folder the file names was read,
+        # maybe relative to where it was trained: said; a CIFAR root may not have been, digits read none)
         print(f"note: the fitted scores use the {len(s)} training images of {os.path.abspath(cfg['data'])}, the "
               f"folder {meta['path']} records; --id-train DIR names another", file=sys.stderr)
     return resize_set(s, meta["input_size"])
