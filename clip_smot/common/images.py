@@ -28,7 +28,12 @@ def _listing(folder: str, seen: set[str]) -> tuple[list[str], list[str]] | None:
     """``(sorted sub-folder names, sorted file names)`` of ``folder``, hidden ones left out (a
     dot-file such as macOS's ``._x.jpg``, a dot-folder such as ``.thumbs/``: never data), told
     apart as ``os.walk`` tells them (a symlinked folder is a folder; no stat per file); None for a
-    folder already walked (a symlink loop, a second link to it) or one that cannot be listed."""
+    folder already walked (a symlink loop, a second link to it).
+
+    Raises:
+        UserError: ``folder`` cannot be listed (no permission, an I/O error): left out without a
+            word, its images would be missing from the set.
+    """
     real = os.path.realpath(folder)
     if real in seen:
         return None
@@ -44,8 +49,8 @@ def _listing(folder: str, seen: set[str]) -> tuple[list[str], list[str]] | None:
                 except OSError:
                     is_dir = False
                 (folders if is_dir else files).append(entry.name)
-    except OSError:
-        return None
+    except OSError as e:
+        raise UserError(f"{folder}: a folder that cannot be listed ({e.strerror or e})") from None
     return sorted(folders), sorted(files)
 
 

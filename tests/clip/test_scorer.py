@@ -363,6 +363,27 @@ def test_bad_prompt_gives_one_clear_line(tmp_path, tiny, tiny_clip_config, tiny_
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_a_folder_of_paths_that_cannot_be_listed_is_one_line(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint,
+                                                             monkeypatch):
+    """A sub-folder of PATHS that cannot be listed (simulated: tests run as root) stops the score
+    with one line naming it, before anything is written; its images were left out without a word."""
+    import os
+
+    import clip_smot.common.images as images
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path)
+    locked = sorted(p for p in id_dir.iterdir() if p.is_dir())[0]
+    real = os.scandir
+    monkeypatch.setattr(images.os, "scandir", lambda path: (_ for _ in ()).throw(PermissionError(
+        13, "Permission denied", path)) if os.fspath(path) == os.fspath(locked) else real(path))
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--model", tiny_clip_config,
+                                   "--pretrained", tiny_clip_checkpoint, "--workers", "0", "--out",
+                                   str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 1 and res.output == f"Error: {locked}: a folder that cannot be listed (Permission denied)\n"
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()
+
+
 def test_unreadable_image_is_named_or_skipped(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path)

@@ -212,6 +212,34 @@ def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
     assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]
 
 
+def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
+    """A sub-folder that cannot be listed (no permission, an I/O error) was left out without a
+    word: an OOD set, a score's PATHS or a class folder lost its images and the numbers said
+    nothing of it. Every walk now stops with one line naming it (simulated: tests run as root,
+    whom permissions do not stop)."""
+    import os
+
+    from clip_smot.clip.fewshot import _class_images
+
+    for rel in ("cat/a.png", "cat/locked/b.png", "cat/z.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    locked, real = os.path.join(tmp_path, "cat", "locked"), os.scandir
+
+    def scandir(path):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(images.os, "scandir", scandir)
+    line = f"{locked}: a folder that cannot be listed (Permission denied)"
+    for listing in (lambda: images.list_images(tmp_path), lambda: list(images.walk_files(tmp_path)),
+                    lambda: _class_images(tmp_path, "cat")):
+        with pytest.raises(UserError) as e:
+            listing()
+        assert str(e.value) == line
+
+
 def test_a_folder_walk_gives_the_sorted_order_one_folder_at_a_time(tmp_path, monkeypatch):
     """iter_images gives the order of sorting every path (pathlib compares them name by name),
     which is not os.walk's order (a folder's files before its sub-folders): `a/b.jpg` comes before
