@@ -165,7 +165,9 @@ def flex_available(device: torch.device | str) -> bool:
         from torch.nn.attention import flex_attention  # noqa: F401  ("import torch.nn..." would make torch local)
     except ImportError:
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 0) and common_device.missing_triton() is None
+    # (while torch.compile traces, Triton has started: the check is not traced, it would break the graph)
+    return torch.cuda.get_device_capability(device) >= (8, 0) and (
+        torch.compiler.is_compiling() or common_device.missing_triton() is None)
 
 
 def compile_available(device: torch.device | str) -> bool:

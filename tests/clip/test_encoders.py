@@ -557,6 +557,23 @@ def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
     assert compile_available("cpu") and not flex_available("cpu")
 
 
+def test_flex_available_is_traced_without_starting_triton(monkeypatch):
+    """The text encoder asks flex_available when it builds a layout, which a whole-encoder
+    torch.compile traces: there Triton has started (it is compiling), and tracing the check
+    (a cached function that imports Triton) would break a fullgraph compile."""
+    from clip_smot.clip.encoders import flex_available
+    from clip_smot.common import device as common_device
+
+    asked = []
+    monkeypatch.setattr(common_device, "missing_triton", lambda: asked.append(1) or None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 2 if flex_available(torch.device("cuda")) else x, fullgraph=True,
+                             backend="eager")
+    assert compiled(torch.ones(2)).tolist() == [2.0, 2.0] and asked == []
+    assert flex_available("cuda") and asked == [1]  # (outside a trace it asks)
+
+
 def test_only_open_clips_plain_vit_gets_the_fast_image_encoder(clip):
     """The fast encoder computes the patch embedding as a matmul over disjoint patches, with no
     bias, and pools one token: a patch convolution with a bias, overlapping (stride 4 under a
