@@ -337,8 +337,7 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
         for n, (fields, end) in enumerate(records):
             if n == 0:
                 if fields != list(header):
-                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
-                                    "same --scores")
+                    raise _other_columns(partial, header, ",".join(fields))
                 keep = end
                 continue
             if not _row_fits(fields, len(header), names):
@@ -356,12 +355,20 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
         if keep == 0:  # no complete header: stopped while it was written (nothing scored), or another file
             line = (",".join(header) + "\n").encode()
             with open(partial, "rb") as f:
-                if not line.startswith(f.read(len(line) + 1)):
-                    raise UserError(f"--resume: {partial} holds other columns than {','.join(header)}; give the "
-                                    "same --scores")
+                if not line.startswith(start := f.read(len(line) + 1)):
+                    raise _other_columns(partial, header, start.split(b"\n")[0].decode("utf-8", "replace"))
     except OSError as e:
         raise UserError(f"--resume: {partial} cannot be read ({e.strerror or e})") from None
     return done, keep
+
+
+def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserError:
+    """The error of a partial CSV whose first line ``found`` is not the run's ``header``, shown with
+    what is invisible escaped (a byte-order mark an editor added, a carriage return)."""
+    shown = ascii(found)[1:-1]
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    return UserError(f"--resume: {partial} holds other columns than {','.join(header)} (its first line: {shown}); "
+                     "give the same --scores")
 
 
 def _row_fits(fields: list[str], columns: int, names: dict[str, set[str]]) -> bool:

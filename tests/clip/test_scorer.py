@@ -1327,6 +1327,15 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
         res = CliRunner().invoke(cli, base)
         assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
         assert (tmp_path / "s.csv.partial").read_text() == text and not (tmp_path / "s.csv").exists()
+    # saved by an editor with a byte-order mark: the same words, and "other columns" said nothing of why
+    (tmp_path / "s.csv.partial").write_text("\ufeffpath,pred,pred_index,mcm\n")
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --resume: {tmp_path / 's.csv.partial'} holds other columns than path,pred,pred_index,mcm (its first "
+        "line: \\ufeffpath,pred,pred_index,mcm); give the same --scores"]
+    (tmp_path / "s.csv.partial").write_text("x" * 500 + "\n")
+    res = CliRunner().invoke(cli, base)
+    assert f"(its first line: {'x' * 117}...)" in res.output
 
 
 def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
