@@ -227,6 +227,8 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
                        "what it is scored with (prompt, weights, class names, precision)")
     fitted = [n for n in names if n in FITTED_SCORES]
     scorer.check_scores([n for n in names if n not in fitted])
+    if (note := scorer.one_class_note(names)) and writes_outputs():
+        print(note, file=sys.stderr)
     decoder = scorer.decoder(cfg.decode)
     # Resolve every set before encoding anything: a typo in the last --ood fails at once.
     size = scorer.clip.image_size

@@ -120,6 +120,8 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
     scorer.check_scores(names)  # (before OUT.partial is started)
+    if (note := scorer.one_class_note(names)) and writer:
+        print(note, file=sys.stderr)
     decode = scorer.decoder(cfg.decode)
     run = {"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(), "precision": scorer.precision,
            "decoder": decoder_identity(decode, scorer.device)}  # ("decoder": None for PIL's, as before the key was)

@@ -110,6 +110,7 @@ CLIP_SCORERS: dict[str, Callable[[_Head, dict], torch.Tensor]] = {
 }
 SCORE_NAMES = tuple(CLIP_SCORERS)
 DEFAULT_SCORES = ("mcm",)
+_SOFTMAX_SCORES = ("mcm", "gl-mcm", "msp", "odin", "gradnorm")  # of a softmax over the classes: constant for one
 _FITTED = {"react": "react_threshold", "knn": "knn_bank", "vim": "vim"}  # score: its key in fit_id_train's dict
 FITTED_SCORES = tuple(_FITTED)  # need statistics of ID training features
 
@@ -376,6 +377,20 @@ class PromptScorer:
         if unfitted:
             raise UserError(f"--scores {','.join(unfitted)}: needs features of ID training images; "
                             "clip-smot eval fits them (--id-train, or the prompt's own few-shot images)")
+
+    def constant_scores(self, scores: Sequence[str]) -> list[str]:
+        """Those of ``scores`` that are the same for every image because the prompt has one class:
+        a softmax over one class is 1 (mcm, gl-mcm, msp, odin), its gradient 0 (gradnorm)."""
+        return [n for n in scores if n in _SOFTMAX_SCORES] if len(self.classnames) == 1 else []
+
+    def one_class_note(self, scores: Sequence[str]) -> str | None:
+        """The note for a prompt of one class (:meth:`constant_scores`), or None."""
+        constant = self.constant_scores(scores)
+        if not constant:
+            return None
+        return (f"note: the prompt has one class ({self.classnames[0]}): {', '.join(constant)} "
+                f"{'is' if len(constant) == 1 else 'are'} the same for every image (a softmax over one class is 1); "
+                "energy and maxlogit still tell images apart")
 
     def fit_id_train(self, train_features: torch.Tensor, scores: Sequence[str]) -> None:
         """Fit ReAct, KNN and ViM (those among ``scores``) on normalised ID-train image features [N, e]."""

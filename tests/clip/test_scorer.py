@@ -384,6 +384,37 @@ def test_a_folder_of_paths_that_cannot_be_listed_is_one_line(tmp_path, tiny, tin
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()
 
 
+def test_a_prompt_of_one_class_says_which_scores_are_the_same_for_every_image(tmp_path, tiny, tiny_clip_checkpoint):
+    """A softmax over one class is 1: with a one-class prompt mcm and msp are 1 for every image
+    (AUROC 50, FPR95 100) and nothing said so; score and eval now say it in a note, naming the
+    scores that still tell images apart. Two classes: no note."""
+    id_dir, ood_dir = make_folders(tmp_path)
+    for classes, note in ((["cat"], "note: the prompt has one class (cat): mcm, msp are the same for every image (a "
+                                    "softmax over one class is 1); energy and maxlogit still tell images apart"),
+                          (["cat", "dog"], None)):
+        make_prompt(tmp_path / "p.safetensors", tiny, classnames=classes)
+        out = tmp_path / f"s{len(classes)}.csv"
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                       tiny_clip_checkpoint, "--workers", "0", "--scores", "mcm,msp,energy",
+                                       "--out", str(out), str(ood_dir)])
+        assert res.exit_code == 0, res.output
+        assert [line for line in res.output.splitlines() if line.startswith("note:")] == ([note] if note else [])
+        rows = read_csv(out)
+        assert ({float(r["mcm"]) for r in rows} == {1.0}) == (note is not None)  # (what the note says)
+        assert len({r["energy"] for r in rows}) > 1
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--scores", "gradnorm", "--id", str(id_dir),
+                                   "--ood", f"x={ood_dir}", "--out", str(tmp_path / "e")])
+    assert "note: the prompt has one class" not in res.output
+    make_prompt(tmp_path / "p.safetensors", tiny, classnames=["cat"])
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--scores", "gradnorm,energy", "--id",
+                                   str(ood_dir), "--ood", f"x={id_dir}", "--out", str(tmp_path / "e1")])
+    assert res.exit_code == 0, res.output
+    assert ("note: the prompt has one class (cat): gradnorm is the same for every image (a softmax over one class is "
+            "1); energy and maxlogit still tell images apart") in res.output.splitlines(), res.output
+
+
 def test_unreadable_image_is_named_or_skipped(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path)
