@@ -366,3 +366,33 @@ def test_a_cam_model_state_dict_with_other_entries_or_non_finite_weights(tmp_pat
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'nan.pth'}: layer3.0.conv2.weight holds "
                                         "non-finite numbers$"):
         load_cam_network(str(tmp_path / "nan.pth"))
+
+
+def test_a_cam_model_state_dict_of_no_class_or_of_odd_tensors_is_refused(tmp_path):
+    """A --cam-model of no class (fc.weight [0, 512]) ended the fit in a traceback from argmax;
+    a complex weight was cast to its real part (with a warning from torch's C++ on stderr), an
+    integer one to a float, without a word; a sparse one was a traceback (its storage cannot be
+    measured). Each is one line naming the file and the tensor."""
+    import torchvision.models.resnet as tv
+
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+
+    torch.manual_seed(0)
+    state = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5).state_dict()
+    cases = {
+        "none": ({**state, "fc.weight": torch.zeros(0, 512), "fc.bias": torch.zeros(0)},
+                 r"fc.weight \(0, 512\) holds no class"),
+        "complex": ({**state, "fc.weight": state["fc.weight"].to(torch.complex64)},
+                    "fc.weight is of dtype torch.complex64, not a dense floating-point tensor"),
+        "int": ({**state, "conv1.weight": state["conv1.weight"].to(torch.int64)},
+                "conv1.weight is of dtype torch.int64, not a dense floating-point tensor"),
+        "sparse": ({**state, "bn1.weight": state["bn1.weight"].to_sparse()},
+                   "bn1.weight is a torch.sparse_coo tensor, not a dense floating-point tensor"),
+    }
+    for name, (bad, why) in cases.items():
+        torch.save(bad, tmp_path / f"{name}.pth")
+        with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / name}.pth: {why}$"):
+            load_cam_network(str(tmp_path / f"{name}.pth"))
+    torch.save({**state, "fc.weight": state["fc.weight"].half()}, tmp_path / "half.pth")  # (another float: fine)
+    assert load_cam_network(str(tmp_path / "half.pth")).model.fc.out_features == 5

@@ -90,6 +90,16 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
 
     if "fc.weight" not in state or "conv1.weight" not in state or state["fc.weight"].ndim != 2:
         raise UserError(f"--cam-model {path}: not a torchvision ResNet state dict (no conv1.weight / fc.weight)")
+    if state["fc.weight"].shape[0] == 0:  # (a CAM is of a class: its top-1 of none failed in argmax)
+        raise UserError(f"--cam-model {path}: fc.weight {tuple(state['fc.weight'].shape)} holds no class")
+    # load_state_dict would cast a complex weight to its real part, an integer or boolean one to a
+    # float, without a word; a sparse one has no storage to measure (holds_its_values)
+    odd = next(((k, v) for k, v in state.items() if v.layout != torch.strided
+                or not (v.is_floating_point() or k.endswith("num_batches_tracked"))), None)
+    if odd is not None:
+        k, v = odd
+        what = f"a {v.layout} tensor" if v.layout != torch.strided else f"of dtype {v.dtype}"
+        raise UserError(f"--cam-model {path}: {k} is {what}, not a dense floating-point tensor")
     block = Bottleneck if "layer1.0.conv3.weight" in state else BasicBlock
     layers = []
     for i in range(1, 5):
