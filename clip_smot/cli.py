@@ -399,6 +399,8 @@ def main() -> None:
     # torch.load's two-line remark on a plain pickle (protocol > 2) handed in as a checkpoint, a
     # --pretrained or --cam-model file, before the one line that refuses it
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
+    # and its remark on each sparse tensor of such a file (it checks it), before the line refusing it
+    warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
     # PIL's two-line warning for an image between its pixel limit and twice it (which decodes; one
     # beyond is refused in one line): set here, for every thread and worker, not per image
     from PIL import Image

@@ -367,6 +367,17 @@ def test_the_command_line_silences_torchs_remark_on_a_plain_pickle(monkeypatch, 
     assert warnings_main_lets_through(monkeypatch, load_plain_pickle) == ["another"]
 
 
+def test_the_command_line_silences_torchs_remark_on_a_sparse_tensor(monkeypatch, tmp_path):
+    """A sparse tensor in a --cam-model, --pretrained or checkpoint file made torch.load warn
+    (once per tensor, 'Validating sparse tensor invariants ...') before the one line refusing it."""
+    import torch
+    from helpers import warnings_main_lets_through
+
+    path = tmp_path / "sparse.pt"
+    torch.save({"bn1.weight": torch.ones(4).to_sparse()}, path)
+    assert warnings_main_lets_through(monkeypatch, lambda: torch.load(path, weights_only=True)) == ["another"]
+
+
 @pytest.mark.parametrize("entry", ["module", "console-script"])
 def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
     """Ctrl-C in the seconds the command line takes to load (torch, open_clip) was Python's
