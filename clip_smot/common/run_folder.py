@@ -308,9 +308,12 @@ def non_finite_loss(command: str, loss: float, epoch: int, checkpoint: str | Pat
 
 
 def holds_its_values(t: torch.Tensor) -> bool:
-    """Whether the tensor ``t`` (read from a file) has storage for each of its values: a tensor
-    that repeats one value through zero strides declares a shape far larger than its file, and
-    whatever is computed from it at that shape would be allocated in full."""
+    """Whether the tensor ``t`` (read from a file) is a dense one with storage for each of its
+    values: a tensor that repeats one value through zero strides declares a shape far larger than
+    its file, and whatever is computed from it at that shape would be allocated in full. A sparse
+    or nested tensor (which ``torch.load`` reads too) is not: most operations fail on it."""
+    if t.layout != torch.strided or t.is_nested:  # (a sparse one has no storage to measure)
+        return False
     return t.untyped_storage().nbytes() >= t.numel() * t.element_size()
 
 

@@ -1712,6 +1712,10 @@ def _set(*keys_value):
     (_set("ctx", [[0.0] * 32] * 4), r"a damaged fit checkpoint \(ctx \(a finite float tensor"),
     (_set("ctx", torch.zeros(1, 1).expand(10**9, 32)), r"a damaged fit checkpoint \(ctx"),  # 128 GB if copied
     (_set("ctx", torch.full((4, 32), float("nan"))), r"a damaged fit checkpoint \(ctx"),
+    # a sparse and a nested context (torch.load reads both) were tracebacks: no storage to measure, no isfinite
+    (lambda saved: saved.update(ctx=saved["ctx"].to_sparse()), r"a damaged fit checkpoint \(ctx \(a finite float"),
+    (lambda saved: saved.update(ctx=torch.nested.as_nested_tensor([saved["ctx"]])),
+     r"a damaged fit checkpoint \(ctx \(a finite float"),
     (_set("ctx", torch.zeros(1, 1, 4, 32)), r"a damaged fit checkpoint \(ctx \(a finite float tensor \[n_ctx, d\] or "
                                           r"\[K, n_ctx, d\]\)\)"),  # (4 dimensions: no context's)
     (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
