@@ -49,6 +49,7 @@ __all__ = [
     "encode_image_tokens",
     "encode_images",
     "image_preprocess",
+    "is_pretrained_tag",
     "is_vit",
     "load_clip",
     "load_clip_for_prompt",
@@ -694,6 +695,13 @@ def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: to
             logging.disable(previous)
     clip.load_state_dict(state)
     return clip
+
+
+def is_pretrained_tag(name: str, tag: str) -> bool:
+    """Whether ``tag`` is one of open_clip's pretrained tags of the model ``name``."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return bool(get_pretrained_cfg(name, tag))
 
 
 def _tag_is_cached(name: str, tag: str) -> bool:

@@ -235,12 +235,16 @@ def resolve_pretrained(prompt: PromptFile) -> str:
 
     Raises:
         UserError: the stored name is not a plain name (a tag or file name that holds a folder),
-            or no such file is found.
+            a name without a SHA-256 is no tag of the prompt's model, or no such file is found.
     """
     if prompt.pretrained:  # (a tag is a plain name too: load_clip would read a path given as a tag)
         plain_name(prompt.pretrained, f"--prompt {prompt.path}: metadata 'pretrained'", "pass --pretrained")
-    if not prompt.checkpoint_sha256:
-        return prompt.pretrained  # a tag, or "" for random weights
+    if not prompt.checkpoint_sha256:  # a tag, or "" for random weights
+        # (load_clip reads a file of that name in the current folder when it is no tag: unchecked weights)
+        if prompt.pretrained and not cm.is_pretrained_tag(prompt.model, prompt.pretrained):
+            raise UserError(f"--prompt {prompt.path}: metadata 'pretrained' {prompt.pretrained!r} is no pretrained tag "
+                            f"of {prompt.model}, and names no checkpoint file (no checkpoint_sha256); pass --pretrained")
+        return prompt.pretrained
     others = []
     for folder in (Path(prompt.path).parent, Path.cwd()):
         candidate = folder / prompt.pretrained

@@ -210,6 +210,28 @@ def test_a_prompts_checkpoint_not_found_or_another_is_said_once(tmp_path, monkey
     assert resolve_pretrained(SimpleNamespace(pretrained="", checkpoint_sha256="", path=prompt.path)) == ""
 
 
+def test_a_prompts_recorded_name_without_a_sha256_must_be_a_tag(tmp_path, monkeypatch):
+    """A prompt whose 'pretrained' was a file name with no checkpoint_sha256 (a hand-edited or
+    foreign file) had load_clip read whatever file of that name the current folder held, as
+    weights, unchecked: score ran with them, exit 0. Only a tag of its model is read so."""
+    import re
+    from types import SimpleNamespace
+
+    from clip_smot.clip.scorer import resolve_pretrained
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.safetensors").write_bytes(b"weights")
+    prompt = SimpleNamespace(model="clip-smot-tiny", pretrained="tiny.safetensors", checkpoint_sha256="",
+                             path=str(tmp_path / "p.safetensors"))
+    with pytest.raises(UserError, match=rf"^--prompt {re.escape(prompt.path)}: metadata 'pretrained' "
+                                        r"'tiny.safetensors' is no pretrained tag of clip-smot-tiny, and names no "
+                                        r"checkpoint file \(no checkpoint_sha256\); pass --pretrained$"):
+        resolve_pretrained(prompt)
+    tag = SimpleNamespace(model="ViT-B-16", pretrained="openai", checkpoint_sha256="", path=prompt.path)
+    assert resolve_pretrained(tag) == "openai"  # (a tag: loaded as one, a file named openai here or not)
+
+
 @pytest.mark.parametrize("pretrained, sha", [("../weights/model.bin", "ab" * 32), ("hf-hub:someone/weights", "")])
 def test_a_prompts_recorded_weights_must_be_a_plain_name(tmp_path, pretrained, sha):
     """A prompt's stored checkpoint name (or tag) joins a folder: one with a folder in it, or an
