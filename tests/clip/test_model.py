@@ -123,6 +123,34 @@ def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_c
         load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))
 
 
+def test_a_weights_file_larger_than_half_the_memory_is_refused_before_loading(tiny_clip_config, tiny_clip_checkpoint,
+                                                                              tmp_path, monkeypatch):
+    """open_clip loads every tensor of a --pretrained file before it compares any with the model: a
+    sparse safetensors file (7 MB on disk) declaring 16 GB beside the tiny weights was read into
+    memory whole before its extra tensor was refused. Here the machine has 64 MiB and the file
+    declares 40 MiB of it (no disk: a hole); the tiny weights themselves still load."""
+    from helpers import write_sparse_safetensors
+    from safetensors import safe_open
+
+    import clip_smot.clip.model as cm
+
+    monkeypatch.setattr(cm, "physical_memory", lambda: 64 << 20)
+    with safe_open(tiny_clip_checkpoint, "pt") as f:
+        header = {k: {"dtype": "F32", "shape": list(f.get_slice(k).get_shape())} for k in f.keys()}
+    write_sparse_safetensors(tmp_path / "sparse.safetensors", {**header, "junk": {"dtype": "F32", "shape": [10 << 20]}})
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the file was loaded")
+
+    monkeypatch.setattr("open_clip.factory.load_state_dict", no_load)
+    with pytest.raises(UserError, match=rf"^--pretrained {tmp_path / 'sparse.safetensors'}: the file is 0.0 GiB, more "
+                                        r"than half of this machine's 0.1 GiB; not loaded$"):
+        load_clip(tiny_clip_config, str(tmp_path / "sparse.safetensors"))
+    monkeypatch.undo()
+    monkeypatch.setattr(cm, "physical_memory", lambda: 64 << 20)
+    assert load_clip(tiny_clip_config, tiny_clip_checkpoint).checkpoint_sha256
+
+
 def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_path):
     """A config JSON (or one a prompt stores) may declare any width: open_clip would allocate it
     all. It is built on the meta device and refused in one line when its fp32 weights would take
