@@ -396,3 +396,21 @@ def test_a_cam_model_state_dict_of_no_class_or_of_odd_tensors_is_refused(tmp_pat
             load_cam_network(str(tmp_path / f"{name}.pth"))
     torch.save({**state, "fc.weight": state["fc.weight"].half()}, tmp_path / "half.pth")  # (another float: fine)
     assert load_cam_network(str(tmp_path / "half.pth")).model.fc.out_features == 5
+
+
+def test_a_cam_model_file_larger_than_half_the_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    """torch.load reads a --cam-model whole before its shapes are compared with any ResNet, and a
+    sparse file costs its writer no disk: one larger than half of the memory is not loaded (here
+    a tiny ResNet's 20 MB file on a machine of 16 MiB)."""
+    import torchvision.models.resnet as tv
+
+    import clip_smot.common.device as device
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+
+    torch.save(tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5).state_dict(), tmp_path / "r.pth")
+    monkeypatch.setattr(device, "physical_memory", lambda: 16 << 20)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the file was loaded"))
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'r.pth'}: the file is 0.0 GiB, more than half "
+                                        r"of this machine's 0.0 GiB; not loaded$"):
+        load_cam_network(str(tmp_path / "r.pth"))

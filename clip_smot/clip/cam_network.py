@@ -27,6 +27,7 @@ import torch.nn as nn
 from clip_smot.cam import CAMProvider
 from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
+from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
 from clip_smot.common.files import archive_overflow
 from clip_smot.common.network import host_reachable
@@ -133,7 +134,7 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
 
 
 def _from_state_dict_file(path: str) -> CamNetwork:
-    overflow = archive_overflow(path)
+    overflow = archive_overflow(path) or file_over_memory(path)
     if overflow:
         raise UserError(f"--cam-model {path}: {overflow}")
     try:

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_smot.common.device import physical_memory, seeded_cpu_rng
+from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import archive_overflow, plain_name, read_json, sha256_file
 from clip_smot.common.network import host_reachable
@@ -591,7 +591,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     # a tag is a tag: a file that happens to bear its name in the current folder is given as ./openai
     tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
     if os.path.isfile(pretrained) and not tag_cfg:
-        overflow = archive_overflow(pretrained) or _weights_over_memory(pretrained)
+        overflow = archive_overflow(pretrained) or file_over_memory(pretrained)
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
@@ -620,18 +620,6 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
         f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
         "nor an existing checkpoint file"
     )
-
-
-def _weights_over_memory(path: str) -> str | None:
-    """Why the checkpoint file ``path`` must not be loaded, or None: it is larger than half of this
-    machine's memory. open_clip loads every tensor of a file before it compares any with the
-    model, and a file's size bounds what that takes (safetensors' offsets must lie within it; a
-    zip's entries are bounded by :func:`archive_overflow`), but a sparse file, of holes, costs
-    its writer no disk: a 16 GB one of 7 MB on disk was read into memory whole."""
-    memory, size = physical_memory(), os.path.getsize(path)
-    if memory is None or size <= memory // 2:  # (a model whose fp32 weights pass _check_size: its file too)
-        return None
-    return f"the file is {size / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; not loaded"
 
 
 def _is_torchscript(path: str) -> bool:

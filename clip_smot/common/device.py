@@ -14,7 +14,7 @@ import torch
 from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["DEVICES", "PRECISIONS", "DTYPES", "resolve_device", "resolve_precision", "autocast", "seed_everything",
+__all__ = ["DEVICES", "PRECISIONS", "DTYPES", "file_over_memory", "resolve_device", "resolve_precision", "autocast", "seed_everything",
            "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler", "missing_triton",
            "require_compiler", "is_compile_error"]
 
@@ -120,6 +120,19 @@ def physical_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return None
+
+
+def file_over_memory(path: str | os.PathLike) -> str | None:
+    """Why the weights file ``path`` must not be loaded, or None: it is larger than half of this
+    machine's memory. Loaders (open_clip's, ``torch.load``) read every tensor of a file before
+    any is compared with the network, and a file's size bounds what that takes (safetensors'
+    offsets lie within it; a zip's entries are bounded by
+    :func:`~clip_smot.common.files.archive_overflow`), but a sparse file, of holes, costs its
+    writer no disk: a 16 GB one of 7 MB on disk was read into memory whole."""
+    memory, size = physical_memory(), os.path.getsize(path)
+    if memory is None or size <= memory // 2:
+        return None
+    return f"the file is {size / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; not loaded"
 
 
 def missing_cpp_compiler() -> str | None:
