@@ -591,7 +591,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     # a tag is a tag: a file that happens to bear its name in the current folder is given as ./openai
     tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
     if os.path.isfile(pretrained) and not tag_cfg:
-        overflow = archive_overflow(pretrained) or file_over_memory(pretrained)
+        overflow = archive_overflow(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained)
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
@@ -620,6 +620,39 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
         f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "
         "nor an existing checkpoint file"
     )
+
+
+def _odd_weight(path: str) -> str | None:
+    """What makes the checkpoint file ``path`` hold tensors no weights are, or None: a complex
+    one, which loading casts to its real part (with a warning from torch's C++ on stderr), or a
+    sparse one. Read from a safetensors header, or from a torch.save archive mapped, not read (as
+    :func:`_is_openai_file` does); torch's legacy format and TorchScript are left as they load.
+    (Integer and boolean tensors are cast to the weights' float as they are: some towers keep
+    integer buffers, such as BatchNorm's step count.)"""
+    if path.endswith(".safetensors"):  # (as open_clip tells the formats apart)
+        try:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n)) if n <= 100_000_000 else {}  # (safetensors' own limit)
+            dtypes = {k: t["dtype"] for k, t in header.items() if k != "__metadata__"}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            return None  # (open_clip's load names what is wrong)
+        key = next((k for k, d in dtypes.items() if str(d).startswith("C")), None)  # (C64: complex64)
+        return None if key is None else f"{key} is of dtype {dtypes[key]}, not a real-valued tensor; not loaded"
+    if not zipfile.is_zipfile(path) or _is_torchscript(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - open_clip's load names the problem
+        return None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state  # (as open_clip unwraps it)
+    tensors = state.items() if isinstance(state, dict) else ()
+    key, t = next(((k, v) for k, v in tensors if isinstance(v, torch.Tensor)
+                   and (v.layout != torch.strided or v.is_complex())), (None, None))
+    if key is None:
+        return None
+    what = f"a {t.layout} tensor" if t.layout != torch.strided else f"of dtype {t.dtype}"
+    return f"{key} is {what}, not a dense real-valued tensor; not loaded"
 
 
 def _is_torchscript(path: str) -> bool:

@@ -154,6 +154,28 @@ def test_a_weights_file_larger_than_half_the_memory_is_refused_before_loading(ti
     assert load_clip(tiny_clip_config, tiny_clip_checkpoint).checkpoint_sha256
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_complex_weight_is_refused_not_cast_to_its_real_part(tiny_clip_config, tiny_clip_checkpoint, tmp_path,
+                                                               suffix):
+    """A --pretrained file whose text_projection was complex loaded, its imaginary part dropped,
+    with torch's C++ warning 'Casting complex values to real discards the imaginary part' on
+    stderr, and fit ran on it: it is one line, before open_clip loads anything."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny_clip_checkpoint)
+    state["text_projection"] = state["text_projection"].to(torch.complex64)
+    path = tmp_path / f"complex{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    dtype = "C64" if suffix == ".safetensors" else "torch.complex64"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserError, match=rf"^--pretrained {path}: text_projection is of dtype {dtype}, not a "
+                                            r"(dense )?real-valued tensor; not loaded$"):
+            load_clip(tiny_clip_config, str(path))
+
+
 def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_path):
     """A config JSON (or one a prompt stores) may declare any width: open_clip would allocate it
     all. It is built on the meta device and refused in one line when its fp32 weights would take
