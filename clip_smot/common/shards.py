@@ -205,6 +205,9 @@ def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
         UserError: not a readable uncompressed tar, or one without images.
     """
     shard = os.fspath(shard)
+    if f".tar{SEPARATOR}" in shard.lower():  # (split_member splits a name at the first: another shard's member)
+        raise UserError(f"{flag} {shard}: its path holds '.tar{SEPARATOR}', which its images' names "
+                        f"(SHARD.tar{SEPARATOR}MEMBER) would be split at, naming another shard; rename that folder")
     names = [f"{shard}{SEPARATOR}{name}" for name in _shard_index(shard, flag)]
     if not names:
         raise UserError(f"{flag} {shard}: no image members found (looked for KEY.jpg, KEY.png and the like)")

@@ -75,6 +75,23 @@ def test_a_shard_beside_a_file_named_as_its_member_is_refused(tmp_path):
         shards.list_members(shard, "--x")
 
 
+def test_a_shard_whose_own_path_holds_the_separator_is_refused(tmp_path):
+    """The shard ``w.tar::b/s.tar`` (in a folder of that name) names its image ``m.jpg``
+    ``w.tar::b/s.tar::m.jpg``, which :func:`split_member` splits at its first ``.tar::``: score read
+    the member ``b/s.tar::m.jpg`` of the shard ``w.tar`` beside it instead, and wrote that image's
+    scores in the row of ``m.jpg``, exit 0."""
+    (tmp_path / "w.tar::b").mkdir()
+    shard = tmp_path / "w.tar::b" / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "m.jpg", b"the shard's own")
+    with tarfile.open(tmp_path / "w.tar", "w") as tar:
+        _add(tar, "b/s.tar::m.jpg", b"another shard's")
+    with pytest.raises(UserError, match=rf"^PATH {shard}: its path holds '.tar::', which its images' names "
+                                        r"\(SHARD.tar::MEMBER\) would be split at, naming another shard; rename that "
+                                        "folder$"):
+        image_files(shard, "PATH")
+
+
 def test_bad_shards_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(UserError, match="junk.tar: not a readable uncompressed tar shard"):
