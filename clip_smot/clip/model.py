@@ -16,6 +16,7 @@ built with QuickGELU; any other local file is built as its model config says (op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -559,14 +560,9 @@ def _check_size(name: str, source: str, prefix: str = "") -> None:
         raise UserError(f"{source}: its weights would take at least {need / 2**30:.1f} GiB in fp32, more than half "
                         f"of this machine's {memory / 2**30:.1f} GiB")
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
+        with warnings.catch_warnings(), torch.device("meta"), _no_random_weights_note():
             warnings.simplefilter("ignore")
-            previous = logging.root.manager.disable
-            logging.disable(logging.WARNING)  # "initialized randomly": nothing is initialised here
-            try:
-                shape = open_clip.create_model(name, pretrained=None, device="meta")
-            finally:
-                logging.disable(previous)
+            shape = open_clip.create_model(name, pretrained=None, device="meta")  # (nothing is initialised here)
     except Exception as e:  # noqa: BLE001 - a config open_clip cannot build at all
         raise UserError(f"{source}: open_clip cannot build this architecture ({first_line(e)})") from None
     need = sum(p.numel() * 4 for p in shape.parameters())
@@ -701,6 +697,18 @@ def _activation(cfg: dict) -> dict:
     return {"quick_gelu": False} if "quick_gelu" in cfg else {}
 
 
+@contextlib.contextmanager
+def _no_random_weights_note():
+    """Without open_clip's "No pretrained weights loaded ... Model initialized randomly." (a
+    WARNING of the root logger, on stderr) for the models built within."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: torch.device | str) -> nn.Module:
     """open_clip's model ``name`` with the MLP activation of ``cfg`` and the weights ``pretrained``
     (a tag, a file, or "" for random weights; ``openai_file``: one of OpenAI's own files).
@@ -710,8 +718,8 @@ def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: to
     them resumes, exports and scores with the weights it was trained with."""
     import open_clip
 
-    if not pretrained:
-        with seeded_cpu_rng(RANDOM_WEIGHTS_SEED):
+    if not pretrained:  # (random weights are what --pretrained none asks for: open_clip's note on them is noise)
+        with seeded_cpu_rng(RANDOM_WEIGHTS_SEED), _no_random_weights_note():
             return open_clip.create_model(name, pretrained=None, device=device, **_activation(cfg))
     quick = _activation(cfg)
     with warnings.catch_warnings():
@@ -720,12 +728,8 @@ def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: to
         if not openai_file:
             return open_clip.create_model(name, pretrained=pretrained, device=device, **quick)
         state = _openai_state_dict(pretrained)  # open_clip 3.x reads neither of OpenAI's formats
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": the weights come next
-        try:
+        with _no_random_weights_note():  # (the weights come next)
             clip = open_clip.create_model(name, pretrained=None, device=device, **quick)
-        finally:
-            logging.disable(previous)
     clip.load_state_dict(state)
     return clip
 

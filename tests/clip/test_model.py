@@ -43,6 +43,18 @@ def test_random_weights_are_the_same_each_time(tiny_clip_config, monkeypatch):
     assert reseeded == []
 
 
+def test_random_weights_are_built_without_open_clips_note(tiny_clip_config, caplog):
+    """--pretrained none asks for random weights, and every command built with them (fit, score,
+    eval, export) printed open_clip's "WARNING:root:No pretrained weights loaded for model
+    'clip-smot-tiny'. Model initialized randomly." on stderr; the logging of later models is as it was."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        load_clip(tiny_clip_config, "none")
+        logging.getLogger().warning("another")
+    assert [r.getMessage() for r in caplog.records] == ["another"]
+
+
 def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
