@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
 from clip_smot.common.files import (
     archive_overflow,
@@ -135,7 +136,7 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     Raises:
         CheckpointError: a file that does not load, is not a dict, or names another format.
     """
-    overflow = archive_overflow(path)
+    overflow = archive_overflow(path) or file_over_memory(path)  # (torch.load reads it whole)
     if overflow:
         raise CheckpointError(f"not a readable checkpoint ({overflow})", overflow)
     try:

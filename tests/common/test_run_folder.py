@@ -88,6 +88,20 @@ def test_a_checkpoint_is_written_atomically_with_its_format(tmp_path):
     assert rf.read_checkpoint(path, "clip-smot-train-checkpoint")["epoch"] == 3
 
 
+def test_a_checkpoint_larger_than_half_the_memory_is_not_loaded(tmp_path, monkeypatch):
+    """torch.load reads a checkpoint whole, and a sparse file (holes, stored uncompressed, so no
+    zip bomb) costs no disk: --resume and export loaded one of any size. One larger than half of
+    the memory is refused unread (here a 4 MiB checkpoint on a machine of 4 MiB)."""
+    import clip_smot.common.device as device
+
+    rf.save_checkpoint(tmp_path / "c.pt", "clip-smot-fit-checkpoint", {"junk": torch.zeros(1 << 20)})
+    monkeypatch.setattr(device, "physical_memory", lambda: 4 << 20)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the file was loaded"))
+    with pytest.raises(rf.CheckpointError, match=r"^not a readable checkpoint \(the file is 0.0 GiB, more than half "
+                                                 r"of this machine's 0.0 GiB; not loaded\)$"):
+        rf.read_checkpoint(tmp_path / "c.pt", "clip-smot-fit-checkpoint")
+
+
 def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
     path = tmp_path / "checkpoint.pt"
     rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
