@@ -401,6 +401,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
     # and its remark on each sparse tensor of such a file (it checks it), before the line refusing it
     warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+    # and its remark that a TorchScript archive is one (the line refusing it says so)
+    warnings.filterwarnings("ignore", message="'torch.load' received a zip file that looks like a TorchScript")
     # PIL's two-line warning for an image between its pixel limit and twice it (which decodes; one
     # beyond is refused in one line): set here, for every thread and worker, not per image
     from PIL import Image

@@ -378,6 +378,28 @@ def test_the_command_line_silences_torchs_remark_on_a_sparse_tensor(monkeypatch,
     assert warnings_main_lets_through(monkeypatch, lambda: torch.load(path, weights_only=True)) == ["another"]
 
 
+def test_the_command_line_silences_torchs_remark_on_a_torchscript_archive(monkeypatch, tmp_path):
+    """A TorchScript archive given as --cam-model or a checkpoint made torch.load warn over two lines
+    ("'torch.load' received a zip file that looks like a TorchScript archive ...") before the line
+    refusing it."""
+    import contextlib
+    import warnings
+
+    import torch
+    from helpers import warnings_main_lets_through
+
+    path = tmp_path / "ts.pt"
+    with warnings.catch_warnings():  # (torch.jit's deprecation)
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+
+    def load_archive():
+        with contextlib.suppress(RuntimeError):
+            torch.load(path, weights_only=True)
+
+    assert warnings_main_lets_through(monkeypatch, load_archive) == ["another"]
+
+
 @pytest.mark.parametrize("entry", ["module", "console-script"])
 def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
     """Ctrl-C in the seconds the command line takes to load (torch, open_clip) was Python's

@@ -31,13 +31,16 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 
 def load_error(e: BaseException) -> str:
     """A ``torch.load(weights_only=True)`` error as "Type: reason" on one line. Its refusal of a
-    file keeps only the unpickler's reason: torch's first line advises loading the file with
-    ``weights_only=False``, which would run whatever code the file holds."""
+    file keeps only the unpickler's reason, and its refusal of a TorchScript archive says that it
+    is one: torch's first line advises loading the file with ``weights_only=False``, which would
+    run whatever code the file holds."""
     text = str(e)
     if "Weights only load failed" in text:
         found = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. |\n|$)", text)
         reason = found.group(1).strip() if found else "an object other than tensors and plain values"
         return f"{type(e).__name__}: not a weights-only file ({reason[:200]})"
+    if "with TorchScript archives" in text:  # (its advice too: weights_only=False)
+        return f"{type(e).__name__}: a TorchScript archive (torch.jit.save's), not a file of tensors and plain values"
     return f"{type(e).__name__}: {first_line(e)}"
 
 

@@ -42,6 +42,24 @@ def test_a_refused_weights_only_load_keeps_the_unpicklers_reason_only():
     assert load_error(EOFError("Ran out of input\nsecond")) == "EOFError: Ran out of input"
 
 
+def test_a_torchscript_archive_refused_by_torch_load_is_named_without_torchs_advice(tmp_path):
+    """A TorchScript archive given as --cam-model (or a checkpoint): torch.load(weights_only=True)
+    refuses it with advice to load it with weights_only=False, which the line quoted."""
+    import warnings
+
+    import pytest
+
+    from clip_smot.common.errors import load_error
+
+    with warnings.catch_warnings():  # (torch.jit's deprecation)
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "ts.pt"))
+    with pytest.raises(RuntimeError) as refused:
+        torch.load(tmp_path / "ts.pt", weights_only=True)
+    assert load_error(refused.value) == ("RuntimeError: a TorchScript archive (torch.jit.save's), not a file of "
+                                         "tensors and plain values")
+
+
 def test_one_line_escapes_every_control_and_line_separator():
     """C0 and C1 controls, DEL and U+2028/U+2029 (where str.splitlines breaks a line too) are
     written as \\uXXXX; the rest (é, a no-break space) is kept."""
