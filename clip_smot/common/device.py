@@ -14,9 +14,9 @@ import torch
 from clip_smot.common.distributed import torchrun_env
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["DEVICES", "PRECISIONS", "DTYPES", "file_over_memory", "resolve_device", "resolve_precision", "autocast", "seed_everything",
-           "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler", "missing_triton",
-           "require_compiler", "is_compile_error"]
+__all__ = ["DEVICES", "PRECISIONS", "DTYPES", "file_over_memory", "resolve_device", "resolve_precision", "autocast",
+           "seed_everything", "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler",
+           "missing_triton", "require_compiler", "is_compile_error"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
