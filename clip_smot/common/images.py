@@ -149,8 +149,11 @@ def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iter
         UserError: naming the file and the ``expected`` line format: a missing file (at once), a
             binary or unreadable one (when the reading reaches it).
     """
-    if not is_file(path, flag):
-        raise UserError(f"{flag} {path}: no such {what}")
+    if not is_file(path, flag):  # (a FIFO would block the reading, a folder cannot be read)
+        if is_folder(path, flag):
+            raise UserError(f"{flag} {path}: a folder, not a {what}")
+        why = "not a regular file (a FIFO, a device)" if exists(path, flag) else f"no such {what}"
+        raise UserError(f"{flag} {path}: {why}")
     return _lines(path, flag, expected)
 
 

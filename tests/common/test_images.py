@@ -212,6 +212,20 @@ def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
     assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]
 
 
+def test_a_list_file_that_is_a_fifo_or_a_folder_is_named_as_such(tmp_path):
+    """--split or an image list given as a FIFO or a folder was "no such file", for a path that
+    is there; each now says what it is (a FIFO is not opened: it would wait for a writer)."""
+    import os
+
+    os.mkfifo(tmp_path / "split.txt")
+    (tmp_path / "lists").mkdir()
+    for name, why in (("split.txt", "not a regular file (a FIFO, a device)"), ("lists", "a folder, not a file"),
+                      ("gone.txt", "no such file")):
+        with pytest.raises(UserError) as e:
+            images.text_lines(tmp_path / name, "--split", "'relative/path<TAB>label'")
+        assert str(e.value) == f"--split {tmp_path / name}: {why}"
+
+
 def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
     """A sub-folder that cannot be listed (no permission, an I/O error) was left out without a
     word: an OOD set, a score's PATHS or a class folder lost its images and the numbers said
