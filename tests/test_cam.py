@@ -368,6 +368,7 @@ def test_a_cam_model_state_dict_with_other_entries_or_non_finite_weights(tmp_pat
         load_cam_network(str(tmp_path / "nan.pth"))
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # (torch's, on loading; the CLI filters it)
 def test_a_cam_model_state_dict_of_no_class_or_of_odd_tensors_is_refused(tmp_path):
     """A --cam-model of no class (fc.weight [0, 512]) ended the fit in a traceback from argmax;
     a complex weight was cast to its real part (with a warning from torch's C++ on stderr), an

@@ -1742,6 +1742,8 @@ def _set(*keys_value):
     (_set("rng", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),
     (_set("scheduler", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),  # (export reads none)
 ])
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # (torch's, on loading a sparse ctx: the CLI
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")    # filters the first; the second is the edit's)
 def test_export_of_a_hand_edited_checkpoint_is_one_line(one_epoch, tmp_path, edit, expected):
     """KeyError, TypeError and size-mismatch tracebacks of a checkpoint edited by hand; nothing written."""
 
