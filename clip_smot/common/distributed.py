@@ -81,7 +81,10 @@ def process_group(device: str):
     try:
         yield rank, local_rank, world
         if started:
-            torch.distributed.barrier()
+            try:
+                torch.distributed.barrier()
+            except RuntimeError:
+                raise _other_process_stopped(world) from None
     finally:
         if started and torch.distributed.is_initialized():
             gc.collect()  # what still holds the group (a DDP reducer in a reference cycle) goes while it lives
@@ -103,8 +106,19 @@ def every_rank(value: Any) -> list:
     if not torch.distributed.is_initialized():
         return [value]
     out: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, value)
+    try:
+        torch.distributed.all_gather_object(out, value)
+    except RuntimeError:
+        raise _other_process_stopped(len(out)) from None
     return out
+
+
+def _other_process_stopped(world: int) -> UserError:
+    """The error of a collective that failed (gloo's "Connection closed by peer", a timeout): a
+    process that raised alone (a folder only it cannot list, a write only rank 0 makes) has
+    stopped, and said why in its own line; this one stops too, in one line, not a traceback."""
+    return UserError(f"another of the {world} processes stopped (its own error line says why) or no longer "
+                     "answers; this one stops too")
 
 
 def same_on_every_rank(value: Any, what: str) -> None:

@@ -156,6 +156,46 @@ def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
     assert [r["silent"] for r in results] == ["OSError: ", "UserError: OSError"]
 
 
+def _stops_alone_in_process(rank: int, ports: list, out: str) -> None:
+    """One of two processes, as under torchrun: rank 1 raises alone, once before the first
+    collective and once inside the group as rank 0 leaves it; rank 0 reports what it then met."""
+    from clip_smot.common.distributed import every_rank, process_group
+
+    errors = []
+    for port, where in zip(ports, ("every_rank", "barrier")):
+        for name, value in (("WORLD_SIZE", "2"), ("RANK", str(rank)), ("LOCAL_RANK", str(rank)),
+                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+            os.environ[name] = value
+        try:
+            with process_group("cpu"):
+                if rank == 1:
+                    raise UserError("a folder only rank 1 cannot list")
+                if where == "every_rank":
+                    every_rank(True)
+            errors.append("")
+        except UserError as e:
+            errors.append(str(e))
+    Path(out, f"{rank}.json").write_text(json.dumps(errors))
+
+
+def test_a_process_that_meets_another_that_stopped_stops_in_one_line(tmp_path):
+    """Rank 1 stopped on an error of its own (a folder only it cannot list, a write only rank 0
+    makes) while rank 0 went on to a collective: rank 0 printed gloo's "Connection closed by
+    peer" RuntimeError as a 48-line traceback after rank 1's line. Now its own one line."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    torch.multiprocessing.spawn(_stops_alone_in_process, args=(ports, str(tmp_path)), nprocs=2)
+    stopped = ("another of the 2 processes stopped (its own error line says why) or no longer answers; this one "
+               "stops too")
+    assert json.loads((tmp_path / "0.json").read_text()) == [stopped, stopped]
+    assert json.loads((tmp_path / "1.json").read_text()) == ["a folder only rank 1 cannot list"] * 2
+
+
 @pytest.mark.parametrize("env, expected", [
     ({"WORLD_SIZE": "two"}, "$WORLD_SIZE 'two': not a whole number"),
     ({"WORLD_SIZE": "0"}, "$WORLD_SIZE 0: must be 1 or more"),
@@ -288,6 +328,33 @@ def test_score_under_torchrun_writes_the_csv_of_one_process(tmp_path, setup, tin
     one = (tmp_path / "one.csv").read_bytes()
     assert one.count(b"\n") == 1 + 19 and (tmp_path / "two.csv").read_bytes() == one
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv") == ["one.csv", "two.csv"]
+
+
+def test_a_folder_only_rank_1_cannot_list_is_its_line_and_no_traceback(tmp_path, setup, tiny_clip_checkpoint):
+    """A folder that one process cannot list (a mount missing on its node): rank 1 stopped with
+    its line while rank 0 waited for it in the first collective, and printed gloo's "Connection
+    closed by peer" traceback (48 lines). Now rank 0 stops in one line, or torchrun stops it
+    first; nothing is written."""
+    prompt, id_dir, ood_dir = setup
+    script = tmp_path / "rank1_cannot_list.py"
+    script.write_text(
+        "import os, sys\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    real = os.scandir\n"
+        "    def scandir(path='.'):\n"
+        f"        if str(path) == {str(ood_dir)!r}:\n"
+        "            raise PermissionError(13, 'Permission denied', str(path))\n"
+        "        return real(path)\n"
+        "    os.scandir = scandir\n"
+        "from clip_smot.cli import main\n"
+        "sys.exit(main())\n")
+    out = tmp_path / "s.csv"
+    code, _, stderr = _torchrun(str(script), "score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint,
+                                "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out),
+                                str(id_dir), str(ood_dir))
+    assert code != 0 and f"Error: {ood_dir}: a folder that cannot be listed (Permission denied)" in stderr, stderr
+    assert "[rank0]:" not in stderr, stderr[-3000:]  # (torchrun's own report follows; no rank's traceback)
+    assert not [p.name for p in tmp_path.iterdir() if "s.csv" in p.name]
 
 
 def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
