@@ -14,7 +14,8 @@ import torch
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import output_lock
 
-__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "writes_outputs", "writer_lock", "share_work"]
+__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "peer_stopped_in_one_line",
+           "writes_outputs", "writer_lock", "share_work"]
 
 
 def torchrun_env() -> tuple[int, int, int]:
@@ -119,6 +120,20 @@ def _other_process_stopped(world: int) -> UserError:
     stopped, and said why in its own line; this one stops too, in one line, not a traceback."""
     return UserError(f"another of the {world} processes stopped (its own error line says why) or no longer "
                      "answers; this one stops too")
+
+
+@contextlib.contextmanager
+def peer_stopped_in_one_line():
+    """Inside, gloo's error of a collective whose peer process has gone ("Connection closed by
+    peer", or reset: DDP's gradient all-reduce or broadcast of buffers in a training step, which
+    are no :func:`every_rank`) is :func:`_other_process_stopped`'s one line; any other error is
+    raised as it is."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not torch.distributed.is_initialized() or "by peer" not in str(e):
+            raise
+        raise _other_process_stopped(torch.distributed.get_world_size()) from None
 
 
 def same_on_every_rank(value: Any, what: str) -> None:

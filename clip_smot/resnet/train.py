@@ -59,7 +59,8 @@ from clip_smot.common.device import (
     resolve_precision,
     seed_everything,
 )
-from clip_smot.common.distributed import every_rank, process_group, same_on_every_rank, writer_lock
+from clip_smot.common.distributed import (every_rank, peer_stopped_in_one_line, process_group, same_on_every_rank,
+                                          writer_lock)
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
@@ -517,13 +518,14 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
         # the log lines of the checkpoint's epochs (a line written after it goes; the log a checkpoint
         # holds restores a line missing from the file, as one written by an older train can be)
         rf.truncate_log(out / rf.LOG, run.start_epoch, run.log)
-    if dry_run:
-        return _dry_run(cfg, run, rank, world)
-    for epoch in range(run.start_epoch, cfg.epochs):
-        _epoch(cfg, run, epoch, rank, world, hashes)
-        if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
-            return {"stopped_after": epoch + 1}
-    return _export(cfg, run, device, rank, world)
+    with peer_stopped_in_one_line():  # (a bad image only another process read: its line says so)
+        if dry_run:
+            return _dry_run(cfg, run, rank, world)
+        for epoch in range(run.start_epoch, cfg.epochs):
+            _epoch(cfg, run, epoch, rank, world, hashes)
+            if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
+                return {"stopped_after": epoch + 1}
+        return _export(cfg, run, device, rank, world)
 
 
 def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:

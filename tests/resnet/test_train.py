@@ -1023,6 +1023,32 @@ def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_the_process_left_in_a_training_step_stops_in_one_line(tmp_path):
+    """Rank 1 stops on a bad image of its share while rank 0 is in the step's collectives: rank 0
+    printed gloo's "Connection closed by peer" RuntimeError as a 60-line traceback whenever
+    torchrun had not stopped it first (always across nodes, or with a --monitor-interval of
+    seconds, as here). Now it stops in one line after rank 1's."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:  # images over 64 px: decoded per batch, a DistributedSampler shares them out
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3)).astype(np.uint8)).save(
+                tmp_path / "data" / "train" / name / f"{i}.png")
+    from torch.utils.data.distributed import DistributedSampler
+
+    from clip_smot.resnet.data import load_id_split
+
+    files = load_id_split(None, str(tmp_path / "data"), "train", 72).files
+    share = DistributedSampler(range(len(files)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
+    bad = files[list(share)[-1]]  # rank 1's last image of epoch 1
+    bad.write_bytes(bad.read_bytes()[:100])
+    code, _, stderr = _torchrun("--monitor-interval", "5", "-m", "clip_smot", "train", "--data", str(tmp_path / "data"),
+                                "--arch", "resnet_tiny", "--batch-size", "6", "--input-size", "72", "--device", "cpu",
+                                "--workers", "0", "--epochs", "2", "--out", str(tmp_path / "run"))
+    assert code != 0 and f"Error: {bad}: unreadable or truncated image" in stderr, stderr[-3000:]
+    assert "[rank0]:" not in stderr and "Error: another of the 2 processes stopped" in stderr, stderr[-3000:]
+
+
 def test_resume_with_another_number_of_processes_says_it_is_not_the_straight_run(folders, tmp_path, capsys):
     """Allowed (the batch is global), but the exact resume of the docs holds for the same number of
     processes only: a resume with another number says so (the checkpoint keeps the number)."""
