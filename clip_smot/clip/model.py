@@ -171,7 +171,15 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             cfg = read_json(path)
         except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, a file too large)
             raise UserError(f"{source[0]}: not a valid JSON model config ({e})") from None
-        return path.stem, _register_config(path.stem, cfg, source)
+        builtin = _builtin_config(path.stem)
+        registered = _register_config(path.stem, cfg, source)
+        if builtin is not None and not same_architecture(registered, builtin):
+            # (registered by its stem, it would replace open_clip's config of that name in this process,
+            # and every record of the run would name an architecture it is not)
+            open_clip.add_model_config(_builtin_config_file(path.stem))  # (open_clip's own again)
+            raise UserError(f"--model {model}: named as open_clip's {path.stem} but holds another architecture; "
+                            "rename the file (its name is the model's name in the run's records)")
+        return path.stem, registered
     cfg = open_clip.get_model_config(model)
     if cfg is None:
         raise UserError(
@@ -179,6 +187,20 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
             "or the path of an open_clip model-config JSON"
         )
     return model, cfg
+
+
+def _builtin_config_file(name: str) -> Path:
+    """The JSON file of open_clip's own config of the architecture ``name`` (it may not exist)."""
+    import open_clip
+
+    return Path(open_clip.__file__).parent / "model_configs" / f"{name}.json"
+
+
+def _builtin_config(name: str) -> dict | None:
+    """open_clip's own config of the architecture ``name`` as its package ships it (not as a
+    config registered in this process under that name may have replaced it), or None."""
+    path = _builtin_config_file(name)
+    return read_json(path) if path.is_file() else None
 
 
 def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:

@@ -513,6 +513,29 @@ def test_a_json_file_name_in_the_current_folder_is_a_config_file(tmp_path, monke
     assert load_clip("clip-smot-tiny-here.json", None).name == "clip-smot-tiny-here"
 
 
+def test_a_config_file_named_as_an_open_clip_model_must_hold_that_architecture(tmp_path, tiny_clip_config):
+    """--model cfg/ViT-B-16.json holding another architecture was registered by its stem: it
+    replaced open_clip's ViT-B-16 for the process, and the run's records named ViT-B-16 for a
+    network that is not. It is refused (open_clip's own config stays registered); a copy of
+    open_clip's file is that architecture and is taken."""
+    import open_clip
+
+    from clip_smot.clip.model import model_config
+
+    builtin = json.loads((Path(open_clip.__file__).parent / "model_configs" / "ViT-B-16.json").read_text())
+    (tmp_path / "ViT-B-16.json").write_text(Path(tiny_clip_config).read_text())
+    with pytest.raises(UserError) as e:
+        load_clip(str(tmp_path / "ViT-B-16.json"), None)
+    assert str(e.value) == (f"--model {tmp_path / 'ViT-B-16.json'}: named as open_clip's ViT-B-16 but holds another "
+                            "architecture; rename the file (its name is the model's name in the run's records)")
+    assert open_clip.get_model_config("ViT-B-16") == builtin
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "ViT-B-16.json").write_text(json.dumps(builtin))
+    assert model_config(str(tmp_path / "copy" / "ViT-B-16.json")) == builtin
+    (tmp_path / "tiny-of-mine.json").write_text(Path(tiny_clip_config).read_text())  # (no open_clip name: as before)
+    assert load_clip(str(tmp_path / "tiny-of-mine.json"), None).name == "tiny-of-mine"
+
+
 def test_weights_that_contradict_a_prompts_activation_are_refused_naming_the_prompt(tiny_clip_config, monkeypatch):
     """A prompt made with QuickGELU, scored with a tag whose weights were trained with GELU: the
     error names the prompt that asked for QuickGELU (not --pretrained) and the weights, before
