@@ -1,6 +1,7 @@
 """clip_smot.common.device: the devices the commands accept."""
 
 import pytest
+import torch
 
 from clip_smot.common.errors import UserError
 
@@ -316,6 +317,7 @@ def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")  # (as test_fit_gpu.py)
 def test_missing_triton_on_a_gpu_machine_with_and_without_a_c_compiler(tmp_path):
     """On a GPU machine Triton starts (None); with no C compiler on the PATH, no $CC and an empty
     Triton cache it cannot, and the check says so (a process each: the answer is kept)."""
@@ -323,10 +325,6 @@ def test_missing_triton_on_a_gpu_machine_with_and_without_a_c_compiler(tmp_path)
     import subprocess
     import sys
 
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     code = "from clip_smot.common.device import missing_triton; print(repr(missing_triton()))"
     env = {k: v for k, v in os.environ.items() if k != "CC"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
