@@ -996,10 +996,10 @@ def test_input_size_resamples_the_builtin_32_pixel_sets(tmp_path):
     assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
 
 
-def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
-    """Rank 1 fails on an image of its share while rank 0 waits for it in the gradient all-reduce:
-    rank 1's error line reaches the user and no rank is left waiting (a hang would be killed by
-    the timeout); no checkpoint of the unfinished epoch."""
+def _bad_image_of_rank_1(tmp_path):
+    """A training folder under tmp_path/data of images over 64 px (decoded per batch, shared out by
+    a DistributedSampler) in which rank 1's last image of epoch 1 of 2 processes is cut short (its
+    first two steps go through); returns that image's path."""
     rng = np.random.default_rng(0)
     for name in CLASSES:  # images over 64 px: decoded per batch, a DistributedSampler shares them out
         (tmp_path / "data" / "train" / name).mkdir(parents=True)
@@ -1012,8 +1012,16 @@ def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
 
     files = load_id_split(None, str(tmp_path / "data"), "train", 72).files
     share = DistributedSampler(range(len(files)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
-    bad = files[list(share)[-1]]  # rank 1's last image of epoch 1 (its first two steps go through)
+    bad = files[list(share)[-1]]
     bad.write_bytes(bad.read_bytes()[:100])
+    return bad
+
+
+def test_a_bad_image_only_rank_1_reads_stops_every_rank(tmp_path):
+    """Rank 1 fails on an image of its share while rank 0 waits for it in the gradient all-reduce:
+    rank 1's error line reaches the user and no rank is left waiting (a hang would be killed by
+    the timeout); no checkpoint of the unfinished epoch."""
+    bad = _bad_image_of_rank_1(tmp_path)
     out = tmp_path / "run"
     code, _, stderr = _torchrun("-m", "clip_smot", "train", "--data", str(tmp_path / "data"), "--arch", "resnet_tiny",
                              "--batch-size", "6", "--input-size", "72", "--device", "cpu", "--workers", "0",
@@ -1028,20 +1036,7 @@ def test_the_process_left_in_a_training_step_stops_in_one_line(tmp_path):
     printed gloo's "Connection closed by peer" RuntimeError as a 60-line traceback whenever
     torchrun had not stopped it first (always across nodes, or with a --monitor-interval of
     seconds, as here). Now it stops in one line after rank 1's."""
-    rng = np.random.default_rng(0)
-    for name in CLASSES:  # images over 64 px: decoded per batch, a DistributedSampler shares them out
-        (tmp_path / "data" / "train" / name).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (80, 80, 3)).astype(np.uint8)).save(
-                tmp_path / "data" / "train" / name / f"{i}.png")
-    from torch.utils.data.distributed import DistributedSampler
-
-    from clip_smot.resnet.data import load_id_split
-
-    files = load_id_split(None, str(tmp_path / "data"), "train", 72).files
-    share = DistributedSampler(range(len(files)), num_replicas=2, rank=1, shuffle=True, seed=0, drop_last=True)
-    bad = files[list(share)[-1]]  # rank 1's last image of epoch 1
-    bad.write_bytes(bad.read_bytes()[:100])
+    bad = _bad_image_of_rank_1(tmp_path)
     code, _, stderr = _torchrun("--monitor-interval", "5", "-m", "clip_smot", "train", "--data", str(tmp_path / "data"),
                                 "--arch", "resnet_tiny", "--batch-size", "6", "--input-size", "72", "--device", "cpu",
                                 "--workers", "0", "--epochs", "2", "--out", str(tmp_path / "run"))
