@@ -482,9 +482,11 @@ def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -
         report = read_json(path)
         value = report.get("id_accuracy") if metric == "id_acc" else \
             report.get("metrics", {}).get(where[1], {}).get(ood_set, {}).get(metric)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise ValueError(f"{metric} is {value!r}")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{metric} is {value!r}")
+            if not 0 <= value <= 100:  # every metric is a percent: 1e308 is no FPR, AUROC or accuracy
+                raise ValueError(f"{metric} is {value!r}, not a percent")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, OverflowError) as e:  # (JSONDecodeError is a ValueError)
         raise UserError(f"{path}: not a readable metrics.json of clip-smot eval ({type(e).__name__}: "
                         f"{first_line(e)}); remove it to run its stage again") from None

@@ -909,9 +909,11 @@ def test_an_interrupted_evaluation_of_a_replaced_prompt_runs_again(tmp_path):
         "fit-coop/prompt.safetensors": hashlib.sha256(b"exported").hexdigest()}
 
 
-@pytest.mark.parametrize("value, shown", [("true", "True"), ("NaN", "nan"), ("-Infinity", "-inf")])
+@pytest.mark.parametrize("value, shown", [("true", "True"), ("NaN", "nan"), ("-Infinity", "-inf"),
+                                          ("1e308", "1e+308, not a percent"), ("-0.5", "-0.5, not a percent")])
 def test_a_metric_that_is_no_finite_number_is_refused_in_the_table(tmp_path, value, shown):
-    """metrics.json's true (a bool is an int in Python), NaN and Infinity (Python's json reads both)."""
+    """metrics.json's true (a bool is an int in Python), NaN and Infinity (Python's json reads both),
+    and a number outside 0..100 (every metric is a percent)."""
     from clip_smot.reproduce import Plan, write_table
 
     (tmp_path / "eval-r").mkdir()
