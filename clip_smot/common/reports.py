@@ -146,6 +146,17 @@ def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
+def _bins(lo: float, hi: float, n: int = 40) -> np.ndarray:
+    """``n + 1`` increasing bin edges from ``lo`` to ``hi``; at least a millionth of ``lo``'s size
+    (or of 1) wide, so that scores all alike (a one-class prompt's MCM) get one visible bar: a fixed
+    1e-6 is no step at all beside 1e12, and NumPy's histogram then divided by zero-width bins."""
+    floor = 1e-6 * max(1.0, abs(lo))
+    if hi < lo + floor:
+        hi = lo + floor
+    t = np.linspace(0.0, 1.0, n + 1)
+    return lo * (1 - t) + hi * t  # (not lo + (hi - lo) * t: hi - lo overflows for scores near float's limits)
+
+
 def _histogram(id_scores, ood_scores, title: str) -> bytes:
     """The PNG of the score histograms: ID against each OOD set, one panel per score and set (the
     first :data:`MAX_HIST_SETS` sets, the title saying so when there are more)."""
@@ -165,8 +176,7 @@ def _histogram(id_scores, ood_scores, title: str) -> bytes:
         for j, ood_set in enumerate(sets):
             ax = axes[i][j]
             a, b = np.asarray(id_scores[score]), np.asarray(ood_scores[ood_set][score])
-            lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
-            bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+            bins = _bins(float(min(a.min(), b.min())), float(max(a.max(), b.max())))
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID", histtype="stepfilled")
             ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(_short(ood_set)), histtype="stepfilled")
             ax.set_title(_label(f"{score}: ID vs {_short(ood_set)}"), fontsize=9)

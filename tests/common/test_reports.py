@@ -1,6 +1,7 @@
 """clip_smot.common.reports: the shared metric files."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -310,9 +311,11 @@ def test_a_set_name_with_a_bar_or_a_line_break_stays_in_its_markdown_cells(tmp_p
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "msp,a|b,0.00,100.00,100.00,100.00"
 
 
-def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch):
+@pytest.mark.parametrize("value", [0.5, -3e8, 1e12, 3e38])
+def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch, value):
     """A score that is the same for every image (a collapsed model) has a histogram too: its bins
-    are given a width (41 equal edges drew no bar, its densities NaN)."""
+    are given a width (41 equal edges drew no bar, its densities NaN), one relative to its size
+    (a width of 1e-6 beside 1e12 was none: NumPy divided by zero, with its warnings)."""
     from matplotlib.axes import Axes
 
     drawn, real = [], Axes.hist
@@ -323,7 +326,10 @@ def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch):
         return n, bins, patches
 
     monkeypatch.setattr(Axes, "hist", hist)
-    report = write_reports(tmp_path, {"msp": np.full(3, 0.5)}, {"a": {"msp": np.full(2, 0.5)}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = write_reports(tmp_path, {"msp": np.full(3, value, np.float32)},
+                               {"a": {"msp": np.full(2, value, np.float32)}})
     # every pair tied: AUROC 1/2 (sklearn too); the threshold that keeps all ID keeps every OOD image
     want = 100 * roc_auc_score([1, 1, 1, 0, 0], np.full(5, 0.5))
     assert report["metrics"]["msp"]["a"]["auroc"] == pytest.approx(want) == 50.0
@@ -332,7 +338,7 @@ def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch):
     assert len(drawn) == 2
     for n, bins in drawn:  # each set's density: finite, all of it in the bin of 0.5, integrating to 1
         assert np.all(np.isfinite(n)) and np.all(np.diff(bins) > 0)
-        assert bins[0] <= 0.5 <= bins[-1] and float(np.sum(n * np.diff(bins))) == pytest.approx(1.0)
+        assert bins[0] <= np.float32(value) <= bins[-1] and float(np.sum(n * np.diff(bins))) == pytest.approx(1.0)
 
 
 def test_the_histogram_shows_densities_under_the_title_and_closes_its_figure(tmp_path, monkeypatch):
