@@ -374,11 +374,13 @@ def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserErro
 
 
 def _row_fits(fields: list[str], columns: int, names: dict[str, set[str]]) -> bool:
-    """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite scores."""
+    """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite
+    scores written as the run writes them (``repr`` of a float: an edited " 0.5", "0.50" or "1_0",
+    which ``float`` reads too, is no row of a run)."""
     if len(fields) != columns or fields[2] not in names.get(fields[1], ()):
         return False
     try:
-        return all(math.isfinite(float(v)) for v in fields[3:])
+        return all(math.isfinite(x := float(v)) and repr(x) == v for v in fields[3:])
     except ValueError:
         return False
 

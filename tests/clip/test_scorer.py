@@ -1448,11 +1448,13 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     res = score(*args)
     assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
     (tmp_path / "s.csv.partial.json").unlink()
-    edited = whole[2].rsplit(",", 1)[0] + ",nan\n"
-    partial.write_text("".join([*whole[:2], edited]))
-    res = score(*args)
-    assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
-    assert partial.read_text() == "".join([*whole[:2], edited]) and out.read_text() == "".join(whole)  # (as they were)
+    head, last = whole[2].rstrip("\n").rsplit(",", 1)
+    for value in ("nan", f" {last}", f"{last}0"):  # not finite; a float, but not as the run writes it
+        edited = f"{head},{value}\n"
+        partial.write_text("".join([*whole[:2], edited]))
+        res = score(*args)
+        assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
+        assert partial.read_text() == "".join([*whole[:2], edited]) and out.read_text() == "".join(whole)  # (as they were)
     partial.write_text("".join([*whole[:2], whole[2].rstrip("\n") + ",0.5\n"]))  # a column more than the header's
     res = score(*args)
     assert res.exit_code == 1 and f"row 2 of {partial} is not a row of this prompt's scores" in res.output
