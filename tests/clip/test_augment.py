@@ -232,3 +232,48 @@ def test_scale_one_keeps_the_whole_image_and_its_own_cam():
         torch.testing.assert_close(x[i], img.float() / 255, atol=1e-5, rtol=0)
         torch.testing.assert_close(cam[i], c.float(), atol=1e-3, rtol=0)
     assert any(mirrored) and not all(mirrored)
+
+
+def test_the_fallback_comes_after_exactly_ten_misses():
+    # 10 x 100, ratio 1, scale (0.1, 0.2): a candidate's side is round(sqrt(1000 s)), and it fits
+    # the height 10 when sqrt(1000 s) < 10.5, i.e. s < 0.11025: p = 0.1025 a try. After ten misses,
+    # q = (1 - p)^10 = 0.3391 of the boxes, comes torchvision's fallback, 10 x 10 at left
+    # (100 - 10) // 2 = 45; a fitting 10 x 10 box lands there with 1 / 91. Nine tries would give
+    # 0.3847 at left 45, eleven 0.3120: each ~10 std of 20000 draws (0.0034) away from ten's 0.3464.
+    n, p = 20000, (0.11025 - 0.1) / 0.1
+    boxes, _ = sample_crops(n, 10, 100, scale=(0.1, 0.2), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes[:, [0, 2, 3]], torch.tensor([0.0, 10.0, 10.0]).repeat(n, 1))
+    q = (1 - p) ** 10
+    assert abs((boxes[:, 1] == 45).float().mean().item() - (q + (1 - q) / 91)) < 0.015
+
+
+@pytest.mark.parametrize("ratio, expected", [((0.5, 0.5), [0.0, 0.0, 2.0, 1.0]), ((2.0, 2.0), [0.0, 0.0, 1.0, 2.0])])
+def test_a_candidate_with_a_side_of_zero_pixels_does_not_fit(ratio, expected):
+    # 2 x 2, area fraction 0.075 (0.3 px), one ratio r: the candidate is w = round(sqrt(0.3 r)),
+    # h = round(sqrt(0.3 / r)) = (0, 1) for r = 1/2 and (1, 0) for r = 2; a zero side fits no
+    # image (torchvision: 0 < w <= width and 0 < h <= height), so every box is the fallback:
+    # r = 1/2 < 1: the full height 2, w = round(2 * 1/2) = 1, left (2 - 1) // 2 = 0;
+    # r = 2 > 1: the full width 2, h = round(2 / 2) = 1, top 0.
+    boxes, _ = sample_crops(16, 2, 2, scale=(0.075, 0.075), ratio=ratio, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, torch.tensor(expected).repeat(16, 1))
+    assert torch.equal(_torchvision_boxes(1, 2, 2, (0.075, 0.075), ratio)[0], torch.tensor(expected))
+
+
+def test_a_wide_image_is_cropped_within_its_own_height_and_width():
+    # 8 x 32 (height x width), scale (1, 1): a box of 256 px with w / h in [3/4, 4/3] is at least
+    # 14 px tall, taller than 8, so every view is torchvision's fallback for a wide image: the full
+    # height 8, w = round(8 * 4/3) = 11, left (32 - 11) // 2 = 10; scaled down to 6 x 6 as
+    # F.interpolate scales that crop (mirrored where flipped). The CAM follows its image.
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 8, 32), generator=g, dtype=torch.uint8)
+    cams = torch.randint(0, 256, (6, 8, 32), generator=g, dtype=torch.uint8)
+    x, cam = random_resized_crop_flip(images, cams, 6, scale=(1.0, 1.0), generator=torch.Generator().manual_seed(1))
+    both = torch.cat([images.float() / 255, cams.float()[:, None]], dim=1)[:, :, 0:8, 10:21]  # [6, 4, 8, 11]
+    crop = F.interpolate(both, size=(6, 6), mode="bilinear", align_corners=False)
+    flipped = 0
+    for i in range(6):
+        got = torch.cat([x[i], cam[i][None]])
+        want = crop[i] if torch.allclose(got, crop[i], atol=1e-3) else crop[i].flip(-1)
+        flipped += not torch.equal(want, crop[i])
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
+    assert 0 < flipped < 6
