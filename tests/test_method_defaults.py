@@ -90,3 +90,20 @@ def test_score_constants_are_the_spec_values():
     # MCM at tau = 1 on cosines (0.2, 0.6): 1 / (1 + e^-0.4) = 0.598688
     assert scores.mcm(torch.tensor([[0.2, 0.6]])).item() == pytest.approx(0.598688, abs=1e-6)
     assert _cli_defaults("score")["scores"] == "mcm" and _cli_defaults("eval")["fpr_convention"] == "id"
+
+
+def test_the_library_functions_hold_the_spec_defaults_too():
+    """The fit step and the prompt learner, called without fit's flags (benchmarks/, Python users),
+    default to the same values as FitConfig (docs/method.md §1-§2)."""
+    import inspect
+
+    from clip_smot.clip.prompt import PromptLearner
+    from clip_smot.clip.step import make_fit_step
+
+    step = inspect.signature(make_fit_step).parameters
+    assert {k: step[k].default for k in ("loss", "lam", "T", "alpha", "beta", "sigma")} == {
+        k: FIT_SPEC[k] for k in ("loss", "lam", "T", "alpha", "beta", "sigma")}
+    assert step["perturbation"].default == FIT_SPEC["perturb"]
+    learner = inspect.signature(PromptLearner).parameters
+    assert {k: learner[k].default for k in ("n_ctx", "ctx_init", "csc", "class_position")} == {
+        k: FIT_SPEC[k] for k in ("n_ctx", "ctx_init", "csc", "class_position")}
