@@ -123,3 +123,29 @@ def test_a_cuda_graph_fit_with_noise_is_fixed_by_its_seed(tmp_path, tiny_clip_co
         assert res.exit_code == 0, res.output
         ctx[name] = load_prompt(tmp_path / name / "prompt.safetensors").ctx
     torch.testing.assert_close(ctx["a"], ctx["b"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("perturbation", ["zero", "noise"])
+def test_an_overlapped_smot_step_is_the_plain_step(tiny_clip_config, tiny_clip_checkpoint, perturbation):
+    """overlap=True encodes the originals and their masked copies on a second stream: the same
+    SMOT loss and context update as overlap=False (fp32, same thresholds, same noise). The CE
+    baseline of test_cuda_graph_fit_follows_the_eager_fit draws no thresholds and makes no copies,
+    so it cannot tell whether the second stream is given the CAMs and thresholds in their places."""
+    dev = torch.device("cuda")
+    clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, dev)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 32, 32, generator=g).to(dev)
+    cams = (torch.rand(4, 32, 32, generator=g) * 255).to(dev)
+    labels = torch.tensor([0, 2, 1, 2], device=dev)
+    out = []
+    for overlap in (False, True):
+        learner = PromptLearner(clip, ["tench", "goldfish", "great white shark"], n_ctx=4,
+                                generator=torch.Generator().manual_seed(2))
+        opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+        step = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, perturbation=perturbation, sigma=0.3,
+                             precision="fp32", generator=torch.Generator().manual_seed(3),
+                             noise_generator=torch.Generator(device=dev).manual_seed(4), overlap=overlap)
+        losses = [step(images, cams, labels) for _ in range(2)]
+        out.append((torch.stack(losses), learner.ctx.detach().clone()))
+    torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1][1], out[0][1], atol=1e-5, rtol=1e-4)
