@@ -29,6 +29,21 @@ def test_tau_and_local_weight_reach_mcm_and_gl_mcm():
     assert out["msp"].item() == pytest.approx(_softmax_max([60.0, 80.0], 1.0), abs=1e-6)  # tau is MCM's alone
 
 
+def test_gl_mcm_takes_each_patchs_cosine_with_each_class():
+    """Three classes in four dimensions (the tests above use the identity as the text features, which
+    is its own transpose): patch p's cosine with class k is local[p] . text[k], written out."""
+    text = F.normalize(torch.tensor([[1.0, 2.0, 0.0, 0.0], [0.0, 1.0, 3.0, 0.0], [2.0, 0.0, 0.0, 1.0]]), dim=-1)
+    g = F.normalize(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), dim=-1)
+    local = F.normalize(torch.tensor([[[0.0, 0.0, 1.0, 0.0], [3.0, 1.0, 0.0, 2.0]]]), dim=-1)  # [1, 2, 4]
+
+    def cosines(v):
+        return [sum(a * b for a, b in zip(v.tolist(), t.tolist())) for t in text]
+
+    out = scores_from_features(g, text, 100.0, ["gl-mcm"], local_features=local.half())  # (fp16, as cached)
+    patches = [_softmax_max(cosines(local[0, p].half().float()), 1.0) for p in range(2)]
+    assert out["gl-mcm"].item() == pytest.approx(_softmax_max(cosines(g[0]), 1.0) + max(patches), abs=1e-5)
+
+
 def test_scorer_cosines_and_logits_are_open_clips(tiny):  # noqa: F811
     g = torch.Generator().manual_seed(0)
     text = torch.randn(3, tiny.config["embed_dim"], generator=g)
