@@ -76,6 +76,33 @@ def test_names_ending_in_punctuation_keep_their_layout(clip, class_position, tex
         torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("csc", [False, True])
+def test_a_context_of_one_word_is_that_words_sentence(clip, csc):
+    """--ctx-init "photo": one token, n_ctx 1 (the smallest context), "photo {name}." as open_clip encodes it."""
+    learner = PromptLearner(clip, NAMES, ctx_init="photo", csc=csc)
+    assert learner.n_ctx == 1 and learner.ctx.shape == ((len(NAMES), 1, 32) if csc else (1, 32))
+    expected = clip.model.encode_text(clip.tokenizer([f"photo {n}." for n in NAMES]))
+    torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+def test_words_of_74_tokens_are_whole_and_meet_the_class_names_limit(clip):
+    """74 one-token words: start + 74 + end is 76 of the 77 positions, so the tokenizer cut nothing;
+    what is refused is the class beside them: 1 + 74 + 1 ('cat') + 2 = 78 tokens, 73 words fit."""
+    with pytest.raises(UserError, match=r"^--ctx-init 'a a .*\(74 tokens\): the prompt of class 'cat' \(1 name "
+                                        r"tokens\) needs 78 of the text encoder's 77 tokens; use words of at most 73 tokens$"):
+        PromptLearner(clip, ["cat"], ctx_init=" ".join(["a"] * 74))
+
+
+def test_beside_a_name_of_73_tokens_one_context_vector_fits(clip):
+    """77 less 1 + 73 + 2 is 1: the hint is that one vector (or one word) fits, not that none does."""
+    with pytest.raises(UserError, match=r"\(73 name tokens\) needs 78 of the text encoder's 77 tokens; use at most "
+                                        r"--n-ctx 1$"):
+        PromptLearner(clip, ["1" * 73], n_ctx=2)
+    with pytest.raises(UserError, match=r"needs 78 of the text encoder's 77 tokens; use words of at most 1 tokens$"):
+        PromptLearner(clip, ["1" * 73], ctx_init="a photo")
+    assert PromptLearner(clip, ["1" * 73], n_ctx=1).seq_len == 77
+
+
 def test_full_prompt_embeddings_are_the_tokens_embeddings_beside_the_context(clip):
     """prompt_embeddings(full=True), all 77 positions: CoOp's "X X X X {name}." tokens embedded by
     the model's own token embedding everywhere but at the 4 context slots (padding included)."""
