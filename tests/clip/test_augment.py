@@ -277,3 +277,23 @@ def test_a_wide_image_is_cropped_within_its_own_height_and_width():
         flipped += not torch.equal(want, crop[i])
         torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
     assert 0 < flipped < 6
+
+
+def test_a_candidate_of_one_pixel_fits():
+    # 1 x 3, area fraction 1/3, ratio 1: the candidate is 1 x 1 (torchvision: 0 < 1 <= 1 and 0 < 1 <= 3),
+    # placed at left 0, 1 or 2; the fallback would always be the centred 1 x 1 at left 1
+    boxes, _ = sample_crops(300, 1, 3, scale=(1 / 3, 1 / 3), ratio=(1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(boxes[:, [0, 2, 3]], torch.tensor([0.0, 1.0, 1.0]).repeat(300, 1))
+    assert set(boxes[:, 1].tolist()) == {0.0, 1.0, 2.0}
+
+
+def test_crops_are_drawn_on_the_generators_device_and_returned_on_the_one_asked_for():
+    # no generator and no device: the CPU's default generator (here seeded)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        boxes, flips = sample_crops(5, 16, 16)
+    assert boxes.device.type == flips.device.type == "cpu" and boxes.shape == (5, 4)
+    assert torch.equal(boxes, sample_crops(5, 16, 16, generator=torch.Generator().manual_seed(0))[0])
+    # a CPU generator and another device: drawn on the CPU, moved there ("meta": any device but the CPU's)
+    boxes, flips = sample_crops(5, 16, 16, generator=torch.Generator().manual_seed(0), device="meta")
+    assert boxes.device.type == flips.device.type == "meta" and boxes.shape == (5, 4)
