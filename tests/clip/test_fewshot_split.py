@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_smot.clip.fewshot import draw_split, resolve_classes, split_text
+from clip_smot.clip.fewshot import draw_split, resolve_classes, resolve_train_root, split_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,6 +51,17 @@ def test_folder_classes_are_sorted_with_underscores_read_as_spaces(tmp_path):
     assert classes.folders == ("ant", "mole_rat", "zebra_fish")
     assert classes.classnames == ("ant", "mole rat", "zebra fish")
     assert classes.imagenet_index is None
+
+
+def test_folders_given_as_text_resolve_as_paths_do(tmp_path):
+    """resolve_train_root and resolve_classes take a str as well as a Path (their signatures say so;
+    fit passes --data as text): the same root, classes and draw."""
+    listing = _folder_dataset(tmp_path / "data" / "train")
+    root = resolve_train_root(str(tmp_path / "data"))
+    assert root == tmp_path / "data" / "train"
+    classes = resolve_classes(str(root))
+    assert classes == resolve_classes(root) and isinstance(classes.root, Path)
+    assert draw_split(classes, 2, 0) == _coop_draw([listing[f] for f in classes.folders], 2, 0)
 
 
 def test_draw_split_is_one_seeded_permutation_per_class_of_its_sorted_listing(tmp_path):
@@ -180,3 +191,18 @@ def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_fl
     got = decode_images(tmp_path, list(cases), 16, workers=0)
     assert got.shape == (3, 3, 16, 16)
     np.testing.assert_array_equal(got.numpy(), np.stack(expected))
+
+
+def test_a_long_strips_square_is_its_centre_wide_or_tall(tmp_path):
+    """A strip over 16 times as long as wide has only its central square resampled (the box in source
+    pixels): a ramp of 0..255 along 20000 pixels, 2 across, must give the values near its middle
+    (127.5) as a wide strip and as a tall one, not those of an end."""
+    from PIL import Image
+
+    from clip_smot.clip.fewshot import decode_images
+
+    ramp = np.repeat(np.linspace(0, 255, 20000)[None, :, None], 3, axis=2).repeat(2, axis=0)  # [2, 20000, 3]
+    Image.fromarray(ramp.round().astype(np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(ramp.transpose(1, 0, 2).round().astype(np.uint8)).save(tmp_path / "tall.png")
+    x = decode_images(tmp_path, ["wide.png", "tall.png"], 32, workers=0).float()  # [2, 3, 32, 32]
+    assert abs(x[0].mean().item() - 127.5) < 1 and abs(x[1].mean().item() - 127.5) < 1
