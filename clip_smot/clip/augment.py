@@ -81,7 +81,11 @@ def crop_flip(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: i
 
     Returns:
         [B, C, size, size]. Output pixel centres map linearly onto the box, as
-        ``F.interpolate(..., align_corners=False)`` of the cropped box does.
+        ``F.interpolate(..., align_corners=False)`` of the cropped box does; the values are
+        the same where the box shrinks. Where it is enlarged, a centre within half a pixel
+        of the box's edge blends in the pixel just outside the box (the image's own border is
+        repeated), where ``F.interpolate`` of the cut-out box repeats the box's edge pixel:
+        the outermost output rows and columns differ.
     """
     B, _, H, W = x.shape
     top, left, h, w = boxes.to(x.dtype).unbind(1)  # [B] each
