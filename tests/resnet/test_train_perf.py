@@ -171,6 +171,23 @@ def test_fused_sgd_gives_the_plain_sgd_weights():
     _assert_same(model, other, rtol=1e-5, atol=1e-6)
 
 
+def test_the_sgd_is_fused_on_cuda_and_as_asked_elsewhere():
+    """make_optimizer's choice of kernel (its docstring): fused for a CUDA device, PyTorch's
+    default on the CPU, and what ``fused`` says when it is given. (The fused and the plain update
+    give the same weights, so no weight comparison can tell which one a run got.)"""
+    params = list(torch.nn.Linear(2, 2).parameters())  # (SGD takes CPU tensors with either kernel)
+    model = torch.nn.ParameterList(params)
+
+    def fused(device, **kw):
+        opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device(device), **kw)
+        assert {k: opt.defaults[k] for k in ("lr", "momentum", "weight_decay")} == {
+            "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+        return bool(opt.defaults.get("fused"))
+
+    assert fused("cuda") and not fused("cpu")
+    assert fused("cpu", fused=True) and not fused("cuda", fused=False)
+
+
 @pytest.mark.cpp_compiler
 @pytest.mark.slow  # inductor's C++ compile of the tiny ResNet's forward and backward: ~1 min on 2 cores
 def test_compiled_step_gives_the_eager_step():
