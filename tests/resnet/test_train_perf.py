@@ -113,6 +113,29 @@ def test_eager_step_is_the_hand_written_step(method, mask, T, lam):
                                    atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def test_the_cam_and_the_forward_run_under_the_steps_autocast():
+    """train_step's ``amp`` (bf16 autocast on CUDA) covers both networks' forward passes: the CAM
+    network's and the trained one's. (In fp32, the tests' precision, amp is a null context, so no
+    result of the step can tell whether it was entered.)"""
+    model, parts, x, y, t = _setup()
+
+    class Amp:  # a context that records when it is open
+        active = False
+
+        def __enter__(self):
+            Amp.active = True
+
+        def __exit__(self, *exc):
+            Amp.active = False
+
+    seen = []
+    cam = parts.cam
+    parts.cam = lambda *a: (seen.append(("cam", Amp.active)), cam(*a))[1]
+    model.register_forward_pre_hook(lambda module, args: seen.append(("model", Amp.active)))
+    train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, x.device, fused=False), x, y, t, parts, Amp())
+    assert seen == [("cam", True), ("model", True)] and not Amp.active
+
+
 def _batches(n=20, batch=8, seed=7):
     """n random images in batches of 8 (8, 8, 4): an epoch of several steps."""
     g = torch.Generator().manual_seed(5)
