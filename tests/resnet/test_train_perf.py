@@ -113,6 +113,39 @@ def test_eager_step_is_the_hand_written_step(method, mask, T, lam):
                                    atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def test_two_steps_are_sgd_with_momentum_on_fresh_gradients():
+    """Two train_step calls against SGD written out (docs/method.md §3: momentum 0.9, weight decay
+    5e-4): v1 = g(w0) + wd w0, w1 = w0 - lr v1; v2 = 0.9 v1 + g(w1) + wd w1, w2 = w1 - lr v2, with
+    g(w1) the second batch's gradient alone. (The first step of
+    test_eager_step_is_the_hand_written_step has no momentum yet, nor an earlier gradient that a
+    step which did not zero it would add.)"""
+    import contextlib
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, K))
+    w0 = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8, generator=g) for _ in range(2)]
+    ys = [torch.randint(0, K, (6,), generator=g) for _ in range(2)]
+    parts = StepParts("ce", mean=torch.full((1, 3, 1, 1), 0.5), std=torch.full((1, 3, 1, 1), 0.25))
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False)
+    for x, y in zip(xs, ys):
+        train_step(model, opt, x, y, None, parts, contextlib.nullcontext())
+
+    def grads(w, x, y):  # mean cross-entropy of the batch at weights w = [weight, bias], written out
+        w = [t.clone().requires_grad_() for t in w]
+        logits = ((x.float() / 255 - 0.5) / 0.25).flatten(1) @ w[0].T + w[1]
+        (-logits.log_softmax(-1)[torch.arange(len(y)), y].mean()).backward()
+        return [t.grad for t in w]
+
+    v1 = [gr + 5e-4 * w for gr, w in zip(grads(w0, xs[0], ys[0]), w0)]
+    w1 = [w - 0.1 * v for w, v in zip(w0, v1)]
+    v2 = [0.9 * v + gr + 5e-4 * w for v, gr, w in zip(v1, grads(w1, xs[1], ys[1]), w1)]
+    w2 = [w - 0.1 * v for w, v in zip(w1, v2)]
+    for p, want in zip(model.parameters(), w2):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_cam_and_the_forward_run_under_the_steps_autocast():
     """train_step's ``amp`` (bf16 autocast on CUDA) covers both networks' forward passes: the CAM
     network's and the trained one's. (In fp32, the tests' precision, amp is a null context, so no
