@@ -216,6 +216,51 @@ def test_a_noise_epoch_is_a_function_of_the_seed_not_of_the_global_rng():
     _assert_same(*trained, rtol=0, atol=0)
 
 
+def test_a_noise_epoch_draws_its_noise_from_its_own_seed_epoch_and_rank(monkeypatch):
+    """The noise generator of an epoch is seeded with mix_seed(seed, epoch, rank, 3) (stream 3 of
+    mix_seed's docstring), so that epochs and processes draw other noise. (A generator left
+    unseeded, or seeded from the wrong numbers, is as deterministic, which is all
+    test_a_noise_epoch_is_a_function_of_the_seed_not_of_the_global_rng can see.)"""
+    import clip_smot.resnet.train as train_mod
+
+    model, parts, _, _, _ = _setup()
+    parts.perturb = "noise"
+    seeds = []
+    real = train_mod.train_step
+
+    def spy(model, optimizer, x, y, t, parts, amp, noise_gen=None):
+        seeds.append(noise_gen.initial_seed())
+        return real(model, optimizer, x, y, t, parts, amp, noise_gen)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False)
+    train_epoch(model, opt, _batches(), 5, parts, autocast(torch.device("cpu"), "fp32"), seed=7, alpha=50.0,
+                beta=20.0, rank=2, n_samples=20, max_steps=1)
+    assert seeds == [mix_seed(7, 5, 2, 3)]
+
+
+def test_an_epoch_stops_after_max_steps_and_at_a_non_finite_loss_only_when_asked():
+    """max_steps (the dry run's 1) takes that many batches; the loss read back every check_every
+    steps stops the epoch when it is not finite and stop_on_nan is set, and only then. (The
+    runs of the other tests never reach a read-back: their epochs are shorter than 50 steps.)"""
+    import contextlib
+
+    def epoch(std, **kw):  # 20 images in batches of 8, 8, 4; std 0: infinite inputs, a NaN loss
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * S * S, K))
+        parts = StepParts("ce", mean=torch.full((1, 3, 1, 1), 0.5), std=torch.full((1, 3, 1, 1), std))
+        stats = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), _batches(), 0, parts,
+                            contextlib.nullcontext(), seed=7, alpha=50.0, beta=20.0, n_samples=20, **kw)
+        return stats["steps"], stats["seen"], bool(torch.isfinite(stats["loss_sum"]))
+
+    assert epoch(1.0, max_steps=1) == (1, 8, True)
+    assert epoch(1.0, max_steps=2) == (2, 16, True)
+    assert epoch(1.0, check_every=1) == (3, 20, True)  # finite: every batch
+    assert epoch(0.0, check_every=1) == (1, 8, False)  # stopped at the first read-back
+    assert epoch(0.0, check_every=2) == (2, 16, False)  # at the second step's
+    assert epoch(0.0, check_every=1, stop_on_nan=False) == (3, 20, False)  # (DDP: every rank takes every step)
+
+
 def test_fused_sgd_gives_the_plain_sgd_weights():
     model, parts, x, y, t = _setup()
     other = copy.deepcopy(model)
