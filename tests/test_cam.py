@@ -415,3 +415,56 @@ def test_a_cam_model_file_larger_than_half_the_memory_is_refused_before_loading(
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'r.pth'}: the file is 0.0 GiB, more than half "
                                         r"of this machine's 0.0 GiB; not loaded$"):
         load_cam_network(str(tmp_path / "r.pth"))
+
+
+class _FixedMaps(nn.Module):
+    """A network whose feature map is fixed, whatever the image: channel 0 [[2, 0], [0, 2]], channel 1
+    [[0, 0.5], [0.5, 0]]; fc the identity with bias (0, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("maps", torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[0.0, 0.5], [0.5, 0.0]]]))
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(2))
+            self.fc.bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def forward_features(self, x):
+        return self.maps.expand(x.shape[0], 2, 2, 2) + 0 * x.mean()  # [B, 2, 2, 2]
+
+
+def test_cam_top1_is_ranked_on_average_pooled_features_as_the_forward_pass():
+    """Pooled by the mean, the logits are (1, 0.25 + 1): class 1 is the top-1 and its CAM the anti-diagonal
+    (relu of channel 1, min-max scaled: 0 and 255). Pooled by the sum they would be (4, 1 + 1), class 0."""
+    net = _FixedMaps()
+    x = torch.rand(1, 3, 2, 2)  # (2 x 2, the map's size: the bilinear upsampling is the identity)
+    want = torch.tensor([[[0.0, 255.0], [255.0, 0.0]]])
+    provider = CAMProvider(net, (0, 0, 0), (1, 1, 1), labels_match=False)
+    torch.testing.assert_close(provider(x, torch.tensor([0])), want)
+    torch.testing.assert_close(CAMProvider(net, (0, 0, 0), (1, 1, 1))(x), want)
+    # given class 0 (labels match): the diagonal
+    torch.testing.assert_close(CAMProvider(net, (0, 0, 0), (1, 1, 1))(x, torch.tensor([0])),
+                               torch.tensor([[[255.0, 0.0], [0.0, 255.0]]]))
+
+
+def test_cam_labels_of_any_integer_dtype_and_float64_images():
+    """uint8 labels index the classifier's rows as numbers, not as a boolean mask; float64 images are
+    read as the float32 ones (the network's weights are float32)."""
+    net = _FixedMaps()
+    x = torch.rand(2, 3, 2, 2)
+    want = torch.tensor([[[0.0, 255.0], [255.0, 0.0]], [[255.0, 0.0], [0.0, 255.0]]])  # classes 1, 0
+    for dtype in (torch.uint8, torch.int32, torch.int64):
+        torch.testing.assert_close(CAMProvider(net, (0, 0, 0), (1, 1, 1))(x, torch.tensor([1, 0], dtype=dtype)), want)
+    model = _one_channel_resnet(channel=5)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))  # (a 2 x 2 map: a real CAM)
+    provider = CAMProvider(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.testing.assert_close(provider(x.double(), torch.tensor([1, 1])), provider(x, torch.tensor([1, 1])))
+
+
+def test_cam_follows_the_images_device():
+    """The mean and std move to the images' device (here "meta", standing in for a GPU)."""
+    net = _FixedMaps().to("meta")
+    provider = CAMProvider(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    cam = provider(torch.rand(2, 3, 4, 4, device="meta"), torch.tensor([1, 0], device="meta"))
+    assert cam.device.type == "meta" and cam.shape == (2, 4, 4) and provider.mean.device.type == "meta"
+
