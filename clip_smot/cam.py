@@ -12,6 +12,7 @@ trained on the same CIFAR set), otherwise the provider's own top-1 prediction.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -98,14 +99,17 @@ class CAMProvider:
         fc = classifier_of(self.model)
         if y is not None and y.shape != (x.shape[0],):  # (one label was broadcast to every image)
             raise ValueError(f"y must hold one label per image, [{x.shape[0]}], got shape {list(y.shape)}")
-        if y is None or not self.labels_match:
-            logits = fc(feats.mean(dim=(2, 3)))  # [B, K]
-            y = logits.argmax(dim=-1)
-        w = fc.weight.float()[y.to(dev).long()]  # [B, C]
-        cam = torch.einsum("bc,bchw->bhw", w, feats).relu()  # [B, h, w]
-        # a map constant at the network's resolution (1 x 1 at 8-pixel inputs) masks nothing; upsampled,
-        # it varies by rounding (~1e-7), which min-max scaling would stretch to 0 .. 255
-        low = cam.flatten(1)  # [B, h * w]
-        flat = low.amax(dim=1) == low.amin(dim=1)  # [B]
-        cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # [B, H, W]
-        return normalize_cam(cam).masked_fill(flat[:, None, None], 0.0)
+        # the map in float32 under the caller's autocast too (train's step): there einsum ran in bfloat16,
+        # and the CAM came back in bfloat16, rounded by up to a level of 255
+        with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
+            if y is None or not self.labels_match:
+                logits = fc(feats.mean(dim=(2, 3)))  # [B, K]
+                y = logits.argmax(dim=-1)
+            w = fc.weight.float()[y.to(dev).long()]  # [B, C]
+            cam = torch.einsum("bc,bchw->bhw", w, feats).relu()  # [B, h, w]
+            # a map constant at the network's resolution (1 x 1 at 8-pixel inputs) masks nothing; upsampled,
+            # it varies by rounding (~1e-7), which min-max scaling would stretch to 0 .. 255
+            low = cam.flatten(1)  # [B, h * w]
+            flat = low.amax(dim=1) == low.amin(dim=1)  # [B]
+            cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # [B, H, W]
+            return normalize_cam(cam).masked_fill(flat[:, None, None], 0.0)

@@ -468,3 +468,14 @@ def test_cam_follows_the_images_device():
     cam = provider(torch.rand(2, 3, 4, 4, device="meta"), torch.tensor([1, 0], device="meta"))
     assert cam.device.type == "meta" and cam.shape == (2, 4, 4) and provider.mean.device.type == "meta"
 
+
+def test_cam_under_bf16_autocast_is_float32():
+    """train computes the CAMs under the step's autocast: the layer4 map comes out in bfloat16, the
+    CAM is still weighed, scaled and returned in float32 (the fp32 CAM up to bfloat16's rounding)."""
+    model = _one_channel_resnet(channel=5)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    provider = CAMProvider(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cam = provider(x, torch.tensor([1, 1]))
+    assert cam.dtype == torch.float32
+    torch.testing.assert_close(cam, _by_hand(model, x, torch.tensor([1, 1]), (0.5,) * 3, (0.25,) * 3), atol=3.0, rtol=0)
