@@ -25,6 +25,8 @@ def test_eps_hand_values():
     assert eps[2].item() == pytest.approx(1 - math.exp(-25.5), abs=1e-7)
     # a larger T softens less at the same threshold (eps 0.31 at T = 150, 0.996 at T = 10)
     assert smoothing_eps(torch.tensor([200.0]), T=150).item() == pytest.approx(1 - math.exp(-55 / 150))
+    # any T > 0 is a temperature, below 1 too: eps(254.5) = 1 - exp(-0.5 / 0.5)
+    assert smoothing_eps(torch.tensor([254.5]), T=0.5).item() == pytest.approx(1 - math.exp(-1), abs=1e-7)
 
 
 def test_eps_of_a_threshold_outside_0_255_is_that_of_the_nearest_end():
@@ -33,6 +35,8 @@ def test_eps_of_a_threshold_outside_0_255_is_that_of_the_nearest_end():
     eps = smoothing_eps(torch.tensor([300.0, -10.0]), T=10)
     assert eps[0].item() == 0.0
     assert eps[1].item() == pytest.approx(1 - math.exp(-25.5), abs=1e-7)
+    # read at 0 exactly: at T = 200, 1 - exp(-255 / 200) = 0.7205 (clamped at 1 it would be 0.7192)
+    assert smoothing_eps(torch.tensor([-10.0]), T=200).item() == pytest.approx(1 - math.exp(-255 / 200), abs=1e-6)
 
 
 def test_eps_rejects_bad_T():
@@ -81,7 +85,7 @@ def test_cam_mask_refuses_thresholds_for_another_batch():
     without its batch axis [H, W] became a batch of H."""
     cam = torch.zeros(1, 2, 2)
     for c, t in ((cam, torch.tensor([10.0, 100.0, 200.0])), (cam[0], torch.tensor([10.0, 100.0])),
-                 (torch.zeros(2, 3, 2, 2), torch.tensor([10.0, 100.0]))):
+                 (torch.zeros(2, 3, 2, 2), torch.tensor([10.0, 100.0])), (torch.zeros(1, 1, 2, 2, 1), torch.tensor([1.0]))):
         with pytest.raises(ValueError, match=r"cam_mask needs cam \[B, H, W\] or \[B, 1, H, W\] and t \[B\]"):
             cam_mask(c, t)
     assert cam_mask(torch.zeros(2, 2, 2), torch.tensor(1.0)).shape == (2, 1, 2, 2)  # one t for all
@@ -123,9 +127,11 @@ def test_perturb_refuses_a_mask_without_its_channel_axis():
     """A [B, H, W] mask lines its B up with the images' 3 channels: for B = 3 image 0's mask
     would have masked every image's red channel. Only masks that broadcast as [B, 1, H, W] do."""
     x = torch.rand(3, 3, 2, 2)
-    for keep in (torch.ones(3, 2, 2), torch.ones(2, 1, 2, 2), torch.ones(3, 1, 2, 3)):
+    for keep in (torch.ones(3, 2, 2), torch.ones(2, 1, 2, 2), torch.ones(3, 1, 2, 3), torch.ones(1, 1, 2)):
         with pytest.raises(ValueError, match=r"keep must be a \[B, 1, H, W\] mask"):
             perturb(x, keep)
+    with pytest.raises(ValueError, match=r"keep must be a \[B, 1, H, W\] mask"):  # one image without its batch axis
+        perturb(x[0], torch.ones(1, 1, 2, 2))
     assert torch.equal(perturb(x, torch.ones(3, 3, 2, 2), "one"), x)  # a mask per channel is a mask
     assert torch.equal(perturb(x, torch.ones(1, 1, 2, 2)), x)  # one mask for the batch
 
@@ -197,6 +203,8 @@ def test_smot_loss_refuses_masked_logits_of_another_shape():
     for masked in (torch.randn(1, 3), torch.randn(4, 5), torch.randn(3)):
         with pytest.raises(ValueError, match=r"logits and logits_masked must both be \[B, K\]"):
             smot_loss(logits, masked, y, eps, 0.1)
+    with pytest.raises(ValueError, match=r"logits and logits_masked must both be \[B, K\]"):  # one image, [K]
+        smot_loss(logits[0], logits[0], y[:1], eps[:1], 0.1)
 
 
 def test_beta_thresholds_mean_and_reproducible():
@@ -376,3 +384,31 @@ def test_soft_cross_entropy_of_low_precision_logits_is_computed_in_float32():
     want = -(logp[0][0] + logp[1][2]) / 2
     assert smot_loss(logits, logits, y, torch.zeros(2), 0.5).item() == pytest.approx(want, rel=1e-6)
     assert label_smoothing_ce(logits, y, 0.0).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_logitnorm_by_hand_for_a_row_of_tiny_norm_and_low_precision_logits():
+    """The 1e-7 is added to the norm, as in the LogitNorm authors' code: a row (1e-7, 0, 0) is divided by
+    (1e-7 + 1e-7) * 0.04, which gives (12.5, 0, 0). bfloat16 logits are read as the numbers they hold and
+    the loss is float32-exact, as smot_loss's is."""
+    tiny = torch.tensor([[1e-7, 0.0, 0.0]])
+    want = math.log(math.exp(12.5) + 2)  # CE of (12.5, 0, 0) for class 1
+    assert logitnorm_loss(tiny, torch.tensor([1])).item() == pytest.approx(want, rel=1e-5)
+    rows = [[3.0, -1.25, 0.5], [0.0, 2.5, -3.0]]
+    scaled = [[v / (math.sqrt(sum(w * w for w in r)) * 0.04) for v in r] for r in rows]
+    logp = [[v - math.log(sum(math.exp(w) for w in r)) for v in r] for r in scaled]
+    want = -(logp[0][1] + logp[1][0]) / 2
+    got = logitnorm_loss(torch.tensor(rows, dtype=torch.bfloat16), torch.tensor([1, 0]))
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_losses_take_labels_of_any_integer_dtype():
+    """int32 labels (numpy's on some platforms) are class indices as int64 ones are: cross_entropy alone
+    refuses them ('expected target dtype to be Long or Byte')."""
+    logits, masked = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, -0.5]]), torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    y, eps = torch.tensor([0, 2]), torch.tensor([0.3, 0.6])
+    for dtype in (torch.int32, torch.uint8):
+        assert smot_loss(logits, masked, y.to(dtype), eps, 0.1).item() == pytest.approx(
+            smot_loss(logits, masked, y, eps, 0.1).item(), rel=1e-6)
+        assert logitnorm_loss(logits, y.to(dtype)).item() == pytest.approx(logitnorm_loss(logits, y).item(), rel=1e-6)
+        assert label_smoothing_ce(logits, y.to(dtype)).item() == pytest.approx(label_smoothing_ce(logits, y).item(),
+                                                                               rel=1e-6)
