@@ -50,6 +50,7 @@ def test_fpr_at_tpr_reads_any_rate_and_refuses_one_outside_0_1():
     assert fpr_at_tpr(pos, neg, tpr=0.5) == 0.0  # threshold 3 accepts 2 of 4 ID and no OOD
     assert fpr_at_tpr(pos, neg, tpr=0.75) == 0.5  # threshold 2: 3 of 4 ID, and 2.5 of the OOD
     assert fpr_at_tpr(pos, neg, tpr=1.0) == 0.5  # threshold 1: 2.5 only
+    assert fpr_at_tpr(pos, neg, tpr=0.0) == 0.0  # (the ends are rates too) above every score: none accepted
     for bad in (1.5, float("nan"), -0.1):
         with pytest.raises(ValueError, match="tpr must be in"):
             fpr_at_tpr(pos, neg, tpr=bad)
