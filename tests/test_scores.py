@@ -214,9 +214,17 @@ def test_knn_at_the_edges_of_k_and_of_the_batch():
         with pytest.raises(ValueError, match="k must be in"):
             S.knn(q, bank, k=k)
     # features of another width, or one image without its batch axis (torch's matmul errors before)
-    for feats in (torch.zeros(2, 3), q[0]):
+    for feats, bk in ((torch.zeros(2, 3), bank), (q[0], bank), (q, bank[0])):
         with pytest.raises(ValueError, match=r"features \[B, C\] and a bank \[N, C\] of the same C"):
-            S.knn(feats, bank, k=2)
+            S.knn(feats, bk, k=2)
+
+
+def test_knn_of_features_in_the_bank_is_zero_not_nan():
+    """A feature's similarity to itself rounds to 1 + 2.4e-7 for 51 of these 200 unit vectors (float32):
+    2 - 2 * sim is below 0 there, and its square root would be NaN; the distance is 0 up to rounding."""
+    bank = torch.randn(200, 6, generator=torch.Generator().manual_seed(0))
+    d = S.knn(bank, bank, k=1)
+    assert torch.isfinite(d).all() and d.abs().max() < 1e-3
 
 
 def test_gradnorm_of_signed_features_uses_their_absolute_values():
@@ -238,7 +246,8 @@ def test_gradnorm_and_vim_refuse_features_and_logits_of_other_images():
     """logits [1, K] against features [4, C] (or features [B] against logits [B, K]) broadcast one
     image's term over the others: four scores, silently wrong."""
     u, NS = torch.zeros(5, dtype=torch.float64), torch.eye(5, dtype=torch.float64)[:, :2]
-    for feats, logits in ((torch.rand(4, 5), torch.rand(1, 3)), (torch.rand(4), torch.rand(4, 3))):
+    for feats, logits in ((torch.rand(4, 5), torch.rand(1, 3)), (torch.rand(4), torch.rand(4, 3)),
+                          (torch.rand(3, 5), torch.rand(3))):  # (one image's logits, K = B)
         with pytest.raises(ValueError, match=r"features \[B, C\] and logits \[B, K\] must be of the same B"):
             S.gradnorm(logits, feats)
         with pytest.raises(ValueError, match=r"features \[B, C\] and logits \[B, K\] must be of the same B"):
@@ -278,7 +287,7 @@ def test_gl_mcm_refuses_local_cosines_of_another_shape():
     with pytest.raises(ValueError, match="local_cosine"):
         S.local_mcm(torch.rand(4, 3))
     for cosine, local in ((torch.rand(4, 3), torch.rand(4, 3)), (torch.rand(1, 3), torch.rand(4, 5, 3)),
-                          (torch.rand(4, 3), torch.rand(4, 5, 2))):
+                          (torch.rand(4, 3), torch.rand(4, 5, 2)), (torch.rand(3), torch.rand(1, 5, 3))):
         with pytest.raises(ValueError, match=r"cosine \[B, K\] and local_cosine \[B, N, K\]"):
             S.gl_mcm(cosine, local)
 
@@ -289,3 +298,68 @@ def test_react_clips_only_from_above():
     h = torch.tensor([[-5.0, 3.0]])
     # clipped at c = 2: (-5, 2); logits (-5, 2); energy log(e^-5 + e^2)
     assert S.react(h, W, None, 2.0).item() == pytest.approx(math.log(math.exp(-5) + math.exp(2)), rel=1e-6)
+
+
+def test_scores_of_bfloat16_inputs_are_float32_and_exact():
+    """Logits and features from an autocast forward are bfloat16; the scores are computed in float32
+    from the values they hold (here exact in bfloat16), not rounded to bfloat16's 8-bit mantissa."""
+    rows = np.array([[3.0, -1.25, 0.5], [0.0, 2.5, -3.0]])
+    h = np.array([[1.0, -2.0 ** -8], [0.5, 0.25]])  # (|1| + |-2^-8| is not a bfloat16: it rounds to 1)
+    logits, feats = torch.tensor(rows, dtype=torch.bfloat16), torch.tensor(h, dtype=torch.bfloat16)
+    p = _softmax(rows)
+    got = {
+        "maxlogit": S.maxlogit(logits), "msp": S.msp(logits), "energy": S.energy(logits), "mcm": S.mcm(logits),
+        "gradnorm": S.gradnorm(logits, feats),
+    }
+    want = {
+        "maxlogit": rows.max(axis=-1), "msp": p.max(axis=-1), "energy": np.log(np.exp(rows).sum(axis=-1)),
+        "mcm": p.max(axis=-1), "gradnorm": np.abs(p - 1 / 3).sum(axis=-1) * np.abs(h).sum(axis=-1),
+    }
+    for name, score in got.items():
+        assert score.dtype == torch.float32, name
+        torch.testing.assert_close(score, torch.tensor(want[name], dtype=torch.float32), rtol=1e-6, atol=0, msg=name)
+    # KNN of bfloat16 features and bank: h's rows normalised, against the axes
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.bfloat16)
+    q = h / np.linalg.norm(h, axis=1, keepdims=True)
+    nearest = np.sort(np.linalg.norm(q[:, None] - np.eye(2)[None], axis=-1), axis=1)[:, 0]
+    torch.testing.assert_close(S.knn(feats, bank, k=1), torch.tensor(-nearest, dtype=torch.float32), rtol=1e-6, atol=1e-7)
+    # ReAct of bfloat16 features through a float32 layer: clipped at 0.75, (0.75, -2^-8) and (0.5, 0.25)
+    W, b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0.0, 0.5, -1.0])
+    z = np.minimum(h, 0.75) @ W.numpy().T + b.numpy()
+    got = S.react(feats, W, b, 0.75)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor(np.log(np.exp(z).sum(axis=-1)), dtype=torch.float32), rtol=1e-6, atol=0)
+    # ReAct's threshold of bfloat16 features that carry a gradient: 90th percentile of 1 .. 10 = 9.1
+    train = torch.arange(1.0, 11.0, dtype=torch.bfloat16).view(2, 5).requires_grad_(True)
+    assert S.react_threshold(train, 90.0) == pytest.approx(9.1, abs=1e-6)
+    # local MCM of bfloat16 patch cosines: patch 1's (1, 0) is the larger softmax
+    local = torch.tensor([[[0.5, -0.25], [1.0, 0.0]]], dtype=torch.bfloat16)
+    got = S.local_mcm(local)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-6)
+
+
+def test_local_mcm_takes_tau_1_by_default():
+    """MCM's temperature, 1 (docs/method.md §4), is local_mcm's default too: patch 0's softmax of
+    (0.9, 0.1) is the largest, e^0.9 / (e^0.9 + e^0.1)."""
+    local = torch.tensor([[[0.9, 0.1], [0.3, 0.3]]])
+    assert S.local_mcm(local).item() == pytest.approx(math.exp(0.9) / (math.exp(0.9) + math.exp(0.1)), rel=1e-6)
+
+
+def test_vim_with_no_principal_space_takes_the_whole_centred_feature_as_residual():
+    """dim = 0 is allowed: NS spans every direction, so the virtual logit is |x - u| itself. At any
+    scale of the features: the check for a residual is relative (features of size 1e-8 have one)."""
+    rng = np.random.default_rng(3)
+    X, W, b = rng.normal(size=(30, 3)), rng.normal(size=(2, 3)), rng.normal(size=2)
+    logits = X @ W.T + b
+    u = -np.linalg.pinv(W) @ b
+    alpha = logits.max(axis=-1).mean() / np.linalg.norm(X - u, axis=-1).mean()
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    fit = S.vim_fit(t(X), t(logits), t(W), t(b), dim=0)
+    assert fit["dim"] == 0 and fit["NS"].shape == (3, 3) and fit["alpha"] == pytest.approx(alpha, rel=1e-9)
+    tiny = S.vim_fit(t(X * 1e-8), t(logits * 1e-8), t(W), t(b * 1e-8), dim=0)  # (u, logits and residual scale too)
+    assert tiny["alpha"] == pytest.approx(alpha, rel=1e-6)
+    q = rng.normal(size=(4, 3))
+    qz = q @ W.T + b
+    want = np.log(np.exp(qz).sum(axis=-1)) - alpha * np.linalg.norm(q - u, axis=-1)
+    torch.testing.assert_close(S.vim(t(q).float(), t(qz).float(), fit["u"], fit["NS"], fit["alpha"]),
+                               torch.tensor(want, dtype=torch.float32), rtol=1e-5, atol=1e-5)
