@@ -1442,6 +1442,43 @@ def test_knn_takes_as_many_training_images_as_its_k():
             torch.testing.assert_close(bank.norm(dim=-1), torch.ones(50))
 
 
+def test_eval_fits_vim_react_knn_on_the_id_train_outputs_as_pytorch_ood_does():
+    """eval's vim, react and knn: fitted on the ID-train outputs (features, logits, the
+    classifier's W and b; ViM's dim C // 2 = 12 for 24 features), then applied to a test set's
+    outputs, equal pytorch-ood's detectors fitted on the same training features."""
+    import pytorch_ood.detector as D
+
+    from clip_smot.resnet.evaluate import RESNET_SCORERS, NetworkOutputs, _fit
+
+    g = torch.Generator().manual_seed(7)
+    C, d, K = 24, 12, 6
+    scale = torch.cat([torch.full((d,), 5.0), torch.full((C - d,), 0.5)])  # (an eigen-gap: see test_peer_ood)
+    basis = torch.linalg.qr(torch.randn(C, C, generator=g))[0]
+    train_x = ((torch.randn(500, C, generator=g) * scale) @ basis.T + 1.0).relu()
+    test_x = ((torch.randn(40, C, generator=g) * scale.flip(0)) @ basis.T + 1.0).relu()
+    fc = torch.nn.Linear(C, K)
+    with torch.no_grad():
+        fc.weight.copy_(torch.randn(K, C, generator=g))
+        fc.bias.copy_(torch.randn(K, generator=g))
+        train = NetworkOutputs(fc(train_x), train_x, torch.zeros(500, dtype=torch.long), None)
+        test = NetworkOutputs(fc(test_x), test_x, torch.zeros(40, dtype=torch.long), None)
+    fitted = _fit(train, fc, ["react", "knn", "vim"])
+    labels = torch.zeros(500, dtype=torch.long)
+    vim = D.ViM(None, d=d, w=fc.weight.detach(), b=fc.bias.detach()).fit_features(train_x, labels)
+    assert fitted["vim"]["dim"] == d and fitted["vim"]["alpha"] == pytest.approx(vim.alpha, rel=1e-4)
+    torch.testing.assert_close(RESNET_SCORERS["vim"](test, fitted), -vim.predict_features(test_x),
+                               rtol=1e-4, atol=1e-3)
+    thr = float(np.percentile(train_x.numpy(), 90))  # ReAct: the 90th percentile of every ID-train activation
+    assert fitted["react_threshold"] == pytest.approx(thr, rel=1e-6)
+    W, b = fc.weight.detach().double().numpy(), fc.bias.detach().double().numpy()
+    z = np.minimum(test_x.double().numpy(), thr) @ W.T + b  # energy of the clipped features' logits
+    assert (test_x.numpy() > thr).any()  # (some activations are clipped)
+    np.testing.assert_allclose(RESNET_SCORERS["react"](test, fitted).numpy(), np.log(np.exp(z).sum(-1)),
+                               rtol=1e-5, atol=1e-5)
+    knn = D.KNN(None, k=50).fit_features(train_x, labels).predict_features(test_x)
+    torch.testing.assert_close(RESNET_SCORERS["knn"](test, fitted).double(), -knn, rtol=1e-5, atol=1e-5)
+
+
 def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path):
     """A model whose training folder is gone (or that records none) evaluates msp and energy,
     which read the test images only; react, knn and vim, fitted on ID training features, ask for
