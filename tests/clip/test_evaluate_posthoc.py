@@ -260,3 +260,56 @@ def test_a_prompts_training_folder_or_split_file_that_is_not_there_is_named(tmp_
     with pytest.raises(UserError, match=rf"^--split: {prompt} was fitted on a split file that is not next to it; "
                                         r"pass --split SPLIT.txt$"):
         id_train_paths(str(prompt), config, None, None)
+
+
+def test_eval_fits_react_knn_vim_on_the_id_train_features_and_scores_each_set(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                               monkeypatch):
+    """`eval --id-train` fits react, knn and vim on the ID-train images' global features (every
+    one of them) and applies them to each test set's features: numpy from the encoded features,
+    as in test_react_knn_vim_by_numpy; metrics.json reports the threshold, ViM's fit and n."""
+    from clip_smot.clip import evaluate as clip_eval
+    from clip_smot.clip.features import encode_files
+
+    seen = {}
+
+    def spy(out, id_scores, ood_scores, **kw):
+        seen.update(id=id_scores, **ood_scores)
+        return real(out, id_scores, ood_scores, **kw)
+
+    real = clip_eval.write_reports
+    monkeypatch.setattr(clip_eval, "write_reports", spy)
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=3, n_ood=5)
+    train = _train_folder(tmp_path / "train")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"noise={ood_dir}", "--id-train", str(train), "--scores",
+                                   "react,knn,vim", "--workers", "0", "--batch-size", "4", "--no-cache", "--out",
+                                   str(out)])
+    assert res.exit_code == 0, res.output
+    scorer = PromptScorer.from_file(str(prompt), pretrained=tiny_clip_checkpoint, device="cpu")
+    W = float(scorer.logit_scale) * scorer.text_features.double().numpy()  # [K, e]: the head, no bias
+
+    def feats(folder):
+        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+        return encode_files(tiny, paths, workers=0, use_cache=False).global_.double().numpy()
+
+    X = feats(train)  # [51, 32]
+    lse = lambda z: np.log(np.exp(z).sum(-1))  # noqa: E731
+    c = np.percentile(X.ravel(), 90)
+    evals, evecs = np.linalg.eigh(X.T @ X / len(X))
+    NS = evecs[:, np.argsort(evals)[::-1][16:]]  # principal space of C // 2 = 16 dims
+    alpha = (X @ W.T).max(-1).mean() / np.linalg.norm(X @ NS, axis=-1).mean()
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["id_train"]["n_images"] == 51 and report["id_train"]["scores"] == ["react", "knn", "vim"]
+    assert report["id_train"]["react_threshold"] == pytest.approx(c, rel=1e-5)
+    assert report["id_train"]["vim"]["dim"] == 16 and report["id_train"]["vim"]["alpha"] == pytest.approx(alpha, rel=1e-4)
+    for name, folder in (("id", id_dir), ("noise", ood_dir)):
+        Q = feats(folder)
+        want = {"react": lse(np.minimum(Q, c) @ W.T),
+                "knn": -np.sort(np.linalg.norm(Q[:, None] - X[None], axis=-1), axis=1)[:, 49],
+                "vim": lse(Q @ W.T) - alpha * np.linalg.norm(Q @ NS, axis=-1)}
+        for score, values in want.items():  # sorted: eval's image order is its own
+            np.testing.assert_allclose(np.sort(seen[name][score]), np.sort(values), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{score} on {name}")
