@@ -313,3 +313,25 @@ def test_eval_fits_react_knn_vim_on_the_id_train_features_and_scores_each_set(tm
         for score, values in want.items():  # sorted: eval's image order is its own
             np.testing.assert_allclose(np.sort(seen[name][score]), np.sort(values), rtol=1e-4, atol=1e-5,
                                        err_msg=f"{score} on {name}")
+
+
+def test_eval_split_chooses_the_id_train_images_of_the_fitted_scores(tmp_path, tiny, tiny_clip_checkpoint):
+    """`eval --id-train DIR --split SPLIT.txt` fits react on the split's images of DIR only:
+    their number, and the 90th percentile of their features (numpy), in metrics.json."""
+    from clip_smot.clip.features import encode_files
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=3)
+    root = _train_folder(tmp_path / "train", n_per_class=5)
+    split = draw_split(resolve_classes(root), 2, 3)  # 6 of the 15 images
+    (tmp_path / "split.txt").write_text(split_text(split))
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"noise={ood_dir}", "--id-train", str(root), "--split",
+                                   str(tmp_path / "split.txt"), "--scores", "react", "--workers", "0", "--no-cache",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    X = encode_files(tiny, [str(root / rel) for rel, _ in split], workers=0, use_cache=False).global_.numpy()
+    fit = json.loads((out / "metrics.json").read_text())["id_train"]
+    assert fit["n_images"] == 6 and fit["react_threshold"] == pytest.approx(np.percentile(X.ravel(), 90), rel=1e-5)
