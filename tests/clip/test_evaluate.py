@@ -551,3 +551,19 @@ def test_recorded_class_folders_are_used_only_one_per_class():
     for run in ({"class_folders": ["a", "b", "c"]}, {"class_folders": ["a"]}, {"class_folders": ["a", 2]},
                 {"class_folders": "ab"}, ["a", "b"]):
         assert _prompt_folders({"run": run}, 2) is None, run
+
+
+def test_id_accuracy_is_the_percent_of_id_images_whose_predicted_class_is_their_label():
+    """3 of 4 predictions right: 75%, not the share of any one class (a constant prediction of
+    class 0 passed the end-to-end tests, whose tiny random CLIP may predict one class throughout)."""
+    from types import SimpleNamespace
+
+    from clip_smot.clip.evaluate import _summary
+
+    scorer = SimpleNamespace(clip=SimpleNamespace(name="m", pretrained=None), source="s", precision="fp32", fitted={})
+    id_s = SimpleNamespace(labels=[2, 1, 0, 2], paths=["a", "b", "c", "d"], note=None)
+    results = {"id": (id_s, {"pred_index": torch.tensor([2, 1, 1, 2])})}
+    extra, accuracy = _summary(SimpleNamespace(prompt=None), scorer, results, [], 0, 0.0)
+    assert accuracy == 75.0 and extra["n_images"] == {"id": 4} and "id_accuracy_note" not in extra
+    id_s.labels = None
+    assert _summary(SimpleNamespace(prompt=None), scorer, results, [], 0, 0.0)[1] is None
