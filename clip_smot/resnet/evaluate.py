@@ -201,6 +201,11 @@ def _score_table(o: NetworkOutputs, fitted: dict, names: list[str]) -> dict:
     return {n: RESNET_SCORERS[n](o, fitted).detach().float().cpu().numpy() for n in names}
 
 
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Top-1 accuracy in percent of logits [N, K] against labels [N] (None for no images)."""
+    return 100.0 * int((logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
+
+
 def _load_sets(cfg: ResnetEvalConfig, meta: dict, inputs: list, folders: list) -> tuple[SizedImageSet, dict]:
     """The ID test set and the OOD sets, each image checked against the output folder."""
     size = meta["input_size"]
@@ -269,7 +274,7 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
     id_out = run(id_set, need_odin)
     id_scores = _score_table(id_out, fitted, names)
     labels = id_out.labels
-    id_accuracy = 100.0 * int((id_out.logits.argmax(dim=-1) == labels).sum()) / len(labels) if len(labels) else None
+    id_accuracy = _accuracy(id_out.logits, labels)
     ood_scores = {name: _score_table(run(s, need_odin), fitted, names) for name, s in ood_sets.items()}
     extra = {
         "checkpoint": str(cfg.checkpoint), "arch": meta["arch"], "trained_on": meta["dataset"],

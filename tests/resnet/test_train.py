@@ -1480,6 +1480,16 @@ def test_eval_fits_vim_react_knn_on_the_id_train_outputs_as_pytorch_ood_does():
     torch.testing.assert_close(RESNET_SCORERS["knn"](test, fitted).double(), -knn, rtol=1e-5, atol=1e-5)
 
 
+def test_eval_id_accuracy_is_the_percent_of_images_whose_top_logit_is_their_label():
+    """3 of 4 right (row-wise argmax): 75%, where a column-wise argmax or one class throughout
+    would give another number; no images: None."""
+    from clip_smot.resnet.evaluate import _accuracy
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 4.0, 0.0], [9.0, 0.0, 1.0]])
+    assert _accuracy(logits, torch.tensor([0, 2, 1, 1])) == 75.0
+    assert _accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) is None
+
+
 def test_eval_without_training_data_needs_it_only_for_the_fitted_scores(tmp_path):
     """A model whose training folder is gone (or that records none) evaluates msp and energy,
     which read the test images only; react, knn and vim, fitted on ID training features, ask for
