@@ -146,6 +146,7 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     _, h_train = forward(sorted(folders.glob("train/*/*.png")))
     thr = np.percentile(h_train, 90)  # ReAct: the 90th percentile of every ID-train activation
     assert report["score_params"]["react"]["threshold"] == pytest.approx(thr, rel=1e-5)
+    assert report["score_params"]["knn"] == {"k": 50} and report["score_params"]["vim"] == {}  # (vim not asked)
     bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True)
 
     def by_hand(files):
