@@ -92,20 +92,27 @@ def test_odin_through_the_frozen_image_encoder_by_hand(tiny):
 ALL = ["mcm", "msp", "odin", "energy", "gradnorm", "vim", "knn", "gl-mcm", "react", "maxlogit"]
 
 
-def test_eval_writes_every_score_and_score_agrees(tmp_path, tiny, tiny_clip_checkpoint):
-    """`eval --scores mcm,msp,odin,energy,gradnorm,vim,knn,gl-mcm,...` writes a metrics row per score
-    and OOD set; its odin/gradnorm equal those of `clip-smot score` (AUROC recomputed from them)."""
-    from sklearn.metrics import roc_auc_score
-
+def _eval_with_id_train(tmp_path, tiny, checkpoint, scores, *extra):
+    """Run `eval --id-train` of a tiny prompt on 3 images a class against 5 noise images (OOD set
+    "noise"), ID-train from :func:`_train_folder`; (prompt, id, ood, train folders, out)."""
     prompt = tmp_path / "p.safetensors"
     make_prompt(prompt, tiny)
     id_dir, ood_dir = make_folders(tmp_path, n_per_class=3, n_ood=5)
     train = _train_folder(tmp_path / "train")
     out = tmp_path / "eval"
-    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
-                                   str(id_dir), "--ood", f"noise={ood_dir}", "--id-train", str(train), "--scores",
-                                   ",".join(ALL), "--workers", "0", "--batch-size", "4", "--out", str(out)])
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", checkpoint, "--id", str(id_dir),
+                                   "--ood", f"noise={ood_dir}", "--id-train", str(train), "--scores", scores,
+                                   "--workers", "0", "--batch-size", "4", *extra, "--out", str(out)])
     assert res.exit_code == 0, res.output
+    return prompt, id_dir, ood_dir, train, out
+
+
+def test_eval_writes_every_score_and_score_agrees(tmp_path, tiny, tiny_clip_checkpoint):
+    """`eval --scores mcm,msp,odin,energy,gradnorm,vim,knn,gl-mcm,...` writes a metrics row per score
+    and OOD set; its odin/gradnorm equal those of `clip-smot score` (AUROC recomputed from them)."""
+    from sklearn.metrics import roc_auc_score
+
+    prompt, id_dir, ood_dir, train, out = _eval_with_id_train(tmp_path, tiny, tiny_clip_checkpoint, ",".join(ALL))
     with open(out / "metrics.csv") as f:
         rows = {(r["score"], r["ood_set"]): r for r in csv.DictReader(f)}
     assert {s for s, _ in rows} == set(ALL)
@@ -278,16 +285,8 @@ def test_eval_fits_react_knn_vim_on_the_id_train_features_and_scores_each_set(tm
 
     real = clip_eval.write_reports
     monkeypatch.setattr(clip_eval, "write_reports", spy)
-    prompt = tmp_path / "p.safetensors"
-    make_prompt(prompt, tiny)
-    id_dir, ood_dir = make_folders(tmp_path, n_per_class=3, n_ood=5)
-    train = _train_folder(tmp_path / "train")
-    out = tmp_path / "eval"
-    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
-                                   str(id_dir), "--ood", f"noise={ood_dir}", "--id-train", str(train), "--scores",
-                                   "react,knn,vim", "--workers", "0", "--batch-size", "4", "--no-cache", "--out",
-                                   str(out)])
-    assert res.exit_code == 0, res.output
+    prompt, id_dir, ood_dir, train, out = _eval_with_id_train(tmp_path, tiny, tiny_clip_checkpoint, "react,knn,vim",
+                                                              "--no-cache")
     scorer = PromptScorer.from_file(str(prompt), pretrained=tiny_clip_checkpoint, device="cpu")
     W = float(scorer.logit_scale) * scorer.text_features.double().numpy()  # [K, e]: the head, no bias
 

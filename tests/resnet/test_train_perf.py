@@ -177,20 +177,27 @@ def _batches(n=20, batch=8, seed=7):
     return TensorBatches(x, y, batch, torch.device("cpu"), seed=seed)
 
 
-def test_each_batch_of_an_epoch_gets_its_own_thresholds(monkeypatch):
-    """The epoch draws its n thresholds at once from (seed, epoch, rank, stream 2) (mix_seed's
-    docstring) and hands batch i its own slice: consecutive, not the first slice again."""
+def _spy_train_step(monkeypatch, record) -> list:
+    """Make train_epoch's train_step note ``record(t, noise_gen)`` of each step (its thresholds, its
+    noise generator) in the list returned, then take the step."""
     import clip_smot.resnet.train as train_mod
 
-    model, parts, _, _, _ = _setup()
-    got = []
-    real = train_mod.train_step
+    seen, real = [], train_mod.train_step
 
     def spy(model, optimizer, x, y, t, parts, amp, noise_gen=None):
-        got.append(t.clone())
+        seen.append(record(t, noise_gen))
         return real(model, optimizer, x, y, t, parts, amp, noise_gen)
 
     monkeypatch.setattr(train_mod, "train_step", spy)
+    return seen
+
+
+def test_each_batch_of_an_epoch_gets_its_own_thresholds(monkeypatch):
+    """The epoch draws its n thresholds at once from (seed, epoch, rank, stream 2) (mix_seed's
+    docstring) and hands batch i its own slice: consecutive, not the first slice again."""
+
+    model, parts, _, _, _ = _setup()
+    got = _spy_train_step(monkeypatch, lambda t, noise_gen: t.clone())
     opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False)
     stats = train_epoch(model, opt, _batches(), 3, parts, autocast(torch.device("cpu"), "fp32"), seed=7, alpha=50.0,
                         beta=20.0, rank=0, n_samples=20)
@@ -221,18 +228,10 @@ def test_a_noise_epoch_draws_its_noise_from_its_own_seed_epoch_and_rank(monkeypa
     mix_seed's docstring), so that epochs and processes draw other noise. (A generator left
     unseeded, or seeded from the wrong numbers, is as deterministic, which is all
     test_a_noise_epoch_is_a_function_of_the_seed_not_of_the_global_rng can see.)"""
-    import clip_smot.resnet.train as train_mod
 
     model, parts, _, _, _ = _setup()
     parts.perturb = "noise"
-    seeds = []
-    real = train_mod.train_step
-
-    def spy(model, optimizer, x, y, t, parts, amp, noise_gen=None):
-        seeds.append(noise_gen.initial_seed())
-        return real(model, optimizer, x, y, t, parts, amp, noise_gen)
-
-    monkeypatch.setattr(train_mod, "train_step", spy)
+    seeds = _spy_train_step(monkeypatch, lambda t, noise_gen: noise_gen.initial_seed())
     opt = make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu"), fused=False)
     train_epoch(model, opt, _batches(), 5, parts, autocast(torch.device("cpu"), "fp32"), seed=7, alpha=50.0,
                 beta=20.0, rank=2, n_samples=20, max_steps=1)
