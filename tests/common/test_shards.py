@@ -75,6 +75,19 @@ def test_a_shard_beside_a_file_named_as_its_member_is_refused(tmp_path):
         shards.list_members(shard, "--x")
 
 
+
+def test_a_shard_given_by_its_bare_name_is_checked_beside_it_too(tmp_path, monkeypatch):
+    """A shard named relative to the working folder ('x.tar', no folder part) has the same check:
+    its folder is '.', not '' (which cannot be looked at, and let the planted file be read)."""
+    with tarfile.open(tmp_path / "x.tar", "w") as tar:
+        _add(tar, "y.jpg", b"member")
+    (tmp_path / "x.tar::y.jpg").write_bytes(b"planted")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--x x.tar: x.tar::y.jpg is a file beside the shard with the name of one of "
+                                        "its images"):
+        shards.list_members("x.tar", "--x")
+
+
 def test_a_shard_whose_own_path_holds_the_separator_is_refused(tmp_path):
     """The shard ``w.tar::b/s.tar`` (in a folder of that name) names its image ``m.jpg``
     ``w.tar::b/s.tar::m.jpg``, which :func:`split_member` splits at its first ``.tar::``: score read
@@ -123,8 +136,9 @@ def test_bad_shards_are_one_line(tmp_path, monkeypatch):
         shards.read_image_bytes(b)
 
 
-@pytest.mark.parametrize("cut", [1536 + 50, 2560 + 300, 512 + 100 + 10],
-                         ids=["inside 000.cls", "inside the header of 001.jpg", "in the padding after 000.jpg"])
+@pytest.mark.parametrize("cut", [1536 + 50, 2560 + 300, 512 + 100 + 10, 512 + 100],
+                         ids=["inside 000.cls", "inside the header of 001.jpg", "in the padding after 000.jpg",
+                              "right after 000.jpg's last byte"])
 def test_a_shard_cut_elsewhere_than_inside_an_image_is_unreadable(tmp_path, cut):
     """webdataset's KEY.jpg, KEY.cls, ...: a copy stopped inside a KEY.cls, inside a header, or in
     the padding after an image's bytes listed the images before the cut, and the ones after it
@@ -354,6 +368,61 @@ def test_a_folder_whose_name_ends_in_tar_is_a_folder(tmp_path):
     (tmp_path / "s.tar" / "a.png").write_bytes(b"a")
     assert not shards.is_shard(tmp_path / "s.tar")
     assert image_files(tmp_path / "s.tar", "PATH") == [tmp_path / "s.tar" / "a.png"]
+    # a regular file is a shard by its name alone: an image file given as PATH is that image
+    assert not shards.is_shard(tmp_path / "s.tar" / "a.png")
+    assert image_files(tmp_path / "s.tar" / "a.png", "PATH") == [tmp_path / "s.tar" / "a.png"]
+
+
+def test_a_shard_in_a_folder_whose_name_holds_tar_is_split_at_its_own_name(tmp_path, monkeypatch):
+    """SHARD.tar::MEMBER is split at '.tar::', not at the first '.tar' of the path (a folder
+    'x.tar.d', 'old.tars'); a shard named '.tar' itself, given relative, is split at its start."""
+    (tmp_path / "x.tar.d").mkdir()
+    for shard in (tmp_path / "x.tar.d" / "s.tar", tmp_path / ".tar"):
+        with tarfile.open(shard, "w") as tar:
+            _add(tar, "a.jpg", b"image a")
+    names = shards.list_members(tmp_path / "x.tar.d" / "s.tar")
+    assert names == [f"{tmp_path / 'x.tar.d' / 's.tar'}::a.jpg"]
+    assert shards.split_member(names[0]) == (str(tmp_path / "x.tar.d" / "s.tar"), "a.jpg")
+    assert shards.read_image_bytes(names[0]) == b"image a"
+    monkeypatch.chdir(tmp_path)
+    assert shards.list_members(".tar") == [".tar::a.jpg"]
+    assert shards.split_member(".tar::a.jpg") == (".tar", "a.jpg")
+    assert shards.read_image_bytes(".tar::a.jpg") == b"image a"
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse members")
+def test_a_sparse_member_storing_a_negative_size_is_one_line_not_a_loop(tmp_path):
+    """An old GNU sparse header keeps the member's length (holes included) apart from the bytes it
+    stores: a stored size of -512 with a whole length that is not negative sent tarfile's next
+    header back onto the same one (a listing that never ends)."""
+    import signal
+
+    def endless(*_):
+        raise TimeoutError("the listing did not end")
+
+    (tmp_path / "a.png").write_bytes(b"a" * 10)
+    with open(tmp_path / "holes.bin", "wb") as f:
+        f.write(b"x" * 10)
+        f.seek(1 << 20)
+        f.write(b"y" * 10)
+    subprocess.run(["tar", "--format=gnu", "-S", "-cf", str(tmp_path / "s.tar"), "-C", str(tmp_path), "a.png",
+                    "holes.bin"], check=True)
+    raw = bytearray((tmp_path / "s.tar").read_bytes())
+    h = 1024  # (a.png's header and its one block of data, then the sparse member's header)
+    assert raw[h:h + 9] == b"holes.bin" and raw[h + 156:h + 157] == b"S"
+    raw[h + 124:h + 136] = b"\xff" + ((1 << 88) - 512).to_bytes(11, "big")  # (stored: -512, base-256)
+    raw[h + 148:h + 156] = b" " * 8
+    raw[h + 148:h + 156] = b"%06o\0 " % sum(raw[h:h + 512])
+    (tmp_path / "s.tar").write_bytes(bytes(raw))
+    before = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(member 'holes.bin' has a "
+                                            r"negative size or overlaps the one before\)$"):
+            shards.list_members(tmp_path / "s.tar")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_a_shard_cut_before_its_first_image_is_unreadable_not_imageless(tmp_path):
@@ -371,6 +440,15 @@ def test_a_shard_cut_before_its_first_image_is_unreadable_not_imageless(tmp_path
 def test_a_missing_shard_or_image_file_is_named_missing(tmp_path):
     with pytest.raises(UserError, match=rf"^--x {tmp_path / 'gone.tar'}: no such file$"):
         shards.list_members(tmp_path / "gone.tar", "--x")
+    # an image of a shard gone since it was listed: no flag named it, the shard is named
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'gone.tar'}: cannot read the shard \(No such file or "
+                                        r"directory\)$"):
+        shards.read_image_bytes(f"{tmp_path / 'gone.tar'}::a.jpg")
+    # a path that cannot be looked at (a file taken for a folder) is not said to be missing
+    (tmp_path / "f.png").write_bytes(b"f")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'f.png' / 's.tar'}: cannot read the shard \(Not a "
+                                        r"directory\)$"):
+        shards.list_members(tmp_path / "f.png" / "s.tar", "--x")
     with pytest.raises(UserError, match=rf"^{tmp_path / 'gone.png'}: no such image file$"):
         shards.read_image_bytes(tmp_path / "gone.png")
 
@@ -412,6 +490,16 @@ def _extended(kind, body):
     return _header("ext", kind, len(body)) + _padded(body)
 
 
+def _negative_extended(kind, body):
+    """An extended header declaring a size of -512 (base-256), then ``body``: tarfile reads its
+    records with read(-512), which a file object takes as 'read to the end'."""
+    raw = bytearray(_header("ext", kind, 0))
+    raw[124:136] = b"\xff" + ((1 << 88) - 512).to_bytes(11, "big")
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw)
+    return bytes(raw) + _padded(body)
+
+
 def _old_gnu_sparse(fragments):
     """A sparse member in the old GNU layout: 4 fragments in its header, 21 a block after it."""
     info = tarfile.TarInfo("holes.bin")
@@ -438,6 +526,7 @@ _HOSTILE_HEADERS = {
         ) + _member("holes.bin"),
     "pax 1.0 sparse map": lambda: _extended(b"x", _record(b"GNU.sparse.major", b"1") + _record(b"GNU.sparse.minor", b"0")
                                             ) + _member("holes.bin", b"%d\n" % (_BIG // 10) + b"1000\n" * (_BIG // 5)),
+    "pax declaring a negative size": lambda: _negative_extended(b"x", _record(b"comment", b"c" * _BIG)),
     "global pax headers": lambda: b"".join(_extended(b"g", _record(b"k%d" % i, b"v" * 30000)) + _member(f"{i}.cls")
                                            for i in range(_BIG // 30000)),  # (each holds; tarfile keeps them all)
 }
@@ -497,6 +586,14 @@ def test_the_header_limit_admits_headers_of_exactly_that_size(tmp_path, monkeypa
         shards.list_members(tmp_path / "g.tar")
     limit(8000)
     assert len(shards.list_members(tmp_path / "g.tar")) == 2
+    # the records held count their keys too ("k1" and 3,000 "v"s: 3,002 bytes), with the 4,096
+    # and the byte before 4608 that tarfile reads to see that the first member's data is there
+    limit(3002 + 1 + 4096)
+    assert len(shards.list_members(tmp_path / "g.tar")) == 2
+    limit(3002 + 4096)
+    with pytest.raises(UserError, match=r"g.tar: not a readable uncompressed tar shard \(the headers at byte 4608 "
+                                        r"take more than 7098 bytes"):
+        shards.list_members(tmp_path / "g.tar")
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
