@@ -1711,6 +1711,73 @@ def test_a_quote_left_open_in_a_partial_is_refused_not_read_to_the_end(tmp_path,
     assert len(records) == 3001 and records[-1][0] == ["a/2999.png", "red", "0", "0.5"]
 
 
+def test_a_row_cut_at_the_record_limit_is_cut_off_not_damaged(tmp_path):
+    """A record holds at most MAX_RECORD bytes: a last line of exactly that many, cut by the end of
+    the file, is a row cut off (scored again), not an edited file."""
+    from clip_smot.clip import score as sc
+
+    head = "path,pred,pred_index,mcm\n"
+    partial = tmp_path / "s.csv.partial"
+    partial.write_text(head + "a/0.png,red,0,0.5\n" + "a/" + "x" * (sc.MAX_RECORD - 2))
+    assert [fields for fields, _ in sc._records(partial, 0)] == [["path", "pred", "pred_index", "mcm"],
+                                                                  ["a/0.png", "red", "0", "0.5"]]
+
+
+def test_a_row_whose_class_name_has_more_newlines_than_the_others_resumes(tmp_path):
+    """A record may stay open over as many lines as the class name with the most newlines has
+    (not the fewest): the rows of a prompt naming "red" and "gr\neen" read back whole."""
+    from clip_smot.clip import score as sc
+
+    header = ["path", "pred", "pred_index", "mcm"]
+    partial = tmp_path / "s.csv.partial"
+    text = "path,pred,pred_index,mcm\na/0.png,red,0,0.5\na/1.png,\"gr\neen\",1,0.25\n"
+    partial.write_bytes(text.encode())
+    done, keep = sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png"], ["red", "gr\neen"], False)
+    assert (done, keep) == (2, len(text))
+    # a quoted name on one line (a comma in it: two quotes) closes its record there
+    text += 'a/2.png,"a,b",2,0.125\n'
+    partial.write_bytes(text.encode())
+    assert sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png", "a/3.png"], ["red", "gr\neen", "a,b"],
+                            False) == (3, len(text))
+    # a score that is no number is no row of a run
+    partial.write_bytes(text.replace("0.125", "abc").encode())
+    with pytest.raises(UserError, match=r"row 3 of .* is not a row of this prompt's scores"):
+        sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png"], ["red", "gr\neen", "a,b"], False)
+
+
+def test_a_record_left_open_over_more_than_the_record_limit_is_damaged(tmp_path):
+    """The bytes of an open record add up over its lines: two lines of 600,000 bytes with a quote
+    left open are over MAX_RECORD (1 MiB) though each line is not, and the row is refused."""
+    from clip_smot.clip import score as sc
+
+    head = "path,pred,pred_index,mcm\n"
+    partial = tmp_path / "s.csv.partial"
+    partial.write_text(head + 'a/x.png,"' + "y" * 600_000 + "\n" + "z" * 600_000 + '\nw",0,0.5\n')
+    with pytest.raises(UserError, match=rf"the row from byte {len(head)} on is damaged"):
+        list(sc._records(partial, 3))
+
+
+def test_a_run_file_of_the_size_limit_is_read_and_a_linked_one_is_not(tmp_path):
+    """OUT.partial.json is read up to 1 MiB (a run file of exactly that size is read); one that is
+    a symbolic link, even to the right record, is refused."""
+    from clip_smot.clip import score as sc
+
+    run = {"prompt_sha256": "ab", "model": "m", "precision": "fp32", "decoder": None}
+    text = json.dumps(run)
+    run_file, partial = tmp_path / "s.csv.partial.json", tmp_path / "s.csv.partial"
+    run_file.write_text(text + " " * ((1 << 20) - len(text)))
+    assert run_file.stat().st_size == 1 << 20
+    sc._check_run_file(run_file, run, partial)
+    run_file.write_text(text + " " * ((1 << 20) - len(text) + 1))
+    with pytest.raises(UserError, match="is missing or damaged"):
+        sc._check_run_file(run_file, run, partial)
+    (tmp_path / "real.json").write_text(text)
+    run_file.unlink()
+    run_file.symlink_to(tmp_path / "real.json")
+    with pytest.raises(UserError, match="is missing or damaged"):
+        sc._check_run_file(run_file, run, partial)
+
+
 def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
