@@ -1155,6 +1155,11 @@ def test_csv_rows_hold_every_score_exactly_in_the_images_order():
     assert [r[:3] for r in rows] == [["/d/3.png", "ship", "2"], ["/d/1.png", "cat", "0"], ["/d/2.png", "dog", "1"],
                                      ["/d/0.png", "cat", "0"]]
     assert [float(r[3]) for r in rows] == energy.tolist() and [float(r[4]) for r in rows] == mcm.tolist()
+    # fields are quoted only where csv must (a comma, a quote, a newline) or a carriage return is
+    one = PathScores(["/d/a.png", "/d/b.png", "/d/c.png"], {"pred_index": torch.tensor([0, 1, 2]),
+                                                            "mcm": torch.tensor([0.5, 0.25, 1.0])}, [])
+    assert _csv_rows(one, ["mcm"], ["cat", "a,b", "x\ry"]) == ('/d/a.png,cat,0,0.5\n/d/b.png,"a,b",1,0.25\n'
+                                                              '"/d/c.png","x\ry","2","1.0"\n')
 
 
 def test_class_names_that_are_not_utf8_do_not_lose_the_csv(tmp_path, tiny, tiny_clip_checkpoint):
@@ -1739,10 +1744,22 @@ def test_a_row_whose_class_name_has_more_newlines_than_the_others_resumes(tmp_pa
     partial.write_bytes(text.encode())
     assert sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png", "a/3.png"], ["red", "gr\neen", "a,b"],
                             False) == (3, len(text))
-    # a score that is no number is no row of a run
-    partial.write_bytes(text.replace("0.125", "abc").encode())
-    with pytest.raises(UserError, match=r"row 3 of .* is not a row of this prompt's scores"):
-        sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png"], ["red", "gr\neen", "a,b"], False)
+    # a score that is no number, not finite, or not as the run writes it is no row of a run
+    for edit in ("abc", "nan", "0.1250", " 0.125"):
+        partial.write_bytes(text.replace("0.125", edit).encode())
+        with pytest.raises(UserError, match=r"row 3 of .* is not a row of this prompt's scores"):
+            sc._resume_point(partial, header, ["a/0.png", "a/1.png", "a/2.png"], ["red", "gr\neen", "a,b"], False)
+    # no whole header: a header of other scores, cut before its line end, is no partial of this run
+    partial.write_bytes(b"path,pred,pred_index,mcm,msp")
+    with pytest.raises(UserError, match=r"holds other columns than path,pred,pred_index,mcm \(its first line: "
+                                        r"path,pred,pred_index,mcm,"):
+        sc._resume_point(partial, header, ["a/0.png"], ["red"], False)
+    partial.write_bytes(b"path,pred,pred_in")  # (stopped while its own header was written: nothing scored)
+    assert sc._resume_point(partial, header, ["a/0.png"], ["red"], False) == (0, 0)
+    partial.unlink()
+    partial.mkdir()  # (a folder made there: named as what it is, not as no partial)
+    with pytest.raises(UserError, match=r"s.csv.partial is not a regular file; remove it"):
+        sc._resume_point(partial, header, ["a/0.png"], ["red"], False)
 
 
 def test_a_record_left_open_over_more_than_the_record_limit_is_damaged(tmp_path):
