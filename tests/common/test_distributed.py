@@ -219,6 +219,10 @@ def test_a_process_that_meets_another_that_stopped_stops_in_one_line(tmp_path):
      "$MASTER_PORT 99999: not a port (1 to 65535)"),
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "0"},
      "$MASTER_PORT 0: not a port (1 to 65535)"),  # (rank 0 would listen on a free port no other rank knows)
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "65536"},
+     "$MASTER_PORT 65536: not a port (1 to 65535)"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "x", "MASTER_PORT": "65535"}, (1, 1, 2)),
+    ({"WORLD_SIZE": "3", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, (2, 0, 3)),
 ])
 def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
     """WORLD_SIZE=2 alone was torch.distributed's traceback (RANK expected), WORLD_SIZE=abc int()'s,
@@ -232,9 +236,41 @@ def test_torchrun_variables_are_checked_in_one_line(monkeypatch, env, expected):
     if expected is None:
         assert torchrun_env() == (0, 0, 1)
         return
+    if isinstance(expected, tuple):  # (rank, local rank, world size) of a process of a torchrun group
+        assert torchrun_env() == expected
+        return
     with pytest.raises(UserError) as e:
         torchrun_env()
     assert str(e.value).startswith(expected)
+
+
+def test_the_paths_of_a_process_group_in_a_group_of_one_process(tmp_path):
+    """What only a torchrun takes, in a gloo group of this one process (no spawn): every_rank
+    gathers through gloo, rank 0 writes, share_work gives its one share, and gloo's "closed by
+    peer" inside the group is the one line, any other error (or one outside a group) as it is."""
+    from clip_smot.common import distributed as d
+
+    peer = "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"
+    with pytest.raises(RuntimeError, match="closed by peer"):  # (outside a group: not ours to rename)
+        with d.peer_stopped_in_one_line():
+            raise RuntimeError(peer)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert d.every_rank({"a": [1, 2]}) == [{"a": [1, 2]}]
+        assert d.writes_outputs()
+        d.same_on_every_rank("x", "what")
+        assert d.share_work(lambda xs: [2 * x for x in xs], [1, 2, 3], 2) == [[2, 4, 6]]
+        with d.writer_lock(tmp_path / "o.csv"):
+            pass
+        with pytest.raises(UserError, match=r"^another of the 1 processes stopped \(its own error line says why\)"):
+            with d.peer_stopped_in_one_line():
+                raise RuntimeError(peer)
+        with pytest.raises(RuntimeError, match="^CUDA out of memory$"):
+            with d.peer_stopped_in_one_line():
+                raise RuntimeError("CUDA out of memory")
+    finally:
+        torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()
 
 
 def _variables_of_rank_0(monkeypatch, address: str, port: int) -> None:
