@@ -619,3 +619,13 @@ def test_a_chain_of_extended_headers_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(the headers at byte 0 extend "
                                         r"one another more deeply than tarfile can follow\)$"):
         shards.list_members(tmp_path / "s.tar")
+
+
+def test_the_limits_are_the_ones_docs_score_md_states():
+    """The tests above monkeypatch the two limits; here their values, written out from docs/score.md."""
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[2] / "docs" / "score.md").read_text().split())
+    assert "a member over 256 MiB is an unreadable image" in text
+    assert "take more than 1 MiB: `tarfile` holds them in memory whole" in text
+    assert (shards.MAX_MEMBER_BYTES, shards.MAX_HEADER_BYTES) == (256 * 1024 * 1024, 1024 * 1024)
