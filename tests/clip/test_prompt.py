@@ -246,6 +246,17 @@ def test_custom_text_towers_are_refused(clip):
         PromptLearner(fake, NAMES)
 
 
+@pytest.mark.parametrize("missing", ["ln_final", "text_projection", "attn_mask"])
+def test_a_model_without_a_part_of_the_text_tower_is_refused(clip, missing):
+    """A model with no ``text`` tower of its own but without one part of CLIP's (here deleted
+    from a copy of the tiny CLIP) is refused in one line, before anything reads that part."""
+    broken = copy.deepcopy(clip.model)
+    delattr(broken, missing)
+    assert not hasattr(broken, "text") and not hasattr(broken, missing)
+    with pytest.raises(UserError, match="standard CLIP text tower"):
+        encoders.check_text_tower(broken, "tiny")
+
+
 def test_a_text_tower_without_a_causal_mask_is_refused(tiny_clip_config, tmp_path):
     """open_clip's ``text_cfg.no_causal_mask`` builds a text transformer whose tokens see the whole
     prompt, padding included: encoding up to each EOT only, and packing, would give other features
