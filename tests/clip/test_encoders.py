@@ -17,6 +17,7 @@ from helpers import (
 
 from clip_smot.clip.encoders import ImageEncoder, fast_image_encoder
 from clip_smot.clip.model import load_clip
+from clip_smot.common.errors import UserError
 from clip_smot.clip.prompt import PromptLearner
 from clip_smot.clip.step import make_fit_step
 from clip_smot.smot import cam_mask, sample_thresholds, smoothing_eps, soft_targets
@@ -151,6 +152,45 @@ def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_d
         ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
         expected = model.encode_text(tokens)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("part", ["attn", "ln_1", "ln_2", "mlp"])
+def test_a_block_not_open_clips_standard_one_is_refused(clip, part):
+    """The encoders run open_clip's ResidualAttentionBlock by its parts: a block whose attention is
+    not nn.MultiheadAttention, whose ln_1 or ln_2 is no LayerNorm, or whose MLP has no c_fc, is
+    refused in the text tower (one line) and left to open_clip in the image tower."""
+    from clip_smot.clip.encoders import check_text_tower
+
+    other = {"attn": torch.nn.Linear(32, 32), "ln_1": torch.nn.Identity(), "ln_2": torch.nn.Identity(),
+             "mlp": torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(), torch.nn.Linear(128, 32))}[part]
+    model = copy.deepcopy(clip.model)
+    setattr(model.transformer.resblocks[0], part, other)
+    with pytest.raises(UserError, match="not open_clip's standard ResidualAttentionBlock"):
+        check_text_tower(model, "tiny")
+    if part == "attn":
+        other = torch.nn.Linear(64, 64)
+    elif part == "mlp":
+        other = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    model = copy.deepcopy(clip.model)
+    setattr(model.visual.transformer.resblocks[1], part, other)
+    assert fast_image_encoder(model) is None
+
+
+@pytest.mark.parametrize("change", ["conv1", "class_embedding", "positional_embedding", "pool_type", "ln_post",
+                                    "ln_pre"])
+def test_an_image_tower_not_open_clips_plain_vit_is_left_to_open_clip(clip, change):
+    """The fast image encoder needs a patch convolution, a class token, positional embeddings,
+    'tok' or 'avg' pooling, a LayerNorm ln_post and a LayerNorm (or no) ln_pre: a tower without
+    one of them (here changed in a copy of the tiny ViT) gets no fast encoder, open_clip's own
+    encode_image runs instead."""
+    model = copy.deepcopy(clip.model)
+    visual = model.visual
+    if change in ("class_embedding", "positional_embedding"):
+        setattr(visual, change, None)
+    else:
+        setattr(visual, change, {"conv1": torch.nn.Identity(), "pool_type": "last", "ln_post": torch.nn.Identity(),
+                                 "ln_pre": torch.nn.Linear(64, 64)}[change])
+    assert fast_image_encoder(model) is None
 
 
 def test_image_encoder_drops_the_pixels_past_the_last_patch_as_open_clip_does(clip):
