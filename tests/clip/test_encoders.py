@@ -154,6 +154,71 @@ def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_d
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
+def test_encoders_take_no_gradient_from_a_model_that_is_not_frozen(tiny_clip_config):
+    """The encoders' weights are detached copies or views: built from a model whose parameters
+    still require grad (open_clip's CLIP as constructed, not frozen by load_clip), no buffer
+    requires grad and no feature is part of a graph through the model's weights."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    torch.manual_seed(0)
+    model = CLIP(**json.loads(Path(tiny_clip_config).read_text())).eval()
+    assert all(p.requires_grad for p in model.parameters())
+    text, image = TextEncoder(model), ImageEncoder(model.visual)
+    assert not [name for name, b in [*text.named_buffers(), *image.named_buffers()] if b.requires_grad]
+    tokens = _hand_tokens(torch.Generator().manual_seed(3))
+    eot = tokens.argmax(-1)
+    embeddings = model.token_embedding(tokens).detach()
+    assert not text(embeddings, eot, packed_index(eot, 77)).requires_grad
+    assert not image((images() - 0.5) / 0.25).requires_grad
+
+
+@pytest.mark.parametrize("attention", ["causal", "mask", "square", "flex"])
+def test_a_prefix_of_one_position_is_encoded_as_open_clip_does(clip, attention):
+    """TextEncoder takes any shared prefix: here the start token alone (P = 1; a prompt learner's
+    is 1 + n_ctx), then 76 positions of each prompt, whose queries sit one key to the right. The
+    features are open_clip's own encode_text of the whole prompts."""
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    m = clip.model
+    tokens = _hand_tokens(torch.Generator().manual_seed(4))
+    eot = tokens.argmax(-1) - 1  # [3] within the suffix
+    with torch.no_grad():
+        x = m.token_embedding(tokens)  # [3, 77, 32]
+        ours = TextEncoder(m, attention=attention)(x[:, 1:], eot, packed_index(eot, 76), prefix=x[0, :1])
+        expected = m.encode_text(tokens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_more_positions_than_the_context_length_are_refused(clip):
+    """77 positions at most (the positional embedding's), prefix and prompt together."""
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    enc = TextEncoder(clip.model)
+    eot = torch.tensor([5])
+    with pytest.raises(ValueError, match="prompts of 78 tokens exceed the context length 77"):
+        enc(torch.zeros(1, 78, 32), eot, packed_index(eot, 78))
+    with pytest.raises(ValueError, match="prompts of 78 tokens exceed the context length 77"):
+        enc(torch.zeros(1, 76, 32), eot, packed_index(eot, 76), prefix=torch.zeros(2, 32))
+    assert enc(torch.zeros(1, 75, 32), eot, packed_index(eot, 75), prefix=torch.zeros(2, 32)).shape == (1, 32)
+
+
+def test_text_encoder_holds_nothing_a_state_dict_saves(tiny_clip_config):
+    """Its weights are non-persistent buffers: nothing in its state_dict (nor in that of a learner
+    holding it), with the plain [width, e] projection and with a biased nn.Linear one."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    for proj_bias in (False, True):
+        cfg["text_cfg"]["proj_bias"] = proj_bias
+        enc = TextEncoder(CLIP(**cfg).eval())
+        assert (enc.proj_b is not None) == proj_bias
+        assert not list(enc.parameters()) and not enc.state_dict()
+
+
 @pytest.mark.parametrize("part", ["attn", "ln_1", "ln_2", "mlp"])
 def test_a_block_not_open_clips_standard_one_is_refused(clip, part):
     """The encoders run open_clip's ResidualAttentionBlock by its parts: a block whose attention is
@@ -174,6 +239,27 @@ def test_a_block_not_open_clips_standard_one_is_refused(clip, part):
     model = copy.deepcopy(clip.model)
     setattr(model.visual.transformer.resblocks[1], part, other)
     assert fast_image_encoder(model) is None
+
+
+def test_encoders_of_three_blocks_equal_open_clip(tiny_clip_config):
+    """The tiny CLIP's towers have two blocks, so its second block is also its last: with three
+    blocks a tower's last block is no other one, and both encoders still compute open_clip's
+    encode_image / encode_text."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 3
+    torch.manual_seed(0)
+    model = CLIP(**cfg).eval()
+    x = (images() - 0.5) / 0.25
+    tokens = _hand_tokens(torch.Generator().manual_seed(5))
+    eot = tokens.argmax(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+        ours = TextEncoder(model)(model.token_embedding(tokens), eot, packed_index(eot, 77))
+        torch.testing.assert_close(ours, model.encode_text(tokens), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("change", ["conv1", "class_embedding", "positional_embedding", "pool_type", "ln_post",
