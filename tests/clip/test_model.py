@@ -1,5 +1,7 @@
 import json
+import os
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,43 @@ def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix)
     assert "\n" not in str(info.value)
 
 
+class _MakesAFolder:
+    """Unpickled, it makes a folder: what any code in a hostile checkpoint's pickle could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tiny_clip_config, tmp_path):
+    """A .pt file is a pickle: read with ``weights_only=False``, one naming os.mkdir (or anything
+    else) runs it. Every read of it (the check for complex tensors, the check for OpenAI's extra
+    entries, which this file holds, and the load) refuses it in one line; nothing runs."""
+    ran = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"input_resolution": torch.tensor(224), "x": _MakesAFolder(str(ran))}, evil)
+    assert zipfile.is_zipfile(evil) and not ran.exists()
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {evil}: could not load the weights "
+                                        r"\(Weights only load failed") as e:
+        load_clip(tiny_clip_config, str(evil))
+    assert "\n" not in str(e.value) and not ran.exists()
+
+
+@pytest.mark.parametrize("names", [["data.pkl"], ["constants.pkl", "data.pkl"]])
+def test_a_zip_whose_entries_sit_in_no_folder_is_one_line(tiny_clip_config, tmp_path, names):
+    """torch's archives keep every entry in one folder (``archive/data.pkl``); a zip given as
+    weights whose entries sit at its top (a TorchScript archive's ``constants.pkl`` among them, or
+    not) is refused in one line, not a traceback of the archive checks."""
+    path = tmp_path / "flat.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            z.writestr(name, b"not a pickle")
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {path}: could not load the weights"):
+        load_clip(tiny_clip_config, str(path))
+
+
 def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_clip_checkpoint, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -186,6 +225,30 @@ def test_a_complex_weight_is_refused_not_cast_to_its_real_part(tiny_clip_config,
         with pytest.raises(UserError, match=rf"^--pretrained {path}: text_projection is of dtype {dtype}, not a "
                                             r"(dense )?real-valued tensor; not loaded$"):
             load_clip(tiny_clip_config, str(path))
+
+
+def test_a_sparse_weight_or_an_entry_that_is_no_tensor_is_one_line(tiny_clip_config, tiny_clip_checkpoint, tmp_path):
+    """In torch.save's format a weight may be sparse (loading would densify what no open_clip
+    weight is) and an entry may be no tensor at all (a training script's ``epoch``): the first is
+    refused before open_clip loads anything, the second in open_clip's own words; neither is a
+    traceback of the checks that look at every entry."""
+    from safetensors.torch import load_file
+
+    state = load_file(tiny_clip_checkpoint)
+    sparse = tmp_path / "sparse.pt"
+    torch.save({**state, "text_projection": state["text_projection"].to_sparse()}, sparse)
+    with pytest.raises(UserError, match=rf"^--pretrained {sparse}: text_projection is a torch.sparse_coo tensor, not "
+                                        r"a dense real-valued tensor; not loaded$"):
+        load_clip(tiny_clip_config, str(sparse))
+    epoch = tmp_path / "epoch.pt"
+    torch.save({**state, "epoch": 3}, epoch)
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {epoch}: could not load the weights "
+                                        r"\(.*Unexpected key\(s\) in state_dict: \"epoch\""):
+        load_clip(tiny_clip_config, str(epoch))
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.zeros(3), bare)  # (no state dict at all: nothing to look up by name)
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {bare}: could not load the weights"):
+        load_clip(tiny_clip_config, str(bare))
 
 
 def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_path):
