@@ -68,6 +68,20 @@ def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
                                  "(or OpenAI's own ViT-B-16.pt with --model ViT-B-16)")
 
 
+def test_offline_a_gelu_tag_is_not_sent_to_the_quickgelu_model(monkeypatch):
+    """laion2b_s34b_b88k's config sets no quick_gelu (open_clip builds ViT-B-16 with GELU): the
+    offline message's example keeps --model ViT-B-16, not ViT-B-16-quickgelu (which would build
+    QuickGELU for weights trained with GELU), and names no OpenAI file."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16", "laion2b_s34b_b88k")
+    assert str(e.value).endswith("e.g. --model ViT-B-16 --pretrained path/to/ViT-B-16.safetensors")
+    # dfn2b says quick_gelu; the model named already is the -quickgelu one: no second suffix
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16-quickgelu", "dfn2b")
+    assert str(e.value).endswith("e.g. --model ViT-B-16-quickgelu --pretrained path/to/ViT-B-16-quickgelu.safetensors")
+
+
 def test_a_tag_is_a_tag_beside_a_file_of_its_name(tmp_path, monkeypatch):
     """--pretrained openai in a folder holding a file named openai loaded that file as the tag's
     weights (and a prompt's recorded tag did the same); a tag is a tag, the file is ./openai."""
@@ -125,6 +139,24 @@ def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix)
     with pytest.raises(UserError, match=rf"--pretrained {bad}: could not load the weights") as info:
         load_clip(tiny_clip_config, str(bad))
     assert "\n" not in str(info.value)
+
+
+def test_an_open_clip_state_dict_saved_by_torch_is_built_as_its_config_says(tiny_clip_checkpoint, tmp_path):
+    """Only OpenAI's own files (a TorchScript archive, or a state dict still holding its
+    ``input_resolution`` ...) imply QuickGELU: open_clip's own state dict in torch.save's zip
+    format, beside a config without quick_gelu, is built with GELU."""
+    from safetensors.torch import load_file
+
+    from conftest import TINY_CLIP_CONFIG
+
+    config = tmp_path / "clip-smot-tiny-gelu.json"
+    config.write_text(json.dumps({**TINY_CLIP_CONFIG, "quick_gelu": False}))
+    weights = tmp_path / "open_clip_state.pt"
+    torch.save(load_file(tiny_clip_checkpoint), weights)
+    assert zipfile.is_zipfile(weights)
+    clip = load_clip(str(config), str(weights))
+    assert clip.activation == "gelu" and clip.identity()["activation"] == "gelu"
+    assert isinstance(clip.model.transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
 
 
 class _MakesAFolder:
@@ -249,6 +281,21 @@ def test_a_sparse_weight_or_an_entry_that_is_no_tensor_is_one_line(tiny_clip_con
     torch.save(torch.zeros(3), bare)  # (no state dict at all: nothing to look up by name)
     with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {bare}: could not load the weights"):
         load_clip(tiny_clip_config, str(bare))
+
+
+def test_a_prompts_model_name_must_be_a_plain_name_and_its_config_errors_name_it():
+    """load_clip_for_prompt registers the stored config as NAME.json in a temporary folder: a name
+    with a folder in it is refused before anything is written; a malformed stored config is
+    named as the prompt's model (no --prompt given)."""
+    from conftest import TINY_CLIP_CONFIG
+
+    from clip_smot.clip.model import load_clip_for_prompt
+
+    with pytest.raises(UserError, match=r"^prompt metadata 'model': '\.\./escape' is not a plain name"):
+        load_clip_for_prompt("../escape", TINY_CLIP_CONFIG, None)
+    with pytest.raises(UserError, match=r"^prompt model clip-smot-tiny-broken: model_config.embed_dim must be a "
+                                        r"positive integer, not 0$"):
+        load_clip_for_prompt("clip-smot-tiny-broken", {**TINY_CLIP_CONFIG, "embed_dim": 0}, None)
 
 
 def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_path):
@@ -641,6 +688,8 @@ def test_a_config_in_open_clips_pretrained_layout_builds_its_model_cfg(tmp_path)
     # laion/CLIP-ViT-B-32-laion2B-s34B-b79K's: OpenAI's mean and std, as a local checkpoint gets them
     ({"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
       "interpolation": "bicubic", "resize_mode": "shortest"}, None),
+    # the size is the model's own (32 here, not the default 224); a null, or a key open_clip drops, is no request
+    ({"size": 32, "interpolation": None, "not_a_setting": [1, 2]}, None),
     # laion/CLIP-ViT-L-14-laion2B-s32B-b82K's mean, and apple/DFN5B-CLIP-ViT-H-14's resize
     ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, r"preprocess_cfg.mean \[0.5, 0.5, 0.5\] is not"),
     ({"resize_mode": "squash"}, r"preprocess_cfg.resize_mode 'squash' is not"),
