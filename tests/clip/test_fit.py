@@ -875,6 +875,17 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
     assert pf.ctx.shape == (3, 4, 32)
     assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
+    # its checkpoint holds one context per class: export reads it back, and refuses one of 2 rows for 3 classes
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(out / "checkpoint.pt"),
+                                   "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(load_prompt(tmp_path / "again.safetensors").ctx, pf.ctx)
+    two = _edit_checkpoint(out / "checkpoint.pt", tmp_path / "two.pt", lambda saved: saved.update(ctx=saved["ctx"][:2]))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(two), "--out", str(tmp_path / "two.safetensors"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --checkpoint {two}: its context has shape [2, 4, 32], which --csc True, its 3 classes and "
+        "--n-ctx 4 do not give"), res.output
     res = CliRunner().invoke(cli, fit_args(tmp_path / "other", "--ctx-init", "a photo of a", "--n-ctx", "16"))
     assert res.exit_code == 1 and res.output.strip() == ("Error: --n-ctx 16: --ctx-init 'a photo of a' makes a "
                                                          "context of its 4 tokens; leave --n-ctx out")
@@ -1754,6 +1765,22 @@ def test_export_of_a_hand_edited_checkpoint_is_one_line(one_epoch, tmp_path, edi
     assert res.exit_code == 1 and re.search(rf"^Error: --checkpoint {re.escape(str(path))}: {expected}",
                                             _last_error_line(res)), res.output
     assert __import__("time").perf_counter() - t0 < 30 and not (tmp_path / "p.safetensors").exists()
+
+
+def test_export_takes_a_checkpoint_of_zero_epochs_done_and_refuses_a_negative_count(one_epoch, tmp_path):
+    """The epoch a checkpoint records is a count of epochs done: 0 is one (the context at its
+    initialisation, exported with the note of an unfinished run), -1 is not."""
+    zero = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "zero.pt", _set("epoch", 0))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(zero), "--out", str(tmp_path / "zero.safetensors"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 0 and f"note: {zero} holds the context of epoch 0 of the run's 1:" in res.output, res.output
+    minus = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "minus.pt", _set("epoch", -1))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(minus), "--out", str(tmp_path / "m.safetensors"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --checkpoint {minus}: a damaged fit checkpoint (epoch (a whole number of epochs done, at most the "
+        "run's epochs))"), res.output
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def _momentum_edit(shape):
