@@ -1807,6 +1807,8 @@ def _momentum_edit(shape):
     # the scheduler's other keys become its attributes: a step count that is text, lambdas of an int
     (_set("scheduler", "_step_count", "x"), r"its learning-rate schedule is damaged$"),
     (_set("scheduler", "lr_lambdas", 5), r"its learning-rate schedule is damaged$"),
+    (_set("scheduler", "lr_lambdas", [5]), r"its learning-rate schedule is damaged$"),  # (a list, as the run's)
+    (_set("scheduler", "last_epoch", "1"), r"its learning-rate schedule is damaged$"),  # (text: no epoch)
     (_set("optimizer", "param_groups", 0, "weight_decay", 50.0), r"its optimizer state does not fit \(ValueError: "
                                                                  r"weight_decay is 50.0, not the run's 0.0005\)"),
     (_set("rng", "data_gen", torch.zeros(3, dtype=torch.uint8)), r"its random-number state is damaged \(RuntimeError"),
