@@ -35,6 +35,7 @@ TRAIN_SPEC = {
     # folders: the paper's T at the nearest class count
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", None, 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
+    ("smot", None, 11): (300, 128, 0.1, 150.0, "smot", "resnet18"),  # docs/resnet.md: 10 for K <= 10, 150 for K <= 100
     ("smot", None, 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
     ("smot", None, 101): (300, 128, 0.1, 200.0, "smot", "resnet18"),
 }
