@@ -1395,6 +1395,21 @@ def test_a_dry_run_with_a_non_finite_loss_is_one_line(folders, tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_dry_run_reports_the_mean_loss_of_its_one_batch(folders, tmp_path, monkeypatch, capsys):
+    """The dry run's loss is the batch's summed loss over its images: 6.0 over 8 images is 0.75."""
+    import clip_smot.resnet.train as train_mod
+
+    def one_batch(*args, **kw):
+        assert kw["max_steps"] == 1
+        return {"loss_sum": torch.tensor(6.0), "correct": torch.tensor(3), "seen": 8, "steps": 1}
+
+    monkeypatch.setattr(train_mod, "train_epoch", one_batch)
+    result = run_train(_cfg(folders, tmp_path / "run", epochs=1), dry_run=True)
+    assert result["loss"] == 0.75 and result["batch"] == 8
+    assert json.loads(capsys.readouterr().out) == {"dry_run": True, "loss": 0.75, "batch": 8}
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_cam_model_under_the_name_of_a_file_the_run_writes_is_refused(tmp_path):
     """A base model kept in --out as config.json (or linked there) would be overwritten by the
     run's first write: refused before any work, the file as it was."""
