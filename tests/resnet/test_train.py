@@ -1410,6 +1410,29 @@ def test_a_dry_run_reports_the_mean_loss_of_its_one_batch(folders, tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
+def test_the_summary_holds_the_last_of_three_epochs_and_the_parameter_sum(tmp_path):
+    """summary.json's final record is the last log line (the test above has two epochs: the
+    second is also the last), and its checksum the float64 sum of every parameter."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.networks import build_network
+
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 2, 16)
+    log = [{"epoch": e, "loss": 1.0 / e} for e in (1, 2, 3)]
+    meta = dict(arch="resnet_tiny", classnames=["a", "b"], input_size=16, mean=[0.5] * 3, std=[0.25] * 3,
+                dataset="d", method="ce", stage="base")
+    cfg = TrainConfig(out=str(tmp_path), epochs=3, arch="resnet_tiny")
+    summary = train_mod._export(cfg, SimpleNamespace(model=model, log=log, meta=meta), torch.device("cpu"), 0, 1)
+    assert summary["final"] == {"epoch": 3, "loss": 1.0 / 3} and summary["epochs"] == 3
+    expected = sum(float(np.sum(p.detach().numpy().astype(np.float64))) for p in model.parameters())
+    assert summary["param_checksum_per_rank"] == [pytest.approx(expected, rel=1e-12)]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
 def test_a_cam_model_under_the_name_of_a_file_the_run_writes_is_refused(tmp_path):
     """A base model kept in --out as config.json (or linked there) would be overwritten by the
     run's first write: refused before any work, the file as it was."""
