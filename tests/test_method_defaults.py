@@ -32,7 +32,7 @@ TRAIN_SPEC = {
     ("smot", "imagenet200", 200): (300, 128, 0.1, 200.0, "smot", "resnet18"),
     # not in docs/method.md: the CPU digits recipe of docs/resnet.md
     ("smot", "digits", 10): (8, 64, 0.05, 10.0, "smot", "resnet_tiny"),
-    # folders: the paper's T at the nearest class count
+    # folders: the paper's T of the smallest of its class counts (10, 100, 200) that is >= K
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", None, 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", None, 11): (300, 128, 0.1, 150.0, "smot", "resnet18"),  # docs/resnet.md: 10 for K <= 10, 150 for K <= 100

@@ -152,7 +152,8 @@ class TrainConfig(JsonConfig):
 
 
 def _num_classes_T(k: int) -> float:
-    # Folders: the paper's T at the nearest class count (10 -> 10, 100 -> 150, 200 -> 200).
+    # Folders: the paper's T of the smallest of its class counts (10, 100, 200) that is >= k
+    # (docs/resnet.md: 10 for K <= 10, 150 for K <= 100, else 200; 101 classes get 200).
     return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
 
 
