@@ -42,6 +42,39 @@ def test_round_trip(tmp_path):
         p.check_model(other_arch)
 
 
+def test_a_context_that_is_a_transposed_view_is_saved(tmp_path):
+    """safetensors writes contiguous tensors only: a ctx [4, 16] that is the transpose of a [16, 4]
+    tensor (a view, not contiguous) is written and reads back equal."""
+    ctx = torch.arange(64, dtype=torch.float32).reshape(16, 4).t()
+    assert not ctx.is_contiguous()
+    features = torch.nn.functional.normalize(torch.arange(96, dtype=torch.float32).reshape(32, 3), dim=0).t()
+    _save(tmp_path / "p.safetensors", ctx=ctx, text_features=features)
+    p = load_prompt(tmp_path / "p.safetensors")
+    assert torch.equal(p.ctx, ctx) and torch.equal(p.text_features, features)
+
+
+def test_the_same_prompt_is_the_same_bytes_whatever_the_order_of_its_config(tmp_path):
+    """The training configuration is written with sorted keys: two exports of one context whose
+    config dicts were built in another order are the same file."""
+    args = _save(tmp_path / "a.safetensors", config={"lr": 0.002, "epochs": 5, "run": {"seed": 1, "epoch": 5}})
+    _save(tmp_path / "b.safetensors", ctx=args["ctx"], text_features=args["text_features"],
+          config={"run": {"epoch": 5, "seed": 1}, "epochs": 5, "lr": 0.002})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_stored_text_features_are_used_only_with_the_very_weights_they_were_made_with(tmp_path):
+    """check_model is True only for the same tag (both without a checkpoint) or the same checkpoint
+    file (SHA-256): not for another tag of the architecture, nor for a tag named as the prompt's
+    checkpoint file (the reverse of a file named as the prompt's tag)."""
+    tag = dict(IDENT, pretrained="openai", checkpoint_sha256="")
+    _save(tmp_path / "tag.safetensors", identity=tag)
+    assert load_prompt(tmp_path / "tag.safetensors").check_model(dict(tag, pretrained="laion2b_s34b_b88k")) is False
+    from_file = dict(IDENT, pretrained="openai", checkpoint_sha256="ab" * 32)  # (a checkpoint file named openai)
+    _save(tmp_path / "file.safetensors", identity=from_file)
+    prompt = load_prompt(tmp_path / "file.safetensors")
+    assert prompt.check_model(from_file) is True and prompt.check_model(tag) is False
+
+
 def test_random_weights_are_never_taken_for_the_prompts_own(tmp_path):
     """A prompt fitted on random weights (--pretrained none) is encoded again from its context: its
     stored text features are used only for the tag or the checkpoint file (SHA-256) it names."""
@@ -122,9 +155,17 @@ BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
      r"has norm 0$"),
     ("text_features", torch.cat([torch.full((2, 32), 32**-0.5), torch.full((1, 32), 0.2)]),
      r"text_features must be normalised .*; row 2 \('d'\) has norm 1.131$"),
+    # the row named is the one furthest from norm 1, short of it too (|0 - 1| against |1 - 1|)
+    ("text_features", torch.cat([torch.full((2, 32), 32**-0.5), torch.zeros(1, 32)]),
+     r"text_features must be normalised .*; row 2 \('d'\) has norm 0$"),
     # the tolerance is 1e-2 (bf16 rounding), no more: rows of norm 1.02 are refused
     ("text_features", torch.full((3, 32), 1.02 * 32**-0.5),
      r"text_features must be normalised .*; row 0 \('a'\) has norm 1.02$"),
+    # bfloat16 rows of 32 x 183/1024: norm sqrt(32) x 183/1024 = 1.0109, refused; a norm taken in bfloat16
+    # itself rounds to 1.0078 and let them through
+    ("text_features", torch.full((3, 32), 183 * 2**-10, dtype=torch.bfloat16),
+     r"text_features must be normalised .*; row 0 \('a'\) has norm 1.011$"),
+    ("model_config", "[32]", r"malformed metadata \(classnames must be a JSON list, model_config an object\)$"),
     # a list or a string where open_clip wants an object: AttributeError ('list' object has no attribute 'get')
     ("model_config", json.dumps({"embed_dim": 32, "vision_cfg": {}, "text_cfg": [1]}),
      r"model_config.text_cfg must be a JSON object, not \[1\]$"),
@@ -164,6 +205,38 @@ def test_half_and_double_precision_files_load(tmp_path):
         with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
             save_file(tensors, str(tmp_path / "p.safetensors"), metadata=f.metadata())
         assert load_prompt(tmp_path / "p.safetensors").text_features.dtype == dtype
+
+
+def test_rows_of_norm_within_1e_2_of_1_load(tmp_path):
+    """The tolerance is 1e-2 (bfloat16 rounding of normalised rows): rows of norm 1.009 and 0.991 load."""
+    features = torch.cat([torch.full((2, 32), 1.009 * 32**-0.5), torch.full((1, 32), 0.991 * 32**-0.5)])
+    _save(tmp_path / "p.safetensors", text_features=features)
+    assert torch.equal(load_prompt(tmp_path / "p.safetensors").text_features, features)
+
+
+def test_the_tensors_are_written_as_float32_whatever_their_dtype(tmp_path):
+    """The format's tensors are float32: a float64 context and bfloat16 text features are written
+    as float32 (the same numbers: each converts exactly)."""
+    ctx = torch.arange(64, dtype=torch.float64).reshape(4, 16) / 8
+    features = torch.full((3, 32), 0.1767578125, dtype=torch.bfloat16)  # (181/1024: norm 0.99987)
+    _save(tmp_path / "p.safetensors", ctx=ctx, text_features=features)
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        assert f.get_tensor("ctx").dtype == torch.float32 and f.get_tensor("text_features").dtype == torch.float32
+    p = load_prompt(tmp_path / "p.safetensors")
+    assert torch.equal(p.ctx, ctx.float()) and torch.equal(p.text_features, torch.full((3, 32), 181 / 1024))
+
+
+def test_recorded_epochs_of_a_file_without_metadata_or_no_safetensors_is_none(tmp_path):
+    """reproduce asks a stage's prompt how many epochs it holds: a safetensors file with no metadata
+    at all, or a file that is no safetensors, records none (None), not a traceback."""
+    from clip_smot.clip.prompt_file import recorded_epochs
+
+    save_file({"ctx": torch.zeros(4, 16)}, str(tmp_path / "bare.safetensors"))
+    assert recorded_epochs(tmp_path / "bare.safetensors") is None
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    assert recorded_epochs(tmp_path / "text.safetensors") is None
+    _save(tmp_path / "p.safetensors", config={"epochs": 5, "run": {"epoch": 3}})
+    assert recorded_epochs(tmp_path / "p.safetensors") == (3, 5)
 
 
 def test_ctx_width_is_checked_against_the_model_config(tmp_path):
@@ -255,6 +328,15 @@ def test_shapes_are_checked_from_the_header_before_any_tensor_is_loaded(tmp_path
         load_prompt(tmp_path / "bad.safetensors")
 
 
+def test_a_machine_whose_memory_is_unknown_loads_the_prompt(tmp_path, monkeypatch):
+    """physical_memory() is None where the machine does not say: no memory cap, the prompt loads."""
+    import clip_smot.clip.prompt_file as pf
+
+    _save(tmp_path / "p.safetensors")
+    monkeypatch.setattr(pf, "physical_memory", lambda: None)
+    assert load_prompt(tmp_path / "p.safetensors").ctx.shape == (4, 16)
+
+
 def test_tensors_larger_than_half_the_memory_are_refused_before_loading(tmp_path, monkeypatch):
     """Shapes that fit the metadata may still be huge (the metadata's widths are the file's too)."""
     import clip_smot.clip.prompt_file as pf
@@ -290,6 +372,9 @@ def test_class_names_whose_tokens_would_take_long_to_count_are_refused(tmp_path,
                                                         "text_cfg": {"context_length": 2000}}))
     for names, error in ((["a", "b", "c" * 65], r"class 2's name holds a word of 65 letters \(cccccccccccccccccccc...\), "
                                                 r"more than 64$"),
+                         # (the longest word of a name, not its first nor its shortest)
+                         (["a", "b " + "c" * 65 + " d", "e"], r"class 1's name holds a word of 65 letters "
+                                                               r"\(cccccccccccccccccccc...\), more than 64$"),
                          ([f"{k:05d} " + "b" * 60 for k in range(17000)], r"its 17000 class names hold 1122000 "
                                                                           r"characters, more than 1048576$")):
         _save(tmp_path / "bad.safetensors", classnames=names, identity=long_context)
@@ -306,6 +391,7 @@ def test_class_names_whose_tokens_would_take_long_to_count_are_refused(tmp_path,
 @pytest.mark.parametrize("n_ctx,classnames,error", [
     (0, ["a", "b c", "d"], r"n_ctx 0 is not in \[1, 74\]"),
     (200, ["a", "b c", "d"], r"n_ctx 200 is not in \[1, 74\]"),
+    (75, ["a", "b c", "d"], r"n_ctx 75 is not in \[1, 74\]"),  # (one past the edge: 1 + 75 + 2 = 78 tokens, no name)
     (74, ["a", "b c", "d"], r"the prompt of class 1 \('b c', 2 name tokens\) needs 79 of the model's 77 tokens "
                             r"with n_ctx 74$"),
     # one token too many at the edge: 71 digits are 71 bytes and 71 tokens, one more than the 70 that
@@ -325,10 +411,29 @@ def test_the_longest_prompt_that_fits_loads(tmp_path):
     assert load_prompt(tmp_path / "p.safetensors").n_ctx == 73  # (1 + 73 + 1 + 2 = 77 tokens)
     _save(tmp_path / "p.safetensors", n_ctx=4, classnames=["a", "1" * 70, "d"])
     assert load_prompt(tmp_path / "p.safetensors").classnames[1] == "1" * 70  # (1 + 4 + 70 + 2 = 77 tokens)
+    _save(tmp_path / "p.safetensors", n_ctx=74, ctx=torch.zeros(74, 16), classnames=[""],
+          text_features=torch.full((1, 32), 32**-0.5))
+    assert load_prompt(tmp_path / "p.safetensors").n_ctx == 74  # (an empty name: 1 + 74 + 0 + 2 = 77 tokens)
+
+
+def test_the_shortest_context_and_a_tokenized_name_that_fills_the_prompt_load(tmp_path):
+    """n_ctx 1 is in [1, 74]; and a name of 35 一 (105 UTF-8 bytes, more than the 70 tokens n_ctx 4
+    leaves it, so it is tokenized) is 70 tokens in open_clip's tokenizer: 1 + 4 + 70 + 2 = 77
+    tokens, exactly the model's, and loads (only more than 77 is refused)."""
+    import open_clip
+
+    _save(tmp_path / "p.safetensors", n_ctx=1, ctx=torch.zeros(1, 16))
+    assert load_prompt(tmp_path / "p.safetensors").n_ctx == 1
+    name = "一" * 35
+    assert len(name.encode("utf-8")) == 105 and int(open_clip.tokenize([name]).argmax()) - 1 == 70
+    _save(tmp_path / "p.safetensors", classnames=["a", name, "d"])
+    assert load_prompt(tmp_path / "p.safetensors").classnames[1] == name
 
 
 @pytest.mark.parametrize("run, note", [({"epoch": 3}, "holds the context of epoch 3 of its run's 5"),
-                                       ({"epoch": 5}, None), ({}, None)])
+                                       ({"epoch": 5}, None), ({}, None),
+                                       # (a hand-edited count: a string was a TypeError, True an "epoch 1")
+                                       ({"epoch": "3"}, None), ({"epoch": True}, None)])
 def test_only_a_prompt_of_an_unfinished_run_gets_the_note(tmp_path, run, note):
     """The note is for a context exported before its run's last epoch: not for epoch 5 of 5, nor
     for a prompt that records no epoch."""
