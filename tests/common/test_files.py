@@ -19,6 +19,13 @@ from clip_smot.common.files import (
 _Usage = namedtuple("_Usage", "total used free")
 
 
+def _open_fds() -> list[str]:
+    """This process's open file descriptors (Linux)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd")
+    return sorted(os.listdir("/proc/self/fd"))
+
+
 def _plenty_of_space(monkeypatch):  # (this machine's disk may be nearly full itself)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: _Usage(1 << 40, 0, 1 << 40))
 
@@ -343,6 +350,7 @@ def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkey
 
         monkeypatch.setattr(fcntl, "flock", no_locks)
         with files.output_lock(tmp_path / "s.csv"):
+            assert not (tmp_path / ".s.csv.lock").exists()  # (no lock file while it runs unlocked either)
             (tmp_path / "s.csv").write_text("rows")
         with files.output_lock(tmp_path / "run", folder=True):
             (tmp_path / "run" / "log.jsonl").write_text("")
@@ -393,6 +401,111 @@ def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_pa
     (tmp_path / "b.txt").mkdir()
     files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
     assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").is_dir()
+
+
+def test_a_write_keeps_the_umask_and_no_descriptor_open(tmp_path):
+    """Reading the umask sets it: a write leaves it as it was (umask 027: the next file is 0640,
+    not 0666), and the descriptors it opened (mkstemp's, the flush's) are closed."""
+    old = os.umask(0o027)
+    try:
+        before = _open_fds()
+        atomic_write_text("x", tmp_path / "a.txt")
+        atomic_write_text("y", tmp_path / "b.txt")
+        assert _open_fds() == before
+    finally:
+        assert os.umask(old) == 0o027
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.txt", "b.txt")] == [0o640, 0o640]
+
+
+def test_a_file_lock_makes_its_folder_and_excludes_another_open_file(tmp_path):
+    """file_lock creates the lock file's folders, and holds an exclusive flock: another open file
+    of the same lock cannot take it until the holder leaves."""
+    import fcntl
+
+    lock = tmp_path / "new" / "sub" / ".data.lock"
+    with files.file_lock(lock):
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (released: taken at once)
+    finally:
+        os.close(fd)
+
+
+def test_an_output_lock_closes_its_descriptors(tmp_path):
+    """A command takes a lock per output (score's chunks, eval's folders): each lock's descriptor is
+    closed when it is left, for a file and for a run folder."""
+    before = _open_fds()
+    for _ in range(3):
+        with files.output_lock(tmp_path / "s.csv"):
+            pass
+        with files.output_lock(tmp_path / "run", folder=True):
+            pass
+    assert _open_fds() == before
+
+
+def test_a_lock_file_replaced_while_it_was_locked_is_opened_again(tmp_path, monkeypatch):
+    """A holder that ends between our open and our flock removes the name we opened (a new command
+    makes a new file there): the lock is taken again on the file now at the name, the stale
+    descriptor closed; a name replaced three times running is one line."""
+    out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
+    real, replaced = files._flock, []
+
+    def flock_after_a_replacement(fd, flag, path, times):
+        if len(replaced) < times:
+            replaced.append(os.fstat(fd).st_ino)
+            os.unlink(lock)
+            lock.write_bytes(b"")  # (another command's new lock file; the inode we hold stays ours)
+        return real(fd, flag, path)
+
+    before = _open_fds()
+    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 1))
+    with files.output_lock(out):
+        assert lock.is_file() and lock.stat().st_ino != replaced[0]
+        assert len(_open_fds()) == len(before) + 1  # (the lock's descriptor alone)
+    assert not lock.exists() and _open_fds() == before
+    replaced.clear()
+    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
+    with pytest.raises(UserError, match=rf"^--out {out}: its lock file {lock} keeps being replaced; is another "
+                                        r"command starting there\?$"):
+        with files.output_lock(out):
+            pass
+    assert len(replaced) == 3 and _open_fds() == before
+
+
+def test_an_atomic_write_makes_its_folder(tmp_path):
+    """A write into a folder not made yet makes it (with its parents)."""
+    atomic_write_text("x", tmp_path / "new" / "sub" / "a.txt")
+    assert (tmp_path / "new" / "sub" / "a.txt").read_text() == "x"
+
+
+def test_a_file_of_its_own_name_may_be_written_into_a_run_folder(tmp_path):
+    """Only the names of a run's own files are refused in a run folder (one holding checkpoint.pt):
+    a score CSV of another name, or a command's own partial file, is written beside them."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"state")
+    files.check_output(tmp_path / "scores.csv", "--out")
+    files.check_output(tmp_path / "config.json.partial", "--out", own=True)
+    with pytest.raises(UserError, match=rf"^--out {tmp_path / 'config.json'}: is the config.json of the run in "):
+        files.check_output(tmp_path / "config.json", "--out")
+
+
+def test_a_file_descriptor_number_is_no_path(tmp_path):
+    """file_key of an int is None: os.stat(1) would stat standard output, and two ints would be
+    'the same file'."""
+    assert files.file_key(1) is None and not files.same_file(1, 1)
+
+
+def test_an_out_that_is_a_fifo_or_a_device_is_refused(tmp_path):
+    """The finished file is renamed onto --out: a FIFO or /dev/null there would be replaced."""
+    os.mkfifo(tmp_path / "pipe")
+    for out in (tmp_path / "pipe", "/dev/null"):
+        with pytest.raises(UserError, match=rf"^--out {out}: is a device, FIFO or socket, not a file$"):
+            files.check_output(out, "--out")
 
 
 def test_a_written_file_has_an_ordinary_files_mode(tmp_path):
@@ -581,6 +694,36 @@ def test_an_archive_that_unpacks_to_exactly_its_size_and_slack_is_loaded(tmp_pat
                                                    f"the file's {size} ")
 
 
+def test_an_archive_may_unpack_to_64_mib_beyond_its_size(tmp_path):
+    """The slack is 64 MiB: an archive of S bytes whose entries unpack to S + 64 MiB is loaded, to
+    one byte more refused. Its size is set by the zip comment (counted in S, not unpacked)."""
+    import zipfile
+
+    path, unpacked = tmp_path / "a.pt", (64 << 20) + 100_000
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/data/0", bytes(unpacked))  # (zeros: deflated to about 64 KB)
+    excess = unpacked - (64 << 20) - path.stat().st_size  # (the comment that makes S + 64 MiB = unpacked)
+    assert 0 < excess < 1 << 16
+    for comment, overflow in ((excess - 1, True), (excess, False)):
+        with zipfile.ZipFile(path, "a") as z:
+            z.comment = b"c" * comment
+        assert path.stat().st_size == unpacked - (64 << 20) - excess + comment
+        assert (files.archive_overflow(path) is not None) is overflow
+
+
+def test_the_cache_root_is_the_environments_or_the_homes(tmp_path, monkeypatch):
+    """$CLIP_SMOT_CACHE where it is set (and not empty), else ~/.cache/clip_smot."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c"))
+    assert files.cache_root() == tmp_path / "c"
+    for value in ("", None):
+        if value is None:
+            monkeypatch.delenv("CLIP_SMOT_CACHE")
+        else:
+            monkeypatch.setenv("CLIP_SMOT_CACHE", value)
+        assert files.cache_root() == tmp_path / "home" / ".cache" / "clip_smot"
+
+
 def test_two_paths_where_nothing_is_are_not_one_file(tmp_path):
     """same_file answers for files that exist: two missing paths (a --data folder removed since a
     run and another given now) are not the same, however alike their nothing is."""
@@ -598,9 +741,11 @@ def test_a_fifo_at_the_lock_files_name_is_refused_and_left(tmp_path):
     out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
     os.mkfifo(lock)
     refused = rf"^--out {out}: {lock}, the name of its lock file, holds something else; move it away$"
+    before = _open_fds()
     with pytest.raises(UserError, match=refused), files.output_lock(out):
         pass
     assert stat.S_ISFIFO(os.lstat(lock).st_mode)
+    assert _open_fds() == before  # (the refused lock file's descriptor is closed)
 
 
 def test_an_eval_out_holding_a_run_names_its_checkpoint_first(tmp_path):
