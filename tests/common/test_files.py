@@ -494,6 +494,37 @@ def test_a_file_of_its_own_name_may_be_written_into_a_run_folder(tmp_path):
         files.check_output(tmp_path / "config.json", "--out")
 
 
+def test_check_output_accepts_what_it_may_replace_and_refuses_the_rest(tmp_path):
+    """An existing regular file may be replaced, a new or existing folder (with a final '/' too)
+    written into, an output beside an input that is another file written; the input itself, a
+    symbolic link, or another run's prompt.safetensors (export writes its own run's alone) not."""
+    old, prompt = tmp_path / "old.csv", tmp_path / "p.safetensors"
+    old.write_text("rows")
+    prompt.write_bytes(b"prompt")
+    files.check_output(old, "--out", inputs=[("--prompt file", prompt)])
+    files.check_output_folder(tmp_path / "new")
+    files.check_output_folder(f"{tmp_path / 'eval'}/")
+    with pytest.raises(UserError, match=rf"^--out {prompt}: is the --prompt file itself; writing there would destroy it$"):
+        files.check_output(prompt, "--out", inputs=[("--prompt file", prompt)])
+    (tmp_path / "link.csv").symlink_to(old)
+    with pytest.raises(UserError, match=rf"^--out {tmp_path / 'link.csv'}: is a symbolic link"):
+        files.check_output(tmp_path / "link.csv", "--out")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "folder_link").symlink_to(tmp_path / "real", target_is_directory=True)
+    files.check_output_folder(tmp_path / "folder_link")  # (a folder --out may be a link: nothing renames onto it)
+    (tmp_path / "s.csv.partial").symlink_to(old)
+    files.check_output(tmp_path / "s.csv.partial", "--out", own=True)  # (a command's own name: replaced)
+    # (an input folder not given, or not there: nothing of it is read)
+    files.check_output(tmp_path / "gone" / "o.csv", "--out", folders=[("--data", None), ("--ood", tmp_path / "gone")])
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):
+        folder.mkdir()
+        (folder / "checkpoint.pt").write_bytes(b"state")
+    files.check_output(run / "prompt.safetensors", "--out", run=run)
+    with pytest.raises(UserError, match=r"is the prompt.safetensors of the run in "):
+        files.check_output(other / "prompt.safetensors", "--out", run=run)
+
+
 def test_a_file_descriptor_number_is_no_path(tmp_path):
     """file_key of an int is None: os.stat(1) would stat standard output, and two ints would be
     'the same file'."""
