@@ -3,6 +3,7 @@ weights, not only its name; the library versions; the preprocessing; the precisi
 format. Random weights are never cached."""
 
 import numpy as np
+import pytest
 import torch
 from helpers import _cache_in_tmp, tiny  # noqa: F401 (fixtures)
 from PIL import Image
@@ -11,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from clip_smot.clip import features as cf
 from clip_smot.clip import model as cm
 from clip_smot.clip.model import load_clip
+from clip_smot.common.errors import UserError
 
 
 def _images(tmp_path, n=2):
@@ -77,7 +79,76 @@ def test_an_entry_written_in_another_order_is_read_in_the_order_asked(tmp_path, 
 
 def test_local_features_are_unit_vectors(tiny):  # noqa: F811
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # (the tiny model's size)
-    g, l = cf.normalized_features(tiny, x, local=True)
+    g, l = cf.normalized_features(tiny, x, local=True)  # [2, e], [2, P, e]
+    assert cf.normalized_features(tiny, x)[1] is None  # (no local features unless asked for)
     torch.testing.assert_close(g.norm(dim=-1), torch.ones(2))
     assert l.ndim == 3 and l.shape[0] == 2
     torch.testing.assert_close(l.norm(dim=-1), torch.ones(l.shape[:2]))
+
+
+def test_an_entry_at_the_key_that_lists_other_files_is_encoded_again(tmp_path, tiny, capsys):  # noqa: F811
+    """An entry at a key's name whose files are not those asked for (a forged or misplaced entry,
+    its checksum matching) is no hit: a note, and the files are encoded again."""
+    a, b, c = (str(p) for p in _images(tmp_path, 3))
+    fresh = cf.encode_files(tiny, [a, b], workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    cf._write_cache(entry, cf.ImageFeatures([a, c], fresh.global_, None, []))  # (c's features would be b's)
+    capsys.readouterr()
+    again = cf.encode_files(tiny, [a, b], workers=0)
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (it lists other files); "
+                                       "its images are encoded again\n")
+    assert again.paths == [a, b]
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_no_files_to_encode_is_one_line(tiny):  # noqa: F811
+    with pytest.raises(UserError, match=r"^no image files to encode$"):
+        cf.encode_files(tiny, [], workers=0)
+
+
+def test_an_entry_of_local_features_in_another_dtype_is_encoded_again(tmp_path, tiny, capsys):  # noqa: F811
+    """Local features are stored as float16: an entry holding them as float32 (normalised, its
+    checksum matching) is not one the writer made; a note, and they are encoded again."""
+    paths = [str(p) for p in _images(tmp_path)]
+    fresh = cf.encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    cf._write_cache(entry, cf.ImageFeatures(fresh.paths, fresh.global_, fresh.local.float(), []))
+    capsys.readouterr()
+    again = cf.encode_files(tiny, paths, local=True, workers=0)
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (its features are not float32 "
+                                       "(global) and float16 (local)); its images are encoded again\n")
+    assert again.local.dtype == torch.float16
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda local: local[:, :-1],  # (one patch fewer than the model's)
+    lambda local: torch.cat([local, local], dim=-1) * 2**-0.5,  # (twice the embedding width, normalised)
+    lambda local: torch.ones(*local.shape, 1, dtype=local.dtype),  # [n, P, e, 1]: each last row of norm 1
+], ids=["patches", "width", "rank"])
+def test_an_entry_of_local_features_of_another_shape_is_encoded_again(tmp_path, tiny, capsys, edit):  # noqa: F811
+    """Local features [n, P, e] of another patch count, width or rank, written with a matching
+    checksum: refused from the header, encoded again."""
+    paths = [str(p) for p in _images(tmp_path)]
+    fresh = cf.encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    cf._write_cache(entry, cf.ImageFeatures(fresh.paths, fresh.global_, edit(fresh.local), []))
+    capsys.readouterr()
+    again = cf.encode_files(tiny, paths, local=True, workers=0)
+    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
+    torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
+
+
+def test_an_entry_of_features_within_the_norm_tolerances_is_read(tmp_path, tiny, capsys, monkeypatch):  # noqa: F811
+    """Rounding leaves norms a little off 1: global rows of norm 1.0008 (within 1e-3) and local
+    rows of norm about 1.008 (within 1e-2, float16) are read from the entry, not encoded again."""
+    paths = [str(p) for p in _images(tmp_path)]
+    fresh = cf.encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    global_, local = fresh.global_ * 1.0008, (fresh.local.float() * 1.008).half()
+    cf._write_cache(entry, cf.ImageFeatures(fresh.paths, global_, local, []))
+    monkeypatch.setattr(cf, "_encode", lambda *a, **k: pytest.fail("encoded again"))
+    capsys.readouterr()
+    again = cf.encode_files(tiny, paths, local=True, workers=0)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(again.global_, global_) and torch.equal(again.local, local)

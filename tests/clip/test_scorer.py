@@ -839,7 +839,8 @@ def test_a_cache_entry_of_non_finite_features_is_encoded_again_even_with_its_che
     (lambda g: (g * 100).round().long(), "its features are not float32 (global) and float16 (local)"),
     (lambda g: g > 0, "its features are not float32 (global) and float16 (local)"),
     (lambda g: g * 1000, "its features are not normalised"),
-], ids=["int64", "bool", "unnormalised"])
+    (lambda g: g * 0.5, "its features are not normalised"),  # (short of norm 1 too)
+], ids=["int64", "bool", "unnormalised", "half-norm"])
 def test_a_cache_entry_of_features_the_writer_never_stores_is_encoded_again(tmp_path, tiny, capsys, edit, why):
     """Integer, boolean or unnormalised features with a matching checksum (the checksum is no
     seal) were used: every MCM of unnormalised ones near 1, the bool ones' classes wrong."""
