@@ -523,6 +523,9 @@ def test_check_output_accepts_what_it_may_replace_and_refuses_the_rest(tmp_path)
     files.check_output(run / "prompt.safetensors", "--out", run=run)
     with pytest.raises(UserError, match=r"is the prompt.safetensors of the run in "):
         files.check_output(other / "prompt.safetensors", "--out", run=run)
+    (run / "log.jsonl").write_text("")
+    with pytest.raises(UserError, match=r"is the checkpoint.pt of the run in .* \(it holds log.jsonl\)"):
+        files.check_output(run / "checkpoint.pt", "--out", run=run)  # (export writes its run's prompt alone)
 
 
 def test_a_file_descriptor_number_is_no_path(tmp_path):
