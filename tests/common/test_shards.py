@@ -253,27 +253,33 @@ def _negative_size(path, size):
     path.write_bytes(bytes(raw))
 
 
+def _refused_as_overlapping_within(path, member, seconds):
+    """``list_members(path)`` refuses ``member`` as overlapping within ``seconds``: listings of such
+    shards once never ended, so an alarm fails the test rather than hanging the suite."""
+    import signal
+
+    def endless(*_):
+        raise TimeoutError("the listing did not end")
+
+    before = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(seconds)
+    try:
+        with pytest.raises(UserError, match=rf"{path.name}: not a readable uncompressed tar shard \(member "
+                                            rf"'{member}' has a negative size or overlaps the one before\)$"):
+            shards.list_members(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
 @pytest.mark.parametrize("size", [-1, -100, -512, -1024, -1536])
 def test_a_member_with_a_negative_size_is_one_line(tmp_path, size):
     """-1 and -100 move no header (tarfile rounds them up to 0 blocks): b.png would be listed,
     and read with a negative length; -512 sent tarfile's next header back onto the same one: the
     listing never ended (score hung); -1024 and -1536 listed b.png and then read it with a
     negative length (a traceback, --skip-unreadable or not). The shard is refused as unreadable, naming the member."""
-    import signal
-
-    def endless(*_):
-        raise TimeoutError("the listing did not end")
-
     _negative_size(tmp_path / "s.tar", size)
-    before = signal.signal(signal.SIGALRM, endless)
-    signal.alarm(20)  # (the old code looped for ever: fail, do not hang the suite)
-    try:
-        with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(member 'b.png' has a "
-                                            r"negative size or overlaps the one before\)$"):
-            shards.list_members(tmp_path / "s.tar")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
+    _refused_as_overlapping_within(tmp_path / "s.tar", "b.png", seconds=20)
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
@@ -395,11 +401,6 @@ def test_a_sparse_member_storing_a_negative_size_is_one_line_not_a_loop(tmp_path
     """An old GNU sparse header keeps the member's length (holes included) apart from the bytes it
     stores: a stored size of -512 with a whole length that is not negative sent tarfile's next
     header back onto the same one (a listing that never ends)."""
-    import signal
-
-    def endless(*_):
-        raise TimeoutError("the listing did not end")
-
     (tmp_path / "a.png").write_bytes(b"a" * 10)
     with open(tmp_path / "holes.bin", "wb") as f:
         f.write(b"x" * 10)
@@ -414,15 +415,7 @@ def test_a_sparse_member_storing_a_negative_size_is_one_line_not_a_loop(tmp_path
     raw[h + 148:h + 156] = b" " * 8
     raw[h + 148:h + 156] = b"%06o\0 " % sum(raw[h:h + 512])
     (tmp_path / "s.tar").write_bytes(bytes(raw))
-    before = signal.signal(signal.SIGALRM, endless)
-    signal.alarm(10)
-    try:
-        with pytest.raises(UserError, match=r"s.tar: not a readable uncompressed tar shard \(member 'holes.bin' has a "
-                                            r"negative size or overlaps the one before\)$"):
-            shards.list_members(tmp_path / "s.tar")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, before)
+    _refused_as_overlapping_within(tmp_path / "s.tar", "holes.bin", seconds=10)
 
 
 def test_a_shard_cut_before_its_first_image_is_unreadable_not_imageless(tmp_path):
