@@ -259,6 +259,7 @@ def test_a_complex_weight_is_refused_not_cast_to_its_real_part(tiny_clip_config,
             load_clip(tiny_clip_config, str(path))
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # (torch's, on loading; the CLI filters it)
 def test_a_sparse_weight_or_an_entry_that_is_no_tensor_is_one_line(tiny_clip_config, tiny_clip_checkpoint, tmp_path):
     """In torch.save's format a weight may be sparse (loading would densify what no open_clip
     weight is) and an entry may be no tensor at all (a training script's ``epoch``): the first is
