@@ -207,7 +207,8 @@ def test_a_new_run_starts_over_only_its_own_stopped_run(tmp_path, command):
                        r"replace it; choose another --out$"):
         rf.check_new_run(tmp_path, command, files)
     evaluation = {"id_data": "val", "ood": {}, "scores": "mcm", "convention": "id"}
-    for config in (evaluation, other, [], "not json"):
+    # (a JSON list or string holding the key names is no config: "shots" in ["shots", "n_ctx"] is true)
+    for config in (evaluation, other, [], "not json", list(own[command]), " ".join(own[command])):
         (tmp_path / "config.json").write_text(json.dumps(config) if config != "not json" else config)
         with pytest.raises(UserError, match=rf"^--out {tmp_path}: its config.json is not of a clip-smot {command} "
                            "run stopped before its first checkpoint; the run would replace it; choose another --out$"):
@@ -390,4 +391,72 @@ def test_an_optimizer_step_count_is_a_number_or_a_0_dim_tensor():
     state["state"][0]["step"] = torch.tensor([3.0, 3.0, 3.0])
     with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: step has "
                                         r"shape \[3\], not \[2\]\)$"):
+        rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
+
+
+def test_a_non_dict_checkpoint_or_format_is_refused_even_where_no_format_is_allowed(tmp_path):
+    """legacy accepts a dict without a format key; a list (in which "format" is not) or a dict
+    whose format is no string (a list: no key of a dict) is no checkpoint of the track."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save([1, 2], path)
+    with pytest.raises(rf.CheckpointError, match=r"^not a clip-smot train checkpoint$"):
+        rf.read_checkpoint(path, "clip-smot-train-checkpoint", legacy=True)
+    torch.save({"format": ["clip-smot-fit-checkpoint"], "epoch": 1}, path)
+    with pytest.raises(rf.CheckpointError, match=r"^not a clip-smot train checkpoint$"):
+        rf.read_checkpoint(path, "clip-smot-train-checkpoint")
+
+
+def test_a_damaged_rng_state_is_refused_not_partly_restored():
+    """A state without torch's generator, a NumPy key that is no tensor of 624 words, a position
+    that is no whole number: each raises (the caller names the file) rather than resuming with
+    the current state in its place."""
+    saved = np.random.get_state()
+    try:
+        state = rf.capture_rng()
+        del state["torch"]
+        with pytest.raises(KeyError):
+            rf.restore_rng(state)
+        for keys, said in ((torch.zeros(623, dtype=torch.int64), "623"), (list(range(624)), "no")):
+            state = rf.capture_rng()
+            state["numpy"] = (state["numpy"][0], keys, *state["numpy"][2:])
+            with pytest.raises(ValueError, match=rf"^NumPy's state holds {said} keys, not 624$"):
+                rf.restore_rng(state)
+        state = rf.capture_rng()
+        state["numpy"] = (*state["numpy"][:2], 3.0, *state["numpy"][3:])
+        with pytest.raises(ValueError, match=r"^NumPy's state is at position 3.0, not in \[0, 624\]$"):
+            rf.restore_rng(state)
+    finally:
+        np.random.set_state(saved)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_only_a_dense_tensor_with_storage_for_each_value_holds_its_values():
+    assert rf.holds_its_values(torch.ones(4))
+    assert rf.holds_its_values(torch.ones(8)[2:6])  # (a view into a larger storage)
+    assert not rf.holds_its_values(torch.tensor(1.0).expand(4))  # 4 bytes for 4 float32 values
+    assert not rf.holds_its_values(torch.ones(4).to_sparse())
+    assert not rf.holds_its_values(torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]))
+
+
+def test_an_optimizer_state_tensor_must_be_a_finite_float_one_of_its_own_values():
+    """A non-step state that is a number, an integer tensor, a repeated (zero-stride) tensor or a
+    NaN one is refused; a step that is neither a number nor a 0-dim tensor is refused as such."""
+    w = torch.nn.Parameter(torch.ones(2))
+    groups = torch.optim.SGD([w], lr=0.1, momentum=0.9).state_dict()["param_groups"]
+    cases = ((0.5, r"momentum_buffer is a float, not a tensor"),
+             (torch.ones(2, dtype=torch.int64), r"momentum_buffer is not a finite float tensor with a value of its own "
+                                                r"at each position"),
+             (torch.tensor(1.0).expand(2), r"momentum_buffer is not a finite"),
+             (torch.tensor([1.0, float("nan")]), r"momentum_buffer is not a finite"))
+    for value, said in cases:
+        state = {"state": {0: {"momentum_buffer": value}}, "param_groups": groups}
+        with pytest.raises(UserError, match=rf"^--resume c.pt: its optimizer state does not fit \(ValueError: {said}"):
+            rf.load_optimizer_state(torch.optim.SGD([w], lr=0.1, momentum=0.9), state, "--resume c.pt")
+    adam = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(2)
+    adam.step()
+    state = adam.state_dict()
+    state["state"][0]["step"] = "3"
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: step is a str, "
+                                        r"not a tensor\)$"):
         rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
