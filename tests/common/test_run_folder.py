@@ -429,6 +429,35 @@ def test_a_damaged_rng_state_is_refused_not_partly_restored():
         np.random.set_state(saved)
 
 
+def test_a_state_of_the_shared_layout_with_an_aug_device_key_is_read_as_the_shared_layout():
+    """The older fit layout is one with aug_device and no devices: a state with both restores
+    NumPy's generator too."""
+    saved = np.random.get_state()
+    try:
+        np.random.seed(4)
+        state = {**rf.capture_rng({"aug_gen": torch.Generator()}), "aug_device": "cpu"}
+        expected = np.random.rand(3)
+        np.random.seed(5)
+        rf.restore_rng(state, {"aug_gen": torch.Generator()})
+        np.testing.assert_array_equal(np.random.rand(3), expected)
+    finally:
+        np.random.set_state(saved)
+
+
+def test_cuda_generators_are_set_only_where_cuda_is_available_and_the_state_holds_them(monkeypatch):
+    """A CPU machine resumes a CUDA run's checkpoint (its cuda states unused); a CUDA machine
+    resumes a CPU run's (no cuda states: nothing to set)."""
+    state = {k: v for k, v in rf.capture_rng().items() if k != "cuda"}
+    with_cuda = {**state, "cuda": [torch.zeros(816, dtype=torch.uint8)]}
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_calls.append)
+    for available, given, expected in ((False, with_cuda, []), (True, state, []), (True, with_cuda, [with_cuda["cuda"]])):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        set_calls.clear()
+        rf.restore_rng(given)
+        assert set_calls == expected
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
 def test_only_a_dense_tensor_with_storage_for_each_value_holds_its_values():
     assert rf.holds_its_values(torch.ones(4))
