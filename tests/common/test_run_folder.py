@@ -489,3 +489,19 @@ def test_an_optimizer_state_tensor_must_be_a_finite_float_one_of_its_own_values(
     with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: step is a str, "
                                         r"not a tensor\)$"):
         rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
+
+
+def test_the_config_is_written_to_the_run_folder_and_explicit_fields_are_those_off_their_default(tmp_path):
+    from dataclasses import dataclass
+
+    rf.write_config(tmp_path, {"b": 1, "a": [2, 3]})
+    assert json.loads((tmp_path / "config.json").read_text()) == {"a": [2, 3], "b": 1}
+
+    @dataclass
+    class Cfg:
+        lr: float = 0.1
+        seed: int = 0
+        out: str = "runs"
+
+    assert rf.explicit_fields(Cfg()) == set()
+    assert rf.explicit_fields(Cfg(seed=3, out="runs")) == {"seed"}
