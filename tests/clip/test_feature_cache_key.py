@@ -86,6 +86,19 @@ def test_local_features_are_unit_vectors(tiny):  # noqa: F811
     torch.testing.assert_close(l.norm(dim=-1), torch.ones(l.shape[:2]))
 
 
+def test_local_features_under_bf16_are_float32_unit_vectors(tiny):  # noqa: F811
+    """Under bf16 autocast both features are returned as float32 (the docstring's), normalised,
+    and the global ones are open_clip's encode_image of the same autocast, normalised."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    g, l = cf.normalized_features(tiny, x, local=True, precision="bf16")
+    assert g.dtype == torch.float32 and l.dtype == torch.float32
+    torch.testing.assert_close(g.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(l.norm(dim=-1), torch.ones(l.shape[:2]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = tiny.model.encode_image(x).float()
+    torch.testing.assert_close(g, ref / ref.norm(dim=-1, keepdim=True), rtol=0, atol=3e-2)
+
+
 def test_an_entry_at_the_key_that_lists_other_files_is_encoded_again(tmp_path, tiny, capsys):  # noqa: F811
     """An entry at a key's name whose files are not those asked for (a forged or misplaced entry,
     its checksum matching) is no hit: a note, and the files are encoded again."""
