@@ -165,3 +165,19 @@ def test_an_entry_of_features_within_the_norm_tolerances_is_read(tmp_path, tiny,
     again = cf.encode_files(tiny, paths, local=True, workers=0)
     assert capsys.readouterr().err == ""
     assert torch.equal(again.global_, global_) and torch.equal(again.local, local)
+
+
+def test_a_damaged_entry_is_one_note_of_the_writing_process_alone(tmp_path, tiny, capsys, monkeypatch):  # noqa: F811
+    """Under torchrun a damaged entry is noted by rank 0 alone (it rewrites it); another rank
+    encodes the files again without a note and leaves the entry as it is."""
+    a, b, c = (str(p) for p in _images(tmp_path, 3))
+    fresh = cf.encode_files(tiny, [a, b], workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    cf._write_cache(entry, cf.ImageFeatures([a, c], fresh.global_, None, []))  # (it lists other files)
+    forged = entry.read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(cf, "writes_outputs", lambda: False)  # (a rank other than 0)
+    again = cf.encode_files(tiny, [a, b], workers=0)
+    assert capsys.readouterr().err == ""
+    assert again.paths == [a, b] and entry.read_bytes() == forged
+    torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
