@@ -929,6 +929,27 @@ def test_the_shares_of_a_torchrun_join_in_order_with_every_skipped_file():
     assert torch.equal(whole.global_, g) and torch.equal(whole.local, l)
 
 
+def test_two_shares_join_when_one_or_both_have_no_readable_file():
+    """Two processes' shares (the smallest torchrun): a readable share and an unreadable one are
+    the readable one's features with both skipped lists; two unreadable shares are no features
+    at all, [0, e] and [0, 0, e], with every skipped file."""
+    from clip_smot.clip.features import ImageFeatures, _join
+
+    g = F.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(2)), dim=-1)
+    l = F.normalize(torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(3)), dim=-1).half()
+
+    def unreadable(name):
+        return ImageFeatures([], torch.zeros(0, 32), torch.zeros(0, 0, 32, dtype=torch.float16),
+                             [(name, f"{name}: unreadable")])
+
+    whole = _join([ImageFeatures(["a", "b"], g, l, []), unreadable("y")])
+    assert whole.paths == ["a", "b"] and whole.skipped == [("y", "y: unreadable")]
+    assert torch.equal(whole.global_, g) and torch.equal(whole.local, l)
+    none = _join([unreadable("x"), unreadable("y")])
+    assert none.paths == [] and none.skipped == [("x", "x: unreadable"), ("y", "y: unreadable")]
+    assert none.global_.shape == (0, 32) and none.local.shape == (0, 0, 32)
+
+
 def test_non_finite_features_name_the_weights_the_count_and_the_first_bad_image(tiny, tiny_clip_config):
     import re
 
