@@ -375,3 +375,212 @@ def test_a_weight_not_stored_as_real_floats_is_one_line(tmp_path, dtype, stored)
     for half in (torch.float16, torch.bfloat16, torch.float64):  # (real numbers of another width: they load)
         tensors["fc.weight"] = load_file(str(tmp_path / "m.safetensors"))["fc.weight"].to(half)
         load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
+
+
+def test_the_overflow_probe_is_a_normalised_grey_image_of_at_most_64_pixels(tmp_path, monkeypatch):
+    """load_model's overflow check runs one mid-grey image (0.5 everywhere) through the network,
+    normalised by the file's mean and std, at the file's input size but at most 64 pixels (the
+    network is fully convolutional: a 1024-pixel model costs one 64-pixel forward)."""
+    from clip_smot.resnet import networks
+
+    seen = []
+    real_build = networks.build_network
+
+    def build(*a):
+        model = real_build(*a)
+        model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+        return model
+
+    monkeypatch.setattr(networks, "build_network", build)
+    mean, std = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
+    by_hand = torch.tensor([(0.5 - 0.25) / 0.5, (0.5 - 0.5) / 0.25, (0.5 - 0.75) / 0.125])  # 0.5, 0, -2
+    for size, side in ((16, 16), (1024, 64)):
+        seen.clear()
+        path = tmp_path / f"m{size}.safetensors"
+        save_model(path, real_build("resnet_tiny", 3, size), arch="resnet_tiny", classnames=["a", "b", "c"],
+                   input_size=size, mean=mean, std=std)
+        load_model(path)
+        assert len(seen) == 1 and seen[0].shape == (1, 3, side, side), size
+        torch.testing.assert_close(seen[0], by_hand.view(1, 3, 1, 1).expand(1, 3, side, side))
+
+
+def test_a_channels_last_model_is_saved_and_loads(tmp_path):
+    """train on CUDA converts the network to channels_last: its convolution weights are then not
+    contiguous tensors, which safetensors refuses to write; the file holds them contiguous."""
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 3, 32).eval()
+    cl = build_network("resnet_tiny", 3, 32).eval()
+    cl.load_state_dict(model.state_dict())
+    cl = cl.to(memory_format=torch.channels_last)
+    assert not cl.conv1.weight.is_contiguous()
+    save_model(tmp_path / "m.safetensors", cl, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.5] * 3, std=[0.25] * 3)
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_model_file_metadata_at_the_ends_of_its_ranges_loads(tmp_path):
+    """Two classes, each mean 0 or 1 (images in [0, 1]) and each std exactly the floor 1e-3 are
+    all within a model file's ranges (docs: 2 or more classes, means in [0, 1], stds at least 1e-3)."""
+    path = tmp_path / "m.safetensors"
+    save_model(path, build_network("resnet_tiny", 2, 32), arch="resnet_tiny", classnames=["a", "b"], input_size=32,
+               mean=[0.0, 1.0, 0.5], std=[1e-3] * 3)
+    meta = load_model(path)[1]
+    assert meta["num_classes"] == 2 and meta["mean"] == [0.0, 1.0, 0.5] and meta["std"] == [1e-3] * 3
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"input_size": "7"}, r"input_size 7 in its metadata is outside \[8, 1024\]"),
+    ({"mean": "[1.5, 0.5, 0.5]"}, r"each mean in \[0, 1\]"),
+    ({"mean": "[-0.25, 0.5, 0.5]"}, r"each mean in \[0, 1\]"),
+    # an infinite std normalises every image to zeros: finite logits, a network that sees nothing
+    ({"std": "[Infinity, 0.25, 0.25]"}, "mean and std: three finite numbers each"),
+])
+def test_model_file_metadata_just_outside_its_ranges_is_one_line(tmp_path, changes, expected):
+    with pytest.raises(UserError, match=expected):
+        load_model(_edited(tmp_path, "edited.safetensors", **changes))
+
+
+def test_a_safetensors_file_without_metadata_is_not_a_model_file(tmp_path):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))  # (no __metadata__ at all)
+    with pytest.raises(UserError, match=r"^--checkpoint \S+bare.safetensors: not a clip-smot model file \(format is "
+                                        r"None, expected 'clip-smot-model'"):
+        load_model(tmp_path / "bare.safetensors")
+
+
+def test_a_model_file_without_its_optional_metadata_loads(tmp_path):
+    """dataset, method, stage and config are optional: absent, they read as "" and {}."""
+    from safetensors.torch import load_file, safe_open
+
+    _save(tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k not in ("dataset", "method", "stage", "config")}
+    save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "plain.safetensors"), metadata=meta)
+    got = load_model(tmp_path / "plain.safetensors")[1]
+    assert (got["dataset"], got["method"], got["stage"], got["config"]) == ("", "", "", {})
+    got = load_model(tmp_path / "m.safetensors")[1]  # (what _save wrote)
+    assert (got["dataset"], got["method"], got["stage"], got["config"]) == ("x", "ce", "base", {"lr": 0.1})
+
+
+def test_batchnorm_variances_of_zero_and_below_one_load(tmp_path):
+    """A channel that was constant in training has running_var 0 (its sqrt(var + eps) is finite),
+    and trained variances are below 1: only negative ones are refused."""
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 3, 32)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.fill_(0.5)
+        model.layers[3][0].bn2.running_var[5] = 0.0
+    save_model(tmp_path / "m.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
+               mean=[0.5] * 3, std=[0.25] * 3)
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    assert loaded.layers[3][0].bn2.running_var[5] == 0.0 and loaded.bn1.running_var[0] == 0.5
+
+
+def test_check_finite_weights_takes_a_batchnorm_without_running_statistics():
+    from clip_smot.resnet.networks import check_finite_weights
+
+    check_finite_weights(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False)),
+                         "x")
+
+
+def test_the_same_config_in_another_order_gives_the_same_file(tmp_path):
+    """The config is written with sorted keys: the same model and settings give the same bytes."""
+    model = build_network("resnet_tiny", 3, 32)
+    for name, config in (("a", {"lr": 0.1, "epochs": 2}), ("b", {"epochs": 2, "lr": 0.1})):
+        save_model(tmp_path / f"{name}.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"],
+                   input_size=32, mean=[0.5] * 3, std=[0.25] * 3, config=config)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_wrn_and_densenet_parameter_counts_follow_their_papers():
+    """Parameter counts written out from the papers' layer lists (a BatchNorm: 2 per channel):
+    WRN-40-2 (three groups of 6 pre-activation blocks, 16 -> 32 -> 64 -> 128 channels, a 1x1
+    projection in each group's first block) and DenseNet-BC-100-12 (three blocks of 16 layers,
+    BN-1x1 conv to 48-BN-3x3 conv to 12, transitions halving the channels)."""
+    k = 10
+    wrn, c_in = 3 * 16 * 9, 16
+    for c in (32, 64, 128):
+        for j in range(6):
+            ci = c_in if j == 0 else c
+            wrn += 2 * ci + ci * c * 9 + 2 * c + c * c * 9 + (ci * c if j == 0 else 0)
+        c_in = c
+    wrn += 2 * 128 + 128 * k + k
+    dense, c = 3 * 24 * 9, 24
+    for i in range(3):
+        for _ in range(16):
+            dense += 2 * c + c * 48 + 2 * 48 + 48 * 12 * 9
+            c += 12
+        if i < 2:
+            dense += 2 * c + c * (c // 2)
+            c //= 2
+    assert c == 342
+    dense += 2 * c + c * k + k
+    for arch, expected in (("wrn40_2", wrn), ("densenet_bc", dense)):
+        assert sum(p.numel() for p in build_network(arch, k, 32).parameters()) == expected, arch
+
+
+def test_wrn_and_densenet_stems_are_a_3x3_convolution_that_keeps_the_resolution():
+    """Both CIFAR networks begin with a 3x3, stride-1, padding-1 convolution (no bias) of the
+    image: their feature maps are that convolution's output carried through the rest."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        wrn = build_network("wrn40_2", 10, 32).eval()
+        assert wrn.conv1.weight.shape == (16, 3, 3, 3) and wrn.conv1.bias is None
+        torch.testing.assert_close(wrn.forward_features(x),
+                                   F.relu(wrn.bn(wrn.groups(F.conv2d(x, wrn.conv1.weight, padding=1)))))
+        dense = build_network("densenet_bc", 10, 32).eval()
+        assert dense.conv1.weight.shape == (24, 3, 3, 3) and dense.conv1.bias is None
+        torch.testing.assert_close(dense.forward_features(x),
+                                   F.relu(dense.bn(dense.blocks(F.conv2d(x, dense.conv1.weight, padding=1)))))
+
+
+def test_a_basic_block_projects_its_shortcut_when_the_stride_or_the_width_changes():
+    """He et al.'s option B: a 1x1 convolution and BN on the shortcut wherever the block's
+    output differs from its input in size (stride 2) or in channels, either alone."""
+    from clip_smot.resnet.networks import BasicBlock
+
+    torch.manual_seed(0)
+    for c_in, c_out, stride in ((16, 16, 2), (16, 32, 1), (16, 32, 2)):
+        block = BasicBlock(c_in, c_out, stride).eval()
+        assert len(block.shortcut) == 2 and block.shortcut[0].stride == (stride, stride)
+        with torch.no_grad():
+            assert block(torch.randn(1, c_in, 8, 8)).shape == (1, c_out, 8 // stride, 8 // stride)
+    assert len(BasicBlock(16, 16, 1).shortcut) == 0
+
+
+def test_resnet_tiny_is_one_basic_block_per_stage_of_16_to_128_channels():
+    """Its parameters written out: a 3x3 stem to 16 channels and BN, one basic block per stage
+    (16, 32, 64, 128; a 1x1 projection and BN where the width changes), the linear head."""
+    k = 3
+    expected, c_in = 3 * 16 * 9 + 2 * 16, 16
+    for c in (16, 32, 64, 128):
+        expected += c_in * c * 9 + 2 * c + c * c * 9 + 2 * c + (c_in * c + 2 * c if c != c_in else 0)
+        c_in = c
+    expected += 128 * k + k
+    model = build_network("resnet_tiny", k, 32)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    with torch.no_grad():  # the stages' strides 1, 2, 2, 2: sides 32, 16, 8, 4
+        h = stem = model.maxpool(torch.relu(model.bn1(model.conv1(torch.zeros(1, 3, 32, 32)))))
+        sides = []
+        for stage in model.layers:
+            h = stage(h)
+            sides.append(h.shape[-1])
+    assert stem.shape[-1] == 32 and sides == [32, 16, 8, 4]
+
+
+def test_wrn_groups_have_strides_1_2_2():
+    torch.manual_seed(0)
+    wrn = build_network("wrn40_2", 10, 32).eval()
+    h, sides = wrn.conv1(torch.zeros(1, 3, 32, 32)), []
+    with torch.no_grad():
+        for group in wrn.groups:
+            h = group(h)
+            sides.append(h.shape[-1])
+    assert sides == [32, 16, 8]
