@@ -584,3 +584,12 @@ def test_wrn_groups_have_strides_1_2_2():
             h = group(h)
             sides.append(h.shape[-1])
     assert sides == [32, 16, 8]
+
+
+def test_a_wide_block_of_stride_2_projects_its_shortcut_at_the_same_width():
+    from clip_smot.resnet.networks import WideBlock
+
+    block = WideBlock(16, 16, 2).eval()
+    assert block.shortcut is not None and block.shortcut.stride == (2, 2)
+    with torch.no_grad():
+        assert block(torch.randn(1, 16, 8, 8)).shape == (1, 16, 4, 4)
