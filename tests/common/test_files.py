@@ -20,10 +20,11 @@ _Usage = namedtuple("_Usage", "total used free")
 
 
 def _open_fds() -> list[str]:
-    """This process's open file descriptors (Linux)."""
-    if not os.path.isdir("/proc/self/fd"):
-        pytest.skip("no /proc/self/fd")
-    return sorted(os.listdir("/proc/self/fd"))
+    """This process's open file descriptors (Linux's /proc/self/fd, macOS's /dev/fd)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(folder):
+            return sorted(os.listdir(folder))
+    pytest.skip("no /proc/self/fd or /dev/fd to list open descriptors (not Linux or macOS)")
 
 
 def _plenty_of_space(monkeypatch):  # (this machine's disk may be nearly full itself)
