@@ -94,7 +94,14 @@ def _read_only_root(load, root: str | None):
 
 
 def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
-    """An ID split by built-in name or folder, checked against the model's classes."""
+    """An ID split by built-in name or folder, checked against the model's classes.
+
+    Raises:
+        UserError: ``id_data`` is empty (``Path("")`` is ``.``: a library caller's unset
+            ``"$DATA"`` read the current folder's class folders as the ID set).
+    """
+    if id_data == "":
+        raise UserError(f"{flag} '': an empty path; give a folder or a built-in set ('.' for the current folder)")
     size, classnames = meta["input_size"], meta["classnames"]
     cfg = meta["config"]
     if id_data.lower() in BUILTIN_ID:  # (always the set, as a bare --ood NAME: ./NAME names a folder)
@@ -126,7 +133,7 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
 
 
 def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:
-    if id_train:
+    if id_train is not None:  # ("" is refused there, not taken for "not given")
         return _id_set(id_train, meta, "train", "--id-train")
     cfg = meta["config"]
     if not cfg.get("dataset") and not cfg.get("data"):

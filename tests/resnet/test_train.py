@@ -1592,3 +1592,21 @@ def test_processes_that_read_other_cam_models_all_stop(folders, base_model, tmp_
                                         r"\(a file replaced while they started\? nodes with other versions\?\)"):
         run_train(_cfg(folders, tmp_path / "r", stage="smot", cam_model=str(base_model), epochs=1))
     assert not (tmp_path / "r").exists()
+
+
+def test_an_empty_id_folder_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """``--id ""`` / ``--id-train ""`` from the library (an unset ``"$DATA"``): ``Path("")`` is
+    ``.``, which read the working directory's class folders as the ID set, and an empty
+    ``id_train`` was taken for "not given" (the model file's training set was read instead)."""
+    from clip_smot.resnet.evaluate import _id_set, _train_set
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    meta = {"input_size": 8, "classnames": ["cat"], "config": {"data": str(tmp_path), "dataset": None},
+            "path": "m.safetensors", "num_classes": 1}
+    for flag, read in (("--id", lambda: _id_set("", meta, "val", "--id")), ("--id-train", lambda: _train_set("", meta))):
+        with pytest.raises(UserError) as e:
+            read()
+        assert str(e.value) == f"{flag} '': an empty path; give a folder or a built-in set ('.' for the current folder)"
+    assert len(_id_set(".", meta, "val", "--id").labels) == 1  # ('.' is the current folder, as asked)
