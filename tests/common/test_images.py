@@ -565,3 +565,47 @@ def test_zero_shot_names_wnids_only_when_every_folder_is_one(tmp_path):
         (tmp_path / rel).mkdir(parents=True)
     assert folder_classnames(tmp_path / "mixed") == ["n01440764", "sea lion"]
 
+
+
+def test_a_missing_id_folder_for_zero_shot_says_what_it_needs(tmp_path):
+    """Zero-shot takes its class names from the ID folder: a missing one says that it needs one
+    of class folders, not only that there is none."""
+    from clip_smot.common.image_sets import folder_classnames
+
+    with pytest.raises(UserError) as e:
+        folder_classnames(tmp_path / "gone")
+    assert str(e.value) == f"--id {tmp_path / 'gone'}: no such folder (zero-shot needs an ID folder of class folders)"
+
+
+def test_an_id_list_whose_every_label_is_class_zero_is_labelled(tmp_path):
+    """Only -1 (OpenOOD's "no label") leaves an ID list unlabelled: a list of class 0 alone (a
+    one-class subset) keeps its labels, and the ID accuracy is reported."""
+    from clip_smot.common.image_sets import id_set
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 0\n")
+    s = id_set(tmp_path / "list.txt", ["cat", "dog"])
+    assert s.paths == [tmp_path / "a.png", tmp_path / "b.png"] and s.labels == [0, 0] and s.note == ""
+    (tmp_path / "list.txt").write_text("a.png -1\nb.png -1\n")
+    s = id_set(tmp_path / "list.txt", ["cat", "dog"])
+    assert s.name == "id" and s.paths == [tmp_path / "a.png", tmp_path / "b.png"] and s.labels is None
+    assert s.note == f"{tmp_path / 'list.txt'}: the list gives no class labels"
+
+
+def test_a_missing_listed_file_with_a_label_gets_no_white_space_hint(tmp_path):
+    """The hint that a path was split at white space is given only for a missing file whose
+    second field is no label: 'gone.png 3' names a missing file, and that alone; a listed folder
+    ('dir.png cat', labels ignored) is named as no regular file, and that alone."""
+    from clip_smot.common.image_sets import image_files, read_image_list
+
+    (tmp_path / "list.txt").write_text("gone.png 3\n")
+    with pytest.raises(UserError) as e:
+        read_image_list(tmp_path / "list.txt", tmp_path, "PATH")
+    assert str(e.value) == f"PATH {tmp_path / 'list.txt'}:1: {tmp_path / 'gone.png'} does not exist"
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "list.txt").write_text("dir.png cat\n")
+    with pytest.raises(UserError) as e:
+        image_files(tmp_path / "list.txt", "PATH")
+    assert str(e.value) == (f"PATH {tmp_path / 'list.txt'}:1: {tmp_path / 'dir.png'} is not a regular file "
+                            "(a folder, FIFO or device)")
