@@ -236,6 +236,27 @@ def test_a_prompt_of_an_unfinished_run_is_said_to_be_one(tmp_path, tiny, tiny_cl
         assert res.exit_code == 0 and (note in res.stderr) == said, res.output
 
 
+def test_an_unfinished_runs_note_is_said_by_the_writing_process_alone(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                       monkeypatch, capsys):
+    """Under torchrun every process reads the prompt, but only the one that writes the outputs
+    says it is of an unfinished run: one note, not one a process."""
+    import clip_smot.clip.score as score_module
+    from clip_smot.clip.prompt_file import save_prompt
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1, n_ood=0)
+    text = torch.nn.functional.normalize(torch.randn(len(CLASSES), 32), dim=-1)
+    prompt = tmp_path / "p.safetensors"
+    save_prompt(prompt, torch.randn(4, 32), text, tiny.identity(), 4, "end", False, list(CLASSES),
+                {"epochs": 5, "run": {"epoch": 2}})
+    monkeypatch.setattr(score_module, "_score", lambda *a: [])  # (the note is said before any image is scored)
+    note = f"note: {prompt} holds the context of epoch 2 of its run's 5 (exported from an unfinished run)\n"
+    for writes, said in ((False, ""), (True, note)):
+        monkeypatch.setattr(score_module, "writes_outputs", lambda: writes)
+        score_module.run_score(score_module.ScoreConfig(prompt=str(prompt), paths=(str(id_dir),),
+                                                        out=str(tmp_path / "s.csv"), pretrained=tiny_clip_checkpoint))
+        assert capsys.readouterr().err == said
+
+
 def test_score_csv_uses_stored_text_features_without_a_text_pass(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     text = make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, ood_dir = make_folders(tmp_path)
@@ -1295,6 +1316,26 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
     got, want = read_csv(out), read_csv(tmp_path / "whole.csv")  # (the rest of the cut one: other batches)
     assert [r["path"] for r in got] == [r["path"] for r in want]
     assert all(float(a[s]) == pytest.approx(float(b[s]), abs=1e-6) for a, b in zip(got, want) for s in ("mcm", "energy"))
+
+
+def test_the_progress_bar_counts_every_image_of_paths_once(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """The bar's total is the number of images of PATHS (3 classes x 2 + 3 OOD = 9, counted by
+    hand), whatever the chunks."""
+    from tqdm import tqdm
+
+    import clip_smot.clip.score as score_module
+
+    bars = []
+
+    def bar(**kw):
+        bars.append(kw)
+        return tqdm(disable=True, **kw)
+
+    monkeypatch.setattr(score_module, "progress_bar", bar)
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=2, n_ood=3)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "s.csv")  # (in chunks of 5)
+    assert [(b["total"], b["initial"]) for b in bars] == [(9, 0)] and len(read_csv(tmp_path / "s.csv")) == 9
 
 
 def test_a_resume_lists_paths_three_times(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
