@@ -255,3 +255,41 @@ def test_a_declared_range_is_checked_as_declared():
         with pytest.raises(UserError) as e:
             check_ranges(options)
         assert str(e.value) == message
+
+
+def test_a_saved_configuration_of_another_type_is_refused_by_name():
+    """A hand-edited config.json may hold a string, a list or an int where the code expects
+    another type: each is one line naming the field, not a run with "16" context vectors."""
+    for cfg, field, value, kind in [(FitConfig(n_ctx="16"), "n_ctx", "'16'", "int"),
+                                    (FitConfig(lam="0.1"), "lam", "'0.1'", "float"),
+                                    (FitConfig(ctx_init=3), "ctx_init", "3", "str | None"),
+                                    (FitConfig(model=["ViT-B-16"]), "model", "['ViT-B-16']", "str"),
+                                    (FitConfig(csc=1), "csc", "1", "bool")]:
+        with pytest.raises(UserError) as e:
+            check_field_types(cfg, "config.json")
+        assert str(e.value) == f"config.json: its configuration's {field} is {value}, not {kind}"
+    check_field_types(FitConfig(ctx_init="a photo of a", data=None), "config.json")
+
+
+def test_the_largest_seed_is_the_largest_int64():
+    """Seeds are drawn from [0, 2**63 - 1]: numpy's default_rng takes no negative seed and torch
+    one of 64 bits; the largest int64 is accepted by both and by the configs, one more is not."""
+    import numpy as np
+    import torch
+
+    assert MAX_SEED == np.iinfo(np.int64).max == 9223372036854775807
+    torch.Generator().manual_seed(MAX_SEED)
+    np.random.default_rng(MAX_SEED)
+    check_ranges(TrainConfig(out="o", seed=9223372036854775807))
+    with pytest.raises(UserError) as e:
+        check_ranges(TrainConfig(out="o", seed=9223372036854775808))
+    assert str(e.value) == "--seed 9223372036854775808: must be in [0, 9223372036854775807]"
+
+
+def test_only_a_list_in_a_tuple_field_is_read_back_as_a_tuple():
+    """from_dict turns a JSON list into a tuple for a tuple field only: any other value is kept as
+    it was read (a string is not made a tuple of its characters), and a list in a field of
+    another type stays a list."""
+    cfg = ScoreConfig.from_dict({"prompt": "p", "paths": "ab", "out": "o.csv", "scores": ["mcm", "msp"]})
+    assert cfg.paths == "ab" and cfg.scores == ["mcm", "msp"]
+    assert ScoreConfig.from_dict({"prompt": "p", "paths": ["a", "b"], "out": "o.csv"}).paths == ("a", "b")
