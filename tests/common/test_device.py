@@ -1,5 +1,7 @@
 """clip_smot.common.device: the devices the commands accept."""
 
+import os
+
 import pytest
 import torch
 
@@ -332,3 +334,55 @@ def test_missing_triton_on_a_gpu_machine_with_and_without_a_c_compiler(tmp_path)
     bare = {**env, "PATH": str(tmp_path / "bin"), "TRITON_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", code], env=bare, capture_output=True, text=True, timeout=300)
     assert "C compiler" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_autocast_fp32_is_no_autocast_and_says_nothing():
+    """fp32 enters no autocast at all: torch's CPU autocast of float32 warns that it only supports
+    bfloat16 and float16 (and turns itself off), a line on stderr at every batch."""
+    import warnings
+
+    import torch
+
+    from clip_smot.common.device import autocast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with autocast(torch.device("cpu"), "fp32"):
+            assert not torch.is_autocast_enabled("cpu")
+
+
+def test_numpy_is_seeded_with_the_seed_modulo_two_to_the_32():
+    """numpy's legacy seed takes [0, 2**32): a seed of the configs' range, up to 2**63 - 1, seeds it
+    with its low 32 bits. 2**40 + 2**32 + 2**31 + 7 seeds numpy as 2**31 + 7 = 2147483655."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from clip_smot.common.device import seed_everything
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        seed_everything(2**40 + 2**32 + 2**31 + 7)
+        assert float(np.random.rand()) == float(np.random.RandomState(2147483655).rand())
+        seed_everything(2**31 + 7)
+        assert float(np.random.rand()) == float(np.random.RandomState(2147483655).rand())
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+
+
+def test_a_weights_file_over_half_the_memory_is_not_loaded(tmp_path, monkeypatch):
+    """A file of exactly half the machine's memory loads; one byte more does not (a sparse file:
+    it costs no disk); where the OS does not say its memory, every file loads."""
+    from clip_smot.common import device
+
+    monkeypatch.setattr(device, "physical_memory", lambda: 2 * 2**30 + 1)  # (an odd size: half is 2**30 + 0.5)
+    path = tmp_path / "w.safetensors"
+    with open(path, "wb") as f:
+        f.truncate(2**30)
+    assert device.file_over_memory(path) is None
+    os.truncate(path, 2**30 + 1)
+    assert device.file_over_memory(path) == ("the file is 1.0 GiB, more than half of this machine's 2.0 GiB; "
+                                             "not loaded")
+    monkeypatch.setattr(device, "physical_memory", lambda: None)
+    assert device.file_over_memory(path) is None
