@@ -133,8 +133,16 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
     return [p for p, _ in pairs], [y for _, y in pairs]
 
 
-def _id_root(where: Path) -> Path:
-    """``DIR/val`` when it is a folder of class folders, else ``DIR`` (whose classes may include ``val``)."""
+def _id_root(where: str | os.PathLike, flag: str) -> Path:
+    """``DIR/val`` when it is a folder of class folders, else ``DIR`` (whose classes may include ``val``).
+
+    Raises:
+        UserError: ``where`` is empty (``Path("")`` is ``.``: an unset ``"$IMAGENET"`` read the
+            current folder as the ID set, or its sub-folders as zero-shot's classes).
+    """
+    if os.fspath(where) == "":
+        raise UserError(f"{flag} '': an empty path; give a file or folder ('.' for the current folder)")
+    where = Path(where)
     return where / "val" if holds_folders(where / "val") else where
 
 
@@ -144,7 +152,7 @@ def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
     Raises:
         UserError: not a folder, or no class sub-folders.
     """
-    root = _id_root(Path(where))
+    root = _id_root(where, flag)
     if not is_folder(root, flag):
         raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
     return class_folders(root, flag)
@@ -233,7 +241,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
                 raise UserError(f"{flag} {as_list[0]}: {path} has label {y}, not a class index of the prompt "
                                 f"(0 .. {len(classnames) - 1}; every line needs one, or none does)")
         return ImageSet("id", paths, labels)
-    root = _id_root(Path(where))
+    root = _id_root(where, flag)
     paths = list_images(root, flag=flag)
     if is_file(root, flag):
         return ImageSet("id", paths, None, "a single image has no class folder")

@@ -2,6 +2,7 @@
 
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -609,3 +610,20 @@ def test_a_missing_listed_file_with_a_label_gets_no_white_space_hint(tmp_path):
         image_files(tmp_path / "list.txt", "PATH")
     assert str(e.value) == (f"PATH {tmp_path / 'list.txt'}:1: {tmp_path / 'dir.png'} is not a regular file "
                             "(a folder, FIFO or device)")
+
+
+def test_an_empty_id_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """``id_set("")`` (a library caller's unset ``"$IMAGENET"``) took Path("") = "." and read the
+    working directory's images as the ID set, and zero-shot took its sub-folders as the classes;
+    the OOD sets and score's PATHS refused an empty path already."""
+    from clip_smot.common.image_sets import folder_classnames, id_class_folders, id_set
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "cat").mkdir()
+    monkeypatch.chdir(tmp_path)
+    message = "--id '': an empty path; give a file or folder ('.' for the current folder)"
+    for read in (lambda: id_set("", ["cat"]), lambda: folder_classnames(""), lambda: id_class_folders("")):
+        with pytest.raises(UserError) as e:
+            read()
+        assert str(e.value) == message
+    assert id_set(".", ["cat"]).paths == [Path("a.png")]  # ('.' is the current folder, as asked)
