@@ -236,25 +236,27 @@ def test_a_prompt_of_an_unfinished_run_is_said_to_be_one(tmp_path, tiny, tiny_cl
         assert res.exit_code == 0 and (note in res.stderr) == said, res.output
 
 
-def test_an_unfinished_runs_note_is_said_by_the_writing_process_alone(tmp_path, tiny, tiny_clip_checkpoint,
-                                                                       monkeypatch, capsys):
-    """Under torchrun every process reads the prompt, but only the one that writes the outputs
-    says it is of an unfinished run: one note, not one a process."""
+def test_a_prompts_notes_are_said_by_the_writing_process_alone(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
+                                                               capsys):
+    """Under torchrun every process reads the prompt and scores, but only the one that writes the
+    outputs says that the prompt is of an unfinished run, or of one class: one note, not one a
+    process."""
     import clip_smot.clip.score as score_module
     from clip_smot.clip.prompt_file import save_prompt
 
     id_dir, _ = make_folders(tmp_path, n_per_class=1, n_ood=0)
-    text = torch.nn.functional.normalize(torch.randn(len(CLASSES), 32), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(1, 32), dim=-1)
     prompt = tmp_path / "p.safetensors"
-    save_prompt(prompt, torch.randn(4, 32), text, tiny.identity(), 4, "end", False, list(CLASSES),
+    save_prompt(prompt, torch.randn(4, 32), text, tiny.identity(), 4, "end", False, ["red"],
                 {"epochs": 5, "run": {"epoch": 2}})
-    monkeypatch.setattr(score_module, "_score", lambda *a: [])  # (the note is said before any image is scored)
-    note = f"note: {prompt} holds the context of epoch 2 of its run's 5 (exported from an unfinished run)\n"
-    for writes, said in ((False, ""), (True, note)):
+    notes = (f"note: {prompt} holds the context of epoch 2 of its run's 5 (exported from an unfinished run)\n"
+             "note: the prompt has one class (red): mcm is the same for every image (a softmax over one class is 1); "
+             "energy and maxlogit still tell images apart\n")
+    for writes, said in ((False, ""), (True, notes)):
         monkeypatch.setattr(score_module, "writes_outputs", lambda: writes)
-        score_module.run_score(score_module.ScoreConfig(prompt=str(prompt), paths=(str(id_dir),),
+        score_module.run_score(score_module.ScoreConfig(prompt=str(prompt), paths=(str(id_dir),), workers=0,
                                                         out=str(tmp_path / "s.csv"), pretrained=tiny_clip_checkpoint))
-        assert capsys.readouterr().err == said
+        assert capsys.readouterr().err == said and (tmp_path / "s.csv").exists() == writes
 
 
 def test_score_csv_uses_stored_text_features_without_a_text_pass(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
@@ -1301,6 +1303,7 @@ def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_pat
         _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
     assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:11])
     run = (tmp_path / "s.csv.partial.json").read_bytes()  # (what the rows were scored with)
+    assert run == (json.dumps(json.loads(run), sort_keys=True) + "\n").encode()  # (one line, keys sorted)
     monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
                         or real(self, files, *a, **k))
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)
@@ -1835,6 +1838,10 @@ def test_a_record_left_open_over_more_than_the_record_limit_is_damaged(tmp_path)
     partial.write_text(head + 'a/x.png,"' + "y" * 600_000 + "\n" + "z" * 600_000 + '\nw",0,0.5\n')
     with pytest.raises(UserError, match=rf"the row from byte {len(head)} on is damaged"):
         list(sc._records(partial, 3))
+    # cut by the end of the file in its second line: still over the limit, not a row cut off
+    partial.write_text(head + 'a/x.png,"' + "y" * 600_000 + "\n" + "z" * 600_000)
+    with pytest.raises(UserError, match=rf"the row from byte {len(head)} on is damaged"):
+        list(sc._records(partial, 3))
 
 
 def test_a_run_file_of_the_size_limit_is_read_and_a_linked_one_is_not(tmp_path):
@@ -1856,6 +1863,21 @@ def test_a_run_file_of_the_size_limit_is_read_and_a_linked_one_is_not(tmp_path):
     run_file.symlink_to(tmp_path / "real.json")
     with pytest.raises(UserError, match="is missing or damaged"):
         sc._check_run_file(run_file, run, partial)
+
+
+def test_a_run_file_that_holds_no_json_object_is_one_line(tmp_path):
+    """OUT.partial.json edited to a list, a string, a number or null records none of the run's keys:
+    --resume names each as another, in one line (an AttributeError traceback, were it read as a dict)."""
+    from clip_smot.clip import score as sc
+
+    run = {"prompt_sha256": "ab", "model": "m", "precision": "fp32", "decoder": None}
+    run_file, partial = tmp_path / "s.csv.partial.json", tmp_path / "s.csv.partial"
+    for text in ("[1, 2]", '"prompt_sha256"', "3", "null"):
+        run_file.write_text(text)
+        with pytest.raises(UserError) as e:
+            sc._check_run_file(run_file, run, partial)
+        assert str(e.value) == (f"--resume: {partial} was scored with another --prompt, model (--model, --pretrained), "
+                                "--precision, decoder (--decode); give the same, or run without --resume")
 
 
 def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
