@@ -133,6 +133,8 @@ def test_grey_integer_images_scale_as_round_a_over_257_in_little_memory():
     got = np.asarray(eight_bit(Image.fromarray(a, "I")))
     assert got.tolist() == np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8).tolist()
     assert np.asarray(eight_bit(Image.fromarray(np.array([[0, 7, 255]], np.int32), "I"))).tolist() == [[0, 7, 255]]
+    # one value over 255 makes an 'I' image 16-bit: 256 -> round(256 / 257) = 1, 255 -> 1
+    assert np.asarray(eight_bit(Image.fromarray(np.array([[0, 255, 256]], np.int32), "I"))).tolist() == [[0, 1, 1]]
     big = Image.fromarray(np.random.default_rng(0).integers(0, 65536, (1000, 1000)).astype(np.uint16))
     assert big.mode.startswith("I;16")
     tracemalloc.start()
@@ -183,11 +185,17 @@ def test_escape_path_by_hand_and_back_to_the_same_bytes():
 
     cases = {b"plain caf\xc3\xa9.png": "plain caf\u00e9.png", b"caf\xe9.jpg": "caf\\xe9.jpg",
              b"a\nb\tc\rd": "a\\u000ab\\u0009c\\u000dd", b"x\\y": "x\\\\y", b"\\xff": "\\\\xff",
-             "p\u2028q\u0085".encode(): "p\\u2028q\\u0085", b"\xe2\x80": "\\xe2\\x80"}
+             "p\u2028q\u0085".encode(): "p\\u2028q\\u0085", b"\xe2\x80": "\\xe2\\x80",
+             b"\x80": "\\x80", b"\xff": "\\xff"}  # (the ends of os.fsdecode's surrogates, U+DC80..U+DCFF)
     for raw, text in cases.items():
         assert escape_path(os.fsdecode(raw)) == text
         assert os.fsencode(unescape_path(text)) == raw
     assert unescape_path("a\\b\\x4") == "a\\b\\x4"  # a backslash that starts no escape is itself
+    # \\xNN under 0x80 is that character (ASCII is never a stray byte); from 0x80 on, the byte
+    assert unescape_path("\\x41\\x7f") == "A\x7f" and unescape_path("\\x80") == "\udc80"
+    # surrogates just outside os.fsdecode's byte range are other surrogates: \\uNNNN, not a byte
+    for other in ("\udc7f", "\udd00", "\ud800"):
+        assert escape_path(other) == f"\\u{ord(other):04x}" and unescape_path(escape_path(other)) == other
     rng = random.Random(0)
     alphabet = [92, 10, 13, 9, 120, 117, 0xC3, 0xA9, 0xE2, 0x80, 0xA8, 0xFF, 48, 97]
     for _ in range(3000):
@@ -210,6 +218,10 @@ def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
     (tmp_path / "cat" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "a.png")
     assert _class_images(tmp_path, "cat") == ["cat/a.png", "cat/link.png"]
+    assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]
+    # a symlink to itself cannot be told a file or a folder (ELOOP): no image, and no folder to list
+    (tmp_path / "cat" / "loop").symlink_to(tmp_path / "cat" / "loop")
+    (tmp_path / "cat" / "loop.jpg").symlink_to(tmp_path / "cat" / "loop.jpg")
     assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "link.png"]
 
 
@@ -350,6 +362,19 @@ def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
     assert [p.name for p in images.list_images(".", "PATH")] == ["a.png"]
 
 
+def test_a_missing_path_or_a_folder_without_images_is_refused_by_name(tmp_path):
+    """A path that is not there is named as missing (not as a folder that cannot be listed); a
+    folder holding no image file (only other files, empty sub-folders) is refused, not an empty
+    set of images."""
+    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path / 'gone'))}: no such file or folder$"):
+        images.list_images(tmp_path / "gone", "PATH")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no image")
+    with pytest.raises(UserError, match=rf"^--data {re.escape(str(tmp_path / 'empty'))}: no image files found "
+                                        r"\(looked for \.jpg, \.jpeg, "):
+        list(images.iter_images(tmp_path / "empty", "--data"))
+
+
 def test_image_extensions_match_in_any_case(tmp_path):
     """ImageNet's files are .JPEG: an extension is an image's whatever its case; others are not."""
     for name in ("n01440764_10026.JPEG", "b.PNG", "c.Jpg", "d.webp", "e.txt", "f.JPEG.txt", "g"):
@@ -369,6 +394,14 @@ def test_class_folders_are_in_sorted_order_whatever_the_order_made(tmp_path):
     (tmp_path / "file.png").write_bytes(b"")  # (a file: no class)
     assert images.class_folders(tmp_path) == sorted(names)
     assert images.class_folders(tmp_path)[:4] == ["B", "Z", "a", "a_b"]  # (code-point order: capitals first)
+    # refused by name: a folder that is not there (or a file), one without class folders (hidden ones are none)
+    for gone in (tmp_path / "gone", tmp_path / "file.png"):
+        with pytest.raises(UserError, match=rf"^--data {re.escape(str(gone))}: no such folder$"):
+            images.class_folders(gone)
+    (tmp_path / "B" / ".hidden").mkdir()
+    (tmp_path / "B" / "x.png").write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^--id {re.escape(str(tmp_path / 'B'))}: no class folders inside"):
+        images.class_folders(tmp_path / "B", "--id")
 
 
 def test_label_number_reads_ascii_integers_only():
@@ -411,6 +444,8 @@ def test_a_list_line_of_the_longest_length_is_read_whole(tmp_path):
     assert images.MAX_LINE == 65536
     (tmp_path / "list.txt").write_text("a" * 65536 + "\nb\n")
     assert [len(line) for line in images.text_lines(tmp_path / "list.txt", "PATH", "x")] == [65536, 1]
+    (tmp_path / "last.txt").write_text("b\n" + "a" * 65536)  # (the last line, no line break after it)
+    assert [len(line) for line in images.text_lines(tmp_path / "last.txt", "PATH", "x")] == [1, 65536]
     (tmp_path / "list.txt").write_text("a" * 65537 + "\nb\n")
     with pytest.raises(UserError, match="list.txt: a line longer than 65536 characters"):
         list(images.text_lines(tmp_path / "list.txt", "PATH", "x"))
@@ -458,6 +493,12 @@ def test_a_palette_image_with_transparency_is_read_as_its_colours_without_a_warn
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(np.asarray(load_image(tmp_path / "p.png")), expected)
+    # with mode=None (the CLIP path: open_clip resizes the palette image before it converts) it stays
+    # as PIL opens it, palette and transparency table
+    kept = load_image(tmp_path / "p.png", mode=None)
+    with Image.open(tmp_path / "p.png") as opened:
+        assert kept.mode == opened.mode == "P" and kept.info["transparency"] == opened.info["transparency"]
+        assert np.array_equal(np.asarray(kept), np.asarray(opened))
 
 
 def test_a_missing_image_file_is_named_as_missing(tmp_path):
