@@ -110,6 +110,7 @@ def test_resolve_decode():
     assert decoding.resolve_decode("auto", "cpu") == "pil"
     assert decoding.resolve_decode("cpu", "cpu") == "pil"
     assert decoding.resolve_decode("auto", "cuda:0") == "jpeg"
+    assert decoding.resolve_decode("gpu", "cuda") == "jpeg"  # (no preprocessing given: none to check)
     assert decoding.resolve_decode("cpu", "cuda") == "pil"
     with pytest.raises(UserError, match="--decode gpu: .*give --device cuda or --decode cpu"):
         decoding.resolve_decode("gpu", "cpu")
@@ -120,6 +121,12 @@ def test_resolve_decode():
         assert decoding.resolve_decode("auto", "cuda", {**square, **other}) == "pil"  # auto: what the model needs
         with pytest.raises(UserError, match="--decode gpu: the model preprocesses with .*; give --decode cpu"):
             decoding.resolve_decode("gpu", "cuda", {**square, **other})
+        # the CPU decoder, or auto on the CPU, takes any preprocessing: PIL runs the model's own transform
+        assert decoding.resolve_decode("cpu", "cuda", {**square, **other}) == "pil"
+        assert decoding.resolve_decode("auto", "cpu", {**square, **other}) == "pil"
+    for wrong in ("pil", "jpeg", "GPU", ""):  # (a library caller's: not a --decode choice)
+        with pytest.raises(UserError, match=rf"^--decode {wrong}: not one of auto, cpu, gpu$"):
+            decoding.resolve_decode(wrong, "cpu")
 
 
 def test_a_torchvision_without_decode_jpeg_decodes_by_pil(tmp_path, tiny, monkeypatch):
@@ -210,6 +217,9 @@ def test_the_decoders_identity_names_the_device_whose_decoder_made_the_pixels():
     assert decoding.decoder_identity("pil", torch.device("cuda")) is None
     assert decoding.decoder_identity("jpeg", torch.device("cpu")) == f"jpeg-cpu torchvision {version}"
     assert decoding.decoder_identity("jpeg", torch.device("cuda", 1)) == f"jpeg-cuda torchvision {version}"
+    for wrong in ("gpu", "cpu", "auto"):  # (a --decode choice, not a decoder: no key is made for it)
+        with pytest.raises(ValueError, match=rf"decode='{wrong}': not one of pil, jpeg"):
+            decoding.decoder_identity(wrong, torch.device("cpu"))
 
 
 def test_cli_choices_are_the_decoders():
@@ -270,6 +280,21 @@ def test_kept_workers_start_the_decoders_once_for_call_after_call(tmp_path, tiny
             for (xa, ea), (xb, eb) in zip(a, b):
                 assert list(ea) == list(eb) and torch.equal(xa, xb)
         assert "bad.jpg" in fresh[0][-1][1][-1]
+
+
+def test_kept_workers_with_no_worker_processes_read_in_the_main_process(tmp_path, tiny):
+    """Within kept_workers, ``workers=0`` (``--workers 0``) keeps nothing (there is no worker to keep;
+    DataLoader refuses persistent_workers without one): the batches of a call outside it."""
+    paths = _images(tmp_path)
+    for decode in ("pil", "jpeg"):
+        fresh = list(image_batches(tiny, paths, 4, 0, decode))
+        with decoding.kept_workers():
+            kept = [list(image_batches(tiny, paths, 4, 0, decode)) for _ in range(2)]
+            assert decoding._KEPT == {}
+        for batches in kept:
+            assert [len(x) for x, _ in batches] == [4, 2]
+            for (xa, ea), (xb, eb) in zip(fresh, batches):
+                assert list(ea) == list(eb) and torch.equal(xa, xb)
 
 
 def test_kept_workers_keep_the_loaders_of_other_batch_sizes_apart(tmp_path, tiny):
@@ -385,6 +410,22 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
         im = _smooth(w, h)
         assert decoding.strip_square(im, settings) is im
     assert decoding.strip_square(_smooth(5000, 40), {**settings, "resize_mode": "squash"}).size == (5000, 40)
+
+
+def test_a_tall_strips_square_reads_the_rows_it_needs_and_only_those(monkeypatch):
+    """A 256 x 4200 strip to a 32-pixel square: torchvision's Resize(32) makes it 32 x 525 (4200 / 525
+    = 8 source rows an output row), CenterCrop(32) starts at row round(493 / 2) = 246, so the square
+    is rows 246 * 8 = 1968 to 278 * 8 = 2224 of the strip. Bicubic reads 2 output rows (16 source rows)
+    beyond each edge: the square is, bit for bit, PIL's width pass over the whole strip then its height
+    pass over that box; the width pass reads a few hundred rows, not the strip's 4200."""
+    rng = np.random.default_rng(4)
+    im = Image.fromarray(rng.integers(0, 256, (4200, 256, 3)).astype(np.uint8))  # noise: every row counts
+    want = im.resize((32, 4200), Image.BICUBIC).resize((32, 32), Image.BICUBIC, box=(0, 1968, 32, 2224))
+    rows, real = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: rows.append(self.size[1]) or real(self, *a, **k))
+    square = decoding.strip_square(im, {"size": 32, "interpolation": "bicubic", "resize_mode": "shortest"})
+    assert np.array_equal(np.asarray(square), np.asarray(want))
+    assert rows and max(rows) < 400, rows
 
 
 def test_a_strip_is_scored_from_its_square_and_never_goes_to_the_tensor_path(tmp_path, tiny):
