@@ -179,3 +179,66 @@ def test_by_size_groups_by_height_and_width():
     calls = []
     out = ti.by_size(images, lambda b: calls.append(tuple(b.shape)) or b.float().mean(dim=(1, 2, 3)))
     assert sorted(calls) == [(1, 3, 5, 7), (1, 3, 6, 7)] and {k: float(v) for k, v in out.items()} == {0: 0.0, 1: 1.0}
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    """A JPEG marker segment: 0xFF, the marker, the length (2 bytes, counting itself), the payload."""
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_frame_size_reads_every_frame_header_kind_and_skips_the_other_c_markers():
+    """JPEG B.1.1.3 / table B.1: 0xFFC0-0xFFCF are frame headers (SOF0-SOF15: baseline, extended,
+    progressive, lossless, hierarchical, arithmetic) except DHT (0xC4), JPG (0xC8) and DAC (0xCC),
+    which are segments to step over. The first header here declares 4660 x 1383 (bytes over 255:
+    both bytes of each field count), the second, after it, 40 x 30."""
+    first = b"\x08\x05\x67\x12\x34\x01\x01\x11\x00"  # precision, height, width, 1 component
+    second = _segment(0xC0, b"\x08\x00\x1e\x00\x28\x01\x01\x11\x00")
+    for marker in range(0xC0, 0xD0):
+        data = b"\xff\xd8" + _segment(marker, first) + second
+        want = (40, 30) if marker in (0xC4, 0xC8, 0xCC) else (4660, 1383)
+        assert ti._frame_size(data) == want, hex(marker)
+
+
+def test_frame_size_steps_over_long_and_empty_segments_and_stops_at_stray_bytes():
+    """A segment's length is two bytes (an EXIF or ICC segment runs over 255 bytes); an empty one
+    (length 2) is a segment too. A byte other than 0xFF where a marker belongs ends the walk: no
+    frame header is read out of other bytes."""
+    frame = _segment(0xC0, b"\x08\x00\x1e\x00\x28\x01\x01\x11\x00")  # 40 x 30
+    app = _segment(0xE1, b"\xff\xc0\x00\x11\x08\x7f\x7f\x7f\x7f" * 40)  # 362 bytes (0x016a) that look like a frame
+    assert ti._frame_size(b"\xff\xd8" + app + frame) == (40, 30)
+    assert ti._frame_size(b"\xff\xd8" + _segment(0xE0, b"") + frame) == (40, 30)
+    assert ti._frame_size(b"\xff\xd8\x00" + frame) is None  # (a stray byte, then a frame header)
+    assert ti._frame_size(b"\xff\xd8" + _segment(0xE0, b"ab")[:-1] + frame) is None  # (lands on a stray byte)
+
+
+def test_frame_size_reads_the_shortest_frame_header_and_no_byte_past_the_end():
+    """The width ends a frame header's 7th byte of length: a header of length 7 that ends the data
+    is read; a shorter length, or data cut before the width's last byte, is none (not an IndexError)."""
+    short = b"\xff\xd8\xff\xc0\x00\x07\x08\x00\x1e\x00\x28"  # 40 x 30, nothing after
+    assert ti._frame_size(short) == (40, 30)
+    assert ti._frame_size(short[:-1]) is None
+    assert ti._frame_size(b"\xff\xd8\xff\xc0\x00\x06\x08\x00\x1e\x00\x28") is None
+
+
+def test_is_jpeg_needs_the_jpeg_start_whatever_follows():
+    """Data whose first bytes are not SOI then a marker (0xFF 0xD8 0xFF) is no JPEG, even when a
+    frame header follows (a file of another format that happens to hold one)."""
+    data = _jpeg(Image.new("RGB", (40, 30)))
+    assert ti.is_jpeg(data)
+    for start in (b"\x00\xd8", b"\xff\x00", b"\xd8\xff"):
+        assert not ti.is_jpeg(start + data[2:]), start
+
+
+def test_resizing_keeps_black_and_white_at_0_and_255():
+    """Each pass is clipped to [0, 255]: a flat black or white image stays 0 or 255 (PIL's resize
+    of it alike), also under bicubic upscaling's overshoot at a black-white edge."""
+    for value in (0, 255):
+        flat = torch.full((3, 10, 14), value, dtype=torch.uint8)
+        for hw in ((20, 28), (5, 7)):
+            assert (ti.resize_uint8(flat, hw) == value).all()
+    edge = np.zeros((12, 12, 3), np.uint8)
+    edge[:, 6:] = 255
+    want = np.asarray(Image.fromarray(edge).resize((30, 30), Image.BICUBIC)).astype(int)  # [h, w, 3]
+    got = ti.resize_uint8(torch.from_numpy(edge).permute(2, 0, 1), (30, 30)).permute(1, 2, 0).numpy().astype(int)
+    assert want.min() == got.min() == 0 and want.max() == got.max() == 255
+    assert np.abs(got - want).max() <= 1
