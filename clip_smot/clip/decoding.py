@@ -39,6 +39,13 @@ def _side(settings: dict) -> int:
     return settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
 
 
+def _hw(settings: dict) -> tuple[int, int]:
+    """(height, width) of the preprocessing's output images: ``size`` is one side (a square) or
+    [h, w] (open_clip's vision ``image_size`` may be either)."""
+    size = settings["size"]
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
 def _shortest_square(settings: dict) -> int | None:
     """The side, when the preprocessing resizes the shorter side (bicubic or bilinear) to a square
     crop, the geometry that :func:`strip_square` and the tensor path reproduce; else None."""
@@ -97,12 +104,13 @@ class ImageFiles(torch.utils.data.Dataset):
     the main process instead, which reports it as one line (or skips the file). With
     ``jpeg_bytes``, a JPEG file yields its bytes (uint8 [n]) for the main process to decode.
 
-    Items: ``(image [3, S, S] float, error)``, or with ``jpeg_bytes`` ``(bytes or None, image, error)``.
+    Items: ``(image [3, H, W] float, error)`` (H = W = S but for a model of a non-square input
+    size), or with ``jpeg_bytes`` ``(bytes or None, image, error)``.
     """
 
     def __init__(self, paths: Sequence[str], transform, settings: dict, jpeg_bytes: bool = False):
         self.paths, self.transform, self.settings, self.jpeg_bytes = list(paths), transform, settings, jpeg_bytes
-        self.size = _side(settings)
+        self.hw = _hw(settings)  # (what an unreadable file's zeros take: a non-square size is [h, w])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -120,7 +128,7 @@ class ImageFiles(torch.utils.data.Dataset):
             else:  # open_clip converts to RGB after resizing
                 image, error = self.transform(strip_square(load_image(path, mode=None, data=data), self.settings)), ""
         except UserError as e:
-            image, error = torch.zeros(3, self.size, self.size), str(e)
+            image, error = torch.zeros(3, *self.hw), str(e)
         return (raw, image, error) if self.jpeg_bytes else (image, error)
 
 

@@ -412,6 +412,40 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
     assert decoding.strip_square(_smooth(5000, 40), {**settings, "resize_mode": "squash"}).size == (5000, 40)
 
 
+def test_an_unreadable_file_under_a_non_square_input_size_is_named_not_a_traceback(tmp_path):
+    """open_clip takes a vision ``image_size`` of [h, w]: its evaluation transform makes [3, h, w]
+    images. The zeros standing for an unreadable file were [3, h, h]: torch.stack's RuntimeError, a
+    traceback, where the file should be named (or skipped)."""
+    import json
+
+    import open_clip
+    from conftest import TINY_CLIP_CONFIG
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from safetensors.torch import save_file
+
+    from clip_smot.clip.model import load_clip
+
+    config = tmp_path / "clip-smot-tiny-wide.json"
+    config.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"],
+                                                                     "image_size": [32, 48]}}))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("clip-smot-tiny-wide", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "wide.safetensors"))
+    clip = load_clip(str(config), str(tmp_path / "wide.safetensors"))
+    good, bad = tmp_path / "a.png", tmp_path / "bad.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3)).astype(np.uint8)).save(good)
+    bad.write_bytes(b"no image")
+    want = image_transform_v2(PreprocessCfg(size=(32, 48)), is_train=False)(Image.open(good))  # open_clip's own
+    assert want.shape == (3, 32, 48)
+    (x, errors), = image_batches(clip, [str(good), str(bad)], 4, 0, "pil")
+    assert x.shape == (2, 3, 32, 48) and errors[0] == "" and errors[1].startswith(f"{bad}: unreadable")
+    torch.testing.assert_close(x[0], want)
+    assert not x[1].any()
+    feats = encode_files(clip, [str(good), str(bad)], workers=0, use_cache=False, skip_unreadable=True)
+    assert feats.paths == [str(good)] and [s[0] for s in feats.skipped] == [str(bad)]
+
+
 def test_a_tall_strips_square_reads_the_rows_it_needs_and_only_those(monkeypatch):
     """A 256 x 4200 strip to a 32-pixel square: torchvision's Resize(32) makes it 32 x 525 (4200 / 525
     = 8 source rows an output row), CenterCrop(32) starts at row round(493 / 2) = 246, so the square
