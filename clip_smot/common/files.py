@@ -606,11 +606,15 @@ def archive_overflow(path: str | os.PathLike) -> str | None:
     or None: it would unpack to more than its own size plus :data:`ARCHIVE_SLACK`. torch.save
     stores tensors uncompressed, so only a crafted file gets there (a 2 MB checkpoint whose
     deflated entry unpacked to 2.7 GB of memory). Anything else, no zip or a damaged one, is
-    left to the loader, which names the problem."""
+    left to the loader, which names the problem; but a zip whose directory names a zip version
+    Python's reader refuses (above 6.3: no torch.save writes one) is refused too, as torch's own
+    reader unpacks its entries all the same."""
     try:
         with zipfile.ZipFile(path) as z:  # (BadZipFile for safetensors and torch's legacy format)
             unpacked = sum(info.file_size for info in z.infolist())
         size = os.path.getsize(path)
+    except NotImplementedError as e:  # ("zip file version 9.7": it was a traceback, and no measure at all)
+        return f"its zip directory cannot be measured ({first_line(e)}; torch.save writes no such archive); not loaded"
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
     if unpacked <= size + ARCHIVE_SLACK:

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 from collections import namedtuple
 
 import pytest
@@ -818,3 +819,44 @@ def test_an_eval_out_holding_a_config_json_of_no_evaluation_is_refused(tmp_path)
     (tmp_path / "config.json").write_text("[")
     with pytest.raises(UserError, match="holds a config.json that is not an evaluation's"):
         check_output_folder(tmp_path)
+
+
+def test_a_torch_file_naming_a_zip_version_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
+    """Python's zip reader raises NotImplementedError for an entry that needs a zip version above
+    6.3: the measure of a --cam-model, --pretrained or checkpoint file holding one was a
+    traceback. torch's own reader loads such a file, deflated entries and all (no torch.save
+    writes one): it is refused in one line, as a file that cannot be measured."""
+    import struct
+    import zipfile
+
+    import torch
+
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common import run_folder as rf
+
+    torch.save({"format": "clip-smot-fit-checkpoint", "x": torch.zeros(1 << 16)}, tmp_path / "p.pt")
+    with zipfile.ZipFile(tmp_path / "p.pt") as z, zipfile.ZipFile(tmp_path / "v.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+        out.writestr("p/extra", b"x")  # (its central directory record is the file's last)
+    raw = bytearray((tmp_path / "v.pt").read_bytes())
+    record = raw.rfind(b"PK\x01\x02")
+    assert raw[record + 46:record + 53] == b"p/extra"
+    raw[record + 6:record + 8] = struct.pack("<H", 97)  # version needed to extract: 9.7
+    (tmp_path / "v.pt").write_bytes(bytes(raw))
+    assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16  # (torch reads it)
+    why = "its zip directory cannot be measured (zip file version 9.7; torch.save writes no such archive); not loaded"
+    assert files.archive_overflow(tmp_path / "v.pt") == why
+    with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({re.escape(why)}\)$"):
+        rf.read_checkpoint(tmp_path / "v.pt", "clip-smot-fit-checkpoint")
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: {re.escape(why)}$"):
+        load_cam_network(str(tmp_path / "v.pt"))
+    # a name flagged UTF-8 that is not (a ValueError of the zip reader): left to torch, which refuses it
+    raw[record + 6:record + 8] = struct.pack("<H", 20)
+    raw[record + 8:record + 10] = struct.pack("<H", struct.unpack("<H", raw[record + 8:record + 10])[0] | 0x800)
+    raw[record + 52] = 0xFF
+    (tmp_path / "v.pt").write_bytes(bytes(raw))
+    assert files.archive_overflow(tmp_path / "v.pt") is None
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: not a readable PyTorch state dict "
+                                        r"\(UnicodeDecodeError: "):
+        load_cam_network(str(tmp_path / "v.pt"))
