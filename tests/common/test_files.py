@@ -320,6 +320,11 @@ def test_an_output_lock_never_removes_what_is_not_its_own(tmp_path):
         with files.output_lock(out):
             pass
     assert lock.read_bytes() == b"a user's file"
+    lock.write_bytes(b"x")  # (one byte is no lock file of ours either)
+    with pytest.raises(UserError, match="the name of its lock file, holds something else"):
+        with files.output_lock(out):
+            pass
+    assert lock.read_bytes() == b"x"
     lock.unlink()
     (tmp_path / "victim").write_bytes(b"")
     lock.symlink_to(tmp_path / "victim")  # (a link is not followed: the command goes on unlocked, the victim as it was)
@@ -819,6 +824,48 @@ def test_an_eval_out_holding_a_config_json_of_no_evaluation_is_refused(tmp_path)
     (tmp_path / "config.json").write_text("[")
     with pytest.raises(UserError, match="holds a config.json that is not an evaluation's"):
         check_output_folder(tmp_path)
+
+
+def test_an_output_lock_refused_as_busy_closes_its_descriptor(tmp_path):
+    """A lock refused because another holds it closes the descriptor it opened on the lock file:
+    a process that goes on after the refusal (a library caller) keeps none."""
+    out = tmp_path / "s.csv"
+    with files.output_lock(out):
+        held = _open_fds()
+        for _ in range(3):
+            with pytest.raises(UserError, match="another clip-smot command is writing it now"):
+                with files.output_lock(out):
+                    pass
+        assert _open_fds() == held
+
+
+def test_a_lock_files_folder_removed_before_it_was_opened_is_made_again(tmp_path, monkeypatch):
+    """Another command that has just stopped removes the folders it made for its lock, maybe the
+    one this command made (or found) a moment before: the lock file's folder is made again, and
+    the lock taken, not refused as a lock file that keeps being replaced."""
+    out = tmp_path / "new" / "s.csv"
+    real = files.make_folder
+
+    def made_then_removed(path, flag="--out"):
+        real(path, flag)
+        (tmp_path / "new").rmdir()  # (the other command's cleanup)
+        monkeypatch.setattr(files, "make_folder", real)
+
+    monkeypatch.setattr(files, "make_folder", made_then_removed)
+    with files.output_lock(out):
+        assert (tmp_path / "new" / ".s.csv.lock").is_file()
+    assert os.listdir(tmp_path) == []
+
+def test_a_lock_file_has_an_ordinary_files_mode(tmp_path):
+    """A lock file left by a killed command is taken over by the next one, of another user of the
+    group too where the umask lets the group write (002): it is made 0666 less the umask."""
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            with files.output_lock(tmp_path / "s.csv"):
+                assert (tmp_path / ".s.csv.lock").stat().st_mode & 0o777 == mode
+        finally:
+            os.umask(old)
 
 
 def test_a_torch_file_naming_a_zip_version_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
