@@ -826,6 +826,16 @@ def test_an_eval_out_holding_a_config_json_of_no_evaluation_is_refused(tmp_path)
         check_output_folder(tmp_path)
 
 
+def test_a_files_stamp_is_its_size_times_and_inode(tmp_path):
+    """A feature cache keys image files by their stamp: each of size, modification time, change
+    time and inode tells another file's bytes (a file rewritten within one tick of a file
+    system's coarse clock keeps its times; a file renamed over another keeps its own inode)."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"abc")
+    st = os.stat(path)
+    assert files.file_stamp(path) == (3, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def test_an_output_lock_refused_as_busy_closes_its_descriptor(tmp_path):
     """A lock refused because another holds it closes the descriptor it opened on the lock file:
     a process that goes on after the refusal (a library caller) keeps none."""
@@ -866,6 +876,84 @@ def test_a_lock_file_has_an_ordinary_files_mode(tmp_path):
                 assert (tmp_path / ".s.csv.lock").stat().st_mode & 0o777 == mode
         finally:
             os.umask(old)
+
+
+def test_a_disk_with_less_than_a_mib_free_is_named_full_and_one_with_a_mib_is_not(tmp_path, monkeypatch):
+    """A writer's own error (torch.save's RuntimeError) is read as a full disk where less than
+    1 MiB (1,048,576 bytes) is free; with 1 MiB free it is the writer's error, named as such."""
+    def fail(tmp):
+        raise RuntimeError("unexpected pos 576 vs 534")
+
+    for free, reason in (((1 << 20) - 1, "no space left on the device"),
+                         (1 << 20, "RuntimeError: unexpected pos 576 vs 534")):
+        monkeypatch.setattr(files.shutil, "disk_usage", lambda p, free=free: _Usage(1 << 30, (1 << 30) - free, free))
+        with pytest.raises(UserError) as e:
+            files.atomic_write(tmp_path / "x.pt", fail)
+        assert str(e.value) == f"cannot write {tmp_path / 'x.pt'}: {reason}"
+
+
+def test_only_temporaries_untouched_for_the_given_time_are_removed(tmp_path, monkeypatch):
+    """The feature cache and an evaluation's folder remove temporaries older than an hour: a
+    younger one may be another process's write in progress, whose rename would then fail.
+    One untouched for exactly that long is removed."""
+    import time
+
+    now = 1_700_000_000
+    monkeypatch.setattr(time, "time", lambda: float(now))
+    ages = {"old": 3601, "exact": 3600, "young": 3599, "new": 0}
+    for name, age in ages.items():
+        tmp = tmp_path / f".{name}.pt.abc123.tmp"
+        tmp.write_bytes(b"half")
+        os.utime(tmp, ns=((now - age) * 10**9, (now - age) * 10**9))
+    files.remove_stale_temporaries(tmp_path, None, older_than_s=3600.0)
+    assert sorted(os.listdir(tmp_path)) == [".new.pt.abc123.tmp", ".young.pt.abc123.tmp"]
+
+
+def test_stale_temporaries_are_found_by_names_holding_glob_characters(tmp_path):
+    """The names are matched as written: a file "a[1].pt" has its own temporaries removed, and not
+    those of "a1.pt", which the pattern "a[1].pt" would match."""
+    for name in ("a[1].pt", "a1.pt", "a*.pt"):
+        (tmp_path / f".{name}.abc123.tmp").write_bytes(b"half")
+    files.remove_stale_temporaries(tmp_path, ("a[1].pt",))
+    assert sorted(os.listdir(tmp_path)) == [".a*.pt.abc123.tmp", ".a1.pt.abc123.tmp"]
+    files.remove_stale_temporaries(tmp_path, ("a*.pt",))
+    assert os.listdir(tmp_path) == [".a1.pt.abc123.tmp"]
+
+
+def test_a_safetensors_header_whose_sorted_text_is_longer_is_left_as_written(tmp_path, monkeypatch):
+    """The sorted header is written in place only where it fits the header's bytes: a longer one
+    (here JSON made longer by indenting) would run into the tensors' bytes. Then the file is
+    left as safetensors wrote it, its tensors intact; a file without metadata is left too."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = {"t": torch.arange(4.0)}
+    dumps = json.dumps
+    monkeypatch.setattr(json, "dumps", lambda obj, **kw: dumps(obj, indent=4))
+    files.atomic_save_safetensors(tensors, tmp_path / "a.safetensors", {"b": "1", "a": "2"})
+    monkeypatch.setattr(json, "dumps", dumps)
+    loaded = load_file(str(tmp_path / "a.safetensors"))
+    assert torch.equal(loaded["t"], torch.arange(4.0))
+    files.atomic_save_safetensors(tensors, tmp_path / "none.safetensors", None)
+    assert torch.equal(load_file(str(tmp_path / "none.safetensors"))["t"], torch.arange(4.0))
+
+
+def test_an_archives_entries_are_summed(tmp_path, monkeypatch):
+    """A bomb of many entries, each small enough alone (torch.save writes one per tensor), is
+    measured by their sum; anything not a readable zip (a folder, a missing file) is left to
+    the loader."""
+    import zipfile
+
+    path = tmp_path / "a.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(3):
+            z.writestr(f"a/data/{i}", b"\0" * 100_000)
+    size = path.stat().st_size
+    monkeypatch.setattr(files, "ARCHIVE_SLACK", 150_000 - size)  # (one entry fits, three do not)
+    assert files.archive_overflow(path).startswith("its entries unpack to 300000 bytes")
+    assert files.archive_overflow(tmp_path) is None and files.archive_overflow(tmp_path / "missing.pt") is None
 
 
 def test_a_torch_file_naming_a_zip_version_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
