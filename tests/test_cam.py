@@ -479,3 +479,155 @@ def test_cam_under_bf16_autocast_is_float32():
         cam = provider(x, torch.tensor([1, 1]))
     assert cam.dtype == torch.float32
     torch.testing.assert_close(cam, _by_hand(model, x, torch.tensor([1, 1]), (0.5,) * 3, (0.25,) * 3), atol=3.0, rtol=0)
+
+
+def test_cached_cams_of_a_resnet18_file_are_its_features_times_the_fc_row_by_hand(tmp_path):
+    """--cam-model FILE.pth of torchvision's ResNet-18 (1000 classes: ImageNet's), on ImageNet
+    data of the wnids of ostrich (9), tabby cat (281) and balloon (417), by the fit's route
+    (load_cam_network, build_cam_provider, cache_cams), equals docs/method.md §1 written out with
+    torchvision's own network: ImageNet's mean and std, resized to 224, layer4's map times the fc
+    row of each image's 1000-way class, ReLU, upsampled to the image, min-max scaled, rounded."""
+    import torch.nn.functional as F
+
+    from clip_smot.clip.cam_network import build_cam_provider, cache_cams, load_cam_network
+    from clip_smot.clip.fewshot import FewShotClasses
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=1000).eval()
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    net = load_cam_network(str(tmp_path / "r18.pth"))
+    assert net.imagenet and net.input_size == 224 and net.class_ids is None
+    classes = FewShotClasses(tmp_path, ("n01518878", "n02123045", "n02782093"), ("ostrich", "tabby cat", "balloon"),
+                             (9, 281, 417))
+    provider, label_map = build_cam_provider(net, classes)
+    assert label_map == [9, 281, 417]
+    images = torch.randint(0, 256, (1, 3, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    cams = cache_cams(provider, label_map, images, torch.tensor([2]))  # (balloon; batches: the next test)
+    assert cams.dtype == torch.uint8 and cams.shape == (1, 40, 36)
+
+    x = images.float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    inp = F.interpolate((x - mean) / std, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        feats = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(inp))))))))  # [1, 512, 7, 7]
+        maps = torch.einsum("bc,bchw->bhw", tv.fc.weight[[417]], feats).relu()
+    up = F.interpolate(maps[:, None], size=(40, 36), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+    want = ((up - lo) / (hi - lo) * 255).round()
+    diff = (cams.float() - want).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01  # (a value at .5 may round either way)
+
+
+def test_a_cam_model_file_of_no_resnet_state_dict_is_one_line(tmp_path):
+    """A --cam-model holding no state dict (a tensor, a list), or a state dict without the stem,
+    the classifier or a stage of a ResNet (another network's weights), is refused naming the file
+    and what it lacks, before anything is built from it."""
+    import torchvision.models.resnet as tv
+
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+
+    state = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=5).state_dict()
+    no_resnet = r"not a torchvision ResNet state dict \(no conv1.weight / fc.weight\)"
+    cases = {
+        "tensor": (torch.zeros(3), "expected a state dict, found Tensor"),
+        "list": ([state["fc.weight"]], "expected a state dict, found list"),
+        "no_fc": ({k: v for k, v in state.items() if not k.startswith("fc.")}, no_resnet),
+        "no_conv1": ({k: v for k, v in state.items() if k != "conv1.weight"}, no_resnet),
+        "fc_1d": ({**state, "fc.weight": torch.zeros(5)}, no_resnet),
+        "no_layer4": ({k: v for k, v in state.items() if not k.startswith("layer4.")},
+                      r"not a torchvision ResNet state dict \(no layer4\)"),
+        "no_statistic": ({k: v for k, v in state.items() if k != "layer2.0.bn1.running_mean"},
+                         r"does not match a torchvision ResNet \(no layer2.0.bn1.running_mean\)"),
+    }
+    for name, (obj, why) in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pth")
+        with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / name}.pth: {why}$"):
+            load_cam_network(str(tmp_path / f"{name}.pth"))
+
+
+def test_a_cam_model_stage_of_64_blocks_is_not_refused_as_too_deep(tmp_path):
+    """At most 64 blocks a stage (ResNet-152 has 36): a stage of exactly 64 is read as a ResNet's
+    and compared with one (here found to lack its other weights), not refused for its depth."""
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+
+    state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(2, 512), "fc.bias": torch.zeros(2),
+             **{f"layer{i}.0.conv1.weight": torch.zeros(1) for i in (2, 3, 4)},
+             **{f"layer1.{b}.conv1.weight": torch.zeros(1) for b in range(64)}}
+    torch.save(state, tmp_path / "deep.pth")
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'deep.pth'}: does not match a torchvision ResNet"):
+        load_cam_network(str(tmp_path / "deep.pth"))
+    torch.save({**state, "layer1.64.conv1.weight": torch.zeros(1)}, tmp_path / "deeper.pth")
+    with pytest.raises(UserError, match=r"layer1 holds 65 blocks, more than any ResNet"):
+        load_cam_network(str(tmp_path / "deeper.pth"))
+
+
+def test_resnet18_imagenet_weights_in_the_cache_load_without_a_network_probe(tmp_path, monkeypatch):
+    """--cam-model resnet18-imagenet with torchvision's file in torch's hub cache: loaded from
+    there (no probe of the internet, which may be unreachable), as an ImageNet network fed at
+    224 pixels with ImageNet's mean and std."""
+    from clip_smot.clip import cam_network
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"cached")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(cam_network, "host_reachable", lambda host: pytest.fail("probed the internet"))
+    tiny = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    asked = []
+    monkeypatch.setattr(torchvision.models, "resnet18", lambda weights: asked.append(weights) or tiny)
+    net = cam_network.load_cam_network("resnet18-imagenet")
+    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1] and net.model is tiny
+    assert (net.imagenet, net.input_size, net.class_ids, net.source) == (True, 224, None, "resnet18-imagenet")
+    assert net.mean == (0.485, 0.456, 0.406) and net.std == (0.229, 0.224, 0.225)
+    # not cached: downloaded where the host answers, else one line saying how to pass the file
+    (tmp_path / "checkpoints" / "resnet18-f37072fd.pth").unlink()
+    monkeypatch.setattr(cam_network, "host_reachable", lambda host: host == ("download.pytorch.org", 443))
+    assert cam_network.load_cam_network("resnet18-imagenet").model is tiny and len(asked) == 2
+    monkeypatch.setattr(cam_network, "host_reachable", lambda host: False)
+    offline = "there is no internet to download them; download https://download.pytorch.org/models/resnet18-"
+    with pytest.raises(cam_network.UserError, match=offline):
+        cam_network.load_cam_network("resnet18-imagenet")
+    assert len(asked) == 2
+
+
+def test_cached_cams_are_every_images_cam_for_its_mapped_class_whatever_the_batches():
+    """cache_cams in batches of 2 over 5 images (the last batch of one), each CAM for the network's
+    class of the image's data label (label_map), rounded to uint8: docs/method.md §1 written out."""
+    from clip_smot.clip.cam_network import cache_cams
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    images = torch.randint(0, 256, (5, 3, 96, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    cams = cache_cams(CAMProvider(model, mean, std), [2, 0, 1], images, labels, batch_size=2)
+    want = _by_hand(model, images.float() / 255, torch.tensor([2, 0, 1, 2, 0]), mean, std).round()  # [5, 96, 80]
+    assert want.isfinite().all() and (want.amax(dim=(1, 2)) == 255).all()  # (no map all zero: each is scaled)
+    diff = (cams.float() - want).abs()
+    assert cams.dtype == torch.uint8 and diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+
+
+def test_a_cam_networks_classes_are_the_datas_by_folder_or_by_name_and_all_of_them(tmp_path):
+    """A network of named classes (a model.safetensors of 'clip-smot train') gives true-label CAMs
+    when every class of the data is one of its classes, by folder name or else by class name
+    (ImageNet folders are wnids, its class names words); one class it lacks makes them top-1
+    CAMs. An ImageNet network maps ImageNet data through the wnids' 1000-way indices."""
+    import torchvision.models.resnet as tv
+
+    from clip_smot.clip.cam_network import CamNetwork, build_cam_provider
+    from clip_smot.clip.fewshot import FewShotClasses
+
+    model = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], num_classes=3)
+    net = CamNetwork(model, (0.5,) * 3, (0.25,) * 3, 32, False, ("dogs", "cats", "birds"), "model.safetensors")
+    for folders, names, want in ((("birds", "cats"), ("Bird", "Cat"), [2, 1]),  # (by folder)
+                                 (("n01", "n02"), ("birds", "cats"), [2, 1]),  # (by name)
+                                 (("birds", "cars"), ("birds", "cars"), None)):  # (cars: not all)
+        provider, label_map = build_cam_provider(net, FewShotClasses(tmp_path, folders, names, None))
+        assert label_map == want and provider.labels_match is (want is not None) and provider.input_size == 32
+    other = FewShotClasses(tmp_path, ("n01", "n02"), ("x", "y"), (417, 9))  # (ImageNet data, not its network)
+    assert build_cam_provider(net, other)[1] is None
+    imagenet = CamNetwork(model, (0.5,) * 3, (0.25,) * 3, 224, True, None, "resnet18-imagenet")
+    assert build_cam_provider(imagenet, FewShotClasses(tmp_path, ("a", "b"), ("a", "b"), (417, 9)))[1] == [417, 9]
+    assert build_cam_provider(imagenet, FewShotClasses(tmp_path, ("a", "b"), ("a", "b"), None))[1] is None
