@@ -606,18 +606,30 @@ def archive_overflow(path: str | os.PathLike) -> str | None:
     or None: it would unpack to more than its own size plus :data:`ARCHIVE_SLACK`. torch.save
     stores tensors uncompressed, so only a crafted file gets there (a 2 MB checkpoint whose
     deflated entry unpacked to 2.7 GB of memory). Anything else, no zip or a damaged one, is
-    left to the loader, which names the problem; but a zip whose directory names a zip version
-    Python's reader refuses (above 6.3: no torch.save writes one) is refused too, as torch's own
-    reader unpacks its entries all the same."""
+    left to the loader, which names the problem; but a zip that torch reads (it begins with an
+    entry's header and ends in a directory) whose directory Python's reader refuses (a zip
+    version above 6.3, a record of the wrong length: no torch.save writes one) is refused too,
+    as torch's own reader unpacks its entries all the same."""
     try:
         with zipfile.ZipFile(path) as z:  # (BadZipFile for safetensors and torch's legacy format)
             unpacked = sum(info.file_size for info in z.infolist())
         size = os.path.getsize(path)
-    except NotImplementedError as e:  # ("zip file version 9.7": it was a traceback, and no measure at all)
-        return f"its zip directory cannot be measured ({first_line(e)}; torch.save writes no such archive); not loaded"
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except OSError:
         return None
+    except Exception as e:  # (zipfile's BadZipFile, ValueError, NotImplementedError: a traceback, for the last)
+        if not (_begins_as_zip(path) and zipfile.is_zipfile(path)):  # (no zip to torch either: safetensors,
+            return None  # torch's legacy format, a file cut short before its directory)
+        return f"its zip directory cannot be measured ({first_line(e)}; torch.save writes no such archive); not loaded"
     if unpacked <= size + ARCHIVE_SLACK:
         return None
     return (f"its entries unpack to {unpacked} bytes, {unpacked / max(size, 1):.0f} times the file's {size} "
             "(torch.save stores tensors uncompressed); not loaded")
+
+
+def _begins_as_zip(path: str | os.PathLike) -> bool:
+    """Whether the file begins with a zip entry's header, as torch.load tells a zip archive."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False

@@ -956,11 +956,12 @@ def test_an_archives_entries_are_summed(tmp_path, monkeypatch):
     assert files.archive_overflow(tmp_path) is None and files.archive_overflow(tmp_path / "missing.pt") is None
 
 
-def test_a_torch_file_naming_a_zip_version_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
+def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
     """Python's zip reader raises NotImplementedError for an entry that needs a zip version above
     6.3: the measure of a --cam-model, --pretrained or checkpoint file holding one was a
     traceback. torch's own reader loads such a file, deflated entries and all (no torch.save
-    writes one): it is refused in one line, as a file that cannot be measured."""
+    writes one), and one whose directory Python's reader calls damaged: each is refused in one
+    line, as a file that cannot be measured."""
     import struct
     import zipfile
 
@@ -986,12 +987,20 @@ def test_a_torch_file_naming_a_zip_version_pythons_reader_refuses_is_not_loaded(
         rf.read_checkpoint(tmp_path / "v.pt", "clip-smot-fit-checkpoint")
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: {re.escape(why)}$"):
         load_cam_network(str(tmp_path / "v.pt"))
-    # a name flagged UTF-8 that is not (a ValueError of the zip reader): left to torch, which refuses it
+    # a record whose name is 4 bytes long, not 7 (Python's reader: "Truncated central directory"),
+    # which torch reads all the same; and a name flagged UTF-8 that is not (a ValueError)
     raw[record + 6:record + 8] = struct.pack("<H", 20)
+    raw[record + 28:record + 30] = struct.pack("<H", 4)
+    (tmp_path / "v.pt").write_bytes(bytes(raw))
+    assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16
+    assert files.archive_overflow(tmp_path / "v.pt") == ("its zip directory cannot be measured (Truncated central "
+                                                         "directory; torch.save writes no such archive); not loaded")
+    raw[record + 28:record + 30] = struct.pack("<H", 7)
     raw[record + 8:record + 10] = struct.pack("<H", struct.unpack("<H", raw[record + 8:record + 10])[0] | 0x800)
     raw[record + 52] = 0xFF
     (tmp_path / "v.pt").write_bytes(bytes(raw))
-    assert files.archive_overflow(tmp_path / "v.pt") is None
-    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: not a readable PyTorch state dict "
-                                        r"\(UnicodeDecodeError: "):
-        load_cam_network(str(tmp_path / "v.pt"))
+    assert files.archive_overflow(tmp_path / "v.pt").startswith("its zip directory cannot be measured ('utf-8' codec")
+    # no zip to torch either: left to its loader (cut short before the directory, or not beginning as a zip)
+    (tmp_path / "cut.pt").write_bytes(bytes(raw[:record]))
+    (tmp_path / "late.pt").write_bytes(b"X" + bytes(raw))
+    assert files.archive_overflow(tmp_path / "cut.pt") is None and files.archive_overflow(tmp_path / "late.pt") is None
