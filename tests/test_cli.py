@@ -426,3 +426,46 @@ def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
     res = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True, text=True, cwd=tmp_path,
                          timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("clip-smot, version "), res.stderr
+
+
+def test_a_file_flag_given_a_folder_and_a_folder_flag_given_a_file_are_one_line(tmp_path, monkeypatch):
+    """A file flag (--checkpoint, --prompt, score's --out) naming a folder, or a folder flag (fit's
+    and eval's --out) naming a file, is refused by the flag's own type: one line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    for argv, line in (
+            (["export", "--checkpoint", "folder", "--out", "p"], "'--checkpoint': File 'folder' is a directory."),
+            (["score", "--prompt", "folder", "--out", "s.csv", "x"], "'--prompt': File 'folder' is a directory."),
+            (["score", "--prompt", "p.safetensors", "--out", "folder", "x"], "'--out': File 'folder' is a directory."),
+            (["fit", "--out", "file", "--dry-run"], "'--out': Directory 'file' is a file."),
+            (["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--out", "file"], "'--out': Directory 'file' is a file.")):
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 1 and res.output == f"Error: Invalid value for {line}\n", (argv, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert list((tmp_path / "folder").iterdir()) == [] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_score_takes_every_path_given_and_needs_at_least_one(monkeypatch):
+    """PATHS: any number, each passed on as given, in order; none at all is a usage line."""
+    import clip_smot.cli as cli_module
+
+    seen = []
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: seen.append(cfg.paths) or [])
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "a.png", "b/", "c.txt"])
+    assert res.exit_code == 0 and res.output == "" and seen == [("a.png", "b/", "c.txt")], res.output
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv"])
+    assert res.exit_code == 1 and res.output == "Error: Missing argument 'PATHS...'.\n" and len(seen) == 1
+    # a plain flag takes no value: the path after it is a path (--skip-unreadable a.png)
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: seen.append((cfg.paths, cfg.skip_unreadable)) or [])
+    res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "--skip-unreadable", "a.png"])
+    assert res.exit_code == 0 and seen[-1] == (("a.png",), True), res.output
+
+
+def test_only_the_options_without_a_default_are_required():
+    """A field with a default (None included: decided later, or one of several alternatives) is an
+    optional flag; --help marks '[required]' only on those without one."""
+    for command, required in (("fit", []), ("score", ["--prompt", "--out"]), ("eval", ["--id", "--ood", "--out"]),
+                              ("train", ["--out"]), ("export", ["--checkpoint", "--out"]), ("reproduce", ["--out"])):
+        params = cli.commands[command].params
+        assert [p.opts[0] for p in params if p.required and p.opts[0].startswith("--")] == required, command
