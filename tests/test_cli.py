@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -469,3 +471,69 @@ def test_only_the_options_without_a_default_are_required():
                               ("train", ["--out"]), ("export", ["--checkpoint", "--out"]), ("reproduce", ["--out"])):
         params = cli.commands[command].params
         assert [p.opts[0] for p in params if p.required and p.opts[0].startswith("--")] == required, command
+
+
+def test_fit_hands_its_flags_resume_and_dry_run_to_the_library(monkeypatch):
+    """--resume and --dry-run are plain flags; ``flags`` is the set of fields given on the command
+    line, a flag given with its default value included (--seed 1), --split by its field's name."""
+    import clip_smot.cli as cli_module
+
+    calls = []
+    monkeypatch.setattr(cli_module, "run_fit", lambda cfg, **kwargs: calls.append((cfg, kwargs)) or Path("o"))
+    res = CliRunner().invoke(cli, ["fit", "--data", "d", "--out", "o", "--split", "s.txt", "--seed", "1", "--resume"])
+    assert res.exit_code == 0, res.output
+    cfg, kwargs = calls[-1]
+    assert kwargs == {"resume": True, "dry_run": False, "flags": {"data", "out", "split", "seed"}}
+    assert (cfg.data, cfg.out, cfg.split, cfg.seed) == ("d", "o", "s.txt", 1)
+    res = CliRunner().invoke(cli, ["fit", "--data", "d", "--dry-run"])
+    assert res.exit_code == 0 and calls[-1][1] == {"resume": False, "dry_run": True, "flags": {"data"}}, res.output
+
+
+def test_train_needs_a_dataset_or_data_unless_it_resumes(monkeypatch):
+    """Without --dataset or --data a new run is refused before the library is called; --resume
+    takes the run's own (docs/train.md), and hands on the fields given (--compile by its field's name)."""
+    import clip_smot.cli as cli_module
+
+    calls = []
+    monkeypatch.setattr(cli_module, "run_train", lambda cfg, **kwargs: calls.append((cfg, kwargs)))
+    res = CliRunner().invoke(cli, ["train", "--out", "o", "--epochs", "3"])
+    assert res.exit_code == 1 and res.output == "Error: give --dataset NAME or --data DIR\n" and calls == []
+    res = CliRunner().invoke(cli, ["train", "--resume", "--out", "o", "--epochs", "3", "--compile"])
+    assert res.exit_code == 0 and len(calls) == 1, res.output
+    cfg, kwargs = calls[0]
+    assert kwargs == {"resume": True, "dry_run": False, "flags": {"out", "epochs", "compile"}}
+    assert (cfg.dataset, cfg.data, cfg.epochs, cfg.compile) == (None, None, 3, True)
+
+
+def test_eval_hands_each_track_its_config_with_the_ood_sets_parsed(monkeypatch):
+    """--checkpoint runs the ResNet track's evaluation, --prompt or --zero-shot the CLIP track's;
+    --ood NAME=DIR is a folder or list, a bare NAME the built-in set (None), in the order given."""
+    import clip_smot.cli as cli_module
+
+    calls = []
+    monkeypatch.setattr(cli_module, "run_resnet_eval", lambda cfg: calls.append(("resnet", cfg)))
+    monkeypatch.setattr(cli_module, "run_clip_eval", lambda cfg: calls.append(("clip", cfg)))
+    shared = ["--id", "x", "--ood", "noise=n/", "--ood", "svhn", "--ood", "far=l.txt", "--fpr-convention", "openood",
+              "--out", "e"]
+    for track, argv in (("resnet", ["--checkpoint", "m.safetensors"]), ("clip", ["--zero-shot"]),
+                        ("clip", ["--prompt", "p.safetensors"])):
+        res = CliRunner().invoke(cli, ["eval", *argv, *shared])
+        assert res.exit_code == 0 and res.output == "" and calls[-1][0] == track, (argv, res.output)
+        cfg = calls[-1][1]
+        assert list(cfg.ood.items()) == [("noise", "n/"), ("svhn", None), ("far", "l.txt")]
+        assert (cfg.id_data, cfg.convention, cfg.out) == ("x", "openood", "e")
+    assert (calls[0][1].checkpoint, calls[1][1].zero_shot, calls[1][1].prompt, calls[2][1].prompt) == \
+        ("m.safetensors", True, None, "p.safetensors")
+    assert len(calls) == 3
+
+
+def test_reproduce_hands_its_table_options_and_dry_run_to_the_library(monkeypatch):
+    import clip_smot.cli as cli_module
+
+    calls = []
+    monkeypatch.setattr(cli_module, "run_reproduce",
+                        lambda table, opts, stage, dry_run, echo: calls.append((table, opts.out, opts.epochs, dry_run)))
+    for extra, dry_run in (([], False), (["--dry-run"], True)):
+        res = CliRunner().invoke(cli, ["reproduce", "table8", "--out", "r", "--epochs", "2", *extra])
+        assert res.exit_code == 0 and res.output == "", res.output
+        assert calls[-1] == ("table8", "r", 2, dry_run)
