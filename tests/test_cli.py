@@ -473,6 +473,19 @@ def test_only_the_options_without_a_default_are_required():
         assert [p.opts[0] for p in params if p.required and p.opts[0].startswith("--")] == required, command
 
 
+def test_score_under_torchrun_lists_skipped_images_on_rank_0_only(monkeypatch):
+    """Every process knows every skipped image: only rank 0 lists them (each would print the same lines)."""
+    import contextlib
+
+    import clip_smot.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "run_score", lambda cfg: [("a.png", "a.png: not an image")])
+    for rank, expected in ((1, ""), (0, "Skipped 1 unreadable image(s):\n  a.png: not an image\n")):
+        monkeypatch.setattr(cli_module, "process_group", lambda device, rank=rank: contextlib.nullcontext((rank, 0, 2)))
+        res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+        assert res.exit_code == 0 and res.stdout == "" and res.stderr == expected, (rank, res.output)
+
+
 def test_fit_hands_its_flags_resume_and_dry_run_to_the_library(monkeypatch):
     """--resume and --dry-run are plain flags; ``flags`` is the set of fields given on the command
     line, a flag given with its default value included (--seed 1), --split by its field's name."""
@@ -537,3 +550,56 @@ def test_reproduce_hands_its_table_options_and_dry_run_to_the_library(monkeypatc
         res = CliRunner().invoke(cli, ["reproduce", "table8", "--out", "r", "--epochs", "2", *extra])
         assert res.exit_code == 0 and res.output == "", res.output
         assert calls[-1] == ("table8", "r", 2, dry_run)
+
+
+def test_the_ctrl_c_line_reads_the_checkpoints_epochs_only_where_they_are_plain_numbers(tmp_path):
+    """The epochs named are read without unpickling anything but tensors and plain data (weights_only):
+    a checkpoint holding other objects, or epochs that are not integers, gives the plain words."""
+    import argparse
+
+    import torch
+
+    import clip_smot.cli as cli_module
+
+    path = tmp_path / "checkpoint.pt"
+    for ckpt, expected in (
+            ({"epoch": 2, "config": {"epochs": 5}}, "epoch 2 of 5"),
+            ({"epoch": 2, "config": {"epochs": 5}, "args": argparse.Namespace(lr=1.0)}, "the last finished epoch"),
+            ({"epoch": True, "config": {"epochs": 5}}, "the last finished epoch"),
+            ({"epoch": 2, "config": {"epochs": 5.0}}, "the last finished epoch"),
+            ({"epoch": "2", "config": {"epochs": "5"}}, "the last finished epoch"),
+            ({"epoch": 2}, "the last finished epoch")):
+        torch.save(ckpt, path)
+        assert cli_module._saved_epochs(path) == expected, ckpt
+    path.write_bytes(b"not a checkpoint")
+    assert cli_module._saved_epochs(path) == "the last finished epoch"
+    assert cli_module._interrupted(str(tmp_path)).format_message() == (
+        f"interrupted; {path} holds the last finished epoch: continue with the same command and --resume")
+    path.unlink()
+    assert cli_module._interrupted(str(tmp_path)).format_message() == \
+        "interrupted before the first checkpoint; nothing to resume"
+    assert cli_module._interrupted().format_message() == "interrupted"
+
+
+def test_a_callers_own_ctrl_c_handler_is_left_in_place(monkeypatch):
+    """A program that set its own SIGINT handler and runs a command keeps it: the group records a
+    Ctrl-C only where Python's default handler is installed."""
+    import os
+    import signal
+
+    import clip_smot.cli as cli_module
+
+    got = []
+
+    def run_score(cfg):
+        os.kill(os.getpid(), signal.SIGINT)
+        return []
+
+    monkeypatch.setattr(cli_module, "run_score", run_score)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        res = CliRunner().invoke(cli, ["score", "--prompt", "p.safetensors", "--out", "s.csv", "x"])
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert res.exit_code == 0 and res.output == "" and got == [signal.SIGINT], res.output
