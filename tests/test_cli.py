@@ -526,14 +526,14 @@ def test_eval_hands_each_track_its_config_with_the_ood_sets_parsed(monkeypatch):
     calls = []
     monkeypatch.setattr(cli_module, "run_resnet_eval", lambda cfg: calls.append(("resnet", cfg)))
     monkeypatch.setattr(cli_module, "run_clip_eval", lambda cfg: calls.append(("clip", cfg)))
-    shared = ["--id", "x", "--ood", "noise=n/", "--ood", "svhn", "--ood", "far=l.txt", "--fpr-convention", "openood",
+    shared = ["--id", "x", "--ood", "noise=n/", "--ood", "svhn", "--ood", "far=runs/lr=0.1/l.txt", "--fpr-convention", "openood",
               "--out", "e"]
     for track, argv in (("resnet", ["--checkpoint", "m.safetensors"]), ("clip", ["--zero-shot"]),
                         ("clip", ["--prompt", "p.safetensors"])):
         res = CliRunner().invoke(cli, ["eval", *argv, *shared])
         assert res.exit_code == 0 and res.output == "" and calls[-1][0] == track, (argv, res.output)
         cfg = calls[-1][1]
-        assert list(cfg.ood.items()) == [("noise", "n/"), ("svhn", None), ("far", "l.txt")]
+        assert list(cfg.ood.items()) == [("noise", "n/"), ("svhn", None), ("far", "runs/lr=0.1/l.txt")]
         assert (cfg.id_data, cfg.convention, cfg.out) == ("x", "openood", "e")
     assert (calls[0][1].checkpoint, calls[1][1].zero_shot, calls[1][1].prompt, calls[2][1].prompt) == \
         ("m.safetensors", True, None, "p.safetensors")
@@ -603,3 +603,28 @@ def test_a_callers_own_ctrl_c_handler_is_left_in_place(monkeypatch):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert res.exit_code == 0 and res.output == "" and got == [signal.SIGINT], res.output
+
+
+def test_a_library_error_naming_a_file_with_a_newline_is_one_line_and_a_ctrl_c_elsewhere_is_bare(monkeypatch):
+    """A UserError is one line whatever the file name it quotes holds (a newline, an escape
+    sequence: written as their escapes), exit code 1; a Ctrl-C in a command that has no checkpoint
+    (export, eval) is the bare 'interrupted', exit code 130."""
+    import clip_smot.cli as cli_module
+    from clip_smot.common.errors import UserError
+
+    def refuse(cfg):
+        raise UserError("--checkpoint a\nError: b\x1b[2J.pt: not a checkpoint")
+
+    monkeypatch.setattr(cli_module, "export_prompt", refuse)
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", "c.pt", "--out", "p"])
+    assert res.exit_code == 1 and res.output == "Error: --checkpoint a\\u000aError: b\\u001b[2J.pt: not a checkpoint\n"
+
+    def ctrl_c(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "export_prompt", ctrl_c)
+    monkeypatch.setattr(cli_module, "run_resnet_eval", ctrl_c)
+    for argv in (["export", "--checkpoint", "c.pt", "--out", "p"],
+                 ["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", "e"]):
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 130 and res.output == "Error: interrupted\n", (argv, res.output)
