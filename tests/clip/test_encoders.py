@@ -69,6 +69,51 @@ def test_compiled_image_layers_equal_encode_image(clip, pool_type):
     torch.testing.assert_close(enc(x), model.encode_image(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["square", "flex"])
+def test_compile_layers_compiles_the_layer_function_with_dynamic_false(clip, monkeypatch, attention):
+    """compile_layers hands torch.compile the per-layer function of its attention (square: the
+    square layer, flex: the flat one; the image tower: its layer), ``dynamic=False`` unless the
+    caller says otherwise, the caller's options as given; the compiled function runs every layer
+    but the text tower's last, and the features stay open_clip's."""
+    from clip_smot.clip.encoders import TextEncoder
+
+    seen, calls = [], []
+
+    def fake_compile(fn, **options):
+        seen.append((fn, options))
+
+        def compiled(*a, **k):
+            calls.append(fn.__func__.__name__)
+            return fn(*a, **k)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    learner = PromptLearner(clip, NAMES, n_ctx=4, attention=attention)
+    enc = learner.encoder
+    enc.compile_layers()
+    enc.compile_layers(mode="max-autotune", dynamic=True)
+    name = "_square_layer" if attention == "square" else "_flat_layer"
+    assert [(fn.__func__, fn.__self__, options) for fn, options in seen] == [
+        (getattr(TextEncoder, name), enc, {"dynamic": False}),
+        (getattr(TextEncoder, name), enc, {"mode": "max-autotune", "dynamic": True}),
+    ]
+    with torch.no_grad():
+        ours = learner()
+        full = learner.prompt_embeddings(full=True)
+        expected = clip.model.transformer(full + clip.model.positional_embedding, attn_mask=clip.model.attn_mask)
+        expected = clip.model.ln_final(expected)[torch.arange(len(NAMES)), learner.tokens.argmax(-1)]
+    torch.testing.assert_close(ours, expected @ clip.model.text_projection, atol=1e-5, rtol=0)
+    assert calls == [name] * (len(clip.model.transformer.resblocks) - 1)
+
+    seen.clear()
+    image = ImageEncoder(clip.model.visual)
+    image.compile_layers()
+    image.compile_layers(fullgraph=True)
+    assert [(fn.__func__, fn.__self__, options) for fn, options in seen] == [
+        (ImageEncoder._layer, image, {"dynamic": False}), (ImageEncoder._layer, image, {"fullgraph": True, "dynamic": False}),
+    ]
+
+
 def test_non_vit_towers_fall_back(clip):
     model = copy.deepcopy(clip.model)
     model.visual.attn_pool = torch.nn.Identity()  # not the plain ViT any more
