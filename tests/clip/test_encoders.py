@@ -726,6 +726,10 @@ def test_flex_and_compile_need_a_gpu_their_kernels_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     triton["why"] = "Failed to find C compiler. Please specify via CC environment variable"
     assert not flex_available("cuda") and not compile_available(torch.device("cuda", 0))
+    triton["why"] = None  # a torch without FlexAttention (before 2.5): no kernel however new the GPU
+    monkeypatch.delattr(torch.nn.attention, "flex_attention", raising=False)
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.flex_attention", None)  # (its import fails)
+    assert not flex_available("cuda") and compile_available("cuda")
     monkeypatch.setattr(common_device, "missing_triton", lambda: pytest.fail("asked Triton for the CPU"))
     assert compile_available("cpu") and not flex_available("cpu")
 
