@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -409,14 +410,30 @@ def test_flex_masks_by_hand(clip):
     (False, True, "middle", None), (False, False, "front", None), (False, True, "end", None),
     (False, False, "end", "a photo of a"),
 ])
-def test_flex_kernel_forward_equals_open_clip(clip, compiled, csc, class_position, ctx_init):
+def test_flex_kernel_forward_equals_open_clip(clip, monkeypatch, compiled, csc, class_position, ctx_init):
     """FlexAttention's own kernel with the BlockMasks (forward only on the CPU: torch has no CPU
     backward for it), in every prompt layout (shared prefix or none), also inside compiled
-    layers: open_clip's features."""
+    layers: open_clip's features. Compiled layers call the plain FlexAttention, which their
+    compiler fuses: the process's separately compiled one serves the eager last layer alone
+    (its EOT queries, one per prompt)."""
     pytest.importorskip("torch.nn.attention.flex_attention")
+    from torch.nn.attention.flex_attention import flex_attention
+
+    queries = []
+
+    def separately_compiled(q, k, v, block_mask):  # (the uncompiled function: the same values)
+        queries.append(q.shape[-2])
+        return flex_attention(q, k, v, block_mask=block_mask)
+
+    monkeypatch.setattr(encoders, "_COMPILED_FLEX", separately_compiled)
     flex = PromptLearner(clip, NAMES, n_ctx=5, ctx_init=ctx_init, csc=csc, class_position=class_position,
                          attention="flex")
-    check_flex_kernel_forward(clip, flex, compiled, csc, class_position, share_prefix=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "flex_attention called without torch.compile", UserWarning)
+        check_flex_kernel_forward(clip, flex, compiled, csc, class_position, share_prefix=True)
+    n_layers = len(clip.model.transformer.resblocks)
+    assert queries == ([len(NAMES)] if compiled else [flex.prefix_len + flex.packed_index.numel()] * (n_layers - 1)
+                       + [len(NAMES)])
 
 
 def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
