@@ -412,7 +412,7 @@ def test_a_strips_square_is_the_whole_images_within_a_few_levels(interpolation):
     assert decoding.strip_square(_smooth(5000, 40), {**settings, "resize_mode": "squash"}).size == (5000, 40)
 
 
-def test_an_unreadable_file_under_a_non_square_input_size_is_named_not_a_traceback(tmp_path):
+def test_an_unreadable_file_under_a_non_square_input_size_is_named_not_a_traceback(tmp_path, monkeypatch):
     """open_clip takes a vision ``image_size`` of [h, w]: its evaluation transform makes [3, h, w]
     images. The zeros standing for an unreadable file were [3, h, h]: torch.stack's RuntimeError, a
     traceback, where the file should be named (or skipped)."""
@@ -428,6 +428,9 @@ def test_an_unreadable_file_under_a_non_square_input_size_is_named_not_a_traceba
     config = tmp_path / "clip-smot-tiny-wide.json"
     config.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"],
                                                                      "image_size": [32, 48]}}))
+    # (registered for this test alone: later tests list open_clip's configs)
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", dict(open_clip.factory._MODEL_CONFIGS))
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIG_PATHS", list(open_clip.factory._MODEL_CONFIG_PATHS))
     open_clip.add_model_config(str(config))
     torch.manual_seed(0)
     model = open_clip.create_model("clip-smot-tiny-wide", pretrained=None)
