@@ -426,7 +426,8 @@ class TextEncoder(nn.Module):
                 every prompt: encoded once and used as keys/values by all K prompts.
 
         Returns:
-            [K, e] float32 text features.
+            [K, e] text features: float32, or under a caller's autocast its dtype (the final
+            projection is a matmul autocast casts), as open_clip's ``encode_text`` there.
         """
         if self.residual_dtype == torch.float32:
             return self._forward(x, eot, index, prefix)
@@ -495,7 +496,8 @@ class TextEncoder(nn.Module):
         return blk.finish(tokens[P:].index_select(0, layout["eot_token"]), a.reshape(K, self.width))  # [K, d]
 
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The K EOT tokens [K, d] -> ln_final, text projection -> features [K, e] (float32)."""
+        """The K EOT tokens [K, d] -> ln_final, text projection -> features [K, e] (float32; a
+        caller's autocast casts the projection, as it does open_clip's)."""
         out = F.layer_norm(tokens.float(), (self.width,), self.lnf_w, self.lnf_b, self.lnf_eps)  # [K, d]
         if self.proj_w is not None:
             out = out @ self.proj_w.float()
@@ -584,7 +586,8 @@ class ImageEncoder(nn.Module):
         self._layer = torch.compile(ImageEncoder._layer.__get__(self), **options)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images [B, 3, H, W] -> image features [B, e] (float32, not normalised)."""
+        """Normalised images [B, 3, H, W] -> image features [B, e] (not normalised; float32, or under
+        a caller's autocast its dtype, as open_clip's ``encode_image`` there)."""
         B, C, H, W = images.shape
         ph, pw = self.patch
         gh, gw = H // ph, W // pw  # the convolution ignores a remainder, so do we

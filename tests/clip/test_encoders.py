@@ -768,3 +768,21 @@ def test_only_open_clips_plain_vit_gets_the_fast_image_encoder(clip):
         model = copy.deepcopy(clip.model)
         change(model.visual)
         assert fast_image_encoder(model) is None, name
+
+
+def test_features_are_float32_or_a_callers_autocast_dtype_as_open_clips(clip):
+    """The encoders' docstrings: float32 features, but under a caller's autocast the dtype it gives
+    the final projection, the dtype open_clip's encode_text / encode_image return there."""
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    model = clip.model
+    tokens = _hand_tokens(torch.Generator().manual_seed(5))
+    eot = tokens.argmax(-1)
+    x = (images() - 0.5) / 0.25
+    text, image = TextEncoder(model), ImageEncoder(model.visual)
+    with torch.no_grad():
+        run = lambda: (text(model.token_embedding(tokens), eot, packed_index(eot, 77)), image(x),  # noqa: E731
+                       model.encode_text(tokens), model.encode_image(x))
+        assert [t.dtype for t in run()] == [torch.float32] * 4
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert [t.dtype for t in run()] == [torch.bfloat16] * 4
