@@ -711,3 +711,121 @@ def test_a_pretrained_configs_preprocessing_is_not_dropped_silently(tmp_path, pr
         return
     with pytest.raises(UserError, match=rf"^--model {path}: {refused} the preprocessing a local checkpoint gets "):
         load_clip(str(path), None)
+
+
+# A tower pair for the size estimate, its counts worked out by hand (no default taken but the text's
+# mlp_ratio): a 40 x 70 image in 16-pixel patches is 2 x 4 = 8 patch tokens (the pixels past the last
+# patch dropped), each block (4 + 2 x 2.5) x 8^2 = 576 weights.
+_VISION_8 = {"image_size": [40, 70], "patch_size": 16, "width": 8, "layers": 3, "mlp_ratio": 2.5}
+_VISION_8_COUNT = 3 * 16**2 * 8 + (8 + 1) * 8 + 8 * 4 + 3 * 576  # patch conv, positions, projection, blocks: 7976
+_TEXT_8 = {"width": 8, "context_length": 10, "vocab_size": 50000, "layers": 1, "mlp_ratio": 0.5}
+# tokens, positions, projection; the causal mask; one block of (4 + 2 x 0.5) x 8^2 = 320
+_TEXT_8_COUNT = (50000 + 10 + 4) * 8 + 10**2 + 320  # 400532
+
+
+@pytest.mark.parametrize("cfg, count", [
+    # the tiny ViT: patch conv 3 x 8^2 x 64, 16 + 1 positions of 64, projection 64 x 32, 2 blocks of
+    # 12 x 64^2; text: (49408 tokens + 77 positions + 32) x 32, the mask 77^2, 2 blocks of 12 x 32^2
+    ("tiny", 3 * 8**2 * 64 + 17 * 64 + 64 * 32 + 2 * 12 * 64**2 + (49408 + 77 + 32) * 32 + 77**2 + 2 * 12 * 32**2),
+    # every size left to its default: ViT-B-16's (width 768, 12 layers, 224 in patches of 16: 196
+    # tokens; text of width 512, 12 layers, 77 tokens of a vocabulary of 49408), embedded in 512
+    ({"embed_dim": 512, "vision_cfg": {}, "text_cfg": {}},
+     3 * 16**2 * 768 + 197 * 768 + 768 * 512 + 12 * 12 * 768**2 + (49408 + 77 + 512) * 512 + 77**2 + 12 * 12 * 512**2),
+    ({"embed_dim": 4, "vision_cfg": _VISION_8, "text_cfg": _TEXT_8}, _VISION_8_COUNT + _TEXT_8_COUNT),
+    # a ResNet of stages of 1 and 2 bottlenecks, 2 and 4 planes: 14 x (1 x 2^2 + 2 x 4^2); its attention
+    # pool of width 32 x 2 = 64: q, k, v, c (4 x 64^2) and the projection 64 x 4
+    ({"embed_dim": 4, "vision_cfg": {"layers": [1, 2], "width": 2, "image_size": 64}, "text_cfg": _TEXT_8},
+     14 * (1 * 2**2 + 2 * 4**2) + 4 * 64**2 + 64 * 4 + _TEXT_8_COUNT),
+    # a timm image tower and a Hugging Face text tower count nothing (built and counted exactly after)
+    ({"embed_dim": 4, "vision_cfg": {"timm_model_name": "vit_base_patch16_224"}, "text_cfg": _TEXT_8}, _TEXT_8_COUNT),
+    ({"embed_dim": 4, "vision_cfg": _VISION_8, "text_cfg": {**_TEXT_8, "hf_model_name": "bert-base-uncased"}},
+     _VISION_8_COUNT),
+])
+def test_the_size_estimate_counts_each_part_as_its_docstring_says(cfg, count):
+    """_estimated_size, worked out by hand from each config's numbers (the docstring's parts:
+    (4 + 2 mlp_ratio) width^2 a transformer block, the embeddings, the projections, 14 planes^2 a
+    bottleneck and the attention pool, the causal mask)."""
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    assert cm._estimated_size(TINY_CLIP_CONFIG if cfg == "tiny" else cfg) == count
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16", "RN50"])
+def test_the_size_estimate_is_within_10_percent_under_open_clips_count(name):
+    """The docstring's promise, against open_clip's own count: the estimate of ViT-B-16 and RN50
+    stays under the parameters (and causal mask) of the model open_clip builds, by less than 10%."""
+    import warnings
+
+    import open_clip
+
+    import clip_smot.clip.model as cm
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model(name, pretrained=None, device="meta")
+    exact = sum(p.numel() for p in model.parameters()) + model.attn_mask.numel()
+    estimate = cm._estimated_size(open_clip.get_model_config(name))
+    assert 0.9 * exact < estimate <= exact
+
+
+def test_an_architecture_the_estimate_lets_through_is_refused_by_its_exact_count(tmp_path, monkeypatch):
+    """Both limits are inclusive, each at half the memory. Past the estimate's fp32 bytes, the
+    estimate refuses the model ("at least"); at them, the model built on the meta device is
+    counted (its parameters, 4 bytes each, as open_clip builds it) and refused, the estimate
+    staying under that count; at the exact bytes, or on a machine whose memory is unknown, it
+    loads. The tiny model with a context of 16 tokens: its estimate, by hand, is its ViT's 113728
+    (the test above) and a text tower of (49408 + 16 + 32) x 32, a mask of 16^2 and 2 blocks of
+    12 x 32^2."""
+    import warnings
+
+    import open_clip
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    path = tmp_path / "clip-smot-tiny-counted.json"
+    path.write_text(json.dumps({**TINY_CLIP_CONFIG, "text_cfg": {**TINY_CLIP_CONFIG["text_cfg"], "context_length": 16}}))
+    open_clip.add_model_config(path)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        exact = 4 * sum(p.numel() for p in open_clip.create_model("clip-smot-tiny-counted", device="meta").parameters())
+    estimated = 4 * (113728 + (49408 + 16 + 32) * 32 + 16**2 + 2 * 12 * 32**2)
+    assert estimated < exact
+    monkeypatch.setattr(cm, "physical_memory", lambda: 2 * estimated - 2)  # (the estimate past half: refused by it)
+    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take at least 0\.0 GiB in fp32, more "):
+        load_clip(str(path), None)
+    monkeypatch.setattr(cm, "physical_memory", lambda: 2 * estimated)  # (the estimate at half: not refused)
+    with pytest.raises(UserError, match=rf"^--model {path}: its weights would take 0\.0 GiB in fp32, more than half "):
+        load_clip(str(path), None)
+    for memory in (2 * exact, None):  # (a machine whose memory is unknown: nothing to compare with)
+        monkeypatch.setattr(cm, "physical_memory", lambda memory=memory: memory)
+        assert load_clip(str(path), None).name == "clip-smot-tiny-counted"
+
+
+def test_the_size_check_checks_the_config_it_sizes(monkeypatch):
+    """_check_size reads the config open_clip holds under the name and checks it before sizing it:
+    a width given as a string (which the estimate would square) is the check's one line, not a
+    TypeError, whoever registered it."""
+    import open_clip
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    bad = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": "64"}}
+    monkeypatch.setattr(open_clip, "get_model_config", lambda name: bad if name == "clip-smot-unchecked" else None)
+    with pytest.raises(UserError, match=r"^prompt p: model_config\.vision_cfg\.width must be a positive integer, "
+                                        r"not '64'$"):
+        cm._check_size("clip-smot-unchecked", "prompt p", "model_config.")
+
+
+def test_an_image_size_of_one_side_is_one_line(tmp_path):
+    """image_size as a list of one side passes the range check; open_clip cannot build it (it
+    unpacks two sides), which is one line, not an IndexError of the size estimate before."""
+    from conftest import TINY_CLIP_CONFIG
+
+    path = tmp_path / "one-side.json"
+    path.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": [32]}}))
+    with pytest.raises(UserError, match=rf"^--model {path}: open_clip cannot build this architecture \("):
+        load_clip(str(path), None)
