@@ -321,7 +321,7 @@ def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_pat
                                         "more than half"):
         load_clip(str(path), None)
     assert time.perf_counter() - t0 < 20
-    for size in (4, 100000, "224"):
+    for size in (4, 7, 2049, 100000, "224"):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size}}
         bad = tmp_path / f"size-{size}.json"
         bad.write_text(json.dumps(cfg))
@@ -332,16 +332,27 @@ def test_an_architecture_too_big_for_memory_is_refused_before_allocating(tmp_pat
 BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE: ")
     # each was an AttributeError ('list' object has no attribute 'get', 'str' object ...)
     ([1, 2], r"the model config must be a JSON object \(an open_clip model config\), not list$"),
+    # (not open_clip's pretrained layout, which is an object holding a model_cfg)
+    (["model_cfg"], r"the model config must be a JSON object \(an open_clip model config\), not list$"),
     ({"vision_cfg": "x"}, r"vision_cfg must be a JSON object, not 'x'$"),
     ({"text_cfg": [1]}, r"text_cfg must be a JSON object, not \[1\]$"),
     ({"embed_dim": None}, r"embed_dim must be a positive integer, not None$"),
     ({"text_cfg": {"width": "32"}}, r"text_cfg.width must be a positive integer, not '32'$"),
+    ({"vision_cfg": {"patch_size": "8"}}, r"vision_cfg.patch_size must be a positive integer, not '8'$"),
+    # no tokens, or a vocabulary of none: refused here (the size checks below would read a 0 as the default)
+    ({"text_cfg": {"context_length": 0}}, r"text_cfg.context_length must be a positive integer, not 0$"),
+    ({"text_cfg": {"vocab_size": 0}}, r"text_cfg.vocab_size must be a positive integer, not 0$"),
+    ({"text_cfg": {"layers": 0}}, r"text_cfg.layers must be a positive integer, not 0$"),
     ({"vision_cfg": {"layers": [3, "4"]}}, r"vision_cfg.layers must be a positive integer \(a ResNet: a list of them\)"),
     ({"vision_cfg": {"mlp_ratio": float("inf")}}, r"vision_cfg.mlp_ratio must be a positive number, not inf$"),
+    # JSON's true is a Python int too: not a size of 1, nor a ratio of 1
+    ({"text_cfg": {"heads": True}}, r"text_cfg.heads must be a positive integer, not True$"),
+    ({"vision_cfg": {"mlp_ratio": True}}, r"vision_cfg.mlp_ratio must be a positive number, not True$"),
     # a string is true to open_clip: "false" built QuickGELU, silently, and the prompt recorded it so
     ({"quick_gelu": "false"}, r"quick_gelu must be true or false, not 'false'$"),
     # built on the meta device block by block: 20000 took minutes and gigabytes, 10**6 an hour
     ({"vision_cfg": {"layers": 20000}}, r"vision_cfg.layers: 20000 blocks, more than 1024 "),
+    ({"vision_cfg": {"layers": 1025}}, r"vision_cfg.layers: 1025 blocks, more than 1024 "),
     ({"vision_cfg": {"layers": [10**6, 1, 1, 1]}}, r"vision_cfg.layers: 1000003 blocks, more than 1024 "),
     ({"text_cfg": {"layers": 10**6}}, r"text_cfg.layers: 1000000 blocks, more than 1024 "),
     # within the block limit, but far beyond any memory: estimated from the numbers, nothing built
@@ -351,16 +362,24 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"image_size": 1024, "patch_size": 1}},
      r"vision_cfg: image_size 1024 in patches of 1 is 1048576 patch tokens, more than 4096 "),
     ({"vision_cfg": {"image_size": [40, 2048], "patch_size": 4}}, r"vision_cfg: .* is 5120 patch tokens, more than 4096 "),
+    ({"vision_cfg": {"image_size": [136, 1928], "patch_size": 8}}, r"vision_cfg: .* is 4097 patch tokens, more than 4096 "),
     # RuntimeError "Kernel size can't be greater than actual input size" at the first image
     ({"vision_cfg": {"image_size": 32, "patch_size": 64}}, r"vision_cfg.patch_size 64 is larger than the image \(32\)$"),
     # token ids past the embedding: IndexError at the prompt's first encoding
     ({"text_cfg": {"vocab_size": 5}}, r"text_cfg.vocab_size 5 is less than the 49408 tokens of open_clip's tokenizer$"),
+    ({"text_cfg": {"vocab_size": 49407}}, r"text_cfg.vocab_size 49407 is less than the 49408 tokens of open_clip's "),
     # passed to LayerNorm and GELU as they are: TypeError tracebacks at the first image or prompt
     ({"vision_cfg": {"norm_kwargs": {"eps": "x"}}}, r"vision_cfg.norm_kwargs may set only eps, a positive number, "
                                                     r"not \{'eps': 'x'\}$"),
     ({"text_cfg": {"norm_kwargs": {"eps": 1e-6, "device": "cuda"}}}, r"text_cfg.norm_kwargs may set only eps"),
     ({"text_cfg": {"norm_kwargs": [1]}}, r"text_cfg.norm_kwargs may set only eps"),
+    # lists of the allowed keys' names: no objects (AttributeError: 'list' object has no attribute 'get')
+    ({"text_cfg": {"norm_kwargs": ["eps"]}}, r"text_cfg.norm_kwargs may set only eps, a positive number, not \['eps'\]$"),
+    ({"vision_cfg": {"act_kwargs": ["approximate"]}},
+     r"vision_cfg.act_kwargs may set only approximate, 'none' or 'tanh' \(GELU's\), not \['approximate'\]$"),
     ({"vision_cfg": {"act_kwargs": {"approximate": "x"}}}, r"vision_cfg.act_kwargs may set only approximate, "),
+    ({"vision_cfg": {"act_kwargs": {"approximate": "none", "inplace": True}}},
+     r"vision_cfg.act_kwargs may set only approximate, 'none' or 'tanh' \(GELU's\), not \{'approximate': 'none', "),
     ({"text_cfg": {"act_kwargs": {"approximate": "tanh"}}}, r"text_cfg.act_kwargs sets GELU's approximate, but "
                                                             "quick_gelu builds QuickGELU"),
     # open_clip's own tokenizer would read the file that bpe_path names
@@ -567,7 +586,9 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
     for cfg in (changed(vision_cfg={"image_size": 8, "patch_size": 8}),
                 changed(vision_cfg={"image_size": 2048, "patch_size": 32}),
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1]}),
-                changed(vision_cfg={"layers": 1024}), changed(text_cfg={"layers": 1024})):
+                changed(vision_cfg={"layers": 1024}), changed(text_cfg={"layers": 1024}),
+                changed(vision_cfg={"attentional_pool": ""}),  # (no pool: open_clip reads it as false)
+                {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
         cm.check_model_config(cfg, "--model m.json")
     for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
                        (changed(text_cfg={"heads": 0}), r"text_cfg.heads must be a positive integer, not 0$"),
@@ -578,6 +599,10 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                         r"the model config: an open_clip model config needs embed_dim, vision_cfg and text_cfg$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
             cm.check_model_config(cfg, "--model m.json")
+    # a prompt's stored config is named by its field (the prefix), not as "the model config"
+    with pytest.raises(UserError, match=r"^prompt p: model_config must be a JSON object \(an open_clip model config\), "
+                                        r"not list$"):
+        cm.check_model_config([1], "prompt p", "model_config.")
 
 
 def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
@@ -589,6 +614,7 @@ def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
 
     for timm, error in (({"timm_model_name": "hf-hub:evil"}, r"vision_cfg.timm_model_name 'hf-hub:evil': "),
                         ({"timm_model_name": "..\\evil"}, r"vision_cfg.timm_model_name '..\\\\evil': "),
+                        ({"timm_model_name": "../evil"}, r"vision_cfg.timm_model_name '../evil': "),
                         ({"timm_model_name": 5}, r"vision_cfg.timm_model_name 5: "),
                         ({"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": True},
                          r"vision_cfg.timm_model_pretrained True: ")):
@@ -684,17 +710,30 @@ def test_a_config_in_open_clips_pretrained_layout_builds_its_model_cfg(tmp_path)
     (tmp_path / "clip-smot-tiny-bare").write_text(json.dumps(TINY_CLIP_CONFIG))
     bare = load_clip(str(tmp_path / "clip-smot-tiny-bare"), None)
     assert bare.name == "clip-smot-tiny-bare" and bare.config == TINY_CLIP_CONFIG
+    (tmp_path / "clip-smot-tiny-no-preprocess.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG}))
+    assert load_clip(str(tmp_path / "clip-smot-tiny-no-preprocess.json"), None).config == TINY_CLIP_CONFIG
+    (tmp_path / "clip-smot-tiny-listed.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG, "preprocess_cfg": [1]}))
+    with pytest.raises(UserError, match=rf"^--model {tmp_path / 'clip-smot-tiny-listed.json'}: preprocess_cfg must be a "
+                                        r"JSON object, not \[1\]$"):
+        load_clip(str(tmp_path / "clip-smot-tiny-listed.json"), None)
 
 
 @pytest.mark.parametrize("preprocess, refused", [
     # laion/CLIP-ViT-B-32-laion2B-s34B-b79K's: OpenAI's mean and std, as a local checkpoint gets them
     ({"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
       "interpolation": "bicubic", "resize_mode": "shortest"}, None),
+    # OpenAI's mean within 1e-6 (written to fewer digits) is OpenAI's; 2e-6 off is another
+    ({"mean": [0.4814538, 0.4578283, 0.4082100]}, None),
+    ({"mean": [0.48145466, 0.4578295, 0.40821073]}, r"preprocess_cfg.mean \[0.48145466, 0.4578295, 0.40821073\] is not"),
     # the size is the model's own (32 here, not the default 224); a null, or a key open_clip drops, is no request
     ({"size": 32, "interpolation": None, "not_a_setting": [1, 2]}, None),
     # laion/CLIP-ViT-L-14-laion2B-s32B-b82K's mean, and apple/DFN5B-CLIP-ViT-H-14's resize
     ({"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, r"preprocess_cfg.mean \[0.5, 0.5, 0.5\] is not"),
     ({"resize_mode": "squash"}, r"preprocess_cfg.resize_mode 'squash' is not"),
+    # two values for three channels, or one number: not OpenAI's three (the shorter list compared in full)
+    ({"mean": [0.48145466, 0.4578275]}, r"preprocess_cfg.mean \[0.48145466, 0.4578275\] is not"),
+    ({"std": 0.26862954}, r"preprocess_cfg.std 0.26862954 is not"),
+    ({"mean": ["0.48145466", 0.4578275, 0.40821073]}, r"preprocess_cfg.mean \['0.48145466', 0.4578275, 0.40821073\] is not"),
 ])
 def test_a_pretrained_configs_preprocessing_is_not_dropped_silently(tmp_path, preprocess, refused):
     """The preprocess_cfg beside a pretrained config's model_cfg was dropped: a local checkpoint
@@ -818,6 +857,64 @@ def test_the_size_check_checks_the_config_it_sizes(monkeypatch):
     with pytest.raises(UserError, match=r"^prompt p: model_config\.vision_cfg\.width must be a positive integer, "
                                         r"not '64'$"):
         cm._check_size("clip-smot-unchecked", "prompt p", "model_config.")
+
+
+def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
+    """A ViT config may leave image_size and patch_size to open_clip (224 and 16): the checks
+    compare the given one with that default (the message names it), one past it refused."""
+    import copy
+
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    def vision(**values):
+        cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+        del cfg["vision_cfg"]["image_size"], cfg["vision_cfg"]["patch_size"]
+        cfg["vision_cfg"].update(values)
+        return cfg
+
+    cm.check_model_config(vision(patch_size=224), "--model m.json")
+    cm.check_model_config(vision(image_size=16), "--model m.json")
+    for cfg, error in ((vision(patch_size=225), r"vision_cfg.patch_size 225 is larger than the image \(224\)$"),
+                       (vision(image_size=15), r"vision_cfg.patch_size 16 is larger than the image \(15\)$")):
+        with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
+            cm.check_model_config(cfg, "--model m.json")
+
+
+def test_a_resnet_tower_needs_its_stride_on_each_side_of_the_image():
+    """A ResNet's image given as [height, width] needs 32 pixels on its shorter side as well."""
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    for size in ([31, 64], [64, 31]):
+        cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "layers": [1, 1]}}
+        with pytest.raises(UserError, match=r"^--model m.json: vision_cfg.image_size \[\d+, \d+\]: a ResNet tower needs "
+                                            r"at least 32 pixels a side"):
+            cm.check_model_config(cfg, "--model m.json")
+    cm.check_model_config({**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": [32, 64], "layers": [1, 1]}}, "--model m.json")
+
+
+def test_a_value_shown_in_an_error_is_cut_past_40_characters():
+    """_shown: a repr of 40 characters whole; of 41, its first 37 and "..." (40 in all)."""
+    import clip_smot.clip.model as cm
+
+    assert cm._shown("x" * 38) == repr("x" * 38) and len(repr("x" * 38)) == 40
+    assert cm._shown("x" * 39) == "'" + "x" * 36 + "..."
+
+
+def test_a_vit_patch_must_fit_the_shorter_side_of_the_image():
+    """A ViT's image given as [height, width]: a patch larger than either side is refused."""
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    for size in ([8, 64], [64, 8]):
+        cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "patch_size": 16}}
+        with pytest.raises(UserError, match=rf"^--model m.json: vision_cfg.patch_size 16 is larger than the image "
+                                            rf"\(\[{size[0]}, {size[1]}\]\)$"):
+            cm.check_model_config(cfg, "--model m.json")
 
 
 def test_an_image_size_of_one_side_is_one_line(tmp_path):
