@@ -184,8 +184,9 @@ def test_gl_mcm_needs_a_vit(tmp_path):
 
 def test_gl_mcm_needs_the_class_token_pooled_after_ln_post(tiny):
     """GL-MCM's local features are ln_post of each patch token: a ViT that pools before ln_post
-    (final_ln_after_pool, or average pooling) never puts its tokens through it, and is refused."""
-    for change in ({"final_ln_after_pool": True}, {"pool_type": "avg"}):
+    (final_ln_after_pool, or average pooling) never puts its tokens through it, and one that pools
+    with an attentional pooler gives no class token: each is refused."""
+    for change in ({"final_ln_after_pool": True}, {"pool_type": "avg"}, {"attn_pool": torch.nn.Identity()}):
         clip = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model))
         for name, value in change.items():
             setattr(clip.model.visual, name, value)
@@ -208,6 +209,22 @@ def test_gl_mcm_with_a_custom_last_attention_fails_before_encoding(tiny_clip_con
         encode_image_tokens(clip, torch.zeros(1, 3, 32, 32))
     assert str(checked.value) == str(encoded.value)
     scorer.check_scores(["mcm"])
+
+
+def test_gl_mcm_reads_the_last_blocks_attention_alone(tmp_path):
+    """Of a ViT of three blocks, only the last one's attention is read for the local features:
+    custom attentions in the first two pass the check, one in the last does not."""
+    from conftest import TINY_CLIP_CONFIG
+
+    path = tmp_path / "clip-smot-tiny-3.json"
+    path.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "layers": 3}}))
+    clip = load_clip(str(path), None)
+    blocks = clip.model.visual.transformer.resblocks
+    blocks[0].attn, blocks[1].attn = torch.nn.Identity(), torch.nn.Identity()
+    cm.check_local_features(clip)
+    blocks[2].attn = torch.nn.Identity()
+    with pytest.raises(UserError, match="last block of clip-smot-tiny-3's image tower has a custom attention"):
+        cm.check_local_features(clip)
 
 
 # --- the score command -----------------------------------------------------------------------------
