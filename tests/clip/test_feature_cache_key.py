@@ -181,3 +181,79 @@ def test_a_damaged_entry_is_one_note_of_the_writing_process_alone(tmp_path, tiny
     assert capsys.readouterr().err == ""
     assert again.paths == [a, b] and entry.read_bytes() == forged
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_the_key_of_jpeg_decoded_features_holds_the_models_device(tmp_path, tiny):  # noqa: F811
+    """nvJPEG (the model on a GPU) and libjpeg-turbo (on the CPU) decode to other pixels: the key
+    of --decode jpeg features names the device the model sits on (a copy of the tiny model on the
+    meta device stands in for a GPU's), while PIL's decoding is the same wherever the model is."""
+    import copy
+    import dataclasses
+
+    files = [str(p) for p in _images(tmp_path)]
+    elsewhere = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model).to("meta"))
+    assert cf._cache_key(elsewhere, files, decode="jpeg") != cf._cache_key(tiny, files, decode="jpeg")
+    assert cf._cache_key(elsewhere, files) == cf._cache_key(tiny, files)
+
+
+def test_an_entrys_checksum_covers_the_name_dtype_shape_bytes_and_metadata():
+    """_checksums, one per tensor, over its name, dtype, shape and bytes and the entry's metadata:
+    changing any one of them (the same bytes under another name, shape or dtype included) gives
+    another checksum; the same tensor and metadata give the same one, whatever the metadata's
+    key order."""
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    meta = {"paths": '["a.png"]', "skipped": "[]"}
+    base = cf._checksums({"global": t}, meta)["global"]
+    assert cf._checksums({"global": t.clone()}, dict(reversed(meta.items())))["global"] == base
+    assert cf._checksums({"global": t.t().contiguous().t()}, meta)["global"] == base  # (a view: the bytes as stored)
+    others = [
+        cf._checksums({"local": t}, meta)["local"],  # (name)
+        cf._checksums({"global": t.reshape(3, 2)}, meta)["global"],  # (shape, the same bytes)
+        cf._checksums({"global": t.view(torch.int32)}, meta)["global"],  # (dtype, the same bytes)
+        cf._checksums({"global": t + 1}, meta)["global"],  # (bytes)
+        cf._checksums({"global": t}, {**meta, "skipped": '[["b.png", "unreadable"]]'})["global"],  # (metadata)
+    ]
+    assert base not in others and len(set(others)) == len(others)
+    # the last value of a larger tensor changed: the checksum covers every byte
+    big = torch.randn(3, 300)
+    assert cf._checksums({"global": big}, meta) != cf._checksums({"global": torch.cat([big[:, :-1], big[:, -1:] + 1], 1)},
+                                                                meta)
+
+
+def test_every_row_of_an_entry_is_checked_for_its_norm_not_the_first_256():
+    """_normalised reads 256 rows at a time: a row past the first 256 of norm 2 (or 0) is found
+    too, and rows within the tolerance pass (global [N, e] and local [N, P, e] alike)."""
+    rows = torch.nn.functional.normalize(torch.randn(300, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert cf._normalised(rows, 1e-3) and cf._normalised(rows.reshape(100, 3, 8).half(), 1e-2)
+    for bad in (2.0, 0.0, 1.002):
+        changed = rows.clone()
+        changed[299] *= bad
+        assert not cf._normalised(changed, 1e-3)
+        assert not cf._normalised(changed.reshape(100, 3, 8), 1e-3)
+    assert cf._normalised(rows * (1 - 0.9e-3), 1e-3)
+    edge = torch.tensor([[1 + 2**-10, 0.0]])  # (a norm exactly 2^-10 past 1: within a tolerance of 2^-10)
+    assert cf._normalised(edge, 2**-10) and not cf._normalised(edge, 2**-11)
+
+
+def test_the_feature_cache_is_a_folder_of_its_own_in_the_cache(tmp_path, monkeypatch):
+    """Entries live in $CLIP_SMOT_CACHE/features (a write removes old temporaries beside them:
+    not among the cache's other files), else in ~/.cache/clip_smot/features."""
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c"))
+    assert cf.cache_dir() == tmp_path / "c" / "features"
+    monkeypatch.delenv("CLIP_SMOT_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cf.cache_dir() == tmp_path / "home" / ".cache" / "clip_smot" / "features"
+
+
+def test_features_held_as_views_are_written_and_read_back(tmp_path):
+    """_write_cache takes features as any tensor holds them (a transposed view is not contiguous,
+    which safetensors refuses to save): the entry reads back equal, checksum and all."""
+    global_ = torch.nn.functional.normalize(torch.randn(8, 2, generator=torch.Generator().manual_seed(0)), dim=0).t()
+    local = torch.nn.functional.normalize(torch.randn(8, 3, 2), dim=0).permute(2, 1, 0).half()
+    assert not global_.is_contiguous() and not local.is_contiguous()
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    entry = tmp_path / "entry.safetensors"
+    cf._write_cache(entry, cf.ImageFeatures(paths, global_, local, []))
+    read, why = cf._read_cache(entry, paths, True, 8, 3)
+    assert why == "" and read.paths == paths
+    assert torch.equal(read.global_, global_) and torch.equal(read.local, local)
