@@ -771,6 +771,9 @@ _TEXT_8_COUNT = (50000 + 10 + 4) * 8 + 10**2 + 320  # 400532
     ({"embed_dim": 512, "vision_cfg": {}, "text_cfg": {}},
      3 * 16**2 * 768 + 197 * 768 + 768 * 512 + 12 * 12 * 768**2 + (49408 + 77 + 512) * 512 + 77**2 + 12 * 12 * 512**2),
     ({"embed_dim": 4, "vision_cfg": _VISION_8, "text_cfg": _TEXT_8}, _VISION_8_COUNT + _TEXT_8_COUNT),
+    # the default image, 224, in patches of 15: 14 x 14 tokens (225 would give 15 x 15); one block of 12 x 8^2
+    ({"embed_dim": 4, "vision_cfg": {"width": 8, "layers": 1, "patch_size": 15}, "text_cfg": _TEXT_8},
+     3 * 15**2 * 8 + (14 * 14 + 1) * 8 + 8 * 4 + 12 * 8**2 + _TEXT_8_COUNT),
     # a ResNet of stages of 1 and 2 bottlenecks, 2 and 4 planes: 14 x (1 x 2^2 + 2 x 4^2); its attention
     # pool of width 32 x 2 = 64: q, k, v, c (4 x 64^2) and the projection 64 x 4
     ({"embed_dim": 4, "vision_cfg": {"layers": [1, 2], "width": 2, "image_size": 64}, "text_cfg": _TEXT_8},
