@@ -541,8 +541,9 @@ def _estimated_size(cfg: dict) -> int:
     (4 + 2 mlp_ratio) width^2 weights, the embeddings, the projections, or a ResNet's
     bottlenecks (about 14 planes^2 each) and attention pool, and the text tower's causal mask
     (context_length^2, a buffer, not a parameter). Biases and norms are left out: it stays under
-    what the model takes (within 10% for open_clip's own ViTs and ResNets). A timm or Hugging
-    Face tower counts nothing here (the exact count after builds it)."""
+    what the model holds, parameters and buffers (within 10% for open_clip's own ViTs and
+    ResNets; with the mask it may exceed the parameters alone, which the exact check after
+    counts). A timm or Hugging Face tower counts nothing here (the exact count after builds it)."""
     embed, vision, text = cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"]
     n = 0
     if "timm_model_name" not in vision:
