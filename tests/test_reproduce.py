@@ -827,6 +827,7 @@ def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp
 @pytest.mark.parametrize("record, why", [
     ({"argv": ["fit"], "inputs": []}, "inputs is not an object"),
     ({"argv": ["fit", 1]}, "argv is not a list of strings"),
+    ({"argv": "fit --data d"}, "argv is not a list of strings"),  # (a string: each of its characters is one)
     ({"inputs": {}}, "'argv'"),
 ])
 def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, record, why):
@@ -998,6 +999,12 @@ def test_an_imagenet_root_without_val_is_refused_before_the_fits(tmp_path):
                                                  ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
     assert str(e.value) == f"--imagenet: no such folder: {tmp_path / 'imagenet' / 'val'}"
     assert ran == [] and not (tmp_path / "o").exists()
+    (tmp_path / "imagenet" / "train").rename(tmp_path / "imagenet" / "val")  # (and one with val/, no train/)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path / "imagenet"),
+                                                 ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
+    assert str(e.value) == f"--imagenet: no such folder: {tmp_path / 'imagenet' / 'train'}"
+    assert ran == [] and not (tmp_path / "o").exists()
 
 
 def test_table4_refuses_an_imagenet_root_without_val_or_train_before_the_trainings(tmp_path):
@@ -1166,3 +1173,63 @@ def test_model_and_weight_files_given_another_way_find_their_stages_finished(tmp
                                                 pretrained=str(tmp_path / "m" / "w.safetensors")), fake,
                   echo=lambda line: None)
     assert ran == []
+
+
+def test_the_smallest_counts_each_option_allows_reach_the_stages_and_one_below_is_refused(tmp_path):
+    """docs/reproduce.md: --shots, --epochs and --batch-size are counts of at least 1 (as fit's and
+    train's own), --workers at least 0 (the CPU benchmark runs with 0): those reach the fits as given;
+    one below is refused, naming the flag, before anything is written."""
+    lines = []
+    o = ReproduceOptions(out=str(tmp_path / "o"), imagenet="IN", ood_root="OOD", shots=1, epochs=1, batch_size=1,
+                         workers=0)
+    from clip_smot.reproduce import run_reproduce
+
+    assert run_reproduce("table8", o, lambda argv: None, dry_run=True, echo=lines.append) is None
+    fit = shlex.split(lines[0])[1:]
+    assert fit[0] == "fit" and [fit[fit.index(f) + 1] for f in ("--shots", "--epochs", "--batch-size", "--workers")] \
+        == ["1", "1", "1", "0"], fit
+    for field, value, flag in (("shots", 0, "--shots"), ("epochs", 0, "--epochs"), ("batch_size", 0, "--batch-size"),
+                               ("workers", -1, "--workers")):
+        with pytest.raises(UserError, match=rf"^{flag} {value}: "):
+            run_reproduce("table8", dataclasses.replace(o, **{field: value}), lambda argv: None, dry_run=True)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_torchvision_sets_checked_under_cifar_root_are_those_the_stages_read(tmp_path, monkeypatch):
+    """Before any training: the CIFAR sets the table trains on (Table 1: CIFAR-10 and CIFAR-100,
+    Table 2: CIFAR-10) and SVHN, an OOD set of every CIFAR table, are each looked for in --cifar-root,
+    in the order the stages read them (Table 1: CIFAR-10's trainings and evaluations, then
+    CIFAR-100's), and every one missing is named."""
+    from clip_smot.reproduce import run_reproduce
+
+    for name in ("Textures", "Places", "LSUN", "iSUN"):
+        (tmp_path / name).mkdir()
+    asked = []
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable",
+                        lambda name, root: asked.append((name, root)) or f"no {name}")
+    for table, sets in (("table1", ["cifar10", "svhn", "cifar100"]), ("table2", ["cifar10", "svhn"]),
+                        ("table3", ["cifar100", "svhn"])):
+        asked.clear()
+        with pytest.raises(UserError) as e:
+            run_reproduce(table, ReproduceOptions(out=str(tmp_path / "o"), cifar_root=str(tmp_path),
+                                                  ood_root=str(tmp_path)), lambda argv: None)
+        assert asked == [(s, str(tmp_path)) for s in sets], table
+        assert str(e.value) == "; ".join(f"--cifar-root: no {s}" for s in sets), table
+    assert not (tmp_path / "o").exists()
+    # a training alone names its set by its --dataset's value; an evaluation, by an --ood's value
+    from clip_smot.reproduce import Plan, Stage, _torchvision_sets
+
+    stages = [Stage("t", ("train", "--dataset", "cifar100", "--stage", "base", "--out", "o/t")),
+              Stage("e", ("eval", "--checkpoint", "m", "--id", "digits", "--ood", "SVHN", "--out", "o/e"))]
+    assert _torchvision_sets(Plan(stages, {}, (), "t")) == ["cifar100", "svhn"]
+
+
+def test_an_evaluation_folder_holding_a_checkpoint_is_not_resumed(tmp_path):
+    """Only fit and train continue from a checkpoint.pt (--resume); eval has no such flag, and a
+    checkpoint.pt left in its folder is not its own."""
+    from clip_smot.reproduce import Stage
+
+    for command in ("fit", "train", "eval"):
+        (tmp_path / command).mkdir()
+        (tmp_path / command / "checkpoint.pt").write_bytes(b"x")
+        assert Stage(command, (command, "--out", str(tmp_path / command))).resumable(tmp_path) == (command != "eval")
