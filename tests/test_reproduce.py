@@ -1233,3 +1233,34 @@ def test_an_evaluation_folder_holding_a_checkpoint_is_not_resumed(tmp_path):
         (tmp_path / command).mkdir()
         (tmp_path / command / "checkpoint.pt").write_bytes(b"x")
         assert Stage(command, (command, "--out", str(tmp_path / command))).resumable(tmp_path) == (command != "eval")
+
+
+def test_an_out_inside_an_imagenet_folder_a_cifar_table_does_not_read_is_allowed(tmp_path, monkeypatch):
+    """Only the folders the table's stages read are refused as places for OUT: table2 trains and
+    evaluates on CIFAR-10 (--cifar-root), so an --imagenet given along with it is no input."""
+    from clip_smot.reproduce import run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    for folder in ("imagenet/train", "imagenet/val", "cifar", "ood/Textures", "ood/Places", "ood/LSUN", "ood/iSUN"):
+        (tmp_path / folder).mkdir(parents=True)
+    out, ran = tmp_path / "imagenet" / "train" / "r", []
+
+    def first(argv):
+        ran.append(argv)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table2", ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"),
+                                                 cifar_root=str(tmp_path / "cifar"), ood_root=str(tmp_path / "ood")),
+                      first, echo=lambda line: None)
+    assert [argv[:5] for argv in ran] == [["train", "--dataset", "cifar10", "--data", str(tmp_path / "cifar")]]
+
+
+def test_every_option_but_out_defaults_to_none_the_commands_own():
+    """docs/reproduce.md: an option not given leaves each stage's command at its own default (and a
+    data root not given is asked for by the table that needs it): no default of reproduce's own."""
+    o = ReproduceOptions(out="o")
+    assert {f.name: getattr(o, f.name) for f in dataclasses.fields(o)} == {
+        "out": "o", "imagenet": None, "ood_root": None, "cifar_root": None, "model": None, "pretrained": None,
+        "cam_model": None, "shots": None, "epochs": None, "batch_size": None, "precision": None, "device": None,
+        "workers": None}
