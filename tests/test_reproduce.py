@@ -1264,3 +1264,14 @@ def test_every_option_but_out_defaults_to_none_the_commands_own():
         "out": "o", "imagenet": None, "ood_root": None, "cifar_root": None, "model": None, "pretrained": None,
         "cam_model": None, "shots": None, "epochs": None, "batch_size": None, "precision": None, "device": None,
         "workers": None}
+
+
+def test_the_builtin_svhn_set_is_recorded_as_given():
+    """--ood SVHN (torchvision's set, no NAME=DIR) is a name, not a path: a stage's record keeps it
+    as the command line has it."""
+    from clip_smot.reproduce import Stage
+
+    stage = Stage("eval-base", ("eval", "--checkpoint", "/o/train-base/model.safetensors", "--id", "cifar10",
+                                "--ood", "SVHN", "--scores", "msp", "--out", "/o/eval-base"))
+    assert stage.identity("/o") == ["eval", "--checkpoint", "OUT/train-base/model.safetensors", "--id", "cifar10",
+                                    "--ood", "SVHN", "--scores", "msp"]
