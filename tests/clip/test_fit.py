@@ -1172,6 +1172,33 @@ def test_check_config_refuses_non_finite_options():
             check_config(FitConfig(crop_scale=value))
 
 
+# docs/fit.md's option table, written out: (field, flag, values accepted, values refused)
+FIT_RANGES = [
+    ("shots", "--shots", (1,), (0,)), ("seed", "--seed", (0, 2**63 - 1), (-1, 2**63)),
+    ("workers", "--workers", (0, 256), (-1, 257)), ("n_ctx", "--n-ctx", (1,), (0,)),
+    ("alpha", "--alpha", (0.5,), (0.0, -1.0)), ("beta", "--beta", (0.5,), (0.0, -1.0)),
+    ("lam", "--lam", (0.0, 1.0), (-0.1, 1.5)), ("T", "--T", (0.5,), (0.0, -1.0)),
+    ("sigma", "--sigma", (0.0,), (-0.1,)), ("epochs", "--epochs", (1,), (0,)),
+    ("batch_size", "--batch-size", (1,), (0,)), ("lr", "--lr", (0.5,), (0.0,)),
+    ("momentum", "--momentum", (0.0, 1.0), (-0.1, 1.5)), ("weight_decay", "--weight-decay", (0.0,), (-0.1,)),
+    ("warmup_epochs", "--warmup-epochs", (0,), (-1,)), ("warmup_lr", "--warmup-lr", (0.5,), (0.0,)),
+    ("crop_scale", "FitConfig.crop_scale", (0.5, 1.0), (0.0, 1.5)),
+]
+
+
+@pytest.mark.parametrize("name, flag, ok, bad", FIT_RANGES, ids=[r[0] for r in FIT_RANGES])
+def test_check_config_takes_each_range_bound_and_refuses_just_past_it(name, flag, ok, bad):
+    """Each option's range as docs/fit.md gives it: its bounds pass, a value just past one is one
+    line naming the flag (a bound moved by one, or an open one closed, is caught here)."""
+    from clip_smot.clip.fit import check_config
+
+    for value in ok:
+        check_config(FitConfig(**{name: value}))
+    for value in bad:
+        with pytest.raises(UserError, match=rf"^{re.escape(flag)} {re.escape(str(value))}: must be"):
+            check_config(FitConfig(**{name: value}))
+
+
 def test_check_config_refuses_the_cuda_options_on_the_cpu_naming_flag_and_value():
     """--cuda-graph and --overlap-encoders are CUDA only, --compile needs square or flex attention (docs/fit.md):
     a FitConfig built in Python gets the command line's one line, with the flag and its value."""
