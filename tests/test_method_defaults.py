@@ -24,6 +24,12 @@ FIT_SPEC = {
     "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1, "warmup_lr": 1e-5, "crop_scale": 0.08,
 }
 
+# docs/fit.md's option table: the defaults of the options docs/method.md leaves to the tool.
+FIT_DOCS = {
+    "data": None, "split": None, "seed": 1, "workers": 4, "out": "runs/fit", "precision": "bf16", "device": "auto",
+    "text_attention": "auto", "text_residual": "fp32", "compile": None, "cuda_graph": None, "overlap_encoders": None,
+}
+
 # docs/method.md §1 and §3 (ResNet track), per stage, dataset and class count: (epochs, batch, lr, T, method, arch).
 TRAIN_SPEC = {
     ("base", "cifar10", 10): (200, 128, 0.1, 10.0, "ce", "resnet18"),
@@ -49,6 +55,7 @@ def _cli_defaults(command: str) -> dict:
 def test_fit_config_and_fit_flags_hold_the_spec_defaults():
     cfg = FitConfig()
     assert {k: getattr(cfg, k) for k in FIT_SPEC} == FIT_SPEC
+    assert {k: getattr(cfg, k) for k in FIT_DOCS} == FIT_DOCS
     flags = _cli_defaults("fit")
     # every flag that fills a FitConfig field defaults to that field's default
     checked = 0
