@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "output_lock", "plain_name", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -220,6 +220,14 @@ def plain_name(value: str, what: str, advice: str = "") -> str:
         raise UserError(f"{what}: {str(value)[:80]!r} is not a plain name (one path component: no '/', '\\' or ':', not '.' or '..')"
                         + (f"; {advice}" if advice else ""))
     return value
+
+
+def given_path(path: str | os.PathLike, flag: str, what: str = "a file or folder") -> Path:
+    """``path`` as a Path, or a UserError naming ``flag`` when it is empty: ``Path("")`` is ``.``,
+    so an unset ``"$PHOTOS"`` would read the current folder (``.`` names it when that is meant)."""
+    if os.fspath(path) == "":
+        raise UserError(f"{flag} '': an empty path; give {what} ('.' for the current folder)")
+    return Path(path)
 
 
 def leaves_root(rel: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import exists, file_key, is_file, is_folder, leaves_root, path_stat
+from clip_smot.common.files import exists, file_key, given_path, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
     class_folders,
     holds_folders,
@@ -140,9 +140,7 @@ def _id_root(where: str | os.PathLike, flag: str) -> Path:
         UserError: ``where`` is empty (``Path("")`` is ``.``: an unset ``"$IMAGENET"`` read the
             current folder as the ID set, or its sub-folders as zero-shot's classes).
     """
-    if os.fspath(where) == "":
-        raise UserError(f"{flag} '': an empty path; give a file or folder ('.' for the current folder)")
-    where = Path(where)
+    where = given_path(where, flag)
     return where / "val" if holds_folders(where / "val") else where
 
 

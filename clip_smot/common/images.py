@@ -13,7 +13,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import exists, is_file, is_folder
+from clip_smot.common.files import exists, given_path, is_file, is_folder
 
 __all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
@@ -100,9 +100,7 @@ def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
     Raises:
         UserError: ``root`` is empty, does not exist, or holds no image file (when the walk ends).
     """
-    if os.fspath(root) == "":  # (Path("") is ".": an unset "$PHOTOS" would walk the current folder)
-        raise UserError(f"{flag} '': an empty path; give a file or folder ('.' for the current folder)")
-    root = Path(root)
+    root = given_path(root, flag)
     if not exists(root, flag):
         raise UserError(f"{flag} {root}: no such file or folder")
     if is_file(root, flag):

@@ -29,7 +29,7 @@ from clip_smot import scores as S
 from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder, output_lock
+from clip_smot.common.files import check_output_folder, given_path, output_lock
 from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
@@ -100,8 +100,7 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
         UserError: ``id_data`` is empty (``Path("")`` is ``.``: a library caller's unset
             ``"$DATA"`` read the current folder's class folders as the ID set).
     """
-    if id_data == "":
-        raise UserError(f"{flag} '': an empty path; give a folder or a built-in set ('.' for the current folder)")
+    given_path(id_data, flag, "a folder or a built-in set")
     size, classnames = meta["input_size"], meta["classnames"]
     cfg = meta["config"]
     if id_data.lower() in BUILTIN_ID:  # (always the set, as a bare --ood NAME: ./NAME names a folder)
