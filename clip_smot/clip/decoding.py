@@ -34,11 +34,6 @@ DECODE_CHOICES = ("auto", "cpu", "gpu")  # the --decode flag: cpu = pil, gpu = j
 DECODERS = ("pil", "jpeg")  # what resolve_decode returns and the decoding functions take
 
 
-def _side(settings: dict) -> int:
-    """The (first) side of the preprocessing's output size."""
-    return settings["size"] if isinstance(settings["size"], int) else settings["size"][0]
-
-
 def _hw(settings: dict) -> tuple[int, int]:
     """(height, width) of the preprocessing's output images: ``size`` is one side (a square) or
     [h, w] (open_clip's vision ``image_size`` may be either)."""
@@ -49,7 +44,7 @@ def _hw(settings: dict) -> tuple[int, int]:
 def _shortest_square(settings: dict) -> int | None:
     """The side, when the preprocessing resizes the shorter side (bicubic or bilinear) to a square
     crop, the geometry that :func:`strip_square` and the tensor path reproduce; else None."""
-    side = _side(settings)
+    side = _hw(settings)[0]
     if (settings["resize_mode"] != "shortest" or settings["size"] not in (side, [side, side])
             or settings["interpolation"] not in ("bicubic", "bilinear")):
         return None
