@@ -541,6 +541,29 @@ def test_dry_run_writes_nothing(fit_args, tmp_path):
     assert "dry run: one batch of 4 images, loss " in res.output and not (tmp_path / "dry").exists()  # (of 6)
 
 
+def test_a_one_class_run_says_its_loss_is_zero(tmp_path, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
+    """A softmax over one class is 1, so its cross-entropy against any label is -log 1 = 0: the
+    dry run's loss of a one-class --data is 0 and a note says so before the work; two classes
+    learn, with no note."""
+    rng = np.random.default_rng(0)
+    for classes in (["cat"], ["cat", "dog"]):
+        data = tmp_path / str(len(classes))
+        for c in classes:
+            (data / "train" / c).mkdir(parents=True)
+            for k in range(2):
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / "train" / c / f"{k}.png")
+        res = CliRunner().invoke(cli, ["fit", "--data", str(data), "--shots", "2", "--model", tiny_clip_config,
+                                       "--pretrained", tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4",
+                                       "--batch-size", "4", "--precision", "fp32", "--device", "cpu", "--workers", "0",
+                                       "--dry-run", "--out", str(tmp_path / "run")])
+        assert res.exit_code == 0, res.output
+        note = (f"note: {data / 'train'} has one class: a softmax over one class is 1, so the loss is 0 and only "
+                "weight decay moves the context")
+        assert (note in res.stderr) == (len(classes) == 1), res.stderr
+        loss = float(re.search(r"dry run: one batch of \d+ images, loss (\S+),", res.stdout).group(1))
+        assert (loss == 0) == (len(classes) == 1), res.stdout
+
+
 def test_without_internet_the_clip_weights_error_comes_first(tmp_path):
     res = CliRunner().invoke(cli, ["fit", "--shots", "16", "--out", str(tmp_path / "run")])
     assert res.exit_code == 1
@@ -682,6 +705,94 @@ def test_a_run_file_moved_away_names_the_flag_to_pass(one_epoch, tiny_clip_confi
     assert res.exit_code == 1 and _one_error_line(res) == (
         f"Error: --resume {ckpt}: the run's --model file {gone / 'clip-smot-tiny.json'} is not there (moved?); "
         "pass --model with its path now")
+
+
+@pytest.mark.parametrize("loss, cam_model", [("ce", "gone/cam.pth"), ("smot", "resnet18-imagenet")])
+def test_resume_asks_for_no_cam_model_file_the_run_does_not_read(one_epoch, tmp_path, monkeypatch, loss, cam_model):
+    """Only a --loss smot run reads its --cam-model, and only a path names a file: a --loss ce run
+    whose (unused) --cam-model file has gone, and a smot run of torchvision's named weights (from
+    torch's hub cache here), resume without being asked where the file is now."""
+    import torchvision
+
+    from clip_smot.clip import cam_network
+
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    cam = str(tmp_path / cam_model) if "/" in cam_model else cam_model
+
+    def edit(saved):
+        saved["config"].update(loss=loss, cam_model=cam)
+        saved["config"]["run"].update(cam_model=cam if loss == "smot" else None, cam_model_sha256=None)
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", edit)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"cached")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    tiny = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    monkeypatch.setattr(cam_network, "host_reachable", lambda host: pytest.fail("probed the internet"))
+    monkeypatch.setattr(torchvision.models, "resnet18", lambda weights: tiny)
+    res = CliRunner().invoke(cli, ["fit", "--out", str(run), "--resume"])
+    assert res.exit_code == 0 and "has finished its 1 epochs; nothing to do" in res.output, res.output
+
+
+def test_a_checkpoint_recorded_before_cam_networks_were_hashed_resumes(one_epoch, tmp_path):
+    """A run recorded without config.run.cam_model_sha256 (before CAM network files were hashed)
+    has nothing to compare its --cam-model file with: it resumes."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt",
+                     lambda saved: saved["config"]["run"].pop("cam_model_sha256"))
+    res = CliRunner().invoke(cli, ["fit", "--out", str(run), "--resume"])
+    assert res.exit_code == 0 and "has finished its 1 epochs; nothing to do" in res.output, res.output
+
+
+def test_resume_of_a_run_recorded_with_a_tag_on_random_weights_is_refused(one_epoch, tmp_path):
+    """A record naming pretrained weights of a tag (no file, so no SHA-256) is not random weights:
+    a resume building the model with random ones (--pretrained none) is refused, not continued."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+
+    def edit(saved):
+        saved["config"]["pretrained"] = "none"
+        saved["config"]["run"]["clip"].update(pretrained="openai", checkpoint_sha256="")
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", edit)
+    res = CliRunner().invoke(cli, ["fit", "--out", str(run), "--resume"])
+    assert res.exit_code == 1 and _last_error_line(res).startswith(
+        f"Error: --resume {run / 'checkpoint.pt'}: --model "), res.output
+    assert _last_error_line(res).endswith("--pretrained none is not the model the run was trained with (the file "
+                                          "changed since); resume with the run's own files")
+
+
+def test_export_compares_two_tags_and_two_files_but_not_a_tag_with_a_file(one_epoch, tiny_clip_checkpoint, tmp_path,
+                                                                          monkeypatch):
+    """docs/fit.md: weights known to be others than the run's give a note; a tag's weights and a
+    file's cannot be compared (a tag's weights as a local file: the usual reason to pass
+    --pretrained), so they give none either way. A tag is built here by open_clip's random
+    weights named so (a tag cannot be downloaded offline)."""
+    import dataclasses
+
+    import clip_smot.clip.model as cm
+
+    real = cm.load_clip
+
+    def load(name, pretrained, *args):
+        if pretrained.endswith(".safetensors"):
+            return real(name, pretrained, *args)
+        return dataclasses.replace(real(name, "none", *args), pretrained=pretrained, checkpoint_sha256="")
+    monkeypatch.setattr(cm, "load_clip", load)
+    tagged = _edit_checkpoint(one_epoch / "checkpoint.pt", tmp_path / "tagged.pt", lambda saved: saved["config"][
+        "run"]["clip"].update(pretrained="openai", checkpoint_sha256=""))
+    filed = one_epoch / "checkpoint.pt"
+
+    def note(ckpt, weights):
+        out = tmp_path / f"{ckpt.stem}-{Path(weights).name}.safetensors"
+        res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--pretrained", weights,
+                                       "--device", "cpu"])
+        assert res.exit_code == 0 and out.is_file(), res.output
+        return res.stderr
+
+    assert note(tagged, tiny_clip_checkpoint) == ""  # a tag's run, a file now
+    assert note(filed, "openai") == ""  # a file's run, a tag now
+    assert note(tagged, "openai") == ""
+    assert note(tagged, "laion2b_s34b_b88k").startswith(
+        "note: the context was trained with the weights openai, not with laion2b_s34b_b88k; the text features are "
+        "encoded with the latter")
 
 
 def test_bad_export_checkpoint(tmp_path):
