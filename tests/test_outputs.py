@@ -540,6 +540,28 @@ def test_a_new_run_never_replaces_an_evaluation_or_a_users_files(tmp_path, tiny,
                  "checkpoint", tmp_path)
 
 
+def test_a_new_fit_never_replaces_a_users_split_or_beside_its_own_split_a_log(tmp_path, tiny_clip_config,
+                                                                             tiny_clip_checkpoint):
+    """A new fit writes split.txt too: a user's split.txt alone in --out (no config.json of a
+    stopped run beside it) is refused as the log is; with --split OUT/split.txt (the run's own
+    split, read and not rewritten) the run's other files are still checked: a user's log.jsonl."""
+    data = tmp_path / "data"
+    for c in CLASSES:
+        _images(data / "train" / c, n=2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "split.txt").write_text("my split\n")
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "mine"),
+             f"--out {tmp_path / 'mine'}: its split.txt is not of a clip-smot fit run stopped before its first "
+             "checkpoint (no config.json of one beside it); the run would replace it; choose another --out", tmp_path)
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "split.txt").write_text("".join(f"{c}/0.png\t{y}\n" for y, c in enumerate(sorted(CLASSES))))
+    (tmp_path / "own" / "log.jsonl").write_text("my notes\n")
+    _refused(_fit_args(data, tiny_clip_config, tiny_clip_checkpoint, tmp_path / "own", "--split",
+                       str(tmp_path / "own" / "split.txt")),
+             f"--out {tmp_path / 'own'}: its log.jsonl is not of a clip-smot fit run stopped before its first "
+             "checkpoint (no config.json of one beside it); the run would replace it; choose another --out", tmp_path)
+
+
 def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint):
     """Two scores into one --out both exited 0, leaving a CSV without its header (one renamed
     OUT.partial while the other appended to it); two fits or trains into one folder interleaved
