@@ -336,12 +336,19 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ten
 # The run.
 
 
+_RESOLVED = ("method", "arch", "epochs", "batch_size", "lr", "T", "input_size")  # the fields resolve_config fills
+
+
 def _check_saved(ckpt: dict) -> None:
-    """The types of what a train checkpoint holds besides its config (a ValueError saying which
-    is wrong): a whole-number epoch, a log of epoch records, dicts of tensors and states."""
+    """What a train checkpoint holds, checked before any of it is used (a ValueError saying which
+    part is wrong; the config's types and ranges are checked apart): the options a run records
+    resolved, a whole-number epoch, a log of epoch records, dicts of tensors and states."""
     if not isinstance(ckpt["epoch"], int) or isinstance(ckpt["epoch"], bool) or ckpt["epoch"] < 0:
         raise ValueError(f"epoch is {ckpt['epoch']!r}")
-    epochs = ckpt["config"].get("epochs")
+    unset = next((k for k in _RESOLVED if ckpt["config"].get(k) is None), None)
+    if unset is not None:  # (a run records them resolved: None would resume on a default, not on the run's value)
+        raise ValueError(f"config.{unset} is None, not the run's value")
+    epochs = ckpt["config"]["epochs"]
     if isinstance(epochs, int) and ckpt["epoch"] > epochs:  # (an edited epoch: the run would export as finished)
         raise ValueError(f"epoch is {ckpt['epoch']}, past the run's {epochs} epochs")
     if not isinstance(ckpt["log"], list) or not all(

@@ -1159,6 +1159,11 @@ def _nan_weight(ckpt):
     (_edit("meta", ["cat"]), r"is not a readable clip-smot checkpoint \(ValueError: meta is not a record"),
     (_edit("world_size", "2"), r"is not a readable clip-smot checkpoint \(ValueError: world_size is '2'\)"),
     (_edit("config", "lr", "0.1"), r"its configuration's lr is '0.1', not float \| None"),
+    # options a run records resolved: null took a default (another batch, 300 epochs) or, for the
+    # epochs, was a TypeError on a resume from the command line (no --epochs given)
+    *[(_edit("config", field, None), rf"is not a readable clip-smot checkpoint \(ValueError: config.{field} is None, "
+                                     r"not the run's value\)$")
+      for field in ("method", "arch", "epochs", "batch_size", "lr", "T", "input_size")],
     (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
     (_edit("config", "seed", -1), r"^--seed -1: must be in"),
     (_edit("config", "ls_eps", 5.0), r"^TrainConfig.ls_eps 5.0: must be in \[0, 1\]$"),  # (was a loss of -66)
@@ -1209,6 +1214,25 @@ def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, 
         run_train(_cfg(folders, run, epochs=2), resume=True, flags=set())  # (no flag given: the saved ones hold)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
+
+
+def test_resume_of_a_checkpoint_without_its_epochs_is_one_line_from_the_command_line(stopped_run, tmp_path):
+    """A checkpoint whose config says epochs null, resumed without --epochs (the run's count is then
+    the checkpoint's): a TypeError traceback ('<' between int and None) when the run was compared
+    with a finished one; one line now, the folder as it was."""
+    import shutil
+
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    path = run / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["epochs"] = None
+    torch.save(ckpt, path)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume", "--device", "cpu", "--workers", "0"])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"Error: --resume: {path} is not a readable clip-smot checkpoint (ValueError: config.epochs is None, not "
+        "the run's value)"], r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 def test_an_image_that_cannot_be_read_while_the_data_is_hashed_is_one_line(tmp_path, monkeypatch):
     """The files of a 224-pixel set are hashed at the start (the resume check): an unreadable one
