@@ -265,3 +265,132 @@ def test_a_set_another_process_wrote_while_this_one_waited_for_the_lock_is_reuse
     monkeypatch.setattr(digits, "file_lock", lock_got_after_another_wrote)
     monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
     assert digits.ensure_digits(size=16, root=root) == root and writes == []
+
+
+def _first_200_digits(monkeypatch):
+    """scikit-learn's digits cut to the first 200 (for speed): the full set, for the expected values."""
+    from types import SimpleNamespace
+
+    import sklearn.datasets
+
+    full = load_digits()
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda: SimpleNamespace(images=full.images[:200], target=full.target[:200]))
+    return full
+
+
+def test_write_digits_defaults_are_32_px_and_seed_0(tmp_path, monkeypatch):
+    """ensure_digits writes with write_digits's defaults: 32 px (docs/resnet.md: "scikit-learn's
+    digits as 32x32 images") and the split of seed 0, scikit-learn's train_test_split(test_size=0.25,
+    stratify=target, random_state=0); ensure_digits() itself is the 32 px set of the cache."""
+    from sklearn.model_selection import train_test_split
+
+    from clip_smot.common import digits
+
+    full = _first_200_digits(monkeypatch)
+    root = digits.write_digits(tmp_path / "d", n_ood=1)
+    _, val_idx = train_test_split(np.arange(200), test_size=0.25, stratify=full.target[:200], random_state=0)
+    assert sorted(int(p.stem) for p in (root / "val").rglob("*.png")) == sorted(val_idx.tolist())
+    assert {Image.open(p).size for p in root.rglob("*.png")} == {(32, 32)}
+    assert json.loads((root / "digits.json").read_text()) == {"version": 1, "size": 32, "n_ood": 1, "seed": 0}
+
+    writes = []
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
+    assert digits.ensure_digits() == tmp_path / "cache" / "digits-32" and writes == [32]
+
+
+def test_the_partial_folder_of_a_writer_killed_mid_write_is_replaced(tmp_path, monkeypatch):
+    """A writer killed before it could clean up (SIGKILL, a power cut) leaves ROOT.tmp behind: the
+    next write starts it afresh; kept, its class folders stopped every later write with "cannot
+    write the bundled digits" (FileExistsError)."""
+    from clip_smot.common.digits import write_digits
+
+    _first_200_digits(monkeypatch)
+    (tmp_path / "d.tmp" / "train" / "zero").mkdir(parents=True)
+    (tmp_path / "d.tmp" / "train" / "zero" / "0000.png").write_bytes(b"half an image")
+    root = write_digits(tmp_path / "d", size=8, n_ood=1)
+    assert sum(len(list((root / s).rglob("*.png"))) for s in ("train", "val")) == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_the_temporary_folder_is_named_after_the_set_and_leaves_other_folders_alone(tmp_path, monkeypatch):
+    """It is ROOT.tmp: a folder of another name beside the set (a user's .tmp where
+    $CLIP_SMOT_CACHE is their home, another size's set being written) is not removed."""
+    from clip_smot.common import digits
+
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "keep.txt").write_text("a user's file")
+    tmps = []
+    monkeypatch.setattr(digits, "_write", lambda tmp, size, n_ood, seed: tmps.append(tmp) or tmp.mkdir())
+    assert digits.write_digits(tmp_path / "d", size=8) == tmp_path / "d"
+    assert tmps == [tmp_path / "d.tmp"] and (tmp_path / ".tmp" / "keep.txt").read_text() == "a user's file"
+
+
+def test_an_image_that_cannot_be_saved_names_the_reason_of_an_error_without_errno(tmp_path, monkeypatch):
+    """Pillow's encoder errors are OSErrors with a message and no errno (strerror None): the
+    line quotes the message, not "(None)"."""
+    import pytest
+
+    from clip_smot.common.digits import ensure_digits
+    from clip_smot.common.errors import UserError
+
+    def encoder_error(self, fp, *args, **kwargs):
+        raise OSError("encoder error -2 when writing image file")
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
+    monkeypatch.setattr(Image.Image, "save", encoder_error)
+    with pytest.raises(UserError) as e:
+        ensure_digits(size=8)
+    assert str(e.value) == (f"$CLIP_SMOT_CACHE {tmp_path}: cannot write the bundled digits to {tmp_path / 'digits-8'} "
+                            "(encoder error -2 when writing image file); free space there or set CLIP_SMOT_CACHE to "
+                            "a writable folder")
+
+
+def test_a_written_set_is_reused_without_taking_the_lock(tmp_path, monkeypatch):
+    """A set already written is read without the lock, whose file cannot be made in a cache that
+    is read-only for this user (another user's, a read-only mount): that cache still works.
+    (Read-only is simulated: these tests may run as root.)"""
+    import errno
+
+    from clip_smot.common import digits
+
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "digits.json").write_text(json.dumps({"version": 1, "size": 16}))
+
+    def read_only(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(digits, "file_lock", read_only)
+    assert digits.ensure_digits(size=16, root=root) == root
+
+
+def test_the_ood_sets_are_the_crops_of_version_1(tmp_path, monkeypatch):
+    """The README's digits numbers are made on these sets, and a cache marked version 1 is reused
+    as it is: what they hold is pinned. Image j of a set is a square crop of the set's source
+    j mod its number of sources (in the order below; grey ones as grey RGB), its side drawn
+    uniformly from [min(48, h, w), min(h, w)], then its top and its left edge uniformly, from one
+    numpy Generator of the seed (the photos first), and resized bicubically (Pillow's).
+    (13 per set: the photos go round once; the first 200 digits, for speed)"""
+    import skimage.data
+
+    from clip_smot.common.digits import write_digits
+
+    _first_200_digits(monkeypatch)
+    root = write_digits(tmp_path / "d", size=8, n_ood=13, seed=3)
+    rng = np.random.default_rng(3)
+    for name, sources in (("photos", ("astronaut", "camera", "cat", "chelsea", "clock", "coffee", "coins",
+                                      "hubble_deep_field", "immunohistochemistry", "moon", "retina", "rocket")),
+                          ("textures", ("brick", "cell", "grass", "gravel", "page", "text"))):
+        rgb = [(lambda a: np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a)(getattr(skimage.data, s)())
+               for s in sources]
+        assert sorted(p.name for p in (root / "ood" / name).iterdir()) == [f"{j:04d}.png" for j in range(13)]
+        for j in range(13):
+            a = rgb[j % len(rgb)]
+            h, w = a.shape[:2]
+            side = rng.integers(min(48, h, w), min(h, w), endpoint=True)
+            top, left = rng.integers(0, h - side, endpoint=True), rng.integers(0, w - side, endpoint=True)
+            want = Image.fromarray(a[top:top + side, left:left + side]).resize((8, 8), Image.BICUBIC)
+            got = np.asarray(Image.open(root / "ood" / name / f"{j:04d}.png"))
+            assert np.array_equal(got, np.asarray(want)), (name, j)
