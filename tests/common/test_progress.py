@@ -84,3 +84,31 @@ def test_a_bar_follows_the_width_of_a_resized_terminal(monkeypatch):
     bar.close()
     frames = [f.rstrip() for f in stream.getvalue().split("\r") if f.strip()]
     assert len(frames[0]) == 79 and len(frames[-1]) == 40 and frames[-1].startswith("epoch 1:  50%"), frames
+
+
+def test_progress_write_clears_a_bar_being_drawn_and_draws_it_again_below(monkeypatch):
+    """On a terminal the line does not land in the middle of the bar: the bar's frame is blanked
+    on stderr first, and drawn again after the line (a plain print left "epoch 1:  33%|###3 ...epoch
+    1/2  loss 0.5" on one screen line)."""
+    import io
+    import sys
+
+    from clip_smot.common.progress import progress_bar, progress_write
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stderr, stdout = Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    bar = progress_bar(total=3, desc="epoch 1")
+    bar.update(1)
+    bar.refresh()
+    before = len(stderr.getvalue())
+    progress_write("epoch 1/2  loss 0.5")
+    frames = stderr.getvalue()[before:].split("\r")
+    bar.close()
+    assert frames[0] == "" and frames[1] and frames[1].strip() == "", frames  # (the frame blanked)
+    assert frames[-1].startswith("epoch 1:  33%|###3"), frames  # (and drawn again)
+    assert stdout.getvalue() == "epoch 1/2  loss 0.5\n"
