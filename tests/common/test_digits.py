@@ -170,7 +170,7 @@ def test_written_folders_are_the_digits_folders_of_every_size(tmp_path, monkeypa
     from clip_smot.common.digits import written_folders
 
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path))
-    for name in ("digits-8", "digits-32", "features"):
+    for name in ("digits-8", "digits-32", "features", "digits", "digits_old"):  # (the last two: no set's name)
         (tmp_path / name).mkdir()
     (tmp_path / "digits-16").write_text("a file, not a digits folder")
     assert written_folders() == [("the bundled digits folder", tmp_path / "digits-32"),
@@ -394,3 +394,37 @@ def test_the_ood_sets_are_the_crops_of_version_1(tmp_path, monkeypatch):
             want = Image.fromarray(a[top:top + side, left:left + side]).resize((8, 8), Image.BICUBIC)
             got = np.asarray(Image.open(root / "ood" / name / f"{j:04d}.png"))
             assert np.array_equal(got, np.asarray(want)), (name, j)
+
+
+def test_an_empty_clip_smot_cache_is_not_named_as_the_cache_folder(tmp_path, monkeypatch):
+    """CLIP_SMOT_CACHE set to "" is unset for cache_root (the home folder's cache is used): the
+    line names that folder, not "$CLIP_SMOT_CACHE : ..."."""
+    import pytest
+
+    from clip_smot.common.errors import UserError
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".cache").write_text("a file where the cache folder goes")
+    with pytest.raises(UserError) as e:
+        ensure_digits(size=8)
+    cache = tmp_path / "home" / ".cache"
+    assert str(e.value) == (f"the cache folder {cache / 'clip_smot'}: cannot write the bundled digits to "
+                            f"{cache / 'clip_smot' / 'digits-8'} ({cache} is a file, not a folder); free space "
+                            "there or set CLIP_SMOT_CACHE to a writable folder")
+
+
+def test_a_fifo_where_the_cache_folder_goes_is_named_as_the_blocker(tmp_path, monkeypatch):
+    """Not only a regular file: whatever is there and is no folder (a named pipe, a socket) is
+    the blocker the line names."""
+    import os
+
+    import pytest
+
+    from clip_smot.common.errors import UserError
+
+    os.mkfifo(tmp_path / "cache")
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=rf"\({tmp_path / 'cache'} is a file, not a folder\)"):
+        ensure_digits(size=8)
