@@ -59,3 +59,9 @@ def test_a_source_checkout_wins_over_a_data_folder_and_lines_are_trimmed(tmp_pat
     monkeypatch.setattr(bundled, "_PACKAGE", pkg)
     assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
 
+
+def test_imagenet_mean_and_std_are_torchvisions():
+    """The normalisation of torchvision's ImageNet ResNet weights (the CAM networks', the ResNet
+    track's default): ResNet18_Weights.IMAGENET1K_V1.transforms() has mean [0.485, 0.456, 0.406]
+    and std [0.229, 0.224, 0.225] (written out: importing torchvision here takes seconds)."""
+    assert bundled.IMAGENET_MEAN == (0.485, 0.456, 0.406) and bundled.IMAGENET_STD == (0.229, 0.224, 0.225)
