@@ -106,3 +106,21 @@ def test_workers_start_from_a_thread_other_than_the_main_one():
     thread.start()
     thread.join(timeout=120)
     assert [(bool(b), i[0]) for b, i in got] == [(False, "yes 0"), (False, "yes 0")]
+
+
+class _FailingSampler(torch.utils.data.Sampler):
+    def __init__(self):
+        pass
+
+    def __iter__(self):
+        raise RuntimeError("the sampler failed")
+
+
+def test_a_loader_that_fails_to_start_gives_ctrl_c_back():
+    """Ctrl-C is held off only while the workers start: a loader whose start fails (here its
+    sampler) raises its error with the handler from before back in place; left behind, every later
+    Ctrl-C would be recorded and dropped, and the run could not be interrupted."""
+    loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=1, sampler=_FailingSampler())
+    with pytest.raises(RuntimeError, match="the sampler failed"):
+        started(loader)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
