@@ -124,3 +124,13 @@ def test_a_loader_that_fails_to_start_gives_ctrl_c_back():
     with pytest.raises(RuntimeError, match="the sampler failed"):
         started(loader)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_loader_without_workers_is_started_as_it_is(monkeypatch):
+    """No worker process, no fork: nothing to hold off, and the loader is left as it was (its
+    worker_init_fn not wrapped, the SIGINT handler never swapped)."""
+    swaps = []
+    real_signal = signal.signal
+    monkeypatch.setattr(signal, "signal", lambda *args: swaps.append(args) or real_signal(*args))
+    loader = torch.utils.data.DataLoader(_Masks(), batch_size=1, num_workers=0, worker_init_fn=_init)
+    assert len(list(started(loader))) == 2 and loader.worker_init_fn is _init and swaps == []
