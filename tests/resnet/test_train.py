@@ -276,8 +276,10 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--data", "{missing}"], "no such folder"),
     (["--data", "{empty}"], "no train/ folder"),
     (["--data", "{folders}", "--stage", "smot"], "--cam-model FILE is required"),
-    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{missing}/m.safetensors"], "no such file"),
-    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{notmodel}"], "not a safetensors file"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{missing}/m.safetensors"],
+     "--cam-model {missing}/m.safetensors: no such file"),
+    (["--data", "{folders}", "--stage", "smot", "--cam-model", "{notmodel}"],
+     "--cam-model {notmodel}: not a safetensors file"),  # (the flag named: not load_model's default --checkpoint)
     (["--data", "{folders}", "--cam-model", "{notmodel}"], "only the smot method uses CAMs (this run's method is ce)"),
     (["--data", "{folders}", "--stage", "smot", "--method", "ls", "--cam-model", "{notmodel}"], "method is ls"),
     (["--data", "{folders}", "--lam", "2"], "--lam"),
@@ -300,7 +302,7 @@ def test_bad_inputs(args, message, folders, tmp_path):
     shutil.copytree(folders / "train" / "cat", tmp_path / "one" / "train" / "cat")
     fill = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folders": folders,
             "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch, "one": tmp_path / "one"}
-    args = [a.format(**fill) for a in args]
+    args, message = [a.format(**fill) for a in args], message.format(**fill)
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
     r = CliRunner().invoke(cli, ["train", *TINY, *args])
@@ -1634,3 +1636,41 @@ def test_an_empty_id_folder_is_refused_not_the_current_folder(tmp_path, monkeypa
             read()
         assert str(e.value) == f"{flag} '': an empty path; give a folder or a built-in set ('.' for the current folder)"
     assert len(_id_set(".", meta, "val", "--id").labels) == 1  # ('.' is the current folder, as asked)
+
+
+def test_a_cam_model_of_the_datas_classes_in_another_order_is_refused(folders, tmp_path):
+    """The CAM is of the true label, read as the base model's class index: a base model of the
+    same class names in another order would mask every image by the CAM of another class."""
+    import re
+
+    cam = _untrained_model(tmp_path / "base.safetensors", classnames=("dog", "cat", "eel"))
+    with pytest.raises(UserError, match=rf"^--cam-model {re.escape(str(cam))}: trained on other classes \(3 classes"):
+        run_train(_cfg(folders, tmp_path / "run", stage="smot", cam_model=str(cam), epochs=1), dry_run=True)
+
+
+def test_the_cams_are_the_base_models_at_its_own_input_size_and_normalisation(tmp_path):
+    """A base model of input size 16 and mean/std 0.5/0.25 gives a SMOT run at 24 pixels the CAMs
+    of docs/method.md §1: the images normalised with the base model's mean/std (not the data's),
+    resized to 16, relu(sum_k w[y, k] A_k) of the true label y, upsampled to 24 x 24, min-max
+    scaled to [0, 255] (an all-zero map stays zero)."""
+    import torch.nn.functional as F
+
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.data import SizedImageSet
+    from clip_smot.resnet.networks import load_model
+
+    path = _untrained_model(tmp_path / "base.safetensors")
+    data = SizedImageSet("d", list(CLASSES), torch.tensor([0, 1, 2]), 24, (0.1, 0.2, 0.3), (0.4, 0.3, 0.2))
+    provider = train_mod._cam_provider(str(path), data, torch.device("cpu"))
+    x = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([2, 0, 1])
+    net, _ = load_model(path)
+    with torch.no_grad():
+        inp = F.interpolate((x - 0.5) / 0.25, size=(16, 16), mode="bilinear", align_corners=False)
+        a = net.eval().forward_features(inp)  # [3, C, 2, 2]
+        c = torch.einsum("bc,bchw->bhw", net.get_classifier().weight[y], a).relu()
+        c = F.interpolate(c[:, None], size=(24, 24), mode="bilinear", align_corners=False)[:, 0]  # [3, 24, 24]
+        lo, hi = c.amin(dim=(1, 2), keepdim=True), c.amax(dim=(1, 2), keepdim=True)
+        want = torch.where(hi > lo, 255 * (c - lo) / (hi - lo).clamp_min(1e-30), 0.0)
+    assert (hi > lo).sum() == 2  # (two maps vary, one is all zero)
+    torch.testing.assert_close(provider(x, y), want, rtol=0, atol=1e-3)
