@@ -200,6 +200,7 @@ def test_digits_base_smot_eval_offline(tmp_path):
     vim = report["score_params"]["vim"]  # fitted on the digits training images (more than its 64 dims)
     assert vim["dim"] == 64 and 0 < vim["alpha"] < 1e3, vim
     assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
+    assert (report["trained_on"], report["method"]) == ("digits", "smot")  # (the model file's record of its set)
     assert report["id_accuracy"] > 15  # above chance (10%) after two epochs a stage; the full recipe is the smoke run
 
 
@@ -1674,3 +1675,16 @@ def test_the_cams_are_the_base_models_at_its_own_input_size_and_normalisation(tm
         want = torch.where(hi > lo, 255 * (c - lo) / (hi - lo).clamp_min(1e-30), 0.0)
     assert (hi > lo).sum() == 2  # (two maps vary, one is all zero)
     torch.testing.assert_close(provider(x, y), want, rtol=0, atol=1e-3)
+
+
+def test_the_model_file_records_the_training_images_mean_std_and_stage(folders, base_model):
+    """model.safetensors records the normalisation its network was trained with, which eval and
+    a SMOT run's CAMs use: the per-channel mean and standard deviation (n - 1) of the 16-pixel
+    training images in [0, 1]; and its stage and method."""
+    from clip_smot.resnet.networks import load_model
+
+    x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in sorted(folders.glob("train/*/*.png"))]) / 255
+    _, meta = load_model(base_model)
+    np.testing.assert_allclose(meta["mean"], x.mean(axis=(0, 1, 2)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(meta["std"], x.std(axis=(0, 1, 2), ddof=1), rtol=0, atol=1e-6)
+    assert meta["stage"] == "base" and meta["method"] == "ce"
