@@ -516,6 +516,11 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
     assert summary["world_size"] == 2
     a, b = summary["param_checksum_per_rank"]
     assert a == b  # DDP kept the two replicas identical
+    from clip_smot.resnet.networks import build_network
+
+    weights = load_file(str(out / "model.safetensors"))  # (and each is the float64 sum of the parameters saved)
+    names = [n for n, _ in build_network("resnet_tiny", 3, 16).named_parameters()]
+    assert a == pytest.approx(sum(float(np.sum(weights[n].double().numpy())) for n in names), rel=1e-12)
     log = (out / "log.jsonl").read_text().splitlines()
     assert len(log) == 2  # written once, by rank 0
     assert json.loads(log[0])["images"] == 60  # both ranks" shares (30 each) counted once
