@@ -777,11 +777,12 @@ def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, 
     monkeypatch.setattr(train_mod, "train_epoch", spy)
     r = _invoke(["train", "--data", str(folders), "--stage", "smot", "--cam-model", str(base_model), *TINY,
                  "--lam", "0.3", "--T", "77", "--alpha", "3", "--beta", "4", "--perturb", "one", "--sigma", "0.5",
-                 "--lr", "0.01", "--epochs", "1", "--out", str(tmp_path / "run")])
+                 "--lr", "0.01", "--seed", "5", "--epochs", "1", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     p = seen["parts"]
     assert (seen["alpha"], seen["beta"], p.method, p.lam, p.T, p.perturb, p.sigma) == (3.0, 4.0, "smot", 0.3, 77.0,
                                                                                       "one", 0.5)
+    assert seen["seed"] == 5  # (the epoch's thresholds and noise are drawn from it)
     assert p.cam is not None and p.cam.labels_match  # the base model has the data's classes: true-label CAMs
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
         "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr
@@ -1339,6 +1340,26 @@ def test_a_dry_run_of_a_resume_prints_its_one_line_alone(stopped_run, folders, t
     out, err = capsys.readouterr()
     assert result["dry_run"] and json.loads(out) == {"dry_run": True, "loss": result["loss"], "batch": 8}
     assert "processes" not in err
+
+
+def test_a_runs_initial_weights_are_those_its_seed_gives(folders, tmp_path, monkeypatch):
+    """--seed 3: the network starts from the weights torch.manual_seed(3) gives the same network."""
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.networks import build_network
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    torch.manual_seed(0)  # (not the run's)
+    run_train(_cfg(folders, tmp_path / "r", seed=3), dry_run=True)
+    torch.manual_seed(3)
+    want = build_network("resnet_tiny", 3, 16).state_dict()
+    assert seen.keys() == want.keys() and all(torch.equal(seen[k], want[k]) for k in want)
 
 
 def test_a_finished_run_moved_and_without_its_summary_exports_again(base_model, tmp_path):
