@@ -1342,6 +1342,27 @@ def test_a_dry_run_of_a_resume_prints_its_one_line_alone(stopped_run, folders, t
     assert "processes" not in err
 
 
+def test_a_dry_run_of_a_resume_steps_at_the_next_epochs_lr_and_batches(stopped_run, folders, tmp_path, monkeypatch):
+    """The dry run of a run stopped after epoch 1 of 2 takes the step its resume takes first:
+    epoch 1's batches at epoch 1's lr, 0.1 / 10 / 10 (stage base: both milestones, round(0.4 * 2)
+    and round(0.7 * 2), fall on epoch 1)."""
+    import shutil
+
+    import clip_smot.resnet.train as train_mod
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"])
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    run_train(_cfg(folders, run, epochs=2), resume=True, dry_run=True)
+    assert seen == {"epoch": 1, "lr": pytest.approx(0.001, rel=1e-12)}
+
+
 def test_a_runs_initial_weights_are_those_its_seed_gives(folders, tmp_path, monkeypatch):
     """--seed 3: the network starts from the weights torch.manual_seed(3) gives the same network."""
     import clip_smot.resnet.train as train_mod
