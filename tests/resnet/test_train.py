@@ -1735,3 +1735,12 @@ def test_the_model_file_records_the_training_images_mean_std_and_stage(folders, 
     np.testing.assert_allclose(meta["mean"], x.mean(axis=(0, 1, 2)), rtol=0, atol=1e-6)
     np.testing.assert_allclose(meta["std"], x.std(axis=(0, 1, 2), ddof=1), rtol=0, atol=1e-6)
     assert meta["stage"] == "base" and meta["method"] == "ce"
+
+
+def test_a_last_batch_of_one_image_trains_on_a_feature_map_larger_than_1x1(folders, tmp_path):
+    """The refusal of a batch of one image is for a 1x1 last feature map only: resnet_tiny at
+    --input-size 16 ends in 2x2, where BatchNorm trains on one image (60 in batches of 59); and at
+    --input-size 8 (1x1) batches of 8 (60 = 7 x 8 + 4) train."""
+    assert run_train(_cfg(folders, tmp_path / "r", batch_size=59, epochs=1))["epochs"] == 1
+    assert json.loads((tmp_path / "r" / "log.jsonl").read_text())["images"] == 60
+    assert run_train(_cfg(folders, tmp_path / "s", input_size=8, epochs=1), dry_run=True)["batch"] == 8
