@@ -1744,3 +1744,34 @@ def test_a_last_batch_of_one_image_trains_on_a_feature_map_larger_than_1x1(folde
     assert run_train(_cfg(folders, tmp_path / "r", batch_size=59, epochs=1))["epochs"] == 1
     assert json.loads((tmp_path / "r" / "log.jsonl").read_text())["images"] == 60
     assert run_train(_cfg(folders, tmp_path / "s", input_size=8, epochs=1), dry_run=True)["batch"] == 8
+
+
+def test_the_fingerprints_of_images_read_as_files_are_of_sha256sums_listing(tmp_path):
+    """Large images (read from their files) are fingerprinted by the SHA-256 of the labels (int64
+    bytes) then the sha256sum listing of the files ("<sha256>  <path>" lines), the paths as
+    spelt (data_sha256) and relative to --data (images_sha256): values a checkpoint keeps and a
+    later resume compares, so their form stays."""
+    import hashlib
+
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.data import SizedImageSet
+
+    data = _write_folders(tmp_path / "data", per_class=(2, 1))
+    files = sorted(data.glob("train/*/*.png"))
+    labels = torch.tensor([CLASSES.index(f.parent.name) for f in files])
+    s = SizedImageSet("data", list(CLASSES), labels, 72, (0.5,) * 3, (0.25,) * 3, files=files)
+
+    def listing(names):
+        h = hashlib.sha256(np.array(labels.tolist(), dtype=np.int64).tobytes())
+        h.update("".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {n}\n" for f, n in zip(files, names)).encode())
+        return h.hexdigest()
+
+    assert train_mod._fingerprint(s, str(data)) == (
+        listing([str(f) for f in files]), listing([f"train/{f.parent.name}/{f.name}" for f in files]))
+    # small images (decoded once): the labels then the decoded pixels, uint8 [N, 3, S, S], for both
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2)
+    small = SizedImageSet("data", list(CLASSES), labels, 16, (0.5,) * 3, (0.25,) * 3, images=images.contiguous(),
+                          files=files)
+    want = hashlib.sha256(np.array(labels.tolist(), dtype=np.int64).tobytes())
+    want.update(np.ascontiguousarray(images.numpy()).tobytes())
+    assert train_mod._fingerprint(small, str(data)) == (want.hexdigest(), want.hexdigest())
