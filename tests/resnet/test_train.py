@@ -788,6 +788,24 @@ def test_the_smot_and_sgd_options_reach_the_step(folders, base_model, tmp_path, 
         "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4}  # lr_at(smot, epoch 0) is the initial lr
 
 
+@pytest.mark.parametrize("method, option, value", [("ls", "ls_eps", 0.2), ("logitnorm", "logitnorm_tau", 0.5)])
+def test_the_options_of_the_baseline_losses_reach_the_step(method, option, value, folders, tmp_path, monkeypatch):
+    """ls_eps and logitnorm_tau (configuration fields without a flag, away from their defaults)
+    are what the step gets."""
+    import clip_smot.resnet.train as train_mod
+
+    seen = {}
+    real = train_mod.train_epoch
+
+    def spy(model, optimizer, batches, epoch, parts, amp, **kw):
+        seen["parts"] = parts
+        return real(model, optimizer, batches, epoch, parts, amp, **kw)
+
+    monkeypatch.setattr(train_mod, "train_epoch", spy)
+    run_train(_cfg(folders, tmp_path / "r", method=method, **{option: value}), dry_run=True)
+    assert (seen["parts"].method, getattr(seen["parts"], option)) == (method, value)
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_resume(folders, tmp_path, monkeypatch):
     """Ctrl-C ended with click's bare 'Aborted!' (exit code 1); now one line, exit code 130."""
     real_save = run_folder.atomic_save
