@@ -1793,3 +1793,43 @@ def test_the_fingerprints_of_images_read_as_files_are_of_sha256sums_listing(tmp_
     want = hashlib.sha256(np.array(labels.tolist(), dtype=np.int64).tobytes())
     want.update(np.ascontiguousarray(images.numpy()).tobytes())
     assert train_mod._fingerprint(small, str(data)) == (want.hexdigest(), want.hexdigest())
+
+
+
+def test_the_steps_get_the_sets_normalisation_augmentation_seed_and_precision(tmp_path, monkeypatch):
+    """What a run's epochs get, for crafted sets (their own mean/std, crop padding 2, no flips as
+    for the digits) at --seed 7 on rank 1 of 2 (DDP's wrapper left out): the step normalises with
+    the set's mean/std; the batches crop and flip as the set says and draw the rank's share from
+    the run's seed, decoded once or read from the files; --precision bf16 runs the step under the
+    CPU's bfloat16 autocast."""
+    import torch.nn.parallel
+
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.data import SizedImageSet
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **kw: model)
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    s = SizedImageSet("d", ["a", "b"], torch.tensor([0, 1] * 6), 16, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), images=images,
+                      pad=2, flip=False)
+    cfg = train_mod.resolve_config(TrainConfig(out=str(tmp_path / "r"), data="d", arch="resnet_tiny", batch_size=4,
+                                               epochs=1, seed=7), 2, 16)
+    run = train_mod._build(cfg, s, None, torch.device("cpu"), "bf16", None, 1, 2)
+    assert run.parts.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert run.parts.std.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])
+    b = run.batches
+    assert (b.seed, b.pad, b.flip, b.rank, b.world, b.batch_size, run.n_samples) == (7, 2, False, 1, 2, 2, 6)
+    with run.amp:
+        assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16
+    seen = {}
+    monkeypatch.setattr(train_mod, "train_epoch", lambda *a, **kw: seen.update(kw))
+    train_mod._steps(cfg, run, 0, 1)
+    assert (seen["seed"], seen["rank"], seen["n_samples"]) == (7, 1, 6)
+
+    files = [tmp_path / f"{i}.png" for i in range(6)]  # (large images: read from their files as they go)
+    for f in files:
+        Image.new("RGB", (80, 80)).save(f)
+    big = dataclasses.replace(s, labels=torch.tensor([0, 1] * 3), input_size=72, images=None, files=files)
+    run = train_mod._build(dataclasses.replace(cfg, input_size=72), big, None, torch.device("cpu"), "fp32", None, 1, 2)
+    b = run.batches
+    assert (b.seed, b.sampler.seed, b.sampler.rank, b.sampler.num_replicas, run.n_samples) == (7, 7, 1, 2, 3)
+    assert [type(t).__name__ for t in b.dataset.transform.transforms] == ["RandomResizedCrop"]  # (no flip)
