@@ -147,14 +147,14 @@ def test_resume_and_eval_never_download_into_a_root_a_file_names(tmp_path, monke
 
     from clip_smot.resnet import data as resnet_data
     from clip_smot.resnet.networks import build_network, save_model
-    from clip_smot.resnet.train import TrainConfig
+    from clip_smot.resnet.train import TrainConfig, resolve_config
 
     monkeypatch.setattr(resnet_data, "_reachable", lambda host: True)  # online: a download would start
     monkeypatch.setenv("CLIP_SMOT_DATA", str(tmp_path / "default"))
     root = tmp_path / "named-by-a-file"
     (tmp_path / "run").mkdir()
-    cfg = TrainConfig(out=str(tmp_path / "run"), dataset="cifar10", data=str(root), arch="resnet_tiny", device="cpu",
-                      epochs=1)
+    cfg = resolve_config(TrainConfig(out=str(tmp_path / "run"), dataset="cifar10", data=str(root), arch="resnet_tiny",
+                                     device="cpu", epochs=1), 10, 32)  # (a run records its options resolved)
     torch.save({"config": dataclasses.asdict(cfg), "model": {}, "optimizer": {}, "epoch": 0, "log": [], "rng": {}},
                tmp_path / "run" / "checkpoint.pt")
     _refused(["train", "--resume", "--out", str(tmp_path / "run")],
