@@ -396,15 +396,16 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
     where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
-    ``mlp_ratio`` is a positive number. A ViT's patches fit in its image and number at most
-    MAX_PATCHES; a ResNet's image is at least RESNET_STRIDE a side. The text tower embeds every
-    token open_clip's tokenizer gives (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it
-    names a Hugging Face tokenizer. ``norm_kwargs`` and ``act_kwargs`` hold what open_clip's own
-    configs set (LayerNorm's ``eps``, GELU's ``approximate``), ``tokenizer_kwargs`` only beside a
-    Hugging Face tokenizer; ``quick_gelu`` is a boolean. What makes an encoder give more than one
-    feature (``output_tokens``, ``pool_type`` "none", a named ``attentional_pool``, the CLIP
-    class's ``embed_cls``) only beside CoCa's ``multimodal_cfg``. Checked before the numbers are
-    used: a config file, or one stored in a prompt, is the user's, and may hold anything.
+    ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default). A
+    ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
+    RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
+    (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it names a Hugging Face tokenizer.
+    ``norm_kwargs`` and ``act_kwargs`` hold what open_clip's own configs set (LayerNorm's ``eps``,
+    GELU's ``approximate``); ``tokenizer_kwargs`` is an object, not empty only beside a Hugging
+    Face tokenizer; ``quick_gelu`` is a boolean. What makes an encoder give more than one feature
+    (``output_tokens``, ``pool_type`` "none", a named ``attentional_pool``, the CLIP class's
+    ``embed_cls``) only beside CoCa's ``multimodal_cfg``. Checked before the numbers are used: a
+    config file, or one stored in a prompt, is the user's, and may hold anything.
 
     Args:
         cfg: the parsed JSON.
@@ -430,12 +431,13 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         for key in sizes:
             if sub.get(key) is not None and not _is_count(sub[key]):  # (null: open_clip's default)
                 raise bad(f"{prefix}{tower}.{key} must be a positive integer, not {_shown(sub[key])}")
-        ratio = sub.get("mlp_ratio") or 4.0
+        ratio = sub.get("mlp_ratio", 4.0)  # (a 0 or a null given is what open_clip builds with, not its default)
         if not _is_positive_number(ratio):
             raise bad(f"{prefix}{tower}.mlp_ratio must be a positive number, not {_shown(ratio)}")
         # open_clip passes these to LayerNorm and GELU as they are: a wrong key or type fails only at
         # the first image or prompt, in a traceback. Its configs set LayerNorm's eps and GELU's approximate.
-        norm, act = sub.get("norm_kwargs") or {}, sub.get("act_kwargs") or {}
+        # (open_clip skips a false norm_kwargs, but applies any act_kwargs but null: [] was a TypeError)
+        norm, act = sub.get("norm_kwargs") or {}, {} if sub.get("act_kwargs") is None else sub["act_kwargs"]
         if not (isinstance(norm, dict) and set(norm) <= {"eps"} and _is_positive_number(norm.get("eps", 1e-5))):
             raise bad(f"{prefix}{tower}.norm_kwargs may set only eps, a positive number, not {_shown(norm)}")
         if not (isinstance(act, dict) and set(act) <= {"approximate"}
@@ -446,6 +448,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             raise bad(f"{prefix}{tower}.act_kwargs sets GELU's approximate, but quick_gelu builds QuickGELU, "
                       "which has none")
     tokenizer_kwargs = cfg["text_cfg"].get("tokenizer_kwargs")
+    if "tokenizer_kwargs" in cfg["text_cfg"] and not isinstance(tokenizer_kwargs, dict):  # (passed as **: TypeError)
+        raise bad(f"{prefix}text_cfg.tokenizer_kwargs must be a JSON object, not {_shown(tokenizer_kwargs)}")
     if tokenizer_kwargs and not cfg["text_cfg"].get("hf_tokenizer_name"):
         # (open_clip's own tokenizer would read a vocabulary file they name, or add tokens past vocab_size)
         raise bad(f"{prefix}text_cfg.tokenizer_kwargs {_shown(tokenizer_kwargs)}: open_clip's own tokenizer takes none "
@@ -466,11 +470,11 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             tower, field = key.split(".")
             raise bad(f"{prefix}{key} {_shown(cfg[tower][field])}: open_clip's CLIP would not give one feature per "
                       "image and per text with it (only CoCa, beside a multimodal_cfg, reads it)")
-    size = vision.get("image_size") or 224
+    size = vision.get("image_size", 224)  # (open_clip's default where it is not given; 0 is given)
     sides = size if isinstance(size, list) else [size]
     if not (sides and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides)):
         raise bad(f"{prefix}vision_cfg.image_size {_shown(size)} is not in [8, {MAX_IMAGE_SIZE}]")
-    layers = vision.get("layers") or 12
+    layers = vision.get("layers", 12)
     stages = layers if isinstance(layers, list) else [layers]  # (a list: a ResNet's blocks per stage)
     if not (stages and all(_is_count(n) for n in stages)):
         raise bad(f"{prefix}vision_cfg.layers must be a positive integer (a ResNet: a list of them), "

@@ -394,6 +394,19 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"text_cfg": {"pool_type": "none"}}, r"text_cfg.pool_type 'none': open_clip's CLIP would not give one"),
     ({"vision_cfg": {"attentional_pool": "parallel"}}, r"vision_cfg.attentional_pool 'parallel': open_clip's CLIP"),
     ({"text_cfg": {"embed_cls": True}}, r"text_cfg.embed_cls True: open_clip's CLIP would not give one"),
+    # a 0, [] or null given is what open_clip builds with, not its default (the checks took it so):
+    # ValueError "height and width must be > 0" at the first image, an IndexError for no blocks,
+    # TypeErrors building (named by the build's line, once built) or making the tokenizer
+    ({"vision_cfg": {"image_size": 0}}, r"vision_cfg.image_size 0 is not in \[8, \d+\]$"),
+    ({"vision_cfg": {"image_size": None}}, r"vision_cfg.image_size None is not in \[8, \d+\]$"),
+    ({"vision_cfg": {"layers": 0}}, r"vision_cfg.layers must be a positive integer \(a ResNet: a list of them\), not 0$"),
+    ({"vision_cfg": {"layers": []}}, r"vision_cfg.layers must be a positive integer \(a ResNet: .*\), not \[\]$"),
+    ({"vision_cfg": {"layers": None}}, r"vision_cfg.layers must be a positive integer \(a ResNet: .*\), not None$"),
+    ({"vision_cfg": {"mlp_ratio": 0}}, r"vision_cfg.mlp_ratio must be a positive number, not 0$"),  # (MLPs of width 0)
+    ({"text_cfg": {"mlp_ratio": None}}, r"text_cfg.mlp_ratio must be a positive number, not None$"),
+    ({"vision_cfg": {"act_kwargs": []}}, r"vision_cfg.act_kwargs may set only approximate, .*, not \[\]$"),
+    ({"text_cfg": {"tokenizer_kwargs": None}}, r"text_cfg.tokenizer_kwargs must be a JSON object, not None$"),
+    ({"text_cfg": {"tokenizer_kwargs": []}}, r"text_cfg.tokenizer_kwargs must be a JSON object, not \[\]$"),
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
     ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
      r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
