@@ -43,7 +43,7 @@ from safetensors.torch import safe_open
 
 from clip_smot.clip import model as cm
 from clip_smot.clip.decoding import decoder_identity, image_batches  # (image_batches: re-exported)
-from clip_smot.clip.model import ClipModel
+from clip_smot.clip.model import ClipModel, weights_flag
 from clip_smot.common.device import autocast
 from clip_smot.common.distributed import every_rank, share_work, writes_outputs
 from clip_smot.common.errors import UserError
@@ -55,7 +55,7 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.shards import image_identity, image_stamp
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "weights_flag"]
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -287,11 +287,6 @@ def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, path
         raise UserError(f"{weights_flag(clip)}: the image encoder of {clip.name} gives non-finite features "
                         f"({int(bad.sum())} of {len(paths)} images, first {first}); its weights hold NaN or inf, "
                         "or overflow")
-
-
-def weights_flag(clip: ClipModel) -> str:
-    """``--pretrained TAG|FILE``: where a model's weights came from, for messages blaming them."""
-    return f"--pretrained {clip.pretrained or '(none: random weights)'}"
 
 
 def encode_files(

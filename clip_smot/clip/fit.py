@@ -787,7 +787,7 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
     _copy_ctx(prompt, ctx, source)
     text_features = F.normalize(prompt().float(), dim=-1)  # [K, e]
     if not torch.isfinite(text_features).all():  # (a context is finite here: the caller checked it)
-        from clip_smot.clip.features import weights_flag
+        from clip_smot.clip.model import weights_flag
 
         raise UserError(f"{weights_flag(clip)}: the text encoder of {clip.name} gives non-finite text features for "
                         f"the context; its weights hold NaN or inf, or overflow; {path} not written")

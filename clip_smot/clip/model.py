@@ -60,6 +60,7 @@ __all__ = [
     "preprocess_identity",
     "preprocess_settings",
     "same_architecture",
+    "weights_flag",
 ]
 
 
@@ -326,7 +327,7 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
     pp = open_clip.get_model_preprocess_cfg(clip)
     size = pp.get("size", cfg["vision_cfg"].get("image_size", 224))
     size = size[0] if isinstance(size, (tuple, list)) else size
-    return ClipModel(
+    loaded = ClipModel(
         model=clip,
         name=name,
         pretrained=os.path.basename(pretrained) if checkpoint_sha else pretrained,
@@ -337,6 +338,28 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
         image_size=int(size),
         tokenizer=tokenizer,
     )
+    _check_temperature(loaded)
+    return loaded
+
+
+def weights_flag(clip: ClipModel) -> str:
+    """``--pretrained TAG|FILE``: where a model's weights came from, for messages blaming them."""
+    return f"--pretrained {clip.pretrained or '(none: random weights)'}"
+
+
+def _check_temperature(clip: ClipModel) -> None:
+    """A UserError naming the weights when CLIP's temperature ``logit_scale.exp()`` (in float32,
+    as the logits take it) is not a positive finite number: inf made every logit and loss NaN (fit
+    blamed its --lr), 0 made every logit 0, so the loss was log K and the context never moved."""
+    scale = getattr(clip.model, "logit_scale", None)
+    if scale is None:
+        return
+    temperature = scale.detach().float().exp()
+    if not (torch.isfinite(temperature) and temperature > 0):
+        what = "non-finite temperature" if not torch.isfinite(temperature) else "temperature"
+        then = "" if not torch.isfinite(temperature) else ", under which every logit is 0"
+        raise UserError(f"{weights_flag(clip)}: logit_scale {float(scale):g} gives the {what} exp(logit_scale) = "
+                        f"{float(temperature):g}{then} (CLIP's is at most ln 100 = 4.605)")
 
 
 def _tokenizer(name: str, cfg: dict):

@@ -40,9 +40,8 @@ from clip_smot.clip.features import (
     encode_files,
     image_batches,
     normalized_features,
-    weights_flag,
 )
-from clip_smot.clip.model import ClipModel
+from clip_smot.clip.model import ClipModel, weights_flag
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
 from clip_smot.common.device import resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work
@@ -287,17 +286,13 @@ class PromptScorer:
         self._check_finite_inputs()
 
     def _check_finite_inputs(self) -> None:
-        """A UserError naming the weights when the text features or ``logit_scale.exp()`` are not
-        finite (a prompt file's own tensors are checked when it is loaded)."""
+        """A UserError naming the weights when the text features are not finite (a prompt file's
+        own tensors are checked when it is loaded, the temperature when the model is)."""
         bad = ~torch.isfinite(self.text_features).all(dim=-1)  # [K]
         if bad.any():
             raise UserError(f"{weights_flag(self.clip)}: the {self.source or 'text features'} are not finite "
                             f"({int(bad.sum())} of {len(bad)} classes, first {self.classnames[int(bad.nonzero()[0])]!r}); "
                             "the text encoder's weights hold NaN or inf, or overflow")
-        if not torch.isfinite(self.logit_scale):
-            raw = float(self.clip.model.logit_scale)
-            raise UserError(f"{weights_flag(self.clip)}: logit_scale {raw:g} gives the non-finite temperature "
-                            f"exp(logit_scale) = {float(self.logit_scale):g} (CLIP's is at most ln 100 = 4.605)")
 
     @classmethod
     def from_file(

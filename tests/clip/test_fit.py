@@ -218,6 +218,28 @@ def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_
                                  "latter"), res.stderr
 
 
+
+@pytest.mark.parametrize("scale, said", [
+    (100.0, "the non-finite temperature exp(logit_scale) = inf"),
+    (-200.0, "the temperature exp(logit_scale) = 0, under which every logit is 0"),
+])
+def test_weights_whose_temperature_is_inf_or_0_are_refused_before_training(fit_args, tiny_clip_checkpoint, tmp_path,
+                                                                            scale, said):
+    """CLIP's logits are exp(logit_scale) * cosine, in float32: logit_scale 100 (exp: inf) made the
+    loss NaN, which fit blamed on its --lr; -200 (exp: 0, float32's smallest is e^-103.3) made every
+    logit 0, so the loss was log 3 = 1.0986 each epoch and the context never moved, exit 0. Both
+    are one line naming the weights, before anything is trained or written."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tiny_clip_checkpoint)
+    weights["logit_scale"] = torch.tensor(scale)
+    save_file(weights, str(tmp_path / "bad.safetensors"))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--pretrained", str(tmp_path / "bad.safetensors")))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --pretrained bad.safetensors: logit_scale {scale:g} gives {said} (CLIP's is at most ln 100 = "
+        "4.605)"), res.output
+    assert not (tmp_path / "run").exists()
+
 @pytest.mark.parametrize("loss", ["ls", "logitnorm"])
 def test_the_baseline_losses_fit_without_cams_and_are_recorded(loss, fit_args, tmp_path, monkeypatch):
     """--loss ls / logitnorm (the paper's training baselines, as train --method has them) fit

@@ -1004,7 +1004,7 @@ def test_non_finite_features_name_the_weights_the_count_and_the_first_bad_image(
     g[1, 0] = float("nan")
     with pytest.raises(UserError, match=head + r"\(2 of 3 images, first b\.png\)"):
         cf._check_finite(tiny, g, l, ["a.png", "b.png", "c.png"])
-    assert cf.weights_flag(load_clip(tiny_clip_config, None)) == "--pretrained (none: random weights)"
+    assert cm.weights_flag(load_clip(tiny_clip_config, None)) == "--pretrained (none: random weights)"
     with pytest.raises(UserError, match=r"^no image files to encode$"):
         cf.encode_files(tiny, [], workers=0)
 
@@ -1046,6 +1046,9 @@ def _weights_with(tmp_path, checkpoint, key, value):
 
 @pytest.mark.parametrize("key, value, scores, expected", [
     ("logit_scale", 100.0, "mcm,energy", "logit_scale 100 gives the non-finite temperature exp(logit_scale) = inf"),
+    # exp(-200) is 0 in float32: every logit 0, so energy was log K for every image, exit 0
+    ("logit_scale", -200.0, "mcm,energy", "logit_scale -200 gives the temperature exp(logit_scale) = 0, under which "
+                                          "every logit is 0"),
     ("visual.proj", float("nan"), "mcm", "the image encoder of clip-smot-tiny gives non-finite features (6 of 6"),
     ("text_projection", float("nan"), "mcm", "the text features re-encoded from the stored context are not finite"),
 ])
