@@ -351,15 +351,12 @@ def _check_temperature(clip: ClipModel) -> None:
     """A UserError naming the weights when CLIP's temperature ``logit_scale.exp()`` (in float32,
     as the logits take it) is not a positive finite number: inf made every logit and loss NaN (fit
     blamed its --lr), 0 made every logit 0, so the loss was log K and the context never moved."""
-    scale = getattr(clip.model, "logit_scale", None)
-    if scale is None:
-        return
-    temperature = scale.detach().float().exp()
-    if not (torch.isfinite(temperature) and temperature > 0):
-        what = "non-finite temperature" if not torch.isfinite(temperature) else "temperature"
-        then = "" if not torch.isfinite(temperature) else ", under which every logit is 0"
-        raise UserError(f"{weights_flag(clip)}: logit_scale {float(scale):g} gives the {what} exp(logit_scale) = "
-                        f"{float(temperature):g}{then} (CLIP's is at most ln 100 = 4.605)")
+    temperature = logit_scale(clip).float()  # (as the scorer and the fit step take it)
+    finite = bool(torch.isfinite(temperature))
+    if not (finite and temperature > 0):
+        what, then = ("non-finite temperature", "") if not finite else ("temperature", ", under which every logit is 0")
+        raise UserError(f"{weights_flag(clip)}: logit_scale {float(clip.model.logit_scale):g} gives the {what} "
+                        f"exp(logit_scale) = {float(temperature):g}{then} (CLIP's is at most ln 100 = 4.605)")
 
 
 def _tokenizer(name: str, cfg: dict):
