@@ -319,8 +319,9 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
     try:
         clip = _create(name, cfg, pretrained, openai_file, device)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign checkpoint fails in safetensors, pickle or load_state_dict
-        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({first_line(e)})") \
-            from None
+        # (open_clip reads an empty state dict's first key with next(): a bare "StopIteration")
+        why = "the file holds no tensors" if isinstance(e, StopIteration) else first_line(e)
+        raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({why})") from None
     clip.eval()
     for p in clip.parameters():
         p.requires_grad_(False)

@@ -206,6 +206,23 @@ def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_c
         load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))
 
 
+@pytest.mark.parametrize("kind", ["pt", "safetensors", "wrapped"])
+def test_a_weights_file_that_holds_no_tensors_says_so(tiny_clip_config, tmp_path, kind):
+    """An empty state dict (a torch.save of {}, a safetensors file with no tensor, or {} under
+    "state_dict") is refused saying it holds no tensors, not with the bare "StopIteration" that
+    open_clip's loader raises reading its first key."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"empty.{'safetensors' if kind == 'safetensors' else 'pt'}"
+    if kind == "safetensors":
+        save_file({}, str(path))
+    else:
+        torch.save({"state_dict": {}} if kind == "wrapped" else {}, path)
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {path}: could not load the weights "
+                                        r"\(the file holds no tensors\)$"):
+        load_clip(tiny_clip_config, str(path))
+
+
 def test_a_weights_file_larger_than_half_the_memory_is_refused_before_loading(tiny_clip_config, tiny_clip_checkpoint,
                                                                               tmp_path, monkeypatch):
     """open_clip loads every tensor of a --pretrained file before it compares any with the model: a
