@@ -307,7 +307,9 @@ def check_output(out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, 
             raise UserError(f"{flag} {out}: is inside {what} {folder}, whose files are read as input; "
                             "write to a place outside it")
     if writes is None and not own and out.name in _RUN_FOLDER_FILES:  # (a score CSV named checkpoint.pt)
-        held = [f for f in ("checkpoint.pt", "log.jsonl") if f != out.name and is_file(out.parent / f, flag)]
+        # (out itself too: a lone checkpoint.pt is a run's state; another file is named first)
+        held = sorted((f for f in ("checkpoint.pt", "log.jsonl") if is_file(out.parent / f, flag)),
+                      key=lambda f: f == out.name)
         if held and not (run is not None and out.name == "prompt.safetensors" and same_file(out.parent, run)):
             raise UserError(f"{flag} {out}: is the {out.name} of the run in {out.parent} (it holds {held[0]}); "
                             "writing there would mix with that run's files; write to another place")

@@ -501,6 +501,18 @@ def test_a_file_of_its_own_name_may_be_written_into_a_run_folder(tmp_path):
         files.check_output(tmp_path / "config.json", "--out")
 
 
+@pytest.mark.parametrize("name", ["checkpoint.pt", "log.jsonl"])
+def test_a_runs_lone_checkpoint_or_log_is_not_replaced(tmp_path, name):
+    """A folder holding a run's checkpoint.pt (or log.jsonl) alone is a run: a file --out naming
+    that very file (score --out RUN/checkpoint.pt) is refused, not written over the run's state."""
+    (tmp_path / name).write_bytes(b"the run's state")
+    with pytest.raises(UserError, match=rf"^--out {tmp_path / name}: is the {name} of the run in {tmp_path} "
+                                        rf"\(it holds {name}\); writing there would mix"):
+        files.check_output(tmp_path / name, "--out")
+    assert (tmp_path / name).read_bytes() == b"the run's state"
+    files.check_output(tmp_path / "scores.csv", "--out")  # (another name beside it is written)
+
+
 def test_check_output_accepts_what_it_may_replace_and_refuses_the_rest(tmp_path):
     """An existing regular file may be replaced, a new or existing folder (with a final '/' too)
     written into, an output beside an input that is another file written; the input itself, a
