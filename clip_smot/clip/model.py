@@ -164,6 +164,12 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
     errors name ``source``, see :func:`check_model_config`)."""
     import open_clip
 
+    if model.startswith(("hf-hub:", "local-dir:")) and not os.path.isfile(model):
+        # (open_clip would read the config of a Hugging Face hub repository or of a folder; its
+        # empty forms are a ValueError, a bare "hf-hub:x" a download)
+        raise UserError(f"--model {model}: open_clip's hf-hub: and local-dir: names are not supported; give an "
+                        "architecture name such as ViT-B-16 (its weights with --pretrained) or the path of an "
+                        "open_clip model-config JSON")
     if config_path(model):
         path = Path(model)
         if not os.path.isfile(path):

@@ -206,6 +206,17 @@ def test_checkpoint_of_another_architecture_is_one_line(tiny_clip_config, tiny_c
         load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))
 
 
+@pytest.mark.parametrize("model", ["hf-hub:", "hf-hub:x", "hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+                                   "local-dir:", "local-dir:x", "local-dir:/tmp"])
+def test_a_hub_or_folder_model_name_is_one_line(model):
+    """open_clip's schema names are refused before open_clip reads them: "hf-hub:" was a ValueError
+    traceback, "hf-hub:x" and "local-dir:x" a download or a FileNotFoundError, and a name with a
+    slash was looked for as a config file."""
+    with pytest.raises(UserError, match=rf"^--model {model}: open_clip's hf-hub: and local-dir: names are not "
+                                        "supported; give an architecture name"):
+        load_clip(model, "none")
+
+
 @pytest.mark.parametrize("kind", ["pt", "safetensors", "wrapped"])
 def test_a_weights_file_that_holds_no_tensors_says_so(tiny_clip_config, tmp_path, kind):
     """An empty state dict (a torch.save of {}, a safetensors file with no tensor, or {} under
