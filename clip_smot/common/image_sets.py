@@ -72,6 +72,9 @@ def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
     exists under the very name ``where`` is that file or folder, ``::`` in its name or not."""
     root, sep, lst = where.partition("::")
     if sep and not os.path.lexists(where):
+        if not root or not lst:  # (Path("") is ".": "$ROOT::val.txt", ROOT unset, read the current folder)
+            raise UserError(f"{flag} {where}: ROOT::LIST.txt with an empty {'ROOT' if not root else 'LIST.txt'} (an "
+                            "unset shell variable?); write '.::LIST.txt' for the current folder")
         return Path(lst), Path(root)
     if where.lower().endswith(".txt") and is_file(where, flag):  # (in any case, as image extensions are)
         return Path(where), Path(where).parent

@@ -534,6 +534,25 @@ def test_image_list_arguments_that_do_not_fit_are_named(tmp_path):
         image_set("x", f"{tmp_path / 'none'}::{tmp_path / 'list.txt'}")
 
 
+def test_an_image_list_argument_with_an_empty_root_or_list_is_refused(tmp_path, monkeypatch):
+    """``"$ROOT::val.txt"`` with ROOT unset is ``::val.txt``: its images were read from the current
+    folder (Path("") is "."), scored without a word; ``ROOT::`` stopped as 'PATH .: a folder'."""
+    from clip_smot.common.image_sets import image_files, image_set
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "val.txt").write_text("a.png\n")
+    monkeypatch.chdir(tmp_path)  # (the current folder holds the image the list names)
+    with pytest.raises(UserError, match=r"^PATH ::lists/val.txt: ROOT::LIST.txt with an empty ROOT \(an unset shell "
+                                        r"variable\?\); write '.::LIST.txt' for the current folder$"):
+        image_files("::lists/val.txt", "PATH")
+    with pytest.raises(UserError, match=r"^--ood x ::lists/val.txt: ROOT::LIST.txt with an empty ROOT "):
+        image_set("x", "::lists/val.txt")
+    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path))}::: ROOT::LIST.txt with an empty LIST.txt "):
+        image_files(f"{tmp_path}::", "PATH")
+    assert image_files(".::lists/val.txt", "PATH") == [Path("a.png")]  # (the current folder, said so)
+
+
 def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     """score's PATH lists and --ood lists ignore a label (docs/score.md), but 'a.png cat' or
     'a.png 1.5' stopped them as 'expected relative/path label'; an --id list's labels are read."""
