@@ -235,7 +235,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     as_list = _split_list_arg(where, flag)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
-        if all(y < 0 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
+        if all(y == -1 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
             return ImageSet("id", paths, None, f"{as_list[0]}: the list gives no class labels")
         for path, y in zip(paths, labels):  # a wrong label would make the ID accuracy wrong
             if not 0 <= y < len(classnames):

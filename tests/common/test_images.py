@@ -654,6 +654,19 @@ def test_an_id_list_whose_every_label_is_class_zero_is_labelled(tmp_path):
     assert s.note == f"{tmp_path / 'list.txt'}: the list gives no class labels"
 
 
+def test_an_id_list_whose_every_label_is_another_negative_number_is_refused(tmp_path):
+    """-1 is OpenOOD's "no label"; a list whose every label was -5 was taken as unlabelled too
+    (exit 0, no ID accuracy, no word of the labels): -5 is no class index, and stops the run."""
+    from clip_smot.common.image_sets import id_set
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("a.png -5\nb.png -5\n")
+    with pytest.raises(UserError, match=rf"^--id {re.escape(str(tmp_path / 'list.txt'))}: "
+                                        rf"{re.escape(str(tmp_path / 'a.png'))} has label -5, not a class index "):
+        id_set(tmp_path / "list.txt", ["cat", "dog"])
+
+
 def test_a_missing_listed_file_with_a_label_gets_no_white_space_hint(tmp_path):
     """The hint that a path was split at white space is given only for a missing file whose
     second field is no label: 'gone.png 3' names a missing file, and that alone; a listed folder
