@@ -166,7 +166,11 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
         folder = rel.split("/", 1)[0]
         if folder != classes.folders[y]:
             raise UserError(f"{flag} {path}:{n}: {shown} is not in class {y}'s folder {escape_path(classes.folders[y])}")
-        if not (classes.root / rel).is_file():
+        try:
+            found = (classes.root / rel).is_file()
+        except OSError as e:  # (pathlib raises for a name longer than the file system takes)
+            raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: {e.strerror or e}") from None
+        if not found:
             raise UserError(f"{flag} {path}:{n}: {classes.root}/{shown}: no such image file")
         key = os.path.normpath(rel)  # (one file however it is spelled: a/x, a/./x, a//x)
         if key in lines:  # (it would be trained on as often as it is listed)

@@ -206,3 +206,26 @@ def test_a_long_strips_square_is_its_centre_wide_or_tall(tmp_path):
     Image.fromarray(ramp.transpose(1, 0, 2).round().astype(np.uint8)).save(tmp_path / "tall.png")
     x = decode_images(tmp_path, ["wide.png", "tall.png"], 32, workers=0).float()  # [2, 3, 32, 32]
     assert abs(x[0].mean().item() - 127.5) < 1 and abs(x[1].mean().item() - 127.5) < 1
+
+
+def test_a_split_line_whose_file_name_is_too_long_is_named(tmp_path):
+    """A split line naming a file of 300 characters (over the 255 a Linux file system takes) was a
+    traceback: pathlib's is_file raises OSError (ENAMETOOLONG) where it answers False for a missing
+    file. It is the line's one error now, as a missing file is."""
+    import errno
+    import os
+    import re
+
+    import pytest
+
+    from clip_smot.clip.fewshot import read_split
+    from clip_smot.common.errors import UserError
+
+    _folder_dataset(tmp_path / "data")
+    classes = resolve_classes(tmp_path / "data")
+    split = tmp_path / "split.txt"
+    name = "ant/" + "a" * 300 + ".jpg"
+    split.write_text(f"ant/b.jpg\t0\n{name}\t0\n")
+    error = f"{tmp_path / 'data'}/{name}: {os.strerror(errno.ENAMETOOLONG)}"
+    with pytest.raises(UserError, match=rf"^--split {re.escape(str(split))}:2: {re.escape(error)}$"):
+        read_split(split, classes)
