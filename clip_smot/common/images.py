@@ -106,6 +106,8 @@ def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
     if is_file(root, flag):
         yield root
         return
+    if not is_folder(root, flag):  # (scandir's "Not a directory" called it a folder that cannot be listed)
+        raise UserError(f"{flag} {root}: not a regular file nor a folder (a FIFO, a device)")
     seen: set[str] = set()
     stack, found = [_folder_entries(os.fspath(root), seen)], False
     while stack:  # (a stack, not recursion: no depth limit)

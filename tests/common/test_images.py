@@ -239,6 +239,21 @@ def test_a_list_file_that_is_a_fifo_or_a_folder_is_named_as_such(tmp_path):
         assert str(e.value) == f"--split {tmp_path / name}: {why}"
 
 
+def test_a_fifo_given_as_a_path_is_named_as_such(tmp_path):
+    """A FIFO given itself (score PATH, eval --ood x=FIFO) stopped with "FIFO: a folder that
+    cannot be listed (Not a directory)": it is neither, and is not opened (no writer would come)."""
+    import os
+
+    from clip_smot.common.image_sets import image_files, image_set
+
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path / 'x.png'))}: not a regular file nor a "
+                                        r"folder \(a FIFO, a device\)$"):
+        image_files(tmp_path / "x.png", "PATH")
+    with pytest.raises(UserError, match=r"^--ood o .*x.png: not a regular file nor a folder \(a FIFO, a device\)$"):
+        image_set("o", tmp_path / "x.png")
+
+
 def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
     """A sub-folder that cannot be listed (no permission, an I/O error) was left out without a
     word: an OOD set, a score's PATHS or a class folder lost its images and the numbers said
