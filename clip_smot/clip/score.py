@@ -307,7 +307,12 @@ def _records(partial: Path, open_lines: int) -> Iterator[tuple[list[str], int]]:
                     raise damaged(at - size)
                 continue
             record = b"".join(lines)
-            yield next(csv.reader(io.StringIO(record.decode("utf-8", errors="replace"), newline="")), []), at
+            try:  # (score writes UTF-8 alone: a byte that is not, read as U+FFFD, matched a name holding one)
+                text = record.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"--resume: {partial}: the row from byte {at - len(record)} on is not UTF-8 (an "
+                                "edited file); run without --resume") from None
+            yield next(csv.reader(io.StringIO(text, newline="")), []), at
             lines, size, quotes = [], 0, 0
 
 

@@ -1802,6 +1802,25 @@ def test_a_quote_left_open_in_a_partial_is_refused_not_read_to_the_end(tmp_path,
     assert len(records) == 3001 and records[-1][0] == ["a/2999.png", "red", "0", "0.5"]
 
 
+def test_a_partial_row_that_is_not_utf8_is_refused(tmp_path):
+    """score writes its CSV in UTF-8 alone, but --resume read a partial's rows with errors="replace":
+    a row edited to hold the byte 0xFF where the image's name has U+FFFD (its UTF-8 bytes EF BF BD)
+    read as that name, was kept, and the finished CSV held a byte that is not UTF-8 (exit 0). Such a
+    row is an edited file now, named by where it starts."""
+    from clip_smot.clip import score as sc
+
+    header = ["path", "pred", "pred_index", "mcm"]
+    partial = tmp_path / "s.csv.partial"
+    head = "path,pred,pred_index,mcm\n"
+    partial.write_bytes(head.encode() + b"a/\xff.png,red,0,0.5\n")
+    with pytest.raises(UserError) as e:
+        sc._resume_point(partial, header, ["a/\ufffd.png", "a/1.png"], ["red"], False)
+    assert str(e.value) == (f"--resume: {partial}: the row from byte {len(head)} on is not UTF-8 (an edited file); "
+                            "run without --resume")
+    partial.write_bytes(head.encode() + "a/\ufffd.png,red,0,0.5\n".encode())  # (as score writes that name)
+    assert sc._resume_point(partial, header, ["a/\ufffd.png", "a/1.png"], ["red"], False) == (1, partial.stat().st_size)
+
+
 def test_a_row_cut_at_the_record_limit_is_cut_off_not_damaged(tmp_path):
     """A record holds at most MAX_RECORD bytes: a last line of exactly that many, cut by the end of
     the file, is a row cut off (scored again), not an edited file."""
