@@ -109,10 +109,13 @@ def metric_table(
 def _csv(table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    # (csv quotes a set name holding a newline, but not one holding a carriage return alone, which a
+    # reader then splits the row at: such a row is written with every field quoted)
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     w.writerow(["score", "ood_set", *METRIC_COLUMNS])
     for score, rows in table.items():
         for ood_set, m in rows.items():
-            w.writerow([score, ood_set, *(f"{m[k]:.2f}" for k in METRIC_COLUMNS)])
+            (quoted if "\r" in ood_set else w).writerow([score, ood_set, *(f"{m[k]:.2f}" for k in METRIC_COLUMNS)])
     return buf.getvalue()
 
 

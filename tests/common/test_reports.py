@@ -311,6 +311,22 @@ def test_a_set_name_with_a_bar_or_a_line_break_stays_in_its_markdown_cells(tmp_p
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1] == "msp,a|b,0.00,100.00,100.00,100.00"
 
 
+def test_a_set_name_with_a_carriage_return_reads_back_from_metrics_csv(tmp_path):
+    """--ood $'a\\rb'=DIR: csv quotes a field holding a newline, but not one holding a carriage
+    return alone, and metrics.csv read back as a row ['msp', 'a'] and a row ['b', '0.00', ...]."""
+    import csv
+
+    write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"a\rb": {"msp": np.array([0.1])},
+                                                             "c\nd": {"msp": np.array([0.95])}})
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    # a: both ID scores above its one: FPR95 0, AUROC 100. c\nd above both (O I I): FPR95 100, AUROC 0,
+    # AUPR-In (1/2 + 2/3) / 2 = 58.33, AUPR-Out 1/3; the means of the two
+    assert rows[1:] == [["msp", "a\rb", "0.00", "100.00", "100.00", "100.00"],
+                        ["msp", "c\nd", "100.00", "0.00", "58.33", "33.33"],
+                        ["msp", "average", "50.00", "50.00", "79.17", "66.67"]]
+
+
 @pytest.mark.parametrize("value", [0.5, -3e8, 1e12, 3e38])
 def test_constant_scores_give_metrics_and_a_histogram(tmp_path, monkeypatch, value):
     """A score that is the same for every image (a collapsed model) has a histogram too: its bins
