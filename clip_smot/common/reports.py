@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,11 @@ def _markdown(table, id_accuracy: float | None, title: str) -> str:
 
 def _label(text: str) -> str:
     """``text`` as matplotlib draws it literally: a lone surrogate (a byte of a name that is not
-    UTF-8) as its escape, which its font code refuses, and ``$`` escaped, which starts math."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+    UTF-8) as its escape, which its font code refuses, ``$`` escaped, which starts math, and a
+    control character but the newline (a carriage return, a tab) as ``\\uNNNN``: the font has no
+    glyph for it, and matplotlib warned of it in two lines on stderr."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
+    return re.sub(r"[\x00-\x09\x0b-\x1f\x7f]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _short(name: str, limit: int = 40) -> str:

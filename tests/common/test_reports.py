@@ -258,6 +258,22 @@ def test_a_long_set_name_is_cut_in_the_histogram_and_kept_in_the_tables(tmp_path
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith(f"msp,{name},")
 
 
+def test_a_set_name_with_a_control_character_is_drawn_without_a_warning(tmp_path, monkeypatch):
+    """--ood $'a\\rb'=DIR or $'c\\td'=DIR: matplotlib warned "Glyph 13 missing from font(s) DejaVu
+    Sans" (two lines on stderr of a run that succeeded); the panel shows the character escaped."""
+    import warnings
+
+    from matplotlib.axes import Axes
+
+    titles, real_title = [], Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append(t) or real_title(self, t, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_reports(tmp_path, {"msp": np.array([0.9, 0.8])}, {"a\rb": {"msp": np.array([0.1])},
+                                                                 "c\td": {"msp": np.array([0.2])}})
+    assert titles == ["msp: ID vs a\\u000db", "msp: ID vs c\\u0009d"]
+
+
 def test_the_histogram_draws_at_most_max_hist_sets_and_says_so(tmp_path, monkeypatch):
     """Its width grew with the OOD sets (210 sets: 85 s and a 67,200-pixel-wide PNG): past
     MAX_HIST_SETS it draws the first ones, its title saying how many of how many; the tables keep all."""
