@@ -29,7 +29,7 @@ from clip_smot import scores as S
 from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder, given_path, output_lock
+from clip_smot.common.files import check_output_folder, given_path, is_folder, output_lock
 from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import holds_folders
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
@@ -124,7 +124,7 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
                             f"{classnames[:3]}...)")
         return resize_set(s, size)  # a built-in set comes at its own size
     root = Path(id_data)
-    if not root.is_dir():
+    if not is_folder(root, flag):  # (pathlib's is_dir raised OSError for a name too long: a traceback)
         raise UserError(f"{flag} {root}: no such folder (or built-in set: {', '.join(BUILTIN_ID)})")
     if holds_folders(root / split):  # DIR/val/<class>/, not a class named "val"
         root = root / split

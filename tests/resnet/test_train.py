@@ -373,6 +373,24 @@ def test_eval_bad_inputs(folders, ood_dir, base_model, tmp_path):
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
+def test_eval_an_id_folder_whose_name_is_too_long_is_one_line(tmp_path):
+    """--id or --id-train naming a folder of 300 characters (over the 255 a Linux file system
+    takes) was a traceback: pathlib's is_dir raises OSError (ENAMETOOLONG) where it answers False
+    for a missing folder. It is one line naming the flag now."""
+    import errno
+    import os
+
+    from clip_smot.common.errors import UserError
+    from clip_smot.resnet.evaluate import _id_set
+
+    meta = {"input_size": 32, "classnames": ["a", "b"], "config": {}}
+    where = str(tmp_path / ("x" * 300))
+    for flag, split in (("--id", "val"), ("--id-train", "train")):
+        with pytest.raises(UserError) as e:
+            _id_set(where, meta, split, flag)
+        assert str(e.value) == f"{flag} {where}: {os.strerror(errno.ENAMETOOLONG)}"
+
+
 def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, ood_dir, base_model, tmp_path):
     """--id-train DIR/val (the ID set itself) or an --ood folder of the training images passed:
     knn found each such image at distance 0 from itself and react was fitted on what it scored,
