@@ -63,6 +63,7 @@ from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_text,
     check_output,
+    is_folder,
     make_folder,
     output_lock,
     parse_json,
@@ -450,7 +451,8 @@ def _check_outputs(cfg: FitConfig, new: bool) -> None:
     inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--cam-model file", cfg.cam_model)]
     if cfg.data:
-        folders = [("the --data folder", resolve_train_root(cfg.data))] if Path(cfg.data).is_dir() else []
+        # (is_folder: pathlib's is_dir raised OSError, a traceback, for a name too long)
+        folders = [("the --data folder", resolve_train_root(cfg.data))] if is_folder(cfg.data, "--data") else []
     else:
         from clip_smot.common.digits import written_folders
 

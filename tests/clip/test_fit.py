@@ -629,6 +629,8 @@ def bad_data(tmp_path_factory):
 
 @pytest.mark.parametrize("case, extra, expected", [
     ("missing data", ["--data", "{bad}/nowhere"], "nowhere: no such folder"),
+    # (a name over the file system's 255 characters: pathlib's is_dir raised OSError, a traceback)
+    ("data name too long", ["--data", "{bad}/" + "x" * 300], "x" * 300 + ": File name too long"),
     ("empty data", ["--data", "{bad}/empty"], "no class folders"),
     ("few shots", ["--shots", "5"], "class 'n01440764'"),
     ("truncated", ["--data", "{bad}/truncated"], "n01443537_1.JPEG: unreadable or truncated"),
