@@ -339,12 +339,14 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
         UserError: a missing folder or list, or one without images.
     """
     where = str(where)
-    _no_shard(where, f"{flag} {name}={where}")
-    as_list = _split_list_arg(where, f"{flag} {name}")
+    # (--ood gives a set as NAME=WHERE; another flag, --id-train, gives WHERE alone: its errors say so)
+    given, named = (f"{flag} {name}={where}", f"{flag} {name}") if flag == "--ood" else (f"{flag} {where}", flag)
+    _no_shard(where, given)
+    as_list = _split_list_arg(where, named)
     if as_list is not None:
-        paths, _ = read_image_list(*as_list, flag=f"{flag} {name}", labels=False)
+        paths, _ = read_image_list(*as_list, flag=named, labels=False)
         return ImageSet(name, paths)
-    if not exists(where, f"{flag} {name}"):  # (a bare --ood NAME is a built-in set, answered by the callers)
-        raise UserError(f"{flag} {name}={where}: no such folder or image list")
-    return ImageSet(name, list_images(where, flag=f"{flag} {name}"))
+    if not exists(where, named):  # (a bare --ood NAME is a built-in set, answered by the callers)
+        raise UserError(f"{given}: no such folder or image list")
+    return ImageSet(name, list_images(where, flag=named))
 

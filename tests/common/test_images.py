@@ -254,6 +254,27 @@ def test_a_fifo_given_as_a_path_is_named_as_such(tmp_path):
         image_set("o", tmp_path / "x.png")
 
 
+def test_an_id_train_set_is_named_by_its_flag_alone(tmp_path):
+    """eval's --id-train DIR has no NAME=: its errors said "--id-train id-train=DIR" and
+    "--id-train id-train DIR"; they name the flag and the path as given, as --ood's name NAME=DIR."""
+    import tarfile
+
+    from clip_smot.common.image_sets import image_set
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "up.txt").write_text("../a.png\n")
+    tarfile.open(tmp_path / "s.tar", "w").close()
+    cases = [(tmp_path / "gone", f"--id-train {tmp_path / 'gone'}: no such folder or image list"),
+             (tmp_path / "empty", f"--id-train {tmp_path / 'empty'}: no image files found"),
+             (tmp_path / "s.tar", f"--id-train {tmp_path / 's.tar'}: a tar shard"),
+             (tmp_path / "up.txt", f"--id-train {tmp_path / 'up.txt'}:1: ../a.png leaves the image root")]
+    for where, expected in cases:
+        with pytest.raises(UserError, match="^" + re.escape(expected)):
+            image_set("id-train", where, flag="--id-train")
+    with pytest.raises(UserError, match="^" + re.escape(f"--ood far={tmp_path / 'gone'}: no such folder")):
+        image_set("far", tmp_path / "gone")
+
+
 def test_a_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
     """A sub-folder that cannot be listed (no permission, an I/O error) was left out without a
     word: an OOD set, a score's PATHS or a class folder lost its images and the numbers said
