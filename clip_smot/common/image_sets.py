@@ -130,9 +130,16 @@ def read_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
     """Paths and integer labels of an OpenOOD-style list (see :func:`iter_image_list`).
 
     Raises:
-        UserError: a missing list or root, a malformed line, a listed file that does not exist.
+        UserError: a missing list or root, a malformed line, a listed file that does not exist, an
+            image listed twice (it would weigh twice in every metric; ``a/x``, ``a/./x`` and
+            ``a//x`` are one image).
     """
     pairs = list(iter_image_list(list_file, root, flag, labels))
+    first: dict[Path, int] = {}
+    for i, (path, _) in enumerate(pairs):
+        if first.setdefault(path, i) != i:
+            raise UserError(f"{flag} {list_file}: lists {path} twice (entries {first[path] + 1} and {i + 1}); an "
+                            "image listed twice would weigh twice in the metrics")
     return [p for p, _ in pairs], [y for _, y in pairs]
 
 

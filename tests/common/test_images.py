@@ -254,6 +254,26 @@ def test_a_fifo_given_as_a_path_is_named_as_such(tmp_path):
         image_set("o", tmp_path / "x.png")
 
 
+@pytest.mark.parametrize("second", ["a/x.png", "a/./x.png", "a//x.png"])
+def test_an_eval_list_naming_an_image_twice_is_refused(tmp_path, second):
+    """An --id or --ood list naming one image twice (in any spelling, with one label or two)
+    counted it twice in every metric, exit 0; it is refused, naming the list and the image."""
+    from clip_smot.common.image_sets import id_set, image_set
+
+    (tmp_path / "a").mkdir()
+    for name in ("x.png", "y.png"):
+        (tmp_path / "a" / name).write_bytes(b"not read")
+    listing = tmp_path / "l.txt"
+    listing.write_text(f"a/x.png 0\na/y.png 1\n# a comment\n{second} 1\n")
+    expected = f": lists {tmp_path / 'a' / 'x.png'} twice (entries 1 and 3); an image listed twice would weigh twice"
+    with pytest.raises(UserError, match="^" + re.escape(f"--ood o {listing}{expected}")):
+        image_set("o", listing)
+    with pytest.raises(UserError, match="^" + re.escape(f"--id {listing}{expected}")):
+        id_set(listing, ["c0", "c1"])
+    listing.write_text("a/x.png 0\na/y.png 1\n")
+    assert [p.name for p in image_set("o", listing).paths] == ["x.png", "y.png"]
+
+
 def test_an_id_train_set_is_named_by_its_flag_alone(tmp_path):
     """eval's --id-train DIR has no NAME=: its errors said "--id-train id-train=DIR" and
     "--id-train id-train DIR"; they name the flag and the path as given, as --ood's name NAME=DIR."""
@@ -370,8 +390,10 @@ def test_an_image_list_starting_with_a_byte_order_mark_reads_its_first_path(tmp_
     from clip_smot.common.image_sets import read_image_list
 
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
-    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.png 0\na.png 1\n")
-    assert read_image_list(tmp_path / "list.txt", tmp_path, "PATH") == ([tmp_path / "a.png"] * 2, [0, 1])
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.png 0\nb.png 1\n")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    assert read_image_list(tmp_path / "list.txt", tmp_path, "PATH") == (paths, [0, 1])
 
 
 @pytest.mark.parametrize("line", ["/etc/x.png", "../outside.png", "sub/../../outside.png"])
