@@ -75,6 +75,9 @@ def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
         if not root or not lst:  # (Path("") is ".": "$ROOT::val.txt", ROOT unset, read the current folder)
             raise UserError(f"{flag} {where}: ROOT::LIST.txt with an empty {'ROOT' if not root else 'LIST.txt'} (an "
                             "unset shell variable?); write '.::LIST.txt' for the current folder")
+        if is_shard(root):  # (a name score's CSV gives an image of a shard: it was looked for as a list)
+            raise UserError(f"{flag} {where}: names an image inside the tar shard {root}, as score's rows do; give "
+                            "the shard itself (or a folder or an image list)")
         return Path(lst), Path(root)
     if where.lower().endswith(".txt") and is_file(where, flag):  # (in any case, as image extensions are)
         return Path(where), Path(where).parent

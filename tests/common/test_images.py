@@ -611,6 +611,29 @@ def test_an_image_list_argument_with_an_empty_root_or_list_is_refused(tmp_path, 
     assert image_files(".::lists/val.txt", "PATH") == [Path("a.png")]  # (the current folder, said so)
 
 
+def test_an_image_of_a_shard_given_by_its_row_name_is_one_clear_line(tmp_path):
+    """score names an image of a shard SHARD.tar::MEMBER in its rows; that name given back as a
+    PATH (or an --ood set) was looked for as ROOT::LIST.txt: "no such image-list file"."""
+    import io
+    import tarfile
+
+    from clip_smot.common.image_sets import image_files, image_set
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("k1.png")
+        info.size = len(png.getvalue())
+        tar.addfile(info, io.BytesIO(png.getvalue()))
+    expected = f"{shard}::k1.png: names an image inside the tar shard {shard}, as score's rows do; give the shard"
+    with pytest.raises(UserError, match="^" + re.escape(f"PATH {expected}")):
+        image_files(f"{shard}::k1.png", "PATH")
+    with pytest.raises(UserError, match="^" + re.escape(f"--ood x {expected}")):
+        image_set("x", f"{shard}::k1.png")
+    assert image_files(shard, "PATH") == [f"{shard}::k1.png"]  # (the shard itself: its images)
+
+
 def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     """score's PATH lists and --ood lists ignore a label (docs/score.md), but 'a.png cat' or
     'a.png 1.5' stopped them as 'expected relative/path label'; an --id list's labels are read."""
