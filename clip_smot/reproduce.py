@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
-from clip_smot.common.bundled import bundled_file
+from clip_smot.common.bundled import bundled_file, imagenet200_wnids
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
@@ -42,6 +42,7 @@ from clip_smot.common.files import (
     sha256_file,
     text_writer,
 )
+from clip_smot.common.images import class_folders
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -560,6 +561,38 @@ def _image_folders(p: Plan, o: ReproduceOptions) -> list[tuple[str, str | Path]]
     return folders
 
 
+def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
+    """What is wrong with the class folders of ``--imagenet`` for the stages of ``p`` (each an
+    error line; none: nothing): the CLIP fits learn the classes of ``train/`` and the zero-shot
+    evaluation takes those of ``val/``, so they must be the same folders (a val/ with one class
+    more or less gave the table's MCM row other classes than its CoOp and SMOT rows, exit 0);
+    the ImageNet-200 trainings and evaluations read the 200 wnids in ``train/`` and ``val/``."""
+    if not o.imagenet or not any(flag == "--imagenet" for flag, _ in p.inputs):
+        return []
+    root, problems = Path(o.imagenet), []
+    if any(stage.command == "fit" for stage in p.stages):
+        def folders(split: str) -> list[str]:
+            try:
+                return class_folders(root / split, "--imagenet")
+            except UserError:  # (none: a train/ of none is the first fit's error, at once)
+                return []
+
+        train, val = folders("train"), folders("val")
+        extra, lacking = sorted(set(val) - set(train)), sorted(set(train) - set(val))
+        if train and (extra or lacking):
+            show = lambda names: ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")  # noqa: E731
+            problems.append(f"--imagenet: the class folders of {root / 'val'} are not those of {root / 'train'} "
+                            f"(val/ has {show(extra) or 'none'} more, {show(lacking) or 'none'} fewer); the prompts "
+                            "learn train/'s classes and the zero-shot evaluation takes val/'s")
+    if any("imagenet200" in stage.argv for stage in p.stages):
+        for split in ("train", "val"):
+            missing = [w for w in imagenet200_wnids() if not (root / split / w).is_dir()]
+            if missing:
+                problems.append(f"--imagenet: {len(missing)} class folder(s) of ImageNet-200 missing from "
+                                f"{root / split}, e.g. {missing[0]}")
+    return problems
+
+
 def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str]], None], dry_run: bool = False,
                   echo: Callable[[str], None] = print) -> list[dict] | None:
     """Run the stages of ``table`` not yet finished, in order, then write table.md and table.csv.
@@ -591,6 +624,8 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         if missing:  # every one, before hours of training, not at the evaluation that needs it
             raise UserError("; ".join(missing))
         check_output(out, "--out", folders=_image_folders(p, options), writes=())
+        if problems := _class_mismatch(p, options):
+            raise UserError("; ".join(problems))
         make_folder(out)
     finished = {stage.name for stage in p.stages if stage.finished(out)}
     for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)

@@ -1027,6 +1027,60 @@ def test_table4_refuses_an_imagenet_root_without_val_or_train_before_the_trainin
     assert ran == [] and not (tmp_path / "o").exists()
 
 
+def test_table8_refuses_val_class_folders_other_than_trains_before_the_fits(tmp_path):
+    """The prompts learn the classes of IMAGENET/train, the zero-shot MCM row those of
+    IMAGENET/val: a val/ with a class folder more (or fewer) ran every stage and wrote a table whose
+    MCM row was measured on 4 classes and its CoOp and SMOT rows on 3, exit 0. It is one line
+    before anything runs; hidden folders and files beside the class folders are no classes."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    imagenet = tmp_path / "imagenet"
+    for w in WNIDS:
+        (imagenet / "train" / w).mkdir()
+        (imagenet / "val" / w).mkdir()
+    (imagenet / "val" / ".cache").mkdir()
+    (imagenet / "val" / "LOC_val_solution.csv").write_text("x")
+    (imagenet / "val" / "n01491361").mkdir()  # (one more)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert str(e.value) == (f"--imagenet: the class folders of {imagenet / 'val'} are not those of "
+                            f"{imagenet / 'train'} (val/ has n01491361 more, none fewer); the prompts learn train/'s "
+                            "classes and the zero-shot evaluation takes val/'s")
+    (imagenet / "val" / "n01491361").rmdir()
+    (imagenet / "val" / WNIDS[2]).rmdir()  # (one fewer)
+    with pytest.raises(UserError, match=f"val/ has none more, {WNIDS[2]} fewer"):
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == [] and not (tmp_path / "o").exists()
+    (imagenet / "val" / WNIDS[2]).mkdir()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+
+
+def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(tmp_path):
+    """The trainings read the 200 wnids of ImageNet-200 in IMAGENET/train, the evaluations in
+    IMAGENET/val: a val/ lacking one ran the three trainings (hours on a GPU) before the first
+    evaluation stopped on it. Both splits are checked before anything runs."""
+    from clip_smot.common.bundled import imagenet200_wnids
+    from clip_smot.reproduce import run_reproduce
+
+    imagenet, ran = tmp_path / "imagenet", []
+    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        (tmp_path / folder).mkdir(parents=True)
+    wnids = imagenet200_wnids()
+    for w in wnids:
+        (imagenet / "train" / w).mkdir(parents=True)
+    for w in wnids[:-2]:  # (val/ lacks the last two)
+        (imagenet / "val" / w).mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
+                                                 ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
+    assert str(e.value) == (f"--imagenet: 2 class folder(s) of ImageNet-200 missing from {imagenet / 'val'}, "
+                            f"e.g. {wnids[-2]}")
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
 def test_an_unknown_table_is_one_line_naming_the_tables():
     with pytest.raises(UserError) as e:
         plan("table10", ReproduceOptions(out="/o"))
