@@ -156,6 +156,21 @@ class Stage:
         return [p for p in paths if root in p.parents and p.parent != root and own not in (p, *p.parents)
                 and (self.earlier is None or p.relative_to(root).parts[0] in self.earlier)]
 
+    def files(self, out: str | Path) -> dict[str, str]:
+        """The SHA-256 of each file that a flag of the stage names, other than an earlier stage's
+        (``--model``'s config, ``--pretrained``'s checkpoint, ``--cam-model``), by its path with
+        symbolic links followed: a checkpoint replaced at the same path is other weights under the
+        same command line. Folders (the data) are not hashed; a file that cannot be read is the
+        stage's to name. (Not "outside OUT": with ``--out .`` every relative path is in OUT.)"""
+        staged, hashes = set(self.inputs(out)), {}  # (an earlier stage's files: hashed under "inputs")
+        for flag, word in zip(self.argv, self.argv[1:]):
+            if flag in _PATH_FLAGS and Path(word) not in staged and is_file(word, flag):
+                try:
+                    hashes[os.path.realpath(word)] = sha256_file(word)
+                except OSError:
+                    continue
+        return hashes
+
     def input_stages(self, out: str | Path) -> set[str]:
         """The names of the earlier stages whose files this stage reads (:meth:`inputs`)."""
         return {p.relative_to(out).parts[0] for p in self.inputs(out)}
@@ -180,6 +195,8 @@ class Stage:
                     raise ValueError("argv is not a list of strings")
                 if not isinstance(hashes, dict):
                     raise ValueError("inputs is not an object")
+                if not isinstance(saved.get("files", {}), dict):  # (an older record has none: not checked)
+                    raise ValueError("files is not an object")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
@@ -212,6 +229,21 @@ class Stage:
             raise UserError(f"reproduce: {self.folder(out)} was made from {path} as it was then, {why}: its numbers "
                             f"would not be of it; remove {self.folder(out)} too, to run the stage again")
 
+    def changed_file(self, out: str | Path) -> str | None:
+        """A file outside OUT that this stage's record says it was made with (:meth:`files`) and that
+        has changed since, with why (``"PATH, which has changed since"``); None when all are as they
+        were or gone (the numbers are still of the file as it was: a finished table8 whose weights
+        were deleted writes its table again), or the record holds none (an older clip-smot's)."""
+        try:
+            recorded = read_json(self.folder(out) / RECORD).get("files")
+        except (OSError, ValueError, AttributeError):  # (no record, or one check_record has refused)
+            return None
+        now = self.files(out) if isinstance(recorded, dict) and recorded else {}
+        for path, sha in (recorded.items() if isinstance(recorded, dict) else ()):
+            if path in now and now[path] != sha:
+                return f"{path}, which has changed since"
+        return None
+
     def unchecked_note(self, out: str | Path) -> str:
         """For a finished stage whose record an older clip-smot wrote (no ``inputs``: no hashes to
         compare) and that reads earlier stages' files: what the user must check by hand; else ''."""
@@ -230,7 +262,8 @@ class Stage:
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
-        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes}), self.folder(out) / RECORD)
+        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes, "files": self.files(out)}),
+                          self.folder(out) / RECORD)
 
 
 @dataclass
@@ -630,6 +663,15 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
     finished = {stage.name for stage in p.stages if stage.finished(out)}
     for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)
         stage.check_record(out, finished)
+    # a finished stage made with weights since replaced at the same path (the command line is the same): every one
+    stale = [f"{stage.folder(out)} ({why})" for stage in p.stages if stage.name in finished
+             and (why := stage.changed_file(out))]
+    if stale:
+        one = len(stale) == 1
+        raise UserError(f"reproduce: {'a finished stage was' if one else 'finished stages were'} made with a file that "
+                        f"is no longer as it was then, so {'its' if one else 'their'} numbers would not be of it: "
+                        f"{'; '.join(stale)}; remove {'that folder' if one else 'those folders'} to run "
+                        f"{'its stage' if one else 'their stages'} again")
     for stage in p.stages:
         argv = list(stage.argv)
         if stage.finished(out):

@@ -1229,6 +1229,47 @@ def test_model_and_weight_files_given_another_way_find_their_stages_finished(tmp
     assert ran == []
 
 
+def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_refused(tmp_path):
+    """--pretrained (or --model, --cam-model) names a file: replaced at the same path by other
+    weights, the command lines were the same, so the fits and the finished evaluations were
+    skipped and an unfinished evaluation ran with the new weights on the old prompts: a table of
+    two models, exit 0. Each finished stage made with it is named in one line; what is
+    unfinished is not; a file since removed changes nothing; and a record written before records
+    held the files is not checked."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"old weights")
+    options = dataclasses.replace(options, pretrained=str(weights))
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    shutil.rmtree(out / "eval-smot")  # (interrupted before its last stage)
+    weights.write_bytes(b"new weights")
+    ran.clear()
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    changed = f"{os.path.realpath(weights)}, which has changed since"
+    assert str(e.value) == ("reproduce: finished stages were made with a file that is no longer as it was then, so "
+                            "their numbers would not be of it: "
+                            + "; ".join(f"{out / name} ({changed})" for name in ("fit-smot", "fit-coop", "eval-mcm",
+                                                                                  "eval-coop"))
+                            + "; remove those folders to run their stages again")
+    assert ran == [] and not (out / "eval-smot").exists()
+    weights.write_bytes(b"old weights")  # (the same bytes again: the same weights)
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-smot"]
+    weights.unlink()  # (removed once the table is written: the numbers are still of it)
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-smot"]
+    weights.write_bytes(b"new weights")
+    for name in ("fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"):  # as a record of an older clip-smot
+        record = json.loads((out / name / RECORD).read_text())
+        (out / name / RECORD).write_text(json.dumps({"argv": record["argv"], "inputs": record["inputs"]}))
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-smot"]
+
+
 def test_the_smallest_counts_each_option_allows_reach_the_stages_and_one_below_is_refused(tmp_path):
     """docs/reproduce.md: --shots, --epochs and --batch-size are counts of at least 1 (as fit's and
     train's own), --workers at least 0 (the CPU benchmark runs with 0): those reach the fits as given;
