@@ -132,16 +132,20 @@ def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
         raise UserError(f"{name}: download into {root} failed ({e})") from None
 
 
-def _absent(name: str, root: Path) -> str:
-    """How the torchvision set ``name`` that did not load is absent from ``root``: not there, or
-    there but damaged (torchvision checks each file's MD5 before it unpickles it)."""
-    import torchvision.datasets as tvd
-
-    there = root / {"cifar10": tvd.CIFAR10.base_folder, "cifar100": tvd.CIFAR100.base_folder,
-                    "svhn": "test_32x32.mat"}[name]
+def _damaged(name: str, root: Path) -> str | None:
+    """How the torchvision set ``name`` that did not load is damaged under ``root`` (its folder or
+    file is there: torchvision checks each file's MD5 before it unpickles it), or None: not there."""
+    # (torchvision's CIFAR10.base_folder and CIFAR100.base_folder, and SVHN's test file)
+    there = root / {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "test_32x32.mat"}[name]
     if there.exists():
         return f"incomplete or damaged under {root} ({there.name} is there, but fails torchvision's MD5 checks)"
-    return f"not found under {root}"
+    return None
+
+
+def _absent(name: str, root: Path) -> str:
+    """How the torchvision set ``name`` that did not load is absent from ``root``: not there, or
+    there but damaged (:func:`_damaged`)."""
+    return _damaged(name, root) or f"not found under {root}"
 
 
 def torchvision_unavailable(name: str, root: str | os.PathLike) -> str | None:
@@ -157,7 +161,10 @@ def torchvision_unavailable(name: str, root: str | os.PathLike) -> str | None:
     except RuntimeError:
         pass
     host = _HOSTS[name]
-    return None if _reachable(host) else f"{name} is not under {root} and {host[0]} cannot be reached (offline?)"
+    if _reachable(host):
+        return None
+    # (a set there but damaged was "not under" it too: the folder a user sees there)
+    return f"{name} is {_damaged(name, Path(root)) or f'not under {root}'} and {host[0]} cannot be reached (offline?)"
 
 
 def _cifar(name: str, train: bool, root: Path, download: bool = True) -> SizedImageSet:

@@ -419,6 +419,24 @@ def test_torchvision_unavailable_reads_cifars_test_split_too(tmp_path, monkeypat
     assert rd.torchvision_unavailable("cifar100", tmp_path) is None and reads == [False, False]
 
 
+def test_torchvision_unavailable_names_a_set_that_is_there_but_damaged(tmp_path, monkeypatch):
+    """`reproduce --cifar-root` checks the sets before anything runs: one whose folder is there,
+    its files damaged (a download cut short), was "not under" the root, the folder in plain
+    sight; it is named as train names it. Its files are never unpickled (their MD5 fails first)."""
+    monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: False)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    for name in ("data_batch_1", "test_batch", "batches.meta"):
+        (tmp_path / "cifar-10-batches-py" / name).write_bytes(b"\x80\x02truncated")
+    (tmp_path / "test_32x32.mat").write_bytes(b"")
+    for name, folder, host in (("cifar10", "cifar-10-batches-py", "www.cs.toronto.edu"),
+                               ("svhn", "test_32x32.mat", "ufldl.stanford.edu")):
+        assert rd.torchvision_unavailable(name, tmp_path) == (
+            f"{name} is incomplete or damaged under {tmp_path} ({folder} is there, but fails torchvision's MD5 "
+            f"checks) and {host} cannot be reached (offline?)")
+    assert rd.torchvision_unavailable("cifar100", tmp_path) == (
+        f"cifar100 is not under {tmp_path} and www.cs.toronto.edu cannot be reached (offline?)")
+
+
 def test_builtin_cifar_sets_keep_their_pixels_labels_split_and_download_choice(tmp_path, monkeypatch):
     """torchvision's CIFAR arrays are [N, H, W, C]: image k's pixel (y, x) of channel c is
     data[k, y, x, c]. An ID split takes --input-size; as an OOD set (any case of its name) it is
