@@ -15,9 +15,11 @@ The 8x8 digits (values 0..16) are scaled to 0..255 and upsampled bicubically to 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -126,28 +128,77 @@ def _write(tmp: Path, size: int, n_ood: int, seed: int) -> None:
         (tmp / "ood" / set_name).mkdir(parents=True)
         for j, im in enumerate(_crops(arrays, n_ood, size, rng)):
             im.save(tmp / "ood" / set_name / f"{j:04d}.png")
-    (tmp / "digits.json").write_text(json.dumps({"version": _VERSION, "size": size, "n_ood": n_ood, "seed": seed}))
+    (tmp / "digits.json").write_text(json.dumps({"version": _VERSION, "size": size, "n_ood": n_ood, "seed": seed,
+                                                  "sha256": _manifest(tmp)}))
 
 
-def _is_written(root: Path, size: int) -> bool:
+def _manifest(root: Path) -> str:
+    """SHA-256 over every folder and file of the sets under ``root`` (``train/``, ``val/``,
+    ``ood/``: their relative paths, and a file's bytes), in sorted order: any image removed, added
+    or changed since they were written changes it; other files beside them (a CSV written there)
+    are no part of the set. Something that is no regular file (a link, a FIFO) is hashed as its
+    name only, never opened."""
+    h = hashlib.sha256()
+    for top in ("train", "val", "ood"):
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            dirnames.sort()
+            for name in sorted(filenames) + [d + "/" for d in dirnames]:
+                path = os.path.join(dirpath, name.rstrip("/"))
+                h.update((os.path.relpath(path, root) + ("/" if name.endswith("/") else "")).encode(
+                    "utf-8", "surrogateescape") + b"\0")
+                if not name.endswith("/") and stat.S_ISREG(os.lstat(path).st_mode):
+                    with open(path, "rb") as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+                else:
+                    h.update(b"-")
+    return h.hexdigest()
+
+
+def _state(root: Path, size: int) -> str:
+    """``"written"``: the digits at ``size`` are under ``root`` as they were written (or its marker,
+    of an older clip-smot, holds no SHA-256 to tell: used as it is, as a read-only cache must be);
+    ``"damaged"``: its marker says so, but an image was changed, added or removed since (a set
+    trained and scored on without a word); ``"absent"``: no marker of this version and size."""
     try:
         meta = read_json(root / "digits.json")
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size
+        return "absent"
+    if not (isinstance(meta, dict) and meta.get("version") == _VERSION and meta.get("size") == size):
+        return "absent"
+    if "sha256" not in meta:
+        return "written"
+    try:
+        return "written" if meta["sha256"] == _manifest(root) else "damaged"
+    except OSError:
+        return "damaged"
+
+
+def _damaged(root: Path) -> UserError:
+    """The one line for digits folders changed since they were written: refused, not written again
+    (a rewrite replaces ``root`` whole, and what else is there with it)."""
+    return UserError(f"the bundled digits under {root} are not as they were written (an image changed, added or "
+                     f"removed in train/, val/ or ood/ since; digits.json holds their SHA-256): remove {root} and "
+                     "they are written again on first use")
 
 
 def ensure_digits(size: int = 32, root: str | os.PathLike | None = None) -> Path:
-    """The digits folders at ``size``, written on first use and reused afterwards.
+    """The digits folders at ``size``, written on first use and reused afterwards while they are
+    as they were written (a marker records their SHA-256; changed since, they are refused).
 
     Processes that need them at once (the ranks of a torchrun, a fit and an eval started
     together) take turns: the first writes them, the others wait and reuse them.
     """
     root = Path(root) if root is not None else default_root(size)
-    if _is_written(root, size):
+    state = _state(root, size)
+    if state != "absent":
+        if state == "damaged":
+            raise _damaged(root)
         return root
     try:
         with file_lock(root.with_name(f".{root.name}.lock")):
-            return root if _is_written(root, size) else write_digits(root, size=size)
+            state = _state(root, size)
+            if state == "damaged":  # (another process's set, damaged while this one waited)
+                raise _damaged(root)
+            return root if state == "written" else write_digits(root, size=size)
     except OSError as e:  # (the lock's folder: a file in its place, read-only)
         raise _cache_error(root, e) from None

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -184,8 +185,11 @@ def test_a_marker_of_another_size_or_version_is_written_again(tmp_path, monkeypa
     monkeypatch.setattr(digits, "write_digits", lambda root, size: writes.append(size) or root)
     root = tmp_path / "d"
     root.mkdir()
-    for marker, rewritten in (({"version": 1, "size": 16}, False), ({"version": 1, "size": 8}, True),
-                              ({"version": 0, "size": 16}, True), ({"size": 16}, True)):
+    empty = hashlib.sha256().hexdigest()  # (of a folder holding no set: no train/, val/, ood/)
+    for marker, rewritten in (({"version": 1, "size": 16, "sha256": empty}, False),
+                              ({"version": 1, "size": 8, "sha256": empty}, True),
+                              ({"version": 0, "size": 16, "sha256": empty}, True), ({"size": 16}, True),
+                              ({"version": 1, "size": 16}, False)):  # (an older marker, with no sha256: as it is)
         (root / "digits.json").write_text(json.dumps(marker))
         writes.clear()
         assert digits.ensure_digits(size=16, root=root) == root
@@ -224,7 +228,53 @@ def test_write_digits_takes_its_seed_and_number_of_ood_images(tmp_path, monkeypa
             [f"{j:04d}.png" for j in range(5)]] * 2
     crops = [[np.asarray(Image.open(r / "ood" / "photos" / f"{j:04d}.png")) for j in range(5)] for r in roots]
     assert not all(np.array_equal(a, b) for a, b in zip(*crops))  # other crops from another seed
-    assert json.loads((roots[1] / "digits.json").read_text()) == {"version": 1, "size": 8, "n_ood": 5, "seed": 1}
+    marker = json.loads((roots[1] / "digits.json").read_text())
+    assert {k: v for k, v in marker.items() if k != "sha256"} == {"version": 1, "size": 8, "n_ood": 5, "seed": 1}
+    assert len(marker["sha256"]) == 64 and marker["sha256"] != json.loads((roots[0] / "digits.json").read_text())["sha256"]
+
+
+def test_digits_changed_since_they_were_written_are_refused_by_name(tmp_path, monkeypatch):
+    """The digits folders were trusted once their marker was there: an image removed from
+    train/one (or one added, or edited) was trained and scored on as the bundled set, exit 0; a
+    class folder emptied stopped train with "--data .../train/zero: no image files found", a flag
+    that --dataset digits refuses, and no word of the cache. The marker now holds a SHA-256 of the
+    sets: changed since, they are one line saying what to remove (a rewrite would replace the
+    folder whole, and what else is in it); a file beside the sets is none of theirs."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    import pytest
+    import sklearn.datasets
+
+    from clip_smot.common.errors import UserError
+
+    full = load_digits()
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda: SimpleNamespace(images=full.images[:200], target=full.target[:200]))
+    root = ensure_digits(size=8, root=tmp_path / "d8")
+    first = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+    assert len(first) == 200 + 2 * 300
+    (root / "scores.csv").write_text("a file written beside the sets")  # (score --out may write there)
+    assert ensure_digits(size=8, root=root) == root
+    one = sorted((root / "train" / "one").iterdir())
+    damage = [lambda: one[0].unlink(),  # an image removed
+              lambda: (root / "train" / "one" / "extra.png").write_bytes(one[1].read_bytes()),  # one added
+              lambda: one[1].write_bytes(one[1].read_bytes()[:-1]),  # one cut short
+              lambda: [p.unlink() for p in (root / "train" / "zero").iterdir()],  # a class emptied
+              lambda: (root / "val" / "ten").mkdir(),  # a class folder added
+              lambda: os.mkfifo(root / "ood" / "photos" / "f.png")]  # a FIFO, never opened
+    for i, damage_ in enumerate(damage):
+        damage_()
+        with pytest.raises(UserError) as e:
+            ensure_digits(size=8, root=root)
+        assert str(e.value) == (f"the bundled digits under {root} are not as they were written (an image changed, "
+                                "added or removed in train/, val/ or ood/ since; digits.json holds their SHA-256): "
+                                f"remove {root} and they are written again on first use"), i
+        shutil.rmtree(root)
+        assert ensure_digits(size=8, root=root) == root  # (written again: the same seeded set)
+        assert {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.png"))} == first, i
+        one = sorted((root / "train" / "one").iterdir())
 
 
 def test_a_class_folders_sorted_listing_is_in_the_digits_order(tmp_path, monkeypatch):
@@ -292,7 +342,8 @@ def test_write_digits_defaults_are_32_px_and_seed_0(tmp_path, monkeypatch):
     _, val_idx = train_test_split(np.arange(200), test_size=0.25, stratify=full.target[:200], random_state=0)
     assert sorted(int(p.stem) for p in (root / "val").rglob("*.png")) == sorted(val_idx.tolist())
     assert {Image.open(p).size for p in root.rglob("*.png")} == {(32, 32)}
-    assert json.loads((root / "digits.json").read_text()) == {"version": 1, "size": 32, "n_ood": 1, "seed": 0}
+    marker = json.loads((root / "digits.json").read_text())
+    assert {k: v for k, v in marker.items() if k != "sha256"} == {"version": 1, "size": 32, "n_ood": 1, "seed": 0}
 
     writes = []
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
