@@ -1,3 +1,4 @@
+import shutil
 import time
 
 import numpy as np
@@ -314,6 +315,28 @@ def test_class_folders_against_a_class_list_name_up_to_five_of_each_difference(t
         rd._folder_split(tmp_path, "--id", ["z"])
     assert str(e.value) == (f"--id {tmp_path}: class folders do not match the class list "
                             "(unknown: ['a', 'b', 'c', 'd', 'e'], missing: ['z'])")
+
+
+def test_an_image_beside_the_class_folders_is_refused_not_left_out(tmp_path):
+    """eval --id DIR and train --data DIR read DIR's class folders: an image lying beside them (a
+    val/ half sorted into class folders) has no class, and was left out without a word (the ID
+    set scored 2 images of the folder's 3, exit 0). It is one line naming it; a file that is no
+    image, or a hidden one, is none of the set's, as before."""
+    for c in ("ant", "bee"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / c / "0.png")
+    (tmp_path / "val" / "notes.txt").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / ".hidden.png")
+    assert rd.load_class_folders(tmp_path / "val", ["ant", "bee"], 8, "--id").labels.tolist() == [0, 1]
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(UserError) as e:
+        rd.load_class_folders(tmp_path / "val", ["ant", "bee"], 8, "--id")
+    assert str(e.value) == (f"--id {tmp_path / 'val'}: 1 image(s) beside the class folders, e.g. "
+                            "ILSVRC2012_val_00000001.JPEG: an image has no class there; move each into its class "
+                            "folder, or out of this folder")
+    shutil.copytree(tmp_path / "val", tmp_path / "train")
+    with pytest.raises(UserError, match=rf"^--data {tmp_path / 'train'}: 1 image\(s\) beside the class folders"):
+        rd.load_id_split(None, str(tmp_path), "train")
 
 
 def test_an_eval_class_folder_must_hold_the_models_classes(tmp_path):
