@@ -19,7 +19,8 @@ since nothing names their weights.
 Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
 asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 x 2 bytes =
 200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val). The metadata holds the files
-(``paths``, ``skipped``) and ``sha256``, a checksum over the tensors and that metadata, checked
+(``paths``, ``skipped``), the ``key`` it was written for (an entry moved to another key's name is
+not served there) and ``sha256``, a checksum over the tensors and that metadata, checked
 on every read: an entry whose bytes changed since it was written (a flipped bit, a hand edit)
 is encoded again, with a note. Non-finite features are never stored nor used, nor are features
 of another dtype or norm than the writer's (a checksum written by hand matches).
@@ -170,6 +171,10 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
         stored = parse_json(meta.pop("sha256"))
         if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
             return None, "its checksum does not match its contents"
+        # the key (model, weights, preprocessing, files) is the entry's name only: an entry moved or
+        # copied to another key's name was served as that model's features (an older entry holds none)
+        if meta.get("key", path.stem) != path.stem:
+            return None, "it was written for another key (another model, weights, preprocessing or files)"
         global_, local_ = tensors["global"], tensors.get("local")
         skipped = [(str(p), str(why)) for p, why in parse_json(meta["skipped"])]
     except _WrongShape:  # shapes the writer did not write: a matrix product would fail on them, or worse, not
@@ -215,7 +220,8 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
-    meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped])}
+    meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped]),
+            "key": path.stem}
     atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
 
 

@@ -2,6 +2,8 @@
 weights, not only its name; the library versions; the preprocessing; the precision; the entry
 format. Random weights are never cached."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,37 @@ def test_an_entry_at_the_key_that_lists_other_files_is_encoded_again(tmp_path, t
                                        "its images are encoded again\n")
     assert again.paths == [a, b]
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
+
+
+def test_an_entry_moved_to_another_keys_name_is_encoded_again(
+        tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint, capsys):  # noqa: F811
+    """The key (model, weights, preprocessing, files) was the entry's file name alone: tiny's entry
+    copied to the name of the key of other weights of the same model (same files, same width) was
+    served as their features, its checksum matching. The entry records its key; elsewhere it is
+    no hit, and the features are encoded again."""
+    weights = load_file(tiny_clip_checkpoint)
+    other = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) if v.is_floating_point()
+             and k.startswith("visual.") else v for k, v in weights.items()}
+    save_file(other, str(tmp_path / "other.safetensors"))
+    clip_b = load_clip(tiny_clip_config, str(tmp_path / "other.safetensors"))
+    files = [str(p) for p in _images(tmp_path)]
+    a = cf.encode_files(tiny, files, workers=0).global_
+    entry_b = cf.cache_dir() / f"{cf._cache_key(clip_b, files)}.safetensors"
+    ((entry_a,),) = [list(cf.cache_dir().glob("*.safetensors"))]
+    entry_b.write_bytes(entry_a.read_bytes())
+    capsys.readouterr()
+    b = cf.encode_files(clip_b, files, workers=0).global_
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry_b} is damaged (it was written for "
+                                       "another key (another model, weights, preprocessing or files)); its images "
+                                       "are encoded again\n")
+    torch.testing.assert_close(b, cf.encode_files(clip_b, files, workers=0, use_cache=False).global_, rtol=0, atol=0)
+    assert not torch.allclose(a, b)
+    # an entry written before entries held their key (the same bytes, no "key"): still read
+    g = load_file(str(entry_a))["global"]
+    meta = {"paths": json.dumps(files), "skipped": "[]"}
+    save_file({"global": g}, str(entry_a), {**meta, "sha256": json.dumps(cf._checksums({"global": g}, meta))})
+    torch.testing.assert_close(cf.encode_files(tiny, files, workers=0).global_, a, rtol=0, atol=0)
+    assert capsys.readouterr().err == ""
 
 
 def test_no_files_to_encode_is_one_line(tiny):  # noqa: F811
