@@ -101,7 +101,9 @@ class Stage:
         """Whether the stage's final file is there; for a fit, one of all its epochs (a prompt
         exported from the checkpoint of an unfinished run records fewer: the fit is resumed)."""
         final = self.folder(out) / FINAL_FILE[self.command]
-        if not final.is_file():
+        # (a symbolic link is no file the stage wrote: eval-coop/metrics.json linked to eval-smot's
+        # put the SMOT prompt's numbers in the CoOp rows, the stage skipped as finished)
+        if not final.is_file() or final.is_symlink():
             return False
         if self.command != "fit":
             return True

@@ -390,15 +390,19 @@ def _table8_fakes(tmp_path, ran: list, version: dict):
     for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
         (tmp_path / folder).mkdir(parents=True)
 
+    def write(path: Path, data: bytes):  # (by rename, as the commands write: a link there is replaced)
+        path.with_name(path.name + ".tmp").write_bytes(data)
+        os.replace(path.with_name(path.name + ".tmp"), path)
+
     def fake(argv):
         folder = Path(argv[argv.index("--out") + 1])
         ran.append(folder.name)
         folder.mkdir(parents=True, exist_ok=True)
         if argv[0] == "fit":
-            (folder / "split.txt").write_text("n01440764/a.JPEG\t0\n")
-            (folder / "prompt.safetensors").write_bytes(version.get(folder.name, b"0"))
+            write(folder / "split.txt", b"n01440764/a.JPEG\t0\n")
+            write(folder / "prompt.safetensors", version.get(folder.name, b"0"))
         else:
-            (folder / "metrics.json").write_text("{}")
+            write(folder / "metrics.json", b"{}")
 
     options = ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path / "imagenet"),
                                ood_root=str(tmp_path / "ood"))
@@ -1227,6 +1231,26 @@ def test_model_and_weight_files_given_another_way_find_their_stages_finished(tmp
                                                 pretrained=str(tmp_path / "m" / "w.safetensors")), fake,
                   echo=lambda line: None)
     assert ran == []
+
+
+def test_a_final_file_that_is_a_link_is_no_finished_stage(tmp_path):
+    """A stage is finished when its final file is there: eval-coop/metrics.json made a symbolic
+    link to eval-smot's was taken as eval-coop's, skipped, and the table's CoOp rows read the SMOT
+    prompt's numbers, exit 0. A link is no file the stage wrote: the stage runs again (its files
+    replace the link; the file it pointed at is untouched)."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "eval-smot" / "metrics.json").write_text('{"smot": true}')
+    (out / "eval-coop" / "metrics.json").unlink()
+    (out / "eval-coop" / "metrics.json").symlink_to(out / "eval-smot" / "metrics.json")
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-coop"]
+    assert not (out / "eval-coop" / "metrics.json").is_symlink()
+    assert (out / "eval-smot" / "metrics.json").read_text() == '{"smot": true}'
 
 
 def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_refused(tmp_path):
