@@ -42,7 +42,7 @@ from clip_smot.common.files import (
     sha256_file,
     text_writer,
 )
-from clip_smot.common.images import class_folders
+from clip_smot.common.images import class_folders, iter_images
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -596,6 +596,20 @@ def _image_folders(p: Plan, o: ReproduceOptions) -> list[tuple[str, str | Path]]
     return folders
 
 
+def _no_images(flag: str, path: str) -> str | None:
+    """Why the folder of images ``path`` (IMAGENET's train/ or val/, an OOD set) holds nothing its
+    stages can read, or None: no image file under it (an OOD set whose download failed, left empty,
+    stopped the run at its first evaluation, after the fits or trainings). The walk stops at the
+    first image found; a torchvision root holds none and is checked apart."""
+    if flag == "--cifar-root":
+        return None
+    try:
+        next(iter_images(path, flag))
+    except UserError as e:
+        return str(e)
+    return None
+
+
 def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
     """What is wrong with the class folders of ``--imagenet`` for the stages of ``p`` (each an
     error line; none: nothing): the CLIP fits learn the classes of ``train/`` and the zero-shot
@@ -659,7 +673,8 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         if missing:  # every one, before hours of training, not at the evaluation that needs it
             raise UserError("; ".join(missing))
         check_output(out, "--out", folders=_image_folders(p, options), writes=())
-        if problems := _class_mismatch(p, options):
+        problems = [why for flag, path in p.inputs if (why := _no_images(flag, path))]
+        if problems := problems + _class_mismatch(p, options):
             raise UserError("; ".join(problems))
         make_folder(out)
     finished = {stage.name for stage in p.stages if stage.finished(out)}

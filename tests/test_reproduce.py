@@ -41,6 +41,15 @@ def _images(folder: Path, n: int, rng, tint: int | None = None):
         Image.fromarray(a.astype(np.uint8)).save(folder / f"{folder.name}_{k}.JPEG", quality=90)
 
 
+def _image_folder(folder: Path) -> Path:
+    """A data folder for stand-in stages: made, with one (empty) image file, as reproduce looks
+    for one in each folder of images before any stage runs (an empty OOD set stopped the run at its
+    first evaluation, hours of fitting later)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "x.jpg").touch()
+    return folder
+
+
 @pytest.fixture
 def data(tmp_path):
     """IMAGENET/{train,val}/<wnid>/ (17 and 3 images a class) and OOD/{iNaturalist,SUN,Places,dtd/images}."""
@@ -197,7 +206,7 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
     ran = []
     out, empty = tmp_path / "o", tmp_path / "cifar"
     for folder in (empty, tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val"):
-        folder.mkdir(parents=True)
+        _image_folder(folder)
     with pytest.raises(UserError) as e:
         run_reproduce("table8", ReproduceOptions(out=str(out), imagenet=str(tmp_path / "imagenet"),
                                                  ood_root=str(tmp_path / "none")),
@@ -206,7 +215,7 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
                                      in (("iNaturalist", "iNaturalist"), ("SUN", "SUN"), ("Places", "Places"),
                                          ("Textures", "Textures")))
     for name in ("Textures", "Places", "LSUN", "iSUN", "LSUN_resize"):
-        (tmp_path / name).mkdir()
+        _image_folder(tmp_path / name)
     monkeypatch.setattr(data, "_reachable", lambda host: False)
     with pytest.raises(UserError) as e:
         run_reproduce("table2", ReproduceOptions(out=str(out), cifar_root=str(empty), ood_root=str(tmp_path)),
@@ -231,9 +240,9 @@ def test_an_out_inside_a_folder_of_images_the_stages_read_is_refused_before_any_
 
     imagenet, ood, ran = tmp_path / "imagenet", tmp_path / "ood", []
     for folder in ("train", "val"):
-        (imagenet / folder).mkdir(parents=True)
+        _image_folder(imagenet / folder)
     for folder in ("iNaturalist", "SUN", "Places", "Textures"):
-        (ood / folder).mkdir(parents=True)
+        _image_folder(ood / folder)
     for table, out, what in (("table8", imagenet / "train" / "r", "--imagenet train/"),
                              ("table8", imagenet / "val" / "r", "--imagenet val/"),
                              ("table8", ood / "SUN" / "x" / "r", "--ood-root (SUN)"),
@@ -260,10 +269,10 @@ def test_each_tables_missing_data_is_named_by_its_own_table_and_flag(tmp_path, m
     monkeypatch.setattr(data, "_reachable", lambda host: False)
     ood, empty, ran = tmp_path / "ood", tmp_path / "cifar", []
     for folder in ("Textures", "Places", "LSUN", "iSUN", "iNaturalist"):
-        (ood / folder).mkdir(parents=True)
+        _image_folder(ood / folder)
     (ood / "SUN").write_text("not a folder")
     for folder in (empty, tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val"):
-        folder.mkdir(parents=True)
+        _image_folder(folder)
 
     def refusal(table, **kw):
         with pytest.raises(UserError) as e:
@@ -384,11 +393,12 @@ def test_a_refused_stage_folder_names_the_command_it_holds_and_the_folder_to_rem
 
 
 def _table8_fakes(tmp_path, ran: list, version: dict):
-    """Table 8's data folders (empty) under ``tmp_path``, its options with ``--out tmp_path/o``, and
-    a stand-in for its stages: each fit writes a split and a prompt of the bytes ``version`` gives
-    its folder (b"0" by default), each eval an empty metrics.json; ``ran`` gets each folder's name."""
+    """Table 8's data folders under ``tmp_path`` (one empty image file each), its options with
+    ``--out tmp_path/o``, and a stand-in for its stages: each fit writes a split and a prompt of the
+    bytes ``version`` gives its folder (b"0" by default), each eval an empty metrics.json; ``ran``
+    gets each folder's name."""
     for folder in ("imagenet/train", "imagenet/val", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
+        _image_folder(tmp_path / folder)
 
     def write(path: Path, data: bytes):  # (by rename, as the commands write: a link there is replaced)
         path.with_name(path.name + ".tmp").write_bytes(data)
@@ -730,7 +740,7 @@ def test_the_first_ood_folder_found_under_ood_root_is_used(tmp_path):
     found is used: dtd/images (the images of the DTD archive) before dtd itself."""
     root = tmp_path / "ood"
     for name in ("iNaturalist", "SUN", "Places365", "dtd/images"):
-        (root / name).mkdir(parents=True)
+        _image_folder(root / name)
 
     def ood_of(p):
         return _ood_dirs(p.stages[-1].argv)
@@ -749,7 +759,7 @@ def test_lower_case_places365_and_a_bare_dtd_folder_are_found(tmp_path):
     DTD archive unpacked without its images/ level)."""
     root = tmp_path / "ood"
     for name in ("iNaturalist", "SUN", "places365", "dtd/banded"):
-        (root / name).mkdir(parents=True)
+        _image_folder(root / name)
     given = _ood_dirs(plan("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path),
                                                      ood_root=str(root))).stages[-1].argv)
     assert (given["Places"], given["Textures"]) == (str(root / "places365"), str(root / "dtd"))
@@ -762,7 +772,7 @@ def test_a_missing_cifar_root_is_named_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "_reachable", lambda host: False)
     for name in ("Textures", "Places", "LSUN", "iSUN"):
-        (tmp_path / name).mkdir()
+        _image_folder(tmp_path / name)
     missing, ran = tmp_path / "nope", []
     with pytest.raises(UserError) as e:
         run_reproduce("table2", ReproduceOptions(out=str(tmp_path / "o"), cifar_root=str(missing),
@@ -772,13 +782,14 @@ def test_a_missing_cifar_root_is_named_once(tmp_path, monkeypatch):
 
 
 def _table2_fakes(tmp_path, interrupt: set):
-    """Table 2's data folders (empty) under ``tmp_path``, its options, and a stand-in for its
+    """Table 2's data folders under ``tmp_path``, its options, and a stand-in for its
     stages: a stage named in ``interrupt`` writes its checkpoint.pt and is interrupted (Ctrl-C,
     the name taken out of ``interrupt``); the others write their final file."""
     from clip_smot.reproduce import FINAL_FILE
 
-    for name in ("cifar-10-batches-py", "Textures", "Places", "LSUN", "iSUN"):
-        (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / "cifar-10-batches-py").mkdir(exist_ok=True)
+    for name in ("Textures", "Places", "LSUN", "iSUN"):
+        _image_folder(tmp_path / name)
 
     def fake(argv):
         folder = Path(argv[argv.index("--out") + 1])
@@ -996,7 +1007,7 @@ def test_an_imagenet_root_without_val_is_refused_before_the_fits(tmp_path):
     from clip_smot.reproduce import run_reproduce
 
     for folder in ("imagenet/train", "ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
+        _image_folder(tmp_path / folder)
     ran = []
     with pytest.raises(UserError) as e:
         run_reproduce("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path / "imagenet"),
@@ -1018,7 +1029,7 @@ def test_table4_refuses_an_imagenet_root_without_val_or_train_before_the_trainin
     from clip_smot.reproduce import run_reproduce
 
     for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
+        _image_folder(tmp_path / folder)
     ran = []
     for split, other in (("train", "val"), ("val", "train")):
         imagenet = tmp_path / f"imagenet-{split}"
@@ -1029,6 +1040,32 @@ def test_table4_refuses_an_imagenet_root_without_val_or_train_before_the_trainin
                           echo=lambda line: None)
         assert str(e.value) == f"--imagenet: no such folder: {imagenet / other}"
     assert ran == [] and not (tmp_path / "o").exists()
+
+
+def test_a_folder_of_images_holding_none_is_named_before_any_stage_runs(tmp_path):
+    """An OOD set's folder that is there but holds no image (a download that failed, an archive
+    unpacked elsewhere) passed the check of the data roots: the fits or trainings ran (hours on a
+    GPU) and the first evaluation stopped on it. Each such folder is named in one line before
+    anything runs; a file that is no image, or a hidden one, is none."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    for name in ("SUN", "Textures"):
+        (tmp_path / "ood" / name / "x.jpg").unlink()
+    (tmp_path / "ood" / "SUN" / "README.txt").write_text("the images are in SUN397.tar.gz")
+    (tmp_path / "ood" / "Textures" / "banded").mkdir()
+    (tmp_path / "ood" / "Textures" / "banded" / "._banded_0002.jpg").write_bytes(b"")
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    looked = "looked for .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm"
+    assert str(e.value) == (f"--ood-root (SUN) {tmp_path / 'ood' / 'SUN'}: no image files found ({looked}); "
+                            f"--ood-root (Textures) {tmp_path / 'ood' / 'Textures'}: no image files found ({looked})")
+    assert ran == [] and not (tmp_path / "o").exists()
+    (tmp_path / "ood" / "SUN" / "sun_a.jpg").touch()
+    (tmp_path / "ood" / "Textures" / "banded" / "banded_0002.jpg").touch()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
 
 
 def test_table8_refuses_val_class_folders_other_than_trains_before_the_fits(tmp_path):
@@ -1071,12 +1108,12 @@ def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(t
 
     imagenet, ran = tmp_path / "imagenet", []
     for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        (tmp_path / folder).mkdir(parents=True)
+        _image_folder(tmp_path / folder)
     wnids = imagenet200_wnids()
     for w in wnids:
-        (imagenet / "train" / w).mkdir(parents=True)
+        _image_folder(imagenet / "train" / w)
     for w in wnids[:-2]:  # (val/ lacks the last two)
-        (imagenet / "val" / w).mkdir(parents=True)
+        _image_folder(imagenet / "val" / w)
     with pytest.raises(UserError) as e:
         run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
                                                  ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
@@ -1322,7 +1359,7 @@ def test_the_torchvision_sets_checked_under_cifar_root_are_those_the_stages_read
     from clip_smot.reproduce import run_reproduce
 
     for name in ("Textures", "Places", "LSUN", "iSUN"):
-        (tmp_path / name).mkdir()
+        _image_folder(tmp_path / name)
     asked = []
     monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable",
                         lambda name, root: asked.append((name, root)) or f"no {name}")
@@ -1361,7 +1398,7 @@ def test_an_out_inside_an_imagenet_folder_a_cifar_table_does_not_read_is_allowed
 
     monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
     for folder in ("imagenet/train", "imagenet/val", "cifar", "ood/Textures", "ood/Places", "ood/LSUN", "ood/iSUN"):
-        (tmp_path / folder).mkdir(parents=True)
+        _image_folder(tmp_path / folder)
     out, ran = tmp_path / "imagenet" / "train" / "r", []
 
     def first(argv):
