@@ -77,7 +77,9 @@ def process_group(device: str):
                             "them") from None
         try:
             torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
-        except torch.distributed.DistError as e:  # (a port another program holds: the store cannot listen there)
+        # (a port another program holds: the store cannot listen there; torch 2.14 raises a
+        # DistNetworkError, a RuntimeError, torch 2.5 and 2.6 a plain RuntimeError)
+        except RuntimeError as e:
             raise UserError(f"{address}: the process group cannot start ({first_line(e)})") from None
     try:
         yield rank, local_rank, world
