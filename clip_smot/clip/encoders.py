@@ -355,6 +355,10 @@ class TextEncoder(nn.Module):
         dev = eot.device
         doc = torch.cat([torch.full((P,), -1, device=dev, dtype=index.dtype), index // S])  # [L]: prompt, -1: prefix
         L = doc.shape[0]
+        # (torch 2.5's create_block_mask calls the masks on positions rounded up to its 128-token
+        # blocks, past L and K: an IndexError there; padded, what they read past the end is unused)
+        doc = torch.cat([doc, doc.new_full((-L % 128,), -2)])  # [L rounded up]
+        eot_pos = torch.cat([eot_pos, eot_pos.new_full((-K % 128,), -1)])  # [K rounded up]
 
         def visible(q, kv):  # token q sees token kv
             return (kv <= q) & ((kv < P) | (doc[kv] == doc[q]))

@@ -453,6 +453,41 @@ def test_flex_block_mask_is_sparse_for_the_imagenet_prompts(clip):
     assert eots.kv_num_blocks[0, 0].sum() < 0.25 * 8 * 33
 
 
+def test_flex_masks_may_be_read_past_the_end_as_torch_2_5_reads_them(clip, monkeypatch):
+    """torch 2.5's create_block_mask called the mask functions on every position up to the
+    lengths rounded up to its 128-token blocks: the masks indexed past the token list (an
+    IndexError, the flex path unusable on that torch). Emulated here by calling them so first:
+    they answer there, and the masks within the lengths are the exact ones (checked against the
+    dense masks the same layout gives without the kernel)."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    real = flex.create_block_mask
+
+    def as_torch_2_5(mask_mod, B, H, Q_LEN, KV_LEN, device="cpu", **kwargs):
+        q = torch.arange(-(-Q_LEN // 128) * 128, device=device)
+        kv = torch.arange(-(-KV_LEN // 128) * 128, device=device)
+        mask_mod(None, None, q[:, None], kv[None, :])  # [Q rounded up, KV rounded up]
+        return real(mask_mod, B, H, Q_LEN, KV_LEN, device=device, **kwargs)
+
+    monkeypatch.setattr(flex, "create_block_mask", as_torch_2_5)
+    learner = PromptLearner(clip, NAMES, n_ctx=4, attention="flex")
+    P = learner.prefix_len
+    args = (learner.suffix_eot, learner.packed_index, len(NAMES), learner.seq_len - P, P)
+    learner.encoder.flex_kernel = True
+    tokens, eots = learner.encoder._layout(*args)["masks"]
+    learner.encoder.flex_kernel, learner.encoder._layouts = False, {}
+    dense_tokens, dense_eots = learner.encoder._layout(*args)["masks"]
+    assert torch.equal(tokens.to_dense()[0, 0], _blocks(dense_tokens))
+    assert torch.equal(eots.to_dense()[0, 0], _blocks(dense_eots))
+
+
+def _blocks(mask: torch.Tensor) -> torch.Tensor:
+    """Which 128 x 128 blocks of a dense boolean mask hold any True (as a BlockMask's to_dense())."""
+    rows, cols = -(-mask.shape[0] // 128) * 128, -(-mask.shape[1] // 128) * 128
+    padded = torch.zeros(rows, cols, dtype=torch.bool)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    return padded.view(rows // 128, 128, cols // 128, 128).any(dim=3).any(dim=1).to(torch.int32)
+
+
 def test_too_many_context_vectors_name_the_flag_and_the_limit(clip):
     import re
 
