@@ -190,6 +190,9 @@ def _lock_file(lock: Path, flag: str, out: Path) -> tuple[int, tuple[int, int]] 
             if e.errno == errno.ENOENT:  # (its folder, made by a command that has just stopped, was removed)
                 make_folder(lock.parent, flag)
                 continue
+            if e.errno == errno.EISDIR and not os.path.islink(lock):  # (a folder: no lock of ours, as a FIFO is)
+                raise UserError(f"{flag} {out}: {lock}, the name of its lock file, holds something else; move it "
+                                "away") from None
             return None
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)

@@ -801,6 +801,20 @@ def test_a_fifo_at_the_lock_files_name_is_refused_and_left(tmp_path):
     assert _open_fds() == before  # (the refused lock file's descriptor is closed)
 
 
+def test_a_folder_at_the_lock_files_name_is_refused_and_left(tmp_path):
+    """A folder where the lock file goes (a user's, or an input named so): the lock's open failed
+    (EISDIR) and the command went on unlocked, a second one beside it too, both writing the same
+    --out. It is no lock of ours, as a FIFO is not: refused in one line, the folder left as it was."""
+    out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
+    lock.mkdir()
+    (lock / "mine.txt").write_text("a user's file")
+    with pytest.raises(UserError, match=rf"^--out {out}: {lock}, the name of its lock file, holds something else; "
+                                        "move it away$"):
+        with files.output_lock(out):
+            pass
+    assert os.listdir(lock) == ["mine.txt"] and not out.exists()
+
+
 def test_an_eval_out_holding_a_run_names_its_checkpoint_first(tmp_path):
     """A fit run folder (checkpoint.pt and prompt.safetensors) given as eval's --out: the line
     names the file that makes it a resumable run."""
