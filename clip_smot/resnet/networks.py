@@ -362,8 +362,9 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     from safetensors.torch import load_file, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: no such file")
+    if not path.is_file():  # (a FIFO or a device is there, but is no file: "no such file" sent the user looking)
+        raise UserError(f"{flag} {path}: " + ("not a regular file (a FIFO, a device)" if path.exists() else
+                                              "no such file"))
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from helpers import cam_resnet  # noqa: F401 (fixture)
@@ -74,6 +76,11 @@ def test_model_file_round_trip(tmp_path):
 def test_model_file_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_model(tmp_path / "none.safetensors")
+    # a FIFO (train --cam-model on a pipe, as under torchrun): it is there, so not "no such file"
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'pipe.safetensors'}: not a regular file "
+                                        r"\(a FIFO, a device\)$"):
+        load_model(tmp_path / "pipe.safetensors", flag="--cam-model")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(UserError, match="not a safetensors file"):
         load_model(tmp_path / "junk.safetensors")
