@@ -698,3 +698,31 @@ def test_control_characters_in_a_named_path_are_escaped_in_the_error_line(tmp_pa
     line = _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
                      "--out", str(tmp_path / "s.csv"), str(photos / "l.txt")], "does not exist", tmp_path)
     assert line == f"Error: PATH {photos / 'l.txt'}:2: {photos}/a\\u0000b\\u001b[2J.png does not exist", line
+
+
+def test_a_fifo_or_a_folder_given_as_an_input_file_is_named_as_such(tmp_path, tiny, tiny_clip_checkpoint):
+    """--prompt, --model, --pretrained and export's --checkpoint given a FIFO said "no such file"
+    for a path that is there (the user looked for it); a folder named as a config or weights file
+    too. Each says what it is, and is not opened (a FIFO would wait for a writer)."""
+    prompt, photos = _prompt(tmp_path / "p.safetensors", tiny), _images(tmp_path / "photos")
+    for name in ("fifo.safetensors", "fifo.json", "fifo.pt"):
+        os.mkfifo(tmp_path / name)
+    for name in ("folder.json", "folder.pt"):
+        (tmp_path / name).mkdir()
+    fifo, score = "not a regular file (a FIFO, a device)", ["score", "--workers", "0", "--out", str(tmp_path / "s.csv")]
+    cases = [
+        (["--prompt", str(tmp_path / "fifo.safetensors")], f"--prompt {tmp_path / 'fifo.safetensors'}: {fifo}"),
+        (["--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--model", str(tmp_path / "fifo.json")],
+         f"--model {tmp_path / 'fifo.json'}: {fifo}"),
+        (["--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--model", str(tmp_path / "folder.json")],
+         f"--model {tmp_path / 'folder.json'}: a folder, not a model-config JSON file"),
+        (["--prompt", str(prompt), "--pretrained", str(tmp_path / "fifo.pt")],
+         f"--pretrained {tmp_path / 'fifo.pt'}: {fifo}"),
+        (["--prompt", str(prompt), "--pretrained", str(tmp_path / "folder.pt")],
+         f"--pretrained {tmp_path / 'folder.pt'}: a folder, not a checkpoint file"),
+    ]
+    for args, expected in cases:
+        assert _refused([*score, *args, str(photos)], expected, photos) == f"Error: {expected}"
+    expected = f"--checkpoint {tmp_path / 'fifo.pt'}: {fifo}"
+    assert _refused(["export", "--checkpoint", str(tmp_path / "fifo.pt"), "--out", str(tmp_path / "e.safetensors")],
+                    expected, photos) == f"Error: {expected}"

@@ -65,6 +65,7 @@ from clip_smot.common.files import (
     check_output,
     is_folder,
     make_folder,
+    missing_file,
     output_lock,
     parse_json,
     remove_stale_temporaries,
@@ -826,7 +827,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
     check_ranges(cfg)
     path, model, pretrained, device = Path(cfg.checkpoint), cfg.model, cfg.pretrained, cfg.device
     if not path.is_file():
-        raise UserError(f"--checkpoint {path}: no such file")
+        raise UserError(f"--checkpoint {path}: {missing_file(path, '--checkpoint')}")
     inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
               *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]
     check_output(cfg.out, "--out", inputs, run=path.parent)  # (the run's own prompt.safetensors: written again)

@@ -34,7 +34,7 @@ from PIL import Image
 
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import archive_overflow, plain_name, read_json, sha256_file
+from clip_smot.common.files import archive_overflow, missing_file, plain_name, read_json, sha256_file
 from clip_smot.common.network import host_reachable
 
 __all__ = [
@@ -173,7 +173,7 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
     if config_path(model):
         path = Path(model)
         if not os.path.isfile(path):
-            raise UserError(f"--model {model}: no such model-config JSON file")
+            raise UserError(f"--model {model}: {missing_file(path, '--model', 'model-config JSON file')}")
         try:
             cfg = read_json(path)
         except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, a file too large)
@@ -664,7 +664,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
             )
         return pretrained, "", implied, f"the {pretrained} weights of {name}"
     if any(pretrained.endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors")) or os.path.sep in pretrained:
-        raise UserError(f"--pretrained {pretrained}: no such checkpoint file")
+        raise UserError(f"--pretrained {pretrained}: {missing_file(pretrained, '--pretrained', 'checkpoint file')}")
     tags = list_pretrained_tags_by_model(name)
     raise UserError(
         f"--pretrained {pretrained}: not a pretrained tag of {name} (known tags: {', '.join(tags) or 'none'}) "

@@ -39,7 +39,7 @@ from clip_smot import __version__
 from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_save_safetensors, parse_json
+from clip_smot.common.files import atomic_save_safetensors, missing_file, parse_json
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens",
            "recorded_epochs", "save_prompt", "unfinished_note"]
@@ -160,7 +160,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     """Read a prompt file; anything that is not a valid prompt file is a UserError naming it."""
     path = str(path)
     if not os.path.isfile(path):
-        raise UserError(f"--prompt {path}: no such file")
+        raise UserError(f"--prompt {path}: {missing_file(path, '--prompt')}")
     try:
         f = safe_open(path, framework="pt")
     except (SafetensorError, OSError, ValueError) as e:

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -58,6 +58,16 @@ def is_file(path: str | os.PathLike, flag: str) -> bool:
     """``Path(path).is_file()``, with a UserError naming ``flag`` where it would raise (:func:`path_stat`)."""
     st = path_stat(path, flag)
     return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def missing_file(path: str | os.PathLike, flag: str, what: str = "file") -> str:
+    """Why ``path``, no regular file, cannot be read as a ``what`` (for ``"{flag} {path}: {why}"``):
+    nothing there, a folder, or a FIFO or device (which a read would wait on or never end; "no such
+    file" sent the user looking for a path that is there)."""
+    st = path_stat(path, flag)
+    if st is None:
+        return f"no such {what}"
+    return f"a folder, not a {what}" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, a device)"
 
 
 def is_folder(path: str | os.PathLike, flag: str) -> bool:

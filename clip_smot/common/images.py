@@ -13,7 +13,7 @@ from typing import Iterator
 from PIL import Image, UnidentifiedImageError
 
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import exists, given_path, is_file, is_folder
+from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
 __all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
 
@@ -150,10 +150,7 @@ def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iter
             binary or unreadable one (when the reading reaches it).
     """
     if not is_file(path, flag):  # (a FIFO would block the reading, a folder cannot be read)
-        if is_folder(path, flag):
-            raise UserError(f"{flag} {path}: a folder, not a {what}")
-        why = "not a regular file (a FIFO, a device)" if exists(path, flag) else f"no such {what}"
-        raise UserError(f"{flag} {path}: {why}")
+        raise UserError(f"{flag} {path}: {missing_file(path, flag, what)}")
     return _lines(path, flag, expected)
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save_safetensors, parse_json
+from clip_smot.common.files import atomic_save_safetensors, is_file, missing_file, parse_json
 
 __all__ = [
     "MODEL_FORMAT",
@@ -362,9 +362,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     from safetensors.torch import load_file, safe_open
 
     path = Path(path)
-    if not path.is_file():  # (a FIFO or a device is there, but is no file: "no such file" sent the user looking)
-        raise UserError(f"{flag} {path}: " + ("not a regular file (a FIFO, a device)" if path.exists() else
-                                              "no such file"))
+    if not is_file(path, flag):
+        raise UserError(f"{flag} {path}: {missing_file(path, flag)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})
