@@ -161,6 +161,10 @@ class FitConfig:
 # Options that may change between a run and its --resume.
 _RUN_CONTROL = ("workers", "device", "out", "split", "cuda_graph", "text_residual",
                 "text_attention", "compile", "overlap_encoders")  # (the split is compared by SHA-256)
+# Options a checkpoint and the config.json beside it may hold apart (run_folder.check_config_beside):
+# the run control, the inputs a resume may find at another path (their contents are compared:
+# _check_resumed_files) and the precision (recorded as it ran: fp16 on the CPU is bf16).
+_BESIDE_FREE = frozenset({*_RUN_CONTROL, "data", "model", "pretrained", "cam_model", "precision"})
 
 
 def check_config(cfg: FitConfig) -> None:
@@ -348,10 +352,16 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None, d
     """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`): an option
     given (``flags``; None: those not at their default) must be the saved one; the others are the
     saved ones, the run-control options the current ones. A precision is compared by what runs
-    on ``device`` (``--precision fp16`` on the CPU resumes a run recorded as bf16)."""
+    on ``device`` (``--precision fp16`` on the CPU resumes a run recorded as bf16). A checkpoint
+    whose options are not those of the config.json beside it is another run's: refused."""
     from clip_smot.clip.fewshot import resolve_train_root
 
     old = saved["config"]
+    # the checkpoint is the run's own (the options of the config.json beside it); --ctx-init's
+    # n_ctx is its token count (an older run recorded the default: ctx_init is compared instead)
+    method = [f.name for f in dataclasses.fields(FitConfig)
+              if f.name not in _BESIDE_FREE and not (f.name == "n_ctx" and old.get("ctx_init"))]
+    rf.check_config_beside(cfg.out, old, method, f"--resume {Path(cfg.out) / rf.CHECKPOINT}")
     given = set(flags) if flags is not None else rf.explicit_fields(cfg)
     if old.get("precision") in PRECISIONS and \
             resolve_precision(cfg.precision, device) == resolve_precision(old["precision"], device):

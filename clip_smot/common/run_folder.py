@@ -12,7 +12,8 @@
 
 A resume follows one policy (:func:`resume_options`): an option given again must equal the
 saved one, an option not given takes the saved value, and the run-control options (device,
-workers, ...) are the current ones.
+workers, ...) are the current ones. The checkpoint must be the run's own: its options must be
+those of the config.json beside it (:func:`check_config_beside`).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from clip_smot.common.files import (
 )
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "CheckpointError", "append_log",
-           "capture_rng", "check_new_run", "check_start", "explicit_fields", "finished", "holds_its_values",
-           "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint", "refuse_other_flags",
-           "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
+           "capture_rng", "check_config_beside", "check_new_run", "check_start", "explicit_fields", "finished",
+           "holds_its_values", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
+           "refuse_other_flags", "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
 
 CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
 # The value of a checkpoint's "format" key -> what a message calls such a checkpoint.
@@ -285,6 +286,42 @@ def resume_options(saved: dict, wanted: dict, given: Collection[str], free: Coll
     """
     refuse_other_flags([k for k in wanted if k in given and k not in free and wanted[k] != saved.get(k)], out)
     return {**saved, **{k: wanted[k] for k in free if k in wanted}}
+
+
+def check_config_beside(out: str | Path, saved: dict, compared: Collection[str], where: str) -> None:
+    """Refuse a checkpoint that is not of the run whose ``OUT/config.json`` lies beside it: one
+    whose saved options (``saved``: its config) differ from config.json's in one of ``compared``
+    (the options that make the method; not the run control, nor the inputs that may move) that
+    both hold (a config.json of an older clip-smot lacks newer keys). A resume takes each option
+    not given from the checkpoint: a checkpoint copied in from another run (a ``--loss ce`` run's
+    into a SMOT run's folder) went on as that run, under the folder's name, exit 0. A run writes
+    config.json at each start, from the options it then saves in each checkpoint, so the two agree
+    in a folder only it wrote; a config.json that cannot be read is not compared (a resume
+    rewrites it).
+
+    Raises:
+        UserError: naming ``where`` (the checkpoint), config.json and each option that differs,
+            with both values.
+    """
+    path = Path(out) / CONFIG
+    try:
+        beside = read_json(path)
+    except (OSError, ValueError):
+        return
+    if not isinstance(beside, dict):
+        return
+    differ = [k for k in compared if k in saved and k in beside and saved[k] != beside[k]]
+    if differ:
+        shown = "; ".join(f"--{k.replace('_', '-')}: {_shown(saved[k])} in the checkpoint, {_shown(beside[k])} in "
+                          f"{CONFIG}" for k in differ)
+        raise UserError(f"{where}: not a checkpoint of the run that {path} records ({shown}); was it copied from "
+                        "another run? put the run's own back, or start a new run in another --out")
+
+
+def _shown(value: Any) -> str:
+    """An option's value as :func:`check_config_beside` shows it (text as it is, at most 40 characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Collection[str],

@@ -401,6 +401,9 @@ def _inner(model):
 
 
 _RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "cuda_graph")
+# Options a checkpoint and the config.json beside it may hold apart (run_folder.check_config_beside):
+# those above, and the inputs a resume may find at another path (their contents are compared)
+_BESIDE_FREE = frozenset({*_RESUME_FREE, "data", "cam_model"})
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
@@ -472,8 +475,9 @@ def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
 def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: int,
             dry_run: bool) -> tuple[TrainConfig, dict, bool]:
     """The options of a resumed run (:func:`~clip_smot.common.run_folder.resume_options`: a flag
-    given must be the saved one; ``--epochs`` may grow), its checkpoint, and whether a data set
-    may be downloaded (not into a folder only the checkpoint names)."""
+    given must be the saved one; ``--epochs`` may grow), its checkpoint (the run's own: of the
+    options of the config.json beside it), and whether a data set may be downloaded (not into a
+    folder only the checkpoint names)."""
     out = Path(cfg.out)
     ckpt, saved = _load_checkpoint(out / rf.CHECKPOINT)
     given = {k for k in (flags if flags is not None else rf.explicit_fields(cfg)) if getattr(cfg, k) is not None}
@@ -492,13 +496,17 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
         raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
                         "with as many or more")
+    resumed = TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs}))
+    check_ranges(resumed)  # (an option out of range is a damaged checkpoint, said so before it is compared)
+    rf.check_config_beside(out, ckpt["config"], [f.name for f in dataclasses.fields(TrainConfig)
+                                                 if f.name not in _BESIDE_FREE], f"--resume {out / rf.CHECKPOINT}")
     was = ckpt.get("world_size")  # (None: a run saved before it was kept)
     if was is not None and was != world and rank == 0 and not dry_run:
         print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "
               f"the same global batch, but the remaining epochs are not those of an uninterrupted run of {was} "
               "(crops, thresholds and BatchNorm statistics are per process)", file=sys.stderr)
     download = cfg.data is not None or saved.data is None
-    return TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs})), ckpt, download
+    return resumed, ckpt, download
 
 
 def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, rank: int, world: int,

@@ -474,6 +474,48 @@ def test_resume_with_the_same_files_under_other_paths(fit_args, tmp_path, one_ep
     assert res.exit_code == 1 and "lam" in res.output.strip().splitlines()[-1]  # other options still refused
 
 
+def test_a_checkpoint_of_another_run_copied_in_is_refused_naming_the_options(fit_args, tmp_path, one_epoch):
+    """A --resume takes each option not given from the checkpoint: the checkpoint of a --loss ce
+    run copied into a SMOT run's folder (its prompt gone, as reproduce table8 resumes fit-smot with
+    no --loss) went on as a CoOp run there, exit 0, and reproduce put it in the SMOT row. The
+    options of config.json, which the run wrote at its start, are those of its checkpoints: one
+    line names those that differ and both files; nothing is written."""
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "coop", "--loss", "ce"))
+    assert res.exit_code == 0, res.output
+    run = shutil.copytree(one_epoch, tmp_path / "smot")
+    (run / "prompt.safetensors").unlink()
+    shutil.copy(tmp_path / "coop" / "checkpoint.pt", run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for args in (fit_args(run, "--resume"), ["fit", "--out", str(run), "--resume"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and _last_error_line(res) == (
+            f"Error: --resume {run / 'checkpoint.pt'}: not a checkpoint of the run that {run / 'config.json'} records "
+            "(--loss: ce in the checkpoint, smot in config.json); was it copied from another run? put the run's own "
+            "back, or start a new run in another --out"), res.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # several options, each named with both values; the run control, the precision and the input
+    # files (compared by their contents) are not compared, nor a key that config.json lacks
+    config = json.loads((run / "config.json").read_text())
+    config |= {"lam": 0.5, "epochs": 3, "workers": 7, "device": "cuda", "precision": "bf16", "model": "elsewhere.json"}
+    del config["seed"]
+    (run / "config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 1 and "(--loss: ce in the checkpoint, smot in config.json; --lam: 0.1 in the checkpoint, " \
+        "0.5 in config.json; --epochs: 1 in the checkpoint, 3 in config.json)" in _last_error_line(res), res.output
+    # the run's own checkpoint under such a config.json (a resume with other run control stopped
+    # before its first epoch rewrote it) resumes; a config.json that cannot be read is not compared
+    shutil.copy(one_epoch / "checkpoint.pt", run / "checkpoint.pt")
+    config |= {"lam": 0.1, "epochs": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 0, res.output
+    (run / "prompt.safetensors").unlink()
+    shutil.copy(tmp_path / "coop" / "checkpoint.pt", run / "checkpoint.pt")
+    (run / "config.json").write_text("{")
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 0, res.output
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
     import clip_smot.clip.step as step_module
 
@@ -747,6 +789,9 @@ def test_resume_asks_for_no_cam_model_file_the_run_does_not_read(one_epoch, tmp_
         saved["config"].update(loss=loss, cam_model=cam)
         saved["config"]["run"].update(cam_model=cam if loss == "smot" else None, cam_model_sha256=None)
     _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt", edit)
+    config = json.loads((run / "config.json").read_text())  # (such a run wrote it so: a --resume compares them)
+    edit({"config": config})
+    (run / "config.json").write_text(json.dumps(config))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"cached")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

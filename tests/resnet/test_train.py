@@ -771,6 +771,34 @@ def test_two_process_ddp_resume_through_the_dataloader_path_is_exact(tmp_path):
     assert (tmp_path / "a" / "log.jsonl").read_text().count("\n") == 2
 
 
+def test_a_checkpoint_of_another_run_copied_in_is_refused_naming_the_options(folders, stopped_run, tmp_path):
+    """A --resume takes each option not given from the checkpoint: the checkpoint of a
+    --method logitnorm run copied into a base (CE) run's folder (reproduce table2 resumes
+    train-base with no --method) went on as a LogitNorm run there, exit 0. The options of
+    config.json, which the run wrote at its start, are those of its checkpoints: one line names
+    those that differ and both files; nothing is written."""
+    other = tmp_path / "logitnorm"
+    assert run_train(_cfg(folders, other, epochs=2, method="logitnorm"), stop_after=1) == {"stopped_after": 1}
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), "--stage", "base", *TINY, "--epochs", "2",
+                                 "--out", str(run), "--resume"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: --resume {run / 'checkpoint.pt'}: not a checkpoint of the run that {run / 'config.json'} records "
+        "(--method: logitnorm in the checkpoint, ce in config.json); was it copied from another run? put the run's "
+        "own back, or start a new run in another --out"), r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # the run control, the data folder (it may move) and a key config.json lacks (an older run's)
+    # are not compared: the run's own checkpoint resumes under such a config.json
+    shutil.copy(stopped_run / "checkpoint.pt", run / "checkpoint.pt")
+    config = json.loads((run / "config.json").read_text())
+    config |= {"device": "cuda", "precision": "bf16", "workers": 7, "epochs": 5, "data": "/elsewhere"}
+    del config["lam"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_train(_cfg(folders, run, epochs=2), resume=True)["epochs"] == 2
+
+
 def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_path):
     """Runs made before --cam-model was refused for methods without CAMs kept it in their config."""
     out = tmp_path / "old"
