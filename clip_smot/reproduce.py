@@ -610,12 +610,37 @@ def _no_images(flag: str, path: str) -> str | None:
     return None
 
 
+def _val_holds_train(root: Path, train: Sequence[str], val: Sequence[str]) -> str | None:
+    """The error line of a class folder of ``root/val`` that is a class folder of ``root/train``
+    or a folder above one, symbolic links followed (a link to it, ``val`` a link to ``train``, a
+    bind mount reads as another folder and is not caught), or None. Its images are then training
+    images, each of them: the evaluations that fit scores on the training images refuse ID test
+    images among them (clip eval those of the prompt's few-shot split, one or more a class; resnet
+    eval, for react, every image of train/), after the fits or trainings. Only folders are
+    compared, no image is read: a val folder inside a train class folder, or image files linked
+    one by one, are still found by the evaluation alone."""
+    vals: dict[str, str] = {}
+    for name in val:
+        vals.setdefault(os.path.realpath(root / "val" / name), name)
+    for name in train:
+        path = os.path.realpath(root / "train" / name)
+        above = path
+        while above not in vals and os.path.dirname(above) != above:
+            above = os.path.dirname(above)
+        if above in vals:
+            return (f"--imagenet: {root / 'val' / vals[above]} {'is' if above == path else 'holds'} "
+                    f"{root / 'train' / name} (symbolic links followed): its images are training images, which the "
+                    "evaluation refuses as ID test images; give val/ its own images")
+    return None
+
+
 def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
     """What is wrong with the class folders of ``--imagenet`` for the stages of ``p`` (each an
     error line; none: nothing): the CLIP fits learn the classes of ``train/`` and the zero-shot
     evaluation takes those of ``val/``, so they must be the same folders (a val/ with one class
     more or less gave the table's MCM row other classes than its CoOp and SMOT rows, exit 0);
-    the ImageNet-200 trainings and evaluations read the 200 wnids in ``train/`` and ``val/``."""
+    the ImageNet-200 trainings and evaluations read the 200 wnids in ``train/`` and ``val/``. A
+    class folder of val/ must not be one of train/ (:func:`_val_holds_train`)."""
     if not o.imagenet or not any(flag == "--imagenet" for flag, _ in p.inputs):
         return []
     root, problems = Path(o.imagenet), []
@@ -633,12 +658,17 @@ def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
             problems.append(f"--imagenet: the class folders of {root / 'val'} are not those of {root / 'train'} "
                             f"(val/ has {show(extra) or 'none'} more, {show(lacking) or 'none'} fewer); the prompts "
                             "learn train/'s classes and the zero-shot evaluation takes val/'s")
+        if train and (shared := _val_holds_train(root, train, val)):
+            problems.append(shared)
     if any("imagenet200" in stage.argv for stage in p.stages):
         for split in ("train", "val"):
             missing = [w for w in imagenet200_wnids() if not (root / split / w).is_dir()]
             if missing:
                 problems.append(f"--imagenet: {len(missing)} class folder(s) of ImageNet-200 missing from "
                                 f"{root / split}, e.g. {missing[0]}")
+        wnids = [w for w in imagenet200_wnids() if (root / "train" / w).is_dir() and (root / "val" / w).is_dir()]
+        if wnids and (shared := _val_holds_train(root, wnids, wnids)):
+            problems.append(shared)
     return problems
 
 

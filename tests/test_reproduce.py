@@ -1099,6 +1099,45 @@ def test_table8_refuses_val_class_folders_other_than_trains_before_the_fits(tmp_
     assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
 
 
+def test_table8_refuses_a_val_class_folder_that_is_a_train_one_before_the_fits(tmp_path):
+    """A class folder of IMAGENET/val that is one of IMAGENET/train (a symbolic link to it; val/
+    a link to train/; a link to train/ itself, which holds them all) makes its images training
+    images: the evaluation of the CoOp prompt refuses ID test images its scores are fitted on,
+    after both fits had run. It is one line before anything runs; a val folder with its own
+    images, though it links to train/'s image files one by one, is the evaluation's to find."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    imagenet = tmp_path / "imagenet"
+    for w in WNIDS:
+        _image_folder(imagenet / "train" / w)
+        _image_folder(imagenet / "val" / w)
+    shutil.rmtree(imagenet / "val" / WNIDS[1])
+    (imagenet / "val" / WNIDS[1]).symlink_to(imagenet / "train" / WNIDS[1])
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert str(e.value) == (f"--imagenet: {imagenet / 'val' / WNIDS[1]} is {imagenet / 'train' / WNIDS[1]} (symbolic "
+                            "links followed): its images are training images, which the evaluation refuses as ID test "
+                            "images; give val/ its own images")
+    (imagenet / "val" / WNIDS[1]).unlink()
+    (imagenet / "val" / WNIDS[1]).symlink_to(imagenet / "train")  # (a folder above the class folders)
+    with pytest.raises(UserError, match=f"^--imagenet: {imagenet / 'val' / WNIDS[1]} holds {imagenet / 'train'}/"):
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    (imagenet / "val" / WNIDS[1]).unlink()
+    shutil.move(imagenet / "val", imagenet / "val-own")
+    (imagenet / "val").symlink_to("train")
+    with pytest.raises(UserError, match=f"^--imagenet: {imagenet / 'val' / WNIDS[0]} is "):
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == [] and not (tmp_path / "o").exists()
+    (imagenet / "val").unlink()
+    shutil.move(imagenet / "val-own", imagenet / "val")
+    (imagenet / "val" / WNIDS[1]).mkdir()
+    (imagenet / "val" / WNIDS[1] / "x.jpg").symlink_to(imagenet / "train" / WNIDS[1] / "x.jpg")
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+
+
 def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(tmp_path):
     """The trainings read the 200 wnids of ImageNet-200 in IMAGENET/train, the evaluations in
     IMAGENET/val: a val/ lacking one ran the three trainings (hours on a GPU) before the first
@@ -1119,6 +1158,31 @@ def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(t
                                                  ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
     assert str(e.value) == (f"--imagenet: 2 class folder(s) of ImageNet-200 missing from {imagenet / 'val'}, "
                             f"e.g. {wnids[-2]}")
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
+def test_table4_refuses_a_val_wnid_folder_that_is_a_train_one_before_the_trainings(tmp_path):
+    """ImageNet-200's val/<wnid> linked to train/<wnid>: the base model's evaluation, whose react
+    is fitted on every training image, refused its ID test images after the three trainings. It is
+    one line before anything runs, as for table8."""
+    from clip_smot.common.bundled import imagenet200_wnids
+    from clip_smot.reproduce import run_reproduce
+
+    imagenet, ran = tmp_path / "imagenet", []
+    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        _image_folder(tmp_path / folder)
+    wnids = imagenet200_wnids()
+    for w in wnids:
+        _image_folder(imagenet / "train" / w)
+        if w != wnids[7]:
+            _image_folder(imagenet / "val" / w)
+    (imagenet / "val" / wnids[7]).symlink_to(imagenet / "train" / wnids[7])
+    with pytest.raises(UserError) as e:
+        run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
+                                                 ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
+    assert str(e.value) == (f"--imagenet: {imagenet / 'val' / wnids[7]} is {imagenet / 'train' / wnids[7]} (symbolic "
+                            "links followed): its images are training images, which the evaluation refuses as ID test "
+                            "images; give val/ its own images")
     assert ran == [] and not (tmp_path / "o").exists()
 
 
