@@ -1138,6 +1138,19 @@ def test_table8_refuses_a_val_class_folder_that_is_a_train_one_before_the_fits(t
     assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
 
 
+def _imagenet200(tmp_path, imagenet, val):
+    """The MOS OOD sets under tmp_path/ood, ImageNet-200's 200 wnids in IMAGENET/train and the
+    wnids ``val`` in IMAGENET/val, each a folder of images."""
+    from clip_smot.common.bundled import imagenet200_wnids
+
+    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
+        _image_folder(tmp_path / folder)
+    for w in imagenet200_wnids():
+        _image_folder(imagenet / "train" / w)
+    for w in val:
+        _image_folder(imagenet / "val" / w)
+
+
 def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(tmp_path):
     """The trainings read the 200 wnids of ImageNet-200 in IMAGENET/train, the evaluations in
     IMAGENET/val: a val/ lacking one ran the three trainings (hours on a GPU) before the first
@@ -1145,14 +1158,8 @@ def test_table4_refuses_a_split_lacking_imagenet200_wnids_before_the_trainings(t
     from clip_smot.common.bundled import imagenet200_wnids
     from clip_smot.reproduce import run_reproduce
 
-    imagenet, ran = tmp_path / "imagenet", []
-    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        _image_folder(tmp_path / folder)
-    wnids = imagenet200_wnids()
-    for w in wnids:
-        _image_folder(imagenet / "train" / w)
-    for w in wnids[:-2]:  # (val/ lacks the last two)
-        _image_folder(imagenet / "val" / w)
+    imagenet, ran, wnids = tmp_path / "imagenet", [], imagenet200_wnids()
+    _imagenet200(tmp_path, imagenet, val=wnids[:-2])  # (val/ lacks the last two)
     with pytest.raises(UserError) as e:
         run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
                                                  ood_root=str(tmp_path / "ood")), ran.append, echo=lambda line: None)
@@ -1168,14 +1175,8 @@ def test_table4_refuses_a_val_wnid_folder_that_is_a_train_one_before_the_trainin
     from clip_smot.common.bundled import imagenet200_wnids
     from clip_smot.reproduce import run_reproduce
 
-    imagenet, ran = tmp_path / "imagenet", []
-    for folder in ("ood/iNaturalist", "ood/SUN", "ood/Places", "ood/Textures"):
-        _image_folder(tmp_path / folder)
-    wnids = imagenet200_wnids()
-    for w in wnids:
-        _image_folder(imagenet / "train" / w)
-        if w != wnids[7]:
-            _image_folder(imagenet / "val" / w)
+    imagenet, ran, wnids = tmp_path / "imagenet", [], imagenet200_wnids()
+    _imagenet200(tmp_path, imagenet, val=[w for w in wnids if w != wnids[7]])
     (imagenet / "val" / wnids[7]).symlink_to(imagenet / "train" / wnids[7])
     with pytest.raises(UserError) as e:
         run_reproduce("table4", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(imagenet),
