@@ -20,6 +20,17 @@ def test_dash_h_is_help_as_well():
         assert short.exit_code == 0 and short.output == long.output and "Usage:" in short.output, argv
 
 
+@pytest.mark.parametrize("command", ["score", "eval", "train"])
+def test_device_help_names_cuda_n_where_the_command_takes_it(command):
+    """score, eval and train take --device cuda:N (README, "Commands"; a wrong one is answered with
+    "choose auto, cpu, cuda or cuda:N"), but their --help said only "auto, cpu or cuda"."""
+    import re
+
+    out = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+    device = re.search(r"--device TEXT\s+(.*)", out).group(1)
+    assert "cuda:N" in device, device
+
+
 def test_the_cli_starts_without_open_clip_or_dynamo():
     """open_clip (about 2 s), torch._dynamo (about 1 s), scikit-learn (about 2 s) and matplotlib are
     imported only by the commands that use them."""

@@ -52,7 +52,7 @@ class ScoreConfig(JsonConfig):
     scores: str = setting("mcm", "Comma-separated: mcm, msp, energy, maxlogit, gl-mcm (ViT only), odin, gradnorm "
                           "(react, knn, vim: clip-smot eval).")
     batch_size: int = setting(256, min=1, max=MAX_BATCH)
-    device: str = setting("auto", "auto, cpu or cuda.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
     skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
     use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")

@@ -55,7 +55,7 @@ class EvalConfig(JsonConfig):
                               flag="--fpr-convention", choices=CONVENTIONS)
     batch_size: int = setting(256, min=1, max=MAX_BATCH)
     workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
-    device: str = setting("auto", "auto, cpu or cuda.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     out: str = setting(help="Output folder for the metric files.", path="dir")
 
     def read_sets(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:

@@ -140,7 +140,7 @@ class TrainConfig(JsonConfig):
     logitnorm_tau: float = setting(0.04, flag=False, min=0, min_open=True)  # LogitNorm temperature (method logitnorm)
     input_size: int | None = setting(None, f"Square input size, 8 to {MAX_INPUT_SIZE} (default 32 for "
                                      "CIFAR/digits/small folders, 224 otherwise).", min=8, max=MAX_INPUT_SIZE)
-    device: str = setting("auto", "auto, cpu or cuda (torchrun: one GPU per process).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
     precision: str = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU (where fp16 runs as bf16).", choices=("auto", *PRECISIONS))
     seed: int = setting(0, min=0, max=MAX_SEED)
     workers: int = setting(4, "DataLoader workers (224-pixel sets; small images live on the device).", min=0,
