@@ -244,9 +244,11 @@ def _load_data(cfg: FitConfig, image_size: int):
         resolve_train_root,
     )
     from clip_smot.common.digits import ensure_digits
+    from clip_smot.common.images import refuse_loose_images
 
     root = resolve_train_root(cfg.data) if cfg.data else ensure_digits(size=image_size) / "train"
     classes = resolve_classes(root)
+    refuse_loose_images(root)  # (as train refuses it: it was left out of the draw without a word)
     split = read_split(cfg.split, classes) if cfg.split else draw_split(classes, cfg.shots, cfg.seed)
     return classes, split
 

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -251,6 +251,22 @@ def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
     if not names:
         raise UserError(f"{flag} {root}: no class folders inside (expected {root}/<class>/<image>)")
     return names
+
+
+def refuse_loose_images(root: str | os.PathLike, flag: str = "--data") -> None:
+    """Refuse images lying beside the class folders of ``root``: such an image has no class, and
+    was left out of the set without a word (a val/ half sorted into class folders scored and
+    counted its sorted half alone). Files that are no images (notes.txt) and hidden files are
+    no part of a set and are let be.
+
+    Raises:
+        UserError: naming ``root``, the count and the first such image.
+    """
+    root = Path(root)
+    loose = sorted(image_names(root, [p.name for p in root.iterdir() if not p.name.startswith(".")]))
+    if loose:
+        raise UserError(f"{flag} {root}: {len(loose)} image(s) beside the class folders, e.g. {loose[0]}: an image "
+                        "has no class there; move each into its class folder, or out of this folder")
 
 
 # what escape_path writes as an escape: the backslash itself, control characters (line breaks, tab),

@@ -36,7 +36,7 @@ from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import file_lock, is_folder
 from clip_smot.common.image_sets import image_set
-from clip_smot.common.images import class_folders, image_names, list_images, load_image
+from clip_smot.common.images import class_folders, list_images, load_image, refuse_loose_images
 from clip_smot.common.network import host_reachable as _reachable
 from clip_smot.common.workers import started
 
@@ -208,12 +208,7 @@ def _mean_std(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 
 def _folder_split(root: Path, flag: str, classnames: Sequence[str] | None = None) -> tuple[list[str], list[Path], torch.Tensor]:
     names = class_folders(root, flag)
-    # an image beside the class folders has no class: it was left out of the set without a word
-    # (a val/ half sorted into class folders scored and counted its sorted half alone)
-    loose = sorted(image_names(root, [p.name for p in root.iterdir() if not p.name.startswith(".")]))
-    if loose:
-        raise UserError(f"{flag} {root}: {len(loose)} image(s) beside the class folders, e.g. {loose[0]}: an image "
-                        "has no class there; move each into its class folder, or out of this folder")
+    refuse_loose_images(root, flag)
     if classnames is not None and list(names) != list(classnames):
         extra = sorted(set(names) - set(classnames))
         lacking = sorted(set(classnames) - set(names))

@@ -628,6 +628,31 @@ def test_a_one_class_run_says_its_loss_is_zero(tmp_path, cam_resnet, tiny_clip_c
         assert (loss == 0) == (len(classes) == 1), res.stdout
 
 
+def test_an_image_beside_the_class_folders_is_refused_as_train_refuses_it(tmp_path, cam_resnet, tiny_clip_config,
+                                                                          tiny_clip_checkpoint):
+    """An image lying beside the class folders of DATA/train has no class: fit left it out of
+    the few-shot draw without a word (train refuses the same folder). It is one line now, before
+    anything is written; a file that is no image, and a hidden one, are let be."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for c in ("cat", "dog"):
+        (data / "train" / c).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / "train" / c / f"{k}.png")
+    (data / "train" / "notes.txt").write_text("not an image")
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / "train" / ".hidden.png")
+    argv = ["fit", "--data", str(data), "--shots", "2", "--model", tiny_clip_config, "--pretrained",
+            tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4", "--batch-size", "4", "--device", "cpu",
+            "--workers", "0", "--dry-run", "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(cli, argv).exit_code == 0
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / "train" / "stray.jpg")
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --data {data / 'train'}: 1 image(s) beside the class folders, e.g. stray.jpg: an image has no "
+        "class there; move each into its class folder, or out of this folder")
+    assert not (tmp_path / "run").exists()
+
+
 def test_without_internet_the_clip_weights_error_comes_first(tmp_path):
     res = CliRunner().invoke(cli, ["fit", "--shots", "16", "--out", str(tmp_path / "run")])
     assert res.exit_code == 1
