@@ -37,7 +37,7 @@ from clip_smot.clip.encoders import (
     packed_index,
 )
 from clip_smot.clip.model import ClipModel
-from clip_smot.clip.prompt_file import CLASS_POSITIONS, PromptFile, load_prompt, prompt_tokens
+from clip_smot.clip.prompt_file import CLASS_POSITIONS, PromptFile, load_prompt, prompt_tokens, tokens
 from clip_smot.common.errors import UserError
 
 __all__ = [
@@ -99,11 +99,11 @@ def _name_lengths(tokenize, classnames: list[str], n_ctx: int, ctx_init: str | N
     name_lens = (_eot_index(tokenize(list(classnames))) - 1).tolist()
     n_name, name = max(zip(name_lens, classnames))  # the longest class name decides
     if prompt_tokens(n_ctx, n_name) > L_max:
-        flag = f"--ctx-init {quote_words(ctx_init)} ({n_ctx} tokens)" if ctx_init else f"--n-ctx {n_ctx}"
+        flag = f"--ctx-init {quote_words(ctx_init)} ({tokens(n_ctx)})" if ctx_init else f"--n-ctx {n_ctx}"
         fits = L_max - prompt_tokens(0, n_name)
         hint = ("no context fits beside that name" if fits < 1 else  # words set n_ctx: fewer words, then
-                f"use words of at most {fits} tokens" if ctx_init else f"use at most --n-ctx {fits}")
-        raise UserError(f"{flag}: the prompt of class {name!r} ({n_name} name tokens) needs "
+                f"use words of at most {tokens(fits)}" if ctx_init else f"use at most --n-ctx {fits}")
+        raise UserError(f"{flag}: the prompt of class {name!r} (a name of {tokens(n_name)}) needs "
                         f"{prompt_tokens(n_ctx, n_name)} of the text encoder's {L_max} tokens; {hint}")
     return name_lens
 

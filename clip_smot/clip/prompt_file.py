@@ -41,12 +41,17 @@ from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, missing_file, parse_json
 
-__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens",
+__all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens", "tokens",
            "recorded_epochs", "save_prompt", "unfinished_note"]
 
 FORMAT = "clip-smot-prompt"
 FORMAT_VERSION = "1"
 CLASS_POSITIONS = ("end", "middle", "front")
+
+
+def tokens(n: int) -> str:
+    """``"1 token"``, ``"2 tokens"``: a count of tokens as messages write it."""
+    return f"{n} token{'s' * (n != 1)}"
 
 
 def prompt_tokens(n_ctx: int, n_name: int) -> int:
@@ -314,7 +319,7 @@ def _check_n_ctx(path: str, n_ctx: int, classnames: list[str], model_config: dic
     long = [k for k, name in enumerate(classnames) if len(name.lower().encode("utf-8", "surrogatepass")) > budget]
     n_name, k = max(zip(count_tokens([classnames[k] for k in long]), long), default=(0, 0))
     if prompt_tokens(n_ctx, n_name) > L:
-        raise UserError(f"--prompt {path}: the prompt of class {k} ({classnames[k][:40]!r}, {n_name} name tokens) "
+        raise UserError(f"--prompt {path}: the prompt of class {k} ({classnames[k][:40]!r}, a name of {tokens(n_name)}) "
                         f"needs {prompt_tokens(n_ctx, n_name)} of the model's {L} tokens with n_ctx {n_ctx}")
 
 

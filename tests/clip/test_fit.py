@@ -1924,7 +1924,7 @@ def test_seed_and_n_ctx_out_of_bounds_are_refused_before_allocating(tiny_clip_co
     check_config(FitConfig(seed=2**63 - 1))
     clip = load_clip(tiny_clip_config, tiny_clip_checkpoint, torch.device("cpu"))
     t0 = time.perf_counter()
-    with pytest.raises(UserError, match=r"^--n-ctx 1000000000: the prompt of class 'dog' \(1 name tokens\) needs "
+    with pytest.raises(UserError, match=r"^--n-ctx 1000000000: the prompt of class 'dog' \(a name of 1 token\) needs "
                                         r"1000000004 of the text encoder's 77 tokens; use at most --n-ctx 73$"):
         PromptLearner(clip, ["cat", "dog"], n_ctx=10**9, csc=True)
     assert time.perf_counter() - t0 < 5

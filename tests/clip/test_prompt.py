@@ -89,17 +89,17 @@ def test_a_context_of_one_word_is_that_words_sentence(clip, csc):
 def test_words_of_74_tokens_are_whole_and_meet_the_class_names_limit(clip):
     """74 one-token words: start + 74 + end is 76 of the 77 positions, so the tokenizer cut nothing;
     what is refused is the class beside them: 1 + 74 + 1 ('cat') + 2 = 78 tokens, 73 words fit."""
-    with pytest.raises(UserError, match=r"^--ctx-init 'a a .*\(74 tokens\): the prompt of class 'cat' \(1 name "
-                                        r"tokens\) needs 78 of the text encoder's 77 tokens; use words of at most 73 tokens$"):
+    with pytest.raises(UserError, match=r"^--ctx-init 'a a .*\(74 tokens\): the prompt of class 'cat' \(a name of "
+                                        r"1 token\) needs 78 of the text encoder's 77 tokens; use words of at most 73 tokens$"):
         PromptLearner(clip, ["cat"], ctx_init=" ".join(["a"] * 74))
 
 
 def test_beside_a_name_of_73_tokens_one_context_vector_fits(clip):
     """77 less 1 + 73 + 2 is 1: the hint is that one vector (or one word) fits, not that none does."""
-    with pytest.raises(UserError, match=r"\(73 name tokens\) needs 78 of the text encoder's 77 tokens; use at most "
+    with pytest.raises(UserError, match=r"\(a name of 73 tokens\) needs 78 of the text encoder's 77 tokens; use at most "
                                         r"--n-ctx 1$"):
         PromptLearner(clip, ["1" * 73], n_ctx=2)
-    with pytest.raises(UserError, match=r"needs 78 of the text encoder's 77 tokens; use words of at most 1 tokens$"):
+    with pytest.raises(UserError, match=r"needs 78 of the text encoder's 77 tokens; use words of at most 1 token$"):
         PromptLearner(clip, ["1" * 73], ctx_init="a photo")
     assert PromptLearner(clip, ["1" * 73], n_ctx=1).seq_len == 77
 
@@ -302,13 +302,13 @@ def test_a_prompt_too_long_for_the_text_encoder_names_the_flag_and_what_fits(cli
     the longest class name wherever it stands, and the n_ctx that fits beside it: 77 less its
     1 + 72 + 2 tokens is 2 for a name of 72 digits (one token each); beside a name of 74 none."""
     long_name = "1" * 72
-    with pytest.raises(UserError, match=rf"^--n-ctx 16: the prompt of class '{long_name}' \(72 name tokens\) needs 91 "
+    with pytest.raises(UserError, match=rf"^--n-ctx 16: the prompt of class '{long_name}' \(a name of 72 tokens\) needs 91 "
                                         r"of the text encoder's 77 tokens; use at most --n-ctx 2$"):
         PromptLearner(clip, ["goldfish", long_name, "cat"], n_ctx=16)
     with pytest.raises(UserError, match=r"^--ctx-init 'a photo of a' \(4 tokens\): the prompt of class .* needs 79 of "
                                         r"the text encoder's 77 tokens; use words of at most 2 tokens$"):
         PromptLearner(clip, ["goldfish", long_name], ctx_init="a photo of a")
-    with pytest.raises(UserError, match=r"\(74 name tokens\) needs 78 of the text encoder's 77 tokens; "
+    with pytest.raises(UserError, match=r"\(a name of 74 tokens\) needs 78 of the text encoder's 77 tokens; "
                                         r"no context fits beside that name$"):
         PromptLearner(clip, ["1" * 74], n_ctx=1)
     with pytest.raises(UserError, match=r"^--ctx-init '  ': has no tokens$"):

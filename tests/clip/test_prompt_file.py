@@ -392,11 +392,11 @@ def test_class_names_whose_tokens_would_take_long_to_count_are_refused(tmp_path,
     (0, ["a", "b c", "d"], r"n_ctx 0 is not in \[1, 74\]"),
     (200, ["a", "b c", "d"], r"n_ctx 200 is not in \[1, 74\]"),
     (75, ["a", "b c", "d"], r"n_ctx 75 is not in \[1, 74\]"),  # (one past the edge: 1 + 75 + 2 = 78 tokens, no name)
-    (74, ["a", "b c", "d"], r"the prompt of class 1 \('b c', 2 name tokens\) needs 79 of the model's 77 tokens "
+    (74, ["a", "b c", "d"], r"the prompt of class 1 \('b c', a name of 2 tokens\) needs 79 of the model's 77 tokens "
                             r"with n_ctx 74$"),
     # one token too many at the edge: 71 digits are 71 bytes and 71 tokens, one more than the 70 that
     # n_ctx 4 leaves a name (a name of no more bytes than that is not tokenized: it cannot overflow)
-    (4, ["a", "1" * 71, "d"], (rf"the prompt of class 1 \('{'1' * 40}', 71 name tokens\) needs 78 of the "
+    (4, ["a", "1" * 71, "d"], (rf"the prompt of class 1 \('{'1' * 40}', a name of 71 tokens\) needs 78 of the "
                                r"model's 77 tokens with n_ctx 4$")),
 ])
 def test_n_ctx_and_the_class_names_must_fit_the_context_length(tmp_path, n_ctx, classnames, error):
@@ -489,7 +489,7 @@ def test_a_name_of_few_characters_but_many_bytes_is_tokenized(tmp_path):
     assert int(open_clip.tokenize([name]).argmax()) - 1 == 72  # (start token, 72, end token)
     _save(tmp_path / "p.safetensors", classnames=["a", name, "d"])
     with pytest.raises(UserError, match=rf"^--prompt {tmp_path / 'p.safetensors'}: the prompt of class 1 "
-                                        r"\('一{36}', 72 name tokens\) needs 79 of the model's 77 tokens with n_ctx 4$"):
+                                        r"\('一{36}', a name of 72 tokens\) needs 79 of the model's 77 tokens with n_ctx 4$"):
         load_prompt(tmp_path / "p.safetensors")
 
 
