@@ -66,8 +66,8 @@ class ReproduceOptions:
 
     out: str = setting(help="Output folder: one sub-folder per stage, then table.md and table.csv.", path="dir")
     imagenet: str | None = setting(None, "IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).", path="dir")
-    ood_root: str | None = setting(None, "Folder of the OOD sets: iNaturalist, SUN, Places, Textures (or dtd/images), "
-                                   "iSUN, LSUN.", path="dir")
+    ood_root: str | None = setting(None, "Folder of the OOD sets: iNaturalist, SUN, Places (or Places365, places365), "
+                                   "Textures (or dtd/images, dtd), iSUN, LSUN.", path="dir")
     cifar_root: str | None = setting(None, "torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).",
                                      path="dir")
     model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -1185,6 +1186,19 @@ def test_table4_refuses_a_val_wnid_folder_that_is_a_train_one_before_the_trainin
                             "links followed): its images are training images, which the evaluation refuses as ID test "
                             "images; give val/ its own images")
     assert ran == [] and not (tmp_path / "o").exists()
+
+
+def test_every_ood_folder_name_looked_for_is_in_the_help_and_the_docs():
+    """reproduce looks for each OOD set under several names (OOD_FOLDERS): --help and
+    docs/reproduce.md name each, or a user with ``places365/`` cannot learn that it is read."""
+    from clip_smot.reproduce import OOD_FOLDERS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reproduce.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `--ood-root` |"))
+    help_text = " ".join(CliRunner().invoke(cli, ["reproduce", "--help"], terminal_width=400).output.split())
+    for name in (n for names in OOD_FOLDERS.values() for n in names):
+        assert f"`{name}`" in row, name
+        assert re.search(rf"[ (]{re.escape(name)}[ ,).]", help_text), name
 
 
 def test_an_unknown_table_is_one_line_naming_the_tables():
