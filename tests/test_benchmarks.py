@@ -362,6 +362,23 @@ def test_score_streaming_reports_memory_and_worker_times_at_tiny_sizes():
     assert all(workers[f"{k}_seconds"] > 0 for k in ("new_loader_a_chunk", "kept_workers", "one_chunk"))
 
 
+def test_tar_pax_header_times_a_listing_of_each_crafted_shard(tmp_path):
+    """Each size is one shard of a pax header of that many digits and a PNG member, which score's
+    listing finds (the header is parsed, however slowly), and a time."""
+    import tarfile
+
+    from tar_pax_header import crafted_shard
+
+    crafted_shard(tmp_path / "s.tar", 3000)
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        assert [m.name for m in tar.getmembers()] == ["k.png"]  # (the pax header is no member of its own)
+    out = _run_script("tar_pax_header.py", "--kib", "1,2")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(result["seconds_by_kib"]) == ["1", "2"] and all(t >= 0 for t in result["seconds_by_kib"].values())
+    assert "::k.png']" in out.stderr
+
+
 def test_fake_imagenet_distinct_links_every_image_to_one_of_n_jpegs(tmp_path):
     """--distinct 4: the same folders and file names as without it, every image a hard link to one
     of the pool's 4 JPEGs, taken in turn (so each is used), and done.json records it."""
