@@ -450,9 +450,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
 
 
 def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[str], object]],
-                       leftovers: tuple[str, ...] = ()) -> None:
+                       leftovers: tuple[str, ...] = (), last: str | None = None) -> None:
     """Write several files of ``folder`` as one: ``writers[name](tmp)`` fills a temporary file for
-    each; only when every one is written are they renamed into place, and then the files named in
+    each; only when every one is written are they renamed into place (``last``, one of them, after
+    all the others: the file whose presence says the set is complete), and then the files named in
     ``leftovers`` that were not written now are deleted (those of an earlier run that wrote more).
 
     A failure while writing (a full disk, an exception in a writer, Ctrl-C) leaves the folder as it
@@ -470,7 +471,7 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
     try:
         for name, write in writers.items():
             temps[name] = _write_temporary(folder / name, write)
-        for name, tmp in temps.items():
+        for name, tmp in sorted(temps.items(), key=lambda item: item[0] == last):  # (a stable sort)
             try:
                 os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
             except OSError as e:

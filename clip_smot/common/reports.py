@@ -242,7 +242,9 @@ def write_reports(
     make_folder(out)
     remove_stale_temporaries(out, REPORT_FILES, older_than_s=3600.0)  # of an evaluation killed while writing
     try:
-        atomic_write_files(out, writers, REPORT_FILES)
+        # metrics.json renamed last: a folder holding one holds every file of it, even after a kill within
+        # the renames (reproduce takes an evaluation whose metrics.json is there for finished, docs/reproduce.md)
+        atomic_write_files(out, writers, REPORT_FILES, last="metrics.json")
     except BaseException:
         if created:  # (left as it was: absent)
             with contextlib.suppress(OSError):

@@ -499,3 +499,35 @@ def test_eval_options_default_to_what_the_docs_say():
     cfg = EvalConfig(id_data="digits", ood={}, out="e")
     assert (cfg.convention, cfg.batch_size, cfg.workers, cfg.device, cfg.id_train, cfg.scores) == (
         "id", 256, 4, "auto", None, None)
+
+
+@pytest.mark.parametrize("renamed", range(5))
+def test_metrics_json_is_renamed_last_so_a_killed_evaluation_is_not_taken_for_finished(tmp_path, monkeypatch,
+                                                                                      renamed):
+    """A SIGKILL within the final renames: ``reproduce`` takes an evaluation whose metrics.json is
+    there for finished (docs/reproduce.md: its last file) and skips it, so metrics.json must be the
+    last file renamed into place. It was the second: a kill after it left a stage without its
+    metrics.md, config.json and scores_hist.png, skipped on every rerun. The kill is simulated by an
+    exception after ``renamed`` renames (the temporaries it leaves do not matter here)."""
+    import os
+
+    import clip_smot.common.files as files
+
+    class Killed(BaseException):
+        pass
+
+    real, done = os.replace, []
+
+    def replace_then_die(src, dst):
+        if len(done) == renamed:
+            raise Killed
+        real(src, dst)
+        done.append(os.path.basename(dst))
+
+    monkeypatch.setattr(files.os, "replace", replace_then_die)
+    out = tmp_path / "eval"
+    with pytest.raises(Killed):
+        write_reports(out, {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}},
+                      files={"config.json": "{}\n"})
+    assert "metrics.json" not in done  # (none of the 5 renames after it: every file is written before it)
+    assert not (out / "metrics.json").exists()
