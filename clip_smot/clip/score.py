@@ -28,7 +28,14 @@ from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_r
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import every_rank, same_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_write_text, check_output, file_key, read_json, sha256_file
+from clip_smot.common.files import (
+    atomic_write_text,
+    check_output,
+    file_key,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+)
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
 from clip_smot.common.progress import progress_bar
@@ -131,6 +138,9 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
     # prompt and the weights itself: one replaced meanwhile would mix two prompts' rows in the CSV)
     same_on_every_rank(run, f"--prompt {cfg.prompt}: what it is scored with (prompt, weights, precision, decoder)")
     if writer:
+        # the temporaries of a score to this --out killed while writing OUT.partial or its record (only
+        # this run writes them now: it holds the --out lock); nothing else removed them
+        remove_stale_temporaries(partial.parent, (partial.name, run_file.name))
         _start_partial(partial, header, keep)
         atomic_write_text(json.dumps(run, sort_keys=True) + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None

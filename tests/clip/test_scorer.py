@@ -1460,6 +1460,25 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     assert f"(its first line: {'x' * 117}...)" in res.output
 
 
+def test_temporaries_of_a_score_killed_while_starting_its_partial_are_removed(tmp_path, tiny, tiny_clip_checkpoint):
+    """A score killed (SIGKILL) while it wrote OUT.partial's header or OUT.partial.json left a hidden
+    temporary beside the CSV that no later run removed. The next score to that --out removes them
+    (it holds the --out lock: no other run writes them); other hidden files are let be."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    out = tmp_path / "o"
+    out.mkdir()
+    left = [out / ".s.csv.partial.k3j_x1.tmp", out / ".s.csv.partial.json.9q2z0w.tmp"]
+    others = [out / ".t.csv.partial.k3j_x1.tmp", out / ".s.csv.notes"]
+    for f in left + others:
+        f.write_text("path,pred,pred_index,mcm\n")
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(out / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    assert not any(f.exists() for f in left) and all(f.exists() for f in others)
+    assert sorted(f.name for f in out.iterdir()) == sorted([".s.csv.notes", ".t.csv.partial.k3j_x1.tmp", "s.csv"])
+
+
 def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """Only the last row was checked, against the first file of its name at or after the row count:
     with an unreadable image skipped and an image named twice, the resumed CSV scored it three
