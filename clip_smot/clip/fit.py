@@ -61,9 +61,10 @@ from clip_smot.common.device import (
 )
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
-    atomic_write_text,
+    atomic_write_files,
     check_output,
     is_folder,
+    json_text,
     make_folder,
     missing_file,
     output_lock,
@@ -71,6 +72,7 @@ from clip_smot.common.files import (
     remove_stale_temporaries,
     same_file,
     sha256_file,
+    text_writer,
 )
 from clip_smot.common.image_sets import stray_wnids
 from clip_smot.common.progress import progress_bar, progress_write
@@ -533,9 +535,10 @@ def _run_fit(cfg: FitConfig, resume: bool, dry_run: bool, flags: Collection[str]
     images, labels, cams = _load_images(cfg, device, inputs, saved)
     training = _build(cfg, device, inputs, saved)
     if not dry_run:  # (once all that a resume reads has been checked)
-        if not own_split:  # (the same text otherwise: nothing to replace)
-            atomic_write_text(inputs.text, out / "split.txt")
-        rf.write_config(out, inputs.config)
+        # split.txt and config.json as one (config.json last): a split alone, where the disk filled
+        # at config.json, is no stopped run's to a rerun, and there is no checkpoint to --resume
+        files = {} if own_split else {"split.txt": text_writer(inputs.text)}  # (own: the same text)
+        atomic_write_files(out, {**files, rf.CONFIG: text_writer(json_text(inputs.config))}, last=rf.CONFIG)
         rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
     if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0, dry_run):
         _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,

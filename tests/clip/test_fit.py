@@ -2136,3 +2136,36 @@ def test_a_run_resumes_on_its_data_moved_to_another_folder(fit_args, imagenet_di
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str((moved / "train").resolve())
     straight, resumed = (load_file(str(tmp_path / d / "prompt.safetensors")) for d in ("straight", "run"))
     torch.testing.assert_close(resumed["ctx"], straight["ctx"], rtol=0, atol=0)
+
+
+def _full_disk_at(monkeypatch, name: str) -> None:
+    """Every atomic write of a file called ``name`` fails as on a full disk (ENOSPC)."""
+    import errno
+
+    import clip_smot.common.files as files
+
+    real = files._write_temporary
+
+    def write_temporary(path, write):
+        if Path(path).name == name:
+            def write(tmp):
+                Path(tmp).write_bytes(b"{")  # (part of it, as a full disk leaves)
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+    monkeypatch.setattr(files, "_write_temporary", write_temporary)
+
+
+def test_a_full_disk_at_config_json_leaves_no_split_that_blocks_the_rerun(tmp_path, fit_args, monkeypatch):
+    """The disk full when config.json was written, after split.txt: the split alone was left, no
+    stopped run's to a rerun ("its split.txt is not of a clip-smot fit run ...") and no checkpoint
+    to --resume, so the user had to find and remove it. The two are written as one now."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _full_disk_at(m, "config.json")
+        res = CliRunner().invoke(cli, fit_args(out))
+    assert res.exit_code == 1
+    assert _last_error_line(res) == f"Error: cannot write {out / 'config.json'}: No space left on device"
+    assert not (out / "split.txt").exists() and not list(out.glob(".*.tmp"))
+    res = CliRunner().invoke(cli, fit_args(out))  # space freed: the same command runs
+    assert res.exit_code == 0, res.output
+    assert (out / "prompt.safetensors").is_file() and (out / "split.txt").is_file()
