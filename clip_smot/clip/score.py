@@ -10,6 +10,7 @@ written against PATHS and the run file, keeps them, and scores the images after 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -273,14 +274,25 @@ def _check_run_file(run_file: Path, run: dict, partial: Path) -> None:
 
 
 def _append(partial: Path, text: str) -> None:
+    """Append a chunk's rows ``text`` to ``partial``, all or none: a failed write (a full disk,
+    which writes part of them first; Ctrl-C) is cut back to the rows before it, so that a
+    --resume scores that chunk whole, in the batches of an uninterrupted run (the rest of a cut
+    chunk would be encoded in others: other last digits of its scores)."""
+    size = None
     try:
         # (a lone surrogate, a byte of a class name that is not UTF-8, is written as its escape)
         with open(partial, "a", encoding="utf-8", errors="backslashreplace", newline="") as f:
+            size = os.fstat(f.fileno()).st_size
             f.write(text)
             f.flush()
             os.fsync(f.fileno())  # a row once written survives a crash of the machine too
-    except OSError as e:
-        raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+    except BaseException as e:
+        if size is not None:  # (once the file is closed: its buffer's rest is written or dropped by then)
+            with contextlib.suppress(OSError):
+                os.truncate(partial, size)
+        if isinstance(e, OSError):
+            raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+        raise
 
 
 MAX_RECORD = 1 << 20  # bytes of one CSV record (a path, a class name and the scores) that --resume reads

@@ -1985,3 +1985,54 @@ def test_score_paths_reads_lists_and_shards_as_score_does(tmp_path, tiny):
         got = scorer.score_paths([arg], ["mcm"], workers=0, use_cache=False)
         assert [os.path.basename(str(p).split("::")[-1]) for p in got.paths] == [os.path.basename(p) for p in names]
         torch.testing.assert_close(got.scores["mcm"], folder.scores["mcm"], atol=1e-6, rtol=0)
+
+
+def test_a_full_disk_while_appending_a_chunk_leaves_whole_chunks_and_resumes_to_the_same_csv(
+        tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """The disk full while a chunk's rows were appended to OUT.partial (part of them written, as a
+    full disk's short write leaves): the partial kept those rows, and --resume scored the rest of
+    that chunk in other batches (last digits of the scores not those of an uninterrupted run).
+    A failed append is taken back now: the partial holds whole chunks, the error line names it,
+    and --resume gives the uninterrupted run's CSV byte for byte."""
+    import errno
+
+    import clip_smot.clip.score as score
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")
+    whole = (tmp_path / "whole.csv").read_bytes()
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+    appends = []
+
+    class FullDisk:  # the second chunk's append: its first 100 characters written, then ENOSPC
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            appends.append(text)
+            if len(appends) == 2:
+                self.f.write(text[:100])
+                self.f.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(text)
+
+    with monkeypatch.context() as m, pytest.raises(UserError) as e:
+        m.setattr(score, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    assert str(e.value) == f"--out {partial}: cannot be written (No space left on device)"
+    assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:6])  # (header, 1 chunk)
+    seen, real = [], PromptScorer.score_files
+    monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
+                        or real(self, files, *a, **k))
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)  # space freed
+    assert seen == [5, 2, 5, 2] and out.read_bytes() == whole and not partial.exists()
