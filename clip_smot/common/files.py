@@ -387,9 +387,13 @@ def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
 
 def _write_error(path: Path, e: Exception) -> UserError:
     """One line for a failed write of ``path``. A full disk is named as such: torch.save reports
-    it as a RuntimeError ('unexpected pos ...'), safetensors as a SafetensorError."""
+    it as a RuntimeError ('unexpected pos ...'), safetensors as a SafetensorError (with the
+    system's error number, given here as the system's reason: out of inodes, bytes are free)."""
+    os_error = re.search(r"\(os error (\d+)\)", str(e))  # (Rust's io::Error, as safetensors reports it)
     if isinstance(e, OSError) and e.strerror:  # (the system's own reason: a full disk says so itself)
         reason = e.strerror
+    elif os_error and not isinstance(e, OSError):  # (its message names safetensors' own temporary file)
+        reason = os.strerror(int(os_error.group(1)))
     else:
         reason = f"{type(e).__name__}: {first_line(e)}"
         with contextlib.suppress(OSError):  # (/proc, /sys and read-only mounts report 0 bytes free too)

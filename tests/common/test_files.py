@@ -1030,3 +1030,25 @@ def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_pa
     (tmp_path / "cut.pt").write_bytes(bytes(raw[:record]))
     (tmp_path / "late.pt").write_bytes(b"X" + bytes(raw))
     assert files.archive_overflow(tmp_path / "cut.pt") is None and files.archive_overflow(tmp_path / "late.pt") is None
+
+
+def test_a_safetensors_write_error_gives_the_systems_reason_not_its_temporary_path(tmp_path, monkeypatch):
+    """safetensors writes through a temporary file of its own (``.tmpXXXXXX``) and reports a failed
+    write as a SafetensorError naming it, with the system's error number. On a file system out of
+    inodes (bytes free, so not read as a full disk) the line was 'SafetensorError: Error while
+    serializing: I/O error: No space left on device (os error 28) at path ".../.tmpzbCBZi"': the
+    system's reason, as for an OSError, and no path of a file that never was."""
+    from safetensors import SafetensorError
+
+    _plenty_of_space(monkeypatch)
+    path = tmp_path / "prompt.safetensors"
+
+    def fail(tensors, tmp, metadata=None):
+        raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at path '
+                              f'"{tmp_path / ".tmpzbCBZi"}"')
+
+    monkeypatch.setattr("safetensors.torch.save_file", fail)
+    with pytest.raises(UserError) as e:
+        files.atomic_save_safetensors({"x": files.torch.zeros(2)}, path, {})
+    assert str(e.value) == f"cannot write {path}: {os.strerror(errno.ENOSPC)}"
+    assert os.listdir(tmp_path) == []
