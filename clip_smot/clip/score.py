@@ -290,8 +290,9 @@ def _append(partial: Path, text: str) -> None:
         if size is not None:  # (once the file is closed: its buffer's rest is written or dropped by then)
             with contextlib.suppress(OSError):
                 os.truncate(partial, size)
-        if isinstance(e, OSError):
-            raise UserError(f"--out {partial}: cannot be written ({e.strerror or e})") from None
+        if isinstance(e, OSError):  # (the rows before are kept: without --resume a rerun would start over)
+            raise UserError(f"--out {partial}: cannot be written ({e.strerror or e}); the rows before are kept: once "
+                            "that is put right, the same command with --resume finishes it") from None
         raise
 
 

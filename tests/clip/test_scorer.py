@@ -2029,7 +2029,8 @@ def test_a_full_disk_while_appending_a_chunk_leaves_whole_chunks_and_resumes_to_
     with monkeypatch.context() as m, pytest.raises(UserError) as e:
         m.setattr(score, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
         _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
-    assert str(e.value) == f"--out {partial}: cannot be written (No space left on device)"
+    assert str(e.value) == (f"--out {partial}: cannot be written (No space left on device); the rows before are kept: "
+                            "once that is put right, the same command with --resume finishes it")
     assert not out.exists() and partial.read_bytes() == b"".join(whole.splitlines(True)[:6])  # (header, 1 chunk)
     seen, real = [], PromptScorer.score_files
     monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
