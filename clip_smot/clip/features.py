@@ -295,6 +295,10 @@ def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, path
                         "or overflow")
 
 
+# cache folders a write to which failed and was noted: once a process (later entries are still tried)
+_UNWRITTEN: set[str] = set()
+
+
 def encode_files(
     clip: ClipModel,
     paths: Sequence[str | os.PathLike],
@@ -350,7 +354,10 @@ def encode_files(
             try:
                 _write_cache(entry, feats)
             except UserError as e:  # a full disk or quota where the cache lives: the features are here anyway
-                print(f"note: the feature cache was not written ({e}); --no-cache skips it", file=sys.stderr)
+                if str(entry.parent) not in _UNWRITTEN:  # (score writes one entry a chunk: ~150 notes for 50,000 images)
+                    _UNWRITTEN.add(str(entry.parent))
+                    print(f"note: the feature cache was not written ({e}); --no-cache skips it (said once)",
+                          file=sys.stderr)
     elif feats.skipped and not skip_unreadable:
         raise UserError(feats.skipped[0][1])
     return feats

@@ -552,7 +552,8 @@ def _bmp_bytes(array):
     return buf.getvalue()
 
 
-def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
+                                                                capsys):
     """A full disk or quota where the cache lives failed the whole run after all the encoding."""
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path)
@@ -562,6 +563,18 @@ def test_a_cache_that_cannot_be_written_is_a_note_not_a_failure(tmp_path, tiny, 
     assert res.exit_code == 0, res.output
     assert len(read_csv(tmp_path / "s.csv")) == 12
     assert res.stderr.startswith("note: the feature cache was not written (cannot write ") and "--no-cache" in res.stderr
+    # score writes one entry a chunk: the note was printed for each (about 150 for ImageNet's val); now once
+    from clip_smot.clip.score import ScoreConfig, run_score
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache2"))
+    (tmp_path / "cache2").write_text("a file where the cache folder should be")
+    run_score(ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=(str(id_dir),), out=str(tmp_path / "c.csv"),
+                          pretrained=tiny_clip_checkpoint, workers=0, device="cpu"), chunk=4)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "feature cache was not written" in line]
+    assert len(notes) == 1 and notes[0].endswith("--no-cache skips it (said once)"), notes
+    chunked, whole = read_csv(tmp_path / "c.csv"), read_csv(tmp_path / "s.csv")  # (other batches: last digits)
+    assert [r["path"] for r in chunked] == [r["path"] for r in whole]
+    assert [float(r["mcm"]) for r in chunked] == pytest.approx([float(r["mcm"]) for r in whole], abs=1e-6)
 
 
 def _with_header(entry: bytes, edit) -> bytes:
