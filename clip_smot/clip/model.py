@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
-from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.errors import UserError, cut, first_line
 from clip_smot.common.files import archive_overflow, missing_file, plain_name, read_json, sha256_file
 from clip_smot.common.network import host_reachable
 
@@ -414,8 +414,7 @@ def _is_positive_number(v: object) -> bool:
 
 def _shown(v: object) -> str:
     """``repr(v)``, cut to 40 characters (a value from a user's file may be long)."""
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return cut(repr(v))
 
 
 def check_model_config(cfg: object, source: str, prefix: str = "") -> None:

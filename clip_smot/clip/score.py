@@ -28,7 +28,7 @@ from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import every_rank, same_on_every_rank, writer_lock, writes_outputs
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, cut
 from clip_smot.common.files import (
     atomic_write_text,
     check_output,
@@ -395,8 +395,7 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
 def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserError:
     """The error of a partial CSV whose first line ``found`` is not the run's ``header``, shown with
     what is invisible escaped (a byte-order mark an editor added, a carriage return)."""
-    shown = ascii(found)[1:-1]
-    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    shown = cut(ascii(found)[1:-1], 120)
     return UserError(f"--resume: {partial} holds other columns than {','.join(header)} (its first line: {shown}); "
                      "give the same --scores")
 

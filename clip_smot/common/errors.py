@@ -6,7 +6,7 @@ wrong; the CLI prints that line and exits non-zero without a traceback (docs/met
 
 import re
 
-__all__ = ["UserError", "first_line", "load_error", "one_line"]
+__all__ = ["UserError", "cut", "first_line", "load_error", "one_line"]
 
 # control characters (C0, DEL, C1: str.splitlines breaks at some, a terminal acts on others, a NUL
 # ends a C string) and the Unicode line and paragraph separators, where str.splitlines breaks too
@@ -15,6 +15,12 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line, never with a traceback."""
+
+
+def cut(text: str, limit: int = 40) -> str:
+    """``text``, or its first ``limit - 3`` characters and ``...`` when it is longer than ``limit``
+    (a value quoted from a user's file may be long)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def first_line(e: BaseException, limit: int = 300) -> str:
@@ -26,7 +32,7 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     if not lines:
         return type(e).__name__
     text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cut(text, limit)
 
 
 def load_error(e: BaseException) -> str:

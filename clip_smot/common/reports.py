@@ -20,7 +20,7 @@ import numpy as np
 
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, setting
 from clip_smot.common.digits import written_folders
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, cut
 from clip_smot.common.files import (
     atomic_write_files,
     make_folder,
@@ -150,7 +150,7 @@ def _label(text: str) -> str:
 def _short(name: str, limit: int = 40) -> str:
     """An --ood name cut for a panel's title and legend: a long one collapsed its panel to nothing
     (with matplotlib's warning); the tables keep it whole."""
-    return name if len(name) <= limit else name[: limit - 3] + "..."
+    return cut(name, limit)
 
 
 def _bins(lo: float, hi: float, n: int = 40) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from clip_smot.common.device import file_over_memory
-from clip_smot.common.errors import UserError, first_line, load_error
+from clip_smot.common.errors import UserError, cut, first_line, load_error
 from clip_smot.common.files import (
     archive_overflow,
     atomic_save,
@@ -320,8 +320,7 @@ def check_config_beside(out: str | Path, saved: dict, compared: Collection[str],
 
 def _shown(value: Any) -> str:
     """An option's value as :func:`check_config_beside` shows it (text as it is, at most 40 characters)."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return cut(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
 def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Collection[str],

@@ -68,3 +68,9 @@ def test_one_line_escapes_every_control_and_line_separator():
     text = "a\nb\x00c\x1bd\x7fe\x85f\x9fg\u2028h\u2029i é\u00a0j"
     assert one_line(text) == ("a\\u000ab\\u0000c\\u001bd\\u007fe\\u0085f\\u009fg\\u2028h\\u2029i é\u00a0j")
     assert len(one_line(text).splitlines()) == 1
+
+
+def test_cut_keeps_text_up_to_the_limit_and_marks_a_longer_one():
+    from clip_smot.common.errors import cut
+
+    assert cut("abcde", 5) == "abcde" and cut("abcdef", 5) == "ab..." and cut("x" * 41) == "x" * 37 + "..."
