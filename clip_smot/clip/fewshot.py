@@ -36,10 +36,10 @@ from clip_smot.common.files import exists, is_folder, leaves_root
 from clip_smot.common.images import (
     class_folders,
     escape_path,
-    holds_folders,
     image_names,
     label_number,
     load_image,
+    split_folder,
     text_lines,
     unescape_path,
     walk_files,
@@ -79,13 +79,14 @@ class FewShotClasses:
 
 def resolve_train_root(data: str | os.PathLike, flag: str = "--data") -> Path:
     """``DATA/train`` when it is a folder of class folders, else ``DATA`` itself (a folder of
-    class folders, which may include a class named ``train``)."""
+    class folders, which may include a class named ``train``); refused when ``DATA`` holds
+    ``val/<class>/`` and no ``train/`` of class folders (:func:`split_folder`)."""
     data = Path(data)
     if not exists(data, flag):
         raise UserError(f"{flag} {data}: no such folder")
     if not is_folder(data, flag):
         raise UserError(f"{flag} {data}: not a folder (expected DATA/train/<class>/<image>)")
-    return data / "train" if holds_folders(data / "train") else data
+    return split_folder(data, "train", flag)
 
 
 def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotClasses:

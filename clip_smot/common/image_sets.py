@@ -28,10 +28,10 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import exists, file_key, given_path, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
     class_folders,
-    holds_folders,
     iter_images,
     label_number,
     list_images,
+    split_folder,
     text_lines,
 )
 from clip_smot.common.shards import is_shard, list_members
@@ -151,10 +151,10 @@ def _id_root(where: str | os.PathLike, flag: str) -> Path:
 
     Raises:
         UserError: ``where`` is empty (``Path("")`` is ``.``: an unset ``"$IMAGENET"`` read the
-            current folder as the ID set, or its sub-folders as zero-shot's classes).
+            current folder as the ID set, or its sub-folders as zero-shot's classes); or ``DIR``
+            holds ``train/<class>/`` and no ``val/`` of class folders (:func:`split_folder`).
     """
-    where = given_path(where, flag)
-    return where / "val" if holds_folders(where / "val") else where
+    return split_folder(given_path(where, flag), "val", flag)
 
 
 def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -236,6 +236,35 @@ def holds_folders(path: Path) -> bool:
     as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``). A
     path that cannot be looked at (a name too long) is not one: the caller's next check names it."""
     return os.path.isdir(path) and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+
+
+def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
+    """The folder of class folders for ``split`` ("train" or "val") of the folder ``root``:
+    ``root/split`` when it is a folder of class folders, else ``root`` itself (a folder of class
+    folders, which may include classes named ``train`` or ``val``).
+
+    Raises:
+        UserError: the other split of ``root`` is a folder of class folders but ``split`` is not
+            (missing, or flat: ImageNet's validation archive unpacks its 50,000 images into one
+            folder). ``root`` is a data set's top folder then, and reading it as a folder of class
+            folders would take ``train`` and ``val`` for two classes and score the training
+            images as test images.
+    """
+    root = Path(root)
+    if holds_folders(root / split):
+        return root / split
+    other = "val" if split == "train" else "train"
+    if not holds_folders(root / other):
+        return root
+    where = root / split
+    if not os.path.isdir(where):
+        raise UserError(f"{flag} {root}: it holds {other}/<class>/ but no {split}/ folder (expected "
+                        f"{where}/<class>/<image>)")
+    n = len(image_names(where, [p.name for p in where.iterdir() if not p.name.startswith(".")]))
+    if not n:
+        raise UserError(f"{flag} {root}: {where} holds no class folders (expected {where}/<class>/<image>)")
+    raise UserError(f"{flag} {root}: {where} holds {n} image(s) but no class folders (ImageNet's validation "
+                    f"archive unpacks so); sort them into {where}/<class>/ (docs/score.md)")
 
 
 def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:

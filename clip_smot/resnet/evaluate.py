@@ -31,7 +31,7 @@ from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, given_path, is_folder, output_lock
 from clip_smot.common.image_sets import check_apart, check_train_apart
-from clip_smot.common.images import holds_folders
+from clip_smot.common.images import split_folder
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
 from clip_smot.resnet.data import (
     BUILTIN_ID,
@@ -126,9 +126,7 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
     root = Path(id_data)
     if not is_folder(root, flag):  # (pathlib's is_dir raised OSError for a name too long: a traceback)
         raise UserError(f"{flag} {root}: no such folder (or built-in set: {', '.join(BUILTIN_ID)})")
-    if holds_folders(root / split):  # DIR/val/<class>/, not a class named "val"
-        root = root / split
-    return load_class_folders(root, classnames, size, flag)
+    return load_class_folders(split_folder(root, split, flag), classnames, size, flag)  # (DIR/val/<class>/ or DIR/<class>/)
 
 
 def _train_set(id_train: str | None, meta: dict) -> SizedImageSet:

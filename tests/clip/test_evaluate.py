@@ -567,3 +567,80 @@ def test_id_accuracy_is_the_percent_of_id_images_whose_predicted_class_is_their_
     assert accuracy == 75.0 and extra["n_images"] == {"id": 4} and "id_accuracy_note" not in extra
     id_s.labels = None
     assert _summary(SimpleNamespace(prompt=None), scorer, results, [], 0, 0.0)[1] is None
+
+
+def _imagenet_archives(root: Path, ids: dict[str, int], truth: list[str]) -> None:
+    """ImageNet's two validation archives in miniature, as torchvision's ImageNet reads them: the
+    devkit (``data/meta.mat``: the synsets with their ILSVRC2012_ID, WNID, words, gloss and
+    num_children, a parent synset among them; ``data/ILSVRC2012_validation_ground_truth.txt``: the
+    ILSVRC2012_ID of each validation image, in file-name order) and the image archive (flat)."""
+    import io
+    import tarfile
+
+    import scipy.io
+
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children"]
+    synsets = np.zeros((len(ids) + 1, 1), dtype=[(f, "O") for f in fields])
+    for i, (wnid, n) in enumerate([*ids.items(), ("n00001740", 0)]):  # (the last: entity, a parent of all)
+        synsets[i, 0] = (n or len(ids) + 1, wnid, wnid, "-", len(ids) if not n else 0)
+    mat = io.BytesIO()
+    scipy.io.savemat(mat, {"synsets": synsets})
+    text = "".join(f"{ids[w]}\n" for w in truth).encode()
+    with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        for name, data in (("meta.mat", mat.getvalue()), ("ILSVRC2012_validation_ground_truth.txt", text)):
+            info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/data/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    rng = np.random.default_rng(3)
+    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as tar:
+        for k in range(len(truth)):
+            data = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(data, "JPEG")
+            info = tarfile.TarInfo(f"ILSVRC2012_val_{k + 1:08d}.JPEG")
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+
+
+def test_imagenet_val_unpacked_flat_is_refused_and_torchvisions_sorting_labels_it(tmp_path, tiny_clip_config,
+                                                                                 tiny_clip_checkpoint, monkeypatch):
+    """ImageNet's validation archive unpacks its images into one folder. `eval --id IMAGENET` with
+    train/<wnid>/ beside such a val/ read IMAGENET's class folders: the ID set was the training
+    images plus the validation ones, as two classes `train` and `val` (exit 0, an accuracy of
+    those). It is refused in one line before anything is written. Sorted into wnid folders as
+    docs/score.md says, by torchvision's ImageNet(root, split="val") from the devkit's ground truth
+    (torchvision's code, not this project's), each image gets the label of its ground-truth wnid,
+    although the devkit numbers the classes in another order than the wnids'."""
+    import tarfile
+
+    import torchvision.datasets.imagenet as tv_imagenet
+
+    from helpers import WNIDS, _write_imagenet
+
+    root = _write_imagenet(tmp_path / "imagenet")
+    ids = {WNIDS[2]: 1, WNIDS[0]: 2, WNIDS[1]: 3}  # the devkit's ILSVRC2012_IDs: not the sorted wnid order
+    truth = [WNIDS[k] for k in (2, 0, 1, 1, 2, 0, 2)]
+    _imagenet_archives(root, ids, truth)
+    with tarfile.open(root / "ILSVRC2012_img_val.tar") as tar:  # what `tar xf` gives
+        tar.extractall(root / "val", filter="data")
+    (tmp_path / "ood").mkdir()
+    for k in range(4):
+        Image.fromarray(np.full((30, 30, 3), 60 * k, np.uint8)).save(tmp_path / "ood" / f"{k}.png")
+    out = tmp_path / "eval"
+    args = ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint, "--id", str(root),
+            "--ood", f"flat={tmp_path / 'ood'}", "--workers", "0", "--no-cache", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1
+    assert res.output == (f"Error: --id {root}: {root / 'val'} holds 7 image(s) but no class folders (ImageNet's "
+                          f"validation archive unpacks so); sort them into {root / 'val'}/<class>/ (docs/score.md)\n")
+    assert not out.exists()
+
+    shutil.rmtree(root / "val")  # docs/score.md's recipe, with the archives' checksums not checked (they are the real ones')
+    monkeypatch.setattr(tv_imagenet, "_verify_archive", lambda *a: None)
+    tv_imagenet.ImageNet(str(root), split="val")
+    assert sorted(p.name for p in (root / "val").iterdir()) == sorted(WNIDS)
+    s = id_set(root, folder_classnames(root))
+    assert sorted(p.name for p in s.paths) == [f"ILSVRC2012_val_{k + 1:08d}.JPEG" for k in range(len(truth))]
+    assert s.labels == [WNIDS.index(truth[int(p.name[15:23]) - 1]) for p in s.paths]
+    res = CliRunner().invoke(cli, args[:-1] + [str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["n_images"]["id"] == len(truth)

@@ -781,3 +781,45 @@ def test_an_empty_id_path_is_refused_not_the_current_folder(tmp_path, monkeypatc
             read()
         assert str(e.value) == message
     assert id_set(".", ["cat"]).paths == [Path("a.png")]  # ('.' is the current folder, as asked)
+
+
+def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_missing(tmp_path):
+    """DIR/train/<class>/ beside a flat DIR/val (ImageNet's validation archive unpacks its images
+    into one folder) made `eval --zero-shot --id DIR` read DIR's class folders: `train` and `val`
+    as two classes, the training images scored as ID test images, exit 0. Such a DIR is refused
+    in one line; a class that is merely named `val` or `train` is read as before."""
+    def image(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+
+    both = tmp_path / "both"
+    for split in ("train", "val"):
+        image(both / split / "n01440764" / "a.JPEG")
+    assert images.split_folder(both, "val", "--id") == both / "val"
+    assert images.split_folder(both, "train", "--data") == both / "train"
+    classes = tmp_path / "classes"  # a folder of class folders, two of them named train and val
+    for c in ("train", "val", "tram"):
+        image(classes / c / "0.png")
+    assert images.split_folder(classes, "val", "--id") == classes
+    assert images.split_folder(classes, "train", "--data") == classes
+
+    top = tmp_path / "imagenet"
+    image(top / "train" / "n01440764" / "a.JPEG")
+    with pytest.raises(UserError) as e:
+        images.split_folder(top, "val", "--id")
+    assert str(e.value) == f"--id {top}: it holds train/<class>/ but no val/ folder (expected {top / 'val'}/<class>/<image>)"
+    (top / "val").mkdir()
+    with pytest.raises(UserError) as e:
+        images.split_folder(top, "val", "--id")
+    assert str(e.value) == f"--id {top}: {top / 'val'} holds no class folders (expected {top / 'val'}/<class>/<image>)"
+    for k in (1, 2):
+        image(top / "val" / f"ILSVRC2012_val_{k:08d}.JPEG")
+    (top / "val" / "notes.txt").write_text("no image")
+    with pytest.raises(UserError) as e:
+        images.split_folder(top, "val", "--id")
+    assert str(e.value) == (f"--id {top}: {top / 'val'} holds 2 image(s) but no class folders (ImageNet's validation "
+                            f"archive unpacks so); sort them into {top / 'val'}/<class>/ (docs/score.md)")
+    image(tmp_path / "only_val" / "val" / "n01440764" / "a.JPEG")
+    with pytest.raises(UserError, match=rf"^--data {re.escape(str(tmp_path))}/only_val: it holds val/<class>/ but no "
+                                        "train/ folder"):
+        images.split_folder(tmp_path / "only_val", "train", "--data")
