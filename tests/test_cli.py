@@ -128,6 +128,12 @@ BAD_FLAGS = [
                     [])],  # (none of them: the same line, not an error of whatever ran without one)
     (["eval", "--checkpoint", "m.safetensors", "--split", "s.txt", "--id", "x", "--ood", "a=b", "--out", "e"],
      "--split is for the CLIP track"),
+    # an --id-train or --split that no requested score reads was ignored, a mistyped folder too
+    *[(["eval", *track, *given, "--id", "x", "--ood", "a=b", "--out", "e"], f"{given[0]} {given[1]}: only react, knn")
+      for track in (["--zero-shot"], ["--prompt", "p.safetensors", "--scores", "mcm,energy"],
+                    ["--checkpoint", "m.safetensors"])
+      for given in (["--id-train", "trian"], ["--split", "s.txt"])
+      if not (track[0] == "--checkpoint" and given[0] == "--split")],
 ]
 
 
@@ -639,3 +645,17 @@ def test_a_library_error_naming_a_file_with_a_newline_is_one_line_and_a_ctrl_c_e
                  ["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", "e"]):
         res = CliRunner().invoke(cli, argv)
         assert res.exit_code == 130 and res.output == "Error: interrupted\n", (argv, res.output)
+
+
+def test_an_id_train_no_score_reads_is_refused(tmp_path, monkeypatch):
+    """eval --id-train (and the CLIP track's --split) is read by react, knn and vim alone: with
+    --scores msp (or mcm) it was ignored, a mistyped folder too, and exit 0. One line names it."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--id-train",
+                                 "trian", "--scores", "msp,odin", "--out", "e"])
+    assert r.exit_code == 1 and r.output == ("Error: --id-train trian: only react, knn and vim are fitted on ID "
+                                             "training images, and --scores msp,odin names none of them\n"), r.output
+    r = CliRunner().invoke(cli, ["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--split", "s.txt", "--out", "e"])
+    assert r.exit_code == 1 and r.output == ("Error: --split s.txt: only react, knn and vim are fitted on ID training "
+                                             "images, and --scores mcm names none of them\n"), r.output
+    assert list(tmp_path.iterdir()) == []

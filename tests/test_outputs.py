@@ -355,7 +355,7 @@ def test_resnet_eval_out_inside_an_input_folder(tmp_path):
     _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--ood", f"noise={ood}", "--out",
               str(ood / "eval")], "is inside the --ood noise folder", tmp_path)
     _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--id-train", str(tmp_path), "--ood", "svhn",
-              "--out", str(tmp_path / "e")], "is inside the --id-train folder", tmp_path)
+              "--scores", "knn", "--out", str(tmp_path / "e")], "is inside the --id-train folder", tmp_path)
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "metrics.csv").symlink_to(ckpt)
     _refused(["eval", "--checkpoint", str(ckpt), "--id", "cifar10", "--ood", "svhn", "--out", str(tmp_path / "e")],

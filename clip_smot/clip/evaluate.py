@@ -43,7 +43,7 @@ from clip_smot.common.image_sets import (
     image_set,
     stray_wnids,
 )
-from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_id_train_used, check_ood_names, write_reports
 
 __all__ = ["ClipEvalConfig", "id_train_paths", "run_clip_eval"]
 
@@ -206,6 +206,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     check_ranges(cfg)
     check_ood_names(cfg.ood)
     names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
+    check_id_train_used({"--id-train": cfg.id_train, "--split": cfg.split}, names, FITTED_SCORES)
     lists, read_folders = cfg.read_sets()
     inputs = [("--prompt file", cfg.prompt), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--split file", cfg.split), *lists]

@@ -30,7 +30,7 @@ from clip_smot.common.files import (
 from clip_smot.common.image_sets import image_list_file
 from clip_smot.metrics import CONVENTIONS, ood_metrics
 
-__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "check_ood_names", "metric_table", "write_reports"]
+__all__ = ["METRIC_COLUMNS", "REPORT_FILES", "EvalConfig", "check_id_train_used", "check_ood_names", "metric_table", "write_reports"]
 
 METRIC_COLUMNS = ("fpr95", "auroc", "aupr_in", "aupr_out")
 # what an evaluation writes into its folder (config.json: the CLIP track's arguments)
@@ -69,6 +69,17 @@ class EvalConfig(JsonConfig):
         given = {flag: w for flag, w in given.items() if w is not None}
         return ([(f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items()],
                 [(f"the {flag} folder", w) for flag, w in given.items()] + written_folders())
+
+
+def check_id_train_used(given: dict[str, str | None], names: list[str], fitted: tuple[str, ...]) -> None:
+    """Raise a UserError for an ``--id-train`` (or ``--split``) given while none of the ``names``
+    of scores is fitted on ID training images: it was never read, so a mistyped folder, or a
+    belief that it changed msp or mcm, went unnoticed. ``given``: flag -> value, None when absent."""
+    used = [n for n in names if n in fitted]
+    for flag, value in given.items():
+        if value is not None and not used:
+            raise UserError(f"{flag} {value}: only {', '.join(fitted[:-1])} and {fitted[-1]} are fitted on ID "
+                            f"training images, and --scores {','.join(names)} names none of them")
 
 
 def check_ood_names(names) -> None:

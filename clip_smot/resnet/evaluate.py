@@ -32,7 +32,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, given_path, is_folder, output_lock
 from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import split_folder
-from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_ood_names, write_reports
+from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_id_train_used, check_ood_names, write_reports
 from clip_smot.resnet.data import (
     BUILTIN_ID,
     SizedImageSet,
@@ -245,6 +245,7 @@ def run_resnet_eval(cfg: ResnetEvalConfig) -> dict:
     check_ranges(cfg)
     check_ood_names(cfg.ood)
     names = _score_names(cfg.scores)
+    check_id_train_used({"--id-train": cfg.id_train}, names, TRAIN_FITTED)
     lists, folders = cfg.read_sets()
     inputs = [("--checkpoint file", cfg.checkpoint), *lists]
     check_output_folder(cfg.out, "--out", inputs, folders, writes=REPORT_FILES)
