@@ -244,23 +244,30 @@ def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
     folders, which may include classes named ``train`` or ``val``).
 
     Raises:
-        UserError: the other split of ``root`` is a folder of class folders but ``split`` is not
-            (missing, or flat: ImageNet's validation archive unpacks its 50,000 images into one
-            folder). ``root`` is a data set's top folder then, and reading it as a folder of class
-            folders would take ``train`` and ``val`` for two classes and score the training
-            images as test images.
+        UserError: ``root/split`` holds tar archives and no class folders (ImageNet's training
+            archive unpacks into one tar a class); or the other split of ``root`` is a folder of
+            class folders but ``split`` is not (missing, or flat: ImageNet's validation archive
+            unpacks its 50,000 images into one folder). ``root`` is a data set's top folder then,
+            and reading it as a folder of class folders would take ``train`` and ``val`` for two
+            classes and score the training images as test images.
     """
     root = Path(root)
-    if holds_folders(root / split):
-        return root / split
+    where = root / split
+    if holds_folders(where):
+        return where
     other = "val" if split == "train" else "train"
+    names = [p.name for p in where.iterdir() if not p.name.startswith(".")] if os.path.isdir(where) else []
+    archives = sorted(n for n in names if n.lower().endswith(".tar") and os.path.isfile(where / n))
+    if archives and not image_names(where, names):  # (a class folder with a stray tar beside its images is one)
+        raise UserError(f"{flag} {root}: {where} holds {len(archives)} tar archive(s) and no class folders (ImageNet's "
+                        f"training archive unpacks into one tar a class); unpack each into a folder of its name, "
+                        f"e.g. {archives[0]} into {where / archives[0][:-4]}/")
     if not holds_folders(root / other):
         return root
-    where = root / split
     if not os.path.isdir(where):
         raise UserError(f"{flag} {root}: it holds {other}/<class>/ but no {split}/ folder (expected "
                         f"{where}/<class>/<image>)")
-    n = len(image_names(where, [p.name for p in where.iterdir() if not p.name.startswith(".")]))
+    n = len(image_names(where, names))
     if not n:
         raise UserError(f"{flag} {root}: {where} holds no class folders (expected {where}/<class>/<image>)")
     raise UserError(f"{flag} {root}: {where} holds {n} image(s) but no class folders (ImageNet's validation "

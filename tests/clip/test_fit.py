@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -650,6 +651,30 @@ def test_an_image_beside_the_class_folders_is_refused_as_train_refuses_it(tmp_pa
     assert res.exit_code == 1 and _one_error_line(res) == (
         f"Error: --data {data / 'train'}: 1 image(s) beside the class folders, e.g. stray.jpg: an image has no "
         "class there; move each into its class folder, or out of this folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_imagenets_training_archive_unpacked_once_is_refused_by_name(tmp_path, cam_resnet, tiny_clip_config,
+                                                                      tiny_clip_checkpoint):
+    """ImageNet's training archive unpacks into one tar a class. `fit --data IMAGENET` with such a
+    train/ (and no val/ yet) read IMAGENET's own folders as the classes and said "--shots 2: class
+    'train' (IMAGENET/train) has only 0 images"; with val/<wnid>/ beside it, that train/ "holds no
+    class folders". Either way the line now says what train/ holds and what to do."""
+    data = tmp_path / "imagenet"
+    (data / "train").mkdir(parents=True)
+    for wnid in ("n01440764", "n01443537"):
+        tarfile.open(data / "train" / f"{wnid}.tar", "w").close()
+    argv = ["fit", "--data", str(data), "--shots", "2", "--model", tiny_clip_config, "--pretrained",
+            tiny_clip_checkpoint, "--cam-model", cam_resnet, "--n-ctx", "4", "--device", "cpu", "--workers", "0",
+            "--dry-run", "--out", str(tmp_path / "run")]
+    for val in (False, True):
+        if val:
+            (data / "val" / "n01440764").mkdir(parents=True)
+        res = CliRunner().invoke(cli, argv)
+        assert res.exit_code == 1 and _one_error_line(res) == (
+            f"Error: --data {data}: {data / 'train'} holds 2 tar archive(s) and no class folders (ImageNet's training "
+            f"archive unpacks into one tar a class); unpack each into a folder of its name, e.g. n01440764.tar into "
+            f"{data / 'train' / 'n01440764'}/")
     assert not (tmp_path / "run").exists()
 
 

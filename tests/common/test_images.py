@@ -1,6 +1,7 @@
 """clip_smot.common.images: image loading errors as one line naming the file; listing and path escapes."""
 
 import re
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -819,6 +820,17 @@ def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_miss
         images.split_folder(top, "val", "--id")
     assert str(e.value) == (f"--id {top}: {top / 'val'} holds 2 image(s) but no class folders (ImageNet's validation "
                             f"archive unpacks so); sort them into {top / 'val'}/<class>/ (docs/score.md)")
+    unpacked = tmp_path / "unpacked"  # ImageNet's training archive: one tar a class
+    (unpacked / "train").mkdir(parents=True)
+    for wnid in ("n01440764", "n01443537"):
+        tarfile.open(unpacked / "train" / f"{wnid}.tar", "w").close()
+    with pytest.raises(UserError) as e:
+        images.split_folder(unpacked, "train", "--data")
+    assert str(e.value) == (f"--data {unpacked}: {unpacked / 'train'} holds 2 tar archive(s) and no class folders "
+                            "(ImageNet's training archive unpacks into one tar a class); unpack each into a folder of "
+                            f"its name, e.g. n01440764.tar into {unpacked / 'train' / 'n01440764'}/")
+    (classes / "train" / "stray.tar").write_bytes(b"")  # (a class named train, a tar beside its images: a class still)
+    assert images.split_folder(classes, "train", "--data") == classes
     image(tmp_path / "only_val" / "val" / "n01440764" / "a.JPEG")
     with pytest.raises(UserError, match=rf"^--data {re.escape(str(tmp_path))}/only_val: it holds val/<class>/ but no "
                                         "train/ folder"):
