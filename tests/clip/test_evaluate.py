@@ -644,3 +644,31 @@ def test_imagenet_val_unpacked_flat_is_refused_and_torchvisions_sorting_labels_i
     res = CliRunner().invoke(cli, args[:-1] + [str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "metrics.json").read_text())["n_images"]["id"] == len(truth)
+
+
+def test_docs_line_sorting_kaggles_imagenet_val_labels_each_image_by_its_csv_row(tmp_path):
+    """Kaggle's ImageNet copy has a flat val/ and LOC_val_solution.csv (ImageId, PredictionString:
+    the wnid first, then boxes, maybe several). The line docs/score.md gives, run as written,
+    sorts val/ into wnid folders that eval reads with each image's label from its CSV row."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from helpers import ROOT, WNIDS
+
+    docs = (ROOT / "docs" / "score.md").read_text()
+    line = re.search(r"`(python -c \"import csv, os, sys;.*?LOC_val_solution\.csv)`", docs)
+    assert line, "docs/score.md no longer gives the line"
+    truth = [WNIDS[k] for k in (1, 0, 2, 1, 0)]
+    (tmp_path / "val").mkdir()
+    rows = ["ImageId,PredictionString"]
+    for k, wnid in enumerate(truth):
+        Image.new("RGB", (20, 20), (40 * k, 0, 0)).save(tmp_path / "val" / f"ILSVRC2012_val_{k + 1:08d}.JPEG")
+        rows.append(f"ILSVRC2012_val_{k + 1:08d},{wnid} 12 30 140 200 {wnid} 1 2 3 4 ")
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows[:1] + rows[1:][::-1]) + "\n")  # (any row order)
+    argv = shlex.split(line.group(1))
+    subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, timeout=60)
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == sorted(set(truth))
+    s = id_set(tmp_path / "val", folder_classnames(tmp_path / "val"))
+    assert s.labels == [sorted(set(truth)).index(truth[int(p.name[15:23]) - 1]) for p in s.paths]
