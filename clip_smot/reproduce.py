@@ -42,7 +42,7 @@ from clip_smot.common.files import (
     sha256_file,
     text_writer,
 )
-from clip_smot.common.images import class_folders, iter_images
+from clip_smot.common.images import class_folders, iter_images, split_folder
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -644,6 +644,13 @@ def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
     if not o.imagenet or not any(flag == "--imagenet" for flag, _ in p.inputs):
         return []
     root, problems = Path(o.imagenet), []
+    for split in ("train", "val"):  # (a train/ of per-class tars, a flat val/: said as fit and eval say it)
+        try:
+            split_folder(root, split, "--imagenet")
+        except UserError as e:
+            problems.append(str(e))
+    if problems:
+        return problems
     if any(stage.command == "fit" for stage in p.stages):
         def folders(split: str) -> list[str]:
             try:

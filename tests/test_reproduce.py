@@ -1100,6 +1100,37 @@ def test_table8_refuses_val_class_folders_other_than_trains_before_the_fits(tmp_
     assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
 
 
+@pytest.mark.parametrize("table", ["table8", "table4"])
+def test_imagenet_as_its_archives_unpack_is_named_before_any_stage(tmp_path, table):
+    """ImageNet's validation archive unpacks flat, its training archive into one tar a class. With
+    such a val/ beside train/<wnid>/, table8 said its class folders were not train/'s ("val/ has
+    none more, n01440764, ... fewer") and table4 that 200 wnid folders were missing; with such a
+    train/, that train/ held no images. The line now says what the folder holds and what to do,
+    as fit and eval say it, before anything runs."""
+    import tarfile
+
+    from clip_smot.reproduce import run_reproduce
+
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    imagenet = tmp_path / "imagenet"
+    (imagenet / "train" / WNIDS[0]).mkdir()
+    with pytest.raises(UserError) as e:
+        run_reproduce(table, options, fake, echo=lambda line: None)
+    assert str(e.value) == (f"--imagenet {imagenet}: {imagenet / 'val'} holds 1 image(s) but no class folders "
+                            f"(ImageNet's validation archive unpacks so); sort them into {imagenet / 'val'}/<class>/ "
+                            "(docs/score.md)")
+    shutil.rmtree(imagenet / "train")
+    (imagenet / "train").mkdir()
+    tarfile.open(imagenet / "train" / f"{WNIDS[0]}.tar", "w").close()
+    with pytest.raises(UserError) as e:
+        run_reproduce(table, options, fake, echo=lambda line: None)
+    assert str(e.value).endswith(f"--imagenet {imagenet}: {imagenet / 'train'} holds 1 tar archive(s) and no class "
+                                 "folders (ImageNet's training archive unpacks into one tar a class); unpack each into "
+                                 f"a folder of its name, e.g. {WNIDS[0]}.tar into {imagenet / 'train' / WNIDS[0]}/")
+    assert ran == [] and not (tmp_path / "o").exists()
+
+
 def test_table8_refuses_a_val_class_folder_that_is_a_train_one_before_the_fits(tmp_path):
     """A class folder of IMAGENET/val that is one of IMAGENET/train (a symbolic link to it; val/
     a link to train/; a link to train/ itself, which holds them all) makes its images training
