@@ -807,10 +807,15 @@ def _tag_is_cached(name: str, tag: str) -> bool:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:  # pragma: no cover
             return False
-        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-        for fname in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
-            if isinstance(try_to_load_from_cache(repo, fname), str):
-                return True
+        # the files open_clip's download_pretrained_from_hf asks the hub for: "org/model/" is its
+        # default file, "org/model/NAME" that file, each after its safetensors alternative (which
+        # open_clip downloads first, so that it may be the only one in the cache)
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        stem, ext = os.path.splitext(filename)
+        safe = ["open_clip_model.safetensors"] if filename == "open_clip_pytorch_model.bin" else \
+            [stem + ".safetensors"] if ext in (".bin", ".pth") else []
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in [*safe, filename])
     return False
 
 

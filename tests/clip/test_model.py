@@ -970,3 +970,44 @@ def test_an_image_size_of_one_side_is_one_line(tmp_path):
     path.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": [32]}}))
     with pytest.raises(UserError, match=rf"^--model {path}: open_clip cannot build this architecture \("):
         load_clip(str(path), None)
+
+
+@pytest.mark.parametrize("hub, cached", [
+    ("clip-smot/tiny-hub/", "open_clip_model.safetensors"),  # a repo: open_clip's default file's safetensors first
+    ("clip-smot/tiny-hub/", "open_clip_pytorch_model.bin"),
+    ("clip-smot/tiny-hub/pytorch_model.bin", "pytorch_model.safetensors"),  # a named .bin (ViTamin's tags)
+    ("clip-smot/tiny-hub/pytorch_model.bin", "pytorch_model.bin"),
+])
+def test_a_tag_in_the_hugging_face_cache_loads_offline(tmp_path, tiny_clip_config, tiny_clip_checkpoint, monkeypatch,
+                                                       hub, cached):
+    """Weights that open_clip downloaded once (into the Hugging Face cache) load without internet:
+    the tag's file is found where huggingface_hub's own hf_hub_download finds it, and open_clip
+    loads it, neither monkeypatched. A tag naming its file `pytorch_model.bin` (open_clip 3.3's
+    ViTamin tags) was looked up as that file alone, while open_clip downloads its safetensors
+    alternative first: cached as such, it was refused as "not cached and there is no internet"."""
+    import huggingface_hub.constants
+    import open_clip.pretrained
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v + 0.25 if v.is_floating_point() else v for k, v in load_file(tiny_clip_checkpoint).items()}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--clip-smot--tiny-hub"  # (huggingface_hub's cache layout)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    if cached.endswith(".safetensors"):  # (weights of their own: not those of the tiny model's other tests)
+        save_file(state, repo / "snapshots" / commit / cached)
+    else:
+        torch.save(state, repo / "snapshots" / commit / cached)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "clip-smot-tiny", {"cached_tag": {"hf_hub": hub}})
+    clip = load_clip(tiny_clip_config, "cached-tag")
+    assert clip.pretrained == "cached-tag"
+    loaded = clip.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded) and "text_projection" in state
+    (repo / "snapshots" / commit / cached).unlink()  # (and gone from the cache: one line, at once)
+    with pytest.raises(UserError, match=r"^--pretrained cached-tag: the weights of clip-smot-tiny \(cached-tag\) are "
+                                        "not cached and there is no internet"):
+        load_clip(tiny_clip_config, "cached-tag")
