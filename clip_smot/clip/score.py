@@ -33,6 +33,7 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     file_key,
+    fsync_folder,
     read_json,
     remove_stale_temporaries,
     sha256_file,
@@ -169,6 +170,7 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
         except OSError as e:  # (a folder made at OUT meanwhile, a folder no longer writable)
             raise UserError(f"--out {cfg.out}: cannot be written ({e.strerror or e}); the rows are kept in {partial}: "
                             "once that is put right, the same command with --resume finishes it") from None
+        fsync_folder(Path(cfg.out).parent)  # (the rename too survives a power loss: OUT, not OUT.partial)
         run_file.unlink(missing_ok=True)
     return skipped
 

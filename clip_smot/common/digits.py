@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import cache_root, file_lock, read_json
+from clip_smot.common.files import cache_root, file_lock, fsync_folder, read_json
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "written_folders", "write_digits"]
 
@@ -85,6 +85,7 @@ def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed
         _write(tmp, size, n_ood, seed)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
+        fsync_folder(root.parent)  # (the rename survives a power loss; a file lost in one is found by the manifest)
     except OSError as e:
         raise _cache_error(root, e) from None
     finally:  # (gone after the rename; a failed or interrupted write's partial folder goes too)

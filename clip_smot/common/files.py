@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -415,6 +415,24 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush the entries of ``folder`` (its names, not its files' bytes) to the disk: a rename into
+    it is on the disk only once its folder is (fsync(2)): after a power loss the name could hold
+    the old file again, or none, the new one's bytes lost with the rename. Skipped quietly where
+    a folder cannot be opened (Windows) or its file system does not flush folders (EINVAL): the
+    rename is made all the same, as it was before."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # (the files are in place already: an error here is no failed write of theirs)
+        pass
+    finally:
+        os.close(fd)
+
+
 def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
     """``write(tmp)`` on a new temporary file beside ``path``; its name. A failure removes it and is
     a UserError naming ``path``."""
@@ -462,7 +480,9 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
 
     A failure while writing (a full disk, an exception in a writer, Ctrl-C) leaves the folder as it
     was, with no temporary file; other files in it are never touched. Only a kill within the final
-    renames (no disk space needed, microseconds) could leave some files new and some old.
+    renames (no disk space needed, microseconds) could leave some files new and some old. The
+    renames are flushed to the disk (:func:`fsync_folder`), those before ``last`` before it is
+    renamed: after a power loss too, the folder holds ``last`` only with the others.
 
     Raises:
         UserError: a file cannot be written, naming it.
@@ -476,6 +496,8 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
         for name, write in writers.items():
             temps[name] = _write_temporary(folder / name, write)
         for name, tmp in sorted(temps.items(), key=lambda item: item[0] == last):  # (a stable sort)
+            if name == last and len(temps) > 1:
+                fsync_folder(folder)  # (the others' renames first: a rename is not ordered with another on the disk)
             try:
                 os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
             except OSError as e:
@@ -484,10 +506,15 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
         for tmp in temps.values():
             with contextlib.suppress(OSError):
                 os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
+    fsync_folder(folder)
+    removed = False
     for name in leftovers:
         if name not in writers:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # (a folder is no earlier run's file)
                 (folder / name).unlink()
+                removed = True
+    if removed:  # (an earlier run's file, back after a power loss, would be read with the new ones)
+        fsync_folder(folder)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None,

@@ -1415,6 +1415,30 @@ def test_ctrl_c_names_the_partial_to_resume_from(tmp_path, tiny, tiny_clip_check
     assert len(read_csv(out)) == 19 and not os.path.exists(f"{out}.partial")
 
 
+def test_the_rename_of_the_partial_to_out_is_flushed_to_the_disk(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """OUT.partial's rows were flushed, but not its rename to OUT: after a power loss the folder
+    could hold OUT.partial again (and OUT.partial.json removed), or neither. OUT's folder is
+    flushed after the rename (once a run, not once a chunk)."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    (tmp_path / "out").mkdir()
+    out_folder = (tmp_path / "out").stat().st_ino
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def synced(fd):
+        if os.fstat(fd).st_ino == out_folder:
+            events.append("fsync out/")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {os.path.basename(b)}"), replace(a, b))[1])
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "out" / "s.csv")
+    assert len(read_csv(tmp_path / "out" / "s.csv")) == 19
+    assert events[-2:] == ["replace s.csv", "fsync out/"]
+    # s.csv.partial and its .json renamed in, then s.csv: none for each of the 4 chunks appended
+    assert events.count("fsync out/") == 3
+
+
 def test_an_out_that_cannot_be_renamed_to_is_one_line_and_keeps_the_rows(tmp_path, tiny, tiny_clip_checkpoint,
                                                                        monkeypatch):
     """The final rename of OUT.partial to OUT (a folder made at OUT meanwhile) was an

@@ -378,6 +378,23 @@ def test_the_temporary_folder_is_named_after_the_set_and_leaves_other_folders_al
     assert tmps == [tmp_path / "d.tmp"] and (tmp_path / ".tmp" / "keep.txt").read_text() == "a user's file"
 
 
+def test_the_rename_of_the_written_set_is_flushed_to_the_disk(tmp_path, monkeypatch):
+    """ROOT.tmp was renamed to ROOT with no flush of their folder: after a power loss ROOT could
+    be gone again (or ROOT.tmp back), the set written anew. The folder is flushed after it."""
+    import os
+    import stat
+
+    from clip_smot.common import digits
+
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(digits, "_write", lambda tmp, size, n_ood, seed: tmp.mkdir())
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), fsync(fd))[1]
+                        if stat.S_ISDIR(os.fstat(fd).st_mode) else fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), replace(a, b))[1])
+    digits.write_digits(tmp_path / "d", size=8)
+    assert events == [("replace", str(tmp_path / "d")), ("fsync", tmp_path.stat().st_ino)]
+
+
 def test_an_image_that_cannot_be_saved_names_the_reason_of_an_error_without_errno(tmp_path, monkeypatch):
     """Pillow's encoder errors are OSErrors with a message and no errno (strerror None): the
     line quotes the message, not "(None)"."""
