@@ -521,7 +521,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] |
                              older_than_s: float = 0.0) -> None:
     """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names``
     (None: for any file) when its process was killed mid-write (SIGKILL, OOM killer, power loss):
-    hidden, and each as large as the file it was to become (a checkpoint). With ``older_than_s``,
+    hidden, and each as large as the file it was to become (a checkpoint); and the folders of
+    :func:`atomic_save_safetensors`, with safetensors' own temporary file in them (a folder
+    under such a name holding anything else is not removed). With ``older_than_s``,
     only those untouched for that long: in a folder that other processes write to, a younger one
     may be a write in progress."""
     import glob
@@ -531,7 +533,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] |
     for pattern in patterns:
         for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
             with contextlib.suppress(OSError):
-                if time.time() - tmp.stat().st_mtime >= older_than_s:
+                if tmp.is_dir() and not tmp.is_symlink():  # (a safetensors write's folder: see atomic_save_safetensors)
+                    inside = _safetensors_write_files(tmp)
+                    if inside is not None and time.time() - max(
+                            [tmp.stat().st_mtime, *(f.stat().st_mtime for f in inside)]) >= older_than_s:
+                        _remove_safetensors_write(tmp, inside)
+                elif time.time() - tmp.stat().st_mtime >= older_than_s:
                     tmp.unlink()
 
 
@@ -540,17 +547,59 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+# safetensors (0.4 on: Rust's tempfile crate) writes a file through a temporary of its own beside
+# it, ".tmp" and six letters or digits, renamed to the file once written
+_SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]+")
+_SAFETENSORS_FILE = "tensors"  # the file a write's folder gives safetensors to write
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """``safetensors.torch.save_file`` to a temporary file, then rename, with the metadata in
     sorted key order: the same tensors and metadata give the same bytes (safetensors writes its
-    metadata in a hash map's order, which changes from one call to the next)."""
+    metadata in a hash map's order, which changes from one call to the next).
+
+    safetensors writes through a temporary file of its own, beside the file it is given
+    (``.tmpXXXXXX``): a process killed while it writes (SIGKILL, the OOM killer) left that one
+    behind, under a name no run knew as its own, as large as the file. It is given a file in a
+    folder of our own beside ``path``, named as our temporary files are
+    (``.NAME.XXXXXXXX.tmp/``): the next run's :func:`remove_stale_temporaries` removes it and
+    what safetensors left in it. The tensors are not serialised to memory instead: a feature
+    cache entry can be gigabytes."""
     from safetensors.torch import save_file
 
     def write(tmp: str) -> None:
-        save_file(tensors, tmp, metadata=metadata)
+        where = tempfile.mkdtemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=os.path.dirname(tmp))
+        try:
+            save_file(tensors, os.path.join(where, _SAFETENSORS_FILE), metadata=metadata)
+            os.replace(os.path.join(where, _SAFETENSORS_FILE), tmp)
+        finally:  # (empty but for a failure's or Ctrl-C's file)
+            _remove_safetensors_write(Path(where), _safetensors_write_files(Path(where)) or [])
         _sort_safetensors_metadata(tmp)
 
     atomic_write(path, write)
+
+
+def _safetensors_write_files(folder: Path) -> list[Path] | None:
+    """The files in ``folder``, the folder of a safetensors write (:func:`atomic_save_safetensors`),
+    or None where it holds anything such a write does not leave (a folder of a user's under a
+    name like ours: left as it is)."""
+    try:
+        found = list(folder.iterdir())
+    except OSError:
+        return None
+    if all((f.name == _SAFETENSORS_FILE or _SAFETENSORS_TEMPORARY.fullmatch(f.name)) and f.is_file()
+           and not f.is_symlink() for f in found):
+        return found
+    return None
+
+
+def _remove_safetensors_write(folder: Path, inside: list[Path]) -> None:
+    """Remove the files ``inside`` the folder of a safetensors write, then the folder (where it is
+    empty by then)."""
+    with contextlib.suppress(OSError):
+        for f in inside:
+            f.unlink()
+        folder.rmdir()
 
 
 def _sort_safetensors_metadata(path: str) -> None:

@@ -996,6 +996,52 @@ def test_only_temporaries_untouched_for_the_given_time_are_removed(tmp_path, mon
     assert sorted(os.listdir(tmp_path)) == [".new.pt.abc123.tmp", ".young.pt.abc123.tmp"]
 
 
+def test_a_safetensors_save_killed_mid_write_leaves_nothing_the_next_run_does_not_remove(tmp_path):
+    """safetensors writes a file through a temporary of its own beside it (``.tmpXXXXXX``), renamed
+    to it once written. A process killed while it wrote a prompt.safetensors or model.safetensors
+    (SIGKILL, the OOM killer) left that file, as large as the model, under a name that no run's
+    remove_stale_temporaries knew: it stayed for ever. Killed here while safetensors' temporary is
+    there (a 64 MB tensor saved again and again), the next run removes all the save left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import sys, torch; from clip_smot.common.files import atomic_save_safetensors as save\n"
+            "t = {'t': torch.zeros(16, 1024, 1024)}\n"
+            "while True: save(t, sys.argv[1], {'format': 'x'})")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "model.safetensors")], env=env,
+                         stderr=subprocess.PIPE)
+    caught, deadline = None, time.monotonic() + 120
+    try:
+        while caught is None and p.poll() is None and time.monotonic() < deadline:
+            caught = next((os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path)
+                           for f in fs if re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", f)), None)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        _, err = p.communicate()
+    assert caught is not None, err.decode()[-2000:]  # (killed while safetensors' temporary was there)
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs)
+    assert any(re.fullmatch(r"(.*/)?\.tmp[A-Za-z0-9]{6}", f) for f in left), left  # (or the kill came too late)
+    files.remove_stale_temporaries(tmp_path, ("model.safetensors",))
+    assert sorted(os.listdir(tmp_path)) in ([], ["model.safetensors"])
+
+
+def test_a_folder_of_a_user_under_a_safetensors_writes_name_is_left_as_it_is(tmp_path):
+    """remove_stale_temporaries removes the folder of a safetensors write killed mid-way with what
+    safetensors left in it, and no folder under such a name holding anything else."""
+    ours, theirs = tmp_path / ".model.safetensors.abc123.tmp", tmp_path / ".model.safetensors.def456.tmp"
+    ours.mkdir()
+    (ours / ".tmpA1b2C3").write_bytes(b"half")
+    theirs.mkdir()
+    (theirs / ".tmpA1b2C3").write_bytes(b"half")
+    (theirs / "notes.txt").write_text("a user's file")
+    files.remove_stale_temporaries(tmp_path, ("model.safetensors",))
+    assert os.listdir(tmp_path) == [theirs.name] and sorted(os.listdir(theirs)) == [".tmpA1b2C3", "notes.txt"]
+
+
 def test_stale_temporaries_are_found_by_names_holding_glob_characters(tmp_path):
     """The names are matched as written: a file "a[1].pt" has its own temporaries removed, and not
     those of "a1.pt", which the pattern "a[1].pt" would match."""
