@@ -18,8 +18,10 @@ those of the config.json beside it (:func:`check_config_beside`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import sys
 from collections.abc import Collection
@@ -76,14 +78,23 @@ def log_record(epoch: int, loss: float, lr: float, seconds: float, **extra: Any)
 
 
 def append_log(out: str | Path, record: dict) -> None:
-    """Append ``record`` as one JSON line to ``OUT/log.jsonl`` (a line half written by a kill is
-    dropped by the :func:`truncate_log` of the ``--resume``)."""
+    """Append ``record`` as one JSON line to ``OUT/log.jsonl``, all or none: a write that fails (a
+    full disk writes the part of the line that fits first; Ctrl-C) is cut back to the lines
+    before it (a line half written by a kill is dropped by the :func:`truncate_log` of the
+    ``--resume``)."""
     path = Path(out) / LOG
+    size = None
     try:
         with open(path, "a") as f:
+            size = os.fstat(f.fileno()).st_size
             f.write(json.dumps(record) + "\n")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException as e:
+        if size is not None:  # (once the file is closed: its buffer's rest is written or dropped by then)
+            with contextlib.suppress(OSError):
+                os.truncate(path, size)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
 
 
 MAX_LOG_BYTES = 64 << 20  # what truncate_log reads of a log: a sparse file of gigabytes costs its maker nothing

@@ -338,6 +338,27 @@ def test_a_log_that_cannot_be_appended_is_one_line_naming_the_log(tmp_path):
         rf.append_log(tmp_path / "gone", rf.log_record(1, 0.5, 0.1, 1.0))
 
 
+def test_a_log_line_that_does_not_fit_on_the_disk_is_not_left_half_written(tmp_path):
+    """A full disk writes the part of a line that fits, then fails: fit and train stopped with
+    'cannot write .../log.jsonl: No space left on device' and a log ending in '{"epo', which a
+    reader of JSON lines (jq, pandas) fails on. The failed line is cut back whole. (A file size
+    limit, RLIMIT_FSIZE, writes a part and fails as a full disk does.)"""
+    import resource
+    import signal
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("x" * 4090 + "\n")
+    limit, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limit[1]))  # (5 bytes of the line fit)
+        with pytest.raises(UserError, match=rf"^cannot write {log}: File too large$"):
+            rf.append_log(tmp_path, rf.log_record(58, 0.5, 0.1, 1.0))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert log.read_text() == "x" * 4090 + "\n"
+
+
 def test_truncating_a_missing_or_damaged_log_keeps_the_whole_epoch_lines(tmp_path):
     """A --resume whose log.jsonl was removed starts an empty one; bytes that are not UTF-8 (a
     disk error, a line cut inside a character) and a line of epoch 0 (no epoch is 0: they
