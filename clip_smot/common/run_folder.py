@@ -81,13 +81,17 @@ def append_log(out: str | Path, record: dict) -> None:
     """Append ``record`` as one JSON line to ``OUT/log.jsonl``, all or none: a write that fails (a
     full disk writes the part of the line that fits first; Ctrl-C) is cut back to the lines
     before it (a line half written by a kill is dropped by the :func:`truncate_log` of the
-    ``--resume``)."""
+    ``--resume``). The line is on the disk before the call returns: the epoch's checkpoint,
+    written next, vouches for it, and a fit's --resume keeps the log's own lines (a power loss
+    lost a line the checkpoint's epoch had, for good)."""
     path = Path(out) / LOG
     size = None
     try:
         with open(path, "a") as f:
             size = os.fstat(f.fileno()).st_size
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException as e:
         if size is not None:  # (once the file is closed: its buffer's rest is written or dropped by then)
             with contextlib.suppress(OSError):

@@ -338,6 +338,18 @@ def test_a_log_that_cannot_be_appended_is_one_line_naming_the_log(tmp_path):
         rf.append_log(tmp_path / "gone", rf.log_record(1, 0.5, 0.1, 1.0))
 
 
+def test_a_log_line_is_on_the_disk_before_the_checkpoint_that_vouches_for_it(tmp_path, monkeypatch):
+    """log.jsonl's line was left in the page cache while the epoch's checkpoint, written next, was
+    flushed: after a power loss the checkpoint held epoch N and the log stopped at N - 1, and a fit's
+    --resume (which keeps the log's own lines) went on from N + 1 with N's line lost for good."""
+    import os
+
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), fsync(fd))[1])
+    rf.append_log(tmp_path, rf.log_record(1, 0.5, 0.1, 1.0))
+    assert synced == [(tmp_path / "log.jsonl").stat().st_ino]
+
+
 def test_a_log_line_that_does_not_fit_on_the_disk_is_not_left_half_written(tmp_path):
     """A full disk writes the part of a line that fits, then fails: fit and train stopped with
     'cannot write .../log.jsonl: No space left on device' and a log ending in '{"epo', which a
