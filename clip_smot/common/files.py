@@ -375,11 +375,21 @@ def _umask() -> int:
     return mask
 
 
+def _mkdir(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, each folder it makes flushed into its parent
+    (:func:`fsync_folder`): a file flushed into a new folder is lost with it after a power loss
+    where the folder's own entry was not."""
+    made = [f for f in (path, *path.parents) if not os.path.lexists(f)]
+    path.mkdir(parents=True, exist_ok=True)
+    for f in reversed(made):  # (the outermost first)
+        fsync_folder(f.parent)
+
+
 def make_folder(path: str | os.PathLike, flag: str = "--out") -> None:
     """Create the output folder ``path`` (and its parents); a UserError naming ``flag`` if it cannot be."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        _mkdir(path)
     except OSError as e:
         reason = "is a file, not a folder" if os.path.exists(path) else f"cannot create the folder ({e.strerror or e})"
         raise UserError(f"{flag} {path}: {reason}") from None
@@ -437,7 +447,7 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
     """``write(tmp)`` on a new temporary file beside ``path``; its name. A failure removes it and is
     a UserError naming ``path``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _write_error(path, e) from None

@@ -165,6 +165,22 @@ def test_a_rename_is_on_the_disk_once_written(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.txt", "c.txt", "metrics.json"]
 
 
+def test_a_folder_made_for_an_output_is_on_the_disk_with_it(tmp_path, monkeypatch):
+    """A file written into folders made for it (--out runs/new/s.csv, a new run folder) was
+    flushed, its rename too, but not the new folders' entries: after a power loss the folder
+    could be gone, and the file with it. Each folder made is flushed into its parent."""
+    folders, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (folders.append(os.fstat(fd).st_ino)
+                                                 if stat.S_ISDIR(os.fstat(fd).st_mode) else None, fsync(fd))[1])
+    files.atomic_write_text("a", tmp_path / "runs" / "new" / "s.csv")
+    files.make_folder(tmp_path / "fit" / "run")
+    ino = {name: (tmp_path / name).stat().st_ino for name in (".", "runs", "runs/new", "fit", "fit/run")}
+    assert sorted(folders) == sorted([ino["."], ino["runs"], ino["runs/new"], ino["."], ino["fit"]])
+    folders.clear()
+    files.make_folder(tmp_path / "fit" / "run")  # (made already: nothing to flush)
+    assert folders == []
+
+
 def test_a_folder_that_cannot_be_opened_or_flushed_is_skipped_quietly(tmp_path, monkeypatch):
     """Windows opens no folder (PermissionError), and some file systems flush none (EINVAL): the
     files are written and renamed as before, with no error."""
