@@ -83,14 +83,30 @@ def write_digits(root: str | os.PathLike, size: int = 32, n_ood: int = 300, seed
     try:
         shutil.rmtree(tmp, ignore_errors=True)  # (of a writer killed before it could clean up)
         _write(tmp, size, n_ood, seed)
+        _flush(tmp)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
-        fsync_folder(root.parent)  # (the rename survives a power loss; a file lost in one is found by the manifest)
+        fsync_folder(root.parent)  # (the rename, too, survives a power loss)
     except OSError as e:
         raise _cache_error(root, e) from None
     finally:  # (gone after the rename; a failed or interrupted write's partial folder goes too)
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _flush(tmp: Path) -> None:
+    """Flush every file and folder under ``tmp`` to the disk before it is renamed into place: after a
+    power loss the renamed set could hold empty or missing images (delayed allocation), which the
+    manifest then refuses as damaged, for the user to remove by hand. (About 0.3 ms a file on an
+    ext4 disk: 2,400 files, once.)"""
+    for folder, _, names in os.walk(tmp, topdown=False):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(folder)
 
 
 def _cache_error(root: Path, e: OSError) -> UserError:
