@@ -654,11 +654,13 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
 
             quick = implied == "quick_gelu" and open_clip.get_model_config(f"{name}-quickgelu") is not None
             example = f"--model {name}-quickgelu" if quick else f"--model {name}"
+            kept = _openai_package_file(tag_cfg)
             raise UserError(
                 f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
                 f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
                 f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
                                                               if pretrained == "openai" else "")
+                + (f"; OpenAI's clip package keeps them in {kept}: --model {name} --pretrained {kept}" if kept else "")
                 + (f"; a file of that name is given as ./{pretrained}" if os.path.isfile(pretrained) else "")
             )
         return pretrained, "", implied, f"the {pretrained} weights of {name}"
@@ -792,6 +794,16 @@ def is_pretrained_tag(name: str, tag: str) -> bool:
     from open_clip.pretrained import get_pretrained_cfg
 
     return bool(get_pretrained_cfg(name, tag))
+
+
+def _openai_package_file(tag_cfg: dict) -> str | None:
+    """Where OpenAI's clip package (``clip.load``, which MCM's and CoOp's code use) keeps the
+    weights of an OpenAI tag, when they are there: ``~/.cache/clip/`` and the URL's file name,
+    OpenAI's own TorchScript file (open_clip 3 downloads a tag from the Hugging Face hub instead,
+    and does not look there). None for another tag, or where no such file is."""
+    url = tag_cfg.get("url", "")
+    path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+    return path if "openaipublic" in url and os.path.isfile(path) else None
 
 
 def _tag_is_cached(name: str, tag: str) -> bool:

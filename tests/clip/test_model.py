@@ -57,8 +57,9 @@ def test_random_weights_are_built_without_open_clips_note(tiny_clip_config, capl
     assert [r.getMessage() for r in caplog.records] == ["another"]
 
 
-def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch):
+def test_offline_tag_fails_fast_with_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))  # (no OpenAI clip package's download there: the message names it)
     start = time.monotonic()
     with pytest.raises(UserError, match=r"ViT-B-16.*openai.*local checkpoint") as e:
         load_clip("ViT-B-16", "openai")
@@ -86,6 +87,7 @@ def test_a_tag_is_a_tag_beside_a_file_of_its_name(tmp_path, monkeypatch):
     """--pretrained openai in a folder holding a file named openai loaded that file as the tag's
     weights (and a prompt's recorded tag did the same); a tag is a tag, the file is ./openai."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "openai").write_bytes(b"not the openai weights")
     with pytest.raises(UserError) as e:
@@ -1011,3 +1013,31 @@ def test_a_tag_in_the_hugging_face_cache_loads_offline(tmp_path, tiny_clip_confi
     with pytest.raises(UserError, match=r"^--pretrained cached-tag: the weights of clip-smot-tiny \(cached-tag\) are "
                                         "not cached and there is no internet"):
         load_clip(tiny_clip_config, "cached-tag")
+
+
+def test_offline_an_openai_tag_names_the_file_openais_clip_package_keeps(tmp_path, monkeypatch):
+    """Users of OpenAI's clip package (clip.load: MCM's and CoOp's code) have ViT-B-16's weights in
+    its download folder, where open_clip 3 (which downloads from the Hugging Face hub) does not
+    look. Offline, --pretrained openai names that file when it is there. Its folder and file name
+    are read from OpenAI's own clip.py (the test extra's clip-anytorch), not from this project."""
+    import importlib.util
+    import re
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16", "openai")
+    assert "clip package" not in str(e.value)
+    text = (Path(importlib.util.find_spec("clip").submodule_search_locations[0]) / "clip.py").read_text()
+    url = re.search(r'"ViT-B/16": "([^"]+)"', text).group(1)
+    root = re.search(r'download_root or os\.path\.expanduser\("([^"]+)"\)', text).group(1)
+    kept = Path(os.path.expanduser(root)) / url.rsplit("/", 1)[1]
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"stands in for OpenAI's file")
+    with pytest.raises(UserError) as e:
+        load_clip("ViT-B-16", "openai")
+    assert str(e.value).endswith(f"(or OpenAI's own ViT-B-16.pt with --model ViT-B-16); OpenAI's clip package keeps "
+                                 f"them in {kept}: --model ViT-B-16 --pretrained {kept}")
+    with pytest.raises(UserError) as e:  # (another tag's weights are not OpenAI's)
+        load_clip("ViT-B-16", "laion2b_s34b_b88k")
+    assert "clip package" not in str(e.value)
