@@ -13,6 +13,68 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
+
+def _click_runner_with_separate_stderr() -> None:
+    """Give click 8.1's CliRunner what 8.2's gives, which the tests read: ``.stdout`` and ``.stderr``
+    apart and ``.output`` as the two interleaved. Under 8.1 (the floor of ``click>=8.1``) stderr
+    was mixed into ``.stdout`` and ``.stderr`` raised 'stderr not separately captured'. From 8.2
+    on (no ``mix_stderr`` argument any more) nothing is changed."""
+    import contextlib
+    import inspect
+    import io
+    import sys
+
+    import click.testing
+
+    if "mix_stderr" not in inspect.signature(click.testing.CliRunner.__init__).parameters:
+        return
+
+    class Tee(io.BufferedIOBase):  # what is written goes to its own stream and to the interleaved one
+        def __init__(self, *targets):
+            super().__init__()
+            self.targets = targets
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            for t in self.targets:
+                t.write(b)
+            return len(b)
+
+    class Result(click.testing.Result):
+        @property
+        def output(self) -> str:
+            return self.output_bytes.decode(self.runner.charset, "replace").replace("\r\n", "\n")
+
+    class CliRunner(click.testing.CliRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mix_stderr=False, **kwargs)
+
+        @contextlib.contextmanager
+        def isolation(self, *args, **kwargs):
+            with super().isolation(*args, **kwargs) as (out, err):
+                self._output = mixed = io.BytesIO()
+                self._kept = sys.stdout, sys.stderr  # (held: a text stream closes its buffer when collected)
+                # (write_through: each write reaches the interleaved stream in the order it was made)
+                sys.stdout = click.testing._NamedTextIOWrapper(Tee(out, mixed), encoding=self.charset,
+                                                               name="<stdout>", mode="w", write_through=True)
+                sys.stderr = click.testing._NamedTextIOWrapper(Tee(err, mixed), encoding=self.charset,
+                                                               name="<stderr>", mode="w", errors="backslashreplace",
+                                                               write_through=True)
+                yield out, err
+
+        def invoke(self, *args, **kwargs):
+            result = super().invoke(*args, **kwargs)
+            result.__class__ = Result
+            result.output_bytes = self._output.getvalue()
+            return result
+
+    click.testing.CliRunner = CliRunner
+
+
+_click_runner_with_separate_stderr()
+
 # A tiny ViT CLIP: the same architecture family as ViT-B-16, small enough for CPU tests.
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
