@@ -57,31 +57,39 @@ def test_progress_write_is_one_line_on_stdout_flushed_at_once(monkeypatch):
 
 def test_a_bar_follows_the_width_of_a_resized_terminal(monkeypatch):
     """The width is read again at each frame (dynamic_ncols): a terminal narrowed from 80 to 41
-    columns gets frames of 40 characters (its last column left free), not ones of 79 that wrap."""
+    columns gets frames of 40 characters (its last column left free), not ones of 79 that wrap.
+    The width reaches tqdm both ways it reads it: os.get_terminal_size (tqdm 4.68 on), and before
+    that an ioctl on the stream, which fails here (the descriptor is /dev/null's), then $COLUMNS."""
     import io
     import os
     import sys
 
     from clip_smot.common.progress import progress_bar
 
+    devnull = os.open(os.devnull, os.O_WRONLY)
+
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
         def fileno(self):
-            return 2
+            return devnull
 
     columns = [80]
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((columns[0], 24)))
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "24")
     stream = Terminal()
     monkeypatch.setattr(sys, "stderr", stream)
     bar = progress_bar(total=4, desc="epoch 1")
     bar.update(1)
     bar.refresh()
     columns[0] = 41
+    monkeypatch.setenv("COLUMNS", "41")
     bar.update(1)
     bar.refresh()
     bar.close()
+    os.close(devnull)
     frames = [f.rstrip() for f in stream.getvalue().split("\r") if f.strip()]
     assert len(frames[0]) == 79 and len(frames[-1]) == 40 and frames[-1].startswith("epoch 1:  50%"), frames
 
