@@ -557,7 +557,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-# safetensors (0.4 on: Rust's tempfile crate) writes a file through a temporary of its own beside
+# safetensors (0.8 on; 0.7 and before write the file itself) writes a file through a temporary of its own beside
 # it, ".tmp" and six letters or digits, renamed to the file once written
 _SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]+")
 _SAFETENSORS_FILE = "tensors"  # the file a write's folder gives safetensors to write
@@ -568,7 +568,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     sorted key order: the same tensors and metadata give the same bytes (safetensors writes its
     metadata in a hash map's order, which changes from one call to the next).
 
-    safetensors writes through a temporary file of its own, beside the file it is given
+    safetensors 0.8 writes through a temporary file of its own, beside the file it is given
     (``.tmpXXXXXX``): a process killed while it writes (SIGKILL, the OOM killer) left that one
     behind, under a name no run knew as its own, as large as the file. It is given a file in a
     folder of our own beside ``path``, named as our temporary files are
