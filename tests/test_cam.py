@@ -631,3 +631,29 @@ def test_a_cam_networks_classes_are_the_datas_by_folder_or_by_name_and_all_of_th
     imagenet = CamNetwork(model, (0.5,) * 3, (0.25,) * 3, 224, True, None, "resnet18-imagenet")
     assert build_cam_provider(imagenet, FewShotClasses(tmp_path, ("a", "b"), ("a", "b"), (417, 9)))[1] == [417, 9]
     assert build_cam_provider(imagenet, FewShotClasses(tmp_path, ("a", "b"), ("a", "b"), None))[1] is None
+
+
+def test_resnet18_imagenet_weights_where_torch_keeps_them_load_through_torchvision(tmp_path, monkeypatch):
+    """torchvision's ResNet-18 file where torch's hub keeps downloads ($TORCH_HOME/hub/checkpoints,
+    as a user's earlier online run left it): --cam-model resnet18-imagenet loads it through
+    torchvision's own resnet18(weights=IMAGENET1K_V1) and torch.hub, neither patched, opening no
+    connection. (The test above stands in for both.)"""
+    import re
+    import socket
+
+    from clip_smot.clip import cam_network
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in torchvision.models.resnet18().state_dict().items()}
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("opened a connection"))
+    net = cam_network.load_cam_network("resnet18-imagenet")
+    assert all(torch.equal(net.model.state_dict()[k], v) for k, v in state.items())
+    cached.unlink()
+    monkeypatch.setattr(cam_network, "host_reachable", lambda host: False)
+    with pytest.raises(cam_network.UserError, match=rf"^--cam-model resnet18-imagenet: torchvision's ImageNet ResNet-18 "
+                                                    rf"weights are not cached \({re.escape(str(cached))}\)"):
+        cam_network.load_cam_network("resnet18-imagenet")
