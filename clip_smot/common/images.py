@@ -234,8 +234,12 @@ def load_image(path: str | os.PathLike, mode: str | None = "RGB", data: bytes | 
 def holds_folders(path: Path) -> bool:
     """Whether ``path`` is a folder with a (non-hidden) sub-folder: ``DATA/train`` or ``DIR/val``
     as a folder of class folders, not a class of that name (CIFAR-100 has a class ``train``). A
-    path that cannot be looked at (a name too long) is not one: the caller's next check names it."""
-    return os.path.isdir(path) and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    path that cannot be looked at (a name too long) or listed (no permission) is not one: the
+    caller's next check names it."""
+    try:
+        return os.path.isdir(path) and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+    except OSError:
+        return False
 
 
 def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
@@ -256,7 +260,10 @@ def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
     if holds_folders(where):
         return where
     other = "val" if split == "train" else "train"
-    names = [p.name for p in where.iterdir() if not p.name.startswith(".")] if os.path.isdir(where) else []
+    try:
+        names = [p.name for p in where.iterdir() if not p.name.startswith(".")] if os.path.isdir(where) else []
+    except OSError as e:  # (as the walk of a set names such a folder)
+        raise UserError(f"{flag} {root}: {where}: a folder that cannot be listed ({e.strerror or e})") from None
     archives = sorted(n for n in names if n.lower().endswith(".tar") and os.path.isfile(where / n))
     if archives and not image_names(where, names):  # (a class folder with a stray tar beside its images is one)
         raise UserError(f"{flag} {root}: {where} holds {len(archives)} tar archive(s) and no class folders (ImageNet's "

@@ -835,3 +835,27 @@ def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_miss
     with pytest.raises(UserError, match=rf"^--data {re.escape(str(tmp_path))}/only_val: it holds val/<class>/ but no "
                                         "train/ folder"):
         images.split_folder(tmp_path / "only_val", "train", "--data")
+
+
+def test_a_split_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    """A val/ without read permission (for its owner's group, say) made holds_folders' listing an
+    OSError: eval --id DIR and fit --data DIR stopped with a PermissionError traceback. It is one
+    line naming the folder. (Root reads any folder: the refusal is stood in for.)"""
+    def image(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+
+    image(tmp_path / "train" / "n01440764" / "a.JPEG")
+    image(tmp_path / "val" / "n01440764" / "a.JPEG")
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self == tmp_path / "val":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert not images.holds_folders(tmp_path / "val")
+    with pytest.raises(UserError) as e:
+        images.split_folder(tmp_path, "val", "--id")
+    assert str(e.value) == f"--id {tmp_path}: {tmp_path / 'val'}: a folder that cannot be listed (Permission denied)"
