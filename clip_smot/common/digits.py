@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import cache_root, file_lock, fsync_folder, read_json
+from clip_smot.common.files import cache_root, file_lock, fsync_file, fsync_folder, read_json
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "written_folders", "write_digits"]
 
@@ -101,11 +101,7 @@ def _flush(tmp: Path) -> None:
     ext4 disk: 2,400 files, once.)"""
     for folder, _, names in os.walk(tmp, topdown=False):
         for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(os.path.join(folder, name))
         fsync_folder(folder)
 
 

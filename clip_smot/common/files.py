@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "sha256_file", "archive_overflow"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -413,7 +413,7 @@ def _write_error(path: Path, e: Exception) -> UserError:
     return UserError(f"cannot write {path}: {reason}{kept}")
 
 
-def _fsync(path: str) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
     """Flush the file ``path``'s bytes to the disk. A file renamed over the old one before its
     bytes are on the disk can be, after a power loss or a crash of the machine, an empty or
     partly written file where the whole old one was (XFS, btrfs, ext4 without ``auto_da_alloc``):
@@ -455,7 +455,7 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets an ordinary file's mode
-        _fsync(tmp)
+        fsync_file(tmp)
         return tmp
     except BaseException as e:  # (Ctrl-C too: no temporary file left behind)
         error = _write_error(path, e) if isinstance(e, Exception) else e  # (while the file still fills the disk)
