@@ -242,6 +242,11 @@ def holds_folders(path: Path) -> bool:
         return False
 
 
+def _visible_names(folder: Path) -> list[str]:
+    """The names in ``folder`` but hidden ones (``.DS_Store``, macOS's ``._x.jpg``: never data)."""
+    return [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+
+
 def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
     """The folder of class folders for ``split`` ("train" or "val") of the folder ``root``:
     ``root/split`` when it is a folder of class folders, else ``root`` itself (a folder of class
@@ -261,11 +266,12 @@ def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
         return where
     other = "val" if split == "train" else "train"
     try:
-        names = [p.name for p in where.iterdir() if not p.name.startswith(".")] if os.path.isdir(where) else []
+        names = _visible_names(where) if os.path.isdir(where) else []
     except OSError as e:  # (as the walk of a set names such a folder)
         raise UserError(f"{flag} {root}: {where}: a folder that cannot be listed ({e.strerror or e})") from None
     archives = sorted(n for n in names if n.lower().endswith(".tar") and os.path.isfile(where / n))
-    if archives and not image_names(where, names):  # (a class folder with a stray tar beside its images is one)
+    n = len(image_names(where, names))
+    if archives and not n:  # (a class folder with a stray tar beside its images is one)
         raise UserError(f"{flag} {root}: {where} holds {len(archives)} tar archive(s) and no class folders (ImageNet's "
                         f"training archive unpacks into one tar a class); unpack each into a folder of its name, "
                         f"e.g. {archives[0]} into {where / archives[0][:-4]}/")
@@ -274,7 +280,6 @@ def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
     if not os.path.isdir(where):
         raise UserError(f"{flag} {root}: it holds {other}/<class>/ but no {split}/ folder (expected "
                         f"{where}/<class>/<image>)")
-    n = len(image_names(where, names))
     if not n:
         raise UserError(f"{flag} {root}: {where} holds no class folders (expected {where}/<class>/<image>)")
     raise UserError(f"{flag} {root}: {where} holds {n} image(s) but no class folders (ImageNet's validation "
@@ -306,7 +311,7 @@ def refuse_loose_images(root: str | os.PathLike, flag: str = "--data") -> None:
         UserError: naming ``root``, the count and the first such image.
     """
     root = Path(root)
-    loose = sorted(image_names(root, [p.name for p in root.iterdir() if not p.name.startswith(".")]))
+    loose = sorted(image_names(root, _visible_names(root)))
     if loose:
         raise UserError(f"{flag} {root}: {len(loose)} image(s) beside the class folders, e.g. {loose[0]}: an image "
                         "has no class there; move each into its class folder, or out of this folder")
