@@ -28,6 +28,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import exists, file_key, given_path, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
     class_folders,
+    holds_images,
     iter_images,
     label_number,
     list_images,
@@ -160,13 +161,24 @@ def _id_root(where: str | os.PathLike, flag: str) -> Path:
 def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
     """The sorted class sub-folders of an ID folder (``DIR/val/<class>/`` or ``DIR/<class>/``).
 
+    Zero-shot takes every one as a class: its name is the prompts' class name, its images are the
+    class's test images. A folder without images is no class: an archiver's ``__MACOSX/`` beside
+    1,000 wnid folders was one more class, and the prompts of the other 1,000 named their wnids
+    ("a photo of a n01440764.") instead of their classes, with a note and an exit code 0.
+
     Raises:
-        UserError: not a folder, or no class sub-folders.
+        UserError: not a folder, no class sub-folders, or a class sub-folder without images.
     """
     root = _id_root(where, flag)
     if not is_folder(root, flag):
         raise UserError(f"{flag} {where}: no such folder (zero-shot needs an ID folder of class folders)")
-    return class_folders(root, flag)
+    folders = class_folders(root, flag)
+    empty = [f for f in folders if not holds_images(root / f)]
+    if empty:
+        raise UserError(f"{flag} {root}: {len(empty)} of its {len(folders)} class folders {'holds' if len(empty) == 1 else 'hold'} no "
+                        f"images, e.g. {empty[0]}: zero-shot takes each class folder as a class; remove it (an archiver's "
+                        "__MACOSX, a class not yet copied) or fill it")
+    return folders
 
 
 def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]:

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -240,6 +240,17 @@ def holds_folders(path: Path) -> bool:
         return os.path.isdir(path) and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
     except OSError:
         return False
+
+
+def holds_images(root: str | os.PathLike) -> bool:
+    """Whether the folder ``root`` holds an image file anywhere below it (hidden files and
+    folders are no part of it: an archiver's ``__MACOSX/`` holds only ``._x.jpg`` files). Stops at
+    the first image found.
+
+    Raises:
+        UserError: a folder below ``root`` cannot be listed (naming it).
+    """
+    return any(image_names(folder, names) for folder, names in walk_files(root))
 
 
 def _visible_names(folder: Path) -> list[str]:

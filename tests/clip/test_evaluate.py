@@ -291,6 +291,37 @@ def test_zero_shot_on_wnid_folders_and_a_stray_one_is_a_note(tmp_path, tiny_clip
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
 
 
+def test_zero_shot_refuses_a_class_folder_without_images(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """A zip made on a Mac unpacks a ``__MACOSX/`` folder of ``._x`` files beside the class
+    folders: zero-shot took it as a class (one more prompt, "a photo of a __MACOSX.") and, as it is
+    no wnid, named the other classes' prompts by their wnids; exit code 0, a note. An empty class
+    folder is refused too; a hidden one and a class whose images lie deeper are not."""
+    for k, c in enumerate(("n01440764", "n01443537")):
+        _img(tmp_path / "id" / "val" / c / "0.png", 60 * k)
+    junk = tmp_path / "id" / "val" / "__MACOSX" / "n01440764"
+    junk.mkdir(parents=True)
+    (junk / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # (AppleDouble)
+    _img(tmp_path / "ood" / "0.png", 200)
+    base = ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained", tiny_clip_checkpoint, "--ood",
+            f"o={tmp_path / 'ood'}", "--workers", "0", "--no-cache", "--id", str(tmp_path / "id")]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "e")])
+    assert res.exit_code == 1 and not (tmp_path / "e").exists(), res.output
+    assert res.output == (f"Error: --id {tmp_path / 'id' / 'val'}: 1 of its 3 class folders holds no images, e.g. "
+                          "__MACOSX: zero-shot takes each class folder as a class; remove it (an archiver's __MACOSX, "
+                          "a class not yet copied) or fill it\n")
+    shutil.rmtree(tmp_path / "id" / "val" / "__MACOSX")
+    (tmp_path / "id" / "val" / "n01443537" / "deeper").mkdir()
+    (tmp_path / "id" / "val" / "n01443537" / "0.png").rename(tmp_path / "id" / "val" / "n01443537" / "deeper" / "0.png")
+    (tmp_path / "id" / "val" / ".hidden").mkdir()  # (hidden: no class)
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert report["n_images"]["id"] == 2 and report["id_accuracy"] in (0.0, 50.0, 100.0)
+    (tmp_path / "id" / "val" / "n02085620").mkdir()  # (a class not yet copied)
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "e3")])
+    assert res.exit_code == 1 and "1 of its 3 class folders holds no images, e.g. n02085620:" in res.output
+
+
 def test_zero_shot_with_pretrained_none_is_random_weights_not_openai(tmp_path, tiny_clip_config):
     """--zero-shot defaults --pretrained to openai only when it is not given: ``none`` is no
     weights (random, seeded), as for a prompt, and needs no download."""
@@ -407,6 +438,7 @@ def test_an_id_class_named_val_is_a_class(tmp_path):
     s = id_set(tmp_path / "id", ["cat", "val"])
     assert sorted(zip([p.split("/")[-2] for p in map(str, s.paths)], s.labels)) == [("cat", 0), ("val", 1)]
     (tmp_path / "imagenet" / "val" / "dog").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imagenet" / "val" / "dog" / "0.png")
     assert folder_classnames(tmp_path / "imagenet") == ["dog"]
 
 

@@ -493,6 +493,7 @@ def test_zero_shot_class_names_of_id_folders(tmp_path):
 
     for rel in ("named/val/sea_lion", "named/val/cat", "wnids/n01443537", "wnids/n01440764"):
         (tmp_path / rel).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel / "0.png")  # (a folder without images is no class)
     assert folder_classnames(tmp_path / "named") == ["cat", "sea lion"]
     assert folder_classnames(tmp_path / "wnids") == ["tench", "goldfish"]
 
@@ -706,6 +707,7 @@ def test_zero_shot_names_wnids_only_when_every_folder_is_one(tmp_path):
 
     for rel in ("mixed/n01440764", "mixed/sea_lion"):
         (tmp_path / rel).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel / "0.png")  # (a folder without images is no class)
     assert folder_classnames(tmp_path / "mixed") == ["n01440764", "sea lion"]
 
 
