@@ -857,6 +857,9 @@ def export_prompt(cfg: ExportConfig) -> Path:
                                     ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
                  data, run=path.parent)
     make_folder(Path(cfg.out).parent, "--out")  # (a file in its place is one line now, not after the encoding)
+    # an export killed while writing left its temporaries beside --out (hidden, as large as the
+    # prompt); a younger one may be another export's at work there
+    remove_stale_temporaries(Path(cfg.out).parent, (Path(cfg.out).name,), older_than_s=3600.0)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,34 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
     assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
     assert a.classnames == b.classnames and a.config == b.config
+
+
+def test_export_removes_what_a_killed_export_left_beside_its_out(one_epoch, tmp_path):
+    """An export killed while writing (SIGKILL, the OOM killer) leaves its temporary file and the
+    folder of its safetensors write beside --out, hidden, each as large as the prompt: the next
+    export to that --out removes those over an hour old (a younger one may be another export's at
+    work), and nothing of another file's or a user's."""
+    old_file, old_folder = tmp_path / ".again.safetensors.k1ll3d_x.tmp", tmp_path / ".again.safetensors.k1ll3d_y.tmp"
+    young, other = tmp_path / ".again.safetensors.y0ung_zz.tmp", tmp_path / ".other.safetensors.k1ll3d_x.tmp"
+    users = tmp_path / ".again.safetensors.mine_abc.tmp"  # (a folder of a user's under such a name: kept)
+    for f in (old_file, young, other):
+        f.write_bytes(b"half")
+    old_folder.mkdir()
+    (old_folder / "tensors").write_bytes(b"half")
+    (old_folder / ".tmpAb12Cd").write_bytes(b"half")  # (safetensors 0.8's own temporary)
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    hour_ago = time.time() - 3700
+    for f in (old_file, old_folder, old_folder / "tensors", old_folder / ".tmpAb12Cd", other, users, users / "notes.txt"):
+        os.utime(f, (hour_ago, hour_ago))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
+                                   "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert not old_file.exists() and not old_folder.exists()
+    assert young.exists() and other.exists() and (users / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".again.safetensors.mine_abc.tmp", ".again.safetensors.y0ung_zz.tmp", ".other.safetensors.k1ll3d_x.tmp",
+         "again.safetensors"])
 
 
 def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
