@@ -28,7 +28,7 @@ from clip_smot.clip.scorer import skipped_kind
 from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
-from clip_smot.common.reports import EvalConfig
+from clip_smot.common.reports import REPORT_FILES, EvalConfig
 from clip_smot.reproduce import TABLES, ReproduceOptions, run_reproduce
 from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 from clip_smot.resnet.train import TrainConfig, run_train
@@ -326,12 +326,16 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
                      ("--decode", decode != "auto"))  # (were ignored: a ResNet has its own, decodes by PIL, caches none)
         for flag in (f for f, given in clip_only if given):
             raise click.UsageError(f"{flag} is for the CLIP track (--prompt, --zero-shot), not --checkpoint")
-        run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
+        report = run_resnet_eval(ResnetEvalConfig(checkpoint=checkpoint, **shared))
     else:
         with process_group(shared["device"]):
-            run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model, pretrained=pretrained,
-                                         split=split, use_cache=use_cache, decode=decode, precision=precision,
-                                         **shared))
+            report = run_clip_eval(ClipEvalConfig(prompt=prompt, zero_shot=zero_shot, model=model,
+                                                  pretrained=pretrained, split=split, use_cache=use_cache,
+                                                  decode=decode, precision=precision, **shared))
+    if report:  # (under torchrun: rank 0's, which wrote the files) the table, as metrics.md holds it
+        out = Path(shared["out"])
+        click.echo((out / "metrics.md").read_text(encoding="utf-8"), nl=False)
+        click.echo(f"written to {out}: {', '.join(n for n in REPORT_FILES if (out / n).is_file())}")
 
 
 _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS

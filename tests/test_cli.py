@@ -490,6 +490,23 @@ def test_only_the_options_without_a_default_are_required():
         assert [p.opts[0] for p in params if p.required and p.opts[0].startswith("--")] == required, command
 
 
+def test_eval_under_torchrun_prints_its_table_on_rank_0_only(monkeypatch, tmp_path):
+    """Only rank 0 writes the metric files (run_clip_eval returns their report there, {} on the
+    other ranks): it alone prints the table, which it reads back from its metrics.md."""
+    import contextlib
+
+    import clip_smot.cli as cli_module
+
+    (tmp_path / "metrics.md").write_text("# T\n\n| score |\n")
+    (tmp_path / "metrics.json").write_text("{}")
+    for rank in (1, 0):
+        monkeypatch.setattr(cli_module, "process_group", lambda device, rank=rank: contextlib.nullcontext((rank, 0, 2)))
+        monkeypatch.setattr(cli_module, "run_clip_eval", lambda cfg, rank=rank: {"metrics": {}} if rank == 0 else {})
+        res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--id", "i", "--ood", "o=x", "--out", str(tmp_path)])
+        assert res.exit_code == 0 and res.stderr == "", res.output
+        assert res.stdout == ("" if rank else f"# T\n\n| score |\nwritten to {tmp_path}: metrics.json, metrics.md\n")
+
+
 def test_score_under_torchrun_lists_skipped_images_on_rank_0_only(monkeypatch):
     """Every process knows every skipped image: only rank 0 lists them (each would print the same lines)."""
     import contextlib

@@ -291,6 +291,22 @@ def test_zero_shot_on_wnid_folders_and_a_stray_one_is_a_note(tmp_path, tiny_clip
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
 
 
+def test_eval_prints_its_table_and_where_it_wrote(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """A finished eval said nothing: its table is on stdout as metrics.md holds it, then the
+    files it wrote (the notes stay on stderr)."""
+    for k, c in enumerate(("cat", "dog")):
+        _img(tmp_path / "id" / c / "0.png", 60 * k)
+    _img(tmp_path / "ood" / "0.png", 200)
+    out = tmp_path / "e"
+    res = CliRunner().invoke(cli, ["eval", "--zero-shot", "--model", tiny_clip_config, "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}",
+                                   "--workers", "0", "--no-cache", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = (out / "metrics.md").read_text()
+    assert table.startswith("# Zero-shot MCM baseline (clip-smot-tiny, tiny.safetensors)\n") and "| mcm |" in table
+    assert res.stdout == f"{table}written to {out}: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json\n"
+
+
 def test_zero_shot_refuses_a_class_folder_without_images(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
     """A zip made on a Mac unpacks a ``__MACOSX/`` folder of ``._x`` files beside the class
     folders: zero-shot took it as a class (one more prompt, "a photo of a __MACOSX.") and, as it is

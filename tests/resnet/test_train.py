@@ -202,6 +202,8 @@ def test_digits_base_smot_eval_offline(tmp_path):
     assert report["n_id"] == 450 and report["n_ood"] == {"photos": 300, "textures": 300}
     assert (report["trained_on"], report["method"]) == ("digits", "smot")  # (the model file's record of its set)
     assert report["id_accuracy"] > 15  # above chance (10%) after two epochs a stage; the full recipe is the smoke run
+    # the table on stdout, as metrics.md holds it, then the files written (a ResNet's: no config.json)
+    assert r.stdout == f"{(ev / 'metrics.md').read_text()}written to {ev}: metrics.csv, metrics.json, metrics.md, scores_hist.png\n"
 
 
 def test_dry_run_writes_nothing(folders, tmp_path):
