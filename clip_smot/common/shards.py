@@ -14,7 +14,9 @@ long names, a sparse map, with the global pax records in force) take more than
 more deeply than tarfile can follow. Listing reads the
 headers alone (seeking over the data); reading one image seeks to its bytes through an index of
 the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
-does not grow with the number of images, nor with the sizes a shard's headers declare.
+does not grow with the number of images, nor with the sizes a shard's headers declare. A
+compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, or such a stream named ``.tar``),
+which webdataset writes and streams, is refused in one line: it has no offset to seek to.
 """
 
 from __future__ import annotations
@@ -39,11 +41,37 @@ MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: far above any photograph, far below a mac
 # attributes (Linux: 64 KiB a value at most); 1 MiB also holds a sparse map of 43,000 fragments.
 MAX_HEADER_BYTES = 1 << 20
 _INDEXED = 4  # shards whose index a process keeps (DataLoader workers read a few at a time)
+# Compressed tars, as webdataset's TarWriter writes them for a name ending in "gz", "bz2" or "xz" and
+# its reader streams them: refused in one line (an image is read at its offset, which a compressed
+# stream has not) rather than read as one image file that does not decode
+_COMPRESSED = {".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bzip2", ".tbz2": "bzip2", ".tar.xz": "xz",
+               ".txz": "xz"}
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 
 
 def is_shard(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a tar shard: a regular file whose name ends in ``.tar``."""
-    return str(path).lower().endswith(".tar") and os.path.isfile(path)
+    """Whether ``path`` names a tar shard: a regular file whose name ends in ``.tar``, or in a
+    compressed tar's suffix (``.tar.gz``, ``.tgz``, ...: a shard that :func:`list_members`
+    refuses by name, not an image file to decode)."""
+    return str(path).lower().endswith((".tar", *_COMPRESSED)) and os.path.isfile(path)
+
+
+def _compressed(shard: str, flag: str, kind: str) -> UserError:
+    return UserError(f"{flag} {shard}: a tar shard compressed with {kind}, which is not read (images are read at their "
+                     f"offsets in an uncompressed tar); decompress it to a .tar first ({kind} -dc SHARD > NAME.tar)")
+
+
+def _unreadable(shard: str, flag: str, e: Exception) -> UserError:
+    """The error of a shard that tarfile could not read: a compressed tar named ``.tar`` (its first
+    bytes tell; webdataset reads one) is said to be one, anything else is not a readable tar."""
+    try:
+        with open(shard, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        head = b""
+    if kind := next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None):
+        return _compressed(shard, flag, kind)
+    return UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})")
 
 
 def split_member(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -131,6 +159,8 @@ class _BoundedReads:
 
 def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
     """member name -> (offset of its data, size), for the listable members of ``shard``, in order."""
+    if kind := next((k for suffix, k in _COMPRESSED.items() if shard.lower().endswith(suffix)), None):
+        raise _compressed(shard, flag, kind)
     index: dict[str, tuple[int, int]] = {}
     info = None
     try:
@@ -147,11 +177,11 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
         if not (str(e) == "unexpected end of data" and info is not None
                 and index.get(info.name) == (info.offset_data, info.size)
                 and info.offset_data + info.size > os.path.getsize(shard)):
-            raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
+            raise _unreadable(shard, flag, e) from None
     except FileNotFoundError:
         raise UserError(f"{flag} {shard}: no such file") from None
     except (tarfile.TarError, OSError, ValueError) as e:
-        raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard ({e})") from None
+        raise _unreadable(shard, flag, e) from None
     except RecursionError:  # (tarfile reads an extended header's next header by recursing into it)
         raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard (the headers at byte {reads.at} "
                         "extend one another more deeply than tarfile can follow)") from None

@@ -136,3 +136,31 @@ def test_score_of_webdataset_shards_resumes_to_the_uninterrupted_csv(tmp_path, s
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
     assert resumed == [r["path"] for r in read_csv(out)][PER_SHARD:]  # (the first shard's images not again)
 
+
+def test_gzip_compressed_shards_of_shardwriter_are_refused_or_skipped_by_name(tmp_path, shards_and_files,
+                                                                               tiny_clip_checkpoint):
+    """ShardWriter("shards-%06d.tar.gz") gzips each shard (webdataset's reader streams them). Such
+    a shard was taken for one image file: `score` stopped on 'unreadable or truncated image', and
+    --skip-unreadable dropped its images as one unreadable image. It is now refused as a
+    compressed shard in one line before anything is encoded, and --skip-unreadable skips it
+    whole, as a shard it cannot list, saying why; the other shards' rows are as without it."""
+    shards, _, _ = shards_and_files
+    with webdataset.ShardWriter(str(tmp_path / "gz-%06d.tar.gz"), maxcount=2) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"{i:09d}", "jpg": _encoded(_image(i), "JPEG"), "cls": i % 3})
+    gz = [str(tmp_path / "gz-000000.tar.gz"), str(tmp_path / "gz-000001.tar.gz")]
+    assert [s["__key__"] for s in webdataset.WebDataset(gz, shardshuffle=False)] == ["000000000", "000000001",
+                                                                                     "000000002"]
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,msp,energy", "--device", "cpu", "--workers", "0", "--batch-size", "2"]
+    why = ("a tar shard compressed with gzip, which is not read (images are read at their offsets in an uncompressed "
+           "tar); decompress it to a .tar first (gzip -dc SHARD > NAME.tar)")
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "x.csv"), shards[0], gz[0]])
+    assert res.exit_code == 1 and res.output.splitlines() == [f"Error: PATH {gz[0]}: {why}"], res.output
+    assert not list(tmp_path.glob("x.csv*"))
+    res = CliRunner().invoke(cli, [*base, "--skip-unreadable", "--out", str(tmp_path / "s.csv"), gz[0], *shards, gz[1]])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[-3:] == ["Skipped 2 unreadable image(s) or shard(s):", f"  PATH {gz[0]}: {why}",
+                                            f"  PATH {gz[1]}: {why}"], res.stderr
+    _score_cli(tmp_path, tiny_clip_checkpoint, shards, tmp_path / "shards.csv")
+    assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "shards.csv").read_bytes()

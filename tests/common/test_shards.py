@@ -622,3 +622,47 @@ def test_the_limits_are_the_ones_docs_score_md_states():
     assert "a member over 256 MiB is an unreadable image" in text
     assert "take more than 1 MiB: `tarfile` holds them in memory whole" in text
     assert (shards.MAX_MEMBER_BYTES, shards.MAX_HEADER_BYTES) == (256 * 1024 * 1024, 1024 * 1024)
+
+
+# --- against the webdataset library's own writer and reader -------------------------------------
+
+def _encoded(fmt, seed=0, size=(20, 24)):
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype("uint8")).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, compress, kind", [("s.tar.gz", None, "gzip"), ("s.tgz", None, "gzip"),
+                                                  ("s.tar", True, "gzip"), ("s.tar.bz2", "bz2", "bzip2"),
+                                                  ("s.tar.xz", "xz", "xz"), ("s.tar", "xz", "xz")])
+def test_a_compressed_shard_that_webdataset_reads_is_refused_in_one_line(tmp_path, name, compress, kind):
+    """webdataset's TarWriter compresses a shard whose name ends in "gz" (or with compress=True),
+    and its reader streams gzip, bzip2 and xz tars. Such a shard named .tar.gz or .tgz was taken
+    for one image file: `score` stopped on 'unreadable or truncated image', and with
+    --skip-unreadable it dropped the shard's images as one unreadable image. A compressed tar,
+    by its name or (named .tar) by its first bytes, is now a shard refused in one line that says
+    so (its images cannot be read at an offset)."""
+    import bz2
+    import lzma
+
+    import webdataset
+
+    shard = tmp_path / name
+    if compress in (None, True):
+        with webdataset.TarWriter(str(shard), compress=compress) as sink:
+            sink.write({"__key__": "000000000", "jpg": _encoded("JPEG"), "cls": 1})
+    else:
+        with webdataset.TarWriter(str(tmp_path / "plain.tar")) as sink:
+            sink.write({"__key__": "000000000", "jpg": _encoded("JPEG"), "cls": 1})
+        shard.write_bytes((bz2 if compress == "bz2" else lzma).compress((tmp_path / "plain.tar").read_bytes()))
+    read = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
+            for s in webdataset.WebDataset([str(shard)], shardshuffle=False)]
+    assert read == [("000000000", ["cls", "jpg"])]  # (webdataset reads it)
+    assert shards.is_shard(shard)
+    with pytest.raises(UserError, match=rf"^PATH {shard}: a tar shard compressed with {kind}, which is not read \(images "
+                                        rf"are read at their offsets in an uncompressed tar\); decompress it to a \.tar "
+                                        rf"first \({kind} -dc SHARD > NAME\.tar\)$"):
+        image_files(shard, "PATH")
