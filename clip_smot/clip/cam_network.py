@@ -3,11 +3,14 @@
 ``--cam-model`` is either ``resnet18-imagenet`` (torchvision's ImageNet weights, downloaded on
 a machine with internet; offline and not cached, a clear error within seconds), or the path of
 
-* a torchvision ResNet state dict (``.pt`` / ``.pth``; ImageNet stem, any depth, the block
-  type and counts read from the keys), or
-* a ``model.safetensors`` written by ``clip-smot train`` (metadata ``arch``, ``num_classes``,
-  ``classnames`` (JSON), ``input_size``, ``mean`` / ``std`` (JSON); tensors = the state dict;
-  the network is rebuilt by ``clip_smot.resnet.networks.build_network``).
+* a torchvision ResNet state dict (``.pt`` / ``.pth`` / ``.bin``, or ``.safetensors``, e.g.
+  timm's ``model.safetensors`` of ``timm/resnet18.tv_in1k`` on the Hugging Face hub: timm's
+  ResNets keep torchvision's key names; ImageNet stem, any depth, the block type and counts
+  read from the keys; ImageNet's mean and std at 224 pixels), or
+* a ``model.safetensors`` written by ``clip-smot train`` (metadata ``format`` =
+  ``clip-smot-model``, ``arch``, ``num_classes``, ``classnames`` (JSON), ``input_size``,
+  ``mean`` / ``std`` (JSON); tensors = the state dict; the network is rebuilt by
+  ``clip_smot.resnet.networks.build_network``).
 
 The CAM is computed for the true label when the network's classes are the data's (an ImageNet
 network on ImageNet wnids: through the wnid -> index map; a trained network whose class names
@@ -133,14 +136,38 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     return model
 
 
+def _safetensors_format(path: str) -> str | None:
+    """The ``format`` metadata of a safetensors file (None: it has none), read from its header;
+    a file safetensors cannot read is taken for a model file of ``clip-smot train``, whose
+    loader names the error."""
+    from safetensors import SafetensorError, safe_open
+
+    from clip_smot.resnet.networks import MODEL_FORMAT
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError):
+        return MODEL_FORMAT
+
+
 def _from_state_dict_file(path: str) -> CamNetwork:
     overflow = archive_overflow(path) or file_over_memory(path)
     if overflow:
         raise UserError(f"--cam-model {path}: {overflow}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({load_error(e)})") from None
+    if path.endswith(".safetensors"):  # (a state dict as the Hugging Face hub keeps it: timm's model.safetensors)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"--cam-model {path}: not a safetensors file ({e})") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"--cam-model {path}: not a readable PyTorch state dict ({load_error(e)})") from None
     for key in ("state_dict", "model"):  # common wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -174,9 +201,11 @@ def load_cam_network(spec: str) -> CamNetwork:
             f"--cam-model {spec}: no such checkpoint file (give {', '.join(CAM_MODELS)} or the path of a ResNet "
             "state dict (.pt/.pth) or of a model.safetensors from 'clip-smot train')"
         )
-    if spec.endswith(".safetensors"):
+    from clip_smot.resnet.networks import MODEL_FORMAT
+
+    if spec.endswith(".safetensors") and _safetensors_format(spec) == MODEL_FORMAT:
         return _from_train_safetensors(spec)
-    return _from_state_dict_file(spec)
+    return _from_state_dict_file(spec)  # (a safetensors file of other metadata: a plain state dict)
 
 
 def build_cam_provider(net: CamNetwork, classes: FewShotClasses) -> tuple[CAMProvider, list[int] | None]:

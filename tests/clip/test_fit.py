@@ -1084,6 +1084,42 @@ def test_cam_model_from_a_train_safetensors(tmp_path):
         load_cam_network(str(tmp_path / "bad.safetensors"))
 
 
+def test_cam_model_from_timms_hub_safetensors(fit_args, tmp_path, tiny_clip_checkpoint):
+    """timm's ``model.safetensors`` as the Hugging Face hub keeps it (``timm/resnet18.tv_in1k``
+    holds torchvision's ImageNet ResNet-18 there) was refused as "not a clip-smot model file":
+    a safetensors file without clip-smot train's metadata is a state dict. timm's ResNet keeps
+    torchvision's key names; the network read from timm's own file (written by timm's
+    save_for_hf) gives timm's features and logits, and fit takes it."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    theirs = timm.create_model("resnet18", pretrained=False).eval()
+    with torch.no_grad():  # (random BatchNorm statistics, so that they count)
+        for m in theirs.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_for_hf(theirs, str(tmp_path / "hub"), safe_serialization=True)
+    path = tmp_path / "hub" / "model.safetensors"
+    net = load_cam_network(str(path))
+    assert net.imagenet and net.input_size == 224 and net.class_ids is None
+    assert (net.mean, net.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ours = net.model.eval()
+    with torch.no_grad():
+        features = ours.layer4(ours.layer3(ours.layer2(ours.layer1(ours.maxpool(ours.relu(ours.bn1(ours.conv1(x))))))))
+        torch.testing.assert_close(features, theirs.forward_features(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--cam-model", str(path)))
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cam_model"] == str(path)
+    # a safetensors file of no ResNet (CLIP weights) is one line naming what it lacks
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run2", "--cam-model", tiny_clip_checkpoint))
+    assert res.exit_code == 1 and res.output.endswith(
+        f"--cam-model {tiny_clip_checkpoint}: not a torchvision ResNet state dict (no conv1.weight / fc.weight)\n")
+
+
 def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):
     """A model.safetensors of 'clip-smot train' made on other classes (another data set, or a
     class renamed since) gave top-1 CAMs instead of true-label ones, silently."""
