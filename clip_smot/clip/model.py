@@ -356,12 +356,16 @@ def weights_flag(clip: ClipModel) -> str:
 
 def _check_temperature(clip: ClipModel) -> None:
     """A UserError naming the weights when CLIP's temperature ``logit_scale.exp()`` (in float32,
-    as the logits take it) is not a positive finite number: inf made every logit and loss NaN (fit
-    blamed its --lr), 0 made every logit 0, so the loss was log K and the context never moved."""
+    as the logits take it) is not a normal positive finite number: inf made every logit and loss
+    NaN (fit blamed its --lr), 0 made every logit 0, so the loss was log K and the context never
+    moved; a subnormal one (below float32's smallest normal 1.2e-38, e.g. logit_scale -95) did the
+    same, and is 0 outright where subnormals are flushed to zero."""
     temperature = logit_scale(clip).float()  # (as the scorer and the fit step take it)
     finite = bool(torch.isfinite(temperature))
-    if not (finite and temperature > 0):
-        what, then = ("non-finite temperature", "") if not finite else ("temperature", ", under which every logit is 0")
+    if not (finite and temperature >= torch.finfo(torch.float32).tiny):
+        what, then = (("non-finite temperature", "") if not finite else
+                      ("temperature", ", under which every logit is 0") if temperature <= 0 else
+                      ("subnormal temperature", ", under which every logit is about 0"))
         raise UserError(f"{weights_flag(clip)}: logit_scale {float(clip.model.logit_scale):g} gives the {what} "
                         f"exp(logit_scale) = {float(temperature):g}{then} (CLIP's is at most ln 100 = 4.605)")
 

@@ -253,13 +253,15 @@ def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_
 @pytest.mark.parametrize("scale, said", [
     (100.0, "the non-finite temperature exp(logit_scale) = inf"),
     (-200.0, "the temperature exp(logit_scale) = 0, under which every logit is 0"),
+    (-95.0, "the subnormal temperature exp(logit_scale) = 5.52112e-42, under which every logit is about 0"),
 ])
 def test_weights_whose_temperature_is_inf_or_0_are_refused_before_training(fit_args, tiny_clip_checkpoint, tmp_path,
                                                                             scale, said):
     """CLIP's logits are exp(logit_scale) * cosine, in float32: logit_scale 100 (exp: inf) made the
     loss NaN, which fit blamed on its --lr; -200 (exp: 0, float32's smallest is e^-103.3) made every
-    logit 0, so the loss was log 3 = 1.0986 each epoch and the context never moved, exit 0. Both
-    are one line naming the weights, before anything is trained or written."""
+    logit 0, so the loss was log 3 = 1.0986 each epoch and the context never moved, exit 0; -95
+    (exp: 5.5e-42, below float32's smallest normal 1.2e-38, and 0 where subnormals are flushed to
+    zero) did the same. Each is one line naming the weights, before anything is trained or written."""
     from safetensors.torch import load_file, save_file
 
     weights = load_file(tiny_clip_checkpoint)

@@ -1062,6 +1062,9 @@ def _weights_with(tmp_path, checkpoint, key, value):
     # exp(-200) is 0 in float32: every logit 0, so energy was log K for every image, exit 0
     ("logit_scale", -200.0, "mcm,energy", "logit_scale -200 gives the temperature exp(logit_scale) = 0, under which "
                                           "every logit is 0"),
+    # exp(-95) is subnormal in float32 (and 0 where subnormals are flushed): the same
+    ("logit_scale", -95.0, "mcm,energy", "logit_scale -95 gives the subnormal temperature exp(logit_scale) = "
+                                         "5.52112e-42, under which every logit is about 0"),
     ("visual.proj", float("nan"), "mcm", "the image encoder of clip-smot-tiny gives non-finite features (6 of 6"),
     ("text_projection", float("nan"), "mcm", "the text features re-encoded from the stored context are not finite"),
 ])
