@@ -426,7 +426,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
     where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
-    ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default). A
+    ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), and whose
+    ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
     (``vocab_size`` at least SIMPLE_TOKENIZER_VOCAB) unless it names a Hugging Face tokenizer.
@@ -477,6 +478,12 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if act and cfg.get("quick_gelu"):
             raise bad(f"{prefix}{tower}.act_kwargs sets GELU's approximate, but quick_gelu builds QuickGELU, "
                       "which has none")
+    # open_clip compares it with 0 and builds PatchDropout, which asserts 0 <= p < 1: a string or a null
+    # was a TypeError and true, 1 or more an AssertionError, each "open_clip cannot build this
+    # architecture" naming no key; a negative one (or NaN) it takes for none, a fraction it is not
+    dropout = cfg["vision_cfg"].get("patch_dropout", 0.0)
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise bad(f"{prefix}vision_cfg.patch_dropout must be a number in [0, 1), not {_shown(dropout)}")
     tokenizer_kwargs = cfg["text_cfg"].get("tokenizer_kwargs")
     if "tokenizer_kwargs" in cfg["text_cfg"] and not isinstance(tokenizer_kwargs, dict):  # (passed as **: TypeError)
         raise bad(f"{prefix}text_cfg.tokenizer_kwargs must be a JSON object, not {_shown(tokenizer_kwargs)}")

@@ -413,6 +413,14 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
      r"vision_cfg.act_kwargs may set only approximate, 'none' or 'tanh' \(GELU's\), not \{'approximate': 'none', "),
     ({"text_cfg": {"act_kwargs": {"approximate": "tanh"}}}, r"text_cfg.act_kwargs sets GELU's approximate, but "
                                                             "quick_gelu builds QuickGELU"),
+    # open_clip's PatchDropout asserts 0 <= p < 1 (and compares p with 0 first): each was "open_clip
+    # cannot build this architecture (AssertionError)" or a TypeError's words, naming no key
+    ({"vision_cfg": {"patch_dropout": 1.0}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not 1.0$"),
+    ({"vision_cfg": {"patch_dropout": 10**400}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not 1000"),
+    ({"vision_cfg": {"patch_dropout": True}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not True$"),
+    ({"vision_cfg": {"patch_dropout": "0.5"}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not '0.5'$"),
+    ({"vision_cfg": {"patch_dropout": None}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not None$"),
+    ({"vision_cfg": {"patch_dropout": -0.1}}, r"vision_cfg.patch_dropout must be a number in \[0, 1\), not -0.1$"),
     # open_clip's own tokenizer would read the file that bpe_path names
     ({"text_cfg": {"tokenizer_kwargs": {"bpe_path": "/etc/passwd"}}}, r"text_cfg.tokenizer_kwargs .*: open_clip's own "
                                                                       "tokenizer takes none"),
@@ -474,6 +482,22 @@ def test_a_patch_as_large_as_the_image_is_accepted(tmp_path):
     clip = load_clip(str(path), None)
     assert clip.model.visual.positional_embedding.shape == (1 + 1, 64)
     assert clip.model.encode_image(torch.zeros(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_a_patch_dropout_in_its_range_is_accepted(tmp_path):
+    """The check's edge: 0 and 0.5 are open_clip's PatchDropout's to build; it drops patches only
+    in training mode, so a frozen tower encodes as without it."""
+    from conftest import TINY_CLIP_CONFIG
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    features = []
+    for p in (0, 0.5):
+        cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "patch_dropout": p}}
+        path = tmp_path / f"clip-smot-tiny-dropout-{p}.json"
+        path.write_text(json.dumps(cfg))
+        torch.manual_seed(0)  # (the same random weights)
+        features.append(load_clip(str(path), None).model.encode_image(images))
+    assert torch.equal(features[0], features[1])
 
 
 def test_every_config_open_clip_ships_passes_the_checks():
