@@ -49,6 +49,7 @@ from clip_smot.common.configs import (
     MAX_WORKERS,
     check_field_types,
     check_ranges,
+    known_fields,
     setting,
 )
 from clip_smot.common.device import (
@@ -152,8 +153,7 @@ class FitConfig:
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
         """Build from a dict, ignoring unknown keys (such as ``run`` in config.json)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**known_fields(cls, d))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> FitConfig:

@@ -17,7 +17,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import parse_json
 
 __all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "MAX_SGD_FACTOR", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
-           "setting"]
+           "known_fields", "setting"]
 
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
@@ -104,6 +104,17 @@ def check_ranges(cfg: Any) -> None:
             raise UserError(f"{flag_of(f) or type(cfg).__name__ + '.' + f.name} {value}: {problem}")
 
 
+def known_fields(cls: type, d: Any) -> dict:
+    """The items of the dict ``d`` whose keys name a field of the dataclass ``cls`` (other keys are
+    ignored: the ``run`` block of a saved config.json). A TypeError, as for a field that is
+    missing, when ``d`` is no dict: a JSON list or number read back from a file was an
+    AttributeError ('list' object has no attribute 'items')."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}.from_dict takes a dict (a JSON object), not {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
 class JsonConfig:
     """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass config: tuples are
     JSON lists and come back as tuples, so a config read back equals the one written."""
@@ -119,7 +130,7 @@ class JsonConfig:
         """Build from a dict, ignoring unknown keys."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) and str(fields[k].type).startswith("tuple") else v
-                      for k, v in d.items() if k in fields})
+                      for k, v in known_fields(cls, d).items()})
 
     @classmethod
     def from_json(cls, text: str) -> Any:

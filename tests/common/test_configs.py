@@ -286,6 +286,21 @@ def test_the_largest_seed_is_the_largest_int64():
     assert str(e.value) == "--seed 9223372036854775808: must be in [0, 9223372036854775807]"
 
 
+@pytest.mark.parametrize("cls", [FitConfig, TrainConfig, ScoreConfig, EvalConfig, ClipEvalConfig, ResnetEvalConfig],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("value", [[1, 2], 3, "x", None], ids=repr)
+def test_from_dict_of_no_dict_is_a_type_error_naming_what_it_got(cls, value):
+    """A JSON list or number where a config's object belongs (a hand-edited config.json) was an
+    AttributeError ('list' object has no attribute 'items'); it is a TypeError, as a field
+    missing is, and from_json of such a text says the same."""
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}.from_dict takes a dict \(a JSON object\), not "
+                                        rf"{type(value).__name__}$"):
+        cls.from_dict(value)
+    if cls is not FitConfig:  # (FitConfig.from_json reads a file)
+        with pytest.raises(TypeError, match=r"from_dict takes a dict \(a JSON object\), not list$"):
+            cls.from_json("[1, 2]")
+
+
 def test_only_a_list_in_a_tuple_field_is_read_back_as_a_tuple():
     """from_dict turns a JSON list into a tuple for a tuple field only: any other value is kept as
     it was read (a string is not made a tuple of its characters), and a list in a field of
