@@ -14,13 +14,46 @@ __all__ = ["CONVENTIONS", "fpr_at_tpr", "ood_metrics"]
 CONVENTIONS = ("id", "openood")
 
 
+# numpy's kinds of what is no real number: the conversion to float64 read strings as numbers
+# ("0.5" -> 0.5, the string "123" -> one score 123), dates as day counts, and dropped the
+# imaginary part of complex numbers with a warning
+_NOT_NUMBERS = {"U": "strings", "S": "bytes", "M": "dates", "m": "time spans", "c": "complex numbers",
+                "V": "records"}
+
+
+def _kind(arr: np.ndarray) -> str:
+    """numpy's kind of ``arr``'s values; of an object array (Python numbers, None, or strings among
+    numbers), that of the first string, bytes or complex number it holds, else "O"."""
+    if arr.dtype.kind != "O":
+        return arr.dtype.kind
+    for v in arr.flat:
+        for kind, types in (("U", str), ("S", bytes), ("c", (complex, np.complexfloating))):
+            if isinstance(v, types):
+                return kind
+    return "O"
+
+
 def _as_scores(name: str, values) -> np.ndarray:
+    """``values`` as a flat float64 array of finite scores; a ValueError naming ``name`` for
+    anything else than real numbers (bool, integer or float, or Python objects of them)."""
+    def not_numbers(why: str) -> ValueError:
+        return ValueError(f"{name} must be numbers (an array, a tensor or a list of numbers): {why}")
+
     if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
+        if values.is_complex():  # (.double() would drop the imaginary part, with a warning)
+            raise not_numbers(f"not complex numbers ({values.dtype})")
         values = values.detach().cpu().double()
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError, RuntimeError) as e:  # strings, ragged lists of batches, tensors with grad
-        raise ValueError(f"{name} must be numbers (an array, a tensor or a list of numbers): {e}") from None
+    if np.ma.is_masked(values):  # (np.asarray drops the mask: the masked entries were scored)
+        raise ValueError(f"{name} has {int(np.ma.count_masked(values))} masked value(s): pass the others "
+                         "(its .compressed())")
+    try:  # (numpy >= 1.24: a ragged list is a ValueError, not a warning and an object array)
+        kind = _kind(np.asarray(values))
+        arr = None if kind in _NOT_NUMBERS else np.asarray(values, dtype=np.float64)  # (None: NaN, refused below)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        # a ragged list of batches, a tensor with grad, an integer past float64 (was an OverflowError)
+        raise not_numbers(str(e)) from None
+    if arr is None:
+        raise not_numbers(f"not {_NOT_NUMBERS[kind]}")
     arr = arr.reshape(-1)
     if arr.size == 0:
         raise ValueError(f"{name} is empty: at least one score is needed")

@@ -114,6 +114,45 @@ def test_scores_that_are_not_numbers_are_named():
             ood_metrics([0.0], bad)
 
 
+@pytest.mark.parametrize("bad, said", [
+    (["0.5", "0.7"], "not strings"),  # (were read as the numbers 0.5 and 0.7)
+    ("123", "not strings"),  # (was one score, 123)
+    ([1.0, "0.5"], "not strings"),
+    ([None, "0.5"], "not strings"),  # (an object array)
+    ([b"1"], "not bytes"),
+    (np.array(["2020-01-01"], dtype="datetime64[D]"), "not dates"),  # (were day counts)
+    (np.array([1, 2], dtype="timedelta64[s]"), "not time spans"),
+    (np.array([1 + 2j, 3]), "not complex numbers"),  # (the imaginary part dropped with a ComplexWarning)
+    ([1 + 2j], "not complex numbers"),
+    (torch.tensor([1 + 2j]), r"not complex numbers \(torch.complex64\)"),  # (with a UserWarning)
+    ([10**400, 1], "int too large to convert to float"),  # (an OverflowError traceback)
+    ([[1.0, 2.0], [3.0]], "inhomogeneous shape"),  # ragged (numpy >= 1.24 raises, as the floor is)
+])
+def test_scores_that_are_no_real_numbers_are_one_value_error(bad, said):
+    """Strings, bytes, dates, complex numbers and integers past float64 were converted (or
+    overflowed) on their way to float64: each is the ValueError naming the argument, no warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^id_scores must be numbers \(an array, a tensor or a list of "
+                                             rf"numbers\): .*{said}"):
+            ood_metrics(bad, [0.0])
+
+
+def test_masked_scores_are_refused_and_real_numbers_of_every_kind_are_read():
+    """np.asarray drops a masked array's mask (its masked entries were scored); bools, integers,
+    Python objects of numbers and lists of 0-d tensors are real numbers, read as before."""
+    from fractions import Fraction
+
+    with pytest.raises(ValueError, match=r"^ood_scores has 1 masked value\(s\): pass the others"):
+        ood_metrics([1.0, 2.0], np.ma.masked_array([0.0, 5.0], mask=[0, 1]))
+    assert ood_metrics([1.0, 2.0], np.ma.masked_array([0.0, 0.5], mask=[0, 0]))["auroc"] == 1.0
+    for good in ([True, True], np.array([3, 4], dtype=np.uint8), [2**70, Fraction(7, 2)], torch.tensor([2, 3]),
+                 [torch.tensor(1.5), torch.tensor(2.5)], [[1.5], [2.5]]):
+        assert ood_metrics(good, [0.0, 0.5])["auroc"] == 1.0, good
+
+
 def test_scores_by_hand():
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     e = np.exp([1.0, 2.0, 3.0])
