@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from typing import Any
 
 from clip_smot.common.errors import UserError
@@ -86,8 +87,11 @@ def _problem(value: Any, meta) -> str | None:
     try:
         if not math.isfinite(value):
             return "must be a finite number"
-    except OverflowError:  # an integer past any float (from a hand-edited file): past any range too
-        return _range_text(meta)
+    except OverflowError:  # an integer past any float (a flag, a hand-edited file): past any range, or,
+        # of a range open above, past the float math that takes it (--epochs 10**309 said "must be >= 1")
+        above = hi is None and value > 0
+        return f"{_range_text(meta)} and at most {sys.float_info.max:g} (float64's largest)" if above else \
+            _range_text(meta)
     if (lo is not None and (value <= lo if meta["min_open"] else value < lo)) or (hi is not None and value > hi):
         return _range_text(meta)
     return None

@@ -85,6 +85,9 @@ def test_a_tuple_comes_back_as_a_tuple():
     (FitConfig(alpha=0.0), "--alpha 0.0: must be > 0"),
     (FitConfig(sigma=float("inf")), "--sigma inf: must be a finite number"),
     (FitConfig(lam=10**400), f"--lam {10**400}: must be in [0, 1]"),  # (a hand-edited file: was an OverflowError)
+    # past float64, under a range open above: the cosine schedule's float division would overflow
+    (FitConfig(epochs=10**309), f"--epochs {10**309}: must be >= 1 and at most 1.79769e+308 (float64's largest)"),
+    (TrainConfig(out="o", epochs=-10**309), f"--epochs {-10**309}: must be >= 1"),
     (FitConfig(loss="focal"), "--loss focal: must be one of smot, ce, ls, logitnorm"),
     (FitConfig(crop_scale=0.0), "FitConfig.crop_scale 0.0: must be in (0, 1]"),  # (no flag: the field)
     (TrainConfig(out="o", input_size=7), "--input-size 7: must be in [8, 1024]"),
