@@ -27,6 +27,7 @@ from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import exists, file_key, given_path, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
+    NoImages,
     class_folders,
     holds_images,
     iter_images,
@@ -34,6 +35,7 @@ from clip_smot.common.images import (
     list_images,
     split_folder,
     text_lines,
+    walk_files,
 )
 from clip_smot.common.shards import is_shard, list_members
 
@@ -289,7 +291,15 @@ def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str
         return
     as_list = _split_list_arg(str(where), flag)
     if as_list is None:
-        yield from iter_images(where, flag=flag)
+        try:
+            yield from iter_images(where, flag=flag)
+        except NoImages as e:  # a folder of shards (img2dataset's output): say where the images are
+            shard = next((os.path.join(folder, n) for folder, names in walk_files(where) for n in names
+                          if is_shard(os.path.join(folder, n))), None)
+            if shard is None:
+                raise
+            raise UserError(f"{e}, but tar shards, e.g. {shard}: a folder is not searched for shards; give each "
+                            f"shard as a PATH (e.g. {os.path.join(where, '*.tar')})") from None
     else:
         yield from (path for path, _ in iter_image_list(*as_list, flag=flag, labels=False))
 

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "NoImages", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -89,6 +89,10 @@ def _folder_entries(folder: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
     return iter([(os.path.join(folder, n), is_dir) for n, is_dir in sorted(found)])
 
 
+class NoImages(UserError):
+    """A folder walked whole without finding an image file (:func:`iter_images`)."""
+
+
 def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
     """The files of :func:`list_images`, in its order, one at a time: a folder is listed when the
     walk reaches it, so memory is bounded by the largest folder, not by the number of images.
@@ -120,7 +124,7 @@ def iter_images(root: str | os.PathLike, flag: str = "PATH") -> Iterator[Path]:
             found = True
             yield Path(entry[0])
     if not found:
-        raise UserError(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise NoImages(f"{flag} {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
 
 def list_images(root: str | os.PathLike, flag: str = "PATH") -> list[Path]:

@@ -712,3 +712,26 @@ def test_a_compressed_shard_that_webdataset_reads_is_refused_in_one_line(tmp_pat
                                         rf"are read at their offsets in an uncompressed tar\); decompress it to a \.tar "
                                         rf"first \({kind} -dc SHARD > NAME\.tar\)$"):
         image_files(shard, "PATH")
+
+
+def test_a_folder_of_shards_given_as_path_says_to_name_the_shards(tmp_path):
+    """img2dataset writes its shards into one folder; score on that folder said only "no image
+    files found": a folder is not searched for shards (as docs/score.md says), and the error now
+    names one and says how to give them. A folder of no images and no shards says what it said."""
+    import webdataset
+
+    (tmp_path / "shards" / "part1").mkdir(parents=True)
+    with webdataset.TarWriter(str(tmp_path / "shards" / "part1" / "00000.tar")) as sink:
+        sink.write({"__key__": "000000000", "jpg": _encoded("JPEG"), "txt": "a caption"})
+    (tmp_path / "shards" / "00000.parquet").write_bytes(b"PAR1")  # (img2dataset's record of the shard)
+    looked = "looked for .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp, .ppm, .pgm"
+    with pytest.raises(UserError) as e:
+        image_files(tmp_path / "shards", "PATH")
+    assert str(e.value) == (f"PATH {tmp_path / 'shards'}: no image files found ({looked}), but tar shards, e.g. "
+                            f"{tmp_path / 'shards' / 'part1' / '00000.tar'}: a folder is not searched for shards; "
+                            f"give each shard as a PATH (e.g. {tmp_path / 'shards' / '*.tar'})")
+    assert len(image_files(tmp_path / "shards" / "part1" / "00000.tar", "PATH")) == 1
+    (tmp_path / "shards" / "part1" / "00000.tar").unlink()
+    with pytest.raises(UserError) as e:
+        image_files(tmp_path / "shards", "PATH")
+    assert str(e.value) == f"PATH {tmp_path / 'shards'}: no image files found ({looked})"
