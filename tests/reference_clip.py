@@ -105,6 +105,48 @@ def mcm_and_msp(image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale
     return cosine.softmax(-1).amax(-1), (logit_scale * cosine).softmax(-1).amax(-1)
 
 
+@torch.no_grad()
+def gl_mcm_features(model: torch.nn.Module, paths, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised global [N, e] and local [N, P, e] image features as the GL-MCM authors' code
+    computes them on OpenAI's model (Miyai et al., 2023; their modified ``clip/model.py``, after
+    MaskCLIP): the last block's ``in_proj`` gives queries, keys and values, each put through
+    ``out_proj``; the values, plus the block's input, then through the block's MLP, are the
+    tokens; ``ln_post`` and ``proj`` of each patch token is its local feature. Written here on
+    OpenAI's modules from the recipe, step by step as that code takes it."""
+    from PIL import Image
+
+    transform = openai_preprocess(size)
+    images = torch.stack([transform(Image.open(p)) for p in paths])  # [N, 3, S, S]
+    visual = model.visual
+    x = visual.conv1(images)  # [N, w, g, g]
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [N, g*g, w]
+    cls = visual.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
+    x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding).permute(1, 0, 2)  # [L, N, w]
+    *blocks, last = visual.transformer.resblocks
+    for block in blocks:
+        x = block(x)
+    out = last(x)  # [L, N, w], OpenAI's own forward
+    y = F.linear(last.ln_1(x).permute(1, 0, 2), last.attn.in_proj_weight, last.attn.in_proj_bias)  # [N, L, 3w]
+    n, length, c = y.shape
+    y = y.view(n, length, 3, c // 3).permute(2, 0, 1, 3).reshape(3 * n, length, c // 3)  # q, k, v stacked
+    y = F.linear(y, last.attn.out_proj.weight, last.attn.out_proj.bias)
+    v = y.tensor_split(3, dim=0)[2].permute(1, 0, 2) + x  # [L, N, w]
+    v = v + last.mlp(last.ln_2(v))
+    glob = visual.ln_post(out.permute(1, 0, 2)[:, 0]) @ visual.proj  # [N, e]
+    local = visual.ln_post(v.permute(1, 0, 2)[:, 1:]) @ visual.proj  # [N, P, e]
+    return F.normalize(glob, dim=-1), F.normalize(local, dim=-1)
+
+
+def gl_mcm(glob: torch.Tensor, local: torch.Tensor, text_feats: torch.Tensor, T: float = 1.0,
+           lambda_local: float = 1.0) -> torch.Tensor:
+    """GL-MCM as the authors' ``get_ood_scores_clip`` takes it, with its sign turned (higher = more
+    ID): the max softmax of the global cosines over the classes plus ``lambda_local`` times the
+    max, over patches and classes, of each patch's softmax over the classes."""
+    g = (glob @ text_feats.T / T).softmax(dim=1).amax(dim=1)  # [N]
+    p = (local @ text_feats.T / T).softmax(dim=-1).amax(dim=(1, 2))  # [N]
+    return g + lambda_local * p
+
+
 def random_openai_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random CLIP weights of an open_clip model config, in fp16 (as OpenAI's files hold them).
 

@@ -1,8 +1,8 @@
 """The CLIP track against OpenAI's reference CLIP (tests/reference_clip.py), on the same random weights.
 
 A tiny architecture (OpenAI's head widths: 64) in OpenAI's own file formats: image features,
-the text features of a prompt exported by ``fit``, and ``score``'s MCM and MSP equal the
-reference's; the activation follows the weights; a prompt refuses weights built with the other
+the text features of a prompt exported by ``fit``, and ``score``'s MCM, MSP and GL-MCM (the
+GL-MCM authors' local features, on OpenAI's modules) equal the reference's; the activation follows the weights; a prompt refuses weights built with the other
 activation. The real ``ViT-B-16`` + ``openai`` defaults are in test_reference_vit_b16.py.
 """
 
@@ -169,6 +169,27 @@ def test_a_fitted_prompt_and_its_scores_equal_openais(openai_tiny, fitted, image
     for weights in ("archive", "plain"):  # plain: built with the metadata's QuickGELU
         ours_mcm, ours_msp = _score(fitted, images, tmp_path / "s.csv", "--pretrained", openai_tiny[weights])
         assert _max_error(ours_mcm, mcm) < 1e-5 and _max_error(ours_msp, msp) < 1e-5
+
+
+def test_gl_mcm_equals_the_gl_mcm_authors_recipe_on_openais_model(openai_tiny, fitted, images, tmp_path):
+    """GL-MCM (score --scores gl-mcm) against the authors' local features and score, computed on
+    OpenAI's reference model (tests/reference_clip.py): open_clip's modules and our value path
+    on one side, OpenAI's modules and the authors' q/k/v split on the other."""
+    prompt = load_prompt(fitted)
+    reference = openai_tiny["reference"]
+    glob, local = ref_clip.gl_mcm_features(reference, images, 32)
+    assert local.shape == (len(images), 16, 32)  # (32 / 8)^2 patches
+    assert _max_error(glob, ref_clip.image_features(reference, images, 32)) < 1e-5
+    expected = ref_clip.gl_mcm(glob, local, prompt.text_features)
+    mcm, _ = ref_clip.mcm_and_msp(glob, prompt.text_features, 1.0)
+    assert (expected - mcm).min() > 0.5 and (expected - mcm).max() - (expected - mcm).min() > 1e-4  # local parts differ
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(fitted), "--scores", "gl-mcm", "--workers", "0",
+                                   "--device", "cpu", "--pretrained", openai_tiny["archive"], "--out",
+                                   str(tmp_path / "s.csv"), *map(str, images)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "s.csv") as f:
+        ours = torch.tensor([float(r["gl-mcm"]) for r in csv.DictReader(f)])
+    assert _max_error(ours, expected) < 1e-5
 
 
 def test_export_builds_the_runs_activation_from_a_plain_state_dict(openai_tiny, fitted, tmp_path):
