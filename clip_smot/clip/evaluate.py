@@ -57,7 +57,7 @@ class ClipEvalConfig(EvalConfig):
     (without ``out``, with the score names as a list)."""
 
     prompt: str | None = setting(None, "Learned prompt (.safetensors) to evaluate (CLIP track).", path="file")
-    zero_shot: bool = setting(False, "CLIP track: plain 'a photo of a {c}.' prompts (the MCM baseline).")
+    zero_shot: bool = setting(False, "CLIP track: plain 'a photo of a {c}' prompts (the MCM baseline).")
     model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: from the prompt; --zero-shot: "
                                 f"{DEFAULT_ZERO_SHOT_MODEL[0]}).")
     pretrained: str | None = setting(None, "CLIP: pretrained tag or checkpoint file (default: from the prompt; "

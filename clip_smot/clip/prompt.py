@@ -49,6 +49,7 @@ __all__ = [
     "TextEncoder",
     "check_text_tower",
     "text_features_from_prompt",
+    "ZERO_SHOT_TEMPLATE",
     "zero_shot_text_features",
 ]
 
@@ -298,9 +299,14 @@ def text_features_from_prompt(clip: ClipModel, prompt: PromptFile | str | os.Pat
         return F.normalize(learner().float(), dim=-1)
 
 
+# The MCM baseline's prompt (Ming et al., 2022) as MCM's code writes it, without a period
+# (its get_ood_scores_clip and evaluate_classification; prompts/zero_shot_template.txt holds it too)
+ZERO_SHOT_TEMPLATE = "a photo of a {c}"
+
+
 @torch.no_grad()
 def zero_shot_text_features(
-    clip: ClipModel, classnames: list[str], template: str = "a photo of a {c}.", batch_size: int = 256
+    clip: ClipModel, classnames: list[str], template: str = ZERO_SHOT_TEMPLATE, batch_size: int = 256
 ) -> torch.Tensor:
     """Normalised text features [K, e] of ``template`` filled with each class name (the MCM baseline).
 

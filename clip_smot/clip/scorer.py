@@ -340,14 +340,14 @@ class PromptScorer:
         template: str | None = None,
         precision: str = "auto",
     ) -> "PromptScorer":
-        """Plain CLIP prompts ("a photo of a {c}." by default): the zero-shot MCM baseline."""
-        from clip_smot.clip.prompt import zero_shot_text_features
+        """Plain CLIP prompts (MCM's "a photo of a {c}" by default): the zero-shot MCM baseline."""
+        from clip_smot.clip.prompt import ZERO_SHOT_TEMPLATE, zero_shot_text_features
 
         dev = resolve_device(device) if isinstance(device, str) else device
         clip = cm.load_clip(model, pretrained, dev)
-        kwargs = {"template": template} if template else {}
-        text = zero_shot_text_features(clip, list(classnames), **kwargs)
-        return cls(clip, text, classnames, source=f"zero-shot prompts {template or 'a photo of a {c}.'!r}",
+        template = template or ZERO_SHOT_TEMPLATE
+        text = zero_shot_text_features(clip, list(classnames), template)
+        return cls(clip, text, classnames, source=f"zero-shot prompts {template!r}",
                    precision=precision)
 
     @torch.inference_mode()

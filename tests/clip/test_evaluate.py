@@ -129,7 +129,7 @@ def test_eval_zero_shot_uses_template_prompts(tmp_path, tiny, tiny_clip_config, 
     assert "zero-shot" in report["text_features"] and "id_accuracy" in report
     assert report["precision"] == "fp32"  # (auto on the CPU)
     # the same MCM numbers from the template text features, scored through the API
-    scorer = PromptScorer(tiny, zero_shot_text_features(tiny, CLASSES, "a photo of a {c}."), CLASSES)
+    scorer = PromptScorer(tiny, zero_shot_text_features(tiny, CLASSES, "a photo of a {c}"), CLASSES)  # (MCM's, no period)
     ids = scorer.score_paths([id_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
     ood = scorer.score_paths([ood_dir], ["mcm"], workers=0, use_cache=False).scores["mcm"]
     y = np.r_[np.ones(len(ids)), np.zeros(len(ood))]
