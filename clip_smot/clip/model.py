@@ -17,8 +17,10 @@ built with QuickGELU; any other local file is built as its model config says (op
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -421,6 +423,52 @@ def _shown(v: object) -> str:
     return cut(repr(v))
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+# CLIPVisionCfg declares attentional_pool a bool, but open_clip reads a string as the kind of pooler
+# (CoCa's; any other non-empty string fails an assert, and "" is false)
+_ATTENTIONAL_POOLS = ("parallel", "cascade")
+# what check_config_file judges by what they name (a config file may not load anything)
+_NAMING_KEYS = ("timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name")
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_types() -> dict[str, dict[str, tuple[type, bool]]]:
+    """``{tower: {key: (type, optional)}}`` for the keys that the installed open_clip's
+    ``CLIPVisionCfg`` (``vision_cfg``) and ``CLIPTextCfg`` (``text_cfg``) declare as bool, int,
+    float or str, or Optional of one. Read from the dataclasses, so that the check follows the
+    open_clip version: a key an older one does not declare is not checked by type (open_clip
+    refuses it building: an unexpected keyword argument). The others (a ResNet's ``layers``, an
+    ``image_size`` pair, the kwargs objects) have their own checks."""
+    import dataclasses
+    import types
+    import typing
+
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    declared = {}
+    for tower, cls in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        hints = typing.get_type_hints(cls)
+        declared[tower] = {}
+        for f in dataclasses.fields(cls):
+            hint, optional = hints[f.name], False
+            if typing.get_origin(hint) in (typing.Union, types.UnionType):
+                args = [a for a in typing.get_args(hint) if a is not type(None)]
+                hint, optional = (args[0] if len(args) == 1 else None), len(args) < len(typing.get_args(hint))
+            if hint in _TYPE_WORDS:
+                declared[tower][f.name] = (hint, optional)
+    return declared
+
+
+def _has_type(v: object, kind: type) -> bool:
+    """Whether the JSON value ``v`` is of the declared type ``kind``: a JSON true is no integer or
+    number (Python's bool is an int), an integer is a number, NaN and infinities are none."""
+    if isinstance(v, bool) or kind is bool:
+        return isinstance(v, bool) and kind is bool
+    if kind is float:
+        return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+    return isinstance(v, kind)
+
+
 def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     """Raise a UserError unless ``cfg`` has the shape of an open_clip model config: a JSON object
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
@@ -435,7 +483,9 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     GELU's ``approximate``); ``tokenizer_kwargs`` is an object, not empty only beside a Hugging
     Face tokenizer; ``quick_gelu`` is a boolean. What makes an encoder give more than one feature
     (``output_tokens``, ``pool_type`` "none", a named ``attentional_pool``, the CLIP class's
-    ``embed_cls``) only beside CoCa's ``multimodal_cfg``. Checked before the numbers are used: a
+    ``embed_cls``) only beside CoCa's ``multimodal_cfg``. Every other key of a tower that open_clip's
+    ``CLIPVisionCfg`` / ``CLIPTextCfg`` declares as a bool, int, float or str (or Optional of one)
+    holds that type or null (:func:`_declared_types`). Checked before the numbers are used: a
     config file, or one stored in a prompt, is the user's, and may hold anything.
 
     Args:
@@ -536,6 +586,23 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if blocks > MAX_LAYERS:
             raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "
                       "architecture has 64)")
+    # Every other key open_clip's dataclass declares as a bool, int, number or string, by that type:
+    # open_clip reads them as they are, so a string was true ("no_ln_pre": "x" built another
+    # architecture, silently) and a string number a TypeError naming no key. A null is let through:
+    # open_clip's own configs give it for keys declared without Optional (its timm towers' patch_size
+    # and timm_proj), and it reads a null bool as false.
+    for tower in ("vision_cfg", "text_cfg"):
+        for key, value in cfg[tower].items():
+            kind, optional = _declared_types()[tower].get(key, (None, False))
+            if kind is None or value is None or key in _NAMING_KEYS:
+                continue
+            if tower == "vision_cfg" and key == "attentional_pool":
+                if not (isinstance(value, bool) or value == "" or value in _ATTENTIONAL_POOLS):
+                    raise bad(f"{prefix}vision_cfg.attentional_pool must be true, false or the name of CoCa's "
+                              f"pooler ('parallel', 'cascade'), not {_shown(value)}")
+            elif not _has_type(value, kind):
+                raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
+                          f"not {_shown(value)}")
 
 
 _HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face

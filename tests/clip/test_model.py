@@ -449,6 +449,19 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
     ({"vision_cfg": {"image_size": 16, "layers": [1, 1, 1, 1]}},
      r"vision_cfg.image_size 16: a ResNet tower needs at least 32 pixels a side"),
+    # by the type open_clip's dataclass declares: a string is true to open_clip (another architecture,
+    # silently, for these), a string number a TypeError's words naming no key
+    ({"vision_cfg": {"no_ln_pre": "x"}}, r"vision_cfg.no_ln_pre must be true or false, not 'x'$"),
+    ({"vision_cfg": {"final_ln_after_pool": "x"}}, r"vision_cfg.final_ln_after_pool must be true or false, not 'x'$"),
+    ({"text_cfg": {"proj_bias": 1}}, r"text_cfg.proj_bias must be true or false, not 1$"),
+    ({"vision_cfg": {"ls_init_value": "x"}}, r"vision_cfg.ls_init_value must be a finite number or null, not 'x'$"),
+    ({"text_cfg": {"ls_init_value": "1e-5"}}, r"text_cfg.ls_init_value must be a finite number or null, not '1e-5'$"),
+    ({"vision_cfg": {"pos_embed_type": 3}}, r"vision_cfg.pos_embed_type must be a string, not 3$"),
+    ({"vision_cfg": {"attn_pooler_heads": 1.5}}, r"vision_cfg.attn_pooler_heads must be an integer, not 1.5$"),
+    ({"text_cfg": {"pad_id": True}}, r"text_cfg.pad_id must be an integer, not True$"),
+    ({"vision_cfg": {"timm_drop": float("nan")}}, r"vision_cfg.timm_drop must be a finite number, not nan$"),
+    ({"vision_cfg": {"attentional_pool": 1}}, r"vision_cfg.attentional_pool must be true, false or the name of "
+                                              r"CoCa's pooler \('parallel', 'cascade'\), not 1$"),
 ]
 
 
@@ -469,6 +482,47 @@ def test_a_malformed_or_huge_config_is_one_line_before_anything_is_built(tmp_pat
     monkeypatch.setattr("open_clip.create_model", lambda *a, **k: pytest.fail("built before it was refused"))
     with pytest.raises(UserError, match=rf"^--model {path}: {error}"):
         load_clip(str(path), None)
+
+
+def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
+    """The type of each key comes from open_clip's CLIPVisionCfg / CLIPTextCfg as installed, not a
+    list kept here: every key declared bool, int, float or str (or Optional of one) refuses a value
+    of another type, naming it (those checked on their own before say more: a size must be a
+    positive integer, a string output_tokens is CoCa's; the keys a config file may not name
+    anything with are check_config_file's). What the types allow passes:
+    an integer where a number is declared, a null (open_clip's timm configs give one for keys
+    declared without Optional), a string or false for attentional_pool."""
+    import copy
+    import dataclasses
+    import typing
+
+    from conftest import TINY_CLIP_CONFIG
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    import clip_smot.clip.model as cm
+
+    wrong = {bool: "x", int: "1", float: "1.0", str: 1}
+    naming = ("timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name")  # (check_config_file's)
+    checked = 0
+    for tower, cls in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
+            if len(kinds) != 1 or kinds[0] not in wrong or f.name in naming:
+                continue
+            cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+            cfg[tower][f.name] = wrong[kinds[0]]
+            with pytest.raises(UserError, match=rf"^--model m.json: {tower}\.{f.name} "):  # (naming the key)
+                cm.check_model_config(cfg, "--model m.json")
+            checked += 1
+    assert checked >= 30  # (open_clip 3.3 declares 53 such keys, 2.32 37)
+    for tower, values in (("vision_cfg", {"no_ln_pre": None, "timm_proj": None, "attentional_pool": False,
+                                          "ls_init_value": 1, "timm_drop": 0, "pos_embed_type": "learnable"}),
+                          ("text_cfg", {"no_causal_mask": False, "ls_init_value": 0.1, "pad_id": 0,
+                                        "proj_type": "linear"})):
+        cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+        cfg[tower].update(values)
+        cm.check_model_config(cfg, "--model m.json")
 
 
 def test_a_patch_as_large_as_the_image_is_accepted(tmp_path):
