@@ -400,6 +400,7 @@ MAX_LAYERS = 1024
 # room for larger inputs; a million (1024 in 1-pixel patches) took minutes an image, or all memory.
 MAX_PATCHES = 4096
 RESNET_STRIDE = 32  # a ResNet tower (open_clip's ModifiedResNet) downsamples its input 32 times
+RESNET_FEATURES = 32  # per unit of width: a ResNet tower's last stage (8 width planes, expanded 4 times)
 # open_clip's own tokenizer (SimpleTokenizer: 256 bytes, their 256 word ends, 48894 BPE merges,
 # start and end): the ids it gives index the token embedding, which needs at least as many rows.
 SIMPLE_TOKENIZER_VOCAB = 49408
@@ -474,7 +475,9 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
     where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
-    ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), and whose
+    ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), whose
+    width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
+    width, the text tower's ``heads``), and whose
     ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
@@ -603,6 +606,22 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             elif not _has_type(value, kind):
                 raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
                           f"not {_shown(value)}")
+    # Attention splits its width among the heads. open_clip builds a ViT with width // head_width heads
+    # (64 // 48: one head of 64, silently another architecture) and a ResNet's attention pool with
+    # RESNET_FEATURES width // head_width; a text tower's nn.MultiheadAttention asserts the width divides
+    # ("embed_dim must be divisible by num_heads", naming no key). (A null: open_clip's own error.)
+    width, head_width = vision.get("width", 768), vision.get("head_width", 64)
+    if not vision.get("timm_model_name") and width and head_width:
+        if isinstance(layers, list) and width * RESNET_FEATURES % head_width:
+            raise bad(f"{prefix}vision_cfg.head_width {head_width} does not divide the {width * RESNET_FEATURES} "
+                      f"features ({RESNET_FEATURES} x width {width}) of a ResNet tower's attention pool")
+        if not isinstance(layers, list) and width % head_width:
+            raise bad(f"{prefix}vision_cfg.width {width} is not a multiple of {prefix}vision_cfg.head_width "
+                      f"{head_width} (open_clip builds width // head_width heads, each width / heads wide)")
+    width, heads = text.get("width", 512), text.get("heads", 8)
+    if not text.get("hf_model_name") and width and heads and width % heads:
+        raise bad(f"{prefix}text_cfg.width {width} is not a multiple of {prefix}text_cfg.heads {heads} (each head "
+                  "takes an equal part of it)")
 
 
 _HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face

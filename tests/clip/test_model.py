@@ -462,6 +462,15 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"timm_drop": float("nan")}}, r"vision_cfg.timm_drop must be a finite number, not nan$"),
     ({"vision_cfg": {"attentional_pool": 1}}, r"vision_cfg.attentional_pool must be true, false or the name of "
                                               r"CoCa's pooler \('parallel', 'cascade'\), not 1$"),
+    # heads that do not divide the width: one head of 64 for head_width 48, silently; a text tower
+    # stopped in "open_clip cannot build this architecture (embed_dim must be divisible by num_heads)"
+    ({"vision_cfg": {"head_width": 48}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 48 "
+                                         r"\(open_clip builds width // head_width heads, each width / heads wide\)$"),
+    ({"vision_cfg": {"head_width": 128}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 128 "),
+    ({"text_cfg": {"heads": 3}}, r"text_cfg.width 32 is not a multiple of text_cfg.heads 3 \(each head takes an "
+                                 r"equal part of it\)$"),
+    ({"vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "head_width": 48}},
+     r"vision_cfg.head_width 48 does not divide the 2048 features \(32 x width 64\) of a ResNet tower's attention "),
 ]
 
 
@@ -583,9 +592,15 @@ def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp
     wide = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": 2**16}}
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: its weights would take at least \d+\.\d GiB"):
         cm.load_clip_for_prompt("wide-clip", wide, None, activation_source="--prompt p.safetensors")
-    odd = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "head_width": 7}}
+    # (a null width passes the checks, which leave it to open_clip: "unsupported operand type(s) for //")
+    odd = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": None}}
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: open_clip cannot build this architecture"):
         cm.load_clip_for_prompt("odd-clip", odd, None, activation_source="--prompt p.safetensors")
+    with pytest.raises(UserError, match=r"^--prompt p.safetensors: model_config.vision_cfg.width 64 is not a multiple "
+                                        r"of model_config.vision_cfg.head_width 7 "):
+        cm.load_clip_for_prompt("seven-clip", {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"],
+                                                                                  "head_width": 7}}, None,
+                                activation_source="--prompt p.safetensors")
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: model_config.vision_cfg must be a JSON object"):
         cm.load_clip_for_prompt("str-clip", {**TINY_CLIP_CONFIG, "vision_cfg": "x"}, None,
                                 activation_source="--prompt p.safetensors")
@@ -710,6 +725,9 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1]}),
                 changed(vision_cfg={"layers": 1024}), changed(text_cfg={"layers": 1024}),
                 changed(vision_cfg={"attentional_pool": ""}),  # (no pool: open_clip reads it as false)
+                changed(vision_cfg={"head_width": 64}), changed(text_cfg={"heads": 32}),  # (one head; 32 of 1)
+                # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
+                changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
         cm.check_model_config(cfg, "--model m.json")
     for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
