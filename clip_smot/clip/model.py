@@ -477,7 +477,7 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
     ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), whose
     width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
-    width, the text tower's ``heads``), and whose
+    width, the text tower's ``heads``), whose ``ls_init_value`` is null or a positive float32, and whose
     ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
@@ -606,6 +606,14 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             elif not _has_type(value, kind):
                 raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
                           f"not {_shown(value)}")
+    # open_clip scales each block's output by a LayerScale of this initial value (float32): 0 or less
+    # would start every block as nothing or its opposite, past float32's largest as inf (NaN features);
+    # an integer past float64's was "int too big to convert", naming no key. A null builds none.
+    for tower in ("vision_cfg", "text_cfg"):
+        scale = cfg[tower].get("ls_init_value")
+        if scale is not None and not 0 < scale <= torch.finfo(torch.float32).max:
+            raise bad(f"{prefix}{tower}.ls_init_value must be a positive number or null (LayerScale's initial value, "
+                      f"a float32), not {_shown(scale)}")
     # Attention splits its width among the heads. open_clip builds a ViT with width // head_width heads
     # (64 // 48: one head of 64, silently another architecture) and a ResNet's attention pool with
     # RESNET_FEATURES width // head_width; a text tower's nn.MultiheadAttention asserts the width divides

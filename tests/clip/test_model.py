@@ -462,6 +462,13 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"timm_drop": float("nan")}}, r"vision_cfg.timm_drop must be a finite number, not nan$"),
     ({"vision_cfg": {"attentional_pool": 1}}, r"vision_cfg.attentional_pool must be true, false or the name of "
                                               r"CoCa's pooler \('parallel', 'cascade'\), not 1$"),
+    # a LayerScale that starts each block at 0, negated or at inf (NaN features): built silently; past
+    # float64 "open_clip cannot build this architecture (int too big to convert)"
+    ({"vision_cfg": {"ls_init_value": 0}}, r"vision_cfg.ls_init_value must be a positive number or null "
+                                           r"\(LayerScale's initial value, a float32\), not 0$"),
+    ({"text_cfg": {"ls_init_value": -1e-5}}, r"text_cfg.ls_init_value must be a positive number .*, not -1e-05$"),
+    ({"text_cfg": {"ls_init_value": 1e39}}, r"text_cfg.ls_init_value must be a positive number .*, not 1e\+39$"),
+    ({"vision_cfg": {"ls_init_value": 10**400}}, r"vision_cfg.ls_init_value must be a positive number or null "),
     # heads that do not divide the width: one head of 64 for head_width 48, silently; a text tower
     # stopped in "open_clip cannot build this architecture (embed_dim must be divisible by num_heads)"
     ({"vision_cfg": {"head_width": 48}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 48 "
@@ -726,6 +733,7 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"layers": 1024}), changed(text_cfg={"layers": 1024}),
                 changed(vision_cfg={"attentional_pool": ""}),  # (no pool: open_clip reads it as false)
                 changed(vision_cfg={"head_width": 64}), changed(text_cfg={"heads": 32}),  # (one head; 32 of 1)
+                changed(vision_cfg={"ls_init_value": 1e-5}), changed(text_cfg={"ls_init_value": 3.4e38}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
