@@ -409,6 +409,7 @@ RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, th
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
 _TEXT_SIZES = ("context_length", "vocab_size", "width", "heads", "layers")
 _GELU_APPROXIMATE = ("none", "tanh")  # nn.GELU's approximate
+_POS_EMBED_TYPES = ("learnable", "sin_cos_2d")  # a ViT's position embedding: open_clip raises ValueError on others
 
 
 def _is_count(v: object) -> bool:
@@ -477,7 +478,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
     ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), whose
     width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
-    width, the text tower's ``heads``), whose ``ls_init_value`` is null or a positive float32, and whose
+    width, the text tower's ``heads``), whose ``ls_init_value`` is null or a positive float32, whose
+    ``vision_cfg.pos_embed_type`` is one open_clip builds (its sine-cosine one on a square grid), and whose
     ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
@@ -606,6 +608,21 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             elif not _has_type(value, kind):
                 raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
                           f"not {_shown(value)}")
+    # open_clip's ViT raised a bare ValueError for another position embedding, and its fixed sine-cosine
+    # one asserts a square grid of patches and a width it can split into four (sines and cosines of rows
+    # and of columns): "open_clip cannot build this architecture (ValueError)" or the assert's words
+    pos_embed = vision.get("pos_embed_type", "learnable")
+    if pos_embed not in _POS_EMBED_TYPES:
+        raise bad(f"{prefix}vision_cfg.pos_embed_type must be {' or '.join(map(repr, _POS_EMBED_TYPES))}, "
+                  f"not {_shown(pos_embed)}")
+    if pos_embed == "sin_cos_2d" and not isinstance(layers, list) and not vision.get("timm_model_name"):
+        patch, width = vision.get("patch_size") or 16, vision.get("width", 768)
+        if sides[0] // patch != sides[-1] // patch:
+            raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not "
+                      f"{sides[0] // patch} x {sides[-1] // patch} (image_size {_shown(size)} in patches of {patch})")
+        if width and width % 4:
+            raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 (sines and "
+                      f"cosines of rows and of columns), not {width}")
     # open_clip scales each block's output by a LayerScale of this initial value (float32): 0 or less
     # would start every block as nothing or its opposite, past float32's largest as inf (NaN features);
     # an integer past float64's was "int too big to convert", naming no key. A null builds none.

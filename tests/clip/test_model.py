@@ -469,6 +469,15 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"text_cfg": {"ls_init_value": -1e-5}}, r"text_cfg.ls_init_value must be a positive number .*, not -1e-05$"),
     ({"text_cfg": {"ls_init_value": 1e39}}, r"text_cfg.ls_init_value must be a positive number .*, not 1e\+39$"),
     ({"vision_cfg": {"ls_init_value": 10**400}}, r"vision_cfg.ls_init_value must be a positive number or null "),
+    # a position embedding open_clip's ViT does not build: "open_clip cannot build this architecture
+    # (ValueError)", or its sine-cosine one's asserts (a square grid, a width of sines and cosines)
+    ({"vision_cfg": {"pos_embed_type": "x"}}, r"vision_cfg.pos_embed_type must be 'learnable' or 'sin_cos_2d', "
+                                              r"not 'x'$"),
+    ({"vision_cfg": {"pos_embed_type": None}}, r"vision_cfg.pos_embed_type must be 'learnable' or 'sin_cos_2d', "),
+    ({"vision_cfg": {"pos_embed_type": "sin_cos_2d", "image_size": [32, 64]}},
+     r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not 4 x 8 \(image_size \[32, 64\] in "),
+    ({"vision_cfg": {"pos_embed_type": "sin_cos_2d", "width": 66, "head_width": 2}},
+     r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 \(sines and cosines .*\), not 66$"),
     # heads that do not divide the width: one head of 64 for head_width 48, silently; a text tower
     # stopped in "open_clip cannot build this architecture (embed_dim must be divisible by num_heads)"
     ({"vision_cfg": {"head_width": 48}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 48 "
@@ -734,6 +743,8 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"attentional_pool": ""}),  # (no pool: open_clip reads it as false)
                 changed(vision_cfg={"head_width": 64}), changed(text_cfg={"heads": 32}),  # (one head; 32 of 1)
                 changed(vision_cfg={"ls_init_value": 1e-5}), changed(text_cfg={"ls_init_value": 3.4e38}),
+                # (a grid square once the pixels past the last patch are dropped, as open_clip does)
+                changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
