@@ -409,7 +409,6 @@ RANDOM_WEIGHTS_SEED = 0  # --pretrained none: the seed of the random weights, th
 _VISION_SIZES = ("width", "head_width", "patch_size")  # positive integers where given (image_size, layers: below)
 _TEXT_SIZES = ("context_length", "vocab_size", "width", "heads", "layers")
 _GELU_APPROXIMATE = ("none", "tanh")  # nn.GELU's approximate
-_POS_EMBED_TYPES = ("learnable", "sin_cos_2d")  # a ViT's position embedding: open_clip raises ValueError on others
 
 
 def _is_count(v: object) -> bool:
@@ -461,6 +460,34 @@ def _declared_types() -> dict[str, dict[str, tuple[type, bool]]]:
     return declared
 
 
+@functools.lru_cache(maxsize=None)
+def _choices() -> dict[tuple[str, str], tuple[str | None, ...]]:
+    """``{(tower, key): values}``: the values open_clip builds for the keys that name a kind of
+    layer, read from its code (open_clip.transformer). Another one failed an assert or a bare
+    ValueError ("open_clip cannot build this architecture (AssertionError)", naming no key), or
+    silently built the default: ``proj_type`` builds a linear projection unless "none",
+    ``block_type`` the default blocks unless "custom"."""
+    import inspect
+
+    from open_clip.transformer import text_global_pool
+
+    text_pools = ("first", "last", "argmax")
+    if "eos_token_id" in inspect.signature(text_global_pool).parameters:  # (open_clip 3: pooled at eos_id)
+        text_pools += ("eos",)
+    return {("vision_cfg", "pos_embed_type"): ("learnable", "sin_cos_2d"),
+            ("vision_cfg", "pool_type"): ("tok", "avg", "none"),
+            ("text_cfg", "pool_type"): (*text_pools, "none"),
+            ("text_cfg", "proj_type"): ("linear", "none"),
+            ("vision_cfg", "block_type"): (None, "default", "custom"),
+            ("text_cfg", "block_type"): (None, "default", "custom")}
+
+
+def _either(values: tuple) -> str:
+    """``'a', 'b' or null``: the values as a JSON config writes them."""
+    shown = ["null" if v is None else repr(v) for v in values]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}"
+
+
 def _has_type(v: object, kind: type) -> bool:
     """Whether the JSON value ``v`` is of the declared type ``kind``: a JSON true is no integer or
     number (Python's bool is an int), an integer is a number, NaN and infinities are none."""
@@ -479,7 +506,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), whose
     width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
     width, the text tower's ``heads``), whose ``ls_init_value`` is null or a positive float32, whose
-    ``vision_cfg.pos_embed_type`` is one open_clip builds (its sine-cosine one on a square grid), and whose
+    keys that name a kind of layer hold one open_clip builds (:func:`_choices`; the sine-cosine
+    ``pos_embed_type`` on a square grid, ``eos`` pooling at the end token of its tokenizer), and whose
     ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
@@ -608,14 +636,18 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             elif not _has_type(value, kind):
                 raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
                           f"not {_shown(value)}")
-    # open_clip's ViT raised a bare ValueError for another position embedding, and its fixed sine-cosine
-    # one asserts a square grid of patches and a width it can split into four (sines and cosines of rows
-    # and of columns): "open_clip cannot build this architecture (ValueError)" or the assert's words
-    pos_embed = vision.get("pos_embed_type", "learnable")
-    if pos_embed not in _POS_EMBED_TYPES:
-        raise bad(f"{prefix}vision_cfg.pos_embed_type must be {' or '.join(map(repr, _POS_EMBED_TYPES))}, "
-                  f"not {_shown(pos_embed)}")
-    if pos_embed == "sin_cos_2d" and not isinstance(layers, list) and not vision.get("timm_model_name"):
+    # The kinds of layer open_clip builds: its ViT raised a bare ValueError for another position
+    # embedding, and its fixed sine-cosine one asserts a square grid of patches and a width it can split
+    # into four (sines and cosines of rows and of columns): "open_clip cannot build this architecture
+    # (ValueError)" or the assert's words. A text tower pooled at eos_id (open_clip 3) with open_clip's
+    # own tokenizer, whose end token is SIMPLE_TOKENIZER_VOCAB - 1, pooled at the first token for any
+    # other id (none matched): every text the same feature, silently.
+    # (each key that names a kind of layer, where this open_clip declares it: see _choices)
+    for (tower, key), values in _choices().items():
+        if key in cfg[tower] and key in _declared_types()[tower] and cfg[tower][key] not in values:
+            raise bad(f"{prefix}{tower}.{key} must be {_either(values)}, not {_shown(cfg[tower][key])}")
+    vit = not isinstance(layers, list) and not vision.get("timm_model_name")
+    if vision.get("pos_embed_type") == "sin_cos_2d" and vit:
         patch, width = vision.get("patch_size") or 16, vision.get("width", 768)
         if sides[0] // patch != sides[-1] // patch:
             raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not "
@@ -623,6 +655,10 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if width and width % 4:
             raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 (sines and "
                       f"cosines of rows and of columns), not {width}")
+    eos = text.get("eos_id", 2)  # (open_clip's default)
+    if text.get("pool_type") == "eos" and not text.get("hf_tokenizer_name") and eos != SIMPLE_TOKENIZER_VOCAB - 1:
+        raise bad(f"{prefix}text_cfg.pool_type 'eos' pools at {prefix}text_cfg.eos_id {_shown(eos)}, a token "
+                  f"open_clip's tokenizer does not end a text with (its end token is {SIMPLE_TOKENIZER_VOCAB - 1})")
     # open_clip scales each block's output by a LayerScale of this initial value (float32): 0 or less
     # would start every block as nothing or its opposite, past float32's largest as inf (NaN features);
     # an integer past float64's was "int too big to convert", naming no key. A null builds none.

@@ -478,6 +478,12 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
      r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not 4 x 8 \(image_size \[32, 64\] in "),
     ({"vision_cfg": {"pos_embed_type": "sin_cos_2d", "width": 66, "head_width": 2}},
      r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 \(sines and cosines .*\), not 66$"),
+    # other kinds of pooling or projection than open_clip builds: "open_clip cannot build this
+    # architecture (AssertionError)", or (proj_type) a linear projection, silently
+    ({"vision_cfg": {"pool_type": "x"}}, r"vision_cfg.pool_type must be 'tok', 'avg' or 'none', not 'x'$"),
+    ({"text_cfg": {"pool_type": "mean"}}, r"text_cfg.pool_type must be 'first', 'last', 'argmax'.* or 'none', not 'mean'$"),
+    ({"text_cfg": {"proj_type": "x"}}, r"text_cfg.proj_type must be 'linear' or 'none', not 'x'$"),
+    ({"text_cfg": {"proj_type": None}}, r"text_cfg.proj_type must be 'linear' or 'none', not None$"),
     # heads that do not divide the width: one head of 64 for head_width 48, silently; a text tower
     # stopped in "open_clip cannot build this architecture (embed_dim must be divisible by num_heads)"
     ({"vision_cfg": {"head_width": 48}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 48 "
@@ -548,6 +554,51 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
         cfg[tower].update(values)
         cm.check_model_config(cfg, "--model m.json")
+
+
+def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_declares_them(tmp_path):
+    """open_clip 3 added ``block_type`` (anything but "custom" built the default blocks, silently)
+    and pooling at ``eos_id``: with open_clip's own tokenizer, whose end token is 49407, any other id
+    matched no token and pooled every text at its first, one feature for all. Each is refused naming
+    the key; "custom" blocks and eos pooling at 49407 (a text's own feature) pass. Under open_clip
+    2.32 the keys are not its: refused building, as before."""
+    import copy
+    import dataclasses
+
+    from conftest import TINY_CLIP_CONFIG
+    from open_clip.model import CLIPTextCfg
+
+    import clip_smot.clip.model as cm
+
+    if "eos_id" not in {f.name for f in dataclasses.fields(CLIPTextCfg)}:
+        pytest.skip("open_clip 2.x declares neither block_type nor eos_id")
+    assert open_clip_tokenizer_end() == 49407
+
+    def changed(tower, **values):
+        cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+        cfg[tower].update(values)
+        return cfg
+
+    for cfg, error in ((changed("vision_cfg", block_type="x"), r"vision_cfg.block_type must be null, 'default' or "
+                                                                r"'custom', not 'x'$"),
+                       (changed("text_cfg", block_type=""), r"text_cfg.block_type must be null, 'default' or 'custom'"),
+                       (changed("text_cfg", pool_type="eos"), r"text_cfg.pool_type 'eos' pools at text_cfg.eos_id 2, "
+                                                              r"a token open_clip's tokenizer does not end a text with "
+                                                              r"\(its end token is 49407\)$")):
+        with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
+            cm.check_model_config(cfg, "--model m.json")
+    cm.check_model_config(changed("vision_cfg", block_type="custom"), "--model m.json")
+    path = tmp_path / "clip-smot-tiny-eos.json"
+    path.write_text(json.dumps(changed("text_cfg", pool_type="eos", eos_id=49407)))
+    clip = load_clip(str(path), None)
+    features = clip.model.encode_text(clip.tokenizer(["a photo of a dog", "red"]))
+    assert not torch.allclose(features[0], features[1])
+
+
+def open_clip_tokenizer_end() -> int:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer().eot_token_id
 
 
 def test_a_patch_as_large_as_the_image_is_accepted(tmp_path):
@@ -745,6 +796,7 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"ls_init_value": 1e-5}), changed(text_cfg={"ls_init_value": 3.4e38}),
                 # (a grid square once the pixels past the last patch are dropped, as open_clip does)
                 changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
+                changed(vision_cfg={"pool_type": "avg"}), changed(text_cfg={"pool_type": "last", "proj_type": "none"}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
