@@ -424,6 +424,16 @@ def _shown(v: object) -> str:
     return cut(repr(v))
 
 
+def _builds_with(sub: dict, tower: str, key: str) -> bool:
+    """Whether open_clip builds the tower ``sub`` with its size ``key``, so that a null given is
+    what it takes, not its default (a TypeError naming no key: "unsupported operand type(s) for
+    //" and the like). A timm tower or a Hugging Face text tower reads none, a ResNet no
+    ``patch_size`` (open_clip's ResNet configs give it null)."""
+    if tower == "text_cfg":
+        return not sub.get("hf_model_name")
+    return not sub.get("timm_model_name") and not (key == "patch_size" and isinstance(sub.get("layers"), list))
+
+
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 # CLIPVisionCfg declares attentional_pool a bool, but open_clip reads a string as the kind of pooler
 # (CoCa's; any other non-empty string fails an assert, and "" is false)
@@ -501,7 +511,8 @@ def _has_type(v: object, kind: type) -> bool:
 def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     """Raise a UserError unless ``cfg`` has the shape of an open_clip model config: a JSON object
     with a positive integer ``embed_dim`` and ``vision_cfg`` and ``text_cfg`` objects whose sizes,
-    where given, are positive integers (``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
+    where given, are positive integers (a null only where the tower does not read it:
+    :func:`_builds_with`; ``image_size`` in [8, MAX_IMAGE_SIZE], per side in a list;
     a ResNet tower's ``layers`` a list of them; at most MAX_LAYERS blocks a tower) and whose
     ``mlp_ratio`` is a positive number (where given: a 0 or a null is not the default), whose
     width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
@@ -543,7 +554,7 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if not isinstance(sub, dict):
             raise bad(f"{prefix}{tower} must be a JSON object, not {_shown(sub)}")
         for key in sizes:
-            if sub.get(key) is not None and not _is_count(sub[key]):  # (null: open_clip's default)
+            if key in sub and not _is_count(sub[key]) and (sub[key] is not None or _builds_with(sub, tower, key)):
                 raise bad(f"{prefix}{tower}.{key} must be a positive integer, not {_shown(sub[key])}")
         ratio = sub.get("mlp_ratio", 4.0)  # (a 0 or a null given is what open_clip builds with, not its default)
         if not _is_positive_number(ratio):
@@ -622,8 +633,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     # Every other key open_clip's dataclass declares as a bool, int, number or string, by that type:
     # open_clip reads them as they are, so a string was true ("no_ln_pre": "x" built another
     # architecture, silently) and a string number a TypeError naming no key. A null is let through:
-    # open_clip's own configs give it for keys declared without Optional (its timm towers' patch_size
-    # and timm_proj), and it reads a null bool as false.
+    # open_clip's own configs give it for keys declared without Optional (its ResNets' patch_size, its
+    # timm towers' timm_proj), and it reads a null bool as false (a null size: see _builds_with).
     for tower in ("vision_cfg", "text_cfg"):
         for key, value in cfg[tower].items():
             kind, optional = _declared_types()[tower].get(key, (None, False))
@@ -670,7 +681,7 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     # Attention splits its width among the heads. open_clip builds a ViT with width // head_width heads
     # (64 // 48: one head of 64, silently another architecture) and a ResNet's attention pool with
     # RESNET_FEATURES width // head_width; a text tower's nn.MultiheadAttention asserts the width divides
-    # ("embed_dim must be divisible by num_heads", naming no key). (A null: open_clip's own error.)
+    # ("embed_dim must be divisible by num_heads", naming no key). (A null size was refused above.)
     width, head_width = vision.get("width", 768), vision.get("head_width", 64)
     if not vision.get("timm_model_name") and width and head_width:
         if isinstance(layers, list) and width * RESNET_FEATURES % head_width:

@@ -444,6 +444,16 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"mlp_ratio": 0}}, r"vision_cfg.mlp_ratio must be a positive number, not 0$"),  # (MLPs of width 0)
     ({"text_cfg": {"mlp_ratio": None}}, r"text_cfg.mlp_ratio must be a positive number, not None$"),
     ({"vision_cfg": {"act_kwargs": []}}, r"vision_cfg.act_kwargs may set only approximate, .*, not \[\]$"),
+    # (a null size too, where the tower reads it: "unsupported operand type(s) for //", "empty() takes 1
+    # positional argument", ... in "open_clip cannot build this architecture", naming no key)
+    ({"vision_cfg": {"width": None}}, r"vision_cfg.width must be a positive integer, not None$"),
+    ({"vision_cfg": {"head_width": None}}, r"vision_cfg.head_width must be a positive integer, not None$"),
+    ({"vision_cfg": {"patch_size": None}}, r"vision_cfg.patch_size must be a positive integer, not None$"),
+    ({"text_cfg": {"context_length": None}}, r"text_cfg.context_length must be a positive integer, not None$"),
+    ({"text_cfg": {"vocab_size": None}}, r"text_cfg.vocab_size must be a positive integer, not None$"),
+    ({"text_cfg": {"width": None}}, r"text_cfg.width must be a positive integer, not None$"),
+    ({"text_cfg": {"heads": None}}, r"text_cfg.heads must be a positive integer, not None$"),
+    ({"text_cfg": {"layers": None}}, r"text_cfg.layers must be a positive integer, not None$"),
     ({"text_cfg": {"tokenizer_kwargs": None}}, r"text_cfg.tokenizer_kwargs must be a JSON object, not None$"),
     ({"text_cfg": {"tokenizer_kwargs": []}}, r"text_cfg.tokenizer_kwargs must be a JSON object, not \[\]$"),
     # a ResNet's last feature map empty: RuntimeError "Output size is too small" at the first image
@@ -520,9 +530,9 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
     list kept here: every key declared bool, int, float or str (or Optional of one) refuses a value
     of another type, naming it (those checked on their own before say more: a size must be a
     positive integer, a string output_tokens is CoCa's; the keys a config file may not name
-    anything with are check_config_file's). What the types allow passes:
-    an integer where a number is declared, a null (open_clip's timm configs give one for keys
-    declared without Optional), a string or false for attentional_pool."""
+    anything with are check_config_file's). What the types allow passes: an integer where a
+    number is declared, a null (open_clip's ResNet and timm configs give one for keys declared
+    without Optional), a string or false for attentional_pool."""
     import copy
     import dataclasses
     import typing
@@ -659,8 +669,8 @@ def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp
     wide = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": 2**16}}
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: its weights would take at least \d+\.\d GiB"):
         cm.load_clip_for_prompt("wide-clip", wide, None, activation_source="--prompt p.safetensors")
-    # (a null width passes the checks, which leave it to open_clip: "unsupported operand type(s) for //")
-    odd = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": None}}
+    # (a timm architecture that timm does not have passes the checks, which leave it to open_clip)
+    odd = {**TINY_CLIP_CONFIG, "vision_cfg": {"timm_model_name": "no_such_timm_model"}}
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: open_clip cannot build this architecture"):
         cm.load_clip_for_prompt("odd-clip", odd, None, activation_source="--prompt p.safetensors")
     with pytest.raises(UserError, match=r"^--prompt p.safetensors: model_config.vision_cfg.width 64 is not a multiple "
@@ -797,6 +807,8 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 # (a grid square once the pixels past the last patch are dropped, as open_clip does)
                 changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
                 changed(vision_cfg={"pool_type": "avg"}), changed(text_cfg={"pool_type": "last", "proj_type": "none"}),
+                # (a null size a tower does not read: a ResNet's patch_size, as open_clip's ResNet configs give it)
+                changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "patch_size": None}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
