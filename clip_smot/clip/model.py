@@ -518,7 +518,8 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     width the heads divide (a ViT's ``head_width``, a ResNet's into RESNET_FEATURES per unit of
     width, the text tower's ``heads``), whose ``ls_init_value`` is null or a positive float32, whose
     keys that name a kind of layer hold one open_clip builds (:func:`_choices`; the sine-cosine
-    ``pos_embed_type`` on a square grid, ``eos`` pooling at the end token of its tokenizer), and whose
+    ``pos_embed_type`` on a square grid, ``eos`` pooling at the end token of its tokenizer), whose
+    attentional pooler, where one is asked for, has queries and heads that divide ``embed_dim``, and whose
     ``vision_cfg.patch_dropout``, where given, is a number in [0, 1) (open_clip's PatchDropout). A
     ViT's patches fit in its image and number at most MAX_PATCHES; a ResNet's image is at least
     RESNET_STRIDE a side. The text tower embeds every token open_clip's tokenizer gives
@@ -670,6 +671,18 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
     if text.get("pool_type") == "eos" and not text.get("hf_tokenizer_name") and eos != SIMPLE_TOKENIZER_VOCAB - 1:
         raise bad(f"{prefix}text_cfg.pool_type 'eos' pools at {prefix}text_cfg.eos_id {_shown(eos)}, a token "
                   f"open_clip's tokenizer does not end a text with (its end token is {SIMPLE_TOKENIZER_VOCAB - 1})")
+    # A ViT's attentional pooler (CLIP pools at its first query) has attn_pooler_queries queries of
+    # embed_dim split among attn_pooler_heads heads: 0 queries was an IndexError at the first image, a
+    # negative count or heads that do not divide embed_dim "open_clip cannot build this architecture
+    # (embed_dim must be divisible by num_heads)", naming no key
+    if vit and vision.get("attentional_pool"):
+        for key, default in (("attn_pooler_queries", 256), ("attn_pooler_heads", 8)):  # (open_clip's defaults)
+            if not _is_count(vision.get(key, default)):
+                raise bad(f"{prefix}vision_cfg.{key} must be a positive integer beside an attentional_pool, "
+                          f"not {_shown(vision[key])}")
+        if cfg["embed_dim"] % vision.get("attn_pooler_heads", 8):
+            raise bad(f"{prefix}embed_dim {cfg['embed_dim']} is not a multiple of {prefix}vision_cfg.attn_pooler_heads "
+                      f"{vision['attn_pooler_heads']} (the attentional pooler's heads split it)")
     # open_clip scales each block's output by a LayerScale of this initial value (float32): 0 or less
     # would start every block as nothing or its opposite, past float32's largest as inf (NaN features);
     # an integer past float64's was "int too big to convert", naming no key. A null builds none.

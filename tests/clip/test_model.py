@@ -494,6 +494,14 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"text_cfg": {"pool_type": "mean"}}, r"text_cfg.pool_type must be 'first', 'last', 'argmax'.* or 'none', not 'mean'$"),
     ({"text_cfg": {"proj_type": "x"}}, r"text_cfg.proj_type must be 'linear' or 'none', not 'x'$"),
     ({"text_cfg": {"proj_type": None}}, r"text_cfg.proj_type must be 'linear' or 'none', not None$"),
+    # an attentional pooler of no queries (an IndexError traceback at the first image), or heads that do
+    # not divide embed_dim ("open_clip cannot build this architecture (embed_dim must be divisible ...)")
+    ({"vision_cfg": {"attentional_pool": True, "attn_pooler_queries": 0}},
+     r"vision_cfg.attn_pooler_queries must be a positive integer beside an attentional_pool, not 0$"),
+    ({"vision_cfg": {"attentional_pool": True, "attn_pooler_heads": None}},
+     r"vision_cfg.attn_pooler_heads must be a positive integer beside an attentional_pool, not None$"),
+    ({"vision_cfg": {"attentional_pool": True, "attn_pooler_heads": 3}},
+     r"embed_dim 32 is not a multiple of vision_cfg.attn_pooler_heads 3 \(the attentional pooler's heads split it\)$"),
     # heads that do not divide the width: one head of 64 for head_width 48, silently; a text tower
     # stopped in "open_clip cannot build this architecture (embed_dim must be divisible by num_heads)"
     ({"vision_cfg": {"head_width": 48}}, r"vision_cfg.width 64 is not a multiple of vision_cfg.head_width 48 "
@@ -807,6 +815,9 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 # (a grid square once the pixels past the last patch are dropped, as open_clip does)
                 changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
                 changed(vision_cfg={"pool_type": "avg"}), changed(text_cfg={"pool_type": "last", "proj_type": "none"}),
+                # (no pooler, no pooler sizes read)
+                changed(vision_cfg={"attn_pooler_queries": 0, "attn_pooler_heads": 3}),
+                changed(vision_cfg={"attentional_pool": True, "attn_pooler_queries": 1, "attn_pooler_heads": 32}),
                 # (a null size a tower does not read: a ResNet's patch_size, as open_clip's ResNet configs give it)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "patch_size": None}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
