@@ -550,6 +550,20 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         raise bad(f"{prefix}embed_dim must be a positive integer, not {_shown(cfg['embed_dim'])}")
     if cfg.get("quick_gelu") is not None and not isinstance(cfg["quick_gelu"], bool):  # ("false" would build QuickGELU)
         raise bad(f"{prefix}quick_gelu must be true or false, not {_shown(cfg['quick_gelu'])}")
+    _check_tower_fields(cfg, bad, prefix)
+    _check_single_features(cfg, bad, prefix)
+    size, sides, layers = _check_geometry(cfg, bad, prefix)
+    _check_declared_types(cfg, bad, prefix)
+    _check_layer_kinds(cfg, bad, prefix, size, sides, layers)
+    _check_widths(cfg, bad, prefix, layers)
+
+
+# check_model_config's maker of its errors: "SOURCE: what" (the parts below raise what it makes)
+_Bad = Callable[[str], UserError]
+
+
+def _check_tower_fields(cfg: dict, bad: _Bad, prefix: str) -> None:
+    """Each tower's sizes, MLP ratio, norm and activation kwargs; the patch dropout; the tokenizer kwargs."""
     for tower, sizes in (("vision_cfg", _VISION_SIZES), ("text_cfg", _TEXT_SIZES)):
         sub = cfg[tower]
         if not isinstance(sub, dict):
@@ -586,6 +600,10 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         # (open_clip's own tokenizer would read a vocabulary file they name, or add tokens past vocab_size)
         raise bad(f"{prefix}text_cfg.tokenizer_kwargs {_shown(tokenizer_kwargs)}: open_clip's own tokenizer takes none "
                   "from a config (its configs give them to Hugging Face tokenizers only)")
+
+
+def _check_single_features(cfg: dict, bad: _Bad, prefix: str) -> None:
+    """What makes an encoder give more than one feature, only beside CoCa's ``multimodal_cfg``."""
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     if "multimodal_cfg" not in cfg:  # (CoCa's encoders read these; open_clip's configs set them only beside one)
         # CLIP's encoders would give no one feature per image or text: a tuple with the tokens, every
@@ -602,6 +620,11 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             tower, field = key.split(".")
             raise bad(f"{prefix}{key} {_shown(cfg[tower][field])}: open_clip's CLIP would not give one feature per "
                       "image and per text with it (only CoCa, beside a multimodal_cfg, reads it)")
+
+
+def _check_geometry(cfg: dict, bad: _Bad, prefix: str) -> tuple[object, list, object]:
+    """The image size, the blocks and patches, the vocabulary; returns ``(image_size, its sides, vision layers)``."""
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     size = vision.get("image_size", 224)  # (open_clip's default where it is not given; 0 is given)
     sides = size if isinstance(size, list) else [size]
     if not (sides and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides)):
@@ -631,6 +654,11 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if blocks > MAX_LAYERS:
             raise bad(f"{prefix}{tower}.layers: {blocks} blocks, more than {MAX_LAYERS} (the deepest open_clip "
                       "architecture has 64)")
+    return size, sides, layers
+
+
+def _check_declared_types(cfg: dict, bad: _Bad, prefix: str) -> None:
+    """Every other key of a tower by the type open_clip's dataclass declares (:func:`_declared_types`)."""
     # Every other key open_clip's dataclass declares as a bool, int, number or string, by that type:
     # open_clip reads them as they are, so a string was true ("no_ln_pre": "x" built another
     # architecture, silently) and a string number a TypeError naming no key. A null is let through:
@@ -648,6 +676,13 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
             elif not _has_type(value, kind):
                 raise bad(f"{prefix}{tower}.{key} must be {_TYPE_WORDS[kind]}{' or null' if optional else ''}, "
                           f"not {_shown(value)}")
+
+
+def _check_layer_kinds(cfg: dict, bad: _Bad, prefix: str, size: object, sides: list,
+                       layers: object) -> None:
+    """The kinds of layer (:func:`_choices`), the sine-cosine position embedding, eos pooling and
+    the attentional pooler."""
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     # The kinds of layer open_clip builds: its ViT raised a bare ValueError for another position
     # embedding, and its fixed sine-cosine one asserts a square grid of patches and a width it can split
     # into four (sines and cosines of rows and of columns): "open_clip cannot build this architecture
@@ -683,6 +718,11 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         if cfg["embed_dim"] % vision.get("attn_pooler_heads", 8):
             raise bad(f"{prefix}embed_dim {cfg['embed_dim']} is not a multiple of {prefix}vision_cfg.attn_pooler_heads "
                       f"{vision['attn_pooler_heads']} (the attentional pooler's heads split it)")
+
+
+def _check_widths(cfg: dict, bad: _Bad, prefix: str, layers: object) -> None:
+    """LayerScale's initial values; the heads dividing each tower's width."""
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     # open_clip scales each block's output by a LayerScale of this initial value (float32): 0 or less
     # would start every block as nothing or its opposite, past float32's largest as inf (NaN features);
     # an integer past float64's was "int too big to convert", naming no key. A null builds none.
