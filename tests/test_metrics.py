@@ -105,13 +105,17 @@ def test_bad_input_is_clear(bad):
 
 
 def test_scores_that_are_not_numbers_are_named():
-    """A ragged list of per-batch tensors, strings or 0-d tensors with grad stopped in numpy or
-    torch, naming neither argument."""
-    for bad in ([torch.rand(3), torch.rand(2)], ["a"], [torch.tensor(1.0, requires_grad=True)]):
-        with pytest.raises(ValueError, match="id_scores must be numbers"):
-            ood_metrics(bad, [0.0])
-        with pytest.raises(ValueError, match="ood_scores must be numbers"):
-            ood_metrics([0.0], bad)
+    """A ragged list of per-batch tensors or strings stopped in numpy or torch, naming neither
+    argument (numpy 1.24 warned on the list of tensors first: a FutureWarning)."""
+    import warnings
+
+    for bad in ([torch.rand(3), torch.rand(2)], ["a"], [torch.rand(2), torch.tensor([1j])]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="id_scores must be numbers"):
+                ood_metrics(bad, [0.0])
+            with pytest.raises(ValueError, match="ood_scores must be numbers"):
+                ood_metrics([0.0], bad)
 
 
 @pytest.mark.parametrize("bad, said", [
@@ -142,14 +146,16 @@ def test_scores_that_are_no_real_numbers_are_one_value_error(bad, said):
 
 def test_masked_scores_are_refused_and_real_numbers_of_every_kind_are_read():
     """np.asarray drops a masked array's mask (its masked entries were scored); bools, integers,
-    Python objects of numbers and lists of 0-d tensors are real numbers, read as before."""
+    Python objects of numbers and lists of tensors are real numbers, read as before; tensors with
+    grad in a list too, as one tensor with grad is (they were "no numbers")."""
     from fractions import Fraction
 
     with pytest.raises(ValueError, match=r"^ood_scores has 1 masked value\(s\): pass the others"):
         ood_metrics([1.0, 2.0], np.ma.masked_array([0.0, 5.0], mask=[0, 1]))
     assert ood_metrics([1.0, 2.0], np.ma.masked_array([0.0, 0.5], mask=[0, 0]))["auroc"] == 1.0
     for good in ([True, True], np.array([3, 4], dtype=np.uint8), [2**70, Fraction(7, 2)], torch.tensor([2, 3]),
-                 [torch.tensor(1.5), torch.tensor(2.5)], [[1.5], [2.5]]):
+                 [torch.tensor(1.5), torch.tensor(2.5)], [[1.5], [2.5]], [torch.tensor([1.5, 2.5], requires_grad=True)],
+                 (torch.tensor(1.5, requires_grad=True), 2.5)):
         assert ood_metrics(good, [0.0, 0.5])["auroc"] == 1.0, good
 
 
