@@ -588,14 +588,21 @@ def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_decl
 
     import clip_smot.clip.model as cm
 
-    if "eos_id" not in {f.name for f in dataclasses.fields(CLIPTextCfg)}:
-        pytest.skip("open_clip 2.x declares neither block_type nor eos_id")
-    assert open_clip_tokenizer_end() == 49407
-
     def changed(tower, **values):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
         cfg[tower].update(values)
         return cfg
+
+    if "eos_id" not in {f.name for f in dataclasses.fields(CLIPTextCfg)}:  # open_clip 2.x: neither key is its
+        with pytest.raises(UserError, match=r"^--model m.json: text_cfg.pool_type must be 'first', 'last', 'argmax' "
+                                            r"or 'none', not 'eos'$"):
+            cm.check_model_config(changed("text_cfg", pool_type="eos"), "--model m.json")
+        path = tmp_path / "clip-smot-tiny-block.json"
+        path.write_text(json.dumps(changed("vision_cfg", block_type="custom")))
+        with pytest.raises(UserError, match="block_type"):  # (open_clip's unexpected keyword, named)
+            load_clip(str(path), None)
+        return
+    assert open_clip_tokenizer_end() == 49407
 
     for cfg, error in ((changed("vision_cfg", block_type="x"), r"vision_cfg.block_type must be null, 'default' or "
                                                                 r"'custom', not 'x'$"),
