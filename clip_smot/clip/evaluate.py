@@ -37,7 +37,7 @@ from clip_smot.common.files import check_output_folder, json_text, sha256_file
 from clip_smot.common.image_sets import (
     check_apart,
     check_train_apart,
-    folder_classnames,
+    folder_names,
     id_class_folders,
     id_set,
     image_set,
@@ -273,8 +273,8 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     prompt's checkpoint file found by its name is appended to ``inputs`` (it is read too)."""
     if cfg.zero_shot:
         builtin = cfg.id_data.lower() in BUILTIN_ID
-        classnames = list(DIGIT_NAMES) if builtin else folder_classnames(cfg.id_data)
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
+        classnames = list(DIGIT_NAMES) if builtin else folder_names(folders)
         if folders and (stray := stray_wnids(folders)) and writes_outputs():
             print(f"note: --id {cfg.id_data}: {stray}", file=sys.stderr)
         scorer = PromptScorer.zero_shot(

@@ -39,7 +39,7 @@ from clip_smot.common.images import (
 )
 from clip_smot.common.shards import is_shard, list_members
 
-__all__ = ["ImageSet", "check_apart", "check_train_apart", "stray_wnids", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "image_files", "image_set",
+__all__ = ["ImageSet", "check_apart", "check_train_apart", "stray_wnids", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "folder_names", "image_files", "image_set",
            "image_list_file", "iter_image_files", "iter_image_list", "read_image_list"]
 
 
@@ -177,8 +177,9 @@ def id_class_folders(where: str | os.PathLike, flag: str = "--id") -> list[str]:
     folders = class_folders(root, flag)
     empty = [f for f in folders if not holds_images(root / f)]
     if empty:
-        raise UserError(f"{flag} {root}: {len(empty)} of its {len(folders)} class folders {'holds' if len(empty) == 1 else 'hold'} no "
-                        f"images, e.g. {empty[0]}: zero-shot takes each class folder as a class; remove it (an archiver's "
+        hold = "holds" if len(empty) == 1 else "hold"
+        raise UserError(f"{flag} {root}: {len(empty)} of its {len(folders)} class folders {hold} no images, e.g. "
+                        f"{empty[0]}: zero-shot takes each class folder as a class; remove it (an archiver's "
                         "__MACOSX, a class not yet copied) or fill it")
     return folders
 
@@ -191,7 +192,12 @@ def folder_classnames(where: str | os.PathLike, flag: str = "--id") -> list[str]
     Raises:
         UserError: not a folder, or no class sub-folders.
     """
-    folders = id_class_folders(where, flag)
+    return folder_names(id_class_folders(where, flag))
+
+
+def folder_names(folders: Sequence[str]) -> list[str]:
+    """The class names of class folders (of :func:`id_class_folders`): ImageNet's names when every
+    folder is a wnid, else the folder names with ``_`` read as a space."""
     names = imagenet_wnid_names()
     if all(f in names for f in folders):
         return [names[f] for f in folders]
