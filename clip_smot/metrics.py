@@ -53,8 +53,9 @@ def _as_scores(name: str, values) -> np.ndarray:
         raise ValueError(f"{name} has {int(np.ma.count_masked(values))} masked value(s): pass the others "
                          "(its .compressed())")
     try:  # (numpy >= 1.24: a ragged list is a ValueError, not a warning and an object array)
-        kind = _kind(np.asarray(values))
-        arr = None if kind in _NOT_NUMBERS else np.asarray(values, dtype=np.float64)  # (None: NaN, refused below)
+        raw = np.asarray(values)  # (converted once: a list of a million scores is no small copy)
+        kind = _kind(raw)
+        arr = None if kind in _NOT_NUMBERS else raw.astype(np.float64, copy=False)
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         # a ragged list of batches, a tensor with grad, an integer past float64 (was an OverflowError)
         raise not_numbers(str(e)) from None

@@ -438,8 +438,9 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number
 # CLIPVisionCfg declares attentional_pool a bool, but open_clip reads a string as the kind of pooler
 # (CoCa's; any other non-empty string fails an assert, and "" is false)
 _ATTENTIONAL_POOLS = ("parallel", "cascade")
+_HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face
 # what check_config_file judges by what they name (a config file may not load anything)
-_NAMING_KEYS = ("timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name")
+_NAMING_KEYS = ("timm_model_name", "timm_model_pretrained", *_HF_NAMES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -747,9 +748,6 @@ def _check_widths(cfg: dict, bad: _Bad, prefix: str, layers: object) -> None:
     if not text.get("hf_model_name") and width and heads and width % heads:
         raise bad(f"{prefix}text_cfg.width {width} is not a multiple of {prefix}text_cfg.heads {heads} (each head "
                   "takes an equal part of it)")
-
-
-_HF_NAMES = ("hf_model_name", "hf_tokenizer_name")  # text_cfg keys that make open_clip load from Hugging Face
 
 
 def count_tokens(texts: list[str]) -> list[int]:
