@@ -5,8 +5,8 @@ writing into ``OUT/<stage>/``, and a map from the paper's rows to the (stage, sc
 measures them. A stage is finished when its final file is there (``prompt.safetensors`` for a
 fit, ``summary.json`` for a training, ``metrics.json`` for an evaluation): a rerun skips it, once
 the files of earlier stages that it read (a prompt, a model) are seen to be those it was made
-from (their SHA-256, in its ``reproduce.json``); a stage made from files since replaced is
-refused, not skipped. A
+from (their SHA-256, in its ``reproduce.json``); a stage made from files since replaced, or a
+zero-shot evaluation made with other prompts than this clip-smot's, is refused, not skipped. A
 fit or training that was interrupted is continued with ``--resume`` from its ``checkpoint.pt``;
 an interrupted evaluation is run again (its files are written whole, nothing is half-old).
 
@@ -244,6 +244,24 @@ class Stage:
         for path, sha in (recorded.items() if isinstance(recorded, dict) else ()):
             if path in now and now[path] != sha:
                 return f"{path}, which has changed since"
+        return None
+
+    def outdated(self, out: str | Path) -> str | None:
+        """Why this finished stage's numbers are not what this clip-smot computes from the same
+        command line, or None: an ``eval --zero-shot`` whose metrics.json names other prompts
+        than those it fills now (a run from before it took MCM's "a photo of a {c}", with no
+        period). A metrics.json that names none (an older or another writer's) is not judged."""
+        if self.command != "eval" or "--zero-shot" not in self.argv:
+            return None
+        from clip_smot.clip.scorer import zero_shot_source, zero_shot_template
+
+        try:
+            made = read_json(self.folder(out) / FINAL_FILE["eval"]).get("text_features")
+        except (OSError, ValueError, AttributeError):  # (a metrics.json that is no object: the table names it)
+            return None
+        now = zero_shot_source(zero_shot_template())
+        if isinstance(made, str) and made.startswith("zero-shot prompts ") and made != now:
+            return f"its text features are {made}; this clip-smot's are {now}"
         return None
 
     def unchecked_note(self, out: str | Path) -> str:
@@ -726,6 +744,11 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
                         f"is no longer as it was then, so {'its' if one else 'their'} numbers would not be of it: "
                         f"{'; '.join(stale)}; remove {'that folder' if one else 'those folders'} to run "
                         f"{'its stage' if one else 'their stages'} again")
+    # a finished stage that this clip-smot would compute otherwise from the same command line
+    if older := [f"{stage.folder(out)} ({why})" for stage in p.stages if stage.name in finished
+                 and (why := stage.outdated(out))]:
+        raise UserError(f"reproduce: made by an older clip-smot, which computed it otherwise: {'; '.join(older)}; "
+                        f"remove {'that folder' if len(older) == 1 else 'those folders'} to run it again")
     for stage in p.stages:
         argv = list(stage.argv)
         if stage.finished(out):

@@ -445,6 +445,33 @@ def test_a_finished_stage_whose_record_has_no_hashes_is_skipped_with_a_note(tmp_
     assert [line.endswith(note) for line in lines[:5]] == [False, False, False, True, False], lines
 
 
+def test_a_zero_shot_stage_made_with_other_prompts_is_refused_not_skipped(tmp_path):
+    """eval-mcm finished by a clip-smot that still wrote CoOp's "a photo of a {c}." (with a
+    period) has the command line of today's, which fills MCM's "a photo of a {c}": reproduce
+    skipped it and put the old prompts' numbers in the MCM row. Its metrics.json names the
+    prompts (``text_features``): other prompts are refused before any stage runs; the same, or
+    none named (an older metrics.json), are skipped as before."""
+    from clip_smot.reproduce import run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    metrics = out / "eval-mcm" / "metrics.json"
+    for named in ({}, {"text_features": "zero-shot prompts 'a photo of a {c}'"}):  # (none named; today's)
+        metrics.write_text(json.dumps(named))
+        ran.clear()
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+        assert ran == []
+    metrics.write_text(json.dumps({"text_features": "zero-shot prompts 'a photo of a {c}.'", "metrics": {}}))
+    for dry_run in (False, True):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: made by an older clip-smot, which computed it otherwise: {out / 'eval-mcm'} "
+                                "(its text features are zero-shot prompts 'a photo of a {c}.'; this clip-smot's are "
+                                "zero-shot prompts 'a photo of a {c}'); remove that folder to run it again")
+    assert ran == [] and metrics.is_file()  # (nothing ran, nothing removed)
+
+
 def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_skipped(tmp_path):
     """A fit redone (its folder removed, as reproduce's own error advises for other options) left
     the evaluations of the old prompt finished: reproduce skipped them and wrote their numbers as

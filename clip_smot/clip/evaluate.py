@@ -26,8 +26,8 @@ from clip_smot.clip.scorer import (
     PromptScorer,
     parse_scores,
     resolve_pretrained,
+    zero_shot_template,
 )
-from clip_smot.common.bundled import bundled_file
 from clip_smot.common.configs import MAX_SEED, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
@@ -182,10 +182,6 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
     return paths
 
 
-def _zero_shot_template() -> str:
-    return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
-
-
 def run_clip_eval(cfg: ClipEvalConfig) -> dict:
     """Score the ID set and every OOD set, then write the metric files into ``cfg.out``.
 
@@ -280,7 +276,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
         scorer = PromptScorer.zero_shot(
             classnames, cfg.model or DEFAULT_ZERO_SHOT_MODEL[0],
             cfg.pretrained if cfg.pretrained is not None else DEFAULT_ZERO_SHOT_MODEL[1], cfg.device,
-            _zero_shot_template(), cfg.precision,
+            zero_shot_template(), cfg.precision,
         )
         title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
         return scorer, None, folders, title

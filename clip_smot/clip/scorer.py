@@ -43,6 +43,7 @@ from clip_smot.clip.features import (
 )
 from clip_smot.clip.model import ClipModel, weights_flag
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
+from clip_smot.common.bundled import bundled_file
 from clip_smot.common.device import resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work
 from clip_smot.common.errors import UserError
@@ -64,6 +65,8 @@ __all__ = [
     "resolve_pretrained",
     "scores_from_features",
     "skipped_kind",
+    "zero_shot_source",
+    "zero_shot_template",
 ]
 
 @dataclass
@@ -259,6 +262,17 @@ def resolve_pretrained(prompt: PromptFile) -> str:
     )
 
 
+def zero_shot_template() -> str:
+    """The template ``eval --zero-shot`` fills: prompts/zero_shot_template.txt, MCM's "a photo of a {c}"."""
+    return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
+
+
+def zero_shot_source(template: str) -> str:
+    """What a zero-shot scorer's text features came from (its ``source``, which eval writes in
+    metrics.json as ``text_features``: reproduce compares a finished zero-shot stage's with it)."""
+    return f"zero-shot prompts {template!r}"
+
+
 class PromptScorer:
     """A frozen CLIP model with K class text features, scoring images without training.
 
@@ -347,8 +361,7 @@ class PromptScorer:
         clip = cm.load_clip(model, pretrained, dev)
         template = template or ZERO_SHOT_TEMPLATE
         text = zero_shot_text_features(clip, list(classnames), template)
-        return cls(clip, text, classnames, source=f"zero-shot prompts {template!r}",
-                   precision=precision)
+        return cls(clip, text, classnames, source=zero_shot_source(template), precision=precision)
 
     @torch.inference_mode()
     def cosine(self, images: torch.Tensor) -> torch.Tensor:

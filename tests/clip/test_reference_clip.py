@@ -197,17 +197,16 @@ def test_zero_shot_mcm_equals_mcms_recipe_on_openais_model(openai_tiny, images):
     """eval --zero-shot's prompts are MCM's, as its code writes them ("a photo of a {c}", no
     period: deeplearning-wisc/MCM's get_ood_scores_clip), encoded by OpenAI's model through
     OpenAI's tokenizer; MCM is their max softmax at T = 1. The period changes the features."""
-    from clip_smot.clip.evaluate import _zero_shot_template
     from clip_smot.clip.prompt import ZERO_SHOT_TEMPLATE
-    from clip_smot.clip.scorer import PromptScorer
+    from clip_smot.clip.scorer import PromptScorer, zero_shot_template
 
-    assert _zero_shot_template() == ZERO_SHOT_TEMPLATE == "a photo of a {c}"
+    assert zero_shot_template() == ZERO_SHOT_TEMPLATE == "a photo of a {c}"
     names = ["tench", "goldfish", "great white shark"]
     reference = openai_tiny["reference"]
     with torch.no_grad():
         text = F.normalize(reference.encode_text(ref_clip.tokenize([f"a photo of a {c}" for c in names])), dim=-1)
         period = F.normalize(reference.encode_text(ref_clip.tokenize([f"a photo of a {c}." for c in names])), dim=-1)
-    scorer = PromptScorer.zero_shot(names, openai_tiny["config"], openai_tiny["archive"], "cpu", _zero_shot_template(),
+    scorer = PromptScorer.zero_shot(names, openai_tiny["config"], openai_tiny["archive"], "cpu", zero_shot_template(),
                                     "fp32")
     assert _max_error(scorer.text_features, text) < 1e-5 and _max_error(period, text) > 1e-3
     mcm, _ = ref_clip.mcm_and_msp(ref_clip.image_features(reference, images, 32), text, 1.0)
