@@ -226,6 +226,22 @@ def test_beta_thresholds_mean_and_reproducible():
         sample_thresholds(2, 0, 1)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5, 1.0])
+def test_label_smoothing_and_the_smot_loss_are_torchs_cross_entropy(eps):
+    """Against torch's own cross_entropy: its label_smoothing (eps / K on every class, as Eq. 5's
+    soft labels) for the "label smooth" baseline, and its probability targets for the SMOT loss's
+    masked term, with one eps per image."""
+    g = torch.Generator().manual_seed(7)
+    logits, masked = torch.randn(6, 5, generator=g) * 3, torch.randn(6, 5, generator=g) * 3
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    torch.testing.assert_close(label_smoothing_ce(logits, y, eps), F.cross_entropy(logits, y, label_smoothing=eps))
+    per_image = torch.tensor([eps, 0.0, 0.3, 1.0, 0.05, 0.9])
+    targets = (1 - per_image[:, None]) * F.one_hot(y, 5) + per_image[:, None] / 5
+    lam = 0.1
+    expected = (1 - lam) * F.cross_entropy(logits, y) + lam * F.cross_entropy(masked, targets)
+    torch.testing.assert_close(smot_loss(logits, masked, y, per_image, lam), expected)
+
+
 def test_label_smoothing_and_logitnorm_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     y = torch.tensor([0])

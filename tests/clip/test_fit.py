@@ -969,6 +969,25 @@ def test_lr_schedule_is_coops():
     assert lr_factor(49, cfg) == pytest.approx((1 + np.cos(np.pi * 48 / 50)) / 2)
 
 
+@pytest.mark.parametrize("epochs,warmup", [(50, 1), (10, 3), (5, 0)])
+def test_lr_schedule_is_dassls_cosine_after_a_constant_warm_up(epochs, warmup):
+    """CoOp's schedule as Dassl steps it: warm-up epochs at warmup_lr (ConstantWarmupScheduler),
+    then torch's CosineAnnealingLR(T_max=epochs), which Dassl steps once after each epoch from
+    the first epoch past the warm-up (that epoch runs at the full lr)."""
+    cfg = FitConfig(epochs=epochs, warmup_epochs=warmup, lr=0.002, warmup_lr=1e-5)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=float(cfg.epochs))
+    dassl = []
+    for epoch in range(cfg.epochs):
+        if epoch < cfg.warmup_epochs:
+            dassl.append(cfg.warmup_lr)
+            continue
+        dassl.append(opt.param_groups[0]["lr"])
+        opt.step()  # (no gradient: the order torch expects before a scheduler step)
+        cosine.step()
+    assert [cfg.lr * lr_factor(e, cfg) for e in range(cfg.epochs)] == pytest.approx(dassl, rel=1e-9, abs=1e-15)
+
+
 def test_cams_are_for_the_true_imagenet_label(imagenet_dir, cam_resnet):
     classes = resolve_classes(imagenet_dir / "train")
     assert classes.imagenet_index == (0, 1, 2)

@@ -258,6 +258,23 @@ def test_lr_schedules():
         pytest.approx([0.1, 0.01, 0.001])
 
 
+@pytest.mark.parametrize("stage,epochs", [("base", 200), ("base", 10), ("smot", 300), ("smot", 7)])
+def test_lr_schedules_are_torchs_schedulers(stage, epochs):
+    """The paper's schedules as torch's own schedulers give them, stepped once an epoch: base,
+    MultiStepLR dividing by 10 at 40% and 70% of the epochs (80 and 140 of 200); smot,
+    CosineAnnealingLR over all the epochs."""
+    cfg = TrainConfig(out="x", stage=stage, epochs=epochs, lr=0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, [round(0.4 * epochs), round(0.7 * epochs)], gamma=0.1)
+             if stage == "base" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs))
+    torchs = []
+    for _ in range(epochs):
+        torchs.append(opt.param_groups[0]["lr"])
+        opt.step()  # (no gradient: the order torch expects before a scheduler step)
+        sched.step()
+    assert [lr_at(cfg, e) for e in range(epochs)] == pytest.approx(torchs, rel=1e-9, abs=1e-15)
+
+
 def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monkeypatch):
     import clip_smot.resnet.train as train_mod
 
