@@ -27,6 +27,23 @@ def test_imagenet200_is_the_papers_list():
         "354baa0a46566aa68cee6a8093d8de471b7d45a1004b81a95c6210f757ad3740"
 
 
+def test_the_class_lists_are_timms_and_open_clips():
+    """Against lists this project did not write, installed with open_clip (timm is one of its
+    dependencies): the 1000 wnids in timm's ImageNet-1k class order (its ImageNetInfo, the order of
+    torchvision's and timm's ImageNet weights, which the CAM network's labels index), the 200 of
+    ImageNet-200 as timm's list of ImageNet-R's classes (its imagenet_r_synsets.txt), and the
+    class names as open_clip's IMAGENET_CLASSNAMES, line for line."""
+    import pkgutil
+
+    import open_clip
+    from timm.data import ImageNetInfo
+
+    assert bundled.imagenet_wnids() == list(ImageNetInfo("imagenet-1k").label_names())
+    imagenet_r = pkgutil.get_data("timm", "data/_info/imagenet_r_synsets.txt").decode().split()
+    assert bundled.imagenet200_wnids() == sorted(imagenet_r) and len(imagenet_r) == 200
+    assert bundled.imagenet_classnames() == list(open_clip.IMAGENET_CLASSNAMES)
+
+
 def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
     """Installed from a wheel, the lists sit in clip_smot/_data/ (see pyproject.toml)."""
     pkg = tmp_path / "site" / "clip_smot"
