@@ -6,12 +6,13 @@ the member's name as stored), in the CSV and everywhere a file path would be. A 
 as hostile: member names are never joined to a path; only regular members with an image
 extension are listed (directories, links, devices, sparse files and hidden ``.*`` names, or
 names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an
-unreadable image, not a read; a member name met twice is listed once (the first); a shard cut
-short anywhere but inside an image or its end-of-archive blocks, with a damaged header, or
-followed by another tar, is unreadable; so is one whose headers for a member (pax records, GNU
-long names, a sparse map, with the global pax records in force) take more than
-:data:`MAX_HEADER_BYTES`, which tarfile would hold in memory whole, or that extend one another
-more deeply than tarfile can follow. Listing reads the
+unreadable image, not a read; a shard is refused where an image's name is stored twice, or where
+webdataset's reader would stop at a field met twice in a sample (``a.jpg`` beside ``a.JPG``: it
+compares suffixes in lower case); a shard cut short anywhere but inside an image or its
+end-of-archive blocks, with a damaged header, or followed by another tar, is unreadable; so is
+one whose headers for a member (pax records, GNU long names, a sparse map, with the global pax
+records in force) take more than :data:`MAX_HEADER_BYTES`, which tarfile would hold in memory
+whole, or that extend one another more deeply than tarfile can follow. Listing reads the
 headers alone (seeking over the data); reading one image seeks to its bytes through an index of
 the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
 does not grow with the number of images, nor with the sizes a shard's headers declare. A
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from clip_smot.common.errors import UserError
+from clip_smot.common.errors import UserError, cut
 from clip_smot.common.files import file_stamp
 
 __all__ = ["MAX_MEMBER_BYTES", "MAX_HEADER_BYTES", "SEPARATOR", "is_shard", "split_member", "list_members",
@@ -47,6 +49,13 @@ _INDEXED = 4  # shards whose index a process keeps (DataLoader workers read a fe
 _COMPRESSED = {".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bzip2", ".tbz2": "bzip2", ".tar.xz": "xz",
                ".txz": "xz"}
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+# webdataset's reader (webdataset.tariterators: base_plus_ext, group_by_keys, with their defaults):
+# a regular member is the field SUFFIX, lower-cased, of the sample KEY, its name split at the first
+# dot of its last part; members in a row with one KEY are one sample, whose "__key__" and "__url__"
+# the reader sets itself; a field met twice in a sample stops its reading (ValueError: duplicate
+# file name in tar file). The pattern is webdataset's own, as it is: no dot, no sample.
+_SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_SAMPLE_OWN = ("__key__", "__url__")
 
 
 def is_shard(path: str | os.PathLike) -> bool:
@@ -163,12 +172,22 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
         raise _compressed(shard, flag, kind)
     index: dict[str, tuple[int, int]] = {}
     info = None
+    key, fields = None, set()  # (the sample webdataset's reader is at, and its fields so far)
     try:
         # uncompressed only: an image is read by its offset
         with open(shard, "rb") as f, tarfile.open(fileobj=(reads := _BoundedReads(f)), mode="r:") as tar:
             for info in _members(tar, reads):
                 if _listable(info):
-                    index.setdefault(info.name, (info.offset_data, info.size))
+                    if info.name in index:  # (tar extracts the last; webdataset stops at it, or reads both apart)
+                        raise UserError(f"{flag} {shard}: the member {_quoted(info.name)} is stored twice, which "
+                                        "leaves its image ambiguous; keep one")
+                    index[info.name] = (info.offset_data, info.size)
+                if info.isreg() and (m := _SAMPLE_NAME.match(info.name)):
+                    if m[1] != key:
+                        key, fields = m[1], set(_SAMPLE_OWN)
+                    if (field := m[2].lower()) in fields:
+                        raise _field_twice(shard, flag, info.name, key, field)
+                    fields.add(field)
             _check_end(f, tar.offset)
     except tarfile.ReadError as e:
         # the shard cut inside its last member, an image listed: that image is the unreadable one.
@@ -186,6 +205,21 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
         raise UserError(f"{flag} {shard}: not a readable uncompressed tar shard (the headers at byte {reads.at} "
                         "extend one another more deeply than tarfile can follow)") from None
     return index
+
+
+def _quoted(name: str) -> str:
+    """A member's name for a one-line message: quoted, its line breaks and control characters
+    escaped, cut after 200 characters (a GNU long name may be far longer)."""
+    return repr(cut(name, 200))
+
+
+def _field_twice(shard: str, flag: str, name: str, key: str, field: str) -> UserError:
+    """The error of a member that webdataset's reader stops at: a field its sample has already."""
+    what = ("a field that webdataset's reader sets itself", "rename it") if field in _SAMPLE_OWN else (
+        "a second field of that name in the sample (suffixes are compared in lower case, as webdataset's reader "
+        "compares them)", "keep one")
+    return UserError(f"{flag} {shard}: the member {_quoted(name)} is the field {_quoted(field)} of the sample "
+                     f"{_quoted(key)}, {what[0]}: webdataset's reader stops at it (duplicate file name); {what[1]}")
 
 
 def _check_end(f, offset: int) -> None:

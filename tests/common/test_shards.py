@@ -33,7 +33,6 @@ def _hostile(path):
         _add(tar, "a/._000.jpg", b"macos")  # hidden
         _add(tar, ".thumbs/001.jpg", b"thumb")  # in a hidden folder (a folder walk skips it too)
         _add(tar, "./b/.cache/002.jpg", b"cached")
-        _add(tar, "a/000.jpg", b"second")  # stored twice: the first counts
         _add(tar, "new\nline.JPG", b"nl")
         _add(tar, "./c.png", b"dot")  # ("tar cf s.tar ." names its members so)
 
@@ -679,6 +678,60 @@ def test_the_images_listed_are_the_image_fields_webdatasets_reader_gives(tmp_pat
         if k in decoded:  # (webdataset before 1.0 decodes no WebP)
             assert np.array_equal(np.asarray(load_image(member, data=shards.read_image_bytes(member))), np.asarray(decoded[k].convert("RGB"))), member
     assert set(decoded) - set(ours) == {("c", "jpg.gz"), (".thumbs/e", "jpg")} | ({("d", "jfif")} & set(decoded))
+
+
+def _webdataset_samples(shard):
+    """``[(key, {field: bytes})]`` of ``shard`` as webdataset's reader gives them (its defaults:
+    suffixes lower-cased, members in a row with one key grouped), or the ValueError it raises."""
+    import webdataset
+
+    try:
+        return [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")})
+                for s in webdataset.WebDataset([str(shard)], shardshuffle=False)]
+    except ValueError as e:
+        return e
+
+
+@pytest.mark.parametrize("members, member, why", [
+    (["a.jpg", "a.JPG"], "a.JPG", "is the field 'jpg' of the sample 'a', a second field of that name in the sample"),
+    (["d/a.png", "d/a.cls", "d/a.CLS"], "d/a.CLS", "is the field 'cls' of the sample 'd/a', a second field"),
+    (["a.jpg", "a.__KEY__"], "a.__KEY__", "is the field '__key__' of the sample 'a', a field that webdataset's reader "
+                                          "sets itself"),
+    (["a.jpg", "a.jpg"], "a.jpg", "is stored twice"),
+    (["a.jpg", "b.jpg", "a.jpg"], "a.jpg", "is stored twice")],
+    ids=["jpg and JPG", "cls and CLS", "a field named __key__", "one name twice in a row", "one name twice"])
+def test_a_field_twice_in_a_sample_or_a_name_stored_twice_is_refused(tmp_path, members, member, why):
+    """A sample's field met twice, as webdataset's reader sees it (``a.jpg`` beside ``a.JPG``: it
+    lower-cases suffixes), stops that reader ("duplicate file name"); here ``a.JPG`` was a second
+    row, and a name stored twice (as ``tar rf`` appends a new version) was read as its first copy,
+    which tar does not extract (it keeps the last) and webdataset, the copies apart, reads as two
+    samples. Both are now refused in one line naming the shard and the member."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, name in enumerate(members):
+            _add(tar, name, _encoded("PNG", i) if name.lower().endswith((".jpg", ".png")) else b"1")
+    theirs = _webdataset_samples(shard)
+    if isinstance(theirs, list):  # (the copies apart: two samples with one key)
+        assert [k for k, _ in theirs] == ["a", "b", "a"]
+    else:
+        assert f"{member}: duplicate file name in tar file" in str(theirs)
+    with pytest.raises(UserError) as e:
+        image_files(shard, "PATH")
+    assert str(e.value).startswith(f"PATH {shard}: the member '{member}' {why}") and "\n" not in str(e.value)
+
+
+def test_suffixes_apart_in_case_are_two_images_where_webdataset_reads_two_samples(tmp_path):
+    """``a.jpg``, ``b.jpg``, ``a.JPG``: webdataset's reader gives two samples ``a`` (the members
+    are not in a row), each with its image; here they are two rows, with the same bytes."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, name in enumerate(["a.jpg", "b.jpg", "a.JPG"]):
+            _add(tar, name, _encoded("JPEG", i))
+    theirs = _webdataset_samples(shard)
+    assert [k for k, _ in theirs] == ["a", "b", "a"]
+    listed = image_files(shard, "PATH")
+    assert listed == [f"{shard}::{n}" for n in ("a.jpg", "b.jpg", "a.JPG")]
+    assert [shards.read_image_bytes(m) for m in listed] == [fields["jpg"] for _, fields in theirs]
 
 
 @pytest.mark.parametrize("name, compress, kind", [("s.tar.gz", None, "gzip"), ("s.tgz", None, "gzip"),
