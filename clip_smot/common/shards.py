@@ -1,23 +1,24 @@
 """Tar shards in the webdataset layout (``KEY.jpg``, ``KEY.png``, ... inside an uncompressed
 ``.tar``), read with the standard library's ``tarfile``: no extra package, nothing extracted.
 
-An image inside a shard is named ``SHARD.tar::MEMBER`` (the shard's path as given, two colons,
-the member's name as stored), in the CSV and everywhere a file path would be. A shard is treated
-as hostile: member names are never joined to a path; only regular members with an image
-extension are listed (directories, links, devices, sparse files and hidden ``.*`` names, or
-names in a hidden ``.*/`` folder, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an
-unreadable image, not a read; a shard is refused where an image's name is stored twice, or where
-webdataset's reader would stop at a field met twice in a sample (``a.jpg`` beside ``a.JPG``: it
-compares suffixes in lower case); a shard cut short anywhere but inside an image or its
-end-of-archive blocks, with a damaged header, or followed by another tar, is unreadable; so is
-one whose headers for a member (pax records, GNU long names, a sparse map, with the global pax
-records in force) take more than :data:`MAX_HEADER_BYTES`, which tarfile would hold in memory
-whole, or that extend one another more deeply than tarfile can follow. Listing reads the
-headers alone (seeking over the data); reading one image seeks to its bytes through an index of
-the shard, built once per process and kept for the :data:`_INDEXED` shards used last, so memory
-does not grow with the number of images, nor with the sizes a shard's headers declare. A
-compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, or such a stream named ``.tar``),
-which webdataset writes and streams, is refused in one line: it has no offset to seek to.
+An image inside a shard is named ``SHARD.tar::MEMBER`` (the shard's path as given, two colons, the
+member's name as stored), in the CSV and everywhere a file path would be. A shard is treated as
+hostile: member names are never joined to a path; only regular members with an image extension are
+listed (directories, links, devices, sparse files and hidden ``.*`` names, names in a hidden
+``.*/`` folder, and names in a top ``__NAME__/`` folder, which webdataset's reader skips as
+metadata, are skipped); a member over :data:`MAX_MEMBER_BYTES` is an unreadable image, not a read;
+a shard is refused where an image's name is stored twice, or where webdataset's reader would stop
+at a field met twice in a sample (``a.jpg`` beside ``a.JPG``: it compares suffixes in lower case);
+a shard cut short anywhere but inside an image or its end-of-archive blocks, with a damaged header,
+or followed by another tar, is unreadable; so is one whose headers for a member (pax records, GNU
+long names, a sparse map, with the global pax records in force) take more than
+:data:`MAX_HEADER_BYTES`, which tarfile would hold in memory whole, or that extend one another more
+deeply than tarfile can follow. Listing reads the headers alone (seeking over the data); reading
+one image seeks to its bytes through an index of the shard, built once per process and kept for the
+:data:`_INDEXED` shards used last, so memory does not grow with the number of images, nor with the
+sizes a shard's headers declare. A compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``,
+``.tar.xz``, or such a stream named ``.tar``), which webdataset writes and streams, is refused in
+one line: it has no offset to seek to.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 # the reader sets itself; a field met twice in a sample stops its reading (ValueError: duplicate
 # file name in tar file). The pattern is webdataset's own, as it is: no dot, no sample.
 _SAMPLE_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# what that reader skips as metadata, no sample's: a name that starts with a __NAME__ part
+# (``__meta__/x.jpg``, ``__index__``; webdataset.tariterators.tar_file_iterator's skip_meta)
+_METADATA = re.compile(r"__[^/]*__($|/)")
 _SAMPLE_OWN = ("__key__", "__url__")
 
 
@@ -126,7 +130,7 @@ def _listable(info: tarfile.TarInfo) -> bool:
     # hidden: a name or a folder in it starting with "." (as a folder walk skips them; "./a.jpg", of
     # "tar cf s.tar .", and "../a.jpg" are not)
     hidden = any(p.startswith(".") and p not in (".", "..") for p in parts)
-    return (info.isreg() and not info.issparse() and not hidden
+    return (info.isreg() and not info.issparse() and not hidden and not _METADATA.match(info.name)
             and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS)
 
 
@@ -182,7 +186,7 @@ def _scan(shard: str, flag: str) -> dict[str, tuple[int, int]]:
                         raise UserError(f"{flag} {shard}: the member {_quoted(info.name)} is stored twice, which "
                                         "leaves its image ambiguous; keep one")
                     index[info.name] = (info.offset_data, info.size)
-                if info.isreg() and (m := _SAMPLE_NAME.match(info.name)):
+                if info.isreg() and not _METADATA.match(info.name) and (m := _SAMPLE_NAME.match(info.name)):
                     if m[1] != key:
                         key, fields = m[1], set(_SAMPLE_OWN)
                     if (field := m[2].lower()) in fields:

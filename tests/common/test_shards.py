@@ -734,6 +734,37 @@ def test_suffixes_apart_in_case_are_two_images_where_webdataset_reads_two_sample
     assert [shards.read_image_bytes(m) for m in listed] == [fields["jpg"] for _, fields in theirs]
 
 
+def test_webdatasets_metadata_members_are_no_images(tmp_path):
+    """webdataset's reader skips a name that starts with a ``__NAME__`` part as metadata
+    (``__meta__/x.jpg``; ``__a__.jpg`` and ``k/__b__/y.jpg`` are samples): such an image was a
+    row here, and a shard of metadata images alone was scored where that reader finds no sample.
+    Skipped, it no longer parts a sample's members either: ``a.jpg``, ``__x__/n.txt``, ``a.JPG``
+    is one sample with the field jpg twice, which that reader stops at."""
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, name in enumerate(["__meta__/x.jpg", "__index__", "__a__.jpg", "k/__b__/y.jpg", "z.png"]):
+            _add(tar, name, _encoded("PNG", i))
+    theirs = _webdataset_samples(shard)
+    assert [(k, sorted(f)) for k, f in theirs] == [("__a__", ["jpg"]), ("k/__b__/y", ["jpg"]), ("z", ["png"])]
+    listed = image_files(shard, "PATH")
+    assert listed == [f"{shard}::{n}" for n in ("__a__.jpg", "k/__b__/y.jpg", "z.png")]
+    assert [shards.read_image_bytes(m) for m in listed] == [v for _, f in theirs for v in f.values()]
+
+    with tarfile.open(tmp_path / "meta.tar", "w") as tar:
+        _add(tar, "__x__/y.jpg", _encoded("JPEG"))
+    theirs = _webdataset_samples(tmp_path / "meta.tar")
+    assert theirs == [] or "No samples found" in str(theirs)  # (webdataset 1.0 raises on a shard of none)
+    with pytest.raises(UserError, match="meta.tar: no image members found"):
+        image_files(tmp_path / "meta.tar", "PATH")
+
+    with tarfile.open(tmp_path / "parted.tar", "w") as tar:
+        for name in ["a.jpg", "__x__/n.txt", "a.JPG"]:
+            _add(tar, name, _encoded("JPEG"))
+    assert "a.JPG: duplicate file name in tar file" in str(_webdataset_samples(tmp_path / "parted.tar"))
+    with pytest.raises(UserError, match=r"parted.tar: the member 'a.JPG' is the field 'jpg' of the sample 'a', a "):
+        image_files(tmp_path / "parted.tar", "PATH")
+
+
 @pytest.mark.parametrize("name, compress, kind", [("s.tar.gz", None, "gzip"), ("s.tgz", None, "gzip"),
                                                   ("s.tar", True, "gzip"), ("s.tar.bz2", "bz2", "bzip2"),
                                                   ("s.tar.xz", "xz", "xz"), ("s.tar", "xz", "xz")])
