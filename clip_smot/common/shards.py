@@ -17,8 +17,8 @@ deeply than tarfile can follow. Listing reads the headers alone (seeking over th
 one image seeks to its bytes through an index of the shard, built once per process and kept for the
 :data:`_INDEXED` shards used last, so memory does not grow with the number of images, nor with the
 sizes a shard's headers declare. A compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``,
-``.tar.xz``, or such a stream named ``.tar``), which webdataset writes and streams, is refused in
-one line: it has no offset to seek to.
+``.tar.xz``, ``.tar.zst``, ``.tar.lz4``, ..., or such a stream named ``.tar``), which webdataset
+writes and streams (gzip, bzip2, xz), is refused in one line: it has no offset to seek to.
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ MAX_MEMBER_BYTES = 1 << 28  # 256 MiB: far above any photograph, far below a mac
 MAX_HEADER_BYTES = 1 << 20
 _INDEXED = 4  # shards whose index a process keeps (DataLoader workers read a few at a time)
 # Compressed tars, as webdataset's TarWriter writes them for a name ending in "gz", "bz2" or "xz" and
-# its reader streams them: refused in one line (an image is read at its offset, which a compressed
-# stream has not) rather than read as one image file that does not decode
+# its reader streams them, and as `tar --zstd` and `tar -I lz4` write them: refused in one line (an
+# image is read at its offset, which a compressed stream has not) rather than read as one image file
+# that does not decode. Told by name, or, named .tar, by their magic numbers (zstd: its frame's
+# 0xFD2FB528, little-endian; lz4: its frame's 0x184D2204 and its legacy format's 0x184C2102)
 _COMPRESSED = {".tar.gz": "gzip", ".tgz": "gzip", ".tar.bz2": "bzip2", ".tbz2": "bzip2", ".tar.xz": "xz",
-               ".txz": "xz"}
-_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+               ".txz": "xz", ".tar.zst": "zstd", ".tzst": "zstd", ".tar.lz4": "lz4"}
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+          b"\x04\x22\x4d\x18": "lz4", b"\x02\x21\x4c\x18": "lz4"}
 # webdataset's reader (webdataset.tariterators: base_plus_ext, group_by_keys, with their defaults):
 # a regular member is the field SUFFIX, lower-cased, of the sample KEY, its name split at the first
 # dot of its last part; members in a row with one KEY are one sample, whose "__key__" and "__url__"

@@ -798,6 +798,31 @@ def test_a_compressed_shard_that_webdataset_reads_is_refused_in_one_line(tmp_pat
         image_files(shard, "PATH")
 
 
+@pytest.mark.parametrize("name, magic, kind", [("s.tar.zst", b"\x28\xb5\x2f\xfd", "zstd"),
+                                               ("s.tzst", b"\x28\xb5\x2f\xfd", "zstd"),
+                                               ("s.tar", b"\x28\xb5\x2f\xfd", "zstd"),
+                                               ("s.TAR.LZ4", b"\x04\x22\x4d\x18", "lz4"),
+                                               ("s.tar", b"\x04\x22\x4d\x18", "lz4"),
+                                               ("s.tar", b"\x02\x21\x4c\x18", "lz4")],
+                         ids=["tar.zst", "tzst", "zstd named tar", "TAR.LZ4", "lz4 named tar", "legacy lz4 named tar"])
+def test_a_zstd_or_lz4_compressed_shard_is_refused_as_compressed(tmp_path, name, magic, kind):
+    """A tar compressed with zstd (`tar --zstd`) or lz4 (`tar -I lz4`): named .tar.zst, .tzst or
+    .tar.lz4 it was no shard but an image file, which `score` stopped on as an unreadable image
+    (and --skip-unreadable dropped as one); named .tar it was "not a readable uncompressed tar
+    shard (truncated header)". Both are now refused as gzip, bzip2 and xz tars are, by the name
+    or by the stream's magic number, in one line that says how to decompress it."""
+    import numpy as np
+
+    shard = tmp_path / name
+    shard.write_bytes(magic + np.random.default_rng(0).integers(0, 256, 3000).astype("uint8").tobytes())
+    assert shards.is_shard(shard)
+    with pytest.raises(UserError) as e:
+        image_files(shard, "PATH")
+    assert str(e.value) == (f"PATH {shard}: a tar shard compressed with {kind}, which is not read (images are read at "
+                            f"their offsets in an uncompressed tar); decompress it to a .tar first ({kind} -dc SHARD > "
+                            "NAME.tar)")
+
+
 def test_a_folder_of_shards_given_as_path_says_to_name_the_shards(tmp_path):
     """img2dataset writes its shards into one folder; score on that folder said only "no image
     files found": a folder is not searched for shards (as docs/score.md says), and the error now
