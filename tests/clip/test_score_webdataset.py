@@ -164,3 +164,32 @@ def test_gzip_compressed_shards_of_shardwriter_are_refused_or_skipped_by_name(tm
                                             f"  PATH {gz[1]}: {why}"], res.stderr
     _score_cli(tmp_path, tiny_clip_checkpoint, shards, tmp_path / "shards.csv")
     assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "shards.csv").read_bytes()
+
+
+def test_a_shard_webdatasets_reader_stops_at_is_refused_or_skipped_in_one_line(tmp_path, shards_and_files,
+                                                                               tiny_clip_checkpoint):
+    """ShardWriter writes a sample with the fields "jpg" and "JPG" (as 000000000.JPG, .cls, .jpg)
+    that webdataset's own reader stops at: it lower-cases suffixes, and calls the second "jpg" a
+    duplicate file name. `score` gave such a shard's two images two rows; it now refuses the
+    shard in one line naming the member, before anything is encoded, and --skip-unreadable
+    skips it whole with that reason, the other shards' rows as without it."""
+    shards, _, _ = shards_and_files
+    bad = str(tmp_path / "bad-000000.tar")
+    with webdataset.ShardWriter(str(tmp_path / "bad-%06d.tar"), maxcount=2) as sink:
+        sink.write({"__key__": "000000000", "jpg": _encoded(_image(0), "JPEG"), "JPG": _encoded(_image(1), "JPEG"),
+                    "cls": 0})
+    with pytest.raises(ValueError, match="000000000.jpg: duplicate file name in tar file"):
+        list(webdataset.WebDataset([bad], shardshuffle=False))
+    base = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint,
+            "--scores", "mcm,msp,energy", "--device", "cpu", "--workers", "0", "--batch-size", "2"]
+    why = ("the member '000000000.jpg' is the field 'jpg' of the sample '000000000', a second field of that name in "
+           "the sample (suffixes are compared in lower case, as webdataset's reader compares them): webdataset's "
+           "reader stops at it (duplicate file name); keep one")
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "x.csv"), shards[0], bad])
+    assert res.exit_code == 1 and res.output.splitlines() == [f"Error: PATH {bad}: {why}"], res.output
+    assert not list(tmp_path.glob("x.csv*"))
+    res = CliRunner().invoke(cli, [*base, "--skip-unreadable", "--out", str(tmp_path / "s.csv"), *shards, bad])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[-2:] == ["Skipped 1 unreadable image(s) or shard(s):", f"  PATH {bad}: {why}"]
+    _score_cli(tmp_path, tiny_clip_checkpoint, shards, tmp_path / "shards.csv")
+    assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "shards.csv").read_bytes()
