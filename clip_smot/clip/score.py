@@ -239,6 +239,14 @@ def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str
     return buf.getvalue()
 
 
+def _csv_line(fields: Sequence[str]) -> str:
+    """The CSV line that :func:`_csv_rows` writes for ``fields`` (strings; the header too)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if len(fields) > 1 and "\r" in fields[1]
+               else csv.QUOTE_MINIMAL).writerow(fields)
+    return buf.getvalue()
+
+
 def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
     """``OUT.partial`` cut to its first ``keep`` bytes (its complete rows), or, with none to
     keep, a new file holding the header. A new one replaces the name, so that a symlink, a hard
@@ -311,7 +319,9 @@ def _records(partial: Path, open_lines: int) -> Iterator[tuple[list[str], int]]:
     Raises:
         UserError: a record left open over more lines, or over :data:`MAX_RECORD` bytes: a quote
             left open by an edit would otherwise make the rest of the file one record, cut off,
-            and --resume would drop every row after it without a word.
+            and --resume would drop every row after it without a word; a record that is not UTF-8, or
+            not the line score writes for its fields (CRLF line ends, fields quoted that need no
+            quotes: csv reads both, and the kept rows would end the CSV otherwise than the rest).
     """
     def damaged(start: int) -> UserError:
         return UserError(f"--resume: {partial}: the row from byte {start} on is damaged (a quote left open, or over "
@@ -337,7 +347,13 @@ def _records(partial: Path, open_lines: int) -> Iterator[tuple[list[str], int]]:
             except UnicodeDecodeError:
                 raise UserError(f"--resume: {partial}: the row from byte {at - len(record)} on is not UTF-8 (an "
                                 "edited file); run without --resume") from None
-            yield next(csv.reader(io.StringIO(text, newline="")), []), at
+            fields = next(csv.reader(io.StringIO(text, newline="")), [])
+            if _csv_line(fields) != text:  # (csv reads "\r\n" and quotes it never writes as score's rows)
+                why = "Windows line ends, CRLF" if text.endswith("\r\n") else "quotes or line ends changed"
+                raise UserError(f"--resume: {partial}: the row from byte {at - len(record)} on is not written as "
+                                f"score writes it ({why}: a file saved by an editor or a spreadsheet); run without "
+                                "--resume")
+            yield fields, at
             lines, size, quotes = [], 0, 0
 
 

@@ -1880,6 +1880,35 @@ def test_a_partial_row_that_is_not_utf8_is_refused(tmp_path):
     assert sc._resume_point(partial, header, ["a/\ufffd.png", "a/1.png"], ["red"], False) == (1, partial.stat().st_size)
 
 
+def test_a_partial_saved_with_crlf_or_other_quotes_is_refused(tmp_path):
+    """csv reads "\r\n" line ends and quotes around any field, so a partial opened and saved on
+    Windows (CRLF) or by a spreadsheet (every field quoted) was resumed: its rows were kept as
+    they were and the new ones appended as score writes them, and the finished CSV mixed CRLF
+    and LF lines (exit 0), unlike an uninterrupted run's. A record must now be the very line
+    score writes for its fields; one that is not is refused in one line naming the file and
+    where the row starts, and the partial is left as it is. Rows as score writes them, a path
+    with a comma or a quote and a class name with a carriage return among them, still resume."""
+    from clip_smot.clip import score as sc
+
+    header, classes = ["path", "pred", "pred_index", "mcm"], ["red", "gr\ren"]
+    files = ["a/0.png", 'a/"1",x.png', "a/2.png", "a/3.png"]
+    head = "path,pred,pred_index,mcm\n"
+    rows = ['a/0.png,red,0,0.5\n', '"a/""1"",x.png",red,0,0.25\n', '"a/2.png","gr\ren","1","0.125"\n']
+    partial = tmp_path / "s.csv.partial"
+    partial.write_bytes((head + "".join(rows)).encode())
+    assert sc._resume_point(partial, header, files, classes, False) == (3, partial.stat().st_size)
+    for text, at in (((head + "".join(rows)).replace("\n", "\r\n"), 0),  # (the class name's "\r" is quoted)
+                     (head + rows[0] + rows[1].replace("\n", "\r\n") + rows[2], len(head + rows[0])),
+                     (head + '"a/0.png","red","0","0.5"\n' + rows[1], len(head)),
+                     (head + rows[0] + 'a/"1",x.png,red,0,0.25\n', len(head + rows[0]))):  # (a quote csv reads)
+        partial.write_bytes(text.encode())
+        with pytest.raises(UserError) as e:
+            sc._resume_point(partial, header, files, classes, False)
+        assert str(e.value).startswith(f"--resume: {partial}: the row from byte {at} on is not written as score "
+                                       "writes it (") and str(e.value).endswith("; run without --resume")
+        assert "\n" not in str(e.value) and partial.read_bytes() == text.encode()
+
+
 def test_a_row_cut_at_the_record_limit_is_cut_off_not_damaged(tmp_path):
     """A record holds at most MAX_RECORD bytes: a last line of exactly that many, cut by the end of
     the file, is a row cut off (scored again), not an edited file."""
