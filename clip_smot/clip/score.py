@@ -10,6 +10,7 @@ written against PATHS and the run file, keeps them, and scores the images after 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
@@ -20,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
 from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
@@ -81,7 +82,8 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     the order asked, named in lower case. The images go through in chunks of ``chunk`` (one
     feature-cache entry each), whose rows are appended to ``OUT.partial`` and flushed; the
     finished file is renamed to ``out``. With ``resume``, the rows of ``OUT.partial`` up to its
-    last complete line are kept and the images after the last row's are scored. ``cfg.decode``:
+    last complete line are kept and the images after the last row's are scored (a chunk whose
+    rows were cut short is scored again whole: :func:`_resume_point`). ``cfg.decode``:
     ``auto``, ``cpu`` or ``gpu`` (:func:`~clip_smot.clip.decoding.resolve_decode`).
 
     Returns:
@@ -95,12 +97,14 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     # every argument checked before anything is encoded; its files read one at a time, not kept,
     # but those that are an output's file (OUT.partial is written first, then renamed to OUT)
     targets = {key for target in (cfg.out, partial, run_file) if (key := file_key(target)) is not None}
-    total, images = 0, []
+    counts, images = [], []  # (the files of each argument: where its chunks start)
     unlisted = [] if cfg.skip_unreadable else None  # shards that cannot be listed, skipped whole
-    for f in _files(cfg.paths, unlisted):
-        total += 1
-        if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
-            images.append(("PATH image", f))
+    for p in cfg.paths:
+        counts.append(0)
+        for f in _argument_files(p, unlisted):
+            counts[-1] += 1
+            if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
+                images.append(("PATH image", f))
     prompt_file = load_prompt(cfg.prompt)
     if (note := unfinished_note(prompt_file)) and writes_outputs():
         print(note, file=sys.stderr)
@@ -115,16 +119,21 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
-        return _score(cfg, names, total, prompt_file, weights, partial, header, run_file, chunk, unlisted or [])
+        return _score(cfg, names, counts, prompt_file, weights, partial, header, run_file, chunk, unlisted or [])
 
 
-def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFile, weights: str | None, partial: Path,
-           header: list[str], run_file: Path, chunk: int, unlisted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: PromptFile, weights: str | None,
+           partial: Path, header: list[str], run_file: Path, chunk: int,
+           unlisted: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """:func:`run_score` once its arguments are checked and no other command writes ``--out``
-    (``unlisted``: the shards skipped whole, with their reasons)."""
+    (``counts``: the files of each PATH; ``unlisted``: the shards skipped whole, with their reasons)."""
     skip = [] if cfg.skip_unreadable else None  # (the shards skipped again: said once, from the count)
+    total = sum(counts)
     done, keep = (_resume_point(partial, header, _files(cfg.paths, skip), prompt_file.classnames,
-                                cfg.skip_unreadable) if cfg.resume else (0, 0))
+                                cfg.skip_unreadable, _chunk_start(counts, chunk)) if cfg.resume else (0, 0))
+    # rows the run file must vouch for: kept ones, or the rows of a chunk cut short, dropped (with
+    # another prompt, say, the user is told, not its rows replaced without a word)
+    vouch = done > 0 or (keep > 0 and os.stat(partial).st_size > keep)
     writer = writes_outputs()
     scorer = PromptScorer.from_file(prompt_file, model=cfg.model, pretrained=weights, device=cfg.device,
                                     precision=cfg.precision)
@@ -134,7 +143,7 @@ def _score(cfg: ScoreConfig, names: list[str], total: int, prompt_file: PromptFi
     decode = scorer.decoder(cfg.decode)
     run = {"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(), "precision": scorer.precision,
            "decoder": decoder_identity(decode, scorer.device)}  # ("decoder": None for PIL's, as before the key was)
-    if done:
+    if vouch:
         _check_run_file(run_file, run, partial)
     # (under torchrun: every process has read OUT.partial before rank 0 changes it; each read the
     # prompt and the weights itself: one replaced meanwhile would mix two prompts' rows in the CSV)
@@ -209,6 +218,19 @@ def _chunks(paths: Sequence[str], chunk: int, start: int, unlisted: list | None 
                 yield batch[first:]
             i += len(batch)
         offset += i
+
+
+def _chunk_start(counts: Sequence[int], chunk: int) -> Callable[[int], int]:
+    """The index (counted over all the arguments) of the first file of the chunk of :func:`_chunks`
+    that holds the ``i``-th file, for arguments of ``counts`` files; ``i`` past the last file is its
+    own start."""
+    offsets = list(itertools.accumulate(counts, initial=0))
+
+    def start(i: int) -> int:
+        first = offsets[bisect.bisect_right(offsets, i) - 1]  # (the argument's first file)
+        return first + (i - first) // chunk * chunk
+
+    return start
 
 
 def _next_chunk(chunks: Iterator[list[Path | str]]) -> list[Path | str]:
@@ -358,12 +380,17 @@ def _records(partial: Path, open_lines: int) -> Iterator[tuple[list[str], int]]:
 
 
 def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | str], classnames: Sequence[str],
-                  skip_unreadable: bool) -> tuple[int, int]:
+                  skip_unreadable: bool, chunk_start: Callable[[int], int] | None = None) -> tuple[int, int]:
     """(files already scored, bytes of ``partial`` to keep): every complete row of ``partial`` is
     checked, in order, against the files of PATHS, whose rows they must be: the same path, a
     class of the prompt with its index, finite scores. A file between two rows is one the run
     skipped: with ``skip_unreadable`` it must still be unreadable (else PATHS changed since), without
     it there is none. Neither ``partial`` nor ``files`` is held in memory.
+
+    With ``chunk_start`` (:func:`_chunk_start`), rows that end inside a chunk (an append cut by a
+    crash or a kill, or an edit) are not kept: the point is moved back to that chunk's first
+    file, so that the chunk is scored whole, in the batches of an uninterrupted run (the rest
+    of a chunk alone would be encoded in others, with other last digits in its scores).
 
     Raises:
         UserError: no ``partial``, or one that is a link, other columns, a row that is not the
@@ -381,6 +408,7 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
         names.setdefault(n.encode("utf-8", "backslashreplace").decode("utf-8"), set()).add(str(k))
     open_lines = max(n.encode("utf-8", "backslashreplace").count(b"\n") for n in classnames)
     records, files, done, keep = _records(partial, open_lines), iter(files), 0, 0
+    mark = (0, 0)  # (files, bytes) before the first file of the last chunk reached
     try:
         for n, (fields, end) in enumerate(records):
             if n == 0:
@@ -392,6 +420,8 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
                 raise UserError(f"--resume: row {n} of {partial} is not a row of this prompt's scores (another "
                                 "--prompt, or an edited file); give the same --prompt, or run without --resume")
             for f in files:
+                if chunk_start is not None and chunk_start(done) == done:
+                    mark = (done, keep)
                 done += 1
                 if escape_path(f) == fields[0]:
                     break
@@ -400,6 +430,8 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
                 raise UserError(f"--resume: row {n} of {partial} ({fields[0]}) is no later image of PATHS; give the "
                                 "same PATHS, in the same order")
             keep = end
+        if chunk_start is not None and chunk_start(done) != done:  # (the last row's chunk has more files)
+            done, keep = mark
         if keep == 0:  # no complete header: stopped while it was written (nothing scored), or another file
             line = (",".join(header) + "\n").encode()
             with open(partial, "rb") as f:
