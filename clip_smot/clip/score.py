@@ -445,6 +445,9 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
 def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserError:
     """The error of a partial CSV whose first line ``found`` is not the run's ``header``, shown with
     what is invisible escaped (a byte-order mark an editor added, a carriage return)."""
+    if found.startswith("\ufeff"):  # (its columns may be the run's: --scores is no answer)
+        return UserError(f"--resume: {partial} starts with a byte-order mark, which score never writes (a file "
+                         "saved by an editor); run without --resume")
     shown = cut(ascii(found)[1:-1], 120)
     return UserError(f"--resume: {partial} holds other columns than {','.join(header)} (its first line: {shown}); "
                      "give the same --scores")

@@ -1491,12 +1491,12 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
         res = CliRunner().invoke(cli, base)
         assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
         assert (tmp_path / "s.csv.partial").read_text() == text and not (tmp_path / "s.csv").exists()
-    # saved by an editor with a byte-order mark: the same words, and "other columns" said nothing of why
+    # saved by an editor with a byte-order mark: the same columns, and "give the same --scores" no answer
     (tmp_path / "s.csv.partial").write_text("\ufeffpath,pred,pred_index,mcm\n")
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and res.output.strip().splitlines() == [
-        f"Error: --resume: {tmp_path / 's.csv.partial'} holds other columns than path,pred,pred_index,mcm (its first "
-        "line: \\ufeffpath,pred,pred_index,mcm); give the same --scores"]
+        f"Error: --resume: {tmp_path / 's.csv.partial'} starts with a byte-order mark, which score never writes (a "
+        "file saved by an editor); run without --resume"]
     (tmp_path / "s.csv.partial").write_text("x" * 500 + "\n")
     res = CliRunner().invoke(cli, base)
     assert f"(its first line: {'x' * 117}...)" in res.output
@@ -1909,6 +1909,23 @@ def test_a_partial_saved_with_crlf_or_other_quotes_is_refused(tmp_path):
         assert str(e.value).startswith(f"--resume: {partial}: the row from byte {at} on is not written as score "
                                        "writes it (") and str(e.value).endswith("; run without --resume")
         assert "\n" not in str(e.value) and partial.read_bytes() == text.encode()
+
+
+def test_a_partial_with_a_byte_order_mark_is_refused_as_edited_not_as_other_scores(tmp_path):
+    """A partial saved by an editor that adds a UTF-8 byte-order mark (Notepad, PowerShell 5) was
+    refused as holding other columns, with "give the same --scores": the very --scores were
+    given. It is named as what it is now, whole header or cut."""
+    from clip_smot.clip import score as sc
+
+    header = ["path", "pred", "pred_index", "mcm"]
+    partial = tmp_path / "s.csv.partial"
+    for text in ("\ufeffpath,pred,pred_index,mcm\na/0.png,red,0,0.5\n", "\ufeffpath,pr"):
+        partial.write_bytes(text.encode())
+        with pytest.raises(UserError) as e:
+            sc._resume_point(partial, header, ["a/0.png"], ["red"], False)
+        assert str(e.value) == (f"--resume: {partial} starts with a byte-order mark, which score never writes (a "
+                                "file saved by an editor); run without --resume")
+        assert partial.read_bytes() == text.encode()
 
 
 def test_a_row_cut_at_the_record_limit_is_cut_off_not_damaged(tmp_path):
