@@ -110,7 +110,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         raise UserError(f"{flag} {root}: no such image root folder")
     found = False
     for n, line in enumerate(lines, 1):
-        parts = line.split()
+        # (a byte-order mark also starts a later line where `cat` joined lists saved by Notepad: the
+        # first's is dropped by the reading; str.split keeps it, and the line named an invisible path)
+        parts = line.lstrip("\ufeff").split()
         if not parts or parts[0].startswith("#"):
             continue
         label = label_number(parts[1]) if len(parts) == 2 and labels else -1

@@ -397,6 +397,19 @@ def test_an_image_list_starting_with_a_byte_order_mark_reads_its_first_path(tmp_
     assert read_image_list(tmp_path / "list.txt", tmp_path, "PATH") == (paths, [0, 1])
 
 
+def test_image_lists_joined_with_cat_read_the_second_ones_first_path(tmp_path):
+    """Two lists saved by Notepad or PowerShell 5 and joined with ``cat a.txt b.txt`` hold a
+    byte-order mark at the start of b's first line: that path was "\ufeffb.png", which 'does not
+    exist' (the message showing, the mark being invisible, the name of a file that does). A mark
+    at a line's start is dropped as the file's first one is."""
+    from clip_smot.common.image_sets import iter_image_files
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.png\r\n\xef\xbb\xbfb.png\r\n")
+    assert list(iter_image_files(tmp_path / "list.txt", "PATH")) == [tmp_path / "a.png", tmp_path / "b.png"]
+
+
 @pytest.mark.parametrize("line", ["/etc/x.png", "../outside.png", "sub/../../outside.png"])
 def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
     """A list is a file someone else wrote: an absolute path or a ``..`` that climbs out of the
