@@ -260,7 +260,8 @@ def score(paths, **options) -> None:
     """Score images with a learned prompt (no training).
 
     PATHS are image files, folders (searched recursively), image lists (LIST.txt or
-    ROOT::LIST.txt, one path a line) or tar shards (SHARD.tar, webdataset layout). Writes a CSV
+    ROOT::LIST.txt, one path a line, relative to the list's folder or to ROOT) or tar shards
+    (SHARD.tar, webdataset layout). Writes a CSV
     with the columns path, pred, pred_index and one column per score (higher = more
     in-distribution).
     """

@@ -676,3 +676,11 @@ def test_an_id_train_no_score_reads_is_refused(tmp_path, monkeypatch):
     assert r.exit_code == 1 and r.output == ("Error: --split s.txt: only react, knn and vim are fitted on ID training "
                                              "images, and --scores mcm names none of them\n"), r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_score_help_says_what_a_lists_paths_are_relative_to():
+    """score --help named image lists, "one path a line", but not what a relative path there is
+    read against (docs/score.md: the list's own folder, or ROOT of ROOT::LIST.txt): a list of paths
+    relative to the current folder, kept elsewhere, stopped at its first line."""
+    out = CliRunner().invoke(cli, ["score", "--help"], terminal_width=200).output
+    assert "relative to the list's folder or to ROOT" in " ".join(out.split()), out
