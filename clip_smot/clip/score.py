@@ -250,19 +250,16 @@ def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str
     class name is the prompt's as it is: csv quotes one holding a newline or a quote, and a row
     whose class name holds a carriage return, which csv leaves unquoted with a newline as the
     line end (a reader then splits the row there), is written with every field quoted."""
-    buf = io.StringIO()
-    plain, quoted = csv.writer(buf, lineterminator="\n"), csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     pred = result.scores["pred_index"].tolist() if result.paths else []
     columns = [result.scores[n].tolist() for n in names] if result.paths else []
-    for i, path in enumerate(result.paths):
-        name = classnames[pred[i]]
-        (quoted if "\r" in name else plain).writerow([escape_path(path), name, pred[i],
-                                                      *(repr(float(c[i])) for c in columns)])
-    return buf.getvalue()
+    return "".join(_csv_line([escape_path(path), classnames[pred[i]], str(pred[i]),
+                              *(repr(float(c[i])) for c in columns)]) for i, path in enumerate(result.paths))
 
 
 def _csv_line(fields: Sequence[str]) -> str:
-    """The CSV line that :func:`_csv_rows` writes for ``fields`` (strings; the header too)."""
+    """The CSV line of one row (the header too): every field quoted where the class name (the
+    second) holds a carriage return, else only those csv must quote. --resume compares each kept
+    row with it: the line score writes for its fields, or an edited one."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if len(fields) > 1 and "\r" in fields[1]
                else csv.QUOTE_MINIMAL).writerow(fields)
