@@ -126,6 +126,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             what = "does not exist" if st is None else "is not a regular file (a folder, FIFO or device)"
             if st is None and len(parts) == 2 and label_number(parts[1]) is None:  # ('IMG 001.jpg', labels ignored)
                 what += " (a line's path and label are split at white space: a listed path holds none)"
+            elif st is None and "\\" in parts[0]:  # (a list written on Windows: imgs\a.png)
+                what += f" (a backslash is no folder separator here: write {parts[0].replace(chr(92), '/')})"
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         found = True
         yield path, label

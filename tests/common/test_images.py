@@ -669,6 +669,21 @@ def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
         image_files(tmp_path / "list.txt", "PATH")
 
 
+def test_a_list_path_with_backslashes_says_they_are_no_separators(tmp_path):
+    """A list written on Windows (imgs\\a.png) named 'imgs\\a.png does not exist' beside the very
+    file imgs/a.png, without a word on why; the line now says how to write it."""
+    from clip_smot.common.image_sets import image_files
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "list.txt").write_text("imgs\\a.png\n")
+    with pytest.raises(UserError, match=r"list.txt:1: .*imgs\\a.png does not exist \(a backslash is no folder "
+                                        r"separator here: write imgs/a.png\)$"):
+        image_files(tmp_path / "list.txt", "PATH")
+    (tmp_path / "list.txt").write_text("imgs/a.png\n")
+    assert image_files(tmp_path / "list.txt", "PATH") == [tmp_path / "imgs" / "a.png"]
+
+
 def test_a_folder_or_image_named_with_two_colons_is_itself_not_a_list(tmp_path):
     """``d::x`` and ``e::f.png`` exist: they were read as ROOT::LIST, and stopped with 'PATH x: no
     such image-list file'; a ROOT::LIST.txt that is no file's name is still a list."""
