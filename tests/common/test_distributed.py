@@ -422,6 +422,38 @@ def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup
     assert out.read_bytes() == whole and not (tmp_path / "s.csv.partial").exists()
 
 
+def test_resume_under_torchrun_of_a_partial_cut_mid_row_gives_the_csv_of_one_process(tmp_path, setup,
+                                                                                     tiny_clip_checkpoint, monkeypatch):
+    """A partial whose last append was cut mid-row (a crash, a kill): resumed under torchrun, the
+    chunk the cut row belongs to (the second PATH's 7 images; rows 1-12 are the first PATH's) is
+    scored again whole, shared by the two processes in the batches of an uninterrupted run, and
+    the CSV is byte for byte one process's."""
+    import clip_smot.clip.score as score_module
+
+    prompt, id_dir, ood_dir = setup
+    out = tmp_path / "s.csv"
+    args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores", "mcm,energy",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), str(id_dir), str(ood_dir)]
+    real_replace = os.replace
+
+    def stopped(src, dst):  # (the final rename of OUT.partial to OUT; the others as they are)
+        if str(dst) == str(out):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
+    with monkeypatch.context() as m, _threads(1):
+        m.setattr(score_module.os, "replace", stopped)
+        CliRunner().invoke(cli, args)
+    partial = tmp_path / "s.csv.partial"
+    whole = partial.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    assert len(lines) == 1 + 19
+    partial.write_bytes(b"".join(lines[:15]) + lines[15][:len(lines[15]) // 2])  # header, 14 rows, half a row
+    _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--resume"])
+    assert out.read_bytes() == whole and not partial.exists()
+
+
 def test_eval_under_torchrun_gives_the_metrics_of_one_process(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
     """Two processes with the fitted scores (knn, vim, react: ID-train features gathered before
     fitting) and odin: metrics.json's metrics are those of one process."""
