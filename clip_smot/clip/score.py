@@ -446,6 +446,9 @@ def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserErro
         return UserError(f"--resume: {partial} starts with a byte-order mark, which score never writes (a file "
                          "saved by an editor); run without --resume")
     shown = cut(ascii(found)[1:-1], 120)
+    if not found.startswith(",".join(header[:3]) + ","):  # (no score CSV at all: --scores is no answer either)
+        return UserError(f"--resume: {partial} is no CSV that score wrote (its first line: {shown}); run without "
+                         "--resume")
     return UserError(f"--resume: {partial} holds other columns than {','.join(header)} (its first line: {shown}); "
                      "give the same --scores")
 

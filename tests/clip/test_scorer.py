@@ -1486,11 +1486,21 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
     assert (tmp_path / "s.csv.partial").read_text() == "path,pred,pred_index,msp\n" and not (tmp_path / "s.csv").exists()
-    for text in ("path,pred,pred_index,msp", "notes: not a CSV at all"):  # no complete line: not this run's header
+    for text in ("path,pred,pred_index,msp", "path,pred,pred_index,mcm,msp"):  # no complete line: not this header
         (tmp_path / "s.csv.partial").write_text(text)
         res = CliRunner().invoke(cli, base)
         assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
         assert (tmp_path / "s.csv.partial").read_text() == text and not (tmp_path / "s.csv").exists()
+    # no score CSV at all (notes, a gzip file saved over it): "give the same --scores" is no answer
+    for data in (b"notes: not a CSV at all\n", b"notes: not a CSV at all", b"\x1f\x8b\x08\x00" + bytes(20)):
+        (tmp_path / "s.csv.partial").write_bytes(data)
+        res = CliRunner().invoke(cli, base)
+        lines = res.output.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1, res.output
+        assert lines[0].startswith(f"Error: --resume: {tmp_path / 's.csv.partial'} is no CSV that score wrote (its "
+                                   f"first line: {'notes' if data.startswith(b'notes') else chr(92) + 'x1f'}")
+        assert lines[0].endswith("); run without --resume"), lines[0]
+        assert (tmp_path / "s.csv.partial").read_bytes() == data and not (tmp_path / "s.csv").exists()
     # saved by an editor with a byte-order mark: the same columns, and "give the same --scores" no answer
     (tmp_path / "s.csv.partial").write_text("\ufeffpath,pred,pred_index,mcm\n")
     res = CliRunner().invoke(cli, base)
