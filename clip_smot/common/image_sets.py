@@ -27,6 +27,7 @@ from clip_smot.common.bundled import imagenet_classnames, imagenet_wnids
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import exists, file_key, given_path, is_file, is_folder, leaves_root, path_stat
 from clip_smot.common.images import (
+    IMAGE_EXTENSIONS,
     NoImages,
     class_folders,
     holds_images,
@@ -118,6 +119,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
         label = label_number(parts[1]) if len(parts) == 2 and labels else -1
         if len(parts) > 2 or label is None:
             raise UserError(f"{flag} {list_file}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        if len(parts) == 2 and os.path.splitext(parts[1])[1].lower() in IMAGE_EXTENSIONS:  # ('a.jpg b.jpg')
+            raise UserError(f"{flag} {list_file}:{n}: {parts[1]} after the path is an image's name, not a label: a "
+                            "list holds one path a line (and a path holds no white space)")
         if leaves_root(parts[0]):  # (a list names files in its root only)
             raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (absolute, or with '..')")
         path = root / parts[0]

@@ -664,9 +664,30 @@ def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     # a path with a space was 'expected relative/path label' here too: now its first word is the path
     Image.new("RGB", (4, 4)).save(tmp_path / "IMG 001.png")
     (tmp_path / "list.txt").write_text("IMG 001.png\n")
+    with pytest.raises(UserError, match=r"list.txt:1: 001.png after the path is an image's name, not a label: a list "
+                                        r"holds one path a line \(and a path holds no white space\)$"):
+        image_files(tmp_path / "list.txt", "PATH")
+    (tmp_path / "list.txt").write_text("IMG draft\n")  # (a second word that is no image's name: a label)
     with pytest.raises(UserError, match=r"list.txt:1: .*IMG does not exist \(a line's path and label are split at "
                                         r"white space: a listed path holds none\)$"):
         image_files(tmp_path / "list.txt", "PATH")
+
+
+def test_two_image_paths_on_one_list_line_are_refused_not_one_taken_for_a_label(tmp_path):
+    """'a.png b.png' on one line (echo a.png b.png > list.txt) scored a.png alone: b.png was read as
+    an OpenOOD label, which score and --ood lists ignore. A second field with an image extension is
+    no label: the line is refused, naming it; a label ('cat', '3') is still ignored."""
+    from clip_smot.common.image_sets import image_files, image_set
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("a.png 3\na.png b.PNG\n")
+    for read in (lambda: image_files(tmp_path / "list.txt", "PATH"), lambda: image_set("x", tmp_path / "list.txt")):
+        with pytest.raises(UserError, match=r"list.txt:2: b.PNG after the path is an image's name, not a label: a "
+                                            r"list holds one path a line \(and a path holds no white space\)$"):
+            read()
+    (tmp_path / "list.txt").write_text("a.png cat\nb.png\n")
+    assert image_files(tmp_path / "list.txt", "PATH") == [tmp_path / "a.png", tmp_path / "b.png"]
 
 
 def test_a_list_path_with_backslashes_says_they_are_no_separators(tmp_path):
