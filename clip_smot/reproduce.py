@@ -129,11 +129,18 @@ class Stage:
                 return (PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix()
             return os.path.realpath(word) if os.path.exists(word) else word
 
+        from clip_smot.resnet.data import BUILTIN_ID
+
         words = self._without_run_control()
+        resnet_eval = words[0] == "eval" and "--checkpoint" in words
         for i in range(1, len(words)):
             if words[i - 1] == "--ood" and "=" in words[i]:  # (NAME=DIR; NAME is one of ours, with no "=")
                 name, _, path = words[i].partition("=")
                 words[i] = f"{name}={same(path)}"
+            elif words[i - 1] == "--ood" or (resnet_eval and words[i - 1] == "--id" and words[i].lower() in BUILTIN_ID):
+                # a built-in set (--ood SVHN, --id cifar10), even beside a folder of its name: no path (a
+                # ./cifar10 made since made the finished evaluations "the work of another command")
+                continue
             elif words[i - 1] in _PATH_FLAGS:
                 words[i] = same(words[i])
         return words

@@ -1568,3 +1568,30 @@ def test_the_builtin_svhn_set_is_recorded_as_given():
                                 "--ood", "SVHN", "--scores", "msp", "--out", "/o/eval-base"))
     assert stage.identity("/o") == ["eval", "--checkpoint", "OUT/train-base/model.safetensors", "--id", "cifar10",
                                     "--ood", "SVHN", "--scores", "msp"]
+
+
+def test_folders_named_as_the_builtin_sets_in_the_working_directory_change_no_record(tmp_path, monkeypatch):
+    """eval --checkpoint's --id cifar10 and --ood SVHN name the built-in sets even beside folders of
+    those names (docs/resnet.md), so they are no paths of a stage's record: a folder ./cifar10 or
+    ./SVHN made in the working directory after a run (CIFAR unpacked there) left the finished
+    evaluations refused as "the work of another command" on the rerun."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    options, fake = _table2_fakes(tmp_path, set())
+    ran = []
+
+    def run(argv):
+        ran.append(Path(_flag(argv, "--out")).name)
+        fake(argv)
+
+    monkeypatch.chdir(tmp_path)
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert len(ran) == 6
+    ev = json.loads((Path(options.out) / "eval-smot" / RECORD).read_text())["argv"]
+    assert _flag(ev, "--id") == "cifar10" and "SVHN" in ev
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "SVHN").mkdir()
+    ran.clear()
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert ran == []
