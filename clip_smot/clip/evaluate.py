@@ -70,6 +70,10 @@ class ClipEvalConfig(EvalConfig):
     precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the CPU) or "
                              "fp32; auto: bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
 
+    def builtin_sets(self) -> tuple[str, ...]:
+        """``--id`` where it names the built-in digits (any case); ``--id-train`` is always a folder or list."""
+        return ("--id",) if (self.id_data or "").lower() in BUILTIN_ID else ()
+
 
 # Built-in sets (the bundled digits, clip_smot.common.digits): a bare name is always the set,
 # even beside a folder of that name (./digits names the folder).

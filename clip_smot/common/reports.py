@@ -58,6 +58,11 @@ class EvalConfig(JsonConfig):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     out: str = setting(help="Output folder for the metric files.", path="dir")
 
+    def builtin_sets(self) -> tuple[str, ...]:
+        """The flags (``--id``, ``--id-train``) whose value is the name of one of the track's built-in
+        sets, read as that set even beside a folder of that name; none here (each track says)."""
+        return ()
+
     def read_sets(self) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
         """``(files, folders)`` that the sets' arguments name, as ``check_output`` takes them: the
         image list of each ``--id``, ``--id-train`` and ``--ood`` given as a list (a ``ROOT::LIST``
@@ -66,7 +71,9 @@ class EvalConfig(JsonConfig):
         an evaluation written inside became a class, or an OOD image, of every later run)."""
         given = {"--id": self.id_data, "--id-train": self.id_train,
                  **{f"--ood {n}": w for n, w in self.ood.items() if w is not None}}
-        given = {flag: w for flag, w in given.items() if w is not None}
+        # (a built-in set's name is no folder here, even beside one of that name: --out digits/eval was
+        # refused as inside the --id folder digits, which is not read)
+        given = {flag: w for flag, w in given.items() if w is not None and flag not in self.builtin_sets()}
         return ([(f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items()],
                 [(f"the {flag} folder", w) for flag, w in given.items()] + written_folders())
 

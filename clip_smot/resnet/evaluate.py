@@ -56,6 +56,11 @@ class ResnetEvalConfig(EvalConfig):
 
     checkpoint: str = setting(help="ResNet model.safetensors from 'clip-smot train'.", path="file")
 
+    def builtin_sets(self) -> tuple[str, ...]:
+        """``--id`` and ``--id-train`` where they name a built-in set (cifar10, digits, ...; any case)."""
+        return tuple(flag for flag, value in (("--id", self.id_data), ("--id-train", self.id_train))
+                     if value is not None and value.lower() in BUILTIN_ID)
+
 
 @dataclass
 class NetworkOutputs:

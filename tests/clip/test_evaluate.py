@@ -1,6 +1,7 @@
 """clip-smot eval (CLIP track): metric files against scikit-learn on the score CSVs; eval data layouts."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -257,6 +258,11 @@ def test_a_bare_id_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tm
     assert clip_eval._builtin_id("./digits", 32) == "./digits"
     assert Path(clip_eval._builtin_id("Digits", 32)) == ensure_digits(32) / "val"  # (any case, as --ood photos)
     assert clip_eval._builtin_id(str(tmp_path / "elsewhere"), 32) == str(tmp_path / "elsewhere")
+    # nor is ./digits a folder the evaluation reads, which an --out inside it would be refused for
+    cfg = clip_eval.ClipEvalConfig(id_data="digits", ood={}, out="digits/eval", zero_shot=True)
+    assert ("the --id folder", "digits") not in cfg.read_sets()[1]
+    cfg = dataclasses.replace(cfg, id_data="./digits")
+    assert ("the --id folder", "./digits") in cfg.read_sets()[1]
 
 
 def test_zero_shot_on_a_folder_named_digits_takes_its_classes_from_the_folder(tmp_path, monkeypatch, tiny_clip_config,

@@ -541,6 +541,13 @@ def test_eval_a_bare_built_in_id_name_is_the_set_even_beside_a_folder_of_that_na
     r = CliRunner().invoke(cli, [*base, "--id", "./digits", "--out", "e2"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n_id"] == 10 and "note:" not in r.stderr
+    # the built-in set's name is no folder for --out either: digits/e3 is not inside a folder read
+    # (refused as "inside the --id folder digits"), ./digits/e3 is
+    r = CliRunner().invoke(cli, [*base, "--id", "digits", "--out", "digits/e3"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "digits" / "e3" / "metrics.json").read_text())["n_id"] == 20
+    r = CliRunner().invoke(cli, [*base, "--id", "./digits", "--out", "digits/e4"])
+    assert r.exit_code != 0 and "inside the --id folder" in r.output
 
 
 def test_two_process_ddp_on_cpu(folders, tmp_path):
