@@ -71,7 +71,7 @@ from clip_smot.common.files import (
     sha256_file,
     write_json,
 )
-from clip_smot.common.images import class_folders
+from clip_smot.common.images import class_folders, refuse_loose_images
 from clip_smot.common.progress import progress_bar
 from clip_smot.resnet.data import (
     BUILTIN_ID,
@@ -585,6 +585,8 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
                         "needs at least 2 classes")
     if cfg.dataset is None and (Path(cfg.data) / "val").is_dir():
         val_names = class_folders(Path(cfg.data) / "val", "--data")
+        # (an image beside val/'s class folders has no class: eval --id DIR refuses it, after the training)
+        refuse_loose_images(Path(cfg.data) / "val", "--data")
         if val_names != train_set.classnames:
             raise UserError(f"--data {cfg.data}: class folders of val/ ({', '.join(val_names[:5])}...) do not match "
                             f"those of train/ ({', '.join(train_set.classnames[:5])}...)")

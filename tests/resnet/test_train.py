@@ -313,6 +313,8 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--dataset", "digits", "--data", "{folders}"], "--dataset digits reads no data folder"),  # (was ignored)
     # (was "need at least 2 classes, got 1", naming neither the flag nor the folder)
     (["--data", "{one}"], "one: train/ holds one class folder (cat); a classifier needs at least 2 classes"),
+    # (an image beside val/'s class folders trained on, to be refused by eval --id DIR after the run)
+    (["--data", "{loose}"], "loose/val: 1 image(s) beside the class folders, e.g. 0.png"),
 ])
 def test_bad_inputs(args, message, folders, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -320,8 +322,11 @@ def test_bad_inputs(args, message, folders, tmp_path):
     mismatch = _write_folders(tmp_path / "mm", per_class=(2, 1))
     (mismatch / "val" / "eel").rename(mismatch / "val" / "emu")
     shutil.copytree(folders / "train" / "cat", tmp_path / "one" / "train" / "cat")
+    loose = _write_folders(tmp_path / "loose", per_class=(2, 1))
+    shutil.copy(loose / "val" / "cat" / "0.png", loose / "val" / "0.png")
     fill = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "folders": folders,
-            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch, "one": tmp_path / "one"}
+            "notmodel": tmp_path / "notmodel", "tmp": tmp_path, "mismatch": mismatch, "one": tmp_path / "one",
+            "loose": loose}
     args, message = [a.format(**fill) for a in args], message.format(**fill)
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
