@@ -51,6 +51,9 @@ CIFAR_OOD = ("Textures", "SVHN", "iSUN", "Places", "LSUN")  # Tables 1-3, 5-7, 9
 # folder names looked for under --ood-root, first match wins (data_lists/ood_sets.md: the layouts people keep)
 OOD_FOLDERS = {"iNaturalist": ("iNaturalist",), "SUN": ("SUN",), "Places": ("Places", "Places365", "places365"),
                "Textures": ("Textures", "dtd/images", "dtd"), "iSUN": ("iSUN",), "LSUN": ("LSUN",)}
+# the CIFAR tables' Places is another set than the ImageNet tables' (the CIFAR benchmark's Places365
+# subset, not MOS's 50 categories), both 10,000 images: where the root holds both, each table its own
+CIFAR_OOD_FOLDERS = {**OOD_FOLDERS, "Places": ("Places365", "places365", "Places")}
 CLIP_POSTHOC = "mcm,msp,odin,energy,gradnorm,vim,knn"  # Table 8's post-hoc rows, on the CoOp prompt
 FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "metrics.json"}
 RECORD = "reproduce.json"  # in each stage's folder: the command line that made it
@@ -66,8 +69,9 @@ class ReproduceOptions:
 
     out: str = setting(help="Output folder: one sub-folder per stage, then table.md and table.csv.", path="dir")
     imagenet: str | None = setting(None, "IMAGENET with train/<wnid>/ and val/<wnid>/ (table8, table4).", path="dir")
-    ood_root: str | None = setting(None, "Folder of the OOD sets: iNaturalist, SUN, Places (or Places365, places365), "
-                                   "Textures (or dtd/images, dtd), iSUN, LSUN.", path="dir")
+    ood_root: str | None = setting(None, "Folder of the OOD sets: iNaturalist, SUN, Places (or Places365, places365; "
+                                   "the CIFAR tables look for Places365 and places365 first), Textures (or "
+                                   "dtd/images, dtd), iSUN, LSUN.", path="dir")
     cifar_root: str | None = setting(None, "torchvision's CIFAR-10/100 (and SVHN) files (tables 1-3, 5-7, 9).",
                                      path="dir")
     model: str | None = setting(None, "CLIP: open_clip name or config JSON (default: fit's, ViT-B-16).")
@@ -333,7 +337,7 @@ def _ood_args(o: ReproduceOptions, sets: Sequence[str], table: str, inputs: list
         if name == "SVHN":
             args += ["--ood", name]
             continue
-        candidates = [root / c for c in OOD_FOLDERS[name]]
+        candidates = [root / c for c in (CIFAR_OOD_FOLDERS if sets == CIFAR_OOD else OOD_FOLDERS)[name]]
         found = next((c for c in candidates if c.is_dir()), candidates[0])
         inputs.append((f"--ood-root ({name})", str(found)))
         args += ["--ood", f"{name}={found}"]

@@ -542,8 +542,8 @@ def _flag(argv, flag):
 
 
 def _ood_dirs(argv) -> dict[str, str]:
-    """The --ood NAME=DIR values of a command line, as {NAME: DIR}."""
-    return dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood")
+    """The --ood NAME=DIR values of a command line, as {NAME: DIR} (a built-in set, --ood SVHN, left out)."""
+    return dict(argv[i + 1].split("=", 1) for i, w in enumerate(argv) if w == "--ood" and "=" in argv[i + 1])
 
 
 def test_each_resnet_row_is_measured_by_the_run_and_score_it_names():
@@ -791,6 +791,24 @@ def test_lower_case_places365_and_a_bare_dtd_folder_are_found(tmp_path):
     given = _ood_dirs(plan("table8", ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path),
                                                      ood_root=str(root))).stages[-1].argv)
     assert (given["Places"], given["Textures"]) == (str(root / "places365"), str(root / "dtd"))
+
+
+@pytest.mark.parametrize("table", ["table2", "table4", "table8"])
+def test_each_table_takes_its_own_places_from_a_root_holding_both(tmp_path, table):
+    """The ImageNet tables' Places (MOS's 50 categories) and the CIFAR tables' (the CIFAR benchmark's
+    Places365 subset) are other sets. With both under --ood-root (Places and places365), every
+    table took Places, the first name looked for: the CIFAR tables scored the ImageNet set without
+    a word. Each kind of table now looks for its own first; either alone is still found."""
+    root = tmp_path / "ood"
+    for name in ("iNaturalist", "SUN", "Places", "places365", "Textures", "iSUN", "LSUN"):
+        _image_folder(root / name)
+    o = ReproduceOptions(out=str(tmp_path / "o"), imagenet=str(tmp_path), ood_root=str(root),
+                         cifar_root=str(tmp_path))
+    own = "Places" if table in ("table4", "table8") else "places365"
+    assert _ood_dirs(plan(table, o).stages[-1].argv)["Places"] == str(root / own)
+    shutil.rmtree(root / own)
+    other = "places365" if own == "Places" else "Places"
+    assert _ood_dirs(plan(table, o).stages[-1].argv)["Places"] == str(root / other)
 
 
 def test_a_missing_cifar_root_is_named_once(tmp_path, monkeypatch):
