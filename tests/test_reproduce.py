@@ -298,8 +298,9 @@ def test_paper_numbers_file_has_every_table_and_their_averages():
     t8 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("8")}
     assert t8[("SMOT", "average", "fpr95")] == 32.48 and t8[("CoOp", "average", "auroc")] == 91.30
     assert t8[("MCM", "average", "fpr95")] == 43.55
-    # the paper's averages are the means of its cells, to the rounding, but for five of them (its own
-    # inconsistencies, checked against the text: a typo in a transcribed cell would add to this set)
+    # the paper's averages are the means of its cells, to the rounding (0.005 on the cells' mean, 0.005 on
+    # the average), but for six of them (its own inconsistencies, every cell checked against the text:
+    # a typo in a transcribed cell would add to this set)
     off = set()
     for table, sets in (("2", 5), ("3", 5), ("4", 4), ("7", 5), ("8", 4), ("9", 5)):
         cells = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table(table)}
@@ -307,10 +308,10 @@ def test_paper_numbers_file_has_every_table_and_their_averages():
             for metric in ("fpr95", "auroc"):
                 values = [v for (r, s, m), v in cells.items() if r == row and m == metric and s != "average"]
                 assert len(values) == sets
-                if abs(np.mean(values) - cells[(row, "average", metric)]) > 0.02:
+                if abs(np.mean(values) - cells[(row, "average", metric)]) > 0.01 + 1e-9:
                     off.add((table, row, metric))
-    assert off == {("3", "Energy", "auroc"), ("3", "VOS", "auroc"), ("4", "SMOT", "fpr95"), ("4", "SMOT", "auroc"),
-                   ("9", "SMOT (noise)", "fpr95")}
+    assert off == {("3", "Energy", "auroc"), ("3", "VOS", "auroc"), ("4", "Energy", "fpr95"), ("4", "SMOT", "fpr95"),
+                   ("4", "SMOT", "auroc"), ("9", "SMOT (noise)", "fpr95")}
     t1 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("1")}
     t2 = {(r["row"], r["ood_set"], r["metric"]): float(r["value"]) for r in paper_table("2")}
     for (row, s, m), v in t2.items():  # Table 1's CIFAR-10 columns are Table 2's MSP and SMOT rows
