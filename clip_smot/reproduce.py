@@ -60,6 +60,7 @@ RECORD = "reproduce.json"  # in each stage's folder: the command line that made 
 _RUN_CONTROL = ("--device", "--workers", "--out")  # where a stage runs, not what it computes
 _PATH_FLAGS = ("--data", "--id", "--ood", "--model", "--pretrained", "--cam-model", "--split", "--prompt",
                "--checkpoint")  # flags whose value may be a file or folder (--ood: NAME=DIR)
+_DATA_FLAGS = ("--data", "--id", "--ood")  # (their value may be a folder; the others' a file, or a name)
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,14 @@ class Stage:
         folder is another (a name that is no path, ``openai``, stays as it is)."""
         root = Path(out)
 
-        def same(word: str) -> str:
+        def same(word: str, files_only: bool = False) -> str:
             if root in Path(word).parents:
                 return (PurePosixPath("OUT") / Path(word).relative_to(root)).as_posix()
-            return os.path.realpath(word) if os.path.exists(word) else word
+            # (--model ViT-B-16 and --pretrained openai are names beside a folder ./ViT-B-16 or ./openai,
+            # which the commands never read: written absolute, such a folder made since refused the
+            # finished stages as "the work of another command")
+            path = os.path.isfile(word) if files_only else os.path.exists(word)
+            return os.path.realpath(word) if path else word
 
         from clip_smot.resnet.data import BUILTIN_ID
 
@@ -146,7 +151,7 @@ class Stage:
                 # ./cifar10 made since made the finished evaluations "the work of another command")
                 continue
             elif words[i - 1] in _PATH_FLAGS:
-                words[i] = same(words[i])
+                words[i] = same(words[i], files_only=words[i - 1] not in _DATA_FLAGS)
         return words
 
     def _without_run_control(self) -> list[str]:

@@ -473,6 +473,30 @@ def test_a_zero_shot_stage_made_with_other_prompts_is_refused_not_skipped(tmp_pa
     assert ran == [] and metrics.is_file()  # (nothing ran, nothing removed)
 
 
+def test_a_folder_named_as_a_model_or_tag_made_since_leaves_the_stages_finished(tmp_path, monkeypatch):
+    """eval-mcm's --model ViT-B-16 --pretrained openai are names. A folder ./openai (or ./ViT-B-16)
+    made in the working folder since the first run had the rerun write them absolute, and the
+    finished evaluation was refused as "the work of another command"; the commands never read such
+    a folder (a model or weights are a file or a name). A file of that name is still a path."""
+    from clip_smot.reproduce import run_reproduce
+
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (tmp_path / "ViT-B-16").mkdir()
+    (tmp_path / "openai").mkdir()
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == []
+    eval_mcm = next(s for s in plan("table8", options).stages if s.name == "eval-mcm")
+    assert eval_mcm.identity(options.out)[eval_mcm.identity(options.out).index("--pretrained") + 1] == "openai"
+    (tmp_path / "openai").rmdir()
+    (tmp_path / "openai").write_bytes(b"weights")  # (a file of that name is what --pretrained reads)
+    assert eval_mcm.identity(options.out)[eval_mcm.identity(options.out).index("--pretrained") + 1] == \
+        os.path.realpath(tmp_path / "openai")
+
+
 def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_skipped(tmp_path):
     """A fit redone (its folder removed, as reproduce's own error advises for other options) left
     the evaluations of the old prompt finished: reproduce skipped them and wrote their numbers as
