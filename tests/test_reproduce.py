@@ -201,6 +201,7 @@ def test_every_missing_input_is_named_before_any_stage_runs(tmp_path, monkeypatc
     and a --cifar-root without CIFAR-10 or SVHN passed the folder check offline: the trainings
     ran, and the first evaluation failed on SVHN hours later. Offline, torchvision's sets are
     looked for under --cifar-root first, and every missing input is named in one line."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     from clip_smot.resnet import data
     from clip_smot.reproduce import run_reproduce
 
@@ -264,6 +265,7 @@ def test_each_tables_missing_data_is_named_by_its_own_table_and_flag(tmp_path, m
     --imagenet, not --cifar-root; table8 given no --imagenet, or an empty one (an unset shell
     variable), says it needs it rather than naming a folder "train"; and an OOD "folder" that is a
     file is no folder."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     from clip_smot.reproduce import run_reproduce
     from clip_smot.resnet import data
 

@@ -33,7 +33,7 @@ from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
 from clip_smot.common.files import archive_overflow
-from clip_smot.common.network import host_reachable
+from clip_smot.common.network import host_reachable, no_download
 from clip_smot.common.run_folder import holds_its_values
 
 __all__ = ["CAM_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "CamNetwork", "build_cam_provider", "cache_cams",
@@ -73,8 +73,8 @@ def _named(name: str) -> CamNetwork:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if not cached.is_file() and not host_reachable(_DOWNLOAD_HOST):
         raise UserError(
-            f"--cam-model {name}: torchvision's ImageNet ResNet-18 weights are not cached ({cached}) and there is "
-            f"no internet to download them; download {url} elsewhere and pass --cam-model path/to/{os.path.basename(url)}"
+            f"--cam-model {name}: torchvision's ImageNet ResNet-18 weights are not cached ({cached}) and "
+            f"{no_download()}; download {url} elsewhere and pass --cam-model path/to/{os.path.basename(url)}"
         )
     try:
         model = torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)

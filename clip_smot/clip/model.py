@@ -37,7 +37,7 @@ from PIL import Image
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, cut, first_line
 from clip_smot.common.files import archive_overflow, missing_file, plain_name, read_json, sha256_file
-from clip_smot.common.network import host_reachable
+from clip_smot.common.network import host_reachable, no_download
 
 __all__ = [
     "ACTIVATIONS",
@@ -876,8 +876,8 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
             example = f"--model {name}-quickgelu" if quick else f"--model {name}"
             kept = _openai_package_file(tag_cfg)
             raise UserError(
-                f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and there is "
-                f"no internet to download them; pass a local checkpoint instead, e.g. {example} "
+                f"--pretrained {pretrained}: the weights of {name} ({pretrained}) are not cached and "
+                f"{no_download()}; pass a local checkpoint instead, e.g. {example} "
                 f"--pretrained path/to/{name}.safetensors" + (f" (or OpenAI's own {name}.pt with --model {name})"
                                                               if pretrained == "openai" else "")
                 + (f"; OpenAI's clip package keeps them in {kept}: --model {name} --pretrained {kept}" if kept else "")

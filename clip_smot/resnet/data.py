@@ -38,6 +38,7 @@ from clip_smot.common.files import file_lock, is_folder
 from clip_smot.common.image_sets import image_set
 from clip_smot.common.images import class_folders, list_images, load_image, refuse_loose_images
 from clip_smot.common.network import host_reachable as _reachable
+from clip_smot.common.network import no_download
 from clip_smot.common.workers import started
 
 __all__ = [
@@ -117,7 +118,7 @@ def _torchvision(name: str, root: Path, download: bool = True, **kwargs):
                         "where nothing is downloaded")
     host = _HOSTS[name]
     if not _reachable(host):
-        raise UserError(f"{name}: {_absent(name, root)} and {host[0]} cannot be reached (offline?); "
+        raise UserError(f"{name}: {_absent(name, root)} and {no_download(host)}; "
                         f"download it on a machine with internet, or point $CLIP_SMOT_DATA (train: --data) "
                         f"to the folder that holds it")
     # torchvision downloads and extracts in place: the ranks of a torchrun take turns, and those
@@ -164,7 +165,7 @@ def torchvision_unavailable(name: str, root: str | os.PathLike) -> str | None:
     if _reachable(host):
         return None
     # (a set there but damaged was "not under" it too: the folder a user sees there)
-    return f"{name} is {_damaged(name, Path(root)) or f'not under {root}'} and {host[0]} cannot be reached (offline?)"
+    return f"{name} is {_damaged(name, Path(root)) or f'not under {root}'} and {no_download(host)}"
 
 
 def _cifar(name: str, train: bool, root: Path, download: bool = True) -> SizedImageSet:

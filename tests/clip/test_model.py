@@ -1209,7 +1209,7 @@ def test_a_tag_in_the_hugging_face_cache_loads_offline(tmp_path, tiny_clip_confi
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded) and "text_projection" in state
     (repo / "snapshots" / commit / cached).unlink()  # (and gone from the cache: one line, at once)
     with pytest.raises(UserError, match=r"^--pretrained cached-tag: the weights of clip-smot-tiny \(cached-tag\) are "
-                                        "not cached and there is no internet"):
+                                        "not cached and HF_HUB_OFFLINE is set, which stops every download"):
         load_clip(tiny_clip_config, "cached-tag")
 
 

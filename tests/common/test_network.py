@@ -53,3 +53,17 @@ def test_a_host_that_fails_in_any_way_is_unreachable_within_the_timeout(monkeypa
     assert asked == [(("example.invalid", 443), 0.25)] * 4
     assert host_reachable(("example.invalid", 443)) is False
     assert asked[-1] == (("example.invalid", 443), 3.0)  # (docs/resnet.md: a 3 s timeout unless told)
+
+
+def test_no_download_names_the_offline_switch_where_it_is_on(monkeypatch):
+    """HF_HUB_OFFLINE set by habit on a machine with internet: "www.cs.toronto.edu cannot be reached
+    (offline?)" sent its user looking for a network fault, the host never probed. The switch is
+    named where it is on; else the host, or that there is no internet."""
+    from clip_smot.common.network import no_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert no_download(("www.cs.toronto.edu", 443)) == no_download() == \
+        "HF_HUB_OFFLINE is set, which stops every download (unset it to download)"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert no_download(("www.cs.toronto.edu", 443)) == "www.cs.toronto.edu cannot be reached (offline?)"
+    assert no_download() == "there is no internet to download them"

@@ -60,6 +60,7 @@ def test_the_ranks_steps_together_take_the_one_process_batches():
     assert together[:3] == one[:3] and together[3] < one[3] and len(one[3] - together[3]) == 1
 
 def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     calls = []
     monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: calls.append(host) or False)
     t0 = time.perf_counter()
@@ -73,6 +74,7 @@ def test_missing_cifar_offline_is_a_quick_clear_error(tmp_path, monkeypatch):
 def test_an_offline_message_names_the_set_its_root_its_host_and_what_to_do(tmp_path, monkeypatch):
     """docs/resnet.md: offline, a missing set is one line naming the folder searched, the host that
     did not answer, and the two ways out (another machine, or $CLIP_SMOT_DATA / --data)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     monkeypatch.setattr(rd, "_reachable", lambda host, timeout=3.0: False)
     loads = {"cifar100": ("www.cs.toronto.edu", lambda: rd.load_id_split("cifar100", str(tmp_path), "val")),
              "svhn": ("ufldl.stanford.edu", lambda: rd.load_ood_set("svhn", None, 32, data=str(tmp_path)))}
@@ -89,6 +91,13 @@ def test_an_offline_message_names_the_set_its_root_its_host_and_what_to_do(tmp_p
                                         r"there, but fails torchvision's MD5 checks\) and www.cs.toronto.edu cannot be "
                                         r"reached \(offline\?\); "):
         rd.load_id_split("cifar100", str(tmp_path), "val")
+    # HF_HUB_OFFLINE set (by habit, on a machine with internet): the switch is named, not the host
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as e:
+        loads["svhn"][1]()
+    assert str(e.value) == (f"svhn: not found under {tmp_path} and HF_HUB_OFFLINE is set, which stops every download "
+                            "(unset it to download); download it on a machine with internet, or point "
+                            "$CLIP_SMOT_DATA (train: --data) to the folder that holds it")
 
 
 def test_processes_that_need_a_missing_set_at_once_download_it_once(tmp_path, monkeypatch):
@@ -398,6 +407,7 @@ def test_a_download_that_fails_is_one_line_naming_the_set_and_the_reason(tmp_pat
 
 
 def test_torchvision_unavailable_reads_the_test_split_and_probes_only_a_missing_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     import torchvision.datasets as tvd
 
     present, calls = {"test"}, []
@@ -423,6 +433,7 @@ def test_torchvision_unavailable_reads_the_test_split_and_probes_only_a_missing_
 def test_torchvision_unavailable_reads_cifars_test_split_too(tmp_path, monkeypatch):
     """A CIFAR folder that holds only the training batches cannot be evaluated on: it is reported
     (offline) however complete its train split, and one with the test batch is not."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     import torchvision.datasets as tvd
 
     present, reads = set(), []
@@ -446,6 +457,7 @@ def test_torchvision_unavailable_names_a_set_that_is_there_but_damaged(tmp_path,
     """`reproduce --cifar-root` checks the sets before anything runs: one whose folder is there,
     its files damaged (a download cut short), was "not under" the root, the folder in plain
     sight; it is named as train names it. Its files are never unpickled (their MD5 fails first)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # (the probe is monkeypatched: the message of no switch)
     monkeypatch.setattr(rd, "_reachable", lambda h, timeout=3.0: False)
     (tmp_path / "cifar-10-batches-py").mkdir()
     for name in ("data_batch_1", "test_batch", "batches.meta"):
