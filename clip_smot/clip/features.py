@@ -19,7 +19,7 @@ since nothing names their weights.
 Stored tensors: ``global`` [N, e] (normalised, float32) and, only when local features were
 asked for (GL-MCM), ``local`` [N, P, e] (normalised, float16: 196 patches x 512 x 2 bytes =
 200 KB per image for ViT-B-16, about 10 GB for ImageNet-1k val). The metadata holds the files
-(``paths``, ``skipped``), the ``key`` it was written for (an entry moved to another key's name is
+(``paths``, ``skipped``: absolute paths), the ``key`` it was written for (an entry moved to another key's name is
 not served there) and ``sha256``, a checksum over the tensors and that metadata, checked
 on every read: an entry whose bytes changed since it was written (a flipped bit, a hand edit)
 is encoded again, with a note. Non-finite features are never stored nor used, nor are features
@@ -220,8 +220,10 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()
-    meta = {"paths": json.dumps(feats.paths), "skipped": json.dumps([list(s) for s in feats.skipped]),
-            "key": path.stem}
+    # the files as the key holds them, absolute: a relative spelling would be read against the
+    # reader's current folder, which another run's may not be (its files then "other files")
+    meta = {"paths": json.dumps([image_identity(p) for p in feats.paths]),
+            "skipped": json.dumps([[image_identity(p), why] for p, why in feats.skipped]), "key": path.stem}
     atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
 
 

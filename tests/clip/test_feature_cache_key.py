@@ -290,3 +290,21 @@ def test_features_held_as_views_are_written_and_read_back(tmp_path):
     read, why = cf._read_cache(entry, paths, True, 8, 3)
     assert why == "" and read.paths == paths
     assert torch.equal(read.global_, global_) and torch.equal(read.local, local)
+
+
+def test_an_entry_written_from_another_folder_is_read_under_another_spelling(tmp_path, tiny, capsys,  # noqa: F811
+                                                                             monkeypatch):
+    """The key is of the files' absolute paths, so a run from another current folder, naming the
+    same files by other relative paths, is served the entry (docs/score.md). The entry held the
+    paths as its writer spelled them, read against the reader's folder: `cd data; score val/red`
+    after `score data/val/red` found "other files", a damaged-entry note, and encoded them again."""
+    (tmp_path / "data").mkdir()
+    _images(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    first = cf.encode_files(tiny, ["data/0.png", "data/1.png"], workers=0)
+    monkeypatch.chdir(tmp_path / "data")
+    capsys.readouterr()
+    again = cf.encode_files(tiny, ["1.png", "0.png"], workers=0)
+    assert capsys.readouterr().err == ""
+    assert len(list(cf.cache_dir().iterdir())) == 1 and again.paths == ["1.png", "0.png"]
+    torch.testing.assert_close(again.global_, first.global_[[1, 0]], rtol=0, atol=0)
