@@ -729,7 +729,9 @@ def _train(cfg: FitConfig, device: torch.device, inputs: _Inputs, training: _Tra
     B = min(cfg.batch_size, N)
     # a baseline loss (plain CoOp, ...) has no CAMs; a captured graph still wants a tensor in their place
     no_cams = torch.zeros(B, size, size, dtype=torch.uint8, device=device) if cams is None else None
-    later = "; the first epoch also compiles and captures (the speed options)" if compiled or cfg.cuda_graph else ""
+    # (what it does: a CPU run compiles and captures no CUDA graph, an eager CUDA-graph run only captures)
+    does = " and ".join(w for w, on in (("compiles", compiled), ("captures a CUDA graph", cfg.cuda_graph)) if on)
+    later = f"; the first epoch also {does} (the speed options)" if does else ""
     print(f"fit: set-up {_since(inputs.t_setup, device):.1f} s "
           f"({', '.join(f'{k} {v:.1f} s' for k, v in inputs.seconds.items())}){later}", file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):

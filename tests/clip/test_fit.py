@@ -1281,7 +1281,9 @@ def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
     for name, extra in {"default": (), "flex": ("--text-attention", "flex", "--compile")}.items():
         res = CliRunner().invoke(cli, fit_args(tmp_path / name, "--warmup-epochs", "0", "--lr", "5", *extra))
         assert res.exit_code == 0, res.output
-        assert ("the first epoch also compiles" in res.stderr) == (name == "flex"), res.stderr
+        # (on the CPU nothing is captured: the remark said "compiles and captures" all the same)
+        assert ("; the first epoch also compiles (the speed options)\n" in res.stderr) == (name == "flex"), res.stderr
+        assert "captures" not in res.stderr
         runs[name] = load_prompt(tmp_path / name / "prompt.safetensors")
     init = torch.empty(4, 32).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(runs["default"].config["seed"]))
     moved = runs["default"].ctx - init  # what the epoch's steps did to the context
