@@ -206,11 +206,14 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
         id_train_paths(str(prompt), {"test": True}, None, None)
 
 
+@pytest.mark.parametrize("where", ["red/eval", "eval"])
 def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_path, tiny, tiny_clip_checkpoint,
-                                                                        monkeypatch):
+                                                                        monkeypatch, where):
     """Without --id-train the fitted scores read the prompt's own data folder, but an --out inside
     it was not refused (an --id-train folder given is): the report went into a class folder of
-    the training images, where the next fit would train on scores_hist.png."""
+    the training images, where the next fit would train on scores_hist.png. An --out beside the
+    class folders ("eval") was made (the lock on it) before the training folder was read: it was
+    read as a class of no images, and the run stopped on that, not on --out."""
     from clip_smot.clip import scorer as scorer_module
     from clip_smot.clip.prompt_file import save_prompt
 
@@ -222,7 +225,7 @@ def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_pat
                 list(CLASSES), {"data": str(root), "shots": 1, "seed": 3, "split": None})
     id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=1)
     monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
-    out = root / "red" / "eval"
+    out = root / where
     res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
                                    str(id_dir), "--ood", f"x={ood_dir}", "--scores", "mcm,react", "--workers", "0",
                                    "--out", str(out)])
