@@ -204,9 +204,9 @@ def _histogram(id_scores, ood_scores, title: str) -> bytes:
             bins = _bins(float(min(a.min(), b.min())), float(max(a.max(), b.max())))
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="ID", histtype="stepfilled")
             ax.hist(b, bins=bins, alpha=0.6, density=True, label=_label(_short(ood_set)), histtype="stepfilled")
-            ax.set_title(_label(f"{score}: ID vs {_short(ood_set)}"), fontsize=9)
+            ax.set_title(_label(f"{score}: ID vs {_short(ood_set)}"), fontsize=9, wrap=True)
             ax.legend(fontsize=7)
-    fig.suptitle(_label(title))
+    fig.suptitle(_label(title), wrap=True)
     buf = io.BytesIO()
     try:
         fig.savefig(buf, dpi=100, format="png")

@@ -531,3 +531,16 @@ def test_metrics_json_is_renamed_last_so_a_killed_evaluation_is_not_taken_for_fi
                       files={"config.json": "{}\n"})
     assert "metrics.json" not in done  # (none of the 5 renames after it: every file is written before it)
     assert not (out / "metrics.json").exists()
+
+
+def test_the_titles_of_a_one_set_histogram_stay_inside_the_figure(tmp_path):
+    """One OOD set makes a figure 320 pixels wide: an evaluation's title ("Prompt prompt.safetensors
+    (clip-smot-tiny, tiny.safetensors)") and a panel's of a 40-character set name ran past both
+    edges, cut there. They wrap now: no text touches the PNG's left or right column."""
+    from PIL import Image
+
+    write_reports(tmp_path, {"mcm": np.linspace(0.3, 0.6, 20)}, {"n" * 40: {"mcm": np.linspace(0.1, 0.5, 9)}},
+                  title="Prompt prompt.safetensors (clip-smot-tiny, tiny.safetensors)")
+    a = np.asarray(Image.open(tmp_path / "scores_hist.png").convert("L"))
+    assert a.shape[1] == 320
+    assert (a[:, 0] < 128).sum() == 0 and (a[:, -1] < 128).sum() == 0
