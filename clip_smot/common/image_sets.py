@@ -276,6 +276,9 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
         if all(y == -1 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
             return ImageSet("id", paths, None, f"{as_list[0]}: the list gives no class labels")
         for path, y in zip(paths, labels):  # a wrong label would make the ID accuracy wrong
+            if y == -1:  # (read_image_list's "no label")
+                raise UserError(f"{flag} {as_list[0]}: {path} has no label (or OpenOOD's -1), while others have one; "
+                                f"every line needs a class index of the prompt (0 .. {len(classnames) - 1}), or none does")
             if not 0 <= y < len(classnames):
                 raise UserError(f"{flag} {as_list[0]}: {path} has label {y}, not a class index of the prompt "
                                 f"(0 .. {len(classnames) - 1}; every line needs one, or none does)")

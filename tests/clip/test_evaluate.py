@@ -371,9 +371,16 @@ def test_id_image_list_labels_are_class_indices_or_absent(tmp_path):
     lst.write_text("v/a.png\nv/b.png -1\n")  # no labels (OpenOOD writes -1): no accuracy, a note
     s = id_set(f"{tmp_path}::{lst}", ["x", "y"])
     assert s.labels is None and "no class labels" in s.note
-    for text in ("v/a.png 1\nv/b.png 7\n", "v/a.png 1\nv/b.png -3\n", "v/a.png 1\nv/b.png\n"):
+    for text in ("v/a.png 1\nv/b.png 7\n", "v/a.png 1\nv/b.png -3\n"):
         lst.write_text(text)
         with pytest.raises(UserError, match=r"--id .*id.txt: .*b.png has label -?\d+, not a class index of the prompt"):
+            id_set(f"{tmp_path}::{lst}", ["x", "y"])
+    # a line without a label among labelled ones: it was "b.png has label -1", a label it did not hold
+    for text in ("v/a.png 1\nv/b.png\n", "v/a.png 1\nv/b.png -1\n"):
+        lst.write_text(text)
+        with pytest.raises(UserError, match=r"--id .*id.txt: .*b.png has no label \(or OpenOOD's -1\), while "
+                                            r"others have one; every line needs a class index of the prompt \(0 \.\. 1\), "
+                                            r"or none does$"):
             id_set(f"{tmp_path}::{lst}", ["x", "y"])
 
 
