@@ -151,6 +151,31 @@ def test_every_public_name_exists_and_cross_module_imports_are_public():
                 assert private == [], f"{module} imports {private} from {source}, not in its __all__"
 
 
+def test_every_public_function_has_a_docstring_and_type_hints():
+    """STYLE.md, habit 5: docstrings on public functions, type hints on public signatures. Each
+    function and class a module's ``__all__`` names and the module defines has a docstring, and
+    each such function a hint on every parameter and on its return."""
+    import importlib
+    import inspect
+
+    library = [m for m in MODULES if m not in ("__init__", "__main__", "cli", *FOLDERS)]
+    undocumented, unhinted = [], []
+    for module in library:
+        mod = importlib.import_module(f"clip_smot.{module}")
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != mod.__name__:
+                continue
+            if not inspect.getdoc(obj):
+                undocumented.append(f"{module}.{name}")
+            if inspect.isfunction(obj):
+                sig = inspect.signature(obj)
+                if sig.return_annotation is inspect.Signature.empty or any(
+                        p.annotation is inspect.Parameter.empty for p in sig.parameters.values()):
+                    unhinted.append(f"{module}.{name}")
+    assert (undocumented, unhinted) == ([], [])
+
+
 # --- the command line against the docs ---------------------------------------------------------
 
 def _flags(command: str) -> set[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.images import load_image
 from clip_smot.common.shards import read_image_bytes, split_member
 from clip_smot.common.workers import started
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["DECODE_CHOICES", "DECODERS", "strip_square", "resolve_decode", "tensor_preprocess", "decoder_identity",
            "image_batches", "kept_workers"]
@@ -51,7 +54,7 @@ def _shortest_square(settings: dict) -> int | None:
     return side
 
 
-def strip_square(im, settings: dict):
+def strip_square(im: Image.Image, settings: dict) -> Image.Image:
     """``im``, or for a strip its centre square as open_clip's evaluation transform makes it, from
     the part of the image that square needs: the transform resizes the whole image before it
     crops, and a 3 KB PNG of 3,000,000 x 1 pixels would become 672 million x 224 (GBs).
@@ -158,7 +161,7 @@ _KEPT: dict[tuple, _Kept] | None = None  # what the workers make (preprocessing,
 
 
 @contextlib.contextmanager
-def kept_workers():
+def kept_workers() -> Iterator[None]:
     """Within it, :func:`image_batches` keeps its DataLoader worker processes from one call to the
     next that makes the same batches (preprocessing, batch size, workers, decoder): a run in chunks
     (``score``) starts them once, not once a chunk (benchmarks/score_streaming.py times both).
@@ -302,7 +305,7 @@ def _jpeg_images(clip: ClipModel, cfg: dict, raws: list, images: list, errors: l
 
 
 def image_batches(clip: ClipModel, paths: Sequence[str], batch_size: int = 256, workers: int = 4,
-                  decode: str = "pil"):
+                  decode: str = "pil") -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Preprocessed images of ``paths`` in order, decoded in DataLoader workers (``pil``) or with
     the JPEGs decoded on the model's device (``jpeg``).
 

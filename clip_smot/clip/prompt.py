@@ -25,6 +25,7 @@ mask like open_clip, "square" and "flex" the layouts of docs/prompt.md).
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -79,7 +80,7 @@ def _words_tokens(tokenize, ctx_init: str) -> tuple[torch.Tensor, int]:
     return tokens, n_ctx
 
 
-def ctx_init_length(tokenize, ctx_init: str) -> int:
+def ctx_init_length(tokenize: Callable[[list[str]], torch.Tensor], ctx_init: str) -> int:
     """n_ctx of a context initialised from the words ``ctx_init``: their token count.
 
     Raises:

@@ -7,6 +7,7 @@ import functools
 import os
 import random
 import shutil
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def seeded_cpu_rng(seed: int):
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
     """Within it, torch's default CPU generator is seeded with ``seed``; after, it is as it was.
     For draws that must not depend on (nor move) the caller's: random weights, per-image crops.
     torch.manual_seed would reseed the CUDA generators too, which fork_rng(devices=[]) does not

@@ -7,7 +7,7 @@ import gc
 import hashlib
 import os
 import socket
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -54,7 +54,7 @@ def torchrun_env() -> tuple[int, int, int]:
 
 
 @contextlib.contextmanager
-def process_group(device: str):
+def process_group(device: str) -> Iterator[tuple[int, int, int]]:
     """torch.distributed's default process group while inside, under torchrun (WORLD_SIZE > 1).
 
     The backend is gloo on the CPU and ``cpu:gloo,cuda:nccl`` on CUDA: CUDA tensors travel by
@@ -125,7 +125,7 @@ def _other_process_stopped(world: int) -> UserError:
 
 
 @contextlib.contextmanager
-def peer_stopped_in_one_line():
+def peer_stopped_in_one_line() -> Iterator[None]:
     """Inside, gloo's error of a collective whose peer process has gone ("Connection closed by
     peer", or reset: DDP's gradient all-reduce or broadcast of buffers in a training step, which
     are no :func:`every_rank`) is :func:`_other_process_stopped`'s one line; any other error is
@@ -155,7 +155,7 @@ def writes_outputs() -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(out, flag: str = "--out", folder: bool = False):
+def writer_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False) -> Iterator[None]:
     """:func:`~clip_smot.common.files.output_lock` of ``out``, held while inside by the process
     that writes (:func:`writes_outputs`); under torchrun every process raises its refusal (none
     waits for a rank 0 that has stopped)."""

@@ -12,7 +12,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -77,7 +77,7 @@ def is_folder(path: str | os.PathLike, flag: str) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike):
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created, with its folder) while inside: processes
     that would write one shared thing at once (the ranks of a torchrun downloading a data set)
     take turns. No lock where ``fcntl`` is missing (not POSIX)."""
@@ -97,7 +97,7 @@ class _Busy(UserError):
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False):
+def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False) -> Iterator[None]:
     """Hold the lock of the output ``out`` while inside, or refuse at once: a second command
     writing the same output (a score appending to the CSV another renames, a fit writing its
     epochs into another's log) would leave one output mixed of two runs, both saying they

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["progress_bar", "progress_write"]
 
 
-def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
+def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr that draws only on a terminal: redirected to a file or a pipe, stderr
     gets no carriage-return frames (the epoch lines of :func:`progress_write` still appear)."""
     import sys

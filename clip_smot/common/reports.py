@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def check_id_train_used(given: dict[str, str | None], names: list[str], fitted: 
                             f"training images, and --scores {','.join(names)} names none of them")
 
 
-def check_ood_names(names) -> None:
+def check_ood_names(names: Iterable[str]) -> None:
     """Raise a UserError for an OOD set named ``average``, the name of the mean row, which would
     overwrite it; an evaluation checks its ``--ood`` names with it before any image is scored."""
     if "average" in names:
