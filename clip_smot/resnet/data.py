@@ -297,6 +297,9 @@ def load_id_split(dataset: str | None, data: str | None, split: str, input_size:
         missing = [w for w in wnids if not (root / w).is_dir()]
         if missing:
             raise UserError(f"{flag} {root}: class folder {missing[0]} of ImageNet-200 is missing")
+        # (a val/ half sorted into wnid folders, the rest of ImageNet's flat files beside them: the
+        # sorted half alone was read, its classes short of images, without a word)
+        refuse_loose_images(root, flag)
         files, labels = _class_files(root, wnids, flag)
         return SizedImageSet("imagenet200", wnids, labels, input_size or 224, IMAGENET_MEAN, IMAGENET_STD, files=files)
     if dataset is not None:

@@ -212,6 +212,13 @@ def test_imagenet200_takes_its_200_wnids_from_an_imagenet_folder(tmp_path):
     (tmp_path / "val" / wnids[5]).rmdir()
     with pytest.raises(UserError, match=f"class folder {wnids[5]} of ImageNet-200 is missing"):
         rd.load_id_split("imagenet200", str(tmp_path), "val")
+    # a val/ half sorted: ImageNet's flat files left beside the wnid folders are refused, not left out
+    (tmp_path / "val" / wnids[5]).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / wnids[5] / "a.JPEG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(UserError, match=r"^--data .*val: 1 image\(s\) beside the class folders, e.g. "
+                                        r"ILSVRC2012_val_00000001.JPEG: an image has no class there"):
+        rd.load_id_split("imagenet200", str(tmp_path), "val")
 
 
 def test_the_first_missing_imagenet200_class_is_named_and_a_file_is_no_class_folder(tmp_path):
