@@ -684,3 +684,22 @@ def test_score_help_says_what_a_lists_paths_are_relative_to():
     relative to the current folder, kept elsewhere, stopped at its first line."""
     out = CliRunner().invoke(cli, ["score", "--help"], terminal_width=200).output
     assert "relative to the list's folder or to ROOT" in " ".join(out.split()), out
+
+
+def test_eval_help_names_each_tracks_built_in_sets():
+    """--id said "a built-in set (cifar10, ...)", and --ood "a bare built-in set name", but the
+    CLIP track has other built-ins than the ResNet track: `eval --prompt P --id cifar10` was "no
+    such file or folder". Each track's names, as its evaluation takes them, are in the help."""
+    import re
+
+    from clip_smot.clip import evaluate as clip_eval
+    from clip_smot.resnet import data as resnet_data
+
+    out = CliRunner().invoke(cli, ["eval", "--help"], terminal_width=500).output
+    id_help = re.search(r"--id PATH\s+(.*)", out).group(1)
+    ood_help = re.search(r"--ood TEXT\s+(.*)", out).group(1)
+    for text, resnet, clip in ((id_help, resnet_data.BUILTIN_ID, clip_eval.BUILTIN_ID),
+                               (ood_help, resnet_data.BUILTIN_OOD, clip_eval.BUILTIN_OOD)):
+        assert re.search(rf"ResNet: {', '.join(resnet)}\b", text, re.I), text
+        assert re.search(rf"CLIP: {', '.join(clip)}\b", text, re.I), text
+    assert "LIST.txt" in id_help  # (the CLIP track reads an image list as --id)

@@ -44,12 +44,14 @@ MAX_HIST_SETS = 8
 class EvalConfig(JsonConfig):
     """The options of ``clip-smot eval`` that both tracks take (each track's config adds its own)."""
 
-    id_data: str = setting(help="ID test data: a folder (val/<class>/...), or a built-in set (cifar10, ...).",
-                           flag="--id", path="any")
+    id_data: str = setting(help="ID test data: a folder (val/<class>/...), a built-in set (ResNet: cifar10, cifar100, "
+                           "imagenet200, digits; CLIP: digits) or, for CLIP, an image list (LIST.txt or "
+                           "ROOT::LIST.txt).", flag="--id", path="any")
     id_train: str | None = setting(None, "ID training data for the KNN/ViM/ReAct statistics (default: ResNet, from "
                                    "the checkpoint; CLIP, the prompt's own few-shot images).", path="any")
-    ood: dict[str, str | None] = setting(help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name; "
-                                         "repeatable.")  # name -> folder or image list, None: the built-in set
+    ood: dict[str, str | None] = setting(help="OOD set as NAME=DIR (or NAME=LIST.txt), or a bare built-in set name "
+                                         "(ResNet: svhn, cifar10, cifar100, photos, textures; CLIP: photos, "
+                                         "textures); repeatable.")  # name -> folder or image list, None: the built-in set
     scores: str | None = setting(None, "Comma-separated scores (default: mcm for CLIP, msp for ResNets).")
     convention: str = setting("id", "FPR95 with ID positive (the paper) or OOD positive (OpenOOD).",
                               flag="--fpr-convention", choices=CONVENTIONS)
