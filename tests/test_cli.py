@@ -703,3 +703,20 @@ def test_eval_help_names_each_tracks_built_in_sets():
         assert re.search(rf"ResNet: {', '.join(resnet)}\b", text, re.I), text
         assert re.search(rf"CLIP: {', '.join(clip)}\b", text, re.I), text
     assert "LIST.txt" in id_help  # (the CLIP track reads an image list as --id)
+
+
+def test_train_help_gives_the_temperature_of_a_folder():
+    """--T's help gave the defaults of the built-in sets only; a --data folder gets the paper's T of
+    the smallest of its class counts (10, 100, 200) that holds its classes (docs/resnet.md), which
+    the help now says: checked here against what the training resolves."""
+    import re
+
+    from clip_smot.resnet.train import TrainConfig, resolve_config
+
+    out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=500).output
+    text = re.search(r"--T FLOAT RANGE\s+(.*)", out).group(1)
+    said = re.search(r"a folder by its classes: (\d+) up to (\d+), (\d+) up to (\d+), else (\d+)\)", text)
+    assert said, text
+    t_small, k_small, t_mid, k_mid, t_large = map(float, said.groups())
+    for k, t in ((1, t_small), (k_small, t_small), (k_small + 1, t_mid), (k_mid, t_mid), (k_mid + 1, t_large)):
+        assert resolve_config(TrainConfig(out="x", data="d"), int(k), 32).T == t, k

@@ -132,7 +132,8 @@ class TrainConfig(JsonConfig):
     beta: float = setting(20.0, min=0, min_open=True)
     lam: float = setting(0.1, "Weight of the masked term.", min=0, max=1)  # of the SMOT loss
     T: float | None = setting(None, "Smoothing temperature (default: 10 CIFAR-10/digits, 150 CIFAR-100, 200 "
-                              "ImageNet-200).", min=0, min_open=True)
+                              "ImageNet-200; a folder by its classes: 10 up to 10, 150 up to 100, else 200).",
+                              min=0, min_open=True)
     perturb: str = setting("zero", "Masked region: black, white, or Gaussian noise (Table 9).",
                            choices=smot.PERTURBATIONS)
     sigma: float = setting(0.1, "Noise std for --perturb noise.", min=0)
