@@ -132,7 +132,7 @@ class FitConfig:
     crop_scale: float = setting(0.08, flag=False, min=0, max=1, min_open=True)  # smallest area of the random crop
     precision: str = setting("bf16", choices=PRECISIONS)  # autocast around the encoders; the context stays fp32
     text_residual: str = setting("fp32", "Text tower's residual stream: fp32, or in --precision (the whole tower in "
-                                 "bf16; faster).", choices=("fp32", "precision"))
+                                 "bf16 or fp16; faster).", choices=("fp32", "precision"))
     # exact speed options; "auto" / None: the fastest measured on the device (see resolve_speed)
     text_attention: str = setting(
         "auto", "Text attention layout (exact either way; square: one is_causal SDPA over prefix + suffix; flex: the "

@@ -786,3 +786,22 @@ def test_features_are_float32_or_a_callers_autocast_dtype_as_open_clips(clip):
         assert [t.dtype for t in run()] == [torch.float32] * 4
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert [t.dtype for t in run()] == [torch.bfloat16] * 4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_text_residual_precision_is_the_whole_tower_in_that_precision(clip, precision):
+    """fit --help said --text-residual precision runs "the whole tower in bf16"; under --precision
+    fp16 (on CUDA) it is in fp16: the help names the precision the tower takes."""
+    import re
+
+    from click.testing import CliRunner
+
+    from clip_smot.cli import cli
+    from clip_smot.clip.encoders import TextEncoder
+
+    encoder = TextEncoder(clip.model, precision=precision, residual="precision")
+    assert encoder.residual_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    out = CliRunner().invoke(cli, ["fit", "--help"], terminal_width=500).output
+    text = re.search(r"--text-residual \[fp32\|precision\]\s+(.*)", out).group(1)
+    tower = re.search(r"the whole tower in ([^;)]*)", text).group(1)
+    assert precision in tower, text
