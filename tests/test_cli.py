@@ -720,3 +720,12 @@ def test_train_help_gives_the_temperature_of_a_folder():
     t_small, k_small, t_mid, k_mid, t_large = map(float, said.groups())
     for k, t in ((1, t_small), (k_small, t_small), (k_small + 1, t_mid), (k_mid, t_mid), (k_mid + 1, t_large)):
         assert resolve_config(TrainConfig(out="x", data="d"), int(k), 32).T == t, k
+
+
+def test_fit_help_says_ctx_init_sets_the_context_length():
+    """--n-ctx showed "[default: 16]" alone, while with --ctx-init the context is the words' tokens
+    ('a photo of a': 4) and any other --n-ctx is refused (tests/clip/test_fit.py): the help says so."""
+    import re
+
+    out = CliRunner().invoke(cli, ["fit", "--help"], terminal_width=500).output
+    assert "--ctx-init" in re.search(r"--n-ctx INTEGER RANGE\s+(.*)", out).group(1)

@@ -107,7 +107,7 @@ class FitConfig:
     cam_model: str = setting("resnet18-imagenet", "CAM network: resnet18-imagenet, a torchvision ResNet state dict, "
                              "or a model.safetensors from 'clip-smot train'.")
     # prompt (CoOp)
-    n_ctx: int = setting(16, "Context vectors.", min=1)
+    n_ctx: int = setting(16, "Context vectors (with --ctx-init: its token count, and no other).", min=1)
     # with ctx_init, n_ctx is its token count
     ctx_init: str | None = setting(None, "Initialise the context from words, e.g. 'a photo of a'.")
     csc: bool = setting(False, "Class-specific contexts.")
