@@ -729,3 +729,16 @@ def test_fit_help_says_ctx_init_sets_the_context_length():
 
     out = CliRunner().invoke(cli, ["fit", "--help"], terminal_width=500).output
     assert "--ctx-init" in re.search(r"--n-ctx INTEGER RANGE\s+(.*)", out).group(1)
+
+
+def test_fit_help_says_the_fast_defaults_need_triton():
+    """--text-attention auto is square, and --compile off, on a GPU where Triton cannot start (no C
+    compiler: resolve_speed, tests/clip/test_fit.py), which fit's help left out: it named only
+    the compute capability."""
+    import re
+
+    out = CliRunner().invoke(cli, ["fit", "--help"], terminal_width=1000).output
+    attention = re.search(r"--text-attention \[[^]]*\]\s+(.*)", out).group(1)
+    compile_ = re.search(r"--compile / --no-compile\s+(.*)", out).group(1)
+    assert re.search(r"square before Ampere or where Triton cannot start", attention), attention
+    assert re.search(r"\[default: on with CUDA [^]]*where Triton starts", compile_), compile_

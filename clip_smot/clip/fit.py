@@ -137,10 +137,11 @@ class FitConfig:
     text_attention: str = setting(
         "auto", "Text attention layout (exact either way; square: one is_causal SDPA over prefix + suffix; flex: the "
         "flat token list with a block-sparse mask, FlexAttention on CUDA); auto: flex with CUDA (square before "
-        "Ampere), else causal (square with --compile).", choices=("auto", *ATTENTION))
+        "Ampere or where Triton cannot start), else causal (square with --compile).", choices=("auto", *ATTENTION))
     compile: bool | None = setting(None, "torch.compile the text layers (needs --text-attention square or flex) and "
                                    "the image encoder's blocks (compiled once, at the first step).  [default: on with "
-                                   "CUDA of compute capability 7.0 or newer and square or flex attention]")
+                                   "CUDA of compute capability 7.0 or newer where Triton starts, and square or flex "
+                                   "attention]")
     cuda_graph: bool | None = setting(None, "Replay each step's forward+backward as a CUDA graph (CUDA only).  "
                                       "[default: on with CUDA]")
     overlap_encoders: bool | None = setting(None, "Encode the images on a second CUDA stream while the text encoder "
