@@ -742,3 +742,16 @@ def test_fit_help_says_the_fast_defaults_need_triton():
     compile_ = re.search(r"--compile / --no-compile\s+(.*)", out).group(1)
     assert re.search(r"square before Ampere or where Triton cannot start", attention), attention
     assert re.search(r"\[default: on with CUDA [^]]*where Triton starts", compile_), compile_
+
+
+def test_train_help_says_which_sets_the_workers_decode():
+    """--workers said "224-pixel sets", but the digits (and CIFAR) live on the device at any
+    --input-size, while a folder is read by the workers above 64 pixels (resnet.data.SMALL_INPUT),
+    ImageNet-200 at any size (resnet.data.load_id_split): the help says which."""
+    import re
+
+    from clip_smot.resnet.data import SMALL_INPUT
+
+    out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=500).output
+    text = re.search(r"--workers INTEGER RANGE\s+(.*)", out).group(1)
+    assert f"folders above {SMALL_INPUT} pixels" in text and "ImageNet-200" in text and "digits" in text, text

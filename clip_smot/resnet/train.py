@@ -144,8 +144,8 @@ class TrainConfig(JsonConfig):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (torchrun: one GPU per process).")
     precision: str = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU (where fp16 runs as bf16).", choices=("auto", *PRECISIONS))
     seed: int = setting(0, min=0, max=MAX_SEED)
-    workers: int = setting(4, "DataLoader workers (224-pixel sets; small images live on the device).", min=0,
-                           max=MAX_WORKERS)
+    workers: int = setting(4, "DataLoader worker processes (ImageNet-200, and folders above 64 pixels; CIFAR, "
+                           "digits and smaller folders are decoded once, onto the device).", min=0, max=MAX_WORKERS)
     compile: bool = setting(False, "torch.compile the trained and the CAM network (compiles once at the start).")
     cuda_graph: bool = setting(False, "torch.compile with CUDA graphs (mode reduce-overhead): fewest launches per "
                                "step; CUDA only.")
