@@ -755,3 +755,25 @@ def test_train_help_says_which_sets_the_workers_decode():
     out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=500).output
     text = re.search(r"--workers INTEGER RANGE\s+(.*)", out).group(1)
     assert f"folders above {SMALL_INPUT} pixels" in text and "ImageNet-200" in text and "digits" in text, text
+
+
+def test_eval_help_says_a_small_resnet_decodes_without_workers(monkeypatch, tmp_path):
+    """eval's --workers said "Image-decoding worker processes" for both tracks, but a ResNet's
+    sets at 64 pixels or less (resnet.data.SMALL_INPUT: CIFAR, digits, its folders) are decoded
+    at once in the main process: the help says so, and such a set's batches start no DataLoader."""
+    import re
+
+    import torch.utils.data
+    from PIL import Image
+
+    from clip_smot.resnet.data import SMALL_INPUT, eval_batches, load_class_folders
+
+    out = CliRunner().invoke(cli, ["eval", "--help"], terminal_width=500).output
+    text = re.search(r"--workers INTEGER RANGE\s+(.*)", out).group(1)
+    assert f"none for a ResNet of {SMALL_INPUT} pixels or less" in text, text
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / c / "x.png")
+    s = load_class_folders(tmp_path, ["a", "b"], SMALL_INPUT, "--id")
+    monkeypatch.setattr(torch.utils.data, "DataLoader", None)  # (any DataLoader would fail)
+    assert [tuple(x.shape) for x, _ in eval_batches(s, 8, torch.device("cpu"), workers=4)] == [(2, 3, 64, 64)]

@@ -56,7 +56,8 @@ class EvalConfig(JsonConfig):
     convention: str = setting("id", "FPR95 with ID positive (the paper) or OOD positive (OpenOOD).",
                               flag="--fpr-convention", choices=CONVENTIONS)
     batch_size: int = setting(256, min=1, max=MAX_BATCH)
-    workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
+    workers: int = setting(4, "Image-decoding worker processes (none for a ResNet of 64 pixels or less: its sets "
+                           "are decoded at once).", min=0, max=MAX_WORKERS)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     out: str = setting(help="Output folder for the metric files.", path="dir")
 
