@@ -777,3 +777,15 @@ def test_eval_help_says_a_small_resnet_decodes_without_workers(monkeypatch, tmp_
     s = load_class_folders(tmp_path, ["a", "b"], SMALL_INPUT, "--id")
     monkeypatch.setattr(torch.utils.data, "DataLoader", None)  # (any DataLoader would fail)
     assert [tuple(x.shape) for x, _ in eval_batches(s, 8, torch.device("cpu"), workers=4)] == [(2, 3, 64, 64)]
+
+
+def test_train_help_does_not_offer_data_to_the_digits():
+    """--data said "with --dataset: the set's root", but --dataset digits with --data is refused
+    ("--dataset digits reads no data folder", tests/resnet/test_train.py): the help names the sets
+    that take a root, and says that the digits take none."""
+    import re
+
+    out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=500).output
+    text = re.search(r"--data PATH\s+(.*)", out).group(1)
+    assert "with --dataset cifar10, cifar100 or imagenet200: the set's root" in text, text
+    assert "digits takes none" in text, text

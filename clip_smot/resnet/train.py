@@ -115,8 +115,9 @@ class TrainConfig(JsonConfig):
     out: str = setting(help="Output folder.", path="dir")
     stage: str = setting("base", "base: lr / 10 at 40%/70% of the epochs; smot: cosine decay.", choices=STAGES)
     dataset: str | None = setting(None, "Built-in ID set (digits: the offline embedded set).", choices=BUILTIN_ID)
-    data: str | None = setting(None, "Folder with train/<class>/ and val/<class>/; with --dataset: the set's root "
-                               "(required for imagenet200: the ImageNet folder).", path="any")
+    data: str | None = setting(None, "Folder with train/<class>/ and val/<class>/; with --dataset cifar10, cifar100 "
+                               "or imagenet200: the set's root (required for imagenet200: the ImageNet folder; "
+                               "digits takes none).", path="any")
     method: str | None = setting(None, "Loss (default: ce for --stage base, smot for --stage smot).", choices=METHODS)
     arch: str | None = setting(None, "Network (default resnet18; resnet_tiny for digits).", choices=tuple(NETWORKS))
     cam_model: str | None = setting(None, "The base model's model.safetensors: CAMs for the SMOT method (required "
