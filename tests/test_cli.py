@@ -789,3 +789,28 @@ def test_train_help_does_not_offer_data_to_the_digits():
     text = re.search(r"--data PATH\s+(.*)", out).group(1)
     assert "with --dataset cifar10, cifar100 or imagenet200: the set's root" in text, text
     assert "digits takes none" in text, text
+
+
+@pytest.mark.parametrize("method", ["ce", "smot"])
+def test_train_help_says_only_smot_adds_masked_copies(method):
+    """--batch-size said "original images, each with a masked copy" for every method; only the
+    smot method adds the copies (resnet.train.train_step): a ce step sees the batch alone."""
+    import contextlib
+    import re
+
+    import torch
+
+    from clip_smot.resnet.networks import build_network
+    from clip_smot.resnet.train import StepParts, make_optimizer, train_step
+
+    out = CliRunner().invoke(cli, ["train", "--help"], terminal_width=500).output
+    assert "each with a masked copy under the smot method" in re.search(r"--batch-size INTEGER RANGE\s+(.*)", out).group(1)
+    torch.manual_seed(0)
+    model, seen = build_network("resnet_tiny", 3, 32), []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    cam = (lambda x, y: torch.rand(x.shape[0], 32, 32) * 255) if method == "smot" else None
+    parts = StepParts(method, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25), cam=cam)
+    x, y = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0])
+    train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu")), x, y,
+               torch.full((4,), 128.0) if method == "smot" else None, parts, contextlib.nullcontext())
+    assert seen == [8 if method == "smot" else 4]

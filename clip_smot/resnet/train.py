@@ -123,8 +123,8 @@ class TrainConfig(JsonConfig):
     cam_model: str | None = setting(None, "The base model's model.safetensors: CAMs for the SMOT method (required "
                                     "for it).", path="file")
     epochs: int | None = setting(None, "Default 200 (base) / 300 (smot); digits 8.", min=1)
-    batch_size: int | None = setting(None, "Global batch of original images, each with a masked copy (default 128; "
-                                     "digits 64).", min=1, max=MAX_BATCH)
+    batch_size: int | None = setting(None, "Global batch of original images, each with a masked copy under the smot "
+                                     "method (default 128; digits 64).", min=1, max=MAX_BATCH)
     lr: float | None = setting(None, "Initial lr (default 0.1; digits 0.05).", min=0, min_open=True,
                                max=MAX_SGD_FACTOR)
     momentum: float = setting(0.9, flag=False, min=0, max=1)
