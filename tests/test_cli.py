@@ -814,3 +814,26 @@ def test_train_help_says_only_smot_adds_masked_copies(method):
     train_step(model, make_optimizer(model, 0.1, 0.9, 5e-4, torch.device("cpu")), x, y,
                torch.full((4,), 128.0) if method == "smot" else None, parts, contextlib.nullcontext())
     assert seen == [8 if method == "smot" else 4]
+
+
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_decode_help_says_when_auto_is_not_the_gpu(command, monkeypatch):
+    """--decode said "auto: gpu on CUDA", but on CUDA auto decodes with PIL where torchvision has no
+    decode_jpeg, or where the model preprocesses otherwise than the GPU path does (a non-square
+    size, another resize mode): resolve_decode. The help says so."""
+    import re
+
+    import torch
+
+    from clip_smot.clip import decoding
+
+    out = CliRunner().invoke(cli, [command, "--help"], terminal_width=500).output
+    text = re.search(r"--decode \[auto\|cpu\|gpu\]\s+(.*)", out).group(1)
+    assert "auto: gpu on CUDA where torchvision and the model's preprocessing allow it, else cpu" in text, text
+    cuda = torch.device("cuda")  # (a device object needs no GPU)
+    square = {"resize_mode": "shortest", "size": 224, "interpolation": "bicubic", "mode": "RGB"}
+    monkeypatch.setattr(decoding.ti, "has_decode_jpeg", lambda: True)
+    assert decoding.resolve_decode("auto", cuda, square) == "jpeg"
+    assert decoding.resolve_decode("auto", cuda, {**square, "size": (224, 256)}) == "pil"
+    monkeypatch.setattr(decoding.ti, "has_decode_jpeg", lambda: False)
+    assert decoding.resolve_decode("auto", cuda, square) == "pil"

@@ -66,7 +66,8 @@ class ClipEvalConfig(EvalConfig):
                                 "to the prompt's data).", path="file")
     use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
-                          "auto: gpu on CUDA.", choices=DECODE_CHOICES)
+                          "auto: gpu on CUDA where torchvision and the model's preprocessing allow it, else cpu.",
+                          choices=DECODE_CHOICES)
     precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the CPU) or "
                              "fp32; auto: bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
 

@@ -67,7 +67,8 @@ class ScoreConfig(JsonConfig):
     skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
     use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
     decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
-                          "auto: gpu on CUDA.", choices=DECODE_CHOICES)
+                          "auto: gpu on CUDA where torchvision and the model's preprocessing allow it, else cpu.",
+                          choices=DECODE_CHOICES)
     precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast; bf16 on the CPU) or fp32; auto: "
                              "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
     resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
