@@ -182,7 +182,7 @@ def check_config(cfg: FitConfig) -> None:
     ]
     for ok, flag, what in checks:
         if not ok:
-            raise UserError(f"{flag} {getattr(cfg, flag[2:].replace('-', '_'))}: {what}")
+            raise UserError(f"{flag}: {what}")  # (a switch that is on: "--compile True" read as Python)
 
 
 def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
@@ -334,7 +334,8 @@ def _check_saved(saved: dict, where: str) -> None:
         raise UserError(f"{where}: its configuration is out of range ({e})") from None
     if ((ctx.ndim == 3) != cfg.csc or (cfg.csc and ctx.shape[0] != len(run["classnames"]))
             or (not cfg.ctx_init and ctx.shape[-2] != cfg.n_ctx)):
-        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, which --csc {cfg.csc}, its "
+        csc = "--csc" if cfg.csc else "no --csc"
+        raise UserError(f"{where}: its context has shape {list(ctx.shape)}, which {csc}, its "
                         f"{len(run['classnames'])} classes and --n-ctx {cfg.n_ctx} do not give")
 
 

@@ -1201,7 +1201,7 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     res = CliRunner().invoke(cli, ["export", "--checkpoint", str(two), "--out", str(tmp_path / "two.safetensors"),
                                    "--device", "cpu"])
     assert res.exit_code == 1 and _last_error_line(res) == (
-        f"Error: --checkpoint {two}: its context has shape [2, 4, 32], which --csc True, its 3 classes and "
+        f"Error: --checkpoint {two}: its context has shape [2, 4, 32], which --csc, its 3 classes and "
         "--n-ctx 4 do not give"), res.output
     res = CliRunner().invoke(cli, fit_args(tmp_path / "other", "--ctx-init", "a photo of a", "--n-ctx", "16"))
     assert res.exit_code == 1 and res.output.strip() == ("Error: --n-ctx 16: --ctx-init 'a photo of a' makes a "
@@ -1523,11 +1523,11 @@ def test_check_config_refuses_the_cuda_options_on_the_cpu_naming_flag_and_value(
     a FitConfig built in Python gets the command line's one line, with the flag and its value."""
     from clip_smot.clip.fit import check_config
 
-    for cfg, message in ((FitConfig(cuda_graph=True, device="cpu"), "--cuda-graph True: needs --device cuda"),
+    for cfg, message in ((FitConfig(cuda_graph=True, device="cpu"), "--cuda-graph: needs --device cuda"),
                          (FitConfig(overlap_encoders=True, device="cpu"),
-                          "--overlap-encoders True: needs --device cuda"),
+                          "--overlap-encoders: needs --device cuda"),
                          (FitConfig(compile=True, text_attention="mask"),
-                          "--compile True: needs --text-attention square or flex")):
+                          "--compile: needs --text-attention square or flex")):
         with pytest.raises(UserError) as e:
             check_config(cfg)
         assert str(e.value) == message
@@ -2075,9 +2075,9 @@ def _set(*keys_value):
      r"a damaged fit checkpoint \(ctx \(a finite float"),
     (_set("ctx", torch.zeros(1, 1, 4, 32)), r"a damaged fit checkpoint \(ctx \(a finite float tensor \[n_ctx, d\] or "
                                           r"\[K, n_ctx, d\]\)\)"),  # (4 dimensions: no context's)
-    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which --csc False, its 3 classes and "
+    (_set("ctx", torch.zeros(3, 4, 32)), r"its context has shape \[3, 4, 32\], which no --csc, its 3 classes and "
                                          r"--n-ctx 4 do not give"),
-    (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which --csc False, its 3 classes and "
+    (_set("config", "n_ctx", 10**9), r"its context has shape \[4, 32\], which no --csc, its 3 classes and "
                                      r"--n-ctx 1000000000 do not give"),
     (_set("epoch", "1"), r"a damaged fit checkpoint \(epoch \(a whole number of epochs done, at most the run's "
                          r"epochs\)\)"),
