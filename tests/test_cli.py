@@ -6,11 +6,12 @@ from click.testing import CliRunner
 from clip_smot.cli import cli
 
 
-def test_help_lists_the_five_commands():
+def test_help_lists_the_six_commands():
     out = CliRunner().invoke(cli, ["--help"])
     assert out.exit_code == 0
-    for name in ("fit", "score", "eval", "train", "export"):
+    for name in ("fit", "score", "eval", "train", "export", "reproduce"):
         assert f"  {name} " in out.output
+    assert sorted(cli.commands) == ["eval", "export", "fit", "reproduce", "score", "train"]
 
 
 def test_dash_h_is_help_as_well():
