@@ -425,8 +425,10 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
                     break
                 _skipped_before(f, partial, n, skip_unreadable)
             else:
-                raise UserError(f"--resume: row {n} of {partial} ({fields[0]}) is no later image of PATHS; give the "
-                                "same PATHS, in the same order")
+                # (the same PATHS with an image removed since reach here too: only a new run fits those)
+                raise UserError(f"--resume: row {n} of {partial} ({fields[0]}) is no later image of PATHS (other "
+                                "PATHS, or images removed since the run started); give the same PATHS, in the same "
+                                "order, or run without --resume")
             keep = end
         if chunk_start is not None and chunk_start(done) != done:  # (the last row's chunk has more files)
             done, keep = mark
@@ -469,8 +471,10 @@ def _row_fits(fields: list[str], columns: int, names: dict[str, set[str]]) -> bo
 def _skipped_before(f: Path | str, partial: Path, n: int, skip_unreadable: bool) -> None:
     """A file of PATHS with no row before row ``n`` of ``partial``: one the run skipped as unreadable."""
     if not skip_unreadable:
+        # (the same PATHS with an image added or removed since reach here too: only a new run fits those)
         raise UserError(f"--resume: row {n} of {partial} is not the row of {escape_path(f)}, the next image of "
-                        "PATHS; give the same PATHS, in the same order (and --skip-unreadable if the run had it)")
+                        "PATHS (other PATHS, or images added or removed since the run started); give the same PATHS, "
+                        "in the same order (and --skip-unreadable if the run had it), or run without --resume")
     try:
         load_image(f, mode=None, data=read_image_bytes(f) if split_member(f) else None)
     except UserError:

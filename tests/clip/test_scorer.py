@@ -2135,3 +2135,42 @@ def test_a_full_disk_while_appending_a_chunk_leaves_whole_chunks_and_resumes_to_
                         or real(self, files, *a, **k))
     _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=True)  # space freed
     assert seen == [5, 2, 5, 2] and out.read_bytes() == whole and not partial.exists()
+
+
+def test_resume_of_the_same_paths_with_images_added_or_removed_is_told_to_start_over(tmp_path, tiny,
+                                                                                   tiny_clip_checkpoint, monkeypatch):
+    """The same folder as PATHS, with an image added to it or removed from it since the run
+    started: --resume was told to "give the same PATHS, in the same order", which the user had
+    given; only a run without --resume fits such a folder, and the line now says so."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    out, partial = tmp_path / "s.csv", tmp_path / "s.csv.partial"
+
+    def score(*extra):
+        return CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                        tiny_clip_checkpoint, "--workers", "0", "--out", str(out), *extra, str(id_dir)])
+
+    _, real = _stop_after_chunks(monkeypatch, 0)
+    assert score().exit_code == 130
+    run = (tmp_path / "s.csv.partial.json").read_text()
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    assert score().exit_code == 0
+    whole = out.read_text().splitlines(True)
+
+    def resumed():
+        partial.write_text("".join(whole))
+        (tmp_path / "s.csv.partial.json").write_text(run)
+        return score("--resume")
+
+    blue, green, red = sorted(id_dir.rglob("*.png"))
+    kept = red.read_bytes()
+    red.unlink()  # the last image: row 3 is of no file left
+    res = resumed()
+    assert res.exit_code == 1 and f"row 3 of {partial} ({red}) is no later image of PATHS" in res.output
+    assert res.output.rstrip().endswith("or run without --resume"), res.output
+    red.write_bytes(kept)
+    (blue.parent / "0a.png").write_bytes(blue.read_bytes())  # an image added between rows 1 and 2
+    res = resumed()
+    assert res.exit_code == 1 and f"row 2 of {partial} is not the row of {blue.parent / '0a.png'}" in res.output
+    assert res.output.rstrip().endswith("or run without --resume"), res.output
+    assert score().exit_code == 0 and len(out.read_text().splitlines()) == len(whole) + 1  # (the advice)
