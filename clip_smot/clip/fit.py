@@ -415,8 +415,16 @@ def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
     (replaced at their paths)."""
     flag, old = f"--resume {path}", saved["config"]
     if old["run"]["split_sha256"] != config["run"]["split_sha256"]:
-        rf.refuse_other_flags(["split"] if config["split"] else [], config["out"])
         split = path.parent / "split.txt"
+        # the split read: the run's own copy (taken when --split is left out), edited since, which
+        # no flag puts right; or a --split file that is not the run's (another, or edited since)
+        if config["split"] and same_file(config["split"], split):
+            raise UserError(f"{flag}: {split}, the run's copy of its few-shot split, is not the split the run "
+                            "started with (edited since?); restore it, or start a new run in another --out")
+        if config["split"]:
+            raise UserError(f"--resume: --split {config['split']} is not the few-shot split of the run saved in "
+                            f"{config['out']} (another file, or edited since); pass --split {split}, the run's own "
+                            "copy")
         raise UserError(f"{flag}: the run's few-shot split ({split}) is not the one drawn now (did the images under "
                         f"--data change?); to continue on its images, add --split {split}")
     was, now = _recorded_activation(old["run"].get("clip")), config["run"]["clip"]["activation"]

@@ -1804,10 +1804,39 @@ def test_resume_after_the_images_changed_says_so(fit_args, imagenet_dir, tmp_pat
     (tmp_path / "other.txt").write_text("".join(f"{line}\n" for line in split.read_text().splitlines()[1:]))
     res = CliRunner().invoke(cli, args("--resume", "--split", str(tmp_path / "other.txt")))
     assert res.exit_code == 1 and _last_error_line(res) == (
-        f"Error: --resume: --split differs from the run saved in {tmp_path / 'run'}; resume with the same flags")
+        f"Error: --resume: --split {tmp_path / 'other.txt'} is not the few-shot split of the run saved in "
+        f"{tmp_path / 'run'} (another file, or edited since); pass --split {split}, the run's own copy")
     # with the split named, the run's images are used (here: the finished run)
     (data / "train" / "n01440764" / "extra.JPEG").write_bytes(kept)
     res = CliRunner().invoke(cli, args("--resume", "--split", str(split)))
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+
+
+def test_resume_with_its_split_file_edited_is_not_told_to_give_the_same_flags(fit_args, tmp_path):
+    """A run started with --split S, resumed with the same --split S edited since, or with none
+    while the run's own copy (OUT/split.txt, which a resume without --split reads) was edited:
+    both were told "--split differs from the run saved in OUT; resume with the same flags", which
+    the user had done. The first is now told to pass the run's own copy, the second that its copy
+    changed, which no flag puts right."""
+    assert CliRunner().invoke(cli, fit_args(tmp_path / "first")).exit_code == 0
+    user, own = tmp_path / "s.txt", tmp_path / "run" / "split.txt"
+    user.write_text((tmp_path / "first" / "split.txt").read_text())
+    assert CliRunner().invoke(cli, fit_args(tmp_path / "run", "--split", str(user))).exit_code == 0
+    user.write_text("".join(user.read_text().splitlines(True)[1:]))  # edited after the run started
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--resume", "--split", str(user)))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume: --split {user} is not the few-shot split of the run saved in {tmp_path / 'run'} "
+        f"(another file, or edited since); pass --split {own}, the run's own copy")
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--resume", "--split", str(own)))  # the advice
+    assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+    kept = own.read_text()
+    own.write_text("".join(kept.splitlines(True)[1:]))
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--resume"))
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {tmp_path / 'run' / 'checkpoint.pt'}: {own}, the run's copy of its few-shot split, is not "
+        "the split the run started with (edited since?); restore it, or start a new run in another --out")
+    own.write_text(kept)  # (restored: the run goes on)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--resume"))
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
 
 
