@@ -43,6 +43,7 @@ __all__ = [
     "ACTIVATIONS",
     "ClipModel",
     "IMAGENET_CLASSNAMES",
+    "builtin_model",
     "check_local_features",
     "check_config_file",
     "check_model_config",
@@ -203,6 +204,11 @@ def _builtin_config_file(name: str) -> Path:
     import open_clip
 
     return Path(open_clip.__file__).parent / "model_configs" / f"{name}.json"
+
+
+def builtin_model(name: str) -> bool:
+    """Whether ``name`` is an architecture open_clip ships a config of (e.g. ViT-B-16-quickgelu)."""
+    return _builtin_config_file(name).is_file()
 
 
 def _builtin_config(name: str) -> dict | None:

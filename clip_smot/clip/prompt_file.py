@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot import __version__
-from clip_smot.clip.model import ACTIVATIONS, check_config_file, config_activation, count_tokens
+from clip_smot.clip.model import ACTIVATIONS, builtin_model, check_config_file, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, missing_file, parse_json
@@ -105,9 +105,13 @@ class PromptFile:
         """
         theirs = parse_json(identity["model_config"])
         if config_activation(theirs) != self.activation:
-            hint = (f"for OpenAI's weights in a state-dict file, --model {self.model.removesuffix('-quickgelu')}"
-                    "-quickgelu" if self.activation == "quick_gelu" else
-                    "a context learned through GELU does not fit QuickGELU weights: fit it again with them")
+            quick = f"{self.model.removesuffix('-quickgelu')}-quickgelu"
+            # (open_clip's -quickgelu name exists for its own architectures only: a prompt of a
+            # model-config JSON, whose name is the file's stem, needs that config file again)
+            hint = (f"for OpenAI's weights in a state-dict file, --model {quick}" if builtin_model(quick)
+                    else f"give the --model config the prompt was made with ({self.model}'s, which sets quick_gelu)")
+            hint = hint if self.activation == "quick_gelu" else \
+                "a context learned through GELU does not fit QuickGELU weights: fit it again with them"
             raise UserError(
                 f"{self.path or 'prompt'}: made with {ACTIVATIONS[self.activation]} ({self.model}, "
                 f"{self.pretrained or 'random weights'}), but the model in use ({identity['model']}, "
