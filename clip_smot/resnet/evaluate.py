@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from clip_smot import scores as S
+from clip_smot.common.bundled import imagenet200_wnids
 from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
@@ -115,6 +116,9 @@ def _id_set(id_data: str, meta: dict, split: str, flag: str) -> SizedImageSet:
                   file=sys.stderr)
         root = cfg.get("data") if cfg.get("dataset") == name else None
         if name == "imagenet200" and not root:
+            if list(classnames) != imagenet200_wnids():  # (no ImageNet folder would give it the model's classes)
+                raise UserError(f"{flag} {id_data}: its classes are not the model's ({meta['num_classes']} classes, "
+                                f"{classnames[:3]}...)")
             raise UserError(f"{flag} imagenet200: the model was not trained on it from a known folder; "
                             f"pass {flag} IMAGENET_DIR/{split}")
         if name == "imagenet200":  # (the model file names the folder, maybe relative to where it was trained: said)

@@ -1910,3 +1910,26 @@ def test_the_steps_get_the_sets_normalisation_augmentation_seed_and_precision(tm
     b = run.batches
     assert (b.seed, b.sampler.seed, b.sampler.rank, b.sampler.num_replicas, run.n_samples) == (7, 7, 1, 2, 3)
     assert [type(t).__name__ for t in b.dataset.transform.transforms] == ["RandomResizedCrop"]  # (no flip)
+
+
+def test_imagenet200_for_a_model_of_other_classes_is_not_sent_to_an_imagenet_folder(folders, ood_dir, base_model,
+                                                                                     tmp_path):
+    """--id imagenet200 (or --id-train imagenet200) with a model trained on a folder of other
+    classes was told "the model was not trained on it from a known folder; pass --id
+    IMAGENET_DIR/val", which no ImageNet folder puts right: the line now says the classes are
+    not the model's, as for any other built-in set of other classes."""
+    for extra, flag in ((["--id", "imagenet200"], "--id"),
+                        (["--id", str(folders), "--id-train", "imagenet200", "--scores", "knn"], "--id-train")):
+        r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), *extra, "--ood", f"n={ood_dir}",
+                                     "--out", str(tmp_path / "e"), "--device", "cpu", "--workers", "0"])
+        assert r.exit_code == 1 and r.output.strip() == (
+            f"Error: {flag} imagenet200: its classes are not the model's (3 classes, ['cat', 'dog', 'eel']...)"), r.output
+    # a model of ImageNet-200's classes trained from a folder not named as the set: still told to name it
+    from clip_smot.common.bundled import imagenet200_wnids
+    from clip_smot.resnet.evaluate import _id_set
+
+    meta = {"input_size": 16, "classnames": imagenet200_wnids(), "num_classes": 200, "path": "m.safetensors",
+            "config": {"data": str(tmp_path / "elsewhere")}}
+    with pytest.raises(UserError, match=r"^--id imagenet200: the model was not trained on it from a known folder; "
+                                        r"pass --id IMAGENET_DIR/val$"):
+        _id_set("imagenet200", meta, "val", "--id")
