@@ -351,9 +351,15 @@ def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Col
 
 
 def non_finite_loss(command: str, loss: float, epoch: int, checkpoint: str | Path, advice: str) -> UserError:
-    """The error of a loss that became non-finite in (0-based) ``epoch``: what is kept, and ``advice``."""
-    kept = f"the last good checkpoint {checkpoint} (epoch {epoch}) is kept" if epoch > 0 else "no checkpoint was written"
-    return UserError(f"{command}: non-finite training loss ({loss}) in epoch {epoch + 1}; {kept}; {advice}")
+    """The error of a loss that became non-finite in (0-based) ``epoch``: what is kept, and ``advice``
+    (other options: with a checkpoint kept they take a new run in another --out, since a --resume
+    goes on with the run's own options and a new run is refused over its checkpoint; with none,
+    a new run starts over the run's config and log)."""
+    if epoch == 0:
+        return UserError(f"{command}: non-finite training loss ({loss}) in epoch 1; no checkpoint was written; {advice}")
+    return UserError(f"{command}: non-finite training loss ({loss}) in epoch {epoch + 1}; the last good checkpoint "
+                     f"{checkpoint} (epoch {epoch}) is kept; {advice} in a new run in another --out (a --resume "
+                     "goes on with the run's options)")
 
 
 # --- checks of what a checkpoint holds ----------------------------------------------------------

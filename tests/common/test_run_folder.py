@@ -167,7 +167,8 @@ def test_the_finished_exit_and_the_non_finite_loss_are_one_line_each(tmp_path, c
     assert capsys.readouterr().err == f"fit: the run in {tmp_path} has finished its 2 epochs; nothing to do " \
                                       "(nothing rewritten)\n"
     assert str(rf.non_finite_loss("train", float("nan"), 1, "c.pt", "lower --lr")) == \
-        "train: non-finite training loss (nan) in epoch 2; the last good checkpoint c.pt (epoch 1) is kept; lower --lr"
+        "train: non-finite training loss (nan) in epoch 2; the last good checkpoint c.pt (epoch 1) is kept; lower --lr " \
+        "in a new run in another --out (a --resume goes on with the run's options)"
     assert "no checkpoint was written" in str(rf.non_finite_loss("fit", float("inf"), 0, "c.pt", "x"))
 
 

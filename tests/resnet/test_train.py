@@ -281,11 +281,23 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     real = train_mod.lr_at
     monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: real(cfg, epoch) if epoch == 0 else 1e30)
     out = tmp_path / "nan"
-    with pytest.raises(UserError, match="non-finite training loss .* epoch 2; the last good checkpoint"):
+    with pytest.raises(UserError, match=r"non-finite training loss .* epoch 2; the last good checkpoint .* is kept; "
+                                        r"lower --lr in a new run in another --out \(a --resume goes on with the "
+                                        r"run's options\)$"):
         run_train(_cfg(folders, out, epochs=3))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (out / "model.safetensors").exists()
+    # the advice, a lower --lr, was refused in that --out: over its checkpoint, and by a --resume
+    # (which goes on with the run's --lr); the line now says where it is taken: another --out
+    monkeypatch.setattr(train_mod, "lr_at", real)
+    for resume in ([], ["--resume"]):
+        r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "3", "--lr", "0.01",
+                                     "--out", str(out), *resume])
+        assert r.exit_code == 1, r.output
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "3", "--lr", "0.01",
+                                 "--out", str(tmp_path / "other")])
+    assert r.exit_code == 0, r.output
     # through the CLI: one line, exit code 1
     monkeypatch.setattr(train_mod, "lr_at", lambda cfg, epoch: 1e30)
     r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--epochs", "1", "--out", str(tmp_path / "n2")])
