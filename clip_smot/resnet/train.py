@@ -715,8 +715,13 @@ def _dry_run(cfg: TrainConfig, run: _Training, rank: int, world: int) -> dict:
     stats = _steps(cfg, run, run.start_epoch, rank, max_steps=1)
     loss_sum, _, seen = _totals(stats, world)  # the global batch's loss, as one process's would be
     loss = loss_sum / seen
-    if not math.isfinite(loss):
-        raise UserError(f"non-finite training loss ({loss}) in the dry run; lower --lr")
+    if not math.isfinite(loss):  # (the loss of the first step is computed before its update: no --lr gives it)
+        if run.start_epoch == 0:
+            raise UserError(f"non-finite training loss ({loss}) in the dry run, on its first batch before any step "
+                            "(the --lr plays no part in it)")
+        raise UserError(f"non-finite training loss ({loss}) in the dry run, from the weights of "
+                        f"{Path(cfg.out) / rf.CHECKPOINT} (epoch {run.start_epoch}); a --resume goes on from them: "
+                        "start a new run in another --out (with a lower --lr)")
     if rank == 0:
         print(json.dumps({"dry_run": True, "loss": loss, "batch": int(seen)}))
     return {"dry_run": True, "loss": loss, "batch": int(seen), "config": dataclasses.asdict(cfg)}

@@ -1571,9 +1571,33 @@ def test_a_dry_run_with_a_non_finite_loss_is_one_line(folders, tmp_path, monkeyp
         return {"loss_sum": torch.tensor(float("nan")), "correct": torch.tensor(0), "seen": 8, "steps": 1}
 
     monkeypatch.setattr(train_mod, "train_epoch", nan_epoch)
-    with pytest.raises(UserError, match=r"^non-finite training loss \(nan\) in the dry run; lower --lr$"):
+    with pytest.raises(UserError, match=r"^non-finite training loss \(nan\) in the dry run, on its first batch before "
+                                        r"any step \(the --lr plays no part in it\)$"):
         run_train(_cfg(folders, tmp_path / "run", epochs=1), dry_run=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dry_run_of_a_diverged_checkpoint_is_not_told_to_lower_the_lr(stopped_run, folders, tmp_path):
+    """A --resume --dry-run whose checkpoint's weights give a non-finite loss (here: its last
+    layer scaled to 1e38, as a run diverging in its last step leaves it) was told "lower --lr":
+    the dry run's loss is that of its first batch, before any update, and --resume --lr 0.001 is
+    refused as "--lr differs from the run saved". A fresh dry run's first loss does not depend on
+    the --lr either (--lr 1e10 gives a finite one). The line now names the checkpoint's weights
+    and a new run in another --out."""
+    import shutil
+
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), *TINY, "--lr", "1e10", "--epochs", "1", "--dry-run",
+                                 "--out", str(tmp_path / "fresh")])
+    assert r.exit_code == 0 and '"loss": ' in r.output, r.output
+    out = shutil.copytree(stopped_run, tmp_path / "run")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["model"]["fc.weight"] = ckpt["model"]["fc.weight"] * 1e38
+    torch.save(ckpt, out / "checkpoint.pt")
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), "--resume", "--dry-run", "--out", str(out),
+                                 "--workers", "0", "--device", "cpu"])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: non-finite training loss (nan) in the dry run, from the weights of {out / 'checkpoint.pt'} (epoch 1); "
+        "a --resume goes on from them: start a new run in another --out (with a lower --lr)"), r.output
 
 
 def test_a_dry_run_reports_the_mean_loss_of_its_one_batch(folders, tmp_path, monkeypatch, capsys):
