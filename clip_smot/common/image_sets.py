@@ -315,8 +315,9 @@ def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str
                           if is_shard(os.path.join(folder, n))), None)
             if shard is None:
                 raise
+            # (the example is a glob of the shard's own folder: the search went into sub-folders)
             raise UserError(f"{e}, but tar shards, e.g. {shard}: a folder is not searched for shards; give each "
-                            f"shard as a PATH (e.g. {os.path.join(where, '*.tar')})") from None
+                            f"shard as a PATH (e.g. {os.path.join(os.path.dirname(shard), '*.tar')})") from None
     else:
         yield from (path for path, _ in iter_image_list(*as_list, flag=flag, labels=False))
 

@@ -1,5 +1,6 @@
 """Tar shards in the webdataset layout, read as untrusted input with tarfile."""
 
+import glob
 import io
 import shutil
 import subprocess
@@ -826,7 +827,9 @@ def test_a_zstd_or_lz4_compressed_shard_is_refused_as_compressed(tmp_path, name,
 def test_a_folder_of_shards_given_as_path_says_to_name_the_shards(tmp_path):
     """img2dataset writes its shards into one folder; score on that folder said only "no image
     files found": a folder is not searched for shards (as docs/score.md says), and the error now
-    names one and says how to give them. A folder of no images and no shards says what it said."""
+    names one and says how to give them: a glob of the shard's own folder, not of the folder given
+    (img2dataset's part1/ here), which named no shard. A folder of no images and no shards says what
+    it said."""
     import webdataset
 
     (tmp_path / "shards" / "part1").mkdir(parents=True)
@@ -838,7 +841,9 @@ def test_a_folder_of_shards_given_as_path_says_to_name_the_shards(tmp_path):
         image_files(tmp_path / "shards", "PATH")
     assert str(e.value) == (f"PATH {tmp_path / 'shards'}: no image files found ({looked}), but tar shards, e.g. "
                             f"{tmp_path / 'shards' / 'part1' / '00000.tar'}: a folder is not searched for shards; "
-                            f"give each shard as a PATH (e.g. {tmp_path / 'shards' / '*.tar'})")
+                            f"give each shard as a PATH (e.g. {tmp_path / 'shards' / 'part1' / '*.tar'})")
+    # the example, as a shell expands it, names the shard (shards/*.tar, the folder given, names none)
+    assert glob.glob(str(e.value).rsplit("(e.g. ", 1)[1][:-1]) == [str(tmp_path / "shards" / "part1" / "00000.tar")]
     assert len(image_files(tmp_path / "shards" / "part1" / "00000.tar", "PATH")) == 1
     (tmp_path / "shards" / "part1" / "00000.tar").unlink()
     with pytest.raises(UserError) as e:
