@@ -71,26 +71,30 @@ def _imagenet_order() -> list[str]:
     return list(imagenet_wnid_names())
 
 
-def _split_list_arg(where: str, flag: str) -> tuple[Path, Path] | None:
+def _split_list_arg(where: str, flag: str, shards: bool = True) -> tuple[Path, Path] | None:
     """(list file, root) when ``where`` names an image list, else None. A file or folder that
-    exists under the very name ``where`` is that file or folder, ``::`` in its name or not."""
+    exists under the very name ``where`` is that file or folder, ``::`` in its name or not.
+    ``shards``: whether the command reads tar shards (score), which a shard's image is sent to."""
     root, sep, lst = where.partition("::")
     if sep and not os.path.lexists(where):
         if not root or not lst:  # (Path("") is ".": "$ROOT::val.txt", ROOT unset, read the current folder)
             raise UserError(f"{flag} {where}: ROOT::LIST.txt with an empty {'ROOT' if not root else 'LIST.txt'} (an "
                             "unset shell variable?); write '.::LIST.txt' for the current folder")
         if is_shard(root):  # (a name score's CSV gives an image of a shard: it was looked for as a list)
+            give = "the shard itself (or a folder or an image list)" if shards else \
+                "a folder or an image list (eval reads no shards)"
             raise UserError(f"{flag} {where}: names an image inside the tar shard {root}, as score's rows do; give "
-                            "the shard itself (or a folder or an image list)")
+                            f"{give}")
         return Path(lst), Path(root)
     if where.lower().endswith(".txt") and is_file(where, flag):  # (in any case, as image extensions are)
         return Path(where), Path(where).parent
     return None
 
 
-def image_list_file(where: str | os.PathLike, flag: str = "PATH") -> Path | None:
-    """The list file when ``where`` names an image list (``ROOT::LIST.txt`` or ``LIST.txt``), else None."""
-    as_list = _split_list_arg(str(where), flag)
+def image_list_file(where: str | os.PathLike, flag: str = "PATH", shards: bool = True) -> Path | None:
+    """The list file when ``where`` names an image list (``ROOT::LIST.txt`` or ``LIST.txt``), else
+    None (``shards``: whether the command reads tar shards, as score does and eval does not)."""
+    as_list = _split_list_arg(str(where), flag, shards)
     return None if as_list is None else as_list[0]
 
 
@@ -270,7 +274,7 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     """
     where = str(where)
     _no_shard(where, f"{flag} {where}")
-    as_list = _split_list_arg(where, flag)
+    as_list = _split_list_arg(where, flag, shards=False)
     if as_list is not None:
         paths, labels = read_image_list(*as_list, flag=flag)
         if all(y == -1 for y in labels):  # no labels (or OpenOOD's -1): OOD metrics only, no accuracy
@@ -392,7 +396,7 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
     # (--ood gives a set as NAME=WHERE; another flag, --id-train, gives WHERE alone: its errors say so)
     given, named = (f"{flag} {name}={where}", f"{flag} {name}") if flag == "--ood" else (f"{flag} {where}", flag)
     _no_shard(where, given)
-    as_list = _split_list_arg(where, named)
+    as_list = _split_list_arg(where, named, shards=False)
     if as_list is not None:
         paths, _ = read_image_list(*as_list, flag=named, labels=False)
         return ImageSet(name, paths)

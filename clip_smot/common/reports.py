@@ -77,7 +77,7 @@ class EvalConfig(JsonConfig):
         # (a built-in set's name is no folder here, even beside one of that name: --out digits/eval was
         # refused as inside the --id folder digits, which is not read)
         given = {flag: w for flag, w in given.items() if w is not None and flag not in self.builtin_sets()}
-        return ([(f"{flag} image list", image_list_file(w, flag) or w) for flag, w in given.items()],
+        return ([(f"{flag} image list", image_list_file(w, flag, shards=False) or w) for flag, w in given.items()],
                 [(f"the {flag} folder", w) for flag, w in given.items()] + written_folders())
 
 

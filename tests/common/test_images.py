@@ -632,7 +632,7 @@ def test_an_image_of_a_shard_given_by_its_row_name_is_one_clear_line(tmp_path):
     import io
     import tarfile
 
-    from clip_smot.common.image_sets import image_files, image_set
+    from clip_smot.common.image_sets import id_set, image_files, image_set
 
     png = io.BytesIO()
     Image.new("RGB", (4, 4)).save(png, format="PNG")
@@ -641,11 +641,18 @@ def test_an_image_of_a_shard_given_by_its_row_name_is_one_clear_line(tmp_path):
         info = tarfile.TarInfo("k1.png")
         info.size = len(png.getvalue())
         tar.addfile(info, io.BytesIO(png.getvalue()))
-    expected = f"{shard}::k1.png: names an image inside the tar shard {shard}, as score's rows do; give the shard"
-    with pytest.raises(UserError, match="^" + re.escape(f"PATH {expected}")):
+    expected = f"{shard}::k1.png: names an image inside the tar shard {shard}, as score's rows do; give "
+    with pytest.raises(UserError, match="^" + re.escape(f"PATH {expected}the shard itself")):
         image_files(f"{shard}::k1.png", "PATH")
-    with pytest.raises(UserError, match="^" + re.escape(f"--ood x {expected}")):
+    # eval's sets: the shard itself, as advised, was then refused ("a tar shard; eval reads folders
+    # and image lists"): eval is sent to a folder or an image list
+    eval_advice = "a folder or an image list (eval reads no shards)"
+    with pytest.raises(UserError, match="^" + re.escape(f"--ood x {expected}{eval_advice}") + "$"):
         image_set("x", f"{shard}::k1.png")
+    with pytest.raises(UserError, match="^" + re.escape(f"--id {expected}{eval_advice}") + "$"):
+        id_set(f"{shard}::k1.png", ["a"])
+    with pytest.raises(UserError, match=": a tar shard; eval reads folders and image lists"):
+        image_set("x", str(shard))
     assert image_files(shard, "PATH") == [f"{shard}::k1.png"]  # (the shard itself: its images)
 
 
