@@ -277,8 +277,10 @@ def list_members(shard: str | os.PathLike, flag: str = "PATH") -> list[str]:
     """
     shard = os.fspath(shard)
     if f".tar{SEPARATOR}" in shard.lower():  # (split_member splits a name at the first: another shard's member)
+        # (in a folder's name, or in the shard's own: "a.tar::b.tar" is a file a shard can be)
+        which = "that folder" if f".tar{SEPARATOR}" in os.path.dirname(shard).lower() else "the shard"
         raise UserError(f"{flag} {shard}: its path holds '.tar{SEPARATOR}', which its images' names "
-                        f"(SHARD.tar{SEPARATOR}MEMBER) would be split at, naming another shard; rename that folder")
+                        f"(SHARD.tar{SEPARATOR}MEMBER) would be split at, naming another shard; rename {which}")
     names = [f"{shard}{SEPARATOR}{name}" for name in _shard_index(shard, flag)]
     if not names:
         raise UserError(f"{flag} {shard}: no image members found (looked for KEY.jpg, KEY.png and the like)")

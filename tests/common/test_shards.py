@@ -92,7 +92,8 @@ def test_a_shard_whose_own_path_holds_the_separator_is_refused(tmp_path):
     """The shard ``w.tar::b/s.tar`` (in a folder of that name) names its image ``m.jpg``
     ``w.tar::b/s.tar::m.jpg``, which :func:`split_member` splits at its first ``.tar::``: score read
     the member ``b/s.tar::m.jpg`` of the shard ``w.tar`` beside it instead, and wrote that image's
-    scores in the row of ``m.jpg``, exit 0."""
+    scores in the row of ``m.jpg``, exit 0. A shard named ``a.tar::b.tar`` itself was told to
+    rename "that folder": it is told to rename the shard."""
     (tmp_path / "w.tar::b").mkdir()
     shard = tmp_path / "w.tar::b" / "s.tar"
     with tarfile.open(shard, "w") as tar:
@@ -103,6 +104,11 @@ def test_a_shard_whose_own_path_holds_the_separator_is_refused(tmp_path):
                                         r"\(SHARD.tar::MEMBER\) would be split at, naming another shard; rename that "
                                         "folder$"):
         image_files(shard, "PATH")
+    # the shard's own name holding it ("rename that folder" named no folder that holds it): the shard
+    own = tmp_path / "a.tar::b.tar"
+    own.write_bytes(shard.read_bytes())
+    with pytest.raises(UserError, match=r"naming another shard; rename the shard$"):
+        image_files(own, "PATH")
 
 
 def test_bad_shards_are_one_line(tmp_path, monkeypatch):
