@@ -78,8 +78,10 @@ def _split_list_arg(where: str, flag: str, shards: bool = True) -> tuple[Path, P
     root, sep, lst = where.partition("::")
     if sep and not os.path.lexists(where):
         if not root or not lst:  # (Path("") is ".": "$ROOT::val.txt", ROOT unset, read the current folder)
+            fix = "write '.::LIST.txt' for the current folder" if not root else \
+                "name the list file after '::', or give ROOT alone for the images of its folder"
             raise UserError(f"{flag} {where}: ROOT::LIST.txt with an empty {'ROOT' if not root else 'LIST.txt'} (an "
-                            "unset shell variable?); write '.::LIST.txt' for the current folder")
+                            f"unset shell variable?); {fix}")
         if is_shard(root):  # (a name score's CSV gives an image of a shard: it was looked for as a list)
             give = "the shard itself (or a folder or an image list)" if shards else \
                 "a folder or an image list (eval reads no shards)"

@@ -621,8 +621,12 @@ def test_an_image_list_argument_with_an_empty_root_or_list_is_refused(tmp_path, 
         image_files("::lists/val.txt", "PATH")
     with pytest.raises(UserError, match=r"^--ood x ::lists/val.txt: ROOT::LIST.txt with an empty ROOT "):
         image_set("x", "::lists/val.txt")
-    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path))}::: ROOT::LIST.txt with an empty LIST.txt "):
+    # an empty LIST.txt was told "write '.::LIST.txt' for the current folder", advice for an empty ROOT
+    with pytest.raises(UserError, match=rf"^PATH {re.escape(str(tmp_path))}::: ROOT::LIST.txt with an empty LIST.txt "
+                                        r"\(an unset shell variable\?\); name the list file after '::', or give ROOT "
+                                        r"alone for the images of its folder$"):
         image_files(f"{tmp_path}::", "PATH")
+    assert image_files(str(tmp_path), "PATH") == [tmp_path / "a.png"]  # (ROOT alone, as advised)
     assert image_files(".::lists/val.txt", "PATH") == [Path("a.png")]  # (the current folder, said so)
 
 
