@@ -876,6 +876,21 @@ def _table2_fakes(tmp_path, interrupt: set):
     return ReproduceOptions(out=str(tmp_path / "o"), cifar_root=str(tmp_path), ood_root=str(tmp_path)), fake
 
 
+def _table2_counted(tmp_path, monkeypatch):
+    """:func:`_table2_fakes` run from ``tmp_path`` (the working folder), its CIFAR taken as there:
+    the options, a runner of the fake stages, and the list of the stage folders it ran."""
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    options, fake = _table2_fakes(tmp_path, set())
+    ran = []
+
+    def run(argv):
+        ran.append(Path(_flag(argv, "--out")).name)
+        fake(argv)
+
+    monkeypatch.chdir(tmp_path)
+    return options, run, ran
+
+
 def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp_path, monkeypatch):
     """A training interrupted mid-way (its checkpoint.pt there, no summary.json) is continued
     with --resume by the next run, and its dry run says so; the record is written before the
@@ -1409,15 +1424,7 @@ def test_a_resnet_table_with_out_given_another_way_finds_its_stages_finished(tmp
     not relative as before, finds every stage finished."""
     from clip_smot.reproduce import RECORD, run_reproduce
 
-    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
-    options, fake = _table2_fakes(tmp_path, set())
-    ran = []
-
-    def run(argv):
-        ran.append(Path(_flag(argv, "--out")).name)
-        fake(argv)
-
-    monkeypatch.chdir(tmp_path)
+    options, run, ran = _table2_counted(tmp_path, monkeypatch)
     run_reproduce("table2", dataclasses.replace(options, out="o"), run, echo=lambda line: None)
     assert len(ran) == 6
     smot = json.loads((tmp_path / "o" / "train-smot" / RECORD).read_text())["argv"]
@@ -1622,15 +1629,7 @@ def test_folders_named_as_the_builtin_sets_in_the_working_directory_change_no_re
     evaluations refused as "the work of another command" on the rerun."""
     from clip_smot.reproduce import RECORD, run_reproduce
 
-    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
-    options, fake = _table2_fakes(tmp_path, set())
-    ran = []
-
-    def run(argv):
-        ran.append(Path(_flag(argv, "--out")).name)
-        fake(argv)
-
-    monkeypatch.chdir(tmp_path)
+    options, run, ran = _table2_counted(tmp_path, monkeypatch)
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert len(ran) == 6
     ev = json.loads((Path(options.out) / "eval-smot" / RECORD).read_text())["argv"]

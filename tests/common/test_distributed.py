@@ -393,18 +393,15 @@ def test_a_folder_only_rank_1_cannot_list_is_its_line_and_no_traceback(tmp_path,
     assert not [p.name for p in tmp_path.iterdir() if "s.csv" in p.name]
 
 
-def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
-    """A run stopped between its last append and the rename leaves an OUT.partial of every row.
-    Resumed under torchrun, rank 0 had nothing left to score, renamed it and removed the run file
-    while rank 1 still read them: exit 1 ("is missing or damaged", or a gloo traceback) in 3 runs
-    of 4, the CSV written. Every process now reads them before rank 0 changes anything."""
+def _score_stopped_before_its_rename(tmp_path, setup, tiny_clip_checkpoint, monkeypatch) -> tuple[list[str], Path]:
+    """One process's score of the setup's 19 images into ``tmp_path/s.csv``, stopped between its
+    last append and the rename of OUT.partial (as a kill there leaves it); its arguments and OUT."""
     import clip_smot.clip.score as score_module
 
     prompt, id_dir, ood_dir = setup
     out = tmp_path / "s.csv"
     args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores", "mcm,energy",
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), str(id_dir), str(ood_dir)]
-
     real_replace = os.replace
 
     def stopped(src, dst):  # (the final rename of OUT.partial to OUT; the others as they are)
@@ -413,9 +410,18 @@ def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup
         real_replace(src, dst)
 
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, _threads(1):  # (one thread, as each of torchrun's processes)
         m.setattr(score_module.os, "replace", stopped)
         CliRunner().invoke(cli, args)
+    return args, out
+
+
+def test_resume_under_torchrun_of_a_partial_that_holds_every_row(tmp_path, setup, tiny_clip_checkpoint, monkeypatch):
+    """A run stopped between its last append and the rename leaves an OUT.partial of every row.
+    Resumed under torchrun, rank 0 had nothing left to score, renamed it and removed the run file
+    while rank 1 still read them: exit 1 ("is missing or damaged", or a gloo traceback) in 3 runs
+    of 4, the CSV written. Every process now reads them before rank 0 changes anything."""
+    args, out = _score_stopped_before_its_rename(tmp_path, setup, tiny_clip_checkpoint, monkeypatch)
     whole = (tmp_path / "s.csv.partial").read_bytes()
     assert whole.count(b"\n") == 1 + 19 and (tmp_path / "s.csv.partial.json").exists() and not out.exists()
     _torchrun_in(tmp_path / "c2", monkeypatch, [*args, "--resume"])
@@ -428,23 +434,7 @@ def test_resume_under_torchrun_of_a_partial_cut_mid_row_gives_the_csv_of_one_pro
     chunk the cut row belongs to (the second PATH's 7 images; rows 1-12 are the first PATH's) is
     scored again whole, shared by the two processes in the batches of an uninterrupted run, and
     the CSV is byte for byte one process's."""
-    import clip_smot.clip.score as score_module
-
-    prompt, id_dir, ood_dir = setup
-    out = tmp_path / "s.csv"
-    args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--scores", "mcm,energy",
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), str(id_dir), str(ood_dir)]
-    real_replace = os.replace
-
-    def stopped(src, dst):  # (the final rename of OUT.partial to OUT; the others as they are)
-        if str(dst) == str(out):
-            raise KeyboardInterrupt
-        real_replace(src, dst)
-
-    monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c1"))
-    with monkeypatch.context() as m, _threads(1):
-        m.setattr(score_module.os, "replace", stopped)
-        CliRunner().invoke(cli, args)
+    args, out = _score_stopped_before_its_rename(tmp_path, setup, tiny_clip_checkpoint, monkeypatch)
     partial = tmp_path / "s.csv.partial"
     whole = partial.read_bytes()
     lines = whole.splitlines(keepends=True)
