@@ -179,7 +179,11 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
                         "pass --id-train DIR")
     root = Path(data)
     if not os.path.isdir(root):  # (False, not an OSError, for a name too long)
-        raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR")
+        # (--id-train DIR alone takes every image of DIR: the few-shot images need their split too)
+        split_file = Path(prompt).parent / "split.txt"
+        raise UserError(f"--id-train: {prompt} was fitted on {root}, which is not there; pass --id-train DIR, where "
+                        f"its images are now, with --split {split_file if split_file.is_file() else 'SPLIT.txt'} for "
+                        "the prompt's few-shot images (DIR alone gives all of DIR's)")
     paths = [str(root / rel) for rel, _ in _prompt_split(prompt, config, root, split)]
     if writes_outputs():  # (the prompt file names the folder read: said, not done silently)
         print(f"note: the fitted scores use the {len(paths)} training images of {root}, the folder {prompt} records; "

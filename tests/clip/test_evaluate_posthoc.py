@@ -263,9 +263,15 @@ def test_a_prompts_training_folder_or_split_file_that_is_not_there_is_named(tmp_
     prompt = tmp_path / "run" / "prompt.safetensors"
     prompt.parent.mkdir()
     gone = tmp_path / "moved" / "train"
-    with pytest.raises(UserError, match=rf"^--id-train: {prompt} was fitted on {gone}, which is not there; "
-                                        r"pass --id-train DIR$"):
-        id_train_paths(str(prompt), {"data": str(gone), "shots": 2, "seed": 3, "split": None}, None, None)
+    # (--id-train DIR alone would take every image of DIR, not the prompt's few: its split is named too)
+    for split, named in ((None, "SPLIT.txt"), (prompt.parent / "split.txt", prompt.parent / "split.txt")):
+        if split:
+            split.write_text("")
+        with pytest.raises(UserError, match=rf"^--id-train: {prompt} was fitted on {gone}, which is not there; "
+                                            rf"pass --id-train DIR, where its images are now, with --split {named} "
+                                            r"for the prompt's few-shot images \(DIR alone gives all of DIR's\)$"):
+            id_train_paths(str(prompt), {"data": str(gone), "shots": 2, "seed": 3, "split": None}, None, None)
+    (prompt.parent / "split.txt").unlink()
     config = {"data": str(root), "shots": 2, "seed": 3, "split": str(tmp_path / "elsewhere" / "split.txt")}
     with pytest.raises(UserError, match=rf"^--split: {prompt} was fitted on a split file that is not next to it; "
                                         r"pass --split SPLIT.txt$"):
