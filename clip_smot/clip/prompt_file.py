@@ -108,10 +108,12 @@ class PromptFile:
             quick = f"{self.model.removesuffix('-quickgelu')}-quickgelu"
             # (open_clip's -quickgelu name exists for its own architectures only: a prompt of a
             # model-config JSON, whose name is the file's stem, needs that config file again)
-            hint = (f"for OpenAI's weights in a state-dict file, --model {quick}" if builtin_model(quick)
-                    else f"give the --model config the prompt was made with ({self.model}'s, which sets quick_gelu)")
-            hint = hint if self.activation == "quick_gelu" else \
-                "a context learned through GELU does not fit QuickGELU weights: fit it again with them"
+            if self.activation != "quick_gelu":
+                hint = "a context learned through GELU does not fit QuickGELU weights: fit it again with them"
+            elif builtin_model(quick):
+                hint = f"for OpenAI's weights in a state-dict file, --model {quick}"
+            else:
+                hint = f"give the --model config the prompt was made with ({self.model}'s, which sets quick_gelu)"
             raise UserError(
                 f"{self.path or 'prompt'}: made with {ACTIVATIONS[self.activation]} ({self.model}, "
                 f"{self.pretrained or 'random weights'}), but the model in use ({identity['model']}, "
