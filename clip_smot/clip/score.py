@@ -253,17 +253,29 @@ def _csv_rows(result: PathScores, names: Sequence[str], classnames: Sequence[str
     line end (a reader then splits the row there), is written with every field quoted."""
     pred = result.scores["pred_index"].tolist() if result.paths else []
     columns = [result.scores[n].tolist() for n in names] if result.paths else []
-    return "".join(_csv_line([escape_path(path), classnames[pred[i]], str(pred[i]),
-                              *(repr(float(c[i])) for c in columns)]) for i, path in enumerate(result.paths))
+    buf = io.StringIO()
+    writers = _csv_writers(buf)  # (two writers a chunk, not two a row)
+    for i, path in enumerate(result.paths):
+        _write_row(writers, [escape_path(path), classnames[pred[i]], str(pred[i]), *(repr(float(c[i])) for c in columns)])
+    return buf.getvalue()
+
+
+def _csv_writers(buf: io.StringIO) -> tuple:
+    """The plain and the all-quoted CSV writer of score's rows into ``buf``."""
+    return csv.writer(buf, lineterminator="\n"), csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+
+def _write_row(writers: tuple, fields: Sequence[str]) -> None:
+    """One row (the header too): every field quoted where the class name (the second) holds a
+    carriage return, else only those csv must quote."""
+    (writers[1] if len(fields) > 1 and "\r" in fields[1] else writers[0]).writerow(fields)
 
 
 def _csv_line(fields: Sequence[str]) -> str:
-    """The CSV line of one row (the header too): every field quoted where the class name (the
-    second) holds a carriage return, else only those csv must quote. --resume compares each kept
-    row with it: the line score writes for its fields, or an edited one."""
+    """The CSV line score writes for ``fields``: --resume compares each kept row with it (the
+    line score wrote, or an edited one)."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL if len(fields) > 1 and "\r" in fields[1]
-               else csv.QUOTE_MINIMAL).writerow(fields)
+    _write_row(_csv_writers(buf), fields)
     return buf.getvalue()
 
 
