@@ -191,7 +191,8 @@ _MT19937_WORDS = 624  # NumPy's legacy generator state: its key's length
 
 
 def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = None, where: str = "") -> None:
-    """Set every RNG state :func:`capture_rng` captured (CUDA's only where CUDA is available).
+    """Set every RNG state :func:`capture_rng` captured (CUDA's only where CUDA is available, and
+    only of the devices this machine has).
 
     A fit checkpoint from before this layout (``torch_cpu``, ``torch_cuda``, ``aug_device``, no
     Python or NumPy state) is read too.
@@ -224,7 +225,11 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         random.setstate(state["python"])
     cuda = state.get("torch_cuda" if older else "cuda")
     if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        # one state a device of the machine that wrote it: a run written on more GPUs than this
+        # machine has gives its first devices theirs (torch's set_rng_state_all would fail on the
+        # first missing device, half-way through)
+        for index, device_state in enumerate(list(cuda)[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
     for key, gen in (generators or {}).items():
         gen.set_state(state[key])
 

@@ -78,6 +78,27 @@ def test_a_generator_state_of_another_device_is_one_line():
         rf.restore_rng(state, {"aug_gen": torch.Generator()}, "--resume x")
 
 
+def test_a_run_written_on_more_gpus_than_this_machine_has_restores_the_first_ones(monkeypatch):
+    """A train run written on two GPUs (torch.cuda.get_rng_state_all: two states) resumed on a
+    machine with one: torch's set_rng_state_all set device 0 and then failed on device 1 (an
+    IndexError from torch.cuda.default_generators). CUDA is faked: only the calls are recorded."""
+    set_states = []
+
+    def set_rng_state(new_state, device="cuda"):
+        if device >= 1:  # (as torch.cuda.default_generators[device] on a one-GPU machine)
+            raise IndexError("tuple index out of range")
+        set_states.append((device, new_state.tolist()))
+
+    for module in (torch.cuda, torch.cuda.random):
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    state = rf.capture_rng()  # (this machine: no CUDA, so no "cuda" entry yet)
+    state["cuda"] = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    rf.restore_rng(state)
+    assert set_states == [(0, [1, 2])]
+
+
 def test_a_checkpoint_is_written_atomically_with_its_format(tmp_path):
     path = tmp_path / "checkpoint.pt"
     rf.save_checkpoint(path, "clip-smot-train-checkpoint", {"epoch": 3, "w": torch.arange(4.0)})
@@ -484,8 +505,10 @@ def test_cuda_generators_are_set_only_where_cuda_is_available_and_the_state_hold
     state = {k: v for k, v in rf.capture_rng().items() if k != "cuda"}
     with_cuda = {**state, "cuda": [torch.zeros(816, dtype=torch.uint8)]}
     set_calls = []
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_calls.append)
-    for available, given, expected in ((False, with_cuda, []), (True, state, []), (True, with_cuda, [with_cuda["cuda"]])):
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: set_calls.append((s, device)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cases = ((False, with_cuda, []), (True, state, []), (True, with_cuda, [(with_cuda["cuda"][0], 0)]))
+    for available, given, expected in cases:
         monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
         set_calls.clear()
         rf.restore_rng(given)
