@@ -128,7 +128,8 @@ def draw_split(classes: FewShotClasses, shots: int, seed: int) -> list[tuple[str
         files = _class_images(classes.root, folder)
         if len(files) < shots:
             raise UserError(
-                f"--shots {shots}: class {folder!r} ({classes.root / folder}) has only {len(files)} images"
+                f"--shots {shots}: class {folder!r} ({classes.root / folder}) has only {len(files)} "
+                f"image{'' if len(files) == 1 else 's'}"
             )
         chosen = rng.permutation(len(files))[:shots]
         split += sorted((files[i], label) for i in chosen)

@@ -672,7 +672,7 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
                                                              inputs.clip.image_size, cfg.workers,
                                                              device if device.type == "cuda" else None)
     images = images.to(device)  # [N, 3, S, S] uint8
-    inputs.seconds[f"{len(split)} images decoded"] = _since(t, device)
+    inputs.seconds[f"{len(split)} image{'' if len(split) == 1 else 's'} decoded"] = _since(t, device)
     if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
         out = Path(cfg.out)
         raise UserError(f"--resume {out / rf.CHECKPOINT}: an image of the run's few-shot split "
@@ -795,7 +795,7 @@ def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams
             raise
         loss_sum += loss
         if dry_run:
-            print(f"dry run: one batch of {B} images, loss {loss.item():.4f}, lr {lr:.3g}")
+            print(f"dry run: one batch of {B} image{'' if B == 1 else 's'}, loss {loss.item():.4f}, lr {lr:.3g}")
             return None
         if s % 20 == 19:  # reading the loss syncs with the device: only now and then
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")

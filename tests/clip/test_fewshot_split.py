@@ -8,8 +8,10 @@ first ``--shots`` are kept"; a drawn split's lines sorted by label, then path.
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clip_smot.clip.fewshot import draw_split, resolve_classes, resolve_train_root, split_text
+from clip_smot.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,20 @@ def test_draw_split_is_one_seeded_permutation_per_class_of_its_sorted_listing(tm
     # the split file: one 'path<TAB>label' line per image, in that order
     split = draw_split(classes, 2, 7)
     assert split_text(split) == "".join(f"{p}\t{y}\n" for p, y in _coop_draw(listings, 2, 7))
+
+
+def test_a_class_with_fewer_images_than_shots_is_named_with_its_count(tmp_path):
+    _touch(tmp_path / "ant" / "a.jpg")
+    for f in ("a.jpg", "b.jpg"):
+        _touch(tmp_path / "bee" / f)
+    classes = resolve_classes(tmp_path)
+    with pytest.raises(UserError, match=rf"^--shots 2: class 'ant' \({tmp_path / 'ant'}\) has only 1 image$"):
+        draw_split(classes, 2, 0)
+    with pytest.raises(UserError, match=r"^--shots 3: class 'ant' .* has only 1 image$"):
+        draw_split(classes, 3, 0)  # (the first class short of images is named)
+    _touch(tmp_path / "ant" / "b.jpg")
+    with pytest.raises(UserError, match=r"^--shots 3: class 'ant' .* has only 2 images$"):
+        draw_split(resolve_classes(tmp_path), 3, 0)
 
 
 def test_an_imagenet_subset_keeps_the_1k_order_names_and_indices(tmp_path):

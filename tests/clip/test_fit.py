@@ -636,6 +636,8 @@ def test_dry_run_writes_nothing(fit_args, tmp_path):
     res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run"))
     assert res.exit_code == 0, res.output
     assert "dry run: one batch of 4 images, loss " in res.output and not (tmp_path / "dry").exists()  # (of 6)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--batch-size", "1"))
+    assert res.exit_code == 0 and "dry run: one batch of 1 image, loss " in res.output, res.output
 
 
 def test_a_one_class_run_says_its_loss_is_zero(tmp_path, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
