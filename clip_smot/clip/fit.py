@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import sys
@@ -324,6 +325,9 @@ def _check_saved(saved: dict, where: str) -> None:
         raise UserError(f"{where}: a damaged fit checkpoint (config.run.classnames: {problem})")
     try:
         parse_json(run["clip"]["model_config"])
+        # the exported prompt records the config as JSON (save_prompt): a tensor or a key of another
+        # type in it was a TypeError traceback from json.dumps, after the encoding
+        json.dumps(config, sort_keys=True)
         cfg = FitConfig.from_dict(config)
     except (ValueError, TypeError) as e:
         raise UserError(f"{where}: a damaged fit checkpoint (config: {first_line(e)})") from None

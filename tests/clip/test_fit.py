@@ -2127,6 +2127,10 @@ def _set(*keys_value):
     (_set("config", "run", "clip", "checkpoint_sha256", None), r"a damaged fit checkpoint \(config.run.clip\)"),
     (lambda saved: saved["config"].pop("run"), r"an incomplete fit checkpoint \(no config.run\)"),
     (_set("config", "run", "clip", "model_config", "{"), r"a damaged fit checkpoint \(config: "),
+    # (what the exported prompt records as JSON: was a TypeError traceback of json.dumps after the encoding)
+    (_set("config", "run", "image_size", torch.tensor(32)),
+     r"a damaged fit checkpoint \(config: Object of type Tensor is not JSON serializable\)"),
+    (_set("config", "run", "class_folders", {1: "a", "b": "c"}), r"a damaged fit checkpoint \(config: "),
     (_set("rng", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),
     (_set("scheduler", None), r"a damaged fit checkpoint \(optimizer, scheduler or rng\)"),  # (export reads none)
 ])
