@@ -371,7 +371,8 @@ def _resume_config(cfg: FitConfig, saved: dict, flags: Collection[str] | None, d
     # n_ctx is its token count (an older run recorded the default: ctx_init is compared instead)
     method = [f.name for f in dataclasses.fields(FitConfig)
               if f.name not in _BESIDE_FREE and not (f.name == "n_ctx" and old.get("ctx_init"))]
-    rf.check_config_beside(cfg.out, old, method, f"--resume {Path(cfg.out) / rf.CHECKPOINT}")
+    rf.check_config_beside(cfg.out, old, method, f"--resume {Path(cfg.out) / rf.CHECKPOINT}",
+                           FitConfig.from_dict(old).to_dict())  # (a key it lacks: the default, as resumed)
     given = set(flags) if flags is not None else rf.explicit_fields(cfg)
     if old.get("precision") in PRECISIONS and \
             resolve_precision(cfg.precision, device) == resolve_precision(old["precision"], device):

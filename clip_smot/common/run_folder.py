@@ -308,7 +308,8 @@ def resume_options(saved: dict, wanted: dict, given: Collection[str], free: Coll
     return {**saved, **{k: wanted[k] for k in free if k in wanted}}
 
 
-def check_config_beside(out: str | Path, saved: dict, compared: Collection[str], where: str) -> None:
+def check_config_beside(out: str | Path, saved: dict, compared: Collection[str], where: str,
+                        defaults: dict | None = None) -> None:
     """Refuse a checkpoint that is not of the run whose ``OUT/config.json`` lies beside it: one
     whose saved options (``saved``: its config) differ from config.json's in one of ``compared``
     (the options that make the method; not the run control, nor the inputs that may move) that
@@ -317,7 +318,9 @@ def check_config_beside(out: str | Path, saved: dict, compared: Collection[str],
     into a SMOT run's folder) went on as that run, under the folder's name, exit 0. A run writes
     config.json at each start, from the options it then saves in each checkpoint, so the two agree
     in a folder only it wrote; a config.json that cannot be read is not compared (a resume
-    rewrites it).
+    rewrites it). An option the checkpoint lacks resumes at its value in ``defaults`` (the
+    command's default), and is compared as that: a key gone from the checkpoint of a run of
+    ``--batch-size 4`` resumed it with the default 32, and rewrote config.json so, exit 0.
 
     Raises:
         UserError: naming ``where`` (the checkpoint), config.json and each option that differs,
@@ -330,10 +333,13 @@ def check_config_beside(out: str | Path, saved: dict, compared: Collection[str],
         return
     if not isinstance(beside, dict):
         return
-    differ = [k for k in compared if k in saved and k in beside and saved[k] != beside[k]]
+    resumed = {**(defaults or {}), **saved}
+    differ = [k for k in compared if k in resumed and k in beside and resumed[k] != beside[k]]
     if differ:
-        shown = "; ".join(f"--{k.replace('_', '-')}: {_shown(saved[k])} in the checkpoint, {_shown(beside[k])} in "
-                          f"{CONFIG}" for k in differ)
+        shown = "; ".join(f"--{k.replace('_', '-')}: "
+                          + (f"{_shown(saved[k])} in the checkpoint" if k in saved else
+                             f"none in the checkpoint (the default {_shown(resumed[k])})")
+                          + f", {_shown(beside[k])} in {CONFIG}" for k in differ)
         raise UserError(f"{where}: not a checkpoint of the run that {path} records ({shown}); was it copied from "
                         "another run? put the run's own back, or start a new run in another --out")
 

@@ -501,7 +501,8 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     resumed = TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs}))
     check_ranges(resumed)  # (an option out of range is a damaged checkpoint, said so before it is compared)
     rf.check_config_beside(out, ckpt["config"], [f.name for f in dataclasses.fields(TrainConfig)
-                                                 if f.name not in _BESIDE_FREE], f"--resume {out / rf.CHECKPOINT}")
+                                                 if f.name not in _BESIDE_FREE], f"--resume {out / rf.CHECKPOINT}",
+                           dataclasses.asdict(TrainConfig(**ckpt["config"])))  # (a key it lacks: the default, as resumed)
     was = ckpt.get("world_size")  # (None: a run saved before it was kept)
     if was is not None and was != world and rank == 0 and not dry_run:
         print(f"train: the run in {out} was trained by {was} process{'es' * (was > 1)} and goes on with {world}: "

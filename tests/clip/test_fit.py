@@ -549,6 +549,31 @@ def test_a_checkpoint_of_another_run_copied_in_is_refused_naming_the_options(fit
     assert res.exit_code == 0, res.output
 
 
+def test_an_option_the_checkpoint_lacks_is_compared_as_its_default(tmp_path, one_epoch):
+    """A key gone from a checkpoint's config resumes at its default: the checkpoint of a run of
+    --batch-size 4 without "batch_size" went on with 32, and rewrote config.json so, exit 0. It is
+    compared with config.json as that default; a key whose default config.json holds (a
+    checkpoint of an older clip-smot, its config.json rewritten by a later start) resumes."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (run / "prompt.safetensors").unlink()
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    del saved["config"]["batch_size"]
+    torch.save(saved, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    res = CliRunner().invoke(cli, ["fit", "--out", str(run), "--resume"])
+    assert res.exit_code == 1 and _last_error_line(res) == (
+        f"Error: --resume {run / 'checkpoint.pt'}: not a checkpoint of the run that {run / 'config.json'} records "
+        "(--batch-size: none in the checkpoint (the default 32), 4 in config.json); was it copied from another run? "
+        "put the run's own back, or start a new run in another --out"), res.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    saved = torch.load(one_epoch / "checkpoint.pt", weights_only=True)
+    assert saved["config"]["lam"] == FitConfig.lam
+    del saved["config"]["lam"]
+    torch.save(saved, run / "checkpoint.pt")
+    res = CliRunner().invoke(cli, ["fit", "--out", str(run), "--resume", "--device", "cpu", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(fit_args, tmp_path, monkeypatch):
     import clip_smot.clip.step as step_module
 

@@ -842,6 +842,28 @@ def test_a_checkpoint_of_another_run_copied_in_is_refused_naming_the_options(fol
     assert run_train(_cfg(folders, run, epochs=2), resume=True)["epochs"] == 2
 
 
+def test_an_option_the_checkpoint_lacks_is_compared_as_its_default(folders, stopped_run, tmp_path):
+    """A key gone from a checkpoint's config resumes at its default: a run of --seed 5 whose
+    checkpoint lost "seed" went on with seed 0 and rewrote config.json so, exit 0. It is compared
+    with config.json as that default; a checkpoint of an older run, whose config.json holds the
+    default of a key it lacks (rewritten by a later start), still resumes."""
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["seed"]
+    torch.save(ckpt, run / "checkpoint.pt")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(config | {"seed": 5}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: --resume {run / 'checkpoint.pt'}: not a checkpoint of the run that {run / 'config.json'} records "
+        "(--seed: none in the checkpoint (the default 0), 5 in config.json); was it copied from another run? put the "
+        "run's own back, or start a new run in another --out"), r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    (run / "config.json").write_text(json.dumps(config))  # (seed 0: the default)
+    assert run_train(_cfg(folders, run, epochs=2), resume=True)["epochs"] == 2
+
+
 def test_a_base_run_saved_with_an_ignored_cam_model_still_resumes(folders, tmp_path):
     """Runs made before --cam-model was refused for methods without CAMs kept it in their config."""
     out = tmp_path / "old"
