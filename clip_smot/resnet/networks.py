@@ -479,6 +479,11 @@ def _check_meta(meta: dict, where: str) -> None:
             or not all(0 <= m <= 1 for m in meta["mean"]) or min(meta["std"]) < MIN_STD):
         raise UserError(f"{where}: inconsistent metadata (mean and std: three finite numbers each, of images in "
                         f"[0, 1]: each mean in [0, 1], each std at least {MIN_STD})")
+    # a std past any of such images' (at most 0.5) divided a channel by float32's inf (1e300), or near it:
+    # the channel was zero in every image, without a word
+    if max(meta["std"]) > 1:
+        raise UserError(f"{where}: inconsistent metadata (std {max(meta['std']):g}: images in [0, 1] have a std of at "
+                        "most 0.5; each std at most 1)")
     config = meta["config"]
     if not isinstance(config, dict) or not all(isinstance(config.get(k), (str, type(None)))
                                                for k in ("dataset", "data")):

@@ -126,6 +126,10 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     # all-zero CAMs (a SMOT run with it as --cam-model masked nothing and exited 0)
     ({"std": "[1e-300, 0.25, 0.25]"}, "each std at least 0.001"),
     ({"mean": "[1e38, 0.5, 0.5]"}, "each mean in \\[0, 1\\]"),
+    # a std past any images' in [0, 1]: 1e300 is float32's inf, which erased the channel (exit 0)
+    ({"std": "[1e300, 0.25, 0.25]"}, r"inconsistent metadata \(std 1e\+300: images in \[0, 1\] have a std of at most "
+                                     r"0.5; each std at most 1\)$"),
+    ({"std": "[0.25, 1.5, 0.25]"}, r"\(std 1.5: "),
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
     ({"mean": f"[{10**400}, 0.1, 0.1]"}, "malformed metadata"),  # (float() of it: an OverflowError traceback)
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
