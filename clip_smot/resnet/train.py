@@ -373,6 +373,14 @@ def _check_saved(ckpt: dict) -> None:
 def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scaler, where: str) -> tuple[int, list]:
     """Load a checkpoint's weights, optimizer, loss-scaler and RNG states (each checked to fit:
     a hand-edited file is one line naming ``where``); returns (epochs done, the log)."""
+    # a weight of integers or booleans was cast to the network's floats, one of complex numbers lost its
+    # imaginary parts (with a warning of torch's): the network trained on from other weights, exit 0
+    ours = _inner(model).state_dict()
+    other = next((k for k, v in ckpt["model"].items() if k in ours and ours[k].is_floating_point()
+                  and not v.is_floating_point()), None)
+    if other is not None:
+        raise UserError(f"{where}: its weights do not fit the network ({other} is stored as {ckpt['model'][other].dtype}, "
+                        "not as real floating-point numbers)")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)

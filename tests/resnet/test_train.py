@@ -1318,6 +1318,10 @@ def _nan_weight(ckpt):
     (_momentum(lambda shape: torch.zeros(1).expand(shape)), r"momentum_buffer is not a finite float tensor with a "),
     (_momentum(lambda shape: torch.full(shape, float("nan"))), r"momentum_buffer is not a finite float tensor"),
     (_nan_weight, r"checkpoint.pt: fc.weight holds non-finite numbers$"),  # (a finished run re-exported it)
+    # weights of another kind of number were cast to the network's floats and trained on, exit 0
+    (_edit("model", "fc.weight", torch.ones(3, 128, dtype=torch.bool)),
+     r"its weights do not fit the network \(fc.weight is stored as torch.bool, not as real floating-point numbers\)$"),
+    (_edit("model", "fc.weight", torch.ones(3, 128, dtype=torch.complex64)), r"\(fc.weight is stored as torch.complex64, "),
     (_numpy_pos(10**30), r"its loss-scaler or random-number state is damaged \(ValueError: NumPy's state is at "),
     # (was restored: NumPy's next draw read key[100000000], a segmentation fault)
     (_numpy_pos(10**8), r"\(ValueError: NumPy's state is at position 100000000, not in \[0, 624\]\)$"),
