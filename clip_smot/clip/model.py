@@ -866,7 +866,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     # a tag is a tag: a file that happens to bear its name in the current folder is given as ./openai
     tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
     if os.path.isfile(pretrained) and not tag_cfg:
-        overflow = archive_overflow(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained)
+        overflow = archive_overflow(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained, name)
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
@@ -899,13 +899,14 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     )
 
 
-def _odd_weight(path: str) -> str | None:
+def _odd_weight(path: str, name: str | None = None) -> str | None:
     """What makes the checkpoint file ``path`` hold tensors no weights are, or None: a complex
     one, which loading casts to its real part (with a warning from torch's C++ on stderr), or a
     sparse one. Read from a safetensors header, or from a torch.save archive mapped, not read (as
     :func:`_is_openai_file` does); torch's legacy format and TorchScript are left as they load.
-    (Integer and boolean tensors are cast to the weights' float as they are: some towers keep
-    integer buffers, such as BatchNorm's step count.)"""
+    Integer and boolean tensors are cast to the weights' float as they are where the model
+    ``name`` keeps integers (some towers keep integer buffers, such as BatchNorm's step count),
+    not where it keeps floats (:func:`_integer_weight`)."""
     if path.endswith(".safetensors"):  # (as open_clip tells the formats apart)
         try:
             with open(path, "rb") as f:
@@ -915,7 +916,9 @@ def _odd_weight(path: str) -> str | None:
         except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return None  # (open_clip's load names what is wrong)
         key = next((k for k, d in dtypes.items() if str(d).startswith("C")), None)  # (C64: complex64)
-        return None if key is None else f"{key} is of dtype {dtypes[key]}, not a real-valued tensor; not loaded"
+        if key is not None:
+            return f"{key} is of dtype {dtypes[key]}, not a real-valued tensor; not loaded"
+        return _integer_weight(name, {k: str(d).startswith(("F", "BF")) for k, d in dtypes.items()}, dtypes)
     if not zipfile.is_zipfile(path) or _is_torchscript(path):
         return None
     try:
@@ -927,9 +930,34 @@ def _odd_weight(path: str) -> str | None:
     key, t = next(((k, v) for k, v in tensors if isinstance(v, torch.Tensor)
                    and (v.layout != torch.strided or v.is_complex())), (None, None))
     if key is None:
-        return None
+        tensors = {k: v for k, v in tensors if isinstance(v, torch.Tensor)}
+        return _integer_weight(name, {k: v.is_floating_point() for k, v in tensors.items()},
+                               {k: v.dtype for k, v in tensors.items()})
     what = f"a {t.layout} tensor" if t.layout != torch.strided else f"of dtype {t.dtype}"
     return f"{key} is {what}, not a dense real-valued tensor; not loaded"
+
+
+def _integer_weight(name: str | None, floating: dict[str, bool], dtypes: dict) -> str | None:
+    """What makes a checkpoint whose tensors are floating-point as ``floating`` says (by key;
+    ``dtypes``: as the file names them) hold integers or booleans where the model ``name`` keeps
+    floating-point weights, or None: loading casts them to floats as they are (a float32 bias
+    whose safetensors header said U32 was read as integers near 1e9, and scored, exit 0). The
+    model's own dtypes come from a build on the meta device (nothing allocated); keys open_clip
+    would convert first (another tower's names) are not compared."""
+    if name is None or all(floating.values()):
+        return None
+    import open_clip
+
+    try:
+        with torch.device("meta"), _no_random_weights_note():
+            ours = open_clip.create_model(name, pretrained=None, device="meta").state_dict()
+    except Exception:  # noqa: BLE001 - a model that does not build is named when it is built
+        return None
+    for key, is_float in floating.items():
+        theirs = ours.get(key.removeprefix("module."))  # (open_clip strips DataParallel's prefix)
+        if not is_float and theirs is not None and theirs.is_floating_point():
+            return f"{key} is of dtype {dtypes[key]}, not floating-point numbers as the model's weight; not loaded"
+    return None
 
 
 def _is_torchscript(path: str) -> bool:
