@@ -418,6 +418,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
         stray = [k for k in per_param if not any(k in g["params"] for g in groups)]
         if stray:
             raise ValueError(f"a state for parameter {stray[0]!r}, which no group holds")
+        # and a state that lacks a key the others hold (an empty one: torch writes none) started that
+        # buffer again from nothing too (a momentum_buffer deleted from one parameter's state), exit 0
+        every = set().union(*(v for v in per_param.values() if isinstance(v, dict)))
+        short = next((k for k, v in per_param.items() if isinstance(v, dict) and (not v or set(v) != every)), None)
+        if short is not None:
+            raise ValueError(f"the state of parameter {short!r} holds {sorted(per_param[short]) or 'nothing'}, not "
+                             f"{sorted(every) or 'a buffer'}")
         kept = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
         for group, implementation in zip(optimizer.param_groups, kept):

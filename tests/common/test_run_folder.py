@@ -432,6 +432,26 @@ def test_an_optimizer_state_filed_under_an_id_no_group_holds_is_one_line():
     with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: a state for "
                                         r"parameter '0', which no group holds\)$"):
         rf.load_optimizer_state(torch.optim.SGD([w], lr=0.1, momentum=0.9), state, "--resume c.pt")
+def test_an_optimizer_state_that_lacks_a_buffer_is_one_line():
+    """A parameter's state without its momentum_buffer (deleted from a checkpoint: a seeded fuzz)
+    was loaded, and torch started that momentum again from nothing, exit 0; an empty state, which
+    torch does not write, the same. Each is refused; states of the same keys load."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([a, b], lr=0.1, momentum=0.9)
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    opt.step()
+    rf.load_optimizer_state(torch.optim.SGD([a, b], lr=0.1, momentum=0.9), opt.state_dict(), "--resume c.pt")
+    state = opt.state_dict()
+    del state["state"][1]["momentum_buffer"]
+    with pytest.raises(UserError, match=r"^--resume c.pt: its optimizer state does not fit \(ValueError: the state of "
+                                        r"parameter 1 holds nothing, not \['momentum_buffer'\]\)$"):
+        rf.load_optimizer_state(torch.optim.SGD([a, b], lr=0.1, momentum=0.9), state, "--resume c.pt")
+    one = torch.optim.SGD([a], lr=0.1, momentum=0.9).state_dict()
+    one["state"] = {0: {}}
+    with pytest.raises(UserError, match=r"\(ValueError: the state of parameter 0 holds nothing, not a buffer\)$"):
+        rf.load_optimizer_state(torch.optim.SGD([a], lr=0.1, momentum=0.9), one, "--resume c.pt")
+
+
 def test_an_optimizer_step_count_is_a_number_or_a_0_dim_tensor():
     """Adam's 'step' is a number or a 0-dim tensor; one of another shape is refused as any other
     per-parameter tensor of the wrong shape would be."""
