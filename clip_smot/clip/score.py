@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,12 +472,22 @@ def _other_columns(partial: Path, header: Sequence[str], found: str) -> UserErro
 def _row_fits(fields: list[str], columns: int, names: dict[str, set[str]]) -> bool:
     """Whether a partial's row has the CSV's columns: a class of the prompt and its index, finite
     scores written as the run writes them (``repr`` of a float: an edited " 0.5", "0.50" or "1_0",
-    which ``float`` reads too, is no row of a run)."""
+    which ``float`` reads too, is no row of a run), each a float32's value, as every score is (a
+    digit dropped or changed, "0.4085476300964355" for "0.40854716300964355", reads as a float64
+    that no score has: kept, it ended in the CSV as that image's score)."""
     if len(fields) != columns or fields[2] not in names.get(fields[1], ()):
         return False
     try:
-        return all(math.isfinite(x := float(v)) and repr(x) == v for v in fields[3:])
+        return all(math.isfinite(x := float(v)) and repr(x) == v and _float32(x) for v in fields[3:])
     except ValueError:
+        return False
+
+
+def _float32(x: float) -> bool:
+    """Whether ``x`` is a float32's value (a score's: they are computed in float32)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0] == x
+    except OverflowError:  # (beyond float32's range)
         return False
 
 

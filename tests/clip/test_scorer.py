@@ -1531,6 +1531,26 @@ def test_temporaries_of_a_score_killed_while_starting_its_partial_are_removed(tm
     assert sorted(f.name for f in out.iterdir()) == sorted([".s.csv.notes", ".t.csv.partial.k3j_x1.tmp", "s.csv"])
 
 
+def test_every_score_a_run_writes_is_a_row_resume_keeps(tmp_path, tiny, tiny_clip_checkpoint):
+    """--resume keeps a row whose scores are float32 values (their repr): every score of every row
+    score writes is one, so that no row of a run is refused."""
+    from clip_smot.clip import score as score_module
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    names = "mcm,msp,energy,maxlogit,gl-mcm,odin,gradnorm"
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--scores", names, "--out",
+                                   str(tmp_path / "s.csv"), str(id_dir)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "s.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    classes = {c: {str(i)} for i, c in enumerate(CLASSES)}
+    assert len(rows) == 3 and all(score_module._row_fits(r, len(header), classes) for r in rows)
+    edited = [*rows[0][:3], repr(float(np.float32(0.25)) + 2.0 ** -40), *rows[0][4:]]  # (a float64 between two float32s)
+    assert not score_module._row_fits(edited, len(header), classes)
+
+
 def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """Only the last row was checked, against the first file of its name at or after the row count:
     with an unreadable image skipped and an image named twice, the resumed CSV scored it three
@@ -1611,7 +1631,9 @@ def test_resume_checks_every_row_against_the_files_it_scored(tmp_path, tiny, tin
     assert res.exit_code == 1 and "s.csv.partial.json, which says what" in res.output
     (tmp_path / "s.csv.partial.json").unlink()
     head, last = whole[2].rstrip("\n").rsplit(",", 1)
-    for value in ("nan", f" {last}", f"{last}0"):  # not finite; a float, but not as the run writes it
+    # not finite; a float, but not as the run writes it; a float64 next to the score, which no float32
+    # score is (a digit dropped or changed: the row was kept and its value ended in the CSV)
+    for value in ("nan", f" {last}", f"{last}0", repr(math.nextafter(float(last), math.inf))):
         edited = f"{head},{value}\n"
         partial.write_text("".join([*whole[:2], edited]))
         res = score(*args)
