@@ -6,7 +6,7 @@ from pathlib import Path
 
 from clip_smot.common.errors import UserError
 
-__all__ = ["bundled_file", "imagenet_wnids", "imagenet_classnames", "imagenet200_wnids", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["bundled_file", "bundled_text", "imagenet_wnids", "imagenet_classnames", "imagenet200_wnids", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the clip_smot package
@@ -32,8 +32,25 @@ def bundled_file(*parts: str) -> Path:
     raise UserError(f"{'/'.join(parts)}: missing from this installation of clip-smot (reinstall it)")
 
 
+def bundled_text(*parts: str) -> str:
+    """The text of :func:`bundled_file`, read as UTF-8 (as written, whatever the locale says; a
+    byte-order mark at its start, which Notepad writes, is dropped: it would start the first
+    name). A user may edit or replace these files.
+
+    Raises:
+        UserError: naming the file, when it is missing, cannot be read or is not UTF-8.
+    """
+    path = bundled_file(*parts)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
 def _lines(*parts: str) -> list[str]:
-    return [line.strip() for line in bundled_file(*parts).read_text().splitlines() if line.strip()]
+    return [line.strip() for line in bundled_text(*parts).splitlines() if line.strip()]
 
 
 def imagenet_wnids() -> list[str]:
@@ -42,8 +59,19 @@ def imagenet_wnids() -> list[str]:
 
 
 def imagenet_classnames() -> list[str]:
-    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`."""
-    return _lines("prompts", "imagenet1k_classnames.txt")
+    """The 1000 ImageNet-1k prompt names, in the order of :func:`imagenet_wnids`.
+
+    Raises:
+        UserError: the file holds another number of names than the wnid list holds wnids: the
+            names are matched to the wnids line by line, and a line added or removed named every
+            class after it by its neighbour's name (or, short, failed on the last classes).
+    """
+    names, wnids = _lines("prompts", "imagenet1k_classnames.txt"), imagenet_wnids()
+    if len(names) != len(wnids):
+        raise UserError(f"{bundled_file('prompts', 'imagenet1k_classnames.txt')}: {len(names)} class names, not one a "
+                        f"line for each of the {len(wnids)} wnids of {bundled_file('data_lists', 'imagenet1k_wnids.txt')}"
+                        ", in their order")
+    return names
 
 
 def imagenet200_wnids() -> list[str]:

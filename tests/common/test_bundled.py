@@ -1,6 +1,7 @@
 """clip_smot.common.bundled: the class lists and prompt files that ship with the package."""
 
 import hashlib
+import re
 
 import pytest
 
@@ -82,3 +83,29 @@ def test_imagenet_mean_and_std_are_torchvisions():
     track's default): ResNet18_Weights.IMAGENET1K_V1.transforms() has mean [0.485, 0.456, 0.406]
     and std [0.229, 0.224, 0.225] (written out: importing torchvision here takes seconds)."""
     assert bundled.IMAGENET_MEAN == (0.485, 0.456, 0.406) and bundled.IMAGENET_STD == (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize("names, expected", [
+    (b"\xef\xbb\xbftench\r\ngoldfish\r\n", ["tench", "goldfish"]),  # (Notepad's byte-order mark: no part of "tench")
+    (b"extra\ntench\ngoldfish\n", "3 class names, not one a line for each of the 2 wnids"),  # (every name shifted)
+    (b"tench\n", "1 class names, not one a line for each of the 2 wnids"),  # (the last class had none: IndexError)
+    (b"tench\ngold\xe9fish\n", "not UTF-8 text (byte 10)"),  # (Latin-1: a UnicodeDecodeError traceback)
+])
+def test_an_edited_class_name_list_is_read_as_utf8_and_must_name_every_wnid(tmp_path, monkeypatch, names, expected):
+    """prompts/imagenet1k_classnames.txt, which a user may edit, is matched to the wnids line by
+    line: a line more or less named every later class by its neighbour's name (or raised an
+    IndexError), a byte-order mark started the first name, and it was read in the locale's
+    encoding (a byte that is not UTF-8: a traceback)."""
+    pkg = tmp_path / "checkout" / "clip_smot"
+    for folder in ("data_lists", "prompts"):
+        (pkg.parent / folder).mkdir(parents=True)
+    (pkg.parent / "data_lists" / "imagenet1k_wnids.txt").write_bytes(b"\xef\xbb\xbfn01440764\nn01443537\n")
+    (pkg.parent / "prompts" / "imagenet1k_classnames.txt").write_bytes(names)
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.imagenet_wnids() == ["n01440764", "n01443537"]
+    if isinstance(expected, list):
+        assert bundled.imagenet_classnames() == expected
+    else:
+        where = pkg.parent / "prompts" / "imagenet1k_classnames.txt"
+        with pytest.raises(UserError, match=f"^{re.escape(f'{where}: {expected}')}"):
+            bundled.imagenet_classnames()
