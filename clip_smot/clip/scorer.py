@@ -43,7 +43,7 @@ from clip_smot.clip.features import (
 )
 from clip_smot.clip.model import ClipModel, weights_flag
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
-from clip_smot.common.bundled import bundled_file
+from clip_smot.common.bundled import bundled_file, bundled_text
 from clip_smot.common.device import resolve_device, resolve_precision
 from clip_smot.common.distributed import share_work
 from clip_smot.common.errors import UserError
@@ -263,8 +263,20 @@ def resolve_pretrained(prompt: PromptFile) -> str:
 
 
 def zero_shot_template() -> str:
-    """The template ``eval --zero-shot`` fills: prompts/zero_shot_template.txt, MCM's "a photo of a {c}"."""
-    return bundled_file("prompts", "zero_shot_template.txt").read_text().strip()
+    """The template ``eval --zero-shot`` fills: prompts/zero_shot_template.txt, MCM's "a photo of a {c}".
+
+    Raises:
+        UserError: naming the file (which a user may edit), when it is not UTF-8 or holds no
+            template: empty (the built-in one was used instead, without a word), more than one
+            line (read as one prompt, the lines joined), or without ``{c}``.
+    """
+    text = bundled_text("prompts", "zero_shot_template.txt").strip()
+    lines = text.splitlines()
+    if len(lines) != 1 or "{c}" not in text:
+        why = "is empty" if not lines else "holds more than one line" if len(lines) > 1 else "holds no {c}"
+        raise UserError(f"{bundled_file('prompts', 'zero_shot_template.txt')}: {why}; it holds one template, one line "
+                        "with {c} where the class name goes (a photo of a {c})")
+    return text
 
 
 def zero_shot_source(template: str) -> str:

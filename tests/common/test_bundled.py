@@ -109,3 +109,27 @@ def test_an_edited_class_name_list_is_read_as_utf8_and_must_name_every_wnid(tmp_
         where = pkg.parent / "prompts" / "imagenet1k_classnames.txt"
         with pytest.raises(UserError, match=f"^{re.escape(f'{where}: {expected}')}"):
             bundled.imagenet_classnames()
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"\xef\xbb\xbfa drawing of a {c}\r\n", "a drawing of a {c}"),  # (the byte-order mark no part of the prompt)
+    (b"\n", "is empty"),  # (eval took the built-in template instead, without a word)
+    (b"a photo of a {c}\na drawing of a {c}\n", "holds more than one line"),  # (one prompt of both lines)
+    (b"a photo\n", "holds no {c}"),  # (named a flag --template that eval has not)
+    (b"a photo of a \xe9 {c}\n", "not UTF-8 text (byte 13)"),  # (Latin-1: a UnicodeDecodeError traceback)
+])
+def test_an_edited_zero_shot_template_is_one_utf8_line_with_a_class(tmp_path, monkeypatch, text, expected):
+    """prompts/zero_shot_template.txt, which a user may edit, is read as UTF-8 and holds one
+    template, one line with {c}; anything else is one line naming the file."""
+    from clip_smot.clip.scorer import zero_shot_template
+
+    pkg = tmp_path / "checkout" / "clip_smot"
+    (pkg.parent / "prompts").mkdir(parents=True)
+    (pkg.parent / "prompts" / "zero_shot_template.txt").write_bytes(text)
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    if "{c}" in expected and expected != "holds no {c}":
+        assert zero_shot_template() == expected
+    else:
+        where = pkg.parent / "prompts" / "zero_shot_template.txt"
+        with pytest.raises(UserError, match=f"^{re.escape(f'{where}: {expected}')}"):
+            zero_shot_template()
