@@ -139,6 +139,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             elif st is None and "\\" in parts[0]:  # (a list written on Windows: imgs\a.png)
                 what += f" (a backslash is no folder separator here: write {parts[0].replace(chr(92), '/')})"
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
+        if is_shard(path):  # (read as one image: "unreadable", or with --skip-unreadable its images skipped)
+            raise UserError(f"{flag} {list_file}:{n}: {path} is a tar shard; a list names image files (score takes a "
+                            "shard as a PATH of its own)")
         found = True
         yield path, label
     if not found:

@@ -660,6 +660,26 @@ def test_an_image_of_a_shard_given_by_its_row_name_is_one_clear_line(tmp_path):
     assert image_files(shard, "PATH") == [f"{shard}::k1.png"]  # (the shard itself: its images)
 
 
+def test_a_tar_shard_named_in_an_image_list_is_refused_not_read_as_one_image(tmp_path):
+    """A list line naming a tar shard (a list of shards, as webdataset's users keep them) was read as
+    one image file: "s.tar: unreadable or truncated image", and with --skip-unreadable the shard's
+    images were skipped, exit 0, the rows of the list's other images alone."""
+    import tarfile
+
+    from clip_smot.common.image_sets import image_files, image_set
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        tar.add(tmp_path / "a.png", "k1.png")
+    (tmp_path / "l.txt").write_text("a.png\ns.tar\n")
+    with pytest.raises(UserError, match="^" + re.escape(f"PATH {tmp_path / 'l.txt'}:2: {tmp_path / 's.tar'} is a tar "
+                                                        "shard; a list names image files (score takes a shard as a "
+                                                        "PATH of its own)") + "$"):
+        image_files(tmp_path / "l.txt", "PATH")
+    with pytest.raises(UserError, match=f"^--ood x {re.escape(str(tmp_path / 'l.txt'))}:2: .* is a tar shard"):
+        image_set("x", f"{tmp_path}::{tmp_path / 'l.txt'}")
+
+
 def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     """score's PATH lists and --ood lists ignore a label (docs/score.md), but 'a.png cat' or
     'a.png 1.5' stopped them as 'expected relative/path label'; an --id list's labels are read."""
