@@ -336,17 +336,24 @@ def check_config_beside(out: str | Path, saved: dict, compared: Collection[str],
     resumed = {**(defaults or {}), **saved}
     differ = [k for k in compared if k in resumed and k in beside and resumed[k] != beside[k]]
     if differ:
-        shown = "; ".join(f"--{k.replace('_', '-')}: "
-                          + (f"{_shown(saved[k])} in the checkpoint" if k in saved else
-                             f"none in the checkpoint (the default {_shown(resumed[k])})")
-                          + f", {_shown(beside[k])} in {CONFIG}" for k in differ)
-        raise UserError(f"{where}: not a checkpoint of the run that {path} records ({shown}); was it copied from "
-                        "another run? put the run's own back, or start a new run in another --out")
+        parts = []
+        for k in differ:
+            ours, theirs = _shown(resumed[k], beside[k])
+            ours = f"{ours} in the checkpoint" if k in saved else f"none in the checkpoint (the default {ours})"
+            parts.append(f"--{k.replace('_', '-')}: {ours}, {theirs} in {CONFIG}")
+        raise UserError(f"{where}: not a checkpoint of the run that {path} records ({'; '.join(parts)}); was it copied "
+                        "from another run? put the run's own back, or start a new run in another --out")
 
 
-def _shown(value: Any) -> str:
-    """An option's value as :func:`check_config_beside` shows it (text as it is, at most 40 characters)."""
-    return cut(value if isinstance(value, str) else json.dumps(value, default=str))
+def _shown(saved: Any, beside: Any) -> tuple[str, str]:
+    """Two values of an option as :func:`check_config_beside` shows them: text as it is, at most 40
+    characters, unless the two would read alike (a config.json edited to hold "0.05" for 0.05:
+    "0.05 in the checkpoint, 0.05 in config.json"); then both as JSON, text in quotes."""
+    def one(value: Any, plain: bool) -> str:
+        return cut(value if plain and isinstance(value, str) else json.dumps(value, default=str))
+
+    shown = one(saved, True), one(beside, True)
+    return shown if shown[0] != shown[1] else (one(saved, False), one(beside, False))
 
 
 def finished(out: str | Path, command: str, done: int, epochs: int, outputs: Collection[str],

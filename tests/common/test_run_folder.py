@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -582,3 +583,14 @@ def test_the_config_is_written_to_the_run_folder_and_explicit_fields_are_those_o
 
     assert rf.explicit_fields(Cfg()) == set()
     assert rf.explicit_fields(Cfg(seed=3, out="runs")) == {"seed"}
+
+
+def test_a_config_json_value_that_reads_like_the_checkpoints_is_shown_as_json(tmp_path):
+    """A config.json edited to hold the text "0.05" where the checkpoint holds the number 0.05 was
+    refused as "--lr: 0.05 in the checkpoint, 0.05 in config.json": the two are shown as JSON then."""
+    (tmp_path / "config.json").write_text(json.dumps({"lr": "0.05", "epochs": 3, "method": "ce"}))
+    with pytest.raises(UserError, match=re.escape('(--lr: 0.05 in the checkpoint, "0.05" in config.json); was it')):
+        rf.check_config_beside(tmp_path, {"lr": 0.05, "epochs": 3, "method": "ce"}, ["lr", "epochs", "method"], "ckpt")
+    with pytest.raises(UserError, match=re.escape("(--epochs: 2 in the checkpoint, 3 in config.json; --method: smot in "
+                                                  "the checkpoint, ce in config.json)")):  # (text as it is, else)
+        rf.check_config_beside(tmp_path, {"lr": "0.05", "epochs": 2, "method": "smot"}, ["epochs", "method"], "ckpt")
