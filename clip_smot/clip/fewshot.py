@@ -152,6 +152,9 @@ def read_split(path: str | os.PathLike, classes: FewShotClasses, flag: str = "--
     path = Path(path)
     split, lines = [], {}  # lines: the line of each image listed so far
     for n, line in enumerate(text_lines(path, flag, "'relative/path<TAB>label'"), 1):
+        # (a byte-order mark also starts a later line where `cat` joined splits saved by Notepad, as in
+        # an image list: the line named "\ufeffant/b.jpg", not in the class folder ant, an invisible refusal)
+        line = line.lstrip("\ufeff")
         if not line.strip():
             continue
         rel, sep, label = line.rpartition("\t")

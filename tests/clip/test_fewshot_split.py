@@ -187,6 +187,20 @@ def test_a_split_file_in_another_line_order_is_read_and_written_back_in_that_ord
     assert split_text(got) == "".join(lines)
 
 
+def test_split_files_joined_with_cat_read_the_second_ones_first_path(tmp_path):
+    """Two split files saved by Notepad (each starting with a byte-order mark) and joined with
+    `cat`: the second's first line started with U+FEFF, and was refused as not in its class folder
+    ("\ufeffant/b.jpg is not in class 0's folder ant", the mark invisible). It is dropped, as the
+    first line's is and as an image list's are."""
+    from clip_smot.clip.fewshot import read_split
+
+    _folder_dataset(tmp_path / "data")
+    classes = resolve_classes(tmp_path / "data")
+    split = tmp_path / "split.txt"
+    split.write_bytes("\ufeffmole_rat/p.jpg\t1\n\ufeffant/b.jpg\t0\n".encode())
+    assert read_split(split, classes) == [("mole_rat/p.jpg", 1), ("ant/b.jpg", 0)]
+
+
 def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_floor_of_half_the_margin(tmp_path):
     """The shorter side resized to ``size`` (the other side rounded: 37 x 20 to 30 x 16, not 29), by
     PIL's bicubic filter, then the square at floor(margin / 2) from the left or top (a margin of 15
