@@ -557,6 +557,7 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
         raise bad(f"{prefix}embed_dim must be a positive integer, not {_shown(cfg['embed_dim'])}")
     if cfg.get("quick_gelu") is not None and not isinstance(cfg["quick_gelu"], bool):  # ("false" would build QuickGELU)
         raise bad(f"{prefix}quick_gelu must be true or false, not {_shown(cfg['quick_gelu'])}")
+    _check_logit_scale(cfg, bad, prefix)
     _check_tower_fields(cfg, bad, prefix)
     _check_single_features(cfg, bad, prefix)
     size, sides, layers = _check_geometry(cfg, bad, prefix)
@@ -567,6 +568,25 @@ def check_model_config(cfg: object, source: str, prefix: str = "") -> None:
 
 # check_model_config's maker of its errors: "SOURCE: what" (the parts below raise what it makes)
 _Bad = Callable[[str], UserError]
+
+
+# exp(logit_scale), the temperature, is a normal float32 between these (as _check_temperature wants it)
+_LOGIT_SCALE_RANGE = (math.log(torch.finfo(torch.float32).tiny), math.log(torch.finfo(torch.float32).max))
+
+
+def _check_logit_scale(cfg: dict, bad: _Bad, prefix: str) -> None:
+    """The temperature's start and the logit bias, where given (open_clip's CLIP sets
+    ``logit_scale`` to ``init_logit_scale``; SigLIP's configs give ln 10 and a bias of -10). Random
+    weights keep it: an infinite one was refused as the weights' (--pretrained) fault, and a null
+    or a string stopped open_clip's build, naming no key."""
+    if "init_logit_scale" in cfg:
+        scale, (low, high) = cfg["init_logit_scale"], _LOGIT_SCALE_RANGE
+        if not (_has_type(scale, float) and low <= scale <= high):
+            raise bad(f"{prefix}init_logit_scale must be a number from {low:.2f} to {high:.2f} (exp(init_logit_scale), "
+                      f"the temperature, a normal float32; CLIP's is ln(1 / 0.07) = 2.659), not {_shown(scale)}")
+    bias = cfg.get("init_logit_bias")
+    if bias is not None and not _has_type(bias, float):
+        raise bad(f"{prefix}init_logit_bias must be a finite number or null, not {_shown(bias)}")
 
 
 def _check_tower_fields(cfg: dict, bad: _Bad, prefix: str) -> None:

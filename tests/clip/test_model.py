@@ -404,6 +404,13 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": "x"}, r"vision_cfg must be a JSON object, not 'x'$"),
     ({"text_cfg": [1]}, r"text_cfg must be a JSON object, not \[1\]$"),
     ({"embed_dim": None}, r"embed_dim must be a positive integer, not None$"),
+    # the temperature's start, which random weights keep: inf was refused as the fault of "--pretrained (none:
+    # random weights)"; null and a string stopped open_clip's build ("unsupported operand type(s) for *")
+    *(({"init_logit_scale": v}, r"init_logit_scale must be a number from -87.34 to 88.72 \(exp\(init_logit_scale\), the "
+                                rf"temperature, a normal float32; CLIP's is ln\(1 / 0.07\) = 2.659\), not {shown}$")
+      for v, shown in ((float("inf"), "inf"), (-88.0, "-88.0"), (None, "None"), ("2.6", "'2.6'"), (True, "True"))),
+    ({"init_logit_bias": "x"}, r"init_logit_bias must be a finite number or null, not 'x'$"),
+    ({"init_logit_bias": float("nan")}, r"init_logit_bias must be a finite number or null, not nan$"),
     ({"text_cfg": {"width": "32"}}, r"text_cfg.width must be a positive integer, not '32'$"),
     ({"vision_cfg": {"patch_size": "8"}}, r"vision_cfg.patch_size must be a positive integer, not '8'$"),
     # no tokens, or a vocabulary of none: refused here (the size checks below would read a 0 as the default)
