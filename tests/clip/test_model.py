@@ -591,7 +591,7 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
     from conftest import TINY_CLIP_CONFIG
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     wrong = {bool: "x", int: "1", float: "1.0", str: 1}
     naming = ("timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name")  # (check_config_file's)
@@ -605,7 +605,7 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
             cfg = copy.deepcopy(TINY_CLIP_CONFIG)
             cfg[tower][f.name] = wrong[kinds[0]]
             with pytest.raises(UserError, match=rf"^--model m.json: {tower}\.{f.name} "):  # (naming the key)
-                cm.check_model_config(cfg, "--model m.json")
+                mc.check_model_config(cfg, "--model m.json")
             checked += 1
     assert checked >= 30  # (open_clip 3.3 declares 53 such keys, 2.32 37)
     for tower, values in (("vision_cfg", {"no_ln_pre": None, "timm_proj": None, "attentional_pool": False,
@@ -614,7 +614,7 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
                                         "proj_type": "linear"})):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
         cfg[tower].update(values)
-        cm.check_model_config(cfg, "--model m.json")
+        mc.check_model_config(cfg, "--model m.json")
 
 
 def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_declares_them(tmp_path):
@@ -629,7 +629,7 @@ def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_decl
     from conftest import TINY_CLIP_CONFIG
     from open_clip.model import CLIPTextCfg
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     def changed(tower, **values):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -639,7 +639,7 @@ def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_decl
     if "eos_id" not in {f.name for f in dataclasses.fields(CLIPTextCfg)}:  # open_clip 2.x: neither key is its
         with pytest.raises(UserError, match=r"^--model m.json: text_cfg.pool_type must be 'first', 'last', 'argmax' "
                                             r"or 'none', not 'eos'$"):
-            cm.check_model_config(changed("text_cfg", pool_type="eos"), "--model m.json")
+            mc.check_model_config(changed("text_cfg", pool_type="eos"), "--model m.json")
         path = tmp_path / "clip-smot-tiny-block.json"
         path.write_text(json.dumps(changed("vision_cfg", block_type="custom")))
         with pytest.raises(UserError, match="block_type"):  # (open_clip's unexpected keyword, named)
@@ -654,8 +654,8 @@ def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_decl
                                                               r"a token open_clip's tokenizer does not end a text with "
                                                               r"\(its end token is 49407\)$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
-            cm.check_model_config(cfg, "--model m.json")
-    cm.check_model_config(changed("vision_cfg", block_type="custom"), "--model m.json")
+            mc.check_model_config(cfg, "--model m.json")
+    mc.check_model_config(changed("vision_cfg", block_type="custom"), "--model m.json")
     path = tmp_path / "clip-smot-tiny-eos.json"
     path.write_text(json.dumps(changed("text_cfg", pool_type="eos", eos_id=49407)))
     clip = load_clip(str(path), None)
@@ -704,16 +704,17 @@ def test_every_config_open_clip_ships_passes_the_checks():
     import open_clip
 
     import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     # (open_clip's own files: not the configs other tests registered in this process)
     names = [name for name in open_clip.list_models() if cm._builtin_config_file(name).is_file()]
     assert len(names) > 100 and {"ViT-B-16", "RN50", "ViT-H-14-378", "ViT-bigG-14"} <= set(names)
     for name in names:
-        cm.check_model_config(open_clip.get_model_config(name), name)
+        mc.check_model_config(open_clip.get_model_config(name), name)
     patches = [(cfg["vision_cfg"]["image_size"] // cfg["vision_cfg"]["patch_size"]) ** 2
                for cfg in map(open_clip.get_model_config, names) if cfg["vision_cfg"].get("patch_size")]
-    assert max(patches) == 729 < cm.MAX_PATCHES  # ViT-H-14-378 (the limit's comment says so)
-    assert open_clip.tokenizer.SimpleTokenizer().vocab_size == cm.SIMPLE_TOKENIZER_VOCAB
+    assert max(patches) == 729 < mc.MAX_PATCHES  # ViT-H-14-378 (the limit's comment says so)
+    assert open_clip.tokenizer.SimpleTokenizer().vocab_size == mc.SIMPLE_TOKENIZER_VOCAB
 
 
 def test_a_prompts_stored_config_is_named_by_the_prompt_not_a_temporary_file(tmp_path, monkeypatch):
@@ -847,7 +848,7 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
 
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     def changed(**towers):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -873,7 +874,7 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
                 {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
-        cm.check_model_config(cfg, "--model m.json")
+        mc.check_model_config(cfg, "--model m.json")
     for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
                        (changed(text_cfg={"heads": 0}), r"text_cfg.heads must be a positive integer, not 0$"),
                        ({**TINY_CLIP_CONFIG, "embed_dim": 0}, r"embed_dim must be a positive integer, not 0$"),
@@ -882,11 +883,11 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                        ({k: v for k, v in TINY_CLIP_CONFIG.items() if k != "text_cfg"},
                         r"the model config: an open_clip model config needs embed_dim, vision_cfg and text_cfg$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
-            cm.check_model_config(cfg, "--model m.json")
+            mc.check_model_config(cfg, "--model m.json")
     # a prompt's stored config is named by its field (the prefix), not as "the model config"
     with pytest.raises(UserError, match=r"^prompt p: model_config must be a JSON object \(an open_clip model config\), "
                                         r"not list$"):
-        cm.check_model_config([1], "prompt p", "model_config.")
+        mc.check_model_config([1], "prompt p", "model_config.")
 
 
 def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
@@ -894,7 +895,7 @@ def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
     ``hf-hub:x``), and one with a slash or a backslash as a path; a name that is no string at all
     was a TypeError. Each is refused naming the key at fault: ``timm_model_pretrained`` when it is
     the weights that would be fetched. A plain architecture name passes."""
-    from clip_smot.clip.model import check_config_file
+    from clip_smot.clip.model_config import check_config_file
 
     for timm, error in (({"timm_model_name": "hf-hub:evil"}, r"vision_cfg.timm_model_name 'hf-hub:evil': "),
                         ({"timm_model_name": "..\\evil"}, r"vision_cfg.timm_model_name '..\\\\evil': "),
@@ -1068,14 +1069,14 @@ _TEXT_8_COUNT = (50000 + 10 + 4) * 8 + 10**2 + 320  # 400532
      _VISION_8_COUNT),
 ])
 def test_the_size_estimate_counts_each_part_as_its_docstring_says(cfg, count):
-    """_estimated_size, worked out by hand from each config's numbers (the docstring's parts:
+    """estimated_size, worked out by hand from each config's numbers (the docstring's parts:
     (4 + 2 mlp_ratio) width^2 a transformer block, the embeddings, the projections, 14 planes^2 a
     bottleneck and the attention pool, the causal mask)."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
-    assert cm._estimated_size(TINY_CLIP_CONFIG if cfg == "tiny" else cfg) == count
+    assert mc.estimated_size(TINY_CLIP_CONFIG if cfg == "tiny" else cfg) == count
 
 
 @pytest.mark.parametrize("name", ["ViT-B-16", "RN50"])
@@ -1086,13 +1087,13 @@ def test_the_size_estimate_is_within_10_percent_under_open_clips_count(name):
 
     import open_clip
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         model = open_clip.create_model(name, pretrained=None, device="meta")
     exact = sum(p.numel() for p in model.parameters()) + model.attn_mask.numel()
-    estimate = cm._estimated_size(open_clip.get_model_config(name))
+    estimate = mc.estimated_size(open_clip.get_model_config(name))
     assert 0.9 * exact < estimate <= exact
 
 
@@ -1153,7 +1154,7 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
 
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     def vision(**values):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -1161,47 +1162,47 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
         cfg["vision_cfg"].update(values)
         return cfg
 
-    cm.check_model_config(vision(patch_size=224), "--model m.json")
-    cm.check_model_config(vision(image_size=16), "--model m.json")
+    mc.check_model_config(vision(patch_size=224), "--model m.json")
+    mc.check_model_config(vision(image_size=16), "--model m.json")
     for cfg, error in ((vision(patch_size=225), r"vision_cfg.patch_size 225 is larger than the image \(224\)$"),
                        (vision(image_size=15), r"vision_cfg.patch_size 16 is larger than the image \(15\)$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
-            cm.check_model_config(cfg, "--model m.json")
+            mc.check_model_config(cfg, "--model m.json")
 
 
 def test_a_resnet_tower_needs_its_stride_on_each_side_of_the_image():
     """A ResNet's image given as [height, width] needs 32 pixels on its shorter side as well."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     for size in ([31, 64], [64, 31]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "layers": [1, 1]}}
         with pytest.raises(UserError, match=r"^--model m.json: vision_cfg.image_size \[\d+, \d+\]: a ResNet tower needs "
                                             r"at least 32 pixels a side"):
-            cm.check_model_config(cfg, "--model m.json")
-    cm.check_model_config({**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": [32, 64], "layers": [1, 1]}}, "--model m.json")
+            mc.check_model_config(cfg, "--model m.json")
+    mc.check_model_config({**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": [32, 64], "layers": [1, 1]}}, "--model m.json")
 
 
 def test_a_value_shown_in_an_error_is_cut_past_40_characters():
     """_shown: a repr of 40 characters whole; of 41, its first 37 and "..." (40 in all)."""
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
-    assert cm._shown("x" * 38) == repr("x" * 38) and len(repr("x" * 38)) == 40
-    assert cm._shown("x" * 39) == "'" + "x" * 36 + "..."
+    assert mc._shown("x" * 38) == repr("x" * 38) and len(repr("x" * 38)) == 40
+    assert mc._shown("x" * 39) == "'" + "x" * 36 + "..."
 
 
 def test_a_vit_patch_must_fit_the_shorter_side_of_the_image():
     """A ViT's image given as [height, width]: a patch larger than either side is refused."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model as cm
+    import clip_smot.clip.model_config as mc
 
     for size in ([8, 64], [64, 8]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "patch_size": 16}}
         with pytest.raises(UserError, match=rf"^--model m.json: vision_cfg.patch_size 16 is larger than the image "
                                             rf"\(\[{size[0]}, {size[1]}\]\)$"):
-            cm.check_model_config(cfg, "--model m.json")
+            mc.check_model_config(cfg, "--model m.json")
 
 
 def test_an_image_size_of_one_side_is_one_line(tmp_path):

@@ -290,7 +290,8 @@ def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp
     models that use one (SigLIP's tokenizer) still pass the shape check by name."""
     import open_clip
 
-    from clip_smot.clip.model import check_model_config, load_clip
+    from clip_smot.clip.model import load_clip
+    from clip_smot.clip.model_config import check_model_config
 
     config = {"embed_dim": 32, "vision_cfg": {}, "text_cfg": {key: str(tmp_path / "some_folder")}}
     _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))
