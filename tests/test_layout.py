@@ -84,12 +84,12 @@ def test_the_tensor_modules_import_nothing_of_the_package():
 
 
 def test_click_only_in_the_cli_and_open_clip_only_in_clip_model():
-    """open_clip: clip.model, which loads a model, and clip.model_config, whose checks of a user's
+    """open_clip: clip.model, which loads a model, and clip.config_checks, whose checks of a user's
     config read the installed open_clip's declarations (lazily, inside functions)."""
     for module in MODULES:
         top = _top_level(module)
         assert "click" not in top or module == "cli", module
-        assert "open_clip" not in top or module in ("clip.model", "clip.model_config"), module
+        assert "open_clip" not in top or module in ("clip.model", "clip.config_checks"), module
 
 
 def test_every_module_sits_in_its_folder():

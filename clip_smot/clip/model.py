@@ -1,4 +1,4 @@
-"""Load and freeze an open_clip model; with model_config.py, the only modules that import open_clip.
+"""Load and freeze an open_clip model; with config_checks.py, the only modules that import open_clip.
 
 A model is named either by an open_clip architecture name with a pretrained tag (downloaded on
 a machine with internet, e.g. ``ViT-B-16`` + ``openai``), or by an open_clip model-config JSON
@@ -14,7 +14,7 @@ built with QuickGELU; any other local file is built as its model config says (op
 ``-quickgelu`` names, e.g. ``ViT-B-16-quickgelu``, say QuickGELU).
 
 A model config that a user hands in (a ``--model`` JSON file, a prompt's stored config) is
-checked by :mod:`clip_smot.clip.model_config` before open_clip registers or builds it; that
+checked by :mod:`clip_smot.clip.config_checks` before open_clip registers or builds it; that
 module imports open_clip too, lazily, only to read what the installed version declares (its
 config dataclasses, kinds of layer, default preprocessing). It imports nothing of this module.
 """
@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_smot.clip.model_config import check_config_file, check_model_config, check_preprocess_cfg, estimated_size
+from clip_smot.clip.config_checks import check_config_file, check_model_config, check_preprocess_cfg, estimated_size
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import archive_overflow, missing_file, plain_name, read_json, sha256_file

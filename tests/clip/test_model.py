@@ -591,7 +591,7 @@ def test_each_key_is_checked_by_the_type_the_installed_open_clip_declares():
     from conftest import TINY_CLIP_CONFIG
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     wrong = {bool: "x", int: "1", float: "1.0", str: 1}
     naming = ("timm_model_name", "timm_model_pretrained", "hf_model_name", "hf_tokenizer_name")  # (check_config_file's)
@@ -629,7 +629,7 @@ def test_the_kinds_of_block_and_pooling_of_open_clip_3_are_checked_where_it_decl
     from conftest import TINY_CLIP_CONFIG
     from open_clip.model import CLIPTextCfg
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     def changed(tower, **values):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -704,7 +704,7 @@ def test_every_config_open_clip_ships_passes_the_checks():
     import open_clip
 
     import clip_smot.clip.model as cm
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     # (open_clip's own files: not the configs other tests registered in this process)
     names = [name for name in open_clip.list_models() if cm._builtin_config_file(name).is_file()]
@@ -848,7 +848,7 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
 
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     def changed(**towers):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -895,7 +895,7 @@ def test_a_config_file_may_name_a_timm_architecture_but_nothing_to_fetch():
     ``hf-hub:x``), and one with a slash or a backslash as a path; a name that is no string at all
     was a TypeError. Each is refused naming the key at fault: ``timm_model_pretrained`` when it is
     the weights that would be fetched. A plain architecture name passes."""
-    from clip_smot.clip.model_config import check_config_file
+    from clip_smot.clip.config_checks import check_config_file
 
     for timm, error in (({"timm_model_name": "hf-hub:evil"}, r"vision_cfg.timm_model_name 'hf-hub:evil': "),
                         ({"timm_model_name": "..\\evil"}, r"vision_cfg.timm_model_name '..\\\\evil': "),
@@ -1074,7 +1074,7 @@ def test_the_size_estimate_counts_each_part_as_its_docstring_says(cfg, count):
     bottleneck and the attention pool, the causal mask)."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     assert mc.estimated_size(TINY_CLIP_CONFIG if cfg == "tiny" else cfg) == count
 
@@ -1087,7 +1087,7 @@ def test_the_size_estimate_is_within_10_percent_under_open_clips_count(name):
 
     import open_clip
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
@@ -1154,7 +1154,7 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
 
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     def vision(**values):
         cfg = copy.deepcopy(TINY_CLIP_CONFIG)
@@ -1174,7 +1174,7 @@ def test_a_resnet_tower_needs_its_stride_on_each_side_of_the_image():
     """A ResNet's image given as [height, width] needs 32 pixels on its shorter side as well."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     for size in ([31, 64], [64, 31]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "layers": [1, 1]}}
@@ -1186,7 +1186,7 @@ def test_a_resnet_tower_needs_its_stride_on_each_side_of_the_image():
 
 def test_a_value_shown_in_an_error_is_cut_past_40_characters():
     """_shown: a repr of 40 characters whole; of 41, its first 37 and "..." (40 in all)."""
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     assert mc._shown("x" * 38) == repr("x" * 38) and len(repr("x" * 38)) == 40
     assert mc._shown("x" * 39) == "'" + "x" * 36 + "..."
@@ -1196,7 +1196,7 @@ def test_a_vit_patch_must_fit_the_shorter_side_of_the_image():
     """A ViT's image given as [height, width]: a patch larger than either side is refused."""
     from conftest import TINY_CLIP_CONFIG
 
-    import clip_smot.clip.model_config as mc
+    import clip_smot.clip.config_checks as mc
 
     for size in ([8, 64], [64, 8]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "patch_size": 16}}

@@ -291,7 +291,7 @@ def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp
     import open_clip
 
     from clip_smot.clip.model import load_clip
-    from clip_smot.clip.model_config import check_model_config
+    from clip_smot.clip.config_checks import check_model_config
 
     config = {"embed_dim": 32, "vision_cfg": {}, "text_cfg": {key: str(tmp_path / "some_folder")}}
     _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))
