@@ -50,6 +50,7 @@ from clip_smot.common.configs import (
     MAX_WORKERS,
     check_field_types,
     check_ranges,
+    check_smot_only,
     known_fields,
     setting,
 )
@@ -571,6 +572,7 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     device = resolve_device(cfg.device)  # (a run-control option: the current one also on --resume)
     if saved is not None:
         cfg = _resume_config(cfg, saved, flags, device)
+    check_smot_only(cfg, cfg.loss, "--loss", flags or ())  # (the command line's: a library config is as it is)
     # the precision that runs on this device: fp16 is bf16 on the CPU, and recorded so
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     if not dry_run:

@@ -12,13 +12,14 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Collection
 from typing import Any
 
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import parse_json
 
-__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "MAX_SGD_FACTOR", "JsonConfig", "check_field_types", "check_ranges", "flag_of",
-           "known_fields", "setting"]
+__all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "MAX_SGD_FACTOR", "JsonConfig", "check_field_types", "check_ranges",
+           "check_smot_only", "flag_of", "known_fields", "setting"]
 
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
@@ -106,6 +107,20 @@ def check_ranges(cfg: Any) -> None:
         problem = _problem(value, f.metadata)
         if problem:
             raise UserError(f"{flag_of(f) or type(cfg).__name__ + '.' + f.name} {value}: {problem}")
+
+
+# the options that only the SMOT loss reads (the threshold draw, the masked term, its perturbation)
+SMOT_ONLY = ("alpha", "beta", "lam", "T", "perturb", "sigma")
+
+
+def check_smot_only(cfg: Any, loss: str, loss_flag: str, given: Collection[str]) -> None:
+    """A UserError naming the flag of a :data:`SMOT_ONLY` option given (``given``: field names)
+    to a run of another loss (``loss``, chosen by ``loss_flag``): the run went on without it, not
+    a word said (``--loss ce --lam 0.5`` trained plain cross-entropy)."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for name in (n for n in SMOT_ONLY if n in given and loss != "smot"):
+        raise UserError(f"{flag_of(fields[name])} {getattr(cfg, name)}: only the smot loss uses it (this run's "
+                        f"{loss_flag} is {loss})")
 
 
 def known_fields(cls: type, d: Any) -> dict:

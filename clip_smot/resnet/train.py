@@ -48,6 +48,7 @@ from clip_smot.common.configs import (
     JsonConfig,
     check_field_types,
     check_ranges,
+    check_smot_only,
     setting,
 )
 from clip_smot.common.device import (
@@ -535,6 +536,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
+    # (the command line's flags: a library caller's config is taken as it is)
+    check_smot_only(cfg, cfg.method or ("ce" if cfg.stage == "base" else "smot"), "--method", flags or ())
     device, precision = _device(cfg, world)
     cfg, train_set, hashes, cam = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)

@@ -294,6 +294,22 @@ def test_the_baseline_losses_fit_without_cams_and_are_recorded(loss, fit_args, t
         f"Error: --resume: --loss differs from the run saved in {out}; resume with the same flags"), res.output
 
 
+@pytest.mark.parametrize("extra, line", [
+    (["--loss", "ce", "--lam", "0.5"], "--lam 0.5: only the smot loss uses it (this run's --loss is ce)"),
+    (["--loss", "ce", "--lam", "0.1"], "--lam 0.1: only the smot loss uses it (this run's --loss is ce)"),
+    (["--loss", "logitnorm", "--T", "77"], "--T 77.0: only the smot loss uses it (this run's --loss is logitnorm)"),
+    (["--loss", "ls", "--perturb", "noise"], "--perturb noise: only the smot loss uses it (this run's --loss is ls)"),
+    (["--loss", "ce", "--sigma", "0.5"], "--sigma 0.5: only the smot loss uses it (this run's --loss is ce)"),
+])
+def test_an_option_the_runs_loss_does_not_read_is_refused(extra, line, fit_args, tmp_path):
+    """The threshold draw, the masked term and its perturbation are the SMOT loss's: given to a
+    run of another loss (``--loss ce --lam 0.5``), the run went on without them, not a word
+    said. Refused, as train refuses them."""
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", *extra))
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [f"Error: {line}"], res.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_config_records_the_device_the_run_ran_on(fit_args, tmp_path, monkeypatch):
     """--device auto on a machine without a GPU runs on the CPU: config.json and the prompt's
     config record "cpu", the device resolved, not "auto"."""

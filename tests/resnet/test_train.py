@@ -315,6 +315,11 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
     (["--data", "{folders}", "--cam-model", "{notmodel}"], "only the smot method uses CAMs (this run's method is ce)"),
     (["--data", "{folders}", "--stage", "smot", "--method", "ls", "--cam-model", "{notmodel}"], "method is ls"),
     (["--data", "{folders}", "--lam", "2"], "--lam"),
+    # options only the SMOT loss reads, given to a run of another method: were ignored without a word
+    (["--data", "{folders}", "--lam", "0.5", "--dry-run"],
+     "Error: --lam 0.5: only the smot loss uses it (this run's --method is ce)"),
+    (["--data", "{folders}", "--stage", "smot", "--method", "ls", "--T", "7", "--dry-run"],
+     "Error: --T 7.0: only the smot loss uses it (this run's --method is ls)"),
     (["--data", "{folders}", "--epochs", "0"], "--epochs"),
     (["--data", "{folders}", "--lr", "0"], "--lr"),
     (["--data", "{folders}", "--lr", "1e39"], "--lr"),  # (past float32: the first SGD step's traceback)
