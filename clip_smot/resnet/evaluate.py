@@ -184,7 +184,10 @@ def _forward(model, s: SizedImageSet, mean, std, batch_size, device, workers, ne
 
 def _score_names(scores: str | None) -> list[str]:
     """The comma-separated ``--scores``, lower-cased and de-duplicated (default msp)."""
-    names = [n.strip().lower() for n in (scores or "").split(",") if n.strip()] or ["msp"]
+    names = [n.strip().lower() for n in (scores or "").split(",") if n.strip()]
+    if scores and not names:  # (",": was msp without a word, where the CLIP track refuses it)
+        raise UserError(f"--scores {scores}: no score given (choose from {', '.join(RESNET_SCORES)})")
+    names = names or ["msp"]
     unknown = [n for n in names if n not in RESNET_SCORERS]
     if unknown:
         raise UserError(f"--scores {','.join(unknown)}: not a ResNet score (choose from {', '.join(RESNET_SCORES)})")

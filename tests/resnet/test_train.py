@@ -1693,12 +1693,17 @@ def _untrained_model(path: Path, classnames=CLASSES, config=None) -> Path:
 
 def test_eval_scores_are_named_in_any_case_once_each():
     """--scores " MSP, energy,msp ,," is msp and energy, once each (a name twice would list it
-    twice among metrics.json's fitted scores); no names is msp."""
-    from clip_smot.resnet.evaluate import _score_names
+    twice among metrics.json's fitted scores); no --scores is msp, commas naming none one line."""
+    from clip_smot.resnet.evaluate import RESNET_SCORES, _score_names
 
     assert _score_names(" MSP, energy,msp ,,") == ["msp", "energy"]
     assert _score_names("KNN,knn,vim") == ["knn", "vim"]
     assert _score_names("") == _score_names(None) == ["msp"]
+    # commas naming none: one line, as the CLIP track's --scores (was msp without a word)
+    res = CliRunner().invoke(cli, ["eval", "--checkpoint", "m.safetensors", "--id", "digits", "--ood", "svhn",
+                                   "--scores", " , ", "--out", "o"])
+    assert res.exit_code == 1 and res.output == (
+        f"Error: --scores  , : no score given (choose from {', '.join(RESNET_SCORES)})\n"), res.output
 
 
 def test_knn_takes_as_many_training_images_as_its_k():
