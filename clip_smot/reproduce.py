@@ -36,6 +36,7 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     is_file,
+    is_folder,
     json_text,
     make_folder,
     read_json,
@@ -343,7 +344,7 @@ def _ood_args(o: ReproduceOptions, sets: Sequence[str], table: str, inputs: list
             args += ["--ood", name]
             continue
         candidates = [root / c for c in (CIFAR_OOD_FOLDERS if sets == CIFAR_OOD else OOD_FOLDERS)[name]]
-        found = next((c for c in candidates if c.is_dir()), candidates[0])
+        found = next((c for c in candidates if is_folder(c, "--ood-root")), candidates[0])
         inputs.append((f"--ood-root ({name})", str(found)))
         args += ["--ood", f"{name}={found}"]
     return args

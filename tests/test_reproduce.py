@@ -1319,6 +1319,16 @@ def test_every_ood_folder_name_looked_for_is_in_the_help_and_the_docs():
         assert re.search(rf"[ (]{re.escape(name)}[ ,).]", help_text), name
 
 
+def test_an_ood_root_of_a_name_too_long_is_one_line_naming_the_flag(tmp_path):
+    """--ood-root of a name longer than the file system allows: OSError's traceback where the OOD
+    folders were looked for under it (pathlib's is_dir raises ENAMETOOLONG), now one line."""
+    root = "b" * 300
+    res = CliRunner().invoke(cli, ["reproduce", "table1", "--out", str(tmp_path / "r"), "--cifar-root", str(tmp_path),
+                                   "--ood-root", root, "--dry-run"])
+    assert res.exit_code == 1 and res.output == f"Error: --ood-root {root}/Textures: File name too long\n", res.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_table_is_one_line_naming_the_tables():
     with pytest.raises(UserError) as e:
         plan("table10", ReproduceOptions(out="/o"))

@@ -66,6 +66,7 @@ from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_files,
     check_output,
+    is_file,
     is_folder,
     json_text,
     make_folder,
@@ -407,9 +408,9 @@ def _check_run_files_there(run: FitConfig, record: dict, fields: Collection[str]
     files = {"model": config_path(run.model),
              "pretrained": bool((record.get("clip") or {}).get("checkpoint_sha256")),  # (a tag has none)
              "cam_model": run.loss == "smot" and run.cam_model not in CAM_MODELS}
-    for field, is_file in files.items():
+    for field, names_a_file in files.items():
         path = getattr(run, field)
-        if field in fields and is_file and not os.path.isfile(path):
+        if field in fields and names_a_file and not os.path.isfile(path):
             flag = "--" + field.replace("_", "-")
             raise UserError(f"{where}: the run's {flag} file {path} is not there (moved?); pass {flag} with its "
                             "path now")
@@ -860,7 +861,7 @@ def export_prompt(cfg: ExportConfig) -> Path:
 
     check_ranges(cfg)
     path, model, pretrained, device = Path(cfg.checkpoint), cfg.model, cfg.pretrained, cfg.device
-    if not path.is_file():
+    if not is_file(path, "--checkpoint"):  # (a name too long for the system: one line, not OSError's traceback)
         raise UserError(f"--checkpoint {path}: {missing_file(path, '--checkpoint')}")
     inputs = [("--checkpoint file", path), ("--model file", model), ("--pretrained file", pretrained),
               *((f"run's {name}", path.parent / name) for name in _FILES if name != "prompt.safetensors")]

@@ -206,6 +206,15 @@ def test_fp16_on_the_cpu_is_the_bf16_it_runs(fit_args, tmp_path):
     assert res.exit_code == 1 and "--precision differs from the run saved" in res.output, res.output
 
 
+def test_export_of_a_checkpoint_name_too_long_is_one_line_naming_the_flag(tmp_path):
+    """--checkpoint of a name longer than the file system allows: OSError's traceback (pathlib's
+    is_file raises ENAMETOOLONG), now one line naming the flag, as score's --prompt is."""
+    name = "a" * 300
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", name, "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 1 and res.output == f"Error: --checkpoint {name}: File name too long\n", res.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_with_other_weights_says_so(one_epoch, tiny_clip_checkpoint, tmp_path):
     """export --pretrained with another checkpoint of the architecture wrote a prompt whose text
     features are not the trained prompt's, without a word; a copy of the run's own file is fine."""
