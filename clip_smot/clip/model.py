@@ -432,7 +432,12 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")
         openai_file = _is_openai_file(pretrained)
-        return (pretrained, sha256_file(pretrained), "quick_gelu" if openai_file else None,
+        try:  # (a file that stat calls regular but no read can go through: /proc/self/mem, a failing disk)
+            sha = sha256_file(pretrained)
+        except OSError as e:
+            raise UserError(f"--pretrained {pretrained}: cannot be read ({type(e).__name__}: "
+                            f"{first_line(e)})") from None
+        return (pretrained, sha, "quick_gelu" if openai_file else None,
                 f"the weights {os.path.basename(pretrained)} (OpenAI's own file)")
     if tag_cfg:
         implied = None if "quick_gelu" not in tag_cfg else "quick_gelu" if tag_cfg["quick_gelu"] else "gelu"

@@ -1283,3 +1283,11 @@ def test_offline_an_openai_tag_names_the_file_openais_clip_package_keeps(tmp_pat
     with pytest.raises(UserError) as e:  # (another tag's weights are not OpenAI's)
         load_clip("ViT-B-16", "laion2b_s34b_b88k")
     assert "clip package" not in str(e.value)
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/mem"), reason="needs Linux's /proc/self/mem")
+def test_weights_no_read_goes_through_are_one_line_naming_the_flag(tiny_clip_config):
+    """--pretrained /proc/self/mem: a regular file to stat, while every read of it at offset 0 is an
+    I/O error; hashing it ended fit, score, export and eval in OSError's traceback."""
+    with pytest.raises(UserError, match=r"^--pretrained /proc/self/mem: cannot be read \(OSError: \[Errno 5\] "):
+        load_clip(tiny_clip_config, "/proc/self/mem")
