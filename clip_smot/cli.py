@@ -142,11 +142,15 @@ class _Float(click.FloatRange):
 
 class _Path(click.Path):
     """A path flag that is not empty: ``--out ""`` (an unset ``--out "$OUT"``) is the working
-    directory to every file call, where a run wrote its files without a word."""
+    directory to every file call, where a run wrote its files without a word. Nor does it hold a
+    NUL byte (a caller in Python's, as no shell passes one): the first file call's ValueError
+    ended the command in a traceback."""
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value:
             self.fail("an empty path (an unset shell variable?)", param, ctx)
+        if isinstance(value, str) and "\0" in value:
+            self.fail("a path holding a NUL byte, which no file name can", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -87,6 +87,11 @@ BAD_FLAGS = [
     (["eval", "--checkpoint", "m.safetensors", "--id", "x", "--ood", "a=b", "--out", ""],
      "Invalid value for '--out': an empty path"),
     (["train", "--data", "", "--out", "o"], "Invalid value for '--data': an empty path"),
+    # a NUL byte (from a Python caller: no shell passes one) was a ValueError's traceback at the first file call
+    *[(argv, f"Invalid value for '{flag}': a path holding a NUL byte, which no file name can")
+      for flag, argv in (("--out", ["fit", "--out", "r\0", "--dry-run"]), ("--split", ["fit", "--split", "s\0.txt"]),
+                         ("--checkpoint", ["export", "--checkpoint", "c\0.pt", "--out", "p"]),
+                         ("--ood-root", ["reproduce", "table1", "--out", "o", "--ood-root", "\0", "--dry-run"]))],
     # --id "" read the working directory as the ID set; --id-train "" took the model's own data
     (["eval", "--checkpoint", "m.safetensors", "--id", "", "--ood", "a=b", "--out", "e"],
      "Invalid value for '--id': an empty path"),
