@@ -207,6 +207,10 @@ def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_p
     why = rf"its entries unpack to \d+ bytes, \d+ times the file's {size} \(torch.save stores tensors uncompressed\)"
     with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({why}; not loaded\)$"):
         rf.read_checkpoint(tmp_path / "bomb.pt", "clip-smot-fit-checkpoint")
+    # (a state dict: a fit checkpoint is named as one where weights are wanted, before it is measured)
+    torch.save({"junk": torch.zeros(1 << 18)}, tmp_path / "weights.pt")
+    _deflated(tmp_path / "weights.pt", tmp_path / "bomb.pt")
+    why = why.replace(str(size), str((tmp_path / "bomb.pt").stat().st_size))
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'bomb.pt'}: {why}; not loaded$"):
         load_cam_network(str(tmp_path / "bomb.pt"))
     with pytest.raises(UserError, match=rf"^--pretrained {tmp_path / 'bomb.pt'}: {why}; not loaded$"):

@@ -843,3 +843,107 @@ def test_decode_help_says_when_auto_is_not_the_gpu(command, monkeypatch):
     assert decoding.resolve_decode("auto", cuda, {**square, "size": (224, 256)}) == "pil"
     monkeypatch.setattr(decoding.ti, "has_decode_jpeg", lambda: False)
     assert decoding.resolve_decode("auto", cuda, square) == "pil"
+
+
+# --- a file of another kind given to a flag -------------------------------------------------------
+
+
+def _files_of_each_kind(tmp_path: Path) -> dict[str, Path]:
+    """One small file of each kind a user may hand to the wrong flag: only what tells the kinds
+    apart is real (a checkpoint's format, a safetensors file's metadata and names)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from clip_smot.common import run_folder as rf
+
+    fit, train = tmp_path / "runs" / "fit", tmp_path / "runs" / "train"
+    fit.mkdir(parents=True)
+    train.mkdir(parents=True)
+    rf.save_checkpoint(fit / "checkpoint.pt", "clip-smot-fit-checkpoint", {"epoch": 1})
+    rf.save_checkpoint(train / "checkpoint.pt", "clip-smot-train-checkpoint", {"epoch": 1})
+    save_file({"ctx": torch.zeros(4, 8), "text_features": torch.zeros(3, 8)}, str(fit / "prompt.safetensors"),
+              metadata={"format": "clip-smot-prompt", "format_version": "1"})
+    save_file({"fc.weight": torch.zeros(2, 8)}, str(train / "model.safetensors"),
+              metadata={"format": "clip-smot-model", "format_version": "1"})
+    save_file({"visual.conv1.weight": torch.zeros(2, 3, 1, 1), "text_projection": torch.zeros(2, 2)},
+              str(tmp_path / "weights.safetensors"))
+    torch.save({"conv1.weight": torch.zeros(2, 3, 1, 1), "fc.weight": torch.zeros(2, 2)}, tmp_path / "resnet18.pth")
+    (tmp_path / "ViT-Tiny.json").write_text(json.dumps({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}))
+    (tmp_path / "cut.pt").write_bytes((fit / "checkpoint.pt").read_bytes()[:300])  # (a copy that stopped)
+    from PIL import Image
+
+    for name in ("a", "b"):  # (a folder of two classes, one image each)
+        (tmp_path / "images" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), name == "a" and "red" or "blue").save(tmp_path / "images" / name / "0.png")
+    return {"fit": fit / "checkpoint.pt", "train": train / "checkpoint.pt", "prompt": fit / "prompt.safetensors",
+            "model": train / "model.safetensors", "weights": tmp_path / "weights.safetensors",
+            "resnet": tmp_path / "resnet18.pth", "config": tmp_path / "ViT-Tiny.json", "cut": tmp_path / "cut.pt",
+            "images": tmp_path / "images", "tmp": tmp_path}
+
+
+_SCORE = ["score", "--prompt", "{given}", "--device", "cpu", "--out", "{tmp}/s.csv", "{images}"]
+_EVAL = ["eval", "--id", "{images}", "--ood", "x={images}", "--device", "cpu", "--out", "{tmp}/e"]
+_FIT = ["fit", "--data", "{images}", "--shots", "1", "--model", "{tiny}", "--pretrained", "none", "--device", "cpu", "--dry-run",
+        "--out", "{tmp}/f"]
+_EXPORT = ["export", "--checkpoint", "{given}", "--device", "cpu", "--out", "{tmp}/p.safetensors"]
+_TRAIN = ["train", "--dataset", "digits", "--stage", "smot", "--device", "cpu", "--dry-run", "--out", "{tmp}/t"]
+
+
+@pytest.mark.parametrize("argv, given, expected", [
+    # (was "not a safetensors file (Error while deserializing header: header too large)")
+    (_SCORE, "fit", "--prompt {fit}: a fit checkpoint (a torch archive), not a prompt file; export one with "
+                    "`clip-smot export --checkpoint {fit} --out p.safetensors`, or give {prompt}"),
+    ([*_EVAL, "--prompt", "{given}"], "fit",
+     "--prompt {fit}: a fit checkpoint (a torch archive), not a prompt file; export one with "
+     "`clip-smot export --checkpoint {fit} --out p.safetensors`, or give {prompt}"),
+    ([*_EVAL, "--prompt", "{given}"], "train",
+     "--prompt {train}: a train checkpoint (a torch archive), not a prompt file; a trained ResNet is evaluated with "
+     "`clip-smot eval --checkpoint {model}`"),
+    # (was "not a clip-smot prompt (missing tensor ctx, text_features)")
+    (_SCORE, "model", "--prompt {model}: a model file of clip-smot train (.safetensors), not a prompt file; a trained "
+                      "ResNet is evaluated with `clip-smot eval --checkpoint {model}`"),
+    (_SCORE, "weights", "--prompt {weights}: CLIP weights, not a prompt file; give it to --pretrained"),
+    (_SCORE, "config", "--prompt {config}: an open_clip model config (JSON), not a prompt file; give it to --model"),
+    (_SCORE, "cut", "--prompt {cut}: a torch archive cut short (its zip directory is missing: a copy or download "
+                    "that stopped?), not a prompt file; `clip-smot fit` writes one (OUT/prompt.safetensors), "
+                    "`clip-smot export` one from a fit checkpoint"),
+    # (was "not a safetensors file (Error while deserializing header: header too large)")
+    ([*_EVAL, "--checkpoint", "{given}"], "train",
+     "--checkpoint {train}: a train checkpoint (a torch archive), not a model file of clip-smot train; give the "
+     "model its run writes when it ends ({model})"),
+    # (was "not a clip-smot model file (format is 'clip-smot-prompt', expected 'clip-smot-model'; ...)")
+    ([*_EVAL, "--checkpoint", "{given}"], "prompt",
+     "--checkpoint {prompt}: a prompt file (fit's or export's .safetensors), not a model file of clip-smot train; "
+     "a prompt is evaluated with `clip-smot eval --prompt {prompt}`"),
+    # (was "not a clip-smot fit checkpoint")
+    (_EXPORT, "prompt", "--checkpoint {prompt}: a prompt file (fit's or export's .safetensors), not a fit "
+                        "checkpoint; it is exported already: give it to --prompt"),
+    (_EXPORT, "train", "--checkpoint {train}: a train checkpoint (a torch archive), not a fit checkpoint; "
+                       "`clip-smot fit` writes one (OUT/checkpoint.pt)"),
+    # (was "not a readable checkpoint (RuntimeError: PytorchStreamReader failed reading zip archive: ...)")
+    (_EXPORT, "cut", "--checkpoint {cut}: a torch archive cut short (its zip directory is missing: a copy or "
+                     "download that stopped?); not loaded"),
+    # (was "not a torchvision ResNet state dict (no conv1.weight / fc.weight)")
+    ([*_FIT, "--cam-model", "{given}"], "prompt",
+     "--cam-model {prompt}: a prompt file (fit's or export's .safetensors), not a ResNet state dict or a model file "
+     "of clip-smot train; torchvision's resnet18 weights are one (resnet18-f37072fd.pth); `clip-smot train` writes "
+     "the other"),
+    # (was "not a safetensors file (Error while deserializing header: header too large)")
+    ([*_TRAIN, "--cam-model", "{given}"], "resnet",
+     "--cam-model {resnet}: a ResNet state dict, not a model file of clip-smot train; fit's --cam-model takes a "
+     "torchvision state dict; train's is the model file of a `clip-smot train --stage base` run "
+     "(OUT/model.safetensors)"),
+    # (was torch's "Weights only load failed. In PyTorch 2.6, ..." paragraph, cut)
+    ([*_EVAL, "--zero-shot", "--model", "{config}", "--pretrained", "{given}"], "config",
+     "--pretrained {config}: an open_clip model config (JSON), not CLIP weights; give it to --model"),
+])
+def test_a_file_of_another_kind_is_named_with_what_the_flag_takes(tmp_path, tiny_clip_config, argv, given, expected):
+    """A file handed to the wrong flag (a fit run's checkpoint.pt as --prompt) was refused in the
+    reader's own words ("header too large", torch's paragraph on weights_only): the line now says
+    what the file is, what the flag takes and where one comes from."""
+    files = {k: str(v) for k, v in _files_of_each_kind(tmp_path).items()} | {"tiny": tiny_clip_config}
+    res = CliRunner().invoke(cli, [a.format(given=files[given], **files) for a in argv])
+    assert res.exit_code == 1 and res.output == f"Error: {expected.format(**files)}\n", res.output
+

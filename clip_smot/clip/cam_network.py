@@ -32,7 +32,7 @@ from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
-from clip_smot.common.files import archive_overflow
+from clip_smot.common.files import archive_overflow, check_kind
 from clip_smot.common.network import host_reachable, no_download
 from clip_smot.common.run_folder import holds_its_values
 
@@ -201,6 +201,7 @@ def load_cam_network(spec: str) -> CamNetwork:
             f"--cam-model {spec}: no such checkpoint file (give {', '.join(CAM_MODELS)} or the path of a ResNet "
             "state dict (.pt/.pth) or of a model.safetensors from 'clip-smot train')"
         )
+    check_kind(spec, "--cam-model", "cam-model")  # (a prompt, a fit checkpoint: named as such)
     from clip_smot.resnet.networks import MODEL_FORMAT
 
     if spec.endswith(".safetensors") and _safetensors_format(spec) == MODEL_FORMAT:

@@ -65,6 +65,7 @@ from clip_smot.common.device import (
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     atomic_write_files,
+    check_kind,
     check_output,
     is_file,
     is_folder,
@@ -347,6 +348,7 @@ def _check_saved(saved: dict, where: str) -> None:
 
 def _load_checkpoint(path: Path, flag: str) -> dict:
     """Read a fit checkpoint, each part checked (:func:`_check_saved`) before any is used."""
+    check_kind(path, flag, "fit-checkpoint")  # (a prompt, a train checkpoint: named as such)
     try:
         saved = rf.read_checkpoint(path, CHECKPOINT_FORMAT)
     except rf.CheckpointError as e:

@@ -40,7 +40,7 @@ from PIL import Image
 from clip_smot.clip.config_checks import check_config_file, check_model_config, check_preprocess_cfg, estimated_size
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import archive_overflow, missing_file, plain_name, read_json, sha256_file
+from clip_smot.common.files import archive_overflow, check_kind, missing_file, plain_name, read_json, sha256_file
 from clip_smot.common.network import host_reachable, no_download
 
 __all__ = [
@@ -428,6 +428,7 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     # a tag is a tag: a file that happens to bear its name in the current folder is given as ./openai
     tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
     if os.path.isfile(pretrained) and not tag_cfg:
+        check_kind(pretrained, "--pretrained", "clip-weights")  # (a model config, a prompt: named as such)
         overflow = archive_overflow(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained, name)
         if overflow:
             raise UserError(f"--pretrained {pretrained}: {overflow}")

@@ -40,7 +40,7 @@ from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, 
 from clip_smot.clip.config_checks import check_config_file
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_save_safetensors, missing_file, parse_json
+from clip_smot.common.files import atomic_save_safetensors, check_kind, missing_file, parse_json
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens", "tokens",
            "recorded_epochs", "save_prompt", "unfinished_note"]
@@ -173,6 +173,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     path = str(path)
     if not os.path.isfile(path):
         raise UserError(f"--prompt {path}: {missing_file(path, '--prompt')}")
+    check_kind(path, "--prompt", "prompt")  # (a run's checkpoint.pt, a model file: named as such)
     try:
         f = safe_open(path, framework="pt")
     except (SafetensorError, OSError, ValueError) as e:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save_safetensors, is_file, missing_file, parse_json
+from clip_smot.common.files import atomic_save_safetensors, check_kind, is_file, missing_file, parse_json
 
 __all__ = [
     "MODEL_FORMAT",
@@ -364,6 +364,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     path = Path(path)
     if not is_file(path, flag):
         raise UserError(f"{flag} {path}: {missing_file(path, flag)}")
+    check_kind(path, flag, "base-model" if flag == "--cam-model" else "model")  # (a run's checkpoint.pt, a prompt)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = dict(f.metadata() or {})

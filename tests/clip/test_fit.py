@@ -1187,10 +1187,11 @@ def test_cam_model_from_timms_hub_safetensors(fit_args, tmp_path, tiny_clip_chec
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--cam-model", str(path)))
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["cam_model"] == str(path)
-    # a safetensors file of no ResNet (CLIP weights) is one line naming what it lacks
+    # a safetensors file of no ResNet (CLIP weights) is one line naming what it is
     res = CliRunner().invoke(cli, fit_args(tmp_path / "run2", "--cam-model", tiny_clip_checkpoint))
     assert res.exit_code == 1 and res.output.endswith(
-        f"--cam-model {tiny_clip_checkpoint}: not a torchvision ResNet state dict (no conv1.weight / fc.weight)\n")
+        f"--cam-model {tiny_clip_checkpoint}: CLIP weights, not a ResNet state dict or a model file of clip-smot "
+        "train; give it to --pretrained\n")
 
 
 def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):

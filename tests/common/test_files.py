@@ -1177,3 +1177,77 @@ def test_a_safetensors_write_error_gives_the_systems_reason_not_its_temporary_pa
         files.atomic_save_safetensors({"x": files.torch.zeros(2)}, path, {})
     assert str(e.value) == f"cannot write {path}: {os.strerror(errno.ENOSPC)}"
     assert os.listdir(tmp_path) == []
+
+
+def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_path, monkeypatch):
+    """file_kind names each kind of file a user may hand to the wrong flag from a few bytes, a
+    zip's entry names, its pickle's first bytes or a safetensors header, and loads nothing: a
+    checkpoint whose pickle would run code is named without being unpickled."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    from clip_smot.common import run_folder as rf
+
+    def kind(name, data):
+        (tmp_path / name).write_bytes(data) if isinstance(data, bytes) else (tmp_path / name).write_text(data)
+        return files.file_kind(tmp_path / name)
+
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    rf.save_checkpoint(tmp_path / "fit.pt", "clip-smot-fit-checkpoint", {"epoch": 1})
+    assert files.file_kind(tmp_path / "fit.pt") == "fit-checkpoint"
+    rf.save_checkpoint(tmp_path / "train.pt", "clip-smot-train-checkpoint", {"model": {"fc.weight": torch.zeros(1)}})
+    assert files.file_kind(tmp_path / "train.pt") == "train-checkpoint"
+    assert kind("cut.pt", (tmp_path / "fit.pt").read_bytes()[:300]) == "torch-cut"
+    torch.save({"module.conv1.weight": torch.zeros(1), "module.fc.weight": torch.zeros(1)}, tmp_path / "r.pth")
+    assert files.file_kind(tmp_path / "r.pth") == "resnet-weights"
+    torch.save({"visual.proj": torch.zeros(1), "text_projection": torch.zeros(1)}, tmp_path / "clip.pt")
+    assert files.file_kind(tmp_path / "clip.pt") == "clip-weights"
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    assert files.file_kind(tmp_path / "w.pt") == "torch-archive"
+    torch.save({"w": torch.zeros(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert files.file_kind(tmp_path / "old.pt") == "pickle"
+
+    class Evil:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "clip-smot-fit-checkpoint", "x": Evil()}))
+    assert files.file_kind(tmp_path / "evil.pt") == "pickle"
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:  # (a torch archive whose pickle would run code)
+        z.writestr("archive/data.pkl", pickle.dumps({"format": "clip-smot-fit-checkpoint", "x": Evil()}))
+    assert files.file_kind(tmp_path / "evil.zip") == "fit-checkpoint"
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as z:  # (a zip of no torch archive: left to its loader)
+        z.writestr("a.png", b"x")
+    assert files.file_kind(tmp_path / "photos.zip") is None
+
+    for fmt, expected in (("clip-smot-prompt", "prompt"), ("clip-smot-model", "model"), ("another", None)):
+        save_file({"w": torch.zeros(1)}, str(tmp_path / "s.safetensors"), metadata={"format": fmt})
+        assert files.file_kind(tmp_path / "s.safetensors") == expected, fmt
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "s.safetensors"))
+    assert files.file_kind(tmp_path / "s.safetensors") == "safetensors"
+    save_file({"ctx": torch.zeros(1)}, str(tmp_path / "s.safetensors"))  # (a prompt of no metadata: its loader says)
+    assert files.file_kind(tmp_path / "s.safetensors") is None
+    save_file({"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)},
+              str(tmp_path / "s.safetensors"))
+    assert files.file_kind(tmp_path / "s.safetensors") == "clip-weights"
+
+    assert kind("m.json", '{"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}') == "model-config"
+    assert kind("c.json", '\ufeff{"shots": 16, "n_ctx": 4}') == "fit-config"
+    assert kind("t.json", '{"arch": "resnet18", "stage": "base"}') == "train-config"
+    assert kind("j.json", '{"abcdef": {"g": 1}}') == "json"  # (a "{" at byte 8, as a safetensors header's)
+    assert kind("cut.json", '[1, 2') == "json"
+    assert kind("empty", b"") is None and kind("text", "hello") is None
+    assert files.file_kind(tmp_path / "missing") is None and files.file_kind(tmp_path) is None
+
+
+def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
+    from clip_smot.clip.prompt_file import FORMAT
+    from clip_smot.common.run_folder import CHECKPOINT_FORMATS
+    from clip_smot.resnet.networks import MODEL_FORMAT
+
+    assert files._FORMAT_KINDS == {FORMAT: "prompt", MODEL_FORMAT: "model",
+                                   **{f: f.split("-")[-2] + "-checkpoint" for f in CHECKPOINT_FORMATS}}

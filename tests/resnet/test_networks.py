@@ -86,7 +86,8 @@ def test_model_file_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="not a safetensors file"):
         load_model(tmp_path / "junk.safetensors")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "clip-smot-prompt"})
-    with pytest.raises(UserError, match="not a clip-smot model"):
+    with pytest.raises(UserError, match=r"a prompt file \(fit's or export's .safetensors\), not a model file of "
+                                        "clip-smot train"):
         load_model(tmp_path / "other.safetensors", flag="--cam-model")
     _save(tmp_path / "m.safetensors")
     from safetensors.torch import load_file, safe_open
@@ -459,8 +460,8 @@ def test_model_file_metadata_just_outside_its_ranges_is_one_line(tmp_path, chang
 
 def test_a_safetensors_file_without_metadata_is_not_a_model_file(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))  # (no __metadata__ at all)
-    with pytest.raises(UserError, match=r"^--checkpoint \S+bare.safetensors: not a clip-smot model file \(format is "
-                                        r"None, expected 'clip-smot-model'"):
+    with pytest.raises(UserError, match=r"^--checkpoint \S+bare.safetensors: a safetensors file without clip-smot "
+                                        r"metadata, not a model file of clip-smot train; `clip-smot train` writes one"):
         load_model(tmp_path / "bare.safetensors")
 
 
