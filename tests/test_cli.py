@@ -947,3 +947,19 @@ def test_a_file_of_another_kind_is_named_with_what_the_flag_takes(tmp_path, tiny
     res = CliRunner().invoke(cli, [a.format(given=files[given], **files) for a in argv])
     assert res.exit_code == 1 and res.output == f"Error: {expected.format(**files)}\n", res.output
 
+
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_checkpoint_cut_short_is_named_so_on_resume(tmp_path, command):
+    """A run's checkpoint.pt cut short (a copy of the run folder that stopped) was refused with
+    torch's paragraph on miniz and corrupted files; the line says what is wrong in a few words."""
+    from clip_smot.common import run_folder as rf
+
+    path = tmp_path / "checkpoint.pt"
+    rf.save_checkpoint(path, f"clip-smot-{command}-checkpoint", {"epoch": 1})
+    path.write_bytes(path.read_bytes()[:300])
+    res = CliRunner().invoke(cli, [command, "--out", str(tmp_path), "--resume", "--device", "cpu"])
+    expected = {"fit": f"--resume {path}: a torch archive cut short (its zip directory is missing: a copy or download "
+                       "that stopped?); not loaded",
+                "train": f"--resume: {path} is not a readable clip-smot checkpoint (cut short: its zip directory is "
+                         "missing)"}[command]
+    assert res.exit_code == 1 and res.output == f"Error: {expected}\n", res.output

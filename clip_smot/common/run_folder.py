@@ -39,6 +39,7 @@ from clip_smot.common.files import (
     atomic_save,
     atomic_write_text,
     exists,
+    file_kind,
     parse_json,
     read_json,
     write_json,
@@ -158,7 +159,8 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)
-        why = load_error(e)
+        # (torch's words for an archive cut short are a paragraph on miniz and corrupted files)
+        why = "cut short: its zip directory is missing" if file_kind(path) == "torch-cut" else load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
     found = saved.get("format") if isinstance(saved, dict) else None
     if found != fmt and not (legacy and isinstance(saved, dict) and "format" not in saved):
