@@ -938,6 +938,9 @@ _TRAIN = ["train", "--dataset", "digits", "--stage", "smot", "--device", "cpu", 
     # (was torch's "Weights only load failed. In PyTorch 2.6, ..." paragraph, cut)
     ([*_EVAL, "--zero-shot", "--model", "{config}", "--pretrained", "{given}"], "config",
      "--pretrained {config}: an open_clip model config (JSON), not CLIP weights; give it to --model"),
+    # (was "not a valid JSON model config (larger than 1048576 bytes, ...)" or "('utf-8' codec can't decode ...)")
+    ([*_EVAL, "--zero-shot", "--model", "{given}"], "weights",
+     "--model {weights}: CLIP weights, not a model-config JSON; give it to --pretrained"),
 ])
 def test_a_file_of_another_kind_is_named_with_what_the_flag_takes(tmp_path, tiny_clip_config, argv, given, expected):
     """A file handed to the wrong flag (a fit run's checkpoint.pt as --prompt) was refused in the

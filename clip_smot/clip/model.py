@@ -180,6 +180,7 @@ def _resolve_name(model: str, source: tuple[str, str]) -> tuple[str, dict]:
         path = Path(model)
         if not os.path.isfile(path):
             raise UserError(f"--model {model}: {missing_file(path, '--model', 'model-config JSON file')}")
+        check_kind(path, "--model", "model-config")  # (CLIP weights, a prompt: named as such)
         try:
             cfg = read_json(path)
         except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError, a file too large)

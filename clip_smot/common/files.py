@@ -885,6 +885,9 @@ _WANTS = {
                   "torchvision's resnet18 weights are one (resnet18-f37072fd.pth); `clip-smot train` writes the other"),
     "clip-weights": ("CLIP weights", ("clip-weights", "torch-archive", "torchscript", "pickle", "safetensors"),
                      "--pretrained takes a tag of the model (openai) or a weights file of open_clip or OpenAI"),
+    "model-config": ("a model-config JSON", ("model-config", "json", "fit-config", "train-config"),
+                     "--model takes an open_clip architecture name (ViT-B-16) or such a file (open_clip's "
+                     "model_configs/NAME.json)"),
 }
 
 
@@ -917,7 +920,9 @@ _ADVICE = {
     ("torch-archive", "base-model"): lambda path, folder, beside: _BASE_MODEL,
     ("prompt", "fit-checkpoint"): lambda path, folder, beside: "it is exported already: give it to --prompt",
     ("prompt", "clip-weights"): lambda path, folder, beside: (
-        "give it to --prompt; --pretrained takes the CLIP weights it was made with"),
+        "a prompt is given to score or eval as --prompt; --pretrained takes the CLIP weights it was made with"),
+    ("prompt", "model-config"): lambda path, folder, beside: (
+        "a prompt is given to score or eval as --prompt; --model takes the model config it was made with"),
 }
 _BESIDE = {"prompt": "prompt.safetensors", "model": "model.safetensors", "base-model": "model.safetensors",
            "cam-model": "model.safetensors"}
@@ -934,7 +939,7 @@ def check_kind(path: str | os.PathLike, flag: str, wants: str) -> None:
         path: the file given.
         flag: the flag it was given to (``--prompt``).
         wants: what the flag takes: a key of ``_WANTS`` (``prompt``, ``model``, ``base-model``,
-            ``fit-checkpoint``, ``cam-model``, ``clip-weights``).
+            ``fit-checkpoint``, ``cam-model``, ``clip-weights``, ``model-config``).
     """
     wanted, takes, source = _WANTS[wants]
     kind = file_kind(path)
@@ -949,7 +954,8 @@ def check_kind(path: str | os.PathLike, flag: str, wants: str) -> None:
         advice = "give it to --model"
     elif kind == "clip-weights":
         advice = "give it to --pretrained"
-    elif kind == "resnet-weights" and wants in ("prompt", "model", "fit-checkpoint", "clip-weights"):
+    elif kind == "resnet-weights" and wants in ("prompt", "model", "fit-checkpoint", "clip-weights",
+                                                                "model-config"):
         advice = "give it to fit's --cam-model"
     else:
         advice = _ADVICE[kind, wants](path, folder, beside) if (kind, wants) in _ADVICE else source
