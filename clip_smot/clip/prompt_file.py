@@ -36,8 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot import __version__
-from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, count_tokens
 from clip_smot.clip.config_checks import check_config_file
+from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import atomic_save_safetensors, check_kind, missing_file, parse_json
