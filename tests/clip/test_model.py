@@ -598,8 +598,8 @@ def test_an_architecture_the_estimate_lets_through_is_refused_by_its_exact_count
     counted (its parameters, 4 bytes each, as open_clip builds it) and refused, the estimate
     staying under that count; at the exact bytes, or on a machine whose memory is unknown, it
     loads. The tiny model with a context of 16 tokens: its estimate, by hand, is its ViT's 113728
-    (the test above) and a text tower of (49408 + 16 + 32) x 32, a mask of 16^2 and 2 blocks of
-    12 x 32^2."""
+    (test_config_checks.py's hand count) and a text tower of (49408 + 16 + 32) x 32, a mask of
+    16^2 and 2 blocks of 12 x 32^2."""
     import warnings
 
     import open_clip
