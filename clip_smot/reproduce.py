@@ -214,6 +214,9 @@ class Stage:
                     raise ValueError("argv is not a list of strings")
                 if not isinstance(hashes, dict):
                     raise ValueError("inputs is not an object")
+                # (a null hash was taken for an older record's missing one: the stage skipped unchecked)
+                if not all(isinstance(sha, str) for sha in hashes.values()):
+                    raise ValueError("inputs holds a SHA-256 that is no string")
                 if not isinstance(saved.get("files", {}), dict):  # (an older record has none: not checked)
                     raise ValueError("files is not an object")
             except (OSError, ValueError, KeyError, TypeError) as e:

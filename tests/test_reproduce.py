@@ -947,6 +947,27 @@ def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, reco
                                 f"{out / 'fit-coop'} to run the stage again")
 
 
+@pytest.mark.parametrize("sha", [None, 1, ["0" * 64]])
+def test_a_record_whose_input_hash_is_no_string_is_refused_not_skipped(tmp_path, sha):
+    """eval-coop's record with the hash of fit-coop's prompt null (or another non-string): the stage
+    was skipped as finished, the prompt never compared (a null read as an older record's missing
+    hash), though fit-coop was redone since."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    record = json.loads((out / "eval-coop" / RECORD).read_text())
+    record["inputs"]["fit-coop/prompt.safetensors"] = sha
+    (out / "eval-coop" / RECORD).write_text(json.dumps(record))
+    (out / "fit-coop" / "prompt.safetensors").write_bytes(b"1")  # (redone since)
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'eval-coop' / RECORD} cannot be read (inputs holds a SHA-256 "
+                                f"that is no string); remove {out / 'eval-coop'} to run the stage again")
+
+
 def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path):
     """fit-coop read fit-smot's split.txt; with it deleted (fit-smot's prompt still there) the
     CoOp prompt can no longer be told to be of that split: refused, before anything runs."""
