@@ -285,16 +285,20 @@ class Stage:
         return None
 
     def unchecked_note(self, out: str | Path) -> str:
-        """For a finished stage whose record an older clip-smot wrote (no ``inputs``: no hashes to
-        compare) and that reads earlier stages' files: what the user must check by hand; else ''."""
+        """For a finished stage that reads earlier stages' files and whose record has no hash of one
+        of them (an older clip-smot's record: no ``inputs``; or one lacking that file's hash, which
+        went unchecked as silently as if equal): what the user must check by hand; else ''."""
         try:
-            unchecked = "inputs" not in read_json(self.folder(out) / RECORD)
-        except (OSError, ValueError, TypeError):  # (no record, or one check_record has refused)
+            recorded = read_json(self.folder(out) / RECORD).get("inputs")
+        except (OSError, ValueError, TypeError, AttributeError):  # (no record, or one check_record has refused)
             return ""
-        stages = sorted(self.input_stages(out))
-        if not (unchecked and stages):
+        root = Path(out)
+        stages = sorted({p.relative_to(root).parts[0] for p in self.inputs(out)
+                         if not isinstance(recorded, dict) or p.relative_to(root).as_posix() not in recorded})
+        if not stages:
             return ""
-        return (f"  (its {RECORD}, from an older clip-smot, has no hashes of {', '.join(stages)}'s files: remove "
+        older = ", from an older clip-smot," if recorded is None else ""
+        return (f"  (its {RECORD}{older} has no hashes of {', '.join(stages)}'s files: remove "
                 f"{self.folder(out)} if {' or '.join(stages)} was redone since)")
 
     def write_record(self, out: str | Path) -> None:

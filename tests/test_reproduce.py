@@ -968,6 +968,26 @@ def test_a_record_whose_input_hash_is_no_string_is_refused_not_skipped(tmp_path,
                                 f"that is no string); remove {out / 'eval-coop'} to run the stage again")
 
 
+def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
+    """eval-coop's record with "inputs": {} (no hash of fit-coop's prompt): the stage was skipped as
+    finished with no note, the prompt unchecked, as silently as if it were the one it was made from."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    record = json.loads((out / "eval-coop" / RECORD).read_text())
+    (out / "eval-coop" / RECORD).write_text(json.dumps({**record, "inputs": {}}))
+    note = (f"  (its {RECORD} has no hashes of fit-coop's files: remove {out / 'eval-coop'} if fit-coop was redone "
+            "since)")
+    lines = []
+    run_reproduce("table8", options, fake, echo=lines.append)
+    assert f"reproduce: eval-coop is finished; skipped{note}" in lines, lines
+    lines.clear()
+    run_reproduce("table8", options, fake, dry_run=True, echo=lines.append)
+    assert [line.endswith(note) for line in lines[:5]] == [False, False, False, True, False], lines
+
+
 def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path):
     """fit-coop read fit-smot's split.txt; with it deleted (fit-smot's prompt still there) the
     CoOp prompt can no longer be told to be of that split: refused, before anything runs."""
