@@ -206,6 +206,9 @@ class Stage:
         in this table."""
         folder, planned = self.folder(out), self.identity(out)
         record = folder / RECORD
+        # a file or a link to nothing there: the stage failed to make its folder, after the stages before it
+        if os.path.lexists(folder) and not is_folder(folder, "--out"):
+            raise UserError(f"reproduce: {folder} is no folder (a file, or a link to none); remove it to run the stage")
         if is_file(record, "--out"):
             try:
                 saved = read_json(record)

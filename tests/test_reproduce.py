@@ -988,6 +988,30 @@ def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
     assert [line.endswith(note) for line in lines[:5]] == [False, False, False, True, False], lines
 
 
+@pytest.mark.parametrize("how", ["file", "dangling link"])
+def test_a_stage_folder_that_is_no_folder_is_refused_before_any_stage_runs(tmp_path, how):
+    """OUT/eval-smot a file (or a link to nothing), fit-smot to run: fit-smot and fit-coop ran, then
+    eval-smot's folder could not be made ("--out ...: File exists"), hours later."""
+    from clip_smot.reproduce import run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "fit-smot" / "prompt.safetensors").unlink()
+    shutil.rmtree(out / "eval-smot")
+    if how == "file":
+        (out / "eval-smot").write_text("{}")
+    else:
+        (out / "eval-smot").symlink_to(tmp_path / "nowhere")
+    ran.clear()
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'eval-smot'} is no folder (a file, or a link to none); remove it "
+                                "to run the stage")
+    assert ran == []
+
+
 def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path):
     """fit-coop read fit-smot's split.txt; with it deleted (fit-smot's prompt still there) the
     CoOp prompt can no longer be told to be of that split: refused, before anything runs."""
