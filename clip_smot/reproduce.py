@@ -759,6 +759,14 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         if problems := problems + _class_mismatch(p, options):
             raise UserError("; ".join(problems))
         make_folder(out)
+    # two stages in one folder (OUT/eval-smot a link to OUT/eval-logitnorm): the one run first wrote its
+    # record and metrics.json there, and the other was skipped as finished, with the first's numbers
+    seen: dict[str, Path] = {}
+    for stage in p.stages:
+        if (real := os.path.realpath(stage.folder(out))) in seen:
+            raise UserError(f"reproduce: {stage.folder(out)} and {seen[real]} are one folder (symbolic links "
+                            "followed); each stage needs its own: remove the link")
+        seen[real] = stage.folder(out)
     finished = {stage.name for stage in p.stages if stage.finished(out)}
     for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)
         stage.check_record(out, finished)

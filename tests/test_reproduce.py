@@ -1012,6 +1012,26 @@ def test_a_stage_folder_that_is_no_folder_is_refused_before_any_stage_runs(tmp_p
     assert ran == []
 
 
+def test_two_stages_in_one_folder_are_refused_before_any_stage_runs(tmp_path):
+    """OUT/eval-smot a link to OUT/eval-mcm, whose metrics.json is gone: eval-mcm ran, writing there,
+    and eval-smot was skipped as finished, the SMOT row given MCM's numbers."""
+    from clip_smot.reproduce import run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "eval-mcm" / "metrics.json").unlink()
+    shutil.rmtree(out / "eval-smot")
+    (out / "eval-smot").symlink_to(out / "eval-mcm")
+    ran.clear()
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'eval-smot'} and {out / 'eval-mcm'} are one folder (symbolic "
+                                "links followed); each stage needs its own: remove the link")
+    assert ran == []
+
+
 def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path):
     """fit-coop read fit-smot's split.txt; with it deleted (fit-smot's prompt still there) the
     CoOp prompt can no longer be told to be of that split: refused, before anything runs."""
