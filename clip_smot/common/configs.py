@@ -117,9 +117,10 @@ def check_smot_only(cfg: Any, loss: str, loss_flag: str, given: Collection[str])
     """A UserError naming the flag of a :data:`SMOT_ONLY` option given (``given``: field names)
     to a run of another loss (``loss``, chosen by ``loss_flag``): the run went on without it, not
     a word said (``--loss ce --lam 0.5`` trained plain cross-entropy)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for name in (n for n in SMOT_ONLY if n in given and loss != "smot"):
-        raise UserError(f"{flag_of(fields[name])} {getattr(cfg, name)}: only the smot loss uses it (this run's "
+    name = next((n for n in SMOT_ONLY if n in given), None) if loss != "smot" else None
+    if name is not None:
+        field = next(f for f in dataclasses.fields(cfg) if f.name == name)
+        raise UserError(f"{flag_of(field)} {getattr(cfg, name)}: only the smot loss uses it (this run's "
                         f"{loss_flag} is {loss})")
 
 

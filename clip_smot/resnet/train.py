@@ -160,11 +160,16 @@ def _num_classes_T(k: int) -> float:
     return 10.0 if k <= 10 else 150.0 if k <= 100 else 200.0
 
 
+def _method(cfg: TrainConfig) -> str:
+    """The run's --method: as given, else the stage's (ce for base, smot for smot)."""
+    return cfg.method or ("ce" if cfg.stage == "base" else "smot")
+
+
 def resolve_config(cfg: TrainConfig, num_classes: int, input_size: int) -> TrainConfig:
     """Fill every ``None`` field with its default for the stage and dataset; check ranges."""
     check_ranges(cfg)
     digits = cfg.dataset == "digits"
-    method = cfg.method or ("ce" if cfg.stage == "base" else "smot")
+    method = _method(cfg)
     if method == "smot" and not cfg.cam_model:
         raise UserError("--cam-model FILE is required for the SMOT method (the base model's model.safetensors)")
     if method != "smot" and cfg.cam_model:
@@ -537,7 +542,7 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
     # (the command line's flags: a library caller's config is taken as it is)
-    check_smot_only(cfg, cfg.method or ("ce" if cfg.stage == "base" else "smot"), "--method", flags or ())
+    check_smot_only(cfg, _method(cfg), "--method", flags or ())
     device, precision = _device(cfg, world)
     cfg, train_set, hashes, cam = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)
