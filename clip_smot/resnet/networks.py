@@ -384,11 +384,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     try:
         meta = {
             "arch": raw["arch"],
-            "num_classes": int(raw["num_classes"]),
+            "num_classes": _meta_count(raw["num_classes"], "num_classes"),
             "classnames": _json_list(raw["classnames"], "classnames"),  # (list() of a string: its letters)
-            "input_size": int(raw["input_size"]),
-            "mean": [float(v) for v in parse_json(raw["mean"])],
-            "std": [float(v) for v in parse_json(raw["std"])],
+            "input_size": _meta_count(raw["input_size"], "input_size"),
+            "mean": _json_numbers(raw["mean"], "mean"),
+            "std": _json_numbers(raw["std"], "std"),
             "dataset": raw.get("dataset", ""),
             "method": raw.get("method", ""),
             "stage": raw.get("stage", ""),
@@ -442,6 +442,23 @@ def _json_list(text: str, key: str) -> list:
     if not isinstance(value, list):
         raise ValueError(f"{key} is not a JSON list")
     return value
+
+
+def _meta_count(text: str, key: str) -> int:
+    """A count as :func:`save_model` writes it: ASCII digits only. (``int()`` alone also took
+    " 10", "1_0", "+10" and other scripts' digits, such as "١٠".)"""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{key} {text!r} is not a whole number in ASCII digits")
+    return int(text)
+
+
+def _json_numbers(text: str, key: str) -> list[float]:
+    """A JSON list of numbers. (``float()`` of each item alone also took true as 1.0 and "0.5",
+    a string, as 0.5.)"""
+    values = _json_list(text, key)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{key} is not a JSON list of numbers")
+    return [float(v) for v in values]
 
 
 def check_finite_weights(model: nn.Module, where: str) -> None:

@@ -134,6 +134,13 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     ({"mean": "[NaN, 0.1, 0.1]"}, "mean and std: three finite numbers each"),
     ({"mean": f"[{10**400}, 0.1, 0.1]"}, "malformed metadata"),  # (float() of it: an OverflowError traceback)
     ({"classnames": "[1, 2, 3]"}, "inconsistent metadata"),
+    # counts and numbers as save_model writes them; int() and float() took these (exit 0)
+    ({"num_classes": "\u0663"}, r"malformed metadata \(num_classes '\u0663' is not a whole number in ASCII digits\)"),
+    ({"input_size": " 32"}, r"malformed metadata \(input_size ' 32' is not a whole number in ASCII digits\)"),
+    ({"input_size": "3_2"}, "input_size '3_2' is not a whole number"),
+    ({"mean": "[true, 0.5, 0.5]"}, r"malformed metadata \(mean is not a JSON list of numbers\)"),
+    ({"std": '["0.25", 0.25, 0.25]'}, r"malformed metadata \(std is not a JSON list of numbers\)"),
+    ({"mean": '"0.5"'}, r"malformed metadata \(mean is not a JSON list\)"),
     ({"classnames": '"abc"'}, r"malformed metadata \(classnames is not a JSON list\)"),  # (was read as a, b, c)
     ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
     ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
