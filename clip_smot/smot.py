@@ -262,6 +262,10 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> 
     if not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
         raise ValueError(f"tau must be > 0, got {tau}")
     logits = logits.float()
-    norms = torch.linalg.vector_norm(logits, dim=-1, keepdim=True) + 1e-7  # [B, 1]
-    return F.cross_entropy(logits / (norms * tau), y.long())
+    # l / ((|l| + 1e-7) tau), with l scaled by its largest |l| first: |l| of logits past ~1.8e19 overflowed
+    # (their squares are past float32), and every row was divided by inf to all zeros, the loss log K
+    scale = logits.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # [B, 1]
+    unit = logits / scale  # [B, K], in [-1, 1]
+    norms = torch.linalg.vector_norm(unit, dim=-1, keepdim=True) + 1e-7 / scale  # [B, 1]: (|l| + 1e-7) / scale
+    return F.cross_entropy(unit / (norms * tau), y.long())
 

@@ -428,3 +428,14 @@ def test_losses_take_labels_of_any_integer_dtype():
         assert logitnorm_loss(logits, y.to(dtype)).item() == pytest.approx(logitnorm_loss(logits, y).item(), rel=1e-6)
         assert label_smoothing_ce(logits, y.to(dtype)).item() == pytest.approx(label_smoothing_ce(logits, y).item(),
                                                                                rel=1e-6)
+
+
+def test_logitnorm_of_logits_whose_squares_overflow_float32_is_scale_free():
+    """A row (1e20, 0, 0) is (1, 0, 0) times 1e20: divided by its norm and tau = 0.04 it is (25, 0, 0), as
+    (1, 0, 0) is. The norm's square overflowed float32: every logit was divided by inf, the loss log 3."""
+    want = math.log(math.exp(25.0) + 2)  # CE of (25, 0, 0) for class 1
+    for big in (1.0, 1e20, 1e30, 3e38):
+        assert logitnorm_loss(torch.tensor([[big, 0.0, 0.0]]), torch.tensor([1])).item() == pytest.approx(want, rel=1e-6)
+    logits = torch.tensor([[1e25, -2e25, 5e24]], requires_grad=True)
+    logitnorm_loss(logits, torch.tensor([0])).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
