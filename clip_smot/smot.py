@@ -215,9 +215,13 @@ def perturb(
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32."""
+    """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32.
+
+    A class of target 0 adds nothing, also where its logit is -inf (a class switched off), as in
+    ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN.
+    """
     logp = F.log_softmax(logits.float(), dim=-1)  # [B, K]
-    return -(targets * logp).sum(dim=-1).mean()
+    return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean()
 
 
 def smot_loss(

@@ -14,6 +14,7 @@ from clip_smot.smot import (
     sample_thresholds,
     smoothing_eps,
     smot_loss,
+    soft_cross_entropy,
     soft_targets,
 )
 
@@ -439,3 +440,18 @@ def test_logitnorm_of_logits_whose_squares_overflow_float32_is_scale_free():
     logits = torch.tensor([[1e25, -2e25, 5e24]], requires_grad=True)
     logitnorm_loss(logits, torch.tensor([0])).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_losses_of_a_class_switched_off_by_a_minus_inf_logit_are_finite():
+    """A -inf logit of a class whose target is 0 (eps = 0: a threshold of 255, or label smoothing 0) is
+    cross-entropy's, finite: 0 * -inf made the soft term NaN."""
+    logits = torch.tensor([[0.0, -math.inf, 1.0], [2.0, 0.5, -math.inf]], requires_grad=True)
+    y = torch.tensor([0, 1])
+    want = F.cross_entropy(logits.detach(), y).item()
+    assert math.isfinite(want)
+    assert label_smoothing_ce(logits, y, 0.0).item() == pytest.approx(want, rel=1e-6)
+    assert soft_cross_entropy(logits, F.one_hot(y, 3).float()).item() == pytest.approx(want, rel=1e-6)
+    loss = smot_loss(logits, logits, y, torch.zeros(2), 0.5)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
