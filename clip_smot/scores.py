@@ -11,6 +11,7 @@ for both tracks (docs/method.md §4). torch and numpy only.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -91,8 +92,11 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
     if features.ndim != 2 or bank.ndim != 2 or features.shape[1] != bank.shape[1]:
         raise ValueError(f"knn needs features [B, C] and a bank [N, C] of the same C, got shapes "
                          f"{list(features.shape)} and {list(bank.shape)}")
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must be in [1, {bank.shape[0]}], got {k}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"k must be in [1, {bank.shape[0]}] (an integer), got {k!r}")
+    # (a chunk below 1 scored no image: an empty result for any batch, or range()'s error for 0)
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     q = torch.nn.functional.normalize(features.float(), dim=-1)
     b = torch.nn.functional.normalize(bank.float().to(q.device), dim=-1)
     out = []

@@ -219,6 +219,19 @@ def test_knn_at_the_edges_of_k_and_of_the_batch():
             S.knn(feats, bk, k=2)
 
 
+def test_knn_refuses_a_chunk_below_one_and_a_k_that_is_no_integer():
+    """chunk=-1 scored no image (an empty result for a batch of 3), chunk=0 stopped in range(); k=2.0
+    passed the range check and stopped in topk with a TypeError."""
+    q, bank = torch.randn(3, 4), torch.randn(6, 4)
+    for chunk in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+            S.knn(q, bank, k=2, chunk=chunk)
+    for k in (2.0, True):
+        with pytest.raises(ValueError, match=r"k must be in \[1, 6\] \(an integer\)"):
+            S.knn(q, bank, k=k)
+    torch.testing.assert_close(S.knn(q, bank, k=np.int64(2), chunk=1), S.knn(q, bank, k=2))
+
+
 def test_knn_of_features_in_the_bank_is_zero_not_nan():
     """A feature's similarity to itself rounds to 1 + 2.4e-7 for 51 of these 200 unit vectors (float32):
     2 - 2 * sim is below 0 there, and its square root would be NaN; the distance is 0 up to rounding."""
