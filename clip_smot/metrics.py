@@ -74,10 +74,14 @@ def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95
     """False-positive rate at the first ROC point whose TPR reaches ``tpr``.
 
     Positives are accepted when their score is >= the threshold; this is the FPR of the
-    negatives at the threshold where ``tpr`` of the positives are accepted.
+    negatives at the threshold where ``tpr`` of the positives are accepted. Both sets need at
+    least one finite score (array-like or tensor), as in :func:`ood_metrics`.
     """
     if not 0.0 <= tpr <= 1.0:  # (past 1, or NaN, the search ran off the curve: an IndexError)
         raise ValueError(f"tpr must be in [0, 1], got {tpr}")
+    # (no positives gave 0.0, scikit-learn's TPRs all NaN; no negatives NaN: both with a warning only)
+    pos_scores = _as_scores("pos_scores", pos_scores)
+    neg_scores = _as_scores("neg_scores", neg_scores)
     labels = np.r_[np.ones(len(pos_scores)), np.zeros(len(neg_scores))]
     from sklearn.metrics import roc_curve  # (here: scikit-learn takes ~2 s to import, the CLI starts without it)
 

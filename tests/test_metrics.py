@@ -79,6 +79,17 @@ def test_fpr_at_tpr_reads_any_rate_and_refuses_one_outside_0_1():
             fpr_at_tpr(pos, neg, tpr=bad)
 
 
+def test_fpr_at_tpr_refuses_an_empty_or_non_finite_set_of_scores():
+    """No positives gave an FPR of 0.0 and no negatives NaN, each with a warning of scikit-learn's
+    only; a NaN score stopped in scikit-learn with a message that named neither set."""
+    pos, neg = np.array([1.0, 2.0]), np.array([0.5])
+    for p, n, name in ((np.array([]), neg, "pos_scores is empty"), (pos, np.array([]), "neg_scores is empty"),
+                       (np.array([1.0, np.nan]), neg, "pos_scores has 1 non-finite")):
+        with pytest.raises(ValueError, match=name):
+            fpr_at_tpr(p, n)
+    assert fpr_at_tpr(torch.tensor([1.0, 2.0], dtype=torch.bfloat16), [0.5, 1.5], tpr=1.0) == 0.5
+
+
 def test_openood_convention():
     rng = np.random.default_rng(1)
     id_s, ood_s = rng.normal(1, 1, 300), rng.normal(0, 1, 400)
