@@ -99,13 +99,20 @@ class CAMProvider:
         fc = classifier_of(self.model)
         if y is not None and y.shape != (x.shape[0],):  # (one label was broadcast to every image)
             raise ValueError(f"y must hold one label per image, [{x.shape[0]}], got shape {list(y.shape)}")
+        if y is not None and (y.is_floating_point() or y.is_complex()):  # (1.7 was read as class 1)
+            raise ValueError(f"y must be integer class indices, got {y.dtype}")
         # the map in float32 under the caller's autocast too (train's step): there einsum ran in bfloat16,
         # and the CAM came back in bfloat16, rounded by up to a level of 255
         with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
             if y is None or not self.labels_match:
                 logits = fc(feats.mean(dim=(2, 3)))  # [B, K]
                 y = logits.argmax(dim=-1)
-            w = fc.weight.float()[y.to(dev).long()]  # [B, C]
+            try:  # index_select, not [y]: a label -1 was the last class's row; no host sync to check
+                w = fc.weight.float().index_select(0, y.to(dev).long())  # [B, C]
+            except IndexError:
+                K = fc.weight.shape[0]
+                raise ValueError(f"y must be class indices in [0, {K}) of the CAM network, got "
+                                 f"{y[(y < 0) | (y >= K)].unique().tolist()}") from None
             cam = torch.einsum("bc,bchw->bhw", w, feats).relu()  # [B, h, w]
             # a map constant at the network's resolution (1 x 1 at 8-pixel inputs) masks nothing; upsampled,
             # it varies by rounding (~1e-7), which min-max scaling would stretch to 0 .. 255

@@ -286,6 +286,20 @@ def test_cam_refuses_labels_not_one_per_image():
             provider(torch.rand(2, 3, 32, 32), y)
 
 
+def test_cam_refuses_labels_outside_the_networks_classes_or_not_integers():
+    """y = -1 (an "unlabelled" mark) gave the CAM of the last class, silently; y = 3 of 3 classes an
+    IndexError from indexing; y = 1.7 the CAM of class 1."""
+    model = _one_channel_resnet(channel=5)
+    provider = CAMProvider(model, (0, 0, 0), (1, 1, 1))
+    x = torch.rand(2, 3, 32, 32)
+    for y in (torch.tensor([0, -1]), torch.tensor([3, 0])):
+        with pytest.raises(ValueError, match=r"y must be class indices in \[0, 3\) of the CAM network"):
+            provider(x, y)
+    with pytest.raises(ValueError, match="y must be integer class indices, got torch.float32"):
+        provider(x, torch.tensor([1.7, 0.0]))
+    assert provider(x, torch.tensor([2, 0])).shape == (2, 32, 32)
+
+
 def test_cam_resizes_a_non_square_image_whose_height_is_the_network_size():
     """input_size=64 and a 64 x 48 image: resized to 64 x 64 too (only the height matched)."""
     model = _one_channel_resnet(channel=5)
