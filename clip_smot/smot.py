@@ -70,7 +70,13 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
     """
     if y.ndim != 1:
         raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
-    onehot = F.one_hot(y.long(), num_classes).float()  # [B, K]
+    # (-1 was one_hot's "as many as the largest label": eps / -1 made the other targets negative)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    try:
+        onehot = F.one_hot(y.long(), num_classes).float()  # [B, K]
+    except RuntimeError as e:  # (one_hot checks the labels on the CPU: "Class values must be ...")
+        raise ValueError(f"y must be class indices in [0, {num_classes}): {e}") from None
     eps = torch.as_tensor(eps, dtype=onehot.dtype, device=onehot.device)
     if eps.ndim == 2 and eps.shape[1] == 1:
         eps = eps[:, 0]

@@ -70,6 +70,20 @@ def test_soft_targets_refuse_eps_or_labels_of_another_shape():
                                torch.tensor([0.1, 0.1, 0.8]))
 
 
+def test_soft_targets_refuse_a_number_of_classes_below_one_and_labels_outside_it():
+    """num_classes=-1 was one_hot's "infer it": two classes for label 1, and eps / -1 = -0.1 on the other
+    one; labels outside [0, K) stopped in one_hot with a RuntimeError."""
+    for K in (-1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+            soft_targets(torch.tensor([1]), 0.1, K)
+    for y in (torch.tensor([3]), torch.tensor([0, -1])):
+        with pytest.raises(ValueError, match=r"y must be class indices in \[0, 3\)"):
+            soft_targets(y, 0.1, 3)
+        with pytest.raises(ValueError, match=r"y must be class indices in \[0, 3\)"):
+            label_smoothing_ce(torch.zeros(len(y), 3), y)
+    torch.testing.assert_close(soft_targets(torch.tensor([0]), 0.5, np.int64(1)), torch.ones(1, 1))
+
+
 def test_cam_mask_masks_at_and_above_threshold():
     cam = torch.tensor([[[0.0, 99.0], [100.0, 255.0]]])  # [1, 2, 2]
     keep = cam_mask(cam, torch.tensor([100.0]))
