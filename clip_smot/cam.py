@@ -46,7 +46,9 @@ def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
     lo = flat.amin(dim=1, keepdim=True)
     hi = flat.amax(dim=1, keepdim=True)
     span = hi - lo
-    scaled = torch.where(span > min_span, (flat - lo) / span.clamp_min(1e-12) * 255.0, torch.zeros_like(flat))
+    # (divided by the span itself: a floor of 1e-12 under it scaled a map spanning 1e-14 to 0 .. 2.55)
+    divisor = torch.where(span > 0, span, torch.ones_like(span))
+    scaled = torch.where(span > min_span, (flat - lo) / divisor * 255.0, torch.zeros_like(flat))
     return scaled.view_as(cam)
 
 

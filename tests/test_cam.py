@@ -97,6 +97,16 @@ def test_normalize_cam():
     torch.testing.assert_close(normalize_cam(edge, min_span=0.999), torch.tensor([[[0.0, 255.0], [127.5, 0.0]]]))
 
 
+def test_normalize_cam_scales_a_map_of_tiny_values_to_0_255_too():
+    """A map spanning 2e-14 (the ReLU of a class's evidence that is all but zero) was divided by a
+    floor of 1e-12 instead of its span: 0 .. 5.1, not 0 .. 255; a constant map stays zero."""
+    cam = torch.tensor([[[0.0, 1e-14], [2e-14, 0.0]], [[3e-14, 3e-14], [3e-14, 3e-14]]])
+    out = normalize_cam(cam)
+    torch.testing.assert_close(out[0], torch.tensor([[0.0, 127.5], [255.0, 0.0]]))
+    assert out[1].abs().sum() == 0
+    assert normalize_cam(cam, min_span=-1.0)[1].abs().sum() == 0  # (no 0 / 0 for a span below min_span)
+
+
 def test_cam_normalises_and_resizes_the_input_for_the_network():
     """mean/std and input_size (the fit's CAM networks): normalise, resize to the network's size,
     and upsample the CAM back to the image's size."""
