@@ -42,12 +42,16 @@ def _as_scores(name: str, values) -> np.ndarray:
     if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
         if values.is_complex():  # (.double() would drop the imaginary part, with a warning)
             raise not_numbers(f"not complex numbers ({values.dtype})")
+        if values.is_meta:  # (.cpu() was a NotImplementedError: "Cannot copy out of meta tensor")
+            raise not_numbers("a meta tensor holds no values")
         values = values.detach().cpu().double()
     elif isinstance(values, (list, tuple)) and any(hasattr(v, "detach") for v in values):
         # per-batch tensors: each widened as one tensor is (numpy 1.24 warned on a list of them, then
         # took those with grad for no numbers)
         if any(hasattr(v, "detach") and v.is_complex() for v in values):
             raise not_numbers("not complex numbers (a complex tensor)")
+        if any(hasattr(v, "detach") and v.is_meta for v in values):
+            raise not_numbers("a meta tensor holds no values")
         values = [v.detach().cpu().double().numpy() if hasattr(v, "detach") else v for v in values]
     if np.ma.is_masked(values):  # (np.asarray drops the mask: the masked entries were scored)
         raise ValueError(f"{name} has {int(np.ma.count_masked(values))} masked value(s): pass the others "

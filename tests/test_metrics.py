@@ -142,6 +142,8 @@ def test_scores_that_are_not_numbers_are_named():
     (torch.tensor([1 + 2j]), r"not complex numbers \(torch.complex64\)"),  # (with a UserWarning)
     ([10**400, 1], "int too large to convert to float"),  # (an OverflowError traceback)
     ([[1.0, 2.0], [3.0]], "inhomogeneous shape"),  # ragged (numpy >= 1.24 raises, as the floor is)
+    (torch.ones(3, device="meta"), "a meta tensor holds no values"),  # (a NotImplementedError from .cpu())
+    ([torch.ones(2), torch.ones(3, device="meta")], "a meta tensor holds no values"),
 ])
 def test_scores_that_are_no_real_numbers_are_one_value_error(bad, said):
     """Strings, bytes, dates, complex numbers and integers past float64 were converted (or
