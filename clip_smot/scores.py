@@ -204,6 +204,9 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
         std: the per-channel normalisation std, [1, 3, 1, 1] (or [3]).
     """
     _positive("T", T)
+    if torch.is_inference_mode_enabled():  # (autograd.grad stopped: "element 0 of tensors does not require grad")
+        raise RuntimeError("odin needs the gradient of the loss wrt its input: call it outside torch.inference_mode "
+                           "(torch.no_grad is fine)")
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x)  # [B, K]

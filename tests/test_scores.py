@@ -176,6 +176,20 @@ def test_odin_by_hand_on_a_linear_model():
     assert (np.sign(at_one) != np.sign(grad)).any()
 
 
+def test_odin_under_inference_mode_says_so_and_runs_under_no_grad():
+    """Under torch.inference_mode (an evaluation loop's usual context) ODIN stopped in autograd.grad with
+    "element 0 of tensors does not require grad and does not have a grad_fn"."""
+    lin = torch.nn.Linear(3, 2)
+    forward = lambda x: lin(x.flatten(1))  # noqa: E731
+    with torch.inference_mode():
+        x = torch.rand(2, 3, 1, 1)
+        with pytest.raises(RuntimeError, match="call it outside torch.inference_mode"):
+            odin(forward, x, torch.ones(3))
+    want = odin(forward, x, torch.ones(3))  # an inference tensor made there is fine outside it
+    with torch.no_grad():
+        torch.testing.assert_close(odin(forward, x, torch.ones(3)), want)
+
+
 def test_vim_principal_dimension_follows_the_feature_width():
     """The authors' benchmark.py: 1000 for C >= 2048, 512 for C >= 768 (ViT-B-16's 512-d CLIP
     features and ViT-L-14's 768-d ones fall on either side of that edge); C // 2 below 768."""
