@@ -226,6 +226,11 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     A class of target 0 adds nothing, also where its logit is -inf (a class switched off), as in
     ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN.
     """
+    # targets [B, 1] (one number per image) broadcast over the classes, [B, 1, K] over the batch (B x B
+    # pairs averaged): both silently another loss; one row [K] or [1, K] for every image is fine
+    if targets.shape[-1:] != logits.shape[-1:] or torch.broadcast_shapes(targets.shape, logits.shape) != logits.shape:
+        raise ValueError(f"targets must be [B, K] as the logits, or one [K] row for all, got shapes "
+                         f"{list(targets.shape)} and {list(logits.shape)}")
     logp = F.log_softmax(logits.float(), dim=-1)  # [B, K]
     return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean()
 

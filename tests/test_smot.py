@@ -456,6 +456,18 @@ def test_logitnorm_of_logits_whose_squares_overflow_float32_is_scale_free():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_soft_cross_entropy_refuses_targets_that_broadcast_to_another_shape():
+    """targets [B, 1] were multiplied into every class (a loss of 4.3 for these logits, not a cross-entropy);
+    [B, 1, K] against [B, K] logits averaged B x B pairs of images. One [K] row for the batch is fine."""
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    for targets in (torch.ones(2, 1), torch.eye(3)[[0, 1]][:, None], torch.ones(2, 4) / 4):
+        with pytest.raises(ValueError, match=r"targets must be \[B, K\] as the logits"):
+            soft_cross_entropy(logits, targets)
+    row = torch.tensor([0.5, 0.25, 0.25])
+    torch.testing.assert_close(soft_cross_entropy(logits, row), soft_cross_entropy(logits, row.expand(2, 3)))
+    torch.testing.assert_close(soft_cross_entropy(logits, row[None]), soft_cross_entropy(logits, row.expand(2, 3)))
+
+
 def test_losses_of_a_class_switched_off_by_a_minus_inf_logit_are_finite():
     """A -inf logit of a class whose target is 0 (eps = 0: a threshold of 255, or label smoothing 0) is
     cross-entropy's, finite: 0 * -inf made the soft term NaN."""
