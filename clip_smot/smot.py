@@ -235,6 +235,23 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean()
 
 
+def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits, y)`` of labels ``y`` [B] of any integer dtype, bad labels named.
+
+    (cross_entropy alone truncated float labels (1.7 -> 1) after ``.long()``, and answered labels
+    outside [0, K) with an IndexError and y [B, 1] with "multi-target not supported")
+    """
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"y must be integer class indices, got {y.dtype}")
+    if y.shape != logits.shape[:-1]:
+        raise ValueError(f"y must hold one class index per row of the logits {list(logits.shape)}, got shape "
+                         f"{list(y.shape)}")
+    try:
+        return F.cross_entropy(logits, y.long())
+    except IndexError as e:  # (checked on the CPU; a GPU asserts in the kernel)
+        raise ValueError(f"y must be class indices in [0, {logits.shape[-1]}): {e}") from None
+
+
 def smot_loss(
     logits: torch.Tensor,
     logits_masked: torch.Tensor,
@@ -260,7 +277,7 @@ def smot_loss(
     if logits.ndim != 2 or logits_masked.shape != logits.shape:
         raise ValueError(f"logits and logits_masked must both be [B, K], got shapes {list(logits.shape)} "
                          f"and {list(logits_masked.shape)}")
-    hard = F.cross_entropy(logits.float(), y.long())
+    hard = _hard_ce(logits.float(), y)
     soft = soft_cross_entropy(logits_masked, soft_targets(y, eps, logits_masked.shape[-1]))
     return (1.0 - lam) * hard + lam * soft
 
@@ -282,5 +299,5 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> 
     scale = logits.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # [B, 1]
     unit = logits / scale  # [B, K], in [-1, 1]
     norms = torch.linalg.vector_norm(unit, dim=-1, keepdim=True) + 1e-7 / scale  # [B, 1]: (|l| + 1e-7) / scale
-    return F.cross_entropy(unit / (norms * tau), y.long())
+    return _hard_ce(unit / (norms * tau), y)
 

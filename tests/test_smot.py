@@ -84,6 +84,25 @@ def test_soft_targets_refuse_a_number_of_classes_below_one_and_labels_outside_it
     torch.testing.assert_close(soft_targets(torch.tensor([0]), 0.5, np.int64(1)), torch.ones(1, 1))
 
 
+def test_losses_name_labels_outside_the_classes_of_another_shape_or_not_integers():
+    """smot_loss and logitnorm_loss passed y to cross_entropy: y = 3 of 3 classes was an IndexError
+    ("Target 3 is out of bounds"), y [B, 1] a RuntimeError ("multi-target not supported"), and float
+    labels were truncated (1.7 -> class 1) without a word."""
+    logits = torch.zeros(2, 3)
+    losses = (lambda y: smot_loss(logits, logits, y, torch.zeros(2), 0.1), lambda y: logitnorm_loss(logits, y))
+    for loss in losses:
+        for y, said in ((torch.tensor([0, 3]), r"y must be class indices in \[0, 3\)"),
+                        (torch.tensor([-1, 0]), r"y must be class indices in \[0, 3\)"),
+                        (torch.tensor([[0], [1]]), "y must hold one class index per row of the logits"),
+                        (torch.tensor([0]), "y must hold one class index per row of the logits"),
+                        (torch.tensor([1.7, 0.0]), "y must be integer class indices, got torch.float32")):
+            with pytest.raises(ValueError, match=said):
+                loss(y)
+    # one image without its batch axis is still cross_entropy's
+    assert logitnorm_loss(torch.tensor([0.0, 5.0, 0.0]), torch.tensor(1)).item() == pytest.approx(
+        logitnorm_loss(torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([1])).item())
+
+
 def test_cam_mask_masks_at_and_above_threshold():
     cam = torch.tensor([[[0.0, 99.0], [100.0, 255.0]]])  # [1, 2, 2]
     keep = cam_mask(cam, torch.tensor([100.0]))
