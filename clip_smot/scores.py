@@ -134,6 +134,13 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
             training features have no residual outside the principal space (at most ``dim``
             distinct images): alpha would divide by rounding noise.
     """
+    # (features of another width than the layer's stopped in a broadcast, "The size of tensor a (5) must
+    # match the size of tensor b (4)"; features [N] in an IndexError)
+    if (train_features.ndim != 2 or weight.ndim != 2 or weight.shape[1] != train_features.shape[1]
+            or (bias is not None and bias.shape != weight.shape[:1])):
+        raise ValueError(f"vim_fit needs train_features [N, C] and the final layer's weight [K, C] and bias [K] of "
+                         f"the same C and K, got shapes {list(train_features.shape)}, {list(weight.shape)} and "
+                         f"{None if bias is None else list(bias.shape)}")
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
     if dim is None:
@@ -166,6 +173,9 @@ def _same_images(features: torch.Tensor, logits: torch.Tensor) -> None:
 def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch.Tensor, alpha: float) -> torch.Tensor:
     """ViM score: ``energy(logits) - alpha * |(x - u) NS|`` (see :func:`vim_fit`)."""
     _same_images(features, logits)
+    if u.shape != features.shape[1:] or NS.ndim != 2 or NS.shape[0] != features.shape[1]:
+        raise ValueError(f"vim's fit is for {u.shape[-1] if u.ndim else '?'} features, got features of shape "
+                         f"{list(features.shape)} (u {list(u.shape)}, NS {list(NS.shape)})")
     x = features.double() - u.to(features.device)  # [B, C]
     vlogit = torch.linalg.vector_norm(x @ NS.to(x), dim=-1)  # [B] (NS as float64 too: a float32 one is fine)
     return (energy(logits).double() - alpha * vlogit).float()

@@ -281,6 +281,20 @@ def test_gradnorm_and_vim_refuse_features_and_logits_of_other_images():
             S.vim(feats, logits, u, NS, 1.0)
 
 
+def test_vim_and_its_fit_refuse_features_of_another_width_than_the_layer_or_the_fit():
+    """Features of 5 against a layer (or a fit) of 4 stopped in a broadcast ("The size of tensor a (5)
+    must match the size of tensor b (4)"), features [N] in an IndexError."""
+    g = torch.Generator().manual_seed(0)
+    X, W, b = torch.randn(30, 5, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
+    for feats, weight, bias in ((X, W, b), (X, W, None), (X[:, 0], W, b), (X[:, :4], W, b[:2])):
+        with pytest.raises(ValueError, match=r"vim_fit needs train_features \[N, C\] and the final layer's weight"):
+            S.vim_fit(feats, torch.randn(30, 3), weight, bias, dim=2)
+    fit = S.vim_fit(X[:, :4], X[:, :4] @ W.T + b, W, b, dim=2)
+    with pytest.raises(ValueError, match=r"vim's fit is for 4 features, got features of shape \[2, 5\]"):
+        S.vim(torch.randn(2, 5), torch.randn(2, 3), fit["u"], fit["NS"], fit["alpha"])
+    assert S.vim(torch.randn(2, 4), torch.randn(2, 3), fit["u"], fit["NS"], fit["alpha"]).shape == (2,)
+
+
 def test_odin_steps_by_plus_one_where_the_gradient_is_zero():
     """The reference code's sign: (g >= 0) * 2 - 1, so a pixel the network ignores (g = 0) moves
     by -eps / std, not +eps / std."""
