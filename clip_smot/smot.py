@@ -173,8 +173,11 @@ def cam_mask(cam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if cam.ndim != 4 or cam.shape[1] != 1 or t.numel() not in (1, cam.shape[0]):
         raise ValueError(f"cam_mask needs cam [B, H, W] or [B, 1, H, W] and t [B], got cam "
                          f"{list(cam.shape)} and t {list(t.shape)}")
-    t = t.to(device=cam.device, dtype=torch.float32).view(-1, 1, 1, 1)
-    return (cam.float() < t).float()
+    # compared in float64 when either is: in float32 a CAM of 99.999999999 rounded up to a threshold of 100
+    # and was masked
+    dtype = torch.float64 if torch.float64 in (cam.dtype, t.dtype) else torch.float32
+    t = t.to(device=cam.device, dtype=dtype).view(-1, 1, 1, 1)
+    return (cam.to(dtype) < t).float()
 
 
 def perturb(

@@ -394,6 +394,16 @@ def test_cam_mask_of_uint8_cams_compares_with_the_fractional_threshold():
     assert keep.dtype == torch.float32 and keep.flatten().tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
+def test_cam_mask_of_float64_cams_or_thresholds_compares_their_values():
+    """A float64 CAM of 99.999999999 is below a threshold of 100 (kept), and a uint8 CAM of 100 below a float64
+    threshold of 100.00000001: compared in float32, both rounded to 100 and were masked."""
+    near = torch.tensor([[[99.999999999, 100.0]]], dtype=torch.float64)
+    torch.testing.assert_close(cam_mask(near, torch.tensor([100.0])), torch.tensor([[[[1.0, 0.0]]]]))
+    u8 = torch.tensor([[[100, 101]]], dtype=torch.uint8)
+    torch.testing.assert_close(cam_mask(u8, torch.tensor([100.00000001], dtype=torch.float64)),
+                               torch.tensor([[[[1.0, 0.0]]]]))
+
+
 def test_perturb_defaults_are_black_and_sigma_one_tenth():
     """mode defaults to "zero" (the paper's black masking), sigma to 0.1 (Table 9)."""
     x = torch.full((1, 3, 2, 2), 0.5)
