@@ -5,7 +5,8 @@
   ``torchvision.io.decode_jpeg`` call on the model's device (nvJPEG on CUDA), then resizes,
   crops and normalises them there (:mod:`clip_smot.common.tensor_images`). Files that are no
   JPEG are decoded by PIL in the workers; JPEGs ``decode_jpeg`` cannot read by PIL in the main
-  process. The pixels match the ``pil`` decoder's within one level of 255 (docs/score.md).
+  process. The pixels match the ``pil`` decoder's within a level or two of 255 for most images,
+  not for every size (docs/score.md, "Tolerance").
 
 ``--decode auto`` is ``jpeg`` when the model is on a CUDA device, else ``pil``.
 """
