@@ -410,6 +410,18 @@ def test_image_lists_joined_with_cat_read_the_second_ones_first_path(tmp_path):
     assert list(iter_image_files(tmp_path / "list.txt", "PATH")) == [tmp_path / "a.png", tmp_path / "b.png"]
 
 
+def test_an_image_whose_name_starts_with_a_hash_is_listed_as_dot_slash(tmp_path):
+    """A list line starting with ``#`` is a comment, also "#1.png": docs/score.md says to list
+    such an image as ``./#1.png``, which names it (the same file as the folder gives)."""
+    from clip_smot.common.image_sets import iter_image_files, read_image_list
+
+    for name in ("#1.png", "a.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    (tmp_path / "list.txt").write_text("#1.png 0\n./#1.png 1\na.png 2\n")
+    assert read_image_list(tmp_path / "list.txt", tmp_path, "PATH") == ([tmp_path / "#1.png", tmp_path / "a.png"], [1, 2])
+    assert list(iter_image_files(tmp_path / "list.txt", "PATH")) == [tmp_path / "#1.png", tmp_path / "a.png"]
+
+
 @pytest.mark.parametrize("line", ["/etc/x.png", "../outside.png", "sub/../../outside.png"])
 def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
     """A list is a file someone else wrote: an absolute path or a ``..`` that climbs out of the
