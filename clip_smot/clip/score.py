@@ -131,6 +131,11 @@ def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: P
     (``counts``: the files of each PATH; ``unlisted``: the shards skipped whole, with their reasons)."""
     skip = [] if cfg.skip_unreadable else None  # (the shards skipped again: said once, from the count)
     total = sum(counts)
+    if cfg.resume and writes_outputs() and not os.path.lexists(partial) and run_file.is_file() \
+            and not run_file.is_symlink():
+        # the record of a run killed between renaming OUT.partial to OUT and removing the record:
+        # it vouches for no rows now (and no other run of this --out is at work: the lock is held)
+        run_file.unlink()
     done, keep = (_resume_point(partial, header, _files(cfg.paths, skip), prompt_file.classnames,
                                 cfg.skip_unreadable, _chunk_start(counts, chunk)) if cfg.resume else (0, 0))
     # rows the run file must vouch for: kept ones, or the rows of a chunk cut short, dropped (with

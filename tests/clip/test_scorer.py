@@ -1531,6 +1531,39 @@ def test_temporaries_of_a_score_killed_while_starting_its_partial_are_removed(tm
     assert sorted(f.name for f in out.iterdir()) == sorted([".s.csv.notes", ".t.csv.partial.k3j_x1.tmp", "s.csv"])
 
 
+def test_a_resume_after_a_kill_within_the_final_rename_removes_the_left_record(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                              monkeypatch):
+    """A score killed (SIGKILL) after renaming OUT.partial to OUT but before removing OUT.partial.json
+    left that record beside the finished CSV (docs/score.md: it is removed with the finished CSV);
+    --resume then said there was no partial to continue and left it there for good, and so did
+    every later --resume. It is removed now (the --out lock is held: no run of that --out is at
+    work), the message is the same, and the CSV is not touched."""
+    from clip_smot.clip import score as score_module
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    out, record = tmp_path / "s.csv", tmp_path / "s.csv.partial.json"
+    args = ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint, "--workers",
+            "0", "--out", str(out), str(id_dir)]
+
+    def killed(folder):  # the kill: after the rename, before the record is removed
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(score_module, "fsync_folder", killed)
+    res = CliRunner().invoke(cli, args)
+    assert isinstance(res.exception, RuntimeError)
+    assert out.is_file() and record.is_file() and not (tmp_path / "s.csv.partial").exists()
+    monkeypatch.undo()
+    scores = out.read_bytes()
+    for _ in range(2):
+        res = CliRunner().invoke(cli, [*args, "--resume"])
+        assert res.exit_code == 1 and res.output.strip().splitlines() == [
+            f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished, or never "
+            "started)"], res.output
+        assert not record.exists() and out.read_bytes() == scores
+    assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith("s.")) == ["s.csv"]
+
+
 def test_every_score_a_run_writes_is_a_row_resume_keeps(tmp_path, tiny, tiny_clip_checkpoint):
     """--resume keeps a row whose scores are float32 values (their repr): every score of every row
     score writes is one, so that no row of a run is refused."""
