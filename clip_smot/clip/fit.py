@@ -554,10 +554,12 @@ def _run_fit(cfg: FitConfig, resume: bool, dry_run: bool, flags: Collection[str]
     images, labels, cams = _load_images(cfg, device, inputs, saved)
     training = _build(cfg, device, inputs, saved)
     if not dry_run:  # (once all that a resume reads has been checked)
-        # split.txt and config.json as one (config.json last): a split alone, where the disk filled
-        # at config.json, is no stopped run's to a rerun, and there is no checkpoint to --resume
+        # split.txt and config.json as one (config.json first): a split alone, left by a kill
+        # between the two renames, is no stopped run's to a rerun (check_new_run), and there is no
+        # checkpoint to --resume; a config.json alone is a stopped run's, which a rerun starts over
         files = {} if own_split else {"split.txt": text_writer(inputs.text)}  # (own: the same text)
-        atomic_write_files(out, {**files, rf.CONFIG: text_writer(json_text(inputs.config))}, last=rf.CONFIG)
+        atomic_write_files(out, {rf.CONFIG: text_writer(json_text(inputs.config)), **files},
+                           last=None if own_split else "split.txt")
         rf.truncate_log(out / rf.LOG, saved["epoch"] if saved else 0)  # epochs after the checkpoint are run again
     if _train(cfg, device, inputs, training, images, labels, cams, saved["epoch"] if saved else 0, dry_run):
         _export(training.prompt.ctx.detach(), inputs.clip, inputs.classes.classnames, cfg, inputs.config,

@@ -435,6 +435,36 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
 
 
+def test_a_run_killed_within_its_first_renames_is_started_over(fit_args, tmp_path, monkeypatch):
+    """A fit killed (SIGKILL) between renaming split.txt and config.json into place at its start
+    left split.txt alone (config.json was renamed last): no checkpoint to --resume, and a new run
+    refused the folder ("its split.txt is not of a clip-smot fit run stopped before its first
+    checkpoint"), the run's own split: neither could go on without a file removed by hand.
+    config.json, which says the folder is a stopped fit run's, is renamed first now: a kill
+    there leaves it, which a new run starts over."""
+    import clip_smot.common.files as files_module
+
+    out = tmp_path / "run"
+    real_fsync = files_module.fsync_folder
+
+    def killed_within_the_renames(folder):  # (atomic_write_files' flush before its last rename)
+        if any(f.name.startswith((".config.json.", ".split.txt.")) for f in Path(folder).iterdir()):
+            raise RuntimeError("killed")
+        real_fsync(folder)
+
+    monkeypatch.setattr(files_module, "fsync_folder", killed_within_the_renames)
+    res = CliRunner().invoke(cli, fit_args(out))
+    assert isinstance(res.exception, RuntimeError), res.output
+    assert not (out / "checkpoint.pt").exists() and len(list(out.iterdir())) == 1
+    monkeypatch.setattr(files_module, "fsync_folder", real_fsync)
+    res = CliRunner().invoke(cli, fit_args(out, "--resume"))
+    assert res.exit_code == 1 and f"--resume: no checkpoint at {out / 'checkpoint.pt'}" in res.output, res.output
+    res = CliRunner().invoke(cli, fit_args(out))
+    assert res.exit_code == 0, res.output
+    assert sorted(f.name for f in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "prompt.safetensors",
+                                                      "split.txt"]
+
+
 def test_a_resumed_run_goes_on_with_the_schedule_of_its_epochs(fit_args, tmp_path, monkeypatch):
     """Killed after epoch 1 of 3 (1 warm-up epoch, --lr 0.05): the epochs after the resume run at
     CoOp's cosine lr of their own epoch, written out by hand (not restarted from epoch 1's)."""
