@@ -272,6 +272,7 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
         title=title,
         extra=extra,
         files={"config.json": json_text(record)},
+        stale_after_s=0.0,  # (the --out lock is held: no other evaluation writes there)
     )
 
 

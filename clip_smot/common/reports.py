@@ -227,6 +227,7 @@ def write_reports(
     title: str = "OOD detection",
     extra: dict | None = None,
     files: dict[str, str] | None = None,
+    stale_after_s: float = 3600.0,
 ) -> dict:
     """Compute the metric table and write metrics.csv/.json/.md and scores_hist.png, all or none.
 
@@ -245,6 +246,9 @@ def write_reports(
         title: heading of the markdown table and the plot.
         extra: more top-level entries for metrics.json (e.g. the model and prompt used).
         files: more text files to write with them, name -> text (e.g. config.json).
+        stale_after_s: the age from which a temporary file of these names in ``out_dir`` is taken
+            for one an evaluation killed while writing left, and removed (a younger one may be
+            another evaluation's write in progress); 0 where the caller holds the folder's lock.
 
     Returns:
         The metrics.json content.
@@ -261,7 +265,7 @@ def write_reports(
     writers["scores_hist.png"] = lambda tmp: Path(tmp).write_bytes(png)
     created = not out.exists()
     make_folder(out)
-    remove_stale_temporaries(out, REPORT_FILES, older_than_s=3600.0)  # of an evaluation killed while writing
+    remove_stale_temporaries(out, REPORT_FILES, older_than_s=stale_after_s)  # of an evaluation killed while writing
     try:
         # metrics.json renamed last: a folder holding one holds every file of it, even after a kill within
         # the renames (reproduce takes an evaluation whose metrics.json is there for finished, docs/reproduce.md)

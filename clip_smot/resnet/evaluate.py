@@ -305,4 +305,4 @@ def _evaluate(cfg: ResnetEvalConfig, names: list[str], inputs: list, folders: li
     }
     title = f"{meta['arch']} ({meta['method'] or 'model'}) on {cfg.id_data}"
     return write_reports(cfg.out, id_scores, ood_scores, id_accuracy=id_accuracy, convention=cfg.convention,
-                         title=title, extra=extra)
+                         title=title, extra=extra, stale_after_s=0.0)  # (the --out lock is held)

@@ -139,6 +139,29 @@ def test_eval_zero_shot_uses_template_prompts(tmp_path, tiny, tiny_clip_config, 
     assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(100 * roc_auc_score(y, np.r_[ids, ood]), abs=1e-6)
 
 
+def test_an_evaluation_removes_the_temporaries_a_killed_one_left(tmp_path, tiny, tiny_clip_checkpoint):
+    """An evaluation killed (SIGKILL) while writing its files left their hidden temporaries
+    (``.metrics.json.*.tmp``, the histogram's, ...) in --out; the rerun (reproduce's of the
+    unfinished stage) finished and left them there, as large as the files, for an hour: they were
+    kept as another evaluation's writes in progress, but each evaluation holds its folder's lock.
+    They are removed now; the temporaries of other names stay."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=2)
+    out = tmp_path / "ev"
+    out.mkdir()
+    left = [out / f".{name}.k3j_x1w2.tmp" for name in ("metrics.json", "metrics.csv", "metrics.md", "scores_hist.png",
+                                                      "config.json")]
+    other = out / ".notes.txt.k3j_x1w2.tmp"
+    for f in [*left, other]:
+        f.write_text("half")
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                   tiny_clip_checkpoint, "--id", str(id_dir), "--ood", f"noise={ood_dir}", "--workers",
+                                   "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not any(f.exists() for f in left) and other.exists()
+    assert (out / "metrics.json").is_file()
+
+
 def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     prompt = tmp_path / "p.safetensors"
     make_prompt(prompt, tiny)
