@@ -416,7 +416,9 @@ def _resume_point(partial: Path, header: Sequence[str], files: Iterable[Path | s
         what = "a symbolic link" if partial.is_symlink() else "not a regular file"
         raise UserError(f"--resume: {partial} is {what}; remove it and run without --resume")
     if not partial.is_file():
-        raise UserError(f"--resume: there is no {partial} to continue (the run finished, or never started)")
+        out = partial.with_name(partial.name.removesuffix(".partial"))
+        state = f"the run finished: {out} is there" if os.path.lexists(out) else "run without --resume to start it"
+        raise UserError(f"--resume: there is no {partial} to continue ({state})")
     if os.stat(partial).st_nlink > 1:  # (cutting it would cut the other name's file too)
         raise UserError(f"--resume: {partial} is a hard link of another file; remove it and run without --resume")
     names: dict[str, set[str]] = {}  # class name as written: its indices (ImageNet-1k has two "missile"s)

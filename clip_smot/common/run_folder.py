@@ -247,8 +247,10 @@ def check_start(out: str | Path, resume: bool, dry_run: bool, result: str) -> Pa
     A run stopped before its first checkpoint left only its config and log: a new run starts
     over them."""
     path = Path(out) / CHECKPOINT
-    if resume and not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}")
+    if resume and not path.is_file():  # (what to do: a run stopped before its first checkpoint starts over)
+        done = exists(Path(out) / result, "--out")
+        raise UserError(f"--resume: no checkpoint at {path}; "
+                        + (f"its run finished ({result} is there)" if done else "run without --resume to start the run"))
     held = [] if resume or dry_run else [f for f in (CHECKPOINT, result) if exists(Path(out) / f, "--out")]
     if held:
         advice = "pass --resume to continue it, or choose" if held[0] == CHECKPOINT else "choose"

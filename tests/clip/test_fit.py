@@ -458,7 +458,8 @@ def test_a_run_killed_within_its_first_renames_is_started_over(fit_args, tmp_pat
     assert not (out / "checkpoint.pt").exists() and len(list(out.iterdir())) == 1
     monkeypatch.setattr(files_module, "fsync_folder", real_fsync)
     res = CliRunner().invoke(cli, fit_args(out, "--resume"))
-    assert res.exit_code == 1 and f"--resume: no checkpoint at {out / 'checkpoint.pt'}" in res.output, res.output
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: --resume: no checkpoint at {out / 'checkpoint.pt'}; run without --resume to start the run"), res.output
     res = CliRunner().invoke(cli, fit_args(out))
     assert res.exit_code == 0, res.output
     assert sorted(f.name for f in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl", "prompt.safetensors",

@@ -1481,7 +1481,13 @@ def test_resume_without_a_partial_or_with_other_scores_is_one_line(tmp_path, tin
             "--workers", "0", "--out", str(tmp_path / "s.csv"), "--resume", str(id_dir)]
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and res.output.strip().splitlines() == [
-        f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished, or never started)"]
+        f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (run without --resume to start it)"]
+    (tmp_path / "s.csv").write_text("path,pred,pred_index,mcm\n")  # (a finished run's)
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [
+        f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished: {tmp_path / 's.csv'} "
+        "is there)"]
+    (tmp_path / "s.csv").unlink()
     (tmp_path / "s.csv.partial").write_text("path,pred,pred_index,msp\n")
     res = CliRunner().invoke(cli, base)
     assert res.exit_code == 1 and "holds other columns than path,pred,pred_index,mcm" in res.output
@@ -1537,7 +1543,7 @@ def test_a_resume_after_a_kill_within_the_final_rename_removes_the_left_record(t
     left that record beside the finished CSV (docs/score.md: it is removed with the finished CSV);
     --resume then said there was no partial to continue and left it there for good, and so did
     every later --resume. It is removed now (the --out lock is held: no run of that --out is at
-    work), the message is the same, and the CSV is not touched."""
+    work), the message says the run finished, and the CSV is not touched."""
     from clip_smot.clip import score as score_module
 
     make_prompt(tmp_path / "p.safetensors", tiny)
@@ -1558,8 +1564,8 @@ def test_a_resume_after_a_kill_within_the_final_rename_removes_the_left_record(t
     for _ in range(2):
         res = CliRunner().invoke(cli, [*args, "--resume"])
         assert res.exit_code == 1 and res.output.strip().splitlines() == [
-            f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished, or never "
-            "started)"], res.output
+            f"Error: --resume: there is no {tmp_path / 's.csv.partial'} to continue (the run finished: {out} is "
+            "there)"], res.output
         assert not record.exists() and out.read_bytes() == scores
     assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith("s.")) == ["s.csv"]
 

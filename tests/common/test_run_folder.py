@@ -214,6 +214,20 @@ def test_a_new_run_is_refused_over_a_result_without_its_checkpoint(tmp_path, res
         rf.check_start(tmp_path, resume=False, dry_run=False, result=result)
 
 
+@pytest.mark.parametrize("result", ["model.safetensors", "prompt.safetensors"])
+def test_a_resume_without_a_checkpoint_says_what_to_do(tmp_path, result):
+    """--resume with no checkpoint: a run stopped before its first one is started without --resume
+    (check_start lets that run start over), a finished one (its result there) is done."""
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=rf"^--resume: no checkpoint at {tmp_path / 'checkpoint.pt'}; run without "
+                                        r"--resume to start the run$"):
+        rf.check_start(tmp_path, resume=True, dry_run=False, result=result)
+    assert rf.check_start(tmp_path, resume=False, dry_run=False, result=result) == tmp_path / "checkpoint.pt"
+    (tmp_path / result).write_bytes(b"a result")
+    with pytest.raises(UserError, match=rf"; its run finished \({result} is there\)$"):
+        rf.check_start(tmp_path, resume=True, dry_run=False, result=result)
+
+
 @pytest.mark.parametrize("command", ["fit", "train"])
 def test_a_new_run_starts_over_only_its_own_stopped_run(tmp_path, command):
     """A new run replaced whatever config.json and log.jsonl --out held (an evaluation's record, a
