@@ -237,10 +237,14 @@ def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:
         check_preprocess_cfg(cfg.get("preprocess_cfg"), source[0])
         cfg = cfg["model_cfg"]
     check_config_file(cfg, *source)
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / f"{name}.json"
-        copy.write_text(json.dumps(cfg))
-        open_clip.add_model_config(copy)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / f"{name}.json"
+            copy.write_text(json.dumps(cfg))
+            open_clip.add_model_config(copy)
+    except OSError as e:  # (a full $TMPDIR: ENOSPC, or EFBIG under ulimit -f; the folder is removed again)
+        raise UserError(f"{source[0]}: cannot write a temporary copy of its model config in {tempfile.gettempdir()}: "
+                        f"{e.strerror or first_line(e)}; free space there or set TMPDIR to another folder") from None
     return open_clip.get_model_config(name)
 
 

@@ -717,3 +717,28 @@ def test_weights_no_read_goes_through_are_one_line_naming_the_flag(tiny_clip_con
     I/O error; hashing it ended fit, score, export and eval in OSError's traceback."""
     with pytest.raises(UserError, match=r"^--pretrained /proc/self/mem: cannot be read \(OSError: \[Errno 5\] "):
         load_clip(tiny_clip_config, "/proc/self/mem")
+
+
+def test_a_full_temporary_folder_while_registering_a_config_is_one_line(tmp_path, tiny_clip_config, monkeypatch):
+    """A config is registered with open_clip through a copy in a temporary folder: with $TMPDIR
+    full (ENOSPC, or EFBIG under ``ulimit -f``) score, eval, fit and export all ended in
+    pathlib's OSError traceback. Now one line names the flag and the temporary folder."""
+    import errno
+
+    from conftest import TINY_CLIP_CONFIG
+
+    import clip_smot.clip.model as cm
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cm.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError) as e:
+        cm.load_clip_for_prompt("full-clip", TINY_CLIP_CONFIG, None, activation_source="--prompt p.safetensors")
+    assert str(e.value) == (f"--prompt p.safetensors: cannot write a temporary copy of its model config in {tmp_path}: "
+                            f"{os.strerror(errno.ENOSPC)}; free space there or set TMPDIR to another folder")
+    with pytest.raises(UserError) as e:
+        cm.model_config(tiny_clip_config)
+    assert str(e.value).startswith(f"--model {tiny_clip_config}: cannot write a temporary copy of its model config in ")
+    assert list(tmp_path.iterdir()) == []  # (the temporary folder removed)
