@@ -406,6 +406,8 @@ def _write_error(path: Path, e: Exception) -> UserError:
         reason = os.strerror(int(os_error.group(1)))
     else:
         reason = f"{type(e).__name__}: {first_line(e)}"
+        if "unexpected pos" in str(e):  # (torch.save's short write, which drops the system's error number)
+            reason = "the write stopped short (a file size limit, a disk quota or a full disk)"
         with contextlib.suppress(OSError):  # (/proc, /sys and read-only mounts report 0 bytes free too)
             if shutil.disk_usage(path.parent).free < 1 << 20:
                 reason = "no space left on the device"

@@ -781,6 +781,25 @@ def test_a_disk_with_a_few_hundred_kib_free_is_named_full(tmp_path, monkeypatch)
     assert str(e.value) == f"cannot write {tmp_path / 'checkpoint.pt'}: no space left on the device"
 
 
+def test_a_short_torch_save_with_space_free_names_the_likely_causes(tmp_path, monkeypatch):
+    """Under ``ulimit -f`` or a disk quota torch.save stops with the same 'unexpected pos' as on a
+    full disk, though the disk has room: the line read "RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos 128 vs 0" (found filling the disk at random)."""
+    from pathlib import Path
+
+    def half_then_fail(obj, f):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(files.torch, "save", half_then_fail)
+    _plenty_of_space(monkeypatch)
+    with pytest.raises(UserError) as e:
+        atomic_save({"epoch": 2}, tmp_path / "checkpoint.pt")
+    assert str(e.value) == (f"cannot write {tmp_path / 'checkpoint.pt'}: the write stopped short (a file size limit, "
+                            "a disk quota or a full disk)")
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_temporary_file_of_a_write_is_one_a_later_run_removes(tmp_path):
     """A write killed mid-way (SIGKILL) leaves its temporary file; the next run's
     remove_stale_temporaries(folder, names) must find it under the name of the file it was to
@@ -983,12 +1002,12 @@ def test_a_lock_file_has_an_ordinary_files_mode(tmp_path):
 
 def test_a_disk_with_less_than_a_mib_free_is_named_full_and_one_with_a_mib_is_not(tmp_path, monkeypatch):
     """A writer's own error (torch.save's RuntimeError) is read as a full disk where less than
-    1 MiB (1,048,576 bytes) is free; with 1 MiB free it is the writer's error, named as such."""
+    1 MiB (1,048,576 bytes) is free; with 1 MiB free it is a short write, its likely causes named."""
     def fail(tmp):
         raise RuntimeError("unexpected pos 576 vs 534")
 
     for free, reason in (((1 << 20) - 1, "no space left on the device"),
-                         (1 << 20, "RuntimeError: unexpected pos 576 vs 534")):
+                         (1 << 20, "the write stopped short (a file size limit, a disk quota or a full disk)")):
         monkeypatch.setattr(files.shutil, "disk_usage", lambda p, free=free: _Usage(1 << 30, (1 << 30) - free, free))
         with pytest.raises(UserError) as e:
             files.atomic_write(tmp_path / "x.pt", fail)
