@@ -35,6 +35,7 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     file_key,
+    file_stamp,
     fsync_folder,
     read_json,
     remove_stale_temporaries,
@@ -107,7 +108,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
             counts[-1] += 1
             if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
                 images.append(("PATH image", f))
-    prompt_file = load_prompt(cfg.prompt)
+    prompt_file, prompt_sha = _read_prompt(cfg.prompt)
     if (note := unfinished_note(prompt_file)) and writes_outputs():
         print(note, file=sys.stderr)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
@@ -121,10 +122,37 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
-        return _score(cfg, names, counts, prompt_file, weights, partial, header, run_file, chunk, unlisted or [])
+        return _score(cfg, names, counts, prompt_file, prompt_sha, weights, partial, header, run_file, chunk,
+                      unlisted or [])
 
 
-def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: PromptFile, weights: str | None,
+def _stamp(path: str) -> tuple | None:
+    """:func:`file_stamp` of ``path``, None where there is no file."""
+    try:
+        return file_stamp(path)
+    except OSError:
+        return None
+
+
+def _read_prompt(path: str) -> tuple[PromptFile, str]:
+    """The prompt file ``path`` and the SHA-256 of the very file read, which OUT.partial.json
+    records: hashed later (after the CLIP model loaded), a prompt written meanwhile (an export to
+    it) vouched for the rows of the one read, and a --resume kept them. A prompt replaced while
+    it is read is refused."""
+    before = _stamp(path)
+    prompt_file = load_prompt(path)
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        raise UserError(f"--prompt {path}: cannot be read ({e.strerror or e})") from None
+    if before is None or _stamp(path) != before:
+        raise UserError(f"--prompt {path}: was replaced while it was read (another command writing it now?); "
+                        "run again once it is written")
+    return prompt_file, sha
+
+
+def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: PromptFile, prompt_sha: str,
+           weights: str | None,
            partial: Path, header: list[str], run_file: Path, chunk: int,
            unlisted: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """:func:`run_score` once its arguments are checked and no other command writes ``--out``
@@ -148,7 +176,7 @@ def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: P
     if (note := scorer.one_class_note(names)) and writer:
         print(note, file=sys.stderr)
     decode = scorer.decoder(cfg.decode)
-    run = {"prompt_sha256": sha256_file(cfg.prompt), "model": scorer.clip.identity(), "precision": scorer.precision,
+    run = {"prompt_sha256": prompt_sha, "model": scorer.clip.identity(), "precision": scorer.precision,
            "decoder": decoder_identity(decode, scorer.device)}  # ("decoder": None for PIL's, as before the key was)
     if vouch:
         _check_run_file(run_file, run, partial)

@@ -1398,6 +1398,43 @@ def test_a_resume_lists_paths_three_times(tmp_path, tiny, tiny_clip_checkpoint, 
     assert listed == [id_dir, ood_dir, id_dir, id_dir, ood_dir] and len(read_csv(tmp_path / "s.csv")) == 7
 
 
+def test_a_prompt_replaced_while_a_score_starts_never_vouches_for_the_rows_of_the_other(tmp_path, tiny,
+                                                                                        tiny_clip_checkpoint,
+                                                                                        monkeypatch):
+    """score read --prompt, then hashed it for OUT.partial.json seconds later (after the CLIP model
+    had loaded): an export writing that prompt meanwhile left rows of the old prompt vouched for by
+    the new one's SHA-256, and a --resume after a Ctrl-C kept them: a CSV of two prompts, exit 0.
+    The hash is now of the file read, and a prompt replaced while it is read is refused."""
+    from clip_smot.clip import score as score_command
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(tmp_path / "new.safetensors", tiny, seed=1)
+    ids = make_folders(tmp_path, n_per_class=2, n_ood=3)
+    shutil.copy(tmp_path / "new.safetensors", prompt)
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv")  # (the new prompt's scores)
+    make_prompt(prompt, tiny, seed=0)  # (the old prompt, in place when the score starts)
+    real_load = score_command.load_prompt
+
+    def export_meanwhile(path):  # (another command writes the prompt just after score read it)
+        read = real_load(path)
+        shutil.copy(tmp_path / "new.safetensors", tmp_path / "tmp.safetensors")
+        os.replace(tmp_path / "tmp.safetensors", path)
+        return read
+
+    monkeypatch.setattr(score_command, "load_prompt", export_meanwhile)
+    _stop_after_chunks(monkeypatch, 1)
+    out = tmp_path / "s.csv"
+    try:
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    except KeyboardInterrupt:  # (Ctrl-C after the first chunk: the old prompt's rows were in OUT.partial)
+        pass
+    except UserError as e:
+        assert str(e).startswith(f"--prompt {prompt}: was replaced while it was read") and not out.exists()
+    monkeypatch.undo()
+    _score_run(tmp_path, tiny_clip_checkpoint, ids, out, resume=os.path.exists(f"{out}.partial"))  # (run again)
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
 def test_ctrl_c_names_the_partial_to_resume_from(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """score's Ctrl-C said 'interrupted' only, where fit and train name what to resume from: the
     rows scored so far are kept in OUT.partial, and the line says so and how to go on."""
