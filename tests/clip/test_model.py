@@ -742,3 +742,36 @@ def test_a_full_temporary_folder_while_registering_a_config_is_one_line(tmp_path
         cm.model_config(tiny_clip_config)
     assert str(e.value).startswith(f"--model {tiny_clip_config}: cannot write a temporary copy of its model config in ")
     assert list(tmp_path.iterdir()) == []  # (the temporary folder removed)
+
+
+def test_weights_replaced_while_they_load_are_never_named_by_the_old_files_hash(tiny_clip_config, tiny_clip_checkpoint,
+                                                                                tmp_path, monkeypatch):
+    """load_clip hashed a --pretrained file, then open_clip read it again to build the model: a
+    file written in between (a copy or download of other weights to that name, on a shared
+    cluster) gave a model of the new weights under the old file's SHA-256, which keys the feature
+    cache: the new weights' features were cached as the old ones' and read back by every later
+    run with the old weights. A file replaced while it loads is refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from clip_smot.clip import model as cm
+    from clip_smot.common.files import sha256_file
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(tiny_clip_checkpoint, weights)
+    other = {k: v + 0.5 if k == "text_projection" else v for k, v in load_file(tiny_clip_checkpoint).items()}
+    save_file(other, str(tmp_path / "other.safetensors"))
+    real = cm._create
+
+    def written_meanwhile(*args, **kwargs):  # (another process writes the weights just before they load)
+        os.replace(tmp_path / "other.safetensors", weights)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cm, "_create", written_meanwhile)
+    try:
+        clip = load_clip(tiny_clip_config, str(weights))
+    except UserError as e:
+        assert str(e).startswith(f"--pretrained {weights}: was replaced while it was read"), e
+    else:
+        assert clip.checkpoint_sha256 == sha256_file(weights)  # (the hash of the weights loaded)
