@@ -43,11 +43,11 @@ from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     archive_overflow,
     check_kind,
-    file_stamp,
     missing_file,
     plain_name,
     read_json,
     sha256_file,
+    stamp_if_file,
 )
 from clip_smot.common.network import host_reachable, no_download
 
@@ -303,7 +303,7 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
     ``source``, as for :func:`check_model_config`)."""
     import open_clip
 
-    stamp = _stamp(pretrained)  # (of a file: the hash names the weights loaded, not those written there since)
+    stamp = stamp_if_file(pretrained)  # (of a file: the hash names the weights loaded, not those written there since)
     pretrained, checkpoint_sha, implied, why = _resolve_weights(name, pretrained)
     want = implied or config_activation(cfg)
     if activation is not None and activation != want:
@@ -325,7 +325,7 @@ def _load(name: str, cfg: dict, source: tuple[str, str], pretrained: str | None,
         # (open_clip reads an empty state dict's first key with next(): a bare "StopIteration")
         why = "the file holds no tensors" if isinstance(e, StopIteration) else first_line(e)
         raise UserError(f"--model {name} --pretrained {pretrained}: could not load the weights ({why})") from None
-    if checkpoint_sha and (stamp is None or _stamp(pretrained) != stamp):  # (its hash keys the feature cache)
+    if checkpoint_sha and (stamp is None or stamp_if_file(pretrained) != stamp):  # (its hash keys the feature cache)
         raise UserError(f"--pretrained {pretrained}: was replaced while it was read (another process writing it "
                         "now?); run again once it is written")
     clip.eval()
@@ -601,14 +601,6 @@ def _no_random_weights_note():
         yield
     finally:
         logging.disable(previous)
-
-
-def _stamp(path: str | None) -> tuple | None:
-    """:func:`file_stamp` of the file ``path``; None where there is none (a tag, no weights)."""
-    try:
-        return file_stamp(path) if path else None
-    except (OSError, ValueError):
-        return None
 
 
 def _create(name: str, cfg: dict, pretrained: str, openai_file: bool, device: torch.device | str) -> nn.Module:

@@ -35,11 +35,11 @@ from clip_smot.common.files import (
     atomic_write_text,
     check_output,
     file_key,
-    file_stamp,
     fsync_folder,
     read_json,
     remove_stale_temporaries,
     sha256_file,
+    stamp_if_file,
 )
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
@@ -126,26 +126,18 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                       unlisted or [])
 
 
-def _stamp(path: str) -> tuple | None:
-    """:func:`file_stamp` of ``path``, None where there is no file."""
-    try:
-        return file_stamp(path)
-    except OSError:
-        return None
-
-
 def _read_prompt(path: str) -> tuple[PromptFile, str]:
     """The prompt file ``path`` and the SHA-256 of the very file read, which OUT.partial.json
     records: hashed later (after the CLIP model loaded), a prompt written meanwhile (an export to
     it) vouched for the rows of the one read, and a --resume kept them. A prompt replaced while
     it is read is refused."""
-    before = _stamp(path)
+    before = stamp_if_file(path)
     prompt_file = load_prompt(path)
     try:
         sha = sha256_file(path)
     except OSError as e:
         raise UserError(f"--prompt {path}: cannot be read ({e.strerror or e})") from None
-    if before is None or _stamp(path) != before:
+    if before is None or stamp_if_file(path) != before:
         raise UserError(f"--prompt {path}: was replaced while it was read (another command writing it now?); "
                         "run again once it is written")
     return prompt_file, sha
