@@ -37,9 +37,8 @@ from clip_smot.common.files import (
     file_key,
     fsync_folder,
     read_json,
+    read_with_hash,
     remove_stale_temporaries,
-    sha256_file,
-    stamp_if_file,
 )
 from clip_smot.common.image_sets import image_list_file, iter_image_files
 from clip_smot.common.images import IMAGE_EXTENSIONS, escape_path, load_image
@@ -108,7 +107,9 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
             counts[-1] += 1
             if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
                 images.append(("PATH image", f))
-    prompt_file, prompt_sha = _read_prompt(cfg.prompt)
+    # the SHA-256 of the very file read, which OUT.partial.json records: hashed later (after the CLIP
+    # model loaded), a prompt written meanwhile (an export to it) vouched for the rows of the one read
+    prompt_file, prompt_sha = read_with_hash(cfg.prompt, "--prompt", lambda: load_prompt(cfg.prompt))
     if (note := unfinished_note(prompt_file)) and writes_outputs():
         print(note, file=sys.stderr)
     weights = cfg.pretrained if cfg.pretrained is not None else resolve_pretrained(prompt_file)
@@ -124,23 +125,6 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
         return _score(cfg, names, counts, prompt_file, prompt_sha, weights, partial, header, run_file, chunk,
                       unlisted or [])
-
-
-def _read_prompt(path: str) -> tuple[PromptFile, str]:
-    """The prompt file ``path`` and the SHA-256 of the very file read, which OUT.partial.json
-    records: hashed later (after the CLIP model loaded), a prompt written meanwhile (an export to
-    it) vouched for the rows of the one read, and a --resume kept them. A prompt replaced while
-    it is read is refused."""
-    before = stamp_if_file(path)
-    prompt_file = load_prompt(path)
-    try:
-        sha = sha256_file(path)
-    except OSError as e:
-        raise UserError(f"--prompt {path}: cannot be read ({e.strerror or e})") from None
-    if before is None or stamp_if_file(path) != before:
-        raise UserError(f"--prompt {path}: was replaced while it was read (another command writing it now?); "
-                        "run again once it is written")
-    return prompt_file, sha
 
 
 def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: PromptFile, prompt_sha: str,

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "sha256_file", "archive_overflow", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_overflow", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -704,6 +704,26 @@ def stamp_if_file(path: str | os.PathLike | None) -> tuple[int, int, int, int] |
         return file_stamp(path) if path else None
     except (OSError, ValueError):  # (ValueError: a NUL in the path)
         return None
+
+
+def read_with_hash(path: str | os.PathLike, flag: str, read: Callable[[], Any]) -> tuple[Any, str]:
+    """``(read(), the SHA-256 of path)``, both of one and the same file.
+
+    The hash is what a run records and a resume or a cache checks; taken before or after the
+    read, a file written at that moment by another command (an export to a prompt, a train to a
+    base model) would be named by the other file's hash. A file replaced while it is read is
+    refused in one line naming ``flag``.
+    """
+    before = stamp_if_file(path)
+    value = read()
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+    if before is None or stamp_if_file(path) != before:
+        raise UserError(f"{flag} {path}: was replaced while it was read (another command writing it now?); "
+                        "run again once it is written")
+    return value, sha
 
 _SHA256: dict[tuple, str] = {}  # (path, file_stamp) -> digest: one read per file and process
 

@@ -800,6 +800,27 @@ def test_a_short_torch_save_with_space_free_names_the_likely_causes(tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
+def test_read_with_hash_hashes_the_file_read_and_refuses_one_replaced_meanwhile(tmp_path):
+    """The hash a run records is of the very file it read: one written to that path during the
+    read (another command's atomic write: a new file renamed over it) is refused."""
+    import hashlib
+
+    path = tmp_path / "p.bin"
+    path.write_bytes(b"old")
+    value, sha = files.read_with_hash(path, "--prompt", lambda: path.read_bytes())
+    assert (value, sha) == (b"old", hashlib.sha256(b"old").hexdigest())
+
+    def read_then_replaced():
+        value = path.read_bytes()
+        (tmp_path / "new.bin").write_bytes(b"new")
+        os.replace(tmp_path / "new.bin", path)
+        return value
+
+    with pytest.raises(UserError, match=rf"^--prompt {path}: was replaced while it was read \(another command "
+                                        r"writing it now\?\); run again once it is written$"):
+        files.read_with_hash(path, "--prompt", read_then_replaced)
+
+
 def test_the_temporary_file_of_a_write_is_one_a_later_run_removes(tmp_path):
     """A write killed mid-way (SIGKILL) leaves its temporary file; the next run's
     remove_stale_temporaries(folder, names) must find it under the name of the file it was to
