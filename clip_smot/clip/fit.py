@@ -74,9 +74,9 @@ from clip_smot.common.files import (
     missing_file,
     output_lock,
     parse_json,
+    read_with_hash,
     remove_stale_temporaries,
     same_file,
-    sha256_file,
     text_writer,
 )
 from clip_smot.common.image_sets import stray_wnids
@@ -643,8 +643,10 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     if cfg.loss == "smot":
         from clip_smot.clip.cam_network import CAM_MODELS, load_cam_network
 
-        cam_net = load_cam_network(cfg.cam_model)
-        cam_sha = None if cfg.cam_model in CAM_MODELS else sha256_file(cfg.cam_model)
+        if cfg.cam_model in CAM_MODELS:
+            cam_net = load_cam_network(cfg.cam_model)
+        else:  # (the hash, which a resume checks, of the very file read)
+            cam_net, cam_sha = read_with_hash(cfg.cam_model, "--cam-model", lambda: load_cam_network(cfg.cam_model))
     text = split_text(split)
     resolved = dataclasses.replace(cfg, data=str(classes.root.resolve()), device=str(device))
     config = resolved.to_dict() | {"run": {

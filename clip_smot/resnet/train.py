@@ -67,6 +67,7 @@ from clip_smot.common.files import (
     check_output,
     make_folder,
     read_json,
+    read_with_hash,
     remove_stale_temporaries,
     same_file,
     sha256_file,
@@ -634,8 +635,8 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
         raise UserError(f"--data: {len(train_set)} training images are fewer than the {world} processes")
     cam, cam_sha256 = None, None
     if cfg.method == "smot":
-        cam = _cam_provider(cfg.cam_model, train_set, device)
-        cam_sha256 = sha256_file(cfg.cam_model)
+        cam, cam_sha256 = read_with_hash(cfg.cam_model, "--cam-model",  # (the hash of the very file read)
+                                         lambda: _cam_provider(cfg.cam_model, train_set, device))
         same_on_every_rank(cam_sha256, f"--cam-model {cfg.cam_model}")  # (each process read it itself)
         if ckpt is not None and ckpt.get("cam_model_sha256") not in (None, cam_sha256):  # (None: saved before the check)
             raise UserError(f"--resume: --cam-model {cfg.cam_model} is not the base model the run saved in {out} "

@@ -435,6 +435,33 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "broken").iterdir()} == files
 
 
+def test_a_cam_model_replaced_while_it_loads_is_refused(fit_args, cam_resnet, tmp_path, monkeypatch):
+    """fit read --cam-model, then hashed it for the run's config: a state dict written to that path
+    in between gave CAMs of the old file under the new file's hash, which a --resume with the new
+    file then passed. A file replaced while it is read is refused, before anything is written."""
+    import clip_smot.clip.cam_network as cam_network
+
+    cam = tmp_path / "cam.pth"
+    shutil.copy(cam_resnet, cam)
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(cam_resnet, weights_only=True).items()}
+    torch.save(other, tmp_path / "new.pth")
+    real = cam_network.load_cam_network
+
+    def written_meanwhile(*args, **kwargs):
+        net = real(*args, **kwargs)
+        os.replace(tmp_path / "new.pth", cam)  # (an atomic write of other weights)
+        return net
+
+    monkeypatch.setattr(cam_network, "load_cam_network", written_meanwhile)
+    args = fit_args(tmp_path / "run")
+    args[args.index("--cam-model") + 1] = str(cam)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+        f"Error: --cam-model {cam}: was replaced while it was read (another command writing it now?); run again once "
+        "it is written"), res.output
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_a_run_killed_within_its_first_renames_is_started_over(fit_args, tmp_path, monkeypatch):
     """A fit killed (SIGKILL) between renaming split.txt and config.json into place at its start
     left split.txt alone (config.json was renamed last): no checkpoint to --resume, and a new run

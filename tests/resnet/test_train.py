@@ -1056,6 +1056,39 @@ def test_a_run_resumes_on_its_data_moved_to_another_folder(tmp_path, input_size)
     assert json.loads((out / "config.json").read_text())["data"] == str(moved)
 
 
+def test_a_base_model_replaced_while_it_loads_is_refused(base_model, tmp_path, monkeypatch):
+    """train read --cam-model, then hashed it: a base model written to that path in between (its
+    run resumed for more epochs) gave CAMs of the old file under the new file's hash, which a
+    --resume with the new file then passed. A file replaced while it is read is refused."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    import clip_smot.resnet.train as train_module
+
+    cam = tmp_path / "base.safetensors"
+    shutil.copy(base_model, cam)
+    data = _write_folders(tmp_path / "data", per_class=(4, 2))
+    real = train_module._cam_provider
+
+    with safe_open(str(cam), framework="pt") as f:  # the same network and classes, other weights
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              str(tmp_path / "new.safetensors"), metadata=meta)
+
+    def written_meanwhile(*args, **kwargs):
+        provider = real(*args, **kwargs)
+        os.replace(tmp_path / "new.safetensors", cam)  # (an atomic write of the other weights)
+        return provider
+
+    monkeypatch.setattr(train_module, "_cam_provider", written_meanwhile)
+    with pytest.raises(UserError, match=rf"^--cam-model {cam}: was replaced while it was read \(another command "
+                                        r"writing it now\?\); run again once it is written$"):
+        run_train(_cfg(data, tmp_path / "run", stage="smot", cam_model=str(cam), epochs=1))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_model, tmp_path):
     """--resume compared --cam-model as a string: a base model replaced at that path (its run
     resumed for more epochs rewrites it) continued the SMOT run with other CAMs, silently."""
