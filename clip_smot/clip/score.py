@@ -128,8 +128,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
 
 
 def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: PromptFile, prompt_sha: str,
-           weights: str | None,
-           partial: Path, header: list[str], run_file: Path, chunk: int,
+           weights: str | None, partial: Path, header: list[str], run_file: Path, chunk: int,
            unlisted: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """:func:`run_score` once its arguments are checked and no other command writes ``--out``
     (``counts``: the files of each PATH; ``unlisted``: the shards skipped whole, with their reasons)."""

@@ -696,7 +696,6 @@ def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-
 def stamp_if_file(path: str | os.PathLike | None) -> tuple[int, int, int, int] | None:
     """:func:`file_stamp` of ``path``; None where there is no file to stat (a tag, no path, a
     path that is gone). Compared before and after a file is read, it shows one replaced meanwhile."""
@@ -724,6 +723,7 @@ def read_with_hash(path: str | os.PathLike, flag: str, read: Callable[[], Any]) 
         raise UserError(f"{flag} {path}: was replaced while it was read (another command writing it now?); "
                         "run again once it is written")
     return value, sha
+
 
 _SHA256: dict[tuple, str] = {}  # (path, file_stamp) -> digest: one read per file and process
 
