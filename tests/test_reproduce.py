@@ -423,6 +423,16 @@ def _table8_fakes(tmp_path, ran: list, version: dict):
     return options, fake
 
 
+def _refused_at_once(options, fake, message: str) -> None:
+    """Table 8's run refused with exactly ``message``, a dry run too."""
+    from clip_smot.reproduce import run_reproduce
+
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == message
+
+
 def test_a_finished_stage_whose_record_has_no_hashes_is_skipped_with_a_note(tmp_path):
     """A reproduce.json written before records held input hashes cannot be checked: the stage is
     skipped as before, and its line says what to check by hand (a stage that reads no earlier
@@ -940,11 +950,8 @@ def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, reco
     options, fake = _table8_fakes(tmp_path, [], {})
     run_reproduce("table8", options, fake, echo=lambda line: None)
     (out / "fit-coop" / RECORD).write_text(json.dumps(record))
-    for dry_run in (True, False):
-        with pytest.raises(UserError) as e:
-            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        assert str(e.value) == (f"reproduce: {out / 'fit-coop' / RECORD} cannot be read ({why}); remove "
-                                f"{out / 'fit-coop'} to run the stage again")
+    _refused_at_once(options, fake, f"reproduce: {out / 'fit-coop' / RECORD} cannot be read ({why}); remove "
+                                    f"{out / 'fit-coop'} to run the stage again")
 
 
 @pytest.mark.parametrize("sha", [None, 1, ["0" * 64]])
@@ -961,11 +968,8 @@ def test_a_record_whose_input_hash_is_no_string_is_refused_not_skipped(tmp_path,
     record["inputs"]["fit-coop/prompt.safetensors"] = sha
     (out / "eval-coop" / RECORD).write_text(json.dumps(record))
     (out / "fit-coop" / "prompt.safetensors").write_bytes(b"1")  # (redone since)
-    for dry_run in (True, False):
-        with pytest.raises(UserError) as e:
-            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        assert str(e.value) == (f"reproduce: {out / 'eval-coop' / RECORD} cannot be read (inputs holds a SHA-256 "
-                                f"that is no string); remove {out / 'eval-coop'} to run the stage again")
+    _refused_at_once(options, fake, f"reproduce: {out / 'eval-coop' / RECORD} cannot be read (inputs holds a "
+                                    f"SHA-256 that is no string); remove {out / 'eval-coop'} to run the stage again")
 
 
 def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
@@ -1004,11 +1008,8 @@ def test_a_stage_folder_that_is_no_folder_is_refused_before_any_stage_runs(tmp_p
     else:
         (out / "eval-smot").symlink_to(tmp_path / "nowhere")
     ran.clear()
-    for dry_run in (True, False):
-        with pytest.raises(UserError) as e:
-            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        assert str(e.value) == (f"reproduce: {out / 'eval-smot'} is no folder (a file, or a link to none); remove it "
-                                "to run the stage")
+    _refused_at_once(options, fake, f"reproduce: {out / 'eval-smot'} is no folder (a file, or a link to none); "
+                                    "remove it to run the stage")
     assert ran == []
 
 
@@ -1024,11 +1025,8 @@ def test_two_stages_in_one_folder_are_refused_before_any_stage_runs(tmp_path):
     shutil.rmtree(out / "eval-smot")
     (out / "eval-smot").symlink_to(out / "eval-mcm")
     ran.clear()
-    for dry_run in (True, False):
-        with pytest.raises(UserError) as e:
-            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        assert str(e.value) == (f"reproduce: {out / 'eval-smot'} and {out / 'eval-mcm'} are one folder (symbolic "
-                                "links followed); each stage needs its own: remove the link")
+    _refused_at_once(options, fake, f"reproduce: {out / 'eval-smot'} and {out / 'eval-mcm'} are one folder (symbolic "
+                                    "links followed); each stage needs its own: remove the link")
     assert ran == []
 
 
@@ -1042,12 +1040,9 @@ def test_a_finished_stage_whose_earlier_stages_file_is_gone_is_refused(tmp_path)
     run_reproduce("table8", options, fake, echo=lambda line: None)
     (out / "fit-smot" / "split.txt").unlink()
     ran.clear()
-    for dry_run in (True, False):
-        with pytest.raises(UserError) as e:
-            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        assert str(e.value) == (f"reproduce: {out / 'fit-coop'} was made from {out / 'fit-smot' / 'split.txt'} as it "
-                                f"was then, which is gone: its numbers would not be of it; remove {out / 'fit-coop'} "
-                                "too, to run the stage again")
+    _refused_at_once(options, fake, f"reproduce: {out / 'fit-coop'} was made from {out / 'fit-smot' / 'split.txt'} "
+                                    "as it was then, which is gone: its numbers would not be of it; remove "
+                                    f"{out / 'fit-coop'} too, to run the stage again")
     assert ran == []
 
 
