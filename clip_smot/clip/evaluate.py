@@ -33,7 +33,7 @@ from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
 from clip_smot.common.distributed import same_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder, json_text, sha256_file
+from clip_smot.common.files import check_output_folder, json_text, read_with_hash
 from clip_smot.common.image_sets import (
     check_apart,
     check_train_apart,
@@ -224,10 +224,10 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
 
 def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders: list) -> dict:
     """:func:`run_clip_eval` once its arguments are checked and no other command writes ``--out``."""
-    scorer, config, folders, title = _clip_scorer(cfg, inputs)
+    scorer, config, folders, title, prompt_sha = _clip_scorer(cfg, inputs)
     # under torchrun each process read the prompt and the weights itself: one replaced meanwhile
     # would put two prompts' scores into one table
-    same_on_every_rank({"prompt_sha256": sha256_file(cfg.prompt) if cfg.prompt else None,
+    same_on_every_rank({"prompt_sha256": prompt_sha,
                         "model": scorer.clip.identity(), "classnames": scorer.classnames,
                         "precision": scorer.precision}, f"{'--prompt ' + cfg.prompt if cfg.prompt else '--zero-shot'}: "
                        "what it is scored with (prompt, weights, class names, precision)")
@@ -276,10 +276,12 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     )
 
 
-def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict | None, list[str] | None, str]:
+def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict | None, list[str] | None, str,
+                                                            str | None]:
     """The scorer of a zero-shot or a prompt evaluation, the prompt's metadata (None for zero-shot),
-    the class folders its class names go with (None: not known) and the report's title. A
-    prompt's checkpoint file found by its name is appended to ``inputs`` (it is read too)."""
+    the class folders its class names go with (None: not known), the report's title and the SHA-256
+    of the prompt file read (None for zero-shot). A prompt's checkpoint file found by its name is
+    appended to ``inputs`` (it is read too)."""
     if cfg.zero_shot:
         builtin = cfg.id_data.lower() in BUILTIN_ID
         folders = None if builtin else id_class_folders(cfg.id_data)  # the names' folders, one to one
@@ -292,10 +294,11 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
             zero_shot_template(), cfg.precision,
         )
         title = f"Zero-shot MCM baseline ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
-        return scorer, None, folders, title
+        return scorer, None, folders, title, None
     if not cfg.prompt:
         raise UserError("--prompt: give a prompt file, or --zero-shot")
-    pf = load_prompt(cfg.prompt)
+    # the hash of the very bytes read: under torchrun the processes compare it
+    pf, prompt_sha = read_with_hash(cfg.prompt, "--prompt", lambda: load_prompt(cfg.prompt))
     if (note := unfinished_note(pf)) and writes_outputs():
         print(note, file=sys.stderr)
     pretrained = cfg.pretrained
@@ -305,7 +308,7 @@ def _clip_scorer(cfg: ClipEvalConfig, inputs: list) -> tuple[PromptScorer, dict 
     scorer = PromptScorer.from_file(pf, model=cfg.model, pretrained=pretrained, device=cfg.device,
                                     precision=cfg.precision)
     title = f"Prompt {os.path.basename(cfg.prompt)} ({scorer.clip.name}, {scorer.clip.pretrained or 'random weights'})"
-    return scorer, pf.config, _prompt_folders(pf.config, len(pf.classnames)), title
+    return scorer, pf.config, _prompt_folders(pf.config, len(pf.classnames)), title, prompt_sha
 
 
 def _score_set(scorer: PromptScorer, s, names: list[str], cfg: ClipEvalConfig, decoder: str) -> dict:

@@ -162,6 +162,34 @@ def test_an_evaluation_removes_the_temporaries_a_killed_one_left(tmp_path, tiny,
     assert (out / "metrics.json").is_file()
 
 
+def test_a_prompt_replaced_while_eval_reads_it_is_refused(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """eval hashed --prompt after the CLIP model had loaded, for torchrun's processes to compare:
+    one process that read the old prompt and hashed the new one (an export meanwhile) agreed with
+    one that read the new, and the table mixed two prompts' scores. The hash is now of the file
+    read, and a prompt replaced while it is read is refused in one line, --out not made."""
+    from clip_smot.clip import evaluate
+
+    prompt = tmp_path / "p.safetensors"
+    make_prompt(prompt, tiny, seed=0)
+    make_prompt(tmp_path / "new.safetensors", tiny, seed=1)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=2)
+    real_load = evaluate.load_prompt
+
+    def export_meanwhile(path):  # (another command writes the prompt just after eval read it)
+        read = real_load(path)
+        os.replace(tmp_path / "new.safetensors", path)
+        return read
+
+    monkeypatch.setattr(evaluate, "load_prompt", export_meanwhile)
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                   str(id_dir), "--ood", f"noise={ood_dir}", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert res.output == (f"Error: --prompt {prompt}: was replaced while it was read (another command writing it "
+                          "now?); run again once it is written\n")
+    assert not out.exists()
+
+
 def test_eval_bad_input_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
     prompt = tmp_path / "p.safetensors"
     make_prompt(prompt, tiny)
