@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -1396,6 +1397,26 @@ def test_a_resume_lists_paths_three_times(tmp_path, tiny, tiny_clip_checkpoint, 
     _score_run(tmp_path, tiny_clip_checkpoint, (id_dir, ood_dir), tmp_path / "s.csv", resume=True)
     # counted, then the rows checked (up to the last, in the first folder), then scored
     assert listed == [id_dir, ood_dir, id_dir, id_dir, ood_dir] and len(read_csv(tmp_path / "s.csv")) == 7
+
+
+def test_a_run_stopped_by_an_unreadable_image_resumes_past_it_with_skip_unreadable(tmp_path, tiny,
+                                                                                    tiny_clip_checkpoint):
+    """docs/score.md: an unreadable image stops a run without --skip-unreadable and leaves
+    OUT.partial (its earlier chunks' rows); --resume may add --skip-unreadable to go on past it,
+    and the CSV is that of a whole run with --skip-unreadable, the image listed as skipped."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    ids = make_folders(tmp_path, n_per_class=4, n_ood=7)
+    bad = ids[1] / "x" / "y" / "3.jpg"  # (chunks of 5 per argument: the ID folder's 12 rows come first)
+    bad.write_bytes(b"not an image")
+    skipped = _score_run(tmp_path, tiny_clip_checkpoint, ids, tmp_path / "whole.csv", skip_unreadable=True)
+    assert [p for p, _ in skipped] == [str(bad)]
+    out = tmp_path / "s.csv"
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        _score_run(tmp_path, tiny_clip_checkpoint, ids, out)
+    assert not out.exists() and len((tmp_path / "s.csv.partial").read_text().splitlines()) == 1 + 12
+    skipped = _score_run(tmp_path, tiny_clip_checkpoint, ids, out, skip_unreadable=True, resume=True)
+    assert [p for p, _ in skipped] == [str(bad)]
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
 def test_a_prompt_replaced_while_a_score_starts_never_vouches_for_the_rows_of_the_other(tmp_path, tiny,
