@@ -1409,6 +1409,20 @@ def test_an_ood_root_of_a_name_too_long_is_one_line_naming_the_flag(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dry_run_prints_the_commands_where_the_data_roots_are_not(tmp_path):
+    """docs/reproduce.md: --dry-run checks no data root (its commands print on a machine without
+    the data); the same command without it names every missing root in one line. Neither writes."""
+    argv = ["reproduce", "table2", "--out", str(tmp_path / "r"), "--cifar-root", str(tmp_path / "c"), "--ood-root",
+            str(tmp_path / "ood")]
+    res = CliRunner().invoke(cli, [*argv, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert f"--ood iSUN={tmp_path / 'ood' / 'iSUN'}" in res.output
+    res = CliRunner().invoke(cli, argv)
+    assert res.exit_code == 1 and len(res.output.splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: --cifar-root: no such folder: {tmp_path / 'c'}; --ood-root"), res.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_table_is_one_line_naming_the_tables():
     with pytest.raises(UserError) as e:
         plan("table10", ReproduceOptions(out="/o"))
