@@ -24,7 +24,6 @@ from clip_smot.clip import model as cm
 from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip, preprocess_settings
 from clip_smot.clip.scorer import PromptScorer, scores_from_features
 from clip_smot.common.errors import UserError
-from clip_smot.common.errors import UserError
 from clip_smot.scores import gl_mcm, local_mcm
 
 # --- formulas, by hand ---------------------------------------------------------------------------
