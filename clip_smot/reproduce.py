@@ -724,6 +724,28 @@ def _class_mismatch(p: Plan, o: ReproduceOptions) -> list[str]:
     return problems
 
 
+def _check_finished(p: Plan, out: Path, finished: Collection[str] | None) -> None:
+    """Raise a UserError when a stage folder holds work of another command or of other inputs
+    (:meth:`Stage.check_record`), or a finished stage was made with a file since replaced at
+    the same path or computed otherwise by an older clip-smot. ``finished``: the names of the
+    finished stages (None: every stage, all run)."""
+    for stage in p.stages:
+        stage.check_record(out, finished)
+    done = [stage for stage in p.stages if finished is None or stage.name in finished]
+    # a finished stage made with weights since replaced at the same path (the command line is the same): every one
+    stale = [f"{stage.folder(out)} ({why})" for stage in done if (why := stage.changed_file(out))]
+    if stale:
+        one = len(stale) == 1
+        raise UserError(f"reproduce: {'a finished stage was' if one else 'finished stages were'} made with a file that "
+                        f"is no longer as it was then, so {'its' if one else 'their'} numbers would not be of it: "
+                        f"{'; '.join(stale)}; remove {'that folder' if one else 'those folders'} to run "
+                        f"{'its stage' if one else 'their stages'} again")
+    # a finished stage that this clip-smot would compute otherwise from the same command line
+    if older := [f"{stage.folder(out)} ({why})" for stage in done if (why := stage.outdated(out))]:
+        raise UserError(f"reproduce: made by an older clip-smot, which computed it otherwise: {'; '.join(older)}; "
+                        f"remove {'that folder' if len(older) == 1 else 'those folders'} to run it again")
+
+
 def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str]], None], dry_run: bool = False,
                   echo: Callable[[str], None] = print) -> list[dict] | None:
     """Run the stages of ``table`` not yet finished, in order, then write table.md and table.csv.
@@ -768,22 +790,7 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
                             "followed); each stage needs its own: remove the link")
         seen[real] = stage.folder(out)
     finished = {stage.name for stage in p.stages if stage.finished(out)}
-    for stage in p.stages:  # (every folder, before any stage runs: not at the evaluation after hours of training)
-        stage.check_record(out, finished)
-    # a finished stage made with weights since replaced at the same path (the command line is the same): every one
-    stale = [f"{stage.folder(out)} ({why})" for stage in p.stages if stage.name in finished
-             and (why := stage.changed_file(out))]
-    if stale:
-        one = len(stale) == 1
-        raise UserError(f"reproduce: {'a finished stage was' if one else 'finished stages were'} made with a file that "
-                        f"is no longer as it was then, so {'its' if one else 'their'} numbers would not be of it: "
-                        f"{'; '.join(stale)}; remove {'that folder' if one else 'those folders'} to run "
-                        f"{'its stage' if one else 'their stages'} again")
-    # a finished stage that this clip-smot would compute otherwise from the same command line
-    if older := [f"{stage.folder(out)} ({why})" for stage in p.stages if stage.name in finished
-                 and (why := stage.outdated(out))]:
-        raise UserError(f"reproduce: made by an older clip-smot, which computed it otherwise: {'; '.join(older)}; "
-                        f"remove {'that folder' if len(older) == 1 else 'those folders'} to run it again")
+    _check_finished(p, out, finished)  # (every folder, before any stage runs: not at the evaluation after hours)
     for stage in p.stages:
         argv = list(stage.argv)
         if stage.finished(out):
@@ -809,6 +816,9 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         run(argv)
     if dry_run:
         return None
+    # again once every stage has run: a file replaced while they ran (--pretrained's weights copied over
+    # between the fits and the evaluations) gave a table of two models, exit 0; the rerun refused it
+    _check_finished(p, out, None)
     cells = write_table(table, p, out)
     echo(f"reproduce: {out / 'table.md'} and {out / 'table.csv'}")
     return cells

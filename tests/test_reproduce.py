@@ -1624,6 +1624,39 @@ def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_r
     assert ran == ["eval-smot"]
 
 
+def test_weights_replaced_while_the_stages_run_are_refused_before_the_table(tmp_path):
+    """--pretrained's file replaced by other weights while reproduce ran (during the first
+    evaluation): the fits were made with the old weights, the evaluations with the new, and the
+    table of two models was written, exit 0 (the rerun refused it). The finished stages are
+    checked again once all have run: one line naming those whose record holds the old file's
+    SHA-256 (eval-mcm's too: taken as it started), no table; the same weights throughout, a table."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"old weights")
+    options = dataclasses.replace(options, pretrained=str(weights))
+
+    def replaced_meanwhile(argv):
+        if Path(argv[argv.index("--out") + 1]).name == "eval-mcm":  # (another job copies new weights there)
+            weights.write_bytes(b"new weights")
+        fake(argv)
+
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, replaced_meanwhile, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+    changed = f"{os.path.realpath(weights)}, which has changed since"
+    assert str(e.value) == ("reproduce: finished stages were made with a file that is no longer as it was then, so "
+                            "their numbers would not be of it: "
+                            + "; ".join(f"{out / name} ({changed})" for name in ("fit-smot", "fit-coop", "eval-mcm"))
+                            + "; remove those folders to run their stages again")
+    assert not (out / "table.csv").exists() and not (out / "table.md").exists()
+    shutil.rmtree(out)
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert (out / "table.csv").is_file() and (out / "table.md").is_file()
+
+
 def test_the_smallest_counts_each_option_allows_reach_the_stages_and_one_below_is_refused(tmp_path):
     """docs/reproduce.md: --shots, --epochs and --batch-size are counts of at least 1 (as fit's and
     train's own), --workers at least 0 (the CPU benchmark runs with 0): those reach the fits as given;
