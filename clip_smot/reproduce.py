@@ -111,12 +111,26 @@ class Stage:
         # put the SMOT prompt's numbers in the CoOp rows, the stage skipped as finished)
         if not final.is_file() or final.is_symlink():
             return False
+        if self._unmade(out):
+            return False
         if self.command != "fit":
             return True
         from clip_smot.clip.prompt_file import recorded_epochs
 
         epochs = recorded_epochs(final)  # (None: a prompt of an older clip-smot, which records no epoch)
         return epochs is None or epochs[0] >= epochs[1]
+
+    def _unmade(self, out: str | Path) -> bool:
+        """Whether the stage's record says its command was started but not seen to end well (``made``
+        null): a final file there is no work of the stage (another command's, run into its folder
+        meanwhile, whose lock refused the stage), or of a run killed as the stage ended; the stage
+        runs again. A record of an older clip-smot, with no ``made``, or one that cannot be read
+        (:meth:`check_record` names it), leaves the stage finished by its final file alone."""
+        try:
+            record = read_json(self.folder(out) / RECORD)
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and "made" in record and record["made"] is None
 
     def resumable(self, out: str | Path) -> bool:
         return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
@@ -304,13 +318,25 @@ class Stage:
         return (f"  (its {RECORD}{older} has no hashes of {', '.join(stages)}'s files: remove "
                 f"{self.folder(out)} if {' or '.join(stages)} was redone since)")
 
-    def write_record(self, out: str | Path) -> None:
-        """The stage's :data:`RECORD`: its command line and the SHA-256 of each earlier stage's file it reads."""
+    def write_record(self, out: str | Path, made: bool = False) -> None:
+        """The stage's :data:`RECORD`: its command line, the SHA-256 of each earlier stage's file it
+        reads and of each other file it names, and ``made``: null before its command runs, then (with
+        ``made``, once the command has ended well) the SHA-256 of the final file it wrote. The hashes
+        of the files it read are kept from before it ran (those it read)."""
+        record = self.folder(out) / RECORD
+        if made:
+            try:
+                saved = read_json(record)
+                saved["made"] = sha256_file(self.folder(out) / FINAL_FILE[self.command])
+            except (OSError, ValueError, TypeError):  # (no final file to vouch for: the stage is unfinished)
+                return
+            atomic_write_text(json_text(saved), record)
+            return
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
-        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes, "files": self.files(out)}),
-                          self.folder(out) / RECORD)
+        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes, "files": self.files(out),
+                                     "made": None}), record)
 
 
 @dataclass
@@ -814,6 +840,9 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
         stage.write_record(out)
         run(argv)
+        # (a stage refused by another command's lock, e.g. an eval run by hand into its folder, left that
+        # command's metrics.json under its record: the rerun skipped it as finished, and the table held them)
+        stage.write_record(out, made=True)
     if dry_run:
         return None
     # again once every stage has run: a file replaced while they ran (--pretrained's weights copied over

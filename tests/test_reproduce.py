@@ -1624,6 +1624,43 @@ def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_r
     assert ran == ["eval-smot"]
 
 
+def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stage(tmp_path):
+    """An eval run by hand into OUT/eval-smot while reproduce ran held the folder's lock, so the
+    stage was refused; the rerun found that eval's metrics.json under the stage's record and skipped
+    the stage as finished: its numbers (another prompt's) in the SMOT row, exit 0. The record says
+    whether the stage's command ended well (``made``); one that did not runs again. A record of an
+    older clip-smot (no ``made``) leaves the stage finished as before."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def locked_out(argv):
+        folder = Path(argv[argv.index("--out") + 1])
+        if folder.name == "eval-smot":  # (the eval by hand, holding the lock, writes its own numbers)
+            (folder / "metrics.json").write_text('{"by": "hand"}')
+            raise UserError(f"--out {folder}: another clip-smot command is writing it now")
+        fake(argv)
+
+    with pytest.raises(UserError, match="another clip-smot command is writing it now"):
+        run_reproduce("table8", options, locked_out, echo=lambda line: None)
+    lines = []
+    run_reproduce("table8", options, fake, dry_run=True, echo=lines.append)
+    assert lines[4].startswith("clip-smot eval --prompt "), lines
+    assert json.loads((out / "eval-smot" / RECORD).read_text())["made"] is None
+    assert json.loads((out / "eval-coop" / RECORD).read_text())["made"] == hashlib.sha256(b"{}").hexdigest()
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-smot"] and (out / "eval-smot" / "metrics.json").read_text() == "{}"
+    assert json.loads((out / "eval-smot" / RECORD).read_text())["made"] == hashlib.sha256(b"{}").hexdigest()
+    record = json.loads((out / "eval-smot" / RECORD).read_text())
+    del record["made"]  # (as an older clip-smot wrote it)
+    (out / "eval-smot" / RECORD).write_text(json.dumps(record))
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == []
+
+
 def test_weights_replaced_while_the_stages_run_are_refused_before_the_table(tmp_path):
     """--pretrained's file replaced by other weights while reproduce ran (during the first
     evaluation): the fits were made with the old weights, the evaluations with the new, and the
