@@ -855,7 +855,20 @@ class ExportConfig:
 
 def export_prompt(cfg: ExportConfig) -> Path:
     """Re-export ``prompt.safetensors`` from a fit checkpoint (``clip-smot export``): the text
-    features of the checkpoint's context encoded on ``cfg.device``, written to ``cfg.out``."""
+    features of the checkpoint's context encoded on ``cfg.device``, written to ``cfg.out``.
+
+    Into the run's own folder (``RUN/prompt.safetensors``) it holds the lock of that folder, which
+    a fit writing there holds too: one of the two is refused. An export of the checkpoint of an
+    epoch of a fit still running, renamed after the fit's final prompt, replaced it with that
+    epoch's, the fit having said it was done (and a --resume found nothing to do)."""
+    run = Path(cfg.checkpoint).parent
+    own = same_file(Path(cfg.out).parent, run)  # (another run folder's prompt is refused by check_output)
+    with output_lock(run, "--out", folder=True) if own else contextlib.nullcontext():
+        return _export_prompt(cfg)
+
+
+def _export_prompt(cfg: ExportConfig) -> Path:
+    """:func:`export_prompt`, once no fit writes the run folder it exports into."""
     from clip_smot.clip.model import (
         ACTIVATIONS,
         config_activation,

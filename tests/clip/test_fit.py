@@ -135,6 +135,30 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     assert a.classnames == b.classnames and a.config == b.config
 
 
+def test_export_into_the_folder_of_a_fit_at_work_is_refused_in_one_line(one_epoch, tmp_path):
+    """export --checkpoint RUN/checkpoint.pt --out RUN/prompt.safetensors while the fit of RUN ran
+    (a race of the two, 400 epochs): the export read the checkpoint of epoch 355, and its prompt was
+    renamed after the fit's final one, which it replaced; the fit said it was done, and a --resume
+    found nothing to do. The export holds the lock the fit holds on its folder: refused while the
+    fit runs; an export elsewhere reads the checkpoint as before."""
+    from clip_smot.common.files import output_lock
+
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    before = (run / "prompt.safetensors").read_bytes()
+    export = ["export", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu", "--out"]
+    with output_lock(run, folder=True):  # (as the fit holds it)
+        res = CliRunner().invoke(cli, [*export, str(run / "prompt.safetensors")])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.output == (f"Error: --out {run}: another clip-smot command is writing it now; wait for it to end, "
+                              "or choose another --out\n")
+        assert (run / "prompt.safetensors").read_bytes() == before
+        res = CliRunner().invoke(cli, [*export, str(tmp_path / "elsewhere.safetensors")])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*export, str(run / "prompt.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert (run / "prompt.safetensors").read_bytes() == (tmp_path / "elsewhere.safetensors").read_bytes()
+
+
 def test_export_removes_what_a_killed_export_left_beside_its_out(one_epoch, tmp_path):
     """An export killed while writing (SIGKILL, the OOM killer) leaves its temporary file and the
     folder of its safetensors write beside --out, hidden, each as large as the prompt: the next
