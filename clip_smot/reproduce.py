@@ -247,9 +247,28 @@ class Stage:
                                 f"table's or other options; give another --out, or remove {folder}")
             if self.finished(out):
                 self._check_inputs(out, hashes, finished)
+                self._check_made(out, saved.get("made"))
         elif self.finished(out) or self.resumable(out):
             raise UserError(f"reproduce: {folder} holds a {self.command} run with no {RECORD} saying which command "
                             f"made it; give another --out, or remove {folder} to run the stage again")
+
+    def _check_made(self, out: str | Path, made) -> None:
+        """:meth:`check_record`'s check that a finished evaluation's metrics.json is the one its command
+        wrote (``made``, its SHA-256 in the record; None or absent: not checked): an eval run by hand
+        into the stage's folder since replaced it, and its numbers (another prompt's, other sets)
+        went into the table as the stage's. (A fit's prompt exported again is judged by the stages
+        that read it.)"""
+        final = self.folder(out) / FINAL_FILE[self.command]
+        if self.command != "eval" or not isinstance(made, str):
+            return
+        try:
+            if sha256_file(final) == made:
+                return
+        except OSError:  # (unreadable: named by the table, which reads it)
+            return
+        raise UserError(f"reproduce: {final} is no longer the file its stage wrote (another command wrote it since, "
+                        f"or it was edited): its numbers would not be the stage's; remove {self.folder(out)} to run "
+                        "the stage again")
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""

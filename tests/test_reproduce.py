@@ -144,8 +144,19 @@ def test_table8_end_to_end_killed_mid_stage_and_rerun(data, cam_resnet, tiny_cli
     assert (out / "eval-coop" / "metrics.json").stat().st_mtime_ns == stamp
 
     # a damaged metrics.json (its stage counts as done) was a JSONDecodeError or AttributeError
-    # traceback while the table was written; it is one line, and removing it runs its stage again
+    # traceback while the table was written; it is one line, and removing it runs its stage again:
+    # no longer the file the stage wrote (its record's "made"), or, under an older clip-smot's record
+    # (no "made"), not a readable one
     good = (out / "eval-mcm" / "metrics.json").read_text()
+    (out / "eval-mcm" / "metrics.json").write_text("{")
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1 and res.output.splitlines()[-1] == (
+        f"Error: reproduce: {out / 'eval-mcm' / 'metrics.json'} is no longer the file its stage wrote (another command "
+        f"wrote it since, or it was edited): its numbers would not be the stage's; remove {out / 'eval-mcm'} to run "
+        "the stage again"), res.output
+    record = json.loads((out / "eval-mcm" / "reproduce.json").read_text())
+    del record["made"]
+    (out / "eval-mcm" / "reproduce.json").write_text(json.dumps(record))
     for damaged, error in (("{", "JSONDecodeError"), ("[]", "AttributeError"),
                            (good.replace('"auroc": ', '"auroc": "x", "was": ', 1), "ValueError: auroc is 'x'"),
                            (good.replace('"auroc": ', f'"auroc": {10**400}, "was": ', 1), "OverflowError")):
@@ -470,6 +481,9 @@ def test_a_zero_shot_stage_made_with_other_prompts_is_refused_not_skipped(tmp_pa
     options, fake = _table8_fakes(tmp_path, ran, {})
     run_reproduce("table8", options, fake, echo=lambda line: None)
     metrics = out / "eval-mcm" / "metrics.json"
+    record = json.loads((out / "eval-mcm" / "reproduce.json").read_text())
+    del record["made"]  # (an older clip-smot's record, beside its metrics.json)
+    (out / "eval-mcm" / "reproduce.json").write_text(json.dumps(record))
     for named in ({}, {"text_features": "zero-shot prompts 'a photo of a {c}'"}):  # (none named; today's)
         metrics.write_text(json.dumps(named))
         ran.clear()
@@ -1573,14 +1587,15 @@ def test_a_final_file_that_is_a_link_is_no_finished_stage(tmp_path):
     ran, out = [], tmp_path / "o"
     options, fake = _table8_fakes(tmp_path, ran, {})
     run_reproduce("table8", options, fake, echo=lambda line: None)
-    (out / "eval-smot" / "metrics.json").write_text('{"smot": true}')
+    smot = out / "eval-smot" / "metrics.json"
+    before = (smot.stat().st_ino, smot.stat().st_mtime_ns, smot.read_bytes())
     (out / "eval-coop" / "metrics.json").unlink()
     (out / "eval-coop" / "metrics.json").symlink_to(out / "eval-smot" / "metrics.json")
     ran.clear()
     run_reproduce("table8", options, fake, echo=lambda line: None)
     assert ran == ["eval-coop"]
     assert not (out / "eval-coop" / "metrics.json").is_symlink()
-    assert (out / "eval-smot" / "metrics.json").read_text() == '{"smot": true}'
+    assert (smot.stat().st_ino, smot.stat().st_mtime_ns, smot.read_bytes()) == before
 
 
 def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_refused(tmp_path):
@@ -1659,6 +1674,32 @@ def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stag
     ran.clear()
     run_reproduce("table8", options, fake, echo=lambda line: None)
     assert ran == []
+
+
+def test_an_evaluation_run_by_hand_over_a_finished_stage_is_refused_not_put_in_the_table(tmp_path):
+    """An eval run by hand into OUT/eval-coop once its stage had finished (in a race with
+    reproduce, the eval ran after the stage) replaced its metrics.json: the rerun skipped the stage
+    and wrote the table with that eval's numbers in the CoOp rows, exit 0. Its record holds the
+    SHA-256 of the metrics.json it wrote (``made``): another is refused in one line, before any
+    stage runs and before the table; removing the folder runs the stage again."""
+    from clip_smot.reproduce import run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    table = (out / "table.csv").read_bytes()
+    (out / "eval-coop" / "metrics.json").write_text('{"id_accuracy": 12.5}')  # (the eval by hand's)
+    ran.clear()
+    for dry_run in (False, True):
+        with pytest.raises(UserError) as e:
+            run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
+        assert str(e.value) == (f"reproduce: {out / 'eval-coop' / 'metrics.json'} is no longer the file its stage wrote "
+                                "(another command wrote it since, or it was edited): its numbers would not be the "
+                                f"stage's; remove {out / 'eval-coop'} to run the stage again")
+    assert ran == [] and (out / "table.csv").read_bytes() == table
+    shutil.rmtree(out / "eval-coop")
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["eval-coop"]
 
 
 def test_weights_replaced_while_the_stages_run_are_refused_before_the_table(tmp_path):
