@@ -349,6 +349,12 @@ class Stage:
                 saved["made"] = sha256_file(self.folder(out) / FINAL_FILE[self.command])
             except (OSError, ValueError, TypeError):  # (no final file to vouch for: the stage is unfinished)
                 return
+            # (another reproduce into this --out, of another table or options, wrote its record while the stage
+            # ran: vouched for, its command line was taken for the one that made the stage's files)
+            if saved.get("argv") != self.identity(out):
+                raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
+                                f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
+                                "again")
             atomic_write_text(json_text(saved), record)
             return
         root = Path(out)

@@ -1676,6 +1676,32 @@ def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stag
     assert ran == []
 
 
+def test_a_record_replaced_while_its_stage_ran_is_not_vouched_for(tmp_path):
+    """Two reproduces into one --out at once, of tables naming a stage alike (tables 2 and 3:
+    train-base) or of other options: the second wrote its record over the first's while the
+    first's stage ran, refused by the lock; the first then wrote "made" into the second's record,
+    and a rerun of the second would skip the stage, made by the first's command line. The stage's
+    end refuses a record no longer its own, which stays unvouched for ("made" null)."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def other_record_meanwhile(argv):
+        fake(argv)
+        if Path(argv[argv.index("--out") + 1]).name == "eval-mcm":  # (the other reproduce's, --shots 4)
+            record = json.loads((out / "eval-mcm" / RECORD).read_text())
+            (out / "eval-mcm" / RECORD).write_text(json.dumps({**record, "argv": record["argv"] + ["--shots", "4"]}))
+
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, other_record_meanwhile, echo=lambda line: None)
+    assert json.loads((out / "eval-mcm" / RECORD).read_text())["made"] is None
+    assert str(e.value) == (f"reproduce: {out / 'eval-mcm' / RECORD} was replaced while the stage ran (another "
+                            f"reproduce into this --out, of another table or options?); remove {out / 'eval-mcm'} to "
+                            "run the stage again")
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm"]
+
+
 def test_an_evaluation_run_by_hand_over_a_finished_stage_is_refused_not_put_in_the_table(tmp_path):
     """An eval run by hand into OUT/eval-coop once its stage had finished (in a race with
     reproduce, the eval ran after the stage) replaced its metrics.json: the rerun skipped the stage
