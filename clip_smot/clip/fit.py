@@ -864,11 +864,12 @@ def export_prompt(cfg: ExportConfig) -> Path:
     run = Path(cfg.checkpoint).parent
     own = same_file(Path(cfg.out).parent, run)  # (another run folder's prompt is refused by check_output)
     with output_lock(run, "--out", folder=True) if own else contextlib.nullcontext():
-        return _export_prompt(cfg)
+        return _export_prompt(cfg, own)
 
 
-def _export_prompt(cfg: ExportConfig) -> Path:
-    """:func:`export_prompt`, once no fit writes the run folder it exports into."""
+def _export_prompt(cfg: ExportConfig, locked: bool) -> Path:
+    """:func:`export_prompt`, once no fit writes the run folder it exports into (``locked``: it
+    exports into that folder, whose lock it holds)."""
     from clip_smot.clip.model import (
         ACTIVATIONS,
         config_activation,
@@ -897,8 +898,8 @@ def _export_prompt(cfg: ExportConfig) -> Path:
                  data, run=path.parent)
     make_folder(Path(cfg.out).parent, "--out")  # (a file in its place is one line now, not after the encoding)
     # an export killed while writing left its temporaries beside --out (hidden, as large as the
-    # prompt); a younger one may be another export's at work there
-    remove_stale_temporaries(Path(cfg.out).parent, (Path(cfg.out).name,), older_than_s=3600.0)
+    # prompt); a younger one may be another export's at work there, unless the run folder's lock is held
+    remove_stale_temporaries(Path(cfg.out).parent, (Path(cfg.out).name,), older_than_s=0.0 if locked else 3600.0)
     dev = resolve_device(device)
     theirs = config["run"]["clip"]
     trained = config_activation(parse_json(theirs["model_config"]))  # (the record of an older run has no "activation")

@@ -187,6 +187,20 @@ def test_export_removes_what_a_killed_export_left_beside_its_out(one_epoch, tmp_
          "again.safetensors"])
 
 
+def test_export_into_its_run_folder_removes_a_killed_exports_temporaries_at_once(one_epoch, tmp_path):
+    """Into the run's own folder an export holds that folder's lock, so no other export (nor the
+    fit) writes there: what a killed export left beside RUN/prompt.safetensors is removed by the
+    next one at once, not kept for an hour as another export's possible work in progress."""
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    young = run / ".prompt.safetensors.k1ll3d_x.tmp"
+    young.write_bytes(b"half")
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(run / "checkpoint.pt"),
+                                   "--out", str(run / "prompt.safetensors"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert not young.exists() and sorted(p.name for p in run.iterdir()) == sorted(p.name for p in one_epoch.iterdir())
+
+
 def test_a_bf16_run_exports_float32_text_features(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
     """Training in bf16 (the default, here with the whole text tower in bf16) still exports the
     fp32 encoding of the learned context (docs/method.md §2): scoring uses the stored features."""
