@@ -133,3 +133,11 @@ def test_an_edited_zero_shot_template_is_one_utf8_line_with_a_class(tmp_path, mo
         where = pkg.parent / "prompts" / "zero_shot_template.txt"
         with pytest.raises(UserError, match=f"^{re.escape(f'{where}: {expected}')}"):
             zero_shot_template()
+
+
+def test_a_bundled_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A list found but unreadable (an I/O error, a file of another user's with mode 600) is one
+    line naming it and the reason, not a traceback."""
+    monkeypatch.setattr(bundled, "bundled_file", lambda *parts: tmp_path)  # (reading a folder: EISDIR)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}: cannot be read \(Is a directory\)$"):
+        bundled.imagenet_wnids()
