@@ -608,3 +608,33 @@ def test_a_config_json_value_that_reads_like_the_checkpoints_is_shown_as_json(tm
     with pytest.raises(UserError, match=re.escape("(--epochs: 2 in the checkpoint, 3 in config.json; --method: smot in "
                                                   "the checkpoint, ce in config.json)")):  # (text as it is, else)
         rf.check_config_beside(tmp_path, {"lr": "0.05", "epochs": 2, "method": "smot"}, ["epochs", "method"], "ckpt")
+
+
+def test_a_log_line_interrupted_by_ctrl_c_is_cut_back_and_the_interrupt_goes_on(tmp_path, monkeypatch):
+    """Ctrl-C while a line is flushed to the disk: the line is cut back (the log keeps its whole
+    lines) and the KeyboardInterrupt goes on as it came, not turned into a UserError."""
+    import os
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1}\n')
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rf.append_log(tmp_path, rf.log_record(2, 0.5, 0.1, 1.0))
+    assert log.read_text() == '{"epoch": 1}\n'
+
+
+def test_a_log_that_cannot_be_read_for_truncating_is_one_line_naming_it(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1}\n')
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rf, "open", refused, raising=False)  # (the module's open: root reads any file)
+    with pytest.raises(UserError, match=rf"^cannot read {re.escape(str(log))}: Permission denied$"):
+        rf.truncate_log(log, 1)
+    assert log.read_text() == '{"epoch": 1}\n'
