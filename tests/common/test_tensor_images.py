@@ -242,3 +242,22 @@ def test_resizing_keeps_black_and_white_at_0_and_255():
     got = ti.resize_uint8(torch.from_numpy(edge).permute(2, 0, 1), (30, 30)).permute(1, 2, 0).numpy().astype(int)
     assert want.min() == got.min() == 0 and want.max() == got.max() == 255
     assert np.abs(got - want).max() <= 1
+
+
+def test_frame_size_is_none_where_the_segments_end_before_a_frame_header():
+    """Data that ends after whole segments (a file cut after its APP0) holds no frame header."""
+    assert ti._frame_size(b"\xff\xd8") is None
+    assert ti._frame_size(b"\xff\xd8" + _segment(0xE0, b"ab")) is None
+    assert not ti.is_jpeg(b"\xff\xd8" + _segment(0xE0, b"ab"))
+
+
+def test_without_torchvisions_decode_jpeg_every_file_goes_to_pil(monkeypatch):
+    """A torchvision without ``decode_jpeg`` (deprecated for TorchCodec): has_decode_jpeg says so,
+    and decode_jpegs gives None for each file (each is then decoded by PIL), none for no files."""
+    import torchvision.io
+
+    good = torch.frombuffer(bytearray(_jpeg(Image.new("RGB", (20, 10), (200, 10, 10)))), dtype=torch.uint8)
+    assert ti.has_decode_jpeg() and ti.decode_jpegs([], "cpu") == []
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    assert not ti.has_decode_jpeg()
+    assert ti.decode_jpegs([good, good], "cpu") == [None, None]
