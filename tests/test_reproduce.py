@@ -953,6 +953,7 @@ def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp
 
 @pytest.mark.parametrize("record, why", [
     ({"argv": ["fit"], "inputs": []}, "inputs is not an object"),
+    ({"argv": ["fit"], "files": []}, "files is not an object"),
     ({"argv": ["fit", 1]}, "argv is not a list of strings"),
     ({"argv": "fit --data d"}, "argv is not a list of strings"),  # (a string: each of its characters is one)
     ({"inputs": {}}, "'argv'"),
