@@ -786,3 +786,32 @@ def test_docs_line_sorting_kaggles_imagenet_val_labels_each_image_by_its_csv_row
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == sorted(set(truth))
     s = id_set(tmp_path / "val", folder_classnames(tmp_path / "val"))
     assert s.labels == [sorted(set(truth)).index(truth[int(p.name[15:23]) - 1]) for p in s.paths]
+
+
+def test_eval_finds_the_prompts_checkpoint_by_name_and_notes_an_unfinished_run(tmp_path, tiny, tiny_clip_checkpoint):
+    """Without --pretrained the prompt's checkpoint file is found beside the prompt by its name
+    (and SHA-256), and a prompt exported before its run's last epoch gets the note saying so."""
+    from clip_smot.clip.prompt_file import save_prompt
+
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")
+    prompt = tmp_path / "p.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_prompt(prompt, torch.randn(4, 32, generator=g), torch.nn.functional.normalize(torch.randn(3, 32, generator=g), dim=-1),
+                tiny.identity(), 4, "end", False, list(CLASSES), {"run": {"epoch": 1}, "epochs": 2})
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=2)
+    res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--id", str(id_dir), "--ood", f"noise={ood_dir}",
+                                   "--workers", "0", "--no-cache", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert (f"note: {prompt} holds the context of epoch 1 of its run's 2 (exported from an unfinished run)"
+            in res.stderr.splitlines())
+    assert (tmp_path / "e" / "metrics.csv").is_file()
+
+
+def test_a_clip_evaluation_of_neither_a_prompt_nor_zero_shot_is_one_line(tmp_path):
+    """The library's run_clip_eval called without a prompt and without zero_shot (the CLI asks
+    for one of them first)."""
+    from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
+
+    with pytest.raises(UserError, match=r"^--prompt: give a prompt file, or --zero-shot$"):
+        run_clip_eval(ClipEvalConfig(id_data="digits", ood={"photos": None}, out=str(tmp_path / "e")))
+    assert not (tmp_path / "e").exists()
