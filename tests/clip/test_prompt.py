@@ -497,3 +497,9 @@ def test_too_many_context_vectors_name_the_flag_and_the_limit(clip):
     PromptLearner(clip, NAMES, n_ctx=limit)  # the limit itself fits: EOT at the last position
     with pytest.raises(UserError, match=f"--n-ctx {limit + 1}:"):
         PromptLearner(clip, NAMES, n_ctx=limit + 1)
+
+
+def test_a_prompt_learner_of_no_class_names_is_one_line(clip):
+    """No class names, no prompts: refused at once, not an empty batch for the text encoder."""
+    with pytest.raises(UserError, match=r"^classnames: no class names given$"):
+        PromptLearner(clip, [])
