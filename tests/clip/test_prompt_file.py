@@ -530,6 +530,18 @@ def test_a_quickgelu_prompt_on_gelu_weights_is_sent_to_a_model_that_exists(tmp_p
         prompt.check_model(gelu)
 
 
+def test_a_gelu_prompt_on_quickgelu_weights_is_to_be_fitted_again(tmp_path):
+    """The other way round, a prompt made with GELU on a model built with QuickGELU: no --model
+    turns the weights' QuickGELU into GELU, so the advice is to fit the context again with them."""
+    _save(tmp_path / "p.safetensors", identity=dict(IDENT, activation="gelu"))
+    prompt = load_prompt(tmp_path / "p.safetensors")
+    quick = dict(IDENT, model_config=json.dumps({"embed_dim": 32, "quick_gelu": True, "vision_cfg": {}, "text_cfg": {}}))
+    with pytest.raises(UserError, match=r"made with GELU \(clip-smot-tiny, tiny.safetensors\), but the model in use "
+                                        r"\(clip-smot-tiny, tiny.safetensors\) is built with QuickGELU; a context learned "
+                                        r"through GELU does not fit QuickGELU weights: fit it again with them$"):
+        prompt.check_model(quick)
+
+
 def test_a_prompt_without_an_activation_record_is_read_as_its_config_builds(tmp_path):
     """A prompt written before the ``activation`` key existed was built as its model_config says:
     one whose config sets quick_gelu reads as QuickGELU (not GELU, which would refuse it as
