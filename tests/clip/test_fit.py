@@ -2465,3 +2465,16 @@ def test_a_full_disk_at_config_json_leaves_no_split_that_blocks_the_rerun(tmp_pa
     res = CliRunner().invoke(cli, fit_args(out))  # space freed: the same command runs
     assert res.exit_code == 0, res.output
     assert (out / "prompt.safetensors").is_file() and (out / "split.txt").is_file()
+
+
+def test_a_resumed_runs_activation_is_its_records_or_its_model_configs_or_unknown():
+    """A checkpoint's CLIP record names its activation; an older one's has none, and its model
+    config tells (quick_gelu set or not); a record that is missing or damaged tells nothing (None:
+    the weights are compared by their hash next), not a KeyError out of --resume."""
+    from clip_smot.clip.fit import _recorded_activation
+
+    assert _recorded_activation({"activation": "gelu", "model_config": '{"quick_gelu": true}'}) == "gelu"
+    assert _recorded_activation({"model_config": json.dumps({"quick_gelu": True})}) == "quick_gelu"
+    assert _recorded_activation({"model_config": json.dumps({"embed_dim": 32})}) == "gelu"
+    for record in (None, "clip", {}, {"model_config": "{not json"}, {"model_config": 5}):
+        assert _recorded_activation(record) is None, record
