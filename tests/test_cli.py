@@ -906,6 +906,7 @@ _TRAIN = ["train", "--dataset", "digits", "--stage", "smot", "--device", "cpu", 
                       "ResNet is evaluated with `clip-smot eval --checkpoint {model}`"),
     (_SCORE, "weights", "--prompt {weights}: CLIP weights, not a prompt file; give it to --pretrained"),
     (_SCORE, "config", "--prompt {config}: an open_clip model config (JSON), not a prompt file; give it to --model"),
+    (_SCORE, "resnet", "--prompt {resnet}: a ResNet state dict, not a prompt file; give it to fit's --cam-model"),
     (_SCORE, "cut", "--prompt {cut}: a torch archive cut short (its zip directory is missing: a copy or download "
                     "that stopped?), not a prompt file; `clip-smot fit` writes one (OUT/prompt.safetensors), "
                     "`clip-smot export` one from a fit checkpoint"),
