@@ -240,6 +240,21 @@ def test_a_list_file_that_is_a_fifo_or_a_folder_is_named_as_such(tmp_path):
         assert str(e.value) == f"--split {tmp_path / name}: {why}"
 
 
+def test_a_list_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A list file that is there but cannot be opened (another user's, mode 600) is one line with
+    the reason, once the reading reaches it."""
+    (tmp_path / "split.txt").write_text("a.png\t0\n")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "open", refused, raising=False)  # (the module's open: root reads any file)
+    lines = images.text_lines(tmp_path / "split.txt", "--split", "'relative/path<TAB>label'")
+    with pytest.raises(UserError) as e:
+        list(lines)
+    assert str(e.value) == f"--split {tmp_path / 'split.txt'}: cannot be read (Permission denied)"
+
+
 def test_a_fifo_given_as_a_path_is_named_as_such(tmp_path):
     """A FIFO given itself (score PATH, eval --ood x=FIFO) stopped with "FIFO: a folder that
     cannot be listed (Not a directory)": it is neither, and is not opened (no writer would come)."""
