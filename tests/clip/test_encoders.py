@@ -805,3 +805,12 @@ def test_text_residual_precision_is_the_whole_tower_in_that_precision(clip, prec
     text = re.search(r"--text-residual \[fp32\|precision\]\s+(.*)", out).group(1)
     tower = re.search(r"the whole tower in ([^;)]*)", text).group(1)
     assert precision in tower, text
+
+
+def test_a_cuda_graph_step_off_cuda_is_refused_when_made(clip):
+    """make_fit_step(cuda_graph=True) with the context on the CPU: a ValueError at once (fit's
+    --cuda-graph is refused off CUDA before), not a failure at the first capture."""
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    with pytest.raises(ValueError, match=r"^cuda_graph needs the context on a CUDA device$"):
+        make_fit_step(clip, learner, opt, precision="fp32", cuda_graph=True, noise_generator=None)
