@@ -2292,3 +2292,45 @@ def test_resume_of_the_same_paths_with_images_added_or_removed_is_told_to_start_
     assert res.exit_code == 1 and f"row 2 of {partial} is not the row of {blue.parent / '0a.png'}" in res.output
     assert res.output.rstrip().endswith("or run without --resume"), res.output
     assert score().exit_code == 0 and len(out.read_text().splitlines()) == len(whole) + 1  # (the advice)
+
+
+def test_rows_interrupted_by_ctrl_c_are_cut_back_and_the_interrupt_goes_on(tmp_path, monkeypatch):
+    """Ctrl-C while a chunk's rows are flushed to OUT.partial: the rows are taken back (the
+    partial holds whole chunks for --resume) and the KeyboardInterrupt goes on as it came."""
+    import clip_smot.clip.score as score
+
+    partial = tmp_path / "s.csv.partial"
+    partial.write_text("path,class,class_index,mcm\n")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score._append(partial, "a.png,red,0,0.5\n")
+    assert partial.read_text() == "path,class,class_index,mcm\n"
+
+
+def test_a_partial_that_cannot_be_read_on_resume_is_one_line(tmp_path, monkeypatch):
+    import clip_smot.clip.score as score
+
+    partial = tmp_path / "s.csv.partial"
+    partial.write_text("path,class,class_index,mcm\n")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(score, "open", refused, raising=False)  # (the module's open: root reads any file)
+    with pytest.raises(UserError) as e:
+        score._resume_point(partial, ["path", "class", "class_index", "mcm"], [], CLASSES, False)
+    assert str(e.value) == f"--resume: {partial} cannot be read (Permission denied)"
+
+
+def test_a_float32_value_is_one_a_float32_holds_exactly_and_none_beyond_its_range():
+    """--resume keeps a row whose scores are float32 values: 0.25 and float32's largest are, 0.1
+    (a float64 between two float32s) is not, nor is 1e39 (beyond the range: no float32 at all)."""
+    import clip_smot.clip.score as score
+
+    largest = float(np.finfo(np.float32).max)
+    assert score._float32(0.25) and score._float32(largest) and score._float32(-largest)
+    assert not score._float32(0.1) and not score._float32(1e39) and not score._float32(-1e39)
