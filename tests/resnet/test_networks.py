@@ -145,6 +145,10 @@ def _edited(tmp_path, name, tensors=None, **meta_changes):
     ({"num_classes": "1", "classnames": '["a"]'}, "2 or more names expected"),
     ({"config": "[1, 2]"}, "config: a JSON object"),  # (eval --checkpoint read config.get: AttributeError)
     ({"config": '{"dataset": 10}'}, "config: a JSON object whose dataset and data are strings"),
+    ({"arch": "resnet50"}, r"unknown architecture 'resnet50' \(known: resnet18, wrn40_2, densenet_bc, resnet_tiny\)$"),
+    # another format, in a header longer than what check_kind sniffs (1 MiB): refused when it is read
+    ({"format": "pt", "note": "x" * (1 << 20)}, r"not a clip-smot model file \(format is 'pt', expected "
+                                                r"'clip-smot-model'; train one with 'clip-smot train'\)$"),
 ])
 def test_model_file_metadata_out_of_bounds_is_one_line(tmp_path, changes, expected):
     """A model.safetensors whose metadata asked for input_size 100000 was loaded, and every image
@@ -615,3 +619,21 @@ def test_a_wide_block_of_stride_2_projects_its_shortcut_at_the_same_width():
     assert block.shortcut is not None and block.shortcut.stride == (2, 2)
     with torch.no_grad():
         assert block(torch.randn(1, 16, 8, 8)).shape == (1, 16, 4, 4)
+
+
+def test_the_networks_refuse_a_stem_or_depth_they_do_not_have():
+    """The network classes called directly (NETWORKS passes only valid values): a stem other than
+    cifar or imagenet, a WRN or DenseNet-BC depth that is not 6n + 4, an unknown arch, one class."""
+    from clip_smot.resnet.networks import DenseNetBC, ResNet, WideResNet
+
+    with pytest.raises(ValueError, match=r"^stem must be 'cifar' or 'imagenet', got 'svhn'$"):
+        ResNet((1, 1, 1, 1), (16, 32, 64, 128), 3, stem="svhn")
+    with pytest.raises(ValueError, match=r"^WRN depth must be 6n \+ 4, got 41$"):
+        WideResNet(41, 2, 3)
+    with pytest.raises(ValueError, match=r"^DenseNet-BC depth must be 6n \+ 4, got 99$"):
+        DenseNetBC(99, 12, 3)
+    with pytest.raises(UserError, match=r"^--arch resnet50: unknown architecture \(choose from resnet18, wrn40_2, "
+                                        r"densenet_bc, resnet_tiny\)$"):
+        build_network("resnet50", 3)
+    with pytest.raises(UserError, match=r"^need at least 2 classes, got 1$"):
+        build_network("resnet_tiny", 1)
