@@ -2334,3 +2334,20 @@ def test_a_float32_value_is_one_a_float32_holds_exactly_and_none_beyond_its_rang
     largest = float(np.finfo(np.float32).max)
     assert score._float32(0.25) and score._float32(largest) and score._float32(-largest)
     assert not score._float32(0.1) and not score._float32(1e39) and not score._float32(-1e39)
+
+
+def test_score_gives_odin_from_the_images_and_features_alone_give_neither_odin_nor_gl_mcm(tiny):
+    """PromptScorer.score with odin among the scores runs ODIN on the images themselves (its
+    input step needs them): the very scores of scorer.odin. From features alone ODIN and, without
+    the patch features, GL-MCM cannot be computed: a ValueError says which."""
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(4)), dim=-1),
+                          CLASSES, precision="fp32")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    got = scorer.score(x, ["mcm", "odin"])
+    assert set(got) == {"mcm", "odin", "pred_index"}
+    torch.testing.assert_close(got["odin"], scorer.odin(x), rtol=0, atol=0)
+    g = F.normalize(torch.randn(2, 32), dim=-1)
+    with pytest.raises(ValueError, match=r"^odin needs the images, not their features"):
+        scores_from_features(g, scorer.text_features, 100.0, ["odin"])
+    with pytest.raises(ValueError, match=r"^gl-mcm needs local \(patch\) features$"):
+        scores_from_features(g, scorer.text_features, 100.0, ["gl-mcm"])
