@@ -775,3 +775,15 @@ def test_weights_replaced_while_they_load_are_never_named_by_the_old_files_hash(
         assert str(e).startswith(f"--pretrained {weights}: was replaced while it was read"), e
     else:
         assert clip.checkpoint_sha256 == sha256_file(weights)  # (the hash of the weights loaded)
+
+
+@pytest.mark.parametrize("header", [b'{"a":', b"[]", b'{"w": 1}'])
+def test_a_safetensors_checkpoint_with_a_damaged_header_is_one_line(tiny_clip_config, tmp_path, header):
+    """A header of a length the file holds that is cut JSON, a list or an entry that is no tensor:
+    the look for complex or sparse tensors gives up on it, and loading names what is wrong."""
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(UserError, match=rf"^--model clip-smot-tiny --pretrained {bad}: could not load the weights "
+                                        r"\(Error while deserializing header: ") as info:
+        load_clip(tiny_clip_config, str(bad))
+    assert "\n" not in str(info.value)
