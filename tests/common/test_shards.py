@@ -889,3 +889,12 @@ def test_a_shard_with_a_terabyte_hole_after_its_end_is_listed_at_once(tmp_path, 
         f.write(b"x")
     with pytest.raises(UserError, match=rf"data follows its end-of-archive blocks at byte {1 << 40}: two tars"):
         shards.list_members(shard)
+
+
+def test_an_image_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+    """A path there but not readable as a file (a folder listed as an image) is not said to be
+    missing: the line names it and the reason."""
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(UserError) as e:
+        shards.read_image_bytes(tmp_path / "a.png")
+    assert str(e.value) == f"{tmp_path / 'a.png'}: cannot read the image file (Is a directory)"
