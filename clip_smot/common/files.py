@@ -852,9 +852,8 @@ def file_kind(path: str | os.PathLike) -> str | None:
 
 
 def _safetensors_kind(header) -> str | None:
-    """:func:`file_kind` of a safetensors file of the parsed ``header``."""
-    if not isinstance(header, dict):
-        return None
+    """:func:`file_kind` of a safetensors file of the parsed ``header`` (a JSON object: its text
+    begins with ``{``)."""
     meta = header.get("__metadata__")
     found = meta.get("format") if isinstance(meta, dict) else None
     if isinstance(found, str) and found in _FORMAT_KINDS and _FORMAT_KINDS[found] in ("prompt", "model"):
