@@ -821,6 +821,22 @@ def test_read_with_hash_hashes_the_file_read_and_refuses_one_replaced_meanwhile(
         files.read_with_hash(path, "--prompt", read_then_replaced)
 
 
+def test_read_with_hash_of_a_file_removed_once_read_is_one_line(tmp_path):
+    """A file removed between its read and its hash (another command's clean-up) cannot be hashed:
+    one line naming the flag, the file and the reason, not a traceback."""
+    path = tmp_path / "p.bin"
+    path.write_bytes(b"old")
+
+    def read_then_removed():
+        value = path.read_bytes()
+        path.unlink()
+        return value
+
+    with pytest.raises(UserError) as e:
+        files.read_with_hash(path, "--prompt", read_then_removed)
+    assert str(e.value) == f"--prompt {path}: cannot be read (No such file or directory)"
+
+
 def test_the_temporary_file_of_a_write_is_one_a_later_run_removes(tmp_path):
     """A write killed mid-way (SIGKILL) leaves its temporary file; the next run's
     remove_stale_temporaries(folder, names) must find it under the name of the file it was to
