@@ -638,3 +638,23 @@ def test_a_log_that_cannot_be_read_for_truncating_is_one_line_naming_it(tmp_path
     with pytest.raises(UserError, match=rf"^cannot read {re.escape(str(log))}: Permission denied$"):
         rf.truncate_log(log, 1)
     assert log.read_text() == '{"epoch": 1}\n'
+
+
+def test_a_config_json_that_is_no_object_is_no_record_to_compare_a_checkpoint_with(tmp_path):
+    """config.json beside the checkpoint holding a list (edited, or another tool's) records no
+    options: nothing is compared (the checkpoint's own options resume), as with no config.json."""
+    (tmp_path / "config.json").write_text("[1, 2]")
+    rf.check_config_beside(tmp_path, {"lr": 0.05}, ["lr"], "ckpt")
+    (tmp_path / "config.json").write_text('{"lr": 0.1}')
+    with pytest.raises(UserError, match=r"^ckpt: not a checkpoint of the run that "):
+        rf.check_config_beside(tmp_path, {"lr": 0.05}, ["lr"], "ckpt")
+
+
+def test_an_optimizer_state_of_none_is_taken_as_no_state():
+    """SGD without momentum keeps a momentum_buffer of None: a state the checks let through."""
+    w = torch.nn.Parameter(torch.ones(2))
+    state = torch.optim.SGD([w], lr=0.1).state_dict()
+    state["state"] = {0: {"momentum_buffer": None}}
+    opt = torch.optim.SGD([w], lr=0.1)
+    rf.load_optimizer_state(opt, state, "--resume c.pt")
+    assert opt.state_dict()["state"] == {0: {"momentum_buffer": None}}
