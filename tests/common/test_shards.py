@@ -898,3 +898,13 @@ def test_an_image_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
     with pytest.raises(UserError) as e:
         shards.read_image_bytes(tmp_path / "a.png")
     assert str(e.value) == f"{tmp_path / 'a.png'}: cannot read the image file (Is a directory)"
+
+
+def test_a_shard_that_is_a_folder_is_one_line_when_listed_as_a_shard(tmp_path):
+    """list_members called on a folder (image_files takes a folder named *.tar for a folder): the
+    open fails, and so does the look at its first bytes for a compressed tar; one line."""
+    (tmp_path / "d.tar").mkdir()
+    with pytest.raises(UserError) as e:
+        shards.list_members(tmp_path / "d.tar", "--x")
+    assert str(e.value) == (f"--x {tmp_path / 'd.tar'}: not a readable uncompressed tar shard ([Errno 21] Is a "
+                            f"directory: '{tmp_path / 'd.tar'}')")
