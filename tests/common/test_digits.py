@@ -514,3 +514,27 @@ def test_a_fifo_where_the_cache_folder_goes_is_named_as_the_blocker(tmp_path, mo
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UserError, match=rf"\({tmp_path / 'cache'} is a file, not a folder\)"):
         ensure_digits(size=8)
+
+
+def test_digits_whose_files_cannot_be_hashed_are_damaged_not_a_traceback(tmp_path, monkeypatch):
+    """An image of the sets that cannot be read while it is hashed (an I/O error, a file made
+    unreadable) leaves them unverified: refused as damaged, in the one line saying what to remove."""
+    from types import SimpleNamespace
+
+    import pytest
+    import sklearn.datasets
+
+    from clip_smot.common import digits
+    from clip_smot.common.errors import UserError
+
+    full = load_digits()
+    monkeypatch.setattr(sklearn.datasets, "load_digits",
+                        lambda: SimpleNamespace(images=full.images[:200], target=full.target[:200]))
+    root = ensure_digits(size=8, root=tmp_path / "d8")
+
+    def unreadable(root):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(digits, "_manifest", unreadable)
+    with pytest.raises(UserError, match=rf"^the bundled digits under {root} are not as they were written "):
+        ensure_digits(size=8, root=root)
