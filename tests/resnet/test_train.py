@@ -2038,3 +2038,13 @@ def test_imagenet200_for_a_model_of_other_classes_is_not_sent_to_an_imagenet_fol
     with pytest.raises(UserError, match=r"^--id imagenet200: the model was not trained on it from a known folder; "
                                         r"pass --id IMAGENET_DIR/val$"):
         _id_set("imagenet200", meta, "val", "--id")
+
+
+def test_eval_of_an_id_folder_that_is_not_there_is_one_line(ood_dir, base_model, tmp_path):
+    """eval --checkpoint with --id naming neither a folder nor a built-in set: one line naming it,
+    and the built-in sets it could have meant; nothing written."""
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(tmp_path / "gone"), "--ood",
+                                 f"x={ood_dir}", "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.startswith(f"Error: --id {tmp_path / 'gone'}: no such folder (or built-in set: ")
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
