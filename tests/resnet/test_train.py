@@ -2048,3 +2048,11 @@ def test_eval_of_an_id_folder_that_is_not_there_is_one_line(ood_dir, base_model,
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.startswith(f"Error: --id {tmp_path / 'gone'}: no such folder (or built-in set: ")
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+
+
+def test_run_train_without_a_data_set_is_one_line(tmp_path):
+    """The library's run_train given neither a built-in set nor a data folder (the CLI asks for
+    one first): one line, and no run folder left."""
+    with pytest.raises(UserError, match=r"^give --dataset NAME or --data DIR$"):
+        run_train(TrainConfig(arch="resnet_tiny", device="cpu", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
