@@ -2056,3 +2056,18 @@ def test_run_train_without_a_data_set_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^give --dataset NAME or --data DIR$"):
         run_train(TrainConfig(arch="resnet_tiny", device="cpu", out=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_or_data_set_that_the_processes_cannot_share_is_one_line(tmp_path):
+    """Under torchrun (world: the number of processes) --batch-size is split evenly among the
+    processes and each needs an image: a batch size it does not divide, or fewer training images
+    than processes, is one line (here _load_data is given the world size itself)."""
+    from clip_smot.resnet.train import _load_data
+
+    data = _write_folders(tmp_path / "data", per_class=(1, 1))  # 3 training images
+    cfg = TrainConfig(data=str(data), arch="resnet_tiny", batch_size=8, input_size=16, device="cpu", workers=0,
+                      out=str(tmp_path / "r"))
+    with pytest.raises(UserError, match=r"^--batch-size 8 must be divisible by the number of processes \(3\)$"):
+        _load_data(cfg, None, False, torch.device("cpu"), 3, True)
+    with pytest.raises(UserError, match=r"^--data: 3 training images are fewer than the 4 processes$"):
+        _load_data(cfg, None, False, torch.device("cpu"), 4, True)
