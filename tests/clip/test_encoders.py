@@ -818,12 +818,16 @@ def test_a_cuda_graph_step_off_cuda_is_refused_when_made(clip):
 
 def test_an_encoder_of_an_unknown_precision_or_tower_is_refused(clip):
     """The library's encoders: a TextEncoder of a precision outside fp32/bf16/fp16 is one line
-    naming --precision (the CLI's choices keep it out), an ImageEncoder of a tower that is not
-    open_clip's standard ViT a ValueError (fast_image_encoder returns None for one)."""
+    naming --precision (the CLI's choices keep it out), one of an unknown attention a ValueError, an
+    ImageEncoder of a tower that is not open_clip's standard ViT a ValueError (fast_image_encoder
+    returns None for one)."""
     from clip_smot.clip.encoders import TextEncoder
 
     with pytest.raises(UserError, match=r"^--precision must be one of \('bf16', 'fp16', 'fp32'\), got 'fp64'$"):
         TextEncoder(clip.model, precision="fp64")
+    with pytest.raises(ValueError, match=r"^attention must be one of \('causal', 'mask', 'square', 'flex'\), got "
+                                         r"'dense'$"):
+        TextEncoder(clip.model, attention="dense")
     with pytest.raises(ValueError, match=r"^ImageEncoder supports open_clip's standard ViT image tower only$"):
         ImageEncoder(torch.nn.Linear(2, 2))
     assert fast_image_encoder(torch.nn.Linear(2, 2)) is None
