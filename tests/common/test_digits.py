@@ -538,3 +538,19 @@ def test_digits_whose_files_cannot_be_hashed_are_damaged_not_a_traceback(tmp_pat
     monkeypatch.setattr(digits, "_manifest", unreadable)
     with pytest.raises(UserError, match=rf"^the bundled digits under {root} are not as they were written "):
         ensure_digits(size=8, root=root)
+
+
+def test_digits_found_damaged_once_the_lock_is_had_are_refused_not_rewritten(tmp_path, monkeypatch):
+    """Another process's sets, absent when this one looked and damaged by the time it holds the
+    lock (changed while it waited): refused as damaged, not written over."""
+    import pytest
+
+    from clip_smot.common import digits
+    from clip_smot.common.errors import UserError
+
+    states = iter(["absent", "damaged"])
+    monkeypatch.setattr(digits, "_state", lambda root, size: next(states))
+    monkeypatch.setattr(digits, "write_digits", lambda *a, **k: pytest.fail("the damaged sets were written over"))
+    root = tmp_path / "d8"
+    with pytest.raises(UserError, match=rf"^the bundled digits under {root} are not as they were written "):
+        ensure_digits(size=8, root=root)
