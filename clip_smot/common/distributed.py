@@ -75,6 +75,16 @@ def process_group(device: str) -> Iterator[tuple[int, int, int]]:
         except (OSError, UnicodeError) as e:
             raise UserError(f"{address}: the address cannot be found ({e}); run under torchrun, which sets "
                             "them") from None
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # (torchrun's agent listens there before it starts the processes; refused: it is gone, killed
+            # while they started, and each would retry connecting for the group's 30 minutes, orphaned)
+            try:
+                socket.create_connection((os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])), 10).close()
+            except ConnectionRefusedError:
+                raise UserError(f"{address}: nothing listens there: the torchrun that started this process has "
+                                "stopped") from None
+            except OSError:  # (no answer in time, a network down: torch.distributed's own retries)
+                pass
         try:
             torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
         # (a port another program holds: the store cannot listen there; torch 2.14 raises a

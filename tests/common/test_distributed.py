@@ -319,6 +319,36 @@ def test_a_master_address_that_does_not_resolve_is_one_line(monkeypatch):
             pass
 
 
+def test_a_torchrun_killed_while_its_processes_start_is_one_line(monkeypatch):
+    """torchrun SIGKILLed (the OOM killer, a scheduler's kill -9) after starting its processes but
+    before they reached the store it serves: each orphan retried connecting to it for the
+    group's 30 minutes (seen: both still waiting 150 s after the kill). Now each stops in one
+    line; while torchrun listens there, the group starts as before."""
+    import socket
+
+    started = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: None)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # (what torchrun sets: its agent serves the store)
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    _variables_of_rank_0(monkeypatch, "127.0.0.1", port)
+    with pytest.raises(UserError) as e:
+        with distributed.process_group("cpu"):
+            pass
+    assert str(e.value) == (f"$MASTER_ADDR 127.0.0.1, $MASTER_PORT {port}: nothing listens there: the torchrun "
+                            "that started this process has stopped") and not started
+    with socket.socket() as agent:  # (torchrun alive: its store listens)
+        agent.bind(("127.0.0.1", 0))
+        agent.listen()
+        _variables_of_rank_0(monkeypatch, "127.0.0.1", agent.getsockname()[1])
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+        with distributed.process_group("cpu"):
+            pass
+    assert started == [("gloo",)]
+
+
 def _torchrun_in(cache, monkeypatch, args) -> str:
     """``torchrun --nproc_per_node 2 -m clip_smot ARGS`` with the feature cache in ``cache``."""
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(cache))
