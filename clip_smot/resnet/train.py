@@ -681,7 +681,10 @@ def _build(cfg: TrainConfig, train_set: SizedImageSet, ckpt: dict | None, device
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+        # (collectives: the parameters' shapes checked across the processes, rank 0's weights broadcast)
+        with peer_stopped_in_one_line():
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                        gradient_as_bucket_view=True)
         if device.type == "cpu":
             # The CPU's backward gives a 1x1 convolution's weight [C_out, C_in, 1, 1] a gradient of
             # strides [C_in, 1, C_in, C_in]: the same memory as the bucket's [C_in, 1, 1, 1] (the

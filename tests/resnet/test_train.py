@@ -626,6 +626,37 @@ def _train_in_process(rank: int, store: str, data: list, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def test_a_process_killed_while_the_others_build_ddp_is_one_line(folders, tmp_path, monkeypatch):
+    """Rank 0 SIGKILLed (the OOM killer) while rank 1 built DistributedDataParallel, whose
+    construction checks the parameters' shapes across the processes and broadcasts rank 0's
+    weights: rank 1 printed gloo's "Connection closed by peer" as a 40-line traceback (torchrun
+    with --monitor-interval 30, as across nodes). Now its one line, as in a training step. (A
+    group of this one process said to be of 2; DDP fails as it does when its peer is gone.)"""
+    import contextlib
+
+    import torch.nn.parallel
+
+    import clip_smot.resnet.train as train_module
+
+    @contextlib.contextmanager
+    def group_of_two(device):
+        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                                             world_size=1)
+        try:  # (said to be rank 1 of 2: its peer, rank 0, is the one gone)
+            yield 1, 1, 2
+        finally:
+            torch.distributed.destroy_process_group()
+
+    def peer_gone(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                           "[127.0.0.1]:16797. This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(train_module, "process_group", group_of_two)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", peer_gone)
+    with pytest.raises(UserError, match=r"^another of the 1 processes stopped \(its own error line says why\)"):
+        run_train(_cfg(folders, tmp_path / "run", epochs=1))
+
+
 def test_processes_that_read_other_training_images_all_stop(folders, tmp_path):
     """Each process reads --data itself: one image changed between their reads had them train
     on other images in step without a word (rank 0's fingerprint saved as the run's), and other
