@@ -236,6 +236,10 @@ class Stage:
                     raise ValueError("inputs holds a SHA-256 that is no string")
                 if not isinstance(saved.get("files", {}), dict):  # (an older record has none: not checked)
                     raise ValueError("files is not an object")
+                # (made 0, [] or true: the stage finished, its metrics.json never compared, as under an older
+                # record with none: an eval's by hand since went into the table)
+                if saved.get("made") is not None and not isinstance(saved["made"], str):
+                    raise ValueError("made is no SHA-256 string")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None

@@ -987,6 +987,23 @@ def test_a_record_whose_input_hash_is_no_string_is_refused_not_skipped(tmp_path,
                                     f"SHA-256 that is no string); remove {out / 'eval-coop'} to run the stage again")
 
 
+@pytest.mark.parametrize("made", [0, True, [], {}, 1.5])
+def test_a_record_whose_made_is_no_string_is_refused_not_skipped(tmp_path, made):
+    """eval-coop's record with "made" 0 (or another non-string, neither null nor a SHA-256): the
+    stage was skipped as finished and its metrics.json, since replaced by an eval run by hand, never
+    compared (only a string was): the table held that eval's numbers in the CoOp rows, exit 0."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    record = json.loads((out / "eval-coop" / RECORD).read_text())
+    (out / "eval-coop" / RECORD).write_text(json.dumps({**record, "made": made}))
+    (out / "eval-coop" / "metrics.json").write_text('{"id_accuracy": 12.5}')  # (the eval by hand's)
+    _refused_at_once(options, fake, f"reproduce: {out / 'eval-coop' / RECORD} cannot be read (made is no SHA-256 "
+                                    f"string); remove {out / 'eval-coop'} to run the stage again")
+
+
 def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
     """eval-coop's record with "inputs": {} (no hash of fit-coop's prompt): the stage was skipped as
     finished with no note, the prompt unchecked, as silently as if it were the one it was made from."""
