@@ -253,6 +253,10 @@ class Stage:
                 self._check_inputs(out, hashes, finished)
                 self._check_made(out, saved.get("made"))
         elif self.finished(out) or self.resumable(out):
+            if os.path.lexists(record):  # ("with no reproduce.json" sent the user looking at the one there)
+                raise UserError(f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing says "
+                                f"which command made the {self.command} run in {folder}; remove {folder} to run the "
+                                "stage again")
             raise UserError(f"reproduce: {folder} holds a {self.command} run with no {RECORD} saying which command "
                             f"made it; give another --out, or remove {folder} to run the stage again")
 

@@ -1004,6 +1004,25 @@ def test_a_record_whose_made_is_no_string_is_refused_not_skipped(tmp_path, made)
                                     f"string); remove {out / 'eval-coop'} to run the stage again")
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dangling link"])
+def test_a_record_that_is_no_file_is_named_as_such(tmp_path, kind):
+    """eval-coop's reproduce.json a folder, a FIFO or a link to nothing beside its finished work: the
+    line said the folder held a run "with no reproduce.json", which the user saw there; it names the
+    record and what it is."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    record = out / "eval-coop" / RECORD
+    record.unlink()
+    {"folder": record.mkdir, "fifo": lambda: os.mkfifo(record),
+     "dangling link": lambda: record.symlink_to(tmp_path / "none")}[kind]()
+    _refused_at_once(options, fake, f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing "
+                                    f"says which command made the eval run in {out / 'eval-coop'}; remove "
+                                    f"{out / 'eval-coop'} to run the stage again")
+
+
 def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
     """eval-coop's record with "inputs": {} (no hash of fit-coop's prompt): the stage was skipped as
     finished with no note, the prompt unchecked, as silently as if it were the one it was made from."""
