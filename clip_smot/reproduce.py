@@ -226,6 +226,10 @@ class Stage:
         if is_file(record, "--out"):
             try:
                 saved = read_json(record)
+                if not isinstance(saved, dict):
+                    raise ValueError("not a JSON object")
+                if "argv" not in saved:
+                    raise ValueError("no argv")
                 recorded, hashes = saved["argv"], saved.get("inputs", {})  # (a record of an older reproduce has none)
                 if not (isinstance(recorded, list) and all(isinstance(w, str) for w in recorded)):
                     raise ValueError("argv is not a list of strings")
@@ -257,8 +261,9 @@ class Stage:
                 raise UserError(f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing says "
                                 f"which command made the {self.command} run in {folder}; remove {folder} to run the "
                                 "stage again")
-            raise UserError(f"reproduce: {folder} holds a {self.command} run with no {RECORD} saying which command "
-                            f"made it; give another --out, or remove {folder} to run the stage again")
+            raise UserError(f"reproduce: {folder} holds {'an' if self.command == 'eval' else 'a'} {self.command} run "
+                            f"with no {RECORD} saying which command made it; give another --out, or remove {folder} to "
+                            "run the stage again")
 
     def _check_made(self, out: str | Path, made) -> None:
         """:meth:`check_record`'s check that a finished evaluation's metrics.json is the one its command

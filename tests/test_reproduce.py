@@ -956,7 +956,9 @@ def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp
     ({"argv": ["fit"], "files": []}, "files is not an object"),
     ({"argv": ["fit", 1]}, "argv is not a list of strings"),
     ({"argv": "fit --data d"}, "argv is not a list of strings"),  # (a string: each of its characters is one)
-    ({"inputs": {}}, "'argv'"),
+    ({"inputs": {}}, "no argv"),
+    (["fit"], "not a JSON object"),
+    ("fit --data d", "not a JSON object"),
 ])
 def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, record, why):
     from clip_smot.reproduce import RECORD, run_reproduce
@@ -967,6 +969,20 @@ def test_a_damaged_record_is_one_line_naming_the_folder_to_remove(tmp_path, reco
     (out / "fit-coop" / RECORD).write_text(json.dumps(record))
     _refused_at_once(options, fake, f"reproduce: {out / 'fit-coop' / RECORD} cannot be read ({why}); remove "
                                     f"{out / 'fit-coop'} to run the stage again")
+
+
+def test_an_evaluation_with_no_record_is_named_so_in_one_line(tmp_path):
+    """A finished evaluation whose reproduce.json is gone: refused, the line naming the folder
+    (it said "holds a eval run")."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out = tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, [], {})
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    (out / "eval-coop" / RECORD).unlink()
+    _refused_at_once(options, fake, f"reproduce: {out / 'eval-coop'} holds an eval run with no {RECORD} saying which "
+                                    f"command made it; give another --out, or remove {out / 'eval-coop'} to run the "
+                                    "stage again")
 
 
 @pytest.mark.parametrize("sha", [None, 1, ["0" * 64]])
