@@ -271,9 +271,9 @@ class Stage:
         into the stage's folder since replaced it, and its numbers (another prompt's, other sets)
         went into the table as the stage's. (A fit's prompt exported again is judged by the stages
         that read it.)"""
-        final = self.folder(out) / FINAL_FILE[self.command]
-        if self.command != "eval" or not isinstance(made, str):
+        if self.command != "eval" or made is None:  # (check_record let only a string or None through)
             return
+        final = self.folder(out) / FINAL_FILE[self.command]
         try:
             if sha256_file(final) == made:
                 return
