@@ -169,7 +169,12 @@ class _Text(click.ParamType):
         return value
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+# -h as well as --help, on the group and on each command: click keeps a command's help option from
+# its first parse, so a command parsed without the group (make_context, as tests do) lost its -h
+_HELP = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_Group, context_settings=_HELP)
 @click.version_option(__version__, prog_name="clip-smot")
 def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
@@ -234,7 +239,7 @@ def _given(options: dict, dest: dict[str, str] | None = None) -> set[str]:
     return {name for name in options if source((dest or {}).get(name, name)) not in (None, ParameterSource.DEFAULT)}
 
 
-@cli.command(cls=_OneProcess)
+@cli.command(cls=_OneProcess, context_settings=_HELP)
 @_options(FitConfig, "data", "shots", "split", "seed", "out", "model", "pretrained", "cam_model", "n_ctx", "ctx_init",
           "csc", "class_position", "loss", "alpha", "beta", "lam", "T", "perturb", "sigma", "epochs", "batch_size",
           "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "precision", "device", "cuda_graph",
@@ -256,7 +261,7 @@ def fit(split_file, resume, dry_run, **options) -> None:
         click.echo(f"prompt: {out / 'prompt.safetensors'}")
 
 
-@cli.command()
+@cli.command(context_settings=_HELP)
 @_options(ScoreConfig, "prompt", "model", "pretrained", "scores", "batch_size", "device", "workers", "skip_unreadable",
           "use_cache", "decode", "precision", "out", "resume")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
@@ -298,7 +303,7 @@ def _parse_ood(values: tuple[str, ...]) -> dict[str, str | None]:
     return out
 
 
-@cli.command("eval")
+@cli.command("eval", context_settings=_HELP)
 @_options(ClipEvalConfig, "prompt", "zero_shot")
 @_options(ResnetEvalConfig, "checkpoint", optional=("checkpoint",))
 @_options(ClipEvalConfig, "model", "pretrained")
@@ -346,7 +351,7 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
 _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS
 
 
-@cli.command()
+@cli.command(context_settings=_HELP)
 @_options(TrainConfig, "dataset", "data", "stage", "method", "arch", "cam_model", "epochs", "batch_size", "lr", "alpha",
           "beta", "lam", "T", "perturb", "sigma", "input_size", "device", "precision", "seed", "workers", "out")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -368,7 +373,7 @@ def train(resume, dry_run, compile_, **options) -> None:
         raise _interrupted(None if dry_run else cfg.out) from None
 
 
-@cli.command(cls=_OneProcess)
+@cli.command(cls=_OneProcess, context_settings=_HELP)
 @_options(ExportConfig, "checkpoint", "out", "model", "pretrained", "device")
 def export(**options) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
@@ -387,7 +392,7 @@ def _run_stage(argv: list[str]) -> None:
         raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
 
 
-@cli.command(cls=_OneProcess)
+@cli.command(cls=_OneProcess, context_settings=_HELP)
 @click.argument("table", type=click.Choice(list(TABLES)))
 @_options(ReproduceOptions, *(f.name for f in dataclasses.fields(ReproduceOptions)))
 @click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")

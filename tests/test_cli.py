@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +20,15 @@ def test_dash_h_is_help_as_well():
     for argv in ([], ["fit"], ["score"], ["eval"], ["train"], ["export"], ["reproduce"]):
         short, long = CliRunner().invoke(cli, [*argv, "-h"]), CliRunner().invoke(cli, [*argv, "--help"])
         assert short.exit_code == 0 and short.output == long.output and "Usage:" in short.output, argv
+
+
+def test_each_command_takes_dash_h_when_parsed_alone():
+    """A command parsed without the group (``cli.commands["train"].make_context(...)``, as tests do)
+    had only --help, and click kept that help option: `clip-smot train -h` then failed in the same
+    process ("No such option '-h'"), in every test after such a parse."""
+    for name, command in cli.commands.items():
+        ctx = click.Context(command, info_name=name, **command.context_settings)
+        assert command.get_help_option_names(ctx) == ["-h", "--help"], name
 
 
 @pytest.mark.parametrize("command", ["score", "eval", "train"])
