@@ -39,6 +39,7 @@ from clip_smot.common.files import (
     is_folder,
     json_text,
     make_folder,
+    output_lock,
     read_json,
     sha256_file,
     text_writer,
@@ -363,7 +364,8 @@ class Stage:
             except (OSError, ValueError, TypeError):  # (no final file to vouch for: the stage is unfinished)
                 return
             # (another reproduce into this --out, of another table or options, wrote its record while the stage
-            # ran: vouched for, its command line was taken for the one that made the stage's files)
+            # ran, where --out could not be locked: vouched for, its command line was taken for the one that
+            # made the stage's files)
             if saved.get("argv") != self.identity(out):
                 raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
                                 f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
@@ -844,7 +846,16 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
         problems = [why for flag, path in p.inputs if (why := _no_images(flag, path))]
         if problems := problems + _class_mismatch(p, options):
             raise UserError("; ".join(problems))
-        make_folder(out)
+        # (held by the stages' commands too, each on its own folder: two reproduces into one --out at once,
+        # of other tables or options, wrote their records over each other's and resumed the other's fit)
+        with output_lock(out, "--out", folder=True):
+            return _run_stages(table, p, out, run, dry_run, echo)
+    return _run_stages(table, p, out, run, dry_run, echo)
+
+
+def _run_stages(table: str, p: Plan, out: Path, run: Callable[[list[str]], None], dry_run: bool,
+                echo: Callable[[str], None]) -> list[dict] | None:
+    """:func:`run_reproduce` once its inputs are checked (and, unless ``dry_run``, --out locked)."""
     # two stages in one folder (OUT/eval-smot a link to OUT/eval-logitnorm): the one run first wrote its
     # record and metrics.json there, and the other was skipped as finished, with the first's numbers
     seen: dict[str, Path] = {}

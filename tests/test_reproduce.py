@@ -1755,6 +1755,35 @@ def test_a_record_replaced_while_its_stage_ran_is_not_vouched_for(tmp_path):
     assert ran == ["fit-smot", "fit-coop", "eval-mcm"]
 
 
+def test_a_second_reproduce_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    """Two reproduces into one --out at once, of other tables or options (--shots 4), wrote their
+    records over each other's and the second resumed the first's fit under its own options. The
+    first holds --out's lock while its stages run: the second is refused at once, writes nothing,
+    and the first ends with its table."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, inner, out = [], [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def another_reproduce_meanwhile(argv):
+        fake(argv)
+        if not inner:
+            records = sorted(p.read_bytes() for p in out.glob(f"*/{RECORD}"))
+            with pytest.raises(UserError) as e:
+                run_reproduce("table8", dataclasses.replace(options, shots=4), inner.append, echo=lambda line: None)
+            inner.append(str(e.value))
+            assert sorted(p.read_bytes() for p in out.glob(f"*/{RECORD}")) == records
+
+    run_reproduce("table8", options, another_reproduce_meanwhile, echo=lambda line: None)
+    assert inner == [f"--out {out}: another clip-smot command is writing it now; wait for it to end, or choose "
+                     "another --out"]
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+    assert (out / "table.csv").is_file()
+    # the lock is the run's alone: once it has ended, the other options' run says what holds the folder
+    with pytest.raises(UserError, match=r"holds the work of another command .*give another --out, or remove"):
+        run_reproduce("table8", dataclasses.replace(options, shots=4), fake, echo=lambda line: None)
+
+
 def test_an_evaluation_run_by_hand_over_a_finished_stage_is_refused_not_put_in_the_table(tmp_path):
     """An eval run by hand into OUT/eval-coop once its stage had finished (in a race with
     reproduce, the eval ran after the stage) replaced its metrics.json: the rerun skipped the stage
