@@ -351,32 +351,38 @@ class Stage:
         return (f"  (its {RECORD}{older} has no hashes of {', '.join(stages)}'s files: remove "
                 f"{self.folder(out)} if {' or '.join(stages)} was redone since)")
 
-    def write_record(self, out: str | Path, made: bool = False) -> None:
-        """The stage's :data:`RECORD`: its command line, the SHA-256 of each earlier stage's file it
-        reads and of each other file it names, and ``made``: null before its command runs, then (with
-        ``made``, once the command has ended well) the SHA-256 of the final file it wrote. The hashes
-        of the files it read are kept from before it ran (those it read)."""
-        record = self.folder(out) / RECORD
-        if made:
+    def write_record(self, out: str | Path, made: list[str] | None = None) -> list[str]:
+        """The stage's :data:`RECORD`: its command line (:meth:`identity`, returned), the SHA-256 of
+        each earlier stage's file it reads and of each other file it names, and ``made``: null before
+        its command runs, then (with ``made``, the command line this returned then, once the command
+        has ended well) the SHA-256 of the final file it wrote. The hashes of the files it read are
+        kept from before it ran (those it read)."""
+        record, now = self.folder(out) / RECORD, self.identity(out)
+        if made is not None:
             try:
                 saved = read_json(record)
                 saved["made"] = sha256_file(self.folder(out) / FINAL_FILE[self.command])
             except (OSError, ValueError, TypeError):  # (no final file to vouch for: the stage is unfinished)
-                return
+                return now
             # (another reproduce into this --out, of another table or options, wrote its record while the stage
             # ran, where --out could not be locked: vouched for, its command line was taken for the one that
             # made the stage's files)
-            if saved.get("argv") != self.identity(out):
+            if saved.get("argv") != made:
                 raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
                                 f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
                                 "again")
+            if now != made:  # (a path the stage was given that leads elsewhere now: which files did it read?)
+                given, i = self._without_run_control(), next(i for i, (a, b) in enumerate(zip(made, now)) if a != b)
+                raise UserError(f"reproduce: {given[i - 1]} {given[i]} leads to {now[i]} now, not to {made[i]} as when "
+                                f"the stage {self.name} started (a symbolic link repointed while it ran?); remove "
+                                f"{self.folder(out)} to run the stage again")
             atomic_write_text(json_text(saved), record)
-            return
+            return now
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
-        atomic_write_text(json_text({"argv": self.identity(out), "inputs": hashes, "files": self.files(out),
-                                     "made": None}), record)
+        atomic_write_text(json_text({"argv": now, "inputs": hashes, "files": self.files(out), "made": None}), record)
+        return now
 
 
 @dataclass
@@ -887,11 +893,11 @@ def _run_stages(table: str, p: Plan, out: Path, run: Callable[[list[str]], None]
             echo(f"clip-smot {shlex.join(argv)}")
             continue
         echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
-        stage.write_record(out)
+        started = stage.write_record(out)
         run(argv)
         # (a stage refused by another command's lock, e.g. an eval run by hand into its folder, left that
         # command's metrics.json under its record: the rerun skipped it as finished, and the table held them)
-        stage.write_record(out, made=True)
+        stage.write_record(out, made=started)
     if dry_run:
         return None
     # again once every stage has run: a file replaced while they ran (--pretrained's weights copied over

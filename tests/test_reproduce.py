@@ -1784,6 +1784,32 @@ def test_a_second_reproduce_into_the_same_out_is_refused_while_the_first_runs(tm
         run_reproduce("table8", dataclasses.replace(options, shots=4), fake, echo=lambda line: None)
 
 
+def test_a_path_that_leads_elsewhere_after_its_stage_ran_is_named(tmp_path):
+    """--imagenet a symbolic link repointed at another folder while the first fit ran: which images
+    did it read? The stage is not vouched for, and the line names the flag, the path and both
+    folders (it said "record was replaced ... (another reproduce?)")."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    shutil.copytree(tmp_path / "imagenet", tmp_path / "imagenet2")
+    (tmp_path / "in").symlink_to(tmp_path / "imagenet", target_is_directory=True)
+    options = dataclasses.replace(options, imagenet=str(tmp_path / "in"))
+
+    def repointed_meanwhile(argv):
+        fake(argv)
+        (tmp_path / "in").unlink()
+        (tmp_path / "in").symlink_to(tmp_path / "imagenet2", target_is_directory=True)
+
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, repointed_meanwhile, echo=lambda line: None)
+    assert str(e.value) == (f"reproduce: --data {tmp_path / 'in'} leads to {tmp_path / 'imagenet2'} now, not to "
+                            f"{tmp_path / 'imagenet'} as when the stage fit-smot started (a symbolic link repointed "
+                            f"while it ran?); remove {out / 'fit-smot'} to run the stage again")
+    assert json.loads((out / "fit-smot" / RECORD).read_text())["made"] is None
+    assert ran == ["fit-smot"]
+
+
 def test_an_evaluation_run_by_hand_over_a_finished_stage_is_refused_not_put_in_the_table(tmp_path):
     """An eval run by hand into OUT/eval-coop once its stage had finished (in a race with
     reproduce, the eval ran after the stage) replaced its metrics.json: the rerun skipped the stage
