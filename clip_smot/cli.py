@@ -29,6 +29,7 @@ from clip_smot.common.configs import flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import REPORT_FILES, EvalConfig
+from clip_smot.common.run_folder import OtherFlags
 from clip_smot.reproduce import TABLES, ReproduceOptions, run_reproduce
 from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 from clip_smot.resnet.train import TrainConfig, run_train
@@ -64,6 +65,14 @@ def _saved_epochs(path: Path) -> str:
     return f"epoch {epoch} of {epochs}"
 
 
+class _ResumedOtherwise(click.ClickException):
+    """The one line of a resume given other options than the saved run's (``flags``)."""
+
+    def __init__(self, message: str, flags: list[str]):
+        super().__init__(message)
+        self.flags = flags
+
+
 class _SigintSeen:
     """Within it, SIGINT is recorded before Python's handler raises KeyboardInterrupt as usual (in
     the main thread, where Python's handler is the one installed; elsewhere it changes nothing)."""
@@ -96,6 +105,8 @@ class _Group(click.Group):
         try:
             with sigint:
                 return super().invoke(ctx)  # (parses the command's flags too)
+        except OtherFlags as e:  # (told apart: reproduce says what to do when it resumed a stage so)
+            raise _ResumedOtherwise(one_line(str(e)), e.flags) from None
         except UserError as e:
             raise click.ClickException(one_line(str(e))) from None
         except click.UsageError as e:
@@ -388,6 +399,8 @@ def _run_stage(argv: list[str]) -> None:
     except (_Interrupted, KeyboardInterrupt):  # (the stage's line would advise a --resume reproduce has not)
         raise _Interrupted(f"interrupted in the stage {out}; run the same reproduce command again: finished stages "
                            "are skipped, and an interrupted fit or training resumes") from None
+    except _ResumedOtherwise as e:  # (reproduce resumed the stage's run, and says what to do)
+        raise OtherFlags(f"clip-smot {argv[0]} --out {out}: {e.format_message()}", e.flags) from None
     except click.ClickException as e:
         raise click.ClickException(f"clip-smot {argv[0]} --out {out}: {e.format_message()}") from None
 

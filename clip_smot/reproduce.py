@@ -45,6 +45,7 @@ from clip_smot.common.files import (
     text_writer,
 )
 from clip_smot.common.images import class_folders, iter_images, split_folder
+from clip_smot.common.run_folder import OtherFlags
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]
 
@@ -894,7 +895,14 @@ def _run_stages(table: str, p: Plan, out: Path, run: Callable[[list[str]], None]
             continue
         echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
         started = stage.write_record(out)
-        run(argv)
+        try:
+            run(argv)
+        except OtherFlags as e:  # (the fit's "resume with the same flags": not the user's --resume)
+            if "--resume" not in argv:
+                raise
+            raise UserError(f"reproduce: {stage.folder(out)} holds a {stage.command} run of other options than this "
+                            f"stage's ({', '.join(e.flags)}), started by another command (by hand, or another "
+                            f"reproduce's); remove {stage.folder(out)} to run the stage again") from None
         # (a stage refused by another command's lock, e.g. an eval run by hand into its folder, left that
         # command's metrics.json under its record: the rerun skipped it as finished, and the table held them)
         stage.write_record(out, made=started)

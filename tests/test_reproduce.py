@@ -1784,6 +1784,59 @@ def test_a_second_reproduce_into_the_same_out_is_refused_while_the_first_runs(tm
         run_reproduce("table8", dataclasses.replace(options, shots=4), fake, echo=lambda line: None)
 
 
+def test_a_stage_resumed_over_a_run_of_other_options_says_to_remove_its_folder(tmp_path):
+    """A fit started by hand (or by a reproduce of other options where --out could not be locked)
+    into a stage's folder after reproduce wrote its record: the rerun resumed it, and the fit's own
+    line said "--resume: --epochs differs ...; resume with the same flags", though the user gave no
+    --resume. The stage's line says what holds the folder and what to do."""
+    from clip_smot.common.run_folder import refuse_other_flags
+    from clip_smot.reproduce import run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def killed_in_the_first_fit(argv):
+        (out / "fit-smot").mkdir(parents=True, exist_ok=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table8", options, killed_in_the_first_fit, echo=lambda line: None)
+    (out / "fit-smot" / "checkpoint.pt").write_bytes(b"a fit of --epochs 3, by hand")
+
+    def fit_of_other_options(argv):
+        ran.append(argv)
+        refuse_other_flags(["epochs", "batch_size"], argv[argv.index("--out") + 1])
+
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fit_of_other_options, echo=lambda line: None)
+    assert ran[-1][-1] == "--resume"
+    assert str(e.value) == (f"reproduce: {out / 'fit-smot'} holds a fit run of other options than this stage's "
+                            "(--epochs, --batch-size), started by another command (by hand, or another reproduce's); "
+                            f"remove {out / 'fit-smot'} to run the stage again")
+
+
+def test_the_stage_runner_lets_a_resume_of_other_options_through(tmp_path, monkeypatch):
+    """reproduce's stage runner prefixes a stage's error with its command, as a plain one-line
+    error; a resume of other options goes through as it was raised, so that reproduce can say it."""
+    import clip_smot.cli as cli_module
+    from clip_smot.common.run_folder import OtherFlags, refuse_other_flags
+
+    def refused(cfg, **kwargs):
+        refuse_other_flags(["epochs"], cfg.out)
+
+    monkeypatch.setattr(cli_module, "run_train", refused)
+    argv = ["train", "--data", str(tmp_path), "--resume", "--out", str(tmp_path / "t")]
+    with pytest.raises(OtherFlags) as e:
+        cli_module._run_stage(argv)
+    assert e.value.flags == ["--epochs"]
+    assert str(e.value) == (f"clip-smot train --out {tmp_path / 't'}: --resume: --epochs differs from the run saved in "
+                            f"{tmp_path / 't'}; resume with the same flags")
+    res = CliRunner().invoke(cli, argv)  # (run by hand: its one line)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert res.output == (f"Error: --resume: --epochs differs from the run saved in {tmp_path / 't'}; resume with the "
+                          "same flags\n")
+
+
 def test_a_path_that_leads_elsewhere_after_its_stage_ran_is_named(tmp_path):
     """--imagenet a symbolic link repointed at another folder while the first fit ran: which images
     did it read? The stage is not vouched for, and the line names the flag, the path and both

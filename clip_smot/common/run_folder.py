@@ -45,9 +45,9 @@ from clip_smot.common.files import (
     write_json,
 )
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "CheckpointError", "append_log",
-           "capture_rng", "check_config_beside", "check_new_run", "check_start", "explicit_fields", "finished",
-           "holds_its_values", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "CheckpointError", "OtherFlags",
+           "append_log", "capture_rng", "check_config_beside", "check_new_run", "check_start", "explicit_fields",
+           "finished", "holds_its_values", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
            "refuse_other_flags", "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
 
 CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
@@ -292,12 +292,22 @@ def explicit_fields(cfg: Any) -> set[str]:
     return {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
 
 
+class OtherFlags(UserError):
+    """A resume given other options (``flags``, as ``--name``) than the saved run's."""
+
+    def __init__(self, message: str, flags: Collection[str]):
+        super().__init__(message)
+        self.flags = list(flags)
+
+
 def refuse_other_flags(names: Collection[str], out: str | Path) -> None:
-    """Raise the one line of a resume whose options ``names`` differ from the saved run's."""
+    """Raise the one line of a resume whose options ``names`` differ from the saved run's (an
+    :class:`OtherFlags`)."""
     if names:
         verb = "differ" if len(names) > 1 else "differs"
-        raise UserError(f"--resume: {', '.join('--' + n.replace('_', '-') for n in names)} {verb} from the run saved "
-                        f"in {out}; resume with the same flags")
+        flags = ['--' + n.replace('_', '-') for n in names]
+        raise OtherFlags(f"--resume: {', '.join(flags)} {verb} from the run saved in {out}; resume with the same "
+                         "flags", flags)
 
 
 def resume_options(saved: dict, wanted: dict, given: Collection[str], free: Collection[str], out: str | Path) -> dict:

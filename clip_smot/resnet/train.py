@@ -511,8 +511,8 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
     options = rf.resume_options(dataclasses.asdict(saved), dataclasses.asdict(cfg), given, (*_RESUME_FREE, *moved),
                                 out)
     if cfg.epochs is not None and cfg.epochs < saved.epochs:
-        raise UserError(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
-                        "with as many or more")
+        raise rf.OtherFlags(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
+                            "with as many or more", ["--epochs"])
     resumed = TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs}))
     check_ranges(resumed)  # (an option out of range is a damaged checkpoint, said so before it is compared)
     rf.check_config_beside(out, ckpt["config"], [f.name for f in dataclasses.fields(TrainConfig)

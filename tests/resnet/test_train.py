@@ -1161,6 +1161,18 @@ def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
     assert [f.exists() for f in stale + others] == [False] * len(stale) + [True] * len(others)
 
 
+def test_resume_refuses_fewer_epochs_than_the_run_has(folders, tmp_path):
+    """--epochs may grow on a resume, not shrink: one line saying so, the checkpoint untouched."""
+    out = tmp_path / "run"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    before = (out / "checkpoint.pt").read_bytes()
+    r = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--epochs", "1", "--device", "cpu",
+                                 "--workers", "0"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: --epochs 1: the run saved in {out} has 2 epochs; resume with as many or more"), r.output
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
 def test_resume_refuses_a_flag_given_with_its_default_value(folders, tmp_path):
     """--seed 0 on the resume of a --seed 3 run was silently ignored (0 is the default, so it
     looked as if no --seed was given); a flag that is given is compared, whatever its value."""
