@@ -361,14 +361,20 @@ class Stage:
         record, now = self.folder(out) / RECORD, self.identity(out)
         if made is not None:
             try:
-                saved = read_json(record)
-                saved["made"] = sha256_file(self.folder(out) / FINAL_FILE[self.command])
-            except (OSError, ValueError, TypeError):  # (no final file to vouch for: the stage is unfinished)
+                made_sha = sha256_file(self.folder(out) / FINAL_FILE[self.command])
+            except OSError:  # (no final file to vouch for: the stage is unfinished)
                 return now
+            try:
+                saved = read_json(record)
+            except (OSError, ValueError) as e:  # (said at once, not at the table after the stages still to run)
+                why = "was removed" if not os.path.lexists(record) else f"became unreadable ({first_line(e)})"
+                raise UserError(f"reproduce: {record} {why} while the stage ran, so nothing says which command made "
+                                f"the {self.command} run in {self.folder(out)}; remove {self.folder(out)} to run the "
+                                "stage again") from None
             # (another reproduce into this --out, of another table or options, wrote its record while the stage
             # ran, where --out could not be locked: vouched for, its command line was taken for the one that
             # made the stage's files)
-            if saved.get("argv") != made:
+            if not isinstance(saved, dict) or saved.get("argv") != made:
                 raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
                                 f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
                                 "again")
@@ -377,7 +383,7 @@ class Stage:
                 raise UserError(f"reproduce: {given[i - 1]} {given[i]} leads to {now[i]} now, not to {made[i]} as when "
                                 f"the stage {self.name} started (a symbolic link repointed while it ran?); remove "
                                 f"{self.folder(out)} to run the stage again")
-            atomic_write_text(json_text(saved), record)
+            atomic_write_text(json_text({**saved, "made": made_sha}), record)
             return now
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}

@@ -1863,6 +1863,34 @@ def test_a_path_that_leads_elsewhere_after_its_stage_ran_is_named(tmp_path):
     assert ran == ["fit-smot"]
 
 
+@pytest.mark.parametrize("how", ["removed", "damaged", "a list"])
+def test_a_record_removed_while_its_stage_ran_stops_the_run_at_once(tmp_path, how):
+    """reproduce.json removed (or made unreadable) while its fit ran: the stages after it ran for
+    hours, and the run stopped only at the check before the table ("holds a fit run with no
+    reproduce.json"). It stops once the stage has ended, in one line naming the record."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    record = out / "fit-smot" / RECORD
+
+    def record_gone_meanwhile(argv):
+        fake(argv)
+        {"removed": record.unlink, "damaged": lambda: record.write_text("{"),
+         "a list": lambda: record.write_text("[]")}[how]()
+
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, record_gone_meanwhile, echo=lambda line: None)
+    assert ran == ["fit-smot"]
+    if how == "a list":
+        assert str(e.value).startswith(f"reproduce: {record} was replaced while the stage ran")
+        return
+    why = "was removed" if how == "removed" else "became unreadable (Expecting property name"
+    assert str(e.value).startswith(f"reproduce: {record} {why}"), str(e.value)
+    assert str(e.value).endswith(f"while the stage ran, so nothing says which command made the fit run in "
+                                 f"{out / 'fit-smot'}; remove {out / 'fit-smot'} to run the stage again")
+
+
 def test_an_evaluation_run_by_hand_over_a_finished_stage_is_refused_not_put_in_the_table(tmp_path):
     """An eval run by hand into OUT/eval-coop once its stage had finished (in a race with
     reproduce, the eval ran after the stage) replaced its metrics.json: the rerun skipped the stage
