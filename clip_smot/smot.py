@@ -62,12 +62,16 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
 
     Args:
         y: integer class indices, shape [B].
-        eps: smoothing per image, shape [B] (or [B, 1]), or one float for the whole batch.
+        eps: smoothing per image in [0, 1], shape [B] (or [B, 1]), or one float for the whole batch.
+            A tensor on the CPU is checked at once; on a CUDA device by ``torch._assert_async``, which
+            the step does not wait for (a value outside stops the process at a later kernel, as a label
+            outside [0, K) does there); on other devices it is not checked.
         num_classes: K.
 
     Returns:
         [B, K] float targets; each row sums to 1.
     """
+    _check_eps(eps)
     if y.ndim != 1:
         raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
     # (-1 was one_hot's "as many as the largest label": eps / -1 made the other targets negative)
@@ -86,6 +90,22 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
     if eps.ndim == 1:
         eps = eps[:, None]  # [B, 1]
     return (1.0 - eps) * onehot + eps / num_classes
+
+
+def _check_eps(eps: torch.Tensor | float) -> None:
+    """Refuse a smoothing amount outside [0, 1] (or NaN, or a bool): the other classes' targets ``eps / K``
+    and the true class's ``1 - eps + eps / K`` would leave [0, 1], and a negative target gives a loss with
+    no lower bound. A tensor is checked without a host sync on CUDA (see :func:`soft_targets`)."""
+    if isinstance(eps, bool) or (isinstance(eps, numbers.Real) and not 0 <= eps <= 1):
+        raise ValueError(f"eps must be in [0, 1], got {eps!r}")
+    if not isinstance(eps, (torch.Tensor, numbers.Real)):  # (a numpy array, a list)
+        eps = torch.as_tensor(eps)
+    if isinstance(eps, torch.Tensor) and eps.numel() and eps.device.type in ("cpu", "cuda"):
+        lo, hi = eps.detach().aminmax()  # (NaN is the min and the max of a tensor that holds one)
+        if eps.device.type == "cuda":
+            torch._assert_async((lo >= 0) & (hi <= 1), "eps must be in [0, 1]")
+        elif not (lo.item() >= 0 and hi.item() <= 1):  # (one pass over [B]: nothing next to the loss itself)
+            raise ValueError(f"eps must be in [0, 1], got values from {lo.item()} to {hi.item()}")
 
 
 def sample_thresholds(
@@ -268,7 +288,8 @@ def smot_loss(
         logits: [B, K] logits of the original images.
         logits_masked: [B, K] logits of their perturbed copies (same order).
         y: [B] true labels.
-        eps: [B] smoothing per perturbed image, from :func:`smoothing_eps`.
+        eps: [B] smoothing per perturbed image in [0, 1], from :func:`smoothing_eps` (checked as
+            :func:`soft_targets` says).
         lam: weight of the perturbed term, in [0, 1].
 
     Returns:

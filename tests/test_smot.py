@@ -70,6 +70,22 @@ def test_soft_targets_refuse_eps_or_labels_of_another_shape():
                                torch.tensor([0.1, 0.1, 0.8]))
 
 
+def test_soft_targets_and_the_smot_loss_refuse_eps_outside_0_1():
+    """A tensor eps was not checked (smot_loss takes smoothing_eps's tensor), nor was a float in
+    smot_loss: eps = 1.5 gave the true class a target of 1 - 1.5 + 1.5 / 3 = 0 and the others 0.5, eps = 2
+    a negative one (a loss with no lower bound), NaN a NaN loss. A CPU tensor is checked at once."""
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 1])
+    for bad in (1.5, -0.1, math.nan, torch.tensor([0.2, 2.0]), torch.tensor([math.nan, 0.1]),
+                torch.tensor(-1e-3, dtype=torch.float64), np.array([-0.5, 0.5]), [0.1, 2.0]):
+        with pytest.raises(ValueError, match="eps must be in"):
+            soft_targets(y, bad, 3)
+        with pytest.raises(ValueError, match="eps must be in"):
+            smot_loss(logits, logits, y, bad, 0.5)
+    # the ends are fine: eps 1 is the uniform label, 0 the one-hot one (float16 and integer tensors too)
+    for eps in (torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0], dtype=torch.float16), torch.tensor([1, 0])):
+        assert soft_targets(y, eps, 4).tolist() == [[0.25] * 4, [0.0, 1.0, 0.0, 0.0]]
+
+
 def test_soft_targets_refuse_a_number_of_classes_below_one_and_labels_outside_it():
     """num_classes=-1 was one_hot's "infer it": two classes for label 1, and eps / -1 = -0.1 on the other
     one; labels outside [0, K) stopped in one_hot with a RuntimeError."""
