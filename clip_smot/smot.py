@@ -243,12 +243,21 @@ def perturb(
     raise ValueError(f"perturbation mode must be one of {PERTURBATIONS}, got {mode!r}")
 
 
+def _check_batch(logits: torch.Tensor) -> None:
+    """Refuse logits of no image or no class: the batch mean of no losses is NaN in torch (0 / 0), which
+    reads as a diverged step; a batch of no classes had the loss 0."""
+    if logits.numel() == 0:
+        raise ValueError(f"logits must hold at least one image and one class, got shape {list(logits.shape)}")
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32.
 
     A class of target 0 adds nothing, also where its logit is -inf (a class switched off), as in
-    ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN.
+    ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN. An empty batch is refused (a ValueError),
+    as by the other losses here, where ``F.cross_entropy`` returns NaN.
     """
+    _check_batch(logits)
     # targets [B, 1] (one number per image) broadcast over the classes, [B, 1, K] over the batch (B x B
     # pairs averaged): both silently another loss; one row [K] or [1, K] for every image is fine
     if targets.shape[-1:] != logits.shape[-1:] or torch.broadcast_shapes(targets.shape, logits.shape) != logits.shape:
@@ -264,6 +273,7 @@ def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (cross_entropy alone truncated float labels (1.7 -> 1) after ``.long()``, and answered labels
     outside [0, K) with an IndexError and y [B, 1] with "multi-target not supported")
     """
+    _check_batch(logits)
     if y.is_floating_point() or y.is_complex():
         raise ValueError(f"y must be integer class indices, got {y.dtype}")
     if y.shape != logits.shape[:-1]:
@@ -310,6 +320,7 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) 
     """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
     if not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets: no lower bound)
         raise ValueError(f"eps must be in [0, 1], got {eps}")
+    _check_batch(logits)
     return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
 
 
@@ -317,6 +328,7 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> 
     """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
     if not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
         raise ValueError(f"tau must be > 0, got {tau}")
+    _check_batch(logits)
     logits = logits.float()
     # l / ((|l| + 1e-7) tau), with l scaled by its largest |l| first: |l| of logits past ~1.8e19 overflowed
     # (their squares are past float32), and every row was divided by inf to all zeros, the loss log K

@@ -526,3 +526,21 @@ def test_losses_of_a_class_switched_off_by_a_minus_inf_logit_are_finite():
     assert loss.item() == pytest.approx(want, rel=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_losses_refuse_an_empty_batch_or_no_classes():
+    """The batch mean of no images was NaN in every loss (as F.cross_entropy's), which train and fit
+    report as a diverged step, and soft_cross_entropy of [B, 0] logits was 0; logitnorm_loss of no
+    classes stopped in amax with no argument named."""
+    y0 = torch.zeros(0, dtype=torch.long)
+    for logits, y in ((torch.zeros(0, 3), y0), (torch.zeros(2, 0), torch.tensor([0, 0]))):
+        with pytest.raises(ValueError, match="logits must hold at least one image and one class"):
+            smot_loss(logits, logits, y, torch.zeros(len(y)), 0.5)
+        with pytest.raises(ValueError, match="logits must hold at least one image and one class"):
+            label_smoothing_ce(logits, y)
+        with pytest.raises(ValueError, match="logits must hold at least one image and one class"):
+            logitnorm_loss(logits, y)
+        with pytest.raises(ValueError, match="logits must hold at least one image and one class"):
+            soft_cross_entropy(logits, torch.zeros(logits.shape))
+    # one image of one class is a loss: log 1 = 0
+    assert smot_loss(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([0]), torch.tensor([0.5]), 0.5).item() == 0.0
