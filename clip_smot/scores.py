@@ -31,19 +31,29 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def _classes(name: str, scores: torch.Tensor) -> None:
+    """Refuse scores over no class (the last axis empty): their max stopped in amax ("Expected reduction
+    dim -1 to have non-zero size"), their energy was -inf, GradNorm divided by K = 0."""
+    if scores.ndim and scores.shape[-1] == 0:
+        raise ValueError(f"{name} must hold at least one class (its last axis), got shape {list(scores.shape)}")
+
+
 def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    _classes("logits", logits)
     return logits.float().softmax(dim=-1).amax(dim=-1)
 
 
 def maxlogit(logits: torch.Tensor) -> torch.Tensor:
     """Largest logit (Hendrycks et al., 2022)."""
+    _classes("logits", logits)
     return logits.float().amax(dim=-1)
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al., 2020)."""
     _positive("temperature", temperature)
+    _classes("logits", logits)
     return temperature * torch.logsumexp(logits.float() / temperature, dim=-1)
 
 
@@ -53,6 +63,7 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     Takes cosine similarities in [-1, 1], not logits scaled by CLIP's ``logit_scale``.
     """
     _positive("tau", tau)
+    _classes("cosine", cosine)
     return (cosine.float() / tau).softmax(dim=-1).amax(dim=-1)
 
 
@@ -76,6 +87,13 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         weight, bias: the final linear layer, [K, C] and [K].
         threshold: from :func:`react_threshold` on ID training features.
     """
+    # (a layer of another width stopped in the product, "mat1 and mat2 shapes cannot be multiplied"; a bias of
+    # another K in a broadcast; a weight [C] gave one logit per image, features [C] one score)
+    if (features.ndim != 2 or weight.ndim != 2 or weight.shape[1] != features.shape[1] or weight.shape[0] == 0
+            or (bias is not None and bias.shape != weight.shape[:1])):
+        raise ValueError(f"react needs features [B, C] and the final layer's weight [K, C] (K >= 1) and bias [K] of "
+                         f"the same C and K, got shapes {list(features.shape)}, {list(weight.shape)} and "
+                         f"{None if bias is None else list(bias.shape)}")
     clipped = features.float().clamp(max=threshold)  # [B, C]
     logits = clipped @ weight.float().T  # [B, K]
     if bias is not None:
@@ -193,6 +211,7 @@ def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         logits: [B, K]; features: the penultimate features h, [B, C].
     """
     _same_images(features, logits)
+    _classes("logits", logits)
     p = logits.float().softmax(dim=-1)  # [B, K]
     K = p.shape[-1]
     return (p - 1.0 / K).abs().sum(dim=-1) * features.float().abs().sum(dim=-1)
@@ -248,6 +267,9 @@ def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     if local_cosine.ndim != 3:  # a [B, K] matrix would be maxed to one number for the whole batch
         raise ValueError(f"local_cosine must be [B, N, K] (N patches), got shape {list(local_cosine.shape)}")
     _positive("tau", tau)
+    _classes("local_cosine", local_cosine)
+    if local_cosine.shape[1] == 0:  # (amax stopped: "Expected reduction dim -2 to have non-zero size")
+        raise ValueError(f"local_cosine must hold at least one patch, got shape {list(local_cosine.shape)}")
     return (local_cosine.float() / tau).softmax(dim=-1).amax(dim=(-2, -1))
 
 

@@ -404,3 +404,27 @@ def test_vim_with_no_principal_space_takes_the_whole_centred_feature_as_residual
     want = np.log(np.exp(qz).sum(axis=-1)) - alpha * np.linalg.norm(q - u, axis=-1)
     torch.testing.assert_close(S.vim(t(q).float(), t(qz).float(), fit["u"], fit["NS"], fit["alpha"]),
                                torch.tensor(want, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_scores_refuse_no_class_or_no_patch_and_react_a_layer_of_another_shape():
+    """Logits [B, 0] stopped in amax ("Expected reduction dim -1 to have non-zero size", no argument named)
+    in msp, maxlogit, mcm and the local MCM, gave -inf energies and a ZeroDivisionError in GradNorm; react
+    multiplied features by a layer of another width ("mat1 and mat2 shapes cannot be multiplied") and
+    scored features [C] with a weight [C] as one image."""
+    none, feats = torch.zeros(2, 0), torch.ones(2, 4)
+    for call in (lambda: S.msp(none), lambda: S.maxlogit(none), lambda: S.energy(none), lambda: S.gradnorm(none, feats)):
+        with pytest.raises(ValueError, match=r"logits must hold at least one class \(its last axis\), got shape \[2, 0\]"):
+            call()
+    with pytest.raises(ValueError, match="cosine must hold at least one class"):
+        S.mcm(none)
+    with pytest.raises(ValueError, match="local_cosine must hold at least one class"):
+        S.local_mcm(torch.zeros(2, 3, 0))
+    with pytest.raises(ValueError, match="local_cosine must hold at least one patch"):
+        S.local_mcm(torch.zeros(2, 0, 3))
+    W = torch.eye(4)
+    for h, w, b in ((feats, torch.ones(3, 5), None), (feats, W, torch.ones(2)), (feats[0], W, None),
+                    (feats, W[0], None), (feats, torch.zeros(0, 4), None)):
+        with pytest.raises(ValueError, match="react needs features"):
+            S.react(h, w, b, 1.0)
+    # one class is a score: its softmax is 1, its energy the logit
+    assert S.msp(torch.tensor([[-3.0]])).item() == 1.0 and S.energy(torch.tensor([[-3.0]])).item() == -3.0
