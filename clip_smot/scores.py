@@ -38,6 +38,22 @@ def _classes(name: str, scores: torch.Tensor) -> None:
         raise ValueError(f"{name} must hold at least one class (its last axis), got shape {list(scores.shape)}")
 
 
+def _over(scores: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores - m) / T`` in float32 and ``m``, each row's largest score ([..., 1], detached).
+
+    Softmax and log-sum-exp are the same of ``scores / T`` and of it less a constant per row:
+    ``T logsumexp(x / T) = m + T logsumexp((x - m) / T)``. ``x / T`` itself overflowed float32 at
+    a tiny T (x / 1e-40 is past 3.4e38: an infinite energy, a NaN MCM); ``(x - m) / T`` is at most 0.
+    Divided in float64 for a T below float32's range, where 0 / T would be 0 / 0.
+    """
+    x = scores.float()
+    m = x.detach().amax(dim=-1, keepdim=True)  # [..., 1]
+    m = torch.where(m.isfinite(), m, 0.0)  # (a row of -inf, or with inf or NaN: not shifted, inf - inf is NaN)
+    if T < torch.finfo(torch.float32).tiny:
+        return ((x.double() - m) / T).float(), m
+    return (x - m) / T, m
+
+
 def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
     _classes("logits", logits)
@@ -54,7 +70,11 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al., 2020)."""
     _positive("temperature", temperature)
     _classes("logits", logits)
-    return temperature * torch.logsumexp(logits.float() / temperature, dim=-1)
+    z, m = _over(logits, temperature)  # [B, K], [B, 1]
+    lse = torch.logsumexp(z, dim=-1)  # [B]
+    if temperature < torch.finfo(torch.float32).tiny:  # (such a T is 0 in float32: T * -inf would be NaN)
+        return (m[..., 0] + temperature * lse.double()).float()
+    return m[..., 0] + temperature * lse
 
 
 def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -64,7 +84,7 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """
     _positive("tau", tau)
     _classes("cosine", cosine)
-    return (cosine.float() / tau).softmax(dim=-1).amax(dim=-1)
+    return _over(cosine, tau)[0].softmax(dim=-1).amax(dim=-1)
 
 
 def react_threshold(train_features: torch.Tensor, percentile: float = REACT_PERCENTILE) -> float:
@@ -239,13 +259,13 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x)  # [B, K]
-        loss = torch.nn.functional.cross_entropy(logits.float() / T, logits.argmax(dim=-1), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(_over(logits, T)[0], logits.argmax(dim=-1), reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     step = (grad >= 0).float() * 2 - 1  # [B, 3, H, W] in {-1, +1}
     step = step / std.reshape(1, -1, 1, 1).to(x)
     with torch.no_grad():
         out = forward(x.detach() - eps * step)
-    return (out.float() / T).softmax(dim=-1).amax(dim=-1)
+    return _over(out, T)[0].softmax(dim=-1).amax(dim=-1)
 
 
 # name -> (function, what it takes: "logits" or "cosine")
@@ -270,7 +290,7 @@ def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     _classes("local_cosine", local_cosine)
     if local_cosine.shape[1] == 0:  # (amax stopped: "Expected reduction dim -2 to have non-zero size")
         raise ValueError(f"local_cosine must hold at least one patch, got shape {list(local_cosine.shape)}")
-    return (local_cosine.float() / tau).softmax(dim=-1).amax(dim=(-2, -1))
+    return _over(local_cosine, tau)[0].softmax(dim=-1).amax(dim=(-2, -1))
 
 
 def gl_mcm(cosine: torch.Tensor, local_cosine: torch.Tensor, tau: float = 1.0, local_weight: float = 1.0) -> torch.Tensor:

@@ -54,7 +54,10 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     t = t if t.is_floating_point() else t.float()
     # (clamped, not checked: no host sync in the step; t > 255 gave eps < 0, targets below 0 for
     # the other classes and a loss without a lower bound)
-    return 1.0 - torch.exp((t.clamp(0.0, 255.0) - 255.0) / T)
+    gap = t.clamp(0.0, 255.0) - 255.0  # [B], <= 0
+    if T < torch.finfo(t.dtype).tiny:  # (such a T is 0 in t's dtype: at t = 255, 0 / 0 was a NaN eps)
+        return (1.0 - torch.exp(gap.double() / T)).to(t.dtype)
+    return 1.0 - torch.exp(gap / T)
 
 
 def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -> torch.Tensor:

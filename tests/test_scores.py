@@ -428,3 +428,25 @@ def test_scores_refuse_no_class_or_no_patch_and_react_a_layer_of_another_shape()
             S.react(h, w, b, 1.0)
     # one class is a score: its softmax is 1, its energy the logit
     assert S.msp(torch.tensor([[-3.0]])).item() == 1.0 and S.energy(torch.tensor([[-3.0]])).item() == -3.0
+
+
+def test_scores_at_a_tiny_temperature_tend_to_the_max_instead_of_overflowing():
+    """logits / T overflowed float32 for T below ~1e-38 (1 / 1e-40 is past 3.4e38): energy was inf, MCM
+    and ODIN NaN. T logsumexp(x / T) = m + T logsumexp((x - m) / T), m the row max, tends to m as T -> 0;
+    the softmax to 1 / (the number of tied maxima) at the maxima."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, -1.0], [-math.inf, -math.inf, -math.inf], [math.inf, 0.0, 1.0]])
+    # at ordinary T the same values as before: 0.5 log(e^0 + e^(2 log 3)) = 0.5 log 10
+    assert S.energy(torch.tensor([[0.0, math.log(3.0)]]), 0.5).item() == pytest.approx(0.5 * math.log(10.0), rel=1e-6)
+    assert S.mcm(torch.tensor([[0.0, math.log(3.0)]]), 0.5).item() == pytest.approx(0.9, rel=1e-6)
+    for T in (1e-40, 1e-46, 5e-324):  # (float32 subnormal, float32 zero, the smallest float)
+        assert S.energy(x, T).tolist() == [3.0, 2.0, -math.inf, math.inf]
+        assert S.mcm(x[:2], T).tolist() == [1.0, 0.5]
+        local = torch.tensor([[[0.1, 0.3], [0.2, 0.2]]])  # patch maxima 1 and 1 / 2
+        assert S.local_mcm(local, T).item() == 1.0 and S.gl_mcm(local[:, 1], local, T).item() == 1.5
+    # ODIN: the softmax of the argmax is exactly 1, so the loss's gradient is 0 and the step +1 everywhere
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    xs, std, seen = torch.randn(4, 3, 2, 2), torch.tensor([0.2, 0.3, 0.4]), []
+    got = odin(lambda v: seen.append(v.detach().clone()) or model(v), xs, std, T=1e-40, eps=0.01)
+    assert got.tolist() == [1.0] * 4
+    torch.testing.assert_close(seen[1], xs - 0.01 / std.view(1, 3, 1, 1))

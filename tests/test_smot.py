@@ -45,6 +45,15 @@ def test_eps_rejects_bad_T():
         smoothing_eps(torch.tensor([1.0]), T=0)
 
 
+def test_eps_at_a_temperature_below_the_dtype_s_range():
+    """T = 1e-50 is 0 in float32: eps(255) was 1 - exp(0 / 0), NaN; it is 0 at any T (nothing masked), and
+    1 below 255 (T -> 0 makes every masked image uniform)."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for T in (1e-50, 5e-324):
+            eps = smoothing_eps(torch.tensor([255.0, 254.0, 300.0], dtype=dtype), T)
+            assert eps.dtype == dtype and eps.tolist() == [0.0, 1.0, 0.0]
+
+
 def test_soft_targets_eq5():
     y = torch.tensor([2, 0])
     eps = torch.tensor([0.5, 0.0])
