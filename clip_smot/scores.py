@@ -11,6 +11,7 @@ for both tracks (docs/method.md §4). torch and numpy only.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable
 
@@ -250,9 +251,22 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
         forward: the network, normalised images -> logits [B, K]; its parameters get no
             gradient kept. Call it outside ``torch.inference_mode`` (ODIN needs a gradient).
         x: normalised inputs [B, 3, H, W].
-        std: the per-channel normalisation std, [1, 3, 1, 1] (or [3]).
+        std: the per-channel normalisation std, [1, 3, 1, 1] (or [3], or one number), > 0.
+        T: the softmax temperature, > 0.
+        eps: the size of the step in [0, 1] pixel units, finite and >= 0.
     """
     _positive("T", T)
+    # (a negative eps stepped with the loss instead of against it; an infinite one made inf pixels)
+    if isinstance(eps, bool) or not 0 <= eps < math.inf:
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    if x.ndim != 4:  # (std [1, C, 1, 1] broadcast against features [B, D] to [1, C, B, D])
+        raise ValueError(f"odin takes normalised images x [B, C, H, W], got shape {list(x.shape)}")
+    std = torch.as_tensor(std)
+    if std.numel() not in (1, x.shape[1]):
+        raise ValueError(f"std must hold one value per channel of x ({x.shape[1]}), got shape {list(std.shape)}")
+    # (a std of 0 divided the step to inf pixels and every score was NaN; a negative one stepped with the loss)
+    if not bool(((std > 0) & (std < math.inf)).all()):
+        raise ValueError(f"std must be finite and > 0, got {std.flatten().tolist()}")
     if torch.is_inference_mode_enabled():  # (autograd.grad stopped: "element 0 of tensors does not require grad")
         raise RuntimeError("odin needs the gradient of the loss wrt its input: call it outside torch.inference_mode "
                            "(torch.no_grad is fine)")

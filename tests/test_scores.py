@@ -450,3 +450,24 @@ def test_scores_at_a_tiny_temperature_tend_to_the_max_instead_of_overflowing():
     got = odin(lambda v: seen.append(v.detach().clone()) or model(v), xs, std, T=1e-40, eps=0.01)
     assert got.tolist() == [1.0] * 4
     torch.testing.assert_close(seen[1], xs - 0.01 / std.view(1, 3, 1, 1))
+
+
+def test_odin_refuses_a_std_of_zero_or_below_and_a_step_below_zero():
+    """A std of 0 divided the step to inf pixels: every score NaN; a negative std, or a negative eps,
+    stepped with the loss instead of against it; a std of another length stopped in a broadcast."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.rand(2, 3, 2, 2)
+    for std in (torch.tensor([0.2, 0.0, 0.4]), torch.tensor([0.2, -0.3, 0.4]), torch.tensor([0.2, math.nan, 0.4]),
+                torch.tensor([math.inf] * 3), 0.0):
+        with pytest.raises(ValueError, match="std must be finite and > 0"):
+            odin(model, x, std)
+    with pytest.raises(ValueError, match=r"std must hold one value per channel of x \(3\)"):
+        odin(model, x, torch.ones(2))
+    for eps in (-0.0014, math.nan, math.inf, True):
+        with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+            odin(model, x, torch.ones(3), eps=eps)
+    with pytest.raises(ValueError, match=r"odin takes normalised images x \[B, C, H, W\]"):
+        odin(torch.nn.Linear(3, 2), torch.rand(2, 3), torch.ones(3))
+    # one number is every channel's std; eps 0 is no step: the MSP at temperature T
+    want = (model(x) / 1000.0).softmax(dim=-1).amax(dim=-1)
+    torch.testing.assert_close(odin(model, x, 0.5, eps=0.0), want.detach())
