@@ -27,9 +27,10 @@ KNN_K = 50  # KNN's neighbour rank
 
 
 def _positive(name: str, value: float) -> None:
-    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one)
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one; True is an int
+    # to Python, read as 1)
+    if isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def _classes(name: str, scores: torch.Tensor) -> None:
@@ -184,8 +185,9 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
     C = X.shape[1]
     if dim is None:
         dim = vim_default_dim(C)
-    elif not 0 <= dim < C:  # (a negative dim sliced the eigenvectors from the other end)
-        raise ValueError(f"dim must be in [0, {C - 1}] for {C} features, got {dim}")
+    # (a negative dim sliced the eigenvectors from the other end, 2.5 stopped in the slice, True was 1)
+    elif isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not 0 <= dim < C:
+        raise ValueError(f"dim must be in [0, {C - 1}] for {C} features, got {dim!r} (an integer)")
     if bias is None:  # (nn.Linear(..., bias=False).bias)
         bias = torch.zeros(weight.shape[0])
     u = -torch.linalg.pinv(weight.detach().double().cpu()) @ bias.detach().double().cpu()  # [C]

@@ -49,8 +49,8 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     Returns:
         eps in [0, 1], shape [B], same dtype as ``t`` (float32 for integer input).
     """
-    if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
+    if isinstance(T, bool) or not T > 0:  # (True is an int to Python: read as 1)
+        raise ValueError(f"T must be > 0, got {T!r}")
     t = t if t.is_floating_point() else t.float()
     # (clamped, not checked: no host sync in the step; t > 255 gave eps < 0, targets below 0 for
     # the other classes and a loss without a lower bound)
@@ -137,8 +137,9 @@ def sample_thresholds(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
         raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")
-    if not (0 < alpha < math.inf and 0 < beta < math.inf):  # (Gamma(inf) would never accept a draw)
-        raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha}, beta={beta}")
+    # (Gamma(inf) would never accept a draw; True is an int to Python, read as 1)
+    if isinstance(alpha, bool) or isinstance(beta, bool) or not (0 < alpha < math.inf and 0 < beta < math.inf):
+        raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha!r}, beta={beta!r}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if max(alpha, beta) < _TINY_CONC:
         # both log-draws would overflow to -inf (log(U) / a past float64 for a below ~1e-307), and
@@ -237,8 +238,8 @@ def perturb(
     if mode == "one":
         return x * keep + (1 - keep)
     if mode == "noise":
-        if not sigma >= 0:  # (NaN made every masked pixel NaN)
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if isinstance(sigma, bool) or not sigma >= 0:  # (NaN made every masked pixel NaN; True was read as 1)
+            raise ValueError(f"sigma must be >= 0, got {sigma!r}")
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         # kept pixels chosen, not multiplied by the mask: noise past the dtype's range (a huge
         # sigma) is inf, and inf * 0 made a kept pixel NaN
@@ -308,8 +309,8 @@ def smot_loss(
     Returns:
         Scalar loss (float32).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    if isinstance(lam, bool) or not 0.0 <= lam <= 1.0:  # (True is an int to Python: read as 1)
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
     # (the soft term's [B, K] targets broadcast against a [1, K] row; its K sized the targets)
     if logits.ndim != 2 or logits_masked.shape != logits.shape:
         raise ValueError(f"logits and logits_masked must both be [B, K], got shapes {list(logits.shape)} "
@@ -321,16 +322,17 @@ def smot_loss(
 
 def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
-    if not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets: no lower bound)
-        raise ValueError(f"eps must be in [0, 1], got {eps}")
+    if isinstance(eps, bool) or not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets)
+        raise ValueError(f"eps must be in [0, 1], got {eps!r}")
     _check_batch(logits)
     return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
 
 
 def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> torch.Tensor:
     """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
-    if not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
-        raise ValueError(f"tau must be > 0, got {tau}")
+    # (0 gave a NaN loss, a negative tau the CE of the negated logits; True was read as 1)
+    if isinstance(tau, bool) or not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
     _check_batch(logits)
     logits = logits.float()
     # l / ((|l| + 1e-7) tau), with l scaled by its largest |l| first: |l| of logits past ~1.8e19 overflowed

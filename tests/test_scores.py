@@ -471,3 +471,19 @@ def test_odin_refuses_a_std_of_zero_or_below_and_a_step_below_zero():
     # one number is every channel's std; eps 0 is no step: the MSP at temperature T
     want = (model(x) / 1000.0).softmax(dim=-1).amax(dim=-1)
     torch.testing.assert_close(odin(model, x, 0.5, eps=0.0), want.detach())
+
+
+def test_settings_refuse_a_bool_for_a_number():
+    """True is an int to Python: energy(logits, True) was the energy at T = 1, mcm's tau and ODIN's T the same,
+    vim_fit's dim=True one principal direction, fpr_at_tpr's tpr=True the FPR at 100% TPR."""
+    from clip_smot.metrics import fpr_at_tpr
+
+    logits, local = torch.tensor([[1.0, 2.0]]), torch.rand(1, 2, 2)
+    for name, call in (("temperature", lambda: S.energy(logits, True)), ("tau", lambda: S.mcm(logits, True)),
+                       ("tau", lambda: S.local_mcm(local, True)), ("tau", lambda: S.gl_mcm(logits, local, True)),
+                       ("T", lambda: odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), T=True)),
+                       ("dim", lambda: S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None, dim=True)),
+                       ("dim", lambda: S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None, dim=1.0)),
+                       ("tpr", lambda: fpr_at_tpr([1.0, 2.0], [0.0], tpr=True))):
+        with pytest.raises(ValueError, match=f"^{name} must be "):
+            call()

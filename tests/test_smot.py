@@ -553,3 +553,17 @@ def test_losses_refuse_an_empty_batch_or_no_classes():
             soft_cross_entropy(logits, torch.zeros(logits.shape))
     # one image of one class is a loss: log 1 = 0
     assert smot_loss(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([0]), torch.tensor([0.5]), 0.5).item() == 0.0
+
+
+def test_settings_refuse_a_bool_for_a_number():
+    """True is an int to Python: lam=True was read as 1 (the perturbed term alone), T=True as 1, alpha and
+    beta as 1 (a uniform threshold), sigma as 1, tau as 1: each a setting no one asked for."""
+    logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
+    x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
+    calls = {"T": lambda: smoothing_eps(t, True), "alpha and beta": lambda: sample_thresholds(2, True, 20.0),
+             "alpha and beta ": lambda: sample_thresholds(2, 50.0, False), "sigma": lambda: perturb(x, keep, "noise", True),
+             "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), True),
+             "eps": lambda: label_smoothing_ce(logits, y, True), "tau": lambda: logitnorm_loss(logits, y, True)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got .*(True|False)"):
+            call()
