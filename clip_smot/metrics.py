@@ -100,6 +100,8 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike,
 
     Args:
         id_scores: scores of in-distribution samples (array-like or tensor), higher = more ID.
+            Read as float64, as scikit-learn reads them: integers past 2**53 that float64 does
+            not tell apart (2**53 and 2**53 + 1) are tied scores.
         ood_scores: scores of OOD samples.
         convention: "id" (docs/method.md §5, the paper's): ID is the positive class and FPR95 is the
             fraction of OOD accepted at 95% TPR of ID. "openood": OOD is the positive class
