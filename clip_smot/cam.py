@@ -41,7 +41,11 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 
 def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
     """Min-max scale each map of [B, H, W] to [0, 255]; a map whose values span no more than
-    ``min_span`` (an all-constant map, by default) becomes all zero."""
+    ``min_span`` (an all-constant map, by default) becomes all zero. Takes [B, 1, H, W] too."""
+    if cam.ndim < 3:  # (a single map [H, W] was scaled row by row, each row to 0 .. 255)
+        raise ValueError(f"cam must be maps [B, H, W] (a batch), got shape {list(cam.shape)}")
+    if cam.numel() == 0:  # (maps of no pixel stopped in amin: "Expected reduction dim 1 to have non-zero size")
+        return torch.zeros_like(cam, dtype=cam.dtype if cam.is_floating_point() else torch.float32)
     flat = cam.flatten(1)  # [B, H*W]
     lo = flat.amin(dim=1, keepdim=True)
     hi = flat.amax(dim=1, keepdim=True)

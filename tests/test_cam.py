@@ -107,6 +107,19 @@ def test_normalize_cam_scales_a_map_of_tiny_values_to_0_255_too():
     assert normalize_cam(cam, min_span=-1.0)[1].abs().sum() == 0  # (no 0 / 0 for a span below min_span)
 
 
+def test_normalize_cam_refuses_a_single_map_and_keeps_maps_of_no_pixel():
+    """A map [H, W] was read as a batch of rows, each scaled to 0 .. 255 on its own ([[0, 1], [2, 4]] gave
+    [[0, 255], [0, 255]], not [[0, 63.75], [127.5, 255]]); maps of no pixel stopped in amin ("Expected
+    reduction dim 1 to have non-zero size")."""
+    with pytest.raises(ValueError, match=r"cam must be maps \[B, H, W\] \(a batch\), got shape \[2, 2\]"):
+        normalize_cam(torch.tensor([[0.0, 1.0], [2.0, 4.0]]))
+    torch.testing.assert_close(normalize_cam(torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])),
+                               torch.tensor([[[0.0, 63.75], [127.5, 255.0]]]))
+    for shape in ((2, 0, 3), (0, 0, 0), (0, 2, 2)):
+        assert normalize_cam(torch.zeros(shape, dtype=torch.float64)).shape == shape
+    assert normalize_cam(torch.zeros(2, 0, 3, dtype=torch.uint8)).dtype == torch.float32
+
+
 def test_cam_normalises_and_resizes_the_input_for_the_network():
     """mean/std and input_size (the fit's CAM networks): normalise, resize to the network's size,
     and upsample the CAM back to the image's size."""
