@@ -132,6 +132,8 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
     if features.ndim != 2 or bank.ndim != 2 or features.shape[1] != bank.shape[1]:
         raise ValueError(f"knn needs features [B, C] and a bank [N, C] of the same C, got shapes "
                          f"{list(features.shape)} and {list(bank.shape)}")
+    if bank.shape[0] == 0:  # (was "k must be in [1, 0]", whatever k)
+        raise ValueError("knn needs ID-train features: the bank is empty")
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be in [1, {bank.shape[0]}] (an integer), got {k!r}")
     # (a chunk below 1 scored no image: an empty result for any batch, or range()'s error for 0)

@@ -487,3 +487,9 @@ def test_settings_refuse_a_bool_for_a_number():
                        ("tpr", lambda: fpr_at_tpr([1.0, 2.0], [0.0], tpr=True))):
         with pytest.raises(ValueError, match=f"^{name} must be "):
             call()
+
+
+def test_knn_of_an_empty_bank_says_so():
+    """An empty bank was answered "k must be in [1, 0] (an integer), got 1", as if k were wrong."""
+    with pytest.raises(ValueError, match="knn needs ID-train features: the bank is empty"):
+        S.knn(torch.rand(2, 3), torch.zeros(0, 3), k=1)
