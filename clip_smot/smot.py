@@ -77,6 +77,8 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
     _check_eps(eps)
     if y.ndim != 1:
         raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
+    if y.is_floating_point() or y.is_complex():  # (.long() read 1.9 as class 1, as _hard_ce refuses it)
+        raise ValueError(f"y must be integer class indices, got {y.dtype}")
     # (-1 was one_hot's "as many as the largest label": eps / -1 made the other targets negative)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")

@@ -109,6 +109,19 @@ def test_soft_targets_refuse_a_number_of_classes_below_one_and_labels_outside_it
     torch.testing.assert_close(soft_targets(torch.tensor([0]), 0.5, np.int64(1)), torch.ones(1, 1))
 
 
+def test_label_smoothing_and_soft_targets_refuse_float_labels():
+    """soft_targets read y with .long(): label_smoothing_ce(logits, [0.7, 1.9]) was the loss of classes 0 and 1,
+    without a word (smot_loss and logitnorm_loss refuse them)."""
+    logits = torch.zeros(2, 3)
+    for y in (torch.tensor([0.7, 1.9]), torch.tensor([0.0, 1.0], dtype=torch.float64)):
+        with pytest.raises(ValueError, match="y must be integer class indices, got torch.float"):
+            label_smoothing_ce(logits, y)
+        with pytest.raises(ValueError, match="y must be integer class indices, got torch.float"):
+            soft_targets(y, 0.1, 3)
+    # integer labels of any dtype: log 3 for all-zero logits
+    assert label_smoothing_ce(logits, torch.tensor([0, 1], dtype=torch.uint8)).item() == pytest.approx(math.log(3))
+
+
 def test_losses_name_labels_outside_the_classes_of_another_shape_or_not_integers():
     """smot_loss and logitnorm_loss passed y to cross_entropy: y = 3 of 3 classes was an IndexError
     ("Target 3 is out of bounds"), y [B, 1] a RuntimeError ("multi-target not supported"), and float
