@@ -6,6 +6,8 @@ scikit-learn only; nothing else of the package is imported.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -81,8 +83,9 @@ def fpr_at_tpr(pos_scores: np.ndarray, neg_scores: np.ndarray, tpr: float = 0.95
     negatives at the threshold where ``tpr`` of the positives are accepted. Both sets need at
     least one finite score (array-like or tensor), as in :func:`ood_metrics`.
     """
-    # (past 1, or NaN, the search ran off the curve: an IndexError; True is an int to Python, read as 1)
-    if isinstance(tpr, bool) or not 0.0 <= tpr <= 1.0:
+    # (past 1, or NaN, the search ran off the curve: an IndexError; True is an int to Python, read as 1, and
+    # None or a string stopped in the comparison naming no argument)
+    if not isinstance(tpr, numbers.Real) or isinstance(tpr, bool) or not 0.0 <= tpr <= 1.0:
         raise ValueError(f"tpr must be in [0, 1], got {tpr!r}")
     # (no positives gave 0.0, scikit-learn's TPRs all NaN; no negatives NaN: both with a warning only)
     pos_scores = _as_scores("pos_scores", pos_scores)

@@ -26,10 +26,18 @@ REACT_PERCENTILE = 90.0  # ReAct's clipping threshold: this percentile of the ID
 KNN_K = 50  # KNN's neighbour rank
 
 
+def _real(value) -> bool:
+    """Whether ``value`` is a real number to check a setting against: a Python or numpy number but no
+    bool (True is an int to Python, read as 1), or a one-element real tensor. (None or a string stopped in
+    the comparison, with an error naming no argument; numpy's True was read as 1.)"""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _positive(name: str, value: float) -> None:
-    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one; True is an int
-    # to Python, read as 1)
-    if isinstance(value, bool) or not value > 0:
+    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one)
+    if not _real(value) or not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
@@ -261,7 +269,7 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
     """
     _positive("T", T)
     # (a negative eps stepped with the loss instead of against it; an infinite one made inf pixels)
-    if isinstance(eps, bool) or not 0 <= eps < math.inf:
+    if not _real(eps) or not 0 <= eps < math.inf:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     if x.ndim != 4:  # (std [1, C, 1, 1] broadcast against features [B, D] to [1, C, B, D])
         raise ValueError(f"odin takes normalised images x [B, C, H, W], got shape {list(x.shape)}")

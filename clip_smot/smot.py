@@ -34,6 +34,15 @@ PERTURBATIONS = ("zero", "one", "noise")
 _TINY_CONC = 1e-300  # Beta parameters below it are scaled up together (see sample_thresholds)
 
 
+def _real(value) -> bool:
+    """Whether ``value`` is a real number to check a setting against: a Python or numpy number but no
+    bool (True is an int to Python, read as 1), or a one-element real tensor. (None or a string stopped in
+    the comparison, with an error naming no argument; numpy's True was read as 1.)"""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     """Label-smoothing amount for each masked image (Eq. 9): ``eps = 1 - exp((t - 255) / T)``.
 
@@ -49,7 +58,7 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     Returns:
         eps in [0, 1], shape [B], same dtype as ``t`` (float32 for integer input).
     """
-    if isinstance(T, bool) or not T > 0:  # (True is an int to Python: read as 1)
+    if not _real(T) or not T > 0:
         raise ValueError(f"T must be > 0, got {T!r}")
     t = t if t.is_floating_point() else t.float()
     # (clamped, not checked: no host sync in the step; t > 255 gave eps < 0, targets below 0 for
@@ -104,7 +113,12 @@ def _check_eps(eps: torch.Tensor | float) -> None:
     if isinstance(eps, bool) or (isinstance(eps, numbers.Real) and not 0 <= eps <= 1):
         raise ValueError(f"eps must be in [0, 1], got {eps!r}")
     if not isinstance(eps, (torch.Tensor, numbers.Real)):  # (a numpy array, a list)
-        eps = torch.as_tensor(eps)
+        try:
+            eps = torch.as_tensor(eps)
+        except (TypeError, ValueError, RuntimeError):  # (None: "Could not infer dtype of NoneType")
+            raise TypeError(f"eps must be a number or a tensor of them, got {eps!r}") from None
+    if isinstance(eps, torch.Tensor) and (eps.dtype == torch.bool or eps.is_complex()):  # (True read as 1)
+        raise TypeError(f"eps must be a number or a tensor of them, got a tensor of {eps.dtype}")
     if isinstance(eps, torch.Tensor) and eps.numel() and eps.device.type in ("cpu", "cuda"):
         lo, hi = eps.detach().aminmax()  # (NaN is the min and the max of a tensor that holds one)
         if eps.device.type == "cuda":
@@ -139,8 +153,8 @@ def sample_thresholds(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 0:
         raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")
-    # (Gamma(inf) would never accept a draw; True is an int to Python, read as 1)
-    if isinstance(alpha, bool) or isinstance(beta, bool) or not (0 < alpha < math.inf and 0 < beta < math.inf):
+    # (Gamma(inf) would never accept a draw)
+    if not (_real(alpha) and _real(beta)) or not (0 < alpha < math.inf and 0 < beta < math.inf):
         raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha!r}, beta={beta!r}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if max(alpha, beta) < _TINY_CONC:
@@ -240,7 +254,7 @@ def perturb(
     if mode == "one":
         return x * keep + (1 - keep)
     if mode == "noise":
-        if isinstance(sigma, bool) or not sigma >= 0:  # (NaN made every masked pixel NaN; True was read as 1)
+        if not _real(sigma) or not sigma >= 0:  # (NaN made every masked pixel NaN)
             raise ValueError(f"sigma must be >= 0, got {sigma!r}")
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         # kept pixels chosen, not multiplied by the mask: noise past the dtype's range (a huge
@@ -311,7 +325,7 @@ def smot_loss(
     Returns:
         Scalar loss (float32).
     """
-    if isinstance(lam, bool) or not 0.0 <= lam <= 1.0:  # (True is an int to Python: read as 1)
+    if not _real(lam) or not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam!r}")
     # (the soft term's [B, K] targets broadcast against a [1, K] row; its K sized the targets)
     if logits.ndim != 2 or logits_masked.shape != logits.shape:
@@ -324,7 +338,7 @@ def smot_loss(
 
 def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
-    if isinstance(eps, bool) or not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets)
+    if not _real(eps) or not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets)
         raise ValueError(f"eps must be in [0, 1], got {eps!r}")
     _check_batch(logits)
     return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
@@ -332,8 +346,7 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) 
 
 def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> torch.Tensor:
     """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
-    # (0 gave a NaN loss, a negative tau the CE of the negated logits; True was read as 1)
-    if isinstance(tau, bool) or not tau > 0:
+    if not _real(tau) or not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
         raise ValueError(f"tau must be > 0, got {tau!r}")
     _check_batch(logits)
     logits = logits.float()

@@ -473,20 +473,28 @@ def test_odin_refuses_a_std_of_zero_or_below_and_a_step_below_zero():
     torch.testing.assert_close(odin(model, x, 0.5, eps=0.0), want.detach())
 
 
-def test_settings_refuse_a_bool_for_a_number():
+def test_settings_refuse_a_bool_or_what_is_no_number():
     """True is an int to Python: energy(logits, True) was the energy at T = 1, mcm's tau and ODIN's T the same,
-    vim_fit's dim=True one principal direction, fpr_at_tpr's tpr=True the FPR at 100% TPR."""
+    vim_fit's dim=True one principal direction, fpr_at_tpr's tpr=True the FPR at 100% TPR. None or a string
+    stopped in the comparison ("'>' not supported between instances of 'NoneType' and 'int'")."""
     from clip_smot.metrics import fpr_at_tpr
 
     logits, local = torch.tensor([[1.0, 2.0]]), torch.rand(1, 2, 2)
-    for name, call in (("temperature", lambda: S.energy(logits, True)), ("tau", lambda: S.mcm(logits, True)),
-                       ("tau", lambda: S.local_mcm(local, True)), ("tau", lambda: S.gl_mcm(logits, local, True)),
-                       ("T", lambda: odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), T=True)),
-                       ("dim", lambda: S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None, dim=True)),
-                       ("dim", lambda: S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None, dim=1.0)),
-                       ("tpr", lambda: fpr_at_tpr([1.0, 2.0], [0.0], tpr=True))):
-        with pytest.raises(ValueError, match=f"^{name} must be "):
-            call()
+    for bad in (True, np.True_, None, "1"):
+        for name, call in (("temperature", lambda: S.energy(logits, bad)), ("tau", lambda: S.mcm(logits, bad)),
+                           ("tau", lambda: S.local_mcm(local, bad)), ("tau", lambda: S.gl_mcm(logits, local, bad)),
+                           ("T", lambda: odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), T=bad)),
+                           ("eps", lambda: odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), eps=bad)),
+                           ("dim", lambda: S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None,
+                                                     dim=bad if bad is not None else "1")),  # (None: the default)
+                           ("tpr", lambda: fpr_at_tpr([1.0, 2.0], [0.0], tpr=bad))):
+            with pytest.raises(ValueError, match=f"^{name} must be "):
+                call()
+    with pytest.raises(ValueError, match="^dim must be "):
+        S.vim_fit(torch.rand(6, 3), torch.rand(6, 2), torch.rand(2, 3), None, dim=1.0)
+    # numpy numbers and one-element tensors are numbers
+    assert S.energy(logits, np.float32(1.0)).item() == S.energy(logits, torch.tensor(1.0)).item() == S.energy(logits).item()
+
 
 
 def test_knn_of_an_empty_bank_says_so():

@@ -568,15 +568,25 @@ def test_losses_refuse_an_empty_batch_or_no_classes():
     assert smot_loss(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([0]), torch.tensor([0.5]), 0.5).item() == 0.0
 
 
-def test_settings_refuse_a_bool_for_a_number():
+def test_settings_refuse_a_bool_or_what_is_no_number():
     """True is an int to Python: lam=True was read as 1 (the perturbed term alone), T=True as 1, alpha and
-    beta as 1 (a uniform threshold), sigma as 1, tau as 1: each a setting no one asked for."""
+    beta as 1 (a uniform threshold), sigma as 1, tau as 1: each a setting no one asked for; numpy's True
+    the same. None or a string stopped in the comparison ("'<=' not supported between instances of 'float'
+    and 'NoneType'"), naming no argument; eps=None in torch.as_tensor ("Could not infer dtype")."""
     logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
     x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
-    calls = {"T": lambda: smoothing_eps(t, True), "alpha and beta": lambda: sample_thresholds(2, True, 20.0),
-             "alpha and beta ": lambda: sample_thresholds(2, 50.0, False), "sigma": lambda: perturb(x, keep, "noise", True),
-             "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), True),
-             "eps": lambda: label_smoothing_ce(logits, y, True), "tau": lambda: logitnorm_loss(logits, y, True)}
-    for name, call in calls.items():
-        with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got .*(True|False)"):
-            call()
+    for bad in (True, False, np.True_, None, "0.5"):
+        calls = {"T": lambda: smoothing_eps(t, bad), "alpha and beta": lambda: sample_thresholds(2, bad, 20.0),
+                 "alpha and beta ": lambda: sample_thresholds(2, 50.0, bad), "sigma": lambda: perturb(x, keep, "noise", bad),
+                 "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), bad),
+                 "eps": lambda: label_smoothing_ce(logits, y, bad), "tau": lambda: logitnorm_loss(logits, y, bad)}
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got"):
+                call()
+        with pytest.raises((ValueError, TypeError), match="^eps must be"):
+            soft_targets(y, bad, 3)
+    with pytest.raises(TypeError, match="eps must be a number or a tensor of them, got a tensor of torch.bool"):
+        smot_loss(logits, logits, y, torch.tensor([True]), 0.1)
+    # numpy numbers and one-element tensors are numbers: lam 0 is the CE alone
+    for lam in (np.float32(0.0), torch.tensor(0.0), np.int64(0)):
+        assert smot_loss(logits, logits, y, torch.zeros(1), lam).item() == pytest.approx(-logits.log_softmax(-1)[0, 0].item())
