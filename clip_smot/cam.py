@@ -22,6 +22,14 @@ import torch.nn.functional as F
 __all__ = ["CAMProvider", "classifier_of", "feature_map", "normalize_cam"]
 
 
+def _tensors(optional: tuple[str, ...] = (), **named) -> None:
+    """Refuse what is no tensor where one is read: a numpy array or a list stopped on a missing attribute
+    ("'numpy.ndarray' object has no attribute 'float'"), naming no argument. ``optional`` ones may be None."""
+    for name, value in named.items():
+        if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Last convolutional feature map [B, C, h, w] of a ResNet-like model."""
     if hasattr(model, "forward_features"):
@@ -42,6 +50,7 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
     """Min-max scale each map of [B, H, W] to [0, 255]; a map whose values span no more than
     ``min_span`` (an all-constant map, by default) becomes all zero. Takes [B, 1, H, W] too."""
+    _tensors(cam=cam)
     if cam.ndim < 3:  # (a single map [H, W] was scaled row by row, each row to 0 .. 255)
         raise ValueError(f"cam must be maps [B, H, W] (a batch), got shape {list(cam.shape)}")
     if cam.numel() == 0:  # (maps of no pixel stopped in amin: "Expected reduction dim 1 to have non-zero size")
@@ -92,6 +101,7 @@ class CAMProvider:
         ``y`` (true labels) is used when ``labels_match`` is set; otherwise, or when ``y`` is
         None, the CAM is for the network's top-1 class.
         """
+        _tensors(("y",), x=x, y=y)
         if not x.is_floating_point():  # (uint8 images, as torchvision.io reads them, are 0 .. 255)
             raise TypeError(f"CAMProvider takes float images in [0, 1], got {x.dtype}")
         H, W = x.shape[-2:]

@@ -26,6 +26,14 @@ REACT_PERCENTILE = 90.0  # ReAct's clipping threshold: this percentile of the ID
 KNN_K = 50  # KNN's neighbour rank
 
 
+def _tensors(optional: tuple[str, ...] = (), **named) -> None:
+    """Refuse what is no tensor where one is read: a numpy array or a list stopped on a missing attribute
+    ("'numpy.ndarray' object has no attribute 'float'"), naming no argument. ``optional`` ones may be None."""
+    for name, value in named.items():
+        if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def _real(value) -> bool:
     """Whether ``value`` is a real number to check a setting against: a Python or numpy number but no
     bool (True is an int to Python, read as 1), or a one-element real tensor. (None or a string stopped in
@@ -66,18 +74,21 @@ def _over(scores: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
+    _tensors(logits=logits)
     _classes("logits", logits)
     return logits.float().softmax(dim=-1).amax(dim=-1)
 
 
 def maxlogit(logits: torch.Tensor) -> torch.Tensor:
     """Largest logit (Hendrycks et al., 2022)."""
+    _tensors(logits=logits)
     _classes("logits", logits)
     return logits.float().amax(dim=-1)
 
 
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al., 2020)."""
+    _tensors(logits=logits)
     _positive("temperature", temperature)
     _classes("logits", logits)
     z, m = _over(logits, temperature)  # [B, K], [B, 1]
@@ -92,6 +103,7 @@ def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
 
     Takes cosine similarities in [-1, 1], not logits scaled by CLIP's ``logit_scale``.
     """
+    _tensors(cosine=cosine)
     _positive("tau", tau)
     _classes("cosine", cosine)
     return _over(cosine, tau)[0].softmax(dim=-1).amax(dim=-1)
@@ -102,6 +114,7 @@ def react_threshold(train_features: torch.Tensor, percentile: float = REACT_PERC
 
     numpy's percentile (linear interpolation) over every element of ``train_features`` [N, C].
     """
+    _tensors(train_features=train_features)
     import numpy as np
 
     if train_features.numel() == 0:  # (numpy's percentile of nothing is an IndexError)
@@ -117,6 +130,7 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         weight, bias: the final linear layer, [K, C] and [K].
         threshold: from :func:`react_threshold` on ID training features.
     """
+    _tensors(("bias",), features=features, weight=weight, bias=bias)
     # (a layer of another width stopped in the product, "mat1 and mat2 shapes cannot be multiplied"; a bias of
     # another K in a broadcast; a weight [C] gave one logit per image, features [C] one score)
     if (features.ndim != 2 or weight.ndim != 2 or weight.shape[1] != features.shape[1] or weight.shape[0] == 0
@@ -137,6 +151,7 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
     Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here; for unit vectors
     ``|a - b| = sqrt(2 - 2 a.b)``, so the k-th nearest neighbour is the k-th largest dot product.
     """
+    _tensors(features=features, bank=bank)
     if features.ndim != 2 or bank.ndim != 2 or features.shape[1] != bank.shape[1]:
         raise ValueError(f"knn needs features [B, C] and a bank [N, C] of the same C, got shapes "
                          f"{list(features.shape)} and {list(bank.shape)}")
@@ -184,6 +199,7 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
             training features have no residual outside the principal space (at most ``dim``
             distinct images): alpha would divide by rounding noise.
     """
+    _tensors(("bias",), train_features=train_features, train_logits=train_logits, weight=weight, bias=bias)
     # (features of another width than the layer's stopped in a broadcast, "The size of tensor a (5) must
     # match the size of tensor b (4)"; features [N] in an IndexError)
     if (train_features.ndim != 2 or weight.ndim != 2 or weight.shape[1] != train_features.shape[1]
@@ -223,6 +239,7 @@ def _same_images(features: torch.Tensor, logits: torch.Tensor) -> None:
 
 def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch.Tensor, alpha: float) -> torch.Tensor:
     """ViM score: ``energy(logits) - alpha * |(x - u) NS|`` (see :func:`vim_fit`)."""
+    _tensors(features=features, logits=logits, u=u, NS=NS)
     _same_images(features, logits)
     if u.shape != features.shape[1:] or NS.ndim != 2 or NS.shape[0] != features.shape[1]:
         raise ValueError(f"vim's fit is for {u.shape[-1] if u.ndim else '?'} features, got features of shape "
@@ -243,6 +260,7 @@ def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     Args:
         logits: [B, K]; features: the penultimate features h, [B, C].
     """
+    _tensors(logits=logits, features=features)
     _same_images(features, logits)
     _classes("logits", logits)
     p = logits.float().softmax(dim=-1)  # [B, K]
@@ -267,6 +285,7 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
         T: the softmax temperature, > 0.
         eps: the size of the step in [0, 1] pixel units, finite and >= 0.
     """
+    _tensors(x=x)
     _positive("T", T)
     # (a negative eps stepped with the loss instead of against it; an infinite one made inf pixels)
     if not _real(eps) or not 0 <= eps < math.inf:
@@ -310,6 +329,7 @@ def local_mcm(local_cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
         local_cosine: cos(patch feature, text feature), [B, N, K] (N patches, K classes).
         tau: softmax temperature over the classes.
     """
+    _tensors(local_cosine=local_cosine)
     if local_cosine.ndim != 3:  # a [B, K] matrix would be maxed to one number for the whole batch
         raise ValueError(f"local_cosine must be [B, N, K] (N patches), got shape {list(local_cosine.shape)}")
     _positive("tau", tau)
@@ -328,6 +348,7 @@ def gl_mcm(cosine: torch.Tensor, local_cosine: torch.Tensor, tau: float = 1.0, l
         tau: softmax temperature of both terms.
         local_weight: weight of the local term (1 in the GL-MCM paper).
     """
+    _tensors(cosine=cosine, local_cosine=local_cosine)
     if cosine.ndim != 2 or local_cosine.ndim != 3 or (cosine.shape[0], cosine.shape[1]) != (
             local_cosine.shape[0], local_cosine.shape[2]):  # (else one image's term is broadcast to all)
         raise ValueError(f"cosine [B, K] and local_cosine [B, N, K] must agree, got shapes "

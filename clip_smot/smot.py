@@ -34,6 +34,14 @@ PERTURBATIONS = ("zero", "one", "noise")
 _TINY_CONC = 1e-300  # Beta parameters below it are scaled up together (see sample_thresholds)
 
 
+def _tensors(optional: tuple[str, ...] = (), **named) -> None:
+    """Refuse what is no tensor where one is read: a numpy array or a list stopped on a missing attribute
+    ("'numpy.ndarray' object has no attribute 'float'"), naming no argument. ``optional`` ones may be None."""
+    for name, value in named.items():
+        if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def _real(value) -> bool:
     """Whether ``value`` is a real number to check a setting against: a Python or numpy number but no
     bool (True is an int to Python, read as 1), or a one-element real tensor. (None or a string stopped in
@@ -58,6 +66,7 @@ def smoothing_eps(t: torch.Tensor, T: float) -> torch.Tensor:
     Returns:
         eps in [0, 1], shape [B], same dtype as ``t`` (float32 for integer input).
     """
+    _tensors(t=t)
     if not _real(T) or not T > 0:
         raise ValueError(f"T must be > 0, got {T!r}")
     t = t if t.is_floating_point() else t.float()
@@ -83,6 +92,7 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
     Returns:
         [B, K] float targets; each row sums to 1.
     """
+    _tensors(y=y)
     _check_eps(eps)
     if y.ndim != 1:
         raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
@@ -207,6 +217,7 @@ def cam_mask(cam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     Returns:
         [B, 1, H, W] float mask, 1 = keep, 0 = masked.
     """
+    _tensors(cam=cam, t=t)
     if cam.ndim == 3:
         cam = cam[:, None]  # [B, 1, H, W]
     # (t of another length broadcast to a batch of masks of its own length)
@@ -242,6 +253,7 @@ def perturb(
     Returns:
         Perturbed images, same shape and dtype as ``x``.
     """
+    _tensors(x=x, keep=keep)
     if not x.is_floating_point():  # ("one" set a uint8 image's masked pixels to 1 of 255)
         raise TypeError(f"perturb takes float images x in [0, 1], got {x.dtype}")
     # a [B, H, W] mask would broadcast against [3, H, W] instead: silently wrong when B is 3
@@ -277,6 +289,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN. An empty batch is refused (a ValueError),
     as by the other losses here, where ``F.cross_entropy`` returns NaN.
     """
+    _tensors(logits=logits, targets=targets)
     _check_batch(logits)
     # targets [B, 1] (one number per image) broadcast over the classes, [B, 1, K] over the batch (B x B
     # pairs averaged): both silently another loss; one row [K] or [1, K] for every image is fine
@@ -325,6 +338,7 @@ def smot_loss(
     Returns:
         Scalar loss (float32).
     """
+    _tensors(logits=logits, logits_masked=logits_masked, y=y)
     if not _real(lam) or not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam!r}")
     # (the soft term's [B, K] targets broadcast against a [1, K] row; its K sized the targets)
@@ -338,6 +352,7 @@ def smot_loss(
 
 def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Label smoothing on the originals (Szegedy et al.), the paper's "label smooth" baseline."""
+    _tensors(logits=logits, y=y)
     if not _real(eps) or not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets)
         raise ValueError(f"eps must be in [0, 1], got {eps!r}")
     _check_batch(logits)
@@ -346,6 +361,7 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) 
 
 def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> torch.Tensor:
     """LogitNorm (Wei et al., 2022): CE on ``logits / (tau * ||logits||)``."""
+    _tensors(logits=logits, y=y)
     if not _real(tau) or not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
         raise ValueError(f"tau must be > 0, got {tau!r}")
     _check_batch(logits)

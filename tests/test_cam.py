@@ -699,3 +699,17 @@ def test_resnet18_imagenet_weights_where_torch_keeps_them_load_through_torchvisi
     with pytest.raises(cam_network.UserError, match=rf"^--cam-model resnet18-imagenet: torchvision's ImageNet ResNet-18 "
                                                     rf"weights are not cached \({re.escape(str(cached))}\)"):
         cam_network.load_cam_network("resnet18-imagenet")
+
+
+def test_cam_functions_name_an_argument_that_is_no_tensor():
+    """A numpy array stopped on "'numpy.ndarray' object has no attribute 'numel'", naming no argument."""
+    import numpy as np
+
+    with pytest.raises(TypeError, match="^cam must be a torch.Tensor, got ndarray$"):
+        normalize_cam(np.zeros((1, 2, 2)))
+    net = torch.nn.Module()
+    provider = CAMProvider(net, [0.5] * 3, [0.5] * 3)
+    with pytest.raises(TypeError, match="^x must be a torch.Tensor, got ndarray$"):
+        provider(np.zeros((1, 3, 2, 2), dtype=np.float32))
+    with pytest.raises(TypeError, match="^y must be a torch.Tensor, got list$"):
+        provider(torch.zeros(1, 3, 2, 2), [0])

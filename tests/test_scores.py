@@ -501,3 +501,16 @@ def test_knn_of_an_empty_bank_says_so():
     """An empty bank was answered "k must be in [1, 0] (an integer), got 1", as if k were wrong."""
     with pytest.raises(ValueError, match="knn needs ID-train features: the bank is empty"):
         S.knn(torch.rand(2, 3), torch.zeros(0, 3), k=1)
+
+
+def test_scores_name_an_argument_that_is_no_tensor():
+    """A numpy array where a tensor is read stopped on "'numpy.ndarray' object has no attribute 'float'"."""
+    a, T = np.random.rand(2, 3).astype(np.float32), torch.rand(2, 3)
+    for name, call in (("logits", lambda: S.msp(a)), ("logits", lambda: S.maxlogit(a)), ("logits", lambda: S.energy(a.tolist())),
+                       ("cosine", lambda: S.mcm(a)), ("train_features", lambda: S.react_threshold(a)),
+                       ("weight", lambda: S.react(T, a, None, 1.0)), ("bank", lambda: S.knn(T, a, 1)),
+                       ("train_logits", lambda: S.vim_fit(T, a, T, None)), ("NS", lambda: S.vim(T, T, torch.zeros(3), a, 1.0)),
+                       ("features", lambda: S.gradnorm(T, a)), ("x", lambda: odin(lambda v: v, a[None, None], 1.0)),
+                       ("local_cosine", lambda: S.local_mcm(a[None])), ("local_cosine", lambda: S.gl_mcm(T, a[None]))):
+        with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor, got (list|ndarray)$"):
+            call()

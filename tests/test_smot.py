@@ -590,3 +590,19 @@ def test_settings_refuse_a_bool_or_what_is_no_number():
     # numpy numbers and one-element tensors are numbers: lam 0 is the CE alone
     for lam in (np.float32(0.0), torch.tensor(0.0), np.int64(0)):
         assert smot_loss(logits, logits, y, torch.zeros(1), lam).item() == pytest.approx(-logits.log_softmax(-1)[0, 0].item())
+
+
+def test_core_functions_name_an_argument_that_is_no_tensor():
+    """A numpy array or a list where a tensor is read stopped on a missing attribute ("'list' object has no
+    attribute 'is_floating_point'"), naming no argument."""
+    a, y, t = np.zeros((2, 3), dtype=np.float32), torch.tensor([0, 1]), torch.tensor([100.0, 200.0])
+    logits = torch.zeros(2, 3)
+    for name, call in (("t", lambda: smoothing_eps([100.0, 200.0], 10.0)), ("y", lambda: soft_targets([0, 1], 0.1, 3)),
+                       ("cam", lambda: cam_mask(a[None], t[:1])), ("t", lambda: cam_mask(torch.zeros(1, 2, 3), 100.0)),
+                       ("x", lambda: perturb(np.zeros((1, 3, 2, 2)), torch.ones(1, 1, 2, 2))),
+                       ("targets", lambda: soft_cross_entropy(logits, a)),
+                       ("logits_masked", lambda: smot_loss(logits, a, y, torch.zeros(2), 0.1)),
+                       ("y", lambda: smot_loss(logits, logits, [0, 1], torch.zeros(2), 0.1)),
+                       ("y", lambda: label_smoothing_ce(logits, np.array([0, 1]))), ("logits", lambda: logitnorm_loss(a, y))):
+        with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor, got (list|ndarray|float)$"):
+            call()
