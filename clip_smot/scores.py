@@ -290,6 +290,8 @@ def odin(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, std: 
     # (a negative eps stepped with the loss instead of against it; an infinite one made inf pixels)
     if not _real(eps) or not 0 <= eps < math.inf:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    if not x.is_floating_point():  # (requires_grad_ stopped: "only Tensors of floating point dtype can require ...")
+        raise TypeError(f"odin takes normalised float images x, got {x.dtype}")
     if x.ndim != 4:  # (std [1, C, 1, 1] broadcast against features [B, D] to [1, C, B, D])
         raise ValueError(f"odin takes normalised images x [B, C, H, W], got shape {list(x.shape)}")
     std = torch.as_tensor(std)

@@ -514,3 +514,12 @@ def test_scores_name_an_argument_that_is_no_tensor():
                        ("local_cosine", lambda: S.local_mcm(a[None])), ("local_cosine", lambda: S.gl_mcm(T, a[None]))):
         with pytest.raises(TypeError, match=f"^{name} must be a torch.Tensor, got (list|ndarray)$"):
             call()
+
+
+def test_odin_refuses_integer_images():
+    """uint8 or int64 images stopped in requires_grad_ ("only Tensors of floating point dtype can require
+    gradients"), naming no argument: ODIN takes normalised float images."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    for dtype in (torch.uint8, torch.int64):
+        with pytest.raises(TypeError, match=f"odin takes normalised float images x, got {dtype}"):
+            odin(model, torch.zeros(2, 3, 2, 2, dtype=dtype), torch.ones(3))
