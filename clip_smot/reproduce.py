@@ -59,6 +59,8 @@ OOD_FOLDERS = {"iNaturalist": ("iNaturalist",), "SUN": ("SUN",), "Places": ("Pla
 CIFAR_OOD_FOLDERS = {**OOD_FOLDERS, "Places": ("Places365", "places365", "Places")}
 CLIP_POSTHOC = "mcm,msp,odin,energy,gradnorm,vim,knn"  # Table 8's post-hoc rows, on the CoOp prompt
 FINAL_FILE = {"fit": "prompt.safetensors", "train": "summary.json", "eval": "metrics.json"}
+# the file of a finished training that later stages read (SMOT's CAMs, the evaluations): its record vouches for it too
+MODEL = "model.safetensors"
 RECORD = "reproduce.json"  # in each stage's folder: the command line that made it
 _RUN_CONTROL = ("--device", "--workers", "--out")  # where a stage runs, not what it computes
 _PATH_FLAGS = ("--data", "--id", "--ood", "--model", "--pretrained", "--cam-model", "--split", "--prompt",
@@ -246,6 +248,8 @@ class Stage:
                 # record with none: an eval's by hand since went into the table)
                 if saved.get("made") is not None and not isinstance(saved["made"], str):
                     raise ValueError("made is no SHA-256 string")
+                if saved.get("model") is not None and not isinstance(saved["model"], str):
+                    raise ValueError("model is no SHA-256 string")
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
@@ -257,7 +261,7 @@ class Stage:
                                 f"table's or other options; give another --out, or remove {folder}")
             if self.finished(out):
                 self._check_inputs(out, hashes, finished)
-                self._check_made(out, saved.get("made"))
+                self._check_made(out, saved.get("made"), saved.get("model"))
         elif self.finished(out) or self.resumable(out):
             if os.path.lexists(record):  # ("with no reproduce.json" sent the user looking at the one there)
                 raise UserError(f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing says "
@@ -267,23 +271,29 @@ class Stage:
                             f"with no {RECORD} saying which command made it; give another --out, or remove {folder} to "
                             "run the stage again")
 
-    def _check_made(self, out: str | Path, made) -> None:
-        """:meth:`check_record`'s check that a finished evaluation's metrics.json is the one its command
-        wrote (``made``, its SHA-256 in the record; None or absent: not checked): an eval run by hand
-        into the stage's folder since replaced it, and its numbers (another prompt's, other sets)
-        went into the table as the stage's. (A fit's prompt exported again is judged by the stages
-        that read it.)"""
-        if self.command != "eval" or made is None:  # (check_record let only a string or None through)
+    def _check_made(self, out: str | Path, made, model=None) -> None:
+        """:meth:`check_record`'s check that a finished evaluation's metrics.json, or a finished
+        training's summary.json and model.safetensors, are the files its command wrote (``made``
+        and ``model``, their SHA-256 in the record; None or absent: not checked): an eval run by
+        hand into the stage's folder since replaced its metrics.json, and its numbers (another
+        prompt's, other sets) went into the table as the stage's; a ``train --resume --epochs 3``
+        run by hand into a finished training (or a model copied over its own) left the stage
+        skipped as finished, and the stages after it trained and evaluated on that other model,
+        exit 0. (A fit's prompt exported again is judged by the stages that read it.)"""
+        if self.command == "fit" or made is None:  # (check_record let only a string or None through)
             return
-        final = self.folder(out) / FINAL_FILE[self.command]
-        try:
-            if sha256_file(final) == made:
-                return
-        except OSError:  # (unreadable: named by the table, which reads it)
-            return
-        raise UserError(f"reproduce: {final} is no longer the file its stage wrote (another command wrote it since, "
-                        f"or it was edited): its numbers would not be the stage's; remove {self.folder(out)} to run "
-                        "the stage again")
+        folder = self.folder(out)
+        wrote = [(folder / MODEL, model)] if self.command == "train" and model is not None else []
+        for final, sha in [*wrote, (folder / FINAL_FILE[self.command], made)]:
+            try:
+                if sha256_file(final) == sha:
+                    continue
+            except OSError:  # (unreadable: named by the table or the stage that reads it)
+                continue
+            what = "its numbers would not be the stage's" if self.command == "eval" else \
+                "the stages after it would read another model than the stage's"
+            raise UserError(f"reproduce: {final} is no longer the file its stage wrote (another command wrote it "
+                            f"since, or it was edited): {what}; remove {folder} to run the stage again")
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""
@@ -357,11 +367,14 @@ class Stage:
         each earlier stage's file it reads and of each other file it names, and ``made``: null before
         its command runs, then (with ``made``, the command line this returned then, once the command
         has ended well) the SHA-256 of the final file it wrote. The hashes of the files it read are
-        kept from before it ran (those it read)."""
+        kept from before it ran (those it read). A training's record also holds ``model``, the SHA-256
+        of its model.safetensors, once it has ended well."""
         record, now = self.folder(out) / RECORD, self.identity(out)
         if made is not None:
             try:
-                made_sha = sha256_file(self.folder(out) / FINAL_FILE[self.command])
+                vouched = {"made": sha256_file(self.folder(out) / FINAL_FILE[self.command])}
+                if self.command == "train" and is_file(self.folder(out) / MODEL, "--out"):
+                    vouched["model"] = sha256_file(self.folder(out) / MODEL)
             except OSError:  # (no final file to vouch for: the stage is unfinished)
                 return now
             try:
@@ -383,7 +396,7 @@ class Stage:
                 raise UserError(f"reproduce: {given[i - 1]} {given[i]} leads to {now[i]} now, not to {made[i]} as when "
                                 f"the stage {self.name} started (a symbolic link repointed while it ran?); remove "
                                 f"{self.folder(out)} to run the stage again")
-            atomic_write_text(json_text({**saved, "made": made_sha}), record)
+            atomic_write_text(json_text({**saved, **vouched}), record)
             return now
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}

@@ -954,6 +954,7 @@ def test_an_interrupted_training_is_resumed_and_one_without_a_record_refused(tmp
 @pytest.mark.parametrize("record, why", [
     ({"argv": ["fit"], "inputs": []}, "inputs is not an object"),
     ({"argv": ["fit"], "files": []}, "files is not an object"),
+    ({"argv": ["fit"], "model": 1}, "model is no SHA-256 string"),  # (a training's model.safetensors, never compared)
     ({"argv": ["fit", 1]}, "argv is not a list of strings"),
     ({"argv": "fit --data d"}, "argv is not a list of strings"),  # (a string: each of its characters is one)
     ({"inputs": {}}, "no argv"),
@@ -2069,3 +2070,46 @@ def test_folders_named_as_the_builtin_sets_in_the_working_directory_change_no_re
     ran.clear()
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert ran == []
+
+
+@pytest.mark.parametrize("by_hand", ["train --resume --epochs 3", "a model copied over"])
+def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_the_stages_after_it(tmp_path, by_hand):
+    """reproduce table2 stopped in train-smot, train-base finished; then a `train --resume --epochs 3`
+    run by hand into OUT/train-base (a new summary.json and model.safetensors), or another model
+    copied over its model.safetensors: the rerun skipped train-base as finished (its record names
+    --epochs 2) and trained SMOT on that model's CAMs and evaluated it as the base model, exit 0,
+    a table of another run than its record says. A training's record vouches for its summary.json
+    (``made``) and its model.safetensors (``model``): another is refused before any stage runs."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table2_fakes(tmp_path, {"train-smot"})
+
+    def run(argv):
+        ran.append(Path(_flag(argv, "--out")).name)
+        if argv[0] == "train":  # (a training writes its model, then its summary)
+            Path(_flag(argv, "--out")).mkdir(parents=True, exist_ok=True)
+            (Path(_flag(argv, "--out")) / "model.safetensors").write_bytes(b"2 epochs")
+        fake(argv)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+        with pytest.raises(KeyboardInterrupt):
+            run_reproduce("table2", options, run, echo=lambda line: None)
+        record = json.loads((out / "train-base" / RECORD).read_text())
+        assert record["model"] == hashlib.sha256(b"2 epochs").hexdigest()
+        (out / "train-base" / "model.safetensors").write_bytes(b"3 epochs")
+        if by_hand.startswith("train"):
+            (out / "train-base" / "summary.json").write_text('{"epochs": 3}')
+        ran.clear()
+        for dry_run in (True, False):
+            with pytest.raises(UserError) as e:
+                run_reproduce("table2", options, run, dry_run=dry_run, echo=lambda line: None)
+            assert str(e.value) == (f"reproduce: {out / 'train-base' / 'model.safetensors'} is no longer the file its "
+                                    "stage wrote (another command wrote it since, or it was edited): the stages after "
+                                    f"it would read another model than the stage's; remove {out / 'train-base'} to run "
+                                    "the stage again")
+        assert ran == []
+        shutil.rmtree(out / "train-base")
+        run_reproduce("table2", options, run, echo=lambda line: None)
+        assert ran[:2] == ["train-base", "train-smot"] and (out / "table.csv").is_file()
