@@ -41,6 +41,7 @@ from clip_smot.common.files import (
     make_folder,
     output_lock,
     read_json,
+    remove_stale_temporaries,
     sha256_file,
     text_writer,
 )
@@ -401,6 +402,7 @@ class Stage:
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
+        remove_stale_temporaries(self.folder(out), (RECORD,))  # (of a run killed while writing it)
         atomic_write_text(json_text({"argv": now, "inputs": hashes, "files": self.files(out), "made": None}), record)
         return now
 
@@ -689,6 +691,7 @@ def write_table(table: str, p: Plan, out: str | Path) -> list[dict]:
         w.writerow([c["table"], c["row"], c["ood_set"], c["metric"], _fmt(c["paper"]), _fmt(c["ours"]),
                     _fmt(c["difference"]), *where])
     # both or neither: a failure writing table.md (a full disk) left a new table.csv beside the old table.md
+    remove_stale_temporaries(out, ("table.csv", "table.md"))  # (of a run killed while writing them)
     atomic_write_files(out, {"table.csv": text_writer(buf.getvalue()), "table.md": text_writer(_markdown(p, cells))})
     return cells
 

@@ -2113,3 +2113,24 @@ def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_th
         shutil.rmtree(out / "train-base")
         run_reproduce("table2", options, run, echo=lambda line: None)
         assert ran[:2] == ["train-base", "train-smot"] and (out / "table.csv").is_file()
+
+
+def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_next(tmp_path, monkeypatch):
+    """reproduce SIGKILLed while it wrote a stage's reproduce.json or the table left its hidden
+    temporary file (.reproduce.json.XXXX.tmp, .table.md.XXXX.tmp) in OUT for good: the rerun wrote
+    the files anew beside it. (A stage folder holding it beside another command's record held more
+    than that record, and was refused as that command's work.) The next run removes them: a stage
+    killed while its record was written has not ended well, and runs again."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    options, run, ran = _table2_counted(tmp_path, monkeypatch)
+    out = Path(options.out)
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    record = json.loads((out / "eval-smot" / RECORD).read_text())
+    (out / "eval-smot" / RECORD).write_text(json.dumps({**record, "made": None}))  # (killed as it ended)
+    (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").write_text('{"argv": [')
+    (out / ".table.md.k1ll3d.tmp").write_text("# Table")
+    ran.clear()
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert ran == ["eval-smot"]
+    assert not (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").exists() and not (out / ".table.md.k1ll3d.tmp").exists()
