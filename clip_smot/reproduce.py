@@ -263,6 +263,8 @@ class Stage:
             if self.finished(out):
                 self._check_inputs(out, hashes, finished)
                 self._check_made(out, saved.get("made"), saved.get("model"))
+            elif self.resumable(out):
+                self._check_epochs(out)
         elif self.finished(out) or self.resumable(out):
             if os.path.lexists(record):  # ("with no reproduce.json" sent the user looking at the one there)
                 raise UserError(f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing says "
@@ -295,6 +297,39 @@ class Stage:
                 "the stages after it would read another model than the stage's"
             raise UserError(f"reproduce: {final} is no longer the file its stage wrote (another command wrote it "
                             f"since, or it was edited): {what}; remove {folder} to run the stage again")
+
+    def _check_epochs(self, out: str | Path) -> None:
+        """:meth:`check_record`'s check that the checkpoint an unfinished fit or training is resumed
+        from is of a run of the stage's epochs (its ``--epochs``, else the command's default): a
+        ``train --resume --epochs 3`` run by hand into the folder of a stage of 2 saved a run of 3,
+        which the stage's ``--resume`` then refused in train's words ("resume with as many or
+        more"), and, the stage taking the command's default (no ``--epochs``), went on to that run's
+        count, exit 0: a table of a run longer or shorter than its record says. A checkpoint that
+        cannot be read is the command's to name."""
+        import torch
+
+        path = self.folder(out) / "checkpoint.pt"
+        try:  # (mmap: the tensors are not read)
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]["epochs"]
+        except Exception:  # noqa: BLE001 (damaged, or not one of ours: its --resume says so in one line)
+            return
+        if not isinstance(saved, int) or isinstance(saved, bool):
+            return
+        argv = list(self.argv)
+        if "--epochs" in argv:
+            planned = int(argv[argv.index("--epochs") + 1])
+        elif self.command == "train":
+            from clip_smot.resnet.train import PAPER_EPOCHS
+
+            planned = PAPER_EPOCHS[argv[argv.index("--stage") + 1]]
+        else:
+            from clip_smot.clip.fit import FitConfig
+
+            planned = FitConfig.__dataclass_fields__["epochs"].default
+        if saved != planned:
+            raise UserError(f"reproduce: {path} is of a run of {saved} epochs, not of the stage's {planned} (a "
+                            f"{self.command} --resume --epochs run by hand into its folder?); remove {self.folder(out)} "
+                            "to run the stage again")
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""

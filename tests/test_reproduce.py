@@ -2134,3 +2134,36 @@ def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_ne
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert ran == ["eval-smot"]
     assert not (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").exists() and not (out / ".table.md.k1ll3d.tmp").exists()
+
+
+@pytest.mark.parametrize("epochs", [2, None])
+def test_a_checkpoint_of_other_epochs_than_the_stages_is_refused_not_resumed(tmp_path, monkeypatch, epochs):
+    """reproduce table2 interrupted in train-base; then `train --resume --epochs 3` run by hand into
+    OUT/train-base, stopped too: its checkpoint is of a run of 3 epochs. The stage's --resume was
+    refused in train's words ("--epochs 2: ... resume with as many or more", where reproduce takes
+    no other --epochs), or, the stage taking train's default (no --epochs), went on to 3 epochs,
+    exit 0: a table of another run than the record says. Refused before any stage runs; a
+    checkpoint of the stage's epochs is resumed."""
+    from clip_smot.reproduce import run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    options, fake = _table2_fakes(tmp_path, {"train-base"})
+    options, out, calls = dataclasses.replace(options, epochs=epochs), tmp_path / "o", []
+
+    def run(argv):
+        calls.append(argv)
+        fake(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table2", options, run, echo=lambda line: None)
+    torch.save({"epoch": 2, "config": {"epochs": 3}}, out / "train-base" / "checkpoint.pt")  # (the run by hand's)
+    calls.clear()
+    with pytest.raises(UserError) as e:
+        run_reproduce("table2", options, run, echo=lambda line: None)
+    assert str(e.value) == (f"reproduce: {out / 'train-base' / 'checkpoint.pt'} is of a run of 3 epochs, not of the "
+                            f"stage's {epochs or 200} (a train --resume --epochs run by hand into its folder?); remove "
+                            f"{out / 'train-base'} to run the stage again")
+    assert calls == []
+    torch.save({"epoch": 1, "config": {"epochs": epochs or 200}}, out / "train-base" / "checkpoint.pt")
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert calls[0][-1] == "--resume" and len(calls) == 6
