@@ -547,10 +547,13 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     device, precision = _device(cfg, world)
     cfg, train_set, hashes, cam = _load_data(cfg, ckpt, download, device, world, dry_run)
     run = _build(cfg, train_set, ckpt, device, precision, cam, rank, world)
+    config = {**cfg.to_dict(), "device": str(device), "precision": precision}  # (as resolved)
     if rank == 0 and not dry_run:
         make_folder(out)
         remove_stale_temporaries(out, _FILES)  # of a run killed while writing
-        rf.write_config(out, {**cfg.to_dict(), "device": str(device), "precision": precision})  # (as resolved)
+        # a resume for more epochs says so once a checkpoint of them is saved: one stopped before (a full
+        # disk, a kill) left config.json saying the new count beside the checkpoint of the old
+        rf.write_config(out, config if ckpt is None else {**config, "epochs": ckpt["config"]["epochs"]})
         # the log lines of the checkpoint's epochs (a line written after it goes; the log a checkpoint
         # holds restores a line missing from the file, as one written by an older train can be)
         rf.truncate_log(out / rf.LOG, run.start_epoch, run.log)
@@ -559,6 +562,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             return _dry_run(cfg, run, rank, world)
         for epoch in range(run.start_epoch, cfg.epochs):
             _epoch(cfg, run, epoch, rank, world, hashes)
+            if rank == 0 and ckpt is not None and epoch == run.start_epoch and cfg.epochs != ckpt["config"]["epochs"]:
+                rf.write_config(out, config)
             if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
                 return {"stopped_after": epoch + 1}
         return _export(cfg, run, device, rank, world)

@@ -1503,6 +1503,29 @@ def test_resume_with_more_epochs_goes_on_at_the_longer_schedules_lr(folders, tmp
     assert json.loads((out / "config.json").read_text())["epochs"] == 3  # (written at each start)
 
 
+def test_a_resume_for_more_epochs_stopped_before_its_first_checkpoint_leaves_config_json_as_it_was(
+        folders, tmp_path, monkeypatch):
+    """`train --resume --epochs 2` of a finished 1-epoch run, stopped as it saved its first checkpoint
+    (a full disk): config.json said 2 epochs beside the checkpoint, the model and the summary of 1,
+    until a later --resume rewrote it. It says the new count once a checkpoint of it is saved."""
+    import clip_smot.common.run_folder as rf_mod
+
+    out = tmp_path / "run"
+    run_train(_cfg(folders, out, epochs=1))
+
+    def full(path, fmt, state):  # (atomic: the checkpoint of epoch 2 stays)
+        raise UserError(f"cannot write {path}: No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(rf_mod, "save_checkpoint", full)
+        with pytest.raises(UserError, match="No space left on device"):
+            run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert run_train(_cfg(folders, out, epochs=3), resume=True, stop_after=1) == {"stopped_after": 2}
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3  # (once its first checkpoint is saved)
+
+
 def test_a_new_run_over_a_model_without_its_checkpoint_is_refused(folders, tmp_path):
     """A finished run whose checkpoint.pt was removed: a new train there would replace its
     config and log and leave its model.safetensors, which a --resume would call finished."""
