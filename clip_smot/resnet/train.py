@@ -536,7 +536,8 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if resume:
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
-        if rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
+        if _exported(out, ckpt["epoch"]) and \
+                rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
             try:
                 return read_json(out / "summary.json")
             except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
@@ -567,6 +568,18 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
             if stop_after is not None and epoch + 1 - run.start_epoch >= stop_after:
                 return {"stopped_after": epoch + 1}
         return _export(cfg, run, device, rank, world)
+
+
+def _exported(out: Path, epoch: int) -> bool:
+    """Whether OUT's summary.json is of the checkpoint's ``epoch`` (or cannot tell: unreadable, or
+    without an epoch count). A resume for more epochs killed once their last checkpoint was saved,
+    before the export, left the summary.json and model.safetensors of the shorter run: the next
+    --resume said the run "has finished its 3 epochs; nothing to do" and kept the model of 2."""
+    try:
+        done = read_json(out / "summary.json").get("epochs")
+    except (OSError, ValueError, AttributeError):  # (none, or unreadable: rf.finished and its reader say so)
+        return True
+    return not isinstance(done, int) or isinstance(done, bool) or done == epoch
 
 
 def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:

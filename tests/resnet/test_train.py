@@ -1526,6 +1526,31 @@ def test_a_resume_for_more_epochs_stopped_before_its_first_checkpoint_leaves_con
     assert json.loads((out / "config.json").read_text())["epochs"] == 3  # (once its first checkpoint is saved)
 
 
+def test_a_resume_for_more_epochs_killed_before_its_export_exports_on_the_next_resume(folders, tmp_path, monkeypatch):
+    """`train --resume --epochs 2` of a finished 1-epoch run, killed once the checkpoint of epoch 2
+    was saved, before model.safetensors and summary.json were: the next --resume said the run "has
+    finished its 2 epochs; nothing to do" and kept the 1-epoch model and summary, exit 0. It exports
+    the checkpoint's weights."""
+    import clip_smot.resnet.train as train_mod
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    run_train(_cfg(folders, out, epochs=1))
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "_export", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(_cfg(folders, out, epochs=2), resume=True)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2 and json.loads((out / "summary.json").read_text())["epochs"] == 1
+    summary = run_train(_cfg(folders, out, epochs=2), resume=True)
+    assert summary["epochs"] == 2 and json.loads((out / "summary.json").read_text())["epochs"] == 2
+    model = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(model[k], v) for k, v in saved["model"].items() if k in model)
+    assert set(model) <= set(saved["model"]) and len(model) > 10
+
+
 def test_a_new_run_over_a_model_without_its_checkpoint_is_refused(folders, tmp_path):
     """A finished run whose checkpoint.pt was removed: a new train there would replace its
     config and log and leave its model.safetensors, which a --resume would call finished."""
