@@ -300,36 +300,55 @@ class Stage:
 
     def _check_epochs(self, out: str | Path) -> None:
         """:meth:`check_record`'s check that the checkpoint an unfinished fit or training is resumed
-        from is of a run of the stage's epochs (its ``--epochs``, else the command's default): a
-        ``train --resume --epochs 3`` run by hand into the folder of a stage of 2 saved a run of 3,
-        which the stage's ``--resume`` then refused in train's words ("resume with as many or
-        more"), and, the stage taking the command's default (no ``--epochs``), went on to that run's
-        count, exit 0: a table of a run longer or shorter than its record says. A checkpoint that
-        cannot be read is the command's to name."""
+        from is of a run of the stage's epochs (its ``--epochs``, else the command's default) and, for
+        a training, of its other options: a ``train --resume --epochs 3`` run by hand into the folder
+        of a stage of 2 saved a run of 3, which the stage's ``--resume`` then refused in train's words
+        ("resume with as many or more"), and, the stage taking the command's default (no
+        ``--epochs``), went on to that run's count, exit 0; a ``train --lr 0.05`` run by hand into the
+        folder of a stage killed as it started was resumed by the stage (an option it does not give
+        is the checkpoint's), its model in the table. A checkpoint that cannot be read is the
+        command's to name."""
         import torch
 
         path = self.folder(out) / "checkpoint.pt"
         try:  # (mmap: the tensors are not read)
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]["epochs"]
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+            epochs = saved["epochs"]
         except Exception:  # noqa: BLE001 (damaged, or not one of ours: its --resume says so in one line)
-            return
-        if not isinstance(saved, int) or isinstance(saved, bool):
             return
         argv = list(self.argv)
         if "--epochs" in argv:
-            planned = int(argv[argv.index("--epochs") + 1])
+            planned = {"epochs": int(argv[argv.index("--epochs") + 1])}
         elif self.command == "train":
             from clip_smot.resnet.train import PAPER_EPOCHS
 
-            planned = PAPER_EPOCHS[argv[argv.index("--stage") + 1]]
+            planned = {"epochs": PAPER_EPOCHS[argv[argv.index("--stage") + 1]]}
         else:
             from clip_smot.clip.fit import FitConfig
 
-            planned = FitConfig.__dataclass_fields__["epochs"].default
-        if saved != planned:
-            raise UserError(f"reproduce: {path} is of a run of {saved} epochs, not of the stage's {planned} (a "
-                            f"{self.command} --resume --epochs run by hand into its folder?); remove {self.folder(out)} "
-                            "to run the stage again")
+            planned = {"epochs": FitConfig.__dataclass_fields__["epochs"].default}
+        if self.command == "train":
+            planned = {**self._train_options(), **planned}
+        differ = [k for k in planned if k in saved and saved[k] != planned[k]]
+        if differ and isinstance(epochs, int):
+            what = "; ".join(f"--{k.replace('_', '-')} {saved[k]} there, {planned[k]} the stage's" for k in differ)
+            raise UserError(f"reproduce: {path} is not of the stage's run ({what}; a {self.command} run by hand "
+                            f"into its folder?); remove {self.folder(out)} to run the stage again")
+
+    def _train_options(self) -> dict:
+        """The options of the stage's training as train resolves them (its defaults for the dataset and
+        stage), those a resume takes from its checkpoint where not given: all but the run control and
+        the inputs (compared by their SHA-256)."""
+        import dataclasses
+
+        from clip_smot.cli import cli  # (which imports this module)
+        from clip_smot.resnet.data import default_input_size
+        from clip_smot.resnet.train import _BESIDE_FREE, TrainConfig, resolve_config
+
+        params = cli.commands["train"].make_context("train", list(self.argv[1:])).params
+        cfg = TrainConfig(**{f.name: params[f.name] for f in dataclasses.fields(TrainConfig) if f.name in params})
+        cfg = resolve_config(cfg, 0, cfg.input_size or default_input_size(cfg.dataset, cfg.data))
+        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BESIDE_FREE}
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""

@@ -2136,14 +2136,21 @@ def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_ne
     assert not (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").exists() and not (out / ".table.md.k1ll3d.tmp").exists()
 
 
-@pytest.mark.parametrize("epochs", [2, None])
-def test_a_checkpoint_of_other_epochs_than_the_stages_is_refused_not_resumed(tmp_path, monkeypatch, epochs):
+@pytest.mark.parametrize("epochs, saved, differ", [
+    (2, {"epochs": 3}, "--epochs 3 there, 2 the stage's"),
+    (None, {"epochs": 3}, "--epochs 3 there, 200 the stage's"),  # (train's default)
+    (2, {"epochs": 2, "lr": 0.05, "T": 10.0}, "--lr 0.05 there, 0.1 the stage's"),
+])
+def test_a_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tmp_path, monkeypatch, epochs, saved,
+                                                                                differ):
     """reproduce table2 interrupted in train-base; then `train --resume --epochs 3` run by hand into
     OUT/train-base, stopped too: its checkpoint is of a run of 3 epochs. The stage's --resume was
     refused in train's words ("--epochs 2: ... resume with as many or more", where reproduce takes
     no other --epochs), or, the stage taking train's default (no --epochs), went on to 3 epochs,
-    exit 0: a table of another run than the record says. Refused before any stage runs; a
-    checkpoint of the stage's epochs is resumed."""
+    exit 0. Or a `train --lr 0.05` run by hand into the folder (the stage killed as it started):
+    the stage resumed it, taking its --lr (a flag the stage does not give is the checkpoint's), and
+    its model went into the table, exit 0. Refused before any stage runs; a checkpoint of the
+    stage's options is resumed."""
     from clip_smot.reproduce import run_reproduce
 
     monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
@@ -2156,14 +2163,15 @@ def test_a_checkpoint_of_other_epochs_than_the_stages_is_refused_not_resumed(tmp
 
     with pytest.raises(KeyboardInterrupt):
         run_reproduce("table2", options, run, echo=lambda line: None)
-    torch.save({"epoch": 2, "config": {"epochs": 3}}, out / "train-base" / "checkpoint.pt")  # (the run by hand's)
+    torch.save({"epoch": 2, "config": saved}, out / "train-base" / "checkpoint.pt")  # (the run by hand's)
     calls.clear()
     with pytest.raises(UserError) as e:
         run_reproduce("table2", options, run, echo=lambda line: None)
-    assert str(e.value) == (f"reproduce: {out / 'train-base' / 'checkpoint.pt'} is of a run of 3 epochs, not of the "
-                            f"stage's {epochs or 200} (a train --resume --epochs run by hand into its folder?); remove "
-                            f"{out / 'train-base'} to run the stage again")
+    assert str(e.value) == (f"reproduce: {out / 'train-base' / 'checkpoint.pt'} is not of the stage's run ({differ}; a "
+                            f"train run by hand into its folder?); remove {out / 'train-base'} to run the stage again")
     assert calls == []
-    torch.save({"epoch": 1, "config": {"epochs": epochs or 200}}, out / "train-base" / "checkpoint.pt")
+    torch.save({"epoch": 1, "config": {"epochs": epochs or 200, "lr": 0.1, "T": 10.0, "arch": "resnet18",
+                                       "batch_size": 128, "method": "ce", "input_size": 32, "alpha": 50.0}},
+               out / "train-base" / "checkpoint.pt")
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert calls[0][-1] == "--resume" and len(calls) == 6
