@@ -453,6 +453,8 @@ class Stage:
                                 f"{self.folder(out)} to run the stage again")
             atomic_write_text(json_text({**saved, **vouched}), record)
             return now
+        if self.resumable(out):  # (a run begun in its folder since the check before any stage: another command's?)
+            self.check_record(out)
         root = Path(out)
         hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))

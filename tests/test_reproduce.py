@@ -2175,3 +2175,24 @@ def test_a_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tm
                out / "train-base" / "checkpoint.pt")
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert calls[0][-1] == "--resume" and len(calls) == 6
+
+
+def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not_resumed(tmp_path, monkeypatch):
+    """A user's own `train --lr 0.05 --out OUT/train-logitnorm`, begun while reproduce ran the
+    stages before it and stopped (its checkpoint there, no record: the folders were checked before
+    any stage ran): the stage resumed it, taking its --lr, and its model went into the LogitNorm
+    row, exit 0. A stage about to resume a checkpoint checks its folder again first."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    options, run, ran = _table2_counted(tmp_path, monkeypatch)
+    out = Path(options.out)
+
+    def meanwhile(argv):
+        run(argv)
+        if ran[-1] == "train-base":  # (the user's own train, stopped at its first checkpoint)
+            (out / "train-logitnorm").mkdir()
+            torch.save({"epoch": 1, "config": {"epochs": 200, "lr": 0.05}}, out / "train-logitnorm" / "checkpoint.pt")
+
+    with pytest.raises(UserError, match=rf"^reproduce: {out / 'train-logitnorm'} holds a train run with no {RECORD}"):
+        run_reproduce("table2", options, meanwhile, echo=lambda line: None)
+    assert "train-logitnorm" not in ran and not (out / "train-logitnorm" / RECORD).exists()
