@@ -23,7 +23,7 @@ import io
 import math
 import os
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
@@ -264,7 +264,7 @@ class Stage:
                 self._check_inputs(out, hashes, finished)
                 self._check_made(out, saved.get("made"), saved.get("model"))
             elif self.resumable(out):
-                self._check_epochs(out)
+                self._check_checkpoint(out)
         elif self.finished(out) or self.resumable(out):
             if os.path.lexists(record):  # ("with no reproduce.json" sent the user looking at the one there)
                 raise UserError(f"reproduce: {record} is no file (a folder, a FIFO or a link to none), so nothing says "
@@ -298,7 +298,7 @@ class Stage:
             raise UserError(f"reproduce: {final} is no longer the file its stage wrote (another command wrote it "
                             f"since, or it was edited): {what}; remove {folder} to run the stage again")
 
-    def _check_epochs(self, out: str | Path) -> None:
+    def _check_checkpoint(self, out: str | Path) -> None:
         """:meth:`check_record`'s check that the checkpoint an unfinished fit or training is resumed
         from is of a run of the stage's epochs (its ``--epochs``, else the command's default) and, for
         a training, of its other options: a ``train --resume --epochs 3`` run by hand into the folder
@@ -313,8 +313,9 @@ class Stage:
         path = self.folder(out) / "checkpoint.pt"
         try:  # (mmap: the tensors are not read)
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
-            epochs = saved["epochs"]
         except Exception:  # noqa: BLE001 (damaged, or not one of ours: its --resume says so in one line)
+            return
+        if not isinstance(saved, dict):  # (the same)
             return
         argv = list(self.argv)
         if "--epochs" in argv:
@@ -330,7 +331,7 @@ class Stage:
         if self.command == "train":
             planned = {**self._train_options(), **planned}
         differ = [k for k in planned if k in saved and saved[k] != planned[k]]
-        if differ and isinstance(epochs, int):
+        if differ:
             what = "; ".join(f"--{k.replace('_', '-')} {saved[k]} there, {planned[k]} the stage's" for k in differ)
             raise UserError(f"reproduce: {path} is not of the stage's run ({what}; a {self.command} run by hand "
                             f"into its folder?); remove {self.folder(out)} to run the stage again")
@@ -339,16 +340,14 @@ class Stage:
         """The options of the stage's training as train resolves them (its defaults for the dataset and
         stage), those a resume takes from its checkpoint where not given: all but the run control and
         the inputs (compared by their SHA-256)."""
-        import dataclasses
-
         from clip_smot.cli import cli  # (which imports this module)
         from clip_smot.resnet.data import default_input_size
         from clip_smot.resnet.train import _BESIDE_FREE, TrainConfig, resolve_config
 
         params = cli.commands["train"].make_context("train", list(self.argv[1:])).params
-        cfg = TrainConfig(**{f.name: params[f.name] for f in dataclasses.fields(TrainConfig) if f.name in params})
+        cfg = TrainConfig(**{f.name: params[f.name] for f in fields(TrainConfig) if f.name in params})
         cfg = resolve_config(cfg, 0, cfg.input_size or default_input_size(cfg.dataset, cfg.data))
-        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BESIDE_FREE}
+        return {k: v for k, v in asdict(cfg).items() if k not in _BESIDE_FREE}
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""
