@@ -23,12 +23,12 @@ import io
 import math
 import os
 import shlex
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
 from clip_smot.common.bundled import bundled_file, imagenet200_wnids
-from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, setting
+from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, flag_of, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -317,37 +317,28 @@ class Stage:
             return
         if not isinstance(saved, dict):  # (the same)
             return
-        argv = list(self.argv)
-        if "--epochs" in argv:
-            planned = {"epochs": int(argv[argv.index("--epochs") + 1])}
-        elif self.command == "train":
-            from clip_smot.resnet.train import PAPER_EPOCHS
-
-            planned = {"epochs": PAPER_EPOCHS[argv[argv.index("--stage") + 1]]}
-        else:
-            from clip_smot.clip.fit import FitConfig
-
-            planned = {"epochs": FitConfig.__dataclass_fields__["epochs"].default}
-        if self.command == "train":
-            planned = {**self._train_options(), **planned}
+        planned = self._options()
         differ = [k for k in planned if k in saved and saved[k] != planned[k]]
         if differ:
             what = "; ".join(f"--{k.replace('_', '-')} {saved[k]} there, {planned[k]} the stage's" for k in differ)
             raise UserError(f"reproduce: {path} is not of the stage's run ({what}; a {self.command} run by hand "
                             f"into its folder?); remove {self.folder(out)} to run the stage again")
 
-    def _train_options(self) -> dict:
-        """The options of the stage's training as train resolves them (its defaults for the dataset and
-        stage), those a resume takes from its checkpoint where not given: all but the run control and
-        the inputs (compared by their SHA-256)."""
-        from clip_smot.cli import cli  # (which imports this module)
-        from clip_smot.resnet.data import default_input_size
-        from clip_smot.resnet.train import _BESIDE_FREE, TrainConfig, resolve_config
+    def _options(self) -> dict:
+        """The options of the stage's fit or training as its command resolves them (a training's
+        defaults for its dataset and stage), those a resume takes from its checkpoint where not
+        given: all but the run control and the inputs (compared by their SHA-256), and the epochs."""
+        if self.command == "fit":
+            from clip_smot.clip.fit import FitConfig, method_options
 
-        params = cli.commands["train"].make_context("train", list(self.argv[1:])).params
-        cfg = TrainConfig(**{f.name: params[f.name] for f in fields(TrainConfig) if f.name in params})
+            cfg = _stage_config(self.argv, FitConfig)
+            return {**method_options(cfg), "epochs": cfg.epochs}
+        from clip_smot.resnet.data import default_input_size
+        from clip_smot.resnet.train import TrainConfig, method_options, resolve_config
+
+        cfg = _stage_config(self.argv, TrainConfig)
         cfg = resolve_config(cfg, 0, cfg.input_size or default_input_size(cfg.dataset, cfg.data))
-        return {k: v for k, v in asdict(cfg).items() if k not in _BESIDE_FREE}
+        return {**method_options(cfg), "epochs": cfg.epochs}  # (a resume may grow --epochs: a stage's may not)
 
     def _check_inputs(self, out: str | Path, hashes: dict, finished: Collection[str] | None) -> None:
         """:meth:`check_record`'s check of the earlier stages' files this finished stage read."""
@@ -460,6 +451,23 @@ class Stage:
         remove_stale_temporaries(self.folder(out), (RECORD,))  # (of a run killed while writing it)
         atomic_write_text(json_text({"argv": now, "inputs": hashes, "files": self.files(out), "made": None}), record)
         return now
+
+
+def _stage_config(argv: Sequence[str], config: type):
+    """The ``config`` (TrainConfig, FitConfig) of a stage's command line, which reproduce wrote: each
+    word a flag of one of its fields (``--no-X`` of a boolean one), with its value after it unless
+    the field is a boolean; the values typed as the fields declare them, as the command reads them."""
+    by_flag = {flag_of(f): f for f in fields(config) if flag_of(f)}
+    values, words = {}, list(argv[1:])  # (argv[0]: the command)
+    while words:
+        word = words.pop(0)
+        f = by_flag.get(word) or by_flag["--" + word.removeprefix("--no-")]
+        kind = f.type.split("[")[0].split("|")[0].strip()  # (the annotation's first type: "int | None" is int)
+        if kind == "bool":
+            values[f.name] = word in by_flag
+        else:
+            values[f.name] = {"int": int, "float": float}.get(kind, str)(words.pop(0))
+    return config(**values)
 
 
 @dataclass

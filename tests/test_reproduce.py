@@ -197,6 +197,29 @@ def test_dry_run_prints_valid_commands_for_every_table(tmp_path, table):
     assert {w[0] for w in p.rows.values() if w} <= stages
 
 
+@pytest.mark.parametrize("table", list(TABLES))
+def test_a_stages_options_are_read_as_its_command_reads_them(tmp_path, table):
+    """reproduce reads a fit's or training's command line itself (it may not import the CLI) to
+    compare a checkpoint it would resume with the stage's options: each such stage of each table,
+    with and without the options reproduce passes on, gives the config its command's options give."""
+    from clip_smot.clip.fit import FitConfig
+    from clip_smot.reproduce import _stage_config
+    from clip_smot.resnet.train import TrainConfig
+
+    for extra in ({}, {"epochs": 3, "batch_size": 16, "precision": "fp32", "workers": 0, "shots": 4, "model": "m.json",
+                       "pretrained": "none", "cam_model": "c.safetensors"}):
+        o = ReproduceOptions(out=str(tmp_path / "o"), imagenet="IN", ood_root="OOD", cifar_root="C", **extra)
+        stages = [s for s in plan(table, o).stages if s.command in ("fit", "train")]
+        assert stages
+        for stage in stages:
+            params = cli.commands[stage.command].make_context(stage.command, list(stage.argv[1:])).params
+            params["compile"] = params.pop("compile_", params.get("compile"))
+            params["split"] = params.pop("split_file", params.get("split"))
+            config = FitConfig if stage.command == "fit" else TrainConfig
+            want = config(**{f.name: params[f.name] for f in dataclasses.fields(config) if f.name in params})
+            assert _stage_config(stage.argv, config) == want, stage.argv
+
+
 def test_missing_data_root_is_one_line_and_runs_nothing(tmp_path, data):
     out = tmp_path / "o"
     res = CliRunner().invoke(cli, ["reproduce", "table8", "--imagenet", str(data / "imagenet"), "--ood-root",
@@ -2175,6 +2198,38 @@ def test_a_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tm
                out / "train-base" / "checkpoint.pt")
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert calls[0][-1] == "--resume" and len(calls) == 6
+
+
+def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tmp_path):
+    """Table 8 killed as fit-smot started (its record written), then the user's own `fit --lr 0.05
+    --out OUT/fit-smot` there, stopped at a checkpoint: the stage's --resume took --lr from the
+    checkpoint (the stage gives none), and the SMOT row came from the user's fit, exit 0. Refused
+    before any stage runs, naming the option with both values; a checkpoint of the stage's
+    options is resumed."""
+    from clip_smot.clip.fit import FitConfig
+    from clip_smot.reproduce import run_reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def killed_as_the_fit_started(argv):
+        Path(argv[argv.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table8", options, killed_as_the_fit_started, echo=lambda line: None)
+    stages = FitConfig().to_dict()
+    torch.save({"epoch": 1, "config": {**stages, "lr": 0.05}}, out / "fit-smot" / "checkpoint.pt")
+    with pytest.raises(UserError) as e:
+        run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert str(e.value) == (f"reproduce: {out / 'fit-smot' / 'checkpoint.pt'} is not of the stage's run (--lr 0.05 "
+                            f"there, 0.002 the stage's; a fit run by hand into its folder?); remove {out / 'fit-smot'} "
+                            "to run the stage again")
+    assert ran == []
+    torch.save({"epoch": 1, "config": stages}, out / "fit-smot" / "checkpoint.pt")
+    calls = []
+    run_reproduce("table8", options, lambda argv: (calls.append(argv), fake(argv)), echo=lambda line: None)
+    assert calls[0][-1] == "--resume" and len(calls) == 5
 
 
 def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not_resumed(tmp_path, monkeypatch):

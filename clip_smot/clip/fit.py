@@ -84,7 +84,7 @@ from clip_smot.common.progress import progress_bar, progress_write
 from clip_smot.smot import PERTURBATIONS
 
 __all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "ExportConfig", "FitConfig", "export_prompt", "lr_factor",
-           "resolve_speed", "run_fit"]
+           "method_options", "resolve_speed", "run_fit"]
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
@@ -172,6 +172,13 @@ _RUN_CONTROL = ("workers", "device", "out", "split", "cuda_graph", "text_residua
 # the run control, the inputs a resume may find at another path (their contents are compared:
 # _check_resumed_files) and the precision (recorded as it ran: fp16 on the CPU is bf16).
 _BESIDE_FREE = frozenset({*_RUN_CONTROL, "data", "model", "pretrained", "cam_model", "precision"})
+
+
+def method_options(cfg: FitConfig) -> dict:
+    """The options of ``cfg`` that make its method, those a resume takes from its checkpoint where
+    they are not given: all but the run control and the inputs (whose contents are compared), and
+    ``n_ctx`` beside a ``ctx_init`` (its token count)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in _BESIDE_FREE and not (k == "n_ctx" and cfg.ctx_init)}
 
 
 def check_config(cfg: FitConfig) -> None:

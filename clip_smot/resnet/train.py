@@ -93,7 +93,7 @@ from clip_smot.resnet.networks import (
     save_model,
 )
 
-__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer",
+__all__ = ["METHODS", "STAGES", "TrainConfig", "compile_for_training", "lr_at", "make_optimizer", "method_options",
            "resolve_config", "run_train", "train_epoch", "train_step"]
 
 METHODS = ("ce", "ls", "logitnorm", "smot")
@@ -421,6 +421,12 @@ _RESUME_FREE = ("device", "workers", "epochs", "precision", "out", "compile", "c
 # Options a checkpoint and the config.json beside it may hold apart (run_folder.check_config_beside):
 # those above, and the inputs a resume may find at another path (their contents are compared)
 _BESIDE_FREE = frozenset({*_RESUME_FREE, "data", "cam_model"})
+
+
+def method_options(cfg: TrainConfig) -> dict:
+    """The options of ``cfg`` that make its method, those a resume takes from its checkpoint where
+    they are not given: all but the run control and the inputs (whose contents are compared)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _BESIDE_FREE}
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, stop_after: int | None = None,
