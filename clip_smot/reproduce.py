@@ -300,14 +300,13 @@ class Stage:
 
     def _check_checkpoint(self, out: str | Path) -> None:
         """:meth:`check_record`'s check that the checkpoint an unfinished fit or training is resumed
-        from is of a run of the stage's epochs (its ``--epochs``, else the command's default) and, for
-        a training, of its other options: a ``train --resume --epochs 3`` run by hand into the folder
-        of a stage of 2 saved a run of 3, which the stage's ``--resume`` then refused in train's words
-        ("resume with as many or more"), and, the stage taking the command's default (no
-        ``--epochs``), went on to that run's count, exit 0; a ``train --lr 0.05`` run by hand into the
-        folder of a stage killed as it started was resumed by the stage (an option it does not give
-        is the checkpoint's), its model in the table. A checkpoint that cannot be read is the
-        command's to name."""
+        from is of a run of the stage's options (:meth:`_options`), its epochs included: a ``train
+        --resume --epochs 3`` run by hand into the folder of a stage of 2 saved a run of 3, which the
+        stage's ``--resume`` then refused in train's words ("resume with as many or more"), and, the
+        stage taking the command's default (no ``--epochs``), went on to that run's count, exit 0; a
+        ``train --lr 0.05`` (or ``fit --lr 0.05``) run by hand into the folder of a stage killed as it
+        started was resumed by the stage (an option it does not give is the checkpoint's), its model
+        in the table. A checkpoint that cannot be read is the command's to name."""
         import torch
 
         path = self.folder(out) / "checkpoint.pt"
