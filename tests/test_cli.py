@@ -28,7 +28,7 @@ def test_each_command_takes_dash_h_when_parsed_alone():
     process ("No such option '-h'"), in every test after such a parse."""
     for name, command in cli.commands.items():
         ctx = click.Context(command, info_name=name, **command.context_settings)
-        assert command.get_help_option_names(ctx) == ["-h", "--help"], name
+        assert set(command.get_help_option_names(ctx)) == {"-h", "--help"}, name  # (click < 8.5: in any order)
 
 
 @pytest.mark.parametrize("command", ["score", "eval", "train"])
