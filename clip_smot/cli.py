@@ -25,7 +25,7 @@ from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
 from clip_smot.clip.score import ScoreConfig, run_score
 from clip_smot.clip.scorer import skipped_kind
-from clip_smot.common.configs import flag_of
+from clip_smot.common.configs import field_kind, flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
 from clip_smot.common.reports import REPORT_FILES, EvalConfig
@@ -191,14 +191,9 @@ def cli() -> None:
     """Out-of-distribution detection with smooth training (SMOT)."""
 
 
-def _kind(field: dataclasses.Field) -> str:
-    """The type of a config field as its annotation names it first: ``int``, ``bool``, ``dict``, ..."""
-    return field.type.split("[")[0].split("|")[0].strip()
-
-
 def _click_type(field: dataclasses.Field):
     """The click type of a config field: its choices, path kind or range (None: from the default)."""
-    meta, kind = field.metadata, _kind(field)
+    meta, kind = field.metadata, field_kind(field)
     if meta.get("choices") is not None:
         return click.Choice(meta["choices"])
     if meta.get("path"):
@@ -211,7 +206,7 @@ def _click_type(field: dataclasses.Field):
 
 def _option(field: dataclasses.Field, dest: str, required: bool):
     """The click option of a config field declared with clip_smot.common.configs.setting."""
-    flag, kind = flag_of(field), _kind(field)
+    flag, kind = flag_of(field), field_kind(field)
     default = None if field.default is dataclasses.MISSING else field.default
     common = {"help": field.metadata.get("help"), "required": required}
     if field.default is not dataclasses.MISSING:  # (click takes an explicit None as a given default)

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
 from clip_smot.common.bundled import bundled_file, imagenet200_wnids
-from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, flag_of, setting
+from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, field_kind, flag_of, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
@@ -461,7 +461,7 @@ def _stage_config(argv: Sequence[str], config: type):
     while words:
         word = words.pop(0)
         f = by_flag.get(word) or by_flag["--" + word.removeprefix("--no-")]
-        kind = f.type.split("[")[0].split("|")[0].strip()  # (the annotation's first type: "int | None" is int)
+        kind = field_kind(f)
         if kind == "bool":
             values[f.name] = word in by_flag
         else:

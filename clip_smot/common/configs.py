@@ -19,7 +19,7 @@ from clip_smot.common.errors import UserError
 from clip_smot.common.files import parse_json
 
 __all__ = ["MAX_SEED", "MAX_WORKERS", "MAX_BATCH", "MAX_SGD_FACTOR", "JsonConfig", "check_field_types", "check_ranges",
-           "check_smot_only", "flag_of", "known_fields", "setting"]
+           "check_smot_only", "field_kind", "flag_of", "known_fields", "setting"]
 
 
 MAX_SEED = 2**63 - 1  # torch seeds take 64 bits; numpy's default_rng no negatives: [0, 2**63 - 1] suits both
@@ -65,6 +65,12 @@ def flag_of(field: dataclasses.Field) -> str | None:
     if flag is False or not field.metadata:
         return None
     return flag or "--" + field.name.replace("_", "-")
+
+
+def field_kind(field: dataclasses.Field) -> str:
+    """The type of a config field as its annotation names it first: ``int``, ``bool``, ``dict``, ...
+    (``"int | None"`` is ``int``): how the command line reads its value."""
+    return field.type.split("[")[0].split("|")[0].strip()
 
 
 def _range_text(meta) -> str:
