@@ -116,6 +116,27 @@ def test_offsets_take_every_position_that_fits():
     assert 0.4 < (top != left).float().mean() < 0.6  # drawn independently
 
 
+def test_area_ratio_offsets_and_flip_are_drawn_independently():
+    # torchvision draws the area fraction, the log aspect ratio, the top and the left offsets and
+    # the flip each from its own uniform: no two of them correlate. On 200 x 200 with scale
+    # (0.1, 0.3) every first candidate fits (w <= sqrt(0.3 * 40000 * 4/3) < 127). An offset is read
+    # as its place among the positions that fit, (top + 0.5) / (200 - h + 1), uniform on (0, 1).
+    n = 4000
+    boxes, flips = sample_crops(n, 200, 200, scale=(0.1, 0.3), generator=torch.Generator().manual_seed(0))
+    top, left, h, w = boxes.unbind(1)
+    draws = torch.stack([
+        h * w / (200 * 200),  # area fraction
+        torch.log(w / h),  # log aspect ratio
+        (top + 0.5) / (200 - h + 1),
+        (left + 0.5) / (200 - w + 1),
+        flips.float(),
+    ])  # [5, n]
+    corr = torch.corrcoef(draws.double())
+    off_diagonal = corr - torch.eye(5, dtype=torch.float64)
+    # independent: each correlation ~N(0, 1 / sqrt(4000) = 0.016); one uniform shared by two: above 0.9
+    assert off_diagonal.abs().max().item() < 0.08
+
+
 def test_no_candidate_fits_a_tall_image_falls_back_to_the_centre():
     # 100 x 3 (height x width): a box of area >= 8% (24 px) with w/h >= 3/4 needs w >= 4 > 3.
     # torchvision's fallback: in_ratio = 3/100 < 3/4, so w = 3, h = round(3 / (3/4)) = 4,
