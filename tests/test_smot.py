@@ -592,6 +592,22 @@ def test_settings_refuse_a_bool_or_what_is_no_number():
         assert smot_loss(logits, logits, y, torch.zeros(1), lam).item() == pytest.approx(-logits.log_softmax(-1)[0, 0].item())
 
 
+def test_settings_refuse_a_tensor_of_several_numbers_of_bools_or_of_complex_numbers():
+    """A setting may be a one-element real tensor; a tensor of two numbers stopped in the comparison ("Boolean
+    value of Tensor with more than one value is ambiguous"), a bool tensor is True read as 1 and a complex one
+    has no order: each is refused naming the setting, as a Python bool is."""
+    logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
+    x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
+    for bad in (torch.tensor([0.5, 0.5]), torch.tensor(True), torch.tensor([True]), torch.tensor(0.5 + 0j)):
+        calls = {"T": lambda: smoothing_eps(t, bad), "alpha and beta": lambda: sample_thresholds(2, bad, 20.0),
+                 "alpha and beta ": lambda: sample_thresholds(2, 50.0, bad), "sigma": lambda: perturb(x, keep, "noise", bad),
+                 "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), bad),
+                 "eps": lambda: label_smoothing_ce(logits, y, bad), "tau": lambda: logitnorm_loss(logits, y, bad)}
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got"):
+                call()
+
+
 def test_core_functions_name_an_argument_that_is_no_tensor():
     """A numpy array or a list where a tensor is read stopped on a missing attribute ("'list' object has no
     attribute 'is_floating_point'"), naming no argument."""
