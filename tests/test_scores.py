@@ -523,3 +523,24 @@ def test_odin_refuses_integer_images():
     for dtype in (torch.uint8, torch.int64):
         with pytest.raises(TypeError, match=f"odin takes normalised float images x, got {dtype}"):
             odin(model, torch.zeros(2, 3, 2, 2, dtype=dtype), torch.ones(3))
+
+
+def test_an_optional_bias_that_is_no_tensor_is_named():
+    """bias may be None (a layer without one), but a numpy bias is still no tensor: it stopped on
+    "'numpy.ndarray' object has no attribute 'float'" (react) or "... 'detach'" (vim_fit)."""
+    h, W, b = torch.rand(2, 3), torch.rand(4, 3), np.zeros(4, dtype=np.float32)
+    for call in (lambda: S.react(h, W, b, 1.0), lambda: S.vim_fit(h, torch.rand(2, 4), W, b)):
+        with pytest.raises(TypeError, match="^bias must be a torch.Tensor, got ndarray$"):
+            call()
+
+
+def test_settings_refuse_a_tensor_of_several_values_a_bool_or_a_complex_one():
+    """A setting read from a tensor must be one real number: a [2] temperature stopped in ``not value > 0``
+    ("Boolean value of Tensor with more than one value is ambiguous"), tensor(True) would be T = 1."""
+    logits = torch.tensor([[1.0, 2.0]])
+    for bad in (torch.tensor([1.0, 2.0]), torch.tensor(True), torch.tensor(1.0 + 0j)):
+        with pytest.raises(ValueError, match="^temperature must be > 0"):
+            S.energy(logits, bad)
+        with pytest.raises(ValueError, match="^eps must be finite"):
+            odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), eps=bad)
+
