@@ -544,3 +544,24 @@ def test_settings_refuse_a_tensor_of_several_values_a_bool_or_a_complex_one():
         with pytest.raises(ValueError, match="^eps must be finite"):
             odin(lambda v: v.flatten(1), torch.rand(1, 3, 1, 1), torch.ones(3), eps=bad)
 
+
+def test_vim_refuses_training_features_that_all_sit_at_its_origin():
+    """Features all at ViM's origin u (here zeros, e.g. a dead ReLU layer, and no bias: u = 0) have no
+    residual at all, 0 of 0: alpha = mean max logit / 0 would be infinite."""
+    W = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    X = torch.zeros(10, 4)
+    with pytest.raises(ValueError, match="leave no residual"):
+        S.vim_fit(X, X @ W.T, W, None, dim=2)
+
+
+def test_vim_fits_a_small_but_real_residual():
+    """The no-residual check compares the residual with the size of the centred features, image by image
+    (mean of |x - u|); a real residual 1e-5 of that is fitted, with ViM's alpha (Wang et al., 2022,
+    ``mean max logit / mean |(x - u) NS|``). Here the residual space is the last two axes, u = 0."""
+    g = torch.Generator().manual_seed(0)
+    N = 2000
+    X = torch.randn(N, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 1.0, 1e-5, 1e-5], dtype=torch.float64)
+    W = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    fit = S.vim_fit(X, X @ W.T, W, None, dim=2)
+    residual = X[:, 2:].norm(dim=-1).mean().item()  # |x NS| with NS the last two axes
+    assert fit["alpha"] == pytest.approx((X @ W.T).amax(dim=-1).mean().item() / residual, rel=0.02)
