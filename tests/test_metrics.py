@@ -215,3 +215,16 @@ def test_scores_closer_than_float32_resolution_are_not_ties():
     """Scores are compared in float64: 1e9 + 1 and 1e9 are one float32 (spacing 64 there)."""
     m = ood_metrics([1e9 + 1, 1e9 + 2], [1e9, 1e9 - 1])
     assert m["auroc"] == 1.0 and m["fpr95"] == 0.0 and m["aupr_in"] == 1.0
+
+
+def test_one_score_may_be_a_plain_number():
+    """One image's score given as a number (a Python or numpy float, a 0-d array) is one score, as
+    ``[2.0]`` is: the metrics of [3, 1, 4] against [2] are scikit-learn's (AUROC 2 / 3: 3 and 4 beat 2)."""
+    y, s = np.r_[1.0, 1.0, 1.0, 0.0], np.r_[3.0, 1.0, 4.0, 2.0]
+    want = {"fpr95": _sk_fpr95([3.0, 1.0, 4.0], [2.0]), "auroc": roc_auc_score(y, s),
+            "aupr_in": average_precision_score(y, s), "aupr_out": average_precision_score(1 - y, -s)}
+    assert want["auroc"] == pytest.approx(2 / 3)
+    for one in (2.0, np.float64(2.0), np.array(2.0)):
+        assert ood_metrics([3.0, 1.0, 4.0], one) == pytest.approx(want)
+    # one positive at 2: accepted at threshold 2, where the negative 3 is accepted and 1 is not
+    assert fpr_at_tpr(2.0, [1.0, 3.0]) == 0.5
