@@ -565,3 +565,27 @@ def test_vim_fits_a_small_but_real_residual():
     fit = S.vim_fit(X, X @ W.T, W, None, dim=2)
     residual = X[:, 2:].norm(dim=-1).mean().item()  # |x NS| with NS the last two axes
     assert fit["alpha"] == pytest.approx((X @ W.T).amax(dim=-1).mean().item() / residual, rel=0.02)
+
+
+def test_scores_at_a_tiny_temperature_are_float32_too():
+    """Below float32's range the shift is divided in float64 (``_over``), and energy adds T * lse in
+    float64; the scores are still float32, as at any other temperature (the first row's max is 3, the
+    second's two tied maxima share the softmax)."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [2.0, 2.0, -1.0]])
+    for T in (1e-40, 5e-324):
+        got = {"energy": S.energy(x, T), "mcm": S.mcm(x, T), "local_mcm": S.local_mcm(x[None], T)}
+        for name, score in got.items():
+            assert score.dtype == torch.float32, (name, T)
+        assert got["energy"].tolist() == [3.0, 2.0] and got["mcm"].tolist() == [1.0, 0.5]
+
+
+def test_react_of_a_float64_layer():
+    """The final layer may be float64 (a fit kept in double); the features are float32: the product is
+    taken in float32, as for a float32 layer, not stopped on "expected m1 and m2 to have the same dtype".
+    Clipped at 1: (1, 0.5) through W = I and b = (0, 1) gives logits (1, 1.5)."""
+    h = torch.tensor([[3.0, 0.5]])
+    W, b = torch.eye(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    got = S.react(h, W, b, 1.0)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(math.log(math.exp(1.0) + math.exp(1.5)), rel=1e-6)
+
