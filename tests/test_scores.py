@@ -589,3 +589,13 @@ def test_react_of_a_float64_layer():
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(math.log(math.exp(1.0) + math.exp(1.5)), rel=1e-6)
 
+
+def test_vim_fit_of_a_layers_parameters_keeps_no_graph():
+    """vim_fit(feats, logits, fc.weight, fc.bias) takes parameters that require a gradient, maybe features
+    that do: the fit (u, NS) is data to save and reuse, with no autograd graph behind it."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(6, 3)
+    X = torch.randn(40, 6, requires_grad=True)
+    fit = S.vim_fit(X, fc(X), fc.weight, fc.bias, dim=3)
+    for name in ("u", "NS"):
+        assert not fit[name].requires_grad and fit[name].grad_fn is None, name
