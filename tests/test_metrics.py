@@ -228,3 +228,15 @@ def test_one_score_may_be_a_plain_number():
         assert ood_metrics([3.0, 1.0, 4.0], one) == pytest.approx(want)
     # one positive at 2: accepted at threshold 2, where the negative 3 is accepted and 1 is not
     assert fpr_at_tpr(2.0, [1.0, 3.0]) == 0.5
+
+
+def test_per_batch_bfloat16_tensors_are_scored_as_their_values():
+    """Scores kept as a list of per-batch bfloat16 tensors (from autocast) are read as the numbers they
+    hold, as one tensor is; numpy reads no bfloat16 ("Got unsupported ScalarType BFloat16")."""
+    bf = lambda v: torch.tensor(v, dtype=torch.bfloat16)  # noqa: E731
+    m = ood_metrics([bf([3.0, 1.0]), bf([4.0, 1.5])], [bf([2.0, 0.5])])
+    y, s = np.r_[1.0, 1.0, 1.0, 1.0, 0.0, 0.0], np.r_[3.0, 1.0, 4.0, 1.5, 2.0, 0.5]
+    # 8 ID-OOD pairs; 1 and 1.5 lose to 2: 6 / 8
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(6 / 8)
+    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
+    assert m["fpr95"] == pytest.approx(_sk_fpr95([3.0, 1.0, 4.0, 1.5], [2.0, 0.5]))
