@@ -55,6 +55,10 @@ def _as_scores(name: str, values) -> np.ndarray:
         if any(hasattr(v, "detach") and v.is_meta for v in values):
             raise not_numbers("a meta tensor holds no values")
         values = [v.detach().cpu().double().numpy() if hasattr(v, "detach") else v for v in values]
+        try:  # joined, each flattened: the last batch is often smaller (a ragged list stopped in numpy)
+            values = np.concatenate([np.ravel(v) for v in values])
+        except (TypeError, ValueError) as e:  # (an element that is itself a ragged list)
+            raise not_numbers(str(e)) from None
     if np.ma.is_masked(values):  # (np.asarray drops the mask: the masked entries were scored)
         raise ValueError(f"{name} has {int(np.ma.count_masked(values))} masked value(s): pass the others "
                          "(its .compressed())")
@@ -102,7 +106,8 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike,
     """FPR95, AUROC, AUPR-In and AUPR-Out of ID against OOD scores, as fractions in [0, 1].
 
     Args:
-        id_scores: scores of in-distribution samples (array-like or tensor), higher = more ID.
+        id_scores: scores of in-distribution samples (array-like or tensor, or a list of
+            per-batch tensors, which may differ in length), higher = more ID.
             Read as float64, as scikit-learn reads them: integers past 2**53 that float64 does
             not tell apart (2**53 and 2**53 + 1) are tied scores.
         ood_scores: scores of OOD samples.

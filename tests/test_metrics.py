@@ -116,11 +116,11 @@ def test_bad_input_is_clear(bad):
 
 
 def test_scores_that_are_not_numbers_are_named():
-    """A ragged list of per-batch tensors or strings stopped in numpy or torch, naming neither
-    argument (numpy 1.24 warned on the list of tensors first: a FutureWarning)."""
+    """Per-batch tensors beside a ragged list, or strings, stopped in numpy or torch, naming neither
+    argument (numpy 1.24 warned on a list of tensors first: a FutureWarning)."""
     import warnings
 
-    for bad in ([torch.rand(3), torch.rand(2)], ["a"], [torch.rand(2), torch.tensor([1j])]):
+    for bad in ([torch.rand(3), [1.0, [2.0]]], ["a"], [torch.rand(2), torch.tensor([1j])], [torch.rand(2), "a"]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with pytest.raises(ValueError, match="id_scores must be numbers"):
@@ -240,3 +240,19 @@ def test_per_batch_bfloat16_tensors_are_scored_as_their_values():
     assert m["auroc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(6 / 8)
     assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
     assert m["fpr95"] == pytest.approx(_sk_fpr95([3.0, 1.0, 4.0, 1.5], [2.0, 0.5]))
+
+
+def test_per_batch_tensors_of_other_lengths_are_joined():
+    """Scores kept batch by batch end in a smaller last batch: [B] tensors of other lengths (a tensor,
+    a numpy array or a number among them) are the scores of all, in order, as their concatenation
+    is; they stopped in numpy ("inhomogeneous shape"). Against scikit-learn on the joined scores."""
+    ids = [torch.tensor([3.0, 1.0, 4.0]), torch.tensor([[1.5]]), np.array([0.25]), 5.0]
+    ood = (torch.tensor([2.0, 0.5]), torch.tensor([6.0]))
+    id_s, ood_s = np.r_[3.0, 1.0, 4.0, 1.5, 0.25, 5.0], np.r_[2.0, 0.5, 6.0]
+    y, s = np.r_[np.ones(6), np.zeros(3)], np.r_[id_s, ood_s]
+    m = ood_metrics(ids, ood)
+    # 18 ID-OOD pairs: 3 beats 2 and 0.5 (2), 1 beats 0.5 (1), 4: 2, 1.5: 1, 0.25: 0, 5: 2 -> 8 / 18
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(8 / 18)
+    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
+    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s))
+    assert m["fpr95"] == pytest.approx(_sk_fpr95(id_s, ood_s))
