@@ -195,7 +195,8 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
         {"u": [C], "NS": [C, C - dim], "alpha": float, "dim": int}, float64 tensors on the CPU.
 
     Raises:
-        ValueError: ``dim`` is negative or leaves no residual space (``dim >= C``); or the
+        ValueError: shapes that do not fit (``train_logits`` not [N, K] of the same N images and the
+            layer's K classes); ``dim`` is negative or leaves no residual space (``dim >= C``); or the
             training features have no residual outside the principal space (at most ``dim``
             distinct images): alpha would divide by rounding noise.
     """
@@ -207,6 +208,11 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
         raise ValueError(f"vim_fit needs train_features [N, C] and the final layer's weight [K, C] and bias [K] of "
                          f"the same C and K, got shapes {list(train_features.shape)}, {list(weight.shape)} and "
                          f"{None if bias is None else list(bias.shape)}")
+    # (logits of other images or of another layer gave another alpha, silently: the mean max logit of 7 rows
+    # over the residual of 30 images)
+    if train_logits.shape != (train_features.shape[0], weight.shape[0]):
+        raise ValueError(f"vim_fit needs train_logits [N, K] of its N = {train_features.shape[0]} training images "
+                         f"and the layer's K = {weight.shape[0]} classes, got shape {list(train_logits.shape)}")
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
     if dim is None:

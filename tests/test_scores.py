@@ -599,3 +599,17 @@ def test_vim_fit_of_a_layers_parameters_keeps_no_graph():
     fit = S.vim_fit(X, fc(X), fc.weight, fc.bias, dim=3)
     for name in ("u", "NS"):
         assert not fit[name].requires_grad and fit[name].grad_fn is None, name
+
+
+def test_vim_fit_refuses_logits_of_other_images_or_another_layer():
+    """ViM's alpha is the mean max logit of the training images over their mean residual (Wang et al.,
+    2022): logits of 7 of the 30 images, of a 5-class layer against a 3-class one, or [N] logits gave
+    another alpha and no error. The shapes are named."""
+    g = torch.Generator().manual_seed(0)
+    X, W, b = torch.randn(30, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
+    logits = X @ W.T + b  # [30, 3]
+    for bad in (logits[:7], torch.randn(30, 5, generator=g), logits[:, 0], logits[None]):
+        with pytest.raises(ValueError, match=rf"^vim_fit needs train_logits \[N, K\] of its N = 30 training images "
+                                             rf"and the layer's K = 3 classes, got shape \[{', '.join(map(str, bad.shape))}\]$"):
+            S.vim_fit(X, bad, W, b, dim=2)
+    assert math.isfinite(S.vim_fit(X, logits, W, b, dim=2)["alpha"])
