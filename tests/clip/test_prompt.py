@@ -21,6 +21,7 @@ from clip_smot.clip import encoders
 from clip_smot.clip.model import load_clip
 from clip_smot.clip.prompt import (
     PromptLearner,
+    ctx_init_length,
     text_features_from_prompt,
     zero_shot_text_features,
 )
@@ -84,6 +85,14 @@ def test_a_context_of_one_word_is_that_words_sentence(clip, csc):
     assert learner.n_ctx == 1 and learner.ctx.shape == ((len(NAMES), 1, 32) if csc else (1, 32))
     expected = clip.model.encode_text(clip.tokenizer([f"photo {n}." for n in NAMES]))
     torch.testing.assert_close(learner(), expected, atol=1e-5, rtol=0)
+
+
+def test_ctx_init_length_is_the_count_of_the_words_tokens(clip):
+    """fit records n_ctx from ctx_init_length before any learner is built: one-token words, counted
+    by hand (start and end tokens left out), up to 74 of them (start + 74 + end = 76 positions)."""
+    assert ctx_init_length(clip.tokenizer, "photo") == 1
+    assert ctx_init_length(clip.tokenizer, "a photo of a") == 4
+    assert ctx_init_length(clip.tokenizer, " ".join(["a"] * 74)) == 74
 
 
 def test_words_of_74_tokens_are_whole_and_meet_the_class_names_limit(clip):
