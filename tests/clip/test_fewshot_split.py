@@ -202,16 +202,17 @@ def test_split_files_joined_with_cat_read_the_second_ones_first_path(tmp_path):
 
 
 def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_floor_of_half_the_margin(tmp_path):
-    """The shorter side resized to ``size`` (the other side rounded: 37 x 20 to 30 x 16, not 29), by
-    PIL's bicubic filter, then the square at floor(margin / 2) from the left or top (a margin of 15
-    pixels leaves 7 on the left, 8 on the right)."""
+    """The shorter side resized to ``size`` (the other side rounded: 37 x 20 to 30 x 16, not 29, wide
+    or tall), by PIL's bicubic filter, then the square at floor(margin / 2) from the left or top (a
+    margin of 15 pixels leaves 7 on the left, 8 on the right)."""
     from PIL import Image
 
     from clip_smot.clip.fewshot import decode_images
 
     rng = np.random.default_rng(0)
     cases = {"wide.png": ((20, 37), (30, 16), (7, 0)), "odd.png": ((20, 39), (31, 16), (7, 0)),
-             "tall.png": ((39, 20), (16, 31), (0, 7))}
+             "tall.png": ((39, 20), (16, 31), (0, 7)),
+             "tall_up.png": ((37, 20), (16, 30), (0, 7))}  # (37 * 16 / 20 = 29.6 rows: 30, margin 14)
     expected = []
     for name, ((h, w), new, (left, top)) in cases.items():
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -219,7 +220,7 @@ def test_decoded_squares_are_pils_bicubic_resize_rounded_and_cropped_from_the_fl
         square = np.asarray(image.resize(new, Image.BICUBIC))[top:top + 16, left:left + 16]
         expected.append(square.transpose(2, 0, 1))
     got = decode_images(tmp_path, list(cases), 16, workers=0)
-    assert got.shape == (3, 3, 16, 16)
+    assert got.shape == (4, 3, 16, 16)
     np.testing.assert_array_equal(got.numpy(), np.stack(expected))
 
 
