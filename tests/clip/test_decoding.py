@@ -196,6 +196,21 @@ def test_fit_decoding_in_several_device_batches_hashes_every_file(tmp_path, monk
     assert torch.equal(squares, whole)
 
 
+def test_fit_decoding_with_a_device_decodes_its_jpegs_by_decode_jpeg_in_one_call(tmp_path, monkeypatch):
+    """With a device (and a torchvision that has decode_jpeg) the JPEGs go to decode_jpeg, one call
+    for the batch, the PNG to PIL; without one, every file to PIL. Both give pixels within a
+    level, so only the calls tell that the device path ran."""
+    from clip_smot.common import tensor_images as ti
+
+    files = [p.rsplit("/", 1)[1] for p in _images(tmp_path)]  # five JPEGs and a PNG
+    calls, decode = [], ti.decode_jpegs
+    monkeypatch.setattr(ti, "decode_jpegs", lambda datas, device: calls.append(len(datas)) or decode(datas, device))
+    decode_and_hash(tmp_path, files, 24, workers=0)
+    assert calls == []
+    decode_and_hash(tmp_path, files, 24, workers=0, device="cpu")
+    assert calls == [5]
+
+
 def test_a_decode_choice_where_a_decoder_is_meant_is_refused(tiny, tmp_path):
     """encode_files and image_batches take what resolve_decode gives (pil, jpeg): a --decode
     choice passed there is a ValueError, not PIL pixels cached under a jpeg key."""
