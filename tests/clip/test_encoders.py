@@ -236,6 +236,25 @@ def test_a_prefix_of_one_position_is_encoded_as_open_clip_does(clip, attention):
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["causal", "mask", "square", "flex"])
+def test_a_prefix_of_three_positions_attends_causally_within_itself(clip, attention):
+    """A prefix of several positions (a prompt learner's SOT and context) is causal within
+    itself: its position 1 sees positions 0 and 1, not 2, as in open_clip's [77, 77] mask. Here
+    the start token and two words shared by the three prompts are the prefix (P = 3); the
+    features are open_clip's own encode_text of the whole prompts."""
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    m = clip.model
+    tokens = _hand_tokens(torch.Generator().manual_seed(6))
+    tokens[:, 1:3] = tokens[0, 1:3]  # the same two words after SOT in every prompt
+    eot = tokens.argmax(-1) - 3  # [3] within the suffix
+    with torch.no_grad():
+        x = m.token_embedding(tokens)  # [3, 77, 32]
+        ours = TextEncoder(m, attention=attention)(x[:, 3:], eot, packed_index(eot, 74), prefix=x[0, :3])
+        expected = m.encode_text(tokens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
 def test_more_positions_than_the_context_length_are_refused(clip):
     """77 positions at most (the positional embedding's), prefix and prompt together."""
     from clip_smot.clip.encoders import TextEncoder, packed_index
