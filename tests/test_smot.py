@@ -568,21 +568,27 @@ def test_losses_refuse_an_empty_batch_or_no_classes():
     assert smot_loss(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([0]), torch.tensor([0.5]), 0.5).item() == 0.0
 
 
+def _each_setting_refuses(bad) -> None:
+    """Each setting of the core (T, alpha, beta, sigma, lam, eps, tau) given ``bad``: a ValueError naming it."""
+    logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
+    x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
+    calls = {"T": lambda: smoothing_eps(t, bad), "alpha and beta": lambda: sample_thresholds(2, bad, 20.0),
+             "alpha and beta ": lambda: sample_thresholds(2, 50.0, bad), "sigma": lambda: perturb(x, keep, "noise", bad),
+             "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), bad),
+             "eps": lambda: label_smoothing_ce(logits, y, bad), "tau": lambda: logitnorm_loss(logits, y, bad)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got"):
+            call()
+
+
 def test_settings_refuse_a_bool_or_what_is_no_number():
     """True is an int to Python: lam=True was read as 1 (the perturbed term alone), T=True as 1, alpha and
     beta as 1 (a uniform threshold), sigma as 1, tau as 1: each a setting no one asked for; numpy's True
     the same. None or a string stopped in the comparison ("'<=' not supported between instances of 'float'
     and 'NoneType'"), naming no argument; eps=None in torch.as_tensor ("Could not infer dtype")."""
-    logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
-    x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
+    logits, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
     for bad in (True, False, np.True_, None, "0.5"):
-        calls = {"T": lambda: smoothing_eps(t, bad), "alpha and beta": lambda: sample_thresholds(2, bad, 20.0),
-                 "alpha and beta ": lambda: sample_thresholds(2, 50.0, bad), "sigma": lambda: perturb(x, keep, "noise", bad),
-                 "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), bad),
-                 "eps": lambda: label_smoothing_ce(logits, y, bad), "tau": lambda: logitnorm_loss(logits, y, bad)}
-        for name, call in calls.items():
-            with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got"):
-                call()
+        _each_setting_refuses(bad)
         with pytest.raises((ValueError, TypeError), match="^eps must be"):
             soft_targets(y, bad, 3)
     with pytest.raises(TypeError, match="eps must be a number or a tensor of them, got a tensor of torch.bool"):
@@ -596,16 +602,8 @@ def test_settings_refuse_a_tensor_of_several_numbers_of_bools_or_of_complex_numb
     """A setting may be a one-element real tensor; a tensor of two numbers stopped in the comparison ("Boolean
     value of Tensor with more than one value is ambiguous"), a bool tensor is True read as 1 and a complex one
     has no order: each is refused naming the setting, as a Python bool is."""
-    logits, y, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), torch.tensor([200.0])
-    x, keep = torch.rand(1, 3, 2, 2), torch.zeros(1, 1, 2, 2)
     for bad in (torch.tensor([0.5, 0.5]), torch.tensor(True), torch.tensor([True]), torch.tensor(0.5 + 0j)):
-        calls = {"T": lambda: smoothing_eps(t, bad), "alpha and beta": lambda: sample_thresholds(2, bad, 20.0),
-                 "alpha and beta ": lambda: sample_thresholds(2, 50.0, bad), "sigma": lambda: perturb(x, keep, "noise", bad),
-                 "lam": lambda: smot_loss(logits, logits, y, torch.zeros(1), bad),
-                 "eps": lambda: label_smoothing_ce(logits, y, bad), "tau": lambda: logitnorm_loss(logits, y, bad)}
-        for name, call in calls.items():
-            with pytest.raises(ValueError, match=f"^{name.strip()} must be .*, got"):
-                call()
+        _each_setting_refuses(bad)
 
 
 def test_core_functions_name_an_argument_that_is_no_tensor():

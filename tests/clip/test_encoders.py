@@ -220,37 +220,22 @@ def test_encoders_take_no_gradient_from_a_model_that_is_not_frozen(tiny_clip_con
 
 
 @pytest.mark.parametrize("attention", ["causal", "mask", "square", "flex"])
-def test_a_prefix_of_one_position_is_encoded_as_open_clip_does(clip, attention):
-    """TextEncoder takes any shared prefix: here the start token alone (P = 1; a prompt learner's
-    is 1 + n_ctx), then 76 positions of each prompt, whose queries sit one key to the right. The
-    features are open_clip's own encode_text of the whole prompts."""
+@pytest.mark.parametrize("P, seed", [(1, 4), (3, 6)])
+def test_a_shared_prefix_is_encoded_as_open_clip_does(clip, attention, P, seed):
+    """TextEncoder takes any shared prefix, then each prompt's 77 - P positions, whose queries sit P
+    keys to the right: the start token alone (P = 1), or the start token and two words shared by the
+    three prompts (P = 3, as a prompt learner's SOT and context), causal within itself: its position
+    1 sees positions 0 and 1, not 2, as in open_clip's [77, 77] mask. The features are open_clip's
+    own encode_text of the whole prompts."""
     from clip_smot.clip.encoders import TextEncoder, packed_index
 
     m = clip.model
-    tokens = _hand_tokens(torch.Generator().manual_seed(4))
-    eot = tokens.argmax(-1) - 1  # [3] within the suffix
+    tokens = _hand_tokens(torch.Generator().manual_seed(seed))
+    tokens[:, 1:P] = tokens[0, 1:P]  # the words after SOT shared by every prompt (none for P = 1)
+    eot = tokens.argmax(-1) - P  # [3] within the suffix
     with torch.no_grad():
         x = m.token_embedding(tokens)  # [3, 77, 32]
-        ours = TextEncoder(m, attention=attention)(x[:, 1:], eot, packed_index(eot, 76), prefix=x[0, :1])
-        expected = m.encode_text(tokens)
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("attention", ["causal", "mask", "square", "flex"])
-def test_a_prefix_of_three_positions_attends_causally_within_itself(clip, attention):
-    """A prefix of several positions (a prompt learner's SOT and context) is causal within
-    itself: its position 1 sees positions 0 and 1, not 2, as in open_clip's [77, 77] mask. Here
-    the start token and two words shared by the three prompts are the prefix (P = 3); the
-    features are open_clip's own encode_text of the whole prompts."""
-    from clip_smot.clip.encoders import TextEncoder, packed_index
-
-    m = clip.model
-    tokens = _hand_tokens(torch.Generator().manual_seed(6))
-    tokens[:, 1:3] = tokens[0, 1:3]  # the same two words after SOT in every prompt
-    eot = tokens.argmax(-1) - 3  # [3] within the suffix
-    with torch.no_grad():
-        x = m.token_embedding(tokens)  # [3, 77, 32]
-        ours = TextEncoder(m, attention=attention)(x[:, 3:], eot, packed_index(eot, 74), prefix=x[0, :3])
+        ours = TextEncoder(m, attention=attention)(x[:, P:], eot, packed_index(eot, 77 - P), prefix=x[0, :P])
         expected = m.encode_text(tokens)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
