@@ -41,6 +41,9 @@ def _as_scores(name: str, values) -> np.ndarray:
     def not_numbers(why: str) -> ValueError:
         return ValueError(f"{name} must be numbers (an array, a tensor or a list of numbers): {why}")
 
+    def masked(count: int) -> ValueError:
+        return ValueError(f"{name} has {count} masked value(s): pass the others (its .compressed())")
+
     if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
         if values.is_complex():  # (.double() would drop the imaginary part, with a warning)
             raise not_numbers(f"not complex numbers ({values.dtype})")
@@ -55,13 +58,14 @@ def _as_scores(name: str, values) -> np.ndarray:
         if any(hasattr(v, "detach") and v.is_meta for v in values):
             raise not_numbers("a meta tensor holds no values")
         values = [v.detach().cpu().double().numpy() if hasattr(v, "detach") else v for v in values]
+        if any(np.ma.is_masked(v) for v in values):  # (joining the batches would drop the mask too)
+            raise masked(sum(int(np.ma.count_masked(v)) for v in values if np.ma.is_masked(v)))
         try:  # joined, each flattened: the last batch is often smaller (a ragged list stopped in numpy)
             values = np.concatenate([np.ravel(v) for v in values])
         except (TypeError, ValueError) as e:  # (an element that is itself a ragged list)
             raise not_numbers(str(e)) from None
     if np.ma.is_masked(values):  # (np.asarray drops the mask: the masked entries were scored)
-        raise ValueError(f"{name} has {int(np.ma.count_masked(values))} masked value(s): pass the others "
-                         "(its .compressed())")
+        raise masked(int(np.ma.count_masked(values)))
     try:  # (numpy >= 1.24: a ragged list is a ValueError, not a warning and an object array)
         raw = np.asarray(values)  # (converted once: a list of a million scores is no small copy)
         kind = _kind(raw)

@@ -256,3 +256,11 @@ def test_per_batch_tensors_of_other_lengths_are_joined():
     assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
     assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s))
     assert m["fpr95"] == pytest.approx(_sk_fpr95(id_s, ood_s))
+
+
+def test_a_masked_batch_among_per_batch_tensors_is_refused():
+    """A masked numpy batch beside tensors: joining the batches would drop its mask and score the
+    masked entries (as np.asarray does); refused as one masked array is."""
+    batches = [torch.tensor([1.0, 2.0]), np.ma.masked_array([3.0, 4.0, 5.0], mask=[0, 1, 1])]
+    with pytest.raises(ValueError, match=r"^id_scores has 2 masked value\(s\): pass the others"):
+        ood_metrics(batches, [0.5])
