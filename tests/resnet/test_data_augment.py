@@ -142,3 +142,13 @@ def test_the_imagenet200_train_transform_is_the_documented_one():
     assert crop.scale == (0.08, 1.0) and crop.ratio == pytest.approx((3 / 4, 4 / 3))
     assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5
     assert [type(t) for t in rd._train_transform(224, False).transforms] == [T.RandomResizedCrop]
+
+
+def test_resize_set_leaves_a_set_already_at_its_size_and_a_file_set_as_they_are(monkeypatch):
+    monkeypatch.setattr(rd, "physical_memory", lambda: 1)  # any resampling would be refused
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(2, 3, 8, 8)
+    s = rd.SizedImageSet("x", [], torch.zeros(2, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3, images=images)
+    assert rd.resize_set(s, 8).images is images  # nothing resampled, no memory check
+    files = rd.SizedImageSet("y", [], torch.zeros(2, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3, files=[])
+    out = rd.resize_set(files, 24)  # decoded at 24 by its batches
+    assert out is files and out.images is None and out.input_size == 24
