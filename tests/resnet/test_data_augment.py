@@ -152,3 +152,12 @@ def test_resize_set_leaves_a_set_already_at_its_size_and_a_file_set_as_they_are(
     files = rd.SizedImageSet("y", [], torch.zeros(2, dtype=torch.long), 8, (0.5,) * 3, (0.5,) * 3, files=[])
     out = rd.resize_set(files, 24)  # decoded at 24 by its batches
     assert out is files and out.images is None and out.input_size == 24
+
+
+def test_mix_seed_is_the_documented_polynomial_hash_modulo_2_63_minus_1():
+    # h <- (h * 1_000_003 + v + 0x9E3779B9) mod (2**63 - 1) for each v, from h = 0; 0x9E3779B9 = 2654435769
+    assert rd.mix_seed(1) == 1 + 2654435769 == 2654435770
+    assert rd.mix_seed(1, 2) == 2654435770 * 1_000_003 + 2 + 2654435769 == 2654446387743081
+    # past 2**63: 2**63 = 1 (mod 2**63 - 1), so (2**62 + c) * 1_000_003 = 2**62 + 500_001 + 1_000_003 c and
+    # mix_seed(2**62, 5) = 2**62 + 500_001 + 5 + 1_000_004 c = 4611686018427387904 + 500006 + 2654446386743076
+    assert rd.mix_seed(2**62, 5) == 4614340464814630986
