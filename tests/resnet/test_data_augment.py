@@ -161,3 +161,11 @@ def test_mix_seed_is_the_documented_polynomial_hash_modulo_2_63_minus_1():
     # past 2**63: 2**63 = 1 (mod 2**63 - 1), so (2**62 + c) * 1_000_003 = 2**62 + 500_001 + 1_000_003 c and
     # mix_seed(2**62, 5) = 2**62 + 500_001 + 5 + 1_000_004 c = 4611686018427387904 + 500006 + 2654446386743076
     assert rd.mix_seed(2**62, 5) == 4614340464814630986
+
+
+def test_tensor_batches_default_to_cifars_pad_4_crop_with_flips_on_one_rank():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got = list(rd.TensorBatches(images, torch.arange(6), 6, torch.device("cpu"), 3).epoch(1))
+    g = torch.Generator().manual_seed(rd.mix_seed(3, 1, 0, 1))
+    (x, y), = got
+    assert torch.equal(x, rd.random_crop_flip(images[y], 4, True, g))
