@@ -695,3 +695,12 @@ def test_the_built_in_photos_and_textures_are_the_digits_ood_folders_of_those_na
     s = rd.load_ood_set("Textures", None, 16)
     assert s.name == "Textures" and s.labels.tolist() == [-1, -1] and tuple(s.images.shape) == (2, 3, 16, 16)
     assert s.images[:, 0, 0, 0].tolist() == [0, 100]
+
+
+def test_only_images_more_than_twice_as_long_as_wide_skip_torchvisions_resize_and_crop():
+    t = rd._ResizeCenterCrop(8)
+    t.plain = lambda img: "torchvision's Resize + CenterCrop"
+    for w, h in ((20, 10), (10, 20), (12, 10)):  # at most 2:1
+        assert t(Image.new("RGB", (w, h))) == "torchvision's Resize + CenterCrop", (w, h)
+    for w, h in ((21, 10), (10, 21)):  # past 2:1: the crop's box resampled straight from the image
+        assert t(Image.new("RGB", (w, h))).size == (8, 8), (w, h)
