@@ -13,17 +13,19 @@ def _sk_fpr95(pos, neg):
     return fpr[np.argmax(tpr >= 0.95)]
 
 
+def _sk_metrics(id_s, ood_s) -> dict[str, float]:
+    """scikit-learn's AUROC and AUPR-In/Out (average precision), and FPR95 from its ROC curve."""
+    y, s = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s]
+    return {"fpr95": _sk_fpr95(id_s, ood_s), "auroc": roc_auc_score(y, s),
+            "aupr_in": average_precision_score(y, s), "aupr_out": average_precision_score(1 - y, -s)}
+
+
 def test_against_sklearn_random():
     rng = np.random.default_rng(0)
     id_s = rng.normal(1.0, 1.0, 500)
     ood_s = rng.normal(0.0, 1.0, 700)
     m = ood_metrics(id_s, ood_s)
-    y = np.r_[np.ones(500), np.zeros(700)]
-    s = np.r_[id_s, ood_s]
-    assert m["auroc"] == pytest.approx(roc_auc_score(y, s))
-    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
-    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s))
-    assert m["fpr95"] == pytest.approx(_sk_fpr95(id_s, ood_s))
+    assert m == pytest.approx(_sk_metrics(id_s, ood_s))
     # FPR95 by definition: the OOD share at or above the score that keeps 95% of ID
     thr = np.sort(id_s)[::-1][int(np.ceil(0.95 * 500)) - 1]
     assert m["fpr95"] == pytest.approx((ood_s >= thr).mean())
@@ -220,9 +222,7 @@ def test_scores_closer_than_float32_resolution_are_not_ties():
 def test_one_score_may_be_a_plain_number():
     """One image's score given as a number (a Python or numpy float, a 0-d array) is one score, as
     ``[2.0]`` is: the metrics of [3, 1, 4] against [2] are scikit-learn's (AUROC 2 / 3: 3 and 4 beat 2)."""
-    y, s = np.r_[1.0, 1.0, 1.0, 0.0], np.r_[3.0, 1.0, 4.0, 2.0]
-    want = {"fpr95": _sk_fpr95([3.0, 1.0, 4.0], [2.0]), "auroc": roc_auc_score(y, s),
-            "aupr_in": average_precision_score(y, s), "aupr_out": average_precision_score(1 - y, -s)}
+    want = _sk_metrics([3.0, 1.0, 4.0], [2.0])
     assert want["auroc"] == pytest.approx(2 / 3)
     for one in (2.0, np.float64(2.0), np.array(2.0)):
         assert ood_metrics([3.0, 1.0, 4.0], one) == pytest.approx(want)
@@ -235,11 +235,8 @@ def test_per_batch_bfloat16_tensors_are_scored_as_their_values():
     hold, as one tensor is; numpy reads no bfloat16 ("Got unsupported ScalarType BFloat16")."""
     bf = lambda v: torch.tensor(v, dtype=torch.bfloat16)  # noqa: E731
     m = ood_metrics([bf([3.0, 1.0]), bf([4.0, 1.5])], [bf([2.0, 0.5])])
-    y, s = np.r_[1.0, 1.0, 1.0, 1.0, 0.0, 0.0], np.r_[3.0, 1.0, 4.0, 1.5, 2.0, 0.5]
-    # 8 ID-OOD pairs; 1 and 1.5 lose to 2: 6 / 8
-    assert m["auroc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(6 / 8)
-    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
-    assert m["fpr95"] == pytest.approx(_sk_fpr95([3.0, 1.0, 4.0, 1.5], [2.0, 0.5]))
+    assert m == pytest.approx(_sk_metrics([3.0, 1.0, 4.0, 1.5], [2.0, 0.5]))
+    assert m["auroc"] == pytest.approx(6 / 8)  # 8 ID-OOD pairs; 1 and 1.5 lose to 2
 
 
 def test_per_batch_tensors_of_other_lengths_are_joined():
@@ -249,13 +246,10 @@ def test_per_batch_tensors_of_other_lengths_are_joined():
     ids = [torch.tensor([3.0, 1.0, 4.0]), torch.tensor([[1.5]]), np.array([0.25]), 5.0]
     ood = (torch.tensor([2.0, 0.5]), torch.tensor([6.0]))
     id_s, ood_s = np.r_[3.0, 1.0, 4.0, 1.5, 0.25, 5.0], np.r_[2.0, 0.5, 6.0]
-    y, s = np.r_[np.ones(6), np.zeros(3)], np.r_[id_s, ood_s]
     m = ood_metrics(ids, ood)
+    assert m == pytest.approx(_sk_metrics(id_s, ood_s))
     # 18 ID-OOD pairs: 3 beats 2 and 0.5 (2), 1 beats 0.5 (1), 4: 2, 1.5: 1, 0.25: 0, 5: 2 -> 8 / 18
-    assert m["auroc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(8 / 18)
-    assert m["aupr_in"] == pytest.approx(average_precision_score(y, s))
-    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - y, -s))
-    assert m["fpr95"] == pytest.approx(_sk_fpr95(id_s, ood_s))
+    assert m["auroc"] == pytest.approx(8 / 18)
 
 
 def test_a_masked_batch_among_per_batch_tensors_is_refused():
