@@ -199,6 +199,42 @@ def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_d
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["causal", "flex"])
+def test_encoders_without_ln_pre_or_text_projection_are_open_clips(tiny_clip_config, attention):
+    """``vision_cfg.no_ln_pre`` (open_clip's ln_pre an Identity) and ``text_cfg.proj_type`` "none"
+    (no text projection: the pooled ln_final output is the feature) are configs the checks accept;
+    both towers must compute open_clip's own encodings without them, not apply a LayerNorm or a
+    projection that is not there (each other LayerNorm has random parameters of its own, so one
+    applied in the wrong place would show)."""
+    from open_clip.model import CLIP
+
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    cfg = json.loads(Path(tiny_clip_config).read_text())
+    cfg["vision_cfg"]["no_ln_pre"] = True
+    cfg["text_cfg"]["proj_type"] = "none"
+    torch.manual_seed(0)
+    model = CLIP(**cfg).eval()
+    assert isinstance(model.visual.ln_pre, torch.nn.Identity) and model.text_projection is None
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+
+    tokens = _hand_tokens(g)
+    eot = tokens.argmax(-1)
+    with torch.no_grad():
+        ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
+        expected = model.encode_text(tokens)
+    assert expected.shape == (3, cfg["text_cfg"]["width"])
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
 def test_encoders_take_no_gradient_from_a_model_that_is_not_frozen(tiny_clip_config):
     """The encoders' weights are detached copies or views: built from a model whose parameters
     still require grad (open_clip's CLIP as constructed, not frozen by load_clip), no buffer
