@@ -637,3 +637,25 @@ def test_the_networks_refuse_a_stem_or_depth_they_do_not_have():
         build_network("resnet50", 3)
     with pytest.raises(UserError, match=r"^need at least 2 classes, got 1$"):
         build_network("resnet_tiny", 1)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "wrn40_2", "densenet_bc"])
+def test_convolutions_are_he_initialised_over_their_fan_out(arch):
+    """Each convolution's weights are drawn from N(0, 2 / fan_out), fan_out = out_channels * kh * kw
+    (He et al.'s init for ReLU networks in fan-out mode, what torchvision's ResNet and the WRN and
+    DenseNet reference codes use): the sample std of every convolution of 1000 weights or more is
+    within 10% of sqrt(2 / fan_out) (fan-in mode gives 0.272 instead of 0.059 for ResNet-18's
+    3 -> 64 stem, and sqrt(2) times 0.059 for a stage's first 3x3 convolution)."""
+    import math
+
+    torch.manual_seed(0)
+    model = build_network(arch, 10, 32)
+    checked = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 1000:
+            c_out, _, kh, kw = m.weight.shape
+            expected = math.sqrt(2.0 / (c_out * kh * kw))
+            assert abs(m.weight.std().item() / expected - 1) < 0.1, (name, m.weight.std().item(), expected)
+            assert abs(m.weight.mean().item()) < 0.1 * expected, name
+            checked += 1
+    assert checked >= 10
