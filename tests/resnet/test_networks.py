@@ -43,6 +43,10 @@ def test_resnet18_stems_and_paper_sizes():
     imnet = build_network("resnet18", 200, 224)
     assert imnet.conv1.kernel_size == (7, 7) and imnet.conv1.stride == (2, 2)
     assert imnet.forward_features(torch.randn(1, 3, 224, 224)).shape[-1] == 7
+    from clip_smot.resnet.networks import ResNet
+
+    default = ResNet((1, 1, 1, 1), (16, 32, 64, 128), 3)  # (the class's documented default stem: CIFAR's)
+    assert default.conv1.kernel_size == (3, 3) and isinstance(default.maxpool, torch.nn.Identity)
     # parameter counts of the standard networks (ResNet-18 CIFAR ~11.17M, WRN-40-2 ~2.24M, DenseNet-BC-100-12 ~0.77M)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(cifar) == 11_173_962
