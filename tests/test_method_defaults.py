@@ -112,6 +112,10 @@ def test_the_library_functions_hold_the_spec_defaults_too():
     assert {k: step[k].default for k in ("loss", "lam", "T", "alpha", "beta", "sigma")} == {
         k: FIT_SPEC[k] for k in ("loss", "lam", "T", "alpha", "beta", "sigma")}
     assert step["perturbation"].default == FIT_SPEC["perturb"]
+    # docs/fit.md's precision, and the plain eager step: the CUDA graph, the compiled image tower
+    # and the overlapped encoders are each asked for
+    assert step["precision"].default == FIT_DOCS["precision"]
+    assert (step["cuda_graph"].default, step["compile_image"].default, step["overlap"].default) == (False, False, False)
     learner = inspect.signature(PromptLearner).parameters
     assert {k: learner[k].default for k in ("n_ctx", "ctx_init", "csc", "class_position")} == {
         k: FIT_SPEC[k] for k in ("n_ctx", "ctx_init", "csc", "class_position")}
