@@ -516,6 +516,24 @@ def test_fit_step_defaults_and_two_steps_by_hand(clip):
         torch.testing.assert_close(learner.ctx.detach(), ctx, atol=1e-6, rtol=1e-4)
 
 
+def test_fit_step_of_a_tower_that_is_no_standard_vit_uses_encode_image(clip, monkeypatch):
+    """An image tower ImageEncoder does not take (a ResNet CLIP, timm: fast_image_encoder gives
+    None) is encoded by open_clip's own encode_image: the step is still Eq. 8 by hand."""
+    import clip_smot.clip.step as step_module
+
+    monkeypatch.setattr(step_module, "fast_image_encoder", lambda model, precision: None)
+    B = 2
+    x, y = images(B, seed=12), torch.tensor([2, 1])
+    cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(13)) * 255
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    ctx = learner.ctx.detach().clone().requires_grad_(True)
+    loss = make_fit_step(clip, learner, torch.optim.SGD(learner.parameters(), lr=0.5), lam=0.3, T=50.0,
+                         precision="fp32", generator=torch.Generator().manual_seed(3))(x, cams, y)
+    t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, _hand_smot(clip, ctx, x, cams, y, t, lam=0.3, T=50.0).detach(), atol=1e-5,
+                               rtol=1e-5)
+
+
 def test_fit_step_refusals_and_overlap_ignored_on_the_cpu(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.SGD(learner.parameters(), lr=0.5)
