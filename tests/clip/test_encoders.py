@@ -534,6 +534,19 @@ def test_fit_step_of_a_tower_that_is_no_standard_vit_uses_encode_image(clip, mon
                                rtol=1e-5)
 
 
+def test_fit_step_compiles_the_image_blocks_only_when_asked(clip, monkeypatch):
+    """compile_image=True compiles the image encoder's blocks once, when the step is made;
+    compile_image=False leaves them eager (compile_layers itself: test_compiled_image_layers_*)."""
+    compiled = []
+    monkeypatch.setattr(ImageEncoder, "compile_layers", lambda self, **options: compiled.append(self))
+    learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.SGD(learner.parameters(), lr=0.5)
+    make_fit_step(clip, learner, opt, precision="fp32", compile_image=False)
+    assert compiled == []
+    make_fit_step(clip, learner, opt, precision="fp32", compile_image=True)
+    assert len(compiled) == 1 and isinstance(compiled[0], ImageEncoder)
+
+
 def test_fit_step_refusals_and_overlap_ignored_on_the_cpu(clip):
     learner = PromptLearner(clip, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.SGD(learner.parameters(), lr=0.5)
