@@ -594,6 +594,10 @@ def test_a_cam_model_file_of_no_resnet_state_dict_is_one_line(tmp_path):
         torch.save(obj, tmp_path / f"{name}.pth")
         with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / name}.pth: {why}$"):
             load_cam_network(str(tmp_path / f"{name}.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"no pickle, no zip archive")  # (torch.load's own error, in one line)
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'junk.pth'}: not a readable PyTorch state dict "
+                                        r"\(UnpicklingError: [^\n]+\)$"):
+        load_cam_network(str(tmp_path / "junk.pth"))
 
 
 def test_a_cam_model_stage_of_64_blocks_is_not_refused_as_too_deep(tmp_path):
