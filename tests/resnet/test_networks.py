@@ -197,7 +197,7 @@ def test_non_finite_weights_are_refused_by_both_cam_model_readers(tmp_path, cam_
                mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
     with pytest.raises(UserError, match=r"^--cam-model \S+nan.safetensors: fc.weight holds non-finite numbers$"):
         load_model(tmp_path / "nan.safetensors", flag="--cam-model")
-    with pytest.raises(UserError, match=r"nan.safetensors: fc.weight holds non-finite numbers$"):
+    with pytest.raises(UserError, match=r"^--cam-model \S+nan.safetensors: fc.weight holds non-finite numbers$"):
         load_cam_network(str(tmp_path / "nan.safetensors"))
     torchvision_state = torch.load(cam_resnet, weights_only=True)
     torchvision_state["layer1.0.bn1.running_var"][3] = float("inf")
