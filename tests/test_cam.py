@@ -598,6 +598,9 @@ def test_a_cam_model_file_of_no_resnet_state_dict_is_one_line(tmp_path):
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'junk.pth'}: not a readable PyTorch state dict "
                                         r"\(UnpicklingError: [^\n]+\)$"):
         load_cam_network(str(tmp_path / "junk.pth"))
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'none.pth'}: no such checkpoint file \(give "
+                                        r"resnet18-imagenet or the path of a ResNet state dict"):
+        load_cam_network(str(tmp_path / "none.pth"))
 
 
 def test_a_cam_model_stage_of_64_blocks_is_not_refused_as_too_deep(tmp_path):
