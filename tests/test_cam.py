@@ -601,6 +601,12 @@ def test_a_cam_model_file_of_no_resnet_state_dict_is_one_line(tmp_path):
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'none.pth'}: no such checkpoint file \(give "
                                         r"resnet18-imagenet or the path of a ResNet state dict"):
         load_cam_network(str(tmp_path / "none.pth"))
+    from safetensors.torch import save_file
+
+    save_file({"ctx": torch.zeros(4, 8)}, str(tmp_path / "prompt.safetensors"), metadata={"format": "clip-smot-prompt"})
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'prompt.safetensors'}: a prompt file \(fit's or "
+                                        r"export's .safetensors\), not "):
+        load_cam_network(str(tmp_path / "prompt.safetensors"))
 
 
 def test_a_cam_model_stage_of_64_blocks_is_not_refused_as_too_deep(tmp_path):
