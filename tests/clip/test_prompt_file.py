@@ -554,3 +554,24 @@ def test_a_prompt_without_an_activation_record_is_read_as_its_config_builds(tmp_
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
         assert load_prompt(tmp_path / "old.safetensors").activation == activation
+
+
+@pytest.mark.parametrize("class_position,csc", [("end", False), ("middle", True), ("front", False)])
+def test_the_metadata_is_written_as_the_format_documents_it(tmp_path, class_position, csc):
+    """docs/method.md §2: format "clip-smot-prompt", format_version "1", every value a string (csc
+    "true"/"false", the class names and the config as JSON, the config's keys sorted), read here
+    with safetensors itself; and each class position reads back (a file of clip-smot's own format,
+    "front" or "middle" among them, must load)."""
+    from clip_smot import __version__
+
+    ctx = torch.randn(3, 4, 16) if csc else torch.randn(4, 16)
+    _save(tmp_path / "p.safetensors", ctx=ctx, class_position=class_position, csc=csc, config={"lr": 0.002, "epochs": 5})
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta == {"format": "clip-smot-prompt", "format_version": "1", "library_version": __version__,
+                    "model": "clip-smot-tiny", "model_config": IDENT["model_config"], "pretrained": "tiny.safetensors",
+                    "checkpoint_sha256": "ab" * 32, "activation": "gelu", "n_ctx": "4",
+                    "class_position": class_position, "csc": "true" if csc else "false",
+                    "classnames": '["a", "b c", "d"]', "config": '{"epochs": 5, "lr": 0.002}'}
+    p = load_prompt(tmp_path / "p.safetensors")
+    assert p.class_position == class_position and p.csc is csc and p.ctx.shape == ctx.shape
