@@ -575,3 +575,13 @@ def test_the_metadata_is_written_as_the_format_documents_it(tmp_path, class_posi
                     "classnames": '["a", "b c", "d"]', "config": '{"epochs": 5, "lr": 0.002}'}
     p = load_prompt(tmp_path / "p.safetensors")
     assert p.class_position == class_position and p.csc is csc and p.ctx.shape == ctx.shape
+
+
+def test_a_file_of_another_kind_is_named_as_such_not_read_as_a_broken_prompt(tmp_path):
+    """A model file of clip-smot train (safetensors, format "clip-smot-model") given as a prompt is
+    named for what it is and where it goes, not refused as a prompt missing its tensors."""
+    path = tmp_path / "model.safetensors"
+    save_file({"fc.weight": torch.zeros(2, 8)}, str(path), metadata={"format": "clip-smot-model", "format_version": "1"})
+    with pytest.raises(UserError, match=rf"^--prompt {path}: a model file of clip-smot train \(.safetensors\), not a "
+                                        r"prompt file; "):
+        load_prompt(path)
