@@ -373,6 +373,10 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
         mc.check_model_config(cfg, "--model m.json")
     for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
                        (changed(text_cfg={"heads": 0}), r"text_cfg.heads must be a positive integer, not 0$"),
+                       # (one past each end of [8, MAX_IMAGE_SIZE], a side of a pair too)
+                       (changed(vision_cfg={"image_size": 7, "patch_size": 7}), r"vision_cfg.image_size 7 is not in \[8, 2048\]$"),
+                       (changed(vision_cfg={"image_size": [2048, 2049], "patch_size": 32}),
+                        r"vision_cfg.image_size \[2048, 2049\] is not in \[8, 2048\]$"),
                        ({**TINY_CLIP_CONFIG, "embed_dim": 0}, r"embed_dim must be a positive integer, not 0$"),
                        (changed(vision_cfg={"norm_kwargs": {"eps": 0}}),
                         r"vision_cfg.norm_kwargs may set only eps, a positive number, not \{'eps': 0\}$"),
@@ -591,3 +595,4 @@ def test_an_image_size_of_one_side_is_one_line(tmp_path):
     path.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": [32]}}))
     with pytest.raises(UserError, match=rf"^--model {path}: open_clip cannot build this architecture \("):
         load_clip(str(path), None)
+
