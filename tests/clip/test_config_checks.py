@@ -596,3 +596,14 @@ def test_an_image_size_of_one_side_is_one_line(tmp_path):
     with pytest.raises(UserError, match=rf"^--model {path}: open_clip cannot build this architecture \("):
         load_clip(str(path), None)
 
+
+def test_a_tower_open_clip_does_not_build_itself_may_leave_its_sizes_null():
+    """A timm vision tower and a Hugging Face text tower read none of open_clip's sizes: a null
+    width, patch size or head count there is what open_clip's own configs may give, and passes
+    (the same nulls in open_clip's own towers are refused: BAD_CONFIGS)."""
+    import clip_smot.clip.config_checks as mc
+
+    mc.check_model_config({"embed_dim": 32,
+                           "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "width": None, "patch_size": None},
+                           "text_cfg": {"hf_model_name": "bert-base-uncased", "width": None, "heads": None}},
+                          "--model m.json")
