@@ -6,6 +6,7 @@ config's preprocess_cfg, and the size estimate worked out by hand. Loading (weig
 QuickGELU, the memory refusal of _check_size) is tests/clip/test_model.py's."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     # random weights)"; null and a string stopped open_clip's build ("unsupported operand type(s) for *")
     *(({"init_logit_scale": v}, r"init_logit_scale must be a number from -87.34 to 88.72 \(exp\(init_logit_scale\), the "
                                 rf"temperature, a normal float32; CLIP's is ln\(1 / 0.07\) = 2.659\), not {shown}$")
-      for v, shown in ((float("inf"), "inf"), (-88.0, "-88.0"), (None, "None"), ("2.6", "'2.6'"), (True, "True"))),
+      for v, shown in ((float("inf"), "inf"), (-88.0, "-88.0"), (89.0, "89.0"), (None, "None"), ("2.6", "'2.6'"),
+                       (True, "True"))),
     ({"init_logit_bias": "x"}, r"init_logit_bias must be a finite number or null, not 'x'$"),
     ({"init_logit_bias": float("nan")}, r"init_logit_bias must be a finite number or null, not nan$"),
     ({"text_cfg": {"width": "32"}}, r"text_cfg.width must be a positive integer, not '32'$"),
@@ -369,7 +371,11 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "patch_size": None}),
                 # (a ResNet's head_width divides its pool's 32 x width features: RN50x4's 64 of 80 x 32)
                 changed(vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 80, "head_width": 64}),
-                {**changed(text_cfg={"embed_cls": True}), "custom_text": True}):  # (CustomTextCLIP adds it)
+                {**changed(text_cfg={"embed_cls": True}), "custom_text": True},  # (CustomTextCLIP adds it)
+                # CLIP's temperature start ln(1 / 0.07) and SigLIP's bias; exp of either end a normal float32
+                {**changed(), "init_logit_scale": math.log(1 / 0.07), "init_logit_bias": -10.0},
+                {**changed(), "init_logit_scale": math.log(torch.finfo(torch.float32).tiny)},
+                {**changed(), "init_logit_scale": math.log(torch.finfo(torch.float32).max)}):
         mc.check_model_config(cfg, "--model m.json")
     for cfg, error in ((changed(vision_cfg={"head_width": 0}), r"vision_cfg.head_width must be a positive integer, not 0$"),
                        (changed(text_cfg={"heads": 0}), r"text_cfg.heads must be a positive integer, not 0$"),
