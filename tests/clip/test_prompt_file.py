@@ -585,3 +585,11 @@ def test_a_file_of_another_kind_is_named_as_such_not_read_as_a_broken_prompt(tmp
     with pytest.raises(UserError, match=rf"^--prompt {path}: a model file of clip-smot train \(.safetensors\), not a "
                                         r"prompt file; "):
         load_prompt(path)
+
+
+def test_a_class_name_holding_a_lone_surrogate_is_sized_not_a_traceback(tmp_path):
+    """JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 encodes: a name's bytes are
+    counted with surrogatepass (3 bytes, as CESU-8 writes it), so such a name is sized like any
+    other and the prompt loads, the name kept as written."""
+    _save(tmp_path / "p.safetensors", classnames=["a", "b\ud800", "d"])
+    assert load_prompt(tmp_path / "p.safetensors").classnames == ["a", "b\ud800", "d"]
