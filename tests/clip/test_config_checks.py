@@ -363,6 +363,9 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"ls_init_value": 1e-5}), changed(text_cfg={"ls_init_value": 3.4e38}),
                 # (a grid square once the pixels past the last patch are dropped, as open_clip does)
                 changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
+                changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [39, 32]}),
+                # (learned positions: any grid, any width; the sine-cosine conditions are theirs only)
+                changed(vision_cfg={"image_size": [32, 64], "width": 66, "head_width": 2}),
                 changed(vision_cfg={"pool_type": "avg"}), changed(text_cfg={"pool_type": "last", "proj_type": "none"}),
                 # (no pooler, no pooler sizes read)
                 changed(vision_cfg={"attn_pooler_queries": 0, "attn_pooler_heads": 3}),
@@ -551,6 +554,8 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
 
     mc.check_model_config(vision(patch_size=224), "--model m.json")
     mc.check_model_config(vision(image_size=16), "--model m.json")
+    # (a square grid in open_clip's patches of 16: 2 x 2 of [32, 47]; in patches of 17, 1 x 2)
+    mc.check_model_config(vision(image_size=[32, 47], pos_embed_type="sin_cos_2d"), "--model m.json")
     for cfg, error in ((vision(patch_size=225), r"vision_cfg.patch_size 225 is larger than the image \(224\)$"),
                        (vision(image_size=15), r"vision_cfg.patch_size 16 is larger than the image \(15\)$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
