@@ -618,3 +618,7 @@ def test_a_tower_open_clip_does_not_build_itself_may_leave_its_sizes_null():
                            "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "width": None, "patch_size": None},
                            "text_cfg": {"hf_model_name": "bert-base-uncased", "width": None, "heads": None}},
                           "--model m.json")
+    # (nor do their widths and heads split attention: 48 does not divide 64, nor 3 heads 32, and they pass)
+    mc.check_model_config({"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "width": 64,
+                                                           "head_width": 48},
+                           "text_cfg": {"hf_model_name": "bert-base-uncased", "width": 32, "heads": 3}}, "--model m.json")
