@@ -471,6 +471,16 @@ def test_a_pretrained_configs_preprocessing_is_not_dropped_silently(tmp_path, pr
         load_clip(str(path), None)
 
 
+
+@pytest.mark.parametrize("preprocess, shown", [([0.5, 0.5, 0.5], r"\[0.5, 0.5, 0.5\]"), ("squash", "'squash'")])
+def test_a_preprocess_cfg_that_is_no_object_is_one_line(preprocess, shown):
+    """A pretrained config's preprocess_cfg that is a list or a string (a hand-edited file), read
+    with .items() would stop in an AttributeError traceback: it is refused naming the key."""
+    from clip_smot.clip.config_checks import check_preprocess_cfg
+
+    with pytest.raises(UserError, match=rf"^--model m.json: preprocess_cfg must be a JSON object, not {shown}$"):
+        check_preprocess_cfg(preprocess, "--model m.json")
+
 # A tower pair for the size estimate, its counts worked out by hand (no default taken but the text's
 # mlp_ratio): a 40 x 70 image in 16-pixel patches is 2 x 4 = 8 patch tokens (the pixels past the last
 # patch dropped), each block (4 + 2 x 2.5) x 8^2 = 576 weights.
