@@ -19,6 +19,7 @@ from clip_smot.common.configs import (
     MAX_WORKERS,
     check_field_types,
     check_ranges,
+    check_smot_only,
     flag_of,
     setting,
 )
@@ -311,3 +312,16 @@ def test_only_a_list_in_a_tuple_field_is_read_back_as_a_tuple():
     cfg = ScoreConfig.from_dict({"prompt": "p", "paths": "ab", "out": "o.csv", "scores": ["mcm", "msp"]})
     assert cfg.paths == "ab" and cfg.scores == ["mcm", "msp"]
     assert ScoreConfig.from_dict({"prompt": "p", "paths": ["a", "b"], "out": "o.csv"}).paths == ("a", "b")
+
+
+@pytest.mark.parametrize("name, shown", [("alpha", "--alpha 50.0"), ("beta", "--beta 20.0"), ("lam", "--lam 0.1"),
+                                         ("T", "--T 200.0"), ("perturb", "--perturb zero"), ("sigma", "--sigma 0.1")])
+def test_an_option_of_the_smot_loss_given_to_another_loss_is_refused_by_its_flag(name, shown):
+    """Each option only the SMOT loss reads (the threshold draw's alpha and beta, lam, T, the
+    perturbation and its sigma), given to a run of another loss, is one line naming its flag and
+    value; given to the smot loss it is taken, and the other options go with any loss."""
+    with pytest.raises(UserError) as e:
+        check_smot_only(FitConfig(), "ce", "--loss", {"lr", name})
+    assert str(e.value) == f"{shown}: only the smot loss uses it (this run's --loss is ce)"
+    check_smot_only(FitConfig(), "smot", "--loss", {"lr", name})
+    check_smot_only(FitConfig(), "ce", "--loss", {"lr", "epochs", "seed"})
