@@ -481,6 +481,14 @@ def test_a_preprocess_cfg_that_is_no_object_is_one_line(preprocess, shown):
     with pytest.raises(UserError, match=rf"^--model m.json: preprocess_cfg must be a JSON object, not {shown}$"):
         check_preprocess_cfg(preprocess, "--model m.json")
 
+
+def test_a_null_or_empty_preprocess_cfg_asks_for_nothing():
+    """A pretrained config without a preprocess_cfg (None), or with null or {}, asks for nothing: it passes."""
+    from clip_smot.clip.config_checks import check_preprocess_cfg
+
+    for preprocess in (None, {}):
+        check_preprocess_cfg(preprocess, "--model m.json")
+
 # A tower pair for the size estimate, its counts worked out by hand (no default taken but the text's
 # mlp_ratio): a 40 x 70 image in 16-pixel patches is 2 x 4 = 8 patch tokens (the pixels past the last
 # patch dropped), each block (4 + 2 x 2.5) x 8^2 = 576 weights.
