@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -34,6 +35,8 @@ def test_round_trip(tmp_path):
     torch.testing.assert_close(p.text_features, args["text_features"])
     assert p.classnames == ["a", "b c", "d"] and p.n_ctx == 4 and p.csc is False
     assert p.class_position == "end" and p.config == {"lr": 0.002} and p.model == "clip-smot-tiny"
+    with pytest.raises(dataclasses.FrozenInstanceError):  # (a loaded prompt is read, never changed)
+        p.n_ctx = 5
     assert p.check_model(IDENT) is True
     other_weights = dict(IDENT, checkpoint_sha256="cd" * 32)
     assert p.check_model(other_weights) is False
