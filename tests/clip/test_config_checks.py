@@ -471,7 +471,6 @@ def test_a_pretrained_configs_preprocessing_is_not_dropped_silently(tmp_path, pr
         load_clip(str(path), None)
 
 
-
 @pytest.mark.parametrize("preprocess, shown", [([0.5, 0.5, 0.5], r"\[0.5, 0.5, 0.5\]"), ("squash", "'squash'")])
 def test_a_preprocess_cfg_that_is_no_object_is_one_line(preprocess, shown):
     """A pretrained config's preprocess_cfg that is a list or a string (a hand-edited file), read
@@ -488,6 +487,7 @@ def test_a_null_or_empty_preprocess_cfg_asks_for_nothing():
 
     for preprocess in (None, {}):
         check_preprocess_cfg(preprocess, "--model m.json")
+
 
 # A tower pair for the size estimate, its counts worked out by hand (no default taken but the text's
 # mlp_ratio): a 40 x 70 image in 16-pixel patches is 2 x 4 = 8 patch tokens (the pixels past the last
