@@ -439,6 +439,9 @@ def test_a_cam_model_state_dict_of_no_class_or_of_odd_tensors_is_refused(tmp_pat
                 "conv1.weight is of dtype torch.int64, not a dense floating-point tensor"),
         "sparse": ({**state, "bn1.weight": state["bn1.weight"].to_sparse()},
                    "bn1.weight is a torch.sparse_coo tensor, not a dense floating-point tensor"),
+        # (a counter, an integer in torchvision's files: a complex one was cast to its real part with torch's warning)
+        "count": ({**state, "bn1.num_batches_tracked": torch.tensor(3 + 1j)},
+                  "bn1.num_batches_tracked is of dtype torch.complex64, not a dense real tensor"),
     }
     for name, (bad, why) in cases.items():
         torch.save(bad, tmp_path / f"{name}.pth")

@@ -97,13 +97,16 @@ def _torchvision_resnet(state: dict[str, torch.Tensor], path: str) -> nn.Module:
     if state["fc.weight"].shape[0] == 0:  # (a CAM is of a class: its top-1 of none failed in argmax)
         raise UserError(f"--cam-model {path}: fc.weight {tuple(state['fc.weight'].shape)} holds no class")
     # load_state_dict would cast a complex weight to its real part, an integer or boolean one to a
-    # float, without a word; a sparse one has no storage to measure (holds_its_values)
+    # float, without a word; a sparse one has no storage to measure (holds_its_values). A BatchNorm's
+    # num_batches_tracked is a count (an integer): any real one is cast, a complex one lost its part
+    counts = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
     odd = next(((k, v) for k, v in state.items() if v.layout != torch.strided
-                or not (v.is_floating_point() or k.endswith("num_batches_tracked"))), None)
+                or (v.is_complex() if counts(k) else not v.is_floating_point())), None)
     if odd is not None:
         k, v = odd
         what = f"a {v.layout} tensor" if v.layout != torch.strided else f"of dtype {v.dtype}"
-        raise UserError(f"--cam-model {path}: {k} is {what}, not a dense floating-point tensor")
+        raise UserError(f"--cam-model {path}: {k} is {what}, not a dense {'real' if counts(k) else 'floating-point'} "
+                        "tensor")
     block = Bottleneck if "layer1.0.conv3.weight" in state else BasicBlock
     layers = []
     for i in range(1, 5):
