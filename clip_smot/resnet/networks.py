@@ -404,12 +404,14 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     if shapes != expected:
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} of {meta['num_classes']} classes "
                         f"({first_shape_difference(shapes, expected)})")
-    # a weight of complex numbers was copied in with a warning and its imaginary parts dropped
-    other = next((k for k, v in reference.items() if v.is_floating_point() and not dtypes[k].startswith(("F", "BF"))),
-                 None)
+    # a weight of complex numbers was copied in with a warning and its imaginary parts dropped (and so
+    # was a BatchNorm's count, num_batches_tracked, an integer: any real one is cast, as torch does)
+    other = next((k for k, v in reference.items() if (not dtypes[k].startswith(("F", "BF")) if v.is_floating_point()
+                                                      else dtypes[k].startswith("C"))), None)
     if other is not None:
+        kind = "real floating-point numbers" if reference[other].is_floating_point() else "real numbers"
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({other} is stored as {dtypes[other]}, "
-                        "not as real floating-point numbers)")
+                        f"not as {kind})")
     try:  # (as large as the file's own tensors now)
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

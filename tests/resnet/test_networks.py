@@ -407,6 +407,25 @@ def test_a_weight_not_stored_as_real_floats_is_one_line(tmp_path, dtype, stored)
         load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
 
 
+def test_a_batchnorm_count_stored_as_complex_is_one_line_and_real_counts_load(tmp_path):
+    """A BatchNorm's num_batches_tracked (an integer count) stored as complex was copied in with
+    torch's warning and its imaginary part dropped: refused from the header; stored as another
+    integer or as a float, it is a count still, and loads (torch casts it)."""
+    from safetensors.torch import load_file
+
+    _save(tmp_path / "m.safetensors")
+    tensors = load_file(str(tmp_path / "m.safetensors"))
+    count = tensors["bn1.num_batches_tracked"]
+    tensors["bn1.num_batches_tracked"] = count.to(torch.complex64)
+    error = (r"weights do not fit a resnet_tiny \(bn1.num_batches_tracked is stored as C64, not as real numbers\)$"
+             if safetensors_reads(torch.complex64, tmp_path) else "not a safetensors file")  # (C64 before 0.7)
+    with pytest.raises(UserError, match=rf"^--checkpoint .*edited.safetensors: {error}"):
+        load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
+    for real in (torch.int32, torch.float32):
+        tensors["bn1.num_batches_tracked"] = count.to(real)
+        load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
+
+
 def test_the_overflow_probe_is_a_normalised_grey_image_of_at_most_64_pixels(tmp_path, monkeypatch):
     """load_model's overflow check runs one mid-grey image (0.5 everywhere) through the network,
     normalised by the file's mean and std, at the file's input size but at most 64 pixels (the
