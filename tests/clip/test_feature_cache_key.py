@@ -200,6 +200,21 @@ def test_an_entry_of_features_within_the_norm_tolerances_is_read(tmp_path, tiny,
     assert torch.equal(again.global_, global_) and torch.equal(again.local, local)
 
 
+def test_an_entry_of_features_past_the_norm_tolerances_is_encoded_again(tmp_path, tiny, capsys):  # noqa: F811
+    """Just past the tolerances: global rows of norm 1.002 (1e-3) or local rows of norm about 1.02
+    (1e-2) are no writer's features, and are encoded again with a note, each on its own (local
+    features scored GL-MCM's local part off by their norm, unchecked)."""
+    paths = [str(p) for p in _images(tmp_path)]
+    fresh = cf.encode_files(tiny, paths, local=True, workers=0)
+    (entry,) = cf.cache_dir().glob("*.safetensors")
+    for global_, local in [(fresh.global_ * 1.002, fresh.local), (fresh.global_, (fresh.local.float() * 1.02).half())]:
+        cf._write_cache(entry, cf.ImageFeatures(fresh.paths, global_, local, []))
+        capsys.readouterr()
+        again = cf.encode_files(tiny, paths, local=True, workers=0)
+        assert "is damaged (its features are not normalised); its images are encoded again" in capsys.readouterr().err
+        assert torch.equal(again.global_, fresh.global_) and torch.equal(again.local, fresh.local)
+
+
 def test_a_damaged_entry_is_one_note_of_the_writing_process_alone(tmp_path, tiny, capsys, monkeypatch):  # noqa: F811
     """Under torchrun a damaged entry is noted by rank 0 alone (it rewrites it); another rank
     encodes the files again without a note and leaves the entry as it is."""
