@@ -312,6 +312,23 @@ def test_kept_workers_with_no_worker_processes_read_in_the_main_process(tmp_path
                 assert list(ea) == list(eb) and torch.equal(xa, xb)
 
 
+def test_the_batches_of_a_model_on_the_cpu_are_not_pinned(tmp_path, tiny, monkeypatch):
+    """Pinned memory only speeds the copy to a CUDA device: for a model on the CPU the DataLoader
+    pins nothing, by either decoder (where no CUDA device is, torch warns of each loader asked
+    to pin: a line on stderr per call of score)."""
+    real, pinned = torch.utils.data.DataLoader.__init__, []
+
+    def spy(self, *args, **kwargs):
+        pinned.append(kwargs.get("pin_memory", False))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", spy)
+    paths = _images(tmp_path, 2)
+    for decode in ("pil", "jpeg"):
+        assert [len(x) for x, _ in image_batches(tiny, paths, 4, 0, decode)] == [3]
+    assert pinned == [False, False]
+
+
 def test_kept_workers_keep_the_loaders_of_other_batch_sizes_apart(tmp_path, tiny):
     """Within kept_workers, a call with another batch size gets batches of its own size (its own
     loader), not the kept loader's."""
