@@ -460,6 +460,22 @@ def test_files_written_as_one_leave_no_temporary_file_and_only_the_old_leftovers
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new a", "mine.txt": "mine"}
 
 
+def test_a_rename_that_fails_is_one_line_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    """The final rename refused (EACCES, EXDEV): an error naming the file, not a return as if it
+    were written; the old file stays and no temporary file is left."""
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+
+    def refuse(src, dst):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(UserError) as e:
+        atomic_write_text("new", path)
+    assert str(e.value) == f"cannot write {path}: Permission denied; the file there before is unchanged"
+    assert os.listdir(tmp_path) == ["a.txt"] and path.read_text() == "old"
+
+
 def test_files_written_as_one_where_one_name_is_a_folder_rename_none(tmp_path):
     """A folder where one of the files goes (an evaluation's scores_hist.png): its rename failed
     after the renames before it, so metrics.csv and the rest were new beside an error saying the
