@@ -1314,6 +1314,9 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
     assert kind("cut.json", '[1, 2') == "json"
     assert kind("empty", b"") is None and kind("text", "hello") is None
     assert files.file_kind(tmp_path / "missing") is None and files.file_kind(tmp_path) is None
+    os.mkfifo(tmp_path / "fifo")  # (its open would wait for a writer: not opened)
+    monkeypatch.setattr(files, "open", lambda *a, **k: pytest.fail("a FIFO was opened"), raising=False)
+    assert files.file_kind(tmp_path / "fifo") is None
 
 
 def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
