@@ -891,6 +891,29 @@ def test_a_shard_with_a_terabyte_hole_after_its_end_is_listed_at_once(tmp_path, 
         shards.list_members(shard)
 
 
+def test_an_io_error_looking_past_the_end_for_data_is_one_line(tmp_path, monkeypatch):
+    """lseek(SEEK_DATA) failing with other than ENXIO (no data left) or EINVAL (no holes told
+    there), an EIO of a failing disk, leaves the shard unread: one line naming it, no listing that
+    went on without looking past the end."""
+    import errno
+    import os
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "a.jpg", b"image")
+    lseek = os.lseek
+
+    def failing(fd, pos, how):
+        if how == os.SEEK_DATA:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return lseek(fd, pos, how)
+
+    monkeypatch.setattr(shards.os, "lseek", failing)
+    with pytest.raises(UserError) as e:
+        shards.list_members(shard)
+    assert str(e.value) == f"PATH {shard}: not a readable uncompressed tar shard ([Errno 5] Input/output error)"
+
+
 def test_an_image_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
     """A path there but not readable as a file (a folder listed as an image) is not said to be
     missing: the line names it and the reason."""
