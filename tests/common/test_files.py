@@ -1312,6 +1312,7 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
     assert kind("t.json", '{"arch": "resnet18", "stage": "base"}') == "train-config"
     assert kind("j.json", '{"abcdef": {"g": 1}}') == "json"  # (a "{" at byte 8, as a safetensors header's)
     assert kind("cut.json", '[1, 2') == "json"
+    assert kind("list.json", '[1, 2]') == "json"  # (whole JSON, but no object to look for keys in)
     assert kind("empty", b"") is None and kind("text", "hello") is None
     assert files.file_kind(tmp_path / "missing") is None and files.file_kind(tmp_path) is None
     os.mkfifo(tmp_path / "fifo")  # (its open would wait for a writer: not opened)
