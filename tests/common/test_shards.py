@@ -830,6 +830,16 @@ def test_a_zstd_or_lz4_compressed_shard_is_refused_as_compressed(tmp_path, name,
                             "NAME.tar)")
 
 
+def test_a_shard_with_a_compressed_name_is_refused_by_its_name_before_it_is_read(tmp_path):
+    """A name ending in a compressed tar's suffix is refused by the name alone, as the module's
+    docstring says, whatever its bytes: a plain tar named .tgz is not listed by its offsets."""
+    shard = tmp_path / "s.tgz"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "a.jpg", b"image")
+    with pytest.raises(UserError, match=rf"^PATH {shard}: a tar shard compressed with gzip, which is not read "):
+        shards.list_members(shard)
+
+
 def test_a_folder_of_shards_given_as_path_says_to_name_the_shards(tmp_path):
     """img2dataset writes its shards into one folder; score on that folder said only "no image
     files found": a folder is not searched for shards (as docs/score.md says), and the error now
