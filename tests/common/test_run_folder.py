@@ -643,8 +643,9 @@ def test_a_log_that_cannot_be_read_for_truncating_is_one_line_naming_it(tmp_path
 def test_a_config_json_that_is_no_object_is_no_record_to_compare_a_checkpoint_with(tmp_path):
     """config.json beside the checkpoint holding a list (edited, or another tool's) records no
     options: nothing is compared (the checkpoint's own options resume), as with no config.json."""
-    (tmp_path / "config.json").write_text("[1, 2]")
-    rf.check_config_beside(tmp_path, {"lr": 0.05}, ["lr"], "ckpt")
+    for text in ("[1, 2]", '["lr"]', '"lr"'):  # (no object, even where "lr" is in it)
+        (tmp_path / "config.json").write_text(text)
+        rf.check_config_beside(tmp_path, {"lr": 0.05}, ["lr"], "ckpt")
     (tmp_path / "config.json").write_text('{"lr": 0.1}')
     with pytest.raises(UserError, match=r"^ckpt: not a checkpoint of the run that "):
         rf.check_config_beside(tmp_path, {"lr": 0.05}, ["lr"], "ckpt")
