@@ -1320,6 +1320,20 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
     assert files.file_kind(tmp_path / "fifo") is None
 
 
+def test_a_safetensors_header_is_sniffed_up_to_a_mib_and_a_longer_one_left_to_its_loader(tmp_path):
+    """file_kind reads at most 1 MiB of a safetensors header: one of exactly 1 MiB (space-padded,
+    as the format allows) is named; one a byte longer is not read, and left to its loader."""
+    text = json.dumps({"__metadata__": {"format": "clip-smot-model"}}).encode()
+
+    def kind(length):
+        path = tmp_path / f"{length}.safetensors"
+        path.write_bytes(length.to_bytes(8, "little") + text + b" " * (length - len(text)))
+        return files.file_kind(path)
+
+    assert kind(1 << 20) == "model"
+    assert kind((1 << 20) + 1) is None
+
+
 def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
     from clip_smot.clip.prompt_file import FORMAT
     from clip_smot.common.run_folder import CHECKPOINT_FORMATS
