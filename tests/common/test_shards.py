@@ -452,6 +452,31 @@ def test_a_missing_shard_or_image_file_is_named_missing(tmp_path):
         shards.read_image_bytes(tmp_path / "gone.png")
 
 
+def test_a_shard_gone_or_failing_between_its_stat_and_its_read_is_one_line(tmp_path, monkeypatch):
+    """A shard removed between its stat and the open of its scan is still "no such file" (not a
+    shard of no images); one listed whose read then fails (EIO) is one line naming the shard."""
+    import errno
+    import os
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "a.jpg", b"image")
+    assert shards.list_members(shard) == [f"{shard}::a.jpg"]  # (indexed: the read opens it alone)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(shards, "open", failing, raising=False)
+    with pytest.raises(UserError) as e:
+        shards.read_image_bytes(f"{shard}::a.jpg")
+    assert str(e.value) == f"{shard}: cannot read the shard (Input/output error)"
+    monkeypatch.undo()
+    monkeypatch.setattr(shards, "file_stamp", lambda path: (0, 0, 0, 0))  # (as if stat saw it, then it went)
+    with pytest.raises(UserError) as e:
+        shards.list_members(tmp_path / "gone.tar", "--x")
+    assert str(e.value) == f"--x {tmp_path / 'gone.tar'}: no such file"
+
+
 def test_an_image_files_identity_is_its_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert shards.image_identity("a.png") == shards.image_identity("./a.png") == f"{tmp_path}/a.png"
