@@ -5,6 +5,7 @@ import json
 import os
 import re
 import stat
+import warnings
 from collections import namedtuple
 
 import pytest
@@ -1278,6 +1279,10 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
     assert files.file_kind(tmp_path / "clip.pt") == "clip-weights"
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
     assert files.file_kind(tmp_path / "w.pt") == "torch-archive"
+    with warnings.catch_warnings():  # (torch.jit's deprecation)
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(1, 1)), str(tmp_path / "ts.pt"))  # (a data.pkl too)
+    assert files.file_kind(tmp_path / "ts.pt") == "torchscript"
     torch.save({"w": torch.zeros(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
     assert files.file_kind(tmp_path / "old.pt") == "pickle"
 
