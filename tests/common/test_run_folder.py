@@ -382,9 +382,15 @@ def test_a_log_line_is_on_the_disk_before_the_checkpoint_that_vouches_for_it(tmp
     import os
 
     synced, fsync = [], os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), fsync(fd))[1])
+
+    def recorded(fd):  # (which file, and how much of it is written when it is flushed)
+        synced.append((os.fstat(fd).st_ino, os.fstat(fd).st_size))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
     rf.append_log(tmp_path, rf.log_record(1, 0.5, 0.1, 1.0))
-    assert synced == [(tmp_path / "log.jsonl").stat().st_ino]
+    log = (tmp_path / "log.jsonl").stat()
+    assert synced == [(log.st_ino, log.st_size)] and log.st_size > 0  # (the whole line written when flushed)
 
 
 def test_a_log_line_that_does_not_fit_on_the_disk_is_not_left_half_written(tmp_path):
