@@ -1081,8 +1081,15 @@ def test_only_temporaries_untouched_for_the_given_time_are_removed(tmp_path, mon
         tmp = tmp_path / f".{name}.pt.abc123.tmp"
         tmp.write_bytes(b"half")
         os.utime(tmp, ns=((now - age) * 10**9, (now - age) * 10**9))
+    for name, age in {"exact": 3600, "young": 3599}.items():  # (a safetensors write's folder: its newest file's age)
+        folder = tmp_path / f".{name}.safetensors.abc123.tmp"
+        folder.mkdir()
+        (folder / "tensors").write_bytes(b"half")
+        for path in (folder / "tensors", folder):
+            os.utime(path, ns=((now - age) * 10**9, (now - age) * 10**9))
     files.remove_stale_temporaries(tmp_path, None, older_than_s=3600.0)
-    assert sorted(os.listdir(tmp_path)) == [".new.pt.abc123.tmp", ".young.pt.abc123.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".new.pt.abc123.tmp", ".young.pt.abc123.tmp",
+                                            ".young.safetensors.abc123.tmp"]
 
 
 def test_a_safetensors_save_killed_mid_write_leaves_nothing_the_next_run_does_not_remove(tmp_path):
