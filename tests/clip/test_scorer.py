@@ -2154,15 +2154,23 @@ def test_a_run_file_that_holds_no_json_object_is_one_line(tmp_path):
                                 "--precision, decoder (--decode); give the same, or run without --resume")
 
 
-def test_score_decode_gpu_without_cuda_is_one_line(tmp_path, tiny, tiny_clip_checkpoint):
+@pytest.mark.parametrize("flags, error", [
+    (["--decode", "gpu"],
+     "--decode gpu: decodes on a CUDA device, and the model is on cpu; give --device cuda or --decode cpu"),
+    (["--scores", "mcm,knn"], "--scores knn: needs features of ID training images; clip-smot eval fits them "
+                              "(--id-train, or the prompt's own few-shot images)"),
+])
+def test_score_refuses_a_decoder_or_score_it_cannot_give_before_starting_the_partial(tmp_path, tiny,
+                                                                                     tiny_clip_checkpoint, flags, error):
+    """Refused once the model is loaded, before OUT.partial or its record is written: no file is left
+    for a --resume to find (knn, react and vim need the ID training images of clip-smot eval)."""
     make_prompt(tmp_path / "p.safetensors", tiny)
     id_dir, _ = make_folders(tmp_path, n_per_class=1)
     res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
-                                   tiny_clip_checkpoint, "--device", "cpu", "--decode", "gpu", "--workers", "0",
+                                   tiny_clip_checkpoint, "--device", "cpu", *flags, "--workers", "0",
                                    "--out", str(tmp_path / "s.csv"), str(id_dir)])
-    assert res.exit_code == 1 and res.output.strip().splitlines() == [
-        "Error: --decode gpu: decodes on a CUDA device, and the model is on cpu; give --device cuda or --decode cpu"]
-    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "s.csv.partial").exists()
+    assert res.exit_code == 1 and res.output.strip().splitlines() == [f"Error: {error}"]
+    assert not any(p.name.startswith("s.csv") for p in tmp_path.iterdir())
 
 
 def test_score_out_in_a_new_folder_is_made_and_a_file_there_is_one_line(tmp_path, tiny, tiny_clip_checkpoint,
