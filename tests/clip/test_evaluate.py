@@ -815,3 +815,7 @@ def test_a_clip_evaluation_of_neither_a_prompt_nor_zero_shot_is_one_line(tmp_pat
     with pytest.raises(UserError, match=r"^--prompt: give a prompt file, or --zero-shot$"):
         run_clip_eval(ClipEvalConfig(id_data="digits", ood={"photos": None}, out=str(tmp_path / "e")))
     assert not (tmp_path / "e").exists()
+    # a value out of its range is refused first, as the command line refuses it
+    with pytest.raises(UserError, match=r"^--batch-size 0: must be in \[1, 4096\]$"):
+        run_clip_eval(ClipEvalConfig(id_data="digits", ood={"photos": None}, out=str(tmp_path / "e"), batch_size=0))
+    assert not (tmp_path / "e").exists()
