@@ -90,6 +90,8 @@ def test_eval_agrees_with_sklearn_on_the_score_csvs(tmp_path, tiny, tiny_clip_ch
     assert report["metrics"]["mcm"]["noise"]["auroc"] == pytest.approx(float(table[("mcm", "noise")]["auroc"]), abs=0.005)
     md = (out / "metrics.md").read_text()
     assert "| gl-mcm |" in md and "noise FPR95" in md and "ID accuracy" in md
+    # (the title names the prompt, the model and its weights; "random weights" only for none)
+    assert md.startswith(f"# Prompt p.safetensors (clip-smot-tiny, {Path(tiny_clip_checkpoint).name})\n")
     png = (out / "scores_hist.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out / "scores_hist.png") as im:
