@@ -134,6 +134,21 @@ def test_bad_model_or_weights(model, pretrained, match):
         load_clip(model, pretrained)
 
 
+@pytest.mark.parametrize("model, tag, known", [
+    ("ViT-B-16", "openai", True), ("ViT-B-16", "laion2b_s34b_b88k", True),
+    ("ViT-B-16", "not-a-tag", False), ("ViT-B-16", "tiny.safetensors", False), ("RN50", "laion2b_s34b_b88k", False),
+])
+def test_a_prompts_pretrained_name_is_a_tag_only_where_open_clip_lists_it(model, tag, known):
+    """A prompt's stored 'pretrained' without a SHA-256 is loaded as a tag only where it is one of
+    the model's tags (else a file of that name in the current folder would load unchecked)."""
+    from open_clip import list_pretrained_tags_by_model
+
+    from clip_smot.clip.model import is_pretrained_tag
+
+    assert (tag in list_pretrained_tags_by_model(model)) is known  # (the outside reference)
+    assert is_pretrained_tag(model, tag) is known
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix):
     bad = tmp_path / f"weights{suffix}"
