@@ -83,6 +83,23 @@ def test_offline_a_gelu_tag_is_not_sent_to_the_quickgelu_model(monkeypatch):
     assert str(e.value).endswith("e.g. --model ViT-B-16-quickgelu --pretrained path/to/ViT-B-16-quickgelu.safetensors")
 
 
+def test_offline_a_tag_that_names_neither_a_file_nor_a_hub_repository_is_not_cached(tiny_clip_config, monkeypatch,
+                                                                                     tmp_path):
+    """A pretrained config holding only a download URL (open_clip's older layout: no "file", no
+    "hf_hub") has nothing in the local cache to find: offline, it fails fast with the message
+    that says so, not as whatever open_clip's download attempt raises."""
+    import open_clip.pretrained
+
+    real = open_clip.pretrained.get_pretrained_cfg
+    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg", lambda model, tag: (
+        {"url": "https://example.invalid/weights.pt"} if tag == "url-only" else real(model, tag)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_clip(tiny_clip_config, "url-only")
+    assert str(e.value).startswith("--pretrained url-only: the weights of clip-smot-tiny (url-only) are not cached")
+
+
 def test_a_tag_is_a_tag_beside_a_file_of_its_name(tmp_path, monkeypatch):
     """--pretrained openai in a folder holding a file named openai loaded that file as the tag's
     weights (and a prompt's recorded tag did the same); a tag is a tag, the file is ./openai."""
