@@ -130,14 +130,28 @@ def _hand_tokens(g: torch.Generator) -> torch.Tensor:
     return tokens
 
 
+def _assert_towers_are_open_clips(model, attention: str, g: torch.Generator) -> torch.Tensor:
+    """Both encoders of ``model`` against open_clip's own encode_image (3 random images) and
+    encode_text (:func:`_hand_tokens` of ``g``), to 1e-5; returns open_clip's text features."""
+    from clip_smot.clip.encoders import TextEncoder, packed_index
+
+    x = (images() - 0.5) / 0.25
+    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
+    tokens = _hand_tokens(g)
+    eot = tokens.argmax(-1)
+    with torch.no_grad():
+        ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
+        expected = model.encode_text(tokens)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    return expected
+
+
 @pytest.mark.parametrize("attention", ["causal", "flex"])
 def test_encoders_apply_layer_scale_as_open_clip_does(tiny_clip_config, attention):
     """The tiny CLIP has no LayerScale; with ``ls_init_value`` open_clip puts one after attention
     (ls_1) and one after the MLP (ls_2) in every block. Random, different gammas for the two: both
     towers must still compute open_clip's own encode_image / encode_text."""
     from open_clip.model import CLIP
-
-    from clip_smot.clip.encoders import TextEncoder, packed_index
 
     cfg = json.loads(Path(tiny_clip_config).read_text())
     cfg["vision_cfg"]["ls_init_value"] = cfg["text_cfg"]["ls_init_value"] = 1e-5
@@ -151,16 +165,7 @@ def test_encoders_apply_layer_scale_as_open_clip_does(tiny_clip_config, attentio
             for ls in (blk.ls_1, blk.ls_2):
                 ls.gamma.copy_(0.5 + torch.rand(ls.gamma.shape, generator=g))
 
-    x = (images() - 0.5) / 0.25
-    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
-
-    tokens = _hand_tokens(g)
-    eot = tokens.argmax(-1)
-    enc = TextEncoder(model, attention=attention)
-    with torch.no_grad():
-        ours = enc(model.token_embedding(tokens), eot, packed_index(eot, 77))
-        expected = model.encode_text(tokens)
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    _assert_towers_are_open_clips(model, attention, g)
 
 
 @pytest.mark.parametrize("attention", ["causal", "flex"])
@@ -171,8 +176,6 @@ def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_d
     bias that ``text_cfg.proj_bias`` builds (square here: width 32 = embed_dim 32, so a missing
     transpose is no shape error): both towers must still compute open_clip's own encodings."""
     from open_clip.model import CLIP
-
-    from clip_smot.clip.encoders import TextEncoder, packed_index
 
     cfg = json.loads(Path(tiny_clip_config).read_text())
     cfg["text_cfg"]["proj_bias"] = True
@@ -188,15 +191,7 @@ def test_encoders_use_each_layernorm_and_a_biased_text_projection_as_open_clip_d
             m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
         model.text_projection.bias.copy_(torch.randn(model.text_projection.bias.shape, generator=g))
 
-    x = (images() - 0.5) / 0.25
-    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
-
-    tokens = _hand_tokens(g)
-    eot = tokens.argmax(-1)
-    with torch.no_grad():
-        ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
-        expected = model.encode_text(tokens)
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    _assert_towers_are_open_clips(model, attention, g)
 
 
 @pytest.mark.parametrize("attention", ["causal", "flex"])
@@ -207,8 +202,6 @@ def test_encoders_without_ln_pre_or_text_projection_are_open_clips(tiny_clip_con
     projection that is not there (each other LayerNorm has random parameters of its own, so one
     applied in the wrong place would show)."""
     from open_clip.model import CLIP
-
-    from clip_smot.clip.encoders import TextEncoder, packed_index
 
     cfg = json.loads(Path(tiny_clip_config).read_text())
     cfg["vision_cfg"]["no_ln_pre"] = True
@@ -223,16 +216,7 @@ def test_encoders_without_ln_pre_or_text_projection_are_open_clips(tiny_clip_con
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
                 m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
 
-    x = (images() - 0.5) / 0.25
-    torch.testing.assert_close(ImageEncoder(model.visual)(x), model.encode_image(x), atol=1e-5, rtol=0)
-
-    tokens = _hand_tokens(g)
-    eot = tokens.argmax(-1)
-    with torch.no_grad():
-        ours = TextEncoder(model, attention=attention)(model.token_embedding(tokens), eot, packed_index(eot, 77))
-        expected = model.encode_text(tokens)
-    assert expected.shape == (3, cfg["text_cfg"]["width"])
-    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    assert _assert_towers_are_open_clips(model, attention, g).shape == (3, cfg["text_cfg"]["width"])
 
 
 def test_encoders_take_no_gradient_from_a_model_that_is_not_frozen(tiny_clip_config):
