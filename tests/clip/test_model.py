@@ -100,6 +100,30 @@ def test_offline_a_tag_that_names_neither_a_file_nor_a_hub_repository_is_not_cac
     assert str(e.value).startswith("--pretrained url-only: the weights of clip-smot-tiny (url-only) are not cached")
 
 
+def test_offline_a_tag_whose_weights_are_a_local_file_is_cached_where_the_file_is(tiny_clip_config, tiny_clip_checkpoint,
+                                                                                  monkeypatch, tmp_path):
+    """A pretrained config naming a local "file" (open_clip returns that path as the download) is
+    cached where that file is: offline, it loads those weights; where it is gone, it fails fast
+    with the message that says the weights are not cached."""
+    import open_clip.factory
+    import open_clip.pretrained
+
+    real, where = open_clip.pretrained.get_pretrained_cfg, {}
+    for module in (open_clip.pretrained, open_clip.factory):  # (ours looks it up there, open_clip's loader here)
+        monkeypatch.setattr(module, "get_pretrained_cfg", lambda model, tag: (
+            {"file": where["file"]} if tag == "local-file" else real(model, tag)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    where["file"] = str(tmp_path / "gone.safetensors")
+    with pytest.raises(UserError) as e:
+        load_clip(tiny_clip_config, "local-file")
+    assert str(e.value).startswith("--pretrained local-file: the weights of clip-smot-tiny (local-file) are not cached")
+    where["file"] = tiny_clip_checkpoint
+    clip = load_clip(tiny_clip_config, "local-file")
+    reference = load_clip(tiny_clip_config, tiny_clip_checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(clip.model.state_dict().values(), reference.model.state_dict().values()))
+
+
 def test_a_tag_is_a_tag_beside_a_file_of_its_name(tmp_path, monkeypatch):
     """--pretrained openai in a folder holding a file named openai loaded that file as the tag's
     weights (and a prompt's recorded tag did the same); a tag is a tag, the file is ./openai."""
