@@ -83,42 +83,28 @@ def test_offline_a_gelu_tag_is_not_sent_to_the_quickgelu_model(monkeypatch):
     assert str(e.value).endswith("e.g. --model ViT-B-16-quickgelu --pretrained path/to/ViT-B-16-quickgelu.safetensors")
 
 
-def test_offline_a_tag_that_names_neither_a_file_nor_a_hub_repository_is_not_cached(tiny_clip_config, monkeypatch,
-                                                                                     tmp_path):
+def test_offline_a_tag_is_cached_only_where_its_local_file_is(tiny_clip_config, tiny_clip_checkpoint, monkeypatch,
+                                                              tmp_path):
     """A pretrained config holding only a download URL (open_clip's older layout: no "file", no
-    "hf_hub") has nothing in the local cache to find: offline, it fails fast with the message
-    that says so, not as whatever open_clip's download attempt raises."""
-    import open_clip.pretrained
-
-    real = open_clip.pretrained.get_pretrained_cfg
-    monkeypatch.setattr(open_clip.pretrained, "get_pretrained_cfg", lambda model, tag: (
-        {"url": "https://example.invalid/weights.pt"} if tag == "url-only" else real(model, tag)))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(UserError) as e:
-        load_clip(tiny_clip_config, "url-only")
-    assert str(e.value).startswith("--pretrained url-only: the weights of clip-smot-tiny (url-only) are not cached")
-
-
-def test_offline_a_tag_whose_weights_are_a_local_file_is_cached_where_the_file_is(tiny_clip_config, tiny_clip_checkpoint,
-                                                                                  monkeypatch, tmp_path):
-    """A pretrained config naming a local "file" (open_clip returns that path as the download) is
-    cached where that file is: offline, it loads those weights; where it is gone, it fails fast
-    with the message that says the weights are not cached."""
+    "hf_hub") has nothing in the local cache to find; one naming a local "file" (open_clip returns
+    that path as the download) is cached where that file is. Offline, each without its weights
+    fails fast with the message that says they are not cached, not as whatever open_clip's
+    download attempt raises; the local file, there, loads."""
     import open_clip.factory
     import open_clip.pretrained
 
-    real, where = open_clip.pretrained.get_pretrained_cfg, {}
+    real, cfgs = open_clip.pretrained.get_pretrained_cfg, {}
     for module in (open_clip.pretrained, open_clip.factory):  # (ours looks it up there, open_clip's loader here)
-        monkeypatch.setattr(module, "get_pretrained_cfg", lambda model, tag: (
-            {"file": where["file"]} if tag == "local-file" else real(model, tag)))
+        monkeypatch.setattr(module, "get_pretrained_cfg", lambda model, tag: cfgs[tag] if tag in cfgs else real(model, tag))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HOME", str(tmp_path))
-    where["file"] = str(tmp_path / "gone.safetensors")
-    with pytest.raises(UserError) as e:
-        load_clip(tiny_clip_config, "local-file")
-    assert str(e.value).startswith("--pretrained local-file: the weights of clip-smot-tiny (local-file) are not cached")
-    where["file"] = tiny_clip_checkpoint
+    for tag, cfg in (("url-only", {"url": "https://example.invalid/weights.pt"}),
+                     ("local-file", {"file": str(tmp_path / "gone.safetensors")})):
+        cfgs[tag] = cfg
+        with pytest.raises(UserError) as e:
+            load_clip(tiny_clip_config, tag)
+        assert str(e.value).startswith(f"--pretrained {tag}: the weights of clip-smot-tiny ({tag}) are not cached")
+    cfgs["local-file"] = {"file": tiny_clip_checkpoint}
     clip = load_clip(tiny_clip_config, "local-file")
     reference = load_clip(tiny_clip_config, tiny_clip_checkpoint)
     assert all(torch.equal(a, b) for a, b in zip(clip.model.state_dict().values(), reference.model.state_dict().values()))
