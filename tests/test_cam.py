@@ -248,9 +248,9 @@ def test_a_torchvision_resnet_state_dict_loads_as_it_was_saved(tmp_path, block, 
     BasicBlocks, saved plain, in {"state_dict": ...}, in {"model": ...} with
     DistributedDataParallel's "module." prefix, without the BatchNorms' num_batches_tracked
     (torchvision's own ImageNet files predate it), or as a .safetensors file of timm's metadata
-    (format "pt", as the Hugging Face hub keeps timm's resnet18.tv_in1k). The network rebuilt computes what the saved one
-    does, and is fed as torchvision's ImageNet networks are (its mean and std, 224 pixels); 7
-    classes are not ImageNet's."""
+    (format "pt", as the Hugging Face hub keeps timm's resnet18.tv_in1k). The network rebuilt
+    computes what the saved one does, and is fed as torchvision's ImageNet networks are (its mean
+    and std, 224 pixels); 7 classes are not ImageNet's."""
     import torchvision.models.resnet as tv
 
     from clip_smot.clip.cam_network import load_cam_network
