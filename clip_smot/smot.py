@@ -34,11 +34,11 @@ PERTURBATIONS = ("zero", "one", "noise")
 _TINY_CONC = 1e-300  # Beta parameters below it are scaled up together (see sample_thresholds)
 
 
-def _tensors(optional: tuple[str, ...] = (), **named) -> None:
+def _tensors(**named) -> None:
     """Refuse what is no tensor where one is read: a numpy array or a list stopped on a missing attribute
-    ("'numpy.ndarray' object has no attribute 'float'"), naming no argument. ``optional`` ones may be None."""
+    ("'numpy.ndarray' object has no attribute 'float'"), naming no argument."""
     for name, value in named.items():
-        if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
+        if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
