@@ -27,8 +27,8 @@ import errno
 import functools
 import os
 import re
+import stat
 import tarfile
-from pathlib import Path
 from typing import Iterator
 
 from clip_smot.common.errors import UserError, cut
@@ -361,13 +361,25 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     if member is not None:
         return _read_member(*member)
     try:
-        if (size := os.stat(path).st_size) > MAX_MEMBER_BYTES:  # (read whole: a size the file picks)
-            raise UserError(f"{path}: too large for an image file ({size} bytes, at most {MAX_MEMBER_BYTES})")
-        return Path(path).read_bytes()
+        # The listings hand in regular files only, but a path can be replaced after it was listed: by a
+        # FIFO, whose open and read would wait for a writer, or /dev/zero, whose read never ends.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{path}: cannot read the image file (not a regular file: a FIFO or a device)")
+            if st.st_size > MAX_MEMBER_BYTES:  # (read whole: a size the file picks)
+                raise UserError(f"{path}: too large for an image file ({st.st_size} bytes, at most {MAX_MEMBER_BYTES})")
+            data = f.read(MAX_MEMBER_BYTES + 1)  # (no more, also of a file grown since its stat)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the image file ({e.strerror or e})") from None
+    if len(data) > MAX_MEMBER_BYTES:
+        raise UserError(f"{path}: too large for an image file (more than {MAX_MEMBER_BYTES} bytes)")
+    return data
 
 
 def image_identity(path: str | os.PathLike) -> str:

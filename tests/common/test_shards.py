@@ -2,7 +2,9 @@
 
 import glob
 import io
+import os
 import shutil
+import signal
 import subprocess
 import tarfile
 
@@ -966,3 +968,41 @@ def test_a_shard_that_is_a_folder_is_one_line_when_listed_as_a_shard(tmp_path):
         shards.list_members(tmp_path / "d.tar", "--x")
     assert str(e.value) == (f"--x {tmp_path / 'd.tar'}: not a readable uncompressed tar shard ([Errno 21] Is a "
                             f"directory: '{tmp_path / 'd.tar'}')")
+
+
+def test_an_image_path_replaced_by_a_fifo_or_a_device_is_refused_unread(tmp_path):
+    """The listings hand in regular files only; a path replaced after its listing by a FIFO (whose open
+    waited for a writer) or by /dev/zero (whose size is 0 and whose read never ended) is one line."""
+    os.mkfifo(tmp_path / "x.png")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the read waited"))
+    signal.alarm(10)
+    try:
+        for name in ("x.png", "zero.png"):
+            with pytest.raises(UserError) as e:
+                shards.read_image_bytes(tmp_path / name)
+            assert str(e.value) == (f"{tmp_path / name}: cannot read the image file "
+                                    "(not a regular file: a FIFO or a device)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_an_image_file_grown_past_the_limit_after_its_stat_is_refused(tmp_path, monkeypatch):
+    """The size limit holds for the bytes read, not only for the size stat gave before: a file that
+    grows in between is refused, not read whole."""
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 100)
+    path = tmp_path / "grows.png"
+    path.write_bytes(b"a" * 100)
+    fstat = os.fstat
+
+    def grow_after_stat(fd):
+        st = fstat(fd)
+        with open(path, "ab") as f:
+            f.write(b"b")
+        return st
+
+    monkeypatch.setattr(shards.os, "fstat", grow_after_stat)
+    with pytest.raises(UserError) as e:
+        shards.read_image_bytes(path)
+    assert str(e.value) == f"{path}: too large for an image file (more than 100 bytes)"
