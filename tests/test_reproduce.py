@@ -1720,6 +1720,30 @@ def test_a_finished_stage_made_with_weights_since_replaced_at_the_same_path_is_r
     assert ran == ["eval-smot"]
 
 
+def test_a_weights_file_that_cannot_be_read_is_left_to_the_stages_to_name(tmp_path, monkeypatch):
+    """--pretrained names a file that is there but cannot be read (no permission; root reads any, so
+    its hash is made to fail here): the record holds no hash of it, and the stages run, whose
+    commands name the file in their own one line, not reproduce in an OSError traceback."""
+    import clip_smot.reproduce as reproduce
+
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    options = dataclasses.replace(options, pretrained=str(weights))
+    hashed = reproduce.sha256_file
+
+    def unreadable(path):
+        if os.path.realpath(path) == os.path.realpath(weights):
+            raise PermissionError(13, "Permission denied", str(path))
+        return hashed(path)
+
+    monkeypatch.setattr(reproduce, "sha256_file", unreadable)
+    reproduce.run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
+    assert all(json.loads((out / name / reproduce.RECORD).read_text())["files"] == {} for name in ran)
+
+
 def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stage(tmp_path):
     """An eval run by hand into OUT/eval-smot while reproduce ran held the folder's lock, so the
     stage was refused; the rerun found that eval's metrics.json under the stage's record and skipped
