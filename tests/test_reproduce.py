@@ -1190,7 +1190,8 @@ def test_an_interrupted_evaluation_of_a_replaced_prompt_runs_again(tmp_path):
 
 
 @pytest.mark.parametrize("value, shown", [("true", "True"), ("NaN", "nan"), ("-Infinity", "-inf"),
-                                          ("1e308", "1e+308, not a percent"), ("-0.5", "-0.5, not a percent")])
+                                          ("1e308", "1e+308, not a percent"), ("-0.5", "-0.5, not a percent"),
+                                          ("100.5", "100.5, not a percent")])
 def test_a_metric_that_is_no_finite_number_is_refused_in_the_table(tmp_path, value, shown):
     """metrics.json's true (a bool is an int in Python), NaN and Infinity (Python's json reads both),
     and a number outside 0..100 (every metric is a percent)."""
