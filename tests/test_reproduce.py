@@ -550,6 +550,26 @@ def test_a_folder_named_as_a_model_or_tag_made_since_leaves_the_stages_finished(
         os.path.realpath(tmp_path / "openai")
 
 
+def test_a_file_named_as_the_value_of_a_flag_that_takes_no_path_is_not_hashed(tmp_path, monkeypatch):
+    """Only the flags that name a file or folder are hashed in a record: files ./mcm and ./ce in
+    the working folder (the values of --scores and --loss) are no stage's input, and changing them
+    leaves the finished stages skipped, not refused as made with a file since changed."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    monkeypatch.chdir(tmp_path)
+    ran, out = [], tmp_path / "o"
+    options, fake = _table8_fakes(tmp_path, ran, {})
+    for name in ("mcm", "ce"):
+        (tmp_path / name).write_bytes(b"before")
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert all(json.loads((out / name / RECORD).read_text())["files"] == {} for name in ran)
+    for name in ("mcm", "ce"):
+        (tmp_path / name).write_bytes(b"after")
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == []
+
+
 def test_a_stage_made_from_an_earlier_stages_file_since_replaced_is_refused_not_skipped(tmp_path):
     """A fit redone (its folder removed, as reproduce's own error advises for other options) left
     the evaluations of the old prompt finished: reproduce skipped them and wrote their numbers as
