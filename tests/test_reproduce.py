@@ -2202,10 +2202,12 @@ def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_ne
     (out / "eval-smot" / RECORD).write_text(json.dumps({**record, "made": None}))  # (killed as it ended)
     (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").write_text('{"argv": [')
     (out / ".table.md.k1ll3d.tmp").write_text("# Table")
+    (out / ".table.csv.k1ll3d.tmp").write_text("table,row")
     ran.clear()
     run_reproduce("table2", options, run, echo=lambda line: None)
     assert ran == ["eval-smot"]
-    assert not (out / "eval-smot" / f".{RECORD}.k1ll3d.tmp").exists() and not (out / ".table.md.k1ll3d.tmp").exists()
+    left = [f.name for d in (out, out / "eval-smot") for f in d.iterdir() if f.name.endswith(".k1ll3d.tmp")]
+    assert left == []
 
 
 @pytest.mark.parametrize("epochs, saved, differ", [
