@@ -2251,6 +2251,40 @@ def test_a_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tm
     assert calls[0][-1] == "--resume" and len(calls) == 6
 
 
+class _MakesAFolder:
+    """Pickled, a call of os.mkdir(path): what a hostile checkpoint.pt runs where it is unpickled
+    as anything but weights."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_hostile_checkpoint_is_not_unpickled_when_its_options_are_compared(tmp_path, monkeypatch):
+    """Before an interrupted training is resumed, reproduce reads its checkpoint's options: a
+    checkpoint.pt put in the folder that pickles a call (here os.mkdir) must be read as weights
+    only, so the call never runs; the stage is resumed, and train names the file."""
+    from clip_smot.reproduce import run_reproduce
+
+    monkeypatch.setattr("clip_smot.resnet.data.torchvision_unavailable", lambda name, root: None)  # (as if there)
+    options, fake = _table2_fakes(tmp_path, {"train-base"})
+    out, calls, ran_code = tmp_path / "o", [], tmp_path / "the checkpoint ran code"
+
+    def run(argv):
+        calls.append(argv)
+        fake(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reproduce("table2", options, run, echo=lambda line: None)
+    torch.save({"epoch": 1, "config": _MakesAFolder(ran_code)}, out / "train-base" / "checkpoint.pt")
+    calls.clear()
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    assert not ran_code.exists()
+    assert calls[0][-1] == "--resume" and len(calls) == 6
+
+
 def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tmp_path):
     """Table 8 killed as fit-smot started (its record written), then the user's own `fit --lr 0.05
     --out OUT/fit-smot` there, stopped at a checkpoint: the stage's --resume took --lr from the
