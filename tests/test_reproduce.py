@@ -2167,14 +2167,20 @@ def test_folders_named_as_the_builtin_sets_in_the_working_directory_change_no_re
     assert ran == []
 
 
-@pytest.mark.parametrize("by_hand", ["train --resume --epochs 3", "a model copied over"])
-def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_the_stages_after_it(tmp_path, by_hand):
+@pytest.mark.parametrize("by_hand, changed", [("train --resume --epochs 3", "model.safetensors"),
+                                              ("a model copied over", "model.safetensors"),
+                                              ("a summary written over", "summary.json"),
+                                              ("the model removed, a summary written over", "summary.json")])
+def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_the_stages_after_it(tmp_path, by_hand,
+                                                                                                    changed):
     """reproduce table2 stopped in train-smot, train-base finished; then a `train --resume --epochs 3`
     run by hand into OUT/train-base (a new summary.json and model.safetensors), or another model
     copied over its model.safetensors: the rerun skipped train-base as finished (its record names
     --epochs 2) and trained SMOT on that model's CAMs and evaluated it as the base model, exit 0,
     a table of another run than its record says. A training's record vouches for its summary.json
-    (``made``) and its model.safetensors (``model``): another is refused before any stage runs."""
+    (``made``) and its model.safetensors (``model``): another is refused before any stage runs, each
+    compared, also where the other is as it was or, a model, since removed (the stage that reads it
+    names it)."""
     from clip_smot.reproduce import RECORD, run_reproduce
 
     out, ran = tmp_path / "o", []
@@ -2193,14 +2199,17 @@ def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_th
             run_reproduce("table2", options, run, echo=lambda line: None)
         record = json.loads((out / "train-base" / RECORD).read_text())
         assert record["model"] == hashlib.sha256(b"2 epochs").hexdigest()
-        (out / "train-base" / "model.safetensors").write_bytes(b"3 epochs")
-        if by_hand.startswith("train"):
+        if by_hand.startswith("the model removed"):
+            (out / "train-base" / "model.safetensors").unlink()
+        elif by_hand != "a summary written over":
+            (out / "train-base" / "model.safetensors").write_bytes(b"3 epochs")
+        if by_hand != "a model copied over":
             (out / "train-base" / "summary.json").write_text('{"epochs": 3}')
         ran.clear()
         for dry_run in (True, False):
             with pytest.raises(UserError) as e:
                 run_reproduce("table2", options, run, dry_run=dry_run, echo=lambda line: None)
-            assert str(e.value) == (f"reproduce: {out / 'train-base' / 'model.safetensors'} is no longer the file its "
+            assert str(e.value) == (f"reproduce: {out / 'train-base' / changed} is no longer the file its "
                                     "stage wrote (another command wrote it since, or it was edited): the stages after "
                                     f"it would read another model than the stage's; remove {out / 'train-base'} to run "
                                     "the stage again")
