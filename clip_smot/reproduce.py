@@ -19,6 +19,7 @@ The paper's numbers come from ``data_lists/paper_tables.csv``; the result is ``O
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import math
 import os
@@ -255,7 +256,10 @@ class Stage:
                 raise UserError(f"reproduce: {record} cannot be read ({first_line(e)}); remove {folder} to run the "
                                 "stage again") from None
             if recorded not in (planned, self._without_run_control()):  # (the second: an older record's OUT paths)
-                if [f.name for f in folder.iterdir()] == [RECORD]:  # (its command stopped at once: nothing to keep)
+                # (its command stopped at once: nothing to keep; beside the record at most the temporary of a
+                # run killed while it wrote the record, which write_record removes)
+                kept = [f.name for f in folder.iterdir() if not fnmatch.fnmatchcase(f.name, f".{RECORD}.*.tmp")]
+                if kept == [RECORD]:
                     return
                 raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "
                                 f"{shlex.join(recorded)}), not this stage's (clip-smot {shlex.join(planned)}): another "

@@ -412,8 +412,6 @@ def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp
         run_reproduce("table8", dataclasses.replace(options, shots=4), fake, dry_run=True, echo=lambda line: None)
 
 
-@pytest.mark.xfail(strict=True, reason="check_record counts a stale .reproduce.json.*.tmp beside another "
-                   "command's record as work to keep (reproduce.py:258); it is removed only later, by write_record")
 def test_a_stage_whose_command_stopped_at_once_runs_again_beside_a_killed_records_temporary(tmp_path):
     """The stage's command stopped at once (only its record left); a run with other options was
     SIGKILLed while it wrote the stage's new record, leaving its hidden temporary beside the old
