@@ -1500,6 +1500,29 @@ def test_speed_options_default_to_the_fastest_measured_on_the_device(monkeypatch
         assert seen.pop() == given
 
 
+@pytest.mark.parametrize("flag,compiled", [("--compile", True), ("--no-compile", False)])
+def test_compile_compiles_the_text_layers_and_the_image_blocks(fit_args, tmp_path, monkeypatch, flag, compiled):
+    """--compile reaches both towers: the text layers are compiled once, when the prompt is built
+    (its result is exact, so only the call tells), and the step is told to compile the image
+    encoder's blocks; --no-compile does neither."""
+    import clip_smot.clip.fit as fit_mod
+    from clip_smot.clip.encoders import TextEncoder
+    from clip_smot.common import device
+
+    calls, seen = [], {}
+
+    def make(clip, learner, optimizer, **kw):
+        seen.update(kw)
+        return lambda *a: torch.tensor(1.0)
+
+    monkeypatch.setattr(device, "missing_cpp_compiler", lambda: None)  # (nothing is compiled: any machine)
+    monkeypatch.setattr(TextEncoder, "compile_layers", lambda self, **kw: calls.append(self.attention))
+    monkeypatch.setattr(fit_mod, "make_fit_step", make)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--text-attention", "square", flag))
+    assert res.exit_code == 0, res.output
+    assert (calls, seen["compile_image"]) == ((["square"], True) if compiled else ([], False))
+
+
 def test_a_failing_compiler_is_one_line_that_names_no_compile(fit_args, tmp_path, monkeypatch):
     """torch.compile's errors (e.g. no C compiler for Triton) end the fit with one line naming
     --no-compile (and --text-attention square where FlexAttention's kernel runs); other errors
