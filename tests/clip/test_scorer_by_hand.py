@@ -263,3 +263,37 @@ def test_a_prompts_recorded_weights_must_be_a_plain_name(tmp_path, pretrained, s
     with pytest.raises(UserError, match=rf"^--prompt {re.escape(prompt.path)}: metadata 'pretrained': "
                                         rf"'{re.escape(pretrained)}' is not a plain name .*; pass --pretrained$"):
         resolve_pretrained(prompt)
+
+
+def _tiny_images(tiny, seed):  # noqa: F811
+    """Two random images [2, 3, S, S] in [0, 1] and their normalised form, of the tiny model's size."""
+    size = tiny.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    mean, std = torch.tensor(tiny.mean).view(1, 3, 1, 1), torch.tensor(tiny.std).view(1, 3, 1, 1)
+    return images, (images - mean) / std, std
+
+
+def test_scorer_odin_is_liangs_on_open_clips_logits(tiny):  # noqa: F811
+    """ODIN (Liang et al., 2018; T = 1000, eps = 0.0014, as MCM runs it) by hand on open_clip's
+    model run directly: the logits logit_scale.exp() * cos(image, text), one step of eps / std
+    against the sign of the gradient of the cross-entropy at T with the predicted class, then the
+    max softmax at T of the stepped images' logits."""
+    text = torch.randn(3, tiny.config["embed_dim"], generator=torch.Generator().manual_seed(2))
+    _, x, std = _tiny_images(tiny, 3)
+    T, eps = 1000.0, 0.0014
+    scale = tiny.model.logit_scale.exp().item()
+
+    def logits(v):
+        return scale * F.normalize(tiny.model.encode_image(v).float(), dim=-1) @ F.normalize(text, dim=-1).T
+
+    v = x.clone().requires_grad_(True)
+    out = logits(v)
+    F.cross_entropy(out / T, out.argmax(dim=-1)).backward()
+    stepped = x - eps * torch.where(v.grad >= 0, 1.0, -1.0) / std
+    with torch.no_grad():
+        want = torch.softmax(logits(stepped) / T, dim=-1).max(dim=-1).values
+    got = PromptScorer(tiny, text, ["a", "b", "c"], precision="fp32").odin(x)
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=0)
+    assert abs(scale - 1.0) > 1e-3  # (the check above would not tell exp(logit_scale) from 1)
+
