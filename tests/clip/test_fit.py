@@ -1104,6 +1104,17 @@ def test_bad_export_checkpoint(tmp_path):
     assert _one_error_line(res) == f"Error: --checkpoint {tmp_path / 'none.pt'}: no such file"
 
 
+def test_export_of_a_prompt_given_as_its_checkpoint_names_what_it_is(one_epoch, tmp_path):
+    """--checkpoint RUN/prompt.safetensors (the prompt, not the checkpoint beside it) is named as
+    a prompt file, with the flag that takes one, in one line; nothing is written."""
+    prompt = one_epoch / "prompt.safetensors"
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(prompt), "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 1 and _one_error_line(res) == (
+        f"Error: --checkpoint {prompt}: a prompt file (fit's or export's .safetensors), not a fit checkpoint; it is "
+        "exported already: give it to --prompt")
+    assert not (tmp_path / "p.safetensors").exists()
+
+
 def test_config_round_trips_through_json():
     cfg = FitConfig(data="d", shots=4, ctx_init="a photo of a", csc=True, lam=0.3, T=150.0)
     assert FitConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
