@@ -1437,6 +1437,23 @@ def test_dry_run_with_the_fast_text_knobs(fit_args, tmp_path, attention):
     assert res.stderr.startswith("fit: set-up ") and "compiles" not in res.stderr, res.stderr
 
 
+def test_the_prompt_is_encoded_with_causal_attention_whatever_the_training_used(fit_args, tmp_path, monkeypatch):
+    """The exported text features come from the most exact layout, causal SDPA in fp32, also
+    after a training with --text-attention square."""
+    import clip_smot.clip.prompt as prompt_mod
+
+    seen, real = [], prompt_mod.PromptLearner
+
+    def spy(*args, **kw):
+        seen.append((kw["attention"], kw["precision"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(prompt_mod, "PromptLearner", spy)
+    res = CliRunner().invoke(cli, fit_args(tmp_path / "run", "--text-attention", "square", "--precision", "bf16"))
+    assert res.exit_code == 0, res.output
+    assert seen == [("square", "bf16"), ("causal", "fp32")]  # the training's, the export's
+
+
 @pytest.mark.cpp_compiler
 def test_flex_compiled_text_layers_fit_the_same_prompt(fit_args, tmp_path):
     """--text-attention flex --compile: one epoch (a large lr, no warm-up, so that the
