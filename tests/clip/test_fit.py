@@ -1702,7 +1702,7 @@ FIT_RANGES = [
     ("alpha", "--alpha", (0.5,), (0.0, -1.0)), ("beta", "--beta", (0.5,), (0.0, -1.0)),
     ("lam", "--lam", (0.0, 1.0), (-0.1, 1.5)), ("T", "--T", (0.5,), (0.0, -1.0)),
     ("sigma", "--sigma", (0.0,), (-0.1,)), ("epochs", "--epochs", (1,), (0,)),
-    ("batch_size", "--batch-size", (1,), (0,)), ("lr", "--lr", (0.5,), (0.0,)),
+    ("batch_size", "--batch-size", (1, 4096), (0, 4097)), ("lr", "--lr", (0.5,), (0.0,)),
     ("momentum", "--momentum", (0.0, 1.0), (-0.1, 1.5)), ("weight_decay", "--weight-decay", (0.0,), (-0.1,)),
     ("warmup_epochs", "--warmup-epochs", (0,), (-1,)), ("warmup_lr", "--warmup-lr", (0.5,), (0.0,)),
     ("crop_scale", "FitConfig.crop_scale", (0.5, 1.0), (0.0, 1.5)),
