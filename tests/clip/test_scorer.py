@@ -1168,6 +1168,9 @@ def test_odin_of_score_paths_scores_the_readable_files_alone(tmp_path, tiny):
     res = scorer.score_paths([bad, id_dir], ["mcm", "odin"], workers=0, use_cache=False, skip_unreadable=True)
     assert sorted(res.paths) == good and sorted(s[0] for s in res.skipped) == sorted([str(bad), str(inside)])
     torch.testing.assert_close(res.scores["odin"], scorer.odin_files(res.paths, workers=0), rtol=0, atol=0)
+    # skipping is asked for: by default an unreadable file is the error, naming it
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        scorer.score_paths([bad, id_dir], ["mcm"], workers=0, use_cache=False)
 
 
 def test_every_file_name_gets_a_row_that_reads_back(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
