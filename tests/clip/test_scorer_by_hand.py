@@ -299,10 +299,12 @@ def test_scorer_odin_is_liangs_on_open_clips_logits(tiny):  # noqa: F811
 
 
 def test_score_gives_a_fitted_score_of_the_id_train_features(tiny):  # noqa: F811
-    """PromptScorer.score with knn after fit_id_train: minus the distance of each image's
-    normalised open_clip feature to its 50th nearest ID-train feature (Sun et al., 2022), the
-    neighbours found by scikit-learn."""
+    """PromptScorer.score (of images) and score_features (of cached features) with knn after
+    fit_id_train: minus the distance of each image's normalised open_clip feature to its 50th
+    nearest ID-train feature (Sun et al., 2022), the neighbours found by scikit-learn."""
     from sklearn.neighbors import NearestNeighbors
+
+    from clip_smot.clip.features import ImageFeatures
 
     text = torch.randn(3, tiny.config["embed_dim"], generator=torch.Generator().manual_seed(4))
     train = F.normalize(torch.randn(60, tiny.config["embed_dim"], generator=torch.Generator().manual_seed(5)), dim=-1)
@@ -313,4 +315,7 @@ def test_score_gives_a_fitted_score_of_the_id_train_features(tiny):  # noqa: F81
     with torch.no_grad():
         feats = F.normalize(tiny.model.encode_image(x).float(), dim=-1)
     distances, _ = NearestNeighbors(n_neighbors=50).fit(train.numpy()).kneighbors(feats.numpy())
-    torch.testing.assert_close(got["knn"], torch.from_numpy(-distances[:, -1]).float(), atol=1e-5, rtol=0)
+    want = torch.from_numpy(-distances[:, -1]).float()
+    torch.testing.assert_close(got["knn"], want, atol=1e-5, rtol=0)
+    cached = scorer.score_features(ImageFeatures(["a.png", "b.png"], feats, None, []), ["knn"], chunk=1)
+    torch.testing.assert_close(cached["knn"], want, atol=1e-5, rtol=0)
