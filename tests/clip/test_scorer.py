@@ -619,6 +619,23 @@ def test_a_damaged_cache_entry_is_encoded_again(tmp_path, tiny, damage):
     torch.testing.assert_close(reread.global_, fresh.global_, rtol=0, atol=0)
 
 
+def test_score_files_caches_the_features_unless_told_not_to(tmp_path, tiny):
+    """PromptScorer.score_files, as a library user calls it: one feature-cache entry by default,
+    none with use_cache=False, and the same scores either way."""
+    from clip_smot.clip.features import cache_dir
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=1)
+    paths = sorted((id_dir / "val").rglob("*.png"))
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(1)), dim=-1),
+                          CLASSES)
+    uncached = scorer.score_files(paths, ["mcm"], workers=0, use_cache=False)
+    assert not cache_dir().exists() or not list(cache_dir().glob("*.safetensors"))
+    cached = scorer.score_files(paths, ["mcm"], workers=0)
+    assert len(list(cache_dir().glob("*.safetensors"))) == 1
+    assert cached.paths == uncached.paths
+    torch.testing.assert_close(cached.scores["mcm"], uncached.scores["mcm"], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("tensor,shape", [("global", [10_000_000, 32]), ("global", [3, 10_000_000]),
                                           ("local", [4, 10_000_000, 32]), ("local", [4, 17, 32])])
 def test_a_cache_entry_declaring_other_shapes_is_encoded_again_before_loading(tmp_path, tiny, monkeypatch, capsys,
