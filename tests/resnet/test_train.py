@@ -258,6 +258,17 @@ def test_lr_schedules():
         pytest.approx([0.1, 0.01, 0.001])
 
 
+def test_resolve_config_refuses_an_input_size_out_of_range_before_it_takes_the_sets():
+    """resolve_config sets input_size to the size the data was loaded at: a library caller's
+    input_size of 4 (below the 8 the flag allows) was replaced by it without a word had the
+    ranges been checked only after the defaults were filled."""
+    from clip_smot.resnet.train import resolve_config
+
+    with pytest.raises(UserError, match=r"^--input-size 4: must be in \[8, "):
+        resolve_config(TrainConfig(out="x", data="d", input_size=4), 3, 32)
+    assert resolve_config(TrainConfig(out="x", data="d", input_size=16), 3, 32).input_size == 32
+
+
 @pytest.mark.parametrize("stage,epochs", [("base", 200), ("base", 10), ("smot", 300), ("smot", 7)])
 def test_lr_schedules_are_torchs_schedulers(stage, epochs):
     """The paper's schedules as torch's own schedulers give them, stepped once an epoch: base,
