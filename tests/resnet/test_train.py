@@ -269,6 +269,21 @@ def test_resolve_config_refuses_an_input_size_out_of_range_before_it_takes_the_s
     assert resolve_config(TrainConfig(out="x", data="d", input_size=16), 3, 32).input_size == 32
 
 
+def test_the_steps_default_to_the_methods_options_and_to_rank_0():
+    """A library caller of train_step / train_epoch who leaves their options out gets the
+    method's defaults (docs/method.md: T 10 as CIFAR-10's, lam 0.1, a black masked region,
+    noise std 0.1; label smoothing 0.1, LogitNorm tau 0.04) and the thresholds of one process,
+    rank 0, as run_train draws them."""
+    import inspect
+
+    from clip_smot.resnet.train import StepParts, train_epoch
+
+    p = StepParts("smot", mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1))
+    assert (p.T, p.lam, p.perturb, p.sigma, p.ls_eps, p.logitnorm_tau) == (10.0, 0.1, "zero", 0.1, 0.1, 0.04)
+    assert p.cam is None and p.scaler is None and not p.channels_last and not p.cuda_graph
+    assert inspect.signature(train_epoch).parameters["rank"].default == 0
+
+
 @pytest.mark.parametrize("stage,epochs", [("base", 200), ("base", 10), ("smot", 300), ("smot", 7)])
 def test_lr_schedules_are_torchs_schedulers(stage, epochs):
     """The paper's schedules as torch's own schedulers give them, stepped once an epoch: base,
