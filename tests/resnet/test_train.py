@@ -440,6 +440,19 @@ def test_eval_bad_inputs(folders, ood_dir, base_model, tmp_path):
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
 
 
+def test_eval_from_python_checks_the_ranges_the_command_line_checks(folders, ood_dir, base_model, tmp_path):
+    """run_resnet_eval checks its configuration itself: a library caller's batch of 0 images is
+    the one line the command line's --batch-size gives, before any model or image is read, and
+    nothing is written."""
+    from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
+
+    cfg = ResnetEvalConfig(checkpoint=str(base_model), id_data=str(folders), ood={"x": str(ood_dir)}, device="cpu",
+                           workers=0, out=str(tmp_path / "e"), batch_size=0)
+    with pytest.raises(UserError, match=r"^--batch-size 0: must be in \[1, "):
+        run_resnet_eval(cfg)
+    assert not (tmp_path / "e").exists()
+
+
 def test_eval_an_id_folder_whose_name_is_too_long_is_one_line(tmp_path):
     """--id or --id-train naming a folder of 300 characters (over the 255 a Linux file system
     takes) was a traceback: pathlib's is_dir raises OSError (ENAMETOOLONG) where it answers False
