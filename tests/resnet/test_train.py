@@ -1192,7 +1192,8 @@ def test_resume_removes_the_temporary_file_of_a_killed_write(folders, tmp_path):
     large as a checkpoint) in --out for good; each kill added one."""
     out = tmp_path / "run"
     assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
-    stale = [out / ".checkpoint.pt.k1ll3d_x.tmp", out / ".model.safetensors.abc.tmp", out / ".log.jsonl.q.tmp"]
+    stale = [out / ".checkpoint.pt.k1ll3d_x.tmp", out / ".model.safetensors.abc.tmp", out / ".log.jsonl.q.tmp",
+             out / ".summary.json.z9.tmp", out / ".config.json.r2.tmp"]  # each file the run writes
     others = [out / ".notes.txt.abc.tmp", out / "mine.tmp"]  # not the run's: kept
     for f in stale + others:
         f.write_bytes(b"PK\x03\x04 half")
