@@ -1614,6 +1614,22 @@ def test_an_out_inside_the_training_images_is_refused_before_any_work(tmp_path):
     assert not out.exists()
 
 
+def test_an_out_in_a_cifar_roots_val_folder_is_not_taken_for_one_of_images(tmp_path, monkeypatch):
+    """A torchvision root (--dataset cifar10 --data ROOT) holds its images in batch files, not in
+    train/ and val/ class folders: an --out at ROOT/val/run is no folder a later run reads as
+    images, so it is not refused as one (the set is loaded next; here a stand-in says so)."""
+    import clip_smot.resnet.train as train_mod
+
+    def loaded(*a, **kw):
+        raise RuntimeError("the set is loaded")
+
+    monkeypatch.setattr(train_mod, "load_id_split", loaded)
+    root = tmp_path / "cifar"
+    (root / "val").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="the set is loaded"):
+        run_train(TrainConfig(out=str(root / "val" / "run"), dataset="cifar10", data=str(root), device="cpu"))
+
+
 def test_resume_takes_the_runs_own_data_and_cam_model_spelled_another_way(folders, base_model, tmp_path,
                                                                            monkeypatch):
     """`--data data/` (a shell's completion) or a relative `--cam-model` on --resume of a run given
