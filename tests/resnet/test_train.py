@@ -453,6 +453,22 @@ def test_eval_from_python_checks_the_ranges_the_command_line_checks(folders, ood
     assert not (tmp_path / "e").exists()
 
 
+def test_eval_is_refused_while_another_command_holds_its_out_folder(folders, ood_dir, base_model, tmp_path):
+    """The --out of an evaluation is a folder, locked as one (the folder itself, as another
+    eval or train into it locks it): while another command holds it, eval is one line and
+    writes nothing, in the folder or beside it."""
+    from clip_smot.common.files import output_lock
+    from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
+
+    out = tmp_path / "e"
+    cfg = ResnetEvalConfig(checkpoint=str(base_model), id_data=str(folders), ood={"x": str(ood_dir)}, device="cpu",
+                           workers=0, out=str(out))
+    with output_lock(out, folder=True):
+        with pytest.raises(UserError, match=rf"^--out {out}: another clip-smot command is writing it now"):
+            run_resnet_eval(cfg)
+        assert os.listdir(out) == [] and os.listdir(tmp_path) == ["e"]
+
+
 def test_eval_an_id_folder_whose_name_is_too_long_is_one_line(tmp_path):
     """--id or --id-train naming a folder of 300 characters (over the 255 a Linux file system
     takes) was a traceback: pathlib's is_dir raises OSError (ENAMETOOLONG) where it answers False
