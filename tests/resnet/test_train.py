@@ -1749,6 +1749,24 @@ def test_the_log_gives_the_train_accuracy_in_percent_of_the_images_seen(base_mod
         assert correct == pytest.approx(round(correct), abs=1e-9) and round(correct) > 0, e
 
 
+def test_an_epochs_log_line_is_the_mean_loss_and_the_percent_correct_of_its_images(folders, tmp_path, monkeypatch):
+    """The epoch's totals (here 6.0 summed loss and 3 correct over 4 images, from a stand-in
+    for train_epoch) are logged as a mean loss of 6 / 4 = 1.5 and 3 / 4 = 75% accuracy, at the
+    epoch's lr, in log.jsonl, the checkpoint's log and the summary."""
+    import clip_smot.resnet.train as train_mod
+
+    def epoch(*a, **kw):
+        return {"loss_sum": torch.tensor(6.0), "correct": torch.tensor(3), "seen": 4, "steps": 2}
+
+    monkeypatch.setattr(train_mod, "train_epoch", epoch)
+    out = tmp_path / "run"
+    summary = run_train(_cfg(folders, out, epochs=1, lr=0.05))
+    line = json.loads((out / "log.jsonl").read_text())
+    assert (line["epoch"], line["loss"], line["lr"], line["train_acc"], line["images"]) == (1, 1.5, 0.05, 75.0, 4)
+    assert summary["final"] == line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["log"] == [line]
+
+
 def test_an_epochs_loss_and_accuracy_are_means_over_its_images_not_its_batches():
     """Batches of 2, 2 and 1 images: the epoch's loss is the mean cross-entropy of its 5 images
     (each batch's mean weighted by its size), computed here by torch at lr 0 (nothing moves)."""
