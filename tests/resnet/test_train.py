@@ -269,6 +269,15 @@ def test_resolve_config_refuses_an_input_size_out_of_range_before_it_takes_the_s
     assert resolve_config(TrainConfig(out="x", data="d", input_size=16), 3, 32).input_size == 32
 
 
+def test_a_temperature_below_1_is_taken_and_0_is_refused():
+    """--T is any positive temperature (docs/resnet.md): 0.5 is kept as given, 0 is one line."""
+    from clip_smot.resnet.train import resolve_config
+
+    assert resolve_config(TrainConfig(out="x", data="d", T=0.5), 3, 32).T == 0.5
+    with pytest.raises(UserError, match=r"^--T 0.0: must be > 0$"):
+        resolve_config(TrainConfig(out="x", data="d", T=0.0), 3, 32)
+
+
 def test_the_steps_default_to_the_methods_options_and_to_rank_0():
     """A library caller of train_step / train_epoch who leaves their options out gets the
     method's defaults (docs/method.md: T 10 as CIFAR-10's, lam 0.1, a black masked region,
