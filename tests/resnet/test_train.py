@@ -496,6 +496,51 @@ def test_eval_an_id_folder_whose_name_is_too_long_is_one_line(tmp_path):
         assert str(e.value) == f"{flag} {where}: {os.strerror(errno.ENAMETOOLONG)}"
 
 
+def test_a_cifar_root_a_model_file_records_is_read_never_downloaded_into():
+    """_read_only_root: the root a model file records is read without download, and where the set
+    is not there (or no root is recorded) the default root is used, where it may be downloaded."""
+    from clip_smot.resnet.evaluate import _read_only_root
+
+    def load(root, download):
+        calls.append((root, download))
+        if root == "/gone":
+            raise UserError("not there")
+        return f"set of {root}"
+
+    for root, want, want_calls in [("/data/cifar", "set of /data/cifar", [("/data/cifar", False)]),
+                                   ("/gone", "set of None", [("/gone", False), (None, True)]),
+                                   (None, "set of None", [(None, True)]), ("", "set of None", [(None, True)])]:
+        calls = []
+        assert (_read_only_root(load, root), calls) == (want, want_calls)
+
+
+@pytest.mark.parametrize("dataset,root", [("cifar10", "/data/cifar"), ("cifar100", "/data/cifar"),
+                                          (None, None), ("imagenet200", None)])
+def test_eval_reads_the_ood_sets_from_a_cifar_models_recorded_root(tmp_path, monkeypatch, dataset, root):
+    """A built-in OOD set (svhn, cifar10, ...) of a CIFAR model is looked for in the torchvision root
+    its model file records (read only); a folder-trained model records a folder, no such root."""
+    from clip_smot.resnet import evaluate as resnet_eval
+    from clip_smot.resnet.data import SizedImageSet
+
+    def image_set(name):
+        return SizedImageSet(name, ["a"], torch.zeros(1, dtype=torch.long), 32, (0.5,) * 3, (0.5,) * 3,
+                             images=torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+    calls = []
+
+    def load_ood_set(name, where, size, data=None, download=True):
+        calls.append((name, where, size, data, download))
+        return image_set(name)
+
+    monkeypatch.setattr(resnet_eval, "_id_set", lambda *a: image_set("id"))
+    monkeypatch.setattr(resnet_eval, "load_ood_set", load_ood_set)
+    cfg = resnet_eval.ResnetEvalConfig(checkpoint="m.safetensors", id_data="id", ood={"svhn": None},
+                                       out=str(tmp_path / "e"))
+    meta = {"input_size": 32, "config": {"dataset": dataset, "data": "/data/cifar" if dataset else "/data/folder"}}
+    resnet_eval._load_sets(cfg, meta, [], [])
+    assert calls == [("svhn", None, 32, root, False)] if root else calls == [("svhn", None, 32, None, True)]
+
+
 def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, ood_dir, base_model, tmp_path):
     """--id-train DIR/val (the ID set itself) or an --ood folder of the training images passed:
     knn found each such image at distance 0 from itself and react was fitted on what it scored,
