@@ -249,6 +249,7 @@ def test_the_paths_of_a_process_group_in_a_group_of_one_process(tmp_path):
     gathers through gloo, rank 0 writes, share_work gives its one share, and gloo's "closed by
     peer" inside the group is the one line, any other error (or one outside a group) as it is."""
     from clip_smot.common import distributed as d
+    from clip_smot.common.run_folder import OtherFlags
 
     peer = "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500"
     with pytest.raises(RuntimeError, match="closed by peer"):  # (outside a group: not ours to rename)
@@ -260,6 +261,12 @@ def test_the_paths_of_a_process_group_in_a_group_of_one_process(tmp_path):
         assert d.writes_outputs()
         d.same_on_every_rank("x", "what")
         assert d.share_work(lambda xs: [2 * x for x in xs], [1, 2, 3], 2) == [[2, 4, 6]]
+        # one process's share is every item, run as outside a group: fn runs on no items too, and
+        # its error is raised as it is (OtherFlags keeps its type and the flags it names)
+        assert d.share_work(len, [], 2) == [0]
+        with pytest.raises(OtherFlags) as raised:
+            d.share_work(lambda xs: (_ for _ in ()).throw(OtherFlags("--x: other", ["--x"])), [1], 2)
+        assert raised.value.flags == ["--x"]
         with d.writer_lock(tmp_path / "o.csv"):
             pass
         with pytest.raises(UserError, match=r"^another of the 1 processes stopped \(its own error line says why\)"):
