@@ -554,3 +554,28 @@ def test_digits_found_damaged_once_the_lock_is_had_are_refused_not_rewritten(tmp
     root = tmp_path / "d8"
     with pytest.raises(UserError, match=rf"^the bundled digits under {root} are not as they were written "):
         ensure_digits(size=8, root=root)
+
+
+def test_the_sets_sha256_does_not_depend_on_the_order_a_file_system_lists_folders_in(tmp_path, monkeypatch):
+    """digits.json's SHA-256 is checked on every use: a cache copied to another file system (or
+    rebuilt by a tool that creates folders in another order) lists its folders in another order,
+    and must hash the same, or the set is refused as damaged though no image changed."""
+    import os
+
+    from clip_smot.common import digits
+
+    for i, rel in enumerate(("train/zero/0000.png", "train/one/0001.png", "train/two/0002.png", "val/one/0003.png",
+                             "ood/photos/0000.png", "ood/textures/0000.png")):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(bytes([i]) * (i + 1))
+    as_listed = digits._manifest(tmp_path)
+    walk = os.walk
+
+    def listed_backwards(top, *args, **kwargs):  # (what another file system's readdir may give)
+        for folder, dirnames, filenames in walk(top, *args, **kwargs):
+            dirnames.reverse()
+            filenames.reverse()
+            yield folder, dirnames, filenames
+
+    monkeypatch.setattr(os, "walk", listed_backwards)
+    assert digits._manifest(tmp_path) == as_listed
