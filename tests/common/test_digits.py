@@ -556,6 +556,14 @@ def test_digits_found_damaged_once_the_lock_is_had_are_refused_not_rewritten(tmp
         ensure_digits(size=8, root=root)
 
 
+def _tiny_set(root: Path) -> None:
+    """A few small files where the digits' sets lie (train/, val/, ood/), for their SHA-256."""
+    for i, rel in enumerate(("train/zero/0000.png", "train/one/0001.png", "train/two/0002.png", "val/one/0003.png",
+                             "ood/photos/0000.png", "ood/textures/0000.png")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(bytes([i]) * (i + 1))
+
+
 def test_the_sets_sha256_does_not_depend_on_the_order_a_file_system_lists_folders_in(tmp_path, monkeypatch):
     """digits.json's SHA-256 is checked on every use: a cache copied to another file system (or
     rebuilt by a tool that creates folders in another order) lists its folders in another order,
@@ -564,10 +572,7 @@ def test_the_sets_sha256_does_not_depend_on_the_order_a_file_system_lists_folder
 
     from clip_smot.common import digits
 
-    for i, rel in enumerate(("train/zero/0000.png", "train/one/0001.png", "train/two/0002.png", "val/one/0003.png",
-                             "ood/photos/0000.png", "ood/textures/0000.png")):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(bytes([i]) * (i + 1))
+    _tiny_set(tmp_path)
     as_listed = digits._manifest(tmp_path)
     walk = os.walk
 
@@ -579,3 +584,18 @@ def test_the_sets_sha256_does_not_depend_on_the_order_a_file_system_lists_folder
 
     monkeypatch.setattr(os, "walk", listed_backwards)
     assert digits._manifest(tmp_path) == as_listed
+
+
+def test_an_image_moved_to_another_class_or_an_empty_folder_added_changes_the_sets_sha256(tmp_path):
+    """An image moved, unchanged, into another class folder changes its label, and an empty class
+    folder added is one more class of the ImageFolder: either is a set changed since it was written,
+    though no file's bytes changed."""
+    from clip_smot.common import digits
+
+    _tiny_set(tmp_path)
+    written = digits._manifest(tmp_path)
+    (tmp_path / "train/one/0001.png").rename(tmp_path / "train/two/0001.png")
+    moved = digits._manifest(tmp_path)
+    assert moved != written
+    (tmp_path / "train/ten").mkdir()
+    assert digits._manifest(tmp_path) not in (written, moved)
