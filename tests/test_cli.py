@@ -588,6 +588,14 @@ def test_eval_hands_each_track_its_config_with_the_ood_sets_parsed(monkeypatch):
     assert (calls[0][1].checkpoint, calls[1][1].zero_shot, calls[1][1].prompt, calls[2][1].prompt) == \
         ("m.safetensors", True, None, "p.safetensors")
     assert len(calls) == 3
+    # the CLIP track's own flags reach its config, none lost on the way (the defaults: None, None,
+    # None, True, auto, auto)
+    res = CliRunner().invoke(cli, ["eval", "--prompt", "p.safetensors", "--model", "RN50", "--pretrained", "w.pt",
+                                   "--split", "s.txt", "--no-cache", "--decode", "cpu", "--precision", "bf16", *shared])
+    assert res.exit_code == 0 and calls[-1][0] == "clip", res.output
+    cfg = calls[-1][1]
+    assert (cfg.model, cfg.pretrained, cfg.split, cfg.use_cache, cfg.decode, cfg.precision) == \
+        ("RN50", "w.pt", "s.txt", False, "cpu", "bf16")
 
 
 def test_reproduce_hands_its_table_options_and_dry_run_to_the_library(monkeypatch):
