@@ -383,6 +383,23 @@ def test_the_command_line_silences_torchs_advice_on_the_worker_count(monkeypatch
     assert warnings_main_lets_through(monkeypatch, too_many_workers) == ["another"]
 
 
+def test_the_command_line_silences_pils_warning_on_an_image_between_its_pixel_limit_and_twice_it(monkeypatch,
+                                                                                                   tmp_path):
+    """PIL warns in two lines on an image of more pixels than its limit (up to twice it, which it
+    refuses): such an image decodes, and the console entry point ignores that warning."""
+    from helpers import warnings_main_lets_through
+    from PIL import Image
+
+    Image.new("RGB", (10, 10)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # (100 pixels: over the limit, under twice it)
+
+    def open_big():
+        with Image.open(tmp_path / "big.png") as im:
+            im.load()
+
+    assert warnings_main_lets_through(monkeypatch, open_big) == ["another"]
+
+
 def test_the_command_line_silences_torchs_remark_on_a_plain_pickle(monkeypatch, tmp_path):
     """A plain pickle (protocol 4) given as export's --checkpoint, fit's --cam-model or a
     --pretrained file made torch.load warn over two lines before the one line refusing it."""
