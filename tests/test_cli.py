@@ -625,6 +625,12 @@ def test_reproduce_hands_its_table_options_and_dry_run_to_the_library(monkeypatc
         res = CliRunner().invoke(cli, ["reproduce", "table8", "--out", "r", "--epochs", "2", *extra])
         assert res.exit_code == 0 and res.output == "", res.output
         assert calls[-1] == ("table8", "r", 2, dry_run)
+    # a table the paper has not (table10: tables 1-9 only): one line naming the flag, nothing run
+    res = CliRunner().invoke(cli, ["reproduce", "table10", "--out", "r"])
+    assert res.exit_code != 0 and len(calls) == 2, res.output
+    assert res.output.startswith("Error: Invalid value for ")
+    assert "'table10' is not one of 'table8', 'table1'" in res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
 
 
 def test_the_ctrl_c_line_reads_the_checkpoints_epochs_only_where_they_are_plain_numbers(tmp_path):
