@@ -17,8 +17,16 @@ if _torch_threads > 1 and hasattr(os, "getloadavg") and os.getloadavg()[0] >= (o
 torch.set_num_threads(_torch_threads)
 
 import json  # noqa: E402
+import signal  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Python raises KeyboardInterrupt on SIGINT only where SIGINT was not ignored when it started: a
+# background job of a non-interactive shell (`pytest &` in a script, nohup) inherits it ignored, and
+# the Ctrl-C tests (test_cli.py, test_workers.py) waited for a KeyboardInterrupt that never came (9
+# failed). The tests run as under a terminal; the processes they start inherit the default action.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _click_runner_with_separate_stderr() -> None:
