@@ -2217,6 +2217,31 @@ def test_a_finished_training_whose_model_was_replaced_since_is_refused_before_th
         assert ran[:2] == ["train-base", "train-smot"] and (out / "table.csv").is_file()
 
 
+def test_a_finished_trainings_record_with_no_model_hash_leaves_its_model_unchecked(tmp_path, monkeypatch):
+    """A training's record vouches for its model.safetensors only where it holds ``model`` (a record
+    written where the model was not there yet, or by an older clip-smot, has none): such a stage is
+    skipped as finished, its model not compared with a hash it has not (not refused as replaced)."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    options, fake, ran = _table2_counted(tmp_path, monkeypatch)
+    out = tmp_path / "o"
+
+    def run(argv):
+        if argv[0] == "train":
+            Path(_flag(argv, "--out")).mkdir(parents=True, exist_ok=True)
+            (Path(_flag(argv, "--out")) / "model.safetensors").write_bytes(b"2 epochs")
+        fake(argv)
+
+    run_reproduce("table2", options, run, echo=lambda line: None)
+    record = json.loads((out / "train-base" / RECORD).read_text())
+    assert record.pop("model") == hashlib.sha256(b"2 epochs").hexdigest() and isinstance(record["made"], str)
+    (out / "train-base" / RECORD).write_text(json.dumps(record))
+    ran.clear()
+    lines = []
+    run_reproduce("table2", options, run, echo=lines.append)
+    assert ran == [] and lines[0] == "reproduce: train-base is finished; skipped", lines
+
+
 def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_next(tmp_path, monkeypatch):
     """reproduce SIGKILLed while it wrote a stage's reproduce.json or the table left its hidden
     temporary file (.reproduce.json.XXXX.tmp, .table.md.XXXX.tmp) in OUT for good: the rerun wrote
