@@ -2242,6 +2242,25 @@ def test_a_finished_trainings_record_with_no_model_hash_leaves_its_model_uncheck
     assert ran == [] and lines[0] == "reproduce: train-base is finished; skipped", lines
 
 
+def test_another_options_error_of_a_stage_not_resumed_goes_through_as_raised(tmp_path):
+    """Only a stage reproduce resumed (``--resume`` added) was started by another command: an
+    OtherFlags raised by a stage run without it is its runner's own error, passed on unchanged, not
+    reworded as a folder holding another command's run."""
+    from clip_smot.common.run_folder import OtherFlags
+    from clip_smot.reproduce import run_reproduce
+
+    options, _ = _table8_fakes(tmp_path, [], {})
+    raised = OtherFlags("the runner's own line", ["--epochs"])
+
+    def run(argv):
+        assert "--resume" not in argv
+        raise raised
+
+    with pytest.raises(OtherFlags) as e:
+        run_reproduce("table8", options, run, echo=lambda line: None)
+    assert e.value is raised and str(e.value) == "the runner's own line"
+
+
 def test_the_temporary_files_of_a_run_killed_while_writing_are_removed_by_the_next(tmp_path, monkeypatch):
     """reproduce SIGKILLed while it wrote a stage's reproduce.json or the table left its hidden
     temporary file (.reproduce.json.XXXX.tmp, .table.md.XXXX.tmp) in OUT for good: the rerun wrote
