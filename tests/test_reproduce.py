@@ -521,8 +521,9 @@ def test_a_zero_shot_stage_made_with_other_prompts_is_refused_not_skipped(tmp_pa
     """eval-mcm finished by a clip-smot that still wrote CoOp's "a photo of a {c}." (with a
     period) has the command line of today's, which fills MCM's "a photo of a {c}": reproduce
     skipped it and put the old prompts' numbers in the MCM row. Its metrics.json names the
-    prompts (``text_features``): other prompts are refused before any stage runs; the same, or
-    none named (an older metrics.json), are skipped as before."""
+    prompts (``text_features``): other prompts are refused before any stage runs; the same, none
+    named (an older metrics.json), or a name that is no zero-shot prompts' (another writer's
+    string, or no string), are skipped as before."""
     from clip_smot.reproduce import run_reproduce
 
     out, ran = tmp_path / "o", []
@@ -532,7 +533,8 @@ def test_a_zero_shot_stage_made_with_other_prompts_is_refused_not_skipped(tmp_pa
     record = json.loads((out / "eval-mcm" / "reproduce.json").read_text())
     del record["made"]  # (an older clip-smot's record, beside its metrics.json)
     (out / "eval-mcm" / "reproduce.json").write_text(json.dumps(record))
-    for named in ({}, {"text_features": "zero-shot prompts 'a photo of a {c}'"}):  # (none named; today's)
+    for named in ({}, {"text_features": "zero-shot prompts 'a photo of a {c}'"},  # (none named; today's)
+                  {"text_features": "a prompt of another tool"}, {"text_features": 3}):  # (not judged)
         metrics.write_text(json.dumps(named))
         ran.clear()
         run_reproduce("table8", options, fake, echo=lambda line: None)
