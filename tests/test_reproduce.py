@@ -1130,6 +1130,29 @@ def test_a_record_lacking_an_input_hash_is_skipped_with_the_note(tmp_path):
     assert [line.endswith(note) for line in lines[:5]] == [False, False, False, True, False], lines
 
 
+def test_a_record_lacking_one_input_hash_still_compares_the_others(tmp_path):
+    """A finished stage reading two earlier stages' files, its record holding the hash of the
+    second only (the first's unchecked, as an older record's): the second, changed since, is
+    refused; the first's missing hash ends no check of the files after it."""
+    from clip_smot.reproduce import RECORD, Stage
+
+    out = tmp_path / "o"
+    first, second = out / "fit-a" / "prompt.safetensors", out / "fit-b" / "prompt.safetensors"
+    stage = Stage("eval-x", ("eval", "--prompt", str(first), "--pretrained", str(second), "--out",
+                             str(out / "eval-x")), earlier=("fit-a", "fit-b"))
+    for path in (first, second, out / "eval-x" / "metrics.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"now")
+    (out / "eval-x" / RECORD).write_text(json.dumps({"argv": stage.identity(out), "inputs": {
+        "fit-b/prompt.safetensors": hashlib.sha256(b"then").hexdigest()}}))
+    assert stage.inputs(out) == [first, second]
+    with pytest.raises(UserError) as e:
+        stage.check_record(out)
+    assert str(e.value) == (f"reproduce: {out / 'eval-x'} was made from {second} as it was then, which has changed "
+                            f"since: its numbers would not be of it; remove {out / 'eval-x'} too, to run the stage "
+                            "again")
+
+
 @pytest.mark.parametrize("how", ["file", "dangling link"])
 def test_a_stage_folder_that_is_no_folder_is_refused_before_any_stage_runs(tmp_path, how):
     """OUT/eval-smot a file (or a link to nothing), fit-smot to run: fit-smot and fit-coop ran, then
