@@ -1305,6 +1305,7 @@ def test_a_stages_inputs_are_the_files_of_other_stages_folders(tmp_path):
     fit = Stage("fit-coop", ("fit", "--data", str(out / "imagenet"), "--split", str(out / "fit-smot" / "split.txt"),
                              "--cam-model", str(out / "cam.safetensors"), "--out", str(out / "fit-coop")))
     assert fit.inputs(out) == [out / "fit-smot" / "split.txt"] and fit.input_stages(out) == {"fit-smot"}
+    assert fit.unchecked_note(out) == ""  # (no record to note: check_record names that)
     own = Stage("eval-x", ("eval", "--prompt", str(out / "eval-x" / "p.safetensors"), "--id", str(out),
                            "--out", str(out / "eval-x")))
     assert own.inputs(out) == [] and own.input_stages(out) == set()
