@@ -1798,7 +1798,9 @@ def test_a_weights_file_that_cannot_be_read_is_left_to_the_stages_to_name(tmp_pa
     options, fake = _table8_fakes(tmp_path, ran, {})
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"weights")
-    options = dataclasses.replace(options, pretrained=str(weights))
+    cam = tmp_path / "cam.safetensors"  # (readable, after it on the fits' command lines: still hashed)
+    cam.write_bytes(b"cam")
+    options = dataclasses.replace(options, pretrained=str(weights), cam_model=str(cam))
     hashed = reproduce.sha256_file
 
     def unreadable(path):
@@ -1809,7 +1811,9 @@ def test_a_weights_file_that_cannot_be_read_is_left_to_the_stages_to_name(tmp_pa
     monkeypatch.setattr(reproduce, "sha256_file", unreadable)
     reproduce.run_reproduce("table8", options, fake, echo=lambda line: None)
     assert ran == ["fit-smot", "fit-coop", "eval-mcm", "eval-coop", "eval-smot"]
-    assert all(json.loads((out / name / reproduce.RECORD).read_text())["files"] == {} for name in ran)
+    cam_hash = {os.path.realpath(cam): hashlib.sha256(b"cam").hexdigest()}
+    assert [json.loads((out / name / reproduce.RECORD).read_text())["files"] for name in ran] == [
+        cam_hash, cam_hash, {}, {}, {}]
 
 
 def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stage(tmp_path):
