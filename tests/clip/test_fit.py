@@ -531,6 +531,28 @@ def test_a_run_killed_within_its_first_renames_is_started_over(fit_args, tmp_pat
                                                       "split.txt"]
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_started_over_with_a_log_of_its_own(fit_args, tmp_path,
+                                                                                         monkeypatch):
+    """Killed after epoch 1's log line but before its checkpoint: the folder is a stopped run's
+    (config.json, split.txt, log.jsonl), which a new run starts over; its log is the new run's
+    one line, not the dead run's line of epoch 1 kept before it (a log of epochs [1, 1])."""
+    out = tmp_path / "run"
+    real_save = run_folder.atomic_save
+
+    def killed_before_the_checkpoint(obj, path):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_folder, "atomic_save", killed_before_the_checkpoint)
+    res = CliRunner().invoke(cli, fit_args(out))
+    assert isinstance(res.exception, RuntimeError), res.output
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "log.jsonl", "split.txt"]
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
+    monkeypatch.setattr(run_folder, "atomic_save", real_save)
+    res = CliRunner().invoke(cli, fit_args(out))
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
+
+
 def test_a_resumed_run_goes_on_with_the_schedule_of_its_epochs(fit_args, tmp_path, monkeypatch):
     """Killed after epoch 1 of 3 (1 warm-up epoch, --lr 0.05): the epochs after the resume run at
     CoOp's cosine lr of their own epoch, written out by hand (not restarted from epoch 1's)."""
