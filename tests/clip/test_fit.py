@@ -130,6 +130,7 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path):
     res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
                                    "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
     assert res.exit_code == 0 and res.stdout == f"prompt written to {tmp_path / 'again.safetensors'}\n", res.output
+    assert "note:" not in res.output  # epoch 1 of the run's 1: no unfinished run's note
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
     assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
     assert a.classnames == b.classnames and a.config == b.config
