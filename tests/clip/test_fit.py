@@ -1366,7 +1366,7 @@ def test_top1_cams_of_an_imagenet_or_unnamed_cam_model_are_a_note(fit_args, imag
         assert "the CAMs are of its top-1 class, not of the true label" in res.stderr
 
 
-def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
+def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path, tiny_clip_config, tiny_clip_checkpoint):
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, fit_args(out, "--ctx-init", "a photo of a", "--csc", "--class-position", "middle",
                                            "--perturb", "noise", "--sigma", "0.2"))
@@ -1375,6 +1375,12 @@ def test_ctx_init_csc_middle_and_noise(fit_args, tmp_path):
     assert pf.n_ctx == 4 and pf.csc and pf.class_position == "middle"  # "a photo of a" is 4 tokens
     assert pf.ctx.shape == (3, 4, 32)
     assert pf.config["perturb"] == "noise" and pf.config["sigma"] == 0.2
+    # its text features are its contexts' with the class name in the middle (not at the end, the default)
+    learner = PromptLearner(load_clip(tiny_clip_config, tiny_clip_checkpoint), pf.classnames, n_ctx=4,
+                            ctx_init="a photo of a", csc=True, class_position="middle")
+    with torch.no_grad():
+        learner.ctx.copy_(pf.ctx)
+        torch.testing.assert_close(pf.text_features, F.normalize(learner(), dim=-1), atol=1e-6, rtol=0)
     # its checkpoint holds one context per class: export reads it back, and refuses one of 2 rows for 3 classes
     res = CliRunner().invoke(cli, ["export", "--checkpoint", str(out / "checkpoint.pt"),
                                    "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
