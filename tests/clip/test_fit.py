@@ -1927,14 +1927,17 @@ def test_the_smot_and_sgd_options_reach_the_step(fit_args, tmp_path, monkeypatch
     real = fit_mod.make_fit_step
 
     def spy(clip, learner, optimizer, **kw):
-        seen.update(kw, optimizer=dict(optimizer.defaults))
+        seen.update(kw, optimizer=dict(optimizer.defaults), encoder=learner.encoder)
         return real(clip, learner, optimizer, **kw)
 
     monkeypatch.setattr(fit_mod, "make_fit_step", spy)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "dry", "--dry-run", "--lam", "0.3", "--T", "77", "--alpha", "3",
                                            "--beta", "4", "--perturb", "one", "--sigma", "0.5", "--lr", "0.01",
-                                           "--momentum", "0.5", "--weight-decay", "0.001"))
+                                           "--momentum", "0.5", "--weight-decay", "0.001", "--precision", "bf16",
+                                           "--text-residual", "precision"))
     assert res.exit_code == 0, res.output
+    # the text tower trained: bf16 with its residual stream in bf16 too (the default keeps it fp32)
+    assert (seen["encoder"].precision, seen["encoder"].residual) == ("bf16", "bf16")
     assert {k: seen[k] for k in ("loss", "lam", "T", "alpha", "beta", "perturbation", "sigma")} == {
         "loss": "smot", "lam": 0.3, "T": 77.0, "alpha": 3.0, "beta": 4.0, "perturbation": "one", "sigma": 0.5}
     assert {k: seen["optimizer"][k] for k in ("lr", "momentum", "weight_decay")} == {
