@@ -36,7 +36,8 @@ TRAIN_SPEC = {
     ("smot", "cifar10", 10): (300, 128, 0.1, 10.0, "smot", "resnet18"),
     ("smot", "cifar100", 100): (300, 128, 0.1, 150.0, "smot", "resnet18"),
     ("smot", "imagenet200", 200): (300, 128, 0.1, 200.0, "smot", "resnet18"),
-    # not in docs/method.md: the CPU digits recipe of docs/resnet.md
+    # not in docs/method.md: the CPU digits recipe of docs/resnet.md (8 epochs per stage)
+    ("base", "digits", 10): (8, 64, 0.05, 10.0, "ce", "resnet_tiny"),
     ("smot", "digits", 10): (8, 64, 0.05, 10.0, "smot", "resnet_tiny"),
     # folders: the paper's T of the smallest of its class counts (10, 100, 200) that is >= K
     ("smot", None, 7): (300, 128, 0.1, 10.0, "smot", "resnet18"),
