@@ -910,6 +910,24 @@ def test_fp16_loss_scaling_changes_nothing_but_skips_non_finite_steps(fused):
     assert torch.equal(skipped, init) and scaler.get_scale() == 2.0**9
 
 
+def test_resume_loads_the_checkpoints_loss_scaler_state_into_the_runs_scaler():
+    """fp16 on CUDA keeps its loss scale in the checkpoint: --resume loads it into the run's
+    scaler (a CPU GradScaler stands in here); a run without a scaler (fp32, bf16, CPU) leaves
+    the stored state alone rather than stopping."""
+    import clip_smot.resnet.train as train_mod
+    from clip_smot.resnet.networks import build_network
+
+    torch.manual_seed(0)
+    model = build_network("resnet_tiny", 3, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": run_folder.capture_rng(), "epoch": 3,
+            "log": [{"epoch": 1}], "scaler": torch.amp.GradScaler("cpu", init_scale=2.0**5).state_dict()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    assert train_mod._restore(ckpt, model, opt, scaler, "ckpt") == (3, [{"epoch": 1}])
+    assert scaler.get_scale() == 2.0**5
+    assert train_mod._restore(ckpt, model, opt, None, "ckpt") == (3, [{"epoch": 1}])
+
+
 def test_an_unreadable_image_in_a_worker_is_one_line(tmp_path):
     """Images larger than 64 px are decoded by DataLoader workers; a bad one used to come back as
     a multi-line traceback of the worker."""
