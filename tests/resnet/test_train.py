@@ -147,6 +147,9 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     thr = np.percentile(h_train, 90)  # ReAct: the 90th percentile of every ID-train activation
     assert report["score_params"]["react"]["threshold"] == pytest.approx(thr, rel=1e-5)
     assert report["score_params"]["knn"] == {"k": 50} and report["score_params"]["vim"] == {}  # (vim not asked)
+    # docs/resnet.md: ODIN at T = 1000 and eps = 0.0014 for every ID set; energy at T = 1
+    assert report["score_params"]["odin"] == {"T": 1000.0, "eps": 0.0014}
+    assert report["score_params"]["energy"] == {"T": 1.0}
     bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True)
 
     def by_hand(files):
