@@ -222,6 +222,25 @@ def _cfg(folders, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def test_a_resumed_run_downloads_only_into_a_data_root_given_again(folders, tmp_path, monkeypatch):
+    """--resume without --data reads the root the checkpoint records, never downloading into it
+    (as eval reads a model file's root); a --data given again may be downloaded into."""
+    import clip_smot.resnet.train as train_mod
+
+    out = tmp_path / "r"
+    assert run_train(_cfg(folders, out, epochs=2), stop_after=1) == {"stopped_after": 1}
+    real, seen = train_mod.load_id_split, []
+
+    def spy(dataset, data, split, size, download=True, **kw):
+        seen.append((data, download))
+        return real(dataset, data, split, size, download=download, **kw)
+
+    monkeypatch.setattr(train_mod, "load_id_split", spy)
+    run_train(_cfg(folders, out, epochs=2), resume=True, dry_run=True)
+    run_train(dataclasses.replace(_cfg(folders, out, epochs=2), data=None), resume=True, dry_run=True)
+    assert seen == [(str(folders), True), (str(folders), False)]
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, tmp_path):
     kw = dict(stage="smot", cam_model=str(base_model), epochs=3, perturb="noise")
     run_train(_cfg(folders, tmp_path / "a", **kw))
