@@ -564,16 +564,17 @@ def test_eval_reads_the_ood_sets_from_a_cifar_models_recorded_root(tmp_path, mon
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_eval_reads_the_id_set_from_a_cifar_models_recorded_root(monkeypatch, dataset):
-    """--id cifar10 / cifar100 of a model trained on that set reads the torchvision root its model
-    file records without downloading into it; where the set is not there, the default root, where
-    it may be downloaded (as for the OOD sets above)."""
+def test_eval_reads_the_id_and_id_train_sets_from_a_cifar_models_recorded_root(monkeypatch, dataset):
+    """--id cifar10 / cifar100 of a model trained on that set, and the default --id-train (its
+    training split), read the torchvision root its model file records without downloading into
+    it; where the set is not there, the default root, where it may be downloaded (as for the OOD
+    sets above)."""
     from clip_smot.resnet import evaluate as resnet_eval
     from clip_smot.resnet.data import SizedImageSet
 
     calls = []
 
-    def load_id_split(name, root, split, size, flag="--data", download=True):
+    def load_id_split(name, root, split, size, download=True, **kw):
         calls.append((name, root, split, download))
         if root == "/gone":
             raise UserError("not there")
@@ -581,12 +582,15 @@ def test_eval_reads_the_id_set_from_a_cifar_models_recorded_root(monkeypatch, da
                              images=torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
     monkeypatch.setattr(resnet_eval, "load_id_split", load_id_split)
-    for root, want in [("/data/cifar", [(dataset, "/data/cifar", "test", False)]),
-                       ("/gone", [(dataset, "/gone", "test", False), (dataset, None, "test", True)])]:
-        calls.clear()
-        meta = {"input_size": 32, "classnames": ["a"], "num_classes": 1, "config": {"dataset": dataset, "data": root}}
-        assert list(resnet_eval._id_set(dataset, meta, "test", "--id").classnames) == ["a"]
-        assert calls == want
+    for split, read in [("test", lambda meta: resnet_eval._id_set(dataset, meta, "test", "--id")),
+                        ("train", lambda meta: resnet_eval._train_set(None, meta))]:
+        for root, want in [("/data/cifar", [(dataset, "/data/cifar", split, False)]),
+                           ("/gone", [(dataset, "/gone", split, False), (dataset, None, split, True)])]:
+            calls.clear()
+            meta = {"input_size": 32, "classnames": ["a"], "num_classes": 1, "path": "m.safetensors",
+                    "config": {"dataset": dataset, "data": root}}
+            assert list(read(meta).classnames) == ["a"]
+            assert calls == want, split
 
 
 def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, ood_dir, base_model, tmp_path):
