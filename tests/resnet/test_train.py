@@ -241,6 +241,21 @@ def test_a_resumed_run_downloads_only_into_a_data_root_given_again(folders, tmp_
     assert seen == [(str(folders), True), (str(folders), False)]
 
 
+def test_a_run_on_one_process_draws_one_progress_bar_per_epoch_over_its_batches(folders, tmp_path, monkeypatch):
+    """Rank 0 draws each epoch's bar (on a terminal) over its ceil(60 / 8) = 8 batches."""
+    import clip_smot.resnet.train as train_mod
+
+    bars, real = [], train_mod.progress_bar
+
+    def spy(*args, **kwargs):
+        bars.append((kwargs.get("desc"), kwargs.get("total")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "progress_bar", spy)
+    run_train(_cfg(folders, tmp_path / "r", epochs=2))
+    assert bars == [("epoch 1", 8), ("epoch 2", 8)]
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, tmp_path):
     kw = dict(stage="smot", cam_model=str(base_model), epochs=3, perturb="noise")
     run_train(_cfg(folders, tmp_path / "a", **kw))
