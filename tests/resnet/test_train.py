@@ -109,8 +109,15 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
         seen.update(id=id_scores, **ood_scores)
         return real(out, id_scores, ood_scores, **kw)
 
-    real = resnet_eval.write_reports
+    def killed_just_now(folder, names, older_than_s=0.0):  # an evaluation's killed a moment ago left one
+        (Path(folder) / ".metrics.csv.k1ll3d.tmp").write_text("half")
+        return remove(folder, names, older_than_s)
+
+    import clip_smot.common.reports as reports
+
+    real, remove = resnet_eval.write_reports, reports.remove_stale_temporaries
     monkeypatch.setattr(resnet_eval, "write_reports", spy)
+    monkeypatch.setattr(reports, "remove_stale_temporaries", killed_just_now)
     ev = tmp_path / "eval"
     cats = shutil.copytree(folders / "train" / "cat", tmp_path / "cats")  # copies of ID-train images
     r = _invoke(["eval", "--checkpoint", str(smot / "model.safetensors"), "--id", str(folders),
@@ -120,6 +127,7 @@ def test_folders_base_then_smot_then_eval(folders, ood_dir, base_model, tmp_path
     assert r.exit_code == 0, r.output
     for f in ("metrics.csv", "metrics.json", "metrics.md", "scores_hist.png"):
         assert (ev / f).is_file()
+    assert not (ev / ".metrics.csv.k1ll3d.tmp").exists()  # eval holds the --out lock: a temporary of any age is stale
     report = json.loads((ev / "metrics.json").read_text())
     assert 0 <= report["id_accuracy"] <= 100 and report["n_id"] == 12 and report["n_ood"] == {"noise": 10, "cats": 20}
     assert set(report["metrics"]) == {"msp", "odin", "energy", "react", "maxlogit", "knn", "gradnorm"}
