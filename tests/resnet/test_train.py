@@ -616,6 +616,21 @@ def test_eval_reads_the_id_and_id_train_sets_from_a_cifar_models_recorded_root(m
             assert calls == want, split
 
 
+def test_eval_out_never_replaces_an_image_it_reads(folders, ood_dir, base_model, tmp_path):
+    """An --out whose scores_hist.png is a hard link to an --ood image: the report, renamed over
+    it, would destroy that image (its name is known only once the set is read)."""
+    ev = tmp_path / "e"
+    ev.mkdir()
+    os.link(ood_dir / "0.png", ev / "scores_hist.png")
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(base_model), "--id", str(folders), "--ood",
+                                 f"noise={ood_dir}", "--scores", "msp", "--device", "cpu", "--workers", "0",
+                                 "--out", str(ev)])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: --out {ev}: its scores_hist.png would be the --ood noise image itself ({ood_dir / '0.png'}); "
+        "writing it would destroy that file")
+    assert not (ev / "metrics.json").exists()
+
+
 def test_eval_refuses_id_training_images_that_are_images_of_a_test_set(folders, ood_dir, base_model, tmp_path):
     """--id-train DIR/val (the ID set itself) or an --ood folder of the training images passed:
     knn found each such image at distance 0 from itself and react was fitted on what it scored,
