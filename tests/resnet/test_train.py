@@ -367,6 +367,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(folders, tmp_path, monke
         run_train(_cfg(folders, out, epochs=3))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt["lr_schedule"] == {"stage": "base", "next_epoch": 1}  # (its record of where the schedule goes on)
     assert not (out / "model.safetensors").exists()
     # the advice, a lower --lr, was refused in that --out: over its checkpoint, and by a --resume
     # (which goes on with the run's --lr); the line now says where it is taken: another --out
