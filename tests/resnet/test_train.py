@@ -285,6 +285,14 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folders, base_model, t
     files = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()}
     summary = run_train(_cfg(folders, tmp_path / "b", **kw), resume=True)
     assert summary == json.loads((tmp_path / "b" / "summary.json").read_text())
+    # docs/resnet.md: the epochs, the last log record, one process's parameter sum, the model's path
+    from clip_smot.resnet.networks import load_model
+
+    model, _ = load_model(tmp_path / "b" / "model.safetensors")
+    last = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])
+    assert summary["epochs"] == 3 and summary["final"] == last
+    assert summary["world_size"] == 1 and summary["model"] == str(tmp_path / "b" / "model.safetensors")
+    assert summary["param_checksum_per_rank"] == pytest.approx([sum(float(p.detach().double().sum()) for p in model.parameters())])
     assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (tmp_path / "b").iterdir()} == files
     (tmp_path / "b" / "summary.json").write_text("[" * 100_000)  # damaged: one line, not a traceback
     with pytest.raises(UserError, match=r"summary.json, the finished run's summary, cannot be read"):
