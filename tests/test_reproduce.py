@@ -390,11 +390,13 @@ def test_a_finished_stage_of_another_table_or_options_is_refused_not_used(tmp_pa
         run_reproduce("table2", options(epochs=1), fake, dry_run=True, echo=lambda line: None)
 
 
-def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp_path):
+@pytest.mark.parametrize("killed_write", [False, True])
+def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp_path, killed_write):
     """A stage whose command stopped before it wrote anything (a path given wrong, an option out of
     range) left only its record: a run with the options put right was refused as "the work of
-    another command" until the user removed the folder. Its record is now replaced; a folder with
-    more than the record (a run's files) is still refused."""
+    another command" until the user removed the folder. Its record is now replaced, also beside the
+    hidden temporary of a run SIGKILLed while it wrote that record (gone after); a folder with more
+    than the record (a run's files) is still refused."""
     from clip_smot.reproduce import RECORD, run_reproduce
 
     out, ran = tmp_path / "o", []
@@ -406,31 +408,13 @@ def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp
     with pytest.raises(UserError, match="--shots 3"):
         run_reproduce("table8", dataclasses.replace(options, shots=3), stops_at_once, echo=lambda line: None)
     assert [f.name for f in (out / "fit-smot").iterdir()] == [RECORD]
+    if killed_write:
+        (out / "fit-smot" / f".{RECORD}.k1ll3d.tmp").write_text('{"argv": [')  # (the killed run's, half written)
     run_reproduce("table8", options, fake, echo=lambda line: None)
     assert ran[0] == "fit-smot" and "--shots" not in json.loads((out / "fit-smot" / RECORD).read_text())["argv"]
+    assert sorted(f.name for f in (out / "fit-smot").iterdir()) == sorted([RECORD, "prompt.safetensors", "split.txt"])
     with pytest.raises(UserError, match=rf"reproduce: {out / 'fit-smot'} holds the work of another command"):
         run_reproduce("table8", dataclasses.replace(options, shots=4), fake, dry_run=True, echo=lambda line: None)
-
-
-def test_a_stage_whose_command_stopped_at_once_runs_again_beside_a_killed_records_temporary(tmp_path):
-    """The stage's command stopped at once (only its record left); a run with other options was
-    SIGKILLed while it wrote the stage's new record, leaving its hidden temporary beside the old
-    record. The folder still holds no work: the next run replaces the record and runs the stage,
-    as with the record alone, and the temporary is gone."""
-    from clip_smot.reproduce import RECORD, run_reproduce
-
-    out, ran = tmp_path / "o", []
-    options, fake = _table8_fakes(tmp_path, ran, {})
-
-    def stops_at_once(argv):
-        raise UserError("--shots 3: a class has fewer images")
-
-    with pytest.raises(UserError, match="--shots 3"):
-        run_reproduce("table8", dataclasses.replace(options, shots=3), stops_at_once, echo=lambda line: None)
-    (out / "fit-smot" / f".{RECORD}.k1ll3d.tmp").write_text('{"argv": [')  # (the killed run's, half written)
-    run_reproduce("table8", options, fake, echo=lambda line: None)
-    assert ran[0] == "fit-smot"
-    assert sorted(f.name for f in (out / "fit-smot").iterdir()) == sorted([RECORD, "prompt.safetensors", "split.txt"])
 
 
 def test_a_refused_stage_folder_names_the_command_it_holds_and_the_folder_to_remove(tmp_path):
