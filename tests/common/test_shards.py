@@ -988,21 +988,26 @@ def test_an_image_path_replaced_by_a_fifo_or_a_device_is_refused_unread(tmp_path
         signal.signal(signal.SIGALRM, old)
 
 
-def test_an_image_file_grown_past_the_limit_after_its_stat_is_refused(tmp_path, monkeypatch):
+def test_an_image_file_grown_after_its_stat_is_read_whole_up_to_the_limit(tmp_path, monkeypatch):
     """The size limit holds for the bytes read, not only for the size stat gave before: a file that
-    grows in between is refused, not read whole."""
+    grows past it in between is refused, not read whole; one that stays within it is read whole,
+    not cut at the size stat gave."""
     monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 100)
-    path = tmp_path / "grows.png"
-    path.write_bytes(b"a" * 100)
     fstat = os.fstat
 
-    def grow_after_stat(fd):
+    def grow_after_stat(fd):  # (path and extra: those of the case being read)
         st = fstat(fd)
         with open(path, "ab") as f:
-            f.write(b"b")
+            f.write(b"b" * extra)
         return st
 
     monkeypatch.setattr(shards.os, "fstat", grow_after_stat)
-    with pytest.raises(UserError) as e:
-        shards.read_image_bytes(path)
-    assert str(e.value) == f"{path}: too large for an image file (more than 100 bytes)"
+    for size, extra in [(50, 10), (100, 1), (50, 51)]:
+        path = tmp_path / f"grows{size}_{extra}.png"
+        path.write_bytes(b"a" * size)
+        if size + extra <= 100:
+            assert shards.read_image_bytes(path) == b"a" * size + b"b" * extra
+            continue
+        with pytest.raises(UserError) as e:
+            shards.read_image_bytes(path)
+        assert str(e.value) == f"{path}: too large for an image file (more than 100 bytes)"
