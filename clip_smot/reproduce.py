@@ -44,6 +44,7 @@ from clip_smot.common.files import (
     read_json,
     remove_stale_temporaries,
     sha256_file,
+    temporary_pattern,
     text_writer,
 )
 from clip_smot.common.images import class_folders, iter_images, split_folder
@@ -258,7 +259,7 @@ class Stage:
             if recorded not in (planned, self._without_run_control()):  # (the second: an older record's OUT paths)
                 # (its command stopped at once: nothing to keep; beside the record at most the temporary of a
                 # run killed while it wrote the record, which write_record removes)
-                kept = [f.name for f in folder.iterdir() if not fnmatch.fnmatchcase(f.name, f".{RECORD}.*.tmp")]
+                kept = [f.name for f in folder.iterdir() if not fnmatch.fnmatchcase(f.name, temporary_pattern(RECORD))]
                 if kept == [RECORD]:
                     return
                 raise UserError(f"reproduce: {folder} holds the work of another command (clip-smot "

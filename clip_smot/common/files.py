@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_overflow", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_overflow", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -529,6 +529,14 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
         fsync_folder(folder)
 
 
+def temporary_pattern(name: str) -> str:
+    """The glob (and fnmatch) pattern of the temporary files that :func:`atomic_write` and
+    :func:`atomic_save_safetensors` make beside a file ``name`` ("*": beside any file)."""
+    import glob
+
+    return f".{'*' if name == '*' else glob.escape(name)}.*.tmp"
+
+
 def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] | None,
                              older_than_s: float = 0.0) -> None:
     """Delete the temporary files that :func:`atomic_write` left in ``folder`` for ``names``
@@ -538,12 +546,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...] |
     under such a name holding anything else is not removed). With ``older_than_s``,
     only those untouched for that long: in a folder that other processes write to, a younger one
     may be a write in progress."""
-    import glob
     import time
 
-    patterns = ["*"] if names is None else [glob.escape(name) for name in names]
-    for pattern in patterns:
-        for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
+    for pattern in [temporary_pattern("*")] if names is None else [temporary_pattern(name) for name in names]:
+        for tmp in Path(folder).glob(pattern):
             with contextlib.suppress(OSError):
                 if tmp.is_dir() and not tmp.is_symlink():  # (a safetensors write's folder: see atomic_save_safetensors)
                     inside = _safetensors_write_files(tmp)
