@@ -596,11 +596,12 @@ def test_eval_reads_the_ood_sets_from_a_cifar_models_recorded_root(tmp_path, mon
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
-def test_eval_reads_the_id_and_id_train_sets_from_a_cifar_models_recorded_root(monkeypatch, dataset):
+def test_eval_reads_the_id_and_id_train_sets_from_a_cifar_models_recorded_root(monkeypatch, capsys, dataset):
     """--id cifar10 / cifar100 of a model trained on that set, and the default --id-train (its
     training split), read the torchvision root its model file records without downloading into
     it; where the set is not there, the default root, where it may be downloaded (as for the OOD
-    sets above)."""
+    sets above). No note names the recorded root (the one a folder-trained model's eval prints):
+    it may not be the root read."""
     from clip_smot.resnet import evaluate as resnet_eval
     from clip_smot.resnet.data import SizedImageSet
 
@@ -623,6 +624,7 @@ def test_eval_reads_the_id_and_id_train_sets_from_a_cifar_models_recorded_root(m
                     "config": {"dataset": dataset, "data": root}}
             assert list(read(meta).classnames) == ["a"]
             assert calls == want, split
+            assert capsys.readouterr().err == "", (split, root)
 
 
 def test_eval_out_never_replaces_an_image_it_reads(folders, ood_dir, base_model, tmp_path):
