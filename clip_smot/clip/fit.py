@@ -899,10 +899,9 @@ def _export_prompt(cfg: ExportConfig, locked: bool) -> Path:
     _check_run_files_there(run, config["run"], [k for k in ("model", "pretrained") if getattr(cfg, k) is None],
                            f"--checkpoint {path}")
     # the run's other inputs too: an export over them would break its --resume
-    data = [("the run's --data folder", run.data)] if run.data and Path(run.data).is_dir() else []
     check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),
                                     ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
-                 data, run=path.parent)
+                 [("the run's --data folder", run.data)], run=path.parent)  # (a folder gone since: skipped there)
     make_folder(Path(cfg.out).parent, "--out")  # (a file in its place is one line now, not after the encoding)
     # an export killed while writing left its temporaries beside --out (hidden, as large as the
     # prompt); a younger one may be another export's at work there, unless the run folder's lock is held
