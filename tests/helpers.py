@@ -242,6 +242,27 @@ def write_sparse_safetensors(path, header: dict) -> None:
         f.truncate(8 + len(text) + offset)
 
 
+def save_as_if_from_cuda(obj, path) -> None:
+    """``torch.save(obj, path)`` as a machine with a GPU writes tensors that were on it: each
+    storage's location recorded as "cuda:0". A file a user brings from a GPU machine; read without
+    ``map_location`` where CUDA is not there, torch refuses it."""
+    import torch.serialization
+
+    real = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(obj, path)
+    finally:
+        torch.serialization.location_tag = real
+    if not torch.cuda.is_available():  # (the file is what it says: torch.load alone needs CUDA)
+        try:
+            torch.load(path, weights_only=True)
+        except RuntimeError as e:
+            assert "CUDA" in str(e), e
+        else:
+            raise AssertionError(f"{path}: read without CUDA")
+
+
 # safetensors' names of torch's dtypes (those the tests write)
 _SAFETENSORS_DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",

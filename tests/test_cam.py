@@ -242,13 +242,14 @@ def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_p
 
 @pytest.mark.parametrize("block, wrap", [("Bottleneck", "plain"), ("BasicBlock", "state_dict"),
                                          ("BasicBlock", "model"), ("BasicBlock", "old"),
-                                         ("BasicBlock", "safetensors")])
+                                         ("BasicBlock", "safetensors"), ("BasicBlock", "from_gpu")])
 def test_a_torchvision_resnet_state_dict_loads_as_it_was_saved(tmp_path, block, wrap):
     """--cam-model FILE.pth: a torchvision ResNet of Bottleneck blocks (as ResNet-50's) or of
     BasicBlocks, saved plain, in {"state_dict": ...}, in {"model": ...} with
     DistributedDataParallel's "module." prefix, without the BatchNorms' num_batches_tracked
     (torchvision's own ImageNet files predate it), or as a .safetensors file of timm's metadata
-    (format "pt", as the Hugging Face hub keeps timm's resnet18.tv_in1k). The network rebuilt
+    (format "pt", as the Hugging Face hub keeps timm's resnet18.tv_in1k), or saved on a GPU machine
+    (its tensors' location "cuda:0", read on a machine without one). The network rebuilt
     computes what the saved one does, and is fed as torchvision's ImageNet networks are (its mean
     and std, 224 pixels); 7 classes are not ImageNet's."""
     import torchvision.models.resnet as tv
@@ -261,7 +262,12 @@ def test_a_torchvision_resnet_state_dict_loads_as_it_was_saved(tmp_path, block, 
     obj = {"plain": state, "state_dict": {"state_dict": state, "epoch": 3},
            "model": {"model": {f"module.{k}": v for k, v in state.items()}},
            "old": {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}}.get(wrap)
-    if wrap == "safetensors":
+    if wrap == "from_gpu":
+        from helpers import save_as_if_from_cuda
+
+        save_as_if_from_cuda(state, tmp_path / "net.pth")
+        net = load_cam_network(str(tmp_path / "net.pth"))
+    elif wrap == "safetensors":
         from safetensors.torch import save_file
 
         save_file(state, str(tmp_path / "net.safetensors"), metadata={"format": "pt"})

@@ -640,6 +640,8 @@ def test_the_ctrl_c_line_reads_the_checkpoints_epochs_only_where_they_are_plain_
 
     import torch
 
+    from helpers import save_as_if_from_cuda
+
     import clip_smot.cli as cli_module
 
     path = tmp_path / "checkpoint.pt"
@@ -652,6 +654,9 @@ def test_the_ctrl_c_line_reads_the_checkpoints_epochs_only_where_they_are_plain_
             ({"epoch": 2}, "the last finished epoch")):
         torch.save(ckpt, path)
         assert cli_module._saved_epochs(path) == expected, ckpt
+    # a run's tensors saved on a GPU machine ("cuda:0"), its epochs read on one without
+    save_as_if_from_cuda({"epoch": 2, "ctx": torch.zeros(2), "config": {"epochs": 5}}, path)
+    assert cli_module._saved_epochs(path) == "epoch 2 of 5"
     path.write_bytes(b"not a checkpoint")
     assert cli_module._saved_epochs(path) == "the last finished epoch"
     assert cli_module._interrupted(str(tmp_path)).format_message() == (

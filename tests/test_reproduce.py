@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from helpers import (
     _cache_in_tmp,  # noqa: F401 (fixture)
     cam_resnet,  # noqa: F401 (fixture)
+    save_as_if_from_cuda,
 )
 from PIL import Image
 
@@ -2377,8 +2378,8 @@ def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resume
     """Table 8 killed as fit-smot started (its record written), then the user's own `fit --lr 0.05
     --out OUT/fit-smot` there, stopped at a checkpoint: the stage's --resume took --lr from the
     checkpoint (the stage gives none), and the SMOT row came from the user's fit, exit 0. Refused
-    before any stage runs, naming the option with both values; a checkpoint of the stage's
-    options is resumed."""
+    before any stage runs, naming the option with both values (also where the user's fit ran on a
+    GPU machine); a checkpoint of the stage's options is resumed."""
     from clip_smot.clip.fit import FitConfig
     from clip_smot.reproduce import run_reproduce
 
@@ -2392,7 +2393,9 @@ def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resume
     with pytest.raises(KeyboardInterrupt):
         run_reproduce("table8", options, killed_as_the_fit_started, echo=lambda line: None)
     stages = FitConfig().to_dict()
-    torch.save({"epoch": 1, "config": {**stages, "lr": 0.05}}, out / "fit-smot" / "checkpoint.pt")
+    # (the user's fit on a GPU machine: its tensors at "cuda:0", read here on the CPU to compare)
+    save_as_if_from_cuda({"epoch": 1, "ctx": torch.zeros(4, 8), "config": {**stages, "lr": 0.05}},
+                         out / "fit-smot" / "checkpoint.pt")
     with pytest.raises(UserError) as e:
         run_reproduce("table8", options, fake, echo=lambda line: None)
     assert str(e.value) == (f"reproduce: {out / 'fit-smot' / 'checkpoint.pt'} is not of the stage's run (--lr 0.05 "

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from helpers import WNIDS, _write_imagenet, cam_resnet  # noqa: F401 (fixture)
+from helpers import WNIDS, _write_imagenet, cam_resnet, save_as_if_from_cuda  # noqa: F401 (fixture)
 from PIL import Image
 from safetensors.torch import safe_open
 
@@ -435,6 +435,8 @@ def test_resume_gives_the_same_context(fit_args, tmp_path, monkeypatch):
     assert isinstance(res.exception, RuntimeError)
     after_one = torch.load(tmp_path / "broken" / "checkpoint.pt", weights_only=True)
     assert after_one["epoch"] == 1
+    # (saved as a run on a GPU machine saves it, its tensors at "cuda:0": exported and resumed here on the CPU)
+    save_as_if_from_cuda(after_one, tmp_path / "broken" / "checkpoint.pt")
     assert not (tmp_path / "broken" / "prompt.safetensors").exists()
     monkeypatch.setattr(run_folder, "atomic_save", real_save)
     res = CliRunner().invoke(cli, fit_args(tmp_path / "broken", *extra))

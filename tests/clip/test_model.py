@@ -332,18 +332,21 @@ def test_a_complex_weight_is_refused_not_cast_to_its_real_part(tiny_clip_config,
             load_clip(tiny_clip_config, str(path))
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", "_from_gpu.pt"])
 def test_an_integer_weight_where_the_model_keeps_floats_is_refused(tiny_clip_config, tiny_clip_checkpoint, tmp_path,
                                                                    suffix):
     """A --pretrained file whose float32 bias the header called U32 (a seeded fuzz of the weights)
     was read as integers near 1e9, cast to floats and scored, exit 0 (ID accuracy 33% for 67%); a
     weight saved as integers (an int8 file without its scales) the same. It is one line, before
     open_clip loads anything; an integer buffer of the model's own (BatchNorm's step count) is not
-    refused."""
+    refused. A .pt saved on a GPU machine (its tensors' location "cuda:0") is read on the CPU for the
+    check, not let through as unreadable."""
     import json
     import struct
 
     from safetensors.torch import load_file
+
+    from helpers import save_as_if_from_cuda
 
     key = "visual.transformer.resblocks.0.mlp.c_fc.bias"
     path = tmp_path / f"int{suffix}"
@@ -357,7 +360,7 @@ def test_an_integer_weight_where_the_model_keeps_floats_is_refused(tiny_clip_con
         path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
     else:
         state = load_file(tiny_clip_checkpoint)
-        torch.save({**state, key: state[key].to(torch.int8)}, path)
+        (torch.save if suffix == ".pt" else save_as_if_from_cuda)({**state, key: state[key].to(torch.int8)}, path)
     dtype = "U32" if suffix == ".safetensors" else "torch.int8"
     with pytest.raises(UserError, match=rf"^--pretrained {path}: {key} is of dtype {dtype}, not floating-point numbers "
                                         r"as the model's weight; not loaded$"):
