@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,33 @@ def save_as_if_from_cuda(obj, path) -> None:
             assert "CUDA" in str(e), e
         else:
             raise AssertionError(f"{path}: read without CUDA")
+
+
+def torchscript_as_if_from_cuda(src, dst) -> None:
+    """The TorchScript archive ``src`` rewritten at ``dst`` as if its tensors had been on a GPU
+    when it was saved: each storage's location in the archive's pickles "cuda:0", not "cpu"
+    (torch.jit.save writes them from C++, past torch.serialization). Read without ``map_location``
+    where CUDA is not there, torch.jit.load refuses it."""
+    import zipfile
+
+    cpu, gpu, moved = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0", 0  # (pickle's BINUNICODE)
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            if info.filename.endswith(".pkl"):
+                moved += data.count(cpu)
+                data = data.replace(cpu, gpu)
+            out.writestr(info, data)
+    assert moved, f"{src}: no tensor's location found"
+    if not torch.cuda.is_available():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # (torch.jit's deprecation)
+                torch.jit.load(str(dst))
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError(f"{dst}: read without CUDA")
 
 
 # safetensors' names of torch's dtypes (those the tests write)

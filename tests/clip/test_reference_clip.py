@@ -18,7 +18,7 @@ import reference_clip as ref_clip
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from helpers import save_as_if_from_cuda
+from helpers import save_as_if_from_cuda, torchscript_as_if_from_cuda
 from PIL import Image
 from safetensors.torch import safe_open, save_file
 
@@ -51,7 +51,7 @@ def openai_tiny(tmp_path_factory):
     ``config``: a model config without ``quick_gelu`` (as open_clip's ``ViT-B-16``);
     ``config_quickgelu``: with it (as ``ViT-B-16-quickgelu``); ``archive``: a TorchScript
     archive (OpenAI's CDN format, with its non-weight entries); ``extras``: that archive's state
-    dict saved with torch.save (``extras_from_gpu``: as torch.save writes it on a GPU machine);
+    dict saved with torch.save (``*_from_gpu``: both as a GPU machine writes them);
     ``plain``: the weights alone (.safetensors).
     """
     root = tmp_path_factory.mktemp("openai_tiny")
@@ -68,12 +68,13 @@ def openai_tiny(tmp_path_factory):
         warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer warnings
         traced = torch.jit.trace_module(scripted, {"encode_image": torch.zeros(1, 3, 32, 32)})
         torch.jit.save(traced, str(root / "archive.pt"))
+    torchscript_as_if_from_cuda(root / "archive.pt", root / "archive_from_gpu.pt")
     torch.save(traced.state_dict(), root / "extras.pt")
     save_as_if_from_cuda(traced.state_dict(), root / "extras_from_gpu.pt")
     return {
         "config": str(root / "openai-tiny.json"), "config_quickgelu": str(root / "openai-tiny-qg.json"),
         "archive": str(root / "archive.pt"), "extras": str(root / "extras.pt"),
-        "extras_from_gpu": str(root / "extras_from_gpu.pt"),
+        "archive_from_gpu": str(root / "archive_from_gpu.pt"), "extras_from_gpu": str(root / "extras_from_gpu.pt"),
         "plain": str(root / "plain.safetensors"), "reference": reference,
     }
 
@@ -94,7 +95,7 @@ def _max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-@pytest.mark.parametrize("weights", ["archive", "extras", "extras_from_gpu"])
+@pytest.mark.parametrize("weights", ["archive", "extras", "archive_from_gpu", "extras_from_gpu"])
 def test_openai_files_build_quick_gelu_and_equal_openais_image_features(openai_tiny, images, weights):
     clip = load_clip(openai_tiny["config"], openai_tiny[weights])
     assert clip.activation == "quick_gelu" and clip.config["quick_gelu"] is True
