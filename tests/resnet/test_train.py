@@ -957,6 +957,29 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
     assert "no model, optimizer, epoch, log, rng" in lines[0]
 
 
+@pytest.mark.xfail(strict=True, reason="train.py _resume: check_ranges(resumed) is not wrapped; its line names a "
+                   "flag the user never gave (or TrainConfig.<field>) and not the checkpoint")
+@pytest.mark.parametrize("key, value, flag", [("lr", -1.0, "--lr"), ("logitnorm_tau", float("nan"), "logitnorm_tau")])
+def test_a_checkpoint_option_out_of_range_is_one_line_naming_the_checkpoint(base_model, folders, tmp_path, key,
+                                                                             value, flag):
+    """A checkpoint whose recorded option is out of range (here edited into the finished base run's
+    checkpoint, config.json left alone): the resume is refused in one line that names the
+    checkpoint, as fit's is ("its configuration is out of range"); it said "Error: --lr -1.0: must
+    be in (0, 1e+38]" (a flag not given) or "TrainConfig.logitnorm_tau nan: ..." (no flag at all)."""
+    run = tmp_path / "run"
+    shutil.copytree(base_model.parent, run)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["config"][key] = value
+    torch.save(ckpt, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    for args in (["train", "--data", str(folders), "--stage", "base", "--epochs", "2", *TINY], ["train"]):
+        r = CliRunner().invoke(cli, [*args, "--out", str(run), "--resume"])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and "Traceback" not in r.output, r.output
+        assert str(run / "checkpoint.pt") in lines[0] and flag in lines[0], r.output
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     """Every RNG state (torch, numpy, Python) is restored from a file torch.load reads with weights_only=True."""
     import random
