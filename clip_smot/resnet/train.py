@@ -492,6 +492,10 @@ def _load_checkpoint(path: Path) -> tuple[dict, TrainConfig]:
         raise UserError(f"--resume: {path} is not a readable clip-smot checkpoint ({type(e).__name__}: "
                         f"{first_line(e)})") from None
     check_field_types(saved, f"--resume: {path}")
+    try:  # (an option out of range is a damaged checkpoint, said so before it is compared; not a flag's error)
+        check_ranges(saved)
+    except UserError as e:
+        raise UserError(f"--resume: {path}: its configuration is out of range ({e})") from None
     return ckpt, saved
 
 
@@ -520,7 +524,7 @@ def _resume(cfg: TrainConfig, flags: Collection[str] | None, rank: int, world: i
         raise rf.OtherFlags(f"--epochs {cfg.epochs}: the run saved in {out} has {saved.epochs} epochs; resume "
                             "with as many or more", ["--epochs"])
     resumed = TrainConfig(**(options | {"epochs": cfg.epochs or saved.epochs}))
-    check_ranges(resumed)  # (an option out of range is a damaged checkpoint, said so before it is compared)
+    check_ranges(resumed)  # (the saved options were checked: a value out of range is a flag's, named so)
     rf.check_config_beside(out, ckpt["config"], [f.name for f in dataclasses.fields(TrainConfig)
                                                  if f.name not in _BESIDE_FREE], f"--resume {out / rf.CHECKPOINT}",
                            dataclasses.asdict(TrainConfig(**ckpt["config"])))  # (a key it lacks: the default, as resumed)

@@ -957,8 +957,6 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_line(folders, tmp_path):
     assert "no model, optimizer, epoch, log, rng" in lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="train.py _resume: check_ranges(resumed) is not wrapped; its line names a "
-                   "flag the user never gave (or TrainConfig.<field>) and not the checkpoint")
 @pytest.mark.parametrize("key, value, flag", [("lr", -1.0, "--lr"), ("logitnorm_tau", float("nan"), "logitnorm_tau")])
 def test_a_checkpoint_option_out_of_range_is_one_line_naming_the_checkpoint(base_model, folders, tmp_path, key,
                                                                              value, flag):
@@ -1654,12 +1652,14 @@ def _nan_weight(ckpt):
     *[(_edit("config", field, None), rf"is not a readable clip-smot checkpoint \(ValueError: config.{field} is None, "
                                      r"not the run's value\)$")
       for field in ("method", "arch", "epochs", "batch_size", "lr", "T", "input_size")],
-    (_edit("config", "input_size", 100000), r"^--input-size 100000: must be in \[8, 1024\]$"),
-    (_edit("config", "seed", -1), r"^--seed -1: must be in"),
-    (_edit("config", "ls_eps", 5.0), r"^TrainConfig.ls_eps 5.0: must be in \[0, 1\]$"),  # (was a loss of -66)
-    (_edit("config", "logitnorm_tau", -1.0), r"^TrainConfig.logitnorm_tau -1.0: must be > 0$"),
-    (_edit("config", "momentum", 2.0), r"^TrainConfig.momentum 2.0: must be in \[0, 1\]$"),
-    (_edit("config", "weight_decay", 1e39), r"^TrainConfig.weight_decay 1e\+39: must be in \[0, 1e\+38\]$"),
+    # (named as the checkpoint's, not as flags the user gave)
+    (_edit("config", "input_size", 100000), r"checkpoint.pt: its configuration is out of range \(--input-size 100000: "
+                                            r"must be in \[8, 1024\]\)$"),
+    (_edit("config", "seed", -1), r"checkpoint.pt: its configuration is out of range \(--seed -1: must be in"),
+    (_edit("config", "ls_eps", 5.0), r"range \(TrainConfig.ls_eps 5.0: must be in \[0, 1\]\)$"),  # (was a loss of -66)
+    (_edit("config", "logitnorm_tau", -1.0), r"range \(TrainConfig.logitnorm_tau -1.0: must be > 0\)$"),
+    (_edit("config", "momentum", 2.0), r"range \(TrainConfig.momentum 2.0: must be in \[0, 1\]\)$"),
+    (_edit("config", "weight_decay", 1e39), r"range \(TrainConfig.weight_decay 1e\+39: must be in \[0, 1e\+38\]\)$"),
     (_shape, r"its weights do not fit the network \(Error\(s\) in loading state_dict"),
     (_momentum(lambda shape: torch.zeros(2, 2)), r"its optimizer state does not fit \(ValueError: momentum_buffer "
                                                  r"has shape \[2, 2\], not "),
