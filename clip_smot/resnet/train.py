@@ -546,13 +546,15 @@ def _run(cfg: TrainConfig, resume: bool, dry_run: bool, stop_after: int | None, 
     if resume:
         cfg, ckpt, download = _resume(cfg, flags, rank, world, dry_run)
         # (before any data, network or CAM model is loaded; the message on rank 0 only)
-        if _exported(out, ckpt["epoch"]) and \
-                rf.finished(out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"), quiet=rank != 0):
+        done = (out, "train", ckpt["epoch"], cfg.epochs, ("summary.json", "model.safetensors"))
+        if _exported(out, ckpt["epoch"]) and rf.finished(*done, quiet=True):
             try:
-                return read_json(out / "summary.json")
+                summary = read_json(out / "summary.json")
             except (OSError, ValueError) as e:  # (UnicodeDecodeError, JSONDecodeError too)
                 raise UserError(f"--resume: {out / 'summary.json'}, the finished run's summary, cannot be read "
                                 f"({first_line(e)}); the run's model is {out / 'model.safetensors'}") from None
+            rf.finished(*done, quiet=rank != 0)  # ("nothing to do" once it is so: not before the line refusing it)
+            return summary
     # (the command line's flags: a library caller's config is taken as it is)
     check_smot_only(cfg, _method(cfg), "--method", flags or ())
     device, precision = _device(cfg, world)
