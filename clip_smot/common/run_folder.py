@@ -446,6 +446,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
         if short is not None:
             raise ValueError(f"the state of parameter {short!r} holds {sorted(per_param[short]) or 'nothing'}, not "
                              f"{sorted(every) or 'a buffer'}")
+        # and a parameter's whole state deleted the same (every parameter of a run's optimizer got a
+        # gradient in its first step, so each has a state where any has: momentum 0 keeps none at all)
+        lost = next((i for g in groups for i in g["params"] if i not in per_param), None) if per_param else None
+        if lost is not None:
+            raise ValueError(f"no state for parameter {lost!r}, where the others have one")
         kept = [{k: g[k] for k in _IMPLEMENTATION if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(state)
         for group, implementation in zip(optimizer.param_groups, kept):

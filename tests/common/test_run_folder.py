@@ -473,8 +473,6 @@ def test_an_optimizer_state_that_lacks_a_buffer_is_one_line():
         rf.load_optimizer_state(torch.optim.SGD([a], lr=0.1, momentum=0.9), one, "--resume c.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="run_folder.load_optimizer_state compares the keys of the states present "
-                   "only: a parameter whose whole state entry is gone loads, its momentum restarted from nothing")
 def test_an_optimizer_state_that_lacks_a_parameters_entry_is_one_line():
     """One parameter's whole entry deleted from a checkpoint's optimizer state (a seeded fuzz of
     train --resume: ``optimizer/state/25`` deleted) while the other parameter keeps its
