@@ -95,6 +95,22 @@ class ReproduceOptions:
     workers: int | None = setting(None, "Every stage (default 4).", min=0, max=MAX_WORKERS)
 
 
+def _differs(saved, planned) -> bool:
+    """Whether an option read from a checkpoint differs from the stage's; one that cannot be
+    compared (a tensor of two values: torch's "Boolean value of Tensor with more than one value is
+    ambiguous") is not the stage's."""
+    try:
+        return bool(saved != planned)
+    except Exception:  # noqa: BLE001 (whatever a hostile file's object raises)
+        return True
+
+
+def _shown(saved) -> str:
+    """An option read from a checkpoint as an error names it: a number, text or None as it is,
+    anything else by its type (a tensor of a thousand values is no option)."""
+    return str(saved) if saved is None or isinstance(saved, (bool, int, float, str)) else f"a {type(saved).__name__}"
+
+
 @dataclass(frozen=True)
 class Stage:
     """One ``clip-smot`` command writing into ``OUT/<name>``."""
@@ -322,9 +338,10 @@ class Stage:
         if not isinstance(saved, dict):  # (the same)
             return
         planned = self._options()
-        differ = [k for k in planned if k in saved and saved[k] != planned[k]]
+        differ = [k for k in planned if k in saved and _differs(saved[k], planned[k])]
         if differ:
-            what = "; ".join(f"--{k.replace('_', '-')} {saved[k]} there, {planned[k]} the stage's" for k in differ)
+            what = "; ".join(f"--{k.replace('_', '-')} {_shown(saved[k])} there, {planned[k]} the stage's"
+                             for k in differ)
             raise UserError(f"reproduce: {path} is not of the stage's run ({what}; a {self.command} run by hand "
                             f"into its folder?); remove {self.folder(out)} to run the stage again")
 

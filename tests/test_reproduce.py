@@ -2408,14 +2408,12 @@ def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resume
     assert calls[0][-1] == "--resume" and len(calls) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="reproduce.py Stage._check_checkpoint compares saved[k] != planned[k] in a bool "
-                   "context: an option stored as a tensor of other than one value raises torch's RuntimeError")
 @pytest.mark.parametrize("value", [torch.zeros(2), torch.zeros(0)])
 def test_a_fit_checkpoint_holding_a_tensor_for_an_option_is_no_traceback(tmp_path, value):
     """A fit-smot checkpoint.pt whose config holds a tensor of two values (or none) for --lr: the
     comparison with the stage's options raised "Boolean value of Tensor with more than one value
-    is ambiguous" out of reproduce, a traceback. It is refused in one line naming the checkpoint,
-    or left to the stage's fit --resume to name (the stage then runs)."""
+    is ambiguous" out of reproduce, a traceback. It is refused in one line naming the checkpoint
+    and the option's value by its type, before any stage runs."""
     from clip_smot.clip.fit import FitConfig
     from clip_smot.reproduce import run_reproduce
 
@@ -2430,10 +2428,12 @@ def test_a_fit_checkpoint_holding_a_tensor_for_an_option_is_no_traceback(tmp_pat
         run_reproduce("table8", options, killed_as_the_fit_started, echo=lambda line: None)
     torch.save({"epoch": 1, "config": {**FitConfig().to_dict(), "lr": value}}, out / "fit-smot" / "checkpoint.pt")
     for dry_run in (True, False):
-        try:
+        with pytest.raises(UserError) as e:
             run_reproduce("table8", options, fake, dry_run=dry_run, echo=lambda line: None)
-        except UserError as e:
-            assert str(out / "fit-smot" / "checkpoint.pt") in str(e)
+        assert str(e.value) == (f"reproduce: {out / 'fit-smot' / 'checkpoint.pt'} is not of the stage's run (--lr a "
+                                f"Tensor there, 0.002 the stage's; a fit run by hand into its folder?); remove "
+                                f"{out / 'fit-smot'} to run the stage again")
+    assert ran == []
 
 
 def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not_resumed(tmp_path, monkeypatch):
