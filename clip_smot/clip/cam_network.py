@@ -176,7 +176,8 @@ def _from_state_dict_file(path: str) -> CamNetwork:
             obj = obj[key]
     if not isinstance(obj, dict):
         raise UserError(f"--cam-model {path}: expected a state dict, found {type(obj).__name__}")
-    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    # (an entry that is no tensor, or a tensor under a key that is no name (0, (1, 2)), is none of the weights)
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor) and isinstance(k, str)}
     model = _torchvision_resnet(state, path)
     k = state["fc.weight"].shape[0]
     return CamNetwork(model, IMAGENET_MEAN, IMAGENET_STD, 224, k == 1000, None, path)
