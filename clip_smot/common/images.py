@@ -184,7 +184,8 @@ def eight_bit(im: Image.Image) -> Image.Image:
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im
     if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # (a signalling NaN's cast warns: it is a NaN, black below)
+            a = np.asarray(im, dtype=np.float64)
         if a[np.isfinite(a)].max(initial=0.0) <= 1.0:  # (a NaN or infinite pixel does not decide the range)
             a = a * 255.0  # a float image in [0, 1]
         # NaN as black, infinities as the ends: NumPy's cast of NaN to uint8 is undefined, and warns

@@ -1008,8 +1008,6 @@ def test_a_damaged_header_that_pil_warns_about_prints_no_warning(tmp_path, case)
     assert np.array_equal(np.asarray(im), np.asarray(Image.open(io.BytesIO(plain)).convert("RGB")))
 
 
-@pytest.mark.xfail(strict=True, reason="eight_bit's np.asarray(im, dtype=np.float64) of a float32 signalling NaN "
-                   "warns 'invalid value encountered in cast' (clip_smot/common/images.py, eight_bit)")
 def test_a_float_image_with_a_signalling_nan_pixel_reads_without_a_warning(tmp_path):
     """A float TIFF whose pixel is a signalling NaN (bits 0x7f800001: a TIFF whose strip offset
     points elsewhere reads such bits, found by fuzzing) is black like a quiet NaN; its cast from
