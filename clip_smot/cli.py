@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -430,7 +431,35 @@ def main() -> None:
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # PIL's remarks on a damaged block it skips as an image decodes (an EXIF block cut short, a TIFF
+    # tag past the file's end, an APNG of no frames): two lines an image beside the run's, or before
+    # the one line refusing it; the image is read as its pixels, or refused, either way
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    _quiet_libtiff()
     cli(prog_name="clip-smot")
+
+
+def _quiet_libtiff() -> None:
+    """Unset the warning and error handlers of the libtiff that PIL decodes compressed TIFFs with:
+    they write to the process's stderr ("LZWDecode: Not enough data at scanline 0"), out of reach of
+    Python's filters, before the one line refusing the image (PIL still raises its error). Where
+    the library is not found among the process's mapped files (not Linux), nothing is changed."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:  # (address, perms, offset, device, inode, path)
+            paths = {parts[5].strip() for line in f if len(parts := line.split(None, 5)) == 6}
+    except OSError:
+        return
+    for path in sorted(p for p in paths if os.path.basename(p).startswith("libtiff")):
+        try:
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                setter = getattr(lib, name)
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+        except (OSError, AttributeError):  # (a file of that name that is no libtiff)
+            continue
 
 
 if __name__ == "__main__":  # pragma: no cover
