@@ -235,6 +235,40 @@ def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.xfail(strict=True, reason="evaluate.py:245 hands the prompt's recorded data, of any JSON type, to "
+                                       "check_output_folder: os.path.isdir of a float or a list is a TypeError, of "
+                                       "2**64 an OverflowError, and an int is taken for a file descriptor")
+@pytest.mark.parametrize("data", [1.5, ["train"], 2**64, "FD"])
+def test_a_recorded_data_folder_that_is_no_string_is_one_line(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
+                                                              data):
+    """Found by fuzzing: the fitted scores without --id-train read the prompt's config "data", which
+    the file may make any JSON value; the number of an open directory's file descriptor passed
+    os.path.isdir, then os.path.realpath raised TypeError."""
+    import os
+
+    from clip_smot.clip import scorer as scorer_module
+    from clip_smot.clip.prompt_file import save_prompt
+
+    if data == "FD":
+        data = os.open(tmp_path, os.O_RDONLY)  # (an open directory: os.path.isdir(fd) is True)
+    prompt = tmp_path / "run" / "prompt.safetensors"
+    prompt.parent.mkdir()
+    save_prompt(prompt, torch.randn(4, 32), _unit(3, 32), tiny.identity(), 4, "end", False, list(CLASSES),
+                {"data": data, "shots": 1, "seed": 3, "split": None})
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=1)
+    monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
+    try:
+        res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
+                                       str(id_dir), "--ood", f"x={ood_dir}", "--scores", "mcm,react", "--workers", "0",
+                                       "--out", str(tmp_path / "eval")])
+    finally:
+        if isinstance(data, int) and data < 2**31:
+            os.close(data)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(prompt) in lines[0], res.output
+
+
 @pytest.mark.parametrize("field, value, error", [
     # without a recorded SHA-256, shots -3 kept all but 3 images of each class, saying nothing
     ("shots", -3, r"shots must be a positive integer, not -3$"),
