@@ -390,7 +390,9 @@ def _restore(ckpt: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sca
                         "not as real floating-point numbers)")
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:  # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing)
+    # (missing, unexpected or other-shaped tensors; load_state_dict allocates nothing. A key that is
+    # no name, 0 or (1, 2): torch's AttributeError "'int' object has no attribute 'startswith'")
+    except (RuntimeError, AttributeError, TypeError) as e:
         raise UserError(f"{where}: its weights do not fit the network ({first_line(e)})") from None
     check_finite_weights(_inner(model), where)  # (a finished run without summary.json exports them as they are)
     rf.load_optimizer_state(optimizer, ckpt["optimizer"], where)

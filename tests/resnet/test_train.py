@@ -998,8 +998,6 @@ def test_a_finished_run_whose_summary_cannot_be_read_is_one_line(base_model, tmp
                                              "(nothing rewritten)\n"), r.output
 
 
-@pytest.mark.xfail(strict=True, reason="train.py _restore catches only RuntimeError from load_state_dict: a key "
-                   "that is no string is torch's AttributeError, a traceback")
 @pytest.mark.parametrize("key", [0, (1, 2)])
 def test_a_checkpoint_whose_weights_hold_a_key_that_is_no_string_is_one_line(base_model, tmp_path, key):
     """A train checkpoint whose model state dict holds a tensor under an int or a tuple key (a
