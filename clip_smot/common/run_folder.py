@@ -434,6 +434,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
             for i, p in zip(theirs["params"], ours["params"]):
                 for name, v in per_param.get(i, {}).items():
                     _check_param_state(name, v, p)
+                    # (None is SGD's buffer without momentum: with it, torch takes None for no buffer and
+                    # starts that parameter's momentum again from nothing)
+                    if v is None and name == "momentum_buffer" and ours.get("momentum"):
+                        raise ValueError(f"the momentum_buffer of parameter {i!r} is None, where the run's "
+                                         f"momentum is {ours['momentum']}")
         # torch keeps the state of an id no group names aside, unused: a parameter's state filed under
         # another key ("0" for 0) would be lost, and its momentum start again from nothing
         stray = [k for k in per_param if not any(k in g["params"] for g in groups)]

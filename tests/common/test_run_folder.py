@@ -490,8 +490,6 @@ def test_an_optimizer_state_that_lacks_a_parameters_entry_is_one_line():
         rf.load_optimizer_state(torch.optim.SGD([a, b], lr=0.1, momentum=0.9), state, "--resume c.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="run_folder._check_param_state lets a None buffer through whatever the "
-                   "group's momentum: a momentum run's buffer set to None loads, its momentum restarted")
 def test_a_momentum_buffer_of_none_in_a_momentum_run_is_one_line():
     """A checkpoint of SGD with momentum 0.9 whose momentum_buffer of one parameter is None (a
     seeded fuzz of train --resume: ``optimizer/state/3/momentum_buffer`` replaced by None): torch
