@@ -162,11 +162,31 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
         # (torch's words for an archive cut short are a paragraph on miniz and corrupted files)
         why = "cut short: its zip directory is missing" if file_kind(path) == "torch-cut" else load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
+    meta = _tensor_of_no_data(saved)
+    if meta is not None:  # (torch.load keeps a meta tensor there, map_location or not: .item() and copies fail)
+        why = f"{meta} is a tensor of no data (on the meta device)"
+        raise CheckpointError(f"not a readable checkpoint ({why})", why)
     found = saved.get("format") if isinstance(saved, dict) else None
     if found != fmt and not (legacy and isinstance(saved, dict) and "format" not in saved):
         other = f" (a {CHECKPOINT_FORMATS[found]} one)" if isinstance(found, str) and found in CHECKPOINT_FORMATS else ""
         raise CheckpointError(f"not a {CHECKPOINT_FORMATS[fmt]} checkpoint{other}")
     return saved
+
+
+def _tensor_of_no_data(obj: Any) -> str | None:
+    """Where (``optimizer/state/0/momentum_buffer``) a tensor on the meta device lies in what
+    torch.load read, walked without recursion (a pickle may nest far deeper than Python's stack)."""
+    stack = [("", obj)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, torch.Tensor):
+            if v.is_meta:
+                return where or "the file's object"
+        elif isinstance(v, dict):
+            stack.extend((f"{where}/{k}" if where else str(k), x) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((f"{where}/{i}" if where else str(i), x) for i, x in enumerate(v))
+    return None
 
 
 # --- RNG states ---------------------------------------------------------------------------------

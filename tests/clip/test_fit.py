@@ -695,8 +695,6 @@ def test_a_checkpoint_of_another_run_copied_in_is_refused_naming_the_options(fit
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.xfail(strict=True, reason="fit.py _check_saved calls bool(torch.isfinite(ctx).all()) on a meta tensor "
-                   "(torch.load keeps the device): torch's RuntimeError, a traceback")
 def test_a_checkpoint_whose_context_is_a_meta_tensor_is_one_line(tmp_path, one_epoch):
     """A fit checkpoint whose ctx is a tensor on the "meta" device (no data; torch.load with
     weights_only reads it so, map_location or not: a seeded fuzz of fit --resume): fit --resume

@@ -143,6 +143,26 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
     assert info.value.unreadable.startswith("UnpicklingError: ")
 
 
+def test_a_tensor_of_no_data_anywhere_in_a_checkpoint_is_named(tmp_path):
+    """A tensor on the meta device (no data; torch.load keeps it there, map_location or not) in a
+    checkpoint, at any depth (a seeded fuzz of fit --resume put one as ctx: Tensor.item() on it was
+    a traceback): the checkpoint is not readable, and where the tensor lies is named."""
+    path = tmp_path / "checkpoint.pt"
+    meta = torch.empty(2, device="meta")
+    for saved, where in (({"ctx": meta}, "ctx"), ({"optimizer": {"state": {0: {"momentum_buffer": meta}}}},
+                                                  "optimizer/state/0/momentum_buffer"),
+                         ({"log": [{"epoch": 1}, (1, meta)]}, "log/1/1"), (meta, "the file's object")):
+        if isinstance(saved, dict):
+            rf.save_checkpoint(path, "clip-smot-fit-checkpoint", saved)
+        else:  # (a bare tensor: named before its missing format is)
+            torch.save(saved, path)
+        with pytest.raises(rf.CheckpointError) as info:
+            rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+        assert info.value.unreadable == f"{where} is a tensor of no data (on the meta device)", saved
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"ctx": torch.zeros(2), "log": [[[[torch.ones(1)]]]]})
+    assert rf.read_checkpoint(path, "clip-smot-fit-checkpoint")["ctx"].device.type == "cpu"
+
+
 def test_a_train_resume_of_a_fit_checkpoint_is_one_line(tmp_path):
     from clip_smot.resnet.train import TrainConfig, run_train
 
