@@ -364,6 +364,11 @@ def _check_saved(ckpt: dict) -> None:
             isinstance(e, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))
                                         for k, v in e.items()) for e in ckpt["log"]):
         raise ValueError("log is not a list of epoch records")  # (of plain values: it is written to log.jsonl)
+    # (and of its epochs, 1 to the last done, in order: the resume writes it over log.jsonl, whose lines
+    # of the run were lost to an emptied log, or joined by epochs the run never had)
+    if [e.get("epoch") for e in ckpt["log"]] != list(range(1, ckpt["epoch"] + 1)):
+        raise ValueError(f"log holds the records of epochs {[e.get('epoch') for e in ckpt['log']][:5]}, not of the "
+                         f"{ckpt['epoch']} epochs done")
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         raise ValueError("model is not a state dict")
     if not isinstance(ckpt["optimizer"], dict) or not isinstance(ckpt["rng"], dict):

@@ -1017,8 +1017,6 @@ def test_a_checkpoint_whose_weights_hold_a_key_that_is_no_string_is_one_line(bas
     assert {f.name: f.read_bytes() for f in run.iterdir()} == before
 
 
-@pytest.mark.xfail(strict=True, reason="train.py _check_saved checks the types of the checkpoint's log, not that it "
-                   "holds its epochs' records; the resume writes it over log.jsonl")
 @pytest.mark.parametrize("log", [[], [{"epoch": 7, "loss": 1.0}, {"epoch": 8, "loss": 1.0}]])
 def test_a_checkpoint_whose_log_is_not_of_its_epochs_loses_no_log_line(base_model, tmp_path, log):
     """The base run's checkpoint (2 epochs done) with its log records emptied, or replaced by
