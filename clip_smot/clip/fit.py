@@ -307,6 +307,9 @@ def _copy_ctx(prompt, ctx: torch.Tensor, where: str) -> None:
         prompt.ctx.copy_(ctx.to(prompt.ctx.device))
 
 
+_CTX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # (a saved context's; fit writes float32)
+
+
 def _check_saved(saved: dict, where: str) -> None:
     """The types and ranges of what a fit checkpoint holds, before any of it is used: the epoch,
     a finite float context of 2 or 3 dimensions, a configuration that passes :func:`check_config`
@@ -317,8 +320,10 @@ def _check_saved(saved: dict, where: str) -> None:
         (isinstance(saved["epoch"], int) and not isinstance(saved["epoch"], bool) and saved["epoch"] >= 0
          and not (isinstance(config.get("epochs"), int) and saved["epoch"] > config["epochs"]),
          "epoch (a whole number of epochs done, at most the run's epochs)"),
-        (isinstance(ctx, torch.Tensor) and ctx.is_floating_point() and ctx.ndim in (2, 3) and rf.holds_its_values(ctx)
-         and bool(torch.isfinite(ctx).all()), "ctx (a finite float tensor [n_ctx, d] or [K, n_ctx, d])"),
+        # (finite as the float32 it is copied into: 1e300 in float64 was inf there, blamed on the weights; a
+        # float8 one has no isfinite)
+        (isinstance(ctx, torch.Tensor) and ctx.dtype in _CTX_DTYPES and ctx.ndim in (2, 3) and rf.holds_its_values(ctx)
+         and bool(torch.isfinite(ctx.float()).all()), "ctx (a finite float tensor [n_ctx, d] or [K, n_ctx, d])"),
         (isinstance(run.get("classnames"), list) and run["classnames"] != []
          and all(isinstance(c, str) for c in run["classnames"]), "config.run.classnames"),
         (isinstance(run.get("split_sha256"), str), "config.run.split_sha256"),
