@@ -363,9 +363,11 @@ def _check_values(path: str, ctx: torch.Tensor, text_features: torch.Tensor, cla
         return UserError(f"--prompt {path}: {what}")
 
     for name, t in (("ctx", ctx), ("text_features", text_features)):
-        if t.dtype not in _FLOAT_DTYPES or not torch.isfinite(t).all():  # (float8 has no isfinite: checked first)
-            raise bad(f"{name} must hold finite floating-point numbers (float16, bfloat16, float32 or float64; "
-                      f"this is {t.dtype})")
+        # (float8 has no isfinite: checked first; finite as the float32 they are used in, where 1e300 of a
+        # float64 file is inf, and NaN text features re-encoded from it were blamed on the weights)
+        if t.dtype not in _FLOAT_DTYPES or not torch.isfinite(t.float()).all():
+            raise bad(f"{name} must hold finite floating-point numbers within float32's range (float16, bfloat16, "
+                      f"float32 or float64; this is {t.dtype})")
     norms = text_features.double().norm(dim=-1)  # normalised when written: all classes would score alike if not
     if not ((norms - 1).abs() <= 1e-2).all():
         k = int((norms - 1).abs().argmax())
