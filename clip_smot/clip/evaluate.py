@@ -132,7 +132,11 @@ def _prompt_split(prompt: str, config: dict, root: Path, split: str | None) -> l
         chosen, where = read_split(beside, classes, "--split"), str(beside)
     elif not config.get("split"):
         shots, seed = _recorded_draw(prompt, config)
-        chosen, where = draw_split(classes, shots, seed), f"a draw from {root}"
+        try:
+            chosen, where = draw_split(classes, shots, seed), f"a draw from {root}"
+        except UserError as e:  # (its words name fit's --shots: here the number is the file's)
+            raise UserError(f"--prompt {prompt}: its recorded shots {str(e).removeprefix('--shots ')}; pass "
+                            "--id-train DIR") from None
     else:
         raise UserError(f"--split: {prompt} was fitted on a split file that is not next to it; pass --split SPLIT.txt")
     if want and hashlib.sha256(split_text(chosen).encode()).hexdigest() != want:
@@ -242,6 +246,7 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
     check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     recorded = config.get("data") if fitted and not cfg.id_train and isinstance(config, dict) else None
+    recorded = recorded if isinstance(recorded, str) else None  # (the file's: a number is no folder, nor a descriptor)
     # before that folder is read: an --out beside its class folders, made by the lock, would be read as a class
     check_output_folder(cfg.out, "--out", (), [("the ID-train folder the prompt records", recorded)],
                         writes=_WRITES)

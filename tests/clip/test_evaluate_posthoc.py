@@ -235,9 +235,6 @@ def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.py:245 hands the prompt's recorded data, of any JSON type, to "
-                                       "check_output_folder: os.path.isdir of a float or a list is a TypeError, of "
-                                       "2**64 an OverflowError, and an int is taken for a file descriptor")
 @pytest.mark.parametrize("data", [1.5, ["train"], 2**64, "FD"])
 def test_a_recorded_data_folder_that_is_no_string_is_one_line(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
                                                               data):
@@ -282,9 +279,7 @@ def test_a_recorded_data_folder_that_is_no_string_is_one_line(tmp_path, tiny, ti
     ("seed", None, r"seed must be an integer in .*, not None$"),
     # found by fuzzing: more shots than a class has images was "--shots 7: class 'blue' (...) has only 5
     # images", naming a flag eval does not have, and not the file the number came from
-    pytest.param("shots", 7, r"shots", marks=pytest.mark.xfail(
-        strict=True, reason="evaluate.py:135 draws the split with the recorded shots, and draw_split's error "
-                            "(fewshot.py:131) names --shots, not the prompt")),
+    ("shots", 7, r"shots 7: class 'blue' \(.*\) has only 5 images; pass --id-train DIR$"),
 ])
 def test_the_prompts_recorded_shots_and_seed_are_checked(tmp_path, field, value, error):
     root = _train_folder(tmp_path / "data" / "train", n_per_class=5)
