@@ -1084,6 +1084,11 @@ def _weights_with(tmp_path, checkpoint, key, value):
                                          "5.52112e-42, under which every logit is about 0"),
     ("visual.proj", float("nan"), "mcm", "the image encoder of clip-smot-tiny gives non-finite features (6 of 6"),
     ("text_projection", float("nan"), "mcm", "the text features re-encoded from the stored context are not finite"),
+    # found by fuzzing: a zero text_projection gives text features of norm 0, finite: every logit was 0 and
+    # every image got the same scores (mcm 1/3, pred the first class), exit 0
+    pytest.param("text_projection", 0.0, "mcm", "the text features re-encoded from the stored context",
+                 marks=pytest.mark.xfail(strict=True, reason="scorer.py:317 checks the re-encoded text features for "
+                                                             "finiteness only: rows of norm 0 pass")),
 ])
 def test_non_finite_weights_are_refused_naming_them(tmp_path, tiny, tiny_clip_config, tiny_clip_checkpoint,
                                                     key, value, scores, expected):
