@@ -56,7 +56,7 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.shards import image_identity, image_stamp
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features"]
+__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "unit_rows"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -285,16 +285,24 @@ def _join(parts: Sequence[ImageFeatures]) -> ImageFeatures:
 
 
 def _check_finite(clip: ClipModel, g: torch.Tensor, l: torch.Tensor | None, paths: Sequence[str]) -> None:
-    """A UserError naming the model's weights when the features ``g`` [b, e] (or ``l`` [b, P, e])
-    of ``paths`` are not finite: decoded images are finite, so the weights are the source."""
-    bad = ~torch.isfinite(g).all(dim=-1)  # [b]
+    """A UserError naming the model's weights when the normalised features ``g`` [b, e] (or ``l``
+    [b, P, e]) of ``paths`` are not finite, or not of norm 1 (a feature of norm 0, or one whose norm
+    overflows float32, normalises to zeros: every class then scored alike): decoded images are
+    finite, so the weights are the source."""
+    bad = ~unit_rows(g)  # [b]
     if l is not None:
-        bad |= ~torch.isfinite(l).flatten(1).all(dim=-1)
+        bad |= ~unit_rows(l).all(dim=-1)
     if bad.any():
         first = paths[int(bad.nonzero()[0])]
-        raise UserError(f"{weights_flag(clip)}: the image encoder of {clip.name} gives non-finite features "
-                        f"({int(bad.sum())} of {len(paths)} images, first {first}); its weights hold NaN or inf, "
-                        "or overflow")
+        raise UserError(f"{weights_flag(clip)}: the image encoder of {clip.name} gives non-finite features, or "
+                        f"features of no length ({int(bad.sum())} of {len(paths)} images, first {first}); its weights "
+                        "hold NaN or inf, or overflow")
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Whether each row (last dimension) of the normalised ``x`` is finite and of norm 1, not the
+    zeros F.normalize makes of a row of norm 0 or of one whose norm overflows."""
+    return torch.isfinite(x).all(dim=-1) & (x.float().norm(dim=-1) > 0.5)
 
 
 # cache folders a write to which failed and was noted: once a process (later entries are still tried)

@@ -40,6 +40,7 @@ from clip_smot.clip.features import (
     encode_files,
     image_batches,
     normalized_features,
+    unit_rows,
 )
 from clip_smot.clip.model import ClipModel, weights_flag
 from clip_smot.clip.prompt_file import PromptFile, load_prompt
@@ -312,13 +313,15 @@ class PromptScorer:
         self._check_finite_inputs()
 
     def _check_finite_inputs(self) -> None:
-        """A UserError naming the weights when the text features are not finite (a prompt file's
-        own tensors are checked when it is loaded, the temperature when the model is)."""
-        bad = ~torch.isfinite(self.text_features).all(dim=-1)  # [K]
+        """A UserError naming the weights when the text features are not finite, or of no length
+        once normalised (a row of norm 0 or one overflowing: every image then scored alike; a prompt
+        file's own tensors are checked when it is loaded, the temperature when the model is)."""
+        bad = ~unit_rows(self.text_features)  # [K]
         if bad.any():
-            raise UserError(f"{weights_flag(self.clip)}: the {self.source or 'text features'} are not finite "
-                            f"({int(bad.sum())} of {len(bad)} classes, first {self.classnames[int(bad.nonzero()[0])]!r}); "
-                            "the text encoder's weights hold NaN or inf, or overflow")
+            raise UserError(f"{weights_flag(self.clip)}: the {self.source or 'text features'} are not finite, or of "
+                            f"no length ({int(bad.sum())} of {len(bad)} classes, first "
+                            f"{self.classnames[int(bad.nonzero()[0])]!r}); the text encoder's weights hold NaN or inf, "
+                            "or overflow")
 
     @classmethod
     def from_file(
