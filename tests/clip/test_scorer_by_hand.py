@@ -160,8 +160,12 @@ def test_text_features_must_be_one_finite_row_per_class(tiny):  # noqa: F811
     with pytest.raises(ValueError, match=r"text_features \(3, 32\) do not match 2 class names"):
         PromptScorer(tiny, text, ["a", "b"])
     text[1, 4] = float("nan")
-    with pytest.raises(UserError, match=rf"^--pretrained {re.escape(tiny.pretrained)}: the text features are not "
-                                        r"finite \(1 of 3 classes, first 'b'\); the text encoder's weights"):
+    head = rf"^--pretrained {re.escape(tiny.pretrained)}: the text features are not finite, or of no length "
+    with pytest.raises(UserError, match=head + r"\(1 of 3 classes, first 'b'\); the text encoder's weights"):
+        PromptScorer(tiny, text, ["a", "b", "c"])
+    text = _unit(3, 5)
+    text[2] = 0.0  # (a row of norm 0, which F.normalize leaves zeros: every image would score alike on it)
+    with pytest.raises(UserError, match=head + r"\(1 of 3 classes, first 'c'\)"):
         PromptScorer(tiny, text, ["a", "b", "c"])
 
 
