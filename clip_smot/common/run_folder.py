@@ -244,7 +244,10 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator] | None = Non
         if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos <= _MT19937_WORDS:
             raise ValueError(f"NumPy's state is at position {pos!r:.40}, not in [0, {_MT19937_WORDS}]")
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python"])
+        python = state["python"]  # (random.setstate indexed a 0-dim tensor there: torch's IndexError)
+        if not (isinstance(python, tuple) and len(python) == 3 and isinstance(python[1], tuple)):
+            raise ValueError(f"Python's state is a {type(python).__name__}, not random.getstate()'s tuple")
+        random.setstate(python)
     cuda = state.get("torch_cuda" if older else "cuda")
     if cuda is not None and torch.cuda.is_available():
         # one state a device of the machine that wrote it: a run written on more GPUs than this
@@ -440,6 +443,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, where: st
     """
     try:
         groups, per_param = state["param_groups"], state["state"]
+        # (a group that is a tensor, indexed with "params" below, made torch warn before the refusal)
+        if not (isinstance(groups, list) and all(isinstance(g, dict) for g in groups) and isinstance(per_param, dict)):
+            raise ValueError("param_groups is not a list of dicts, or state not a dict")
         if len(groups) != len(optimizer.param_groups):
             raise ValueError(f"{len(groups)} parameter groups, not {len(optimizer.param_groups)}")
         for ours, theirs in zip(optimizer.param_groups, groups):

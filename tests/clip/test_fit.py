@@ -2468,9 +2468,8 @@ def _momentum_edit(shape):
     (_set("rng", "python", (3, (10**30,) * 625, None)), r"its random-number state is damaged \(OverflowError"),
     # Python's state as a 0-dim tensor (a seeded fuzz): random.setstate indexes it, torch's IndexError, which
     # neither restore_rng's documented errors nor fit's except clause hold: a traceback
-    pytest.param(_set("rng", "python", torch.tensor(1.0)), r"its random-number state is damaged \(",
-                 marks=pytest.mark.xfail(strict=True, reason="run_folder.restore_rng: random.setstate of a 0-dim "
-                                         "tensor raises IndexError, which fit's _restore does not catch")),
+    (_set("rng", "python", torch.tensor(1.0)), r"its random-number state is damaged \(ValueError: Python's state "
+                                               r"is a Tensor, not random.getstate\(\)'s tuple\)$"),
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(one_epoch, fit_args, tmp_path, edit, expected):
     """The optimizer, schedule and RNG states were loaded unchecked: a traceback then, or at the first step."""

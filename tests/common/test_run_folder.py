@@ -526,8 +526,6 @@ def test_a_momentum_buffer_of_none_in_a_momentum_run_is_one_line():
         rf.load_optimizer_state(torch.optim.SGD([a, b], lr=0.1, momentum=0.9), state, "--resume c.pt")
 
 
-@pytest.mark.xfail(strict=True, reason="run_folder.load_optimizer_state indexes a parameter group that is a tensor "
-                   "(theirs['params']): torch prints a UserWarning before the one line")
 def test_a_parameter_group_that_is_a_tensor_is_one_line_without_torchs_warning():
     """A checkpoint whose optimizer's parameter group is a tensor (a seeded fuzz of fit --resume:
     ``optimizer/param_groups/0`` replaced by tensor([0, 0, 0])): indexing it with "params" made
