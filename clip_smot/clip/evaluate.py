@@ -177,7 +177,7 @@ def id_train_paths(prompt: str | None, config: dict | None, id_train: str | None
         root = resolve_train_root(id_train, "--id-train")
         return [str(root / rel) for rel, _ in read_split(split, resolve_classes(root, "--id-train"), "--split")]
     data = config.get("data") if isinstance(config, dict) else None
-    if not prompt or not isinstance(data, str):
+    if not prompt or not isinstance(data, str) or not data:  # ("": the working folder, no folder of the file's)
         what = "--zero-shot has no training images" if not prompt else f"{prompt} does not record its training data"
         raise UserError(f"--id-train: react, knn and vim are fitted on ID training images, and {what}; "
                         "pass --id-train DIR")
