@@ -1017,30 +1017,33 @@ def test_a_checkpoint_whose_weights_hold_a_key_that_is_no_string_is_one_line(bas
     assert {f.name: f.read_bytes() for f in run.iterdir()} == before
 
 
-@pytest.mark.parametrize("log", [[], [{"epoch": 7, "loss": 1.0}, {"epoch": 8, "loss": 1.0}]])
-def test_a_checkpoint_whose_log_is_not_of_its_epochs_loses_no_log_line(base_model, tmp_path, log):
+@pytest.mark.parametrize("key, value, records", [
+    ("log", [], "[]"),
+    ("log", [{"epoch": 7, "loss": 1.0}, {"epoch": 8, "loss": 1.0}], "[7, 8]"),
+    ("epoch", 1, "[1, 2]"),  # (2 epochs of weights and log: epoch 2 was trained again on top of them)
+])
+def test_a_checkpoint_whose_log_is_not_of_its_epochs_loses_no_log_line(base_model, tmp_path, key, value, records):
     """The base run's checkpoint (2 epochs done) with its log records emptied, or replaced by
-    records of epochs 7 and 8 (a seeded fuzz of train --resume): the resume wrote them over
-    log.jsonl, exit 0, so the lines of epochs 1 and 2 on the disk were lost, or the log named
-    epochs the run never had. Refused in one line naming the checkpoint (log.jsonl left as it
-    was), or resumed with the log of epochs 1 and 2."""
+    records of epochs 7 and 8, or with its epoch count set to 1 (a seeded fuzz of train
+    --resume): the resume wrote the records over log.jsonl, exit 0, so the lines of epochs 1 and 2
+    on the disk were lost, or the log named epochs the run never had; or it trained a third epoch
+    on the weights of two and exported them as a run of 2. Refused in one line naming the
+    checkpoint, log.jsonl left as it was."""
     run = tmp_path / "run"
     shutil.copytree(base_model.parent, run)
     (run / "model.safetensors").unlink()  # (stopped before its export: the resume exports)
     (run / "summary.json").unlink()
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    ckpt["log"] = log
+    ckpt[key] = value
     torch.save(ckpt, run / "checkpoint.pt")
     before = (run / "log.jsonl").read_text()
     assert [json.loads(line)["epoch"] for line in before.splitlines()] == [1, 2]
     r = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume"])
-    if r.exit_code == 1:
-        lines = r.output.strip().splitlines()
-        assert len(lines) == 1 and str(run / "checkpoint.pt") in lines[0], r.output
-        assert (run / "log.jsonl").read_text() == before
-    else:
-        assert r.exit_code == 0, r.output
-        assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    done = ckpt["epoch"]
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"Error: --resume: {run / 'checkpoint.pt'} is not a readable clip-smot checkpoint (ValueError: log holds the "
+        f"records of epochs {records}, not of the {done} epochs done)"], r.output
+    assert (run / "log.jsonl").read_text() == before
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
