@@ -162,6 +162,11 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
         # (torch's words for an archive cut short are a paragraph on miniz and corrupted files)
         why = "cut short: its zip directory is missing" if file_kind(path) == "torch-cut" else load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
+    size = _expanded_size(saved, MAX_CHECKPOINT_VALUES)
+    if size > MAX_CHECKPOINT_VALUES:  # (json.dumps of its config, a comparison, would go on for hours)
+        why = (f"it holds more than {MAX_CHECKPOINT_VALUES:,} values once its repeated parts are written out"
+               if size != math.inf else "it holds a list or dict that holds itself")
+        raise CheckpointError(f"not a readable checkpoint ({why})", why)
     meta = _tensor_of_no_data(saved)
     if meta is not None:  # (torch.load keeps a meta tensor there, map_location or not: .item() and copies fail)
         why = f"{meta} is a tensor of no data (on the meta device)"
@@ -173,19 +178,52 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     return saved
 
 
+MAX_CHECKPOINT_VALUES = 10**6  # a checkpoint's values once expanded (a DenseNet-BC run of 300 epochs: 4,249)
+
+
+def _expanded_size(obj: Any, limit: int) -> float:
+    """How many values (containers, tensors, numbers, text) ``obj`` holds once each shared
+    container is counted as often as it is named (a pickle may name one list twice in the next,
+    40 deep: 2^40 values in a file of 2 KB, which a json.dumps or a comparison would expand); past
+    ``limit`` the count stops there, and a container that holds itself is ``math.inf``. Walked
+    without recursion, each container's size computed once."""
+    sizes: dict[int, float] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(obj, False)]
+    while stack:
+        v, children_done = stack.pop()
+        if not isinstance(v, (dict, list, tuple)):
+            continue
+        children = list(v.values()) if isinstance(v, dict) else list(v)
+        if children_done:
+            open_.discard(id(v))
+            sizes[id(v)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(v)] > limit:
+                return sizes[id(v)]
+        elif id(v) in open_:
+            return math.inf  # (reached again before its own size is known: it holds itself)
+        elif id(v) not in sizes:
+            open_.add(id(v))
+            stack.append((v, True))
+            stack.extend((c, False) for c in children if isinstance(c, (dict, list, tuple)))
+    return sizes.get(id(obj), 1)
+
+
 def _tensor_of_no_data(obj: Any) -> str | None:
     """Where (``optimizer/state/0/momentum_buffer``) a tensor on the meta device lies in what
-    torch.load read, walked without recursion (a pickle may nest far deeper than Python's stack)."""
-    stack = [("", obj)]
+    torch.load read, walked without recursion (a pickle may nest far deeper than Python's stack)
+    and each container once (a pickle may name one list twice in the next, 40 deep: 2^40 paths
+    in a file of 2 KB)."""
+    stack, seen = [("", obj)], set()
     while stack:
         where, v = stack.pop()
         if isinstance(v, torch.Tensor):
             if v.is_meta:
                 return where or "the file's object"
-        elif isinstance(v, dict):
-            stack.extend((f"{where}/{k}" if where else str(k), x) for k, x in v.items())
-        elif isinstance(v, (list, tuple)):
-            stack.extend((f"{where}/{i}" if where else str(i), x) for i, x in enumerate(v))
+        elif isinstance(v, (dict, list, tuple)) and id(v) not in seen:
+            seen.add(id(v))
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((f"{where}/{k}" if where else str(k), x) for k, x in items)
     return None
 
 

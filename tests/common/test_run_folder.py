@@ -143,6 +143,37 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
     assert info.value.unreadable.startswith("UnpicklingError: ")
 
 
+def test_a_checkpoint_whose_repeated_parts_expand_past_a_million_values_is_not_read(tmp_path):
+    """A 2 KB checkpoint whose config held a list naming the list before it twice, 40 deep (a pickle
+    keeps one copy of each: 2^40 values written out): export and fit --resume hung in json.dumps
+    of the config, its memory growing, past a 10 s alarm (C code, which the alarm does not
+    interrupt). Refused at once; so is a list that holds itself. What the expansion counts, by
+    hand: each container once per place it is named, and each value in it."""
+    import time
+
+    nested = [0]
+    for _ in range(40):
+        nested = [nested, nested]
+    path = tmp_path / "checkpoint.pt"
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1, "config": {"lr": 0.1, "x": nested}})
+    assert path.stat().st_size < 4096
+    t0 = time.perf_counter()
+    with pytest.raises(rf.CheckpointError) as info:
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    assert info.value.unreadable == "it holds more than 1,000,000 values once its repeated parts are written out"
+    assert time.perf_counter() - t0 < 5
+    itself = [1]
+    itself.append(itself)
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1, "log": itself})
+    with pytest.raises(rf.CheckpointError, match=r"\(it holds a list or dict that holds itself\)$"):
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    shared = [1, 2]
+    # the dict, its list a (itself, shared twice at 3, the tuple: itself, 3 and shared), its dict b (itself, shared)
+    assert rf._expanded_size({"a": [shared, shared, (3, shared)], "b": {"c": shared}}, 100) == 1 + (
+        1 + 3 + 3 + (1 + 1 + 3)) + (1 + 3)
+    assert rf._expanded_size(nested, 100) > 100
+
+
 def test_a_tensor_of_no_data_anywhere_in_a_checkpoint_is_named(tmp_path):
     """A tensor on the meta device (no data; torch.load keeps it there, map_location or not) in a
     checkpoint, at any depth (a seeded fuzz of fit --resume put one as ctx: Tensor.item() on it was
