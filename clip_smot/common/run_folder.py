@@ -162,10 +162,14 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
         # (torch's words for an archive cut short are a paragraph on miniz and corrupted files)
         why = "cut short: its zip directory is missing" if file_kind(path) == "torch-cut" else load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None
-    size = _expanded_size(saved, MAX_CHECKPOINT_VALUES)
-    if size > MAX_CHECKPOINT_VALUES:  # (json.dumps of its config, a comparison, would go on for hours)
-        why = (f"it holds more than {MAX_CHECKPOINT_VALUES:,} values once its repeated parts are written out"
-               if size != math.inf else "it holds a list or dict that holds itself")
+    size, depth = _extent(saved, MAX_CHECKPOINT_VALUES)
+    why = ("it holds a list or dict that holds itself" if size == math.inf
+           # (json.dumps of its config, a comparison, would go on for hours)
+           else f"it holds more than {MAX_CHECKPOINT_VALUES:,} values once its repeated parts are written out"
+           if size > MAX_CHECKPOINT_VALUES
+           else f"its lists and dicts nest {depth} deep, more than {MAX_CHECKPOINT_DEPTH}"
+           if depth > MAX_CHECKPOINT_DEPTH else None)
+    if why is not None:
         raise CheckpointError(f"not a readable checkpoint ({why})", why)
     meta = _tensor_of_no_data(saved)
     if meta is not None:  # (torch.load keeps a meta tensor there, map_location or not: .item() and copies fail)
@@ -179,34 +183,38 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
 
 
 MAX_CHECKPOINT_VALUES = 10**6  # a checkpoint's values once expanded (a DenseNet-BC run of 300 epochs: 4,249)
+MAX_CHECKPOINT_DEPTH = 64  # lists and dicts in each other (a run's: 5, optimizer/state/0/momentum_buffer)
 
 
-def _expanded_size(obj: Any, limit: int) -> float:
+def _extent(obj: Any, limit: int) -> tuple[float, int]:
     """How many values (containers, tensors, numbers, text) ``obj`` holds once each shared
     container is counted as often as it is named (a pickle may name one list twice in the next,
-    40 deep: 2^40 values in a file of 2 KB, which a json.dumps or a comparison would expand); past
-    ``limit`` the count stops there, and a container that holds itself is ``math.inf``. Walked
-    without recursion, each container's size computed once."""
+    40 deep: 2^40 values in a file of 2 KB, which a json.dumps or a comparison would expand), and
+    how deep its containers nest (json.dumps of 20,000 was a RecursionError). Past ``limit`` the
+    count stops there; a container that holds itself is ``math.inf`` values. Walked without
+    recursion, each container's extent computed once."""
     sizes: dict[int, float] = {}
+    depths: dict[int, int] = {}
     open_: set[int] = set()
     stack: list[tuple[Any, bool]] = [(obj, False)]
     while stack:
         v, children_done = stack.pop()
         if not isinstance(v, (dict, list, tuple)):
             continue
-        children = list(v.values()) if isinstance(v, dict) else list(v)
+        children = [c for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (dict, list, tuple))]
         if children_done:
             open_.discard(id(v))
-            sizes[id(v)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            sizes[id(v)] = 1 + len(v) - len(children) + sum(sizes[id(c)] for c in children)
+            depths[id(v)] = 1 + max((depths[id(c)] for c in children), default=0)
             if sizes[id(v)] > limit:
-                return sizes[id(v)]
+                return sizes[id(v)], depths[id(v)]
         elif id(v) in open_:
-            return math.inf  # (reached again before its own size is known: it holds itself)
+            return math.inf, 0  # (reached again before its own extent is known: it holds itself)
         elif id(v) not in sizes:
             open_.add(id(v))
             stack.append((v, True))
-            stack.extend((c, False) for c in children if isinstance(c, (dict, list, tuple)))
-    return sizes.get(id(obj), 1)
+            stack.extend((c, False) for c in children)
+    return (sizes[id(obj)], depths[id(obj)]) if id(obj) in sizes else (1, 0)
 
 
 def _tensor_of_no_data(obj: Any) -> str | None:

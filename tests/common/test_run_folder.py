@@ -147,8 +147,9 @@ def test_a_checkpoint_whose_repeated_parts_expand_past_a_million_values_is_not_r
     """A 2 KB checkpoint whose config held a list naming the list before it twice, 40 deep (a pickle
     keeps one copy of each: 2^40 values written out): export and fit --resume hung in json.dumps
     of the config, its memory growing, past a 10 s alarm (C code, which the alarm does not
-    interrupt). Refused at once; so is a list that holds itself. What the expansion counts, by
-    hand: each container once per place it is named, and each value in it."""
+    interrupt). Refused at once; so are a list that holds itself and lists nested past 64 deep.
+    What the expansion counts, by hand: each container once per place it is named, and each value
+    in it."""
     import time
 
     nested = [0]
@@ -167,11 +168,18 @@ def test_a_checkpoint_whose_repeated_parts_expand_past_a_million_values_is_not_r
     rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1, "log": itself})
     with pytest.raises(rf.CheckpointError, match=r"\(it holds a list or dict that holds itself\)$"):
         rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    deep = [0]  # (json.dumps of the config: a RecursionError traceback from export and fit --resume)
+    for _ in range(100):
+        deep = [deep]
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1, "config": {"x": deep}})
+    with pytest.raises(rf.CheckpointError, match=r"\(its lists and dicts nest 103 deep, more than 64\)$"):
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
     shared = [1, 2]
-    # the dict, its list a (itself, shared twice at 3, the tuple: itself, 3 and shared), its dict b (itself, shared)
-    assert rf._expanded_size({"a": [shared, shared, (3, shared)], "b": {"c": shared}}, 100) == 1 + (
-        1 + 3 + 3 + (1 + 1 + 3)) + (1 + 3)
-    assert rf._expanded_size(nested, 100) > 100
+    # the dict, its list a (itself, shared twice at 3, the tuple: itself, 3 and shared), its dict b (itself,
+    # shared); 4 deep: the dict, a, the tuple, shared
+    assert rf._extent({"a": [shared, shared, (3, shared)], "b": {"c": shared}}, 100) == (
+        1 + (1 + 3 + 3 + (1 + 1 + 3)) + (1 + 3), 4)
+    assert rf._extent(nested, 100)[0] > 100 and rf._extent(5, 100) == (1, 0)
 
 
 def test_a_tensor_of_no_data_anywhere_in_a_checkpoint_is_named(tmp_path):
