@@ -57,6 +57,14 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
                    marks=pytest.mark.xfail(strict=True, raises=OverflowError,
                                            reason="estimated_size converts an infinite block size to int"))
       for change in ({"vision_cfg": {"mlp_ratio": 1e308}}, {"text_cfg": {"mlp_ratio": 1e308}})),
+    # sizes whose estimate is past float64 (10^400 numbers): an OverflowError as the error shows it in GiB
+    # ("integer division result too large for a float"), or, for a transformer's width, already in the estimate
+    *(pytest.param(change, r"its weights would take at least .* GiB in fp32, more than half",
+                   marks=pytest.mark.xfail(strict=True, raises=OverflowError,
+                                           reason="the size is divided into GiB as a float"))
+      for change in ({"text_cfg": {"context_length": 10**200}},
+                     {"vision_cfg": {"layers": [1, 1, 1, 1], "width": 10**200}},
+                     {"vision_cfg": {"width": 32 * 10**200}}, {"text_cfg": {"width": 2 * 10**200}})),
     # a million patch tokens: small weights, but one image took minutes (or all memory, a traceback)
     ({"vision_cfg": {"image_size": 1024, "patch_size": 1}},
      r"vision_cfg: image_size 1024 in patches of 1 is 1048576 patch tokens, more than 4096 "),
