@@ -453,6 +453,38 @@ def test_out_with_a_run_needs_resume_and_cam_classes_must_match(folders, base_mo
     assert r.exit_code == 1 and "trained on other classes" in r.output
 
 
+@pytest.mark.xfail(strict=True, reason="load_model probes the logits of a grey image only; the CAMs of the "
+                                        "training images are NaN, taken for zeros")
+def test_a_cam_model_whose_logits_overflow_on_the_training_images_is_one_line(folders, base_model, tmp_path):
+    """One finite weight of the base model's first convolution set to float32's lowest (-3.4e38):
+    the grey image load_model probes gives finite logits, most training images inf or NaN ones,
+    whose CAMs normalize_cam turns into all-zero maps: a SMOT run masked nothing and exited 0."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from clip_smot.resnet.networks import build_network
+
+    state = load_file(str(base_model))
+    with safe_open(str(base_model), framework="pt") as f:
+        meta = f.metadata()
+    state["conv1.weight"][0, 0, 0, 0] = torch.finfo(torch.float32).min
+    edited = tmp_path / "overflow.safetensors"
+    save_file(state, str(edited), metadata=meta)
+    # (the premise, by hand: the network of these weights gives non-finite logits for training images)
+    net = build_network("resnet_tiny", 3, 16)
+    net.load_state_dict(state)
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                          for p in sorted((folders / "train").rglob("*.png"))]).float() / 255
+    mean, std = (torch.tensor(json.loads(meta[k])).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        assert not torch.isfinite(net.eval()((images - mean) / std)).all()
+    r = CliRunner().invoke(cli, ["train", "--data", str(folders), "--stage", "smot", "--epochs", "1", *TINY,
+                                 "--cam-model", str(edited), "--dry-run", "--out", str(tmp_path / "out")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and f"--cam-model {edited}" in lines[0], r.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_on_a_class_folder_named_val(tmp_path):
     """eval --id DIR/<class>/ with a class named "val" took DIR/val (that class's images) for the
     split folder and stopped; DIR/val is the split only when it holds class folders (as fit's
