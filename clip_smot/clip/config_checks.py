@@ -33,6 +33,7 @@ __all__ = [
 
 
 MAX_IMAGE_SIZE = 2048  # input side length: the largest open_clip architecture takes 518
+MAX_ESTIMATE = 2**80  # numbers: what estimated_size says of a model past any machine's memory
 # Blocks per tower (a ResNet's: all stages together): the deepest open_clip architectures have 64
 # (RN50x64) and 56 (ViT-e-14). Even on the meta device each block costs time and memory: 1000 take
 # about 3 s and 0.8 GB, 20000 minutes and gigabytes, however narrow.
@@ -443,7 +444,15 @@ def estimated_size(cfg: dict) -> int:
     what the model holds, parameters and buffers (within 10% for open_clip's own ViTs and
     ResNets; with the mask it may exceed the parameters alone, which model.py's exact count
     after it, on the meta device, counts). A timm or Hugging Face tower counts nothing here (the
-    exact count builds it)."""
+    exact count builds it). A model past float64's range, or past :data:`MAX_ESTIMATE`, is
+    :data:`MAX_ESTIMATE` (its size in GiB is then still a number to say)."""
+    try:
+        return min(_estimated_size(cfg), MAX_ESTIMATE)
+    except OverflowError:  # (an mlp_ratio of 1e308, a width of 10^200: past float64 on the way)
+        return MAX_ESTIMATE
+
+
+def _estimated_size(cfg: dict) -> int:
     embed, vision, text = cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"]
     n = 0
     if "timm_model_name" not in vision:
