@@ -22,6 +22,7 @@ the normalisation applied to images in [0, 1]), ``dataset``, ``method``, ``stage
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -404,6 +405,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     if shapes != expected:
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} of {meta['num_classes']} classes "
                         f"({first_shape_difference(shapes, expected)})")
+    # a class named twice (once the head is seen to hold the names): fit's --cam-model looks its data's
+    # classes up by name, and took the last logit of the name; a trained model's classes are its folders'
+    twice = next((c for c, n in collections.Counter(meta["classnames"]).items() if n > 1), None)
+    if twice is not None:
+        raise UserError(f"{flag} {path}: inconsistent metadata (class {twice[:60]!r} is named twice in classnames)")
     # a weight of complex numbers was copied in with a warning and its imaginary parts dropped (and so
     # was a BatchNorm's count, num_batches_tracked, an integer: any real one is cast, as torch does)
     other = next((k for k, v in reference.items() if (not dtypes[k].startswith(("F", "BF")) if v.is_floating_point()

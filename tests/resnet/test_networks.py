@@ -367,8 +367,7 @@ def test_a_wrapped_model_is_saved_with_plain_parameter_names(tmp_path, wrap):
     ({"std": "[0.5, 0.5, 0.5, 0.5]"}, r"mean and std: three finite numbers each"),
     # a class named twice: fit's --cam-model looks its data's classes up by name, and took the last
     # logit of the name (data classes cat, dog: the CAM of cat was logit 2's), without a word
-    pytest.param({"classnames": '["a", "b", "a"]'}, r"(inconsistent metadata|twice)",
-                 marks=pytest.mark.xfail(strict=True, reason="load_model accepts a class named twice")),
+    ({"classnames": '["a", "b", "a"]'}, r"inconsistent metadata \(class 'a' is named twice in classnames\)$"),
 ])
 def test_model_file_metadata_that_does_not_fit_together_is_one_line(tmp_path, changes, expected):
     """Four class names for three logits would name a prediction by the wrong class; two means
