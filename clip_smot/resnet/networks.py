@@ -433,16 +433,22 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 
 def _check_finite_logits(model: nn.Module, meta: dict, where: str) -> None:
-    """Raise a UserError naming ``where`` when ``model`` gives a non-finite logit for a mid-grey
-    image: finite weights near float32's largest value overflow, and give inf logits and NaN CAMs
-    (which mask nothing, or the whole image, without a word). The network is fully convolutional,
-    so the image is at most 64 pixels whatever its input size: one cheap forward."""
+    """Raise a UserError naming ``where`` when ``model`` gives a non-finite logit for a grey, a
+    black, a white or a checkered image: finite weights near float32's largest value overflow, and
+    give inf logits and NaN CAMs (which mask nothing, or the whole image, without a word). A grey
+    image alone is near 0 once normalised: a first convolution's weight of -3.4e38 overflowed only
+    on the training images. The network is fully convolutional, so the images are at most 64
+    pixels whatever its input size: one cheap forward."""
     size = min(meta["input_size"], 64)
     mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    checkered = (torch.arange(size).view(-1, 1) + torch.arange(size)) % 2  # [S, S] of 0 and 1
+    images = torch.stack([torch.full((3, size, size), v) for v in (0.5, 0.0, 1.0)] +
+                         [checkered.expand(3, size, size).float()])  # [4, 3, S, S] in [0, 1]
     with torch.no_grad():
-        logits = model((torch.full((1, 3, size, size), 0.5) - mean) / std)  # [1, K]
+        logits = model((images - mean) / std)  # [4, K]
     if not bool(torch.isfinite(logits).all()):
-        raise UserError(f"{where}: its logits for a grey image are not finite (weights too large for float32)")
+        raise UserError(f"{where}: its logits for a grey, black, white or checkered image are not finite (weights "
+                        "too large for float32)")
 
 
 def _json_list(text: str, key: str) -> list:

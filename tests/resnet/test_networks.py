@@ -238,8 +238,8 @@ def test_finite_weights_that_overflow_are_refused(tmp_path):
         model.fc.weight.div_(model.fc.weight.abs().max()).mul_(3e38)  # (largest 3e38: finite)
     save_model(tmp_path / "huge.safetensors", model, arch="resnet_tiny", classnames=["a", "b", "c"], input_size=32,
                mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5])
-    with pytest.raises(UserError, match=r"^--cam-model \S+huge.safetensors: its logits for a grey image are not finite "
-                                        r"\(weights too large for float32\)$"):
+    with pytest.raises(UserError, match=r"^--cam-model \S+huge.safetensors: its logits for a grey, black, white or "
+                                        r"checkered image are not finite \(weights too large for float32\)$"):
         load_model(tmp_path / "huge.safetensors", flag="--cam-model")
 
 
@@ -429,10 +429,13 @@ def test_a_batchnorm_count_stored_as_complex_is_one_line_and_real_counts_load(tm
         load_model(_edited(tmp_path, "edited.safetensors", tensors=tensors))
 
 
-def test_the_overflow_probe_is_a_normalised_grey_image_of_at_most_64_pixels(tmp_path, monkeypatch):
-    """load_model's overflow check runs one mid-grey image (0.5 everywhere) through the network,
-    normalised by the file's mean and std, at the file's input size but at most 64 pixels (the
-    network is fully convolutional: a 1024-pixel model costs one 64-pixel forward)."""
+def test_the_overflow_probe_is_normalised_grey_black_white_and_checkered_images_of_at_most_64_pixels(tmp_path,
+                                                                                                    monkeypatch):
+    """load_model's overflow check runs four images through the network, normalised by the file's
+    mean and std: mid-grey (0.5 everywhere), black, white and a checkerboard of 0 and 1 (a grey
+    image alone is near 0 once normalised, where a huge first-layer weight stays finite); at the
+    file's input size but at most 64 pixels (the network is fully convolutional: a 1024-pixel
+    model costs one 64-pixel forward)."""
     from clip_smot.resnet import networks
 
     seen = []
@@ -445,15 +448,18 @@ def test_the_overflow_probe_is_a_normalised_grey_image_of_at_most_64_pixels(tmp_
 
     monkeypatch.setattr(networks, "build_network", build)
     mean, std = [0.25, 0.5, 0.75], [0.5, 0.25, 0.125]
-    by_hand = torch.tensor([(0.5 - 0.25) / 0.5, (0.5 - 0.5) / 0.25, (0.5 - 0.75) / 0.125])  # 0.5, 0, -2
+    by_hand = {0.5: [0.5, 0.0, -2.0], 0.0: [-0.5, -2.0, -6.0], 1.0: [1.5, 2.0, 2.0]}  # (v - mean) / std
     for size, side in ((16, 16), (1024, 64)):
         seen.clear()
         path = tmp_path / f"m{size}.safetensors"
         save_model(path, real_build("resnet_tiny", 3, size), arch="resnet_tiny", classnames=["a", "b", "c"],
                    input_size=size, mean=mean, std=std)
         load_model(path)
-        assert len(seen) == 1 and seen[0].shape == (1, 3, side, side), size
-        torch.testing.assert_close(seen[0], by_hand.view(1, 3, 1, 1).expand(1, 3, side, side))
+        assert len(seen) == 1 and seen[0].shape == (4, 3, side, side), size
+        for i, v in enumerate((0.5, 0.0, 1.0)):
+            torch.testing.assert_close(seen[0][i], torch.tensor(by_hand[v]).view(3, 1, 1).expand(3, side, side))
+        for y, x in ((0, 0), (0, 1), (1, 0), (side - 1, side - 2)):  # (a pixel is 1 where y + x is odd)
+            torch.testing.assert_close(seen[0][3, :, y, x], torch.tensor(by_hand[float((y + x) % 2)]))
 
 
 def test_a_channels_last_model_is_saved_and_loads(tmp_path):

@@ -453,8 +453,6 @@ def test_out_with_a_run_needs_resume_and_cam_classes_must_match(folders, base_mo
     assert r.exit_code == 1 and "trained on other classes" in r.output
 
 
-@pytest.mark.xfail(strict=True, reason="load_model probes the logits of a grey image only; the CAMs of the "
-                                        "training images are NaN, taken for zeros")
 def test_a_cam_model_whose_logits_overflow_on_the_training_images_is_one_line(folders, base_model, tmp_path):
     """One finite weight of the base model's first convolution set to float32's lowest (-3.4e38):
     the grey image load_model probes gives finite logits, most training images inf or NaN ones,
