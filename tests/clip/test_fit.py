@@ -832,6 +832,30 @@ def test_dry_run_writes_nothing(fit_args, tmp_path):
     assert res.exit_code == 0 and "dry run: one batch of 1 image, loss " in res.output, res.output
 
 
+def _dry_run_of_config(fit_args, tmp_path, **vision):
+    """fit --dry-run, random weights, of the tiny config with ``vision`` set in its vision_cfg."""
+    from conftest import TINY_CLIP_CONFIG
+
+    path = tmp_path / "odd-vision.json"
+    path.write_text(json.dumps({**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], **vision}}))
+    args = fit_args(tmp_path / "dry", "--dry-run")
+    args[args.index("--model") + 1], args[args.index("--pretrained") + 1] = str(path), "none"
+    return CliRunner().invoke(cli, args)
+
+
+@pytest.mark.xfail(strict=True, reason="a non-square vision_cfg.image_size is built, then images are resized to a "
+                                       "square of its first side")
+@pytest.mark.parametrize("size", [[32, 40], [40, 32]])
+def test_a_non_square_image_size_is_one_line(fit_args, tmp_path, size):
+    """The config checks take image_size per side; ClipModel.image_size is its first, the few-shot
+    images are resized to that square, and the ViT's positions (4 x 5 patches and a CLS token: 21)
+    did not fit its 17 or 26 tokens: a RuntimeError traceback at the first batch."""
+    res = _dry_run_of_config(fit_args, tmp_path, image_size=size)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1].startswith("Error: --model ")
+    assert not (tmp_path / "dry").exists()
+
+
 def test_a_one_class_run_says_its_loss_is_zero(tmp_path, cam_resnet, tiny_clip_config, tiny_clip_checkpoint):
     """A softmax over one class is 1, so its cross-entropy against any label is -log 1 = 0: the
     dry run's loss of a one-class --data is 0 and a note says so before the work; two classes
