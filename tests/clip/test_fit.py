@@ -843,8 +843,6 @@ def _dry_run_of_config(fit_args, tmp_path, **vision):
     return CliRunner().invoke(cli, args)
 
 
-@pytest.mark.xfail(strict=True, reason="a non-square vision_cfg.image_size is built, then images are resized to a "
-                                       "square of its first side")
 @pytest.mark.parametrize("size", [[32, 40], [40, 32]])
 def test_a_non_square_image_size_is_one_line(fit_args, tmp_path, size):
     """The config checks take image_size per side; ClipModel.image_size is its first, the few-shot
