@@ -265,7 +265,7 @@ def fit(split_file, resume, dry_run, **options) -> None:
     except KeyboardInterrupt:
         raise _interrupted(None if dry_run else options["out"]) from None
     if not dry_run:
-        click.echo(f"prompt: {out / 'prompt.safetensors'}")
+        click.echo(one_line(f"prompt: {out / 'prompt.safetensors'}"))  # (a name of bytes not UTF-8: escaped)
 
 
 @cli.command(context_settings=_HELP)
@@ -352,7 +352,7 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
     if report:  # (under torchrun: rank 0's, which wrote the files) the table, as metrics.md holds it
         out = Path(shared["out"])
         click.echo((out / "metrics.md").read_text(encoding="utf-8"), nl=False)
-        click.echo(f"written to {out}: {', '.join(n for n in REPORT_FILES if (out / n).is_file())}")
+        click.echo(one_line(f"written to {out}: {', '.join(n for n in REPORT_FILES if (out / n).is_file())}"))
 
 
 _ARCHS = TrainConfig.__dataclass_fields__["arch"].metadata["choices"]  # --arch: the keys of resnet.networks.NETWORKS
@@ -384,7 +384,7 @@ def train(resume, dry_run, compile_, **options) -> None:
 @_options(ExportConfig, "checkpoint", "out", "model", "pretrained", "device")
 def export(**options) -> None:
     """Re-export a learned prompt from a fit checkpoint as safetensors."""
-    click.echo(f"prompt written to {export_prompt(ExportConfig(**options))}")
+    click.echo(one_line(f"prompt written to {export_prompt(ExportConfig(**options))}"))
 
 
 def _run_stage(argv: list[str]) -> None:
@@ -412,7 +412,8 @@ def reproduce(table, dry_run, **options) -> None:
     and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
     paper's numbers, ours and the difference.
     """
-    run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run, echo=click.echo)
+    run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run,
+                  echo=lambda line: click.echo(one_line(line)))
 
 
 def main() -> None:

@@ -1020,15 +1020,13 @@ def test_a_checkpoint_cut_short_is_named_so_on_resume(tmp_path, command):
 _UNDECODABLE = b"\xff\xfe".decode("utf-8", "surrogateescape")  # (as Python hands a shell's non-UTF-8 name in argv)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py:355 (eval's 'written to OUT') and reproduce.py:1000 (--dry-run's lines) write a "
-                                       "path holding non-UTF-8 bytes to a strict UTF-8 stdout: UnicodeEncodeError")
 @pytest.mark.parametrize("command", ["eval", "reproduce"])
 def test_an_out_name_of_non_utf8_bytes_is_no_traceback_on_stdout(tmp_path, tiny_clip_config, command):
     """--out named with bytes that are not UTF-8 (a shell passes them; Python keeps them as
     surrogates): eval wrote its files, then its last line, which names --out, ended in a
     UnicodeEncodeError's traceback where stdout encodes strictly (PYTHONIOENCODING=utf-8, or a
     UTF-8 locale other than C.UTF-8: as CliRunner's); reproduce --dry-run likewise on its first
-    command line (found by fuzzing the flags)."""
+    command line (found by fuzzing the flags). The bytes are written as their escapes."""
     out = tmp_path / f"o{_UNDECODABLE}"
     if command == "eval":
         for k, folder in enumerate(("id/a", "id/b", "ood")):
@@ -1042,3 +1040,4 @@ def test_an_out_name_of_non_utf8_bytes_is_no_traceback_on_stdout(tmp_path, tiny_
     res = CliRunner().invoke(cli, argv)
     assert isinstance(res.exception, (SystemExit, type(None))), repr(res.exception)
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert f"{tmp_path}/o\\udcff\\udcfe" in res.stdout, res.stdout

@@ -10,7 +10,9 @@ __all__ = ["UserError", "cut", "first_line", "load_error", "one_line"]
 
 # control characters (C0, DEL, C1: str.splitlines breaks at some, a terminal acts on others, a NUL
 # ends a C string) and the Unicode line and paragraph separators, where str.splitlines breaks too
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters, line and paragraph separators, and the lone surrogates by which Python keeps a
+# name's bytes that are not UTF-8 (which a strict UTF-8 stdout cannot write: a UnicodeEncodeError)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class UserError(Exception):
@@ -53,5 +55,6 @@ def load_error(e: BaseException) -> str:
 def one_line(text: str) -> str:
     """``text`` with each line break and other control character written as its escape
     (``\\u000a``, ``\\u0000``): a message that quotes a file name holding a newline stays one
-    line, and one holding a NUL byte or an escape sequence prints as text."""
+    line, and one holding a NUL byte or an escape sequence prints as text; a byte of a name that
+    is not UTF-8 (kept by Python as a lone surrogate) as ``\\udcff``, which any stream can write."""
     return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
