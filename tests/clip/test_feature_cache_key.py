@@ -325,8 +325,6 @@ def test_an_entry_written_from_another_folder_is_read_under_another_spelling(tmp
     torch.testing.assert_close(again.global_, first.global_[[1, 0]], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="clip/features.py:162: _read_cache's path.is_file() on an entry under "
-                                       "$CLIP_SMOT_CACHE raises OSError ENAMETOOLONG for a name past NAME_MAX: a traceback")
 def test_score_with_a_cache_name_too_long_for_the_file_system_is_one_line(tmp_path, monkeypatch, tiny,  # noqa: F811
                                                                           tiny_clip_config, tiny_clip_checkpoint):
     """$CLIP_SMOT_CACHE whose last name is 300 characters (past NAME_MAX, 255; found by fuzzing the

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -602,8 +601,6 @@ def test_an_image_moved_to_another_class_or_an_empty_folder_added_changes_the_se
     assert digits._manifest(tmp_path) not in (written, moved)
 
 
-@pytest.mark.xfail(strict=True, reason="common/digits.py:53: written_folders globs and stats $CLIP_SMOT_CACHE unchecked; "
-                                       "a name longer than the file system takes is OSError ENAMETOOLONG, a traceback")
 def test_a_cache_path_too_long_for_the_file_system_is_one_line_naming_it(tmp_path, monkeypatch, tiny_clip_config):
     """$CLIP_SMOT_CACHE whose last name is 300 characters (past NAME_MAX, 255): eval, which lists
     the bundled digits folders in the cache before any work, ended in a traceback (found by fuzzing
