@@ -2455,3 +2455,17 @@ def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not
     with pytest.raises(UserError, match=rf"^reproduce: {out / 'train-logitnorm'} holds a train run with no {RECORD}"):
         run_reproduce("table2", options, meanwhile, echo=lambda line: None)
     assert "train-logitnorm" not in ran and not (out / "train-logitnorm" / RECORD).exists()
+
+
+@pytest.mark.xfail(strict=True, reason="reproduce.py:135: Stage.finished's final.is_file() on OUT/<stage>/... raises "
+                                       "OSError ENAMETOOLONG for an --out name past NAME_MAX: a traceback")
+def test_an_out_name_too_long_for_the_file_system_is_one_line(tmp_path):
+    """--out whose last name is 300 characters (past NAME_MAX, 255; found by fuzzing the flags):
+    the look-up of each stage's finished file ended in 'OSError: [Errno 36] File name too long',
+    even for --dry-run. One line naming --out, exit 1, nothing written."""
+    res = CliRunner().invoke(cli, ["reproduce", "table8", "--imagenet", "IN", "--ood-root", "OOD",
+                                   "--out", str(tmp_path / ("o" * 300)), "--dry-run"])
+    assert isinstance(res.exception, (SystemExit, type(None))), repr(res.exception)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "--out" in lines[0], res.output
+    assert list(tmp_path.iterdir()) == []
