@@ -271,7 +271,7 @@ def fit(split_file, resume, dry_run, **options) -> None:
 @cli.command(context_settings=_HELP)
 @_options(ScoreConfig, "prompt", "model", "pretrained", "scores", "batch_size", "device", "workers", "skip_unreadable",
           "use_cache", "decode", "precision", "out", "resume")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=_Path())
 def score(paths, **options) -> None:
     """Score images with a learned prompt (no training).
 

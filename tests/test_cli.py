@@ -1043,8 +1043,6 @@ def test_an_out_name_of_non_utf8_bytes_is_no_traceback_on_stdout(tmp_path, tiny_
     assert f"{tmp_path}/o\\udcff\\udcfe" in res.stdout, res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py:274: score's PATHS are a plain click.Path, not _Path: a NUL byte "
-                                       "reaches os.stat in click's convert, a ValueError's traceback")
 def test_a_score_path_holding_a_nul_byte_is_one_line(tmp_path, monkeypatch):
     """A PATH argument holding a NUL byte (a Python caller's: no shell passes one), as the path
     flags refuse it (BAD_FLAGS above): score ended in 'ValueError: embedded null byte' while its
