@@ -946,8 +946,9 @@ def run_reproduce(table: str, options: ReproduceOptions, run: Callable[[list[str
     check_ranges(options)
     p = plan(table, options)
     out = Path(options.out)
+    is_folder(out, "--out")  # (a name longer than the system takes: one line, not OSError at a stage's look-up)
     if not dry_run:
-        missing = [f"{flag}: no such folder: {path}" for flag, path in p.inputs if not Path(path).is_dir()]
+        missing = [f"{flag}: no such folder: {path}" for flag, path in p.inputs if not is_folder(path, flag)]
         if options.cifar_root and Path(options.cifar_root).is_dir():  # (torchvision's sets: the stages download there)
             from clip_smot.resnet.data import torchvision_unavailable
 

@@ -2457,8 +2457,6 @@ def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not
     assert "train-logitnorm" not in ran and not (out / "train-logitnorm" / RECORD).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="reproduce.py:135: Stage.finished's final.is_file() on OUT/<stage>/... raises "
-                                       "OSError ENAMETOOLONG for an --out name past NAME_MAX: a traceback")
 def test_an_out_name_too_long_for_the_file_system_is_one_line(tmp_path):
     """--out whose last name is 300 characters (past NAME_MAX, 255; found by fuzzing the flags):
     the look-up of each stage's finished file ended in 'OSError: [Errno 36] File name too long',
@@ -2468,4 +2466,10 @@ def test_an_out_name_too_long_for_the_file_system_is_one_line(tmp_path):
     assert isinstance(res.exception, (SystemExit, type(None))), repr(res.exception)
     lines = res.output.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and "--out" in lines[0], res.output
+    assert list(tmp_path.iterdir()) == []
+    # and a data root of such a name, looked for before anything runs (Path.is_dir raised it too)
+    res = CliRunner().invoke(cli, ["reproduce", "table8", "--imagenet", str(tmp_path / ("i" * 300)), "--ood-root",
+                                   "OOD", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and res.output == (f"Error: --imagenet {tmp_path / ('i' * 300) / 'train'}: File name too "
+                                                 "long\n"), res.output
     assert list(tmp_path.iterdir()) == []
