@@ -227,6 +227,12 @@ def _check_logit_scale(cfg: dict, bad: _Bad, prefix: str) -> None:
 
 def _check_tower_fields(cfg: dict, bad: _Bad, prefix: str) -> None:
     """Each tower's sizes, MLP ratio, norm and activation kwargs; the patch dropout; the tokenizer kwargs."""
+    # (open_clip's image blocks of scaled cosine attention fail at the first batch of images: "batch1
+    # must be a 3D tensor", a traceback; its other custom blocks run, and the text tower's are refused
+    # where a prompt is built)
+    if isinstance(cfg["vision_cfg"], dict) and cfg["vision_cfg"].get("scaled_cosine_attn"):
+        raise bad(f"{prefix}vision_cfg.scaled_cosine_attn is not supported: open_clip's image blocks of scaled "
+                  "cosine attention fail on a batch of images")
     for tower, sizes in (("vision_cfg", _VISION_SIZES), ("text_cfg", _TEXT_SIZES)):
         sub = cfg[tower]
         if not isinstance(sub, dict):

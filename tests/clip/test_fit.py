@@ -854,7 +854,6 @@ def test_a_non_square_image_size_is_one_line(fit_args, tmp_path, size):
     assert not (tmp_path / "dry").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a vision tower open_clip cannot run (scaled cosine attention) is accepted")
 def test_a_vision_tower_of_scaled_cosine_attention_is_one_line(fit_args, tmp_path):
     """vision_cfg.scaled_cosine_attn builds open_clip's CustomResidualAttentionBlock, whose
     encode_image fails in the installed open_clip ("batch1 must be a 3D tensor"); the text tower's
