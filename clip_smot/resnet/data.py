@@ -138,7 +138,11 @@ def _damaged(name: str, root: Path) -> str | None:
     file is there: torchvision checks each file's MD5 before it unpickles it), or None: not there."""
     # (torchvision's CIFAR10.base_folder and CIFAR100.base_folder, and SVHN's test file)
     there = root / {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "test_32x32.mat"}[name]
-    if there.exists():
+    try:
+        present = there.exists()
+    except OSError:  # (a root of a name longer than the system takes, as torchvision's own look-up found: none)
+        present = False
+    if present:
         return f"incomplete or damaged under {root} ({there.name} is there, but fails torchvision's MD5 checks)"
     return None
 

@@ -622,8 +622,6 @@ def test_a_cache_path_too_long_for_the_file_system_is_one_line_naming_it(tmp_pat
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="common/digits.py:112: _cache_error, building the line for a cache that cannot be "
-                                       "written, calls p.exists() on the too-long path: OSError ENAMETOOLONG escapes")
 def test_the_digits_line_for_a_cache_path_too_long_is_one_line(tmp_path, monkeypatch):
     """train --dataset digits with $CLIP_SMOT_CACHE whose last name is 300 characters (past
     NAME_MAX; found by fuzzing the environment): the digits cannot be written there, and the

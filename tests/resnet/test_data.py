@@ -706,8 +706,6 @@ def test_only_images_more_than_twice_as_long_as_wide_skip_torchvisions_resize_an
         assert t(Image.new("RGB", (w, h))).size == (8, 8), (w, h)
 
 
-@pytest.mark.xfail(strict=True, reason="resnet/data.py:141: _damaged's there.exists() under a data root whose name is "
-                                       "past NAME_MAX raises OSError ENAMETOOLONG while wording the 'not found' line")
 def test_a_data_root_name_too_long_offline_is_one_line(tmp_path, monkeypatch):
     """$CLIP_SMOT_DATA whose last name is 300 characters (found by fuzzing the environment),
     offline: train --dataset cifar10 ended in 'OSError: [Errno 36] File name too long' from the
