@@ -2650,3 +2650,15 @@ def test_export_to_a_name_of_non_utf8_bytes_is_no_traceback(one_epoch, tmp_path)
     assert res.stdout == f"prompt written to {tmp_path}/p\\udcff.safetensors\n"  # (the byte as its escape)
     out.rename(tmp_path / "p.safetensors")  # (safetensors opens no path that is not UTF-8: one line, 'not valid')
     assert torch.equal(load_prompt(tmp_path / "p.safetensors").ctx, load_prompt(one_epoch / "prompt.safetensors").ctx)
+
+
+def test_exports_line_names_an_out_holding_a_newline_as_text(one_epoch, tmp_path):
+    """--out holding a newline (found by fuzzing the flags): the prompt was written, and the line
+    naming it came out as two lines; every error line writes such a name through one_line (the
+    character's escape, \\u000a). (An escape sequence is printed raw too, which click strips
+    only where stdout is no terminal, as under CliRunner.)"""
+    out = tmp_path / "a\nb.safetensors"
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"), "--out", str(out),
+                                   "--device", "cpu"])
+    assert res.exit_code == 0 and out.is_file(), res.output
+    assert res.stdout == f"prompt written to {tmp_path}/a\\u000ab.safetensors\n", repr(res.stdout)
