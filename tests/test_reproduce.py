@@ -2374,13 +2374,9 @@ def test_a_hostile_checkpoint_is_not_unpickled_when_its_options_are_compared(tmp
     assert calls[0][-1] == "--resume" and len(calls) == 6
 
 
-def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tmp_path):
-    """Table 8 killed as fit-smot started (its record written), then the user's own `fit --lr 0.05
-    --out OUT/fit-smot` there, stopped at a checkpoint: the stage's --resume took --lr from the
-    checkpoint (the stage gives none), and the SMOT row came from the user's fit, exit 0. Refused
-    before any stage runs, naming the option with both values (also where the user's fit ran on a
-    GPU machine); a checkpoint of the stage's options is resumed."""
-    from clip_smot.clip.fit import FitConfig
+def _table8_killed_as_the_fit_started(tmp_path):
+    """Table 8 with faked stages, killed as fit-smot started (its record written, its folder made):
+    (options, the fake stage runner, the stages it ran, OUT)."""
     from clip_smot.reproduce import run_reproduce
 
     ran, out = [], tmp_path / "o"
@@ -2392,6 +2388,19 @@ def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resume
 
     with pytest.raises(KeyboardInterrupt):
         run_reproduce("table8", options, killed_as_the_fit_started, echo=lambda line: None)
+    return options, fake, ran, out
+
+
+def test_a_fit_checkpoint_of_other_options_than_the_stages_is_refused_not_resumed(tmp_path):
+    """Table 8 killed as fit-smot started (its record written), then the user's own `fit --lr 0.05
+    --out OUT/fit-smot` there, stopped at a checkpoint: the stage's --resume took --lr from the
+    checkpoint (the stage gives none), and the SMOT row came from the user's fit, exit 0. Refused
+    before any stage runs, naming the option with both values (also where the user's fit ran on a
+    GPU machine); a checkpoint of the stage's options is resumed."""
+    from clip_smot.clip.fit import FitConfig
+    from clip_smot.reproduce import run_reproduce
+
+    options, fake, ran, out = _table8_killed_as_the_fit_started(tmp_path)
     stages = FitConfig().to_dict()
     # (the user's fit on a GPU machine: its tensors at "cuda:0", read here on the CPU to compare)
     save_as_if_from_cuda({"epoch": 1, "ctx": torch.zeros(4, 8), "config": {**stages, "lr": 0.05}},
@@ -2417,15 +2426,7 @@ def test_a_fit_checkpoint_holding_a_tensor_for_an_option_is_no_traceback(tmp_pat
     from clip_smot.clip.fit import FitConfig
     from clip_smot.reproduce import run_reproduce
 
-    ran, out = [], tmp_path / "o"
-    options, fake = _table8_fakes(tmp_path, ran, {})
-
-    def killed_as_the_fit_started(argv):
-        Path(argv[argv.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_reproduce("table8", options, killed_as_the_fit_started, echo=lambda line: None)
+    options, fake, ran, out = _table8_killed_as_the_fit_started(tmp_path)
     torch.save({"epoch": 1, "config": {**FitConfig().to_dict(), "lr": value}}, out / "fit-smot" / "checkpoint.pt")
     for dry_run in (True, False):
         with pytest.raises(UserError) as e:
