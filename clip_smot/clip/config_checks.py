@@ -304,11 +304,6 @@ def _check_geometry(cfg: dict, bad: _Bad, prefix: str) -> tuple[object, list, ob
     sides = size if isinstance(size, list) else [size]
     if not (sides and all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_IMAGE_SIZE for v in sides)):
         raise bad(f"{prefix}vision_cfg.image_size {_shown(size)} is not in [8, {MAX_IMAGE_SIZE}]")
-    # (images are prepared as squares of the first side: a ViT of 4 x 5 patches got 4 x 4, a
-    # RuntimeError at the first batch)
-    if len(set(sides)) > 1:
-        raise bad(f"{prefix}vision_cfg.image_size {_shown(size)} is not square; clip-smot prepares square images "
-                  "(give one side)")
     layers = vision.get("layers", 12)
     stages = layers if isinstance(layers, list) else [layers]  # (a list: a ResNet's blocks per stage)
     if not (stages and all(_is_count(n) for n in stages)):
@@ -375,7 +370,10 @@ def _check_layer_kinds(cfg: dict, bad: _Bad, prefix: str, size: object, sides: l
             raise bad(f"{prefix}{tower}.{key} must be {_either(values)}, not {_shown(cfg[tower][key])}")
     vit = not isinstance(layers, list) and not vision.get("timm_model_name")
     if vision.get("pos_embed_type") == "sin_cos_2d" and vit:
-        width = vision.get("width", 768)  # (its square grid of patches: image_size is square, checked above)
+        patch, width = vision.get("patch_size") or 16, vision.get("width", 768)
+        if sides[0] // patch != sides[-1] // patch:
+            raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not "
+                      f"{sides[0] // patch} x {sides[-1] // patch} (image_size {_shown(size)} in patches of {patch})")
         if width and width % 4:
             raise bad(f"{prefix}vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 (sines and "
                       f"cosines of rows and of columns), not {width}")

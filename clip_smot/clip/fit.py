@@ -629,6 +629,10 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
 
     t_setup = time.perf_counter()
     clip = load_clip(cfg.model, cfg.pretrained, device)  # fails within seconds when weights are unavailable
+    size = clip.config["vision_cfg"].get("image_size")
+    if isinstance(size, list) and len(set(size)) > 1:  # (a ViT of 4 x 5 patches got 4 x 4: a RuntimeError at batch 1)
+        raise UserError(f"--model {cfg.model}: its vision_cfg.image_size {size} is not square; fit prepares its few-shot "
+                        "images as squares (score and eval take [height, width])")
     seconds = {"CLIP model": _since(t_setup, device)}
     if cfg.ctx_init:  # the context is the words' tokens: n_ctx is their count, and recorded as such
         n_ctx = ctx_init_length(clip.tokenizer, cfg.ctx_init)

@@ -64,13 +64,8 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     # a million patch tokens: small weights, but one image took minutes (or all memory, a traceback)
     ({"vision_cfg": {"image_size": 1024, "patch_size": 1}},
      r"vision_cfg: image_size 1024 in patches of 1 is 1048576 patch tokens, more than 4096 "),
-    ({"vision_cfg": {"image_size": [288, 288], "patch_size": 4}}, r"vision_cfg: .* is 5184 patch tokens, more than 4096 "),
-    ({"vision_cfg": {"image_size": 527, "patch_size": 8}}, r"vision_cfg: .* is 4225 patch tokens, more than 4096 "),
-    # images are prepared as squares of the first side: a ViT of 4 x 5 patches got 4 x 4 (found by fuzzing:
-    # a RuntimeError traceback at fit's first batch)
-    ({"vision_cfg": {"image_size": [32, 40]}}, r"vision_cfg.image_size \[32, 40\] is not square; clip-smot prepares "
-                                               r"square images \(give one side\)$"),
-    ({"vision_cfg": {"image_size": [40, 32], "layers": [1, 1, 1, 1]}}, r"vision_cfg.image_size \[40, 32\] is not square"),
+    ({"vision_cfg": {"image_size": [40, 2048], "patch_size": 4}}, r"vision_cfg: .* is 5120 patch tokens, more than 4096 "),
+    ({"vision_cfg": {"image_size": [136, 1928], "patch_size": 8}}, r"vision_cfg: .* is 4097 patch tokens, more than 4096 "),
     # RuntimeError "Kernel size can't be greater than actual input size" at the first image
     ({"vision_cfg": {"image_size": 32, "patch_size": 64}}, r"vision_cfg.patch_size 64 is larger than the image \(32\)$"),
     # token ids past the embedding: IndexError at the prompt's first encoding
@@ -165,6 +160,8 @@ BAD_CONFIGS = [  # (what replaces the tiny config, the error after "--model FILE
     ({"vision_cfg": {"pos_embed_type": "x"}}, r"vision_cfg.pos_embed_type must be 'learnable' or 'sin_cos_2d', "
                                               r"not 'x'$"),
     ({"vision_cfg": {"pos_embed_type": None}}, r"vision_cfg.pos_embed_type must be 'learnable' or 'sin_cos_2d', "),
+    ({"vision_cfg": {"pos_embed_type": "sin_cos_2d", "image_size": [32, 64]}},
+     r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a square grid of patches, not 4 x 8 \(image_size \[32, 64\] in "),
     ({"vision_cfg": {"pos_embed_type": "sin_cos_2d", "width": 66, "head_width": 2}},
      r"vision_cfg.pos_embed_type 'sin_cos_2d' needs a width divisible by 4 \(sines and cosines .*\), not 66$"),
     # other kinds of pooling or projection than open_clip builds: "open_clip cannot build this
@@ -378,12 +375,11 @@ def test_the_config_checks_accept_their_edges_and_refuse_zero_sizes():
                 changed(vision_cfg={"attentional_pool": ""}),  # (no pool: open_clip reads it as false)
                 changed(vision_cfg={"head_width": 64}), changed(text_cfg={"heads": 32}),  # (one head; 32 of 1)
                 changed(vision_cfg={"ls_init_value": 1e-5}), changed(text_cfg={"ls_init_value": 3.4e38}),
-                # (a square given as two sides; a sine-cosine grid of 39 // 8 patches a side, the pixels past
-                # the last patch dropped, as open_clip does)
-                changed(vision_cfg={"image_size": [32, 32]}),
-                changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": 39}),
-                # (learned positions: any width; the sine-cosine conditions are theirs only)
-                changed(vision_cfg={"width": 66, "head_width": 2}),
+                # (a grid square once the pixels past the last patch are dropped, as open_clip does)
+                changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [32, 39]}),
+                changed(vision_cfg={"pos_embed_type": "sin_cos_2d", "image_size": [39, 32]}),
+                # (learned positions: any grid, any width; the sine-cosine conditions are theirs only)
+                changed(vision_cfg={"image_size": [32, 64], "width": 66, "head_width": 2}),
                 changed(vision_cfg={"pool_type": "avg"}), changed(text_cfg={"pool_type": "last", "proj_type": "none"}),
                 # (no pooler, no pooler sizes read)
                 changed(vision_cfg={"attn_pooler_queries": 0, "attn_pooler_heads": 3}),
@@ -590,7 +586,8 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
 
     mc.check_model_config(vision(patch_size=224), "--model m.json")
     mc.check_model_config(vision(image_size=16), "--model m.json")
-    mc.check_model_config(vision(image_size=47, pos_embed_type="sin_cos_2d"), "--model m.json")  # (2 x 2 of 16)
+    # (a square grid in open_clip's patches of 16: 2 x 2 of [32, 47]; in patches of 17, 1 x 2)
+    mc.check_model_config(vision(image_size=[32, 47], pos_embed_type="sin_cos_2d"), "--model m.json")
     for cfg, error in ((vision(patch_size=225), r"vision_cfg.patch_size 225 is larger than the image \(224\)$"),
                        (vision(image_size=15), r"vision_cfg.patch_size 16 is larger than the image \(15\)$")):
         with pytest.raises(UserError, match=rf"^--model m.json: {error}"):
@@ -598,18 +595,17 @@ def test_the_config_checks_take_open_clips_default_image_and_patch_sizes():
 
 
 def test_a_resnet_tower_needs_its_stride_on_each_side_of_the_image():
-    """A ResNet's image, given as one side or as [height, width] (square: checked apart), needs
-    32 pixels a side."""
+    """A ResNet's image given as [height, width] needs 32 pixels on its shorter side as well."""
     from conftest import TINY_CLIP_CONFIG
 
     import clip_smot.clip.config_checks as mc
 
-    for size in (31, [31, 31]):
+    for size in ([31, 64], [64, 31]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "layers": [1, 1]}}
-        with pytest.raises(UserError, match=r"^--model m.json: vision_cfg.image_size (31|\[31, 31\]): a ResNet tower "
-                                            r"needs at least 32 pixels a side"):
+        with pytest.raises(UserError, match=r"^--model m.json: vision_cfg.image_size \[\d+, \d+\]: a ResNet tower needs "
+                                            r"at least 32 pixels a side"):
             mc.check_model_config(cfg, "--model m.json")
-    mc.check_model_config({**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": [32, 32], "layers": [1, 1]}}, "--model m.json")
+    mc.check_model_config({**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": [32, 64], "layers": [1, 1]}}, "--model m.json")
 
 
 def test_a_value_shown_in_an_error_is_cut_past_40_characters():
@@ -621,13 +617,12 @@ def test_a_value_shown_in_an_error_is_cut_past_40_characters():
 
 
 def test_a_vit_patch_must_fit_the_shorter_side_of_the_image():
-    """A ViT's image, given as one side or as [height, width] (square: checked apart): a patch
-    larger than the side is refused."""
+    """A ViT's image given as [height, width]: a patch larger than either side is refused."""
     from conftest import TINY_CLIP_CONFIG
 
     import clip_smot.clip.config_checks as mc
 
-    for size in ([8, 8], [15, 15]):
+    for size in ([8, 64], [64, 8]):
         cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "image_size": size, "patch_size": 16}}
         with pytest.raises(UserError, match=rf"^--model m.json: vision_cfg.patch_size 16 is larger than the image "
                                             rf"\(\[{size[0]}, {size[1]}\]\)$"):

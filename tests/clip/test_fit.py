@@ -850,7 +850,9 @@ def test_a_non_square_image_size_is_one_line(fit_args, tmp_path, size):
     did not fit its 17 or 26 tokens: a RuntimeError traceback at the first batch."""
     res = _dry_run_of_config(fit_args, tmp_path, image_size=size)
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1].startswith("Error: --model ")
+    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1] == (
+        f"Error: --model {tmp_path / 'odd-vision.json'}: its vision_cfg.image_size {size} is not square; fit prepares "
+        "its few-shot images as squares (score and eval take [height, width])")
     assert not (tmp_path / "dry").exists()
 
 
