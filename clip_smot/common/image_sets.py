@@ -296,8 +296,29 @@ def id_set(where: str | os.PathLike, classnames: Sequence[str], flag: str = "--i
     paths = list_images(root, flag=flag)
     if is_file(root, flag):
         return ImageSet("id", paths, None, "a single image has no class folder")
+    linked = _linked_class_folder(root, paths)
+    if linked:
+        raise UserError(f"{flag} {root}: {linked}")
     labels, note = _folder_labels(root, paths, classnames, prompt_folders)
     return ImageSet("id", paths, labels, note)
+
+
+def _linked_class_folder(root: Path, paths: Sequence[Path]) -> str | None:
+    """Why the class of some of ``paths`` cannot be told: a folder listed under one class folder
+    that is another class folder, or inside one, reached through a symbolic link (the walk reads
+    each real folder once, through the first path that reaches it: a link to red from blue/, or a
+    class crimson linked to red, took red's images for blue's or crimson's, and red had none)."""
+    by_real: dict[Path, list[str]] = {}  # each class folder's real path -> its name(s)
+    for d in sorted(Path(root).iterdir()):
+        if not d.name.startswith(".") and d.is_dir():
+            by_real.setdefault(Path(os.path.realpath(d)), []).append(d.name)
+    for parent in sorted({p.parent for p in paths if p.parent != Path(root)}):
+        own, real = parent.relative_to(root).parts[0], Path(os.path.realpath(parent))
+        other = next((c for r in (real, *real.parents) for c in by_real.get(r, ()) if c != own), None)
+        if other is not None:
+            return (f"{parent.relative_to(root)} (in class folder {own}) is the class folder {other}, or inside it, "
+                    "reached through a symbolic link; its images cannot be told to one class: remove the link")
+    return None
 
 
 def iter_image_files(where: str | os.PathLike, flag: str) -> Iterator[Path | str]:

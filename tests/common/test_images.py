@@ -176,8 +176,6 @@ def test_symlinked_folders_are_followed_once(tmp_path):
     assert _class_images(tmp_path / "data", "cat") == ["cat/a.png", "cat/more/e.png"]
 
 
-@pytest.mark.xfail(strict=True, reason="the ID set's walk reads each real folder once, through the first path "
-                   "that reaches it: red's own images are labelled with the class that links to it")
 @pytest.mark.parametrize("link", ["blue/sub", "crimson"])
 def test_a_class_folder_linked_from_another_class_keeps_its_own_images(tmp_path, link):
     """A link to the class folder red, inside the class blue or as a class crimson of its own
