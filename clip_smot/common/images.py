@@ -311,7 +311,10 @@ def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:
     root = Path(root)
     if not is_folder(root, flag):
         raise UserError(f"{flag} {root}: no such folder")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:  # (a folder of mode 000: a PermissionError traceback before)
+        raise UserError(f"{flag} {root}: a folder that cannot be listed ({e.strerror or e})") from None
     if not names:
         raise UserError(f"{flag} {root}: no class folders inside (expected {root}/<class>/<image>)")
     return names

@@ -992,8 +992,6 @@ def test_a_split_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch)
     assert str(e.value) == f"--id {tmp_path}: {tmp_path / 'val'}: a folder that cannot be listed (Permission denied)"
 
 
-@pytest.mark.xfail(strict=True, reason="class_folders lists its folder with Path.iterdir unguarded: a "
-                   "PermissionError traceback (train --data DIR with DIR/train unreadable)")
 def test_a_folder_of_class_folders_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
     """train --data DIR with DIR/train mode 000 (run as a user) stopped with a PermissionError
     traceback from class_folders; it is one line naming the folder, as a class folder that cannot
