@@ -968,6 +968,19 @@ def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_miss
         images.split_folder(tmp_path / "only_val", "train", "--data")
 
 
+def _unlistable(monkeypatch, folder: Path) -> None:
+    """Path.iterdir of ``folder`` refused as a folder without read permission is (root, which the
+    tests run as, reads any folder: the refusal is stood in for)."""
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+
+
 def test_a_split_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
     """A val/ without read permission (for its owner's group, say) made holds_folders' listing an
     OSError: eval --id DIR and fit --data DIR stopped with a PermissionError traceback. It is one
@@ -978,14 +991,7 @@ def test_a_split_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch)
 
     image(tmp_path / "train" / "n01440764" / "a.JPEG")
     image(tmp_path / "val" / "n01440764" / "a.JPEG")
-    real = Path.iterdir
-
-    def iterdir(self):
-        if self == tmp_path / "val":
-            raise PermissionError(13, "Permission denied")
-        return real(self)
-
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    _unlistable(monkeypatch, tmp_path / "val")
     assert not images.holds_folders(tmp_path / "val")
     with pytest.raises(UserError) as e:
         images.split_folder(tmp_path, "val", "--id")
@@ -1001,14 +1007,7 @@ def test_a_folder_of_class_folders_that_cannot_be_listed_is_one_line(tmp_path, m
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "a.png")
-    real = Path.iterdir
-
-    def iterdir(self):
-        if self == tmp_path / "train":
-            raise PermissionError(13, "Permission denied")
-        return real(self)
-
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    _unlistable(monkeypatch, tmp_path / "train")
     for listing in (lambda: images.class_folders(tmp_path / "train"),
                     lambda: load_id_split(None, str(tmp_path), "train", input_size=32)):
         with pytest.raises(UserError) as e:
