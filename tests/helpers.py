@@ -387,3 +387,19 @@ def warnings_main_lets_through(monkeypatch, emit) -> list[str]:
         warnings.simplefilter("always")
         cli_module.main()
     return seen
+
+
+def flip_byte_of_entry(path, suffix: str, at: int) -> str:
+    """Flip (xor 0xFF) the byte ``at`` of the data of the zip entry of ``path`` whose name ends
+    with ``suffix`` (stored, as torch.save stores tensors); its directory's CRC-32 is left. The
+    entry's name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    raw = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + at] ^= 0xFF
+    Path(path).write_bytes(bytes(raw))
+    return info.filename

@@ -222,7 +222,7 @@ def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_p
 
     monkeypatch.setattr(files, "ARCHIVE_SLACK", 0)
     rf.save_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint", {"junk": torch.zeros(1 << 18)})
-    assert files.archive_overflow(tmp_path / "plain.pt") is None  # (torch.save stores: never more than its size)
+    assert files.archive_refusal(tmp_path / "plain.pt") is None  # (torch.save stores: never more than its size)
     assert rf.read_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint")["junk"].numel() == 1 << 18
     _deflated(tmp_path / "plain.pt", tmp_path / "bomb.pt")
     assert torch.load(tmp_path / "bomb.pt", weights_only=True)["junk"].numel() == 1 << 18  # (loads, in full)

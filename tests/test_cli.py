@@ -1017,6 +1017,24 @@ def test_a_checkpoint_cut_short_is_named_so_on_resume(tmp_path, command):
     assert res.exit_code == 1 and res.output == f"Error: {expected}\n", res.output
 
 
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_checkpoint_whose_bytes_changed_is_named_so_on_resume(tmp_path, command):
+    """A run's checkpoint.pt with one byte of a tensor changed after it was written (torch.load does
+    not check the zip's CRC-32: it resumed from another tensor, silently) is refused in one line."""
+    import torch
+
+    from clip_smot.common import run_folder as rf
+    from helpers import flip_byte_of_entry
+
+    path = tmp_path / "checkpoint.pt"
+    rf.save_checkpoint(path, f"clip-smot-{command}-checkpoint", {"epoch": 1, "x": torch.ones(100)})
+    name = flip_byte_of_entry(path, "data/0", 7)
+    res = CliRunner().invoke(cli, [command, "--out", str(tmp_path), "--resume", "--device", "cpu"])
+    why = f"its entry {name!r} fails its CRC-32 check: the file was damaged after it was written; not loaded"
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert str(path) in res.output and why in res.output and "Traceback" not in res.output, res.output
+
+
 _UNDECODABLE = b"\xff\xfe".decode("utf-8", "surrogateescape")  # (as Python hands a shell's non-UTF-8 name in argv)
 
 

@@ -32,7 +32,7 @@ from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
-from clip_smot.common.files import archive_overflow, check_kind
+from clip_smot.common.files import archive_refusal, check_kind
 from clip_smot.common.network import host_reachable, no_download
 from clip_smot.common.run_folder import holds_its_values
 
@@ -155,9 +155,9 @@ def _safetensors_format(path: str) -> str | None:
 
 
 def _from_state_dict_file(path: str) -> CamNetwork:
-    overflow = archive_overflow(path) or file_over_memory(path)
-    if overflow:
-        raise UserError(f"--cam-model {path}: {overflow}")
+    refused = archive_refusal(path) or file_over_memory(path)
+    if refused:
+        raise UserError(f"--cam-model {path}: {refused}")
     if path.endswith(".safetensors"):  # (a state dict as the Hugging Face hub keeps it: timm's model.safetensors)
         from safetensors import SafetensorError
         from safetensors.torch import load_file

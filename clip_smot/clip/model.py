@@ -41,7 +41,7 @@ from clip_smot.clip.config_checks import check_config_file, check_model_config, 
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
-    archive_overflow,
+    archive_refusal,
     check_kind,
     missing_file,
     plain_name,
@@ -446,9 +446,9 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str, str, str |
     tag_cfg = {} if os.path.sep in pretrained else get_pretrained_cfg(name, pretrained)
     if os.path.isfile(pretrained) and not tag_cfg:
         check_kind(pretrained, "--pretrained", "clip-weights")  # (a model config, a prompt: named as such)
-        overflow = archive_overflow(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained, name)
-        if overflow:
-            raise UserError(f"--pretrained {pretrained}: {overflow}")
+        refused = archive_refusal(pretrained) or file_over_memory(pretrained) or _odd_weight(pretrained, name)
+        if refused:
+            raise UserError(f"--pretrained {pretrained}: {refused}")
         openai_file = _is_openai_file(pretrained)
         try:  # (a file that stat calls regular but no read can go through: /proc/self/mem, a failing disk)
             sha = sha256_file(pretrained)

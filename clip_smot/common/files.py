@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_overflow", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -760,18 +760,20 @@ def sha256_file(path: str | os.PathLike) -> str:
 ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)
 
 
-def archive_overflow(path: str | os.PathLike) -> str | None:
+def archive_refusal(path: str | os.PathLike) -> str | None:
     """Why the zip archive ``path`` (torch.save's and TorchScript's format) must not be loaded,
-    or None: it would unpack to more than its own size plus :data:`ARCHIVE_SLACK`. torch.save
-    stores tensors uncompressed, so only a crafted file gets there (a 2 MB checkpoint whose
-    deflated entry unpacked to 2.7 GB of memory). Anything else, no zip or a damaged one, is
-    left to the loader, which names the problem; but a zip that torch reads (it begins with an
-    entry's header and ends in a directory) whose directory Python's reader refuses (a zip
-    version above 6.3, a record of the wrong length: no torch.save writes one) is refused too,
-    as torch's own reader unpacks its entries all the same."""
+    or None. Two reasons. It would unpack to more than its own size plus :data:`ARCHIVE_SLACK`:
+    torch.save stores tensors uncompressed, so only a crafted file gets there (a 2 MB checkpoint
+    whose deflated entry unpacked to 2.7 GB of memory). Or an entry's bytes fail the CRC-32 its
+    directory records: torch's reader does not check it, so a flipped bit in a tensor's data was
+    a silently different tensor (630 MB are checked in about 0.13 s). Anything else, no zip or a
+    damaged one, is left to the loader, which names the problem; but a zip that torch reads (it
+    begins with an entry's header and ends in a directory) whose directory Python's reader
+    refuses (a zip version above 6.3, a record of the wrong length: no torch.save writes one) is
+    refused too, as torch's own reader unpacks its entries all the same."""
     try:
         with zipfile.ZipFile(path) as z:  # (BadZipFile for safetensors and torch's legacy format)
-            unpacked = sum(info.file_size for info in z.infolist())
+            infos = z.infolist()
         size = os.path.getsize(path)
     except OSError:
         return None
@@ -779,10 +781,34 @@ def archive_overflow(path: str | os.PathLike) -> str | None:
         if not (_begins_as_zip(path) and zipfile.is_zipfile(path)):  # (no zip to torch either: safetensors,
             return None  # torch's legacy format, a file cut short before its directory)
         return f"its zip directory cannot be measured ({first_line(e)}; torch.save writes no such archive); not loaded"
-    if unpacked <= size + ARCHIVE_SLACK:
-        return None
-    return (f"its entries unpack to {unpacked} bytes, {unpacked / max(size, 1):.0f} times the file's {size} "
-            "(torch.save stores tensors uncompressed); not loaded")
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > size + ARCHIVE_SLACK:
+        return (f"its entries unpack to {unpacked} bytes, {unpacked / max(size, 1):.0f} times the file's {size} "
+                "(torch.save stores tensors uncompressed); not loaded")
+    return _damaged_entry(path)
+
+
+def _damaged_entry(path: str | os.PathLike) -> str | None:
+    """Why an entry of the zip archive ``path`` does not read back as written (its CRC-32, a local
+    header that is not one), or None: every entry's bytes are read and checked."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                try:
+                    with z.open(info) as f:  # (its CRC-32 is checked as the last bytes are read)
+                        while f.read(1 << 20):
+                            pass
+                except OSError:
+                    raise
+                except Exception as e:  # noqa: BLE001 (BadZipFile, zlib.error, EOFError, NotImplementedError)
+                    if str(e).startswith("Bad CRC-32"):
+                        return (f"its entry {info.filename!r} fails its CRC-32 check: the file was damaged after "
+                                "it was written; not loaded")
+                    return (f"its entry {info.filename!r} does not read back ({type(e).__name__}: {first_line(e)}): "
+                            "the file is damaged; not loaded")
+    except OSError:
+        return None  # (the loader names a read that fails)
+    return None
 
 
 def _begins_as_zip(path: str | os.PathLike) -> bool:

@@ -35,7 +35,7 @@ import torch
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, cut, first_line, load_error
 from clip_smot.common.files import (
-    archive_overflow,
+    archive_refusal,
     atomic_save,
     atomic_write_text,
     exists,
@@ -153,9 +153,9 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     Raises:
         CheckpointError: a file that does not load, is not a dict, or names another format.
     """
-    overflow = archive_overflow(path) or file_over_memory(path)  # (torch.load reads it whole)
-    if overflow:
-        raise CheckpointError(f"not a readable checkpoint ({overflow})", overflow)
+    refused = archive_refusal(path) or file_over_memory(path)  # (torch.load reads it whole)
+    if refused:
+        raise CheckpointError(f"not a readable checkpoint ({refused})", refused)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)

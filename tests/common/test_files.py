@@ -891,9 +891,9 @@ def test_an_archive_that_unpacks_to_exactly_its_size_and_slack_is_loaded(tmp_pat
         z.writestr("a/data/0", b"\0" * 100_000)
     size = path.stat().st_size  # (100,000 zeros deflate to a few hundred bytes)
     monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size)
-    assert files.archive_overflow(path) is None
+    assert files.archive_refusal(path) is None
     monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size - 1)
-    assert files.archive_overflow(path).startswith(f"its entries unpack to 100000 bytes, {100_000 / size:.0f} times "
+    assert files.archive_refusal(path).startswith(f"its entries unpack to 100000 bytes, {100_000 / size:.0f} times "
                                                    f"the file's {size} ")
 
 
@@ -911,7 +911,7 @@ def test_an_archive_may_unpack_to_64_mib_beyond_its_size(tmp_path):
         with zipfile.ZipFile(path, "a") as z:
             z.comment = b"c" * comment
         assert path.stat().st_size == unpacked - (64 << 20) - excess + comment
-        assert (files.archive_overflow(path) is not None) is overflow
+        assert (files.archive_refusal(path) is not None) is overflow
 
 
 def test_the_cache_root_is_the_environments_or_the_homes(tmp_path, monkeypatch):
@@ -1183,8 +1183,8 @@ def test_an_archives_entries_are_summed(tmp_path, monkeypatch):
             z.writestr(f"a/data/{i}", b"\0" * 100_000)
     size = path.stat().st_size
     monkeypatch.setattr(files, "ARCHIVE_SLACK", 150_000 - size)  # (one entry fits, three do not)
-    assert files.archive_overflow(path).startswith("its entries unpack to 300000 bytes")
-    assert files.archive_overflow(tmp_path) is None and files.archive_overflow(tmp_path / "missing.pt") is None
+    assert files.archive_refusal(path).startswith("its entries unpack to 300000 bytes")
+    assert files.archive_refusal(tmp_path) is None and files.archive_refusal(tmp_path / "missing.pt") is None
 
 
 def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
@@ -1213,7 +1213,7 @@ def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_pa
     (tmp_path / "v.pt").write_bytes(bytes(raw))
     assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16  # (torch reads it)
     why = "its zip directory cannot be measured (zip file version 9.7; torch.save writes no such archive); not loaded"
-    assert files.archive_overflow(tmp_path / "v.pt") == why
+    assert files.archive_refusal(tmp_path / "v.pt") == why
     with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({re.escape(why)}\)$"):
         rf.read_checkpoint(tmp_path / "v.pt", "clip-smot-fit-checkpoint")
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: {re.escape(why)}$"):
@@ -1224,17 +1224,56 @@ def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_pa
     raw[record + 28:record + 30] = struct.pack("<H", 4)
     (tmp_path / "v.pt").write_bytes(bytes(raw))
     assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16
-    assert files.archive_overflow(tmp_path / "v.pt") == ("its zip directory cannot be measured (Truncated central "
+    assert files.archive_refusal(tmp_path / "v.pt") == ("its zip directory cannot be measured (Truncated central "
                                                          "directory; torch.save writes no such archive); not loaded")
     raw[record + 28:record + 30] = struct.pack("<H", 7)
     raw[record + 8:record + 10] = struct.pack("<H", struct.unpack("<H", raw[record + 8:record + 10])[0] | 0x800)
     raw[record + 52] = 0xFF
     (tmp_path / "v.pt").write_bytes(bytes(raw))
-    assert files.archive_overflow(tmp_path / "v.pt").startswith("its zip directory cannot be measured ('utf-8' codec")
+    assert files.archive_refusal(tmp_path / "v.pt").startswith("its zip directory cannot be measured ('utf-8' codec")
     # no zip to torch either: left to its loader (cut short before the directory, or not beginning as a zip)
     (tmp_path / "cut.pt").write_bytes(bytes(raw[:record]))
     (tmp_path / "late.pt").write_bytes(b"X" + bytes(raw))
-    assert files.archive_overflow(tmp_path / "cut.pt") is None and files.archive_overflow(tmp_path / "late.pt") is None
+    assert files.archive_refusal(tmp_path / "cut.pt") is None and files.archive_refusal(tmp_path / "late.pt") is None
+
+
+def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
+    """torch.load does not check the CRC-32 a zip records for each entry: one flipped bit in a
+    tensor's bytes (a failing disk, a copy gone wrong) loaded as a different tensor, silently.
+    Every entry is checked before a checkpoint, --cam-model or --pretrained archive is loaded;
+    an entry whose local header is damaged is named as well."""
+    import zipfile
+
+    import torch
+
+    from helpers import flip_byte_of_entry
+
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common import run_folder as rf
+
+    path = tmp_path / "c.pt"
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"x": torch.arange(1000.0)})
+    assert files.archive_refusal(path) is None
+    name = flip_byte_of_entry(path, "data/0", 401)  # (a byte of x[100])
+    assert torch.load(path, weights_only=True)["x"][100] != 100  # (what torch reads: another tensor)
+    why = f"its entry {name!r} fails its CRC-32 check: the file was damaged after it was written; not loaded"
+    assert files.archive_refusal(path) == why
+    with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({re.escape(why)}\)$"):
+        rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+    torch.save({"fc.weight": torch.arange(1000.0)}, tmp_path / "sd.pt")  # (a state dict, as --cam-model takes)
+    name = flip_byte_of_entry(tmp_path / "sd.pt", "data/0", 401)
+    why = f"its entry {name!r} fails its CRC-32 check: the file was damaged after it was written; not loaded"
+    with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'sd.pt'}: {re.escape(why)}$"):
+        load_cam_network(str(tmp_path / "sd.pt"))
+    # a local header whose signature is not one: Python's reader stops there
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"x": torch.arange(1000.0)})
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"PK\x03\x04", 1)  # (the second entry's local header)
+    raw[at + 3] = 0x05
+    path.write_bytes(bytes(raw))
+    assert files.archive_refusal(path) == (f"its entry {zipfile.ZipFile(path).namelist()[1]!r} does not read "
+                                           "back (BadZipFile: Bad magic number for file header): the file is damaged; "
+                                           "not loaded")
 
 
 def test_a_safetensors_write_error_gives_the_systems_reason_not_its_temporary_path(tmp_path, monkeypatch):
