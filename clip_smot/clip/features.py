@@ -53,6 +53,7 @@ from clip_smot.common.files import (
     cache_root,
     parse_json,
     remove_stale_temporaries,
+    tensor_checksums,
 )
 from clip_smot.common.shards import image_identity, image_stamp
 
@@ -102,19 +103,6 @@ def _cache_key(clip: ClipModel, paths: Sequence[str], decode: str = "pil", preci
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, str]:
-    """SHA-256 per tensor over its name, dtype, shape and bytes and the metadata ``meta``: one per
-    tensor, so that a read of the global features alone need not read the (large) local ones."""
-    head = json.dumps(meta, sort_keys=True).encode()
-    out = {}
-    for name, t in tensors.items():
-        h = hashlib.sha256(head)
-        h.update(f"{name} {t.dtype} {list(t.shape)}".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy())  # the bytes as stored
-        out[name] = h.hexdigest()
-    return out
 
 
 class _WrongShape(Exception):
@@ -169,7 +157,7 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
         if "sha256" not in meta:
             return None, "it has no checksum (written by an older clip-smot)"
         stored = parse_json(meta.pop("sha256"))
-        if any(stored[k] != v for k, v in _checksums(tensors, meta).items()):
+        if any(stored[k] != v for k, v in tensor_checksums(tensors, meta).items()):
             return None, "its checksum does not match its contents"
         # the key (model, weights, preprocessing, files) is the entry's name only: an entry moved or
         # copied to another key's name was served as that model's features (an older entry holds none)
@@ -224,7 +212,7 @@ def _write_cache(path: Path, feats: ImageFeatures) -> None:
     # reader's current folder, which another run's may not be (its files then "other files")
     meta = {"paths": json.dumps([image_identity(p) for p in feats.paths]),
             "skipped": json.dumps([[image_identity(p), why] for p, why in feats.skipped]), "key": path.stem}
-    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(_checksums(tensors, meta), sort_keys=True)})
+    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(tensor_checksums(tensors, meta), sort_keys=True)})
 
 
 def normalized_features(clip: ClipModel, images: torch.Tensor, local: bool = False, precision: str = "fp32"

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -755,6 +755,24 @@ def sha256_file(path: str | os.PathLike) -> str:
                 h.update(block)
         _SHA256[key] = h.hexdigest()
     return _SHA256[key]
+
+
+def tensor_checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, str]:
+    """SHA-256 per tensor over its name, dtype, shape and bytes and the metadata ``meta``: one per
+    tensor, so that a read of some tensors of a file (the feature cache's global features without
+    its large local ones) need not read the others. What the safetensors files clip-smot writes
+    keep under the metadata key ``sha256`` (a JSON object), as safetensors has no checksum of its
+    own: a flipped bit was a silently different tensor or class name."""
+    import hashlib
+
+    head = json.dumps(meta, sort_keys=True).encode()
+    out = {}
+    for name, t in tensors.items():
+        h = hashlib.sha256(head)
+        h.update(f"{name} {t.dtype} {list(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy())  # the bytes as stored
+        out[name] = h.hexdigest()
+    return out
 
 
 ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)

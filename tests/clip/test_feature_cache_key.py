@@ -15,6 +15,7 @@ from clip_smot.clip import features as cf
 from clip_smot.clip import model as cm
 from clip_smot.clip.model import load_clip
 from clip_smot.common.errors import UserError
+from clip_smot.common.files import tensor_checksums
 
 
 def _images(tmp_path, n=2):
@@ -142,7 +143,7 @@ def test_an_entry_moved_to_another_keys_name_is_encoded_again(
     # an entry written before entries held their key (the same bytes, no "key"): still read
     g = load_file(str(entry_a))["global"]
     meta = {"paths": json.dumps(files), "skipped": "[]"}
-    save_file({"global": g}, str(entry_a), {**meta, "sha256": json.dumps(cf._checksums({"global": g}, meta))})
+    save_file({"global": g}, str(entry_a), {**meta, "sha256": json.dumps(tensor_checksums({"global": g}, meta))})
     torch.testing.assert_close(cf.encode_files(tiny, files, workers=0).global_, a, rtol=0, atol=0)
     assert capsys.readouterr().err == ""
 
@@ -251,20 +252,20 @@ def test_an_entrys_checksum_covers_the_name_dtype_shape_bytes_and_metadata():
     key order."""
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     meta = {"paths": '["a.png"]', "skipped": "[]"}
-    base = cf._checksums({"global": t}, meta)["global"]
-    assert cf._checksums({"global": t.clone()}, dict(reversed(meta.items())))["global"] == base
-    assert cf._checksums({"global": t.t().contiguous().t()}, meta)["global"] == base  # (a view: the bytes as stored)
+    base = tensor_checksums({"global": t}, meta)["global"]
+    assert tensor_checksums({"global": t.clone()}, dict(reversed(meta.items())))["global"] == base
+    assert tensor_checksums({"global": t.t().contiguous().t()}, meta)["global"] == base  # (a view: the bytes as stored)
     others = [
-        cf._checksums({"local": t}, meta)["local"],  # (name)
-        cf._checksums({"global": t.reshape(3, 2)}, meta)["global"],  # (shape, the same bytes)
-        cf._checksums({"global": t.view(torch.int32)}, meta)["global"],  # (dtype, the same bytes)
-        cf._checksums({"global": t + 1}, meta)["global"],  # (bytes)
-        cf._checksums({"global": t}, {**meta, "skipped": '[["b.png", "unreadable"]]'})["global"],  # (metadata)
+        tensor_checksums({"local": t}, meta)["local"],  # (name)
+        tensor_checksums({"global": t.reshape(3, 2)}, meta)["global"],  # (shape, the same bytes)
+        tensor_checksums({"global": t.view(torch.int32)}, meta)["global"],  # (dtype, the same bytes)
+        tensor_checksums({"global": t + 1}, meta)["global"],  # (bytes)
+        tensor_checksums({"global": t}, {**meta, "skipped": '[["b.png", "unreadable"]]'})["global"],  # (metadata)
     ]
     assert base not in others and len(set(others)) == len(others)
     # the last value of a larger tensor changed: the checksum covers every byte
     big = torch.randn(3, 300)
-    assert cf._checksums({"global": big}, meta) != cf._checksums({"global": torch.cat([big[:, :-1], big[:, -1:] + 1], 1)},
+    assert tensor_checksums({"global": big}, meta) != tensor_checksums({"global": torch.cat([big[:, :-1], big[:, -1:] + 1], 1)},
                                                                 meta)
 
 
