@@ -167,7 +167,7 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
         skipped = [(str(p), str(why)) for p, why in parse_json(meta["skipped"])]
     except _WrongShape:  # shapes the writer did not write: a matrix product would fail on them, or worse, not
         return None, "its features have the wrong shape"
-    # (RuntimeError: a byte view torch refuses, e.g. of a 0-d tensor, which the shape check refuses first)
+    # (RuntimeError: a tensor torch cannot view as bytes; a 0-d one the shape check refuses first)
     except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
         return None, f"not a readable entry ({type(e).__name__})"
     wanted = [image_identity(p) for p in paths]  # (the key's: a relative and an absolute spelling are one)

@@ -19,7 +19,12 @@ Format (version 1, docs/method.md §2):
     - ``classnames``: JSON list of the K class names, in the order of ``text_features``;
     - ``config``: the training configuration as JSON (fit's ``config.json``), its ``run.epoch``
       the epochs the context was trained (fewer than ``epochs``: exported from an unfinished
-      run's checkpoint; absent in a prompt of an older clip-smot).
+      run's checkpoint; absent in a prompt of an older clip-smot);
+    - ``sha256``: JSON object of a SHA-256 per tensor over its name, dtype, shape and bytes and the
+      other metadata (:func:`~clip_smot.common.files.tensor_checksums`), checked at load after
+      everything else: safetensors keeps no checksum, and a flipped bit of ``ctx`` or of a class
+      name was read as another prompt. A file without it (an older clip-smot's, one converted or
+      written by another tool) is read unchecked.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from clip_smot.clip.config_checks import check_config_file
 from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import atomic_save_safetensors, check_kind, missing_file, parse_json
+from clip_smot.common.files import (
+    atomic_save_safetensors,
+    check_kind,
+    checksum_mismatch,
+    missing_file,
+    parse_json,
+    tensor_checksums,
+)
 
 __all__ = ["CLASS_POSITIONS", "FORMAT", "FORMAT_VERSION", "PromptFile", "classnames_problem", "load_prompt", "prompt_tokens", "tokens",
            "recorded_epochs", "save_prompt", "unfinished_note"]
@@ -165,7 +177,7 @@ def save_prompt(
         "ctx": ctx.detach().float().cpu().contiguous(),
         "text_features": text_features.detach().float().cpu().contiguous(),
     }
-    atomic_save_safetensors(tensors, path, meta)
+    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(tensor_checksums(tensors, meta), sort_keys=True)})
 
 
 def load_prompt(path: str | os.PathLike) -> PromptFile:
@@ -211,6 +223,10 @@ def _read(path: str, f) -> PromptFile:
     _check_shapes(path, shapes, len(classnames), model_config, n_ctx, meta["csc"])
     ctx, text_features = _read_tensors(path, f)  # (as large as the checked shapes now)
     _check_values(path, ctx, text_features, classnames)
+    mismatch = checksum_mismatch({"ctx": ctx, "text_features": text_features}, meta)  # (last: an edited file is
+    if mismatch:  # named for what is wrong in it, where something is)
+        raise UserError(f"--prompt {path}: {mismatch} not match its sha256 (changed after it was written: a damaged "
+                        "copy?); fit or export it again, or remove the key sha256 from a file edited on purpose")
     return PromptFile(
         ctx=ctx,
         text_features=text_features,

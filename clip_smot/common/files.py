@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "checksum_mismatch", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -770,9 +770,29 @@ def tensor_checksums(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> 
     for name, t in tensors.items():
         h = hashlib.sha256(head)
         h.update(f"{name} {t.dtype} {list(t.shape)}".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy())  # the bytes as stored
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the bytes as stored (0-d: one value)
         out[name] = h.hexdigest()
     return out
+
+
+def checksum_mismatch(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str | None:
+    """What of a file read does not match the ``sha256`` of its metadata (a JSON object of
+    :func:`tensor_checksums` of the other metadata), as a message's subject: "ctx does" (one
+    tensor's), "its metadata or tensors do" (more: each checksum covers the metadata); None where
+    all match or ``meta`` has no ``sha256`` (a file of an older clip-smot, or converted by hand)."""
+    if "sha256" not in meta:
+        return None
+    try:
+        stored = parse_json(meta["sha256"])
+    except ValueError:
+        stored = None
+    actual = tensor_checksums(tensors, {k: v for k, v in meta.items() if k != "sha256"})
+    if not isinstance(stored, dict) or set(stored) != set(actual):  # (a checksum of a tensor it does not hold)
+        return "its metadata or tensors do"
+    changed = [k for k, v in actual.items() if stored[k] != v]
+    if not changed:
+        return None
+    return f"{changed[0]} does" if len(changed) == 1 else "its metadata or tensors do"
 
 
 ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)

@@ -17,7 +17,9 @@ Model file (``OUT/model.safetensors``, format version 1): the ``state_dict`` ten
 string metadata ``format`` ("clip-smot-model"), ``format_version`` ("1"), ``arch``,
 ``num_classes``, ``classnames`` (JSON list), ``input_size``, ``mean`` and ``std`` (JSON lists:
 the normalisation applied to images in [0, 1]), ``dataset``, ``method``, ``stage``, ``config``
-(the training configuration as JSON) and ``library_version``.
+(the training configuration as JSON), ``library_version`` and ``sha256`` (a JSON object of a
+SHA-256 per tensor over its bytes and the other metadata, checked at load: safetensors keeps no
+checksum; a file without it, of an older clip-smot or converted by hand, is read unchecked).
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import atomic_save_safetensors, check_kind, is_file, missing_file, parse_json
+from clip_smot.common.files import (
+    atomic_save_safetensors,
+    check_kind,
+    checksum_mismatch,
+    is_file,
+    missing_file,
+    parse_json,
+    tensor_checksums,
+)
 
 __all__ = [
     "MODEL_FORMAT",
@@ -337,7 +347,7 @@ def save_model(
         "stage": stage,
         "config": json.dumps(config or {}, sort_keys=True),
     }
-    atomic_save_safetensors(tensors, path, meta)
+    atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(tensor_checksums(tensors, meta), sort_keys=True)})
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -429,6 +439,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         raise UserError(f"{flag} {path}: weights do not fit a {meta['arch']} ({first_line(e)})") from None
     check_finite_weights(model, f"{flag} {path}")
     _check_finite_logits(model.eval(), meta, f"{flag} {path}")
+    mismatch = checksum_mismatch(state, raw)  # (last: an edited file is named for what is wrong in it, where something is)
+    if mismatch:
+        raise UserError(f"{flag} {path}: {mismatch} not match its sha256 (changed after it was written: a damaged "
+                        "copy?); train it again, or remove the key sha256 from a file edited on purpose")
     return model.to(device), meta
 
 

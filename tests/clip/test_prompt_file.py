@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -208,13 +209,53 @@ def test_inconsistent_contents_are_one_line_user_errors(tmp_path, key, value, er
 
 
 def test_half_and_double_precision_files_load(tmp_path):
-    """A converted file may hold float16, bfloat16 or float64 tensors (their norms are 1 within 1e-2)."""
+    """A converted file may hold float16, bfloat16 or float64 tensors (their norms are 1 within
+    1e-2), its metadata copied without the writer's sha256; with it, it is refused as changed."""
+    path = tmp_path / "p.safetensors"
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
-        args = _save(tmp_path / "p.safetensors")
+        args = _save(path)
         tensors = {k: args[k].to(dtype) for k in ("ctx", "text_features")}
-        with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
-            save_file(tensors, str(tmp_path / "p.safetensors"), metadata=f.metadata())
-        assert load_prompt(tmp_path / "p.safetensors").text_features.dtype == dtype
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(UserError, match=rf"^--prompt {path}: its metadata or tensors do not match its sha256 "
+                                            r"\(changed after it was written: a damaged copy\?\); fit or export it "
+                                            "again, or remove the key sha256 from a file edited on purpose$"):
+            load_prompt(path)
+        save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != "sha256"})
+        assert load_prompt(path).text_features.dtype == dtype
+
+
+def test_a_prompt_file_changed_after_it_was_written_is_refused(tmp_path):
+    """safetensors keeps no checksum: a flipped bit of ctx (whose values nothing else bounds) or
+    of a letter of a class name loaded as another prompt, silently. The line names the one tensor
+    that does not match the file's sha256, or its metadata (which each checksum covers); a
+    damaged sha256 is refused likewise."""
+    path = tmp_path / "p.safetensors"
+    args = _save(path)
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    begin = 8 + header_len + header["ctx"]["data_offsets"][0]
+    damaged = bytearray(raw)
+    damaged[begin + 5] ^= 0x01  # (a bit of ctx[0, 1]: a value a little off, finite)
+    path.write_bytes(bytes(damaged))
+    with safe_open(str(path), framework="pt") as f:
+        assert not torch.equal(f.get_tensor("ctx"), args["ctx"]) and torch.isfinite(f.get_tensor("ctx")).all()
+    with pytest.raises(UserError, match=rf"^--prompt {path}: ctx does not match its sha256 \(changed after it "
+                                        r"was written: a damaged copy\?\)"):
+        load_prompt(path)
+    letter = raw.index(b"b c", 8, 8 + header_len)  # (class 1's name, in the header's JSON)
+    digit = raw.index(json.loads(header["__metadata__"]["sha256"])["ctx"].encode())  # (ctx's checksum, in hex)
+    for at, byte, what in ((letter, b"c", "its metadata or tensors do"),  # (["a", "c c", "d"]: as valid a prompt)
+                           (digit, b"0" if raw[digit:digit + 1] != b"0" else b"1", "ctx does")):
+        damaged = bytearray(raw)
+        damaged[at:at + 1] = byte
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(UserError, match=rf"^--prompt {path}: {what} not match its sha256 \("):
+            load_prompt(path)
+    path.write_bytes(raw)
+    assert torch.equal(load_prompt(path).ctx, args["ctx"])
 
 
 def test_rows_of_norm_within_1e_2_of_1_load(tmp_path):
@@ -466,7 +507,7 @@ def test_a_prompt_without_a_config_entry_loads_with_an_empty_config(tmp_path):
     unfinished-run note)."""
     _save(tmp_path / "p.safetensors")
     with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
-        meta = {k: v for k, v in f.metadata().items() if k != "config"}
+        meta = {k: v for k, v in f.metadata().items() if k not in ("config", "sha256")}  # (nor had it sha256)
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
     old = load_prompt(tmp_path / "old.safetensors")
@@ -558,7 +599,7 @@ def test_a_prompt_without_an_activation_record_is_read_as_its_config_builds(tmp_
                                ({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}, "gelu")):
         _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))
         with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
-            meta = {k: v for k, v in f.metadata().items() if k != "activation"}
+            meta = {k: v for k, v in f.metadata().items() if k not in ("activation", "sha256")}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
         assert load_prompt(tmp_path / "old.safetensors").activation == activation
@@ -576,11 +617,17 @@ def test_the_metadata_is_written_as_the_format_documents_it(tmp_path, class_posi
     _save(tmp_path / "p.safetensors", ctx=ctx, class_position=class_position, csc=csc, config={"lr": 0.002, "epochs": 5})
     with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
         meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    sha256 = json.loads(meta.pop("sha256"))
     assert meta == {"format": "clip-smot-prompt", "format_version": "1", "library_version": __version__,
                     "model": "clip-smot-tiny", "model_config": IDENT["model_config"], "pretrained": "tiny.safetensors",
                     "checkpoint_sha256": "ab" * 32, "activation": "gelu", "n_ctx": "4",
                     "class_position": class_position, "csc": "true" if csc else "false",
                     "classnames": '["a", "b c", "d"]', "config": '{"epochs": 5, "lr": 0.002}'}
+    # sha256: per tensor, SHA-256 of the other metadata as sorted JSON, "NAME DTYPE [SHAPE]" and its bytes
+    for name, t in tensors.items():
+        head = json.dumps(meta, sort_keys=True) + f"{name} torch.float32 {list(t.shape)}"
+        assert sha256[name] == hashlib.sha256(head.encode() + t.numpy().tobytes()).hexdigest()
     p = load_prompt(tmp_path / "p.safetensors")
     assert p.class_position == class_position and p.csc is csc and p.ctx.shape == ctx.shape
 

@@ -1392,3 +1392,22 @@ def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
 
     assert files._FORMAT_KINDS == {FORMAT: "prompt", MODEL_FORMAT: "model",
                                    **{f: f.split("-")[-2] + "-checkpoint" for f in CHECKPOINT_FORMATS}}
+
+
+def test_checksum_mismatch_names_the_tensor_or_the_metadata():
+    """checksum_mismatch: None without a sha256 or with the writer's; the one tensor whose
+    checksum differs; its metadata or tensors where more differ, the sha256 is not a JSON object
+    of one checksum per tensor held (one missing, one more), or not JSON."""
+    import torch
+
+    tensors = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
+    meta = {"x": "1"}
+    sha = files.tensor_checksums(tensors, meta)
+    assert files.checksum_mismatch(tensors, meta) is None
+    assert files.checksum_mismatch(tensors, {**meta, "sha256": json.dumps(sha)}) is None
+    assert files.checksum_mismatch({**tensors, "b": torch.zeros(2, 2)}, {**meta, "sha256": json.dumps(sha)}) == "b does"
+    both = "its metadata or tensors do"
+    assert files.checksum_mismatch(tensors, {"x": "2", "sha256": json.dumps(sha)}) == both
+    for stored in (json.dumps({"a": sha["a"]}), json.dumps({**sha, "c": sha["a"]}), json.dumps(list(sha.values())),
+                   "{not json", json.dumps(None)):
+        assert files.checksum_mismatch(tensors, {**meta, "sha256": stored}) == both, stored

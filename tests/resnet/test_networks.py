@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -109,12 +110,13 @@ def test_model_file_bad_inputs(tmp_path):
 
 
 def _edited(tmp_path, name, tensors=None, **meta_changes):
-    """A copy of a tiny model file with its metadata (and tensors) edited by hand."""
+    """A copy of a tiny model file with its metadata (and tensors) edited by hand, its sha256
+    removed (as the format asks of a file edited on purpose)."""
     from safetensors.torch import load_file, safe_open
 
     _save(tmp_path / "m.safetensors")
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
-        meta = dict(f.metadata())
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
     meta.update(meta_changes)
     path = tmp_path / name
     save_safetensors_by_hand(path, tensors if tensors is not None else load_file(str(tmp_path / "m.safetensors")),
@@ -514,12 +516,51 @@ def test_a_model_file_without_its_optional_metadata_loads(tmp_path):
 
     _save(tmp_path / "m.safetensors")
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
-        meta = {k: v for k, v in f.metadata().items() if k not in ("dataset", "method", "stage", "config")}
+        meta = {k: v for k, v in f.metadata().items() if k not in ("dataset", "method", "stage", "config", "sha256")}
     save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "plain.safetensors"), metadata=meta)
     got = load_model(tmp_path / "plain.safetensors")[1]
     assert (got["dataset"], got["method"], got["stage"], got["config"]) == ("", "", "", {})
     got = load_model(tmp_path / "m.safetensors")[1]  # (what _save wrote)
     assert (got["dataset"], got["method"], got["stage"], got["config"]) == ("x", "ce", "base", {"lr": 0.1})
+
+
+def test_a_model_file_changed_after_it_was_written_is_refused(tmp_path):
+    """safetensors keeps no checksum: a flipped bit of a weight loaded as another network, silently
+    (any finite value passes every other check). The line names the weight that does not match
+    the file's sha256; an edit of the metadata (a class renamed, keeping the sha256) is named as
+    the metadata's. Without the key (an older clip-smot's file) it loads."""
+    import hashlib
+
+    from safetensors.torch import load_file, safe_open
+
+    _save(tmp_path / "m.safetensors")
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    at = 8 + n + header["fc.weight"]["data_offsets"][0] + 1  # (a low byte of fc.weight[0, 0]: a little off)
+    (tmp_path / "d.safetensors").write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])
+    assert not torch.equal(load_file(str(tmp_path / "d.safetensors"))["fc.weight"],
+                           load_file(str(tmp_path / "m.safetensors"))["fc.weight"])
+    with pytest.raises(UserError, match=rf"^--checkpoint {tmp_path / 'd.safetensors'}: fc.weight does not match its "
+                                        r"sha256 \(changed after it was written: a damaged copy\?\); train it again, "
+                                        "or remove the key sha256 from a file edited on purpose$"):
+        load_model(tmp_path / "d.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = dict(f.metadata())
+    # the key as documented: per tensor, SHA-256 of the other metadata as sorted JSON, "NAME DTYPE [SHAPE]", its bytes
+    tensors, sha256 = load_file(str(tmp_path / "m.safetensors")), json.loads(meta["sha256"])
+    rest = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
+    assert sha256.keys() == tensors.keys()
+    for name, t in tensors.items():
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert sha256[name] == hashlib.sha256(f"{rest}{name} {t.dtype} {list(t.shape)}".encode() + data).hexdigest()
+    renamed = {**meta, "classnames": meta["classnames"].replace('"a"', '"z"')}  # (["z", "b", "c"])
+    assert renamed["classnames"] != meta["classnames"]
+    save_file(tensors, str(tmp_path / "r.safetensors"), metadata=renamed)
+    with pytest.raises(UserError, match=r": its metadata or tensors do not match its sha256 \("):
+        load_model(tmp_path / "r.safetensors")
+    save_file(tensors, str(tmp_path / "r.safetensors"), metadata={k: v for k, v in renamed.items() if k != "sha256"})
+    assert load_model(tmp_path / "r.safetensors")[1]["classnames"] == json.loads(renamed["classnames"])
 
 
 def test_batchnorm_variances_of_zero_and_below_one_load(tmp_path):

@@ -1475,6 +1475,8 @@ def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_mo
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from clip_smot.common.files import tensor_checksums
+
     cam = tmp_path / "base.safetensors"
     shutil.copy(base_model, cam)
     data = _write_folders(tmp_path / "data", per_class=(4, 2))  # the base model's classes, fewer images
@@ -1485,7 +1487,9 @@ def test_resume_with_another_base_model_at_the_cam_model_path_is_refused(base_mo
     kept = cam.read_bytes()
     with safe_open(str(cam), framework="pt") as f:  # the same network and classes, other weights
         meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, str(cam), metadata=meta)
+    meta.pop("sha256")  # (of the old weights; the new file has its own)
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, str(cam), metadata={**meta, "sha256": json.dumps(tensor_checksums(weights, meta))})
     with pytest.raises(UserError, match=r"^--resume: --cam-model .*base.safetensors is not the base model the run "
                                         r"saved in .*run was trained with \(the file changed since"):
         run_train(_cfg(data, out, **kw), resume=True)
