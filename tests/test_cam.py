@@ -760,3 +760,16 @@ def test_cam_functions_name_an_argument_that_is_no_tensor():
         provider(np.zeros((1, 3, 2, 2), dtype=np.float32))
     with pytest.raises(TypeError, match="^y must be a torch.Tensor, got list$"):
         provider(torch.zeros(1, 3, 2, 2), [0])
+
+
+@pytest.mark.xfail(strict=True, reason="normalize_cam takes the span hi - lo in the map's own dtype: it overflows "
+                                       "int8 / int16 (the map becomes all zero) and float32 / float16 (NaN)")
+def test_normalize_cam_of_a_map_whose_span_overflows_its_dtype():
+    """Min-max scaling by hand: (x - lo) / (hi - lo) * 255. In int8, 100 - (-100) wrapped to -56, a span
+    below 0, and the map became all zero; in float32, 3e38 - (-3e38) is inf and the top pixel inf / inf."""
+    want = torch.tensor([[[0.0, 127.5, 255.0]]])
+    for cam in (torch.tensor([[[-100, 0, 100]]], dtype=torch.int8),
+                torch.tensor([[[-20000, 0, 20000]]], dtype=torch.int16),
+                torch.tensor([[[-3e38, 0.0, 3e38]]]),
+                torch.tensor([[[-6e4, 0.0, 6e4]]], dtype=torch.float16)):
+        torch.testing.assert_close(normalize_cam(cam).float(), want, msg=str(cam.dtype))
