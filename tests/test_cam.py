@@ -773,3 +773,14 @@ def test_normalize_cam_of_a_map_whose_span_overflows_its_dtype():
                 torch.tensor([[[-3e38, 0.0, 3e38]]]),
                 torch.tensor([[[-6e4, 0.0, 6e4]]], dtype=torch.float16)):
         torch.testing.assert_close(normalize_cam(cam).float(), want, msg=str(cam.dtype))
+
+
+@pytest.mark.xfail(strict=True, reason="normalize_cam does not check min_span: NaN zeroes every map (span > NaN is "
+                                       "False), None or a string stops in the comparison naming no argument")
+def test_normalize_cam_refuses_a_min_span_that_is_no_number():
+    """A map spans 1 here; with min_span NaN it came back all zero as if flat, silently, and min_span=None
+    stopped on "'>' not supported between instances of 'Tensor' and 'NoneType'"."""
+    cam = torch.tensor([[[0.0, 1.0]]])
+    for bad in (float("nan"), None, "1"):
+        with pytest.raises((ValueError, TypeError), match="min_span"):
+            normalize_cam(cam, min_span=bad)
