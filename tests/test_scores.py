@@ -613,3 +613,19 @@ def test_vim_fit_refuses_logits_of_other_images_or_another_layer():
                                              rf"and the layer's K = 3 classes, got shape \[{', '.join(map(str, bad.shape))}\]$"):
             S.vim_fit(X, bad, W, b, dim=2)
     assert math.isfinite(S.vim_fit(X, logits, W, b, dim=2)["alpha"])
+
+
+@pytest.mark.xfail(strict=True, reason="energy multiplies T by the log-sum-exp in float32: a T past float32's range "
+                                       "is inf there, and inf * 0 (one class) is NaN")
+def test_energy_at_a_temperature_past_float32s_range():
+    """T logsumexp(x / T) of one class is x at any T (log exp(x / T) = x / T); for 1e39 or 1e300, finite
+    Python floats, energy was NaN. At T = inf the same limit x (or a ValueError naming temperature)."""
+    logits = torch.tensor([[3.0], [-2.0]])
+    for T in (1e39, 1e300):
+        assert S.energy(logits, T).tolist() == [3.0, -2.0]
+    try:
+        got = S.energy(logits, math.inf)
+    except ValueError as e:
+        assert "temperature" in str(e)
+    else:
+        assert got.tolist() == [3.0, -2.0]
