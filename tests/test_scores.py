@@ -629,3 +629,11 @@ def test_energy_at_a_temperature_past_float32s_range():
         assert "temperature" in str(e)
     else:
         assert got.tolist() == [3.0, -2.0]
+
+
+@pytest.mark.xfail(strict=True, reason="msp casts float64 logits to float32 before the softmax: a finite logit past "
+                                       "3.4e38 becomes inf, and the softmax of inf is NaN")
+def test_msp_of_float64_logits_past_float32s_range():
+    """softmax([1e300, 0]) is [1, exp(-1e300)]: the MSP is 1 (and 1/2 for two equal logits), not NaN."""
+    logits = torch.tensor([[1e300, 0.0], [1e300, 1e300], [5.0, -1e300]], dtype=torch.float64)
+    assert S.msp(logits).tolist() == [1.0, 0.5, 1.0]
