@@ -637,3 +637,24 @@ def test_msp_of_float64_logits_past_float32s_range():
     """softmax([1e300, 0]) is [1, exp(-1e300)]: the MSP is 1 (and 1/2 for two equal logits), not NaN."""
     logits = torch.tensor([[1e300, 0.0], [1e300, 1e300], [5.0, -1e300]], dtype=torch.float64)
     assert S.msp(logits).tolist() == [1.0, 0.5, 1.0]
+
+
+@pytest.mark.xfail(strict=True, reason="knn takes sqrt(2 - 2 a.b) as the distance, which holds for unit vectors only: "
+                                       "an all-zero feature or bank row (normalised to zero) is put at sqrt(2), not 1")
+def test_knn_of_an_all_zero_feature_or_bank_row_against_brute_force_distances():
+    """A ReLU feature can be all zero (a black, fully masked image). F.normalize leaves it zero, and as in the
+    KNN paper's code (x / (|x| + 1e-10), then L2 distances) it lies at distance 1 from every unit vector; the
+    dot-product shortcut put it at sqrt(2), and so ranked it behind neighbours at distances between 1 and
+    sqrt(2). Either the brute-force distance or a ValueError naming the zero row."""
+    bank = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
+    q = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    nb = torch.nn.functional.normalize(bank, dim=-1).numpy()
+    nq = torch.nn.functional.normalize(q, dim=-1).numpy()
+    want = [-np.sort(np.sqrt(((nb - v) ** 2).sum(axis=1)))[0] for v in nq]  # nearest: 1 and 0 (the zero row)
+    assert want == [-1.0, 0.0]
+    try:
+        got = S.knn(q, bank, k=1)
+    except ValueError as e:
+        assert "zero" in str(e)
+    else:
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
