@@ -658,3 +658,15 @@ def test_knn_of_an_all_zero_feature_or_bank_row_against_brute_force_distances():
         assert "zero" in str(e)
     else:
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
+
+
+@pytest.mark.xfail(strict=True, reason="react does not check its threshold: NaN makes every score NaN, True clips at 1, "
+                                       "None or a string stops in torch.clamp naming no argument")
+def test_react_refuses_a_threshold_that_is_no_number():
+    """As the temperatures (test_settings_refuse_a_bool_or_what_is_no_number): a ValueError naming threshold.
+    NaN clipped every activation to NaN, so each score came back NaN; None stopped on "torch.clamp: At least
+    one of 'min' or 'max' must not be None"; True was a threshold of 1."""
+    h, W = torch.tensor([[5.0, 0.0]]), torch.eye(2)
+    for bad in (math.nan, None, True, "1"):
+        with pytest.raises(ValueError, match="threshold"):
+            S.react(h, W, None, bad)
