@@ -670,3 +670,14 @@ def test_react_refuses_a_threshold_that_is_no_number():
     for bad in (math.nan, None, True, "1"):
         with pytest.raises(ValueError, match="threshold"):
             S.react(h, W, None, bad)
+
+
+@pytest.mark.xfail(strict=True, reason="gl_mcm does not check local_weight: NaN makes every score NaN, None or a string "
+                                       "stops in the product naming no argument")
+def test_gl_mcm_refuses_a_local_weight_that_is_no_number():
+    """As tau: a ValueError naming local_weight. NaN gave NaN scores for finite cosines; None stopped on
+    "unsupported operand type(s) for *: 'NoneType' and 'Tensor'"."""
+    cosine, local = torch.tensor([[0.2, -0.1]]), torch.tensor([[[0.3, 0.1], [0.0, 0.2]]])
+    for bad in (math.nan, None, "1"):
+        with pytest.raises(ValueError, match="local_weight"):
+            S.gl_mcm(cosine, local, local_weight=bad)
