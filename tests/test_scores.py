@@ -681,3 +681,15 @@ def test_gl_mcm_refuses_a_local_weight_that_is_no_number():
     for bad in (math.nan, None, "1"):
         with pytest.raises(ValueError, match="local_weight"):
             S.gl_mcm(cosine, local, local_weight=bad)
+
+
+@pytest.mark.xfail(strict=True, reason="vim does not check alpha: NaN makes every score NaN, None or a string stops in "
+                                       "the product naming no argument")
+def test_vim_refuses_an_alpha_that_is_no_number():
+    """alpha comes from vim_fit, but vim is public: NaN gave NaN scores for finite features; None stopped on
+    "unsupported operand type(s) for *: 'NoneType' and 'Tensor'". A ValueError naming alpha."""
+    feats, logits = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, -0.5]])
+    u, NS = torch.zeros(2, dtype=torch.float64), torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    for bad in (math.nan, None, "1"):
+        with pytest.raises(ValueError, match="alpha"):
+            S.vim(feats, logits, u, NS, bad)
