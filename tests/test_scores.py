@@ -693,3 +693,15 @@ def test_vim_refuses_an_alpha_that_is_no_number():
     for bad in (math.nan, None, "1"):
         with pytest.raises(ValueError, match="alpha"):
             S.vim(feats, logits, u, NS, bad)
+
+
+@pytest.mark.xfail(strict=True, reason="react_threshold hands percentile to numpy unchecked: True is read as the 1st "
+                                       "percentile, None stops on a TypeError naming no argument")
+def test_react_threshold_refuses_a_percentile_that_is_no_number():
+    """The other settings refuse a bool (True is an int to Python): react_threshold(train, True) was the 1st
+    percentile, 1.0 of the activations 0 .. 100; None stopped on "unsupported operand type(s) for /:
+    'NoneType' and 'int'". A ValueError naming percentile."""
+    train = torch.arange(101.0).view(1, -1)
+    for bad in (True, None):
+        with pytest.raises(ValueError, match="percentile"):
+            S.react_threshold(train, bad)
