@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -784,3 +786,16 @@ def test_normalize_cam_refuses_a_min_span_that_is_no_number():
     for bad in (float("nan"), None, "1"):
         with pytest.raises((ValueError, TypeError), match="min_span"):
             normalize_cam(cam, min_span=bad)
+
+
+@pytest.mark.xfail(strict=True, reason="CAMProvider does not check std: 0 or NaN makes every CAM all zero (nothing "
+                                       "masked), a negative std negates the inputs and gives another CAM, silently")
+def test_cam_provider_refuses_a_std_of_zero_or_below_or_nan():
+    """The network's inputs are (x - mean) / std. A std of 0 divided to inf and NaN features: the CAMs came
+    back all zero, so SMOT masked nothing; a std of -0.229 fed the network -x' and gave other maps. As odin's
+    std: a ValueError naming std."""
+    model = _one_channel_resnet(channel=7)
+    x, y = torch.rand(1, 3, 64, 64), torch.tensor([1])
+    for std in ((0.0, 0.224, 0.225), (math.nan, 0.224, 0.225), (-0.229, -0.224, -0.225), (math.inf,) * 3):
+        with pytest.raises(ValueError, match="std"):
+            CAMProvider(model, (0.485, 0.456, 0.406), std)(x, y)
