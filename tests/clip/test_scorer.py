@@ -2412,3 +2412,20 @@ def test_score_gives_odin_from_the_images_and_features_alone_give_neither_odin_n
         scores_from_features(g, scorer.text_features, 100.0, ["odin"])
     with pytest.raises(ValueError, match=r"^gl-mcm needs local \(patch\) features$"):
         scores_from_features(g, scorer.text_features, 100.0, ["gl-mcm"])
+
+
+@pytest.mark.xfail(strict=True, reason="PromptScorer.cosine and logits read integer images as floats: uint8 pixels "
+                                       "0 .. 255 are taken for values in [0, 1], 255 times too bright, silently")
+def test_cosine_refuses_integer_images_or_reads_them_as_0_255(tiny):
+    """cosine takes images in [0, 1]; torchvision.io reads uint8 0 .. 255, which CAMProvider and perturb refuse.
+    Here a uint8 batch was normalised as if 200 meant 200.0 in [0, 1]: other features, no error. Either a
+    TypeError naming the images, or the cosines of the same pixels / 255."""
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(6)), dim=-1),
+                          CLASSES, precision="fp32")
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    try:
+        got = scorer.cosine(pixels)
+    except TypeError as e:
+        assert "images" in str(e)
+    else:
+        torch.testing.assert_close(got, scorer.cosine(pixels.float() / 255))
