@@ -2449,3 +2449,21 @@ def test_score_of_a_float64_or_float16_tensor_of_preprocessed_images(tiny):
             want = scorer.score(same_as, ["mcm", "energy"])
             for k in want:
                 torch.testing.assert_close(got[k], want[k])
+
+
+@pytest.mark.xfail(strict=True, reason="PromptScorer.score takes whatever is no tensor for PIL images: a numpy batch "
+                                       "or a list of tensors stops on an AttributeError naming no argument")
+def test_score_names_images_that_are_neither_a_tensor_nor_pil_images(tiny):
+    """score() of a numpy batch stopped on "'numpy.ndarray' object has no attribute 'mode'", of a list of
+    image tensors on "'builtin_function_or_method' object has no attribute 'startswith'". Either a TypeError
+    naming the images, as the core functions name an argument that is no tensor, or the batch's own scores."""
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES, precision="fp32")
+    x = torch.rand(2, 3, 32, 32)
+    want = scorer.score(x, ["mcm"])
+    for images in (x.numpy(), list(x)):
+        try:
+            got = scorer.score(images, ["mcm"])
+        except TypeError as e:
+            assert "images" in str(e)
+        else:
+            torch.testing.assert_close(got["mcm"], want["mcm"])
