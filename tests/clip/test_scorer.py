@@ -2467,3 +2467,16 @@ def test_score_names_images_that_are_neither_a_tensor_nor_pil_images(tiny):
             assert "images" in str(e)
         else:
             torch.testing.assert_close(got["mcm"], want["mcm"])
+
+
+@pytest.mark.xfail(strict=True, reason="scores_from_features does not check logit_scale: NaN gives NaN scores, None "
+                                       "stops in the product naming no argument")
+def test_scores_from_features_refuses_a_logit_scale_that_is_no_number():
+    """PromptScorer.score finds non-finite scores afterwards; the public function itself returned NaN for msp,
+    energy and maxlogit of finite unit features at logit_scale NaN, and None stopped on "unsupported operand
+    type(s) for *: 'NoneType' and 'Tensor'". A ValueError or TypeError naming logit_scale."""
+    image = torch.tensor([[0.6, 0.8]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for bad in (math.nan, None):
+        with pytest.raises((ValueError, TypeError), match="logit_scale"):
+            scores_from_features(image, text, bad, ["msp", "energy", "maxlogit"])
