@@ -720,3 +720,20 @@ def test_scores_refuse_complex_logits_and_cosines():
                        ("logits", lambda: S.gradnorm(z, torch.ones(1, 2)))):
         with pytest.raises((TypeError, ValueError), match=name):
             call()
+
+
+@pytest.mark.xfail(strict=True, reason="vim_fit reads non-finite training features, logits or bias unchecked: NaN "
+                                       "logits give a NaN alpha, NaN features or bias stop in linalg naming no argument")
+def test_vim_fit_names_non_finite_training_features_logits_or_bias():
+    """NaN training logits gave alpha NaN, so every ViM score later was NaN; a NaN feature or bias stopped on
+    torch's _LinAlgError "linalg.eigh: The algorithm failed to converge because the input matrix is
+    ill-conditioned". A ValueError naming the argument."""
+    rng = np.random.default_rng(0)
+    X, W = torch.tensor(rng.normal(size=(30, 6))), torch.tensor(rng.normal(size=(3, 6)))
+    nan_x = X.clone()
+    nan_x[0, 0] = math.nan
+    for name, args in (("train_logits", (X, torch.full((30, 3), math.nan), W, None)),
+                       ("train_features", (nan_x, X @ W.T, W, None)),
+                       ("bias", (X, X @ W.T, W, torch.tensor([math.nan, 0.0, 0.0])))):
+        with pytest.raises(ValueError, match=name):
+            S.vim_fit(*args, dim=2)
