@@ -737,3 +737,13 @@ def test_vim_fit_names_non_finite_training_features_logits_or_bias():
                        ("bias", (X, X @ W.T, W, torch.tensor([math.nan, 0.0, 0.0])))):
         with pytest.raises(ValueError, match=name):
             S.vim_fit(*args, dim=2)
+
+
+@pytest.mark.xfail(strict=True, reason="knn takes a bank with a NaN row: topk ranks NaN first, so the k-th neighbour "
+                                       "is silently the (k-1)-th, a finite wrong score")
+def test_knn_refuses_a_bank_with_a_non_finite_row():
+    """Bank (1, 0), (NaN, 0), (0, 1), (-1, 0) and the query (1, 0): the 2nd nearest finite neighbour is (0, 1)
+    at sqrt(2), but knn(k=2) was -0 (the nearest, (1, 0) itself) and k=1 NaN. A ValueError naming the bank."""
+    bank = torch.tensor([[1.0, 0.0], [math.nan, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    with pytest.raises(ValueError, match="bank"):
+        S.knn(torch.tensor([[1.0, 0.0]]), bank, k=2)
