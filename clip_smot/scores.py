@@ -32,6 +32,8 @@ def _tensors(optional: tuple[str, ...] = (), **named) -> None:
     for name, value in named.items():
         if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if isinstance(value, torch.Tensor) and value.is_complex():  # (.float() kept the real part, with a warning
+            raise TypeError(f"{name} must hold real numbers, got {value.dtype}")  # once a process)
 
 
 def _real(value) -> bool:
@@ -44,9 +46,24 @@ def _real(value) -> bool:
 
 
 def _positive(name: str, value: float) -> None:
-    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one)
-    if not _real(value) or not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+    # (0 divides to NaN; a negative temperature turns the max-like score into a min-like one; an infinite one
+    # made the energy inf * 0, NaN)
+    if not _real(value) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be > 0 and finite, got {value!r}")
+
+
+def _finite(name: str, value: float) -> None:
+    """Refuse a setting that is no finite real number (NaN made every score NaN; None or a string stopped
+    in an operation naming no argument; True was read as 1)."""
+    if not _real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _finite_values(name: str, t: torch.Tensor) -> None:
+    """Refuse a tensor of fitted statistics holding NaN or inf: a NaN row of a KNN bank ranked first in
+    topk, a NaN activation made ReAct's percentile NaN, ViM's alpha or eigenvectors NaN."""
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must hold finite numbers, got {int((~torch.isfinite(t)).sum())} NaN or inf")
 
 
 def _classes(name: str, scores: torch.Tensor) -> None:
@@ -57,17 +74,19 @@ def _classes(name: str, scores: torch.Tensor) -> None:
 
 
 def _over(scores: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores - m) / T`` in float32 and ``m``, each row's largest score ([..., 1], detached).
+    """``(scores - m) / T`` in float32 and ``m``, each row's largest score ([..., 1], detached;
+    float64 for float64 scores, else float32).
 
     Softmax and log-sum-exp are the same of ``scores / T`` and of it less a constant per row:
     ``T logsumexp(x / T) = m + T logsumexp((x - m) / T)``. ``x / T`` itself overflowed float32 at
     a tiny T (x / 1e-40 is past 3.4e38: an infinite energy, a NaN MCM); ``(x - m) / T`` is at most 0.
-    Divided in float64 for a T below float32's range, where 0 / T would be 0 / 0.
+    Divided in float64 for a T below float32's range, where 0 / T would be 0 / 0, and for float64
+    scores, shifted before their cast (logits of 1e300 were inf in float32, and their softmax NaN).
     """
-    x = scores.float()
+    x = scores.double() if scores.dtype == torch.float64 else scores.float()
     m = x.detach().amax(dim=-1, keepdim=True)  # [..., 1]
     m = torch.where(m.isfinite(), m, 0.0)  # (a row of -inf, or with inf or NaN: not shifted, inf - inf is NaN)
-    if T < torch.finfo(torch.float32).tiny:
+    if T < torch.finfo(torch.float32).tiny or x.dtype == torch.float64:
         return ((x.double() - m) / T).float(), m
     return (x - m) / T, m
 
@@ -76,7 +95,7 @@ def msp(logits: torch.Tensor) -> torch.Tensor:
     """Maximum softmax probability (Hendrycks & Gimpel, 2017)."""
     _tensors(logits=logits)
     _classes("logits", logits)
-    return logits.float().softmax(dim=-1).amax(dim=-1)
+    return _over(logits, 1.0)[0].softmax(dim=-1).amax(dim=-1)
 
 
 def maxlogit(logits: torch.Tensor) -> torch.Tensor:
@@ -93,9 +112,9 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     _classes("logits", logits)
     z, m = _over(logits, temperature)  # [B, K], [B, 1]
     lse = torch.logsumexp(z, dim=-1)  # [B]
-    if temperature < torch.finfo(torch.float32).tiny:  # (such a T is 0 in float32: T * -inf would be NaN)
-        return (m[..., 0] + temperature * lse.double()).float()
-    return m[..., 0] + temperature * lse
+    # (in float64: a T below float32's range is 0 there, and T * -inf was NaN; one past it is inf, and
+    # T * 0, of a single class, was NaN)
+    return (m[..., 0].double() + temperature * lse.double()).float()
 
 
 def mcm(cosine: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -119,6 +138,10 @@ def react_threshold(train_features: torch.Tensor, percentile: float = REACT_PERC
 
     if train_features.numel() == 0:  # (numpy's percentile of nothing is an IndexError)
         raise ValueError("react_threshold needs training features: none were given")
+    # (numpy read True as the 1st percentile; None stopped in numpy naming no argument)
+    if not _real(percentile) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
+    _finite_values("train_features", train_features)
     return float(np.percentile(train_features.detach().float().cpu().numpy().ravel(), percentile))
 
 
@@ -138,7 +161,8 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"react needs features [B, C] and the final layer's weight [K, C] (K >= 1) and bias [K] of "
                          f"the same C and K, got shapes {list(features.shape)}, {list(weight.shape)} and "
                          f"{None if bias is None else list(bias.shape)}")
-    clipped = features.float().clamp(max=threshold)  # [B, C]
+    _finite("threshold", threshold)
+    clipped = features.float().clamp(max=float(threshold))  # [B, C]
     logits = clipped @ weight.float().T  # [B, K]
     if bias is not None:
         logits = logits + bias.float()
@@ -148,8 +172,11 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int = 1024) -> torch.Tensor:
     """KNN (Sun et al., 2022): minus the distance to the k-th nearest ID-train feature.
 
-    Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here; for unit vectors
-    ``|a - b| = sqrt(2 - 2 a.b)``, so the k-th nearest neighbour is the k-th largest dot product.
+    Both ``features`` [B, C] and ``bank`` [N, C] are L2-normalised here (a row of zeros stays
+    zero, as ``x / (|x| + 1e-10)`` of the KNN paper's code leaves it) and their distances are
+    ``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``: for unit vectors ``2 - 2 a.b``, and a zero row is at 1
+    from every unit vector (the shortcut ``sqrt(2 - 2 a.b)`` put it at sqrt(2)). ``bank`` must be
+    finite (a NaN row ranked first).
     """
     _tensors(features=features, bank=bank)
     if features.ndim != 2 or bank.ndim != 2 or features.shape[1] != bank.shape[1]:
@@ -157,6 +184,7 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
                          f"{list(features.shape)} and {list(bank.shape)}")
     if bank.shape[0] == 0:  # (was "k must be in [1, 0]", whatever k)
         raise ValueError("knn needs ID-train features: the bank is empty")
+    _finite_values("bank", bank)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be in [1, {bank.shape[0]}] (an integer), got {k!r}")
     # (a chunk below 1 scored no image: an empty result for any batch, or range()'s error for 0)
@@ -164,11 +192,13 @@ def knn(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int =
         raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     q = torch.nn.functional.normalize(features.float(), dim=-1)
     b = torch.nn.functional.normalize(bank.float().to(q.device), dim=-1)
+    b_sq = (b * b).sum(dim=-1)  # [N]: 1, or 0 for a zero row
     out = []
     for i in range(0, q.shape[0], chunk):
-        sims = q[i:i + chunk] @ b.T  # [b, N]
-        kth = sims.topk(k, dim=-1).values[:, -1]  # [b]: k-th largest similarity
-        out.append(-torch.sqrt((2 - 2 * kth).clamp_min(0)))
+        qi = q[i:i + chunk]  # [b, C]
+        d_sq = (qi * qi).sum(dim=-1, keepdim=True) + b_sq - 2 * (qi @ b.T)  # [b, N]
+        kth = d_sq.topk(k, dim=-1, largest=False).values[:, -1]  # [b]: k-th smallest squared distance
+        out.append(-torch.sqrt(kth.clamp_min(0)))
     return torch.cat(out) if out else q.new_zeros(0)
 
 
@@ -213,6 +243,10 @@ def vim_fit(train_features: torch.Tensor, train_logits: torch.Tensor, weight: to
     if train_logits.shape != (train_features.shape[0], weight.shape[0]):
         raise ValueError(f"vim_fit needs train_logits [N, K] of its N = {train_features.shape[0]} training images "
                          f"and the layer's K = {weight.shape[0]} classes, got shape {list(train_logits.shape)}")
+    for name, t in (("train_features", train_features), ("train_logits", train_logits), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None:
+            _finite_values(name, t)
     X = train_features.detach().double().cpu()  # [N, C]
     C = X.shape[1]
     if dim is None:
@@ -250,6 +284,7 @@ def vim(features: torch.Tensor, logits: torch.Tensor, u: torch.Tensor, NS: torch
     if u.shape != features.shape[1:] or NS.ndim != 2 or NS.shape[0] != features.shape[1]:
         raise ValueError(f"vim's fit is for {u.shape[-1] if u.ndim else '?'} features, got features of shape "
                          f"{list(features.shape)} (u {list(u.shape)}, NS {list(NS.shape)})")
+    _finite("alpha", alpha)
     x = features.double() - u.to(features.device)  # [B, C]
     vlogit = torch.linalg.vector_norm(x @ NS.to(x), dim=-1)  # [B] (NS as float64 too: a float32 one is fine)
     return (energy(logits).double() - alpha * vlogit).float()
@@ -361,4 +396,5 @@ def gl_mcm(cosine: torch.Tensor, local_cosine: torch.Tensor, tau: float = 1.0, l
             local_cosine.shape[0], local_cosine.shape[2]):  # (else one image's term is broadcast to all)
         raise ValueError(f"cosine [B, K] and local_cosine [B, N, K] must agree, got shapes "
                          f"{list(cosine.shape)} and {list(local_cosine.shape)}")
+    _finite("local_weight", local_weight)
     return mcm(cosine, tau) + local_weight * local_mcm(local_cosine, tau)

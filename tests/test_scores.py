@@ -615,8 +615,6 @@ def test_vim_fit_refuses_logits_of_other_images_or_another_layer():
     assert math.isfinite(S.vim_fit(X, logits, W, b, dim=2)["alpha"])
 
 
-@pytest.mark.xfail(strict=True, reason="energy multiplies T by the log-sum-exp in float32: a T past float32's range "
-                                       "is inf there, and inf * 0 (one class) is NaN")
 def test_energy_at_a_temperature_past_float32s_range():
     """T logsumexp(x / T) of one class is x at any T (log exp(x / T) = x / T); for 1e39 or 1e300, finite
     Python floats, energy was NaN. At T = inf the same limit x (or a ValueError naming temperature)."""
@@ -631,16 +629,12 @@ def test_energy_at_a_temperature_past_float32s_range():
         assert got.tolist() == [3.0, -2.0]
 
 
-@pytest.mark.xfail(strict=True, reason="msp casts float64 logits to float32 before the softmax: a finite logit past "
-                                       "3.4e38 becomes inf, and the softmax of inf is NaN")
 def test_msp_of_float64_logits_past_float32s_range():
     """softmax([1e300, 0]) is [1, exp(-1e300)]: the MSP is 1 (and 1/2 for two equal logits), not NaN."""
     logits = torch.tensor([[1e300, 0.0], [1e300, 1e300], [5.0, -1e300]], dtype=torch.float64)
     assert S.msp(logits).tolist() == [1.0, 0.5, 1.0]
 
 
-@pytest.mark.xfail(strict=True, reason="knn takes sqrt(2 - 2 a.b) as the distance, which holds for unit vectors only: "
-                                       "an all-zero feature or bank row (normalised to zero) is put at sqrt(2), not 1")
 def test_knn_of_an_all_zero_feature_or_bank_row_against_brute_force_distances():
     """A ReLU feature can be all zero (a black, fully masked image). F.normalize leaves it zero, and as in the
     KNN paper's code (x / (|x| + 1e-10), then L2 distances) it lies at distance 1 from every unit vector; the
@@ -660,8 +654,6 @@ def test_knn_of_an_all_zero_feature_or_bank_row_against_brute_force_distances():
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="react does not check its threshold: NaN makes every score NaN, True clips at 1, "
-                                       "None or a string stops in torch.clamp naming no argument")
 def test_react_refuses_a_threshold_that_is_no_number():
     """As the temperatures (test_settings_refuse_a_bool_or_what_is_no_number): a ValueError naming threshold.
     NaN clipped every activation to NaN, so each score came back NaN; None stopped on "torch.clamp: At least
@@ -672,8 +664,6 @@ def test_react_refuses_a_threshold_that_is_no_number():
             S.react(h, W, None, bad)
 
 
-@pytest.mark.xfail(strict=True, reason="gl_mcm does not check local_weight: NaN makes every score NaN, None or a string "
-                                       "stops in the product naming no argument")
 def test_gl_mcm_refuses_a_local_weight_that_is_no_number():
     """As tau: a ValueError naming local_weight. NaN gave NaN scores for finite cosines; None stopped on
     "unsupported operand type(s) for *: 'NoneType' and 'Tensor'"."""
@@ -683,8 +673,6 @@ def test_gl_mcm_refuses_a_local_weight_that_is_no_number():
             S.gl_mcm(cosine, local, local_weight=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="vim does not check alpha: NaN makes every score NaN, None or a string stops in "
-                                       "the product naming no argument")
 def test_vim_refuses_an_alpha_that_is_no_number():
     """alpha comes from vim_fit, but vim is public: NaN gave NaN scores for finite features; None stopped on
     "unsupported operand type(s) for *: 'NoneType' and 'Tensor'". A ValueError naming alpha."""
@@ -695,8 +683,6 @@ def test_vim_refuses_an_alpha_that_is_no_number():
             S.vim(feats, logits, u, NS, bad)
 
 
-@pytest.mark.xfail(strict=True, reason="react_threshold hands percentile to numpy unchecked: True is read as the 1st "
-                                       "percentile, None stops on a TypeError naming no argument")
 def test_react_threshold_refuses_a_percentile_that_is_no_number():
     """The other settings refuse a bool (True is an int to Python): react_threshold(train, True) was the 1st
     percentile, 1.0 of the activations 0 .. 100; None stopped on "unsupported operand type(s) for /:
@@ -707,8 +693,6 @@ def test_react_threshold_refuses_a_percentile_that_is_no_number():
             S.react_threshold(train, bad)
 
 
-@pytest.mark.xfail(strict=True, reason="the scores read complex logits or cosines by .float(), which drops the "
-                                       "imaginary part; torch warns once per process, so later calls are silent")
 def test_scores_refuse_complex_logits_and_cosines():
     """ood_metrics refuses complex scores ("not complex numbers") and the settings a complex tensor; the scores
     themselves took the real part: maxlogit of [[1 + 2j, 0]] was 1. A TypeError or ValueError naming the
@@ -722,8 +706,6 @@ def test_scores_refuse_complex_logits_and_cosines():
             call()
 
 
-@pytest.mark.xfail(strict=True, reason="vim_fit reads non-finite training features, logits or bias unchecked: NaN "
-                                       "logits give a NaN alpha, NaN features or bias stop in linalg naming no argument")
 def test_vim_fit_names_non_finite_training_features_logits_or_bias():
     """NaN training logits gave alpha NaN, so every ViM score later was NaN; a NaN feature or bias stopped on
     torch's _LinAlgError "linalg.eigh: The algorithm failed to converge because the input matrix is
@@ -739,8 +721,6 @@ def test_vim_fit_names_non_finite_training_features_logits_or_bias():
             S.vim_fit(*args, dim=2)
 
 
-@pytest.mark.xfail(strict=True, reason="knn takes a bank with a NaN row: topk ranks NaN first, so the k-th neighbour "
-                                       "is silently the (k-1)-th, a finite wrong score")
 def test_knn_refuses_a_bank_with_a_non_finite_row():
     """Bank (1, 0), (NaN, 0), (0, 1), (-1, 0) and the query (1, 0): the 2nd nearest finite neighbour is (0, 1)
     at sqrt(2), but knn(k=2) was -0 (the nearest, (1, 0) itself) and k=1 NaN. A ValueError naming the bank."""
@@ -749,8 +729,6 @@ def test_knn_refuses_a_bank_with_a_non_finite_row():
         S.knn(torch.tensor([[1.0, 0.0]]), bank, k=2)
 
 
-@pytest.mark.xfail(strict=True, reason="react_threshold takes the percentile of non-finite activations: NaN, or inf "
-                                       "next to a finite value, gives a NaN threshold and NaN ReAct scores")
 def test_react_threshold_refuses_non_finite_training_features():
     """numpy's percentile of [1, NaN, 3] is NaN, and of [1, inf, 3] at 50 interpolates inf - inf to NaN; react
     then clips every activation to NaN. A ValueError naming train_features."""
