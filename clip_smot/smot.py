@@ -40,6 +40,14 @@ def _tensors(**named) -> None:
     for name, value in named.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.is_complex():  # (.float() kept the real part, with a warning once a process)
+            raise TypeError(f"{name} must hold real numbers, got {value.dtype}")
+
+
+def _working(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in the dtype a loss is computed in: float32, or float64 for float64 logits (a finite
+    logit past float32's 3.4e38 was inf there, and its log-softmax NaN). Losses are returned as float32."""
+    return logits.double() if logits.dtype == torch.float64 else logits.float()
 
 
 def _real(value) -> bool:
@@ -283,7 +291,8 @@ def _check_batch(logits: torch.Tensor) -> None:
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32.
+    """Batch mean of ``-sum_k targets[k] * log_softmax(logits)[k]``, computed in float32 (float64
+    for float64 logits), returned as float32.
 
     A class of target 0 adds nothing, also where its logit is -inf (a class switched off), as in
     ``F.cross_entropy``: 0 * log 0 is taken as 0, not NaN. An empty batch is refused (a ValueError),
@@ -296,8 +305,8 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     if targets.shape[-1:] != logits.shape[-1:] or torch.broadcast_shapes(targets.shape, logits.shape) != logits.shape:
         raise ValueError(f"targets must be [B, K] as the logits, or one [K] row for all, got shapes "
                          f"{list(targets.shape)} and {list(logits.shape)}")
-    logp = F.log_softmax(logits.float(), dim=-1)  # [B, K]
-    return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean()
+    logp = F.log_softmax(_working(logits), dim=-1)  # [B, K]
+    return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean().float()
 
 
 def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -345,7 +354,7 @@ def smot_loss(
     if logits.ndim != 2 or logits_masked.shape != logits.shape:
         raise ValueError(f"logits and logits_masked must both be [B, K], got shapes {list(logits.shape)} "
                          f"and {list(logits_masked.shape)}")
-    hard = _hard_ce(logits.float(), y)
+    hard = _hard_ce(_working(logits), y).float()
     soft = soft_cross_entropy(logits_masked, soft_targets(y, eps, logits_masked.shape[-1]))
     return (1.0 - lam) * hard + lam * soft
 
@@ -365,11 +374,12 @@ def logitnorm_loss(logits: torch.Tensor, y: torch.Tensor, tau: float = 0.04) -> 
     if not _real(tau) or not tau > 0:  # (0 gave a NaN loss, a negative tau the CE of the negated logits)
         raise ValueError(f"tau must be > 0, got {tau!r}")
     _check_batch(logits)
-    logits = logits.float()
+    # (in float64 also for a tau whose 1 / tau is past float32: l / (|l| tau) was inf there, the loss NaN)
+    logits = logits.double() if tau < 1 / torch.finfo(torch.float32).max else _working(logits)
     # l / ((|l| + 1e-7) tau), with l scaled by its largest |l| first: |l| of logits past ~1.8e19 overflowed
     # (their squares are past float32), and every row was divided by inf to all zeros, the loss log K
     scale = logits.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # [B, 1]
     unit = logits / scale  # [B, K], in [-1, 1]
     norms = torch.linalg.vector_norm(unit, dim=-1, keepdim=True) + 1e-7 / scale  # [B, 1]: (|l| + 1e-7) / scale
-    return _hard_ce(unit / (norms * tau), y)
+    return _hard_ce(unit / (norms * tau), y).float()
 
