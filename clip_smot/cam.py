@@ -13,6 +13,8 @@ trained on the same CIFAR set), otherwise the provider's own top-1 prediction.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +30,8 @@ def _tensors(optional: tuple[str, ...] = (), **named) -> None:
     for name, value in named.items():
         if not isinstance(value, torch.Tensor) and not (value is None and name in optional):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if isinstance(value, torch.Tensor) and value.is_complex():  # (.float() kept the real part)
+            raise TypeError(f"{name} must hold real numbers, got {value.dtype}")
 
 
 def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,20 +53,29 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 
 def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
     """Min-max scale each map of [B, H, W] to [0, 255]; a map whose values span no more than
-    ``min_span`` (an all-constant map, by default) becomes all zero. Takes [B, 1, H, W] too."""
+    ``min_span`` (an all-constant map, by default) becomes all zero. Takes [B, 1, H, W] too.
+    Returns the maps' floating-point dtype (float32 for integer maps), computed in float32
+    (float64 for float64 maps and integers of more than 16 bits)."""
     _tensors(cam=cam)
     if cam.ndim < 3:  # (a single map [H, W] was scaled row by row, each row to 0 .. 255)
         raise ValueError(f"cam must be maps [B, H, W] (a batch), got shape {list(cam.shape)}")
+    # (NaN zeroed every map, span > NaN being false; None or a string stopped in the comparison)
+    if isinstance(min_span, bool) or not isinstance(min_span, numbers.Real) or math.isnan(min_span):
+        raise ValueError(f"min_span must be a number, got {min_span!r}")
+    out = cam.dtype if cam.is_floating_point() else torch.float32
     if cam.numel() == 0:  # (maps of no pixel stopped in amin: "Expected reduction dim 1 to have non-zero size")
-        return torch.zeros_like(cam, dtype=cam.dtype if cam.is_floating_point() else torch.float32)
-    flat = cam.flatten(1)  # [B, H*W]
+        return torch.zeros_like(cam, dtype=out)
+    wide = cam.dtype == torch.float64 or (not cam.is_floating_point() and cam.dtype.itemsize > 2)
+    flat = cam.flatten(1).to(torch.float64 if wide else torch.float32)  # [B, H*W]
     lo = flat.amin(dim=1, keepdim=True)
     hi = flat.amax(dim=1, keepdim=True)
-    span = hi - lo
+    # halves: the span of a map from -3e38 to 3e38 is past float32 (inf, and the top pixel inf / inf), and
+    # int8's 100 - (-100) wrapped below 0; halving is exact, so each quotient is the one of the whole span
+    half_span = hi * 0.5 - lo * 0.5
     # (divided by the span itself: a floor of 1e-12 under it scaled a map spanning 1e-14 to 0 .. 2.55)
-    divisor = torch.where(span > 0, span, torch.ones_like(span))
-    scaled = torch.where(span > min_span, (flat - lo) / divisor * 255.0, torch.zeros_like(flat))
-    return scaled.view_as(cam)
+    divisor = torch.where(half_span > 0, half_span, torch.ones_like(half_span))
+    scaled = torch.where(half_span > min_span * 0.5, (flat * 0.5 - lo * 0.5) / divisor * 255.0, torch.zeros_like(flat))
+    return scaled.to(out).view_as(cam)
 
 
 class CAMProvider:
@@ -91,6 +104,11 @@ class CAMProvider:
             p.requires_grad_(False)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        # (a std of 0 or NaN made every CAM all zero, so SMOT masked nothing; a negative one fed the
+        # network -x and gave other maps)
+        if not bool((torch.isfinite(self.mean).all() & (self.std > 0).all() & torch.isfinite(self.std).all())):
+            raise ValueError(f"mean must be finite and std finite and > 0, got mean {self.mean.flatten().tolist()} "
+                             f"and std {self.std.flatten().tolist()}")
         self.labels_match = labels_match
         self.input_size = input_size
 
