@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,11 @@ def scores_from_features(
     Returns:
         ``{score: [B] float32, ..., "pred_index": [B] int64}``.
     """
+    # (NaN gave NaN scores of finite features; None stopped in the product naming no argument)
+    real = (isinstance(logit_scale, numbers.Real) and not isinstance(logit_scale, bool)) or (
+        isinstance(logit_scale, torch.Tensor) and logit_scale.numel() == 1 and logit_scale.is_floating_point())
+    if not real or not 0 < float(logit_scale) <= torch.finfo(torch.float32).max:  # (as the logits are float32)
+        raise ValueError(f"logit_scale must be a number > 0 and finite in float32, got {logit_scale!r}")
     text = text_features.to(image_features.device, torch.float32)
     x = image_features.float()  # [B, e]
     cosine = x @ text.T  # [B, K]
@@ -381,6 +387,10 @@ class PromptScorer:
     @torch.inference_mode()
     def cosine(self, images: torch.Tensor) -> torch.Tensor:
         """Cosine similarities [B, K] of images [B, 3, S, S] in [0, 1] (not normalised) with the K prompts."""
+        # (uint8 pixels 0 .. 255, as torchvision.io reads them, were taken for values in [0, 1]: as CAMProvider)
+        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+            raise TypeError(f"images must be a float tensor of values in [0, 1], got "
+                            f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
         mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         x = (images.to(self.device).float() - mean) / std
@@ -467,7 +477,17 @@ class PromptScorer:
         """
         names = parse_scores(scores)
         self.check_scores(names)
-        if not torch.is_tensor(images):
+        if torch.is_tensor(images):
+            if not images.is_floating_point():  # (preprocessed images are normalised floats)
+                raise TypeError(f"images must be a list of PIL images or a float tensor of preprocessed images, got "
+                                f"{images.dtype}")
+            images = images.float()  # (a float64 batch from numpy stopped in the first layer: "expected Double")
+        elif not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
+            # (a numpy batch stopped on "'numpy.ndarray' object has no attribute 'mode'", naming no argument)
+            what = type(images).__name__ if not isinstance(images, (list, tuple)) else \
+                f"a {type(images).__name__} of {', '.join(sorted({type(im).__name__ for im in images}))}"
+            raise TypeError(f"images must be a list of PIL images or a float tensor of preprocessed images, got {what}")
+        else:
             transform, settings = cm.image_preprocess(self.clip), cm.preprocess_settings(self.clip)
             # as files are read: open_clip's transform converts to RGB itself, after resizing
             images = torch.stack([transform(strip_square(eight_bit(im), settings)) for im in images])  # [B, 3, S, S]

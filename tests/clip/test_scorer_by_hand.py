@@ -143,8 +143,9 @@ def test_score_defaults_to_four_scores_and_refuses_unfitted_and_non_finite_ones(
     assert list(scorer.score(x)) == ["mcm", "msp", "energy", "maxlogit", "pred_index"]
     with pytest.raises(UserError, match=r"^--scores knn,vim: needs features of ID training images"):
         scorer.score(x, ["mcm", "knn", "vim"])
-    scorer.logit_scale = torch.tensor(float("inf"))
-    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 2 images, first image 0: inf\)$"):
+    scorer.text_features = scorer.text_features * 1e38  # (cosines up to 1e38: logits past float32, MCM's finite)
+    scorer.logit_scale = torch.tensor(torch.finfo(torch.float32).max)  # (the largest it takes)
+    with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 2 images, first image 0: -?inf\)$"):
         scorer.score(x, ["mcm", "energy"])
     out = {"mcm": torch.tensor([0.5, 0.7, 0.2]), "energy": torch.tensor([1.0, float("nan"), -float("inf")])}
     with pytest.raises(UserError, match=r"^--scores energy: non-finite scores \(2 of 3 images, first b\.png: nan\)$"):
