@@ -482,9 +482,6 @@ def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("clip-smot, version "), res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="clip_smot/__main__.py lets Ctrl-C raise inside torch's C++ "
-                   "torch._C._c10d_init() (import torch -> torch.utils.data -> torch.distributed), which "
-                   "std::terminate()s: SIGABRT, not the one line and exit code 130")
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
     """A real SIGINT that lands while ``import torch`` runs ``torch._C._c10d_init()`` (C++ that calls
     back into Python's import machinery for the half-imported torch.distributed): the KeyboardInterrupt
