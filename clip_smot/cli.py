@@ -76,10 +76,13 @@ class _ResumedOtherwise(click.ClickException):
 
 class _SigintSeen:
     """Within it, SIGINT is recorded before Python's handler raises KeyboardInterrupt as usual (in
-    the main thread, where Python's handler is the one installed; elsewhere it changes nothing)."""
+    the main thread, where Python's handler is the one installed; elsewhere it changes nothing).
+    After it, until :meth:`release`, SIGINT is only recorded (``held``): click's main still leaves
+    the command's context then, and turned a KeyboardInterrupt raised there into 'Aborted!' and
+    exit code 1."""
 
     def __init__(self):
-        self.seen, self._previous = False, None
+        self.seen, self.held, self._previous = False, False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread() and \
@@ -91,9 +94,18 @@ class _SigintSeen:
         self.seen = True
         signal.default_int_handler(signum, frame)
 
+    def _hold(self, signum, frame):
+        self.held = True
+
     def __exit__(self, *exc):
         if self._previous is not None:
+            signal.signal(signal.SIGINT, self._hold)
+
+    def release(self):
+        """Python's handler again (the one there before)."""
+        if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class _Group(click.Group):
@@ -101,8 +113,26 @@ class _Group(click.Group):
     UserError from the library, and click's own usage errors (a bad or missing flag value),
     which would otherwise print a usage block; Ctrl-C is one line too."""
 
+    _sigint: _SigintSeen | None = None
+
+    def main(self, *args, **kwargs):
+        self._sigint = None
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as e:
+            # a Ctrl-C held as click tore down the command's context, after a command that succeeded
+            # (one that failed has printed its line and keeps its exit code)
+            if self._sigint is not None and self._sigint.held and e.code in (0, None):
+                self._sigint.release()
+                click.echo("Error: interrupted", err=True)
+                sys.exit(130)
+            raise
+        finally:
+            if self._sigint is not None:
+                self._sigint.release()
+
     def invoke(self, ctx: click.Context):
-        sigint = _SigintSeen()
+        sigint = self._sigint = _SigintSeen()
         try:
             with sigint:
                 return super().invoke(ctx)  # (parses the command's flags too)

@@ -214,9 +214,6 @@ def test_a_real_ctrl_c_still_says_how_to_resume(command, monkeypatch, tmp_path):
                                   "finished epoch: continue with the same command and --resume"), res.output
 
 
-@pytest.mark.xfail(strict=True, reason="clip_smot/cli.py handles Ctrl-C in _Group.invoke only; click's own main "
-                   "tears the context down after it returns, where click turns the KeyboardInterrupt into "
-                   "'Aborted!' and exit code 1")
 def test_a_ctrl_c_as_click_tears_the_command_down_is_the_one_line(monkeypatch, tmp_path):
     """A SIGINT whose KeyboardInterrupt is raised after the group's invoke has returned, as click's
     main leaves the root context (ctx.exit(), Context.close): click catches it itself and prints
