@@ -135,7 +135,12 @@ class _Group(click.Group):
         sigint = self._sigint = _SigintSeen()
         try:
             with sigint:
-                return super().invoke(ctx)  # (parses the command's flags too)
+                result = super().invoke(ctx)  # (parses the command's flags too)
+            # a Ctrl-C that a library swallowed (pybind11's module initialisation turns it into an
+            # ImportError, which torch takes for "no triton"): the command ran on to its end, exit 0
+            if sigint.seen:
+                raise _interrupted()
+            return result
         except OtherFlags as e:  # (told apart: reproduce says what to do when it resumed a stage so)
             raise _ResumedOtherwise(one_line(str(e)), e.flags) from None
         except UserError as e:
@@ -467,7 +472,27 @@ def main() -> None:
     # the one line refusing it; the image is read as its pixels, or refused, either way
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     _quiet_libtiff()
-    cli(prog_name="clip-smot")
+    try:
+        cli(prog_name="clip-smot")
+    finally:
+        # the command is over: a Ctrl-C as the interpreter shuts down (torch's atexit callbacks) was a
+        # traceback ("Exception ignored in atexit callback") and exit code 0
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _interrupted_at_exit)
+
+
+def _interrupted_at_exit(signum, frame) -> None:
+    """SIGINT once the command is over: its line and exit code 130, at once (nothing is left to write)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 (a closed or broken stream: nothing more to say on it)
+            pass
+    try:
+        os.write(2, b"Error: interrupted\n")
+    except OSError:
+        pass
+    os._exit(130)
 
 
 def _quiet_libtiff() -> None:

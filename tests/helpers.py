@@ -383,9 +383,13 @@ def warnings_main_lets_through(monkeypatch, emit) -> list[str]:
         seen.extend(str(w.message) for w in caught)
 
     monkeypatch.setattr(cli_module, "cli", run)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        cli_module.main()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            cli_module.main()
+    finally:  # (main leaves its SIGINT handler for the interpreter's shutdown: not this one's)
+        signal.signal(signal.SIGINT, previous)
     return seen
 
 
