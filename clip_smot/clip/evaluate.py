@@ -31,7 +31,7 @@ from clip_smot.clip.scorer import (
 from clip_smot.common.configs import MAX_SEED, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
-from clip_smot.common.distributed import same_on_every_rank, writer_lock, writes_outputs
+from clip_smot.common.distributed import same_on_every_rank, same_options_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, json_text, read_with_hash
 from clip_smot.common.image_sets import (
@@ -213,6 +213,7 @@ def run_clip_eval(cfg: ClipEvalConfig) -> dict:
         The metrics.json content (under torchrun, on rank 0; an empty dict on the others).
     """
     check_ranges(cfg)
+    same_options_on_every_rank(cfg)  # (under torchrun: a batch size of its own cut another share)
     check_ood_names(cfg.ood)
     names = parse_scores(cfg.scores or None)  # (an empty --scores: the default)
     check_id_train_used({"--id-train": cfg.id_train, "--split": cfg.split}, names, FITTED_SCORES)

@@ -29,7 +29,13 @@ from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
 from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
-from clip_smot.common.distributed import every_rank, same_on_every_rank, writer_lock, writes_outputs
+from clip_smot.common.distributed import (
+    every_rank,
+    same_on_every_rank,
+    same_options_on_every_rank,
+    writer_lock,
+    writes_outputs,
+)
 from clip_smot.common.errors import UserError, cut
 from clip_smot.common.files import (
     atomic_write_text,
@@ -93,6 +99,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         (empty unless ``skip_unreadable``; with ``resume``, those of this call only).
     """
     check_ranges(cfg)
+    same_options_on_every_rank(cfg)  # (under torchrun: a batch size of its own cut another share)
     names = parse_scores(cfg.scores)
     partial, header = Path(f"{cfg.out}.partial"), ["path", "pred", "pred_index", *names]
     run_file = Path(f"{partial}.json")  # what the partial's rows were scored with, for --resume to compare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import os
@@ -11,10 +12,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from clip_smot.common.configs import flag_of
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import output_lock
 
-__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "peer_stopped_in_one_line",
+__all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "same_options_on_every_rank",
+           "peer_stopped_in_one_line",
            "writes_outputs", "writer_lock", "share_work"]
 
 
@@ -156,6 +159,32 @@ def same_on_every_rank(value: Any, what: str) -> None:
     if any(v != values[0] for v in values[1:]):
         raise UserError(f"{what}: the {len(values)} processes do not agree on it (a file replaced while they "
                         "started? nodes with other versions?); run again once they do")
+
+
+# options that may differ among the processes: how each works (its GPU, its decoding workers, its
+# cache), and what names files, which each reads itself and the processes compare by what they hold
+# (the prompt's and the weights' identity, the images each lists, the data's SHA-256)
+PER_PROCESS_OPTIONS = ("device", "workers", "use_cache", "model", "pretrained", "ood")
+
+
+def same_options_on_every_rank(cfg: Any, **extra: Any) -> None:
+    """Raise the same UserError in every process when they were given other values of an option
+    of the command's dataclass ``cfg`` (or of the ``extra`` flags, ``resume=...``), but for the
+    path options and :data:`PER_PROCESS_OPTIONS`: torchruns on two nodes given other command
+    lines cut their shares by other batch sizes (an image in no share: a row missing from the
+    CSV, exit 0), or met in other collectives (a traceback, or a wait of 30 minutes). Outside
+    torchrun: nothing. A collective: every process of the group must call it."""
+    fields = [f for f in dataclasses.fields(cfg)
+              if flag_of(f) and not f.metadata.get("path") and f.name not in PER_PROCESS_OPTIONS]
+    mine = {**{flag_of(f): getattr(cfg, f.name) for f in fields},
+            **{"--" + k.replace("_", "-"): v for k, v in extra.items()}}
+    values = every_rank(mine)
+    for flag in mine:
+        seen = [v.get(flag) for v in values]
+        if any(s != seen[0] for s in seen[1:]):
+            shown = ", ".join(f"{s!r} in process {rank}" for rank, s in enumerate(seen))
+            raise UserError(f"{flag}: the {len(values)} processes were given other values ({shown}); give every "
+                            "process (every node's torchrun) the same command")
 
 
 def writes_outputs() -> bool:

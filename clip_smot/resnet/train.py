@@ -61,7 +61,7 @@ from clip_smot.common.device import (
     seed_everything,
 )
 from clip_smot.common.distributed import (every_rank, peer_stopped_in_one_line, process_group, same_on_every_rank,
-                                          writer_lock)
+                                          same_options_on_every_rank, writer_lock)
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import (
     check_output,
@@ -458,6 +458,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
     with process_group(cfg.device) as (rank, _, world):  # (the local rank picks the GPU: resolve_device)
+        # (other --epochs or batch sizes: processes that wait in collectives the others never join)
+        same_options_on_every_rank(cfg, resume=resume, dry_run=dry_run)
         with writer_lock(cfg.out, folder=True) if not dry_run else contextlib.nullcontext():  # (a dry run writes nothing)
             with warnings.catch_warnings():  # (the filters the run sets are the run's: a caller's come back)
                 return _run(cfg, resume, dry_run, stop_after, rank, world, flags)

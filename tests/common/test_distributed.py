@@ -549,10 +549,6 @@ def _command_with_own_flags_in_process(rank: int, port: int, out: str, args: lis
                                                      "exception": type(res.exception).__name__}))
 
 
-@pytest.mark.xfail(strict=True, reason="the processes compare the prompt, the weights and PATHS, not the options "
-                                       "that decide each one's share and collectives: --batch-size 4 and 3 "
-                                       "drop the 9th image's row without a word; --scores mcm,odin on one process: a "
-                                       "TypeError traceback there, a line naming no option on the other")
 @pytest.mark.parametrize("flag, values", [("--batch-size", ("4", "3")), ("--scores", ("mcm", "mcm,odin"))])
 def test_processes_given_other_options_write_every_row_or_all_stop_in_one_line(tmp_path, setup, tiny_clip_checkpoint,
                                                                                flag, values):
@@ -587,8 +583,6 @@ def test_processes_given_other_options_write_every_row_or_all_stop_in_one_line(t
         assert len(r["output"].splitlines()) == 1 and r["output"].startswith("Error: ") and flag in r["output"], r
 
 
-@pytest.mark.xfail(strict=True, reason="eval's processes do not compare --batch-size either: 4 and 3 gather the "
-                                       "features of 10 of the 12 ID images, and both end in a ValueError traceback")
 def test_eval_processes_given_other_batch_sizes_give_the_metrics_or_all_stop_in_one_line(tmp_path, setup,
                                                                                          tiny_clip_checkpoint):
     """eval under two processes whose --batch-size differ (4 on rank 0, 3 on rank 1): the ID set's
@@ -636,9 +630,6 @@ def _train_with_own_flags_in_process(rank: int, port: int, out: str, args: list)
                                                      "exception": type(res.exception).__name__}))
 
 
-@pytest.mark.xfail(strict=True, reason="train's processes compare the data and the CAM model, not the options: "
-                                       "--epochs 1 and 2 meet in unmatched collectives and wait for gloo's 30 "
-                                       "minutes")
 def test_train_processes_given_other_epochs_stop_in_one_line(tmp_path):
     """ResNet train under two processes whose --epochs differ (1 on rank 0, 2 on rank 1; two nodes'
     torchruns given other flags): rank 0 went on to the export while rank 1 started epoch 2,
