@@ -258,3 +258,24 @@ def test_a_masked_batch_among_per_batch_tensors_is_refused():
     batches = [torch.tensor([1.0, 2.0]), np.ma.masked_array([3.0, 4.0, 5.0], mask=[0, 1, 1])]
     with pytest.raises(ValueError, match=r"^id_scores has 2 masked value\(s\): pass the others"):
         ood_metrics(batches, [0.5])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metrics_follow_the_sets_not_the_form_they_are_given_in(seed):
+    """Metamorphic relations of docs/method.md §5, on integer scores full of ties: the order of the
+    scores changes nothing; every OOD score twice leaves AUROC and FPR95 as they were (a share of a
+    set, each pair of ID and OOD scores counted twice); ID and OOD swapped with the scores negated
+    (higher = more ID again) keep AUROC, exchange AUPR-In and AUPR-Out, and give the FPR95 of the
+    OpenOOD convention; swapped alone, AUROC becomes 1 - AUROC."""
+    rng = np.random.default_rng(seed)
+    id_s, ood_s = rng.integers(0, 12, 40).astype(float) + 3, rng.integers(0, 12, 30).astype(float)
+    m = ood_metrics(id_s, ood_s)
+    assert ood_metrics(rng.permutation(id_s), rng.permutation(ood_s)) == m
+    twice = ood_metrics(id_s, np.r_[ood_s, ood_s])
+    assert twice["auroc"] == pytest.approx(m["auroc"], abs=1e-12) and twice["fpr95"] == m["fpr95"]
+    swapped = ood_metrics(-ood_s, -id_s)
+    assert swapped["auroc"] == pytest.approx(m["auroc"], abs=1e-12)
+    assert swapped["aupr_in"] == pytest.approx(m["aupr_out"], abs=1e-12)
+    assert swapped["aupr_out"] == pytest.approx(m["aupr_in"], abs=1e-12)
+    assert swapped["fpr95"] == ood_metrics(id_s, ood_s, convention="openood")["fpr95"]
+    assert ood_metrics(ood_s, id_s)["auroc"] == pytest.approx(1 - m["auroc"], abs=1e-12)
