@@ -731,7 +731,8 @@ def test_score_features_in_chunks_equals_one_pass(tmp_path, tiny):
 def test_precision_bf16_encodes_under_autocast_with_cache_entries_of_its_own(tmp_path, tiny, tiny_clip_checkpoint):
     """--precision bf16 (autocast; on the CPU here) gives scores near fp32's, not equal to them,
     and feature-cache entries of its own: a bf16 run never reads fp32 features, nor the reverse.
-    auto on the CPU is fp32, bit for bit; ODIN runs under it too."""
+    auto on the CPU is fp32, bit for bit, and fp16 there is bf16 (docs/score.md, --precision); ODIN
+    runs under it too."""
     from clip_smot.clip.features import cache_dir
 
     make_prompt(tmp_path / "p.safetensors", tiny)
@@ -749,6 +750,8 @@ def test_precision_bf16_encodes_under_autocast_with_cache_entries_of_its_own(tmp
     bf16 = run("bf16.csv", "--precision", "bf16")
     assert len(list(cache_dir().glob("*.safetensors"))) == 4 and bf16 != fp32
     assert run("fp32.csv", "--precision", "fp32") == fp32 and run("bf16-again.csv", "--precision", "bf16") == bf16
+    # fp16 on the CPU runs, and is cached, as bf16: its CSV byte for byte, from bf16's entries
+    assert run("fp16.csv", "--precision", "fp16") == bf16 and len(list(cache_dir().glob("*.safetensors"))) == 4
     a, b = read_csv(tmp_path / "auto.csv"), read_csv(tmp_path / "bf16.csv")
     for name in ("mcm", "energy", "gl-mcm"):
         torch.testing.assert_close(torch.tensor([float(r[name]) for r in b]), torch.tensor([float(r[name]) for r in a]),
