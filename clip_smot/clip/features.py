@@ -183,14 +183,22 @@ def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, p
         return None, "its features are not finite"
     if not all(_normalised(t, tol) for t, tol in ((global_, 1e-3), (local_, 1e-2)) if t is not None):
         return None, "its features are not normalised"
-    # the key sorts the files: the entry may hold them in another order (and spelling) than asked for
-    row = {w: i for i, w in enumerate(held)}
-    order = [row[w] for w in wanted if w in row]
+    # the key sorts the files: the entry may hold them in another order (and spelling) than asked for;
+    # a file asked for twice is served its occurrences in order (each was encoded in a batch of its
+    # own: the last one for both differed from the first run's row in the last digits)
+    row: dict[str, list[int]] = {}
+    for i, w in enumerate(held):
+        row.setdefault(w, []).append(i)
+    order, asked_encoded = [], []
+    for p, w in zip(paths, wanted):
+        if row.get(w):
+            order.append(row[w].pop(0))
+            asked_encoded.append(p)
     if order != list(range(len(encoded))):
         global_ = global_[order]
         local_ = local_[order] if local_ is not None else None
     asked = dict(zip(wanted, paths))
-    encoded = [p for p, w in zip(paths, wanted) if w in row]
+    encoded = asked_encoded
     skipped = [(asked[w], why) for w, (_, why) in zip(held_skipped, skipped)]
     return ImageFeatures(encoded, global_, local_, skipped), ""
 

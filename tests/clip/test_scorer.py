@@ -683,8 +683,6 @@ def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, ti
     assert len(list(cache_dir().glob("*.safetensors"))) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a cache entry of a list naming an image twice serves each occurrence the "
-                   "features of the last one (clip_smot/clip/features.py:199)")
 def test_a_list_naming_an_image_twice_scores_the_same_from_the_cache(tmp_path, tiny, tiny_clip_checkpoint,
                                                                      monkeypatch):
     """score of a list naming 0.png twice, in batches of 2: first beside 1.png, then alone. A
