@@ -102,6 +102,13 @@ class CAMProvider:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # (a mean of 2 values stopped in view(), "shape '[1, 3, 1, 1]' is invalid for input of size 2";
+        # an input_size of 0 or True in the interpolation)
+        if any(torch.as_tensor(v).numel() != 3 for v in (mean, std)):
+            raise ValueError(f"mean and std must hold 3 values each (one per channel), got {mean!r} and {std!r}")
+        if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral)
+                                       or input_size < 1):
+            raise ValueError(f"input_size must be None or an integer >= 1, got {input_size!r}")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         # (a std of 0 or NaN made every CAM all zero, so SMOT masked nothing; a negative one fed the

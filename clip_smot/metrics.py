@@ -44,6 +44,8 @@ def _as_scores(name: str, values) -> np.ndarray:
     def masked(count: int) -> ValueError:
         return ValueError(f"{name} has {count} masked value(s): pass the others (its .compressed())")
 
+    if values is None:  # (np.asarray(None) is one NaN: "1 non-finite value")
+        raise not_numbers("got None")
     if hasattr(values, "detach"):  # a tensor: numpy reads no bfloat16, so widen it in torch first
         if values.is_complex():  # (.double() would drop the imaginary part, with a warning)
             raise not_numbers(f"not complex numbers ({values.dtype})")

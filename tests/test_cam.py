@@ -793,3 +793,18 @@ def test_cam_provider_refuses_a_std_of_zero_or_below_or_nan():
     for std in ((0.0, 0.224, 0.225), (math.nan, 0.224, 0.225), (-0.229, -0.224, -0.225), (math.inf,) * 3):
         with pytest.raises(ValueError, match="std"):
             CAMProvider(model, (0.485, 0.456, 0.406), std)(x, y)
+
+
+def test_cam_provider_names_a_mean_or_std_not_of_three_values_and_a_bad_input_size():
+    """A mean of 2 values stopped in view() ("shape '[1, 3, 1, 1]' is invalid for input of size 2"),
+    an input_size of 0, -1, 2.5 or True at the first call, in the interpolation or later: each is a
+    ValueError naming the argument when the provider is made."""
+    model = _one_channel_resnet(channel=7)
+    imagenet = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for mean, std in (((0.5, 0.5), imagenet[1]), (imagenet[0], (0.2,) * 4), ((), imagenet[1])):
+        with pytest.raises(ValueError, match=r"^mean and std must hold 3 values each \(one per channel\)"):
+            CAMProvider(model, mean, std)
+    for size in (0, -1, 2.5, True, "64"):
+        with pytest.raises(ValueError, match=r"^input_size must be None or an integer >= 1, got "):
+            CAMProvider(model, *imagenet, input_size=size)
+    assert CAMProvider(model, *imagenet, input_size=32)(torch.rand(1, 3, 64, 64), torch.tensor([1])).shape == (1, 64, 64)

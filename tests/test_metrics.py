@@ -122,6 +122,9 @@ def test_scores_that_are_not_numbers_are_named():
     argument (numpy 1.24 warned on a list of tensors first: a FutureWarning)."""
     import warnings
 
+    with pytest.raises(ValueError, match=r"^id_scores must be numbers \(an array, a tensor or a list of numbers\): "
+                                         "got None$"):  # (was "1 non-finite value": np.asarray(None) is NaN)
+        ood_metrics(None, [0.0])
     for bad in ([torch.rand(3), [1.0, [2.0]]], ["a"], [torch.rand(2), torch.tensor([1j])], [torch.rand(2), "a"]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")

@@ -302,6 +302,8 @@ def classnames_problem(classnames: list[str]) -> str | None:
     than ``_MAX_CLASSNAME`` characters, a word of more than ``_MAX_WORD`` letters, or more than
     ``_MAX_CLASSNAMES_TOTAL`` characters in all. ``fit`` checks its classes with it before
     training: a prompt that ``score`` then refuses is no result."""
+    if not classnames:  # (max() of nothing: "max() iterable argument is empty")
+        return "it names no class"
     k, name = max(enumerate(classnames), key=lambda kc: len(kc[1]))
     if len(name) > _MAX_CLASSNAME:
         return f"class {k}'s name has {len(name)} characters, more than {_MAX_CLASSNAME}"

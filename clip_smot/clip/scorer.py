@@ -125,6 +125,9 @@ def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> l
         return list(DEFAULT_SCORES)
     if isinstance(names, str):
         names = names.split(",")
+    # (123 stopped on "'int' object is not iterable", [None] on "'NoneType' object has no attribute 'strip'")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{flag}: score names must be a comma-separated string or a list of strings, got {names!r}")
     out: list[str] = []
     for n in (s.strip().lower() for s in names):
         if not n:

@@ -648,3 +648,11 @@ def test_a_class_name_holding_a_lone_surrogate_is_sized_not_a_traceback(tmp_path
     other and the prompt loads, the name kept as written."""
     _save(tmp_path / "p.safetensors", classnames=["a", "b\ud800", "d"])
     assert load_prompt(tmp_path / "p.safetensors").classnames == ["a", "b\ud800", "d"]
+
+
+def test_classnames_problem_of_no_class_names_is_said():
+    """classnames_problem([]) stopped on max() of nothing ("max() iterable argument is empty")."""
+    from clip_smot.clip.prompt_file import classnames_problem
+
+    assert classnames_problem([]) == "it names no class"
+    assert classnames_problem(["a", "b"]) is None

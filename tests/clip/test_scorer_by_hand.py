@@ -101,6 +101,9 @@ def test_parse_scores_lowers_strips_and_drops_repeats_and_empty_names():
         parse_scores(" , ")
     with pytest.raises(UserError, match=r"^--x: unknown score 'auroc' \(known: mcm, "):
         parse_scores("mcm,auroc", flag="--x")
+    for bad in (123, [None], ["mcm", 1], {"mcm"}):  # (stopped on "'int' object is not iterable" or .strip())
+        with pytest.raises(TypeError, match=r"^--scores: score names must be a comma-separated string or a list "):
+            parse_scores(bad)
 
 
 def test_fit_id_train_needs_k_images_for_knn_and_a_residual_for_vim():
