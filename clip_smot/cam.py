@@ -140,7 +140,7 @@ class CAMProvider:
         fc = classifier_of(self.model)
         if y is not None and y.shape != (x.shape[0],):  # (one label was broadcast to every image)
             raise ValueError(f"y must hold one label per image, [{x.shape[0]}], got shape {list(y.shape)}")
-        if y is not None and (y.is_floating_point() or y.is_complex()):  # (1.7 was read as class 1)
+        if y is not None and (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool):  # (1.7: class 1)
             raise ValueError(f"y must be integer class indices, got {y.dtype}")
         # the map in float32 under the caller's autocast too (train's step): there einsum ran in bfloat16,
         # and the CAM came back in bfloat16, rounded by up to a level of 255

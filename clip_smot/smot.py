@@ -104,7 +104,7 @@ def soft_targets(y: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -
     _check_eps(eps)
     if y.ndim != 1:
         raise ValueError(f"y must be [B] class indices, got shape {list(y.shape)}")
-    if y.is_floating_point() or y.is_complex():  # (.long() read 1.9 as class 1, as _hard_ce refuses it)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:  # (.long() read 1.9 as class 1, True as 1)
         raise ValueError(f"y must be integer class indices, got {y.dtype}")
     # (-1 was one_hot's "as many as the largest label": eps / -1 made the other targets negative)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -316,7 +316,7 @@ def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     outside [0, K) with an IndexError and y [B, 1] with "multi-target not supported")
     """
     _check_batch(logits)
-    if y.is_floating_point() or y.is_complex():
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:  # (a mask passed as labels: classes 0, 1)
         raise ValueError(f"y must be integer class indices, got {y.dtype}")
     if y.shape != logits.shape[:-1]:
         raise ValueError(f"y must hold one class index per row of the logits {list(logits.shape)}, got shape "

@@ -336,6 +336,8 @@ def test_cam_refuses_labels_outside_the_networks_classes_or_not_integers():
             provider(x, y)
     with pytest.raises(ValueError, match="y must be integer class indices, got torch.float32"):
         provider(x, torch.tensor([1.7, 0.0]))
+    with pytest.raises(ValueError, match="y must be integer class indices, got torch.bool"):  # (a mask: classes 0, 1)
+        provider(x, torch.tensor([True, False]))
     assert provider(x, torch.tensor([2, 0])).shape == (2, 32, 32)
 
 

@@ -113,10 +113,10 @@ def test_label_smoothing_and_soft_targets_refuse_float_labels():
     """soft_targets read y with .long(): label_smoothing_ce(logits, [0.7, 1.9]) was the loss of classes 0 and 1,
     without a word (smot_loss and logitnorm_loss refuse them)."""
     logits = torch.zeros(2, 3)
-    for y in (torch.tensor([0.7, 1.9]), torch.tensor([0.0, 1.0], dtype=torch.float64)):
-        with pytest.raises(ValueError, match="y must be integer class indices, got torch.float"):
+    for y in (torch.tensor([0.7, 1.9]), torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="y must be integer class indices, got torch.(float|bool)"):
             label_smoothing_ce(logits, y)
-        with pytest.raises(ValueError, match="y must be integer class indices, got torch.float"):
+        with pytest.raises(ValueError, match="y must be integer class indices, got torch.(float|bool)"):
             soft_targets(y, 0.1, 3)
     # integer labels of any dtype: log 3 for all-zero logits
     assert label_smoothing_ce(logits, torch.tensor([0, 1], dtype=torch.uint8)).item() == pytest.approx(math.log(3))
@@ -133,7 +133,8 @@ def test_losses_name_labels_outside_the_classes_of_another_shape_or_not_integers
                         (torch.tensor([-1, 0]), r"y must be class indices in \[0, 3\)"),
                         (torch.tensor([[0], [1]]), "y must hold one class index per row of the logits"),
                         (torch.tensor([0]), "y must hold one class index per row of the logits"),
-                        (torch.tensor([1.7, 0.0]), "y must be integer class indices, got torch.float32")):
+                        (torch.tensor([1.7, 0.0]), "y must be integer class indices, got torch.float32"),
+                        (torch.tensor([True, False]), "y must be integer class indices, got torch.bool")):
             with pytest.raises(ValueError, match=said):
                 loss(y)
     # one image without its batch axis is still cross_entropy's
