@@ -46,6 +46,9 @@ def test_react_clips_at_the_percentile():
     z = clipped @ W.numpy().T + b.numpy()
     want = np.log(np.exp(z).sum(axis=-1))
     torch.testing.assert_close(S.react(h, W, b, thr), torch.tensor(want, dtype=torch.float32))
+    # a threshold given as a one-element float64 tensor (as torch.quantile returns) clips the same
+    torch.testing.assert_close(S.react(h, W, b, torch.tensor([thr], dtype=torch.float64)),
+                               torch.tensor(want, dtype=torch.float32))
 
 
 def test_react_threshold_of_no_features_is_refused():
@@ -633,6 +636,7 @@ def test_msp_of_float64_logits_past_float32s_range():
     """softmax([1e300, 0]) is [1, exp(-1e300)]: the MSP is 1 (and 1/2 for two equal logits), not NaN."""
     logits = torch.tensor([[1e300, 0.0], [1e300, 1e300], [5.0, -1e300]], dtype=torch.float64)
     assert S.msp(logits).tolist() == [1.0, 0.5, 1.0]
+    assert S.msp(logits).dtype == torch.float32  # (computed in float64, returned as every score is)
 
 
 def test_knn_of_an_all_zero_feature_or_bank_row_against_brute_force_distances():
@@ -693,6 +697,17 @@ def test_react_threshold_refuses_a_percentile_that_is_no_number():
             S.react_threshold(train, bad)
 
 
+def test_react_threshold_takes_percentiles_0_to_100_inclusive():
+    """The 0th and 100th percentiles of the activations 0 .. 100 are 0 and 100 (the smallest and the
+    largest); outside [0, 100], or NaN, the ValueError names the setting (numpy's own was "Percentiles must
+    be in the range [0, 100]")."""
+    train = torch.arange(101.0).view(1, -1)
+    assert S.react_threshold(train, 0) == 0.0 and S.react_threshold(train, 100) == 100.0
+    for bad in (-0.5, 100.5, math.nan):
+        with pytest.raises(ValueError, match=r"percentile must be a number in \[0, 100\]"):
+            S.react_threshold(train, bad)
+
+
 def test_scores_refuse_complex_logits_and_cosines():
     """ood_metrics refuses complex scores ("not complex numbers") and the settings a complex tensor; the scores
     themselves took the real part: maxlogit of [[1 + 2j, 0]] was 1. A TypeError or ValueError naming the
@@ -716,7 +731,8 @@ def test_vim_fit_names_non_finite_training_features_logits_or_bias():
     nan_x[0, 0] = math.nan
     for name, args in (("train_logits", (X, torch.full((30, 3), math.nan), W, None)),
                        ("train_features", (nan_x, X @ W.T, W, None)),
-                       ("bias", (X, X @ W.T, W, torch.tensor([math.nan, 0.0, 0.0])))):
+                       ("bias", (X, X @ W.T, W, torch.tensor([math.nan, 0.0, 0.0]))),
+                       ("weight", (X, X @ W.T, torch.where(W > 0, W, math.inf), None))):
         with pytest.raises(ValueError, match=name):
             S.vim_fit(*args, dim=2)
 
