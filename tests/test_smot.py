@@ -637,6 +637,19 @@ def test_soft_cross_entropy_of_float64_logits_past_float32s_range():
     logits = torch.tensor([[1e300, 0.0], [-1e300, 0.0]], dtype=torch.float64)
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert soft_cross_entropy(logits, targets).item() == 0.0
+    assert soft_cross_entropy(logits, targets).dtype == torch.float32
+
+
+def test_smot_and_logitnorm_losses_of_float64_logits_past_float32s_range():
+    """The logits [1e300, 0] of class 0, computed in float64 and returned as float32 (in float32 1e300 was
+    inf, and the loss NaN). smot_loss with lam 1/2, eps 0 and all-zero masked logits: the hard CE is 0, the
+    soft one log 2, the loss log(2) / 2. logitnorm_loss at tau 1: the logits become [1, 0] (divided by their
+    norm), whose CE for class 0 is log(1 + e^-1)."""
+    logits, y = torch.tensor([[1e300, 0.0]], dtype=torch.float64), torch.tensor([0])
+    loss = smot_loss(logits, torch.zeros_like(logits), y, torch.zeros(1), 0.5)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(math.log(2) / 2, rel=1e-6)
+    loss = logitnorm_loss(logits, y, 1.0)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(math.log1p(math.exp(-1)), rel=1e-6)
 
 
 def test_smot_functions_refuse_complex_tensors():
