@@ -758,6 +758,8 @@ def test_cam_functions_name_an_argument_that_is_no_tensor():
 
     with pytest.raises(TypeError, match="^cam must be a torch.Tensor, got ndarray$"):
         normalize_cam(np.zeros((1, 2, 2)))
+    with pytest.raises(TypeError, match="^cam must hold real numbers, got torch.complex64$"):  # (not its real part)
+        normalize_cam(torch.tensor([[[1 + 5j, 3.0]]]))
     net = torch.nn.Module()
     provider = CAMProvider(net, [0.5] * 3, [0.5] * 3)
     with pytest.raises(TypeError, match="^x must be a torch.Tensor, got ndarray$"):
@@ -777,11 +779,28 @@ def test_normalize_cam_of_a_map_whose_span_overflows_its_dtype():
         torch.testing.assert_close(normalize_cam(cam).float(), want, msg=str(cam.dtype))
 
 
+def test_normalize_cam_of_values_float32_cannot_tell_apart():
+    """2^25, 2^25 + 1 and 2^25 + 2 are all 2^25 in float32 (24-bit mantissa), as are 1, 1 + 1e-10 and
+    1 + 2e-10, and -1e300 .. 1e300 are -inf .. inf there: int32, int64 and float64 maps are scaled in float64,
+    by hand (x - lo) / (hi - lo) * 255 = 0, 127.5, 255, in float32 for integers and float64 for float64. A
+    float16 map is returned as float16."""
+    want = torch.tensor([[[0.0, 127.5, 255.0]]])
+    for dtype in (torch.int32, torch.int64):
+        out = normalize_cam(torch.tensor([[[2**25, 2**25 + 1, 2**25 + 2]]], dtype=dtype))
+        assert out.dtype == torch.float32, dtype
+        torch.testing.assert_close(out, want, msg=str(dtype))
+    for values in ([1.0, 1.0 + 1e-10, 1.0 + 2e-10], [-1e300, 0.0, 1e300]):
+        out = normalize_cam(torch.tensor([[values]], dtype=torch.float64))
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, want.double(), msg=str(values))
+    assert normalize_cam(torch.tensor([[[0.0, 1.0]]], dtype=torch.float16)).dtype == torch.float16
+
+
 def test_normalize_cam_refuses_a_min_span_that_is_no_number():
     """A map spans 1 here; with min_span NaN it came back all zero as if flat, silently, and min_span=None
     stopped on "'>' not supported between instances of 'Tensor' and 'NoneType'"."""
     cam = torch.tensor([[[0.0, 1.0]]])
-    for bad in (float("nan"), None, "1"):
+    for bad in (float("nan"), None, "1", True):  # (True was read as 1: every map of span <= 1 zeroed)
         with pytest.raises((ValueError, TypeError), match="min_span"):
             normalize_cam(cam, min_span=bad)
 
@@ -795,6 +814,9 @@ def test_cam_provider_refuses_a_std_of_zero_or_below_or_nan():
     for std in ((0.0, 0.224, 0.225), (math.nan, 0.224, 0.225), (-0.229, -0.224, -0.225), (math.inf,) * 3):
         with pytest.raises(ValueError, match="std"):
             CAMProvider(model, (0.485, 0.456, 0.406), std)(x, y)
+    for mean in ((math.nan, 0.456, 0.406), (0.485, math.inf, 0.406)):  # (NaN inputs to the network)
+        with pytest.raises(ValueError, match="mean must be finite"):
+            CAMProvider(model, mean, (0.229, 0.224, 0.225))(x, y)
 
 
 def test_cam_provider_names_a_mean_or_std_not_of_three_values_and_a_bad_input_size():
