@@ -1394,6 +1394,22 @@ def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
                                    **{f: f.split("-")[-2] + "-checkpoint" for f in CHECKPOINT_FORMATS}}
 
 
+def test_tensor_checksums_by_hand():
+    """Each tensor's SHA-256 is over the metadata as JSON with sorted keys, then "NAME DTYPE SHAPE", then
+    its bytes as stored (little-endian): the format the files written keep, so a file of an earlier run
+    still checks. A 0-d tensor's one value too (viewing it as bytes was torch's error)."""
+    import hashlib
+    import struct
+
+    import torch
+
+    head = b'{"a": "1", "b": "2"}'
+    want = {"x": hashlib.sha256(head + b"x torch.float32 [1, 2]" + struct.pack("<2f", 1.0, 2.0)).hexdigest(),
+            "s": hashlib.sha256(head + b"s torch.float64 []" + struct.pack("<d", 1.5)).hexdigest()}
+    tensors = {"x": torch.tensor([[1.0, 2.0]]), "s": torch.tensor(1.5, dtype=torch.float64)}
+    assert files.tensor_checksums(tensors, {"b": "2", "a": "1"}) == want
+
+
 def test_checksum_mismatch_names_the_tensor_or_the_metadata():
     """checksum_mismatch: None without a sha256 or with the writer's; the one tensor whose
     checksum differs; its metadata or tensors where more differ, the sha256 is not a JSON object
