@@ -1274,6 +1274,27 @@ def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
     assert files.archive_refusal(path) == (f"its entry {zipfile.ZipFile(path).namelist()[1]!r} does not read "
                                            "back (BadZipFile: Bad magic number for file header): the file is damaged; "
                                            "not loaded")
+    # an entry of more than the 1 MiB read at a time, damaged in its first byte: checked to its end
+    torch.save({"x": torch.zeros(300_000)}, path)  # (1.2 MB of float32)
+    name = flip_byte_of_entry(path, "data/0", 0)
+    assert files.archive_refusal(path) == (f"its entry {name!r} fails its CRC-32 check: the file was damaged after it "
+                                           "was written; not loaded")
+
+
+def test_an_archive_whose_entry_cannot_be_read_is_left_to_the_loader(tmp_path, monkeypatch):
+    """An entry whose read fails (an I/O error of the disk, not a damaged zip) is no damaged file:
+    archive_refusal says nothing, and the loader names the read that fails."""
+    import zipfile
+
+    import torch
+
+    torch.save({"x": torch.arange(10.0)}, tmp_path / "c.pt")
+
+    def fail(self, n=-1):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
+    assert files.archive_refusal(tmp_path / "c.pt") is None
 
 
 def test_a_safetensors_write_error_gives_the_systems_reason_not_its_temporary_path(tmp_path, monkeypatch):
