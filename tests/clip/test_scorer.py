@@ -2506,3 +2506,12 @@ def test_scores_from_features_refuses_a_logit_scale_that_is_no_number():
     for bad in (math.nan, None):
         with pytest.raises((ValueError, TypeError), match="logit_scale"):
             scores_from_features(image, text, bad, ["msp", "energy", "maxlogit"])
+    # 0 or below, past float32 (the logits are float32: inf), a bool, or a tensor of integers or of two values
+    for bad in (0.0, -1.0, math.inf, 1e39, True, torch.tensor(100), torch.tensor([1.0, 2.0])):
+        with pytest.raises(ValueError, match="^logit_scale must be a number > 0 and finite in float32"):
+            scores_from_features(image, text, bad, ["maxlogit"])
+    # the largest it takes, float32's max: maxlogit = max * cos = max * 0.8 (class 1)
+    top = torch.finfo(torch.float32).max
+    for scale in (top, torch.tensor(top)):
+        out = scores_from_features(image, text, scale, ["maxlogit"])
+        assert out["maxlogit"].item() == pytest.approx(0.8 * top, rel=1e-6) and out["pred_index"].tolist() == [1]
