@@ -650,3 +650,41 @@ def test_train_processes_given_other_epochs_stop_in_one_line(tmp_path):
         assert r["code"] == 1 and r["exception"] == "SystemExit", r
         assert r["output"].strip().splitlines()[-1].startswith("Error: ") and "--epochs" in r["output"], r
         assert "Traceback" not in r["output"], r
+
+
+@pytest.mark.parametrize("flag, other, differs", [
+    ("--batch-size", 128, True), ("--scores", "mcm,odin", True), ("--precision", "fp32", True),
+    ("--decode", "cpu", True), ("--skip-unreadable", True, True), ("--resume", True, True),
+    # may differ (docs/score.md): how each process works, and what names files, compared by what they hold
+    ("--device", "cuda:1", False), ("--workers", 0, False), ("--no-cache", False, False), ("--model", "RN50", False),
+    ("--pretrained", "other.pt", False), ("--prompt", "q.safetensors", False), ("--out", "other.csv", False)])
+def test_same_options_on_every_rank_compares_all_but_the_per_process_options(monkeypatch, flag, other, differs):
+    """score's options as two processes hold them, the other process's one option set to ``other``:
+    a UserError naming the flag and each process's value, or nothing for the options each process
+    may have of its own."""
+    from clip_smot.clip.score import ScoreConfig
+
+    cfg = ScoreConfig(prompt="p.safetensors", paths=("a",), out="o.csv")
+    _another_rank_read(monkeypatch, lambda v: {**v, flag: other})
+    if not differs:
+        distributed.same_options_on_every_rank(cfg)
+        return
+    mine = {"--batch-size": 256, "--scores": "'mcm'", "--precision": "'auto'", "--decode": "'auto'",
+            "--skip-unreadable": False, "--resume": False}[flag]
+    with pytest.raises(UserError, match=f"^{flag}: the 2 processes were given other values \\({mine} in process 0, "
+                                        f"{other!r} in process 1\\)"):
+        distributed.same_options_on_every_rank(cfg)
+
+
+def test_same_options_on_every_rank_compares_the_extra_flags_and_lets_ood_differ(monkeypatch):
+    """train's --resume and --dry-run, given as keywords, are compared as the options are; eval's --ood
+    (its folders, which each process lists itself) may differ."""
+    from clip_smot.clip.evaluate import ClipEvalConfig
+
+    cfg = ClipEvalConfig(id_data="id", ood={"noise": "ood"}, out="e")
+    _another_rank_read(monkeypatch, lambda v: {**v, "--ood": {"noise": "elsewhere"}})
+    distributed.same_options_on_every_rank(cfg)
+    _another_rank_read(monkeypatch, lambda v: {**v, "--dry-run": False})
+    with pytest.raises(UserError, match="^--dry-run: the 2 processes were given other values \\(True in process 0, "
+                                        "False in process 1\\)"):
+        distributed.same_options_on_every_rank(cfg, dry_run=True)
