@@ -2495,6 +2495,11 @@ def test_score_names_images_that_are_neither_a_tensor_nor_pil_images(tiny):
             assert "images" in str(e)
         else:
             torch.testing.assert_close(got["mcm"], want["mcm"])
+    # a tensor of integers (uint8 pixels, as torchvision.io reads them) is no batch of normalised images
+    for dtype in (torch.uint8, torch.int64):
+        with pytest.raises(TypeError, match=f"^images must be a list of PIL images or a float tensor of preprocessed "
+                                            f"images, got {dtype}$"):
+            scorer.score(torch.zeros(2, 3, 32, 32, dtype=dtype), ["mcm"])
 
 
 def test_scores_from_features_refuses_a_logit_scale_that_is_no_number():
