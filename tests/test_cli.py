@@ -236,6 +236,23 @@ def test_a_ctrl_c_as_click_tears_the_command_down_is_the_one_line(monkeypatch, t
     assert res.exit_code == 130 and res.stderr.strip().startswith("Error: interrupted"), res.output
 
 
+def test_a_ctrl_c_as_click_tears_a_failed_command_down_keeps_its_error(monkeypatch, tmp_path):
+    """The same SIGINT after a command that failed: its own line and exit code 1 stand, no 'interrupted'."""
+    import os
+    import signal
+
+    import clip_smot.cli as cli_module
+    from clip_smot.common.errors import UserError
+
+    def run(cfg, **kwargs):
+        click.get_current_context().find_root().call_on_close(lambda: os.kill(os.getpid(), signal.SIGINT))
+        raise UserError("the data is wrong")
+
+    monkeypatch.setattr(cli_module, "run_fit", run)
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and res.output.strip() == "Error: the data is wrong", res.output
+
+
 def test_a_ctrl_c_a_library_swallowed_still_ends_the_command_as_interrupted(monkeypatch):
     """A SIGINT that lands while a pybind11 extension module initialises (triton._C.libtriton, which
     torch imports lazily under 'try: import triton / except ImportError'): pybind11 turns the
@@ -529,6 +546,45 @@ def test_a_ctrl_c_while_torch_imports_is_the_one_line(entry, tmp_path):
     res = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True, text=True, cwd=tmp_path,
                          timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("clip-smot, version "), res.stderr
+
+
+def test_a_ctrl_c_while_torch_imports_stays_ignored_where_sigint_is_ignored(tmp_path):
+    """A process started with SIGINT ignored (nohup, a background job of a script) ignores it while the
+    command line loads too: a real SIGINT sent to itself as torch is imported changes nothing, and
+    --version prints the version, exit 0 (a held one would end it as 'interrupted', 130)."""
+    import subprocess
+    import sys
+
+    run = ("import os, signal, sys\n"
+           "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+           "class Interrupt:\n"
+           "    def find_spec(self, name, path=None, target=None):\n"
+           "        if name == 'torch':\n"
+           "            os.kill(os.getpid(), signal.SIGINT)\n"
+           "sys.meta_path.insert(0, Interrupt())\n"
+           "import runpy; runpy.run_module('clip_smot', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", run, "--version"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("clip-smot, version "), (res.returncode, res.stderr)
+
+
+def test_python_handles_a_ctrl_c_again_once_the_command_line_has_loaded(tmp_path):
+    """The Ctrl-C held while the command line loads is held no longer once it has: a SIGINT as the command
+    runs (here a stand-in for cli.main that sends one to itself, then sleeps) raises KeyboardInterrupt
+    there, and the command does not run on to its end."""
+    import subprocess
+    import sys
+
+    run = ("import os, signal, time\n"
+           "import clip_smot.cli\n"
+           "def main():\n"
+           "    os.kill(os.getpid(), signal.SIGINT)\n"
+           "    time.sleep(2)\n"
+           "    print('not interrupted')\n"
+           "clip_smot.cli.main = main\n"
+           "import runpy; runpy.run_module('clip_smot', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "not interrupted" not in res.stdout and res.returncode != 0 and "KeyboardInterrupt" in res.stderr, res
 
 
 def test_a_ctrl_c_as_the_interpreter_shuts_down_is_the_one_line(tmp_path):
