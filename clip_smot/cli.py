@@ -116,7 +116,8 @@ class _Group(click.Group):
     _sigint: _SigintSeen | None = None
 
     def main(self, *args, **kwargs):
-        self._sigint = None
+        # (reproduce runs its stages through main, inside its own: the outer run's is kept aside)
+        outer, self._sigint = self._sigint, None
         try:
             return super().main(*args, **kwargs)
         except SystemExit as e:
@@ -130,6 +131,7 @@ class _Group(click.Group):
         finally:
             if self._sigint is not None:
                 self._sigint.release()
+            self._sigint = outer
 
     def invoke(self, ctx: click.Context):
         sigint = self._sigint = _SigintSeen()

@@ -134,3 +134,16 @@ def cpp_compiler_skip_reason() -> str | None:
 def pytest_runtest_setup(item):
     if item.get_closest_marker("cpp_compiler") and (reason := cpp_compiler_skip_reason()):
         pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_kept():
+    """Each test leaves the SIGINT handler as it found it: one a command left behind (reproduce's
+    stages, run through the group's main inside its own, once left a handler that only records)
+    made every later Ctrl-C test of the run fail, in an order of the tests pytest 7 chose."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left the SIGINT handler {after!r} (it found {before!r})")
