@@ -134,7 +134,7 @@ def output_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = Fals
     make_folder(where, flag)
     busy = False
     try:
-        yield from (_folder_held(out, flag) if folder else _file_held(out.parent / f".{out.name}.lock", flag, out))
+        yield from (_folder_held(out, flag, made) if folder else _file_held(out.parent / f".{out.name}.lock", flag, out))
     except _Busy:
         busy = True  # (the folders are the holder's now)
         raise
@@ -161,18 +161,33 @@ def _flock(fd: int, flag: str, out: Path) -> bool:
         return False
 
 
-def _folder_held(folder: Path, flag: str):
-    """The lock of the run folder ``folder`` itself, held while the generator is suspended."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:  # (unlocked: the command reports the folder's own trouble when it writes)
-        yield
-        return
-    try:
-        _flock(fd, flag, folder)
-        yield
-    finally:
-        os.close(fd)  # (releases the lock)
+def _folder_held(folder: Path, flag: str, made: list[Path]):
+    """The lock of the run folder ``folder`` itself, held while the generator is suspended. The
+    folder locked is checked to be the one at its name: a command that made it and stopped
+    between our open and our flock removed it (left empty), and a lock of a folder no longer
+    there held no one off the one made anew. ``made``: the folders made for the lock, deepest
+    first; one made again here goes in front."""
+    for _ in range(3):
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # (removed, as above, before our open)
+                made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+                make_folder(folder, flag)
+                continue
+            yield  # (unlocked: the command reports the folder's own trouble when it writes)
+            return
+        try:
+            st = os.fstat(fd)
+            if not _flock(fd, flag, folder) or file_key(folder) == (st.st_dev, st.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)  # (releases the lock)
+        if not os.path.lexists(folder):  # (removed: made again, by us or by the next command)
+            made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+            make_folder(folder, flag)
+    raise UserError(f"{flag} {folder}: the folder keeps being replaced; is another command starting there?")
 
 
 def _file_held(lock: Path, flag: str, out: Path):
