@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -159,17 +159,34 @@ def text_lines(path: Path, flag: str, expected: str, what: str = "file") -> Iter
 
 
 MAX_LINE = 1 << 16  # characters in a line of a list file: far above any path (PATH_MAX is 4096)
+_LINES_CHECKED = 4096  # lines read between two checks that the file is the one the reading began
+
+
+def _changed(f: Any, began: os.stat_result) -> bool:
+    """Whether the open file ``f`` was written since ``began`` (its size, modification or change
+    time): a list rewritten in place (a shell's ``>``, ``cp``: the same file, truncated and
+    written) was read on from the byte where the reading stood, half old and half new."""
+    now = os.fstat(f.fileno())
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (began.st_size, began.st_mtime_ns, began.st_ctime_ns)
 
 
 def _lines(path: Path, flag: str, expected: str) -> Iterator[str]:
     try:
         # ("utf-8-sig": a byte-order mark, which PowerShell 5 and Notepad write, starts no path)
         with open(path, encoding="utf-8-sig") as f:
+            began = os.fstat(f.fileno())
+            n = 0
             while physical := f.readline(MAX_LINE + 1):  # (a line is held whole: its length is bounded)
                 if len(physical) > MAX_LINE and not physical.endswith("\n"):
                     raise UserError(f"{flag} {path}: a line longer than {MAX_LINE} characters (expected {expected} "
                                     "lines)")
+                n += 1
+                if n % _LINES_CHECKED == 0 and _changed(f, began):
+                    break
                 yield from physical.splitlines()
+            if _changed(f, began):  # (a file replaced by a rename is not: the one opened is read to its end)
+                raise UserError(f"{flag} {path}: was written while it was read (another command writing it now?); "
+                                "run again once it is written")
     except UnicodeDecodeError:
         raise UserError(f"{flag} {path}: not a text file (expected {expected} lines)") from None
     except OSError as e:

@@ -260,3 +260,42 @@ def test_a_split_line_whose_file_name_is_too_long_is_named(tmp_path):
     error = f"{tmp_path / 'data'}/{name}: {os.strerror(errno.ENAMETOOLONG)}"
     with pytest.raises(UserError, match=rf"^--split {re.escape(str(split))}:2: {re.escape(error)}$"):
         read_split(split, classes)
+
+
+def test_a_split_rewritten_in_place_while_it_is_read_is_one_split_or_refused(tmp_path, monkeypatch):
+    """A split of 2 x 60 images (lines of 109 bytes: 13 KB) rewritten in place (`cp new.txt split.txt`,
+    `... > split.txt`: the same inode, truncated and written) as fit reads it: the lines of the
+    first 8 KB buffer were the old split's and the rest the new one's, 120 images of which 76
+    were the old split's, trained on as one split and recorded as one (its SHA-256 is of the lines
+    read). Each line is valid, so none is refused: the read must be one split, or a one-line
+    refusal naming --split (a prompt's read is checked so: read_with_hash)."""
+    from clip_smot.clip import fewshot
+
+    pad = "x" * 96
+    for c in ("c0", "c1"):
+        for i in range(60):
+            for v in "ab":
+                _touch(tmp_path / "data" / c / f"{v}{i:02d}{pad}.jpg")
+    classes = resolve_classes(tmp_path / "data")
+    old, new = ("".join(f"{c}/{v}{i:02d}{pad}.jpg\t{k}\n" for k, c in enumerate(("c0", "c1")) for i in range(60))
+                for v in "ab")
+    assert len(old) == len(new) == 120 * 109
+    split = tmp_path / "split.txt"
+    split.write_text(old)
+    real, calls = fewshot.label_number, []
+
+    def rewritten_after_the_first_line(text):
+        calls.append(text)
+        if len(calls) == 1:
+            with open(split, "r+") as f:  # (in place: what cp and a shell's > do)
+                f.truncate(0)
+                f.write(new)
+        return real(text)
+
+    monkeypatch.setattr(fewshot, "label_number", rewritten_after_the_first_line)
+    try:
+        read = fewshot.read_split(split, classes)
+    except UserError as e:
+        assert str(e).startswith(f"--split {split}: ") and "\n" not in str(e)
+        return
+    assert len(calls) == 120 and len({Path(rel).name[0] for rel, _ in read}) == 1  # (all old, or all new)

@@ -2389,6 +2389,49 @@ def test_resume_of_the_same_paths_with_images_added_or_removed_is_told_to_start_
     assert score().exit_code == 0 and len(out.read_text().splitlines()) == len(whole) + 1  # (the advice)
 
 
+def test_an_image_list_rewritten_in_place_while_it_is_scored_gives_one_lists_rows(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                                  monkeypatch):
+    """docs/score.md: an image list is read a line at a time, chunk by chunk, while the images are
+    scored (hours for millions). A list rewritten in place meanwhile (a cron job's `find ... >
+    list.txt`, a `cp`: the same inode, truncated and written) was read on from the byte where the
+    reading stood: 2 lists of 48 images (lines of 188 bytes: 9 KB, more than the reader's 8 KB
+    buffer), rewritten after the first chunk of 5: the CSV held 44 rows of the old list's images
+    and 4 of the new one's. The CSV must be one list's rows, or the run refused in one line."""
+    import io
+    from pathlib import Path
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(png, format="PNG")
+    pad = "x" * 180
+    for v in "ab":
+        for i in range(48):
+            (tmp_path / f"{v}{i:02d}{pad}.png").write_bytes(png.getvalue())
+    old, new = ("".join(f"{v}{i:02d}{pad}.png\n" for i in range(48)) for v in "ab")
+    assert len(old) == len(new) == 48 * 188 > 8192
+    listed = tmp_path / "list.txt"
+    listed.write_text(old)
+    real = PromptScorer.score_files
+
+    def rewritten_after_the_first_chunk(self, files, *a, **k):
+        result = real(self, files, *a, **k)
+        if listed.read_text() == old:
+            with open(listed, "r+") as f:  # (in place)
+                f.truncate(0)
+                f.write(new)
+        return result
+
+    monkeypatch.setattr(PromptScorer, "score_files", rewritten_after_the_first_chunk)
+    out = tmp_path / "s.csv"
+    try:
+        _score_run(tmp_path, tiny_clip_checkpoint, [listed], out)
+    except UserError as e:
+        assert str(listed) in str(e) and "\n" not in str(e)
+        return
+    rows = [Path(r["path"]).name for r in read_csv(out)]
+    assert len(rows) == 48 and len({r[0] for r in rows}) == 1  # (all the old list's, or all the new one's)
+
+
 def test_rows_interrupted_by_ctrl_c_are_cut_back_and_the_interrupt_goes_on(tmp_path, monkeypatch):
     """Ctrl-C while a chunk's rows are flushed to OUT.partial: the rows are taken back (the
     partial holds whole chunks for --resume) and the KeyboardInterrupt goes on as it came."""
