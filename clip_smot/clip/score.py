@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -146,8 +147,9 @@ def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: P
         # the record of a run killed between renaming OUT.partial to OUT and removing the record:
         # it vouches for no rows now (and no other run of this --out is at work: the lock is held)
         run_file.unlink()
-    done, keep = (_resume_point(partial, header, _files(cfg.paths, skip), prompt_file.classnames,
-                                cfg.skip_unreadable, _chunk_start(counts, chunk)) if cfg.resume else (0, 0))
+    listing = _Listing(_files(cfg.paths, skip), _chunk_start(counts, chunk))
+    done, keep = (_resume_point(partial, header, listing, prompt_file.classnames, cfg.skip_unreadable,
+                                _chunk_start(counts, chunk)) if cfg.resume else (0, 0))
     # rows the run file must vouch for: kept ones, or the rows of a chunk cut short, dropped (with
     # another prompt, say, the user is told, not its rows replaced without a word)
     vouch = done > 0 or (keep > 0 and os.stat(partial).st_size > keep)
@@ -173,7 +175,8 @@ def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: P
         atomic_write_text(json.dumps(run, sort_keys=True) + "\n", run_file)
     bar = progress_bar(total=total, initial=done, unit="img") if writer else None
     rows, skipped = done, list(unlisted)  # (images before the resume point: the partial holds rows of them)
-    chunks = _chunks(cfg.paths, chunk, done, skip)
+    # (PATHS are listed again: the files skipped must be those whose rows were checked, not as many)
+    chunks = _chunks(cfg.paths, chunk, done, skip, listing.digest(done) if done else None)
     with kept_workers():  # (the decoding processes started once, not once a chunk)
         while files := _next_chunk(chunks):
             result = scorer.score_files(files, names, cfg.batch_size, cfg.workers, cfg.skip_unreadable,
@@ -222,19 +225,70 @@ def _argument_files(path: str, unlisted: list | None) -> Iterator[Path | str]:
         return iter(())
 
 
-def _chunks(paths: Sequence[str], chunk: int, start: int, unlisted: list | None = None) -> Iterator[list[Path | str]]:
+def _chunks(paths: Sequence[str], chunk: int, start: int, unlisted: list | None = None,
+            skipped: str | None = None) -> Iterator[list[Path | str]]:
     """The chunks of ``chunk`` files of each argument's files, from the ``start``-th file on
     (counted over all the arguments): a resumed run continues where the last ended, with the
-    rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time."""
-    offset = 0
+    rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time.
+    ``skipped``: the :class:`_Listing` digest the first ``start`` files must have (those whose
+    rows a resume checked); a UserError before the first chunk where they differ (an image
+    added to a folder, or removed, since the check shifted the count: one row twice, one none)."""
+    offset, check = 0, hashlib.sha256() if skipped is not None else None
     for p in paths:
         files, i = _argument_files(p, unlisted), 0
         while batch := list(itertools.islice(files, chunk)):
             first = max(0, start - offset - i)
+            if check is not None:
+                for f in batch[:first]:
+                    check.update(_listed(f))
+                if first < len(batch):
+                    _same_files_skipped(check, skipped)
+                    check = None
             if first < len(batch):
                 yield batch[first:]
             i += len(batch)
         offset += i
+    if check is not None:
+        _same_files_skipped(check, skipped)
+
+
+def _listed(f: Path | str) -> bytes:
+    """A file of PATHS as a line of a :class:`_Listing` digest."""
+    return escape_path(f).encode("utf-8", "surrogatepass") + b"\n"
+
+
+def _same_files_skipped(check, skipped: str) -> None:
+    if check.hexdigest() != skipped:
+        raise UserError("--resume: the images of PATHS changed while the run started (an image added or removed "
+                        "since the rows kept were checked); run the same command again")
+
+
+class _Listing:
+    """The files of PATHS, one at a time, with the SHA-256 of those given so far (:func:`_listed`),
+    as it was at the start of each chunk too (a resume point moved back to its chunk's start)."""
+
+    def __init__(self, files: Iterable[Path | str], chunk_start: Callable[[int], int]):
+        self._files, self._chunk_start = iter(files), chunk_start
+        self.n, self._hash = 0, hashlib.sha256()
+        self._mark = (0, self._hash.copy())  # (files, digest) at the last chunk start reached
+
+    def __iter__(self) -> _Listing:
+        return self
+
+    def __next__(self) -> Path | str:
+        f = next(self._files)
+        if self._chunk_start(self.n) == self.n:
+            self._mark = (self.n, self._hash.copy())
+        self._hash.update(_listed(f))
+        self.n += 1
+        return f
+
+    def digest(self, n: int) -> str:
+        """The digest of the first ``n`` files: as many as were given, or the last chunk start."""
+        if n == self.n:
+            return self._hash.hexdigest()
+        assert n == self._mark[0], (n, self.n, self._mark[0])
+        return self._mark[1].hexdigest()
 
 
 def _chunk_start(counts: Sequence[int], chunk: int) -> Callable[[int], int]:

@@ -2389,6 +2389,39 @@ def test_resume_of_the_same_paths_with_images_added_or_removed_is_told_to_start_
     assert score().exit_code == 0 and len(out.read_text().splitlines()) == len(whole) + 1  # (the advice)
 
 
+def test_an_image_added_while_a_resume_loads_its_model_is_not_scored_twice(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                           monkeypatch):
+    """--resume checks the partial's rows against a listing of PATHS, then loads the model (seconds,
+    for ViT-B-16), then lists PATHS again and skips as many files as rows were kept. An image
+    added to a folder in between (a cron job copying into it) and sorted before the resume point
+    shifts that count: the 12 ID images in chunks of 5, stopped after 10 rows, and blue/0a.png
+    added while the model loads, gave red/1.png (the 10th image) two rows and 0a.png none.
+    The run must refuse (PATHS changed) or write each image of one listing once."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, _ = make_folders(tmp_path, n_per_class=4)
+    out = tmp_path / "s.csv"
+    seen, real_score = _stop_after_chunks(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        _score_run(tmp_path, tiny_clip_checkpoint, [id_dir], out)
+    monkeypatch.setattr(PromptScorer, "score_files", real_score)
+    real_from_file = PromptScorer.from_file.__func__
+    added = id_dir / "val" / "blue" / "0a.png"
+
+    def added_while_loading(cls, *a, **k):
+        shutil.copy(id_dir / "val" / "blue" / "0.png", added)
+        return real_from_file(cls, *a, **k)
+
+    monkeypatch.setattr(PromptScorer, "from_file", classmethod(added_while_loading))
+    try:
+        _score_run(tmp_path, tiny_clip_checkpoint, [id_dir], out, resume=True)
+    except UserError as e:  # (refused: PATHS changed since the rows were checked)
+        assert "PATHS" in str(e) and "\n" not in str(e)
+        return
+    rows = [r["path"] for r in read_csv(out)]
+    assert len(rows) == len(set(rows)), "an image scored twice"
+    assert rows == sorted(map(str, id_dir.rglob("*.png")))  # (each image of the one listing, 13)
+
+
 def test_an_image_list_rewritten_in_place_while_it_is_scored_gives_one_lists_rows(tmp_path, tiny, tiny_clip_checkpoint,
                                                                                   monkeypatch):
     """docs/score.md: an image list is read a line at a time, chunk by chunk, while the images are
