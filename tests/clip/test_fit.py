@@ -2550,6 +2550,22 @@ def test_a_checkpoint_recorded_before_the_images_were_hashed_resumes(one_epoch, 
     assert torch.equal(a.ctx, b.ctx)
 
 
+@pytest.mark.xfail(strict=True, reason="_check_resumed_files compares the whole CLIP record, and a record "
+                   "written before it held an activation lacks that key: refused as weights changed since")
+def test_a_checkpoint_recorded_before_the_activation_was_recorded_resumes(one_epoch, fit_args, tmp_path):
+    """A run recorded before its CLIP record named an activation (its model config says
+    QuickGELU, as these weights build: the same model) resumes, to the finished run's prompt;
+    it was refused as trained on weights "changed since", though they are the same file."""
+    run = shutil.copytree(one_epoch, tmp_path / "run")
+    (run / "prompt.safetensors").unlink()
+    _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt",
+                     lambda saved: saved["config"]["run"]["clip"].pop("activation"))
+    res = CliRunner().invoke(cli, fit_args(run, "--resume"))
+    assert res.exit_code == 0, res.output
+    a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(run / "prompt.safetensors")
+    assert torch.equal(a.ctx, b.ctx)
+
+
 def test_a_run_resumes_on_its_data_moved_to_another_folder(fit_args, imagenet_dir, tmp_path, monkeypatch):
     """The data set moved (another disk, a renamed folder): `--resume --data NEW` said "--data
     differs", and the run could not go on. Its images are compared by their contents (the split's
