@@ -454,7 +454,7 @@ def _check_resumed_files(saved: dict, config: dict, path: Path) -> None:
                         "context does not fit them: fit again in another --out")
     for key, what in (("clip", f"--model {config['model']} --pretrained {config['pretrained']}"),
                       ("cam_model_sha256", f"--cam-model {config['cam_model']}")):
-        if key in old["run"] and _contents(old["run"][key]) != _contents(config["run"][key]):
+        if key in old["run"] and _contents(old["run"][key]) != _contents(config["run"][key], old["run"][key]):
             raise UserError(f"{flag}: {what} is not the model the run was trained with (the file changed since); "
                             "resume with the run's own files")
 
@@ -477,12 +477,17 @@ def _since(t0: float, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def _contents(record):
+def _contents(record, saved=None):
     """What a run record says of the weights' contents: a CLIP identity less the checkpoint file's
-    name where its SHA-256 is known (a copy under another name holds the same weights)."""
-    if isinstance(record, dict) and record.get("checkpoint_sha256"):
-        return {k: v for k, v in record.items() if k != "pretrained"}
-    return record
+    name where its SHA-256 is known (a copy under another name holds the same weights). With
+    ``saved`` (the run's own record, for today's), less the activation where that record names
+    none (an older clip-smot's run): :func:`_check_resumed_files` compares it through the model config."""
+    if not isinstance(record, dict):
+        return record
+    drop = {"pretrained"} if record.get("checkpoint_sha256") else set()
+    if isinstance(saved, dict) and "activation" not in saved:
+        drop.add("activation")
+    return {k: v for k, v in record.items() if k not in drop}
 
 
 def _check_outputs(cfg: FitConfig, new: bool) -> None:

@@ -2550,8 +2550,6 @@ def test_a_checkpoint_recorded_before_the_images_were_hashed_resumes(one_epoch, 
     assert torch.equal(a.ctx, b.ctx)
 
 
-@pytest.mark.xfail(strict=True, reason="_check_resumed_files compares the whole CLIP record, and a record "
-                   "written before it held an activation lacks that key: refused as weights changed since")
 def test_a_checkpoint_recorded_before_the_activation_was_recorded_resumes(one_epoch, fit_args, tmp_path):
     """A run recorded before its CLIP record named an activation (its model config says
     QuickGELU, as these weights build: the same model) resumes, to the finished run's prompt;
