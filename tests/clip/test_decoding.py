@@ -263,6 +263,47 @@ def test_nvjpeg_batches_on_cuda_match_the_pil_path(tmp_path, tiny_clip_config, t
     assert (f1 * f2).sum(-1).min() > 0.98
 
 
+def _fit_and_score_decoding_on(device: str, tmp_path, clip):
+    """decode_and_hash (fit) and encode_files with ``decode="jpeg"`` (score, eval) on ``device``
+    against the PIL paths: the hash, the squares, and a truncated JPEG's one line. (On the CPU the
+    tests above check each; with ``device="cpu"`` this passes too.)"""
+    paths = _images(tmp_path)
+    files = [p.rsplit("/", 1)[1] for p in paths]
+    pil, h1 = decode_and_hash(tmp_path, files, 24, workers=2)
+    ours, h2 = decode_and_hash(tmp_path, files, 24, workers=2, device=device)
+    assert h1 == h2 and ours.device.type == device and ours.dtype == torch.uint8 and ours.shape == pil.shape
+    # per image, the mean difference in levels of 255: a few at most between two JPEG decoders; a file
+    # decoded in other colours (CMYK's inverted inks, a grey file's channels) is tens off
+    mean_diff = (pil.int() - ours.cpu().int()).abs().float().flatten(1).mean(1)
+    assert mean_diff.max() < 3, mean_diff
+    assert torch.equal(ours[-1].cpu(), pil[-1])  # the PNG: PIL's on both paths
+    data = (tmp_path / files[0]).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    errors = []
+    for where in (None, device):
+        with pytest.raises(UserError, match=r"cut\.jpg") as e:
+            decode_and_hash(tmp_path, [*files, "cut.jpg"], 24, workers=0, device=where)
+        errors.append(str(e.value))
+    for decode in ("pil", "jpeg"):
+        with pytest.raises(UserError, match=r"cut\.jpg") as e:
+            encode_files(clip, [*paths, str(tmp_path / "cut.jpg")], workers=0, use_cache=False, decode=decode)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and errors[2] == errors[3], errors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_and_score_decoding_on_cuda_keep_the_hash_and_name_a_truncated_jpeg(tmp_path, tiny_clip_config,
+                                                                               tiny_clip_checkpoint):
+    """fit decodes its split with nvJPEG on its CUDA device since 2026-12-04 (after the last GPU
+    run): the same listing hash as PIL's, squares within a few levels of PIL's for the grey and the
+    CMYK file too, and a truncated JPEG named as PIL names it, in fit's decoding and in score's
+    ``--decode gpu`` batches (libjpeg-turbo refuses it; nvJPEG may decode it, grey-filled)."""
+    from clip_smot.clip.model import load_clip
+
+    _fit_and_score_decoding_on("cuda", tmp_path, load_clip(tiny_clip_config, tiny_clip_checkpoint, device="cuda"))
+
+
 def test_kept_workers_start_the_decoders_once_for_call_after_call(tmp_path, tiny, monkeypatch):
     """Within kept_workers, image_batches starts its worker processes at the first call and uses
     them for the next ones (one DataLoader iterator, reset), with the batches of new loaders bit
