@@ -14,7 +14,11 @@
 #   ONLY=table8 bash benchmarks/gpu_check.sh  # the whole Table 8 pipeline's wall time (random ViT-B-16 weights),
 #                                             # in the background: past DEADLINE it goes on, and
 #   ONLY=table8_wait bash benchmarks/gpu_check.sh  # (the next call, at once) waits for its end
-# Steps: prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
+#   ONLY=scale and ONLY=table8 start with the smoke step (once a machine): the CUDA paths of fit, eval and score
+#   end to end at tiny sizes, in about a minute; if it fails the call stops there (SMOKE_GO_ON=1: it goes on)
+# Steps: smoke (benchmarks/table8_time.sh with TINY=1 DEVICE=cuda at tiny sizes: fit with its CUDA defaults and
+# nvJPEG decoding, the evaluations with --decode auto, ODIN, ViM and KNN on CUDA; once a machine, in $SMOKE_ROOT;
+# a failure skips the steps after it), prepare_e2e (writes the e2e run's 16,000 JPEGs in the background, for a later call on the
 # same machine), pytest_gpu (the GPU tests), pytest_flex (only those of the fast text options), fit_step_fast (the issue's comparison with the fast options:
 # flex attention, compiled layers, eager and CUDA graph), fit_step (every variant, compiled ones,
 # a profile), fit_step_square, fit_step_fp32ref, resnet_epoch, fit_e2e (fit's default options: on a GPU the
@@ -32,6 +36,7 @@ OUT=${OUT:-/tmp/gpu_check}
 KEEP=${KEEP:-/tmp/gpu_check_keep}  # logs kept for a later call on the same machine ($OUT is emptied between calls)
 E2E_ROOT=${E2E_ROOT:-/tmp/clip_smot_e2e}
 T8_ROOT=${T8_ROOT:-/tmp/clip_smot_t8}
+SMOKE_ROOT=${SMOKE_ROOT:-/tmp/clip_smot_smoke}
 SCORE_N=${SCORE_N:-20000}
 T8_DISTINCT=${T8_DISTINCT:-2000}  # Table 8's 106,000 images: 2,000 JPEGs and hard links (seconds, not minutes)
 mkdir -p "$OUT" "$KEEP"
@@ -49,9 +54,11 @@ if [ "${ONLY:-}" = issue ]; then  # the targets alone, lean: a ResNet graph epoc
   DEADLINE=${DEADLINE:-570}
 fi
 if [ "${ONLY:-}" = scale ]; then  # issue 20's measurements that fit one call; Table 8's data for the next
-  ONLY="pytest_decode score_throughput prepare_t8"; DEADLINE=${DEADLINE:-570}
+  ONLY="smoke pytest_decode score_throughput prepare_t8"; DEADLINE=${DEADLINE:-570}
 fi
-if [ "${ONLY:-}" = table8 ] || [ "${ONLY:-}" = table8_wait ]; then DEADLINE=${DEADLINE:-590}; fi
+# (the smoke step first: a CUDA-only failure of the pipeline shows in its first minute, not after a 50-epoch fit)
+if [ "${ONLY:-}" = table8 ]; then ONLY="smoke table8"; DEADLINE=${DEADLINE:-590}; fi
+if [ "${ONLY:-}" = table8_wait ]; then DEADLINE=${DEADLINE:-590}; fi
 DEADLINE=${DEADLINE:-}
 E2E_EPOCHS=${E2E_EPOCHS:-3}
 E2E_LIMIT=${E2E_LIMIT:-200}
@@ -63,13 +70,15 @@ fi
 ONLY=${ONLY:-"pytest_gpu fit_step_fast fit_step_fp32ref resnet_epoch fit_e2e_fast"}
 run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
   local name=$1 limit=$2 at=$(( $(date +%s) - start )); shift 2
+  last_rc=skipped
   if [ -n "$DEADLINE" ]; then  # the step gets what is left of DEADLINE, if that is less
     if [ $(( DEADLINE - at )) -lt 1 ]; then echo "=== $name skipped: ${at}s of DEADLINE=${DEADLINE}s gone"; return; fi
     [ $(( DEADLINE - at )) -lt "$limit" ] && limit=$(( DEADLINE - at ))
   fi
   echo "=== $name (limit ${limit}s, at ${at}s)"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "=== $name rc=$?"
+  last_rc=$?
+  echo "=== $name rc=$last_rc"
   cp "$OUT/$name.log" "$KEEP/"
   grep -v "it/s\]\|^\s*$" "$OUT/$name.log" | tail -n 25
 }
@@ -91,8 +100,20 @@ wait_table8() {  # until the background table8 ends, or DEADLINE; its log so far
   else echo "=== table8 ended (at $(( $(date +%s) - start ))s)"; fi
   grep -v "it/s\]\|^\s*$" "$OUT/table8.log" | tail -n 25
 }
+smoke_failed=
 for s in $ONLY; do
+  if [ -n "$smoke_failed" ] && [ "${SMOKE_GO_ON:-0}" != 1 ]; then
+    echo "=== $s skipped: the smoke step failed (its log: smoke.log; SMOKE_GO_ON=1 runs the rest anyway)"; continue
+  fi
   case $s in
+    # the pipeline's CUDA paths end to end with a tiny random CLIP and CAM network (3 classes, 64x48 JPEGs, one
+    # epoch): fit's CUDA defaults (flex, compiled, CUDA graph, overlapped encoders, nvJPEG decoding), then eval
+    # (--decode auto: nvJPEG; ODIN, GradNorm, ViM, KNN) of the zero-shot, CoOp and SMOT prompts; once a machine
+    smoke) if [ -e "$KEEP/smoke.passed" ]; then echo "=== smoke passed earlier on this machine"; else
+        run_step smoke 180 env TINY=1 DEVICE=cuda WORKERS=2 JOBS=4 CLASSES=3 SHOTS=17 VAL_PER_CLASS=2 OOD_PER_SET=2 \
+          SIZE=64x48 EPOCHS=1 PYTHON=python3 bash benchmarks/table8_time.sh "$SMOKE_ROOT"
+        if [ "$last_rc" = 0 ]; then touch "$KEEP/smoke.passed"; else smoke_failed=1; fi
+      fi ;;
     prepare_e2e) mkdir -p "$E2E_ROOT"; setsid nohup nice -n 19 python3 benchmarks/fit_e2e.py --prepare-only --classes 1000 --shots 16 \
       --image-size 256 --root "$E2E_ROOT" > "$KEEP/prepare_e2e.txt" 2>&1 < /dev/null &
       echo $! > "$E2E_ROOT/prepare.pid"; echo "=== prepare_e2e started in the background" ;;

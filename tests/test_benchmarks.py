@@ -153,7 +153,7 @@ def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.Comple
         "#!/bin/bash\n"
         'echo "$*" >> "$CALLS"\n'
         'case "$*" in *fit_step.py*) [ -n "${FIT_STEP_SLEEP:-}" ] && exec sleep "$FIT_STEP_SLEEP";;\n'
-        '  *"clip_smot reproduce"*) [ -n "${T8_SLEEP:-}" ] && sleep "$T8_SLEEP";; esac\n'
+        '  *"clip_smot reproduce"*) [ -n "${T8_SLEEP:-}" ] && sleep "$T8_SLEEP"; [ -n "${REPRODUCE_FAIL:-}" ] && exit 1;; esac\n'
         'echo \'{"ms_per_step": 1.0}\'\n')
     (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total [MiB], driver_version'\necho 'Stub GPU'\n")
     for stub in bin_.iterdir():
@@ -162,7 +162,7 @@ def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.Comple
                          text=True, timeout=60,
                          env={"PATH": f"{bin_}:/usr/bin:/bin", "CALLS": str(calls), "ONLY": only,
                               "OUT": str(tmp_path / "out"), "KEEP": str(tmp_path / "keep"),
-                              "E2E_ROOT": str(tmp_path / "e2e"), **env})
+                              "E2E_ROOT": str(tmp_path / "e2e"), "SMOKE_ROOT": str(tmp_path / "smoke"), **env})
     for _ in range(50):  # prepare_e2e's stub runs in the background
         if "--prepare-only" in calls.read_text() or "prepare_e2e" not in only + out.stdout:
             break
@@ -204,7 +204,7 @@ def test_gpu_check_scale_measures_decoding_and_score_then_writes_table8_data(tmp
         "benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1 --startup-n 1000",
         f"benchmarks/fake_imagenet.py {t8}/data --jobs 16 --distinct 2000 --random-models {t8}/models",
     ]
-    assert re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M) == [("pytest_decode", "150"),
+    assert re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M) == [("smoke", "180"), ("pytest_decode", "150"),
                                                                        ("score_throughput", "330")]
     (tmp_path / "calls.txt").write_text("")
     out, _ = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8))
@@ -220,6 +220,8 @@ def test_gpu_check_table8_goes_on_past_the_deadline_and_table8_wait_collects_it(
     process session of its own and returns at DEADLINE saying it still runs; ONLY=table8_wait, the
     next call, waits for its end and returns its log with the timing line."""
     t8 = tmp_path / "t8"
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "smoke.passed").touch()  # (the smoke step passed in an earlier call on this machine)
     out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8), DEADLINE="1", T8_SLEEP="3")
     assert out.returncode == 0, out.stderr
     assert "=== table8 started in the background" in out.stdout
@@ -236,6 +238,34 @@ def test_gpu_check_table8_goes_on_past_the_deadline_and_table8_wait_collects_it(
     assert re.search(r"^=== table8 ended", out.stdout, re.M)
     assert calls[-1].startswith("- ")  # (table8_time.sh's timing line, after reproduce ended)
     assert re.search(r"^table8: \{", out.stdout, re.M)  # (the summary reads the log's JSON line)
+
+
+def test_gpu_check_smoke_runs_the_tiny_pipeline_on_cuda_first_once_a_machine_and_a_failure_stops_the_call(tmp_path):
+    """ONLY=table8 and ONLY=scale start with the smoke step: table8_time.sh with TINY=1 on CUDA at tiny
+    sizes (fit's CUDA defaults and the evaluations, about a minute), so that a CUDA-only failure ends
+    the call in its first minute instead of after a 50-epoch fit. Where it fails, the steps after it
+    are skipped (SMOKE_GO_ON=1 runs them); where it passed, a later call on the machine skips it."""
+    t8, smoke = tmp_path / "t8", tmp_path / "smoke"
+    out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8), REPRODUCE_FAIL="1")
+    assert out.returncode == 0, out.stderr
+    assert re.findall(r"^=== (\w+) \(limit (\d+)s", out.stdout, re.M) == [("smoke", "180")]
+    assert "=== smoke rc=1" in out.stdout and not (tmp_path / "keep" / "smoke.passed").exists()
+    assert "=== table8 skipped: the smoke step failed (its log: smoke.log; SMOKE_GO_ON=1 runs the rest anyway)" \
+        in out.stdout
+    assert [c for c in calls if "reproduce table8" in c] == [
+        f"-m clip_smot reproduce table8 --imagenet {smoke}/data/imagenet --ood-root {smoke}/data/ood --shots 17 "
+        f"--device cuda --workers 2 --out {smoke}/out --model {{\"ms_per_step\": 1.0}} --pretrained "
+        f"{{\"ms_per_step\": 1.0}} --cam-model {{\"ms_per_step\": 1.0}} --epochs 1"]  # (the stub's JSON for the paths)
+    assert not (t8 / "table8.pid").exists()  # the long pipeline never started
+    (tmp_path / "calls.txt").write_text("")
+    out, calls = _gpu_check(tmp_path, "table8", T8_ROOT=str(t8))  # a new call on the same machine: it passes
+    assert "=== smoke rc=0" in out.stdout and "=== table8 started in the background" in out.stdout
+    assert [c.split(" --imagenet ")[1].split("/data/")[0] for c in calls if "reproduce table8" in c] == [
+        str(smoke), str(t8)]
+    (tmp_path / "calls.txt").write_text("")
+    out, calls = _gpu_check(tmp_path, "scale", T8_ROOT=str(t8), REPRODUCE_FAIL="1")  # passed on this machine: once
+    assert "=== smoke passed earlier on this machine" in out.stdout and "skipped" not in out.stdout
+    assert not any("reproduce" in c for c in calls) and any("score_throughput.py" in c for c in calls)
 
 
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
