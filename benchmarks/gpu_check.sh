@@ -117,7 +117,10 @@ for s in $ONLY; do
     prepare_e2e) mkdir -p "$E2E_ROOT"; setsid nohup nice -n 19 python3 benchmarks/fit_e2e.py --prepare-only --classes 1000 --shots 16 \
       --image-size 256 --root "$E2E_ROOT" > "$KEEP/prepare_e2e.txt" 2>&1 < /dev/null &
       echo $! > "$E2E_ROOT/prepare.pid"; echo "=== prepare_e2e started in the background" ;;
-    pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    # (the test modules that import a test-only package the device machine lacks, webdataset or pytorch-ood, fail
+    # to import: without --continue-on-collection-errors pytest stops there and runs no GPU test at all)
+    pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+      tests ;;
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
     pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/clip/test_encoders.py \
       -k "text_variants or flex or overlapped" ;;

@@ -268,6 +268,17 @@ def test_gpu_check_smoke_runs_the_tiny_pipeline_on_cuda_first_once_a_machine_and
     assert not any("reproduce" in c for c in calls) and any("score_throughput.py" in c for c in calls)
 
 
+def test_gpu_check_runs_the_gpu_tests_past_test_modules_the_device_cannot_import(tmp_path):
+    """The lent machine has torch and the wheels of .whl/ (open_clip), not the test extra's webdataset
+    and pytorch-ood: tests/clip/test_score_webdataset.py, tests/test_peer_ood.py and
+    tests/resnet/test_reference_networks.py import them at the top, and `pytest -m gpu tests` stopped at
+    collection ("Interrupted: 3 errors during collection") with none of the GPU tests run."""
+    out, calls = _gpu_check(tmp_path, "pytest_gpu")
+    assert out.returncode == 0, out.stderr
+    assert [c for c in calls if "pytest" in c] == [
+        "-m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests"]
+
+
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
     t0 = time.monotonic()
     out, calls = _gpu_check(tmp_path, "fit_step_quick resnet_epoch_graph", DEADLINE="4", FIT_STEP_SLEEP="30")
