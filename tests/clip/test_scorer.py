@@ -782,6 +782,43 @@ def test_score_on_cuda_matches_cpu(tmp_path, tiny, tiny_clip_checkpoint):
         torch.testing.assert_close(a, torch.tensor([float(r[name]) for r in half]), atol=3e-2, rtol=3e-2)
 
 
+def _fitted_scores_and_odin(tmp_path, checkpoint, device: str) -> dict[str, torch.Tensor]:
+    """ODIN, GradNorm and the fitted scores (ReAct, KNN and ViM, fitted on the 51 images of
+    tmp_path/train) of tmp_path/id and tmp_path/ood, by the scorer on ``device`` in fp32, every
+    image decoded by PIL (the arithmetic alone differs between devices)."""
+    from clip_smot.clip.features import encode_files
+
+    scorer = PromptScorer.from_file(tmp_path / "p.safetensors", pretrained=checkpoint, device=device, precision="fp32")
+    train = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
+    scorer.fit_id_train(encode_files(scorer.clip, train, workers=0, use_cache=False).global_, ["react", "knn", "vim"])
+    names = ["mcm", "odin", "gradnorm", "react", "knn", "vim"]
+    return scorer.score_paths([tmp_path / "id", tmp_path / "ood"], names, workers=0, use_cache=False).scores
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_odin_gradnorm_and_the_fitted_scores_on_cuda_match_the_cpu(tmp_path, tiny, tiny_clip_checkpoint,
+                                                                      monkeypatch):
+    """eval's ODIN (a gradient through the image encoder), GradNorm and the fitted scores on CUDA,
+    which no GPU test ran (test_score_on_cuda_matches_cpu scores mcm, msp, energy, maxlogit and
+    gl-mcm): ViM fitted in float64 on the CPU from the device's features and scored in float64 on
+    the device, KNN's bank and ReAct's clipping on the device. The CUDA scorer's scores are the CPU
+    scorer's (fp32 both, TF32 convolutions off: the patch embedding is one)."""
+    from helpers import _train_folder
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    make_folders(tmp_path)
+    _train_folder(tmp_path / "train")  # 3 classes x 17: KNN's k = 50 needs 50
+    cpu = _fitted_scores_and_odin(tmp_path, tiny_clip_checkpoint, "cpu")
+    gpu = _fitted_scores_and_odin(tmp_path, tiny_clip_checkpoint, "cuda")
+    assert torch.equal(gpu["pred_index"], cpu["pred_index"])
+    for name in ("mcm", "odin", "gradnorm", "react", "knn", "vim"):
+        assert gpu[name].device.type == "cpu" and torch.isfinite(gpu[name]).all(), name
+        torch.testing.assert_close(gpu[name], cpu[name], atol=5e-3, rtol=5e-3, msg=name)
+
+
 # --- hostile files: verified cache entries, non-finite numbers, names, unreadable files ----------
 
 
