@@ -83,7 +83,10 @@ run_step() {  # run_step NAME LIMIT_S COMMAND...: stdout+stderr to $OUT/NAME.log
   grep -v "it/s\]\|^\s*$" "$OUT/$name.log" | tail -n 25
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())"
+# (every step needs both and a GPU: where one is missing, say so once and run none, rather than have each fail)
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name())" \
+  || { echo "=== python3 cannot import torch and open_clip or sees no GPU (above): no step runs (.whl/ holds open_clip's" \
+         "wheels: is it in the device call's carry?)"; exit 1; }
 wait_prepared() {  # a background prepare_e2e of an earlier call must be done before a fit reads its files
   for _ in $(seq 120); do [ -e "$E2E_ROOT/prepare.pid" ] && kill -0 "$(cat "$E2E_ROOT/prepare.pid")" 2>/dev/null || return 0; sleep 1; done
   echo "=== prepare_e2e still running after 120 s: the fit starts anyway (it writes the JPEGs beside it)"

@@ -153,7 +153,8 @@ def _gpu_check(tmp_path: Path, only: str, **env: str) -> tuple[subprocess.Comple
         "#!/bin/bash\n"
         'echo "$*" >> "$CALLS"\n'
         'case "$*" in *fit_step.py*) [ -n "${FIT_STEP_SLEEP:-}" ] && exec sleep "$FIT_STEP_SLEEP";;\n'
-        '  *"clip_smot reproduce"*) [ -n "${T8_SLEEP:-}" ] && sleep "$T8_SLEEP"; [ -n "${REPRODUCE_FAIL:-}" ] && exit 1;; esac\n'
+        '  *"clip_smot reproduce"*) [ -n "${T8_SLEEP:-}" ] && sleep "$T8_SLEEP"; [ -n "${REPRODUCE_FAIL:-}" ] && exit 1;;\n'
+        '  *"import torch, open_clip"*) [ -n "${NO_OPEN_CLIP:-}" ] && exit 1;; esac\n'
         'echo \'{"ms_per_step": 1.0}\'\n')
     (bin_ / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total [MiB], driver_version'\necho 'Stub GPU'\n")
     for stub in bin_.iterdir():
@@ -277,6 +278,15 @@ def test_gpu_check_runs_the_gpu_tests_past_test_modules_the_device_cannot_import
     assert out.returncode == 0, out.stderr
     assert [c for c in calls if "pytest" in c] == [
         "-m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests"]
+
+
+def test_gpu_check_runs_no_step_where_open_clip_does_not_import(tmp_path):
+    """.whl/ (open_clip's wheels) is git-ignored: a device call that does not carry it has no open_clip,
+    and every step failed on its own import. The script says so once, runs nothing and exits 1."""
+    out, calls = _gpu_check(tmp_path, "issue", NO_OPEN_CLIP="1")
+    assert out.returncode == 1
+    assert "=== python3 cannot import torch and open_clip or sees no GPU (above): no step runs" in out.stdout
+    assert [c for c in calls if "benchmarks/" in c] == [] and "===" not in out.stdout.split("no step runs")[1]
 
 
 def test_gpu_check_deadline_shortens_the_step_that_would_pass_it_and_skips_the_rest(tmp_path):
