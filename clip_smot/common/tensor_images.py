@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["STRIP", "is_strip", "is_jpeg", "has_decode_jpeg", "decode_jpegs", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
+__all__ = ["STRIP", "is_strip", "is_jpeg", "has_decode_jpeg", "decode_jpegs", "ends_its_scans", "by_size", "shorter_side_size", "resize_uint8", "center_crop", "normalize"]
 
 
 STRIP = 16  # an image with a side over 16 times the other is a strip
@@ -96,9 +96,32 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str) -> l
     """
     if not datas or not has_decode_jpeg():
         return [None] * len(datas)
+    whole = [i for i, data in enumerate(datas) if ends_its_scans(data)]
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    for i, image in zip(whole, _decode([datas[i] for i in whole], torch.device(device))):
+        out[i] = image
+    return out
+
+
+def ends_its_scans(data: torch.Tensor) -> bool:
+    """Whether the JPEG bytes ``data`` (uint8 [n]) hold an end-of-image marker after the start of
+    their last scan, as a whole file does (a 0xFF in the scans' data is followed by 0x00 or a
+    restart marker's number, never 0xD9). A file cut short has none: libjpeg refuses it, but a
+    decoder may not (nvJPEG is not known to), and a damaged image would be scored; such a file
+    goes to PIL, which names it (or reads one whose last scan is whole, as the CPU paths do).
+    Most files end in the marker: only the others are searched (0.1 ms for 170 kB)."""
+    if data[-2:].numpy().tobytes() == b"\xff\xd9":
+        return True
+    whole = data.numpy().tobytes()
+    return whole.rfind(b"\xff\xd9") > whole.rfind(b"\xff\xda") >= 0
+
+
+def _decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """``decode_jpeg`` of each file of ``datas`` (None for one it cannot read), batched where it can."""
+    if not datas:
+        return []
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    device = torch.device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (libjpeg's "corrupt data" warnings: such a file goes to PIL)
         try:

@@ -261,3 +261,36 @@ def test_without_torchvisions_decode_jpeg_every_file_goes_to_pil(monkeypatch):
     monkeypatch.delattr(torchvision.io, "decode_jpeg")
     assert not ti.has_decode_jpeg()
     assert ti.decode_jpegs([good, good], "cpu") == [None, None]
+
+
+def test_a_jpeg_cut_short_goes_to_pil_whatever_the_decoder_makes_of_it(monkeypatch):
+    """nvJPEG (decode_jpeg on CUDA) is not known to refuse a file cut short, as libjpeg does: a
+    decoder that made an image of any bytes stands in for it. A file whose last scan has no
+    end-of-image marker after it (cut in its scans, or between two progressive scans) is not given
+    to it (None: PIL decodes it, and names a truncated file); a whole one, trailing bytes after its
+    marker included, is."""
+    import torchvision.io
+
+    made = []
+
+    def lenient(data, mode=None, device=None):
+        batch = isinstance(data, list)
+        made.extend(bytes(d.numpy()) for d in (data if batch else [data]))
+        image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+        return [image for _ in data] if batch else image
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lenient)
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    plain, progressive = io.BytesIO(), io.BytesIO()
+    im.save(plain, format="JPEG")
+    im.save(progressive, format="JPEG", progressive=True)
+    plain, progressive = plain.getvalue(), progressive.getvalue()
+    assert plain.endswith(b"\xff\xd9") and progressive.count(b"\xff\xda") > 1
+    second_scan = progressive.index(b"\xff\xda", progressive.index(b"\xff\xda") + 2)
+    cut = [plain[: len(plain) // 2], plain[:-2], progressive[:second_scan], progressive[: second_scan + 40]]
+    whole = [plain, plain + b"trailing bytes", progressive]
+    raws = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in cut + whole]
+    out = ti.decode_jpegs(raws, "cpu")
+    assert [o is None for o in out] == [True] * len(cut) + [False] * len(whole)
+    assert made == whole
+    assert [ti.ends_its_scans(r) for r in raws] == [False] * len(cut) + [True] * len(whole)
