@@ -122,7 +122,7 @@ for s in $ONLY; do
       echo $! > "$E2E_ROOT/prepare.pid"; echo "=== prepare_e2e started in the background" ;;
     # (the test modules that import a test-only package the device machine lacks, webdataset or pytorch-ood, fail
     # to import: without --continue-on-collection-errors pytest stops there and runs no GPU test at all)
-    pytest_gpu) run_step pytest_gpu 240 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+    pytest_gpu) run_step pytest_gpu 330 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
       tests ;;
     # only the GPU exactness tests of the fast text options (FlexAttention, compiled, CUDA graph)
     pytest_flex) run_step pytest_flex 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/clip/test_encoders.py \
