@@ -61,7 +61,8 @@ __all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "norma
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
-_CACHE_VERSION = "2"
+# 3: a float image's range from its finite pixels (one NaN pixel read it unscaled, almost black)
+_CACHE_VERSION = "3"
 _LOCAL_DTYPE = torch.float16  # local features are large; their cosines need no more precision
 
 
