@@ -126,13 +126,23 @@ def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config,
     torch.testing.assert_close(clf.logits(images), clip.model.logit_scale.exp() * img @ expected.t())
 
 
-def test_export_reproduces_the_prompt(one_epoch, tmp_path):
-    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(one_epoch / "checkpoint.pt"),
+@pytest.mark.parametrize("record", ["today", "no activation"])
+def test_export_reproduces_the_prompt(one_epoch, tmp_path, record):
+    """The run's prompt again; also from a checkpoint written before a run's CLIP record named its
+    activation (before 2026-12-03: the model config's is the run's)."""
+    run = one_epoch
+    if record == "no activation":
+        run = shutil.copytree(one_epoch, tmp_path / "run")
+        _edit_checkpoint(run / "checkpoint.pt", run / "checkpoint.pt",
+                         lambda saved: saved["config"]["run"]["clip"].pop("activation"))
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(run / "checkpoint.pt"),
                                    "--out", str(tmp_path / "again.safetensors"), "--device", "cpu"])
     assert res.exit_code == 0 and res.stdout == f"prompt written to {tmp_path / 'again.safetensors'}\n", res.output
     assert "note:" not in res.output  # epoch 1 of the run's 1: no unfinished run's note
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
     assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
+    if record == "no activation":  # (the prompt keeps the run's record as it is)
+        a.config["run"]["clip"].pop("activation")
     assert a.classnames == b.classnames and a.config == b.config
 
 
