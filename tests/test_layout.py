@@ -312,6 +312,40 @@ def test_the_version_is_the_same_everywhere():
     assert res.exit_code == 0 and res.output == f"clip-smot, version {declared}\n"
 
 
+def test_the_paper_averages_quoted_in_the_docs_are_those_of_paper_tables_csv():
+    """README's "The paper's tables" and docs/fit.md's Table 8 targets quote the paper's averages
+    by hand; data_lists/paper_tables.csv is the transcription reproduce writes beside ours. A
+    number changed in one place only would set a reader's target apart from the table's."""
+    import csv
+
+    with open(ROOT / "data_lists" / "paper_tables.csv", newline="") as f:
+        paper = {(r["table"], r["row"], r["metric"]): r["value"] for r in csv.DictReader(f)
+                 if r["ood_set"] == "average"}
+    # (README's table column, its "ID" and "method" cells) -> paper_tables.csv's (table, row)
+    readme_rows = {
+        ("8", "ImageNet-1k, 16-shot, CLIP ViT-B-16", "CoOp"): ("8", "CoOp"),
+        ("8", "ImageNet-1k, 16-shot, CLIP ViT-B-16", "SMOT"): ("8", "SMOT"),
+        ("8", "ImageNet-1k, zero-shot CLIP", "MCM"): ("8", "MCM"),
+        ("1/2", "CIFAR-10, ResNet-18", "CE, MSP"): ("2", "MSP"),
+        ("1/2", "CIFAR-10, ResNet-18", "SMOT, MSP"): ("2", "SMOT"),
+        ("1/3", "CIFAR-100, ResNet-18", "SMOT, MSP"): ("3", "SMOT"),
+        ("4", "ImageNet-200, ResNet-18", "SMOT, MSP"): ("4", "SMOT"),
+    }
+    rows = _table_rows(_doc("README.md"), "| table | ID | method | avg FPR95 | avg AUROC |")
+    assert {tuple(r[:3]) for r in rows} == set(readme_rows)
+    for table, id_set, method, fpr95, auroc in rows:
+        key = readme_rows[(table, id_set, method)]
+        assert (fpr95, auroc) == (paper[(*key, "fpr95")], paper[(*key, "auroc")]), (table, method)
+        if table.startswith("1/"):  # Table 1's cells are those of Table 2 (CIFAR-10) and Table 3 (CIFAR-100)
+            t1 = ("1", id_set.split(",")[0] + (" CE" if method.startswith("CE") else " SMOT"))
+            assert (fpr95, auroc) == (paper[(*t1, "fpr95")], paper[(*t1, "auroc")]), (table, method)
+    fit_rows = _table_rows(_doc("docs/fit.md"), "| method | avg FPR95 (%) | avg AUROC (%) |")
+    fit_names = {"SMOT, 16-shot": "SMOT", "CoOp, 16-shot": "CoOp", "MCM, zero-shot": "MCM"}
+    assert sorted(r[0] for r in fit_rows) == sorted(fit_names)
+    for method, fpr95, auroc in fit_rows:
+        assert (fpr95, auroc) == (paper[("8", fit_names[method], "fpr95")], paper[("8", fit_names[method], "auroc")])
+
+
 def test_the_readme_layout_names_every_module():
     layout = _doc("README.md").split("## Layout")[1].split("```")[1]
     listed, folder = [], None
