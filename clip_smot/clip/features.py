@@ -146,7 +146,8 @@ def _load_entry(path: Path, local: bool, embed_dim: int, patches: int | None
 def _read_cache(path: Path, paths: Sequence[str], local: bool, embed_dim: int, patches: int | None = None
                 ) -> tuple[ImageFeatures | None, str]:
     """The cached features of ``paths`` and "", or None and why the entry cannot be used ("" when
-    there is no entry or it lacks the local features asked for; a reason when it is damaged).
+    there is no entry or it lacks the local features asked for; a reason when it is damaged, or
+    of another meaning: another key's, another clip-smot's, other files').
     ``patches``: the model's patches per image (for ``local``; None where it has none)."""
     if not path.is_file():
         return None, ""
@@ -349,7 +350,7 @@ def encode_files(
                      else (None, ""))
     writer = writes_outputs()  # (rank 0 under torchrun: one note, one cache write)
     if damage and writer:
-        print(f"note: the feature-cache entry {entry} is damaged ({damage}); its images are encoded again",
+        print(f"note: the feature-cache entry {entry} cannot be used ({damage}); its images are encoded again",
               file=sys.stderr)
     # under torchrun all processes encode unless every one found the entry (one may have looked
     # while rank 0 was writing it for an earlier argument with the same files)

@@ -111,7 +111,7 @@ def test_an_entry_at_the_key_that_lists_other_files_is_encoded_again(tmp_path, t
     cf._write_cache(entry, cf.ImageFeatures([a, c], fresh.global_, None, []))  # (c's features would be b's)
     capsys.readouterr()
     again = cf.encode_files(tiny, [a, b], workers=0)
-    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (it lists other files); "
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} cannot be used (it lists other files); "
                                        "its images are encoded again\n")
     assert again.paths == [a, b]
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
@@ -135,7 +135,7 @@ def test_an_entry_moved_to_another_keys_name_is_encoded_again(
     entry_b.write_bytes(entry_a.read_bytes())
     capsys.readouterr()
     b = cf.encode_files(clip_b, files, workers=0).global_
-    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry_b} is damaged (it was written for "
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry_b} cannot be used (it was written for "
                                        "another key (another model, weights, preprocessing or files)); its images "
                                        "are encoded again\n")
     torch.testing.assert_close(b, cf.encode_files(clip_b, files, workers=0, use_cache=False).global_, rtol=0, atol=0)
@@ -189,7 +189,7 @@ def test_an_entry_of_local_features_in_another_dtype_is_encoded_again(tmp_path, 
     cf._write_cache(entry, cf.ImageFeatures(fresh.paths, fresh.global_, fresh.local.float(), []))
     capsys.readouterr()
     again = cf.encode_files(tiny, paths, local=True, workers=0)
-    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (its features are not float32 "
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} cannot be used (its features are not float32 "
                                        "(global) and float16 (local)); its images are encoded again\n")
     assert again.local.dtype == torch.float16
     torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
@@ -209,7 +209,7 @@ def test_an_entry_of_local_features_of_another_shape_is_encoded_again(tmp_path, 
     cf._write_cache(entry, cf.ImageFeatures(fresh.paths, fresh.global_, edit(fresh.local), []))
     capsys.readouterr()
     again = cf.encode_files(tiny, paths, local=True, workers=0)
-    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
+    assert "cannot be used (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
     torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
 
 
@@ -239,7 +239,7 @@ def test_an_entry_of_features_past_the_norm_tolerances_is_encoded_again(tmp_path
         cf._write_cache(entry, cf.ImageFeatures(fresh.paths, global_, local, []))
         capsys.readouterr()
         again = cf.encode_files(tiny, paths, local=True, workers=0)
-        assert "is damaged (its features are not normalised); its images are encoded again" in capsys.readouterr().err
+        assert "cannot be used (its features are not normalised); its images are encoded again" in capsys.readouterr().err
         assert torch.equal(again.global_, fresh.global_) and torch.equal(again.local, fresh.local)
 
 

@@ -656,7 +656,7 @@ def test_a_cache_entry_declaring_other_shapes_is_encoded_again_before_loading(tm
     monkeypatch.setattr(features, "safe_open", guarded_safe_open(features.safe_open, lambda s: math.prod(s) > 10**6))
     capsys.readouterr()
     again = features.encode_files(tiny, paths, local=True, workers=0)
-    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
+    assert "cannot be used (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
     torch.testing.assert_close(again.local, fresh.local, rtol=0, atol=0)
 
@@ -851,7 +851,7 @@ def test_a_cache_entry_whose_features_changed_is_encoded_again_with_a_note(tmp_p
     entry.write_bytes(bytes(data))
     res = CliRunner().invoke(cli, [*args, str(tmp_path / "again.csv")])
     assert res.exit_code == 0, res.output
-    assert res.stderr == f"note: the feature-cache entry {entry} is damaged (its checksum does not match its " \
+    assert res.stderr == f"note: the feature-cache entry {entry} cannot be used (its checksum does not match its " \
                          "contents); its images are encoded again\n"
     fresh = (tmp_path / "fresh.csv").read_text()
     assert (tmp_path / "first.csv").read_text() == fresh and (tmp_path / "again.csv").read_text() == fresh
@@ -893,7 +893,7 @@ def test_a_cache_entry_of_a_scalar_is_encoded_again(tmp_path, tiny, capsys):
     save_file({"global": torch.tensor(1.0)}, str(entry), metadata=meta)
     again = encode_files(tiny, paths, workers=0)
     assert torch.equal(again.global_, fresh.global_)
-    assert "is damaged (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
+    assert "cannot be used (its features have the wrong shape); its images are encoded again" in capsys.readouterr().err
 
 
 def _three_images(tmp_path):
@@ -937,7 +937,7 @@ def test_a_cache_entry_changed_anywhere_the_checksum_covers_is_encoded_again(tmp
     entry.write_bytes(damage(entry.read_bytes()))
     capsys.readouterr()
     again = encode_files(tiny, paths, local=True, workers=0)
-    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} is damaged (its checksum does not match "
+    assert capsys.readouterr().err == (f"note: the feature-cache entry {entry} cannot be used (its checksum does not match "
                                        "its contents); its images are encoded again\n")
     assert again.paths == paths and again.global_.dtype == torch.float32
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
@@ -971,7 +971,7 @@ def test_a_cache_entry_of_non_finite_features_is_encoded_again_even_with_its_che
     cf._write_cache(entry, cf.ImageFeatures(fresh.paths, bad, None, []))
     capsys.readouterr()
     again = cf.encode_files(tiny, paths, workers=0)
-    assert "is damaged (its features are not finite); its images are encoded again" in capsys.readouterr().err
+    assert "cannot be used (its features are not finite); its images are encoded again" in capsys.readouterr().err
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
 
 
@@ -992,7 +992,7 @@ def test_a_cache_entry_of_features_the_writer_never_stores_is_encoded_again(tmp_
     cf._write_cache(entry, cf.ImageFeatures(fresh.paths, edit(fresh.global_), None, []))
     capsys.readouterr()
     again = cf.encode_files(tiny, paths, workers=0)
-    assert f"is damaged ({why}); its images are encoded again" in capsys.readouterr().err
+    assert f"cannot be used ({why}); its images are encoded again" in capsys.readouterr().err
     assert again.global_.dtype == torch.float32
     torch.testing.assert_close(again.global_, fresh.global_, rtol=0, atol=0)
 
