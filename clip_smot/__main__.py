@@ -30,7 +30,42 @@ def main() -> None:
     if held:
         print("Error: interrupted", file=sys.stderr)
         sys.exit(130)
-    run()
+    try:
+        run()
+    except SystemExit as e:  # (click ends every command so)
+        _end(e.code)
+    _end(0)
+
+
+def _end(code) -> None:
+    """End the process with the exit code ``code`` as the interpreter does once a program is over
+    (the threads joined, the atexit callbacks run, the streams flushed), less its teardown of the
+    modules: Python restores SIGINT's default action first, so a Ctrl-C in that second (torch's
+    modules are many) ended the process with no line, and no handler of ours could say it."""
+    import atexit
+    import ctypes
+    import os
+    import threading
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # (sys.exit("message"), as the interpreter shows it)
+        print(code, file=sys.stderr)
+        code = 1
+    shutdown = getattr(threading, "_shutdown", None)  # (what the interpreter calls first: non-daemon threads)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 (a closed pipe: the interpreter's exit code for it)
+            code = code or 120
+    try:
+        ctypes.CDLL(None).fflush(None)  # (what C libraries wrote to their own buffers)
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
