@@ -5,6 +5,7 @@ loads (torch and open_clip take seconds to import) is the commands' own one line
 130, not Python's traceback from somewhere inside torch.
 """
 
+import os
 import signal
 import sys
 
@@ -30,11 +31,17 @@ def main() -> None:
     if held:
         print("Error: interrupted", file=sys.stderr)
         sys.exit(130)
+    # (a process of torchrun ends as Python ends it: torchrun's agent stops every other process
+    # as soon as one has failed, and the second the teardown takes is what lets each say its line)
+    worker = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
     try:
         run()
     except SystemExit as e:  # (click ends every command so)
+        if worker:
+            raise
         _end(e.code)
-    _end(0)
+    if not worker:
+        _end(0)
 
 
 def _end(code) -> None:
@@ -44,7 +51,6 @@ def _end(code) -> None:
     modules are many) ended the process with no line, and no handler of ours could say it."""
     import atexit
     import ctypes
-    import os
     import threading
 
     if code is None:
