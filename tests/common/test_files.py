@@ -769,30 +769,34 @@ def test_a_refused_command_leaves_the_folder_another_made_and_locked_meanwhile(t
         assert run.is_dir()
 
 
-def test_a_run_folder_removed_before_its_lock_was_taken_is_not_held(tmp_path, monkeypatch):
-    """Command A makes a new --out and locks it; B opens that folder to lock it; A stops (refused
-    after the lock, an error) and removes the folder it made, left empty; B's flock then takes the
-    lock of a folder no longer there, and C, making the folder anew, takes the lock of that one:
-    B and C both write their run into the one --out (two fits' epochs in one log, two evaluations'
-    files mixed). B must lock the folder that is at --out, or be refused (the lock file of a file
-    --out is opened again when it was replaced)."""
+@pytest.mark.parametrize("before", ["open", "flock"])
+def test_a_run_folder_removed_before_its_lock_was_taken_is_not_held(tmp_path, monkeypatch, before):
+    """Command A makes a new --out and locks it; B finds the folder there; A stops (refused after
+    the lock, an error) and removes the folder it made, left empty. Before B opened it: B's open
+    fails and B goes on unlocked; before B's flock: B takes the lock of a folder no longer there.
+    C, making the folder anew, then locks that one: B and C both write their run into the one
+    --out (two fits' epochs in one log, two evaluations' files mixed). B must lock the folder
+    that is at --out, or be refused (the lock file of a file --out is opened again when it was
+    replaced)."""
     import contextlib
 
     run = tmp_path / "run"
     first = files.output_lock(run, folder=True)  # A: makes the folder and holds its lock
     first.__enter__()
-    real = files._flock
+    hooked = "make_folder" if before == "open" else "_flock"
+    real = getattr(files, hooked)
 
-    def a_stops_first(fd, flag, out):  # (B has opened the folder; A leaves before B's flock)
-        monkeypatch.setattr(files, "_flock", real)
-        error = RuntimeError("A's error")
-        assert first.__exit__(RuntimeError, error, None) is False  # (A's error goes on)
+    def a_stops_meanwhile(*args):
+        monkeypatch.setattr(files, hooked, real)
+        if before == "open":
+            real(*args)  # (B finds the folder made)
+        assert first.__exit__(RuntimeError, RuntimeError("A's error"), None) is False  # (A's error goes on)
         assert not run.exists()  # (A made it, and removed it empty)
-        return real(fd, flag, out)
+        return None if before == "open" else real(*args)
 
-    monkeypatch.setattr(files, "_flock", a_stops_first)
+    monkeypatch.setattr(files, hooked, a_stops_meanwhile)
     with contextlib.ExitStack() as b:
-        try:  # (B may lock the folder it makes anew, or be refused: not hold a lock of none)
+        try:  # (B may lock the folder it makes anew, or be refused: not go on with no lock)
             b.enter_context(files.output_lock(run, folder=True))
         except UserError:
             return
