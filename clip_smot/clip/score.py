@@ -258,6 +258,8 @@ def _listed(f: Path | str) -> bytes:
 
 
 def _same_files_skipped(check, skipped: str) -> None:
+    """Refuse a resume whose second listing skipped other files (``check``, a SHA-256 of them by
+    :func:`_listed`) than those whose rows were checked (their digest ``skipped``)."""
     if check.hexdigest() != skipped:
         raise UserError("--resume: the images of PATHS changed while the run started (an image added or removed "
                         "since the rows kept were checked); run the same command again")

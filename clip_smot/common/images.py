@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -162,7 +162,7 @@ MAX_LINE = 1 << 16  # characters in a line of a list file: far above any path (P
 _LINES_CHECKED = 4096  # lines read between two checks that the file is the one the reading began
 
 
-def _changed(f: Any, began: os.stat_result) -> bool:
+def _changed(f: IO, began: os.stat_result) -> bool:
     """Whether the open file ``f`` was written since ``began`` (its size, modification or change
     time): a list rewritten in place (a shell's ``>``, ``cp``: the same file, truncated and
     written) was read on from the byte where the reading stood, half old and half new."""

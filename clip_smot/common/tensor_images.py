@@ -109,7 +109,7 @@ def ends_its_scans(data: torch.Tensor) -> bool:
     restart marker's number, never 0xD9). A file cut short has none: libjpeg refuses it, but a
     decoder may not (nvJPEG is not known to), and a damaged image would be scored; such a file
     goes to PIL, which names it (or reads one whose last scan is whole, as the CPU paths do).
-    Most files end in the marker: only the others are searched (0.1 ms for 170 kB)."""
+    Most files end in the marker: only the others are searched."""
     if data[-2:].numpy().tobytes() == b"\xff\xd9":
         return True
     whole = data.numpy().tobytes()
