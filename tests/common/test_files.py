@@ -440,6 +440,18 @@ def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkey
         with files.output_lock(tmp_path / "run", folder=True):
             (tmp_path / "run" / "log.jsonl").write_text("")
         assert sorted(os.listdir(tmp_path)) == ["run", "s.csv"]
+    # a run folder that cannot be opened to be locked (EACCES: root reads any, so it is faked)
+    real_open, shut = os.open, tmp_path / "shut"
+
+    def refused(path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(shut):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with files.output_lock(shut, folder=True):
+        (shut / "log.jsonl").write_text("")
+    assert sorted(os.listdir(tmp_path)) == ["run", "s.csv", "shut"]
 
 
 def test_files_written_as_one_leave_no_temporary_file_and_only_the_old_leftovers_go(tmp_path):
@@ -578,6 +590,68 @@ def test_a_lock_file_replaced_while_it_was_locked_is_opened_again(tmp_path, monk
             pass
     assert len(replaced) == 3 and _open_fds() == before
 
+
+def test_a_run_folder_replaced_while_it_was_locked_is_opened_again(tmp_path, monkeypatch):
+    """A run folder renamed away between our open and our flock, another made at its name: the
+    lock is taken again on the folder now at the name (a second command is refused there); a
+    folder replaced three times running is one line, every descriptor closed."""
+    run = tmp_path / "run"
+    run.mkdir()
+    real, replaced = files._flock, []
+
+    def flock_after_a_replacement(fd, flag, path, times):
+        if len(replaced) < times:
+            replaced.append(os.fstat(fd).st_ino)
+            os.rename(run, tmp_path / f"old{len(replaced)}")
+            run.mkdir()  # (another command's folder; the one we opened is elsewhere now)
+        return real(fd, flag, path)
+
+    before = _open_fds()
+    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 2))
+    with files.output_lock(run, folder=True):
+        assert len(replaced) == 2 and run.stat().st_ino not in replaced
+        monkeypatch.setattr(files, "_flock", real)
+        with pytest.raises(UserError, match="another clip-smot command is writing it now"):
+            with files.output_lock(run, folder=True):
+                pass
+    assert _open_fds() == before
+    replaced.clear()
+    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
+    with pytest.raises(UserError, match=rf"^--out {run}: the folder keeps being replaced; is another command "
+                                        r"starting there\?$"):
+        with files.output_lock(run, folder=True):
+            pass
+    assert len(replaced) == 3 and _open_fds() == before
+
+
+def test_the_folders_made_again_for_a_lock_go_in_front_of_those_made_before(tmp_path, monkeypatch):
+    """A run folder gone before its open, or before its flock, is made again with any parent gone
+    with it; those folders go in front of the ones already made for the lock, deepest first and
+    once each (they are removed in that order when left empty, and the first one that cannot be
+    stops the removal)."""
+    run, before = tmp_path / "p" / "run", tmp_path / "made-before"
+    made = [before]
+    held = files._folder_held(run, "--out", made)
+    next(held)
+    try:
+        assert run.is_dir() and made == [run, tmp_path / "p", before]
+    finally:
+        held.close()
+    real = files._flock
+
+    def removed_before_the_flock(fd, flag, path):
+        monkeypatch.setattr(files, "_flock", real)
+        os.rmdir(run)  # (its parent stays)
+        return real(fd, flag, path)
+
+    monkeypatch.setattr(files, "_flock", removed_before_the_flock)
+    made = [before]
+    held = files._folder_held(run, "--out", made)
+    next(held)
+    try:
+        assert run.is_dir() and made == [run, before]
+    finally:
+        held.close()
 
 def test_an_atomic_write_makes_its_folder(tmp_path):
     """A write into a folder not made yet makes it (with its parents)."""
