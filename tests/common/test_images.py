@@ -1099,3 +1099,43 @@ def test_a_damaged_lzw_tiff_is_one_line_without_libtiffs_own_message(tmp_path, m
     capfd.readouterr()
     assert warnings_main_lets_through(monkeypatch, refused) == ["another"]
     assert capfd.readouterr().err == ""
+
+
+def test_a_list_file_is_checked_for_writes_every_4096_lines_and_read_whole_when_unchanged(tmp_path):
+    """A list rewritten in place as it is read is refused at the next check, every 4096 lines, not
+    read on to its end: the 4096th line is not given. One left alone is read to its last line
+    (12288 lines: three checks passed)."""
+    import os
+
+    assert images._LINES_CHECKED == 4096
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{i:05d}.png\n" for i in range(12288)))
+    assert list(images.text_lines(listed, "PATH", "x")) == [f"{i:05d}.png" for i in range(12288)]
+    given = []
+    with pytest.raises(UserError) as e:
+        for line in images.text_lines(listed, "PATH", "x"):
+            if not given:
+                with open(listed, "r+") as f:  # (in place, longer: the reading goes on in the new lines)
+                    f.truncate(0)
+                    f.write("".join(f"{i:05d}.new\n" for i in range(24576)))
+                    f.flush()
+                    os.fsync(f.fileno())
+            given.append(line)
+    assert str(e.value) == (f"PATH {listed}: was written while it was read (another command writing it now?); run "
+                            "again once it is written")
+    assert len(given) == 4095
+
+
+@pytest.mark.parametrize("field", ["st_size", "st_mtime_ns", "st_ctime_ns"])
+def test_a_list_file_whose_size_or_times_differ_from_the_start_is_changed(tmp_path, field):
+    """Each of the size, the modification time and the change time tells a write apart (a write
+    keeping the size, then `touch -d` putting the modification time back, changes the ctime alone)."""
+    import os
+    from types import SimpleNamespace
+
+    (tmp_path / "list.txt").write_text("a.png\n")
+    with open(tmp_path / "list.txt") as f:
+        st = os.fstat(f.fileno())
+        began = {k: getattr(st, k) for k in ("st_size", "st_mtime_ns", "st_ctime_ns")}
+        assert not images._changed(f, SimpleNamespace(**began))
+        assert images._changed(f, SimpleNamespace(**{**began, field: began[field] + 1}))
