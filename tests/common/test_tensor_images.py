@@ -294,3 +294,20 @@ def test_a_jpeg_cut_short_goes_to_pil_whatever_the_decoder_makes_of_it(monkeypat
     assert [o is None for o in out] == [True] * len(cut) + [False] * len(whole)
     assert made == whole
     assert [ti.ends_its_scans(r) for r in raws] == [False] * len(cut) + [True] * len(whole)
+
+
+@pytest.mark.parametrize("parts, whole", [
+    # an EXIF thumbnail (a JPEG of its own, its end marker included) before the image's last scan, cut short
+    ([b"\xff\xd8", b"\xff\xdb\x00\x03q", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", b"\xff\xda\x00\x03s", b"scan"],
+     False),
+    # a comment holding the bytes of an end marker, the file cut before its first scan
+    ([b"\xff\xd8", b"\xff\xfe\x00\x04\xff\xd9", b"\xff\xdb\x00\x03q"], False),
+    # a whole file with such a thumbnail, trailing bytes after its own end marker
+    ([b"\xff\xd8", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", b"\xff\xda\x00\x03s", b"scan", b"\xff\xd9", b"more"],
+     True),
+])
+def test_an_end_marker_counts_only_after_the_start_of_the_last_scan(parts, whole):
+    """ends_its_scans asks for 0xFFD9 after the last 0xFFDA (a start of scan): one inside a
+    thumbnail or a comment, before it, is no end of the image, nor one in a file with no scan."""
+    data = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
+    assert ti.ends_its_scans(data) is whole
