@@ -639,6 +639,54 @@ def test_a_ctrl_c_as_the_interpreter_tears_down_its_modules_is_the_one_line(tmp_
     else:
         assert (res.returncode, res.stderr) == (0, "")
 
+_ENDING = {  # what the command does -> (exit code, stdout, stderr), as the interpreter ends a program
+    "sys.exit('boom')": (1, "", "boom\n"),
+    "sys.exit()": (0, "", ""),
+    "print('buffered')": (0, "buffered\n", ""),  # (returns: no SystemExit; stdout a pipe, block-buffered)
+    "threading.Thread(target=lambda: (time.sleep(0.3), print('thread'))).start(); sys.exit(3)": (3, "thread\n", ""),
+    "ctypes.CDLL(None).printf(b'from C\\n'); sys.exit(0)": (0, "from C\n", ""),  # (libc's own buffer)
+    "sys.stdout = Unflushable(); sys.exit(0)": (120, "", ""),  # (Python says 'Exception ignored' too)
+}
+
+
+@pytest.mark.parametrize("command, world_size", [(c, "1") for c in _ENDING] +
+                         [(c, "2") for c in _ENDING if "Unflushable" not in c])
+def test_the_entry_point_ends_the_process_as_the_interpreter_would(tmp_path, command, world_size):
+    """The console script ends the process itself once the command is over, with the exit code,
+    threads, output and flushing the interpreter's own end gives (a message given to sys.exit on
+    stderr and code 1; a non-daemon thread joined; a stdout that cannot be flushed: 120, as
+    Python's own), without its teardown of the modules (an object of __main__ is not collected).
+    A torchrun process (WORLD_SIZE 2) ends as Python ends it, teardown included. The command line
+    is a stand-in module: nothing heavy is imported."""
+    import os
+    import subprocess
+    import sys
+
+    run = ("import ctypes, os, sys, threading, time, types\n"
+           "class Torn:\n"
+           "    def __del__(self, os=os):  # (the builtins may be gone by then)\n"
+           "        os.close(os.open('torn', os.O_CREAT | os.O_WRONLY))\n"
+           "torn = Torn()\n"
+           "class Unflushable:\n"
+           "    def write(self, s):\n"
+           "        return len(s)\n"
+           "    def flush(self):\n"
+           "        raise OSError(5, 'Input/output error')\n"
+           "cli = types.ModuleType('clip_smot.cli')\n"
+           "def main():\n"
+           f"    {command}\n"
+           "cli.main = main\n"
+           "sys.modules['clip_smot.cli'] = cli\n"
+           "import clip_smot.__main__\n"
+           "clip_smot.__main__.main()\n")
+    env = dict(os.environ, WORLD_SIZE=world_size)
+    env.pop("PYTHONUNBUFFERED", None)  # (output to a pipe held in buffers, Python's and libc's, as by default)
+    res = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == _ENDING[command]
+    assert (tmp_path / "torn").exists() == (world_size == "2")
+
+
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
     """A real SIGINT that lands while ``import torch`` runs ``torch._C._c10d_init()`` (C++ that calls
     back into Python's import machinery for the half-imported torch.distributed): the KeyboardInterrupt
