@@ -2459,6 +2459,25 @@ def test_an_image_added_while_a_resume_loads_its_model_is_not_scored_twice(tmp_p
     assert rows == sorted(map(str, id_dir.rglob("*.png")))  # (each image of the one listing, 13)
 
 
+def test_a_resume_past_every_file_checks_the_files_skipped_once_the_listing_ends(tmp_path):
+    """A resume whose rows cover every file of PATHS (a run killed before OUT.partial was renamed)
+    has no chunk left to score: the files skipped are still checked against those whose rows were
+    checked (the SHA-256 of their paths, one a line), once the listing ends; a file removed since
+    is refused, not passed over."""
+    import hashlib
+
+    import clip_smot.clip.score as score
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in "abc":
+        Image.new("RGB", (4, 4)).save(folder / f"{name}.png")
+    checked = hashlib.sha256("".join(f"{folder / name}.png\n" for name in "abc").encode()).hexdigest()
+    assert list(score._chunks([str(folder)], 5, 3, None, checked)) == []
+    (folder / "c.png").unlink()
+    with pytest.raises(UserError, match=r"^--resume: the images of PATHS changed while the run started "):
+        list(score._chunks([str(folder)], 5, 3, None, checked))
+
 def test_an_image_list_rewritten_in_place_while_it_is_scored_gives_one_lists_rows(tmp_path, tiny, tiny_clip_checkpoint,
                                                                                   monkeypatch):
     """docs/score.md: an image list is read a line at a time, chunk by chunk, while the images are
