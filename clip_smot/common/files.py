@@ -172,7 +172,7 @@ def _folder_held(folder: Path, flag: str, made: list[Path]):
             fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             if e.errno == errno.ENOENT:  # (removed, as above, before our open)
-                made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+                made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f) and f not in made]
                 make_folder(folder, flag)
                 continue
             yield  # (unlocked: the command reports the folder's own trouble when it writes)
@@ -185,7 +185,7 @@ def _folder_held(folder: Path, flag: str, made: list[Path]):
         finally:
             os.close(fd)  # (releases the lock)
         if not os.path.lexists(folder):  # (removed: made again, by us or by the next command)
-            made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f)]
+            made[:0] = [f for f in (folder, *folder.parents) if not os.path.lexists(f) and f not in made]
             make_folder(folder, flag)
     raise UserError(f"{flag} {folder}: the folder keeps being replaced; is another command starting there?")
 

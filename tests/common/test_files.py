@@ -652,6 +652,17 @@ def test_the_folders_made_again_for_a_lock_go_in_front_of_those_made_before(tmp_
         assert run.is_dir() and made == [run, before]
     finally:
         held.close()
+    # a folder made for the lock already, removed and made again: listed once (twice, its second
+    # removal failed and stopped the removal before the parent made for the lock with it)
+    monkeypatch.setattr(files, "_flock", removed_before_the_flock)
+    made = [run, tmp_path / "p"]
+    held = files._folder_held(run, "--out", made)
+    next(held)
+    try:
+        assert run.is_dir() and made == [run, tmp_path / "p"]
+    finally:
+        held.close()
+
 
 def test_an_atomic_write_makes_its_folder(tmp_path):
     """A write into a folder not made yet makes it (with its parents)."""
