@@ -65,8 +65,8 @@ def _end(code) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 (a closed pipe: the interpreter's exit code for it)
-            code = code or 120
+        except Exception:  # noqa: BLE001 (a closed pipe: the interpreter's exit code for it, whatever the command's)
+            code = 120
     try:
         ctypes.CDLL(None).fflush(None)  # (what C libraries wrote to their own buffers)
     except (OSError, AttributeError):

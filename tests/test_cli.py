@@ -639,6 +639,7 @@ def test_a_ctrl_c_as_the_interpreter_tears_down_its_modules_is_the_one_line(tmp_
     else:
         assert (res.returncode, res.stderr) == (0, "")
 
+
 _ENDING = {  # what the command does -> (exit code, stdout, stderr), as the interpreter ends a program
     "sys.exit('boom')": (1, "", "boom\n"),
     "sys.exit()": (0, "", ""),
@@ -646,6 +647,7 @@ _ENDING = {  # what the command does -> (exit code, stdout, stderr), as the inte
     "threading.Thread(target=lambda: (time.sleep(0.3), print('thread'))).start(); sys.exit(3)": (3, "thread\n", ""),
     "ctypes.CDLL(None).printf(b'from C\\n'); sys.exit(0)": (0, "from C\n", ""),  # (libc's own buffer)
     "sys.stdout = Unflushable(); sys.exit(0)": (120, "", ""),  # (Python says 'Exception ignored' too)
+    "sys.stdout = Unflushable(); sys.exit(3)": (120, "", ""),  # (120 whatever the code, as Python's)
 }
 
 
