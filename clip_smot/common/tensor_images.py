@@ -49,8 +49,17 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 
 def _frame_size(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, found by walking the marker segments from the
-    start (a few hops: the header precedes the image data), or None."""
+    """(width, height) from a JPEG's frame header (see :func:`_frame_at`), or None."""
+    at = _frame_at(data)
+    if at is None:
+        return None
+    return data[at + 7] << 8 | data[at + 8], data[at + 5] << 8 | data[at + 6]
+
+
+def _frame_at(data: bytes | memoryview) -> int | None:
+    """Where a JPEG's frame header starts (its marker), found by walking the marker segments from
+    the start (a few hops: the header precedes the image data; an EXIF thumbnail, a JPEG of its
+    own inside an APP1 segment, is stepped over whole), or None."""
     at, n = 2, len(data)
     while at + 4 <= n:
         if data[at] != 0xFF:
@@ -64,9 +73,7 @@ def _frame_size(data: bytes | memoryview) -> tuple[int, int] | None:
             continue
         length = data[at + 2] << 8 | data[at + 3]
         if marker in _SOF:
-            if length < 7 or at + 9 > n:
-                return None
-            return data[at + 7] << 8 | data[at + 8], data[at + 5] << 8 | data[at + 6]
+            return at if length >= 7 and at + 9 <= n else None
         if marker in (0xD9, 0xDA) or length < 2:  # (end of image, or the data before any frame header)
             return None
         at += 2 + length
@@ -109,11 +116,13 @@ def ends_its_scans(data: torch.Tensor) -> bool:
     restart marker's number, never 0xD9). A file cut short has none: libjpeg refuses it, but a
     decoder may not (nvJPEG is not known to), and a damaged image would be scored; such a file
     goes to PIL, which names it (or reads one whose last scan is whole, as the CPU paths do).
-    Most files end in the marker: only the others are searched."""
+    The last scan is the image's, after its frame header: an EXIF thumbnail's scan and end marker
+    come before it. Most files end in the marker: only the others are searched."""
     if data[-2:].numpy().tobytes() == b"\xff\xd9":
         return True
     whole = data.numpy().tobytes()
-    return whole.rfind(b"\xff\xd9") > whole.rfind(b"\xff\xda") >= 0
+    frame, scan = _frame_at(whole), whole.rfind(b"\xff\xda")
+    return frame is not None and scan > frame and whole.rfind(b"\xff\xd9") > scan
 
 
 def _decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -296,18 +296,25 @@ def test_a_jpeg_cut_short_goes_to_pil_whatever_the_decoder_makes_of_it(monkeypat
     assert [ti.ends_its_scans(r) for r in raws] == [False] * len(cut) + [True] * len(whole)
 
 
+_FRAME = b"\xff\xc0\x00\x0b\x08\x00\x02\x00\x03\x01\x01\x11\x00"  # a frame header: 3 x 2, one component
+
+
 @pytest.mark.parametrize("parts, whole", [
     # an EXIF thumbnail (a JPEG of its own, its end marker included) before the image's last scan, cut short
-    ([b"\xff\xd8", b"\xff\xdb\x00\x03q", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", b"\xff\xda\x00\x03s", b"scan"],
-     False),
+    ([b"\xff\xd8", b"\xff\xdb\x00\x03q", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", _FRAME, b"\xff\xda\x00\x03s",
+      b"scan"], False),
     # a comment holding the bytes of an end marker, the file cut before its first scan
-    ([b"\xff\xd8", b"\xff\xfe\x00\x04\xff\xd9", b"\xff\xdb\x00\x03q"], False),
+    ([b"\xff\xd8", b"\xff\xfe\x00\x04\xff\xd9", b"\xff\xdb\x00\x03q", _FRAME], False),
+    # such a thumbnail (its scan and end marker), the file cut after the image's frame header, before its scan
+    ([b"\xff\xd8", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", _FRAME, b"\xff\xdb\x00\x03q"], False),
     # a whole file with such a thumbnail, trailing bytes after its own end marker
-    ([b"\xff\xd8", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", b"\xff\xda\x00\x03s", b"scan", b"\xff\xd9", b"more"],
-     True),
+    ([b"\xff\xd8", b"\xff\xe1\x00\x08\xff\xd8\xff\xda\xff\xd9", _FRAME, b"\xff\xda\x00\x03s", b"scan", b"\xff\xd9",
+      b"more"], True),
 ])
 def test_an_end_marker_counts_only_after_the_start_of_the_last_scan(parts, whole):
-    """ends_its_scans asks for 0xFFD9 after the last 0xFFDA (a start of scan): one inside a
-    thumbnail or a comment, before it, is no end of the image, nor one in a file with no scan."""
+    """ends_its_scans asks for 0xFFD9 after the last 0xFFDA (a start of scan) after the frame
+    header: one inside a thumbnail or a comment, before it, is no end of the image, nor one in a
+    file with no scan of its own."""
+    assert ti._frame_size(b"".join(parts)) == (3, 2)  # (the image's header, the thumbnail stepped over)
     data = torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
     assert ti.ends_its_scans(data) is whole
