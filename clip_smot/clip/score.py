@@ -147,9 +147,10 @@ def _score(cfg: ScoreConfig, names: list[str], counts: list[int], prompt_file: P
         # the record of a run killed between renaming OUT.partial to OUT and removing the record:
         # it vouches for no rows now (and no other run of this --out is at work: the lock is held)
         run_file.unlink()
-    listing = _Listing(_files(cfg.paths, skip), _chunk_start(counts, chunk))
-    done, keep = (_resume_point(partial, header, listing, prompt_file.classnames, cfg.skip_unreadable,
-                                _chunk_start(counts, chunk)) if cfg.resume else (0, 0))
+    starts = _chunk_start(counts, chunk)
+    listing = _Listing(_files(cfg.paths, skip), starts)
+    done, keep = (_resume_point(partial, header, listing, prompt_file.classnames, cfg.skip_unreadable, starts)
+                  if cfg.resume else (0, 0))
     # rows the run file must vouch for: kept ones, or the rows of a chunk cut short, dropped (with
     # another prompt, say, the user is told, not its rows replaced without a word)
     vouch = done > 0 or (keep > 0 and os.stat(partial).st_size > keep)
