@@ -491,6 +491,24 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
         raise error from None
 
 
+def _move_aside(path: Path) -> str:
+    """Rename ``path`` to a new temporary name beside it (one :func:`remove_stale_temporaries`
+    removes, where a kill left it) and flush the folder; that name."""
+    try:
+        fd, aside = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    os.close(fd)
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(aside)
+        raise _write_error(path, e) from None
+    fsync_folder(path.parent)  # (its removal on the disk before any new file's)
+    return aside
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to the disk, then rename it
     to ``path``.
@@ -514,31 +532,47 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
     ``leftovers`` that were not written now are deleted (those of an earlier run that wrote more).
 
     A failure while writing (a full disk, an exception in a writer, Ctrl-C) leaves the folder as it
-    was, with no temporary file; other files in it are never touched. Only a kill within the final
-    renames (no disk space needed, microseconds) could leave some files new and some old. The
-    renames are flushed to the disk (:func:`fsync_folder`), those before ``last`` before it is
-    renamed: after a power loss too, the folder holds ``last`` only with the others.
+    was, with no temporary file; other files in it are never touched. The renames are flushed to
+    the disk (:func:`fsync_folder`), those before ``last`` before it is renamed: after a power loss
+    too, the folder holds ``last`` only with the others. An earlier ``last`` is moved aside before
+    the first rename, so that a rename failing after others (EIO of a failing disk), or a kill
+    within the renames (microseconds), leaves some files new and some old but no ``last`` saying
+    the set is whole; where no file was renamed yet it is put back.
 
     Raises:
-        UserError: a file cannot be written, naming it.
+        UserError: a file cannot be written, naming it (and, where the folder holds a mixed set
+            now, saying so).
     """
     folder = Path(folder)
     for name in writers:  # (a rename onto a folder fails: found before the first rename, not after some)
         if os.path.isdir(folder / name) and not os.path.islink(folder / name):  # (a link is replaced)
             raise _write_error(folder / name, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
     temps: dict[str, str] = {}
+    aside = None  # the earlier `last`, under a temporary name while the others are renamed
     try:
         for name, write in writers.items():
             temps[name] = _write_temporary(folder / name, write)
+        renamed: list[str] = []
         for name, tmp in sorted(temps.items(), key=lambda item: item[0] == last):  # (a stable sort)
             if name == last and len(temps) > 1:
                 fsync_folder(folder)  # (the others' renames first: a rename is not ordered with another on the disk)
+            elif last in temps and len(temps) > 1 and not renamed and os.path.lexists(folder / last):
+                aside = _move_aside(folder / last)
             try:
                 os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
             except OSError as e:
-                raise _write_error(folder / name, e) from None
+                if aside is not None and not renamed:  # (nothing new yet: the earlier set is whole again)
+                    with contextlib.suppress(OSError):
+                        os.replace(aside, folder / last)
+                        aside = None
+                error = _write_error(folder / name, e)
+                if renamed:
+                    error = UserError(f"{error}; {', '.join(renamed)} written already: the folder holds no whole "
+                                      f"set of its files now" + (f" (and no {last})" if last else ""))
+                raise error from None
+            renamed.append(name)
     finally:
-        for tmp in temps.values():
+        for tmp in [*temps.values(), *([aside] if aside else [])]:
             with contextlib.suppress(OSError):
                 os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
     fsync_folder(folder)

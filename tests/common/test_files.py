@@ -508,32 +508,39 @@ def test_files_written_as_one_where_one_name_is_a_folder_rename_none(tmp_path):
     assert not (tmp_path / "b.txt").is_symlink() and os.listdir(tmp_path / "d") == []
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_write_files: a rename failing after others leaves new files beside "
-                   "old ones and the old `last`, which says the set is whole")
-def test_files_written_as_one_where_a_later_rename_fails_are_not_a_mixed_set(tmp_path, monkeypatch):
-    """The second rename of an evaluation's files fails (EIO of a failing disk): metrics.csv was
+@pytest.mark.parametrize("failing_rename", [1, 2, 3])
+def test_files_written_as_one_where_a_later_rename_fails_are_not_a_mixed_set(tmp_path, monkeypatch, failing_rename):
+    """The second rename of an evaluation's files failed (EIO of a failing disk): metrics.csv was
     the new run's, metrics.md and the rest the old run's, and the old metrics.json, the file
     whose presence says the set is whole, was still there, under an error saying the file there
-    before was unchanged. After the failure the folder holds the old set whole, or no
-    metrics.json."""
+    before was unchanged. Now a failing first rename leaves the old set whole (its metrics.json,
+    moved aside, is put back); a later one leaves no metrics.json, and the line says so."""
     old = {"metrics.csv": "old csv", "metrics.md": "old md", "metrics.json": "{}"}
     for name, text in old.items():
         (tmp_path / name).write_text(text)
     replace, renames = os.replace, []
 
     def failing(src, dst):
+        if os.path.basename(dst).startswith(".") or len(renames) == failing_rename:  # (moved aside; put back)
+            return replace(src, dst)
         renames.append(os.path.basename(dst))
-        if len(renames) == 2:
+        if len(renames) == failing_rename:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return replace(src, dst)
 
     monkeypatch.setattr(files.os, "replace", failing)
     writers = {name: files.text_writer(f"new {name}") for name in old}
-    with pytest.raises(UserError, match=r"^cannot write .*metrics.md: Input/output error"):
+    with pytest.raises(UserError, match=r"^cannot write .*/metrics\.(csv|md|json): Input/output error") as e:
         files.atomic_write_files(tmp_path, writers, last="metrics.json")
-    assert renames == ["metrics.csv", "metrics.md"]
-    kept = {p.name: p.read_text() for p in tmp_path.iterdir()}
-    assert kept == old or "metrics.json" not in kept, kept
+    assert renames == ["metrics.csv", "metrics.md", "metrics.json"][:failing_rename]
+    kept = {p.name: p.read_text() for p in tmp_path.iterdir()}  # (no temporary file left either)
+    if failing_rename == 1:
+        assert kept == old and "whole" not in str(e.value)
+    else:
+        assert kept == {"metrics.csv": "new metrics.csv", "metrics.md": "new metrics.md" if failing_rename == 3
+                        else "old md"}
+        assert str(e.value).endswith("written already: the folder holds no whole set of its files now "
+                                     "(and no metrics.json)"), str(e.value)
 
 
 def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_path):
