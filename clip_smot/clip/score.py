@@ -358,8 +358,12 @@ def _start_partial(partial: Path, header: Sequence[str], keep: int) -> None:
     link or a FIFO found there is not written through (:func:`_resume_point` refuses such a
     partial to keep)."""
     if keep:
-        with open(partial, "r+b") as f:
-            f.truncate(keep)
+        try:
+            with open(partial, "r+b") as f:
+                f.truncate(keep)
+        except OSError as e:  # (a file system remounted read-only, a failing disk: the rows are still there)
+            raise UserError(f"--resume: {partial} cannot be cut to its {keep:,} bytes of whole rows "
+                            f"({e.strerror or e})") from None
     else:
         atomic_write_text(",".join(header) + "\n", partial)  # (a new file: renamed over a link, not through it)
 
