@@ -1838,6 +1838,40 @@ def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stag
     assert ran == []
 
 
+@pytest.mark.xfail(strict=True, reason="reproduce: sha256_file of an earlier stage's file (write_record, "
+                   "_check_inputs) lets an OSError out as a traceback")
+@pytest.mark.parametrize("when", ["record", "check"])
+def test_an_earlier_stages_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, when):
+    """fit-a's prompt, which eval-x reads, fails its read (EIO of a bad sector): a real
+    `clip-smot reproduce table8` ended in an OSError traceback from write_record, which hashes
+    the earlier stages' files before the stage runs (found by a fault sweep); check_record of a
+    finished stage hashes them too. One line naming the file, as the stage itself would give."""
+    import errno
+
+    import clip_smot.common.files as files
+    from clip_smot.reproduce import RECORD, Stage
+
+    out = tmp_path / "o"
+    prompt = out / "fit-a" / "prompt.safetensors"
+    stage = Stage("eval-x", ("eval", "--prompt", str(prompt), "--out", str(out / "eval-x")), earlier=("fit-a",))
+    for path in (prompt, out / "eval-x" / "metrics.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"now")
+    (out / "eval-x" / RECORD).write_text(json.dumps({"argv": stage.identity(out), "inputs": {
+        "fit-a/prompt.safetensors": hashlib.sha256(b"now").hexdigest()}}))
+    real_open = open
+
+    def failing(path, *args, **kwargs):
+        if os.fspath(path) == str(prompt):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", failing, raising=False)
+    with pytest.raises(UserError) as e:
+        stage.write_record(out) if when == "record" else stage.check_record(out)
+    assert str(prompt) in str(e.value) and "Input/output error" in str(e.value)
+
+
 def test_a_record_replaced_while_its_stage_ran_is_not_vouched_for(tmp_path):
     """Two reproduces into one --out at once, of tables naming a stage alike (tables 2 and 3:
     train-base) or of other options: the second wrote its record over the first's while the
