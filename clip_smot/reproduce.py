@@ -371,7 +371,7 @@ class Stage:
                 continue  # (an older record; a stage yet to run, after which the file is compared)
             if not is_file(path, "--out"):
                 why = "which is gone"
-            elif sha256_file(path) != sha:
+            elif _sha256(path) != sha:
                 why = "which has changed since"
             else:
                 continue
@@ -467,11 +467,20 @@ class Stage:
         if self.resumable(out):  # (a run begun in its folder since the check before any stage: another command's?)
             self.check_record(out)
         root = Path(out)
-        hashes = {p.relative_to(root).as_posix(): sha256_file(p) for p in self.inputs(out) if is_file(p, "--out")}
+        hashes = {p.relative_to(root).as_posix(): _sha256(p) for p in self.inputs(out) if is_file(p, "--out")}
         make_folder(self.folder(out))
         remove_stale_temporaries(self.folder(out), (RECORD,))  # (of a run killed while writing it)
         atomic_write_text(json_text({"argv": now, "inputs": hashes, "files": self.files(out), "made": None}), record)
         return now
+
+
+def _sha256(path: Path) -> str:
+    """:func:`sha256_file` of an earlier stage's file; a read that fails (EIO of a failing disk) is
+    a UserError naming it."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise UserError(f"reproduce: {path} cannot be read ({e.strerror or e})") from None
 
 
 def _stage_config(argv: Sequence[str], config: type):

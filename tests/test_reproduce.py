@@ -1838,8 +1838,6 @@ def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stag
     assert ran == []
 
 
-@pytest.mark.xfail(strict=True, reason="reproduce: sha256_file of an earlier stage's file (write_record, "
-                   "_check_inputs) lets an OSError out as a traceback")
 @pytest.mark.parametrize("when", ["record", "check"])
 def test_an_earlier_stages_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, when):
     """fit-a's prompt, which eval-x reads, fails its read (EIO of a bad sector): a real
@@ -1869,7 +1867,7 @@ def test_an_earlier_stages_file_that_cannot_be_read_is_one_line(tmp_path, monkey
     monkeypatch.setattr(files, "open", failing, raising=False)
     with pytest.raises(UserError) as e:
         stage.write_record(out) if when == "record" else stage.check_record(out)
-    assert str(prompt) in str(e.value) and "Input/output error" in str(e.value)
+    assert str(e.value) == f"reproduce: {prompt} cannot be read (Input/output error)"
 
 
 def test_a_record_replaced_while_its_stage_ran_is_not_vouched_for(tmp_path):
