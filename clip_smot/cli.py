@@ -388,7 +388,12 @@ def eval_(prompt, zero_shot, checkpoint, model, pretrained, split, use_cache, de
                                                   decode=decode, precision=precision, **shared))
     if report:  # (under torchrun: rank 0's, which wrote the files) the table, as metrics.md holds it
         out = Path(shared["out"])
-        click.echo((out / "metrics.md").read_text(encoding="utf-8"), nl=False)
+        try:
+            table = (out / "metrics.md").read_text(encoding="utf-8")
+        except OSError as e:  # (a failing disk: every file is written, but the table it holds is not printed)
+            raise UserError(f"{out / 'metrics.md'}: written, but cannot be read back to print it "
+                            f"({e.strerror or e})") from None
+        click.echo(table, nl=False)
         click.echo(one_line(f"written to {out}: {', '.join(n for n in REPORT_FILES if (out / n).is_file())}"))
 
 

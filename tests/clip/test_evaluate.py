@@ -368,8 +368,6 @@ def test_eval_prints_its_table_and_where_it_wrote(tmp_path, tiny_clip_config, ti
     assert res.stdout == f"{table}written to {out}: metrics.csv, metrics.json, metrics.md, scores_hist.png, config.json\n"
 
 
-@pytest.mark.xfail(strict=True, reason="cli.eval_ reads OUT/metrics.md back to print it; a read that fails is "
-                   "an OSError traceback after every file was written")
 def test_eval_whose_written_table_cannot_be_read_back_is_no_traceback(tmp_path, tiny_clip_config, tiny_clip_checkpoint,
                                                                       monkeypatch):
     """Every file of the evaluation written, the read of metrics.md to print it fails (EIO of a
@@ -394,8 +392,8 @@ def test_eval_whose_written_table_cannot_be_read_back_is_no_traceback(tmp_path, 
                                    tiny_clip_checkpoint, "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}",
                                    "--workers", "0", "--no-cache", "--out", str(out)])
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    if res.exit_code != 0:
-        assert str(out / "metrics.md") in res.stderr.strip().splitlines()[-1], res.stderr
+    assert res.exit_code == 1 and res.stderr.strip().splitlines()[-1] == (
+        f"Error: {out / 'metrics.md'}: written, but cannot be read back to print it (Input/output error)"), res.stderr
     assert (out / "metrics.json").is_file()
 
 
