@@ -648,10 +648,19 @@ _ENDING = {  # what the command does -> (exit code, stdout, stderr), as the inte
     "ctypes.CDLL(None).printf(b'from C\\n'); sys.exit(0)": (0, "from C\n", ""),  # (libc's own buffer)
     "sys.stdout = Unflushable(); sys.exit(0)": (120, "", ""),  # (Python says 'Exception ignored' too)
     "sys.stdout = Unflushable(); sys.exit(3)": (120, "", ""),  # (120 whatever the code, as Python's)
+    # a standard stream closed when the process started (`>&-`, `2>&-`: Python sets it to None) is
+    # not flushed: the command's own code, as Python's
+    "sys.stdout = None; sys.exit(0)": (0, "", ""),
+    "sys.stdout = sys.stderr = None; sys.exit(3)": (3, "", ""),
 }
 
+# _end flushes sys.stdout and sys.stderr whatever they are: None.flush() raises AttributeError,
+# taken for an unflushable stream, and every command run with `>&-` or `2>&-` exits 120
+_ENDING_BUG = pytest.mark.xfail(strict=True, reason="__main__._end flushes a stream that is None: exit 120")
 
-@pytest.mark.parametrize("command, world_size", [(c, "1") for c in _ENDING] +
+
+@pytest.mark.parametrize("command, world_size",
+                         [pytest.param(c, "1", marks=_ENDING_BUG) if "= None" in c else (c, "1") for c in _ENDING] +
                          [(c, "2") for c in _ENDING if "Unflushable" not in c])
 def test_the_entry_point_ends_the_process_as_the_interpreter_would(tmp_path, command, world_size):
     """The console script ends the process itself once the command is over, with the exit code,
