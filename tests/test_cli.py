@@ -698,6 +698,24 @@ def test_the_entry_point_ends_the_process_as_the_interpreter_would(tmp_path, com
     assert (tmp_path / "torn").exists() == (world_size == "2")
 
 
+@pytest.mark.xfail(strict=True, reason="click.echo's flush raises OSError ENOSPC; click catches EPIPE alone")
+@pytest.mark.parametrize("argv", [["--version"], ["score", "--help"]])
+def test_a_full_stdout_is_one_line_not_a_traceback(tmp_path, argv):
+    """stdout on a full disk (here /dev/full, whose writes fail with ENOSPC, as a redirect to a
+    file on a full disk does): one line on stderr and a non-zero exit, not click's traceback
+    ("OSError: [Errno 28] No space left on device" from click.echo, then Python's "Exception
+    ignored"), as for eval's table once its files are written and fit's epoch line."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "clip_smot", *argv], stdout=full, stderr=subprocess.PIPE,
+                             text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "No space left on device" in res.stderr, res.stderr
+
+
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
     """A real SIGINT that lands while ``import torch`` runs ``torch._C._c10d_init()`` (C++ that calls
     back into Python's import machinery for the half-imported torch.distributed): the KeyboardInterrupt
