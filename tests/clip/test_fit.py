@@ -72,6 +72,36 @@ def one_epoch(tmp_path_factory, imagenet_dir, cam_resnet, tiny_clip_config, tiny
     return out
 
 
+@pytest.mark.xfail(strict=True, reason="the epoch line's failed write stops fit before the prompt: no line, "
+                                       "or a traceback")
+@pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
+def test_a_stdout_that_fails_keeps_the_prompt_or_says_resume(tmp_path, fit_args, stdout):
+    """fit's stdout read by a reader gone (`fit ... | head -1` once head has its line: EPIPE) or
+    on a full disk (/dev/full: ENOSPC): the write of the epoch line fails after the epoch's
+    checkpoint. The run either ends its work (the prompt written) or says in its one line on stderr
+    that --resume writes it; not exit 1 with nothing said (the pipe), nor a traceback (the disk)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clip_smot", *fit_args(out)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if stdout == "full disk":
+        with open("/dev/full", "w") as full:
+            res = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+        code, err = res.returncode, res.stderr
+    else:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        p.stdout.close()  # (the reader is gone before the first line)
+        err = p.stderr.read()
+        code = p.wait(timeout=120)
+    assert (out / "checkpoint.pt").is_file(), err  # (the epoch ran)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert (out / "prompt.safetensors").is_file() or (
+        code != 0 and lines and lines[-1].startswith("Error:") and "--resume" in lines[-1]), (code, err)
+
+
 def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoint):
     out = one_epoch
     for name in ("prompt.safetensors", "split.txt", "config.json", "log.jsonl", "checkpoint.pt"):
