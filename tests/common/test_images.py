@@ -228,6 +228,29 @@ def test_escape_path_by_hand_and_back_to_the_same_bytes():
         assert os.fsencode(unescape_path(text)) == raw
 
 
+@pytest.mark.xfail(strict=True, reason="escape_path and unescape_path go through os.fsdecode/fsencode of the "
+                                       "locale's file system encoding (ASCII here), not UTF-8")
+def test_escaped_names_are_the_same_under_an_ascii_locale(tmp_path):
+    """Under a C locale without Python's coercion to UTF-8 (LC_ALL=C, PYTHONUTF8=0,
+    PYTHONCOERCECLOCALE=0), Python's file system encoding is ASCII: a name's UTF-8 characters
+    still are characters in the CSV and split.txt ('caf\u00e9', not 'caf\\xc3\\xa9', which a
+    UTF-8 locale writes for the Latin-1 bytes of another name), and a name escaped under a UTF-8
+    locale reads back to its bytes there (os.fsencode of 'caf\u00e9' is an encode error)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from clip_smot.common.images import escape_path, unescape_path\n"
+            "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
+            "raw = b'caf\\xc3\\xa9 \\xe7\\x8c\\xab\\xff.png'\n"
+            "print(ascii(escape_path(os.fsdecode(raw))))\n"
+            "print(os.fsencode(unescape_path('caf\\u00e9 \\u732b\\\\xff.png')) == raw)\n")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert res.stdout.splitlines() == [ascii("caf\u00e9 \u732b\\xff.png"), "True"], res.stdout + res.stderr
+
+
 def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
     """A FIFO named x.jpg would block fit's decoder forever (score, eval and train skipped it); a
     broken symlink has no bytes; a symlink to an image is an image. All listings agree."""
