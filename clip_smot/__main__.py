@@ -63,6 +63,8 @@ def _end(code) -> None:
         shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # (closed as the process started, `>&-`: Python's end passes it over too)
+            continue
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 (a closed pipe: the interpreter's exit code for it, whatever the command's)

@@ -29,6 +29,7 @@ from clip_smot.clip.scorer import skipped_kind
 from clip_smot.common.configs import field_kind, flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
+from clip_smot.common.progress import give_up_stdout
 from clip_smot.common.reports import REPORT_FILES, EvalConfig
 from clip_smot.common.run_folder import OtherFlags
 from clip_smot.reproduce import TABLES, ReproduceOptions, run_reproduce
@@ -120,6 +121,12 @@ class _Group(click.Group):
         outer, self._sigint = self._sigint, None
         try:
             return super().main(*args, **kwargs)
+        except OSError as e:  # (click's main ends a broken pipe's, EPIPE, itself: exit 1, nothing said)
+            if e.filename is not None or not (_echoed_to_stdout(e) or _stdout_fails()):
+                raise
+            give_up_stdout(e, say=False)  # a full disk under `> file`, /dev/full: one line, not a traceback
+            click.echo(f"Error: stdout cannot be written ({e.strerror or e})", err=True)
+            sys.exit(1)
         except SystemExit as e:
             # a Ctrl-C held as click tore down the command's context, after a command that succeeded
             # (one that failed has printed its line and keeps its exit code)
@@ -159,6 +166,25 @@ class _Group(click.Group):
             if sigint.seen:
                 raise _interrupted() from None
             raise
+
+
+def _echoed_to_stdout(e: BaseException) -> bool:
+    """Whether ``e`` was raised by click.echo writing to stdout (its write, or its flush)."""
+    tb, frame = e.__traceback__, None
+    while tb is not None:
+        tb, frame = tb.tb_next, tb.tb_frame
+    return (frame is not None and frame.f_code.co_name == "echo" and frame.f_globals.get("__name__") == "click.utils"
+            and not frame.f_locals.get("err"))
+
+
+def _stdout_fails() -> bool:
+    """Whether flushing stdout fails (what it holds unwritten is tried again)."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 class _OneProcess(click.Command):

@@ -654,13 +654,8 @@ _ENDING = {  # what the command does -> (exit code, stdout, stderr), as the inte
     "sys.stdout = sys.stderr = None; sys.exit(3)": (3, "", ""),
 }
 
-# _end flushes sys.stdout and sys.stderr whatever they are: None.flush() raises AttributeError,
-# taken for an unflushable stream, and every command run with `>&-` or `2>&-` exits 120
-_ENDING_BUG = pytest.mark.xfail(strict=True, reason="__main__._end flushes a stream that is None: exit 120")
 
-
-@pytest.mark.parametrize("command, world_size",
-                         [pytest.param(c, "1", marks=_ENDING_BUG) if "= None" in c else (c, "1") for c in _ENDING] +
+@pytest.mark.parametrize("command, world_size", [(c, "1") for c in _ENDING] +
                          [(c, "2") for c in _ENDING if "Unflushable" not in c])
 def test_the_entry_point_ends_the_process_as_the_interpreter_would(tmp_path, command, world_size):
     """The console script ends the process itself once the command is over, with the exit code,
@@ -698,7 +693,6 @@ def test_the_entry_point_ends_the_process_as_the_interpreter_would(tmp_path, com
     assert (tmp_path / "torn").exists() == (world_size == "2")
 
 
-@pytest.mark.xfail(strict=True, reason="click.echo's flush raises OSError ENOSPC; click catches EPIPE alone")
 @pytest.mark.parametrize("argv", [["--version"], ["score", "--help"]])
 def test_a_full_stdout_is_one_line_not_a_traceback(tmp_path, argv):
     """stdout on a full disk (here /dev/full, whose writes fail with ENOSPC, as a redirect to a

@@ -72,8 +72,6 @@ def one_epoch(tmp_path_factory, imagenet_dir, cam_resnet, tiny_clip_config, tiny
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="the epoch line's failed write stops fit before the prompt: no line, "
-                                       "or a traceback")
 @pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
 def test_a_stdout_that_fails_keeps_the_prompt_or_says_resume(tmp_path, fit_args, stdout):
     """fit's stdout read by a reader gone (`fit ... | head -1` once head has its line: EPIPE) or

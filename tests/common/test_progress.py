@@ -124,8 +124,6 @@ def test_progress_write_clears_a_bar_being_drawn_and_draws_it_again_below(monkey
     assert stdout.getvalue() == "epoch 1/2  loss 0.5\n"
 
 
-@pytest.mark.xfail(strict=True, reason="progress_bar calls sys.stderr.isatty() on None; progress_write "
-                                       "sys.stdout.flush() on None (AttributeError)")
 @pytest.mark.parametrize("closed", ["stderr", "stdout"])
 def test_a_closed_standard_stream_draws_and_writes_nothing(monkeypatch, closed):
     """A process started with stderr or stdout closed (`2>&-`, `>&-`) has that stream None in
