@@ -34,6 +34,7 @@ from clip_smot.common.images import (
     iter_images,
     label_number,
     list_images,
+    path_from_text,
     split_folder,
     text_lines,
     walk_files,
@@ -130,7 +131,7 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
                             "list holds one path a line (and a path holds no white space)")
         if leaves_root(parts[0]):  # (a list names files in its root only)
             raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (absolute, or with '..')")
-        path = root / parts[0]
+        path = root / path_from_text(parts[0])
         st = path_stat(path, f"{flag} {list_file}:{n}:")
         if st is None or not stat.S_ISREG(st.st_mode):
             what = "does not exist" if st is None else "is not a regular file (a folder, FIFO or device)"

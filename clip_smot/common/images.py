@@ -5,8 +5,10 @@ so an unreadable or truncated file is always reported as one line naming the fil
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
+import sys
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -15,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "NoImages", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path"]
+__all__ = ["IMAGE_EXTENSIONS", "NoImages", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path", "path_from_text"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -375,9 +377,11 @@ def escape_path(path: str | os.PathLike) -> str:
 
     ``\\`` is written ``\\\\``; a byte of the name that is not part of a UTF-8 character
     ``\\xNN`` (its value); a control character (newline, carriage return, tab, ...), U+2028,
-    U+2029 and any other surrogate ``\\uNNNN``; every other character as it is.
+    U+2029 and any other surrogate ``\\uNNNN``; every other character as it is. The bytes of the
+    name are read as UTF-8 whatever the locale's file system encoding (ASCII under ``LC_ALL=C``
+    with Python's UTF-8 mode off), so that a name is written alike everywhere.
     """
-    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), os.fsdecode(path))
+    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), _as_utf8(os.fsdecode(path)))
 
 
 def unescape_path(text: str) -> str:
@@ -390,4 +394,33 @@ def unescape_path(text: str) -> str:
         n = int(e[1:], 16)
         return chr(0xDC00 + n) if e[0] == "x" and n >= 0x80 else chr(n)
 
-    return _ESCAPE.sub(one, text)
+    return path_from_text(_ESCAPE.sub(one, text))
+
+
+# whether the file system encoding is UTF-8 (set as Python starts; ASCII under LC_ALL=C without UTF-8 mode)
+_UTF8_FS = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+
+
+def _as_utf8(name: str) -> str:
+    """A name as :func:`os.fsdecode` gives it, as a UTF-8 locale's would be (its bytes read as UTF-8,
+    a byte that is no part of a UTF-8 character as a surrogate); as it is where it has no bytes
+    there (a lone surrogate other than those)."""
+    if _UTF8_FS:
+        return name
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return name
+
+
+def path_from_text(name: str) -> str:
+    """A path read from UTF-8 text (a list file, split.txt) as a ``str`` that :func:`os.fsencode`
+    makes its UTF-8 bytes of, whatever the locale's file system encoding (under ISO-8859-1
+    ``café`` would be the bytes ``caf\\xe9``, another file's name; under ASCII, no name at all).
+    The inverse of :func:`_as_utf8`."""
+    if _UTF8_FS:
+        return name
+    try:
+        return os.fsdecode(name.encode("utf-8", "surrogateescape"))
+    except UnicodeError:
+        return name

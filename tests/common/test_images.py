@@ -228,27 +228,33 @@ def test_escape_path_by_hand_and_back_to_the_same_bytes():
         assert os.fsencode(unescape_path(text)) == raw
 
 
-@pytest.mark.xfail(strict=True, reason="escape_path and unescape_path go through os.fsdecode/fsencode of the "
-                                       "locale's file system encoding (ASCII here), not UTF-8")
 def test_escaped_names_are_the_same_under_an_ascii_locale(tmp_path):
     """Under a C locale without Python's coercion to UTF-8 (LC_ALL=C, PYTHONUTF8=0,
     PYTHONCOERCECLOCALE=0), Python's file system encoding is ASCII: a name's UTF-8 characters
     still are characters in the CSV and split.txt ('caf\u00e9', not 'caf\\xc3\\xa9', which a
     UTF-8 locale writes for the Latin-1 bytes of another name), and a name escaped under a UTF-8
-    locale reads back to its bytes there (os.fsencode of 'caf\u00e9' is an encode error)."""
+    locale reads back to its bytes there (os.fsencode of 'caf\u00e9' is an encode error). An
+    image list (UTF-8 text) naming 'caf\u00e9.png' finds the file of those UTF-8 bytes there too
+    (it was an encode error, out of path_stat as a traceback)."""
     import os
     import subprocess
     import sys
 
+    (tmp_path / os.fsdecode(b"caf\xc3\xa9.png")).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("caf\u00e9.png 1\n", encoding="utf-8")
     code = ("import os, sys\n"
             "from clip_smot.common.images import escape_path, unescape_path\n"
+            "from clip_smot.common.image_sets import iter_image_list\n"
             "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
             "raw = b'caf\\xc3\\xa9 \\xe7\\x8c\\xab\\xff.png'\n"
             "print(ascii(escape_path(os.fsdecode(raw))))\n"
-            "print(os.fsencode(unescape_path('caf\\u00e9 \\u732b\\\\xff.png')) == raw)\n")
+            "print(os.fsencode(unescape_path('caf\\u00e9 \\u732b\\\\xff.png')) == raw)\n"
+            "[(path, label)] = iter_image_list(sys.argv[1] + '/list.txt', sys.argv[1], '--id')\n"
+            "print(os.fsencode(path.name) == b'caf\\xc3\\xa9.png', label)\n")
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert res.stdout.splitlines() == [ascii("caf\u00e9 \u732b\\xff.png"), "True"], res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-c", code, os.fsencode(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.stdout.splitlines() == [ascii("caf\u00e9 \u732b\\xff.png"), "True", "True 1"], res.stdout + res.stderr
 
 
 def test_fifos_and_broken_symlinks_are_not_images(tmp_path):
