@@ -54,6 +54,26 @@ def test_aupr_and_the_trapezoid_rule_differ_as_the_docs_say():
     assert min(gap(1000, 1000, step=1.0) for _ in range(5)) > 2  # tied
 
 
+def test_auroc_and_auprs_by_hand_without_and_with_ties():
+    """AUROC as the share of ID-OOD pairs ordered (a tie counts one half) and AUPR-In/Out as average
+    precision, sum_n (R_n - R_{n-1}) P_n over the distinct thresholds (MCM's; docs/method.md §5),
+    worked out here, not by scikit-learn, which the metrics call: a change of its average precision
+    (to the interpolated or trapezoid rule, say) would pass a comparison with it."""
+    # ID 3, 2, 1; OOD 2.5, 0.5. Ranked: 3 I, 2.5 O, 2 I, 1 I, 0.5 O. Pairs ordered: 3 > both, 2 and 1 > 0.5: 4 / 6.
+    # AUPR-In: the precision at each ID found, 1/1, 2/3, 3/4, each a third of the recall: 29 / 36
+    # (interpolated: (1 + 3/4 + 3/4) / 3; trapezoid: 0.764). AUPR-Out ranks by -score: 0.5 O, 1 I, 2 I,
+    # 2.5 O, 3 I: 1/1 and 2/4, each half the recall: 3 / 4
+    m = ood_metrics([3.0, 2.0, 1.0], [2.5, 0.5])
+    assert m["auroc"] == pytest.approx(4 / 6, abs=1e-12)
+    assert m["aupr_in"] == pytest.approx(29 / 36, abs=1e-12) and m["aupr_out"] == pytest.approx(3 / 4, abs=1e-12)
+    # ID 2, 1; OOD 2, 0. Pairs: (2, 2) a tie (1/2), (2, 0) and (1, 0) ordered, (1, 2) not: 2.5 / 4.
+    # AUPR-In: at 2, the tie is one threshold: precision 1/2, recall 1/2; at 1: 2/3, recall 1: 1/4 + 1/3.
+    # AUPR-Out (-score): at 0: 1/1, recall 1/2; at -1: no OOD; at -2 (tied): 2/4, recall 1: 1/2 + 1/4
+    m = ood_metrics([2.0, 1.0], [2.0, 0.0])
+    assert m["auroc"] == pytest.approx(5 / 8, abs=1e-12)
+    assert m["aupr_in"] == pytest.approx(7 / 12, abs=1e-12) and m["aupr_out"] == pytest.approx(3 / 4, abs=1e-12)
+
+
 def test_fpr95_by_hand_with_ties():
     # ID 1..20: accepting 95% = 19 of 20 puts the threshold at 2; OOD >= 2: 2, 2 and 5 -> 3 / 5
     assert ood_metrics(np.arange(1.0, 21.0), [2.0, 2.0, 1.0, 5.0, 0.0])["fpr95"] == pytest.approx(0.6)
