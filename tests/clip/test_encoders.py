@@ -20,7 +20,7 @@ from clip_smot.clip.model import load_clip
 from clip_smot.common.errors import UserError
 from clip_smot.clip.prompt import PromptLearner
 from clip_smot.clip.step import make_fit_step
-from clip_smot.smot import cam_mask, sample_thresholds, smoothing_eps, soft_targets
+from clip_smot.smot import sample_thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["goldfish", "great white shark", "tree frog"]
@@ -373,7 +373,7 @@ def _open_clip_logits(clip, ctx, x):
 
 def test_fit_step_is_the_smot_step_on_open_clip(clip):
     """One fp32 step: its loss and its ctx update match a hand-written SMOT step on open_clip."""
-    B, K = 4, len(NAMES)
+    B = 4
     x = images(B)
     cams = torch.rand(B, 32, 32, generator=torch.Generator().manual_seed(1)) * 255
     y = torch.tensor([0, 2, 1, 2])
@@ -383,14 +383,10 @@ def test_fit_step_is_the_smot_step_on_open_clip(clip):
     step = make_fit_step(clip, learner, opt, lam=0.3, T=50.0, precision="fp32", generator=torch.Generator().manual_seed(3))
     loss = step(x, cams, y)
 
-    # by hand: the same thresholds, open_clip's encoders, Eq. 8
+    # by hand: the same thresholds, open_clip's encoders, Eqs. 5, 7, 8 and 9 written out (no smot.py)
     t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
-    masked = x * cam_mask(cams, t)
     ctx = ctx0.clone().requires_grad_(True)
-    logits = _open_clip_logits(clip, ctx, torch.cat([x, masked]))
-    eps = smoothing_eps(t, 50.0)
-    soft = -(soft_targets(y, eps, K) * logits[B:].log_softmax(-1)).sum(-1).mean()
-    expected = 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft
+    expected = _hand_smot(clip, ctx, x, cams, y, t, lam=0.3, T=50.0)
     expected.backward()
     torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(learner.ctx.detach(), ctx0 - 0.5 * ctx.grad, atol=1e-6, rtol=1e-4)
@@ -412,7 +408,7 @@ def test_fit_step_white_mask_and_noise_on_open_clip(clip, perturbation):
                          generator=torch.Generator().manual_seed(3),
                          noise_generator=torch.Generator().manual_seed(6))(x, cams, y)
     t = sample_thresholds(B, 50.0, 20.0, generator=torch.Generator().manual_seed(3))
-    keep = cam_mask(cams, t)  # [B, 1, S, S], 0 where cam >= t
+    keep = (cams < t[:, None, None]).float()[:, None]  # [B, 1, S, S], Eq. 7: 0 where cam >= t
     if perturbation == "one":
         masked = x * keep + (1 - keep)
     else:
@@ -420,7 +416,9 @@ def test_fit_step_white_mask_and_noise_on_open_clip(clip, perturbation):
         masked = (x + 0.3 * noise * (1 - keep)).clamp(0, 1)
     with torch.no_grad():
         logits = _open_clip_logits(clip, ctx0, torch.cat([x, masked]))
-    soft = -(soft_targets(y, smoothing_eps(t, 50.0), len(NAMES)) * logits[B:].log_softmax(-1)).sum(-1).mean()
+    eps = 1 - torch.exp((t - 255) / 50.0)  # Eq. 9
+    target = (1 - eps)[:, None] * F.one_hot(y, len(NAMES)) + eps[:, None] / len(NAMES)  # Eq. 5
+    soft = -(target * logits[B:].log_softmax(-1)).sum(-1).mean()
     torch.testing.assert_close(loss, 0.7 * F.cross_entropy(logits[:B], y) + 0.3 * soft, atol=1e-5, rtol=1e-5)
 
 
