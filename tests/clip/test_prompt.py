@@ -48,6 +48,50 @@ def test_features_equal_open_clip_full_77_tokens(clip, csc, class_position, atte
     check_features_equal_open_clip(clip, learner, csc, class_position, share_prefix=True, pack=True)
 
 
+@pytest.mark.parametrize("csc", [False, True])
+@pytest.mark.parametrize("class_position", ["end", "middle", "front"])
+def test_layouts_of_the_imagenet_names_are_coops_on_openais_tokens(clip, class_position, csc):
+    """The 1000 bundled ImageNet names, 15 context vectors: the prompts' tokens, EOT positions and
+    embeddings are CoOp's PromptLearner (Zhou et al., 2022, trainers/coop.py) written out here on
+    OpenAI's own tokenizer (tests/reference_clip.py), not open_clip's, nor this package's
+    permutation: "X X ... X {name}." tokenized, name_len = len(encode(name)); end: [SOS] ctx
+    [name . EOT]; middle: [SOS] ctx[:7] name ctx[7:] [. EOT]; front: [SOS] name ctx [. EOT]; pooled
+    at the argmax of the tokens. For middle and front the sentence is "X X ... X {name} ."
+    (docs/prompt.md): six of the names end in ")", which CoOp's "{name}." merges with the period
+    into one token ")." and moves to the front with the name."""
+    import reference_clip as ref_clip
+
+    from clip_smot.common.bundled import imagenet_classnames
+
+    names, n, h = imagenet_classnames(), 15, 7  # (odd: CoOp's first half is n_ctx // 2, the smaller)
+    learner = PromptLearner(clip, names, n_ctx=n, csc=csc, class_position=class_position)
+    random_ctx_(learner)
+    tok = ref_clip.openai_tokenizer()
+    period = "." if class_position == "end" else " ."
+    rows = ref_clip.tokenize([" ".join(["X"] * n) + f" {name}{period}" for name in names])  # [K, 77]
+    assert sum(name.endswith(")") for name in names) == 6
+    emb = clip.model.token_embedding.weight.detach()[rows]  # [K, 77, d]
+    ctx = learner.ctx.detach() if csc else learner.ctx.detach().expand(len(names), -1, -1)  # [K, n, d]
+    want_tokens, want_embeds = [], []
+    for k, name in enumerate(names):
+        m = len(tok.encode(name))
+        r, e = rows[k], emb[k]
+        sos, X, cls, rest = (slice(0, 1), slice(1, 1 + n), slice(1 + n, 1 + n + m), slice(1 + n + m, None))
+        if class_position == "end":
+            parts = [(r[sos], e[sos]), (r[X], ctx[k]), (r[cls], e[cls]), (r[rest], e[rest])]
+        elif class_position == "middle":
+            parts = [(r[sos], e[sos]), (r[1:1 + h], ctx[k, :h]), (r[cls], e[cls]), (r[1 + h:1 + n], ctx[k, h:]),
+                     (r[rest], e[rest])]
+        else:
+            parts = [(r[sos], e[sos]), (r[cls], e[cls]), (r[X], ctx[k]), (r[rest], e[rest])]
+        want_tokens.append(torch.cat([p[0] for p in parts]))
+        want_embeds.append(torch.cat([p[1] for p in parts]))
+    assert torch.equal(learner.tokens.cpu(), torch.stack(want_tokens))
+    assert torch.equal(learner.eot.cpu(), rows.argmax(dim=-1))
+    with torch.no_grad():
+        torch.testing.assert_close(learner.prompt_embeddings(full=True), torch.stack(want_embeds), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "class_position, text, ctx_init",
     [("end", "a photo of a {}.", "a photo of a"), ("front", "{} a photo of a.", "a photo of a"),
