@@ -175,6 +175,18 @@ def test_a_fitted_prompt_and_its_scores_equal_openais(openai_tiny, fitted, image
     for weights in ("archive", "plain"):  # plain: built with the metadata's QuickGELU
         ours_mcm, ours_msp = _score(fitted, images, tmp_path / "s.csv", "--pretrained", openai_tiny[weights])
         assert _max_error(ours_mcm, mcm) < 1e-5 and _max_error(ours_msp, msp) < 1e-5
+    # energy (Liu et al., 2020, T = 1) and MaxLogit (Hendrycks et al., 2022) of the same logits,
+    # logit_scale.exp() * cosine (docs/method.md), by hand on OpenAI's model
+    logits = reference.logit_scale.exp().item() * ref_clip.image_features(reference, images, 32) @ text.T  # [N, K]
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(fitted), "--scores", "energy,maxlogit", "--workers", "0",
+                                   "--device", "cpu", "--pretrained", openai_tiny["archive"], "--out",
+                                   str(tmp_path / "e.csv"), *map(str, images)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "e.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert (logits.logsumexp(dim=-1) - logits.amax(dim=-1)).min() > 1e-3  # (energy is not the max here)
+    for name, want in (("energy", logits.logsumexp(dim=-1)), ("maxlogit", logits.amax(dim=-1))):
+        assert _max_error(torch.tensor([float(r[name]) for r in rows]), want) < 1e-4, name
 
 
 def test_gl_mcm_equals_the_gl_mcm_authors_recipe_on_openais_model(openai_tiny, fitted, images, tmp_path):
