@@ -128,6 +128,8 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     """The CLIP path reads a file as open_clip's own transform does: resized in the file's mode,
     converted to RGB after (RGBA, palette and 1-bit images differ if converted first); a JPEG's
     EXIF orientation is not applied (neither PIL's open nor open_clip applies it)."""
+    from reference_clip import openai_preprocess
+
     from clip_smot.clip.decoding import ImageFiles as _ImageFiles
 
     _, _, val = open_clip.create_model_and_transforms("clip-smot-tiny", pretrained=tiny_clip_checkpoint)
@@ -146,6 +148,9 @@ def test_score_preprocessing_of_a_file_matches_open_clip(tmp_path, tiny, tiny_cl
     x, error = _ImageFiles([str(path)], image_preprocess(tiny), preprocess_settings(tiny))[0]
     assert error == ""
     torch.testing.assert_close(x, val(Image.open(path)))
+    # and as OpenAI's clip._transform (tests/reference_clip.py: torchvision written out, not open_clip's
+    # transform, which image_preprocess and val above both are): bicubic, centre crop, RGB, OpenAI's mean/std
+    torch.testing.assert_close(x, openai_preprocess(32)(Image.open(path)), rtol=0, atol=1e-6)
     # PIL images given to PromptScorer.score are read the same way
     scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES)
     from_pil = scorer.score([Image.open(path)], ["mcm"])["mcm"]
