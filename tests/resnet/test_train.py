@@ -1996,10 +1996,13 @@ def test_a_dry_run_of_a_resume_steps_at_the_next_epochs_lr_and_batches(stopped_r
     assert seen == {"epoch": 1, "lr": pytest.approx(0.001, rel=1e-12)}
 
 
-def test_a_runs_initial_weights_are_those_its_seed_gives(folders, tmp_path, monkeypatch):
-    """--seed 3: the network starts from the weights torch.manual_seed(3) gives the same network."""
+@pytest.mark.parametrize("stage", ["base", "smot"])
+def test_a_runs_initial_weights_are_those_its_seed_gives(stage, folders, base_model, tmp_path, monkeypatch):
+    """--seed 3: the network starts from the weights torch.manual_seed(3) gives the same network. The
+    SMOT stage too: it is trained from scratch, not from its --cam-model's weights (docs/method.md §3;
+    the paper trains the base model, then "the final model with the proposed loss", 300 epochs at lr 0.1)."""
     import clip_smot.resnet.train as train_mod
-    from clip_smot.resnet.networks import build_network
+    from clip_smot.resnet.networks import build_network, load_model
 
     seen = {}
     real = train_mod.train_epoch
@@ -2010,10 +2013,14 @@ def test_a_runs_initial_weights_are_those_its_seed_gives(folders, tmp_path, monk
 
     monkeypatch.setattr(train_mod, "train_epoch", spy)
     torch.manual_seed(0)  # (not the run's)
-    run_train(_cfg(folders, tmp_path / "r", seed=3), dry_run=True)
+    cam = {"stage": "smot", "cam_model": str(base_model)} if stage == "smot" else {}
+    run_train(_cfg(folders, tmp_path / "r", seed=3, **cam), dry_run=True)
     torch.manual_seed(3)
     want = build_network("resnet_tiny", 3, 16).state_dict()
     assert seen.keys() == want.keys() and all(torch.equal(seen[k], want[k]) for k in want)
+    if stage == "smot":  # (and those are not the base model's, trained for 2 epochs)
+        trained = load_model(base_model)[0].state_dict()
+        assert not torch.equal(trained["fc.weight"], want["fc.weight"])
 
 
 def test_a_finished_run_moved_and_without_its_summary_exports_again(base_model, tmp_path):
