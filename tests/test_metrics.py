@@ -88,6 +88,9 @@ def test_fpr95_by_hand_with_ties():
     # 19 of 20 ID at >= 2 (18 at 3, one at 2): threshold 2; OOD >= 2: one of 20. A ROC curve with its
     # collinear points dropped (scikit-learn's default) has no point at TPR 19/20: it reads 2 / 20
     assert ood_metrics([3.0] * 18 + [2.0, 1.0], [2.0, 1.0] + [0.0] * 18)["fpr95"] == pytest.approx(0.05)
+    # (and so OpenOOD v1.5's fpr_recall, roc_curve's default then its first TPR >= 0.95: docs/method.md §5)
+    fpr, tpr, _ = roc_curve([1] * 20 + [0] * 20, [3.0] * 18 + [2.0, 1.0] + [2.0, 1.0] + [0.0] * 18)
+    assert fpr[np.argmax(tpr >= 0.95)] == pytest.approx(0.10)
 
 
 def test_fpr_at_tpr_reads_any_rate_and_refuses_one_outside_0_1():
