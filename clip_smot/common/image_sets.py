@@ -231,7 +231,10 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
     index: dict[str, int] = {}
     if prompt_folders is not None and set(folders) <= set(prompt_folders):
         # the prompt's own class folders: exact where names repeat ("missile" twice; sea_lion, "sea lion")
-        index = {f: list(prompt_folders).index(f) for f in folders}
+        first: dict[str, int] = {}
+        for i, f in enumerate(prompt_folders):  # (one pass: a search of the list for each folder was K * K)
+            first.setdefault(f, i)
+        index = {f: first[f] for f in folders}
     elif list(classnames) == [wnid_names[w] for w in _imagenet_order()]:
         # the full ImageNet-1k list (its names repeat: take wnids by position)
         order = {w: i for i, w in enumerate(_imagenet_order())}

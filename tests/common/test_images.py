@@ -858,8 +858,6 @@ def test_id_folder_labels_need_every_image_in_a_class_folder_of_the_prompt(tmp_p
     assert id_set(tmp_path, ["cat", "sea lion"], prompt_folders=["x", "sea_lion"]).labels == [0, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="_folder_labels copies the prompt's class folders and searches them "
-                                       "once for every class folder found: quadratic in the classes")
 def test_labelling_by_the_prompts_class_folders_is_linear_in_the_classes():
     """The class folders a fit prompt records label an ID folder by position. Matching each of the
     K folders found by a search of the K recorded ones (a copy of the list, then list.index) takes
