@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -211,10 +212,19 @@ def _normalised(t: torch.Tensor, tol: float) -> bool:
     return all(((rows.float().norm(dim=-1) - 1).abs() <= tol).all() for rows in t.split(256))
 
 
+# cache folder -> when this process last removed the temporaries of killed writes from it
+_SWEPT: dict[str, float] = {}
+_SWEEP_EVERY_S = 600.0  # (the sweep reads the whole folder: once an entry, image files given as N PATHS read N * N / 2)
+
+
 def _write_cache(path: Path, feats: ImageFeatures) -> None:
     # entries of writers killed outside Python's reach (SIGKILL, the OOM killer), as large as an entry;
-    # an hour old at least: a younger one may be another process's write in progress
-    remove_stale_temporaries(path.parent, None, older_than_s=3600.0)
+    # an hour old at least: a younger one may be another process's write in progress. Not at every
+    # entry: at most every ten minutes a process (an hour's temporary is as stale ten minutes later)
+    folder, now = os.path.realpath(path.parent), time.monotonic()
+    if now - _SWEPT.get(folder, -_SWEEP_EVERY_S) >= _SWEEP_EVERY_S:
+        _SWEPT[folder] = now
+        remove_stale_temporaries(path.parent, None, older_than_s=3600.0)
     tensors = {"global": feats.global_.contiguous()}
     if feats.local is not None:
         tensors["local"] = feats.local.contiguous()

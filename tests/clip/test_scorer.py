@@ -2060,9 +2060,6 @@ def test_score_in_chunks_keeps_its_decoding_workers_and_ends_them(tmp_path, tiny
     assert not multiprocessing.active_children()
 
 
-@pytest.mark.xfail(strict=True, reason="each feature-cache entry written sweeps the whole cache folder for stale "
-                                       "temporaries: image files given as N PATHS write N entries, N * N / 2 "
-                                       "entries read")
 def test_image_files_given_as_paths_read_the_cache_folder_linearly(tmp_path, tiny, tiny_clip_checkpoint,
                                                                    monkeypatch):
     """Image files given one by one as PATHS (a shell's `photos/*.jpg`) are a chunk each: each
