@@ -73,6 +73,25 @@ def _invoke(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+@pytest.mark.xfail(strict=True, reason="train's epoch line on a full stderr raises OSError: the model is never "
+                                       "written")
+def test_a_full_stderr_does_not_stop_the_training(folders, tmp_path):
+    """train's epoch lines go to stderr; on a full disk (`2>log` there; here /dev/full: ENOSPC)
+    the first one's write failed after the epoch's checkpoint, and the run ended there (exit 1 or 120),
+    model.safetensors never written, and nothing said (nowhere to say it). A line that cannot be
+    written is no reason to throw the run away: the model is written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clip_smot", "train", "--data", str(folders), "--stage", "base", "--epochs", "1",
+           *TINY, "--out", str(out)]
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=full, text=True, timeout=120)
+    assert (out / "checkpoint.pt").is_file()  # (the epoch ran)
+    assert (out / "model.safetensors").is_file(), (res.returncode, res.stdout)
+
+
 @pytest.fixture(scope="module")
 def base_model(folders, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "base"
