@@ -16,6 +16,8 @@ def main() -> None:
     Python's import machinery) raised KeyboardInterrupt there, which C++ cannot carry, and the
     process ended in std::terminate (SIGABRT, "terminate called after throwing ..."), not in the
     one line and exit code 130."""
+    if sys.stderr is not None:
+        sys.stderr = _Unfailing(sys.stderr)
     held: list[int] = []
     previous = signal.getsignal(signal.SIGINT)
     hold = previous not in (signal.SIG_IGN, None)  # (a SIGINT ignored by whoever started us stays ignored)
@@ -42,6 +44,48 @@ def main() -> None:
         _end(e.code)
     if not worker:
         _end(0)
+
+
+class _Unfailing:
+    """stderr whose failing writes are dropped: on a full disk (``2> log``) or with its reader gone,
+    the notes, epoch lines and error lines written there have nowhere else to go, and a training
+    or a scoring is not thrown away for one (train's first epoch line stopped it before its
+    model was written). Its file descriptor is then pointed at the null device, so that what the
+    stream holds unwritten is not tried again, nor at the process's end."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._drop()
+            return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._drop()
+
+    def _drop(self) -> None:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # (isatty, fileno, encoding, ...: the stream's own)
+        return getattr(self._stream, name)
 
 
 def _end(code) -> None:

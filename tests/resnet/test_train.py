@@ -73,8 +73,6 @@ def _invoke(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
-@pytest.mark.xfail(strict=True, reason="train's epoch line on a full stderr raises OSError: the model is never "
-                                       "written")
 def test_a_full_stderr_does_not_stop_the_training(folders, tmp_path):
     """train's epoch lines go to stderr; on a full disk (`2>log` there; here /dev/full: ENOSPC)
     the first one's write failed after the epoch's checkpoint, and the run ended there (exit 1 or 120),
