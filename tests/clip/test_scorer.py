@@ -2135,6 +2135,60 @@ def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
     assert max(count_peak, chunk_peak, resume_peak) < whole / 5, (whole, count_peak, chunk_peak, resume_peak)
 
 
+def test_a_score_and_its_resume_hold_a_chunk_not_the_list(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """The same as the test above, for the whole command: run_score's own peak (tracemalloc; the
+    model built before, and a stand-in for the encoder giving each chunk's rows) grows by under a
+    third of what the list of 1,000 paths takes when the list grows from 1,000 to 2,000 lines,
+    scored whole and resumed before its last chunk of 500. Measured: under 5 KB, where a run that
+    kept every path it listed (while counting them, or in the resume's listing) grew by over 300 KB."""
+    import tracemalloc
+
+    from clip_smot.clip import score as sc
+    from clip_smot.clip.prompt_file import load_prompt
+    from clip_smot.clip.scorer import PathScores
+    from clip_smot.common.image_sets import image_files
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    scorer = PromptScorer.from_file(load_prompt(tmp_path / "p.safetensors"), pretrained=tiny_clip_checkpoint,
+                                    device="cpu")
+    monkeypatch.setattr(PromptScorer, "from_file", classmethod(lambda cls, *a, **k: scorer))
+
+    def rows(self, files, names, *a, **k):
+        n = len(files)
+        return PathScores(list(files), {"pred_index": torch.zeros(n, dtype=torch.long),
+                                        **{m: torch.full((n,), 0.5) for m in names}}, [])
+
+    def peak(work) -> int:
+        tracemalloc.start()
+        try:
+            work()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def peaks(n: int, chunk: int) -> tuple[int, int]:
+        (tmp_path / f"l{n}.txt").write_text("a.png\n" * n)
+        cfg = dict(prompt=str(tmp_path / "p.safetensors"), paths=(str(tmp_path / f"l{n}.txt"),), device="cpu",
+                   pretrained=tiny_clip_checkpoint, workers=0)
+        monkeypatch.setattr(PromptScorer, "score_files", rows)
+        whole = peak(lambda: sc.run_score(sc.ScoreConfig(**cfg, out=str(tmp_path / f"whole{n}.csv")), chunk=chunk))
+        _stop_after_chunks(monkeypatch, n // chunk - 1)  # (the rows checked on resuming: all but a chunk's)
+        with pytest.raises(KeyboardInterrupt):
+            sc.run_score(sc.ScoreConfig(**cfg, out=str(tmp_path / f"cut{n}.csv")), chunk=chunk)
+        monkeypatch.setattr(PromptScorer, "score_files", rows)
+        resumed = peak(lambda: sc.run_score(sc.ScoreConfig(**cfg, out=str(tmp_path / f"cut{n}.csv"), resume=True),
+                                            chunk=chunk))
+        assert (tmp_path / f"cut{n}.csv").read_bytes() == (tmp_path / f"whole{n}.csv").read_bytes()
+        assert len(read_csv(tmp_path / f"whole{n}.csv")) == n
+        return whole, resumed
+
+    peaks(6, 2)  # (what a first run allocates once)
+    small, large = peaks(1000, 500), peaks(2000, 500)
+    paths = peak(lambda: image_files(str(tmp_path / "l1000.txt"), "PATH"))
+    assert max(large[0] - small[0], large[1] - small[1]) < paths / 3, (small, large, paths)
+
+
 def test_a_quote_left_open_in_a_partial_is_refused_not_read_to_the_end(tmp_path, monkeypatch):
     """An edited OUT.partial with one stray quote made every later line part of one record: the
     quotes of the whole record were counted again at each line (20,000 rows: 2.3 s, quadratic),
