@@ -1447,6 +1447,45 @@ def _stop_after_chunks(monkeypatch, n: int):
     return seen, real
 
 
+def test_image_files_given_one_by_one_are_chunked_together(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """Image files given one by one as PATHS (a shell's `photos/*.jpg`) were a chunk each: an
+    encoder batch of one image, a feature-cache entry and a flushed CSV append each (15 to 34 ms
+    an image, against 0.15 ms through a list). A run of them is now chunked as one argument is;
+    a folder between them keeps its own chunks. Stopped after the first chunk, --resume ends in
+    the uninterrupted run's CSV, byte for byte."""
+    from clip_smot.clip.score import ScoreConfig, run_score
+
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    files = []
+    for i in range(7):
+        files.append(tmp_path / "img" / f"{i}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (30 * i, 100, 0)).save(files[-1])
+    folder = tmp_path / "folder"
+    for i in range(3):
+        (folder / f"{i}.png").parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (0, 30 * i, 200)).save(folder / f"{i}.png")
+    paths = (*map(str, files[:3]), str(folder), *map(str, files[3:]))
+
+    def run(out, **kw):
+        return run_score(ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=paths, out=str(out),
+                                     pretrained=tiny_clip_checkpoint, scores="mcm,energy", workers=0, device="cpu",
+                                     use_cache=False, **kw), chunk=2)
+
+    seen, real = _stop_after_chunks(monkeypatch, 100)
+    run(tmp_path / "whole.csv")
+    assert seen == [2, 1, 2, 1, 2, 2]  # (0 1 | 2; the folder's 0 1 | 2; 3 4 | 5 6)
+    rows = read_csv(tmp_path / "whole.csv")
+    assert [r["path"] for r in rows] == [*map(str, files[:3]), *(str(folder / f"{i}.png") for i in range(3)),
+                                         *map(str, files[3:])]
+    seen, _ = _stop_after_chunks(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "s.csv")
+    monkeypatch.setattr(PromptScorer, "score_files", real)
+    run(tmp_path / "s.csv", resume=True)
+    assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
 def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,
                                                                          monkeypatch):
     """19 images in chunks of 5 (per argument: 12 = 5 + 5 + 2, then 7 = 5 + 2): stopped after two
@@ -2060,16 +2099,17 @@ def test_score_in_chunks_keeps_its_decoding_workers_and_ends_them(tmp_path, tiny
     assert not multiprocessing.active_children()
 
 
-def test_image_files_given_as_paths_read_the_cache_folder_linearly(tmp_path, tiny, tiny_clip_checkpoint,
+def test_many_cache_entries_written_read_the_cache_folder_linearly(tmp_path, tiny, tiny_clip_checkpoint,
                                                                    monkeypatch):
-    """Image files given one by one as PATHS (a shell's `photos/*.jpg`) are a chunk each: each
-    writes its own feature-cache entry, and each write (clip_smot/clip/features.py, _write_cache)
-    first sweeps the whole cache folder for a killed write's temporaries, which holds an entry more
-    at each write: about N * N / 2 entries read, quadratic in the images (0.8 us an entry measured:
-    16 minutes for 50,000 files given so, 40 s for 10,000). Counted without a clock, the folder's
-    entries that os.scandir and os.listdir give (pathlib's glob lists through os.scandir): 6 files
-    read 21 entries, 12 files 78; at most three times as many for twice the files (linear: twice)
-    is asked here."""
+    """Chunks of one image (image files given one by one as PATHS were so, a shell's `photos/*.jpg`,
+    before they were chunked together) write a feature-cache entry each, and each write
+    (clip_smot/clip/features.py, _write_cache) swept the whole cache folder for a killed write's
+    temporaries, which held an entry more at each write: about N * N / 2 entries read, quadratic in
+    the images (0.8 us an entry measured: 16 minutes for 50,000 entries, 40 s for 10,000). Counted
+    without a clock, the folder's entries that os.scandir and os.listdir give (pathlib's glob lists
+    through os.scandir): 6 entries read 21, 12 read 78; at most three times as many for twice the
+    entries (linear: twice) is asked here."""
+    from clip_smot.clip.score import ScoreConfig, run_score
     from clip_smot.clip.features import cache_dir
 
     make_prompt(tmp_path / "p.safetensors", tiny)
@@ -2099,10 +2139,14 @@ def test_image_files_given_as_paths_read_the_cache_folder_linearly(tmp_path, tin
     for n in (6, 12):
         monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / f"cache{n}"))
         read[0] = 0
-        _score_run(tmp_path, tiny_clip_checkpoint, files[:n], tmp_path / f"s{n}.csv")
+        run_score(ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=tuple(map(str, files[:n])),
+                              out=str(tmp_path / f"s{n}.csv"), pretrained=tiny_clip_checkpoint, workers=0,
+                              device="cpu"), chunk=1)
         assert len(read_csv(tmp_path / f"s{n}.csv")) == n and len(os.listdir(cache_dir())) == n  # (an entry a file)
         counts[n] = read[0]
     assert counts[12] <= 3 * counts[6], counts
+
+
 
 def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
     """Memory flat in the number of images: counting the images of a 12,000-line list, going
@@ -2128,7 +2172,7 @@ def test_listing_chunking_and_resuming_hold_a_chunk_not_the_list(tmp_path):
 
     listed, whole = peak(lambda: len(image_files(paths[0], "PATH")))
     counted, count_peak = peak(lambda: sum(1 for _ in iter_image_files(paths[0], "PATH")))
-    chunks, chunk_peak = peak(lambda: [len(c) for c in sc._chunks(paths, 500, 0)])
+    chunks, chunk_peak = peak(lambda: [len(c) for c in sc._chunks(sc._groups(paths), 500, 0)])
     resumed, resume_peak = peak(lambda: sc._resume_point(partial, header, sc._files(paths), ["red"], False))
     assert listed == counted == sum(chunks) == n and chunks == [500] * 24
     assert resumed == (n - 10, partial.stat().st_size)
@@ -2576,10 +2620,10 @@ def test_a_resume_past_every_file_checks_the_files_skipped_once_the_listing_ends
     for name in "abc":
         Image.new("RGB", (4, 4)).save(folder / f"{name}.png")
     checked = hashlib.sha256("".join(f"{folder / name}.png\n" for name in "abc").encode()).hexdigest()
-    assert list(score._chunks([str(folder)], 5, 3, None, checked)) == []
+    assert list(score._chunks([[str(folder)]], 5, 3, None, checked)) == []
     (folder / "c.png").unlink()
     with pytest.raises(UserError, match=r"^--resume: the images of PATHS changed while the run started "):
-        list(score._chunks([str(folder)], 5, 3, None, checked))
+        list(score._chunks([[str(folder)]], 5, 3, None, checked))
 
 def test_an_image_list_rewritten_in_place_while_it_is_scored_gives_one_lists_rows(tmp_path, tiny, tiny_clip_checkpoint,
                                                                                   monkeypatch):
