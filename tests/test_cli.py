@@ -710,6 +710,27 @@ def test_a_full_stdout_is_one_line_not_a_traceback(tmp_path, argv):
     assert "No space left on device" in res.stderr, res.stderr
 
 
+@pytest.mark.xfail(strict=True, reason="import torch under the memory limit fails as ImportError/MemoryError: "
+                                       "Python's traceback from inside torch")
+def test_a_memory_limit_too_low_for_torch_is_one_line(tmp_path):
+    """Under a limit on the address space (`ulimit -v`, RLIMIT_AS: a batch system's memory limit)
+    too low for torch's libraries to be mapped (here 512 MiB), every command, --version too, ended
+    in a 20-line traceback from `import torch` ("ImportError: libtorch_cpu.so: failed to map
+    segment from shared object"; at 3 GiB "MemoryError: Unable to allocate output buffer"): one
+    line saying that the libraries could not be loaded, and why, and a non-zero exit."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (512 << 20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    res = subprocess.run([sys.executable, "-m", "clip_smot", "--version"], capture_output=True, text=True,
+                         cwd=tmp_path, preexec_fn=limit, timeout=120)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+
+
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
     """A real SIGINT that lands while ``import torch`` runs ``torch._C._c10d_init()`` (C++ that calls
     back into Python's import machinery for the half-imported torch.distributed): the KeyboardInterrupt
