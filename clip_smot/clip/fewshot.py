@@ -39,6 +39,7 @@ from clip_smot.common.images import (
     image_names,
     label_number,
     load_image,
+    name_as_text,
     split_folder,
     text_lines,
     unescape_path,
@@ -100,7 +101,7 @@ def resolve_classes(root: str | os.PathLike, flag: str = "--data") -> FewShotCla
         order = sorted(folders, key=index.__getitem__)  # ImageNet-1k order, restricted
         return FewShotClasses(root, tuple(order), tuple(names[index[f]] for f in order), tuple(index[f] for f in order))
     # other folders: the folder name is the class name, "_" read as a space (as CoOp and zero-shot eval do)
-    return FewShotClasses(root, tuple(folders), tuple(f.replace("_", " ") for f in folders), None)
+    return FewShotClasses(root, tuple(folders), tuple(name_as_text(f).replace("_", " ") for f in folders), None)
 
 
 def _class_images(root: Path, folder: str) -> list[str]:

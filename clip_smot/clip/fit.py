@@ -80,6 +80,7 @@ from clip_smot.common.files import (
     text_writer,
 )
 from clip_smot.common.image_sets import stray_wnids
+from clip_smot.common.images import name_as_text
 from clip_smot.common.progress import progress_bar, progress_write
 from clip_smot.smot import PERTURBATIONS
 
@@ -671,7 +672,7 @@ def _load_inputs(cfg: FitConfig, device: torch.device, n_ctx_given: bool = False
     text = split_text(split)
     resolved = dataclasses.replace(cfg, data=str(classes.root.resolve()), device=str(device))
     config = resolved.to_dict() | {"run": {
-        "classnames": list(classes.classnames), "class_folders": list(classes.folders),
+        "classnames": list(classes.classnames), "class_folders": [name_as_text(f) for f in classes.folders],
         "n_images": len(split), "split_sha256": hashlib.sha256(text.encode()).hexdigest(),  # = of OUT/split.txt
         "image_size": clip.image_size, "clip": clip.identity(), "cam_model": cam_net.source if cam_net else None,
         "cam_model_sha256": cam_sha, "library_version": __version__,

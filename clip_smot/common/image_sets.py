@@ -34,6 +34,7 @@ from clip_smot.common.images import (
     iter_images,
     label_number,
     list_images,
+    name_as_text,
     path_from_text,
     split_folder,
     text_lines,
@@ -219,7 +220,7 @@ def folder_names(folders: Sequence[str]) -> list[str]:
     names = imagenet_wnid_names()
     if all(f in names for f in folders):
         return [names[f] for f in folders]
-    return [f.replace("_", " ") for f in folders]
+    return [name_as_text(f).replace("_", " ") for f in folders]
 
 
 def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
@@ -228,13 +229,14 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
     if not folders or any(len(p.relative_to(root).parts) < 2 for p in paths):
         return None, f"{root} holds images outside class folders"
     wnid_names = imagenet_wnid_names()
+    text = {f: name_as_text(f) for f in folders}  # (as a prompt records them, in any locale)
     index: dict[str, int] = {}
-    if prompt_folders is not None and set(folders) <= set(prompt_folders):
+    if prompt_folders is not None and set(text.values()) <= set(prompt_folders):
         # the prompt's own class folders: exact where names repeat ("missile" twice; sea_lion, "sea lion")
         first: dict[str, int] = {}
         for i, f in enumerate(prompt_folders):  # (one pass: a search of the list for each folder was K * K)
             first.setdefault(f, i)
-        index = {f: first[f] for f in folders}
+        index = {f: first[text[f]] for f in folders}
     elif list(classnames) == [wnid_names[w] for w in _imagenet_order()]:
         # the full ImageNet-1k list (its names repeat: take wnids by position)
         order = {w: i for i, w in enumerate(_imagenet_order())}
@@ -246,8 +248,8 @@ def _folder_labels(root: Path, paths: Sequence[Path], classnames: Sequence[str],
         repeated = {c for c, n in Counter(classnames).items() if n > 1}
         ambiguous = []
         for f in folders:
-            name = wnid_names.get(f, f.replace("_", " "))
-            name = name if name in by_name else f if f in by_name else None
+            name = wnid_names.get(f, text[f].replace("_", " "))
+            name = name if name in by_name else text[f] if text[f] in by_name else None
             if name in repeated:  # ("missile" twice, in a prompt that records no class folders)
                 ambiguous.append(f"{f} ({name})")
             elif name is not None:

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import exists, given_path, is_file, is_folder, missing_file
 
-__all__ = ["IMAGE_EXTENSIONS", "NoImages", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path", "path_from_text"]
+__all__ = ["IMAGE_EXTENSIONS", "NoImages", "PIL_FORMATS", "walk_files", "image_names", "iter_images", "list_images", "text_lines", "label_number", "eight_bit", "load_image", "holds_folders", "holds_images", "split_folder", "class_folders", "refuse_loose_images", "escape_path", "unescape_path", "path_from_text", "name_as_text"]
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -381,7 +381,7 @@ def escape_path(path: str | os.PathLike) -> str:
     name are read as UTF-8 whatever the locale's file system encoding (ASCII under ``LC_ALL=C``
     with Python's UTF-8 mode off), so that a name is written alike everywhere.
     """
-    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), _as_utf8(os.fsdecode(path)))
+    return _NOT_PLAIN.sub(lambda m: _escape(m.group()), name_as_text(os.fsdecode(path)))
 
 
 def unescape_path(text: str) -> str:
@@ -401,8 +401,9 @@ def unescape_path(text: str) -> str:
 _UTF8_FS = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
 
 
-def _as_utf8(name: str) -> str:
-    """A name as :func:`os.fsdecode` gives it, as a UTF-8 locale's would be (its bytes read as UTF-8,
+def name_as_text(name: str) -> str:
+    """A file or folder name as :func:`os.fsdecode` gives it (a listing's), as a UTF-8 locale's would
+    be: a class folder's name is a prompt's text the same in any locale (its bytes read as UTF-8,
     a byte that is no part of a UTF-8 character as a surrogate); as it is where it has no bytes
     there (a lone surrogate other than those)."""
     if _UTF8_FS:
@@ -417,7 +418,7 @@ def path_from_text(name: str) -> str:
     """A path read from UTF-8 text (a list file, split.txt) as a ``str`` that :func:`os.fsencode`
     makes its UTF-8 bytes of, whatever the locale's file system encoding (under ISO-8859-1
     ``café`` would be the bytes ``caf\\xe9``, another file's name; under ASCII, no name at all).
-    The inverse of :func:`_as_utf8`."""
+    The inverse of :func:`name_as_text`."""
     if _UTF8_FS:
         return name
     try:
