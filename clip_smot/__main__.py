@@ -23,16 +23,22 @@ def main() -> None:
     hold = previous not in (signal.SIG_IGN, None)  # (a SIGINT ignored by whoever started us stays ignored)
     if hold:
         signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    unloadable = None
     try:
         from clip_smot.cli import main as run  # (torch, torchvision, open_clip: seconds)
     except KeyboardInterrupt:  # (raised by the import itself, as a handler other than ours does)
         held.append(signal.SIGINT)
+    except (ImportError, MemoryError) as e:  # (a missing package; a memory limit torch cannot be mapped in)
+        unloadable = e
     finally:
         if hold:
             signal.signal(signal.SIGINT, previous)
     if held:
         print("Error: interrupted", file=sys.stderr)
         sys.exit(130)
+    if unloadable is not None:
+        print(f"Error: {_unloadable(unloadable)}", file=sys.stderr)
+        sys.exit(1)
     # (a process of torchrun ends as Python ends it: torchrun's agent stops every other process
     # as soon as one has failed, and the second the teardown takes is what lets each say its line)
     worker = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
@@ -44,6 +50,24 @@ def main() -> None:
         _end(e.code)
     if not worker:
         _end(0)
+
+
+def _unloadable(e: BaseException) -> str:
+    """One line for the libraries that could not be loaded (``e``: the ImportError or MemoryError
+    of the import), with the address-space limit where one is set (``ulimit -v``, a batch system's
+    memory limit): under 1 to 3 GiB torch's libraries cannot be mapped ("failed to map segment
+    from shared object") or its first allocations fail."""
+    import resource
+
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"the libraries clip-smot runs on could not be loaded ({type(e).__name__}: {lines[0] if lines else '-'})"
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (OSError, ValueError, AttributeError):
+        return text
+    if soft != resource.RLIM_INFINITY:
+        text += f"; the address space is limited to {soft >> 20} MiB (ulimit -v): torch needs more"
+    return text
 
 
 class _Unfailing:
