@@ -465,7 +465,8 @@ def fsync_folder(folder: str | os.PathLike) -> None:
     except OSError:  # (the files are in place already: an error here is no failed write of theirs)
         pass
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):  # (nor one closing the folder, which wrote nothing)
+            os.close(fd)
 
 
 def _write_temporary(path: Path, write: Callable[[str], object]) -> str:

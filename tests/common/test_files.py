@@ -183,8 +183,8 @@ def test_a_folder_made_for_an_output_is_on_the_disk_with_it(tmp_path, monkeypatc
 
 
 def test_a_folder_that_cannot_be_opened_or_flushed_is_skipped_quietly(tmp_path, monkeypatch):
-    """Windows opens no folder (PermissionError), and some file systems flush none (EINVAL): the
-    files are written and renamed as before, with no error."""
+    """Windows opens no folder (PermissionError), and some file systems flush none (EINVAL) or fail
+    its close: the files are written and renamed as before, with no error."""
     real_open = os.open
 
     def no_folders(path, flags, *a):
@@ -204,8 +204,20 @@ def test_a_folder_that_cannot_be_opened_or_flushed_is_skipped_quietly(tmp_path, 
 
     monkeypatch.setattr(os, "fsync", no_folder_sync)
     files.atomic_write_text("b", tmp_path / "b.txt")
-    assert (tmp_path / "a.txt").read_text() == "a" and (tmp_path / "b.txt").read_text() == "b"
-    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+    monkeypatch.setattr(os, "fsync", fsync)
+    close = os.close
+
+    def folder_close_fails(fd):  # (the faults helper's injected EIO: it was a traceback after the rename)
+        is_folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+        close(fd)
+        if is_folder:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", folder_close_fails)
+    files.atomic_write_text("c", tmp_path / "c.txt")
+    monkeypatch.setattr(os, "close", close)
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt", "c.txt")] == ["a", "b", "c"]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt", "c.txt"]
 
 
 def test_safetensors_files_are_the_same_bytes_for_the_same_contents(tmp_path):
