@@ -27,14 +27,16 @@ _RUN_FOLDER_FILES = (*RUN_FILES, "config.json", "log.jsonl", "split.txt", "summa
 
 
 def cache_root() -> Path:
-    """The package's cache folder: ``$CLIP_SMOT_CACHE``, else ``~/.cache/clip_smot``.
+    """The package's cache folder: ``$CLIP_SMOT_CACHE`` (a leading ``~`` is the home folder, as
+    torch's and Hugging Face's cache variables read it; a quoted ``'~/x'`` made a folder ``./~``),
+    else ``~/.cache/clip_smot``.
 
     Raises:
         UserError: naming it, when it cannot be looked at (a name longer than the file system
             takes was a traceback at the first look-up in it, in eval and score).
     """
     given = os.environ.get("CLIP_SMOT_CACHE")
-    root = Path(given or os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
+    root = Path(os.path.expanduser(given) if given else os.path.join(os.path.expanduser("~"), ".cache", "clip_smot"))
     path_stat(root, "$CLIP_SMOT_CACHE" if given else "the cache folder")  # (one not there yet: None)
     return root
 

@@ -1085,10 +1085,13 @@ def test_an_archive_may_unpack_to_64_mib_beyond_its_size(tmp_path):
 
 
 def test_the_cache_root_is_the_environments_or_the_homes(tmp_path, monkeypatch):
-    """$CLIP_SMOT_CACHE where it is set (and not empty), else ~/.cache/clip_smot."""
+    """$CLIP_SMOT_CACHE where it is set (and not empty; a leading ~ is the home folder, as a
+    quoted '~/c' in a shell leaves it), else ~/.cache/clip_smot."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CLIP_SMOT_CACHE", str(tmp_path / "c"))
     assert files.cache_root() == tmp_path / "c"
+    monkeypatch.setenv("CLIP_SMOT_CACHE", "~/c")
+    assert files.cache_root() == tmp_path / "home" / "c"
     for value in ("", None):
         if value is None:
             monkeypatch.delenv("CLIP_SMOT_CACHE")
