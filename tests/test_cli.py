@@ -1341,7 +1341,6 @@ def test_a_checkpoint_whose_bytes_changed_is_named_so_on_resume(tmp_path, comman
     assert str(path) in res.output and why in res.output and "Traceback" not in res.output, res.output
 
 
-@pytest.mark.xfail(strict=True, reason="read_checkpoint takes torch.load's OSError (a disk's EIO) for a damaged file")
 @pytest.mark.parametrize("command", ["fit", "train"])
 def test_a_checkpoint_whose_read_fails_on_resume_names_the_disk_not_the_file(tmp_path, monkeypatch, command):
     """A read of the checkpoint that fails (EIO of a failing disk, injected into read(2) in a real

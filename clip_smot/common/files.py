@@ -868,6 +868,8 @@ def archive_refusal(path: str | os.PathLike) -> str | None:
     except OSError:
         return None
     except Exception as e:  # (zipfile's BadZipFile, ValueError, NotImplementedError: a traceback, for the last)
+        if _read_failed(e):  # (a failing disk, which zipfile says is no zip file: the loader names the read)
+            return None
         if not (_begins_as_zip(path) and zipfile.is_zipfile(path)):  # (no zip to torch either: safetensors,
             return None  # torch's legacy format, a file cut short before its directory)
         return f"its zip directory cannot be measured ({first_line(e)}; torch.save writes no such archive); not loaded"
@@ -1005,6 +1007,17 @@ def _weights_kind(keys) -> str | None:
     return None
 
 
+def _read_failed(e: BaseException | None) -> bool:
+    """Whether ``e`` is, or was raised for, a read the system failed (an OSError with an error
+    number: EIO of a failing disk), which zipfile raises again as BadZipFile ("File is not a zip
+    file"): the file may be whole, and is not to be called cut short or of another kind."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno is not None:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _zip_kind(path: str | os.PathLike) -> str | None:
     """:func:`file_kind` of a file that begins as a zip: a torch archive, and whose checkpoint
     or state dict its pickle's first bytes tell (a checkpoint's ``format`` is its first key; a
@@ -1019,10 +1032,10 @@ def _zip_kind(path: str | os.PathLike) -> str | None:
                 return None
             with z.open(pkl) as entry:
                 pickled = entry.read(_SNIFF_BYTES)
-    except zipfile.BadZipFile:
-        return "torch-cut"
-    except Exception:  # noqa: BLE001 (an entry zipfile cannot read: the loader names it)
-        return "torch-archive"
+    except zipfile.BadZipFile as e:
+        return None if _read_failed(e) else "torch-cut"
+    except Exception as e:  # noqa: BLE001 (an entry zipfile cannot read: the loader names it)
+        return None if _read_failed(e) else "torch-archive"
     for fmt, kind in _FORMAT_KINDS.items():
         if fmt.encode() in pickled[:4096]:
             return kind

@@ -159,6 +159,8 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (unpickling errors of every kind: a truncated or foreign file)
+        if isinstance(e, OSError) and e.errno is not None:  # (a failing disk: the file may be whole)
+            raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
         # (torch's words for an archive cut short are a paragraph on miniz and corrupted files)
         why = "cut short: its zip directory is missing" if file_kind(path) == "torch-cut" else load_error(e)
         raise CheckpointError(f"not a readable checkpoint ({why})", why) from None

@@ -1518,8 +1518,6 @@ def test_an_archive_whose_entry_cannot_be_read_is_left_to_the_loader(tmp_path, m
     assert files.archive_refusal(tmp_path / "c.pt") is None
 
 
-@pytest.mark.xfail(strict=True, reason="zipfile turns an OSError reading the directory into BadZipFile, "
-                                       "taken for a cut file")
 def test_an_archive_whose_directory_cannot_be_read_is_not_called_cut_short(tmp_path, monkeypatch):
     """zipfile turns an OSError reading an archive's end record into BadZipFile("File is not a zip
     file"). A whole fit checkpoint on a failing disk (every read(2) after the first failing EIO,
@@ -1554,7 +1552,6 @@ def test_an_archive_whose_directory_cannot_be_read_is_not_called_cut_short(tmp_p
     assert files.archive_refusal(path) is None
 
 
-@pytest.mark.xfail(strict=True, reason="_zip_kind takes an OSError reading the pickle for a foreign torch archive")
 def test_a_checkpoint_whose_pickle_cannot_be_read_is_not_called_another_kind(tmp_path, monkeypatch):
     """A fit checkpoint whose data.pkl entry cannot be read (read(2) of it failing EIO, injected in
     a real export --checkpoint) was "a torch archive (torch.save's), not a fit checkpoint; `clip-smot
