@@ -90,7 +90,9 @@ def is_folder(path: str | os.PathLike, flag: str) -> bool:
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created, with its folder) while inside: processes
     that would write one shared thing at once (the ranks of a torchrun downloading a data set)
-    take turns. No lock where ``fcntl`` is missing (not POSIX)."""
+    take turns. No lock where ``fcntl`` is missing (not POSIX), nor where the file system takes
+    none (ENOLCK on an NFS mount without its lock daemon, ENOSYS): the work goes on unlocked, as
+    :func:`output_lock`'s does."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
@@ -98,7 +100,10 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file is closed)
+        except OSError:  # (as _flock: no lock to be had there)
+            pass
         yield
 
 
@@ -208,9 +213,13 @@ def _file_held(lock: Path, flag: str, out: Path):
 def _release(lock: Path, fd: int, key: tuple[int, int]) -> None:
     """Remove the lock file ``lock`` if it is still the file ``key`` of ``fd``, then close ``fd``
     (removed before it is released: no one can take a lock on a name that is gone)."""
-    if file_key(lock) == key:
-        os.unlink(lock)
-    os.close(fd)
+    try:
+        if file_key(lock) == key:
+            os.unlink(lock)
+    except OSError:  # (a failing disk, a read-only remount: the lock file stays, empty, and is reused)
+        pass
+    finally:
+        os.close(fd)
 
 
 def _lock_file(lock: Path, flag: str, out: Path) -> tuple[int, tuple[int, int]] | None:

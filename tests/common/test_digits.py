@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -453,7 +452,6 @@ def test_a_written_set_is_reused_without_taking_the_lock(tmp_path, monkeypatch):
     assert digits.ensure_digits(size=16, root=root) == root
 
 
-@pytest.mark.xfail(strict=True, reason="file_lock lets flock's ENOLCK out: no digits where files take no locks")
 def test_digits_are_written_where_the_file_system_takes_no_locks(tmp_path, monkeypatch):
     """On a file system without flock (an NFS mount without its lock daemon: ENOLCK; injected into
     flock(2) in a real train --dataset digits) the set was never written: "cannot write the bundled

@@ -632,7 +632,6 @@ def test_an_output_lock_closes_its_descriptors(tmp_path):
     assert _open_fds() == before
 
 
-@pytest.mark.xfail(strict=True, reason="_release lets the lock file's unlink error out, its descriptor open")
 def test_a_lock_file_that_cannot_be_removed_fails_no_command(tmp_path, monkeypatch):
     """The lock file is removed on the way out. Its unlink failing (EIO of a failing disk, EROFS of
     a file system remounted read-only, EACCES: injected into unlink(2) in a real score run) was
