@@ -246,7 +246,8 @@ def _register_config(name: str, cfg: object, source: tuple[str, str]) -> dict:
         cfg = cfg["model_cfg"]
     check_config_file(cfg, *source)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        # (a copy that cannot be removed again, EROFS or EIO, stops nothing: it was read as written)
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             copy = Path(tmp) / f"{name}.json"
             copy.write_text(json.dumps(cfg))
             open_clip.add_model_config(copy)

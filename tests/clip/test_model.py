@@ -789,7 +789,6 @@ def test_a_full_temporary_folder_while_registering_a_config_is_one_line(tmp_path
     assert list(tmp_path.iterdir()) == []  # (the temporary folder removed)
 
 
-@pytest.mark.xfail(strict=True, reason="the temporary folder's cleanup error is taken for a failed write of the copy")
 def test_a_temporary_config_copy_that_cannot_be_removed_is_no_failed_write(tmp_path, tiny_clip_config, monkeypatch):
     """The copy was written and registered; removing it again failed (unlink(2) or rmdir(2) of the
     temporary folder failing EROFS or EIO: injected in a real eval --prompt). eval stopped at
