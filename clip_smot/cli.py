@@ -160,12 +160,30 @@ class _Group(click.Group):
             raise _interrupted() from None
         except _Interrupted:  # fit's or train's line, which names the checkpoint to resume from
             raise
+        except OSError as e:
+            if sigint.seen:
+                raise _interrupted() from None
+            if e.filename is None or e.errno is None:  # (a broken pipe's EPIPE: click's main ends it)
+                raise
+            raise click.ClickException(one_line(_os_error_line(e))) from None
         except Exception:
             # Ctrl-C that reached a DataLoader worker as it started kills it, and the main process
             # sees "worker exited unexpectedly" where the KeyboardInterrupt was lost: an interruption
             if sigint.seen:
                 raise _interrupted() from None
             raise
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for a system's error on a file that no check of ours named first: a folder that
+    torch makes as it loads (its compiler's cache, $TORCHINDUCTOR_CACHE_DIR or
+    $TMPDIR/torchinductor_USER, where a file stands or the disk is full), a file of another
+    library. The file, the system's reason, and where the file is torch's, what moves it."""
+    line = f"{e.filename}: {e.strerror}"
+    if "torchinductor" in str(e.filename) or (
+            os.environ.get("TORCHINDUCTOR_CACHE_DIR") and str(e.filename).startswith(os.environ["TORCHINDUCTOR_CACHE_DIR"])):
+        line += " (torch's compiler cache, made as torch loads; set TORCHINDUCTOR_CACHE_DIR to a folder it can make)"
+    return line
 
 
 def _echoed_to_stdout(e: BaseException) -> bool:
