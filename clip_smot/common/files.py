@@ -588,14 +588,21 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
             with contextlib.suppress(OSError):
                 os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)
     fsync_folder(folder)
-    removed = False
+    removed, kept = False, None
     for name in leftovers:
         if name not in writers:
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # (a folder is no earlier run's file)
+            try:
                 (folder / name).unlink()
                 removed = True
+            except (FileNotFoundError, IsADirectoryError):  # (a folder is no earlier run's file)
+                pass
+            except OSError as e:  # (EIO, EROFS, EPERM of an immutable file: said once the others are gone)
+                kept = kept or (folder / name, e)
     if removed:  # (an earlier run's file, back after a power loss, would be read with the new ones)
         fsync_folder(folder)
+    if kept:
+        raise UserError(f"cannot remove {kept[0]}, an earlier run's file ({kept[1].strerror or kept[1]}); the other "
+                        f"files of {folder} are this run's")
 
 
 def temporary_pattern(name: str) -> str:

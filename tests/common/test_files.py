@@ -563,12 +563,11 @@ def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_pa
     assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").is_dir()
 
 
-@pytest.mark.xfail(strict=True, reason="a leftover's unlink error other than ENOENT/EISDIR is let out as OSError")
 def test_a_leftover_that_cannot_be_removed_is_one_line_naming_it(tmp_path, monkeypatch):
     """An earlier run's config.json that cannot be removed once a ResNet evaluation's files are all
     written (unlink(2) failing EIO, injected in a real eval --checkpoint; EPERM of an immutable
     file; EROFS, which Linux returns before it looks the name up) was an OSError traceback, exit 1.
-    A UserError naming it, if anything, the new files in place."""
+    A UserError naming it, the new files in place: the folder is no whole set of one run."""
     (tmp_path / "b.txt").write_text("an earlier run's")
     real_unlink = os.unlink
     for code in (errno.EIO, errno.EPERM, errno.EROFS):
@@ -578,10 +577,10 @@ def test_a_leftover_that_cannot_be_removed_is_one_line_naming_it(tmp_path, monke
             return real_unlink(path, *args, **kwargs)
 
         monkeypatch.setattr(os, "unlink", fails)
-        try:
+        with pytest.raises(UserError) as e:
             files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
-        except UserError as e:
-            assert str(tmp_path / "b.txt") in str(e) and "\n" not in str(e), str(e)
+        assert str(e.value) == (f"cannot remove {tmp_path / 'b.txt'}, an earlier run's file ({os.strerror(code)}); "
+                                f"the other files of {tmp_path} are this run's")
         assert (tmp_path / "a.txt").read_text() == "new a"
         assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]  # (no temporary file left)
 
