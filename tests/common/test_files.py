@@ -164,6 +164,20 @@ def test_a_rename_is_on_the_disk_once_written(tmp_path, monkeypatch):
         ("replace", "b.txt"), ("replace", "c.txt"), ("fsync", "folder"), ("replace", "metrics.json"),
         ("fsync", "folder"), ("fsync", "folder")]
     assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.txt", "c.txt", "metrics.json"]
+    # written again over that set: the earlier metrics.json is moved aside (a temporary name) and
+    # that flushed before the first rename; a set of one file (nothing to mix) is renamed over it
+    events.clear()
+    files.atomic_write_files(tmp_path, {"b.txt": files.text_writer("b2"), "metrics.json": files.text_writer("[]"),
+                                        "c.txt": files.text_writer("c2")}, last="metrics.json")
+    named = [(e[0], "aside" if re.fullmatch(r"\.metrics\.json\..+\.tmp", e[1]) else e[1]) for e in events
+             if e[0] == "replace" or e[1] == "folder"]
+    assert named == [("replace", "aside"), ("fsync", "folder"), ("replace", "b.txt"), ("replace", "c.txt"),
+                     ("fsync", "folder"), ("replace", "metrics.json"), ("fsync", "folder")]
+    events.clear()
+    files.atomic_write_files(tmp_path, {"metrics.json": files.text_writer("{}")}, last="metrics.json")
+    assert [e for e in events if e[0] == "replace" or e[1] == "folder"] == [("replace", "metrics.json"),
+                                                                           ("fsync", "folder")]
+    assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.txt", "c.txt", "metrics.json"]
 
 
 def test_a_folder_made_for_an_output_is_on_the_disk_with_it(tmp_path, monkeypatch):
@@ -553,6 +567,38 @@ def test_files_written_as_one_where_a_later_rename_fails_are_not_a_mixed_set(tmp
                         else "old md"}
         assert str(e.value).endswith("written already: the folder holds no whole set of its files now "
                                      "(and no metrics.json)"), str(e.value)
+
+
+@pytest.mark.parametrize("fails", ["mkstemp", "replace"])
+def test_files_written_as_one_whose_last_cannot_be_moved_aside_leave_the_old_set(tmp_path, monkeypatch, fails):
+    """The earlier metrics.json is moved aside (a new temporary name, then a rename) before the
+    first rename of a set: where that fails (EIO), before any file is renamed, the old set is
+    left whole, no temporary file with it, and the line names metrics.json."""
+    old = {"metrics.csv": "old csv", "metrics.json": "{}"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    mkstemp, replace, made = files.tempfile.mkstemp, os.replace, []
+
+    def failing_mkstemp(*args, **kwargs):
+        made.append(kwargs.get("prefix"))
+        if fails == "mkstemp" and len(made) == 3:  # (after the two temporaries written)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return mkstemp(*args, **kwargs)
+
+    def failing_replace(src, dst):
+        if fails == "replace" and os.path.basename(dst).startswith(".metrics.json."):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return replace(src, dst)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", failing_mkstemp)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(UserError) as e:
+        files.atomic_write_files(tmp_path, {name: files.text_writer(f"new {name}") for name in old},
+                                 last="metrics.json")
+    assert made == [".metrics.csv.", ".metrics.json.", ".metrics.json."]
+    assert str(e.value) == (f"cannot write {tmp_path / 'metrics.json'}: Input/output error; "
+                            "the file there before is unchanged")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
 
 
 def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_path):
