@@ -1450,9 +1450,10 @@ def _stop_after_chunks(monkeypatch, n: int):
 def test_image_files_given_one_by_one_are_chunked_together(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """Image files given one by one as PATHS (a shell's `photos/*.jpg`) were a chunk each: an
     encoder batch of one image, a feature-cache entry and a flushed CSV append each (15 to 34 ms
-    an image, against 0.15 ms through a list). A run of them is now chunked as one argument is;
-    a folder between them keeps its own chunks. Stopped after the first chunk, --resume ends in
-    the uninterrupted run's CSV, byte for byte."""
+    an image, against 0.15 ms through an image list). A run of them is now chunked as one argument
+    is; a folder or an image list between them keeps its own chunks. Stopped after the first chunk,
+    --resume ends in the uninterrupted run's CSV, byte for byte; cut inside the first chunk's rows
+    (a crash within an append), the chunk of the run of files is scored whole again."""
     from clip_smot.clip.score import ScoreConfig, run_score
 
     make_prompt(tmp_path / "p.safetensors", tiny)
@@ -1465,7 +1466,8 @@ def test_image_files_given_one_by_one_are_chunked_together(tmp_path, tiny, tiny_
     for i in range(3):
         (folder / f"{i}.png").parent.mkdir(exist_ok=True)
         Image.new("RGB", (8, 8), (0, 30 * i, 200)).save(folder / f"{i}.png")
-    paths = (*map(str, files[:3]), str(folder), *map(str, files[3:]))
+    (folder / "list.txt").write_text("0.png\n1.png\n2.png\n")  # (an image list of the folder's images)
+    paths = (*map(str, files[:3]), str(folder), *map(str, files[3:5]), str(folder / "list.txt"), *map(str, files[5:]))
 
     def run(out, **kw):
         return run_score(ScoreConfig(prompt=str(tmp_path / "p.safetensors"), paths=paths, out=str(out),
@@ -1474,16 +1476,28 @@ def test_image_files_given_one_by_one_are_chunked_together(tmp_path, tiny, tiny_
 
     seen, real = _stop_after_chunks(monkeypatch, 100)
     run(tmp_path / "whole.csv")
-    assert seen == [2, 1, 2, 1, 2, 2]  # (0 1 | 2; the folder's 0 1 | 2; 3 4 | 5 6)
+    assert seen == [2, 1, 2, 1, 2, 2, 1, 2]  # (0 1 | 2; the folder's 0 1 | 2; 3 4; the list's 0 1 | 2; 5 6)
     rows = read_csv(tmp_path / "whole.csv")
-    assert [r["path"] for r in rows] == [*map(str, files[:3]), *(str(folder / f"{i}.png") for i in range(3)),
-                                         *map(str, files[3:])]
+    in_folder = [str(folder / f"{i}.png") for i in range(3)]
+    assert [r["path"] for r in rows] == [*map(str, files[:3]), *in_folder, *map(str, files[3:5]), *in_folder,
+                                         *map(str, files[5:])]
     seen, _ = _stop_after_chunks(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "s.csv")
-    monkeypatch.setattr(PromptScorer, "score_files", real)
+    record = (tmp_path / "s.csv.partial.json").read_bytes()
+    monkeypatch.setattr(PromptScorer, "score_files", lambda self, files, *a, **k: seen.append(len(files))
+                        or real(self, files, *a, **k))
+    seen.clear()
     run(tmp_path / "s.csv", resume=True)
-    assert (tmp_path / "s.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert seen == [1, 2, 1, 2, 2, 1, 2]  # (the rest of the first run of files, 2, then as before)
+    whole = (tmp_path / "whole.csv").read_bytes()
+    assert (tmp_path / "s.csv").read_bytes() == whole
+    lines = whole.splitlines(True)
+    (tmp_path / "s.csv.partial").write_bytes(lines[0] + lines[1] + lines[2][:20])  # (one row of the first chunk)
+    (tmp_path / "s.csv.partial.json").write_bytes(record)
+    seen.clear()
+    run(tmp_path / "s.csv", resume=True)
+    assert seen == [2, 1, 2, 1, 2, 2, 1, 2] and (tmp_path / "s.csv").read_bytes() == whole
 
 
 def test_an_interrupted_score_resumes_to_the_csv_of_an_uninterrupted_run(tmp_path, tiny, tiny_clip_checkpoint,
