@@ -142,3 +142,69 @@ def test_a_closed_standard_stream_draws_and_writes_nothing(monkeypatch, closed):
     assert list(progress_bar(range(3), desc="epoch 1")) == [0, 1, 2]
     progress_write("epoch 1/2  loss 0.5")
     assert other.getvalue() == ("epoch 1/2  loss 0.5\n" if closed == "stderr" else "")
+
+
+_NOTE = "note: stdout cannot be written (No space left on device): what goes there is dropped from here on\n"
+
+
+def test_a_stdout_without_a_descriptor_that_fails_is_given_up_and_kept(monkeypatch):
+    """stdout a stream of Python's own (no file descriptor) whose writes fail (ENOSPC): the epoch
+    line's write is the one note on stderr, later lines go to the null device, and the stream given
+    up is kept, never closed, so that its unwritten bytes are not tried again (a stream collected
+    is closed, which flushes them: 'Exception ignored' on stderr under python -X dev)."""
+    import errno
+    import gc
+    import io
+    import os
+    import sys
+
+    from clip_smot.common.progress import progress_write
+
+    class FullRaw(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    closed = []
+
+    class Stream(io.TextIOWrapper):
+        def close(self):  # (as a collection of the stream calls it: a flush of what it holds, failing again)
+            closed.append(self)
+            super().close()
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(sys, "stdout", Stream(io.BufferedWriter(FullRaw()), encoding="utf-8"))
+    progress_write("epoch 1/2  loss 0.5")  # (buffered, then its flush fails)
+    assert isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.name == os.devnull
+    progress_write("epoch 2/2  loss 0.4")
+    sys.stdout.close()  # (the null device's, opened for the rest of a process)
+    gc.collect()
+    assert stderr.getvalue() == _NOTE and closed == []
+
+
+def test_a_stdout_with_a_descriptor_that_fails_is_pointed_at_the_null_device(monkeypatch):
+    """stdout a file on a full disk (/dev/full: ENOSPC): its descriptor is pointed at the null
+    device, the stream kept (print and click write to it), one note on stderr; a caller that says
+    the line itself (say=False) gets no note."""
+    import errno
+    import io
+    import os
+    import sys
+
+    from clip_smot.common.progress import give_up_stdout, progress_write
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        progress_write("epoch 1/2  loss 0.5")
+        assert sys.stdout is full and os.path.samestat(os.fstat(full.fileno()), os.stat(os.devnull))
+        progress_write("epoch 2/2  loss 0.4")
+        assert stderr.getvalue() == _NOTE
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        give_up_stdout(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), say=False)
+        assert os.path.samestat(os.fstat(full.fileno()), os.stat(os.devnull)) and stderr.getvalue() == _NOTE
