@@ -688,6 +688,28 @@ def test_a_cache_write_removes_the_old_temporaries_of_killed_writes(tmp_path, ti
     assert len(list(cache_dir().glob("*.safetensors"))) == 1
 
 
+def test_the_cache_folder_is_swept_at_most_every_ten_minutes(tmp_path, tiny, monkeypatch):
+    """The sweep for killed writes' temporaries reads the whole cache folder: done at a process's
+    first entry written there, then not again until 600 s (time.monotonic) have passed since: at
+    599.9 s not, at 600 s again, then counted from there."""
+    import types
+
+    from clip_smot.clip import features
+    from clip_smot.clip.features import encode_files
+
+    id_dir, _ = make_folders(tmp_path, n_per_class=3)
+    images = sorted((id_dir / "val").rglob("*.png"))
+    assert len(images) >= 6
+    clock, swept = [1000.0], []
+    monkeypatch.setattr(features, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(features, "_SWEPT", {})
+    monkeypatch.setattr(features, "remove_stale_temporaries", lambda folder, *a, **k: swept.append(clock[0]))
+    for when, image in zip((1000.0, 1599.9, 1600.0, 1600.5, 2199.9, 2200.0), images):
+        clock[0] = when
+        encode_files(tiny, [image], workers=0)  # (an entry written for each)
+    assert swept == [1000.0, 1600.0, 2200.0]
+
+
 def test_a_list_naming_an_image_twice_scores_the_same_from_the_cache(tmp_path, tiny, tiny_clip_checkpoint,
                                                                      monkeypatch):
     """score of a list naming 0.png twice, in batches of 2: first beside 1.png, then alone. A
