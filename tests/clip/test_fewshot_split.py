@@ -68,7 +68,9 @@ def test_class_names_are_the_same_under_an_ascii_locale(tmp_path):
 
     for name in ("caf\u00e9", "\u732b"):
         _touch(tmp_path / "data" / name / "a.jpg")
-    code = ("import sys\n"
+    for name in ("caf\u00e9_noir", "th\u00e9_vert", "\u732b"):  # (labelled by name: no prompt folders)
+        _touch(tmp_path / "named" / name / "a.jpg")
+    code = ("import os, sys\n"
             "from clip_smot.clip.fewshot import resolve_classes\n"
             "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
             "print(ascii(resolve_classes(sys.argv[1]).classnames))\n"
@@ -76,12 +78,20 @@ def test_class_names_are_the_same_under_an_ascii_locale(tmp_path):
             "from clip_smot.common.image_sets import _folder_labels\n"
             "root = Path(sys.argv[1])\n"
             "paths = sorted(root.glob('*/a.jpg'))\n"
-            "print(_folder_labels(root, paths, ['x', 'y'], prompt_folders=['\\u732b', 'caf\\u00e9']))\n")
+            "print(_folder_labels(root, paths, ['x', 'y'], prompt_folders=['\\u732b', 'caf\\u00e9']))\n"
+            "root = Path(sys.argv[2])\n"
+            "paths = sorted(root.glob('*/a.jpg'))\n"
+            "print(_folder_labels(root, paths, ['\\u732b', 'caf\\u00e9 noir', 'th\\u00e9_vert']))\n"
+            "from clip_smot.common.image_sets import folder_names\n"
+            "print(ascii(folder_names(sorted(os.listdir(root)))))\n")
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], env=env, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data"), str(tmp_path / "named")], env=env,
+                         capture_output=True, text=True, timeout=60)
     # (and the class folders a prompt made in a UTF-8 locale records label them: eval's ID accuracy)
-    assert res.stdout.splitlines() == [ascii(("caf\u00e9", "\u732b")), "([1, 0], '')"], res.stdout + res.stderr
+    # (and folders matched to the class names by name: 'caf\u00e9_noir' read as 'caf\u00e9 noir', 'th\u00e9_vert' as
+    # itself; under ASCII the names sort as their bytes do, c < t < \u732b's first byte 0xe7)
+    assert res.stdout.splitlines() == [ascii(("caf\u00e9", "\u732b")), "([1, 0], '')", "([1, 2, 0], '')",
+                                       ascii(["caf\u00e9 noir", "th\u00e9 vert", "\u732b"])], res.stdout + res.stderr
 
 
 def test_folders_given_as_text_resolve_as_paths_do(tmp_path):

@@ -893,6 +893,16 @@ def test_labelling_by_the_prompts_class_folders_is_linear_in_the_classes():
     assert steps[0] <= 20 * k, steps[0]
 
 
+def test_a_folder_the_prompt_records_twice_takes_its_first_position():
+    """A prompt whose class folders name one folder twice (an edited config): the folder is the
+    class of its first position, as list.index gave before the one-pass lookup."""
+    from clip_smot.common.image_sets import _folder_labels
+
+    root = Path("/data/val")
+    paths = [root / "a" / "0.png", root / "b" / "0.png", root / "a" / "1.png"]
+    assert _folder_labels(root, paths, ["x", "y", "z"], ["b", "a", "a"]) == ([1, 0, 1], "")
+
+
 def test_zero_shot_names_wnids_only_when_every_folder_is_one(tmp_path):
     """ImageNet wnids become CLIP names only when every class folder is a wnid; among other
     folders a wnid stays a folder name (the names then follow one rule for all)."""
