@@ -710,6 +710,84 @@ def test_a_full_stdout_is_one_line_not_a_traceback(tmp_path, argv):
     assert "No space left on device" in res.stderr, res.stderr
 
 
+def _failing_stdout_group():
+    """A group of clip-smot's class whose commands fail as a full stdout, a failing stderr and a
+    missing file do."""
+    import errno
+    import os
+    import sys
+
+    from clip_smot.cli import _Group
+
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    @group.command()
+    def rows():  # (print's own write, or a flush, of a full stdout: raised here, not in click.echo)
+        sys.stdout.write("a row\n")
+        sys.stdout.flush()
+
+    @group.command()
+    def missing():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "scores.csv")
+
+    @group.command()
+    def unsaid():
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    @group.command()
+    def note():
+        click.echo("note: a note", err=True)
+
+    return group
+
+
+def test_a_full_stdout_raised_outside_click_echo_is_the_one_line_and_other_errors_are_not(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The one line "Error: stdout cannot be written (...)", exit 1, is for an OSError that a
+    write to stdout raised: by click.echo, or anywhere while stdout still fails (a flush of what it
+    holds fails again), and its descriptor then points at the null device. An OSError naming a
+    file, one raised while stdout is closed (None) or writes, and a failing stderr are raised as
+    they are."""
+    import errno
+    import os
+    import sys
+
+    group = _failing_stdout_group()
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(SystemExit) as e:
+            group.main(["rows"], prog_name="clip-smot")
+        assert e.value.code == 1
+        assert capsys.readouterr().err == "Error: stdout cannot be written (No space left on device)\n"
+        assert os.path.samestat(os.fstat(full.fileno()), os.stat(os.devnull))
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        full.write("held")  # (a flush of stdout fails: still, a file's error is its own)
+        with pytest.raises(FileNotFoundError):
+            group.main(["missing"], prog_name="clip-smot")
+        null = os.open(os.devnull, os.O_WRONLY)  # (what it holds written there as it closes)
+        os.dup2(null, full.fileno())
+        os.close(null)
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(OSError) as e:
+        group.main(["unsaid"], prog_name="clip-smot")
+    assert e.value.errno == errno.EIO
+
+    # stderr on a full disk, line-buffered (click.echo's write is the one that fails), stdout a file
+    with open(tmp_path / "out.txt", "w", encoding="utf-8") as out, open("/dev/full", "w", buffering=1) as err:
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        with pytest.raises(OSError) as e:
+            group.main(["note"], prog_name="clip-smot")
+        assert e.value.errno == errno.ENOSPC and e.value.__context__ is None
+        assert os.path.samestat(os.fstat(out.fileno()), os.stat(tmp_path / "out.txt"))  # (not given up)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, err.fileno())
+        os.close(null)
+
+
 def test_a_memory_limit_too_low_for_torch_is_one_line(tmp_path):
     """Under a limit on the address space (`ulimit -v`, RLIMIT_AS: a batch system's memory limit)
     too low for torch's libraries to be mapped (here 512 MiB), every command, --version too, ended
