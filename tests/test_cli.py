@@ -834,6 +834,76 @@ def test_a_torch_cache_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert res.stderr.startswith(f"Error: {blocker}: ") and "set TORCHINDUCTOR_CACHE_DIR" in res.stderr, res.stderr
 
 
+def test_a_failing_stderr_drops_its_lines_and_points_at_the_null_device():
+    """The entry point's stderr (clip_smot.__main__._Unfailing): a write or a flush that fails (a
+    full disk, /dev/full: ENOSPC) is dropped, not raised, a write saying it took the whole text, and
+    the stream's descriptor then points at the null device (what it holds is not tried again);
+    its lines are written one by one."""
+    import io
+    import os
+
+    from clip_smot.__main__ import _Unfailing
+
+    def on_null(f) -> bool:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(os.devnull))
+
+    with open("/dev/full", "w", buffering=1) as full:  # (line-buffered: the write itself fails)
+        err = _Unfailing(full)
+        assert err.write("epoch 1/2\n") == 10 and on_null(full) and err.fileno() == full.fileno()
+        assert err.write("epoch 2/2\n") == 10
+    with open("/dev/full", "w") as full:  # (block-buffered: its flush fails)
+        err = _Unfailing(full)
+        assert err.write("held") == 4 and not on_null(full)
+        err.flush()
+        assert on_null(full)
+    text = io.StringIO()
+    _Unfailing(text).writelines(["a\n", "b\n"])
+    assert text.getvalue() == "a\nb\n"
+
+
+@pytest.mark.parametrize("error, limit, line", [
+    (ImportError("libtorch_cpu.so: failed to map segment from shared object\n  more"), "none",
+     "(ImportError: libtorch_cpu.so: failed to map segment from shared object)"),
+    (MemoryError("Unable to allocate output buffer"), 3 << 30,
+     "(MemoryError: Unable to allocate output buffer); the address space is limited to 3072 MiB (ulimit -v): "
+     "torch needs more"),
+    (MemoryError(), "unreadable", "(MemoryError: -)"),
+], ids=["import-error", "memory-limit", "limit-unreadable"])
+def test_libraries_that_cannot_be_loaded_are_one_line_in_process(monkeypatch, error, limit, line):
+    """The import of the command line fails (an ImportError, a MemoryError under a memory limit):
+    one line, its first line of the error, with the address-space limit where one is set (none
+    where the limit is unlimited or cannot be read), exit 1; stderr closed as the process started
+    (None) too."""
+    import io
+    import resource
+    import sys
+
+    from clip_smot.__main__ import main
+
+    class Unloadable:
+        def __getattr__(self, name):
+            raise error
+
+    def getrlimit(which):
+        if limit == "unreadable":
+            raise ValueError("not supported")
+        return (resource.RLIM_INFINITY if limit == "none" else limit, resource.RLIM_INFINITY)
+
+    monkeypatch.setitem(sys.modules, "clip_smot.cli", Unloadable())
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1
+    assert err.getvalue() == f"Error: the libraries clip-smot runs on could not be loaded {line}\n"
+    monkeypatch.setattr(sys, "stderr", None)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # (where print's file=None goes)
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1
+
+
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
     """A real SIGINT that lands while ``import torch`` runs ``torch._C._c10d_init()`` (C++ that calls
     back into Python's import machinery for the half-imported torch.distributed): the KeyboardInterrupt
