@@ -100,6 +100,31 @@ def test_a_stdout_that_fails_keeps_the_prompt_or_says_resume(tmp_path, fit_args,
         code != 0 and lines and lines[-1].startswith("Error:") and "--resume" in lines[-1]), (code, err)
 
 
+def test_the_class_folders_fit_records_are_the_same_under_an_ascii_locale(tmp_path, tiny_clip_config,
+                                                                          tiny_clip_checkpoint):
+    """Under a C locale without Python's coercion to UTF-8 (file system encoding ASCII), the class
+    folders 'caf\u00e9' and '\u732b' (UTF-8 on disk) are recorded in config.json's run.class_folders as
+    those names, as a UTF-8 locale records them (eval labels an ID folder by them), not as
+    'caf\udcc3\udca9' and three surrogates."""
+    import subprocess
+    import sys
+
+    for name in ("caf\u00e9", "\u732b"):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "data" / "train" / name / "0.png")
+    code = ("import sys, torch\n"
+            "from clip_smot.clip.fit import FitConfig, _load_inputs\n"
+            "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
+            "cfg = FitConfig(data=sys.argv[1], model=sys.argv[2], pretrained=sys.argv[3], loss='ce', shots=1, "
+            "workers=0)\n"
+            "print(ascii(_load_inputs(cfg, torch.device('cpu')).config['run']['class_folders']))\n")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    res = subprocess.run([sys.executable, "-c", code, os.fsencode(tmp_path / "data"), tiny_clip_config,
+                          tiny_clip_checkpoint], env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.splitlines() == [ascii(["caf\u00e9", "\u732b"])], res.stdout + res.stderr
+
+
 def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoint):
     out = one_epoch
     for name in ("prompt.safetensors", "split.txt", "config.json", "log.jsonl", "checkpoint.pt"):
