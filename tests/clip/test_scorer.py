@@ -2746,7 +2746,8 @@ def test_a_partial_that_cannot_be_cut_on_resume_is_one_line(tmp_path, monkeypatc
     import clip_smot.clip.score as score
 
     partial = tmp_path / "s.csv.partial"
-    partial.write_bytes(b"path,pred,pred_index,mcm\nhalf a ro")
+    rows = b"path,pred,pred_index,mcm\n" + b"a.png,cat,0,0.5\n" * 100  # (25 + 100 * 16 = 1,625 bytes)
+    partial.write_bytes(rows + b"half a ro")
     real_open = open
 
     class NoTruncate:
@@ -2769,10 +2770,10 @@ def test_a_partial_that_cannot_be_cut_on_resume_is_one_line(tmp_path, monkeypatc
 
     monkeypatch.setattr(score, "open", opened, raising=False)
     with pytest.raises(UserError) as e:
-        score._start_partial(partial, ["path", "pred", "pred_index", "mcm"], len(b"path,pred,pred_index,mcm\n"))
+        score._start_partial(partial, ["path", "pred", "pred_index", "mcm"], len(rows))
     reason = "Read-only file system" if fails == "open" else "Input/output error"
-    assert str(e.value) == f"--resume: {partial} cannot be cut to its 25 bytes of whole rows ({reason})"
-    assert partial.read_bytes() == b"path,pred,pred_index,mcm\nhalf a ro"
+    assert str(e.value) == f"--resume: {partial} cannot be cut to its 1,625 bytes of whole rows ({reason})"
+    assert partial.read_bytes() == rows + b"half a ro"
 
 
 def test_a_float32_value_is_one_a_float32_holds_exactly_and_none_beyond_its_range():
