@@ -505,7 +505,7 @@ def _write_temporary(path: Path, write: Callable[[str], object]) -> str:
 
 def _move_aside(path: Path) -> str:
     """Rename ``path`` to a new temporary name beside it (one :func:`remove_stale_temporaries`
-    removes, where a kill left it) and flush the folder; that name."""
+    removes, where a kill left it); that name."""
     try:
         fd, aside = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -517,7 +517,6 @@ def _move_aside(path: Path) -> str:
         with contextlib.suppress(OSError):
             os.remove(aside)
         raise _write_error(path, e) from None
-    fsync_folder(path.parent)  # (its removal on the disk before any new file's)
     return aside
 
 
@@ -560,23 +559,19 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
         if os.path.isdir(folder / name) and not os.path.islink(folder / name):  # (a link is replaced)
             raise _write_error(folder / name, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
     temps: dict[str, str] = {}
-    aside = None  # the earlier `last`, under a temporary name while the others are renamed
+    aside, renamed = None, []  # (the earlier `last`, under a temporary name while the others are renamed)
     try:
         for name, write in writers.items():
             temps[name] = _write_temporary(folder / name, write)
-        renamed: list[str] = []
         for name, tmp in sorted(temps.items(), key=lambda item: item[0] == last):  # (a stable sort)
             if name == last and len(temps) > 1:
                 fsync_folder(folder)  # (the others' renames first: a rename is not ordered with another on the disk)
-            elif last in temps and len(temps) > 1 and not renamed and os.path.lexists(folder / last):
+            elif last in temps and len(temps) > 1 and aside is None and os.path.lexists(folder / last):
                 aside = _move_aside(folder / last)
+                fsync_folder(folder)  # (its removal on the disk before any new file's)
             try:
                 os.replace(tmp, folder / name)  # atomic on POSIX: readers see the old file or the new one
             except OSError as e:
-                if aside is not None and not renamed:  # (nothing new yet: the earlier set is whole again)
-                    with contextlib.suppress(OSError):
-                        os.replace(aside, folder / last)
-                        aside = None
                 error = _write_error(folder / name, e)
                 if renamed:
                     error = UserError(f"{error}; {', '.join(renamed)} written already: the folder holds no whole "
@@ -584,6 +579,10 @@ def atomic_write_files(folder: str | os.PathLike, writers: dict[str, Callable[[s
                 raise error from None
             renamed.append(name)
     finally:
+        if aside is not None and not renamed:  # (a failure or Ctrl-C before anything new: the earlier set whole again)
+            with contextlib.suppress(OSError):
+                os.replace(aside, folder / last)
+                aside = None
         for tmp in [*temps.values(), *([aside] if aside else [])]:
             with contextlib.suppress(OSError):
                 os.remove(tmp)  # (only those not renamed: a failure, or Ctrl-C)

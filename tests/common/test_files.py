@@ -601,8 +601,6 @@ def test_files_written_as_one_whose_last_cannot_be_moved_aside_leave_the_old_set
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
 
 
-@pytest.mark.xfail(strict=True, reason="a Ctrl-C after the earlier last file is moved aside, before any new "
-                   "file is renamed, removes it (or strands it under a temporary name): the old set is lost")
 @pytest.mark.parametrize("when", ["first rename", "flush of the move aside"])
 def test_files_written_as_one_interrupted_before_the_first_rename_leave_the_old_set(tmp_path, monkeypatch, when):
     """Ctrl-C (KeyboardInterrupt) as the earlier metrics.json has just been moved aside, before any
