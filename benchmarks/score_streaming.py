@@ -51,7 +51,7 @@ def listing(folder: Path, n: int, chunk: int) -> dict:
     paths = [str(folder / "list.txt")]
     _, whole = _peak(lambda: image_files(paths[0], "PATH"))
     _, counted = _peak(lambda: sum(1 for _ in iter_image_files(paths[0], "PATH")))
-    _, chunked = _peak(lambda: sum(len(c) for c in sc._chunks(paths, chunk, 0)))
+    _, chunked = _peak(lambda: sum(len(c) for c in sc._chunks(sc._groups(paths), chunk, 0)))
     _, resumed = _peak(lambda: sc._resume_point(partial, header, sc._files(paths), ["c"], False))
     mb = 1e6
     return {"list_n": n, "list_peak_mb": round(whole / mb, 2), "count_peak_mb": round(counted / mb, 2),
