@@ -32,7 +32,7 @@ from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
-from clip_smot.common.files import archive_refusal, check_kind
+from clip_smot.common.files import archive_refusal, check_kind, mapped_read_error
 from clip_smot.common.network import host_reachable, no_download
 from clip_smot.common.run_folder import holds_its_values
 
@@ -151,6 +151,10 @@ def _safetensors_format(path: str) -> str | None:
         with safe_open(path, framework="pt") as f:
             return (f.metadata() or {}).get("format")
     except (SafetensorError, OSError, ValueError):
+        return MODEL_FORMAT
+    except RuntimeError as e:  # (torch could not map it: the model file's loader names the read)
+        if mapped_read_error(e) is None:
+            raise
         return MODEL_FORMAT
 
 

@@ -49,6 +49,7 @@ from clip_smot.common.files import (
     atomic_save_safetensors,
     check_kind,
     checksum_mismatch,
+    mapped_read_error,
     missing_file,
     parse_json,
     tensor_checksums,
@@ -188,7 +189,11 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     check_kind(path, "--prompt", "prompt")  # (a run's checkpoint.pt, a model file: named as such)
     try:
         f = safe_open(path, framework="pt")
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        if (reason := mapped_read_error(e)) is not None:  # (torch could not map it: a failing disk's EIO)
+            raise UserError(f"--prompt {path}: cannot be read ({reason})") from None
+        if isinstance(e, RuntimeError):
+            raise
         raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
     with f:  # (one reading: the header's shapes are checked before the tensors of that very file load)
         return _read(path, f)
@@ -253,6 +258,10 @@ def recorded_epochs(path: str | os.PathLike) -> tuple[int, int] | None:
         with safe_open(str(path), "pt") as f:
             return _epochs(parse_json((f.metadata() or {}).get("config", "{}")))
     except (SafetensorError, OSError, ValueError):
+        return None
+    except RuntimeError as e:  # (torch could not map it: the loader names the read)
+        if mapped_read_error(e) is None:
+            raise
         return None
 
 

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "checksum_mismatch", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "checksum_mismatch", "mapped_read_error", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -807,6 +807,15 @@ def read_with_hash(path: str | os.PathLike, flag: str, read: Callable[[], Any]) 
 
 
 _SHA256: dict[tuple, str] = {}  # (path, file_stamp) -> digest: one read per file and process
+
+
+def mapped_read_error(e: BaseException) -> str | None:
+    """The system's reason in torch's error for a file it could not map (safetensors opens a file
+    for torch through ``UntypedStorage.from_file``): "unable to open file <PATH> in read-only mode:
+    Input/output error (5)" -> "Input/output error"; None for any other error."""
+    m = re.search(r"unable to open file <.*> in read-only mode: (.+?) \(\d+\)", str(e)) if isinstance(e, RuntimeError) \
+        else None
+    return m.group(1) if m else None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
