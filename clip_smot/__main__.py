@@ -34,10 +34,12 @@ def main() -> None:
         if hold:
             signal.signal(signal.SIGINT, previous)
     if held:
-        print("Error: interrupted", file=sys.stderr)
+        if sys.stderr is not None:  # (closed as the process started: print would write it to stdout)
+            print("Error: interrupted", file=sys.stderr)
         sys.exit(130)
     if unloadable is not None:
-        print(f"Error: {_unloadable(unloadable)}", file=sys.stderr)
+        if sys.stderr is not None:
+            print(f"Error: {_unloadable(unloadable)}", file=sys.stderr)
         sys.exit(1)
     # (a process of torchrun ends as Python ends it: torchrun's agent stops every other process
     # as soon as one has failed, and the second the teardown takes is what lets each say its line)
@@ -124,7 +126,8 @@ def _end(code) -> None:
     if code is None:
         code = 0
     elif not isinstance(code, int):  # (sys.exit("message"), as the interpreter shows it)
-        print(code, file=sys.stderr)
+        if sys.stderr is not None:
+            print(code, file=sys.stderr)
         code = 1
     shutdown = getattr(threading, "_shutdown", None)  # (what the interpreter calls first: non-daemon threads)
     if shutdown is not None:

@@ -898,10 +898,11 @@ def test_libraries_that_cannot_be_loaded_are_one_line_in_process(monkeypatch, er
     assert e.value.code == 1
     assert err.getvalue() == f"Error: the libraries clip-smot runs on could not be loaded {line}\n"
     monkeypatch.setattr(sys, "stderr", None)
-    monkeypatch.setattr(sys, "stdout", io.StringIO())  # (where print's file=None goes)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)  # (where print's file=None goes: the line is not written there)
     with pytest.raises(SystemExit) as e:
         main()
-    assert e.value.code == 1
+    assert e.value.code == 1 and out.getvalue() == ""
 
 
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
