@@ -748,8 +748,8 @@ def test_a_full_stdout_raised_outside_click_echo_is_the_one_line_and_other_error
     """The one line "Error: stdout cannot be written (...)", exit 1, is for an OSError that a
     write to stdout raised: by click.echo, or anywhere while stdout still fails (a flush of what it
     holds fails again), and its descriptor then points at the null device. An OSError naming a
-    file, one raised while stdout is closed (None) or writes, and a failing stderr are raised as
-    they are."""
+    file is the line naming that file (stdout kept); one raised while stdout is closed (None) or
+    writes, and a failing stderr, are raised as they are."""
     import errno
     import os
     import sys
@@ -764,9 +764,11 @@ def test_a_full_stdout_raised_outside_click_echo_is_the_one_line_and_other_error
         assert os.path.samestat(os.fstat(full.fileno()), os.stat(os.devnull))
     with open("/dev/full", "w", encoding="utf-8") as full:
         monkeypatch.setattr(sys, "stdout", full)
-        full.write("held")  # (a flush of stdout fails: still, a file's error is its own)
-        with pytest.raises(FileNotFoundError):
+        full.write("held")  # (a flush of stdout fails: still, a file's error is its own, one line naming it)
+        with pytest.raises(SystemExit) as e:
             group.main(["missing"], prog_name="clip-smot")
+        assert e.value.code == 1 and capsys.readouterr().err == "Error: scores.csv: No such file or directory\n"
+        assert not os.path.samestat(os.fstat(full.fileno()), os.stat(os.devnull))  # (stdout not given up)
         null = os.open(os.devnull, os.O_WRONLY)  # (what it holds written there as it closes)
         os.dup2(null, full.fileno())
         os.close(null)
