@@ -637,30 +637,35 @@ def test_a_folder_of_a_leftovers_name_is_left_after_the_files_are_written(tmp_pa
     """A folder config.json in the folder of a ResNet evaluation (which writes none, and removes
     an earlier one) was an IsADirectoryError traceback once every file had been written."""
     (tmp_path / "b.txt").mkdir()
-    files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
+    files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt", "c.txt"))
     assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]  # (c.txt, never written, is no failure either)
 
 
 def test_a_leftover_that_cannot_be_removed_is_one_line_naming_it(tmp_path, monkeypatch):
     """An earlier run's config.json that cannot be removed once a ResNet evaluation's files are all
     written (unlink(2) failing EIO, injected in a real eval --checkpoint; EPERM of an immutable
     file; EROFS, which Linux returns before it looks the name up) was an OSError traceback, exit 1.
-    A UserError naming it, the new files in place: the folder is no whole set of one run."""
-    (tmp_path / "b.txt").write_text("an earlier run's")
+    A UserError naming it, the new files in place: the folder is no whole set of one run. With
+    two kept (b.txt, c.txt), the first is named, and those after them (d.txt) are removed still."""
     real_unlink = os.unlink
     for code in (errno.EIO, errno.EPERM, errno.EROFS):
+        for name in ("b.txt", "c.txt", "d.txt"):
+            (tmp_path / name).write_text("an earlier run's")
+
         def fails(path, *args, code=code, **kwargs):
-            if os.fspath(path) == os.fspath(tmp_path / "b.txt"):
+            if os.fspath(path) in (os.fspath(tmp_path / "b.txt"), os.fspath(tmp_path / "c.txt")):
                 raise OSError(code, os.strerror(code), os.fspath(path))
             return real_unlink(path, *args, **kwargs)
 
         monkeypatch.setattr(os, "unlink", fails)
         with pytest.raises(UserError) as e:
-            files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")}, leftovers=("a.txt", "b.txt"))
+            files.atomic_write_files(tmp_path, {"a.txt": files.text_writer("new a")},
+                                     leftovers=("a.txt", "b.txt", "c.txt", "d.txt"))
         assert str(e.value) == (f"cannot remove {tmp_path / 'b.txt'}, an earlier run's file ({os.strerror(code)}); "
                                 f"the other files of {tmp_path} are this run's")
         assert (tmp_path / "a.txt").read_text() == "new a"
-        assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]  # (no temporary file left)
+        assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt", "c.txt"]  # (no temporary file left)
 
 
 def test_a_write_keeps_the_umask_and_no_descriptor_open(tmp_path):
@@ -1647,6 +1652,39 @@ def test_a_checkpoint_whose_pickle_cannot_be_read_is_not_called_another_kind(tmp
     monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
     assert files.file_kind(path) is None
     files.check_kind(path, "--checkpoint", "fit-checkpoint")  # (no refusal: torch.load names the read)
+
+
+@pytest.mark.parametrize("raised, kind", [("cause", None), ("no errno", "torch-archive")])
+def test_a_pickle_read_error_is_a_failed_read_by_its_cause_and_error_number(tmp_path, monkeypatch, raised, kind):
+    """The OSError behind an error reading data.pkl is found by its __cause__ alone (`raise ...
+    from` outside the handler sets no __context__): a failed read, no kind. An OSError without an
+    error number (bz2's "Invalid data stream" for a damaged ZIP_BZIP2 entry) is no failed read:
+    the entry zipfile cannot read, a torch archive as before."""
+    import zipfile
+
+    from clip_smot.common import run_folder as rf
+
+    path = tmp_path / "checkpoint.pt"
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
+
+    def fail(self, n=-1):
+        if raised == "cause":
+            raise ValueError("read failed") from OSError(errno.EIO, "Input/output error")
+        raise OSError("Invalid data stream")
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
+    assert files.file_kind(path) == kind
+
+
+def test_the_reason_in_torchs_error_for_a_file_it_cannot_map():
+    """torch's own error for a file it cannot map (UntypedStorage.from_file of a missing file, a
+    name with spaces and angle brackets) gives the system's reason; the same words in an error
+    that is no RuntimeError, or a RuntimeError that is not torch's open of a file, give none."""
+    with pytest.raises(RuntimeError) as e:
+        files.torch.UntypedStorage.from_file("/nonexistent dir/<a> b.safetensors", False, 4)
+    assert files.mapped_read_error(e.value) == os.strerror(errno.ENOENT)
+    assert files.mapped_read_error(OSError(str(e.value))) is None
+    assert files.mapped_read_error(RuntimeError("cannot attach a view in read-only mode: Bad address (14)")) is None
 
 
 def test_a_safetensors_write_error_gives_the_systems_reason_not_its_temporary_path(tmp_path, monkeypatch):
