@@ -143,6 +143,26 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line(tmp_path):
     assert info.value.unreadable.startswith("UnpicklingError: ")
 
 
+def test_a_checkpoint_load_error_is_a_failed_read_only_with_an_error_number(tmp_path, monkeypatch):
+    """torch.load's OSError with an error number (EIO of a failing disk) is the read that failed,
+    the file may be whole; an OSError without one (a library's words for bad data, as bz2's
+    "Invalid data stream") is a file that cannot be read as a checkpoint."""
+    path = tmp_path / "checkpoint.pt"
+    rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
+    for error in (OSError(5, "Input/output error"), OSError("Invalid data stream")):
+        def fails(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(rf.torch, "load", fails)
+        with pytest.raises((UserError, rf.CheckpointError)) as info:
+            rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
+        if error.errno is not None:
+            assert str(info.value) == f"{path}: cannot be read (Input/output error)"
+        else:
+            assert type(info.value) is rf.CheckpointError
+            assert info.value.unreadable == "OSError: Invalid data stream"
+
+
 def test_a_checkpoint_whose_repeated_parts_expand_past_a_million_values_is_not_read(tmp_path):
     """A 2 KB checkpoint whose config held a list naming the list before it twice, 40 deep (a pickle
     keeps one copy of each: 2^40 values written out): export and fit --resume hung in json.dumps
