@@ -335,6 +335,28 @@ def test_a_prompt_whose_open_fails_is_one_line(tmp_path, monkeypatch):
     assert str(e.value) == f"--prompt {path}: cannot be read (Input/output error)"  # (the disk's, no damage)
 
 
+def test_a_prompt_torch_cannot_map_records_no_epochs_and_another_runtime_error_is_raised(tmp_path, monkeypatch):
+    """recorded_epochs of a prompt torch cannot map (EIO) is None: the loader names the read.
+    A RuntimeError that is not torch's open of the file (a bug of ours or of a library) is raised
+    as it is by recorded_epochs and load_prompt alike, not called a damaged or unreadable file."""
+    from clip_smot.clip.prompt_file import recorded_epochs
+
+    path = tmp_path / "p.safetensors"
+    _save(path)
+    raised = [RuntimeError(f"unable to open file <{path}> in read-only mode: Input/output error (5)")]
+
+    def fails(*args, **kwargs):
+        raise raised[0]
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", fails)
+    assert recorded_epochs(path) is None
+    raised[0] = RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        recorded_epochs(path)
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        load_prompt(path)
+
+
 def test_written_files_get_an_ordinary_mode(tmp_path):
     """Atomic writes go through mkstemp (mode 0600); the result gets 0666 less the umask, as open() gives."""
     import os
