@@ -97,6 +97,35 @@ def test_a_model_file_whose_open_fails_is_one_line(tmp_path, monkeypatch):
     assert str(e.value) == f"--checkpoint {path}: cannot be read (Input/output error)"  # (the disk's, no damage)
 
 
+def test_a_model_file_torch_cannot_map_at_its_tensors_load_is_one_line_and_another_error_is_raised(
+        tmp_path, monkeypatch):
+    """The header read, then the load of the tensors: torch failing to map the file only at the
+    second (EIO of a disk failing between the two) is the same one line. A RuntimeError that is
+    not torch's open of the file is raised as it is, at either."""
+    path = tmp_path / "m.safetensors"
+    _save(path)
+    real, calls, failing = torch.UntypedStorage.from_file, [], [None, 2]
+
+    def fails_after(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > failing[1]:
+            raise failing[0]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", fails_after)
+    load_model(path)
+    assert len(calls) == 2  # (one map for the header read, one for the tensors' load)
+    for error, after in ((RuntimeError(f"unable to open file <{path}> in read-only mode: Input/output error (5)"), 1),
+                         (RuntimeError("a bug"), 0), (RuntimeError("a bug"), 1)):
+        failing[:], calls[:] = [error, after], []
+        with pytest.raises((UserError, RuntimeError)) as e:
+            load_model(path, flag="--checkpoint")
+        if "a bug" in str(error):
+            assert type(e.value) is RuntimeError and str(e.value) == "a bug"
+        else:
+            assert str(e.value) == f"--checkpoint {path}: cannot be read (Input/output error)"
+
+
 def test_model_file_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         load_model(tmp_path / "none.safetensors")
