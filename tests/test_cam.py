@@ -832,3 +832,24 @@ def test_cam_provider_names_a_mean_or_std_not_of_three_values_and_a_bad_input_si
         with pytest.raises(ValueError, match=r"^input_size must be None or an integer >= 1, got "):
             CAMProvider(model, *imagenet, input_size=size)
     assert CAMProvider(model, *imagenet, input_size=32)(torch.rand(1, 3, 64, 64), torch.tensor([1])).shape == (1, 64, 64)
+
+
+def test_a_model_file_torch_cannot_map_is_one_line_naming_the_read(tmp_path, monkeypatch):
+    """--cam-model of a `clip-smot train` model file torch cannot map (UntypedStorage.from_file
+    failing EIO, as a failing disk's): its format cannot be read from the header, so it is taken
+    for a model file, whose loader says the read failed, one line; not a traceback."""
+    from clip_smot.clip.cam_network import load_cam_network
+    from clip_smot.common.errors import UserError
+    from clip_smot.resnet.networks import build_network, save_model
+
+    path = tmp_path / "model.safetensors"
+    save_model(path, build_network("resnet_tiny", 3, 32), arch="resnet_tiny", classnames=["a", "b", "c"],
+               input_size=32, mean=[0.5] * 3, std=[0.25] * 3, dataset="x", method="ce", stage="base", config={})
+
+    def fails(*args, **kwargs):
+        raise RuntimeError(f"unable to open file <{path}> in read-only mode: Input/output error (5)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", fails)
+    with pytest.raises(UserError) as e:
+        load_cam_network(str(path))
+    assert str(e.value) == f"--cam-model {path}: cannot be read (Input/output error)"
