@@ -652,6 +652,8 @@ _ENDING = {  # what the command does -> (exit code, stdout, stderr), as the inte
     # not flushed: the command's own code, as Python's
     "sys.stdout = None; sys.exit(0)": (0, "", ""),
     "sys.stdout = sys.stderr = None; sys.exit(3)": (3, "", ""),
+    # (stderr closed, `2>&-`: sys.exit's message is written nowhere, as by Python; not to stdout)
+    "os.close(2); sys.stderr = None; sys.exit('boom')": (1, "", ""),
 }
 
 
@@ -905,6 +907,31 @@ def test_libraries_that_cannot_be_loaded_are_one_line_in_process(monkeypatch, er
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 1 and out.getvalue() == ""
+
+
+def test_a_ctrl_c_as_the_command_line_loads_with_stderr_closed_writes_nothing_to_stdout(monkeypatch):
+    """A Ctrl-C raised by the import of the command line: 'Error: interrupted' on stderr, exit 130;
+    with stderr closed as the process started (None), exit 130 and nothing on stdout (where
+    print's file=None goes)."""
+    import io
+    import sys
+
+    from clip_smot.__main__ import main
+
+    class Interrupted:
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "clip_smot.cli", Interrupted())
+    for err in (io.StringIO(), None):
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", err)
+        monkeypatch.setattr(sys, "stdout", out)
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert (e.value.code, out.getvalue()) == (130, "")
+        if err is not None:
+            assert err.getvalue() == "Error: interrupted\n"
 
 
 def test_a_ctrl_c_inside_torchs_cpp_initialisation_is_the_one_line(tmp_path):
