@@ -100,15 +100,9 @@ class _Unfailing:
             self._drop()
 
     def _drop(self) -> None:
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(null, self._stream.fileno())
-            finally:
-                os.close(null)
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
+        from clip_smot.common.progress import point_at_null  # (light: nothing heavy imported)
+
+        point_at_null(self._stream)
 
     def __getattr__(self, name):  # (isatty, fileno, encoding, ...: the stream's own)
         return getattr(self._stream, name)

@@ -52,6 +52,7 @@ from clip_smot.common.files import (
     mapped_read_error,
     missing_file,
     parse_json,
+    safetensors_error,
     tensor_checksums,
 )
 
@@ -190,11 +191,7 @@ def load_prompt(path: str | os.PathLike) -> PromptFile:
     try:
         f = safe_open(path, framework="pt")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        if (reason := mapped_read_error(e)) is not None:  # (torch could not map it: a failing disk's EIO)
-            raise UserError(f"--prompt {path}: cannot be read ({reason})") from None
-        if isinstance(e, RuntimeError):
-            raise
-        raise UserError(f"--prompt {path}: not a safetensors file ({e})") from None
+        raise safetensors_error(f"--prompt {path}", e) from None
     with f:  # (one reading: the header's shapes are checked before the tensors of that very file load)
         return _read(path, f)
 

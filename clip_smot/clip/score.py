@@ -112,7 +112,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     unlisted = [] if cfg.skip_unreadable else None  # shards that cannot be listed, skipped whole
     for group in groups:
         counts.append(0)
-        for f in _group_files(group, unlisted):
+        for f in _files(group, unlisted):
             counts[-1] += 1
             if targets and file_key(f) in targets:  # (a stat only when an output exists: a resume, a rerun)
                 images.append(("PATH image", f))
@@ -208,8 +208,8 @@ def _score(cfg: ScoreConfig, names: list[str], groups: list[list[str]], counts: 
 
 
 def _files(paths: Sequence[str], unlisted: list | None = None) -> Iterator[Path | str]:
-    """The image files of every PATH argument, in order, one at a time (``unlisted``: see
-    :func:`_argument_files`)."""
+    """The image files of every PATH argument (all of PATHS, or a group of :func:`_groups`), in
+    order, one at a time (``unlisted``: see :func:`_argument_files`)."""
     for p in paths:
         yield from _argument_files(p, unlisted)
 
@@ -218,8 +218,7 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
     """PATHS as the units that :func:`_chunks` cuts: each argument on its own (a folder, a list, a
     shard: its chunks, and so its feature-cache entries, the same beside any other argument), but
     a run of image files given one by one (a shell's ``photos/*.jpg``) as one: as a chunk each,
-    every image was an encoder batch of one, a cache entry and an appended, flushed CSV row
-    (15 to 34 ms an image, against 0.15 ms through an image list, on a tiny model)."""
+    every image would be an encoder batch of one, a cache entry and an appended, flushed CSV row."""
     groups: list[list[str]] = []
     lone_before = False
     for p in paths:
@@ -230,12 +229,6 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
             groups.append([p])
         lone_before = lone
     return groups
-
-
-def _group_files(group: Sequence[str], unlisted: list | None) -> Iterator[Path | str]:
-    """The image files of a group of PATH arguments (:func:`_groups`), in order, one at a time."""
-    for p in group:
-        yield from _argument_files(p, unlisted)
 
 
 def _argument_files(path: str, unlisted: list | None) -> Iterator[Path | str]:
@@ -253,7 +246,7 @@ def _argument_files(path: str, unlisted: list | None) -> Iterator[Path | str]:
 
 
 def _chunks(groups: Sequence[Sequence[str]], chunk: int, start: int, unlisted: list | None = None,
-             skipped: str | None = None) -> Iterator[list[Path | str]]:
+            skipped: str | None = None) -> Iterator[list[Path | str]]:
     """The chunks of ``chunk`` files of each group's files (:func:`_groups`), from the ``start``-th
     file on (counted over all the arguments): a resumed run continues where the last ended, with the
     rest of its chunk, then the chunks an uninterrupted run has. One chunk is held at a time.
@@ -262,7 +255,7 @@ def _chunks(groups: Sequence[Sequence[str]], chunk: int, start: int, unlisted: l
     added to a folder, or removed, since the check shifted the count: one row twice, one none)."""
     offset, check = 0, hashlib.sha256() if skipped is not None else None
     for group in groups:
-        files, i = _group_files(group, unlisted), 0
+        files, i = _files(group, unlisted), 0
         while batch := list(itertools.islice(files, chunk)):
             first = max(0, start - offset - i)
             if check is not None:

@@ -18,7 +18,7 @@ import torch
 
 from clip_smot.common.errors import UserError, first_line
 
-__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "checksum_mismatch", "mapped_read_error", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["RUN_FILES", "cache_root", "path_stat", "exists", "is_file", "missing_file", "is_folder", "file_lock", "output_lock", "plain_name", "given_path", "file_key", "leaves_root", "same_file", "check_output", "check_output_folder", "make_folder", "atomic_write", "atomic_write_files", "fsync_file", "fsync_folder", "temporary_pattern", "remove_stale_temporaries", "atomic_save", "atomic_save_safetensors", "text_writer", "atomic_write_text", "parse_json", "read_json", "json_text", "write_json", "file_stamp", "stamp_if_file", "read_with_hash", "sha256_file", "tensor_checksums", "checksum_mismatch", "mapped_read_error", "safetensors_error", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
 
 RUN_FILES = ("checkpoint.pt", "prompt.safetensors", "model.safetensors")  # what fit and train write (run_folder)
 # every file of a fit or train run folder (one with a checkpoint.pt or a log.jsonl: a folder of
@@ -816,6 +816,17 @@ def mapped_read_error(e: BaseException) -> str | None:
     m = re.search(r"unable to open file <.*> in read-only mode: (.+?) \(\d+\)", str(e)) if isinstance(e, RuntimeError) \
         else None
     return m.group(1) if m else None
+
+
+def safetensors_error(what: str, e: Exception) -> Exception:
+    """The error to raise for a safetensors file that ``safe_open`` or ``load_file`` could not read
+    (``what``: "FLAG PATH"): the system's reason where torch could not map it (a failing disk's
+    EIO: no damaged file), else no safetensors file; any other RuntimeError as it is."""
+    if (reason := mapped_read_error(e)) is not None:
+        return UserError(f"{what}: cannot be read ({reason})")
+    if isinstance(e, RuntimeError):
+        return e
+    return UserError(f"{what}: not a safetensors file ({e})")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["progress_bar", "progress_write", "give_up_stdout"]
+__all__ = ["progress_bar", "progress_write", "give_up_stdout", "point_at_null"]
 
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
@@ -50,20 +50,30 @@ def give_up_stdout(error: OSError, say: bool = True) -> None:
     import os
     import sys
 
-    try:
-        fd = sys.stdout.fileno()
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, fd)
-        finally:
-            os.close(null)
-        sys.stdout.flush()  # (what it held goes there too)
-    except (OSError, ValueError):  # (no descriptor: a stream of Python's own)
+    if not point_at_null(sys.stdout):  # (no descriptor: a stream of Python's own)
         _GIVEN_UP.append(sys.stdout)
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (for the rest of the process)
     if say and sys.stderr is not None:
         print(f"note: stdout cannot be written ({error.strerror or error}): what goes there is dropped from "
               "here on", file=sys.stderr, flush=True)
+
+
+def point_at_null(stream) -> bool:
+    """Point the file descriptor of ``stream`` at the null device and flush what the stream holds
+    there (not tried again, and failed again, where it could not be written); False where the
+    stream has no descriptor or the null device cannot be opened."""
+    import os
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 _GIVEN_UP: list = []  # the streams given up without a descriptor (their unwritten bytes never tried again)

@@ -41,9 +41,9 @@ from clip_smot.common.files import (
     check_kind,
     checksum_mismatch,
     is_file,
-    mapped_read_error,
     missing_file,
     parse_json,
+    safetensors_error,
     tensor_checksums,
 )
 
@@ -351,17 +351,6 @@ def save_model(
     atomic_save_safetensors(tensors, path, {**meta, "sha256": json.dumps(tensor_checksums(tensors, meta), sort_keys=True)})
 
 
-def _unreadable(flag: str, path: Path, e: Exception) -> Exception:
-    """The one line for a model file safetensors could not open or read: the system's reason where
-    torch could not map it (a failing disk's EIO: no damaged file), else no safetensors file.
-    Another RuntimeError is given back as it is."""
-    if (reason := mapped_read_error(e)) is not None:
-        return UserError(f"{flag} {path}: cannot be read ({reason})")
-    if isinstance(e, RuntimeError):
-        return e
-    return UserError(f"{flag} {path}: not a safetensors file ({e})")
-
-
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                flag: str = "--checkpoint") -> tuple[nn.Module, dict]:
     """Load a model file written by :func:`save_model`.
@@ -394,7 +383,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # from the header: nothing loaded
             dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # ("F32", "BF16", "C64", "I64", ...)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _unreadable(flag, path, e) from None
+        raise safetensors_error(f"{flag} {path}", e) from None
     if raw.get("format") != MODEL_FORMAT:
         raise UserError(f"{flag} {path}: not a clip-smot model file (format is {raw.get('format')!r}, "
                         f"expected {MODEL_FORMAT!r}; train one with 'clip-smot train')")
@@ -443,7 +432,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     try:  # (as large as the file's own tensors now)
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _unreadable(flag, path, e) from None
+        raise safetensors_error(f"{flag} {path}", e) from None
     model = build_network(meta["arch"], meta["num_classes"], meta["input_size"])
     try:
         model.load_state_dict(state, strict=True)
