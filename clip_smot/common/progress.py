@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -58,7 +58,7 @@ def give_up_stdout(error: OSError, say: bool = True) -> None:
               "here on", file=sys.stderr, flush=True)
 
 
-def point_at_null(stream) -> bool:
+def point_at_null(stream: IO[str]) -> bool:
     """Point the file descriptor of ``stream`` at the null device and flush what the stream holds
     there (not tried again, and failed again, where it could not be written); False where the
     stream has no descriptor or the null device cannot be opened."""
