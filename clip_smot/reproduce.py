@@ -40,7 +40,6 @@ from clip_smot.common.files import (
     is_folder,
     json_text,
     make_folder,
-    output_lock,
     read_json,
     remove_stale_temporaries,
     sha256_file,
@@ -48,6 +47,7 @@ from clip_smot.common.files import (
     text_writer,
 )
 from clip_smot.common.images import class_folders, iter_images, split_folder
+from clip_smot.common.locks import output_lock
 from clip_smot.common.run_folder import OtherFlags
 
 __all__ = ["TABLES", "Plan", "ReproduceOptions", "Stage", "paper_table", "plan", "run_reproduce", "write_table"]

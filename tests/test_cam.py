@@ -218,13 +218,13 @@ def test_a_torch_file_that_unpacks_to_far_more_than_its_size_is_not_loaded(tmp_p
     first. The slack is made 0 here, so one megabyte of zeros stands for gigabytes."""
     from clip_smot.clip.cam_network import load_cam_network
     from clip_smot.clip.model import load_clip
-    from clip_smot.common import files
+    from clip_smot.common import file_kinds
     from clip_smot.common import run_folder as rf
     from clip_smot.common.errors import UserError
 
-    monkeypatch.setattr(files, "ARCHIVE_SLACK", 0)
+    monkeypatch.setattr(file_kinds, "ARCHIVE_SLACK", 0)
     rf.save_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint", {"junk": torch.zeros(1 << 18)})
-    assert files.archive_refusal(tmp_path / "plain.pt") is None  # (torch.save stores: never more than its size)
+    assert file_kinds.archive_refusal(tmp_path / "plain.pt") is None  # (torch.save stores: never more than its size)
     assert rf.read_checkpoint(tmp_path / "plain.pt", "clip-smot-fit-checkpoint")["junk"].numel() == 1 << 18
     _deflated(tmp_path / "plain.pt", tmp_path / "bomb.pt")
     assert torch.load(tmp_path / "bomb.pt", weights_only=True)["junk"].numel() == 1 << 18  # (loads, in full)

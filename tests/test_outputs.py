@@ -568,7 +568,7 @@ def test_a_second_command_writing_the_same_out_is_refused(tmp_path, tiny, tiny_c
     their log lines and left one run's config beside the other's checkpoint (two evaluations, one
     run's metrics beside the other's). While a command holds --out, a second one is refused
     before it reads or writes anything there."""
-    from clip_smot.common.files import output_lock
+    from clip_smot.common.locks import output_lock
 
     data = tmp_path / "data"
     for split in ("train", "val"):

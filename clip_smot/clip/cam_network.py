@@ -32,7 +32,8 @@ from clip_smot.clip.fewshot import FewShotClasses
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, first_line, load_error
-from clip_smot.common.files import archive_refusal, check_kind, mapped_read_error
+from clip_smot.common.file_kinds import archive_refusal, check_kind
+from clip_smot.common.files import mapped_read_error
 from clip_smot.common.network import host_reachable, no_download
 from clip_smot.common.run_folder import holds_its_values
 

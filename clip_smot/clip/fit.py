@@ -63,16 +63,15 @@ from clip_smot.common.device import (
     resolve_precision,
 )
 from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.file_kinds import check_kind
 from clip_smot.common.files import (
     atomic_write_files,
-    check_kind,
     check_output,
     is_file,
     is_folder,
     json_text,
     make_folder,
     missing_file,
-    output_lock,
     parse_json,
     read_with_hash,
     remove_stale_temporaries,
@@ -81,6 +80,7 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.image_sets import stray_wnids
 from clip_smot.common.images import name_as_text
+from clip_smot.common.locks import output_lock
 from clip_smot.common.progress import progress_bar, progress_write
 from clip_smot.smot import PERTURBATIONS
 

@@ -40,9 +40,8 @@ from PIL import Image
 from clip_smot.clip.config_checks import check_config_file, check_model_config, check_preprocess_cfg, estimated_size
 from clip_smot.common.device import file_over_memory, physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.file_kinds import archive_refusal, check_kind
 from clip_smot.common.files import (
-    archive_refusal,
-    check_kind,
     missing_file,
     plain_name,
     read_json,

@@ -45,9 +45,9 @@ from clip_smot.clip.config_checks import check_config_file
 from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
+from clip_smot.common.file_kinds import check_kind
 from clip_smot.common.files import (
     atomic_save_safetensors,
-    check_kind,
     checksum_mismatch,
     mapped_read_error,
     missing_file,

@@ -128,7 +128,7 @@ def file_over_memory(path: str | os.PathLike) -> str | None:
     machine's memory. Loaders (open_clip's, ``torch.load``) read every tensor of a file before
     any is compared with the network, and a file's size bounds what that takes (safetensors'
     offsets lie within it; a zip's entries are bounded by
-    :func:`~clip_smot.common.files.archive_refusal`), but a sparse file, of holes, costs its
+    :func:`~clip_smot.common.file_kinds.archive_refusal`), but a sparse file, of holes, costs its
     writer no disk: a 16 GB one of 7 MB on disk was read into memory whole."""
     memory, size = physical_memory(), os.path.getsize(path)
     if memory is None or size <= memory // 2:

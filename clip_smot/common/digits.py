@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import cache_root, file_lock, fsync_file, fsync_folder, read_json
+from clip_smot.common.files import cache_root, fsync_file, fsync_folder, read_json
+from clip_smot.common.locks import file_lock
 
 __all__ = ["DIGIT_NAMES", "OOD_SOURCES", "default_root", "ensure_digits", "written_folders", "write_digits"]
 

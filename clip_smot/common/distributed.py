@@ -14,7 +14,7 @@ import torch
 
 from clip_smot.common.configs import flag_of
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.files import output_lock
+from clip_smot.common.locks import output_lock
 
 __all__ = ["torchrun_env", "process_group", "batch_share", "every_rank", "same_on_every_rank", "same_options_on_every_rank",
            "peer_stopped_in_one_line",
@@ -195,7 +195,7 @@ def writes_outputs() -> bool:
 
 @contextlib.contextmanager
 def writer_lock(out: str | os.PathLike, flag: str = "--out", folder: bool = False) -> Iterator[None]:
-    """:func:`~clip_smot.common.files.output_lock` of ``out``, held while inside by the process
+    """:func:`~clip_smot.common.locks.output_lock` of ``out``, held while inside by the process
     that writes (:func:`writes_outputs`); under torchrun every process raises its refusal (none
     waits for a rank 0 that has stopped)."""
     with contextlib.ExitStack() as held:

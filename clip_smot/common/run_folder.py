@@ -34,12 +34,11 @@ import torch
 
 from clip_smot.common.device import file_over_memory
 from clip_smot.common.errors import UserError, cut, first_line, load_error
+from clip_smot.common.file_kinds import archive_refusal, file_kind
 from clip_smot.common.files import (
-    archive_refusal,
     atomic_save,
     atomic_write_text,
     exists,
-    file_kind,
     parse_json,
     read_json,
     write_json,

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD, imagenet200_wnids
 from clip_smot.common.device import physical_memory, seeded_cpu_rng
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import file_lock, is_folder
+from clip_smot.common.files import is_folder
 from clip_smot.common.image_sets import image_set
 from clip_smot.common.images import class_folders, list_images, load_image, refuse_loose_images
+from clip_smot.common.locks import file_lock
 from clip_smot.common.network import host_reachable as _reachable
 from clip_smot.common.network import no_download
 from clip_smot.common.workers import started

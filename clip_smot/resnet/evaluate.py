@@ -30,9 +30,10 @@ from clip_smot.common.bundled import imagenet200_wnids
 from clip_smot.common.configs import check_ranges, setting
 from clip_smot.common.device import resolve_device
 from clip_smot.common.errors import UserError
-from clip_smot.common.files import check_output_folder, given_path, is_folder, output_lock
+from clip_smot.common.files import check_output_folder, given_path, is_folder
 from clip_smot.common.image_sets import check_apart, check_train_apart
 from clip_smot.common.images import split_folder
+from clip_smot.common.locks import output_lock
 from clip_smot.common.reports import REPORT_FILES, EvalConfig, check_id_train_used, check_ood_names, write_reports
 from clip_smot.resnet.data import (
     BUILTIN_ID,

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
+from clip_smot.common.file_kinds import check_kind
 from clip_smot.common.files import (
     atomic_save_safetensors,
-    check_kind,
     checksum_mismatch,
     is_file,
     missing_file,

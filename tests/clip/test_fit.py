@@ -205,7 +205,7 @@ def test_export_into_the_folder_of_a_fit_at_work_is_refused_in_one_line(one_epoc
     renamed after the fit's final one, which it replaced; the fit said it was done, and a --resume
     found nothing to do. The export holds the lock the fit holds on its folder: refused while the
     fit runs; an export elsewhere reads the checkpoint as before."""
-    from clip_smot.common.files import output_lock
+    from clip_smot.common.locks import output_lock
 
     run = shutil.copytree(one_epoch, tmp_path / "run")
     before = (run / "prompt.safetensors").read_bytes()

@@ -141,7 +141,7 @@ def test_rank_0_alone_takes_the_lock_and_every_rank_hears_its_refusal(tmp_path):
     """Rank 1 never locks (it would be refused by rank 0's lock of the same folder); a folder
     another command holds is refused on rank 0, and rank 1 raises the same line instead of going
     on to wait for a rank 0 that has stopped."""
-    from clip_smot.common.files import output_lock
+    from clip_smot.common.locks import output_lock
 
     (tmp_path / "res").mkdir()
     with output_lock(tmp_path / "held", folder=True):

@@ -10,7 +10,9 @@ from collections import namedtuple
 
 import pytest
 
+import clip_smot.common.file_kinds as file_kinds
 import clip_smot.common.files as files
+import clip_smot.common.locks as locks
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
     atomic_save,
@@ -372,20 +374,20 @@ def test_an_output_lock_refuses_a_second_writer_and_is_gone_after_the_first(tmp_
     lock = tmp_path / "deep" / "er" / ".s.csv.lock"
     lock.parent.mkdir(parents=True)
     busy = rf"^--out {out}: another clip-smot command is writing it now; wait for it to end, or choose another --out$"
-    with files.output_lock(out):
+    with locks.output_lock(out):
         assert lock.is_file() and lock.stat().st_size == 0
         with pytest.raises(UserError, match=busy):
-            with files.output_lock(out):
+            with locks.output_lock(out):
                 pass
         # another process too (flock locks are the open file's: the kernel drops a dead process's)
-        code = "import sys; from clip_smot.common.files import output_lock\nwith output_lock(sys.argv[1]): pass"
+        code = "import sys; from clip_smot.common.locks import output_lock\nwith output_lock(sys.argv[1]): pass"
         p = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
         assert p.returncode == 1 and "another clip-smot command is writing it now" in p.stderr
-        with files.output_lock(tmp_path / "deep" / "er" / "other.csv"):  # (another output's lock is its own)
+        with locks.output_lock(tmp_path / "deep" / "er" / "other.csv"):  # (another output's lock is its own)
             pass
     assert not lock.exists()
     lock.write_bytes(b"")  # left by a command that was killed: taken over, then removed
-    with files.output_lock(out):
+    with locks.output_lock(out):
         pass
     assert not lock.exists() and sorted(os.listdir(lock.parent)) == []
 
@@ -396,23 +398,23 @@ def test_a_run_folder_is_locked_itself_and_nothing_is_written_beside_it(tmp_path
     The folder itself is locked now, through a link to it too; a refused command leaves the
     folder it did not make to its holder."""
     run, link = tmp_path / "parent" / "run", tmp_path / "link"
-    with files.output_lock(run, folder=True):
+    with locks.output_lock(run, folder=True):
         assert run.is_dir() and os.listdir(tmp_path / "parent") == ["run"] and os.listdir(run) == []
         link.symlink_to(run)
         for spelling in (run, link, tmp_path / "parent" / "." / "run"):
             with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-                with files.output_lock(spelling, folder=True):
+                with locks.output_lock(spelling, folder=True):
                     pass
         assert run.is_dir()  # (not removed by the refused commands: it is the holder's)
         (run / "log.jsonl").write_text("")
     assert sorted(os.listdir(tmp_path)) == ["link", "parent"] and os.listdir(run) == ["log.jsonl"]
-    with files.output_lock(tmp_path / "empty", folder=True):  # (made for the lock, left empty: removed)
+    with locks.output_lock(tmp_path / "empty", folder=True):  # (made for the lock, left empty: removed)
         pass
     assert not (tmp_path / "empty").exists()
     monkeypatch.chdir(tmp_path)  # a folder that cannot be made is named as given, relative too
     (tmp_path / "f").write_text("a file")
     with pytest.raises(UserError, match=r"^--out f/x: cannot create the folder \(Not a directory\)$"):
-        with files.output_lock("f/x", folder=True):
+        with locks.output_lock("f/x", folder=True):
             pass
 
 
@@ -421,18 +423,18 @@ def test_an_output_lock_never_removes_what_is_not_its_own(tmp_path):
     lock = tmp_path / ".run.csv.lock"
     lock.write_bytes(b"a user's file")  # (or an input named so)
     with pytest.raises(UserError, match=rf"^--out {out}: {lock}, the name of its lock file, holds something else"):
-        with files.output_lock(out):
+        with locks.output_lock(out):
             pass
     assert lock.read_bytes() == b"a user's file"
     lock.write_bytes(b"x")  # (one byte is no lock file of ours either)
     with pytest.raises(UserError, match="the name of its lock file, holds something else"):
-        with files.output_lock(out):
+        with locks.output_lock(out):
             pass
     assert lock.read_bytes() == b"x"
     lock.unlink()
     (tmp_path / "victim").write_bytes(b"")
     lock.symlink_to(tmp_path / "victim")  # (a link is not followed: the command goes on unlocked, the victim as it was)
-    with files.output_lock(out):
+    with locks.output_lock(out):
         pass
     assert (tmp_path / "victim").exists() and lock.is_symlink()
 
@@ -440,11 +442,11 @@ def test_an_output_lock_never_removes_what_is_not_its_own(tmp_path):
 def test_the_folders_made_for_a_lock_go_when_nothing_was_written_there(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     with pytest.raises(RuntimeError):
-        with files.output_lock(out):
+        with locks.output_lock(out):
             assert (tmp_path / "a" / "b").is_dir()
             raise RuntimeError("refused after the lock was taken")
     assert not (tmp_path / "a").exists()
-    with files.output_lock(out):
+    with locks.output_lock(out):
         out.mkdir()  # (the command wrote its run folder: kept, with the folders above it)
     assert out.is_dir() and sorted(os.listdir(out.parent)) == ["run"]
 
@@ -460,10 +462,10 @@ def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkey
             raise OSError(code, os.strerror(code))
 
         monkeypatch.setattr(fcntl, "flock", no_locks)
-        with files.output_lock(tmp_path / "s.csv"):
+        with locks.output_lock(tmp_path / "s.csv"):
             assert not (tmp_path / ".s.csv.lock").exists()  # (no lock file while it runs unlocked either)
             (tmp_path / "s.csv").write_text("rows")
-        with files.output_lock(tmp_path / "run", folder=True):
+        with locks.output_lock(tmp_path / "run", folder=True):
             (tmp_path / "run" / "log.jsonl").write_text("")
         assert sorted(os.listdir(tmp_path)) == ["run", "s.csv"]
     # a run folder that cannot be opened to be locked (EACCES: root reads any, so it is faked)
@@ -475,7 +477,7 @@ def test_a_file_system_without_locks_leaves_the_output_unlocked(tmp_path, monkey
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refused)
-    with files.output_lock(shut, folder=True):
+    with locks.output_lock(shut, folder=True):
         (shut / "log.jsonl").write_text("")
     assert sorted(os.listdir(tmp_path)) == ["run", "s.csv", "shut"]
 
@@ -688,7 +690,7 @@ def test_a_file_lock_makes_its_folder_and_excludes_another_open_file(tmp_path):
     import fcntl
 
     lock = tmp_path / "new" / "sub" / ".data.lock"
-    with files.file_lock(lock):
+    with locks.file_lock(lock):
         fd = os.open(lock, os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
@@ -707,9 +709,9 @@ def test_an_output_lock_closes_its_descriptors(tmp_path):
     closed when it is left, for a file and for a run folder."""
     before = _open_fds()
     for _ in range(3):
-        with files.output_lock(tmp_path / "s.csv"):
+        with locks.output_lock(tmp_path / "s.csv"):
             pass
-        with files.output_lock(tmp_path / "run", folder=True):
+        with locks.output_lock(tmp_path / "run", folder=True):
             pass
     assert _open_fds() == before
 
@@ -729,11 +731,11 @@ def test_a_lock_file_that_cannot_be_removed_fails_no_command(tmp_path, monkeypat
 
         monkeypatch.setattr(os, "unlink", fails)
         before = _open_fds()
-        with files.output_lock(tmp_path / "s.csv"):
+        with locks.output_lock(tmp_path / "s.csv"):
             (tmp_path / "s.csv").write_text("rows")
         assert _open_fds() == before, code
         monkeypatch.setattr(os, "unlink", real_unlink)
-        with files.output_lock(tmp_path / "s.csv"):  # (the file left is taken over)
+        with locks.output_lock(tmp_path / "s.csv"):  # (the file left is taken over)
             pass
         assert sorted(os.listdir(tmp_path)) == ["s.csv"]
 
@@ -743,7 +745,7 @@ def test_a_lock_file_replaced_while_it_was_locked_is_opened_again(tmp_path, monk
     makes a new file there): the lock is taken again on the file now at the name, the stale
     descriptor closed; a name replaced three times running is one line."""
     out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
-    real, replaced = files._flock, []
+    real, replaced = locks._flock, []
 
     def flock_after_a_replacement(fd, flag, path, times):
         if len(replaced) < times:
@@ -753,16 +755,16 @@ def test_a_lock_file_replaced_while_it_was_locked_is_opened_again(tmp_path, monk
         return real(fd, flag, path)
 
     before = _open_fds()
-    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 1))
-    with files.output_lock(out):
+    monkeypatch.setattr(locks, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 1))
+    with locks.output_lock(out):
         assert lock.is_file() and lock.stat().st_ino != replaced[0]
         assert len(_open_fds()) == len(before) + 1  # (the lock's descriptor alone)
     assert not lock.exists() and _open_fds() == before
     replaced.clear()
-    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
+    monkeypatch.setattr(locks, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
     with pytest.raises(UserError, match=rf"^--out {out}: its lock file {lock} keeps being replaced; is another "
                                         r"command starting there\?$"):
-        with files.output_lock(out):
+        with locks.output_lock(out):
             pass
     assert len(replaced) == 3 and _open_fds() == before
 
@@ -773,7 +775,7 @@ def test_a_run_folder_replaced_while_it_was_locked_is_opened_again(tmp_path, mon
     folder replaced three times running is one line, every descriptor closed."""
     run = tmp_path / "run"
     run.mkdir()
-    real, replaced = files._flock, []
+    real, replaced = locks._flock, []
 
     def flock_after_a_replacement(fd, flag, path, times):
         if len(replaced) < times:
@@ -783,19 +785,19 @@ def test_a_run_folder_replaced_while_it_was_locked_is_opened_again(tmp_path, mon
         return real(fd, flag, path)
 
     before = _open_fds()
-    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 2))
-    with files.output_lock(run, folder=True):
+    monkeypatch.setattr(locks, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 2))
+    with locks.output_lock(run, folder=True):
         assert len(replaced) == 2 and run.stat().st_ino not in replaced
-        monkeypatch.setattr(files, "_flock", real)
+        monkeypatch.setattr(locks, "_flock", real)
         with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-            with files.output_lock(run, folder=True):
+            with locks.output_lock(run, folder=True):
                 pass
     assert _open_fds() == before
     replaced.clear()
-    monkeypatch.setattr(files, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
+    monkeypatch.setattr(locks, "_flock", lambda fd, flag, path: flock_after_a_replacement(fd, flag, path, 3))
     with pytest.raises(UserError, match=rf"^--out {run}: the folder keeps being replaced; is another command "
                                         r"starting there\?$"):
-        with files.output_lock(run, folder=True):
+        with locks.output_lock(run, folder=True):
             pass
     assert len(replaced) == 3 and _open_fds() == before
 
@@ -807,22 +809,22 @@ def test_the_folders_made_again_for_a_lock_go_in_front_of_those_made_before(tmp_
     stops the removal)."""
     run, before = tmp_path / "p" / "run", tmp_path / "made-before"
     made = [before]
-    held = files._folder_held(run, "--out", made)
+    held = locks._folder_held(run, "--out", made)
     next(held)
     try:
         assert run.is_dir() and made == [run, tmp_path / "p", before]
     finally:
         held.close()
-    real = files._flock
+    real = locks._flock
 
     def removed_before_the_flock(fd, flag, path):
-        monkeypatch.setattr(files, "_flock", real)
+        monkeypatch.setattr(locks, "_flock", real)
         os.rmdir(run)  # (its parent stays)
         return real(fd, flag, path)
 
-    monkeypatch.setattr(files, "_flock", removed_before_the_flock)
+    monkeypatch.setattr(locks, "_flock", removed_before_the_flock)
     made = [before]
-    held = files._folder_held(run, "--out", made)
+    held = locks._folder_held(run, "--out", made)
     next(held)
     try:
         assert run.is_dir() and made == [run, before]
@@ -830,9 +832,9 @@ def test_the_folders_made_again_for_a_lock_go_in_front_of_those_made_before(tmp_
         held.close()
     # a folder made for the lock already, removed and made again: listed once (twice, its second
     # removal failed and stopped the removal before the parent made for the lock with it)
-    monkeypatch.setattr(files, "_flock", removed_before_the_flock)
+    monkeypatch.setattr(locks, "_flock", removed_before_the_flock)
     made = [run, tmp_path / "p"]
-    held = files._folder_held(run, "--out", made)
+    held = locks._folder_held(run, "--out", made)
     next(held)
     try:
         assert run.is_dir() and made == [run, tmp_path / "p"]
@@ -967,13 +969,13 @@ def test_an_output_lock_leaves_the_lock_file_of_the_command_that_holds_it_now(tm
 
     out, lock = tmp_path / "s.csv", tmp_path / ".s.csv.lock"
     with contextlib.ExitStack() as second:
-        with files.output_lock(out):
+        with locks.output_lock(out):
             lock.unlink()
-            second.enter_context(files.output_lock(out))
+            second.enter_context(locks.output_lock(out))
             held = os.stat(lock).st_ino
         assert lock.is_file() and os.stat(lock).st_ino == held
         with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-            with files.output_lock(out):
+            with locks.output_lock(out):
                 pass
     assert not lock.exists()
 
@@ -1015,17 +1017,17 @@ def test_a_refused_command_leaves_the_folder_another_made_and_locked_meanwhile(t
     import contextlib
 
     run = tmp_path / "run"
-    real, holder = files.make_folder, contextlib.ExitStack()
+    real, holder = locks.make_folder, contextlib.ExitStack()
 
     def made_and_locked_by_another(path, flag="--out"):
         real(path, flag)
-        monkeypatch.setattr(files, "make_folder", real)
-        holder.enter_context(files.output_lock(run, folder=True))  # (the other command, first to flock)
+        monkeypatch.setattr(locks, "make_folder", real)
+        holder.enter_context(locks.output_lock(run, folder=True))  # (the other command, first to flock)
 
-    monkeypatch.setattr(files, "make_folder", made_and_locked_by_another)
+    monkeypatch.setattr(locks, "make_folder", made_and_locked_by_another)
     with holder:
         with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-            with files.output_lock(run, folder=True):
+            with locks.output_lock(run, folder=True):
                 pass
         assert run.is_dir()
 
@@ -1042,27 +1044,27 @@ def test_a_run_folder_removed_before_its_lock_was_taken_is_not_held(tmp_path, mo
     import contextlib
 
     run = tmp_path / "run"
-    first = files.output_lock(run, folder=True)  # A: makes the folder and holds its lock
+    first = locks.output_lock(run, folder=True)  # A: makes the folder and holds its lock
     first.__enter__()
     hooked = "make_folder" if before == "open" else "_flock"
-    real = getattr(files, hooked)
+    real = getattr(locks, hooked)
 
     def a_stops_meanwhile(*args):
-        monkeypatch.setattr(files, hooked, real)
+        monkeypatch.setattr(locks, hooked, real)
         if before == "open":
             real(*args)  # (B finds the folder made)
         assert first.__exit__(RuntimeError, RuntimeError("A's error"), None) is False  # (A's error goes on)
         assert not run.exists()  # (A made it, and removed it empty)
         return None if before == "open" else real(*args)
 
-    monkeypatch.setattr(files, hooked, a_stops_meanwhile)
+    monkeypatch.setattr(locks, hooked, a_stops_meanwhile)
     with contextlib.ExitStack() as b:
         try:  # (B may lock the folder it makes anew, or be refused: not go on with no lock)
-            b.enter_context(files.output_lock(run, folder=True))
+            b.enter_context(locks.output_lock(run, folder=True))
         except UserError:
             return
         with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-            with files.output_lock(run, folder=True):  # C
+            with locks.output_lock(run, folder=True):  # C
                 pass
         assert run.is_dir()
     assert not run.exists()  # (B made it anew and left it empty: a folder made for the lock goes with it)
@@ -1189,10 +1191,10 @@ def test_an_archive_that_unpacks_to_exactly_its_size_and_slack_is_loaded(tmp_pat
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("a/data/0", b"\0" * 100_000)
     size = path.stat().st_size  # (100,000 zeros deflate to a few hundred bytes)
-    monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size)
-    assert files.archive_refusal(path) is None
-    monkeypatch.setattr(files, "ARCHIVE_SLACK", 100_000 - size - 1)
-    assert files.archive_refusal(path).startswith(f"its entries unpack to 100000 bytes, {100_000 / size:.0f} times "
+    monkeypatch.setattr(file_kinds, "ARCHIVE_SLACK", 100_000 - size)
+    assert file_kinds.archive_refusal(path) is None
+    monkeypatch.setattr(file_kinds, "ARCHIVE_SLACK", 100_000 - size - 1)
+    assert file_kinds.archive_refusal(path).startswith(f"its entries unpack to 100000 bytes, {100_000 / size:.0f} times "
                                                    f"the file's {size} ")
 
 
@@ -1210,7 +1212,7 @@ def test_an_archive_may_unpack_to_64_mib_beyond_its_size(tmp_path):
         with zipfile.ZipFile(path, "a") as z:
             z.comment = b"c" * comment
         assert path.stat().st_size == unpacked - (64 << 20) - excess + comment
-        assert (files.archive_refusal(path) is not None) is overflow
+        assert (file_kinds.archive_refusal(path) is not None) is overflow
 
 
 def test_the_cache_root_is_the_environments_or_the_homes(tmp_path, monkeypatch):
@@ -1247,7 +1249,7 @@ def test_a_fifo_at_the_lock_files_name_is_refused_and_left(tmp_path):
     os.mkfifo(lock)
     refused = rf"^--out {out}: {lock}, the name of its lock file, holds something else; move it away$"
     before = _open_fds()
-    with pytest.raises(UserError, match=refused), files.output_lock(out):
+    with pytest.raises(UserError, match=refused), locks.output_lock(out):
         pass
     assert stat.S_ISFIFO(os.lstat(lock).st_mode)
     assert _open_fds() == before  # (the refused lock file's descriptor is closed)
@@ -1262,7 +1264,7 @@ def test_a_folder_at_the_lock_files_name_is_refused_and_left(tmp_path):
     (lock / "mine.txt").write_text("a user's file")
     with pytest.raises(UserError, match=rf"^--out {out}: {lock}, the name of its lock file, holds something else; "
                                         "move it away$"):
-        with files.output_lock(out):
+        with locks.output_lock(out):
             pass
     assert os.listdir(lock) == ["mine.txt"] and not out.exists()
 
@@ -1318,11 +1320,11 @@ def test_an_output_lock_refused_as_busy_closes_its_descriptor(tmp_path):
     """A lock refused because another holds it closes the descriptor it opened on the lock file:
     a process that goes on after the refusal (a library caller) keeps none."""
     out = tmp_path / "s.csv"
-    with files.output_lock(out):
+    with locks.output_lock(out):
         held = _open_fds()
         for _ in range(3):
             with pytest.raises(UserError, match="another clip-smot command is writing it now"):
-                with files.output_lock(out):
+                with locks.output_lock(out):
                     pass
         assert _open_fds() == held
 
@@ -1332,15 +1334,15 @@ def test_a_lock_files_folder_removed_before_it_was_opened_is_made_again(tmp_path
     one this command made (or found) a moment before: the lock file's folder is made again, and
     the lock taken, not refused as a lock file that keeps being replaced."""
     out = tmp_path / "new" / "s.csv"
-    real = files.make_folder
+    real = locks.make_folder
 
     def made_then_removed(path, flag="--out"):
         real(path, flag)
         (tmp_path / "new").rmdir()  # (the other command's cleanup)
-        monkeypatch.setattr(files, "make_folder", real)
+        monkeypatch.setattr(locks, "make_folder", real)
 
-    monkeypatch.setattr(files, "make_folder", made_then_removed)
-    with files.output_lock(out):
+    monkeypatch.setattr(locks, "make_folder", made_then_removed)
+    with locks.output_lock(out):
         assert (tmp_path / "new" / ".s.csv.lock").is_file()
     assert os.listdir(tmp_path) == []
 
@@ -1350,7 +1352,7 @@ def test_a_lock_file_has_an_ordinary_files_mode(tmp_path):
     for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
         old = os.umask(umask)
         try:
-            with files.output_lock(tmp_path / "s.csv"):
+            with locks.output_lock(tmp_path / "s.csv"):
                 assert (tmp_path / ".s.csv.lock").stat().st_mode & 0o777 == mode
         finally:
             os.umask(old)
@@ -1484,9 +1486,9 @@ def test_an_archives_entries_are_summed(tmp_path, monkeypatch):
         for i in range(3):
             z.writestr(f"a/data/{i}", b"\0" * 100_000)
     size = path.stat().st_size
-    monkeypatch.setattr(files, "ARCHIVE_SLACK", 150_000 - size)  # (one entry fits, three do not)
-    assert files.archive_refusal(path).startswith("its entries unpack to 300000 bytes")
-    assert files.archive_refusal(tmp_path) is None and files.archive_refusal(tmp_path / "missing.pt") is None
+    monkeypatch.setattr(file_kinds, "ARCHIVE_SLACK", 150_000 - size)  # (one entry fits, three do not)
+    assert file_kinds.archive_refusal(path).startswith("its entries unpack to 300000 bytes")
+    assert file_kinds.archive_refusal(tmp_path) is None and file_kinds.archive_refusal(tmp_path / "missing.pt") is None
 
 
 def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_path, monkeypatch):
@@ -1515,7 +1517,7 @@ def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_pa
     (tmp_path / "v.pt").write_bytes(bytes(raw))
     assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16  # (torch reads it)
     why = "its zip directory cannot be measured (zip file version 9.7; torch.save writes no such archive); not loaded"
-    assert files.archive_refusal(tmp_path / "v.pt") == why
+    assert file_kinds.archive_refusal(tmp_path / "v.pt") == why
     with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({re.escape(why)}\)$"):
         rf.read_checkpoint(tmp_path / "v.pt", "clip-smot-fit-checkpoint")
     with pytest.raises(UserError, match=rf"^--cam-model {tmp_path / 'v.pt'}: {re.escape(why)}$"):
@@ -1526,17 +1528,17 @@ def test_a_torch_zip_whose_directory_pythons_reader_refuses_is_not_loaded(tmp_pa
     raw[record + 28:record + 30] = struct.pack("<H", 4)
     (tmp_path / "v.pt").write_bytes(bytes(raw))
     assert torch.load(tmp_path / "v.pt", weights_only=True)["x"].numel() == 1 << 16
-    assert files.archive_refusal(tmp_path / "v.pt") == ("its zip directory cannot be measured (Truncated central "
+    assert file_kinds.archive_refusal(tmp_path / "v.pt") == ("its zip directory cannot be measured (Truncated central "
                                                          "directory; torch.save writes no such archive); not loaded")
     raw[record + 28:record + 30] = struct.pack("<H", 7)
     raw[record + 8:record + 10] = struct.pack("<H", struct.unpack("<H", raw[record + 8:record + 10])[0] | 0x800)
     raw[record + 52] = 0xFF
     (tmp_path / "v.pt").write_bytes(bytes(raw))
-    assert files.archive_refusal(tmp_path / "v.pt").startswith("its zip directory cannot be measured ('utf-8' codec")
+    assert file_kinds.archive_refusal(tmp_path / "v.pt").startswith("its zip directory cannot be measured ('utf-8' codec")
     # no zip to torch either: left to its loader (cut short before the directory, or not beginning as a zip)
     (tmp_path / "cut.pt").write_bytes(bytes(raw[:record]))
     (tmp_path / "late.pt").write_bytes(b"X" + bytes(raw))
-    assert files.archive_refusal(tmp_path / "cut.pt") is None and files.archive_refusal(tmp_path / "late.pt") is None
+    assert file_kinds.archive_refusal(tmp_path / "cut.pt") is None and file_kinds.archive_refusal(tmp_path / "late.pt") is None
 
 
 def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
@@ -1547,7 +1549,6 @@ def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
     import zipfile
 
     import torch
-
     from helpers import flip_byte_of_entry
 
     from clip_smot.clip.cam_network import load_cam_network
@@ -1555,11 +1556,11 @@ def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
 
     path = tmp_path / "c.pt"
     rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"x": torch.arange(1000.0)})
-    assert files.archive_refusal(path) is None
+    assert file_kinds.archive_refusal(path) is None
     name = flip_byte_of_entry(path, "data/0", 401)  # (a byte of x[100])
     assert torch.load(path, weights_only=True)["x"][100] != 100  # (what torch reads: another tensor)
     why = f"its entry {name!r} fails its CRC-32 check: the file was damaged after it was written; not loaded"
-    assert files.archive_refusal(path) == why
+    assert file_kinds.archive_refusal(path) == why
     with pytest.raises(rf.CheckpointError, match=rf"^not a readable checkpoint \({re.escape(why)}\)$"):
         rf.read_checkpoint(path, "clip-smot-fit-checkpoint")
     torch.save({"fc.weight": torch.arange(1000.0)}, tmp_path / "sd.pt")  # (a state dict, as --cam-model takes)
@@ -1573,13 +1574,13 @@ def test_an_archive_whose_entry_fails_its_crc_is_not_loaded(tmp_path):
     at = raw.find(b"PK\x03\x04", 1)  # (the second entry's local header)
     raw[at + 3] = 0x05
     path.write_bytes(bytes(raw))
-    assert files.archive_refusal(path) == (f"its entry {zipfile.ZipFile(path).namelist()[1]!r} does not read "
+    assert file_kinds.archive_refusal(path) == (f"its entry {zipfile.ZipFile(path).namelist()[1]!r} does not read "
                                            "back (BadZipFile: Bad magic number for file header): the file is damaged; "
                                            "not loaded")
     # an entry of more than the 1 MiB read at a time, damaged in its first byte: checked to its end
     torch.save({"x": torch.zeros(300_000)}, path)  # (1.2 MB of float32)
     name = flip_byte_of_entry(path, "data/0", 0)
-    assert files.archive_refusal(path) == (f"its entry {name!r} fails its CRC-32 check: the file was damaged after it "
+    assert file_kinds.archive_refusal(path) == (f"its entry {name!r} fails its CRC-32 check: the file was damaged after it "
                                            "was written; not loaded")
 
 
@@ -1596,7 +1597,7 @@ def test_an_archive_whose_entry_cannot_be_read_is_left_to_the_loader(tmp_path, m
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
-    assert files.archive_refusal(tmp_path / "c.pt") is None
+    assert file_kinds.archive_refusal(tmp_path / "c.pt") is None
 
 
 def test_an_archive_whose_directory_cannot_be_read_is_not_called_cut_short(tmp_path, monkeypatch):
@@ -1613,7 +1614,7 @@ def test_an_archive_whose_directory_cannot_be_read_is_not_called_cut_short(tmp_p
 
     path = tmp_path / "checkpoint.pt"
     rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
-    assert files.file_kind(path) == "fit-checkpoint" and files.archive_refusal(path) is None
+    assert file_kinds.file_kind(path) == "fit-checkpoint" and file_kinds.archive_refusal(path) is None
     real_open = io.open
 
     class Failing(io.FileIO):
@@ -1629,8 +1630,8 @@ def test_an_archive_whose_directory_cannot_be_read_is_not_called_cut_short(tmp_p
         return Failing(file, "r") if mode == "rb" else real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(zipfile.io, "open", zip_open)
-    assert files.file_kind(path) != "torch-cut"
-    assert files.archive_refusal(path) is None
+    assert file_kinds.file_kind(path) != "torch-cut"
+    assert file_kinds.archive_refusal(path) is None
 
 
 def test_a_checkpoint_whose_pickle_cannot_be_read_is_not_called_another_kind(tmp_path, monkeypatch):
@@ -1644,14 +1645,14 @@ def test_a_checkpoint_whose_pickle_cannot_be_read_is_not_called_another_kind(tmp
 
     path = tmp_path / "checkpoint.pt"
     rf.save_checkpoint(path, "clip-smot-fit-checkpoint", {"epoch": 1})
-    assert files.file_kind(path) == "fit-checkpoint"
+    assert file_kinds.file_kind(path) == "fit-checkpoint"
 
     def fail(self, n=-1):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
-    assert files.file_kind(path) is None
-    files.check_kind(path, "--checkpoint", "fit-checkpoint")  # (no refusal: torch.load names the read)
+    assert file_kinds.file_kind(path) is None
+    file_kinds.check_kind(path, "--checkpoint", "fit-checkpoint")  # (no refusal: torch.load names the read)
 
 
 @pytest.mark.parametrize("raised, kind", [("cause", None), ("no errno", "torch-archive")])
@@ -1673,7 +1674,7 @@ def test_a_pickle_read_error_is_a_failed_read_by_its_cause_and_error_number(tmp_
         raise OSError("Invalid data stream")
 
     monkeypatch.setattr(zipfile.ZipExtFile, "read", fail)
-    assert files.file_kind(path) == kind
+    assert file_kinds.file_kind(path) == kind
 
 
 def test_the_reason_in_torchs_error_for_a_file_it_cannot_map():
@@ -1722,52 +1723,52 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
 
     def kind(name, data):
         (tmp_path / name).write_bytes(data) if isinstance(data, bytes) else (tmp_path / name).write_text(data)
-        return files.file_kind(tmp_path / name)
+        return file_kinds.file_kind(tmp_path / name)
 
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     rf.save_checkpoint(tmp_path / "fit.pt", "clip-smot-fit-checkpoint", {"epoch": 1})
-    assert files.file_kind(tmp_path / "fit.pt") == "fit-checkpoint"
+    assert file_kinds.file_kind(tmp_path / "fit.pt") == "fit-checkpoint"
     rf.save_checkpoint(tmp_path / "train.pt", "clip-smot-train-checkpoint", {"model": {"fc.weight": torch.zeros(1)}})
-    assert files.file_kind(tmp_path / "train.pt") == "train-checkpoint"
+    assert file_kinds.file_kind(tmp_path / "train.pt") == "train-checkpoint"
     assert kind("cut.pt", (tmp_path / "fit.pt").read_bytes()[:300]) == "torch-cut"
     torch.save({"module.conv1.weight": torch.zeros(1), "module.fc.weight": torch.zeros(1)}, tmp_path / "r.pth")
-    assert files.file_kind(tmp_path / "r.pth") == "resnet-weights"
+    assert file_kinds.file_kind(tmp_path / "r.pth") == "resnet-weights"
     torch.save({"visual.proj": torch.zeros(1), "text_projection": torch.zeros(1)}, tmp_path / "clip.pt")
-    assert files.file_kind(tmp_path / "clip.pt") == "clip-weights"
+    assert file_kinds.file_kind(tmp_path / "clip.pt") == "clip-weights"
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
-    assert files.file_kind(tmp_path / "w.pt") == "torch-archive"
+    assert file_kinds.file_kind(tmp_path / "w.pt") == "torch-archive"
     with warnings.catch_warnings():  # (torch.jit's deprecation)
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(torch.nn.Linear(1, 1)), str(tmp_path / "ts.pt"))  # (a data.pkl too)
-    assert files.file_kind(tmp_path / "ts.pt") == "torchscript"
+    assert file_kinds.file_kind(tmp_path / "ts.pt") == "torchscript"
     torch.save({"w": torch.zeros(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
-    assert files.file_kind(tmp_path / "old.pt") == "pickle"
+    assert file_kinds.file_kind(tmp_path / "old.pt") == "pickle"
 
     class Evil:
         def __reduce__(self):
             return (pytest.fail, ("unpickled",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "clip-smot-fit-checkpoint", "x": Evil()}))
-    assert files.file_kind(tmp_path / "evil.pt") == "pickle"
+    assert file_kinds.file_kind(tmp_path / "evil.pt") == "pickle"
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:  # (a torch archive whose pickle would run code)
         z.writestr("archive/data.pkl", pickle.dumps({"format": "clip-smot-fit-checkpoint", "x": Evil()}))
-    assert files.file_kind(tmp_path / "evil.zip") == "fit-checkpoint"
+    assert file_kinds.file_kind(tmp_path / "evil.zip") == "fit-checkpoint"
     with zipfile.ZipFile(tmp_path / "photos.zip", "w") as z:  # (a zip of no torch archive: left to its loader)
         z.writestr("a.png", b"x")
-    assert files.file_kind(tmp_path / "photos.zip") is None
+    assert file_kinds.file_kind(tmp_path / "photos.zip") is None
 
     for fmt, expected in (("clip-smot-prompt", "prompt"), ("clip-smot-model", "model"), ("another", None)):
         save_file({"w": torch.zeros(1)}, str(tmp_path / "s.safetensors"), metadata={"format": fmt})
-        assert files.file_kind(tmp_path / "s.safetensors") == expected, fmt
+        assert file_kinds.file_kind(tmp_path / "s.safetensors") == expected, fmt
     save_file({"w": torch.zeros(1)}, str(tmp_path / "s.safetensors"))
-    assert files.file_kind(tmp_path / "s.safetensors") == "safetensors"
+    assert file_kinds.file_kind(tmp_path / "s.safetensors") == "safetensors"
     save_file({"ctx": torch.zeros(1)}, str(tmp_path / "s.safetensors"))  # (a prompt of no metadata: its loader says)
-    assert files.file_kind(tmp_path / "s.safetensors") is None
+    assert file_kinds.file_kind(tmp_path / "s.safetensors") is None
     save_file({"visual.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)},
               str(tmp_path / "s.safetensors"))
-    assert files.file_kind(tmp_path / "s.safetensors") == "clip-weights"
+    assert file_kinds.file_kind(tmp_path / "s.safetensors") == "clip-weights"
 
     assert kind("m.json", '{"embed_dim": 8, "vision_cfg": {}, "text_cfg": {}}') == "model-config"
     assert kind("c.json", '\ufeff{"shots": 16, "n_ctx": 4}') == "fit-config"
@@ -1776,10 +1777,10 @@ def test_the_kind_of_a_file_is_sniffed_from_its_first_bytes_never_loaded(tmp_pat
     assert kind("cut.json", '[1, 2') == "json"
     assert kind("list.json", '[1, 2]') == "json"  # (whole JSON, but no object to look for keys in)
     assert kind("empty", b"") is None and kind("text", "hello") is None
-    assert files.file_kind(tmp_path / "missing") is None and files.file_kind(tmp_path) is None
+    assert file_kinds.file_kind(tmp_path / "missing") is None and file_kinds.file_kind(tmp_path) is None
     os.mkfifo(tmp_path / "fifo")  # (its open would wait for a writer: not opened)
-    monkeypatch.setattr(files, "open", lambda *a, **k: pytest.fail("a FIFO was opened"), raising=False)
-    assert files.file_kind(tmp_path / "fifo") is None
+    monkeypatch.setattr(file_kinds, "open", lambda *a, **k: pytest.fail("a FIFO was opened"), raising=False)
+    assert file_kinds.file_kind(tmp_path / "fifo") is None
 
 
 def test_a_safetensors_header_is_sniffed_up_to_a_mib_and_a_longer_one_left_to_its_loader(tmp_path):
@@ -1790,7 +1791,7 @@ def test_a_safetensors_header_is_sniffed_up_to_a_mib_and_a_longer_one_left_to_it
     def kind(length):
         path = tmp_path / f"{length}.safetensors"
         path.write_bytes(length.to_bytes(8, "little") + text + b" " * (length - len(text)))
-        return files.file_kind(path)
+        return file_kinds.file_kind(path)
 
     assert kind(1 << 20) == "model"
     assert kind((1 << 20) + 1) is None
@@ -1801,7 +1802,7 @@ def test_the_formats_file_kind_knows_are_those_clip_smot_writes():
     from clip_smot.common.run_folder import CHECKPOINT_FORMATS
     from clip_smot.resnet.networks import MODEL_FORMAT
 
-    assert files._FORMAT_KINDS == {FORMAT: "prompt", MODEL_FORMAT: "model",
+    assert file_kinds._FORMAT_KINDS == {FORMAT: "prompt", MODEL_FORMAT: "model",
                                    **{f: f.split("-")[-2] + "-checkpoint" for f in CHECKPOINT_FORMATS}}
 
 

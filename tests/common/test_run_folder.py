@@ -405,7 +405,7 @@ def test_a_checkpoint_that_would_unpack_past_its_size_is_not_loaded(tmp_path, mo
     with no slack, a 1 MiB tensor of zeros deflated to a few KiB."""
     import zipfile
 
-    import clip_smot.common.files as files
+    import clip_smot.common.file_kinds as file_kinds
 
     plain = tmp_path / "plain.pt"
     rf.save_checkpoint(plain, "clip-smot-train-checkpoint", {"w": torch.zeros(1 << 18)})
@@ -414,7 +414,7 @@ def test_a_checkpoint_that_would_unpack_past_its_size_is_not_loaded(tmp_path, mo
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
     assert torch.load(path, weights_only=True)["w"].shape == (1 << 18,)  # torch itself would load it
-    monkeypatch.setattr(files, "ARCHIVE_SLACK", 0)
+    monkeypatch.setattr(file_kinds, "ARCHIVE_SLACK", 0)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(rf.CheckpointError, match=r"^not a readable checkpoint \(its entries unpack to \d+ bytes, "):
         rf.read_checkpoint(path, "clip-smot-train-checkpoint")

@@ -567,7 +567,7 @@ def test_eval_is_refused_while_another_command_holds_its_out_folder(folders, ood
     """The --out of an evaluation is a folder, locked as one (the folder itself, as another
     eval or train into it locks it): while another command holds it, eval is one line and
     writes nothing, in the folder or beside it."""
-    from clip_smot.common.files import output_lock
+    from clip_smot.common.locks import output_lock
     from clip_smot.resnet.evaluate import ResnetEvalConfig, run_resnet_eval
 
     out = tmp_path / "e"
@@ -858,7 +858,7 @@ def test_two_process_ddp_on_cpu(folders, tmp_path):
 def test_under_torchrun_every_rank_stops_when_another_command_holds_out(folders, tmp_path):
     """Only rank 0 takes --out's lock; the other rank hears of its refusal (else it would wait for
     rank 0 in the first collective for gloo's 30 minutes)."""
-    from clip_smot.common.files import output_lock
+    from clip_smot.common.locks import output_lock
 
     out = tmp_path / "ddp"
     with output_lock(out, folder=True):
