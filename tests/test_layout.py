@@ -312,6 +312,40 @@ def test_the_version_is_the_same_everywhere():
     assert res.exit_code == 0 and res.output == f"clip-smot, version {declared}\n"
 
 
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # (Python 3.10: tomli, which pytest needs there)
+        import tomli as tomllib
+    return tomllib.loads(_doc("pyproject.toml"))
+
+
+# The folders whose files bundled_file() reads, as the wheel's packages that carry them
+DATA_PACKAGES = {"clip_smot._data.prompts": "prompts", "clip_smot._data.data_lists": "data_lists"}
+
+
+def test_pyproject_ships_every_package_and_every_bundled_file():
+    """pyproject.toml lists the packages by hand (so that prompts/ and data_lists/ ship as
+    clip_smot/_data/): a folder of modules left off that list, or a file of those two folders that
+    no package-data pattern matches (or one in a sub-folder: the patterns do not recurse), is
+    missing from the wheel, where an import fails, or a list is 'missing from this installation',
+    only for a user who did not clone the repository."""
+    import fnmatch
+
+    setup = _pyproject()["tool"]["setuptools"]
+    source = ROOT / "clip_smot"
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in source.rglob("*.py")}
+    assert {"clip_smot", "clip_smot.clip", "clip_smot.resnet", "clip_smot.common"} <= folders
+    assert sorted(setup["packages"]) == sorted(folders | set(DATA_PACKAGES))
+    assert setup["package-dir"] == DATA_PACKAGES
+    for package, folder in DATA_PACKAGES.items():
+        entries = sorted((ROOT / folder).iterdir())
+        assert entries and all(p.is_file() for p in entries), entries
+        unmatched = [p.name for p in entries
+                     if not any(fnmatch.fnmatch(p.name, pattern) for pattern in setup["package-data"][package])]
+        assert unmatched == [], (package, unmatched)
+
+
 def test_the_paper_averages_quoted_in_the_docs_are_those_of_paper_tables_csv():
     """README's "The paper's tables" and docs/fit.md's Table 8 targets quote the paper's averages
     by hand; data_lists/paper_tables.csv is the transcription reproduce writes beside ours. A
