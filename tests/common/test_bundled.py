@@ -78,6 +78,23 @@ def test_a_source_checkout_wins_over_a_data_folder_and_lines_are_trimmed(tmp_pat
     assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
 
 
+@pytest.mark.xfail(strict=True, reason="bundled_file looks beside the package before in clip_smot/_data/; installed, "
+                   "beside the package is site-packages/, whose prompts/ or data_lists/ shadow the wheel's own files")
+def test_an_installed_package_reads_its_own_files_not_a_folder_beside_it(tmp_path, monkeypatch):
+    """Installed from a wheel, the folder beside the package is site-packages/ (or the folder of a
+    pip install --target, or a project the package was copied into, which may well have prompts/
+    of its own): its prompts/zero_shot_template.txt was what eval --zero-shot filled, not the
+    wheel's clip_smot/_data/prompts/ (seen with the built wheel installed in a fresh venv)."""
+    site = tmp_path / "site-packages"
+    pkg = site / "clip_smot"
+    (pkg / "_data" / "prompts").mkdir(parents=True)
+    (pkg / "_data" / "prompts" / "zero_shot_template.txt").write_text("a photo of a {c}.\n")
+    (site / "prompts").mkdir()
+    (site / "prompts" / "zero_shot_template.txt").write_text("a sketch of a {c}.\n")
+    monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.bundled_file("prompts", "zero_shot_template.txt") == pkg / "_data" / "prompts" / "zero_shot_template.txt"
+
+
 def test_imagenet_mean_and_std_are_torchvisions():
     """The normalisation of torchvision's ImageNet ResNet weights (the CAM networks', the ResNet
     track's default): ResNet18_Weights.IMAGENET1K_V1.transforms() has mean [0.485, 0.456, 0.406]
