@@ -123,8 +123,6 @@ def test_the_sdist_builds_the_same_wheel(built, tmp_path):
     assert _wheel_files(wheel) == _wheel_files(built[0])
 
 
-@pytest.mark.xfail(strict=True, reason="pyproject.toml's license is a TOML table, which setuptools deprecates and "
-                   "stops building from 2027-02-18")
 def test_the_build_uses_nothing_setuptools_deprecates(built):
     """setuptools 77 deprecated ``license = { text = ... }`` for an SPDX string and stops building
     projects that use it on 2027-02-18: a deprecation today is a failed pip install then."""
