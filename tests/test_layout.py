@@ -346,6 +346,26 @@ def test_pyproject_ships_every_package_and_every_bundled_file():
         assert unmatched == [], (package, unmatched)
 
 
+@pytest.mark.xfail(strict=True, reason="clip_smot/common/images.py:320: an error ends '(docs/score.md)', a page the "
+                   "wheel does not carry")
+def test_no_message_or_help_points_at_a_repository_path():
+    """What the package prints (errors, notes, --help) is read by users of the wheel too, who have
+    no docs/, benchmarks/, tests/ or .ci/, and whose prompts/ and data_lists/ are
+    clip_smot/_data/ (a message names those through bundled_file(), the path found). String
+    constants outside docstrings, f-string pieces included, name none of them."""
+    repository = re.compile(r"(?<![\w.])(docs|benchmarks|tests|\.ci|prompts|data_lists)/|README\.md")
+    found = []
+    for module in MODULES:
+        tree = ast.parse(_file(module).read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and ast.get_docstring(node) is not None}
+        found += [f"{module}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and repository.search(node.value)]
+    assert found == []
+
+
 def test_the_paper_averages_quoted_in_the_docs_are_those_of_paper_tables_csv():
     """README's "The paper's tables" and docs/fit.md's Table 8 targets quote the paper's averages
     by hand; data_lists/paper_tables.csv is the transcription reproduce writes beside ours. A
