@@ -23,15 +23,15 @@ _BUILD = "import sys\nfrom setuptools import build_meta\nprint('built', getattr(
 
 
 def _copy_project(dst: Path) -> None:
-    """What a clean checkout holds: every top-level file and folder but dot-files and build output."""
+    """What a clean checkout holds: the top-level files (pyproject.toml, README.md, a MANIFEST.in or
+    LICENSE if one comes) and the project's folders, not dot-files, build output or data a user
+    keeps in the checkout."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".*")
     for p in ROOT.iterdir():
-        if p.name.startswith(".") or p.name in ("build", "dist", "runs") or p.name.endswith(".egg-info"):
-            continue
-        if p.is_dir():
-            shutil.copytree(p, dst / p.name, ignore=ignore)
-        else:
+        if p.is_file() and not p.name.startswith("."):
             shutil.copy2(p, dst / p.name)
+    for name in ("clip_smot", "prompts", "data_lists", "tests", "docs", "benchmarks"):
+        shutil.copytree(ROOT / name, dst / name, ignore=ignore, symlinks=True)
 
 
 def _build(src: Path, out: Path, what: str = "wheel") -> tuple[Path, str]:
