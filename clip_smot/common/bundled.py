@@ -22,13 +22,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def bundled_file(*parts: str) -> Path:
     """A file of the project's ``prompts/`` or ``data_lists/`` folders.
 
-    They sit beside the package in a source checkout (the editable install of the README) and
-    under ``clip_smot/_data/`` in a wheel.
+    They sit under ``clip_smot/_data/`` in a wheel, and beside the package in a source checkout
+    (the editable install of the README), which has no ``_data/``. An installed package reads its
+    own folder alone: beside it is site-packages/ (or a project it was copied into), whose own
+    prompts/ would shadow the wheel's files.
     """
-    for root in (_PACKAGE.parent, _PACKAGE / "_data"):
-        path = root.joinpath(*parts)
-        if path.is_file():
-            return path
+    installed = _PACKAGE / "_data"
+    path = (installed if installed.is_dir() else _PACKAGE.parent).joinpath(*parts)
+    if path.is_file():
+        return path
     raise UserError(f"{'/'.join(parts)}: missing from this installation of clip-smot (reinstall it)")
 
 

@@ -66,20 +66,17 @@ def test_a_folder_of_the_files_name_is_not_the_file(tmp_path, monkeypatch):
     assert bundled.imagenet_wnids() == ["n01440764"]
 
 
-def test_a_source_checkout_wins_over_a_data_folder_and_lines_are_trimmed(tmp_path, monkeypatch):
-    """Beside the package (the editable install) before clip_smot/_data/; blank lines and the
-    spaces or carriage returns around a name are not part of the list."""
+def test_a_source_checkout_reads_the_folders_beside_the_package_and_lines_are_trimmed(tmp_path, monkeypatch):
+    """A checkout (the editable install) has no clip_smot/_data/: its lists are the folders beside
+    the package; blank lines and the spaces or carriage returns around a name are not part of the
+    list."""
     pkg = tmp_path / "checkout" / "clip_smot"
-    for root in (pkg.parent, pkg / "_data"):
-        (root / "data_lists").mkdir(parents=True)
+    (pkg.parent / "data_lists").mkdir(parents=True)
     (pkg.parent / "data_lists" / "imagenet200_wnids.txt").write_bytes(b" n01443537 \r\n\n\t\nn01484850\r\n\n")
-    (pkg / "_data" / "data_lists" / "imagenet200_wnids.txt").write_text("n09999999\n")
     monkeypatch.setattr(bundled, "_PACKAGE", pkg)
     assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
 
 
-@pytest.mark.xfail(strict=True, reason="bundled_file looks beside the package before in clip_smot/_data/; installed, "
-                   "beside the package is site-packages/, whose prompts/ or data_lists/ shadow the wheel's own files")
 def test_an_installed_package_reads_its_own_files_not_a_folder_beside_it(tmp_path, monkeypatch):
     """Installed from a wheel, the folder beside the package is site-packages/ (or the folder of a
     pip install --target, or a project the package was copied into, which may well have prompts/
@@ -93,6 +90,10 @@ def test_an_installed_package_reads_its_own_files_not_a_folder_beside_it(tmp_pat
     (site / "prompts" / "zero_shot_template.txt").write_text("a sketch of a {c}.\n")
     monkeypatch.setattr(bundled, "_PACKAGE", pkg)
     assert bundled.bundled_file("prompts", "zero_shot_template.txt") == pkg / "_data" / "prompts" / "zero_shot_template.txt"
+    (site / "data_lists").mkdir()  # (a file the installation lacks is not taken from beside it either)
+    (site / "data_lists" / "imagenet200_wnids.txt").write_text("n01443537\n")
+    with pytest.raises(UserError, match=r"^data_lists/imagenet200_wnids.txt: missing from this installation"):
+        bundled.bundled_file("data_lists", "imagenet200_wnids.txt")
 
 
 def test_imagenet_mean_and_std_are_torchvisions():
