@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
-from clip_smot.common.bundled import bundled_file, imagenet200_wnids
+from clip_smot.common.bundled import bundled_file, bundled_text, imagenet200_wnids
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, field_kind, flag_of, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
 from clip_smot.common.errors import UserError, first_line
@@ -732,11 +732,19 @@ def plan(table: str, options: ReproduceOptions) -> Plan:
     return p
 
 
+_PAPER_COLUMNS = ("table", "row", "ood_set", "metric", "value")  # (of data_lists/paper_tables.csv)
+
+
 def paper_table(number: str) -> list[dict[str, str]]:
     """The paper's numbers of one table: rows of ``data_lists/paper_tables.csv`` (table, row,
     ood_set, metric, value; metric fpr95, auroc or id_acc; percent)."""
-    with open(bundled_file("data_lists", "paper_tables.csv"), newline="") as f:
-        return [r for r in csv.DictReader(f) if r["table"] == number]
+    text = bundled_text("data_lists", "paper_tables.csv")  # (a byte-order mark dropped; not UTF-8: one line)
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in _PAPER_COLUMNS if c not in (rows.fieldnames or ())]
+    if missing:
+        raise UserError(f"{bundled_file('data_lists', 'paper_tables.csv')}: its header lacks "
+                        f"{', '.join(missing)} (the columns are {', '.join(_PAPER_COLUMNS)})")
+    return [r for r in rows if r["table"] == number]
 
 
 def _ours(out: Path, where: tuple[str, str] | None, ood_set: str, metric: str) -> float | None:
