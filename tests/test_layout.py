@@ -346,8 +346,6 @@ def test_pyproject_ships_every_package_and_every_bundled_file():
         assert unmatched == [], (package, unmatched)
 
 
-@pytest.mark.xfail(strict=True, reason="clip_smot/common/images.py:320: an error ends '(docs/score.md)', a page the "
-                   "wheel does not carry")
 def test_no_message_or_help_points_at_a_repository_path():
     """What the package prints (errors, notes, --help) is read by users of the wheel too, who have
     no docs/, benchmarks/, tests/ or .ci/, and whose prompts/ and data_lists/ are

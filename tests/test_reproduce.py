@@ -1433,8 +1433,7 @@ def test_imagenet_as_its_archives_unpack_is_named_before_any_stage(tmp_path, tab
     with pytest.raises(UserError) as e:
         run_reproduce(table, options, fake, echo=lambda line: None)
     assert str(e.value) == (f"--imagenet {imagenet}: {imagenet / 'val'} holds 1 image(s) but no class folders "
-                            f"(ImageNet's validation archive unpacks so); sort them into {imagenet / 'val'}/<class>/ "
-                            "(docs/score.md)")
+                            f"(ImageNet's validation archive unpacks so); sort them into {imagenet / 'val'}/<class>/")
     shutil.rmtree(imagenet / "train")
     (imagenet / "train").mkdir()
     tarfile.open(imagenet / "train" / f"{WNIDS[0]}.tar", "w").close()

@@ -318,7 +318,7 @@ def split_folder(root: str | os.PathLike, split: str, flag: str) -> Path:
     if not n:
         raise UserError(f"{flag} {root}: {where} holds no class folders (expected {where}/<class>/<image>)")
     raise UserError(f"{flag} {root}: {where} holds {n} image(s) but no class folders (ImageNet's validation "
-                    f"archive unpacks so); sort them into {where}/<class>/ (docs/score.md)")
+                    f"archive unpacks so); sort them into {where}/<class>/")
 
 
 def class_folders(root: str | os.PathLike, flag: str = "--data") -> list[str]:

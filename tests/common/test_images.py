@@ -1024,7 +1024,7 @@ def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_miss
     with pytest.raises(UserError) as e:
         images.split_folder(top, "val", "--id")
     assert str(e.value) == (f"--id {top}: {top / 'val'} holds 2 image(s) but no class folders (ImageNet's validation "
-                            f"archive unpacks so); sort them into {top / 'val'}/<class>/ (docs/score.md)")
+                            f"archive unpacks so); sort them into {top / 'val'}/<class>/")
     unpacked = tmp_path / "unpacked"  # ImageNet's training archive: one tar a class
     (unpacked / "train").mkdir(parents=True)
     for wnid in ("n01440764", "n01443537"):
