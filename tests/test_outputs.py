@@ -258,6 +258,17 @@ def test_score_out_never_replaces_the_model_files(tmp_path, tiny, tiny_clip_conf
     _refused([*args, "--out", str(out), str(_images(tmp_path / "photos"))], expected, tmp_path)
 
 
+
+@pytest.mark.xfail(strict=True, reason="score --out replaces an existing image that it does not score with its CSV")
+def test_score_out_never_replaces_an_image_it_was_not_given(tmp_path, tiny, tiny_clip_checkpoint):
+    """`score --prompt P --out a.png b.png`, a user reading --out as a flag without a value (or two
+    names swapped), wrote the CSV of b.png over the photo a.png, exit 0: only the images scored and
+    an image inside a folder scored are compared with --out. An existing image is no CSV to rewrite."""
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    photos = _images(tmp_path / "photos")
+    _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+              "--out", str(photos / "0.png"), str(photos / "1.png")], f"--out {photos / '0.png'}", tmp_path)
+
 @pytest.mark.parametrize("how", ["list", "root-list", "partial-list", "partial-image"])
 def test_score_out_and_its_partial_never_replace_a_list_or_an_image(tmp_path, tiny, tiny_clip_checkpoint, how):
     """score --out LIST.txt LIST.txt replaced the list with the CSV (lists were not among the inputs compared),
