@@ -206,14 +206,22 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
         id_train_paths(str(prompt), {"test": True}, None, None)
 
 
+@pytest.mark.parametrize("scores", [
+    "mcm,react",
+    pytest.param("mcm", marks=pytest.mark.xfail(strict=True, reason="checked only when a fitted score reads the "
+                                                                    "folder: the report lands among its classes")),
+])
 @pytest.mark.parametrize("where", ["red/eval", "eval"])
 def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_path, tiny, tiny_clip_checkpoint,
-                                                                        monkeypatch, where):
+                                                                        monkeypatch, where, scores):
     """Without --id-train the fitted scores read the prompt's own data folder, but an --out inside
     it was not refused (an --id-train folder given is): the report went into a class folder of
     the training images, where the next fit would train on scores_hist.png. An --out beside the
     class folders ("eval") was made (the lock on it) before the training folder was read: it was
-    read as a class of no images, and the run stopped on that, not on --out."""
+    read as a class of no images, and the run stopped on that, not on --out. With no fitted
+    score (the default, mcm) the folder is not read by eval, but the report left there is read
+    by the next fit of that data: `fit --shots 1` trained a prompt with a fourth class "eval" whose
+    one image was scores_hist.png (at --shots 2 it stopped: "class 'eval' has only 1 image")."""
     from clip_smot.clip import scorer as scorer_module
     from clip_smot.clip.prompt_file import save_prompt
 
@@ -227,11 +235,11 @@ def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_pat
     monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
     out = root / where
     res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
-                                   str(id_dir), "--ood", f"x={ood_dir}", "--scores", "mcm,react", "--workers", "0",
+                                   str(id_dir), "--ood", f"x={ood_dir}", "--scores", scores, "--workers", "0",
                                    "--out", str(out)])
+    what = "the ID-train folder the prompt records" if "react" in scores else "the training folder the prompt records"
     assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
-        f"Error: --out {out}: is inside the ID-train folder the prompt records {root}, whose files are read as "
-        "input; write to a place outside it")
+        f"Error: --out {out}: is inside {what} {root}, whose files are read as input; write to a place outside it")
     assert not out.exists()
 
 
