@@ -259,7 +259,6 @@ def test_score_out_never_replaces_the_model_files(tmp_path, tiny, tiny_clip_conf
 
 
 
-@pytest.mark.xfail(strict=True, reason="score --out replaces an existing image that it does not score with its CSV")
 def test_score_out_never_replaces_an_image_it_was_not_given(tmp_path, tiny, tiny_clip_checkpoint):
     """`score --prompt P --out a.png b.png`, a user reading --out as a flag without a value (or two
     names swapped), wrote the CSV of b.png over the photo a.png, exit 0: only the images scored and

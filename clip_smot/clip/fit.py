@@ -63,7 +63,7 @@ from clip_smot.common.device import (
     resolve_precision,
 )
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.file_kinds import check_kind
+from clip_smot.common.file_kinds import check_kind, check_replaced
 from clip_smot.common.files import (
     atomic_write_files,
     check_output,
@@ -917,6 +917,7 @@ def _export_prompt(cfg: ExportConfig, locked: bool) -> Path:
     check_output(cfg.out, "--out", [("run's --model file", run.model), ("run's --pretrained file", run.pretrained),
                                     ("run's --cam-model file", run.cam_model), ("run's --split file", run.split)],
                  [("the run's --data folder", run.data)], run=path.parent)  # (a folder gone since: skipped there)
+    check_replaced(cfg.out, "--out", "export", "prompt")  # (after: "is the run's --model file" says more)
     make_folder(Path(cfg.out).parent, "--out")  # (a file in its place is one line now, not after the encoding)
     # an export killed while writing left its temporaries beside --out (hidden, as large as the
     # prompt); a younger one may be another export's at work there, unless the run folder's lock is held

@@ -38,6 +38,7 @@ from clip_smot.common.distributed import (
     writes_outputs,
 )
 from clip_smot.common.errors import UserError, cut
+from clip_smot.common.file_kinds import check_replaced
 from clip_smot.common.files import (
     atomic_write_text,
     check_output,
@@ -131,6 +132,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
         check_output(target, "--out", itertools.chain([("--prompt file", cfg.prompt), ("--model file", cfg.model),
                                                        (found, weights or None)], images, shards, lists), inside,
                      own=target != cfg.out)
+    check_replaced(cfg.out, "--out", "score", "a CSV of clip-smot score", starts=",".join(header[:3]).encode() + b",")
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
         return _score(cfg, names, groups, counts, prompt_file, prompt_sha, weights, partial, header, run_file,
                       chunk, unlisted or [])

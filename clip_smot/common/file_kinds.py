@@ -13,7 +13,7 @@ from pathlib import Path
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import is_file, parse_json, same_file
 
-__all__ = ["ARCHIVE_SLACK", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind"]
+__all__ = ["ARCHIVE_SLACK", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind", "check_replaced"]
 
 
 ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)
@@ -302,3 +302,34 @@ def check_kind(path: str | os.PathLike, flag: str, wants: str) -> None:
     else:
         advice = _ADVICE[kind, wants](path, folder, beside) if (kind, wants) in _ADVICE else source
     raise UserError(f"{flag} {path}: {FILE_KINDS[kind]}, not {wanted}; {advice}")
+
+
+def check_replaced(out: str | os.PathLike, flag: str, command: str, ours: str, starts: bytes | None = None) -> None:
+    """Refuse, in one line naming ``flag`` and ``out``, an existing file at an output that the
+    command would replace although it is none of the command's own outputs: ``score --out a.png
+    b.png`` (``--out`` read as a flag without a value) wrote the CSV of b.png over the photo a.png,
+    and ``export --out`` a prompt over whatever was there. An empty file holds nothing to lose.
+
+    Args:
+        out: the output file given.
+        flag: its flag (``--out``).
+        command: the command, as the message names it (``score``).
+        ours: what the command writes, as the message names it, or a key of :data:`FILE_KINDS`
+            (``prompt``): an existing file of that kind is the command's own, written again.
+        starts: the bytes the command's files begin with (a CSV's header), where ``ours`` is no kind.
+    """
+    try:
+        if not is_file(out, flag) or os.path.getsize(out) == 0:
+            return
+        if starts is not None:
+            with open(out, "rb") as f:
+                if f.read(len(starts)) == starts:
+                    return
+    except OSError:  # (check_output and the write name what fails there)
+        return
+    kind = file_kind(out)
+    if starts is None and kind == ours:
+        return
+    what = FILE_KINDS[kind] if kind is not None else "a file of something else"
+    raise UserError(f"{flag} {out}: holds {what}, not {FILE_KINDS.get(ours, ours)}, and {command} would replace it; "
+                    f"choose another {flag}, or remove that file first")

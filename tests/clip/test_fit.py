@@ -2319,7 +2319,8 @@ def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_c
         weights = tmp_path / "inf.safetensors"
         save_file(sd, str(weights))
     out = tmp_path / "prompt.safetensors"
-    out.write_bytes(b"the old prompt")
+    old = (one_epoch / "prompt.safetensors").read_bytes()  # (a prompt there before: export's own, written again)
+    out.write_bytes(old)
     res = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--model", tiny_clip_config,
                                    "--pretrained", str(weights), "--device", "cpu"])
     line = _one_error_line(res) if what == "ctx" else _last_error_line(res)  # (other weights: a note first)
@@ -2328,7 +2329,7 @@ def test_export_refuses_non_finite_numbers_naming_their_source(one_epoch, tiny_c
     else:
         assert line.startswith("Error: --pretrained inf.safetensors: the text encoder of clip-smot-tiny gives "
                                "non-finite text features")
-    assert out.read_bytes() == b"the old prompt"
+    assert out.read_bytes() == old
 
 
 def test_a_split_of_any_file_names_reads_back(fit_args, tmp_path):
