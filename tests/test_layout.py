@@ -252,16 +252,31 @@ def test_the_eval_sections_list_every_eval_flag():
     assert _flags("eval") <= set(re.findall(r"--[\w-]+", spans))  # (they name fit's --data too)
 
 
-def _doc_commands():
-    """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line in the README and docs."""
+def _doc_pages() -> list[str]:
+    """The README, docs/*.md, data_lists/*.md and benchmarks/README.md."""
     pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "data_lists").glob("*.md"))]
-    for name in ["README.md", *(str(p.relative_to(ROOT)) for p in pages)]:
+    return ["README.md", *(str(p.relative_to(ROOT)) for p in pages), "benchmarks/README.md"]
+
+
+def _inline_spans(text: str) -> list[str]:
+    """The inline code spans of a markdown page (code blocks left out), white space made one space
+    (a span may wrap at a line's end)."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]*)`", re.sub(r"```.*?```", "", text, flags=re.S))]
+
+
+def _doc_commands():
+    """Every ``clip-smot CMD ...`` (and ``torchrun ... -m clip_smot CMD``) line of a ```bash block in
+    the README and docs, and every inline code span that is such a command (`clip-smot fit --shots 16`)."""
+    for name in _doc_pages():
         for block in re.findall(r"```bash\n(.*?)```", _doc(name), re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split(" #")[0]
                 m = re.search(r"(?:^|\s)(?:clip-smot|-m clip_smot) (\w+)(.*)", line)
                 if m and not line.lstrip().startswith("#"):
                     yield name, m.group(1), m.group(2)
+        for span in _inline_spans(_doc(name)):
+            if m := re.match(r"(?:clip-smot|torchrun .*-m clip_smot) (\w+)(.*)", span):
+                yield name, m.group(1), m.group(2)
 
 
 def test_every_command_in_the_docs_uses_real_flags_and_choices():
@@ -283,6 +298,41 @@ def test_every_command_in_the_docs_uses_real_flags_and_choices():
                 known = RESNET_SCORES if "--checkpoint" in words else SCORE_NAMES
                 unknown = set(words[i + 1].split(",")) - set(known)
                 assert not unknown, f"{doc}: clip-smot {command} --scores {words[i + 1]}"
+
+
+def _script_flags(script: Path) -> set[str]:
+    """The ``--flags`` a benchmark script's argparse parser declares, read from its source
+    (``--no-X`` too for a ``BooleanOptionalAction``, also one bound to a name first)."""
+    tree = ast.parse(script.read_text())
+    boolean = {"argparse.BooleanOptionalAction"} | {
+        t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+        and ast.unparse(node.value) == "argparse.BooleanOptionalAction" for t in node.targets if isinstance(t, ast.Name)}
+    flags = {"--help"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            names = [a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")]
+            flags.update(names)
+            if any(k.arg == "action" and ast.unparse(k.value) in boolean for k in node.keywords):
+                flags.update("--no-" + n[2:] for n in names)
+    return flags
+
+
+def test_every_benchmark_command_in_the_docs_uses_the_scripts_flags():
+    """``python benchmarks/SCRIPT.py --flag ...`` in a code block or an inline span of the README
+    and docs: the script exists and its parser has each flag (a renamed flag left a command that
+    stops with argparse's usage error)."""
+    commands = []
+    for name in _doc_pages():
+        text = _doc(name)
+        lines = [line.split(" #")[0] for block in re.findall(r"```\w*\n(.*?)```", text, re.S)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        for line in [*lines, *_inline_spans(text)]:
+            commands += [(name, *m) for m in re.findall(r"python3? benchmarks/(\w+\.py)((?: [^`]*)?)$", line)]
+    assert len(commands) >= 10
+    for doc, script, rest in commands:
+        assert (ROOT / "benchmarks" / script).is_file(), (doc, script)
+        unknown = {w.split("=")[0] for w in rest.split() if w.startswith("--")} - _script_flags(ROOT / "benchmarks" / script)
+        assert not unknown, f"{doc}: benchmarks/{script} has no {sorted(unknown)}"
 
 
 def test_the_reproduce_page_lists_every_reproduce_flag():
