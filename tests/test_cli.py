@@ -1056,7 +1056,7 @@ def test_fit_hands_its_flags_resume_and_dry_run_to_the_library(monkeypatch):
 
 def test_train_needs_a_dataset_or_data_unless_it_resumes(monkeypatch):
     """Without --dataset or --data a new run is refused before the library is called; --resume
-    takes the run's own (docs/train.md), and hands on the fields given (--compile by its field's name)."""
+    takes the run's own (docs/resnet.md), and hands on the fields given (--compile by its field's name)."""
     import clip_smot.cli as cli_module
 
     calls = []
