@@ -335,6 +335,41 @@ def test_every_benchmark_command_in_the_docs_uses_the_scripts_flags():
         assert not unknown, f"{doc}: benchmarks/{script} has no {sorted(unknown)}"
 
 
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation but ``-`` and ``_``
+    dropped, spaces made ``-``; a repeated one gets ``-1``, ``-2``, ..."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"(?m)^#+ (.*)$", re.sub(r"```.*?```", "", text, flags=re.S)):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+
+
+def test_the_docs_links_anchors_and_named_files_exist():
+    """Every relative link of the README and docs leads to a file that exists, and its #anchor to a
+    heading of that page; every repository path they name in passing (`docs/score.md`,
+    `tests/test_metrics.py`, `benchmarks/RESULTS.md`) exists: a file renamed or a heading reworded
+    left the reader a dead end."""
+    links = named = 0
+    for name in _doc_pages():
+        text = _doc(name)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            page = (ROOT / name).parent / path if path else ROOT / name
+            assert page.exists(), f"{name}: the link {target} leads to no file"
+            assert not anchor or anchor in set(_anchors(page.read_text())), f"{name}: {target} names no heading"
+            links += 1
+        # (not one under ~/.cache/clip_smot/..., nor $CLIP_SMOT_CACHE/...: those are the user's folders)
+        for path in re.findall(r"(?<![\w./~$-])((?:docs|benchmarks|data_lists|prompts|tests|clip_smot|\.ci)/[\w./-]*\w)",
+                               text):
+            assert (ROOT / path).exists(), f"{name}: names {path}, which is not in the repository"
+            named += 1
+    assert links >= 20 and named >= 100, (links, named)
+
+
 def test_the_reproduce_page_lists_every_reproduce_flag():
     rows = _table_rows(_doc("docs/reproduce.md"), "| option | meaning |")
     documented = {f for row in rows for f in _backticked_flags(row[0])}
