@@ -483,6 +483,47 @@ def test_the_paper_averages_quoted_in_the_docs_are_those_of_paper_tables_csv():
         assert (fpr95, auroc) == (paper[("8", fit_names[method], "fpr95")], paper[("8", fit_names[method], "auroc")])
 
 
+def test_the_file_formats_name_the_keys_and_columns_the_files_hold(tmp_path, tiny_clip_config, tiny_clip_checkpoint):
+    """README's "File formats" lists the metadata keys of prompt.safetensors and model.safetensors
+    and the columns of metrics.csv, docs/resnet.md's model-file table and docs/score.md's outputs
+    table the same: the files the code writes hold those keys and columns, no more, no fewer, in
+    that order for the CSV (a key added or renamed in one place only misled a reader of the file)."""
+    import numpy as np
+    from helpers import make_prompt
+    from safetensors import safe_open
+
+    from clip_smot.clip.model import load_clip
+    from clip_smot.common.reports import write_reports
+    from clip_smot.resnet.networks import build_network, save_model
+
+    formats = _doc("README.md").split("## File formats")[1].split("\n## ")[0]
+
+    def listed(start: str, end: str) -> list[str]:
+        """The backticked names between ``start`` and ``end``, those in parentheses left out."""
+        part = formats.split(start, 1)[1].split(end, 1)[0]
+        while re.search(r"\([^()]*\)", part):
+            part = re.sub(r"\([^()]*\)", "", part)
+        return sorted(re.findall(r"`(\w+)`", part))
+
+    def metadata(path: Path) -> list[str]:
+        with safe_open(str(path), "pt") as f:
+            return sorted(f.metadata())
+
+    make_prompt(tmp_path / "prompt.safetensors", load_clip(tiny_clip_config, tiny_clip_checkpoint))
+    save_model(tmp_path / "model.safetensors", build_network("resnet_tiny", 3, 16), arch="resnet_tiny",
+               classnames=["a", "b", "c"], input_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert listed("string metadata", "Loading checks") == metadata(tmp_path / "prompt.safetensors")
+    assert listed("and metadata", "See [docs/resnet.md]") == metadata(tmp_path / "model.safetensors")
+    table = _table_rows(_doc("docs/resnet.md"), "| key | value |")
+    assert sorted(k for row in table for k in re.findall(r"`(\w+)`", row[0])) == metadata(tmp_path / "model.safetensors")
+
+    write_reports(tmp_path / "eval", {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}})
+    header = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[0]
+    readme = re.search(r"`metrics\.csv` \(`([^`]+)`", formats).group(1)
+    score_md = re.search(r"\| `metrics\.csv` \| columns `([^`]+)`", _doc("docs/score.md")).group(1)
+    assert re.sub(r"\s", "", readme) == re.sub(r"\s", "", score_md) == header  # (a span may wrap)
+
+
 def test_the_readme_layout_names_every_module():
     layout = _doc("README.md").split("## Layout")[1].split("```")[1]
     listed, folder = [], None
