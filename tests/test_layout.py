@@ -550,6 +550,28 @@ def test_the_file_formats_name_the_keys_and_columns_the_files_hold(tmp_path, tin
     assert re.sub(r"\s", "", readme) == re.sub(r"\s", "", score_md) == header  # (a span may wrap)
 
 
+def test_the_score_tables_list_each_tracks_scores():
+    """The scores each page defines are those ``--scores`` takes: docs/score.md's table the CLIP
+    track's, docs/resnet.md's the ResNet track's (its "fitted" column the scores fitted on ID-train
+    features), docs/method.md §4 both; README's scores.csv list and docs/score.md's ``--scores``
+    item those of ``score`` (the fitted ones are eval's only)."""
+    from clip_smot.clip.scorer import FITTED_SCORES
+
+    def first_column(doc: str, header: str) -> list[str]:
+        return sorted(re.fullmatch(r"`([\w-]+)`", row[0]).group(1) for row in _table_rows(_doc(doc), header))
+
+    assert first_column("docs/score.md", "| score | formula |") == sorted(SCORE_NAMES)
+    resnet = _table_rows(_doc("docs/resnet.md"), "| score | what | fitted on ID training features? |")
+    assert first_column("docs/resnet.md", "| score | what | fitted") == sorted(RESNET_SCORES)
+    assert sorted(row[0].strip("`") for row in resnet if "yes" in row[2]) == sorted(FITTED_SCORES)
+    assert first_column("docs/method.md", "| score | definition | source |") == sorted({*SCORE_NAMES, *RESNET_SCORES})
+    scoring = sorted(set(SCORE_NAMES) - set(FITTED_SCORES))
+    readme = _doc("README.md").split("**`scores.csv`**")[1].split("\n- **")[0]
+    assert sorted(re.findall(r"`([\w-]+)`", readme.split("any of", 1)[1].split(")", 1)[0])) == scoring
+    item = _doc("docs/score.md").split("- `--scores`: comma-separated, any of", 1)[1].split("(the fitted", 1)[0]
+    assert sorted(re.findall(r"`([\w-]+)`", item)) == scoring
+
+
 def test_the_readme_layout_names_every_module():
     layout = _doc("README.md").split("## Layout")[1].split("```")[1]
     listed, folder = [], None
