@@ -1042,6 +1042,35 @@ def test_split_folder_refuses_a_data_sets_top_folder_whose_split_is_flat_or_miss
         images.split_folder(tmp_path / "only_val", "train", "--data")
 
 
+def test_docs_line_unpacking_imagenets_training_tars_gives_the_class_folders_fit_reads(tmp_path):
+    """ImageNet's training archive unpacks into one tar a class, which --data refuses by name
+    (above); docs/fit.md gives the shell line that unpacks each into a folder of its name. Run as
+    written (bash, tar) on two miniature class tars: the tars are gone, and fit's class listing
+    finds the two wnids in ImageNet-1k order with their images."""
+    import subprocess
+
+    from clip_smot.clip.fewshot import draw_split, resolve_classes, resolve_train_root
+
+    line = re.search(r"`(cd IMAGENET/train && for f in \*\.tar; do .*?; done)`",
+                     (Path(__file__).resolve().parents[2] / "docs" / "fit.md").read_text()).group(1)
+    train = tmp_path / "IMAGENET" / "train"
+    train.mkdir(parents=True)
+    for wnid in ("n01443537", "n01440764"):  # goldfish (index 1), tench (index 0)
+        with tarfile.open(train / f"{wnid}.tar", "w") as tar:
+            for k in (1, 2):
+                Image.new("RGB", (8, 8), (k, 0, 0)).save(tmp_path / "x.JPEG")
+                tar.add(tmp_path / "x.JPEG", arcname=f"{wnid}_{k}.JPEG")  # flat, as the archive's tars are
+    subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True, timeout=60)
+    assert sorted(p.relative_to(train).as_posix() for p in train.rglob("*")) == [
+        "n01440764", "n01440764/n01440764_1.JPEG", "n01440764/n01440764_2.JPEG",
+        "n01443537", "n01443537/n01443537_1.JPEG", "n01443537/n01443537_2.JPEG"]
+    classes = resolve_classes(resolve_train_root(tmp_path / "IMAGENET"))
+    assert (classes.folders, classes.classnames, classes.imagenet_index) == (("n01440764", "n01443537"),
+                                                                               ("tench", "goldfish"), (0, 1))
+    assert sorted(draw_split(classes, 2, 0)) == [("n01440764/n01440764_1.JPEG", 0), ("n01440764/n01440764_2.JPEG", 0),
+                                                 ("n01443537/n01443537_1.JPEG", 1), ("n01443537/n01443537_2.JPEG", 1)]
+
+
 def _unlistable(monkeypatch, folder: Path) -> None:
     """Path.iterdir of ``folder`` refused as a folder without read permission is (root, which the
     tests run as, reads any folder: the refusal is stood in for)."""
