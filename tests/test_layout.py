@@ -311,8 +311,9 @@ def _script_flags(script: Path) -> set[str]:
     (``--no-X`` too for a ``BooleanOptionalAction``, also one bound to a name first)."""
     tree = ast.parse(script.read_text())
     boolean = {"argparse.BooleanOptionalAction"} | {
-        t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
-        and ast.unparse(node.value) == "argparse.BooleanOptionalAction" for t in node.targets if isinstance(t, ast.Name)}
+        t.id for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and ast.unparse(node.value) == "argparse.BooleanOptionalAction"
+        for t in node.targets if isinstance(t, ast.Name)}
     flags = {"--help"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
@@ -337,7 +338,8 @@ def test_every_benchmark_command_in_the_docs_uses_the_scripts_flags():
     assert len(commands) >= 10
     for doc, script, rest in commands:
         assert (ROOT / "benchmarks" / script).is_file(), (doc, script)
-        unknown = {w.split("=")[0] for w in rest.split() if w.startswith("--")} - _script_flags(ROOT / "benchmarks" / script)
+        given = {w.split("=")[0] for w in rest.split() if w.startswith("--")}
+        unknown = given - _script_flags(ROOT / "benchmarks" / script)
         assert not unknown, f"{doc}: benchmarks/{script} has no {sorted(unknown)}"
 
 
@@ -369,8 +371,8 @@ def test_the_docs_links_anchors_and_named_files_exist():
             assert not anchor or anchor in set(_anchors(page.read_text())), f"{name}: {target} names no heading"
             links += 1
         # (not one under ~/.cache/clip_smot/..., nor $CLIP_SMOT_CACHE/...: those are the user's folders)
-        for path in re.findall(r"(?<![\w./~$-])((?:docs|benchmarks|data_lists|prompts|tests|clip_smot|\.ci)/[\w./-]*\w)",
-                               text):
+        repository = r"(?<![\w./~$-])((?:docs|benchmarks|data_lists|prompts|tests|clip_smot|\.ci)/[\w./-]*\w)"
+        for path in re.findall(repository, text):
             assert (ROOT / path).exists(), f"{name}: names {path}, which is not in the repository"
             named += 1
     assert links >= 20 and named >= 100, (links, named)
@@ -391,7 +393,8 @@ def test_every_table_row_of_the_docs_has_its_headers_cells():
                 for j in range(i + 2, len(lines)):
                     if not lines[j].startswith("|"):
                         break
-                    assert len(_cells(lines[j])) == width, f"{name}:{j + 1}: {len(_cells(lines[j]))} cells, header {width}"
+                    cells = len(_cells(lines[j]))
+                    assert cells == width, f"{name}:{j + 1}: {cells} cells, header {width}"
                     rows += 1
     assert rows > 200, rows
 
@@ -541,7 +544,8 @@ def test_the_file_formats_name_the_keys_and_columns_the_files_hold(tmp_path, tin
     assert listed("string metadata", "Loading checks") == metadata(tmp_path / "prompt.safetensors")
     assert listed("and metadata", "See [docs/resnet.md]") == metadata(tmp_path / "model.safetensors")
     table = _table_rows(_doc("docs/resnet.md"), "| key | value |")
-    assert sorted(k for row in table for k in re.findall(r"`(\w+)`", row[0])) == metadata(tmp_path / "model.safetensors")
+    keys = sorted(k for row in table for k in re.findall(r"`(\w+)`", row[0]))
+    assert keys == metadata(tmp_path / "model.safetensors")
 
     write_reports(tmp_path / "eval", {"msp": np.array([0.9, 0.8])}, {"a": {"msp": np.array([0.1, 0.85])}})
     header = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[0]
