@@ -323,6 +323,11 @@ def check_start(out: str | Path, resume: bool, dry_run: bool, result: str) -> Pa
                         + (f"its run finished ({result} is there)" if done else "run without --resume to start the run"))
     held = [] if resume or dry_run else [f for f in (CHECKPOINT, result) if exists(Path(out) / f, "--out")]
     if held:
+        # (a --resume continues a run of its own command: fit's RESULT is a prompt, train's a model)
+        other = {"prompt.safetensors": "train-checkpoint", "model.safetensors": "fit-checkpoint"}.get(result)
+        if held[0] == CHECKPOINT and other is not None and file_kind(path) == other:
+            raise UserError(f"--out {out}: already holds a run of clip-smot {other.split('-')[0]} ({CHECKPOINT}); "
+                            "choose another --out")
         advice = "pass --resume to continue it, or choose" if held[0] == CHECKPOINT else "choose"
         raise UserError(f"--out {out}: already holds a run ({held[0]}); {advice} another --out")
     return path
