@@ -246,18 +246,20 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
     check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
-    recorded = config.get("data") if fitted and not cfg.id_train and isinstance(config, dict) else None
+    recorded = config.get("data") if isinstance(config, dict) else None
     recorded = recorded if isinstance(recorded, str) else None  # (the file's: a number is no folder, nor a descriptor)
     # before that folder is read: an --out beside its class folders, made by the lock, would be read as a class
-    check_output_folder(cfg.out, "--out", (), [("the ID-train folder the prompt records", recorded)],
-                        writes=_WRITES)
+    # (by this eval's fitted scores, and by the next fit of that data, whose prompt gained a class "eval")
+    trained = ("the ID-train folder the prompt records" if fitted and not cfg.id_train else
+               "the training folder the prompt records", recorded)
+    check_output_folder(cfg.out, "--out", (), [trained], writes=_WRITES)
     train_paths = id_train_paths(cfg.prompt, config, cfg.id_train, cfg.split) if fitted else []
     check_train_apart(train_paths, sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
     # an image listed by a set (a symlink, a hard link, a list's entry) may be a file of --out too
     check_output_folder(cfg.out, "--out", [*inputs, *((f"{'--id' if s.name == 'id' else '--ood ' + s.name} image", p)
                                                       for s in sets for p in s.paths),
                                            *(("ID-train image", p) for p in train_paths)],
-                        [*read_folders, ("the ID-train folder the prompt records", recorded)], writes=_WRITES)
+                        [*read_folders, trained], writes=_WRITES)
     start = time.monotonic()
     with kept_workers():  # (the decoding processes started once for the ID-train, ID and OOD sets)
         if fitted:

@@ -208,8 +208,7 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
 
 @pytest.mark.parametrize("scores", [
     "mcm,react",
-    pytest.param("mcm", marks=pytest.mark.xfail(strict=True, reason="checked only when a fitted score reads the "
-                                                                    "folder: the report lands among its classes")),
+    "mcm",
 ])
 @pytest.mark.parametrize("where", ["red/eval", "eval"])
 def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_path, tiny, tiny_clip_checkpoint,
