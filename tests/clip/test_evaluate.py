@@ -776,7 +776,7 @@ def test_imagenet_val_unpacked_flat_is_refused_and_torchvisions_sorting_labels_i
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1
     assert res.output == (f"Error: --id {root}: {root / 'val'} holds 7 image(s) but no class folders (ImageNet's "
-                          f"validation archive unpacks so); sort them into {root / 'val'}/<class>/ (docs/score.md)\n")
+                          f"validation archive unpacks so); sort them into {root / 'val'}/<class>/\n")
     assert not out.exists()
 
     shutil.rmtree(root / "val")  # docs/score.md's recipe, with the archives' checksums not checked (they are the real ones')
