@@ -47,8 +47,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise UserError(f"--device {name}: not a device ({first_line(e)}); choose auto, cpu, cuda or cuda:N") from None
+    except (RuntimeError, TypeError, ValueError):
+        # (torch's own line lists its 20-odd device types, most of which this toolkit cannot run on)
+        raise UserError(f"--device {name}: not a device; choose auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: not supported; choose auto, cpu, cuda or cuda:N")
     if device.type == "cuda":

@@ -17,7 +17,8 @@ def test_devices_other_than_cpu_and_an_existing_cuda_are_one_line(monkeypatch):
 
     assert resolve_device("cpu") == torch.device("cpu")
     for name, expected in (("meta", "not supported"), ("mps", "not supported"), ("xla", "not supported"),
-                           ("gpu", "not a device"), ("cuda:-1", "not a device")):
+                           ("gpu", "not a device; choose auto, cpu, cuda or cuda:N$"),
+                           ("cuda:-1", "not a device; choose auto, cpu, cuda or cuda:N$")):
         with pytest.raises(UserError, match=rf"^--device {name}: {expected}"):
             resolve_device(name)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
