@@ -35,6 +35,7 @@ from clip_smot.common.distributed import same_on_every_rank, same_options_on_eve
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import check_output_folder, json_text, read_with_hash
 from clip_smot.common.image_sets import (
+    bare_ood_note,
     check_apart,
     check_train_apart,
     folder_names,
@@ -103,6 +104,11 @@ def _prompt_folders(config, n_classes: int) -> list[str] | None:
 
 def _builtin_ood(name: str, size: int) -> str:
     """The folder of the built-in OOD set ``name`` (a bare ``--ood NAME``)."""
+    said = bare_ood_note(name, BUILTIN_OOD)
+    if said is not None and name.lower() not in BUILTIN_OOD:
+        raise UserError(said)
+    if said is not None and writes_outputs():
+        print(said, file=sys.stderr)
     if name.lower() not in BUILTIN_OOD:
         raise UserError(f"--ood {name}: not a built-in OOD set (the CLIP track has only the digits' "
                         f"{' and '.join(BUILTIN_OOD)}); give {name}=DIR for a folder or image list")

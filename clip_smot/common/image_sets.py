@@ -42,7 +42,7 @@ from clip_smot.common.images import (
 )
 from clip_smot.common.shards import is_shard, list_members
 
-__all__ = ["ImageSet", "check_apart", "check_train_apart", "stray_wnids", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "folder_names", "image_files", "image_set",
+__all__ = ["ImageSet", "bare_ood_note", "check_apart", "check_train_apart", "stray_wnids", "id_class_folders", "id_set", "imagenet_wnid_names", "folder_classnames", "folder_names", "image_files", "image_set",
            "image_list_file", "iter_image_files", "iter_image_list", "read_image_list"]
 
 
@@ -436,3 +436,21 @@ def image_set(name: str, where: str | os.PathLike, flag: str = "--ood") -> Image
         raise UserError(f"{given}: no such folder or image list")
     return ImageSet(name, list_images(where, flag=named))
 
+
+
+
+def bare_ood_note(name: str, builtins: Sequence[str]) -> str | None:
+    """What to say of a bare ``--ood NAME`` (a built-in set's name, or a mistake), or None. A bare
+    name is always the built-in set: where a file or folder of that name is here too (a user's
+    ./Textures: the MOS set's name), the note says so, as taking the digits' textures silently
+    gave the metrics of another set. A name of no built-in set that is a path (``--ood sets/ood``)
+    is an OOD folder given without its ``NAME=``: the line (an error) makes a name from it.
+    Otherwise (a built-in set, or no path) None: the track names its own sets."""
+    if name.lower() in builtins:
+        return (f"note: --ood {name} is the built-in set {name.lower()}, not ./{name}; give --ood {name}={name} for "
+                "the folder of that name here") if os.path.lexists(name) else None
+    if os.sep in name or os.path.lexists(name):
+        label = Path(name).name or "ood"
+        return (f"--ood {name}: an OOD folder or image list is given as NAME=DIR, e.g. --ood {label}={name} (a bare "
+                f"name is a built-in set: {', '.join(builtins)})")
+    return None

@@ -23,6 +23,7 @@ files are checked first, then the download host is probed with a 3 s socket time
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,10 @@ import torch.nn.functional as F
 
 from clip_smot.common.bundled import IMAGENET_MEAN, IMAGENET_STD, imagenet200_wnids
 from clip_smot.common.device import physical_memory, seeded_cpu_rng
+from clip_smot.common.distributed import writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import is_folder
-from clip_smot.common.image_sets import image_set
+from clip_smot.common.image_sets import bare_ood_note, image_set
 from clip_smot.common.images import class_folders, list_images, load_image, refuse_loose_images
 from clip_smot.common.locks import file_lock
 from clip_smot.common.network import host_reachable as _reachable
@@ -378,6 +380,11 @@ def load_ood_set(name: str, where: str | None, input_size: int, data: str | None
     """
     if where is None:
         key = name.lower()
+        said = bare_ood_note(name, BUILTIN_OOD)
+        if said is not None and key not in BUILTIN_OOD:
+            raise UserError(said)
+        if said is not None and writes_outputs():
+            print(said, file=sys.stderr)
         if key not in BUILTIN_OOD:
             raise UserError(f"--ood {name}: not a built-in OOD set ({', '.join(BUILTIN_OOD)}); give {name}=DIR "
                             "for a folder")

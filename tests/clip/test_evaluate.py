@@ -280,19 +280,35 @@ def test_id_folder_wnids_map_to_prompt_classes(tmp_path):
     assert id_set(tmp_path / "in2", ["ostrich", "tench"]).labels == [1, 0]
 
 
-def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    """A bare --ood NAME is always the built-in set; where a folder of that name is here too (a
+    user's ./Textures, the MOS set's name) a note says which was read and how to give the folder,
+    in both tracks (the digits' textures were read silently). A path given without its NAME= is
+    refused with a NAME made from it (the advice was "give sets/ood=DIR": the path as the name)."""
     from clip_smot.clip import evaluate as clip_eval
     from clip_smot.resnet.data import load_ood_set
 
     monkeypatch.chdir(tmp_path)
+    assert len(load_ood_set("photos", None, 32).labels) == 300 and "note:" not in capsys.readouterr().err
     _img(tmp_path / "photos" / "mine.png")  # a user's folder that happens to be called photos
     builtin = Path(clip_eval._builtin_ood("photos", 32))
+    note = "note: --ood {} is the built-in set photos, not ./{}; give --ood {}={} for the folder of that name here\n"
+    assert capsys.readouterr().err == note.format(*["photos"] * 4)
     assert clip_eval._builtin_ood("PHOTOS", 32) == str(builtin)  # as the ResNet track, any case
     assert builtin.resolve() != (tmp_path / "photos").resolve() and len(list(builtin.iterdir())) > 1
     assert len(load_ood_set("photos", None, 32).labels) == 300  # the ResNet track's built-in too
+    assert capsys.readouterr().err == note.format(*["photos"] * 4)  # (no ./PHOTOS here: no note for it)
     assert len(load_ood_set("photos", "photos", 32).labels) == 1  # photos=photos: the folder
     with pytest.raises(UserError, match="--ood mine: not a built-in OOD set"):
         load_ood_set("mine", None, 32)
+    _img(tmp_path / "sets" / "ood" / "a.png")
+    for given, label in (("sets/ood", "ood"), ("sets/ood/", "ood"), ("sets", "sets")):
+        expected = (f"--ood {given}: an OOD folder or image list is given as NAME=DIR, e.g. --ood {label}={given} "
+                    "(a bare name is a built-in set: ")
+        for resolve in (lambda n: clip_eval._builtin_ood(n, 32), lambda n: load_ood_set(n, None, 32)):
+            with pytest.raises(UserError) as e:
+                resolve(given)
+            assert str(e.value).startswith(expected), str(e.value)
 
 
 def test_a_bare_id_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
