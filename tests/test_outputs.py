@@ -268,6 +268,32 @@ def test_score_out_never_replaces_an_image_it_was_not_given(tmp_path, tiny, tiny
     _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
               "--out", str(photos / "0.png"), str(photos / "1.png")], f"--out {photos / '0.png'}", tmp_path)
 
+@pytest.mark.parametrize("path, expected", [
+    ("msp", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
+    ("energy,", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,energy"),
+    ("photos/*.png", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): give "
+                     "the folder, or leave the pattern unquoted"),
+    ("photos/[01].png", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): "
+                        "give the folder, or leave the pattern unquoted"),
+])
+def test_a_missing_path_meant_as_a_score_or_a_pattern_says_so(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
+                                                              path, expected):
+    """`score --scores mcm msp photos/` took msp for a PATH ("PATH msp: no such file or folder"), and
+    a quoted 'photos/*.png' the shell did not expand was the same line: each now says what it
+    was taken for. A path that is there is read whatever its name."""
+    monkeypatch.chdir(tmp_path)
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    _images(tmp_path / "photos")
+    args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0", "--out",
+            str(tmp_path / "s.csv"), "--scores", "mcm"]
+    line = _refused([*args, path, "photos"], f"PATH {path}: ", tmp_path)
+    assert line == f"Error: PATH {path}: {expected}", line
+    if path == "msp":  # (a folder of that name is a folder to score)
+        _images(tmp_path / "msp", n=1)
+        res = CliRunner().invoke(cli, [*args, "msp"])
+        assert res.exit_code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 2, res.output
+
+
 @pytest.mark.parametrize("how", ["list", "root-list", "partial-list", "partial-image"])
 def test_score_out_and_its_partial_never_replace_a_list_or_an_image(tmp_path, tiny, tiny_clip_checkpoint, how):
     """score --out LIST.txt LIST.txt replaced the list with the CSV (lists were not among the inputs compared),

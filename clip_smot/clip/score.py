@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
 from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
-from clip_smot.clip.scorer import PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
+from clip_smot.clip.scorer import SCORE_NAMES, PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
 from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import (
@@ -108,6 +108,7 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     # every argument checked before anything is encoded; its files read one at a time, not kept,
     # but those that are an output's file (OUT.partial is written first, then renamed to OUT)
     targets = {key for target in (cfg.out, partial, run_file) if (key := file_key(target)) is not None}
+    _check_missing_paths(cfg.paths, cfg.scores)
     groups = _groups(cfg.paths)
     counts, images = [], []  # (the files of each group of arguments: where its chunks start)
     unlisted = [] if cfg.skip_unreadable else None  # shards that cannot be listed, skipped whole
@@ -136,6 +137,22 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     with writer_lock(cfg.out):  # (before OUT.partial is read: a second score there would mix its rows in)
         return _score(cfg, names, groups, counts, prompt_file, prompt_sha, weights, partial, header, run_file,
                       chunk, unlisted or [])
+
+
+def _check_missing_paths(paths: Sequence[str], scores: str | None) -> None:
+    """Refuse a PATH that is not there and was plainly meant as something else, saying what: a
+    score's name (``--scores mcm msp`` gives --scores "mcm" and a PATH "msp") or a pattern the
+    shell did not expand (``'photos/*.jpg'`` quoted: score expands no wildcards). Other missing
+    paths are named where they are listed."""
+    for p in paths:
+        if not isinstance(p, str) or os.path.lexists(p):
+            continue
+        if p.strip(",").lower() in SCORE_NAMES:
+            raise UserError(f"PATH {p}: no such file or folder; a score's name? --scores takes one comma-separated "
+                            f"value: --scores {scores or 'mcm'},{p.strip(',')}")
+        if any(c in os.path.basename(p) for c in "*?["):
+            raise UserError(f"PATH {p}: no such file or folder; a pattern the shell did not expand (score expands no "
+                            "wildcards): give the folder, or leave the pattern unquoted")
 
 
 def _score(cfg: ScoreConfig, names: list[str], groups: list[list[str]], counts: list[int], prompt_file: PromptFile,
