@@ -244,7 +244,41 @@ class _Path(click.Path):
             self.fail("an empty path (an unset shell variable?)", param, ctx)
         if isinstance(value, str) and "\0" in value:
             self.fail("a path holding a NUL byte, which no file name can", param, ctx)
+        if isinstance(value, str) and not self.dir_okay and os.path.isdir(value):
+            self.fail(self._a_folder(value, param, ctx), param, ctx)
+        if isinstance(value, str) and not self.file_okay and os.path.exists(value) and not os.path.isdir(value):
+            self.fail(f"{value} is a file; {_command(ctx)} writes a folder of files: give a folder's name"
+                      if param is not None and "--out" in param.opts else f"{value} is a file, not a folder", param, ctx)
         return super().convert(value, param, ctx)
+
+    @staticmethod
+    def _a_folder(value: str, param, ctx) -> str:
+        """The line for a folder given to a file flag: the run folder itself given for the file it
+        holds (``--prompt runs/fit1``), named; a folder given for score's or export's output file."""
+        flag, command = param.opts[0] if param is not None and param.opts else "", _command(ctx)
+        if flag == "--out":
+            made = {"score": "one CSV file", "export": "one prompt file"}.get(command, "one file")
+            example = {"score": "scores.csv", "export": "prompt.safetensors"}.get(command, "")
+            return (f"{value} is a folder; {command} writes {made}" +
+                    (f": give its name, e.g. {Path(value) / example}" if example else ""))
+        held = [f for f in _IN_A_FOLDER.get((command, flag), ()) if os.path.isfile(Path(value) / f)]
+        return f"{value} is a folder, not a file" + (f"; give the {held[0]} in it: {Path(value) / held[0]}"
+                                                     if held else "")
+
+
+# the file of a run folder that a file flag takes, by (command, flag): a folder given for the flag
+# (`--prompt runs/fit1`) is named with it
+_IN_A_FOLDER = {
+    ("score", "--prompt"): ("prompt.safetensors",), ("eval", "--prompt"): ("prompt.safetensors",),
+    ("eval", "--checkpoint"): ("model.safetensors",), ("export", "--checkpoint"): ("checkpoint.pt",),
+    ("fit", "--split"): ("split.txt",), ("eval", "--split"): ("split.txt",),
+    ("train", "--cam-model"): ("model.safetensors",),
+}
+
+
+def _command(ctx) -> str:
+    """The command being parsed (``score``), or ``clip-smot``."""
+    return ctx.command.name if ctx is not None and ctx.command is not None and ctx.command.name else "clip-smot"
 
 
 class _Text(click.ParamType):

@@ -972,15 +972,47 @@ def test_a_file_flag_given_a_folder_and_a_folder_flag_given_a_file_are_one_line(
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("mine")
     for argv, line in (
-            (["export", "--checkpoint", "folder", "--out", "p"], "'--checkpoint': File 'folder' is a directory."),
-            (["score", "--prompt", "folder", "--out", "s.csv", "x"], "'--prompt': File 'folder' is a directory."),
-            (["score", "--prompt", "p.safetensors", "--out", "folder", "x"], "'--out': File 'folder' is a directory."),
-            (["fit", "--out", "file", "--dry-run"], "'--out': Directory 'file' is a file."),
-            (["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--out", "file"], "'--out': Directory 'file' is a file.")):
+            (["export", "--checkpoint", "folder", "--out", "p"], "'--checkpoint': folder is a folder, not a file"),
+            (["score", "--prompt", "folder", "--out", "s.csv", "x"], "'--prompt': folder is a folder, not a file"),
+            (["score", "--prompt", "p.safetensors", "--out", "folder", "x"],
+             "'--out': folder is a folder; score writes one CSV file: give its name, e.g. folder/scores.csv"),
+            (["export", "--checkpoint", "file", "--out", "folder"],
+             "'--out': folder is a folder; export writes one prompt file: give its name, e.g. folder/prompt.safetensors"),
+            (["fit", "--out", "file", "--dry-run"], "'--out': file is a file; fit writes a folder of files: give a "
+                                                    "folder's name"),
+            (["eval", "--zero-shot", "--id", "x", "--ood", "a=b", "--out", "file"],
+             "'--out': file is a file; eval writes a folder of files: give a folder's name"),
+            (["reproduce", "table8", "--imagenet", "file", "--out", "r"], "'--imagenet': file is a file, not a folder")):
         res = CliRunner().invoke(cli, argv)
         assert res.exit_code == 1 and res.output == f"Error: Invalid value for {line}\n", (argv, res.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
     assert list((tmp_path / "folder").iterdir()) == [] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_folder_given_for_the_file_it_holds_is_named_with_that_file(tmp_path, monkeypatch):
+    """`--prompt runs/fit1` (the run folder for its prompt) was click's "File 'runs/fit1' is a
+    directory."; the line now names the file of the run that the flag takes, where the folder has
+    it (a folder without it: "a folder, not a file")."""
+    monkeypatch.chdir(tmp_path)
+    fit, train = tmp_path / "fit1", tmp_path / "tr1"
+    for folder, names in ((fit, ("prompt.safetensors", "checkpoint.pt", "split.txt")), (train, ("model.safetensors",))):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"x")
+    for argv, flag, file in (
+            (["score", "--prompt", "fit1", "--out", "s.csv", "x"], "--prompt", fit / "prompt.safetensors"),
+            (["eval", "--prompt", "fit1", "--id", "x", "--out", "e"], "--prompt", fit / "prompt.safetensors"),
+            (["eval", "--checkpoint", "tr1", "--id", "x", "--out", "e"], "--checkpoint", train / "model.safetensors"),
+            (["export", "--checkpoint", "fit1", "--out", "p.safetensors"], "--checkpoint", fit / "checkpoint.pt"),
+            (["fit", "--split", "fit1", "--out", "r", "--dry-run"], "--split", fit / "split.txt"),
+            (["train", "--cam-model", "tr1", "--out", "r"], "--cam-model", train / "model.safetensors")):
+        res = CliRunner().invoke(cli, argv)
+        given = argv[argv.index(flag) + 1]
+        expected = f"Error: Invalid value for '{flag}': {given} is a folder, not a file; give the {file.name} in it: {file}\n"
+        assert res.exit_code == 1 and res.output.replace(str(tmp_path) + "/", "") == expected.replace(
+            str(tmp_path) + "/", ""), (argv, res.output)
+    res = CliRunner().invoke(cli, ["score", "--prompt", "tr1", "--out", "s.csv", "x"])  # (no prompt in it)
+    assert res.output == "Error: Invalid value for '--prompt': tr1 is a folder, not a file\n"
 
 
 def test_score_takes_every_path_given_and_needs_at_least_one(monkeypatch):

@@ -254,7 +254,7 @@ def test_score_out_never_replaces_the_model_files(tmp_path, tiny, tiny_clip_conf
         out.symlink_to(prompt)
     expected = {"found-checkpoint": "is the checkpoint file found by name itself", "model-json": "is the --model file",
                 "pretrained": "is the --pretrained file itself", "prompt-symlink": "is the --prompt file itself",
-                "folder": "is a directory"}[target]
+                "folder": "is a folder; score writes one CSV file"}[target]
     _refused([*args, "--out", str(out), str(_images(tmp_path / "photos"))], expected, tmp_path)
 
 
@@ -432,7 +432,7 @@ def test_export_out_never_replaces_what_it_reads(tmp_path, tiny_clip_config, tar
         args += ["--model", shutil.copy(tiny_clip_config, out)]
     expected = {"checkpoint-symlink": "is the --checkpoint file itself", "config": "is the run's config.json itself",
                 "split": "is the run's split.txt itself", "model-flag": "is the --model file itself",
-                "runs-model": "is the run's --model file itself", "folder": "is a directory"}[target]
+                "runs-model": "is the run's --model file itself", "folder": "is a folder; export writes one prompt file"}[target]
     _refused([*args, "--out", str(out)], expected, tmp_path)
 
 
