@@ -1445,6 +1445,29 @@ def test_image_lists_as_paths_score_their_files_in_list_order(tmp_path, tiny, ti
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "x/y/1.jpg does not exist" in res.output
 
 
+def test_the_csv_does_not_depend_on_the_decoding_workers(tmp_path, tiny, tiny_clip_checkpoint):
+    """--workers says where images are decoded, not what is scored: 0 (in the main process) and 2
+    (DataLoader processes, kept from chunk to chunk) give the same CSV byte for byte, rows in the
+    list's order (not sorted: the list is written out of order), each image in the same batch."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    id_dir, ood_dir = make_folders(tmp_path, n_per_class=2, n_ood=3)
+    names = ["val/red/1.png", "val/blue/0.png", "val/green/1.png", "val/red/0.png", "val/blue/1.png",
+             "val/green/0.png"]
+    (id_dir / "list.txt").write_text("\n".join(names) + "\n")
+    csvs = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}.csv"
+        res = CliRunner().invoke(cli, ["score", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained",
+                                       tiny_clip_checkpoint, "--scores", "mcm,energy,gl-mcm", "--batch-size", "2",
+                                       "--workers", workers, "--no-cache", "--out", str(out),
+                                       str(id_dir / "list.txt"), str(ood_dir)])
+        assert res.exit_code == 0, res.output
+        csvs.append(out.read_bytes())
+    assert [r["path"] for r in read_csv(tmp_path / "w0.csv")] == (
+        [str(id_dir / n) for n in names] + [str(ood_dir / "x" / "y" / f"{k}.jpg") for k in range(3)])
+    assert csvs[1] == csvs[0]
+
+
 def _score_run(tmp_path, ckpt, ids, out, **kw):
     from clip_smot.clip.score import ScoreConfig, run_score
 
