@@ -444,6 +444,22 @@ def test_split_reuse_gives_the_same_files(one_epoch, fit_args, tmp_path):
     assert config["run"]["cam_model"] is None  # plain CoOp needs no CAM network
 
 
+def test_the_decoding_threads_do_not_change_the_run(one_epoch, fit_args, tmp_path):
+    """--workers says how many threads decode the split (docs/fit.md), not what is learned
+    (reproduce lets it change between runs): 3 threads give one_epoch's context and text features
+    bit for bit, its split and a config.json that differs in --out and --workers alone."""
+    out = tmp_path / "threads"
+    res = CliRunner().invoke(cli, fit_args(out, "--workers", "3"))
+    assert res.exit_code == 0, res.output
+    assert (out / "split.txt").read_bytes() == (one_epoch / "split.txt").read_bytes()
+    ours, theirs = load_prompt(out / "prompt.safetensors"), load_prompt(one_epoch / "prompt.safetensors")
+    assert torch.equal(ours.ctx, theirs.ctx) and torch.equal(ours.text_features, theirs.text_features)
+    config, first = (json.loads((o / "config.json").read_text()) for o in (out, one_epoch))
+    assert (config.pop("workers"), first.pop("workers")) == (3, 0)
+    assert (config.pop("out"), first.pop("out")) == (str(out), str(one_epoch))
+    assert config == first  # (the images' SHA-256 among them: the files in the split's order)
+
+
 def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args, tmp_path):
     """A --split made on other data (a subset of these classes, in the same order) was taken
     silently: the prompt then holds classes that nothing was trained on."""
