@@ -181,8 +181,9 @@ def test_prompt_features_and_logits_match_open_clip(one_epoch, tiny_clip_config,
 
 @pytest.mark.parametrize("record", ["today", "no activation"])
 def test_export_reproduces_the_prompt(one_epoch, tmp_path, record):
-    """The run's prompt again; also from a checkpoint written before a run's CLIP record named its
-    activation (before 2026-12-03: the model config's is the run's)."""
+    """The run's prompt again, byte for byte (README: the same prompt gives the same bytes); also
+    from a checkpoint written before a run's CLIP record named its activation (before 2026-12-03:
+    the model config's is the run's)."""
     run = one_epoch
     if record == "no activation":
         run = shutil.copytree(one_epoch, tmp_path / "run")
@@ -194,6 +195,8 @@ def test_export_reproduces_the_prompt(one_epoch, tmp_path, record):
     assert "note:" not in res.output  # epoch 1 of the run's 1: no unfinished run's note
     a, b = load_prompt(one_epoch / "prompt.safetensors"), load_prompt(tmp_path / "again.safetensors")
     assert torch.equal(a.ctx, b.ctx) and torch.equal(a.text_features, b.text_features)
+    if record == "today":  # (every metadata field too: the weights' name, the model, the checksums)
+        assert (tmp_path / "again.safetensors").read_bytes() == (one_epoch / "prompt.safetensors").read_bytes()
     if record == "no activation":  # (the prompt keeps the run's record as it is)
         a.config["run"]["clip"].pop("activation")
     assert a.classnames == b.classnames and a.config == b.config
