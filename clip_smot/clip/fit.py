@@ -859,7 +859,7 @@ def _export(ctx: torch.Tensor, clip, classnames, cfg: FitConfig, config: dict, p
                         f"the context; its weights hold NaN or inf, or overflow; {path} not written")
     n_ctx = ctx.shape[-2]  # --ctx-init sets n_ctx to its token count
     save_prompt(path, ctx, text_features, clip.identity(), n_ctx, cfg.class_position, cfg.csc,
-                list(classnames), {**config, "run": {**config["run"], "epoch": epoch}})
+                list(classnames), rf.product_config({**config, "run": {**config["run"], "epoch": epoch}}))
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,9 @@ from clip_smot.common.files import (
     write_json,
 )
 
-__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "CheckpointError", "OtherFlags",
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "WHERE_IT_RAN", "CheckpointError", "OtherFlags",
            "append_log", "capture_rng", "check_config_beside", "check_new_run", "check_start", "explicit_fields",
-           "finished", "holds_its_values", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
+           "finished", "holds_its_values", "product_config", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
            "refuse_other_flags", "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
 
 CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
@@ -331,6 +331,20 @@ def check_start(out: str | Path, resume: bool, dry_run: bool, result: str) -> Pa
         advice = "pass --resume to continue it, or choose" if held[0] == CHECKPOINT else "choose"
         raise UserError(f"--out {out}: already holds a run ({held[0]}); {advice} another --out")
     return path
+
+
+# options that say where a run ran, not what it computed: the run's config.json records them, its
+# product (the prompt or model file) does not, so that the same computation redone with other
+# --workers or into another --out gives the same bytes (reproduce compares its stages' files by
+# SHA-256, and docs/reproduce.md lets them change between runs); the device, which can change the
+# numbers, is recorded as resolved (--device auto on a CPU is cpu)
+WHERE_IT_RAN = ("workers", "out")
+
+
+def product_config(config: dict) -> dict:
+    """``config`` (a run's, as its checkpoint keeps it) as the prompt or model file records it:
+    without :data:`WHERE_IT_RAN`."""
+    return {k: v for k, v in config.items() if k not in WHERE_IT_RAN}
 
 
 # keys that every config.json of a command's run holds (since its first version): a new run starts

@@ -834,7 +834,8 @@ def _export(cfg: TrainConfig, run: _Training, device: torch.device, rank: int, w
                "param_checksum_per_rank": [float(s.item()) for s in sums],
                "model": str(out / "model.safetensors")}
     if rank == 0:
-        save_model(out / "model.safetensors", run.model, config=dataclasses.asdict(cfg), **run.meta)
+        config = rf.product_config({**dataclasses.asdict(cfg), "device": str(device)})  # (as resolved, as config.json)
+        save_model(out / "model.safetensors", run.model, config=config, **run.meta)
         write_json(summary, out / "summary.json")
     return summary
 

@@ -463,22 +463,20 @@ def test_the_decoding_threads_do_not_change_the_run(one_epoch, fit_args, tmp_pat
     assert config == first  # (the images' SHA-256 among them: the files in the split's order)
 
 
-@pytest.mark.xfail(strict=True, reason="the prompt's config metadata records --workers (a run-control option), so "
-                   "the same fit redone with other decoding threads gives the same tensors in other bytes, and "
-                   "reproduce refuses the evaluations of its prompt as made from a prompt 'changed since' "
-                   "(docs/reproduce.md: --workers may change between runs)")
 def test_a_fit_redone_with_other_decoding_threads_writes_the_same_prompt_bytes(fit_args, tmp_path):
     """docs/reproduce.md: --workers says where a stage runs, not what it computes, and may change
     between runs; a fit redone (its folder removed) that gives the same bytes keeps the
     evaluations of its prompt. Its tensors are the same bit for bit with 0 or 3 decoding threads
-    (test_the_decoding_threads_do_not_change_the_run); so should the file be."""
-    out, made = tmp_path / "run", []
-    for workers in ("0", "3"):
+    (test_the_decoding_threads_do_not_change_the_run), or into another --out; so is the file: its
+    config records neither (the run's config.json does)."""
+    made = []
+    for workers, out in (("0", tmp_path / "run"), ("3", tmp_path / "run"), ("0", tmp_path / "elsewhere")):
         shutil.rmtree(out, ignore_errors=True)
         res = CliRunner().invoke(cli, fit_args(out, "--workers", workers))
         assert res.exit_code == 0, res.output
         made.append((out / "prompt.safetensors").read_bytes())
-    assert made[1] == made[0]
+        assert json.loads((out / "config.json").read_text())["workers"] == int(workers)
+    assert made[1] == made[0] and made[2] == made[0]
 
 
 def test_a_split_without_some_classes_of_the_data_is_a_note(one_epoch, fit_args, tmp_path):

@@ -1542,10 +1542,6 @@ def test_resume_refuses_fewer_epochs_than_the_run_has(folders, tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="model.safetensors' config metadata records --workers and --device as given "
-                   "(run-control options), so the same training redone with other workers, or --device auto for "
-                   "cpu, gives the same weights in other bytes; reproduce compares a stage's model by SHA-256 "
-                   "(docs/reproduce.md: --device and --workers may change between runs)")
 @pytest.mark.parametrize("other", [["--workers", "2"], ["--device", "auto"]])
 def test_a_training_redone_with_other_run_control_writes_the_same_model_bytes(folders, tmp_path, other):
     """docs/reproduce.md: --device and --workers say where a stage runs, not what it computes, and
