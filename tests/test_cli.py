@@ -792,6 +792,32 @@ def test_a_full_stdout_raised_outside_click_echo_is_the_one_line_and_other_error
         os.close(null)
 
 
+def test_an_os_error_raised_as_a_ctrl_c_unwinds_is_the_interrupted_line(capsys):
+    """A Ctrl-C that a command's clean-up turns into an OSError as it unwinds (a file closed or
+    removed on the way out fails, with its name): the line is "Error: interrupted", exit 130, as
+    for the Ctrl-C itself, not the OSError's line naming the file, exit 1."""
+    import errno
+    import os
+    import signal
+
+    from clip_smot.cli import _Group
+
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    @group.command()
+    def stopped():
+        try:
+            signal.raise_signal(signal.SIGINT)  # (Python's handler, as the group installs it: KeyboardInterrupt)
+        except KeyboardInterrupt:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), "scores.csv") from None
+
+    with pytest.raises(SystemExit) as e:
+        group.main(["stopped"], prog_name="clip-smot")
+    assert e.value.code == 130 and capsys.readouterr().err == "Error: interrupted\n"
+
+
 def test_a_memory_limit_too_low_for_torch_is_one_line(tmp_path):
     """Under a limit on the address space (`ulimit -v`, RLIMIT_AS: a batch system's memory limit)
     too low for torch's libraries to be mapped (here 512 MiB), every command, --version too, ended
