@@ -2744,6 +2744,21 @@ def test_rows_interrupted_by_ctrl_c_are_cut_back_and_the_interrupt_goes_on(tmp_p
     assert partial.read_text() == "path,class,class_index,mcm\n"
 
 
+def test_rows_whose_partial_cannot_be_opened_are_one_line(tmp_path):
+    """OUT.partial that cannot be opened to append a chunk (replaced by a folder meanwhile): the
+    one line of a failed write, with nothing to cut back (no size was read), not a TypeError from
+    cutting the file to a size it never had."""
+    import clip_smot.clip.score as score
+
+    partial = tmp_path / "s.csv.partial"
+    partial.mkdir()
+    with pytest.raises(UserError) as e:
+        score._append(partial, "a.png,red,0,0.5\n")
+    assert str(e.value) == (f"--out {partial}: cannot be written (Is a directory); the rows before are kept: once "
+                            "that is put right, the same command with --resume finishes it")
+    assert partial.is_dir() and not any(partial.iterdir())
+
+
 def test_a_partial_that_cannot_be_read_on_resume_is_one_line(tmp_path, monkeypatch):
     import clip_smot.clip.score as score
 
