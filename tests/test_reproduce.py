@@ -418,6 +418,32 @@ def test_a_stage_whose_command_stopped_at_once_runs_again_with_other_options(tmp
         run_reproduce("table8", dataclasses.replace(options, shots=4), fake, dry_run=True, echo=lambda line: None)
 
 
+def test_a_stage_whose_command_wrote_no_final_file_is_not_vouched_for_and_runs_again(tmp_path):
+    """A stage whose command ended well but left no final file (an eval's metrics.json: a run
+    callable of the API's caller that skipped it) has nothing to vouch for: its record keeps
+    "made" null, not a traceback from hashing a file that is not there, and the next reproduce
+    runs that stage again, not the fits that wrote theirs."""
+    from clip_smot.reproduce import RECORD, run_reproduce
+
+    out, ran = tmp_path / "o", []
+    options, fake = _table8_fakes(tmp_path, ran, {})
+
+    def evals_write_nothing(argv):
+        if argv[0] == "eval":
+            ran.append(Path(argv[argv.index("--out") + 1]).name)
+            return
+        fake(argv)
+
+    run_reproduce("table8", options, evals_write_nothing, echo=lambda line: None)
+    evals = ["eval-mcm", "eval-coop", "eval-smot"]
+    assert ran == ["fit-smot", "fit-coop", *evals]
+    assert [json.loads((out / name / RECORD).read_text())["made"] for name in evals] == [None, None, None]
+    assert json.loads((out / "fit-smot" / RECORD).read_text())["made"] == hashlib.sha256(b"0").hexdigest()
+    ran.clear()
+    run_reproduce("table8", options, fake, echo=lambda line: None)
+    assert ran == evals
+
+
 def test_a_refused_stage_folder_names_the_command_it_holds_and_the_folder_to_remove(tmp_path):
     """The line shows the command line the folder's record holds beside this stage's (the
     user tells from them which option differs), and names the stage's folder to remove, not OUT
