@@ -2494,6 +2494,20 @@ def test_a_fit_checkpoint_holding_a_tensor_for_an_option_is_no_traceback(tmp_pat
     assert ran == []
 
 
+@pytest.mark.parametrize("config", ["lr", ["lr"], None])
+def test_a_fit_checkpoint_whose_config_is_no_object_is_left_to_the_fits_resume(tmp_path, config):
+    """A fit-smot checkpoint.pt whose "config" is no object (a string, a list, null: not one of
+    fit's) is not compared with the stage's options, no traceback from indexing it by an
+    option's name: the stage is resumed from it, and fit's own --resume names what is wrong."""
+    from clip_smot.reproduce import run_reproduce
+
+    options, fake, ran, out = _table8_killed_as_the_fit_started(tmp_path)
+    torch.save({"epoch": 1, "config": config}, out / "fit-smot" / "checkpoint.pt")
+    calls = []
+    run_reproduce("table8", options, lambda argv: (calls.append(argv), fake(argv)), echo=lambda line: None)
+    assert calls[0][:2] == ["fit", "--data"] and calls[0][-1] == "--resume" and len(calls) == 5
+
+
 def test_a_training_begun_by_hand_in_a_stages_folder_while_reproduce_runs_is_not_resumed(tmp_path, monkeypatch):
     """A user's own `train --lr 0.05 --out OUT/train-logitnorm`, begun while reproduce ran the
     stages before it and stopped (its checkpoint there, no record: the folders were checked before
