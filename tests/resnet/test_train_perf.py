@@ -260,6 +260,29 @@ def test_an_epoch_stops_after_max_steps_and_at_a_non_finite_loss_only_when_asked
     assert epoch(0.0, check_every=1, stop_on_nan=False) == (3, 20, False)  # (DDP: every rank takes every step)
 
 
+def test_an_epochs_bar_shows_the_running_loss_read_back(monkeypatch):
+    """On a terminal the epoch's bar shows the running loss at each read-back: a network whose
+    logits are all 0 (zero weights, lr 0) has the cross-entropy ln K at every step, ln 10 =
+    2.302585..., shown as loss=2.3026."""
+    import contextlib
+    import io
+    import sys
+
+    class Terminal(io.StringIO):  # (the bar draws only on a terminal)
+        def isatty(self):
+            return True
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * S * S, K))
+    torch.nn.init.zeros_(model[1].weight)
+    torch.nn.init.zeros_(model[1].bias)
+    parts = StepParts("ce", mean=torch.full((1, 3, 1, 1), 0.5), std=torch.full((1, 3, 1, 1), 0.25))
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    stats = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), _batches(), 0, parts,
+                        contextlib.nullcontext(), seed=7, alpha=50.0, beta=20.0, n_samples=20, progress=True,
+                        check_every=2)
+    assert stats["steps"] == 3 and "loss=2.3026" in sys.stderr.getvalue(), sys.stderr.getvalue()
+
+
 def test_fused_sgd_gives_the_plain_sgd_weights():
     model, parts, x, y, t = _setup()
     other = copy.deepcopy(model)
