@@ -654,6 +654,32 @@ def test_a_run_killed_before_its_first_checkpoint_is_started_over_with_a_log_of_
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1]
 
 
+def test_an_epoch_is_the_mean_of_its_step_losses_and_its_bar_shows_every_20th(monkeypatch):
+    """One epoch of 20 images in batches of 1 (20 steps) whose step losses are 0, 1/8, ..., 19/8:
+    the epoch's loss is their mean, 190/8/20 = 1.1875; on a terminal its bar shows the loss of
+    every 20th step, here the last, loss=2.3750, beside the learning rate."""
+    import io
+    import sys
+
+    from clip_smot.clip import fit
+
+    class Terminal(io.StringIO):  # (the bar draws only on a terminal)
+        def isatty(self):
+            return True
+
+    ctx = torch.nn.Parameter(torch.zeros(3))
+    training = fit._Training(ctx, torch.optim.SGD([ctx], lr=0.002), None,
+                             {"data_gen": torch.Generator().manual_seed(0), "aug_gen": torch.Generator().manual_seed(0)})
+    losses = iter(torch.arange(20, dtype=torch.float32) / 8)
+    training.step = lambda x, cams, y: next(losses)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    mean = fit._epoch(FitConfig(), 0, training, torch.zeros(20, 3, 8, 8, dtype=torch.uint8),
+                      torch.zeros(20, dtype=torch.long), None, torch.zeros(1), 8, 1, {}, False)
+    assert mean == 1.1875
+    assert "loss=2.3750, lr=0.002" in sys.stderr.getvalue(), sys.stderr.getvalue()
+    assert "loss=0.0000" not in sys.stderr.getvalue()
+
+
 def test_a_resumed_run_goes_on_with_the_schedule_of_its_epochs(fit_args, tmp_path, monkeypatch):
     """Killed after epoch 1 of 3 (1 warm-up epoch, --lr 0.05): the epochs after the resume run at
     CoOp's cosine lr of their own epoch, written out by hand (not restarted from epoch 1's)."""
