@@ -951,6 +951,32 @@ def test_an_io_error_looking_past_the_end_for_data_is_one_line(tmp_path, monkeyp
     assert str(e.value) == f"PATH {shard}: not a readable uncompressed tar shard ([Errno 5] Input/output error)"
 
 
+def test_a_file_system_that_tells_no_holes_is_read_past_the_end(tmp_path, monkeypatch):
+    """lseek(SEEK_DATA) failing with EINVAL (a file system that tells no holes) is no error: the
+    zeros after the end-of-archive blocks are read instead, and data after them is still found."""
+    import errno
+    import os
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        _add(tar, "a.jpg", b"image")
+    size = shard.stat().st_size
+    lseek, asked = os.lseek, []
+
+    def no_holes(fd, pos, how):
+        if how == os.SEEK_DATA:
+            asked.append(pos)
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return lseek(fd, pos, how)
+
+    monkeypatch.setattr(shards.os, "lseek", no_holes)
+    assert shards.list_members(shard) == [f"{shard}::a.jpg"] and asked
+    with open(shard, "ab") as f:  # one byte after the zeros: another tar's start, say
+        f.write(b"x")
+    with pytest.raises(UserError, match=rf"data follows its end-of-archive blocks at byte {size}: two tars"):
+        shards.list_members(shard)
+
+
 def test_an_image_path_that_cannot_be_read_is_one_line_naming_it(tmp_path):
     """A path there but not readable as a file (a folder listed as an image) is not said to be
     missing: the line names it and the reason."""
