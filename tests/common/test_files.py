@@ -1431,17 +1431,32 @@ def test_a_safetensors_save_killed_mid_write_leaves_nothing_the_next_run_does_no
     assert sorted(os.listdir(tmp_path)) in ([], ["model.safetensors"])
 
 
-def test_a_folder_of_a_user_under_a_safetensors_writes_name_is_left_as_it_is(tmp_path):
+def test_a_folder_of_a_user_under_a_safetensors_writes_name_is_left_as_it_is(tmp_path, monkeypatch):
     """remove_stale_temporaries removes the folder of a safetensors write killed mid-way with what
-    safetensors left in it, and no folder under such a name holding anything else."""
+    safetensors left in it, and no folder under such a name holding anything else, nor one it
+    cannot list (another user's, unreadable: what it holds is not known; root reads any folder,
+    so the listing's refusal is made here)."""
     ours, theirs = tmp_path / ".model.safetensors.abc123.tmp", tmp_path / ".model.safetensors.def456.tmp"
+    unlisted = tmp_path / ".model.safetensors.0aa000.tmp"
     ours.mkdir()
     (ours / ".tmpA1b2C3").write_bytes(b"half")
     theirs.mkdir()
     (theirs / ".tmpA1b2C3").write_bytes(b"half")
     (theirs / "notes.txt").write_text("a user's file")
+    unlisted.mkdir()
+    from pathlib import Path
+
+    iterdir = Path.iterdir
+
+    def refused(self):
+        if self == unlisted:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
     files.remove_stale_temporaries(tmp_path, ("model.safetensors",))
-    assert os.listdir(tmp_path) == [theirs.name] and sorted(os.listdir(theirs)) == [".tmpA1b2C3", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == sorted([theirs.name, unlisted.name])
+    assert sorted(os.listdir(theirs)) == [".tmpA1b2C3", "notes.txt"]
 
 
 def test_stale_temporaries_are_found_by_names_holding_glob_characters(tmp_path):
