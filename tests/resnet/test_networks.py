@@ -30,6 +30,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(arch, feat_dim):
     logits = model.forward_head(feats)
     assert logits.shape == (4, 10)
     torch.testing.assert_close(logits, model(x))
+    pooled = model.forward_penultimate(x)  # (forward_head takes pooled features [B, C] too, as they are)
+    torch.testing.assert_close(model.forward_head(pooled), pooled @ model.fc.weight.t() + model.fc.bias)
+    torch.testing.assert_close(model.forward_head(pooled), logits)
     assert model.get_classifier() is model.fc
     logits.sum().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
