@@ -176,10 +176,18 @@ def test_a_prompts_pretrained_name_is_a_tag_only_where_open_clip_lists_it(model,
     assert is_pretrained_tag(model, tag) is known
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix):
+# a zip's end record alone, pointing at a central directory of one entry that is not there: zipfile.is_zipfile
+# says zip (it looks at the end record only), zipfile.ZipFile refuses it ("Bad offset for central directory")
+_ZIP_END_ALONE = b"junk" + b"PK\x05\x06" + (0).to_bytes(4, "little") + (1).to_bytes(2, "little") * 2 + \
+    (46).to_bytes(4, "little") + (0).to_bytes(4, "little") + (0).to_bytes(2, "little")
+
+
+@pytest.mark.parametrize("suffix, data", [(".safetensors", b"not a checkpoint at all"),
+                                          (".pt", b"not a checkpoint at all"), (".pt", _ZIP_END_ALONE)])
+def test_damaged_checkpoint_file_is_one_line(tiny_clip_config, tmp_path, suffix, data):
     bad = tmp_path / f"weights{suffix}"
-    bad.write_bytes(b"not a checkpoint at all")
+    bad.write_bytes(data)
+    assert zipfile.is_zipfile(bad) == (data == _ZIP_END_ALONE)
     with pytest.raises(UserError, match=rf"--pretrained {bad}: could not load the weights") as info:
         load_clip(tiny_clip_config, str(bad))
     assert "\n" not in str(info.value)
