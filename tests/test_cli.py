@@ -326,6 +326,23 @@ def test_a_command_runs_from_a_thread_other_than_the_main_one(monkeypatch):
     thread.join(timeout=60)
     assert got[0].exit_code == 0 and got[0].exception is None and got[0].output == "", got[0].output
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the console script's main too: the handler for a Ctrl-C after the command is the main thread's to set
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["clip-smot", "--version"])
+    ended = []
+
+    def run_main():
+        try:
+            cli_module.main()
+        except BaseException as e:  # noqa: BLE001 (click's SystemExit; anything else fails below)
+            ended.append(e)
+
+    thread = threading.Thread(target=run_main)
+    thread.start()
+    thread.join(timeout=60)
+    assert len(ended) == 1 and isinstance(ended[0], SystemExit) and ended[0].code == 0, ended
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_in_a_reproduce_stage_says_to_rerun_reproduce(monkeypatch, tmp_path):
