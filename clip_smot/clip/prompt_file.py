@@ -45,7 +45,7 @@ from clip_smot.clip.config_checks import check_config_file
 from clip_smot.clip.model import ACTIVATIONS, builtin_model, config_activation, count_tokens
 from clip_smot.common.device import physical_memory
 from clip_smot.common.errors import UserError
-from clip_smot.common.file_kinds import check_kind
+from clip_smot.common.file_kinds import check_kind, unsupported_version
 from clip_smot.common.files import (
     atomic_save_safetensors,
     checksum_mismatch,
@@ -205,7 +205,8 @@ def _read(path: str, f) -> PromptFile:
     if meta["format"] != FORMAT:
         raise UserError(f"--prompt {path}: not a clip-smot prompt (format {meta['format']!r})")
     if meta["format_version"] != FORMAT_VERSION:
-        raise UserError(f"--prompt {path}: format version {meta['format_version']} is not supported (this is {FORMAT_VERSION})")
+        raise UserError(f"--prompt {path}: " + unsupported_version("prompt", meta["format_version"], FORMAT_VERSION,
+                                                                  meta.get("library_version")))
     try:  # hand-edited or foreign metadata: one line naming the file, not a traceback
         classnames = parse_json(meta["classnames"])
         model_config = parse_json(meta["model_config"])

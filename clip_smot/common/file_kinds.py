@@ -13,7 +13,7 @@ from pathlib import Path
 from clip_smot.common.errors import UserError, first_line
 from clip_smot.common.files import is_file, parse_json, same_file
 
-__all__ = ["ARCHIVE_SLACK", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind", "check_replaced"]
+__all__ = ["ARCHIVE_SLACK", "archive_refusal", "FILE_KINDS", "file_kind", "check_kind", "check_replaced", "unsupported_version"]
 
 
 ARCHIVE_SLACK = 64 << 20  # unpacked bytes a torch archive may hold beyond its size (TorchScript's code)
@@ -333,3 +333,21 @@ def check_replaced(out: str | os.PathLike, flag: str, command: str, ours: str, s
     what = FILE_KINDS[kind] if kind is not None else "a file of something else"
     raise UserError(f"{flag} {out}: holds {what}, not {FILE_KINDS.get(ours, ours)}, and {command} would replace it; "
                     f"choose another {flag}, or remove that file first")
+
+
+def unsupported_version(what: str, found: str, reads: str, written_by: object) -> str:
+    """The reason a file's ``format_version`` ``found`` is refused where this clip-smot reads
+    ``reads``: a higher number was written by a newer clip-smot (``written_by``: the file's
+    ``library_version``, if it says one), which the user can upgrade to; any other is no
+    version that clip-smot writes."""
+    from clip_smot import __version__
+
+    try:
+        newer = int(found) > int(reads)
+    except (TypeError, ValueError):
+        newer = False
+    if not newer:
+        return f"{what} format version {found!r:.40} is not one clip-smot writes (this clip-smot {__version__} reads {reads})"
+    by = f" ({written_by})" if isinstance(written_by, str) and 0 < len(written_by) <= 40 else ""
+    return (f"{what} format version {found} is a newer clip-smot's{by}; this clip-smot {__version__} reads version "
+            f"{reads}: upgrade clip-smot to read it")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from clip_smot import __version__
 from clip_smot.common.errors import UserError, first_line
-from clip_smot.common.file_kinds import check_kind
+from clip_smot.common.file_kinds import check_kind, unsupported_version
 from clip_smot.common.files import (
     atomic_save_safetensors,
     checksum_mismatch,
@@ -391,8 +391,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     if missing:
         raise UserError(f"{flag} {path}: model file lacks metadata {', '.join(missing)}")
     if raw["format_version"] != MODEL_FORMAT_VERSION:
-        raise UserError(f"{flag} {path}: model format version {raw['format_version']} is not supported "
-                        f"(this version reads {MODEL_FORMAT_VERSION})")
+        raise UserError(f"{flag} {path}: " + unsupported_version("model", raw["format_version"], MODEL_FORMAT_VERSION,
+                                                                raw.get("library_version")))
     try:
         meta = {
             "arch": raw["arch"],

@@ -1,14 +1,18 @@
 import dataclasses
 import hashlib
 import json
+import re
 
 import pytest
 import torch
 from helpers import guarded_safe_open, safetensors_reads, save_safetensors_by_hand, write_sparse_safetensors
 from safetensors.torch import safe_open, save_file
 
+import clip_smot
 from clip_smot.clip.prompt_file import load_prompt, save_prompt, unfinished_note
 from clip_smot.common.errors import UserError
+
+_V = re.escape(clip_smot.__version__)  # (this clip-smot's version, as a refused file's line names it)
 
 IDENT = {
     "model": "clip-smot-tiny",
@@ -132,7 +136,10 @@ def test_malformed_metadata_is_one_line_user_error(tmp_path, key, value):
 BAD_CONTENTS = [  # (tensor or metadata key, new value, the error it must give)
     ("format", None, r"not a clip-smot prompt \(missing metadata format\)"),
     ("format", "something-else", "not a clip-smot prompt"),
-    ("format_version", "2", r"format version 2 is not supported \(this is 1\)$"),
+    ("format_version", "2", rf"prompt format version 2 is a newer clip-smot's \({_V}\); this clip-smot {_V} "
+                            r"reads version 1: upgrade clip-smot to read it$"),
+    ("format_version", "0", rf"prompt format version '0' is not one clip-smot writes \(this clip-smot {_V} reads 1\)$"),
+    ("format_version", "1.5", r"prompt format version '1\.5' is not one clip-smot writes"),
     ("classnames", "[1, 2, 3]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
     ("classnames", "[]", r"malformed metadata \(classnames must be a non-empty JSON list of strings"),
     ("class_position", "sideways", "malformed metadata"),
@@ -378,8 +385,8 @@ def test_a_config_from_a_file_may_not_name_a_hugging_face_tokenizer_or_model(tmp
     models that use one (SigLIP's tokenizer) still pass the shape check by name."""
     import open_clip
 
-    from clip_smot.clip.model import load_clip
     from clip_smot.clip.config_checks import check_model_config
+    from clip_smot.clip.model import load_clip
 
     config = {"embed_dim": 32, "vision_cfg": {}, "text_cfg": {key: str(tmp_path / "some_folder")}}
     _save(tmp_path / "p.safetensors", identity=dict(IDENT, model_config=json.dumps(config)))

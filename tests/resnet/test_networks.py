@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -7,10 +8,13 @@ from helpers import cam_resnet  # noqa: F401 (fixture)
 from helpers import safetensors_reads, save_safetensors_by_hand
 from safetensors.torch import save_file
 
+import clip_smot
 from clip_smot.cam import CAMProvider
 from clip_smot.cli import _ARCHS
 from clip_smot.common.errors import UserError
 from clip_smot.resnet.networks import NETWORKS, build_network, load_model, save_model
+
+_V = re.escape(clip_smot.__version__)  # (this clip-smot's version, as a refused file's line names it)
 
 
 def test_cli_choices_are_the_registry():
@@ -413,7 +417,10 @@ def test_a_wrapped_model_is_saved_with_plain_parameter_names(tmp_path, wrap):
 
 
 @pytest.mark.parametrize("changes, expected", [
-    ({"format_version": "2"}, r"model format version 2 is not supported \(this version reads 1\)$"),
+    ({"format_version": "2"}, rf"model format version 2 is a newer clip-smot's \({_V}\); this clip-smot {_V} reads "
+                              r"version 1: upgrade clip-smot to read it$"),
+    ({"format_version": "2", "library_version": "9.0.0"}, r"model format version 2 is a newer clip-smot's \(9\.0\.0\)"),
+    ({"format_version": "x"}, rf"model format version 'x' is not one clip-smot writes \(this clip-smot {_V} reads 1\)$"),
     ({"classnames": '["a", "b", "c", "d"]'}, r"inconsistent metadata \(num_classes 3, classnames: 4 entries"),
     ({"mean": "[0.1, 0.2]"}, r"mean and std: three finite numbers each"),
     ({"std": "[0.5, 0.5, 0.5, 0.5]"}, r"mean and std: three finite numbers each"),
