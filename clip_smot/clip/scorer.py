@@ -240,6 +240,21 @@ class PathScores:
     skipped: list[tuple[str, str]]
 
 
+def _load_other_model(p: PromptFile, model: str, weights: str, found: bool, device: torch.device):
+    """``load_clip(model, weights)`` for a prompt scored with another ``model`` than its own. Where
+    the weights are the prompt's own, found by name (no --pretrained given), and do not load into
+    ``model``, the line blames the --model given, not a --pretrained the user never typed."""
+    try:
+        return cm.load_clip(model, weights, device)
+    except UserError as e:
+        cause = str(e).partition(": could not load the weights (")[2]
+        if not found or not cause:
+            raise
+        raise UserError(f"--model {model}: {p.path} was made for {p.model}, whose weights (its {weights}, found by "
+                        f"name) do not load into {model} ({cause.removesuffix(')')}); leave --model out to use the "
+                        f"prompt's model, or give --pretrained weights of {model}") from None
+
+
 def resolve_pretrained(prompt: PromptFile) -> str:
     """The pretrained tag of the prompt, or its checkpoint file if it can be found nearby: a file
     of its name next to the prompt or in the current folder, with its SHA-256 (checkpoints of
@@ -359,7 +374,7 @@ class PromptScorer:
             plain_name(p.model, f"--prompt {p.path}: metadata 'model'", "pass --model")
             clip = cm.load_clip_for_prompt(p.model, p.model_config, weights, dev, p.activation, f"--prompt {p.path}")
         else:
-            clip = cm.load_clip(model, weights, dev)
+            clip = _load_other_model(p, model, weights, pretrained is None, dev)
         if p.check_model(clip.identity()):
             text, source = p.text_features, "stored text features"
         else:

@@ -347,6 +347,31 @@ def test_a_checkpoint_found_by_its_name_must_be_the_prompts_own(tmp_path, tiny, 
     assert PromptScorer.from_file(tmp_path / "p.safetensors", device="cpu").source == "stored text features"
 
 
+def test_another_model_for_the_weights_found_by_name_blames_the_model_given(tmp_path, tiny, tiny_clip_checkpoint):
+    """`score --model OTHER` without --pretrained: the prompt's own weights, found by name, do not
+    load into OTHER. The line named "--model OTHER --pretrained PATH", a --pretrained the user
+    never typed; it names the --model given, the prompt's model, and what to do instead."""
+    import json
+    import shutil
+
+    from conftest import TINY_CLIP_CONFIG
+
+    shutil.copy(tiny_clip_checkpoint, tmp_path / "tiny.safetensors")  # (the prompt's own, found by its name)
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    wider = tmp_path / "clip-smot-wider.json"
+    wider.write_text(json.dumps({**TINY_CLIP_CONFIG, "text_cfg": {**TINY_CLIP_CONFIG["text_cfg"], "width": 48}}))
+    with pytest.raises(UserError) as e:
+        PromptScorer.from_file(tmp_path / "p.safetensors", model=str(wider), device="cpu")
+    line = str(e.value)
+    assert line.startswith(f"--model {wider}: {tmp_path / 'p.safetensors'} was made for clip-smot-tiny, whose weights "
+                           f"(its {tmp_path / 'tiny.safetensors'}, found by name) do not load into {wider} ("), line
+    assert line.endswith(f"); leave --model out to use the prompt's model, or give --pretrained weights of {wider}")
+    with pytest.raises(UserError, match=r"^--model clip-smot-wider --pretrained .*tiny\.safetensors: could not load the "
+                                        r"weights \("):
+        PromptScorer.from_file(tmp_path / "p.safetensors", model=str(wider), device="cpu",
+                               pretrained=str(tmp_path / "tiny.safetensors"))  # (--pretrained given: named as given)
+
+
 def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
     from clip_smot.clip.prompt import text_features_from_prompt
     from clip_smot.clip.prompt_file import load_prompt
