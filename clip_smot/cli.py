@@ -522,7 +522,8 @@ def _run_stage(argv: list[str]) -> None:
 
 
 @cli.command(cls=_OneProcess, context_settings=_HELP)
-@click.argument("table", type=click.Choice(list(TABLES)))
+# (not required to click: its own line for a missing choice is several, with tabs, made one with escapes)
+@click.argument("table", type=click.Choice(list(TABLES)), required=False, metavar="TABLE")
 @_options(ReproduceOptions, *(f.name for f in dataclasses.fields(ReproduceOptions)))
 @click.option("--dry-run", is_flag=True, help="Print the clip-smot commands it would run; run nothing.")
 def reproduce(table, dry_run, **options) -> None:
@@ -531,7 +532,11 @@ def reproduce(table, dry_run, **options) -> None:
     Fits or trainings, then evaluations, each into OUT/<stage>/; a rerun skips finished stages
     and resumes an interrupted fit or training. Writes OUT/table.md and OUT/table.csv: the
     paper's numbers, ours and the difference.
+
+    TABLE is one of table1 ... table9.
     """
+    if table is None:
+        raise click.UsageError(f"Missing argument 'TABLE': one of {', '.join(sorted(TABLES))}")
     run_reproduce(table, ReproduceOptions(**options), _run_stage, dry_run=dry_run,
                   echo=lambda line: click.echo(one_line(line)))
 

@@ -1058,6 +1058,16 @@ def test_a_run_folder_given_for_the_file_it_holds_is_named_with_that_file(tmp_pa
     assert res.output == "Error: Invalid value for '--prompt': tr1 is a folder, not a file\n"
 
 
+def test_reproduce_without_a_table_names_the_tables_in_one_plain_line(tmp_path, monkeypatch):
+    """click's line for a missing choice argument holds newlines and tabs, which the one-line
+    error turned into \\u000a\\u0009 escapes: the tables are listed plainly now."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["reproduce", "--out", "r"])
+    assert res.exit_code == 1 and res.output == ("Error: Missing argument 'TABLE': one of table1, table2, table3, "
+                                                 "table4, table5, table6, table7, table8, table9\n"), res.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_score_takes_every_path_given_and_needs_at_least_one(monkeypatch):
     """PATHS: any number, each passed on as given, in order; none at all is a usage line."""
     import clip_smot.cli as cli_module
