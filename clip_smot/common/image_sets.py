@@ -111,7 +111,8 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
     Raises:
         UserError: a missing or binary list, a missing root, a malformed line, a path that leaves
             the root (absolute, or with ``..``), a listed file that does not exist (when the reading
-            reaches it); a list naming no images (at its end).
+            reaches it; where the path names a file of the current folder, the line says how to read
+            it from there); a list naming no images (at its end).
     """
     list_file, root = Path(list_file), Path(root)
     lines = text_lines(list_file, flag, "'relative/path label'", what="image-list file")
@@ -131,7 +132,11 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
             raise UserError(f"{flag} {list_file}:{n}: {parts[1]} after the path is an image's name, not a label: a "
                             "list holds one path a line (and a path holds no white space)")
         if leaves_root(parts[0]):  # (a list names files in its root only)
-            raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (absolute, or with '..')")
+            if os.path.isabs(parts[0]):  # (not "leaves the image root /": under the root / it would be; no list may)
+                raise UserError(f"{flag} {list_file}:{n}: {parts[0]} is an absolute path; a list names its images "
+                                f"relative to its image root ({root}): write them so, and give their folder as "
+                                "ROOT::LIST.txt")
+            raise UserError(f"{flag} {list_file}:{n}: {parts[0]} leaves the image root {root} (with '..')")
         path = root / path_from_text(parts[0])
         st = path_stat(path, f"{flag} {list_file}:{n}:")
         if st is None or not stat.S_ISREG(st.st_mode):
@@ -140,6 +145,9 @@ def iter_image_list(list_file: str | os.PathLike, root: str | os.PathLike, flag:
                 what += " (a line's path and label are split at white space: a listed path holds none)"
             elif st is None and "\\" in parts[0]:  # (a list written on Windows: imgs\a.png)
                 what += f" (a backslash is no folder separator here: write {parts[0].replace(chr(92), '/')})"
+            elif st is None and os.path.lexists(path_from_text(parts[0])) and root.resolve() != Path.cwd().resolve():
+                what += (f" (the list's paths are read from its image root {root}; they name files of the current "
+                         f"folder: give that root before the list, .::{list_file})")
             raise UserError(f"{flag} {list_file}:{n}: {path} {what}")
         if is_shard(path):  # (read as one image: "unreadable", or with --skip-unreadable its images skipped)
             raise UserError(f"{flag} {list_file}:{n}: {path} is a tar shard; a list names image files (score takes a "

@@ -357,7 +357,7 @@ def test_an_id_train_set_is_named_by_its_flag_alone(tmp_path):
     cases = [(tmp_path / "gone", f"--id-train {tmp_path / 'gone'}: no such folder or image list"),
              (tmp_path / "empty", f"--id-train {tmp_path / 'empty'}: no image files found"),
              (tmp_path / "s.tar", f"--id-train {tmp_path / 's.tar'}: a tar shard"),
-             (tmp_path / "up.txt", f"--id-train {tmp_path / 'up.txt'}:1: ../a.png leaves the image root")]
+             (tmp_path / "up.txt", f"--id-train {tmp_path / 'up.txt'}:1: ../a.png leaves the image root {tmp_path} (with '..')")]
     for where, expected in cases:
         with pytest.raises(UserError, match="^" + re.escape(expected)):
             image_set("id-train", where, flag="--id-train")
@@ -501,8 +501,32 @@ def test_an_image_list_names_files_under_its_root_only(tmp_path, line):
     (root / "sub").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
     (root / "list.txt").write_text(f"# header\n{line} 3\n")
-    with pytest.raises(UserError, match=rf"^PATH {root / 'list.txt'}:2: {re.escape(line)} leaves the image root"):
+    what = (f"is an absolute path; a list names its images relative to its image root ({root}): write them so, and "
+            "give their folder as ROOT::LIST.txt" if line.startswith("/") else f"leaves the image root {root} (with '..')")
+    with pytest.raises(UserError, match=rf"^PATH {root / 'list.txt'}:2: {re.escape(line)} {re.escape(what)}$"):
         read_image_list(root / "list.txt", root, "PATH")
+
+
+def test_a_list_of_paths_from_the_current_folder_says_to_give_that_root(tmp_path, monkeypatch):
+    """lists/rel.txt naming sets/a.png, a path from the current folder: its paths are read from the
+    list's own folder (lists/), and the line said only that lists/sets/a.png does not exist; it says
+    how to read them from the current folder. A path missing from both is the plain line."""
+    from clip_smot.common.image_sets import read_image_list
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "lists").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "sets" / "a.png")
+    Path("lists/rel.txt").write_text("sets/a.png\n")
+    with pytest.raises(UserError) as e:
+        read_image_list(Path("lists/rel.txt"), Path("lists"), "PATH")
+    assert str(e.value) == ("PATH lists/rel.txt:1: lists/sets/a.png does not exist (the list's paths are read from its "
+                            "image root lists; they name files of the current folder: give that root before the list, "
+                            ".::lists/rel.txt)")
+    assert read_image_list(Path("lists/rel.txt"), Path("."), "PATH") == ([Path("sets/a.png")], [-1])
+    Path("lists/rel.txt").write_text("sets/b.png\n")
+    with pytest.raises(UserError, match=r"^PATH lists/rel.txt:1: lists/sets/b.png does not exist$"):
+        read_image_list(Path("lists/rel.txt"), Path("lists"), "PATH")
 
 
 def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
