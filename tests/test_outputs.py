@@ -294,6 +294,23 @@ def test_a_missing_path_meant_as_a_score_or_a_pattern_says_so(tmp_path, tiny, ti
         assert res.exit_code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 2, res.output
 
 
+def test_score_refuses_out_dash_and_a_list_named_as_another_tools(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """`--out -` wrote a file named "-" (a user wanting the CSV on standard output); a list named
+    paths.lst was read as one image ("unreadable or truncated image") and left a header-only
+    OUT.partial: both are one line now, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    _images(tmp_path / "photos")
+    (tmp_path / "paths.lst").write_text("photos/0.png\n")
+    args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0"]
+    line = _refused([*args, "--out", "-", "photos"], "--out -: ", tmp_path)
+    assert line == ("Error: --out -: score writes a CSV file (first as OUT.partial, which --resume continues), not to "
+                    "standard output; give a file name")
+    line = _refused([*args, "--out", "s.csv", "photos", "paths.lst"], "PATH paths.lst: ", tmp_path)
+    assert line == ("Error: PATH paths.lst: read as one image, which it is not; an image list's name ends in .txt (one "
+                    "path a line): rename it so")
+
+
 @pytest.mark.parametrize("how", ["list", "root-list", "partial-list", "partial-image"])
 def test_score_out_and_its_partial_never_replace_a_list_or_an_image(tmp_path, tiny, tiny_clip_checkpoint, how):
     """score --out LIST.txt LIST.txt replaced the list with the CSV (lists were not among the inputs compared),

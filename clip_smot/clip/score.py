@@ -108,7 +108,10 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
     # every argument checked before anything is encoded; its files read one at a time, not kept,
     # but those that are an output's file (OUT.partial is written first, then renamed to OUT)
     targets = {key for target in (cfg.out, partial, run_file) if (key := file_key(target)) is not None}
-    _check_missing_paths(cfg.paths, cfg.scores)
+    if os.fspath(cfg.out) == "-":  # (not a file named "-" in the current folder, written without a word)
+        raise UserError("--out -: score writes a CSV file (first as OUT.partial, which --resume continues), not to "
+                        "standard output; give a file name")
+    _check_paths(cfg.paths, cfg.scores)
     groups = _groups(cfg.paths)
     counts, images = [], []  # (the files of each group of arguments: where its chunks start)
     unlisted = [] if cfg.skip_unreadable else None  # shards that cannot be listed, skipped whole
@@ -139,12 +142,19 @@ def run_score(cfg: ScoreConfig, chunk: int = SCORE_CHUNK) -> list[tuple[str, str
                       chunk, unlisted or [])
 
 
-def _check_missing_paths(paths: Sequence[str], scores: str | None) -> None:
-    """Refuse a PATH that is not there and was plainly meant as something else, saying what: a
+_LIST_LIKE = (".lst", ".list", ".csv", ".tsv")  # (names of image lists elsewhere: read as one image, "unreadable")
+
+
+def _check_paths(paths: Sequence[str], scores: str | None) -> None:
+    """Refuse a PATH that was plainly meant as something else, saying what: a missing one that is a
     score's name (``--scores mcm msp`` gives --scores "mcm" and a PATH "msp") or a pattern the
-    shell did not expand (``'photos/*.jpg'`` quoted: score expands no wildcards). Other missing
-    paths are named where they are listed."""
+    shell did not expand (``'photos/*.jpg'`` quoted: score expands no wildcards), and a file named
+    as an image list of another tool (``paths.lst``: an image list's name ends in ``.txt``). Other
+    paths are checked where they are listed."""
     for p in paths:
+        if isinstance(p, str) and os.path.splitext(p)[1].lower() in _LIST_LIKE and os.path.isfile(p):
+            raise UserError(f"PATH {p}: read as one image, which it is not; an image list's name ends in .txt "
+                            "(one path a line): rename it so")
         if not isinstance(p, str) or os.path.lexists(p):
             continue
         if p.strip(",").lower() in SCORE_NAMES:
