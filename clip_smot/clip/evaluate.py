@@ -252,6 +252,9 @@ def _evaluate(cfg: ClipEvalConfig, names: list[str], inputs: list, read_folders:
     sets = [id_set(_builtin_id(cfg.id_data, size), scorer.classnames, prompt_folders=folders)]
     sets += [image_set(n, _builtin_ood(n, size) if w is None else w) for n, w in cfg.ood.items()]
     check_apart(sets[0].paths, [(s.name, s.paths) for s in sets[1:]])
+    if sets[0].labels is None and writes_outputs():  # (said before the encoding, not only in metrics.json)
+        print(f"note: --id {cfg.id_data}: no ID accuracy ({sets[0].note or 'the ID data has no class labels'})",
+              file=sys.stderr)
     recorded = config.get("data") if isinstance(config, dict) else None
     recorded = recorded if isinstance(recorded, str) else None  # (the file's: a number is no folder, nor a descriptor)
     # before that folder is read: an --out beside its class folders, made by the lock, would be read as a class

@@ -444,6 +444,28 @@ def test_zero_shot_refuses_a_class_folder_without_images(tmp_path, tiny_clip_con
     assert res.exit_code == 1 and "1 of its 3 class folders holds no images, e.g. n02085620:" in res.output
 
 
+def test_an_id_set_without_labels_is_said_before_the_encoding(tmp_path, tiny, tiny_clip_checkpoint):
+    """eval --prompt with an --id of images outside class folders ends well without an ID accuracy;
+    only metrics.json's id_accuracy_note said why. The note is on stderr too, once, before any
+    image is encoded; an --id of class folders gives none."""
+    make_prompt(tmp_path / "p.safetensors", tiny)
+    for k in range(3):
+        _img(tmp_path / "flat" / f"{k}.png", 10 * k)
+        _img(tmp_path / "ood" / f"{k}.png", 200 - 10 * k)
+    base = ["eval", "--prompt", str(tmp_path / "p.safetensors"), "--pretrained", tiny_clip_checkpoint, "--ood",
+            f"o={tmp_path / 'ood'}", "--workers", "0", "--no-cache"]
+    res = CliRunner().invoke(cli, [*base, "--id", str(tmp_path / "flat"), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    note = f"note: --id {tmp_path / 'flat'}: no ID accuracy ({tmp_path / 'flat'} holds images outside class folders)"
+    assert res.stderr.splitlines().count(note) == 1, res.stderr
+    report = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert "id_accuracy" not in report and report["id_accuracy_note"] == note.split("(", 1)[1][:-1]
+    for k, c in enumerate(CLASSES):
+        _img(tmp_path / "id" / c / f"{k}.png", 30 * k)
+    res = CliRunner().invoke(cli, [*base, "--id", str(tmp_path / "id"), "--out", str(tmp_path / "e2")])
+    assert res.exit_code == 0 and "no ID accuracy" not in res.stderr, res.output
+
+
 def test_zero_shot_with_pretrained_none_is_random_weights_not_openai(tmp_path, tiny_clip_config):
     """--zero-shot defaults --pretrained to openai only when it is not given: ``none`` is no
     weights (random, seeded), as for a prompt, and needs no download."""
