@@ -142,6 +142,21 @@ def test_losses_name_labels_outside_the_classes_of_another_shape_or_not_integers
         logitnorm_loss(torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([1])).item())
 
 
+@pytest.mark.xfail(strict=True, reason="label_smoothing_ce does not check y against the logits' batch: one "
+                   "label's soft targets [1, K] are broadcast to every image (smot.py, label_smoothing_ce)")
+def test_label_smoothing_refuses_labels_of_another_batch():
+    """label_smoothing_ce(logits [4, 5], y [1]) is the loss of all four images against y[0]'s soft label,
+    without a word (soft_targets gives [1, K], which soft_cross_entropy takes as one row for all), and
+    y [3] stops in torch's broadcast ("Attempting to broadcast a dimension of length 4"). smot_loss and
+    logitnorm_loss refuse both (above), as torch's own label smoothing does."""
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    for y in (torch.tensor([1]), torch.tensor([0, 1, 2])):
+        with pytest.raises(ValueError, match="batch_size"):  # the reference: torch's cross_entropy
+            F.cross_entropy(logits, y, label_smoothing=0.1)
+        with pytest.raises(ValueError, match="y must hold one class index per row of the logits"):
+            label_smoothing_ce(logits, y)
+
+
 def test_cam_mask_masks_at_and_above_threshold():
     cam = torch.tensor([[[0.0, 99.0], [100.0, 255.0]]])  # [1, 2, 2]
     keep = cam_mask(cam, torch.tensor([100.0]))
