@@ -610,7 +610,10 @@ def test_the_readme_core_example_runs():
              "base_model": base_model, "mean": mean, "std": std}
     exec(code, scope)
     assert scope["cams"].shape == (4, 16, 16) and 0 <= scope["cams"].min() <= scope["cams"].max() <= 255
-    assert scope["t"].shape == (4,) and scope["x_masked"].shape == x.shape
+    assert scope["t"].shape == (4,) and 0 <= scope["t"].min() <= scope["t"].max() <= 255
+    # Eq. 7 by hand: a pixel whose CAM reaches its image's threshold is black in all three channels
+    hidden = scope["cams"] >= scope["t"][:, None, None]  # [B, H, W]
+    assert torch.equal(scope["x_masked"], torch.where(hidden[:, None], 0.0, x))
     assert scope["loss"].ndim == 0 and torch.isfinite(scope["loss"])
     scope["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -647,9 +650,55 @@ def test_the_python_examples_of_the_docs_run(tmp_path, monkeypatch, tiny_clip_co
     blocks = [(doc.name, code) for doc in sorted((ROOT / "docs").glob("*.md"))
               for code in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)]
     assert len(blocks) >= 3
+    scopes = {}
     for name, code in blocks:
-        scope = {"images": torch.rand(2, 3, 32, 32)}  # what docs/fit.md's example takes as given
+        scope = {"images": torch.rand(2, 3, 32, 32, generator=g)}  # what docs/fit.md's example takes as given
         try:
             exec(code.replace('device="cuda"', 'device="cpu"'), scope)
         except Exception as e:
             raise AssertionError(f"{name}: {type(e).__name__}: {e}\n{code}") from e
+        scopes.setdefault(name, scope)
+    _the_docs_python_examples_do_what_their_comments_say(scopes, clip)
+
+
+def _the_docs_python_examples_do_what_their_comments_say(scopes: dict, clip) -> None:
+    """The comments of the docs' Python examples (shapes, ranges, normalised or not), checked on what
+    each example left in its scope: the cosines against open_clip's own image features."""
+    import torch
+    import torch.nn.functional as F
+
+    from clip_smot.clip.prompt_file import load_prompt
+
+    # docs/fit.md: cos [B, K] of images in [0, 1], not normalised; logits = logit_scale.exp() * cos
+    fit = scopes["fit.md"]
+    clf, images = fit["clf"], fit["images"]
+    assert clf.clip.image_size == images.shape[-1] == 32  # S = clf.clip.image_size
+    normalised = (images - torch.tensor(clip.mean).view(1, 3, 1, 1)) / torch.tensor(clip.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image = F.normalize(clip.model.encode_image(normalised), dim=-1)  # open_clip's own path
+    text = F.normalize(load_prompt("runs/smot-in1k/prompt.safetensors").text_features, dim=-1)
+    torch.testing.assert_close(fit["cos"], image @ text.T, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fit["logits"], clip.model.logit_scale.exp() * fit["cos"], atol=1e-4, rtol=1e-5)
+    assert clf.text_features.shape == (3, 32) and torch.allclose(clf.text_features.norm(dim=-1), torch.ones(3))
+    assert clf.classnames == ["cat", "dog", "tree frog"]
+
+    # docs/prompt.md: [K, e] float32 text features, not normalised; the context the only parameter
+    prompt = scopes["prompt.md"]
+    features, learner = prompt["text_features"], prompt["learner"]
+    assert features.shape == (2, 32) and features.dtype == torch.float32
+    assert not torch.allclose(features.norm(dim=-1), torch.ones(2))
+    params = [p for group in prompt["optimizer"].param_groups for p in group["params"]]
+    assert len(params) == 1 and params[0] is learner.ctx
+    assert learner.ctx.shape == (16, 32) and learner.state_dict().keys() == {"ctx"}
+
+    # docs/score.md: tensors [2] per score, a predicted class index each; the last score_paths gives the
+    # fitted and image scores of the one image under photos/
+    score = scopes["score.md"]
+    out, res = score["out"], score["res"]
+    assert out.keys() == {"mcm", "energy", "pred_index"}
+    assert all(v.shape == (2,) for v in out.values())
+    assert ((1 / 3 <= out["mcm"]) & (out["mcm"] <= 1)).all()  # a max softmax over K = 3 classes
+    assert out["pred_index"].dtype == torch.int64 and 0 <= out["pred_index"].min() <= out["pred_index"].max() < 3
+    assert res.paths == ["photos/c.png"]
+    assert res.skipped == [] and all(res.scores[n].shape == (1,) for n in ("react", "odin", "gradnorm"))
+    assert score["zs"].classnames == ["cat", "dog"]
