@@ -556,3 +556,25 @@ def test_a_prompt_learner_of_no_class_names_is_one_line(clip):
     """No class names, no prompts: refused at once, not an empty batch for the text encoder."""
     with pytest.raises(UserError, match=r"^classnames: no class names given$"):
         PromptLearner(clip, [])
+
+
+@pytest.mark.xfail(strict=True, reason="a str given for classnames is read as one class per character: "
+                   "PromptLearner.__init__ and zero_shot_text_features (prompt.py), PromptScorer (scorer.py)")
+@pytest.mark.parametrize("entry", ["PromptLearner", "zero_shot_text_features", "PromptScorer.zero_shot"])
+def test_one_class_name_given_as_a_string_is_not_read_letter_by_letter(clip, entry, tiny_clip_config,
+                                                                        tiny_clip_checkpoint):
+    """classnames="cat" (a str is a Sequence[str] too) gave three classes, 'c', 'a' and 't', each with its
+    text features, and no word: a prompt learned or a scorer built for the wrong classes. Either refused,
+    naming classnames, or read as the one class "cat"."""
+    from clip_smot.clip.scorer import PromptScorer
+
+    build = {"PromptLearner": lambda: PromptLearner(clip, "cat", n_ctx=4)().shape[0],
+             "zero_shot_text_features": lambda: zero_shot_text_features(clip, "cat").shape[0],
+             "PromptScorer.zero_shot": lambda: len(PromptScorer.zero_shot("cat", tiny_clip_config, tiny_clip_checkpoint,
+                                                                         device="cpu").classnames)}[entry]
+    try:
+        K = build()
+    except (TypeError, ValueError, UserError) as e:
+        assert "classnames" in str(e)
+    else:
+        assert K == 1
