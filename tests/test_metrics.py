@@ -132,6 +132,18 @@ def test_perfect_and_reversed_separation():
     assert reversed_["auroc"] == 0.0 and reversed_["fpr95"] == 1.0
 
 
+@pytest.mark.parametrize("convention", ["id", "openood"])
+def test_all_equal_scores_tell_nothing_apart(convention):
+    """One score for every image (msp or mcm of a one-class prompt, a constant model): every threshold
+    accepts all or nothing, so FPR95 is 1 under both conventions, AUROC 0.5, and each AUPR the share of
+    its positives (4 ID, 6 OOD: 0.4 and 0.6), as scikit-learn gives them; a one-image set likewise."""
+    m = ood_metrics(torch.full((4,), 0.25), np.full(6, 0.25), convention=convention)
+    assert m == {"fpr95": 1.0, "auroc": 0.5, "aupr_in": pytest.approx(0.4), "aupr_out": pytest.approx(0.6)}
+    assert m == pytest.approx(_sk_metrics(np.full(4, 0.25), np.full(6, 0.25)))
+    assert ood_metrics([7.0], [7.0], convention=convention) == {"fpr95": 1.0, "auroc": 0.5, "aupr_in": 0.5,
+                                                                "aupr_out": 0.5}
+
+
 @pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
 def test_bad_input_is_clear(bad):
     with pytest.raises(ValueError, match="id_scores"):
