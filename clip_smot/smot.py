@@ -321,8 +321,8 @@ def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if y.shape != logits.shape[:-1]:
         raise ValueError(f"y must hold one class index per row of the logits {list(logits.shape)}, got shape "
                          f"{list(y.shape)}")
-    try:
-        return F.cross_entropy(logits, y.long())
+    try:  # (rows flattened: cross_entropy reads [B, N, K] as [B, C, d], axis 1 as the classes)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.long().reshape(-1))  # [B*N, K], [B*N]
     except IndexError as e:  # (checked on the CPU; a GPU asserts in the kernel)
         raise ValueError(f"y must be class indices in [0, {logits.shape[-1]}): {e}") from None
 
@@ -365,6 +365,9 @@ def label_smoothing_ce(logits: torch.Tensor, y: torch.Tensor, eps: float = 0.1) 
     if not _real(eps) or not 0.0 <= eps <= 1.0:  # (eps > 1 gave the other classes negative targets)
         raise ValueError(f"eps must be in [0, 1], got {eps!r}")
     _check_batch(logits)
+    if y.shape != logits.shape[:-1]:  # (soft_targets of y [1] is one [1, K] row, which soft_cross_entropy broadcasts)
+        raise ValueError(f"y must hold one class index per row of the logits {list(logits.shape)}, got shape "
+                         f"{list(y.shape)}")
     return soft_cross_entropy(logits, soft_targets(y, eps, logits.shape[-1]))
 
 

@@ -142,8 +142,6 @@ def test_losses_name_labels_outside_the_classes_of_another_shape_or_not_integers
         logitnorm_loss(torch.tensor([[0.0, 5.0, 0.0]]), torch.tensor([1])).item())
 
 
-@pytest.mark.xfail(strict=True, reason="label_smoothing_ce does not check y against the logits' batch: one "
-                   "label's soft targets [1, K] are broadcast to every image (smot.py, label_smoothing_ce)")
 def test_label_smoothing_refuses_labels_of_another_batch():
     """label_smoothing_ce(logits [4, 5], y [1]) is the loss of all four images against y[0]'s soft label,
     without a word (soft_targets gives [1, K], which soft_cross_entropy takes as one row for all), and
@@ -157,8 +155,6 @@ def test_label_smoothing_refuses_labels_of_another_batch():
             label_smoothing_ce(logits, y)
 
 
-@pytest.mark.xfail(strict=True, reason="logitnorm_loss admits logits [B, N, K] with y [B, N] (_hard_ce's shape "
-                   "check) and F.cross_entropy then takes axis 1 as the classes (smot.py, _hard_ce)")
 def test_logitnorm_of_logits_with_more_axes_takes_the_last_as_the_classes():
     """logitnorm_loss normalises each row of the last axis; _hard_ce's check (y = logits.shape[:-1]) lets
     [B, N, K] logits with y [B, N] through, but F.cross_entropy reads [B, C, d] input: for N == K it
