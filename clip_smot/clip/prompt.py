@@ -25,7 +25,7 @@ mask like open_clip, "square" and "flex" the layouts of docs/prompt.md).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,7 @@ __all__ = [
     "ATTENTION",
     "CLASS_POSITIONS",
     "PromptLearner",
+    "class_names",
     "ctx_init_length",
     "quote_words",
     "TextEncoder",
@@ -174,8 +175,7 @@ class PromptLearner(nn.Module):
         super().__init__()
         if class_position not in CLASS_POSITIONS:
             raise UserError(f"--class-position must be one of {CLASS_POSITIONS}, got {class_position!r}")
-        if not classnames:
-            raise UserError("classnames: no class names given")
+        classnames = class_names(classnames)
         self.encoder = TextEncoder(clip.model, precision=precision, attention=attention, name=clip.name,
                                    residual=residual)
         tokenize = clip.tokenizer
@@ -300,6 +300,25 @@ def text_features_from_prompt(clip: ClipModel, prompt: PromptFile | str | os.Pat
         return F.normalize(learner().float(), dim=-1)
 
 
+def class_names(classnames: Sequence[str]) -> list[str]:
+    """``classnames`` as a list, refusing one string: a str is a sequence of strings too, and
+    ``"cat"`` was three classes, 'c', 'a' and 't', each with its text features, without a word.
+
+    Raises:
+        TypeError: a str (or bytes) given, or names that are not strings.
+        UserError: no class names.
+    """
+    if isinstance(classnames, (str, bytes)):
+        raise TypeError(f"classnames must be a list of class names, not one string ({classnames!r:.40}): give "
+                        f"[{classnames!r:.40}] for one class")
+    names = list(classnames)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"classnames must be strings, got {type(next(n for n in names if not isinstance(n, str)))}")
+    if not names:
+        raise UserError("classnames: no class names given")
+    return names
+
+
 # The MCM baseline's prompt (Ming et al., 2022) as MCM's code writes it, without a period
 # (its get_ood_scores_clip and evaluate_classification; prompts/zero_shot_template.txt holds it too)
 ZERO_SHOT_TEMPLATE = "a photo of a {c}"
@@ -317,6 +336,7 @@ def zero_shot_text_features(
     """
     if "{c}" not in template:
         raise UserError(f"--template {template!r}: must contain {{c}} where the class name goes")
+    classnames = class_names(classnames)
     device = next(clip.model.parameters()).device
     texts = [template.replace("{c}", name) for name in classnames]
     distinct = list(dict.fromkeys(texts))

@@ -324,6 +324,9 @@ class PromptScorer:
 
     def __init__(self, clip: ClipModel, text_features: torch.Tensor, classnames: Sequence[str], source: str = "",
                  precision: str = "auto"):
+        from clip_smot.clip.prompt import class_names
+
+        classnames = class_names(classnames)
         if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
             raise ValueError(f"text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
         self.clip = clip
@@ -394,12 +397,13 @@ class PromptScorer:
         precision: str = "auto",
     ) -> "PromptScorer":
         """Plain CLIP prompts (MCM's "a photo of a {c}" by default): the zero-shot MCM baseline."""
-        from clip_smot.clip.prompt import ZERO_SHOT_TEMPLATE, zero_shot_text_features
+        from clip_smot.clip.prompt import ZERO_SHOT_TEMPLATE, class_names, zero_shot_text_features
 
+        classnames = class_names(classnames)  # (before the model loads)
         dev = resolve_device(device) if isinstance(device, str) else device
         clip = cm.load_clip(model, pretrained, dev)
         template = template or ZERO_SHOT_TEMPLATE
-        text = zero_shot_text_features(clip, list(classnames), template)
+        text = zero_shot_text_features(clip, classnames, template)
         return cls(clip, text, classnames, source=zero_shot_source(template), precision=precision)
 
     @torch.inference_mode()
