@@ -113,7 +113,6 @@ class FitConfig:
                              "or a model.safetensors from 'clip-smot train'.")
     # prompt (CoOp)
     n_ctx: int = setting(16, "Context vectors (with --ctx-init: its token count, and no other).", min=1)
-    # with ctx_init, n_ctx is its token count
     ctx_init: str | None = setting(None, "Initialise the context from words, e.g. 'a photo of a'.")
     csc: bool = setting(False, "Class-specific contexts.")
     class_position: str = setting("end", choices=CLASS_POSITIONS)
@@ -569,7 +568,11 @@ def _run_fit(cfg: FitConfig, resume: bool, dry_run: bool, flags: Collection[str]
         if rf.finished(out, "fit", saved["epoch"], cfg.epochs, ["prompt.safetensors"]):
             return out
     own_split = _prepare_folder(cfg, inputs.text, dry_run)
-    images, labels, cams = _load_images(cfg, device, inputs, saved)
+    images, labels, images_sha256 = _decode_images(cfg, device, inputs)
+    _check_same_images(saved, images_sha256, out)
+    inputs.config["run"]["images_sha256"] = images_sha256  # (in config.json and every checkpoint: --resume compares it)
+    cams = _cache_cams(cfg, device, inputs, images, labels) if inputs.cam_net is not None else None
+    inputs.cam_net = None  # (no longer needed)
     training = _build(cfg, device, inputs, saved)
     if not dry_run:  # (once all that a resume reads has been checked)
         # split.txt and config.json as one (config.json first): a split alone, left by a kill
@@ -696,30 +699,36 @@ def _prepare_folder(cfg: FitConfig, text: str, dry_run: bool) -> bool:
     return own_split
 
 
-def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | None):
-    """The split's images on the device, decoded once (and hashed: a resume checks the bytes too),
-    their labels and, for --loss smot, their CAMs, computed once."""
+def _decode_images(cfg: FitConfig, device: torch.device, inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The split's images on the device, decoded once, their labels, and the SHA-256 of their
+    bytes (a resume checks them too)."""
     from clip_smot.clip.fewshot import decode_and_hash
 
-    classes, split, config = inputs.classes, inputs.split, inputs.config
+    classes, split = inputs.classes, inputs.split
     labels = torch.tensor([y for _, y in split], device=device)  # [N]
     t = time.perf_counter()
-    images, config["run"]["images_sha256"] = decode_and_hash(classes.root, [p for p, _ in split],
-                                                             inputs.clip.image_size, cfg.workers,
-                                                             device if device.type == "cuda" else None)
+    images, images_sha256 = decode_and_hash(classes.root, [p for p, _ in split], inputs.clip.image_size, cfg.workers,
+                                            device if device.type == "cuda" else None)
     images = images.to(device)  # [N, 3, S, S] uint8
     inputs.seconds[f"{len(split)} image{'' if len(split) == 1 else 's'} decoded"] = _since(t, device)
-    if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, config["run"]["images_sha256"]):
-        out = Path(cfg.out)
+    return images, labels, images_sha256
+
+
+def _check_same_images(saved: dict | None, images_sha256: str, out: Path) -> None:
+    """Refuse a resume whose few-shot images have other bytes than when the run started."""
+    if saved is not None and saved["config"]["run"].get("images_sha256") not in (None, images_sha256):
         raise UserError(f"--resume {out / rf.CHECKPOINT}: an image of the run's few-shot split "
                         f"({out / 'split.txt'}) has other bytes than when the run started (replaced under the "
                         "same name); the run cannot continue on other images: restore them, or start a new run "
                         "in another --out")
-    if inputs.cam_net is None:
-        return images, labels, None
+
+
+def _cache_cams(cfg: FitConfig, device: torch.device, inputs: _Inputs, images: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """The CAM of each image (--loss smot), computed once: uint8 [N, S, S]."""
     from clip_smot.clip.cam_network import build_cam_provider, cache_cams
 
-    cam_net = inputs.cam_net
+    cam_net, classes = inputs.cam_net, inputs.classes
     provider, label_map = build_cam_provider(cam_net, classes)
     if label_map is None:  # the method's CAM is for the true label: say where it cannot be
         if cam_net.class_ids is not None:
@@ -734,8 +743,7 @@ def _load_images(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: d
     t = time.perf_counter()
     cams = cache_cams(provider, label_map, images, labels)  # [N, S, S] uint8
     inputs.seconds["CAMs"] = _since(t, device)
-    inputs.cam_net = None  # (the CAM network is no longer needed)
-    return images, labels, cams
+    return cams
 
 
 def _build(cfg: FitConfig, device: torch.device, inputs: _Inputs, saved: dict | None) -> _Training:
