@@ -274,7 +274,7 @@ class Stage:
                                 "stage again") from None
             if recorded not in (planned, self._without_run_control()):  # (the second: an older record's OUT paths)
                 # (its command stopped at once: nothing to keep; beside the record at most the temporary of a
-                # run killed while it wrote the record, which write_record removes)
+                # run killed while it wrote the record, which start_record removes)
                 kept = [f.name for f in folder.iterdir() if not fnmatch.fnmatchcase(f.name, temporary_pattern(RECORD))]
                 if kept == [RECORD]:
                     return
@@ -379,10 +379,11 @@ class Stage:
                             f"would not be of it; remove {self.folder(out)} too, to run the stage again")
 
     def changed_file(self, out: str | Path) -> str | None:
-        """A file outside OUT that this stage's record says it was made with (:meth:`files`) and that
-        has changed since, with why (``"PATH, which has changed since"``); None when all are as they
-        were or gone (the numbers are still of the file as it was: a finished table8 whose weights
-        were deleted writes its table again), or the record holds none (an older clip-smot's)."""
+        """A file that a flag of this stage names, other than an earlier stage's (:meth:`files`; it
+        may lie in OUT), that the stage's record says it was made with and that has changed since,
+        with why (``"PATH, which has changed since"``); None when all are as they were or gone (the
+        numbers are still of the file as it was: a finished table8 whose weights were deleted writes
+        its table again), or the record holds none (an older clip-smot's)."""
         try:
             recorded = read_json(self.folder(out) / RECORD).get("files")
         except (OSError, ValueError, AttributeError):  # (no record, or one check_record has refused)
@@ -428,42 +429,11 @@ class Stage:
         return (f"  (its {RECORD}{older} has no hashes of {', '.join(stages)}'s files: remove "
                 f"{self.folder(out)} if {' or '.join(stages)} was redone since)")
 
-    def write_record(self, out: str | Path, made: list[str] | None = None) -> list[str]:
-        """The stage's :data:`RECORD`: its command line (:meth:`identity`, returned), the SHA-256 of
-        each earlier stage's file it reads and of each other file it names, and ``made``: null before
-        its command runs, then (with ``made``, the command line this returned then, once the command
-        has ended well) the SHA-256 of the final file it wrote. The hashes of the files it read are
-        kept from before it ran (those it read). A training's record also holds ``model``, the SHA-256
-        of its model.safetensors, once it has ended well."""
+    def start_record(self, out: str | Path) -> list[str]:
+        """Write the stage's :data:`RECORD` before its command runs: its command line
+        (:meth:`identity`, returned), the SHA-256 of each earlier stage's file it reads (kept from
+        before it ran: those it read) and of each other file it names, and ``made`` null."""
         record, now = self.folder(out) / RECORD, self.identity(out)
-        if made is not None:
-            try:
-                vouched = {"made": sha256_file(self.folder(out) / FINAL_FILE[self.command])}
-                if self.command == "train" and is_file(self.folder(out) / MODEL, "--out"):
-                    vouched["model"] = sha256_file(self.folder(out) / MODEL)
-            except OSError:  # (no final file to vouch for: the stage is unfinished)
-                return now
-            try:
-                saved = read_json(record)
-            except (OSError, ValueError) as e:  # (said at once, not at the table after the stages still to run)
-                why = "was removed" if not os.path.lexists(record) else f"became unreadable ({first_line(e)})"
-                raise UserError(f"reproduce: {record} {why} while the stage ran, so nothing says which command made "
-                                f"the {self.command} run in {self.folder(out)}; remove {self.folder(out)} to run the "
-                                "stage again") from None
-            # (another reproduce into this --out, of another table or options, wrote its record while the stage
-            # ran, where --out could not be locked: vouched for, its command line was taken for the one that
-            # made the stage's files)
-            if not isinstance(saved, dict) or saved.get("argv") != made:
-                raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
-                                f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
-                                "again")
-            if now != made:  # (a path the stage was given that leads elsewhere now: which files did it read?)
-                given, i = self._without_run_control(), next(i for i, (a, b) in enumerate(zip(made, now)) if a != b)
-                raise UserError(f"reproduce: {given[i - 1]} {given[i]} leads to {now[i]} now, not to {made[i]} as when "
-                                f"the stage {self.name} started (a symbolic link repointed while it ran?); remove "
-                                f"{self.folder(out)} to run the stage again")
-            atomic_write_text(json_text({**saved, **vouched}), record)
-            return now
         if self.resumable(out):  # (a run begun in its folder since the check before any stage: another command's?)
             self.check_record(out)
         root = Path(out)
@@ -472,6 +442,38 @@ class Stage:
         remove_stale_temporaries(self.folder(out), (RECORD,))  # (of a run killed while writing it)
         atomic_write_text(json_text({"argv": now, "inputs": hashes, "files": self.files(out), "made": None}), record)
         return now
+
+    def vouch_record(self, out: str | Path, started: list[str]) -> None:
+        """Once the command has ended well, add to the record the SHA-256 of the final file it
+        wrote (``made``) and, for a training, of its model.safetensors (``model``); ``started``:
+        what :meth:`start_record` returned. Nothing is vouched for where no final file is."""
+        record, now = self.folder(out) / RECORD, self.identity(out)
+        try:
+            vouched = {"made": sha256_file(self.folder(out) / FINAL_FILE[self.command])}
+            if self.command == "train" and is_file(self.folder(out) / MODEL, "--out"):
+                vouched["model"] = sha256_file(self.folder(out) / MODEL)
+        except OSError:  # (no final file to vouch for: the stage is unfinished)
+            return
+        try:
+            saved = read_json(record)
+        except (OSError, ValueError) as e:  # (said at once, not at the table after the stages still to run)
+            why = "was removed" if not os.path.lexists(record) else f"became unreadable ({first_line(e)})"
+            raise UserError(f"reproduce: {record} {why} while the stage ran, so nothing says which command made "
+                            f"the {self.command} run in {self.folder(out)}; remove {self.folder(out)} to run the "
+                            "stage again") from None
+        # (another reproduce into this --out, of another table or options, wrote its record while the stage
+        # ran, where --out could not be locked: vouched for, its command line was taken for the one that
+        # made the stage's files)
+        if not isinstance(saved, dict) or saved.get("argv") != started:
+            raise UserError(f"reproduce: {record} was replaced while the stage ran (another reproduce into this "
+                            f"--out, of another table or options?); remove {self.folder(out)} to run the stage "
+                            "again")
+        if now != started:  # (a path the stage was given that leads elsewhere now: which files did it read?)
+            given, i = self._without_run_control(), next(i for i, (a, b) in enumerate(zip(started, now)) if a != b)
+            raise UserError(f"reproduce: {given[i - 1]} {given[i]} leads to {now[i]} now, not to {started[i]} as when "
+                            f"the stage {self.name} started (a symbolic link repointed while it ran?); remove "
+                            f"{self.folder(out)} to run the stage again")
+        atomic_write_text(json_text({**saved, **vouched}), record)
 
 
 def _sha256(path: Path) -> str:
@@ -1018,7 +1020,7 @@ def _run_stages(table: str, p: Plan, out: Path, run: Callable[[list[str]], None]
             echo(f"clip-smot {shlex.join(argv)}")
             continue
         echo(f"reproduce: {stage.name}: clip-smot {shlex.join(argv)}")
-        started = stage.write_record(out)
+        started = stage.start_record(out)
         try:
             run(argv)
         except OtherFlags as e:  # (the fit's "resume with the same flags": not the user's --resume)
@@ -1029,7 +1031,7 @@ def _run_stages(table: str, p: Plan, out: Path, run: Callable[[list[str]], None]
                             f"reproduce's); remove {stage.folder(out)} to run the stage again") from None
         # (a stage refused by another command's lock, e.g. an eval run by hand into its folder, left that
         # command's metrics.json under its record: the rerun skipped it as finished, and the table held them)
-        stage.write_record(out, made=started)
+        stage.vouch_record(out, started)
     if dry_run:
         return None
     # again once every stage has run: a file replaced while they ran (--pretrained's weights copied over

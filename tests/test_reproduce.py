@@ -1866,7 +1866,7 @@ def test_an_evaluation_run_by_hand_into_a_stage_folder_is_not_taken_for_the_stag
 @pytest.mark.parametrize("when", ["record", "check"])
 def test_an_earlier_stages_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, when):
     """fit-a's prompt, which eval-x reads, fails its read (EIO of a bad sector): a real
-    `clip-smot reproduce table8` ended in an OSError traceback from write_record, which hashes
+    `clip-smot reproduce table8` ended in an OSError traceback from start_record, which hashes
     the earlier stages' files before the stage runs (found by a fault sweep); check_record of a
     finished stage hashes them too. One line naming the file, as the stage itself would give."""
     import errno
@@ -1891,7 +1891,7 @@ def test_an_earlier_stages_file_that_cannot_be_read_is_one_line(tmp_path, monkey
 
     monkeypatch.setattr(files, "open", failing, raising=False)
     with pytest.raises(UserError) as e:
-        stage.write_record(out) if when == "record" else stage.check_record(out)
+        stage.start_record(out) if when == "record" else stage.check_record(out)
     assert str(e.value) == f"reproduce: {prompt} cannot be read (Input/output error)"
 
 
