@@ -1,4 +1,5 @@
-"""The ``clip-smot`` command line: the click group and nothing else of substance.
+"""The ``clip-smot`` command line: the click group, and the process around it (Ctrl-C, a stdout
+that fails, the warnings of torch and PIL, libtiff's stderr).
 
 This is the only module that imports click. The options of every command are built
 from their configs' fields (:func:`_options`: each default, range or choices and help text is

@@ -1,6 +1,7 @@
 """ResNet-track training: stage base (CE, LS, LogitNorm) and stage smot, checkpoints, resume, DDP.
 
-``run_train(cfg)`` is the whole run; the CLI only builds a :class:`TrainConfig`. docs/method.md §3:
+``run_train(cfg)`` is the whole run; the CLI builds a :class:`TrainConfig` (and refuses one with
+neither --dataset nor --data, as :func:`_load_data` does). docs/method.md §3:
 
 * stage ``base``: SGD (momentum 0.9, weight decay 5e-4), batch 128, lr 0.1 divided by 10 at
   40% and 70% of the epochs (epochs 80 and 140 of the default 200);
@@ -101,7 +102,7 @@ STAGES = ("base", "smot")
 
 # Per-dataset defaults. T: the paper's values for CIFAR-10/100 and ImageNet-200; digits has
 # 10 classes like CIFAR-10. The digits recipe is sized for the offline CPU smoke run (a tiny
-# ResNet, short schedules) and reaches > 90% ID accuracy there.
+# ResNet, short schedules; its accuracy: benchmarks/RESULTS.md, "Offline digits smoke run").
 DATASET_T = {"cifar10": 10.0, "cifar100": 150.0, "imagenet200": 200.0, "digits": 10.0}
 DIGITS_RECIPE = {"arch": "resnet_tiny", "epochs": {"base": 8, "smot": 8}, "lr": 0.05, "batch_size": 64}
 PAPER_EPOCHS = {"base": 200, "smot": 300}
