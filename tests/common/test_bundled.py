@@ -56,14 +56,17 @@ def test_bundled_file_in_a_wheel_layout(tmp_path, monkeypatch):
         bundled.imagenet_wnids()
 
 
-def test_a_folder_of_the_files_name_is_not_the_file(tmp_path, monkeypatch):
-    """A folder named imagenet1k_wnids.txt beside the package is no list: the one in _data/ is read."""
-    pkg = tmp_path / "checkout" / "clip_smot"
-    (pkg.parent / "data_lists" / "imagenet1k_wnids.txt").mkdir(parents=True)
-    (pkg / "_data" / "data_lists").mkdir(parents=True)
-    (pkg / "_data" / "data_lists" / "imagenet1k_wnids.txt").write_text("n01440764\n")
+@pytest.mark.parametrize("layout", ["checkout", "wheel"])
+def test_a_folder_of_the_files_name_is_not_the_file(tmp_path, monkeypatch, layout):
+    """A folder named imagenet1k_wnids.txt where the list belongs (beside the package in a
+    checkout, in clip_smot/_data/ installed) is no list: the list is missing, not a folder that
+    "cannot be read (Is a directory)"."""
+    pkg = tmp_path / "site" / "clip_smot"
+    root = pkg / "_data" if layout == "wheel" else pkg.parent
+    (root / "data_lists" / "imagenet1k_wnids.txt").mkdir(parents=True)
     monkeypatch.setattr(bundled, "_PACKAGE", pkg)
-    assert bundled.imagenet_wnids() == ["n01440764"]
+    with pytest.raises(UserError, match=r"^data_lists/imagenet1k_wnids.txt: missing from this installation"):
+        bundled.imagenet_wnids()
 
 
 def test_a_source_checkout_reads_the_folders_beside_the_package_and_lines_are_trimmed(tmp_path, monkeypatch):
@@ -74,6 +77,9 @@ def test_a_source_checkout_reads_the_folders_beside_the_package_and_lines_are_tr
     (pkg.parent / "data_lists").mkdir(parents=True)
     (pkg.parent / "data_lists" / "imagenet200_wnids.txt").write_bytes(b" n01443537 \r\n\n\t\nn01484850\r\n\n")
     monkeypatch.setattr(bundled, "_PACKAGE", pkg)
+    assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
+    pkg.mkdir()
+    (pkg / "_data").write_text("")  # (a file of that name is no wheel's folder: the checkout's lists still)
     assert bundled.imagenet200_wnids() == ["n01443537", "n01484850"]
 
 
@@ -159,6 +165,8 @@ def test_an_edited_zero_shot_template_is_one_utf8_line_with_a_class(tmp_path, mo
     (b"table,row,ood_set,metric,value\n8,MCM \xe9,iNaturalist,fpr95,32.08\n", "not UTF-8 text (byte 37)"),  # (Latin-1)
     (b"tabel,row,ood_set,metric,value\n8,MCM,iNaturalist,fpr95,32.08\n", "its header lacks table (the columns are "
      "table, row, ood_set, metric, value)"),  # (a column renamed by hand: a KeyError before)
+    (b"tabel,row,ood_set,metrik,value\n8,MCM,iNaturalist,fpr95,32.08\n", "its header lacks table, metric (the "
+     "columns are table, row, ood_set, metric, value)"),  # (every column it lacks, not the first alone)
 ])
 def test_an_edited_paper_tables_csv_is_read_as_the_other_bundled_files_are(tmp_path, monkeypatch, text, expected):
     """data_lists/paper_tables.csv, the paper's numbers that reproduce writes beside ours, is a
