@@ -1854,3 +1854,36 @@ def test_checksum_mismatch_names_the_tensor_or_the_metadata():
     for stored in (json.dumps({"a": sha["a"]}), json.dumps({**sha, "c": sha["a"]}), json.dumps(list(sha.values())),
                    "{not json", json.dumps(None)):
         assert files.checksum_mismatch(tensors, {**meta, "sha256": stored}) == both, stored
+
+
+def test_check_replaced_lets_a_command_rewrite_only_its_own_files(tmp_path):
+    """check_replaced: an output file that is there may be replaced where it is empty (nothing to
+    lose) or the command's own, by its first bytes (score's CSV header) or by its kind (export's
+    prompt); anything else, a file of one byte less of the header included, is refused in one
+    line naming the flag, what the file holds and what the command writes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from clip_smot.clip.prompt_file import FORMAT
+
+    check = file_kinds.check_replaced
+    out = tmp_path / "out"
+    check(out, "--out", "score", "a CSV", starts=b"path,pred,pred_index,")  # (nothing there)
+    out.write_bytes(b"")
+    check(out, "--out", "score", "a CSV", starts=b"path,pred,pred_index,")
+    check(out, "--out", "export", "prompt")
+    out.write_bytes(b"path,pred,pred_index,mcm\n/a.png,cat,0,0.5\n")
+    check(out, "--out", "score", "a CSV", starts=b"path,pred,pred_index,")
+    out.write_bytes(b"path,pred,pred_index\n")  # (the header's first bytes, but not its comma)
+    with pytest.raises(UserError) as e:
+        check(out, "--out", "score", "a CSV of clip-smot score", starts=b"path,pred,pred_index,")
+    assert str(e.value) == (f"--out {out}: holds a file of something else, not a CSV of clip-smot score, and score "
+                            "would replace it; choose another --out, or remove that file first")
+    save_file({"ctx": torch.zeros(1)}, str(out), metadata={"format": FORMAT})
+    check(out, "--out", "export", "prompt")
+    save_file({"ctx": torch.zeros(1)}, str(out), metadata={"format": "clip-smot-model"})
+    with pytest.raises(UserError) as e:
+        check(out, "--out", "export", "prompt")
+    assert str(e.value) == (f"--out {out}: holds a model file of clip-smot train (.safetensors), not a prompt file "
+                            "(fit's or export's .safetensors), and export would replace it; choose another --out, or "
+                            "remove that file first")
