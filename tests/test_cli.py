@@ -1056,6 +1056,9 @@ def test_a_run_folder_given_for_the_file_it_holds_is_named_with_that_file(tmp_pa
             str(tmp_path) + "/", ""), (argv, res.output)
     res = CliRunner().invoke(cli, ["score", "--prompt", "tr1", "--out", "s.csv", "x"])  # (no prompt in it)
     assert res.output == "Error: Invalid value for '--prompt': tr1 is a folder, not a file\n"
+    (train / "prompt.safetensors").mkdir()  # (a folder of the file's name is not the file to give)
+    res = CliRunner().invoke(cli, ["score", "--prompt", "tr1", "--out", "s.csv", "x"])
+    assert res.output == "Error: Invalid value for '--prompt': tr1 is a folder, not a file\n"
 
 
 def test_reproduce_without_a_table_names_the_tables_in_one_plain_line(tmp_path, monkeypatch):
