@@ -268,6 +268,30 @@ def test_score_out_never_replaces_an_image_it_was_not_given(tmp_path, tiny, tiny
     _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
               "--out", str(photos / "0.png"), str(photos / "1.png")], f"--out {photos / '0.png'}", tmp_path)
 
+def test_score_and_export_never_replace_an_existing_file_of_another_kind(tmp_path, tiny, tiny_clip_config,
+                                                                        tiny_clip_checkpoint):
+    """score replaces only a CSV that begins with its own header's first columns
+    (path,pred,pred_index,): a user's predictions.csv that begins path,pred,label is none of its
+    files. export replaces only a prompt file: a photo at --out is refused. Each is one line
+    naming what the file holds, and the file is left as it was."""
+    photos = _images(tmp_path / "photos")
+    theirs = tmp_path / "predictions.csv"
+    theirs.write_text("path,pred,label\n/a.png,cat,cat\n")
+    prompt = _prompt(tmp_path / "p.safetensors", tiny)
+    line = _refused(["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0",
+                     "--out", str(theirs), str(photos)], f"--out {theirs}", tmp_path)
+    assert line == (f"Error: --out {theirs}: holds a file of something else, not a CSV of clip-smot score, and score "
+                    "would replace it; choose another --out, or remove that file first")
+    run = tmp_path / "run"
+    run.mkdir()
+    _fit_checkpoint(run / "checkpoint.pt", shutil.copy(tiny_clip_config, tmp_path / "clip-smot-tiny.json"))
+    line = _refused(["export", "--checkpoint", str(run / "checkpoint.pt"), "--device", "cpu", "--out",
+                     str(photos / "0.png")], f"--out {photos / '0.png'}", tmp_path)
+    assert line == (f"Error: --out {photos / '0.png'}: holds a file of something else, not a prompt file (fit's or "
+                    "export's .safetensors), and export would replace it; choose another --out, or remove that file "
+                    "first")
+
+
 @pytest.mark.parametrize("path, expected", [
     ("msp", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
     ("energy,", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,energy"),
