@@ -298,17 +298,29 @@ def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(t
     assert builtin.resolve() != (tmp_path / "photos").resolve() and len(list(builtin.iterdir())) > 1
     assert len(load_ood_set("photos", None, 32).labels) == 300  # the ResNet track's built-in too
     assert capsys.readouterr().err == note.format(*["photos"] * 4)  # (no ./PHOTOS here: no note for it)
+    _img(tmp_path / "Textures" / "mine.png")  # (the MOS set's name, as it is spelled: the built-in set still)
+    assert clip_eval._builtin_ood("Textures", 32) == clip_eval._builtin_ood("textures", 32)
+    assert capsys.readouterr().err == ("note: --ood Textures is the built-in set textures, not ./Textures; give --ood "
+                                       "Textures=Textures for the folder of that name here\n")
     assert len(load_ood_set("photos", "photos", 32).labels) == 1  # photos=photos: the folder
     with pytest.raises(UserError, match="--ood mine: not a built-in OOD set"):
         load_ood_set("mine", None, 32)
     _img(tmp_path / "sets" / "ood" / "a.png")
-    for given, label in (("sets/ood", "ood"), ("sets/ood/", "ood"), ("sets", "sets")):
+    for given, label in (("sets/ood", "ood"), ("sets/ood/", "ood"), ("sets", "sets"), ("gone/ood", "ood")):
         expected = (f"--ood {given}: an OOD folder or image list is given as NAME=DIR, e.g. --ood {label}={given} "
                     "(a bare name is a built-in set: ")
-        for resolve in (lambda n: clip_eval._builtin_ood(n, 32), lambda n: load_ood_set(n, None, 32)):
+        for resolve, sets in ((lambda n: clip_eval._builtin_ood(n, 32), "photos, textures"),
+                              (lambda n: load_ood_set(n, None, 32), "svhn, cifar10, cifar100, photos, textures")):
             with pytest.raises(UserError) as e:
                 resolve(given)
-            assert str(e.value).startswith(expected), str(e.value)
+            assert str(e.value) == f"{expected}{sets})", str(e.value)
+    # under torchrun only the process that writes says it (the others read the same set)
+    from clip_smot.resnet import data as resnet_data
+
+    monkeypatch.setattr(clip_eval, "writes_outputs", lambda: False)
+    monkeypatch.setattr(resnet_data, "writes_outputs", lambda: False)
+    assert clip_eval._builtin_ood("photos", 32) == str(builtin) and len(load_ood_set("photos", None, 32).labels) == 300
+    assert capsys.readouterr().err == ""
 
 
 def test_a_bare_id_name_is_the_built_in_set_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
