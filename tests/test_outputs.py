@@ -292,25 +292,31 @@ def test_score_and_export_never_replace_an_existing_file_of_another_kind(tmp_pat
                     "first")
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("msp", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
-    ("energy,", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,energy"),
-    ("photos/*.png", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): give "
-                     "the folder, or leave the pattern unquoted"),
-    ("photos/[01].png", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): "
-                        "give the folder, or leave the pattern unquoted"),
+@pytest.mark.parametrize("path, scores, expected", [
+    ("msp", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
+    ("energy,", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
+                       "mcm,energy"),
+    ("MSP", "mcm,energy", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
+                          "mcm,energy,MSP"),
+    ("photos/*.png", "mcm", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): "
+                            "give the folder, or leave the pattern unquoted"),
+    ("photos/[01].png", "mcm", "no such file or folder; a pattern the shell did not expand (score expands no "
+                               "wildcards): give the folder, or leave the pattern unquoted"),
+    ("photos/?.png", "mcm", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): "
+                            "give the folder, or leave the pattern unquoted"),
 ])
 def test_a_missing_path_meant_as_a_score_or_a_pattern_says_so(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch,
-                                                              path, expected):
+                                                              path, scores, expected):
     """`score --scores mcm msp photos/` took msp for a PATH ("PATH msp: no such file or folder"), and
     a quoted 'photos/*.png' the shell did not expand was the same line: each now says what it
-    was taken for. A path that is there is read whatever its name."""
+    was taken for, after a PATH that is there too (the advice keeps the --scores given, in any
+    case). A path that is there is read whatever its name."""
     monkeypatch.chdir(tmp_path)
     prompt = _prompt(tmp_path / "p.safetensors", tiny)
     _images(tmp_path / "photos")
     args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0", "--out",
-            str(tmp_path / "s.csv"), "--scores", "mcm"]
-    line = _refused([*args, path, "photos"], f"PATH {path}: ", tmp_path)
+            str(tmp_path / "s.csv"), "--scores", scores]
+    line = _refused([*args, "photos", path], f"PATH {path}: ", tmp_path)
     assert line == f"Error: PATH {path}: {expected}", line
     if path == "msp":  # (a folder of that name is a folder to score)
         _images(tmp_path / "msp", n=1)
