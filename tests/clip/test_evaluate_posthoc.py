@@ -209,6 +209,7 @@ def test_id_train_defaults_to_the_prompts_few_shot_images(tmp_path, capsys):
 @pytest.mark.parametrize("scores", [
     "mcm,react",
     "mcm",
+    "mcm,react --id-train",
 ])
 @pytest.mark.parametrize("where", ["red/eval", "eval"])
 def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_path, tiny, tiny_clip_checkpoint,
@@ -233,10 +234,13 @@ def test_an_out_inside_the_training_folder_the_prompt_records_is_refused(tmp_pat
     id_dir, ood_dir = make_folders(tmp_path, n_per_class=1, n_ood=1)
     monkeypatch.setattr(scorer_module.PromptScorer, "score_files", lambda *a, **k: pytest.fail("encoded"))
     out = root / where
+    scores, *id_train = scores.split(" ")  # (an --id-train given: the recorded folder is not eval's ID-train)
+    extra = ["--id-train", str(_train_folder(tmp_path / "other", n_per_class=2))] if id_train else []
     res = CliRunner().invoke(cli, ["eval", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--id",
                                    str(id_dir), "--ood", f"x={ood_dir}", "--scores", scores, "--workers", "0",
-                                   "--out", str(out)])
-    what = "the ID-train folder the prompt records" if "react" in scores else "the training folder the prompt records"
+                                   *extra, "--out", str(out)])
+    what = ("the ID-train folder the prompt records" if "react" in scores and not id_train else
+            "the training folder the prompt records")
     assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
         f"Error: --out {out}: is inside {what} {root}, whose files are read as input; write to a place outside it")
     assert not out.exists()
