@@ -292,6 +292,34 @@ def test_score_and_export_never_replace_an_existing_file_of_another_kind(tmp_pat
                     "first")
 
 
+@pytest.mark.xfail(strict=True, reason="file_kinds.check_replaced returns on any OSError reading --out "
+                   "(file_kinds.py:328), so score renames its CSV over a file it could not read")
+def test_score_never_replaces_an_out_it_cannot_read(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
+    """An existing --out that score cannot read (mode 000, another user's, in a folder it may write)
+    cannot be told to be one of its CSVs; the rename that writes the CSV needs only the folder's
+    permission, so nothing else stops it. It is refused, and the file left as it was. (The tests
+    run as root, whom no mode stops: the read is made to fail as it fails for anyone else.)"""
+    import errno
+
+    from clip_smot.common import file_kinds
+
+    photos = _images(tmp_path / "photos")
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text("their results\n")
+    real_open = open
+
+    def unreadable(path, *args, **kwargs):
+        if os.fspath(path) == str(theirs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(theirs))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_kinds, "open", unreadable, raising=False)
+    res = CliRunner().invoke(cli, ["score", "--prompt", str(_prompt(tmp_path / "p.safetensors", tiny)), "--pretrained",
+                                   tiny_clip_checkpoint, "--workers", "0", "--out", str(theirs), str(photos)])
+    assert theirs.read_text() == "their results\n"
+    assert res.exit_code == 1 and res.output.strip().startswith(f"Error: --out {theirs}: "), res.output
+
+
 @pytest.mark.parametrize("path, scores, expected", [
     ("msp", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
     ("energy,", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
