@@ -1048,6 +1048,7 @@ def test_a_run_folder_given_for_the_file_it_holds_is_named_with_that_file(tmp_pa
             (["eval", "--checkpoint", "tr1", "--id", "x", "--out", "e"], "--checkpoint", train / "model.safetensors"),
             (["export", "--checkpoint", "fit1", "--out", "p.safetensors"], "--checkpoint", fit / "checkpoint.pt"),
             (["fit", "--split", "fit1", "--out", "r", "--dry-run"], "--split", fit / "split.txt"),
+            (["eval", "--split", "fit1", "--id", "x", "--out", "e"], "--split", fit / "split.txt"),
             (["train", "--cam-model", "tr1", "--out", "r"], "--cam-model", train / "model.safetensors")):
         res = CliRunner().invoke(cli, argv)
         given = argv[argv.index(flag) + 1]
