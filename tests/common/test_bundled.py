@@ -167,6 +167,8 @@ def test_an_edited_zero_shot_template_is_one_utf8_line_with_a_class(tmp_path, mo
      "table, row, ood_set, metric, value)"),  # (a column renamed by hand: a KeyError before)
     (b"tabel,row,ood_set,metrik,value\n8,MCM,iNaturalist,fpr95,32.08\n", "its header lacks table, metric (the "
      "columns are table, row, ood_set, metric, value)"),  # (every column it lacks, not the first alone)
+    (b"", "its header lacks table, row, ood_set, metric, value (the columns are table, row, ood_set, metric, "
+     "value)"),  # (emptied: no header at all)
 ])
 def test_an_edited_paper_tables_csv_is_read_as_the_other_bundled_files_are(tmp_path, monkeypatch, text, expected):
     """data_lists/paper_tables.csv, the paper's numbers that reproduce writes beside ours, is a
