@@ -306,7 +306,8 @@ def test_a_bare_ood_name_is_the_built_in_set_even_beside_a_folder_of_that_name(t
     with pytest.raises(UserError, match="--ood mine: not a built-in OOD set"):
         load_ood_set("mine", None, 32)
     _img(tmp_path / "sets" / "ood" / "a.png")
-    for given, label in (("sets/ood", "ood"), ("sets/ood/", "ood"), ("sets", "sets"), ("gone/ood", "ood")):
+    for given, label in (("sets/ood", "ood"), ("sets/ood/", "ood"), ("sets", "sets"), ("gone/ood", "ood"),
+                         (".", "ood")):  # (the current folder: a path with no name of its own)
         expected = (f"--ood {given}: an OOD folder or image list is given as NAME=DIR, e.g. --ood {label}={given} "
                     "(a bare name is a built-in set: ")
         for resolve, sets in ((lambda n: clip_eval._builtin_ood(n, 32), "photos, textures"),
