@@ -292,8 +292,6 @@ def test_score_and_export_never_replace_an_existing_file_of_another_kind(tmp_pat
                     "first")
 
 
-@pytest.mark.xfail(strict=True, reason="file_kinds.check_replaced returns on any OSError reading --out "
-                   "(file_kinds.py:328), so score renames its CSV over a file it could not read")
 def test_score_never_replaces_an_out_it_cannot_read(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """An existing --out that score cannot read (mode 000, another user's, in a folder it may write)
     cannot be told to be one of its CSVs; the rename that writes the CSV needs only the folder's
@@ -317,7 +315,9 @@ def test_score_never_replaces_an_out_it_cannot_read(tmp_path, tiny, tiny_clip_ch
     res = CliRunner().invoke(cli, ["score", "--prompt", str(_prompt(tmp_path / "p.safetensors", tiny)), "--pretrained",
                                    tiny_clip_checkpoint, "--workers", "0", "--out", str(theirs), str(photos)])
     assert theirs.read_text() == "their results\n"
-    assert res.exit_code == 1 and res.output.strip().startswith(f"Error: --out {theirs}: "), res.output
+    assert res.exit_code == 1 and res.output == (
+        f"Error: --out {theirs}: cannot be read (Permission denied): score replaces only a CSV of clip-smot score, "
+        "and cannot tell whether it is one; choose another --out, or remove that file first\n"), res.output
 
 
 @pytest.mark.parametrize("path, scores, expected", [

@@ -318,20 +318,27 @@ def check_replaced(out: str | os.PathLike, flag: str, command: str, ours: str, s
             (``prompt``): an existing file of that kind is the command's own, written again.
         starts: the bytes the command's files begin with (a CSV's header), where ``ours`` is no kind.
     """
+    theirs = FILE_KINDS.get(ours, ours)
     try:
         if not is_file(out, flag) or os.path.getsize(out) == 0:
             return
-        if starts is not None:
-            with open(out, "rb") as f:
-                if f.read(len(starts)) == starts:
-                    return
-    except OSError:  # (check_output and the write name what fails there)
+        # (read, not only statted: a file it cannot read cannot be told to be its own, and the rename
+        # that replaces it needs the folder's permission alone)
+        with open(out, "rb") as f:
+            head = f.read(len(starts) if starts is not None else 1)
+    except OSError as e:
+        if not os.path.lexists(out):  # (gone meanwhile: nothing to lose)
+            return
+        raise UserError(f"{flag} {out}: cannot be read ({e.strerror or first_line(e)}): {command} replaces only "
+                        f"{theirs}, and cannot tell whether it is one; choose another {flag}, or remove that file "
+                        "first") from None
+    if starts is not None and head == starts:
         return
     kind = file_kind(out)
     if starts is None and kind == ours:
         return
     what = FILE_KINDS[kind] if kind is not None else "a file of something else"
-    raise UserError(f"{flag} {out}: holds {what}, not {FILE_KINDS.get(ours, ours)}, and {command} would replace it; "
+    raise UserError(f"{flag} {out}: holds {what}, not {theirs}, and {command} would replace it; "
                     f"choose another {flag}, or remove that file first")
 
 
