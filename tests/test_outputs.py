@@ -324,6 +324,8 @@ def test_score_never_replaces_an_out_it_cannot_read(tmp_path, tiny, tiny_clip_ch
     ("msp", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores mcm,msp"),
     ("energy,", "mcm", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
                        "mcm,energy"),
+    ("msp", "mcm,", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
+                    "mcm,msp"),  # (`--scores mcm, msp`: not "mcm,,msp")
     ("MSP", "mcm,energy", "no such file or folder; a score's name? --scores takes one comma-separated value: --scores "
                           "mcm,energy,MSP"),
     ("photos/*.png", "mcm", "no such file or folder; a pattern the shell did not expand (score expands no wildcards): "

@@ -159,7 +159,7 @@ def _check_paths(paths: Sequence[str], scores: str | None) -> None:
             continue
         if p.strip(",").lower() in SCORE_NAMES:
             raise UserError(f"PATH {p}: no such file or folder; a score's name? --scores takes one comma-separated "
-                            f"value: --scores {scores or 'mcm'},{p.strip(',')}")
+                            f"value: --scores {(scores or 'mcm').strip().rstrip(',')},{p.strip(',')}")
         if any(c in os.path.basename(p) for c in "*?["):
             raise UserError(f"PATH {p}: no such file or folder; a pattern the shell did not expand (score expands no "
                             "wildcards): give the folder, or leave the pattern unquoted")
