@@ -25,9 +25,10 @@ decoding, encoding, the CSV) and ``images_per_s = n / seconds``. At thousands of
 the start-up (10 s or so) is no small part: ``--startup-n K`` also times every run on the first
 K images and reports ``steady_images_per_s = (n - K) / (seconds - seconds on K)``, the rate once
 running. The JPEGs are written first, in ``--jobs`` processes (not timed). Prints one JSON
-object. Examples::
+object. Examples (tiny.json: a tiny open_clip model config, e.g. tests/conftest.py's TINY_CLIP_CONFIG
+written to a file)::
 
-    python benchmarks/score_throughput.py --device cpu --model tests/tiny.json --n 256 --size 96x72
+    python benchmarks/score_throughput.py --device cpu --model tiny.json --n 256 --size 96x72
     python benchmarks/score_throughput.py --device cuda --n 20000 --workers 16 --torchrun 1 --startup-n 1000
 """
 
