@@ -268,7 +268,7 @@ def perturb(
     if keep.ndim != 4 or x.ndim != 4 or any(k not in (1, n) for k, n in zip(keep.shape, x.shape)):
         raise ValueError(f"keep must be a [B, 1, H, W] mask for images x of shape {list(x.shape)}, "
                          f"got shape {list(keep.shape)}")
-    keep = keep.to(x.dtype)
+    keep = keep.to(device=x.device, dtype=x.dtype)  # (a mask on another device stopped in the product)
     if mode == "zero":
         return x * keep
     if mode == "one":

@@ -239,6 +239,16 @@ def test_perturb_refuses_a_mask_without_its_channel_axis():
     assert torch.equal(perturb(x, torch.ones(1, 1, 2, 2)), x)  # one mask for the batch
 
 
+def test_perturb_moves_a_mask_on_another_device_to_the_images():
+    """A mask left on the CPU for images on an accelerator stopped in the product ("Tensor on device cpu
+    is not on the expected device meta!"); it is moved, as cam_mask moves its thresholds. (The meta
+    device stands in for an accelerator: its tensors hold no values, so only where and what shape.)"""
+    x, keep = torch.rand(2, 3, 4, 4, device="meta"), torch.ones(2, 1, 4, 4)
+    for mode in PERTURBATIONS:
+        out = perturb(x, keep, mode)
+        assert out.device.type == "meta" and out.shape == (2, 3, 4, 4) and out.dtype == torch.float32
+
+
 def test_perturb_noise_beyond_the_float_range_saturates_the_masked_pixels_only():
     """sigma * noise past float32's range is +-inf: the masked pixels become 0 or 1, the kept ones
     stay as they were (inf * 0 made them NaN: train --sigma 1e38 stopped on a NaN loss blamed on --lr)."""
