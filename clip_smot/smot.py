@@ -305,6 +305,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     if targets.shape[-1:] != logits.shape[-1:] or torch.broadcast_shapes(targets.shape, logits.shape) != logits.shape:
         raise ValueError(f"targets must be [B, K] as the logits, or one [K] row for all, got shapes "
                          f"{list(targets.shape)} and {list(logits.shape)}")
+    targets = targets.to(logits.device)  # (targets on another device stopped in the product)
     logp = F.log_softmax(_working(logits), dim=-1)  # [B, K]
     return -torch.where(targets == 0, 0.0, targets * logp).sum(dim=-1).mean().float()
 
@@ -322,7 +323,9 @@ def _hard_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"y must hold one class index per row of the logits {list(logits.shape)}, got shape "
                          f"{list(y.shape)}")
     try:  # (rows flattened: cross_entropy reads [B, N, K] as [B, C, d], axis 1 as the classes)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.long().reshape(-1))  # [B*N, K], [B*N]
+        # (labels on another device than the logits stopped in cross_entropy: moved)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                               y.to(logits.device).long().reshape(-1))  # [B*N, K], [B*N]
     except IndexError as e:  # (checked on the CPU; a GPU asserts in the kernel)
         raise ValueError(f"y must be class indices in [0, {logits.shape[-1]}): {e}") from None
 

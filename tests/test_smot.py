@@ -591,6 +591,17 @@ def test_losses_of_a_class_switched_off_by_a_minus_inf_logit_are_finite():
     assert torch.isfinite(logits.grad).all()
 
 
+def test_losses_move_labels_and_targets_on_another_device_to_the_logits():
+    """Labels or soft targets left on the CPU for logits on an accelerator stopped in cross_entropy or the
+    product ("Tensor on device meta is not on the expected device cpu!"); they are moved to the logits'
+    device. (The meta device stands in for an accelerator: its tensors hold no values.)"""
+    logits, y = torch.randn(3, 4, device="meta"), torch.tensor([0, 1, 3])
+    targets = torch.full((3, 4), 0.25)
+    for loss in (soft_cross_entropy(logits, targets), smot_loss(logits, logits, y, torch.zeros(3), 0.5),
+                 label_smoothing_ce(logits, y), logitnorm_loss(logits, y)):
+        assert loss.device.type == "meta" and loss.shape == () and loss.dtype == torch.float32
+
+
 def test_losses_refuse_an_empty_batch_or_no_classes():
     """The batch mean of no images was NaN in every loss (as F.cross_entropy's), which train and fit
     report as a diverged step, and soft_cross_entropy of [B, 0] logits was 0; logitnorm_loss of no
