@@ -174,6 +174,8 @@ def sample_thresholds(
     # (Gamma(inf) would never accept a draw)
     if not (_real(alpha) and _real(beta)) or not (0 < alpha < math.inf and 0 < beta < math.inf):
         raise ValueError(f"alpha and beta must be finite and > 0, got alpha={alpha!r}, beta={beta!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):  # (0: "'int' object has no attribute ...")
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if max(alpha, beta) < _TINY_CONC:
         # both log-draws would overflow to -inf (log(U) / a past float64 for a below ~1e-307), and

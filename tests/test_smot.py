@@ -427,6 +427,14 @@ def test_beta_thresholds_refuse_a_batch_size_that_is_not_a_count():
     assert sample_thresholds(0, 50.0, 20.0).shape == (0,)
 
 
+def test_beta_thresholds_refuse_a_generator_that_is_no_torch_generator():
+    """A seed or a numpy generator passed as the generator stopped on "'int' object has no attribute 'device'"."""
+    for generator in (0, "cpu", np.random.default_rng(0)):
+        with pytest.raises(TypeError, match=f"^generator must be a torch.Generator or None, got "
+                                            f"{type(generator).__name__}$"):
+            sample_thresholds(3, 50, 20, generator=generator)
+
+
 def test_beta_thresholds_tiny_parameters_are_finite():
     """Beta(a, b) with tiny a, b (both Gamma draws below float64's range, so g_a / (g_a + g_b) would
     be 0 / 0 = NaN in a quarter of the draws) puts its mass at the two ends: P(s < x) ~ x^a / 2
