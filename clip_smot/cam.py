@@ -129,6 +129,10 @@ class CAMProvider:
         _tensors(("y",), x=x, y=y)
         if not x.is_floating_point():  # (uint8 images, as torchvision.io reads them, are 0 .. 255)
             raise TypeError(f"CAMProvider takes float images in [0, 1], got {x.dtype}")
+        # (channels-last images stopped in the normalisation, "size of tensor a (16) must match ... (3)"; one image
+        # [3, H, W] with y [1] on "y must hold one label per image, [3]")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be images [B, 3, H, W], got shape {list(x.shape)}")
         H, W = x.shape[-2:]
         dev = x.device
         if self.mean.device != dev:  # moved once: a copy at every call would make each step wait for it

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -323,6 +324,18 @@ def test_cam_refuses_labels_not_one_per_image():
     for y in (torch.tensor([1]), torch.tensor([[1], [1]])):
         with pytest.raises(ValueError, match=r"y must hold one label per image, \[2\]"):
             provider(torch.rand(2, 3, 32, 32), y)
+
+
+def test_cam_refuses_images_that_are_not_a_batch_of_three_channels():
+    """Channels-last images [B, H, W, 3] stopped in the normalisation ("The size of tensor a (16) must match
+    the size of tensor b (3)"), one image [3, H, W] with its label [1] on "y must hold one label per image,
+    [3]" (its channels read as the batch): x and its shape are named first."""
+    provider = CAMProvider(_one_channel_resnet(channel=5), (0, 0, 0), (1, 1, 1))
+    for x, y in ((torch.rand(2, 16, 16, 3), torch.tensor([1, 1])), (torch.rand(3, 16, 16), torch.tensor([1])),
+                 (torch.rand(2, 1, 16, 16), None)):
+        shape = re.escape(str(list(x.shape)))
+        with pytest.raises(ValueError, match=rf"^x must be images \[B, 3, H, W\], got shape {shape}$"):
+            provider(x, y)
 
 
 def test_cam_refuses_labels_outside_the_networks_classes_or_not_integers():
