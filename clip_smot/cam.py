@@ -78,6 +78,9 @@ def normalize_cam(cam: torch.Tensor, min_span: float = 0.0) -> torch.Tensor:
     return scaled.to(out).view_as(cam)
 
 
+_RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")  # (feature_map's)
+
+
 class CAMProvider:
     """Class activation maps from a frozen ResNet, batched, under no_grad.
 
@@ -99,12 +102,22 @@ class CAMProvider:
         labels_match: bool = True,
         input_size: int | None = None,
     ) -> None:
+        # (a network of neither kind stopped at the first call, "'Net' object has no attribute 'maxpool'")
+        if not isinstance(model, nn.Module) or not (
+                hasattr(model, "forward_features") or all(hasattr(model, n) for n in _RESNET_STAGES)) or not (
+                hasattr(model, "get_classifier") or hasattr(model, "fc")):
+            raise TypeError(f"model must be a ResNet-like network, with forward_features or a torchvision ResNet's "
+                            f"{', '.join(_RESNET_STAGES)}, and get_classifier or fc; got {type(model).__name__}")
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         # (a mean of 2 values stopped in view(), "shape '[1, 3, 1, 1]' is invalid for input of size 2";
         # an input_size of 0 or True in the interpolation)
-        if any(torch.as_tensor(v).numel() != 3 for v in (mean, std)):
+        try:
+            sizes = [torch.as_tensor(v).numel() for v in (mean, std)]
+        except (TypeError, ValueError, RuntimeError):  # (None: "Could not infer dtype of NoneType")
+            raise TypeError(f"mean and std must be 3 numbers each (one per channel), got {mean!r} and {std!r}") from None
+        if any(n != 3 for n in sizes):
             raise ValueError(f"mean and std must hold 3 values each (one per channel), got {mean!r} and {std!r}")
         if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral)
                                        or input_size < 1):

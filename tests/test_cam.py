@@ -773,8 +773,7 @@ def test_cam_functions_name_an_argument_that_is_no_tensor():
         normalize_cam(np.zeros((1, 2, 2)))
     with pytest.raises(TypeError, match="^cam must hold real numbers, got torch.complex64$"):  # (not its real part)
         normalize_cam(torch.tensor([[[1 + 5j, 3.0]]]))
-    net = torch.nn.Module()
-    provider = CAMProvider(net, [0.5] * 3, [0.5] * 3)
+    provider = CAMProvider(_Head(nn.Linear(4, 2)), [0.5] * 3, [0.5] * 3)
     with pytest.raises(TypeError, match="^x must be a torch.Tensor, got ndarray$"):
         provider(np.zeros((1, 3, 2, 2), dtype=np.float32))
     with pytest.raises(TypeError, match="^y must be a torch.Tensor, got list$"):
@@ -845,6 +844,27 @@ def test_cam_provider_names_a_mean_or_std_not_of_three_values_and_a_bad_input_si
         with pytest.raises(ValueError, match=r"^input_size must be None or an integer >= 1, got "):
             CAMProvider(model, *imagenet, input_size=size)
     assert CAMProvider(model, *imagenet, input_size=32)(torch.rand(1, 3, 64, 64), torch.tensor([1])).shape == (1, 64, 64)
+
+
+class _FeaturesOnly(nn.Module):
+    """forward_features but no classifier (neither get_classifier nor fc)."""
+
+    def forward_features(self, x):
+        return x
+
+
+def test_cam_provider_refuses_a_network_it_cannot_read_and_a_mean_or_std_of_none():
+    """A network with neither forward_features nor a ResNet's stem and stages, or with no classifier, stopped
+    at the first call ("'Linear' object has no attribute 'maxpool'"); a mean of None on "Could not infer dtype
+    of NoneType". Each is a TypeError naming the argument when the provider is made."""
+    imagenet = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for model, name in ((nn.Linear(3, 2), "Linear"), (_FeaturesOnly(), "_FeaturesOnly"), ("resnet18", "str")):
+        with pytest.raises(TypeError, match=rf"^model must be a ResNet-like network, .*; got {name}$"):
+            CAMProvider(model, *imagenet)
+    resnet = _one_channel_resnet(channel=7)
+    for mean, std in ((None, imagenet[1]), (imagenet[0], None), ("abc", imagenet[1])):
+        with pytest.raises(TypeError, match=r"^mean and std must be 3 numbers each \(one per channel\), got "):
+            CAMProvider(resnet, mean, std)
 
 
 def test_a_model_file_torch_cannot_map_is_one_line_naming_the_read(tmp_path, monkeypatch):
