@@ -163,9 +163,10 @@ def react(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                          f"{None if bias is None else list(bias.shape)}")
     _finite("threshold", threshold)
     clipped = features.float().clamp(max=float(threshold))  # [B, C]
-    logits = clipped @ weight.float().T  # [B, K]
+    # (a layer on another device than the features stopped in the product: moved, as knn moves its bank)
+    logits = clipped @ weight.to(clipped.device, torch.float32).T  # [B, K]
     if bias is not None:
-        logits = logits + bias.float()
+        logits = logits + bias.to(clipped.device, torch.float32)
     return energy(logits)
 
 
@@ -304,7 +305,8 @@ def gradnorm(logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     _tensors(logits=logits, features=features)
     _same_images(features, logits)
     _classes("logits", logits)
-    p = logits.float().softmax(dim=-1)  # [B, K]
+    # (logits on another device than the features stopped in the product: moved, as knn moves its bank)
+    p = logits.float().to(features.device).softmax(dim=-1)  # [B, K]
     K = p.shape[-1]
     return (p - 1.0 / K).abs().sum(dim=-1) * features.float().abs().sum(dim=-1)
 

@@ -336,6 +336,17 @@ def test_gl_mcm_refuses_local_cosines_of_another_shape():
             S.gl_mcm(cosine, local)
 
 
+def test_gradnorm_and_react_move_logits_and_the_layer_to_the_features_device():
+    """Logits, or a final layer's weight and bias, on another device than the features stopped in the product
+    ("Tensor on device cpu is not on the expected device meta!"); they are moved to the features' device, as
+    knn moves its bank. (The meta device stands in for an accelerator: its tensors hold no values.)"""
+    features, logits = torch.rand(3, 5, device="meta"), torch.randn(3, 4)
+    weight, bias = torch.randn(4, 5), torch.randn(4)
+    for out in (S.gradnorm(logits, features), S.react(features, weight, bias, 1.0),
+                S.react(features, weight.to("meta"), bias, 1.0), S.react(features, weight, None, 1.0)):
+        assert out.device.type == "meta" and out.shape == (3,) and out.dtype == torch.float32
+
+
 def test_react_clips_only_from_above():
     """ReAct's clip is min(h, c) (the authors' x.clip(max=c)): a feature below -c is left as it is."""
     W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
