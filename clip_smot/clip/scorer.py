@@ -413,10 +413,22 @@ class PromptScorer:
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
             raise TypeError(f"images must be a float tensor of values in [0, 1], got "
                             f"{images.dtype if isinstance(images, torch.Tensor) else type(images).__name__}")
+        self._check_images(images)
         mean = torch.tensor(self.clip.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.clip.std, device=self.device).view(1, 3, 1, 1)
         x = (images.to(self.device).float() - mean) / std
         return normalized_features(self.clip, x, precision=self.precision)[0] @ self.text_features.T
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        """Refuse a batch the image encoder cannot take: not [B, 3, S, S] at the model's size S (open_clip
+        stopped on "The size of tensor a (5) must match the size of tensor b (17)", channels-last images
+        likewise; one image [3, S, S] was scored as a batch of one), or of no image (a reshape error)."""
+        S = self.clip.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, S, S):
+            raise ValueError(f"images must be a batch [B, 3, {S}, {S}] for {self.clip.name}, got shape "
+                             f"{list(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"images must hold at least one image, got shape {list(images.shape)}")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP logits [B, K] = ``logit_scale.exp() * cos(image, text)`` of images in [0, 1]."""
@@ -461,6 +473,7 @@ class PromptScorer:
         The input step follows the gradient through the whole image encoder, so ODIN cannot
         come from cached features: every image is encoded twice, with a backward pass between.
         """
+        self._check_images(images)
         std = torch.tensor(self.clip.std, device=self.device)
 
         def forward(x: torch.Tensor) -> torch.Tensor:  # normalised images -> logits [B, K]
@@ -504,11 +517,14 @@ class PromptScorer:
                 raise TypeError(f"images must be a list of PIL images or a float tensor of preprocessed images, got "
                                 f"{images.dtype}")
             images = images.float()  # (a float64 batch from numpy stopped in the first layer: "expected Double")
+            self._check_images(images)
         elif not isinstance(images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in images):
             # (a numpy batch stopped on "'numpy.ndarray' object has no attribute 'mode'", naming no argument)
             what = type(images).__name__ if not isinstance(images, (list, tuple)) else \
                 f"a {type(images).__name__} of {', '.join(sorted({type(im).__name__ for im in images}))}"
             raise TypeError(f"images must be a list of PIL images or a float tensor of preprocessed images, got {what}")
+        elif not images:  # (torch.stack stopped: "stack expects a non-empty TensorList")
+            raise ValueError("images must hold at least one image, got an empty list")
         else:
             transform, settings = cm.image_preprocess(self.clip), cm.preprocess_settings(self.clip)
             # as files are read: open_clip's transform converts to RGB itself, after resizing

@@ -2920,6 +2920,26 @@ def test_score_names_images_that_are_neither_a_tensor_nor_pil_images(tiny):
             scorer.score(torch.zeros(2, 3, 32, 32, dtype=dtype), ["mcm"])
 
 
+def test_cosine_score_and_odin_refuse_images_of_another_shape_or_none(tiny):
+    """Images at another size than the model's 32 stopped in open_clip ("The size of tensor a (5) must match
+    the size of tensor b (17)"), channels-last ones likewise, a batch of no image in a reshape ("cannot
+    reshape tensor of 0 elements"), score([]) in torch.stack ("stack expects a non-empty TensorList"); one
+    image [3, 32, 32] was scored as a batch of one. Each is a ValueError naming the images and their shape."""
+    scorer = PromptScorer(tiny, F.normalize(torch.randn(3, 32), dim=-1), CLASSES, precision="fp32")
+    for x in (torch.rand(2, 3, 16, 16), torch.rand(2, 32, 32, 3), torch.rand(3, 32, 32), torch.rand(2, 3, 32, 16)):
+        shape = re.escape(str(list(x.shape)))
+        want = rf"^images must be a batch \[B, 3, 32, 32\] for clip-smot-tiny, got shape {shape}$"
+        for call in (scorer.cosine, scorer.logits, lambda im: scorer.score(im, ["mcm"]), scorer.odin):
+            with pytest.raises(ValueError, match=want):
+                call(x)
+    for call in (scorer.cosine, lambda im: scorer.score(im, ["mcm"]), scorer.odin):
+        with pytest.raises(ValueError, match=r"^images must hold at least one image, got shape \[0, 3, 32, 32\]$"):
+            call(torch.rand(0, 3, 32, 32))
+    for empty in ([], ()):
+        with pytest.raises(ValueError, match="^images must hold at least one image, got an empty list$"):
+            scorer.score(empty, ["mcm"])
+
+
 def test_scores_from_features_refuses_a_logit_scale_that_is_no_number():
     """PromptScorer.score finds non-finite scores afterwards; the public function itself returned NaN for msp,
     energy and maxlogit of finite unit features at logit_scale NaN, and None stopped on "unsupported operand
