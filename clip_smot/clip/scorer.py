@@ -581,6 +581,9 @@ class PromptScorer:
                 unreadable image (unless ``skip_unreadable``; then only when no file of any
                 argument is readable), gl-mcm with a non-ViT model, non-finite features or scores.
         """
+        _path_list("paths", paths)
+        if not len(paths):  # (an IndexError where the first unreadable file is named)
+            raise ValueError("paths must name at least one image file, folder, list or shard, got none")
         listed = [image_files(arg, flag="PATH") for arg in paths]  # (every argument checked first)
         names = parse_scores(scores)
         self.check_scores(names)
@@ -599,6 +602,7 @@ class PromptScorer:
         """Scores of one list of image files, one feature-cache entry; with ``skip_unreadable``,
         no paths and no scores when none of them is readable (the caller judges). ``decode``:
         ``pil`` or ``jpeg`` (:mod:`clip_smot.clip.decoding`)."""
+        _path_list("files", files)
         feats = encode_files(self.clip, files, "gl-mcm" in names, batch_size, workers, skip_unreadable, use_cache,
                              decode, self.precision)
         if not feats.paths:
@@ -607,6 +611,14 @@ class PromptScorer:
         if "odin" in names:
             out["odin"] = self.odin_files(feats.paths, batch_size, workers, decode)
         return PathScores(feats.paths, out, feats.skipped)
+
+
+def _path_list(name: str, paths) -> None:
+    """Refuse one path given where a list of them is read: a str was read as its letters ("PATH p: no such
+    file or folder" for "p.png")."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} must be a list of paths, got one {type(paths).__name__} {os.fspath(paths)!r} "
+                        f"(pass [{os.fspath(paths)!r}])")
 
 
 def none_readable(skipped: Sequence[tuple[str, str]]) -> UserError:

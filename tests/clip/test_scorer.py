@@ -1328,6 +1328,23 @@ def test_score_paths_refuses_a_missing_path_and_an_unfitted_score_before_encodin
         scorer.score_paths([id_dir], ["mcm", "knn"], workers=0)
 
 
+def test_score_paths_and_score_files_refuse_one_path_or_none_for_a_list(tmp_path, tiny):
+    """One path given for the list was read as its letters ("PATH p: no such file or folder" for "p.png",
+    a PathLike "'PosixPath' object is not iterable"), an empty list stopped on an IndexError: a TypeError
+    naming the argument, a ValueError for none."""
+    scorer, id_dir = _fp32_scorer_and_one_image_a_class(tmp_path, tiny)
+    for one in (str(id_dir), id_dir):
+        with pytest.raises(TypeError, match=rf"^paths must be a list of paths, got one {type(one).__name__} "
+                                            rf"'{re.escape(str(id_dir))}' \(pass \['"):
+            scorer.score_paths(one, ["mcm"], workers=0)
+        with pytest.raises(TypeError, match=rf"^files must be a list of paths, got one {type(one).__name__} "):
+            scorer.score_files(one, ["mcm"], workers=0)
+    for none in ([], ()):
+        with pytest.raises(ValueError, match="^paths must name at least one image file, folder, list or shard, got "
+                                             "none$"):
+            scorer.score_paths(none, ["mcm"], workers=0)
+
+
 def test_odin_of_score_paths_scores_the_readable_files_alone(tmp_path, tiny):
     """With skip_unreadable, ODIN (which reads the images again) runs on the files that were
     read: an unreadable one inside a folder, and an argument that is one, are left out."""
