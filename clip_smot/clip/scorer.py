@@ -178,7 +178,7 @@ def scores_from_features(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: torch.Tensor | float,
-    scores: Sequence[str],
+    scores: Sequence[str] | str,
     local_features: torch.Tensor | None = None,
     tau: float = 1.0,
     local_weight: float = 1.0,
@@ -190,7 +190,8 @@ def scores_from_features(
         image_features: [B, e], normalised.
         text_features: [K, e], normalised.
         logit_scale: CLIP's ``logit_scale.exp()``.
-        scores: names from :data:`SCORE_NAMES`, except ``odin`` (it needs the images).
+        scores: names from :data:`SCORE_NAMES`, except ``odin`` (it needs the images); a str is
+            read as ``--scores`` reads it (:func:`parse_scores`: comma-separated).
         local_features: [B, P, e], normalised patch features (needed for ``gl-mcm``).
         tau: MCM / GL-MCM temperature (1, docs/method.md §4).
         local_weight: weight of local MCM in GL-MCM.
@@ -204,6 +205,8 @@ def scores_from_features(
         isinstance(logit_scale, torch.Tensor) and logit_scale.numel() == 1 and logit_scale.is_floating_point())
     if not real or not 0 < float(logit_scale) <= torch.finfo(torch.float32).max:  # (as the logits are float32)
         raise ValueError(f"logit_scale must be a number > 0 and finite in float32, got {logit_scale!r}")
+    if isinstance(scores, str):  # ("mcm" was read as its letters: KeyError 'm')
+        scores = parse_scores(scores, "scores")
     text = text_features.to(image_features.device, torch.float32)
     x = image_features.float()  # [B, e]
     cosine = x @ text.T  # [B, K]

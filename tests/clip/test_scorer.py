@@ -43,6 +43,20 @@ def test_scores_from_features_by_hand():
     assert out["pred_index"].item() == 1
 
 
+def test_scores_from_features_reads_a_string_of_score_names_as_scores_does():
+    """scores="mcm" was read as its letters (KeyError 'm'): a str is split at commas, as --scores reads it; an
+    unknown name is named. Same image and text as above: cos = [0.5, 0.866]."""
+    image, text = torch.tensor([[0.5, math.sqrt(3) / 2]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c0, c1 = 0.5, math.sqrt(3) / 2
+    out = scores_from_features(image, text, 10.0, "mcm,maxlogit")
+    assert list(out) == ["mcm", "maxlogit", "pred_index"]
+    assert out["mcm"].item() == pytest.approx(math.exp(c1) / (math.exp(c0) + math.exp(c1)), abs=1e-6)
+    assert out["maxlogit"].item() == pytest.approx(10 * c1, abs=1e-5)
+    assert list(scores_from_features(image, text, 10.0, "energy")) == ["energy", "pred_index"]
+    with pytest.raises(UserError, match=r"^scores: unknown score 'mcn' \(known: mcm, "):
+        scores_from_features(image, text, 10.0, "mcn")
+
+
 def test_gl_mcm_by_hand():
     cosine = torch.tensor([[0.2, 0.6]])  # [B=1, K=2]
     local = torch.tensor([[[0.1, 0.3], [0.9, -0.1]]])  # [B=1, N=2 patches, K=2]
