@@ -141,6 +141,14 @@ def parse_scores(names: Sequence[str] | str | None, flag: str = "--scores") -> l
     return out
 
 
+def _same_width(name: str, features: torch.Tensor, text_features: torch.Tensor) -> None:
+    """Refuse image features of another width e than the text features' (the product stopped on "mat1 and
+    mat2 shapes cannot be multiplied (2x16 and 32x3)")."""
+    if features.shape[-1:] != text_features.shape[-1:]:
+        raise ValueError(f"{name} {list(features.shape)} and text_features {list(text_features.shape)} must be of "
+                         f"the same width e (their last axis)")
+
+
 def fit_id_train(train_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
                  scores: Sequence[str]) -> dict:
     """Statistics of ID training images for the fitted scores among ``scores`` (react, knn, vim).
@@ -157,6 +165,7 @@ def fit_id_train(train_features: torch.Tensor, text_features: torch.Tensor, logi
     Raises:
         UserError: fewer training images than KNN's k, or too few for ViM's principal space.
     """
+    _same_width("train_features", train_features, text_features)
     x = train_features.float()
     W = logit_scale * text_features.to(x.device, torch.float32)  # [K, e]
     fitted: dict = {}
@@ -205,6 +214,9 @@ def scores_from_features(
         isinstance(logit_scale, torch.Tensor) and logit_scale.numel() == 1 and logit_scale.is_floating_point())
     if not real or not 0 < float(logit_scale) <= torch.finfo(torch.float32).max:  # (as the logits are float32)
         raise ValueError(f"logit_scale must be a number > 0 and finite in float32, got {logit_scale!r}")
+    _same_width("image_features", image_features, text_features)
+    if local_features is not None:
+        _same_width("local_features", local_features, text_features)
     if isinstance(scores, str):  # ("mcm" was read as its letters: KeyError 'm')
         scores = parse_scores(scores, "scores")
     text = text_features.to(image_features.device, torch.float32)
@@ -332,6 +344,12 @@ class PromptScorer:
         classnames = class_names(classnames)
         if text_features.ndim != 2 or text_features.shape[0] != len(classnames):
             raise ValueError(f"text_features {tuple(text_features.shape)} do not match {len(classnames)} class names")
+        e = clip.config.get("embed_dim") if isinstance(clip.config, dict) else None
+        # (text features of another width than the model's image features stopped at the first image: "mat1 and
+        # mat2 shapes cannot be multiplied")
+        if isinstance(e, int) and text_features.shape[1] != e:
+            raise ValueError(f"text_features {list(text_features.shape)} must be of {clip.name}'s width {e}, as its "
+                             f"image features [B, {e}]")
         self.clip = clip
         self.device = next(clip.model.parameters()).device
         self.precision = resolve_precision(precision, self.device)

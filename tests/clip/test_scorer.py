@@ -22,7 +22,7 @@ from PIL import Image
 from clip_smot.cli import cli
 from clip_smot.clip import model as cm
 from clip_smot.clip.model import encode_image_tokens, image_preprocess, load_clip, preprocess_settings
-from clip_smot.clip.scorer import PromptScorer, scores_from_features
+from clip_smot.clip.scorer import PromptScorer, fit_id_train, scores_from_features
 from clip_smot.common.errors import UserError
 from clip_smot.scores import gl_mcm, local_mcm
 
@@ -55,6 +55,29 @@ def test_scores_from_features_reads_a_string_of_score_names_as_scores_does():
     assert list(scores_from_features(image, text, 10.0, "energy")) == ["energy", "pred_index"]
     with pytest.raises(UserError, match=r"^scores: unknown score 'mcn' \(known: mcm, "):
         scores_from_features(image, text, 10.0, "mcn")
+
+
+def test_features_of_another_width_than_the_text_features_are_refused_naming_both_shapes(tiny):
+    """Image (or patch, or ID-train) features of width 16 against text features of width 32 stopped in the
+    product ("mat1 and mat2 shapes cannot be multiplied (2x16 and 32x3)"); PromptScorer took text features of
+    width 16 for the tiny model's 32-wide image features and stopped at the first image. Each is a ValueError
+    naming the shapes."""
+    text = F.normalize(torch.randn(3, 32), dim=-1)
+    narrow = F.normalize(torch.randn(2, 16), dim=-1)
+    with pytest.raises(ValueError, match=r"^image_features \[2, 16\] and text_features \[3, 32\] must be of the "
+                                         r"same width e \(their last axis\)$"):
+        scores_from_features(narrow, text, 10.0, ["mcm"])
+    with pytest.raises(ValueError, match=r"^local_features \[2, 4, 16\] and text_features \[3, 32\] must be "):
+        scores_from_features(F.normalize(torch.randn(2, 32), dim=-1), text, 10.0, ["gl-mcm"],
+                             F.normalize(torch.randn(2, 4, 16), dim=-1))
+    with pytest.raises(ValueError, match=r"^train_features \[60, 16\] and text_features \[3, 32\] must be "):
+        fit_id_train(torch.randn(60, 16), text, 10.0, ["react", "knn", "vim"])
+    with pytest.raises(ValueError, match=r"^text_features \[3, 16\] must be of clip-smot-tiny's width 32, as its "
+                                         r"image features \[B, 32\]$"):
+        PromptScorer(tiny, F.normalize(torch.randn(3, 16), dim=-1), CLASSES, precision="fp32")
+    scorer = PromptScorer(tiny, text, CLASSES, precision="fp32")
+    with pytest.raises(ValueError, match=r"^train_features \[60, 16\] and text_features \[3, 32\] must be "):
+        scorer.fit_id_train(torch.randn(60, 16), ["knn"])
 
 
 def test_gl_mcm_by_hand():
