@@ -853,12 +853,23 @@ class _FeaturesOnly(nn.Module):
         return x
 
 
+class _StemWithoutMaxpool(nn.Module):
+    """A CIFAR-style ResNet: torchvision's stem and stages and fc, but no maxpool and no forward_features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, nn.Identity())
+        self.fc = nn.Linear(3, 2)
+
+
 def test_cam_provider_refuses_a_network_it_cannot_read_and_a_mean_or_std_of_none():
     """A network with neither forward_features nor a ResNet's stem and stages, or with no classifier, stopped
     at the first call ("'Linear' object has no attribute 'maxpool'"); a mean of None on "Could not infer dtype
     of NoneType". Each is a TypeError naming the argument when the provider is made."""
     imagenet = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    for model, name in ((nn.Linear(3, 2), "Linear"), (_FeaturesOnly(), "_FeaturesOnly"), ("resnet18", "str")):
+    for model, name in ((nn.Linear(3, 2), "Linear"), (_FeaturesOnly(), "_FeaturesOnly"), ("resnet18", "str"),
+                        (_StemWithoutMaxpool(), "_StemWithoutMaxpool")):
         with pytest.raises(TypeError, match=rf"^model must be a ResNet-like network, .*; got {name}$"):
             CAMProvider(model, *imagenet)
     resnet = _one_channel_resnet(channel=7)
