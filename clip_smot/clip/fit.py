@@ -59,6 +59,7 @@ from clip_smot.common.device import (
     PRECISIONS,
     is_compile_error,
     require_compiler,
+    require_cuda,
     resolve_device,
     resolve_precision,
 )
@@ -185,15 +186,17 @@ def check_config(cfg: FitConfig) -> None:
     """Range checks of every option (:func:`~clip_smot.common.configs.check_ranges`) and the
     options that need one another, as UserErrors naming the flag (the CLI checks the ranges too)."""
     check_ranges(cfg)
-    checks = [
-        (not cfg.compile or cfg.text_attention in ("auto", "square", "flex"), "--compile",
-         "needs --text-attention square or flex"),
-        (not cfg.cuda_graph or cfg.device != "cpu", "--cuda-graph", "needs --device cuda"),
-        (not cfg.overlap_encoders or cfg.device != "cpu", "--overlap-encoders", "needs --device cuda"),
-    ]
-    for ok, flag, what in checks:
-        if not ok:
-            raise UserError(f"{flag}: {what}")  # (a switch that is on: "--compile True" read as Python)
+    if cfg.compile and cfg.text_attention not in ("auto", "square", "flex"):
+        raise UserError("--compile: needs --text-attention square or flex")  # (the switch: not "--compile True")
+    if cfg.device == "cpu":  # (auto and cuda: once the device is resolved, _resolve)
+        _require_cuda_options(cfg, torch.device("cpu"))
+
+
+def _require_cuda_options(cfg: FitConfig, device: torch.device) -> None:
+    """Refuse --cuda-graph and --overlap-encoders, where on, off CUDA (:func:`require_cuda`)."""
+    for flag, on in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
+        if on:
+            require_cuda(flag, device)
 
 
 def resolve_speed(cfg: FitConfig, device: torch.device) -> FitConfig:
@@ -604,9 +607,7 @@ def _resolve(cfg: FitConfig, resume: bool, dry_run: bool,
     if not dry_run:
         _check_outputs(cfg, saved is None)
     given, cfg = cfg, resolve_speed(cfg, device)
-    for flag, wanted in (("--cuda-graph", cfg.cuda_graph), ("--overlap-encoders", cfg.overlap_encoders)):
-        if wanted and device.type != "cuda":
-            raise UserError(f"{flag}: needs a CUDA device, not {device}")
+    _require_cuda_options(cfg, device)
     if cfg.compile:  # (before the set-up: inductor's CPU kernels are C++, Triton's driver is built from C)
         require_compiler("--compile", device, "with --no-compile")
     if lost := _lost_to_triton(given, device):

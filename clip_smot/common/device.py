@@ -17,7 +17,7 @@ from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "file_over_memory", "resolve_device", "resolve_precision", "autocast",
            "seed_everything", "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler",
-           "missing_triton", "require_compiler", "is_compile_error"]
+           "missing_triton", "require_compiler", "is_compile_error", "require_cuda"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -60,6 +60,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UserError(f"--device {name}: this machine has {n} CUDA device{'s' * (n > 1)} "
                             f"(cuda:0 to cuda:{n - 1})")
     return device
+
+
+def require_cuda(flag: str, device: torch.device) -> None:
+    """Raise a UserError naming ``flag``, an option that runs on CUDA only, where ``device`` is
+    not a CUDA device (``--device cpu``, or ``auto`` on a machine without a GPU)."""
+    if device.type != "cuda":
+        raise UserError(f"{flag}: needs a CUDA device (--device cuda), not {device.type}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -57,6 +57,7 @@ from clip_smot.common.device import (
     autocast,
     is_compile_error,
     require_compiler,
+    require_cuda,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -607,8 +608,8 @@ def _exported(out: Path, epoch: int) -> bool:
 def _device(cfg: TrainConfig, world: int) -> tuple[torch.device, str]:
     """The training device (this process's GPU under torchrun) and the precision."""
     device = resolve_device(cfg.device)
-    if cfg.cuda_graph and device.type != "cuda":
-        raise UserError(f"--cuda-graph needs a CUDA device (--device is {device.type})")
+    if cfg.cuda_graph:
+        require_cuda("--cuda-graph", device)
     flags = [f for f, on in (("--compile", cfg.compile), ("--cuda-graph", cfg.cuda_graph)) if on]
     if flags:  # (inductor's CPU kernels are C++, Triton's driver is built from C: say so before any data is read)
         require_compiler(" and ".join(flags), device, f"without {' and '.join(flags)}")

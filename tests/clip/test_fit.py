@@ -1937,9 +1937,10 @@ def test_check_config_refuses_the_cuda_options_on_the_cpu_naming_flag_and_value(
     a FitConfig built in Python gets the command line's one line, with the flag and its value."""
     from clip_smot.clip.fit import check_config
 
-    for cfg, message in ((FitConfig(cuda_graph=True, device="cpu"), "--cuda-graph: needs --device cuda"),
+    for cfg, message in ((FitConfig(cuda_graph=True, device="cpu"),
+                          "--cuda-graph: needs a CUDA device (--device cuda), not cpu"),
                          (FitConfig(overlap_encoders=True, device="cpu"),
-                          "--overlap-encoders: needs --device cuda"),
+                          "--overlap-encoders: needs a CUDA device (--device cuda), not cpu"),
                          (FitConfig(compile=True, text_attention="mask"),
                           "--compile: needs --text-attention square or flex")):
         with pytest.raises(UserError) as e:
@@ -1955,7 +1956,7 @@ def test_a_cuda_option_on_a_machine_without_cuda_is_one_line(tmp_path, monkeypat
     --overlap-encoders are refused there, naming the device, before anything is read or written."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     option = "--" + flag.replace("_", "-")
-    with pytest.raises(UserError, match=rf"^{option}: needs a CUDA device, not cpu$"):
+    with pytest.raises(UserError, match=rf"^{option}: needs a CUDA device \(--device cuda\), not cpu$"):
         run_fit(FitConfig(out=str(tmp_path / "run"), **{flag: True}), dry_run=True)
     assert list(tmp_path.iterdir()) == []
 

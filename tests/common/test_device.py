@@ -319,6 +319,17 @@ def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
     device.require_compiler("--compile", torch.device("cuda"), "without --compile")
 
 
+def test_require_cuda_refuses_a_cpu_device_naming_the_flag_and_passes_any_cuda_device():
+    """fit's --cuda-graph and --overlap-encoders, train's --cuda-graph: one line, whichever command."""
+    from clip_smot.common.device import require_cuda
+
+    with pytest.raises(UserError) as e:
+        require_cuda("--cuda-graph", torch.device("cpu"))
+    assert str(e.value) == "--cuda-graph: needs a CUDA device (--device cuda), not cpu"
+    for name in ("cuda", "cuda:0", "cuda:3"):  # (a torch.device names any index: no GPU is needed to make one)
+        require_cuda("--overlap-encoders", torch.device(name))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")  # (as test_fit_gpu.py)
 def test_missing_triton_on_a_gpu_machine_with_and_without_a_c_compiler(tmp_path):
