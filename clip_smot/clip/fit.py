@@ -57,7 +57,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import (
     DEVICES,
     PRECISIONS,
-    is_compile_error,
+    raise_compile_error,
     require_compiler,
     require_cuda,
     resolve_device,
@@ -833,10 +833,8 @@ def _epoch(cfg: FitConfig, epoch: int, training: _Training, images, labels, cams
             cam = normalize_cam(cam, min_span=1.0)
         try:  # thresholds from data_gen (CPU): no sync
             loss = training.step(x, cam if cam is not None else no_cams, labels[idx])
-        except Exception as e:
-            if compiled and is_compile_error(e):  # e.g. no C compiler for Triton's launcher
-                raise UserError(f"{' and '.join(compiled)}: torch.compile failed on this machine "
-                                f"({first_line(e)}); run with {' '.join(compiled.values())}") from None
+        except Exception as e:  # (e.g. no C compiler for Triton's launcher: one line)
+            raise_compile_error(e, list(compiled), f"with {' '.join(compiled.values())}")
             raise
         loss_sum += loss
         if dry_run:

@@ -7,7 +7,7 @@ import functools
 import os
 import random
 import shutil
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from clip_smot.common.errors import UserError, first_line
 
 __all__ = ["DEVICES", "PRECISIONS", "DTYPES", "file_over_memory", "resolve_device", "resolve_precision", "autocast",
            "seed_everything", "seeded_cpu_rng", "physical_memory", "missing_cpp_compiler", "require_cpp_compiler",
-           "missing_triton", "require_compiler", "is_compile_error", "require_cuda"]
+           "missing_triton", "require_compiler", "is_compile_error", "raise_compile_error", "require_cuda"]
 
 
 DEVICES = ("auto", "cpu", "cuda")  # what --device offers (a library caller may give cuda:N too)
@@ -217,3 +217,13 @@ def is_compile_error(e: BaseException) -> bool:
     """Whether ``e`` was raised by torch.compile's machinery (dynamo, inductor) or a kernel
     compiler (Triton: e.g. no C compiler for its launcher), not by the code it compiled."""
     return any(t.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for t in type(e).__mro__)
+
+
+def raise_compile_error(e: BaseException, flags: Sequence[str], instead: str) -> None:
+    """Raise one line for ``e``, an error of a step run with ``flags`` (the options that had
+    torch.compile build kernels, none: nothing compiled), where torch.compile's machinery raised
+    it (:func:`is_compile_error`): naming ``flags`` and ``instead``, how to run without compiling.
+    Else return, for the caller to re-raise ``e``."""
+    if flags and is_compile_error(e):
+        raise UserError(f"{' and '.join(flags)}: torch.compile failed on this machine ({first_line(e)}); "
+                        f"run {instead}") from None

@@ -55,7 +55,7 @@ from clip_smot.common.configs import (
 from clip_smot.common.device import (
     PRECISIONS,
     autocast,
-    is_compile_error,
+    raise_compile_error,
     require_compiler,
     require_cuda,
     resolve_device,
@@ -762,10 +762,8 @@ def _steps(cfg: TrainConfig, run: _Training, epoch: int, rank: int, **kw) -> dic
         return train_epoch(run.step_model, run.optimizer, run.batches, epoch, run.parts, run.amp, seed=cfg.seed,
                            alpha=cfg.alpha, beta=cfg.beta, rank=rank, n_samples=run.n_samples, **kw)
     except Exception as e:
-        flags = " and ".join(f for f, on in (("--compile", cfg.compile), ("--cuda-graph", cfg.cuda_graph)) if on)
-        if flags and is_compile_error(e):
-            raise UserError(f"{flags}: torch.compile failed on this machine ({first_line(e)}); run without "
-                            f"{flags}") from None
+        flags = [f for f, on in (("--compile", cfg.compile), ("--cuda-graph", cfg.cuda_graph)) if on]
+        raise_compile_error(e, flags, f"without {' and '.join(flags)}")
         raise
 
 

@@ -319,6 +319,23 @@ def test_require_compiler_names_the_flag_and_what_to_do_per_device(monkeypatch):
     device.require_compiler("--compile", torch.device("cuda"), "without --compile")
 
 
+def test_raise_compile_error_names_the_flags_only_for_an_error_of_the_compilers_machinery():
+    """fit's and train's line for a step that failed in torch.compile's machinery (the flags that
+    compiled, how to run without); an error of the code itself, or a step that compiled nothing,
+    is left to the caller to re-raise."""
+    from clip_smot.common.device import raise_compile_error
+
+    inductor_error = type("InductorError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+    with pytest.raises(UserError) as e:
+        raise_compile_error(inductor_error("cc: not found\nmore"), ["--compile", "--cuda-graph"],
+                            "without --compile and --cuda-graph")
+    assert str(e.value) == ("--compile and --cuda-graph: torch.compile failed on this machine (cc: not found); "
+                            "run without --compile and --cuda-graph")
+    assert e.value.__suppress_context__  # (one line: no "during handling" traceback above it)
+    assert raise_compile_error(inductor_error("x"), [], "as it was") is None
+    assert raise_compile_error(ValueError("a bug"), ["--compile"], "without --compile") is None
+
+
 def test_require_cuda_refuses_a_cpu_device_naming_the_flag_and_passes_any_cuda_device():
     """fit's --cuda-graph and --overlap-encoders, train's --cuda-graph: one line, whichever command."""
     from clip_smot.common.device import require_cuda
