@@ -27,6 +27,7 @@ from clip_smot.clip.evaluate import ClipEvalConfig, run_clip_eval
 from clip_smot.clip.fit import ExportConfig, FitConfig, export_prompt, run_fit
 from clip_smot.clip.score import ScoreConfig, run_score
 from clip_smot.clip.scorer import skipped_kind
+from clip_smot.common import run_folder as rf
 from clip_smot.common.configs import field_kind, flag_of
 from clip_smot.common.distributed import process_group, torchrun_env
 from clip_smot.common.errors import UserError, one_line
@@ -46,8 +47,8 @@ class _Interrupted(click.ClickException):
 
 def _interrupted(out: str | None = None) -> _Interrupted:
     """The Ctrl-C line; for a fit or train run in ``out``, what it can be continued from."""
-    if out is not None and (Path(out) / "checkpoint.pt").is_file():
-        path = Path(out) / "checkpoint.pt"
+    if out is not None and (Path(out) / rf.CHECKPOINT).is_file():
+        path = Path(out) / rf.CHECKPOINT
         return _Interrupted(f"interrupted; {path} holds {_saved_epochs(path)}: continue with the same command and "
                             "--resume")
     return _Interrupted("interrupted" if out is None else "interrupted before the first checkpoint; nothing to resume")
@@ -56,13 +57,9 @@ def _interrupted(out: str | None = None) -> _Interrupted:
 def _saved_epochs(path: Path) -> str:
     """What a checkpoint holds, for the Ctrl-C line: "epoch N of M" as it says (fit and train print
     an epoch's line once it is saved), else "the last finished epoch"."""
-    import torch
-
-    try:  # (mmap: the tensors are not read)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        epoch, epochs = ckpt["epoch"], ckpt["config"]["epochs"]
-    except Exception:  # noqa: BLE001 (a file being replaced, or not one of ours: the plain words)
-        return "the last finished epoch"
+    ckpt = rf.peek_checkpoint(path) or {}  # (none: a file being replaced, or not one of ours: the plain words)
+    config = ckpt.get("config")
+    epoch, epochs = ckpt.get("epoch"), config.get("epochs") if isinstance(config, dict) else None
     if not all(isinstance(n, int) and not isinstance(n, bool) for n in (epoch, epochs)):
         return "the last finished epoch"
     return f"epoch {epoch} of {epochs}"

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Collection, Sequence
 
+from clip_smot.common import run_folder as rf
 from clip_smot.common.bundled import bundled_file, bundled_text, imagenet200_wnids
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, check_ranges, field_kind, flag_of, setting
 from clip_smot.common.device import DEVICES, PRECISIONS
@@ -156,7 +157,7 @@ class Stage:
         return isinstance(record, dict) and "made" in record and record["made"] is None
 
     def resumable(self, out: str | Path) -> bool:
-        return self.command in ("fit", "train") and (self.folder(out) / "checkpoint.pt").is_file()
+        return self.command in ("fit", "train") and (self.folder(out) / rf.CHECKPOINT).is_file()
 
     def identity(self, out: str | Path) -> list[str]:
         """The command line as two runs of reproduce compare it: without the run-control flags; each
@@ -328,14 +329,9 @@ class Stage:
         ``train --lr 0.05`` (or ``fit --lr 0.05``) run by hand into the folder of a stage killed as it
         started was resumed by the stage (an option it does not give is the checkpoint's), its model
         in the table. A checkpoint that cannot be read is the command's to name."""
-        import torch
-
-        path = self.folder(out) / "checkpoint.pt"
-        try:  # (mmap: the tensors are not read)
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
-        except Exception:  # noqa: BLE001 (damaged, or not one of ours: its --resume says so in one line)
-            return
-        if not isinstance(saved, dict):  # (the same)
+        path = self.folder(out) / rf.CHECKPOINT
+        saved = (rf.peek_checkpoint(path) or {}).get("config")
+        if not isinstance(saved, dict):  # (damaged, or not one of ours: its --resume says so in one line)
             return
         planned = self._options()
         differ = [k for k in planned if k in saved and _differs(saved[k], planned[k])]

@@ -46,7 +46,7 @@ from clip_smot.common.files import (
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMATS", "CONFIG", "CONFIG_KEYS", "LOG", "WHERE_IT_RAN", "CheckpointError", "OtherFlags",
            "append_log", "capture_rng", "check_config_beside", "check_new_run", "check_start", "explicit_fields",
-           "finished", "holds_its_values", "product_config", "load_optimizer_state", "log_record", "non_finite_loss", "read_checkpoint",
+           "finished", "holds_its_values", "product_config", "load_optimizer_state", "log_record", "non_finite_loss", "peek_checkpoint", "read_checkpoint",
            "refuse_other_flags", "restore_rng", "resume_options", "save_checkpoint", "truncate_log", "write_config"]
 
 CHECKPOINT, CONFIG, LOG = "checkpoint.pt", "config.json", "log.jsonl"
@@ -181,6 +181,17 @@ def read_checkpoint(path: str | Path, fmt: str, *, legacy: bool = False) -> dict
         other = f" (a {CHECKPOINT_FORMATS[found]} one)" if isinstance(found, str) and found in CHECKPOINT_FORMATS else ""
         raise CheckpointError(f"not a {CHECKPOINT_FORMATS[fmt]} checkpoint{other}")
     return saved
+
+
+def peek_checkpoint(path: str | Path) -> dict | None:
+    """A checkpoint's dict with its tensors left unread (memory-mapped), for a glance at its epoch
+    or config that must not fail: None where it does not load (damaged, being replaced, not one
+    of ours) or is no dict. No check of :func:`read_checkpoint`: what reads it to resume uses that."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (unpickling errors of every kind: the caller's plain answer)
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 MAX_CHECKPOINT_VALUES = 10**6  # a checkpoint's values once expanded (a DenseNet-BC run of 300 epochs: 4,249)

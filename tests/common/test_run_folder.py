@@ -620,6 +620,25 @@ def test_an_optimizer_step_count_is_a_number_or_a_0_dim_tensor():
         rf.load_optimizer_state(torch.optim.Adam([w], lr=0.1), state, "--resume c.pt")
 
 
+def test_a_peek_at_a_checkpoint_is_its_dict_or_none_and_never_an_error(tmp_path):
+    """peek_checkpoint (the Ctrl-C line's epochs, reproduce's comparison of a stage's options):
+    a dict's values as saved; None for a list, a pickle of other objects, bytes that are no
+    checkpoint and no file at all."""
+    import argparse
+
+    path = tmp_path / rf.CHECKPOINT
+    torch.save({"epoch": 2, "config": {"epochs": 5, "lr": 0.5}, "ctx": torch.arange(4.0)}, path)
+    saved = rf.peek_checkpoint(path)
+    assert saved["epoch"] == 2 and saved["config"] == {"epochs": 5, "lr": 0.5}
+    assert saved["ctx"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    for value in ([1, 2], {"args": argparse.Namespace(lr=1.0)}):
+        torch.save(value, path)
+        assert rf.peek_checkpoint(path) is None, value
+    path.write_bytes(b"not a checkpoint")
+    assert rf.peek_checkpoint(path) is None
+    assert rf.peek_checkpoint(tmp_path / "missing.pt") is None
+
+
 def test_a_non_dict_checkpoint_or_format_is_refused_even_where_no_format_is_allowed(tmp_path):
     """legacy accepts a dict without a format key; a list (in which "format" is not) or a dict
     whose format is no string (a list: no key of a dict) is no checkpoint of the track."""
