@@ -90,7 +90,7 @@ __all__ = ["ATTENTION", "CLASS_POSITIONS", "LOSSES", "ExportConfig", "FitConfig"
 
 CHECKPOINT_FORMAT = "clip-smot-fit-checkpoint"
 _CHECKPOINT_KEYS = ("epoch", "ctx", "optimizer", "scheduler", "rng", "config")  # what fit writes
-_FILES = ("split.txt", "config.json", "log.jsonl", "checkpoint.pt", "prompt.safetensors")  # under --out
+_FILES = ("split.txt", rf.CONFIG, rf.LOG, rf.CHECKPOINT, "prompt.safetensors")  # under --out
 
 
 @dataclass(frozen=True)
