@@ -493,6 +493,12 @@ def _contents(record, saved=None):
     return {k: v for k, v in record.items() if k not in drop}
 
 
+def _own_split(cfg: FitConfig) -> bool:
+    """Whether ``--split`` is the run's own ``OUT/split.txt`` (given to resume it, or to run again
+    on its images): read, not rewritten, and no input the run's outputs must keep clear of."""
+    return bool(cfg.split) and same_file(cfg.split, Path(cfg.out) / "split.txt")
+
+
 def _check_outputs(cfg: FitConfig, new: bool) -> None:
     """Raise a UserError when ``--out`` would replace a file the run reads or lies inside the
     folder of its class folders (a later run would read the run's files as data), or, for a
@@ -500,7 +506,7 @@ def _check_outputs(cfg: FitConfig, new: bool) -> None:
     ``--split OUT/split.txt`` is the run's own split: it is not rewritten (see :func:`run_fit`)."""
     from clip_smot.clip.fewshot import resolve_train_root
 
-    own_split = bool(cfg.split) and same_file(cfg.split, Path(cfg.out) / "split.txt")
+    own_split = _own_split(cfg)
     split = None if own_split else cfg.split
     inputs = [("--split file", split), ("--model file", cfg.model), ("--pretrained file", cfg.pretrained),
               ("--cam-model file", cfg.cam_model)]
@@ -689,7 +695,7 @@ def _prepare_folder(cfg: FitConfig, text: str, dry_run: bool) -> bool:
     a run killed while writing; returns whether ``--split`` is the run's own split.txt (read,
     and not rewritten, as resume's error advises)."""
     out = Path(cfg.out)
-    own_split = bool(cfg.split) and same_file(cfg.split, out / "split.txt")
+    own_split = _own_split(cfg)
     if dry_run:
         return own_split
     if own_split and Path(cfg.split).read_text(encoding="utf-8") != text:
