@@ -488,8 +488,6 @@ def train(resume, dry_run, compile_, **options) -> None:
     Writes OUT/model.safetensors, config.json, log.jsonl, checkpoint.pt and summary.json.
     The same command under 'torchrun --nproc_per_node N' trains with DistributedDataParallel.
     """
-    if options["dataset"] is None and options["data"] is None and not resume:
-        raise click.UsageError("give --dataset NAME or --data DIR")
     options["compile"] = compile_
     cfg = TrainConfig(**options)
     try:

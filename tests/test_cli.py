@@ -1143,15 +1143,19 @@ def test_fit_hands_its_flags_resume_and_dry_run_to_the_library(monkeypatch):
     assert res.exit_code == 0 and calls[-1][1] == {"resume": False, "dry_run": True, "flags": {"data"}}, res.output
 
 
-def test_train_needs_a_dataset_or_data_unless_it_resumes(monkeypatch):
-    """Without --dataset or --data a new run is refused before the library is called; --resume
-    takes the run's own (docs/resnet.md), and hands on the fields given (--compile by its field's name)."""
+def test_train_needs_a_dataset_or_data_unless_it_resumes(monkeypatch, tmp_path):
+    """Without --dataset or --data a new run is refused first, in one line, nothing written (the
+    library's refusal: --lam given to a ce run and the --cuda-graph of a CPU are refused after it);
+    --resume takes the run's own (docs/resnet.md), and hands on the fields given (--compile by its
+    field's name)."""
     import clip_smot.cli as cli_module
 
+    for extra in ([], ["--lam", "0.5", "--device", "cpu", "--cuda-graph"]):
+        res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "o"), "--epochs", "3", *extra])
+        assert res.exit_code == 1 and res.output == "Error: give --dataset NAME or --data DIR\n", res.output
+        assert list(tmp_path.iterdir()) == []
     calls = []
     monkeypatch.setattr(cli_module, "run_train", lambda cfg, **kwargs: calls.append((cfg, kwargs)))
-    res = CliRunner().invoke(cli, ["train", "--out", "o", "--epochs", "3"])
-    assert res.exit_code == 1 and res.output == "Error: give --dataset NAME or --data DIR\n" and calls == []
     res = CliRunner().invoke(cli, ["train", "--resume", "--out", "o", "--epochs", "3", "--compile"])
     assert res.exit_code == 0 and len(calls) == 1, res.output
     cfg, kwargs = calls[0]

@@ -459,6 +459,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, dry_run: bool = False, sto
         UserError: bad data or flags, a missing/unsuitable ``--cam-model``, an existing run in
             ``--out`` without ``--resume``, or a non-finite loss (the last checkpoint is kept).
     """
+    if not resume and cfg.dataset is None and cfg.data is None:  # (before anything; a resume takes the run's own)
+        raise UserError("give --dataset NAME or --data DIR")
     with process_group(cfg.device) as (rank, _, world):  # (the local rank picks the GPU: resolve_device)
         # (other --epochs or batch sizes: processes that wait in collectives the others never join)
         same_options_on_every_rank(cfg, resume=resume, dry_run=dry_run)
@@ -631,8 +633,6 @@ def _load_data(cfg: TrainConfig, ckpt: dict | None, download: bool, device: torc
     # their paths as spelt) is what the images are compared by
     absolute = ("data", "cam_model") if ckpt is None else ("data",) if ckpt.get("images_sha256") is not None else ()
     cfg = dataclasses.replace(cfg, **{k: os.path.abspath(v) for k in absolute if (v := getattr(cfg, k))})
-    if cfg.dataset is None and cfg.data is None:
-        raise UserError("give --dataset NAME or --data DIR")
     if cfg.dataset == "digits" and cfg.data is not None:  # (it was ignored, and recorded as the run's data)
         raise UserError(f"--data {cfg.data}: --dataset digits reads no data folder (the bundled digits are written "
                         "under $CLIP_SMOT_CACHE); leave --data out")

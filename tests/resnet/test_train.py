@@ -1809,6 +1809,8 @@ def _nan_weight(ckpt):
     (_edit("model", "fc.weight", 1.0), r"is not a readable clip-smot checkpoint \(ValueError: model is not a state dict\)$"),
     (_edit("meta", "classnames", "cat"), r"\(ValueError: meta is not a record with a list of class names\)$"),
     (_edit("meta", "classnames", [1, 2]), r"\(ValueError: meta is not a record with a list of class names\)$"),
+    # a run of no data set: the data loader's line, as a new run's (refused first by run_train)
+    (_edit("config", "data", None), r"^give --dataset NAME or --data DIR$"),
 ])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, folders, tmp_path, edit, expected):
     """Each was a KeyError, TypeError or size-mismatch traceback (or an allocation of the edited
@@ -2570,8 +2572,8 @@ def test_eval_of_an_id_folder_that_is_not_there_is_one_line(ood_dir, base_model,
 
 
 def test_run_train_without_a_data_set_is_one_line(tmp_path):
-    """The library's run_train given neither a built-in set nor a data folder (the CLI asks for
-    one first): one line, and no run folder left."""
+    """The library's run_train given neither a built-in set nor a data folder (the CLI's train
+    refuses it so too): one line, and no run folder left."""
     with pytest.raises(UserError, match=r"^give --dataset NAME or --data DIR$"):
         run_train(TrainConfig(arch="resnet_tiny", device="cpu", out=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
