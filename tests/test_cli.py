@@ -1335,6 +1335,32 @@ def test_eval_help_names_each_tracks_built_in_sets():
     assert "LIST.txt" in id_help  # (the CLIP track reads an image list as --id)
 
 
+def test_score_and_eval_give_the_feature_options_the_same_help_eval_after_clip():
+    """--no-cache, --decode and --precision are declared once for score and eval (their help texts
+    had drifted apart): the same words, eval's after "CLIP:" as its other CLIP-only options, the
+    same defaults and choices; each config holds a field of its own."""
+    import dataclasses
+
+    from clip_smot.clip.evaluate import ClipEvalConfig
+    from clip_smot.clip.score import ScoreConfig
+
+    texts = {"--no-cache": "neither read nor write the image-feature cache.",
+             "--decode [auto|cpu|gpu]": "JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL in the "
+                                        "workers); auto: gpu on CUDA where torchvision and the model's preprocessing "
+                                        "allow it, else cpu. [default: auto]",
+             "--precision [auto|bf16|fp16|fp32]": "the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the "
+                                                  "CPU) or fp32; auto: bf16 on CUDA, fp32 on the CPU. [default: auto]"}
+    for command, prefix in (("score", ""), ("eval", "CLIP: ")):
+        out = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=500).output.split())
+        for option, text in texts.items():
+            said = prefix + text if prefix else text[0].upper() + text[1:]
+            assert f"{option} {said}" in out, (command, option, out)
+    score, clip_eval = ({f.name: f for f in dataclasses.fields(c)} for c in (ScoreConfig, ClipEvalConfig))
+    for name in ("use_cache", "decode", "precision"):
+        assert score[name] is not clip_eval[name] and score[name].name == clip_eval[name].name == name
+    assert score["use_cache"].default is True and clip_eval["use_cache"].default is True  # (--no-cache: off)
+
+
 def test_train_help_gives_the_temperature_of_a_folder():
     """--T's help gave the defaults of the built-in sets only; a --data folder gets the paper's T of
     the smallest of its class counts (10, 100, 200) that holds its classes (docs/resnet.md), which

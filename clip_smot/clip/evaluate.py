@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_smot.clip.decoding import DECODE_CHOICES, kept_workers
-from clip_smot.clip.features import encode_files
+from clip_smot.clip.decoding import kept_workers
+from clip_smot.clip.features import cache_setting, decode_setting, encode_files, precision_setting
 from clip_smot.clip.prompt_file import load_prompt, unfinished_note
 from clip_smot.clip.scorer import (
     FITTED_SCORES,
@@ -29,7 +29,6 @@ from clip_smot.clip.scorer import (
     zero_shot_template,
 )
 from clip_smot.common.configs import MAX_SEED, check_ranges, setting
-from clip_smot.common.device import PRECISIONS
 from clip_smot.common.digits import DIGIT_NAMES
 from clip_smot.common.distributed import same_on_every_rank, same_options_on_every_rank, writer_lock, writes_outputs
 from clip_smot.common.errors import UserError
@@ -65,12 +64,9 @@ class ClipEvalConfig(EvalConfig):
                                      f"--zero-shot: {DEFAULT_ZERO_SHOT_MODEL[1]}).")
     split: str | None = setting(None, "CLIP: a split.txt choosing those images (its paths relative to --id-train, or "
                                 "to the prompt's data).", path="file")
-    use_cache: bool = setting(True, "CLIP: neither read nor write the image-feature cache.", flag="--no-cache")
-    decode: str = setting("auto", "CLIP: JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL); "
-                          "auto: gpu on CUDA where torchvision and the model's preprocessing allow it, else cpu.",
-                          choices=DECODE_CHOICES)
-    precision: str = setting("auto", "CLIP: the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the CPU) or "
-                             "fp32; auto: bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
+    use_cache: bool = cache_setting("CLIP: ")
+    decode: str = decode_setting("CLIP: ")
+    precision: str = precision_setting("CLIP: ")
 
     def builtin_sets(self) -> tuple[str, ...]:
         """``--id`` where it names the built-in digits (any case); ``--id-train`` is always a folder or list."""

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +44,10 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from clip_smot.clip import model as cm
-from clip_smot.clip.decoding import decoder_identity, image_batches  # (image_batches: re-exported)
+from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, image_batches  # (image_batches: re-exported)
 from clip_smot.clip.model import ClipModel, weights_flag
-from clip_smot.common.device import autocast
+from clip_smot.common.configs import setting
+from clip_smot.common.device import PRECISIONS, autocast
 from clip_smot.common.distributed import every_rank, share_work, writes_outputs
 from clip_smot.common.errors import UserError
 from clip_smot.common.files import (
@@ -58,7 +59,8 @@ from clip_smot.common.files import (
 )
 from clip_smot.common.shards import image_identity, image_stamp
 
-__all__ = ["ImageFeatures", "cache_dir", "encode_files", "image_batches", "normalized_features", "unit_rows"]
+__all__ = ["ImageFeatures", "cache_dir", "cache_setting", "decode_setting", "encode_files", "image_batches",
+           "normalized_features", "precision_setting", "unit_rows"]
 
 # 2: GL-MCM local features from the value path; RGBA, palette and 1-bit files converted to RGB
 # after resizing (as open_clip), 16-bit grey scaled to 8 bits
@@ -315,6 +317,35 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 # cache folders a write to which failed and was noted: once a process (later entries are still tried)
 _UNWRITTEN: set[str] = set()
+
+
+# The options of encode_files that score and eval give their users, declared once. Each call is a
+# new field: dataclasses fill in a Field's name and type for the class that holds it, so one Field
+# shared by two configs would be the second's. ``prefix``: "CLIP: " in eval, beside its ResNet options.
+
+
+def _help(prefix: str, text: str) -> str:
+    return prefix + text if prefix else text[:1].upper() + text[1:]
+
+
+def cache_setting(prefix: str = "") -> Any:
+    """The ``use_cache`` field of a config (``--no-cache``): :func:`encode_files`'s ``use_cache``."""
+    return setting(True, _help(prefix, "neither read nor write the image-feature cache."), flag="--no-cache")
+
+
+def decode_setting(prefix: str = "") -> Any:
+    """The ``decode`` field of a config (``--decode``), which
+    :func:`~clip_smot.clip.decoding.resolve_decode` makes :func:`encode_files`'s ``decode``."""
+    return setting("auto", _help(prefix, "JPEG decoding, gpu (decode_jpeg on the CUDA device) or cpu (PIL in the "
+                                         "workers); auto: gpu on CUDA where torchvision and the model's "
+                                         "preprocessing allow it, else cpu."), choices=DECODE_CHOICES)
+
+
+def precision_setting(prefix: str = "") -> Any:
+    """The ``precision`` field of a config (``--precision``), which
+    :func:`~clip_smot.common.device.resolve_precision` makes :func:`encode_files`'s ``precision``."""
+    return setting("auto", _help(prefix, "the image encoder's arithmetic, bf16, fp16 (autocast; bf16 on the CPU) or "
+                                         "fp32; auto: bf16 on CUDA, fp32 on the CPU."), choices=("auto", *PRECISIONS))
 
 
 def encode_files(

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from clip_smot.clip.decoding import DECODE_CHOICES, decoder_identity, kept_workers
+from clip_smot.clip.decoding import decoder_identity, kept_workers
+from clip_smot.clip.features import cache_setting, decode_setting, precision_setting
 from clip_smot.clip.prompt_file import PromptFile, load_prompt, unfinished_note
 from clip_smot.clip.scorer import SCORE_NAMES, PathScores, PromptScorer, none_readable, parse_scores, resolve_pretrained
 from clip_smot.common.configs import MAX_BATCH, MAX_WORKERS, JsonConfig, check_ranges, setting
-from clip_smot.common.device import PRECISIONS
 from clip_smot.common.distributed import (
     every_rank,
     same_on_every_rank,
@@ -74,12 +74,9 @@ class ScoreConfig(JsonConfig):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
     workers: int = setting(4, "Image-decoding worker processes.", min=0, max=MAX_WORKERS)
     skip_unreadable: bool = setting(False, "Skip unreadable images (listed at the end) instead of failing.")
-    use_cache: bool = setting(True, "Neither read nor write the image-feature cache.", flag="--no-cache")
-    decode: str = setting("auto", "JPEG decoding: gpu (decode_jpeg on the CUDA device), cpu (PIL in the workers); "
-                          "auto: gpu on CUDA where torchvision and the model's preprocessing allow it, else cpu.",
-                          choices=DECODE_CHOICES)
-    precision: str = setting("auto", "Image encoder's arithmetic: bf16, fp16 (autocast; bf16 on the CPU) or fp32; auto: "
-                             "bf16 on CUDA, fp32 on the CPU.", choices=("auto", *PRECISIONS))
+    use_cache: bool = cache_setting()
+    decode: str = decode_setting()
+    precision: str = precision_setting()
     resume: bool = setting(False, "Continue after the last complete row of OUT.partial.")
 
 
