@@ -1229,7 +1229,9 @@ def test_the_ctrl_c_line_reads_the_checkpoints_epochs_only_where_they_are_plain_
             ({"epoch": True, "config": {"epochs": 5}}, "the last finished epoch"),
             ({"epoch": 2, "config": {"epochs": 5.0}}, "the last finished epoch"),
             ({"epoch": "2", "config": {"epochs": "5"}}, "the last finished epoch"),
-            ({"epoch": 2}, "the last finished epoch")):
+            ({"epoch": 2}, "the last finished epoch"),
+            ({"epoch": 2, "config": [5]}, "the last finished epoch"),  # (a config that is no dict)
+            ({"epoch": 2, "config": "epochs"}, "the last finished epoch")):
         torch.save(ckpt, path)
         assert cli_module._saved_epochs(path) == expected, ckpt
     # a run's tensors saved on a GPU machine ("cuda:0"), its epochs read on one without
