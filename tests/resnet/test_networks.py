@@ -421,6 +421,14 @@ def test_a_wrapped_model_is_saved_with_plain_parameter_names(tmp_path, wrap):
                               r"version 1: upgrade clip-smot to read it$"),
     ({"format_version": "2", "library_version": "9.0.0"}, r"model format version 2 is a newer clip-smot's \(9\.0\.0\)"),
     ({"format_version": "x"}, rf"model format version 'x' is not one clip-smot writes \(this clip-smot {_V} reads 1\)$"),
+    # "01" is 1 as a number, yet no version clip-smot writes: not "a newer clip-smot's"
+    ({"format_version": "01"}, rf"model format version '01' is not one clip-smot writes \(this clip-smot {_V} "
+                               r"reads 1\)$"),
+    # a version or library_version that is no short name is cut, or left out: 39 x's after the quote
+    ({"format_version": "x" * 50}, rf"model format version '{'x' * 39} is not one clip-smot writes \(this clip-smot "),
+    ({"format_version": "2", "library_version": "9" * 41}, rf"model format version 2 is a newer clip-smot's; this "
+                                                           rf"clip-smot {_V} reads version 1: upgrade clip-smot"),
+    ({"format_version": "2", "library_version": ""}, r"model format version 2 is a newer clip-smot's; this clip-smot "),
     ({"classnames": '["a", "b", "c", "d"]'}, r"inconsistent metadata \(num_classes 3, classnames: 4 entries"),
     ({"mean": "[0.1, 0.2]"}, r"mean and std: three finite numbers each"),
     ({"std": "[0.5, 0.5, 0.5, 0.5]"}, r"mean and std: three finite numbers each"),
