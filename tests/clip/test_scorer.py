@@ -404,9 +404,16 @@ def test_another_model_for_the_weights_found_by_name_blames_the_model_given(tmp_
                            f"(its {tmp_path / 'tiny.safetensors'}, found by name) do not load into {wider} ("), line
     assert line.endswith(f"); leave --model out to use the prompt's model, or give --pretrained weights of {wider}")
     with pytest.raises(UserError, match=r"^--model clip-smot-wider --pretrained .*tiny\.safetensors: could not load the "
-                                        r"weights \("):
+                                        r"weights \(") as given:
         PromptScorer.from_file(tmp_path / "p.safetensors", model=str(wider), device="cpu",
                                pretrained=str(tmp_path / "tiny.safetensors"))  # (--pretrained given: named as given)
+    # (the same reason, in one pair of parentheses)
+    why = str(given.value).partition(": could not load the weights (")[2]
+    assert why.endswith(")") and line.endswith(f" do not load into {wider} ({why}; leave --model out to use the "
+                                               f"prompt's model, or give --pretrained weights of {wider}"), line
+    with pytest.raises(UserError) as e:  # (a --model failing otherwise than in its weights is told as before)
+        PromptScorer.from_file(tmp_path / "p.safetensors", model="no-such-model", device="cpu")
+    assert str(e.value).startswith("--model no-such-model") and "was made for" not in str(e.value), str(e.value)
 
 
 def test_other_weights_reencode_the_context(tmp_path, tiny, tiny_clip_config):
