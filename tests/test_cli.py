@@ -1070,6 +1070,9 @@ def test_reproduce_without_a_table_names_the_tables_in_one_plain_line(tmp_path, 
     assert res.exit_code == 1 and res.output == ("Error: Missing argument 'TABLE': one of table1, table2, table3, "
                                                  "table4, table5, table6, table7, table8, table9\n"), res.output
     assert list(tmp_path.iterdir()) == []
+    # (--help's usage names TABLE as the docs do, not click's "[{table1|table2|...}]" of an optional choice)
+    usage = CliRunner().invoke(cli, ["reproduce", "--help"], prog_name="clip-smot").output.splitlines()[0]
+    assert usage == "Usage: clip-smot reproduce [OPTIONS] TABLE", usage
 
 
 def test_score_takes_every_path_given_and_needs_at_least_one(monkeypatch):
