@@ -527,6 +527,16 @@ def test_a_list_of_paths_from_the_current_folder_says_to_give_that_root(tmp_path
     Path("lists/rel.txt").write_text("sets/b.png\n")
     with pytest.raises(UserError, match=r"^PATH lists/rel.txt:1: lists/sets/b.png does not exist$"):
         read_image_list(Path("lists/rel.txt"), Path("lists"), "PATH")
+    # read from the current folder already (a dangling link there), or there but no file: no such advice
+    (tmp_path / "sets" / "gone.png").symlink_to("nowhere.png")
+    Path("lists/rel.txt").write_text("sets/gone.png\n")
+    with pytest.raises(UserError, match=r"^PATH lists/rel.txt:1: sets/gone.png does not exist$"):
+        read_image_list(Path("lists/rel.txt"), Path("."), "PATH")
+    (tmp_path / "lists" / "sets" / "a.png").mkdir(parents=True)
+    Path("lists/rel.txt").write_text("sets/a.png\n")
+    with pytest.raises(UserError, match=r"^PATH lists/rel.txt:1: lists/sets/a.png is not a regular file \(a folder, "
+                                        r"FIFO or device\)$"):
+        read_image_list(Path("lists/rel.txt"), Path("lists"), "PATH")
 
 
 def test_an_empty_path_is_refused_not_the_current_folder(tmp_path, monkeypatch):
