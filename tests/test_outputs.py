@@ -361,14 +361,19 @@ def test_score_refuses_out_dash_and_a_list_named_as_another_tools(tmp_path, tiny
     monkeypatch.chdir(tmp_path)
     prompt = _prompt(tmp_path / "p.safetensors", tiny)
     _images(tmp_path / "photos")
-    (tmp_path / "paths.lst").write_text("photos/0.png\n")
     args = ["score", "--prompt", str(prompt), "--pretrained", tiny_clip_checkpoint, "--workers", "0"]
     line = _refused([*args, "--out", "-", "photos"], "--out -: ", tmp_path)
     assert line == ("Error: --out -: score writes a CSV file (first as OUT.partial, which --resume continues), not to "
                     "standard output; give a file name")
-    line = _refused([*args, "--out", "s.csv", "photos", "paths.lst"], "PATH paths.lst: ", tmp_path)
-    assert line == ("Error: PATH paths.lst: read as one image, which it is not; an image list's name ends in .txt (one "
-                    "path a line): rename it so")
+    for name in ("paths.lst", "paths.LIST", "paths.csv", "paths.Tsv"):  # (other tools' list names, in any case)
+        (tmp_path / name).write_text("photos/0.png\n")
+        line = _refused([*args, "--out", "s.csv", "photos", name], f"PATH {name}: ", tmp_path)
+        assert line == (f"Error: PATH {name}: read as one image, which it is not; an image list's name ends in .txt "
+                        "(one path a line): rename it so")
+        (tmp_path / name).unlink()
+    _images(tmp_path / "shots.csv", n=2)  # (a folder of such a name is a folder to score)
+    res = CliRunner().invoke(cli, [*args, "--out", "s.csv", "shots.csv"])
+    assert res.exit_code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 3, res.output
 
 
 @pytest.mark.parametrize("how", ["list", "root-list", "partial-list", "partial-image"])
