@@ -354,6 +354,19 @@ def test_a_missing_path_meant_as_a_score_or_a_pattern_says_so(tmp_path, tiny, ti
         assert res.exit_code == 0 and len((tmp_path / "s.csv").read_text().splitlines()) == 2, res.output
 
 
+def test_the_advice_for_a_score_taken_as_a_path_is_one_comma_separated_value(tmp_path, monkeypatch):
+    """The CLI strips --scores, run_score's own ScoreConfig does not: `scores=" mcm, "` with a PATH
+    "msp" advises `--scores mcm,msp`, not "mcm, ,msp"; no --scores at all is mcm's advice."""
+    from clip_smot.clip.score import _check_paths
+
+    monkeypatch.chdir(tmp_path)
+    for scores in (" mcm, ", None):
+        with pytest.raises(UserError) as e:
+            _check_paths(["msp"], scores)
+        assert str(e.value) == ("PATH msp: no such file or folder; a score's name? --scores takes one comma-separated "
+                                "value: --scores mcm,msp")
+
+
 def test_score_refuses_out_dash_and_a_list_named_as_another_tools(tmp_path, tiny, tiny_clip_checkpoint, monkeypatch):
     """`--out -` wrote a file named "-" (a user wanting the CSV on standard output); a list named
     paths.lst was read as one image ("unreadable or truncated image") and left a header-only
