@@ -573,3 +573,21 @@ def test_one_class_name_given_as_a_string_is_not_read_letter_by_letter(clip, ent
     with pytest.raises(TypeError, match=r"^classnames must be a list of class names, not one string \('cat'\): "
                                         r"give \['cat'\] for one class$"):
         build()
+
+
+def test_class_names_are_a_list_of_strings_for_the_scorer_itself_and_before_a_model_loads(clip):
+    """PromptScorer refuses one str (two letters for two rows of text features were two classes), one
+    bytes (not as names of no string: 97 and 98), and names that are no strings, naming the first one's
+    type; zero_shot refuses one str before it loads its model (an unknown one here)."""
+    from clip_smot.clip.scorer import PromptScorer
+
+    text = F.normalize(torch.ones(2, 32), dim=-1)
+    with pytest.raises(TypeError, match=r"^classnames must be a list of class names, not one string \('ab'\)"):
+        PromptScorer(clip, text, "ab")
+    with pytest.raises(TypeError, match=r"^classnames must be a list of class names, not one string \(b'ab'\): "
+                                        r"give \[b'ab'\] for one class$"):
+        PromptScorer(clip, text, b"ab")
+    with pytest.raises(TypeError, match=r"^classnames must be strings, got <class 'int'>$"):
+        PromptScorer(clip, text, ["cat", 3])
+    with pytest.raises(TypeError, match=r"^classnames must be a list of class names, not one string \('cat'\)"):
+        PromptScorer.zero_shot("cat", "no-such-model", None, device="cpu")
