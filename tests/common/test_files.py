@@ -1887,3 +1887,28 @@ def test_check_replaced_lets_a_command_rewrite_only_its_own_files(tmp_path):
     assert str(e.value) == (f"--out {out}: holds a model file of clip-smot train (.safetensors), not a prompt file "
                             "(fit's or export's .safetensors), and export would replace it; choose another --out, or "
                             "remove that file first")
+
+
+def test_check_replaced_refuses_a_file_it_cannot_read_and_passes_one_gone_meanwhile(tmp_path, monkeypatch):
+    """An --out that cannot be read cannot be told to be the command's own: refused, naming what the
+    command writes by its kind (export's prompt file); one removed between the stat and the read
+    holds nothing to lose."""
+    out = tmp_path / "out"
+    out.write_bytes(b"their results\n")
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(file_kinds, "open", denied, raising=False)
+    with pytest.raises(UserError) as e:
+        file_kinds.check_replaced(out, "--out", "export", "prompt")
+    assert str(e.value) == (f"--out {out}: cannot be read (Permission denied): export replaces only a prompt file "
+                            "(fit's or export's .safetensors), and cannot tell whether it is one; choose another "
+                            "--out, or remove that file first")
+
+    def gone(path, *args, **kwargs):
+        os.remove(path)
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(path))
+
+    monkeypatch.setattr(file_kinds, "open", gone, raising=False)
+    assert file_kinds.check_replaced(out, "--out", "export", "prompt") is None and not out.exists()
