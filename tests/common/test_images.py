@@ -817,6 +817,10 @@ def test_a_list_label_that_is_no_integer_is_ignored_where_labels_are(tmp_path):
     with pytest.raises(UserError, match=r"list.txt:1: .*IMG does not exist \(a line's path and label are split at "
                                         r"white space: a listed path holds none\)$"):
         image_files(tmp_path / "list.txt", "PATH")
+    (tmp_path / "list.txt").write_text("imgs\\IMG draft\n")  # (one hint a line: the white space's, the first)
+    with pytest.raises(UserError, match=r"list.txt:1: .*imgs\\IMG does not exist \(a line's path and label are split "
+                                        r"at white space: a listed path holds none\)$"):
+        image_files(tmp_path / "list.txt", "PATH")
 
 
 def test_two_image_paths_on_one_list_line_are_refused_not_one_taken_for_a_label(tmp_path):
