@@ -153,6 +153,10 @@ def test_label_smoothing_refuses_labels_of_another_batch():
             F.cross_entropy(logits, y, label_smoothing=0.1)
         with pytest.raises(ValueError, match="y must hold one class index per row of the logits"):
             label_smoothing_ce(logits, y)
+    # y of as many labels in another shape, or one label a row of [B, N, K] logits: no row of its own each
+    for logits, y in ((logits, torch.zeros(2, 2, dtype=torch.long)), (logits.reshape(2, 2, 5), torch.tensor([0, 1]))):
+        with pytest.raises(ValueError, match=r"^y must hold one class index per row of the logits"):
+            label_smoothing_ce(logits, y)
 
 
 def test_logitnorm_of_logits_with_more_axes_takes_the_last_as_the_classes():
