@@ -1505,7 +1505,7 @@ def test_cam_model_from_timms_hub_safetensors(fit_args, tmp_path, tiny_clip_chec
         "train; give it to --pretrained\n")
 
 
-def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path):
+def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tmp_path, monkeypatch):
     """A model.safetensors of 'clip-smot train' made on other classes (another data set, or a
     class renamed since) gave top-1 CAMs instead of true-label ones, silently."""
     from clip_smot.resnet.networks import build_network, save_model
@@ -1519,9 +1519,15 @@ def test_a_trained_cam_model_of_other_classes_is_a_note(fit_args, cam_resnet, tm
     assert res.exit_code == 0, res.output
     assert (f"note: --cam-model {tmp_path / 'other.safetensors'} was trained on other classes (dogs, cats, birds) "
             "than those of ") in res.stderr and "the CAMs are of its top-1 class, not of the true label" in res.stderr
+    from clip_smot.clip import cam_network
+
+    maps, real = [], cam_network.cache_cams  # (the CAMs of its own classes, named as the data's: the true labels')
+    monkeypatch.setattr(cam_network, "cache_cams", lambda p, label_map, *a, **k: maps.append(label_map) or
+                        real(p, label_map, *a, **k))
     args = [a if a != cam_resnet else str(tmp_path / "same.safetensors") for a in fit_args(tmp_path / "b")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0 and "note:" not in res.stderr, res.output
+    assert maps == [[0, 1, 2]], maps
     assert re.search(r"^fit: set-up [\d.]+ s \(CLIP model [\d.]+ s, 6 images decoded [\d.]+ s, CAMs [\d.]+ s\)$",
                      res.stderr, re.M), res.stderr  # where the set-up time went (SMOT: the CAMs too)
 
