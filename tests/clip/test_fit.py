@@ -157,6 +157,8 @@ def test_one_epoch_writes_prompt_split_config_log(one_epoch, tiny_clip_checkpoin
     assert meta["n_ctx"] == "4" and meta["class_position"] == "end" and meta["csc"] == "false"
     assert json.loads(meta["classnames"]) == names
     assert json.loads(meta["config"])["run"]["split_sha256"] == config["run"]["split_sha256"]
+    prompt_config = json.loads(meta["config"])  # (the epochs it holds; not where the run ran)
+    assert prompt_config["run"]["epoch"] == 1 and not {"workers", "out"} & set(prompt_config), prompt_config
     assert json.loads(meta["model_config"])["embed_dim"] == 32
     assert FitConfig.from_json(out / "config.json").lam == 0.1
 
