@@ -116,7 +116,8 @@ class CAMProvider:
         try:
             sizes = [torch.as_tensor(v).numel() for v in (mean, std)]
         except (TypeError, ValueError, RuntimeError):  # (None: "Could not infer dtype of NoneType")
-            raise TypeError(f"mean and std must be 3 numbers each (one per channel), got {mean!r} and {std!r}") from None
+            raise TypeError(f"mean and std must be 3 numbers each (one per channel), got {mean!r} and "
+                            f"{std!r}") from None
         if any(n != 3 for n in sizes):
             raise ValueError(f"mean and std must hold 3 values each (one per channel), got {mean!r} and {std!r}")
         if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral)

@@ -245,8 +245,9 @@ class _Path(click.Path):
         if isinstance(value, str) and not self.dir_okay and os.path.isdir(value):
             self.fail(self._a_folder(value, param, ctx), param, ctx)
         if isinstance(value, str) and not self.file_okay and os.path.exists(value) and not os.path.isdir(value):
-            self.fail(f"{value} is a file; {_command(ctx)} writes a folder of files: give a folder's name"
-                      if param is not None and "--out" in param.opts else f"{value} is a file, not a folder", param, ctx)
+            out = param is not None and "--out" in param.opts
+            self.fail(f"{value} is a file; {_command(ctx)} writes a folder of files: give a folder's name" if out
+                      else f"{value} is a file, not a folder", param, ctx)
         return super().convert(value, param, ctx)
 
     @staticmethod

@@ -354,7 +354,8 @@ def unsupported_version(what: str, found: str, reads: str, written_by: object) -
     except (TypeError, ValueError):
         newer = False
     if not newer:
-        return f"{what} format version {found!r:.40} is not one clip-smot writes (this clip-smot {__version__} reads {reads})"
+        return (f"{what} format version {found!r:.40} is not one clip-smot writes (this clip-smot {__version__} reads "
+                f"{reads})")
     by = f" ({written_by})" if isinstance(written_by, str) and 0 < len(written_by) <= 40 else ""
     return (f"{what} format version {found} is a newer clip-smot's{by}; this clip-smot {__version__} reads version "
             f"{reads}: upgrade clip-smot to read it")
